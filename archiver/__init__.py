@@ -1,0 +1,25 @@
+"""archiver: chunked, content-addressed, verifiable archives of model checkpoints.
+
+    import archiver
+    res = archiver.archive(["ckpt/"], name="llama-7b", label="final")
+    report = archiver.verify([res.id], deep=True)
+    archiver.restore("llama-7b@final", "/restore/here")
+
+The public names are loaded on first use, so low-level modules (errors, codecs, stores)
+import without pulling in the whole pipeline.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["archive", "verify", "restore", "open_store", "open_repository", "list_archives", "show",
+           "rebuild_catalog", "ArchiveResult", "VerifyReport", "RestoreResult", "ArchiverError"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ArchiverError":
+        return importlib.import_module("archiver.errors").ArchiverError
+    if name in __all__:
+        return getattr(importlib.import_module("archiver.api"), name)
+    raise AttributeError(f"module 'archiver' has no attribute {name!r}")

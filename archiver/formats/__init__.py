@@ -1,0 +1,127 @@
+"""Recognise weights files and find their tensor byte ranges.
+
+The chunker cuts weights at tensor boundaries so that a header edit (which shifts every
+tensor) or a change to a few tensors leaves every other tensor's chunks byte-identical.
+Everything here reads only headers/indexes, through a byte budget, and answers None
+for anything it does not fully understand: the caller then falls back to plain
+content-defined chunking, which is always correct, just less dedup-friendly.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import BinaryIO
+
+# Never read more than this while parsing a header/index (spec: refuse headers > 100 MB).
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+# Slack on top of MAX_HEADER_BYTES for the few fixed-size reads around a header.
+_READ_BUDGET = MAX_HEADER_BYTES + 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Region:
+    """One tensor's bytes in a file."""
+
+    offset: int  # absolute file offset of a tensor's bytes
+    length: int
+    width: int  # element byte width for byte-grouping, 0 = none
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+class Malformed(Exception):
+    """Internal: the header is not what the format promises; detection answers None."""
+
+
+class BudgetExceeded(Malformed):
+    """Internal: parsing would read more than the header budget."""
+
+
+class BoundedReader(io.RawIOBase):
+    """A read-only view of `f` that refuses to read more than `budget` bytes in total.
+
+    Wrapping every parser (including `zipfile`, which trusts the central-directory size
+    it finds) in this makes "bounded reads on hostile input" a property of one class
+    instead of a promise each parser has to keep."""
+
+    def __init__(self, f: BinaryIO, budget: int = _READ_BUDGET):
+        super().__init__()
+        self._f = f
+        self.budget = budget
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def _take(self, n: int) -> None:
+        if n > self.budget - self.bytes_read:
+            raise BudgetExceeded(f"header read of {n} bytes exceeds budget")
+        self.bytes_read += n
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            pos = self._f.tell()
+            end = self._f.seek(0, io.SEEK_END)
+            self._f.seek(pos)
+            n = max(0, end - pos)
+        self._take(n)
+        data = self._f.read(n)
+        return data if data is not None else b""
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+def finalize(regions: list[Region], size: int) -> list[Region] | None:
+    """Sort, drop empty regions, and check the result is usable (inside the file, no
+    overlaps, positive widths). None if not: a malformed index must not mis-cut a file."""
+    out = sorted((r for r in regions if r.length > 0), key=lambda r: r.offset)
+    prev_end = 0
+    for r in out:
+        if r.offset < prev_end or r.offset < 0 or r.end > size or r.width < 0:
+            return None
+        prev_end = r.end
+    return out
+
+
+def detect_regions(f: BinaryIO, size: int) -> tuple[str, list[Region]] | None:
+    """(format name, tensor regions sorted by offset, non-overlapping, within [0,size)) or
+    None if not a recognised weights format or malformed (then the caller falls back to
+    content-defined chunking). Never raises on hostile/garbage input; reads at most
+    ~100 MB of header regardless of what the file claims."""
+    from archiver.formats import gguf, safetensors, torchzip
+
+    try:
+        if size < 8:
+            return None
+        f.seek(0)
+        head = f.read(8)
+        if len(head) < 8:
+            return None
+        if head[:4] == gguf.MAGIC:
+            name, mod = "gguf", gguf
+        elif head[:4] == torchzip.MAGIC:
+            name, mod = "torchzip", torchzip
+        elif safetensors.looks_like(head, size):
+            name, mod = "safetensors", safetensors
+        else:
+            return None
+        regions = mod.regions(f, size)
+        if regions is None:
+            return None
+        return name, regions
+    except Exception:  # noqa: BLE001 - detection must never take the archiver down
+        return None

@@ -1,0 +1,118 @@
+"""Object stores: one protocol (`Store`), a local-directory and an S3 implementation,
+and `open_store`, which turns a user's URL into a checked store.
+
+Layout, identical on every backend: `store.json` (format marker), `chunks/<h[0:2]>/<h>`,
+`manifests/<id>.json`, and later additions such as `manifests/<id>.sig`."""
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+from pathlib import Path
+
+from archiver.errors import NotFoundError, ObjectMissingError, StoreError, UsageError
+from archiver.stores.base import ObjectInfo, Store
+from archiver.stores.local import LocalStore, validate_key
+from archiver.stores.s3 import S3Options, S3Store
+
+__all__ = [
+    "Store",
+    "ObjectInfo",
+    "LocalStore",
+    "S3Store",
+    "S3Options",
+    "open_store",
+    "validate_key",
+    "MARKER_KEY",
+    "STORE_FORMAT",
+    "STORE_VERSION",
+]
+
+MARKER_KEY = "store.json"
+STORE_FORMAT = "archiver-store"
+STORE_VERSION = 1
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def marker_bytes() -> bytes:
+    """The exact bytes of a new store's `store.json`."""
+    return (json.dumps({"format": STORE_FORMAT, "version": STORE_VERSION}) + "\n").encode()
+
+
+def open_store(url: str, *, create: bool = False, s3_options: S3Options | None = None) -> Store:
+    """Open the store at `url` (a path, file:///abs/path, s3://bucket[/prefix]).
+
+    The store must carry a `store.json` marker of a format version this code reads, so
+    a typo in a URL never silently starts a second, empty store; `create=True` (used
+    by the first archive) writes the marker when it is missing."""
+    store = _store_for_url(url, s3_options)
+    raw: bytes | None
+    try:
+        raw = store.get(MARKER_KEY)
+    except ObjectMissingError:
+        raw = None
+    if raw is None:
+        if not create:
+            raise NotFoundError(f"no archiver store at {url} (run an archive first)")
+        if store.put_if_absent(MARKER_KEY, marker_bytes()):
+            return store
+        raw = store.get(MARKER_KEY)  # created concurrently by another process
+    _check_marker(raw, url)
+    return store
+
+
+def _check_marker(raw: bytes, url: str) -> None:
+    try:
+        marker = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise StoreError(f"{url}: {MARKER_KEY} is not valid JSON, so this is not an archiver store") from None
+    if not isinstance(marker, dict) or marker.get("format") != STORE_FORMAT:
+        found = marker.get("format") if isinstance(marker, dict) else type(marker).__name__
+        raise StoreError(f"{url}: {MARKER_KEY} does not mark an archiver store (format {found!r})")
+    version = marker.get("version")
+    if type(version) is not int or version < 1:
+        raise StoreError(f"{url}: {MARKER_KEY} has an invalid format version {version!r}")
+    if version != STORE_VERSION:
+        raise StoreError(
+            f"store at {url} has format version {version}; this archiver reads version "
+            f"{STORE_VERSION} (upgrade archiver)"
+        )
+
+
+def _store_for_url(url: str, s3_options: S3Options | None) -> Store:
+    if not isinstance(url, str) or not url.strip():
+        raise UsageError("empty store URL (use a path, file:///path or s3://bucket/prefix)")
+    match = _SCHEME.match(url)
+    if match is None:
+        return _local(Path(url))
+    scheme = match.group(1).lower()
+    if scheme == "file":
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.netloc not in ("", "localhost"):
+            raise UsageError(f"file URL {url} names a remote host; mount it and use a local path")
+        path = urllib.parse.unquote(parsed.path)
+        if not path:
+            raise UsageError(f"file URL {url} has no path")
+        return _local(Path(path))
+    if scheme == "s3":
+        bucket, _, prefix = url[match.end():].partition("/")
+        if not bucket:
+            raise UsageError(f"S3 URL {url} has no bucket name (use s3://bucket/prefix)")
+        prefix = prefix.strip("/")
+        if prefix:
+            try:
+                validate_key(prefix)
+            except ValueError as exc:
+                raise UsageError(f"S3 URL {url} has an invalid prefix: {exc}") from None
+        store = S3Store(bucket, prefix, s3_options or S3Options())
+        store.check_bucket()
+        return store
+    raise UsageError(f"unsupported store URL {url} (use a path, file:///path or s3://bucket/prefix)")
+
+
+def _local(root: Path) -> LocalStore:
+    store = LocalStore(root)
+    if store.root.exists() and not store.root.is_dir():
+        raise StoreError(f"store path {store.root} exists but is not a directory")
+    return store

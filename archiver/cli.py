@@ -1,0 +1,222 @@
+"""The command line: parse, call the API, render (human text or one JSON document).
+
+Errors are one line on stderr with a non-zero exit (2 for usage); tracebacks are shown
+only with ARCHIVER_DEBUG=1. Progress goes to stderr, only on a terminal, never with --json."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import click
+
+from archiver import api
+from archiver.errors import ArchiverError, UsageError
+from archiver.progress import Progress, human_bytes
+from archiver.repository import Repository
+
+
+class Ctx:
+    def __init__(self, store: str | None, catalog: str | None) -> None:
+        self.store, self.catalog = store, catalog
+
+    def repo(self, create: bool = False) -> Repository:
+        return Repository.open(self.store, self.catalog, create=create)
+
+
+def emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _parse_meta(items: tuple[str, ...]) -> dict[str, str]:
+    meta = {}
+    for it in items:
+        key, sep, value = it.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--meta takes KEY=VALUE, got {it!r}")
+        meta[key] = value
+    return meta
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", envvar="ARCHIVER_STORE", metavar="URL",
+              help="Store: a directory path, file:///path or s3://bucket/prefix. "
+                   "Default: $ARCHIVER_HOME/store (ARCHIVER_HOME defaults to ~/.archiver).")
+@click.option("--catalog", envvar="ARCHIVER_CATALOG", metavar="PATH", help="SQLite catalog file.")
+@click.version_option(package_name="archiver")
+@click.pass_context
+def cli(ctx: click.Context, store: str | None, catalog: str | None) -> None:
+    """Archive model checkpoints into a content-addressed store, verify them, restore them."""
+    ctx.obj = Ctx(store, catalog)
+
+
+@cli.command("archive")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--name", required=True, help="Archive name (e.g. the model's name).")
+@click.option("--label", help="A label such as a version; NAME@LABEL refers to the newest with it.")
+@click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata recorded in the manifest.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_obj
+def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, meta: tuple[str, ...],
+                as_json: bool) -> None:
+    """Archive files and directories; prints the manifest id."""
+    meta_d = _parse_meta(meta)
+    with c.repo(create=True) as repo:
+        res = api.archive(paths, name=name, label=label, meta=meta_d, repo=repo,
+                          progress=Progress.for_terminal("archive", quiet=as_json))
+    if as_json:
+        emit(res.to_dict())
+        return
+    click.echo(res.id)
+    click.echo(f"{res.files} files, {human_bytes(res.bytes_in)} in, {human_bytes(res.bytes_stored)} stored "
+               f"({human_bytes(res.new_bytes_stored)} new in {res.new_chunks} of {res.chunks} chunks), "
+               f"{res.seconds:.1f}s", err=True)
+
+
+@cli.command("list")
+@click.option("--name", help="Only archives with this name.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def list_cmd(c: Ctx, name: str | None, as_json: bool) -> None:
+    """List archives in the catalog, oldest first."""
+    with c.repo() as repo:
+        rows = api.list_archives(name, repo=repo)
+    data = [{"id": r.id, "name": r.name, "label": r.label, "parent": r.parent, "recorded_at": r.recorded_at,
+             "files": r.file_count, "size": r.total_size, "stored": r.stored_size} for r in rows]
+    if as_json:
+        emit(data)
+        return
+    for d in data:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["recorded_at"]))
+        click.echo(f"{d['id'][:16]}  {when}  {d['name']}@{d['label'] or '-'}  {d['files']} files  "
+                   f"{human_bytes(d['size'])}")
+
+
+@cli.command("show")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
+    """Show one manifest: REF is an id, a unique id prefix, NAME or NAME@LABEL."""
+    with c.repo() as repo:
+        mid, m = api.show(ref, repo=repo)
+    if as_json:
+        emit({"id": mid, "manifest": m.to_dict()})
+        return
+    click.echo(f"id:      {mid}\nname:    {m.name}\nlabel:   {m.label or '-'}\nparent:  {m.parent or '-'}")
+    for k, v in sorted(m.meta.items()):
+        click.echo(f"meta:    {k}={v}")
+    click.echo(f"files:   {len(m.files)}, {human_bytes(m.total_size)}, stored {human_bytes(m.stored_size)}")
+    for e in sorted(m.entries, key=lambda e: e.path):
+        if e.is_file:
+            click.echo(f"  {e.mode:04o} {e.size:>14}  {e.blake3[:16]}  {e.path}  ({len(e.chunks)} chunks"
+                       f"{', ' + e.format if e.format else ''})")
+        else:
+            click.echo(f"  {e.mode:04o} {'dir':>14}  {'':16}  {e.path}/")
+
+
+@cli.command("verify")
+@click.argument("refs", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every archive in the catalog.")
+@click.option("--deep", is_flag=True, help="Download, decode and re-hash every chunk and file.")
+@click.option("--sample", type=float, metavar="FRACTION", help="Deep-check this fraction of chunks, stalest first.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: float | None, as_json: bool) -> None:
+    """Prove archives complete and uncorrupted. Exit 0 all good, 1 problems found, 2 usage."""
+    if bool(refs) == all_:
+        raise UsageError("give REF... or --all (not both)")
+    with c.repo() as repo:
+        rep = api.verify(refs, all=all_, deep=deep, sample=sample, repo=repo,
+                         progress=Progress.for_terminal("verify", quiet=as_json))
+    if as_json:
+        emit(rep.to_dict())
+    else:
+        for p in rep.problems:
+            click.echo(p.line())
+        status = "OK" if rep.ok else f"FAILED: {len(rep.problems)} problem(s)"
+        click.echo(f"{status} — {rep.mode} verify of {len(rep.manifests)} archive(s): {rep.chunks_checked} chunks "
+                   f"listed, {rep.chunks_read} read ({human_bytes(rep.bytes_read)}), {rep.files_hashed} files "
+                   f"hashed, {rep.seconds:.1f}s")
+    sys.exit(0 if rep.ok else 1)
+
+
+@cli.command("restore")
+@click.argument("ref")
+@click.argument("dest", type=click.Path())
+@click.option("--include", multiple=True, metavar="GLOB", help="Only paths matching GLOB (repeatable).")
+@click.option("--force", is_flag=True, help="Restore into a non-empty DEST, replacing files.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bool, as_json: bool) -> None:
+    """Restore an archive into DEST, verifying every byte."""
+    with c.repo() as repo:
+        res = api.restore(ref, dest, include=include, force=force, repo=repo,
+                          progress=Progress.for_terminal("restore", quiet=as_json))
+    if as_json:
+        emit(res.to_dict())
+    else:
+        for p in res.problems:
+            click.echo(f"not restored: {p['path']}: {p['error']}", err=True)
+        click.echo(f"{'restored' if res.ok else 'FAILED'}: {res.files} files, {human_bytes(res.bytes)} "
+                   f"into {res.dest} in {res.seconds:.1f}s", err=not res.ok)
+    sys.exit(0 if res.ok else 1)
+
+
+@cli.group("catalog")
+def catalog_grp() -> None:
+    """Catalog maintenance."""
+
+
+@catalog_grp.command("rebuild")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def rebuild_cmd(c: Ctx, as_json: bool) -> None:
+    """Recreate the catalog from the manifests in the store."""
+    with c.repo() as repo:
+        added = api.rebuild_catalog(repo=repo)
+    if as_json:
+        emit({"added": added})
+    else:
+        click.echo(f"catalog rebuilt: {len(added)} manifest(s) added")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: map every failure to one line and an exit code."""
+    debug = os.environ.get("ARCHIVER_DEBUG") == "1"
+    try:
+        cli.main(args=argv, prog_name="archiver", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("archiver: aborted", err=True)
+        sys.exit(130)
+    except ArchiverError as e:
+        if debug:
+            raise
+        click.echo(f"archiver: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("archiver: interrupted; nothing partial was recorded", err=True)
+        sys.exit(130)
+    except OSError as e:
+        if debug:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        click.echo(f"archiver: error:{where} {e.strerror or e}", err=True)
+        sys.exit(1)
+    except Exception as e:  # last resort: still one line, with a way to see more
+        if debug:
+            raise
+        click.echo(f"archiver: internal error: {type(e).__name__}: {e} (ARCHIVER_DEBUG=1 for a traceback)",
+                   err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

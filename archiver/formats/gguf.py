@@ -1,0 +1,195 @@
+"""GGUF (llama.cpp), versions 2 and 3, little-endian.
+
+Layout: magic, u32 version, u64 tensor_count, u64 kv_count, kv pairs, tensor infos,
+padding to `general.alignment` (default 32), tensor data. Tensor offsets are relative
+to the data start, so a metadata edit shifts every tensor by a multiple of the alignment
+and the tensor bytes themselves stay identical."""
+from __future__ import annotations
+
+import struct
+from typing import BinaryIO
+
+from archiver.formats import MAX_HEADER_BYTES, BoundedReader, Malformed, Region, finalize
+
+MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 8  # ggml uses 4; leave headroom, reject nonsense
+MAX_ARRAY_DEPTH = 4
+
+# ggml type id -> (elements per block, bytes per block)
+TYPE_SIZE: dict[int, tuple[int, int]] = {
+    0: (1, 4),  # F32
+    1: (1, 2),  # F16
+    2: (32, 18),  # Q4_0
+    3: (32, 20),  # Q4_1
+    6: (32, 22),  # Q5_0
+    7: (32, 24),  # Q5_1
+    8: (32, 34),  # Q8_0
+    9: (32, 36),  # Q8_1
+    10: (256, 84),  # Q2_K
+    11: (256, 110),  # Q3_K
+    12: (256, 144),  # Q4_K
+    13: (256, 176),  # Q5_K
+    14: (256, 210),  # Q6_K
+    15: (256, 292),  # Q8_K
+    16: (256, 66),  # IQ2_XXS
+    17: (256, 74),  # IQ2_XS
+    18: (256, 98),  # IQ3_XXS
+    19: (256, 50),  # IQ1_S
+    20: (32, 18),  # IQ4_NL
+    21: (256, 110),  # IQ3_S
+    22: (256, 82),  # IQ2_S
+    23: (256, 136),  # IQ4_XS
+    24: (1, 1),  # I8
+    25: (1, 2),  # I16
+    26: (1, 4),  # I32
+    27: (1, 8),  # I64
+    28: (1, 8),  # F64
+    29: (256, 56),  # IQ1_M
+    30: (1, 2),  # BF16
+    34: (256, 54),  # TQ1_0
+    35: (256, 66),  # TQ2_0
+    39: (32, 17),  # MXFP4
+}
+# Byte-grouping width: plain floats only; quantised blocks and ints get 0.
+WIDTH = {0: 4, 1: 2, 30: 2, 28: 8}
+
+# kv value type -> fixed size in bytes (8 = string and 9 = array are variable)
+_SCALAR_SIZE = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY, _UINT32 = 8, 9, 4
+
+
+class _Cursor:
+    """Sequential little-endian reader over the file head, buffered in growing blocks
+    so that parsing a 100k-entry vocabulary array does not mean 100k tiny reads."""
+
+    def __init__(self, f: BoundedReader, size: int):
+        self.f = f
+        self.limit = min(size, MAX_HEADER_BYTES)
+        self.buf = bytearray()
+        self.pos = 0
+
+    def _need(self, n: int) -> None:
+        end = self.pos + n
+        if n < 0 or end > self.limit:
+            raise Malformed("GGUF header runs past its limit")
+        if end > len(self.buf):
+            want = min(self.limit, max(end, 2 * len(self.buf), 1 << 16))
+            self.f.seek(len(self.buf))
+            more = self.f.read(want - len(self.buf))
+            self.buf += more
+            if end > len(self.buf):
+                raise Malformed("GGUF header truncated")
+
+    def take(self, fmt: str, n: int) -> tuple:
+        self._need(n)
+        v = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += n
+        return v
+
+    def u32(self) -> int:
+        return self.take("<I", 4)[0]
+
+    def u64(self) -> int:
+        return self.take("<Q", 8)[0]
+
+    def skip(self, n: int) -> None:
+        self._need(n)
+        self.pos += n
+
+    def string(self) -> bytes:
+        n = self.u64()
+        self._need(n)
+        s = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return s
+
+    def skip_string(self) -> None:
+        self.skip(self.u64())
+
+
+def _skip_value(c: _Cursor, vtype: int, depth: int = 0) -> None:
+    if vtype in _SCALAR_SIZE:
+        c.skip(_SCALAR_SIZE[vtype])
+    elif vtype == _STRING:
+        c.skip_string()
+    elif vtype == _ARRAY:
+        if depth >= MAX_ARRAY_DEPTH:
+            raise Malformed("GGUF arrays nested too deep")
+        etype, n = c.u32(), c.u64()
+        if etype in _SCALAR_SIZE:
+            c.skip(n * _SCALAR_SIZE[etype])
+        else:
+            min_item = 8 if etype == _STRING else 12  # u64 length / u32 type + u64 count
+            if n * min_item > c.limit - c.pos:
+                raise Malformed("GGUF array longer than the header can hold")
+            for _ in range(n):
+                _skip_value(c, etype, depth + 1)
+    else:
+        raise Malformed(f"unknown GGUF value type {vtype}")
+
+
+def _parse(f: BinaryIO, size: int) -> list[Region]:
+    c = _Cursor(BoundedReader(f), size)
+    if bytes(c.take("4s", 4)[0]) != MAGIC:
+        raise Malformed("not GGUF")
+    version = c.u32()
+    if version not in (2, 3):
+        raise Malformed(f"unsupported GGUF version {version}")
+    n_tensors, n_kv = c.u64(), c.u64()
+    # Each tensor info takes >= 24 bytes, each kv >= 13: bound counts by the header budget.
+    if n_tensors * 24 > c.limit or n_kv * 13 > c.limit:
+        raise Malformed("absurd GGUF counts")
+    alignment = DEFAULT_ALIGNMENT
+    for _ in range(n_kv):
+        key = c.string()
+        vtype = c.u32()
+        if key == b"general.alignment" and vtype == _UINT32:
+            alignment = c.u32()
+            if not 0 < alignment <= 1 << 30:
+                raise Malformed("bad GGUF alignment")
+        else:
+            _skip_value(c, vtype)
+    infos: list[tuple[int, int | None, int]] = []  # (relative offset, nbytes or None, width)
+    for _ in range(n_tensors):
+        c.skip_string()
+        n_dims = c.u32()
+        if n_dims > MAX_DIMS:
+            raise Malformed("too many GGUF dims")
+        dims = c.take(f"<{n_dims}Q", 8 * n_dims) if n_dims else ()
+        gtype = c.u32()
+        offset = c.u64()
+        numel = 1
+        for d in dims:
+            numel *= d
+        nbytes = None
+        if gtype in TYPE_SIZE:
+            block, bsize = TYPE_SIZE[gtype]
+            if numel % block == 0:
+                nbytes = numel // block * bsize
+        infos.append((offset, nbytes, WIDTH.get(gtype, 0)))
+    data_start = -(-c.pos // alignment) * alignment
+    if data_start > size:
+        raise Malformed("GGUF data start beyond end of file")
+    infos.sort(key=lambda t: t[0])
+    out: list[Region] = []
+    for i, (rel, nbytes, width) in enumerate(infos):
+        start = data_start + rel
+        limit = data_start + infos[i + 1][0] if i + 1 < len(infos) else size
+        if nbytes is None:  # unknown type: it runs to the next tensor (or end of file)
+            nbytes = limit - start
+        if nbytes < 0 or start + nbytes > limit:
+            raise Malformed("GGUF tensor overlaps the next or the end of file")
+        out.append(Region(start, nbytes, width))
+    checked = finalize(out, size)
+    if checked is None:
+        raise Malformed("inconsistent GGUF tensor offsets")
+    return checked
+
+
+def regions(f: BinaryIO, size: int) -> list[Region] | None:
+    """Tensor regions of a GGUF file, or None if it is not one / is malformed."""
+    try:
+        return _parse(f, size)
+    except Exception:  # noqa: BLE001 - hostile input must never raise
+        return None

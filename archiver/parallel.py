@@ -1,0 +1,44 @@
+"""Bounded, ordered parallel map: the one concurrency primitive of archive, verify and restore.
+
+At most `window` items are in flight, so memory is bounded by a few chunks whatever the
+input size; results come back in input order, so callers can hash whole files and write
+sequentially while workers fetch, decode and hash in parallel."""
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T],
+                window: int) -> Iterator[tuple[T, R]]:
+    """Yield (item, fn(item)) in order. An exception from fn is raised at its item;
+    pending work is cancelled when the consumer stops early."""
+    inflight: deque[tuple[T, Future[R]]] = deque()
+    it = iter(items)
+    try:
+        while True:
+            while len(inflight) < window:
+                item = next(it, _END)
+                if item is _END:
+                    break
+                inflight.append((item, pool.submit(fn, item)))
+            if not inflight:
+                return
+            item, fut = inflight.popleft()
+            yield item, fut.result()
+    finally:
+        for _, fut in inflight:
+            fut.cancel()
+        for _, fut in inflight:  # let running ones finish so no worker still touches our data
+            if not fut.cancelled():
+                try:
+                    fut.result()
+                except BaseException:
+                    pass
+
+
+_END: object = object()

@@ -1,0 +1,213 @@
+"""restore: rebuild files byte-for-byte from a manifest, or refuse.
+
+All manifest paths are checked before anything is written. Files are created relative
+to directory file descriptors opened with O_NOFOLLOW, so a symlink planted in DEST
+cannot redirect a write. Each file is written under a temporary name, its chunks are
+fetched in parallel, decoded and re-hashed, the whole file is hashed (BLAKE3 + SHA-256),
+fsynced, and only then renamed into place: a damaged file never appears under its final
+name. A damaged file is reported and skipped; the others are still restored."""
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import os
+import secrets
+import stat
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import blake3
+
+from archiver.errors import (ArchiverError, IntegrityError, ObjectMissingError, StoreError, UnsafePathError,
+                             UsageError)
+from archiver.parallel import ordered_map
+from archiver.pipeline import default_workers
+from archiver.progress import Progress
+from archiver.repository import Repository
+from manifests.model import Entry
+from manifests.paths import check_paths
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@dataclass
+class RestoreResult:
+    id: str
+    dest: str
+    files: int = 0
+    dirs: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    problems: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def select(entries: Iterable[Entry], include: Iterable[str]) -> list[Entry]:
+    """Entries matching any glob (a matching directory brings everything below it), plus
+    the directories that contain them."""
+    globs = list(include)
+    entries = list(entries)
+    if not globs:
+        return entries
+    def hit(p: str) -> bool:
+        parts = p.split("/")
+        return any(fnmatch.fnmatchcase("/".join(parts[:i]), g) for g in globs for i in range(1, len(parts) + 1))
+    chosen = {e.path for e in entries if hit(e.path)}
+    parents = {"/".join(p.split("/")[:i]) for p in chosen for i in range(1, p.count("/") + 1)}
+    return [e for e in entries if e.path in chosen or e.path in parents]
+
+
+def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (),
+            force: bool = False, workers: int | None = None, progress: Progress | None = None) -> RestoreResult:
+    started = time.monotonic()
+    progress = progress or Progress()
+    mid = repo.resolve(ref)
+    m = repo.load_manifest(mid)
+    check_paths((e.path, e.type) for e in m.entries)  # all of them, before any write
+    chosen = select(m.entries, include)
+    if include and not chosen:
+        raise UsageError(f"--include matched nothing in {mid[:16]}")
+    root = Path(dest)
+    _prepare_dest(root, force)
+    result = RestoreResult(id=mid, dest=str(root))
+    nworkers = workers or default_workers()
+    progress.start(f"restore {m.name}", sum(e.size for e in chosen))
+    root_fd = os.open(root, _DIR_FLAGS)
+    try:
+        with ThreadPoolExecutor(nworkers, thread_name_prefix="restore") as pool:
+            for e in chosen:
+                if e.is_file:
+                    _restore_file(repo, root_fd, e, pool, nworkers * 2, result, progress, force)
+                else:
+                    os.close(_open_dir(root_fd, e.path.split("/"), create=True))
+                    result.dirs += 1
+        for e in sorted((e for e in chosen if not e.is_file), key=lambda e: -e.path.count("/")):
+            fd = _open_dir(root_fd, e.path.split("/"), create=False)
+            try:
+                os.fchmod(fd, e.mode)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.fsync(root_fd)
+    finally:
+        os.close(root_fd)
+        progress.finish()
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+def _prepare_dest(root: Path, force: bool) -> None:
+    if root.is_symlink():
+        raise UnsafePathError(f"destination {root} is a symlink; give the real directory")
+    if root.exists():
+        if not root.is_dir():
+            raise UsageError(f"destination {root} exists and is not a directory")
+        if any(root.iterdir()) and not force:
+            raise UsageError(f"destination {root} is not empty (use --force to restore into it)")
+    else:
+        try:
+            root.mkdir(parents=True)
+        except OSError as e:
+            raise ArchiverError(f"cannot create destination {root}: {e.strerror}") from None
+
+
+def _open_dir(root_fd: int, parts: list[str], *, create: bool) -> int:
+    """Walk `parts` below root_fd without following symlinks; returns an fd of the last."""
+    fd = os.dup(root_fd)
+    try:
+        for i, name in enumerate(parts):
+            try:
+                nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(name, 0o700, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePathError(
+                        f"refusing to restore through {'/'.join(parts[:i + 1])!r} in the destination: "
+                        f"it is a symlink or not a directory") from None
+                raise
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _restore_file(repo: Repository, root_fd: int, e: Entry, pool: ThreadPoolExecutor, window: int,
+                  result: RestoreResult, progress: Progress, force: bool) -> None:
+    parts = e.path.split("/")
+    dir_fd = _open_dir(root_fd, parts[:-1], create=True)
+    name = parts[-1]
+    tmp = f".{name[:200]}.{secrets.token_hex(6)}.archiver-tmp"
+    fd = -1
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                     0o600, dir_fd=dir_fd)
+        b3, sha = blake3.blake3(), hashlib.sha256()
+        for c, data in ordered_map(pool, repo.read_chunk, e.chunks, window):
+            b3.update(data)
+            sha.update(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            progress.advance(len(data))
+        if b3.hexdigest() != e.blake3 or sha.hexdigest() != e.sha256:
+            raise IntegrityError(f"{e.path}: whole-file hash does not match the manifest")
+        os.fchmod(fd, e.mode)
+        os.fsync(fd)
+        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+        os.close(fd)
+        fd = -1
+        _check_target(dir_fd, name, e.path, force)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        tmp = ""
+        os.fsync(dir_fd)
+        result.files += 1
+        result.bytes += e.size
+    except (IntegrityError, ObjectMissingError) as err:
+        result.problems.append({"path": e.path, "error": str(err),
+                                "chunk": getattr(err, "chunk", None) or getattr(err, "key", None)})
+    except OSError as err:
+        if err.errno in _NO_SPACE:
+            raise StoreError(f"disk full restoring {e.path}: nothing partial was left under its name") from None
+        raise ArchiverError(f"cannot write {e.path}: {err.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if tmp:
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except OSError:
+                pass
+        os.close(dir_fd)
+
+
+def _check_target(dir_fd: int, name: str, path: str, force: bool) -> None:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise ArchiverError(f"cannot restore {path}: a directory is in the way")
+    if not force:
+        raise ArchiverError(f"cannot restore {path}: it already exists (use --force)")

@@ -1,0 +1,251 @@
+"""A store in a local (or mounted) directory.
+
+Every write goes to a fsynced temp file in the destination directory and is published
+with a hard link, which fails if the name exists: a reader never sees a partial object,
+two writers never both win, and a crash leaves at most a stale `.tmp-*` file that every
+verb ignores."""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import secrets
+import stat as stat_mod
+from pathlib import Path
+from typing import Iterator
+
+from archiver.errors import ObjectMissingError, StoreError
+from archiver.stores.base import ObjectInfo
+
+TMP_PREFIX = ".tmp-"
+OBJECT_MODE = 0o444  # objects are immutable; read-only files guard against accidents
+
+# Errors a user can meet on a healthy machine; each gets a plain-words message.
+_ERRNO_WORDS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only filesystem",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EIO: "I/O error",
+    errno.ENOTDIR: "a parent path is an object, not a directory,",
+}
+# os.link fails with these where the filesystem has no hard links (exFAT, some FUSE/SMB).
+_NO_LINK_ERRNOS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
+
+
+def validate_key(key: str, *, prefix: bool = False) -> str:
+    """Reject keys that could escape the store root or alias another key, so the same
+    key means the same object on every backend. A `prefix` may be empty or end in '/'."""
+    if not isinstance(key, str):
+        raise ValueError(f"store key must be a string, not {type(key).__name__}")
+    if prefix and key == "":
+        return key
+    body = key[:-1] if prefix and key.endswith("/") else key
+    if body == "":
+        raise ValueError(f"invalid store key {key!r}: empty")
+    if body.startswith("/"):
+        raise ValueError(f"invalid store key {key!r}: must be relative (no leading '/')")
+    if "\\" in body:
+        raise ValueError(f"invalid store key {key!r}: backslash not allowed")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in body):
+        raise ValueError(f"invalid store key {key!r}: control character not allowed")
+    for segment in body.split("/"):
+        if segment == "":
+            raise ValueError(f"invalid store key {key!r}: empty path segment")
+        if segment in (".", ".."):
+            raise ValueError(f"invalid store key {key!r}: '{segment}' segment not allowed")
+        if segment.startswith(TMP_PREFIX):
+            raise ValueError(f"invalid store key {key!r}: '{TMP_PREFIX}*' names are reserved")
+    return key
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a directory entry (a new file or subdirectory name) durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write may write less than asked; loop until everything is written."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _remove_quietly(path: Path) -> None:
+    """Best-effort temp cleanup: a stale .tmp-* file is harmless and must never mask
+    the real outcome of a write."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _rename_noreplace(src: Path, dst: Path) -> bool:
+    """Atomic rename that refuses to replace `dst` (Linux renameat2), for filesystems
+    without hard links. True if renamed, False if `dst` exists."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        raise OSError(errno.ENOTSUP, "no renameat2 on this platform") from None
+    at_fdcwd, rename_noreplace = -100, 1
+    rc = renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), rename_noreplace)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+class LocalStore:
+    """Store rooted at a directory; keys map to relative paths under it."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).expanduser().absolute()
+        self.url = str(self.root)
+
+    def __repr__(self) -> str:
+        return f"LocalStore({self.url!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*validate_key(key).split("/"))
+
+    def _error(self, exc: OSError, doing: str, key: str) -> StoreError:
+        words = _ERRNO_WORDS.get(exc.errno or 0) or exc.strerror or str(exc)
+        return StoreError(f"{words} {doing} {key} {'to' if doing == 'writing' else 'in'} {self.root}")
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create missing directories top-down, fsyncing each parent so the new
+        entries survive a power cut together with the object written into them."""
+        missing: list[Path] = []
+        d = directory
+        while not d.is_dir():
+            missing.append(d)
+            if d.parent == d:
+                break
+            d = d.parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                if not d.is_dir():
+                    raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(d)) from None
+                continue
+            _fsync_dir(d.parent)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write atomically and durably; False if the key already exists."""
+        final = self._path(key)
+        if os.path.lexists(final):
+            return False
+        tmp: Path | None = None
+        try:
+            self._make_dirs(final.parent)
+            tmp = final.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                         OBJECT_MODE)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            created = self._publish(tmp, final)
+            _remove_quietly(tmp)  # already gone if the no-link fallback renamed it
+            tmp = None
+            if created:
+                _fsync_dir(final.parent)  # makes the new name (and the tmp removal) durable
+            return created
+        except OSError as exc:
+            raise self._error(exc, "writing", key) from exc
+        finally:
+            if tmp is not None:
+                _remove_quietly(tmp)
+
+    def _publish(self, tmp: Path, final: Path) -> bool:
+        try:
+            os.link(tmp, final)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in _NO_LINK_ERRNOS:
+                raise
+        try:
+            return _rename_noreplace(tmp, final)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise StoreError(
+                    f"filesystem at {self.root} supports neither hard links nor no-replace "
+                    "rename; cannot write objects atomically there"
+                ) from exc
+            raise
+
+    def get(self, key: str) -> bytes:
+        """Whole object; ObjectMissingError if absent."""
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectMissingError(key) from None
+        except OSError as exc:
+            raise self._error(exc, "reading", key) from exc
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size of one object, or None if absent (directories are not objects)."""
+        path = self._path(key)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise self._error(exc, "reading", key) from exc
+        if not stat_mod.S_ISREG(st.st_mode):
+            return None
+        return ObjectInfo(key=key, size=st.st_size)
+
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Objects whose key starts with `prefix`, in the same byte order S3 uses,
+        streamed directory by directory (never the whole store in memory)."""
+        validate_key(prefix, prefix=True)  # now, not at the first next()
+        return self._list(prefix)
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        # Start at the deepest directory the prefix fully names.
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root.joinpath(*base.split("/")) if base else self.root
+        try:
+            yield from self._walk(start, f"{base}/" if base else "", prefix)
+        except OSError as exc:
+            raise self._error(exc, "listing", prefix or "/") from exc
+
+    def _walk(self, directory: Path, rel: str, prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        items: list[tuple[str, os.DirEntry[str], bool]] = []
+        for entry in entries:
+            if entry.name.startswith(TMP_PREFIX):
+                continue
+            is_dir = entry.is_dir(follow_symlinks=False)
+            # A directory sorts as "name/" so the walk matches global key order.
+            items.append((entry.name + "/" if is_dir else entry.name, entry, is_dir))
+        items.sort(key=lambda item: item[0])
+        for sort_name, entry, is_dir in items:
+            key = rel + sort_name
+            if is_dir:
+                if key.startswith(prefix) or prefix.startswith(key):
+                    yield from self._walk(Path(entry.path), key, prefix)
+            elif key.startswith(prefix) and entry.is_file(follow_symlinks=False):
+                yield ObjectInfo(key=key, size=entry.stat(follow_symlinks=False).st_size)

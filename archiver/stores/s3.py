@@ -1,0 +1,452 @@
+"""A store in an S3 bucket (AWS or an S3-compatible server), under an optional prefix.
+
+Writes are conditional (`If-None-Match: *`) so two writers never both win and an
+object is never overwritten; bodies are always `bytes` so a botocore retry resends
+exactly the same bytes; reads resume cut-off downloads with ranged GETs. Every botocore
+failure becomes a one-line ArchiverError: nothing from botocore escapes this module."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import boto3
+import urllib3.exceptions
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectionError as BotoConnectionError,
+    FlexibleChecksumError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+
+from archiver.errors import ArchiverError, ObjectMissingError, StoreError, UsageError
+from archiver.stores.base import ObjectInfo
+from archiver.stores.local import validate_key
+
+MiB = 1024 * 1024
+MAX_PARTS = 10_000  # S3's limit per multipart upload
+TARGET_PARTS = 9_000  # headroom under MAX_PARTS
+CONFLICT_RETRIES = 5  # 409 ConditionalRequestConflict: a concurrent conditional write
+READ_CHUNK = 1 * MiB
+CHECKSUM_ENV = "ARCHIVER_S3_CHECKSUM"
+
+# A download cut off mid-body raises one of these; the bytes received so far are kept
+# and the rest is fetched with a ranged GET.
+_STREAM_ERRORS: tuple[type[BaseException], ...] = (
+    IncompleteReadError,
+    ResponseStreamingError,
+    ReadTimeoutError,
+    ConnectionClosedError,
+    HTTPClientError,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.ReadTimeoutError,
+    urllib3.exceptions.HTTPError,
+    http.client.IncompleteRead,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach S3. Every field has a default that works against AWS with the
+    standard credential chain; endpoint_url None lets boto3 honour AWS_ENDPOINT_URL."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    # For S3-compatible servers that reject botocore's default CRC32 checksum trailers;
+    # ARCHIVER_S3_CHECKSUM=when_required in the environment enables it too. Content-MD5
+    # is then sent instead, so bodies are still verified by the server.
+    checksum_when_required: bool = False
+    max_attempts: int = 8
+    multipart_threshold: int = 64 * MiB
+    max_pool: int = 16
+    min_part_size: int = 8 * MiB  # S3 requires >= 5 MiB; tests lower it with the threshold
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    list_page_size: int = 1000
+
+
+def checksum_when_required(options: S3Options) -> bool:
+    """The option or ARCHIVER_S3_CHECKSUM=when_required (read when a client is built)."""
+    env = os.environ.get(CHECKSUM_ENV, "").strip().lower()
+    return options.checksum_when_required or env == "when_required"
+
+
+def build_client(options: S3Options) -> Any:
+    """One client per store: botocore clients are thread-safe, so worker threads share
+    it and its connection pool (sized by max_pool)."""
+    config_args: dict[str, Any] = {
+        # total_max_attempts counts the first try (botocore's "max_attempts" key counts
+        # only retries), so max_attempts=8 means 8 requests at most, like AWS_MAX_ATTEMPTS.
+        "retries": {"mode": "standard", "total_max_attempts": options.max_attempts},
+        "connect_timeout": options.connect_timeout,
+        "read_timeout": options.read_timeout,
+        "max_pool_connections": options.max_pool,
+    }
+    if checksum_when_required(options):
+        config_args["request_checksum_calculation"] = "when_required"
+        config_args["response_checksum_validation"] = "when_required"
+    try:
+        session = boto3.session.Session(profile_name=options.profile, region_name=options.region)
+        return session.client("s3", endpoint_url=options.endpoint_url, config=Config(**config_args))
+    except ProfileNotFound as exc:
+        raise StoreError(f"AWS profile {options.profile!r} not found in the AWS config files") from exc
+    except (BotoCoreError, ValueError) as exc:
+        raise StoreError(f"cannot set up the S3 client: {_one_line(str(exc))}") from exc
+
+
+def part_size_for(size: int, min_part_size: int = 8 * MiB) -> int:
+    """Part size for a multipart upload of `size` bytes: at least `min_part_size`, and
+    large enough (rounded up to 1 MiB) that even a multi-TB object needs < 10,000 parts."""
+    needed = math.ceil(size / TARGET_PARTS)
+    return max(min_part_size, math.ceil(needed / MiB) * MiB)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
+
+
+def _code_status(exc: ClientError) -> tuple[str, int | None]:
+    error = exc.response.get("Error", {}) or {}
+    status = (exc.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode")
+    return str(error.get("Code", "") or ""), status
+
+
+def _is_precondition_failed(exc: ClientError) -> bool:
+    code, status = _code_status(exc)
+    return code == "PreconditionFailed" or status == 412
+
+
+def _is_conflict(exc: ClientError) -> bool:
+    code, status = _code_status(exc)
+    return code == "ConditionalRequestConflict" or (status == 409 and code in ("", "409"))
+
+
+def _is_missing_key(exc: ClientError) -> bool:
+    code, status = _code_status(exc)
+    if code == "NoSuchBucket":
+        return False
+    return code in ("NoSuchKey", "NotFound", "404") or status == 404
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+
+
+class S3Store:
+    """Store at s3://bucket/prefix; keys are relative to the prefix."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        options: S3Options = S3Options(),
+        client: Any = None,
+    ):
+        if not bucket or "/" in bucket:
+            raise UsageError(f"invalid S3 bucket name {bucket!r}")
+        prefix = prefix.strip("/")
+        if prefix:
+            validate_key(prefix)
+        self.bucket = bucket
+        self.prefix = prefix
+        self.options = options
+        self.client = client if client is not None else build_client(options)
+        self.endpoint = str(self.client.meta.endpoint_url)
+        self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self._root = f"{prefix}/" if prefix else ""
+        config = self.client.meta.config
+        self._when_required = getattr(config, "request_checksum_calculation", None) == "when_required"
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"
+
+    def _full(self, key: str) -> str:
+        return self._root + validate_key(key)
+
+    def _where(self, key: str | None) -> str:
+        return f"s3://{self.bucket}/{self._root}{key}" if key is not None else self.url
+
+    def _fail(self, exc: BaseException, action: str, key: str | None = None) -> ArchiverError:
+        """Translate a botocore failure into a one-line error with a hint."""
+        where = self._where(key)
+        if isinstance(exc, ClientError):
+            code, status = _code_status(exc)
+            message = _one_line(str((exc.response.get("Error", {}) or {}).get("Message", "") or ""))
+            if code == "NoSuchBucket":
+                return StoreError(f"bucket {self.bucket} does not exist (S3 endpoint {self.endpoint})")
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                        "InvalidToken", "TokenRefreshRequired"):
+                return StoreError(
+                    f"S3 rejected the credentials ({code}) {action} {where}: check AWS_PROFILE "
+                    "or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the region"
+                )
+            if code in ("AccessDenied", "AllAccessDisabled", "AccountProblem", "403") or status == 403:
+                return StoreError(
+                    f"access denied {action} {where}: the credentials lack permission "
+                    "(check the IAM policy / bucket policy for this prefix)"
+                )
+            if code in ("PermanentRedirect", "301", "AuthorizationHeaderMalformed") or status == 301:
+                return StoreError(
+                    f"bucket {self.bucket} is in another region: set AWS_DEFAULT_REGION or the region option"
+                )
+            if code == "NotImplemented" or status == 501:
+                return StoreError(
+                    f"S3 endpoint {self.endpoint} does not implement a feature needed {action} {where} "
+                    f"(conditional writes If-None-Match, or checksums: try {CHECKSUM_ENV}=when_required): {message}"
+                )
+            if "checksum" in message.lower() or code in ("XAmzContentSHA256Mismatch", "BadDigest"):
+                return StoreError(
+                    f"S3 rejected the request {action} {where}: {code}: {message} "
+                    f"(for S3-compatible servers try {CHECKSUM_ENV}=when_required)"
+                )
+            return StoreError(f"S3 error {action} {where}: {code or status}: {message}".rstrip(": "))
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+            return StoreError(
+                f"no AWS credentials found for {self.url}: set AWS_PROFILE, or "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            )
+        if isinstance(exc, ProfileNotFound):
+            return StoreError(f"AWS profile not found: {_one_line(str(exc))}")
+        if isinstance(exc, (BotoConnectionError, HTTPClientError)):
+            return StoreError(f"cannot reach S3 endpoint {self.endpoint}: {_one_line(str(exc))}")
+        return StoreError(f"S3 error {action} {where}: {_one_line(str(exc)) or type(exc).__name__}")
+
+    # -- setup ---------------------------------------------------------------------
+
+    def check_bucket(self) -> None:
+        """Fail early, with a clear message, if the endpoint or bucket is unusable."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code, status = _code_status(exc)
+            if status == 404 or code in ("404", "NoSuchBucket", "NotFound"):
+                raise StoreError(
+                    f"bucket {self.bucket} does not exist (S3 endpoint {self.endpoint})"
+                ) from exc
+            if status == 403:
+                return  # may lack s3:ListBucket only; object requests will tell more
+            raise self._fail(exc, "checking bucket") from exc
+        except BotoCoreError as exc:
+            raise self._fail(exc, "checking bucket") from exc
+
+    # -- writes --------------------------------------------------------------------
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Conditional write (If-None-Match: *); False if the key already exists."""
+        full = self._full(key)
+        if not isinstance(data, bytes):
+            data = bytes(data)  # never a stream: a retry must resend the same bytes
+        try:
+            if len(data) > self.options.multipart_threshold:
+                return self._put_multipart(full, data)
+            return self._put_single(full, data)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "writing", key) from exc
+
+    def _put_single(self, full: str, data: bytes) -> bool:
+        extra = {"ContentMD5": _md5_b64(data)} if self._when_required else {}
+        attempt = 0
+        while True:
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*", **extra)
+                return True
+            except ClientError as exc:
+                if _is_precondition_failed(exc):
+                    return False
+                if _is_conflict(exc) and attempt < CONFLICT_RETRIES:
+                    _backoff(attempt)
+                    attempt += 1
+                    continue
+                raise
+
+    def _put_multipart(self, full: str, data: bytes) -> bool:
+        if self._head(full) is not None:
+            return False  # don't upload gigabytes only to have the final commit refused
+        part_size = part_size_for(len(data), self.options.min_part_size)
+        checksum = {} if self._when_required else {"ChecksumAlgorithm": "CRC32"}
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **checksum)["UploadId"]
+        finished = False
+        try:
+            parts: list[dict[str, Any]] = []
+            for number, offset in enumerate(range(0, len(data), part_size), start=1):
+                body = data[offset : offset + part_size]
+                extra = {"ContentMD5": _md5_b64(body)} if self._when_required else checksum
+                resp = self.client.upload_part(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body, **extra
+                )
+                part = {"ETag": resp["ETag"], "PartNumber": number}
+                if resp.get("ChecksumCRC32"):
+                    part["ChecksumCRC32"] = resp["ChecksumCRC32"]
+                parts.append(part)
+            attempt = 0
+            while True:
+                try:
+                    self.client.complete_multipart_upload(
+                        Bucket=self.bucket, Key=full, UploadId=upload_id,
+                        MultipartUpload={"Parts": parts}, IfNoneMatch="*",
+                    )
+                    finished = True
+                    return True
+                except ClientError as exc:
+                    if _is_precondition_failed(exc):
+                        return False  # upload aborted below
+                    if _is_conflict(exc) and attempt < CONFLICT_RETRIES:
+                        _backoff(attempt)
+                        attempt += 1
+                        continue
+                    raise
+        finally:
+            if not finished:
+                self._abort(full, upload_id)
+
+    def _abort(self, full: str, upload_id: str) -> None:
+        """Best effort: parts of an unfinished upload are billed until aborted. The
+        original failure is what the caller needs to see, so abort errors are dropped
+        (a bucket lifecycle rule for incomplete uploads is the backstop)."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+        except (ClientError, BotoCoreError):
+            pass
+
+    # -- reads ---------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes:
+        """Whole object, resuming a cut-off body with ranged GETs (up to max_attempts)."""
+        full = self._full(key)
+        buf = bytearray()
+        total: int | None = None
+        etag: str | None = None
+        resumes = 0
+        last_error: BaseException | None = None
+        while True:
+            args: dict[str, Any] = {}
+            if buf:
+                args["Range"] = f"bytes={len(buf)}-"
+                if etag:
+                    args["IfMatch"] = etag  # the same object, not a replacement
+            try:
+                resp = self.client.get_object(Bucket=self.bucket, Key=full, **args)
+            except ClientError as exc:
+                if _is_missing_key(exc):
+                    raise ObjectMissingError(key) from None
+                raise self._fail(exc, "reading", key) from exc
+            except BotoCoreError as exc:
+                raise self._fail(exc, "reading", key) from exc
+            if total is None:
+                total = int(resp.get("ContentLength", 0))
+                etag = resp.get("ETag")
+            elif buf:
+                if resp.get("ContentRange"):
+                    self._check_range(resp, len(buf), total, key)
+                else:
+                    buf.clear()  # the server ignored Range and sent the whole object
+            body = resp["Body"]
+            try:
+                self._drain(body, buf, total)
+                last_error = None
+            except FlexibleChecksumError as exc:
+                buf.clear()  # corrupted in transit: fetch it all again
+                last_error = exc
+            except _STREAM_ERRORS as exc:
+                last_error = exc
+            finally:
+                try:
+                    body.close()
+                except Exception:  # noqa: BLE001 - closing a broken stream may fail too
+                    pass
+            if len(buf) == total:
+                return bytes(buf)
+            if len(buf) > total:
+                raise StoreError(f"S3 returned more bytes than the size of {self._where(key)} ({len(buf)} > {total})")
+            resumes += 1
+            if resumes > self.options.max_attempts:
+                detail = _one_line(str(last_error)) if last_error else "body ended early"
+                raise StoreError(
+                    f"download of {self._where(key)} kept being cut off "
+                    f"({len(buf)} of {total} bytes, {resumes} resumed GETs): {detail}"
+                )
+            _backoff(min(resumes, 5))
+
+    def _check_range(self, resp: dict[str, Any], start: int, total: int, key: str) -> None:
+        content_range = str(resp.get("ContentRange", ""))
+        expected = f"bytes {start}-{total - 1}/{total}"
+        if content_range and content_range != expected:
+            raise StoreError(
+                f"S3 answered a resumed download of {self._where(key)} with range "
+                f"{content_range!r}, expected {expected!r}"
+            )
+
+    @staticmethod
+    def _drain(body: Any, buf: bytearray, total: int) -> None:
+        """Append the body to `buf` piece by piece so a cut keeps what arrived."""
+        while True:
+            piece = body.read(READ_CHUNK)
+            if not piece:
+                return
+            buf += piece
+            if len(buf) > total:
+                return
+
+    def _head(self, full: str) -> dict[str, Any] | None:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=full)
+        except ClientError as exc:
+            if _is_missing_key(exc):
+                return None
+            raise
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size via HEAD; None if absent."""
+        full = self._full(key)
+        try:
+            resp = self._head(full)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "reading", key) from exc
+        return None if resp is None else ObjectInfo(key=key, size=int(resp.get("ContentLength", 0)))
+
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """One ListObjectsV2 request per page (1000 keys), in S3's key order."""
+        validate_key(prefix, prefix=True)  # now, not at the first next()
+        return self._list(prefix)
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(
+            Bucket=self.bucket,
+            Prefix=self._root + prefix,
+            PaginationConfig={"PageSize": self.options.list_page_size},
+        )
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []) or []:
+                    full = obj["Key"]
+                    if not full.startswith(self._root) or full.endswith("/"):
+                        continue  # "folder" markers made by consoles are not objects
+                    yield ObjectInfo(key=full[len(self._root):], size=int(obj.get("Size", 0)))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "listing", prefix) from exc

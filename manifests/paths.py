@@ -1,0 +1,74 @@
+"""Which manifest paths are safe to create under a restore destination.
+
+A manifest may come from an untrusted or tampered store, so every path is checked
+before anything is written: relative, '/'-separated, no '..' or '.', no drive letters
+or UNC prefixes, no backslashes, no NUL or control characters, and no two entries that
+would land on the same file on a case-insensitive or Unicode-normalising filesystem."""
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Iterable
+
+from archiver.errors import UnsafePathError
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+
+
+def check_path(path: str) -> list[str]:
+    """Return the path's components, or raise UnsafePathError naming the problem."""
+    def bad(why: str) -> UnsafePathError:
+        return UnsafePathError(f"unsafe path in manifest: {path!r} ({why})")
+
+    if not isinstance(path, str) or path == "":
+        raise bad("empty")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        raise bad("NUL or control character")
+    if "\\" in path:
+        raise bad("backslash")
+    if path.startswith("/"):
+        raise bad("absolute")
+    if _DRIVE.match(path):
+        raise bad("drive letter")
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise bad("too long")
+    parts = path.split("/")
+    for p in parts:
+        if p == "":
+            raise bad("empty component")
+        if p in (".", ".."):
+            raise bad(f"'{p}' component")
+        if len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise bad("component too long")
+    return parts
+
+
+def fold(path: str) -> str:
+    """The key under which two paths collide on case-insensitive, normalising filesystems."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFKD", path).casefold())
+
+
+def check_paths(items: Iterable[tuple[str, str]]) -> None:
+    """Check (path, type) pairs as a whole: each path safe, no duplicates or colliding
+    spellings, and no file used as a directory by another entry."""
+    seen: dict[str, str] = {}
+    files: set[str] = set()
+    all_paths: list[list[str]] = []
+    for path, typ in items:
+        parts = check_path(path)
+        key = fold(path)
+        if key in seen:
+            raise UnsafePathError(f"unsafe path in manifest: {path!r} collides with {seen[key]!r}")
+        seen[key] = path
+        if typ == "file":
+            files.add(key)
+        all_paths.append(parts)
+    for parts in all_paths:
+        for i in range(1, len(parts)):
+            prefix = fold("/".join(parts[:i]))
+            if prefix in files:
+                raise UnsafePathError(
+                    f"unsafe path in manifest: {'/'.join(parts)!r} is inside file {seen[prefix]!r}"
+                )

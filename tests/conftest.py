@@ -1,0 +1,121 @@
+"""Shared fixtures: fake AWS credentials, an in-process S3 mock, a real HTTP S3 server
+(moto on 127.0.0.1), and `store_url`, which runs a test once per backend.
+
+Note: moto keeps one global in-memory backend. `mock_aws()` resets it when it starts
+and stops, which also empties the buckets of the session-wide `moto_server`; that is
+why `s3_server_url` creates a fresh bucket per test instead of sharing one."""
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from typing import Iterator
+
+import boto3
+import pytest
+
+FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+# Ambient settings that would point a test at a real account, endpoint or behaviour.
+AMBIENT_AWS_VARS = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_REQUEST_CHECKSUM_CALCULATION",
+    "AWS_RESPONSE_CHECKSUM_VALIDATION",
+    "ARCHIVER_S3_CHECKSUM",
+)
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Fake credentials and no ambient AWS configuration, so a test can never reach
+    (or be configured by) a real AWS account."""
+    for name in AMBIENT_AWS_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in FAKE_AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return dict(FAKE_AWS_ENV)
+
+
+@pytest.fixture
+def s3_mock_url(aws_env: dict[str, str]) -> Iterator[str]:
+    """An empty store location in an in-process S3 mock (no network)."""
+    from moto import mock_aws
+
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="archiver-test")
+        yield "s3://archiver-test/prefix"
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A real HTTP S3 endpoint (moto) on 127.0.0.1 with an OS-chosen port."""
+    from moto.server import ThreadedMotoServer
+
+    werkzeug_log = logging.getLogger("werkzeug")
+    old_level = werkzeug_log.level
+    werkzeug_log.setLevel(logging.WARNING)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        werkzeug_log.setLevel(old_level)
+
+
+@pytest.fixture
+def s3_server_url(
+    moto_server: str, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """An empty store location in a fresh bucket on `moto_server`; AWS_ENDPOINT_URL
+    points boto3 (and so the archiver) at it."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    bucket = f"archiver-test-{uuid.uuid4().hex[:12]}"
+    client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    yield f"s3://{bucket}/prefix"
+    _delete_bucket(client, bucket)
+
+
+def _delete_bucket(client, bucket: str) -> None:
+    """Free the server's memory (some tests write tens of MiB); best effort."""
+    try:
+        for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) or []:
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", []) or []]
+            if keys:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        client.delete_bucket(Bucket=bucket)
+    except Exception:  # noqa: BLE001 - cleanup must not turn a passing test into an error
+        pass
+
+
+@pytest.fixture(
+    params=[
+        "local",
+        "s3-mock",
+        pytest.param("s3-server", marks=pytest.mark.integration),
+    ]
+)
+def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """URL of an empty store location on each backend in turn, so a test written
+    once runs against a local directory, the S3 mock and a real HTTP S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    if request.param == "s3-mock":
+        return request.getfixturevalue("s3_mock_url")
+    return request.getfixturevalue("s3_server_url")

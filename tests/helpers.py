@@ -1,0 +1,116 @@
+"""Shared test plumbing: run the CLI in-process, build a sample checkpoint, and reach
+around the Store API to damage objects the way disks and buckets do."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import boto3
+
+from archiver.cli import main
+from tests.fixtures import make_safetensors, random_tensor_bytes
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+def run_cli(*args: str) -> CliResult:
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def make_checkpoint(root: Path, *, layers: int = 4, dim: int = 256, seed: int = 0) -> Path:
+    """A small model directory: bf16 + fp32 safetensors, config, tokenizer, an empty file,
+    an empty directory and a nested directory."""
+    root.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for i in range(layers):
+        tensors[f"layers.{i}.weight"] = ("BF16", [dim, dim], random_tensor_bytes("BF16", dim * dim, seed=seed + i))
+        tensors[f"layers.{i}.bias"] = ("F32", [dim], random_tensor_bytes("F32", dim, seed=seed + 100 + i))
+    make_safetensors(root / "model.safetensors", tensors, metadata={"format": "pt"})
+    (root / "config.json").write_text(json.dumps({"hidden": dim, "layers": layers}))
+    (root / "tokenizer").mkdir(exist_ok=True)
+    (root / "tokenizer" / "vocab.txt").write_text("\n".join(f"tok{i}" for i in range(3000)))
+    (root / "empty.txt").write_bytes(b"")
+    (root / "empty_dir").mkdir(exist_ok=True)
+    os.chmod(root / "config.json", 0o640)
+    return root
+
+
+def tree(root: Path) -> dict[str, tuple[str, bytes | None, int]]:
+    """Relative path -> (kind, content, mode) for comparing trees byte for byte."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_dir():
+            out[rel] = ("dir", None, p.stat().st_mode & 0o7777)
+        else:
+            out[rel] = ("file", p.read_bytes(), p.stat().st_mode & 0o7777)
+    return out
+
+
+class RawStore:
+    """Direct access to a store's objects, bypassing every safety check, to simulate damage."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("s3://"):
+            bucket, _, prefix = url[5:].partition("/")
+            self.bucket, self.prefix = bucket, prefix.strip("/")
+            self.s3 = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"))
+        else:
+            self.root = Path(url[7:] if url.startswith("file://") else url)
+
+    def _k(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def keys(self, prefix: str) -> list[str]:
+        if self.url.startswith("s3://"):
+            pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._k(prefix))
+            cut = len(self.prefix) + 1 if self.prefix else 0
+            return sorted(o["Key"][cut:] for pg in pages for o in pg.get("Contents", []))
+        base = self.root
+        return sorted(p.relative_to(base).as_posix() for p in (base / prefix).rglob("*")
+                      if p.is_file() and not p.name.startswith(".tmp"))
+
+    def read(self, key: str) -> bytes:
+        if self.url.startswith("s3://"):
+            return self.s3.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read()
+        return (self.root / key).read_bytes()
+
+    def write(self, key: str, data: bytes) -> None:
+        if self.url.startswith("s3://"):
+            self.s3.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+            return
+        p = self.root / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.exists():
+            os.chmod(p, 0o644)
+        p.write_bytes(data)
+
+    def delete(self, key: str) -> None:
+        if self.url.startswith("s3://"):
+            self.s3.delete_object(Bucket=self.bucket, Key=self._k(key))
+        else:
+            (self.root / key).unlink()
+
+    def mutate(self, key: str, fn: Callable[[bytes], bytes]) -> None:
+        self.write(key, fn(self.read(key)))
