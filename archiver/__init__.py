@@ -14,7 +14,7 @@ import importlib
 from typing import Any
 
 __all__ = ["archive", "verify", "restore", "open_store", "open_repository", "list_archives", "show",
-           "rebuild_catalog", "ArchiveResult", "VerifyReport", "RestoreResult", "ArchiverError"]
+           "rebuild_catalog", "keygen", "ArchiveResult", "VerifyReport", "RestoreResult", "ArchiverError"]
 
 
 def __getattr__(name: str) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Iterable, Iterator
 
 from archiver import checker, pipeline, restorer
@@ -14,6 +15,7 @@ from archiver.progress import Progress
 from archiver.repository import Repository
 from archiver.stores import Store
 from archiver.stores import open_store as _open_store
+from manifests import signing
 from manifests.catalog import ManifestRow
 from manifests.model import Manifest
 
@@ -46,25 +48,41 @@ def _repo(repo: Repository | None, store: str | None, catalog: str | os.PathLike
 
 
 def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None = None,
-            meta: dict[str, str] | None = None, repo: Repository | None = None, store: str | None = None,
-            catalog: str | os.PathLike | None = None, progress: Progress | None = None,
-            **options) -> ArchiveResult:
+            meta: dict[str, str] | None = None, sign_key: str | os.PathLike | None = None,
+            repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
+            progress: Progress | None = None, **options) -> ArchiveResult:
+    """`sign_key`: path of an Ed25519 private key (from `keygen`) to sign the manifest with."""
+    key = signing.load_private(sign_key) if sign_key is not None else None
     with _repo(repo, store, catalog, create=True) as r:
-        return pipeline.archive(r, list(paths), name=name, label=label, meta=meta, progress=progress, **options)
+        return pipeline.archive(r, list(paths), name=name, label=label, meta=meta, progress=progress,
+                                sign_key=key, **options)
+
+
+def keygen(path: str | os.PathLike) -> tuple[Path, Path]:
+    """Create an Ed25519 key pair: private key at `path` (0600), public key at `path`.pub."""
+    return signing.keygen(path)
+
+
+def _trusted(keys: Iterable[str] | None) -> list[bytes] | None:
+    return [signing.load_public(k) for k in keys] if keys else None
 
 
 def verify(refs: Iterable[str] = (), *, all: bool = False, deep: bool = False, sample: float | None = None,
-           repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
-           progress: Progress | None = None) -> VerifyReport:
+           trust_keys: Iterable[str] | None = None, repo: Repository | None = None, store: str | None = None,
+           catalog: str | os.PathLike | None = None, progress: Progress | None = None) -> VerifyReport:
+    """`trust_keys`: public key files or hex keys; each manifest must be signed by one of them."""
+    trusted = _trusted(trust_keys)
     with _repo(repo, store, catalog) as r:
-        return checker.verify(r, list(refs), all=all, deep=deep, sample=sample, progress=progress)
+        return checker.verify(r, list(refs), all=all, deep=deep, sample=sample, trusted=trusted,
+                              progress=progress)
 
 
 def restore(ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (), force: bool = False,
-            repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
-            progress: Progress | None = None) -> RestoreResult:
+            trust_keys: Iterable[str] | None = None, repo: Repository | None = None, store: str | None = None,
+            catalog: str | os.PathLike | None = None, progress: Progress | None = None) -> RestoreResult:
+    trusted = _trusted(trust_keys)
     with _repo(repo, store, catalog) as r:
-        return restorer.restore(r, ref, dest, include=include, force=force, progress=progress)
+        return restorer.restore(r, ref, dest, include=include, force=force, trusted=trusted, progress=progress)
 
 
 def list_archives(name: str | None = None, *, repo: Repository | None = None, store: str | None = None,

@@ -71,7 +71,7 @@ class VerifyReport:
 
 
 def verify(repo: Repository, refs: Iterable[str] = (), *, all: bool = False, deep: bool = False,
-           sample: float | None = None, workers: int | None = None,
+           sample: float | None = None, workers: int | None = None, trusted: list[bytes] | None = None,
            progress: Progress | None = None) -> VerifyReport:
     """Check the named archives (or every archive with all=True). Never raises for damage
     found in the store: damage becomes Problems in the report."""
@@ -89,7 +89,7 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all: bool = False, dee
     report = VerifyReport(mode=mode, manifests=ids)
     manifests: dict[str, Manifest] = {}
     for mid in ids:
-        m = _load(repo, mid, report)
+        m = _load(repo, mid, report, trusted)
         if m is not None:
             manifests[mid] = m
     _shallow(repo, manifests, report)
@@ -113,7 +113,7 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all: bool = False, dee
     return report
 
 
-def _load(repo: Repository, mid: str, report: VerifyReport) -> Manifest | None:
+def _load(repo: Repository, mid: str, report: VerifyReport, trusted: list[bytes] | None) -> Manifest | None:
     try:
         m = repo.load_manifest(mid)
     except ArchiverError as e:
@@ -125,6 +125,10 @@ def _load(repo: Repository, mid: str, report: VerifyReport) -> Manifest | None:
             report.problems.append(Problem(mid, "manifest", "store copy of the manifest differs from its id"))
     except ObjectMissingError:
         report.problems.append(Problem(mid, "manifest", "manifest is missing from the store"))
+    for msg in repo.chain_problems(m):
+        report.problems.append(Problem(mid, "chain", msg))
+    for msg in repo.signature_problems(mid, trusted):
+        report.problems.append(Problem(mid, "signature", msg))
     try:
         check_paths((e.path, e.type) for e in m.entries)
     except UnsafePathError as e:

@@ -42,7 +42,9 @@ class ChunkPolicy:
     """Chunk size limits. Defaults keep objects few (~2-8 MiB) but small enough to dedup."""
 
     max_chunk: int = 8 * 1024 * 1024  # largest chunk; big tensors are split into pieces of this size (a multiple of the width), counted from the tensor start
-    small_group: int = 8 * 1024 * 1024  # consecutive small tensors of the same width are grouped into one chunk up to this size (fewer objects)
+    # consecutive small tensors of the same width share a chunk up to this size: fewer objects, while
+    # changing 10% of a real model's tensors still leaves ~95% of bytes deduplicated (8 MiB: only ~52%)
+    small_group: int = 1024 * 1024
     cdc_min: int = 512 * 1024
     cdc_avg: int = 2 * 1024 * 1024
     cdc_max: int = 8 * 1024 * 1024

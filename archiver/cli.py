@@ -57,14 +57,15 @@ def cli(ctx: click.Context, store: str | None, catalog: str | None) -> None:
 @click.option("--name", required=True, help="Archive name (e.g. the model's name).")
 @click.option("--label", help="A label such as a version; NAME@LABEL refers to the newest with it.")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata recorded in the manifest.")
+@click.option("--sign-key", type=click.Path(), help="Ed25519 private key (from `archiver keygen`) to sign with.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, meta: tuple[str, ...],
-                as_json: bool) -> None:
+                sign_key: str | None, as_json: bool) -> None:
     """Archive files and directories; prints the manifest id."""
     meta_d = _parse_meta(meta)
     with c.repo(create=True) as repo:
-        res = api.archive(paths, name=name, label=label, meta=meta_d, repo=repo,
+        res = api.archive(paths, name=name, label=label, meta=meta_d, sign_key=sign_key, repo=repo,
                           progress=Progress.for_terminal("archive", quiet=as_json))
     if as_json:
         emit(res.to_dict())
@@ -122,14 +123,17 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
 @click.option("--all", "all_", is_flag=True, help="Every archive in the catalog.")
 @click.option("--deep", is_flag=True, help="Download, decode and re-hash every chunk and file.")
 @click.option("--sample", type=float, metavar="FRACTION", help="Deep-check this fraction of chunks, stalest first.")
+@click.option("--trust-key", multiple=True, metavar="PUBKEY",
+              help="Require a signature by this public key (file or hex); repeatable.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: float | None, as_json: bool) -> None:
+def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: float | None,
+               trust_key: tuple[str, ...], as_json: bool) -> None:
     """Prove archives complete and uncorrupted. Exit 0 all good, 1 problems found, 2 usage."""
     if bool(refs) == all_:
         raise UsageError("give REF... or --all (not both)")
     with c.repo() as repo:
-        rep = api.verify(refs, all=all_, deep=deep, sample=sample, repo=repo,
+        rep = api.verify(refs, all=all_, deep=deep, sample=sample, trust_keys=trust_key, repo=repo,
                          progress=Progress.for_terminal("verify", quiet=as_json))
     if as_json:
         emit(rep.to_dict())
@@ -148,12 +152,15 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
 @click.argument("dest", type=click.Path())
 @click.option("--include", multiple=True, metavar="GLOB", help="Only paths matching GLOB (repeatable).")
 @click.option("--force", is_flag=True, help="Restore into a non-empty DEST, replacing files.")
+@click.option("--trust-key", multiple=True, metavar="PUBKEY",
+              help="Refuse unless signed by this public key (file or hex); repeatable.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bool, as_json: bool) -> None:
+def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bool, trust_key: tuple[str, ...],
+                as_json: bool) -> None:
     """Restore an archive into DEST, verifying every byte."""
     with c.repo() as repo:
-        res = api.restore(ref, dest, include=include, force=force, repo=repo,
+        res = api.restore(ref, dest, include=include, force=force, trust_keys=trust_key, repo=repo,
                           progress=Progress.for_terminal("restore", quiet=as_json))
     if as_json:
         emit(res.to_dict())
@@ -163,6 +170,18 @@ def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bo
         click.echo(f"{'restored' if res.ok else 'FAILED'}: {res.files} files, {human_bytes(res.bytes)} "
                    f"into {res.dest} in {res.seconds:.1f}s", err=not res.ok)
     sys.exit(0 if res.ok else 1)
+
+
+@cli.command("keygen")
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+def keygen_cmd(path: str, as_json: bool) -> None:
+    """Create an Ed25519 signing key at PATH (0600) and its public key at PATH.pub."""
+    priv, pub = api.keygen(path)
+    if as_json:
+        emit({"private_key": str(priv), "public_key": str(pub)})
+    else:
+        click.echo(f"private key: {priv}\npublic key:  {pub}")
 
 
 @cli.group("catalog")

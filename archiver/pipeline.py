@@ -45,6 +45,7 @@ class ArchiveResult:
     new_chunks: int
     seconds: float
     parent: str | None = None
+    signed_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -101,8 +102,9 @@ class _ChunkWriter:
 
 def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, label: str | None = None,
             meta: dict[str, str] | None = None, policy: ChunkPolicy | None = None, workers: int | None = None,
-            progress: Progress | None = None) -> ArchiveResult:
-    """Archive files and directories under `name`; returns the committed manifest's summary."""
+            progress: Progress | None = None, sign_key: Any = None) -> ArchiveResult:
+    """Archive files and directories under `name`; returns the committed manifest's summary.
+    With `sign_key` (an Ed25519 private key) the manifest id is signed before it is recorded."""
     _check_name(name, "name")
     if label is not None:
         _check_name(label, "label")
@@ -125,12 +127,13 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     parent = repo.catalog.latest(name)
     manifest = Manifest(name=name, label=label, meta=dict(meta or {}), parent=parent, entries=tuple(entries))
     mid, data = repo.write_manifest(manifest)
+    signer = repo.sign_manifest(mid, sign_key).fingerprint if sign_key is not None else None
     uniq = manifest.unique_chunks()
     result = ArchiveResult(
         id=mid, name=name, label=label, files=len(manifest.files), dirs=len(entries) - len(manifest.files),
         bytes_in=manifest.total_size, bytes_stored=sum(c.stored_size for c in uniq.values()),
         new_bytes_stored=stats.new_bytes, chunks=len(uniq), new_chunks=stats.new_chunks,
-        seconds=round(time.monotonic() - started, 3), parent=parent,
+        seconds=round(time.monotonic() - started, 3), parent=parent, signed_by=signer,
     )
     details = result.to_dict()
     details.pop("id")

@@ -16,6 +16,7 @@ from archiver.codecs import Codec, describe
 from archiver.errors import (ArchiverError, CorruptChunkError, IntegrityError, ManifestError,
                              NotFoundError, ObjectMissingError)
 from archiver.stores import Store, open_store
+from manifests import signing
 from manifests.catalog import Catalog
 from manifests.model import ChunkRef, Manifest, chunk_key, is_hash, manifest_key, parse_manifest
 
@@ -83,6 +84,46 @@ class Repository:
             if self.store.get(manifest_key(mid)) != data:
                 raise ManifestError(f"store already holds a different object under manifest id {mid}")
         return mid, data
+
+    # -- signatures and chain ------------------------------------------------------------------
+    def sign_manifest(self, mid: str, key: "signing.Ed25519PrivateKey") -> signing.Signature:
+        """Store an Ed25519 signature of `mid` (deterministic, so a re-run writes the same bytes)."""
+        sig = signing.sign(key, mid)
+        skey = signing.signature_key(mid, sig.fingerprint)
+        if not self.store.put_if_absent(skey, sig.to_json()):
+            if not signing.check(signing.parse_signature(self.store.get(skey)), mid):
+                raise IntegrityError(f"store holds an invalid signature at {skey}")
+        return sig
+
+    def signature_problems(self, mid: str, trusted: list[bytes] | None = None) -> list[str]:
+        """Every signature present must be valid; with `trusted` keys, one of them must have signed."""
+        problems: list[str] = []
+        good: set[str] = set()
+        for info in self.store.list(signing.signature_prefix(mid)):
+            try:
+                sig = signing.parse_signature(self.store.get(info.key))
+            except ArchiverError as e:
+                problems.append(f"{info.key}: {e}")
+                continue
+            if signing.check(sig, mid) and info.key == signing.signature_key(mid, sig.fingerprint):
+                good.add(sig.public_key)
+            else:
+                problems.append(f"bad signature {info.key} (key {sig.fingerprint})")
+        if trusted and not good.intersection(k.hex() for k in trusted):
+            problems.append("not signed by any trusted key")
+        return problems
+
+    def chain_problems(self, m: Manifest) -> list[str]:
+        """The predecessor a manifest names must exist in the store, match its id and share its name."""
+        if m.parent is None:
+            return []
+        try:
+            parent = self.fetch_manifest(m.parent)
+        except ArchiverError as e:
+            return [f"broken chain: parent {m.parent[:16]}: {e}"]
+        if parent.name != m.name:
+            return [f"broken chain: parent {m.parent[:16]} is named {parent.name!r}, not {m.name!r}"]
+        return []
 
     # -- chunks ------------------------------------------------------------------------------
     def read_chunk(self, ref: ChunkRef) -> bytes:

@@ -71,11 +71,17 @@ def select(entries: Iterable[Entry], include: Iterable[str]) -> list[Entry]:
 
 
 def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (),
-            force: bool = False, workers: int | None = None, progress: Progress | None = None) -> RestoreResult:
+            force: bool = False, workers: int | None = None, trusted: list[bytes] | None = None,
+            progress: Progress | None = None) -> RestoreResult:
+    """With `trusted` public keys, refuse unless one of them signed the manifest."""
     started = time.monotonic()
     progress = progress or Progress()
     mid = repo.resolve(ref)
     m = repo.load_manifest(mid)
+    if trusted:
+        bad = repo.signature_problems(mid, trusted)
+        if bad:
+            raise IntegrityError(f"refusing to restore {mid[:16]}: {'; '.join(bad)}")
     check_paths((e.path, e.type) for e in m.entries)  # all of them, before any write
     chosen = select(m.entries, include)
     if include and not chosen:

@@ -119,3 +119,11 @@ def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "s3-mock":
         return request.getfixturevalue("s3_mock_url")
     return request.getfixturevalue("s3_server_url")
+
+
+@pytest.fixture(params=["s3-mock", pytest.param("s3-server", marks=pytest.mark.integration)])
+def s3_store_url(request: pytest.FixtureRequest) -> str:
+    """Like `store_url`, for S3-only behaviour: the S3 mock, then the HTTP server."""
+    if request.param == "s3-mock":
+        return request.getfixturevalue("s3_mock_url")
+    return request.getfixturevalue("s3_server_url")

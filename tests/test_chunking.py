@@ -463,3 +463,11 @@ def test_real_minilm_checkpoint() -> None:
     assert _check_tensor_alignment(chunks, regions) >= 10
     assert max(len(c.data) for c in chunks) <= ChunkPolicy().max_chunk
     print(f"minilm: {len(chunks)} chunks, {size / elapsed / 1e6:.0f} MB/s")
+
+
+def test_short_reads_on_weights_file(tmp_path: Path) -> None:
+    p = make_torch_zip(tmp_path / "m.bin", transformer_tensors(n_layers=2, hidden=64, vocab=512))
+    data = p.read_bytes()
+    got = list(iter_chunks(ShortReads(data, 999), len(data), SMALL))
+    assert got == chunks_of(p, SMALL)
+    assert any(c.width for c in got)

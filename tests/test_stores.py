@@ -213,9 +213,9 @@ def test_concurrent_put_if_absent_single_winner(store_url: str) -> None:
         assert stored == winners[0]
 
 
-def test_s3_if_none_match_sequential_writers(s3_mock_url: str) -> None:
-    """Documents that moto honours If-None-Match for sequential writers exactly."""
-    store = open_store(s3_mock_url, create=True)
+def test_s3_if_none_match_sequential_writers(s3_store_url: str) -> None:
+    """moto honours If-None-Match exactly for writers that do not overlap."""
+    store = open_store(s3_store_url, create=True)
     assert store.put_if_absent("k", b"a") is True
     assert all(store.put_if_absent("k", b"b") is False for _ in range(5))
     assert store.get("k") == b"a"
@@ -285,10 +285,8 @@ def test_open_store_s3_bucket_without_prefix(s3_mock_url: str) -> None:
     assert store.client.get_object(Bucket="archiver-test", Key="chunks/ab/ab")["Body"].read() == b"1"
 
 
-def test_s3_prefix_is_a_directory_boundary(store_url: str) -> None:
-    if not is_s3(store_url):
-        pytest.skip("S3 only")
-    store = open_store(store_url, create=True)
+def test_s3_prefix_is_a_directory_boundary(s3_store_url: str) -> None:
+    store = open_store(s3_store_url, create=True)
     assert isinstance(store, S3Store)
     # A sibling prefix that merely starts with the same characters is another store.
     store.client.put_object(Bucket=store.bucket, Key=f"{store.prefix}-other/chunks/x", Body=b"no")
@@ -419,11 +417,9 @@ def test_part_size_for() -> None:
 
 
 @pytest.mark.parametrize("when_required", [False, True], ids=["crc32", "md5"])
-def test_s3_multipart_round_trip(store_url: str, when_required: bool) -> None:
-    if not is_s3(store_url):
-        pytest.skip("S3 only")
+def test_s3_multipart_round_trip(s3_store_url: str, when_required: bool) -> None:
     options = S3Options(multipart_threshold=5 * MiB, min_part_size=5 * MiB, checksum_when_required=when_required)
-    store = open_store(store_url, create=True, s3_options=options)
+    store = open_store(s3_store_url, create=True, s3_options=options)
     assert isinstance(store, S3Store)
     parts = count_calls(store, "UploadPart")
     data = os.urandom(12 * MiB + 7)
@@ -436,12 +432,10 @@ def test_s3_multipart_round_trip(store_url: str, when_required: bool) -> None:
     assert not store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads")
 
 
-def test_s3_multipart_loses_race_at_completion(store_url: str) -> None:
+def test_s3_multipart_loses_race_at_completion(s3_store_url: str) -> None:
     """Another writer commits the key while our parts upload: CompleteMultipartUpload
     with If-None-Match gets 412, we return False, and the upload is aborted."""
-    if not is_s3(store_url):
-        pytest.skip("S3 only")
-    store = open_store(store_url, create=True, s3_options=SMALL_MULTIPART)
+    store = open_store(s3_store_url, create=True, s3_options=SMALL_MULTIPART)
     assert isinstance(store, S3Store)
     real_upload_part = store.client.upload_part
     full_key = f"{store.prefix}/chunks/ra/race"
@@ -466,10 +460,8 @@ def test_s3_multipart_loses_race_at_completion(store_url: str) -> None:
     ],
     ids=["server-error", "connection-lost"],
 )
-def test_s3_multipart_failure_aborts_upload(store_url: str, failure: Exception) -> None:
-    if not is_s3(store_url):
-        pytest.skip("S3 only")
-    store = open_store(store_url, create=True, s3_options=SMALL_MULTIPART)
+def test_s3_multipart_failure_aborts_upload(s3_store_url: str, failure: Exception) -> None:
+    store = open_store(s3_store_url, create=True, s3_options=SMALL_MULTIPART)
     assert isinstance(store, S3Store)
     real_upload_part = store.client.upload_part
     aborts = count_calls(store, "AbortMultipartUpload")
@@ -513,10 +505,8 @@ class CutBody:
 
 
 @pytest.mark.parametrize("error", ["exception", "short", "incomplete-read"])
-def test_s3_get_resumes_cut_download_with_range(store_url: str, error: str, monkeypatch) -> None:
-    if not is_s3(store_url):
-        pytest.skip("S3 only")
-    store = open_store(store_url, create=True)
+def test_s3_get_resumes_cut_download_with_range(s3_store_url: str, error: str, monkeypatch) -> None:
+    store = open_store(s3_store_url, create=True)
     assert isinstance(store, S3Store)
     data = os.urandom(3 * MiB + 5)
     store.put_if_absent("chunks/cu/cut", data)
@@ -541,11 +531,9 @@ def test_s3_get_resumes_cut_download_with_range(store_url: str, error: str, monk
     assert calls[1]["Range"] == f"bytes={1 * MiB + 3}-"
 
 
-def test_s3_get_restarts_when_server_ignores_range(store_url: str, monkeypatch) -> None:
+def test_s3_get_restarts_when_server_ignores_range(s3_store_url: str, monkeypatch) -> None:
     """Some S3-compatible servers answer a ranged GET with 200 and the whole body."""
-    if not is_s3(store_url):
-        pytest.skip("S3 only")
-    store = open_store(store_url, create=True)
+    store = open_store(s3_store_url, create=True)
     assert isinstance(store, S3Store)
     data = os.urandom(2 * MiB + 1)
     store.put_if_absent("chunks/ig/ignore", data)
@@ -566,10 +554,8 @@ def test_s3_get_restarts_when_server_ignores_range(store_url: str, monkeypatch) 
     assert calls[1]["Range"] == "bytes=1000-"
 
 
-def test_s3_get_gives_up_after_max_attempts(store_url: str, monkeypatch) -> None:
-    if not is_s3(store_url):
-        pytest.skip("S3 only")
-    store = open_store(store_url, create=True, s3_options=S3Options(max_attempts=2))
+def test_s3_get_gives_up_after_max_attempts(s3_store_url: str, monkeypatch) -> None:
+    store = open_store(s3_store_url, create=True, s3_options=S3Options(max_attempts=2))
     assert isinstance(store, S3Store)
     store.put_if_absent("chunks/cu/cut", b"z" * 1000)
     real_get = store.client.get_object
@@ -602,9 +588,7 @@ def test_s3_unreachable_endpoint_fails_fast(aws_env) -> None:
     assert message.startswith(f"cannot reach S3 endpoint http://127.0.0.1:{port}")
 
 
-def test_s3_nonexistent_bucket(store_url: str) -> None:
-    if not is_s3(store_url):
-        pytest.skip("S3 only")
+def test_s3_nonexistent_bucket(s3_store_url: str) -> None:
     for create in (False, True):
         with pytest.raises(StoreError) as excinfo:
             open_store("s3://no-such-bucket-archiver/prefix", create=create)
@@ -636,10 +620,8 @@ def test_checksum_when_required_option(aws_env, monkeypatch) -> None:
     assert from_env.client.meta.config.request_checksum_calculation == "when_required"
 
 
-def test_checksum_when_required_sends_content_md5(store_url: str) -> None:
-    if not is_s3(store_url):
-        pytest.skip("S3 only")
-    store = open_store(store_url, create=True, s3_options=S3Options(checksum_when_required=True))
+def test_checksum_when_required_sends_content_md5(s3_store_url: str) -> None:
+    store = open_store(s3_store_url, create=True, s3_options=S3Options(checksum_when_required=True))
     assert isinstance(store, S3Store)
     puts = sent_headers(store, "PutObject")
     assert store.put_if_absent("chunks/md/md5", b"payload") is True

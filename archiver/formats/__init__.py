@@ -76,8 +76,18 @@ class BoundedReader(io.RawIOBase):
             self._f.seek(pos)
             n = max(0, end - pos)
         self._take(n)
-        data = self._f.read(n)
-        return data if data is not None else b""
+        data = self._f.read(n) or b""
+        if len(data) < n:  # raw files and pipes may return short reads: parsers want all
+            parts = [data]
+            got = len(data)
+            while got < n:
+                more = self._f.read(n - got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
+        return data
 
     def readinto(self, b) -> int:  # type: ignore[override]
         data = self.read(len(b))
@@ -107,8 +117,9 @@ def detect_regions(f: BinaryIO, size: int) -> tuple[str, list[Region]] | None:
     try:
         if size < 8:
             return None
-        f.seek(0)
-        head = f.read(8)
+        r = BoundedReader(f, 8)
+        r.seek(0)
+        head = r.read(8)
         if len(head) < 8:
             return None
         if head[:4] == gguf.MAGIC:

@@ -1,0 +1,124 @@
+"""Ed25519 signatures over manifest ids: tamper evidence that survives a compromised catalog.
+
+A manifest id is the BLAKE3 of the manifest's canonical bytes, so signing the id signs
+the whole manifest (and through its chunk hashes, every byte of the archive). The signed
+message is domain-separated: b"archiver-manifest-v1:" + id (ASCII hex). Signatures live
+in the store at `signatures/<id>/<key fingerprint>.json`, one per signer, never
+overwritten. A key fingerprint is the first 32 hex digits of BLAKE3(raw public key)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from archiver.errors import ArchiverError, UsageError
+
+DOMAIN = b"archiver-manifest-v1:"
+
+
+@dataclass(frozen=True)
+class Signature:
+    manifest_id: str
+    public_key: str   # raw 32-byte key, hex
+    signature: str    # 64 bytes, hex
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(bytes.fromhex(self.public_key))
+
+    def to_json(self) -> bytes:
+        return (json.dumps({"alg": "ed25519", "manifest": self.manifest_id, "public_key": self.public_key,
+                            "signature": self.signature}, sort_keys=True) + "\n").encode()
+
+
+def fingerprint(raw_public: bytes) -> str:
+    return blake3.blake3(raw_public).hexdigest()[:32]
+
+
+def signature_prefix(mid: str) -> str:
+    return f"signatures/{mid}/"
+
+
+def signature_key(mid: str, fp: str) -> str:
+    return f"signatures/{mid}/{fp}.json"
+
+
+def keygen(path: str | os.PathLike) -> tuple[Path, Path]:
+    """Write a new private key (PEM, mode 0600) at `path` and its public key at `path`.pub."""
+    priv = Path(path)
+    pub = priv.with_name(priv.name + ".pub")
+    if priv.exists() or pub.exists():
+        raise UsageError(f"refusing to overwrite existing key {priv if priv.exists() else pub}")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    pub.write_text(f"archiver-ed25519 {raw.hex()}\n")
+    return priv, pub
+
+
+def load_private(path: str | os.PathLike) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except FileNotFoundError:
+        raise UsageError(f"no signing key at {path}") from None
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{path} is not an unencrypted PEM private key: {e}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise UsageError(f"{path} is not an Ed25519 key")
+    return key
+
+
+def load_public(path_or_hex: str) -> bytes:
+    """A public key file written by keygen, or the 64-hex-digit key itself."""
+    text = path_or_hex.strip()
+    p = Path(text)
+    if p.is_file():
+        text = p.read_text().strip()
+        if text.startswith("archiver-ed25519 "):
+            text = text.split(None, 1)[1].strip()
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise UsageError(f"not a public key file or hex key: {path_or_hex}") from None
+    if len(raw) != 32:
+        raise UsageError(f"not an Ed25519 public key (need 32 bytes): {path_or_hex}")
+    return raw
+
+
+def sign(key: Ed25519PrivateKey, mid: str) -> Signature:
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return Signature(mid, raw.hex(), key.sign(DOMAIN + mid.encode("ascii")).hex())
+
+
+def parse_signature(data: bytes) -> Signature:
+    try:
+        obj = json.loads(data)
+        sig = Signature(obj["manifest"], obj["public_key"], obj["signature"])
+        if obj.get("alg") != "ed25519" or len(bytes.fromhex(sig.public_key)) != 32 \
+                or len(bytes.fromhex(sig.signature)) != 64:
+            raise ValueError("bad fields")
+        return sig
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ArchiverError(f"malformed signature object: {e}") from None
+
+
+def check(sig: Signature, mid: str) -> bool:
+    """True if `sig` is a valid signature of manifest `mid` by the key it names."""
+    if sig.manifest_id != mid:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(sig.public_key)).verify(
+            bytes.fromhex(sig.signature), DOMAIN + mid.encode("ascii"))
+        return True
+    except (InvalidSignature, ValueError):
+        return False
