@@ -156,7 +156,10 @@ def parse_manifest(data: bytes, expected_id: str | None = None) -> Manifest:
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestError(f"manifest is not valid JSON: {e}") from None
     m = manifest_from_dict(obj)
-    if canonical(obj) != data:
+    # Compare against the parsed manifest's own serialisation, not just `canonical(obj)`:
+    # unsorted entries, a missing/extra key or `"version":true` re-serialise the same way
+    # but give a Manifest whose id differs from the id of these bytes.
+    if canonical(obj) != data or m.canonical_json() != data:
         raise ManifestError("manifest is not in canonical form")
     return m
 

@@ -50,7 +50,8 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 @pytest.fixture
 def s3_mock_url(aws_env: dict[str, str]) -> Iterator[str]:
-    """An empty store location in an in-process S3 mock (no network)."""
+    """An empty store location in an in-process S3 mock (no network). Only this
+    process sees it: a CLI run in a subprocess needs `s3_server_url` instead."""
     from moto import mock_aws
 
     with mock_aws():

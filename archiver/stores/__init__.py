@@ -22,6 +22,7 @@ __all__ = [
     "S3Store",
     "S3Options",
     "open_store",
+    "marker_bytes",
     "validate_key",
     "MARKER_KEY",
     "STORE_FORMAT",

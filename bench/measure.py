@@ -1,0 +1,77 @@
+"""Run one command in a fresh child through bench/rsswrap.py and collect wall time, peak RSS,
+exit code and output."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+HERE = Path(__file__).resolve().parent
+WRAPPER = HERE / "rsswrap.py"
+
+
+class CommandFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Measure:
+    cmd: list[str]
+    rc: int
+    wall: float
+    rss_mib: float
+    stdout: str = ""
+    stderr: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cmd": " ".join(shlex.quote(c) for c in self.cmd), "rc": self.rc, "wall": round(self.wall, 4),
+                "rss_mib": round(self.rss_mib, 1), **self.extra}
+
+
+def run(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
+        check: bool = True, timeout: float = 7200) -> Measure:
+    """Run `cmd` via the wrapper (a small fresh process, so ru_maxrss is the command's own)."""
+    with tempfile.TemporaryDirectory(prefix="bench-run-") as td:
+        res, out, err = (os.path.join(td, n) for n in ("res.json", "out", "err"))
+        wrapper = [sys.executable, "-I", "-S", str(WRAPPER), res, out, err, "--", *map(str, cmd)]
+        subprocess.run(wrapper, env=dict(env) if env is not None else None, cwd=cwd, check=True, timeout=timeout,
+                       stdin=subprocess.DEVNULL)
+        with open(res) as f:
+            r = json.load(f)
+        stdout = Path(out).read_text(errors="replace")
+        stderr = Path(err).read_text(errors="replace")
+    m = Measure([str(c) for c in cmd], r["rc"], r["wall"], r["maxrss_kib"] / 1024, stdout, stderr)
+    if check and m.rc != 0:
+        raise CommandFailed(f"command failed (exit {m.rc}): {' '.join(map(shlex.quote, m.cmd))}\n"
+                            f"stdout: {stdout[-2000:]}\nstderr: {stderr[-2000:]}")
+    return m
+
+
+def floor_mib() -> float:
+    """Peak RSS the method reports for `true`: the wrapper's own footprint, a lower bound
+    on every RSS figure."""
+    return run(["true"]).rss_mib
+
+
+def median(xs: Sequence[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def warm(paths: Sequence[Path]) -> None:
+    """Read the inputs once so every tool starts from a warm page cache (dropping the cache
+    needs privileges we don't assume)."""
+    buf = bytearray(16 << 20)
+    mv = memoryview(buf)
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            while f.readinto(mv):
+                pass
