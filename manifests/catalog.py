@@ -75,7 +75,7 @@ class Catalog:
             raise CatalogError(f"cannot open catalog {self.path}: {e}") from None
         self.db = sqlite_utils.Database(self._conn)
         self._local = threading.local()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a nested write() joins the outer transaction
         self._init_schema()
         self._bind_store(store_url)
 
@@ -272,16 +272,20 @@ class Catalog:
 
 
 class _Txn:
-    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock) -> None:
+    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock) -> None:
         self.conn, self.lock, self.depth_owner = conn, lock, False
 
     def __enter__(self) -> sqlite3.Connection:
         self.lock.acquire()
-        if self.conn.in_transaction:  # nested use from the same catalog: join the outer transaction
-            self.depth_owner = False
-        else:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.depth_owner = True
+        try:
+            if self.conn.in_transaction:  # nested use from the same catalog: join the outer transaction
+                self.depth_owner = False
+            else:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.depth_owner = True
+        except BaseException:  # e.g. busy timeout: __exit__ will not run, so release here
+            self.lock.release()
+            raise
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -32,7 +32,6 @@ from archiver.stores import (
     open_store,
     validate_key,
 )
-from archiver.stores import local as local_mod
 from archiver.stores.s3 import MAX_PARTS, MiB, build_client, part_size_for
 
 SMALL_MULTIPART = S3Options(multipart_threshold=5 * MiB, min_part_size=5 * MiB)
