@@ -56,8 +56,8 @@ class RestoreResult:
 
 
 def select(entries: Iterable[Entry], include: Iterable[str]) -> list[Entry]:
-    """Entries matching any glob (a matching directory brings everything below it), plus
-    the directories that contain them."""
+    """Entries whose whole path matches any glob (fnmatch: `*` also matches '/'), or that lie
+    below a matching directory, plus the directories that contain them."""
     globs = list(include)
     entries = list(entries)
     if not globs:
