@@ -104,14 +104,17 @@ class Borg:
 class Restic:
     name = "restic"
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, v2: bool = True) -> None:
         self.repo = tmp / "restic-repo"
+        self.v2 = v2  # repository format 2 (restic >= 0.14) is the one with compression
+        self.backup_label = "restic backup --compression auto" if v2 else "restic backup"
         self.env = _env(RESTIC_PASSWORD="bench", RESTIC_REPOSITORY=str(self.repo),
                         RESTIC_CACHE_DIR=str(tmp / "restic-cache"))
-        run(["restic", "init", "--repository-version", "2", "-q"], env=self.env)
+        run(["restic", "init", "-q", *(["--repository-version", "2"] if v2 else [])], env=self.env)
 
     def archive(self, src: Path, tag: str = "v1") -> Measure:
-        return run(["restic", "backup", "-q", "--compression", "auto", "--host", "bench", "--tag", tag, src.name],
+        comp = ["--compression", "auto"] if self.v2 else []
+        return run(["restic", "backup", "-q", *comp, "--host", "bench", "--tag", tag, src.name],
                    env=self.env, cwd=src.parent)
 
     def verify(self) -> Measure:
