@@ -17,6 +17,8 @@ def ordered_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[
                 window: int) -> Iterator[tuple[T, R]]:
     """Yield (item, fn(item)) in order. An exception from fn is raised at its item;
     pending work is cancelled when the consumer stops early."""
+    if window < 1:  # would otherwise yield nothing at all: every item silently dropped
+        raise ValueError(f"ordered_map window must be >= 1, got {window}")
     inflight: deque[tuple[T, Future[R]]] = deque()
     it = iter(items)
     try:

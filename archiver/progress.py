@@ -47,7 +47,9 @@ class Progress:
         with self._lock:
             self.done += n
             now = time.monotonic()
-            if now - self._last < self.interval and self.done < self.total:
+            # Rate-limited; the final state of a known total is always drawn. (With an
+            # unknown total, `done < total` was always False: every call rendered.)
+            if now - self._last < self.interval and (not self.total or self.done < self.total):
                 return
             self._last = now
             self.stream.write("\r\x1b[K" + self.line(now))

@@ -29,16 +29,20 @@ class Measure:
     rss_mib: float
     stdout: str = ""
     stderr: str = ""
+    cpu: float = 0.0  # user + system seconds of the command (and the children it waited for)
+    load1: float = 0.0  # 1-minute load average just before the command started
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"cmd": " ".join(shlex.quote(c) for c in self.cmd), "rc": self.rc, "wall": round(self.wall, 4),
-                "rss_mib": round(self.rss_mib, 1), **self.extra}
+                "rss_mib": round(self.rss_mib, 1), "cpu_s": round(self.cpu, 3), "load1": round(self.load1, 2),
+                **self.extra}
 
 
 def run(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
         check: bool = True, timeout: float = 7200) -> Measure:
     """Run `cmd` via the wrapper (a small fresh process, so ru_maxrss is the command's own)."""
+    load1 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-run-") as td:
         res, out, err = (os.path.join(td, n) for n in ("res.json", "out", "err"))
         wrapper = [sys.executable, "-I", "-S", str(WRAPPER), res, out, err, "--", *map(str, cmd)]
@@ -48,7 +52,8 @@ def run(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | 
             r = json.load(f)
         stdout = Path(out).read_text(errors="replace")
         stderr = Path(err).read_text(errors="replace")
-    m = Measure([str(c) for c in cmd], r["rc"], r["wall"], r["maxrss_kib"] / 1024, stdout, stderr)
+    m = Measure([str(c) for c in cmd], r["rc"], r["wall"], r["maxrss_kib"] / 1024, stdout, stderr,
+                r.get("utime", 0.0) + r.get("stime", 0.0), load1)
     if check and m.rc != 0:
         raise CommandFailed(f"command failed (exit {m.rc}): {' '.join(map(shlex.quote, m.cmd))}\n"
                             f"stdout: {stdout[-2000:]}\nstderr: {stderr[-2000:]}")

@@ -154,7 +154,7 @@ def record(raw: dict, op: str, tool: str, m, **extra: Any) -> None:
     d.update(extra)
     raw[f"{op}|{tool}"].append(d)
     stored = extra.get("stored")
-    log(f"    {op:8} {tool:30} {m.wall:8.2f} s  {m.rss_mib:7.1f} MiB"
+    log(f"    {op:8} {tool:34} {m.wall:8.2f} s  {m.rss_mib:7.1f} MiB  cpu {m.cpu:7.2f} s  load {m.load1:4.2f}"
         + (f"  stored {stored:,}" if stored is not None else ""))
 
 
@@ -197,7 +197,7 @@ def compare_input(label: str, src: Path, runs: int, have: dict[str, bool], tmpro
                     m = o.archive(v2, "v2")
                     record(raw, "v2", "archiver", m, stored=o.stored() - before)
                 shutil.rmtree(o.home)
-            guarded(f"{label}: archiver", ours)
+            blocks: list[Callable[[], None]] = [lambda: guarded(f"{label}: archiver", ours)]
 
             if have["borg"]:
                 def borg() -> None:
@@ -212,7 +212,7 @@ def compare_input(label: str, src: Path, runs: int, have: dict[str, bool], tmpro
                         before = b.stored()
                         record(raw, "v2", "borg create -C zstd,3", b.archive(v2, "v2"), stored=b.stored() - before)
                     shutil.rmtree(b.repo)
-                guarded(f"{label}: borg", borg)
+                blocks.append(lambda: guarded(f"{label}: borg", borg))
 
             if have["restic"]:
                 def restic() -> None:
@@ -230,16 +230,20 @@ def compare_input(label: str, src: Path, runs: int, have: dict[str, bool], tmpro
                         before = rs.stored()
                         record(raw, "v2", rs.backup_label, rs.archive(v2, "v2"), stored=rs.stored() - before)
                     shutil.rmtree(rs.repo)
-                guarded(f"{label}: restic", restic)
+                blocks.append(lambda: guarded(f"{label}: restic", restic))
 
             if have["zstd"]:
                 def z() -> None:
                     for t in (1, 2):
                         m = zstd_compress(src, tmp / "zstd-out", t)
                         record(raw, "archive", f"zstd -3 -T{t}", m, stored=m.extra["stored"])
-                guarded(f"{label}: zstd", z)
+                blocks.append(lambda: guarded(f"{label}: zstd", z))
             if have["b3sum"]:
-                guarded(f"{label}: b3sum", lambda: record(raw, "archive", "b3sum (hash only)", b3sum(src, tmp)))
+                blocks.append(lambda: guarded(f"{label}: b3sum",
+                                              lambda: record(raw, "archive", "b3sum (hash only)", b3sum(src, tmp))))
+            k = r % len(blocks)  # rotate the tool order run by run, so no tool always goes first
+            for block in blocks[k:] + blocks[:k]:
+                block()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return {"label": label, "path": str(src), "files": len(files), "bytes": nbytes, "runs": runs,
@@ -305,7 +309,7 @@ def build_rows(res: dict[str, Any], dtype: str | None, targets: list[dict]) -> l
             return None
         wall = agg(raw, key, "wall")
         r = {"op": op, "tool": tool, "wall": wall, "mbps": (n / wall / 1e6) if wall else None,
-             "rss": agg(raw, key, "rss_mib"), "stored": None, "vs": "", "target": "", "status": ""}
+             "rss": agg(raw, key, "rss_mib"), "cpu": agg(raw, key, "cpu_s"), "stored": None, "vs": "", "target": "", "status": ""}
         st = agg(raw, key, "stored")
         if st is not None:
             r["stored"] = int(st)
@@ -514,7 +518,10 @@ def main() -> int:
     tmproot.mkdir(parents=True)
     machine = machine_info()
     versions = tool_versions(have)
-    log(f"machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']}")
+    log(f"machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']}; "
+        f"load average {os.getloadavg()[0]:.2f}")
+    if os.getloadavg()[0] > 0.5:
+        log("WARNING: the machine is busy (load average > 0.5): wall times will be noisy")
     log("versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()))
     inputs = prepare(work, args.quick, mem_sizes, log, want_llm="llm" in sections)
     floor = floor_mib()
@@ -535,11 +542,11 @@ def main() -> int:
         "single-threaded; our archiver uses 2 worker threads; zstd -3 -T1 is the size reference, -T2 shown "
         "for time. Our restore verifies every chunk and file (BLAKE3 + SHA-256); plain restic restore does not "
         "re-read what it wrote, `restic restore --verify` does.",
-        "The v2 rows (LLM input): v2 is archived into the same store/repository right after v1 (first run "
-        "only); 'stored bytes' there is the growth of the store. "
-        + (f"v2 differs from v1 in {inputs.llm_changed['tensors_changed']} of "
-           f"{inputs.llm_changed['tensors_total']} tensors ({inputs.llm_changed['tensors']:.1%} by count, "
-           f"{inputs.llm_changed['bytes']:.1%} of the bytes) and has a longer header." if inputs.llm_changed else ""),
+        *([("The v2 rows (LLM input): v2 is archived into the same store/repository right after v1 (first "
+             "run only); 'stored bytes' there is the growth of the store. v2 differs from v1 in "
+             f"{inputs.llm_changed['tensors_changed']} of {inputs.llm_changed['tensors_total']} tensors "
+             f"({inputs.llm_changed['tensors']:.1%} by count, {inputs.llm_changed['bytes']:.1%} of the bytes) "
+             "and has a longer header (more __metadata__).")] if inputs.llm_changed else []),
         "All restores (ours, borg, restic) are compared file by file (BLAKE3) with the source; a mismatch "
         "fails the benchmark.",
     ]
@@ -590,6 +597,13 @@ def main() -> int:
     for n in notes:
         log(f"- {n}")
 
+    loads = [d.get("load1", 0.0) for res in list(results.values()) + list(mem_res.values())
+             for ms in res["raw"].values() for d in ms]
+    if loads:
+        notes.append(f"Machine load: the 1-minute load average before each command ranged "
+                     f"{min(loads):.2f}-{max(loads):.2f} (median {sorted(loads)[len(loads) // 2]:.2f}) on "
+                     f"{os.cpu_count()} CPUs; anything well above ~1 means other processes competed for the CPUs "
+                     f"(CPU s = user+system time of the command, less sensitive to that than wall time).")
     elapsed = time.monotonic() - started
     doc = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "argv": sys.argv[1:],
            "elapsed_s": round(elapsed, 1), "machine": machine, "versions": versions, "notes": notes,

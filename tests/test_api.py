@@ -1,0 +1,50 @@
+"""The Python API mirrors the CLI: archive, verify, restore, list, show, rebuild, keygen."""
+from __future__ import annotations
+
+import pytest
+
+import archiver
+from archiver.errors import ArchiverError, NotFoundError
+from tests.helpers import RawStore, make_checkpoint, tree
+
+
+def test_api_roundtrip(tmp_path, store_url):
+    cat = tmp_path / "cat.db"
+    ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=2, dim=128)
+    priv, pub = archiver.keygen(tmp_path / "key")
+    res = archiver.archive([ckpt], name="m", label="v1", meta={"k": "v"}, sign_key=priv, store=store_url,
+                           catalog=cat)
+    assert isinstance(res, archiver.ArchiveResult) and res.files == 4 and res.signed_by
+    rep = archiver.verify([res.id], deep=True, trust_keys=[str(pub)], store=store_url, catalog=cat)
+    assert rep.ok and rep.files_hashed == 4
+    rows = archiver.list_archives(store=store_url, catalog=cat)
+    assert [r.id for r in rows] == [res.id]
+    mid, m = archiver.show("m@v1", store=store_url, catalog=cat)
+    assert mid == res.id and m.meta == {"k": "v"}
+    out = archiver.restore("m", tmp_path / "out", trust_keys=[str(pub)], store=store_url, catalog=cat)
+    assert out.ok and out.files == 4
+    assert tree(tmp_path / "out" / "ckpt") == tree(ckpt)
+    cat.unlink()
+    assert archiver.rebuild_catalog(store=store_url, catalog=cat) == [res.id]
+    store = archiver.open_store(store_url)
+    assert store.exists(f"manifests/{res.id}.json")
+
+
+def test_api_reports_damage_instead_of_raising(tmp_path, store_url):
+    ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=2, dim=128)
+    with archiver.open_repository(store_url, tmp_path / "c.db", create=True) as repo:
+        res = archiver.archive([ckpt], name="m", repo=repo)
+        key = next(k for k in RawStore(store_url).keys("chunks"))
+        RawStore(store_url).delete(key)
+        rep = archiver.verify([res.id], repo=repo)
+        assert not rep.ok and rep.problems[0].kind == "missing-chunk"
+        assert rep.problems[0].chunk == key.rsplit("/", 1)[-1]
+        out = archiver.restore(res.id, tmp_path / "out", repo=repo)
+        assert not out.ok and out.problems
+
+
+def test_api_errors_are_archiver_errors(tmp_path):
+    with pytest.raises(NotFoundError):
+        archiver.archive([tmp_path / "missing"], name="m", store=str(tmp_path / "s"), catalog=tmp_path / "c.db")
+    with pytest.raises(ArchiverError):
+        archiver.show("nothing", store=str(tmp_path / "s"), catalog=tmp_path / "c.db")

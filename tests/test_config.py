@@ -1,0 +1,107 @@
+"""archiver/config.py: where the store and the catalog live."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import blake3
+import pytest
+
+from archiver.config import Locations, home_dir, normalise_store_url, resolve
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return (tmp_path / "home").resolve()
+
+
+def url_of(p: Path) -> str:
+    return "file://" + str(p.resolve())
+
+
+def test_default_store_and_catalog_under_home(home):
+    loc = resolve(env={"ARCHIVER_HOME": str(home)})
+    assert loc == Locations(url_of(home / "store"), home / "catalog.db")
+
+
+def test_home_defaults_to_dot_archiver(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert home_dir({}) == Path.home() / ".archiver" == tmp_path / ".archiver"
+    assert home_dir({"ARCHIVER_HOME": ""}) == tmp_path / ".archiver"
+    assert home_dir({"ARCHIVER_HOME": "~/elsewhere"}) == tmp_path / "elsewhere"
+    loc = resolve(env={})
+    assert loc.store_url == url_of(tmp_path / ".archiver" / "store")
+    assert loc.catalog_path == tmp_path / ".archiver" / "catalog.db"
+
+
+def test_home_from_process_environment(monkeypatch, home):
+    monkeypatch.setenv("ARCHIVER_HOME", str(home))
+    monkeypatch.delenv("ARCHIVER_STORE", raising=False)
+    monkeypatch.delenv("ARCHIVER_CATALOG", raising=False)
+    assert resolve() == Locations(url_of(home / "store"), home / "catalog.db")
+
+
+def test_precedence_store_arg_over_env_over_home(home, tmp_path):
+    env = {"ARCHIVER_HOME": str(home), "ARCHIVER_STORE": "s3://env-bucket/p"}
+    assert resolve(env=env).store_url == "s3://env-bucket/p"
+    assert resolve("s3://arg-bucket/q", env=env).store_url == "s3://arg-bucket/q"
+    assert resolve(str(tmp_path / "argstore"), env=env).store_url == url_of(tmp_path / "argstore")
+    assert resolve(env={"ARCHIVER_HOME": str(home), "ARCHIVER_STORE": ""}).store_url == url_of(home / "store")
+
+
+def test_local_paths_become_absolute_file_urls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert normalise_store_url("rel/store") == url_of(tmp_path / "rel" / "store")
+    assert normalise_store_url("./rel/../rel/store/") == url_of(tmp_path / "rel" / "store")
+    assert normalise_store_url(str(tmp_path / "a")) == url_of(tmp_path / "a")
+    assert normalise_store_url("file://" + str(tmp_path / "a")) == url_of(tmp_path / "a")
+    assert normalise_store_url("file://" + str(tmp_path / "a") + "/") == url_of(tmp_path / "a")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert normalise_store_url("~/s") == url_of(tmp_path / "s")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert normalise_store_url(str(tmp_path / "link")) == url_of(tmp_path / "real")  # one name per store
+    for u in (normalise_store_url("x"), normalise_store_url(str(tmp_path))):
+        assert u.startswith("file:///") and Path(u[len("file://"):]).is_absolute()
+
+
+def test_s3_urls_trailing_slash_stripped():
+    assert normalise_store_url("s3://bucket/prefix/") == "s3://bucket/prefix"
+    assert normalise_store_url("s3://bucket/prefix//") == "s3://bucket/prefix"
+    assert normalise_store_url("s3://bucket/") == "s3://bucket"
+    assert normalise_store_url("s3://bucket/a/b") == "s3://bucket/a/b"
+
+
+def test_other_store_gets_its_own_catalog(home):
+    env = {"ARCHIVER_HOME": str(home)}
+    loc = resolve("s3://bucket/prefix/", env=env)
+    digest = blake3.blake3(b"s3://bucket/prefix").hexdigest()[:16]
+    assert loc == Locations("s3://bucket/prefix", home / "catalogs" / f"{digest}.db")
+    # the same store spelled differently shares the catalog; another store does not
+    assert resolve("s3://bucket/prefix", env=env).catalog_path == loc.catalog_path
+    assert resolve("s3://bucket/other", env=env).catalog_path != loc.catalog_path
+    assert resolve("s3://bucket/other", env=env).catalog_path.parent == home / "catalogs"
+
+
+def test_default_store_spelled_differently_uses_catalog_db(home):
+    env = {"ARCHIVER_HOME": str(home)}
+    for spelling in (str(home / "store"), str(home / "store") + "/", "file://" + str(home / "store"),
+                     str(home / "x" / ".." / "store")):
+        assert resolve(spelling, env=env).catalog_path == home / "catalog.db", spelling
+        assert resolve(env=dict(env, ARCHIVER_STORE=spelling)).catalog_path == home / "catalog.db"
+
+
+def test_local_non_default_store_catalog(home, tmp_path):
+    loc = resolve(str(tmp_path / "elsewhere"), env={"ARCHIVER_HOME": str(home)})
+    digest = blake3.blake3(url_of(tmp_path / "elsewhere").encode()).hexdigest()[:16]
+    assert loc.catalog_path == home / "catalogs" / f"{digest}.db"
+
+
+def test_catalog_override(home, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    env = {"ARCHIVER_HOME": str(home), "ARCHIVER_CATALOG": str(tmp_path / "env.db")}
+    assert resolve(env=env).catalog_path == tmp_path / "env.db"
+    assert resolve("s3://b/p", env=env).catalog_path == tmp_path / "env.db"
+    assert resolve(catalog=tmp_path / "arg.db", env=env).catalog_path == tmp_path / "arg.db"  # arg beats env
+    assert resolve(catalog=str(tmp_path / "arg.db"), env=env).catalog_path == tmp_path / "arg.db"
+    assert resolve(env=dict(env, ARCHIVER_CATALOG="~/c.db")).catalog_path == tmp_path / "c.db"
+    assert resolve(env=dict(env, ARCHIVER_CATALOG="")).catalog_path == home / "catalog.db"

@@ -1,0 +1,177 @@
+"""archiver/parallel.py: ordered_map keeps order, bounds work in flight, raises at the
+failing item and cancels pending work when the consumer stops."""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from archiver.parallel import ordered_map
+
+
+class Tracker:
+    """Counts fn calls running at once and items pulled from the input but not yet consumed."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.lock = threading.Lock()
+        self.running = self.max_running = 0
+        self.pulled = self.consumed = 0
+        self.max_ahead = 0
+        self.started: list[int] = []
+        self.finished: list[int] = []
+
+    def items(self):
+        for i in range(self.n):
+            with self.lock:
+                self.pulled += 1
+                self.max_ahead = max(self.max_ahead, self.pulled - self.consumed)
+            yield i
+
+    def fn(self, i: int, sleep: float = 0.0) -> int:
+        with self.lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+            self.started.append(i)
+        try:
+            time.sleep(sleep)
+            return i * i
+        finally:
+            with self.lock:
+                self.running -= 1
+                self.finished.append(i)
+
+    def consume(self) -> None:
+        with self.lock:
+            self.consumed += 1
+
+
+def test_order_preserved_with_random_sleeps():
+    rng = random.Random(7)
+    sleeps = [rng.uniform(0, 0.004) for _ in range(200)]
+    with ThreadPoolExecutor(8) as pool:
+        out = list(ordered_map(pool, lambda i: (time.sleep(sleeps[i]), i * 3)[1], range(200), window=16))
+    assert out == [(i, i * 3) for i in range(200)]
+
+
+def test_empty_input():
+    with ThreadPoolExecutor(2) as pool:
+        assert list(ordered_map(pool, lambda x: x, [], window=4)) == []
+
+
+@pytest.mark.parametrize("window,workers", [(1, 4), (3, 8), (8, 2), (5, 5)])
+def test_window_bounds_work_in_flight(window, workers):
+    tr = Tracker(60)
+    rng = random.Random(window)
+    with ThreadPoolExecutor(workers) as pool:
+        results = []
+        for item, res in ordered_map(pool, lambda i: tr.fn(i, rng.uniform(0, 0.002)), tr.items(), window):
+            tr.consume()
+            results.append((item, res))
+            time.sleep(0.0005)  # a slow consumer lets the workers run ahead, if they could
+    assert results == [(i, i * i) for i in range(60)]
+    assert tr.max_running <= min(window, workers)
+    assert tr.max_ahead <= window
+    if window > 1 and workers > 1:
+        assert tr.max_running > 1  # it really is parallel
+
+
+def test_window_is_enforced_with_fast_workers_and_blocked_consumer():
+    tr = Tracker(100)
+    with ThreadPoolExecutor(16) as pool:
+        gen = ordered_map(pool, tr.fn, tr.items(), window=4)
+        assert next(gen) == (0, 0)
+        time.sleep(0.05)  # consumer sits on item 0; nothing more may be pulled or started
+        assert tr.pulled == 4 and len(tr.started) <= 4
+        rest = list(gen)
+    assert len(rest) == 99 and tr.pulled == 100
+
+
+def test_exception_is_raised_at_its_item():
+    def fn(i: int) -> int:
+        if i == 5:
+            raise ValueError("bad item 5")
+        return i
+
+    got = []
+    with ThreadPoolExecutor(4) as pool:
+        with pytest.raises(ValueError, match="bad item 5"):
+            for item, res in ordered_map(pool, fn, range(20), window=4):
+                got.append(res)
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_exception_cancels_pending_work():
+    tr = Tracker(1000)
+
+    def fn(i: int) -> int:
+        if i == 2:
+            raise RuntimeError("boom")
+        return tr.fn(i, 0.01)
+
+    with ThreadPoolExecutor(2) as pool:
+        with pytest.raises(RuntimeError):
+            for _ in ordered_map(pool, fn, tr.items(), window=8):
+                pass
+    assert tr.pulled <= 8 + 2 and len(tr.finished) <= 10
+    assert tr.running == 0
+
+
+def test_input_iterator_exception_propagates():
+    def items():
+        yield 1
+        raise OSError("read failed")
+
+    with ThreadPoolExecutor(2) as pool:
+        with pytest.raises(OSError, match="read failed"):
+            list(ordered_map(pool, lambda x: x, items(), window=4))
+
+
+def test_consumer_stopping_early_cancels_and_does_not_deadlock():
+    tr = Tracker(10_000)
+    release = threading.Event()
+
+    def fn(i: int) -> int:
+        if i >= 1:
+            release.wait(5)
+        return tr.fn(i)
+
+    result: list = []
+
+    def consumer() -> None:
+        with ThreadPoolExecutor(2) as pool:
+            gen = ordered_map(pool, fn, tr.items(), window=6)
+            result.append(next(gen))
+            threading.Timer(0.05, release.set).start()  # unblock the two running workers soon
+            gen.close()  # consumer gives up: pending work cancelled, running work awaited
+            result.append(tr.running)
+        result.append("pool shut down")
+
+    t = threading.Thread(target=consumer, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "deadlocked"
+    assert result == [(0, 0), 0, "pool shut down"]
+    assert tr.pulled <= 7  # never read further than the window
+    assert len(tr.started) <= 3  # item 0 plus the two that were already running; the rest cancelled
+
+
+def test_break_out_of_for_loop_cleans_up():
+    tr = Tracker(500)
+    with ThreadPoolExecutor(4) as pool:
+        for item, _ in ordered_map(pool, lambda i: tr.fn(i, 0.002), tr.items(), window=4):
+            if item == 3:
+                break
+        # the abandoned generator is closed when collected (CPython refcounting)
+        assert tr.running == 0
+    assert tr.pulled <= 8 and len(tr.started) <= 8
+
+
+@pytest.mark.parametrize("window", [0, -1])
+def test_window_below_one_is_refused_not_silently_empty(window):
+    with ThreadPoolExecutor(2) as pool:
+        with pytest.raises(ValueError, match="window"):
+            list(ordered_map(pool, lambda x: x, range(5), window))
