@@ -119,7 +119,17 @@ def _largest_chunk(mid: str) -> tuple[str, str, int]:
     return max(chunk_keys_of(mid), key=lambda t: t[2])
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "swap", "trailing"])
+def _bomb(length: int) -> bytes:
+    """A well-formed chunk object whose zstd frame really inflates to 64 MiB (a decompression bomb)."""
+    import struct
+
+    import zstandard
+    frame = zstandard.ZstdCompressor(level=1, write_content_size=True).compress(b"\0" * (64 << 20))
+    return (b"ARCK" + bytes([1, 0, 0, 1]) + struct.pack("<Q", length)
+            + bytes([1]) + bytes(7) + struct.pack("<QQ", len(frame), length) + frame)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "swap", "trailing", "bomb"])
 def test_corruption_detected_and_restore_refused(env, ckpt, tmp_path, damage):
     mid = archive(ckpt)["id"]
     raw = RawStore(env)
@@ -132,6 +142,9 @@ def test_corruption_detected_and_restore_refused(env, ckpt, tmp_path, damage):
         raw.mutate(key, lambda b: b + b"\0junk")
     elif damage == "delete":
         raw.delete(key)
+    elif damage == "bomb":
+        length = next(length for k, _, length in chunk_keys_of(mid) if k == key)
+        raw.write(key, _bomb(length))
     else:
         other = next(k for k, p, _ in chunk_keys_of(mid) if k != key and p == path)
         a, b = raw.read(key), raw.read(other)
