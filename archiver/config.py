@@ -17,7 +17,7 @@ class Locations:
 
 def home_dir(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
-    return Path(env.get("ARCHIVER_HOME") or Path.home() / ".archiver").expanduser()
+    return Path(env.get("ARCHIVER_HOME") or Path.home() / ".archiver").expanduser().absolute()
 
 
 def normalise_store_url(url: str) -> str:

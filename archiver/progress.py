@@ -60,8 +60,8 @@ class Progress:
         rate = self.done / elapsed
         parts = [self.label, human_bytes(self.done)]
         if self.total:
-            pct = 100.0 * self.done / self.total
-            eta = (self.total - self.done) / rate if rate > 0 else 0.0
+            pct = min(100.0, 100.0 * self.done / self.total)
+            eta = max(0.0, (self.total - self.done) / rate) if rate > 0 else 0.0
             parts[1] += f" / {human_bytes(self.total)} ({pct:.0f}%)"
             parts.append(f"ETA {int(eta // 60)}:{int(eta % 60):02d}")
         parts.insert(2, f"{human_bytes(rate)}/s")

@@ -40,6 +40,8 @@ def check_path(path: str) -> list[str]:
             raise bad("empty component")
         if p in (".", ".."):
             raise bad(f"'{p}' component")
+        if _DRIVE.match(p):
+            raise bad("drive letter or alternate data stream")
         if len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
             raise bad("component too long")
     return parts

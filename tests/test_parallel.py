@@ -145,7 +145,7 @@ def test_consumer_stopping_early_cancels_and_does_not_deadlock():
         with ThreadPoolExecutor(2) as pool:
             gen = ordered_map(pool, fn, tr.items(), window=6)
             result.append(next(gen))
-            threading.Timer(0.05, release.set).start()  # unblock the two running workers soon
+            threading.Timer(0.2, release.set).start()  # unblock the two running workers soon
             gen.close()  # consumer gives up: pending work cancelled, running work awaited
             result.append(tr.running)
         result.append("pool shut down")

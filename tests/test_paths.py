@@ -130,3 +130,9 @@ def test_check_paths_checks_each_path():
 
 def test_check_paths_directory_prefix_is_fine():
     check_paths([("a", "dir"), ("a/b", "dir"), ("a/b/c", "file"), ("ab", "file"), ("a.b", "file")])
+
+
+@pytest.mark.parametrize("p", ["x/c:d", "a/C:/b", "dir/z:stream"])
+def test_drive_letter_in_any_component_refused(p):
+    with pytest.raises(UnsafePathError, match="drive letter"):
+        check_path(p)
