@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import click
 
-from archiver import api
+from archiver import api, malloc
 from archiver.errors import ArchiverError, UsageError
 from archiver.progress import Progress, human_bytes
 from archiver.repository import Repository
@@ -205,6 +205,7 @@ def rebuild_cmd(c: Ctx, as_json: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: map every failure to one line and an exit code."""
     debug = os.environ.get("ARCHIVER_DEBUG") == "1"
+    malloc.tune()
     try:
         cli.main(args=argv, prog_name="archiver", standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -54,6 +54,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import zstandard
 
 from archiver.errors import CorruptChunkError
@@ -124,6 +125,11 @@ def _sample(data: bytes | memoryview) -> bytes | memoryview:
     return b"".join(data[k * step : k * step + piece] for k in range(SAMPLE_PIECES))
 
 
+def _same(a: bytes | memoryview, b: bytes | memoryview) -> bool:
+    """Byte equality at memcmp speed (bytes == memoryview compares item by item, ~12x slower)."""
+    return len(a) == len(b) and np.array_equal(np.frombuffer(a, dtype=np.uint8), np.frombuffer(b, dtype=np.uint8))
+
+
 def _byte_view(raw: bytes | bytearray | memoryview) -> bytes | memoryview:
     """Flat unsigned-byte view: len() must count bytes even for a typed memoryview."""
     if isinstance(raw, bytes):
@@ -186,13 +192,17 @@ class Codec:
         """
         data = _byte_view(raw)
         if width in GROUP_WIDTHS and len(data) >= GROUP_MIN_BYTES:
-            grouped = self._encode_planes(data if isinstance(data, bytes) else bytes(data), width)
+            grouped = self._encode_planes(data, width)
             if grouped is not None:
                 return grouped
         return self._encode_plain(data)
 
     def _squeeze(self, payload: bytes | memoryview, level: int | None) -> tuple[int, bytes | memoryview]:
-        """zstd if it makes the payload smaller, else raw; probe big payloads first."""
+        """zstd if it makes the payload smaller, else raw; probe big payloads first.
+
+        Every zstd frame produced is decompressed and compared with its input before
+        it is used: a compressor fault can never reach the store. (Decompression and
+        the comparison are cheap next to compression, and release the GIL.)"""
         n = len(payload)
         if n == 0:
             return CODEC_RAW, payload
@@ -202,25 +212,29 @@ class Codec:
             if len(comp.compress(sample)) > len(sample) * SAMPLE_MAX_RATIO:
                 return CODEC_RAW, payload
         packed = comp.compress(payload)
-        if len(packed) < n:
-            return CODEC_ZSTD, packed
-        return CODEC_RAW, payload
+        if len(packed) >= n:
+            return CODEC_RAW, payload
+        if not _same(self._decompressor().decompress(packed, max_output_size=n), payload):
+            raise CorruptChunkError("?", "zstd round trip mismatch while encoding; refusing to store")
+        return CODEC_ZSTD, packed
 
     def _encode_plain(self, data: bytes | memoryview) -> Encoded:
         codec, payload = self._squeeze(data, self.level)
         obj = _assemble(TRANSFORM_NONE, 0, len(data), [(codec, payload, len(data))])
         return Encoded(obj, "zstd" if codec == CODEC_ZSTD else "raw")
 
-    def _encode_planes(self, data: bytes, width: int) -> Encoded | None:
-        # Slicing a bytes object with a step is a tight C loop (~1.5-2 GB/s);
-        # the same slice of a memoryview is ~8x slower, hence bytes here.
+    def _encode_planes(self, data: bytes | memoryview, width: int) -> Encoded | None:
+        # numpy's strided copy runs ~2x faster than slicing bytes with a step, and,
+        # unlike it, releases the GIL, so two worker threads really use two cores.
         n = len(data)
         body = n - n % width
         plane_len = body // width
+        grid = np.frombuffer(data, dtype=np.uint8, count=body).reshape(plane_len, width)
         sections: list[tuple[int, bytes | memoryview, int]] = []
         any_zstd = False
         for i in range(width):
-            codec, payload = self._squeeze(data[i:body:width], self.plane_level)
+            plane = memoryview(np.ascontiguousarray(grid[:, i]))
+            codec, payload = self._squeeze(plane, self.plane_level)
             any_zstd |= codec == CODEC_ZSTD
             sections.append((codec, payload, plane_len))
         if not any_zstd:
@@ -246,12 +260,14 @@ class Codec:
             return bytes(self._section_bytes(mv, parsed.sections[0], chunk))
         width = parsed.width
         body = parsed.raw_length - parsed.raw_length % width
-        out = bytearray(parsed.raw_length)
+        out = np.empty(parsed.raw_length, dtype=np.uint8)
+        grid = out[:body].reshape(body // width, width)
         for i, sec in enumerate(parsed.sections[:width]):
-            out[i:body:width] = self._section_bytes(mv, sec, chunk)
+            # strided numpy assignment: releases the GIL, unlike bytearray slice assignment
+            grid[:, i] = np.frombuffer(self._section_bytes(mv, sec, chunk), dtype=np.uint8)
         tail = parsed.sections[width]
-        out[body:] = mv[tail.offset : tail.offset + tail.stored_length]
-        return bytes(out)
+        out[body:] = np.frombuffer(mv[tail.offset : tail.offset + tail.stored_length], dtype=np.uint8)
+        return out.tobytes()
 
     def _section_bytes(self, mv: memoryview, sec: _Section, chunk: str) -> bytes | memoryview:
         payload = mv[sec.offset : sec.offset + sec.stored_length]

@@ -27,7 +27,8 @@ matching rule counts the request, and the first one that still has faults to giv
 `reject_checksums = True` makes the proxy answer like S3-compatible servers that do not
 support flexible checksums: 400 for any request carrying `x-amz-sdk-checksum-algorithm`,
 `x-amz-checksum-<algorithm>`, `x-amz-trailer` or `Content-Encoding: aws-chunked`
-(with `reject_checksum_mode = True`, also the response-side `x-amz-checksum-mode`).
+(with `reject_checksum_mode = True`, also the response-side `x-amz-checksum-mode`);
+`checksum_error` sets the answer's status, code and message.
 
 Every request is recorded (`seen`, `requests()`, `count()`, `ranges()`)."""
 from __future__ import annotations
@@ -42,7 +43,7 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterable
+from typing import Callable, Iterable
 from xml.sax.saxutils import escape
 
 ACTIONS = ("slowdown", "internal", "status", "drop", "reset", "cut", "lose_response")
@@ -212,48 +213,50 @@ class _Handler(BaseHTTPRequestHandler):
             rule = proxy._pick(method, target, "range" in headers)
         at = time.monotonic()
 
-        def record(fault: str | None, status: int | None) -> None:
-            proxy._record(Seen(method, target, headers, fault, status, at))
+        def record(fault: str | None) -> Callable[[int | None], None]:
+            # Called before the first byte of the answer is sent, so a client that has
+            # its answer always finds its request in the log.
+            return lambda status: proxy._record(Seen(method, target, headers, fault, status, at))
 
         if bad:
-            names = ", ".join(f"'{b}'" for b in bad)
-            self._error(400, "InvalidArgument", f"Unsupported header {names} received for this API call.",
-                        target)
-            record("reject-checksum", 400)
+            status, code, message = proxy.checksum_error
+            if message is None:
+                names = ", ".join(f"'{b}'" for b in bad)
+                message = f"Unsupported header {names} received for this API call."
+            self._error(status, code, message, target, record("reject-checksum"))
             return
         if rule is None:
-            record(None, self._forward(method, target, body))
+            self._forward(method, target, body, record(None))
             return
         action = rule.action
         if action == "slowdown":
-            self._error(503, "SlowDown", "Please reduce your request rate.", target)
-            record(action, 503)
+            self._error(503, "SlowDown", "Please reduce your request rate.", target, record(action))
         elif action == "internal":
-            self._error(500, "InternalError", "We encountered an internal error. Please try again.", target)
-            record(action, 500)
+            self._error(500, "InternalError", "We encountered an internal error. Please try again.", target,
+                        record(action))
         elif action == "status":
-            self._error(rule.status, rule.code, rule.message, target)
-            record(action, rule.status)
+            self._error(rule.status, rule.code, rule.message, target, record(action))
         elif action == "drop":
-            self.close_connection = True
-            record(action, None)
+            self.close_connection = True  # closed (FIN) once this returns
+            record(action)(None)
         elif action == "reset":
-            self._reset()
-            record(action, None)
+            self._reset()  # closed (RST) once this returns
+            record(action)(None)
         elif action == "lose_response":
-            status = self._forward(method, target, body, deliver=False)
             self.close_connection = True
-            record(action, status)
+            self._forward(method, target, body, record(action), deliver=False)
         elif action == "cut":
-            status = self._forward(method, target, body, cut_at=rule.cut_at)
-            record(action, status)
+            self._forward(method, target, body, record(action), cut_at=rule.cut_at)
         else:  # pragma: no cover - rejected by Rule
             raise AssertionError(action)
 
     # -- responses -----------------------------------------------------------------
 
-    def _error(self, status: int, code: str, message: str, resource: str) -> None:
+    def _error(self, status: int, code: str, message: str, resource: str,
+               on_status: Callable[[int | None], None] | None = None) -> None:
         payload = error_xml(code, message, urllib.parse.urlsplit(resource).path)
+        if on_status is not None:
+            on_status(status)
         self.send_response(status)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(payload)))
@@ -270,10 +273,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self.server.proxy._mark_reset(self.connection)
 
-    def _forward(self, method: str, target: str, body: bytes | None, *, deliver: bool = True,
-                 cut_at: int | float | None = None) -> int | None:
-        """Send the request upstream and (unless deliver=False) relay the answer; returns
-        the upstream status, or None if the upstream could not be reached."""
+    def _forward(self, method: str, target: str, body: bytes | None, on_status: Callable[[int | None], None],
+                 *, deliver: bool = True, cut_at: int | float | None = None) -> None:
+        """Send the request upstream and (unless deliver=False) relay the answer; calls
+        on_status with the upstream status (None if unreachable) before answering."""
         proxy = self.server.proxy
         conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
         try:
@@ -289,12 +292,15 @@ class _Handler(BaseHTTPRequestHandler):
                 resp = conn.getresponse()
             except OSError as exc:
                 if deliver:
-                    self._error(502, "BadGateway", f"fault proxy: upstream unreachable: {exc}", target)
-                return None
+                    self._error(502, "BadGateway", f"fault proxy: upstream unreachable: {exc}", target, on_status)
+                else:
+                    on_status(None)
+                return
             status = resp.status
             if not deliver:
                 resp.read()
-                return status
+                on_status(status)
+                return
             resp_headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
             length_header = resp.getheader("Content-Length")
             no_body = method == "HEAD" or status in (204, 304) or 100 <= status < 200
@@ -311,6 +317,7 @@ class _Handler(BaseHTTPRequestHandler):
                 send = cut_at if isinstance(cut_at, int) else int(length * cut_at)
                 send = max(1, min(send, length - 1))
                 self.close_connection = True
+            on_status(status)
             self.send_response_only(status, resp.reason)
             for name, value in resp_headers:
                 self.send_header(name, value)
@@ -326,7 +333,6 @@ class _Handler(BaseHTTPRequestHandler):
                 sent += len(piece)
             if sent < length:
                 self.close_connection = True  # the client is left waiting for the rest: EOF
-            return status
         finally:
             conn.close()
 
@@ -344,6 +350,9 @@ class FaultProxy:
         self.upstream_port = parts.port or 80
         self.reject_checksums = False
         self.reject_checksum_mode = False
+        # (status, code, message) of the rejection; message None names the headers, like
+        # Backblaze B2 ("Unsupported header 'x-amz-checksum-crc32' received for this API call.")
+        self.checksum_error: tuple[int, str, str | None] = (400, "InvalidArgument", None)
         self._lock = threading.Lock()
         self._rules: list[Rule] = []
         self._seen: list[Seen] = []

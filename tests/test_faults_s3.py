@@ -93,10 +93,11 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch, **options: Any) -> None:
     monkeypatch.setattr(archiver.stores, "S3Options", functools.partial(S3Options, **options))
 
 
-@pytest.fixture
-def ckpt(tmp_path: Path) -> Path:
-    # ~8.5 MB of random tensors: several chunk objects, plus small JSON/text ones
-    return make_checkpoint(tmp_path / "src" / "ckpt", layers=4, dim=1024)
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """~8.5 MB of tensors: several chunk objects, plus small JSON/text ones. Built once
+    (it takes ~2 s) and only ever read."""
+    return make_checkpoint(tmp_path_factory.mktemp("src") / "ckpt", layers=4, dim=1024)
 
 
 def one_line_error(r) -> str:
@@ -124,6 +125,7 @@ def verify_and_restore(s3: S3Env, mid: str, ckpt: Path, dest: Path) -> None:
 def nothing_recorded(s3: S3Env) -> None:
     """No manifest in the bucket (seen by moto directly) and none in the catalog."""
     s3.proxy.clear()
+    s3.proxy.reject_checksums = False
     assert s3.keys("manifests/") == []
     r = run_cli("--store", s3.url, "list", "--json")
     if "store.json" in s3.keys():
@@ -179,12 +181,12 @@ def test_store_ops_survive_transient_faults(s3: S3Env, kind: str, backoffs: list
 def test_mixed_faults_on_one_put_are_retried(s3: S3Env, backoffs: list[float]) -> None:
     store = open_store(s3.url, create=True)
     key = "chunks/cd/" + "cd" * 32
-    for kind in ("internal", "reset", "drop", "slowdown"):
+    for kind in ("slowdown", "internal", "reset", "drop"):  # throttling first: its backoff is 1 s * 2^i
         s3.proxy.add(kind, method="PUT", path=target(s3, key))
     backoffs.clear()
     assert store.put_if_absent(key, b"payload") is True
     assert [s.fault for s in s3.proxy.requests("PUT", target(s3, key))] == [
-        "internal", "reset", "drop", "slowdown", None]
+        "slowdown", "internal", "reset", "drop", None]
     assert len(backoffs) == 4
     assert store.get(key) == b"payload"
 
@@ -271,8 +273,8 @@ def test_retries_exhausted_fail_cleanly(s3: S3Env, ckpt: Path, monkeypatch, faul
     assert fragment in line, line
     failed = s3.proxy.faults()
     assert failed
-    for t in {f.target for f in failed}:  # every failing request was tried exactly max_attempts times
-        assert s3.proxy.count(path=re.escape(t) + "$") == 2, t
+    for method, t in {(f.method, f.target) for f in failed}:  # each tried exactly max_attempts times
+        assert s3.proxy.count(method, re.escape(t) + "$") == 2, (method, t)
     nothing_recorded(s3)
     if "method" in fault:
         assert s3.keys("chunks/") == []  # every chunk PUT failed
@@ -324,16 +326,48 @@ def test_multipart_survives_transient_part_failures(s3: S3Env) -> None:
     assert s3.proxy.count("DELETE") == 0
 
 
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("POST", r"\?uploads(&|$)"),  # CreateMultipartUpload: the retry starts a second upload
+        ("PUT", r"[?&]partNumber=2(&|$)"),  # UploadPart: retried, same part number
+        ("POST", r"\?uploadId="),  # CompleteMultipartUpload: the retry finds it completed
+    ],
+    ids=["create", "upload-part", "complete"],
+)
+def test_multipart_lost_responses_leave_no_upload(s3: S3Env, method: str, path: str) -> None:
+    options = S3Options(multipart_threshold=5 * MiB, min_part_size=5 * MiB)
+    store = open_store(s3.url, create=True, s3_options=options)
+    key = "chunks/mp/" + "04" * 32
+    data = os.urandom(11 * MiB)
+    s3.proxy.add("lose_response", method=method, path=path)
+    assert store.put_if_absent(key, data) is True
+    assert [s.fault for s in s3.proxy.requests(method, path)] == ["lose_response", None]
+    assert store.get(key) == data
+    assert s3.uploads() == []  # an upload whose creation reply was lost is found and aborted
+
+
 # -- 6. servers that reject checksum headers: ARCHIVER_S3_CHECKSUM=when_required ----------
 
 
-@pytest.mark.parametrize("strict", [False, True], ids=["upload-checksums", "also-checksum-mode"])
-def test_checksum_rejecting_server_default_client_hint(s3: S3Env, ckpt: Path, strict: bool) -> None:
+@pytest.mark.parametrize(
+    "answer, strict",
+    [
+        ((400, "InvalidArgument", None), False),  # Backblaze B2: names the header
+        ((400, "InvalidArgument", None), True),  # ... also refusing x-amz-checksum-mode on GETs
+        ((400, "InvalidArgument", "Invalid Argument."), False),  # OVH and others: says nothing
+        ((400, "AuthorizationHeaderMalformed", "BadRequest(400)"), False),  # Qumulo
+    ],
+    ids=["b2", "b2-checksum-mode", "generic-invalid-argument", "authorization-header-malformed"],
+)
+def test_checksum_rejecting_server_default_client_hint(s3: S3Env, ckpt: Path, answer: tuple, strict: bool) -> None:
     s3.proxy.reject_checksums = True
     s3.proxy.reject_checksum_mode = strict
+    s3.proxy.checksum_error = answer
     r = run_cli("--store", s3.url, "archive", str(ckpt), "--name", "model")
     line = one_line_error(r)
     assert "ARCHIVER_S3_CHECKSUM=when_required" in line, line
+    assert "another region" not in line
     assert s3.proxy.count(fault="reject-checksum") == 1  # a 400 is not retried
     nothing_recorded(s3)
 
@@ -364,6 +398,7 @@ def test_unreachable_endpoint_via_cli(aws_env, monkeypatch, tmp_path: Path, ckpt
         port = sock.getsockname()[1]  # closed when the block ends: nothing listens there
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ARCHIVER_CATALOG", raising=False)
     fast_retries(monkeypatch, max_attempts=2, connect_timeout=2)
     for args in (["archive", str(ckpt), "--name", "model"], ["list"], ["verify", "--all"],
                  ["restore", "model", str(tmp_path / "out")]):

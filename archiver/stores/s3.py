@@ -7,6 +7,7 @@ failure becomes a one-line ArchiverError: nothing from botocore escapes this mod
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import http.client
 import math
@@ -207,7 +208,8 @@ class S3Store:
                     f"access denied {action} {where}: the credentials lack permission "
                     "(check the IAM policy / bucket policy for this prefix)"
                 )
-            if code in ("PermanentRedirect", "301", "AuthorizationHeaderMalformed") or status == 301:
+            if code in ("PermanentRedirect", "301") or status == 301 or (
+                    code == "AuthorizationHeaderMalformed" and "region" in message.lower()):
                 return StoreError(
                     f"bucket {self.bucket} is in another region: set AWS_DEFAULT_REGION or the region option"
                 )
@@ -221,7 +223,13 @@ class S3Store:
                     f"S3 rejected the request {action} {where}: {code}: {message} "
                     f"(for S3-compatible servers try {CHECKSUM_ENV}=when_required)"
                 )
-            return StoreError(f"S3 error {action} {where}: {code or status}: {message}".rstrip(": "))
+            plain = f"S3 error {action} {where}: {code or status}: {message}".rstrip(": ")
+            if status == 400 and not self._when_required and code in (
+                    "InvalidArgument", "InvalidRequest", "BadRequest", "AuthorizationHeaderMalformed", "400", ""):
+                # Servers without flexible checksums often answer just "Invalid Argument."
+                return StoreError(f"{plain} (if this S3-compatible server does not support checksum "
+                                  f"headers, try {CHECKSUM_ENV}=when_required)")
+            return StoreError(plain)
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
             return StoreError(
                 f"no AWS credentials found for {self.url}: set AWS_PROFILE, or "
@@ -286,7 +294,7 @@ class S3Store:
             return False  # don't upload gigabytes only to have the final commit refused
         part_size = part_size_for(len(data), self.options.min_part_size)
         checksum = {} if self._when_required else {"ChecksumAlgorithm": "CRC32"}
-        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **checksum)["UploadId"]
+        upload_id = self._create_upload(full, checksum)
         finished = False
         try:
             parts: list[dict[str, Any]] = []
@@ -320,6 +328,36 @@ class S3Store:
         finally:
             if not finished:
                 self._abort(full, upload_id)
+
+    def _create_upload(self, full: str, checksum: dict[str, str]) -> str:
+        started = time.monotonic()
+        resp = self.client.create_multipart_upload(Bucket=self.bucket, Key=full, **checksum)
+        upload_id = resp["UploadId"]
+        if (resp.get("ResponseMetadata") or {}).get("RetryAttempts"):
+            self._abort_orphans(full, upload_id, time.monotonic() - started)
+        return upload_id
+
+    def _abort_orphans(self, full: str, upload_id: str, window: float) -> None:
+        """botocore retried CreateMultipartUpload: an earlier attempt may have created an
+        upload whose response was lost (a reset after the server acted), which nobody
+        would ever complete or abort. Abort this key's other uploads that the server
+        started during our call (its clock: at most `window` seconds before ours).
+        Best effort, like _abort."""
+        try:
+            resp = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=full)
+        except (ClientError, BotoCoreError):
+            return
+        uploads = [u for u in resp.get("Uploads", []) or [] if u.get("Key") == full and u.get("UploadId")]
+        ours = next((u for u in uploads if u["UploadId"] == upload_id), None)
+        started = ours.get("Initiated") if ours else None
+        if not isinstance(started, datetime.datetime):
+            return
+        earliest = started - datetime.timedelta(seconds=window + 1.0)
+        for upload in uploads:
+            initiated = upload.get("Initiated")
+            if upload["UploadId"] != upload_id and isinstance(initiated, datetime.datetime) \
+                    and earliest <= initiated <= started:
+                self._abort(full, upload["UploadId"])
 
     def _abort(self, full: str, upload_id: str) -> None:
         """Best effort: parts of an unfinished upload are billed until aborted. The
