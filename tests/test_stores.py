@@ -696,3 +696,16 @@ def test_s3_errors_on_every_verb_are_archiver_errors(aws_env) -> None:
 
 def test_errors_are_archiver_errors() -> None:
     assert issubclass(ObjectMissingError, StoreError) and issubclass(StoreError, ArchiverError)
+
+
+def test_max_attempts_from_environment(aws_env, monkeypatch) -> None:
+    from archiver.stores.s3 import S3Options, build_client, max_attempts
+
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    assert max_attempts(S3Options(max_attempts=5)) == 5
+    monkeypatch.setenv("ARCHIVER_S3_MAX_ATTEMPTS", "20")
+    client = build_client(S3Options(max_attempts=5))
+    assert client.meta.config.retries["total_max_attempts"] == 20
+    monkeypatch.setenv("ARCHIVER_S3_MAX_ATTEMPTS", "zero")
+    with pytest.raises(UsageError):
+        max_attempts(S3Options())

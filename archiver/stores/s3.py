@@ -45,6 +45,7 @@ TARGET_PARTS = 9_000  # headroom under MAX_PARTS
 CONFLICT_RETRIES = 5  # 409 ConditionalRequestConflict: a concurrent conditional write
 READ_CHUNK = 1 * MiB
 CHECKSUM_ENV = "ARCHIVER_S3_CHECKSUM"
+MAX_ATTEMPTS_ENV = "ARCHIVER_S3_MAX_ATTEMPTS"
 
 # A download cut off mid-body raises one of these; the bytes received so far are kept
 # and the rest is fetched with a ranged GET.
@@ -90,13 +91,29 @@ def checksum_when_required(options: S3Options) -> bool:
     return options.checksum_when_required or env == "when_required"
 
 
+def max_attempts(options: S3Options) -> int:
+    """ARCHIVER_S3_MAX_ATTEMPTS (or AWS_MAX_ATTEMPTS) overrides the option: an outage
+    longer than the default retries can be ridden out by raising it."""
+    for var in (MAX_ATTEMPTS_ENV, "AWS_MAX_ATTEMPTS"):
+        raw = os.environ.get(var, "").strip()
+        if raw:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise UsageError(f"{var} must be a whole number, got {raw!r}") from None
+            if value < 1:
+                raise UsageError(f"{var} must be at least 1")
+            return value
+    return options.max_attempts
+
+
 def build_client(options: S3Options) -> Any:
     """One client per store: botocore clients are thread-safe, so worker threads share
     it and its connection pool (sized by max_pool)."""
     config_args: dict[str, Any] = {
         # total_max_attempts counts the first try (botocore's "max_attempts" key counts
         # only retries), so max_attempts=8 means 8 requests at most, like AWS_MAX_ATTEMPTS.
-        "retries": {"mode": "standard", "total_max_attempts": options.max_attempts},
+        "retries": {"mode": "standard", "total_max_attempts": max_attempts(options)},
         "connect_timeout": options.connect_timeout,
         "read_timeout": options.read_timeout,
         "max_pool_connections": options.max_pool,
