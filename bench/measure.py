@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -31,33 +32,63 @@ class Measure:
     stderr: str = ""
     cpu: float = 0.0  # user + system seconds of the command (and the children it waited for)
     load1: float = 0.0  # 1-minute load average just before the command started
+    other_cpu: float = 0.0  # CPU seconds used by everything else on the machine meanwhile
+    sync: float = 0.0  # seconds of the `sync` right after the command (flushing what it left dirty)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"cmd": " ".join(shlex.quote(c) for c in self.cmd), "rc": self.rc, "wall": round(self.wall, 4),
                 "rss_mib": round(self.rss_mib, 1), "cpu_s": round(self.cpu, 3), "load1": round(self.load1, 2),
+                "other_cpu_s": round(self.other_cpu, 3), "sync_s": round(self.sync, 3),
                 **self.extra}
 
 
 def run(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: str | os.PathLike | None = None,
         check: bool = True, timeout: float = 7200) -> Measure:
     """Run `cmd` via the wrapper (a small fresh process, so ru_maxrss is the command's own)."""
+    os.sync()  # start clean: no dirty pages from earlier commands being written back meanwhile
     load1 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-run-") as td:
         res, out, err = (os.path.join(td, n) for n in ("res.json", "out", "err"))
         wrapper = [sys.executable, "-I", "-S", str(WRAPPER), res, out, err, "--", *map(str, cmd)]
+        busy0 = _busy_seconds()
         subprocess.run(wrapper, env=dict(env) if env is not None else None, cwd=cwd, check=True, timeout=timeout,
                        stdin=subprocess.DEVNULL)
+        busy1 = _busy_seconds()
+        t0 = time.perf_counter()
+        os.sync()
+        synced = time.perf_counter() - t0
         with open(res) as f:
             r = json.load(f)
         stdout = Path(out).read_text(errors="replace")
         stderr = Path(err).read_text(errors="replace")
     m = Measure([str(c) for c in cmd], r["rc"], r["wall"], r["maxrss_kib"] / 1024, stdout, stderr,
                 r.get("utime", 0.0) + r.get("stime", 0.0), load1)
+    m.sync = synced
+    # everything the machine's CPUs did meanwhile, less the command itself (the wrapper's
+    # own startup, ~0.02 s, stays in): > ~0.1 s means something else competed for the CPUs
+    m.other_cpu = max(0.0, (busy1 - busy0) - m.cpu) if busy0 is not None and busy1 is not None else 0.0
     if check and m.rc != 0:
         raise CommandFailed(f"command failed (exit {m.rc}): {' '.join(map(shlex.quote, m.cmd))}\n"
                             f"stdout: {stdout[-2000:]}\nstderr: {stderr[-2000:]}")
     return m
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _busy_seconds() -> float | None:
+    """Busy CPU time of the whole machine so far (/proc/stat: all but idle and iowait)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    v = [int(x) for x in fields[1:]]
+    busy = sum(v[:8]) - v[3] - v[4]  # user nice system idle iowait irq softirq steal
+    return busy / _TICK
 
 
 def floor_mib() -> float:

@@ -7,6 +7,7 @@ COLUMNS = [
     ("op", "operation"),
     ("tool", "tool"),
     ("wall", "wall s"),
+    ("wall_sync", "+sync s"),
     ("cpu", "CPU s"),
     ("mbps", "MB/s"),
     ("rss", "peak RSS MiB"),
@@ -31,7 +32,7 @@ def cells(row: dict[str, Any]) -> list[str]:
     out = []
     for key, _ in COLUMNS:
         v = row.get(key)
-        if key in ("wall", "cpu"):
+        if key in ("wall", "cpu", "wall_sync"):
             out.append(fmt_num(v, 2))
         elif key in ("mbps", "rss"):
             out.append(fmt_num(v, 0 if key == "mbps" else 1))
@@ -52,7 +53,7 @@ def text_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]
     head = [title for _, title in columns]
     body = [render(r) for r in rows]
     widths = [max(len(head[i]), *(len(b[i]) for b in body)) if body else len(head[i]) for i in range(len(head))]
-    right = [h.startswith(("wall", "CPU", "MB/s", "peak RSS", "stored", "RSS ")) for h in head]
+    right = [h.startswith(("wall", "+sync", "CPU", "MB/s", "peak RSS", "stored", "RSS ")) for h in head]
 
     def line(vals: Sequence[str]) -> str:
         return "  ".join(v.rjust(w) if right[i] else v.ljust(w)
