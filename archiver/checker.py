@@ -16,13 +16,14 @@ import math
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import blake3
 
 from archiver.errors import (ArchiverError, IntegrityError, NotFoundError, ObjectMissingError, UnsafePathError,
                              UsageError)
+from archiver.outcome import Outcome
 from archiver.parallel import ordered_map
 from archiver.pipeline import default_workers
 from archiver.progress import Progress
@@ -50,7 +51,7 @@ class Problem:
 
 
 @dataclass
-class VerifyReport:
+class VerifyReport(Outcome):
     mode: str
     manifests: list[str]
     problems: list[Problem] = field(default_factory=list)
@@ -59,15 +60,6 @@ class VerifyReport:
     bytes_read: int = 0
     files_hashed: int = 0
     seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ok"] = self.ok
-        return d
 
 
 def verify(repo: Repository, refs: Iterable[str] = (), *, all: bool = False, deep: bool = False,

@@ -16,7 +16,7 @@ import secrets
 import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,6 +24,7 @@ import blake3
 
 from archiver.errors import (ArchiverError, IntegrityError, ObjectMissingError, StoreError, UnsafePathError,
                              UsageError)
+from archiver.outcome import Outcome
 from archiver.parallel import ordered_map
 from archiver.pipeline import default_workers
 from archiver.progress import Progress
@@ -36,7 +37,7 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @dataclass
-class RestoreResult:
+class RestoreResult(Outcome):
     id: str
     dest: str
     files: int = 0
@@ -44,15 +45,6 @@ class RestoreResult:
     bytes: int = 0
     seconds: float = 0.0
     problems: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ok"] = self.ok
-        return d
 
 
 def select(entries: Iterable[Entry], include: Iterable[str]) -> list[Entry]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 # Never read more than this while parsing a header/index (spec: refuse headers > 100 MB).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -95,16 +95,29 @@ class BoundedReader(io.RawIOBase):
         return len(data)
 
 
-def finalize(regions: list[Region], size: int) -> list[Region] | None:
+def finalize(regions: list[Region], size: int, what: str) -> list[Region]:
     """Sort, drop empty regions, and check the result is usable (inside the file, no
-    overlaps, positive widths). None if not: a malformed index must not mis-cut a file."""
+    overlaps, positive widths). Raises Malformed(what) if not: a malformed index must
+    not mis-cut a file."""
     out = sorted((r for r in regions if r.length > 0), key=lambda r: r.offset)
     prev_end = 0
     for r in out:
         if r.offset < prev_end or r.offset < 0 or r.end > size or r.width < 0:
-            return None
+            raise Malformed(what)
         prev_end = r.end
     return out
+
+
+def tolerant(parse: Callable[[BinaryIO, int], list[Region]]) -> Callable[[BinaryIO, int], list[Region] | None]:
+    """Wrap a parser that raises on malformed input into `regions(f, size)`, which
+    returns None instead: hostile input must never raise out of format detection."""
+    def regions(f: BinaryIO, size: int) -> list[Region] | None:
+        try:
+            return parse(f, size)
+        except Exception:  # noqa: BLE001 - hostile input must never raise
+            return None
+    regions.__doc__ = parse.__doc__
+    return regions
 
 
 def detect_regions(f: BinaryIO, size: int) -> tuple[str, list[Region]] | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
-from archiver.formats import MAX_HEADER_BYTES, BoundedReader, Malformed, Region, finalize
+from archiver.formats import MAX_HEADER_BYTES, BoundedReader, Malformed, Region, finalize, tolerant
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -181,15 +181,7 @@ def _parse(f: BinaryIO, size: int) -> list[Region]:
         if nbytes < 0 or start + nbytes > limit:
             raise Malformed("GGUF tensor overlaps the next or the end of file")
         out.append(Region(start, nbytes, width))
-    checked = finalize(out, size)
-    if checked is None:
-        raise Malformed("inconsistent GGUF tensor offsets")
-    return checked
+    return finalize(out, size, "inconsistent GGUF tensor offsets")
 
 
-def regions(f: BinaryIO, size: int) -> list[Region] | None:
-    """Tensor regions of a GGUF file, or None if it is not one / is malformed."""
-    try:
-        return _parse(f, size)
-    except Exception:  # noqa: BLE001 - hostile input must never raise
-        return None
+regions = tolerant(_parse)  # Tensor regions of a GGUF file, or None if it is not one / is malformed.

@@ -8,7 +8,7 @@ import json
 import struct
 from typing import BinaryIO
 
-from archiver.formats import MAX_HEADER_BYTES, BoundedReader, Malformed, Region, finalize
+from archiver.formats import MAX_HEADER_BYTES, BoundedReader, Malformed, Region, finalize, tolerant
 
 # Element sizes, used to check shape against byte length (catches a mis-detected file).
 ITEM_SIZE = {
@@ -81,15 +81,7 @@ def _parse(f: BinaryIO, size: int) -> list[Region]:
             if numel * item != end - begin:
                 raise Malformed("shape does not match byte length")
         out.append(Region(base + begin, end - begin, WIDTH.get(dtype, 0)))
-    checked = finalize(out, size)
-    if checked is None:
-        raise Malformed("overlapping tensors")
-    return checked
+    return finalize(out, size, "overlapping tensors")
 
 
-def regions(f: BinaryIO, size: int) -> list[Region] | None:
-    """Tensor regions of a safetensors file, or None if it is not one / is malformed."""
-    try:
-        return _parse(f, size)
-    except Exception:  # noqa: BLE001 - hostile input must never raise
-        return None
+regions = tolerant(_parse)  # Tensor regions of a safetensors file, or None if it is not one / is malformed.

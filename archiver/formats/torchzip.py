@@ -11,7 +11,7 @@ import struct
 import zipfile
 from typing import BinaryIO
 
-from archiver.formats import MAX_HEADER_BYTES, BoundedReader, Malformed, Region, finalize
+from archiver.formats import MAX_HEADER_BYTES, BoundedReader, Malformed, Region, finalize, tolerant
 
 MAGIC = b"PK\x03\x04"
 MAX_MEMBERS = 1_000_000
@@ -153,15 +153,7 @@ def _parse(f: BinaryIO, size: int) -> list[Region] | None:
                 continue  # compressed storage: its bytes are not the tensor's bytes
             start = _data_offset(r, info.header_offset)
             out.append(Region(start, info.file_size, widths.get(name[len(data_dir) :], 0)))
-    checked = finalize(out, size)
-    if checked is None:
-        raise Malformed("inconsistent zip member ranges")
-    return checked
+    return finalize(out, size, "inconsistent zip member ranges")
 
 
-def regions(f: BinaryIO, size: int) -> list[Region] | None:
-    """Tensor-storage regions of a torch.save zip, or None if it is not one / is malformed."""
-    try:
-        return _parse(f, size)
-    except Exception:  # noqa: BLE001 - hostile input must never raise
-        return None
+regions = tolerant(_parse)  # Tensor-storage regions of a torch.save zip, or None if it is not one / is malformed.
