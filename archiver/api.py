@@ -15,7 +15,6 @@ from archiver.progress import Progress
 from archiver.repository import Repository
 from archiver.stores import Store
 from archiver.stores import open_store as _open_store
-from manifests import signing
 from manifests.catalog import ManifestRow
 from manifests.model import Manifest
 
@@ -52,6 +51,7 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
             repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
             progress: Progress | None = None, **options) -> ArchiveResult:
     """`sign_key`: path of an Ed25519 private key (from `keygen`) to sign the manifest with."""
+    from manifests import signing  # cryptography loads only when signatures are used
     key = signing.load_private(sign_key) if sign_key is not None else None
     with _repo(repo, store, catalog, create=True) as r:
         return pipeline.archive(r, list(paths), name=name, label=label, meta=meta, progress=progress,
@@ -60,11 +60,15 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
 
 def keygen(path: str | os.PathLike) -> tuple[Path, Path]:
     """Create an Ed25519 key pair: private key at `path` (0600), public key at `path`.pub."""
+    from manifests import signing
     return signing.keygen(path)
 
 
 def _trusted(keys: Iterable[str] | None) -> list[bytes] | None:
-    return [signing.load_public(k) for k in keys] if keys else None
+    if not keys:
+        return None
+    from manifests import signing
+    return [signing.load_public(k) for k in keys]
 
 
 def verify(refs: Iterable[str] = (), *, all: bool = False, deep: bool = False, sample: float | None = None,

@@ -24,8 +24,7 @@ import blake3
 from archiver.errors import (ArchiverError, IntegrityError, NotFoundError, ObjectMissingError, UnsafePathError,
                              UsageError)
 from archiver.outcome import Outcome
-from archiver.parallel import ordered_map
-from archiver.pipeline import default_workers
+from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.progress import Progress
 from archiver.repository import Repository
 from manifests.model import ChunkRef, Entry, Manifest, manifest_key
@@ -92,7 +91,7 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all: bool = False, dee
         with ThreadPoolExecutor(nworkers, thread_name_prefix="verify") as pool:
             for mid, m in manifests.items():
                 for e in m.files:
-                    _deep_file(repo, mid, e, pool, nworkers * 2, report, progress)
+                    _deep_file(repo, mid, e, pool, window_for(nworkers), report, progress)
         progress.finish()
     elif sample:
         _sample(repo, manifests, sample, nworkers, report, progress)
@@ -206,7 +205,7 @@ def _sample(repo: Repository, manifests: dict[str, Manifest], fraction: float, n
     progress.start("verify sample", sum(where[h][0][2].length for h in pick))
     results: list[tuple[str, bool]] = []
     with ThreadPoolExecutor(nworkers, thread_name_prefix="sample") as pool:
-        for h, got in ordered_map(pool, lambda h: _fetch(repo, where[h][0][2]), pick, nworkers * 2):
+        for h, got in ordered_map(pool, lambda h: _fetch(repo, where[h][0][2]), pick, window_for(nworkers)):
             report.chunks_read += 1
             ok = not isinstance(got, ArchiverError)
             results.append((h, ok))

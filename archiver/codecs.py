@@ -246,7 +246,7 @@ class Codec:
 
     # -- decode -------------------------------------------------------------------
 
-    def decode(self, obj: bytes | memoryview, expected_length: int, chunk: str = "?") -> bytes:
+    def decode(self, obj: bytes | memoryview, expected_length: int, chunk: str = "?") -> bytes | bytearray:
         """Decode a stored object back to the chunk bytes.
 
         Raises CorruptChunkError for any malformation. Memory stays bounded by
@@ -262,14 +262,16 @@ class Codec:
             return bytes(self._section_bytes(mv, parsed.sections[0], chunk))
         width = parsed.width
         body = parsed.raw_length - parsed.raw_length % width
-        out = np.empty(parsed.raw_length, dtype=np.uint8)
+        buf = bytearray(parsed.raw_length)  # returned as is: no extra copy of the chunk
+        out = np.frombuffer(buf, dtype=np.uint8)
         grid = out[:body].reshape(body // width, width)
         for i, sec in enumerate(parsed.sections[:width]):
             # strided numpy assignment: releases the GIL, unlike bytearray slice assignment
             grid[:, i] = np.frombuffer(self._section_bytes(mv, sec, chunk), dtype=np.uint8)
         tail = parsed.sections[width]
         out[body:] = np.frombuffer(mv[tail.offset : tail.offset + tail.stored_length], dtype=np.uint8)
-        return out.tobytes()
+        del grid, out  # release the buffer export so the bytearray is an ordinary object again
+        return buf
 
     def _section_bytes(self, mv: memoryview, sec: _Section, chunk: str) -> bytes | memoryview:
         payload = mv[sec.offset : sec.offset + sec.stored_length]

@@ -5,9 +5,22 @@ input size; results come back in input order, so callers can hash whole files an
 sequentially while workers fetch, decode and hash in parallel."""
 from __future__ import annotations
 
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
+
+def default_workers() -> int:
+    """One thread per core for hashing and zstd (which release the GIL), plus two so the
+    cores stay busy while other workers wait on fsync or the network."""
+    return max(2, min(16, (os.cpu_count() or 2) + 2))
+
+
+def window_for(workers: int) -> int:
+    """Chunks in flight: enough to keep every worker fed, few enough that memory stays
+    at a handful of chunks (each up to 8 MiB raw plus its encoded form)."""
+    return workers + 1
+
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -20,15 +20,11 @@ import blake3
 from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
 from archiver.errors import (ArchiverError, CorruptChunkError, SourceChangedError, StoreError, UsageError)
 from archiver.formats import detect_regions
-from archiver.parallel import ordered_map
+from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.progress import Progress
 from archiver.repository import Repository
 from archiver.scan import Source, scan
 from manifests.model import ChunkRef, Entry, Manifest, chunk_key
-
-
-def default_workers() -> int:
-    return max(2, min(8, os.cpu_count() or 2))
 
 
 @dataclass
@@ -120,7 +116,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
             if src.is_dir:
                 entries.append(Entry(path=src.path, type="dir", mode=src.mode))
             else:
-                entries.append(_archive_file(src, pool, writer, policy, nworkers * 2, progress))
+                entries.append(_archive_file(src, pool, writer, policy, window_for(nworkers), progress))
     progress.finish()
     parent = repo.catalog.latest(name)
     manifest = Manifest(name=name, label=label, meta=dict(meta or {}), parent=parent, entries=tuple(entries))

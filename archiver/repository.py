@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import blake3
@@ -16,7 +17,6 @@ from archiver.codecs import Codec, describe
 from archiver.errors import (ArchiverError, CorruptChunkError, IntegrityError, ManifestError,
                              NotFoundError, ObjectMissingError)
 from archiver.stores import Store, open_store
-from manifests import signing
 from manifests.catalog import Catalog
 from manifests.model import ChunkRef, Manifest, chunk_key, is_hash, manifest_key, parse_manifest
 
@@ -86,8 +86,9 @@ class Repository:
         return mid, data
 
     # -- signatures and chain ------------------------------------------------------------------
-    def sign_manifest(self, mid: str, key: "signing.Ed25519PrivateKey") -> signing.Signature:
+    def sign_manifest(self, mid: str, key: Any) -> Any:
         """Store an Ed25519 signature of `mid` (deterministic, so a re-run writes the same bytes)."""
+        from manifests import signing  # cryptography loads only when signatures are used
         sig = signing.sign(key, mid)
         skey = signing.signature_key(mid, sig.fingerprint)
         if not self.store.put_if_absent(skey, sig.to_json()):
@@ -97,6 +98,7 @@ class Repository:
 
     def signature_problems(self, mid: str, trusted: list[bytes] | None = None) -> list[str]:
         """Every signature present must be valid; with `trusted` keys, one of them must have signed."""
+        from manifests import signing
         problems: list[str] = []
         good: set[str] = set()
         for info in self.store.list(signing.signature_prefix(mid)):

@@ -5,15 +5,28 @@ Layout, identical on every backend: `store.json` (format marker), `chunks/<h[0:2
 `manifests/<id>.json`, and later additions such as `manifests/<id>.sig`."""
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from archiver.errors import NotFoundError, ObjectMissingError, StoreError, UsageError
 from archiver.stores.base import ObjectInfo, Store
 from archiver.stores.local import LocalStore, validate_key
-from archiver.stores.s3 import S3Options, S3Store
+
+if TYPE_CHECKING:
+    from archiver.stores.s3 import S3Options, S3Store
+
+
+def __getattr__(name: str) -> Any:
+    """S3Store/S3Options load boto3 (~0.1 s): only when an S3 store is actually used."""
+    if name in ("S3Store", "S3Options"):
+        value = getattr(importlib.import_module("archiver.stores.s3"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Store",
@@ -106,7 +119,8 @@ def _store_for_url(url: str, s3_options: S3Options | None) -> Store:
                 validate_key(prefix)
             except ValueError as exc:
                 raise UsageError(f"S3 URL {url} has an invalid prefix: {exc}") from None
-        store = S3Store(bucket, prefix, s3_options or S3Options())
+        options_type = S3Options  # via __getattr__: resolved (and patchable) at call time
+        store = S3Store(bucket, prefix, s3_options or options_type())
         store.check_bucket()
         return store
     raise UsageError(f"unsupported store URL {url} (use a path, file:///path or s3://bucket/prefix)")
