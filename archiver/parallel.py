@@ -17,9 +17,9 @@ def default_workers() -> int:
 
 
 def window_for(workers: int) -> int:
-    """Chunks in flight: enough to keep every worker fed, few enough that memory stays
-    at a handful of chunks (each up to 8 MiB raw plus its encoded form)."""
-    return workers + 1
+    """Chunks in flight: one per worker, so memory stays at a handful of chunks (each up
+    to 8 MiB raw plus its encoded form); a deeper window measured no faster here."""
+    return workers
 
 
 T = TypeVar("T")
