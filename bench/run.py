@@ -570,8 +570,8 @@ def main() -> int:
         "comparison (a `sync` also runs, untimed, before every command so none pays for another's writeback).",
         "b3sum memory-maps its input, so its peak RSS counts the file's cached pages.",
         "restic always encrypts (RESTIC_PASSWORD=bench) and uses all cores; borg runs unencrypted (-e none), "
-        "single-threaded; our archiver uses 2 worker threads; zstd -3 -T1 is the size reference, -T2 shown "
-        "for time. Our restore verifies every chunk and file (BLAKE3 + SHA-256); plain restic restore does not "
+        "single-threaded; our archiver uses one worker thread per core plus two (4 here); zstd -3 -T1 is the size reference, -T2 shown "
+        "for time. Our restore re-hashes every chunk and every whole file (BLAKE3; deep verify also re-checks SHA-256); plain restic restore does not "
         "re-read what it wrote, `restic restore --verify` does.",
         *([("The v2 rows (LLM input): v2 is archived into the same store/repository right after v1 (first "
              "run only); 'stored bytes' there is the growth of the store. v2 differs from v1 in "
