@@ -17,11 +17,11 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Iterable
 
 import blake3
 
-from archiver.errors import (ArchiverError, IntegrityError, NotFoundError, ObjectMissingError, UnsafePathError,
+from archiver.errors import (ArchiverError, IntegrityError, ObjectMissingError, UnsafePathError,
                              UsageError)
 from archiver.outcome import Outcome
 from archiver.parallel import default_workers, ordered_map, window_for

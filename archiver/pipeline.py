@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import blake3
 
 from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
-from archiver.errors import (ArchiverError, CorruptChunkError, SourceChangedError, StoreError, UsageError)
+from archiver.errors import ArchiverError, SourceChangedError, UsageError
 from archiver.formats import detect_regions
 from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.progress import Progress

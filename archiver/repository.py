@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Any
-from pathlib import Path
 
 import blake3
 

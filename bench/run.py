@@ -41,15 +41,6 @@ def log(msg: str = "") -> None:
 
 # -- setup ---------------------------------------------------------------------------------
 
-def ensure_numpy() -> None:
-    try:
-        import numpy  # noqa: F401
-    except ImportError:
-        log(f"numpy is missing from {sys.prefix}; installing it for the benchmark's input generator only: "
-            f"{sys.executable} -m pip install numpy")
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "numpy"], check=True)
-
-
 def ensure_tools(notes: list[str]) -> dict[str, bool]:
     missing = [t for t in TOOL_PACKAGES if shutil.which(t) is None]
     if missing:
@@ -521,7 +512,6 @@ def main() -> int:
     started = time.monotonic()
     notes: list[str] = []
 
-    ensure_numpy()
     have = ensure_tools(notes)
     from inputs import prepare
     from measure import floor_mib

@@ -9,7 +9,6 @@ two archive jobs can share one catalog."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time

@@ -42,8 +42,6 @@ def install(spec: str) -> None:
             _die()
         catalog_mod.Catalog.record_manifest = record
     elif kind == "commit":
-        orig_audit = catalog_mod.Catalog._audit
-
         def audit(self, *a, **k):  # runs inside record_manifest's transaction, after all inserts
             assert self._conn.in_transaction
             _die()

@@ -2,9 +2,6 @@
 over real HTTP (moto's ThreadedMotoServer on 127.0.0.1)."""
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 
 import pytest
 

@@ -7,7 +7,6 @@ import errno
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest

@@ -23,7 +23,7 @@ from botocore.retries.standard import ExponentialBackoff
 
 import archiver.stores
 from archiver.errors import StoreError
-from archiver.stores import ObjectInfo, S3Options, S3Store, open_store
+from archiver.stores import ObjectInfo, S3Options, open_store
 from archiver.stores.s3 import MiB
 from tests.conftest import _delete_bucket
 from tests.faultproxy import FaultProxy

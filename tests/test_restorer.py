@@ -1,7 +1,6 @@
 """Restore into hostile destinations: symlinks planted in DEST never redirect a write."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
