@@ -20,12 +20,19 @@ if TYPE_CHECKING:
     from archiver.stores.s3 import S3Options, S3Store
 
 
-def __getattr__(name: str) -> Any:
-    """S3Store/S3Options load boto3 (~0.1 s): only when an S3 store is actually used."""
-    if name in ("S3Store", "S3Options"):
+def _s3(name: str) -> Any:
+    """S3Store/S3Options load boto3 (~0.1 s): only when an S3 store is actually used.
+    Cached as a module attribute, so tests can still patch `archiver.stores.S3Options`."""
+    value = globals().get(name)
+    if value is None:
         value = getattr(importlib.import_module("archiver.stores.s3"), name)
         globals()[name] = value
-        return value
+    return value
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("S3Store", "S3Options"):
+        return _s3(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
@@ -119,8 +126,7 @@ def _store_for_url(url: str, s3_options: S3Options | None) -> Store:
                 validate_key(prefix)
             except ValueError as exc:
                 raise UsageError(f"S3 URL {url} has an invalid prefix: {exc}") from None
-        options_type = S3Options  # via __getattr__: resolved (and patchable) at call time
-        store = S3Store(bucket, prefix, s3_options or options_type())
+        store = _s3("S3Store")(bucket, prefix, s3_options or _s3("S3Options")())
         store.check_bucket()
         return store
     raise UsageError(f"unsupported store URL {url} (use a path, file:///path or s3://bucket/prefix)")

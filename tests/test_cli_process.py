@@ -1,0 +1,47 @@
+"""The real console entry point in fresh processes: nothing imported by the test process
+can mask a missing import or an uninitialised module (lazy boto3 loading, for one)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_checkpoint, tree
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.integration
+
+
+def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "archiver.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("backend", ["local", "s3-server"])
+def test_fresh_process_round_trip(backend, tmp_path, request):
+    url = str(tmp_path / "store") if backend == "local" else request.getfixturevalue("s3_server_url")
+    env = {**os.environ, "ARCHIVER_HOME": str(tmp_path / "home"), "ARCHIVER_STORE": url}
+    ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=2, dim=256)
+    r = cli(env, "archive", str(ckpt), "--name", "m", "--json")
+    assert r.returncode == 0, r.stderr
+    mid = json.loads(r.stdout)["id"]
+    assert r.stderr == ""  # --json and not a terminal: no progress, no summary
+    for args in (["list", "--json"], ["show", "m", "--json"], ["verify", mid, "--deep", "--json"]):
+        r = cli(env, *args)
+        assert r.returncode == 0, (args, r.stderr)
+        json.loads(r.stdout)
+    r = cli(env, "restore", mid, str(tmp_path / "out"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert tree(tmp_path / "out" / "ckpt") == tree(ckpt)
+
+
+def test_fresh_process_s3_errors_are_one_line(tmp_path, aws_env):
+    env = {**os.environ, "ARCHIVER_HOME": str(tmp_path / "home"), "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+           "ARCHIVER_S3_MAX_ATTEMPTS": "1"}
+    r = cli(env, "--store", "s3://bucket/prefix", "list")
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "cannot reach S3 endpoint" in r.stderr and "internal error" not in r.stderr
