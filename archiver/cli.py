@@ -84,8 +84,7 @@ def list_cmd(c: Ctx, name: str | None, as_json: bool) -> None:
     """List archives in the catalog, oldest first."""
     with c.repo() as repo:
         rows = api.list_archives(name, repo=repo)
-    data = [{"id": r.id, "name": r.name, "label": r.label, "parent": r.parent, "recorded_at": r.recorded_at,
-             "files": r.file_count, "size": r.total_size, "stored": r.stored_size} for r in rows]
+    data = [r.to_dict() for r in rows]
     if as_json:
         emit(data)
         return

@@ -23,6 +23,7 @@ import blake3
 
 from archiver.errors import (ArchiverError, IntegrityError, ObjectMissingError, StoreError, UnsafePathError,
                              UsageError)
+from archiver.fileio import write_all
 from archiver.outcome import Outcome
 from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.progress import Progress
@@ -167,9 +168,7 @@ def _restore_file(repo: Repository, root_fd: int, e: Entry, pool: ThreadPoolExec
         written = flushed = 0
         for c, data in ordered_map(pool, repo.read_chunk, e.chunks, window):
             b3.update(data)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             written += len(data)
             if written - flushed >= WRITEBACK_EVERY:
                 # start writeback now, so the final fsync does not wait for the whole file

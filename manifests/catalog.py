@@ -14,8 +14,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
+import blake3
 import sqlite_utils
 
 from archiver.errors import ArchiverError, NotFoundError, UsageError
@@ -37,6 +38,12 @@ class ManifestRow:
     file_count: int
     total_size: int
     stored_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The shape `archiver list --json` prints."""
+        return {"id": self.id, "name": self.name, "label": self.label, "parent": self.parent,
+                "recorded_at": self.recorded_at, "files": self.file_count, "size": self.total_size,
+                "stored": self.stored_size}
 
 
 @dataclass(frozen=True)
@@ -303,11 +310,5 @@ def default_catalog_path(home: Path, store_url: str, default_store_url: str) -> 
     under `catalogs/` so one catalog never mixes two stores."""
     if store_url == default_store_url:
         return home / "catalog.db"
-    import blake3
     return home / "catalogs" / (blake3.blake3(store_url.encode()).hexdigest()[:16] + ".db")
 
-
-def iter_rows(rows: Iterable[ManifestRow]) -> Iterator[dict[str, Any]]:
-    for r in rows:
-        yield {"id": r.id, "name": r.name, "label": r.label, "parent": r.parent, "recorded_at": r.recorded_at,
-               "files": r.file_count, "size": r.total_size, "stored": r.stored_size}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from archiver.errors import ObjectMissingError, StoreError
+from archiver.fileio import write_all as _write_all  # a module name, so tests can inject ENOSPC
 from archiver.stores.base import ObjectInfo
 
 TMP_PREFIX = ".tmp-"
@@ -67,14 +68,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """os.write may write less than asked; loop until everything is written."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def _remove_quietly(path: Path) -> None:
