@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from archiver.stores import file_url, local_path
 from manifests.catalog import default_catalog_path
 
 
@@ -21,12 +22,12 @@ def home_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def normalise_store_url(url: str) -> str:
-    """Local paths become absolute file:// URLs so the same store always has one name."""
+    """Local paths become absolute file:// URLs so the same store always has one name;
+    any other scheme is left for `open_store` to accept or refuse."""
     if url.startswith("s3://"):
         return url.rstrip("/")
-    if url.startswith("file://"):
-        url = url[len("file://"):]
-    return "file://" + str(Path(url).expanduser().resolve())
+    path = local_path(url)
+    return url if path is None else file_url(path.expanduser().resolve())
 
 
 def resolve(store: str | None = None, catalog: str | os.PathLike | None = None,

@@ -105,3 +105,19 @@ def test_catalog_override(home, tmp_path, monkeypatch):
     assert resolve(catalog=str(tmp_path / "arg.db"), env=env).catalog_path == tmp_path / "arg.db"
     assert resolve(env=dict(env, ARCHIVER_CATALOG="~/c.db")).catalog_path == tmp_path / "c.db"
     assert resolve(env=dict(env, ARCHIVER_CATALOG="")).catalog_path == home / "catalog.db"
+
+
+def test_store_path_with_percent_sign_is_not_decoded(tmp_path, monkeypatch):
+    """The catalog's name for a local store and the directory opened must agree: a literal
+    '%41' in a path stays '%41' (it is percent-encoded in the file:// URL, not decoded)."""
+    from archiver.repository import Repository
+
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    store = tmp_path / "st%41"
+    loc = resolve(str(store), env={"ARCHIVER_HOME": str(tmp_path / "home")})
+    assert loc.store_url == "file://" + str(store.resolve()).replace("%", "%25")
+    with Repository.open(str(store), create=True):
+        pass
+    assert (store / "store.json").is_file()
+    assert not (tmp_path / "stA").exists()
+    assert resolve(loc.store_url, env={"ARCHIVER_HOME": "/h"}).store_url == loc.store_url  # idempotent

@@ -44,6 +44,8 @@ __all__ = [
     "open_store",
     "marker_bytes",
     "validate_key",
+    "local_path",
+    "file_url",
     "MARKER_KEY",
     "STORE_FORMAT",
     "STORE_VERSION",
@@ -101,21 +103,38 @@ def _check_marker(raw: bytes, url: str) -> None:
         )
 
 
+def local_path(url: str) -> Path | None:
+    """The directory a local store URL names (a plain path, or file:// percent-encoded),
+    or None for another scheme. The one parser of local URLs, so the catalog's name for a
+    store and the directory actually opened always agree."""
+    match = _SCHEME.match(url)
+    if match is None:
+        return Path(url)
+    if match.group(1).lower() != "file":
+        return None
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.netloc not in ("", "localhost"):
+        raise UsageError(f"file URL {url} names a remote host; mount it and use a local path")
+    path = urllib.parse.unquote(parsed.path)
+    if not path:
+        raise UsageError(f"file URL {url} has no path")
+    return Path(path)
+
+
+def file_url(path: Path) -> str:
+    """The file:// URL of a local directory (percent-encoded, so `local_path` inverts it)."""
+    return "file://" + urllib.parse.quote(str(path))
+
+
 def _store_for_url(url: str, s3_options: S3Options | None) -> Store:
     if not isinstance(url, str) or not url.strip():
         raise UsageError("empty store URL (use a path, file:///path or s3://bucket/prefix)")
+    path = local_path(url)
+    if path is not None:
+        return _local(path)
     match = _SCHEME.match(url)
-    if match is None:
-        return _local(Path(url))
+    assert match is not None  # local_path returned None: the URL has a scheme
     scheme = match.group(1).lower()
-    if scheme == "file":
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.netloc not in ("", "localhost"):
-            raise UsageError(f"file URL {url} names a remote host; mount it and use a local path")
-        path = urllib.parse.unquote(parsed.path)
-        if not path:
-            raise UsageError(f"file URL {url} has no path")
-        return _local(Path(path))
     if scheme == "s3":
         bucket, _, prefix = url[match.end():].partition("/")
         if not bucket:
