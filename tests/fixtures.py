@@ -1,60 +1,18 @@
 """Deterministic, hand-built weights files for tests (no torch/numpy available).
 
-`tensors` arguments everywhere are {name: (dtype, shape, raw bytes)}; dtype strings use
-safetensors spelling ("F32", "BF16", "F16", "F64", "I64", "I8", "U8", ...); GGUF
-additionally accepts ggml type names ("Q8_0", ...) or integer ggml type ids.
+The safetensors writer and the weight generator live in archiver.samples (shared with
+bench/ and the demo) and are re-exported here; this module adds GGUF and torch zip.
+`tensors` arguments are {name: (dtype, shape, raw bytes)}; GGUF additionally accepts
+ggml type names ("Q8_0", ...) or integer ggml type ids.
 """
 from __future__ import annotations
 
-import json
-import random
 import struct
-import sys
 import zipfile
-from array import array
 from pathlib import Path
 
-Tensors = dict[str, tuple[str, list[int], bytes]]
-
-ITEM_SIZE = {
-    "F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4,
-    "F16": 2, "BF16": 2, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-    "F8_E4M3": 1, "F8_E5M2": 1,
-}
-
-
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _check_len(name: str, dtype: str, shape: list[int], data: bytes) -> None:
-    item = ITEM_SIZE.get(dtype)
-    if item is not None and _numel(shape) * item != len(data):
-        raise ValueError(f"{name}: {dtype}{shape} needs {_numel(shape) * item} bytes, got {len(data)}")
-
-
-def random_tensor_bytes(dtype: str, n: int, seed: int, std: float = 0.02) -> bytes:
-    """`n` elements of realistic weights: N(0, std) floats (so byte planes have the
-    structure real checkpoints have), random bytes for integer/fp8 dtypes."""
-    rng = random.Random(seed)
-    if dtype not in ("F32", "BF16", "F16", "F64"):
-        return rng.randbytes(n * ITEM_SIZE.get(dtype, 1))
-    vals = [rng.gauss(0.0, std) for _ in range(n)]
-    if dtype == "F16":
-        return struct.pack(f"<{n}e", *vals)
-    a = array("d" if dtype == "F64" else "f", vals)
-    if sys.byteorder == "big":
-        a.byteswap()
-    raw = a.tobytes()
-    if dtype != "BF16":
-        return raw
-    out = bytearray(2 * n)  # bf16 = the high half of each little-endian fp32
-    out[0::2] = raw[2::4]
-    out[1::2] = raw[3::4]
-    return bytes(out)
+from archiver.samples import ITEM_SIZE, Tensors, check_tensor_len, numel
+from archiver.samples import make_safetensors, random_tensor_bytes  # noqa: F401 - re-exported
 
 
 def transformer_tensors(
@@ -79,35 +37,8 @@ def transformer_tensors(
         ]
     out: Tensors = {}
     for k, (name, shape) in enumerate(spec):
-        out[name] = (dtype, shape, random_tensor_bytes(dtype, _numel(shape), seed * 100_003 + k))
+        out[name] = (dtype, shape, random_tensor_bytes(dtype, numel(shape), seed * 100_003 + k))
     return out
-
-
-# --------------------------------------------------------------------------- safetensors
-
-
-def make_safetensors(
-    path: str | Path, tensors: Tensors, metadata: dict[str, str] | None = None
-) -> Path:
-    """Write a safetensors file with tensors laid out in the given order (header padded
-    with spaces to a multiple of 8, like the reference writer)."""
-    header: dict[str, object] = {}
-    if metadata is not None:
-        header["__metadata__"] = metadata
-    off = 0
-    for name, (dtype, shape, data) in tensors.items():
-        _check_len(name, dtype, shape, data)
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + len(data)]}
-        off += len(data)
-    hb = json.dumps(header, separators=(",", ":")).encode()
-    hb += b" " * (-len(hb) % 8)
-    path = Path(path)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for _dtype, _shape, data in tensors.values():
-            f.write(data)
-    return path
 
 
 # --------------------------------------------------------------------------- GGUF
@@ -183,7 +114,7 @@ def make_gguf(
     for name, (gtype, shape, data) in tensors.items():
         tid = GGML_TYPES[gtype] if isinstance(gtype, str) else gtype
         if isinstance(gtype, str) and gtype in ITEM_SIZE:
-            _check_len(name, gtype, shape, data)
+            check_tensor_len(name, gtype, shape, data)
         rel = -(-rel // alignment) * alignment
         out += _gguf_str(name) + struct.pack("<I", len(shape))
         out += struct.pack(f"<{len(shape)}Q", *shape) if shape else b""
@@ -283,7 +214,7 @@ def torch_state_dict_pickle(tensors: Tensors) -> bytes:
         w.global_("torch", STORAGE_TYPES[dtype])
         w.string(str(key))
         w.string("cpu")
-        w.int_(_numel(shape))
+        w.int_(numel(shape))
         w.op(b"tQ")  # TUPLE, BINPERSID
         w.int_(0)  # storage offset
         w.int_tuple(list(shape))
@@ -309,7 +240,7 @@ def make_torch_zip(path: str | Path, tensors: Tensors, prefix: str = "archive") 
         (f"{prefix}/byteorder", b"little"),
     ]
     for key, (name, (dtype, shape, data)) in enumerate(tensors.items()):
-        _check_len(name, dtype, shape, data)
+        check_tensor_len(name, dtype, shape, data)
         members.append((f"{prefix}/data/{key}", data))
     members.append((f"{prefix}/version", b"3\n"))
     members.append((f"{prefix}/.data/serialization_id", b"%040d" % len(tensors)))
