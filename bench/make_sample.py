@@ -7,15 +7,12 @@ import shutil
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.fixtures import make_safetensors, random_tensor_bytes  # noqa: E402
-from tests.realmodel import minilm_dir  # noqa: E402
+from archiver.samples import make_safetensors, minilm_dir, random_tensor_bytes
+from inputs import MODEL_CACHE
 
 
 def main(dest: Path) -> None:
-    model = minilm_dir()
+    model = minilm_dir(MODEL_CACHE)
     if model is not None:
         shutil.copytree(model, dest)
         print(f"sample checkpoint: real all-MiniLM-L6-v2 copied from {model}")
