@@ -490,7 +490,10 @@ def write_markdown(path: Path, doc: dict[str, Any], sections: list[tuple[str, st
     path.write_text("\n".join(lines))
 
 
-def main() -> int:
+# -- main ----------------------------------------------------------------------------------
+
+def parse_args() -> argparse.Namespace:
+    """The command line, with the run counts and sections resolved from their defaults."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=None, help="runs per input (median reported); default 3, 1 with --quick")
     ap.add_argument("--llm-runs", type=int, default=None, help="runs for the 2 GiB input (default: --runs)")
@@ -505,33 +508,34 @@ def main() -> int:
                     help="where to write the markdown table (default bench/RESULTS.md; quick runs: "
                          "bench/.work/RESULTS-quick.md)")
     args = ap.parse_args()
-    runs = args.runs or (1 if args.quick else 3)
-    llm_runs = args.llm_runs or runs
+    args.runs = args.runs or (1 if args.quick else 3)
+    args.llm_runs = args.llm_runs or args.runs
     args.mem_runs = args.mem_runs or (1 if args.quick else 3)
-    sections = set(args.only or ["minilm", "llm", "mem"])
-    started = time.monotonic()
-    notes: list[str] = []
+    args.sections = set(args.only or ["minilm", "llm", "mem"])
+    return args
 
-    have = ensure_tools(notes)
-    from inputs import prepare
-    from measure import floor_mib
 
-    restic_v2 = have["restic"] and restic_supports_v2()
-    if have["restic"] and not restic_v2:
-        notes.append("this restic has no repository format v2, so no compression: `restic backup` without "
-                     "--compression")
+def memory_sizes(args: argparse.Namespace) -> dict[str, int]:
+    """The single-file inputs of the memory-scaling section, smallest first."""
+    if "mem" not in args.sections:
+        return {}
     if args.quick:
-        mem_sizes = {"128M": 128 * MiB, "1G": GiB}
-    elif args.no_8g:
-        mem_sizes = {"1G": GiB}
-    else:
-        mem_sizes = {"1G": GiB, "8G": 8 * GiB}
-    if "mem" not in sections:
-        mem_sizes = {}
-    work = args.work.resolve()
+        return {"128M": 128 * MiB, "1G": GiB}
+    if args.no_8g:
+        return {"1G": GiB}
+    return {"1G": GiB, "8G": 8 * GiB}
+
+
+def fresh_tmproot(work: Path) -> Path:
+    """Where every run's stores and repositories go; emptied first."""
     tmproot = work / "tmp"
     shutil.rmtree(tmproot, ignore_errors=True)
     tmproot.mkdir(parents=True)
+    return tmproot
+
+
+def describe_machine(have: dict[str, bool]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Machine facts and tool versions, logged as well as returned (a busy machine is warned about)."""
     machine = machine_info()
     versions = tool_versions(have)
     log(f"machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']}; "
@@ -539,10 +543,13 @@ def main() -> int:
     if os.getloadavg()[0] > 0.5:
         log("WARNING: the machine is busy (load average > 0.5): wall times will be noisy")
     log("versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()))
-    inputs = prepare(work, args.quick, mem_sizes, log, want_llm="llm" in sections)
-    floor = floor_mib()
-    notes += [
-        f"Wall time and peak RSS are the median of {runs} run(s) per input ({llm_runs} for the LLM input, "
+    return machine, versions
+
+
+def method_notes(args: argparse.Namespace, floor: float, llm_changed: dict[str, float]) -> list[str]:
+    """The 'How to read this' notes that describe the method (known before anything runs)."""
+    notes = [
+        f"Wall time and peak RSS are the median of {args.runs} run(s) per input ({args.llm_runs} for the LLM input, "
         f"{args.mem_runs} per memory-scaling size); each run uses fresh stores/repositories in a temp directory.",
         "Peak RSS: each command runs in a fresh child of a small wrapper (bench/rsswrap.py) and is read with "
         "os.wait4 (ru_maxrss: the largest RSS of the command or any descendant it waited for). "
@@ -565,56 +572,85 @@ def main() -> int:
         "re-read what it wrote, `restic restore --verify` does.",
         *([("The v2 rows (LLM input): v2 is archived into the same store/repository right after v1 (first "
              "run only); 'stored bytes' there is the growth of the store. v2 differs from v1 in "
-             f"{inputs.llm_changed['tensors_changed']} of {inputs.llm_changed['tensors_total']} tensors "
-             f"({inputs.llm_changed['tensors']:.1%} by count, {inputs.llm_changed['bytes']:.1%} of the bytes) "
-             "and has a longer header (more __metadata__).")] if inputs.llm_changed else []),
+             f"{llm_changed['tensors_changed']} of {llm_changed['tensors_total']} tensors "
+             f"({llm_changed['tensors']:.1%} by count, {llm_changed['bytes']:.1%} of the bytes) "
+             "and has a longer header (more __metadata__).")] if llm_changed else []),
         "All restores (ours, borg, restic) are compared file by file (BLAKE3) with the source; a mismatch "
         "fails the benchmark.",
     ]
     if args.quick:
         notes.append("QUICK MODE: 1 run, small inputs: numbers are a smoke test, not results.")
+    return notes
 
-    targets: list[dict] = []
+
+def run_minilm(inputs, args: argparse.Namespace, have: dict[str, bool], tmproot: Path,
+               restic_v2: bool) -> dict[str, Any]:
+    """The real model, as is and converted to bf16/fp16, against every baseline tool."""
     results: dict[str, Any] = {}
-    table_sections: list[tuple[str, str, list]] = []
-    if "minilm" in sections:
-        for dt, d in inputs.minilm.items():
-            label = f"minilm-{dt}"
-            results[label] = compare_input(label, d, runs, have, tmproot, None, restic_v2)
-            results[label]["dtype"] = dt
-    if "llm" in sections and inputs.llm_v1 is not None:
-        label = "llm-bf16-quick" if args.quick else "llm-bf16-2g"
-        results[label] = compare_input(label, inputs.llm_v1, llm_runs, have, tmproot, inputs.llm_v2, restic_v2)
-        results[label]["dtype"] = "bf16"
-        results[label]["v2_changed"] = inputs.llm_changed
-    mem_res = mem_scaling(inputs.mem, args.mem_runs, tmproot) if inputs.mem else {}
+    for dt, d in inputs.minilm.items():
+        label = f"minilm-{dt}"
+        results[label] = compare_input(label, d, args.runs, have, tmproot, None, restic_v2)
+        results[label]["dtype"] = dt
+    return results
 
+
+def run_llm(inputs, args: argparse.Namespace, have: dict[str, bool], tmproot: Path,
+            restic_v2: bool) -> dict[str, Any]:
+    """The generated LLM checkpoint against every baseline tool, plus its v2 for dedup."""
+    if inputs.llm_v1 is None:
+        return {}
+    label = "llm-bf16-quick" if args.quick else "llm-bf16-2g"
+    res = compare_input(label, inputs.llm_v1, args.llm_runs, have, tmproot, inputs.llm_v2, restic_v2)
+    res["dtype"] = "bf16"
+    res["v2_changed"] = inputs.llm_changed
+    return {label: res}
+
+
+INPUT_DESCRIPTIONS = {
+    "minilm-fp32": "the real all-MiniLM-L6-v2 directory (model.safetensors fp32 + config/tokenizer)",
+    "minilm-bf16": "all-MiniLM-L6-v2 with its F32 tensors converted to bf16 (round to nearest even)",
+    "minilm-fp16": "all-MiniLM-L6-v2 with its F32 tensors converted to fp16",
+}
+LLM_DESCRIPTION = ("a generated llama-shaped bf16 safetensors checkpoint (N(0, per-tensor std) weights); "
+                   "v2 = ~10% of tensors changed + longer header")
+
+
+def input_tables(results: dict[str, Any], targets: list[dict]) -> list[tuple[str, str, list]]:
+    """(title, description, rows) per input; judges the targets into `targets`."""
+    table_sections: list[tuple[str, str, list]] = []
     for label, res in results.items():
         rows = build_rows(res, res.get("dtype"), targets)
         res["rows"] = rows
-        what = {"minilm-fp32": "the real all-MiniLM-L6-v2 directory (model.safetensors fp32 + config/tokenizer)",
-                "minilm-bf16": "all-MiniLM-L6-v2 with its F32 tensors converted to bf16 (round to nearest even)",
-                "minilm-fp16": "all-MiniLM-L6-v2 with its F32 tensors converted to fp16"}.get(
-            label, "a generated llama-shaped bf16 safetensors checkpoint (N(0, per-tensor std) weights); "
-                   "v2 = ~10% of tensors changed + longer header")
+        what = INPUT_DESCRIPTIONS.get(label, LLM_DESCRIPTION)
         desc = f"{what}: {res['files']} files, {res['bytes']:,} bytes, median of {res['runs']} run(s)."
         table_sections.append((label, desc, rows))
-    mem_rows = build_mem_rows(mem_res, targets) if mem_res else []
-    mem_title = "memory scaling (archiver only, " + " vs ".join(mem_res) + f" single-file bf16 safetensors, " \
-        f"{args.mem_runs} run(s))"
+    return table_sections
 
+
+def memory_title(mem_res: dict[str, Any], mem_runs: int) -> str:
+    return "memory scaling (archiver only, " + " vs ".join(mem_res) + f" single-file bf16 safetensors, " \
+        f"{mem_runs} run(s))"
+
+
+def competing_load_note(results: dict[str, Any], mem_res: dict[str, Any]) -> str | None:
+    """How much CPU other processes took while the commands ran (None if nothing was measured)."""
     measured = [d for res in list(results.values()) + list(mem_res.values()) for ms in res["raw"].values()
                 for d in ms if d.get("wall")]
-    if measured:
-        tot_other = sum(d.get("other_cpu_s", 0.0) for d in measured)
-        tot_wall = sum(d["wall"] for d in measured)
-        longer = [d.get("other_cpu_s", 0.0) / d["wall"] for d in measured if d["wall"] >= 1.0]
-        notes.append(f"Competing load: other processes used {tot_other / tot_wall:.2f} CPUs on average (of "
-                     f"{os.cpu_count()}) while the commands ran"
-                     + (f", at most {max(longer):.2f} during a command of >= 1 s" if longer else "")
-                     + " (/proc/stat busy time minus the command's own CPU time; per command in results.json "
-                     "as other_cpu_s). Well above ~0.1 means something else used the machine and wall times "
-                     "are inflated.")
+    if not measured:
+        return None
+    tot_other = sum(d.get("other_cpu_s", 0.0) for d in measured)
+    tot_wall = sum(d["wall"] for d in measured)
+    longer = [d.get("other_cpu_s", 0.0) / d["wall"] for d in measured if d["wall"] >= 1.0]
+    return (f"Competing load: other processes used {tot_other / tot_wall:.2f} CPUs on average (of "
+            f"{os.cpu_count()}) while the commands ran"
+            + (f", at most {max(longer):.2f} during a command of >= 1 s" if longer else "")
+            + " (/proc/stat busy time minus the command's own CPU time; per command in results.json "
+            "as other_cpu_s). Well above ~0.1 means something else used the machine and wall times "
+            "are inflated.")
+
+
+def print_report(table_sections: list[tuple[str, str, list]], mem_rows: list, mem_title: str,
+                 targets: list[dict], notes: list[str]) -> None:
     from report import MEM_COLUMNS, mem_cells, text_table
     log("\n" + "=" * 100)
     for title, desc, rows in table_sections:
@@ -630,22 +666,72 @@ def main() -> int:
     for n in notes:
         log(f"- {n}")
 
+
+def write_results(args: argparse.Namespace, work: Path, doc: dict[str, Any],
+                  table_sections: list[tuple[str, str, list]], mem_rows: list, mem_title: str) -> Path:
+    """results.json under the work directory, and the markdown report (whose path is returned)."""
+    (work / "results.json").write_text(json.dumps(doc, indent=2, default=str))
+    md = args.markdown or (work / "RESULTS-quick.md" if args.quick else HERE / "RESULTS.md")
+    write_markdown(md, doc, table_sections, mem_rows, mem_title)
+    return md
+
+
+def report_failures() -> int:
+    """Exit status: 1 if any command failed or any restore differed from its source."""
+    if not FAILURES:
+        return 0
+    log(f"\nFAILED: {len(FAILURES)} problem(s):")
+    for f in FAILURES:
+        log(f"- {f.splitlines()[0]}")
+    return 1
+
+
+def main() -> int:
+    args = parse_args()
+    started = time.monotonic()
+    notes: list[str] = []
+
+    have = ensure_tools(notes)
+    from inputs import prepare
+    from measure import floor_mib
+
+    restic_v2 = have["restic"] and restic_supports_v2()
+    if have["restic"] and not restic_v2:
+        notes.append("this restic has no repository format v2, so no compression: `restic backup` without "
+                     "--compression")
+    mem_sizes = memory_sizes(args)
+    work = args.work.resolve()
+    tmproot = fresh_tmproot(work)
+    machine, versions = describe_machine(have)
+    inputs = prepare(work, args.quick, mem_sizes, log, want_llm="llm" in args.sections)
+    floor = floor_mib()
+    notes += method_notes(args, floor, inputs.llm_changed)
+
+    results: dict[str, Any] = {}
+    if "minilm" in args.sections:
+        results.update(run_minilm(inputs, args, have, tmproot, restic_v2))
+    if "llm" in args.sections:
+        results.update(run_llm(inputs, args, have, tmproot, restic_v2))
+    mem_res = mem_scaling(inputs.mem, args.mem_runs, tmproot) if inputs.mem else {}
+
+    targets: list[dict] = []
+    table_sections = input_tables(results, targets)
+    mem_rows = build_mem_rows(mem_res, targets) if mem_res else []
+    mem_title = memory_title(mem_res, args.mem_runs)
+    load = competing_load_note(results, mem_res)
+    if load is not None:
+        notes.append(load)
+    print_report(table_sections, mem_rows, mem_title, targets, notes)
+
     elapsed = time.monotonic() - started
     doc = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "argv": sys.argv[1:],
            "elapsed_s": round(elapsed, 1), "machine": machine, "versions": versions, "notes": notes,
            "rss_floor_mib": floor, "targets": targets, "inputs": results, "memory_scaling": mem_res,
            "memory_rows": mem_rows, "failures": FAILURES}
-    (work / "results.json").write_text(json.dumps(doc, indent=2, default=str))
-    md = args.markdown or (work / "RESULTS-quick.md" if args.quick else HERE / "RESULTS.md")
-    write_markdown(md, doc, table_sections, mem_rows, mem_title)
+    md = write_results(args, work, doc, table_sections, mem_rows, mem_title)
     log(f"\nwrote {work / 'results.json'} and {md}; total {elapsed / 60:.1f} min")
     shutil.rmtree(tmproot, ignore_errors=True)
-    if FAILURES:
-        log(f"\nFAILED: {len(FAILURES)} problem(s):")
-        for f in FAILURES:
-            log(f"- {f.splitlines()[0]}")
-        return 1
-    return 0
+    return report_failures()
 
 
 if __name__ == "__main__":
