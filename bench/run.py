@@ -4,7 +4,8 @@
 
 Prints one table per input (wall time median of N runs, MB/s, peak RSS, stored bytes,
 ours-vs-baseline ratios and the issue's targets with PASS/FAIL), a memory-scaling table
-and a target summary; writes bench/.work/results.json and (full runs) bench/RESULTS.md.
+and a target summary; writes bench/.work/results.json and (full runs) bench/RESULTS.md,
+keeping that file's hand-written last section (design measurements).
 Inputs are generated once under bench/.work/inputs (see bench/inputs.py); every run uses
 fresh stores/repositories under bench/.work/tmp, deleted afterwards. Exit status 1 if
 any command failed or any restore was not byte-identical to its source."""
@@ -487,7 +488,24 @@ def write_markdown(path: Path, doc: dict[str, Any], sections: list[tuple[str, st
     for tool, cmds in COMMANDS.items():
         lines += [f"# {tool}"] + cmds
     lines += ["```", ""]
-    path.write_text("\n".join(lines))
+    kept = kept_section(path)
+    path.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
+
+
+# Hand-written last section of bench/RESULTS.md: measurements behind design choices that
+# `make bench` does not repeat, so a rewrite of the file must carry it over.
+KEPT_HEADING = "## Design measurements behind codec and malloc choices"
+
+
+def kept_section(path: Path) -> str:
+    """The hand-written section of the file about to be rewritten, from its heading to
+    the end ("" if there is none)."""
+    try:
+        old = path.read_text()
+    except OSError:
+        return ""
+    at = old.find("\n" + KEPT_HEADING + "\n")
+    return old[at:].lstrip("\n") if at >= 0 else ""
 
 
 # -- main ----------------------------------------------------------------------------------
