@@ -34,21 +34,21 @@ Encoder policy (not part of the format; any valid object decodes):
   smaller. Sections longer than SAMPLE_BYTES are first probed: 16 evenly spaced
   4 KiB pieces (64 KiB) are compressed together; unless that sample shrinks to at
   most SAMPLE_MAX_RATIO (98%) of its size, the section is stored raw without
-  compressing the whole thing. (16 small pieces rather than 4 big ones: in the
-  first chunk of MiniLM's embedding matrix only ~1/4 of the plane is compressible,
-  and 4 pieces missed it, costing 1% of the whole model's stored size.)
+  compressing the whole thing. (16 small pieces rather than 4 big ones: a plane
+  can be compressible in only part of a chunk, as in the first chunk of a real
+  embedding matrix, and a few big pieces can miss that part entirely.)
 * plain payloads use zstd `level` (default 3). Planes use a tuned zstd setting
   (_PLANE_ZSTD_KW: strategy "fast", min match 7, hash table of 2**7 entries, window
   512 KiB): an exponent plane is a stream of nearly independent low-entropy
   symbols, where chance matches cost more bits than the Huffman-coded literals they
-  replace, so finding fewer of them is both smaller and faster. On
-  all-MiniLM-L6-v2 the bf16 exponent plane goes to 0.342 of its size at ~800 MB/s
-  (2**10 entries: 0.347 at ~495 MB/s; level 1: 0.370 at 334 MB/s; level 3: 0.420
-  at 162 MB/s); mantissa planes are unaffected. The cost: repeats further back than
-  a few hundred elements are found less often than by level 1 (short runs such as
-  zero-filled regions are still found: they match at distance 1). Whole repeated
-  chunks are deduplicated by address anyway. `plane_level=<int>` switches planes to
-  a standard level.
+  replace, so finding fewer of them is both smaller and faster. On real bf16
+  weights this beat a larger hash table and zstd levels 1 and 3 on both size and
+  speed, and left mantissa planes unchanged (measurements: bench/RESULTS.md,
+  "Design measurements behind codec and malloc choices"). The cost: repeats
+  further back than a few hundred elements are found less often than by level 1
+  (short runs such as zero-filled regions are still found: they match at
+  distance 1). Whole repeated chunks are deduplicated by address anyway.
+  `plane_level=<int>` switches planes to a standard level.
 """
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ GROUP_MIN_BYTES = 4096
 SAMPLE_BYTES = 64 * 1024
 SAMPLE_PIECES = 16
 SAMPLE_MAX_RATIO = 0.98
-# See the module docstring ("Planes use a tuned zstd setting") for the measurements.
+# See the module docstring ("Planes use a tuned zstd setting") for why; the
+# measurements are in bench/RESULTS.md.
 _PLANE_ZSTD_KW = (
     ("strategy", zstandard.STRATEGY_FAST),
     ("window_log", 19),
@@ -128,7 +129,7 @@ def _sample(data: bytes | memoryview) -> bytes | memoryview:
 
 
 def _same(a: bytes | memoryview, b: bytes | memoryview) -> bool:
-    """Byte equality at memcmp speed (bytes == memoryview compares item by item, ~12x slower)."""
+    """Byte equality at memcmp speed (bytes == memoryview compares item by item, far slower)."""
     return len(a) == len(b) and np.array_equal(np.frombuffer(a, dtype=np.uint8), np.frombuffer(b, dtype=np.uint8))
 
 
@@ -226,8 +227,8 @@ class Codec:
         return Encoded(obj, "zstd" if codec == CODEC_ZSTD else "raw")
 
     def _encode_planes(self, data: bytes | memoryview, width: int) -> Encoded | None:
-        # numpy's strided copy runs ~2x faster than slicing bytes with a step, and,
-        # unlike it, releases the GIL, so two worker threads really use two cores.
+        # numpy's strided copy is faster than slicing bytes with a step and, unlike
+        # it, releases the GIL, so two worker threads really use two cores.
         n = len(data)
         body = n - n % width
         plane_len = body // width

@@ -2,14 +2,15 @@
 
 Every chunk passes through several 2-8 MiB buffers (read, planes, compressed,
 decoded). By default glibc serves each from a fresh mmap and unmaps it on free, so
-every page is faulted in and zeroed again: on a 1 GiB archive that was ~1.6 s of
-system time out of ~5 s. Raising the mmap threshold to its maximum (32 MiB) and
-keeping up to 128 MiB of freed memory keeps those buffers in the heap for reuse;
-peak RSS is unchanged (the working set is the same bounded window of chunks). One
-arena instead of one per thread: each arena keeps its own freed memory, and with 5
-threads that let deep verify's peak RSS creep from ~200 MiB (1 GiB file) to ~235 MiB
-(8 GiB file); with one arena it is ~134 -> ~143 MiB, and no slower (the threads
-allocate a few large buffers per chunk, so the shared arena's lock is not contended).
+every page is faulted in and zeroed again, a large share of an archive's system
+time. Raising the mmap threshold to its maximum (32 MiB) and keeping up to 128 MiB
+of freed memory keeps those buffers in the heap for reuse; peak RSS is unchanged
+(the working set is the same bounded window of chunks). One arena instead of one per
+thread: each arena keeps its own freed memory, so with several worker threads deep
+verify's peak RSS crept up with the size of the file; with one arena it stays nearly
+flat, and is no slower (the threads allocate a few large buffers per chunk, so the
+shared arena's lock is not contended). Measurements: bench/RESULTS.md, "Design
+measurements behind codec and malloc choices".
 The CLI calls `tune()` at start; API users may call it too. A no-op off glibc."""
 from __future__ import annotations
 
