@@ -14,12 +14,16 @@ import importlib
 from typing import Any
 
 __all__ = ["archive", "verify", "restore", "open_store", "open_repository", "list_archives", "show",
-           "rebuild_catalog", "keygen", "ArchiveResult", "VerifyReport", "RestoreResult", "ArchiverError"]
+           "rebuild_catalog", "keygen", "ArchiveResult", "VerifyReport", "RestoreResult", "ArchiverError",
+           "Settings", "S3Options", "Problem"]
+
+_ELSEWHERE = {"ArchiverError": "archiver.errors", "Settings": "archiver.settings", "S3Options": "archiver.settings",
+              "Problem": "archiver.problems"}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "ArchiverError":
-        return importlib.import_module("archiver.errors").ArchiverError
+    if name in _ELSEWHERE:
+        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
     if name in __all__:
         return getattr(importlib.import_module("archiver.api"), name)
     raise AttributeError(f"module 'archiver' has no attribute {name!r}")

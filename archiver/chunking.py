@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from fastcdc.fastcdc_cy import chunk_generator
 
@@ -202,11 +202,17 @@ def cdc_stream(
             return
 
 
-def iter_chunks(f: BinaryIO, size: int, policy: ChunkPolicy = ChunkPolicy()) -> Iterator[RawChunk]:
+_DETECT: Any = object()
+
+
+def iter_chunks(f: BinaryIO, size: int, policy: ChunkPolicy = ChunkPolicy(), *,
+                detected: tuple[str, list[Region]] | None = _DETECT) -> Iterator[RawChunk]:
     """Read `f` (opened 'rb', positioned anywhere) once, sequentially, yielding chunks that
     cover [0, size) exactly and contiguously in order. Memory stays within a small multiple
     of max(max_chunk, cdc_max) whatever the file size (nothing is mmapped or read whole).
-    Raises SourceChangedError if the file ends before `size` or has bytes beyond it."""
+    `detected` is `detect_regions`' answer when the caller already has it (so the header
+    is parsed once). Raises SourceChangedError if the file ends before `size` or has
+    bytes beyond it."""
     if size < 0:
         raise ValueError("negative size")
     if size == 0:
@@ -214,7 +220,8 @@ def iter_chunks(f: BinaryIO, size: int, policy: ChunkPolicy = ChunkPolicy()) -> 
     elif size < policy.cdc_min:
         spans = iter([Span(0, size, 0, False)])
     else:
-        detected = detect_regions(f, size)
+        if detected is _DETECT:
+            detected = detect_regions(f, size)
         spans = plan(detected[1] if detected else [], size, policy)
     f.seek(0)
     for span in spans:

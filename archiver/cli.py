@@ -13,17 +13,36 @@ from typing import Any
 import click
 
 from archiver import api, malloc
-from archiver.errors import ArchiverError, UsageError
+from archiver.checker import check_sample
+from archiver.errors import ArchiverError, InvalidOptionError, UsageError
 from archiver.progress import Progress, human_bytes
 from archiver.repository import Repository
+from archiver.settings import Settings
 
 
 class Ctx:
+    """The group's options, resolved into Settings once (flags, then the environment)."""
+
     def __init__(self, store: str | None, catalog: str | None) -> None:
         self.store, self.catalog = store, catalog
 
     def repo(self, create: bool = False) -> Repository:
-        return Repository.open(self.store, self.catalog, create=create)
+        return Repository.open(Settings.resolve(self.store, self.catalog), create=create)
+
+
+def flag(option: str) -> str:
+    """The command-line spelling of a library parameter name."""
+    return option if option.isupper() else "--" + option.replace("_", "-")
+
+
+def describe(err: ArchiverError) -> str:
+    """An error in command-line words: parameters become flags, remedies become advice."""
+    text = str(err)
+    if isinstance(err, InvalidOptionError):
+        text = f"{flag(err.option)} {err.reason}"
+    if err.remedy:
+        text += f" (use {flag(err.remedy)})"
+    return text
 
 
 def emit(data: Any) -> None:
@@ -41,10 +60,11 @@ def _parse_meta(items: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--store", envvar="ARCHIVER_STORE", metavar="URL",
-              help="Store: a directory path, file:///path or s3://bucket/prefix. "
-                   "Default: $ARCHIVER_HOME/store (ARCHIVER_HOME defaults to ~/.archiver).")
-@click.option("--catalog", envvar="ARCHIVER_CATALOG", metavar="PATH", help="SQLite catalog file.")
+@click.option("--store", metavar="URL",
+              help="Store: a directory path, file:///path or s3://bucket/prefix. Default: $ARCHIVER_STORE, "
+                   "else $ARCHIVER_HOME/store (ARCHIVER_HOME defaults to ~/.archiver).")
+@click.option("--catalog", metavar="PATH", help="SQLite catalog file. Default: $ARCHIVER_CATALOG, else one "
+                                                 "under $ARCHIVER_HOME for the store.")
 @click.version_option(package_name="archiver")
 @click.pass_context
 def cli(ctx: click.Context, store: str | None, catalog: str | None) -> None:
@@ -131,8 +151,10 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
     """Prove archives complete and uncorrupted. Exit 0 all good, 1 problems found, 2 usage."""
     if bool(refs) == all_:
         raise UsageError("give REF... or --all (not both)")
+    check_sample(sample)  # usage errors before the store is opened
+    trusted = api.trusted_keys(trust_key)
     with c.repo() as repo:
-        rep = api.verify(refs, all=all_, deep=deep, sample=sample, trust_keys=trust_key, repo=repo,
+        rep = api.verify(refs, all_archives=all_, deep=deep, sample=sample, trust_keys=trusted, repo=repo,
                          progress=Progress.for_terminal("verify", quiet=as_json))
     if as_json:
         emit(rep.to_dict())
@@ -158,14 +180,15 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
 def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bool, trust_key: tuple[str, ...],
                 as_json: bool) -> None:
     """Restore an archive into DEST, verifying every byte."""
+    trusted = api.trusted_keys(trust_key)
     with c.repo() as repo:
-        res = api.restore(ref, dest, include=include, force=force, trust_keys=trust_key, repo=repo,
+        res = api.restore(ref, dest, include=include, force=force, trust_keys=trusted, repo=repo,
                           progress=Progress.for_terminal("restore", quiet=as_json))
     if as_json:
         emit(res.to_dict())
     else:
         for p in res.problems:
-            click.echo(f"not restored: {p['path']}: {p['error']}", err=True)
+            click.echo(f"not restored: {p.path}: {p.line()}", err=True)
         click.echo(f"{'restored' if res.ok else 'FAILED'}: {res.files} files, {human_bytes(res.bytes)} "
                    f"into {res.dest} in {res.seconds:.1f}s", err=not res.ok)
     sys.exit(0 if res.ok else 1)
@@ -209,8 +232,9 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="archiver", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
+    except click.ClickException as e:  # click's usage errors, as one line like every other error
+        hint = " (see --help)" if isinstance(e, click.UsageError) else ""
+        click.echo(f"archiver: error: {' '.join(e.format_message().split())}{hint}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("archiver: aborted", err=True)
@@ -218,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     except ArchiverError as e:
         if debug:
             raise
-        click.echo(f"archiver: error: {e}", err=True)
+        click.echo(f"archiver: error: {describe(e)}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("archiver: interrupted; nothing partial was recorded", err=True)

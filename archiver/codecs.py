@@ -59,7 +59,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-from archiver.errors import CorruptChunkError
+from archiver.errors import CorruptChunkError, EncodeError
 
 MAGIC = b"ARCK"
 VERSION = 1
@@ -218,7 +218,7 @@ class Codec:
         if len(packed) >= n:
             return CODEC_RAW, payload
         if not _same(self._decompressor().decompress(packed, max_output_size=n), payload):
-            raise CorruptChunkError("?", "zstd round trip mismatch while encoding; refusing to store")
+            raise EncodeError(None, "zstd round trip mismatch while encoding")
         return CODEC_ZSTD, packed
 
     def _encode_plain(self, data: bytes | memoryview) -> Encoded:

@@ -7,7 +7,6 @@ release the GIL, so both cores are busy. The manifest is written only after ever
 it names is durably in the store, then recorded in the catalog in one transaction."""
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -22,9 +21,10 @@ from archiver.errors import ArchiverError, SourceChangedError, UsageError
 from archiver.formats import detect_regions
 from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.progress import Progress
-from archiver.repository import Repository
+from archiver.digests import FileDigest
+from archiver.repository import Repository, SavedChunk
 from archiver.scan import Source, scan
-from manifests.model import ChunkRef, Entry, Manifest, chunk_key
+from manifests.model import ChunkRef, Entry, Manifest
 
 
 @dataclass
@@ -55,43 +55,27 @@ class _Stats:
 
 
 class _ChunkWriter:
-    """Stores one chunk at most once per run, deduplicating against the store."""
+    """Saves each distinct chunk of this run once; the repository deduplicates against the store."""
 
     def __init__(self, repo: Repository, stats: _Stats) -> None:
         self.repo = repo
         self.stats = stats
-        self.done: dict[str, tuple[int, str]] = {}
+        self.done: dict[str, SavedChunk] = {}
         self.lock = threading.Lock()
 
     def __call__(self, rc: RawChunk) -> ChunkRef:
         data = rc.data
         h = blake3.blake3(data).hexdigest()
         with self.lock:
-            hit = self.done.get(h)
-        if hit is None:
-            hit = self._ensure_stored(h, data, rc.width)
+            saved = self.done.get(h)
+        if saved is None:
+            saved = self.repo.save_chunk(h, data, rc.width)
             with self.lock:
-                self.done[h] = hit
-        return ChunkRef(rc.offset, len(data), h, hit[0], hit[1])
-
-    def _ensure_stored(self, h: str, data: bytes, width: int) -> tuple[int, str]:
-        repo = self.repo
-        key = chunk_key(h)
-        info = repo.store.stat(key)
-        if info is not None:
-            known = repo.catalog.known_chunk(h)
-            if known is not None and known[0] == info.size:
-                return known
-            existing = repo.check_existing_chunk(h, len(data))  # not ours: prove it first
-            return existing.stored_size, existing.codec
-        enc = repo.codec.encode(data, width)  # checks every zstd frame it makes round-trips
-        if repo.store.put_if_absent(key, enc.data):
-            with self.stats.lock:
-                self.stats.new_chunks += 1
-                self.stats.new_bytes += len(enc.data)
-            return len(enc.data), enc.codec
-        existing = repo.check_existing_chunk(h, len(data))  # lost the race, or a lost PUT response
-        return existing.stored_size, existing.codec
+                if h not in self.done and saved.written:
+                    self.stats.new_chunks += 1
+                    self.stats.new_bytes += saved.stored_size
+                self.done[h] = saved
+        return ChunkRef(rc.offset, len(data), h, saved.stored_size, saved.codec)
 
 
 def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, label: str | None = None,
@@ -118,21 +102,16 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
             else:
                 entries.append(_archive_file(src, pool, writer, policy, window_for(nworkers), progress))
     progress.finish()
-    parent = repo.catalog.latest(name)
+    parent = repo.latest(name)
     manifest = Manifest(name=name, label=label, meta=dict(meta or {}), parent=parent, entries=tuple(entries))
-    mid, data = repo.write_manifest(manifest)
-    signer = repo.sign_manifest(mid, sign_key).fingerprint if sign_key is not None else None
     uniq = manifest.unique_chunks()
-    result = ArchiveResult(
-        id=mid, name=name, label=label, files=len(manifest.files), dirs=len(entries) - len(manifest.files),
+    details: dict[str, Any] = dict(
+        name=name, label=label, files=len(manifest.files), dirs=len(entries) - len(manifest.files),
         bytes_in=manifest.total_size, bytes_stored=sum(c.stored_size for c in uniq.values()),
         new_bytes_stored=stats.new_bytes, chunks=len(uniq), new_chunks=stats.new_chunks,
-        seconds=round(time.monotonic() - started, 3), parent=parent, signed_by=signer,
-    )
-    details = result.to_dict()
-    details.pop("id")
-    repo.catalog.record_manifest(manifest, data, event_details=details)
-    return result
+        seconds=round(time.monotonic() - started, 3), parent=parent)
+    done = repo.commit_manifest(manifest, sign_key=sign_key, details=details)
+    return ArchiveResult(id=done.id, signed_by=done.signed_by, **details)
 
 
 def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, policy: ChunkPolicy,
@@ -146,13 +125,11 @@ def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, p
         size = before.st_size
         fmt = detect_regions(f, size)
         f.seek(0)
-        b3 = blake3.blake3()
-        sha = hashlib.sha256()
+        digest = FileDigest()
 
         def chunks() -> Iterator[RawChunk]:
-            for rc in iter_chunks(f, size, policy):
-                b3.update(rc.data)
-                sha.update(rc.data)
+            for rc in iter_chunks(f, size, policy, detected=fmt):
+                digest.update(rc.data)
                 progress.advance(len(rc.data))
                 yield rc
 
@@ -165,7 +142,7 @@ def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, p
             os.stat(src.abspath).st_ino != before.st_ino:
         raise SourceChangedError(f"{src.abspath} changed while it was being archived; nothing was recorded, re-run")
     return Entry(path=src.path, type="file", mode=src.mode, size=size, mtime_ns=before.st_mtime_ns,
-                 blake3=b3.hexdigest(), sha256=sha.hexdigest(), format=fmt[0] if fmt else "",
+                 blake3=digest.blake3, sha256=digest.sha256, format=fmt[0] if fmt else "",
                  chunks=tuple(refs))
 
 

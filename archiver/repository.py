@@ -1,49 +1,86 @@
 """A repository = a store (source of truth) + a catalog (index and ledger) + a codec.
 
-Everything that reads a chunk or a manifest back goes through here, so every byte read
-is checked the same way: stored size, decode bounds, BLAKE3 of the decoded bytes, and
-for manifests the id."""
+This is the one door to both: callers ask it to save a chunk, stream a file's verified
+bytes, commit a manifest or list what is stored; only this module knows the store's
+key layout (`archiver.layout`) and talks to a `Store` or the `Catalog`. Every byte read
+back is checked here the same way: stored size, decode bounds, BLAKE3 of the decoded
+bytes, the whole file's digest, and for manifests the id."""
 from __future__ import annotations
 
-import os
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import blake3
 
-from archiver import config
+from archiver import layout
 from archiver.codecs import Codec, describe
-from archiver.errors import (ArchiverError, CorruptChunkError, IntegrityError, ManifestError,
-                             NotFoundError, ObjectMissingError)
+from archiver.digests import FileDigest
+from archiver.errors import (ArchiverError, CorruptChunkError, FileHashError, IntegrityError, ManifestError,
+                             NotFoundError, ObjectMissingError, translated)
+from archiver.parallel import ordered_map
+from archiver.settings import Settings
 from archiver.stores import Store, open_store
-from manifests.catalog import Catalog
-from manifests.model import ChunkRef, Manifest, chunk_key, is_hash, manifest_key, parse_manifest
+from manifests.catalog import AuditRow, Catalog, ManifestRow
+from manifests.model import ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
 
 
 @dataclass(frozen=True)
-class StoredChunk:
-    """What the store holds for one chunk hash (after checking it)."""
+class SavedChunk:
+    """What the store holds for one chunk after `save_chunk`."""
 
     stored_size: int
     codec: str
+    written: bool  # False: it was already there (and was proved or trusted)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One chunk of a streamed file: its bytes, or why they could not be had."""
+
+    ref: ChunkRef
+    data: bytes | None
+    error: ArchiverError | None = None
+
+
+@dataclass(frozen=True)
+class StoredManifest:
+    """A manifest found in the store by `iter_manifests`, or why it was refused."""
+
+    id: str
+    manifest: Manifest | None
+    data: bytes | None
+    error: ArchiverError | None = None
+
+
+@dataclass(frozen=True)
+class Committed:
+    id: str
+    signed_by: str | None
 
 
 class Repository:
     def __init__(self, store: Store, catalog: Catalog, codec: Codec | None = None) -> None:
-        self.store = store
-        self.catalog = catalog
-        self.codec = codec or Codec()
+        self._store = store
+        self._catalog = catalog
+        self._codec = codec or Codec()
 
     @classmethod
-    def open(cls, store: str | None = None, catalog: str | os.PathLike | None = None, *,
-             create: bool = False) -> "Repository":
+    def open(cls, settings: Settings | None = None, *, create: bool = False) -> "Repository":
         """Open (or with create=True, initialise) the store and its catalog."""
-        loc = config.resolve(store, catalog)
-        st = open_store(loc.store_url, create=create)
-        return cls(st, Catalog(loc.catalog_path, loc.store_url))
+        s = settings or Settings.resolve()
+        st = open_store(s.store_url, create=create, s3_options=s.s3)
+        with translated():
+            return cls(st, Catalog(s.catalog_path, s.store_url))
+
+    @property
+    def url(self) -> str:
+        return self._store.url
 
     def close(self) -> None:
-        self.catalog.close()
+        self._catalog.close()
 
     def __enter__(self) -> "Repository":
         return self
@@ -51,48 +88,98 @@ class Repository:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- manifests ---------------------------------------------------------------------------
+    # -- catalog queries -----------------------------------------------------------------------
     def resolve(self, ref: str) -> str:
         """Catalog lookup; a full id that only the store knows is accepted too."""
         try:
-            return self.catalog.resolve(ref)
+            with translated():
+                return self._catalog.resolve(ref)
         except NotFoundError:
-            if is_hash(ref.lower()) and self.store.exists(manifest_key(ref.lower())):
+            if is_hash(ref.lower()) and self._store.exists(layout.manifest(ref.lower())):
                 return ref.lower()
             raise
 
+    def latest(self, name: str) -> str | None:
+        return self._catalog.latest(name)
+
+    def list_archives(self, name: str | None = None) -> list[ManifestRow]:
+        return self._catalog.manifest_rows(name)
+
+    def is_recorded(self, mid: str) -> bool:
+        return self._catalog.has_manifest(mid)
+
+    def audit_log(self, mid: str | None = None) -> list[AuditRow]:
+        return self._catalog.audit_log(mid)
+
+    def audit(self, event: str, mid: str | None, ok: bool, details: dict[str, Any]) -> None:
+        """Append to the catalog's audit log (a manifest id the catalog does not know is kept in details)."""
+        self._catalog.audit(event, mid if mid is not None and self.is_recorded(mid) else None, ok, details)
+
+    # -- manifests -----------------------------------------------------------------------------
     def load_manifest(self, mid: str) -> Manifest:
-        if self.catalog.has_manifest(mid):
-            return self.catalog.load_manifest(mid)
+        """The catalog's copy if it has one (re-checked against the id), else the store's."""
+        if self._catalog.has_manifest(mid):
+            with translated():
+                return self._catalog.load_manifest(mid)
         return self.fetch_manifest(mid)
 
     def fetch_manifest(self, mid: str) -> Manifest:
         """The store's copy, accepted only if its bytes hash to `mid`."""
         try:
-            data = self.store.get(manifest_key(mid))
+            data = self._store.get(layout.manifest(mid))
         except ObjectMissingError:
             raise NotFoundError(f"manifest {mid} is not in the store") from None
-        return parse_manifest(data, expected_id=mid)
+        with translated():
+            return parse_manifest(data, expected_id=mid)
 
-    def write_manifest(self, m: Manifest) -> tuple[str, bytes]:
-        """Put the manifest in the store (never overwriting). An existing object under the
-        same id must be byte-identical, else the store holds a forged manifest."""
+    def manifest_copy_problem(self, mid: str, m: Manifest) -> str | None:
+        """Why the store's own copy of a manifest is not the manifest `m`, or None."""
+        try:
+            stored = self._store.get(layout.manifest(mid))
+        except ObjectMissingError:
+            return "manifest is missing from the store"
+        return None if stored == m.canonical_json() else "store copy of the manifest differs from its id"
+
+    def commit_manifest(self, m: Manifest, *, sign_key: Any = None,
+                        details: dict[str, Any] | None = None) -> Committed:
+        """Store the manifest (every chunk it names must already be durable), sign it, and
+        record it in the catalog with an 'archive' audit entry. Never overwrites: an object
+        already under the same id must be byte-identical, else the store holds a forgery."""
         data = m.canonical_json()
-        mid = m.id
-        if not self.store.put_if_absent(manifest_key(mid), data):
-            if self.store.get(manifest_key(mid)) != data:
-                raise ManifestError(f"store already holds a different object under manifest id {mid}")
-        return mid, data
+        mid = manifest_id(data)
+        key = layout.manifest(mid)
+        if not self._store.put_if_absent(key, data) and self._store.get(key) != data:
+            raise ManifestError(f"store already holds a different object under manifest id {mid}")
+        signer = self.sign_manifest(mid, sign_key).fingerprint if sign_key is not None else None
+        event = None if details is None else {**details, "signed_by": signer}
+        with translated():
+            self._catalog.record_manifest(m, data, event_details=event)
+        return Committed(mid, signer)
+
+    def iter_manifests(self) -> Iterator[StoredManifest]:
+        """Every manifest object in the store, each checked against its id; a bad one is
+        yielded with its error instead of stopping the walk."""
+        for info in self._store.list(layout.MANIFESTS):
+            mid = layout.manifest_id(info.key)
+            if mid is None:
+                continue
+            try:
+                data = self._store.get(info.key)
+                with translated():
+                    yield StoredManifest(mid, parse_manifest(data, expected_id=mid), data)
+            except (IntegrityError, ObjectMissingError) as e:
+                yield StoredManifest(mid, None, None, e)
 
     # -- signatures and chain ------------------------------------------------------------------
     def sign_manifest(self, mid: str, key: Any) -> Any:
         """Store an Ed25519 signature of `mid` (deterministic, so a re-run writes the same bytes)."""
         from manifests import signing  # cryptography loads only when signatures are used
         sig = signing.sign(key, mid)
-        skey = signing.signature_key(mid, sig.fingerprint)
-        if not self.store.put_if_absent(skey, sig.to_json()):
-            if not signing.check(signing.parse_signature(self.store.get(skey)), mid):
-                raise IntegrityError(f"store holds an invalid signature at {skey}")
+        skey = layout.signature(mid, sig.fingerprint)
+        if not self._store.put_if_absent(skey, sig.to_json()):
+            with translated():
+                if not signing.check(signing.parse_signature(self._store.get(skey)), mid):
+                    raise IntegrityError(f"store holds an invalid signature at {skey}")
         return sig
 
     def signature_problems(self, mid: str, trusted: list[bytes] | None = None) -> list[str]:
@@ -100,13 +187,14 @@ class Repository:
         from manifests import signing
         problems: list[str] = []
         good: set[str] = set()
-        for info in self.store.list(signing.signature_prefix(mid)):
+        for info in self._store.list(layout.signatures_of(mid)):
             try:
-                sig = signing.parse_signature(self.store.get(info.key))
+                with translated():
+                    sig = signing.parse_signature(self._store.get(info.key))
             except ArchiverError as e:
                 problems.append(f"{info.key}: {e}")
                 continue
-            if signing.check(sig, mid) and info.key == signing.signature_key(mid, sig.fingerprint):
+            if signing.check(sig, mid) and info.key == layout.signature(mid, sig.fingerprint):
                 good.add(sig.public_key)
             else:
                 problems.append(f"bad signature {info.key} (key {sig.fingerprint})")
@@ -126,39 +214,102 @@ class Repository:
             return [f"broken chain: parent {m.parent[:16]} is named {parent.name!r}, not {m.name!r}"]
         return []
 
-    # -- chunks ------------------------------------------------------------------------------
+    # -- chunks --------------------------------------------------------------------------------
+    def save_chunk(self, h: str, data: bytes | memoryview, width: int) -> SavedChunk:
+        """Store one chunk (BLAKE3 `h` of `data`) unless the store has it: encode with a
+        round-trip check, then put_if_absent. A chunk already there is relied on only if the
+        catalog recorded it with the same stored size, or after it is read back and proved."""
+        key = layout.chunk(h)
+        info = self._store.stat(key)
+        if info is not None:
+            known = self._catalog.known_chunk(h)
+            if known is not None and known[0] == info.size:
+                return SavedChunk(known[0], known[1], False)
+            return self._prove_existing(h, len(data))
+        enc = self._codec.encode(data, width)  # checks every zstd frame it makes round-trips
+        if self._store.put_if_absent(key, enc.data):
+            return SavedChunk(len(enc.data), enc.codec, True)
+        return self._prove_existing(h, len(data))  # lost the race, or a lost PUT response
+
+    def _prove_existing(self, h: str, length: int) -> SavedChunk:
+        obj = self._store.get(layout.chunk(h))
+        self._decode_checked(obj, h, length)
+        return SavedChunk(len(obj), describe(obj), False)
+
     def read_chunk(self, ref: ChunkRef) -> bytes:
         """Fetch, bound-check, decode and re-hash one chunk. Raises CorruptChunkError or
         ObjectMissingError; never returns bytes that do not hash to `ref.hash`."""
-        obj = self.store.get(chunk_key(ref.hash))
+        obj = self._store.get(layout.chunk(ref.hash))
         if len(obj) != ref.stored_size:
             raise CorruptChunkError(ref.hash, f"stored size {len(obj)} != recorded {ref.stored_size}")
-        return self.decode_checked(obj, ref.hash, ref.length)
+        return self._decode_checked(obj, ref.hash, ref.length)
 
-    def decode_checked(self, obj: bytes, h: str, length: int) -> bytes:
-        data = self.codec.decode(obj, length, h)
+    def try_read_chunk(self, ref: ChunkRef) -> bytes | ArchiverError:
+        """`read_chunk`, with damage (corrupt or missing) returned instead of raised; an
+        unreachable store still raises."""
+        try:
+            return self.read_chunk(ref)
+        except (IntegrityError, ObjectMissingError) as e:
+            return e
+
+    def _decode_checked(self, obj: bytes, h: str, length: int) -> bytes:
+        data = self._codec.decode(obj, length, h)
         if blake3.blake3(data).hexdigest() != h:
             raise CorruptChunkError(h, "decoded bytes do not match the chunk hash")
         return data
 
-    def check_existing_chunk(self, h: str, length: int) -> StoredChunk:
-        """A chunk this run did not write: read it back and prove it before relying on it."""
-        obj = self.store.get(chunk_key(h))
-        self.decode_checked(obj, h, length)
-        return StoredChunk(len(obj), describe(obj))
+    def stream_file(self, e: Entry, pool: ThreadPoolExecutor, window: int, *, keep_going: bool = False,
+                    sha256: bool = True) -> Iterator[Piece]:
+        """A file's chunks in order, each fetched in parallel, decoded and re-hashed; after the
+        last one the whole file's digest is checked (FileHashError). Damage raises at its
+        chunk, or with keep_going is yielded as a Piece with an error (and the whole-file
+        check is skipped, since it cannot pass)."""
+        digest = FileDigest(sha256)
+        broken = False
+        for c, got in ordered_map(pool, self.try_read_chunk, e.chunks, window):
+            if isinstance(got, ArchiverError):
+                if not keep_going:
+                    raise got
+                broken = True
+                yield Piece(c, None, got)
+                continue
+            if not broken:
+                digest.update(got)
+            yield Piece(c, got)
+        if not broken and not digest.matches(e):
+            raise FileHashError(e.path)
 
-    # -- catalog ------------------------------------------------------------------------------
+    def chunk_sizes(self, hashes: Iterable[str]) -> dict[str, int]:
+        """Stored size of each of `hashes` that the store holds: one LIST per 2-hex prefix
+        (pages of 1000 keys on S3), not one request per chunk."""
+        by_prefix: dict[str, set[str]] = defaultdict(set)
+        for h in hashes:
+            by_prefix[h[:2]].add(h)
+        sizes: dict[str, int] = {}
+        for prefix in sorted(by_prefix):
+            wanted = by_prefix[prefix]
+            for info in self._store.list(layout.chunk_fanout(prefix)):
+                h = layout.chunk_hash(info.key)
+                if h in wanted:
+                    sizes[h] = info.size
+        return sizes
+
+    def chunks_by_staleness(self, hashes: Iterable[str]) -> list[str]:
+        return self._catalog.chunks_by_staleness(hashes)
+
+    def record_chunk_checks(self, results: Iterable[tuple[str, bool]]) -> None:
+        self._catalog.mark_verified(results)
+
+    # -- catalog rebuild -------------------------------------------------------------------------
     def rebuild_catalog(self) -> list[str]:
         """Record every manifest found in the store (each checked against its id), parents
         before children so NAME resolves to the newest in each chain. Returns new ids."""
         found: dict[str, tuple[Manifest, bytes]] = {}
-        for info in self.store.list("manifests/"):
-            name = info.key[len("manifests/"):]
-            if not name.endswith(".json") or not is_hash(name[:-5]):
-                continue
-            mid = name[:-5]
-            data = self.store.get(info.key)
-            found[mid] = (parse_manifest(data, expected_id=mid), data)
+        for sm in self.iter_manifests():
+            if sm.error is not None:
+                raise sm.error
+            assert sm.manifest is not None and sm.data is not None
+            found[sm.id] = (sm.manifest, sm.data)
         order: list[str] = []
         placed: set[str] = set()
 
@@ -173,12 +324,12 @@ class Repository:
 
         for mid in sorted(found):
             place(mid, set())
-        import time
         base = time.time()
         added = []
-        for i, mid in enumerate(order):
-            m, data = found[mid]
-            if self.catalog.record_manifest(m, data, at=base + i * 1e-3):
-                added.append(mid)
-        self.catalog.audit("rebuild", None, True, {"manifests": len(found), "added": len(added)})
+        with translated():
+            for i, mid in enumerate(order):
+                m, data = found[mid]
+                if self._catalog.record_manifest(m, data, at=base + i * 1e-3):
+                    added.append(mid)
+            self._catalog.audit("rebuild", None, True, {"manifests": len(found), "added": len(added)})
         return added

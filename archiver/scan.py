@@ -11,7 +11,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from archiver.errors import ArchiverError, NotFoundError, UnsafePathError, UsageError
+from archiver.errors import ArchiverError, NotFoundError, UsageError
+from manifests.errors import UnsafePathError
 from manifests.paths import check_paths
 
 
@@ -80,7 +81,7 @@ def scan(paths: list[str | os.PathLike]) -> list[Source]:
     try:
         check_paths((s.path, "dir" if s.is_dir else "file") for s in out)
     except UnsafePathError as e:
-        raise UsageError(str(e).replace("unsafe path in manifest", "cannot archive path")) from None
+        raise UsageError(f"cannot archive path {e.path!r}: {e.reason}") from None
     out.sort(key=lambda s: s.path)
     return out
 

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import blake3
 import sqlite_utils
 
-from archiver.errors import ArchiverError, NotFoundError, UsageError
+from manifests.errors import AmbiguousReference, CatalogError, CatalogStoreMismatch, UnknownReference
 from manifests.model import Manifest, parse_manifest
 
 SCHEMA_VERSION = 1
@@ -56,10 +56,6 @@ class AuditRow:
     details: dict[str, Any]
 
 
-class CatalogError(ArchiverError):
-    pass
-
-
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -81,6 +77,7 @@ class Catalog:
             raise CatalogError(f"cannot open catalog {self.path}: {e}") from None
         self.db = sqlite_utils.Database(self._conn)
         self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []  # one per worker thread, all closed by close()
         self._lock = threading.RLock()  # re-entrant: a nested write() joins the outer transaction
         self._init_schema()
         self._bind_store(store_url)
@@ -135,7 +132,7 @@ class Catalog:
                 self._conn.execute("INSERT OR IGNORE INTO info(key, value) VALUES ('store', ?)", (url,))
             row = self._conn.execute("SELECT value FROM info WHERE key='store'").fetchone()
         if row[0] != url:
-            raise UsageError(f"catalog {self.path} belongs to store {row[0]}, not {url} (use --catalog)")
+            raise CatalogStoreMismatch(str(self.path), row[0], url)
         self.store_url = url
 
     # -- transactions ------------------------------------------------------------------------
@@ -149,9 +146,15 @@ class Catalog:
         if conn is None:
             conn = _connect(self.path)
             self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
         return conn
 
     def close(self) -> None:
+        with self._lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
         self._conn.close()
 
     # -- manifests ---------------------------------------------------------------------------
@@ -197,7 +200,7 @@ class Catalog:
     def manifest_bytes(self, mid: str) -> bytes:
         row = self._conn.execute("SELECT json FROM manifests WHERE id=?", (mid,)).fetchone()
         if row is None:
-            raise NotFoundError(f"manifest {mid} is not in the catalog")
+            raise UnknownReference(mid, f"manifest {mid} is not in the catalog")
         return bytes(row[0])
 
     def load_manifest(self, mid: str) -> Manifest:
@@ -218,7 +221,7 @@ class Catalog:
                 "SELECT id FROM manifests WHERE name=? AND label=? ORDER BY recorded_at DESC, rowid DESC LIMIT 1",
                 (name, label)).fetchone()
             if row is None:
-                raise NotFoundError(f"no archive named {name!r} with label {label!r}")
+                raise UnknownReference(ref, f"no archive named {name!r} with label {label!r}")
             return row[0]
         lowered = ref.lower()
         if len(lowered) >= 4 and all(ch in "0123456789abcdef" for ch in lowered):
@@ -227,11 +230,11 @@ class Catalog:
             if len(ids) == 1:
                 return ids[0]
             if len(ids) > 1:
-                raise UsageError(f"ambiguous manifest prefix {ref!r}: matches {', '.join(i[:12] for i in ids)} ...")
+                raise AmbiguousReference(ref, ids)
         latest = self.latest(ref)
         if latest is not None:
             return latest
-        raise NotFoundError(f"no archive matches {ref!r} (give an id, a unique id prefix, NAME or NAME@LABEL)")
+        raise UnknownReference(ref)
 
     # -- chunks ------------------------------------------------------------------------------
     def known_chunk(self, h: str) -> tuple[int, str] | None:

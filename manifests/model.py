@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import blake3
 
-from archiver.errors import ManifestError
+from manifests.errors import ManifestError
 
 FORMAT = "archiver-manifest"
 VERSION = 1
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_SHA256 = _HEX64
 MAX_MANIFEST_BYTES = 1 << 31
 
 
@@ -131,14 +130,6 @@ def manifest_id(data: bytes) -> str:
     return blake3.blake3(data).hexdigest()
 
 
-def chunk_key(h: str) -> str:
-    return f"chunks/{h[:2]}/{h}"
-
-
-def manifest_key(mid: str) -> str:
-    return f"manifests/{mid}.json"
-
-
 def is_hash(s: object) -> bool:
     return isinstance(s, str) and bool(_HEX64.match(s))
 
@@ -221,9 +212,3 @@ def _entry(e: Any) -> Entry:
         path=path, type="file", mode=mode, size=size, mtime_ns=mtime, blake3=e["blake3"],
         sha256=e["sha256"], format=e["format"], chunks=tuple(chunks),
     )
-
-
-def iter_chunk_refs(m: Manifest) -> Iterable[tuple[Entry, ChunkRef]]:
-    for e in m.files:
-        for c in e.chunks:
-            yield e, c

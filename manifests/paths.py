@@ -10,7 +10,7 @@ import re
 import unicodedata
 from typing import Iterable
 
-from archiver.errors import UnsafePathError
+from manifests.errors import UnsafePathError
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 MAX_PATH_BYTES = 4096
@@ -20,7 +20,7 @@ MAX_NAME_BYTES = 255
 def check_path(path: str) -> list[str]:
     """Return the path's components, or raise UnsafePathError naming the problem."""
     def bad(why: str) -> UnsafePathError:
-        return UnsafePathError(f"unsafe path in manifest: {path!r} ({why})")
+        return UnsafePathError(path, why)
 
     if not isinstance(path, str) or path == "":
         raise bad("empty")
@@ -62,7 +62,7 @@ def check_paths(items: Iterable[tuple[str, str]]) -> None:
         parts = check_path(path)
         key = fold(path)
         if key in seen:
-            raise UnsafePathError(f"unsafe path in manifest: {path!r} collides with {seen[key]!r}")
+            raise UnsafePathError(path, f"collides with {seen[key]!r}")
         seen[key] = path
         if typ == "file":
             files.add(key)
@@ -71,6 +71,4 @@ def check_paths(items: Iterable[tuple[str, str]]) -> None:
         for i in range(1, len(parts)):
             prefix = fold("/".join(parts[:i]))
             if prefix in files:
-                raise UnsafePathError(
-                    f"unsafe path in manifest: {'/'.join(parts)!r} is inside file {seen[prefix]!r}"
-                )
+                raise UnsafePathError("/".join(parts), f"is inside file {seen[prefix]!r}")

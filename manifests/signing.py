@@ -2,9 +2,8 @@
 
 A manifest id is the BLAKE3 of the manifest's canonical bytes, so signing the id signs
 the whole manifest (and through its chunk hashes, every byte of the archive). The signed
-message is domain-separated: b"archiver-manifest-v1:" + id (ASCII hex). Signatures live
-in the store at `signatures/<id>/<key fingerprint>.json`, one per signer, never
-overwritten. A key fingerprint is the first 32 hex digits of BLAKE3(raw public key)."""
+message is domain-separated: b"archiver-manifest-v1:" + id (ASCII hex). The store keeps
+one signature object per signer (key named by archiver.layout), never overwritten. A key fingerprint is the first 32 hex digits of BLAKE3(raw public key)."""
 from __future__ import annotations
 
 import json
@@ -17,7 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from archiver.errors import ArchiverError, UsageError
+from manifests.errors import KeyFileError, SignatureError
 
 DOMAIN = b"archiver-manifest-v1:"
 
@@ -41,20 +40,12 @@ def fingerprint(raw_public: bytes) -> str:
     return blake3.blake3(raw_public).hexdigest()[:32]
 
 
-def signature_prefix(mid: str) -> str:
-    return f"signatures/{mid}/"
-
-
-def signature_key(mid: str, fp: str) -> str:
-    return f"signatures/{mid}/{fp}.json"
-
-
 def keygen(path: str | os.PathLike) -> tuple[Path, Path]:
     """Write a new private key (PEM, mode 0600) at `path` and its public key at `path`.pub."""
     priv = Path(path)
     pub = priv.with_name(priv.name + ".pub")
     if priv.exists() or pub.exists():
-        raise UsageError(f"refusing to overwrite existing key {priv if priv.exists() else pub}")
+        raise KeyFileError(priv if priv.exists() else pub, "refusing to overwrite an existing key")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
@@ -70,11 +61,11 @@ def load_private(path: str | os.PathLike) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except FileNotFoundError:
-        raise UsageError(f"no signing key at {path}") from None
+        raise KeyFileError(path, "no signing key there") from None
     except (ValueError, TypeError) as e:
-        raise UsageError(f"{path} is not an unencrypted PEM private key: {e}") from None
+        raise KeyFileError(path, f"not an unencrypted PEM private key: {e}") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise UsageError(f"{path} is not an Ed25519 key")
+        raise KeyFileError(path, "not an Ed25519 key")
     return key
 
 
@@ -89,9 +80,9 @@ def load_public(path_or_hex: str) -> bytes:
     try:
         raw = bytes.fromhex(text)
     except ValueError:
-        raise UsageError(f"not a public key file or hex key: {path_or_hex}") from None
+        raise KeyFileError(path_or_hex, "not a public key file or hex key") from None
     if len(raw) != 32:
-        raise UsageError(f"not an Ed25519 public key (need 32 bytes): {path_or_hex}")
+        raise KeyFileError(path_or_hex, "not an Ed25519 public key (need 32 bytes)")
     return raw
 
 
@@ -109,7 +100,7 @@ def parse_signature(data: bytes) -> Signature:
             raise ValueError("bad fields")
         return sig
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ArchiverError(f"malformed signature object: {e}") from None
+        raise SignatureError(f"malformed signature object: {e}") from None
 
 
 def check(sig: Signature, mid: str) -> bool:

@@ -12,7 +12,8 @@ from pathlib import Path
 import blake3
 import pytest
 
-from archiver.errors import NotFoundError, UsageError
+from manifests.errors import AmbiguousReference, CatalogStoreMismatch
+from manifests.errors import UnknownReference as NotFoundError
 from manifests.catalog import Catalog, default_catalog_path
 from manifests.model import ChunkRef, Entry, Manifest
 
@@ -176,7 +177,7 @@ def test_resolve_ambiguous_prefix(cat):
     record(cat, a)
     assert cat.resolve(a.id[:4]) == a.id  # unique while b is unknown
     record(cat, b)
-    with pytest.raises(UsageError, match="ambiguous") as ei:
+    with pytest.raises(AmbiguousReference, match="ambiguous") as ei:
         cat.resolve(a.id[:4])
     assert a.id[:12] in str(ei.value) and b.id[:12] in str(ei.value)
     common = 4
@@ -299,7 +300,7 @@ def test_record_without_event_details_writes_no_audit_row(cat):
 def test_catalog_is_bound_to_its_store(cat_path):
     Catalog(cat_path, STORE).close()
     Catalog(cat_path, STORE).close()  # same store: fine
-    with pytest.raises(UsageError, match="belongs to store") as ei:
+    with pytest.raises(CatalogStoreMismatch, match="belongs to store") as ei:
         Catalog(cat_path, "s3://bucket/other")
     assert STORE in str(ei.value) and "\n" not in str(ei.value)
 

@@ -155,11 +155,7 @@ def test_usage_error_exits_2_without_traceback(archived, src, tmp_path, args, fr
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("args,fragment,origin", [
-    pytest.param(*p.values, marks=pytest.mark.xfail(
-        strict=True, raises=AssertionError, reason="click's own usage errors print 4 lines (Usage:, Try ..., blank, Error:); README: "
-                            "'Errors are one line on stderr'"), id=p.id)
-    if p.values[2] == CLICK else p for p in USAGE_CASES])
+@pytest.mark.parametrize("args,fragment,origin", USAGE_CASES)
 def test_usage_error_is_one_line(archived, src, tmp_path, args, fragment, origin):
     r = run_cli(*_fill(args, src, tmp_path))
     assert r.code == 2
@@ -177,8 +173,6 @@ def test_keygen_refuses_to_overwrite(home, tmp_path):
     assert (key.read_bytes(), (tmp_path / "key.pub").read_bytes()) == before
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="--sample/--trust-key are validated only after the store is opened, so "
-                                       "with no store a usage error exits 1 ('no archiver store') instead of 2")
 @pytest.mark.parametrize("args", [["verify", "--all", "--sample", "0"], ["verify", "m", "--trust-key", "zz"]])
 def test_usage_error_is_2_even_without_a_store(home, args):
     r = run_cli(*args)
@@ -192,20 +186,18 @@ def _unknown_refs(mid: str) -> list[str]:
 
 
 @pytest.mark.parametrize("cmd", ["show", "verify", "restore"])
-def test_unknown_ref_is_one_line_error_today_exit_1(archived, tmp_path, cmd):
+def test_unknown_ref_is_one_line_error(archived, tmp_path, cmd):
     for ref in _unknown_refs(archived["id"]):
-        args = [cmd, ref] + ([str(tmp_path / "out")] if cmd == "restore" else []) + ["--json"]
+        args = [cmd, ref] + ([str(tmp_path / "out")] if cmd == "restore" else [])
         r = run_cli(*args)
-        assert r.code == 1, (ref, r.err)  # today's behaviour; see the xfail below for the contract
         one_line_error(r)
         assert ref.split("@")[-1] in r.err
     assert not (tmp_path / "out").exists()
     # one unknown ref among known ones fails the whole verify before anything is checked
-    r = run_cli("verify", archived["id"], "nope", "--json")
-    assert r.code == 1 and r.out == ""
+    r = run_cli("verify", archived["id"], "nope")
+    assert r.code == 2 and r.out == ""
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 14 item 16: unknown REF must be a usage error")
 @pytest.mark.parametrize("cmd", ["show", "verify", "restore"])
 def test_unknown_ref_is_usage_error(archived, tmp_path, cmd):
     """README: exit 2 for usage errors; errors.UsageError: 'Bad arguments or an unknown reference (CLI exit 2)'."""
@@ -302,10 +294,10 @@ def test_verify_and_restore_json_on_failure(archived, store, tmp_path):
     d = jrun("restore", mid, str(tmp_path / "out"), "--json", code=1)
     assert set(d) == RESTORE_KEYS and d["ok"] is False
     assert d["files"] == archived["files"] - 1
-    (p,) = d["problems"]
-    assert p["path"] == "ckpt/tokenizer/vocab.txt" and h in p["error"]
-    # today "chunk" is the hash for a corrupt chunk but the store key for a missing one
-    assert p["chunk"].endswith(h)
+    (p,) = d["problems"]  # one Problem shape for verify and restore
+    assert set(p) == PROBLEM_KEYS
+    assert (p["manifest"], p["kind"], p["path"], p["offset"], p["length"], p["chunk"]) == (
+        mid, "missing-chunk", "ckpt/tokenizer/vocab.txt", offset, length, h)
 
 
 def test_restore_json(archived, tmp_path):
@@ -360,7 +352,7 @@ def test_store_env_and_flag_flag_wins(home, src, tmp_path, monkeypatch):
     assert not env_store.exists()
     # the env store alone: no store there yet
     r = run_cli("list", "--json")
-    assert r.code == 1 and "no archiver store" in r.err and str(env_store) in r.err
+    assert r.code == 2 and "no archiver store" in r.err and str(env_store) in r.err
     one_line_error(r)
     assert [x["id"] for x in jrun("--store", str(flag_store), "list", "--json")] == [mid]
     # the env variable works on its own too; a non-default store gets its own catalog file
@@ -408,7 +400,7 @@ def test_operational_errors_are_one_line(home, src, tmp_path):
     for args in (["list"], ["show", "m"], ["verify", "--all"], ["restore", "m", str(tmp_path / "out")],
                  ["catalog", "rebuild"]):
         r = run_cli("--store", missing, *args)
-        assert r.code == 1 and "no archiver store" in r.err, (args, r.err)
+        assert r.code == 2 and "no archiver store" in r.err, (args, r.err)
         one_line_error(r)
     assert not (tmp_path / "no-store").exists() and not (tmp_path / "out").exists()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from manifests.model import chunk_key, manifest_key
+from archiver import layout
 from tests.helpers import RawStore, make_checkpoint, run_cli, tree
 
 
@@ -35,7 +35,7 @@ def chunk_keys_of(mid: str) -> list[tuple[str, str, int]]:
     out = []
     for e in r.json()["manifest"]["entries"]:
         for off, length, h, stored, codec in e.get("chunks", []):
-            out.append((chunk_key(h), e["path"], length))
+            out.append((layout.chunk(h), e["path"], length))
     return out
 
 
@@ -174,7 +174,7 @@ def test_corruption_detected_and_restore_refused(env, ckpt, tmp_path, damage):
 def test_tampered_manifest_refused(env, ckpt, tmp_path):
     mid = archive(ckpt)["id"]
     raw = RawStore(env)
-    raw.mutate(manifest_key(mid), lambda b: b.replace(b'"owner"', b'"ownex"') if b'"owner"' in b
+    raw.mutate(layout.manifest(mid), lambda b: b.replace(b'"owner"', b'"ownex"') if b'"owner"' in b
                else b.replace(b'"model"', b'"mode1"'))
     for f in (tmp_path / "home").rglob("*.db*"):
         f.unlink()
@@ -202,7 +202,7 @@ def test_path_traversal_manifest_refused(env, ckpt, tmp_path, evil):
         entries.append(Entry(path=evil, type="file", mode=0o644, size=good.size, mtime_ns=0, blake3=good.blake3,
                              sha256=good.sha256, chunks=good.chunks))
     m = Manifest(name="evil", entries=tuple(entries))
-    RawStore(env).write(manifest_key(m.id), m.canonical_json())
+    RawStore(env).write(layout.manifest(m.id), m.canonical_json())
     dest = tmp_path / "out"
     r = run_cli("restore", m.id, str(dest))
     assert r.code == 1, r.out + r.err
@@ -247,5 +247,5 @@ def test_audit_log_records_archive_and_verify(env, ckpt):
     run_cli("verify", mid)
     run_cli("verify", mid, "--deep")
     with Repository.open() as repo:
-        events = [(a.event, a.details.get("mode")) for a in repo.catalog.audit_log(mid)]
+        events = [(a.event, a.details.get("mode")) for a in repo.audit_log(mid)]
     assert events == [("archive", None), ("verify", "shallow"), ("verify", "deep")]

@@ -101,8 +101,8 @@ def test_source_changed_while_archiving(home, tmp_path, monkeypatch):
     target = ckpt / "model.safetensors"
     real = pipeline.iter_chunks
 
-    def growing(f, size, policy):
-        for i, rc in enumerate(real(f, size, policy)):
+    def growing(f, size, policy, **kw):
+        for i, rc in enumerate(real(f, size, policy, **kw)):
             if i == 0 and f.name == str(target):
                 with open(target, "ab") as g:
                     g.write(b"appended while archiving")
@@ -120,8 +120,8 @@ def test_source_rewritten_same_size(home, tmp_path, monkeypatch):
     target = ckpt / "model.safetensors"
     real = pipeline.iter_chunks
 
-    def rewriting(f, size, policy):
-        for i, rc in enumerate(real(f, size, policy)):
+    def rewriting(f, size, policy, **kw):
+        for i, rc in enumerate(real(f, size, policy, **kw)):
             if i == 1 and f.name == str(target):
                 with open(target, "r+b") as g:
                     g.seek(size - 10)

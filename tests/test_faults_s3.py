@@ -21,7 +21,7 @@ import boto3
 import pytest
 from botocore.retries.standard import ExponentialBackoff
 
-import archiver.stores
+import archiver.settings
 from archiver.errors import StoreError
 from archiver.stores import ObjectInfo, S3Options, open_store
 from archiver.stores.s3 import MiB
@@ -90,7 +90,7 @@ def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 def fast_retries(monkeypatch: pytest.MonkeyPatch, **options: Any) -> None:
     """Make the stores the CLI opens use these S3Options (e.g. few attempts)."""
-    monkeypatch.setattr(archiver.stores, "S3Options", functools.partial(S3Options, **options))
+    monkeypatch.setattr(archiver.settings, "S3Options", functools.partial(S3Options, **options))
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def nothing_recorded(s3: S3Env) -> None:
         assert r.code == 0, r.err
         assert r.json() == []
     else:  # failed before the store was even created
-        assert r.code == 1 and "no archiver store" in r.err
+        assert r.code == 2 and "no archiver store" in r.err
 
 
 def target(s3: S3Env, key: str) -> str:
@@ -379,7 +379,8 @@ def test_checksum_when_required_full_cycle(s3: S3Env, ckpt: Path, tmp_path: Path
     res = archive_ok(s3, ckpt)
     verify_and_restore(s3, res["id"], ckpt, tmp_path / "out")
     # multipart too, still verified by the server through Content-MD5
-    store = open_store(s3.url, s3_options=S3Options(multipart_threshold=5 * MiB, min_part_size=5 * MiB))
+    store = open_store(s3.url, s3_options=S3Options(multipart_threshold=5 * MiB, min_part_size=5 * MiB,
+                                                    checksum_when_required=True))
     data = os.urandom(11 * MiB)
     assert store.put_if_absent("chunks/mp/" + "03" * 32, data) is True
     assert store.get("chunks/mp/" + "03" * 32) == data

@@ -6,9 +6,9 @@ import json
 import blake3
 import pytest
 
-from archiver.errors import ManifestError
-from manifests.model import (FORMAT, VERSION, ChunkRef, Entry, Manifest, canonical, chunk_key, is_hash,
-                             manifest_id, manifest_key, parse_manifest)
+from manifests.errors import ManifestError
+from manifests.model import (FORMAT, VERSION, ChunkRef, Entry, Manifest, canonical, is_hash,
+                             manifest_id, parse_manifest)
 
 H = [blake3.blake3(bytes([i])).hexdigest() for i in range(8)]
 
@@ -87,8 +87,9 @@ def test_id_changes_with_content():
 
 
 def test_keys_helpers():
-    assert chunk_key(H[0]) == f"chunks/{H[0][:2]}/{H[0]}"
-    assert manifest_key(H[1]) == f"manifests/{H[1]}.json"
+    from archiver import layout
+    assert layout.chunk(H[0]) == f"chunks/{H[0][:2]}/{H[0]}"
+    assert layout.manifest(H[1]) == f"manifests/{H[1]}.json"
     assert not is_hash(H[0].upper()) and not is_hash(H[0][:-1]) and not is_hash(None)
 
 

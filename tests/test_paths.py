@@ -5,7 +5,7 @@ import unicodedata
 
 import pytest
 
-from archiver.errors import UnsafePathError
+from manifests.errors import UnsafePathError
 from manifests.paths import MAX_NAME_BYTES, MAX_PATH_BYTES, check_path, check_paths, fold
 
 

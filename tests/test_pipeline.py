@@ -10,6 +10,7 @@ from archiver.chunking import ChunkPolicy
 from archiver.errors import UsageError
 from archiver.pipeline import archive
 from archiver.repository import Repository
+from archiver.settings import Settings
 from archiver.restorer import restore
 from tests.fixtures import make_gguf, make_safetensors, make_torch_zip, random_tensor_bytes, transformer_tensors
 from tests.helpers import tree
@@ -20,7 +21,7 @@ SMALL = ChunkPolicy(max_chunk=256 * 1024, small_group=64 * 1024, cdc_min=16 * 10
 
 @pytest.fixture
 def repo(tmp_path):
-    with Repository.open(str(tmp_path / "store"), tmp_path / "cat.db", create=True) as r:
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db"), create=True) as r:
         yield r
 
 
@@ -74,7 +75,7 @@ def test_second_archive_is_free_and_chained(repo, model_dir):
     second = archive(repo, [model_dir], name="m", label="again", policy=SMALL)
     assert second.new_chunks == 0 and second.new_bytes_stored == 0
     assert second.bytes_stored == first.bytes_stored and second.parent == first.id
-    assert repo.catalog.resolve("m") == second.id
+    assert repo.resolve("m") == second.id
 
 
 def test_known_chunk_missing_from_store_is_uploaded_again(repo, model_dir, tmp_path):
@@ -84,7 +85,7 @@ def test_known_chunk_missing_from_store_is_uploaded_again(repo, model_dir, tmp_p
     os.unlink(tmp_path / "store" / "chunks" / victim[:2] / victim)
     again = archive(repo, [model_dir], name="m", policy=SMALL)
     assert again.new_chunks == 1
-    assert repo.store.exists(f"chunks/{victim[:2]}/{victim}")
+    assert repo.chunk_sizes([victim])
 
 
 @pytest.mark.parametrize("bad", ["", "a@b", " padded", "tab\there"])

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from manifests import signing
-from manifests.model import Manifest, manifest_key
+from archiver import layout
+from manifests.model import Manifest
 from tests.helpers import RawStore, make_checkpoint, run_cli
 
 
@@ -52,7 +53,7 @@ def test_signed_archive_verify_and_restore(env, tmp_path):
     assert r.code == 0, r.err
     # forge the stored signature: verify reports it even without --trust-key
     raw = RawStore(env)
-    (key,) = raw.keys(signing.signature_prefix(mid))
+    (key,) = raw.keys(layout.signatures_of(mid))
     def flip(b: bytes) -> bytes:  # same length, one hex digit of the signature changed
         obj = json.loads(b)
         s = obj["signature"]
@@ -79,7 +80,7 @@ def test_chain_records_predecessor_and_detects_breaks(env, tmp_path):
     assert first["parent"] is None and second["parent"] == first["id"]
     assert run_cli("verify", second["id"]).code == 0
     raw = RawStore(env)
-    raw.delete(manifest_key(first["id"]))
+    raw.delete(layout.manifest(first["id"]))
     r = run_cli("verify", second["id"], "--json")
     assert r.code == 1 and any(p["kind"] == "chain" for p in r.json()["problems"])
     # a manifest claiming a predecessor of another name is a broken chain too
@@ -88,6 +89,6 @@ def test_chain_records_predecessor_and_detects_breaks(env, tmp_path):
     from manifests.model import manifest_from_dict
     m = manifest_from_dict(shown)
     forged = Manifest(name="m", entries=m.entries, parent=other)
-    raw.write(manifest_key(forged.id), forged.canonical_json())
+    raw.write(layout.manifest(forged.id), forged.canonical_json())
     r = run_cli("verify", forged.id, "--json")
     assert r.code == 1 and any(p["kind"] == "chain" and "named" in p["detail"] for p in r.json()["problems"])

@@ -25,14 +25,13 @@ from archiver.stores import (
     LocalStore,
     ObjectInfo,
     S3Options,
-    S3Store,
     Store,
     _store_for_url,
     marker_bytes,
     open_store,
     validate_key,
 )
-from archiver.stores.s3 import MAX_PARTS, MiB, build_client, part_size_for
+from archiver.stores.s3 import MAX_PARTS, MiB, S3Store, build_client, part_size_for
 
 SMALL_MULTIPART = S3Options(multipart_threshold=5 * MiB, min_part_size=5 * MiB)
 
@@ -614,8 +613,9 @@ def test_checksum_when_required_option(aws_env, monkeypatch) -> None:
     assert client.meta.config.response_checksum_validation == "when_required"
     assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 8}
     assert client.meta.config.max_pool_connections == 16
+    from archiver.settings import Settings
     monkeypatch.setenv("ARCHIVER_S3_CHECKSUM", "when_required")
-    from_env = S3Store("bucket", "p", S3Options())
+    from_env = S3Store("bucket", "p", Settings.resolve("s3://bucket/p").s3)  # the environment is read there
     assert from_env.client.meta.config.request_checksum_calculation == "when_required"
 
 
@@ -698,14 +698,12 @@ def test_errors_are_archiver_errors() -> None:
     assert issubclass(ObjectMissingError, StoreError) and issubclass(StoreError, ArchiverError)
 
 
-def test_max_attempts_from_environment(aws_env, monkeypatch) -> None:
-    from archiver.stores.s3 import S3Options, build_client, max_attempts
+def test_max_attempts_from_settings(aws_env) -> None:
+    from archiver.settings import s3_options
 
-    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
-    assert max_attempts(S3Options(max_attempts=5)) == 5
-    monkeypatch.setenv("ARCHIVER_S3_MAX_ATTEMPTS", "20")
-    client = build_client(S3Options(max_attempts=5))
+    client = build_client(s3_options({"ARCHIVER_S3_MAX_ATTEMPTS": "20"}, max_attempts=5))
+    assert client.meta.config.retries["total_max_attempts"] == 5  # explicit beats environment
+    client = build_client(s3_options({"ARCHIVER_S3_MAX_ATTEMPTS": "20"}))
     assert client.meta.config.retries["total_max_attempts"] == 20
-    monkeypatch.setenv("ARCHIVER_S3_MAX_ATTEMPTS", "zero")
     with pytest.raises(UsageError):
-        max_attempts(S3Options())
+        s3_options({"ARCHIVER_S3_MAX_ATTEMPTS": "zero"})

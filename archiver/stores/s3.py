@@ -11,10 +11,8 @@ import datetime
 import hashlib
 import http.client
 import math
-import os
 import random
 import time
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import boto3
@@ -36,6 +34,7 @@ from botocore.exceptions import (
 )
 
 from archiver.errors import ArchiverError, ObjectMissingError, StoreError, UsageError
+from archiver.settings import CHECKSUM_ENV, S3Options
 from archiver.stores.base import ObjectInfo
 from archiver.stores.local import validate_key
 
@@ -44,8 +43,6 @@ MAX_PARTS = 10_000  # S3's limit per multipart upload
 TARGET_PARTS = 9_000  # headroom under MAX_PARTS
 CONFLICT_RETRIES = 5  # 409 ConditionalRequestConflict: a concurrent conditional write
 READ_CHUNK = 1 * MiB
-CHECKSUM_ENV = "ARCHIVER_S3_CHECKSUM"
-MAX_ATTEMPTS_ENV = "ARCHIVER_S3_MAX_ATTEMPTS"
 
 # A download cut off mid-body raises one of these; the bytes received so far are kept
 # and the rest is fetched with a ranged GET.
@@ -64,61 +61,18 @@ _STREAM_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class S3Options:
-    """How to reach S3. Every field has a default that works against AWS with the
-    standard credential chain; endpoint_url None lets boto3 honour AWS_ENDPOINT_URL."""
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    # For S3-compatible servers that reject botocore's default CRC32 checksum trailers;
-    # ARCHIVER_S3_CHECKSUM=when_required in the environment enables it too. Content-MD5
-    # is then sent instead, so bodies are still verified by the server.
-    checksum_when_required: bool = False
-    max_attempts: int = 8
-    multipart_threshold: int = 64 * MiB
-    max_pool: int = 16
-    min_part_size: int = 8 * MiB  # S3 requires >= 5 MiB; tests lower it with the threshold
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    list_page_size: int = 1000
-
-
-def checksum_when_required(options: S3Options) -> bool:
-    """The option or ARCHIVER_S3_CHECKSUM=when_required (read when a client is built)."""
-    env = os.environ.get(CHECKSUM_ENV, "").strip().lower()
-    return options.checksum_when_required or env == "when_required"
-
-
-def max_attempts(options: S3Options) -> int:
-    """ARCHIVER_S3_MAX_ATTEMPTS (or AWS_MAX_ATTEMPTS) overrides the option: an outage
-    longer than the default retries can be ridden out by raising it."""
-    for var in (MAX_ATTEMPTS_ENV, "AWS_MAX_ATTEMPTS"):
-        raw = os.environ.get(var, "").strip()
-        if raw:
-            try:
-                value = int(raw)
-            except ValueError:
-                raise UsageError(f"{var} must be a whole number, got {raw!r}") from None
-            if value < 1:
-                raise UsageError(f"{var} must be at least 1")
-            return value
-    return options.max_attempts
-
-
 def build_client(options: S3Options) -> Any:
     """One client per store: botocore clients are thread-safe, so worker threads share
     it and its connection pool (sized by max_pool)."""
     config_args: dict[str, Any] = {
         # total_max_attempts counts the first try (botocore's "max_attempts" key counts
         # only retries), so max_attempts=8 means 8 requests at most, like AWS_MAX_ATTEMPTS.
-        "retries": {"mode": "standard", "total_max_attempts": max_attempts(options)},
+        "retries": {"mode": "standard", "total_max_attempts": options.max_attempts},
         "connect_timeout": options.connect_timeout,
         "read_timeout": options.read_timeout,
         "max_pool_connections": options.max_pool,
     }
-    if checksum_when_required(options):
+    if options.checksum_when_required:
         config_args["request_checksum_calculation"] = "when_required"
         config_args["response_checksum_validation"] = "when_required"
     try:

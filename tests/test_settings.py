@@ -1,4 +1,4 @@
-"""archiver/config.py: where the store and the catalog live."""
+"""archiver/settings.py: where the store and the catalog live, and how S3 is reached."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,15 @@ from pathlib import Path
 import blake3
 import pytest
 
-from archiver.config import Locations, home_dir, normalise_store_url, resolve
+from archiver.errors import UsageError
+from archiver.settings import S3Options, Settings, home_dir, s3_options
+from archiver.urls import normalise_store_url
+
+resolve = Settings.resolve
+
+
+def Locations(store_url, catalog_path):  # noqa: N802 - the two fields these tests compare
+    return (store_url, catalog_path)
 
 
 @pytest.fixture
@@ -20,7 +28,7 @@ def url_of(p: Path) -> str:
 
 def test_default_store_and_catalog_under_home(home):
     loc = resolve(env={"ARCHIVER_HOME": str(home)})
-    assert loc == Locations(url_of(home / "store"), home / "catalog.db")
+    assert _loc(loc) == Locations(url_of(home / "store"), home / "catalog.db")
 
 
 def test_home_defaults_to_dot_archiver(monkeypatch, tmp_path):
@@ -37,7 +45,7 @@ def test_home_from_process_environment(monkeypatch, home):
     monkeypatch.setenv("ARCHIVER_HOME", str(home))
     monkeypatch.delenv("ARCHIVER_STORE", raising=False)
     monkeypatch.delenv("ARCHIVER_CATALOG", raising=False)
-    assert resolve() == Locations(url_of(home / "store"), home / "catalog.db")
+    assert _loc(resolve()) == Locations(url_of(home / "store"), home / "catalog.db")
 
 
 def test_precedence_store_arg_over_env_over_home(home, tmp_path):
@@ -75,7 +83,7 @@ def test_other_store_gets_its_own_catalog(home):
     env = {"ARCHIVER_HOME": str(home)}
     loc = resolve("s3://bucket/prefix/", env=env)
     digest = blake3.blake3(b"s3://bucket/prefix").hexdigest()[:16]
-    assert loc == Locations("s3://bucket/prefix", home / "catalogs" / f"{digest}.db")
+    assert _loc(loc) == Locations("s3://bucket/prefix", home / "catalogs" / f"{digest}.db")
     # the same store spelled differently shares the catalog; another store does not
     assert resolve("s3://bucket/prefix", env=env).catalog_path == loc.catalog_path
     assert resolve("s3://bucket/other", env=env).catalog_path != loc.catalog_path
@@ -116,8 +124,30 @@ def test_store_path_with_percent_sign_is_not_decoded(tmp_path, monkeypatch):
     store = tmp_path / "st%41"
     loc = resolve(str(store), env={"ARCHIVER_HOME": str(tmp_path / "home")})
     assert loc.store_url == "file://" + str(store.resolve()).replace("%", "%25")
-    with Repository.open(str(store), create=True):
+    with Repository.open(resolve(str(store)), create=True):
         pass
     assert (store / "store.json").is_file()
     assert not (tmp_path / "stA").exists()
     assert resolve(loc.store_url, env={"ARCHIVER_HOME": "/h"}).store_url == loc.store_url  # idempotent
+
+
+def _loc(settings: Settings) -> tuple:
+    return (settings.store_url, settings.catalog_path)
+
+
+def test_s3_options_from_environment_once():
+    assert s3_options({}) == S3Options()
+    opts = s3_options({"ARCHIVER_S3_CHECKSUM": "When_Required", "AWS_MAX_ATTEMPTS": "3"})
+    assert opts.checksum_when_required and opts.max_attempts == 3
+    # the archiver variable wins over the AWS one
+    assert s3_options({"ARCHIVER_S3_MAX_ATTEMPTS": "5", "AWS_MAX_ATTEMPTS": "3"}).max_attempts == 5
+    for bad in ("x", "0", "-1"):
+        with pytest.raises(UsageError, match="ARCHIVER_S3_MAX_ATTEMPTS"):
+            s3_options({"ARCHIVER_S3_MAX_ATTEMPTS": bad})
+
+
+def test_settings_carry_s3_options_and_explicit_beats_environment(home):
+    env = {"ARCHIVER_HOME": str(home), "ARCHIVER_S3_MAX_ATTEMPTS": "2"}
+    assert resolve("s3://b/p", env=env).s3.max_attempts == 2
+    explicit = S3Options(max_attempts=9)
+    assert resolve("s3://b/p", env=env, s3=explicit).s3 is explicit

@@ -1,0 +1,72 @@
+"""The one table of store keys: every object name the archiver reads or writes is built
+(and parsed back) here, like restic's `layout_default.go`. Nothing else spells a key.
+
+    store.json                          format marker
+    chunks/<h[0:2]>/<h>                 encoded chunk; h = BLAKE3 of the raw bytes
+    manifests/<id>.json                 canonical manifest; id = BLAKE3 of its bytes
+    signatures/<id>/<fingerprint>.json  Ed25519 signature of a manifest id
+    filemaps/<h[0:2]>/<h>.json          chunk list of one large file (manifest v2)
+    events/<writer>/<name>.json         immutable, hash-chained event log
+    quarantine/<key>                    local stores: damaged objects moved aside by repair
+
+Fan-out by the first two hex digits keeps directories small on local stores and gives
+shallow verify one LIST per prefix on S3."""
+from __future__ import annotations
+
+import re
+
+MARKER = "store.json"
+CHUNKS = "chunks/"
+MANIFESTS = "manifests/"
+SIGNATURES = "signatures/"
+FILEMAPS = "filemaps/"
+EVENTS = "events/"
+QUARANTINE = "quarantine/"
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def chunk(h: str) -> str:
+    return f"{CHUNKS}{h[:2]}/{h}"
+
+
+def chunk_fanout(prefix2: str) -> str:
+    """The LIST prefix holding every chunk whose hash starts with `prefix2`."""
+    return f"{CHUNKS}{prefix2}/"
+
+
+def chunk_hash(key: str) -> str | None:
+    """The hash a chunk key names, or None for any other key."""
+    h = key.rsplit("/", 1)[-1]
+    return h if key == chunk(h) and _HEX64.match(h) else None
+
+
+def manifest(mid: str) -> str:
+    return f"{MANIFESTS}{mid}.json"
+
+
+def manifest_id(key: str) -> str | None:
+    """The id a manifest key names, or None for a stray object under manifests/."""
+    name = key[len(MANIFESTS):] if key.startswith(MANIFESTS) else ""
+    mid = name[:-5] if name.endswith(".json") else ""
+    return mid if _HEX64.match(mid) else None
+
+
+def signatures_of(mid: str) -> str:
+    return f"{SIGNATURES}{mid}/"
+
+
+def signature(mid: str, fingerprint: str) -> str:
+    return f"{SIGNATURES}{mid}/{fingerprint}.json"
+
+
+def filemap(h: str) -> str:
+    return f"{FILEMAPS}{h[:2]}/{h}.json"
+
+
+def event(writer: str, name: str) -> str:
+    return f"{EVENTS}{writer}/{name}.json"
+
+
+def quarantined(key: str, tag: str) -> str:
+    return f"{QUARANTINE}{key}.{tag}"

@@ -1,0 +1,205 @@
+"""archiver/repository.py and archiver/layout.py: the one door to the store and the catalog.
+
+Saving deduplicates and proves what it relies on; every read is re-hashed; a file's
+chunks stream in order with a whole-file check; manifests are committed without ever
+overwriting; a bad manifest never stops a walk of the store."""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import blake3
+import pytest
+
+from archiver import layout
+from archiver.digests import FileDigest
+from archiver.errors import CorruptChunkError, FileHashError, ManifestError, ObjectMissingError
+from archiver.repository import Repository
+from archiver.settings import Settings
+from manifests.model import ChunkRef, Entry, Manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo(tmp_path):
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db"), create=True) as r:
+        yield r
+
+
+def obj_path(tmp_path: Path, key: str) -> Path:
+    return tmp_path / "store" / key
+
+
+def save(repo: Repository, data: bytes, width: int = 0) -> ChunkRef:
+    h = blake3.blake3(data).hexdigest()
+    saved = repo.save_chunk(h, data, width)
+    return ChunkRef(0, len(data), h, saved.stored_size, saved.codec)
+
+
+def file_entry(path: str, pieces: list[bytes], refs: list[ChunkRef]) -> Entry:
+    d = FileDigest()
+    off = 0
+    placed = []
+    for data, r in zip(pieces, refs):
+        d.update(data)
+        placed.append(ChunkRef(off, r.length, r.hash, r.stored_size, r.codec))
+        off += r.length
+    return Entry(path=path, type="file", mode=0o644, size=off, mtime_ns=0, blake3=d.blake3, sha256=d.sha256,
+                 chunks=tuple(placed))
+
+
+# -- layout ------------------------------------------------------------------------------------
+
+def test_layout_keys_and_their_inverses():
+    h = "ab" + "0" * 62
+    assert layout.chunk(h) == f"chunks/ab/{h}" and layout.chunk_hash(layout.chunk(h)) == h
+    assert layout.chunk_fanout("ab") == "chunks/ab/" and layout.chunk(h).startswith(layout.chunk_fanout("ab"))
+    assert layout.manifest(h) == f"manifests/{h}.json" and layout.manifest_id(layout.manifest(h)) == h
+    assert layout.signature(h, "f" * 32) == f"signatures/{h}/{'f' * 32}.json"
+    assert layout.signature(h, "f" * 32).startswith(layout.signatures_of(h))
+    assert layout.filemap(h) == f"filemaps/ab/{h}.json"
+    assert layout.event("w1", "0001").startswith(layout.EVENTS)
+    # strays are not mistaken for objects
+    for stray in ("manifests/readme.txt", "manifests/" + h, "chunks/cd/" + h, "chunks/ab/xyz", "store.json"):
+        assert layout.chunk_hash(stray) is None and layout.manifest_id(stray) is None
+
+
+def _string_constants(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    return [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def test_no_module_but_layout_spells_a_store_key():
+    prefixes = ("chunks/", "manifests/", "signatures/", "filemaps/", "events/", "quarantine/", "store.json")
+    offenders = []
+    for path in sorted((ROOT / "archiver").rglob("*.py")) + sorted((ROOT / "manifests").rglob("*.py")):
+        if path.name == "layout.py":
+            continue
+        for s in _string_constants(path):
+            if s.startswith(prefixes):
+                offenders.append(f"{path.relative_to(ROOT)}: {s!r}")
+    assert offenders == []
+
+
+def test_only_the_repository_touches_store_and_catalog():
+    """The one-door rule, checked on the source: no `repo.store`/`repo.catalog`/`repo.codec`
+    outside repository.py, and only repository.py (and the stores package, and the API's
+    documented open_store) builds a Store or a Catalog."""
+    offenders = []
+    for path in sorted((ROOT / "archiver").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        text = path.read_text()
+        for needle in ("repo.store.", "repo.catalog.", "repo.codec.", "._store.", "._catalog."):
+            if needle in text and rel != "archiver/repository.py":
+                offenders.append(f"{rel}: {needle}")
+        if "Catalog(" in text and rel != "archiver/repository.py":
+            offenders.append(f"{rel}: Catalog(")
+    assert offenders == []
+
+
+def test_manifests_package_stands_alone():
+    code = "import sys, manifests, manifests.model, manifests.catalog, manifests.paths, manifests.signing; " \
+           "print(sorted(m for m in sys.modules if m == 'archiver' or m.startswith('archiver.')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# -- chunks ------------------------------------------------------------------------------------
+
+def test_save_chunk_writes_once_and_round_trips(repo):
+    data = os.urandom(1000) + bytes(5000)
+    h = blake3.blake3(data).hexdigest()
+    first = repo.save_chunk(h, data, 0)
+    assert first.written and first.stored_size < len(data)
+    again = repo.save_chunk(h, data, 0)
+    assert not again.written and (again.stored_size, again.codec) == (first.stored_size, first.codec)
+    assert repo.read_chunk(ChunkRef(0, len(data), h, first.stored_size, first.codec)) == data
+    assert repo.chunk_sizes([h, "ff" * 32]) == {h: first.stored_size}
+
+
+def test_existing_chunk_the_catalog_does_not_know_is_proved_before_use(repo, tmp_path):
+    data = os.urandom(3000)
+    ref = save(repo, data)
+    p = obj_path(tmp_path, layout.chunk(ref.hash))
+    os.chmod(p, 0o644)
+    raw = bytearray(p.read_bytes())
+    raw[-1] ^= 0xFF  # same size, wrong bytes; no manifest recorded it, so it must be read back
+    p.write_bytes(bytes(raw))
+    with pytest.raises(CorruptChunkError) as ei:
+        repo.save_chunk(ref.hash, data, 0)
+    assert ei.value.chunk == ref.hash
+
+
+def test_read_chunk_checks_size_and_hash(repo, tmp_path):
+    data = os.urandom(2000)
+    ref = save(repo, data)
+    with pytest.raises(CorruptChunkError, match="stored size"):
+        repo.read_chunk(ChunkRef(0, ref.length, ref.hash, ref.stored_size + 1, ref.codec))
+    missing = ChunkRef(0, 10, "ee" * 32, 10, "raw")
+    with pytest.raises(ObjectMissingError):
+        repo.read_chunk(missing)
+    assert isinstance(repo.try_read_chunk(missing), ObjectMissingError)
+
+
+# -- stream_file -------------------------------------------------------------------------------
+
+def test_stream_file_yields_in_order_and_checks_the_whole_file(repo):
+    pieces = [os.urandom(1500) for _ in range(6)]
+    refs = [save(repo, p) for p in pieces]
+    e = file_entry("f.bin", pieces, refs)
+    with ThreadPoolExecutor(3) as pool:
+        got = [p.data for p in repo.stream_file(e, pool, 3)]
+        assert got == pieces
+        wrong = Entry(**{**e.__dict__, "sha256": "0" * 64})
+        with pytest.raises(FileHashError) as ei:
+            list(repo.stream_file(wrong, pool, 3))
+        assert ei.value.path == "f.bin"
+        list(repo.stream_file(wrong, pool, 3, sha256=False))  # BLAKE3 only: passes
+
+
+def test_stream_file_damage_raises_or_is_reported_with_keep_going(repo, tmp_path):
+    pieces = [os.urandom(1500) for _ in range(4)]
+    refs = [save(repo, p) for p in pieces]
+    e = file_entry("f.bin", pieces, refs)
+    os.unlink(obj_path(tmp_path, layout.chunk(refs[1].hash)))
+    with ThreadPoolExecutor(2) as pool:
+        with pytest.raises(ObjectMissingError):
+            list(repo.stream_file(e, pool, 2))
+        out = list(repo.stream_file(e, pool, 2, keep_going=True))  # no FileHashError: it cannot pass
+    assert [p.error is None for p in out] == [True, False, True, True]
+    assert out[1].ref.hash == refs[1].hash and out[1].ref.offset == 1500
+
+
+# -- manifests ---------------------------------------------------------------------------------
+
+def test_commit_manifest_never_overwrites_a_different_object(repo, tmp_path):
+    data = os.urandom(100)
+    ref = save(repo, data)
+    m = Manifest(name="m", entries=(file_entry("a", [data], [ref]),))
+    done = repo.commit_manifest(m, details={"note": "x"})
+    assert done.id == m.id and repo.is_recorded(m.id) and repo.resolve("m") == m.id
+    assert repo.commit_manifest(m).id == m.id  # identical bytes: idempotent
+    other = Manifest(name="other", entries=())
+    p = obj_path(tmp_path, layout.manifest(other.id))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"not the manifest")
+    with pytest.raises(ManifestError, match="different object"):
+        repo.commit_manifest(other)
+
+
+def test_iter_manifests_reports_a_bad_one_and_goes_on(repo, tmp_path):
+    good = [Manifest(name=f"m{i}", entries=()) for i in range(3)]
+    for m in good:
+        repo.commit_manifest(m)
+    bad_id = "ab" * 32
+    obj_path(tmp_path, layout.manifest(bad_id)).write_bytes(b"{}")
+    (tmp_path / "store" / "manifests" / "stray.txt").write_bytes(b"x")
+    seen = {sm.id: sm for sm in repo.iter_manifests()}
+    assert set(seen) == {m.id for m in good} | {bad_id}
+    assert isinstance(seen[bad_id].error, ManifestError) and seen[bad_id].manifest is None
+    assert all(seen[m.id].manifest == m for m in good)
