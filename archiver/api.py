@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from archiver import checker, pipeline, restorer
 from archiver.errors import translated
@@ -53,13 +53,21 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
             meta: dict[str, str] | None = None, sign_key: str | os.PathLike | None = None,
             repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
             settings: Settings | None = None, progress: Progress | None = None, **options) -> ArchiveResult:
-    """`sign_key`: path of an Ed25519 private key (from `keygen`) to sign the manifest with."""
-    from manifests import signing  # cryptography loads only when signatures are used
-    with translated():
-        key = signing.load_private(sign_key) if sign_key is not None else None
+    """`sign_key`: path of an Ed25519 private key (from `keygen`) to sign the manifest with
+    (or a key already loaded with `signing_key`)."""
+    key = signing_key(sign_key)
     with _repo(repo, store, catalog, create=True, settings=settings) as r:
         return pipeline.archive(r, list(paths), name=name, label=label, meta=meta, progress=progress,
                                 sign_key=key, **options)
+
+
+def signing_key(key: str | os.PathLike | Any | None) -> Any:
+    """The Ed25519 private key at a path, loaded and checked now (a loaded key passes through)."""
+    if key is None or not isinstance(key, (str, os.PathLike)):
+        return key
+    from manifests import signing  # cryptography loads only when signatures are used
+    with translated():
+        return signing.load_private(key)
 
 
 def keygen(path: str | os.PathLike) -> tuple[Path, Path]:

@@ -84,8 +84,9 @@ def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, me
                 sign_key: str | None, as_json: bool) -> None:
     """Archive files and directories; prints the manifest id."""
     meta_d = _parse_meta(meta)
+    key = api.signing_key(sign_key)  # refused before the store is touched
     with c.repo(create=True) as repo:
-        res = api.archive(paths, name=name, label=label, meta=meta_d, sign_key=sign_key, repo=repo,
+        res = api.archive(paths, name=name, label=label, meta=meta_d, sign_key=key, repo=repo,
                           progress=Progress.for_terminal("archive", quiet=as_json))
     if as_json:
         emit(res.to_dict())
@@ -224,41 +225,55 @@ def rebuild_cmd(c: Ctx, as_json: bool) -> None:
         click.echo(f"catalog rebuilt: {len(added)} manifest(s) added")
 
 
+def fail(message: str, code: int, as_json: bool, kind: str = "error", **fields: Any) -> None:
+    """One line on stderr; with --json also one JSON document on stdout; then exit."""
+    click.echo(f"archiver: {'' if kind == 'internal' else 'error: '}{message}", err=True)
+    if as_json:
+        emit({"ok": False, "error": message, "kind": kind, "exit_code": code, **fields})
+    sys.exit(code)
+
+
+def _fields(err: ArchiverError) -> dict[str, Any]:
+    """The public, JSON-able fields an error carries (path, chunk, option, ...)."""
+    return {k: v for k, v in vars(err).items()
+            if not k.startswith("_") and isinstance(v, (str, int, float, bool, type(None)))}
+
+
+def _kind(err: BaseException) -> str:
+    name = type(err).__name__.removesuffix("Error") or "Archiver"
+    return "".join("-" + c.lower() if c.isupper() else c for c in name).lstrip("-")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: map every failure to one line and an exit code."""
     debug = os.environ.get("ARCHIVER_DEBUG") == "1"
+    args = sys.argv[1:] if argv is None else list(argv)
+    as_json = "--json" in args
     malloc.tune()
     try:
-        cli.main(args=argv, prog_name="archiver", standalone_mode=False)
+        cli.main(args=args, prog_name="archiver", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:  # click's usage errors, as one line like every other error
         hint = " (see --help)" if isinstance(e, click.UsageError) else ""
-        click.echo(f"archiver: error: {' '.join(e.format_message().split())}{hint}", err=True)
-        sys.exit(e.exit_code)
+        fail(f"{' '.join(e.format_message().split())}{hint}", e.exit_code, as_json, "usage")
     except click.exceptions.Abort:
-        click.echo("archiver: aborted", err=True)
-        sys.exit(130)
+        fail("aborted", 130, as_json, "interrupted")
     except ArchiverError as e:
         if debug:
             raise
-        click.echo(f"archiver: error: {describe(e)}", err=True)
-        sys.exit(e.exit_code)
+        fail(describe(e), e.exit_code, as_json, _kind(e), **_fields(e))
     except KeyboardInterrupt:
-        click.echo("archiver: interrupted; nothing partial was recorded", err=True)
-        sys.exit(130)
+        fail("interrupted; nothing partial was recorded", 130, as_json, "interrupted")
     except OSError as e:
         if debug:
             raise
-        where = f" {e.filename}" if e.filename else ""
-        click.echo(f"archiver: error:{where} {e.strerror or e}", err=True)
-        sys.exit(1)
+        where = f"{e.filename} " if e.filename else ""
+        fail(f"{where}{e.strerror or e}", 1, as_json, "os")
     except Exception as e:  # last resort: still one line, with a way to see more
         if debug:
             raise
-        click.echo(f"archiver: internal error: {type(e).__name__}: {e} (ARCHIVER_DEBUG=1 for a traceback)",
-                   err=True)
-        sys.exit(1)
+        fail(f"internal error: {type(e).__name__}: {e} (ARCHIVER_DEBUG=1 for a traceback)", 1, as_json, "internal")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ class Settings:
         env = os.environ if env is None else env
         home = home_dir(env)
         default_store = normalise_store_url(str(home / "store"))
+        if store is not None and not str(store).strip():
+            raise InvalidOptionError("store", "is empty (an unset variable?)")
         url = normalise_store_url(store or env.get(STORE_ENV) or str(home / "store"))
         cat = catalog or env.get(CATALOG_ENV)
         path = Path(cat).expanduser() if cat else default_catalog_path(home, url, default_store)

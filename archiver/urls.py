@@ -9,6 +9,25 @@ from pathlib import Path
 from archiver.errors import UsageError
 
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# A scheme-like start without '//' ("s3:bucket", "file:/x"): a mistyped URL, never a directory name.
+_URLISH = re.compile(r"^(s3|file|https?|gs|gcs|az|abfss?|swift|b2|sftp|rclone|minio):", re.IGNORECASE)
+# Bucket names as S3 and its compatible servers accept them (AWS is stricter; the server decides).
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+USAGE = "use a path, file:///path or s3://bucket/prefix"
+
+
+def parse_s3(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of an s3:// URL; a missing or malformed bucket is a usage error, so
+    an unset variable in `s3://$BUCKET` never falls back to anything."""
+    match = SCHEME.match(url)
+    if match is None or match.group(1).lower() != "s3":
+        raise UsageError(f"not an S3 URL: {url!r} ({USAGE})")
+    bucket, _, prefix = url[match.end():].partition("/")
+    if not bucket:
+        raise UsageError(f"S3 URL {url!r} has no bucket name ({USAGE})")
+    if not _BUCKET.match(bucket):
+        raise UsageError(f"S3 URL {url!r} has an invalid bucket name {bucket!r}")
+    return bucket, prefix.strip("/")
 
 
 def local_path(url: str) -> Path | None:
@@ -16,6 +35,8 @@ def local_path(url: str) -> Path | None:
     or None for another scheme."""
     match = SCHEME.match(url)
     if match is None:
+        if _URLISH.match(url):
+            raise UsageError(f"malformed store URL {url!r} ({USAGE})")
         return Path(url)
     if match.group(1).lower() != "file":
         return None
@@ -35,8 +56,15 @@ def file_url(path: Path) -> str:
 
 def normalise_store_url(url: str) -> str:
     """Local paths become absolute file:// URLs so the same store always has one name;
-    any other scheme is left for `open_store` to accept or refuse."""
-    if url.startswith("s3://"):
-        return url.rstrip("/")
+    an S3 URL must name a bucket; any other scheme is a usage error."""
+    if not url.strip():
+        raise UsageError(f"empty store URL ({USAGE})")
     path = local_path(url)
-    return url if path is None else file_url(path.expanduser().resolve())
+    if path is not None:
+        return file_url(path.expanduser().resolve())
+    match = SCHEME.match(url)
+    assert match is not None
+    if match.group(1).lower() != "s3":
+        raise UsageError(f"unsupported store URL {url!r} ({USAGE})")
+    bucket, prefix = parse_s3(url)
+    return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"

@@ -64,8 +64,11 @@ def jrun(*args: str, code: int = 0):
     return json.loads(r.out)  # raises on anything but a single JSON document
 
 
-def one_line_error(r) -> None:
-    assert r.out == "", r.out
+def one_line_error(r, as_json: bool | None = None) -> None:
+    """One line on stderr; stdout empty, or with --json exactly one error document."""
+    json_out(r) if as_json or (as_json is None and r.out) else None
+    if not r.out:
+        assert r.out == ""
     assert "Traceback" not in r.err
     assert r.err.startswith("archiver: error: ") and r.err.count("\n") == 1 and r.err.endswith("\n"), r.err
 
@@ -148,7 +151,11 @@ def _fill(args, src, tmp_path):
 def test_usage_error_exits_2_without_traceback(archived, src, tmp_path, args, fragment, origin):
     r = run_cli(*_fill(args, src, tmp_path))
     assert r.code == 2, (r.out, r.err)
-    assert r.out == "" and "Traceback" not in r.err
+    assert "Traceback" not in r.err
+    if "--json" in args:
+        json_out(r)
+    else:
+        assert r.out == ""
     assert fragment in r.err
     # nothing was done: still the one archive, no restore destination
     assert [x["id"] for x in jrun("list", "--json")] == [archived["id"]]
@@ -325,10 +332,21 @@ def test_catalog_rebuild_json(archived, home):
     assert [r["id"] for r in jrun("list", "--json")] == [archived["id"]]
 
 
-def test_errors_with_json_print_nothing_on_stdout(archived):
+def json_out(r) -> dict:
+    """With --json, a failure still prints one JSON document: ok false, the error, its exit code."""
+    doc = json.loads(r.out)
+    assert doc["ok"] is False and doc["exit_code"] == r.code and doc["error"] in r.err and doc["kind"]
+    return doc
+
+
+def test_errors_with_json_print_one_error_document(archived):
     for args in (["show", "nope", "--json"], ["verify", "--json"], ["list", "--bogus", "--json"]):
         r = run_cli(*args)
-        assert r.code != 0 and r.out == "" and r.err and "Traceback" not in r.err
+        assert r.code == 2 and r.err and "Traceback" not in r.err
+        json_out(r)
+    assert json_out(run_cli("show", "nope", "--json"))["ref"] == "nope"  # the error's fields ride along
+    r = run_cli("show", "nope")
+    assert r.out == "" and r.code == 2  # without --json, stdout stays empty
 
 
 # -- choosing the store and the catalog -----------------------------------------------------------
@@ -430,3 +448,40 @@ def test_archiver_debug_shows_the_exception(archived, monkeypatch):
     monkeypatch.setenv("ARCHIVER_DEBUG", "1")
     with pytest.raises(ArchiverError, match="nope"):
         run_cli("show", "nope")
+
+
+# -- store URLs that are not what the user meant (issue 14 item 3) --------------------------------
+
+@pytest.mark.parametrize("url", ["s3://", "s3:///prefix", "s3:bucket", "S3:bucket/p", "file:/x", "http://h/x",
+                                 "s3://bad name/p", "s3://-/p", "gs://bucket"])
+def test_malformed_store_url_is_usage_error_and_writes_nothing(home, src, tmp_path, monkeypatch, url):
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    r = run_cli("--store", url, "archive", str(src), "--name", "m")
+    assert r.code == 2, (url, r.err)
+    one_line_error(r)
+    assert list(work.iterdir()) == [] and not home.exists()  # no "s3:" directory, no default store
+
+
+def test_empty_store_flag_is_refused_not_the_default(home, src):
+    r = run_cli("--store", "", "archive", str(src), "--name", "m")
+    assert r.code == 2 and "--store is empty" in r.err
+    assert not home.exists()
+
+
+def test_archive_into_non_store_directory_is_refused(home, src, tmp_path):
+    """A mistyped --store naming a directory of data must not turn it into a store."""
+    data = tmp_path / "checkpoints"
+    data.mkdir()
+    (data / "weights.bin").write_bytes(b"precious")
+    r = run_cli("--store", str(data), "archive", str(src), "--name", "m")
+    assert r.code == 2 and "not empty and holds no archiver store" in r.err
+    assert sorted(p.name for p in data.iterdir()) == ["weights.bin"]
+
+
+def test_refused_sign_key_touches_no_store(home, src, tmp_path):
+    r = run_cli("--store", str(tmp_path / "new"), "archive", str(src), "--name", "m", "--sign-key",
+                str(tmp_path / "missing-key"))
+    assert r.code == 2 and "no signing key" in r.err
+    assert not (tmp_path / "new").exists()

@@ -11,7 +11,7 @@ from archiver.errors import NoStoreError, ObjectMissingError, StoreError, UsageE
 from archiver.settings import S3Options
 from archiver.stores.base import ObjectInfo, Store
 from archiver.stores.local import LocalStore, validate_key
-from archiver.urls import SCHEME, local_path
+from archiver.urls import SCHEME, local_path, parse_s3
 
 __all__ = ["Store", "ObjectInfo", "LocalStore", "S3Options", "open_store", "marker_bytes", "validate_key",
            "STORE_FORMAT", "STORE_VERSION"]
@@ -40,6 +40,8 @@ def open_store(url: str, *, create: bool = False, s3_options: S3Options | None =
     if raw is None:
         if not create:
             raise NoStoreError(url)
+        if next(iter(store.list("")), None) is not None:  # a mistyped --store must not turn data into a store
+            raise UsageError(f"{url} is not empty and holds no archiver store; refusing to create one there")
         if store.put_if_absent(layout.MARKER, marker_bytes()):
             return store
         raw = store.get(layout.MARKER)  # created concurrently by another process
@@ -76,10 +78,7 @@ def _store_for_url(url: str, s3_options: S3Options | None) -> Store:
     assert match is not None  # local_path returned None: the URL has a scheme
     scheme = match.group(1).lower()
     if scheme == "s3":
-        bucket, _, prefix = url[match.end():].partition("/")
-        if not bucket:
-            raise UsageError(f"S3 URL {url} has no bucket name (use s3://bucket/prefix)")
-        prefix = prefix.strip("/")
+        bucket, prefix = parse_s3(url)
         if prefix:
             try:
                 validate_key(prefix)
