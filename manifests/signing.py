@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from manifests.errors import KeyFileError, SignatureError
 
 DOMAIN = b"archiver-manifest-v1:"
-# A signature object is ~250 bytes; anything much larger is not one, and is refused
-# before it is parsed rather than held and decoded.
+# A signature object is ~250 bytes; anything much larger is not one and is refused
+# without being parsed.
 MAX_SIGNATURE_BYTES = 4096
 
 
