@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -18,6 +19,7 @@ from archiver.errors import ArchiverError, InvalidOptionError, UsageError
 from archiver.progress import Progress, human_bytes
 from archiver.repository import Repository
 from archiver.settings import Settings
+from manifests.paths import BIDI_CONTROLS
 
 
 class Ctx:
@@ -43,6 +45,19 @@ def describe(err: ArchiverError) -> str:
     if err.remedy:
         text += f" (use {flag(err.remedy)})"
     return text
+
+
+# What a terminal must never receive raw from a manifest or the catalog: C0, DEL and C1
+# controls (ESC[2J clears the screen, U+009B is a one-byte CSI), lone surrogates (they
+# cannot even be encoded), line/paragraph separators and bidirectional controls.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029" + "".join(sorted(BIDI_CONTROLS)) + "]")
+
+
+def printable(text: object) -> str:
+    """`text` for a human line: each control, bidi or lone-surrogate character becomes a
+    \\xNN or \\uNNNN escape (as repr writes it, without the quotes); everything else is
+    left alone. Names, labels, meta, paths and problem details all pass through here."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], str(text))
 
 
 def emit(data: Any) -> None:
@@ -111,8 +126,8 @@ def list_cmd(c: Ctx, name: str | None, as_json: bool) -> None:
         return
     for d in data:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["recorded_at"]))
-        click.echo(f"{d['id'][:16]}  {when}  {d['name']}@{d['label'] or '-'}  {d['files']} files  "
-                   f"{human_bytes(d['size'])}")
+        click.echo(printable(f"{d['id'][:16]}  {when}  {d['name']}@{d['label'] or '-'}  {d['files']} files  "
+                             f"{human_bytes(d['size'])}"))
 
 
 @cli.command("show")
@@ -126,16 +141,17 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
     if as_json:
         emit({"id": mid, "manifest": m.to_dict()})
         return
-    click.echo(f"id:      {mid}\nname:    {m.name}\nlabel:   {m.label or '-'}\nparent:  {m.parent or '-'}")
-    for k, v in sorted(m.meta.items()):
-        click.echo(f"meta:    {k}={v}")
-    click.echo(f"files:   {len(m.files)}, {human_bytes(m.total_size)}, stored {human_bytes(m.stored_size)}")
+    lines = [f"id:      {mid}", f"name:    {m.name}", f"label:   {m.label or '-'}", f"parent:  {m.parent or '-'}"]
+    lines += [f"meta:    {k}={v}" for k, v in sorted(m.meta.items())]
+    lines.append(f"files:   {len(m.files)}, {human_bytes(m.total_size)}, stored {human_bytes(m.stored_size)}")
     for e in sorted(m.entries, key=lambda e: e.path):
         if e.is_file:
-            click.echo(f"  {e.mode:04o} {e.size:>14}  {e.blake3[:16]}  {e.path}  ({len(e.chunks)} chunks"
-                       f"{', ' + e.format if e.format else ''})")
+            lines.append(f"  {e.mode:04o} {e.size:>14}  {e.blake3[:16]}  {e.path}  ({len(e.chunks)} chunks"
+                         f"{', ' + e.format if e.format else ''})")
         else:
-            click.echo(f"  {e.mode:04o} {'dir':>14}  {'':16}  {e.path}/")
+            lines.append(f"  {e.mode:04o} {'dir':>14}  {'':16}  {e.path}/")
+    for line in lines:
+        click.echo(printable(line))
 
 
 @cli.command("verify")
@@ -161,7 +177,7 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
         emit(rep.to_dict())
     else:
         for p in rep.problems:
-            click.echo(p.line())
+            click.echo(printable(p.line()))
         status = "OK" if rep.ok else f"FAILED: {len(rep.problems)} problem(s)"
         click.echo(f"{status} — {rep.mode} verify of {len(rep.manifests)} archive(s): {rep.chunks_checked} chunks "
                    f"listed, {rep.chunks_read} read ({human_bytes(rep.bytes_read)}), {rep.files_hashed} files "
@@ -189,9 +205,9 @@ def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bo
         emit(res.to_dict())
     else:
         for p in res.problems:
-            click.echo(f"not restored: {p.path}: {p.line()}", err=True)
-        click.echo(f"{'restored' if res.ok else 'FAILED'}: {res.files} files, {human_bytes(res.bytes)} "
-                   f"into {res.dest} in {res.seconds:.1f}s", err=not res.ok)
+            click.echo(printable(f"not restored: {p.path}: {p.line()}"), err=True)
+        click.echo(printable(f"{'restored' if res.ok else 'FAILED'}: {res.files} files, {human_bytes(res.bytes)} "
+                             f"into {res.dest} in {res.seconds:.1f}s"), err=not res.ok)
     sys.exit(0 if res.ok else 1)
 
 

@@ -25,6 +25,7 @@ from archiver.digests import FileDigest
 from archiver.repository import Repository, SavedChunk
 from archiver.scan import Source, scan
 from manifests.model import ChunkRef, Entry, Manifest
+from manifests.paths import unsafe_char
 
 
 @dataclass
@@ -147,6 +148,6 @@ def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, p
 
 
 def _check_name(value: str, what: str) -> None:
-    if not value or "@" in value or any(ord(c) < 32 for c in value) or value != value.strip():
-        raise UsageError(f"invalid {what} {value!r}: must be non-empty, without '@', control characters "
-                         f"or surrounding spaces")
+    if not value or "@" in value or unsafe_char(value) is not None or value != value.strip():
+        raise UsageError(f"invalid {what} {value!r}: must be non-empty, without '@', control or bidirectional "
+                         f"characters or surrounding spaces")

@@ -155,7 +155,8 @@ def _restore_file(repo: Repository, mid: str, root_fd: int, e: Entry, pool: Thre
     parts = e.path.split("/")
     dir_fd = _open_dir(root_fd, parts[:-1], create=True)
     name = parts[-1]
-    tmp = f".{name[:200]}.{secrets.token_hex(6)}.archiver-tmp"
+    # 200 bytes of the name, not characters: a 255-byte name of 3-byte characters must fit too
+    tmp = f".{name.encode()[:200].decode('utf-8', 'ignore')}.{secrets.token_hex(6)}.archiver-tmp"
     fd = -1
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),

@@ -15,11 +15,18 @@ from typing import Any
 import blake3
 
 from manifests.errors import ManifestError
+from manifests.paths import unsafe_char
 
 FORMAT = "archiver-manifest"
 VERSION = 1
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_MANIFEST_BYTES = 1 << 31
+# The mtimes `restore` can set: os.utime takes whole seconds that fit a 64-bit time_t
+# (floor(ns / 1e9) in [-2**63, 2**63 - 1]), and that range holds every mtime os.stat can
+# report, so an archive never records one that restore cannot write back.
+MTIME_NS_MIN = -(2**63) * 10**9
+MTIME_NS_MAX = 2**63 * 10**9 - 1
 
 
 @dataclass(frozen=True)
@@ -146,11 +153,17 @@ def parse_manifest(data: bytes, expected_id: str | None = None) -> Manifest:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestError(f"manifest is not valid JSON: {e}") from None
+    except RecursionError:  # '[[[[...' deeper than the interpreter's stack: hostile, not a crash
+        raise ManifestError("malformed manifest: JSON nested too deeply") from None
     m = manifest_from_dict(obj)
     # Compare against the parsed manifest's own serialisation, not just `canonical(obj)`:
     # unsorted entries, a missing/extra key or `"version":true` re-serialise the same way
     # but give a Manifest whose id differs from the id of these bytes.
-    if canonical(obj) != data or m.canonical_json() != data:
+    try:
+        same = canonical(obj) == data and m.canonical_json() == data
+    except RecursionError:  # nesting json.loads took but json.dumps does not (unknown keys)
+        raise ManifestError("malformed manifest: JSON nested too deeply") from None
+    if not same:
         raise ManifestError("manifest is not in canonical form")
     return m
 
@@ -164,13 +177,36 @@ def _int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def is_mtime_ns(v: object) -> bool:
+    """An int mtime (ns since the epoch) that `os.utime` can set: see MTIME_NS_MIN/MAX."""
+    return isinstance(v, int) and not isinstance(v, bool) and MTIME_NS_MIN <= v <= MTIME_NS_MAX
+
+
+def _text(v: object, what: str) -> None:
+    """A name or label: non-empty text without controls, bidi overrides or lone surrogates,
+    the characters `unsafe_char` refuses in paths (they rewrite terminals and listings)."""
+    if not isinstance(v, str) or v == "":
+        raise ManifestError(f"malformed manifest: {what}")
+    why = unsafe_char(v)
+    _need(why is None, f"{what} has a {why}")
+
+
+def _brief(v: object) -> str:
+    """A short repr for an error message: hostile values can be huge or deeply nested."""
+    if isinstance(v, (list, dict)):
+        return type(v).__name__
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def manifest_from_dict(obj: Any) -> Manifest:
     _need(isinstance(obj, dict), "not an object")
     _need(obj.get("format") == FORMAT, "wrong format marker")
-    _need(obj.get("version") == VERSION, f"unsupported version {obj.get('version')!r}")
+    _need(obj.get("version") == VERSION, f"unsupported version {_brief(obj.get('version'))}")
     name, label, meta, parent = obj.get("name"), obj.get("label"), obj.get("meta"), obj.get("parent")
-    _need(isinstance(name, str) and name != "", "name")
-    _need(label is None or isinstance(label, str), "label")
+    _text(name, "name")
+    if label is not None:
+        _text(label, "label")
     _need(isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()), "meta")
     _need(parent is None or is_hash(parent), "parent")
     raw_entries = obj.get("entries")
@@ -183,13 +219,16 @@ def _entry(e: Any) -> Entry:
     _need(isinstance(e, dict), "entry is not an object")
     path, typ, mode = e.get("path"), e.get("type"), e.get("mode")
     _need(isinstance(path, str), "entry path")
+    # Path safety is check_paths' job (verify reports it as unsafe-path); here only what no
+    # path can be: text without UTF-8 form, which no filesystem or catalog can hold.
+    _need(not _SURROGATE.search(path), f"entry path {_brief(path)} has a lone surrogate")
     _need(_int(mode) and mode <= 0o7777, f"mode of {path!r}")
     if typ == "dir":
         return Entry(path=path, type="dir", mode=mode)
     _need(typ == "file", f"type of {path!r}")
     size, mtime = e.get("size"), e.get("mtime_ns")
     _need(_int(size), f"size of {path!r}")
-    _need(isinstance(mtime, int) and not isinstance(mtime, bool), f"mtime of {path!r}")
+    _need(is_mtime_ns(mtime), f"mtime of {path!r} is not an int restore can set")
     _need(is_hash(e.get("blake3")), f"blake3 of {path!r}")
     _need(is_hash(e.get("sha256")), f"sha256 of {path!r}")
     _need(isinstance(e.get("format"), str), f"format of {path!r}")

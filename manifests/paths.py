@@ -2,8 +2,10 @@
 
 A manifest may come from an untrusted or tampered store, so every path is checked
 before anything is written: relative, '/'-separated, no '..' or '.', no drive letters
-or UNC prefixes, no backslashes, no NUL or control characters, and no two entries that
-would land on the same file on a case-insensitive or Unicode-normalising filesystem."""
+or UNC prefixes, no backslashes, no unsafe characters (see `unsafe_char`), components of
+at most 255 UTF-8 bytes, and no two entries that would land on the same file on a
+case-insensitive or Unicode-normalising filesystem. Archive names and labels follow the
+same character rule, so what `archive` accepts, `verify` passes and `restore` can write."""
 from __future__ import annotations
 
 import re
@@ -15,6 +17,25 @@ from manifests.errors import UnsafePathError
 _DRIVE = re.compile(r"^[A-Za-z]:")
 MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
+# Characters that reorder how text is displayed (Trojan Source, CVE-2021-42574): a name
+# shown as "model.bin" may really be "nib.ledom". LRE..RLO, LRI..PDI, LRM, RLM, ALM.
+BIDI_CONTROLS = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C))
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff" + "".join(sorted(BIDI_CONTROLS)) + "]")
+
+
+def unsafe_char(text: str) -> str | None:
+    """Why `text` cannot be a path, name or label, or None. Refused: C0 controls, DEL and
+    C1 controls (terminal escapes: U+009B is CSI), lone surrogates (no UTF-8 form, so no
+    file can be named so and no catalog can store it) and bidirectional controls."""
+    m = _UNSAFE.search(text)
+    if m is None:
+        return None
+    c = ord(m.group())
+    if 0xD800 <= c <= 0xDFFF:
+        return f"lone surrogate U+{c:04X}"
+    if chr(c) in BIDI_CONTROLS:
+        return f"bidirectional control U+{c:04X}"
+    return f"NUL or control character U+{c:04X}"
 
 
 def check_path(path: str) -> list[str]:
@@ -24,15 +45,16 @@ def check_path(path: str) -> list[str]:
 
     if not isinstance(path, str) or path == "":
         raise bad("empty")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
-        raise bad("NUL or control character")
+    why = unsafe_char(path)
+    if why is not None:
+        raise bad(why)
     if "\\" in path:
         raise bad("backslash")
     if path.startswith("/"):
         raise bad("absolute")
     if _DRIVE.match(path):
         raise bad("drive letter")
-    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+    if len(path.encode("utf-8")) > MAX_PATH_BYTES:
         raise bad("too long")
     parts = path.split("/")
     for p in parts:
@@ -42,7 +64,7 @@ def check_path(path: str) -> list[str]:
             raise bad(f"'{p}' component")
         if _DRIVE.match(p):
             raise bad("drive letter or alternate data stream")
-        if len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        if len(p.encode("utf-8")) > MAX_NAME_BYTES:
             raise bad("component too long")
     return parts
 

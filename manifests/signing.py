@@ -19,6 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from manifests.errors import KeyFileError, SignatureError
 
 DOMAIN = b"archiver-manifest-v1:"
+# A signature object is ~250 bytes; anything much larger is not one and is refused
+# without being parsed.
+MAX_SIGNATURE_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -92,13 +95,19 @@ def sign(key: Ed25519PrivateKey, mid: str) -> Signature:
 
 
 def parse_signature(data: bytes) -> Signature:
+    """A signature object from the store; anything else (too large, not JSON, nested
+    deeper than the parser's stack, wrong fields) is a SignatureError, never a crash."""
+    if len(data) > MAX_SIGNATURE_BYTES:
+        raise SignatureError(f"malformed signature object: {len(data)} bytes (at most {MAX_SIGNATURE_BYTES})")
     try:
         obj = json.loads(data)
         sig = Signature(obj["manifest"], obj["public_key"], obj["signature"])
-        if obj.get("alg") != "ed25519" or len(bytes.fromhex(sig.public_key)) != 32 \
-                or len(bytes.fromhex(sig.signature)) != 64:
+        if obj.get("alg") != "ed25519" or not isinstance(sig.manifest_id, str) \
+                or len(bytes.fromhex(sig.public_key)) != 32 or len(bytes.fromhex(sig.signature)) != 64:
             raise ValueError("bad fields")
         return sig
+    except RecursionError:
+        raise SignatureError("malformed signature object: JSON nested too deeply") from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise SignatureError(f"malformed signature object: {e}") from None
 

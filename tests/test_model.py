@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import blake3
 import pytest
 
 from manifests.errors import ManifestError
-from manifests.model import (FORMAT, VERSION, ChunkRef, Entry, Manifest, canonical, is_hash,
-                             manifest_id, parse_manifest)
+from manifests.model import (FORMAT, MTIME_NS_MAX, MTIME_NS_MIN, VERSION, ChunkRef, Entry, Manifest, canonical,
+                             is_hash, is_mtime_ns, manifest_id, parse_manifest)
 
 H = [blake3.blake3(bytes([i])).hexdigest() for i in range(8)]
 
@@ -320,3 +321,251 @@ def test_unique_chunks_stored_and_total_size():
 def test_summaries_of_empty_manifest():
     m = Manifest(name="x", entries=(Entry(path="d", type="dir", mode=0o755),))
     assert m.unique_chunks() == {} and m.stored_size == 0 and m.total_size == 0 and m.files == []
+
+
+# -- hostile nesting: malformed, never a crash ---------------------------------------------------
+
+def _nest(depth: int, kind: str = "list") -> str:
+    return "[" * depth + "]" * depth if kind == "list" else '{"a":' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize("depth", [100, 900, 2_000, 100_000])
+@pytest.mark.parametrize("kind", ["list", "dict"])
+@pytest.mark.parametrize("where", ["extra", "meta", "version", "entry", "chunk", "top"])
+def test_deeply_nested_json_is_malformed_not_a_crash(depth, kind, where):
+    """Nesting deeper than the interpreter's stack (json.loads raises RecursionError) or just
+    under it (json.dumps of the re-check may): always ManifestError, with or without an id."""
+    deep = _nest(depth, kind)
+    base = canonical(as_obj(Manifest(name="x", entries=(file_entry("f", [10], [H[0]]),)))).decode()
+    data = {
+        "extra": base[:-1] + f',"zz":{deep}}}',
+        "meta": base.replace('"meta":{}', f'"meta":{{"k":{deep}}}'),
+        "version": base.replace('"version":1', f'"version":{deep}'),
+        "entry": base.replace('"blake3"', f'"a":{deep},"blake3"', 1),
+        "chunk": base.replace('"chunks":[[', f'"chunks":[{deep},['),
+        "top": deep,
+    }[where].encode()
+    assert data != base.encode()
+    for expected in (None, manifest_id(data)):
+        err = reject(data, expected_id=expected)
+        assert len(str(err)) < 300
+
+
+def test_deep_nesting_message_names_the_problem():
+    data = b'{"meta":' + _nest(100_000).encode() + b"}"
+    reject(data, "nested too deeply")
+
+
+# -- names and labels: same character rules as paths ---------------------------------------------
+
+HOSTILE_TEXT = {"C0": "\x1b[2J", "NUL": "\x00", "DEL": "\x7f", "C1": "\x9b2J", "NEL": "\x85",
+                "lone-surrogate": "\udcff", "high-surrogate": "\ud800", "RLO": "\u202e", "LRE": "\u202a",
+                "PDI": "\u2069", "RLM": "\u200f", "ALM": "\u061c"}
+
+
+@pytest.mark.parametrize("field", ["name", "label"])
+@pytest.mark.parametrize("label", list(HOSTILE_TEXT))
+def test_rejects_unsafe_characters_in_name_and_label(field, label):
+    obj = as_obj(sample())
+    obj[field] = f"llama{HOSTILE_TEXT[label]}v"
+    err = reject(obj, f"{field} has a ")
+    assert not any(ch in str(err) for ch in HOSTILE_TEXT.values())  # the message never carries them
+    m = Manifest(name="llama", entries=(), **{field: f"{HOSTILE_TEXT[label]}"}) if field == "label" else \
+        Manifest(name=HOSTILE_TEXT[label], entries=())
+    with pytest.raises(ManifestError, match=f"{field} has a "):
+        parse_manifest(m.canonical_json(), expected_id=m.id)
+
+
+def test_rejects_empty_label():
+    obj = as_obj(sample())
+    obj["label"] = ""
+    reject(obj, "label")
+
+
+def test_ordinary_unicode_names_and_hostile_meta_values_are_accepted():
+    """Names may be any text a person types; meta values are free-form (shown escaped)."""
+    hostile = "".join(HOSTILE_TEXT.values()) + "\nsecond line"
+    m = Manifest(name="模型 llama-3.1 ☃ \u200d", label="v1.0 ü", entries=(), meta={"note": hostile, "k\x1b": "v"})
+    back = parse_manifest(m.canonical_json(), expected_id=m.id)
+    assert back.meta["note"] == hostile and back.name == m.name and back.label == m.label
+
+
+def test_rejects_lone_surrogate_in_entry_path():
+    """A path with no UTF-8 form can be neither a file name nor a catalog row."""
+    for s in ("\ud800", "\udcff", "\udfff"):
+        obj = _file_obj()
+        obj["entries"][0]["path"] = f"dir/a{s}b"
+        reject(obj, "lone surrogate")
+        obj = as_obj(Manifest(name="x", entries=(Entry(path=f"d{s}", type="dir", mode=0o755),)))
+        reject(obj, "lone surrogate")
+
+
+def test_error_messages_stay_short_for_huge_values():
+    obj = as_obj(sample())
+    obj["version"] = "9" * 100_000
+    assert len(str(reject(obj, "version"))) < 200
+    obj["version"] = list(range(100_000))
+    assert len(str(reject(obj, "version"))) < 200
+
+
+# -- mtime: only what restore can set ------------------------------------------------------------
+
+def test_mtime_bounds_are_exactly_what_os_utime_accepts(tmp_path):
+    """MTIME_NS_MIN/MAX are the limits of os.utime on this platform: both bounds are set
+    without error, one nanosecond beyond either is refused."""
+    f = tmp_path / "f"
+    f.write_bytes(b"")
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        for ns in (MTIME_NS_MIN, MTIME_NS_MAX, 0, -1, 1_700_000_000_123_456_789):
+            os.utime(fd, ns=(ns, ns))
+        for ns in (MTIME_NS_MIN - 1, MTIME_NS_MAX + 1, 2**64 * 10**9):
+            with pytest.raises(OverflowError):
+                os.utime(fd, ns=(ns, ns))
+            with pytest.raises(OverflowError):
+                os.utime(f, ns=(ns, ns))
+    finally:
+        os.close(fd)
+    assert MTIME_NS_MIN < -(2**63) and MTIME_NS_MAX > 2**63  # every st_mtime_ns a 64-bit kernel reports
+
+
+@pytest.mark.parametrize("mtime", [MTIME_NS_MIN, MTIME_NS_MAX, 0, -1, -(2**63), 2**63])
+def test_mtime_within_bounds_round_trips(mtime):
+    e = Entry(path="f", type="file", mode=0o644, size=0, mtime_ns=mtime, blake3=H[0], sha256=H[1])
+    m = Manifest(name="x", entries=(e,))
+    assert parse_manifest(m.canonical_json(), expected_id=m.id).entries[0].mtime_ns == mtime
+
+
+@pytest.mark.parametrize("mtime", [MTIME_NS_MAX + 1, MTIME_NS_MIN - 1, 10**40, -(10**40)])
+def test_rejects_mtime_restore_cannot_set(mtime):
+    reject(_with_file(mtime_ns=mtime), "mtime")
+    assert not is_mtime_ns(mtime)
+
+
+def test_nesting_at_the_edge_of_the_stack_is_malformed():
+    """Sweep the depths around the interpreter's limit, where json.loads still succeeds but
+    re-serialising for the canonical check runs out of stack: still ManifestError."""
+    import sys
+    base = canonical(as_obj(Manifest(name="x", entries=()))).decode()
+    limit = sys.getrecursionlimit()
+    for depth in range(limit - 80, limit + 5):
+        reject((base[:-1] + f',"zz":{_nest(depth)}}}').encode())
+
+
+def test_out_of_stack_while_re_serialising_is_malformed(monkeypatch):
+    """The canonical re-check serialises what json.loads built; if that runs out of stack
+    (the encoder counts depth its own way, and the caller's stack varies) it is the
+    manifest's fault, reported as malformed, not an internal error."""
+    import manifests.model as model
+    data = sample().canonical_json()
+
+    def no_stack(obj):
+        raise RecursionError("maximum recursion depth exceeded while encoding a JSON object")
+    monkeypatch.setattr(model, "canonical", no_stack)
+    reject(data, "nested too deeply")
+
+
+# -- end to end: verify --deep passes only what restore can restore --------------------------------
+
+@pytest.fixture(scope="module")
+def hostile_store(tmp_path_factory):
+    """A local store with one real archive; returns (cli args, a good file entry) to build
+    hand-made manifests that reuse its chunks."""
+    from tests.helpers import make_checkpoint, run_cli
+    root = tmp_path_factory.mktemp("hostile")
+    ckpt = make_checkpoint(root / "ckpt", layers=1, dim=32)
+    g = ["--store", str(root / "store"), "--catalog", str(root / "catalog.db")]
+    r = run_cli(*g, "archive", str(ckpt), "--name", "m", "--json")
+    assert r.code == 0, r.err
+    shown = run_cli(*g, "show", r.json()["id"], "--json").json()["manifest"]
+    src = next(e for e in shown["entries"] if e["path"] == "ckpt/config.json")
+    good = Entry(path="ckpt/config.json", type="file", mode=0o644, size=src["size"], mtime_ns=src["mtime_ns"],
+                 blake3=src["blake3"], sha256=src["sha256"], chunks=tuple(ChunkRef(*c) for c in src["chunks"]))
+    return root, g, good
+
+
+CASES = {f"path-{k}": {"path": f"ckpt/a{v}b"} for k, v in HOSTILE_TEXT.items()}
+CASES.update({f"dir-{k}": {"dir": f"d{v}"} for k, v in (("C1", "\x9b"), ("RLO", "\u202e"),
+                                                         ("lone-surrogate", "\udc80"))})
+CASES.update({f"name-{k}": {"name": f"m{v}"} for k, v in HOSTILE_TEXT.items()})
+CASES.update({f"label-{k}": {"label": f"v{v}"} for k, v in HOSTILE_TEXT.items()})
+CASES.update({"component-256-bytes": {"path": "ckpt/" + "\U0001F916" * 64},
+              "mtime-max+1": {"mtime_ns": MTIME_NS_MAX + 1}, "mtime-min-1": {"mtime_ns": MTIME_NS_MIN - 1},
+              "mtime-huge": {"mtime_ns": 10**40}})
+FINE = {"plain": {}, "mtime-max": {"mtime_ns": MTIME_NS_MAX}, "mtime-min": {"mtime_ns": MTIME_NS_MIN},
+        "component-255-bytes": {"path": "ckpt/" + "模" * 85}, "unicode": {"path": "ckpt/模型 ☃ \u200d.json",
+                                                                           "name": "модель", "label": "v1 ü"}}
+
+
+def _hand_made(good: Entry, case: dict) -> Manifest:
+    from dataclasses import replace
+    f = replace(good, path=case.get("path", good.path), mtime_ns=case.get("mtime_ns", good.mtime_ns))
+    entries = [Entry(path="ckpt", type="dir", mode=0o755), f]
+    if "dir" in case:
+        entries.append(Entry(path=f"ckpt/{case['dir']}", type="dir", mode=0o755))
+    return Manifest(name=case.get("name", "evil"), label=case.get("label"), entries=tuple(entries))
+
+
+def _store_and_verify(hostile_store, case: dict):
+    from archiver import layout
+    from tests.helpers import RawStore, run_cli
+    root, g, good = hostile_store
+    m = _hand_made(good, case)
+    RawStore(str(root / "store")).write(layout.manifest(m.id), m.canonical_json())
+    v = run_cli(*g, "verify", "--deep", "--json", m.id)
+    return root, g, m, v
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_verify_deep_and_restore_refuse_what_cannot_be_restored(hostile_store, case):
+    """Each class of unrestorable content (unsafe characters in a path, a directory, the
+    name or the label; an over-long component; an mtime os.utime cannot set) is a problem
+    for `verify --deep` (exit 1, JSON report) and `restore` refuses it before writing."""
+    from tests.helpers import run_cli
+    root, g, m, v = _store_and_verify(hostile_store, CASES[case])
+    assert v.code == 1, v.out + v.err
+    assert v.err == ""
+    rep = v.json()
+    assert not rep["ok"] and rep["manifests"] == [m.id]
+    assert {p["kind"] for p in rep["problems"]} <= {"manifest", "unsafe-path"} and rep["problems"]
+    field = next(k for k in CASES[case] if k != "dir") if set(CASES[case]) != {"dir"} else "path"
+    why = {"path": ("control", "surrogate", "bidirectional", "too long"), "name": ("name has a",),
+           "label": ("label has a",), "mtime_ns": ("mtime",)}[field]
+    assert any(w in p["detail"] for p in rep["problems"] for w in why), rep["problems"]
+    dest = root / f"out-{case}"
+    r = run_cli(*g, "restore", m.id, str(dest))
+    assert r.code == 1 and r.out == "" and r.err.startswith("archiver: error: ") and r.err.count("\n") == 1, r.err
+    assert "Traceback" not in r.err and "internal error" not in r.err
+    assert not dest.exists() or not any(dest.iterdir()), "nothing may be written"
+
+
+@pytest.mark.parametrize("case", list(FINE), ids=list(FINE))
+def test_verify_deep_passes_and_restore_restores_at_the_limits(hostile_store, case):
+    """The other side of each bound: the same hand-made manifest with a value at the limit
+    verifies deeply and restores."""
+    from tests.helpers import run_cli
+    root, g, m, v = _store_and_verify(hostile_store, FINE[case])
+    assert v.code == 0, v.out + v.err
+    dest = root / f"fine-{case}"
+    r = run_cli(*g, "restore", m.id, str(dest))
+    assert r.code == 0, r.err
+    f = next(e for e in m.entries if e.is_file)
+    assert (dest / f.path).stat().st_size == f.size
+
+
+@pytest.mark.parametrize("field", ["--name", "--label"])
+@pytest.mark.parametrize("label", list(HOSTILE_TEXT))
+def test_archive_refuses_names_and_labels_verify_would_reject(hostile_store, tmp_path, field, label):
+    """The archive side applies the same rule, so it never commits a manifest that verify
+    calls malformed (a non-UTF-8 argument arrives as lone surrogates: refused too)."""
+    from tests.helpers import run_cli
+    root, g, _ = hostile_store
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"w")
+    value = f"x{HOSTILE_TEXT[label]}y"
+    args = ["--name", value] if field == "--name" else ["--name", "ok", "--label", value]
+    before = run_cli(*g, "list", "--json").json()
+    r = run_cli(*g, "archive", str(f), *args)
+    assert r.code == 2 and r.out == "" and r.err.count("\n") == 1, r.err
+    assert f"invalid {field[2:]} " in r.err and not any(ch in r.err for ch in HOSTILE_TEXT.values())
+    assert run_cli(*g, "list", "--json").json() == before

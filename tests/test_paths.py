@@ -1,12 +1,13 @@
 """manifests/paths.py: every manifest path is checked before a restore writes anything."""
 from __future__ import annotations
 
+import os
 import unicodedata
 
 import pytest
 
 from manifests.errors import UnsafePathError
-from manifests.paths import MAX_NAME_BYTES, MAX_PATH_BYTES, check_path, check_paths, fold
+from manifests.paths import MAX_NAME_BYTES, MAX_PATH_BYTES, check_path, check_paths, fold, unsafe_char
 
 
 def refused(path, why: str) -> None:
@@ -136,3 +137,77 @@ def test_check_paths_directory_prefix_is_fine():
 def test_drive_letter_in_any_component_refused(p):
     with pytest.raises(UnsafePathError, match="drive letter"):
         check_path(p)
+
+
+# -- unsafe characters: what a path may not contain, by class ------------------------------------
+
+C1 = list(range(0x80, 0xA0))
+SURROGATES = [0xD800, 0xDB7F, 0xDBFF, 0xDC00, 0xDC80, 0xDCFF, 0xDFFF]  # DC80-DCFF: surrogateescape of bad bytes
+BIDI = [0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069, 0x200E, 0x200F, 0x061C]
+UNSAFE = [(c, "control character") for c in [*range(0x20), 0x7F, *C1]] + \
+         [(c, "lone surrogate") for c in SURROGATES] + [(c, "bidirectional control") for c in BIDI]
+
+
+@pytest.mark.parametrize("code,why", UNSAFE, ids=[f"U+{c:04X}" for c, _ in UNSAFE])
+def test_refuses_every_unsafe_character_class(code, why):
+    ch = chr(code)
+    for path in (ch, f"dir/a{ch}b", f"{ch}dir/file", f"a/b/c{ch}"):
+        refused(path, f"{why} U\\+{code:04X}")
+        assert unsafe_char(path) is not None
+    with pytest.raises(UnsafePathError, match=why):
+        check_paths([("ok", "dir"), (f"ok/x{ch}", "file")])
+
+
+@pytest.mark.parametrize("code", [0x20, 0x7E, 0xA0, 0xA1, 0xFF, 0x061B, 0x061D, 0x200B, 0x200C, 0x200D, 0x2029,
+                                  0x202F, 0x2065, 0x206A, 0xD7FF, 0xE000, 0xFEFF, 0x1F916])
+def test_neighbours_of_the_unsafe_classes_are_allowed(code):
+    """The classes are exact: the code points just outside each range are ordinary text
+    (NBSP, ZWJ in emoji sequences, Arabic punctuation, private use)."""
+    name = f"a{chr(code)}b"
+    assert unsafe_char(name) is None
+    assert check_path(f"dir/{name}") == ["dir", name]
+
+
+def test_component_limit_counts_utf8_bytes():
+    assert check_path("d/" + "\U0001F916" * 63) == ["d", "\U0001F916" * 63]  # 252 bytes
+    refused("d/" + "\U0001F916" * 64, "component too long")  # 256 bytes, 64 characters
+    assert check_path("模" * 85) == ["模" * 85]  # 255 bytes
+    refused("模" * 86, "component too long")
+
+
+# -- the archive side refuses the same names, with a clear message --------------------------------
+
+ARCHIVE_SIDE = [("esc\x1b[2J", "U+001B"), ("del\x7f", "U+007F"), ("csi\x9b2J", "U+009B"), ("nel\x85", "U+0085"),
+                ("rlo\u202egpj.exe", "U+202E"), ("lri\u2066x", "U+2066"), ("rlm\u200f", "U+200F"),
+                ("alm\u061c", "U+061C")]
+
+
+@pytest.mark.parametrize("name,code", ARCHIVE_SIDE, ids=[c for _, c in ARCHIVE_SIDE])
+def test_archive_refuses_unsafe_file_names(tmp_path, monkeypatch, name, code):
+    from tests.helpers import run_cli
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ARCHIVER_STORE", str(tmp_path / "store"))
+    d = tmp_path / "ckpt"
+    (d / "sub").mkdir(parents=True)
+    (d / "ok.bin").write_bytes(b"fine")
+    (d / "sub" / name).write_bytes(b"x")
+    r = run_cli("archive", str(d), "--name", "m")
+    assert r.code == 2 and r.out == ""
+    assert r.err.startswith("archiver: error: cannot archive path 'ckpt/sub/") and r.err.count("\n") == 1, r.err
+    assert code in r.err and unsafe_char(r.err.rstrip("\n")) is None  # named, and shown escaped
+    assert run_cli("list", "--json").json() == []  # nothing recorded
+
+
+def test_archive_refuses_a_file_name_that_is_not_utf8(tmp_path, monkeypatch):
+    from tests.helpers import run_cli
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ARCHIVER_STORE", str(tmp_path / "store"))
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    try:
+        os.close(os.open(os.path.join(os.fsencode(d), b"bad\xff\xfe"), os.O_CREAT | os.O_WRONLY))
+    except OSError:
+        pytest.skip("filesystem refuses non-UTF-8 names")
+    r = run_cli("archive", str(d), "--name", "m")
+    assert r.code == 1 and "not valid UTF-8" in r.err and r.err.count("\n") == 1, r.err
+    assert run_cli("list", "--json").json() == []

@@ -92,3 +92,66 @@ def test_chain_records_predecessor_and_detects_breaks(env, tmp_path):
     raw.write(layout.manifest(forged.id), forged.canonical_json())
     r = run_cli("verify", forged.id, "--json")
     assert r.code == 1 and any(p["kind"] == "chain" and "named" in p["detail"] for p in r.json()["problems"])
+
+
+# -- hostile signature objects: malformed, never a crash -----------------------------------------
+
+def _deep(depth: int, kind: str) -> str:
+    return "[" * depth + "]" * depth if kind == "list" else '{"a":' * depth + "1" + "}" * depth
+
+
+def _good_sig_json(tmp_path) -> dict:
+    priv, _ = signing.keygen(tmp_path / "k")
+    return json.loads(signing.sign(signing.load_private(priv), "ab" * 32).to_json())
+
+
+# an extra key the parser can read (900 deep) is tolerated like any extra key, so not listed
+NESTED = [(w, k, d) for w in ("whole", "manifest", "public_key", "extra") for k in ("list", "dict")
+          for d in (900, 1_500, 2_000, 100_000) if not (w == "extra" and d == 900)]
+
+
+@pytest.mark.parametrize("where,kind,depth", NESTED)
+def test_deeply_nested_signature_is_malformed(tmp_path, depth, kind, where):
+    """Nesting past the parser's stack (RecursionError inside json.loads) or past the size
+    bound: SignatureError with a one-line message, never another exception."""
+    obj = _good_sig_json(tmp_path)
+    deep = _deep(depth, kind)
+    if where == "whole":
+        data = deep.encode()
+    else:
+        text = json.dumps(dict(obj, **{where: "@@"}))
+        data = text.replace('"@@"', deep).encode()
+    with pytest.raises(signing.SignatureError, match="malformed signature object") as ei:
+        signing.parse_signature(data)
+    assert "\n" not in str(ei.value) and len(str(ei.value)) < 300
+
+
+def test_signature_size_bound(tmp_path):
+    obj = _good_sig_json(tmp_path)
+    ok = json.dumps(obj).encode()
+    assert signing.parse_signature(ok).public_key == obj["public_key"]
+    padded = json.dumps(dict(obj, pad=" " * (signing.MAX_SIGNATURE_BYTES - len(ok) - 20))).encode()
+    assert len(padded) <= signing.MAX_SIGNATURE_BYTES
+    signing.parse_signature(padded)  # extra keys are tolerated; only the size is bounded
+    with pytest.raises(signing.SignatureError, match="at most"):
+        signing.parse_signature(padded + b" " * (signing.MAX_SIGNATURE_BYTES - len(padded) + 1))
+    with pytest.raises(signing.SignatureError, match="malformed"):
+        signing.parse_signature(json.dumps(dict(obj, manifest=["ab" * 32])).encode())
+
+
+def test_verify_json_reports_deeply_nested_signatures(env, tmp_path):
+    """A store holding hostile signature objects (1500 deep: past the parser's stack;
+    100000 deep: past the size bound too): `verify --json` still prints its JSON report,
+    one signature problem for each, and exits 1 (not an internal error)."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", layers=1, dim=32)
+    mid = run_cli("archive", str(ckpt), "--name", "m", "--json").json()["id"]
+    for fp, depth in (("0" * 32, 1_500), ("1" * 32, 100_000)):
+        RawStore(env).write(layout.signature(mid, fp), b'{"manifest":' + _deep(depth, "list").encode() + b"}")
+    r = run_cli("verify", mid, "--json")
+    assert r.code == 1 and r.err == "", r.err
+    rep = r.json()
+    assert not rep["ok"]
+    assert [p["kind"] for p in rep["problems"]] == ["signature", "signature"]
+    assert all("malformed signature object" in p["detail"] for p in rep["problems"])
+    h = run_cli("verify", mid)  # and the human report says the same
+    assert h.code == 1 and "signature: manifest" in h.out and "Traceback" not in h.out + h.err
