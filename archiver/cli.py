@@ -243,7 +243,7 @@ def rebuild_cmd(c: Ctx, as_json: bool) -> None:
 
 def fail(message: str, code: int, as_json: bool, kind: str = "error", **fields: Any) -> None:
     """One line on stderr; with --json also one JSON document on stdout; then exit."""
-    click.echo(f"archiver: {'' if kind == 'internal' else 'error: '}{message}", err=True)
+    click.echo(f"archiver: {'' if kind == 'internal' else 'error: '}{printable(message)}", err=True)
     if as_json:
         emit({"ok": False, "error": message, "kind": kind, "exit_code": code, **fields})
     sys.exit(code)

@@ -16,7 +16,10 @@ class UnsafePathError(ManifestsError):
     """A manifest path would write outside the destination or collide with another."""
 
     def __init__(self, path: object, reason: str) -> None:
-        super().__init__(f"unsafe path in manifest: {path!r} ({reason})")
+        shown = repr(path)
+        if len(shown) > 300:  # a hostile multi-megabyte path must not make a multi-megabyte message
+            shown = f"{shown[:200]}...{shown[-60:]} ({len(str(path))} characters)"
+        super().__init__(f"unsafe path in manifest: {shown} ({reason})")
         self.path = path
         self.reason = reason
 

@@ -192,3 +192,21 @@ def test_verify_json_reports_a_deeply_nested_manifest(store_url, tmp_path, monke
         assert e.code == 1 and e.out == "" and e.err.startswith("archiver: error: "), (args, e.err)
         assert e.err.count("\n") == 1 and "nested too deeply" in e.err and "internal error" not in e.err
     assert not (tmp_path / "out").exists()
+
+
+def test_error_lines_are_escaped_too(tmp_path, monkeypatch):
+    """An error that quotes a hostile source path prints it escaped, on one line."""
+    from tests.helpers import run_cli
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    bad = tmp_path / "evil\x1b[2Jname\u202e"
+    bad.mkdir()
+    (bad / "link").symlink_to("/etc/passwd")
+    r = run_cli("archive", str(bad), "--name", "m")
+    assert r.code != 0 and r.err.count("\n") == 1
+    assert "\x1b" not in r.err and "\u202e" not in r.err and "\\x1b" in r.err
+
+
+def test_unsafe_path_message_stays_short():
+    from manifests.errors import UnsafePathError
+    msg = str(UnsafePathError("a/" * 2_000_000, "too long"))
+    assert len(msg) < 500 and "4000000 characters" in msg
