@@ -17,13 +17,13 @@ from typing import Any, Iterator
 import blake3
 
 from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
-from archiver.errors import ArchiverError, SourceChangedError, UsageError
+from archiver.errors import ArchiverError, UsageError
 from archiver.formats import detect_regions
 from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.progress import Progress
 from archiver.digests import FileDigest
 from archiver.repository import Repository, SavedChunk
-from archiver.scan import Source, scan
+from archiver.scan import Source, changed, open_source, scan
 from manifests.model import ChunkRef, Entry, Manifest
 
 
@@ -116,10 +116,12 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
 
 def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, policy: ChunkPolicy,
                   window: int, progress: Progress) -> Entry:
+    fd = open_source(src)  # the regular file the scan saw (O_NOFOLLOW, same st_dev/st_ino), or raises
     try:
-        f = open(src.abspath, "rb")
-    except OSError as e:
-        raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
+        f = open(src.abspath, "rb", opener=lambda _path, _flags: fd)  # keeps the path as f.name
+    except BaseException:
+        os.close(fd)
+        raise
     with f:
         before = os.fstat(f.fileno())
         size = before.st_size
@@ -138,9 +140,14 @@ def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, p
         except OSError as e:
             raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
         after = os.fstat(f.fileno())
-    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or \
-            os.stat(src.abspath).st_ino != before.st_ino:
-        raise SourceChangedError(f"{src.abspath} changed while it was being archived; nothing was recorded, re-run")
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise changed(src.abspath, "its size or modification time moved")
+    try:
+        now = os.stat(src.abspath, follow_symlinks=False)
+    except OSError:
+        raise changed(src.abspath, "it was removed or renamed") from None
+    if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+        raise changed(src.abspath, "it was replaced by another file")
     return Entry(path=src.path, type="file", mode=src.mode, size=size, mtime_ns=before.st_mtime_ns,
                  blake3=digest.blake3, sha256=digest.sha256, format=fmt[0] if fmt else "",
                  chunks=tuple(refs))

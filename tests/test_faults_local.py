@@ -162,3 +162,46 @@ def test_two_archive_jobs_at_once(home, tmp_path):
     dest = tmp_path / "restored"
     assert run_cli("restore", "job1-2", str(dest)).code == 0
     assert tree(dest / "job1") == tree(dirs[1])
+
+
+_SWAP_TO_FIFO = """
+import os, sys
+from archiver import cli, pipeline, scan
+victim, when, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+
+def to_fifo():
+    os.unlink(victim)
+    os.mkfifo(victim)
+
+if when == "after-scan":
+    real_scan = pipeline.scan
+    def scan_then_swap(paths):
+        out = real_scan(paths)
+        to_fifo()
+        return out
+    pipeline.scan = scan_then_swap
+else:  # in the window between the look (stat) and the open
+    real_open = os.open
+    def racing(name, flags, mode=0o777, *, dir_fd=None):
+        if os.fsdecode(name) == os.path.basename(victim) and os.path.isfile(victim):
+            to_fifo()
+        return real_open(name, flags, mode, dir_fd=dir_fd)
+    scan.os.open = racing
+cli.main(argv)
+"""
+
+
+@pytest.mark.parametrize("when", ["after-scan", "at-open"])
+def test_file_swapped_for_a_fifo_fails_fast(home, tmp_path, when):
+    """A FIFO in place of a scanned file must not hang the archive (opening one for reading
+    blocks until a writer comes): it is refused at once, in a subprocess with a deadline."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", layers=2, dim=64)
+    victim = ckpt / "tokenizer" / "vocab.txt"
+    store = tmp_path / "store"
+    p = subprocess.run([sys.executable, "-c", _SWAP_TO_FIFO, str(victim), when, "--store", str(store), "archive",
+                        str(ckpt), "--name", "m"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "vocab.txt changed while it was being archived" in p.stderr and p.stderr.count("\n") == 1
+    assert os.path.exists(victim) and not os.path.isfile(victim)  # the swap really happened
+    assert RawStore(str(store)).keys("manifests") == []

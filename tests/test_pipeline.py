@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 
+import blake3
 import pytest
 
+from archiver import pipeline
 from archiver.chunking import ChunkPolicy
-from archiver.errors import UsageError
+from archiver.errors import SourceChangedError, UsageError
 from archiver.pipeline import archive
 from archiver.repository import Repository
 from archiver.settings import Settings
 from archiver.restorer import restore
 from tests.fixtures import make_gguf, make_safetensors, make_torch_zip, random_tensor_bytes, transformer_tensors
-from tests.helpers import tree
+from tests.helpers import RawStore, make_checkpoint, tree
+from tests.test_scan import SWAPS, swap
 
 SMALL = ChunkPolicy(max_chunk=256 * 1024, small_group=64 * 1024, cdc_min=16 * 1024, cdc_avg=64 * 1024,
                     cdc_max=256 * 1024)
@@ -92,3 +95,53 @@ def test_known_chunk_missing_from_store_is_uploaded_again(repo, model_dir, tmp_p
 def test_bad_names_refused(repo, model_dir, bad):
     with pytest.raises(UsageError):
         archive(repo, [model_dir], name=bad)
+
+
+@pytest.fixture
+def small_ckpt(tmp_path):
+    return make_checkpoint(tmp_path / "src" / "model", layers=2, dim=64)
+
+
+# -- sources: the scanned file is the one read ----------------------------------------------------
+
+@pytest.fixture
+def secret(tmp_path):
+    s = tmp_path / "outside" / "secret.bin"
+    s.parent.mkdir()
+    s.write_bytes(b"root-only secret " * 1000)
+    return s
+
+
+def _swap_after_scan(monkeypatch, victim, kind, secret):
+    real = pipeline.scan
+
+    def scan_then_swap(paths):
+        out = real(paths)
+        swap(victim, kind, secret)
+        return out
+    monkeypatch.setattr(pipeline, "scan", scan_then_swap)
+
+
+FILE_SWAPS = [("model/config.json", k) for k in SWAPS] + [("file PATH", k) for k in SWAPS]
+DIR_SWAPS = [(w, k) for w in ("model/tokenizer", "model") for k in ("symlink-to-secret", "directory", "removed")]
+
+
+@pytest.mark.parametrize("where,kind", FILE_SWAPS + DIR_SWAPS)
+def test_file_swapped_after_scan_is_never_archived(repo, small_ckpt, tmp_path, monkeypatch, secret, where, kind):
+    """A root archiver of a user-writable tree must not be made to read another file: a file,
+    a directory above it or the PATH itself swapped after the scan fails the archive and
+    records nothing, and none of the other file's bytes reach the store."""
+    paths = [small_ckpt / "config.json"] if where == "file PATH" else [small_ckpt]
+    if where in ("model/config.json", "file PATH"):
+        victim, target = small_ckpt / "config.json", secret
+    else:  # a look-alike directory holding the secret under the scanned names
+        victim, target = small_ckpt / where.removeprefix("model").lstrip("/"), secret.parent
+        for inside in ("config.json", "vocab.txt"):
+            (secret.parent / inside).write_bytes(secret.read_bytes())
+    _swap_after_scan(monkeypatch, victim, kind, target)
+    with pytest.raises(SourceChangedError, match="changed while it was being archived") as ei:
+        archive(repo, paths, name="m")
+    assert "\n" not in str(ei.value)
+    raw = RawStore(str(tmp_path / "store"))
+    assert raw.keys("manifests") == [] and repo.list_archives() == []
+    assert blake3.blake3(secret.read_bytes()).hexdigest() not in {k.rsplit("/", 1)[-1] for k in raw.keys("chunks")}
