@@ -114,6 +114,37 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     return ArchiveResult(id=done.id, signed_by=done.signed_by, **details)
 
 
+# A file whose ctime is this recent may still be written within the same timestamp tick
+# (a jiffy, at most 10 ms, for fine-grained filesystems; a whole second, or two, for
+# coarse ones), and such a write would leave ctime unchanged. Waiting until the clock is
+# past the tick before taking the "before" snapshot means any later write shows up.
+_FINE_GRAIN_NS = 20_000_000
+_COARSE_GRAIN_NS = 2_000_000_000
+SETTLE_LIMIT_S = 5.0  # a file rewritten for longer than this cannot be read consistently
+
+
+def _settled(fd: int, src: Source) -> os.stat_result:
+    """fstat once the file's last change is older than a timestamp tick, so that comparing
+    (size, mtime, ctime) before and after the read proves nothing wrote in between."""
+    deadline = time.monotonic() + SETTLE_LIMIT_S
+    while True:
+        st = os.fstat(fd)
+        grain = _COARSE_GRAIN_NS if st.st_ctime_ns % 1_000_000_000 == 0 else _FINE_GRAIN_NS
+        age = time.time_ns() - st.st_ctime_ns
+        if age >= grain or age < -grain:  # settled, or a clock we cannot compare with (skewed server)
+            return st
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise changed(src.abspath, "it is still being written")
+        time.sleep(min((grain - age) / 1e9 + 0.001, remaining))
+
+
+def _snapshot(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What must not move while a file is read: an in-place rewrite that restores the mtime
+    (`rsync --inplace -t`, `touch -r`) still moves ctime, which no caller can set."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, policy: ChunkPolicy,
                   window: int, progress: Progress) -> Entry:
     fd = open_source(src)  # the regular file the scan saw (O_NOFOLLOW, same st_dev/st_ino), or raises
@@ -123,7 +154,7 @@ def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, p
         os.close(fd)
         raise
     with f:
-        before = os.fstat(f.fileno())
+        before = _settled(f.fileno(), src)
         size = before.st_size
         fmt = detect_regions(f, size)
         f.seek(0)
@@ -140,8 +171,8 @@ def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, p
         except OSError as e:
             raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
         after = os.fstat(f.fileno())
-    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-        raise changed(src.abspath, "its size or modification time moved")
+    if _snapshot(after) != _snapshot(before):
+        raise changed(src.abspath, "its size, modification or change time moved")
     try:
         now = os.stat(src.abspath, follow_symlinks=False)
     except OSError:

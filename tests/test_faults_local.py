@@ -205,3 +205,42 @@ def test_file_swapped_for_a_fifo_fails_fast(home, tmp_path, when):
     assert "vocab.txt changed while it was being archived" in p.stderr and p.stderr.count("\n") == 1
     assert os.path.exists(victim) and not os.path.isfile(victim)  # the swap really happened
     assert RawStore(str(store)).keys("manifests") == []
+
+
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+@pytest.mark.parametrize("how", ["overwrite", "truncate-and-rewrite"])
+def test_in_place_rewrite_that_restores_mtime_is_detected(home, tmp_path, monkeypatch, where, how):
+    """`rsync --inplace -t` (or `touch -r`) rewrites bytes and puts the old mtime back; the
+    size stays too. ctime moves anyway (no caller can set it), so a torn file, part old
+    and part new bytes, is never recorded."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", layers=4, dim=256)
+    target = ckpt / "model.safetensors"
+    real = pipeline.iter_chunks
+    done = []
+
+    def rewriting(f, size, policy, **kw):
+        for rc in real(f, size, policy, **kw):
+            if not done and f.name == str(target):
+                st = os.stat(target)
+                old = target.read_bytes()
+                off = {"start": 0, "middle": size // 2, "end": size - 64}[where]
+                new = old[:off] + bytes(b ^ 0xFF for b in old[off:off + 64]) + old[off + 64:]
+                with open(target, "r+b") as g:
+                    if how == "truncate-and-rewrite":
+                        g.truncate(0)
+                        g.write(new)
+                    else:
+                        g.seek(off)
+                        g.write(new[off:off + 64])
+                os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+                after = os.stat(target)
+                assert (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)  # only ctime tells
+                done.append(True)
+            yield rc
+    monkeypatch.setattr(pipeline, "iter_chunks", rewriting)
+    r = run_cli("archive", str(ckpt), "--name", "m")
+    assert done and r.code == 1 and "changed while" in r.err and r.err.count("\n") == 1, r.err
+    assert run_cli("list", "--json").json() == []
+    assert RawStore(str(home / "store")).keys("manifests") == []
+    monkeypatch.setattr(pipeline, "iter_chunks", real)
+    assert run_cli("archive", str(ckpt), "--name", "m").code == 0  # left alone, the same tree archives

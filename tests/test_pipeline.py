@@ -3,6 +3,7 @@ the store, results are reported accurately, and everything restores byte-identic
 from __future__ import annotations
 
 import os
+import time
 
 import blake3
 import pytest
@@ -12,6 +13,7 @@ from archiver.chunking import ChunkPolicy
 from archiver.errors import SourceChangedError, UsageError
 from archiver.pipeline import archive
 from archiver.repository import Repository
+from archiver.scan import open_source, scan
 from archiver.settings import Settings
 from archiver.restorer import restore
 from tests.fixtures import make_gguf, make_safetensors, make_torch_zip, random_tensor_bytes, transformer_tensors
@@ -145,3 +147,36 @@ def test_file_swapped_after_scan_is_never_archived(repo, small_ckpt, tmp_path, m
     raw = RawStore(str(tmp_path / "store"))
     assert raw.keys("manifests") == [] and repo.list_archives() == []
     assert blake3.blake3(secret.read_bytes()).hexdigest() not in {k.rsplit("/", 1)[-1] for k in raw.keys("chunks")}
+
+
+# -- a file rewritten while it is read: the snapshot compared against is taken once ctime settles ------
+
+def test_before_snapshot_waits_until_ctime_is_past_its_tick(tmp_path):
+    """A write in the same timestamp tick as the last one would not move ctime, so the
+    snapshot a read is compared against is taken only once ctime is safely in the past."""
+    p = tmp_path / "fresh.bin"
+    p.write_bytes(b"just written")
+    src = scan([p])[0]
+    fd = open_source(src)
+    try:
+        st = pipeline._settled(fd, src)
+    finally:
+        os.close(fd)
+    assert time.time_ns() - st.st_ctime_ns >= pipeline._FINE_GRAIN_NS
+
+
+def test_file_that_never_settles_is_refused(tmp_path, monkeypatch):
+    p = tmp_path / "busy.bin"
+    p.write_bytes(b"always being written")
+    src = scan([p])[0]
+    monkeypatch.setattr(pipeline, "_FINE_GRAIN_NS", 10**18)  # every ctime looks this recent
+    monkeypatch.setattr(pipeline, "_COARSE_GRAIN_NS", 10**18)
+    monkeypatch.setattr(pipeline, "SETTLE_LIMIT_S", 0.2)
+    fd = open_source(src)
+    started = time.monotonic()
+    try:
+        with pytest.raises(SourceChangedError, match="still being written"):
+            pipeline._settled(fd, src)
+    finally:
+        os.close(fd)
+    assert time.monotonic() - started < 2
