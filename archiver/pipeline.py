@@ -12,19 +12,19 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import blake3
 
 from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
-from archiver.errors import ArchiverError, UsageError
+from archiver.errors import ArchiverError, InvalidOptionError
 from archiver.formats import detect_regions
 from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.progress import Progress
 from archiver.digests import FileDigest
 from archiver.repository import Repository, SavedChunk
 from archiver.scan import Source, changed, open_source, scan
-from manifests.model import ChunkRef, Entry, Manifest
+from manifests.model import ChunkRef, Entry, Manifest, text_problem
 
 
 @dataclass
@@ -79,13 +79,12 @@ class _ChunkWriter:
 
 
 def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, label: str | None = None,
-            meta: dict[str, str] | None = None, policy: ChunkPolicy | None = None, workers: int | None = None,
+            meta: Mapping[str, str] | None = None, policy: ChunkPolicy | None = None, workers: int | None = None,
             progress: Progress | None = None, sign_key: Any = None) -> ArchiveResult:
     """Archive files and directories under `name`; returns the committed manifest's summary.
-    With `sign_key` (an Ed25519 private key) the manifest id is signed before it is recorded."""
-    _check_name(name, "name")
-    if label is not None:
-        _check_name(label, "label")
+    With `sign_key` (an Ed25519 private key) the manifest id is signed before it is recorded.
+    `name`, `label` and `meta` are checked before the scan, so bad ones write nothing."""
+    meta_d = check_archive_args(name, label, meta)
     started = time.monotonic()
     policy = policy or ChunkPolicy()
     progress = progress or Progress()
@@ -103,7 +102,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
                 entries.append(_archive_file(src, pool, writer, policy, window_for(nworkers), progress))
     progress.finish()
     parent = repo.latest(name)
-    manifest = Manifest(name=name, label=label, meta=dict(meta or {}), parent=parent, entries=tuple(entries))
+    manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries))
     uniq = manifest.unique_chunks()
     details: dict[str, Any] = dict(
         name=name, label=label, files=len(manifest.files), dirs=len(entries) - len(manifest.files),
@@ -184,7 +183,32 @@ def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, p
                  chunks=tuple(refs))
 
 
-def _check_name(value: str, what: str) -> None:
-    if not value or "@" in value or any(ord(c) < 32 for c in value) or value != value.strip():
-        raise UsageError(f"invalid {what} {value!r}: must be non-empty, without '@', control characters "
-                         f"or surrounding spaces")
+def check_archive_args(name: object, label: object, meta: object) -> dict[str, str]:
+    """Refuse a name, label or meta that the manifest reader, the catalog or a one-line
+    listing could not take back (InvalidOptionError naming the parameter); returns meta
+    as a plain dict. Runs before anything is scanned or written."""
+    _check_name(name, "name")
+    if label is not None:
+        _check_name(label, "label")
+    if meta is None:
+        return {}
+    if not isinstance(meta, Mapping):
+        raise InvalidOptionError("meta", f"must be a mapping of text keys to text values, not {type(meta).__name__}")
+    for key, value in meta.items():
+        problem = text_problem(key)
+        if problem is None and (key == "" or "=" in key):
+            problem = "must be non-empty and without '='"
+        if problem is not None:
+            raise InvalidOptionError("meta", f"key {key!r} is invalid: it {problem}")
+        problem = text_problem(value)
+        if problem is not None:
+            raise InvalidOptionError("meta", f"value {value!r} of key {key!r} is invalid: it {problem}")
+    return dict(meta)
+
+
+def _check_name(value: object, what: str) -> None:
+    problem = text_problem(value)
+    if problem is None and isinstance(value, str) and (not value or "@" in value or value != value.strip()):
+        problem = "must be non-empty, without '@' or surrounding spaces"
+    if problem is not None:
+        raise InvalidOptionError(what, f"{value!r} is an invalid {what}: it {problem}")

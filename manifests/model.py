@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +133,29 @@ def manifest_id(data: bytes) -> str:
 
 def is_hash(s: object) -> bool:
     return isinstance(s, str) and bool(_HEX64.match(s))
+
+
+# Bidirectional embeddings, overrides, isolates and marks: they reorder how text around them
+# is displayed, so a name or label could show as something it is not.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def text_problem(value: object) -> str | None:
+    """Why `value` cannot be a manifest's name, label, meta key or meta value, or None.
+
+    It must be a str that encodes as UTF-8 (a lone surrogate, which is how undecodable
+    command-line bytes arrive, can be neither stored in the catalog nor printed) with no
+    control, line-separator or bidi-control character (they break or spoof the one-line
+    listings that show these values)."""
+    if not isinstance(value, str):
+        return f"is not a string ({type(value).__name__})"
+    for ch in value:
+        cat = unicodedata.category(ch)
+        if cat == "Cs":
+            return "is not valid UTF-8"
+        if cat in ("Cc", "Zl", "Zp") or ch in _BIDI_CONTROLS:
+            return f"contains control character U+{ord(ch):04X}"
+    return None
 
 
 def parse_manifest(data: bytes, expected_id: str | None = None) -> Manifest:

@@ -244,3 +244,29 @@ def test_in_place_rewrite_that_restores_mtime_is_detected(home, tmp_path, monkey
     assert RawStore(str(home / "store")).keys("manifests") == []
     monkeypatch.setattr(pipeline, "iter_chunks", real)
     assert run_cli("archive", str(ckpt), "--name", "m").code == 0  # left alone, the same tree archives
+
+
+@pytest.mark.parametrize("args", [
+    ["--label", b"v\xff"],
+    ["--label", b"\xc3"],                    # truncated UTF-8 sequence
+    ["--name", b"model-\xff"],
+    ["--meta", b"epoch=\xfe"],
+    ["--meta", b"\xff=1"],
+    ["--label", "v\x1b[31m"],               # a terminal escape
+    ["--meta", "k=a\u202eb"],               # a bidi override
+], ids=lambda a: repr(a[1]))
+def test_cli_refuses_undecodable_or_control_text_before_writing(tmp_path, args):
+    """Invalid UTF-8 on the command line arrives as lone surrogates: the archive is refused
+    with one line and exit 2 before the scan, and the store holds no chunk and no manifest."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", layers=2, dim=64)
+    store = tmp_path / "store"
+    argv = [sys.executable, "-m", "archiver.cli", "--store", str(store), "--catalog", str(tmp_path / "c.db"),
+            "archive", str(ckpt)] + (["--name", "m"] if args[0] != "--name" else []) + args
+    p = subprocess.run([os.fsencode(a) if isinstance(a, str) else a for a in argv], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "LC_ALL": "C.UTF-8"}, capture_output=True,
+                       timeout=60)
+    err = p.stderr.decode("utf-8")  # the message itself is valid UTF-8
+    assert p.returncode == 2, err
+    assert err.startswith(f"archiver: error: {args[0]} ") and err.count("\n") == 1 and "Traceback" not in err
+    raw = RawStore(str(store))
+    assert raw.keys("chunks") == [] and raw.keys("manifests") == []
