@@ -12,20 +12,19 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import blake3
 
 from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
-from archiver.errors import ArchiverError, SourceChangedError, UsageError
+from archiver.errors import ArchiverError, InvalidOptionError
 from archiver.formats import detect_regions
 from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.progress import Progress
 from archiver.digests import FileDigest
 from archiver.repository import Repository, SavedChunk
-from archiver.scan import Source, scan
-from manifests.model import ChunkRef, Entry, Manifest
-from manifests.paths import unsafe_char
+from archiver.scan import Source, changed, open_source, scan
+from manifests.model import ChunkRef, Entry, Manifest, text_problem
 
 
 @dataclass
@@ -80,13 +79,12 @@ class _ChunkWriter:
 
 
 def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, label: str | None = None,
-            meta: dict[str, str] | None = None, policy: ChunkPolicy | None = None, workers: int | None = None,
+            meta: Mapping[str, str] | None = None, policy: ChunkPolicy | None = None, workers: int | None = None,
             progress: Progress | None = None, sign_key: Any = None) -> ArchiveResult:
     """Archive files and directories under `name`; returns the committed manifest's summary.
-    With `sign_key` (an Ed25519 private key) the manifest id is signed before it is recorded."""
-    _check_name(name, "name")
-    if label is not None:
-        _check_name(label, "label")
+    With `sign_key` (an Ed25519 private key) the manifest id is signed before it is recorded.
+    `name`, `label` and `meta` are checked before the scan, so bad ones write nothing."""
+    meta_d = check_archive_args(name, label, meta)
     started = time.monotonic()
     policy = policy or ChunkPolicy()
     progress = progress or Progress()
@@ -104,7 +102,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
                 entries.append(_archive_file(src, pool, writer, policy, window_for(nworkers), progress))
     progress.finish()
     parent = repo.latest(name)
-    manifest = Manifest(name=name, label=label, meta=dict(meta or {}), parent=parent, entries=tuple(entries))
+    manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries))
     uniq = manifest.unique_chunks()
     details: dict[str, Any] = dict(
         name=name, label=label, files=len(manifest.files), dirs=len(entries) - len(manifest.files),
@@ -115,14 +113,47 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     return ArchiveResult(id=done.id, signed_by=done.signed_by, **details)
 
 
+# A file whose ctime is this recent may still be written within the same timestamp tick
+# (a jiffy, at most 10 ms, for fine-grained filesystems; a whole second, or two, for
+# coarse ones), and such a write would leave ctime unchanged. Waiting until the clock is
+# past the tick before taking the "before" snapshot means any later write shows up.
+_FINE_GRAIN_NS = 20_000_000
+_COARSE_GRAIN_NS = 2_000_000_000
+SETTLE_LIMIT_S = 5.0  # a file rewritten for longer than this cannot be read consistently
+
+
+def _settled(fd: int, src: Source) -> os.stat_result:
+    """fstat once the file's last change is older than a timestamp tick, so that comparing
+    (size, mtime, ctime) before and after the read proves nothing wrote in between."""
+    deadline = time.monotonic() + SETTLE_LIMIT_S
+    while True:
+        st = os.fstat(fd)
+        grain = _COARSE_GRAIN_NS if st.st_ctime_ns % 1_000_000_000 == 0 else _FINE_GRAIN_NS
+        age = time.time_ns() - st.st_ctime_ns
+        if age >= grain or age < -grain:  # settled, or a clock we cannot compare with (skewed server)
+            return st
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise changed(src.abspath, "it is still being written")
+        time.sleep(min((grain - age) / 1e9 + 0.001, remaining))
+
+
+def _snapshot(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What must not move while a file is read: an in-place rewrite that restores the mtime
+    (`rsync --inplace -t`, `touch -r`) still moves ctime, which no caller can set."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, policy: ChunkPolicy,
                   window: int, progress: Progress) -> Entry:
+    fd = open_source(src)  # the regular file the scan saw (O_NOFOLLOW, same st_dev/st_ino), or raises
     try:
-        f = open(src.abspath, "rb")
-    except OSError as e:
-        raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
+        f = open(src.abspath, "rb", opener=lambda _path, _flags: fd)  # keeps the path as f.name
+    except BaseException:
+        os.close(fd)
+        raise
     with f:
-        before = os.fstat(f.fileno())
+        before = _settled(f.fileno(), src)
         size = before.st_size
         fmt = detect_regions(f, size)
         f.seek(0)
@@ -139,15 +170,45 @@ def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, p
         except OSError as e:
             raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
         after = os.fstat(f.fileno())
-    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or \
-            os.stat(src.abspath).st_ino != before.st_ino:
-        raise SourceChangedError(f"{src.abspath} changed while it was being archived; nothing was recorded, re-run")
+    if _snapshot(after) != _snapshot(before):
+        raise changed(src.abspath, "its size, modification or change time moved")
+    try:
+        now = os.stat(src.abspath, follow_symlinks=False)
+    except OSError:
+        raise changed(src.abspath, "it was removed or renamed") from None
+    if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+        raise changed(src.abspath, "it was replaced by another file")
     return Entry(path=src.path, type="file", mode=src.mode, size=size, mtime_ns=before.st_mtime_ns,
                  blake3=digest.blake3, sha256=digest.sha256, format=fmt[0] if fmt else "",
                  chunks=tuple(refs))
 
 
-def _check_name(value: str, what: str) -> None:
-    if not value or "@" in value or unsafe_char(value) is not None or value != value.strip():
-        raise UsageError(f"invalid {what} {value!r}: must be non-empty, without '@', control or bidirectional "
-                         f"characters or surrounding spaces")
+def check_archive_args(name: object, label: object, meta: object) -> dict[str, str]:
+    """Refuse a name, label or meta that the manifest reader, the catalog or a one-line
+    listing could not take back (InvalidOptionError naming the parameter); returns meta
+    as a plain dict. Runs before anything is scanned or written."""
+    _check_name(name, "name")
+    if label is not None:
+        _check_name(label, "label")
+    if meta is None:
+        return {}
+    if not isinstance(meta, Mapping):
+        raise InvalidOptionError("meta", f"must be a mapping of text keys to text values, not {type(meta).__name__}")
+    for key, value in meta.items():
+        problem = text_problem(key)
+        if problem is None and (key == "" or "=" in key):
+            problem = "must be non-empty and without '='"
+        if problem is not None:
+            raise InvalidOptionError("meta", f"key {key!r} is invalid: it {problem}")
+        problem = text_problem(value)  # one line of text; long documents go in as files
+        if problem is not None:
+            raise InvalidOptionError("meta", f"value {value!r} of key {key!r} is invalid: it {problem}")
+    return dict(meta)
+
+
+def _check_name(value: object, what: str) -> None:
+    problem = text_problem(value)
+    if problem is None and isinstance(value, str) and (not value or "@" in value or value != value.strip()):
+        problem = "must be non-empty, without '@' or surrounding spaces"
+    if problem is not None:
+        raise InvalidOptionError(what, f"is invalid: {value!r} {problem} (invalid {what} refused)")

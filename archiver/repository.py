@@ -144,9 +144,18 @@ class Repository:
                         details: dict[str, Any] | None = None) -> Committed:
         """Store the manifest (every chunk it names must already be durable), sign it, and
         record it in the catalog with an 'archive' audit entry. Never overwrites: an object
-        already under the same id must be byte-identical, else the store holds a forgery."""
-        data = m.canonical_json()
+        already under the same id must be byte-identical, else the store holds a forgery.
+        The bytes are first parsed with the reader's own checks and must read back as `m`:
+        nothing that `show`, `verify`, `restore` or a catalog rebuild would refuse or read
+        differently is ever stored (ManifestError)."""
+        try:
+            data = m.canonical_json()
+        except (TypeError, ValueError) as e:  # e.g. meta keys of mixed types, bytes values
+            raise ManifestError(f"malformed manifest: cannot be written as JSON ({e})") from None
         mid = manifest_id(data)
+        with translated():
+            if parse_manifest(data, expected_id=mid).to_dict() != m.to_dict():
+                raise ManifestError("malformed manifest: it does not read back as the manifest given")
         key = layout.manifest(mid)
         if not self._store.put_if_absent(key, data) and self._store.get(key) != data:
             raise ManifestError(f"store already holds a different object under manifest id {mid}")

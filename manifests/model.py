@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +142,23 @@ def is_hash(s: object) -> bool:
     return isinstance(s, str) and bool(_HEX64.match(s))
 
 
+def text_problem(value: object) -> str | None:
+    """Why `value` cannot be a manifest's name, label, meta key or meta value, or None.
+
+    It must be a str with no character a path may not hold (`paths.unsafe_char`: controls,
+    lone surrogates, which is how undecodable command-line bytes arrive, bidi controls)
+    and no line or paragraph separator: they break or spoof the one-line listings."""
+    if not isinstance(value, str):
+        return f"is not a string ({type(value).__name__})"
+    why = unsafe_char(value)
+    if why is not None:
+        return "is not valid UTF-8" if why.startswith("lone surrogate") else f"contains {why}"
+    for ch in value:
+        if unicodedata.category(ch) in ("Zl", "Zp"):
+            return f"contains line separator U+{ord(ch):04X}"
+    return None
+
+
 def parse_manifest(data: bytes, expected_id: str | None = None) -> Manifest:
     """Parse and structurally validate manifest bytes. If `expected_id` is given the
     bytes must hash to it (a tampered or substituted manifest is refused), and they must
@@ -191,6 +209,15 @@ def _text(v: object, what: str) -> None:
     _need(why is None, f"{what} has a {why}")
 
 
+def is_utf8(text: str) -> bool:
+    """False for a str holding a lone surrogate: it has no UTF-8 form to store or print."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _brief(v: object) -> str:
     """A short repr for an error message: hostile values can be huge or deeply nested."""
     if isinstance(v, (list, dict)):
@@ -208,6 +235,9 @@ def manifest_from_dict(obj: Any) -> Manifest:
     if label is not None:
         _text(label, "label")
     _need(isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()), "meta")
+    # older archives may hold controls in meta values (escaped on output); a lone surrogate has
+    # no UTF-8 form at all, so no catalog can index it and nothing can print it
+    _need(all(is_utf8(k) and is_utf8(v) for k, v in meta.items()), "meta is not valid UTF-8")
     _need(parent is None or is_hash(parent), "parent")
     raw_entries = obj.get("entries")
     _need(isinstance(raw_entries, list), "entries")

@@ -28,6 +28,7 @@ UNSAFE = {chr(c) for c in C0 + C1 + SURROGATES + BIDI + SEPARATORS}
 # what a hostile manifest might carry: clear screen, CSI, bidi override and isolate, bell,
 # a lone surrogate (a non-UTF-8 command-line byte), CR/LF to forge extra lines, NUL, DEL
 HOSTILE = "\x1b[2J\u202e\x9b31m\x07\udcff\u2066\r\nforged line\x00\x7f\u2028"
+HOSTILE_UTF8 = HOSTILE.replace("\udcff", "")  # what an older archiver could have stored in meta
 
 
 def assert_clean(text: str) -> None:
@@ -77,29 +78,44 @@ def ckpt(tmp_path):
 
 
 def test_show_escapes_hostile_meta(env, ckpt):
-    """Meta values (and keys) are free-form, so `archive` accepts them; `show` prints each
-    on its own single line, escaped; `show --json` keeps them exact."""
-    r = run_cli("archive", str(ckpt), "--name", "m", "--meta", f"note={HOSTILE}", "--meta", f"k\x1b]0;t\x07={HOSTILE}",
-                "--json")
-    assert r.code == 0, r.err
-    mid = r.json()["id"]
+    """Archive refuses control characters in meta now, but an older archiver stored meta
+    values as free text: `show` prints each on its own single line, escaped; `show --json`
+    keeps them exact."""
+    r = run_cli("archive", str(ckpt), "--name", "m", "--meta", f"note={HOSTILE_UTF8}")
+    assert r.code == 2 and "--meta" in r.err
+    meta = {"note": HOSTILE_UTF8, "k\x1b]0;t\x07": HOSTILE_UTF8}
+    m = Manifest(name="m", entries=(), meta=meta)
+    settings = Settings.resolve()
+    with Repository.open(settings, create=True):
+        pass
+    RawStore(str(env / "store")).write(layout.manifest(m.id), m.canonical_json())
+    mid = m.id
     s = run_cli("show", mid)
     assert s.code == 0, s.err
     assert_clean(s.out)
     meta_lines = [line for line in s.out.splitlines() if line.startswith("meta:")]
-    assert len(meta_lines) == 2 and "forged line" not in s.out.replace(printable(HOSTILE), "")
-    assert f"meta:    note={printable(HOSTILE)}" in meta_lines
+    assert len(meta_lines) == 2 and "forged line" not in s.out.replace(printable(HOSTILE_UTF8), "")
+    assert f"meta:    note={printable(HOSTILE_UTF8)}" in meta_lines
     j = run_cli("show", mid, "--json")
-    assert j.json()["manifest"]["meta"] == {"note": HOSTILE, f"k\x1b]0;t\x07": HOSTILE}
+    assert j.json()["manifest"]["meta"] == meta
 
 
 def test_list_and_verify_escape_a_hostile_name_and_label_in_the_catalog(env, ckpt):
-    """A manifest committed behind archive's back (a hand-built Manifest through
-    Repository.commit_manifest) puts a hostile name and label in the catalog: `list` shows
-    them escaped; `show` refuses the manifest in one clean line; `verify` reports it."""
+    """A manifest recorded behind archive's back (by an older archiver, or a hand-edited
+    catalog: commit_manifest itself now refuses it) puts a hostile name and label in the
+    catalog: `list` shows them escaped; `show` refuses the manifest in one clean line;
+    `verify` reports it."""
+    from manifests.catalog import Catalog
     name, label = "evil\x1b[2J\u202e\x9b\r\nm", "v\x07\u2066\x85"
-    with Repository.open(Settings.resolve(), create=True) as repo:
-        mid = repo.commit_manifest(Manifest(name=name, label=label, entries=(), meta={})).id
+    m = Manifest(name=name, label=label, entries=(), meta={})
+    settings = Settings.resolve()
+    with Repository.open(settings, create=True):
+        pass
+    RawStore(str(env / "store")).write(layout.manifest(m.id), m.canonical_json())
+    cat = Catalog(settings.catalog_path, settings.store_url)
+    cat.record_manifest(m, m.canonical_json())
+    cat.close()
+    mid = m.id
     rows = run_cli("list", "--json").json()
     assert [(r["name"], r["label"]) for r in rows] == [(name, label)]
     out = run_cli("list")

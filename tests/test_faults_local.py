@@ -162,3 +162,111 @@ def test_two_archive_jobs_at_once(home, tmp_path):
     dest = tmp_path / "restored"
     assert run_cli("restore", "job1-2", str(dest)).code == 0
     assert tree(dest / "job1") == tree(dirs[1])
+
+
+_SWAP_TO_FIFO = """
+import os, sys
+from archiver import cli, pipeline, scan
+victim, when, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+
+def to_fifo():
+    os.unlink(victim)
+    os.mkfifo(victim)
+
+if when == "after-scan":
+    real_scan = pipeline.scan
+    def scan_then_swap(paths):
+        out = real_scan(paths)
+        to_fifo()
+        return out
+    pipeline.scan = scan_then_swap
+else:  # in the window between the look (stat) and the open
+    real_open = os.open
+    def racing(name, flags, mode=0o777, *, dir_fd=None):
+        if os.fsdecode(name) == os.path.basename(victim) and os.path.isfile(victim):
+            to_fifo()
+        return real_open(name, flags, mode, dir_fd=dir_fd)
+    scan.os.open = racing
+cli.main(argv)
+"""
+
+
+@pytest.mark.parametrize("when", ["after-scan", "at-open"])
+def test_file_swapped_for_a_fifo_fails_fast(home, tmp_path, when):
+    """A FIFO in place of a scanned file must not hang the archive (opening one for reading
+    blocks until a writer comes): it is refused at once, in a subprocess with a deadline."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", layers=2, dim=64)
+    victim = ckpt / "tokenizer" / "vocab.txt"
+    store = tmp_path / "store"
+    p = subprocess.run([sys.executable, "-c", _SWAP_TO_FIFO, str(victim), when, "--store", str(store), "archive",
+                        str(ckpt), "--name", "m"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "vocab.txt changed while it was being archived" in p.stderr and p.stderr.count("\n") == 1
+    assert os.path.exists(victim) and not os.path.isfile(victim)  # the swap really happened
+    assert RawStore(str(store)).keys("manifests") == []
+
+
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+@pytest.mark.parametrize("how", ["overwrite", "truncate-and-rewrite"])
+def test_in_place_rewrite_that_restores_mtime_is_detected(home, tmp_path, monkeypatch, where, how):
+    """`rsync --inplace -t` (or `touch -r`) rewrites bytes and puts the old mtime back; the
+    size stays too. ctime moves anyway (no caller can set it), so a torn file, part old
+    and part new bytes, is never recorded."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", layers=4, dim=256)
+    target = ckpt / "model.safetensors"
+    real = pipeline.iter_chunks
+    done = []
+
+    def rewriting(f, size, policy, **kw):
+        for rc in real(f, size, policy, **kw):
+            if not done and f.name == str(target):
+                st = os.stat(target)
+                old = target.read_bytes()
+                off = {"start": 0, "middle": size // 2, "end": size - 64}[where]
+                new = old[:off] + bytes(b ^ 0xFF for b in old[off:off + 64]) + old[off + 64:]
+                with open(target, "r+b") as g:
+                    if how == "truncate-and-rewrite":
+                        g.truncate(0)
+                        g.write(new)
+                    else:
+                        g.seek(off)
+                        g.write(new[off:off + 64])
+                os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+                after = os.stat(target)
+                assert (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)  # only ctime tells
+                done.append(True)
+            yield rc
+    monkeypatch.setattr(pipeline, "iter_chunks", rewriting)
+    r = run_cli("archive", str(ckpt), "--name", "m")
+    assert done and r.code == 1 and "changed while" in r.err and r.err.count("\n") == 1, r.err
+    assert run_cli("list", "--json").json() == []
+    assert RawStore(str(home / "store")).keys("manifests") == []
+    monkeypatch.setattr(pipeline, "iter_chunks", real)
+    assert run_cli("archive", str(ckpt), "--name", "m").code == 0  # left alone, the same tree archives
+
+
+@pytest.mark.parametrize("args", [
+    ["--label", b"v\xff"],
+    ["--label", b"\xc3"],                    # truncated UTF-8 sequence
+    ["--name", b"model-\xff"],
+    ["--meta", b"epoch=\xfe"],
+    ["--meta", b"\xff=1"],
+    ["--label", "v\x1b[31m"],               # a terminal escape
+    ["--meta", "k=a\u202eb"],               # a bidi override
+], ids=lambda a: repr(a[1]))
+def test_cli_refuses_undecodable_or_control_text_before_writing(tmp_path, args):
+    """Invalid UTF-8 on the command line arrives as lone surrogates: the archive is refused
+    with one line and exit 2 before the scan, and the store holds no chunk and no manifest."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", layers=2, dim=64)
+    store = tmp_path / "store"
+    argv = [sys.executable, "-m", "archiver.cli", "--store", str(store), "--catalog", str(tmp_path / "c.db"),
+            "archive", str(ckpt)] + (["--name", "m"] if args[0] != "--name" else []) + args
+    p = subprocess.run([os.fsencode(a) if isinstance(a, str) else a for a in argv], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "LC_ALL": "C.UTF-8"}, capture_output=True,
+                       timeout=60)
+    err = p.stderr.decode("utf-8")  # the message itself is valid UTF-8
+    assert p.returncode == 2, err
+    assert err.startswith(f"archiver: error: {args[0]} ") and err.count("\n") == 1 and "Traceback" not in err
+    raw = RawStore(str(store))
+    assert raw.keys("chunks") == [] and raw.keys("manifests") == []

@@ -384,7 +384,7 @@ def test_rejects_empty_label():
 
 def test_ordinary_unicode_names_and_hostile_meta_values_are_accepted():
     """Names may be any text a person types; meta values are free-form (shown escaped)."""
-    hostile = "".join(HOSTILE_TEXT.values()) + "\nsecond line"
+    hostile = "".join(v for k, v in HOSTILE_TEXT.items() if "surrogate" not in k) + "\nsecond line"
     m = Manifest(name="模型 llama-3.1 ☃ \u200d", label="v1.0 ü", entries=(), meta={"note": hostile, "k\x1b": "v"})
     back = parse_manifest(m.canonical_json(), expected_id=m.id)
     assert back.meta["note"] == hostile and back.name == m.name and back.label == m.label
@@ -569,3 +569,14 @@ def test_archive_refuses_names_and_labels_verify_would_reject(hostile_store, tmp
     assert r.code == 2 and r.out == "" and r.err.count("\n") == 1, r.err
     assert f"invalid {field[2:]} " in r.err and not any(ch in r.err for ch in HOSTILE_TEXT.values())
     assert run_cli(*g, "list", "--json").json() == before
+
+
+def test_lone_surrogate_in_stored_meta_is_malformed_not_a_crash():
+    """A planted manifest with undecodable meta is refused by the reader (rebuild reports it)."""
+    from manifests.model import canonical
+    from manifests.errors import ManifestError as _ME
+    for meta in ({"k": "v\udcff"}, {"k\udcff": "v"}):
+        m = Manifest(name="n", entries=(), meta=meta)
+        data = canonical(m.to_dict())
+        with pytest.raises(_ME, match="not valid UTF-8"):
+            parse_manifest(data)

@@ -2,18 +2,28 @@
 the store, results are reported accurately, and everything restores byte-identical."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
+import random
+import time
 
+import blake3
 import pytest
 
+from archiver import pipeline
+from archiver.checker import verify
 from archiver.chunking import ChunkPolicy
-from archiver.errors import UsageError
+from archiver.errors import InvalidOptionError, ManifestError, SourceChangedError, UsageError
 from archiver.pipeline import archive
 from archiver.repository import Repository
+from archiver.scan import open_source, scan
 from archiver.settings import Settings
 from archiver.restorer import restore
+from manifests.model import ChunkRef, Entry, Manifest, parse_manifest
 from tests.fixtures import make_gguf, make_safetensors, make_torch_zip, random_tensor_bytes, transformer_tensors
-from tests.helpers import tree
+from tests.helpers import RawStore, make_checkpoint, tree
+from tests.test_scan import SWAPS, swap
 
 SMALL = ChunkPolicy(max_chunk=256 * 1024, small_group=64 * 1024, cdc_min=16 * 1024, cdc_avg=64 * 1024,
                     cdc_max=256 * 1024)
@@ -92,3 +102,203 @@ def test_known_chunk_missing_from_store_is_uploaded_again(repo, model_dir, tmp_p
 def test_bad_names_refused(repo, model_dir, bad):
     with pytest.raises(UsageError):
         archive(repo, [model_dir], name=bad)
+
+
+@pytest.fixture
+def small_ckpt(tmp_path):
+    return make_checkpoint(tmp_path / "src" / "model", layers=2, dim=64)
+
+
+# -- sources: the scanned file is the one read ----------------------------------------------------
+
+@pytest.fixture
+def secret(tmp_path):
+    s = tmp_path / "outside" / "secret.bin"
+    s.parent.mkdir()
+    s.write_bytes(b"root-only secret " * 1000)
+    return s
+
+
+def _swap_after_scan(monkeypatch, victim, kind, secret):
+    real = pipeline.scan
+
+    def scan_then_swap(paths):
+        out = real(paths)
+        swap(victim, kind, secret)
+        return out
+    monkeypatch.setattr(pipeline, "scan", scan_then_swap)
+
+
+FILE_SWAPS = [("model/config.json", k) for k in SWAPS] + [("file PATH", k) for k in SWAPS]
+DIR_SWAPS = [(w, k) for w in ("model/tokenizer", "model") for k in ("symlink-to-secret", "directory", "removed")]
+
+
+@pytest.mark.parametrize("where,kind", FILE_SWAPS + DIR_SWAPS)
+def test_file_swapped_after_scan_is_never_archived(repo, small_ckpt, tmp_path, monkeypatch, secret, where, kind):
+    """A root archiver of a user-writable tree must not be made to read another file: a file,
+    a directory above it or the PATH itself swapped after the scan fails the archive and
+    records nothing, and none of the other file's bytes reach the store."""
+    paths = [small_ckpt / "config.json"] if where == "file PATH" else [small_ckpt]
+    if where in ("model/config.json", "file PATH"):
+        victim, target = small_ckpt / "config.json", secret
+    else:  # a look-alike directory holding the secret under the scanned names
+        victim, target = small_ckpt / where.removeprefix("model").lstrip("/"), secret.parent
+        for inside in ("config.json", "vocab.txt"):
+            (secret.parent / inside).write_bytes(secret.read_bytes())
+    _swap_after_scan(monkeypatch, victim, kind, target)
+    with pytest.raises(SourceChangedError, match="changed while it was being archived") as ei:
+        archive(repo, paths, name="m")
+    assert "\n" not in str(ei.value)
+    raw = RawStore(str(tmp_path / "store"))
+    assert raw.keys("manifests") == [] and repo.list_archives() == []
+    assert blake3.blake3(secret.read_bytes()).hexdigest() not in {k.rsplit("/", 1)[-1] for k in raw.keys("chunks")}
+
+
+# -- a file rewritten while it is read: the snapshot compared against is taken once ctime settles ------
+
+def test_before_snapshot_waits_until_ctime_is_past_its_tick(tmp_path):
+    """A write in the same timestamp tick as the last one would not move ctime, so the
+    snapshot a read is compared against is taken only once ctime is safely in the past."""
+    p = tmp_path / "fresh.bin"
+    p.write_bytes(b"just written")
+    src = scan([p])[0]
+    fd = open_source(src)
+    try:
+        st = pipeline._settled(fd, src)
+    finally:
+        os.close(fd)
+    assert time.time_ns() - st.st_ctime_ns >= pipeline._FINE_GRAIN_NS
+
+
+def test_file_that_never_settles_is_refused(tmp_path, monkeypatch):
+    p = tmp_path / "busy.bin"
+    p.write_bytes(b"always being written")
+    src = scan([p])[0]
+    monkeypatch.setattr(pipeline, "_FINE_GRAIN_NS", 10**18)  # every ctime looks this recent
+    monkeypatch.setattr(pipeline, "_COARSE_GRAIN_NS", 10**18)
+    monkeypatch.setattr(pipeline, "SETTLE_LIMIT_S", 0.2)
+    fd = open_source(src)
+    started = time.monotonic()
+    try:
+        with pytest.raises(SourceChangedError, match="still being written"):
+            pipeline._settled(fd, src)
+    finally:
+        os.close(fd)
+    assert time.monotonic() - started < 2
+
+
+# -- the write path validates what it writes ------------------------------------------------------
+
+BAD_ARGS = [
+    # (name, label, meta, parameter named in the error)
+    (3, None, None, "name"),
+    ("m\udcff", None, None, "name"),                 # undecodable argv bytes arrive as lone surrogates
+    ("m\u202eevil", None, None, "name"),             # bidi override: shows as something else
+    ("line\u2028break", None, None, "name"),
+    ("m", "\udcff", None, "label"),
+    ("m", 3, None, "label"),
+    ("m", "v\x85", None, "label"),                   # C1 control
+    ("m", "a@b", None, "label"),
+    ("m", None, {"epoch": 3}, "meta"),
+    ("m", None, {3: "x"}, "meta"),
+    ("m", None, {"k": None}, "meta"),
+    ("m", None, {"": "x"}, "meta"),
+    ("m", None, {"a=b": "x"}, "meta"),
+    ("m", None, {"k\udcff": "x"}, "meta"),
+    ("m", None, {"k": "v\udcff"}, "meta"),
+    ("m", None, {"k": "two\nlines"}, "meta"),
+    ("m", None, {"k": "\x1b[2Jclear"}, "meta"),
+    ("m", None, ["k=v"], "meta"),
+]
+
+
+@pytest.mark.parametrize("name,label,meta,option", BAD_ARGS)
+def test_bad_name_label_or_meta_refused_before_anything_is_read_or_written(repo, small_ckpt, tmp_path, monkeypatch,
+                                                                          name, label, meta, option):
+    def no_scan(paths):
+        raise AssertionError("scanned before the arguments were checked")
+    monkeypatch.setattr(pipeline, "scan", no_scan)
+    with pytest.raises(InvalidOptionError) as ei:
+        archive(repo, [small_ckpt], name=name, label=label, meta=meta)
+    assert ei.value.option == option and "\n" not in str(ei.value)
+    str(ei.value).encode("utf-8")  # the message itself is printable whatever the input was
+    raw = RawStore(str(tmp_path / "store"))
+    assert raw.keys("chunks") == [] and raw.keys("manifests") == [] and repo.list_archives() == []
+
+
+TEXT_PIECES = ["a", "Z", "7", "-", "_", ".", " ", "é", "模", "☃", "\U0001F600", "e\u0301", "@", "=",
+               "\t", "\n", "\x00", "\x7f", "\x85", "\u2028", "\u202e", "\u2066", "\udcff", "\ud800"]
+
+
+def _random_text(rng: random.Random) -> str:
+    return "".join(rng.choice(TEXT_PIECES[:12] if rng.random() < 0.7 else TEXT_PIECES)
+                   for _ in range(rng.randint(0, 6)))
+
+
+def test_whatever_archive_accepts_every_reader_accepts(repo, tmp_path):
+    """The class, not the example: random names, labels and meta are either refused up front
+    with nothing written, or committed as a manifest that the reader, show, verify, restore
+    and a catalog rebuild all take back unchanged."""
+    src = tmp_path / "src" / "w.bin"
+    src.parent.mkdir()
+    src.write_bytes(b"weights" * 100)
+    rng = random.Random(14)
+    raw = RawStore(str(tmp_path / "store"))
+    accepted: dict[str, tuple[str, str | None, dict[str, str]]] = {}
+    refused = 0
+    for _ in range(60):
+        name, label = _random_text(rng), (_random_text(rng) if rng.random() < 0.5 else None)
+        meta = {_random_text(rng): _random_text(rng) for _ in range(rng.randint(0, 3))}
+        before = raw.keys("manifests")
+        try:
+            res = archive(repo, [src], name=name, label=label, meta=meta)
+        except InvalidOptionError:
+            refused += 1
+            assert raw.keys("manifests") == before
+            continue
+        data = raw.read(f"manifests/{res.id}.json")
+        m = parse_manifest(data, expected_id=res.id)
+        assert (m.name, m.label, m.meta) == (name, label, meta)
+        accepted[res.id] = (name, label, meta)
+    assert refused >= 5 and len(accepted) >= 5  # both sides of the line were exercised
+    rep = verify(repo, [], all_archives=True, deep=True)
+    assert rep.ok and set(rep.manifests) == set(accepted)
+    for mid in accepted:
+        out = restore(repo, mid, tmp_path / "out" / mid)
+        assert out.ok and (tmp_path / "out" / mid / "w.bin").read_bytes() == src.read_bytes()
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "fresh.db")) as fresh:
+        assert set(fresh.rebuild_catalog()) == set(accepted)
+        for mid, (name, label, meta) in accepted.items():
+            m = fresh.load_manifest(mid)
+            assert (m.name, m.label, m.meta) == (name, label, meta)
+
+
+def _one_file_manifest(repo: Repository, **overrides) -> Manifest:
+    data = b"x" * 1000
+    h = blake3.blake3(data).hexdigest()
+    saved = repo.save_chunk(h, data, 0)
+    entry = Entry(path="w.bin", type="file", mode=0o644, size=len(data), blake3=h,
+                  sha256=hashlib.sha256(data).hexdigest(), chunks=(ChunkRef(0, len(data), h, saved.stored_size,
+                                                                            saved.codec),))
+    fields = dict(name="m", label=None, meta={}, parent=None, entries=(entry,))
+    fields.update(overrides)
+    if "entry" in fields:
+        fields["entries"] = (dataclasses.replace(entry, **fields.pop("entry")),)
+    return Manifest(**fields)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"meta": {"epoch": 3}}, {"meta": {3: "x"}}, {"meta": {3: "x", "a": "y"}}, {"meta": {"k": b"bytes"}},
+    {"label": 3}, {"name": ""}, {"name": 7},
+    {"parent": "not-a-hash"}, {"entry": {"size": 999}}, {"entry": {"mode": 0o170000}},
+    {"entry": {"sha256": "short"}},
+], ids=lambda o: repr(o))
+def test_commit_manifest_stores_nothing_the_reader_would_refuse(repo, tmp_path, overrides):
+    """Manifests built by hand through the Python API go through the same door: the bytes
+    are parsed with the reader's own checks before they are stored or recorded."""
+    assert repo.commit_manifest(_one_file_manifest(repo)).id  # the unmodified one is fine
+    raw = RawStore(str(tmp_path / "store"))
+    before = raw.keys("manifests")
+    with pytest.raises(ManifestError, match="malformed manifest"):
+        repo.commit_manifest(_one_file_manifest(repo, **overrides), details={})
+    assert raw.keys("manifests") == before and len(repo.list_archives()) == 1

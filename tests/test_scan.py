@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import archiver.scan as scan_mod
-from archiver.errors import ArchiverError, NotFoundError, UsageError
+from archiver.errors import ArchiverError, NotFoundError, SourceChangedError, UsageError
 from archiver.scan import Source, scan
 
 
@@ -52,7 +52,8 @@ def test_file_argument_uses_its_basename(tmp_path, monkeypatch):
     f.parent.mkdir()
     f.write_bytes(b"x" * 7)
     os.chmod(f, 0o640)
-    assert scan([f]) == [Source("model.safetensors", f, False, 7, 0o640)]
+    st = os.stat(f)
+    assert scan([f]) == [Source("model.safetensors", f, False, 7, 0o640, st.st_dev, st.st_ino)]
     monkeypatch.chdir(tmp_path / "dir")
     assert scan(["model.safetensors"])[0].abspath == f  # relative PATHs are made absolute
     assert scan(["./model.safetensors"])[0].path == "model.safetensors"
@@ -193,3 +194,118 @@ def test_unicode_and_spaces_accepted(tmp_path):
     d.mkdir()
     (d / "权重 ☃.bin").write_text("x")
     assert [s.path for s in scan([d])] == ["модель v1", "модель v1/权重 ☃.bin"]
+
+
+# -- the scanned inode is the one read: swaps after the scan are refused, never followed ----------
+
+SWAPS = ["symlink-to-secret", "hardlink-to-secret", "other-file", "directory", "removed"]
+
+
+def swap(path: Path, kind: str, secret: Path) -> None:
+    """Replace `path` the ways a hostile owner of the tree could between scan and read."""
+    if kind == "other-file":  # same bytes, another inode (made before the old one is freed: no number reuse)
+        fresh = path.with_name(path.name + ".new")
+        fresh.write_bytes(secret.read_bytes())
+        os.replace(fresh, path)
+        return
+    if path.is_dir() and not path.is_symlink():
+        os.rename(path, path.with_name(path.name + ".old"))
+    else:
+        path.unlink()
+    if kind == "symlink-to-secret":
+        path.symlink_to(secret)
+    elif kind == "hardlink-to-secret":
+        os.link(secret, path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        assert kind == "removed"
+
+
+@pytest.fixture
+def secret(tmp_path):
+    s = tmp_path / "outside" / "secret"
+    s.parent.mkdir()
+    s.write_bytes(b"not yours to archive")
+    return s
+
+
+def test_sources_carry_the_scanned_identity_and_their_directory(tmp_path):
+    ckpt = build_tree(tmp_path)
+    by = {s.path: s for s in scan([ckpt])}
+    for s in by.values():
+        st = os.lstat(s.abspath)
+        assert (s.dev, s.ino) == (st.st_dev, st.st_ino)
+        parent = s.path.rpartition("/")[0]
+        assert (s.parent is None) if s.path == "ckpt" else (s.parent is by[parent])
+    fd = scan_mod.open_source(by["ckpt/sub/deeper/w.txt"])
+    try:
+        assert os.read(fd, 10) == b"ww" and os.get_blocking(fd)  # O_NONBLOCK is cleared for reading
+    finally:
+        os.close(fd)
+    fd = scan_mod.open_source(by["ckpt/sub"])
+    try:
+        assert sorted(os.listdir(fd)) == ["deeper", "z.txt"]
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("which,kind", [(w, k) for w in ("ckpt/sub/z.txt", "top-level file") for k in SWAPS] +
+                         [("ckpt/sub", k) for k in ("symlink-to-secret", "directory", "removed")])
+def test_swap_after_scan_is_refused(tmp_path, secret, kind, which):
+    """A file, a directory on its way, or a PATH itself replaced after the scan: opening the
+    scanned entry fails with one line; the replacement is never opened."""
+    ckpt = build_tree(tmp_path)
+    if which == "top-level file":
+        src = scan([ckpt / "b.bin"])[0]
+        victim = ckpt / "b.bin"
+    else:
+        src = {s.path: s for s in scan([ckpt])}["ckpt/sub/z.txt"]
+        victim = ckpt / which.removeprefix("ckpt/")
+    if which == "ckpt/sub":  # a look-alike directory whose z.txt is the secret
+        kind_target = secret.parent
+        (secret.parent / "z.txt").write_bytes(secret.read_bytes())
+        swap(victim, kind, kind_target)
+    else:
+        swap(victim, kind, secret)
+    with pytest.raises(SourceChangedError, match="changed while it was being archived") as ei:
+        os.close(scan_mod.open_source(src))
+    assert str(victim) in str(ei.value) and "\n" not in str(ei.value)
+
+
+@pytest.mark.parametrize("kind", ["symlink-to-secret", "hardlink-to-secret", "other-file", "fifo"])
+def test_swap_in_the_window_before_open_is_caught_on_the_descriptor(tmp_path, secret, monkeypatch, kind):
+    """The swap lands after the look (stat) and before the open: O_NOFOLLOW refuses a symlink,
+    O_NONBLOCK keeps a FIFO from blocking, and fstat of what was opened refuses the rest."""
+    ckpt = build_tree(tmp_path)
+    src = {s.path: s for s in scan([ckpt])}["ckpt/sub/z.txt"]
+    victim = ckpt / "sub" / "z.txt"
+    real_open = os.open
+    opened: list[str] = []
+
+    def racing(name, flags, mode=0o777, *, dir_fd=None):
+        if os.fsdecode(name) == "z.txt" and "z.txt" not in opened:
+            swap(victim, kind, secret)
+        opened.append(os.fsdecode(name))
+        return real_open(name, flags, mode, dir_fd=dir_fd)
+    monkeypatch.setattr(scan_mod.os, "open", racing)
+    with pytest.raises(SourceChangedError, match="changed while it was being archived"):
+        os.close(scan_mod.open_source(src))
+    assert opened[-1] == "z.txt"  # the race really was in the open window
+
+
+def test_scan_lists_the_directory_it_saw_not_what_its_path_names_now(tmp_path, secret, monkeypatch):
+    """A subdirectory swapped for a symlink between being classified and being listed: the
+    scan refuses instead of walking into the symlink's target."""
+    ckpt = build_tree(tmp_path)
+    real = scan_mod.open_source
+
+    def racing(src):
+        if src.path == "ckpt/sub":
+            swap(ckpt / "sub", "symlink-to-secret", secret.parent)
+        return real(src)
+    monkeypatch.setattr(scan_mod, "open_source", racing)
+    with pytest.raises(SourceChangedError, match="sub changed while .*symlink"):
+        scan([ckpt])
