@@ -23,6 +23,7 @@ class Source:
     is_dir: bool
     size: int
     mode: int
+    mtime_ns: int | None = None  # directories: recorded so restore can set it back (files re-stat when read)
 
 
 def _classify(p: Path) -> os.stat_result:
@@ -60,7 +61,7 @@ def scan(paths: list[str | os.PathLike]) -> list[Source]:
             _readable(p)
             out.append(Source(top, p, False, st.st_size, stat.S_IMODE(st.st_mode)))
             continue
-        out.append(Source(top, p, True, 0, stat.S_IMODE(st.st_mode)))
+        out.append(Source(top, p, True, 0, stat.S_IMODE(st.st_mode), st.st_mtime_ns))
         stack = [(p, top)]
         while stack:
             d, rel = stack.pop()
@@ -73,7 +74,7 @@ def scan(paths: list[str | os.PathLike]) -> list[Source]:
                 cst = _classify(child)
                 crel = f"{rel}/{_name(child)}"
                 if stat.S_ISDIR(cst.st_mode):
-                    out.append(Source(crel, child, True, 0, stat.S_IMODE(cst.st_mode)))
+                    out.append(Source(crel, child, True, 0, stat.S_IMODE(cst.st_mode), cst.st_mtime_ns))
                     stack.append((child, crel))
                 else:
                     _readable(child)
