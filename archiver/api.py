@@ -100,10 +100,12 @@ def verify(refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool =
 def restore(ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (), force: bool = False,
             trust_keys: Iterable[str | bytes] | None = None, repo: Repository | None = None,
             store: str | None = None, catalog: str | os.PathLike | None = None, settings: Settings | None = None,
-            progress: Progress | None = None) -> RestoreResult:
+            progress: Progress | None = None, preserve_special_bits: bool = False) -> RestoreResult:
+    """`preserve_special_bits`: keep setuid, setgid and sticky bits (dropped by default)."""
     trusted = trusted_keys(trust_keys)
     with _repo(repo, store, catalog, settings=settings) as r:
-        return restorer.restore(r, ref, dest, include=include, force=force, trusted=trusted, progress=progress)
+        return restorer.restore(r, ref, dest, include=include, force=force, trusted=trusted, progress=progress,
+                                preserve_special_bits=preserve_special_bits)
 
 
 def list_archives(name: str | None = None, *, repo: Repository | None = None, store: str | None = None,

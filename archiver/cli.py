@@ -192,15 +192,18 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
 @click.option("--force", is_flag=True, help="Restore into a non-empty DEST, replacing files.")
 @click.option("--trust-key", multiple=True, metavar="PUBKEY",
               help="Refuse unless signed by this public key (file or hex); repeatable.")
+@click.option("--preserve-special-bits", is_flag=True,
+              help="Keep setuid, setgid and sticky bits (dropped by default).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bool, trust_key: tuple[str, ...],
-                as_json: bool) -> None:
+                preserve_special_bits: bool, as_json: bool) -> None:
     """Restore an archive into DEST, verifying every byte."""
     trusted = api.trusted_keys(trust_key)
     with c.repo() as repo:
         res = api.restore(ref, dest, include=include, force=force, trust_keys=trusted, repo=repo,
-                          progress=Progress.for_terminal("restore", quiet=as_json))
+                          progress=Progress.for_terminal("restore", quiet=as_json),
+                          preserve_special_bits=preserve_special_bits)
     if as_json:
         emit(res.to_dict())
     else:

@@ -97,7 +97,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="archive") as pool:
         for src in sources:
             if src.is_dir:
-                entries.append(Entry(path=src.path, type="dir", mode=src.mode))
+                entries.append(Entry(path=src.path, type="dir", mode=src.mode, mtime_ns=src.mtime_ns))
             else:
                 entries.append(_archive_file(src, pool, writer, policy, window_for(nworkers), progress))
     progress.finish()

@@ -5,10 +5,19 @@ to directory file descriptors opened with O_NOFOLLOW, so a symlink planted in DE
 cannot redirect a write. Each file is written under a temporary name, its chunks are
 fetched in parallel, decoded and re-hashed, the whole file is hashed (BLAKE3 + SHA-256),
 fsynced, and only then renamed into place: a damaged file never appears under its final
-name. A damaged file is reported and skipped; the others are still restored."""
+name. A damaged file is reported and skipped; the others are still restored.
+
+Temporary names are fixed-length and hold a backslash, which no archived name can (see
+`temp_name`), so any name archive accepts restores and no real file is ever taken for
+one; temp files left by a killed restore are removed by the next restore into DEST.
+All-zero stretches are skipped with a seek, so sparse files stay sparse. Directory modes
+and mtimes are set last, deepest first, once everything inside them is written.
+setuid, setgid and sticky bits are dropped unless asked for: a restore should not
+create privileged executables from a store someone else may have written to."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import fnmatch
 import os
 import secrets
@@ -18,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
+
+import blake3
 
 from archiver.errors import (DestinationError, DestinationFullError, FileHashError,
                              IntegrityError, UnsafePathError, translated)
@@ -32,6 +43,19 @@ from manifests.paths import check_paths
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 WRITEBACK_EVERY = 64 * 1024 * 1024
+SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+# Holes are made per aligned window of this size: big enough that checking costs nothing
+# next to the write (bytes.startswith is a memcmp that stops at the first non-zero byte),
+# small enough to keep every hole of a sparse file that matters.
+HOLE_WINDOW = 64 * 1024
+_ZERO_WINDOW = bytes(HOLE_WINDOW)
+# ".archiver-tmp\" + 16 hex nonce + 16 hex tag (BLAKE3 of the nonce): 46 ASCII bytes whatever
+# the final name's length. Archive and restore refuse a backslash in any path, so no archived
+# name has this form, and the tag tells our leftovers from a user's file that only looks alike.
+# Filesystems that refuse a backslash in names (FAT, exFAT) get the same name with a '-'.
+TEMP_PREFIX = ".archiver-tmp\\"
+PORTABLE_TEMP_PREFIX = ".archiver-tmp-"
+_TEMP_TAG_KEY = b"archiver restore temp file\0"
 
 
 @dataclass
@@ -62,8 +86,9 @@ def select(entries: Iterable[Entry], include: Iterable[str]) -> list[Entry]:
 
 def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (),
             force: bool = False, workers: int | None = None, trusted: list[bytes] | None = None,
-            progress: Progress | None = None) -> RestoreResult:
-    """With `trusted` public keys, refuse unless one of them signed the manifest."""
+            progress: Progress | None = None, preserve_special_bits: bool = False) -> RestoreResult:
+    """With `trusted` public keys, refuse unless one of them signed the manifest. Modes lose
+    their setuid, setgid and sticky bits unless `preserve_special_bits`."""
     started = time.monotonic()
     progress = progress or Progress()
     mid = repo.resolve(ref)
@@ -82,19 +107,26 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
     result = RestoreResult(id=mid, dest=str(root))
     nworkers = workers or default_workers()
     progress.start(f"restore {m.name}", sum(e.size for e in chosen))
+    mode_mask = 0o7777 if preserve_special_bits else 0o7777 & ~SPECIAL_BITS
     root_fd = os.open(root, _DIR_FLAGS)
     try:
+        remove_stale_temps(root_fd)
         with ThreadPoolExecutor(nworkers, thread_name_prefix="restore") as pool:
             for e in chosen:
                 if e.is_file:
-                    _restore_file(repo, mid, root_fd, e, pool, window_for(nworkers), result, progress, force)
+                    _restore_file(repo, mid, root_fd, e, pool, window_for(nworkers), result, progress, force,
+                                  mode_mask)
                 else:
                     os.close(_open_dir(root_fd, e.path.split("/"), create=True))
                     result.dirs += 1
+        # Last and deepest first: writing a file or a subdirectory changes its parent's mtime,
+        # and a read-only mode would stop the writes below it.
         for e in sorted((e for e in chosen if not e.is_file), key=lambda e: -e.path.count("/")):
             fd = _open_dir(root_fd, e.path.split("/"), create=False)
             try:
-                os.fchmod(fd, e.mode)
+                os.fchmod(fd, e.mode & mode_mask)
+                if e.mtime_ns is not None:  # None: a manifest made before directory mtimes were recorded
+                    os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -104,6 +136,126 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
         progress.finish()
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def temp_name(prefix: str = TEMP_PREFIX) -> str:
+    """A fresh temporary name: short and fixed-length, so it fits wherever the final name fits."""
+    nonce = secrets.token_hex(8)
+    return prefix + nonce + _temp_tag(nonce)
+
+
+def _temp_tag(nonce: str) -> str:
+    return blake3.blake3(_TEMP_TAG_KEY + nonce.encode("ascii")).hexdigest()[:16]
+
+
+def is_temp_name(name: str) -> bool:
+    """True only for names made by `temp_name`: a prefix, 32 lowercase hex, and a matching tag."""
+    rest = name[len(TEMP_PREFIX):]
+    if not name.startswith((TEMP_PREFIX, PORTABLE_TEMP_PREFIX)) or len(rest) != 32 or \
+            rest.strip("0123456789abcdef"):
+        return False
+    return _temp_tag(rest[:16]) == rest[16:]
+
+
+def remove_stale_temps(root_fd: int) -> int:
+    """Remove temp files that a killed restore left anywhere below root_fd; returns how many.
+    Symlinks are never followed, only regular files with our tagged names are touched, and a
+    temp file that a restore still running holds (locked) is left alone."""
+    removed = 0
+    for _, _, files, dir_fd in os.fwalk(".", dir_fd=root_fd):  # follow_symlinks=False by default
+        for name in files:
+            if is_temp_name(name) and _remove_if_stale(dir_fd, name):
+                removed += 1
+    return removed
+
+
+def _remove_if_stale(dir_fd: int, name: str) -> bool:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), dir_fd=dir_fd)
+    except PermissionError:
+        # Its final mode, set just before the kill, denies reading, so it cannot be locked (a live
+        # restore's file is in that state only between its fchmod and its rename).
+        fd = -1
+    except OSError:
+        return False  # gone already, or a symlink (ELOOP): not ours
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a live restore is writing it
+            except OSError:
+                pass  # no locks on this filesystem: take it for the leftover it almost surely is
+            if not os.path.samestat(os.fstat(fd), os.stat(name, dir_fd=dir_fd, follow_symlinks=False)):
+                return False  # replaced meanwhile
+        os.unlink(name, dir_fd=dir_fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _create_temp(dir_fd: int) -> tuple[str, int]:
+    """Create and lock a temp file in dir_fd. The lock tells a concurrent restore's cleanup
+    that the file is live; it is held until the file is renamed into place."""
+    prefix = TEMP_PREFIX
+    while True:
+        tmp = temp_name(prefix)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                         0o600, dir_fd=dir_fd)
+        except OSError as err:
+            if prefix == TEMP_PREFIX and err.errno in (errno.EINVAL, errno.EILSEQ):
+                prefix = PORTABLE_TEMP_PREFIX  # the filesystem refuses a backslash in names
+                continue
+            raise
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as err:
+                if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+            if os.path.samestat(os.fstat(fd), os.stat(tmp, dir_fd=dir_fd, follow_symlinks=False)):
+                return tmp, fd
+        except FileNotFoundError:
+            pass  # a cleanup took it between its creation and our lock: start over
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except OSError:
+                pass
+            raise
+        os.close(fd)
+
+
+def _write_sparse(fd: int, data: bytes | bytearray, pos: int) -> None:
+    """Write `data`, which belongs at file offset `pos` (the fd's position), seeking over
+    every all-zero HOLE_WINDOW-aligned window instead of writing it: holes stay holes.
+    The caller sets the final size with ftruncate, in case the file ends in a hole."""
+    n = len(data)
+    view = memoryview(data)
+    is_zero = data.startswith
+    done = 0                       # data[:done] is written or skipped
+    s = (-pos) % HOLE_WINDOW       # start of the first aligned window inside data
+    while s + HOLE_WINDOW <= n:
+        if not is_zero(_ZERO_WINDOW, s):
+            s += HOLE_WINDOW
+            continue
+        end = s + HOLE_WINDOW
+        while end + HOLE_WINDOW <= n and is_zero(_ZERO_WINDOW, end):
+            end += HOLE_WINDOW
+        if s > done:
+            write_all(fd, view[done:s])
+        os.lseek(fd, end - s, os.SEEK_CUR)
+        done = s = end
+    if done < n:
+        write_all(fd, view[done:])
 
 
 def _prepare_dest(root: Path, force: bool) -> None:
@@ -151,16 +303,14 @@ def _open_dir(root_fd: int, parts: list[str], *, create: bool) -> int:
 
 
 def _restore_file(repo: Repository, mid: str, root_fd: int, e: Entry, pool: ThreadPoolExecutor, window: int,
-                  result: RestoreResult, progress: Progress, force: bool) -> None:
+                  result: RestoreResult, progress: Progress, force: bool, mode_mask: int) -> None:
     parts = e.path.split("/")
     dir_fd = _open_dir(root_fd, parts[:-1], create=True)
     name = parts[-1]
-    # 200 bytes of the name, not characters: a 255-byte name of 3-byte characters must fit too
-    tmp = f".{name.encode()[:200].decode('utf-8', 'ignore')}.{secrets.token_hex(6)}.archiver-tmp"
+    tmp = ""
     fd = -1
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
-                     0o600, dir_fd=dir_fd)
+        tmp, fd = _create_temp(dir_fd)
         # Every chunk is re-hashed, and the whole file with BLAKE3, by stream_file.
         written = flushed = 0
         for piece in repo.stream_file(e, pool, window, keep_going=True, sha256=False):
@@ -169,21 +319,22 @@ def _restore_file(repo: Repository, mid: str, root_fd: int, e: Entry, pool: Thre
                 return
             data = piece.data
             assert data is not None
-            write_all(fd, data)
+            _write_sparse(fd, data, written)
             written += len(data)
             if written - flushed >= WRITEBACK_EVERY:
                 # start writeback now, so the final fsync does not wait for the whole file
                 os.posix_fadvise(fd, flushed, written - flushed, os.POSIX_FADV_DONTNEED)
                 flushed = written
             progress.advance(len(data))
-        os.fchmod(fd, e.mode)
+        os.ftruncate(fd, written)  # the size, if the file ends in a hole
+        os.fchmod(fd, e.mode & mode_mask)
         os.fsync(fd)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+        _check_target(dir_fd, name, e.path, force)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # still locked: no cleanup takes it
+        tmp = ""
         os.close(fd)
         fd = -1
-        _check_target(dir_fd, name, e.path, force)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        tmp = ""
         os.fsync(dir_fd)
         result.files += 1
         result.bytes += e.size

@@ -39,6 +39,7 @@ class Source:
     dev: int           # identity seen by the scan: what is read later must be this inode
     ino: int
     parent: Source | None = field(default=None, repr=False)  # containing directory; None for a PATH
+    mtime_ns: int | None = None  # directories: recorded so restore can set it back (files re-stat when read)
 
 
 def changed(path: Path | str, what: str) -> SourceChangedError:
@@ -76,7 +77,7 @@ def _source(path: str, p: Path, st: os.stat_result, parent: Source | None) -> So
     if not is_dir:
         _readable(p)
     return Source(path, p, is_dir, 0 if is_dir else st.st_size, stat.S_IMODE(st.st_mode), st.st_dev, st.st_ino,
-                  parent)
+                  parent, st.st_mtime_ns if is_dir else None)
 
 
 def scan(paths: list[str | os.PathLike]) -> list[Source]:

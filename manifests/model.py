@@ -46,13 +46,15 @@ class ChunkRef:
 
 @dataclass(frozen=True)
 class Entry:
-    """A file or directory. Directories carry only path and mode."""
+    """A file or directory. Directories carry path, mode and, when it was recorded, mtime_ns:
+    manifests written before directory mtimes were recorded have none (None), and must keep
+    serialising to the same bytes so their ids still hold."""
 
     path: str
     type: str  # "file" | "dir"
     mode: int
     size: int = 0
-    mtime_ns: int = 0
+    mtime_ns: int | None = None  # files always have one (None serialises as 0)
     blake3: str = ""
     sha256: str = ""
     format: str = ""
@@ -64,13 +66,16 @@ class Entry:
 
     def to_json(self) -> dict[str, Any]:
         if self.type == "dir":
-            return {"path": self.path, "type": "dir", "mode": self.mode}
+            d: dict[str, Any] = {"path": self.path, "type": "dir", "mode": self.mode}
+            if self.mtime_ns is not None:
+                d["mtime_ns"] = self.mtime_ns
+            return d
         return {
             "path": self.path,
             "type": "file",
             "mode": self.mode,
             "size": self.size,
-            "mtime_ns": self.mtime_ns,
+            "mtime_ns": 0 if self.mtime_ns is None else self.mtime_ns,
             "blake3": self.blake3,
             "sha256": self.sha256,
             "format": self.format,
@@ -254,7 +259,9 @@ def _entry(e: Any) -> Entry:
     _need(not _SURROGATE.search(path), f"entry path {_brief(path)} has a lone surrogate")
     _need(_int(mode) and mode <= 0o7777, f"mode of {path!r}")
     if typ == "dir":
-        return Entry(path=path, type="dir", mode=mode)
+        dir_mtime = e.get("mtime_ns")  # absent in manifests made before directory mtimes were recorded
+        _need("mtime_ns" not in e or is_mtime_ns(dir_mtime), f"mtime of {path!r} is not an int restore can set")
+        return Entry(path=path, type="dir", mode=mode, mtime_ns=dir_mtime)
     _need(typ == "file", f"type of {path!r}")
     size, mtime = e.get("size"), e.get("mtime_ns")
     _need(_int(size), f"size of {path!r}")

@@ -1,11 +1,28 @@
-"""Restore into hostile destinations: symlinks planted in DEST never redirect a write."""
+"""Restore into hostile destinations: symlinks planted in DEST never redirect a write. Names
+at the byte limit, temp names and leftovers of killed restores, special bits, sparse files
+and directory mtimes."""
 from __future__ import annotations
 
+import dataclasses
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import blake3
 import pytest
 
-from archiver.restorer import select
-from manifests.model import Entry
+import archiver
+from archiver import restorer
+from archiver.restorer import HOLE_WINDOW, PORTABLE_TEMP_PREFIX, TEMP_PREFIX, is_temp_name, select, temp_name
+from manifests.errors import ManifestError, UnsafePathError
+from manifests.model import Entry, Manifest, manifest_id, parse_manifest
+from manifests.paths import check_path
 from tests.helpers import make_checkpoint, run_cli, tree
 
 
@@ -87,3 +104,371 @@ def test_select_includes_parents_and_subtrees():
     assert [e.path for e in select(es, ["a/*.bin", "d.*"])] == ["a", "a/c.bin", "d.txt"]
     assert [e.path for e in select(es, ["nomatch"])] == []
     assert select(es, []) == es
+
+
+# --- issue 14: names at the byte limit, temp names, stale temp files, special bits, sparse files,
+# --- directory mtimes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def name_of_255_bytes(ch: str, pad: str = "x") -> str:
+    """As many `ch` as fit in 255 UTF-8 bytes, padded with ASCII to exactly 255 bytes."""
+    n = 255 // len(ch.encode())
+    name = ch * n + pad * (255 - n * len(ch.encode()))
+    assert len(name.encode()) == 255
+    return name
+
+
+# One per script and width: 2-byte Latin, Greek, Arabic, Cyrillic; 3-byte CJK, Hangul, Devanagari;
+# 4-byte emoji and a CJK extension-B ideograph.
+LONG_NAMES = [name_of_255_bytes(c) for c in ("é", "λ", "ع", "ж", "模", "한", "क", "😀", "𠀀")]
+
+
+def make_long_names(root: Path) -> Path:
+    root.mkdir(parents=True)
+    for i, n in enumerate(LONG_NAMES):
+        (root / n).write_bytes(f"file {i} ".encode() * (i + 1))
+    sub = root / name_of_255_bytes("ü")  # a directory at the limit, with a file at the limit inside
+    sub.mkdir()
+    (sub / name_of_255_bytes("語")).write_bytes(os.urandom(3000))
+    (root / "zz-after-them.txt").write_text("restored too")  # sorts after every long name
+    return root
+
+
+@pytest.mark.parametrize("via", ["cli", "api"])
+def test_names_at_the_255_byte_limit_restore(tmp_path, monkeypatch, via):
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ARCHIVER_STORE", raising=False)
+    src = make_long_names(tmp_path / "src" / "names")
+    dest = tmp_path / "dest"
+    if via == "cli":
+        r = run_cli("archive", str(src), "--name", "n", "--json")
+        assert r.code == 0, r.err
+        mid = r.json()["id"]
+        assert run_cli("verify", mid, "--deep").code == 0
+        r = run_cli("restore", mid, str(dest))
+        assert r.code == 0, r.err
+    else:
+        mid = archiver.archive([src], name="n").id
+        assert archiver.verify([mid], deep=True).ok
+        res = archiver.restore(mid, dest)
+        assert res.ok, [p.line() for p in res.problems]
+        assert res.files == len(LONG_NAMES) + 2
+    assert tree(dest / "names") == tree(src)
+    assert not [p for p in dest.rglob("*") if is_temp_name(p.name)]
+
+
+def test_temp_names_are_short_fixed_and_never_an_archivable_name():
+    names = {temp_name() for _ in range(200)}
+    assert len(names) == 200
+    for n in names:
+        assert is_temp_name(n) and is_temp_name(PORTABLE_TEMP_PREFIX + n[len(TEMP_PREFIX):])
+        assert len(n.encode()) == len(TEMP_PREFIX) + 32 == 46  # whatever the final name's length
+        assert "archiver-tmp" in n  # what the older leftover checks in the test suite look for
+        with pytest.raises(UnsafePathError):  # archive refuses it, and so does restore: no real name is one
+            check_path(n)
+        with pytest.raises(UnsafePathError):
+            check_path(f"dir/{n}")
+
+
+@pytest.mark.parametrize("lookalike", [
+    TEMP_PREFIX + "0" * 32,                               # right shape, wrong tag
+    TEMP_PREFIX + "0123456789abcdef" * 2,
+    ".archiver-tmp-" + "0" * 32,                          # no backslash
+    ".config.json.0123456789ab.archiver-tmp",             # the old style of temp name
+    TEMP_PREFIX + "ABCDEF0123456789" * 2,                 # upper case
+    "",
+    TEMP_PREFIX,
+])
+def test_is_temp_name_rejects_lookalikes(lookalike):
+    assert not is_temp_name(lookalike)
+    good = temp_name()
+    for variant in (good + "0", good[:-1], "x" + good, good.upper(), good[:-1] + ("0" if good[-1] != "0" else "1")):
+        assert not is_temp_name(variant), variant
+
+
+def test_filesystem_refusing_backslashes_gets_portable_temp_names(archived, tmp_path, monkeypatch):
+    """FAT and exFAT refuse '\\' in names (EINVAL): restore still works there, with the same
+    fixed-length tagged name spelled with '-', which cleanup also knows."""
+    mid, ckpt = archived
+    real_open = os.open
+    tried = []
+
+    def fat_open(path, flags, mode=0o777, *, dir_fd=None):
+        if isinstance(path, str) and "\\" in path:
+            tried.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument", path)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", fat_open)
+    dest = tmp_path / "dest"
+    created = []
+    real_create = restorer._create_temp
+    monkeypatch.setattr(restorer, "_create_temp", lambda dfd: created.append(real_create(dfd)) or created[-1])
+    res = archiver.restore(mid, dest)
+    assert res.ok and tried and created
+    assert all(name.startswith(PORTABLE_TEMP_PREFIX) and is_temp_name(name) and len(name) == 46
+               for name, _ in created)
+    assert tree(dest / "ckpt") == tree(ckpt)
+    assert not [q for q in dest.rglob("*") if is_temp_name(q.name)]
+
+
+def test_stale_temp_files_removed_by_next_restore_only_ours(archived, tmp_path):
+    mid, ckpt = archived
+    dest = tmp_path / "dest"
+    assert run_cli("restore", mid, str(dest)).code == 0
+    ours = [dest / temp_name(), dest / "ckpt" / temp_name(), dest / "ckpt" / "tokenizer" / temp_name(),
+            dest / "ckpt" / "empty_dir" / temp_name(), dest / "ckpt" / temp_name(PORTABLE_TEMP_PREFIX)]
+    for i, p in enumerate(ours):
+        p.write_bytes(b"partial" * i)
+    os.chmod(ours[1], 0o444)  # a kill after the final mode was set
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    user_dir = dest / "mine"
+    user_dir.mkdir()
+    keep = {user_dir / (TEMP_PREFIX + "0" * 32): b"user data",       # looks like ours, wrong tag
+            user_dir / ".archiver-tmp-notours": b"user data 2",
+            dest / "ckpt" / "notes.archiver-tmp": b"user data 3"}
+    for p, data in keep.items():
+        p.write_bytes(data)
+    link = dest / "ckpt" / temp_name()  # a symlink with our name: not a file of ours, never followed
+    link.symlink_to(victim)
+    a_dir = dest / temp_name()          # a directory with our name is not a temp file either
+    a_dir.mkdir()
+
+    r = run_cli("restore", mid, str(dest), "--force")
+    assert r.code == 0, r.err
+    assert not any(p.exists() for p in ours)
+    assert all(p.read_bytes() == data for p, data in keep.items())
+    assert link.is_symlink() and victim.read_text() == "keep" and a_dir.is_dir()
+    restored = tree(dest / "ckpt")
+    assert {k: v for k, v in restored.items() if k not in (link.name, "notes.archiver-tmp")} == tree(ckpt)
+
+
+def test_temp_file_of_a_running_restore_is_left_alone(archived, tmp_path):
+    """A temp file still locked by a restore in progress is live, not stale."""
+    mid, ckpt = archived
+    dest = tmp_path / "dest"
+    assert run_cli("restore", mid, str(dest)).code == 0
+    dir_fd = os.open(dest / "ckpt", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        live, fd = restorer._create_temp(dir_fd)
+        try:
+            assert run_cli("restore", mid, str(dest), "--force").code == 0
+            assert (dest / "ckpt" / live).exists()
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
+    assert run_cli("restore", mid, str(dest), "--force").code == 0  # unlocked now: a leftover
+    assert not (dest / "ckpt" / live).exists()
+
+
+KILL_AFTER_FIRST_WRITE = """
+import os, signal, sys
+from archiver import api, restorer
+real = restorer._write_sparse
+def write_then_die(fd, data, pos):
+    real(fd, data, pos)
+    os.kill(os.getpid(), signal.SIGKILL)  # kill -9 mid-restore: no cleanup of any kind runs
+restorer._write_sparse = write_then_die
+api.restore(sys.argv[1], sys.argv[2], force=True)
+"""
+
+
+def test_killed_restore_leftover_removed_by_next_restore(archived, tmp_path):
+    mid, ckpt = archived
+    dest = tmp_path / "dest"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_WRITE, mid, str(dest)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    left = [q for q in dest.rglob("*") if is_temp_name(q.name)]
+    assert len(left) == 1 and left[0].stat().st_size > 0
+    r = run_cli("restore", mid, str(dest), "--force")
+    assert r.code == 0, r.err
+    assert not [q for q in dest.rglob("*") if is_temp_name(q.name)]
+    assert tree(dest / "ckpt") == tree(ckpt)
+
+
+SPECIAL = {"setuid.bin": 0o4755, "setgid.bin": 0o2755, "sticky.bin": 0o1644, "all.bin": 0o7777,
+           "shared": 0o1777, "group": 0o2775, "group/inside.bin": 0o6750}
+
+
+def make_special(root: Path) -> Path:
+    root.mkdir(parents=True)
+    for rel, mode in SPECIAL.items():
+        p = root / rel
+        if "." in rel:
+            p.write_bytes(rel.encode())
+        else:
+            p.mkdir()
+    for rel, mode in sorted(SPECIAL.items(), key=lambda kv: -kv[0].count("/")):
+        os.chmod(root / rel, mode)
+    return root
+
+
+def modes(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.stat().st_mode & 0o7777 for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("via", ["cli", "api"])
+def test_special_bits_stripped_unless_asked(tmp_path, monkeypatch, via):
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ARCHIVER_STORE", raising=False)
+    src = make_special(tmp_path / "src" / "s")
+    assert modes(src) == SPECIAL  # the bits really are on the source
+    mid = archiver.archive([src], name="s").id
+    recorded = {e.path.removeprefix("s/"): e.mode for e in archiver.show(mid)[1].entries if e.path != "s"}
+    assert recorded == SPECIAL
+    plain, kept = tmp_path / "plain", tmp_path / "kept"
+    if via == "cli":
+        assert run_cli("restore", mid, str(plain)).code == 0
+        r = run_cli("restore", mid, str(kept), "--preserve-special-bits")
+        assert r.code == 0, r.err
+    else:
+        assert archiver.restore(mid, plain).ok
+        assert archiver.restore(mid, kept, preserve_special_bits=True).ok
+    assert modes(plain / "s") == {rel: mode & 0o777 for rel, mode in SPECIAL.items()}
+    assert modes(kept / "s") == SPECIAL
+    assert tree(plain / "s").keys() == tree(src).keys()
+
+
+def test_preserve_special_bits_in_restore_help():
+    r = run_cli("restore", "--help")
+    assert "--preserve-special-bits" in r.out
+
+
+def allocated(p: Path) -> int:
+    return p.stat().st_blocks * 512
+
+
+def test_sparse_file_restored_sparse(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ARCHIVER_STORE", raising=False)
+    size = 64 << 20
+    src = tmp_path / "src" / "disk.img"
+    src.parent.mkdir()
+    head, tail = os.urandom(1 << 20), os.urandom((1 << 20) + 12345)  # tail ends off any block boundary
+    with open(src, "wb") as f:
+        f.write(head)
+        f.seek(size - len(tail))
+        f.write(tail)
+    (tmp_path / "src" / "ends-in-hole.img").write_bytes(b"data" * 1000 + bytes(3 << 20))
+    mid = archiver.archive([tmp_path / "src"], name="sp").id
+    dest = tmp_path / "dest"
+    assert archiver.restore(mid, dest).ok
+    out = dest / "src" / "disk.img"
+    assert out.stat().st_size == size
+    assert allocated(out) < 8 << 20, allocated(out)  # ~2 MiB of data, not 64 MiB of blocks
+    with open(out, "rb") as f:
+        assert f.read(len(head)) == head
+        f.seek(size - len(tail))
+        assert f.read() == tail
+    assert blake3.blake3(out.read_bytes()).digest() == blake3.blake3(src.read_bytes()).digest()
+    hole_end = dest / "src" / "ends-in-hole.img"
+    assert hole_end.read_bytes() == b"data" * 1000 + bytes(3 << 20)  # the size is right: ftruncate
+    assert allocated(hole_end) < 1 << 20
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_write_sparse_any_layout_same_bytes(tmp_path, seed):
+    """Zero and data runs of any length, cut into pieces at any offsets: the bytes are exact,
+    the size is exact, and long zero runs become holes."""
+    rng = random.Random(seed)
+    parts = []
+    for _ in range(12):
+        n = rng.choice([1, 100, HOLE_WINDOW - 1, HOLE_WINDOW, HOLE_WINDOW + 1, 3 * HOLE_WINDOW + 7,
+                        rng.randrange(1, 5 * HOLE_WINDOW)])
+        parts.append(bytes(n) if rng.random() < 0.5 else rng.randbytes(n))
+    parts.append(bytes(rng.choice([0, 5, 4 * HOLE_WINDOW])))  # maybe end in a hole
+    parts.insert(rng.randrange(len(parts)), bytes(40 * HOLE_WINDOW))  # at least one long zero run
+    content = b"".join(parts)
+    cuts = sorted(rng.sample(range(1, len(content)), 9))
+    p = tmp_path / "f"
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        pos = 0
+        for a, b in zip([0] + cuts, cuts + [len(content)]):
+            restorer._write_sparse(fd, content[a:b], pos)
+            pos += b - a
+        os.ftruncate(fd, pos)
+    finally:
+        os.close(fd)
+    assert p.read_bytes() == content
+    assert allocated(p) <= len(content) - 30 * HOLE_WINDOW  # the long run is (mostly) a hole
+
+
+def test_directory_mtimes_recorded_and_restored(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ARCHIVER_STORE", raising=False)
+    ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=2, dim=64)
+    (ckpt / "a" / "b").mkdir(parents=True)
+    (ckpt / "a" / "b" / "deep.txt").write_text("deep")
+    dirs = sorted((p for p in [ckpt, *ckpt.rglob("*")] if p.is_dir()), key=lambda p: -len(p.parts))
+    for i, d in enumerate(dirs):  # deepest first, so setting one does not disturb another
+        os.utime(d, ns=(1_500_000_000_000_000_000 + i, 1_600_000_000_123_456_789 + i * 1_000_003))
+    want = {d.relative_to(ckpt.parent).as_posix(): d.stat().st_mtime_ns for d in dirs}
+    r = run_cli("archive", str(ckpt), "--name", "d", "--json")
+    assert r.code == 0, r.err
+    mid = r.json()["id"]
+    m = archiver.show(mid)[1]
+    assert {e.path: e.mtime_ns for e in m.entries if not e.is_file} == want
+    dest = tmp_path / "dest"
+    assert run_cli("restore", mid, str(dest)).code == 0
+    assert {d: (dest / d).stat().st_mtime_ns for d in want} == want
+    assert tree(dest / "ckpt") == tree(ckpt)
+    part = tmp_path / "part"
+    assert run_cli("restore", mid, str(part), "--include", "ckpt/a/b/deep.txt").code == 0
+    assert {d: (part / d).stat().st_mtime_ns for d in ("ckpt", "ckpt/a", "ckpt/a/b")} == \
+        {d: want[d] for d in ("ckpt", "ckpt/a", "ckpt/a/b")}
+
+
+OLD_MANIFEST = (
+    '{"entries":[{"mode":493,"path":"ckpt","type":"dir"},'
+    '{"blake3":"' + "1" * 64 + '","chunks":[],"format":"","mode":420,"mtime_ns":1732480000000000000,'
+    '"path":"ckpt/empty","sha256":"' + "2" * 64 + '","size":0,"type":"file"},'
+    '{"mode":448,"path":"ckpt/sub","type":"dir"}],'
+    '"format":"archiver-manifest","label":null,"meta":{},"name":"old","parent":null,"version":1}').encode()
+
+
+def test_manifest_without_directory_mtimes_keeps_its_bytes_and_id():
+    m = parse_manifest(OLD_MANIFEST, manifest_id(OLD_MANIFEST))
+    assert [e.mtime_ns for e in m.entries if not e.is_file] == [None, None]
+    assert m.canonical_json() == OLD_MANIFEST and m.id == manifest_id(OLD_MANIFEST)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1_732_480_000_123_456_789])
+def test_directory_mtime_round_trips(value):
+    m = Manifest(name="x", entries=(Entry(path="d", type="dir", mode=0o755, mtime_ns=value),))
+    data = m.canonical_json()
+    assert b'"mtime_ns":%d' % value in data
+    assert parse_manifest(data, m.id).entries[0].mtime_ns == value
+
+
+@pytest.mark.parametrize("value", ["null", "true", '"1"', "1.5", "[]"])
+def test_bad_directory_mtime_refused(value):
+    data = b'{"entries":[{"mode":493,"mtime_ns":%s,"path":"d","type":"dir"}],"format":"archiver-manifest",' \
+           b'"label":null,"meta":{},"name":"x","parent":null,"version":1}' % value.encode()
+    with pytest.raises(ManifestError, match="mtime"):
+        parse_manifest(data)
+
+
+def test_restore_of_manifest_without_directory_mtimes(archived, tmp_path):
+    """Archives made before directory mtimes were recorded still restore; their directories
+    just keep the time of the restore."""
+    mid, ckpt = archived
+    with archiver.open_repository() as repo:
+        m = repo.load_manifest(mid)
+        old = dataclasses.replace(m, entries=tuple(e if e.is_file else dataclasses.replace(e, mtime_ns=None)
+                                                   for e in m.entries), parent=None)
+        assert b'"type":"dir"' in old.canonical_json() and all(
+            "mtime_ns" not in e for e in json.loads(old.canonical_json())["entries"] if e["type"] == "dir")
+        old_id = repo.commit_manifest(old).id
+    before = time.time_ns()
+    dest = tmp_path / "dest"
+    r = run_cli("restore", old_id, str(dest))
+    assert r.code == 0, r.err
+    assert tree(dest / "ckpt") == tree(ckpt)
+    assert (dest / "ckpt" / "tokenizer").stat().st_mtime_ns >= before - 10**9
