@@ -150,7 +150,9 @@ class Repository:
             stored = self._store.get(layout.manifest(mid), max_size=len(data))  # a longer one differs anyway
         except ObjectMissingError:
             return "manifest is missing from the store"
-        except IntegrityError as e:  # too large, or not a regular file
+        except ObjectTooLargeError as e:
+            return f"store copy of the manifest differs from its id: {e}"
+        except IntegrityError as e:  # not a regular file
             return f"store copy of the manifest: {e}"
         return None if stored == data else "store copy of the manifest differs from its id"
 

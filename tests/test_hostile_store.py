@@ -129,9 +129,10 @@ def test_hostile_chunk_is_a_problem(archived, tmp_path, kind):
     path, h = model_chunk(manifest)
     plant(store / layout.chunk(h), kind)
     out = tmp_path / "out"
-    (verify, sample, restore, listed), rss = isolated(
+    (verify, sample, restore, listed, again, check), rss = isolated(
         ["verify", mid, "--deep", "--json"], ["verify", "--all", "--sample", "1", "--json"],
-        ["restore", mid, str(out)], ["list", "--json"])
+        ["restore", mid, str(out)], ["list", "--json"],
+        ["archive", str(src), "--name", "again", "--json"], ["verify", "again", "--deep", "--json"])
     assert rss < RSS_LIMIT_MB, rss
     for report in (verify, sample):
         assert report.code == 1, report.err
@@ -142,6 +143,13 @@ def test_hostile_chunk_is_a_problem(archived, tmp_path, kind):
     assert not (out / path).exists()
     assert (out / "ckpt" / "config.json").read_bytes() == (src / "config.json").read_bytes()  # the rest restored
     assert listed.code == 0 and [a["id"] for a in listed.json()] == [mid]
+    # archiving the same bytes again meets the hostile object where its chunk goes: it is
+    # refused in one line naming the chunk (or, if replaced, the new archive must verify)
+    if again.code != 0:
+        again.one_line_error(h)
+        assert check.code == 2  # nothing was recorded under the name
+    else:
+        assert check.code == 0 and check.json()["ok"], check.out
 
 
 @pytest.mark.parametrize("kind", KINDS)
