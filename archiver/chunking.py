@@ -33,6 +33,7 @@ from fastcdc.fastcdc_cy import chunk_generator
 
 from archiver.errors import SourceChangedError
 from archiver.formats import Region, detect_regions
+from manifests.model import MAX_CHUNK_LENGTH
 
 SMALL_GAP = 4096  # non-tensor bytes between tensors up to this size ride with the tensor before
 
@@ -57,6 +58,8 @@ class ChunkPolicy:
             raise ValueError("cdc_avg must be >= 256 and cdc_max >= 1024")
         if self.max_chunk < 64 or not (0 < self.small_group <= self.max_chunk):
             raise ValueError("need 64 <= max_chunk and 0 < small_group <= max_chunk")
+        if max(self.max_chunk, self.cdc_max) > MAX_CHUNK_LENGTH:  # no manifest could name such a chunk
+            raise ValueError(f"max_chunk and cdc_max must be <= {MAX_CHUNK_LENGTH} (the chunk length limit)")
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ import numpy as np
 import zstandard
 
 from archiver.errors import CorruptChunkError, EncodeError
+from manifests.model import MAX_CHUNK_LENGTH
 
 MAGIC = b"ARCK"
 VERSION = 1
@@ -194,6 +195,8 @@ class Codec:
         docstring for the exact policy.
         """
         data = _byte_view(raw)
+        if len(data) > MAX_CHUNK_LENGTH:  # no manifest could name it: it would never be read back
+            raise EncodeError(None, f"chunk of {len(data)} bytes is longer than the {MAX_CHUNK_LENGTH} a chunk can be")
         if width in GROUP_WIDTHS and len(data) >= GROUP_MIN_BYTES:
             grouped = self._encode_planes(data, width)
             if grouped is not None:
@@ -253,8 +256,13 @@ class Codec:
         Raises CorruptChunkError for any malformation. Memory stays bounded by
         expected_length: every declared length is checked against it, and every
         zstd frame's own content size against its descriptor, before anything
-        is allocated or decompressed. The caller still verifies BLAKE3.
+        is allocated or decompressed, and expected_length itself is at most
+        MAX_CHUNK_LENGTH (the chunker never cuts longer). The caller still verifies BLAKE3.
         """
+        if not 0 <= expected_length <= MAX_CHUNK_LENGTH:
+            raise CorruptChunkError(
+                chunk, f"expected length {expected_length} is outside 0..{MAX_CHUNK_LENGTH}, the chunk length limit"
+            )
         mv = _byte_view(obj)
         if not isinstance(mv, memoryview):
             mv = memoryview(mv)
@@ -303,6 +311,13 @@ class Codec:
         if len(out) != sec.raw_length:
             raise CorruptChunkError(chunk, "zstd section decoded to the wrong length")
         return out
+
+
+def max_object_size(length: int) -> int:
+    """The largest object `encode` makes for a chunk of `length` bytes: a section is zstd
+    only when that is smaller, so the chunk's bytes plus the header and the most
+    descriptors (width 8: eight planes and a tail). A larger object is not one of ours."""
+    return length + HEADER.size + (max(GROUP_WIDTHS) + 1) * DESCRIPTOR.size
 
 
 def _assemble(

@@ -16,15 +16,19 @@ from typing import Any, Iterable, Iterator
 import blake3
 
 from archiver import layout
-from archiver.codecs import Codec, describe
+from archiver.codecs import Codec, describe, max_object_size
 from archiver.digests import FileDigest
 from archiver.errors import (ArchiverError, CorruptChunkError, FileHashError, IntegrityError, ManifestError,
                              NotFoundError, ObjectMissingError, translated)
 from archiver.parallel import ordered_map
 from archiver.settings import Settings
 from archiver.stores import Store, open_store
+from archiver.stores.base import ObjectTooLargeError
 from manifests.catalog import AuditRow, Catalog, ManifestRow
-from manifests.model import ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
+from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
+
+# A signature object is ~250 bytes of JSON; anything far larger is not one.
+MAX_SIGNATURE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -126,19 +130,31 @@ class Repository:
     def fetch_manifest(self, mid: str) -> Manifest:
         """The store's copy, accepted only if its bytes hash to `mid`."""
         try:
-            data = self._store.get(layout.manifest(mid))
+            data = self._get_manifest(layout.manifest(mid))
         except ObjectMissingError:
             raise NotFoundError(f"manifest {mid} is not in the store") from None
         with translated():
             return parse_manifest(data, expected_id=mid)
 
+    def _get_manifest(self, key: str) -> bytes:
+        """A manifest object's bytes, refused unread if larger than a manifest may be."""
+        try:
+            return self._store.get(key, max_size=MAX_MANIFEST_BYTES)
+        except ObjectTooLargeError as e:
+            raise ManifestError(f"manifest too large: {e}") from None
+
     def manifest_copy_problem(self, mid: str, m: Manifest) -> str | None:
         """Why the store's own copy of a manifest is not the manifest `m`, or None."""
+        data = m.canonical_json()
         try:
-            stored = self._store.get(layout.manifest(mid))
+            stored = self._store.get(layout.manifest(mid), max_size=len(data))  # a longer one differs anyway
         except ObjectMissingError:
             return "manifest is missing from the store"
-        return None if stored == m.canonical_json() else "store copy of the manifest differs from its id"
+        except ObjectTooLargeError as e:
+            return f"store copy of the manifest differs from its id: {e}"
+        except IntegrityError as e:  # not a regular file
+            return f"store copy of the manifest: {e}"
+        return None if stored == data else "store copy of the manifest differs from its id"
 
     def commit_manifest(self, m: Manifest, *, sign_key: Any = None,
                         details: dict[str, Any] | None = None) -> Committed:
@@ -173,7 +189,7 @@ class Repository:
             if mid is None:
                 continue
             try:
-                data = self._store.get(info.key)
+                data = self._get_manifest(info.key)
                 with translated():
                     yield StoredManifest(mid, parse_manifest(data, expected_id=mid), data)
             except (IntegrityError, ObjectMissingError) as e:
@@ -199,7 +215,7 @@ class Repository:
         for info in self._store.list(layout.signatures_of(mid)):
             try:
                 with translated():
-                    sig = signing.parse_signature(self._store.get(info.key))
+                    sig = signing.parse_signature(self._store.get(info.key, max_size=MAX_SIGNATURE_BYTES))
             except ArchiverError as e:
                 problems.append(f"{info.key}: {e}")
                 continue
@@ -241,17 +257,24 @@ class Repository:
         return self._prove_existing(h, len(data))  # lost the race, or a lost PUT response
 
     def _prove_existing(self, h: str, length: int) -> SavedChunk:
-        obj = self._store.get(layout.chunk(h))
+        obj = self._get_chunk(h, max_object_size(length))
         self._decode_checked(obj, h, length)
         return SavedChunk(len(obj), describe(obj), False)
 
     def read_chunk(self, ref: ChunkRef) -> bytes:
         """Fetch, bound-check, decode and re-hash one chunk. Raises CorruptChunkError or
         ObjectMissingError; never returns bytes that do not hash to `ref.hash`."""
-        obj = self._store.get(layout.chunk(ref.hash))
+        obj = self._get_chunk(ref.hash, ref.stored_size)  # never more than the manifest says
         if len(obj) != ref.stored_size:
             raise CorruptChunkError(ref.hash, f"stored size {len(obj)} != recorded {ref.stored_size}")
         return self._decode_checked(obj, ref.hash, ref.length)
+
+    def _get_chunk(self, h: str, max_size: int) -> bytes:
+        """A chunk object's bytes, refused unread if larger than `max_size`."""
+        try:
+            return self._store.get(layout.chunk(h), max_size=max_size)
+        except ObjectTooLargeError as e:
+            raise CorruptChunkError(h, f"stored size {e.size} is more than the {max_size} expected") from None
 
     def try_read_chunk(self, ref: ChunkRef) -> bytes | ArchiverError:
         """`read_chunk`, with damage (corrupt or missing) returned instead of raised; an

@@ -22,12 +22,27 @@ FORMAT = "archiver-manifest"
 VERSION = 1
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-MAX_MANIFEST_BYTES = 1 << 31
 # The mtimes `restore` can set: os.utime takes whole seconds that fit a 64-bit time_t
 # (floor(ns / 1e9) in [-2**63, 2**63 - 1]), and that range holds every mtime os.stat can
 # report, so an archive never records one that restore cannot write back.
 MTIME_NS_MIN = -(2**63) * 10**9
 MTIME_NS_MAX = 2**63 * 10**9 - 1
+# A manifest is read whole and parsed into objects (~10x its size in memory), so its size
+# is capped, and a larger object is refused before it is read. 512 MiB holds the manifest of
+# a 10 TB archive (~134 MB with 8 MiB chunks, ~100 bytes per chunk record) with room for
+# smaller chunks, while a forged 2 GiB object is refused unread.
+MAX_MANIFEST_BYTES = 512 * 1024 * 1024
+# The longest chunk a manifest may declare. The chunker never cuts one longer than
+# ChunkPolicy's max_chunk / cdc_max (8 MiB by default; a policy above this cap is refused),
+# and verify/restore hold about one decoded chunk per worker (up to 16), so this keeps a
+# forged manifest of maximal chunks near 1 GiB instead of letting one 65 KB object declare
+# a 2 GiB chunk. 4x the default leaves room to tune the policy.
+MAX_CHUNK_LENGTH = 32 * 1024 * 1024
+# The most a stored chunk object can exceed its chunk: a section is compressed only when
+# that makes it smaller, so an object is the chunk's bytes at most, plus its 16-byte header
+# and up to 9 section descriptors of 24 bytes (8 byte planes and a tail). Mirrors
+# archiver.codecs (checked by tests/test_codecs.py), which this package must not import.
+MAX_CHUNK_OVERHEAD = 16 + 9 * 24
 
 
 @dataclass(frozen=True)
@@ -169,7 +184,7 @@ def parse_manifest(data: bytes, expected_id: str | None = None) -> Manifest:
     bytes must hash to it (a tampered or substituted manifest is refused), and they must
     be canonical (so the id really names this content)."""
     if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError("manifest too large")
+        raise ManifestError(f"manifest too large: {len(data)} bytes, more than the {MAX_MANIFEST_BYTES} allowed")
     if expected_id is not None and manifest_id(data) != expected_id:
         raise ManifestError(f"manifest {expected_id[:16]} does not match its id (tampered or corrupt)")
     try:
@@ -278,8 +293,12 @@ def _entry(e: Any) -> Entry:
         off, length, h, stored, codec = c
         _need(_int(off) and off == pos, f"chunk offsets of {path!r} are not contiguous")
         _need(_int(length) and length > 0, f"chunk length in {path!r}")
+        if length > MAX_CHUNK_LENGTH:  # (not _need: no message is built for the usual case)
+            _need(False, f"chunk length {length} in {path!r} is more than the {MAX_CHUNK_LENGTH} a chunk can be")
         _need(is_hash(h), f"chunk hash in {path!r}")
         _need(_int(stored), f"chunk stored size in {path!r}")
+        if stored > length + MAX_CHUNK_OVERHEAD:
+            _need(False, f"chunk stored size {stored} in {path!r} is more than a {length}-byte chunk's object can be")
         _need(isinstance(codec, str), f"chunk codec in {path!r}")
         chunks.append(ChunkRef(off, length, h, stored, codec))
         pos += length

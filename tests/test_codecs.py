@@ -471,3 +471,51 @@ def test_thread_safety(floats: dict[str, bytes]) -> None:
     for (data, _), exp, (enc, dec) in zip(jobs, expected, results):
         assert enc == exp
         assert dec == data
+
+
+# -- the chunk length cap (issue 14) ----------------------------------------------------------
+
+
+def test_max_object_size_matches_the_manifest_cap_and_bounds_encode(codec: Codec, floats: dict[str, bytes]) -> None:
+    """A manifest refuses a stored size above length + MAX_CHUNK_OVERHEAD; nothing encode
+    makes may exceed it (else a valid archive would be refused), for any data or width."""
+    from archiver.codecs import DESCRIPTOR, GROUP_WIDTHS, HEADER, max_object_size
+    from manifests.model import MAX_CHUNK_OVERHEAD
+
+    assert HEADER.size + (max(GROUP_WIDTHS) + 1) * DESCRIPTOR.size == MAX_CHUNK_OVERHEAD
+    rng = random.Random(5)
+    mixed = bytes(rng.getrandbits(8) if i % 4 else 0 for i in range(40_003))  # some planes compress
+    cases = [os.urandom(70_001), mixed, floats["fp32"][:100_003], bytes(9000), b"x", b""]
+    for data in cases:
+        for width in (0, 2, 4, 8):
+            obj = codec.encode(data, width).data
+            assert len(obj) <= max_object_size(len(data)) == len(data) + MAX_CHUNK_OVERHEAD
+
+
+def test_decode_refuses_lengths_over_the_cap_before_allocating(codec: Codec) -> None:
+    """A forged object that honestly decodes to 2 GiB (a ~65 KB zstd bomb whose header,
+    descriptor and frame all agree) is refused from the expected length alone."""
+    from manifests.model import MAX_CHUNK_LENGTH
+
+    two_gib = 2 << 30
+    bomb = build([(1, zstd_bomb(claimed=two_gib, real=two_gib), two_gib)])
+    assert len(bomb) < 70_000
+    tracemalloc.start()
+    try:
+        for expected in (two_gib, MAX_CHUNK_LENGTH + 1, -1):
+            err = assert_corrupt(codec, bomb, expected)
+            assert "chunk length limit" in err.reason
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, peak
+
+
+def test_chunk_at_the_cap_decodes_and_longer_is_not_encoded(codec: Codec) -> None:
+    from archiver.errors import EncodeError
+    from manifests.model import MAX_CHUNK_LENGTH
+
+    data = bytes(MAX_CHUNK_LENGTH)
+    assert codec.decode(codec.encode(data, 2).data, MAX_CHUNK_LENGTH) == data
+    with pytest.raises(EncodeError, match="longer than"):
+        codec.encode(bytes(MAX_CHUNK_LENGTH + 1), 0)

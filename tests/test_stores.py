@@ -4,12 +4,16 @@ aborts, unreachable endpoints) are injected."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import io
 import json
 import os
+import shutil
+import signal
 import socket
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +24,9 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ResponseSt
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from archiver.errors import ArchiverError, NotFoundError, ObjectMissingError, StoreError, UsageError
+from archiver.errors import ArchiverError, IntegrityError, NotFoundError, ObjectMissingError, StoreError, UsageError
 from archiver.stores import (
+    MAX_MARKER_BYTES,
     LocalStore,
     ObjectInfo,
     S3Options,
@@ -31,6 +36,7 @@ from archiver.stores import (
     open_store,
     validate_key,
 )
+from archiver.stores.base import NotAnObjectError, ObjectTooLargeError
 from archiver.stores.s3 import MAX_PARTS, MiB, S3Store, build_client, part_size_for
 
 SMALL_MULTIPART = S3Options(multipart_threshold=5 * MiB, min_part_size=5 * MiB)
@@ -707,3 +713,204 @@ def test_max_attempts_from_settings(aws_env) -> None:
     assert client.meta.config.retries["total_max_attempts"] == 20
     with pytest.raises(UsageError):
         s3_options({"ARCHIVER_S3_MAX_ATTEMPTS": "zero"})
+
+
+# -- hostile objects: bounded reads, regular files only (issue 14) ---------------------------------
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Fail (instead of hanging the suite) if the block blocks: SIGALRM interrupts a blocking open()."""
+    def expire(signum, frame):
+        raise TimeoutError(f"blocked for more than {seconds}s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_get_max_size_every_backend(store: Store) -> None:
+    data = os.urandom(1000)
+    store.put_if_absent("chunks/mx/obj", data)
+    store.put_if_absent("chunks/mx/empty", b"")
+    assert store.get("chunks/mx/obj", max_size=1000) == data
+    assert store.get("chunks/mx/obj", max_size=5000) == data
+    assert store.get("chunks/mx/empty", max_size=0) == b""
+    for limit in (999, 0):
+        with pytest.raises(ObjectTooLargeError) as excinfo:
+            store.get("chunks/mx/obj", max_size=limit)
+        err = excinfo.value
+        assert isinstance(err, IntegrityError) and (err.key, err.size, err.limit) == ("chunks/mx/obj", 1000, limit)
+        assert "\n" not in str(err) and "chunks/mx/obj" in str(err) and "1000 bytes" in str(err)
+    with pytest.raises(ObjectMissingError):
+        store.get("chunks/mx/absent", max_size=10)
+
+
+def test_s3_get_refuses_oversized_object_unread(s3_store_url: str, monkeypatch) -> None:
+    """The size comes from the response headers: the body is closed, never read."""
+    store = open_store(s3_store_url, create=True)
+    assert isinstance(store, S3Store)
+    store.put_if_absent("manifests/big.json", os.urandom(3 * MiB))
+    real_get = store.client.get_object
+    reads: list[int | None] = []
+    closed: list[bool] = []
+
+    class Spy:
+        def __init__(self, body: StreamingBody) -> None:
+            self._body = body
+
+        def read(self, amt: int | None = None) -> bytes:
+            reads.append(amt)
+            return self._body.read(amt)
+
+        def close(self) -> None:
+            closed.append(True)
+            self._body.close()
+
+    calls: list[dict] = []
+
+    def get_object(**kwargs):
+        calls.append(kwargs)
+        resp = real_get(**kwargs)
+        resp["Body"] = Spy(resp["Body"])
+        return resp
+
+    monkeypatch.setattr(store.client, "get_object", get_object)
+    with pytest.raises(ObjectTooLargeError) as excinfo:
+        store.get("manifests/big.json", max_size=MiB)
+    assert excinfo.value.size == 3 * MiB and store.url in str(excinfo.value)
+    assert reads == [] and closed == [True] and len(calls) == 1
+
+
+def _short_root() -> Path:
+    """A store root with a short path: a unix socket path must fit in 108 bytes."""
+    return Path(tempfile.mkdtemp(prefix="hs", dir="/tmp"))
+
+
+@pytest.fixture
+def hostile_root(tmp_path):
+    root = _short_root()
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _plant(root: Path, key: str, kind: str, outside: Path) -> None:
+    """Put something that is not an object under `key` in a local store."""
+    path = root / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "devzero":
+        os.symlink("/dev/zero", path)
+    elif kind == "symlink-file":  # a valid-looking object, but outside the store
+        target = outside / "elsewhere"
+        target.write_bytes(b"not in the store")
+        os.symlink(target, path)
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()
+    else:
+        raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind, words", [("fifo", "a FIFO"), ("devzero", "a symlink"),
+                                         ("symlink-file", "a symlink"), ("socket", "a socket")])
+def test_local_store_refuses_non_regular_objects(hostile_root: Path, tmp_path, kind: str, words: str) -> None:
+    store = LocalStore(hostile_root)
+    _plant(hostile_root, "chunks/ab/bad", kind, tmp_path)
+    store.put_if_absent("chunks/ab/good", b"good")
+    with deadline(10):
+        for max_size in (None, 100):
+            with pytest.raises(NotAnObjectError) as excinfo:
+                store.get("chunks/ab/bad", max_size=max_size)
+            message = str(excinfo.value)
+            assert isinstance(excinfo.value, IntegrityError) and excinfo.value.key == "chunks/ab/bad"
+            assert words in message and "chunks/ab/bad" in message and "\n" not in message
+        assert store.stat("chunks/ab/bad") is None and not store.exists("chunks/ab/bad")
+        assert [i.key for i in store.list("chunks/")] == ["chunks/ab/good"]
+        assert store.put_if_absent("chunks/ab/bad", b"x") is False  # never replaced
+        assert store.get("chunks/ab/good") == b"good"
+
+
+def test_local_store_refuses_symlinked_directories(hostile_root: Path, tmp_path) -> None:
+    """A symlink anywhere below the root is refused, not only as the last component."""
+    store = LocalStore(hostile_root)
+    store.put_if_absent("chunks/ab/obj", b"data")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "cd").mkdir(parents=True)
+    (elsewhere / "cd" / "obj").write_bytes(b"planted")
+    os.symlink(elsewhere / "cd", hostile_root / "chunks" / "cd")
+    with pytest.raises(NotAnObjectError, match="a symlink"):
+        store.get("chunks/cd/obj")
+    assert store.stat("chunks/cd/obj") is None
+    os.symlink(elsewhere, hostile_root / "manifests")
+    with pytest.raises(NotAnObjectError, match="a symlink"):
+        store.get("manifests/cd/obj")
+    # the root itself may be a symlink (a store on another disk)
+    link = tmp_path / "root-link"
+    os.symlink(hostile_root, link)
+    assert LocalStore(link).get("chunks/ab/obj") == b"data"
+
+
+def test_local_store_directories_and_files_as_parents_are_missing(hostile_root: Path) -> None:
+    store = LocalStore(hostile_root)
+    store.put_if_absent("chunks/ab/obj", b"data")
+    (hostile_root / "chunks" / "dir").mkdir()
+    for key in ("chunks/dir", "chunks/ab/obj/below", "chunks/none/x"):
+        with pytest.raises(ObjectMissingError):
+            store.get(key)
+        assert store.stat(key) is None
+    with pytest.raises(ObjectMissingError):
+        LocalStore(hostile_root / "absent").get("store.json")
+
+
+def test_local_store_huge_sparse_object_refused_unread(hostile_root: Path) -> None:
+    store = LocalStore(hostile_root)
+    path = hostile_root / "chunks" / "sp" / "huge"
+    path.parent.mkdir(parents=True)
+    with open(path, "wb") as f:
+        f.truncate(1 << 40)  # 1 TiB, no disk used
+    assert store.stat("chunks/sp/huge") == ObjectInfo("chunks/sp/huge", 1 << 40)
+    with deadline(10):
+        with pytest.raises(ObjectTooLargeError) as excinfo:
+            store.get("chunks/sp/huge", max_size=8 * MiB)
+    assert excinfo.value.size == 1 << 40
+
+
+def test_local_store_object_growing_after_fstat_is_still_bounded(hostile_root: Path, monkeypatch) -> None:
+    """The read itself is capped at max_size + 1 bytes, whatever fstat said."""
+    store = LocalStore(hostile_root)
+    store.put_if_absent("chunks/gr/obj", b"g" * 100)
+    real_fstat = os.fstat
+
+    def shrunk(fd: int) -> os.stat_result:  # as if it were 10 bytes when checked, then grew
+        st = list(real_fstat(fd))
+        st[6] = 10  # st_size
+        return os.stat_result(st)
+
+    monkeypatch.setattr(os, "fstat", shrunk)
+    with pytest.raises(ObjectTooLargeError) as excinfo:
+        store.get("chunks/gr/obj", max_size=50)
+    assert excinfo.value.size == 51  # read stopped one byte past the cap
+    assert store.get("chunks/gr/obj", max_size=100) == b"g" * 100
+    assert store.get("chunks/gr/obj") == b"g" * 100
+
+
+def test_store_marker_is_capped(tmp_path) -> None:
+    root = tmp_path / "store"
+    open_store(str(root), create=True)
+    (root / "store.json").chmod(0o644)
+    with open(root / "store.json", "r+b") as f:
+        f.truncate(MAX_MARKER_BYTES + 1)
+    with pytest.raises(ObjectTooLargeError, match="store.json"):
+        open_store(str(root))
+    (root / "store.json").unlink()
+    os.mkfifo(root / "store.json")
+    with deadline(10):
+        for create in (False, True):
+            with pytest.raises(NotAnObjectError, match="store.json.*a FIFO"):
+                open_store(str(root), create=create)

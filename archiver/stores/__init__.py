@@ -18,6 +18,7 @@ __all__ = ["Store", "ObjectInfo", "LocalStore", "S3Options", "open_store", "mark
 
 STORE_FORMAT = "archiver-store"
 STORE_VERSION = 1
+MAX_MARKER_BYTES = 64 * 1024  # the marker is ~45 bytes; a bigger one is not ours and is refused unread
 
 
 def marker_bytes() -> bytes:
@@ -34,7 +35,7 @@ def open_store(url: str, *, create: bool = False, s3_options: S3Options | None =
     store = _store_for_url(url, s3_options)
     raw: bytes | None
     try:
-        raw = store.get(layout.MARKER)
+        raw = store.get(layout.MARKER, max_size=MAX_MARKER_BYTES)
     except ObjectMissingError:
         raw = None
     if raw is None:
@@ -44,7 +45,7 @@ def open_store(url: str, *, create: bool = False, s3_options: S3Options | None =
             raise UsageError(f"{url} is not empty and holds no archiver store; refusing to create one there")
         if store.put_if_absent(layout.MARKER, marker_bytes()):
             return store
-        raw = store.get(layout.MARKER)  # created concurrently by another process
+        raw = store.get(layout.MARKER, max_size=MAX_MARKER_BYTES)  # created concurrently by another process
     _check_marker(raw, url)
     return store
 

@@ -5,11 +5,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Protocol, runtime_checkable
 
+from archiver.errors import IntegrityError
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
+
+
+class NotAnObjectError(IntegrityError):
+    """Something that is not a stored object sits under a key: a FIFO, a device, a socket
+    or a symlink in a local store. The archiver never writes one, so it is damage or
+    tampering; it is refused without reading it (a FIFO would block, /dev/zero never ends)."""
+
+    def __init__(self, key: str, where: str, what: str) -> None:
+        super().__init__(f"{key} in {where} is {what}, not a regular file: refusing to read it")
+        self.key = key
+        self.what = what
+
+
+class ObjectTooLargeError(IntegrityError):
+    """An object is larger than any valid object under its key can be (a forged or damaged
+    object): refused before it is read whole, so it cannot exhaust memory."""
+
+    def __init__(self, key: str, where: str, size: int, limit: int) -> None:
+        super().__init__(f"{key} in {where} is {size} bytes, more than the {limit} it can be: refusing to read it")
+        self.key = key
+        self.size = size
+        self.limit = limit
 
 
 @runtime_checkable
@@ -26,12 +50,18 @@ class Store(Protocol):
         it already existed (the caller reads it back to check it). Durable on return."""
         ...
 
-    def get(self, key: str) -> bytes:
-        """Whole object; raises ObjectMissingError if absent, StoreError if unreachable."""
+    def get(self, key: str, max_size: int | None = None) -> bytes:
+        """Whole object; raises ObjectMissingError if absent, StoreError if unreachable.
+
+        With `max_size`, an object larger than that raises ObjectTooLargeError after
+        reading at most max_size + 1 bytes of it (its size is checked first), so a
+        forged object cannot make a reader allocate more than a valid one would.
+        Something that is not an object (a FIFO, device, socket or symlink in a local
+        store) raises NotAnObjectError without being read."""
         ...
 
     def stat(self, key: str) -> ObjectInfo | None:
-        """Size of one object, or None if absent."""
+        """Size of one object, or None if absent (or not an object: see `get`)."""
         ...
 
     def exists(self, key: str) -> bool:

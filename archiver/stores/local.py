@@ -16,7 +16,7 @@ from typing import Iterator
 
 from archiver.errors import ObjectMissingError, StoreError
 from archiver.fileio import write_all as _write_all  # a module name, so tests can inject ENOSPC
-from archiver.stores.base import ObjectInfo
+from archiver.stores.base import NotAnObjectError, ObjectInfo, ObjectTooLargeError
 
 TMP_PREFIX = ".tmp-"
 OBJECT_MODE = 0o444  # objects are immutable; read-only files guard against accidents
@@ -31,6 +31,12 @@ _ERRNO_WORDS = {
     errno.EIO: "I/O error",
     errno.ENOTDIR: "a parent path is an object, not a directory,",
 }
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
+# Reads never follow a symlink and never block on a FIFO (whose open would wait for a writer).
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
+_KINDS = ((stat_mod.S_ISLNK, "a symlink"), (stat_mod.S_ISFIFO, "a FIFO"), (stat_mod.S_ISCHR, "a character device"),
+          (stat_mod.S_ISBLK, "a block device"), (stat_mod.S_ISSOCK, "a socket"), (stat_mod.S_ISDIR, "a directory"))
 # os.link fails with these where the filesystem has no hard links (exFAT, some FUSE/SMB).
 _NO_LINK_ERRNOS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
 
@@ -59,6 +65,10 @@ def validate_key(key: str, *, prefix: bool = False) -> str:
         if segment.startswith(TMP_PREFIX):
             raise ValueError(f"invalid store key {key!r}: '{TMP_PREFIX}*' names are reserved")
     return key
+
+
+def _file_kind(mode: int) -> str:
+    return next((words for test, words in _KINDS if test(mode)), "of an unknown file type")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -180,29 +190,96 @@ class LocalStore:
                 ) from exc
             raise
 
-    def get(self, key: str) -> bytes:
-        """Whole object; ObjectMissingError if absent."""
-        path = self._path(key)
+    def _open_object(self, key: str) -> int:
+        """An fd of the regular file under `key`, opened without following a symlink at
+        any level below the root and without blocking (O_NONBLOCK: opening a FIFO for
+        reading would otherwise wait forever for a writer). Raises ObjectMissingError if
+        absent (a directory is not an object either), NotAnObjectError for a symlink,
+        FIFO, device or socket, and OSError for anything else."""
+        parts = validate_key(key).split("/")
         try:
-            with open(path, "rb") as f:
-                return f.read()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
             raise ObjectMissingError(key) from None
+        try:
+            for name in parts[:-1]:
+                try:
+                    nfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                except OSError as exc:
+                    self._refuse_entry(exc, dfd, name, key)
+                    raise
+                os.close(dfd)
+                dfd = nfd
+            try:
+                fd = os.open(parts[-1], _READ_FLAGS, dir_fd=dfd)
+            except OSError as exc:
+                self._refuse_entry(exc, dfd, parts[-1], key)
+                raise
+        finally:
+            os.close(dfd)
+        try:
+            st = os.fstat(fd)
+            if stat_mod.S_ISDIR(st.st_mode):
+                raise ObjectMissingError(key)
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise NotAnObjectError(key, str(self.root), _file_kind(st.st_mode))
+            os.set_blocking(fd, True)  # a regular file: O_NONBLOCK has done its job
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _refuse_entry(self, exc: OSError, dfd: int, name: str, key: str) -> None:
+        """Turn a failed open of one path component into the store's answer: missing,
+        or not an object (a symlink, or a socket, which open() cannot read)."""
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.EOPNOTSUPP):
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except OSError:
+                st = None
+            if st is not None and not stat_mod.S_ISREG(st.st_mode) and not stat_mod.S_ISDIR(st.st_mode):
+                raise NotAnObjectError(key, str(self.root), _file_kind(st.st_mode)) from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise ObjectMissingError(key) from None
+
+    def get(self, key: str, max_size: int | None = None) -> bytes:
+        """Whole object; ObjectMissingError if absent. Only a regular file is read (never
+        through a symlink), and with `max_size` only if its size is within it."""
+        try:
+            fd = self._open_object(key)
         except OSError as exc:
             raise self._error(exc, "reading", key) from exc
+        try:
+            size = os.fstat(fd).st_size
+            if max_size is not None and size > max_size:
+                raise ObjectTooLargeError(key, str(self.root), size, max_size)
+            with open(fd, "rb", closefd=False) as f:
+                if max_size is None:
+                    return f.read()
+                data = f.read(size + 1)  # one more byte than fstat said: EOF, or it grew
+                if len(data) > size and len(data) <= max_size:
+                    data += f.read(max_size + 1 - len(data))
+            if len(data) > max_size:
+                raise ObjectTooLargeError(key, str(self.root), len(data), max_size)
+            return data
+        except OSError as exc:
+            raise self._error(exc, "reading", key) from exc
+        finally:
+            os.close(fd)
 
     def stat(self, key: str) -> ObjectInfo | None:
-        """Size of one object, or None if absent (directories are not objects)."""
-        path = self._path(key)
+        """Size of one object, or None if absent; a directory, symlink, FIFO, device or
+        socket is not an object (so `get` would refuse it) and counts as absent."""
         try:
-            st = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
+            fd = self._open_object(key)
+        except (ObjectMissingError, NotAnObjectError):
             return None
         except OSError as exc:
             raise self._error(exc, "reading", key) from exc
-        if not stat_mod.S_ISREG(st.st_mode):
-            return None
-        return ObjectInfo(key=key, size=st.st_size)
+        try:
+            return ObjectInfo(key=key, size=os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
 
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None

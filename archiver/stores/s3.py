@@ -35,7 +35,7 @@ from botocore.exceptions import (
 
 from archiver.errors import ArchiverError, ObjectMissingError, StoreError, UsageError
 from archiver.settings import CHECKSUM_ENV, S3Options
-from archiver.stores.base import ObjectInfo
+from archiver.stores.base import ObjectInfo, ObjectTooLargeError
 from archiver.stores.local import validate_key
 
 MiB = 1024 * 1024
@@ -120,6 +120,13 @@ def _is_missing_key(exc: ClientError) -> bool:
     if code == "NoSuchBucket":
         return False
     return code in ("NoSuchKey", "NotFound", "404") or status == 404
+
+
+def _close_quietly(body: Any) -> None:
+    try:
+        body.close()
+    except Exception:  # noqa: BLE001 - closing a broken stream may fail too
+        pass
 
 
 def _backoff(attempt: int) -> None:
@@ -341,8 +348,10 @@ class S3Store:
 
     # -- reads ---------------------------------------------------------------------
 
-    def get(self, key: str) -> bytes:
-        """Whole object, resuming a cut-off body with ranged GETs (up to max_attempts)."""
+    def get(self, key: str, max_size: int | None = None) -> bytes:
+        """Whole object, resuming a cut-off body with ranged GETs (up to max_attempts).
+        With `max_size`, an object whose size (the response's Content-Length, read before
+        the body) is larger is refused unread: the body is closed, not drained."""
         full = self._full(key)
         buf = bytearray()
         total: int | None = None
@@ -366,6 +375,9 @@ class S3Store:
             if total is None:
                 total = int(resp.get("ContentLength", 0))
                 etag = resp.get("ETag")
+                if max_size is not None and total > max_size:
+                    _close_quietly(resp["Body"])
+                    raise ObjectTooLargeError(key, self.url, total, max_size)
             elif buf:
                 if resp.get("ContentRange"):
                     self._check_range(resp, len(buf), total, key)
@@ -381,10 +393,7 @@ class S3Store:
             except _STREAM_ERRORS as exc:
                 last_error = exc
             finally:
-                try:
-                    body.close()
-                except Exception:  # noqa: BLE001 - closing a broken stream may fail too
-                    pass
+                _close_quietly(body)
             if len(buf) == total:
                 return bytes(buf)
             if len(buf) > total:
