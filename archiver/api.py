@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 from archiver import checker, pipeline, restorer
 from archiver.errors import translated
 from archiver.progress import Progress
-from archiver.repository import Repository
+from archiver.repository import RebuildResult, Repository
 from archiver.settings import Settings
 from archiver.stores import Store
 from archiver.stores import open_store as _open_store
@@ -113,7 +113,8 @@ def show(ref: str, *, repo: Repository | None = None, store: str | None = None,
 
 
 def rebuild_catalog(*, repo: Repository | None = None, store: str | None = None,
-                    catalog: str | os.PathLike | None = None, settings: Settings | None = None) -> list[str]:
-    """Recreate the catalog from the store's manifests alone; returns the ids added."""
+                    catalog: str | os.PathLike | None = None, settings: Settings | None = None) -> RebuildResult:
+    """Recreate the catalog from the store's manifests alone: `.added` (ids recorded now),
+    `.problems` (each bad manifest skipped), `.ok`."""
     with _repo(repo, store, catalog, settings=settings) as r:
         return r.rebuild_catalog()

@@ -12,7 +12,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from manifests.errors import AmbiguousReference, CatalogStoreMismatch
+from manifests.errors import AmbiguousReference, CatalogLocked, CatalogStoreMismatch
 from manifests.errors import UnknownReference as NotFoundError
 from manifests.catalog import Catalog, default_catalog_path
 from manifests.model import ChunkRef, Entry, Manifest
@@ -139,25 +139,26 @@ def test_resolve_hex_looking_name(cat):
         assert cat.resolve("cafe") == m.id
 
 
-def test_resolve_newest_wins(cat):
+def test_resolve_follows_the_chain_not_the_clock(cat):
+    """NAME is the head of the name's chain and NAME@LABEL the newest with that label in
+    it, whatever times the catalog holds (a rebuild or a skewed clock must not pick an
+    older version). Issue 14 item 8 replaced the old newest-recorded_at rule."""
     old = make_manifest("m", "v1", {"f": ["1"]})
-    new = make_manifest("m", "v1", {"f": ["2"]})
-    other_label = make_manifest("m", "v2", {"f": ["3"]})
+    new = make_manifest("m", "v1", {"f": ["2"]}, parent=old.id)
+    other_label = make_manifest("m", "v2", {"f": ["3"]}, parent=new.id)
     record(cat, new, at=200.0)
-    record(cat, old, at=100.0)  # recorded later, but older timestamp
+    record(cat, old, at=300.0)  # the parent, recorded later with a later time
     assert cat.resolve("m@v1") == new.id
     assert cat.resolve("m") == new.id
-    record(cat, other_label, at=300.0)
+    record(cat, other_label, at=50.0)  # the newest version, with the oldest time
     assert cat.resolve("m") == other_label.id
     assert cat.resolve("m@v1") == new.id
+    assert cat.resolve("m@v2") == other_label.id
     assert cat.latest("m") == other_label.id
     assert cat.latest("nope") is None
-    # equal timestamps: the one recorded last wins
-    t1 = make_manifest("t", "x", {"f": ["4"]})
-    t2 = make_manifest("t", "x", {"f": ["5"]})
-    record(cat, t1, at=400.0)
-    record(cat, t2, at=400.0)
-    assert cat.resolve("t@x") == t2.id
+    # list: never a version before its parent, whatever the recorded times say
+    assert [r.id for r in cat.manifest_rows("m")] == [old.id, new.id, other_label.id]
+    assert [r.id for r in cat.manifest_rows()] == [old.id, new.id, other_label.id]
 
 
 def _two_with_shared_prefix(n: int = 4) -> tuple[Manifest, Manifest]:
@@ -446,10 +447,11 @@ def _in_thread(fn, timeout: float = 10.0):
 
 
 def test_failed_begin_releases_the_lock(cat):
+    """A busy BEGIN is CatalogLocked (not an internal sqlite3 error) and leaves the catalog usable."""
     real = cat._conn
     cat._conn = _FailingBegin(real)
     try:
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(CatalogLocked, match="catalog is locked by another process"):
             with cat.write():
                 pass
     finally:
