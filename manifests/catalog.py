@@ -530,15 +530,17 @@ class Catalog:
         if label is None:
             if chain.linear:
                 return chain.heads[0]
-            raise AmbiguousReference(ref, list(chain.heads), f"archive name {name!r} {chain.problem()}{how}")
+            raise AmbiguousReference(ref, list(chain.heads),
+                                     f"archive name {name!r} is ambiguous: it {chain.problem()}{how}")
         with_label = [i for i in chain.ids if chain.labels[i] == label]
         if not with_label:
             raise UnknownReference(ref, f"no archive named {name!r} with label {label!r}")
         if len(with_label) == 1:
             return with_label[0]
         if not chain.linear:
-            raise AmbiguousReference(ref, with_label, f"{len(with_label)} archives named {name!r} have label "
-                                                      f"{label!r}, and the name {chain.problem()}{how}")
+            raise AmbiguousReference(ref, with_label, f"reference {ref!r} is ambiguous: {len(with_label)} archives "
+                                                      f"named {name!r} have label {label!r}, and the name "
+                                                      f"{chain.problem()}{how}")
         return max(with_label, key=lambda i: chain.depth[i])
 
     # -- chunks ------------------------------------------------------------------------------
