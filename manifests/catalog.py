@@ -239,9 +239,13 @@ class Catalog:
                 self._conn = self._open_reading()
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._conn = _connect_rw(self.path)
-                self._w = self._conn
-                self._prepare(self._conn)
+                conn = _connect_rw(self.path)
+                try:
+                    self._prepare(conn)
+                except BaseException:
+                    conn.close()
+                    raise
+                self._conn = self._w = conn
         except (OSError, sqlite3.Error) as e:
             if read_only or not _readonly(e):
                 raise CatalogError(f"cannot open catalog {self.path}: {e}") from None
@@ -253,9 +257,13 @@ class Catalog:
         reads as an empty one, in memory, without creating anything."""
         if self.path.exists() and self.path.stat().st_size > 0:
             conn = _connect_ro(self.path)
-            if self._schema_version(conn) is not None:
-                self._check_binding(conn)
-                return conn
+            try:
+                if self._schema_version(conn) is not None:
+                    self._check_binding(conn)
+                    return conn
+            except BaseException:
+                conn.close()
+                raise
             conn.close()
         conn = _connect(":memory:")
         self._memory = True

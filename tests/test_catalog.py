@@ -811,6 +811,10 @@ def test_cli_under_a_held_lock_reads_work_and_writes_name_the_holder(tmp_path, s
             assert r.err == f"archiver: warning: this verify is not in the catalog's audit log: {locked}: {cat}\n"
         d = run_cli(*base, "verify", "--all", "--json")
         assert d.code == 0 and d.json()["ok"] is True and locked in d.json()["audit_error"]
+        import archiver  # the Python API opens list, show and verify the same way
+        rep = archiver.verify(["m"], store=str(tmp_path / "store"), catalog=cat)
+        assert rep.ok and locked in rep.audit_error
+        assert [r.id for r in archiver.list_archives(store=str(tmp_path / "store"), catalog=cat)] == [mid]
         (src / "new.txt").write_text("new")
         for args in (["catalog", "rebuild"], ["archive", str(src), "--name", "m"]):
             started = time.monotonic()
