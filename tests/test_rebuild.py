@@ -40,8 +40,9 @@ def bad_manifests(raw: RawStore, victim: str) -> dict[str, tuple[str, ...]]:
     dup = good_json("dup", ["d"])
     dup["entries"] = dup["entries"] * 2  # the same path twice, sorted and canonical
     bad[put_manifest(raw, canonical(dup))] = ("twice", "collides with", "duplicate")
-    bad[put_manifest(raw, canonical(good_json("uni", ["ok", "bad\ud800name"])))] = ("Unicode", "UTF-8", "surrogate")  # the reader may refuse it first
-    bad[put_manifest(raw, canonical(good_json("uni\udfff", ["ok"])))] = ("Unicode", "UTF-8", "surrogate")  # the reader may refuse it first
+    unicode = ("Unicode", "UTF-8", "surrogate")  # the catalog's wording, or the reader's if it refuses it first
+    bad[put_manifest(raw, canonical(good_json("uni", ["ok", "bad\ud800name"])))] = unicode
+    bad[put_manifest(raw, canonical(good_json("uni\udfff", ["ok"])))] = unicode
     bad[put_manifest(raw, canonical(good_json("esc", ["../evil"])))] = ("unsafe path",)
     bad[put_manifest(raw, b"definitely not json")] = ("not valid JSON",)
     wrong = good_json("fmt", ["d"])
