@@ -608,9 +608,9 @@ def _immutable(conn: sqlite3.Connection, table: str) -> None:
 
 
 def check_recordable(mid: str, m: Manifest) -> None:
-    """ManifestError unless the catalog can record `m` faithfully. Refuse, with a reason, a manifest the catalog could not record faithfully: a path
+    """ManifestError, with the reason, unless the catalog can record `m` faithfully: a path
     listed twice, or text that is not valid Unicode (a lone surrogate in a name, label,
-    meta or path cannot be stored as UTF-8)."""
+    meta, path or codec cannot be stored as UTF-8), would fail halfway or be mangled."""
     seen: set[str] = set()
     for e in m.entries:
         if e.path in seen:
