@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator
 from archiver import checker, pipeline, restorer
 from archiver.errors import translated
 from archiver.progress import Progress
-from archiver.repository import Repository
+from archiver.repository import RebuildResult, Repository
 from archiver.settings import Settings
 from archiver.stores import Store
 from archiver.stores import open_store as _open_store
@@ -32,17 +32,18 @@ def open_store(url: str | None = None, *, create: bool = False, settings: Settin
 
 
 def open_repository(store: str | None = None, catalog: str | os.PathLike | None = None, *,
-                    create: bool = False, settings: Settings | None = None) -> Repository:
-    return Repository.open(settings or Settings.resolve(store, catalog), create=create)
+                    create: bool = False, settings: Settings | None = None, read_only: bool = False) -> Repository:
+    """read_only=True: open the catalog without creating, migrating or locking it (see Repository.open)."""
+    return Repository.open(settings or Settings.resolve(store, catalog), create=create, read_only=read_only)
 
 
 @contextlib.contextmanager
 def _repo(repo: Repository | None, store: str | None, catalog: str | os.PathLike | None,
-          create: bool = False, settings: Settings | None = None) -> Iterator[Repository]:
+          create: bool = False, settings: Settings | None = None, read_only: bool = False) -> Iterator[Repository]:
     if repo is not None:
         yield repo
         return
-    r = open_repository(store, catalog, create=create, settings=settings)
+    r = open_repository(store, catalog, create=create, settings=settings, read_only=read_only)
     try:
         yield r
     finally:
@@ -92,7 +93,7 @@ def verify(refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool =
            progress: Progress | None = None) -> VerifyReport:
     """`trust_keys`: public key files or hex keys; each manifest must be signed by one of them."""
     trusted = trusted_keys(trust_keys)
-    with _repo(repo, store, catalog, settings=settings) as r:
+    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
         return checker.verify(r, list(refs), all_archives=all_archives, deep=deep, sample=sample, trusted=trusted,
                               progress=progress)
 
@@ -110,20 +111,21 @@ def restore(ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (), f
 
 def list_archives(name: str | None = None, *, repo: Repository | None = None, store: str | None = None,
                   catalog: str | os.PathLike | None = None, settings: Settings | None = None) -> list[ManifestRow]:
-    with _repo(repo, store, catalog, settings=settings) as r:
+    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
         return r.list_archives(name)
 
 
 def show(ref: str, *, repo: Repository | None = None, store: str | None = None,
          catalog: str | os.PathLike | None = None, settings: Settings | None = None) -> tuple[str, Manifest]:
     """(manifest id, manifest) for an id, unique id prefix, NAME or NAME@LABEL."""
-    with _repo(repo, store, catalog, settings=settings) as r:
+    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
         mid = r.resolve(ref)
         return mid, r.load_manifest(mid)
 
 
 def rebuild_catalog(*, repo: Repository | None = None, store: str | None = None,
-                    catalog: str | os.PathLike | None = None, settings: Settings | None = None) -> list[str]:
-    """Recreate the catalog from the store's manifests alone; returns the ids added."""
+                    catalog: str | os.PathLike | None = None, settings: Settings | None = None) -> RebuildResult:
+    """Recreate the catalog from the store's manifests alone: `.added` (ids recorded now),
+    `.problems` (each bad manifest skipped), `.ok`."""
     with _repo(repo, store, catalog, settings=settings) as r:
         return r.rebuild_catalog()

@@ -7,8 +7,10 @@ deep     additionally fetch, decode and re-hash every chunk, and re-hash every w
          file (BLAKE3 and SHA-256).
 sample   additionally deep-check a fraction of the chunks, least recently verified first,
          so repeated sampled runs eventually cover everything.
-Every problem names the manifest, file, byte range and chunk. Each run is appended to
-the catalog's audit log."""
+Every problem names the manifest, file, byte range and chunk. A name whose chain of
+versions has forked or has a second root is a 'chain' problem. Each run is appended to
+the catalog's audit log; if the catalog cannot be written (read-only, or locked by another
+process) the verification still stands and `audit_error` says why it was not recorded."""
 from __future__ import annotations
 
 import math
@@ -18,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from archiver.errors import ArchiverError, FileHashError, InvalidOptionError, translated
+from archiver.errors import (ArchiverError, CatalogLockedError, CatalogReadOnlyError, EmptyCatalogError, FileHashError,
+                             InvalidOptionError, translated)
 from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.problems import Outcome, Problem, chunk_problem, file_hash_problem
 from archiver.progress import Progress
@@ -37,9 +40,21 @@ class VerifyReport(Outcome):
     bytes_read: int = 0
     files_hashed: int = 0
     seconds: float = 0.0
+    audit_error: str | None = None  # why this run is missing from the catalog's audit log, if it is
 
     def __post_init__(self) -> None:
         self._seen: set[tuple] = set()
+
+    def record(self, write, *args) -> None:
+        """A catalog write (audit row, chunk check times) that must not undo the
+        verification: a read-only or locked catalog is noted once, and not retried."""
+        if self.audit_error is not None:
+            return
+        try:
+            with translated():
+                write(*args)
+        except (CatalogReadOnlyError, CatalogLockedError) as e:
+            self.audit_error = str(e)
 
     def add(self, p: Problem) -> None:
         """Record a problem once: deep and sampled passes meet again what the shallow pass
@@ -72,6 +87,10 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
     progress = progress or Progress()
     if all_archives:
         ids = [r.id for r in repo.list_archives()]
+        if not ids:
+            stored = repo.stored_manifest_count()
+            if stored:  # an empty or wrong catalog would otherwise "verify" nothing and pass
+                raise EmptyCatalogError(str(repo.catalog_path), repo.url, stored)
     else:
         ids = list(dict.fromkeys(repo.resolve(r) for r in refs))
         if not ids:
@@ -83,6 +102,7 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
         m = _load(repo, mid, report, trusted)
         if m is not None:
             manifests[mid] = m
+    _chain_problems(repo, manifests, report)
     uses = _uses_by_hash(manifests)
     _shallow(repo, uses, report)
     nworkers = workers or default_workers()
@@ -98,8 +118,8 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
     report.seconds = round(time.monotonic() - started, 3)
     for mid in ids:
         mine = [p for p in report.problems if p.manifest == mid]
-        repo.audit("verify", mid, not mine, {"mode": mode, "problems": len(mine),
-                                             "first": [p.line() for p in mine[:20]], "manifest": mid})
+        report.record(repo.audit, "verify", mid, not mine, {"mode": mode, "problems": len(mine),
+                                                            "first": [p.line() for p in mine[:20]], "manifest": mid})
     return report
 
 
@@ -127,6 +147,18 @@ def _load(repo: Repository, mid: str, report: VerifyReport, trusted: list[bytes]
     except ArchiverError as e:
         report.add(Problem(mid, "unsafe-path", str(e)))
     return m
+
+
+def _chain_problems(repo: Repository, manifests: dict[str, Manifest], report: VerifyReport) -> None:
+    """Once per name verified: a fork or a second root in its chain of versions (NAME no
+    longer names one newest version), on the first verified manifest of that name."""
+    first: dict[str, str] = {}
+    for mid, m in manifests.items():
+        first.setdefault(m.name, mid)
+    for name, mid in first.items():
+        problem = repo.name_chain(name).problem()
+        if problem is not None:
+            report.add(Problem(mid, "chain", f"name {name!r} {problem}"))
 
 
 def _uses_by_hash(manifests: dict[str, Manifest]) -> dict[str, list[ChunkUse]]:
@@ -174,7 +206,7 @@ def _deep_file(repo: Repository, mid: str, e: Entry, pool: ThreadPoolExecutor, w
         report.files_hashed += 1
         report.add(file_hash_problem(mid, e))
     finally:
-        repo.record_chunk_checks(checked)
+        report.record(repo.record_chunk_checks, checked)
 
 
 def _sample(repo: Repository, uses: dict[str, list[ChunkUse]], fraction: float, nworkers: int,
@@ -196,4 +228,4 @@ def _sample(repo: Repository, uses: dict[str, list[ChunkUse]], fraction: float, 
             for use in uses[h]:
                 report.add(use.problem(got))
     progress.finish()
-    repo.record_chunk_checks(results)
+    report.record(repo.record_chunk_checks, results)

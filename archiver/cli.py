@@ -15,7 +15,7 @@ import click
 
 from archiver import api, malloc
 from archiver.checker import check_sample
-from archiver.errors import ArchiverError, InvalidOptionError, UsageError
+from archiver.errors import ArchiverError, EmptyCatalogError, InvalidOptionError, UsageError
 from archiver.progress import Progress, human_bytes
 from archiver.repository import Repository
 from archiver.settings import Settings
@@ -28,8 +28,8 @@ class Ctx:
     def __init__(self, store: str | None, catalog: str | None) -> None:
         self.store, self.catalog = store, catalog
 
-    def repo(self, create: bool = False) -> Repository:
-        return Repository.open(Settings.resolve(self.store, self.catalog), create=create)
+    def repo(self, create: bool = False, read_only: bool = False) -> Repository:
+        return Repository.open(Settings.resolve(self.store, self.catalog), create=create, read_only=read_only)
 
 
 def flag(option: str) -> str:
@@ -44,6 +44,8 @@ def describe(err: ArchiverError) -> str:
         text = f"{flag(err.option)} {err.reason}"
     if err.remedy:
         text += f" (use {flag(err.remedy)})"
+    if isinstance(err, EmptyCatalogError):
+        text += " (run `archiver catalog rebuild` to record them)"
     return text
 
 
@@ -117,15 +119,17 @@ def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, me
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def list_cmd(c: Ctx, name: str | None, as_json: bool) -> None:
-    """List archives in the catalog, oldest first."""
-    with c.repo() as repo:
+    """List archives in the catalog, oldest first (each after its parent). Time '-': unknown
+    (recorded by `catalog rebuild`)."""
+    with c.repo(read_only=True) as repo:
         rows = api.list_archives(name, repo=repo)
     data = [r.to_dict() for r in rows]
     if as_json:
         emit(data)
         return
     for d in data:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["recorded_at"]))
+        at = d["recorded_at"]
+        when = "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
         click.echo(printable(f"{d['id'][:16]}  {when}  {d['name']}@{d['label'] or '-'}  {d['files']} files  "
                              f"{human_bytes(d['size'])}"))
 
@@ -135,8 +139,9 @@ def list_cmd(c: Ctx, name: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
-    """Show one manifest: REF is an id, a unique id prefix, NAME or NAME@LABEL."""
-    with c.repo() as repo:
+    """Show one manifest. REF: an id, a unique id prefix, NAME (newest in its chain),
+    NAME@LABEL, or unambiguously id:PREFIX or name:NAME[@LABEL]."""
+    with c.repo(read_only=True) as repo:
         mid, m = api.show(ref, repo=repo)
     if as_json:
         emit({"id": mid, "manifest": m.to_dict()})
@@ -165,14 +170,17 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
 @click.pass_obj
 def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: float | None,
                trust_key: tuple[str, ...], as_json: bool) -> None:
-    """Prove archives complete and uncorrupted. Exit 0 all good, 1 problems found, 2 usage."""
+    """Prove archives complete and uncorrupted. Exit 0 all good, 1 problems found, 2 usage.
+    REF as for `show` (id:PREFIX and name:NAME[@LABEL] are never ambiguous)."""
     if bool(refs) == all_:
         raise UsageError("give REF... or --all (not both)")
     check_sample(sample)  # usage errors before the store is opened
     trusted = api.trusted_keys(trust_key)
-    with c.repo() as repo:
+    with c.repo(read_only=True) as repo:
         rep = api.verify(refs, all_archives=all_, deep=deep, sample=sample, trust_keys=trusted, repo=repo,
                          progress=Progress.for_terminal("verify", quiet=as_json))
+    if rep.audit_error is not None:
+        click.echo(f"archiver: warning: this verify is not in the catalog's audit log: {rep.audit_error}", err=True)
     if as_json:
         emit(rep.to_dict())
     else:
@@ -198,7 +206,7 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
 @click.pass_obj
 def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bool, trust_key: tuple[str, ...],
                 preserve_special_bits: bool, as_json: bool) -> None:
-    """Restore an archive into DEST, verifying every byte."""
+    """Restore an archive into DEST, verifying every byte. REF as for `show`."""
     trusted = api.trusted_keys(trust_key)
     with c.repo() as repo:
         res = api.restore(ref, dest, include=include, force=force, trust_keys=trusted, repo=repo,
@@ -235,13 +243,19 @@ def catalog_grp() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def rebuild_cmd(c: Ctx, as_json: bool) -> None:
-    """Recreate the catalog from the manifests in the store."""
+    """Recreate the catalog from the manifests in the store. A bad manifest is skipped and
+    reported; exit 1 if any was."""
     with c.repo() as repo:
-        added = api.rebuild_catalog(repo=repo)
+        res = api.rebuild_catalog(repo=repo)
     if as_json:
-        emit({"added": added})
+        emit(res.to_dict())
     else:
-        click.echo(f"catalog rebuilt: {len(added)} manifest(s) added")
+        for p in res.problems:
+            click.echo(f"skipped: {p.line()}", err=True)
+        skipped = f", {len(res.problems)} bad manifest(s) skipped" if res.problems else ""
+        click.echo(f"catalog rebuilt: {len(res.added)} manifest(s) added of {res.manifests} in the store{skipped}",
+                   err=not res.ok)
+    sys.exit(0 if res.ok else 1)
 
 
 def fail(message: str, code: int, as_json: bool, kind: str = "error", **fields: Any) -> None:

@@ -50,6 +50,16 @@ class UnknownReferenceError(NotFoundError):
         self.ref = ref
 
 
+class AmbiguousReferenceError(UsageError):
+    """A reference matches more than one archive (`matches`: their ids): a NAME that is
+    also an id prefix, an id prefix shared by several ids, or a NAME whose chain forked."""
+
+    def __init__(self, ref: str, matches: list[str], message: str) -> None:
+        super().__init__(message)
+        self.ref = ref
+        self.matches = matches
+
+
 class NoStoreError(NotFoundError):
     """No archiver store at a URL (a typo, an unset variable): a usage error."""
 
@@ -74,6 +84,36 @@ class ObjectMissingError(StoreError):
 
 class CatalogError(ArchiverError):
     """The catalog cannot be opened or used."""
+
+
+class CatalogLockedError(CatalogError):
+    """Another process holds the catalog's write lock; `pid` (and `host`) name it when known."""
+
+    def __init__(self, catalog: str, pid: int | None, host: str | None, message: str) -> None:
+        super().__init__(message)
+        self.catalog = catalog
+        self.pid = pid
+        self.host = host
+
+
+class CatalogReadOnlyError(CatalogError):
+    """The catalog cannot be written (read-only file, directory or filesystem)."""
+
+    def __init__(self, catalog: str, message: str) -> None:
+        super().__init__(message)
+        self.catalog = catalog
+
+
+class EmptyCatalogError(UsageError):
+    """The catalog records no archive although the store holds `manifests` of them: a
+    catalog that was lost, or another one than intended. Rebuilding it from the store fixes it."""
+
+    def __init__(self, catalog: str, store: str, manifests: int) -> None:
+        super().__init__(f"the catalog {catalog} records no archives, but the store {store} holds "
+                         f"{manifests} manifest(s)")
+        self.catalog = catalog
+        self.store = store
+        self.manifests = manifests
 
 
 class IntegrityError(ArchiverError):
@@ -142,8 +182,14 @@ def translate(err: m.ManifestsError) -> ArchiverError:
     out: ArchiverError
     if isinstance(err, m.UnknownReference):
         out = UnknownReferenceError(err.ref, str(err))
-    elif isinstance(err, (m.AmbiguousReference, m.KeyFileError)):
+    elif isinstance(err, m.AmbiguousReference):
+        out = AmbiguousReferenceError(err.ref, list(err.matches), str(err))
+    elif isinstance(err, m.KeyFileError):
         out = UsageError(str(err))
+    elif isinstance(err, m.CatalogLocked):
+        out = CatalogLockedError(err.catalog, err.pid, err.host, str(err))
+    elif isinstance(err, m.CatalogReadOnly):
+        out = CatalogReadOnlyError(err.catalog, str(err))
     elif isinstance(err, m.CatalogStoreMismatch):
         out = UsageError(str(err))
         out.remedy = "catalog"

@@ -7,10 +7,10 @@ back is checked here the same way: stored size, decode bounds, BLAKE3 of the dec
 bytes, the whole file's digest, and for manifests the id."""
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import blake3
@@ -21,14 +21,21 @@ from archiver.digests import FileDigest
 from archiver.errors import (ArchiverError, CorruptChunkError, FileHashError, IntegrityError, ManifestError,
                              NotFoundError, ObjectMissingError, translated)
 from archiver.parallel import ordered_map
+from archiver.problems import Outcome, Problem
 from archiver.settings import Settings
 from archiver.stores import Store, open_store
 from archiver.stores.base import ObjectTooLargeError
-from manifests.catalog import AuditRow, Catalog, ManifestRow
+from archiver.urls import normalise_endpoint
+from manifests.catalog import AuditRow, Catalog, Chain, ManifestRow, check_recordable
 from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
+from manifests.paths import check_paths
 
 # A signature object is ~250 bytes of JSON; anything far larger is not one.
 MAX_SIGNATURE_BYTES = 64 * 1024
+# A rebuild records manifests in transactions of at most this many manifests or bytes:
+# few fsyncs, a write lock held only briefly, and memory bounded by one batch.
+REBUILD_BATCH_COUNT = 256
+REBUILD_BATCH_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,18 @@ class Committed:
     signed_by: str | None
 
 
+@dataclass
+class RebuildResult(Outcome):
+    """What a catalog rebuild did: `added`, the ids recorded now (parents first);
+    `manifests`, how many manifest objects the store holds; `problems`, one 'manifest'
+    Problem for each one skipped (bit rot, not matching its id, unsafe or duplicate paths,
+    invalid Unicode). ok when nothing was skipped."""
+
+    added: list[str] = field(default_factory=list)
+    manifests: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+
 class Repository:
     def __init__(self, store: Store, catalog: Catalog, codec: Codec | None = None) -> None:
         self._store = store
@@ -72,12 +91,18 @@ class Repository:
         self._codec = codec or Codec()
 
     @classmethod
-    def open(cls, settings: Settings | None = None, *, create: bool = False) -> "Repository":
-        """Open (or with create=True, initialise) the store and its catalog."""
+    def open(cls, settings: Settings | None = None, *, create: bool = False, read_only: bool = False) -> "Repository":
+        """Open (or with create=True, initialise) the store and its catalog. read_only=True
+        opens the catalog without creating, migrating or locking it (list, show, verify):
+        it works on a read-only catalog, and the few writes such a command makes (verify's
+        audit rows) are tried on their own and may raise CatalogReadOnlyError or
+        CatalogLockedError. The catalog is bound to the store's URL and S3 endpoint."""
         s = settings or Settings.resolve()
         st = open_store(s.store_url, create=create, s3_options=s.s3)
+        # the endpoint the client really uses, if the settings could not see it (an AWS config file)
+        endpoint = s.endpoint or normalise_endpoint(getattr(st, "endpoint", None))
         with translated():
-            return cls(st, Catalog(s.catalog_path, s.store_url))
+            return cls(st, Catalog(s.catalog_path, s.store_url, endpoint=endpoint, read_only=read_only))
 
     @property
     def url(self) -> str:
@@ -93,18 +118,35 @@ class Repository:
         self.close()
 
     # -- catalog queries -----------------------------------------------------------------------
+    @property
+    def catalog_path(self) -> Path:
+        return self._catalog.path
+
     def resolve(self, ref: str) -> str:
-        """Catalog lookup; a full id that only the store knows is accepted too."""
+        """The id a reference names (see `Catalog.resolve`: id, `id:PREFIX`, NAME,
+        `name:NAME`, NAME@LABEL). A full id (bare or `id:`) that only the store knows is
+        accepted too."""
         try:
             with translated():
                 return self._catalog.resolve(ref)
         except NotFoundError:
-            if is_hash(ref.lower()) and self._store.exists(layout.manifest(ref.lower())):
-                return ref.lower()
+            full = (ref[3:] if ref.startswith("id:") else ref).lower()
+            if is_hash(full) and self._store.exists(layout.manifest(full)):
+                return full
             raise
 
     def latest(self, name: str) -> str | None:
-        return self._catalog.latest(name)
+        """The parent for a new archive of `name`: the head of its chain (see Catalog.latest)."""
+        with translated():
+            return self._catalog.latest(name)
+
+    def name_chain(self, name: str) -> Chain:
+        """How the recorded versions of `name` link up (forks, second roots)."""
+        return self._catalog.chain(name)
+
+    def stored_manifest_count(self) -> int:
+        """How many manifest objects the store holds (LIST only, nothing fetched)."""
+        return sum(1 for info in self._store.list(layout.MANIFESTS) if layout.manifest_id(info.key) is not None)
 
     def list_archives(self, name: str | None = None) -> list[ManifestRow]:
         return self._catalog.manifest_rows(name)
@@ -333,35 +375,85 @@ class Repository:
         self._catalog.mark_verified(results)
 
     # -- catalog rebuild -------------------------------------------------------------------------
-    def rebuild_catalog(self) -> list[str]:
-        """Record every manifest found in the store (each checked against its id), parents
-        before children so NAME resolves to the newest in each chain. Returns new ids."""
-        found: dict[str, tuple[Manifest, bytes]] = {}
+    def rebuild_catalog(self) -> RebuildResult:
+        """Record every good manifest in the store, parents before children, and report
+        each bad one instead of stopping. Streams: the first pass keeps only each id's
+        parent; the second fetches (and re-checks) each manifest again and records it in
+        small batches, so memory does not grow with the total size of the manifests.
+        Times are unknown to a rebuild and recorded as such, never invented."""
+        result = RebuildResult()
+        parents: dict[str, str | None] = {}
         for sm in self.iter_manifests():
-            if sm.error is not None:
-                raise sm.error
-            assert sm.manifest is not None and sm.data is not None
-            found[sm.id] = (sm.manifest, sm.data)
-        order: list[str] = []
-        placed: set[str] = set()
-
-        def place(mid: str, trail: set[str]) -> None:
-            if mid in placed or mid in trail:
-                return
-            parent = found[mid][0].parent
-            if parent in found:
-                place(parent, trail | {mid})
-            placed.add(mid)
-            order.append(mid)
-
-        for mid in sorted(found):
-            place(mid, set())
-        base = time.time()
-        added = []
+            result.manifests += 1
+            why = sm.error or (self._unrecordable(sm.id, sm.manifest) if sm.manifest is not None else None)
+            if why is not None:
+                result.problems.append(Problem(sm.id, "manifest", str(why)))
+                continue
+            assert sm.manifest is not None
+            parents[sm.id] = sm.manifest.parent
+        batch: list[tuple[Manifest, bytes]] = []
+        size = 0
+        for mid in _parents_first(parents):
+            if self._catalog.has_manifest(mid):
+                continue
+            try:
+                data = self._store.get(layout.manifest(mid))
+                with translated():
+                    m = parse_manifest(data, expected_id=mid)
+            except (IntegrityError, ObjectMissingError) as e:  # changed or vanished since the first pass
+                result.problems.append(Problem(mid, "manifest", str(e)))
+                continue
+            batch.append((m, data))
+            size += len(data)
+            if len(batch) >= REBUILD_BATCH_COUNT or size >= REBUILD_BATCH_BYTES:
+                self._record_batch(batch, result)
+                batch, size = [], 0
+        self._record_batch(batch, result)
         with translated():
-            for i, mid in enumerate(order):
-                m, data = found[mid]
-                if self._catalog.record_manifest(m, data, at=base + i * 1e-3):
-                    added.append(mid)
-            self._catalog.audit("rebuild", None, True, {"manifests": len(found), "added": len(added)})
-        return added
+            self._catalog.audit("rebuild", None, result.ok, {
+                "manifests": result.manifests, "added": len(result.added), "problems": len(result.problems),
+                "first": [p.line() for p in result.problems[:20]]})
+        return result
+
+    @staticmethod
+    def _unrecordable(mid: str, m: Manifest) -> ArchiverError | None:
+        """Why a manifest cannot be recorded or restored (unsafe or colliding paths, text
+        the catalog cannot store), or None."""
+        try:
+            with translated():
+                check_paths((e.path, e.type) for e in m.entries)
+                check_recordable(mid, m)
+        except ArchiverError as e:
+            return e
+        return None
+
+    def _record_batch(self, batch: list[tuple[Manifest, bytes]], result: RebuildResult) -> None:
+        if not batch:
+            return
+        with translated(), self._catalog.write():
+            for m, data in batch:
+                try:
+                    with translated():
+                        if self._catalog.record_manifest(m, data, time_unknown=True):
+                            result.added.append(m.id)
+                except IntegrityError as e:  # only this manifest's savepoint was rolled back
+                    result.problems.append(Problem(m.id, "manifest", str(e)))
+
+
+def _parents_first(parents: dict[str, str | None]) -> list[str]:
+    """Ids ordered so a manifest's parent (if present) comes before it: an iterative
+    walk, so a chain of any length works (and a forged cycle ends the walk)."""
+    order: list[str] = []
+    placed: set[str] = set()
+    for start in sorted(parents):
+        path: list[str] = []
+        on_path: set[str] = set()
+        node: str | None = start
+        while node is not None and node in parents and node not in placed and node not in on_path:
+            path.append(node)
+            on_path.add(node)
+            node = parents[node]
+        for n in reversed(path):
+            placed.add(n)
+            order.append(n)
+    return order

@@ -6,12 +6,12 @@ place that reads ARCHIVER_* variables for the library."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from archiver.errors import InvalidOptionError
-from archiver.urls import normalise_store_url
+from archiver.urls import normalise_endpoint, normalise_store_url
 from manifests.catalog import default_catalog_path
 
 MiB = 1024 * 1024
@@ -21,6 +21,9 @@ STORE_ENV = "ARCHIVER_STORE"
 CATALOG_ENV = "ARCHIVER_CATALOG"
 CHECKSUM_ENV = "ARCHIVER_S3_CHECKSUM"
 MAX_ATTEMPTS_ENVS = ("ARCHIVER_S3_MAX_ATTEMPTS", "AWS_MAX_ATTEMPTS")
+# boto3's order: the S3-specific variable, then the global one; both off with the IGNORE switch.
+ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+IGNORE_ENDPOINTS_ENV = "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"
 
 
 @dataclass(frozen=True)
@@ -46,32 +49,42 @@ class S3Options:
 
 @dataclass(frozen=True)
 class Settings:
-    """Where the store and the catalog live, and how to reach S3."""
+    """Where the store and the catalog live, and how to reach S3.
+
+    `endpoint` is the S3-compatible endpoint an s3:// store is reached at (None: AWS, or
+    not an S3 store). It is part of the store's name: the default catalog path and the
+    catalog's binding include it, so two services with a bucket of the same name never
+    share a catalog."""
 
     home: Path
     store_url: str
     catalog_path: Path
     s3: S3Options = field(default_factory=S3Options)
+    endpoint: str | None = None
 
     @classmethod
     def resolve(cls, store: str | None = None, catalog: str | os.PathLike | None = None, *,
                 s3: S3Options | None = None, env: Mapping[str, str] | None = None) -> "Settings":
         """store, else ARCHIVER_STORE, else a directory store under ARCHIVER_HOME (~/.archiver);
         catalog, else ARCHIVER_CATALOG, else a catalog file under ARCHIVER_HOME for that store;
-        s3, else S3Options with ARCHIVER_S3_CHECKSUM / ARCHIVER_S3_MAX_ATTEMPTS applied."""
+        s3, else S3Options with ARCHIVER_S3_CHECKSUM / ARCHIVER_S3_MAX_ATTEMPTS and the
+        AWS endpoint variables applied."""
         env = os.environ if env is None else env
         home = home_dir(env)
         default_store = normalise_store_url(str(home / "store"))
         if store is not None and not str(store).strip():
             raise InvalidOptionError("store", "is empty (an unset variable?)")
         url = normalise_store_url(store or env.get(STORE_ENV) or str(home / "store"))
+        opts = s3 if s3 is not None else s3_options(env)
+        endpoint = s3_endpoint(opts, env) if url.startswith("s3://") else None
         cat = catalog or env.get(CATALOG_ENV)
-        path = Path(cat).expanduser() if cat else default_catalog_path(home, url, default_store)
-        return cls(home=home, store_url=url, catalog_path=path, s3=s3 if s3 is not None else s3_options(env))
+        path = Path(cat).expanduser() if cat else default_catalog_path(home, url, default_store, endpoint)
+        return cls(home=home, store_url=url, catalog_path=path, s3=opts, endpoint=endpoint)
 
     def with_store(self, store: str) -> "Settings":
         """The same settings for another store (its catalog chosen the same way)."""
-        return Settings.resolve(store, None, s3=self.s3, env={HOME_ENV: str(self.home)})
+        s3 = self.s3 if self.s3.endpoint_url or not self.endpoint else replace(self.s3, endpoint_url=self.endpoint)
+        return Settings.resolve(store, None, s3=s3, env={HOME_ENV: str(self.home)})
 
 
 def home_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -79,12 +92,34 @@ def home_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(env.get(HOME_ENV) or Path.home() / ".archiver").expanduser().absolute()
 
 
+def env_endpoint(env: Mapping[str, str] | None = None) -> str | None:
+    """The S3 endpoint boto3 takes from the environment: AWS_ENDPOINT_URL_S3, else
+    AWS_ENDPOINT_URL, neither if AWS_IGNORE_CONFIGURED_ENDPOINT_URLS is true."""
+    env = os.environ if env is None else env
+    if env.get(IGNORE_ENDPOINTS_ENV, "").strip().lower() == "true":
+        return None
+    for var in ENDPOINT_ENVS:
+        if env.get(var, "").strip():
+            return env[var].strip()
+    return None
+
+
+def s3_endpoint(s3: S3Options, env: Mapping[str, str] | None = None) -> str | None:
+    """The endpoint an S3 store is reached at, normalised (None for AWS): the explicit
+    option, else what boto3 reads from the environment."""
+    return normalise_endpoint(s3.endpoint_url or env_endpoint(env))
+
+
 def s3_options(env: Mapping[str, str] | None = None, **explicit: Any) -> S3Options:
-    """S3Options from the environment: ARCHIVER_S3_CHECKSUM=when_required, and
+    """S3Options from the environment: ARCHIVER_S3_CHECKSUM=when_required,
     ARCHIVER_S3_MAX_ATTEMPTS (or AWS_MAX_ATTEMPTS) so an outage longer than the default
-    retries can be ridden out."""
+    retries can be ridden out, and the endpoint (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL),
+    passed to boto3 as read here so the store opened is the store the catalog is bound to."""
     env = os.environ if env is None else env
     found: dict[str, Any] = {}
+    endpoint = env_endpoint(env)
+    if endpoint:
+        found["endpoint_url"] = endpoint
     if env.get(CHECKSUM_ENV, "").strip().lower() == "when_required":
         found["checksum_when_required"] = True
     for var in MAX_ATTEMPTS_ENVS:

@@ -68,3 +68,31 @@ def normalise_store_url(url: str) -> str:
         raise UsageError(f"unsupported store URL {url!r} ({USAGE})")
     bucket, prefix = parse_s3(url)
     return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+
+
+_AWS_HOSTS = (".amazonaws.com", ".amazonaws.com.cn")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalise_endpoint(endpoint: str | None) -> str | None:
+    """The one spelling of an S3 endpoint, as part of a store's name: scheme and host in
+    lower case, no default port, no trailing slash. AWS's own endpoints (any region) are
+    None: a bucket name is global there, so they all name the same store."""
+    if endpoint is None or not endpoint.strip():
+        return None
+    text = endpoint.strip()
+    parsed = urllib.parse.urlsplit(text if "://" in text else "https://" + text)
+    scheme = parsed.scheme.lower()
+    host = (parsed.hostname or "").lower()
+    if not host:
+        return text.rstrip("/")
+    if host == "amazonaws.com" or host.endswith(_AWS_HOSTS):
+        return None
+    try:
+        port = parsed.port
+    except ValueError:
+        return text.rstrip("/")
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        netloc += f":{port}"
+    return urllib.parse.urlunsplit((scheme, netloc, parsed.path.rstrip("/"), parsed.query, ""))

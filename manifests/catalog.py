@@ -4,28 +4,64 @@ The store is the source of truth; the catalog makes lookups cheap (which chunks 
 which manifest a name or label points to) and keeps an append-only audit log of archive
 and verify runs. Manifest rows, their file and chunk rows, and audit rows are immutable:
 triggers abort UPDATE, DELETE and INSERT OR REPLACE, so a bug or a stray script cannot
-quietly rewrite history. Writes use BEGIN IMMEDIATE with WAL and a long busy timeout so
-two archive jobs can share one catalog."""
+quietly rewrite history.
+
+Versions of one name form a chain (each manifest names its predecessor as `parent`), and
+that chain, not a clock, says which version is newest: NAME resolves to the head of its
+chain, and a fork or a second root makes NAME ambiguous instead of silently picking one.
+
+Locking: WAL, so readers never wait for writers. Writes use BEGIN IMMEDIATE with a short
+busy timeout; the writer leaves its pid in `<catalog>.lock` (under an flock, so a stale
+mark is ignored) and a writer that times out names the holder instead of hanging. A
+catalog opened with read_only=True is never created, migrated or locked by opening it;
+it is read through SQLite's mode=ro, so it works on a read-only file or filesystem."""
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import blake3
-import sqlite_utils
 
-from manifests.errors import AmbiguousReference, CatalogError, CatalogStoreMismatch, UnknownReference
+from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
+                              ManifestError, UnknownReference)
 from manifests.model import Manifest, parse_manifest
 
-SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 120_000
+SCHEMA_VERSION = 2  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
+BUSY_TIMEOUT_MS = 5_000  # how long a writer waits for another writer before CatalogLocked
+ID_PREFIX_MIN = 4
 
 _IMMUTABLE = ("manifests", "files", "chunk_refs", "audit")
+_HEX = frozenset("0123456789abcdef")
+
+_SCHEMA = """
+CREATE TABLE "info" ("key" TEXT PRIMARY KEY, "value" TEXT);
+CREATE TABLE "manifests" ("id" TEXT PRIMARY KEY, "name" TEXT NOT NULL, "label" TEXT, "parent" TEXT,
+    "recorded_at" REAL, "file_count" INTEGER, "total_size" INTEGER, "stored_size" INTEGER, "json" BLOB NOT NULL);
+CREATE INDEX "idx_manifests_name_recorded_at" ON "manifests" ("name", "recorded_at");
+CREATE TABLE "files" ("manifest_id" TEXT REFERENCES "manifests"("id"), "path" TEXT, "type" TEXT, "size" INTEGER,
+    "mode" INTEGER, "blake3" TEXT, "sha256" TEXT, PRIMARY KEY ("manifest_id", "path"));
+CREATE TABLE "chunk_refs" ("manifest_id" TEXT REFERENCES "manifests"("id"), "path" TEXT, "seq" INTEGER,
+    "offset" INTEGER, "length" INTEGER, "hash" TEXT, PRIMARY KEY ("manifest_id", "path", "seq"));
+CREATE INDEX "idx_chunk_refs_hash" ON "chunk_refs" ("hash");
+CREATE TABLE "chunks" ("hash" TEXT PRIMARY KEY, "stored_size" INTEGER, "codec" TEXT, "first_seen" REAL);
+CREATE TABLE "chunk_checks" ("hash" TEXT PRIMARY KEY, "last_verified" REAL, "ok" INTEGER);
+CREATE TABLE "audit" ("seq" INTEGER PRIMARY KEY, "at" REAL, "event" TEXT, "manifest_id" TEXT, "ok" INTEGER,
+    "details" TEXT);
+"""
+# Each step takes a catalog from schema version N to N+1, inside the opening write transaction.
+_MIGRATIONS: dict[int, str] = {
+    1: 'CREATE INDEX IF NOT EXISTS "idx_manifests_name_parent" ON "manifests" ("name", "parent");',
+}
 
 
 @dataclass(frozen=True)
@@ -34,7 +70,7 @@ class ManifestRow:
     name: str
     label: str | None
     parent: str | None
-    recorded_at: float
+    recorded_at: float | None  # None: unknown (recorded by a catalog rebuild, which never invents times)
     file_count: int
     total_size: int
     stored_size: int
@@ -56,95 +92,288 @@ class AuditRow:
     details: dict[str, Any]
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+@dataclass(frozen=True)
+class Chain:
+    """How the manifests recorded under one name link up through `parent`.
+
+    A root has no parent among them (none at all, or one that is not a recorded manifest
+    of this name); a head is named as parent by none of them. One root and one head: the
+    versions form a single line and the head is the newest. Anything else is a fork, a
+    second chain or (in a forged catalog) a cycle, and the newest version is unknowable."""
+
+    name: str
+    ids: tuple[str, ...]  # in recording order
+    parent: dict[str, str | None]  # the parent among these ids, or None for a root
+    depth: dict[str, int]  # steps from the root of its chain
+    roots: tuple[str, ...]
+    heads: tuple[str, ...]
+    labels: dict[str, str | None]
+    cyclic: bool = False
+
+    @property
+    def linear(self) -> bool:
+        return len(self.roots) == 1 and len(self.heads) == 1 and not self.cyclic
+
+    def problem(self) -> str | None:
+        """Why NAME does not name one newest version, or None."""
+        if self.cyclic:
+            return "has a cycle in its chain of parents (the catalog was tampered with)"
+        parts = []
+        if len(self.roots) > 1:
+            parts.append(f"{len(self.roots)} separate chains (roots {_short(self.roots)})")
+        if len(self.heads) > 1:
+            parts.append(f"{len(self.heads)} newest versions (heads {_short(self.heads)})")
+        return "has " + " and ".join(parts) if parts else None
+
+
+def _short(ids: Iterable[str]) -> str:
+    return ", ".join(i[:12] for i in ids)
+
+
+def _chain(name: str, rows: list[tuple[str, str | None, str | None]]) -> Chain:
+    """Build a Chain from (id, parent, label) rows in recording order, without recursion
+    (a name may have any number of versions)."""
+    ids = tuple(r[0] for r in rows)
+    known = set(ids)
+    parent = {i: (p if p in known and p != i else None) for i, p, _ in rows}
+    has_child = {p for p in parent.values() if p is not None}
+    depth: dict[str, int] = {}
+    cyclic = False
+    for start in ids:
+        path: list[str] = []
+        on_path: set[str] = set()
+        node: str | None = start
+        while node is not None and node not in depth and node not in on_path:
+            on_path.add(node)
+            path.append(node)
+            node = parent[node]
+        if node is not None and node in on_path:  # walked into a loop: no root above it
+            cyclic = True
+            base = -1
+        else:
+            base = -1 if node is None else depth[node]
+        for n in reversed(path):
+            base += 1
+            depth[n] = base
+    roots = tuple(i for i in ids if parent[i] is None)
+    heads = tuple(i for i in ids if i not in has_child)
+    return Chain(name, ids, parent, depth, roots, heads, {i: label for i, _, label in rows}, cyclic)
+
+
+def _is_hex(s: str) -> bool:
+    return bool(s) and all(ch in _HEX for ch in s)
+
+
+def _errcode(e: sqlite3.Error) -> int:
+    return getattr(e, "sqlite_errorcode", 0) & 0xFF
+
+
+def _busy(e: sqlite3.Error) -> bool:
+    return _errcode(e) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(e)
+
+
+def _readonly(e: BaseException) -> bool:
+    if isinstance(e, OSError):
+        return e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+    return isinstance(e, sqlite3.Error) and (_errcode(e) == sqlite3.SQLITE_READONLY or "readonly" in str(e))
+
+
+def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False,
+                           uri=uri)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 
 
-class Catalog:
-    """One catalog file, bound to one store URL (recorded on first use)."""
+def _connect_rw(path: Path) -> sqlite3.Connection:
+    conn = _connect(str(path))
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # set once; a no-op read otherwise
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
 
-    def __init__(self, path: str | Path, store_url: str) -> None:
+
+def _connect_ro(path: Path) -> sqlite3.Connection:
+    """Read without ever writing. A WAL catalog needs its -shm file; on a read-only
+    directory with no -wal left over (nothing uncommitted), `immutable` reads the file as is."""
+    base = "file:" + urllib.parse.quote(str(path.absolute()))
+    conn = _connect(base + "?mode=ro", uri=True)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as e:
+        conn.close()
+        if not (_readonly(e) or _errcode(e) == sqlite3.SQLITE_CANTOPEN) or Path(f"{path}-wal").exists():
+            raise
+    conn = _connect(base + "?mode=ro&immutable=1", uri=True)
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return conn
+
+
+def store_identity(url: str, endpoint: str | None) -> str:
+    """How a store is named in messages and in the binding: its URL, plus the S3
+    endpoint when it is not AWS's (two services can have buckets of the same name)."""
+    return url if not endpoint else f"{url} at {endpoint}"
+
+
+class Catalog:
+    """One catalog file, bound to one store (its URL and, for S3-compatible services, its
+    endpoint), recorded on first use."""
+
+    def __init__(self, path: str | Path, store_url: str, *, endpoint: str | None = None,
+                 read_only: bool = False) -> None:
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = _connect(self.path)
-        except (OSError, sqlite3.Error) as e:
-            raise CatalogError(f"cannot open catalog {self.path}: {e}") from None
-        self.db = sqlite_utils.Database(self._conn)
+        self.store_url = store_url
+        self.endpoint = endpoint or None
+        self.read_only = read_only
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []  # one per worker thread, all closed by close()
         self._lock = threading.RLock()  # re-entrant: a nested write() joins the outer transaction
-        self._init_schema()
-        self._bind_store(store_url)
+        self._holder = _HolderMark(Path(f"{self.path}.lock"))
+        self._savepoints = 0
+        self._memory = False
+        self._w: sqlite3.Connection | None = None  # the writer; in read-only mode opened on the first write
+        try:
+            if read_only:
+                self._conn = self._open_reading()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = _connect_rw(self.path)
+                try:
+                    self._prepare(conn)
+                except BaseException:
+                    conn.close()
+                    raise
+                self._conn = self._w = conn
+        except (OSError, sqlite3.Error) as e:
+            if read_only or not _readonly(e):
+                raise CatalogError(f"cannot open catalog {self.path}: {e}") from None
+            raise CatalogReadOnly(str(self.path), str(e)) from None
 
-    # -- schema -----------------------------------------------------------------------------
-    def _init_schema(self) -> None:
-        with self.write():
-            db = self.db
-            if "info" not in db.table_names():
-                db["info"].create({"key": str, "value": str}, pk="key")
-                db["manifests"].create(
-                    {"id": str, "name": str, "label": str, "parent": str, "recorded_at": float,
-                     "file_count": int, "total_size": int, "stored_size": int, "json": bytes},
-                    pk="id", not_null={"name", "json"},
-                )
-                db["manifests"].create_index(["name", "recorded_at"])
-                db["files"].create(
-                    {"manifest_id": str, "path": str, "type": str, "size": int, "mode": int,
-                     "blake3": str, "sha256": str},
-                    pk=("manifest_id", "path"), foreign_keys=[("manifest_id", "manifests", "id")],
-                )
-                db["chunk_refs"].create(
-                    {"manifest_id": str, "path": str, "seq": int, "offset": int, "length": int, "hash": str},
-                    pk=("manifest_id", "path", "seq"), foreign_keys=[("manifest_id", "manifests", "id")],
-                )
-                db["chunk_refs"].create_index(["hash"])
-                db["chunks"].create({"hash": str, "stored_size": int, "codec": str, "first_seen": float}, pk="hash")
-                db["chunk_checks"].create({"hash": str, "last_verified": float, "ok": int}, pk="hash")
-                db["audit"].create(
-                    {"seq": int, "at": float, "event": str, "manifest_id": str, "ok": int, "details": str},
-                    pk="seq",
-                )
-                for table in _IMMUTABLE:
-                    self._immutable(table)
-                db["info"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
+    # -- opening: schema, migration, store binding -------------------------------------------
+    def _open_reading(self) -> sqlite3.Connection:
+        """The read-only connection; a catalog that does not exist (or was never set up)
+        reads as an empty one, in memory, without creating anything."""
+        if self.path.exists() and self.path.stat().st_size > 0:
+            conn = _connect_ro(self.path)
+            try:
+                if self._schema_version(conn) is not None:
+                    self._check_binding(conn)
+                    return conn
+            except BaseException:
+                conn.close()
+                raise
+            conn.close()
+        conn = _connect(":memory:")
+        self._memory = True
+        self._create(conn)
+        return conn
 
-    def _immutable(self, table: str) -> None:
-        pk = {"manifests": "id = NEW.id", "files": "manifest_id = NEW.manifest_id AND path = NEW.path",
-              "chunk_refs": "manifest_id = NEW.manifest_id AND path = NEW.path AND seq = NEW.seq",
-              "audit": "seq = NEW.seq"}[table]
-        msg = f"{table} rows are immutable"
-        for verb, when in (("UPDATE", ""), ("DELETE", ""),
-                           ("INSERT", f"WHEN EXISTS (SELECT 1 FROM {table} WHERE {pk})")):
-            self._conn.execute(
-                f"CREATE TRIGGER {table}_no_{verb.lower()} BEFORE {verb} ON {table} {when} "
-                f"BEGIN SELECT RAISE(ABORT, '{msg}'); END")
+    def _schema_version(self, conn: sqlite3.Connection) -> int | None:
+        """The catalog's schema version (None: not set up yet); refuses a newer one."""
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='info'").fetchone() is None:
+            return None
+        row = conn.execute("SELECT value FROM info WHERE key='schema_version'").fetchone()
+        version = int(row[0]) if row else 1
+        if version > SCHEMA_VERSION:
+            raise CatalogError(f"catalog {self.path} has schema version {version}; this archiver reads up to "
+                               f"{SCHEMA_VERSION} (upgrade archiver)")
+        return version
 
-    def _bind_store(self, url: str) -> None:
-        row = self._conn.execute("SELECT value FROM info WHERE key='store'").fetchone()
-        if row is None:
-            with self.write():
-                self._conn.execute("INSERT OR IGNORE INTO info(key, value) VALUES ('store', ?)", (url,))
-            row = self._conn.execute("SELECT value FROM info WHERE key='store'").fetchone()
-        if row[0] != url:
-            raise CatalogStoreMismatch(str(self.path), row[0], url)
-        self.store_url = url
+    def _create(self, conn: sqlite3.Connection) -> None:
+        for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT the caller's transaction
+            if statement.strip():
+                conn.execute(statement)
+        for sql in _MIGRATIONS.values():
+            conn.execute(sql)
+        for table in _IMMUTABLE:
+            _immutable(conn, table)
+        conn.executemany("INSERT INTO info(key, value) VALUES (?, ?)",
+                         [("schema_version", str(SCHEMA_VERSION)), ("store", self.store_url),
+                          ("endpoint", self.endpoint or "")])
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Create, migrate and bind as needed. Only these steps write, and only when
+        needed, so opening a current catalog takes no lock."""
+        version = self._schema_version(conn)
+        if version != SCHEMA_VERSION or not self._check_binding(conn):
+            with self._txn(conn):
+                version = self._schema_version(conn)  # another process may have done it meanwhile
+                if version is None:
+                    self._create(conn)
+                else:
+                    for step in range(version, SCHEMA_VERSION):
+                        conn.execute(_MIGRATIONS[step])
+                    conn.execute("INSERT OR REPLACE INTO info(key, value) VALUES ('schema_version', ?)",
+                                 (str(SCHEMA_VERSION),))
+                    if not self._check_binding(conn):
+                        conn.execute("INSERT OR IGNORE INTO info(key, value) VALUES ('store', ?)", (self.store_url,))
+                        conn.execute("INSERT OR IGNORE INTO info(key, value) VALUES ('endpoint', ?)",
+                                     (self.endpoint or "",))
+                        self._check_binding(conn)
+
+    def _check_binding(self, conn: sqlite3.Connection) -> bool:
+        """True if the catalog is fully bound to this store; raises if bound to another.
+        A catalog bound before endpoints were recorded has no 'endpoint' row: it takes
+        the current one on its next writable open (AWS stores: none, as before)."""
+        info = dict(conn.execute("SELECT key, value FROM info WHERE key IN ('store', 'endpoint')").fetchall())
+        if "store" not in info:
+            return False
+        bound_endpoint = info.get("endpoint")
+        if info["store"] != self.store_url or (bound_endpoint is not None
+                                               and (bound_endpoint or None) != self.endpoint):
+            raise CatalogStoreMismatch(str(self.path), store_identity(info["store"], bound_endpoint or None),
+                                       store_identity(self.store_url, self.endpoint))
+        return bound_endpoint is not None
 
     # -- transactions ------------------------------------------------------------------------
     def write(self) -> "_Txn":
-        """BEGIN IMMEDIATE ... COMMIT: all or nothing, and waits (busy_timeout) for other writers."""
-        return _Txn(self._conn, self._lock)
+        """BEGIN IMMEDIATE ... COMMIT: all or nothing. Waits up to BUSY_TIMEOUT_MS for
+        another writer, then raises CatalogLocked naming it. Nested, it is a savepoint of
+        the outer transaction: its failure undoes only its own part."""
+        return _Txn(self)
+
+    def _txn(self, conn: sqlite3.Connection) -> "_Txn":
+        return _Txn(self, conn)
+
+    def _writer(self) -> sqlite3.Connection:
+        """The connection writes go through; a read-only catalog opens it on first use
+        (creating or migrating the file if need be), or says why it cannot."""
+        if not self.read_only:
+            return self._conn
+        if self._w is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = _connect_rw(self.path)
+            except (OSError, sqlite3.Error) as e:
+                raise CatalogReadOnly(str(self.path), str(e)) from None
+            try:
+                self._prepare(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._w = conn
+        return self._w
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if _busy(e):
+                raise CatalogLocked(str(self.path), *self._holder.read()) from None
+            if _readonly(e):
+                raise CatalogReadOnly(str(self.path), str(e)) from None
+            raise CatalogError(f"catalog {self.path}: {e}") from None
+        self._holder.mark()
 
     def _reader(self) -> sqlite3.Connection:
         """Per-thread read connection so worker threads can ask `has_chunk` concurrently."""
+        if self._memory:
+            return self._conn
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = _connect(self.path)
+            conn = _connect_ro(self.path) if self.read_only else _connect_rw(self.path)
             self._local.conn = conn
             with self._lock:
                 self._readers.append(conn)
@@ -155,47 +384,70 @@ class Catalog:
             readers, self._readers = self._readers, []
         for conn in readers:
             conn.close()
+        if self._w is not None and self._w is not self._conn:
+            self._w.close()
         self._conn.close()
+        self._holder.close()
 
     # -- manifests ---------------------------------------------------------------------------
     def has_manifest(self, mid: str) -> bool:
         return self._conn.execute("SELECT 1 FROM manifests WHERE id=?", (mid,)).fetchone() is not None
 
     def record_manifest(self, m: Manifest, data: bytes, *, event_details: dict[str, Any] | None = None,
-                        at: float | None = None) -> bool:
+                        at: float | None = None, time_unknown: bool = False) -> bool:
         """Record a manifest (already durably in the store) with its files, chunk references
-        and known chunks in one transaction. Idempotent: False if it was already recorded."""
+        and known chunks in one transaction. Idempotent: False if it was already recorded.
+        `at` defaults to now; time_unknown=True records no time at all (a rebuild knows
+        what the store holds, not when it was archived)."""
         mid = m.id
+        check_recordable(mid, m)
         now = time.time() if at is None else at
-        with self.write():
-            if self.has_manifest(mid):
+        when = None if time_unknown else now
+        with self.write() as conn:
+            if conn.execute("SELECT 1 FROM manifests WHERE id=?", (mid,)).fetchone() is not None:
                 return False
             files = m.files
-            self.db["manifests"].insert({
-                "id": mid, "name": m.name, "label": m.label, "parent": m.parent, "recorded_at": now,
-                "file_count": len(files), "total_size": m.total_size, "stored_size": m.stored_size, "json": data,
-            })
-            self.db["files"].insert_all(
-                ({"manifest_id": mid, "path": e.path, "type": e.type, "size": e.size, "mode": e.mode,
-                  "blake3": e.blake3, "sha256": e.sha256} for e in m.entries), batch_size=1000)
-            self.db["chunk_refs"].insert_all(
-                ({"manifest_id": mid, "path": e.path, "seq": i, "offset": c.offset, "length": c.length,
-                  "hash": c.hash} for e in files for i, c in enumerate(e.chunks)), batch_size=1000)
-            self._conn.executemany(
+            conn.execute(
+                "INSERT INTO manifests(id, name, label, parent, recorded_at, file_count, total_size, stored_size, "
+                "json) VALUES (?,?,?,?,?,?,?,?,?)",
+                (mid, m.name, m.label, m.parent, when, len(files), m.total_size, m.stored_size, data))
+            conn.executemany(
+                "INSERT INTO files(manifest_id, path, type, size, mode, blake3, sha256) VALUES (?,?,?,?,?,?,?)",
+                ((mid, e.path, e.type, e.size, e.mode, e.blake3, e.sha256) for e in m.entries))
+            conn.executemany(
+                'INSERT INTO chunk_refs(manifest_id, path, seq, "offset", length, hash) VALUES (?,?,?,?,?,?)',
+                ((mid, e.path, i, c.offset, c.length, c.hash) for e in files for i, c in enumerate(e.chunks)))
+            conn.executemany(
                 "INSERT OR IGNORE INTO chunks(hash, stored_size, codec, first_seen) VALUES (?,?,?,?)",
-                ((c.hash, c.stored_size, c.codec, now) for c in m.unique_chunks().values()))
+                ((c.hash, c.stored_size, c.codec, when) for c in m.unique_chunks().values()))
             if event_details is not None:
-                self._audit("archive", mid, True, event_details, now)
+                self._audit(conn, "archive", mid, True, event_details, now)
         return True
 
     def manifest_rows(self, name: str | None = None) -> list[ManifestRow]:
-        sql = ("SELECT id, name, label, parent, recorded_at, file_count, total_size, stored_size FROM manifests")
+        """Oldest first, and never a version before its parent: ordered by recording
+        time, where a version counts as no older than its parent (clocks skew) and an
+        unknown time (a rebuild's row) as older than every known one; then by chain position."""
+        sql = "SELECT id, name, label, parent, recorded_at, file_count, total_size, stored_size FROM manifests"
         args: tuple = ()
         if name is not None:
             sql += " WHERE name=?"
             args = (name,)
-        sql += " ORDER BY recorded_at, id"
-        return [ManifestRow(*r) for r in self._conn.execute(sql, args)]
+        rows = [ManifestRow(*r) for r in self._conn.execute(sql + " ORDER BY rowid", args)]
+        by_name: dict[str, list[tuple[str, str | None, str | None]]] = {}
+        for r in rows:
+            by_name.setdefault(r.name, []).append((r.id, r.parent, r.label))
+        when = {r.id: (float("-inf") if r.recorded_at is None else r.recorded_at) for r in rows}
+        depth: dict[str, int] = {}
+        for n, members in by_name.items():
+            chain = _chain(n, members)
+            depth.update(chain.depth)
+            for i in sorted(chain.ids, key=chain.depth.__getitem__):  # parents before children
+                p = chain.parent[i]
+                if p is not None:
+                    when[i] = max(when[i], when[p])
+        order = {r.id: i for i, r in enumerate(rows)}
+        return sorted(rows, key=lambda r: (when[r.id], depth[r.id], order[r.id]))
 
     def manifest_bytes(self, mid: str) -> bytes:
         row = self._conn.execute("SELECT json FROM manifests WHERE id=?", (mid,)).fetchone()
@@ -207,34 +459,97 @@ class Catalog:
         """Parse the catalog copy, re-checking it against its id (the catalog is not trusted either)."""
         return parse_manifest(self.manifest_bytes(mid), expected_id=mid)
 
+    def chain(self, name: str) -> Chain:
+        """The chain of every manifest recorded under `name` (empty if none)."""
+        rows = self._conn.execute("SELECT id, parent, label FROM manifests WHERE name=? ORDER BY rowid",
+                                  (name,)).fetchall()
+        return _chain(name, rows)
+
     def latest(self, name: str) -> str | None:
+        """The version a new archive of `name` follows (its parent): the head of the
+        name's chain. If the chain has forked, the most recently recorded head, so
+        archiving goes on; resolving NAME stays ambiguous and verify reports the fork."""
+        chain = self.chain(name)
+        if not chain.ids:
+            return None
+        if len(chain.heads) == 1:
+            return chain.heads[0]
+        candidates = chain.heads or chain.ids
+        placeholders = ",".join("?" * len(candidates))
         row = self._conn.execute(
-            "SELECT id FROM manifests WHERE name=? ORDER BY recorded_at DESC, rowid DESC LIMIT 1", (name,)
-        ).fetchone()
-        return row[0] if row else None
+            f"SELECT id FROM manifests WHERE id IN ({placeholders}) "
+            "ORDER BY recorded_at IS NOT NULL DESC, recorded_at DESC, rowid DESC LIMIT 1", candidates).fetchone()
+        return row[0]
 
     def resolve(self, ref: str) -> str:
-        """Manifest id, unique id prefix (>= 4 hex chars), NAME@LABEL (newest with that label) or NAME (newest)."""
-        if "@" in ref:
-            name, label = ref.rsplit("@", 1)
-            row = self._conn.execute(
-                "SELECT id FROM manifests WHERE name=? AND label=? ORDER BY recorded_at DESC, rowid DESC LIMIT 1",
-                (name, label)).fetchone()
-            if row is None:
-                raise UnknownReference(ref, f"no archive named {name!r} with label {label!r}")
-            return row[0]
+        """The manifest id a reference names. Qualified references are never ambiguous
+        between kinds: `id:PREFIX` (>= 4 hex digits) is only an id, `name:NAME[@LABEL]`
+        only a name. Unqualified: 64 hex digits are always an id; NAME@LABEL is a label;
+        anything else is a NAME, or an id prefix if it is >= 4 hex digits, and a reference
+        that is both is refused (AmbiguousReference naming both)."""
+        if ref.startswith("id:"):
+            return self._by_id(ref, ref[3:].lower())
+        if ref.startswith("name:"):
+            return self._by_name(ref, ref[5:])
         lowered = ref.lower()
-        if len(lowered) >= 4 and all(ch in "0123456789abcdef" for ch in lowered):
-            ids = [r[0] for r in self._conn.execute(
-                "SELECT id FROM manifests WHERE id >= ? AND id < ? LIMIT 3", (lowered, lowered + "g"))]
-            if len(ids) == 1:
-                return ids[0]
-            if len(ids) > 1:
-                raise AmbiguousReference(ref, ids)
-        latest = self.latest(ref)
-        if latest is not None:
-            return latest
-        raise UnknownReference(ref)
+        if len(lowered) == 64 and _is_hex(lowered):
+            return self._by_id(ref, lowered)
+        if "@" in ref:
+            return self._by_name(ref, ref)
+        if len(lowered) >= ID_PREFIX_MIN and _is_hex(lowered):
+            ids = self._prefix_matches(lowered)
+            if ids and self._conn.execute("SELECT 1 FROM manifests WHERE name=?", (ref,)).fetchone():
+                chain = self.chain(ref)
+                named = list(chain.heads) if len(chain.heads) > 1 else [self.latest(ref) or ""]
+                raise AmbiguousReference(
+                    ref, ids + named,
+                    f"reference {ref!r} is ambiguous: it is the name of {len(chain.ids)} archive(s) (newest "
+                    f"{_short(named)}) and a prefix of id {_short(ids)}; write name:{ref} or id:{ref}")
+            if ids:
+                return self._unique(ref, ids)
+        return self._by_name(ref, ref)
+
+    def _prefix_matches(self, prefix: str) -> list[str]:
+        return [r[0] for r in self._conn.execute(
+            "SELECT id FROM manifests WHERE id >= ? AND id < ? ORDER BY id LIMIT 3", (prefix, prefix + "g"))]
+
+    def _unique(self, ref: str, ids: list[str]) -> str:
+        if len(ids) > 1:
+            raise AmbiguousReference(ref, ids, f"id prefix {ref!r} is ambiguous: it starts ids {_short(ids)}"
+                                               f"{' and more' if len(ids) > 2 else ''}; give more digits")
+        return ids[0]
+
+    def _by_id(self, ref: str, prefix: str) -> str:
+        if not (ID_PREFIX_MIN <= len(prefix) <= 64 and _is_hex(prefix)):
+            raise UnknownReference(ref, f"{ref!r} is not an id or an id prefix ({ID_PREFIX_MIN} to 64 hex digits)")
+        ids = self._prefix_matches(prefix)
+        if not ids:
+            raise UnknownReference(ref, f"no archive has an id starting {prefix!r}")
+        return self._unique(ref, ids)
+
+    def _by_name(self, ref: str, spec: str) -> str:
+        """NAME: the head of the name's chain. NAME@LABEL: the newest version with that
+        label (the only one, or the deepest in a single unforked chain)."""
+        name, label = spec.rsplit("@", 1) if "@" in spec else (spec, None)
+        chain = self.chain(name)
+        if not chain.ids:
+            raise UnknownReference(ref, f"no archive named {name!r}" if label is not None or ref != spec else None)
+        how = f"; name one by id (id:PREFIX){'' if label else ' or NAME@LABEL'}"
+        if label is None:
+            if chain.linear:
+                return chain.heads[0]
+            raise AmbiguousReference(ref, list(chain.heads),
+                                     f"archive name {name!r} is ambiguous: it {chain.problem()}{how}")
+        with_label = [i for i in chain.ids if chain.labels[i] == label]
+        if not with_label:
+            raise UnknownReference(ref, f"no archive named {name!r} with label {label!r}")
+        if len(with_label) == 1:
+            return with_label[0]
+        if not chain.linear:
+            raise AmbiguousReference(ref, with_label, f"reference {ref!r} is ambiguous: {len(with_label)} archives "
+                                                      f"named {name!r} have label {label!r}, and the name "
+                                                      f"{chain.problem()}{how}")
+        return max(with_label, key=lambda i: chain.depth[i])
 
     # -- chunks ------------------------------------------------------------------------------
     def known_chunk(self, h: str) -> tuple[int, str] | None:
@@ -254,21 +569,22 @@ class Catalog:
 
     def mark_verified(self, results: Iterable[tuple[str, bool]], at: float | None = None) -> None:
         now = time.time() if at is None else at
-        with self.write():
-            self._conn.executemany(
+        with self.write() as conn:
+            conn.executemany(
                 "INSERT INTO chunk_checks(hash, last_verified, ok) VALUES (?,?,?) "
                 "ON CONFLICT(hash) DO UPDATE SET last_verified=excluded.last_verified, ok=excluded.ok",
                 ((h, now, int(ok)) for h, ok in results))
 
     # -- audit -------------------------------------------------------------------------------
-    def _audit(self, event: str, mid: str | None, ok: bool, details: dict[str, Any], at: float) -> None:
-        self._conn.execute(
+    def _audit(self, conn: sqlite3.Connection, event: str, mid: str | None, ok: bool, details: dict[str, Any],
+               at: float) -> None:
+        conn.execute(
             "INSERT INTO audit(at, event, manifest_id, ok, details) VALUES (?,?,?,?,?)",
             (at, event, mid, int(ok), json.dumps(details, sort_keys=True)))
 
     def audit(self, event: str, mid: str | None, ok: bool, details: dict[str, Any]) -> None:
-        with self.write():
-            self._audit(event, mid, ok, details, time.time())
+        with self.write() as conn:
+            self._audit(conn, event, mid, ok, details, time.time())
 
     def audit_log(self, mid: str | None = None) -> list[AuditRow]:
         sql = "SELECT seq, at, event, manifest_id, ok, details FROM audit"
@@ -280,38 +596,152 @@ class Catalog:
                 self._conn.execute(sql + " ORDER BY seq", args)]
 
 
+def _immutable(conn: sqlite3.Connection, table: str) -> None:
+    pk = {"manifests": "id = NEW.id", "files": "manifest_id = NEW.manifest_id AND path = NEW.path",
+          "chunk_refs": "manifest_id = NEW.manifest_id AND path = NEW.path AND seq = NEW.seq",
+          "audit": "seq = NEW.seq"}[table]
+    msg = f"{table} rows are immutable"
+    for verb, when in (("UPDATE", ""), ("DELETE", ""),
+                       ("INSERT", f"WHEN EXISTS (SELECT 1 FROM {table} WHERE {pk})")):
+        conn.execute(f"CREATE TRIGGER {table}_no_{verb.lower()} BEFORE {verb} ON {table} {when} "
+                     f"BEGIN SELECT RAISE(ABORT, '{msg}'); END")
+
+
+def check_recordable(mid: str, m: Manifest) -> None:
+    """ManifestError, with the reason, unless the catalog can record `m` faithfully: a path
+    listed twice, or text that is not valid Unicode (a lone surrogate in a name, label,
+    meta, path or codec cannot be stored as UTF-8), would fail halfway or be mangled."""
+    seen: set[str] = set()
+    for e in m.entries:
+        if e.path in seen:
+            raise ManifestError(f"manifest {mid[:16]} lists path {e.path!r} twice")
+        seen.add(e.path)
+    texts = [("name", m.name), ("label", m.label or "")]
+    texts += [(f"meta {k!r}", k + v) for k, v in m.meta.items()]
+    texts += [(f"path {e.path!r}", e.path + e.type + e.format + "".join(c.codec for c in e.chunks))
+              for e in m.entries]
+    for where, text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ManifestError(f"manifest {mid[:16]} has text that is not valid Unicode in {where}") from None
+
+
+class _HolderMark:
+    """`<catalog>.lock`: the pid and host of the process holding the write lock, kept
+    under an flock while it holds it. SQLite does the locking; this file only lets a
+    waiter name the holder (a mark without its flock is stale and ignored)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._held = False
+
+    def mark(self) -> None:
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            for _ in range(20):  # a waiter reading the mark holds a shared flock for a moment
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.001)
+            else:
+                return
+            self._held = True
+            text = f"{os.getpid()} {socket.gethostname()}\n".encode()
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, text, 0)
+        except OSError:
+            pass  # informational only: a read-only directory, say
+
+    def clear(self) -> None:
+        if self._fd is None or not self._held:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
+        self._held = False
+
+    def read(self) -> tuple[int | None, str | None]:
+        """(pid, host) of the live holder, or (None, None) if no process left a live mark."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None, None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # held: the mark is live
+                fields = os.pread(fd, 512, 0).decode("utf-8", "replace").split()
+                if fields and fields[0].isdigit():
+                    host = fields[1] if len(fields) > 1 and fields[1] != socket.gethostname() else None
+                    return int(fields[0]), host
+                return None, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None, None
+        except OSError:
+            return None, None
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        self.clear()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class _Txn:
-    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock) -> None:
-        self.conn, self.lock, self.depth_owner = conn, lock, False
+    def __init__(self, cat: Catalog, conn: sqlite3.Connection | None = None) -> None:
+        self.cat, self.conn_override = cat, conn
+        self.owner = False
+        self.savepoint: str | None = None
 
     def __enter__(self) -> sqlite3.Connection:
-        self.lock.acquire()
+        cat = self.cat
+        cat._lock.acquire()
         try:
-            if self.conn.in_transaction:  # nested use from the same catalog: join the outer transaction
-                self.depth_owner = False
+            conn = self.conn_override or cat._writer()
+            if conn.in_transaction:  # nested use from the same catalog: a savepoint of the outer one
+                cat._savepoints += 1
+                self.savepoint = f"sp{cat._savepoints}"
+                conn.execute(f"SAVEPOINT {self.savepoint}")
             else:
-                self.conn.execute("BEGIN IMMEDIATE")
-                self.depth_owner = True
+                cat._begin(conn)
+                self.owner = True
         except BaseException:  # e.g. busy timeout: __exit__ will not run, so release here
-            self.lock.release()
+            cat._lock.release()
             raise
-        return self.conn
+        self.conn = conn
+        return conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if self.depth_owner:
-                if exc_type is None:
-                    self.conn.execute("COMMIT")
-                else:
-                    self.conn.execute("ROLLBACK")
+            if self.owner:
+                self.cat._holder.clear()
+                try:
+                    self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+                except BaseException:
+                    if self.conn.in_transaction:  # a failed COMMIT (disk full, say) must not leave it open
+                        self.conn.execute("ROLLBACK")
+                    raise
+            elif self.savepoint is not None:
+                if exc_type is not None:
+                    self.conn.execute(f"ROLLBACK TO {self.savepoint}")
+                self.conn.execute(f"RELEASE {self.savepoint}")
         finally:
-            self.lock.release()
+            self.cat._lock.release()
 
 
-def default_catalog_path(home: Path, store_url: str, default_store_url: str) -> Path:
+def default_catalog_path(home: Path, store_url: str, default_store_url: str, endpoint: str | None = None) -> Path:
     """The default store keeps `catalog.db` beside it; any other store gets its own file
-    under `catalogs/` so one catalog never mixes two stores."""
-    if store_url == default_store_url:
+    under `catalogs/` so one catalog never mixes two stores. An S3-compatible endpoint is
+    part of the store's name (without one, the path is what it always was)."""
+    if store_url == default_store_url and not endpoint:
         return home / "catalog.db"
-    return home / "catalogs" / (blake3.blake3(store_url.encode()).hexdigest()[:16] + ".db")
-
+    name = store_url if not endpoint else f"{store_url}\n{endpoint}"
+    return home / "catalogs" / (blake3.blake3(name.encode()).hexdigest()[:16] + ".db")

@@ -46,7 +46,8 @@ class UnknownReference(ManifestsError):
 
 
 class AmbiguousReference(ManifestsError):
-    """A reference matches more than one manifest."""
+    """A reference matches more than one manifest (`matches`: their ids), e.g. a NAME that
+    is also an id prefix, or a NAME whose chain has forked."""
 
     def __init__(self, ref: str, matches: list[str], message: str | None = None) -> None:
         super().__init__(message or f"ambiguous reference {ref!r}: matches "
@@ -67,3 +68,24 @@ class CatalogStoreMismatch(CatalogError):
         self.catalog = catalog
         self.bound = bound
         self.store = store
+
+
+class CatalogLocked(CatalogError):
+    """Another process holds the catalog's write lock (longer than the busy timeout).
+    `pid` (and `host`) name the holder when it left its mark in the lock file."""
+
+    def __init__(self, catalog: str, pid: int | None = None, host: str | None = None) -> None:
+        who = "" if pid is None else f" (pid {pid}{'' if host is None else ' on ' + host})"
+        super().__init__(f"catalog is locked by another process{who}: {catalog}")
+        self.catalog = catalog
+        self.pid = pid
+        self.host = host
+
+
+class CatalogReadOnly(CatalogError):
+    """The catalog cannot be written (read-only file, directory or filesystem)."""
+
+    def __init__(self, catalog: str, reason: str) -> None:
+        super().__init__(f"catalog {catalog} cannot be written: {reason}")
+        self.catalog = catalog
+        self.reason = reason

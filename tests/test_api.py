@@ -25,7 +25,9 @@ def test_api_roundtrip(tmp_path, store_url):
     assert out.ok and out.files == 4
     assert tree(tmp_path / "out" / "ckpt") == tree(ckpt)
     cat.unlink()
-    assert archiver.rebuild_catalog(store=store_url, catalog=cat) == [res.id]
+    rebuilt = archiver.rebuild_catalog(store=store_url, catalog=cat)
+    assert isinstance(rebuilt, archiver.RebuildResult)
+    assert rebuilt.added == [res.id] and rebuilt.ok and rebuilt.problems == [] and rebuilt.manifests == 1
     store = archiver.open_store(store_url)
     assert store.exists(f"manifests/{res.id}.json")
 

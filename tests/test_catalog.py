@@ -2,18 +2,24 @@
 concurrent writers and all-or-nothing transactions."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import blake3
 import pytest
 
-from manifests.errors import AmbiguousReference, CatalogStoreMismatch
+from manifests.errors import AmbiguousReference, CatalogError, CatalogLocked, CatalogStoreMismatch, ManifestError
 from manifests.errors import UnknownReference as NotFoundError
+from archiver.urls import normalise_store_url
 from manifests.catalog import Catalog, default_catalog_path
 from manifests.model import ChunkRef, Entry, Manifest
 
@@ -139,25 +145,26 @@ def test_resolve_hex_looking_name(cat):
         assert cat.resolve("cafe") == m.id
 
 
-def test_resolve_newest_wins(cat):
+def test_resolve_follows_the_chain_not_the_clock(cat):
+    """NAME is the head of the name's chain and NAME@LABEL the newest with that label in
+    it, whatever times the catalog holds (a rebuild or a skewed clock must not pick an
+    older version). Issue 14 item 8 replaced the old newest-recorded_at rule."""
     old = make_manifest("m", "v1", {"f": ["1"]})
-    new = make_manifest("m", "v1", {"f": ["2"]})
-    other_label = make_manifest("m", "v2", {"f": ["3"]})
+    new = make_manifest("m", "v1", {"f": ["2"]}, parent=old.id)
+    other_label = make_manifest("m", "v2", {"f": ["3"]}, parent=new.id)
     record(cat, new, at=200.0)
-    record(cat, old, at=100.0)  # recorded later, but older timestamp
+    record(cat, old, at=300.0)  # the parent, recorded later with a later time
     assert cat.resolve("m@v1") == new.id
     assert cat.resolve("m") == new.id
-    record(cat, other_label, at=300.0)
+    record(cat, other_label, at=50.0)  # the newest version, with the oldest time
     assert cat.resolve("m") == other_label.id
     assert cat.resolve("m@v1") == new.id
+    assert cat.resolve("m@v2") == other_label.id
     assert cat.latest("m") == other_label.id
     assert cat.latest("nope") is None
-    # equal timestamps: the one recorded last wins
-    t1 = make_manifest("t", "x", {"f": ["4"]})
-    t2 = make_manifest("t", "x", {"f": ["5"]})
-    record(cat, t1, at=400.0)
-    record(cat, t2, at=400.0)
-    assert cat.resolve("t@x") == t2.id
+    # list: never a version before its parent, whatever the recorded times say
+    assert [r.id for r in cat.manifest_rows("m")] == [old.id, new.id, other_label.id]
+    assert [r.id for r in cat.manifest_rows()] == [old.id, new.id, other_label.id]
 
 
 def _two_with_shared_prefix(n: int = 4) -> tuple[Manifest, Manifest]:
@@ -446,10 +453,11 @@ def _in_thread(fn, timeout: float = 10.0):
 
 
 def test_failed_begin_releases_the_lock(cat):
+    """A busy BEGIN is CatalogLocked (not an internal sqlite3 error) and leaves the catalog usable."""
     real = cat._conn
     cat._conn = _FailingBegin(real)
     try:
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(CatalogLocked, match="catalog is locked by another process"):
             with cat.write():
                 pass
     finally:
@@ -482,3 +490,418 @@ def test_nested_write_joins_outer_transaction(cat, cat_path):
     assert _in_thread(nested_fail) == ["done"]
     assert not cat.has_manifest(m2.id)  # the outer rollback undid the joined inner write
     assert count(cat_path, "manifests") == 1
+
+
+# -- savepoints and what the catalog refuses to record --------------------------------------------
+
+def test_failed_nested_write_undoes_only_its_own_part(cat, cat_path, monkeypatch):
+    good, bad = make_manifest("good"), make_manifest("bad", files={"f": ["b"]})
+    real = Manifest.unique_chunks
+
+    def boom(self):
+        if self.name == "bad":
+            raise RuntimeError("fails after its manifest, file and chunk_ref rows")
+        return real(self)
+
+    monkeypatch.setattr(Manifest, "unique_chunks", boom)
+    with cat.write():
+        assert record(cat, good)
+        with pytest.raises(RuntimeError):
+            record(cat, bad)
+        cat.audit("after", None, True, {})
+    assert cat.has_manifest(good.id) and not cat.has_manifest(bad.id)
+    assert count(cat_path, "manifests") == 1 and count(cat_path, "files") == 3
+    assert [r.event for r in cat.audit_log()] == ["after"]
+
+
+@pytest.mark.parametrize("how", ["duplicate-path", "surrogate-path", "surrogate-name", "surrogate-meta",
+                                 "surrogate-codec"])
+def test_record_refuses_what_it_cannot_store_faithfully(cat, cat_path, how):
+    m = make_manifest()
+    e = m.files[0]
+    if how == "duplicate-path":
+        m = Manifest(name=m.name, entries=m.entries + (e,))
+    elif how == "surrogate-path":
+        m = Manifest(name=m.name, entries=m.entries + (Entry(path="ckpt/\udc80x", type="dir", mode=0o755),))
+    elif how == "surrogate-name":
+        m = Manifest(name="m\ud800", entries=m.entries)
+    elif how == "surrogate-meta":
+        m = Manifest(name=m.name, entries=m.entries, meta={"k": "\udfff"})
+    else:
+        c = e.chunks[0]
+        odd = Entry(**{**e.__dict__, "path": "ckpt/c.bin", "chunks": (ChunkRef(0, 10, c.hash, 6, "z\ud800"),),
+                       "size": 10})
+        m = Manifest(name=m.name, entries=m.entries + (odd,))
+    with pytest.raises(ManifestError, match="twice" if how == "duplicate-path" else "not valid Unicode"):
+        record(cat, m, event_details={"x": 1})
+    _assert_nothing_recorded(cat, cat_path)
+
+
+# -- schema versions and the store binding -------------------------------------------------------
+
+V1_SCHEMA = [  # exactly what schema version 1 created (sqlite-utils)
+    'CREATE TABLE "info" ("key" TEXT PRIMARY KEY, "value" TEXT)',
+    'CREATE TABLE "manifests" ("id" TEXT PRIMARY KEY, "name" TEXT NOT NULL, "label" TEXT, "parent" TEXT, '
+    '"recorded_at" REAL, "file_count" INTEGER, "total_size" INTEGER, "stored_size" INTEGER, "json" BLOB NOT NULL)',
+    'CREATE INDEX "idx_manifests_name_recorded_at" ON "manifests" ("name", "recorded_at")',
+    'CREATE TABLE "files" ("manifest_id" TEXT REFERENCES "manifests"("id"), "path" TEXT, "type" TEXT, '
+    '"size" INTEGER, "mode" INTEGER, "blake3" TEXT, "sha256" TEXT, PRIMARY KEY ("manifest_id", "path"))',
+    'CREATE TABLE "chunk_refs" ("manifest_id" TEXT REFERENCES "manifests"("id"), "path" TEXT, "seq" INTEGER, '
+    '"offset" INTEGER, "length" INTEGER, "hash" TEXT, PRIMARY KEY ("manifest_id", "path", "seq"))',
+    'CREATE INDEX "idx_chunk_refs_hash" ON "chunk_refs" ("hash")',
+    'CREATE TABLE "chunks" ("hash" TEXT PRIMARY KEY, "stored_size" INTEGER, "codec" TEXT, "first_seen" REAL)',
+    'CREATE TABLE "chunk_checks" ("hash" TEXT PRIMARY KEY, "last_verified" REAL, "ok" INTEGER)',
+    'CREATE TABLE "audit" ("seq" INTEGER PRIMARY KEY, "at" REAL, "event" TEXT, "manifest_id" TEXT, "ok" INTEGER, '
+    '"details" TEXT)',
+]
+
+
+def make_v1_catalog(path: Path, store: str, manifests: list[Manifest]) -> None:
+    from manifests.catalog import _immutable
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for sql in V1_SCHEMA:
+        conn.execute(sql)
+    for table in ("manifests", "files", "chunk_refs", "audit"):
+        _immutable(conn, table)
+    conn.executemany("INSERT INTO info VALUES (?, ?)", [("schema_version", "1"), ("store", store)])
+    for i, m in enumerate(manifests):
+        conn.execute("INSERT INTO manifests VALUES (?,?,?,?,?,?,?,?,?)",
+                     (m.id, m.name, m.label, m.parent, 100.0 + i, len(m.files), m.total_size, m.stored_size,
+                      m.canonical_json()))
+    conn.execute("INSERT INTO audit(at, event, manifest_id, ok, details) VALUES (1, 'archive', ?, 1, '{}')",
+                 (manifests[0].id,))
+    conn.commit()
+    conn.close()
+
+
+def info(path: Path) -> dict[str, str]:
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT key, value FROM info").fetchall())
+    finally:
+        conn.close()
+
+
+def test_v1_catalog_is_read_as_is_and_migrated_on_first_writable_open(cat_path):
+    a = make_manifest("m", "v1", {"f": ["1"]})
+    b = make_manifest("m", "v2", {"f": ["2"]}, parent=a.id)
+    make_v1_catalog(cat_path, STORE, [a, b])
+    before = cat_path.read_bytes()
+
+    ro = Catalog(cat_path, STORE, read_only=True)  # reads v1 without migrating
+    assert ro.resolve("m") == b.id and [r.id for r in ro.manifest_rows()] == [a.id, b.id]
+    ro.close()
+    assert info(cat_path)["schema_version"] == "1" and cat_path.read_bytes() == before
+
+    c = Catalog(cat_path, STORE)
+    try:
+        assert info(cat_path) == {"schema_version": "2", "store": STORE, "endpoint": ""}
+        indexes = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert "idx_manifests_name_parent" in indexes
+        assert c.resolve("m") == b.id and c.load_manifest(a.id) == a
+        assert [r.event for r in c.audit_log()] == ["archive"]
+        child = make_manifest("m", "v3", {"f": ["3"]}, parent=b.id)
+        assert record(c, child) and c.resolve("m") == child.id
+        with pytest.raises(sqlite3.DatabaseError, match="immutable"):
+            c._conn.execute("DELETE FROM manifests")
+    finally:
+        c.close()
+    Catalog(cat_path, STORE).close()  # a current catalog opens without another migration
+    assert info(cat_path)["schema_version"] == "2"
+
+
+def test_newer_schema_is_refused_in_one_line(cat_path):
+    Catalog(cat_path, STORE).close()
+    raw = sqlite3.connect(cat_path)
+    raw.execute("UPDATE info SET value='99' WHERE key='schema_version'")
+    raw.commit()
+    raw.close()
+    for ro in (False, True):
+        with pytest.raises(CatalogError, match="schema version 99.*upgrade archiver") as ei:
+            Catalog(cat_path, STORE, read_only=ro)
+        assert "\n" not in str(ei.value)
+
+
+def test_binding_includes_the_endpoint(cat_path):
+    url = "s3://bucket/prefix"
+    Catalog(cat_path, url, endpoint="http://minio-a:9000").close()
+    Catalog(cat_path, url, endpoint="http://minio-a:9000").close()
+    Catalog(cat_path, url, endpoint="http://minio-a:9000", read_only=True).close()
+    for other in ("http://minio-b:9000", None):
+        for ro in (False, True):
+            with pytest.raises(CatalogStoreMismatch, match="belongs to store") as ei:
+                Catalog(cat_path, url, endpoint=other, read_only=ro)
+            assert "minio-a:9000" in str(ei.value) and (other or url) in str(ei.value)
+    aws = cat_path.parent / "aws.db"
+    Catalog(aws, url).close()
+    assert info(aws)["endpoint"] == ""
+    with pytest.raises(CatalogStoreMismatch):
+        Catalog(aws, url, endpoint="http://minio-a:9000")
+
+
+def test_legacy_binding_takes_the_endpoint_on_first_writable_open(cat_path):
+    """A catalog bound before endpoints were recorded: read as it is; the first writable
+    open records the endpoint in use (AWS: none), and from then on it is checked."""
+    url = "s3://bucket/prefix"
+    make_v1_catalog(cat_path, url, [make_manifest()])
+    Catalog(cat_path, url, endpoint="http://minio:9000", read_only=True).close()
+    assert "endpoint" not in info(cat_path)
+    Catalog(cat_path, url, endpoint="http://minio:9000").close()
+    assert info(cat_path)["endpoint"] == "http://minio:9000"
+    with pytest.raises(CatalogStoreMismatch):
+        Catalog(cat_path, url)
+
+
+# -- read-only opening (issue 14 item 15) ------------------------------------------------------------
+
+def test_read_only_open_of_a_missing_catalog_creates_nothing(tmp_path):
+    path = tmp_path / "absent" / "catalog.db"
+    c = Catalog(path, STORE, read_only=True)
+    try:
+        assert c.manifest_rows() == [] and c.latest("m") is None and c.audit_log() == []
+        with pytest.raises(NotFoundError):
+            c.resolve("m")
+        assert c.known_chunk(h("c1")) is None
+    finally:
+        c.close()
+    assert not (tmp_path / "absent").exists()
+    # its first write (verify's audit row) creates the catalog, as any writable open would
+    c = Catalog(path, STORE, read_only=True)
+    try:
+        c.audit("verify", None, True, {"n": 1})
+    finally:
+        c.close()
+    c = Catalog(path, STORE)
+    try:
+        assert [r.details for r in c.audit_log()] == [{"n": 1}]
+    finally:
+        c.close()
+
+
+def test_read_only_open_does_not_write_or_lock(cat_path):
+    m = make_manifest()
+    c = Catalog(cat_path, STORE)
+    record(c, m)
+    c.close()
+    lock = Path(f"{cat_path}.lock")
+    lock.unlink()
+    before = (cat_path.read_bytes(), cat_path.stat().st_mtime_ns)
+    ro = Catalog(cat_path, STORE, read_only=True)
+    try:
+        assert ro.resolve("model") == m.id and ro.load_manifest(m.id) == m
+        assert ro.known_chunk(h("c1")) == (6, "zstd")
+        assert _in_thread(lambda: ro.known_chunk(h("c2"))) == [(6, "zstd")]
+    finally:
+        ro.close()
+    assert (cat_path.read_bytes(), cat_path.stat().st_mtime_ns) == before
+    assert not lock.exists()
+
+
+# -- a write lock held by another process ------------------------------------------------------------
+
+HOLDER = textwrap.dedent(f"""
+    import sqlite3, sys
+    sys.path.insert(0, {str(ROOT)!r})
+    from manifests.catalog import Catalog
+    path, how, store = sys.argv[1:4]
+    if how == "archiver":
+        txn = Catalog(path, store).write()
+        txn.__enter__()
+    else:  # another SQLite client: holds the lock, leaves no mark
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+    print("held", flush=True)
+    sys.stdin.read()
+""")
+
+
+class Holder:
+    """A process holding the catalog's write lock until `release`."""
+
+    def __init__(self, path: Path, how: str, store: str = STORE) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), how, store], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "held"
+        self.pid = self.proc.pid
+
+    def release(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def short_busy(monkeypatch):
+    from manifests import catalog as catalog_module
+    monkeypatch.setattr(catalog_module, "BUSY_TIMEOUT_MS", 1000)
+    return 1.0
+
+
+@pytest.mark.parametrize("how", ["archiver", "sqlite"])
+def test_locked_catalog_names_the_holder_quickly(cat_path, short_busy, how):
+    m = make_manifest()
+    c = Catalog(cat_path, STORE)
+    record(c, m)
+    holder = Holder(cat_path, how)
+    try:
+        for attempt in (lambda: c.audit("x", None, True, {}), lambda: record(c, make_manifest("n")),
+                        lambda: c.mark_verified([(h("c1"), True)])):
+            started = time.monotonic()
+            with pytest.raises(CatalogLocked) as ei:
+                attempt()
+            assert short_busy * 0.8 <= time.monotonic() - started < short_busy + 3
+            err = ei.value
+            assert err.pid == (holder.pid if how == "archiver" else None)
+            want = f"catalog is locked by another process (pid {holder.pid})" if how == "archiver" \
+                else "catalog is locked by another process:"
+            assert want in str(err) and str(cat_path) in str(err) and "\n" not in str(err)
+        # readers never wait for the writer
+        started = time.monotonic()
+        ro = Catalog(cat_path, STORE, read_only=True)
+        assert ro.resolve("model") == m.id and c.resolve("model") == m.id
+        ro.close()
+        assert time.monotonic() - started < 0.5
+    finally:
+        holder.release()
+    c.audit("after", None, True, {})  # the lock is free again, and this catalog still works
+    assert [r.event for r in c.audit_log()] == ["after"]
+    c.close()
+
+
+def test_a_stale_mark_without_its_lock_names_nobody(cat_path, short_busy):
+    c = Catalog(cat_path, STORE)
+    Path(f"{cat_path}.lock").write_text("424242 elsewhere\n")  # left by a process that died
+    holder = Holder(cat_path, "sqlite")
+    try:
+        with pytest.raises(CatalogLocked) as ei:
+            c.audit("x", None, True, {})
+        assert ei.value.pid is None and "424242" not in str(ei.value)
+    finally:
+        holder.release()
+        c.close()
+
+
+# -- through the command line ------------------------------------------------------------------------
+
+def _one_line_error(err: str) -> None:
+    assert err.startswith("archiver: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_cli_under_a_held_lock_reads_work_and_writes_name_the_holder(tmp_path, short_busy, monkeypatch):
+    from tests.helpers import make_checkpoint, run_cli
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    src = make_checkpoint(tmp_path / "src" / "ckpt", layers=1, dim=16)
+    cat = tmp_path / "cat.db"
+    base = ["--store", str(tmp_path / "store"), "--catalog", str(cat)]
+    mid = run_cli(*base, "archive", str(src), "--name", "m", "--json").json()["id"]
+    holder = Holder(cat, "archiver", normalise_store_url(str(tmp_path / "store")))
+    try:
+        locked = f"catalog is locked by another process (pid {holder.pid})"
+        started = time.monotonic()
+        r = run_cli(*base, "list", "--json")
+        assert r.code == 0 and [x["id"] for x in r.json()] == [mid]
+        r = run_cli(*base, "show", "m", "--json")
+        assert r.code == 0 and r.json()["id"] == mid
+        assert time.monotonic() - started < short_busy  # reads never wait for the lock
+        for extra in ([], ["--deep"]):
+            r = run_cli(*base, "verify", "m", *extra)
+            assert r.code == 0 and r.out.startswith("OK")
+            assert r.err == f"archiver: warning: this verify is not in the catalog's audit log: {locked}: {cat}\n"
+        d = run_cli(*base, "verify", "--all", "--json")
+        assert d.code == 0 and d.json()["ok"] is True and locked in d.json()["audit_error"]
+        import archiver  # the Python API opens list, show and verify the same way
+        rep = archiver.verify(["m"], store=str(tmp_path / "store"), catalog=cat)
+        assert rep.ok and locked in rep.audit_error
+        assert [r.id for r in archiver.list_archives(store=str(tmp_path / "store"), catalog=cat)] == [mid]
+        (src / "new.txt").write_text("new")
+        for args in (["catalog", "rebuild"], ["archive", str(src), "--name", "m"]):
+            started = time.monotonic()
+            r = run_cli(*base, *args)
+            assert r.code == 1 and locked in r.err, (args, r.err)
+            _one_line_error(r.err)
+            assert time.monotonic() - started < short_busy + 5
+    finally:
+        holder.release()
+    assert run_cli(*base, "archive", str(src), "--name", "m").code == 0
+    r = run_cli(*base, "verify", "m")
+    assert r.code == 0 and r.err == ""
+
+
+def test_cli_lock_error_comes_within_seconds(tmp_path):
+    """With the real busy timeout, in a separate process: one line, exit 1, in seconds."""
+    from tests.helpers import make_checkpoint
+    src = make_checkpoint(tmp_path / "src" / "ckpt", layers=1, dim=16)
+    cat = tmp_path / "cat.db"
+    env = {**os.environ, "ARCHIVER_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "archiver.cli", "--store", str(tmp_path / "store"), "--catalog", str(cat)]
+    assert subprocess.run(cmd + ["archive", str(src), "--name", "m"], env=env, capture_output=True).returncode == 0
+    holder = Holder(cat, "archiver", normalise_store_url(str(tmp_path / "store")))
+    try:
+        started = time.monotonic()
+        r = subprocess.run(cmd + ["catalog", "rebuild"], env=env, capture_output=True, text=True, timeout=60)
+        took = time.monotonic() - started
+    finally:
+        holder.release()
+    assert r.returncode == 1 and f"catalog is locked by another process (pid {holder.pid})" in r.stderr
+    _one_line_error(r.stderr)
+    assert took < 10, took
+
+
+def _unprivileged() -> list[str]:
+    """A command prefix that drops root (which ignores file permissions), or [] if not root."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot make a catalog read-only for the test")
+    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def test_cli_reads_a_read_only_catalog(tmp_path):
+    """list, show and verify work on a catalog in a read-only directory (no -wal/-shm left,
+    none can be created); verify says its run was not recorded; writers fail in one line."""
+    from tests.helpers import make_checkpoint
+    prefix = _unprivileged()
+    base = Path(tempfile.mkdtemp(prefix="archiver-ro-"))  # not under pytest's 0700 tmp: others must read it
+    try:
+        os.chmod(base, 0o755)
+        src = make_checkpoint(base / "src" / "ckpt", layers=1, dim=16)
+        store, cat = base / "store", base / "catdir" / "catalog.db"
+        env = {**os.environ, "ARCHIVER_HOME": str(base / "home"), "PYTHONPATH": str(ROOT),
+               "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(base)}
+        cmd = [sys.executable, "-m", "archiver.cli", "--store", str(store), "--catalog", str(cat)]
+        out = subprocess.run(cmd + ["archive", str(src), "--name", "m", "--json"], env=env, capture_output=True,
+                             text=True)
+        assert out.returncode == 0, out.stderr
+        mid = json.loads(out.stdout)["id"]
+        assert sorted(p.name for p in cat.parent.iterdir()) == ["catalog.db", "catalog.db.lock"]
+        before = cat.read_bytes()
+        for p in [store, *store.rglob("*")]:
+            os.chmod(p, 0o755 if p.is_dir() else 0o444)
+        os.chmod(cat, 0o444)
+        os.chmod(cat.parent, 0o555)
+
+        def run(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(prefix + cmd + list(args), env=env, capture_output=True, text=True, timeout=120)
+
+        r = run("list", "--json")
+        assert r.returncode == 0 and [x["id"] for x in json.loads(r.stdout)] == [mid], r.stderr
+        r = run("show", "m", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["id"] == mid, r.stderr
+        for extra in ([], ["--deep"]):
+            r = run("verify", "--all", *extra)
+            assert r.returncode == 0 and r.stdout.startswith("OK"), r.stderr
+            assert r.stderr.count("\n") == 1 and "warning: this verify is not in the catalog's audit log" in r.stderr
+            assert "cannot be written" in r.stderr
+        r = run("catalog", "rebuild")
+        assert r.returncode == 1 and "cannot be written" in r.stderr
+        _one_line_error(r.stderr)
+        assert cat.read_bytes() == before
+        assert sorted(p.name for p in cat.parent.iterdir()) == ["catalog.db", "catalog.db.lock"]
+    finally:
+        for p in [base, *base.rglob("*")]:
+            if p.is_dir():
+                os.chmod(p, 0o755)
+        shutil.rmtree(base)

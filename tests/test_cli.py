@@ -22,7 +22,7 @@ ARCHIVE_KEYS = {"id", "name", "label", "files", "dirs", "bytes_in", "bytes_store
                 "new_chunks", "seconds", "parent", "signed_by"}
 LIST_KEYS = {"id", "name", "label", "parent", "recorded_at", "files", "size", "stored"}
 VERIFY_KEYS = {"ok", "problems", "mode", "manifests", "chunks_checked", "chunks_read", "bytes_read", "files_hashed",
-               "seconds"}
+               "seconds", "audit_error"}
 PROBLEM_KEYS = {"manifest", "kind", "detail", "path", "offset", "length", "chunk"}
 RESTORE_KEYS = {"ok", "problems", "id", "dest", "files", "dirs", "bytes", "seconds"}
 
@@ -277,7 +277,7 @@ def test_verify_json(archived, extra, mode):
     for ref in (["m"], ["--all"]):
         d = jrun("verify", *ref, *extra, "--json")
         assert set(d) == VERIFY_KEYS
-        assert d["ok"] is True and d["problems"] == [] and d["mode"] == mode
+        assert d["ok"] is True and d["problems"] == [] and d["mode"] == mode and d["audit_error"] is None
         assert d["manifests"] == [archived["id"]] and d["chunks_checked"] == archived["chunks"]
     if mode == "deep":
         assert d["files_hashed"] == archived["files"] and d["bytes_read"] == archived["bytes_in"]
@@ -325,10 +325,11 @@ def test_keygen_json(home, tmp_path):
 
 
 def test_catalog_rebuild_json(archived, home):
-    assert jrun("catalog", "rebuild", "--json") == {"added": []}  # already recorded
+    assert jrun("catalog", "rebuild", "--json") == {"added": [], "manifests": 1, "problems": [], "ok": True}
     for f in home.rglob("*.db*"):
         f.unlink()
-    assert jrun("catalog", "rebuild", "--json") == {"added": [archived["id"]]}
+    assert jrun("catalog", "rebuild", "--json") == {"added": [archived["id"]], "manifests": 1, "problems": [],
+                                                    "ok": True}
     assert [r["id"] for r in jrun("list", "--json")] == [archived["id"]]
 
 
@@ -388,7 +389,7 @@ def test_catalog_env_and_flag_flag_wins(store, src, tmp_path, monkeypatch):
     assert [x["id"] for x in jrun("--catalog", str(flag_cat), "list", "--json")] == [mid]
     # the env catalog is a different, empty index of the same store (rebuildable from it)
     assert jrun("list", "--json") == []
-    assert jrun("catalog", "rebuild", "--json") == {"added": [mid]}
+    assert jrun("catalog", "rebuild", "--json")["added"] == [mid]
     assert env_cat.is_file()
     assert [x["id"] for x in jrun("list", "--json")] == [mid]
 

@@ -1,6 +1,7 @@
 """archiver/settings.py: where the store and the catalog live, and how S3 is reached."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import blake3
@@ -8,7 +9,7 @@ import pytest
 
 from archiver.errors import UsageError
 from archiver.settings import S3Options, Settings, home_dir, s3_options
-from archiver.urls import normalise_store_url
+from archiver.urls import normalise_endpoint, normalise_store_url
 
 resolve = Settings.resolve
 
@@ -151,3 +152,85 @@ def test_settings_carry_s3_options_and_explicit_beats_environment(home):
     assert resolve("s3://b/p", env=env).s3.max_attempts == 2
     explicit = S3Options(max_attempts=9)
     assert resolve("s3://b/p", env=env, s3=explicit).s3 is explicit
+
+
+# -- the S3 endpoint is part of the store's name (issue 14 item 17) ---------------------------------
+
+def test_endpoint_from_options_or_environment_like_boto3(home):
+    base = {"ARCHIVER_HOME": str(home)}
+    assert resolve("s3://b/p", env=base).endpoint is None
+    assert resolve("s3://b/p", env=dict(base, AWS_ENDPOINT_URL="http://minio:9000")).endpoint == "http://minio:9000"
+    both = dict(base, AWS_ENDPOINT_URL="http://global:9000", AWS_ENDPOINT_URL_S3="http://s3only:9000")
+    assert resolve("s3://b/p", env=both).endpoint == "http://s3only:9000"  # the service variable wins
+    assert resolve("s3://b/p", env=both).s3.endpoint_url == "http://s3only:9000"  # and is what boto3 is given
+    assert resolve("s3://b/p", env=dict(both, AWS_IGNORE_CONFIGURED_ENDPOINT_URLS="true")).endpoint is None
+    explicit = S3Options(endpoint_url="http://explicit:9000")
+    assert resolve("s3://b/p", env=both, s3=explicit).endpoint == "http://explicit:9000"
+    # explicit options without an endpoint: boto3 still reads the environment, so do we
+    assert resolve("s3://b/p", env=both, s3=S3Options()).endpoint == "http://s3only:9000"
+    # not an S3 store: no endpoint, whatever the environment says
+    assert resolve(env=dict(base, AWS_ENDPOINT_URL="http://minio:9000")).endpoint is None
+
+
+@pytest.mark.parametrize("spelling", ["http://MinIO.local:9000", "http://minio.local:9000/", "HTTP://minio.local:9000",
+                                      "  http://minio.local:9000//  "])
+def test_endpoint_spellings_name_one_service(home, spelling):
+    env = {"ARCHIVER_HOME": str(home), "AWS_ENDPOINT_URL": spelling}
+    assert resolve("s3://b/p", env=env).endpoint == "http://minio.local:9000"
+
+
+def test_endpoint_normalisation():
+    assert normalise_endpoint("https://h.example:443/") == "https://h.example"
+    assert normalise_endpoint("http://h.example:80") == "http://h.example"
+    assert normalise_endpoint("http://h.example:8080") == "http://h.example:8080"
+    assert normalise_endpoint("http://[::1]:9000") == "http://[::1]:9000"
+    assert normalise_endpoint("https://h.example/base/") == "https://h.example/base"
+    for aws in ("https://s3.amazonaws.com", "https://s3.eu-west-1.amazonaws.com", "https://S3.US-EAST-2.AMAZONAWS.COM/",
+                "https://bucket.vpce-1a2b.s3.us-east-1.vpce.amazonaws.com", "https://s3.cn-north-1.amazonaws.com.cn",
+                None, "", "  "):
+        assert normalise_endpoint(aws) is None, aws
+
+
+def test_same_bucket_on_two_services_gets_two_catalogs(home):
+    env = {"ARCHIVER_HOME": str(home)}
+    aws = resolve("s3://bucket/prefix", env=env)
+    a = resolve("s3://bucket/prefix", env=dict(env, AWS_ENDPOINT_URL="http://minio-a:9000"))
+    b = resolve("s3://bucket/prefix", env=dict(env, AWS_ENDPOINT_URL="http://minio-b:9000"))
+    assert len({aws.catalog_path, a.catalog_path, b.catalog_path}) == 3
+    assert {p.parent for p in (aws.catalog_path, a.catalog_path, b.catalog_path)} == {home / "catalogs"}
+    # AWS (no endpoint, or an AWS endpoint) keeps the catalog it always had: the hash of the URL alone
+    digest = blake3.blake3(b"s3://bucket/prefix").hexdigest()[:16]
+    assert aws.catalog_path == home / "catalogs" / f"{digest}.db"
+    regional = resolve("s3://bucket/prefix", env=dict(env, AWS_ENDPOINT_URL="https://s3.us-west-2.amazonaws.com"))
+    assert regional.catalog_path == aws.catalog_path and regional.endpoint is None
+    assert resolve("s3://bucket/prefix", env=dict(env, AWS_ENDPOINT_URL="http://MINIO-A:9000/")).catalog_path \
+        == a.catalog_path
+
+
+def test_two_services_with_the_same_bucket_never_share_a_catalog(s3_server_url, tmp_path, monkeypatch):
+    """The same moto server under two spellings (127.0.0.1 and localhost) stands for two
+    services that both have this bucket: each gets its own default catalog, and a catalog
+    named explicitly refuses the other service."""
+    from tests.helpers import make_checkpoint, run_cli
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    for var in ("ARCHIVER_STORE", "ARCHIVER_CATALOG"):
+        monkeypatch.delenv(var, raising=False)
+    service_a = os.environ["AWS_ENDPOINT_URL"]
+    service_b = service_a.replace("127.0.0.1", "localhost")
+    src = make_checkpoint(tmp_path / "src" / "ckpt", layers=1, dim=16)
+    mid = run_cli("--store", s3_server_url, "archive", str(src), "--name", "m", "--json").json()["id"]
+    assert [r["id"] for r in run_cli("--store", s3_server_url, "list", "--json").json()] == [mid]
+    catalogs = list((tmp_path / "home" / "catalogs").glob("*.db"))
+    assert len(catalogs) == 1
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", service_b)
+    assert run_cli("--store", s3_server_url, "list", "--json").json() == []  # another service: its own catalog
+    assert len(list((tmp_path / "home" / "catalogs").glob("*.db"))) == 1  # (a read creates none)
+    r = run_cli("--store", s3_server_url, "--catalog", str(catalogs[0]), "list")
+    assert r.code == 2 and "belongs to store" in r.err and service_a in r.err and "--catalog" in r.err
+    assert r.err.count("\n") == 1
+    r = run_cli("--store", s3_server_url, "--catalog", str(catalogs[0]), "archive", str(src), "--name", "m")
+    assert r.code == 2 and "belongs to store" in r.err
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", service_a)
+    assert [r["id"] for r in run_cli("--store", s3_server_url, "list", "--json").json()] == [mid]
