@@ -52,14 +52,18 @@ def _repo(repo: Repository | None, store: str | None, catalog: str | os.PathLike
 def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None = None,
             meta: dict[str, str] | None = None, sign_key: str | os.PathLike | None = None,
             repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
-            settings: Settings | None = None, progress: Progress | None = None, **options) -> ArchiveResult:
-    """`sign_key`: path of an Ed25519 private key (from `keygen`) to sign the manifest with."""
+            settings: Settings | None = None, progress: Progress | None = None,
+            trust_verified_within: float | None = None, **options) -> ArchiveResult:
+    """`sign_key`: path of an Ed25519 private key (from `keygen`) to sign the manifest with.
+    Every chunk the store already holds is read back and proved (a damaged one is repaired
+    from the source); `trust_verified_within` (seconds) trusts chunks a deep verify found
+    intact within that window instead (faster re-archives, weaker proof)."""
     from manifests import signing  # cryptography loads only when signatures are used
     with translated():
         key = signing.load_private(sign_key) if sign_key is not None else None
     with _repo(repo, store, catalog, create=True, settings=settings) as r:
         return pipeline.archive(r, list(paths), name=name, label=label, meta=meta, progress=progress,
-                                sign_key=key, **options)
+                                sign_key=key, trust_verified_within=trust_verified_within, **options)
 
 
 def keygen(path: str | os.PathLike) -> tuple[Path, Path]:
