@@ -546,6 +546,12 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(exc, "repairing", key) from exc
 
+    def _holds(self, full: str, data: bytes) -> bool:
+        """Whether the key now holds exactly `data` (a single-part object's ETag is the MD5
+        of its bytes; with SSE-KMS it is not, and this answers False)."""
+        head = self._head(full)
+        return head is not None and str(head.get("ETag", "")).strip('"') == hashlib.md5(data).hexdigest()
+
     def _put_if_match(self, full: str, data: bytes, etag: str) -> bool:
         """PutObject with If-Match: True if written; False if the ETag changed (412) or the
         key is gone (404). Single PUT: chunk objects are far below S3's 5 GiB limit."""
@@ -556,7 +562,12 @@ class S3Store:
                 self.client.put_object(Bucket=self.bucket, Key=full, Body=data, IfMatch=etag, **extra)
                 return True
             except ClientError as exc:
-                if _is_precondition_failed(exc) or _is_missing_key(exc):
+                if _is_precondition_failed(exc):
+                    # On a retry, an earlier attempt may have landed with its response lost: then
+                    # the key holds exactly our bytes. A first-attempt 412 is never ours.
+                    retried = ((exc.response.get("ResponseMetadata") or {}).get("RetryAttempts") or 0) > 0
+                    return retried and self._holds(full, data)
+                if _is_missing_key(exc):
                     return False
                 if _is_conflict(exc) and attempt < CONFLICT_RETRIES:
                     _backoff(attempt)
