@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 import blake3
+import numpy as np
 
 from archiver import layout
 from archiver.codecs import DESCRIPTOR, GROUP_WIDTHS, HEADER, Codec, Encoded, describe
@@ -273,9 +274,15 @@ class Repository:
             decoded = self._codec.decode(obj, len(data), h)  # bounded by len(data), malformation raises
         except CorruptChunkError as e:
             return e.reason
-        if decoded != data:
+        if not self._same_bytes(decoded, data):
             return "decoded bytes do not match the chunk hash"
         return None
+
+    @staticmethod
+    def _same_bytes(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> bool:
+        """Byte equality at memcmp speed whatever the buffer types (bytes == memoryview
+        compares item by item, ~20x slower on a chunk)."""
+        return np.array_equal(np.frombuffer(a, dtype=np.uint8), np.frombuffer(b, dtype=np.uint8))
 
     @staticmethod
     def _max_object_size(length: int) -> int:

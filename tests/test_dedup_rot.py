@@ -497,3 +497,18 @@ def test_s3_get_versioned_resumes_a_cut_body_on_the_same_version(proxied):
     gets = proxy.requests("GET", target)
     assert [g.fault for g in gets] == ["cut", None]
     assert [g.headers.get("if-match") for g in gets] == [None, etag] and gets[1].range == f"bytes={1024 * 1024 + 3}-"
+
+
+def test_proof_compares_any_buffer_type(tmp_path):
+    """The source bytes may come as bytes, bytearray or memoryview: an intact stored chunk
+    is proved (not 'repaired') whatever the type, and a damaged one is repaired."""
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db"), create=True) as repo:
+        data = os.urandom(10_000) + bytes(10_000)
+        h = blake3.blake3(data).hexdigest()
+        first = repo.save_chunk(h, data, 2)
+        for buf in (data, bytearray(data), memoryview(data)):
+            again = repo.save_chunk(h, buf, 2)
+            assert (again.written, again.repaired, again.stored_size) == (False, False, first.stored_size)
+        RawStore(str(tmp_path / "store")).mutate(layout.chunk(h), lambda b: b[:-1] + bytes([b[-1] ^ 1]))
+        fixed = repo.save_chunk(h, memoryview(data), 2)
+        assert fixed.repaired and repo.read_chunk(ChunkRef(0, len(data), h, fixed.stored_size, fixed.codec)) == data
