@@ -53,13 +53,17 @@ def _repo(repo: Repository | None, store: str | None, catalog: str | os.PathLike
 def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None = None,
             meta: dict[str, str] | None = None, sign_key: str | os.PathLike | None = None,
             repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
-            settings: Settings | None = None, progress: Progress | None = None, **options) -> ArchiveResult:
+            settings: Settings | None = None, progress: Progress | None = None,
+            trust_verified_within: float | None = None, **options) -> ArchiveResult:
     """`sign_key`: path of an Ed25519 private key (from `keygen`) to sign the manifest with
-    (or a key already loaded with `signing_key`)."""
+    (or a key already loaded with `signing_key`). Every chunk the store already holds is read
+    back and proved (a damaged one is repaired from the source); `trust_verified_within`
+    (seconds) trusts chunks a deep verify found intact within that window instead (faster
+    re-archives, weaker proof)."""
     key = signing_key(sign_key)
     with _repo(repo, store, catalog, create=True, settings=settings) as r:
         return pipeline.archive(r, list(paths), name=name, label=label, meta=meta, progress=progress,
-                                sign_key=key, **options)
+                                sign_key=key, trust_verified_within=trust_verified_within, **options)
 
 
 def signing_key(key: str | os.PathLike | Any | None) -> Any:

@@ -76,6 +76,18 @@ def _parse_meta(items: tuple[str, ...]) -> dict[str, str]:
     return meta
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, option: str) -> float:
+    """'90', '90s', '30m', '12h', '7d', '2w' -> seconds."""
+    m = _DURATION.match(text.lower())
+    if m is None:
+        raise InvalidOptionError(option, f"takes a duration such as 7d, 12h, 30m or 3600s, got {text!r}")
+    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", metavar="URL",
               help="Store: a directory path, file:///path or s3://bucket/prefix. Default: $ARCHIVER_STORE, "
@@ -95,16 +107,21 @@ def cli(ctx: click.Context, store: str | None, catalog: str | None) -> None:
 @click.option("--label", help="A label such as a version; NAME@LABEL refers to the newest with it.")
 @click.option("--meta", multiple=True, metavar="KEY=VALUE", help="Metadata recorded in the manifest.")
 @click.option("--sign-key", type=click.Path(), help="Ed25519 private key (from `archiver keygen`) to sign with.")
+@click.option("--trust-verified-within", metavar="DURATION",
+              help="Trust stored chunks that a deep verify found intact within DURATION (e.g. 7d, 12h) "
+                   "instead of reading each one back (default: prove every chunk).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, meta: tuple[str, ...],
-                sign_key: str | None, as_json: bool) -> None:
+                sign_key: str | None, trust_verified_within: str | None, as_json: bool) -> None:
     """Archive files and directories; prints the manifest id."""
     meta_d = _parse_meta(meta)
     key = api.signing_key(sign_key)  # refused before the store is touched
+    trust = None if trust_verified_within is None else parse_duration(trust_verified_within,
+                                                                       "trust_verified_within")
     with c.repo(create=True) as repo:
         res = api.archive(paths, name=name, label=label, meta=meta_d, sign_key=key, repo=repo,
-                          progress=Progress.for_terminal("archive", quiet=as_json))
+                          trust_verified_within=trust, progress=Progress.for_terminal("archive", quiet=as_json))
     if as_json:
         emit(res.to_dict())
         return
@@ -112,6 +129,9 @@ def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, me
     click.echo(f"{res.files} files, {human_bytes(res.bytes_in)} in, {human_bytes(res.bytes_stored)} stored "
                f"({human_bytes(res.new_bytes_stored)} new in {res.new_chunks} of {res.chunks} chunks), "
                f"{res.seconds:.1f}s", err=True)
+    if res.repaired_chunks:
+        click.echo(f"repaired {res.repaired_chunks} damaged chunk(s) in the store from the source "
+                   f"(the damaged objects are kept under quarantine/ and each repair is in the catalog audit log)", err=True)
 
 
 @cli.command("list")

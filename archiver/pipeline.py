@@ -7,6 +7,7 @@ release the GIL, so both cores are busy. The manifest is written only after ever
 it names is durably in the store, then recorded in the catalog in one transaction."""
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -42,6 +43,7 @@ class ArchiveResult:
     seconds: float
     parent: str | None = None
     signed_by: str | None = None
+    repaired_chunks: int = 0  # damaged chunk objects found in the store and replaced from the source
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -52,14 +54,18 @@ class _Stats:
     lock: threading.Lock = field(default_factory=threading.Lock)
     new_chunks: int = 0
     new_bytes: int = 0
+    repaired_chunks: int = 0
 
 
 class _ChunkWriter:
-    """Saves each distinct chunk of this run once; the repository deduplicates against the store."""
+    """Saves each distinct chunk of this run once; the repository deduplicates against the
+    store, proving (or, within `trust_verified_within` of a deep verify, trusting) every
+    chunk it already holds and repairing a damaged one from these source bytes."""
 
-    def __init__(self, repo: Repository, stats: _Stats) -> None:
+    def __init__(self, repo: Repository, stats: _Stats, trust_verified_within: float | None = None) -> None:
         self.repo = repo
         self.stats = stats
+        self.trust_verified_within = trust_verified_within
         self.done: dict[str, SavedChunk] = {}
         self.lock = threading.Lock()
 
@@ -69,21 +75,38 @@ class _ChunkWriter:
         with self.lock:
             saved = self.done.get(h)
         if saved is None:
-            saved = self.repo.save_chunk(h, data, rc.width)
+            saved = self.repo.save_chunk(h, data, rc.width, trust_verified_within=self.trust_verified_within)
             with self.lock:
-                if h not in self.done and saved.written:
-                    self.stats.new_chunks += 1
-                    self.stats.new_bytes += saved.stored_size
+                if h not in self.done:
+                    if saved.repaired:
+                        self.stats.repaired_chunks += 1
+                    elif saved.written:
+                        self.stats.new_chunks += 1
+                        self.stats.new_bytes += saved.stored_size
                 self.done[h] = saved
         return ChunkRef(rc.offset, len(data), h, saved.stored_size, saved.codec)
 
 
+def _check_trust_window(value: float | None) -> float | None:
+    """None (prove every chunk) or a finite number of seconds >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise InvalidOptionError("trust_verified_within", f"must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
 def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, label: str | None = None,
             meta: Mapping[str, str] | None = None, policy: ChunkPolicy | None = None, workers: int | None = None,
-            progress: Progress | None = None, sign_key: Any = None) -> ArchiveResult:
+            progress: Progress | None = None, sign_key: Any = None,
+            trust_verified_within: float | None = None) -> ArchiveResult:
     """Archive files and directories under `name`; returns the committed manifest's summary.
     With `sign_key` (an Ed25519 private key) the manifest id is signed before it is recorded.
-    `name`, `label` and `meta` are checked before the scan, so bad ones write nothing."""
+    `name`, `label` and `meta` are checked before the scan, so bad ones write nothing.
+    Every chunk the store already holds is read back and proved before the manifest commits
+    (a damaged one is repaired from the source); `trust_verified_within` (seconds) instead
+    trusts a chunk a deep verify found intact that recently, if its stored size is unchanged."""
+    trust_verified_within = _check_trust_window(trust_verified_within)
     meta_d = check_archive_args(name, label, meta)
     started = time.monotonic()
     policy = policy or ChunkPolicy()
@@ -91,7 +114,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     sources = scan(paths)
     progress.start(f"archive {name}", sum(s.size for s in sources))
     stats = _Stats()
-    writer = _ChunkWriter(repo, stats)
+    writer = _ChunkWriter(repo, stats, trust_verified_within)
     nworkers = workers or default_workers()
     entries: list[Entry] = []
     with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="archive") as pool:
@@ -108,7 +131,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         name=name, label=label, files=len(manifest.files), dirs=len(entries) - len(manifest.files),
         bytes_in=manifest.total_size, bytes_stored=sum(c.stored_size for c in uniq.values()),
         new_bytes_stored=stats.new_bytes, chunks=len(uniq), new_chunks=stats.new_chunks,
-        seconds=round(time.monotonic() - started, 3), parent=parent)
+        seconds=round(time.monotonic() - started, 3), parent=parent, repaired_chunks=stats.repaired_chunks)
     done = repo.commit_manifest(manifest, sign_key=sign_key, details=details)
     return ArchiveResult(id=done.id, signed_by=done.signed_by, **details)
 

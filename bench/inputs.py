@@ -299,26 +299,31 @@ def prepare(work: Path, quick: bool, mem_sizes: dict[str, int], log: Callable[[s
     llm_v1 = llm_v2 = None
     changed: dict[str, float] = {}
     if want_llm:
-        shape = QUICK_LLM if quick else FULL_LLM
-        p = {"shape": shape.__dict__, "seed": 0, "v": 1}
-        llm_v1 = _make_dir(base / ("llm-bf16-quick" if quick else "llm-bf16"), p,
-                           lambda d: write_safetensors(d / "model.safetensors", llm_specs(shape, 0), V1_META), log)
-        p2 = dict(p, changed=list(CHANGED_IN_V2), meta=V2_META)
-        llm_v2 = _make_dir(base / ("llm-bf16-quick-v2" if quick else "llm-bf16-v2"), p2,
-                           lambda d: write_safetensors(d / "model.safetensors",
-                                                       llm_v2_specs(llm_v1 / "model.safetensors", shape), V2_META),
-                           log)
-        specs = llm_specs(shape, 0)
-        tot = sum(s.nbytes for s in specs)
-        ch = sum(s.nbytes for s in specs if s.name in CHANGED_IN_V2)
-        changed = {"tensors": len(CHANGED_IN_V2) / len(specs), "bytes": ch / tot,
-                   "tensors_changed": len(CHANGED_IN_V2), "tensors_total": len(specs)}
+        llm_v1, llm_v2, changed = prepare_llm(base, quick, log)
     mem: dict[str, Path] = {}
     for label, size in mem_sizes.items():
         mem[label] = _make_dir(base / f"mem-{label}", {"bytes": size, "v": 1},
                                lambda d, size=size: write_safetensors(d / "model.safetensors", mem_specs(size),
                                                                       {"format": "pt"}), log)
     return Inputs(minilm, llm_v1, llm_v2, changed, mem)
+
+
+def prepare_llm(base: Path, quick: bool, log: Callable[[str], None]) -> tuple[Path, Path, dict[str, float]]:
+    """The generated LLM checkpoint v1, its 10%-changed v2, and how much of it changed."""
+    shape = QUICK_LLM if quick else FULL_LLM
+    p = {"shape": shape.__dict__, "seed": 0, "v": 1}
+    llm_v1 = _make_dir(base / ("llm-bf16-quick" if quick else "llm-bf16"), p,
+                       lambda d: write_safetensors(d / "model.safetensors", llm_specs(shape, 0), V1_META), log)
+    p2 = dict(p, changed=list(CHANGED_IN_V2), meta=V2_META)
+    llm_v2 = _make_dir(base / ("llm-bf16-quick-v2" if quick else "llm-bf16-v2"), p2,
+                       lambda d: write_safetensors(d / "model.safetensors",
+                                                   llm_v2_specs(llm_v1 / "model.safetensors", shape), V2_META),
+                       log)
+    specs = llm_specs(shape, 0)
+    tot = sum(s.nbytes for s in specs)
+    ch = sum(s.nbytes for s in specs if s.name in CHANGED_IN_V2)
+    return llm_v1, llm_v2, {"tensors": len(CHANGED_IN_V2) / len(specs), "bytes": ch / tot,
+                            "tensors_changed": len(CHANGED_IN_V2), "tensors_total": len(specs)}
 
 
 def files_under(d: Path) -> list[Path]:

@@ -6,17 +6,25 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from measure import Measure, run
 from inputs import ROOT, files_under, tree_bytes
 
+# The checkout's own venv (make bench); else the `archiver` script beside the running Python
+# (a worktree run as `PYTHONPATH=. /other/.venv/bin/python bench/...`: PYTHONPATH picks the code).
 ARCHIVER = ROOT / ".venv" / "bin" / "archiver"
+if not ARCHIVER.exists():
+    ARCHIVER = Path(sys.executable).parent / "archiver"
+TRUST_WINDOW = "1d"  # the v2 re-archive is also timed with --trust-verified-within this
 
 # Exact command templates, quoted in RESULTS.md.
 COMMANDS = {
     "archiver": [
         "ARCHIVER_HOME=$TMP/home archiver archive SRC --name bench --json",
+        f"ARCHIVER_HOME=$TMP/home archiver archive V2 --name bench --trust-verified-within {TRUST_WINDOW} --json"
+        "   (v2 only, from the same state as the default v2: after v1 + verify --deep)",
         "ARCHIVER_HOME=$TMP/home archiver verify ID --deep --json",
         "ARCHIVER_HOME=$TMP/home archiver restore ID DEST --json",
     ],
@@ -49,17 +57,29 @@ def _env(**kw: str) -> dict[str, str]:
 class Ours:
     name = "archiver"
 
-    def __init__(self, tmp: Path) -> None:
-        self.home = tmp / "archiver-home"
+    def __init__(self, tmp: Path, home: Path | None = None) -> None:
+        self.home = home or tmp / "archiver-home"
         self.env = _env(ARCHIVER_HOME=str(self.home))
         self.ids: dict[str, str] = {}
 
-    def archive(self, src: Path, tag: str = "v1") -> Measure:
-        m = run([ARCHIVER, "archive", src, "--name", "bench", "--json"], env=self.env)
+    def snapshot(self) -> Path:
+        """Copy the store and catalog aside (the catalog is bound to the store's path, so a
+        copy is only usable back in place: see `rollback`)."""
+        snap = self.home.with_name(self.home.name + "-snapshot")
+        shutil.copytree(self.home, snap, symlinks=True)
+        return snap
+
+    def rollback(self, snap: Path) -> None:
+        """Put the store and catalog back as they were at `snapshot`."""
+        shutil.rmtree(self.home)
+        snap.rename(self.home)
+
+    def archive(self, src: Path, tag: str = "v1", *options: str) -> Measure:
+        m = run([ARCHIVER, "archive", src, "--name", "bench", *options, "--json"], env=self.env)
         js = json.loads(m.stdout)
         self.ids[tag] = js["id"]
         m.extra.update({k: js.get(k) for k in ("bytes_in", "bytes_stored", "new_bytes_stored", "chunks",
-                                                "new_chunks", "seconds")})
+                                                "new_chunks", "repaired_chunks", "seconds")})
         return m
 
     def verify(self, tag: str = "v1") -> Measure:

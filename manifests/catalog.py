@@ -557,6 +557,11 @@ class Catalog:
         row = self._reader().execute("SELECT stored_size, codec FROM chunks WHERE hash=?", (h,)).fetchone()
         return (row[0], row[1]) if row else None
 
+    def chunk_check(self, h: str) -> tuple[float, bool] | None:
+        """(when, ok) of the last deep check of a chunk, or None if it was never checked."""
+        row = self._reader().execute("SELECT last_verified, ok FROM chunk_checks WHERE hash=?", (h,)).fetchone()
+        return (row[0], bool(row[1])) if row else None
+
     def chunks_by_staleness(self, hashes: Iterable[str]) -> list[str]:
         """Order chunks least recently verified first (never-verified first of all)."""
         wanted = list(dict.fromkeys(hashes))

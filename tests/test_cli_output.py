@@ -8,7 +8,6 @@ such character is printed as an escape (`archiver.cli.printable`); `--json` outp
 the exact values (JSON escapes them itself)."""
 from __future__ import annotations
 
-import json
 
 import pytest
 

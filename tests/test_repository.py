@@ -123,6 +123,8 @@ def test_save_chunk_writes_once_and_round_trips(repo):
 
 
 def test_existing_chunk_the_catalog_does_not_know_is_proved_before_use(repo, tmp_path):
+    """Issue 14 changed this from "raises CorruptChunkError" to "repaired": the source
+    bytes are at hand, so a damaged object is replaced and the damaged one quarantined."""
     data = os.urandom(3000)
     ref = save(repo, data)
     p = obj_path(tmp_path, layout.chunk(ref.hash))
@@ -130,9 +132,11 @@ def test_existing_chunk_the_catalog_does_not_know_is_proved_before_use(repo, tmp
     raw = bytearray(p.read_bytes())
     raw[-1] ^= 0xFF  # same size, wrong bytes; no manifest recorded it, so it must be read back
     p.write_bytes(bytes(raw))
-    with pytest.raises(CorruptChunkError) as ei:
-        repo.save_chunk(ref.hash, data, 0)
-    assert ei.value.chunk == ref.hash
+    saved = repo.save_chunk(ref.hash, data, 0)
+    assert saved.repaired and saved.written and saved.stored_size == ref.stored_size
+    assert repo.read_chunk(ref) == data
+    aside = list((tmp_path / "store" / "quarantine").rglob(f"{ref.hash}.*"))
+    assert [q.read_bytes() for q in aside] == [bytes(raw)]
 
 
 def test_read_chunk_checks_size_and_hash(repo, tmp_path):

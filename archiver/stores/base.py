@@ -36,6 +36,16 @@ class ObjectTooLargeError(IntegrityError):
         self.limit = limit
 
 
+@dataclass(frozen=True)
+class ObjectVersion:
+    """Which bytes a key held when they were read: the S3 ETag, or a local file's identity
+    (device, inode, size, mtime). Opaque above the store; `replace_damaged` acts only if the
+    key still holds this version, so a concurrent good write is never clobbered."""
+
+    size: int
+    tag: str
+
+
 @runtime_checkable
 class Store(Protocol):
     """A flat key -> immutable bytes namespace (keys use '/' separators).
@@ -70,4 +80,29 @@ class Store(Protocol):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object whose key starts with `prefix`, by pages (one request per
         1000 keys on S3), in key order."""
+        ...
+
+
+@runtime_checkable
+class RepairableStore(Store, Protocol):
+    """A store that can heal a damaged object: the one exception to "never overwritten".
+
+    Only an object proved damaged (it does not decode to the bytes its key names) is
+    replaced, only with bytes proved good, and only if it is still the version that was
+    read; the damaged bytes are kept under a quarantine key, never deleted."""
+
+    can_replace_damaged: bool  # capability flag: False means damage can only be reported
+
+    def get_versioned(self, key: str, max_size: int) -> tuple[bytes | None, ObjectVersion]:
+        """The object and its version in one read; None instead of the bytes if the object
+        is larger than `max_size` (so a hostile giant is never read into memory). Raises
+        ObjectMissingError if absent."""
+        ...
+
+    def replace_damaged(self, key: str, data: bytes, expected: ObjectVersion, quarantine_key: str) -> bool:
+        """Keep the damaged object under `quarantine_key`, then store `data` under `key`,
+        only if `key` still holds `expected`. True if `expected` is gone from the key (it
+        holds `data`, or a concurrent writer's object); False (nothing replaced) if the key
+        changed or vanished first. Either way the caller reads the key again and proves it.
+        Durable on return."""
         ...

@@ -16,7 +16,7 @@ from typing import Iterator
 
 from archiver.errors import ObjectMissingError, StoreError
 from archiver.fileio import write_all as _write_all  # a module name, so tests can inject ENOSPC
-from archiver.stores.base import NotAnObjectError, ObjectInfo, ObjectTooLargeError
+from archiver.stores.base import NotAnObjectError, ObjectInfo, ObjectTooLargeError, ObjectVersion
 
 TMP_PREFIX = ".tmp-"
 OBJECT_MODE = 0o444  # objects are immutable; read-only files guard against accidents
@@ -107,8 +107,15 @@ def _rename_noreplace(src: Path, dst: Path) -> bool:
     raise OSError(err, os.strerror(err), str(dst))
 
 
+def _version(st: os.stat_result) -> ObjectVersion:
+    """A file's identity: a rename or link keeps it (ctime would not), a rewrite changes it."""
+    return ObjectVersion(size=st.st_size, tag=f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
+
+
 class LocalStore:
     """Store rooted at a directory; keys map to relative paths under it."""
+
+    can_replace_damaged = True
 
     def __init__(self, root: Path):
         self.root = Path(root).expanduser().absolute()
@@ -319,3 +326,87 @@ class LocalStore:
                     yield from self._walk(Path(entry.path), key, prefix)
             elif key.startswith(prefix) and entry.is_file(follow_symlinks=False):
                 yield ObjectInfo(key=key, size=entry.stat(follow_symlinks=False).st_size)
+
+    # -- repair (the one exception to "never overwritten"; see RepairableStore) --------------
+
+    def get_versioned(self, key: str, max_size: int) -> tuple[bytes | None, ObjectVersion]:
+        """The object and the identity of the file it was read from (fstat of the open
+        file, so the two always match); None for the bytes if larger than `max_size`, or if
+        what sits under the key is not a regular file (a FIFO, device or symlink: damage,
+        never read, and replaceable like any damaged object)."""
+        try:
+            fd = self._open_object(key)
+        except NotAnObjectError:
+            try:
+                return None, _version(os.lstat(self._path(key)))
+            except FileNotFoundError:
+                raise ObjectMissingError(key) from None
+        except OSError as exc:
+            raise self._error(exc, "reading", key) from exc
+        try:
+            st = os.fstat(fd)
+            version = _version(st)
+            if st.st_size > max_size:
+                return None, version
+            with open(fd, "rb", closefd=False) as f:
+                data = f.read(max_size + 1)
+            return (None if len(data) > max_size else data), version
+        except OSError as exc:
+            raise self._error(exc, "reading", key) from exc
+        finally:
+            os.close(fd)
+
+    def replace_damaged(self, key: str, data: bytes, expected: ObjectVersion, quarantine_key: str) -> bool:
+        """Move the damaged file to `quarantine_key` (a rename: never deleted, never half
+        copied), then publish `data` with put_if_absent (True, even if a concurrent writer
+        published first). If the file at `key` is no longer `expected` (another writer
+        repaired or replaced it), nothing is replaced: whatever was moved aside by mistake
+        is put back and False is returned. Between the move and the publish a reader can
+        find the key absent for an instant (the archiver then writes it, verify reports it
+        missing); it never sees a partial object."""
+        final, aside = self._path(key), self._path(quarantine_key)
+        try:
+            st = os.lstat(final)  # the entry itself: a planted symlink is quarantined, not followed
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise self._error(exc, "reading", key) from exc
+        if _version(st) != expected:
+            return False
+        try:
+            self._make_dirs(aside.parent)
+            if not self._move_noreplace(final, aside):
+                raise StoreError(f"quarantine name {quarantine_key} already exists in {self.root}")
+            moved = os.lstat(aside)
+            if _version(moved) != expected:  # replaced between our stat and the move
+                self._put_back(aside, final)
+                return False
+            _fsync_dir(aside.parent)
+            _fsync_dir(final.parent)
+        except FileNotFoundError:
+            return False  # gone between the stat and the move: someone else moved it
+        except OSError as exc:
+            raise self._error(exc, "quarantining", key) from exc
+        self.put_if_absent(key, data)
+        return True
+
+    @staticmethod
+    def _move_noreplace(src: Path, dst: Path) -> bool:
+        """Atomic rename that never replaces `dst` (False if it exists). A rename moves
+        exactly the file that is there, so no concurrent writer's file can be unlinked."""
+        try:
+            return _rename_noreplace(src, dst)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+        if os.path.lexists(dst):  # no renameat2 here; the quarantine name is unique anyway
+            return False
+        os.rename(src, dst)
+        return True
+
+    def _put_back(self, aside: Path, final: Path) -> None:
+        """Undo a move that took the wrong object: publish it again under its key unless the
+        key was filled meanwhile, in which case it stays in quarantine (kept, not deleted)."""
+        if self._publish(aside, final):
+            _remove_quietly(aside)  # a second name of the same file (or already renamed away)
+            _fsync_dir(final.parent)

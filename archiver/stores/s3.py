@@ -35,11 +35,12 @@ from botocore.exceptions import (
 
 from archiver.errors import ArchiverError, ObjectMissingError, StoreError, UsageError
 from archiver.settings import CHECKSUM_ENV, S3Options
-from archiver.stores.base import ObjectInfo, ObjectTooLargeError
+from archiver.stores.base import ObjectInfo, ObjectTooLargeError, ObjectVersion
 from archiver.stores.local import validate_key
 
 MiB = 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit per multipart upload
+MAX_COPY = 5 * 1024 * MiB  # CopyObject's limit; larger damaged objects are replaced without a quarantine copy
 TARGET_PARTS = 9_000  # headroom under MAX_PARTS
 CONFLICT_RETRIES = 5  # 409 ConditionalRequestConflict: a concurrent conditional write
 READ_CHUNK = 1 * MiB
@@ -135,6 +136,8 @@ def _backoff(attempt: int) -> None:
 
 class S3Store:
     """Store at s3://bucket/prefix; keys are relative to the prefix."""
+
+    can_replace_damaged = True
 
     def __init__(
         self,
@@ -468,3 +471,115 @@ class S3Store:
                     yield ObjectInfo(key=full[len(self._root):], size=int(obj.get("Size", 0)))
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(exc, "listing", prefix) from exc
+
+    # -- repair (the one exception to "never overwritten"; see RepairableStore) ------
+
+    def get_versioned(self, key: str, max_size: int) -> tuple[bytes | None, ObjectVersion]:
+        """The object and its ETag from the same response; a body cut off mid-way is
+        resumed with ranged GETs pinned to that ETag (If-Match), so the bytes and the
+        version always belong together. An object larger than `max_size` is not read:
+        (None, version)."""
+        full = self._full(key)
+        buf = bytearray()
+        version: ObjectVersion | None = None
+        resumes = 0
+        last_error: BaseException | None = None
+        while True:
+            if resumes > self.options.max_attempts:
+                detail = _one_line(str(last_error)) if last_error else "body ended early or object kept changing"
+                raise StoreError(f"download of {self._where(key)} kept being cut off: {detail}")
+            args: dict[str, Any] = {}
+            if version is not None:
+                args = {"Range": f"bytes={len(buf)}-", "IfMatch": version.tag}
+            try:
+                resp = self.client.get_object(Bucket=self.bucket, Key=full, **args)
+            except ClientError as exc:
+                if _is_missing_key(exc):
+                    raise ObjectMissingError(key) from None
+                if version is not None and _is_precondition_failed(exc):
+                    buf.clear()  # replaced while we read: start over on the new object
+                    version = None
+                    resumes += 1
+                    continue
+                raise self._fail(exc, "reading", key) from exc
+            except BotoCoreError as exc:
+                raise self._fail(exc, "reading", key) from exc
+            body = resp["Body"]
+            try:
+                if version is None:
+                    version = ObjectVersion(size=int(resp.get("ContentLength", 0)), tag=str(resp.get("ETag", "")))
+                    if version.size > max_size:
+                        return None, version
+                elif resp.get("ContentRange"):
+                    self._check_range(resp, len(buf), version.size, key)
+                else:
+                    buf.clear()  # the server ignored Range and sent the whole object
+                self._drain(body, buf, version.size)
+                last_error = None
+            except FlexibleChecksumError as exc:
+                buf.clear()
+                last_error = exc
+            except _STREAM_ERRORS as exc:
+                last_error = exc
+            finally:
+                try:
+                    body.close()
+                except Exception:  # noqa: BLE001 - closing a broken stream may fail too
+                    pass
+            if len(buf) == version.size:
+                return bytes(buf), version
+            if len(buf) > version.size:
+                raise StoreError(f"S3 returned more bytes than the size of {self._where(key)}")
+            resumes += 1
+            _backoff(min(resumes, 5))
+
+    def replace_damaged(self, key: str, data: bytes, expected: ObjectVersion, quarantine_key: str) -> bool:
+        """Copy the damaged object to `quarantine_key` (server-side, CopySourceIfMatch),
+        then overwrite it with `data` only if its ETag is still `expected.tag` (PutObject
+        If-Match): a concurrent good write is never clobbered. False if the object changed
+        or vanished. Objects over CopyObject's 5 GiB limit are replaced without the copy."""
+        full = self._full(key)
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        try:
+            if expected.size <= MAX_COPY:
+                try:
+                    self.client.copy_object(Bucket=self.bucket, Key=self._full(quarantine_key),
+                                            CopySource={"Bucket": self.bucket, "Key": full},
+                                            CopySourceIfMatch=expected.tag)
+                except ClientError as exc:
+                    if _is_precondition_failed(exc) or _is_missing_key(exc):
+                        return False
+                    raise
+            return self._put_if_match(full, data, expected.tag)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "repairing", key) from exc
+
+    def _holds(self, full: str, data: bytes) -> bool:
+        """Whether the key now holds exactly `data` (a single-part object's ETag is the MD5
+        of its bytes; with SSE-KMS it is not, and this answers False)."""
+        head = self._head(full)
+        return head is not None and str(head.get("ETag", "")).strip('"') == hashlib.md5(data).hexdigest()
+
+    def _put_if_match(self, full: str, data: bytes, etag: str) -> bool:
+        """PutObject with If-Match: True if written; False if the ETag changed (412) or the
+        key is gone (404). Single PUT: chunk objects are far below S3's 5 GiB limit."""
+        extra = {"ContentMD5": _md5_b64(data)} if self._when_required else {}
+        attempt = 0
+        while True:
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, IfMatch=etag, **extra)
+                return True
+            except ClientError as exc:
+                if _is_precondition_failed(exc):
+                    # On a retry, an earlier attempt may have landed with its response lost: then
+                    # the key holds exactly our bytes. A first-attempt 412 is never ours.
+                    retried = ((exc.response.get("ResponseMetadata") or {}).get("RetryAttempts") or 0) > 0
+                    return retried and self._holds(full, data)
+                if _is_missing_key(exc):
+                    return False
+                if _is_conflict(exc) and attempt < CONFLICT_RETRIES:
+                    _backoff(attempt)
+                    attempt += 1
+                    continue
+                raise
