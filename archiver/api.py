@@ -108,7 +108,7 @@ def restore(ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (), f
             progress: Progress | None = None, preserve_special_bits: bool = False) -> RestoreResult:
     """`preserve_special_bits`: keep setuid, setgid and sticky bits (dropped by default)."""
     trusted = trusted_keys(trust_keys)
-    with _repo(repo, store, catalog, settings=settings) as r:
+    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:  # restore writes no catalog row
         return restorer.restore(r, ref, dest, include=include, force=force, trusted=trusted, progress=progress,
                                 preserve_special_bits=preserve_special_bits)
 

@@ -228,7 +228,7 @@ def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bo
                 preserve_special_bits: bool, as_json: bool) -> None:
     """Restore an archive into DEST, verifying every byte. REF as for `show`."""
     trusted = api.trusted_keys(trust_key)
-    with c.repo() as repo:
+    with c.repo(read_only=True) as repo:  # restore writes no catalog row
         res = api.restore(ref, dest, include=include, force=force, trust_keys=trusted, repo=repo,
                           progress=Progress.for_terminal("restore", quiet=as_json),
                           preserve_special_bits=preserve_special_bits)

@@ -860,7 +860,7 @@ def _unprivileged() -> list[str]:
 
 
 def test_cli_reads_a_read_only_catalog(tmp_path):
-    """list, show and verify work on a catalog in a read-only directory (no -wal/-shm left,
+    """list, show, verify and restore work on a catalog in a read-only directory (no -wal/-shm left,
     none can be created); verify says its run was not recorded; writers fail in one line."""
     from tests.helpers import make_checkpoint
     prefix = _unprivileged()
@@ -895,6 +895,11 @@ def test_cli_reads_a_read_only_catalog(tmp_path):
             assert r.returncode == 0 and r.stdout.startswith("OK"), r.stderr
             assert r.stderr.count("\n") == 1 and "warning: this verify is not in the catalog's audit log" in r.stderr
             assert "cannot be written" in r.stderr
+        dest = base / "restored"  # restore writes files, never a catalog row: a read-only catalog is enough
+        os.chmod(base, 0o777)
+        r = run("restore", "m", str(dest))
+        assert r.returncode == 0, r.stderr
+        assert (dest / "ckpt" / "config.json").read_bytes() == (src / "config.json").read_bytes()
         r = run("catalog", "rebuild")
         assert r.returncode == 1 and "cannot be written" in r.stderr
         _one_line_error(r.stderr)
