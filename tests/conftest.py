@@ -2,13 +2,16 @@
 (moto on 127.0.0.1), `store_url`, which runs a test once per backend, and `minilm`,
 the real all-MiniLM-L6-v2 model directory.
 
-Note: moto keeps one global in-memory backend. `mock_aws()` resets it when it starts
-and stops, which also empties the buckets of the session-wide `moto_server`; that is
-why `s3_server_url` creates a fresh bucket per test instead of sharing one."""
+Note: moto keeps one global in-memory backend, and `mock_aws()` resets it when it starts
+and stops; the session-wide `moto_server` therefore runs in its own process, and
+`s3_server_url` still gives each test a fresh bucket."""
 from __future__ import annotations
 
-import logging
 import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -61,22 +64,46 @@ def s3_mock_url(aws_env: dict[str, str]) -> Iterator[str]:
         yield "s3://archiver-test/prefix"
 
 
+def start_moto_server() -> tuple[subprocess.Popen, str]:
+    """moto's S3 server in its own process on 127.0.0.1 (an OS-chosen free port): the
+    in-process `mock_aws` resets moto's global backend when it starts and stops, which
+    would empty a server running in this process under a test's feet."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # bounded wait for the server to answer
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, url
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto server did not start within 60 s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
-    """A real HTTP S3 endpoint (moto) on 127.0.0.1 with an OS-chosen port."""
-    from moto.server import ThreadedMotoServer
-
-    werkzeug_log = logging.getLogger("werkzeug")
-    old_level = werkzeug_log.level
-    werkzeug_log.setLevel(logging.WARNING)  # one log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    """A real HTTP S3 endpoint (moto) on 127.0.0.1, in its own process."""
+    proc, url = start_moto_server()
     try:
-        host, port = server.get_host_and_port()
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
-        server.stop()
-        werkzeug_log.setLevel(old_level)
+        stop_server(proc)
 
 
 @pytest.fixture
