@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import blake3
+import sqlite_utils
 
 from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
                               ManifestError, UnknownReference)
@@ -407,16 +408,16 @@ class Catalog:
             if conn.execute("SELECT 1 FROM manifests WHERE id=?", (mid,)).fetchone() is not None:
                 return False
             files = m.files
-            conn.execute(
-                "INSERT INTO manifests(id, name, label, parent, recorded_at, file_count, total_size, stored_size, "
-                "json) VALUES (?,?,?,?,?,?,?,?,?)",
-                (mid, m.name, m.label, m.parent, when, len(files), m.total_size, m.stored_size, data))
-            conn.executemany(
-                "INSERT INTO files(manifest_id, path, type, size, mode, blake3, sha256) VALUES (?,?,?,?,?,?,?)",
-                ((mid, e.path, e.type, e.size, e.mode, e.blake3, e.sha256) for e in m.entries))
-            conn.executemany(
-                'INSERT INTO chunk_refs(manifest_id, path, seq, "offset", length, hash) VALUES (?,?,?,?,?,?)',
-                ((mid, e.path, i, c.offset, c.length, c.hash) for e in files for i, c in enumerate(e.chunks)))
+            db = sqlite_utils.Database(conn, recursive_triggers=False)  # rows as dicts, batched inserts
+            db["manifests"].insert({"id": mid, "name": m.name, "label": m.label, "parent": m.parent,
+                                    "recorded_at": when, "file_count": len(files), "total_size": m.total_size,
+                                    "stored_size": m.stored_size, "json": data})
+            db["files"].insert_all(
+                ({"manifest_id": mid, "path": e.path, "type": e.type, "size": e.size, "mode": e.mode,
+                  "blake3": e.blake3, "sha256": e.sha256} for e in m.entries), batch_size=1000)
+            db["chunk_refs"].insert_all(
+                ({"manifest_id": mid, "path": e.path, "seq": i, "offset": c.offset, "length": c.length,
+                  "hash": c.hash} for e in files for i, c in enumerate(e.chunks)), batch_size=1000)
             conn.executemany(
                 "INSERT OR IGNORE INTO chunks(hash, stored_size, codec, first_seen) VALUES (?,?,?,?)",
                 ((c.hash, c.stored_size, c.codec, when) for c in m.unique_chunks().values()))
