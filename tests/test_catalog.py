@@ -597,7 +597,7 @@ def test_v1_catalog_is_read_as_is_and_migrated_on_first_writable_open(cat_path):
 
     c = Catalog(cat_path, STORE)
     try:
-        assert info(cat_path) == {"schema_version": "2", "store": STORE, "endpoint": ""}
+        assert info(cat_path) == {"schema_version": "3", "store": STORE, "endpoint": ""}
         indexes = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert "idx_manifests_name_parent" in indexes
         assert c.resolve("m") == b.id and c.load_manifest(a.id) == a
@@ -609,7 +609,7 @@ def test_v1_catalog_is_read_as_is_and_migrated_on_first_writable_open(cat_path):
     finally:
         c.close()
     Catalog(cat_path, STORE).close()  # a current catalog opens without another migration
-    assert info(cat_path)["schema_version"] == "2"
+    assert info(cat_path)["schema_version"] == "3"
 
 
 def test_newer_schema_is_refused_in_one_line(cat_path):
