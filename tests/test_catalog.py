@@ -893,7 +893,8 @@ def test_cli_reads_a_read_only_catalog(tmp_path):
         for extra in ([], ["--deep"]):
             r = run("verify", "--all", *extra)
             assert r.returncode == 0 and r.stdout.startswith("OK"), r.stderr
-            assert r.stderr.count("\n") == 1 and "warning: this verify is not in the catalog's audit log" in r.stderr
+            assert r.stderr.count("\n") == 2 and "warning: this verify is not in the catalog's audit log" in r.stderr
+            assert "warning: this verify is not in the store's event log" in r.stderr  # a read-only store too
             assert "cannot be written" in r.stderr
         r = run("catalog", "rebuild")
         assert r.returncode == 1 and "cannot be written" in r.stderr
