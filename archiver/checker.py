@@ -113,7 +113,7 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
             raise InvalidOptionError("refs", "are empty: name archives to verify, or ask for all of them")
     mode = "deep" if deep else (f"sample:{sample:g}" if sample else "shallow")
     report = VerifyReport(mode=mode, manifests=ids)
-    for p in repo.read_events().problems:  # tamper evidence: before this run appends its own event
+    for p in repo.read_events(load_lists=deep).problems:  # tamper evidence, before this run's own event
         report.add(p)
     manifests: dict[str, Manifest] = {}
     for mid in ids:

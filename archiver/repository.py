@@ -661,23 +661,29 @@ class Repository:
         self._heads[writer] = (newest[0], blake3.blake3(data).hexdigest())
         return self._heads[writer]
 
-    def read_events(self) -> EventLog:
-        """Every event in the store (digest lists loaded), ordered by writer and sequence,
+    def read_events(self, *, load_lists: bool = True) -> EventLog:
+        """Every event in the store, ordered by writer and sequence,
         with each writer's chain checked: a gap in the sequence (a deleted event), an event
         whose `prev` is not the BLAKE3 of the one before it (altered or replaced), an event
         that does not match its key, an unreadable event or digest list, a bad signature,
-        and an event this catalog recorded that the store no longer holds (or holds altered)."""
+        and an event this catalog recorded that the store no longer holds (or holds altered).
+        With load_lists (rebuild, `events`, deep verify) every digest list is fetched,
+        re-hashed and its chunks put into the record; without, a list must only be present
+        (a daily shallow or sampled verify does not re-read a year of lists)."""
         log = EventLog()
         by_writer: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+        lists: set[str] = set()
         for info in self._store.list(layout.EVENTS):
             parsed = layout.parse_event_key(info.key)
             if parsed is not None:
                 by_writer[parsed[0]].append((parsed[1], parsed[2], info.key))
-            elif not layout.is_event_list_key(info.key):
+            elif layout.is_event_list_key(info.key):
+                lists.add(info.key)
+            else:
                 log.problems.append(_event_problem(info.key, "not an event object name (a stray or renamed object)"))
         in_store: dict[str, str] = {}
         for writer in sorted(by_writer):
-            self._check_chain(writer, sorted(by_writer[writer]), log, in_store)
+            self._check_chain(writer, sorted(by_writer[writer]), log, in_store, lists if not load_lists else None)
         for key, writer, seq, h in self._catalog.seen_events():
             if key not in in_store:
                 log.problems.append(_event_problem(key, f"event {seq} of writer {writer[:12]} was recorded by this "
@@ -688,7 +694,8 @@ class Repository:
         return log
 
     def _check_chain(self, writer: str, keys: list[tuple[int, str, str]], log: EventLog,
-                     in_store: dict[str, str]) -> None:
+                     in_store: dict[str, str], listed: set[str] | None = None) -> None:
+        """One writer's chain (see read_events); `listed`: only check that digest lists exist."""
         expected, prev_hash = 0, None
         for seq, prev16, key in keys:
             if seq < expected:
@@ -719,7 +726,10 @@ class Repository:
                 why.append("the first event of a writer names a predecessor")
             if events.signature_ok(data) is False:
                 why.append("bad signature")
-            if rec.chunk_list is not None:
+            if rec.chunk_list is not None and listed is not None:
+                if layout.event_list(writer, rec.chunk_list) not in listed:
+                    why.append(f"its digest list {rec.chunk_list[:16]} is missing from the store")
+            elif rec.chunk_list is not None:
                 try:
                     lk = layout.event_list(writer, rec.chunk_list)
                     ok, failed = events.parse_list(self._store.get(lk, max_size=events.MAX_LIST_BYTES),

@@ -141,3 +141,25 @@ def test_fixity_status_stale_and_bad_window(tmp_path, monkeypatch):
     later = archiver.fixity_status(90 * 86400, store=store, catalog=cat, now=time.time() + 91 * 86400)
     assert not later.ok and later.overall.stale == later.overall.chunks and later.overall.chunks_ok == 0
     assert run_cli("--store", store, "--catalog", str(cat), "fixity", "status", "--window", "never").code == 2
+
+
+def test_equal_chunks_rotate_in_exactly_total_over_budget_runs(tmp_path, monkeypatch):
+    """K equal chunks and a budget of k of them: K / k runs of exactly k new chunks each."""
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"f{i:02d}.bin").write_bytes(os.urandom(3000))
+    store, cat = str(tmp_path / "store"), tmp_path / "c.db"
+    mid = archiver.archive([src], name="eq", store=store, catalog=cat).id
+    with Repository.open(Settings.resolve(store, cat)) as repo:
+        sizes = {c.hash: c.stored_size for c in repo.load_manifest(mid).unique_chunks().values()}
+        (size,) = set(sizes.values())
+        seen: set[str] = set()
+        for run in range(4):
+            verify(repo, [mid], max_bytes=3 * size)
+            checked = set(repo.read_events().records[-1].event.chunks_ok)
+            assert len(checked) == 3 and not checked & seen
+            seen |= checked
+            assert archiver.fixity_status(repo=repo).ok == (run == 3)
+        assert seen == set(sizes)
