@@ -148,7 +148,7 @@ def fixity_status(window: float = fixity.DEFAULT_WINDOW, *, repo: Repository | N
         return fixity.status(r, window, now)
 
 
-def events(ref: str | None = None, *, since: float | None = None, repo: Repository | None = None,
+def event_log(ref: str | None = None, *, since: float | None = None, repo: Repository | None = None,
            store: str | None = None, catalog: str | os.PathLike | None = None,
            settings: Settings | None = None) -> EventLog:
     """The store's event log, oldest first (`.records`), optionally only the events naming

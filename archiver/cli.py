@@ -368,7 +368,7 @@ def events_cmd(c: Ctx, ref: str | None, since: str | None, as_json: bool, premis
         raise UsageError("give --json or --premis (not both)")
     after = None if since is None else parse_since(since, "since")
     with c.repo(read_only=True) as repo:
-        log = api.events(ref, since=after, repo=repo)
+        log = api.event_log(ref, since=after, repo=repo)
         url = repo.url
     if premis:
         from archiver.events import premis_xml

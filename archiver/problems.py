@@ -14,7 +14,8 @@ class Problem:
     """What is wrong, and where: manifest, file, byte range, chunk."""
 
     manifest: str
-    kind: str  # missing-chunk | size-mismatch | corrupt-chunk | file-hash | manifest | chain | signature | unsafe-path | event
+    kind: str  # missing-chunk | size-mismatch | corrupt-chunk | file-hash | manifest | chain | signature | unsafe-path
+    #            | event (the store's event log; manifest is "")
     detail: str
     path: str | None = None
     offset: int | None = None

@@ -23,7 +23,8 @@ import numpy as np
 from archiver import events, layout
 from archiver.codecs import Codec, Encoded, describe, max_object_size
 from archiver.digests import FileDigest
-from archiver.errors import (ArchiverError, CatalogLockedError, CatalogReadOnlyError, CorruptChunkError, FileHashError, IntegrityError, ManifestError,
+from archiver.errors import (ArchiverError, CatalogLockedError, CatalogReadOnlyError, CorruptChunkError,
+                             FileHashError, IntegrityError, ManifestError,
                              NotFoundError, ObjectMissingError, StoreError, translated)
 from archiver.events import Event, EventRecord
 from archiver.parallel import ordered_map

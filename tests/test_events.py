@@ -258,6 +258,9 @@ def test_events_command_json_filters_and_premis(env):
     assert run_cli(*base, "events", "--since", "2999-01-01", "--json").json()["events"] == []
     assert len(run_cli(*base, "events", "--since", "1d", "--json").json()["events"]) == 3
     assert run_cli(*base, "events", "--since", "yesterday").code == 2
+    log = archiver.event_log(b, store=store, catalog=cat)  # the same through the Python API
+    assert not log.problems and [r.event.type for r in log.records] == ["ingestion", "fixity check"]
+    assert archiver.event_log(since=log.records[-1].event.time, store=store, catalog=cat).records == log.records[-1:]
     human = run_cli(*base, "events")
     assert human.code == 0 and len(human.out.splitlines()) == 3 and "fixity check deep" in human.out
 
