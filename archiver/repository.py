@@ -41,6 +41,8 @@ from manifests.paths import check_paths
 MAX_SIGNATURE_BYTES = 64 * 1024
 # Appends lost to other writers of the same chain before giving up.
 EVENT_ROUNDS = 20
+# Event objects fetched at once when the log is read (each is a small GET on S3).
+EVENT_FETCHERS = 8
 # A rebuild records manifests in transactions of at most this many manifests or bytes:
 # few fsyncs, a write lock held only briefly, and memory bounded by one batch.
 REBUILD_BATCH_COUNT = 256
@@ -683,8 +685,10 @@ class Repository:
             else:
                 log.problems.append(_event_problem(info.key, "not an event object name (a stray or renamed object)"))
         in_store: dict[str, str] = {}
-        for writer in sorted(by_writer):
-            self._check_chain(writer, sorted(by_writer[writer]), log, in_store, lists if not load_lists else None)
+        with ThreadPoolExecutor(EVENT_FETCHERS, thread_name_prefix="events") as pool:  # S3: GETs overlap
+            for writer in sorted(by_writer):
+                fetched = ordered_map(pool, self._try_get_event, sorted(by_writer[writer]), EVENT_FETCHERS * 2)
+                self._check_chain(writer, fetched, log, in_store, lists if not load_lists else None)
         for key, writer, seq, h in self._catalog.seen_events():
             if key not in in_store:
                 log.problems.append(_event_problem(key, f"event {seq} of writer {writer[:12]} was recorded by this "
@@ -694,11 +698,18 @@ class Repository:
                                                         "this catalog recorded (altered)"))
         return log
 
-    def _check_chain(self, writer: str, keys: list[tuple[int, str, str]], log: EventLog,
-                     in_store: dict[str, str], listed: set[str] | None = None) -> None:
-        """One writer's chain (see read_events); `listed`: only check that digest lists exist."""
+    def _try_get_event(self, item: tuple[int, str, str]) -> bytes | ArchiverError:
+        try:
+            return self._store.get(item[2], max_size=events.MAX_EVENT_BYTES)
+        except (IntegrityError, ObjectMissingError) as e:
+            return e
+
+    def _check_chain(self, writer: str, fetched: Iterable[tuple[tuple[int, str, str], bytes | ArchiverError]],
+                     log: EventLog, in_store: dict[str, str], listed: set[str] | None = None) -> None:
+        """One writer's chain (see read_events), from ((seq, prev16, key), bytes or error) in
+        key order; `listed`: only check that digest lists exist."""
         expected, prev_hash = 0, None
-        for seq, prev16, key in keys:
+        for (seq, prev16, key), got in fetched:
             if seq < expected:
                 log.problems.append(_event_problem(key, f"a second event at sequence {seq} of writer {writer[:12]} "
                                                         "(the chain forks)"))
@@ -710,7 +721,9 @@ class Repository:
                 prev_hash = None
             expected = seq + 1
             try:
-                data = self._store.get(key, max_size=events.MAX_EVENT_BYTES)
+                if isinstance(got, ArchiverError):
+                    raise got
+                data = got
                 in_store[key] = blake3.blake3(data).hexdigest()
                 rec = events.parse(data, key)
             except (events.EventFormatError, IntegrityError, ObjectMissingError) as e:

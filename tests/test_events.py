@@ -133,7 +133,8 @@ def test_concurrent_writers_never_overwrite_each_others_events(tmp_path):
         r.close()
 
 
-@pytest.mark.parametrize("store_url", ["local", "s3-mock"], indirect=True)
+@pytest.mark.parametrize("store_url", ["local", "s3-mock", pytest.param("s3-server", marks=pytest.mark.integration)],
+                         indirect=True)
 def test_rebuild_restores_the_same_fixity_history(env, tmp_path):
     """Delete the catalog, rebuild it from the store: `fixity status`, per-chunk check
     times, the audit log and each archive's recorded time are exactly as before."""
