@@ -161,7 +161,7 @@ class EventRecord:
         return {"key": self.key, "hash": self.hash, "writer": self.writer, "seq": self.seq, "prev": self.prev,
                 "type": e.type, "time": self.rfc3339, "outcome": SUCCESS if e.ok else FAILURE,
                 "agent": e.agent.to_dict(), "manifests": [m.to_dict() for m in e.manifests],
-                "chunks_ok": len(e.chunks_ok) if self.chunk_list is None else None,
+                "chunks_ok": len(e.chunks_ok),
                 "chunks_failed": list(e.chunks_failed), "chunk_list": self.chunk_list,
                 "chunk_count": self.chunk_count, "problem_count": e.problem_count,
                 "problems": list(e.problems), "details": e.details,
