@@ -15,7 +15,8 @@ from typing import Any
 
 __all__ = ["archive", "verify", "restore", "open_store", "open_repository", "list_archives", "show",
            "rebuild_catalog", "keygen", "ArchiveResult", "VerifyReport", "RestoreResult", "RebuildResult",
-           "ArchiverError", "Settings", "S3Options", "Problem"]
+           "ArchiverError", "Settings", "S3Options", "Problem",
+           "fixity_status", "event_log"]
 
 _ELSEWHERE = {"ArchiverError": "archiver.errors", "Settings": "archiver.settings", "S3Options": "archiver.settings",
               "Problem": "archiver.problems"}

@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from archiver import checker, pipeline, restorer
+from archiver import checker, fixity, pipeline, restorer
 from archiver.errors import translated
 from archiver.progress import Progress
-from archiver.repository import RebuildResult, Repository
+from archiver.repository import EventLog, RebuildResult, Repository
 from archiver.settings import Settings
 from archiver.stores import Store
 from archiver.stores import open_store as _open_store
@@ -94,12 +94,16 @@ def trusted_keys(keys: Iterable[str | bytes] | None) -> list[bytes] | None:
 def verify(refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool = False,
            sample: float | None = None, trust_keys: Iterable[str | bytes] | None = None, repo: Repository | None = None,
            store: str | None = None, catalog: str | os.PathLike | None = None, settings: Settings | None = None,
-           progress: Progress | None = None) -> VerifyReport:
-    """`trust_keys`: public key files or hex keys; each manifest must be signed by one of them."""
+           progress: Progress | None = None, max_bytes: int | None = None, max_seconds: float | None = None,
+           sign_key: str | os.PathLike | Any | None = None) -> VerifyReport:
+    """`trust_keys`: public key files or hex keys; each manifest must be signed by one of them.
+    `max_bytes` / `max_seconds`: a budgeted sampled run (least recently verified chunks
+    first). `sign_key`: sign this run's event in the store's log."""
     trusted = trusted_keys(trust_keys)
+    key = signing_key(sign_key)
     with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
         return checker.verify(r, list(refs), all_archives=all_archives, deep=deep, sample=sample, trusted=trusted,
-                              progress=progress)
+                              progress=progress, max_bytes=max_bytes, max_seconds=max_seconds, sign_key=key)
 
 
 def restore(ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (), force: bool = False,
@@ -133,3 +137,27 @@ def rebuild_catalog(*, repo: Repository | None = None, store: str | None = None,
     `.problems` (each bad manifest skipped), `.ok`."""
     with _repo(repo, store, catalog, settings=settings) as r:
         return r.rebuild_catalog()
+
+
+def fixity_status(window: float = fixity.DEFAULT_WINDOW, *, repo: Repository | None = None,
+                  store: str | None = None, catalog: str | os.PathLike | None = None,
+                  settings: Settings | None = None, now: float | None = None) -> fixity.FixityStatus:
+    """Per archive and overall: the fraction of chunks and bytes deep-verified intact within
+    `window` seconds, the oldest check, chunks never checked, unrepaired failures. `.ok`."""
+    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
+        return fixity.status(r, window, now)
+
+
+def event_log(ref: str | None = None, *, since: float | None = None, repo: Repository | None = None,
+           store: str | None = None, catalog: str | os.PathLike | None = None,
+           settings: Settings | None = None) -> EventLog:
+    """The store's event log, oldest first (`.records`), optionally only the events naming
+    the archive `ref` and those at or after `since` (epoch seconds); `.problems` says what is
+    wrong with the log (gaps, altered events, bad signatures), whatever the filter."""
+    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
+        log = r.read_events()
+        mid = r.resolve(ref) if ref is not None else None
+    records = sorted(log.records, key=lambda x: (x.event.time, x.writer, x.seq))
+    log.records = [x for x in records if (mid is None or mid in x.event.manifest_ids)
+                   and (since is None or x.event.time >= since)]
+    return log

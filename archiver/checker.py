@@ -6,7 +6,11 @@ shallow  every chunk object present with its recorded stored size, learned from 
 deep     additionally fetch, decode and re-hash every chunk, and re-hash every whole
          file (BLAKE3 and SHA-256).
 sample   additionally deep-check a fraction of the chunks, least recently verified first,
-         so repeated sampled runs eventually cover everything.
+         so repeated sampled runs eventually cover everything; `max_bytes` / `max_seconds`
+         bound one run (a budgeted rotation: the least recently verified chunks first, so
+         no chunk is checked twice before every chunk has been checked once).
+Every run first checks the store's event log (each writer's hash chain) and ends by
+appending one 'fixity check' event to it (archiver.events), which the catalog records too.
 Every problem names the manifest, file, byte range and chunk. A name whose chain of
 versions has forked or has a second root is a 'chain' problem. Each run is appended to
 the catalog's audit log; if the catalog cannot be written (read-only, or locked by another
@@ -20,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from archiver import events
 from archiver.errors import (ArchiverError, CatalogLockedError, CatalogReadOnlyError, EmptyCatalogError, FileHashError,
                              InvalidOptionError, translated)
 from archiver.parallel import default_workers, ordered_map, window_for
@@ -41,9 +46,16 @@ class VerifyReport(Outcome):
     files_hashed: int = 0
     seconds: float = 0.0
     audit_error: str | None = None  # why this run is missing from the catalog's audit log, if it is
+    event: str | None = None  # the key of this run's event in the store
+    event_error: str | None = None  # why this run's event is missing from the store, if it is
 
     def __post_init__(self) -> None:
         self._seen: set[tuple] = set()
+        self._chunks: dict[str, bool] = {}  # every chunk deep-read: intact?
+
+    def checked(self, results: Iterable[tuple[str, bool]]) -> None:
+        for h, ok in results:
+            self._chunks[h] = self._chunks.get(h, True) and ok
 
     def record(self, write, *args) -> None:
         """A catalog write (audit row, chunk check times) that must not undo the
@@ -79,9 +91,13 @@ class ChunkUse:
 
 def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool = False,
            sample: float | None = None, workers: int | None = None, trusted: list[bytes] | None = None,
-           progress: Progress | None = None) -> VerifyReport:
+           progress: Progress | None = None, max_bytes: int | None = None, max_seconds: float | None = None,
+           sign_key: object = None) -> VerifyReport:
     """Check the named archives (or every recorded archive with all_archives=True). Never
-    raises for damage found in the store: damage becomes Problems in the report."""
+    raises for damage found in the store: damage becomes Problems in the report.
+    `max_bytes` (stored bytes read) and `max_seconds` bound a sampled run; either one
+    alone means `sample=1.0`. `sign_key` signs this run's event."""
+    sample = check_budget(deep, sample, max_bytes, max_seconds)
     check_sample(sample)
     started = time.monotonic()
     progress = progress or Progress()
@@ -97,6 +113,8 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
             raise InvalidOptionError("refs", "are empty: name archives to verify, or ask for all of them")
     mode = "deep" if deep else (f"sample:{sample:g}" if sample else "shallow")
     report = VerifyReport(mode=mode, manifests=ids)
+    for p in repo.read_events(load_lists=deep).problems:  # tamper evidence, before this run's own event
+        report.add(p)
     manifests: dict[str, Manifest] = {}
     for mid in ids:
         m = _load(repo, mid, report, trusted)
@@ -114,13 +132,44 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
                     _deep_file(repo, mid, e, pool, window_for(nworkers), report, progress)
         progress.finish()
     elif sample:
-        _sample(repo, uses, sample, nworkers, report, progress)
+        _sample(repo, uses, sample, nworkers, report, progress, max_bytes, max_seconds)
     report.seconds = round(time.monotonic() - started, 3)
+    _append_event(repo, report, ids, sign_key)
+    return report
+
+
+def check_budget(deep: bool, sample: float | None, max_bytes: int | None, max_seconds: float | None) -> float | None:
+    """The sample fraction a budgeted run uses (1.0 if only a budget is given)."""
+    if max_bytes is None and max_seconds is None:
+        return sample
+    if deep:
+        raise InvalidOptionError("max_bytes" if max_bytes is not None else "max_seconds",
+                                 "bounds a sampled verify, not a deep one (a deep verify reads everything)")
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
+        raise InvalidOptionError("max_bytes", f"must be a whole number of bytes >= 1, got {max_bytes!r}")
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise InvalidOptionError("max_seconds", f"must be a number of seconds > 0, got {max_seconds!r}")
+    return 1.0 if sample is None else sample
+
+
+def _append_event(repo: Repository, report: VerifyReport, ids: list[str], sign_key: object) -> None:
+    """One 'fixity check' event for the run: per manifest its outcome, and every chunk
+    deep-read with its result (its time becomes each chunk's last deep check)."""
+    outcomes = []
     for mid in ids:
         mine = [p for p in report.problems if p.manifest == mid]
-        report.record(repo.audit, "verify", mid, not mine, {"mode": mode, "problems": len(mine),
-                                                            "first": [p.line() for p in mine[:20]], "manifest": mid})
-    return report
+        outcomes.append(events.ManifestOutcome(mid, not mine, len(mine),
+                                               tuple(p.line() for p in mine[:events.FIRST_PROBLEMS])))
+    chunks = report._chunks
+    ev = events.Event(events.FIXITY_CHECK, ok=report.ok, manifests=tuple(outcomes),
+                      chunks_ok=tuple(h for h, ok in chunks.items() if ok),
+                      chunks_failed=tuple(h for h, ok in chunks.items() if not ok),
+                      problems=tuple(p.line() for p in report.problems[:events.FIRST_PROBLEMS]),
+                      problem_count=len(report.problems), details={"mode": report.mode})
+    done = repo.append_event(ev, sign_key=sign_key)
+    report.audit_error = done.catalog_error
+    report.event_error = done.store_error
+    report.event = done.record.key if done.record is not None else None
 
 
 def check_sample(sample: float | None) -> None:
@@ -206,17 +255,44 @@ def _deep_file(repo: Repository, mid: str, e: Entry, pool: ThreadPoolExecutor, w
         report.files_hashed += 1
         report.add(file_hash_problem(mid, e))
     finally:
-        report.record(repo.record_chunk_checks, checked)
+        report.checked(checked)
+
+
+def budgeted(order: list[str], sizes: dict[str, int], fraction: float, max_bytes: int | None) -> list[str]:
+    """The chunks a sampled run reads, from `order` (least recently verified first): the
+    first `fraction` of them, and with `max_bytes` only until that many stored bytes are
+    reached (the chunk that reaches it is included, so every run but the last reads at
+    least `max_bytes` and a rotation covers T bytes in ceil(T / max_bytes) runs)."""
+    pick = order[:math.ceil(fraction * len(order))] if order else []
+    if max_bytes is None:
+        return pick
+    chosen: list[str] = []
+    total = 0
+    for h in pick:
+        if total >= max_bytes:
+            break
+        chosen.append(h)
+        total += sizes[h]
+    return chosen
 
 
 def _sample(repo: Repository, uses: dict[str, list[ChunkUse]], fraction: float, nworkers: int,
-            report: VerifyReport, progress: Progress) -> None:
+            report: VerifyReport, progress: Progress, max_bytes: int | None = None,
+            max_seconds: float | None = None) -> None:
     order = repo.chunks_by_staleness(uses)
-    pick = order[:math.ceil(fraction * len(order))] if order else []
+    pick = budgeted(order, {h: uses[h][0].ref.stored_size for h in order}, fraction, max_bytes)
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+
+    def feed() -> Iterable[str]:
+        for h in pick:
+            if deadline is not None and time.monotonic() >= deadline:
+                return  # out of time: the rest stay the stalest for the next run
+            yield h
+
     progress.start("verify sample", sum(uses[h][0].ref.length for h in pick))
     results: list[tuple[str, bool]] = []
     with ThreadPoolExecutor(nworkers, thread_name_prefix="sample") as pool:
-        for h, got in ordered_map(pool, lambda h: repo.try_read_chunk(uses[h][0].ref), pick,
+        for h, got in ordered_map(pool, lambda h: repo.try_read_chunk(uses[h][0].ref), feed(),
                                   window_for(nworkers)):
             report.chunks_read += 1
             ok = not isinstance(got, ArchiverError)
@@ -228,4 +304,4 @@ def _sample(repo: Repository, uses: dict[str, list[ChunkUse]], fraction: float, 
             for use in uses[h]:
                 report.add(use.problem(got))
     progress.finish()
-    report.record(repo.record_chunk_checks, results)
+    report.checked(results)

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from archiver import api, malloc
-from archiver.checker import check_sample
+from archiver.checker import check_budget, check_sample
 from archiver.errors import ArchiverError, EmptyCatalogError, InvalidOptionError, UsageError
 from archiver.progress import Progress, human_bytes
 from archiver.repository import Repository
@@ -184,23 +184,36 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
 @click.option("--all", "all_", is_flag=True, help="Every archive in the catalog.")
 @click.option("--deep", is_flag=True, help="Download, decode and re-hash every chunk and file.")
 @click.option("--sample", type=float, metavar="FRACTION", help="Deep-check this fraction of chunks, stalest first.")
+@click.option("--max-bytes", metavar="SIZE",
+              help="Budget for a sampled run: stop once SIZE stored bytes are read (e.g. 50G; implies --sample 1).")
+@click.option("--max-seconds", metavar="DURATION",
+              help="Budget for a sampled run: start no chunk after DURATION (e.g. 2h; implies --sample 1).")
 @click.option("--trust-key", multiple=True, metavar="PUBKEY",
               help="Require a signature by this public key (file or hex); repeatable.")
+@click.option("--sign-key", type=click.Path(), help="Sign this run's event in the store's log with this key.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: float | None,
-               trust_key: tuple[str, ...], as_json: bool) -> None:
+               max_bytes: str | None, max_seconds: str | None, trust_key: tuple[str, ...], sign_key: str | None,
+               as_json: bool) -> None:
     """Prove archives complete and uncorrupted. Exit 0 all good, 1 problems found, 2 usage.
     REF as for `show` (id:PREFIX and name:NAME[@LABEL] are never ambiguous)."""
     if bool(refs) == all_:
         raise UsageError("give REF... or --all (not both)")
+    budget_bytes = None if max_bytes is None else parse_size(max_bytes, "max_bytes")
+    budget_seconds = None if max_seconds is None else parse_duration(max_seconds, "max_seconds")
+    sample = check_budget(deep, sample, budget_bytes, budget_seconds)
     check_sample(sample)  # usage errors before the store is opened
     trusted = api.trusted_keys(trust_key)
+    key = api.signing_key(sign_key)
     with c.repo(read_only=True) as repo:
         rep = api.verify(refs, all_archives=all_, deep=deep, sample=sample, trust_keys=trusted, repo=repo,
-                         progress=Progress.for_terminal("verify", quiet=as_json))
+                         progress=Progress.for_terminal("verify", quiet=as_json), max_bytes=budget_bytes,
+                         max_seconds=budget_seconds, sign_key=key)
     if rep.audit_error is not None:
         click.echo(f"archiver: warning: this verify is not in the catalog's audit log: {rep.audit_error}", err=True)
+    if rep.event_error is not None:
+        click.echo(f"archiver: warning: this verify is not in the store's event log: {rep.event_error}", err=True)
     if as_json:
         emit(rep.to_dict())
     else:
@@ -276,6 +289,104 @@ def rebuild_cmd(c: Ctx, as_json: bool) -> None:
         click.echo(f"catalog rebuilt: {len(res.added)} manifest(s) added of {res.manifests} in the store{skipped}",
                    err=not res.ok)
     sys.exit(0 if res.ok else 1)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?\s*$")
+_UNIT_BYTES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def parse_size(text: str, option: str) -> int:
+    """'1048576', '512K', '50G', '1.5TiB' -> bytes (binary units)."""
+    m = _SIZE.match(text.lower())
+    if m is None or float(m.group(1)) * _UNIT_BYTES[m.group(2)] < 1:
+        raise InvalidOptionError(option, f"takes a size such as 500M, 50G or 2T (at least 1 byte), got {text!r}")
+    return int(float(m.group(1)) * _UNIT_BYTES[m.group(2)])
+
+
+def parse_since(text: str, option: str) -> float:
+    """A date (2026-11-01), an RFC 3339 time (2026-11-01T12:00:00Z) or a duration ago (7d)."""
+    from datetime import datetime, timezone
+    for fmt in ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ"):
+        try:
+            return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            pass
+    try:
+        return time.time() - parse_duration(text, option)
+    except InvalidOptionError:
+        raise InvalidOptionError(option, f"takes a date (2026-11-01), a UTC time (2026-11-01T12:00:00Z) or a "
+                                         f"duration ago (7d), got {text!r}") from None
+
+
+def _when(at: float | None) -> str:
+    return "never" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+@cli.group("fixity")
+def fixity_grp() -> None:
+    """The fixity programme: how much of the store has been proved intact, and when."""
+
+
+@fixity_grp.command("status")
+@click.option("--window", default="90d", show_default=True, metavar="DURATION",
+              help="Every chunk must have been deep-verified intact within this long.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def fixity_status_cmd(c: Ctx, window: str, as_json: bool) -> None:
+    """Per archive and overall: chunks and bytes deep-verified intact within the window,
+    the oldest check, chunks never checked, failures not repaired. Exit 1 when anything
+    falls outside the window."""
+    seconds = parse_duration(window, "window")
+    with c.repo(read_only=True) as repo:
+        st = api.fixity_status(seconds, repo=repo)
+    if as_json:
+        emit(st.to_dict())
+    else:
+        for cov in [*st.archives, st.overall]:
+            ident = "overall" if cov.manifest is None else f"{cov.manifest[:16]}  {cov.name}"
+            click.echo(printable(
+                f"{ident}: {100 * cov.chunks_ok / max(cov.chunks, 1):.1f}% of {cov.chunks} chunks, "
+                f"{100 * cov.bytes_ok / max(cov.bytes, 1):.1f}% of {human_bytes(cov.bytes)} verified within {window}; "
+                f"oldest check {_when(cov.oldest_check)}; never checked {cov.never_checked}; stale {cov.stale}; "
+                f"failed {len(cov.failed)}"))
+        click.echo("OK: every chunk verified intact within the window" if st.ok else
+                   f"OUTSIDE THE WINDOW: {st.overall.chunks - st.overall.chunks_ok} chunk(s) not verified intact "
+                   f"within {window}", err=not st.ok)
+    sys.exit(0 if st.ok else 1)
+
+
+@cli.command("events")
+@click.argument("ref", required=False)
+@click.option("--since", metavar="DATE", help="Only events at or after DATE (2026-11-01, RFC 3339, or 7d ago).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--premis", is_flag=True, help="Print PREMIS 3 XML (objects, events, agents).")
+@click.pass_obj
+def events_cmd(c: Ctx, ref: str | None, since: str | None, as_json: bool, premis: bool) -> None:
+    """List the store's event log, oldest first (only events naming REF, if given). Exit 1
+    if the log itself is damaged (a deleted or altered event, a bad signature)."""
+    if as_json and premis:
+        raise UsageError("give --json or --premis (not both)")
+    after = None if since is None else parse_since(since, "since")
+    with c.repo(read_only=True) as repo:
+        log = api.event_log(ref, since=after, repo=repo)
+        url = repo.url
+    if premis:
+        from archiver.events import premis_xml
+        click.echo(premis_xml(log.records, url).decode("utf-8"))
+    elif as_json:
+        emit({"ok": not log.problems, "events": [r.to_dict() for r in log.records],
+              "problems": [p.__dict__ for p in log.problems]})
+    else:
+        for r in log.records:
+            e = r.event
+            mids = ",".join(m[:12] for m in e.manifest_ids) or "-"
+            mode = f" {e.details['mode']}" if "mode" in e.details else ""
+            click.echo(printable(f"{r.rfc3339}  {e.type}{mode}  {'ok' if e.ok else 'FAILED'}  {mids}  "
+                                 f"{r.chunk_count} chunk(s)  {e.problem_count} problem(s)  "
+                                 f"{e.agent.user}@{e.agent.host}  {r.writer[:8]}:{r.seq}"))
+    for p in log.problems:
+        click.echo(printable(p.line()), err=True)
+    sys.exit(0 if not log.problems else 1)
 
 
 def fail(message: str, code: int, as_json: bool, kind: str = "error", **fields: Any) -> None:

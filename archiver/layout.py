@@ -70,3 +70,28 @@ def event(writer: str, name: str) -> str:
 
 def quarantined(key: str, tag: str) -> str:
     return f"{QUARANTINE}{key}.{tag}"
+
+
+# -- event log: events/<writer>/<seq:012d>-<prev[:16]>.json, events/<writer>/lists/<h>.json --------
+_EVENT_KEY = re.compile(r"^events/([0-9a-f]{32})/(\d{12})-([0-9a-f]{16})\.json$")
+_EVENT_LIST_KEY = re.compile(r"^events/([0-9a-f]{32})/lists/([0-9a-f]{64})\.json$")
+
+
+def events_of(writer: str) -> str:
+    """The LIST prefix of one writer's events (and its digest lists)."""
+    return f"{EVENTS}{writer}/"
+
+
+def event_list(writer: str, h: str) -> str:
+    """A digest-list object (the chunks an event checked), named by its BLAKE3."""
+    return f"{EVENTS}{writer}/lists/{h}.json"
+
+
+def parse_event_key(key: str) -> tuple[str, int, str] | None:
+    """(writer, seq, prev16) for an event key, or None for any other key."""
+    m = _EVENT_KEY.match(key)
+    return (m.group(1), int(m.group(2)), m.group(3)) if m else None
+
+
+def is_event_list_key(key: str) -> bool:
+    return _EVENT_LIST_KEY.match(key) is not None

@@ -15,6 +15,7 @@ class Problem:
 
     manifest: str
     kind: str  # missing-chunk | size-mismatch | corrupt-chunk | file-hash | manifest | chain | signature | unsafe-path
+    #            | event (the store's event log; manifest is "")
     detail: str
     path: str | None = None
     offset: int | None = None
@@ -26,6 +27,8 @@ class Problem:
         if self.offset is not None:
             where += f" bytes {self.offset}-{self.offset + (self.length or 0)}"
         chunk = f" chunk {self.chunk}" if self.chunk else ""
+        if not self.manifest:  # store-level (an event-log problem names no manifest)
+            return f"{self.kind}:{where}{chunk}: {self.detail}"
         return f"{self.kind}: manifest {self.manifest[:16]}{where}{chunk}: {self.detail}"
 
 

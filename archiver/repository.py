@@ -7,7 +7,9 @@ back is checked here the same way: stored size, decode bounds, BLAKE3 of the dec
 bytes, the whole file's digest, and for manifests the id."""
 from __future__ import annotations
 
+import dataclasses
 import secrets
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -18,11 +20,13 @@ from typing import Any, Iterable, Iterator
 import blake3
 import numpy as np
 
-from archiver import layout
+from archiver import events, layout
 from archiver.codecs import Codec, Encoded, describe, max_object_size
 from archiver.digests import FileDigest
-from archiver.errors import (ArchiverError, CorruptChunkError, FileHashError, IntegrityError, ManifestError,
+from archiver.errors import (ArchiverError, CatalogLockedError, CatalogReadOnlyError, CorruptChunkError,
+                             FileHashError, IntegrityError, ManifestError,
                              NotFoundError, ObjectMissingError, StoreError, translated)
+from archiver.events import Event, EventRecord
 from archiver.parallel import ordered_map
 from archiver.problems import Outcome, Problem
 from archiver.settings import Settings
@@ -35,6 +39,10 @@ from manifests.paths import check_paths
 
 # A signature object is ~250 bytes of JSON; anything far larger is not one.
 MAX_SIGNATURE_BYTES = 64 * 1024
+# Appends lost to other writers of the same chain before giving up.
+EVENT_ROUNDS = 20
+# Event objects fetched at once when the log is read (each is a small GET on S3).
+EVENT_FETCHERS = 8
 # A rebuild records manifests in transactions of at most this many manifests or bytes:
 # few fsyncs, a write lock held only briefly, and memory bounded by one batch.
 REBUILD_BATCH_COUNT = 256
@@ -86,6 +94,27 @@ class RebuildResult(Outcome):
     added: list[str] = field(default_factory=list)
     manifests: int = 0
     problems: list[Problem] = field(default_factory=list)
+    events: int = 0  # store events replayed into the catalog (audit rows, chunk check times)
+
+
+@dataclass
+class AppendedEvent:
+    """What `append_event` did: the record written to the store (None and `store_error`
+    if the store refused it), and `catalog_error` if the catalog could not record it."""
+
+    event: Event
+    record: EventRecord | None = None
+    store_error: str | None = None
+    catalog_error: str | None = None
+
+
+@dataclass
+class EventLog:
+    """Every event in the store, by writer and sequence, and what is wrong with the log
+    (one 'event' Problem per gap, altered or unreadable event, bad signature)."""
+
+    records: list[EventRecord] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
 
 
 class Repository:
@@ -93,6 +122,9 @@ class Repository:
         self._store = store
         self._catalog = catalog
         self._codec = codec or Codec()
+        self._event_lock = threading.Lock()  # one append at a time per process (repairs run on workers)
+        self._writer: str | None = None
+        self._heads: dict[str, tuple[int, str]] = {}  # writer -> (seq, hash) of its newest event
 
     @classmethod
     def open(cls, settings: Settings | None = None, *, create: bool = False, read_only: bool = False) -> "Repository":
@@ -222,9 +254,16 @@ class Repository:
         if not self._store.put_if_absent(key, data) and self._store.get(key) != data:
             raise ManifestError(f"store already holds a different object under manifest id {mid}")
         signer = self.sign_manifest(mid, sign_key).fingerprint if sign_key is not None else None
-        event = None if details is None else {**details, "signed_by": signer}
-        with translated():
-            self._catalog.record_manifest(m, data, event_details=event)
+        if details is None or self._catalog.has_manifest(mid):  # already recorded: nothing new ingested
+            with translated():
+                self._catalog.record_manifest(m, data)
+            return Committed(mid, signer)
+        ev = Event(events.INGESTION, manifests=(events.ManifestOutcome(mid),), details={**details, "signed_by": signer})
+        rec = self._put_event(ev, sign_key)  # in the store first: the catalog is the rebuildable copy
+        with translated(), self._catalog.write():
+            self._catalog.record_manifest(m, data, at=ev.time)
+            self._catalog.record_event(rec.key, rec.writer, rec.seq, rec.hash, ev.time, events.audit_rows(ev),
+                                       events.chunk_results(ev))
         return Committed(mid, signer)
 
     def iter_manifests(self) -> Iterator[StoredManifest]:
@@ -388,9 +427,10 @@ class Repository:
         quarantine = layout.quarantined(key, self._quarantine_tag())
         if not self._store.replace_damaged(key, enc.data, version, quarantine):
             return False
-        self.audit("repair", None, True, {"chunk": h, "reason": damage, "damaged_size": version.size,
-                                          "stored_size": len(enc.data), "quarantined": quarantine,
-                                          "store": self.url})
+        # the replacement round-tripped from bytes that hash to h: the chunk is proved intact now
+        self.append_event(Event(events.RECOVERY, chunks_ok=(h,), details={
+            "chunk": h, "reason": damage, "damaged_size": version.size, "stored_size": len(enc.data),
+            "quarantined": quarantine, "store": self.url}))
         return True
 
     @staticmethod
@@ -477,6 +517,13 @@ class Repository:
         small batches, so memory does not grow with the total size of the manifests.
         Times are unknown to a rebuild and recorded as such, never invented."""
         result = RebuildResult()
+        log = self.read_events()
+        result.problems.extend(log.problems)
+        ingested: dict[str, float] = {}
+        for rec in log.records:
+            if rec.event.type == events.INGESTION:
+                for mid in rec.event.manifest_ids:
+                    ingested[mid] = min(ingested.get(mid, rec.event.time), rec.event.time)
         parents: dict[str, str | None] = {}
         for sm in self.iter_manifests():
             result.manifests += 1
@@ -501,12 +548,14 @@ class Repository:
             batch.append((m, data))
             size += len(data)
             if len(batch) >= REBUILD_BATCH_COUNT or size >= REBUILD_BATCH_BYTES:
-                self._record_batch(batch, result)
+                self._record_batch(batch, result, ingested)
                 batch, size = [], 0
-        self._record_batch(batch, result)
+        self._record_batch(batch, result, ingested)
+        self._replay_events(log.records, result)
         with translated():
             self._catalog.audit("rebuild", None, result.ok, {
                 "manifests": result.manifests, "added": len(result.added), "problems": len(result.problems),
+                "events": result.events,
                 "first": [p.line() for p in result.problems[:20]]})
         return result
 
@@ -522,17 +571,206 @@ class Repository:
             return e
         return None
 
-    def _record_batch(self, batch: list[tuple[Manifest, bytes]], result: RebuildResult) -> None:
+    def _record_batch(self, batch: list[tuple[Manifest, bytes]], result: RebuildResult,
+                      ingested: dict[str, float]) -> None:
+        """Record manifests; the time is that of the manifest's ingestion event in the
+        store if there is one, else unknown (never invented)."""
         if not batch:
             return
         with translated(), self._catalog.write():
             for m, data in batch:
+                at = ingested.get(m.id)
                 try:
                     with translated():
-                        if self._catalog.record_manifest(m, data, time_unknown=True):
+                        if self._catalog.record_manifest(m, data, at=at, time_unknown=at is None):
                             result.added.append(m.id)
                 except IntegrityError as e:  # only this manifest's savepoint was rolled back
                     result.problems.append(Problem(m.id, "manifest", str(e)))
+
+    # -- the event log (archiver.events) ----------------------------------------------------------
+    def event_writer(self) -> str:
+        """This catalog's writer id (random, 128 bit, kept in the catalog's info table):
+        its events form one hash chain under events/<writer>/. A catalog that cannot be
+        written gets a fresh id for this run (its events start a chain of their own)."""
+        if self._writer is None:
+            w = self._catalog.info_value("event_writer")
+            if w is None:
+                fresh = secrets.token_hex(16)
+                try:
+                    with translated():
+                        w = self._catalog.claim_info("event_writer", fresh)
+                except (CatalogReadOnlyError, CatalogLockedError):
+                    w = fresh
+            self._writer = w
+        return self._writer
+
+    def append_event(self, event: Event, *, sign_key: Any = None) -> AppendedEvent:
+        """Append one immutable event to this writer's chain in the store (put_if_absent;
+        if another process took the slot, re-read the head and retry), then record it in
+        the catalog (audit rows and chunk check times at the event's own time). Never raises
+        because the store or the catalog cannot be written: a verify still stands; the
+        result says what was not recorded."""
+        out = AppendedEvent(event)
+        try:
+            out.record = self._put_event(event, sign_key)
+        except (StoreError, IntegrityError) as e:
+            out.store_error = str(e)
+        rec = out.record
+        try:
+            with translated():
+                self._catalog.record_event(rec.key if rec else None, rec.writer if rec else "", rec.seq if rec else -1,
+                                           rec.hash if rec else "", event.time, events.audit_rows(event),
+                                           events.chunk_results(event))
+        except (CatalogReadOnlyError, CatalogLockedError) as e:
+            out.catalog_error = str(e)
+        return out
+
+    def _put_event(self, event: Event, sign_key: Any = None) -> EventRecord:
+        writer = self.event_writer()
+        with self._event_lock:
+            chunk_list = None
+            if events.needs_list(event):
+                data = events.encode_list(event.chunks_ok, event.chunks_failed)
+                chunk_list = blake3.blake3(data).hexdigest()
+                key = layout.event_list(writer, chunk_list)
+                if not self._store.put_if_absent(key, data) and \
+                        self._store.get(key, max_size=events.MAX_LIST_BYTES) != data:
+                    raise IntegrityError(f"store holds a different object under digest list {key}")
+            for _ in range(EVENT_ROUNDS):
+                head = self._event_head(writer)
+                seq, prev = (0, None) if head is None else (head[0] + 1, head[1])
+                data = events.encode(event, writer, seq, prev, chunk_list, sign_key)
+                key = layout.event(writer, events.name(seq, prev))
+                if self._store.put_if_absent(key, data):
+                    rec = events.parse(data, key)
+                    self._heads[writer] = (seq, rec.hash)
+                    return dataclasses.replace(rec, event=event)
+                self._heads.pop(writer, None)  # another writer got there first: read the head again
+        raise StoreError(f"could not append an event to {layout.events_of(writer)}: the slot was taken "
+                         f"{EVENT_ROUNDS} times in a row")
+
+    def _event_head(self, writer: str) -> tuple[int, str] | None:
+        """(seq, BLAKE3) of the writer's newest event in the store, or None if it has none."""
+        if writer in self._heads:
+            return self._heads[writer]
+        newest: tuple[int, str] | None = None
+        for info in self._store.list(layout.events_of(writer)):
+            parsed = layout.parse_event_key(info.key)
+            if parsed is not None and (newest is None or parsed[1] >= newest[0]):
+                newest = (parsed[1], info.key)
+        if newest is None:
+            return None
+        data = self._store.get(newest[1], max_size=events.MAX_EVENT_BYTES)
+        self._heads[writer] = (newest[0], blake3.blake3(data).hexdigest())
+        return self._heads[writer]
+
+    def read_events(self, *, load_lists: bool = True) -> EventLog:
+        """Every event in the store, ordered by writer and sequence,
+        with each writer's chain checked: a gap in the sequence (a deleted event), an event
+        whose `prev` is not the BLAKE3 of the one before it (altered or replaced), an event
+        that does not match its key, an unreadable event or digest list, a bad signature,
+        and an event this catalog recorded that the store no longer holds (or holds altered).
+        With load_lists (rebuild, `events`, deep verify) every digest list is fetched,
+        re-hashed and its chunks put into the record; without, a list must only be present
+        (a daily shallow or sampled verify does not re-read a year of lists)."""
+        log = EventLog()
+        by_writer: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+        lists: set[str] = set()
+        for info in self._store.list(layout.EVENTS):
+            parsed = layout.parse_event_key(info.key)
+            if parsed is not None:
+                by_writer[parsed[0]].append((parsed[1], parsed[2], info.key))
+            elif layout.is_event_list_key(info.key):
+                lists.add(info.key)
+            else:
+                log.problems.append(_event_problem(info.key, "not an event object name (a stray or renamed object)"))
+        in_store: dict[str, str] = {}
+        with ThreadPoolExecutor(EVENT_FETCHERS, thread_name_prefix="events") as pool:  # S3: GETs overlap
+            for writer in sorted(by_writer):
+                fetched = ordered_map(pool, self._try_get_event, sorted(by_writer[writer]), EVENT_FETCHERS * 2)
+                self._check_chain(writer, fetched, log, in_store, lists if not load_lists else None)
+        for key, writer, seq, h in self._catalog.seen_events():
+            if key not in in_store:
+                log.problems.append(_event_problem(key, f"event {seq} of writer {writer[:12]} was recorded by this "
+                                                        "catalog but is missing from the store (deleted)"))
+            elif in_store[key] and in_store[key] != h:
+                log.problems.append(_event_problem(key, f"event {seq} of writer {writer[:12]} differs from the one "
+                                                        "this catalog recorded (altered)"))
+        return log
+
+    def _try_get_event(self, item: tuple[int, str, str]) -> bytes | ArchiverError:
+        try:
+            return self._store.get(item[2], max_size=events.MAX_EVENT_BYTES)
+        except (IntegrityError, ObjectMissingError) as e:
+            return e
+
+    def _check_chain(self, writer: str, fetched: Iterable[tuple[tuple[int, str, str], bytes | ArchiverError]],
+                     log: EventLog, in_store: dict[str, str], listed: set[str] | None = None) -> None:
+        """One writer's chain (see read_events), from ((seq, prev16, key), bytes or error) in
+        key order; `listed`: only check that digest lists exist."""
+        expected, prev_hash = 0, None
+        for (seq, prev16, key), got in fetched:
+            if seq < expected:
+                log.problems.append(_event_problem(key, f"a second event at sequence {seq} of writer {writer[:12]} "
+                                                        "(the chain forks)"))
+                in_store[key] = ""
+                continue
+            if seq > expected:
+                log.problems.append(_event_problem(key, f"events {expected}..{seq - 1} of writer {writer[:12]} "
+                                                        "are missing (deleted)"))
+                prev_hash = None
+            expected = seq + 1
+            try:
+                if isinstance(got, ArchiverError):
+                    raise got
+                data = got
+                in_store[key] = blake3.blake3(data).hexdigest()
+                rec = events.parse(data, key)
+            except (events.EventFormatError, IntegrityError, ObjectMissingError) as e:
+                log.problems.append(_event_problem(key, f"unreadable event: {e}"))
+                in_store.setdefault(key, "")
+                prev_hash = None
+                continue
+            why = []
+            if rec.writer != writer or rec.seq != seq or (rec.prev or events.GENESIS)[:16] != prev16:
+                why.append("its writer, sequence or prev does not match its key")
+            if prev_hash is not None and rec.prev != prev_hash:
+                why.append(f"its prev is not the hash of event {seq - 1} (that event was altered or replaced)")
+            if seq == 0 and rec.prev is not None:
+                why.append("the first event of a writer names a predecessor")
+            if events.signature_ok(data) is False:
+                why.append("bad signature")
+            if rec.chunk_list is not None and listed is not None:
+                if layout.event_list(writer, rec.chunk_list) not in listed:
+                    why.append(f"its digest list {rec.chunk_list[:16]} is missing from the store")
+            elif rec.chunk_list is not None:
+                try:
+                    lk = layout.event_list(writer, rec.chunk_list)
+                    ok, failed = events.parse_list(self._store.get(lk, max_size=events.MAX_LIST_BYTES),
+                                                   rec.chunk_list)
+                    rec = dataclasses.replace(rec, event=dataclasses.replace(rec.event, chunks_ok=ok,
+                                                                             chunks_failed=failed))
+                except (events.EventFormatError, IntegrityError, ObjectMissingError) as e:
+                    why.append(f"its digest list {rec.chunk_list[:16]}: {e}")
+            for w in why:
+                log.problems.append(_event_problem(key, w))
+            log.records.append(rec)
+            prev_hash = rec.hash
+
+    def _replay_events(self, records: list[EventRecord], result: RebuildResult) -> None:
+        """Record the store's events this catalog has not recorded, oldest first: audit
+        rows with their real times, and each chunk's last deep check."""
+        todo = [r for r in sorted(records, key=lambda r: (r.event.time, r.writer, r.seq))
+                if not self._catalog.event_seen(r.key)]
+        for i in range(0, len(todo), REBUILD_BATCH_COUNT):
+            with translated(), self._catalog.write():
+                for r in todo[i:i + REBUILD_BATCH_COUNT]:
+                    if self._catalog.record_event(r.key, r.writer, r.seq, r.hash, r.event.time,
+                                                  events.audit_rows(r.event), events.chunk_results(r.event)):
+                        result.events += 1
+
+    def chunk_coverage(self) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:
+        return self._catalog.chunk_coverage()
 
 
 def _parents_first(parents: dict[str, str | None]) -> list[str]:
@@ -552,3 +790,7 @@ def _parents_first(parents: dict[str, str | None]) -> list[str]:
             placed.add(n)
             order.append(n)
     return order
+
+
+def _event_problem(key: str, detail: str) -> Problem:
+    return Problem("", "event", detail, path=key)

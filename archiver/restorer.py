@@ -30,6 +30,7 @@ from typing import Iterable
 
 import blake3
 
+from archiver import events
 from archiver.errors import (DestinationError, DestinationFullError, FileHashError,
                              IntegrityError, UnsafePathError, translated)
 from archiver.fileio import write_all
@@ -135,7 +136,20 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
         os.close(root_fd)
         progress.finish()
     result.seconds = round(time.monotonic() - started, 3)
+    _append_event(repo, result, include)
     return result
+
+
+def _append_event(repo: Repository, result: RestoreResult, include: Iterable[str]) -> None:
+    """A 'dissemination' event in the store's log (and the catalog's audit log): who
+    restored which archive, where, and with what outcome. Not being able to record it does
+    not undo a restore."""
+    lines = tuple(p.line() for p in result.problems[:events.FIRST_PROBLEMS])
+    repo.append_event(events.Event(
+        events.DISSEMINATION, ok=result.ok,
+        manifests=(events.ManifestOutcome(result.id, result.ok, len(result.problems), lines),),
+        problems=lines, problem_count=len(result.problems),
+        details={"dest": result.dest, "files": result.files, "bytes": result.bytes, "include": list(include)}))
 
 
 def temp_name(prefix: str = TEMP_PREFIX) -> str:

@@ -37,7 +37,8 @@ from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, C
                               ManifestError, UnknownReference)
 from manifests.model import Manifest, parse_manifest
 
-SCHEMA_VERSION = 2  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
+SCHEMA_VERSION = 3  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
+# 3: events_seen, the store events (archiver.events) this catalog has recorded or replayed
 BUSY_TIMEOUT_MS = 5_000  # how long a writer waits for another writer before CatalogLocked
 ID_PREFIX_MIN = 4
 
@@ -62,6 +63,8 @@ CREATE TABLE "audit" ("seq" INTEGER PRIMARY KEY, "at" REAL, "event" TEXT, "manif
 # Each step takes a catalog from schema version N to N+1, inside the opening write transaction.
 _MIGRATIONS: dict[int, str] = {
     1: 'CREATE INDEX IF NOT EXISTS "idx_manifests_name_parent" ON "manifests" ("name", "parent");',
+    2: 'CREATE TABLE IF NOT EXISTS "events_seen" ("key" TEXT PRIMARY KEY, "writer" TEXT, "seq" INTEGER, '
+       '"hash" TEXT, "at" REAL);',
 }
 
 
@@ -600,6 +603,67 @@ class Catalog:
             args = (mid,)
         return [AuditRow(s, a, e, m, bool(o), json.loads(d)) for s, a, e, m, o, d in
                 self._conn.execute(sql + " ORDER BY seq", args)]
+
+
+    # -- store events (archiver.events): what this catalog has recorded -----------------------
+    def info_value(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM info WHERE key=?", (key,)).fetchone()
+        if row is None and self._w is not None and self._w is not self._conn:
+            row = self._w.execute("SELECT value FROM info WHERE key=?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def claim_info(self, key: str, value: str) -> str:
+        """Set `key` to `value` unless it is set already; the value it holds afterwards
+        (two processes claiming at once agree on the first one)."""
+        with self.write() as conn:
+            conn.execute("INSERT OR IGNORE INTO info(key, value) VALUES (?, ?)", (key, value))
+            return conn.execute("SELECT value FROM info WHERE key=?", (key,)).fetchone()[0]
+
+    def event_seen(self, key: str) -> bool:
+        return self._conn.execute('SELECT 1 FROM events_seen WHERE "key"=?', (key,)).fetchone() is not None \
+            if self._has_events_table() else False
+
+    def seen_events(self) -> list[tuple[str, str, int, str]]:
+        """(key, writer, seq, hash) of every store event this catalog recorded, by writer and seq."""
+        if not self._has_events_table():
+            return []
+        return self._conn.execute('SELECT "key", writer, seq, hash FROM events_seen ORDER BY writer, seq').fetchall()
+
+    def _has_events_table(self) -> bool:
+        return self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='events_seen'").fetchone() is not None
+
+    def record_event(self, key: str | None, writer: str, seq: int, h: str, at: float,
+                     rows: Iterable[tuple[str, str | None, bool, dict[str, Any]]],
+                     checks: Iterable[tuple[str, bool]]) -> bool:
+        """Record one store event in one transaction: its audit rows and chunk check times
+        (all at the event's own time `at`), and its key, so a replay never records it twice.
+        key None: the event could not be written to the store; record the rows only.
+        False if the event was recorded before."""
+        with self.write() as conn:
+            if key is not None:
+                if conn.execute('SELECT 1 FROM events_seen WHERE "key"=?', (key,)).fetchone() is not None:
+                    return False
+                conn.execute('INSERT INTO events_seen("key", writer, seq, hash, at) VALUES (?,?,?,?,?)',
+                             (key, writer, seq, h, at))
+            for event, mid, ok, details in rows:
+                known = mid is not None and conn.execute("SELECT 1 FROM manifests WHERE id=?",
+                                                         (mid,)).fetchone() is not None
+                self._audit(conn, event, mid if known else None, ok, details, at)
+            conn.executemany(
+                "INSERT INTO chunk_checks(hash, last_verified, ok) VALUES (?,?,?) "
+                "ON CONFLICT(hash) DO UPDATE SET last_verified=excluded.last_verified, ok=excluded.ok "
+                "WHERE excluded.last_verified >= chunk_checks.last_verified",
+                ((c, at, int(ok)) for c, ok in checks))
+        return True
+
+    def chunk_coverage(self) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:
+        """(manifest id, name, label, chunk, stored size, last deep check, ok) for every distinct
+        chunk of every recorded manifest: what `fixity status` summarises."""
+        return [(m, n, lb, h, s, t, None if ok is None else bool(ok)) for m, n, lb, h, s, t, ok in self._conn.execute(
+            "SELECT DISTINCT r.manifest_id, m.name, m.label, r.hash, c.stored_size, k.last_verified, k.ok "
+            "FROM chunk_refs r JOIN manifests m ON m.id = r.manifest_id JOIN chunks c ON c.hash = r.hash "
+            "LEFT JOIN chunk_checks k ON k.hash = r.hash ORDER BY m.rowid, r.hash")]
 
 
 def _immutable(conn: sqlite3.Connection, table: str) -> None:

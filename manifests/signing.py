@@ -122,3 +122,18 @@ def check(sig: Signature, mid: str) -> bool:
         return True
     except (InvalidSignature, ValueError):
         return False
+
+
+def sign_message(key: Ed25519PrivateKey, message: bytes) -> tuple[str, str]:
+    """(public key hex, signature hex) of an arbitrary, already domain-separated message
+    (event records use this; manifests use `sign`)."""
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw.hex(), key.sign(message).hex()
+
+
+def check_message(public_key_hex: str, signature_hex: str, message: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)).verify(bytes.fromhex(signature_hex), message)
+        return True
+    except (InvalidSignature, ValueError, TypeError):
+        return False

@@ -597,7 +597,7 @@ def test_v1_catalog_is_read_as_is_and_migrated_on_first_writable_open(cat_path):
 
     c = Catalog(cat_path, STORE)
     try:
-        assert info(cat_path) == {"schema_version": "2", "store": STORE, "endpoint": ""}
+        assert info(cat_path) == {"schema_version": "3", "store": STORE, "endpoint": ""}
         indexes = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert "idx_manifests_name_parent" in indexes
         assert c.resolve("m") == b.id and c.load_manifest(a.id) == a
@@ -609,7 +609,7 @@ def test_v1_catalog_is_read_as_is_and_migrated_on_first_writable_open(cat_path):
     finally:
         c.close()
     Catalog(cat_path, STORE).close()  # a current catalog opens without another migration
-    assert info(cat_path)["schema_version"] == "2"
+    assert info(cat_path)["schema_version"] == "3"
 
 
 def test_newer_schema_is_refused_in_one_line(cat_path):
@@ -893,7 +893,8 @@ def test_cli_reads_a_read_only_catalog(tmp_path):
         for extra in ([], ["--deep"]):
             r = run("verify", "--all", *extra)
             assert r.returncode == 0 and r.stdout.startswith("OK"), r.stderr
-            assert r.stderr.count("\n") == 1 and "warning: this verify is not in the catalog's audit log" in r.stderr
+            assert r.stderr.count("\n") == 2 and "warning: this verify is not in the catalog's audit log" in r.stderr
+            assert "warning: this verify is not in the store's event log" in r.stderr  # a read-only store too
             assert "cannot be written" in r.stderr
         dest = base / "restored"  # restore writes files, never a catalog row: a read-only catalog is enough
         os.chmod(base, 0o777)

@@ -22,7 +22,7 @@ ARCHIVE_KEYS = {"id", "name", "label", "files", "dirs", "bytes_in", "bytes_store
                 "new_chunks", "seconds", "parent", "signed_by", "repaired_chunks"}
 LIST_KEYS = {"id", "name", "label", "parent", "recorded_at", "files", "size", "stored"}
 VERIFY_KEYS = {"ok", "problems", "mode", "manifests", "chunks_checked", "chunks_read", "bytes_read", "files_hashed",
-               "seconds", "audit_error"}
+               "seconds", "audit_error", "event", "event_error"}
 PROBLEM_KEYS = {"manifest", "kind", "detail", "path", "offset", "length", "chunk"}
 RESTORE_KEYS = {"ok", "problems", "id", "dest", "files", "dirs", "bytes", "seconds"}
 
@@ -325,11 +325,12 @@ def test_keygen_json(home, tmp_path):
 
 
 def test_catalog_rebuild_json(archived, home):
-    assert jrun("catalog", "rebuild", "--json") == {"added": [], "manifests": 1, "problems": [], "ok": True}
+    assert jrun("catalog", "rebuild", "--json") == {"added": [], "manifests": 1, "problems": [], "ok": True,
+                                                        "events": 0}
     for f in home.rglob("*.db*"):
         f.unlink()
     assert jrun("catalog", "rebuild", "--json") == {"added": [archived["id"]], "manifests": 1, "problems": [],
-                                                    "ok": True}
+                                                    "ok": True, "events": 1}  # the archive's ingestion event
     assert [r["id"] for r in jrun("list", "--json")] == [archived["id"]]
 
 

@@ -1,0 +1,290 @@
+"""The event log in the store (issue 10): every archive, verify, restore and repair appends
+one immutable, hash-chained event; concurrent writers never overwrite each other; a
+rebuilt catalog has the same fixity history; a deleted, altered or badly signed event is
+reported by verify; the log exports as PREMIS 3."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import blake3
+import pytest
+
+import archiver
+from archiver import events, layout
+from archiver.events import Event, ManifestOutcome
+from archiver.repository import Repository
+from archiver.settings import Settings
+from manifests import signing
+from tests.helpers import RawStore, make_checkpoint, run_cli
+
+
+LOCAL = pytest.mark.parametrize("store_url", ["local"], indirect=True)  # the rest are store-agnostic
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, store_url):
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    src = make_checkpoint(tmp_path / "src" / "ckpt", layers=2, dim=64)
+    cat = tmp_path / "cat.db"
+    return store_url, cat, src, ["--store", store_url, "--catalog", str(cat)]
+
+
+def event_keys(raw: RawStore) -> list[str]:
+    return [k for k in raw.keys("events/") if layout.parse_event_key(k) is not None]
+
+
+def snapshot(store: str, cat: Path, now: float) -> dict:
+    """Everything the fixity history consists of, as the catalog reports it."""
+    with archiver.open_repository(store, cat, read_only=True) as repo:
+        audit = [(a.at, a.event, a.manifest_id, a.ok, a.details) for a in repo.audit_log() if a.event != "rebuild"]
+        return {"status": archiver.fixity_status(90 * 86400, repo=repo, now=now).to_dict(), "audit": audit,
+                "coverage": sorted(repo.chunk_coverage()),
+                "times": {r.id: r.recorded_at for r in repo.list_archives()}}
+
+
+@LOCAL
+def test_each_command_appends_one_chained_event(env):
+    store, cat, src, base = env
+    mid = run_cli(*base, "archive", str(src), "--name", "m", "--json").json()["id"]
+    for extra in ([], ["--deep"], ["--sample", "0.5"]):
+        assert run_cli(*base, "verify", "m", *extra).code == 0
+    assert run_cli(*base, "restore", "m", str(src.parent.parent / "out")).code == 0
+    raw = RawStore(store)
+    keys = event_keys(raw)
+    assert len(keys) == 5 and len({layout.parse_event_key(k)[0] for k in keys}) == 1  # one writer
+    recs, prev = [], None
+    for seq, key in enumerate(keys):  # LIST order is sequence order
+        data = raw.read(key)
+        rec = events.parse(data, key)
+        assert rec.seq == seq and rec.prev == prev and key.endswith(f"{seq:012d}-{(prev or '0' * 64)[:16]}.json")
+        assert data == events.canonical(json.loads(data)) + b"\n"  # canonical JSON
+        assert rec.rfc3339.endswith("Z") and events.format_time(events.parse_time(rec.rfc3339)) == rec.rfc3339
+        assert rec.event.agent.tool.startswith("archiver") and rec.event.agent.host and rec.event.agent.user
+        assert rec.event.manifest_ids == [mid] and rec.event.ok
+        prev = blake3.blake3(data).hexdigest()
+        recs.append(rec)
+    assert [(r.event.type, r.event.details.get("mode")) for r in recs] == [
+        ("ingestion", None), ("fixity check", "shallow"), ("fixity check", "deep"), ("fixity check", "sample:0.5"),
+        ("dissemination", None)]
+    assert recs[1].chunk_count == 0 and recs[2].chunk_count == len(recs[2].event.chunks_ok) > 0
+    # the catalog's audit log holds the same history, at the events' own times
+    with archiver.open_repository(store, cat, read_only=True) as repo:
+        audit = repo.audit_log()
+    assert [(a.event, a.at) for a in audit] == [(events.AUDIT_NAMES[r.event.type], r.event.time) for r in recs]
+    assert audit[2].details == {"mode": "deep", "problems": 0, "first": [], "manifest": mid}
+
+
+@LOCAL
+def test_large_checks_go_to_a_digest_list(env, monkeypatch):
+    store, cat, src, base = env
+    monkeypatch.setattr(events, "INLINE_CHUNKS", 1)
+    run_cli(*base, "archive", str(src), "--name", "m")
+    assert run_cli(*base, "verify", "m", "--deep").code == 0
+    raw = RawStore(store)
+    (list_key,) = [k for k in raw.keys("events/") if layout.is_event_list_key(k)]
+    data = raw.read(list_key)
+    h = blake3.blake3(data).hexdigest()
+    assert list_key == layout.event_list(layout.parse_event_key(event_keys(raw)[0])[0], h)
+    rec = events.parse(raw.read(event_keys(raw)[-1]))
+    assert rec.chunk_list == h and rec.event.chunks_ok == () and rec.chunk_count > 1
+    with archiver.open_repository(store, cat, read_only=True) as repo:
+        log = repo.read_events()
+    assert not log.problems and len(log.records[-1].event.chunks_ok) == rec.chunk_count
+    raw.write(list_key, data.replace(b'"ok":["', b'"ok":["0', 1)[:-1] + b"x")  # a rotted digest list
+    assert run_cli(*base, "verify", "m").code == 0  # a daily verify only sees that it is there...
+    r = run_cli(*base, "verify", "m", "--deep")  # ...a deep one re-hashes it
+    assert r.code == 1 and "event:" in r.out and "does not match its hash" in r.out
+    raw.delete(list_key)
+    r = run_cli(*base, "verify", "m")
+    assert r.code == 1 and f"its digest list {h[:16]} is missing from the store" in r.out
+
+
+def test_concurrent_writers_never_overwrite_each_others_events(tmp_path):
+    """Two processes' worth of repositories on one catalog (one writer id) and one on
+    another catalog append at once: every event lands, each chain stays unbroken."""
+    store = str(tmp_path / "store")
+    settings = [Settings.resolve(store, tmp_path / name) for name in ("a.db", "a.db", "b.db")]
+    repos = [Repository.open(s, create=True) for s in settings]
+    barrier = threading.Barrier(len(repos))
+
+    def work(repo: Repository, n: int) -> None:
+        barrier.wait()
+        for i in range(15):
+            done = repo.append_event(Event(events.FIXITY_CHECK, details={"mode": "shallow", "i": i, "n": n}))
+            assert done.record is not None and done.store_error is None
+
+    threads = [threading.Thread(target=work, args=(r, n)) for n, r in enumerate(repos)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    log = repos[0].read_events()
+    assert not log.problems
+    assert len(log.records) == 45
+    assert sorted((r.event.details["n"], r.event.details["i"]) for r in log.records) == \
+        sorted((n, i) for n in range(3) for i in range(15))
+    writers = {r.writer for r in log.records}
+    assert len(writers) == 2 and repos[0].event_writer() == repos[1].event_writer() != repos[2].event_writer()
+    for r in repos:
+        r.close()
+
+
+@pytest.mark.parametrize("store_url", ["local", "s3-mock", pytest.param("s3-server", marks=pytest.mark.integration)],
+                         indirect=True)
+def test_rebuild_restores_the_same_fixity_history(env, tmp_path):
+    """Delete the catalog, rebuild it from the store: `fixity status`, per-chunk check
+    times, the audit log and each archive's recorded time are exactly as before."""
+    store, cat, src, base = env
+    a = run_cli(*base, "archive", str(src), "--name", "a", "--json").json()["id"]
+    b = run_cli(*base, "archive", str(src / "tokenizer"), "--name", "b", "--json").json()["id"]
+    extra = tmp_path / "extra.bin"
+    extra.write_bytes(blake3.blake3(b"x").digest(length=5000))
+    run_cli(*base, "archive", str(extra), "--name", "never-verified")
+    assert run_cli(*base, "verify", "a", "--deep").code == 0
+    assert run_cli(*base, "verify", "b", "--sample", "1", "--max-bytes", "1").code == 0
+    raw = RawStore(store)
+    manifest = archiver.show(a, store=store, catalog=cat)[1]
+    victim = max((c for e in manifest.files for c in e.chunks), key=lambda c: c.length)
+    raw.mutate(layout.chunk(victim.hash), lambda d: d[:-1] + bytes([d[-1] ^ 1]))
+    assert run_cli(*base, "verify", "a", "--deep").code == 1  # found damaged...
+    run_cli(*base, "archive", str(src), "--name", "a2")  # ...and repaired from the source
+    assert run_cli(*base, "restore", "b", str(tmp_path / "out")).code == 0
+    now = time.time() + 60
+    before = snapshot(store, cat, now)
+    assert [x[1] for x in before["audit"]].count("repair") == 1
+    assert before["status"]["overall"]["failed"] == [] and before["status"]["overall"]["never_checked"] > 0
+    assert all(t is not None for t in before["times"].values())
+    for f in tmp_path.glob("cat.db*"):
+        f.unlink()
+    r = run_cli(*base, "catalog", "rebuild", "--json")
+    assert r.code == 0 and r.json()["events"] == len(event_keys(raw))
+    after = snapshot(store, cat, now)
+    assert after == before
+    assert run_cli(*base, "catalog", "rebuild", "--json").json()["events"] == 0  # a replay never repeats
+    assert snapshot(store, cat, now) == before
+    assert b in before["times"]
+
+
+@LOCAL
+def test_verify_reports_deleted_and_altered_events(env):
+    store, cat, src, base = env
+    run_cli(*base, "archive", str(src), "--name", "m")
+    for _ in range(4):
+        assert run_cli(*base, "verify", "m").code == 0
+    raw = RawStore(store)
+    keys = event_keys(raw)  # 0..4
+
+    original = raw.read(keys[2])
+    raw.delete(keys[2])  # a gap in the chain
+    r = run_cli(*base, "verify", "m", "--json")
+    assert r.code == 1
+    (p,) = [p for p in r.json()["problems"] if p["kind"] == "event" and "missing" in p["detail"]
+            and p["path"] == keys[3]]
+    assert "events 2..2" in p["detail"]
+    raw.write(keys[2], original)
+    assert run_cli(*base, "verify", "m").code == 0  # whole again (this run appends event 6)
+
+    rec = json.loads(raw.read(keys[1]))
+    rec["outcome"] = "failure"  # history rewritten: still a well-formed event
+    raw.write(keys[1], events.canonical(rec) + b"\n")
+    r = run_cli(*base, "verify", "m", "--json")
+    details = [(p["path"], p["detail"]) for p in r.json()["problems"] if p["kind"] == "event"]
+    assert r.code == 1 and (keys[2], "its prev is not the hash of event 1 (that event was altered or replaced)") \
+        in details
+    assert any(k == keys[1] and "differs from the one this catalog recorded" in d for k, d in details)
+
+    raw.write(keys[3], b"{not json")
+    details = [p["detail"] for p in run_cli(*base, "verify", "m", "--json").json()["problems"]]
+    assert any(d.startswith("unreadable event") for d in details)
+
+    head = event_keys(raw)[-1]  # the newest event: no successor names it, the catalog does
+    raw.delete(head)
+    r = run_cli(*base, "verify", "m", "--json")
+    assert any(p["path"] == head and "missing from the store" in p["detail"] for p in r.json()["problems"])
+    assert "event: " in run_cli(*base, "verify", "m").out  # a human line without a manifest
+
+
+@LOCAL
+def test_signed_events_and_a_forged_signature(env, tmp_path):
+    store, cat, src, base = env
+    key = tmp_path / "k"
+    assert run_cli("keygen", str(key)).code == 0
+    run_cli(*base, "archive", str(src), "--name", "m", "--sign-key", str(key))
+    assert run_cli(*base, "verify", "m", "--sign-key", str(key)).code == 0
+    raw = RawStore(store)
+    keys = event_keys(raw)
+    for k in keys:
+        data = raw.read(k)
+        assert events.signature_ok(data) is True
+        fp = json.loads(data)["signature"]["fingerprint"]
+    assert fp == signing.fingerprint(signing.load_public(f"{key}.pub"))
+    rec = json.loads(raw.read(keys[-1]))
+    rec["problem_count"] = 7  # altered after signing; the head, so no successor's prev can tell
+    forged = events.canonical(rec) + b"\n"
+    assert events.signature_ok(forged) is False
+    raw.write(keys[-1], forged)
+    r = run_cli(*base, "verify", "m", "--json")
+    assert r.code == 1 and any(p["kind"] == "event" and p["detail"] == "bad signature" for p in r.json()["problems"])
+
+
+def test_append_event_is_the_api_for_other_rooms(tmp_path):
+    """Replication and retention (other issues) record their events with the same call;
+    a rebuild turns them into audit rows."""
+    store, cat = str(tmp_path / "store"), tmp_path / "c.db"
+    with Repository.open(Settings.resolve(store, cat), create=True) as repo:
+        mid = "ab" * 32
+        done = repo.append_event(Event(events.POLICY_ASSIGNMENT, manifests=(ManifestOutcome(mid),),
+                                       details={"retain_until": "2030-01-01T00:00:00Z"}))
+        assert done.record.key == layout.event(repo.event_writer(), events.name(0, None))
+        (row,) = repo.audit_log()
+    assert row.event == "retention" and row.details["retain_until"] == "2030-01-01T00:00:00Z"
+    with pytest.raises(ValueError):
+        Event("made up")
+
+
+@LOCAL
+def test_events_command_json_filters_and_premis(env):
+    store, cat, src, base = env
+    a = run_cli(*base, "archive", str(src), "--name", "a", "--json").json()["id"]
+    b = run_cli(*base, "archive", str(src / "tokenizer"), "--name", "b", "--json").json()["id"]
+    assert run_cli(*base, "verify", "--all", "--deep").code == 0
+    d = run_cli(*base, "events", "--json").json()
+    assert d["ok"] and [e["type"] for e in d["events"]] == ["ingestion", "ingestion", "fixity check"]
+    assert [e["type"] for e in run_cli(*base, "events", "b", "--json").json()["events"]] == [
+        "ingestion", "fixity check"]
+    assert run_cli(*base, "events", "--since", "2999-01-01", "--json").json()["events"] == []
+    assert len(run_cli(*base, "events", "--since", "1d", "--json").json()["events"]) == 3
+    assert run_cli(*base, "events", "--since", "yesterday").code == 2
+    log = archiver.event_log(b, store=store, catalog=cat)  # the same through the Python API
+    assert not log.problems and [r.event.type for r in log.records] == ["ingestion", "fixity check"]
+    assert archiver.event_log(since=log.records[-1].event.time, store=store, catalog=cat).records == log.records[-1:]
+    human = run_cli(*base, "events")
+    assert human.code == 0 and len(human.out.splitlines()) == 3 and "fixity check deep" in human.out
+
+    x = run_cli(*base, "events", "--premis")
+    assert x.code == 0
+    root = ET.fromstring(x.out.encode())
+    ns = {"p": events.PREMIS_NS}
+    assert root.tag == f"{{{events.PREMIS_NS}}}premis" and root.get("version") == "3.0"
+    objs = [o.findtext("p:objectIdentifier/p:objectIdentifierValue", namespaces=ns)
+            for o in root.findall("p:object", ns)]
+    assert sorted(objs) == sorted([a, b])
+    evs = root.findall("p:event", ns)
+    assert [e.findtext("p:eventType", namespaces=ns) for e in evs] == ["ingestion", "ingestion", "fixity check"]
+    for e in evs:
+        assert e.findtext("p:eventIdentifier/p:eventIdentifierType", namespaces=ns) == "archiver event"
+        assert e.findtext("p:eventIdentifier/p:eventIdentifierValue", namespaces=ns).startswith(store)
+        assert e.findtext("p:eventDateTime", namespaces=ns).endswith("Z")
+        assert e.findtext("p:eventOutcomeInformation/p:eventOutcome", namespaces=ns) == "success"
+        agent = e.findtext("p:linkingAgentIdentifier/p:linkingAgentIdentifierValue", namespaces=ns)
+        assert agent in [g.findtext("p:agentIdentifier/p:agentIdentifierValue", namespaces=ns)
+                         for g in root.findall("p:agent", ns)]
+    linked = [v.text for v in evs[2].findall("p:linkingObjectIdentifier/p:linkingObjectIdentifierValue", ns)]
+    assert sorted(linked) == sorted([a, b])
+    # the order PREMIS 3 requires: objects, then events, then agents
+    tags = [c.tag.split("}")[1] for c in root]
+    assert tags == sorted(tags, key=["object", "event", "agent"].index)
