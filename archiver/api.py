@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator
 from archiver import checker, pipeline, restorer
 from archiver.errors import translated
 from archiver.progress import Progress
+from archiver.replicate import ReplicateResult
 from archiver.repository import RebuildResult, Repository
 from archiver.settings import Settings
 from archiver.stores import Store
@@ -133,3 +134,20 @@ def rebuild_catalog(*, repo: Repository | None = None, store: str | None = None,
     `.problems` (each bad manifest skipped), `.ok`."""
     with _repo(repo, store, catalog, settings=settings) as r:
         return r.rebuild_catalog()
+
+
+def replicate(refs: Iterable[str] = (), *, to: str, all_archives: bool = False, repo: Repository | None = None,
+              store: str | None = None, catalog: str | os.PathLike | None = None, settings: Settings | None = None,
+              to_catalog: str | os.PathLike | None = None, progress: Progress | None = None) -> ReplicateResult:
+    """Copy archives (REFs with their ancestors, or all) to the store at `to` (created if
+    new; its own catalog, under the same home unless `to_catalog`, records them)."""
+    from archiver import replicate as rep
+    s = settings or Settings.resolve(store, catalog)
+    with _repo(repo, store, catalog, settings=s) as src:
+        ids = rep.select(src, refs, all_archives)
+        dst_settings = s.for_copy(to, to_catalog)
+        if dst_settings.store_url == s.store_url and dst_settings.endpoint == s.endpoint:
+            from archiver.errors import UsageError
+            raise UsageError(f"the copy {to} is the store itself")
+        with Repository.open(dst_settings, create=True) as dst:
+            return rep.replicate(src, dst, ids, progress=progress)

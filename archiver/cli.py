@@ -278,6 +278,38 @@ def rebuild_cmd(c: Ctx, as_json: bool) -> None:
     sys.exit(0 if res.ok else 1)
 
 
+@cli.command("replicate")
+@click.argument("refs", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every archive in the catalog.")
+@click.option("--to", "to", required=True, metavar="URL",
+              help="The copy: a path, file:///path or s3://bucket/prefix[?profile=&endpoint=&region=].")
+@click.option("--to-catalog", metavar="PATH", help="The copy's catalog (default: one under $ARCHIVER_HOME for it).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def replicate_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, to: str, to_catalog: str | None, as_json: bool) -> None:
+    """Copy archives (with their ancestors), their chunks and signatures to another store.
+    Every chunk is proved before it is written; exit 1 if anything could not be copied."""
+    if bool(refs) == all_:
+        raise UsageError("give REF... or --all (not both)")
+    res = api.replicate(refs, to=to, all_archives=all_, settings=Settings.resolve(c.store, c.catalog),
+                        to_catalog=to_catalog, progress=Progress.for_terminal("replicate", quiet=as_json))
+    _report_copy(res, as_json, f"replicated {len(res.manifests)} archive(s) to {res.destination}: "
+                               f"{res.objects_written} object(s) written ({human_bytes(res.bytes_written)}), "
+                               f"{res.chunks_present} chunk(s) already there, {res.chunks_checked} proved, "
+                               f"{res.seconds:.1f}s")
+
+
+def _report_copy(res: Any, as_json: bool, summary: str) -> None:
+    """Print a replicate or repair result and exit 0 (ok) or 1 (problems)."""
+    if as_json:
+        emit(res.to_dict())
+    else:
+        for p in res.problems:
+            click.echo(printable(p.line()))
+        click.echo(printable(("OK — " if res.ok else f"FAILED: {len(res.problems)} problem(s) — ") + summary))
+    sys.exit(0 if res.ok else 1)
+
+
 def fail(message: str, code: int, as_json: bool, kind: str = "error", **fields: Any) -> None:
     """One line on stderr; with --json also one JSON document on stdout; then exit."""
     click.echo(f"archiver: {'' if kind == 'internal' else 'error: '}{printable(message)}", err=True)

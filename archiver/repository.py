@@ -534,6 +534,115 @@ class Repository:
                 except IntegrityError as e:  # only this manifest's savepoint was rolled back
                     result.problems.append(Problem(m.id, "manifest", str(e)))
 
+    # -- copies: replicate and repair (only proved bytes cross between stores) -------------------
+    def manifest_object(self, mid: str) -> bytes:
+        """The store's manifest object, accepted only if its bytes hash to `mid` and parse:
+        the exact bytes a copy must hold. NotFoundError if absent, ManifestError if damaged."""
+        try:
+            data = self._get_manifest(layout.manifest(mid))
+        except ObjectMissingError:
+            raise NotFoundError(f"manifest {mid} is not in the store") from None
+        with translated():
+            parse_manifest(data, expected_id=mid)
+        return data
+
+    def chunk_object(self, ref: ChunkRef) -> bytes:
+        """The stored object of one chunk exactly as stored, returned only after it was
+        decoded and its bytes re-hashed to `ref.hash` (so the same object bytes, and the
+        manifest's stored size, are valid in another store). Raises CorruptChunkError or
+        ObjectMissingError."""
+        obj = self._get_chunk(ref.hash, ref.stored_size)
+        if len(obj) != ref.stored_size:
+            raise CorruptChunkError(ref.hash, f"stored size {len(obj)} != recorded {ref.stored_size}")
+        self._decode_checked(obj, ref.hash, ref.length)
+        return obj
+
+    def put_chunk_object(self, ref: ChunkRef, obj: bytes) -> bool:
+        """Store a proved chunk object (from `chunk_object` of another store); True if
+        written now. If the key is taken (a concurrent writer, or a PUT whose response was
+        lost), what it holds must be these exact bytes, else IntegrityError."""
+        return self._put_exact(layout.chunk(ref.hash), obj, f"chunk {ref.hash}")
+
+    def put_manifest_object(self, mid: str, data: bytes) -> bool:
+        """Store a manifest object whose bytes hash to `mid`; True if written now."""
+        if manifest_id(data) != mid:
+            raise ManifestError(f"bytes given for manifest {mid} do not hash to its id")
+        return self._put_exact(layout.manifest(mid), data, f"manifest {mid}")
+
+    def signature_objects(self, mid: str) -> tuple[list[tuple[str, bytes]], list[str]]:
+        """([(fingerprint, bytes)] of every valid signature of `mid`, [why each other one
+        is refused]): only a signature that checks against `mid` under its own key is
+        ever copied."""
+        from manifests import signing
+        good: list[tuple[str, bytes]] = []
+        bad: list[str] = []
+        for info in self._store.list(layout.signatures_of(mid)):
+            try:
+                data = self._store.get(info.key, max_size=MAX_SIGNATURE_BYTES)
+                with translated():
+                    sig = signing.parse_signature(data)
+            except (ArchiverError, ObjectMissingError) as e:
+                bad.append(f"{info.key}: {e}")
+                continue
+            if signing.check(sig, mid) and info.key == layout.signature(mid, sig.fingerprint):
+                good.append((sig.fingerprint, data))
+            else:
+                bad.append(f"bad signature {info.key} (key {sig.fingerprint})")
+        return good, bad
+
+    def signature_fingerprints(self, mid: str) -> set[str]:
+        """Fingerprints of the signature objects the store holds for `mid` (LIST only)."""
+        out = set()
+        for info in self._store.list(layout.signatures_of(mid)):
+            name = info.key.rsplit("/", 1)[-1]
+            if info.key == layout.signature(mid, name.removesuffix(".json")):
+                out.add(name.removesuffix(".json"))
+        return out
+
+    def put_signature_object(self, mid: str, fingerprint: str, data: bytes) -> bool:
+        """Store a signature object (proved by `signature_objects` of another store)."""
+        return self._put_exact(layout.signature(mid, fingerprint), data, f"signature {fingerprint} of {mid}")
+
+    def _put_exact(self, key: str, data: bytes, what: str) -> bool:
+        if self._store.put_if_absent(key, data):
+            return True
+        if self._store.get(key, max_size=len(data)) != data:
+            raise IntegrityError(f"{self.url} already holds a different object for {what}")
+        return False
+
+    def record_copied_manifest(self, m: Manifest, data: bytes) -> bool:
+        """Record a manifest that was copied into this store (its chunks and object already
+        durable here); False if the catalog already had it."""
+        with translated():
+            return self._catalog.record_manifest(m, data)
+
+    def replace_damaged_object(self, kind: str, name: str, data: bytes, prove: Any) -> str:
+        """Heal one object of this store with `data` (proved good elsewhere): put it if the
+        key is absent; if present, read it with its version, and only if `prove(obj)` says
+        why it is damaged (None: intact) move it to quarantine and replace it, conditional
+        on that version (If-Match on S3). Returns 'written', 'replaced' or 'intact'.
+        `kind`: 'chunk', 'manifest' or 'signature' (`name`: hash, id, or 'id/fingerprint')."""
+        key = {"chunk": lambda: layout.chunk(name), "manifest": lambda: layout.manifest(name),
+               "signature": lambda: layout.signature(*name.split("/", 1))}[kind]()
+        for _ in range(self.SAVE_ROUNDS):
+            try:
+                obj, version = self._read_for_proof(key, max(len(data), 1) * 2 + 1024)
+            except ObjectMissingError:
+                if self._store.put_if_absent(key, data):
+                    return "written"
+                continue
+            damage = prove(obj) if obj is not None else "larger than any valid object"
+            if damage is None:
+                return "intact"
+            if version is None or not getattr(self._store, "can_replace_damaged", False):
+                raise IntegrityError(f"{key} in {self.url} is damaged ({damage}) and this store cannot replace it")
+            quarantine = layout.quarantined(key, self._quarantine_tag())
+            if self._store.replace_damaged(key, data, version, quarantine):
+                again, _ = self._read_for_proof(key, len(data))
+                if again == data:
+                    return "replaced"
+        raise StoreError(f"{key} kept changing in {self.url} while it was being repaired; re-run")
+
 
 def _parents_first(parents: dict[str, str | None]) -> list[str]:
     """Ids ordered so a manifest's parent (if present) comes before it: an iterative
