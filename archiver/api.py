@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator
 from archiver import checker, pipeline, restorer
 from archiver.errors import translated
 from archiver.progress import Progress
+from archiver.repair import RepairResult
 from archiver.replicate import ReplicateResult
 from archiver.repository import RebuildResult, Repository
 from archiver.settings import Settings
@@ -151,3 +152,26 @@ def replicate(refs: Iterable[str] = (), *, to: str, all_archives: bool = False, 
             raise UsageError(f"the copy {to} is the store itself")
         with Repository.open(dst_settings, create=True) as dst:
             return rep.replicate(src, dst, ids, progress=progress)
+
+
+def repair(refs: Iterable[str] = (), *, sources: Iterable[str], all_archives: bool = False, dry_run: bool = False,
+           repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
+           settings: Settings | None = None) -> RepairResult:
+    """Heal the store's damaged or missing objects of the named archives (none named: every
+    recorded one) from the copies at `sources` (URLs; only read)."""
+    from archiver import repair as rep
+    from archiver.errors import UsageError
+    s = settings or Settings.resolve(store, catalog)
+    urls = list(dict.fromkeys(sources))
+    if not urls:
+        raise UsageError("no copy to repair from")
+    with contextlib.ExitStack() as stack:
+        target = stack.enter_context(_repo(repo, store, catalog, settings=s))
+        ids = rep.select(target, refs, all_archives)
+        copies = []
+        for url in urls:
+            cs = s.for_copy(url)
+            if cs.store_url == s.store_url and cs.endpoint == s.endpoint:
+                raise UsageError(f"the copy {url} is the store itself")
+            copies.append(stack.enter_context(Repository.open(cs, read_only=True)))
+        return rep.repair(target, copies, ids, dry_run=dry_run)

@@ -299,6 +299,33 @@ def replicate_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, to: str, to_catalog
                                f"{res.seconds:.1f}s")
 
 
+@cli.command("repair")
+@click.argument("refs", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every archive in the catalog (the default without REF).")
+@click.option("--from", "from_", multiple=True, metavar="URL", help="A copy to take good objects from; repeatable.")
+@click.option("--dry-run", is_flag=True, help="List what is bad and where the good bytes are; change nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def repair_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, from_: tuple[str, ...], dry_run: bool,
+               as_json: bool) -> None:
+    """Deep-check archives and heal every damaged or missing chunk, manifest and signature
+    from a copy whose bytes prove good (damaged objects are kept under quarantine/). Exit 1
+    if anything could not be healed."""
+    if refs and all_:
+        raise UsageError("give REF... or --all (not both)")
+    if not from_:
+        raise UsageError("give --from URL (a copy made with `archiver replicate`)")
+    res = api.repair(refs, sources=from_, all_archives=all_, dry_run=dry_run,
+                     settings=Settings.resolve(c.store, c.catalog))
+    if not as_json:
+        for f in res.fixes:
+            where = f"from {f.source}" if f.source else "no healthy copy"
+            click.echo(printable(f"{'plan' if res.dry_run else f.action}: {f.state} {f.kind} {f.name} ({where})"))
+    verb = "would repair" if res.dry_run else "repaired"
+    _report_copy(res, as_json, f"{verb} {len(res.fixes) if res.dry_run else res.repaired} object(s) in "
+                               f"{res.target} ({res.chunks_checked} chunks checked), {res.seconds:.1f}s")
+
+
 def _report_copy(res: Any, as_json: bool, summary: str) -> None:
     """Print a replicate or repair result and exit 0 (ok) or 1 (problems)."""
     if as_json:

@@ -616,33 +616,64 @@ class Repository:
         with translated():
             return self._catalog.record_manifest(m, data)
 
-    def replace_damaged_object(self, kind: str, name: str, data: bytes, prove: Any) -> str:
-        """Heal one object of this store with `data` (proved good elsewhere): put it if the
-        key is absent; if present, read it with its version, and only if `prove(obj)` says
-        why it is damaged (None: intact) move it to quarantine and replace it, conditional
-        on that version (If-Match on S3). Returns 'written', 'replaced' or 'intact'.
-        `kind`: 'chunk', 'manifest' or 'signature' (`name`: hash, id, or 'id/fingerprint')."""
-        key = {"chunk": lambda: layout.chunk(name), "manifest": lambda: layout.manifest(name),
-               "signature": lambda: layout.signature(*name.split("/", 1))}[kind]()
+    def heal_chunk(self, ref: ChunkRef, obj: bytes) -> str:
+        """Heal one chunk with `obj` (proved by `chunk_object` of a copy): see `_heal`."""
+        def damage(stored: bytes) -> str | None:
+            if len(stored) != ref.stored_size:
+                return f"stored size {len(stored)} != recorded {ref.stored_size}"
+            try:
+                self._decode_checked(stored, ref.hash, ref.length)
+            except CorruptChunkError as e:
+                return e.reason
+            return None
+        return self._heal(layout.chunk(ref.hash), obj, damage)
+
+    def heal_manifest(self, mid: str, data: bytes) -> str:
+        """Heal a manifest object with bytes that hash to `mid`: see `_heal`."""
+        if manifest_id(data) != mid:
+            raise ManifestError(f"bytes given for manifest {mid} do not hash to its id")
+        return self._heal(layout.manifest(mid), data, lambda stored: None if stored == data else
+                          "store copy of the manifest differs from its id")
+
+    def heal_signature(self, mid: str, fingerprint: str, data: bytes) -> str:
+        """Heal a signature object with a signature proved valid elsewhere: see `_heal`."""
+        from manifests import signing
+
+        def damage(stored: bytes) -> str | None:
+            try:
+                with translated():
+                    sig = signing.parse_signature(stored)
+            except ArchiverError as e:
+                return str(e)
+            return None if signing.check(sig, mid) and sig.fingerprint == fingerprint else "signature does not verify"
+        return self._heal(layout.signature(mid, fingerprint), data, damage)
+
+    def _heal(self, key: str, data: bytes, damage: Any) -> str:
+        """Put `data` (proved good elsewhere) if `key` is absent; if present, read it with its
+        version and, only if `damage(obj)` says why it is bad (None: intact), keep it under
+        quarantine and replace it, conditional on that version (If-Match on S3), then read
+        the key back. 'written', 'replaced' or 'intact'."""
         for _ in range(self.SAVE_ROUNDS):
             try:
-                obj, version = self._read_for_proof(key, max(len(data), 1) * 2 + 1024)
+                obj, version = self._read_for_proof(key, len(data))
             except ObjectMissingError:
                 if self._store.put_if_absent(key, data):
                     return "written"
-                continue
-            damage = prove(obj) if obj is not None else "larger than any valid object"
-            if damage is None:
+                continue  # lost a race or a PUT response: prove what is there now
+            why = damage(obj) if obj is not None else f"larger than the {len(data)} bytes it should be"
+            if why is None:
                 return "intact"
             if version is None or not getattr(self._store, "can_replace_damaged", False):
-                raise IntegrityError(f"{key} in {self.url} is damaged ({damage}) and this store cannot replace it")
+                raise IntegrityError(f"{key} in {self.url} is damaged ({why}) and this store cannot replace it")
             quarantine = layout.quarantined(key, self._quarantine_tag())
-            if self._store.replace_damaged(key, data, version, quarantine):
+            self._store.replace_damaged(key, data, version, quarantine)
+            try:
                 again, _ = self._read_for_proof(key, len(data))
-                if again == data:
-                    return "replaced"
+            except ObjectMissingError:
+                continue
+            if again == data:
+                return "replaced"
         raise StoreError(f"{key} kept changing in {self.url} while it was being repaired; re-run")
-
 
 def _parents_first(parents: dict[str, str | None]) -> list[str]:
     """Ids ordered so a manifest's parent (if present) comes before it: an iterative
