@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator
 from archiver import checker, pipeline, restorer
 from archiver.errors import translated
 from archiver.progress import Progress
+from archiver.copies import CopiesReport
 from archiver.repair import RepairResult
 from archiver.replicate import ReplicateResult
 from archiver.repository import RebuildResult, Repository
@@ -154,24 +155,80 @@ def replicate(refs: Iterable[str] = (), *, to: str, all_archives: bool = False, 
             return rep.replicate(src, dst, ids, progress=progress)
 
 
-def repair(refs: Iterable[str] = (), *, sources: Iterable[str], all_archives: bool = False, dry_run: bool = False,
+def repair(refs: Iterable[str] = (), *, sources: Iterable[str] = (), all_archives: bool = False, dry_run: bool = False,
            repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
            settings: Settings | None = None) -> RepairResult:
     """Heal the store's damaged or missing objects of the named archives (none named: every
-    recorded one) from the copies at `sources` (URLs; only read)."""
+    recorded one) from the copies at `sources` (URLs; only read), by default the copies
+    the store names (`copies_add`)."""
     from archiver import repair as rep
     from archiver.errors import UsageError
     s = settings or Settings.resolve(store, catalog)
-    urls = list(dict.fromkeys(sources))
-    if not urls:
-        raise UsageError("no copy to repair from")
     with contextlib.ExitStack() as stack:
         target = stack.enter_context(_repo(repo, store, catalog, settings=s))
+        urls = list(dict.fromkeys(sources)) or target.copies()  # default: the copies the store names
+        if not urls:
+            raise UsageError("no copy to repair from (name one, or record copies with `archiver copies add URL`)")
         ids = rep.select(target, refs, all_archives)
-        copies = []
-        for url in urls:
-            cs = s.for_copy(url)
-            if cs.store_url == s.store_url and cs.endpoint == s.endpoint:
-                raise UsageError(f"the copy {url} is the store itself")
-            copies.append(stack.enter_context(Repository.open(cs, read_only=True)))
+        copies = [stack.enter_context(Repository.open(_copy_settings(s, url), read_only=True)) for url in urls]
         return rep.repair(target, copies, ids, dry_run=dry_run)
+
+
+def _copy_settings(s: Settings, url: str) -> Settings:
+    """Settings of a copy of the store `s`, refusing the store itself."""
+    from archiver.errors import UsageError
+    cs = s.for_copy(url)
+    if cs.store_url == s.store_url and cs.endpoint == s.endpoint:
+        raise UsageError(f"the copy {url} is the store itself")
+    return cs
+
+
+def copies_add(url: str, *, repo: Repository | None = None, store: str | None = None,
+               catalog: str | os.PathLike | None = None, settings: Settings | None = None) -> tuple[str, bool]:
+    """Record `url` as a copy of the store (its settings kept); (recorded URL, added now)."""
+    from archiver.urls import full_store_url
+    s = settings or Settings.resolve(store, catalog)
+    _copy_settings(s, url)
+    full = full_store_url(url)
+    with _repo(repo, store, catalog, create=True, settings=s) as r:  # a copy set may precede the first archive
+        return full, r.add_copy(full)
+
+
+def copies_list(*, repo: Repository | None = None, store: str | None = None,
+                catalog: str | os.PathLike | None = None, settings: Settings | None = None) -> list[str]:
+    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
+        return r.copies()
+
+
+def copies_remove(url: str, *, repo: Repository | None = None, store: str | None = None,
+                  catalog: str | os.PathLike | None = None, settings: Settings | None = None) -> bool:
+    """Forget a copy (as given or as recorded); its store is not touched."""
+    from archiver.urls import full_store_url
+    with _repo(repo, store, catalog, settings=settings) as r:
+        recorded = r.copies()
+        for candidate in (url, full_store_url(url)):
+            if candidate in recorded:
+                return r.remove_copy(candidate)
+        return False
+
+
+def verify_copies(ids: list[str], unhealthy: set[str] = frozenset(), *, repo: Repository | None = None,
+                  store: str | None = None, catalog: str | os.PathLike | None = None,
+                  settings: Settings | None = None) -> CopiesReport:
+    """Shallow check (LIST pages) that every recorded copy holds every object of `ids`;
+    `unhealthy`: ids the store's own verify found problems in (not counted as a healthy copy)."""
+    from archiver import copies as copies_mod
+    from archiver.errors import ArchiverError, UsageError
+    s = settings or Settings.resolve(store, catalog)
+    with contextlib.ExitStack() as stack:
+        r = stack.enter_context(_repo(repo, store, catalog, settings=s, read_only=True))
+        urls = r.copies()
+        if not urls:
+            raise UsageError("this store names no copies (add one with `archiver copies add URL`)")
+        opened: list[tuple[str, Any]] = []
+        for url in urls:
+            try:
+                opened.append((url, stack.enter_context(Repository.open(_copy_settings(s, url), read_only=True))))
+            except ArchiverError as e:
+                opened.append((url, e))
+        return copies_mod.check(r, opened, ids, set(unhealthy))

@@ -7,6 +7,7 @@ back is checked here the same way: stored size, decode bounds, BLAKE3 of the dec
 bytes, the whole file's digest, and for manifests the id."""
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections import defaultdict
@@ -674,6 +675,45 @@ class Repository:
             if again == data:
                 return "replaced"
         raise StoreError(f"{key} kept changing in {self.url} while it was being repaired; re-run")
+
+    # -- the store's copy set and cached store checks (named rows of the catalog's info table) ---
+    def copies(self) -> list[str]:
+        """The URLs of this store's copies, as recorded by `add_copy`."""
+        return [k[len("copy:"):] for k in self._catalog.info_items("copy:")]
+
+    def add_copy(self, url: str) -> bool:
+        """Record a copy (a full store URL, settings kept); False if it was already recorded."""
+        if url in self.copies():
+            return False
+        with translated():
+            self._catalog.set_info(f"copy:{url}", json.dumps({"added_at": time.time()}))
+        self.audit("copies-add", None, True, {"copy": url, "store": self.url})
+        return True
+
+    def remove_copy(self, url: str) -> bool:
+        """Forget a copy (its store is not touched); False if it was not recorded."""
+        with translated():
+            gone = self._catalog.delete_info(f"copy:{url}")
+        if gone:
+            self.audit("copies-remove", None, True, {"copy": url, "store": self.url})
+        return gone
+
+    def cached_store_check(self, identity: str) -> dict[str, Any] | None:
+        raw = self._catalog.info_items(f"store-check:{identity}").get(f"store-check:{identity}")
+        return None if raw is None else json.loads(raw)
+
+    def cache_store_check(self, identity: str, result: dict[str, Any]) -> None:
+        with translated():
+            self._catalog.set_info(f"store-check:{identity}", json.dumps(result, sort_keys=True))
+
+    def manifest_sizes(self) -> dict[str, int]:
+        """Stored size of every manifest object, by id (LIST pages only, nothing fetched)."""
+        out = {}
+        for info in self._store.list(layout.MANIFESTS):
+            mid = layout.manifest_id(info.key)
+            if mid is not None:
+                out[mid] = info.size
+        return out
 
 def _parents_first(parents: dict[str, str | None]) -> list[str]:
     """Ids ordered so a manifest's parent (if present) comes before it: an iterative
