@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from archiver import checker, pipeline, restorer
+from archiver import checker, pipeline, restorer, storecheck
 from archiver.errors import translated
 from archiver.progress import Progress
 from archiver.copies import CopiesReport
@@ -57,14 +57,16 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
             meta: dict[str, str] | None = None, sign_key: str | os.PathLike | None = None,
             repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
             settings: Settings | None = None, progress: Progress | None = None,
-            trust_verified_within: float | None = None, **options) -> ArchiveResult:
+            trust_verified_within: float | None = None, unsafe_store: bool = False, **options) -> ArchiveResult:
     """`sign_key`: path of an Ed25519 private key (from `keygen`) to sign the manifest with
     (or a key already loaded with `signing_key`). Every chunk the store already holds is read
     back and proved (a damaged one is repaired from the source); `trust_verified_within`
     (seconds) trusts chunks a deep verify found intact within that window instead (faster
-    re-archives, weaker proof)."""
+    re-archives, weaker proof). A store that silently overwrites (see `store_check`) is
+    refused (UnsafeStoreError) unless `unsafe_store`."""
     key = signing_key(sign_key)
     with _repo(repo, store, catalog, create=True, settings=settings) as r:
+        storecheck.ensure_safe(r, unsafe_store)
         return pipeline.archive(r, list(paths), name=name, label=label, meta=meta, progress=progress,
                                 sign_key=key, trust_verified_within=trust_verified_within, **options)
 
@@ -140,7 +142,8 @@ def rebuild_catalog(*, repo: Repository | None = None, store: str | None = None,
 
 def replicate(refs: Iterable[str] = (), *, to: str, all_archives: bool = False, repo: Repository | None = None,
               store: str | None = None, catalog: str | os.PathLike | None = None, settings: Settings | None = None,
-              to_catalog: str | os.PathLike | None = None, progress: Progress | None = None) -> ReplicateResult:
+              to_catalog: str | os.PathLike | None = None, progress: Progress | None = None,
+              unsafe_store: bool = False) -> ReplicateResult:
     """Copy archives (REFs with their ancestors, or all) to the store at `to` (created if
     new; its own catalog, under the same home unless `to_catalog`, records them)."""
     from archiver import replicate as rep
@@ -152,6 +155,7 @@ def replicate(refs: Iterable[str] = (), *, to: str, all_archives: bool = False, 
             from archiver.errors import UsageError
             raise UsageError(f"the copy {to} is the store itself")
         with Repository.open(dst_settings, create=True) as dst:
+            storecheck.ensure_safe(dst, unsafe_store)  # a copy that overwrites is no copy
             return rep.replicate(src, dst, ids, progress=progress)
 
 
@@ -232,3 +236,12 @@ def verify_copies(ids: list[str], unhealthy: set[str] = frozenset(), *, repo: Re
             except ArchiverError as e:
                 opened.append((url, e))
         return copies_mod.check(r, opened, ids, set(unhealthy))
+
+
+def store_check(store: str | None = None, *, repo: Repository | None = None, catalog: str | os.PathLike | None = None,
+                settings: Settings | None = None) -> storecheck.StoreCheck:
+    """Probe what the store enforces (conditional writes, checksums, versioning, Object
+    Lock) under `_probe/`, now; the result is cached in its catalog for archive/replicate.
+    A store that does not exist yet is created (its marker written) first."""
+    with _repo(repo, store, catalog, create=True, settings=settings) as r:
+        return storecheck.check(r)

@@ -112,10 +112,13 @@ def cli(ctx: click.Context, store: str | None, catalog: str | None) -> None:
                    "instead of reading each one back (default: prove every chunk).")
 @click.option("--replicate", "replicate_", is_flag=True,
               help="Then replicate the archive to every copy the store names (`archiver copies add`).")
+@click.option("--unsafe-store", is_flag=True,
+              help="Use a store even though `store check` found it silently overwrites objects.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, meta: tuple[str, ...],
-                sign_key: str | None, trust_verified_within: str | None, replicate_: bool, as_json: bool) -> None:
+                sign_key: str | None, trust_verified_within: str | None, replicate_: bool, unsafe_store: bool,
+                as_json: bool) -> None:
     """Archive files and directories; prints the manifest id."""
     meta_d = _parse_meta(meta)
     if replicate_ and not _named_copies(c):
@@ -125,8 +128,9 @@ def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, me
                                                                        "trust_verified_within")
     with c.repo(create=True) as repo:
         res = api.archive(paths, name=name, label=label, meta=meta_d, sign_key=key, repo=repo,
-                          trust_verified_within=trust, progress=Progress.for_terminal("archive", quiet=as_json))
-        copies = _replicate_new(c, repo, res.id, as_json) if replicate_ else None
+                          trust_verified_within=trust, progress=Progress.for_terminal("archive", quiet=as_json),
+                          unsafe_store=unsafe_store)
+        copies = _replicate_new(c, repo, res.id, as_json, unsafe_store) if replicate_ else None
     if as_json:
         emit(res.to_dict() if copies is None else {**res.to_dict(), "replicated": [r.to_dict() for r in copies],
                                                    "ok": all(r.ok for r in copies)})
@@ -308,15 +312,19 @@ def rebuild_cmd(c: Ctx, as_json: bool) -> None:
 @click.option("--to", "to", required=True, metavar="URL",
               help="The copy: a path, file:///path or s3://bucket/prefix[?profile=&endpoint=&region=].")
 @click.option("--to-catalog", metavar="PATH", help="The copy's catalog (default: one under $ARCHIVER_HOME for it).")
+@click.option("--unsafe-store", is_flag=True,
+              help="Write to the copy even though `store check` found it silently overwrites objects.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def replicate_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, to: str, to_catalog: str | None, as_json: bool) -> None:
+def replicate_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, to: str, to_catalog: str | None, unsafe_store: bool,
+                  as_json: bool) -> None:
     """Copy archives (with their ancestors), their chunks and signatures to another store.
     Every chunk is proved before it is written; exit 1 if anything could not be copied."""
     if bool(refs) == all_:
         raise UsageError("give REF... or --all (not both)")
     res = api.replicate(refs, to=to, all_archives=all_, settings=Settings.resolve(c.store, c.catalog),
-                        to_catalog=to_catalog, progress=Progress.for_terminal("replicate", quiet=as_json))
+                        to_catalog=to_catalog, progress=Progress.for_terminal("replicate", quiet=as_json),
+                        unsafe_store=unsafe_store)
     _report_copy(res, as_json, f"replicated {len(res.manifests)} archive(s) to {res.destination}: "
                                f"{res.objects_written} object(s) written ({human_bytes(res.bytes_written)}), "
                                f"{res.chunks_present} chunk(s) already there, {res.chunks_checked} proved, "
@@ -357,10 +365,10 @@ def _named_copies(c: Ctx) -> list[str]:
         return []
 
 
-def _replicate_new(c: Ctx, repo: Repository, mid: str, as_json: bool) -> list[Any]:
+def _replicate_new(c: Ctx, repo: Repository, mid: str, as_json: bool, unsafe_store: bool) -> list[Any]:
     """Replicate a just-committed archive to every copy the store names."""
     settings = Settings.resolve(c.store, c.catalog)
-    return [api.replicate([mid], to=url, repo=repo, settings=settings,
+    return [api.replicate([mid], to=url, repo=repo, settings=settings, unsafe_store=unsafe_store,
                           progress=Progress.for_terminal("replicate", quiet=as_json)) for url in repo.copies()]
 
 
@@ -408,6 +416,30 @@ def copies_remove_cmd(c: Ctx, url: str, as_json: bool) -> None:
     else:
         click.echo(printable(f"{'removed' if removed else 'not a copy'}: {url}"), err=not removed)
     sys.exit(0 if removed else 1)
+
+
+@cli.group("store")
+def store_grp() -> None:
+    """Store maintenance."""
+
+
+@store_grp.command("check")
+@click.argument("url", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def store_check_cmd(c: Ctx, url: str | None, as_json: bool) -> None:
+    """Probe what the store (URL, default --store) really enforces, under _probe/: that a
+    second If-None-Match write fails, that checksummed writes are accepted, versioning and
+    Object Lock. Exit 1 if it silently overwrites (archive and replicate then refuse it)."""
+    res = api.store_check(settings=Settings.resolve(url or c.store, None if url else c.catalog))
+    if as_json:
+        emit({**res.to_dict(), "overwrites": res.overwrites})
+    else:
+        for label, value in (("conditional writes", res.conditional_writes), ("checksums", res.checksums),
+                             ("versioning", res.versioning), ("object lock", res.object_lock)):
+            click.echo(printable(f"{label + ':':20}{value if value is not None else '-'}"))
+        click.echo(printable(f"{'OK' if res.ok else 'UNSAFE'} — {res.store} (probe object {res.probe_key})"))
+    sys.exit(0 if res.ok else 1)
 
 
 def _report_copy(res: Any, as_json: bool, summary: str) -> None:

@@ -70,3 +70,10 @@ def event(writer: str, name: str) -> str:
 
 def quarantined(key: str, tag: str) -> str:
     return f"{QUARANTINE}{key}.{tag}"
+
+
+PROBE = "_probe/"  # scratch objects written by `store check` (a few bytes each; never read as data)
+
+
+def probe(token: str) -> str:
+    return f"{PROBE}{token}/object"

@@ -715,6 +715,31 @@ class Repository:
                 out[mid] = info.size
         return out
 
+    def probe_conditional_writes(self) -> dict[str, Any]:
+        """Write a scratch object under `_probe/` twice with put_if_absent and read it back:
+        does the store refuse the second write (as every archiver guarantee assumes) or
+        silently overwrite? Also whether the checksummed write was accepted, and, on S3,
+        the bucket's versioning and Object Lock configuration. A local store's no-replace
+        link/rename is enforced by the filesystem; it is probed the same way."""
+        key = layout.probe(secrets.token_hex(8))
+        first, second = b"archiver probe: first write\n", b"archiver probe: second write\n"
+        out: dict[str, Any] = {"store": self.url, "probe_key": key}
+        try:
+            self._store.put_if_absent(key, first)
+            out["checksums"] = "accepted"
+        except StoreError as e:
+            out["checksums"] = f"rejected: {e}"
+            out["overwrites"] = None
+            return out
+        refused = not self._store.put_if_absent(key, second)
+        held = self._store.get(key, max_size=64)
+        out["overwrites"] = not refused or held != first
+        out["conditional_writes"] = "enforced" if not out["overwrites"] else \
+            "IGNORED: a second If-None-Match write replaced the object"
+        settings = getattr(self._store, "bucket_settings", None)
+        out.update(settings() if settings is not None else {"versioning": "n/a (local)", "object_lock": "n/a (local)"})
+        return out
+
 def _parents_first(parents: dict[str, str | None]) -> list[str]:
     """Ids ordered so a manifest's parent (if present) comes before it: an iterative
     walk, so a chain of any length works (and a forged cycle ends the walk)."""
