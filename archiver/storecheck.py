@@ -58,14 +58,16 @@ def _from_probe(raw: dict[str, Any], cached: bool) -> StoreCheck:
     return res
 
 
-def check(repo: Repository) -> StoreCheck:
-    """Probe the store now (always), cache the result in its catalog, and audit it."""
+def check(repo: Repository, *, audit: bool = True) -> StoreCheck:
+    """Probe the store now (always), cache the result in its catalog, and (an explicit
+    check) audit it; the cached row records the automatic probe of a first archive."""
     raw = repo.probe_conditional_writes()
     raw["checked_at"] = time.time()
     if raw.get("overwrites") is not None:  # a probe that could not write proves nothing: not kept
         repo.cache_store_check(CACHE_KEY, raw)
     res = _from_probe(raw, cached=False)
-    repo.audit("store-check", None, res.ok, {k: v for k, v in raw.items()})
+    if audit:
+        repo.audit("store-check", None, res.ok, dict(raw))
     return res
 
 
@@ -73,7 +75,7 @@ def ensure_safe(repo: Repository, unsafe_store: bool = False) -> StoreCheck:
     """The cached check (probing once if there is none); UnsafeStoreError if the store
     overwrites and `unsafe_store` is not set."""
     raw = repo.cached_store_check(CACHE_KEY)
-    res = _from_probe(raw, cached=True) if raw is not None else check(repo)
+    res = _from_probe(raw, cached=True) if raw is not None else check(repo, audit=False)
     if res.overwrites and not unsafe_store:
         raise UnsafeStoreError(repo.url)
     return res

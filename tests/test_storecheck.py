@@ -177,4 +177,8 @@ def test_check_is_cached_per_store(tmp_path: Path, home: Path) -> None:
     assert len(probes) == 1  # probed by the first archive only
     from archiver import api
     with api.open_repository(store) as repo:
+        assert repo.cached_store_check("self")["probe_key"] == probes[0]
+    assert run_cli("--store", store, "store", "check").code == 0  # an explicit check probes again, audited
+    assert len(RawStore(store).keys(layout.PROBE)) == 2
+    with api.open_repository(store) as repo:
         assert [a.event for a in repo.audit_log()].count("store-check") == 1
