@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench install clean
+.PHONY: test demo bench bench-replicate install clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/replicate_bench.py
+
+bench-replicate: $(STAMP)
+	$(BIN)/python bench/replicate_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
