@@ -71,9 +71,13 @@ def replicate(src: Repository, dst: Repository, ids: list[str], *, workers: int 
     t0 = time.monotonic()
     res = ReplicateResult(source=src.url, destination=dst.url)
     n = workers or default_workers()
-    with ThreadPoolExecutor(n) as pool:
-        for mid in ids:
-            _one(src, dst, mid, pool, window_for(n), res, progress)
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            for mid in ids:
+                _one(src, dst, mid, pool, window_for(n), res, progress)
+    finally:
+        if progress is not None:
+            progress.finish()
     res.seconds = round(time.monotonic() - t0, 3)
     details = {"to": dst.url, "from": src.url, "manifests": len(res.manifests), "objects_written": res.objects_written,
                "bytes_written": res.bytes_written, "problems": len(res.problems),
@@ -115,7 +119,7 @@ def _one(src: Repository, dst: Repository, mid: str, pool: ThreadPoolExecutor, w
             res.objects_written += 1
             res.bytes_written += ref.stored_size
         if progress is not None:
-            progress.advance(ref.length)
+            progress.advance(ref.stored_size)
     if failed:
         res.problems.append(Problem(mid, "manifest", "not replicated: a chunk it names could not be copied"))
         return

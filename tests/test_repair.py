@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import boto3
 import pytest
 
 from archiver import api, layout
-from manifests.model import parse_manifest
+from manifests.model import Manifest, parse_manifest
 from tests.helpers import RawStore, make_checkpoint, run_cli
 
 
@@ -30,7 +29,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path, home: Path) -> str:
     return request.getfixturevalue("s3_mock_url") if request.param == "s3" else str(tmp_path / "target")
 
 
-def setup_pair(target: str, tmp_path: Path, copy: str | None = None) -> tuple[str, str, parse_manifest]:
+def setup_pair(target: str, tmp_path: Path, copy: str | None = None) -> tuple[str, str, Manifest]:
     """A signed archive in `target`, replicated to a local copy."""
     copy = copy or str(tmp_path / "copy")
     assert run_cli("keygen", str(tmp_path / "key")).code == 0
