@@ -160,12 +160,15 @@ def replicate(refs: Iterable[str] = (), *, to: str, all_archives: bool = False, 
 
 
 def repair(refs: Iterable[str] = (), *, sources: Iterable[str] = (), all_archives: bool = False, dry_run: bool = False,
+           sample: float | None = None,
            repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
            settings: Settings | None = None) -> RepairResult:
     """Heal the store's damaged or missing objects of the named archives (none named: every
     recorded one) from the copies at `sources` (URLs; only read), by default the copies
-    the store names (`copies_add`)."""
+    the store names (`copies_add`). `sample`: read only that fraction of the chunks (least
+    recently verified first) besides those LIST shows missing or wrong-sized."""
     from archiver import repair as rep
+    checker.check_sample(sample)
     from archiver.errors import UsageError
     s = settings or Settings.resolve(store, catalog)
     with contextlib.ExitStack() as stack:
@@ -175,7 +178,7 @@ def repair(refs: Iterable[str] = (), *, sources: Iterable[str] = (), all_archive
             raise UsageError("no copy to repair from (name one, or record copies with `archiver copies add URL`)")
         ids = rep.select(target, refs, all_archives)
         copies = [stack.enter_context(Repository.open(_copy_settings(s, url), read_only=True)) for url in urls]
-        return rep.repair(target, copies, ids, dry_run=dry_run)
+        return rep.repair(target, copies, ids, dry_run=dry_run, sample=sample)
 
 
 def _copy_settings(s: Settings, url: str) -> Settings:

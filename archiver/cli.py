@@ -337,16 +337,19 @@ def replicate_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, to: str, to_catalog
 @click.option("--from", "from_", multiple=True, metavar="URL",
               help="A copy to take good objects from; repeatable (default: the copies from `copies add`).")
 @click.option("--dry-run", is_flag=True, help="List what is bad and where the good bytes are; change nothing.")
+@click.option("--sample", type=float, metavar="FRACTION",
+              help="Read only this fraction of chunks (stalest first), besides those missing or wrong-sized.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def repair_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, from_: tuple[str, ...], dry_run: bool,
-               as_json: bool) -> None:
+               sample: float | None, as_json: bool) -> None:
     """Deep-check archives and heal every damaged or missing chunk, manifest and signature
     from a copy whose bytes prove good (damaged objects are kept under quarantine/). Exit 1
     if anything could not be healed."""
     if refs and all_:
         raise UsageError("give REF... or --all (not both)")
-    res = api.repair(refs, sources=from_, all_archives=all_, dry_run=dry_run,
+    check_sample(sample)
+    res = api.repair(refs, sources=from_, all_archives=all_, dry_run=dry_run, sample=sample,
                      settings=Settings.resolve(c.store, c.catalog))
     if not as_json:
         for f in res.fixes:

@@ -9,6 +9,7 @@ A copy serving wrong bytes is passed over; an object bad on every copy is report
 every manifest and file that uses it, and left alone. The copies are only read."""
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -62,8 +63,11 @@ def select(repo: Repository, refs: Iterable[str], all_archives: bool) -> list[st
 
 
 def repair(target: Repository, copies: list[Repository], ids: list[str], *, dry_run: bool = False,
-           workers: int | None = None) -> RepairResult:
-    """Find what is bad in `target` for the manifests `ids`, and heal it from `copies`."""
+           sample: float | None = None, workers: int | None = None) -> RepairResult:
+    """Find what is bad in `target` for the manifests `ids`, and heal it from `copies`.
+    Every chunk is read and re-hashed; with `sample` (a fraction in (0, 1]) every chunk is
+    still listed (missing or wrong-sized ones are always healed) but only that fraction,
+    least recently verified first, is read."""
     if not copies:
         raise UsageError("repair needs at least one copy to take good objects from")
     t0 = time.monotonic()
@@ -74,7 +78,7 @@ def repair(target: Repository, copies: list[Repository], ids: list[str], *, dry_
         if m is not None:
             manifests[mid] = m
             _signatures(target, copies, mid, res)
-    _chunks(target, copies, manifests, res, workers or default_workers())
+    _chunks(target, copies, manifests, res, workers or default_workers(), sample)
     res.repaired = sum(1 for f in res.fixes if f.action in ("written", "replaced"))
     res.seconds = round(time.monotonic() - t0, 3)
     if not dry_run:
@@ -146,8 +150,9 @@ def _signatures(target: Repository, copies: list[Repository], mid: str, res: Rep
 
 
 def _chunks(target: Repository, copies: list[Repository], manifests: dict[str, Manifest], res: RepairResult,
-            workers: int) -> None:
-    """Deep-check every chunk the manifests name (once each), then heal the bad ones."""
+            workers: int, sample: float | None) -> None:
+    """Deep-check every chunk the manifests name (once each; or with `sample` the listed
+    suspects plus a fraction), then heal the bad ones."""
     uses: dict[str, list[tuple[str, Entry, ChunkRef]]] = defaultdict(list)
     refs: dict[str, ChunkRef] = {}
     for mid, m in manifests.items():
@@ -156,11 +161,15 @@ def _chunks(target: Repository, copies: list[Repository], manifests: dict[str, M
                 refs.setdefault(c.hash, c)
                 uses[c.hash].append((mid, e, c))
     bad: list[tuple[ChunkRef, ArchiverError]] = []
+    checked: list[tuple[str, bool]] = []
     with ThreadPoolExecutor(workers) as pool:
-        for ref, got in ordered_map(pool, target.try_read_chunk, list(refs.values()), window_for(workers)):
+        for ref, got in ordered_map(pool, target.try_read_chunk, _to_read(target, refs, sample), window_for(workers)):
             res.chunks_checked += 1
+            checked.append((ref.hash, not isinstance(got, ArchiverError)))
             if isinstance(got, ArchiverError):
                 bad.append((ref, got))
+    if not res.dry_run:
+        target.record_chunk_checks(checked)  # a sampled repair moves on to other chunks next time
     for ref, err in bad:
         state = "missing" if isinstance(err, ObjectMissingError) else "damaged"
         fix = Fix("chunk", ref.hash, state, str(err))
@@ -172,3 +181,15 @@ def _chunks(target: Repository, copies: list[Repository], manifests: dict[str, M
             for mid, e, c in uses[ref.hash]:
                 res.problems.append(Problem(mid, kind, f"{err}; no healthy copy: {rejected}",
                                             e.path, c.offset, c.length, c.hash))
+
+
+def _to_read(target: Repository, refs: dict[str, ChunkRef], sample: float | None) -> list[ChunkRef]:
+    """Every chunk; or, sampled, those LIST shows missing or of the wrong size, plus the
+    least recently verified `sample` fraction of the rest."""
+    if sample is None:
+        return list(refs.values())
+    sizes = target.chunk_sizes(refs)
+    suspects = [h for h, r in refs.items() if sizes.get(h) != r.stored_size]
+    rest = [h for h in target.chunks_by_staleness(refs) if h not in set(suspects)]
+    picked = rest[:math.ceil(sample * len(refs))]
+    return [refs[h] for h in suspects + picked]

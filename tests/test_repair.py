@@ -148,3 +148,22 @@ def test_repair_usage(tmp_path: Path, home: Path) -> None:
     assert same.code == 2 and "itself" in same.json()["error"]
     missing = run_cli("--store", target, "repair", "--from", str(tmp_path / "nowhere"), "--json")
     assert missing.code != 0
+
+
+def test_sampled_repair_lists_everything_and_reads_a_fraction(tmp_path: Path, home: Path) -> None:
+    target = str(tmp_path / "target")
+    mid, copy, m = setup_pair(target, tmp_path)
+    hashes = sorted(m.unique_chunks())
+    assert len(hashes) >= 3
+    raw = RawStore(target)
+    raw.delete(layout.chunk(hashes[0]))  # LIST finds it whatever the sample
+    assert run_cli("--store", target, "repair", "--sample", "0", "--from", copy).code == 2
+    r = run_cli("--store", target, "repair", "--sample", "0.01", "--from", copy, "--json")
+    assert r.code == 0, r.out
+    res = r.json()
+    assert res["chunks_checked"] == 2  # the missing chunk and one stalest chunk, not all
+    assert [f["name"] for f in res["fixes"]] == [hashes[0]]
+    raw.mutate(layout.chunk(hashes[1]), flip)  # same size: only a read finds it
+    full = run_cli("--store", target, "repair", "--sample", "1", "--from", copy, "--json").json()
+    assert full["chunks_checked"] == len(hashes) and [f["name"] for f in full["fixes"]] == [hashes[1]]
+    assert run_cli("--store", target, "verify", "--all", "--deep").code == 0
