@@ -4,12 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench install clean
+.PHONY: test demo bench bench-replicate install clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps 'ministack>=1.5,<2'  # see pyproject.toml: its botocore pin is too old
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +23,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/replicate_bench.py
+
+bench-replicate: $(STAMP)
+	$(BIN)/python bench/replicate_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -17,6 +17,8 @@ __all__ = ["archive", "verify", "restore", "open_store", "open_repository", "lis
            "rebuild_catalog", "keygen", "ArchiveResult", "VerifyReport", "RestoreResult", "RebuildResult",
            "ArchiverError", "Settings", "S3Options", "Problem",
            "fixity_status", "event_log"]
+__all__ += ["replicate", "repair", "copies_add", "copies_list", "copies_remove", "verify_copies", "store_check",
+            "ReplicateResult", "RepairResult", "CopiesReport"]
 
 _ELSEWHERE = {"ArchiverError": "archiver.errors", "Settings": "archiver.settings", "S3Options": "archiver.settings",
               "Problem": "archiver.problems"}

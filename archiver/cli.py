@@ -15,7 +15,7 @@ import click
 
 from archiver import api, malloc
 from archiver.checker import check_budget, check_sample
-from archiver.errors import ArchiverError, EmptyCatalogError, InvalidOptionError, UsageError
+from archiver.errors import ArchiverError, EmptyCatalogError, InvalidOptionError, NoStoreError, UsageError
 from archiver.progress import Progress, human_bytes
 from archiver.repository import Repository
 from archiver.settings import Settings
@@ -110,20 +110,32 @@ def cli(ctx: click.Context, store: str | None, catalog: str | None) -> None:
 @click.option("--trust-verified-within", metavar="DURATION",
               help="Trust stored chunks that a deep verify found intact within DURATION (e.g. 7d, 12h) "
                    "instead of reading each one back (default: prove every chunk).")
+@click.option("--replicate", "replicate_", is_flag=True,
+              help="Then replicate the archive to every copy the store names (`archiver copies add`).")
+@click.option("--unsafe-store", is_flag=True,
+              help="Use a store even though `store check` found it silently overwrites objects.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, meta: tuple[str, ...],
-                sign_key: str | None, trust_verified_within: str | None, as_json: bool) -> None:
+                sign_key: str | None, trust_verified_within: str | None, replicate_: bool, unsafe_store: bool,
+                as_json: bool) -> None:
     """Archive files and directories; prints the manifest id."""
     meta_d = _parse_meta(meta)
+    if replicate_ and not _named_copies(c):
+        raise UsageError("--replicate: this store names no copies (add one with `archiver copies add URL`)")
     key = api.signing_key(sign_key)  # refused before the store is touched
     trust = None if trust_verified_within is None else parse_duration(trust_verified_within,
                                                                        "trust_verified_within")
     with c.repo(create=True) as repo:
         res = api.archive(paths, name=name, label=label, meta=meta_d, sign_key=key, repo=repo,
-                          trust_verified_within=trust, progress=Progress.for_terminal("archive", quiet=as_json))
+                          trust_verified_within=trust, progress=Progress.for_terminal("archive", quiet=as_json),
+                          unsafe_store=unsafe_store)
+        copies = _replicate_new(c, repo, res.id, as_json, unsafe_store) if replicate_ else None
     if as_json:
-        emit(res.to_dict())
+        emit(res.to_dict() if copies is None else {**res.to_dict(), "replicated": [r.to_dict() for r in copies],
+                                                   "ok": all(r.ok for r in copies)})
+        if copies is not None and not all(r.ok for r in copies):
+            sys.exit(1)
         return
     click.echo(res.id)
     click.echo(f"{res.files} files, {human_bytes(res.bytes_in)} in, {human_bytes(res.bytes_stored)} stored "
@@ -132,6 +144,13 @@ def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, me
     if res.repaired_chunks:
         click.echo(f"repaired {res.repaired_chunks} damaged chunk(s) in the store from the source "
                    f"(the damaged objects are kept under quarantine/ and each repair is in the catalog audit log)", err=True)
+    for r in copies or []:
+        for p in r.problems:
+            click.echo(printable(p.line()), err=True)
+        click.echo(printable(f"{'replicated to' if r.ok else 'FAILED to replicate to'} {r.destination}: "
+                             f"{r.objects_written} object(s) written"), err=True)
+    if copies is not None and not all(r.ok for r in copies):
+        sys.exit(1)
 
 
 @cli.command("list")
@@ -191,11 +210,13 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
 @click.option("--trust-key", multiple=True, metavar="PUBKEY",
               help="Require a signature by this public key (file or hex); repeatable.")
 @click.option("--sign-key", type=click.Path(), help="Sign this run's event in the store's log with this key.")
+@click.option("--copies", "copies_", is_flag=True,
+              help="Also check (by LIST) that every copy the store names holds every object.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: float | None,
                max_bytes: str | None, max_seconds: str | None, trust_key: tuple[str, ...], sign_key: str | None,
-               as_json: bool) -> None:
+               copies_: bool, as_json: bool) -> None:
     """Prove archives complete and uncorrupted. Exit 0 all good, 1 problems found, 2 usage.
     REF as for `show` (id:PREFIX and name:NAME[@LABEL] are never ambiguous)."""
     if bool(refs) == all_:
@@ -210,20 +231,27 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
         rep = api.verify(refs, all_archives=all_, deep=deep, sample=sample, trust_keys=trusted, repo=repo,
                          progress=Progress.for_terminal("verify", quiet=as_json), max_bytes=budget_bytes,
                          max_seconds=budget_seconds, sign_key=key)
+        cop = api.verify_copies(rep.manifests, {p.manifest for p in rep.problems}, repo=repo,
+                                settings=Settings.resolve(c.store, c.catalog)) if copies_ else None
     if rep.audit_error is not None:
         click.echo(f"archiver: warning: this verify is not in the catalog's audit log: {rep.audit_error}", err=True)
     if rep.event_error is not None:
         click.echo(f"archiver: warning: this verify is not in the store's event log: {rep.event_error}", err=True)
+    ok = rep.ok and (cop is None or cop.ok)
     if as_json:
-        emit(rep.to_dict())
+        emit(rep.to_dict() if cop is None else {**rep.to_dict(), "copies": cop.to_dict(), "ok": ok})
     else:
-        for p in rep.problems:
+        for p in rep.problems + (cop.problems if cop is not None else []):
             click.echo(printable(p.line()))
-        status = "OK" if rep.ok else f"FAILED: {len(rep.problems)} problem(s)"
+        if cop is not None:
+            for mid, counted in cop.copies.items():
+                click.echo(f"{mid[:16]}  copies: {counted}")
+        problems = len(rep.problems) + (len(cop.problems) if cop is not None else 0)
+        status = "OK" if ok else f"FAILED: {problems} problem(s)"
         click.echo(f"{status} — {rep.mode} verify of {len(rep.manifests)} archive(s): {rep.chunks_checked} chunks "
                    f"listed, {rep.chunks_read} read ({human_bytes(rep.bytes_read)}), {rep.files_hashed} files "
-                   f"hashed, {rep.seconds:.1f}s")
-    sys.exit(0 if rep.ok else 1)
+                   f"hashed, {rep.seconds:.1f}s" + (f"; {len(cop.stores) - 1} cop(ies) listed" if cop else ""))
+    sys.exit(0 if ok else 1)
 
 
 @cli.command("restore")
@@ -387,6 +415,156 @@ def events_cmd(c: Ctx, ref: str | None, since: str | None, as_json: bool, premis
     for p in log.problems:
         click.echo(printable(p.line()), err=True)
     sys.exit(0 if not log.problems else 1)
+
+
+@cli.command("replicate")
+@click.argument("refs", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every archive in the catalog.")
+@click.option("--to", "to", required=True, metavar="URL",
+              help="The copy: a path, file:///path or s3://bucket/prefix[?profile=&endpoint=&region=].")
+@click.option("--to-catalog", metavar="PATH", help="The copy's catalog (default: one under $ARCHIVER_HOME for it).")
+@click.option("--unsafe-store", is_flag=True,
+              help="Write to the copy even though `store check` found it silently overwrites objects.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def replicate_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, to: str, to_catalog: str | None, unsafe_store: bool,
+                  as_json: bool) -> None:
+    """Copy archives (with their ancestors), their chunks and signatures to another store.
+    Every chunk is proved before it is written; exit 1 if anything could not be copied."""
+    if bool(refs) == all_:
+        raise UsageError("give REF... or --all (not both)")
+    res = api.replicate(refs, to=to, all_archives=all_, settings=Settings.resolve(c.store, c.catalog),
+                        to_catalog=to_catalog, progress=Progress.for_terminal("replicate", quiet=as_json),
+                        unsafe_store=unsafe_store)
+    _report_copy(res, as_json, f"replicated {len(res.manifests)} archive(s) to {res.destination}: "
+                               f"{res.objects_written} object(s) written ({human_bytes(res.bytes_written)}), "
+                               f"{res.chunks_present} chunk(s) already there, {res.chunks_checked} proved, "
+                               f"{res.seconds:.1f}s")
+
+
+@cli.command("repair")
+@click.argument("refs", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every archive in the catalog (the default without REF).")
+@click.option("--from", "from_", multiple=True, metavar="URL",
+              help="A copy to take good objects from; repeatable (default: the copies from `copies add`).")
+@click.option("--dry-run", is_flag=True, help="List what is bad and where the good bytes are; change nothing.")
+@click.option("--sample", type=float, metavar="FRACTION",
+              help="Read only this fraction of chunks (stalest first), besides those missing or wrong-sized.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def repair_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, from_: tuple[str, ...], dry_run: bool,
+               sample: float | None, as_json: bool) -> None:
+    """Deep-check archives and heal every damaged or missing chunk, manifest and signature
+    from a copy whose bytes prove good (damaged objects are kept under quarantine/). Exit 1
+    if anything could not be healed."""
+    if refs and all_:
+        raise UsageError("give REF... or --all (not both)")
+    check_sample(sample)
+    res = api.repair(refs, sources=from_, all_archives=all_, dry_run=dry_run, sample=sample,
+                     settings=Settings.resolve(c.store, c.catalog))
+    if not as_json:
+        for f in res.fixes:
+            where = f"from {f.source}" if f.source else "no healthy copy"
+            click.echo(printable(f"{'plan' if res.dry_run else f.action}: {f.state} {f.kind} {f.name} ({where})"))
+    verb = "would repair" if res.dry_run else "repaired"
+    _report_copy(res, as_json, f"{verb} {len(res.fixes) if res.dry_run else res.repaired} object(s) in "
+                               f"{res.target} ({res.chunks_checked} chunks checked), {res.seconds:.1f}s")
+
+
+def _named_copies(c: Ctx) -> list[str]:
+    """The copies the store names; none for a store that does not exist yet."""
+    try:
+        return api.copies_list(settings=Settings.resolve(c.store, c.catalog))
+    except NoStoreError:
+        return []
+
+
+def _replicate_new(c: Ctx, repo: Repository, mid: str, as_json: bool, unsafe_store: bool) -> list[Any]:
+    """Replicate a just-committed archive to every copy the store names."""
+    settings = Settings.resolve(c.store, c.catalog)
+    return [api.replicate([mid], to=url, repo=repo, settings=settings, unsafe_store=unsafe_store,
+                          progress=Progress.for_terminal("replicate", quiet=as_json)) for url in repo.copies()]
+
+
+@cli.group("copies")
+def copies_grp() -> None:
+    """The copies of this store (recorded in its catalog): replicate, verify --copies and
+    repair use them."""
+
+
+@copies_grp.command("add")
+@click.argument("url")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def copies_add_cmd(c: Ctx, url: str, as_json: bool) -> None:
+    """Name URL (path, file:// or s3://bucket/prefix[?profile=&endpoint=&region=]) as a copy."""
+    full, added = api.copies_add(url, settings=Settings.resolve(c.store, c.catalog))
+    if as_json:
+        emit({"copy": full, "added": added})
+    else:
+        click.echo(printable(f"{'added' if added else 'already a copy'}: {full}"))
+
+
+@copies_grp.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def copies_list_cmd(c: Ctx, as_json: bool) -> None:
+    """The copies this store names."""
+    urls = api.copies_list(settings=Settings.resolve(c.store, c.catalog))
+    if as_json:
+        emit(urls)
+    else:
+        for u in urls:
+            click.echo(printable(u))
+
+
+@copies_grp.command("remove")
+@click.argument("url")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def copies_remove_cmd(c: Ctx, url: str, as_json: bool) -> None:
+    """Forget URL as a copy (the copy's store is not touched). Exit 1 if it was not one."""
+    removed = api.copies_remove(url, settings=Settings.resolve(c.store, c.catalog))
+    if as_json:
+        emit({"copy": url, "removed": removed, "ok": removed})
+    else:
+        click.echo(printable(f"{'removed' if removed else 'not a copy'}: {url}"), err=not removed)
+    sys.exit(0 if removed else 1)
+
+
+@cli.group("store")
+def store_grp() -> None:
+    """Store maintenance."""
+
+
+@store_grp.command("check")
+@click.argument("url", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def store_check_cmd(c: Ctx, url: str | None, as_json: bool) -> None:
+    """Probe what the store (URL, default --store) really enforces, under _probe/: that a
+    second If-None-Match write fails, that checksummed writes are accepted, versioning and
+    Object Lock. Exit 1 if it silently overwrites (archive and replicate then refuse it)."""
+    res = api.store_check(settings=Settings.resolve(url or c.store, None if url else c.catalog))
+    if as_json:
+        emit({**res.to_dict(), "overwrites": res.overwrites})
+    else:
+        for label, value in (("conditional writes", res.conditional_writes), ("checksums", res.checksums),
+                             ("versioning", res.versioning), ("object lock", res.object_lock)):
+            click.echo(printable(f"{label + ':':20}{value if value is not None else '-'}"))
+        click.echo(printable(f"{'OK' if res.ok else 'UNSAFE'} — {res.store} (probe object {res.probe_key})"))
+    sys.exit(0 if res.ok else 1)
+
+
+def _report_copy(res: Any, as_json: bool, summary: str) -> None:
+    """Print a replicate or repair result and exit 0 (ok) or 1 (problems)."""
+    if as_json:
+        emit(res.to_dict())
+    else:
+        for p in res.problems:
+            click.echo(printable(p.line()))
+        click.echo(printable(("OK — " if res.ok else f"FAILED: {len(res.problems)} problem(s) — ") + summary))
+    sys.exit(0 if res.ok else 1)
 
 
 def fail(message: str, code: int, as_json: bool, kind: str = "error", **fields: Any) -> None:

@@ -8,6 +8,7 @@
     filemaps/<h[0:2]>/<h>.json          chunk list of one large file (manifest v2)
     events/<writer>/<name>.json         immutable, hash-chained event log
     quarantine/<key>                    local stores: damaged objects moved aside by repair
+    _probe/<random>/object              scratch objects of `store check` (never read as data)
 
 Fan-out by the first two hex digits keeps directories small on local stores and gives
 shallow verify one LIST per prefix on S3."""
@@ -95,3 +96,10 @@ def parse_event_key(key: str) -> tuple[str, int, str] | None:
 
 def is_event_list_key(key: str) -> bool:
     return _EVENT_LIST_KEY.match(key) is not None
+
+
+PROBE = "_probe/"  # scratch objects written by `store check` (a few bytes each; never read as data)
+
+
+def probe(token: str) -> str:
+    return f"{PROBE}{token}/object"

@@ -8,6 +8,7 @@ bytes, the whole file's digest, and for manifests the id."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 import threading
 import time
@@ -772,6 +773,211 @@ class Repository:
     def chunk_coverage(self) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:
         return self._catalog.chunk_coverage()
 
+
+    # -- copies: replicate and repair (only proved bytes cross between stores) -------------------
+    def manifest_object(self, mid: str) -> bytes:
+        """The store's manifest object, accepted only if its bytes hash to `mid` and parse:
+        the exact bytes a copy must hold. NotFoundError if absent, ManifestError if damaged."""
+        try:
+            data = self._get_manifest(layout.manifest(mid))
+        except ObjectMissingError:
+            raise NotFoundError(f"manifest {mid} is not in the store") from None
+        with translated():
+            parse_manifest(data, expected_id=mid)
+        return data
+
+    def chunk_object(self, ref: ChunkRef) -> bytes:
+        """The stored object of one chunk exactly as stored, returned only after it was
+        decoded and its bytes re-hashed to `ref.hash` (so the same object bytes, and the
+        manifest's stored size, are valid in another store). Raises CorruptChunkError or
+        ObjectMissingError."""
+        obj = self._get_chunk(ref.hash, ref.stored_size)
+        if len(obj) != ref.stored_size:
+            raise CorruptChunkError(ref.hash, f"stored size {len(obj)} != recorded {ref.stored_size}")
+        self._decode_checked(obj, ref.hash, ref.length)
+        return obj
+
+    def put_chunk_object(self, ref: ChunkRef, obj: bytes) -> bool:
+        """Store a proved chunk object (from `chunk_object` of another store); True if
+        written now. If the key is taken (a concurrent writer, or a PUT whose response was
+        lost), what it holds must be these exact bytes, else IntegrityError."""
+        return self._put_exact(layout.chunk(ref.hash), obj, f"chunk {ref.hash}")
+
+    def put_manifest_object(self, mid: str, data: bytes) -> bool:
+        """Store a manifest object whose bytes hash to `mid`; True if written now."""
+        if manifest_id(data) != mid:
+            raise ManifestError(f"bytes given for manifest {mid} do not hash to its id")
+        return self._put_exact(layout.manifest(mid), data, f"manifest {mid}")
+
+    def signature_objects(self, mid: str) -> tuple[list[tuple[str, bytes]], list[str]]:
+        """([(fingerprint, bytes)] of every valid signature of `mid`, [why each other one
+        is refused]): only a signature that checks against `mid` under its own key is
+        ever copied."""
+        from manifests import signing
+        good: list[tuple[str, bytes]] = []
+        bad: list[str] = []
+        for info in self._store.list(layout.signatures_of(mid)):
+            try:
+                data = self._store.get(info.key, max_size=MAX_SIGNATURE_BYTES)
+                with translated():
+                    sig = signing.parse_signature(data)
+            except (ArchiverError, ObjectMissingError) as e:
+                bad.append(f"{info.key}: {e}")
+                continue
+            if signing.check(sig, mid) and info.key == layout.signature(mid, sig.fingerprint):
+                good.append((sig.fingerprint, data))
+            else:
+                bad.append(f"bad signature {info.key} (key {sig.fingerprint})")
+        return good, bad
+
+    def signature_fingerprints(self, mid: str) -> set[str]:
+        """Fingerprints of the signature objects the store holds for `mid` (LIST only)."""
+        out = set()
+        for info in self._store.list(layout.signatures_of(mid)):
+            name = info.key.rsplit("/", 1)[-1]
+            if info.key == layout.signature(mid, name.removesuffix(".json")):
+                out.add(name.removesuffix(".json"))
+        return out
+
+    def put_signature_object(self, mid: str, fingerprint: str, data: bytes) -> bool:
+        """Store a signature object (proved by `signature_objects` of another store)."""
+        return self._put_exact(layout.signature(mid, fingerprint), data, f"signature {fingerprint} of {mid}")
+
+    def _put_exact(self, key: str, data: bytes, what: str) -> bool:
+        if self._store.put_if_absent(key, data):
+            return True
+        if self._store.get(key, max_size=len(data)) != data:
+            raise IntegrityError(f"{self.url} already holds a different object for {what}")
+        return False
+
+    def record_copied_manifest(self, m: Manifest, data: bytes) -> bool:
+        """Record a manifest that was copied into this store (its chunks and object already
+        durable here); False if the catalog already had it."""
+        with translated():
+            return self._catalog.record_manifest(m, data)
+
+    def heal_chunk(self, ref: ChunkRef, obj: bytes) -> str:
+        """Heal one chunk with `obj` (proved by `chunk_object` of a copy): see `_heal`."""
+        def damage(stored: bytes) -> str | None:
+            if len(stored) != ref.stored_size:
+                return f"stored size {len(stored)} != recorded {ref.stored_size}"
+            try:
+                self._decode_checked(stored, ref.hash, ref.length)
+            except CorruptChunkError as e:
+                return e.reason
+            return None
+        return self._heal(layout.chunk(ref.hash), obj, damage)
+
+    def heal_manifest(self, mid: str, data: bytes) -> str:
+        """Heal a manifest object with bytes that hash to `mid`: see `_heal`."""
+        if manifest_id(data) != mid:
+            raise ManifestError(f"bytes given for manifest {mid} do not hash to its id")
+        return self._heal(layout.manifest(mid), data, lambda stored: None if stored == data else
+                          "store copy of the manifest differs from its id")
+
+    def heal_signature(self, mid: str, fingerprint: str, data: bytes) -> str:
+        """Heal a signature object with a signature proved valid elsewhere: see `_heal`."""
+        from manifests import signing
+
+        def damage(stored: bytes) -> str | None:
+            try:
+                with translated():
+                    sig = signing.parse_signature(stored)
+            except ArchiverError as e:
+                return str(e)
+            return None if signing.check(sig, mid) and sig.fingerprint == fingerprint else "signature does not verify"
+        return self._heal(layout.signature(mid, fingerprint), data, damage)
+
+    def _heal(self, key: str, data: bytes, damage: Any) -> str:
+        """Put `data` (proved good elsewhere) if `key` is absent; if present, read it with its
+        version and, only if `damage(obj)` says why it is bad (None: intact), keep it under
+        quarantine and replace it, conditional on that version (If-Match on S3), then read
+        the key back. 'written', 'replaced' or 'intact'."""
+        for _ in range(self.SAVE_ROUNDS):
+            try:
+                obj, version = self._read_for_proof(key, len(data))
+            except ObjectMissingError:
+                if self._store.put_if_absent(key, data):
+                    return "written"
+                continue  # lost a race or a PUT response: prove what is there now
+            why = damage(obj) if obj is not None else f"larger than the {len(data)} bytes it should be"
+            if why is None:
+                return "intact"
+            if version is None or not getattr(self._store, "can_replace_damaged", False):
+                raise IntegrityError(f"{key} in {self.url} is damaged ({why}) and this store cannot replace it")
+            quarantine = layout.quarantined(key, self._quarantine_tag())
+            self._store.replace_damaged(key, data, version, quarantine)
+            try:
+                again, _ = self._read_for_proof(key, len(data))
+            except ObjectMissingError:
+                continue
+            if again == data:
+                return "replaced"
+        raise StoreError(f"{key} kept changing in {self.url} while it was being repaired; re-run")
+
+    # -- the store's copy set and cached store checks (named rows of the catalog's info table) ---
+    def copies(self) -> list[str]:
+        """The URLs of this store's copies, as recorded by `add_copy`."""
+        return [k[len("copy:"):] for k in self._catalog.info_items("copy:")]
+
+    def add_copy(self, url: str) -> bool:
+        """Record a copy (a full store URL, settings kept); False if it was already recorded."""
+        if url in self.copies():
+            return False
+        with translated():
+            self._catalog.set_info(f"copy:{url}", json.dumps({"added_at": time.time()}))
+        self.audit("copies-add", None, True, {"copy": url, "store": self.url})
+        return True
+
+    def remove_copy(self, url: str) -> bool:
+        """Forget a copy (its store is not touched); False if it was not recorded."""
+        with translated():
+            gone = self._catalog.delete_info(f"copy:{url}")
+        if gone:
+            self.audit("copies-remove", None, True, {"copy": url, "store": self.url})
+        return gone
+
+    def cached_store_check(self, identity: str) -> dict[str, Any] | None:
+        raw = self._catalog.info_items(f"store-check:{identity}").get(f"store-check:{identity}")
+        return None if raw is None else json.loads(raw)
+
+    def cache_store_check(self, identity: str, result: dict[str, Any]) -> None:
+        with translated():
+            self._catalog.set_info(f"store-check:{identity}", json.dumps(result, sort_keys=True))
+
+    def manifest_sizes(self) -> dict[str, int]:
+        """Stored size of every manifest object, by id (LIST pages only, nothing fetched)."""
+        out = {}
+        for info in self._store.list(layout.MANIFESTS):
+            mid = layout.manifest_id(info.key)
+            if mid is not None:
+                out[mid] = info.size
+        return out
+
+    def probe_conditional_writes(self) -> dict[str, Any]:
+        """Write a scratch object under `_probe/` twice with put_if_absent and read it back:
+        does the store refuse the second write (as every archiver guarantee assumes) or
+        silently overwrite? Also whether the checksummed write was accepted, and, on S3,
+        the bucket's versioning and Object Lock configuration. A local store's no-replace
+        link/rename is enforced by the filesystem; it is probed the same way."""
+        key = layout.probe(secrets.token_hex(8))
+        first, second = b"archiver probe: first write\n", b"archiver probe: second write\n"
+        out: dict[str, Any] = {"store": self.url, "probe_key": key}
+        try:
+            self._store.put_if_absent(key, first)
+            out["checksums"] = "accepted"
+        except StoreError as e:
+            out["checksums"] = f"rejected: {e}"
+            out["overwrites"] = None
+            return out
+        refused = not self._store.put_if_absent(key, second)
+        held = self._store.get(key, max_size=64)
+        out["overwrites"] = not refused or held != first
+        out["conditional_writes"] = "enforced" if not out["overwrites"] else \
+            "IGNORED: a second If-None-Match write replaced the object"
+        settings = getattr(self._store, "bucket_settings", None)
+        out.update(settings() if settings is not None else {"versioning": "n/a (local)", "object_lock": "n/a (local)"})
+        return out
 
 def _parents_first(parents: dict[str, str | None]) -> list[str]:
     """Ids ordered so a manifest's parent (if present) comes before it: an iterative

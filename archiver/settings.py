@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from archiver.errors import InvalidOptionError
-from archiver.urls import normalise_endpoint, normalise_store_url
+from archiver.urls import normalise_endpoint, normalise_store_url, s3_url_options
 from manifests.catalog import default_catalog_path
 
 MiB = 1024 * 1024
@@ -61,6 +61,9 @@ class Settings:
     catalog_path: Path
     s3: S3Options = field(default_factory=S3Options)
     endpoint: str | None = None
+    # The S3 options before this store's URL settings (?profile=&endpoint=&region=) were
+    # applied: what another store (a copy) starts from. None: the same as `s3`.
+    default_s3: S3Options | None = None
 
     @classmethod
     def resolve(cls, store: str | None = None, catalog: str | os.PathLike | None = None, *,
@@ -74,12 +77,23 @@ class Settings:
         default_store = normalise_store_url(str(home / "store"))
         if store is not None and not str(store).strip():
             raise InvalidOptionError("store", "is empty (an unset variable?)")
-        url = normalise_store_url(store or env.get(STORE_ENV) or str(home / "store"))
-        opts = s3 if s3 is not None else s3_options(env)
+        raw = store or env.get(STORE_ENV) or str(home / "store")
+        url = normalise_store_url(raw)
+        base = s3 if s3 is not None else s3_options(env)
+        overrides = s3_url_options(raw)  # per-store settings in the URL win over the defaults
+        opts = replace(base, **overrides) if overrides else base
         endpoint = s3_endpoint(opts, env) if url.startswith("s3://") else None
         cat = catalog or env.get(CATALOG_ENV)
         path = Path(cat).expanduser() if cat else default_catalog_path(home, url, default_store, endpoint)
-        return cls(home=home, store_url=url, catalog_path=path, s3=opts, endpoint=endpoint)
+        return cls(home=home, store_url=url, catalog_path=path, s3=opts, endpoint=endpoint,
+                   default_s3=base if overrides else None)
+
+    def for_copy(self, store: str, catalog: str | os.PathLike | None = None) -> "Settings":
+        """Settings for another store (a copy): its own URL settings over this one's
+        defaults (the environment's, not this store's ?profile=&endpoint=&region=), its
+        own catalog under the same home unless `catalog` is given."""
+        base = self.default_s3 or self.s3
+        return Settings.resolve(store, catalog, s3=base, env={HOME_ENV: str(self.home)})
 
     def with_store(self, store: str) -> "Settings":
         """The same settings for another store (its catalog chosen the same way)."""

@@ -22,7 +22,7 @@ def parse_s3(url: str) -> tuple[str, str]:
     match = SCHEME.match(url)
     if match is None or match.group(1).lower() != "s3":
         raise UsageError(f"not an S3 URL: {url!r} ({USAGE})")
-    bucket, _, prefix = url[match.end():].partition("/")
+    bucket, _, prefix = url[match.end():].partition("?")[0].partition("/")
     if not bucket:
         raise UsageError(f"S3 URL {url!r} has no bucket name ({USAGE})")
     if not _BUCKET.match(bucket):
@@ -67,6 +67,7 @@ def normalise_store_url(url: str) -> str:
     if match.group(1).lower() != "s3":
         raise UsageError(f"unsupported store URL {url!r} ({USAGE})")
     bucket, prefix = parse_s3(url)
+    s3_url_options(url)  # a malformed query is a usage error here too, never ignored
     return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
 
 
@@ -96,3 +97,53 @@ def normalise_endpoint(endpoint: str | None) -> str | None:
     if port is not None and port != _DEFAULT_PORTS.get(scheme):
         netloc += f":{port}"
     return urllib.parse.urlunsplit((scheme, netloc, parsed.path.rstrip("/"), parsed.query, ""))
+
+
+# Per-store settings an s3:// URL may carry after '?', and the S3Options field each sets.
+S3_URL_OPTIONS = {"profile": "profile", "endpoint": "endpoint_url", "region": "region"}
+
+
+def s3_url_options(url: str) -> dict[str, str]:
+    """The per-store S3 settings in an s3:// URL's query (`?profile=dr&endpoint=http://h:9000
+    &region=eu-west-1`), as S3Options field names; {} for any other URL. Each key at most
+    once, never empty, and no other key: a typo must not silently fall back to the default
+    store settings."""
+    match = SCHEME.match(url)
+    if match is None or match.group(1).lower() != "s3" or "?" not in url:
+        return {}
+    query = url.partition("?")[2]
+    found: dict[str, str] = {}
+    for part in query.split("&"):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        key, value = urllib.parse.unquote(key), urllib.parse.unquote(value)
+        if key not in S3_URL_OPTIONS:
+            raise UsageError(f"S3 URL {url!r} has an unknown setting {key!r} "
+                             f"(known: {', '.join(sorted(S3_URL_OPTIONS))})")
+        if not sep or not value.strip():
+            raise UsageError(f"S3 URL {url!r}: setting {key!r} is empty")
+        field = S3_URL_OPTIONS[key]
+        if field in found:
+            raise UsageError(f"S3 URL {url!r} sets {key!r} twice")
+        found[field] = value.strip()
+    if "endpoint_url" in found:
+        endpoint = found["endpoint_url"]
+        parsed = urllib.parse.urlsplit(endpoint)
+        if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
+            raise UsageError(f"S3 URL {url!r}: endpoint {endpoint!r} must be an http:// or https:// URL")
+    return found
+
+
+def full_store_url(url: str) -> str:
+    """A store's URL with its per-store settings kept (in a fixed order), so it can be
+    recorded and opened again exactly as given: the canonical URL for local paths and
+    plain s3:// URLs, plus `?endpoint=...&profile=...&region=...` when the URL sets them."""
+    canonical = normalise_store_url(url)
+    options = s3_url_options(url)
+    if not options:
+        return canonical
+    by_field = {f: k for k, f in S3_URL_OPTIONS.items()}
+    query = "&".join(f"{by_field[f]}={urllib.parse.quote(v, safe=':/')}" for f, v in sorted(
+        options.items(), key=lambda item: by_field[item[0]]))
+    return f"{canonical}?{query}"

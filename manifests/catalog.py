@@ -604,6 +604,29 @@ class Catalog:
         return [AuditRow(s, a, e, m, bool(o), json.loads(d)) for s, a, e, m, o, d in
                 self._conn.execute(sql + " ORDER BY seq", args)]
 
+    # -- named settings kept in the info table (copies of the store, store checks) -----------
+    _RESERVED_INFO = ("schema_version", "store", "endpoint")
+
+    def info_items(self, prefix: str) -> dict[str, str]:
+        """Every info row whose key starts with `prefix` (e.g. 'copy:'), key -> value."""
+        rows = self._conn.execute("SELECT key, value FROM info WHERE substr(key, 1, ?) = ? ORDER BY key",
+                                  (len(prefix), prefix)).fetchall()
+        return dict(rows)
+
+    def set_info(self, key: str, value: str) -> None:
+        """Record a named setting; the catalog's own rows (schema, binding) are never touched."""
+        if key in self._RESERVED_INFO or ":" not in key:
+            raise ValueError(f"info key {key!r} is reserved or has no 'kind:' prefix")
+        with self.write() as conn:
+            conn.execute("INSERT OR REPLACE INTO info(key, value) VALUES (?, ?)", (key, value))
+
+    def delete_info(self, key: str) -> bool:
+        """Forget a named setting; False if it was not there."""
+        if key in self._RESERVED_INFO or ":" not in key:
+            raise ValueError(f"info key {key!r} is reserved or has no 'kind:' prefix")
+        with self.write() as conn:
+            return conn.execute("DELETE FROM info WHERE key=?", (key,)).rowcount > 0
+
 
     # -- store events (archiver.events): what this catalog has recorded -----------------------
     def info_value(self, key: str) -> str | None:

@@ -583,3 +583,32 @@ class S3Store:
                     attempt += 1
                     continue
                 raise
+
+    # -- store check (what the bucket is configured to enforce) ----------------------
+
+    def bucket_settings(self) -> dict[str, str]:
+        """The bucket's versioning and Object Lock configuration, as reported by the server:
+        'versioning': Enabled | Suspended | off | unknown (...); 'object_lock': off |
+        enabled (MODE N days/years) | enabled (no default retention) | unknown (...)."""
+        out: dict[str, str] = {}
+        try:
+            status = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+            out["versioning"] = status or "off"
+        except (ClientError, BotoCoreError) as exc:
+            out["versioning"] = f"unknown ({_one_line(str(exc))[:120]})"
+        try:
+            conf = self.client.get_object_lock_configuration(Bucket=self.bucket).get("ObjectLockConfiguration", {})
+            if conf.get("ObjectLockEnabled") != "Enabled":
+                out["object_lock"] = "off"
+            else:
+                rule = (conf.get("Rule") or {}).get("DefaultRetention") or {}
+                span = f"{rule.get('Days')} days" if rule.get("Days") else f"{rule.get('Years')} years"
+                out["object_lock"] = f"enabled ({rule['Mode']} {span})" if rule.get("Mode") else \
+                    "enabled (no default retention)"
+        except ClientError as exc:
+            code, _ = _code_status(exc)
+            out["object_lock"] = "off" if code == "ObjectLockConfigurationNotFoundError" else \
+                f"unknown ({_one_line(str(exc))[:120]})"
+        except BotoCoreError as exc:
+            out["object_lock"] = f"unknown ({_one_line(str(exc))[:120]})"
+        return out

@@ -1,0 +1,71 @@
+"""Copy sets: the copies a store names (recorded in its catalog), and a shallow check that
+every copy holds every object of each archive, by LIST pages only (one LIST per chunk-key
+prefix and one of manifests/ per copy, not a request per chunk)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from archiver.errors import ArchiverError
+from archiver.problems import Outcome, Problem, chunk_problem
+from archiver.repository import Repository
+from manifests.model import Manifest
+
+
+@dataclass
+class CopiesReport(Outcome):
+    """`copies`: per manifest id, 'N/M' healthy copies of M (the store itself counts as one,
+    healthy when its own verify found nothing wrong with the manifest)."""
+
+    stores: list[str]
+    copies: dict[str, str] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def check(primary: Repository, copies: list[tuple[str, Repository | ArchiverError]], ids: list[str],
+          unhealthy_here: set[str]) -> CopiesReport:
+    """Shallow check of each copy for the manifests `ids` (as the primary's catalog records them)."""
+    t0 = time.monotonic()
+    rep = CopiesReport([primary.url] + [url for url, _ in copies])
+    manifests: dict[str, Manifest] = {}
+    for mid in ids:
+        try:
+            manifests[mid] = primary.load_manifest(mid)
+        except ArchiverError as e:
+            rep.problems.append(Problem(mid, "manifest", f"cannot read the manifest to check copies: {e}"))
+    healthy = {mid: (0 if mid in unhealthy_here else 1) for mid in ids}
+    wanted = {h for m in manifests.values() for h in m.unique_chunks()}
+    for url, copy in copies:
+        if isinstance(copy, ArchiverError):
+            for mid in ids:
+                rep.problems.append(Problem(mid, "copy", f"copy {url} cannot be opened: {copy}"))
+            continue
+        sizes = copy.chunk_sizes(wanted)
+        stored = copy.manifest_sizes()
+        for mid, m in manifests.items():
+            before = len(rep.problems)
+            if stored.get(mid) != len(m.canonical_json()):
+                what = "is missing" if mid not in stored else f"has size {stored[mid]}, not {len(m.canonical_json())}"
+                rep.problems.append(Problem(mid, "manifest", f"copy {url}: the manifest {what}"))
+            seen: set[str] = set()
+            for e in m.files:
+                for c in e.chunks:
+                    if c.hash in seen:
+                        continue
+                    seen.add(c.hash)
+                    got = sizes.get(c.hash)
+                    if got is None:
+                        rep.problems.append(chunk_problem(mid, e, c, f"copy {url}: chunk is missing", "missing-chunk"))
+                    elif got != c.stored_size:
+                        rep.problems.append(chunk_problem(mid, e, c, f"copy {url}: stored size {got} != recorded "
+                                                                     f"{c.stored_size}", "size-mismatch"))
+            here = primary.signature_fingerprints(mid)
+            for fp in sorted(here - copy.signature_fingerprints(mid)):
+                rep.problems.append(Problem(mid, "signature", f"copy {url}: signature {fp} is missing"))
+            if len(rep.problems) == before:
+                healthy[mid] += 1
+    total = 1 + len(copies)
+    rep.copies = {mid: f"{healthy[mid]}/{total}" for mid in ids}
+    rep.seconds = round(time.monotonic() - t0, 3)
+    return rep

@@ -1,0 +1,101 @@
+"""Copy sets: copies named once in the catalog; archive --replicate writes to each;
+verify --copies checks each by LIST pages and reports `copies: N/M` per archive."""
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from archiver import layout
+from tests.faultproxy import FaultProxy
+from tests.helpers import RawStore, make_checkpoint, run_cli
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    for var in ("ARCHIVER_STORE", "ARCHIVER_CATALOG"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path / "home"
+
+
+def test_copies_add_list_remove(tmp_path: Path, home: Path) -> None:
+    store = str(tmp_path / "store")
+    ck = make_checkpoint(tmp_path / "ck", layers=1, dim=32)
+    assert run_cli("--store", store, "archive", str(ck), "--name", "m").code == 0
+    add = run_cli("--store", store, "copies", "add", str(tmp_path / "c1"), "--json")
+    assert add.code == 0 and add.json() == {"copy": "file://" + str(tmp_path / "c1"), "added": True}
+    s3 = "s3://b/p/?region=eu-west-1&endpoint=http://127.0.0.1:9&profile=dr"
+    assert run_cli("--store", store, "copies", "add", s3).code == 0
+    assert run_cli("--store", store, "copies", "add", str(tmp_path / "c1"), "--json").json()["added"] is False
+    listed = run_cli("--store", store, "copies", "list", "--json").json()
+    assert listed == ["file://" + str(tmp_path / "c1"), "s3://b/p?endpoint=http://127.0.0.1:9&profile=dr&region=eu-west-1"]
+    assert run_cli("--store", store, "copies", "add", store).code == 2  # the store itself
+    assert run_cli("--store", store, "copies", "add", "s3://b/p?bogus=1").code == 2
+    assert run_cli("--store", store, "copies", "remove", str(tmp_path / "c1")).code == 0
+    assert run_cli("--store", store, "copies", "remove", str(tmp_path / "c1")).code == 1
+    assert run_cli("--store", store, "copies", "list", "--json").json() == [listed[1]]
+    from archiver import api
+    with api.open_repository(store) as repo:
+        events = [a.event for a in repo.audit_log()]
+    assert events.count("copies-add") == 2 and events.count("copies-remove") == 1
+
+
+def test_archive_replicate_and_verify_copies(tmp_path: Path, home: Path, s3_mock_url: str) -> None:
+    store = str(tmp_path / "store")
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="copy-bucket")
+    c1, c2 = str(tmp_path / "c1"), "s3://copy-bucket/c2"
+    ck = make_checkpoint(tmp_path / "ck", layers=2, dim=64)
+    assert run_cli("--store", store, "archive", str(ck), "--name", "m", "--replicate").code == 2  # no copies yet
+    for c in (c1, c2):
+        assert run_cli("--store", store, "copies", "add", c).code == 0
+    r = run_cli("--store", store, "archive", str(ck), "--name", "m", "--replicate", "--json")
+    assert r.code == 0, r.err
+    res = r.json()
+    mid = res["id"]
+    assert [x["manifests"] for x in res["replicated"]] == [[mid], [mid]] and res["ok"]
+    for c in (c1, c2):
+        assert RawStore(c).keys(layout.MANIFESTS) == [layout.manifest(mid)]
+
+    v = run_cli("--store", store, "verify", "--all", "--copies", "--json")
+    assert v.code == 0, v.out
+    assert v.json()["copies"]["copies"] == {mid: "3/3"}
+    h = RawStore(c2).keys(layout.CHUNKS)[0]
+    RawStore(c2).delete(h)
+    bad = run_cli("--store", store, "verify", "--all", "--copies", "--json")
+    assert bad.code == 1 and not bad.json()["ok"]
+    assert bad.json()["copies"]["copies"] == {mid: "2/3"}
+    problem = bad.json()["copies"]["problems"][0]
+    assert problem["kind"] == "missing-chunk" and problem["chunk"] == h.rsplit("/", 1)[1] and c2 in problem["detail"]
+    human = run_cli("--store", store, "verify", "--all", "--copies")
+    assert human.code == 1 and f"{mid[:16]}  copies: 2/3" in human.out
+
+    # repair without --from takes good objects from the copies the store names
+    RawStore(store).delete(h)
+    fixed = run_cli("--store", store, "repair", "--json")
+    assert fixed.code == 0 and fixed.json()["fixes"][0]["source"] == c1
+    assert run_cli("--store", store, "verify", "--all", "--deep").code == 0
+    # and replicate brings c2 back to full health
+    assert run_cli("--store", store, "replicate", "--all", "--to", c2).code == 0
+    assert run_cli("--store", store, "verify", "--all", "--copies", "--json").json()["copies"]["copies"] == {mid: "3/3"}
+
+
+def test_verify_copies_lists_and_never_gets_chunks(tmp_path: Path, home: Path, moto_server: str, aws_env) -> None:
+    """Shallow verify of an S3 copy uses LIST pages, not a request per chunk."""
+    bucket = f"copies-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    store = str(tmp_path / "store")
+    ck = make_checkpoint(tmp_path / "ck", layers=3, dim=64)
+    with FaultProxy(moto_server) as proxy:
+        copy = f"s3://{bucket}/c?endpoint={proxy.url}"
+        assert run_cli("--store", store, "copies", "add", copy).code == 0
+        assert run_cli("--store", store, "archive", str(ck), "--name", "m", "--replicate").code == 0
+        proxy.reset_log()
+        v = run_cli("--store", store, "verify", "--all", "--copies", "--json")
+        assert v.code == 0, v.out
+        chunk_gets = [s for s in proxy.seen if re.search(r"/chunks/[0-9a-f]{2}/[0-9a-f]{64}$", s.path)]
+        assert chunk_gets == []
+        assert proxy.count(method="GET", path=r"[?&]list-type=2") >= 2  # chunk prefixes and manifests/
