@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 from archiver.errors import (ArchiverError, CatalogLockedError, CatalogReadOnlyError, EmptyCatalogError, FileHashError,
                              InvalidOptionError, translated)
@@ -26,6 +26,7 @@ from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.problems import Outcome, Problem, chunk_problem, file_hash_problem
 from archiver.progress import Progress
 from archiver.repository import Repository
+from archiver.stores.base import ObjectColdError
 from manifests.model import ChunkRef, Entry, Manifest
 from manifests.paths import check_paths
 
@@ -41,6 +42,10 @@ class VerifyReport(Outcome):
     files_hashed: int = 0
     seconds: float = 0.0
     audit_error: str | None = None  # why this run is missing from the catalog's audit log, if it is
+    # Chunks a deep or sampled pass could not read because they sit in a cold storage class
+    # (GLACIER, DEEP_ARCHIVE) and are not thawed: not checked, and not a problem either.
+    not_checked_cold: list[str] = field(default_factory=list)
+    retention_checked: int = 0  # objects whose Object Lock was checked (verify with retention)
 
     def __post_init__(self) -> None:
         self._seen: set[tuple] = set()
@@ -79,10 +84,13 @@ class ChunkUse:
 
 def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool = False,
            sample: float | None = None, workers: int | None = None, trusted: list[bytes] | None = None,
-           progress: Progress | None = None) -> VerifyReport:
+           progress: Progress | None = None, retention: bool = False, retain_until: Any = None) -> VerifyReport:
     """Check the named archives (or every recorded archive with all_archives=True). Never
     raises for damage found in the store: damage becomes Problems in the report."""
     check_sample(sample)
+    if (retention or retain_until is not None) and not repo.can_lock():
+        raise InvalidOptionError("retention", f"cannot be checked: {repo.url} is not an S3 bucket, so it holds no "
+                                              f"Object Lock")
     started = time.monotonic()
     progress = progress or Progress()
     if all_archives:
@@ -115,6 +123,10 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
         progress.finish()
     elif sample:
         _sample(repo, uses, sample, nworkers, report, progress)
+    if retention or retain_until is not None:
+        for mid, m in manifests.items():
+            _retention(repo, mid, m, retain_until, report)
+    report.not_checked_cold = sorted(set(report.not_checked_cold))
     report.seconds = round(time.monotonic() - started, 3)
     for mid in ids:
         mine = [p for p in report.problems if p.manifest == mid]
@@ -190,8 +202,12 @@ def _deep_file(repo: Repository, mid: str, e: Entry, pool: ThreadPoolExecutor, w
     broken = False
     try:
         for piece in repo.stream_file(e, pool, window, keep_going=True):
-            report.chunks_read += 1
             c = piece.ref
+            if isinstance(piece.error, ObjectColdError):  # needs a thaw: not checked, not damaged
+                broken = True
+                report.not_checked_cold.append(c.hash)
+                continue
+            report.chunks_read += 1
             checked.append((c.hash, piece.error is None))
             if piece.error is not None:
                 broken = True
@@ -202,7 +218,7 @@ def _deep_file(repo: Repository, mid: str, e: Entry, pool: ThreadPoolExecutor, w
             progress.advance(len(piece.data))
         if not broken:
             report.files_hashed += 1
-    except FileHashError:
+    except FileHashError:  # only raised when every chunk was read
         report.files_hashed += 1
         report.add(file_hash_problem(mid, e))
     finally:
@@ -218,6 +234,9 @@ def _sample(repo: Repository, uses: dict[str, list[ChunkUse]], fraction: float, 
     with ThreadPoolExecutor(nworkers, thread_name_prefix="sample") as pool:
         for h, got in ordered_map(pool, lambda h: repo.try_read_chunk(uses[h][0].ref), pick,
                                   window_for(nworkers)):
+            if isinstance(got, ObjectColdError):
+                report.not_checked_cold.append(h)
+                continue
             report.chunks_read += 1
             ok = not isinstance(got, ArchiverError)
             results.append((h, ok))
@@ -229,3 +248,20 @@ def _sample(repo: Repository, uses: dict[str, list[ChunkUse]], fraction: float, 
                 report.add(use.problem(got))
     progress.finish()
     report.record(repo.record_chunk_checks, results)
+
+
+def _retention(repo: Repository, mid: str, m: Manifest, retain_until: Any, report: VerifyReport) -> None:
+    """Every object of the archive (chunks, manifest, signatures, retention records) must be
+    locked at least as its recorded policy says and, with `retain_until`, until then."""
+    from archiver.retention import Lock
+    want = repo.recorded_lock(mid)
+    if retain_until is not None:
+        want = want.merge(Lock(want.mode or "GOVERNANCE", retain_until))
+    if want.mode is None and not want.legal_hold:
+        report.add(Problem(mid, "retention", "no Object Lock policy is recorded for this archive "
+                                             "(archived without a lock; give a date to check against)"))
+        return
+    keys = repo.archive_keys(mid, m)
+    report.retention_checked += len(keys)
+    for key, why in repo.retention_shortfalls(mid, m, want):
+        report.add(Problem(mid, "retention", f"{key}: {why}"))

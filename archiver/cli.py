@@ -19,6 +19,7 @@ from archiver.errors import ArchiverError, EmptyCatalogError, InvalidOptionError
 from archiver.progress import Progress, human_bytes
 from archiver.repository import Repository
 from archiver.settings import Settings
+from archiver.thaw import ThawOptions, ThawStatus, expected_hours
 from manifests.paths import BIDI_CONTROLS
 
 
@@ -28,8 +29,9 @@ class Ctx:
     def __init__(self, store: str | None, catalog: str | None) -> None:
         self.store, self.catalog = store, catalog
 
-    def repo(self, create: bool = False, read_only: bool = False) -> Repository:
-        return Repository.open(Settings.resolve(self.store, self.catalog), create=create, read_only=read_only)
+    def repo(self, create: bool = False, read_only: bool = False, policy: Any = None) -> Repository:
+        return Repository.open(Settings.resolve(self.store, self.catalog), create=create, read_only=read_only,
+                               policy=policy)
 
 
 def flag(option: str) -> str:
@@ -110,17 +112,29 @@ def cli(ctx: click.Context, store: str | None, catalog: str | None) -> None:
 @click.option("--trust-verified-within", metavar="DURATION",
               help="Trust stored chunks that a deep verify found intact within DURATION (e.g. 7d, 12h) "
                    "instead of reading each one back (default: prove every chunk).")
+@click.option("--lock-mode", type=click.Choice(["governance", "compliance"], case_sensitive=False),
+              help="S3 Object Lock mode for every object written (needs --retain-until or --retain-for).")
+@click.option("--retain-until", metavar="DATE", help="Lock objects until DATE (2056-01-01 or ISO 8601, UTC).")
+@click.option("--retain-for", metavar="PERIOD", help="Lock objects for PERIOD from now (30y, 52w, 90d).")
+@click.option("--legal-hold", is_flag=True, help="Also place an Object Lock legal hold on every object.")
+@click.option("--storage-class", type=click.Choice(["STANDARD", "STANDARD_IA", "GLACIER_IR", "GLACIER",
+                                                    "DEEP_ARCHIVE"], case_sensitive=False),
+              help="S3 storage class of chunk objects (store.json, manifests and signatures stay STANDARD).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, meta: tuple[str, ...],
-                sign_key: str | None, trust_verified_within: str | None, as_json: bool) -> None:
+                sign_key: str | None, trust_verified_within: str | None, lock_mode: str | None,
+                retain_until: str | None, retain_for: str | None, legal_hold: bool, storage_class: str | None,
+                as_json: bool) -> None:
     """Archive files and directories; prints the manifest id."""
     meta_d = _parse_meta(meta)
     key = api.signing_key(sign_key)  # refused before the store is touched
     trust = None if trust_verified_within is None else parse_duration(trust_verified_within,
                                                                        "trust_verified_within")
-    with c.repo(create=True) as repo:
-        res = api.archive(paths, name=name, label=label, meta=meta_d, sign_key=key, repo=repo,
+    policy = api.write_policy(lock_mode=lock_mode, retain_until=retain_until, retain_for=retain_for,
+                              legal_hold=legal_hold, storage_class=storage_class)
+    with c.repo(create=True, policy=policy) as repo:
+        res = api.archive(paths, name=name, label=label, meta=meta_d, sign_key=key, repo=repo, write_policy=policy,
                           trust_verified_within=trust, progress=Progress.for_terminal("archive", quiet=as_json))
     if as_json:
         emit(res.to_dict())
@@ -186,10 +200,13 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
 @click.option("--sample", type=float, metavar="FRACTION", help="Deep-check this fraction of chunks, stalest first.")
 @click.option("--trust-key", multiple=True, metavar="PUBKEY",
               help="Require a signature by this public key (file or hex); repeatable.")
+@click.option("--retention", is_flag=True,
+              help="Check every object's Object Lock against the archive's recorded policy.")
+@click.option("--retain-until", metavar="DATE", help="With --retention: every object locked at least until DATE.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: float | None,
-               trust_key: tuple[str, ...], as_json: bool) -> None:
+               trust_key: tuple[str, ...], retention: bool, retain_until: str | None, as_json: bool) -> None:
     """Prove archives complete and uncorrupted. Exit 0 all good, 1 problems found, 2 usage.
     REF as for `show` (id:PREFIX and name:NAME[@LABEL] are never ambiguous)."""
     if bool(refs) == all_:
@@ -198,7 +215,8 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
     trusted = api.trusted_keys(trust_key)
     with c.repo(read_only=True) as repo:
         rep = api.verify(refs, all_archives=all_, deep=deep, sample=sample, trust_keys=trusted, repo=repo,
-                         progress=Progress.for_terminal("verify", quiet=as_json))
+                         progress=Progress.for_terminal("verify", quiet=as_json), retention=retention,
+                         retain_until=retain_until)
     if rep.audit_error is not None:
         click.echo(f"archiver: warning: this verify is not in the catalog's audit log: {rep.audit_error}", err=True)
     if as_json:
@@ -210,6 +228,11 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
         click.echo(f"{status} — {rep.mode} verify of {len(rep.manifests)} archive(s): {rep.chunks_checked} chunks "
                    f"listed, {rep.chunks_read} read ({human_bytes(rep.bytes_read)}), {rep.files_hashed} files "
                    f"hashed, {rep.seconds:.1f}s")
+        if rep.not_checked_cold:
+            click.echo(f"not checked (cold): {len(rep.not_checked_cold)} chunk(s) in GLACIER/DEEP_ARCHIVE need a "
+                       f"thaw before they can be read (shallow checks passed for them)")
+        if rep.retention_checked:
+            click.echo(f"retention: {rep.retention_checked} object lock(s) checked")
     sys.exit(0 if rep.ok else 1)
 
 
@@ -222,16 +245,39 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
               help="Refuse unless signed by this public key (file or hex); repeatable.")
 @click.option("--preserve-special-bits", is_flag=True,
               help="Keep setuid, setgid and sticky bits (dropped by default).")
+@click.option("--thaw", is_flag=True, help="Thaw chunks in GLACIER / DEEP_ARCHIVE first (RestoreObject, billed).")
+@click.option("--tier", type=click.Choice(["Bulk", "Standard", "Expedited"]), default="Bulk", show_default=True,
+              help="Thaw tier: slower is cheaper.")
+@click.option("--days", type=int, default=7, show_default=True, help="Days the thawed copies stay readable.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait for the thaw and restore, or request it and exit.")
+@click.option("--poll", "poll", type=float, default=60.0, show_default=True, metavar="SECONDS",
+              help="How often to check a thaw's progress.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bool, trust_key: tuple[str, ...],
-                preserve_special_bits: bool, as_json: bool) -> None:
+                preserve_special_bits: bool, thaw: bool, tier: str, days: int, wait: bool, poll: float,
+                as_json: bool) -> None:
     """Restore an archive into DEST, verifying every byte. REF as for `show`."""
     trusted = api.trusted_keys(trust_key)
+    options = None
+    if thaw:
+        options = ThawOptions(days=days, tier=tier, wait=wait, poll_seconds=poll,
+                              report=None if as_json else _thaw_line)
     with c.repo() as repo:
         res = api.restore(ref, dest, include=include, force=force, trust_keys=trusted, repo=repo,
                           progress=Progress.for_terminal("restore", quiet=as_json),
-                          preserve_special_bits=preserve_special_bits)
+                          preserve_special_bits=preserve_special_bits, thaw=options)
+    if res.thaw is not None and not res.thaw["ready"]:
+        if as_json:
+            emit(res.to_dict())
+        else:
+            span = expected_hours(res.thaw["classes"], tier)
+            when = f"; expect {span[0]:g}-{span[1]:g} h for {tier}" if span else ""
+            click.echo(f"thaw requested for {res.thaw['requested']} chunk(s), {res.thaw['thawing']} thawing, "
+                       f"{res.thaw['thawed']} thawed{when}; nothing restored yet: re-run the same restore --thaw "
+                       f"later (chunks already thawing are not requested again)", err=True)
+        sys.exit(0)
     if as_json:
         emit(res.to_dict())
     else:
@@ -240,6 +286,12 @@ def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bo
         click.echo(printable(f"{'restored' if res.ok else 'FAILED'}: {res.files} files, {human_bytes(res.bytes)} "
                              f"into {res.dest} in {res.seconds:.1f}s"), err=not res.ok)
     sys.exit(0 if res.ok else 1)
+
+
+def _thaw_line(st: ThawStatus) -> None:
+    """One progress line per poll of a thaw (stderr)."""
+    click.echo(f"thaw: {len(st.thawed)}/{len(st.classes)} chunks readable, {len(st.thawing)} thawing, "
+               f"{st.requested} requested by this run, waited {st.waited_seconds:.0f}s", err=True)
 
 
 @cli.command("keygen")
@@ -276,6 +328,28 @@ def rebuild_cmd(c: Ctx, as_json: bool) -> None:
         click.echo(f"catalog rebuilt: {len(res.added)} manifest(s) added of {res.manifests} in the store{skipped}",
                    err=not res.ok)
     sys.exit(0 if res.ok else 1)
+
+
+@cli.group("retention")
+def retention_grp() -> None:
+    """Object Lock retention of archives in an S3 store."""
+
+
+@retention_grp.command("extend")
+@click.argument("ref")
+@click.option("--until", "until", required=True, metavar="DATE", help="New retain-until date (never shortened).")
+@click.option("--lock-mode", type=click.Choice(["governance", "compliance"], case_sensitive=False),
+              help="Mode for objects (default: the archive's recorded mode).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def retention_extend_cmd(c: Ctx, ref: str, until: str, lock_mode: str | None, as_json: bool) -> None:
+    """Extend the lock of every object of an archive (chunks, manifest, signatures) to DATE."""
+    with c.repo() as repo:
+        res = api.extend_retention(ref, until=until, lock_mode=lock_mode, repo=repo)
+    if as_json:
+        emit({"ok": True, **res})
+    else:
+        click.echo(f"{res['id']}: {res['objects']} objects locked ({res['mode']}) until at least {res['retain_until']}")
 
 
 def fail(message: str, code: int, as_json: bool, kind: str = "error", **fields: Any) -> None:

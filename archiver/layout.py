@@ -8,6 +8,7 @@
     filemaps/<h[0:2]>/<h>.json          chunk list of one large file (manifest v2)
     events/<writer>/<name>.json         immutable, hash-chained event log
     quarantine/<key>                    local stores: damaged objects moved aside by repair
+    retention/<id>/<digest>.json        the write policy (Object Lock, storage class) of an archive
 
 Fan-out by the first two hex digits keeps directories small on local stores and gives
 shallow verify one LIST per prefix on S3."""
@@ -22,6 +23,7 @@ SIGNATURES = "signatures/"
 FILEMAPS = "filemaps/"
 EVENTS = "events/"
 QUARANTINE = "quarantine/"
+RETENTION = "retention/"
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -70,3 +72,12 @@ def event(writer: str, name: str) -> str:
 
 def quarantined(key: str, tag: str) -> str:
     return f"{QUARANTINE}{key}.{tag}"
+
+
+def retention_records_of(mid: str) -> str:
+    return f"{RETENTION}{mid}/"
+
+
+def retention_record(mid: str, digest: str) -> str:
+    """One record of the lock an archive was made or extended with; digest names its bytes."""
+    return f"{RETENTION}{mid}/{digest}.json"
