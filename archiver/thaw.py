@@ -33,8 +33,8 @@ class ColdChunksError(UsageError):
     """Restore needs chunks that sit in a cold class and are not thawed (remedy: thaw)."""
 
     def __init__(self, chunks: int, size: int, classes: list[str]) -> None:
-        super().__init__(f"{chunks} chunks, {size / GiB:.2f} GiB ({size} bytes) in {'/'.join(classes)} are not "
-                         f"thawed; nothing was written: re-run with a thaw")
+        super().__init__(f"{chunks} chunks, {size / GiB:.2f} GiB in {'/'.join(classes)} are not thawed; "
+                         f"nothing was written: re-run with a thaw")
         self.chunks = chunks
         self.bytes = size
         self.classes = ",".join(classes)
