@@ -11,11 +11,12 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from archiver import checker, pipeline, restorer
+from archiver import checker, costs, pipeline, restorer
+from archiver import thaw as thaw_mod
 from archiver.errors import InvalidOptionError, translated
 from archiver.progress import Progress
 from archiver.repository import RebuildResult, Repository
-from archiver.retention import WritePolicy, iso, make_policy, parse_date
+from archiver.retention import STORAGE_CLASSES, WritePolicy, iso, make_policy, parse_date
 from archiver.thaw import ThawOptions
 from archiver.settings import Settings
 from archiver.stores import Store
@@ -179,3 +180,45 @@ def rebuild_catalog(*, repo: Repository | None = None, store: str | None = None,
     `.problems` (each bad manifest skipped), `.ok`."""
     with _repo(repo, store, catalog, settings=settings) as r:
         return r.rebuild_catalog()
+
+
+def estimate(ref: str, *, storage_class: str | None = None, prices: str | os.PathLike | None = None,
+             repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
+             settings: Settings | None = None) -> costs.Estimate:
+    """Monthly storage, upload and restore cost of an archive from a dated price file
+    (`prices`: another file of the same shape); `storage_class`: price every chunk as if
+    it were in that class."""
+    table = costs.load_prices(prices)
+    what_if = None
+    if storage_class is not None:
+        what_if = storage_class.upper()
+        if what_if not in STORAGE_CLASSES:
+            raise InvalidOptionError("storage_class", f"must be one of {', '.join(STORAGE_CLASSES)}")
+    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
+        mid = r.resolve(ref)
+        m = r.load_manifest(mid)
+        sizes = {h: c.stored_size for h, c in m.unique_chunks().items()}
+        classes = r.chunk_classes(sizes) if r.has_storage_classes() and what_if is None else {}
+        return costs.estimate(mid, sizes, classes, r.metadata_sizes(mid), table, what_if)
+
+
+def restore_plan(ref: str, *, include: Iterable[str] = (), tier: str = "Bulk", prices: str | os.PathLike | None = None,
+                 repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
+                 settings: Settings | None = None) -> dict[str, Any]:
+    """What a restore would need, without writing anything: distinct chunks and bytes, the
+    cold ones and their thaw state, what thawing them costs at each tier and how long it takes."""
+    table = costs.load_prices(prices)
+    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
+        mid = r.resolve(ref)
+        m = r.load_manifest(mid)
+        chosen = [e for e in restorer.select(m.entries, include) if e.is_file]
+        chunks = thaw_mod.needed(chosen)
+        st = thaw_mod.survey(r, chunks) if r.has_storage_classes() else thaw_mod.ThawStatus(chunks=len(chunks))
+        cold = {h: chunks[h] for h in st.frozen + st.thawing}
+        est = costs.estimate(mid, cold, st.classes, [], table)
+        thaw_cost = {cls: c.restore for cls, c in est.classes.items() if cls in st.classes.values()}
+        return {"id": mid, "files": len(chosen), "bytes": sum(e.size for e in chosen), "chunks": len(chunks),
+                "stored_bytes": sum(chunks.values()), "thaw": st.to_dict(), "needs_thaw": not st.ready,
+                "thaw_cost": thaw_cost, "tier": tier, "expected_hours": thaw_mod.expected_hours(
+                    {st.classes[h] for h in cold}, tier) if cold else None,
+                "prices_as_of": est.prices_as_of}

@@ -253,12 +253,33 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
               help="Wait for the thaw and restore, or request it and exit.")
 @click.option("--poll", "poll", type=float, default=60.0, show_default=True, metavar="SECONDS",
               help="How often to check a thaw's progress.")
+@click.option("--plan", is_flag=True, help="Only show what the restore needs (chunks, thaw, cost, time); write nothing.")
+@click.option("--prices", type=click.Path(), metavar="FILE", help="Price file for --plan (default: the shipped one).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bool, trust_key: tuple[str, ...],
                 preserve_special_bits: bool, thaw: bool, tier: str, days: int, wait: bool, poll: float,
-                as_json: bool) -> None:
+                plan: bool, prices: str | None, as_json: bool) -> None:
     """Restore an archive into DEST, verifying every byte. REF as for `show`."""
+    if plan:
+        with c.repo(read_only=True) as repo:
+            p = api.restore_plan(ref, include=include, tier=tier, prices=prices, repo=repo)
+        if as_json:
+            emit(p)
+            return
+        t = p["thaw"]
+        click.echo(f"{p['id']}: {p['files']} files, {human_bytes(p['bytes'])}; {p['chunks']} chunks, "
+                   f"{human_bytes(p['stored_bytes'])} to read")
+        if not p["needs_thaw"]:
+            click.echo("every chunk is readable now: no thaw needed")
+            return
+        click.echo(f"needs a thaw: {t['frozen']} chunks not requested, {t['thawing']} thawing, {t['thawed']} thawed "
+                   f"({human_bytes(t['cold_bytes'])} in {', '.join(t['classes'])})")
+        for cls, tiers in sorted(p["thaw_cost"].items()):
+            for name, row in tiers.items():
+                click.echo(f"  {cls} {name}: ${row['total']:.4f}{_hours(row['hours'])}")
+        click.echo(f"prices as of {p['prices_as_of']}; re-run with --thaw --tier {tier} to restore")
+        return
     trusted = api.trusted_keys(trust_key)
     options = None
     if thaw:
@@ -286,6 +307,43 @@ def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bo
         click.echo(printable(f"{'restored' if res.ok else 'FAILED'}: {res.files} files, {human_bytes(res.bytes)} "
                              f"into {res.dest} in {res.seconds:.1f}s"), err=not res.ok)
     sys.exit(0 if res.ok else 1)
+
+
+def _hours(span: list[float] | None) -> str:
+    if not span or span[1] == 0:
+        return ""
+    lo, hi = span
+    if hi < 1:
+        return f", {lo * 60:g}-{hi * 60:g} min"
+    return f", within {hi:g} h" if lo == 0 else f", {lo:g}-{hi:g} h"
+
+
+@cli.command("estimate")
+@click.argument("ref")
+@click.option("--class", "storage_class", type=click.Choice(["STANDARD", "STANDARD_IA", "GLACIER_IR", "GLACIER",
+                                                             "DEEP_ARCHIVE"], case_sensitive=False),
+              help="Price every chunk as if it were in this class (default: the class each is in).")
+@click.option("--prices", type=click.Path(), metavar="FILE", help="Price file (default: the shipped, dated one).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def estimate_cmd(c: Ctx, ref: str, storage_class: str | None, prices: str | None, as_json: bool) -> None:
+    """Monthly storage, upload and restore cost of an archive, and thaw times."""
+    with c.repo(read_only=True) as repo:
+        est = api.estimate(ref, storage_class=storage_class, prices=prices, repo=repo)
+    if as_json:
+        emit(est.to_dict())
+        return
+    what = f" (every chunk priced as {est.what_if})" if est.what_if else ""
+    click.echo(f"{est.id}: {est.chunks} chunks, {human_bytes(est.stored_bytes)} stored{what}")
+    for cls, cc in est.classes.items():
+        over = " incl. 40 KiB index per object" if cc.standard_overhead_bytes else ""
+        click.echo(f"  {cls}: {cc.objects} objects, {human_bytes(cc.bytes)}, ${cc.monthly_storage:.4f}/month{over}; "
+                   f"upload ${cc.upload_requests:.4f}; minimum {cc.minimum_days} days (${cc.minimum_charge:.4f})")
+        for tier, row in cc.restore.items():
+            click.echo(f"    restore {tier}: ${row['total']:.4f} (requests ${row['restore_requests']:.4f}, "
+                       f"retrieval ${row['retrieval']:.4f}, GET ${row['get_requests']:.4f}){_hours(row['hours'])}")
+    click.echo(f"monthly storage: ${est.monthly_storage:.4f}; prices as of {est.prices_as_of} "
+               f"(see --json prices_source; replace with --prices FILE)")
 
 
 def _thaw_line(st: ThawStatus) -> None:

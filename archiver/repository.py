@@ -664,6 +664,13 @@ class Repository:
     def has_storage_classes(self) -> bool:
         return bool(getattr(self._store, "supports_storage_classes", False))
 
+    def metadata_sizes(self, mid: str) -> list[int]:
+        """Stored sizes of an archive's hot objects: manifest, signatures, retention records."""
+        sizes = [i.size for i in self._store.list(layout.manifest(mid))]
+        for prefix in (layout.signatures_of(mid), layout.retention_records_of(mid)):
+            sizes += [i.size for i in self._store.list(prefix)]
+        return sizes
+
 
     def chunk_classes(self, hashes: Iterable[str]) -> dict[str, str]:
         """Storage class of each of `hashes` held in a class other than STANDARD, from LIST pages."""

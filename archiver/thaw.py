@@ -19,13 +19,15 @@ from archiver.retention import COLD_CLASSES, TIERS
 from manifests.model import Entry
 
 GiB = 1024 ** 3
-# Typical thaw times AWS documents (us-east-1, 2025), in hours: (fastest, slowest).
+# Typical thaw times in hours, (from, to), as AWS documents them ("Archive retrieval options"
+# in the S3 user guide): GLACIER Expedited 1-5 minutes, Standard 3-5 h, Bulk 5-12 h;
+# DEEP_ARCHIVE Standard within 12 h, Bulk within 48 h (no Expedited).
 THAW_HOURS = {
     ("GLACIER", "Expedited"): (1 / 60, 5 / 60),
     ("GLACIER", "Standard"): (3.0, 5.0),
     ("GLACIER", "Bulk"): (5.0, 12.0),
-    ("DEEP_ARCHIVE", "Standard"): (9.0, 12.0),
-    ("DEEP_ARCHIVE", "Bulk"): (9.0, 48.0),
+    ("DEEP_ARCHIVE", "Standard"): (0.0, 12.0),
+    ("DEEP_ARCHIVE", "Bulk"): (0.0, 48.0),
 }
 
 
