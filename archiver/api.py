@@ -132,10 +132,12 @@ def trusted_keys(keys: Iterable[str | bytes] | None) -> list[bytes] | None:
 def verify(refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool = False,
            sample: float | None = None, trust_keys: Iterable[str | bytes] | None = None, repo: Repository | None = None,
            store: str | None = None, catalog: str | os.PathLike | None = None, settings: Settings | None = None,
-           progress: Progress | None = None, retention: bool = False, retain_until: Any = None) -> VerifyReport:
+           progress: Progress | None = None, retention: bool = False, retain_until: Any = None,
+           thaw: ThawOptions | None = None) -> VerifyReport:
     """`trust_keys`: public key files or hex keys; each manifest must be signed by one of them.
     `retention`: every object of each archive must hold the Object Lock its recorded policy
-    asks for, and with `retain_until` (a date) at least until then."""
+    asks for, and with `retain_until` (a date) at least until then. `thaw`: with deep or
+    sample, thaw the cold chunks to be read first (else they are reported as not checked)."""
     trusted = trusted_keys(trust_keys)
     until = None
     if retain_until is not None:
@@ -143,7 +145,7 @@ def verify(refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool =
                                                                                              "retain_until")
     with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
         return checker.verify(r, list(refs), all_archives=all_archives, deep=deep, sample=sample, trusted=trusted,
-                              progress=progress, retention=retention, retain_until=until)
+                              progress=progress, retention=retention, retain_until=until, thaw=thaw)
 
 
 def restore(ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (), force: bool = False,

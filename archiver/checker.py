@@ -46,6 +46,7 @@ class VerifyReport(Outcome):
     # (GLACIER, DEEP_ARCHIVE) and are not thawed: not checked, and not a problem either.
     not_checked_cold: list[str] = field(default_factory=list)
     retention_checked: int = 0  # objects whose Object Lock was checked (verify with retention)
+    thaw: dict | None = None  # with a thaw: where the cold chunks to be read stand (archiver.thaw)
 
     def __post_init__(self) -> None:
         self._seen: set[tuple] = set()
@@ -84,7 +85,8 @@ class ChunkUse:
 
 def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool = False,
            sample: float | None = None, workers: int | None = None, trusted: list[bytes] | None = None,
-           progress: Progress | None = None, retention: bool = False, retain_until: Any = None) -> VerifyReport:
+           progress: Progress | None = None, retention: bool = False, retain_until: Any = None,
+           thaw: Any = None) -> VerifyReport:
     """Check the named archives (or every recorded archive with all_archives=True). Never
     raises for damage found in the store: damage becomes Problems in the report."""
     check_sample(sample)
@@ -114,6 +116,8 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
     uses = _uses_by_hash(manifests)
     _shallow(repo, uses, report)
     nworkers = workers or default_workers()
+    if thaw is not None and deep:
+        _thaw(repo, {h: u[0].ref.stored_size for h, u in uses.items()}, thaw, report)
     if deep:
         progress.start("verify", sum(m.total_size for m in manifests.values()))
         with ThreadPoolExecutor(nworkers, thread_name_prefix="verify") as pool:
@@ -122,7 +126,7 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
                     _deep_file(repo, mid, e, pool, window_for(nworkers), report, progress)
         progress.finish()
     elif sample:
-        _sample(repo, uses, sample, nworkers, report, progress)
+        _sample(repo, uses, sample, nworkers, report, progress, thaw)
     if retention or retain_until is not None:
         for mid, m in manifests.items():
             _retention(repo, mid, m, retain_until, report)
@@ -225,10 +229,21 @@ def _deep_file(repo: Repository, mid: str, e: Entry, pool: ThreadPoolExecutor, w
         report.record(repo.record_chunk_checks, checked)
 
 
+def _thaw(repo: Repository, chunks: dict[str, int], options: Any, report: VerifyReport) -> None:
+    """Thaw the cold chunks about to be read (waiting as `options` say); those still cold
+    afterwards are reported as not checked."""
+    from archiver import thaw as thaw_mod
+    st = thaw_mod.prepare_chunks(repo, chunks, options)
+    if st is not None and st.classes:
+        report.thaw = st.to_dict()
+
+
 def _sample(repo: Repository, uses: dict[str, list[ChunkUse]], fraction: float, nworkers: int,
-            report: VerifyReport, progress: Progress) -> None:
+            report: VerifyReport, progress: Progress, thaw: Any = None) -> None:
     order = repo.chunks_by_staleness(uses)
     pick = order[:math.ceil(fraction * len(order))] if order else []
+    if thaw is not None:
+        _thaw(repo, {h: uses[h][0].ref.stored_size for h in pick}, thaw, report)
     progress.start("verify sample", sum(uses[h][0].ref.length for h in pick))
     results: list[tuple[str, bool]] = []
     with ThreadPoolExecutor(nworkers, thread_name_prefix="sample") as pool:

@@ -203,10 +203,16 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
 @click.option("--retention", is_flag=True,
               help="Check every object's Object Lock against the archive's recorded policy.")
 @click.option("--retain-until", metavar="DATE", help="With --retention: every object locked at least until DATE.")
+@click.option("--thaw", is_flag=True, help="With --deep or --sample: thaw cold chunks first and check them too.")
+@click.option("--tier", type=click.Choice(["Bulk", "Standard", "Expedited"]), default="Bulk", show_default=True)
+@click.option("--days", type=int, default=1, show_default=True, help="Days thawed copies stay readable.")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--poll", "poll", type=float, default=60.0, show_default=True, metavar="SECONDS")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: float | None,
-               trust_key: tuple[str, ...], retention: bool, retain_until: str | None, as_json: bool) -> None:
+               trust_key: tuple[str, ...], retention: bool, retain_until: str | None, thaw: bool, tier: str,
+               days: int, wait: bool, poll: float, as_json: bool) -> None:
     """Prove archives complete and uncorrupted. Exit 0 all good, 1 problems found, 2 usage.
     REF as for `show` (id:PREFIX and name:NAME[@LABEL] are never ambiguous)."""
     if bool(refs) == all_:
@@ -216,7 +222,9 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
     with c.repo(read_only=True) as repo:
         rep = api.verify(refs, all_archives=all_, deep=deep, sample=sample, trust_keys=trusted, repo=repo,
                          progress=Progress.for_terminal("verify", quiet=as_json), retention=retention,
-                         retain_until=retain_until)
+                         retain_until=retain_until,
+                         thaw=ThawOptions(days=days, tier=tier, wait=wait, poll_seconds=poll,
+                                          report=None if as_json else _thaw_line) if thaw else None)
     if rep.audit_error is not None:
         click.echo(f"archiver: warning: this verify is not in the catalog's audit log: {rep.audit_error}", err=True)
     if as_json:

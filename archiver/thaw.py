@@ -85,11 +85,16 @@ def prepare(repo: Repository, entries: Iterable[Entry], options: ThawOptions | N
     """What restore calls before writing anything: None on a store without storage classes;
     else the status of the needed cold chunks, after asking for their thaw if `options`.
     Without options, refuses (ColdChunksError) unless every needed chunk is readable now."""
+    return prepare_chunks(repo, needed(entries), options)
+
+
+def prepare_chunks(repo: Repository, chunks: dict[str, int], options: ThawOptions | None) -> ThawStatus | None:
+    """`prepare` for a set of chunks (hash -> stored size)."""
     if not repo.has_storage_classes():
         return None
     if options is not None:
         check_tier(options.tier, options.days)
-    st = survey(repo, needed(entries))
+    st = survey(repo, chunks)
     if options is None:
         refuse_if_cold(st)
         return st

@@ -144,3 +144,38 @@ def test_expedited_is_refused_for_deep_archive(store: str, tmp_path: Path) -> No
     _archive(store, src, "--storage-class", "DEEP_ARCHIVE")
     r = run_cli("--store", store, "restore", "m", str(tmp_path / "out"), "--thaw", "--tier", "Expedited")
     assert r.code == 2 and "--tier" in r.err and not (tmp_path / "out").exists()
+
+
+def test_deep_verify_with_thaw_checks_cold_chunks_after_thawing(s3_mock_url: str, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    store = s3_mock_url
+    src = make_checkpoint(tmp_path / "src", layers=2, dim=64)
+    res = _archive(store, src, "--storage-class", "GLACIER")
+    r = run_cli("--store", store, "verify", "m", "--sample", "1", "--thaw", "--tier", "Expedited", "--json")
+    assert r.code == 0, r.out
+    rep = r.json()
+    assert rep["not_checked_cold"] == [] and rep["chunks_read"] == res["chunks"]
+    assert rep["thaw"]["requested"] == res["chunks"] and rep["thaw"]["ready"]
+    # damage in a thawed chunk is found like any other
+    bucket, prefix = store[5:].split("/", 1)
+    c = boto3.client("s3")
+    key = _chunk_keys(store)[0]
+    body = bytearray(c.get_object(Bucket=bucket, Key=key)["Body"].read())
+    body[-1] ^= 1
+    c.put_object(Bucket=bucket, Key=key, Body=bytes(body), StorageClass="GLACIER")
+    bad = run_cli("--store", store, "verify", "m", "--deep", "--thaw", "--poll", "0.01", "--json")
+    assert bad.code == 1 and [p["kind"] for p in bad.json()["problems"]] == ["corrupt-chunk"]
+    assert bad.json()["thaw"]["requested"] == 1  # only the rewritten object needed a new thaw
+
+
+def test_verify_with_thaw_no_wait_reports_the_rest_as_not_checked(s3_mock_url: str, tmp_path: Path, monkeypatch,
+                                                                   slow_thaw: float) -> None:
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    store = s3_mock_url
+    src = make_checkpoint(tmp_path / "src", layers=2, dim=64)
+    res = _archive(store, src, "--storage-class", "DEEP_ARCHIVE")
+    time.sleep(slow_thaw + 0.2)
+    r = run_cli("--store", store, "verify", "m", "--deep", "--thaw", "--no-wait", "--json")
+    assert r.code == 0, r.out
+    assert len(r.json()["not_checked_cold"]) == res["chunks"] and r.json()["thaw"]["thawing"] == res["chunks"]
