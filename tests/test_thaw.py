@@ -1,13 +1,14 @@
 """Cold storage classes (archiver/thaw.py, restore --thaw, verify with cold chunks) on moto,
 which answers a GET of an unthawed GLACIER / DEEP_ARCHIVE object with InvalidObjectState and
-implements RestoreObject; its restore state is driven through IN_PROGRESS to RESTORED with
-moto's state manager ("time" progression)."""
+implements RestoreObject. By default moto finishes a restore at once; `held_thaw` holds every
+restore IN_PROGRESS (moto's state manager, manual progression) until the test moves it to
+RESTORED, so the states are driven deterministically, whatever the machine's speed."""
 from __future__ import annotations
 
 import os
-import time
+import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import boto3
 import pytest
@@ -23,13 +24,32 @@ def store(s3_store_url: str, tmp_path: Path, monkeypatch) -> str:
 
 
 @pytest.fixture
-def slow_thaw() -> Iterator[float]:
-    """Each restore goes None -> IN_PROGRESS -> RESTORED, one step per `seconds` (moto)."""
+def held_thaw(monkeypatch) -> Iterator[Callable[[], int]]:
+    """Every RestoreObject leaves its object IN_PROGRESS (x-amz-restore ongoing-request="true")
+    until the returned function moves every such object of the mock to RESTORED."""
+    from moto.core import DEFAULT_ACCOUNT_ID
     from moto.moto_api import state_manager
-    seconds = 1.5
-    state_manager.set_transition("s3::keyrestore", {"progression": "time", "seconds": seconds})
+    from moto.s3.models import FakeKey, s3_backends
+
+    real_restore = FakeKey.restore
+
+    def restore_in_progress(self, days):
+        real_restore(self, days)
+        self._status = "IN_PROGRESS"
+
+    def finish() -> int:
+        done = 0
+        for bucket in s3_backends[DEFAULT_ACCOUNT_ID]["aws"].buckets.values():
+            for key in bucket.keys.values():
+                if isinstance(key, FakeKey) and key._status == "IN_PROGRESS":
+                    key._status = "RESTORED"
+                    done += 1
+        return done
+
+    monkeypatch.setattr(FakeKey, "restore", restore_in_progress)
+    state_manager.set_transition("s3::keyrestore", {"progression": "manual", "times": 10 ** 9})
     try:
-        yield seconds
+        yield finish
     finally:
         state_manager.unset_transition("s3::keyrestore")
 
@@ -103,7 +123,7 @@ def test_restore_of_cold_chunks_is_refused_before_anything_is_written(store: str
 
 
 def test_thaw_requests_once_resumes_without_rerequesting_and_restores(
-        s3_mock_url: str, tmp_path: Path, monkeypatch, slow_thaw: float) -> None:
+        s3_mock_url: str, tmp_path: Path, monkeypatch, held_thaw: Callable[[], int]) -> None:
     store = s3_mock_url
     monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
     src = make_checkpoint(tmp_path / "src", layers=2, dim=64)
@@ -117,7 +137,6 @@ def test_thaw_requests_once_resumes_without_rerequesting_and_restores(
         return real(self, key, days, tier)
 
     monkeypatch.setattr(S3Store, "request_thaw", counting)
-    time.sleep(slow_thaw + 0.2)  # the objects' clocks have run: the next state read moves to IN_PROGRESS
     dest = tmp_path / "out"
     r = run_cli("--store", store, "restore", "m", str(dest), "--thaw", "--no-wait", "--tier", "Standard",
                 "--days", "2", "--json")
@@ -130,9 +149,17 @@ def test_thaw_requests_once_resumes_without_rerequesting_and_restores(
     assert again.code == 0 and again.json()["thaw"]["requested"] == 0 and len(requests) == res["chunks"]
     # without --thaw a thawing chunk is still refused
     assert run_cli("--store", store, "restore", "m", str(dest)).code == 2
-    done = run_cli("--store", store, "restore", "m", str(dest), "--thaw", "--poll", "0.2")
+    # the thaw finishes while the restore waits: it polls (a progress line each time), then restores
+    finisher = threading.Timer(0.5, held_thaw)
+    finisher.start()
+    try:
+        done = run_cli("--store", store, "restore", "m", str(dest), "--thaw", "--poll", "0.1")
+    finally:
+        finisher.join()
     assert done.code == 0, done.err
-    assert "thaw: " in done.err and len(requests) == res["chunks"]
+    lines = [line for line in done.err.splitlines() if line.startswith("thaw: ")]
+    assert len(lines) >= 2 and "0/" in lines[0] and f"{res['chunks']}/{res['chunks']} chunks readable" in lines[-1]
+    assert len(requests) == res["chunks"]
     assert tree(dest / "src") == tree(src)
     # thawed chunks can be deep-verified
     v = run_cli("--store", store, "verify", "m", "--deep", "--json")
@@ -170,12 +197,11 @@ def test_deep_verify_with_thaw_checks_cold_chunks_after_thawing(s3_mock_url: str
 
 
 def test_verify_with_thaw_no_wait_reports_the_rest_as_not_checked(s3_mock_url: str, tmp_path: Path, monkeypatch,
-                                                                   slow_thaw: float) -> None:
+                                                                   held_thaw: Callable[[], int]) -> None:
     monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
     store = s3_mock_url
     src = make_checkpoint(tmp_path / "src", layers=2, dim=64)
     res = _archive(store, src, "--storage-class", "DEEP_ARCHIVE")
-    time.sleep(slow_thaw + 0.2)
     r = run_cli("--store", store, "verify", "m", "--deep", "--thaw", "--no-wait", "--json")
     assert r.code == 0, r.out
     assert len(r.json()["not_checked_cold"]) == res["chunks"] and r.json()["thaw"]["thawing"] == res["chunks"]
