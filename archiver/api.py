@@ -91,6 +91,9 @@ def extend_retention(ref: str, *, until: Any, lock_mode: str | None = None, repo
     retention records) to at least `until`, never shortening one; the mode is the recorded one
     (or `lock_mode`), and the new policy is recorded."""
     with _repo(repo, store, catalog, settings=settings) as r:
+        if not r.can_lock():
+            raise InvalidOptionError("until", f"cannot be applied: {r.url} is not an S3 bucket, so it holds no "
+                                              f"Object Lock")
         mid = r.resolve(ref)
         m = r.load_manifest(mid)
         mode = lock_mode or r.recorded_lock(mid).mode

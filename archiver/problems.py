@@ -14,7 +14,7 @@ class Problem:
     """What is wrong, and where: manifest, file, byte range, chunk."""
 
     manifest: str
-    kind: str  # missing-chunk | size-mismatch | corrupt-chunk | file-hash | manifest | chain | signature | unsafe-path
+    kind: str  # missing-chunk | size-mismatch | corrupt-chunk | file-hash | manifest | chain | signature | unsafe-path | retention
     detail: str
     path: str | None = None
     offset: int | None = None

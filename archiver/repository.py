@@ -352,7 +352,7 @@ class Repository:
     def _put(self, key: str, data: bytes, policy: Any) -> bool:
         """put_if_absent, passing a write policy only when there is one (so stores that
         predate policies keep working unchanged)."""
-        if policy is None:
+        if policy is None or not (policy.locked or policy.storage_class):
             return self._store.put_if_absent(key, data)
         return self._store.put_if_absent(key, data, policy)
 

@@ -231,12 +231,14 @@ def test_verify_retention_extend_and_survive_a_catalog_rebuild(lock_url: str, tm
     assert len(problems) == 1 and h in problems[0]["detail"] and "less than 2045" in problems[0]["detail"]
 
 
-def test_verify_retention_on_a_local_store_is_a_usage_error(tmp_path: Path) -> None:
+def test_verify_and_extend_retention_on_a_local_store_are_usage_errors(tmp_path: Path) -> None:
     src = make_checkpoint(tmp_path / "src", layers=1, dim=32)
     store = str(tmp_path / "store")
     assert run_cli("--store", store, "archive", str(src), "--name", "m").code == 0
     r = run_cli("--store", store, "verify", "m", "--retention")
     assert r.code == 2 and "--retention" in r.err
+    r = run_cli("--store", store, "retention", "extend", "m", "--until", "2040-01-01")
+    assert r.code == 2 and "--until" in r.err and len(r.err.strip().splitlines()) == 1
 
 
 def test_verify_retention_of_an_unlocked_archive_is_a_problem(lock_url: str, tmp_path: Path) -> None:
