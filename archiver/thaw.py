@@ -138,6 +138,20 @@ def _refresh(repo: Repository, st: ThawStatus, hashes: list[str]) -> None:
             st.thawed.append(h)
 
 
+def _poll(repo: Repository, st: ThawStatus) -> None:
+    """HEAD only the chunks still thawing (one request each per poll, not one per cold chunk)."""
+    still: list[str] = []
+    for h in st.thawing:
+        state = repo.chunk_state(h)
+        if state is None or state.restore_ongoing is None:
+            st.frozen.append(h)  # its thaw is gone (replaced object, cancelled): asked for again
+        elif state.restore_ongoing is False:
+            st.thawed.append(h)
+        else:
+            still.append(h)
+    st.thawing = still
+
+
 def check_tier(tier: str, days: int) -> None:
     if tier not in TIERS:
         raise InvalidOptionError("tier", f"must be one of {', '.join(TIERS)}, got {tier!r}")
@@ -172,7 +186,12 @@ def thaw(repo: Repository, st: ThawStatus, *, days: int, tier: str, wait: bool, 
         if max_wait is not None and time.monotonic() - started >= max_wait:
             break
         sleep(poll_seconds)
-        _refresh(repo, st, sorted(st.classes))
+        _poll(repo, st)
+        for h in st.frozen:
+            repo.request_thaw(h, days, tier)
+            st.requested += 1
+            st.thawing.append(h)
+        st.frozen = []
         st.waited_seconds = time.monotonic() - started
         if report is not None:
             report(st)
