@@ -26,7 +26,8 @@ def store(s3_store_url: str, tmp_path: Path, monkeypatch) -> str:
 @pytest.fixture
 def held_thaw(monkeypatch) -> Iterator[Callable[[], int]]:
     """Every RestoreObject leaves its object IN_PROGRESS (x-amz-restore ongoing-request="true")
-    until the returned function moves every such object of the mock to RESTORED."""
+    until the returned function moves every such object to RESTORED (moto in this process: the
+    mock and the HTTP server share one backend)."""
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.moto_api import state_manager
     from moto.s3.models import FakeKey, s3_backends
@@ -123,9 +124,7 @@ def test_restore_of_cold_chunks_is_refused_before_anything_is_written(store: str
 
 
 def test_thaw_requests_once_resumes_without_rerequesting_and_restores(
-        s3_mock_url: str, tmp_path: Path, monkeypatch, held_thaw: Callable[[], int]) -> None:
-    store = s3_mock_url
-    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+        store: str, tmp_path: Path, monkeypatch, held_thaw: Callable[[], int]) -> None:
     src = make_checkpoint(tmp_path / "src", layers=2, dim=64)
     (src / "copy.safetensors").write_bytes((src / "model.safetensors").read_bytes())  # same chunks twice
     res = _archive(store, src, "--storage-class", "GLACIER")
