@@ -6,17 +6,21 @@ ARCHIVER_CATALOG, ARCHIVER_HOME)."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from archiver import checker, fixity, pipeline, restorer, storecheck
+from archiver import checker, costs, fixity, pipeline, restorer, storecheck
+from archiver import thaw as thaw_mod
 from archiver.copies import CopiesReport
-from archiver.errors import translated
+from archiver.errors import InvalidOptionError, translated
 from archiver.progress import Progress
 from archiver.repair import RepairResult
 from archiver.replicate import ReplicateResult
 from archiver.repository import EventLog, RebuildResult, Repository
+from archiver.retention import STORAGE_CLASSES, WritePolicy, iso, make_policy, parse_date
+from archiver.thaw import ThawOptions
 from archiver.settings import Settings
 from archiver.stores import Store
 from archiver.stores import open_store as _open_store
@@ -35,18 +39,22 @@ def open_store(url: str | None = None, *, create: bool = False, settings: Settin
 
 
 def open_repository(store: str | None = None, catalog: str | os.PathLike | None = None, *,
-                    create: bool = False, settings: Settings | None = None, read_only: bool = False) -> Repository:
-    """read_only=True: open the catalog without creating, migrating or locking it (see Repository.open)."""
-    return Repository.open(settings or Settings.resolve(store, catalog), create=create, read_only=read_only)
+                    create: bool = False, settings: Settings | None = None, read_only: bool = False,
+                    policy: Any = None) -> Repository:
+    """read_only=True: open the catalog without creating, migrating or locking it (see Repository.open).
+    `policy` (archiver.retention.WritePolicy): refused before anything is written if the store cannot honour it."""
+    return Repository.open(settings or Settings.resolve(store, catalog), create=create, read_only=read_only,
+                           policy=policy)
 
 
 @contextlib.contextmanager
 def _repo(repo: Repository | None, store: str | None, catalog: str | os.PathLike | None,
-          create: bool = False, settings: Settings | None = None, read_only: bool = False) -> Iterator[Repository]:
+          create: bool = False, settings: Settings | None = None, read_only: bool = False,
+          policy: Any = None) -> Iterator[Repository]:
     if repo is not None:
         yield repo
         return
-    r = open_repository(store, catalog, create=create, settings=settings, read_only=read_only)
+    r = open_repository(store, catalog, create=create, settings=settings, read_only=read_only, policy=policy)
     try:
         yield r
     finally:
@@ -57,18 +65,56 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
             meta: dict[str, str] | None = None, sign_key: str | os.PathLike | None = None,
             repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
             settings: Settings | None = None, progress: Progress | None = None,
-            trust_verified_within: float | None = None, unsafe_store: bool = False, **options) -> ArchiveResult:
+            trust_verified_within: float | None = None, unsafe_store: bool = False, write_policy: Any = None,
+            **options) -> ArchiveResult:
     """`sign_key`: path of an Ed25519 private key (from `keygen`) to sign the manifest with
     (or a key already loaded with `signing_key`). Every chunk the store already holds is read
     back and proved (a damaged one is repaired from the source); `trust_verified_within`
     (seconds) trusts chunks a deep verify found intact within that window instead (faster
     re-archives, weaker proof). A store that silently overwrites (see `store_check`) is
-    refused (UnsafeStoreError) unless `unsafe_store`."""
+    refused (UnsafeStoreError) unless `unsafe_store`. `write_policy`: an
+    archiver.retention.WritePolicy (see `write_policy`): Object Lock on every object, a
+    storage class for chunks."""
     key = signing_key(sign_key)
-    with _repo(repo, store, catalog, create=True, settings=settings) as r:
+    with _repo(repo, store, catalog, create=True, settings=settings, policy=write_policy) as r:
         storecheck.ensure_safe(r, unsafe_store)
         return pipeline.archive(r, list(paths), name=name, label=label, meta=meta, progress=progress,
-                                sign_key=key, trust_verified_within=trust_verified_within, **options)
+                                sign_key=key, trust_verified_within=trust_verified_within,
+                                write_policy=write_policy, **options)
+
+
+def write_policy(*, lock_mode: str | None = None, retain_until: Any = None, retain_for: str | None = None,
+                 legal_hold: bool = False, storage_class: str | None = None) -> WritePolicy | None:
+    """The write policy for these options, checked now (None if nothing was asked):
+    lock_mode governance|compliance with retain_until (a date) or retain_for ('30y', '90d')."""
+    return make_policy(lock_mode=lock_mode, retain_until=retain_until, retain_for=retain_for,
+                       legal_hold=legal_hold, storage_class=storage_class)
+
+
+def extend_retention(ref: str, *, until: Any, lock_mode: str | None = None, repo: Repository | None = None,
+                     store: str | None = None, catalog: str | os.PathLike | None = None,
+                     settings: Settings | None = None) -> dict[str, Any]:
+    """Extend the Object Lock of every object of an archive (chunks, manifest, signatures,
+    retention records) to at least `until`, never shortening one; the mode is the recorded one
+    (or `lock_mode`), and the new policy is recorded."""
+    with _repo(repo, store, catalog, settings=settings) as r:
+        if not r.can_lock():
+            raise InvalidOptionError("until", f"cannot be applied: {r.url} is not an S3 bucket, so it holds no "
+                                              f"Object Lock")
+        mid = r.resolve(ref)
+        m = r.load_manifest(mid)
+        mode = lock_mode or r.recorded_lock(mid).mode
+        if mode is None:
+            raise InvalidOptionError("lock_mode", f"is needed: archive {mid[:16]} has no recorded Object Lock")
+        policy = make_policy(lock_mode=mode, retain_until=until)
+        assert policy is not None
+        objects = r.extend_retention(mid, m, policy)
+        # a PREMIS policy-assignment event in the store's log (and the catalog's audit log)
+        from archiver.events import POLICY_ASSIGNMENT, Event, ManifestOutcome
+        r.append_event(Event(POLICY_ASSIGNMENT, manifests=(ManifestOutcome(mid),), details={
+            "mode": policy.lock.mode, "retain_until": iso(policy.lock.until), "objects": objects}),
+            policy=policy.for_metadata())
+        return {"id": mid, "mode": policy.lock.mode, "retain_until": iso(policy.lock.until), "objects": objects}
 
 
 def signing_key(key: str | os.PathLike | Any | None) -> Any:
@@ -100,26 +146,38 @@ def verify(refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool =
            sample: float | None = None, trust_keys: Iterable[str | bytes] | None = None, repo: Repository | None = None,
            store: str | None = None, catalog: str | os.PathLike | None = None, settings: Settings | None = None,
            progress: Progress | None = None, max_bytes: int | None = None, max_seconds: float | None = None,
-           sign_key: str | os.PathLike | Any | None = None) -> VerifyReport:
+           sign_key: str | os.PathLike | Any | None = None, retention: bool = False, retain_until: Any = None,
+           thaw: ThawOptions | None = None) -> VerifyReport:
     """`trust_keys`: public key files or hex keys; each manifest must be signed by one of them.
     `max_bytes` / `max_seconds`: a budgeted sampled run (least recently verified chunks
-    first). `sign_key`: sign this run's event in the store's log."""
+    first). `sign_key`: sign this run's event in the store's log. `retention`: every object
+    of each archive must hold the Object Lock its recorded policy asks for, and with
+    `retain_until` (a date) at least until then. `thaw`: with deep or sample, thaw the cold
+    chunks to be read first (else they are reported as not checked)."""
     trusted = trusted_keys(trust_keys)
     key = signing_key(sign_key)
+    until = None
+    if retain_until is not None:
+        until = retain_until if isinstance(retain_until, datetime.datetime) else parse_date(retain_until,
+                                                                                             "retain_until")
     with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
         return checker.verify(r, list(refs), all_archives=all_archives, deep=deep, sample=sample, trusted=trusted,
-                              progress=progress, max_bytes=max_bytes, max_seconds=max_seconds, sign_key=key)
+                              progress=progress, max_bytes=max_bytes, max_seconds=max_seconds, sign_key=key,
+                              retention=retention, retain_until=until, thaw=thaw)
 
 
 def restore(ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (), force: bool = False,
             trust_keys: Iterable[str | bytes] | None = None, repo: Repository | None = None,
             store: str | None = None, catalog: str | os.PathLike | None = None, settings: Settings | None = None,
-            progress: Progress | None = None, preserve_special_bits: bool = False) -> RestoreResult:
-    """`preserve_special_bits`: keep setuid, setgid and sticky bits (dropped by default)."""
+            progress: Progress | None = None, preserve_special_bits: bool = False,
+            thaw: ThawOptions | None = None) -> RestoreResult:
+    """`preserve_special_bits`: keep setuid, setgid and sticky bits (dropped by default).
+    `thaw` (archiver.thaw.ThawOptions): thaw chunks in GLACIER / DEEP_ARCHIVE first (without
+    it such chunks are refused before anything is written)."""
     trusted = trusted_keys(trust_keys)
     with _repo(repo, store, catalog, settings=settings, read_only=True) as r:  # restore writes no catalog row
         return restorer.restore(r, ref, dest, include=include, force=force, trusted=trusted, progress=progress,
-                                preserve_special_bits=preserve_special_bits)
+                                preserve_special_bits=preserve_special_bits, thaw=thaw)
 
 
 def list_archives(name: str | None = None, *, repo: Repository | None = None, store: str | None = None,
@@ -276,3 +334,45 @@ def store_check(store: str | None = None, *, repo: Repository | None = None, cat
     A store that does not exist yet is created (its marker written) first."""
     with _repo(repo, store, catalog, create=True, settings=settings) as r:
         return storecheck.check(r)
+
+
+def estimate(ref: str, *, storage_class: str | None = None, prices: str | os.PathLike | None = None,
+             repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
+             settings: Settings | None = None) -> costs.Estimate:
+    """Monthly storage, upload and restore cost of an archive from a dated price file
+    (`prices`: another file of the same shape); `storage_class`: price every chunk as if
+    it were in that class."""
+    table = costs.load_prices(prices)
+    what_if = None
+    if storage_class is not None:
+        what_if = storage_class.upper()
+        if what_if not in STORAGE_CLASSES:
+            raise InvalidOptionError("storage_class", f"must be one of {', '.join(STORAGE_CLASSES)}")
+    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
+        mid = r.resolve(ref)
+        m = r.load_manifest(mid)
+        sizes = {h: c.stored_size for h, c in m.unique_chunks().items()}
+        classes = r.chunk_classes(sizes) if r.has_storage_classes() and what_if is None else {}
+        return costs.estimate(mid, sizes, classes, r.metadata_sizes(mid), table, what_if)
+
+
+def restore_plan(ref: str, *, include: Iterable[str] = (), tier: str = "Bulk", prices: str | os.PathLike | None = None,
+                 repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
+                 settings: Settings | None = None) -> dict[str, Any]:
+    """What a restore would need, without writing anything: distinct chunks and bytes, the
+    cold ones and their thaw state, what thawing them costs at each tier and how long it takes."""
+    table = costs.load_prices(prices)
+    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
+        mid = r.resolve(ref)
+        m = r.load_manifest(mid)
+        chosen = [e for e in restorer.select(m.entries, include) if e.is_file]
+        chunks = thaw_mod.needed(chosen)
+        st = thaw_mod.survey(r, chunks) if r.has_storage_classes() else thaw_mod.ThawStatus(chunks=len(chunks))
+        cold = {h: chunks[h] for h in st.frozen + st.thawing}
+        est = costs.estimate(mid, cold, st.classes, [], table)
+        thaw_cost = {cls: c.restore for cls, c in est.classes.items() if cls in st.classes.values()}
+        return {"id": mid, "files": len(chosen), "bytes": sum(e.size for e in chosen), "chunks": len(chunks),
+                "stored_bytes": sum(chunks.values()), "thaw": st.to_dict(), "needs_thaw": not st.ready,
+                "thaw_cost": thaw_cost, "tier": tier, "expected_hours": thaw_mod.expected_hours(
+                    {st.classes[h] for h in cold}, tier) if cold else None,
+                "prices_as_of": est.prices_as_of}

@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 from archiver import events
 from archiver.errors import (ArchiverError, CatalogLockedError, CatalogReadOnlyError, EmptyCatalogError, FileHashError,
@@ -31,6 +31,7 @@ from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.problems import Outcome, Problem, chunk_problem, file_hash_problem
 from archiver.progress import Progress
 from archiver.repository import Repository
+from archiver.stores.base import ObjectColdError
 from manifests.model import ChunkRef, Entry, Manifest
 from manifests.paths import check_paths
 
@@ -48,6 +49,11 @@ class VerifyReport(Outcome):
     audit_error: str | None = None  # why this run is missing from the catalog's audit log, if it is
     event: str | None = None  # the key of this run's event in the store
     event_error: str | None = None  # why this run's event is missing from the store, if it is
+    # Chunks a deep or sampled pass could not read because they sit in a cold storage class
+    # (GLACIER, DEEP_ARCHIVE) and are not thawed: not checked, and not a problem either.
+    not_checked_cold: list[str] = field(default_factory=list)
+    retention_checked: int = 0  # objects whose Object Lock was checked (verify with retention)
+    thaw: dict | None = None  # with a thaw: where the cold chunks to be read stand (archiver.thaw)
 
     def __post_init__(self) -> None:
         self._seen: set[tuple] = set()
@@ -92,13 +98,17 @@ class ChunkUse:
 def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool = False,
            sample: float | None = None, workers: int | None = None, trusted: list[bytes] | None = None,
            progress: Progress | None = None, max_bytes: int | None = None, max_seconds: float | None = None,
-           sign_key: object = None) -> VerifyReport:
+           sign_key: object = None, retention: bool = False, retain_until: Any = None,
+           thaw: Any = None) -> VerifyReport:
     """Check the named archives (or every recorded archive with all_archives=True). Never
     raises for damage found in the store: damage becomes Problems in the report.
     `max_bytes` (stored bytes read) and `max_seconds` bound a sampled run; either one
     alone means `sample=1.0`. `sign_key` signs this run's event."""
     sample = check_budget(deep, sample, max_bytes, max_seconds)
     check_sample(sample)
+    if (retention or retain_until is not None) and not repo.can_lock():
+        raise InvalidOptionError("retention", f"cannot be checked: {repo.url} is not an S3 bucket, so it holds no "
+                                              f"Object Lock")
     started = time.monotonic()
     progress = progress or Progress()
     if all_archives:
@@ -124,6 +134,8 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
     uses = _uses_by_hash(manifests)
     _shallow(repo, uses, report)
     nworkers = workers or default_workers()
+    if thaw is not None and deep:
+        _thaw(repo, {h: u[0].ref.stored_size for h, u in uses.items()}, thaw, report)
     if deep:
         progress.start("verify", sum(m.total_size for m in manifests.values()))
         with ThreadPoolExecutor(nworkers, thread_name_prefix="verify") as pool:
@@ -132,7 +144,11 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
                     _deep_file(repo, mid, e, pool, window_for(nworkers), report, progress)
         progress.finish()
     elif sample:
-        _sample(repo, uses, sample, nworkers, report, progress, max_bytes, max_seconds)
+        _sample(repo, uses, sample, nworkers, report, progress, max_bytes, max_seconds, thaw)
+    if retention or retain_until is not None:
+        for mid, m in manifests.items():
+            _retention(repo, mid, m, retain_until, report)
+    report.not_checked_cold = sorted(set(report.not_checked_cold))
     report.seconds = round(time.monotonic() - started, 3)
     _append_event(repo, report, ids, sign_key)
     return report
@@ -239,8 +255,12 @@ def _deep_file(repo: Repository, mid: str, e: Entry, pool: ThreadPoolExecutor, w
     broken = False
     try:
         for piece in repo.stream_file(e, pool, window, keep_going=True):
-            report.chunks_read += 1
             c = piece.ref
+            if isinstance(piece.error, ObjectColdError):  # needs a thaw: not checked, not damaged
+                broken = True
+                report.not_checked_cold.append(c.hash)
+                continue
+            report.chunks_read += 1
             checked.append((c.hash, piece.error is None))
             if piece.error is not None:
                 broken = True
@@ -251,7 +271,7 @@ def _deep_file(repo: Repository, mid: str, e: Entry, pool: ThreadPoolExecutor, w
             progress.advance(len(piece.data))
         if not broken:
             report.files_hashed += 1
-    except FileHashError:
+    except FileHashError:  # only raised when every chunk was read
         report.files_hashed += 1
         report.add(file_hash_problem(mid, e))
     finally:
@@ -276,11 +296,22 @@ def budgeted(order: list[str], sizes: dict[str, int], fraction: float, max_bytes
     return chosen
 
 
+def _thaw(repo: Repository, chunks: dict[str, int], options: Any, report: VerifyReport) -> None:
+    """Thaw the cold chunks about to be read (waiting as `options` say); those still cold
+    afterwards are reported as not checked."""
+    from archiver import thaw as thaw_mod
+    st = thaw_mod.prepare_chunks(repo, chunks, options)
+    if st is not None and st.classes:
+        report.thaw = st.to_dict()
+
+
 def _sample(repo: Repository, uses: dict[str, list[ChunkUse]], fraction: float, nworkers: int,
             report: VerifyReport, progress: Progress, max_bytes: int | None = None,
-            max_seconds: float | None = None) -> None:
+            max_seconds: float | None = None, thaw: Any = None) -> None:
     order = repo.chunks_by_staleness(uses)
     pick = budgeted(order, {h: uses[h][0].ref.stored_size for h in order}, fraction, max_bytes)
+    if thaw is not None:
+        _thaw(repo, {h: uses[h][0].ref.stored_size for h in pick}, thaw, report)
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
 
     def feed() -> Iterable[str]:
@@ -294,6 +325,9 @@ def _sample(repo: Repository, uses: dict[str, list[ChunkUse]], fraction: float, 
     with ThreadPoolExecutor(nworkers, thread_name_prefix="sample") as pool:
         for h, got in ordered_map(pool, lambda h: repo.try_read_chunk(uses[h][0].ref), feed(),
                                   window_for(nworkers)):
+            if isinstance(got, ObjectColdError):
+                report.not_checked_cold.append(h)
+                continue
             report.chunks_read += 1
             ok = not isinstance(got, ArchiverError)
             results.append((h, ok))
@@ -305,3 +339,20 @@ def _sample(repo: Repository, uses: dict[str, list[ChunkUse]], fraction: float, 
                 report.add(use.problem(got))
     progress.finish()
     report.checked(results)
+
+
+def _retention(repo: Repository, mid: str, m: Manifest, retain_until: Any, report: VerifyReport) -> None:
+    """Every object of the archive (chunks, manifest, signatures, retention records) must be
+    locked at least as its recorded policy says and, with `retain_until`, until then."""
+    from archiver.retention import Lock
+    want = repo.recorded_lock(mid)
+    if retain_until is not None:
+        want = want.merge(Lock(want.mode or "GOVERNANCE", retain_until))
+    if want.mode is None and not want.legal_hold:
+        report.add(Problem(mid, "retention", "no Object Lock policy is recorded for this archive "
+                                             "(archived without a lock; give a date to check against)"))
+        return
+    keys = repo.archive_keys(mid, m)
+    report.retention_checked += len(keys)
+    for key, why in repo.retention_shortfalls(mid, m, want):
+        report.add(Problem(mid, "retention", f"{key}: {why}"))

@@ -19,6 +19,7 @@ from archiver.errors import ArchiverError, EmptyCatalogError, InvalidOptionError
 from archiver.progress import Progress, human_bytes
 from archiver.repository import Repository
 from archiver.settings import Settings
+from archiver.thaw import ThawOptions, ThawStatus, expected_hours
 from manifests.paths import BIDI_CONTROLS
 
 
@@ -28,8 +29,9 @@ class Ctx:
     def __init__(self, store: str | None, catalog: str | None) -> None:
         self.store, self.catalog = store, catalog
 
-    def repo(self, create: bool = False, read_only: bool = False) -> Repository:
-        return Repository.open(Settings.resolve(self.store, self.catalog), create=create, read_only=read_only)
+    def repo(self, create: bool = False, read_only: bool = False, policy: Any = None) -> Repository:
+        return Repository.open(Settings.resolve(self.store, self.catalog), create=create, read_only=read_only,
+                               policy=policy)
 
 
 def flag(option: str) -> str:
@@ -110,6 +112,14 @@ def cli(ctx: click.Context, store: str | None, catalog: str | None) -> None:
 @click.option("--trust-verified-within", metavar="DURATION",
               help="Trust stored chunks that a deep verify found intact within DURATION (e.g. 7d, 12h) "
                    "instead of reading each one back (default: prove every chunk).")
+@click.option("--lock-mode", type=click.Choice(["governance", "compliance"], case_sensitive=False),
+              help="S3 Object Lock mode for every object written (needs --retain-until or --retain-for).")
+@click.option("--retain-until", metavar="DATE", help="Lock objects until DATE (2056-01-01 or ISO 8601, UTC).")
+@click.option("--retain-for", metavar="PERIOD", help="Lock objects for PERIOD from now (30y, 52w, 90d).")
+@click.option("--legal-hold", is_flag=True, help="Also place an Object Lock legal hold on every object.")
+@click.option("--storage-class", type=click.Choice(["STANDARD", "STANDARD_IA", "GLACIER_IR", "GLACIER",
+                                                    "DEEP_ARCHIVE"], case_sensitive=False),
+              help="S3 storage class of chunk objects (store.json, manifests and signatures stay STANDARD).")
 @click.option("--replicate", "replicate_", is_flag=True,
               help="Then replicate the archive to every copy the store names (`archiver copies add`).")
 @click.option("--unsafe-store", is_flag=True,
@@ -117,7 +127,9 @@ def cli(ctx: click.Context, store: str | None, catalog: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, meta: tuple[str, ...],
-                sign_key: str | None, trust_verified_within: str | None, replicate_: bool, unsafe_store: bool,
+                sign_key: str | None, trust_verified_within: str | None, lock_mode: str | None,
+                retain_until: str | None, retain_for: str | None, legal_hold: bool, storage_class: str | None,
+                replicate_: bool, unsafe_store: bool,
                 as_json: bool) -> None:
     """Archive files and directories; prints the manifest id."""
     meta_d = _parse_meta(meta)
@@ -126,8 +138,10 @@ def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, me
     key = api.signing_key(sign_key)  # refused before the store is touched
     trust = None if trust_verified_within is None else parse_duration(trust_verified_within,
                                                                        "trust_verified_within")
-    with c.repo(create=True) as repo:
-        res = api.archive(paths, name=name, label=label, meta=meta_d, sign_key=key, repo=repo,
+    policy = api.write_policy(lock_mode=lock_mode, retain_until=retain_until, retain_for=retain_for,
+                              legal_hold=legal_hold, storage_class=storage_class)
+    with c.repo(create=True, policy=policy) as repo:
+        res = api.archive(paths, name=name, label=label, meta=meta_d, sign_key=key, repo=repo, write_policy=policy,
                           trust_verified_within=trust, progress=Progress.for_terminal("archive", quiet=as_json),
                           unsafe_store=unsafe_store)
         copies = _replicate_new(c, repo, res.id, as_json, unsafe_store) if replicate_ else None
@@ -212,11 +226,20 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
 @click.option("--sign-key", type=click.Path(), help="Sign this run's event in the store's log with this key.")
 @click.option("--copies", "copies_", is_flag=True,
               help="Also check (by LIST) that every copy the store names holds every object.")
+@click.option("--retention", is_flag=True,
+              help="Check every object's Object Lock against the archive's recorded policy.")
+@click.option("--retain-until", metavar="DATE", help="With --retention: every object locked at least until DATE.")
+@click.option("--thaw", is_flag=True, help="With --deep or --sample: thaw cold chunks first and check them too.")
+@click.option("--tier", type=click.Choice(["Bulk", "Standard", "Expedited"]), default="Bulk", show_default=True)
+@click.option("--days", type=int, default=1, show_default=True, help="Days thawed copies stay readable.")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+@click.option("--poll", "poll", type=float, default=60.0, show_default=True, metavar="SECONDS")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: float | None,
                max_bytes: str | None, max_seconds: str | None, trust_key: tuple[str, ...], sign_key: str | None,
-               copies_: bool, as_json: bool) -> None:
+               copies_: bool, retention: bool, retain_until: str | None, thaw: bool, tier: str,
+               days: int, wait: bool, poll: float, as_json: bool) -> None:
     """Prove archives complete and uncorrupted. Exit 0 all good, 1 problems found, 2 usage.
     REF as for `show` (id:PREFIX and name:NAME[@LABEL] are never ambiguous)."""
     if bool(refs) == all_:
@@ -230,7 +253,9 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
     with c.repo(read_only=True) as repo:
         rep = api.verify(refs, all_archives=all_, deep=deep, sample=sample, trust_keys=trusted, repo=repo,
                          progress=Progress.for_terminal("verify", quiet=as_json), max_bytes=budget_bytes,
-                         max_seconds=budget_seconds, sign_key=key)
+                         max_seconds=budget_seconds, sign_key=key, retention=retention, retain_until=retain_until,
+                         thaw=ThawOptions(days=days, tier=tier, wait=wait, poll_seconds=poll,
+                                          report=None if as_json else _thaw_line) if thaw else None)
         cop = api.verify_copies(rep.manifests, {p.manifest for p in rep.problems}, repo=repo,
                                 settings=Settings.resolve(c.store, c.catalog)) if copies_ else None
     if rep.audit_error is not None:
@@ -251,6 +276,11 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
         click.echo(f"{status} — {rep.mode} verify of {len(rep.manifests)} archive(s): {rep.chunks_checked} chunks "
                    f"listed, {rep.chunks_read} read ({human_bytes(rep.bytes_read)}), {rep.files_hashed} files "
                    f"hashed, {rep.seconds:.1f}s" + (f"; {len(cop.stores) - 1} cop(ies) listed" if cop else ""))
+        if rep.not_checked_cold:
+            click.echo(f"not checked (cold): {len(rep.not_checked_cold)} chunk(s) in GLACIER/DEEP_ARCHIVE need a "
+                       f"thaw before they can be read (shallow checks passed for them)")
+        if rep.retention_checked:
+            click.echo(f"retention: {rep.retention_checked} object lock(s) checked")
     sys.exit(0 if ok else 1)
 
 
@@ -263,16 +293,60 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
               help="Refuse unless signed by this public key (file or hex); repeatable.")
 @click.option("--preserve-special-bits", is_flag=True,
               help="Keep setuid, setgid and sticky bits (dropped by default).")
+@click.option("--thaw", is_flag=True, help="Thaw chunks in GLACIER / DEEP_ARCHIVE first (RestoreObject, billed).")
+@click.option("--tier", type=click.Choice(["Bulk", "Standard", "Expedited"]), default="Bulk", show_default=True,
+              help="Thaw tier: slower is cheaper.")
+@click.option("--days", type=int, default=7, show_default=True, help="Days the thawed copies stay readable.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait for the thaw and restore, or request it and exit.")
+@click.option("--poll", "poll", type=float, default=60.0, show_default=True, metavar="SECONDS",
+              help="How often to check a thaw's progress.")
+@click.option("--plan", is_flag=True, help="Only show what the restore needs (chunks, thaw, cost, time); write nothing.")
+@click.option("--prices", type=click.Path(), metavar="FILE", help="Price file for --plan (default: the shipped one).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bool, trust_key: tuple[str, ...],
-                preserve_special_bits: bool, as_json: bool) -> None:
+                preserve_special_bits: bool, thaw: bool, tier: str, days: int, wait: bool, poll: float,
+                plan: bool, prices: str | None, as_json: bool) -> None:
     """Restore an archive into DEST, verifying every byte. REF as for `show`."""
+    if plan:
+        with c.repo(read_only=True) as repo:
+            p = api.restore_plan(ref, include=include, tier=tier, prices=prices, repo=repo)
+        if as_json:
+            emit(p)
+            return
+        t = p["thaw"]
+        click.echo(f"{p['id']}: {p['files']} files, {human_bytes(p['bytes'])}; {p['chunks']} chunks, "
+                   f"{human_bytes(p['stored_bytes'])} to read")
+        if not p["needs_thaw"]:
+            click.echo("every chunk is readable now: no thaw needed")
+            return
+        click.echo(f"needs a thaw: {t['frozen']} chunks not requested, {t['thawing']} thawing, {t['thawed']} thawed "
+                   f"({human_bytes(t['cold_bytes'])} in {', '.join(t['classes'])})")
+        for cls, tiers in sorted(p["thaw_cost"].items()):
+            for name, row in tiers.items():
+                click.echo(f"  {cls} {name}: ${row['total']:.4f}{_hours(row['hours'])}")
+        click.echo(f"prices as of {p['prices_as_of']}; re-run with --thaw --tier {tier} to restore")
+        return
     trusted = api.trusted_keys(trust_key)
+    options = None
+    if thaw:
+        options = ThawOptions(days=days, tier=tier, wait=wait, poll_seconds=poll,
+                              report=None if as_json else _thaw_line)
     with c.repo(read_only=True) as repo:  # restore writes no catalog row
         res = api.restore(ref, dest, include=include, force=force, trust_keys=trusted, repo=repo,
                           progress=Progress.for_terminal("restore", quiet=as_json),
-                          preserve_special_bits=preserve_special_bits)
+                          preserve_special_bits=preserve_special_bits, thaw=options)
+    if res.thaw is not None and not res.thaw["ready"]:
+        if as_json:
+            emit(res.to_dict())
+        else:
+            span = expected_hours(res.thaw["classes"], tier)
+            when = f"; expect {span[0]:g}-{span[1]:g} h for {tier}" if span else ""
+            click.echo(f"thaw requested for {res.thaw['requested']} chunk(s), {res.thaw['thawing']} thawing, "
+                       f"{res.thaw['thawed']} thawed{when}; nothing restored yet: re-run the same restore --thaw "
+                       f"later (chunks already thawing are not requested again)", err=True)
+        sys.exit(0)
     if as_json:
         emit(res.to_dict())
     else:
@@ -281,6 +355,49 @@ def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bo
         click.echo(printable(f"{'restored' if res.ok else 'FAILED'}: {res.files} files, {human_bytes(res.bytes)} "
                              f"into {res.dest} in {res.seconds:.1f}s"), err=not res.ok)
     sys.exit(0 if res.ok else 1)
+
+
+def _hours(span: list[float] | None) -> str:
+    if not span or span[1] == 0:
+        return ""
+    lo, hi = span
+    if hi < 1:
+        return f", {lo * 60:g}-{hi * 60:g} min"
+    return f", within {hi:g} h" if lo == 0 else f", {lo:g}-{hi:g} h"
+
+
+@cli.command("estimate")
+@click.argument("ref")
+@click.option("--class", "storage_class", type=click.Choice(["STANDARD", "STANDARD_IA", "GLACIER_IR", "GLACIER",
+                                                             "DEEP_ARCHIVE"], case_sensitive=False),
+              help="Price every chunk as if it were in this class (default: the class each is in).")
+@click.option("--prices", type=click.Path(), metavar="FILE", help="Price file (default: the shipped, dated one).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def estimate_cmd(c: Ctx, ref: str, storage_class: str | None, prices: str | None, as_json: bool) -> None:
+    """Monthly storage, upload and restore cost of an archive, and thaw times."""
+    with c.repo(read_only=True) as repo:
+        est = api.estimate(ref, storage_class=storage_class, prices=prices, repo=repo)
+    if as_json:
+        emit(est.to_dict())
+        return
+    what = f" (every chunk priced as {est.what_if})" if est.what_if else ""
+    click.echo(f"{est.id}: {est.chunks} chunks, {human_bytes(est.stored_bytes)} stored{what}")
+    for cls, cc in est.classes.items():
+        over = " incl. 40 KiB index per object" if cc.standard_overhead_bytes else ""
+        click.echo(f"  {cls}: {cc.objects} objects, {human_bytes(cc.bytes)}, ${cc.monthly_storage:.4f}/month{over}; "
+                   f"upload ${cc.upload_requests:.4f}; minimum {cc.minimum_days} days (${cc.minimum_charge:.4f})")
+        for tier, row in cc.restore.items():
+            click.echo(f"    restore {tier}: ${row['total']:.4f} (requests ${row['restore_requests']:.4f}, "
+                       f"retrieval ${row['retrieval']:.4f}, GET ${row['get_requests']:.4f}){_hours(row['hours'])}")
+    click.echo(f"monthly storage: ${est.monthly_storage:.4f}; prices as of {est.prices_as_of} "
+               f"(see --json prices_source; replace with --prices FILE)")
+
+
+def _thaw_line(st: ThawStatus) -> None:
+    """One progress line per poll of a thaw (stderr)."""
+    click.echo(f"thaw: {len(st.thawed)}/{len(st.classes)} chunks readable, {len(st.thawing)} thawing, "
+               f"{st.requested} requested by this run, waited {st.waited_seconds:.0f}s", err=True)
 
 
 @cli.command("keygen")
@@ -565,6 +682,28 @@ def _report_copy(res: Any, as_json: bool, summary: str) -> None:
             click.echo(printable(p.line()))
         click.echo(printable(("OK — " if res.ok else f"FAILED: {len(res.problems)} problem(s) — ") + summary))
     sys.exit(0 if res.ok else 1)
+
+
+@cli.group("retention")
+def retention_grp() -> None:
+    """Object Lock retention of archives in an S3 store."""
+
+
+@retention_grp.command("extend")
+@click.argument("ref")
+@click.option("--until", "until", required=True, metavar="DATE", help="New retain-until date (never shortened).")
+@click.option("--lock-mode", type=click.Choice(["governance", "compliance"], case_sensitive=False),
+              help="Mode for objects (default: the archive's recorded mode).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def retention_extend_cmd(c: Ctx, ref: str, until: str, lock_mode: str | None, as_json: bool) -> None:
+    """Extend the lock of every object of an archive (chunks, manifest, signatures) to DATE."""
+    with c.repo() as repo:
+        res = api.extend_retention(ref, until=until, lock_mode=lock_mode, repo=repo)
+    if as_json:
+        emit({"ok": True, **res})
+    else:
+        click.echo(f"{res['id']}: {res['objects']} objects locked ({res['mode']}) until at least {res['retain_until']}")
 
 
 def fail(message: str, code: int, as_json: bool, kind: str = "error", **fields: Any) -> None:

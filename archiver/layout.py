@@ -9,6 +9,7 @@
     events/<writer>/<name>.json         immutable, hash-chained event log
     quarantine/<key>                    local stores: damaged objects moved aside by repair
     _probe/<random>/object              scratch objects of `store check` (never read as data)
+    retention/<id>/<digest>.json        the write policy (Object Lock, storage class) of an archive
 
 Fan-out by the first two hex digits keeps directories small on local stores and gives
 shallow verify one LIST per prefix on S3."""
@@ -23,6 +24,7 @@ SIGNATURES = "signatures/"
 FILEMAPS = "filemaps/"
 EVENTS = "events/"
 QUARANTINE = "quarantine/"
+RETENTION = "retention/"
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -103,3 +105,12 @@ PROBE = "_probe/"  # scratch objects written by `store check` (a few bytes each;
 
 def probe(token: str) -> str:
     return f"{PROBE}{token}/object"
+
+
+def retention_records_of(mid: str) -> str:
+    return f"{RETENTION}{mid}/"
+
+
+def retention_record(mid: str, digest: str) -> str:
+    """One record of the lock an archive was made or extended with; digest names its bytes."""
+    return f"{RETENTION}{mid}/{digest}.json"

@@ -44,6 +44,7 @@ class ArchiveResult:
     parent: str | None = None
     signed_by: str | None = None
     repaired_chunks: int = 0  # damaged chunk objects found in the store and replaced from the source
+    retention: dict[str, Any] | None = None  # lock mode, retain_until, legal_hold, storage_class (if asked)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -62,8 +63,10 @@ class _ChunkWriter:
     store, proving (or, within `trust_verified_within` of a deep verify, trusting) every
     chunk it already holds and repairing a damaged one from these source bytes."""
 
-    def __init__(self, repo: Repository, stats: _Stats, trust_verified_within: float | None = None) -> None:
+    def __init__(self, repo: Repository, stats: _Stats, trust_verified_within: float | None = None,
+                 policy: Any = None) -> None:
         self.repo = repo
+        self.policy = policy
         self.stats = stats
         self.trust_verified_within = trust_verified_within
         self.done: dict[str, SavedChunk] = {}
@@ -75,7 +78,8 @@ class _ChunkWriter:
         with self.lock:
             saved = self.done.get(h)
         if saved is None:
-            saved = self.repo.save_chunk(h, data, rc.width, trust_verified_within=self.trust_verified_within)
+            saved = self.repo.save_chunk(h, data, rc.width, trust_verified_within=self.trust_verified_within,
+                                         policy=self.policy)
             with self.lock:
                 if h not in self.done:
                     if saved.repaired:
@@ -99,14 +103,19 @@ def _check_trust_window(value: float | None) -> float | None:
 def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, label: str | None = None,
             meta: Mapping[str, str] | None = None, policy: ChunkPolicy | None = None, workers: int | None = None,
             progress: Progress | None = None, sign_key: Any = None,
-            trust_verified_within: float | None = None) -> ArchiveResult:
+            trust_verified_within: float | None = None, write_policy: Any = None) -> ArchiveResult:
     """Archive files and directories under `name`; returns the committed manifest's summary.
     With `sign_key` (an Ed25519 private key) the manifest id is signed before it is recorded.
     `name`, `label` and `meta` are checked before the scan, so bad ones write nothing.
     Every chunk the store already holds is read back and proved before the manifest commits
     (a damaged one is repaired from the source); `trust_verified_within` (seconds) instead
-    trusts a chunk a deep verify found intact that recently, if its stored size is unchanged."""
+    trusts a chunk a deep verify found intact that recently, if its stored size is unchanged.
+    `write_policy` (archiver.retention.WritePolicy): every object is written locked as it says (a
+    chunk already stored has its retention extended, never shortened), chunks in its storage
+    class; a store that cannot honour it is refused before anything is read or written."""
     trust_verified_within = _check_trust_window(trust_verified_within)
+    if write_policy is not None:
+        repo.check_lockable(write_policy)
     meta_d = check_archive_args(name, label, meta)
     started = time.monotonic()
     policy = policy or ChunkPolicy()
@@ -114,7 +123,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     sources = scan(paths)
     progress.start(f"archive {name}", sum(s.size for s in sources))
     stats = _Stats()
-    writer = _ChunkWriter(repo, stats, trust_verified_within)
+    writer = _ChunkWriter(repo, stats, trust_verified_within, write_policy)
     nworkers = workers or default_workers()
     entries: list[Entry] = []
     with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="archive") as pool:
@@ -132,7 +141,9 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         bytes_in=manifest.total_size, bytes_stored=sum(c.stored_size for c in uniq.values()),
         new_bytes_stored=stats.new_bytes, chunks=len(uniq), new_chunks=stats.new_chunks,
         seconds=round(time.monotonic() - started, 3), parent=parent, repaired_chunks=stats.repaired_chunks)
-    done = repo.commit_manifest(manifest, sign_key=sign_key, details=details)
+    if write_policy is not None:
+        details["retention"] = _policy_summary(write_policy)
+    done = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy)
     return ArchiveResult(id=done.id, signed_by=done.signed_by, **details)
 
 
@@ -235,3 +246,10 @@ def _check_name(value: object, what: str) -> None:
         problem = "must be non-empty, without '@' or surrounding spaces"
     if problem is not None:
         raise InvalidOptionError(what, f"is invalid: {value!r} {problem} (invalid {what} refused)")
+
+
+def _policy_summary(policy: Any) -> dict[str, Any]:
+    from archiver.retention import iso
+    lock = policy.lock
+    return {"lock_mode": lock.mode, "retain_until": iso(lock.until) if lock.until else None,
+            "legal_hold": lock.legal_hold, "storage_class": policy.storage_class}

@@ -15,7 +15,7 @@ class Problem:
 
     manifest: str
     kind: str  # missing-chunk | size-mismatch | corrupt-chunk | file-hash | manifest | chain | signature | unsafe-path
-    #            | event (the store's event log; manifest is "")
+    #            | retention | event (the store's event log; manifest is "")
     detail: str
     path: str | None = None
     offset: int | None = None

@@ -8,6 +8,7 @@ bytes, the whole file's digest, and for manifests the id."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import secrets
 import threading
@@ -32,7 +33,7 @@ from archiver.parallel import ordered_map
 from archiver.problems import Outcome, Problem
 from archiver.settings import Settings
 from archiver.stores import Store, open_store
-from archiver.stores.base import ObjectTooLargeError, ObjectVersion
+from archiver.stores.base import ObjectColdError, ObjectState, ObjectTooLargeError, ObjectVersion
 from archiver.urls import normalise_endpoint
 from manifests.catalog import AuditRow, Catalog, Chain, ManifestRow, check_recordable
 from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
@@ -128,14 +129,15 @@ class Repository:
         self._heads: dict[str, tuple[int, str]] = {}  # writer -> (seq, hash) of its newest event
 
     @classmethod
-    def open(cls, settings: Settings | None = None, *, create: bool = False, read_only: bool = False) -> "Repository":
+    def open(cls, settings: Settings | None = None, *, create: bool = False, read_only: bool = False,
+             policy: Any = None) -> "Repository":
         """Open (or with create=True, initialise) the store and its catalog. read_only=True
         opens the catalog without creating, migrating or locking it (list, show, verify):
         it works on a read-only catalog, and the few writes such a command makes (verify's
         audit rows) are tried on their own and may raise CatalogReadOnlyError or
         CatalogLockedError. The catalog is bound to the store's URL and S3 endpoint."""
         s = settings or Settings.resolve()
-        st = open_store(s.store_url, create=create, s3_options=s.s3)
+        st = open_store(s.store_url, create=create, s3_options=s.s3, policy=policy)  # a policy is checked first
         # the endpoint the client really uses, if the settings could not see it (an AWS config file)
         endpoint = s.endpoint or normalise_endpoint(getattr(st, "endpoint", None))
         with translated():
@@ -236,7 +238,7 @@ class Repository:
         return None if stored == data else "store copy of the manifest differs from its id"
 
     def commit_manifest(self, m: Manifest, *, sign_key: Any = None,
-                        details: dict[str, Any] | None = None) -> Committed:
+                        details: dict[str, Any] | None = None, policy: Any = None) -> Committed:
         """Store the manifest (every chunk it names must already be durable), sign it, and
         record it in the catalog with an 'archive' audit entry. Never overwrites: an object
         already under the same id must be byte-identical, else the store holds a forgery.
@@ -252,15 +254,20 @@ class Repository:
             if parse_manifest(data, expected_id=mid).to_dict() != m.to_dict():
                 raise ManifestError("malformed manifest: it does not read back as the manifest given")
         key = layout.manifest(mid)
-        if not self._store.put_if_absent(key, data) and self._store.get(key) != data:
-            raise ManifestError(f"store already holds a different object under manifest id {mid}")
-        signer = self.sign_manifest(mid, sign_key).fingerprint if sign_key is not None else None
+        hot = policy.for_metadata() if policy is not None else None
+        if not self._put(key, data, hot):
+            if self._store.get(key, max_size=len(data)) != data:
+                raise ManifestError(f"store already holds a different object under manifest id {mid}")
+            self._ensure_lock(key, hot)
+        signer = self.sign_manifest(mid, sign_key, policy=hot).fingerprint if sign_key is not None else None
+        if policy is not None:
+            self.record_policy(mid, policy)
         if details is None or self._catalog.has_manifest(mid):  # already recorded: nothing new ingested
             with translated():
                 self._catalog.record_manifest(m, data)
             return Committed(mid, signer)
         ev = Event(events.INGESTION, manifests=(events.ManifestOutcome(mid),), details={**details, "signed_by": signer})
-        rec = self._put_event(ev, sign_key)  # in the store first: the catalog is the rebuildable copy
+        rec = self._put_event(ev, sign_key, policy=hot)  # in the store first: the catalog is the rebuildable copy
         with translated(), self._catalog.write():
             self._catalog.record_manifest(m, data, at=ev.time)
             self._catalog.record_event(rec.key, rec.writer, rec.seq, rec.hash, ev.time, events.audit_rows(ev),
@@ -282,15 +289,16 @@ class Repository:
                 yield StoredManifest(mid, None, None, e)
 
     # -- signatures and chain ------------------------------------------------------------------
-    def sign_manifest(self, mid: str, key: Any) -> Any:
+    def sign_manifest(self, mid: str, key: Any, policy: Any = None) -> Any:
         """Store an Ed25519 signature of `mid` (deterministic, so a re-run writes the same bytes)."""
         from manifests import signing  # cryptography loads only when signatures are used
         sig = signing.sign(key, mid)
         skey = layout.signature(mid, sig.fingerprint)
-        if not self._store.put_if_absent(skey, sig.to_json()):
+        if not self._put(skey, sig.to_json(), policy):
             with translated():
                 if not signing.check(signing.parse_signature(self._store.get(skey)), mid):
                     raise IntegrityError(f"store holds an invalid signature at {skey}")
+            self._ensure_lock(skey, policy)
         return sig
 
     def signature_problems(self, mid: str, trusted: list[bytes] | None = None) -> list[str]:
@@ -331,7 +339,16 @@ class Repository:
     SAVE_ROUNDS = 5
 
     def save_chunk(self, h: str, data: bytes | memoryview, width: int, *,
-                   trust_verified_within: float | None = None) -> SavedChunk:
+                   trust_verified_within: float | None = None, policy: Any = None) -> SavedChunk:
+        """`_save_chunk`, then with a lock `policy` a chunk that was already stored has its
+        retention extended to at least the policy's (never shortened)."""
+        saved = self._save_chunk(h, data, width, trust_verified_within, policy)
+        if policy is not None and policy.locked and (not saved.written or saved.repaired):
+            self._ensure_lock(layout.chunk(h), policy)
+        return saved
+
+    def _save_chunk(self, h: str, data: bytes | memoryview, width: int,
+                    trust_verified_within: float | None, policy: Any) -> SavedChunk:
         """Store one chunk (BLAKE3 `h` of `data`) so that it is intact when this returns.
 
         A new chunk is encoded (with a round-trip check) and put_if_absent. A chunk already
@@ -355,9 +372,12 @@ class Repository:
                 obj, version = self._read_for_proof(key, cap)
             except ObjectMissingError:
                 enc = enc or self._codec.encode(data, width)  # checks every zstd frame round-trips
-                if self._store.put_if_absent(key, enc.data):
+                if self._put(key, enc.data, policy):
                     return SavedChunk(len(enc.data), enc.codec, True, repaired)
                 continue  # lost the race, or a lost PUT response: prove what is there now
+            except ObjectColdError as cold:
+                enc = enc or self._codec.encode(data, width)
+                return self._prove_cold(h, key, enc, cold)
             damage = self._prove_existing(obj, version, h, data)
             if damage is None:
                 assert obj is not None
@@ -368,6 +388,25 @@ class Repository:
             repaired = self._repair(h, key, enc, version, damage) or repaired
         raise StoreError(f"chunk {h} kept changing in the store while it was being saved; nothing was "
                          f"recorded, re-run")
+
+    def _put(self, key: str, data: bytes, policy: Any) -> bool:
+        """put_if_absent, passing a write policy only when there is one (so stores that
+        predate policies keep working unchanged)."""
+        if policy is None or not (policy.locked or policy.storage_class):
+            return self._store.put_if_absent(key, data)
+        return self._store.put_if_absent(key, data, policy)
+
+    def _prove_cold(self, h: str, key: str, enc: Encoded, cold: ObjectColdError) -> SavedChunk:
+        """A chunk already stored in a cold class cannot be read back without a thaw. It is
+        proved instead by its ETag, the MD5 of its bytes: it must equal the MD5 of this run's
+        encoding of the source bytes (the codec is deterministic), so the stored object is
+        exactly what would be written now. Otherwise nothing is recorded."""
+        state = self._store.object_state(key)  # type: ignore[attr-defined]
+        if state is not None and state.etag == hashlib.md5(enc.data).hexdigest():
+            return SavedChunk(len(enc.data), enc.codec, False)
+        raise StoreError(f"chunk {h} is already stored in {cold.storage_class} and cannot be proved intact without "
+                         f"reading it (its ETag is not the MD5 of this encoding); nothing was recorded: thaw it "
+                         f"first (restore with thaw) or archive into another store")
 
     def _prove_existing(self, obj: bytes | None, version: ObjectVersion | None, h: str,
                         data: bytes | memoryview) -> str | None:
@@ -455,11 +494,11 @@ class Repository:
             raise CorruptChunkError(h, f"stored size {e.size} is more than the {max_size} expected") from None
 
     def try_read_chunk(self, ref: ChunkRef) -> bytes | ArchiverError:
-        """`read_chunk`, with damage (corrupt or missing) returned instead of raised; an
-        unreachable store still raises."""
+        """`read_chunk`, with damage (corrupt or missing) or a cold object (ObjectColdError:
+        not damage, it needs a thaw) returned instead of raised; an unreachable store still raises."""
         try:
             return self.read_chunk(ref)
-        except (IntegrityError, ObjectMissingError) as e:
+        except (IntegrityError, ObjectMissingError, ObjectColdError) as e:
             return e
 
     def _decode_checked(self, obj: bytes, h: str, length: int) -> bytes:
@@ -605,15 +644,15 @@ class Repository:
             self._writer = w
         return self._writer
 
-    def append_event(self, event: Event, *, sign_key: Any = None) -> AppendedEvent:
+    def append_event(self, event: Event, *, sign_key: Any = None, policy: Any = None) -> AppendedEvent:
         """Append one immutable event to this writer's chain in the store (put_if_absent;
         if another process took the slot, re-read the head and retry), then record it in
         the catalog (audit rows and chunk check times at the event's own time). Never raises
         because the store or the catalog cannot be written: a verify still stands; the
-        result says what was not recorded."""
+        result says what was not recorded. With a write `policy` the event is locked too."""
         out = AppendedEvent(event)
         try:
-            out.record = self._put_event(event, sign_key)
+            out.record = self._put_event(event, sign_key, policy)
         except (StoreError, IntegrityError) as e:
             out.store_error = str(e)
         rec = out.record
@@ -626,7 +665,9 @@ class Repository:
             out.catalog_error = str(e)
         return out
 
-    def _put_event(self, event: Event, sign_key: Any = None) -> EventRecord:
+    def _put_event(self, event: Event, sign_key: Any = None, policy: Any = None) -> EventRecord:
+        """Append `event` to this writer's chain; with a write `policy`, its objects are locked
+        like the archive's metadata (an ingestion event of a locked archive)."""
         writer = self.event_writer()
         with self._event_lock:
             chunk_list = None
@@ -634,7 +675,7 @@ class Repository:
                 data = events.encode_list(event.chunks_ok, event.chunks_failed)
                 chunk_list = blake3.blake3(data).hexdigest()
                 key = layout.event_list(writer, chunk_list)
-                if not self._store.put_if_absent(key, data) and \
+                if not self._put(key, data, policy) and \
                         self._store.get(key, max_size=events.MAX_LIST_BYTES) != data:
                     raise IntegrityError(f"store holds a different object under digest list {key}")
             for _ in range(EVENT_ROUNDS):
@@ -642,7 +683,7 @@ class Repository:
                 seq, prev = (0, None) if head is None else (head[0] + 1, head[1])
                 data = events.encode(event, writer, seq, prev, chunk_list, sign_key)
                 key = layout.event(writer, events.name(seq, prev))
-                if self._store.put_if_absent(key, data):
+                if self._put(key, data, policy):
                     rec = events.parse(data, key)
                     self._heads[writer] = (seq, rec.hash)
                     return dataclasses.replace(rec, event=event)
@@ -978,6 +1019,127 @@ class Repository:
         settings = getattr(self._store, "bucket_settings", None)
         out.update(settings() if settings is not None else {"versioning": "n/a (local)", "object_lock": "n/a (local)"})
         return out
+
+    # -- retention and cold tiers: Object Lock, storage classes, thaw ---------------------------
+    def _ensure_lock(self, key: str, policy: Any) -> None:
+        """Make the object under `key` locked at least as `policy` asks: read its lock (HEAD,
+        which also works on cold objects), and if it falls short apply the merge of both (later
+        date, stronger mode, either legal hold). Never shortens; nothing to do without a lock."""
+        if policy is None or not policy.locked:
+            return
+        from archiver.retention import Lock
+        state = self._store.object_state(key)  # type: ignore[attr-defined]
+        if state is None:
+            raise ObjectMissingError(key)
+        have = Lock(state.lock_mode, state.retain_until, state.legal_hold)
+        if not have.covers(policy.lock):
+            self._store.apply_lock(key, have.merge(policy.lock))  # type: ignore[attr-defined]
+
+
+    def record_policy(self, mid: str, policy: Any) -> str:
+        """Store the policy an archive was made (or extended) with as a small hot object,
+        locked like the archive, so `verify --retention` knows what to expect after a catalog
+        rebuild. Content-named: the same policy twice is one object."""
+        data = policy.record(mid)
+        key = layout.retention_record(mid, blake3.blake3(data).hexdigest()[:32])
+        hot = policy.for_metadata()
+        if not self._put(key, data, hot):
+            self._ensure_lock(key, hot)
+        return key
+
+
+    def recorded_lock(self, mid: str) -> Any:
+        """The strongest lock any retention record of `mid` asks for (Lock(); nothing recorded)."""
+        from archiver.retention import Lock, parse_record
+        want = Lock()
+        for info in self._store.list(layout.retention_records_of(mid)):
+            try:
+                want = want.merge(parse_record(self._store.get(info.key, max_size=MAX_SIGNATURE_BYTES), mid))
+            except (ValueError, ArchiverError):
+                continue  # not a record of ours: verify reports what the objects hold, not this
+        return want
+
+
+    def archive_keys(self, mid: str, m: Manifest) -> list[str]:
+        """Every object an archive consists of: its chunks, its manifest, its signatures and its
+        retention records."""
+        keys = [layout.chunk(h) for h in sorted(m.unique_chunks())]
+        keys.append(layout.manifest(mid))
+        keys += [i.key for i in self._store.list(layout.signatures_of(mid))]
+        keys += [i.key for i in self._store.list(layout.retention_records_of(mid))]
+        return keys
+
+
+    def check_lockable(self, policy: Any) -> None:
+        """Refuse a policy this store cannot honour, before anything is written."""
+        from archiver.stores import check_write_policy
+        check_write_policy(self._store, policy)
+
+
+    def extend_retention(self, mid: str, m: Manifest, policy: Any) -> int:
+        """Extend the lock of every object of the archive to at least `policy` (never shorter),
+        and record it. Returns how many objects were checked."""
+        self.check_lockable(policy)
+        from archiver.retention import WritePolicy
+        effective = WritePolicy(self.recorded_lock(mid).merge(policy.lock))  # never less than recorded
+        keys = self.archive_keys(mid, m)
+        for key in keys:
+            self._ensure_lock(key, effective)
+        self.record_policy(mid, effective)
+        return len(keys) + 1
+
+
+    def retention_shortfalls(self, mid: str, m: Manifest, want: Any) -> list[tuple[str, str]]:
+        """(key, why) for each object of the archive whose lock does not cover `want`."""
+        from archiver.retention import Lock
+        out: list[tuple[str, str]] = []
+        for key in self.archive_keys(mid, m):
+            state = self._store.object_state(key)  # type: ignore[attr-defined]
+            if state is None:
+                out.append((key, "object is missing"))
+                continue
+            why = Lock(state.lock_mode, state.retain_until, state.legal_hold).shortfall(want)
+            if why is not None:
+                out.append((key, why))
+        return out
+
+
+    def can_lock(self) -> bool:
+        return bool(getattr(self._store, "supports_object_lock", False))
+
+    def has_storage_classes(self) -> bool:
+        return bool(getattr(self._store, "supports_storage_classes", False))
+
+    def metadata_sizes(self, mid: str) -> list[int]:
+        """Stored sizes of an archive's hot objects: manifest, signatures, retention records."""
+        sizes = [i.size for i in self._store.list(layout.manifest(mid))]
+        for prefix in (layout.signatures_of(mid), layout.retention_records_of(mid)):
+            sizes += [i.size for i in self._store.list(prefix)]
+        return sizes
+
+
+    def chunk_classes(self, hashes: Iterable[str]) -> dict[str, str]:
+        """Storage class of each of `hashes` held in a class other than STANDARD, from LIST pages."""
+        by_prefix: dict[str, set[str]] = defaultdict(set)
+        for h in hashes:
+            by_prefix[h[:2]].add(h)
+        out: dict[str, str] = {}
+        for prefix in sorted(by_prefix):
+            for info in self._store.list(layout.chunk_fanout(prefix)):
+                h = layout.chunk_hash(info.key)
+                if h in by_prefix[prefix] and info.storage_class:
+                    out[h] = info.storage_class
+        return out
+
+
+    def chunk_state(self, h: str) -> ObjectState | None:
+        """HEAD of one chunk: class, lock, thaw state (None on a store without it, or if absent)."""
+        state = getattr(self._store, "object_state", None)
+        return state(layout.chunk(h)) if state is not None else None
+
+
+    def request_thaw(self, h: str, days: int, tier: str) -> None:
+        self._store.request_thaw(layout.chunk(h), days, tier)  # type: ignore[attr-defined]
 
 def _parents_first(parents: dict[str, str | None]) -> list[str]:
     """Ids ordered so a manifest's parent (if present) comes before it: an iterative

@@ -37,7 +37,9 @@ from archiver.fileio import write_all
 from archiver.parallel import default_workers, window_for
 from archiver.problems import Outcome, Problem, chunk_problem, file_hash_problem
 from archiver.progress import Progress
+from archiver import thaw as thaw_mod
 from archiver.repository import Repository
+from archiver.thaw import ThawOptions
 from manifests.model import Entry
 from manifests.paths import check_paths
 
@@ -68,6 +70,7 @@ class RestoreResult(Outcome):
     bytes: int = 0
     seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
+    thaw: dict | None = None  # cold chunks needed and their thaw state (S3 stores), see archiver.thaw
 
 
 def select(entries: Iterable[Entry], include: Iterable[str]) -> list[Entry]:
@@ -87,9 +90,13 @@ def select(entries: Iterable[Entry], include: Iterable[str]) -> list[Entry]:
 
 def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (),
             force: bool = False, workers: int | None = None, trusted: list[bytes] | None = None,
-            progress: Progress | None = None, preserve_special_bits: bool = False) -> RestoreResult:
+            progress: Progress | None = None, preserve_special_bits: bool = False,
+            thaw: ThawOptions | None = None) -> RestoreResult:
     """With `trusted` public keys, refuse unless one of them signed the manifest. Modes lose
-    their setuid, setgid and sticky bits unless `preserve_special_bits`."""
+    their setuid, setgid and sticky bits unless `preserve_special_bits`. Chunks in a cold
+    class (GLACIER, DEEP_ARCHIVE) are refused before anything is written unless `thaw` asks
+    for their thaw; if they are not all readable when it returns (wait=False), nothing is
+    written and `thaw` in the result says where they stand."""
     started = time.monotonic()
     progress = progress or Progress()
     mid = repo.resolve(ref)
@@ -104,8 +111,13 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
     if include and not chosen:
         raise DestinationError(str(dest), f"the include patterns matched nothing in {mid[:16]}", exit_code=2)
     root = Path(dest)
+    _check_dest(root, force)  # a DEST that would be refused is refused before any thaw is paid for
+    cold = thaw_mod.prepare(repo, [e for e in chosen if e.is_file], thaw)
+    if cold is not None and not cold.ready:
+        return RestoreResult(id=mid, dest=str(root), thaw=cold.to_dict(),
+                             seconds=round(time.monotonic() - started, 3))
     _prepare_dest(root, force)
-    result = RestoreResult(id=mid, dest=str(root))
+    result = RestoreResult(id=mid, dest=str(root), thaw=cold.to_dict() if cold is not None and cold.classes else None)
     nworkers = workers or default_workers()
     progress.start(f"restore {m.name}", sum(e.size for e in chosen))
     mode_mask = 0o7777 if preserve_special_bits else 0o7777 & ~SPECIAL_BITS
@@ -270,6 +282,17 @@ def _write_sparse(fd: int, data: bytes | bytearray, pos: int) -> None:
         done = s = end
     if done < n:
         write_all(fd, view[done:])
+
+
+def _check_dest(root: Path, force: bool) -> None:
+    """The refusals of `_prepare_dest`, without creating anything."""
+    if root.is_symlink():
+        raise UnsafePathError(f"destination {root} is a symlink; give the real directory")
+    if root.exists():
+        if not root.is_dir():
+            raise DestinationError(str(root), "exists and is not a directory", exit_code=2)
+        if any(root.iterdir()) and not force:
+            raise DestinationError(str(root), "destination is not empty", remedy="force", exit_code=2)
 
 
 def _prepare_dest(root: Path, force: bool) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from archiver import layout
-from archiver.errors import NoStoreError, ObjectMissingError, StoreError, UsageError
+from archiver.errors import InvalidOptionError, NoStoreError, ObjectMissingError, StoreError, UsageError
 from archiver.settings import S3Options
 from archiver.stores.base import ObjectInfo, Store
 from archiver.stores.local import LocalStore, validate_key
@@ -26,13 +27,16 @@ def marker_bytes() -> bytes:
     return (json.dumps({"format": STORE_FORMAT, "version": STORE_VERSION}) + "\n").encode()
 
 
-def open_store(url: str, *, create: bool = False, s3_options: S3Options | None = None) -> Store:
+def open_store(url: str, *, create: bool = False, s3_options: S3Options | None = None,
+               policy: Any = None) -> Store:
     """Open the store at `url` (a path, file:///abs/path, s3://bucket[/prefix]).
 
     The store must carry a marker of a format version this code reads, so a typo in a
     URL never silently starts a second, empty store; `create=True` (used by the first
     archive) writes the marker when it is missing."""
     store = _store_for_url(url, s3_options)
+    if policy is not None:
+        check_write_policy(store, policy)  # before the marker or anything else is written
     raw: bytes | None
     try:
         raw = store.get(layout.MARKER, max_size=MAX_MARKER_BYTES)
@@ -97,3 +101,18 @@ def _local(root: Path) -> LocalStore:
     if store.root.exists() and not store.root.is_dir():
         raise StoreError(f"store path {store.root} exists but is not a directory")
     return store
+
+
+def check_write_policy(store: Store, policy: Any) -> None:
+    """Refuse a write policy the store cannot honour (InvalidOptionError, exit 2 on the
+    command line): a lock on a store without Object Lock (a directory, a bucket created
+    without it: asked with GetObjectLockConfiguration), a storage class on a directory."""
+    if policy.locked:
+        if not getattr(store, "supports_object_lock", False):
+            raise InvalidOptionError("lock_mode", f"cannot be honoured: {store.url} is not an S3 bucket, so it "
+                                                  f"cannot lock objects")
+        if not store.object_lock_enabled():  # type: ignore[attr-defined]
+            raise InvalidOptionError("lock_mode", f"cannot be honoured: the bucket of {store.url} was not created "
+                                                  f"with Object Lock enabled")
+    if policy.storage_class and not getattr(store, "supports_storage_classes", False):
+        raise InvalidOptionError("storage_class", f"cannot be honoured: {store.url} is not an S3 bucket")

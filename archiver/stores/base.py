@@ -3,15 +3,16 @@ imports boto3 or touches the store's files directly."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Any, Iterator, Protocol, runtime_checkable
 
-from archiver.errors import IntegrityError
+from archiver.errors import IntegrityError, StoreError
 
 
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
+    storage_class: str | None = None  # as a LIST reports it (S3); None: STANDARD or not known
 
 
 class NotAnObjectError(IntegrityError):
@@ -55,9 +56,11 @@ class Store(Protocol):
 
     url: str
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: bytes, policy: Any = None) -> bool:
         """Store `data` under `key` unless the key exists. True if written, False if
-        it already existed (the caller reads it back to check it). Durable on return."""
+        it already existed (the caller reads it back to check it). Durable on return.
+        `policy` (archiver.retention.WritePolicy): lock and storage class of the new
+        object; a store that cannot honour it raises UsageError before writing."""
         ...
 
     def get(self, key: str, max_size: int | None = None) -> bytes:
@@ -105,4 +108,56 @@ class RepairableStore(Store, Protocol):
         holds `data`, or a concurrent writer's object); False (nothing replaced) if the key
         changed or vanished first. Either way the caller reads the key again and proves it.
         Durable on return."""
+        ...
+
+
+class ObjectColdError(StoreError):
+    """An object sits in an archive storage class (GLACIER, DEEP_ARCHIVE) and cannot be read
+    until a restore ("thaw") of it completes. Not damage: nothing is wrong with its bytes."""
+
+    def __init__(self, key: str, storage_class: str) -> None:
+        super().__init__(f"{key} is in {storage_class} and must be thawed (restored) before it can be read")
+        self.key = key
+        self.storage_class = storage_class
+
+
+@dataclass(frozen=True)
+class ObjectState:
+    """What a HEAD says about one object beyond its size: its storage class, its lock, and
+    for a cold object whether a thaw is under way or done (x-amz-restore)."""
+
+    size: int
+    storage_class: str
+    lock_mode: str | None = None
+    retain_until: Any = None  # datetime (UTC) or None
+    legal_hold: bool = False
+    restore_ongoing: bool | None = None  # None: no restore requested; True: thawing; False: thawed
+    restore_expiry: str | None = None
+    etag: str | None = None
+
+    @property
+    def readable(self) -> bool:
+        """Whether a GET will return the bytes now (hot, or thawed)."""
+        from archiver.retention import COLD_CLASSES
+        return self.storage_class not in COLD_CLASSES or self.restore_ongoing is False
+
+
+@runtime_checkable
+class LockingStore(Store, Protocol):
+    """A store that can lock objects (S3 Object Lock) and keep them in storage classes.
+    `supports_object_lock` is the capability flag; `object_lock_enabled` asks the bucket."""
+
+    supports_object_lock: bool
+
+    def object_lock_enabled(self) -> bool:
+        ...
+
+    def object_state(self, key: str) -> ObjectState | None:
+        ...
+
+    def apply_lock(self, key: str, lock: Any) -> None:
+        """Set retention (and legal hold) of the current version of `key` to `lock`."""
+        ...
+
+    def request_thaw(self, key: str, days: int, tier: str) -> None:
         ...

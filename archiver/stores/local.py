@@ -12,9 +12,9 @@ import os
 import secrets
 import stat as stat_mod
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from archiver.errors import ObjectMissingError, StoreError
+from archiver.errors import ObjectMissingError, StoreError, UsageError
 from archiver.fileio import write_all as _write_all  # a module name, so tests can inject ENOSPC
 from archiver.stores.base import NotAnObjectError, ObjectInfo, ObjectTooLargeError, ObjectVersion
 
@@ -116,6 +116,8 @@ class LocalStore:
     """Store rooted at a directory; keys map to relative paths under it."""
 
     can_replace_damaged = True
+    supports_object_lock = False  # no Object Lock, no storage classes: a write policy is refused
+    supports_storage_classes = False
 
     def __init__(self, root: Path):
         self.root = Path(root).expanduser().absolute()
@@ -150,8 +152,12 @@ class LocalStore:
                 continue
             _fsync_dir(d.parent)
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
-        """Write atomically and durably; False if the key already exists."""
+    def put_if_absent(self, key: str, data: bytes, policy: Any = None) -> bool:
+        """Write atomically and durably; False if the key already exists. A directory can
+        neither lock an object nor tier it: a `policy` is refused before anything is written."""
+        if policy is not None:
+            raise UsageError(f"{self.url} is a local directory: it cannot lock objects or keep them in a storage "
+                             f"class (use an S3 bucket with Object Lock)")
         final = self._path(key)
         if os.path.lexists(final):
             return False

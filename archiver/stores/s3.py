@@ -35,7 +35,7 @@ from botocore.exceptions import (
 
 from archiver.errors import ArchiverError, ObjectMissingError, StoreError, UsageError
 from archiver.settings import CHECKSUM_ENV, S3Options
-from archiver.stores.base import ObjectInfo, ObjectTooLargeError, ObjectVersion
+from archiver.stores.base import ObjectColdError, ObjectInfo, ObjectState, ObjectTooLargeError, ObjectVersion
 from archiver.stores.local import validate_key
 
 MiB = 1024 * 1024
@@ -138,6 +138,8 @@ class S3Store:
     """Store at s3://bucket/prefix; keys are relative to the prefix."""
 
     can_replace_damaged = True
+    supports_object_lock = True  # if the bucket was created with Object Lock: see object_lock_enabled
+    supports_storage_classes = True
 
     def __init__(
         self,
@@ -242,20 +244,42 @@ class S3Store:
 
     # -- writes --------------------------------------------------------------------
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
-        """Conditional write (If-None-Match: *); False if the key already exists."""
+    def put_if_absent(self, key: str, data: bytes, policy: Any = None) -> bool:
+        """Conditional write (If-None-Match: *); False if the key already exists. With a
+        `policy` (archiver.retention.WritePolicy) the object is written locked and/or in its
+        storage class, always with an explicit checksum (Object Lock requires one)."""
         full = self._full(key)
         if not isinstance(data, bytes):
             data = bytes(data)  # never a stream: a retry must resend the same bytes
         try:
             if len(data) > self.options.multipart_threshold:
-                return self._put_multipart(full, data)
-            return self._put_single(full, data)
+                return self._put_multipart(full, data, policy)
+            return self._put_single(full, data, policy)
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(exc, "writing", key) from exc
 
-    def _put_single(self, full: str, data: bytes) -> bool:
+    @staticmethod
+    def _policy_args(policy: Any) -> dict[str, Any]:
+        """The PutObject / CreateMultipartUpload parameters of a write policy."""
+        if policy is None:
+            return {}
+        args: dict[str, Any] = {}
+        lock = policy.lock
+        if lock.mode is not None:
+            args["ObjectLockMode"] = lock.mode
+            args["ObjectLockRetainUntilDate"] = lock.until
+        if lock.legal_hold:
+            args["ObjectLockLegalHoldStatus"] = "ON"
+        if policy.storage_class:
+            args["StorageClass"] = policy.storage_class
+        return args
+
+    def _put_single(self, full: str, data: bytes, policy: Any = None) -> bool:
         extra = {"ContentMD5": _md5_b64(data)} if self._when_required else {}
+        if policy is not None:
+            extra.update(self._policy_args(policy))
+            if not self._when_required:
+                extra["ChecksumAlgorithm"] = "CRC32"  # explicit: a locked PUT without a checksum is refused
         attempt = 0
         while True:
             try:
@@ -270,12 +294,12 @@ class S3Store:
                     continue
                 raise
 
-    def _put_multipart(self, full: str, data: bytes) -> bool:
+    def _put_multipart(self, full: str, data: bytes, policy: Any = None) -> bool:
         if self._head(full) is not None:
             return False  # don't upload gigabytes only to have the final commit refused
         part_size = part_size_for(len(data), self.options.min_part_size)
         checksum = {} if self._when_required else {"ChecksumAlgorithm": "CRC32"}
-        upload_id = self._create_upload(full, checksum)
+        upload_id = self._create_upload(full, {**checksum, **self._policy_args(policy)})
         finished = False
         try:
             parts: list[dict[str, Any]] = []
@@ -297,6 +321,8 @@ class S3Store:
                         MultipartUpload={"Parts": parts}, IfNoneMatch="*",
                     )
                     finished = True
+                    if policy is not None and policy.locked:
+                        self._check_multipart_lock(full, policy)
                     return True
                 except ClientError as exc:
                     if _is_precondition_failed(exc):
@@ -309,6 +335,18 @@ class S3Store:
         finally:
             if not finished:
                 self._abort(full, upload_id)
+
+    def _check_multipart_lock(self, full: str, policy: Any) -> None:
+        """The lock asked for at CreateMultipartUpload must be on the completed object; some
+        servers (moto, some S3-compatible ones) drop it, so it is read back and, if missing
+        or short, applied with PutObjectRetention / PutObjectLegalHold."""
+        head = self._head(full) or {}
+        until = head.get("ObjectLockRetainUntilDate")
+        mode_ok = policy.lock.mode is None or (head.get("ObjectLockMode") and until is not None
+                                               and until >= policy.lock.until)
+        hold_ok = not policy.lock.legal_hold or head.get("ObjectLockLegalHoldStatus") == "ON"
+        if not (mode_ok and hold_ok):
+            self.apply_lock(full[len(self._root):], policy.lock)
 
     def _create_upload(self, full: str, checksum: dict[str, str]) -> str:
         started = time.monotonic()
@@ -372,6 +410,7 @@ class S3Store:
             except ClientError as exc:
                 if _is_missing_key(exc):
                     raise ObjectMissingError(key) from None
+                self._raise_if_cold(exc, key)
                 raise self._fail(exc, "reading", key) from exc
             except BotoCoreError as exc:
                 raise self._fail(exc, "reading", key) from exc
@@ -468,7 +507,9 @@ class S3Store:
                     full = obj["Key"]
                     if not full.startswith(self._root) or full.endswith("/"):
                         continue  # "folder" markers made by consoles are not objects
-                    yield ObjectInfo(key=full[len(self._root):], size=int(obj.get("Size", 0)))
+                    sc = obj.get("StorageClass")
+                    yield ObjectInfo(key=full[len(self._root):], size=int(obj.get("Size", 0)),
+                                     storage_class=sc if sc and sc != "STANDARD" else None)
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(exc, "listing", prefix) from exc
 
@@ -501,6 +542,7 @@ class S3Store:
                     version = None
                     resumes += 1
                     continue
+                self._raise_if_cold(exc, key)
                 raise self._fail(exc, "reading", key) from exc
             except BotoCoreError as exc:
                 raise self._fail(exc, "reading", key) from exc
@@ -612,3 +654,80 @@ class S3Store:
         except BotoCoreError as exc:
             out["object_lock"] = f"unknown ({_one_line(str(exc))[:120]})"
         return out
+
+    # -- Object Lock, storage classes, thaw (see LockingStore) -------------------------
+
+    def _raise_if_cold(self, exc: ClientError, key: str) -> None:
+        """A GET of an archived (cold, not thawed) object: InvalidObjectState, 403."""
+        code, _ = _code_status(exc)
+        if code == "InvalidObjectState":
+            sc = str((exc.response.get("Error", {}) or {}).get("StorageClass") or "an archive storage class")
+            raise ObjectColdError(key, sc) from None
+
+    def object_lock_enabled(self) -> bool:
+        """Whether the bucket was created with Object Lock (GetObjectLockConfiguration)."""
+        try:
+            resp = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            code, status = _code_status(exc)
+            if code in ("ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound") or status == 404:
+                return False
+            raise self._fail(exc, "reading the Object Lock configuration of", None) from exc
+        except BotoCoreError as exc:
+            raise self._fail(exc, "reading the Object Lock configuration of", None) from exc
+        return (resp.get("ObjectLockConfiguration") or {}).get("ObjectLockEnabled") == "Enabled"
+
+    def object_state(self, key: str) -> ObjectState | None:
+        """Storage class, lock and thaw state from one HEAD (it works on cold objects and
+        reports the lock like GetObjectRetention would); None if absent."""
+        full = self._full(key)
+        try:
+            head = self._head(full)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "reading", key) from exc
+        if head is None:
+            return None
+        ongoing: bool | None = None
+        expiry: str | None = None
+        restore = head.get("Restore")
+        if restore:
+            ongoing = 'ongoing-request="true"' in restore
+            if 'expiry-date="' in restore:
+                expiry = restore.split('expiry-date="', 1)[1].split('"', 1)[0]
+        until = head.get("ObjectLockRetainUntilDate")
+        if until is not None:
+            until = until.astimezone(datetime.timezone.utc).replace(microsecond=0)
+        return ObjectState(size=int(head.get("ContentLength", 0)), storage_class=head.get("StorageClass") or "STANDARD",
+                           lock_mode=head.get("ObjectLockMode"), retain_until=until,
+                           legal_hold=head.get("ObjectLockLegalHoldStatus") == "ON",
+                           restore_ongoing=ongoing, restore_expiry=expiry,
+                           etag=str(head.get("ETag", "")).strip('"') or None)
+
+    def apply_lock(self, key: str, lock: Any) -> None:
+        """PutObjectRetention (and PutObjectLegalHold) on the current version of `key`. The
+        caller merges with the existing lock first: this never asks for a shorter one."""
+        full = self._full(key)
+        checksum = {"ChecksumAlgorithm": "CRC32"} if not self._when_required else {}
+        try:
+            if lock.mode is not None and lock.until is not None:
+                self.client.put_object_retention(Bucket=self.bucket, Key=full, **checksum,
+                                                 Retention={"Mode": lock.mode, "RetainUntilDate": lock.until})
+            if lock.legal_hold:
+                self.client.put_object_legal_hold(Bucket=self.bucket, Key=full, LegalHold={"Status": "ON"}, **checksum)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, "extending the retention of", key) from exc
+
+    def request_thaw(self, key: str, days: int, tier: str) -> None:
+        """RestoreObject: a temporary readable copy of a cold object for `days` days. A thaw
+        already under way (409 RestoreAlreadyInProgress) is not an error."""
+        full = self._full(key)
+        try:
+            self.client.restore_object(Bucket=self.bucket, Key=full,
+                                       RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}})
+        except ClientError as exc:
+            code, _ = _code_status(exc)
+            if code == "RestoreAlreadyInProgress":
+                return
+            raise self._fail(exc, "thawing", key) from exc
+        except BotoCoreError as exc:
+            raise self._fail(exc, "thawing", key) from exc
