@@ -553,6 +553,9 @@ def replicate_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, to: str, to_catalog
     res = api.replicate(refs, to=to, all_archives=all_, settings=Settings.resolve(c.store, c.catalog),
                         to_catalog=to_catalog, progress=Progress.for_terminal("replicate", quiet=as_json),
                         unsafe_store=unsafe_store)
+    if res.unlocked and not as_json:
+        click.echo(printable(f"archiver: warning: {len(res.unlocked)} archive(s) locked at the source are not "
+                             f"locked on {res.destination} (it cannot hold an Object Lock)"), err=True)
     _report_copy(res, as_json, f"replicated {len(res.manifests)} archive(s) to {res.destination}: "
                                f"{res.objects_written} object(s) written ({human_bytes(res.bytes_written)}), "
                                f"{res.chunks_present} chunk(s) already there, {res.chunks_checked} proved, "

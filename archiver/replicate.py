@@ -19,6 +19,7 @@ from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.problems import Outcome, Problem, chunk_problem
 from archiver.progress import Progress
 from archiver.repository import Repository
+from archiver.retention import WritePolicy
 from manifests.model import ChunkRef, Entry, Manifest
 
 
@@ -34,6 +35,7 @@ class ReplicateResult(Outcome):
     bytes_written: int = 0
     chunks_checked: int = 0
     chunks_present: int = 0
+    unlocked: list[str] = field(default_factory=list)  # locked at the source, but the copy cannot hold a lock
     problems: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -101,6 +103,7 @@ def _one(src: Repository, dst: Repository, mid: str, pool: ThreadPoolExecutor, w
         res.problems.append(Problem(mid, "manifest", f"not replicated: source manifest: {e}"))
         return
     uses = _first_use(m)
+    policy = _copy_policy(src, dst, mid, res)  # the source archive's Object Lock, applied on the copy too
     present = dst.chunk_sizes(uses)  # one LIST per prefix: what the copy holds already
     missing: list[ChunkRef] = []
     failed = False
@@ -110,11 +113,13 @@ def _one(src: Repository, dst: Repository, mid: str, pool: ThreadPoolExecutor, w
             missing.append(ref)
         elif size == ref.stored_size:
             res.chunks_present += 1
+            if policy is not None:
+                dst.lock_existing_chunk(h, policy)
         else:
             failed = True
             res.problems.append(chunk_problem(mid, e, ref, f"the copy holds a different object ({size} bytes, "
                                                            f"{ref.stored_size} expected); repair the copy", "size-mismatch"))
-    for ref, outcome in ordered_map(pool, lambda r: _copy_chunk(src, dst, r), missing, window):
+    for ref, outcome in ordered_map(pool, lambda r: _copy_chunk(src, dst, r, policy), missing, window):
         res.chunks_checked += 1
         if isinstance(outcome, ArchiverError):
             failed = True
@@ -129,16 +134,18 @@ def _one(src: Repository, dst: Repository, mid: str, pool: ThreadPoolExecutor, w
         res.problems.append(Problem(mid, "manifest", "not replicated: a chunk it names could not be copied"))
         return
     try:
-        if dst.put_manifest_object(mid, data):
+        if dst.put_manifest_object(mid, data, policy):
             res.objects_written += 1
             res.bytes_written += len(data)
         good, bad = src.signature_objects(mid)
         for fp, sig in good:
-            if dst.put_signature_object(mid, fp, sig):
+            if dst.put_signature_object(mid, fp, sig, policy):
                 res.objects_written += 1
                 res.bytes_written += len(sig)
         for why in bad:
             res.problems.append(Problem(mid, "signature", f"not replicated: {why}"))
+        if policy is not None:
+            dst.record_policy(mid, policy)
         dst.record_copied_manifest(m, data)
     except IntegrityError as e:
         res.problems.append(Problem(mid, "manifest", f"not replicated: {e}"))
@@ -146,11 +153,28 @@ def _one(src: Repository, dst: Repository, mid: str, pool: ThreadPoolExecutor, w
     res.manifests.append(mid)
 
 
-def _copy_chunk(src: Repository, dst: Repository, ref: ChunkRef) -> bool | ArchiverError:
+def _copy_policy(src: Repository, dst: Repository, mid: str, res: ReplicateResult) -> WritePolicy | None:
+    """The Object Lock the source recorded for `mid` (its strongest retention record), as a
+    write policy for the copy; None if the archive is not locked. A copy that cannot hold a
+    lock (a local directory, a bucket without Object Lock) still gets the archive, and the
+    result says it is unlocked there."""
+    if not src.can_lock():
+        return None
+    lock = src.recorded_lock(mid)
+    if lock.mode is None and not lock.legal_hold:
+        return None
+    if not dst.can_lock_now():
+        res.unlocked.append(mid)
+        return None
+    return WritePolicy(lock=lock)
+
+
+def _copy_chunk(src: Repository, dst: Repository, ref: ChunkRef, policy: WritePolicy | None = None
+                ) -> bool | ArchiverError:
     """Prove the source object, then write the same bytes; damage is returned, not raised."""
     try:
         obj = src.chunk_object(ref)
-        return dst.put_chunk_object(ref, obj)
+        return dst.put_chunk_object(ref, obj, policy)
     except (IntegrityError, ObjectMissingError) as e:
         return e
 

@@ -838,17 +838,22 @@ class Repository:
         self._decode_checked(obj, ref.hash, ref.length)
         return obj
 
-    def put_chunk_object(self, ref: ChunkRef, obj: bytes) -> bool:
+    def put_chunk_object(self, ref: ChunkRef, obj: bytes, policy: Any = None) -> bool:
         """Store a proved chunk object (from `chunk_object` of another store); True if
         written now. If the key is taken (a concurrent writer, or a PUT whose response was
-        lost), what it holds must be these exact bytes, else IntegrityError."""
-        return self._put_exact(layout.chunk(ref.hash), obj, f"chunk {ref.hash}")
+        lost), what it holds must be these exact bytes, else IntegrityError. With a write
+        `policy` the object is locked (an existing one's lock extended, never shortened)."""
+        return self._put_exact(layout.chunk(ref.hash), obj, f"chunk {ref.hash}", policy)
 
-    def put_manifest_object(self, mid: str, data: bytes) -> bool:
+    def put_manifest_object(self, mid: str, data: bytes, policy: Any = None) -> bool:
         """Store a manifest object whose bytes hash to `mid`; True if written now."""
         if manifest_id(data) != mid:
             raise ManifestError(f"bytes given for manifest {mid} do not hash to its id")
-        return self._put_exact(layout.manifest(mid), data, f"manifest {mid}")
+        return self._put_exact(layout.manifest(mid), data, f"manifest {mid}", policy)
+
+    def lock_existing_chunk(self, h: str, policy: Any) -> None:
+        """Extend the lock of a chunk the store already holds to at least `policy`'s."""
+        self._ensure_lock(layout.chunk(h), policy)
 
     def signature_objects(self, mid: str) -> tuple[list[tuple[str, bytes]], list[str]]:
         """([(fingerprint, bytes)] of every valid signature of `mid`, [why each other one
@@ -880,15 +885,16 @@ class Repository:
                 out.add(name.removesuffix(".json"))
         return out
 
-    def put_signature_object(self, mid: str, fingerprint: str, data: bytes) -> bool:
+    def put_signature_object(self, mid: str, fingerprint: str, data: bytes, policy: Any = None) -> bool:
         """Store a signature object (proved by `signature_objects` of another store)."""
-        return self._put_exact(layout.signature(mid, fingerprint), data, f"signature {fingerprint} of {mid}")
+        return self._put_exact(layout.signature(mid, fingerprint), data, f"signature {fingerprint} of {mid}", policy)
 
-    def _put_exact(self, key: str, data: bytes, what: str) -> bool:
-        if self._store.put_if_absent(key, data):
+    def _put_exact(self, key: str, data: bytes, what: str, policy: Any = None) -> bool:
+        if self._put(key, data, policy):
             return True
         if self._store.get(key, max_size=len(data)) != data:
             raise IntegrityError(f"{self.url} already holds a different object for {what}")
+        self._ensure_lock(key, policy)
         return False
 
     def record_copied_manifest(self, m: Manifest, data: bytes) -> bool:
@@ -1069,6 +1075,10 @@ class Repository:
         keys += [i.key for i in self._store.list(layout.retention_records_of(mid))]
         return keys
 
+
+    def can_lock_now(self) -> bool:
+        """Whether objects written here can carry an Object Lock (an S3 bucket created with it)."""
+        return self.can_lock() and bool(self._store.object_lock_enabled())  # type: ignore[attr-defined]
 
     def check_lockable(self, policy: Any) -> None:
         """Refuse a policy this store cannot honour, before anything is written."""

@@ -283,3 +283,31 @@ def test_locked_puts_always_carry_an_explicit_checksum(lock_url: str, when_requi
         state = store.object_state(key)
         assert state is not None and state.lock_mode == "COMPLIANCE" and state.storage_class == "DEEP_ARCHIVE"
         assert state.retain_until == dt.datetime(2040, 1, 1, tzinfo=UTC)
+
+
+# -- replication carries the lock ------------------------------------------------------------
+
+def test_replicate_applies_the_same_lock_on_the_copy(lock_url: str, tmp_path: Path) -> None:
+    """A locked archive replicated to another locked bucket is locked there exactly as at the
+    source (chunks, manifest, signatures, retention record); `verify --retention` passes on the
+    copy. A copy that cannot hold a lock (a local directory) still gets the archive, and the
+    result says it is unlocked there."""
+    src = make_checkpoint(tmp_path / "src", layers=1, dim=32)
+    r = run_cli("--store", lock_url, "archive", str(src), "--name", "m", "--lock-mode", "governance",
+                "--retain-until", "2041-06-01", "--json")
+    assert r.code == 0, r.err
+    bucket = f"locked-copy-{uuid.uuid4().hex[:8]}"
+    _client().create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    copy = f"s3://{bucket}/c"
+    out = run_cli("--store", lock_url, "replicate", "--all", "--to", copy, "--json")
+    assert out.code == 0, out.err
+    assert out.json()["unlocked"] == []
+    objs = _objects(copy)
+    locked = {k: h for k, h in objs.items() if k.split("/")[0] in ("chunks", "manifests", "signatures", "retention")}
+    assert any(k.startswith("chunks/") for k in locked) and any(k.startswith("retention/") for k in locked)
+    for k, head in locked.items():
+        assert head["ObjectLockMode"] == "GOVERNANCE", k
+        assert _until(head) == dt.datetime(2041, 6, 1, tzinfo=UTC), k
+    assert run_cli("--store", copy, "verify", "m", "--retention").code == 0
+    local = run_cli("--store", lock_url, "replicate", "--all", "--to", str(tmp_path / "plain"), "--json")
+    assert local.code == 0 and local.json()["unlocked"] == [r.json()["id"]]
