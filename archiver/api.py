@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from archiver import checker, pipeline, restorer
-from archiver.errors import translated
+from archiver.errors import InvalidOptionError, translated
 from archiver.progress import Progress
 from archiver.repository import RebuildResult, Repository
 from archiver.settings import Settings
@@ -54,16 +54,40 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
             meta: dict[str, str] | None = None, sign_key: str | os.PathLike | None = None,
             repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
             settings: Settings | None = None, progress: Progress | None = None,
-            trust_verified_within: float | None = None, **options) -> ArchiveResult:
+            trust_verified_within: float | None = None, profile: str | None = None,
+            meta_file: str | os.PathLike | None = None, profile_data: dict[str, Any] | None = None,
+            attach: Iterable[tuple[str, str | os.PathLike]] = (), profile_block: dict[str, Any] | None = None,
+            **options) -> ArchiveResult:
     """`sign_key`: path of an Ed25519 private key (from `keygen`) to sign the manifest with
     (or a key already loaded with `signing_key`). Every chunk the store already holds is read
     back and proved (a damaged one is repaired from the source); `trust_verified_within`
     (seconds) trusts chunks a deep verify found intact within that window instead (faster
-    re-archives, weaker proof)."""
+    re-archives, weaker proof). `profile` ("model" = archiver-model/1) with `meta_file` (a JSON
+    file) or `profile_data` (a dict): metadata checked against the profile's schema and recorded
+    in the manifest (or `profile_block`, one already made by `profile_block()`); `attach`:
+    (role, path) documents stored under _archive/ROLE/."""
     key = signing_key(sign_key)
+    block = profile_block if profile_block is not None else make_profile_block(profile, meta_file, profile_data)
     with _repo(repo, store, catalog, create=True, settings=settings) as r:
         return pipeline.archive(r, list(paths), name=name, label=label, meta=meta, progress=progress,
-                                sign_key=key, trust_verified_within=trust_verified_within, **options)
+                                sign_key=key, trust_verified_within=trust_verified_within, profile=block,
+                                attachments=list(attach), **options)
+
+
+def make_profile_block(profile: str | None, meta_file: str | os.PathLike | None = None,
+                  profile_data: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The manifest's profile block, checked against the profile's schema now (before any
+    scan): InvalidOptionError('meta_file', ...) naming the first missing or invalid field."""
+    from archiver import profile as profiles
+    if profile is None:
+        if meta_file is not None or profile_data is not None:
+            raise InvalidOptionError("profile", "is needed to check the metadata against (e.g. model)")
+        return None
+    if (meta_file is None) == (profile_data is None):
+        raise InvalidOptionError("meta_file", f"is needed with profile {profile!r} (a JSON file of its fields)")
+    if meta_file is not None:
+        return profiles.load_meta_file(meta_file, profile)
+    return profiles.check(profiles.find(profile), profile_data)
 
 
 def signing_key(key: str | os.PathLike | Any | None) -> Any:

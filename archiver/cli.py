@@ -19,6 +19,8 @@ from archiver.errors import ArchiverError, EmptyCatalogError, InvalidOptionError
 from archiver.progress import Progress, human_bytes
 from archiver.repository import Repository
 from archiver.settings import Settings
+from archiver.showpkg import package_lines
+from manifests.fields import model_summary
 from manifests.paths import BIDI_CONTROLS
 
 
@@ -76,6 +78,16 @@ def _parse_meta(items: tuple[str, ...]) -> dict[str, str]:
     return meta
 
 
+def _parse_attach(items: tuple[str, ...]) -> list[tuple[str, str]]:
+    out = []
+    for it in items:
+        role, sep, path = it.partition("=")
+        if not sep or not role or not path:
+            raise UsageError(f"--attach takes ROLE=PATH (e.g. model-card=README.md), got {it!r}")
+        out.append((role, path))
+    return out
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -110,18 +122,29 @@ def cli(ctx: click.Context, store: str | None, catalog: str | None) -> None:
 @click.option("--trust-verified-within", metavar="DURATION",
               help="Trust stored chunks that a deep verify found intact within DURATION (e.g. 7d, 12h) "
                    "instead of reading each one back (default: prove every chunk).")
+@click.option("--profile", metavar="PROFILE", help="Metadata profile to check --meta-file against: model "
+                                                    "(archiver-model/1, see docs/PROFILE.md).")
+@click.option("--meta-file", type=click.Path(), metavar="JSON",
+              help="Structured metadata (a JSON object) for --profile, recorded in the manifest.")
+@click.option("--attach", multiple=True, metavar="ROLE=PATH",
+              help="Attach a document (model card, interview transcript, eval results) under _archive/ROLE/; "
+                   "repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, meta: tuple[str, ...],
-                sign_key: str | None, trust_verified_within: str | None, as_json: bool) -> None:
+                sign_key: str | None, trust_verified_within: str | None, profile: str | None,
+                meta_file: str | None, attach: tuple[str, ...], as_json: bool) -> None:
     """Archive files and directories; prints the manifest id."""
     meta_d = _parse_meta(meta)
+    attachments = _parse_attach(attach)
+    block = api.make_profile_block(profile, meta_file)  # refused (exit 2, the first bad field) before any scan
     key = api.signing_key(sign_key)  # refused before the store is touched
     trust = None if trust_verified_within is None else parse_duration(trust_verified_within,
                                                                        "trust_verified_within")
     with c.repo(create=True) as repo:
         res = api.archive(paths, name=name, label=label, meta=meta_d, sign_key=key, repo=repo,
-                          trust_verified_within=trust, progress=Progress.for_terminal("archive", quiet=as_json))
+                          trust_verified_within=trust, progress=Progress.for_terminal("archive", quiet=as_json),
+                          profile_block=block, attach=attachments)
     if as_json:
         emit(res.to_dict())
         return
@@ -164,10 +187,11 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
     with c.repo(read_only=True) as repo:
         mid, m = api.show(ref, repo=repo)
     if as_json:
-        emit({"id": mid, "manifest": m.to_dict()})
+        emit({"id": mid, "manifest": m.to_dict(), "summary": model_summary(m)})
         return
     lines = [f"id:      {mid}", f"name:    {m.name}", f"label:   {m.label or '-'}", f"parent:  {m.parent or '-'}"]
     lines += [f"meta:    {k}={v}" for k, v in sorted(m.meta.items())]
+    lines += package_lines(m)
     lines.append(f"files:   {len(m.files)}, {human_bytes(m.total_size)}, stored {human_bytes(m.stored_size)}")
     for e in sorted(m.entries, key=lambda e: e.path):
         if e.is_file:

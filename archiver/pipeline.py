@@ -7,25 +7,29 @@ release the GIL, so both cores are busy. The manifest is written only after ever
 it names is durably in the store, then recorded in the catalog in one transaction."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import blake3
 
 from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
-from archiver.errors import ArchiverError, InvalidOptionError
+from archiver.errors import ArchiverError, InvalidOptionError, UsageError
 from archiver.formats import detect_regions
 from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.progress import Progress
 from archiver.digests import FileDigest
 from archiver.repository import Repository, SavedChunk
 from archiver.scan import Source, changed, open_source, scan
-from manifests.model import ChunkRef, Entry, Manifest, text_problem
+from archiver.techmeta import file_tech
+from manifests.errors import UnsafePathError
+from manifests.model import ATTACH_DIR, ChunkRef, Entry, Manifest, is_role, metadata_problem, text_problem
+from manifests.paths import check_paths
 
 
 @dataclass
@@ -99,19 +103,37 @@ def _check_trust_window(value: float | None) -> float | None:
 def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, label: str | None = None,
             meta: Mapping[str, str] | None = None, policy: ChunkPolicy | None = None, workers: int | None = None,
             progress: Progress | None = None, sign_key: Any = None,
-            trust_verified_within: float | None = None) -> ArchiveResult:
+            trust_verified_within: float | None = None, profile: Mapping[str, Any] | None = None,
+            attachments: Iterable[tuple[str, str | os.PathLike]] = ()) -> ArchiveResult:
     """Archive files and directories under `name`; returns the committed manifest's summary.
     With `sign_key` (an Ed25519 private key) the manifest id is signed before it is recorded.
     `name`, `label` and `meta` are checked before the scan, so bad ones write nothing.
     Every chunk the store already holds is read back and proved before the manifest commits
     (a damaged one is repaired from the source); `trust_verified_within` (seconds) instead
-    trusts a chunk a deep verify found intact that recently, if its stored size is unchanged."""
+    trusts a chunk a deep verify found intact that recently, if its stored size is unchanged.
+    `profile`: a checked profile block {"id", "data"} (archiver.profile.check); `attachments`:
+    (role, PATH) documents stored under _archive/ROLE/ with their role recorded."""
     trust_verified_within = _check_trust_window(trust_verified_within)
     meta_d = check_archive_args(name, label, meta)
+    profile_d = _check_profile(profile)
+    attach = [(role, p) for role, p in attachments]
+    for role, _p in attach:
+        if not is_role(role):
+            raise InvalidOptionError("attach", f"role {role!r} is invalid: use lowercase letters, digits, '.', '_' "
+                                               f"or '-', at most 64 (e.g. model-card)")
     started = time.monotonic()
     policy = policy or ChunkPolicy()
     progress = progress or Progress()
     sources = scan(paths)
+    for s in sources:
+        if s.parent is None and s.path == ATTACH_DIR:
+            raise UsageError(f"cannot archive {s.abspath}: its name {ATTACH_DIR!r} is reserved for attachments")
+    attached = _attachment_sources(attach)
+    sources = sorted(sources + attached, key=lambda s: s.path)
+    try:
+        check_paths((s.path, "dir" if s.is_dir else "file") for s in sources)
+    except UnsafePathError as e:
+        raise UsageError(f"cannot archive path {e.path!r}: {e.reason}") from None
     progress.start(f"archive {name}", sum(s.size for s in sources))
     stats = _Stats()
     writer = _ChunkWriter(repo, stats, trust_verified_within)
@@ -125,7 +147,10 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
                 entries.append(_archive_file(src, pool, writer, policy, window_for(nworkers), progress))
     progress.finish()
     parent = repo.latest(name)
-    manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries))
+    roles = {s.path: s_role for s_role, s in _roles(attached)}
+    manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries),
+                        profile=profile_d, attachments=tuple((roles[e.path], e.path) for e in entries
+                                                             if e.is_file and e.path in roles))
     uniq = manifest.unique_chunks()
     details: dict[str, Any] = dict(
         name=name, label=label, files=len(manifest.files), dirs=len(entries) - len(manifest.files),
@@ -179,6 +204,7 @@ def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, p
         before = _settled(f.fileno(), src)
         size = before.st_size
         fmt = detect_regions(f, size)
+        tech = file_tech(f, size, src.abspath.name, fmt[0] if fmt else "")
         f.seek(0)
         digest = FileDigest()
 
@@ -203,7 +229,7 @@ def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, p
         raise changed(src.abspath, "it was replaced by another file")
     return Entry(path=src.path, type="file", mode=src.mode, size=size, mtime_ns=before.st_mtime_ns,
                  blake3=digest.blake3, sha256=digest.sha256, format=fmt[0] if fmt else "",
-                 chunks=tuple(refs))
+                 chunks=tuple(refs), tech=tech)
 
 
 def check_archive_args(name: object, label: object, meta: object) -> dict[str, str]:
@@ -235,3 +261,37 @@ def _check_name(value: object, what: str) -> None:
         problem = "must be non-empty, without '@' or surrounding spaces"
     if problem is not None:
         raise InvalidOptionError(what, f"is invalid: {value!r} {problem} (invalid {what} refused)")
+
+
+def _check_profile(profile: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A profile block the manifest reader takes back: {"id": text, "data": bounded JSON object}."""
+    if profile is None:
+        return None
+    if not isinstance(profile, Mapping) or set(profile) != {"id", "data"} or not isinstance(profile["data"], dict):
+        raise InvalidOptionError("profile", "must be a profile block {'id': ..., 'data': {...}} (see archiver.profile)")
+    if text_problem(profile["id"]) is not None or not profile["id"]:
+        raise InvalidOptionError("profile", f"id {profile['id']!r} is invalid")
+    try:
+        metadata_problem(profile["data"], "profile data")
+    except Exception as e:  # ManifestError: bounded, finite, valid UTF-8
+        raise InvalidOptionError("profile", str(e).removeprefix("malformed manifest: ")) from None
+    return {"id": profile["id"], "data": profile["data"]}
+
+
+def _attachment_sources(attach: list[tuple[str, str | os.PathLike]]) -> list[Source]:
+    """Sources for the attached documents, placed under _archive/ROLE/NAME (a directory
+    attaches every file below it with that role), plus the _archive and role directories."""
+    out: list[Source] = []
+    dirs: dict[str, Source] = {}
+    for role, p in attach:
+        for s in scan([p]):
+            out.append(dataclasses.replace(s, path=f"{ATTACH_DIR}/{role}/{s.path}"))
+            if s.parent is None:  # synthetic parents: modes like a fresh directory, mtimes unrecorded
+                for d in (ATTACH_DIR, f"{ATTACH_DIR}/{role}"):
+                    dirs.setdefault(d, Source(d, s.abspath.parent, True, 0, 0o755, 0, 0))
+    return list(dirs.values()) + out
+
+
+def _roles(attached: list[Source]) -> list[tuple[str, Source]]:
+    """(role, source) for each attached regular file."""
+    return [(s.path.split("/")[1], s) for s in attached if not s.is_dir]
