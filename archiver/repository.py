@@ -534,6 +534,26 @@ class Repository:
                 except IntegrityError as e:  # only this manifest's savepoint was rolled back
                     result.problems.append(Problem(m.id, "manifest", str(e)))
 
+    # -- retirement package: search and export (issue 11) ---------------------------------------
+    def manifest_fields(self, mid: str) -> list[tuple[str, str]]:
+        """The (key, value) pairs the catalog indexes for search for one manifest."""
+        with translated():
+            return self._catalog.fields_of(mid)
+
+    def search(self, conditions: Iterable[Any], name: str | None = None) -> list[ManifestRow]:
+        """Catalog rows meeting every condition (manifests.catalog.Condition), in list order."""
+        with translated():
+            return self._catalog.search(conditions, name)
+
+    def signature_objects(self, mid: str) -> list[tuple[str, bytes]]:
+        """(fingerprint, bytes) of each signature object stored for a manifest, each within
+        its size cap; the caller checks them (signature_problems) before trusting them."""
+        out = []
+        for info in self._store.list(layout.signatures_of(mid)):
+            data = self._store.get(info.key, max_size=MAX_SIGNATURE_BYTES)
+            out.append((info.key.rsplit("/", 1)[-1].removesuffix(".json"), data))
+        return sorted(out)
+
 
 def _parents_first(parents: dict[str, str | None]) -> list[str]:
     """Ids ordered so a manifest's parent (if present) comes before it: an iterative

@@ -263,7 +263,7 @@ def test_list_json(archived, src):
 
 def test_show_json(archived):
     d = jrun("show", "m@v1", "--json")
-    assert set(d) == {"id", "manifest"} and d["id"] == archived["id"]
+    assert set(d) == {"id", "manifest", "summary"} and d["id"] == archived["id"]
     m = d["manifest"]
     assert {"name", "label", "meta", "parent", "entries"} <= set(m)
     assert (m["name"], m["label"], m["meta"], m["parent"]) == ("m", "v1", {}, None)
