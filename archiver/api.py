@@ -157,3 +157,20 @@ def rebuild_catalog(*, repo: Repository | None = None, store: str | None = None,
     `.problems` (each bad manifest skipped), `.ok`."""
     with _repo(repo, store, catalog, settings=settings) as r:
         return r.rebuild_catalog()
+
+
+def export(ref: str, dest: str | os.PathLike, *, format: str = "bagit", trust_keys: Iterable[str | bytes] | None = None,
+           repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
+           settings: Settings | None = None, progress: Progress | None = None) -> Any:
+    """Write archive `ref` in a standard layout at `dest`: format "bagit" (RFC 8493 bag) or
+    "ocfl" (an OCFL 1.1 object whose versions follow the name's parent chain). Every byte is
+    re-hashed on the way; `trust_keys` as for restore."""
+    from archiver import bagit
+    trusted = trusted_keys(trust_keys)
+    if format not in ("bagit", "ocfl"):
+        raise InvalidOptionError("format", f"must be bagit or ocfl, not {format!r}")
+    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
+        if format == "bagit":
+            return bagit.export_bag(r, ref, dest, trusted=trusted, progress=progress)
+        from archiver import ocfl
+        return ocfl.export_ocfl(r, ref, dest, trusted=trusted, progress=progress)

@@ -266,6 +266,33 @@ def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bo
     sys.exit(0 if res.ok else 1)
 
 
+@cli.command("export")
+@click.argument("ref")
+@click.argument("dest", type=click.Path())
+@click.option("--bagit", "fmt", flag_value="bagit", help="Write a BagIt bag (RFC 8493) at DEST.")
+@click.option("--ocfl", "fmt", flag_value="ocfl", help="Write an OCFL 1.1 object at DEST, one version per "
+                                                      "archive in REF's chain (v1 = the oldest).")
+@click.option("--trust-key", multiple=True, metavar="PUBKEY",
+              help="Refuse unless signed by this public key (file or hex); repeatable.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def export_cmd(c: Ctx, ref: str, dest: str, fmt: str | None, trust_key: tuple[str, ...], as_json: bool) -> None:
+    """Export an archive in a standard layout, re-hashing every byte. REF as for `show`;
+    DEST must not exist or be an empty directory."""
+    if fmt is None:
+        raise UsageError("give --bagit or --ocfl")
+    trusted = api.trusted_keys(trust_key)
+    with c.repo(read_only=True) as repo:
+        res = api.export(ref, dest, format=fmt, trust_keys=trusted, repo=repo,
+                         progress=Progress.for_terminal("export", quiet=as_json))
+    if as_json:
+        emit(res.to_dict())
+    else:
+        versions = f", {len(res.versions)} version(s)" if res.versions else ""
+        click.echo(printable(f"exported {res.id[:16]} as {res.format}: {res.files} files, {human_bytes(res.bytes)} "
+                             f"into {res.dest}{versions} in {res.seconds:.1f}s"))
+
+
 @cli.command("keygen")
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
