@@ -137,10 +137,28 @@ def restore(ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (), f
                                 preserve_special_bits=preserve_special_bits)
 
 
-def list_archives(name: str | None = None, *, repo: Repository | None = None, store: str | None = None,
-                  catalog: str | os.PathLike | None = None, settings: Settings | None = None) -> list[ManifestRow]:
+def list_archives(name: str | None = None, *, where: Iterable[str] = (), repo: Repository | None = None,
+                  store: str | None = None, catalog: str | os.PathLike | None = None,
+                  settings: Settings | None = None) -> list[ManifestRow]:
+    """`where`: conditions KEY OP VALUE on the indexed metadata (see docs/PROFILE.md), all of which must hold."""
+    conditions = parse_where(where)
     with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
-        return r.list_archives(name)
+        return r.search(conditions, name) if conditions else r.list_archives(name)
+
+
+def parse_where(where: Iterable[str]) -> list[Any]:
+    """Search conditions from 'KEY OP VALUE' strings (OP: = != < <= > >= ~), checked now."""
+    from manifests.catalog import parse_condition
+    out = []
+    for text in where:
+        try:
+            c = parse_condition(text)
+        except ValueError as e:
+            raise InvalidOptionError("where", str(e)) from None
+        if not c.key:
+            raise InvalidOptionError("where", f"{text!r} has no key")
+        out.append(c)
+    return out
 
 
 def show(ref: str, *, repo: Repository | None = None, store: str | None = None,

@@ -159,13 +159,18 @@ def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, me
 
 @cli.command("list")
 @click.option("--name", help="Only archives with this name.")
+@click.option("--where", multiple=True, metavar="KEY OP VALUE",
+              help="Only archives whose indexed metadata meets this (repeatable, all must hold): "
+                   "KEY=V, KEY!=V, KEY<V, KEY<=V, KEY>V, KEY>=V, KEY~GLOB; KEY is a profile field path "
+                   "(license, provenance.revision), meta.KEY, attachment, profile or tech.* (docs/PROFILE.md).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def list_cmd(c: Ctx, name: str | None, as_json: bool) -> None:
+def list_cmd(c: Ctx, name: str | None, where: tuple[str, ...], as_json: bool) -> None:
     """List archives in the catalog, oldest first (each after its parent). Time '-': unknown
     (recorded by `catalog rebuild`)."""
+    api.parse_where(where)  # a malformed condition is refused before the catalog is opened
     with c.repo(read_only=True) as repo:
-        rows = api.list_archives(name, repo=repo)
+        rows = api.list_archives(name, where=where, repo=repo)
     data = [r.to_dict() for r in rows]
     if as_json:
         emit(data)

@@ -837,30 +837,31 @@ def _number(text: str) -> float | None:
 
 
 def _condition_sql(c: Condition) -> tuple[str, list[Any]]:
-    """SQL true for a manifest row (alias m) that meets `c`."""
-    exists = 'EXISTS (SELECT 1 FROM fields f WHERE f.manifest_id = m.id AND f.key = ? AND {})'
+    """A SELECT of the ids of the manifests that meet `c`: one range of the (key, value) or
+    (key, num) index, never a scan per manifest."""
+    base = "SELECT manifest_id FROM fields WHERE key = ? AND "
     num = _number(c.value)
     if c.op == "=":
         if num is not None:
-            return exists.format("(f.num = ? OR f.value = ? COLLATE NOCASE)"), [c.key, num, c.value]
-        return exists.format("f.value = ? COLLATE NOCASE"), [c.key, c.value]
+            return (f"{base}num = ? UNION {base}value = ? COLLATE NOCASE", [c.key, num, c.key, c.value])
+        return f"{base}value = ? COLLATE NOCASE", [c.key, c.value]
     if c.op == "!=":
-        has = exists.format("1")
         same, args = _condition_sql(Condition(c.key, "=", c.value))
-        return f"({has} AND NOT {same})", [c.key, *args]
+        return f"SELECT manifest_id FROM fields WHERE key = ? EXCEPT SELECT * FROM ({same})", [c.key, *args]
     if c.op == "~":
-        return exists.format("f.value GLOB ?"), [c.key, c.value]
+        return f"{base}value GLOB ?", [c.key, c.value]
     if num is not None:
-        return exists.format(f"f.num {c.op} ?"), [c.key, num]
-    return exists.format(f"f.num IS NULL AND f.value {c.op} ?"), [c.key, c.value]
+        return f"{base}num {c.op} ?", [c.key, num]
+    return f"{base}num IS NULL AND value {c.op} ?", [c.key, c.value]
 
 
 def search_ids(conn: sqlite3.Connection, conditions: Iterable[Condition]) -> set[str]:
-    """Ids of the manifests that meet every condition."""
+    """Ids of the manifests that meet every condition (the intersection of each one's ids)."""
     parts, args = [], []
     for c in conditions:
         sql, a = _condition_sql(c)
-        parts.append(sql)
+        parts.append(f"SELECT * FROM ({sql})")
         args += a
-    where = " AND ".join(parts) or "1"
-    return {r[0] for r in conn.execute(f"SELECT m.id FROM manifests m WHERE {where}", args)}
+    if not parts:
+        return {r[0] for r in conn.execute("SELECT id FROM manifests")}
+    return {r[0] for r in conn.execute(" INTERSECT ".join(parts), args)}
