@@ -65,7 +65,8 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
     re-archives, weaker proof). `profile` ("model" = archiver-model/1) with `meta_file` (a JSON
     file) or `profile_data` (a dict): metadata checked against the profile's schema and recorded
     in the manifest (or `profile_block`, one already made by `profile_block()`); `attach`:
-    (role, path) documents stored under _archive/ROLE/."""
+    (role, path) documents stored under _archive/ROLE/. Symlinks are recorded as symlinks, or
+    followed to regular files with `dereference=True` (always inside a Hugging Face snapshot)."""
     key = signing_key(sign_key)
     block = profile_block if profile_block is not None else make_profile_block(profile, meta_file, profile_data)
     with _repo(repo, store, catalog, create=True, settings=settings) as r:

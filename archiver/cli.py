@@ -129,11 +129,14 @@ def cli(ctx: click.Context, store: str | None, catalog: str | None) -> None:
 @click.option("--attach", multiple=True, metavar="ROLE=PATH",
               help="Attach a document (model card, interview transcript, eval results) under _archive/ROLE/; "
                    "repeatable.")
+@click.option("--dereference", is_flag=True,
+              help="Follow symlinks to regular files and archive the files (default: record symlinks as "
+                   "symlinks; a Hugging Face cache snapshot's links into blobs/ are always followed).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, meta: tuple[str, ...],
                 sign_key: str | None, trust_verified_within: str | None, profile: str | None,
-                meta_file: str | None, attach: tuple[str, ...], as_json: bool) -> None:
+                meta_file: str | None, attach: tuple[str, ...], dereference: bool, as_json: bool) -> None:
     """Archive files and directories; prints the manifest id."""
     meta_d = _parse_meta(meta)
     attachments = _parse_attach(attach)
@@ -144,7 +147,7 @@ def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, me
     with c.repo(create=True) as repo:
         res = api.archive(paths, name=name, label=label, meta=meta_d, sign_key=key, repo=repo,
                           trust_verified_within=trust, progress=Progress.for_terminal("archive", quiet=as_json),
-                          profile_block=block, attach=attachments)
+                          profile_block=block, attach=attachments, dereference=dereference)
     if as_json:
         emit(res.to_dict())
         return
@@ -202,6 +205,8 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
         if e.is_file:
             lines.append(f"  {e.mode:04o} {e.size:>14}  {e.blake3[:16]}  {e.path}  ({len(e.chunks)} chunks"
                          f"{', ' + e.format if e.format else ''})")
+        elif e.is_symlink:
+            lines.append(f"  {'link':>4} {'symlink':>14}  {'':16}  {e.path} -> {e.target}")
         else:
             lines.append(f"  {e.mode:04o} {'dir':>14}  {'':16}  {e.path}/")
     for line in lines:

@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
@@ -19,7 +20,8 @@ from typing import Any, Iterable, Iterator, Mapping
 import blake3
 
 from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
-from archiver.errors import ArchiverError, InvalidOptionError, UsageError
+from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
+from archiver.hfcache import lfs_sha256, snapshot_of
 from archiver.formats import detect_regions
 from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.progress import Progress
@@ -104,7 +106,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
             meta: Mapping[str, str] | None = None, policy: ChunkPolicy | None = None, workers: int | None = None,
             progress: Progress | None = None, sign_key: Any = None,
             trust_verified_within: float | None = None, profile: Mapping[str, Any] | None = None,
-            attachments: Iterable[tuple[str, str | os.PathLike]] = ()) -> ArchiveResult:
+            attachments: Iterable[tuple[str, str | os.PathLike]] = (), dereference: bool = False) -> ArchiveResult:
     """Archive files and directories under `name`; returns the committed manifest's summary.
     With `sign_key` (an Ed25519 private key) the manifest id is signed before it is recorded.
     `name`, `label` and `meta` are checked before the scan, so bad ones write nothing.
@@ -112,7 +114,10 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     (a damaged one is repaired from the source); `trust_verified_within` (seconds) instead
     trusts a chunk a deep verify found intact that recently, if its stored size is unchanged.
     `profile`: a checked profile block {"id", "data"} (archiver.profile.check); `attachments`:
-    (role, PATH) documents stored under _archive/ROLE/ with their role recorded."""
+    (role, PATH) documents stored under _archive/ROLE/ with their role recorded. Symlinks are
+    recorded as symlinks; `dereference` follows those naming regular files (always done inside
+    a Hugging Face cache snapshot, whose repo id and revision go into meta and whose LFS blobs
+    must hash to their names: IntegrityError otherwise, and nothing is recorded)."""
     trust_verified_within = _check_trust_window(trust_verified_within)
     meta_d = check_archive_args(name, label, meta)
     profile_d = _check_profile(profile)
@@ -124,7 +129,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     started = time.monotonic()
     policy = policy or ChunkPolicy()
     progress = progress or Progress()
-    sources = scan(paths)
+    sources = scan(paths, dereference=dereference)
+    meta_d = check_archive_args(name, label, _with_snapshot_meta(meta_d, paths))
     for s in sources:
         if s.parent is None and s.path == ATTACH_DIR:
             raise UsageError(f"cannot archive {s.abspath}: its name {ATTACH_DIR!r} is reserved for attachments")
@@ -143,8 +149,11 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         for src in sources:
             if src.is_dir:
                 entries.append(Entry(path=src.path, type="dir", mode=src.mode, mtime_ns=src.mtime_ns))
+            elif src.is_link:
+                entries.append(Entry(path=src.path, type="symlink", mode=src.mode, target=src.link or ""))
             else:
                 entries.append(_archive_file(src, pool, writer, policy, window_for(nworkers), progress))
+                _check_blob(src, entries[-1])
     progress.finish()
     parent = repo.latest(name)
     roles = {s.path: s_role for s_role, s in _roles(attached)}
@@ -222,7 +231,7 @@ def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, p
     if _snapshot(after) != _snapshot(before):
         raise changed(src.abspath, "its size, modification or change time moved")
     try:
-        now = os.stat(src.abspath, follow_symlinks=False)
+        now = os.stat(src.abspath, follow_symlinks=src.followed)
     except OSError:
         raise changed(src.abspath, "it was removed or renamed") from None
     if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
@@ -284,7 +293,7 @@ def _attachment_sources(attach: list[tuple[str, str | os.PathLike]]) -> list[Sou
     out: list[Source] = []
     dirs: dict[str, Source] = {}
     for role, p in attach:
-        for s in scan([p]):
+        for s in scan([p], dereference=True):  # a document given by a link: its content
             out.append(dataclasses.replace(s, path=f"{ATTACH_DIR}/{role}/{s.path}"))
             if s.parent is None:  # synthetic parents: modes like a fresh directory, mtimes unrecorded
                 for d in (ATTACH_DIR, f"{ATTACH_DIR}/{role}"):
@@ -295,3 +304,26 @@ def _attachment_sources(attach: list[tuple[str, str | os.PathLike]]) -> list[Sou
 def _roles(attached: list[Source]) -> list[tuple[str, Source]]:
     """(role, source) for each attached regular file."""
     return [(s.path.split("/")[1], s) for s in attached if not s.is_dir]
+
+
+def _with_snapshot_meta(meta: dict[str, str], paths: list[str | os.PathLike]) -> dict[str, str]:
+    """meta plus hf.repo_type/hf.repo_id/hf.revision for a PATH that is a Hugging Face cache
+    snapshot; a conflicting value given by the caller is refused."""
+    out = dict(meta)
+    for raw in paths:
+        snap = snapshot_of(Path(os.path.abspath(os.fspath(raw))))
+        if snap is None:
+            continue
+        for k, v in snap.meta().items():
+            if out.setdefault(k, v) != v:
+                raise InvalidOptionError("meta", f"{k}={out[k]!r} contradicts the snapshot archived ({v!r})")
+    return out
+
+
+def _check_blob(src: Source, e: Entry) -> None:
+    """An LFS blob of a Hugging Face cache is named by its SHA-256: the bytes just read must
+    hash to it, or the cache is damaged (or was tampered with) and nothing is recorded."""
+    want = lfs_sha256(src.blob)
+    if want is not None and e.sha256 != want:
+        raise IntegrityError(f"{src.abspath}: Hugging Face blob {want[:16]}... has SHA-256 {e.sha256[:16]}..., "
+                             f"not its name: the cache is damaged or was tampered with; nothing was recorded")

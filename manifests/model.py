@@ -363,6 +363,12 @@ def _entry(e: Any) -> Entry:
         dir_mtime = e.get("mtime_ns")  # absent in manifests made before directory mtimes were recorded
         _need("mtime_ns" not in e or is_mtime_ns(dir_mtime), f"mtime of {path!r} is not an int restore can set")
         return Entry(path=path, type="dir", mode=mode, mtime_ns=dir_mtime)
+    if typ == "symlink":
+        target = e.get("target")
+        _need(set(e) == {"path", "type", "mode", "target"}, f"symlink {path!r} has unknown fields")
+        _need(isinstance(target, str) and target != "" and "\0" not in target and is_utf8(target)
+              and len(target.encode("utf-8")) <= 4096, f"target of symlink {path!r}")
+        return Entry(path=path, type="symlink", mode=mode, target=target)
     _need(typ == "file", f"type of {path!r}")
     size, mtime = e.get("size"), e.get("mtime_ns")
     _need(_int(size), f"size of {path!r}")
