@@ -63,8 +63,12 @@ def summary_line(m: Manifest) -> str | None:
     parts = [s["architecture"]] if s.get("architecture") else []
     if "parameters" in s:
         parts.append(f"{human_count(s['parameters'])} parameters")
-        if s["dtypes"]:
-            parts.append("/".join(s["dtypes"]))
+        total = s["parameters"] or 1
+        params = s.get("dtype_parameters", {})
+        # the dtypes that hold the weights: a 512-element int64 position_ids buffer is not news
+        main = [d for d in s["dtypes"] if params.get(d, total) * 100 >= total] or s["dtypes"][:1]
+        if main:
+            parts.append("/".join(main))
         if s.get("quantization"):
             parts.append(s["quantization"])
         parts.append(f"{s['files']} {s['format']} file{'s' if s['files'] != 1 else ''}")

@@ -34,7 +34,7 @@ def model_summary(m: Manifest) -> dict[str, Any] | None:
                 if isinstance(n, int):
                     params[dtype] = params.get(dtype, 0) + n
         out.update(format=fmt, files=len(chosen), parameters=sum(params.values()),
-                   dtypes=sorted(params, key=lambda d: -params[d]))
+                   dtypes=sorted(params, key=lambda d: -params[d]), dtype_parameters=params)
         if "architecture" not in out:
             arch = next((e.tech.get("architecture") for e in chosen if e.tech.get("architecture")), None)
             if arch:
@@ -59,6 +59,8 @@ def index_fields(m: Manifest) -> Iterable[tuple[str, Any]]:
     s = model_summary(m)
     if s:
         for k, v in s.items():
+            if isinstance(v, dict):
+                continue  # dtype_parameters: tech.dtypes and tech.parameters index it
             if isinstance(v, list):
                 for item in v:
                     yield f"tech.{k}", item

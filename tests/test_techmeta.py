@@ -110,7 +110,8 @@ def test_archive_records_tech_and_show_prints_the_summary(tmp_path, monkeypatch)
     assert "tech" not in entries["model/README.md"]  # omitted when there is nothing to say
     total = sum(expected_params(tensors).values())
     assert shown["summary"] == {"architecture": "BertModel", "torch_dtype": "float32", "format": "safetensors",
-                                "files": 1, "parameters": total, "dtypes": ["F32"]}
+                                "files": 1, "parameters": total, "dtypes": ["F32"],
+                                "dtype_parameters": {"F32": total}}
     assert f"model:   BertModel, {human_count(total)} parameters, F32, 1 safetensors file" in run_cli("show", mid).out
     with api.open_repository(read_only=True) as repo:
         fields = repo.manifest_fields(mid)
@@ -124,3 +125,16 @@ def test_summary_line_for_gguf(tmp_path):
     _, m = api.show(res.id, store=str(tmp_path / "s"), catalog=str(tmp_path / "c.db"))
     assert summary_line(m) == "llama, 128 parameters, Q8_0, MOSTLY_Q8_0, 1 gguf file"
     assert model_summary(m)["quantization"] == "MOSTLY_Q8_0"
+
+
+def test_summary_line_names_the_dtypes_that_hold_the_weights(tmp_path):
+    """A small int64 buffer (BERT's position_ids) is in the JSON summary, not in the line."""
+    tensors = transformer_tensors(n_layers=1, hidden=32, vocab=100)
+    tensors["embeddings.position_ids"] = ("I64", [1, 8], random_tensor_bytes("I64", 8, 3))
+    make_safetensors(tmp_path / "model.safetensors", tensors)
+    res = api.archive([tmp_path / "model.safetensors"], name="b", store=str(tmp_path / "s"),
+                      catalog=str(tmp_path / "c.db"))
+    _, m = api.show(res.id, store=str(tmp_path / "s"), catalog=str(tmp_path / "c.db"))
+    total = sum(expected_params(tensors).values())
+    assert summary_line(m) == f"{human_count(total)} parameters, F32, 1 safetensors file"
+    assert model_summary(m)["dtypes"] == ["F32", "I64"]
