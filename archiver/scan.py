@@ -25,7 +25,7 @@ from pathlib import Path
 from archiver.errors import ArchiverError, NotFoundError, SourceChangedError, UsageError
 from archiver.hfcache import Snapshot, in_blobs, snapshot_of
 from manifests.errors import UnsafePathError
-from manifests.paths import check_paths
+from manifests.paths import check_link, check_paths
 
 # O_NONBLOCK: opening a FIFO (or a device) swapped in after the scan must not block; the
 # fstat that follows refuses it. O_NOCTTY: a terminal swapped in must not become ours.
@@ -153,6 +153,15 @@ def scan(paths: list[str | os.PathLike], *, dereference: bool = False) -> list[S
         check_paths((s.path, "dir" if s.is_dir else "file") for s in out)
     except UnsafePathError as e:
         raise UsageError(f"cannot archive path {e.path!r}: {e.reason}") from None
+    for s in out:  # what archive records, restore must be able to create: no link out of DEST
+        if s.is_link:
+            try:
+                check_link(s.path, s.link or "")
+            except UnsafePathError as e:
+                err = UsageError(f"cannot archive symlink {s.abspath} -> {s.link!r}: {e.reason}; restore could "
+                                 f"not recreate it safely")
+                err.remedy = "dereference"
+                raise err from None
     out.sort(key=lambda s: s.path)
     return out
 

@@ -205,3 +205,21 @@ def test_restore_refuses_a_manifest_whose_link_leaves_dest(tmp_path, monkeypatch
 def test_manifests_without_symlinks_are_unchanged(tmp_path):
     e = Entry(path="a", type="file", mode=0o644, size=0, mtime_ns=1, blake3="0" * 64, sha256="1" * 64)
     assert set(e.to_json()) == {"path", "type", "mode", "size", "mtime_ns", "blake3", "sha256", "format", "chunks"}
+
+
+def test_a_link_restore_could_not_recreate_is_refused_at_archive_time(tmp_path, monkeypatch):
+    """Whatever archive records, restore can create: an absolute or escaping link is refused
+    (exit 2, naming --dereference); with --dereference the file it names is archived."""
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    src = tmp_path / "src"
+    src.mkdir()
+    (tmp_path / "outside.txt").write_text("o")
+    os.symlink(tmp_path / "outside.txt", src / "abs")
+    r = run_cli("archive", str(src), "--name", "x")
+    assert r.code == 2 and "is absolute" in r.err and "(use --dereference)" in r.err, r.err
+    assert run_cli("list", "--json").json() == []  # nothing recorded
+    assert run_cli("archive", str(src), "--name", "x", "--dereference").code == 0
+    os.unlink(src / "abs")
+    os.symlink("../../outside.txt", src / "up")  # src/up: one level below DEST, two up leaves it
+    r = run_cli("archive", str(src), "--name", "y")
+    assert r.code == 2 and "leaves the destination" in r.err
