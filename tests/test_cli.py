@@ -24,7 +24,7 @@ LIST_KEYS = {"id", "name", "label", "parent", "recorded_at", "files", "size", "s
 VERIFY_KEYS = {"ok", "problems", "mode", "manifests", "chunks_checked", "chunks_read", "bytes_read", "files_hashed",
                "seconds", "audit_error"}
 PROBLEM_KEYS = {"manifest", "kind", "detail", "path", "offset", "length", "chunk"}
-RESTORE_KEYS = {"ok", "problems", "id", "dest", "files", "dirs", "bytes", "seconds"}
+RESTORE_KEYS = {"ok", "problems", "id", "dest", "files", "dirs", "bytes", "seconds", "links"}
 
 
 @pytest.fixture
