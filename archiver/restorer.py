@@ -383,6 +383,12 @@ def _restore_link(root_fd: int, e: Entry, force: bool) -> None:
     parts = e.path.split("/")
     dir_fd = _open_dir(root_fd, parts[:-1], create=True)
     try:
+        try:  # creating a symlink is atomic on its own: no temp name unless one must be replaced
+            os.symlink(e.target, parts[-1], dir_fd=dir_fd)
+            os.fsync(dir_fd)
+            return
+        except FileExistsError:
+            _check_target(dir_fd, parts[-1], e.path, force)  # refuses unless force (and never a directory)
         tmp = temp_name()
         try:
             os.symlink(e.target, tmp, dir_fd=dir_fd)

@@ -223,3 +223,18 @@ def test_a_link_restore_could_not_recreate_is_refused_at_archive_time(tmp_path, 
     os.symlink("../../outside.txt", src / "up")  # src/up: one level below DEST, two up leaves it
     r = run_cli("archive", str(src), "--name", "y")
     assert r.code == 2 and "leaves the destination" in r.err
+
+
+def test_restore_with_force_replaces_a_file_by_the_symlink(tmp_path, monkeypatch, linked):
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    src, _ = linked
+    assert run_cli("archive", str(src), "--name", "links").code == 0
+    out = tmp_path / "out"
+    (out / "src" / "d").mkdir(parents=True)
+    (out / "src" / "d" / "same-dir").write_text("in the way")
+    r = run_cli("restore", "links", str(out))
+    assert r.code == 2 and "not empty" in r.err
+    r = run_cli("restore", "links", str(out), "--force")
+    assert r.code == 0, r.err
+    assert os.readlink(out / "src" / "d" / "same-dir") == "real.txt"
+    assert not [p for p in (out / "src" / "d").iterdir() if p.name.startswith(".archiver-tmp")]
