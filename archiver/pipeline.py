@@ -129,7 +129,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     started = time.monotonic()
     policy = policy or ChunkPolicy()
     progress = progress or Progress()
-    sources = scan(paths, dereference=dereference)
+    sources = scan(paths, dereference=True) if dereference else scan(paths)
     meta_d = check_archive_args(name, label, _with_snapshot_meta(meta_d, paths))
     for s in sources:
         if s.parent is None and s.path == ATTACH_DIR:
@@ -162,7 +162,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
                                                              if e.is_file and e.path in roles))
     uniq = manifest.unique_chunks()
     details: dict[str, Any] = dict(
-        name=name, label=label, files=len(manifest.files), dirs=len(entries) - len(manifest.files),
+        name=name, label=label, files=len(manifest.files), dirs=sum(e.type == "dir" for e in entries),
         bytes_in=manifest.total_size, bytes_stored=sum(c.stored_size for c in uniq.values()),
         new_bytes_stored=stats.new_bytes, chunks=len(uniq), new_chunks=stats.new_chunks,
         seconds=round(time.monotonic() - started, 3), parent=parent, repaired_chunks=stats.repaired_chunks)
