@@ -107,3 +107,16 @@ def test_search_is_fast_on_10000_manifests(tmp_path, capsys):
         print(f"\nsearch over {n} manifests: {len(found)} found in {seconds * 1000:.1f} ms "
               f"(index query alone {index_seconds * 1000:.1f} ms)")
     assert seconds < 2.0
+
+
+def test_rebuilt_catalog_indexes_the_same_fields(models, tmp_path):
+    """The index is derived from the manifests alone: a catalog rebuilt from the store finds the same."""
+    import os
+    before = names("license=apache-2.0", "retired>=2026-01-01")
+    cat = tmp_path / "home" / "catalog.db"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(str(cat) + suffix):
+            os.remove(str(cat) + suffix)
+    assert run_cli("catalog", "rebuild").code == 0
+    assert names("license=apache-2.0", "retired>=2026-01-01") == before == ["c"]
+    assert names("meta.team=t-a") == ["a"]
