@@ -66,6 +66,11 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def label(key: str) -> str:
+    """A bag-info label from a metadata key: no colon and no whitespace (RFC 8493 2.2.2)."""
+    return "".join("_" if ch == ":" or ch.isspace() else ch for ch in key)
+
+
 def staging_dir(dest: Path) -> Path:
     """A fresh directory beside `dest` to build in; DEST must not exist or be an empty directory."""
     if dest.is_symlink() or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
@@ -156,9 +161,9 @@ def bag_info(mid: str, m: Any, oxum: str, software: str, bagging_date: str) -> l
                 info.append(("Contact-Email", one_line(custodian["contact"])))
         info.append(("Archiver-Profile", m.profile["id"]))
         for key, value in flatten(data):
-            info.append((f"Profile-{key}", one_line(value if isinstance(value, str) else json.dumps(value))))
+            info.append((f"Profile-{label(key)}", one_line(value if isinstance(value, str) else json.dumps(value))))
     for key, value in sorted(m.meta.items()):
-        info.append((f"Archiver-Meta-{one_line(key).replace(':', '_')}", one_line(value)))
+        info.append((f"Archiver-Meta-{label(key)}", one_line(value)))
     for role, path in sorted(m.attachments, key=lambda a: a[1]):
         info.append(("Archiver-Attachment", f"{role}: data/{one_line(path)}"))
     return info

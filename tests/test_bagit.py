@@ -123,3 +123,16 @@ def test_manifest_paths_are_percent_encoded_as_rfc_8493_says():
     only %0D and %0A, so it cannot validate a bag holding a file name with '%'.)"""
     assert encode_path("data/50%/a b\r\n.txt") == "data/50%25/a b%0D%0A.txt"
     assert encode_path("data/plain é.txt") == "data/plain é.txt"
+
+
+def test_bag_info_labels_and_values_stay_one_line_without_colons(tmp_path):
+    """Keys and values come from user metadata: a colon or newline must not forge a field."""
+    from archiver.bagit import bag_info
+    from manifests.model import Manifest
+    m = Manifest(name="n", entries=(), meta={"a:b c": "x"},
+                 profile={"id": "archiver-model/1", "data": {"runtime": {"frameworks": {"torch:cu121": "2.3"}},
+                                                             "notes": "line one\nExternal-Identifier: forged"}})
+    lines = [f"{k}: {v}" for k, v in bag_info("0" * 64, m, "0.0", "archiver test", "2026-01-01")]
+    assert "Profile-runtime.frameworks.torch_cu121: 2.3" in lines and "Archiver-Meta-a_b_c: x" in lines
+    assert "Profile-notes: line one External-Identifier: forged" in lines
+    assert [line for line in lines if line.startswith("External-Identifier:")] == ["External-Identifier: " + "0" * 64]
