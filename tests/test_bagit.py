@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tracemalloc
 
 import bagit
@@ -40,6 +42,9 @@ def test_bag_validates_and_carries_the_manifest_profile_and_signatures(archived)
     assert r.json()["files"] == 6 and r.json()["format"] == "bagit"
     bag = bagit.Bag(str(tmp_path / "bag"))
     bag.validate()  # bagit.py's full validation: payload and tag manifests, Payload-Oxum, bagit.txt
+    cli = subprocess.run([sys.executable, "-m", "bagit", "--validate", str(tmp_path / "bag")],
+                         capture_output=True, text=True, timeout=120)  # `bagit.py --validate`, as the issue asks
+    assert cli.returncode == 0 and "is valid" in cli.stderr, cli.stderr
     assert set(bag.algorithms) == {"sha256", "sha512"}
     info = bag.info
     assert info["External-Identifier"] == mid and info["Profile-license"] == "apache-2.0"

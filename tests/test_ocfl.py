@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from ocfl import Validator
@@ -32,6 +35,10 @@ def test_object_validates_and_follows_the_chain(chain):
     assert r.json()["versions"] == ids
     v = Validator(show_warnings=False)
     assert v.validate(str(tmp_path / "obj")), str(v.log)
+    script = Path(sys.executable).parent / "ocfl-validate.py"  # the validator's own command line
+    cli = subprocess.run([sys.executable, str(script), str(tmp_path / "obj")], capture_output=True, text=True,
+                         timeout=120)
+    assert cli.returncode == 0 and "is VALID" in cli.stdout + cli.stderr, cli.stdout + cli.stderr
     inv = json.loads((tmp_path / "obj" / "inventory.json").read_text())
     assert inv["head"] == "v3" and list(inv["versions"]) == ["v1", "v2", "v3"]
     assert inv["type"] == "https://ocfl.io/1.1/spec/#inventory" and inv["digestAlgorithm"] == "sha512"
