@@ -138,3 +138,25 @@ def test_summary_line_names_the_dtypes_that_hold_the_weights(tmp_path):
     total = sum(expected_params(tensors).values())
     assert summary_line(m) == f"{human_count(total)} parameters, F32, 1 safetensors file"
     assert model_summary(m)["dtypes"] == ["F32", "I64"]
+
+
+def deep(n: int) -> dict:
+    node: dict = {}
+    for _ in range(n):
+        node = {"a": node}
+    return node
+
+
+@pytest.mark.parametrize("tech, why", [
+    ([1], "is not an object"),
+    ({"a": float("inf")}, "non-finite"),
+    (deep(40), "nested deeper"),
+])
+def test_reader_refuses_malformed_tech(tech, why):
+    from manifests.errors import ManifestError
+    from manifests.model import Manifest, canonical, parse_manifest
+    entry = {"blake3": "0" * 64, "chunks": [], "format": "", "mode": 420, "mtime_ns": 1, "path": "a",
+             "sha256": "1" * 64, "size": 0, "type": "file", "tech": tech}
+    obj = {**Manifest(name="n", entries=()).to_dict(), "entries": [entry]}
+    with pytest.raises(ManifestError, match=why):
+        parse_manifest(canonical(obj))
