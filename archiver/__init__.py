@@ -14,7 +14,7 @@ import importlib
 from typing import Any
 
 __all__ = ["archive", "verify", "restore", "open_store", "open_repository", "list_archives", "show",
-           "rebuild_catalog", "keygen", "ArchiveResult", "VerifyReport", "RestoreResult", "RebuildResult",
+           "rebuild_catalog", "keygen", "export", "ArchiveResult", "VerifyReport", "RestoreResult", "RebuildResult",
            "ArchiverError", "Settings", "S3Options", "Problem",
            "fixity_status", "event_log"]
 __all__ += ["replicate", "repair", "copies_add", "copies_list", "copies_remove", "verify_copies", "store_check",

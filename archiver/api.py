@@ -66,6 +66,9 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
             repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
             settings: Settings | None = None, progress: Progress | None = None,
             trust_verified_within: float | None = None, unsafe_store: bool = False, write_policy: Any = None,
+            profile: str | None = None,
+            meta_file: str | os.PathLike | None = None, profile_data: dict[str, Any] | None = None,
+            attach: Iterable[tuple[str, str | os.PathLike]] = (), profile_block: dict[str, Any] | None = None,
             **options) -> ArchiveResult:
     """`sign_key`: path of an Ed25519 private key (from `keygen`) to sign the manifest with
     (or a key already loaded with `signing_key`). Every chunk the store already holds is read
@@ -74,13 +77,18 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
     re-archives, weaker proof). A store that silently overwrites (see `store_check`) is
     refused (UnsafeStoreError) unless `unsafe_store`. `write_policy`: an
     archiver.retention.WritePolicy (see `write_policy`): Object Lock on every object, a
-    storage class for chunks."""
+    storage class for chunks. `profile` ("model" = archiver-model/1) with `meta_file` (a JSON
+    file) or `profile_data` (a dict): metadata checked against the profile's schema and recorded
+    in the manifest (or `profile_block`, one already made by `profile_block()`); `attach`:
+    (role, path) documents stored under _archive/ROLE/. Symlinks are recorded as symlinks, or
+    followed to regular files with `dereference=True` (always inside a Hugging Face snapshot)."""
     key = signing_key(sign_key)
+    block = profile_block if profile_block is not None else make_profile_block(profile, meta_file, profile_data)
     with _repo(repo, store, catalog, create=True, settings=settings, policy=write_policy) as r:
         storecheck.ensure_safe(r, unsafe_store)
         return pipeline.archive(r, list(paths), name=name, label=label, meta=meta, progress=progress,
                                 sign_key=key, trust_verified_within=trust_verified_within,
-                                write_policy=write_policy, **options)
+                                write_policy=write_policy, profile=block, attachments=list(attach), **options)
 
 
 def write_policy(*, lock_mode: str | None = None, retain_until: Any = None, retain_for: str | None = None,
@@ -115,6 +123,22 @@ def extend_retention(ref: str, *, until: Any, lock_mode: str | None = None, repo
             "mode": policy.lock.mode, "retain_until": iso(policy.lock.until), "objects": objects}),
             policy=policy.for_metadata())
         return {"id": mid, "mode": policy.lock.mode, "retain_until": iso(policy.lock.until), "objects": objects}
+
+
+def make_profile_block(profile: str | None, meta_file: str | os.PathLike | None = None,
+                  profile_data: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The manifest's profile block, checked against the profile's schema now (before any
+    scan): InvalidOptionError('meta_file', ...) naming the first missing or invalid field."""
+    from archiver import profile as profiles
+    if profile is None:
+        if meta_file is not None or profile_data is not None:
+            raise InvalidOptionError("profile", "is needed to check the metadata against (e.g. model)")
+        return None
+    if (meta_file is None) == (profile_data is None):
+        raise InvalidOptionError("meta_file", f"is needed with profile {profile!r} (a JSON file of its fields)")
+    if meta_file is not None:
+        return profiles.load_meta_file(meta_file, profile)
+    return profiles.check(profiles.find(profile), profile_data)
 
 
 def signing_key(key: str | os.PathLike | Any | None) -> Any:
@@ -180,10 +204,28 @@ def restore(ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (), f
                                 preserve_special_bits=preserve_special_bits, thaw=thaw)
 
 
-def list_archives(name: str | None = None, *, repo: Repository | None = None, store: str | None = None,
-                  catalog: str | os.PathLike | None = None, settings: Settings | None = None) -> list[ManifestRow]:
+def list_archives(name: str | None = None, *, where: Iterable[str] = (), repo: Repository | None = None,
+                  store: str | None = None, catalog: str | os.PathLike | None = None,
+                  settings: Settings | None = None) -> list[ManifestRow]:
+    """`where`: conditions KEY OP VALUE on the indexed metadata (see docs/PROFILE.md), all of which must hold."""
+    conditions = parse_where(where)
     with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
-        return r.list_archives(name)
+        return r.search(conditions, name) if conditions else r.list_archives(name)
+
+
+def parse_where(where: Iterable[str]) -> list[Any]:
+    """Search conditions from 'KEY OP VALUE' strings (OP: = != < <= > >= ~), checked now."""
+    from manifests.catalog import parse_condition
+    out = []
+    for text in where:
+        try:
+            c = parse_condition(text)
+        except ValueError as e:
+            raise InvalidOptionError("where", str(e)) from None
+        if not c.key:
+            raise InvalidOptionError("where", f"{text!r} has no key")
+        out.append(c)
+    return out
 
 
 def show(ref: str, *, repo: Repository | None = None, store: str | None = None,
@@ -376,3 +418,20 @@ def restore_plan(ref: str, *, include: Iterable[str] = (), tier: str = "Bulk", p
                 "thaw_cost": thaw_cost, "tier": tier, "expected_hours": thaw_mod.expected_hours(
                     {st.classes[h] for h in cold}, tier) if cold else None,
                 "prices_as_of": est.prices_as_of}
+
+
+def export(ref: str, dest: str | os.PathLike, *, format: str = "bagit", trust_keys: Iterable[str | bytes] | None = None,
+           repo: Repository | None = None, store: str | None = None, catalog: str | os.PathLike | None = None,
+           settings: Settings | None = None, progress: Progress | None = None) -> Any:
+    """Write archive `ref` in a standard layout at `dest`: format "bagit" (RFC 8493 bag) or
+    "ocfl" (an OCFL 1.1 object whose versions follow the name's parent chain). Every byte is
+    re-hashed on the way; `trust_keys` as for restore."""
+    from archiver import bagit
+    trusted = trusted_keys(trust_keys)
+    if format not in ("bagit", "ocfl"):
+        raise InvalidOptionError("format", f"must be bagit or ocfl, not {format!r}")
+    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
+        if format == "bagit":
+            return bagit.export_bag(r, ref, dest, trusted=trusted, progress=progress)
+        from archiver import ocfl
+        return ocfl.export_ocfl(r, ref, dest, trusted=trusted, progress=progress)

@@ -33,7 +33,7 @@ from archiver.progress import Progress
 from archiver.repository import Repository
 from archiver.stores.base import ObjectColdError
 from manifests.model import ChunkRef, Entry, Manifest
-from manifests.paths import check_paths
+from manifests.paths import check_link, check_paths
 
 
 @dataclass
@@ -209,6 +209,9 @@ def _load(repo: Repository, mid: str, report: VerifyReport, trusted: list[bytes]
     try:
         with translated():
             check_paths((e.path, e.type) for e in m.entries)
+            for e in m.entries:
+                if e.is_symlink:
+                    check_link(e.path, e.target)  # restore would refuse it
     except ArchiverError as e:
         report.add(Problem(mid, "unsafe-path", str(e)))
     return m

@@ -20,6 +20,8 @@ from archiver.progress import Progress, human_bytes
 from archiver.repository import Repository
 from archiver.settings import Settings
 from archiver.thaw import ThawOptions, ThawStatus, expected_hours
+from archiver.showpkg import package_lines
+from manifests.fields import model_summary
 from manifests.paths import BIDI_CONTROLS
 
 
@@ -78,6 +80,16 @@ def _parse_meta(items: tuple[str, ...]) -> dict[str, str]:
     return meta
 
 
+def _parse_attach(items: tuple[str, ...]) -> list[tuple[str, str]]:
+    out = []
+    for it in items:
+        role, sep, path = it.partition("=")
+        if not sep or not role or not path:
+            raise UsageError(f"--attach takes ROLE=PATH (e.g. model-card=README.md), got {it!r}")
+        out.append((role, path))
+    return out
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -124,15 +136,27 @@ def cli(ctx: click.Context, store: str | None, catalog: str | None) -> None:
               help="Then replicate the archive to every copy the store names (`archiver copies add`).")
 @click.option("--unsafe-store", is_flag=True,
               help="Use a store even though `store check` found it silently overwrites objects.")
+@click.option("--profile", metavar="PROFILE", help="Metadata profile to check --meta-file against: model "
+                                                    "(archiver-model/1, see docs/PROFILE.md).")
+@click.option("--meta-file", type=click.Path(), metavar="JSON",
+              help="Structured metadata (a JSON object) for --profile, recorded in the manifest.")
+@click.option("--attach", multiple=True, metavar="ROLE=PATH",
+              help="Attach a document (model card, interview transcript, eval results) under _archive/ROLE/; "
+                   "repeatable.")
+@click.option("--dereference", is_flag=True,
+              help="Follow symlinks to regular files and archive the files (default: record symlinks as "
+                   "symlinks; a Hugging Face cache snapshot's links into blobs/ are always followed).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.pass_obj
 def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, meta: tuple[str, ...],
                 sign_key: str | None, trust_verified_within: str | None, lock_mode: str | None,
                 retain_until: str | None, retain_for: str | None, legal_hold: bool, storage_class: str | None,
-                replicate_: bool, unsafe_store: bool,
-                as_json: bool) -> None:
+                replicate_: bool, unsafe_store: bool, profile: str | None, meta_file: str | None,
+                attach: tuple[str, ...], dereference: bool, as_json: bool) -> None:
     """Archive files and directories; prints the manifest id."""
     meta_d = _parse_meta(meta)
+    attachments = _parse_attach(attach)
+    block = api.make_profile_block(profile, meta_file)  # refused (exit 2, the first bad field) before any scan
     if replicate_ and not _named_copies(c):
         raise UsageError("--replicate: this store names no copies (add one with `archiver copies add URL`)")
     key = api.signing_key(sign_key)  # refused before the store is touched
@@ -143,7 +167,7 @@ def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, me
     with c.repo(create=True, policy=policy) as repo:
         res = api.archive(paths, name=name, label=label, meta=meta_d, sign_key=key, repo=repo, write_policy=policy,
                           trust_verified_within=trust, progress=Progress.for_terminal("archive", quiet=as_json),
-                          unsafe_store=unsafe_store)
+                          unsafe_store=unsafe_store, profile_block=block, attach=attachments, dereference=dereference)
         copies = _replicate_new(c, repo, res.id, as_json, unsafe_store) if replicate_ else None
     if as_json:
         emit(res.to_dict() if copies is None else {**res.to_dict(), "replicated": [r.to_dict() for r in copies],
@@ -169,13 +193,18 @@ def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, me
 
 @cli.command("list")
 @click.option("--name", help="Only archives with this name.")
+@click.option("--where", multiple=True, metavar="KEY OP VALUE",
+              help="Only archives whose indexed metadata meets this (repeatable, all must hold): "
+                   "KEY=V, KEY!=V, KEY<V, KEY<=V, KEY>V, KEY>=V, KEY~GLOB; KEY is a profile field path "
+                   "(license, provenance.revision), meta.KEY, attachment, profile or tech.* (docs/PROFILE.md).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def list_cmd(c: Ctx, name: str | None, as_json: bool) -> None:
+def list_cmd(c: Ctx, name: str | None, where: tuple[str, ...], as_json: bool) -> None:
     """List archives in the catalog, oldest first (each after its parent). Time '-': unknown
     (recorded by `catalog rebuild`)."""
+    api.parse_where(where)  # a malformed condition is refused before the catalog is opened
     with c.repo(read_only=True) as repo:
-        rows = api.list_archives(name, repo=repo)
+        rows = api.list_archives(name, where=where, repo=repo)
     data = [r.to_dict() for r in rows]
     if as_json:
         emit(data)
@@ -197,15 +226,18 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
     with c.repo(read_only=True) as repo:
         mid, m = api.show(ref, repo=repo)
     if as_json:
-        emit({"id": mid, "manifest": m.to_dict()})
+        emit({"id": mid, "manifest": m.to_dict(), "summary": model_summary(m)})
         return
     lines = [f"id:      {mid}", f"name:    {m.name}", f"label:   {m.label or '-'}", f"parent:  {m.parent or '-'}"]
     lines += [f"meta:    {k}={v}" for k, v in sorted(m.meta.items())]
+    lines += package_lines(m)
     lines.append(f"files:   {len(m.files)}, {human_bytes(m.total_size)}, stored {human_bytes(m.stored_size)}")
     for e in sorted(m.entries, key=lambda e: e.path):
         if e.is_file:
             lines.append(f"  {e.mode:04o} {e.size:>14}  {e.blake3[:16]}  {e.path}  ({len(e.chunks)} chunks"
                          f"{', ' + e.format if e.format else ''})")
+        elif e.is_symlink:
+            lines.append(f"  {'link':>4} {'symlink':>14}  {'':16}  {e.path} -> {e.target}")
         else:
             lines.append(f"  {e.mode:04o} {'dir':>14}  {'':16}  {e.path}/")
     for line in lines:
@@ -398,6 +430,33 @@ def _thaw_line(st: ThawStatus) -> None:
     """One progress line per poll of a thaw (stderr)."""
     click.echo(f"thaw: {len(st.thawed)}/{len(st.classes)} chunks readable, {len(st.thawing)} thawing, "
                f"{st.requested} requested by this run, waited {st.waited_seconds:.0f}s", err=True)
+
+
+@cli.command("export")
+@click.argument("ref")
+@click.argument("dest", type=click.Path())
+@click.option("--bagit", "fmt", flag_value="bagit", help="Write a BagIt bag (RFC 8493) at DEST.")
+@click.option("--ocfl", "fmt", flag_value="ocfl", help="Write an OCFL 1.1 object at DEST, one version per "
+                                                      "archive in REF's chain (v1 = the oldest).")
+@click.option("--trust-key", multiple=True, metavar="PUBKEY",
+              help="Refuse unless signed by this public key (file or hex); repeatable.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def export_cmd(c: Ctx, ref: str, dest: str, fmt: str | None, trust_key: tuple[str, ...], as_json: bool) -> None:
+    """Export an archive in a standard layout, re-hashing every byte. REF as for `show`;
+    DEST must not exist or be an empty directory."""
+    if fmt is None:
+        raise UsageError("give --bagit or --ocfl")
+    trusted = api.trusted_keys(trust_key)
+    with c.repo(read_only=True) as repo:
+        res = api.export(ref, dest, format=fmt, trust_keys=trusted, repo=repo,
+                         progress=Progress.for_terminal("export", quiet=as_json))
+    if as_json:
+        emit(res.to_dict())
+    else:
+        versions = f", {len(res.versions)} version(s)" if res.versions else ""
+        click.echo(printable(f"exported {res.id[:16]} as {res.format}: {res.files} files, {human_bytes(res.bytes)} "
+                             f"into {res.dest}{versions} in {res.seconds:.1f}s"))
 
 
 @cli.command("keygen")

@@ -7,25 +7,31 @@ release the GIL, so both cores are busy. The manifest is written only after ever
 it names is durably in the store, then recorded in the catalog in one transaction."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import blake3
 
 from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
-from archiver.errors import ArchiverError, InvalidOptionError
+from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
+from archiver.hfcache import lfs_sha256, snapshot_of
 from archiver.formats import detect_regions
 from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.progress import Progress
 from archiver.digests import FileDigest
 from archiver.repository import Repository, SavedChunk
 from archiver.scan import Source, changed, open_source, scan
-from manifests.model import ChunkRef, Entry, Manifest, text_problem
+from archiver.techmeta import file_tech
+from manifests.errors import UnsafePathError
+from manifests.model import ATTACH_DIR, ChunkRef, Entry, Manifest, is_role, metadata_problem, text_problem
+from manifests.paths import check_paths
 
 
 @dataclass
@@ -103,7 +109,9 @@ def _check_trust_window(value: float | None) -> float | None:
 def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, label: str | None = None,
             meta: Mapping[str, str] | None = None, policy: ChunkPolicy | None = None, workers: int | None = None,
             progress: Progress | None = None, sign_key: Any = None,
-            trust_verified_within: float | None = None, write_policy: Any = None) -> ArchiveResult:
+            trust_verified_within: float | None = None, write_policy: Any = None,
+            profile: Mapping[str, Any] | None = None, attachments: Iterable[tuple[str, str | os.PathLike]] = (),
+            dereference: bool = False) -> ArchiveResult:
     """Archive files and directories under `name`; returns the committed manifest's summary.
     With `sign_key` (an Ed25519 private key) the manifest id is signed before it is recorded.
     `name`, `label` and `meta` are checked before the scan, so bad ones write nothing.
@@ -112,15 +120,37 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     trusts a chunk a deep verify found intact that recently, if its stored size is unchanged.
     `write_policy` (archiver.retention.WritePolicy): every object is written locked as it says (a
     chunk already stored has its retention extended, never shortened), chunks in its storage
-    class; a store that cannot honour it is refused before anything is read or written."""
+    class; a store that cannot honour it is refused before anything is read or written.
+
+    `profile`: a checked profile block {"id", "data"} (archiver.profile.check); `attachments`:
+    (role, PATH) documents stored under _archive/ROLE/ with their role recorded. Symlinks are
+    recorded as symlinks; `dereference` follows those naming regular files (always done inside
+    a Hugging Face cache snapshot, whose repo id and revision go into meta and whose LFS blobs
+    must hash to their names: IntegrityError otherwise, and nothing is recorded)."""
     trust_verified_within = _check_trust_window(trust_verified_within)
     if write_policy is not None:
         repo.check_lockable(write_policy)
     meta_d = check_archive_args(name, label, meta)
+    profile_d = _check_profile(profile)
+    attach = [(role, p) for role, p in attachments]
+    for role, _p in attach:
+        if not is_role(role):
+            raise InvalidOptionError("attach", f"role {role!r} is invalid: use lowercase letters, digits, '.', '_' "
+                                               f"or '-', at most 64 (e.g. model-card)")
     started = time.monotonic()
     policy = policy or ChunkPolicy()
     progress = progress or Progress()
-    sources = scan(paths)
+    sources = scan(paths, dereference=True) if dereference else scan(paths)
+    meta_d = check_archive_args(name, label, _with_snapshot_meta(meta_d, paths))
+    for s in sources:
+        if s.parent is None and s.path == ATTACH_DIR:
+            raise UsageError(f"cannot archive {s.abspath}: its name {ATTACH_DIR!r} is reserved for attachments")
+    attached = _attachment_sources(attach)
+    sources = sorted(sources + attached, key=lambda s: s.path)
+    try:
+        check_paths((s.path, "dir" if s.is_dir else "file") for s in sources)
+    except UnsafePathError as e:
+        raise UsageError(f"cannot archive path {e.path!r}: {e.reason}") from None
     progress.start(f"archive {name}", sum(s.size for s in sources))
     stats = _Stats()
     writer = _ChunkWriter(repo, stats, trust_verified_within, write_policy)
@@ -130,14 +160,20 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         for src in sources:
             if src.is_dir:
                 entries.append(Entry(path=src.path, type="dir", mode=src.mode, mtime_ns=src.mtime_ns))
+            elif src.is_link:
+                entries.append(Entry(path=src.path, type="symlink", mode=src.mode, target=src.link or ""))
             else:
                 entries.append(_archive_file(src, pool, writer, policy, window_for(nworkers), progress))
+                _check_blob(src, entries[-1])
     progress.finish()
     parent = repo.latest(name)
-    manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries))
+    roles = {s.path: s_role for s_role, s in _roles(attached)}
+    manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries),
+                        profile=profile_d, attachments=tuple((roles[e.path], e.path) for e in entries
+                                                             if e.is_file and e.path in roles))
     uniq = manifest.unique_chunks()
     details: dict[str, Any] = dict(
-        name=name, label=label, files=len(manifest.files), dirs=len(entries) - len(manifest.files),
+        name=name, label=label, files=len(manifest.files), dirs=sum(e.type == "dir" for e in entries),
         bytes_in=manifest.total_size, bytes_stored=sum(c.stored_size for c in uniq.values()),
         new_bytes_stored=stats.new_bytes, chunks=len(uniq), new_chunks=stats.new_chunks,
         seconds=round(time.monotonic() - started, 3), parent=parent, repaired_chunks=stats.repaired_chunks)
@@ -190,6 +226,7 @@ def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, p
         before = _settled(f.fileno(), src)
         size = before.st_size
         fmt = detect_regions(f, size)
+        tech = file_tech(f, size, src.abspath.name, fmt[0] if fmt else "")
         f.seek(0)
         digest = FileDigest()
 
@@ -207,14 +244,14 @@ def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, p
     if _snapshot(after) != _snapshot(before):
         raise changed(src.abspath, "its size, modification or change time moved")
     try:
-        now = os.stat(src.abspath, follow_symlinks=False)
+        now = os.stat(src.abspath, follow_symlinks=src.followed)
     except OSError:
         raise changed(src.abspath, "it was removed or renamed") from None
     if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
         raise changed(src.abspath, "it was replaced by another file")
     return Entry(path=src.path, type="file", mode=src.mode, size=size, mtime_ns=before.st_mtime_ns,
                  blake3=digest.blake3, sha256=digest.sha256, format=fmt[0] if fmt else "",
-                 chunks=tuple(refs))
+                 chunks=tuple(refs), tech=tech)
 
 
 def check_archive_args(name: object, label: object, meta: object) -> dict[str, str]:
@@ -253,3 +290,60 @@ def _policy_summary(policy: Any) -> dict[str, Any]:
     lock = policy.lock
     return {"lock_mode": lock.mode, "retain_until": iso(lock.until) if lock.until else None,
             "legal_hold": lock.legal_hold, "storage_class": policy.storage_class}
+
+
+def _check_profile(profile: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A profile block the manifest reader takes back: {"id": text, "data": bounded JSON object}."""
+    if profile is None:
+        return None
+    if not isinstance(profile, Mapping) or set(profile) != {"id", "data"} or not isinstance(profile["data"], dict):
+        raise InvalidOptionError("profile", "must be a profile block {'id': ..., 'data': {...}} (see archiver.profile)")
+    if text_problem(profile["id"]) is not None or not profile["id"]:
+        raise InvalidOptionError("profile", f"id {profile['id']!r} is invalid")
+    try:
+        metadata_problem(profile["data"], "profile data")
+    except Exception as e:  # ManifestError: bounded, finite, valid UTF-8
+        raise InvalidOptionError("profile", str(e).removeprefix("malformed manifest: ")) from None
+    return {"id": profile["id"], "data": profile["data"]}
+
+
+def _attachment_sources(attach: list[tuple[str, str | os.PathLike]]) -> list[Source]:
+    """Sources for the attached documents, placed under _archive/ROLE/NAME (a directory
+    attaches every file below it with that role), plus the _archive and role directories."""
+    out: list[Source] = []
+    dirs: dict[str, Source] = {}
+    for role, p in attach:
+        for s in scan([p], dereference=True):  # a document given by a link: its content
+            out.append(dataclasses.replace(s, path=f"{ATTACH_DIR}/{role}/{s.path}"))
+            if s.parent is None:  # synthetic parents: modes like a fresh directory, mtimes unrecorded
+                for d in (ATTACH_DIR, f"{ATTACH_DIR}/{role}"):
+                    dirs.setdefault(d, Source(d, s.abspath.parent, True, 0, 0o755, 0, 0))
+    return list(dirs.values()) + out
+
+
+def _roles(attached: list[Source]) -> list[tuple[str, Source]]:
+    """(role, source) for each attached regular file."""
+    return [(s.path.split("/")[1], s) for s in attached if not s.is_dir]
+
+
+def _with_snapshot_meta(meta: dict[str, str], paths: list[str | os.PathLike]) -> dict[str, str]:
+    """meta plus hf.repo_type/hf.repo_id/hf.revision for a PATH that is a Hugging Face cache
+    snapshot; a conflicting value given by the caller is refused."""
+    out = dict(meta)
+    for raw in paths:
+        snap = snapshot_of(Path(os.path.abspath(os.fspath(raw))))
+        if snap is None:
+            continue
+        for k, v in snap.meta().items():
+            if out.setdefault(k, v) != v:
+                raise InvalidOptionError("meta", f"{k}={out[k]!r} contradicts the snapshot archived ({v!r})")
+    return out
+
+
+def _check_blob(src: Source, e: Entry) -> None:
+    """An LFS blob of a Hugging Face cache is named by its SHA-256: the bytes just read must
+    hash to it, or the cache is damaged (or was tampered with) and nothing is recorded."""
+    want = lfs_sha256(src.blob)
+    if want is not None and e.sha256 != want:
+        raise IntegrityError(f"{src.abspath}: Hugging Face blob {want[:16]}... has SHA-256 {e.sha256[:16]}..., "
+                             f"not its name: the cache is damaged or was tampered with; nothing was recorded")

@@ -1151,6 +1151,17 @@ class Repository:
     def request_thaw(self, h: str, days: int, tier: str) -> None:
         self._store.request_thaw(layout.chunk(h), days, tier)  # type: ignore[attr-defined]
 
+    # -- retirement package: search and export (issue 11) ---------------------------------------
+    def manifest_fields(self, mid: str) -> list[tuple[str, str]]:
+        """The (key, value) pairs the catalog indexes for search for one manifest."""
+        with translated():
+            return self._catalog.fields_of(mid)
+
+    def search(self, conditions: Iterable[Any], name: str | None = None) -> list[ManifestRow]:
+        """Catalog rows meeting every condition (manifests.catalog.Condition), in list order."""
+        with translated():
+            return self._catalog.search(conditions, name)
+
 def _parents_first(parents: dict[str, str | None]) -> list[str]:
     """Ids ordered so a manifest's parent (if present) comes before it: an iterative
     walk, so a chain of any length works (and a forged cycle ends the walk)."""

@@ -41,7 +41,7 @@ from archiver import thaw as thaw_mod
 from archiver.repository import Repository
 from archiver.thaw import ThawOptions
 from manifests.model import Entry
-from manifests.paths import check_paths
+from manifests.paths import check_link, check_paths
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -71,6 +71,7 @@ class RestoreResult(Outcome):
     seconds: float = 0.0
     problems: list[Problem] = field(default_factory=list)
     thaw: dict | None = None  # cold chunks needed and their thaw state (S3 stores), see archiver.thaw
+    links: int = 0
 
 
 def select(entries: Iterable[Entry], include: Iterable[str]) -> list[Entry]:
@@ -107,6 +108,9 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
             raise IntegrityError(f"refusing to restore {mid[:16]}: {'; '.join(bad)}")
     with translated():
         check_paths((e.path, e.type) for e in m.entries)  # all of them, before any write
+        for e in m.entries:
+            if e.is_symlink:
+                check_link(e.path, e.target)  # a target that could leave DEST refuses the whole restore
     chosen = select(m.entries, include)
     if include and not chosen:
         raise DestinationError(str(dest), f"the include patterns matched nothing in {mid[:16]}", exit_code=2)
@@ -129,12 +133,18 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
                 if e.is_file:
                     _restore_file(repo, mid, root_fd, e, pool, window_for(nworkers), result, progress, force,
                                   mode_mask)
+                elif e.is_symlink:
+                    continue  # made last, so no write of this restore can go through one
                 else:
                     os.close(_open_dir(root_fd, e.path.split("/"), create=True))
                     result.dirs += 1
+        for e in chosen:
+            if e.is_symlink:
+                _restore_link(root_fd, e, force)
+                result.links += 1
         # Last and deepest first: writing a file or a subdirectory changes its parent's mtime,
         # and a read-only mode would stop the writes below it.
-        for e in sorted((e for e in chosen if not e.is_file), key=lambda e: -e.path.count("/")):
+        for e in sorted((e for e in chosen if e.type == "dir"), key=lambda e: -e.path.count("/")):
             fd = _open_dir(root_fd, e.path.split("/"), create=False)
             try:
                 os.fchmod(fd, e.mode & mode_mask)
@@ -402,3 +412,37 @@ def _check_target(dir_fd: int, name: str, path: str, force: bool) -> None:
     if not force:
         raise DestinationError(path, "cannot restore: it already exists", remedy="force")
 
+
+
+def _restore_link(root_fd: int, e: Entry, force: bool) -> None:
+    """Create symlink `e` (its target checked by check_link before anything was written);
+    an existing file or symlink in the way is replaced only with `force`, atomically."""
+    parts = e.path.split("/")
+    dir_fd = _open_dir(root_fd, parts[:-1], create=True)
+    try:
+        try:  # creating a symlink is atomic on its own: no temp name unless one must be replaced
+            os.symlink(e.target, parts[-1], dir_fd=dir_fd)
+            os.fsync(dir_fd)
+            return
+        except FileExistsError:
+            _check_target(dir_fd, parts[-1], e.path, force)  # refuses unless force (and never a directory)
+        tmp = temp_name()
+        try:
+            os.symlink(e.target, tmp, dir_fd=dir_fd)
+        except OSError as err:
+            if err.errno in (errno.EINVAL, errno.EILSEQ):
+                tmp = temp_name(PORTABLE_TEMP_PREFIX)
+                os.symlink(e.target, tmp, dir_fd=dir_fd)
+            else:
+                raise
+        try:
+            _check_target(dir_fd, parts[-1], e.path, force)
+            os.rename(tmp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            os.unlink(tmp, dir_fd=dir_fd)
+            raise
+        os.fsync(dir_fd)
+    except OSError as err:
+        raise DestinationError(e.path, f"cannot create the symlink: {err.strerror}") from None
+    finally:
+        os.close(dir_fd)

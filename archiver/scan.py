@@ -2,9 +2,11 @@
 later as exactly the files that were scanned.
 
 Each PATH contributes its own name as the top-level entry (a directory `ckpt/` becomes
-`ckpt/...`), like `tar` and borg with relative paths. Symlinks and special files are
-refused rather than silently followed or skipped: an archive must say exactly what it
-holds. Paths that could not be restored safely everywhere are refused up front.
+`ckpt/...`), like `tar` and borg with relative paths. Special files are refused rather than
+silently skipped: an archive must say exactly what it holds. A symlink is recorded as a
+symlink (its target, never followed), unless `dereference` asks for the regular file it
+names, or it lies in a Hugging Face cache snapshot and names a blob (archiver.hfcache).
+A followed link's target is opened and must be the inode (st_dev, st_ino) the scan saw. Paths that could not be restored safely everywhere are refused up front.
 
 The tree may belong to someone else (root archiving a user-writable directory), so a path
 is never trusted twice: every directory is listed through a descriptor opened without
@@ -21,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from archiver.errors import ArchiverError, NotFoundError, SourceChangedError, UsageError
+from archiver.hfcache import Snapshot, in_blobs, snapshot_of
 from manifests.errors import UnsafePathError
-from manifests.paths import check_paths
+from manifests.paths import check_link, check_paths
 
 # O_NONBLOCK: opening a FIFO (or a device) swapped in after the scan must not block; the
 # fstat that follows refuses it. O_NOCTTY: a terminal swapped in must not become ours.
@@ -40,6 +43,13 @@ class Source:
     ino: int
     parent: Source | None = field(default=None, repr=False)  # containing directory; None for a PATH
     mtime_ns: int | None = None  # directories: recorded so restore can set it back (files re-stat when read)
+    link: str | None = None  # a symlink recorded as such: its target (never followed)
+    followed: bool = False   # a symlink followed to a regular file: dev/ino/size/mode are the target's
+    blob: str | None = None  # followed into a Hugging Face cache's blobs/: the blob's name
+
+    @property
+    def is_link(self) -> bool:
+        return self.link is not None
 
 
 def changed(path: Path | str, what: str) -> SourceChangedError:
@@ -80,15 +90,43 @@ def _source(path: str, p: Path, st: os.stat_result, parent: Source | None) -> So
                   parent, st.st_mtime_ns if is_dir else None)
 
 
-def scan(paths: list[str | os.PathLike]) -> list[Source]:
-    """Walk the inputs in a stable order; raise before anything is uploaded."""
+def _link_source(path: str, p: Path, st: os.stat_result, parent: Source | None, dir_fd: int | None,
+                 dereference: bool, snapshot: Snapshot | None) -> Source:
+    """A symlink: followed to the regular file it names (with `dereference`, or into a
+    Hugging Face snapshot's blobs/), else recorded as a symlink with its target."""
+    name = str(p) if dir_fd is None else p.name
+    try:
+        target = os.readlink(name, dir_fd=dir_fd)
+    except OSError as e:
+        raise ArchiverError(f"cannot read symlink {p}: {e.strerror}") from None
+    blob = in_blobs(snapshot, p.parent, target) if snapshot is not None else None
+    if dereference or blob is not None:
+        try:
+            tst = os.stat(name, dir_fd=dir_fd, follow_symlinks=True)
+        except OSError:
+            tst = None  # dangling: recorded as the symlink it is
+        if tst is not None and stat.S_ISREG(tst.st_mode):
+            _readable(p)
+            return Source(path, p, False, tst.st_size, stat.S_IMODE(tst.st_mode), tst.st_dev, tst.st_ino, parent,
+                          followed=True, blob=blob)
+    return Source(path, p, False, 0, stat.S_IMODE(st.st_mode), st.st_dev, st.st_ino, parent, link=target)
+
+
+def scan(paths: list[str | os.PathLike], *, dereference: bool = False) -> list[Source]:
+    """Walk the inputs in a stable order; raise before anything is uploaded. Symlinks are
+    recorded as symlinks, or followed to the regular file they name with `dereference` and,
+    always, inside a Hugging Face cache snapshot (into its blobs/)."""
     if not paths:
         raise UsageError("nothing to archive: give at least one PATH")
     out: list[Source] = []
     for raw in paths:
         p = Path(os.path.abspath(os.fspath(raw)))
-        st = _classify(p, _lstat(p))
-        top = _source(_name(p) if p.name else "root", p, st, None)
+        snapshot = snapshot_of(p)
+        lst = _lstat(p)
+        if stat.S_ISLNK(lst.st_mode):
+            top = _link_source(_name(p) if p.name else "root", p, lst, None, None, dereference, snapshot)
+        else:
+            top = _source(_name(p) if p.name else "root", p, _classify(p, lst), None)
         out.append(top)
         stack = [top] if top.is_dir else []
         while stack:
@@ -101,7 +139,11 @@ def scan(paths: list[str | os.PathLike]) -> list[Source]:
                     raise ArchiverError(f"cannot read directory {d.abspath}: {e.strerror}") from None
                 for n in reversed(names):  # reversed + stack pop = sorted order overall
                     child = d.abspath / n
-                    src = _source(f"{d.path}/{_name(child)}", child, _classify(child, _lstat(child, n, fd)), d)
+                    cst = _lstat(child, n, fd)
+                    if stat.S_ISLNK(cst.st_mode):
+                        src = _link_source(f"{d.path}/{_name(child)}", child, cst, d, fd, dereference, snapshot)
+                    else:
+                        src = _source(f"{d.path}/{_name(child)}", child, _classify(child, cst), d)
                     out.append(src)
                     if src.is_dir:
                         stack.append(src)
@@ -111,6 +153,15 @@ def scan(paths: list[str | os.PathLike]) -> list[Source]:
         check_paths((s.path, "dir" if s.is_dir else "file") for s in out)
     except UnsafePathError as e:
         raise UsageError(f"cannot archive path {e.path!r}: {e.reason}") from None
+    for s in out:  # what archive records, restore must be able to create: no link out of DEST
+        if s.is_link:
+            try:
+                check_link(s.path, s.link or "")
+            except UnsafePathError as e:
+                err = UsageError(f"cannot archive symlink {s.abspath} -> {s.link!r}: {e.reason}; restore could "
+                                 f"not recreate it safely")
+                err.remedy = "dereference"
+                raise err from None
     out.sort(key=lambda s: s.path)
     return out
 
@@ -146,6 +197,8 @@ def open_source(src: Source) -> int:
 
 
 def _open_same(s: Source, dir_fd: int | None) -> int:
+    if s.followed:
+        return _open_followed(s, dir_fd)
     name = str(s.abspath) if dir_fd is None else s.abspath.name
     try:  # look before opening: a FIFO or device swapped in is refused without being opened
         _check_same(s, os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
@@ -178,3 +231,23 @@ def _check_same(s: Source, st: os.stat_result) -> None:
         raise changed(s.abspath, "it is no longer a regular file")
     if (st.st_dev, st.st_ino) != (s.dev, s.ino):
         raise changed(s.abspath, "it was replaced by another file")
+
+
+def _open_followed(s: Source, dir_fd: int | None) -> int:
+    """Open a followed symlink's target: the link is resolved by the kernel (its directory was
+    reached without following any), and the descriptor must be the very regular file the
+    scan saw at the end of it (st_dev, st_ino), or SourceChangedError."""
+    name = str(s.abspath) if dir_fd is None else s.abspath.name
+    try:
+        fd = os.open(name, _OPEN_FLAGS & ~os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR, errno.ENXIO):
+            raise changed(s.abspath, "its symlink target was replaced or removed") from None
+        raise ArchiverError(f"cannot read {s.abspath}: {e.strerror}") from None
+    try:
+        _check_same(s, os.fstat(fd))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -35,14 +35,16 @@ import sqlite_utils
 
 from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
                               ManifestError, UnknownReference)
+from manifests.fields import index_fields
 from manifests.model import Manifest, parse_manifest
 
 SCHEMA_VERSION = 3  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
-# 3: events_seen, the store events (archiver.events) this catalog has recorded or replayed
+# 3: events_seen, the store events (archiver.events) this catalog has recorded or replayed; fields,
+#    the searchable metadata of manifests (manifests.fields)
 BUSY_TIMEOUT_MS = 5_000  # how long a writer waits for another writer before CatalogLocked
 ID_PREFIX_MIN = 4
 
-_IMMUTABLE = ("manifests", "files", "chunk_refs", "audit")
+_IMMUTABLE = ("manifests", "files", "chunk_refs", "audit", "fields")
 _HEX = frozenset("0123456789abcdef")
 
 _SCHEMA = """
@@ -63,9 +65,19 @@ CREATE TABLE "audit" ("seq" INTEGER PRIMARY KEY, "at" REAL, "event" TEXT, "manif
 # Each step takes a catalog from schema version N to N+1, inside the opening write transaction.
 _MIGRATIONS: dict[int, str] = {
     1: 'CREATE INDEX IF NOT EXISTS "idx_manifests_name_parent" ON "manifests" ("name", "parent");',
+    # 2 -> 3: the store events this catalog has recorded or replayed (archiver.events), and
+    # searchable metadata (manifests.fields.index_fields), one row per (key, value); manifests
+    # recorded before it cannot hold a profile, tech or attachments, so there is nothing to backfill
+    # but their meta, which `catalog rebuild` indexes (search by meta.* covers manifests recorded since)
     2: 'CREATE TABLE IF NOT EXISTS "events_seen" ("key" TEXT PRIMARY KEY, "writer" TEXT, "seq" INTEGER, '
-       '"hash" TEXT, "at" REAL);',
+       '"hash" TEXT, "at" REAL);'
+       'CREATE TABLE IF NOT EXISTS "fields" ("manifest_id" TEXT REFERENCES "manifests"("id"), "key" TEXT, '
+       '"seq" INTEGER, "value" TEXT, "num" REAL, PRIMARY KEY ("manifest_id", "key", "seq"));'
+       'CREATE INDEX IF NOT EXISTS "idx_fields_key_value" ON "fields" ("key", "value" COLLATE NOCASE);'
+       'CREATE INDEX IF NOT EXISTS "idx_fields_key_num" ON "fields" ("key", "num")',
 }
+# Migration steps that create tables also make them immutable (see _immutable).
+_MIGRATION_TABLES: dict[int, tuple[str, ...]] = {2: ("fields",)}
 
 
 @dataclass(frozen=True)
@@ -290,7 +302,8 @@ class Catalog:
             if statement.strip():
                 conn.execute(statement)
         for sql in _MIGRATIONS.values():
-            conn.execute(sql)
+            for statement in sql.split(";"):
+                conn.execute(statement)
         for table in _IMMUTABLE:
             _immutable(conn, table)
         conn.executemany("INSERT INTO info(key, value) VALUES (?, ?)",
@@ -308,7 +321,10 @@ class Catalog:
                     self._create(conn)
                 else:
                     for step in range(version, SCHEMA_VERSION):
-                        conn.execute(_MIGRATIONS[step])
+                        for statement in _MIGRATIONS[step].split(";"):
+                            conn.execute(statement)
+                        for table in _MIGRATION_TABLES.get(step, ()):
+                            _immutable(conn, table)
                     conn.execute("INSERT OR REPLACE INTO info(key, value) VALUES ('schema_version', ?)",
                                  (str(SCHEMA_VERSION),))
                     if not self._check_binding(conn):
@@ -424,6 +440,8 @@ class Catalog:
             conn.executemany(
                 "INSERT OR IGNORE INTO chunks(hash, stored_size, codec, first_seen) VALUES (?,?,?,?)",
                 ((c.hash, c.stored_size, c.codec, when) for c in m.unique_chunks().values()))
+            conn.executemany('INSERT INTO fields(manifest_id, key, seq, value, num) VALUES (?,?,?,?,?)',
+                             field_rows(mid, m))
             if event_details is not None:
                 self._audit(conn, "archive", mid, True, event_details, now)
         return True
@@ -452,6 +470,19 @@ class Catalog:
                     when[i] = max(when[i], when[p])
         order = {r.id: i for i, r in enumerate(rows)}
         return sorted(rows, key=lambda r: (when[r.id], depth[r.id], order[r.id]))
+
+    def search(self, conditions: Iterable[Condition], name: str | None = None) -> list[ManifestRow]:
+        """The manifest rows (in `manifest_rows` order) that meet every condition."""
+        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='fields'").fetchone() is None:
+            raise CatalogError(f"catalog {self.path} predates search (schema version "
+                               f"{self._schema_version(self._conn)}); open it writable once to upgrade it")
+        ids = search_ids(self._conn, conditions)
+        return [r for r in self.manifest_rows(name) if r.id in ids]
+
+    def fields_of(self, mid: str) -> list[tuple[str, str]]:
+        """The (key, value) pairs indexed for one manifest."""
+        return [(k, v) for k, v in self._conn.execute(
+            "SELECT key, value FROM fields WHERE manifest_id=? ORDER BY key, seq", (mid,))]
 
     def manifest_bytes(self, mid: str) -> bytes:
         row = self._conn.execute("SELECT json FROM manifests WHERE id=?", (mid,)).fetchone()
@@ -691,6 +722,7 @@ class Catalog:
 
 def _immutable(conn: sqlite3.Connection, table: str) -> None:
     pk = {"manifests": "id = NEW.id", "files": "manifest_id = NEW.manifest_id AND path = NEW.path",
+          "fields": "manifest_id = NEW.manifest_id AND key = NEW.key AND seq = NEW.seq",
           "chunk_refs": "manifest_id = NEW.manifest_id AND path = NEW.path AND seq = NEW.seq",
           "audit": "seq = NEW.seq"}[table]
     msg = f"{table} rows are immutable"
@@ -838,3 +870,88 @@ def default_catalog_path(home: Path, store_url: str, default_store_url: str, end
         return home / "catalog.db"
     name = store_url if not endpoint else f"{store_url}\n{endpoint}"
     return home / "catalogs" / (blake3.blake3(name.encode()).hexdigest()[:16] + ".db")
+
+
+MAX_FIELD_TEXT = 4096  # longer values are indexed by their first characters only
+
+
+def field_rows(mid: str, m: Manifest) -> list[tuple[str, str, int, str, float | None]]:
+    """The `fields` rows of a manifest: (id, key, seq, text value, numeric value or None).
+    Booleans are 'true'/'false' text, numbers also numeric, None is 'null'."""
+    rows = []
+    seq: dict[str, int] = {}
+    for key, value in index_fields(m):
+        n = seq.get(key, 0)
+        seq[key] = n + 1
+        num = None
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text, num = str(value), float(value)
+        elif value is None:
+            text = "null"
+        else:
+            text = str(value)[:MAX_FIELD_TEXT]
+        rows.append((mid, key, n, text, num))
+    return rows
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One search condition: KEY OP VALUE (see `parse_condition`)."""
+
+    key: str
+    op: str
+    value: str
+
+
+_OPS = ("<=", ">=", "!=", "=", "<", ">", "~")
+
+
+def parse_condition(text: str) -> Condition:
+    """'license=apache-2.0', 'retired>=2026-01-01', 'name~all-*': the first operator after a
+    non-empty key splits it. ValueError if there is none."""
+    for i, ch in enumerate(text):
+        for op in _OPS:
+            if text.startswith(op, i) and i > 0:
+                return Condition(text[:i].strip(), op, text[i + len(op):].strip())
+    raise ValueError(f"{text!r} is not KEY OP VALUE with OP one of {' '.join(_OPS)}")
+
+
+def _number(text: str) -> float | None:
+    try:
+        v = float(text)
+    except ValueError:
+        return None
+    return v if v == v and v not in (float("inf"), float("-inf")) else None
+
+
+def _condition_sql(c: Condition) -> tuple[str, list[Any]]:
+    """A SELECT of the ids of the manifests that meet `c`: one range of the (key, value) or
+    (key, num) index, never a scan per manifest."""
+    base = "SELECT manifest_id FROM fields WHERE key = ? AND "
+    num = _number(c.value)
+    if c.op == "=":
+        if num is not None:
+            return (f"{base}num = ? UNION {base}value = ? COLLATE NOCASE", [c.key, num, c.key, c.value])
+        return f"{base}value = ? COLLATE NOCASE", [c.key, c.value]
+    if c.op == "!=":
+        same, args = _condition_sql(Condition(c.key, "=", c.value))
+        return f"SELECT manifest_id FROM fields WHERE key = ? EXCEPT SELECT * FROM ({same})", [c.key, *args]
+    if c.op == "~":
+        return f"{base}value GLOB ?", [c.key, c.value]
+    if num is not None:
+        return f"{base}num {c.op} ?", [c.key, num]
+    return f"{base}num IS NULL AND value {c.op} ?", [c.key, c.value]
+
+
+def search_ids(conn: sqlite3.Connection, conditions: Iterable[Condition]) -> set[str]:
+    """Ids of the manifests that meet every condition (the intersection of each one's ids)."""
+    parts, args = [], []
+    for c in conditions:
+        sql, a = _condition_sql(c)
+        parts.append(f"SELECT * FROM ({sql})")
+        args += a
+    if not parts:
+        return {r[0] for r in conn.execute("SELECT id FROM manifests")}
+    return {r[0] for r in conn.execute(" INTERSECT ".join(parts), args)}

@@ -43,6 +43,15 @@ MAX_CHUNK_LENGTH = 32 * 1024 * 1024
 # and up to 9 section descriptors of 24 bytes (8 byte planes and a tail). Mirrors
 # archiver.codecs (checked by tests/test_codecs.py), which this package must not import.
 MAX_CHUNK_OVERHEAD = 16 + 9 * 24
+# Structured metadata (a profile's data, a file's technical summary) is free-form JSON from
+# the archiving user or a weights header: bounded so a hostile manifest cannot make a reader
+# recurse or index without end. 1 MiB of canonical JSON and 32 levels hold any model card
+# summary; documents go in as attachments.
+MAX_METADATA_BYTES = 1024 * 1024
+MAX_METADATA_DEPTH = 32
+# Attachments live under this top-level directory of the manifest (see ATTACHMENTS in docs/PROFILE.md).
+ATTACH_DIR = "_archive"
+_ROLE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -74,10 +83,18 @@ class Entry:
     sha256: str = ""
     format: str = ""
     chunks: tuple[ChunkRef, ...] = ()
+    # files: technical metadata read from the file (format, tensors, parameters ...), or None;
+    # omitted from the JSON when None, so manifests made before it keep their bytes and ids
+    tech: dict[str, Any] | None = None
+    target: str = ""  # symlinks only: the link's target, as read
 
     @property
     def is_file(self) -> bool:
         return self.type == "file"
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.type == "symlink"
 
     def to_json(self) -> dict[str, Any]:
         if self.type == "dir":
@@ -85,7 +102,9 @@ class Entry:
             if self.mtime_ns is not None:
                 d["mtime_ns"] = self.mtime_ns
             return d
-        return {
+        if self.type == "symlink":
+            return {"path": self.path, "type": "symlink", "mode": self.mode, "target": self.target}
+        d = {
             "path": self.path,
             "type": "file",
             "mode": self.mode,
@@ -96,6 +115,9 @@ class Entry:
             "format": self.format,
             "chunks": [c.to_json() for c in self.chunks],
         }
+        if self.tech is not None:
+            d["tech"] = self.tech
+        return d
 
 
 @dataclass(frozen=True)
@@ -105,9 +127,14 @@ class Manifest:
     label: str | None = None
     meta: dict[str, str] = field(default_factory=dict)
     parent: str | None = None
+    # {"id": "archiver-model/1", "data": {...}}: structured metadata checked against a
+    # profile's schema when archived; None (omitted from the JSON) when none was given
+    profile: dict[str, Any] | None = None
+    # (role, path) of each attached document, a file entry under ATTACH_DIR/; omitted when empty
+    attachments: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "format": FORMAT,
             "version": VERSION,
             "name": self.name,
@@ -116,6 +143,11 @@ class Manifest:
             "parent": self.parent,
             "entries": [e.to_json() for e in sorted(self.entries, key=lambda e: e.path)],
         }
+        if self.profile is not None:
+            d["profile"] = self.profile
+        if self.attachments:
+            d["attachments"] = [{"path": p, "role": r} for r, p in sorted(self.attachments, key=lambda a: a[1])]
+        return d
 
     def canonical_json(self) -> bytes:
         """Sorted keys, no whitespace, ASCII only: the same manifest always gives the same bytes."""
@@ -262,7 +294,61 @@ def manifest_from_dict(obj: Any) -> Manifest:
     raw_entries = obj.get("entries")
     _need(isinstance(raw_entries, list), "entries")
     entries = tuple(_entry(e) for e in raw_entries)
-    return Manifest(name=name, label=label, meta=dict(meta), parent=parent, entries=entries)
+    profile = None
+    if "profile" in obj:
+        profile = obj["profile"]
+        _need(isinstance(profile, dict) and set(profile) == {"id", "data"}, "profile is not {id, data}")
+        _text(profile["id"], "profile id")
+        _need(isinstance(profile["data"], dict), "profile data is not an object")
+        metadata_problem(profile["data"], "profile data")
+    attachments: tuple[tuple[str, str], ...] = ()
+    if "attachments" in obj:
+        attachments = _attachments(obj["attachments"], entries)
+    return Manifest(name=name, label=label, meta=dict(meta), parent=parent, entries=entries, profile=profile,
+                    attachments=attachments)
+
+
+def _attachments(raw: Any, entries: tuple[Entry, ...]) -> tuple[tuple[str, str], ...]:
+    """Each attachment names a role and a file entry of this manifest under ATTACH_DIR/."""
+    _need(isinstance(raw, list) and raw, "attachments is not a non-empty list")
+    files = {e.path for e in entries if e.is_file}
+    out = []
+    for a in raw:
+        _need(isinstance(a, dict) and set(a) == {"path", "role"}, "attachment is not {path, role}")
+        role, path = a["role"], a["path"]
+        _need(isinstance(role, str) and bool(_ROLE.match(role)), f"attachment role {_brief(role)}")
+        _need(isinstance(path, str) and path.startswith(ATTACH_DIR + "/") and path in files,
+              f"attachment {_brief(path)} is not a file under {ATTACH_DIR}/")
+        out.append((role, path))
+    return tuple(out)
+
+
+def is_role(role: object) -> bool:
+    """An attachment role: lowercase letters, digits, '.', '_', '-', at most 64, e.g. 'model-card'."""
+    return isinstance(role, str) and bool(_ROLE.match(role))
+
+
+def metadata_problem(value: Any, what: str) -> None:
+    """Refuse (ManifestError) structured metadata a reader could not take safely: deeper
+    than MAX_METADATA_DEPTH, larger than MAX_METADATA_BYTES, a non-finite number (JSON has
+    none, json.loads accepts them) or text without a UTF-8 form."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            _need(depth <= MAX_METADATA_DEPTH, f"{what} is nested deeper than {MAX_METADATA_DEPTH}")
+            items = list(v.items()) if isinstance(v, dict) else [("", x) for x in v]
+            for k, x in items:
+                _need(is_utf8(k), f"{what} has a key that is not valid UTF-8")
+                stack.append((x, depth + 1))
+        elif isinstance(v, str):
+            _need(is_utf8(v), f"{what} has text that is not valid UTF-8")
+        elif isinstance(v, float):
+            _need(v == v and v not in (float("inf"), float("-inf")), f"{what} has a non-finite number")
+        else:
+            _need(v is None or isinstance(v, (bool, int)), f"{what} has a value that is not JSON")
+    size = len(canonical(value))
+    _need(size <= MAX_METADATA_BYTES, f"{what} is {size} bytes, more than the {MAX_METADATA_BYTES} allowed")
 
 
 def _entry(e: Any) -> Entry:
@@ -277,6 +363,12 @@ def _entry(e: Any) -> Entry:
         dir_mtime = e.get("mtime_ns")  # absent in manifests made before directory mtimes were recorded
         _need("mtime_ns" not in e or is_mtime_ns(dir_mtime), f"mtime of {path!r} is not an int restore can set")
         return Entry(path=path, type="dir", mode=mode, mtime_ns=dir_mtime)
+    if typ == "symlink":
+        target = e.get("target")
+        _need(set(e) == {"path", "type", "mode", "target"}, f"symlink {path!r} has unknown fields")
+        _need(isinstance(target, str) and target != "" and "\0" not in target and is_utf8(target)
+              and len(target.encode("utf-8")) <= 4096, f"target of symlink {path!r}")
+        return Entry(path=path, type="symlink", mode=mode, target=target)
     _need(typ == "file", f"type of {path!r}")
     size, mtime = e.get("size"), e.get("mtime_ns")
     _need(_int(size), f"size of {path!r}")
@@ -303,7 +395,12 @@ def _entry(e: Any) -> Entry:
         chunks.append(ChunkRef(off, length, h, stored, codec))
         pos += length
     _need(pos == size, f"chunks of {path!r} do not add up to its size")
+    tech = None
+    if "tech" in e:
+        tech = e["tech"]
+        _need(isinstance(tech, dict), f"tech of {path!r} is not an object")
+        metadata_problem(tech, f"tech of {path!r}")
     return Entry(
         path=path, type="file", mode=mode, size=size, mtime_ns=mtime, blake3=e["blake3"],
-        sha256=e["sha256"], format=e["format"], chunks=tuple(chunks),
+        sha256=e["sha256"], format=e["format"], chunks=tuple(chunks), tech=tech,
     )

@@ -86,7 +86,7 @@ def check_paths(items: Iterable[tuple[str, str]]) -> None:
         if key in seen:
             raise UnsafePathError(path, f"collides with {seen[key]!r}")
         seen[key] = path
-        if typ == "file":
+        if typ != "dir":  # a file or a symlink: nothing may lie below it
             files.add(key)
         all_paths.append(parts)
     for parts in all_paths:
@@ -94,3 +94,25 @@ def check_paths(items: Iterable[tuple[str, str]]) -> None:
             prefix = fold("/".join(parts[:i]))
             if prefix in files:
                 raise UnsafePathError("/".join(parts), f"is inside file {seen[prefix]!r}")
+
+
+def check_link(path: str, target: str) -> None:
+    """Refuse (UnsafePathError) a symlink at `path` whose `target` could resolve outside the
+    directory it is restored into. A target must be relative and in normal form: some '..'
+    first, then names only (no '.', empty or later '..' components), and climb no higher
+    than the link's own directory depth. Each link then resolves inside the destination on
+    its own, and so does any path through several (a later '..' after a link, the one way
+    chained links could climb out, is refused)."""
+    why = unsafe_char(target) if isinstance(target, str) and target else "empty"
+    if why is not None:
+        raise UnsafePathError(path, f"symlink target {why}")
+    if target.startswith("/") or "\\" in target or _DRIVE.match(target):
+        raise UnsafePathError(path, f"symlink target {target!r} is absolute")
+    parts = target.split("/")
+    ups = 0
+    while ups < len(parts) and parts[ups] == "..":
+        ups += 1
+    if any(p in ("", ".", "..") for p in parts[ups:]):
+        raise UnsafePathError(path, f"symlink target {target!r} is not in normal form (../ first, then names)")
+    if ups > path.count("/"):
+        raise UnsafePathError(path, f"symlink target {target!r} leaves the destination")

@@ -599,13 +599,15 @@ def test_v1_catalog_is_read_as_is_and_migrated_on_first_writable_open(cat_path):
     try:
         assert info(cat_path) == {"schema_version": "3", "store": STORE, "endpoint": ""}
         indexes = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-        assert "idx_manifests_name_parent" in indexes
+        assert {"idx_manifests_name_parent", "idx_fields_key_value", "idx_fields_key_num"} <= indexes
         assert c.resolve("m") == b.id and c.load_manifest(a.id) == a
         assert [r.event for r in c.audit_log()] == ["archive"]
         child = make_manifest("m", "v3", {"f": ["3"]}, parent=b.id)
         assert record(c, child) and c.resolve("m") == child.id
         with pytest.raises(sqlite3.DatabaseError, match="immutable"):
             c._conn.execute("DELETE FROM manifests")
+        triggers = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
+        assert {"fields_no_update", "fields_no_delete", "fields_no_insert"} <= triggers  # v3's table is immutable too
     finally:
         c.close()
     Catalog(cat_path, STORE).close()  # a current catalog opens without another migration

@@ -24,7 +24,7 @@ LIST_KEYS = {"id", "name", "label", "parent", "recorded_at", "files", "size", "s
 VERIFY_KEYS = {"ok", "problems", "mode", "manifests", "chunks_checked", "chunks_read", "bytes_read", "files_hashed",
                "seconds", "audit_error", "event", "event_error", "not_checked_cold", "retention_checked", "thaw"}
 PROBLEM_KEYS = {"manifest", "kind", "detail", "path", "offset", "length", "chunk"}
-RESTORE_KEYS = {"ok", "problems", "id", "dest", "files", "dirs", "bytes", "seconds", "thaw"}
+RESTORE_KEYS = {"ok", "problems", "id", "dest", "files", "dirs", "bytes", "seconds", "thaw", "links"}
 
 
 @pytest.fixture
@@ -263,7 +263,7 @@ def test_list_json(archived, src):
 
 def test_show_json(archived):
     d = jrun("show", "m@v1", "--json")
-    assert set(d) == {"id", "manifest"} and d["id"] == archived["id"]
+    assert set(d) == {"id", "manifest", "summary"} and d["id"] == archived["id"]
     m = d["manifest"]
     assert {"name", "label", "meta", "parent", "entries"} <= set(m)
     assert (m["name"], m["label"], m["meta"], m["parent"]) == ("m", "v1", {}, None)

@@ -226,8 +226,8 @@ def test_errors_are_one_line(env, ckpt, tmp_path):
     assert r.code == 2
     link = tmp_path / "src" / "link"
     link.symlink_to(ckpt / "config.json")
-    r = run_cli("archive", str(link), "--name", "x")
-    assert r.code == 1 and "symlink" in r.err
+    r = run_cli("archive", str(link), "--name", "x")  # an absolute link restore could not recreate
+    assert r.code == 2 and "symlink" in r.err and "(use --dereference)" in r.err
     r = run_cli("archive", str(ckpt), "--name", "bad@name")
     assert r.code == 2
     r = run_cli("archive", str(ckpt), "--name", "x", "--meta", "novalue")
@@ -235,9 +235,11 @@ def test_errors_are_one_line(env, ckpt, tmp_path):
 
 
 def test_symlink_inside_directory_refused(env, ckpt):
+    """An absolute symlink could not be restored inside DEST: refused (exit 2), suggesting
+    --dereference, and nothing recorded (relative links are recorded: tests/test_hfcache.py)."""
     (ckpt / "link.bin").symlink_to(ckpt / "model.safetensors")
     r = run_cli("archive", str(ckpt), "--name", "x")
-    assert r.code == 1 and "symlink" in r.err and "link.bin" in r.err
+    assert r.code == 2 and "symlink" in r.err and "link.bin" in r.err and "(use --dereference)" in r.err
     assert run_cli("list", "--json").json() == []
 
 

@@ -224,7 +224,7 @@ def _with_file(**changes) -> dict:
     ("mode", True, "mode"),
     ("mode", 0o10000, "mode"),
     ("mode", "644", "mode"),
-    ("type", "symlink", "type"),
+    ("type", "fifo", "type"),
     ("type", None, "type"),
     ("path", 5, "path"),
     ("format", None, "format"),

@@ -122,8 +122,8 @@ def secret(tmp_path):
 def _swap_after_scan(monkeypatch, victim, kind, secret):
     real = pipeline.scan
 
-    def scan_then_swap(paths):
-        out = real(paths)
+    def scan_then_swap(paths, **kw):
+        out = real(paths, **kw)
         swap(victim, kind, secret)
         return out
     monkeypatch.setattr(pipeline, "scan", scan_then_swap)

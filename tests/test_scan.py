@@ -79,28 +79,44 @@ def test_no_paths():
         scan([])
 
 
-def test_top_level_symlink_refused(tmp_path):
+def test_top_level_symlink_is_recorded_or_followed(tmp_path):
+    """Symlinks were refused before issue 11; now a link is recorded as a link (its target
+    never followed), or with dereference followed to the regular file it names; a link that
+    restore could not recreate inside DEST (absolute, escaping) is refused unless followed."""
     target = tmp_path / "real"
     target.write_text("x")
     link = tmp_path / "link"
-    link.symlink_to(target)
-    with pytest.raises(ArchiverError, match="symlink"):
-        scan([link])
+    link.symlink_to("real")
+    (src,) = scan([link])
+    assert src.is_link and src.link == "real" and not src.followed
+    (src,) = scan([link], dereference=True)
+    assert src.followed and not src.is_link and src.size == 1
+    assert (src.dev, src.ino) == (target.stat().st_dev, target.stat().st_ino)  # the target's identity
+    (tmp_path / "sub").mkdir()
     dlink = tmp_path / "dlink"
-    dlink.symlink_to(tmp_path)
-    with pytest.raises(ArchiverError, match="symlink"):
-        scan([dlink])
+    dlink.symlink_to("sub")
+    (src,) = scan([dlink], dereference=True)  # a link to a directory is never followed
+    assert src.is_link and not src.is_dir
+    absolute = tmp_path / "abs"
+    absolute.symlink_to(target)
+    with pytest.raises(ArchiverError, match="is absolute") as ei:
+        scan([absolute])
+    assert ei.value.remedy == "dereference"
+    (src,) = scan([absolute], dereference=True)
+    assert src.followed
 
 
-def test_nested_symlink_refused(tmp_path):
+def test_nested_symlinks_are_recorded_with_their_targets(tmp_path):
     ckpt = build_tree(tmp_path)
-    (ckpt / "sub" / "deeper" / "ln").symlink_to(ckpt / "a.bin")
-    with pytest.raises(ArchiverError, match="symlink") as ei:
-        scan([ckpt])
-    assert "ln" in str(ei.value)
-    (ckpt / "sub" / "deeper" / "ln").unlink()
-    (ckpt / "dangling").symlink_to(tmp_path / "missing")
-    with pytest.raises(ArchiverError, match="symlink"):
+    (ckpt / "sub" / "deeper" / "ln").symlink_to("../../a.bin")
+    (ckpt / "dangling").symlink_to("missing")
+    by_path = {s.path: s for s in scan([ckpt])}
+    assert by_path["ckpt/sub/deeper/ln"].link == "../../a.bin"
+    assert by_path["ckpt/dangling"].link == "missing"
+    deref = {s.path: s for s in scan([ckpt], dereference=True)}
+    assert deref["ckpt/sub/deeper/ln"].followed and deref["ckpt/dangling"].is_link  # dangling: kept as a link
+    (ckpt / "escape").symlink_to("../../outside")
+    with pytest.raises(ArchiverError, match="leaves the destination"):
         scan([ckpt])
 
 

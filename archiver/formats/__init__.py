@@ -149,3 +149,18 @@ def detect_regions(f: BinaryIO, size: int) -> tuple[str, list[Region]] | None:
         return name, regions
     except Exception:  # noqa: BLE001 - detection must never take the archiver down
         return None
+
+
+def detect_summary(f: BinaryIO, size: int, fmt: str) -> dict | None:
+    """Technical metadata of a weights file already recognised as `fmt` by `detect_regions`:
+    {format, tensors, parameters: {dtype: count}, ...}, or None. Reads headers only, through
+    the same byte budget, and never raises on hostile input."""
+    from archiver.formats import gguf, safetensors, torchzip
+
+    mod = {"safetensors": safetensors, "gguf": gguf, "torchzip": torchzip}.get(fmt)
+    if mod is None:
+        return None
+    try:
+        return mod.summary(f, size)
+    except Exception:  # noqa: BLE001 - detection must never take the archiver down
+        return None

@@ -185,3 +185,77 @@ def _parse(f: BinaryIO, size: int) -> list[Region]:
 
 
 regions = tolerant(_parse)  # Tensor regions of a GGUF file, or None if it is not one / is malformed.
+
+
+# -- technical summary (additive: `regions` above is what the chunker uses) -------------------
+TYPE_NAME = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K",
+             11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS",
+             18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8",
+             25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0",
+             39: "MXFP4"}
+# llama.cpp's general.file_type (LLAMA_FTYPE_*): the quantisation of the file as a whole
+FILE_TYPE = {0: "ALL_F32", 1: "MOSTLY_F16", 2: "MOSTLY_Q4_0", 3: "MOSTLY_Q4_1", 7: "MOSTLY_Q8_0",
+             8: "MOSTLY_Q5_0", 9: "MOSTLY_Q5_1", 10: "MOSTLY_Q2_K", 11: "MOSTLY_Q3_K_S", 12: "MOSTLY_Q3_K_M",
+             13: "MOSTLY_Q3_K_L", 14: "MOSTLY_Q4_K_S", 15: "MOSTLY_Q4_K_M", 16: "MOSTLY_Q5_K_S",
+             17: "MOSTLY_Q5_K_M", 18: "MOSTLY_Q6_K", 32: "MOSTLY_BF16"}
+_FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+MAX_SUMMARY_KEYS = 64
+MAX_SUMMARY_STRING = 256  # longer strings (chat templates, licenses) are left out
+
+
+def _summarize(f: BinaryIO, size: int) -> dict:
+    """Scalar and short-string key/values (not tokenizer.*), tensor count, parameters per
+    ggml type, of a file that `regions` accepts."""
+    _parse(f, size)
+    c = _Cursor(BoundedReader(f), size)
+    c.take("4s", 4)
+    c.u32()
+    n_tensors, n_kv = c.u64(), c.u64()
+    kv: dict[str, object] = {}
+    for _ in range(n_kv):
+        key = c.string().decode("utf-8", "replace")
+        vtype = c.u32()
+        if vtype in _FMT and not key.startswith("tokenizer."):
+            (value,) = c.take(_FMT[vtype], _SCALAR_SIZE[vtype])
+            if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+                continue
+            if len(kv) < MAX_SUMMARY_KEYS:
+                kv[key] = value
+        elif vtype == _STRING and not key.startswith("tokenizer."):
+            text = c.string().decode("utf-8", "replace")
+            if len(text) <= MAX_SUMMARY_STRING and len(kv) < MAX_SUMMARY_KEYS:
+                kv[key] = text
+        else:
+            _skip_value(c, vtype)
+    params: dict[str, int] = {}
+    for _ in range(n_tensors):
+        c.skip_string()
+        n_dims = c.u32()
+        dims = c.take(f"<{n_dims}Q", 8 * n_dims) if n_dims else ()
+        gtype = c.u32()
+        c.u64()
+        numel = 1
+        for d in dims:
+            numel *= d
+        tname = TYPE_NAME.get(gtype, f"type{gtype}")
+        params[tname] = params.get(tname, 0) + numel
+    out: dict = {"format": "gguf", "tensors": n_tensors, "parameters": dict(sorted(params.items())),
+                 "gguf": dict(sorted(kv.items()))}
+    arch = kv.get("general.architecture")
+    if isinstance(arch, str):
+        out["architecture"] = arch
+        if isinstance(kv.get(f"{arch}.context_length"), int):
+            out["context_length"] = kv[f"{arch}.context_length"]
+    ftype = kv.get("general.file_type")
+    if isinstance(ftype, int) and not isinstance(ftype, bool):
+        out["quantization"] = FILE_TYPE.get(ftype, f"file_type {ftype}")
+    return out
+
+
+def summary(f: BinaryIO, size: int) -> dict | None:
+    """{format, tensors, parameters, gguf: {key: value}, architecture?, context_length?,
+    quantization?} or None if not a valid GGUF file."""
+    try:
+        return _summarize(f, size)
+    except Exception:  # noqa: BLE001 - hostile input must never raise
+        return None

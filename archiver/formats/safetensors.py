@@ -85,3 +85,41 @@ def _parse(f: BinaryIO, size: int) -> list[Region]:
 
 
 regions = tolerant(_parse)  # Tensor regions of a safetensors file, or None if it is not one / is malformed.
+
+
+# -- technical summary (additive: `regions` above is what the chunker uses) -------------------
+MAX_SUMMARY_METADATA = 64 * 1024  # __metadata__ larger than this is left out of the manifest
+
+
+def _summarize(f: BinaryIO, size: int) -> dict:
+    """Tensor count, parameters per dtype and the __metadata__ string map of a file that
+    `regions` accepts (the same header checks run first)."""
+    _parse(f, size)
+    r = BoundedReader(f)
+    r.seek(0)
+    (n,) = struct.unpack("<Q", r.read(8))
+    header = json.loads(r.read(n))
+    params: dict[str, int] = {}
+    tensors = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        tensors += 1
+        numel = 1
+        for d in info["shape"]:
+            numel *= d
+        params[info["dtype"]] = params.get(info["dtype"], 0) + numel
+    out: dict = {"format": "safetensors", "tensors": tensors, "parameters": dict(sorted(params.items()))}
+    meta = header.get("__metadata__")
+    if isinstance(meta, dict) and meta and all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        if len(json.dumps(meta)) <= MAX_SUMMARY_METADATA:
+            out["metadata"] = dict(sorted(meta.items()))
+    return out
+
+
+def summary(f: BinaryIO, size: int) -> dict | None:
+    """{format, tensors, parameters: {dtype: count}, metadata?} or None if not a valid safetensors file."""
+    try:
+        return _summarize(f, size)
+    except Exception:  # noqa: BLE001 - hostile input must never raise
+        return None

@@ -46,7 +46,20 @@ def storage_widths(pkl: bytes) -> dict[str, int]:
     ('storage', torch.<X>Storage, key, location, numel), by simulating only the pickle
     stack effects needed to see those tuples. Anything not understood is skipped, and
     an unknown key later defaults to width 0 (a width is only a compression hint)."""
+    return _scan_pickle(pkl)[0]
+
+
+_REBUILDERS = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor"),
+               ("torch._utils", "_rebuild_tensor_v3"), ("torch._utils", "_rebuild_qtensor")}
+
+
+def _scan_pickle(pkl: bytes) -> tuple[dict[str, int], dict[str, tuple[str, int]], int]:
+    """(storage key -> width, storage key -> (storage type, numel), tensor count): the
+    tensor count is how often a torch tensor rebuild function is referenced (each reference
+    is one REDUCE building one tensor; a Parameter wraps one such call)."""
     widths: dict[str, int] = {}
+    storages: dict[str, tuple[str, int]] = {}
+    tensors = 0
     stack: list[object] = []
     marks: list[int] = []
     memo: dict[int, object] = {}
@@ -60,15 +73,19 @@ def storage_widths(pkl: bytes) -> dict[str, int]:
             elif name == "GLOBAL":
                 mod, _, attr = str(arg).partition(" ")
                 stack.append(_Global((mod, attr)))
+                tensors += (mod, attr) in _REBUILDERS
             elif name == "STACK_GLOBAL":
                 attr, mod = stack.pop(), stack.pop()
                 stack.append(_Global((mod, attr)))
+                tensors += (mod, attr) in _REBUILDERS
             elif name in _PUT_OPS:
                 memo[arg] = stack[-1]
             elif name == "MEMOIZE":
                 memo[len(memo)] = stack[-1]
             elif name in _GET_OPS:
-                stack.append(memo.get(arg, _UNKNOWN))
+                got = memo.get(arg, _UNKNOWN)
+                stack.append(got)
+                tensors += isinstance(got, _Global) and tuple(got) in _REBUILDERS
             elif name == "MARK":
                 marks.append(len(stack))
             elif name == "TUPLE":
@@ -86,6 +103,7 @@ def storage_widths(pkl: bytes) -> dict[str, int]:
             elif name == "BINPERSID":
                 pid = stack.pop()
                 _record(widths, pid)
+                _record_storage(storages, pid)
                 stack.append(_UNKNOWN)
             else:  # generic stack effect from the opcode table
                 before, after = op.stack_before, op.stack_after
@@ -102,7 +120,22 @@ def storage_widths(pkl: bytes) -> dict[str, int]:
                 stack.extend(_UNKNOWN for _ in after)
     except Exception:  # noqa: BLE001 - truncated/odd pickles: keep what we learned
         pass
-    return widths
+    return widths, storages, tensors
+
+
+# torch storage class -> the dtype name used in safetensors headers
+STORAGE_DTYPE = {"FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16", "DoubleStorage": "F64",
+                 "LongStorage": "I64", "IntStorage": "I32", "ShortStorage": "I16", "CharStorage": "I8",
+                 "ByteStorage": "U8", "BoolStorage": "BOOL"}
+
+
+def _record_storage(storages: dict[str, tuple[str, int]], pid: object) -> None:
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+        return
+    stype, key, numel = pid[1], pid[2], pid[4]
+    if isinstance(key, str) and isinstance(numel, int) and not isinstance(numel, bool) and numel >= 0:
+        name = stype[1] if isinstance(stype, _Global) and stype[0] == "torch" else "?"
+        storages[key] = (STORAGE_DTYPE.get(name, name), numel)
 
 
 def _record(widths: dict[str, int], pid: object) -> None:
@@ -157,3 +190,31 @@ def _parse(f: BinaryIO, size: int) -> list[Region] | None:
 
 
 regions = tolerant(_parse)  # Tensor-storage regions of a torch.save zip, or None if it is not one / is malformed.
+
+
+# -- technical summary (additive: `regions` above is what the chunker uses) -------------------
+def _summarize(f: BinaryIO, size: int) -> dict | None:
+    r = BoundedReader(f)
+    with zipfile.ZipFile(r) as zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise Malformed("too many zip members")
+        pkls = [i for i in infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
+        if len(pkls) != 1 or pkls[0].file_size > MAX_HEADER_BYTES:
+            return None
+        _widths, storages, tensors = _scan_pickle(zf.read(pkls[0]))
+    elements: dict[str, int] = {}
+    for dtype, numel in storages.values():
+        elements[dtype] = elements.get(dtype, 0) + numel
+    # storage elements, not tensor parameters: views share a storage, so this is what is stored
+    return {"format": "torchzip", "tensors": tensors, "storages": len(storages),
+            "parameters": dict(sorted(elements.items()))}
+
+
+def summary(f: BinaryIO, size: int) -> dict | None:
+    """{format, tensors, storages, parameters: {dtype: storage elements}} or None. The pickle
+    is only scanned, never unpickled."""
+    try:
+        return _summarize(f, size)
+    except Exception:  # noqa: BLE001 - hostile input must never raise
+        return None
