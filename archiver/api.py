@@ -246,11 +246,23 @@ def rebuild_catalog(*, repo: Repository | None = None, store: str | None = None,
 
 def fixity_status(window: float = fixity.DEFAULT_WINDOW, *, repo: Repository | None = None,
                   store: str | None = None, catalog: str | os.PathLike | None = None,
-                  settings: Settings | None = None, now: float | None = None) -> fixity.FixityStatus:
+                  settings: Settings | None = None, now: float | None = None,
+                  copies: bool = False) -> fixity.FixityStatus:
     """Per archive and overall: the fraction of chunks and bytes deep-verified intact within
-    `window` seconds, the oldest check, chunks never checked, unrepaired failures. `.ok`."""
-    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
-        return fixity.status(r, window, now)
+    `window` seconds, the oldest check, chunks never checked, unrepaired failures. `.ok`.
+    With `copies`, the same for every copy the store names (each from its own catalog, which
+    replicate, repair and verify against the copy keep), and `.ok` needs all of them."""
+    from archiver.errors import ArchiverError
+    s = settings or Settings.resolve(store, catalog)
+    with _repo(repo, store, catalog, settings=s, read_only=True) as r:
+        st = fixity.status(r, window, now)
+        for url in (r.copies() if copies else []):
+            try:
+                with Repository.open(_copy_settings(s, url), read_only=True) as cr:
+                    st.copies[url] = fixity.status(cr, window, now)
+            except ArchiverError as e:
+                st.copies[url] = str(e)
+        return st
 
 
 def event_log(ref: str | None = None, *, since: float | None = None, repo: Repository | None = None,

@@ -534,18 +534,27 @@ def fixity_grp() -> None:
 @fixity_grp.command("status")
 @click.option("--window", default="90d", show_default=True, metavar="DURATION",
               help="Every chunk must have been deep-verified intact within this long.")
+@click.option("--copies", "copies_", is_flag=True, help="Also report each copy the store names (its own checks).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def fixity_status_cmd(c: Ctx, window: str, as_json: bool) -> None:
+def fixity_status_cmd(c: Ctx, window: str, copies_: bool, as_json: bool) -> None:
     """Per archive and overall: chunks and bytes deep-verified intact within the window,
     the oldest check, chunks never checked, failures not repaired. Exit 1 when anything
     falls outside the window."""
     seconds = parse_duration(window, "window")
     with c.repo(read_only=True) as repo:
-        st = api.fixity_status(seconds, repo=repo)
+        st = api.fixity_status(seconds, repo=repo, settings=Settings.resolve(c.store, c.catalog), copies=copies_)
     if as_json:
         emit(st.to_dict())
     else:
+        for url, cst in st.copies.items():
+            if isinstance(cst, str):
+                click.echo(printable(f"copy {url}: cannot be opened: {cst}"))
+                continue
+            cov = cst.overall
+            click.echo(printable(f"copy {url}: {100 * cov.chunks_ok / max(cov.chunks, 1):.1f}% of {cov.chunks} "
+                                 f"chunks verified within {window}; never checked {cov.never_checked}; "
+                                 f"failed {len(cov.failed)}"))
         for cov in [*st.archives, st.overall]:
             ident = "overall" if cov.manifest is None else f"{cov.manifest[:16]}  {cov.name}"
             click.echo(printable(
@@ -553,9 +562,11 @@ def fixity_status_cmd(c: Ctx, window: str, as_json: bool) -> None:
                 f"{100 * cov.bytes_ok / max(cov.bytes, 1):.1f}% of {human_bytes(cov.bytes)} verified within {window}; "
                 f"oldest check {_when(cov.oldest_check)}; never checked {cov.never_checked}; stale {cov.stale}; "
                 f"failed {len(cov.failed)}"))
+        outside = st.overall.chunks - st.overall.chunks_ok
         click.echo("OK: every chunk verified intact within the window" if st.ok else
-                   f"OUTSIDE THE WINDOW: {st.overall.chunks - st.overall.chunks_ok} chunk(s) not verified intact "
-                   f"within {window}", err=not st.ok)
+                   f"OUTSIDE THE WINDOW: {outside} chunk(s) not verified intact within {window}"
+                   +                    ("; and a copy falls outside it" if any(isinstance(x, str) or not x.ok for x in st.copies.values())
+                    else ""), err=not st.ok)
     sys.exit(0 if st.ok else 1)
 
 

@@ -71,14 +71,20 @@ class FixityStatus:
     since: float
     overall: Coverage
     archives: list[Coverage]
+    # with copies: each copy's own coverage (from its catalog: the verifies run against it), by URL;
+    # a copy that could not be opened is a string saying why
+    copies: dict[str, "FixityStatus | str"] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.overall.within
+        return self.overall.within and all(not isinstance(c, str) and c.ok for c in self.copies.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "window_seconds": self.window_seconds, "since": format_time(self.since),
-                "overall": self.overall.to_dict(), "archives": [a.to_dict() for a in self.archives]}
+        out = {"ok": self.ok, "window_seconds": self.window_seconds, "since": format_time(self.since),
+               "overall": self.overall.to_dict(), "archives": [a.to_dict() for a in self.archives]}
+        if self.copies:
+            out["copies"] = {url: ({"error": c} if isinstance(c, str) else c.to_dict()) for url, c in self.copies.items()}
+        return out
 
 
 DEFAULT_WINDOW = 90 * 86400.0

@@ -163,3 +163,27 @@ def test_equal_chunks_rotate_in_exactly_total_over_budget_runs(tmp_path, monkeyp
             seen |= checked
             assert archiver.fixity_status(repo=repo).ok == (run == 3)
         assert seen == set(sizes)
+
+
+def test_fixity_status_reports_each_copy_from_its_own_checks(tmp_path, monkeypatch):
+    """With copies, coverage is per copy: a copy nobody verified is outside the window even
+    when the primary is fully checked; verifying the copy brings it in."""
+    import json
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    src, dst = str(tmp_path / "primary"), str(tmp_path / "copy")
+    ck = make_checkpoint(tmp_path / "ck", layers=1, dim=32)
+    assert run_cli("--store", src, "archive", str(ck), "--name", "m").code == 0
+    assert run_cli("--store", src, "copies", "add", dst).code == 0
+    assert run_cli("--store", src, "replicate", "--all", "--to", dst).code == 0
+    assert run_cli("--store", src, "verify", "--all", "--deep").code == 0
+    assert run_cli("--store", src, "fixity", "status").code == 0  # the primary alone is covered
+    r = run_cli("--store", src, "fixity", "status", "--copies", "--json")
+    doc = json.loads(r.out)
+    assert r.code == 1 and doc["overall"]["within_window"] and not doc["ok"]
+    (copy,) = doc["copies"].values()
+    assert copy["overall"]["never_checked"] == copy["overall"]["chunks"] > 0
+    human = run_cli("--store", src, "fixity", "status", "--copies")
+    assert human.code == 1 and "copy " in human.out and "a copy falls outside it" in human.err
+    assert run_cli("--store", dst, "verify", "--all", "--deep").code == 0
+    r = run_cli("--store", src, "fixity", "status", "--copies", "--json")
+    assert r.code == 0 and json.loads(r.out)["ok"], r.out
