@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archiver.errors import DestinationError, DestinationFullError, IntegrityError, translated
+from archiver.errors import DestinationError, DestinationFullError, IntegrityError
 from archiver.fileio import write_all
 from archiver.parallel import default_workers, window_for
 from archiver.progress import Progress
 from archiver.repository import Repository
+from archiver.restorer import load_checked
 from manifests.fields import flatten
 from manifests.model import Entry
-from manifests.paths import check_paths
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -174,14 +174,7 @@ def export_bag(repo: Repository, ref: str, dest: str | os.PathLike, *, workers: 
     """Write the archive `ref` as a BagIt bag at `dest` (which must not exist or be empty)."""
     started = time.monotonic()
     progress = progress or Progress()
-    mid = repo.resolve(ref)
-    m = repo.load_manifest(mid)
-    if trusted:
-        bad = repo.signature_problems(mid, trusted)
-        if bad:
-            raise IntegrityError(f"refusing to export {mid[:16]}: {'; '.join(bad)}")
-    with translated():
-        check_paths((e.path, e.type) for e in m.entries)
+    mid, m = load_checked(repo, ref, trusted, "export")
     root = Path(dest)
     tmp = staging_dir(root)
     result = ExportResult(id=mid, dest=str(root), format="bagit")

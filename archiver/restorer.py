@@ -40,7 +40,7 @@ from archiver.progress import Progress
 from archiver import thaw as thaw_mod
 from archiver.repository import Repository
 from archiver.thaw import ThawOptions
-from manifests.model import Entry
+from manifests.model import Entry, Manifest
 from manifests.paths import check_link, check_paths
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -100,14 +100,8 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
     written and `thaw` in the result says where they stand."""
     started = time.monotonic()
     progress = progress or Progress()
-    mid = repo.resolve(ref)
-    m = repo.load_manifest(mid)
-    if trusted:
-        bad = repo.signature_problems(mid, trusted)
-        if bad:
-            raise IntegrityError(f"refusing to restore {mid[:16]}: {'; '.join(bad)}")
+    mid, m = load_checked(repo, ref, trusted, "restore")
     with translated():
-        check_paths((e.path, e.type) for e in m.entries)  # all of them, before any write
         for e in m.entries:
             if e.is_symlink:
                 check_link(e.path, e.target)  # a target that could leave DEST refuses the whole restore
@@ -294,6 +288,20 @@ def _write_sparse(fd: int, data: bytes | bytearray, pos: int) -> None:
         write_all(fd, view[done:])
 
 
+def load_checked(repo: Repository, ref: str, trusted: list[bytes] | None, doing: str) -> tuple[str, Manifest]:
+    """The manifest `ref` names, refused before anything is written unless one of the `trusted`
+    keys signed it (when given) and every path in it is safe to create."""
+    mid = repo.resolve(ref)
+    m = repo.load_manifest(mid)
+    if trusted:
+        bad = repo.signature_problems(mid, trusted)
+        if bad:
+            raise IntegrityError(f"refusing to {doing} {mid[:16]}: {'; '.join(bad)}")
+    with translated():
+        check_paths((e.path, e.type) for e in m.entries)  # all of them, before any write
+    return mid, m
+
+
 def _check_dest(root: Path, force: bool) -> None:
     """The refusals of `_prepare_dest`, without creating anything."""
     if root.is_symlink():
@@ -306,14 +314,8 @@ def _check_dest(root: Path, force: bool) -> None:
 
 
 def _prepare_dest(root: Path, force: bool) -> None:
-    if root.is_symlink():
-        raise UnsafePathError(f"destination {root} is a symlink; give the real directory")
-    if root.exists():
-        if not root.is_dir():
-            raise DestinationError(str(root), "exists and is not a directory", exit_code=2)
-        if any(root.iterdir()) and not force:
-            raise DestinationError(str(root), "destination is not empty", remedy="force", exit_code=2)
-    else:
+    _check_dest(root, force)
+    if not root.exists():
         try:
             root.mkdir(parents=True)
         except OSError as e:
