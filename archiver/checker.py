@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from archiver import events
-from archiver.errors import (ArchiverError, CatalogLockedError, CatalogReadOnlyError, EmptyCatalogError, FileHashError,
-                             InvalidOptionError, translated)
+from archiver.errors import ArchiverError, EmptyCatalogError, FileHashError, InvalidOptionError, translated
 from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.problems import Outcome, Problem, chunk_problem, file_hash_problem
 from archiver.progress import Progress
@@ -62,17 +61,6 @@ class VerifyReport(Outcome):
     def checked(self, results: Iterable[tuple[str, bool]]) -> None:
         for h, ok in results:
             self._chunks[h] = self._chunks.get(h, True) and ok
-
-    def record(self, write, *args) -> None:
-        """A catalog write (audit row, chunk check times) that must not undo the
-        verification: a read-only or locked catalog is noted once, and not retried."""
-        if self.audit_error is not None:
-            return
-        try:
-            with translated():
-                write(*args)
-        except (CatalogReadOnlyError, CatalogLockedError) as e:
-            self.audit_error = str(e)
 
     def add(self, p: Problem) -> None:
         """Record a problem once: deep and sampled passes meet again what the shallow pass
