@@ -96,6 +96,15 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """ARCHIVER_HOME in tmp, and no ambient store or catalog (test modules may override)."""
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    for var in ("ARCHIVER_STORE", "ARCHIVER_CATALOG"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path / "home"
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """A real HTTP S3 endpoint (moto) on 127.0.0.1, in its own process."""

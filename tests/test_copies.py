@@ -7,19 +7,10 @@ import uuid
 from pathlib import Path
 
 import boto3
-import pytest
 
 from archiver import layout
 from tests.faultproxy import FaultProxy
 from tests.helpers import RawStore, make_checkpoint, run_cli
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
-    for var in ("ARCHIVER_STORE", "ARCHIVER_CATALOG"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path / "home"
 
 
 def test_copies_add_list_remove(tmp_path: Path, home: Path) -> None:

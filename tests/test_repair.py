@@ -16,14 +16,6 @@ def flip(b: bytes) -> bytes:
     return b[:-1] + bytes([b[-1] ^ 1])
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
-    for var in ("ARCHIVER_STORE", "ARCHIVER_CATALOG"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path / "home"
-
-
 @pytest.fixture(params=["local", "s3"])
 def target(request: pytest.FixtureRequest, tmp_path: Path, home: Path) -> str:
     return request.getfixturevalue("s3_mock_url") if request.param == "s3" else str(tmp_path / "target")

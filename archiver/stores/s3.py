@@ -280,14 +280,25 @@ class S3Store:
             extra.update(self._policy_args(policy))
             if not self._when_required:
                 extra["ChecksumAlgorithm"] = "CRC32"  # explicit: a locked PUT without a checksum is refused
+        try:
+            self._retry_conflicts(lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=data,
+                                                                 IfNoneMatch="*", **extra))
+            return True
+        except ClientError as exc:
+            if _is_precondition_failed(exc):
+                return False
+            raise
+
+    @staticmethod
+    def _retry_conflicts(put: Any) -> None:
+        """Run one conditional PUT, retrying 409 ConditionalRequestConflict (a concurrent
+        conditional write) with backoff; every other answer is the caller's to judge."""
         attempt = 0
         while True:
             try:
-                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*", **extra)
-                return True
+                put()
+                return
             except ClientError as exc:
-                if _is_precondition_failed(exc):
-                    return False
                 if _is_conflict(exc) and attempt < CONFLICT_RETRIES:
                     _backoff(attempt)
                     attempt += 1
@@ -607,24 +618,19 @@ class S3Store:
         """PutObject with If-Match: True if written; False if the ETag changed (412) or the
         key is gone (404). Single PUT: chunk objects are far below S3's 5 GiB limit."""
         extra = {"ContentMD5": _md5_b64(data)} if self._when_required else {}
-        attempt = 0
-        while True:
-            try:
-                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, IfMatch=etag, **extra)
-                return True
-            except ClientError as exc:
-                if _is_precondition_failed(exc):
-                    # On a retry, an earlier attempt may have landed with its response lost: then
-                    # the key holds exactly our bytes. A first-attempt 412 is never ours.
-                    retried = ((exc.response.get("ResponseMetadata") or {}).get("RetryAttempts") or 0) > 0
-                    return retried and self._holds(full, data)
-                if _is_missing_key(exc):
-                    return False
-                if _is_conflict(exc) and attempt < CONFLICT_RETRIES:
-                    _backoff(attempt)
-                    attempt += 1
-                    continue
-                raise
+        try:
+            self._retry_conflicts(lambda: self.client.put_object(Bucket=self.bucket, Key=full, Body=data,
+                                                                 IfMatch=etag, **extra))
+            return True
+        except ClientError as exc:
+            if _is_precondition_failed(exc):
+                # On a retry, an earlier attempt may have landed with its response lost: then
+                # the key holds exactly our bytes. A first-attempt 412 is never ours.
+                retried = ((exc.response.get("ResponseMetadata") or {}).get("RetryAttempts") or 0) > 0
+                return retried and self._holds(full, data)
+            if _is_missing_key(exc):
+                return False
+            raise
 
     # -- store check (what the bucket is configured to enforce) ----------------------
 
