@@ -4,7 +4,11 @@ shallow  every chunk object present with its recorded stored size, learned from 
          pages per chunk-key prefix (not one request per chunk), plus the manifest's own
          mirror in the store and the safety of its paths.
 deep     additionally fetch, decode and re-hash every chunk, and re-hash every whole
-         file (BLAKE3 and SHA-256).
+         file (BLAKE3 and SHA-256). Within one run each distinct file entry (same chunk
+         list, size and whole-file hashes) is read once, however many versions name it, so
+         a deep run costs the unique bytes, not the number of versions; its findings are
+         still reported for every manifest that names it. Small files are read in
+         parallel across files, since one small file alone cannot keep the workers busy.
 sample   additionally deep-check a fraction of the chunks, least recently verified first,
          so repeated sampled runs eventually cover everything; `max_bytes` / `max_seconds`
          bound one run (a budgeted rotation: the least recently verified chunks first, so
@@ -53,6 +57,7 @@ class VerifyReport(Outcome):
     not_checked_cold: list[str] = field(default_factory=list)
     retention_checked: int = 0  # objects whose Object Lock was checked (verify with retention)
     thaw: dict | None = None  # with a thaw: where the cold chunks to be read stand (archiver.thaw)
+    files_proven_earlier: int = 0  # deep: of files_hashed, those accepted (not read) as proved earlier in the run
 
     def __post_init__(self) -> None:
         self._seen: set[tuple] = set()
@@ -126,10 +131,7 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
         _thaw(repo, {h: u[0].ref.stored_size for h, u in uses.items()}, thaw, report)
     if deep:
         progress.start("verify", sum(m.total_size for m in manifests.values()))
-        with ThreadPoolExecutor(nworkers, thread_name_prefix="verify") as pool:
-            for mid, m in manifests.items():
-                for e in m.files:
-                    _deep_file(repo, mid, e, pool, window_for(nworkers), report, progress)
+        _deep(repo, manifests, nworkers, report, progress)
         progress.finish()
     elif sample:
         _sample(repo, uses, sample, nworkers, report, progress, max_bytes, max_seconds, thaw)
@@ -240,33 +242,108 @@ def _shallow(repo: Repository, uses: dict[str, list[ChunkUse]], report: VerifyRe
                                                    "size-mismatch"))
 
 
-def _deep_file(repo: Repository, mid: str, e: Entry, pool: ThreadPoolExecutor, window: int,
-               report: VerifyReport, progress: Progress) -> None:
-    checked: list[tuple[str, bool]] = []
+# Files up to this size are deep-read several at a time (each is one chunk or a few, so
+# reading them one after another would leave all but one worker idle).
+SMALL_FILE = 1 << 20
+
+
+@dataclass
+class FileProof:
+    """What deep-reading one file entry found, kept apart from any manifest so that every
+    manifest naming the same entry can be given the same findings without reading it again."""
+
+    chunks: list[tuple[str, bool]] = field(default_factory=list)  # every chunk read: intact?
+    damaged: list[tuple[ChunkRef, ArchiverError]] = field(default_factory=list)
+    cold: list[str] = field(default_factory=list)  # not readable without a thaw: not checked
+    bytes_read: int = 0
+    hashed: bool = False  # every chunk was read, so the whole file was hashed
+    hash_mismatch: bool = False
+
+
+def proof_key(e: Entry) -> tuple:
+    """What makes two file entries the same proof: chunk list (with stored sizes), size and
+    whole-file hashes. Path, mode and mtime do not change what is read or what it must hash to."""
+    return e.size, e.blake3, e.sha256, e.chunks
+
+
+def _prove_file(repo: Repository, e: Entry, pool: ThreadPoolExecutor, window: int,
+                progress: Progress) -> FileProof:
+    """Fetch, decode and re-hash every chunk of `e` and the whole file; damage is recorded,
+    never raised. Touches no report, so it may run on any thread."""
+    proof = FileProof()
     broken = False
     try:
         for piece in repo.stream_file(e, pool, window, keep_going=True):
             c = piece.ref
             if isinstance(piece.error, ObjectColdError):  # needs a thaw: not checked, not damaged
                 broken = True
-                report.not_checked_cold.append(c.hash)
+                proof.cold.append(c.hash)
                 continue
-            report.chunks_read += 1
-            checked.append((c.hash, piece.error is None))
+            proof.chunks.append((c.hash, piece.error is None))
             if piece.error is not None:
                 broken = True
-                report.add(chunk_problem(mid, e, c, piece.error))
+                proof.damaged.append((c, piece.error))
                 continue
             assert piece.data is not None
-            report.bytes_read += len(piece.data)
+            proof.bytes_read += len(piece.data)
             progress.advance(len(piece.data))
-        if not broken:
-            report.files_hashed += 1
+        proof.hashed = not broken
     except FileHashError:  # only raised when every chunk was read
-        report.files_hashed += 1
+        proof.hashed = True
+        proof.hash_mismatch = True
+    return proof
+
+
+def _apply(report: VerifyReport, mid: str, e: Entry, proof: FileProof, first: bool) -> None:
+    """Report what `proof` found as problems of manifest `mid`; the reading itself (chunks
+    and bytes read, chunk results for the event) is counted once, for its first user."""
+    report.not_checked_cold.extend(proof.cold)
+    for c, err in proof.damaged:
+        report.add(chunk_problem(mid, e, c, err))
+    if proof.hash_mismatch:
         report.add(file_hash_problem(mid, e))
-    finally:
-        report.checked(checked)
+    report.files_hashed += proof.hashed  # proved by its whole-file hash, now or earlier in this run
+    if first:
+        report.chunks_read += len(proof.chunks)
+        report.bytes_read += proof.bytes_read
+        report.checked(proof.chunks)
+    else:
+        report.files_proven_earlier += 1
+
+
+def _deep_file(repo: Repository, mid: str, e: Entry, pool: ThreadPoolExecutor, window: int,
+               report: VerifyReport, progress: Progress) -> None:
+    _apply(report, mid, e, _prove_file(repo, e, pool, window, progress), True)
+
+
+def _deep(repo: Repository, manifests: dict[str, Manifest], nworkers: int, report: VerifyReport,
+          progress: Progress) -> None:
+    """Deep-read each distinct file entry once: large ones one at a time (their chunks in
+    parallel), small ones in parallel across files; then report per manifest, in order."""
+    uses = [(mid, e) for mid, m in manifests.items() for e in m.files]
+    unique: dict[tuple, Entry] = {}
+    for _mid, e in uses:
+        unique.setdefault(proof_key(e), e)
+    proofs: dict[tuple, FileProof] = {}
+    window = window_for(nworkers)
+    small = [(k, e) for k, e in unique.items() if e.size <= SMALL_FILE]
+    with ThreadPoolExecutor(nworkers, thread_name_prefix="verify") as pool:
+        for k, e in unique.items():
+            if e.size > SMALL_FILE:
+                proofs[k] = _prove_file(repo, e, pool, window, progress)
+        # file tasks wait on chunk tasks, so they run on a pool of their own (no deadlock)
+        with ThreadPoolExecutor(nworkers, thread_name_prefix="verify-files") as files:
+            for (k, _e), proof in ordered_map(files, lambda ke: _prove_file(repo, ke[1], pool, 2, progress),
+                                              small, 4 * nworkers):
+                proofs[k] = proof
+    seen: set[tuple] = set()
+    for mid, e in uses:
+        k = proof_key(e)
+        first = k not in seen
+        seen.add(k)
+        if not first:
+            progress.advance(e.size)
+        _apply(report, mid, e, proofs[k], first)
 
 
 def budgeted(order: list[str], sizes: dict[str, int], fraction: float, max_bytes: int | None) -> list[str]:

@@ -128,12 +128,15 @@ def test_shallow_lists_every_unique_chunk_and_reads_none(arch):
 def test_deep_reads_every_chunk_and_hashes_every_file(arch, source):
     rep = arch.verify(deep=True)
     assert rep.ok and rep.problems == [] and rep.mode == "deep"
+    copy = (source / "config_copy.json").stat().st_size
     total = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
+    # config_copy.json is the same entry as config.json (chunk list and whole-file hashes):
+    # proved once in the run, accepted for the second file without reading it again
     assert rep.files_hashed == len(arch.files()) == 9  # the empty file is hashed too
-    assert rep.bytes_read == total
+    assert rep.files_proven_earlier == 1  # of those, not read again
+    assert rep.bytes_read == total - copy
     assert rep.chunks_checked == len(arch.unique())
-    # deep re-hashes file by file, so the chunk shared by two files is read for each
-    assert rep.chunks_read == len(arch.refs()) == 12
+    assert rep.chunks_read == len(arch.unique()) == 11
 
 
 @pytest.mark.parametrize("fraction", FRACTIONS)
@@ -400,3 +403,77 @@ def test_problem_line_names_manifest_path_range_and_chunk(arch):
 
     line = by_kind["manifest"].line()
     assert line.startswith("manifest: ") and arch.id[:16] in line and "missing" in line
+
+
+# -- deep verify once per chunk per run (many versions of one model) ------------------------
+
+@pytest.fixture
+def versions(arch, source, tmp_path) -> list[str]:
+    """Four versions of the checkpoint under one name, only config.json changing."""
+    src = tmp_path / "versions" / "ckpt"
+    shutil.copytree(source, src)
+    ids = [arch.id]
+    for i in range(3):
+        (src / "config.json").write_text(json.dumps({"version": i}))
+        ids.append(arch.archive([src], name="m").id)
+    return ids
+
+
+def test_deep_verify_of_many_versions_reads_each_chunk_once(arch, versions):
+    one = arch.verify([versions[0]], deep=True)
+    rep = arch.verify([], all_archives=True, deep=True)
+    assert rep.ok and rep.manifests == versions
+    shown = [arch.show(v)[1] for v in versions]
+    unique = set().union(*(arch.unique(m) for m in shown))
+    assert rep.chunks_read == len(unique) == one.chunks_read + 3  # each version adds its config.json
+    entries = [e for m in shown for e in arch.files(m)]
+    assert rep.files_hashed == len(entries)  # every file of every version is proved ...
+    distinct = {(e.size, e.blake3, e.sha256, e.chunks) for e in entries}
+    assert rep.files_proven_earlier == len(entries) - len(distinct)  # ... most of them without a read
+
+
+def test_damaged_chunk_shared_by_every_version_is_reported_for_each(arch, versions):
+    c = arch.chunk_where(lambda p, c: p.endswith("model.safetensors") and c.codec == "bg2")
+    arch.raw.mutate(chunk_key(c.hash), flip_at(-1))
+    rep = arch.verify([], all_archives=True, deep=True)
+    assert not rep.ok
+    assert rep.chunks_read == len(set().union(*(arch.unique(arch.show(v)[1]) for v in versions)))  # read once
+    assert sorted((p.manifest, p.kind, p.path, p.chunk, p.offset) for p in rep.problems) == sorted(
+        (v, "corrupt-chunk", "ckpt/model.safetensors", c.hash, c.offset) for v in versions)
+
+
+def test_file_hash_mismatch_is_reported_for_every_version_naming_the_entry(arch, versions, monkeypatch):
+    """A whole-file hash that fails (chunks all intact) is a file-hash problem in each version."""
+    from archiver import checker
+    real = checker._prove_file
+
+    def mismatched(repo, e, pool, window, progress):
+        proof = real(repo, e, pool, window, progress)
+        if e.path.endswith("vocab.txt"):
+            proof.hash_mismatch = True
+        return proof
+    monkeypatch.setattr(checker, "_prove_file", mismatched)
+    rep = arch.verify([], all_archives=True, deep=True)
+    assert sorted((p.manifest, p.kind, p.path) for p in rep.problems) == sorted(
+        (v, "file-hash", "ckpt/tokenizer/vocab.txt") for v in versions)
+
+
+def test_many_small_files_are_deep_verified_across_files(tmp_path):
+    """Small files are read in parallel across files; damage is still named per file."""
+    src = tmp_path / "small"
+    for d in range(5):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(40):
+            (src / f"d{d}" / f"f{i}.bin").write_bytes(random.Random(d * 100 + i).randbytes(1000 + i))
+    store, catalog = str(tmp_path / "store"), tmp_path / "catalog.db"
+    mid = archiver.archive([src], name="small", store=store, catalog=catalog).id
+    rep = archiver.verify([mid], deep=True, store=store, catalog=catalog)
+    assert rep.ok and rep.files_hashed == 200 and rep.chunks_read == 200
+    _, m = archiver.show(mid, store=store, catalog=catalog)
+    bad = [e for e in m.entries if e.type == "file"][::37]
+    raw = RawStore(store)
+    for e in bad:
+        raw.mutate(chunk_key(e.chunks[0].hash), flip_at(0))
+    rep = archiver.verify([mid], deep=True, store=store, catalog=catalog)
+    assert sorted(p.path for p in rep.problems) == sorted(e.path for e in bad)
+    assert rep.files_hashed == 200 - len(bad)
