@@ -81,7 +81,9 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
     file) or `profile_data` (a dict): metadata checked against the profile's schema and recorded
     in the manifest (or `profile_block`, one already made by `profile_block()`); `attach`:
     (role, path) documents stored under _archive/ROLE/. Symlinks are recorded as symlinks, or
-    followed to regular files with `dereference=True` (always inside a Hugging Face snapshot)."""
+    followed to regular files with `dereference=True` (always inside a Hugging Face snapshot).
+    Files unchanged since an earlier archive into this store are not read again (their entries
+    are reused once their chunks are proved, archiver.filescache); `reread=True` reads them all."""
     key = signing_key(sign_key)
     block = profile_block if profile_block is not None else make_profile_block(profile, meta_file, profile_data)
     with _repo(repo, store, catalog, create=True, settings=settings, policy=write_policy) as r:

@@ -26,6 +26,7 @@ from archiver.formats import detect_regions
 from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.progress import Progress
 from archiver.digests import FileDigest
+from archiver.filescache import FilesRun
 from archiver.repository import Repository, SavedChunk
 from archiver.scan import Source, changed, open_source, scan
 from archiver.techmeta import file_tech
@@ -51,6 +52,7 @@ class ArchiveResult:
     signed_by: str | None = None
     repaired_chunks: int = 0  # damaged chunk objects found in the store and replaced from the source
     retention: dict[str, Any] | None = None  # lock mode, retain_until, legal_hold, storage_class (if asked)
+    files_reused: int = 0  # unchanged files not read: entries reused from the files cache, chunks proved
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -111,7 +113,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
             progress: Progress | None = None, sign_key: Any = None,
             trust_verified_within: float | None = None, write_policy: Any = None,
             profile: Mapping[str, Any] | None = None, attachments: Iterable[tuple[str, str | os.PathLike]] = (),
-            dereference: bool = False) -> ArchiveResult:
+            dereference: bool = False, reread: bool = False) -> ArchiveResult:
     """Archive files and directories under `name`; returns the committed manifest's summary.
     With `sign_key` (an Ed25519 private key) the manifest id is signed before it is recorded.
     `name`, `label` and `meta` are checked before the scan, so bad ones write nothing.
@@ -126,7 +128,11 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     (role, PATH) documents stored under _archive/ROLE/ with their role recorded. Symlinks are
     recorded as symlinks; `dereference` follows those naming regular files (always done inside
     a Hugging Face cache snapshot, whose repo id and revision go into meta and whose LFS blobs
-    must hash to their names: IntegrityError otherwise, and nothing is recorded)."""
+    must hash to their names: IntegrityError otherwise, and nothing is recorded).
+
+    An unchanged file (same path, size, mtime, ctime, inode, device as when an earlier
+    committed archive read it) is not read: its entry is reused once its chunks are proved
+    (archiver.filescache); `reread` reads every file."""
     trust_verified_within = _check_trust_window(trust_verified_within)
     if write_policy is not None:
         repo.check_lockable(write_policy)
@@ -156,6 +162,9 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     writer = _ChunkWriter(repo, stats, trust_verified_within, write_policy)
     nworkers = workers or default_workers()
     entries: list[Entry] = []
+    files_cache = FilesRun.start(repo, sources, policy, reread=reread, trust_verified_within=trust_verified_within,
+                                 write_policy=write_policy, workers=nworkers)
+    files_cache.seed(writer.done)
     with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="archive") as pool:
         for src in sources:
             if src.is_dir:
@@ -163,7 +172,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
             elif src.is_link:
                 entries.append(Entry(path=src.path, type="symlink", mode=src.mode, target=src.link or ""))
             else:
-                entries.append(_archive_file(src, pool, writer, policy, window_for(nworkers), progress))
+                entries.append(files_cache.entry(src)
+                               or _archive_file(src, pool, writer, policy, window_for(nworkers), progress))
                 _check_blob(src, entries[-1])
     progress.finish()
     parent = repo.latest(name)
@@ -180,7 +190,9 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     if write_policy is not None:
         details["retention"] = _policy_summary(write_policy)
     done = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy)
-    return ArchiveResult(id=done.id, signed_by=done.signed_by, **details)
+    files_cache.commit(done.id, sources, entries)
+    files_cache.close()
+    return ArchiveResult(id=done.id, signed_by=done.signed_by, files_reused=files_cache.reused, **details)
 
 
 # A file whose ctime is this recent may still be written within the same timestamp tick

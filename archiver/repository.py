@@ -549,6 +549,25 @@ class Repository:
     def record_chunk_checks(self, results: Iterable[tuple[str, bool]]) -> None:
         self._catalog.mark_verified(results)
 
+    def prove_stored_chunk(self, ref: ChunkRef, *, trust_verified_within: float | None = None,
+                           policy: Any = None) -> ArchiverError | None:
+        """Prove a chunk that an unchanged source file (the files cache) would reuse without
+        its source bytes: by `save_chunk`'s rule for a stored chunk, a deep check within
+        `trust_verified_within` with the recorded stored size still in the store, else a read
+        back, decode and re-hash. Returns why it cannot be reused (damaged, missing, cold), or
+        None; with a lock `policy` a reused chunk's retention is extended as save_chunk does."""
+        key = layout.chunk(ref.hash)
+        trusted = None
+        if trust_verified_within is not None:
+            trusted = self._recently_verified(ref.hash, key, trust_verified_within)
+        if trusted is None or trusted.stored_size != ref.stored_size:
+            got = self.try_read_chunk(ref)
+            if isinstance(got, ArchiverError):
+                return got
+        if policy is not None and policy.locked:
+            self._ensure_lock(key, policy)
+        return None
+
     # -- catalog rebuild -------------------------------------------------------------------------
     def rebuild_catalog(self) -> RebuildResult:
         """Record every good manifest in the store, parents before children, and report

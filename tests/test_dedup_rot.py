@@ -211,24 +211,26 @@ def test_trust_window_skips_reads_only_for_recently_verified_unchanged_chunks(st
     with repo:
         first = pipeline_archive(repo, [ckpt], name="m")
         n = first.chunks
+        # reread: these runs read the source, so each stored chunk meets save_chunk's proof
+        # (the files cache's reuse of unchanged files is proved the same way: test_filescache.py)
         store.chunk_reads = 0
-        pipeline_archive(repo, [ckpt], name="m", trust_verified_within=3600)
+        pipeline_archive(repo, [ckpt], name="m", trust_verified_within=3600, reread=True)
         assert store.chunk_reads == n  # never verified: every chunk is proved
         store.chunk_reads = 0
-        pipeline_archive(repo, [ckpt], name="m")
+        pipeline_archive(repo, [ckpt], name="m", reread=True)
         assert store.chunk_reads == n  # the default proves every chunk
 
         hashes = list(repo.load_manifest(first.id).unique_chunks())
         repo.record_chunk_checks((h, True) for h in hashes)  # what verify --deep records
         store.chunk_reads = 0
-        trusted = pipeline_archive(repo, [ckpt], name="m", trust_verified_within=3600)
+        trusted = pipeline_archive(repo, [ckpt], name="m", trust_verified_within=3600, reread=True)
         assert store.chunk_reads == 0 and trusted.repaired_chunks == 0
 
         # outside the window, or last found bad: proved again
         repo._catalog.mark_verified([(hashes[0], True)], at=0.0)
         repo.record_chunk_checks([(hashes[1], False)])
         store.chunk_reads = 0
-        pipeline_archive(repo, [ckpt], name="m", trust_verified_within=3600)
+        pipeline_archive(repo, [ckpt], name="m", trust_verified_within=3600, reread=True)
         assert store.chunk_reads == 2
 
         # a verified chunk whose stored size changed since is not trusted: proved and repaired
@@ -236,7 +238,7 @@ def test_trust_window_skips_reads_only_for_recently_verified_unchanged_chunks(st
         h = max(hashes[2:], key=lambda x: len(raw.read(layout.chunk(x))))
         raw.mutate(layout.chunk(h), lambda b: b[:-3])
         store.chunk_reads = 0
-        res = pipeline_archive(repo, [ckpt], name="m", trust_verified_within=3600)
+        res = pipeline_archive(repo, [ckpt], name="m", trust_verified_within=3600, reread=True)
         assert res.repaired_chunks == 1 and store.chunk_reads == 2 + 2  # the repair is read back and proved
 
 

@@ -1,0 +1,243 @@
+"""The files cache: an unchanged source file is not read again; its entry in an earlier
+committed manifest is reused, after its chunks are proved intact in the store.
+
+"Unchanged" is the identity restic and borg use: same absolute path, size, mtime_ns,
+ctime_ns, inode and device. ctime cannot be set by any caller, so an in-place rewrite that
+restores the mtime (`touch -r`, `rsync --inplace -t`) still misses. The stat recorded for a
+file is taken *before* the run reads it (and the read starts only once the file's ctime tick
+has passed, see pipeline._settled), so a write racing the read leaves a stat that never
+matches again: the worst a race costs is a re-read, never a stale entry.
+
+Nothing in the cache is trusted on its own. A row names (manifest id, path in it): the
+entry itself comes from that manifest, loaded through the repository and re-checked
+against its id, so a damaged or edited cache can only point at entries some committed
+manifest holds, and only ones whose size and mtime match the file now. Rows are written
+only after the manifest naming them is committed. Every chunk of a reused entry is proved by
+the rule `save_chunk` applies to a chunk the store already holds (Repository.prove_stored_chunk):
+read back, decoded and re-hashed, or with `trust_verified_within` trusted if a deep verify
+found it intact within that window. A chunk that fails its proof (damaged, missing, cold)
+makes the file a miss: it is read from the source, so save_chunk repairs the chunk.
+
+Where: a SQLite file next to the catalog (`<catalog>.files`), not a table in it. The
+catalog is an index that `catalog rebuild` recreates from the store; inodes, devices and
+ctimes are facts of one host's filesystem that no store holds, so they stay out of it (and
+out of its size). Next to the catalog, the cache follows the catalog's binding to one store.
+Losing it costs one full read. Any error opening or writing it only turns the cache off."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from archiver.errors import ArchiverError
+from archiver.parallel import ordered_map
+from archiver.repository import Repository, SavedChunk
+from archiver.scan import Source
+from manifests.model import ChunkRef, Entry, Manifest
+
+# Bumped when what an entry records from a file changes (format detection, technical
+# metadata): entries from an older reader are then missed and the file read again.
+READER_VERSION = 1
+SUFFIX = ".files"
+BUSY_TIMEOUT_S = 10.0
+# Rows not used by any archive run for this long are dropped (paths that no longer exist).
+EXPIRE_S = 90 * 86400
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,      -- absolute path of the source file (or the link followed to it)
+    dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+    reader TEXT NOT NULL,       -- READER_VERSION and chunk policy the entry was made with
+    manifest TEXT NOT NULL,     -- a committed manifest holding the entry
+    entry_path TEXT NOT NULL,   -- the entry's path in that manifest
+    used REAL NOT NULL          -- last archive run that read or reused it
+)"""
+
+
+def cache_path(catalog_path: Path) -> Path:
+    return catalog_path.with_name(catalog_path.name + SUFFIX)
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What must be equal for a file to count as unchanged."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "FileStat":
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class Row:
+    stat: FileStat
+    reader: str
+    manifest: str
+    entry_path: str
+
+
+class FilesCache:
+    """The SQLite file: rows by absolute path."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(_SCHEMA)
+
+    @classmethod
+    def open(cls, path: Path) -> "FilesCache | None":
+        """The cache, or None if it cannot be opened (the run then reads every file)."""
+        try:
+            return cls(path)
+        except (sqlite3.Error, OSError):
+            return None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def rows(self, paths: Iterable[str]) -> dict[str, Row]:
+        out: dict[str, Row] = {}
+        wanted = list(paths)
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            q = (f"SELECT path, dev, ino, size, mtime_ns, ctime_ns, reader, manifest, entry_path FROM files "
+                 f"WHERE path IN ({','.join('?' * len(part))})")
+            for p, dev, ino, size, mt, ct, reader, mid, ep in self._conn.execute(q, part):
+                out[p] = Row(FileStat(dev, ino, size, mt, ct), reader, mid, ep)
+        return out
+
+    def put(self, rows: Iterable[tuple[str, Row]], now: float) -> None:
+        """Record rows in one transaction, and drop the ones unused for EXPIRE_S."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany(
+                "INSERT INTO files(path, dev, ino, size, mtime_ns, ctime_ns, reader, manifest, entry_path, used) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET dev=excluded.dev, ino=excluded.ino, "
+                "size=excluded.size, mtime_ns=excluded.mtime_ns, ctime_ns=excluded.ctime_ns, "
+                "reader=excluded.reader, manifest=excluded.manifest, entry_path=excluded.entry_path, "
+                "used=excluded.used",
+                ((p, r.stat.dev, r.stat.ino, r.stat.size, r.stat.mtime_ns, r.stat.ctime_ns, r.reader, r.manifest,
+                  r.entry_path, now) for p, r in rows))
+            self._conn.execute("DELETE FROM files WHERE used < ?", (now - EXPIRE_S,))
+
+
+@dataclass
+class FilesRun:
+    """One archive run's use of the cache: `start` stats every source file and proves the
+    cached entries of unchanged ones (chunks in parallel, each hash once); `entry` hands the
+    pipeline a reused entry or None (read the file); `commit` records the run's files once
+    its manifest is committed."""
+
+    repo: Repository
+    reader: str
+    cache: FilesCache | None = None
+    stats: dict[str, FileStat] = field(default_factory=dict)  # abspath -> stat before any read
+    hits: dict[str, Entry] = field(default_factory=dict)      # abspath -> proved entry (its old path)
+    proved: dict[str, ChunkRef] = field(default_factory=dict)  # chunks proved intact by `start`
+    reused: int = 0
+
+    @classmethod
+    def start(cls, repo: Repository, sources: Iterable[Source], policy: Any, *, reread: bool = False,
+              trust_verified_within: float | None = None, write_policy: Any = None,
+              workers: int = 2) -> "FilesRun":
+        run = cls(repo, f"{READER_VERSION}:{policy!r}", FilesCache.open(cache_path(repo.catalog_path)))
+        files = [s for s in sources if not s.is_dir and not s.is_link]
+        for s in files:
+            try:
+                st = os.stat(s.abspath, follow_symlinks=s.followed)
+            except OSError:
+                continue  # the read reports it
+            if (st.st_dev, st.st_ino) == (s.dev, s.ino):
+                run.stats[str(s.abspath)] = FileStat.of(st)
+        if run.cache is None or reread:
+            return run
+        try:
+            rows = run.cache.rows(run.stats)
+        except sqlite3.Error:
+            return run
+        candidates = run._candidates(rows)
+        run.hits = run._proved(candidates, trust_verified_within, write_policy, workers)
+        return run
+
+    def seed(self, done: dict[str, SavedChunk]) -> None:
+        """Give the run's chunk writer the chunks proved here, so that a file read after all
+        (one of its chunks failed) does not prove its intact chunks a second time."""
+        for h, c in self.proved.items():
+            done.setdefault(h, SavedChunk(c.stored_size, c.codec, False))
+
+    def _candidates(self, rows: dict[str, Row]) -> dict[str, Entry]:
+        """Unchanged files whose row names a loadable manifest holding a matching entry."""
+        manifests: dict[str, dict[str, Entry] | None] = {}
+        out: dict[str, Entry] = {}
+        for p, row in rows.items():
+            now = self.stats[p]
+            if row.stat != now or row.reader != self.reader:
+                continue
+            if row.manifest not in manifests:
+                manifests[row.manifest] = self._files_of(row.manifest)
+            e = (manifests[row.manifest] or {}).get(row.entry_path)
+            if e is not None and e.size == now.size and e.mtime_ns == now.mtime_ns:
+                out[p] = e
+        return out
+
+    def _files_of(self, mid: str) -> dict[str, Entry] | None:
+        try:
+            m: Manifest = self.repo.load_manifest(mid)  # re-checked against its id
+        except ArchiverError:
+            return None
+        return {e.path: e for e in m.files}
+
+    def _proved(self, candidates: dict[str, Entry], trust: float | None, write_policy: Any,
+                workers: int) -> dict[str, Entry]:
+        """The candidates whose every chunk proves intact in the store."""
+        refs = {c.hash: c for e in candidates.values() for c in e.chunks}
+        with ThreadPoolExecutor(workers, thread_name_prefix="files-cache") as pool:
+            bad = {h for h, err in ordered_map(
+                pool, lambda h: self.repo.prove_stored_chunk(refs[h], trust_verified_within=trust,
+                                                             policy=write_policy),
+                list(refs), 4 * workers) if err is not None}
+        self.proved = {h: c for h, c in refs.items() if h not in bad}
+        return {p: e for p, e in candidates.items() if not any(c.hash in bad or refs[c.hash] != c for c in e.chunks)}
+
+    def entry(self, src: Source) -> Entry | None:
+        """The proved entry of an unchanged file, under its path and mode of this run; None: read it."""
+        e = self.hits.get(str(src.abspath))
+        if e is None:
+            return None
+        self.reused += 1
+        return Entry(path=src.path, type="file", mode=src.mode, size=e.size, mtime_ns=e.mtime_ns, blake3=e.blake3,
+                     sha256=e.sha256, format=e.format, chunks=e.chunks, tech=e.tech)
+
+    def commit(self, mid: str, sources: Iterable[Source], entries: Iterable[Entry]) -> None:
+        """Record every file of committed manifest `mid` whose entry matches the stat taken
+        before it was read (a file that changed meanwhile is left out: it is read next time)."""
+        if self.cache is None:
+            return
+        by_path = {e.path: e for e in entries if e.is_file}
+        rows = []
+        for s in sources:
+            e = by_path.get(s.path)
+            st = self.stats.get(str(s.abspath))
+            if e is None or st is None or s.is_dir or s.is_link:
+                continue
+            if (e.size, e.mtime_ns) == (st.size, st.mtime_ns):
+                rows.append((str(s.abspath), Row(st, self.reader, mid, e.path)))
+        try:
+            self.cache.put(rows, time.time())
+        except sqlite3.Error:
+            pass  # the archive stands; the next run reads these files again
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()

@@ -1,0 +1,194 @@
+"""Issue 15, item 3: the files cache. An unchanged file (same path, size, mtime, ctime,
+inode, device) is not read again; its entry is reused from the earlier committed manifest
+once every chunk is proved by save_chunk's rule (read back and re-hashed, or trusted within
+a deep-verify window). Any change, a damaged chunk, `reread`, or a cache that points at the
+wrong entry means the file is read."""
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from archiver import layout, pipeline
+from archiver.filescache import cache_path
+from archiver.pipeline import archive as pipeline_archive
+from archiver.repository import Repository
+from archiver.stores import open_store
+from manifests.catalog import Catalog
+from tests.helpers import RawStore, make_checkpoint, run_cli
+
+
+@pytest.fixture
+def ckpt(tmp_path) -> Path:
+    return make_checkpoint(tmp_path / "src" / "ckpt", layers=2, dim=64)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    store = open_store(str(tmp_path / "store"), create=True)
+    r = Repository(store, Catalog(tmp_path / "cat.db", store.url))
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    """Every source file the pipeline opens for reading, in order."""
+    seen: list[str] = []
+    real = pipeline.open_source
+
+    def counting(src):
+        seen.append(src.path)
+        return real(src)
+    monkeypatch.setattr(pipeline, "open_source", counting)
+    return seen
+
+
+@pytest.fixture
+def chunk_reads(monkeypatch) -> list[str]:
+    """Every chunk read back from the store (proofs and verified reads)."""
+    seen: list[str] = []
+    real = Repository.try_read_chunk
+
+    def counting(self, ref):
+        seen.append(ref.hash)
+        return real(self, ref)
+    monkeypatch.setattr(Repository, "try_read_chunk", counting)
+    return seen
+
+
+def files_of(repo: Repository, mid: str) -> dict:
+    return {e.path: e for e in repo.load_manifest(mid).files}
+
+
+def test_unchanged_files_are_not_read_and_their_entries_are_reused(repo, ckpt, reads, chunk_reads):
+    first = pipeline_archive(repo, [ckpt], name="m")
+    assert first.files_reused == 0 and len(reads) == first.files == 4
+    reads.clear()
+    chunk_reads.clear()
+    again = pipeline_archive(repo, [ckpt], name="m")
+    assert reads == [] and again.files_reused == 4
+    assert files_of(repo, again.id) == files_of(repo, first.id)  # the same entries, byte for byte
+    uniq = repo.load_manifest(first.id).unique_chunks()
+    assert sorted(chunk_reads) == sorted(uniq)  # every chunk proved once, without the source
+    assert again.new_chunks == 0 and again.bytes_in == first.bytes_in
+
+
+def test_reread_reads_every_file(repo, ckpt, reads):
+    first = pipeline_archive(repo, [ckpt], name="m")
+    reads.clear()
+    again = pipeline_archive(repo, [ckpt], name="m", reread=True)
+    assert again.files_reused == 0 and len(reads) == 4
+    assert files_of(repo, again.id) == files_of(repo, first.id)
+
+
+def test_a_rewrite_that_keeps_size_and_mtime_is_read_again(repo, ckpt, reads):
+    """ctime moves on any write, and no caller can set it back."""
+    pipeline_archive(repo, [ckpt], name="m")
+    cfg = ckpt / "config.json"
+    st = cfg.stat()
+    data = cfg.read_bytes()
+    cfg.write_bytes(data.upper() if data.upper() != data else data.lower())
+    os.utime(cfg, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cfg.stat().st_size == st.st_size and cfg.stat().st_mtime_ns == st.st_mtime_ns
+    reads.clear()
+    again = pipeline_archive(repo, [ckpt], name="m")
+    assert reads == ["ckpt/config.json"] and again.files_reused == 3
+    e = files_of(repo, again.id)["ckpt/config.json"]
+    assert repo.read_chunk(e.chunks[0]) == cfg.read_bytes()
+
+
+def test_a_replaced_file_is_read_again(repo, ckpt, reads):
+    pipeline_archive(repo, [ckpt], name="m")
+    vocab = ckpt / "tokenizer" / "vocab.txt"
+    new = vocab.with_name("new")
+    new.write_bytes(vocab.read_bytes())
+    st = vocab.stat()
+    os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(new, vocab)  # same path, size and mtime; another inode
+    reads.clear()
+    assert pipeline_archive(repo, [ckpt], name="m").files_reused == 3
+    assert reads == ["ckpt/tokenizer/vocab.txt"]
+
+
+def test_a_damaged_chunk_is_not_reused_the_file_is_read_and_the_chunk_repaired(repo, ckpt, reads, tmp_path):
+    first = pipeline_archive(repo, [ckpt], name="m")
+    e = files_of(repo, first.id)["ckpt/model.safetensors"]
+    c = max(e.chunks, key=lambda c: c.stored_size)
+    raw = RawStore(str(tmp_path / "store"))
+    raw.mutate(layout.chunk(c.hash), lambda b: b[:-1] + bytes([b[-1] ^ 1]))
+    reads.clear()
+    again = pipeline_archive(repo, [ckpt], name="m")
+    assert reads == ["ckpt/model.safetensors"] and again.files_reused == 3
+    assert again.repaired_chunks == 1
+    assert files_of(repo, again.id) == files_of(repo, first.id)
+    repo.read_chunk(c)  # intact again
+
+
+def test_missing_chunk_is_not_reused(repo, ckpt, reads, tmp_path):
+    first = pipeline_archive(repo, [ckpt], name="m")
+    e = files_of(repo, first.id)["ckpt/tokenizer/vocab.txt"]
+    RawStore(str(tmp_path / "store")).delete(layout.chunk(e.chunks[0].hash))
+    reads.clear()
+    again = pipeline_archive(repo, [ckpt], name="m")
+    assert reads == ["ckpt/tokenizer/vocab.txt"] and again.new_chunks == 1
+    repo.read_chunk(e.chunks[0])
+
+
+def test_trust_window_reuses_recently_verified_chunks_without_reading_them(repo, ckpt, reads, chunk_reads):
+    first = pipeline_archive(repo, [ckpt], name="m")
+    hashes = list(repo.load_manifest(first.id).unique_chunks())
+    chunk_reads.clear()
+    pipeline_archive(repo, [ckpt], name="m", trust_verified_within=3600)
+    assert sorted(chunk_reads) == sorted(hashes)  # never deep-verified: each one is read and proved
+    repo.record_chunk_checks((h, True) for h in hashes)  # what verify --deep records
+    chunk_reads.clear()
+    reads.clear()
+    res = pipeline_archive(repo, [ckpt], name="m", trust_verified_within=3600)
+    assert chunk_reads == [] and reads == [] and res.files_reused == 4
+    repo.record_chunk_checks([(hashes[0], False)])  # last found bad: proved again
+    chunk_reads.clear()
+    pipeline_archive(repo, [ckpt], name="m", trust_verified_within=3600)
+    assert chunk_reads == [hashes[0]]
+
+
+def test_a_cache_row_pointing_at_another_entry_is_not_trusted(repo, ckpt, reads):
+    pipeline_archive(repo, [ckpt], name="m")
+    db = sqlite3.connect(cache_path(repo.catalog_path))
+    with db:  # config.json's row now names vocab.txt's entry (other size): refused, the file is read
+        db.execute("UPDATE files SET entry_path='ckpt/tokenizer/vocab.txt' WHERE entry_path='ckpt/config.json'")
+        db.execute("UPDATE files SET manifest=? WHERE entry_path='ckpt/empty.txt'", ("0" * 64,))
+    db.close()
+    reads.clear()
+    again = pipeline_archive(repo, [ckpt], name="m")
+    assert sorted(reads) == ["ckpt/config.json", "ckpt/empty.txt"] and again.files_reused == 2
+    assert files_of(repo, again.id)["ckpt/config.json"].size == (ckpt / "config.json").stat().st_size
+
+
+def test_an_unreadable_cache_only_turns_the_cache_off(repo, ckpt, reads):
+    cache_path(repo.catalog_path).write_bytes(b"not a database" * 100)
+    first = pipeline_archive(repo, [ckpt], name="m")
+    reads.clear()
+    again = pipeline_archive(repo, [ckpt], name="m")
+    assert len(reads) == 4 and again.files_reused == 0 and again.id != first.id
+
+
+def test_a_different_chunk_policy_does_not_reuse(repo, ckpt, reads):
+    from archiver.chunking import ChunkPolicy
+    pipeline_archive(repo, [ckpt], name="m")
+    reads.clear()
+    pipeline_archive(repo, [ckpt], name="m", policy=ChunkPolicy(max_chunk=1 << 20))
+    assert len(reads) == 4
+
+
+def test_cli_reread_and_json_count(tmp_path, ckpt, home):
+    store = str(tmp_path / "clistore")
+    r = run_cli("--store", store, "archive", str(ckpt), "--name", "m", "--json")
+    assert r.code == 0 and r.json()["files_reused"] == 0
+    r = run_cli("--store", store, "archive", str(ckpt), "--name", "m", "--json")
+    assert r.code == 0 and r.json()["files_reused"] == 4
+    r = run_cli("--store", store, "archive", str(ckpt), "--name", "m", "--reread", "--json")
+    assert r.code == 0 and r.json()["files_reused"] == 0
+    assert run_cli("--store", store, "verify", "m", "--deep").code == 0
