@@ -12,6 +12,9 @@ Temporary names are fixed-length and hold a backslash, which no archived name ca
 one; temp files left by a killed restore are removed by the next restore into DEST.
 All-zero stretches are skipped with a seek, so sparse files stay sparse. Directory modes
 and mtimes are set last, deepest first, once everything inside them is written.
+Small files are restored several at a time (one alone cannot keep the workers busy):
+each is still fsynced before its rename, and the directories they were renamed into are
+synced once each at the end, before the restore reports success, rather than once per file.
 setuid, setgid and sticky bits are dropped unless asked for: a restore should not
 create privileged executables from a store someone else may have written to."""
 from __future__ import annotations
@@ -34,7 +37,7 @@ from archiver import events
 from archiver.errors import (DestinationError, DestinationFullError, FileHashError,
                              IntegrityError, UnsafePathError, translated)
 from archiver.fileio import write_all
-from archiver.parallel import default_workers, window_for
+from archiver.parallel import default_workers, ordered_map, window_for
 from archiver.problems import Outcome, Problem, chunk_problem, file_hash_problem
 from archiver.progress import Progress
 from archiver import thaw as thaw_mod
@@ -46,6 +49,8 @@ from manifests.paths import check_link, check_paths
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 WRITEBACK_EVERY = 64 * 1024 * 1024
+# Files up to this size are restored in parallel across files, their directories synced in a batch.
+SMALL_FILE = 1 << 20
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 # Holes are made per aligned window of this size: big enough that checking costs nothing
 # next to the write (bytes.startswith is a memcmp that stops at the first non-zero byte),
@@ -122,8 +127,11 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
     root_fd = os.open(root, _DIR_FLAGS)
     try:
         remove_stale_temps(root_fd)
+        small = [e for e in chosen if e.is_file and e.size <= SMALL_FILE]
         with ThreadPoolExecutor(nworkers, thread_name_prefix="restore") as pool:
             for e in chosen:
+                if e.is_file and e.size <= SMALL_FILE:
+                    continue  # below, several at a time
                 if e.is_file:
                     _restore_file(repo, mid, root_fd, e, pool, window_for(nworkers), result, progress, force,
                                   mode_mask)
@@ -132,6 +140,7 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
                 else:
                     os.close(_open_dir(root_fd, e.path.split("/"), create=True))
                     result.dirs += 1
+            _restore_small(repo, mid, root_fd, small, pool, nworkers, result, progress, force, mode_mask)
         for e in chosen:
             if e.is_symlink:
                 _restore_link(root_fd, e, force)
@@ -351,8 +360,37 @@ def _open_dir(root_fd: int, parts: list[str], *, create: bool) -> int:
         raise
 
 
+def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry], pool: ThreadPoolExecutor,
+                   nworkers: int, result: RestoreResult, progress: Progress, force: bool, mode_mask: int) -> None:
+    """Restore small files several at a time (file tasks on a pool of their own, since they
+    wait on chunk tasks), each fsynced before its rename; then sync every directory they
+    were renamed into, once, so all of them are durable before the restore reports."""
+    if not files:
+        return
+
+    def one(e: Entry) -> RestoreResult:
+        mine = RestoreResult(id=mid, dest=result.dest)  # merged on this thread: no shared counters
+        _restore_file(repo, mid, root_fd, e, pool, 2, mine, progress, force, mode_mask, sync_dir=False)
+        return mine
+
+    with ThreadPoolExecutor(nworkers, thread_name_prefix="restore-files") as tasks:
+        for _e, mine in ordered_map(tasks, one, files, 4 * nworkers):
+            result.files += mine.files
+            result.bytes += mine.bytes
+            result.problems.extend(mine.problems)
+    for parent in sorted({e.path.rpartition("/")[0] for e in files}):
+        fd = _open_dir(root_fd, parent.split("/") if parent else [], create=False)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _restore_file(repo: Repository, mid: str, root_fd: int, e: Entry, pool: ThreadPoolExecutor, window: int,
-                  result: RestoreResult, progress: Progress, force: bool, mode_mask: int) -> None:
+                  result: RestoreResult, progress: Progress, force: bool, mode_mask: int,
+                  sync_dir: bool = True) -> None:
+    """`sync_dir=False`: the caller syncs the directory after a batch of files (the file
+    itself is always fsynced before its rename)."""
     parts = e.path.split("/")
     dir_fd = _open_dir(root_fd, parts[:-1], create=True)
     name = parts[-1]
@@ -384,7 +422,8 @@ def _restore_file(repo: Repository, mid: str, root_fd: int, e: Entry, pool: Thre
         tmp = ""
         os.close(fd)
         fd = -1
-        os.fsync(dir_fd)
+        if sync_dir:
+            os.fsync(dir_fd)
         result.files += 1
         result.bytes += e.size
     except FileHashError:

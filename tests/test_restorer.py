@@ -285,7 +285,8 @@ def test_killed_restore_leftover_removed_by_next_restore(archived, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == -signal.SIGKILL, p.stderr
     left = [q for q in dest.rglob("*") if is_temp_name(q.name)]
-    assert len(left) == 1 and left[0].stat().st_size > 0
+    # small files are restored several at a time, so other temp files may be open at the kill
+    assert len(left) >= 1 and any(q.stat().st_size > 0 for q in left)
     r = run_cli("restore", mid, str(dest), "--force")
     assert r.code == 0, r.err
     assert not [q for q in dest.rglob("*") if is_temp_name(q.name)]
@@ -472,3 +473,74 @@ def test_restore_of_manifest_without_directory_mtimes(archived, tmp_path):
     assert r.code == 0, r.err
     assert tree(dest / "ckpt") == tree(ckpt)
     assert (dest / "ckpt" / "tokenizer").stat().st_mtime_ns >= before - 10**9
+
+
+# -- many small files: in parallel, directories synced in a batch before success -------------
+
+@pytest.fixture
+def small_tree(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    src = tmp_path / "small"
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(30):
+            (src / f"d{d}" / f"f{i}.bin").write_bytes(random.Random(d * 100 + i).randbytes(500 + i))
+        (src / f"d{d}" / "empty").write_bytes(b"")
+    store, catalog = str(tmp_path / "store"), tmp_path / "cat.db"
+    mid = archiver.archive([src], name="small", store=store, catalog=catalog).id
+    return src, store, catalog, mid
+
+
+def test_small_files_restore_in_parallel_and_every_directory_is_synced_after_its_renames(small_tree, tmp_path,
+                                                                                         monkeypatch):
+    src, store, catalog, mid = small_tree
+    log: list[tuple[str, int]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        log.append(("dir-sync" if os.path.stat.S_ISDIR(st.st_mode) else "file-sync", st.st_ino))
+        return real_fsync(fd)
+
+    def rename(a, b, *, src_dir_fd=None, dst_dir_fd=None):
+        log.append(("rename", os.fstat(dst_dir_fd).st_ino))
+        return real_rename(a, b, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+    monkeypatch.setattr(restorer.os, "fsync", fsync)
+    monkeypatch.setattr(restorer.os, "rename", rename)
+    res = archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
+    monkeypatch.undo()
+    assert res.ok and res.files == 124 and tree(tmp_path / "out" / "small") == tree(src)
+    out = tmp_path / "out"
+    mine = {q.stat().st_ino for q in out.rglob("*")} | {out.stat().st_ino}
+    log = [(k, ino) for k, ino in log if ino in mine]  # not the store's own writes (its event)
+    assert sum(k == "file-sync" for k, _ in log) == 124  # each file fsynced before its rename
+    renamed = {ino for k, ino in log if k == "rename"}
+    assert len(renamed) == 4
+    for ino in renamed:  # the directory is synced after the last file renamed into it ...
+        last_rename = max(i for i, (k, x) in enumerate(log) if k == "rename" and x == ino)
+        assert any(k == "dir-sync" and x == ino for k, x in log[last_rename:])
+    dir_syncs = sum(k == "dir-sync" for k, _ in log)
+    assert dir_syncs <= 2 * (4 + 1) + 1  # ... once per directory (and once for its mode), not per file
+
+
+def test_damaged_small_files_are_reported_never_renamed_and_the_rest_restored(small_tree, tmp_path):
+    src, store, catalog, mid = small_tree
+    _, m = archiver.show(mid, store=store, catalog=catalog)
+    files = [e for e in m.entries if e.type == "file" and e.size]
+    bad = files[::25]
+    for e in bad:
+        h = e.chunks[0].hash
+        p = Path(store) / "chunks" / h[:2] / h
+        b = p.read_bytes()
+        os.chmod(p, 0o644)
+        p.write_bytes(b[:-1] + bytes([b[-1] ^ 1]))
+    out = tmp_path / "out"
+    res = archiver.restore(mid, out, store=store, catalog=catalog)
+    assert not res.ok and sorted(p.path for p in res.problems) == sorted(e.path for e in bad)
+    assert res.files == 124 - len(bad)
+    for e in bad:
+        assert not (out / e.path).exists()
+    assert not [q for q in out.rglob("*") if is_temp_name(q.name)]
+    good = [e for e in files if e not in bad]
+    for e in good:
+        assert (out / e.path).read_bytes() == (src.parent / e.path).read_bytes()
