@@ -200,14 +200,14 @@ def markdown(results: dict[str, Any], args: argparse.Namespace, notes: list[str]
     return "\n".join(lines)
 
 
-def put_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of `path` (from its heading to the next '## '), or append it."""
+def put_section(path: Path, text: str, heading: str = HEADING) -> None:
+    """Replace a benchmark's section of `path` (from its heading to the next '## '), or append it."""
     old = path.read_text() if path.exists() else ""
-    at = old.find(HEADING)
+    at = old.find(heading)
     if at < 0:
         new = old.rstrip("\n") + "\n\n" + text
     else:
-        end = old.find("\n## ", at + len(HEADING))
+        end = old.find("\n## ", at + len(heading))
         new = old[:at] + text.rstrip("\n") + "\n" + (old[end:] if end >= 0 else "")
     path.write_text(new)
 
