@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/replicate_bench.py
 	$(BIN)/python bench/smallfiles.py --big-gib 16
+	$(BIN)/python bench/versions.py
 
 bench-replicate: $(STAMP)
 	$(BIN)/python bench/replicate_bench.py
