@@ -477,3 +477,22 @@ def test_many_small_files_are_deep_verified_across_files(tmp_path):
     rep = archiver.verify([mid], deep=True, store=store, catalog=catalog)
     assert sorted(p.path for p in rep.problems) == sorted(e.path for e in bad)
     assert rep.files_hashed == 200 - len(bad)
+
+
+def test_chain_checks_within_one_run_match_the_store_fetching_ones(arch, source):
+    """A parent verified in the same run (its store copy proved) is not fetched again; the
+    chain findings are the same as verifying the child alone."""
+    from manifests.model import Manifest
+    other = arch.archive([source], name="x").id
+    _, m = arch.show(other)
+    forged = Manifest(name="m", entries=m.entries, parent=other)
+    arch.raw.write(manifest_key(forged.id), forged.canonical_json())
+    alone = [p for p in arch.verify([forged.id]).problems if p.kind == "chain"]
+    both = [p for p in arch.verify([other, forged.id]).problems if p.kind == "chain"]
+    assert [(p.manifest, p.detail) for p in both] == [(p.manifest, p.detail) for p in alone]
+    assert [p.detail for p in alone] == [f"broken chain: parent {other[:16]} is named 'x', not 'm'"]
+    # a parent whose store copy is gone: the child's chain is checked against the store
+    child = arch.archive([source], name="x").id
+    arch.raw.delete(manifest_key(other))
+    rep = arch.verify([other, child])
+    assert {(p.manifest, p.kind) for p in rep.problems} == {(other, "manifest"), (child, "chain")}
