@@ -274,7 +274,7 @@ class FileProof:
 def proof_key(e: Entry) -> tuple:
     """What makes two file entries the same proof: chunk list (with stored sizes), size and
     whole-file hashes. Path, mode and mtime do not change what is read or what it must hash to."""
-    return e.size, e.blake3, e.sha256, e.chunks
+    return e.size, e.blake3, e.sha256, tuple((c.offset, c.length, c.hash, c.stored_size, c.codec) for c in e.chunks)
 
 
 def _prove_file(repo: Repository, e: Entry, pool: ThreadPoolExecutor, window: int,
@@ -331,10 +331,10 @@ def _deep(repo: Repository, manifests: dict[str, Manifest], nworkers: int, repor
           progress: Progress) -> None:
     """Deep-read each distinct file entry once: large ones one at a time (their chunks in
     parallel), small ones in parallel across files; then report per manifest, in order."""
-    uses = [(mid, e) for mid, m in manifests.items() for e in m.files]
+    uses = [(mid, e, proof_key(e)) for mid, m in manifests.items() for e in m.files]
     unique: dict[tuple, Entry] = {}
-    for _mid, e in uses:
-        unique.setdefault(proof_key(e), e)
+    for _mid, e, k in uses:
+        unique.setdefault(k, e)
     proofs: dict[tuple, FileProof] = {}
     window = window_for(nworkers)
     small = [(k, e) for k, e in unique.items() if e.size <= SMALL_FILE]
@@ -348,8 +348,7 @@ def _deep(repo: Repository, manifests: dict[str, Manifest], nworkers: int, repor
                                               small, 4 * nworkers):
                 proofs[k] = proof
     seen: set[tuple] = set()
-    for mid, e in uses:
-        k = proof_key(e)
+    for mid, e, k in uses:
         first = k not in seen
         seen.add(k)
         if not first:
