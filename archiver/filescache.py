@@ -201,14 +201,19 @@ class FilesRun:
     def _proved(self, candidates: dict[str, Entry], trust: float | None, write_policy: Any,
                 workers: int) -> dict[str, Entry]:
         """The candidates whose every chunk proves intact in the store."""
-        refs = {c.hash: c for e in candidates.values() for c in e.chunks}
+        refs: dict[str, ChunkRef] = {}
+        for e in candidates.values():
+            for c in e.chunks:
+                refs.setdefault(c.hash, c)  # one proof per hash (offsets may differ between files)
         with ThreadPoolExecutor(workers, thread_name_prefix="files-cache") as pool:
             bad = {h for h, err in ordered_map(
                 pool, lambda h: self.repo.prove_stored_chunk(refs[h], trust_verified_within=trust,
                                                              policy=write_policy),
                 list(refs), 4 * workers) if err is not None}
         self.proved = {h: c for h, c in refs.items() if h not in bad}
-        return {p: e for p, e in candidates.items() if not any(c.hash in bad or refs[c.hash] != c for c in e.chunks)}
+        return {p: e for p, e in candidates.items()
+                if not any(c.hash in bad or (c.stored_size, c.codec) != (refs[c.hash].stored_size, refs[c.hash].codec)
+                           for c in e.chunks)}
 
     def entry(self, src: Source) -> Entry | None:
         """The proved entry of an unchanged file, under its path and mode of this run; None: read it."""

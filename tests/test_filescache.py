@@ -192,3 +192,23 @@ def test_cli_reread_and_json_count(tmp_path, ckpt, home):
     r = run_cli("--store", store, "archive", str(ckpt), "--name", "m", "--reread", "--json")
     assert r.code == 0 and r.json()["files_reused"] == 0
     assert run_cli("--store", store, "verify", "m", "--deep").code == 0
+
+
+def test_a_chunk_shared_at_different_offsets_is_proved_once_and_both_files_reused(repo, tmp_path, reads,
+                                                                                 chunk_reads):
+    from tests.fixtures import make_safetensors, random_tensor_bytes
+    src = tmp_path / "two"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    tensors = {"w": ("BF16", [1024, 1024], random_tensor_bytes("BF16", 1024 * 1024, seed=3))}
+    make_safetensors(src / "a" / "model.safetensors", tensors, metadata={"format": "pt"})
+    make_safetensors(src / "b" / "model.safetensors", tensors, metadata={"format": "pt", "note": "x" * 300})
+    first = pipeline_archive(repo, [src], name="two")
+    fa, fb = (files_of(repo, first.id)[f"two/{d}/model.safetensors"] for d in "ab")
+    shared = {c.hash for c in fa.chunks} & {c.hash for c in fb.chunks}
+    assert shared and any(c.offset != d.offset for c in fa.chunks for d in fb.chunks if c.hash == d.hash in shared)
+    reads.clear()
+    chunk_reads.clear()
+    again = pipeline_archive(repo, [src], name="two")
+    assert reads == [] and again.files_reused == 2
+    assert sorted(chunk_reads) == sorted(repo.load_manifest(first.id).unique_chunks())  # each hash once
