@@ -878,7 +878,8 @@ def test_cli_reads_a_read_only_catalog(tmp_path):
                              text=True)
         assert out.returncode == 0, out.stderr
         mid = json.loads(out.stdout)["id"]
-        assert sorted(p.name for p in cat.parent.iterdir()) == ["catalog.db", "catalog.db.lock"]
+        # catalog.db.files: archive's files cache (archiver/filescache.py), kept beside the catalog
+        assert sorted(p.name for p in cat.parent.iterdir()) == ["catalog.db", "catalog.db.files", "catalog.db.lock"]
         before = cat.read_bytes()
         for p in [store, *store.rglob("*")]:
             os.chmod(p, 0o755 if p.is_dir() else 0o444)
@@ -907,7 +908,7 @@ def test_cli_reads_a_read_only_catalog(tmp_path):
         assert r.returncode == 1 and "cannot be written" in r.stderr
         _one_line_error(r.stderr)
         assert cat.read_bytes() == before
-        assert sorted(p.name for p in cat.parent.iterdir()) == ["catalog.db", "catalog.db.lock"]
+        assert sorted(p.name for p in cat.parent.iterdir()) == ["catalog.db", "catalog.db.files", "catalog.db.lock"]
     finally:
         for p in [base, *base.rglob("*")]:
             if p.is_dir():
