@@ -447,3 +447,17 @@ def export(ref: str, dest: str | os.PathLike, *, format: str = "bagit", trust_ke
             return bagit.export_bag(r, ref, dest, trusted=trusted, progress=progress)
         from archiver import ocfl
         return ocfl.export_ocfl(r, ref, dest, trusted=trusted, progress=progress)
+
+
+def key_split(identity: str | os.PathLike, *, shares: int, threshold: int, out_dir: str | os.PathLike = ".",
+              passphrase: str | bytes | None = None) -> Any:
+    """Split an age identity file into SLIP-39 share sheets for custodians (escrow.SplitResult)."""
+    from archiver import escrow  # pyrage and shamir-mnemonic load only for key escrow
+    return escrow.split_files(identity, shares, threshold, out_dir, passphrase)
+
+
+def key_combine(shares: Iterable[str | os.PathLike], *, out: str | os.PathLike | None = None,
+                passphrase: str | bytes | None = None) -> Any:
+    """Restore an age identity from share sheets (escrow.CombineResult), written to `out` if given."""
+    from archiver import escrow
+    return escrow.combine_files(list(shares), out, passphrase)

@@ -779,6 +779,65 @@ def retention_extend_cmd(c: Ctx, ref: str, until: str, lock_mode: str | None, as
         click.echo(f"{res['id']}: {res['objects']} objects locked ({res['mode']}) until at least {res['retain_until']}")
 
 
+@cli.group("key")
+def key_group() -> None:
+    """Custodian keys: split, combine, rotate."""
+
+
+def _read_passphrase(path: str | None) -> str | None:
+    """The first line of a passphrase file (never a flag value: argv is visible to every user)."""
+    if path is None:
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.readline().rstrip("\r\n")
+
+
+@key_group.command("split")
+@click.argument("identity", type=click.Path(exists=True, dir_okay=False))
+@click.option("--shares", type=int, required=True, help="Number of custodians (share sheets), at most 16.")
+@click.option("--threshold", type=int, required=True, help="How many sheets restore the key (at least 2).")
+@click.option("--out-dir", type=click.Path(exists=True, file_okay=False), default=".", show_default=True,
+              help="Directory for the sheets (each new, mode 0600; nothing is overwritten).")
+@click.option("--passphrase-file", type=click.Path(exists=True, dir_okay=False),
+              help="Also protect the split with the passphrase on this file's first line (SLIP-39).")
+@click.option("--json", "as_json", is_flag=True)
+def key_split_cmd(identity: str, shares: int, threshold: int, out_dir: str, passphrase_file: str | None,
+                  as_json: bool) -> None:
+    """Split the age identity in IDENTITY (as age-keygen writes it) into SLIP-39 share sheets,
+    one per custodian: any --threshold of them restore it, fewer reveal nothing."""
+    res = api.key_split(identity, shares=shares, threshold=threshold, out_dir=out_dir,
+                        passphrase=_read_passphrase(passphrase_file))
+    if as_json:
+        emit(res.to_dict())
+    else:
+        click.echo(printable(f"split {res.split_id}: {res.shares} share sheets, any {res.threshold} restore "
+                             f"{res.public_key}"))
+        for p in res.files:
+            click.echo(printable(f"  {p}"))
+
+
+@key_group.command("combine")
+@click.argument("shares", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(), help="Write the restored identity here (new file, mode 0600); "
+                                               "default: print it.")
+@click.option("--passphrase-file", type=click.Path(exists=True, dir_okay=False),
+              help="The split's passphrase, on this file's first line.")
+@click.option("--json", "as_json", is_flag=True)
+def key_combine_cmd(shares: tuple[str, ...], out: str | None, passphrase_file: str | None, as_json: bool) -> None:
+    """Restore an age identity from custodians' share sheets (or files of their words).
+    Refuses too few shares, duplicates, shares of different splits and corrupt words."""
+    res = api.key_combine(shares, out=out, passphrase=_read_passphrase(passphrase_file))
+    if as_json:
+        emit(res.to_dict())
+        return
+    who = ", ".join(map(str, res.key.custodians))
+    if res.out is None:
+        click.echo(res.key.file_text(), nl=False)
+        click.echo(f"restored {res.key.identity.public_key} from custodians {who}", err=True)
+    else:
+        click.echo(printable(f"restored {res.key.identity.public_key} from custodians {who} into {res.out}"))
+
+
 def fail(message: str, code: int, as_json: bool, kind: str = "error", **fields: Any) -> None:
     """One line on stderr; with --json also one JSON document on stdout; then exit."""
     click.echo(f"archiver: {'' if kind == 'internal' else 'error: '}{printable(message)}", err=True)
