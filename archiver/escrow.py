@@ -19,6 +19,7 @@ import pyrage
 import shamir_mnemonic
 from shamir_mnemonic import MnemonicError
 from shamir_mnemonic.share import Share
+from shamir_mnemonic.wordlist import WORD_INDEX_MAP
 
 from archiver import bech32
 from archiver.errors import InvalidOptionError, UsageError
@@ -225,7 +226,11 @@ def _ordered_words(tokens: list[str], name: str) -> list[str]:
     if numbered and sorted(numbered) != list(range(1, len(numbered) + 1)):
         missing = sorted(set(range(1, max(numbered) + 1)) - set(numbered))
         raise CorruptShareError(name, f"word(s) {', '.join(map(str, missing[:5]))} missing")
-    return [numbered[i] for i in sorted(numbered)] if numbered else plain
+    words = [numbered[i] for i in sorted(numbered)] if numbered else plain
+    for i, word in enumerate(words, 1):
+        if word not in WORD_INDEX_MAP:
+            raise CorruptShareError(name, f"word {i} ({word[:20]!r}) is not a SLIP-39 word")
+    return words
 
 
 def parse_share(text: str, name: str = "share") -> ShareRecord:
