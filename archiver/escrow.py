@@ -209,8 +209,8 @@ def _ordered_words(tokens: list[str], name: str) -> list[str]:
     plain: list[str] = []
     number: int | None = None
     for tok in tokens:
-        if tok.isdigit():
-            if number is not None or int(tok) in numbered or not 1 <= int(tok) <= 99:
+        if tok.isascii() and tok.isdigit():
+            if number is not None or len(tok) > 2 or int(tok) in numbered or not 1 <= int(tok) <= 99:
                 raise CorruptShareError(name, f"word number {tok[:8]} is repeated, out of range or has no word")
             number = int(tok)
             continue
@@ -234,8 +234,8 @@ def _ordered_words(tokens: list[str], name: str) -> list[str]:
 
 
 def parse_share(text: str, name: str = "share") -> ShareRecord:
-    """A share sheet written by `ShareRecord.text`, or bare SLIP-39 words (numbers ignored).
-    Header fields are checked against the words, never trusted over them."""
+    """A share sheet written by `ShareRecord.text`, or a file of bare SLIP-39 words
+    (numbered or not). Header fields are checked against the words, never trusted over them."""
     header: dict[str, str] = {}
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if _WORDS.match(line.strip())), None)
@@ -275,7 +275,8 @@ def parse_share(text: str, name: str = "share") -> ShareRecord:
         except (pyrage.RecipientError, ValueError):
             raise CorruptShareError(name, f"its public key {public[:80]!r} is not an age recipient") from None
     passphrase = {"required": True, "none": False}.get(header.get("passphrase", ""))
-    return ShareRecord(share.index + 1, int(shares) if shares.isdigit() else 0, share.member_threshold,
+    count = int(shares) if shares.isascii() and shares.isdigit() and len(shares) <= 2 else 0
+    return ShareRecord(share.index + 1, count, share.member_threshold,
                        share.identifier, public, passphrase, tuple(words))
 
 

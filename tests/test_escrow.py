@@ -365,3 +365,27 @@ def test_python_api(tmp_path, identity_file, identity):
     res = archiver.key_combine(split.files[2:], out=tmp_path / "restored.key")
     assert res.key.custodians == [3, 4] and res.out == tmp_path / "restored.key"
     assert escrow.parse_identity(res.out.read_text()).text == str(identity)
+
+
+def test_mutated_sheets_are_refused_or_restore_the_key(records, identity):
+    """Hostile edits (bytes replaced, deleted or duplicated; words swapped) never escape as
+    anything but an EscrowError, and whatever combines is still the recorded key."""
+    import random
+    rng = random.Random(13)
+    base = records[2].text()
+    for _ in range(300):
+        text = list(base)
+        for _ in range(rng.randint(1, 4)):
+            i = rng.randrange(len(text))
+            op = rng.randrange(3)
+            if op == 0:
+                text[i] = rng.choice("0123456789 \n\t:#abcxyz\u00b2\u0663\x00\ufeff")
+            elif op == 1:
+                del text[i]
+            else:
+                text.insert(i, text[i])
+        try:
+            key = escrow.combine([records[0].text(), records[1].text(), "".join(text)])
+        except escrow.EscrowError:
+            continue
+        assert key.identity.text == str(identity)
