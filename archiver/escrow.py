@@ -395,6 +395,8 @@ def create_private(path: str | os.PathLike, text: str) -> Path:
         fd = os.open(p, _CREATE, 0o600)
     except FileExistsError:
         raise EscrowError(f"{p}: already exists; refusing to overwrite it") from None
+    except OSError as e:  # no such directory, not writable: nothing was created
+        raise EscrowError(f"{p}: cannot create it ({e.strerror or e})") from None
     try:
         write_all(fd, text.encode())
         os.fsync(fd)

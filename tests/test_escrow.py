@@ -313,6 +313,8 @@ def test_cli_hostile_inputs_one_line_exit_2(tmp_path, identity_file, records):
     _one_line_exit_2(run_cli("key", "split", str(identity_file), "--shares", "3", "--threshold", "1",
                              "--out-dir", str(out)), "--threshold must be at least 2")
     assert list(out.iterdir()) == []
+    _one_line_exit_2(run_cli("key", "combine", *s[:3], "--out", str(tmp_path / "no" / "such" / "dir.key")),
+                     "cannot create it")
     r = run_cli("key", "combine", s[0], s[1], "--json")
     assert r.code == 2
     doc = json.loads(r.out)
