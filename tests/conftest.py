@@ -160,6 +160,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
     return request.getfixturevalue("s3_server_url")
 
 
+@pytest.fixture
+def env(home: Path, monkeypatch: pytest.MonkeyPatch, store_url: str) -> str:
+    """`store_url` as ARCHIVER_STORE (ARCHIVER_HOME in tmp, no ambient catalog), so a CLI
+    test runs on every backend without --store. A module may define its own `env`."""
+    monkeypatch.setenv("ARCHIVER_STORE", store_url)
+    return store_url
+
+
 @pytest.fixture(params=["s3-mock", pytest.param("s3-server", marks=pytest.mark.integration)])
 def s3_store_url(request: pytest.FixtureRequest) -> str:
     """Like `store_url`, for S3-only behaviour: the S3 mock, then the HTTP server."""
