@@ -779,6 +779,11 @@ def retention_extend_cmd(c: Ctx, ref: str, until: str, lock_mode: str | None, as
         click.echo(f"{res['id']}: {res['objects']} objects locked ({res['mode']}) until at least {res['retain_until']}")
 
 
+@cli.group("key")
+def key_grp() -> None:
+    """Keys of sealed stores: rotate recipients (re-wrap key objects); split and combine identities."""
+
+
 def fail(message: str, code: int, as_json: bool, kind: str = "error", **fields: Any) -> None:
     """One line on stderr; with --json also one JSON document on stdout; then exit."""
     click.echo(f"archiver: {'' if kind == 'internal' else 'error: '}{printable(message)}", err=True)
