@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
+from archiver import layout
 from archiver.checker import VerifyReport
 from archiver.errors import ArchiverError
 from archiver.problems import Problem
@@ -26,7 +27,7 @@ def verify_sealed(repo: Repository, refs: Iterable[str], *, all_archives: bool) 
             continue
         for key, size, b3, kid in doc["objects"]:
             why = repo.audit_object(key, size, b3)
-            kind = "manifest" if key.startswith("manifests/") else "corrupt-chunk"
+            kind = "manifest" if layout.manifest_id(key) is not None else "corrupt-chunk"
             if why is not None:
                 rep.add(Problem(mid, "missing-chunk" if why == "object is missing" and kind != "manifest" else kind,
                                 f"{key}: {why}", chunk=key.rsplit("/", 1)[-1] if kind != "manifest" else None))
