@@ -87,7 +87,12 @@ def _recipient_bytes(recipient: str) -> bytes:
     except Exception:
         raise InvalidOptionError("encrypt_to", f"is not an age X25519 recipient (age1...): {recipient[:80]!r}") \
             from None
-    data = [_BECH32.index(c) for c in recipient.lower()[4:-6]]
+    return _bech32_payload(recipient)
+
+
+def _bech32_payload(text: str) -> bytes:
+    """The 32-byte key inside an age bech32 string (already validated by pyrage)."""
+    data = [_BECH32.index(c) for c in text.lower().rsplit("1", 1)[1][:-6]]
     acc, bits, out = 0, 0, bytearray()
     for v in data:
         acc, bits = (acc << 5) | v, bits + 5
@@ -97,8 +102,13 @@ def _recipient_bytes(recipient: str) -> bytes:
     return bytes(out[:32])
 
 
-def age_encrypt(plain: bytes | memoryview, recipient: bytes) -> bytes:
-    """An age v1 file of `plain` for one X25519 recipient (32 raw bytes), no grease."""
+def _stream_nonce(i: int, last: bool) -> bytes:
+    return i.to_bytes(11, "big") + (b"\1" if last else b"\0")
+
+
+def age_encrypt(plain: bytes | memoryview, recipient: bytes, prefix: bytes = b"") -> bytes:
+    """`prefix` + an age v1 file of `plain` for one X25519 recipient (32 raw bytes), no
+    grease. Written into one preallocated buffer (encrypt_into): no per-chunk copies or join."""
     file_key = secrets.token_bytes(16)
     eph = X25519PrivateKey.generate()
     eph_pub = eph.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -109,15 +119,85 @@ def age_encrypt(plain: bytes | memoryview, recipient: bytes) -> bytes:
     mac = hmac.new(_hkdf(file_key, b"", b"header"), header, "sha256").digest()
     nonce = secrets.token_bytes(16)
     aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
-    out = [header, b" ", _b64(mac), b"\n", nonce]
     view = memoryview(plain)
     n = len(view)
     count = max(1, -(-n // STREAM_CHUNK))
+    head = prefix + header + b" " + _b64(mac) + b"\n" + nonce
+    out = bytearray(len(head) + n + TAG * count)
+    out[:len(head)] = head
+    dst = memoryview(out)
+    pos = len(head)
+    into = getattr(aead, "encrypt_into", None)
     for i in range(count):
-        last = i == count - 1
-        out.append(aead.encrypt(i.to_bytes(11, "big") + (b"\1" if last else b"\0"),
-                                bytes(view[i * STREAM_CHUNK:(i + 1) * STREAM_CHUNK]), None))
-    return b"".join(out)
+        piece = view[i * STREAM_CHUNK:(i + 1) * STREAM_CHUNK]
+        end = pos + len(piece) + TAG
+        if into is not None:
+            into(_stream_nonce(i, i == count - 1), piece, None, dst[pos:end])
+        else:  # cryptography < 45
+            dst[pos:end] = aead.encrypt(_stream_nonce(i, i == count - 1), bytes(piece), None)
+        pos = end
+    return out  # type: ignore[return-value]  # a bytearray: bytes-like for every store
+
+
+class AgeFormatError(ValueError):
+    """A sealed object's age body is not the shape archiver writes, or does not authenticate."""
+
+
+def _unb64(text: bytes) -> bytes:
+    if not re.fullmatch(rb"[A-Za-z0-9+/]{43}", text):
+        raise AgeFormatError("malformed age header")
+    return base64.b64decode(text + b"=")
+
+
+def age_decrypt(body: bytes | memoryview, identity: X25519PrivateKey) -> bytes:
+    """Decrypt an age file of exactly the shape `age_encrypt` writes (one X25519 stanza,
+    168-byte header): the stanza must unwrap, the header MAC and every STREAM chunk's tag
+    must verify, and the last chunk must be marked last; anything else raises AgeFormatError."""
+    from cryptography.exceptions import InvalidTag
+    view = memoryview(body)
+    head = bytes(view[:AGE_HEADER_LEN])
+    m = re.fullmatch(rb"age-encryption\.org/v1\n-> X25519 ([A-Za-z0-9+/]{43})\n([A-Za-z0-9+/]{43})\n--- "
+                     rb"([A-Za-z0-9+/]{43})\n", head)
+    if m is None or len(view) < AGE_HEADER_LEN + 16 + TAG:
+        raise AgeFormatError("not an archiver age header (truncated, forged or another shape)")
+    eph_pub, wrapped, mac = (_unb64(g) for g in m.groups())
+    me = identity.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    try:
+        shared = identity.exchange(X25519PublicKey.from_public_bytes(eph_pub))
+        file_key = ChaCha20Poly1305(_hkdf(shared, eph_pub + me, b"age-encryption.org/v1/X25519")).decrypt(
+            b"\0" * 12, wrapped, None)
+    except (InvalidTag, ValueError):
+        raise AgeFormatError("the run key does not open its stanza (forged header)") from None
+    want = hmac.new(_hkdf(file_key, b"", b"header"), head[:head.rindex(b"---") + 3], "sha256").digest()
+    if not hmac.compare_digest(want, mac):
+        raise AgeFormatError("header MAC does not verify (forged header)")
+    nonce = bytes(view[AGE_HEADER_LEN:AGE_HEADER_LEN + 16])
+    aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+    payload = view[AGE_HEADER_LEN + 16:]
+    count = max(1, -(-len(payload) // (STREAM_CHUNK + TAG)))
+    out = bytearray(len(payload) - TAG * count)
+    dst = memoryview(out)
+    into = getattr(aead, "decrypt_into", None)
+    pos = 0
+    try:
+        for i in range(count):
+            piece = payload[i * (STREAM_CHUNK + TAG):(i + 1) * (STREAM_CHUNK + TAG)]
+            if len(piece) < TAG or (i and len(piece) == TAG):
+                raise AgeFormatError("truncated STREAM chunk")
+            end = pos + len(piece) - TAG
+            if into is not None:
+                into(_stream_nonce(i, i == count - 1), piece, None, dst[pos:end])
+            else:
+                dst[pos:end] = aead.decrypt(_stream_nonce(i, i == count - 1), bytes(piece), None)
+            pos = end
+    except InvalidTag:
+        raise AgeFormatError(f"STREAM chunk {i} does not authenticate (a flipped bit or truncation)") from None
+    return out  # type: ignore[return-value]
+
+
+def private_key(identity: object) -> X25519PrivateKey:
+    """The X25519 private key of a pyrage identity (AGE-SECRET-KEY-1...)."""
+    return X25519PrivateKey.from_private_bytes(_bech32_payload(str(identity)))
 
 
 def load_identities(paths: list[str]) -> list[pyrage.x25519.Identity]:
@@ -206,7 +286,7 @@ class Sealer:
 
     def seal(self, plain: bytes | memoryview) -> bytes:
         assert self.run_kid is not None and self._run_recipient is not None
-        return PREFIX_TAG + self.run_kid.encode() + b"\n" + age_encrypt(plain, self._run_recipient)
+        return age_encrypt(plain, self._run_recipient, PREFIX_TAG + self.run_kid.encode() + b"\n")
 
     def open_key(self, kid: str, data: bytes) -> None:
         """Unwrap a run key object with the custodians' identities."""
@@ -235,8 +315,8 @@ def object_kid(obj: bytes, what: str) -> str:
 def unseal(obj: bytes, identity: object, what: str) -> bytes:
     """Decrypt a sealed object's age body; a forged header, truncation or a flipped bit is damage."""
     try:
-        return pyrage.decrypt(obj[PREFIX_LEN:], [identity])
-    except Exception as e:
+        return age_decrypt(memoryview(obj)[PREFIX_LEN:], private_key(identity))
+    except AgeFormatError as e:
         raise CorruptChunkError(what, f"sealed object does not decrypt ({e})") from None
 
 

@@ -64,7 +64,15 @@ def test_age_envelope_has_exact_size_and_rage_reads_it(n):
     # sizes no plaintext seals to: below the header, or a partial STREAM tag after a full chunk
     assert sealing.unsealed_size(sealing.sealed_size(0) - 1) is None
     assert sealing.unsealed_size(sealing.sealed_size(65536) + 1) is None
-    assert pyrage.decrypt(enc, [ident]) == data
+    assert pyrage.decrypt(bytes(enc), [ident]) == data  # rage, an independent reader, agrees
+    key = sealing.private_key(ident)
+    assert sealing.age_decrypt(enc, key) == data
+    for bad in (enc[:-1], enc[:len(enc) - 17], enc[:-1] + bytes([enc[-1] ^ 1]),
+                enc[:100] + bytes([enc[100] ^ 1]) + enc[101:]):
+        with pytest.raises(sealing.AgeFormatError):
+            sealing.age_decrypt(bad, key)
+    with pytest.raises(sealing.AgeFormatError):
+        sealing.age_decrypt(enc, sealing.private_key(pyrage.x25519.Identity.generate()))
 
 
 def test_a_bad_recipient_is_one_line_exit_2(tmp_path, home):
