@@ -316,11 +316,17 @@ def replicate(refs: Iterable[str] = (), *, to: str, all_archives: bool = False, 
     from archiver import replicate as rep
     s = settings or Settings.resolve(store, catalog)
     with _repo(repo, store, catalog, settings=s) as src:
-        ids = rep.select(src, refs, all_archives)
         dst_settings = s.for_copy(to, to_catalog)
         if dst_settings.store_url == s.store_url and dst_settings.endpoint == s.endpoint:
             from archiver.errors import UsageError
             raise UsageError(f"the copy {to} is the store itself")
+        if src.sealed:  # without keys: objects proved by the companions' ciphertext hashes
+            from archiver import sealcopy
+            sids = sealcopy.select(src, list(refs), all_archives)
+            with Repository.open(dst_settings, create=True, marker=src.marker_object()) as dst:
+                storecheck.ensure_safe(dst, unsafe_store)
+                return sealcopy.replicate(src, dst, sids)
+        ids = rep.select(src, refs, all_archives)
         with Repository.open(dst_settings, create=True) as dst:
             storecheck.ensure_safe(dst, unsafe_store)  # a copy that overwrites is no copy
             return rep.replicate(src, dst, ids, progress=progress)
@@ -343,6 +349,11 @@ def repair(refs: Iterable[str] = (), *, sources: Iterable[str] = (), all_archive
         urls = list(dict.fromkeys(sources)) or target.copies()  # default: the copies the store names
         if not urls:
             raise UsageError("no copy to repair from (name one, or record copies with `archiver copies add URL`)")
+        if target.sealed:  # without keys: heal from the companions' ciphertext hashes
+            from archiver import sealcopy
+            sids = sealcopy.select(target, list(refs), all_archives)
+            copies = [stack.enter_context(Repository.open(_copy_settings(s, url), read_only=True)) for url in urls]
+            return sealcopy.repair(target, copies, sids, dry_run=dry_run)
         ids = rep.select(target, refs, all_archives)
         copies = [stack.enter_context(Repository.open(_copy_settings(s, url), read_only=True)) for url in urls]
         return rep.repair(target, copies, ids, dry_run=dry_run, sample=sample)

@@ -133,14 +133,14 @@ class Repository:
 
     @classmethod
     def open(cls, settings: Settings | None = None, *, create: bool = False, read_only: bool = False,
-             policy: Any = None) -> "Repository":
+             policy: Any = None, marker: bytes | None = None) -> "Repository":
         """Open (or with create=True, initialise) the store and its catalog. read_only=True
         opens the catalog without creating, migrating or locking it (list, show, verify):
         it works on a read-only catalog, and the few writes such a command makes (verify's
         audit rows) are tried on their own and may raise CatalogReadOnlyError or
         CatalogLockedError. The catalog is bound to the store's URL and S3 endpoint."""
         s = settings or Settings.resolve()
-        st = open_store(s.store_url, create=create, s3_options=s.s3, policy=policy)  # a policy is checked first
+        st = open_store(s.store_url, create=create, s3_options=s.s3, policy=policy, marker=marker)  # a policy is checked first
         # the endpoint the client really uses, if the settings could not see it (an AWS config file)
         endpoint = s.endpoint or normalise_endpoint(getattr(st, "endpoint", None))
         sealer = cls._sealer_for(st, s)
@@ -834,6 +834,8 @@ class Repository:
     def manifest_object(self, mid: str) -> bytes:
         """The store's manifest object, accepted only if its bytes hash to `mid` and parse:
         the exact bytes a copy must hold. NotFoundError if absent, ManifestError if damaged."""
+        if self._sealer is not None:  # plaintext must never reach a copy: archiver.sealcopy copies ciphertext
+            raise UsageError(f"{self.url} is sealed: copy it with archiver.sealcopy (api.replicate does)")
         try:
             data = self._get_manifest(layout.manifest(mid))
         except ObjectMissingError:
@@ -1479,6 +1481,48 @@ class Repository:
     def _put_exact_new(self, key: str, data: bytes) -> None:
         if not self._store.put_if_absent(key, data):
             raise StoreError(f"{key} already exists: another rotation is under way; re-run")
+
+    # -- sealed stores: copies without keys (archiver.sealcopy) ----------------------------------
+    def marker_object(self) -> bytes:
+        from archiver.stores import MAX_MARKER_BYTES
+        return self._store.get(layout.MARKER, max_size=MAX_MARKER_BYTES)
+
+    def proved_sealed_object(self, key: str, size: int, b3: str) -> bytes:
+        """The object under `key`, returned only if it is exactly the one a companion lists
+        (size and ciphertext BLAKE3). Raises ObjectMissingError or CorruptChunkError."""
+        try:
+            obj = self._store.get(key, max_size=size)
+        except ObjectTooLargeError as e:
+            raise CorruptChunkError(key, f"stored size {e.size} != listed {size}") from None
+        if len(obj) != size:
+            raise CorruptChunkError(key, f"stored size {len(obj)} != listed {size}")
+        if blake3.blake3(obj).hexdigest() != b3:
+            raise CorruptChunkError(key, "ciphertext BLAKE3 differs from the companion's")
+        return obj
+
+    def put_sealed_object(self, key: str, data: bytes, policy: Any = None) -> bool:
+        """Store a proved sealed object (or companion, or key object) under the same key as in
+        the source; an object already there must be these exact bytes."""
+        return self._put_exact(key, data, key, policy)
+
+    def key_object_keys(self) -> list[str]:
+        return sorted(i.key for i in self._store.list(layout.KEYS) if layout.key_generation(i.key) is not None)
+
+    def key_object(self, key: str) -> bytes:
+        return self._store.get(key, max_size=sealing.MAX_KEY_OBJECT_BYTES)
+
+    def companion_object(self, mid: str) -> bytes:
+        """The companion's exact bytes, after `companion` parsed (and checked the signature of) them."""
+        self.companion(mid)
+        return self._store.get(layout.audit(mid), max_size=MAX_MANIFEST_BYTES)
+
+    def heal_sealed_object(self, key: str, data: bytes, size: int, b3: str) -> str:
+        """Heal one sealed object with bytes proved against the companion: see `_heal`."""
+        def damage(stored: bytes) -> str | None:
+            if len(stored) != size:
+                return f"stored size {len(stored)} != listed {size}"
+            return None if blake3.blake3(stored).hexdigest() == b3 else "ciphertext BLAKE3 differs"
+        return self._heal(key, data, damage)
 
 
 def _parents_first(parents: dict[str, str | None]) -> list[str]:
