@@ -309,3 +309,17 @@ def test_a_damaged_source_object_is_not_replicated(sealed):
     res = run_cli("--store", s["store"], "replicate", mid, "--to", str(copy), "--json")
     assert res.code == 1 and victim.name in res.out
     assert not (copy / "audits").exists() and not (copy / victim.relative_to(s["store"])).exists()
+
+
+def test_sealed_store_on_every_backend(store_url, tmp_path, home):
+    """init, archive, keyless deep verify, restore with an identity: local, mock S3, HTTP S3."""
+    rec = _identity(tmp_path / "id.txt")
+    assert run_cli("--store", store_url, "store", "init", "--encrypt-to", rec).code == 0
+    ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=2, dim=64)
+    res = run_cli("--store", store_url, "archive", str(ckpt), "--name", "m", "--json")
+    assert res.code == 0, res.err
+    mid = res.json()["id"]
+    assert run_cli("--store", store_url, "verify", "--deep", mid).code == 0
+    res = run_cli("--store", store_url, "restore", mid, str(tmp_path / "out"), "--identity", str(tmp_path / "id.txt"))
+    assert res.code == 0, res.err
+    assert tree(tmp_path / "out" / "ckpt") == tree(ckpt)
