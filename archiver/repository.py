@@ -7,6 +7,7 @@ back is checked here the same way: stored size, decode bounds, BLAKE3 of the dec
 bytes, the whole file's digest, and for manifests the id."""
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -684,10 +685,11 @@ class Repository:
         """Append `event` to this writer's chain; with a write `policy`, its objects are locked
         like the archive's metadata (an ingestion event of a locked archive)."""
         writer = self.event_writer()
+        shown = event if self._sealer is None else self._sealed_event(event)  # what the store may show
         with self._event_lock:
             chunk_list = None
-            if events.needs_list(event):
-                data = events.encode_list(event.chunks_ok, event.chunks_failed)
+            if events.needs_list(shown):
+                data = events.encode_list(shown.chunks_ok, shown.chunks_failed)
                 chunk_list = blake3.blake3(data).hexdigest()
                 key = layout.event_list(writer, chunk_list)
                 if not self._put(key, data, policy) and \
@@ -696,7 +698,7 @@ class Repository:
             for _ in range(EVENT_ROUNDS):
                 head = self._event_head(writer)
                 seq, prev = (0, None) if head is None else (head[0] + 1, head[1])
-                data = events.encode(event, writer, seq, prev, chunk_list, sign_key)
+                data = events.encode(shown, writer, seq, prev, chunk_list, sign_key)
                 key = layout.event(writer, events.name(seq, prev))
                 if self._put(key, data, policy):
                     rec = events.parse(data, key)
@@ -1389,6 +1391,25 @@ class Repository:
             doc["signature"] = {"alg": "ed25519", "public_key": pub, "signature": sig}
         companion = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
         self._put(layout.audit(mid), companion, policy)
+
+    def _sealed_event(self, event: Event) -> Event:
+        """The event as a sealed store shows it: chunk hashes replaced by their keyed addresses
+        (dropped if this host has no address key), and details, problem lines and per-manifest
+        first problems (names, labels, paths) sealed to this run's key as one age object in
+        `details.sealed` (base64). Type, time, agent, outcome, counts and manifest ids stay
+        readable, so the chain is checked and replayed without keys."""
+        assert self._sealer is not None
+        self._start_run()
+        key = self._sealer.address_key
+
+        def addr(hs: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(sealing.address(key, h) for h in hs if is_hash(h)) if key is not None else ()
+        secret = json.dumps({"details": event.details, "first": {m.id: list(m.first) for m in event.manifests},
+                             "problems": list(event.problems)}, sort_keys=True, default=str).encode()
+        sealed = base64.b64encode(bytes(self._sealer.seal(secret))).decode()
+        return dataclasses.replace(event, manifests=tuple(dataclasses.replace(m, first=()) for m in event.manifests),
+                                   chunks_ok=addr(event.chunks_ok), chunks_failed=addr(event.chunks_failed),
+                                   problems=(), details={"sealed": sealed})
 
     def require_identities(self) -> None:
         """Refuse (IdentityError, exit 2) before anything is written when a sealed store must be

@@ -323,3 +323,19 @@ def test_sealed_store_on_every_backend(store_url, tmp_path, home):
     res = run_cli("--store", store_url, "restore", mid, str(tmp_path / "out"), "--identity", str(tmp_path / "id.txt"))
     assert res.code == 0, res.err
     assert tree(tmp_path / "out" / "ckpt") == tree(ckpt)
+
+
+def test_events_of_a_sealed_store_show_no_names_paths_or_plaintext_hashes(sealed):
+    s = sealed
+    mid = _archive(s, name="secret-model-name")
+    assert run_cli("--store", s["store"], "verify", "--deep", mid, "--identity", str(s["ids"][1])).code == 0
+    plain = {c[2] for e in run_cli("--store", s["store"], "show", mid, "--json").json()["manifest"]["entries"]
+             for c in e.get("chunks", [])}
+    evs = _objects(s["store"], "events")
+    assert len(evs) >= 2
+    for p in evs:
+        text = p.read_text()
+        assert "secret-model-name" not in text and "ckpt" not in text and '"sealed"' in text
+        assert not any(h in text for h in plain)
+    res = run_cli("--store", s["store"], "events", "--json")
+    assert res.code == 0, res.err  # the chain still checks without keys
