@@ -486,11 +486,14 @@ def catalog_grp() -> None:
 
 
 @catalog_grp.command("rebuild")
+@click.option("--identity", "identity", multiple=True, type=click.Path(), metavar="FILE",
+              help="Sealed stores: a custodian's age identity file (repeatable; or ARCHIVER_IDENTITY).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def rebuild_cmd(c: Ctx, as_json: bool) -> None:
+def rebuild_cmd(c: Ctx, as_json: bool, identity: tuple[str, ...] = ()) -> None:
     """Recreate the catalog from the manifests in the store. A bad manifest is skipped and
-    reported; exit 1 if any was."""
+    reported; exit 1 if any was. A sealed store's manifests need --identity."""
+    c.identities = identity
     with c.repo() as repo:
         res = api.rebuild_catalog(repo=repo)
     if as_json:

@@ -339,3 +339,14 @@ def test_events_of_a_sealed_store_show_no_names_paths_or_plaintext_hashes(sealed
         assert not any(h in text for h in plain)
     res = run_cli("--store", s["store"], "events", "--json")
     assert res.code == 0, res.err  # the chain still checks without keys
+
+
+def test_catalog_rebuild_of_a_sealed_store_needs_an_identity(sealed):
+    s = sealed
+    mid = _archive(s)
+    fresh = str(s["tmp"] / "fresh.db")
+    res = run_cli("--store", s["store"], "--catalog", fresh, "catalog", "rebuild")
+    assert res.code == 2 and "--identity" in res.err and len(res.err.strip().splitlines()) == 1
+    res = run_cli("--store", s["store"], "--catalog", fresh, "catalog", "rebuild", "--identity", str(s["ids"][2]))
+    assert res.code == 0, res.err
+    assert mid in run_cli("--store", s["store"], "--catalog", fresh, "list", "--json").out
