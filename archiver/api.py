@@ -187,7 +187,7 @@ def verify(refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool =
     with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
         if deep and r.sealed and not r.has_identities:  # audit without keys: ciphertext hashes (archiver.sealaudit)
             from archiver.sealaudit import verify_sealed
-            return verify_sealed(r, list(refs), all_archives=all_archives)
+            return verify_sealed(r, list(refs), all_archives=all_archives, trusted=trusted)
         return checker.verify(r, list(refs), all_archives=all_archives, deep=deep, sample=sample, trusted=trusted,
                               progress=progress, max_bytes=max_bytes, max_seconds=max_seconds, sign_key=key,
                               retention=retention, retain_until=until, thaw=thaw)

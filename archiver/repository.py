@@ -141,7 +141,8 @@ class Repository:
         audit rows) are tried on their own and may raise CatalogReadOnlyError or
         CatalogLockedError. The catalog is bound to the store's URL and S3 endpoint."""
         s = settings or Settings.resolve()
-        st = open_store(s.store_url, create=create, s3_options=s.s3, policy=policy, marker=marker)  # a policy is checked first
+        # a policy is checked first; `marker`: the store.json a new store gets (a sealed copy's)
+        st = open_store(s.store_url, create=create, s3_options=s.s3, policy=policy, marker=marker)
         # the endpoint the client really uses, if the settings could not see it (an AWS config file)
         endpoint = s.endpoint or normalise_endpoint(getattr(st, "endpoint", None))
         sealer = cls._sealer_for(st, s)
@@ -1437,6 +1438,7 @@ class Repository:
             assert doc["format"] == "archiver-sealed-audit" and doc["manifest"] == mid
             for o in doc["objects"]:
                 assert isinstance(o[0], str) and type(o[1]) is int and is_hash(o[2]) and len(o[3]) == 32
+            assert raw == json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"  # canonical
         except (ValueError, KeyError, TypeError, AssertionError, IndexError):
             raise ManifestError(f"companion of {mid} is malformed") from None
         sig = doc.get("signature")

@@ -13,9 +13,12 @@ from archiver.problems import Problem
 from archiver.repository import Repository
 
 
-def verify_sealed(repo: Repository, refs: Iterable[str], *, all_archives: bool) -> VerifyReport:
+def verify_sealed(repo: Repository, refs: Iterable[str], *, all_archives: bool,
+                  trusted: list[bytes] | None = None) -> VerifyReport:
     """Deep verify of ciphertext: for each archive, its companion (signature checked if it
-    has one), each listed object's size and BLAKE3, and that every run key it names exists."""
+    has one; with `trusted` keys it must be signed by one of them, else anyone who can write
+    the bucket could replace an object together with its companion), each listed object's
+    size and BLAKE3, and that every run key it names exists."""
     start = time.monotonic()
     ids = repo.companion_ids() if all_archives else [repo.resolve(r) for r in refs]
     rep = VerifyReport("deep-sealed", ids)
@@ -25,6 +28,9 @@ def verify_sealed(repo: Repository, refs: Iterable[str], *, all_archives: bool) 
         except ArchiverError as e:
             rep.add(Problem(mid, "manifest", str(e)))
             continue
+        signer = (doc.get("signature") or {}).get("public_key")
+        if trusted and signer not in {k.hex() for k in trusted}:
+            rep.add(Problem(mid, "signature", "companion is not signed by any trusted key"))
         for key, size, b3, kid in doc["objects"]:
             why = repo.audit_object(key, size, b3)
             kind = "manifest" if layout.manifest_id(key) is not None else "corrupt-chunk"

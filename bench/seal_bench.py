@@ -56,7 +56,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     import pyrage
-    tmp = Path(tempfile.mkdtemp(prefix="seal-bench-", dir=HERE / ".work" if (HERE / ".work").is_dir() else None))
+    work = HERE / ".work"
+    tmp = Path(tempfile.mkdtemp(prefix="seal-bench-", dir=work if work.is_dir() else None))
     try:
         src = make_input(tmp, args.size_mib)
         gib = sum(p.stat().st_size for p in src.rglob("*") if p.is_file()) / GiB

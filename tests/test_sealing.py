@@ -3,6 +3,7 @@ archive hosts, keyed addresses, restore with identities, audit without keys, rot
 and the tool-free restore with the real `age` binary (docs/FORMAT.md, "Sealed stores")."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -186,8 +187,8 @@ def test_truncated_forged_or_keyless_objects_are_one_line_each(sealed, damage):
         expect = "stored size"
     elif damage == "forge-header":
         obj = victim.read_bytes()
-        forged = obj[:sealing.PREFIX_LEN] + obj[sealing.PREFIX_LEN:].replace(b"-> X25519 ", b"-> X25519 A", 1)[:len(obj)
-                                                                                                             - sealing.PREFIX_LEN]
+        body = obj[sealing.PREFIX_LEN:].replace(b"-> X25519 ", b"-> X25519 A", 1)  # a stanza one byte off
+        forged = obj[:sealing.PREFIX_LEN] + body[:len(obj) - sealing.PREFIX_LEN]
         victim.write_bytes(forged)
         expect = "does not decrypt"
     else:
@@ -220,7 +221,8 @@ def test_rotate_removes_a_custodian_and_adds_one_without_rewriting_chunks(sealed
     (later / "x.bin").write_bytes(os.urandom(100_000))
     mid2 = _archive(s, later, "later")
     for m in (mid, mid2):
-        res = run_cli("--store", s["store"], "restore", m, str(s["tmp"] / f"no-{m[:6]}"), "--identity", str(s["ids"][2]))
+        res = run_cli("--store", s["store"], "restore", m, str(s["tmp"] / f"no-{m[:6]}"),
+                      "--identity", str(s["ids"][2]))
         assert res.code == 2 and not (s["tmp"] / f"no-{m[:6]}").exists()  # the removed custodian
         for n in (1, 3):  # the remaining and the added one restore everything
             dest = s["tmp"] / f"ok-{n}-{m[:6]}"
@@ -350,3 +352,24 @@ def test_catalog_rebuild_of_a_sealed_store_needs_an_identity(sealed):
     res = run_cli("--store", s["store"], "--catalog", fresh, "catalog", "rebuild", "--identity", str(s["ids"][2]))
     assert res.code == 0, res.err
     assert mid in run_cli("--store", s["store"], "--catalog", fresh, "list", "--json").out
+
+
+def test_signed_companion_is_checked_and_required_with_trust_key(sealed):
+    s = sealed
+    key = s["tmp"] / "sign"
+    assert run_cli("keygen", str(key)).code == 0
+    pub = next(p for p in s["tmp"].iterdir() if p.name.startswith("sign") and p.name.endswith(".pub"))
+    res = run_cli("--store", s["store"], "archive", str(s["ckpt"]), "--name", "m", "--sign-key", str(key), "--json")
+    assert res.code == 0, res.err
+    mid = res.json()["id"]
+    assert run_cli("--store", s["store"], "verify", "--deep", mid, "--trust-key", str(pub)).code == 0
+    comp = Path(s["store"]) / "audits" / f"{mid}.json"
+    os.chmod(comp, 0o644)
+    doc = json.loads(comp.read_text())
+    doc["objects"][0][1] += 1  # a forger's edit, re-serialised canonically
+    comp.write_text(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
+    res = run_cli("--store", s["store"], "verify", "--deep", mid, "--json")
+    assert res.code == 1 and "bad signature" in res.out
+    other = _archive(s, s["ckpt"].parent, "unsigned")  # unsigned: refused when a signer is required
+    res = run_cli("--store", s["store"], "verify", "--deep", other, "--trust-key", str(pub), "--json")
+    assert res.code == 1 and "not signed by any trusted key" in res.out
