@@ -1239,7 +1239,7 @@ class Repository:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(key.hex() + "\n")
-        st.put_if_absent(layout.key_set(0), sealing.recipient_set(0, recipients))
+        st.put_if_absent(layout.key_set(0), sealing.recipient_set(0, recipients, key))
         st.put_if_absent(layout.address_key(0), sealing.wrap(key.hex().encode() + b"\n", recipients))
         if not st.put_if_absent(layout.MARKER, sealing.marker(store_id, sealing.address_check(key))):
             raise UsageError(f"{settings.store_url} was created by another process meanwhile")
@@ -1259,7 +1259,9 @@ class Repository:
         gen, key = self._newest_in(self._store, layout.KEY_SETS)
         if key is None:
             raise IdentityError(f"sealed store {self.url} has no recipient set (keys/sets/ is empty)")
-        return gen, sealing.parse_recipient_set(self._store.get(key, max_size=sealing.MAX_KEY_OBJECT_BYTES))
+        assert self._sealer is not None
+        return gen, sealing.parse_recipient_set(self._store.get(key, max_size=sealing.MAX_KEY_OBJECT_BYTES), gen,
+                                                self._sealer.need_address_key())
 
     def _start_run(self) -> None:
         """This process's run key: generated, wrapped to the newest recipient set, stored."""
@@ -1497,7 +1499,7 @@ class Repository:
         for kid in kids:
             ident = self._identity_for(kid)
             self._put_exact_new(layout.run_key(kid, nxt), sealing.wrap((str(ident) + "\n").encode(), new))
-        if not self._store.put_if_absent(layout.key_set(nxt), sealing.recipient_set(nxt, new)):
+        if not self._store.put_if_absent(layout.key_set(nxt), sealing.recipient_set(nxt, new, self._sealer.address_key)):
             raise StoreError(f"another rotation wrote key generation {nxt} meanwhile; re-run")
         return {"generation": nxt, "recipients": new, "run_keys": len(kids)}
 

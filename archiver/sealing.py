@@ -226,22 +226,40 @@ def marker(store_id: str, check: str) -> bytes:
                         "version": SEALED_VERSION}, sort_keys=True) + "\n").encode()
 
 
-def recipient_set(generation: int, recipients: list[str]) -> bytes:
-    """The object naming who generation `generation` of the key objects is wrapped to."""
-    return (json.dumps({"format": "archiver-recipients", "generation": generation,
-                        "recipients": sorted(set(recipients))}, sort_keys=True, separators=(",", ":")) + "\n").encode()
+def _set_body(generation: int, recipients: list[str]) -> dict:
+    return {"format": "archiver-recipients", "generation": generation, "recipients": sorted(set(recipients))}
 
 
-def parse_recipient_set(data: bytes) -> list[str]:
+def _canonical(doc: dict) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def recipient_set(generation: int, recipients: list[str], address_key: bytes) -> bytes:
+    """The object naming who generation `generation` of the key objects is wrapped to,
+    authenticated with the address key (`mac`: keyed BLAKE3 of the canonical JSON without
+    it), so someone who can only write the bucket cannot add a recipient of their own."""
+    body = _set_body(generation, recipients)
+    mac = blake3.blake3(b"archiver-recipients-v1:" + _canonical(body), key=address_key).hexdigest()
+    return _canonical({**body, "mac": mac}) + b"\n"
+
+
+def parse_recipient_set(data: bytes, generation: int, address_key: bytes | None) -> list[str]:
+    """The recipients of a set object, refused (IdentityError) if malformed, of another
+    generation than its name, or (when the address key is at hand) not authenticated by it."""
     try:
         doc = json.loads(data)
         rec = doc["recipients"]
         assert doc["format"] == "archiver-recipients" and isinstance(rec, list) and rec
+        assert doc["generation"] == generation
         for r in rec:
             _recipient_bytes(r)
-        return list(rec)
     except (ValueError, KeyError, TypeError, AssertionError, InvalidOptionError):
-        raise IdentityError("the store's recipient set object is malformed") from None
+        raise IdentityError(f"the store's recipient set {generation} is malformed") from None
+    if address_key is not None and not hmac.compare_digest(
+            recipient_set(generation, rec, address_key), data):
+        raise IdentityError(f"the store's recipient set {generation} is not authenticated by the address key "
+                            f"(a forged or altered keys/sets object): refusing to wrap keys to it")
+    return list(rec)
 
 
 def wrap(secret: bytes, recipients: list[str]) -> bytes:

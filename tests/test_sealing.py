@@ -373,3 +373,13 @@ def test_signed_companion_is_checked_and_required_with_trust_key(sealed):
     other = _archive(s, s["ckpt"].parent, "unsigned")  # unsigned: refused when a signer is required
     res = run_cli("--store", s["store"], "verify", "--deep", other, "--trust-key", str(pub), "--json")
     assert res.code == 1 and "not signed by any trusted key" in res.out
+
+
+def test_a_forged_recipient_set_is_refused_by_archive_hosts(sealed, tmp_path):
+    s = sealed
+    intruder = _identity(tmp_path / "intruder.txt")
+    forged = Path(s["store"]) / "keys" / "sets" / "00000001.json"
+    forged.write_bytes(sealing.recipient_set(1, [intruder], os.urandom(32)))  # the bucket writer lacks the key
+    res = run_cli("--store", s["store"], "archive", str(s["ckpt"]), "--name", "m")
+    assert res.code == 2 and "not authenticated" in res.err and len(res.err.strip().splitlines()) == 1
+    assert not _objects(s["store"], "keys/runs") and not _objects(s["store"], "chunks")
