@@ -316,6 +316,7 @@ def replicate(refs: Iterable[str] = (), *, to: str, all_archives: bool = False, 
     from archiver import replicate as rep
     s = settings or Settings.resolve(store, catalog)
     with _repo(repo, store, catalog, settings=s) as src:
+        ids = [] if src.sealed else rep.select(src, refs, all_archives)
         dst_settings = s.for_copy(to, to_catalog)
         if dst_settings.store_url == s.store_url and dst_settings.endpoint == s.endpoint:
             from archiver.errors import UsageError
@@ -326,7 +327,6 @@ def replicate(refs: Iterable[str] = (), *, to: str, all_archives: bool = False, 
             with Repository.open(dst_settings, create=True, marker=src.marker_object()) as dst:
                 storecheck.ensure_safe(dst, unsafe_store)
                 return sealcopy.replicate(src, dst, sids)
-        ids = rep.select(src, refs, all_archives)
         with Repository.open(dst_settings, create=True) as dst:
             storecheck.ensure_safe(dst, unsafe_store)  # a copy that overwrites is no copy
             return rep.replicate(src, dst, ids, progress=progress)
