@@ -357,7 +357,7 @@ class Repository:
         saved = self._save_chunk(h, data, width, trust_verified_within, policy) if self._sealer is None else \
             self._save_sealed_chunk(h, data, width, policy)
         if policy is not None and policy.locked and (not saved.written or saved.repaired):
-            self._ensure_lock(layout.chunk(h), policy)
+            self._ensure_lock(self._stored_chunk_key(h), policy)
         return saved
 
     def _save_chunk(self, h: str, data: bytes | memoryview, width: int,
@@ -873,7 +873,7 @@ class Repository:
 
     def lock_existing_chunk(self, h: str, policy: Any) -> None:
         """Extend the lock of a chunk the store already holds to at least `policy`'s."""
-        self._ensure_lock(layout.chunk(h), policy)
+        self._ensure_lock(self._stored_chunk_key(h), policy)
 
     def signature_objects(self, mid: str) -> tuple[list[tuple[str, bytes]], list[str]]:
         """([(fingerprint, bytes)] of every valid signature of `mid`, [why each other one
@@ -1089,8 +1089,12 @@ class Repository:
     def archive_keys(self, mid: str, m: Manifest) -> list[str]:
         """Every object an archive consists of: its chunks, its manifest, its signatures and its
         retention records."""
-        keys = [layout.chunk(h) for h in sorted(m.unique_chunks())]
+        keys = [self._stored_chunk_key(h) for h in sorted(m.unique_chunks())]
         keys.append(layout.manifest(mid))
+        if self._sealer is not None:  # its companion and the key objects of the runs it names
+            keys.append(layout.audit(mid))
+            for kid in sorted({o[3] for o in self.companion(mid)["objects"]}):
+                keys += [i.key for i in self._store.list(layout.run_keys_of(kid))]
         keys += [i.key for i in self._store.list(layout.signatures_of(mid))]
         keys += [i.key for i in self._store.list(layout.retention_records_of(mid))]
         return keys
@@ -1150,26 +1154,27 @@ class Repository:
 
     def chunk_classes(self, hashes: Iterable[str]) -> dict[str, str]:
         """Storage class of each of `hashes` held in a class other than STANDARD, from LIST pages."""
+        named = {layout.chunk_hash(self._stored_chunk_key(h)): h for h in hashes}  # stored name -> hash
         by_prefix: dict[str, set[str]] = defaultdict(set)
-        for h in hashes:
-            by_prefix[h[:2]].add(h)
+        for n in named:
+            by_prefix[n[:2]].add(n)  # type: ignore[index]
         out: dict[str, str] = {}
         for prefix in sorted(by_prefix):
             for info in self._store.list(layout.chunk_fanout(prefix)):
-                h = layout.chunk_hash(info.key)
-                if h in by_prefix[prefix] and info.storage_class:
-                    out[h] = info.storage_class
+                n = layout.chunk_hash(info.key)
+                if n in by_prefix[prefix] and info.storage_class:
+                    out[named[n]] = info.storage_class
         return out
 
 
     def chunk_state(self, h: str) -> ObjectState | None:
         """HEAD of one chunk: class, lock, thaw state (None on a store without it, or if absent)."""
         state = getattr(self._store, "object_state", None)
-        return state(layout.chunk(h)) if state is not None else None
+        return state(self._stored_chunk_key(h)) if state is not None else None
 
 
     def request_thaw(self, h: str, days: int, tier: str) -> None:
-        self._store.request_thaw(layout.chunk(h), days, tier)  # type: ignore[attr-defined]
+        self._store.request_thaw(self._stored_chunk_key(h), days, tier)  # type: ignore[attr-defined]
 
     # -- retirement package: search and export (issue 11) ---------------------------------------
     def manifest_fields(self, mid: str) -> list[tuple[str, str]]:
@@ -1289,6 +1294,10 @@ class Repository:
     def _unseal(self, obj: bytes, what: str) -> bytes:
         kid = sealing.object_kid(obj, what)
         return sealing.unseal(obj, self._identity_for(kid), what)
+
+    def _stored_chunk_key(self, h: str) -> str:
+        """The key chunk `h` is stored under: its hash, or in a sealed store its keyed address."""
+        return layout.chunk(h) if self._sealer is None else self._chunk_key(h)
 
     def _chunk_key(self, h: str) -> str:
         assert self._sealer is not None

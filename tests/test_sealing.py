@@ -383,3 +383,17 @@ def test_a_forged_recipient_set_is_refused_by_archive_hosts(sealed, tmp_path):
     res = run_cli("--store", s["store"], "archive", str(s["ckpt"]), "--name", "m")
     assert res.code == 2 and "not authenticated" in res.err and len(res.err.strip().splitlines()) == 1
     assert not _objects(s["store"], "keys/runs") and not _objects(s["store"], "chunks")
+
+
+def test_archive_keys_and_chunk_lookups_use_sealed_addresses(sealed):
+    """What retention (Object Lock), thaw and cost planning act on are the objects really stored."""
+    s = sealed
+    mid = _archive(s)
+    settings = Settings.resolve(s["store"], None, identities=[str(s["ids"][1])])
+    with Repository.open(settings, read_only=True) as repo:
+        m = repo.load_manifest(mid)
+        keys = repo.archive_keys(mid, m)
+        assert all((Path(s["store"]) / k).is_file() for k in keys)
+        assert any(k.startswith("audits/") for k in keys) and any(k.startswith("keys/runs/") for k in keys)
+        assert repo.chunk_state(next(iter(m.unique_chunks()))) is None  # a local store has no HEAD state
+        assert repo.chunk_classes(m.unique_chunks()) == {}
