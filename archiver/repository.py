@@ -1019,6 +1019,8 @@ class Repository:
             mid = layout.manifest_id(info.key)
             if mid is not None:
                 out[mid] = info.size
+                if self._sealer is not None:  # sealed: the plaintext size it holds (-1: no size seals to it)
+                    out[mid] = sealing.unsealed_size(info.size) or -1
         return out
 
     def probe_conditional_writes(self) -> dict[str, Any]:

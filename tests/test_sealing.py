@@ -397,3 +397,18 @@ def test_archive_keys_and_chunk_lookups_use_sealed_addresses(sealed):
         assert any(k.startswith("audits/") for k in keys) and any(k.startswith("keys/runs/") for k in keys)
         assert repo.chunk_state(next(iter(m.unique_chunks()))) is None  # a local store has no HEAD state
         assert repo.chunk_classes(m.unique_chunks()) == {}
+
+
+def test_copies_of_a_sealed_store_are_counted_by_list(sealed):
+    s = sealed
+    mid = _archive(s)
+    copy = str(s["tmp"] / "copy")
+    assert run_cli("--store", s["store"], "replicate", mid, "--to", copy).code == 0
+    assert run_cli("--store", s["store"], "copies", "add", copy).code == 0
+    res = run_cli("--store", s["store"], "verify", mid, "--copies", "--json")
+    assert res.code == 0, res.out
+    victim = _objects(copy, "chunks")[0]
+    os.chmod(victim, 0o644)
+    victim.unlink()
+    res = run_cli("--store", s["store"], "verify", mid, "--copies", "--json")
+    assert res.code == 1 and "missing" in res.out
