@@ -185,6 +185,9 @@ def verify(refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool =
         until = retain_until if isinstance(retain_until, datetime.datetime) else parse_date(retain_until,
                                                                                              "retain_until")
     with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
+        if deep and r.sealed and not r.has_identities:  # audit without keys: ciphertext hashes (archiver.sealaudit)
+            from archiver.sealaudit import verify_sealed
+            return verify_sealed(r, list(refs), all_archives=all_archives, trusted=trusted)
         return checker.verify(r, list(refs), all_archives=all_archives, deep=deep, sample=sample, trusted=trusted,
                               progress=progress, max_bytes=max_bytes, max_seconds=max_seconds, sign_key=key,
                               retention=retention, retain_until=until, thaw=thaw)
@@ -200,8 +203,32 @@ def restore(ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (), f
     it such chunks are refused before anything is written)."""
     trusted = trusted_keys(trust_keys)
     with _repo(repo, store, catalog, settings=settings, read_only=True) as r:  # restore writes no catalog row
+        if r.sealed:  # every key this archive needs is opened before anything is written
+            r.require_identities()
+            r.open_run_keys(r.resolve(ref))
         return restorer.restore(r, ref, dest, include=include, force=force, trusted=trusted, progress=progress,
                                 preserve_special_bits=preserve_special_bits, thaw=thaw)
+
+
+def store_init(url: str | None = None, *, encrypt_to: Iterable[str] = (), settings: Settings | None = None
+               ) -> dict[str, Any]:
+    """Create a store; with `encrypt_to` (age X25519 recipients) a sealed one (docs/FORMAT.md,
+    "Sealed stores"): returns where this host's address key file was written."""
+    s = settings or Settings.resolve(url)
+    recipients = list(encrypt_to)
+    if not recipients:
+        _open_store(s.store_url, create=True, s3_options=s.s3)
+        return {"store": s.store_url, "sealed": False}
+    return {**Repository.init_sealed(s, recipients), "sealed": True}
+
+
+def rotate_keys(*, add: Iterable[str] = (), remove: Iterable[str] = (), repo: Repository | None = None,
+                settings: Settings | None = None) -> dict[str, Any]:
+    """Re-wrap a sealed store's key objects to (current + add - remove) recipients."""
+    with _repo(repo, None, None, settings=settings, read_only=True) as r:
+        if not r.sealed:
+            raise InvalidOptionError("add", f"applies to sealed stores only; {r.url} is not sealed")
+        return r.rotate_keys(list(add), list(remove))
 
 
 def list_archives(name: str | None = None, *, where: Iterable[str] = (), repo: Repository | None = None,
@@ -289,11 +316,17 @@ def replicate(refs: Iterable[str] = (), *, to: str, all_archives: bool = False, 
     from archiver import replicate as rep
     s = settings or Settings.resolve(store, catalog)
     with _repo(repo, store, catalog, settings=s) as src:
-        ids = rep.select(src, refs, all_archives)
+        ids = [] if src.sealed else rep.select(src, refs, all_archives)
         dst_settings = s.for_copy(to, to_catalog)
         if dst_settings.store_url == s.store_url and dst_settings.endpoint == s.endpoint:
             from archiver.errors import UsageError
             raise UsageError(f"the copy {to} is the store itself")
+        if src.sealed:  # without keys: objects proved by the companions' ciphertext hashes
+            from archiver import sealcopy
+            sids = sealcopy.select(src, list(refs), all_archives)
+            with Repository.open(dst_settings, create=True, marker=src.marker_object()) as dst:
+                storecheck.ensure_safe(dst, unsafe_store)
+                return sealcopy.replicate(src, dst, sids)
         with Repository.open(dst_settings, create=True) as dst:
             storecheck.ensure_safe(dst, unsafe_store)  # a copy that overwrites is no copy
             return rep.replicate(src, dst, ids, progress=progress)
@@ -316,6 +349,11 @@ def repair(refs: Iterable[str] = (), *, sources: Iterable[str] = (), all_archive
         urls = list(dict.fromkeys(sources)) or target.copies()  # default: the copies the store names
         if not urls:
             raise UsageError("no copy to repair from (name one, or record copies with `archiver copies add URL`)")
+        if target.sealed:  # without keys: heal from the companions' ciphertext hashes
+            from archiver import sealcopy
+            sids = sealcopy.select(target, list(refs), all_archives)
+            copies = [stack.enter_context(Repository.open(_copy_settings(s, url), read_only=True)) for url in urls]
+            return sealcopy.repair(target, copies, sids, dry_run=dry_run)
         ids = rep.select(target, refs, all_archives)
         copies = [stack.enter_context(Repository.open(_copy_settings(s, url), read_only=True)) for url in urls]
         return rep.repair(target, copies, ids, dry_run=dry_run, sample=sample)

@@ -31,9 +31,11 @@ class Ctx:
     def __init__(self, store: str | None, catalog: str | None) -> None:
         self.store, self.catalog = store, catalog
 
+    identities: tuple[str, ...] = ()  # --identity of the command (sealed stores)
+
     def repo(self, create: bool = False, read_only: bool = False, policy: Any = None) -> Repository:
-        return Repository.open(Settings.resolve(self.store, self.catalog), create=create, read_only=read_only,
-                               policy=policy)
+        return Repository.open(Settings.resolve(self.store, self.catalog, identities=self.identities), create=create,
+                               read_only=read_only, policy=policy)
 
 
 def flag(option: str) -> str:
@@ -261,6 +263,8 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
 @click.option("--retention", is_flag=True,
               help="Check every object's Object Lock against the archive's recorded policy.")
 @click.option("--retain-until", metavar="DATE", help="With --retention: every object locked at least until DATE.")
+@click.option("--identity", "identity", multiple=True, type=click.Path(), metavar="FILE",
+              help="Sealed stores: a custodian's age identity file (repeatable; or ARCHIVER_IDENTITY).")
 @click.option("--thaw", is_flag=True, help="With --deep or --sample: thaw cold chunks first and check them too.")
 @click.option("--tier", type=click.Choice(["Bulk", "Standard", "Expedited"]), default="Bulk", show_default=True)
 @click.option("--days", type=int, default=1, show_default=True, help="Days thawed copies stay readable.")
@@ -271,9 +275,11 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
 def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: float | None,
                max_bytes: str | None, max_seconds: str | None, trust_key: tuple[str, ...], sign_key: str | None,
                copies_: bool, retention: bool, retain_until: str | None, thaw: bool, tier: str,
-               days: int, wait: bool, poll: float, as_json: bool) -> None:
+               days: int, wait: bool, poll: float, as_json: bool, identity: tuple[str, ...] = ()) -> None:
     """Prove archives complete and uncorrupted. Exit 0 all good, 1 problems found, 2 usage.
-    REF as for `show` (id:PREFIX and name:NAME[@LABEL] are never ambiguous)."""
+    REF as for `show` (id:PREFIX and name:NAME[@LABEL] are never ambiguous). On a sealed
+    store --deep without --identity re-hashes every object's ciphertext."""
+    c.identities = identity
     if bool(refs) == all_:
         raise UsageError("give REF... or --all (not both)")
     budget_bytes = None if max_bytes is None else parse_size(max_bytes, "max_bytes")
@@ -325,6 +331,8 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
               help="Refuse unless signed by this public key (file or hex); repeatable.")
 @click.option("--preserve-special-bits", is_flag=True,
               help="Keep setuid, setgid and sticky bits (dropped by default).")
+@click.option("--identity", "identity", multiple=True, type=click.Path(), metavar="FILE",
+              help="Sealed stores: a custodian's age identity file (repeatable; or ARCHIVER_IDENTITY).")
 @click.option("--thaw", is_flag=True, help="Thaw chunks in GLACIER / DEEP_ARCHIVE first (RestoreObject, billed).")
 @click.option("--tier", type=click.Choice(["Bulk", "Standard", "Expedited"]), default="Bulk", show_default=True,
               help="Thaw tier: slower is cheaper.")
@@ -339,8 +347,9 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
 @click.pass_obj
 def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bool, trust_key: tuple[str, ...],
                 preserve_special_bits: bool, thaw: bool, tier: str, days: int, wait: bool, poll: float,
-                plan: bool, prices: str | None, as_json: bool) -> None:
+                plan: bool, prices: str | None, as_json: bool, identity: tuple[str, ...] = ()) -> None:
     """Restore an archive into DEST, verifying every byte. REF as for `show`."""
+    c.identities = identity
     if plan:
         with c.repo(read_only=True) as repo:
             p = api.restore_plan(ref, include=include, tier=tier, prices=prices, repo=repo)
@@ -477,11 +486,14 @@ def catalog_grp() -> None:
 
 
 @catalog_grp.command("rebuild")
+@click.option("--identity", "identity", multiple=True, type=click.Path(), metavar="FILE",
+              help="Sealed stores: a custodian's age identity file (repeatable; or ARCHIVER_IDENTITY).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def rebuild_cmd(c: Ctx, as_json: bool) -> None:
+def rebuild_cmd(c: Ctx, as_json: bool, identity: tuple[str, ...] = ()) -> None:
     """Recreate the catalog from the manifests in the store. A bad manifest is skipped and
-    reported; exit 1 if any was."""
+    reported; exit 1 if any was. A sealed store's manifests need --identity."""
+    c.identities = identity
     with c.repo() as repo:
         res = api.rebuild_catalog(repo=repo)
     if as_json:
@@ -746,6 +758,25 @@ def store_check_cmd(c: Ctx, url: str | None, as_json: bool) -> None:
     sys.exit(0 if res.ok else 1)
 
 
+@store_grp.command("init")
+@click.argument("url", required=False)
+@click.option("--encrypt-to", "encrypt_to", multiple=True, metavar="RECIPIENT",
+              help="Create a sealed store encrypted to this age X25519 recipient (age1...); repeatable.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def store_init_cmd(c: Ctx, url: str | None, encrypt_to: tuple[str, ...], as_json: bool) -> None:
+    """Create a store at URL (default --store). With --encrypt-to, a sealed store: only the
+    recipients' identities can read it; this host gets the address key file it needs to archive."""
+    res = api.store_init(settings=Settings.resolve(url or c.store, None if url else c.catalog), encrypt_to=encrypt_to)
+    if as_json:
+        emit({"ok": True, **res})
+    elif res["sealed"]:
+        click.echo(printable(f"sealed store {res['store']} (id {res['store_id']}) for {len(res['recipients'])} "
+                             f"recipient(s); address key for archive hosts: {res['address_key_file']}"))
+    else:
+        click.echo(printable(f"store {res['store']}"))
+
+
 def _report_copy(res: Any, as_json: bool, summary: str) -> None:
     """Print a replicate or repair result and exit 0 (ok) or 1 (problems)."""
     if as_json:
@@ -836,6 +867,29 @@ def key_combine_cmd(shares: tuple[str, ...], out: str | None, passphrase_file: s
         click.echo(f"restored {res.key.identity.public_key} from custodians {who}", err=True)
     else:
         click.echo(printable(f"restored {res.key.identity.public_key} from custodians {who} into {res.out}"))
+
+
+@key_group.command("rotate")
+@click.option("--add", multiple=True, metavar="RECIPIENT", help="An age recipient to add (repeatable).")
+@click.option("--remove", multiple=True, metavar="RECIPIENT", help="A recipient to remove (repeatable).")
+@click.option("--identity", "identity", multiple=True, type=click.Path(), metavar="FILE", required=True,
+              help="A custodian identity that opens the current keys (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def key_rotate_cmd(c: Ctx, add: tuple[str, ...], remove: tuple[str, ...], identity: tuple[str, ...],
+                   as_json: bool) -> None:
+    """Re-wrap a sealed store's key objects (new objects, never chunks) to the recipients
+    plus --add minus --remove; the newest generation wins."""
+    if not add and not remove:
+        raise UsageError("give --add and/or --remove")
+    c.identities = identity
+    with c.repo(read_only=True) as repo:
+        res = api.rotate_keys(add=add, remove=remove, repo=repo)
+    if as_json:
+        emit({"ok": True, **res})
+    else:
+        click.echo(f"key generation {res['generation']}: {res['run_keys']} run key(s) and the address key re-wrapped "
+                   f"to {len(res['recipients'])} recipient(s)")
 
 
 def fail(message: str, code: int, as_json: bool, kind: str = "error", **fields: Any) -> None:

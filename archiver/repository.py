@@ -7,9 +7,11 @@ back is checked here the same way: stored size, decode bounds, BLAKE3 of the dec
 bytes, the whole file's digest, and for manifests the id."""
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
+import os
 import secrets
 import threading
 import time
@@ -22,12 +24,12 @@ from typing import Any, Iterable, Iterator
 import blake3
 import numpy as np
 
-from archiver import events, layout
+from archiver import events, layout, sealing
 from archiver.codecs import Codec, Encoded, describe, max_object_size
 from archiver.digests import FileDigest
 from archiver.errors import (ArchiverError, CatalogLockedError, CatalogReadOnlyError, CorruptChunkError,
-                             FileHashError, IntegrityError, ManifestError,
-                             NotFoundError, ObjectMissingError, StoreError, translated)
+                             FileHashError, IdentityError, IntegrityError, ManifestError,
+                             NotFoundError, ObjectMissingError, StoreError, InvalidOptionError, UsageError, translated)
 from archiver.events import Event, EventRecord
 from archiver.parallel import ordered_map
 from archiver.problems import Outcome, Problem
@@ -120,7 +122,9 @@ class EventLog:
 
 
 class Repository:
-    def __init__(self, store: Store, catalog: Catalog, codec: Codec | None = None) -> None:
+    def __init__(self, store: Store, catalog: Catalog, codec: Codec | None = None, sealer: Any = None) -> None:
+        self._sealer = sealer  # archiver.sealing.Sealer for a sealed store (format version 2), else None
+        self._sealed_objects: dict[str, tuple[int, str, str]] = {}  # key -> (size, ciphertext BLAKE3, kid) this run
         self._store = store
         self._catalog = catalog
         self._codec = codec or Codec()
@@ -130,18 +134,20 @@ class Repository:
 
     @classmethod
     def open(cls, settings: Settings | None = None, *, create: bool = False, read_only: bool = False,
-             policy: Any = None) -> "Repository":
+             policy: Any = None, marker: bytes | None = None) -> "Repository":
         """Open (or with create=True, initialise) the store and its catalog. read_only=True
         opens the catalog without creating, migrating or locking it (list, show, verify):
         it works on a read-only catalog, and the few writes such a command makes (verify's
         audit rows) are tried on their own and may raise CatalogReadOnlyError or
         CatalogLockedError. The catalog is bound to the store's URL and S3 endpoint."""
         s = settings or Settings.resolve()
-        st = open_store(s.store_url, create=create, s3_options=s.s3, policy=policy)  # a policy is checked first
+        # a policy is checked first; `marker`: the store.json a new store gets (a sealed copy's)
+        st = open_store(s.store_url, create=create, s3_options=s.s3, policy=policy, marker=marker)
         # the endpoint the client really uses, if the settings could not see it (an AWS config file)
         endpoint = s.endpoint or normalise_endpoint(getattr(st, "endpoint", None))
+        sealer = cls._sealer_for(st, s)
         with translated():
-            return cls(st, Catalog(s.catalog_path, s.store_url, endpoint=endpoint, read_only=read_only))
+            return cls(st, Catalog(s.catalog_path, s.store_url, endpoint=endpoint, read_only=read_only), sealer=sealer)
 
     @property
     def url(self) -> str:
@@ -220,13 +226,17 @@ class Repository:
     def _get_manifest(self, key: str) -> bytes:
         """A manifest object's bytes, refused unread if larger than a manifest may be."""
         try:
-            return self._store.get(key, max_size=MAX_MANIFEST_BYTES)
+            data = self._store.get(key, max_size=MAX_MANIFEST_BYTES if self._sealer is None else
+                                   sealing.sealed_size(MAX_MANIFEST_BYTES))
         except ObjectTooLargeError as e:
             raise ManifestError(f"manifest too large: {e}") from None
+        return data if self._sealer is None else self._unseal(data, key)
 
     def manifest_copy_problem(self, mid: str, m: Manifest) -> str | None:
         """Why the store's own copy of a manifest is not the manifest `m`, or None."""
         data = m.canonical_json()
+        if self._sealer is not None:
+            return self._sealed_manifest_problem(mid, data)
         try:
             stored = self._store.get(layout.manifest(mid), max_size=len(data))  # a longer one differs anyway
         except ObjectMissingError:
@@ -255,7 +265,9 @@ class Repository:
                 raise ManifestError("malformed manifest: it does not read back as the manifest given")
         key = layout.manifest(mid)
         hot = policy.for_metadata() if policy is not None else None
-        if not self._put(key, data, hot):
+        if self._sealer is not None:
+            self._commit_sealed(m, mid, data, hot, sign_key)
+        elif not self._put(key, data, hot):
             if self._store.get(key, max_size=len(data)) != data:
                 raise ManifestError(f"store already holds a different object under manifest id {mid}")
             self._ensure_lock(key, hot)
@@ -342,9 +354,10 @@ class Repository:
                    trust_verified_within: float | None = None, policy: Any = None) -> SavedChunk:
         """`_save_chunk`, then with a lock `policy` a chunk that was already stored has its
         retention extended to at least the policy's (never shortened)."""
-        saved = self._save_chunk(h, data, width, trust_verified_within, policy)
+        saved = self._save_chunk(h, data, width, trust_verified_within, policy) if self._sealer is None else \
+            self._save_sealed_chunk(h, data, width, policy)
         if policy is not None and policy.locked and (not saved.written or saved.repaired):
-            self._ensure_lock(layout.chunk(h), policy)
+            self._ensure_lock(self._stored_chunk_key(h), policy)
         return saved
 
     def _save_chunk(self, h: str, data: bytes | memoryview, width: int,
@@ -481,6 +494,8 @@ class Repository:
     def read_chunk(self, ref: ChunkRef) -> bytes:
         """Fetch, bound-check, decode and re-hash one chunk. Raises CorruptChunkError or
         ObjectMissingError; never returns bytes that do not hash to `ref.hash`."""
+        if self._sealer is not None:
+            return self._read_sealed_chunk(ref)
         obj = self._get_chunk(ref.hash, ref.stored_size)  # never more than the manifest says
         if len(obj) != ref.stored_size:
             raise CorruptChunkError(ref.hash, f"stored size {len(obj)} != recorded {ref.stored_size}")
@@ -531,6 +546,8 @@ class Repository:
     def chunk_sizes(self, hashes: Iterable[str]) -> dict[str, int]:
         """Stored size of each of `hashes` that the store holds: one LIST per 2-hex prefix
         (pages of 1000 keys on S3), not one request per chunk."""
+        if self._sealer is not None:
+            return self._sealed_chunk_sizes(hashes)
         by_prefix: dict[str, set[str]] = defaultdict(set)
         for h in hashes:
             by_prefix[h[:2]].add(h)
@@ -579,7 +596,7 @@ class Repository:
             if self._catalog.has_manifest(mid):
                 continue
             try:
-                data = self._store.get(layout.manifest(mid))
+                data = self._get_manifest(layout.manifest(mid))
                 with translated():
                     m = parse_manifest(data, expected_id=mid)
             except (IntegrityError, ObjectMissingError) as e:  # changed or vanished since the first pass
@@ -669,10 +686,11 @@ class Repository:
         """Append `event` to this writer's chain; with a write `policy`, its objects are locked
         like the archive's metadata (an ingestion event of a locked archive)."""
         writer = self.event_writer()
+        shown = event if self._sealer is None else self._sealed_event(event)  # what the store may show
         with self._event_lock:
             chunk_list = None
-            if events.needs_list(event):
-                data = events.encode_list(event.chunks_ok, event.chunks_failed)
+            if events.needs_list(shown):
+                data = events.encode_list(shown.chunks_ok, shown.chunks_failed)
                 chunk_list = blake3.blake3(data).hexdigest()
                 key = layout.event_list(writer, chunk_list)
                 if not self._put(key, data, policy) and \
@@ -681,7 +699,7 @@ class Repository:
             for _ in range(EVENT_ROUNDS):
                 head = self._event_head(writer)
                 seq, prev = (0, None) if head is None else (head[0] + 1, head[1])
-                data = events.encode(event, writer, seq, prev, chunk_list, sign_key)
+                data = events.encode(shown, writer, seq, prev, chunk_list, sign_key)
                 key = layout.event(writer, events.name(seq, prev))
                 if self._put(key, data, policy):
                     rec = events.parse(data, key)
@@ -819,6 +837,8 @@ class Repository:
     def manifest_object(self, mid: str) -> bytes:
         """The store's manifest object, accepted only if its bytes hash to `mid` and parse:
         the exact bytes a copy must hold. NotFoundError if absent, ManifestError if damaged."""
+        if self._sealer is not None:  # plaintext must never reach a copy: archiver.sealcopy copies ciphertext
+            raise UsageError(f"{self.url} is sealed: copy it with archiver.sealcopy (api.replicate does)")
         try:
             data = self._get_manifest(layout.manifest(mid))
         except ObjectMissingError:
@@ -853,7 +873,7 @@ class Repository:
 
     def lock_existing_chunk(self, h: str, policy: Any) -> None:
         """Extend the lock of a chunk the store already holds to at least `policy`'s."""
-        self._ensure_lock(layout.chunk(h), policy)
+        self._ensure_lock(self._stored_chunk_key(h), policy)
 
     def signature_objects(self, mid: str) -> tuple[list[tuple[str, bytes]], list[str]]:
         """([(fingerprint, bytes)] of every valid signature of `mid`, [why each other one
@@ -999,6 +1019,8 @@ class Repository:
             mid = layout.manifest_id(info.key)
             if mid is not None:
                 out[mid] = info.size
+                if self._sealer is not None:  # sealed: the plaintext size it holds (-1: no size seals to it)
+                    out[mid] = sealing.unsealed_size(info.size) or -1
         return out
 
     def probe_conditional_writes(self) -> dict[str, Any]:
@@ -1069,8 +1091,12 @@ class Repository:
     def archive_keys(self, mid: str, m: Manifest) -> list[str]:
         """Every object an archive consists of: its chunks, its manifest, its signatures and its
         retention records."""
-        keys = [layout.chunk(h) for h in sorted(m.unique_chunks())]
+        keys = [self._stored_chunk_key(h) for h in sorted(m.unique_chunks())]
         keys.append(layout.manifest(mid))
+        if self._sealer is not None:  # its companion and the key objects of the runs it names
+            keys.append(layout.audit(mid))
+            for kid in sorted({o[3] for o in self.companion(mid)["objects"]}):
+                keys += [i.key for i in self._store.list(layout.run_keys_of(kid))]
         keys += [i.key for i in self._store.list(layout.signatures_of(mid))]
         keys += [i.key for i in self._store.list(layout.retention_records_of(mid))]
         return keys
@@ -1130,26 +1156,27 @@ class Repository:
 
     def chunk_classes(self, hashes: Iterable[str]) -> dict[str, str]:
         """Storage class of each of `hashes` held in a class other than STANDARD, from LIST pages."""
+        named = {layout.chunk_hash(self._stored_chunk_key(h)): h for h in hashes}  # stored name -> hash
         by_prefix: dict[str, set[str]] = defaultdict(set)
-        for h in hashes:
-            by_prefix[h[:2]].add(h)
+        for n in named:
+            by_prefix[n[:2]].add(n)  # type: ignore[index]
         out: dict[str, str] = {}
         for prefix in sorted(by_prefix):
             for info in self._store.list(layout.chunk_fanout(prefix)):
-                h = layout.chunk_hash(info.key)
-                if h in by_prefix[prefix] and info.storage_class:
-                    out[h] = info.storage_class
+                n = layout.chunk_hash(info.key)
+                if n in by_prefix[prefix] and info.storage_class:
+                    out[named[n]] = info.storage_class
         return out
 
 
     def chunk_state(self, h: str) -> ObjectState | None:
         """HEAD of one chunk: class, lock, thaw state (None on a store without it, or if absent)."""
         state = getattr(self._store, "object_state", None)
-        return state(layout.chunk(h)) if state is not None else None
+        return state(self._stored_chunk_key(h)) if state is not None else None
 
 
     def request_thaw(self, h: str, days: int, tier: str) -> None:
-        self._store.request_thaw(layout.chunk(h), days, tier)  # type: ignore[attr-defined]
+        self._store.request_thaw(self._stored_chunk_key(h), days, tier)  # type: ignore[attr-defined]
 
     # -- retirement package: search and export (issue 11) ---------------------------------------
     def manifest_fields(self, mid: str) -> list[tuple[str, str]]:
@@ -1161,6 +1188,378 @@ class Repository:
         """Catalog rows meeting every condition (manifests.catalog.Condition), in list order."""
         with translated():
             return self._catalog.search(conditions, name)
+    # -- sealed stores (format version 2: archiver.sealing; docs/FORMAT.md "Sealed stores") --------
+    @staticmethod
+    def _sealer_for(st: Store, s: Settings) -> Any:
+        """A Sealer if the store's marker says sealed (None for a plain store): the custodian
+        identities given (checked now: a wrong one is refused before anything happens), and
+        the address key from this host's key file, else unwrapped with an identity."""
+        from archiver.stores import MAX_MARKER_BYTES
+        try:
+            doc = json.loads(st.get(layout.MARKER, max_size=MAX_MARKER_BYTES))
+        except (ObjectMissingError, ValueError, UnicodeDecodeError):
+            return None
+        sealed = doc.get("sealed") if isinstance(doc, dict) else None
+        if not isinstance(sealed, dict):
+            return None
+        sealer = sealing.Sealer(str(sealed.get("store")), str(sealed.get("address_check")),
+                                identities=sealing.load_identities(list(s.identities)))
+        if sealer.identities:
+            gen, key = Repository._newest_in(st, layout.ADDRESS_KEYS)
+            if key is None:
+                raise IdentityError(f"sealed store {st.url} has no address key object (keys/address/ is empty)")
+            sealer.open_address_key(st.get(key, max_size=sealing.MAX_KEY_OBJECT_BYTES))
+            return sealer
+        path = s.address_key_path(sealer.store_id)
+        if path.is_file():
+            try:
+                sealer.set_address_key(bytes.fromhex(path.read_text().strip()))
+            except ValueError:
+                raise IdentityError(f"address key file {path} is not 64 hex digits") from None
+        return sealer
+
+    @staticmethod
+    def _newest_in(st: Store, prefix: str) -> tuple[int, str | None]:
+        """(generation, key) of the newest generation-named object under `prefix` ((-1, None): none)."""
+        best: tuple[int, str | None] = (-1, None)
+        for info in st.list(prefix):
+            gen = layout.key_generation(info.key)
+            if gen is not None and gen > best[0]:
+                best = (gen, info.key)
+        return best
+
+    @classmethod
+    def init_sealed(cls, settings: Settings, recipients: list[str]) -> dict[str, Any]:
+        """Create a sealed store: recipient set 0, the address key wrapped to the recipients,
+        the marker last; and the address key file for this (archive) host."""
+        for r in recipients:
+            sealing._recipient_bytes(r)
+        if not recipients:
+            raise InvalidOptionError("encrypt_to", "needs at least one recipient")
+        from archiver.stores import _store_for_url
+        st = _store_for_url(settings.store_url, settings.s3)
+        if next(iter(st.list("")), None) is not None:
+            raise UsageError(f"{settings.store_url} is not empty; a sealed store is created in an empty place")
+        store_id, key = sealing.new_store_secret()
+        path = settings.address_key_path(store_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key.hex() + "\n")
+        st.put_if_absent(layout.key_set(0), sealing.recipient_set(0, recipients, key))
+        st.put_if_absent(layout.address_key(0), sealing.wrap(key.hex().encode() + b"\n", recipients))
+        if not st.put_if_absent(layout.MARKER, sealing.marker(store_id, sealing.address_check(key))):
+            raise UsageError(f"{settings.store_url} was created by another process meanwhile")
+        return {"store": settings.store_url, "store_id": store_id, "recipients": sorted(set(recipients)),
+                "address_key_file": str(path)}
+
+    @property
+    def sealed(self) -> bool:
+        return self._sealer is not None
+
+    @property
+    def has_identities(self) -> bool:
+        """Whether custodian identities were given (a sealed store's plaintext can be read)."""
+        return self._sealer is not None and bool(self._sealer.identities)
+
+    def _recipients(self) -> tuple[int, list[str]]:
+        gen, key = self._newest_in(self._store, layout.KEY_SETS)
+        if key is None:
+            raise IdentityError(f"sealed store {self.url} has no recipient set (keys/sets/ is empty)")
+        assert self._sealer is not None
+        return gen, sealing.parse_recipient_set(self._store.get(key, max_size=sealing.MAX_KEY_OBJECT_BYTES), gen,
+                                                self._sealer.need_address_key())
+
+    def _start_run(self) -> None:
+        """This process's run key: generated, wrapped to the newest recipient set, stored."""
+        assert self._sealer is not None
+        if self._sealer.run_kid is not None:
+            return
+        gen, recipients = self._recipients()
+        kid, secret = self._sealer.start_run()
+        self._store.put_if_absent(layout.run_key(kid, gen), sealing.wrap(secret, recipients))
+
+    def _identity_for(self, kid: str) -> Any:
+        """The run key `kid` (opened once per process with the custodians' identities)."""
+        assert self._sealer is not None
+        got = self._sealer.run_keys.get(kid)
+        if got is not None:
+            return got
+        if not self._sealer.identities:
+            raise IdentityError(f"sealed store {self.url}: reading needs a custodian identity")
+        _, key = self._newest_in(self._store, layout.run_keys_of(kid))
+        if key is None:
+            raise IdentityError(f"run key {kid} is missing from the store (keys/runs/{kid}/)")
+        self._sealer.open_key(kid, self._store.get(key, max_size=sealing.MAX_KEY_OBJECT_BYTES))
+        return self._sealer.run_keys[kid]
+
+    def _unseal(self, obj: bytes, what: str) -> bytes:
+        kid = sealing.object_kid(obj, what)
+        return sealing.unseal(obj, self._identity_for(kid), what)
+
+    def _stored_chunk_key(self, h: str) -> str:
+        """The key chunk `h` is stored under: its hash, or in a sealed store its keyed address."""
+        return layout.chunk(h) if self._sealer is None else self._chunk_key(h)
+
+    def _chunk_key(self, h: str) -> str:
+        assert self._sealer is not None
+        return layout.chunk(sealing.address(self._sealer.need_address_key(), h))
+
+    def _note_sealed(self, key: str, obj: bytes) -> None:
+        self._sealed_objects[key] = (len(obj), blake3.blake3(obj).hexdigest(), sealing.object_kid(obj, key))
+
+    def _save_sealed_chunk(self, h: str, data: bytes | memoryview, width: int, policy: Any) -> SavedChunk:
+        """Encode, seal to this run's key and put under the keyed address. A chunk already
+        there (dedup) is proved by decrypting when this process holds its run key, else
+        (another run's, on a write-only host) by its prefix and exact sealed size; its
+        ciphertext hash goes into this archive's companion either way."""
+        self._start_run()
+        key = self._chunk_key(h)
+        enc = self._codec.encode(data, width)
+        want = sealing.sealed_size(len(enc.data))
+        for _ in range(self.SAVE_ROUNDS):
+            try:
+                obj = self._store.get(key, max_size=want)
+            except ObjectMissingError:
+                obj = self._sealer.seal(enc.data)  # type: ignore[union-attr]
+                if self._put(key, obj, policy):
+                    self._note_sealed(key, obj)
+                    return SavedChunk(len(enc.data), enc.codec, True)
+                continue
+            except ObjectTooLargeError as e:
+                raise CorruptChunkError(h, f"stored sealed object is {e.size} bytes, more than the {want} expected; "
+                                           f"repair it from a copy") from None
+            kid = sealing.object_kid(obj, h)
+            if len(obj) != want:
+                raise CorruptChunkError(h, f"stored sealed object is {len(obj)} bytes, not {want}; repair it")
+            if kid in self._sealer.run_keys or self._sealer.identities:  # type: ignore[union-attr]
+                plain = sealing.unseal(obj, self._identity_for(kid), h)
+                if plain != enc.data and not self._same_bytes(self._codec.decode(plain, len(data), h), data):
+                    raise CorruptChunkError(h, "stored sealed object decrypts to other bytes; repair it")
+            self._note_sealed(key, obj)
+            return SavedChunk(len(enc.data), enc.codec, False)
+        raise StoreError(f"chunk {h} kept changing in the store while it was being saved; re-run")
+
+    def _read_sealed_chunk(self, ref: ChunkRef) -> bytes:
+        want = sealing.sealed_size(ref.stored_size)
+        try:
+            obj = self._store.get(self._chunk_key(ref.hash), max_size=want)
+        except ObjectTooLargeError as e:
+            raise CorruptChunkError(ref.hash, f"stored size {e.size} is more than the {want} expected") from None
+        if len(obj) != want:
+            raise CorruptChunkError(ref.hash, f"stored size {len(obj)} != {want} (sealed, recorded {ref.stored_size})")
+        plain = self._unseal(obj, ref.hash)
+        if len(plain) != ref.stored_size:
+            raise CorruptChunkError(ref.hash, f"decrypted size {len(plain)} != recorded {ref.stored_size}")
+        return self._decode_checked(plain, ref.hash, ref.length)
+
+    def _sealed_chunk_sizes(self, hashes: Iterable[str]) -> dict[str, int]:
+        """As chunk_sizes, by keyed address; each listed size mapped back to its plaintext
+        (encoded) size, or -1 when no plaintext size seals to it (damage)."""
+        by_addr = {sealing.address(self._sealer.need_address_key(), h): h for h in hashes}  # type: ignore[union-attr]
+        out: dict[str, int] = {}
+        for prefix in sorted({a[:2] for a in by_addr}):
+            for info in self._store.list(layout.chunk_fanout(prefix)):
+                a = layout.chunk_hash(info.key)
+                if a in by_addr:
+                    size = sealing.unsealed_size(info.size)
+                    out[by_addr[a]] = -1 if size is None else size
+        return out
+
+    def _sealed_manifest_problem(self, mid: str, data: bytes) -> str | None:
+        try:
+            stored = self._get_manifest(layout.manifest(mid))
+        except ObjectMissingError:
+            return "manifest is missing from the store"
+        except IdentityError:
+            return None  # cannot be opened here: `verify --deep` checks its ciphertext hash instead
+        except IntegrityError as e:
+            return f"store copy of the manifest: {e}"
+        return None if stored == data else "store copy of the manifest differs from its id"
+
+    def _commit_sealed(self, m: Manifest, mid: str, data: bytes, policy: Any, sign_key: Any) -> None:
+        """The sealed manifest object, then its public companion (every object of the archive
+        with its stored size and ciphertext BLAKE3), so the archive can be audited, repaired
+        and replicated without keys. A manifest already stored (a re-run) is kept."""
+        self._start_run()
+        key = layout.manifest(mid)
+        obj = self._sealer.seal(data)  # type: ignore[union-attr]
+        if self._put(key, obj, policy):
+            self._note_sealed(key, obj)
+        else:
+            self._note_sealed(key, self._store.get(key, max_size=sealing.sealed_size(len(data))))
+        objects = []
+        for h in sorted(m.unique_chunks()):
+            ck = self._chunk_key(h)
+            if ck not in self._sealed_objects:
+                self._note_sealed(ck, self._store.get(ck, max_size=sealing.sealed_size(max_object_size(32 << 20))))
+            objects.append([ck, *self._sealed_objects[ck]])
+        objects.append([key, *self._sealed_objects[key]])
+        doc: dict[str, Any] = {"format": "archiver-sealed-audit", "manifest": mid, "objects": sorted(objects),
+                               "version": 1}
+        if sign_key is not None:
+            from manifests import signing
+            body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+            pub, sig = signing.sign_message(sign_key, b"archiver-sealed-audit-v1:" +
+                                            blake3.blake3(body).hexdigest().encode())
+            doc["signature"] = {"alg": "ed25519", "public_key": pub, "signature": sig}
+        companion = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        self._put(layout.audit(mid), companion, policy)
+
+    def _sealed_event(self, event: Event) -> Event:
+        """The event as a sealed store shows it: chunk hashes replaced by their keyed addresses
+        (dropped if this host has no address key), and details, problem lines and per-manifest
+        first problems (names, labels, paths) sealed to this run's key as one age object in
+        `details.sealed` (base64). Type, time, agent, outcome, counts and manifest ids stay
+        readable, so the chain is checked and replayed without keys."""
+        assert self._sealer is not None
+        self._start_run()
+        key = self._sealer.address_key
+
+        def addr(hs: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(sealing.address(key, h) for h in hs if is_hash(h)) if key is not None else ()
+        secret = json.dumps({"details": event.details, "first": {m.id: list(m.first) for m in event.manifests},
+                             "problems": list(event.problems)}, sort_keys=True, default=str).encode()
+        sealed = base64.b64encode(bytes(self._sealer.seal(secret))).decode()
+        return dataclasses.replace(event, manifests=tuple(dataclasses.replace(m, first=()) for m in event.manifests),
+                                   chunks_ok=addr(event.chunks_ok), chunks_failed=addr(event.chunks_failed),
+                                   problems=(), details={"sealed": sealed})
+
+    def require_identities(self) -> None:
+        """Refuse (IdentityError, exit 2) before anything is written when a sealed store must be
+        read and no custodian identity was given."""
+        if self._sealer is not None and not self._sealer.identities:
+            raise IdentityError(f"{self.url} is a sealed store: restoring or reading plaintext needs a custodian "
+                                f"identity")
+
+    def open_run_keys(self, mid: str) -> None:
+        """Open every run key the archive's companion names, so a missing or foreign key is
+        refused before a restore writes anything."""
+        doc = self.companion(mid)
+        for kid in sorted({o[3] for o in doc["objects"]}):
+            self._identity_for(kid)
+
+    def companion(self, mid: str) -> dict[str, Any]:
+        """The public companion of a sealed manifest, parsed and bounds-checked (ManifestError if
+        not one; its signature, if any, must verify)."""
+        try:
+            raw = self._store.get(layout.audit(mid), max_size=MAX_MANIFEST_BYTES)
+        except ObjectMissingError:
+            raise NotFoundError(f"sealed archive {mid} has no companion ({layout.audit(mid)})") from None
+        try:
+            doc = json.loads(raw)
+            assert doc["format"] == "archiver-sealed-audit" and doc["manifest"] == mid
+            for o in doc["objects"]:
+                assert isinstance(o[0], str) and type(o[1]) is int and is_hash(o[2]) and len(o[3]) == 32
+            assert raw == json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"  # canonical
+        except (ValueError, KeyError, TypeError, AssertionError, IndexError):
+            raise ManifestError(f"companion of {mid} is malformed") from None
+        sig = doc.get("signature")
+        if sig is not None:
+            from manifests import signing
+            body = json.dumps({k: v for k, v in doc.items() if k != "signature"}, sort_keys=True,
+                              separators=(",", ":")).encode()
+            ok = isinstance(sig, dict) and signing.check_message(
+                str(sig.get("public_key")), str(sig.get("signature")),
+                b"archiver-sealed-audit-v1:" + blake3.blake3(body).hexdigest().encode())
+            if not ok:
+                raise IntegrityError(f"companion of {mid} has a bad signature")
+        return doc
+
+    def companion_ids(self) -> list[str]:
+        return sorted(mid for mid in (layout.audit_id(i.key) for i in self._store.list(layout.AUDITS)) if mid)
+
+    def audit_object(self, key: str, size: int, b3: str) -> str | None:
+        """Why the object under `key` is not the one a companion lists (re-hashing its
+        ciphertext), or None if it is."""
+        try:
+            obj = self._store.get(key, max_size=size)
+        except ObjectMissingError:
+            return "object is missing"
+        except ObjectTooLargeError as e:
+            return f"stored size {e.size} != listed {size}"
+        if len(obj) != size:
+            return f"stored size {len(obj)} != listed {size}"
+        if blake3.blake3(obj).hexdigest() != b3:
+            return "ciphertext BLAKE3 differs from the companion's (bit rot or tampering)"
+        return None
+
+    def run_key_present(self, kid: str) -> bool:
+        return next(iter(self._store.list(layout.run_keys_of(kid))), None) is not None
+
+    def rotate_keys(self, add: list[str], remove: list[str]) -> dict[str, Any]:
+        """Re-wrap every key object (the address key and each run key) to the new recipient
+        set as new objects of the next generation, the set itself last (the commit point: the
+        newest set wins). Chunk and manifest objects are never rewritten. Needs an identity
+        that opens the current keys."""
+        self.require_identities()
+        gen, current = self._recipients()
+        for r in add:
+            sealing._recipient_bytes(r)
+        new = sorted((set(current) | set(add)) - set(remove))
+        if not new:
+            raise InvalidOptionError("remove", "would leave no recipient")
+        unknown = sorted(set(remove) - set(current))
+        if unknown:
+            raise InvalidOptionError("remove", f"names a recipient the store does not have: {unknown[0]}")
+        nxt = gen + 1
+        assert self._sealer is not None and self._sealer.address_key is not None
+        self._put_exact_new(layout.address_key(nxt), sealing.wrap(self._sealer.address_key.hex().encode() + b"\n",
+                                                                  new))
+        kids = sorted({k for k in (layout.run_key_id(i.key) for i in self._store.list(layout.RUN_KEYS)) if k})
+        for kid in kids:
+            ident = self._identity_for(kid)
+            self._put_exact_new(layout.run_key(kid, nxt), sealing.wrap((str(ident) + "\n").encode(), new))
+        if not self._store.put_if_absent(layout.key_set(nxt), sealing.recipient_set(nxt, new, self._sealer.address_key)):
+            raise StoreError(f"another rotation wrote key generation {nxt} meanwhile; re-run")
+        return {"generation": nxt, "recipients": new, "run_keys": len(kids)}
+
+    def _put_exact_new(self, key: str, data: bytes) -> None:
+        if not self._store.put_if_absent(key, data):
+            raise StoreError(f"{key} already exists: another rotation is under way; re-run")
+
+    # -- sealed stores: copies without keys (archiver.sealcopy) ----------------------------------
+    def marker_object(self) -> bytes:
+        from archiver.stores import MAX_MARKER_BYTES
+        return self._store.get(layout.MARKER, max_size=MAX_MARKER_BYTES)
+
+    def proved_sealed_object(self, key: str, size: int, b3: str) -> bytes:
+        """The object under `key`, returned only if it is exactly the one a companion lists
+        (size and ciphertext BLAKE3). Raises ObjectMissingError or CorruptChunkError."""
+        try:
+            obj = self._store.get(key, max_size=size)
+        except ObjectTooLargeError as e:
+            raise CorruptChunkError(key, f"stored size {e.size} != listed {size}") from None
+        if len(obj) != size:
+            raise CorruptChunkError(key, f"stored size {len(obj)} != listed {size}")
+        if blake3.blake3(obj).hexdigest() != b3:
+            raise CorruptChunkError(key, "ciphertext BLAKE3 differs from the companion's")
+        return obj
+
+    def put_sealed_object(self, key: str, data: bytes, policy: Any = None) -> bool:
+        """Store a proved sealed object (or companion, or key object) under the same key as in
+        the source; an object already there must be these exact bytes."""
+        return self._put_exact(key, data, key, policy)
+
+    def key_object_keys(self) -> list[str]:
+        return sorted(i.key for i in self._store.list(layout.KEYS) if layout.key_generation(i.key) is not None)
+
+    def key_object(self, key: str) -> bytes:
+        return self._store.get(key, max_size=sealing.MAX_KEY_OBJECT_BYTES)
+
+    def companion_object(self, mid: str) -> bytes:
+        """The companion's exact bytes, after `companion` parsed (and checked the signature of) them."""
+        self.companion(mid)
+        return self._store.get(layout.audit(mid), max_size=MAX_MANIFEST_BYTES)
+
+    def heal_sealed_object(self, key: str, data: bytes, size: int, b3: str) -> str:
+        """Heal one sealed object with bytes proved against the companion: see `_heal`."""
+        def damage(stored: bytes) -> str | None:
+            if len(stored) != size:
+                return f"stored size {len(stored)} != listed {size}"
+            return None if blake3.blake3(stored).hexdigest() == b3 else "ciphertext BLAKE3 differs"
+        return self._heal(key, data, damage)
+
 
 def _parents_first(parents: dict[str, str | None]) -> list[str]:
     """Ids ordered so a manifest's parent (if present) comes before it: an iterative

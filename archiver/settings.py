@@ -24,6 +24,8 @@ MAX_ATTEMPTS_ENVS = ("ARCHIVER_S3_MAX_ATTEMPTS", "AWS_MAX_ATTEMPTS")
 # boto3's order: the S3-specific variable, then the global one; both off with the IGNORE switch.
 ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 IGNORE_ENDPOINTS_ENV = "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"
+IDENTITY_ENV = "ARCHIVER_IDENTITY"  # age identity files of a sealed store's custodian (os.pathsep-separated)
+ADDRESS_KEY_ENV = "ARCHIVER_ADDRESS_KEY"  # a sealed store's address key file (default: under home)
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,19 @@ class Settings:
     # The S3 options before this store's URL settings (?profile=&endpoint=&region=) were
     # applied: what another store (a copy) starts from. None: the same as `s3`.
     default_s3: S3Options | None = None
+    # Sealed stores: the custodian identity files given (--identity, else ARCHIVER_IDENTITY),
+    # and the address key file an archive host holds (ARCHIVER_ADDRESS_KEY, else under home).
+    identities: tuple[str, ...] = ()
+    address_key_file: str | None = None
+
+    def address_key_path(self, store_id: str) -> Path:
+        """Where this host keeps (and `store init` writes) a sealed store's address key."""
+        return Path(self.address_key_file) if self.address_key_file else self.home / "sealed" / f"{store_id}.key"
 
     @classmethod
     def resolve(cls, store: str | None = None, catalog: str | os.PathLike | None = None, *,
-                s3: S3Options | None = None, env: Mapping[str, str] | None = None) -> "Settings":
+                s3: S3Options | None = None, env: Mapping[str, str] | None = None,
+                identities: tuple[str, ...] | list[str] = ()) -> "Settings":
         """store, else ARCHIVER_STORE, else a directory store under ARCHIVER_HOME (~/.archiver);
         catalog, else ARCHIVER_CATALOG, else a catalog file under ARCHIVER_HOME for that store;
         s3, else S3Options with ARCHIVER_S3_CHECKSUM / ARCHIVER_S3_MAX_ATTEMPTS and the
@@ -85,8 +96,10 @@ class Settings:
         endpoint = s3_endpoint(opts, env) if url.startswith("s3://") else None
         cat = catalog or env.get(CATALOG_ENV)
         path = Path(cat).expanduser() if cat else default_catalog_path(home, url, default_store, endpoint)
+        ids = tuple(identities) or tuple(p for p in env.get(IDENTITY_ENV, "").split(os.pathsep) if p.strip())
         return cls(home=home, store_url=url, catalog_path=path, s3=opts, endpoint=endpoint,
-                   default_s3=base if overrides else None)
+                   default_s3=base if overrides else None, identities=ids,
+                   address_key_file=env.get(ADDRESS_KEY_ENV) or None)
 
     def for_copy(self, store: str, catalog: str | os.PathLike | None = None) -> "Settings":
         """Settings for another store (a copy): its own URL settings over this one's
