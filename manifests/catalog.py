@@ -36,15 +36,18 @@ import sqlite_utils
 from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
                               ManifestError, UnknownReference)
 from manifests.fields import index_fields
-from manifests.model import Manifest, parse_manifest
+from manifests.model import ChunkRef, Manifest, parse_manifest
 
-SCHEMA_VERSION = 3  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
+SCHEMA_VERSION = 4  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
 # 3: events_seen, the store events (archiver.events) this catalog has recorded or replayed; fields,
 #    the searchable metadata of manifests (manifests.fields)
+# 4: manifest_chunks (which distinct chunks each manifest names, as two rowids) replaces chunk_refs
+#    (one row of path, offset, length and hash text per chunk reference, which nothing read but
+#    fixity's per-manifest chunk set): ~15 bytes per distinct chunk instead of ~400 per reference
 BUSY_TIMEOUT_MS = 5_000  # how long a writer waits for another writer before CatalogLocked
 ID_PREFIX_MIN = 4
 
-_IMMUTABLE = ("manifests", "files", "chunk_refs", "audit", "fields")
+_IMMUTABLE = ("manifests", "files", "audit", "fields", "manifest_chunks")
 _HEX = frozenset("0123456789abcdef")
 
 _SCHEMA = """
@@ -54,9 +57,6 @@ CREATE TABLE "manifests" ("id" TEXT PRIMARY KEY, "name" TEXT NOT NULL, "label" T
 CREATE INDEX "idx_manifests_name_recorded_at" ON "manifests" ("name", "recorded_at");
 CREATE TABLE "files" ("manifest_id" TEXT REFERENCES "manifests"("id"), "path" TEXT, "type" TEXT, "size" INTEGER,
     "mode" INTEGER, "blake3" TEXT, "sha256" TEXT, PRIMARY KEY ("manifest_id", "path"));
-CREATE TABLE "chunk_refs" ("manifest_id" TEXT REFERENCES "manifests"("id"), "path" TEXT, "seq" INTEGER,
-    "offset" INTEGER, "length" INTEGER, "hash" TEXT, PRIMARY KEY ("manifest_id", "path", "seq"));
-CREATE INDEX "idx_chunk_refs_hash" ON "chunk_refs" ("hash");
 CREATE TABLE "chunks" ("hash" TEXT PRIMARY KEY, "stored_size" INTEGER, "codec" TEXT, "first_seen" REAL);
 CREATE TABLE "chunk_checks" ("hash" TEXT PRIMARY KEY, "last_verified" REAL, "ok" INTEGER);
 CREATE TABLE "audit" ("seq" INTEGER PRIMARY KEY, "at" REAL, "event" TEXT, "manifest_id" TEXT, "ok" INTEGER,
@@ -75,9 +75,19 @@ _MIGRATIONS: dict[int, str] = {
        '"seq" INTEGER, "value" TEXT, "num" REAL, PRIMARY KEY ("manifest_id", "key", "seq"));'
        'CREATE INDEX IF NOT EXISTS "idx_fields_key_value" ON "fields" ("key", "value" COLLATE NOCASE);'
        'CREATE INDEX IF NOT EXISTS "idx_fields_key_num" ON "fields" ("key", "num")',
+    # 3 -> 4: the distinct chunks of each manifest, backfilled from chunk_refs, which is then
+    # dropped (its rows are in each manifest's JSON, kept in "manifests"). A new catalog
+    # never had chunk_refs: the step creates it empty first so the same SQL serves both.
+    3: 'CREATE TABLE IF NOT EXISTS "manifest_chunks" ("manifest" INTEGER, "chunk" INTEGER, '
+       'PRIMARY KEY ("manifest", "chunk")) WITHOUT ROWID;'
+       'CREATE TABLE IF NOT EXISTS "chunk_refs" ("manifest_id" TEXT, "path" TEXT, "seq" INTEGER, '
+       '"offset" INTEGER, "length" INTEGER, "hash" TEXT);'
+       'INSERT OR IGNORE INTO "manifest_chunks" ("manifest", "chunk") SELECT m.rowid, c.rowid FROM '
+       '"chunk_refs" r JOIN "manifests" m ON m.id = r.manifest_id JOIN "chunks" c ON c.hash = r.hash;'
+       'DROP TABLE "chunk_refs"',
 }
 # Migration steps that create tables also make them immutable (see _immutable).
-_MIGRATION_TABLES: dict[int, tuple[str, ...]] = {2: ("fields",)}
+_MIGRATION_TABLES: dict[int, tuple[str, ...]] = {2: ("fields",), 3: ("manifest_chunks",)}
 
 
 @dataclass(frozen=True)
@@ -414,37 +424,58 @@ class Catalog:
         return self._conn.execute("SELECT 1 FROM manifests WHERE id=?", (mid,)).fetchone() is not None
 
     def record_manifest(self, m: Manifest, data: bytes, *, event_details: dict[str, Any] | None = None,
-                        at: float | None = None, time_unknown: bool = False) -> bool:
-        """Record a manifest (already durably in the store) with its files, chunk references
-        and known chunks in one transaction. Idempotent: False if it was already recorded.
+                        at: float | None = None, time_unknown: bool = False,
+                        chunks: Iterable[ChunkRef] | None = None) -> bool:
+        """Record a manifest (already durably in the store) with its files, its distinct
+        chunks and known chunks in one transaction. Idempotent: False if it was already recorded.
         `at` defaults to now; time_unknown=True records no time at all (a rebuild knows
-        what the store holds, not when it was archived)."""
+        what the store holds, not when it was archived). `chunks`: every chunk reference of
+        the manifest, when its entries do not all hold theirs (v2 file maps fetched one at a
+        time, so a 10 TB archive's million refs are never all in memory); default: the entries'.
+        An error raised by that iterable rolls the whole record back."""
         mid = m.id
         check_recordable(mid, m)
         now = time.time() if at is None else at
         when = None if time_unknown else now
+        refs = chunks if chunks is not None else (c for e in m.files for c in e.chunks)
         with self.write() as conn:
             if conn.execute("SELECT 1 FROM manifests WHERE id=?", (mid,)).fetchone() is not None:
                 return False
             files = m.files
+            # the manifest's rowid is taken now (in the write transaction) so its chunk set can
+            # be recorded, and its stored size summed, before the immutable row is written
+            row = conn.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM manifests").fetchone()[0]
+            batch: list[ChunkRef] = []
+            for ref in refs:
+                batch.append(ref)
+                if len(batch) >= 4096:
+                    self._record_chunks(conn, row, batch, when)
+                    batch = []
+            self._record_chunks(conn, row, batch, when)
+            stored = conn.execute("SELECT COALESCE(SUM(c.stored_size), 0) FROM manifest_chunks mc "
+                                  "JOIN chunks c ON c.rowid = mc.chunk WHERE mc.manifest = ?", (row,)).fetchone()[0]
+            conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
+                         "stored_size, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                         (row, mid, m.name, m.label, m.parent, when, len(files), m.total_size, stored, data))
             db = sqlite_utils.Database(conn, recursive_triggers=False)  # rows as dicts, batched inserts
-            db["manifests"].insert({"id": mid, "name": m.name, "label": m.label, "parent": m.parent,
-                                    "recorded_at": when, "file_count": len(files), "total_size": m.total_size,
-                                    "stored_size": m.stored_size, "json": data})
             db["files"].insert_all(
                 ({"manifest_id": mid, "path": e.path, "type": e.type, "size": e.size, "mode": e.mode,
                   "blake3": e.blake3, "sha256": e.sha256} for e in m.entries), batch_size=1000)
-            db["chunk_refs"].insert_all(
-                ({"manifest_id": mid, "path": e.path, "seq": i, "offset": c.offset, "length": c.length,
-                  "hash": c.hash} for e in files for i, c in enumerate(e.chunks)), batch_size=1000)
-            conn.executemany(
-                "INSERT OR IGNORE INTO chunks(hash, stored_size, codec, first_seen) VALUES (?,?,?,?)",
-                ((c.hash, c.stored_size, c.codec, when) for c in m.unique_chunks().values()))
             conn.executemany('INSERT INTO fields(manifest_id, key, seq, value, num) VALUES (?,?,?,?,?)',
                              field_rows(mid, m))
             if event_details is not None:
                 self._audit(conn, "archive", mid, True, event_details, now)
         return True
+
+    @staticmethod
+    def _record_chunks(conn: sqlite3.Connection, row: int, refs: list[ChunkRef], when: float | None) -> None:
+        """Known chunks (the first stored size and codec seen win) and manifest `row`'s chunk set."""
+        if not refs:
+            return
+        conn.executemany("INSERT OR IGNORE INTO chunks(hash, stored_size, codec, first_seen) VALUES (?,?,?,?)",
+                         [(c.hash, c.stored_size, c.codec, when) for c in refs])
+        conn.executemany("INSERT OR IGNORE INTO manifest_chunks(manifest, chunk) "
+                         "SELECT ?, rowid FROM chunks WHERE hash = ?", [(row, c.hash) for c in refs])
 
     def manifest_rows(self, name: str | None = None) -> list[ManifestRow]:
         """Oldest first, and never a version before its parent: ordered by recording
@@ -715,19 +746,22 @@ class Catalog:
         """(manifest id, name, label, chunk, stored size, last deep check, ok) for every distinct
         chunk of every recorded manifest: what `fixity status` summarises."""
         return [(m, n, lb, h, s, t, None if ok is None else bool(ok)) for m, n, lb, h, s, t, ok in self._conn.execute(
-            "SELECT DISTINCT r.manifest_id, m.name, m.label, r.hash, c.stored_size, k.last_verified, k.ok "
-            "FROM chunk_refs r JOIN manifests m ON m.id = r.manifest_id JOIN chunks c ON c.hash = r.hash "
-            "LEFT JOIN chunk_checks k ON k.hash = r.hash ORDER BY m.rowid, r.hash")]
+            "SELECT m.id, m.name, m.label, c.hash, c.stored_size, k.last_verified, k.ok "
+            "FROM manifest_chunks mc JOIN manifests m ON m.rowid = mc.manifest JOIN chunks c ON c.rowid = mc.chunk "
+            "LEFT JOIN chunk_checks k ON k.hash = c.hash ORDER BY m.rowid, c.hash")]
 
 
 def _immutable(conn: sqlite3.Connection, table: str) -> None:
     pk = {"manifests": "id = NEW.id", "files": "manifest_id = NEW.manifest_id AND path = NEW.path",
           "fields": "manifest_id = NEW.manifest_id AND key = NEW.key AND seq = NEW.seq",
-          "chunk_refs": "manifest_id = NEW.manifest_id AND path = NEW.path AND seq = NEW.seq",
-          "audit": "seq = NEW.seq"}[table]
+          "audit": "seq = NEW.seq", "manifest_chunks": "",
+          # schema 1-3 only (tests build old catalogs with it); migration 3 -> 4 drops the table
+          "chunk_refs": "manifest_id = NEW.manifest_id AND path = NEW.path AND seq = NEW.seq"}[table]
     msg = f"{table} rows are immutable"
-    for verb, when in (("UPDATE", ""), ("DELETE", ""),
-                       ("INSERT", f"WHEN EXISTS (SELECT 1 FROM {table} WHERE {pk})")):
+    # a manifest_chunks row is all key: a second INSERT of it changes nothing (and recording
+    # a manifest inserts each shared chunk OR IGNORE), so only UPDATE and DELETE are refused
+    inserts = (("INSERT", f"WHEN EXISTS (SELECT 1 FROM {table} WHERE {pk})"),) if pk else ()
+    for verb, when in (("UPDATE", ""), ("DELETE", ""), *inserts):
         conn.execute(f"CREATE TRIGGER {table}_no_{verb.lower()} BEFORE {verb} ON {table} {when} "
                      f"BEGIN SELECT RAISE(ABORT, '{msg}'); END")
 
