@@ -37,6 +37,7 @@ from archiver.stores.base import ObjectColdError, ObjectState, ObjectTooLargeErr
 from archiver.urls import normalise_endpoint
 from manifests.catalog import AuditRow, Catalog, Chain, ManifestRow, check_recordable
 from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
+from manifests.model import MAX_FILEMAP_BYTES, filemap_bytes, parse_filemap, with_filemap, with_filemaps
 from manifests.paths import check_paths
 
 # A signature object is ~250 bytes of JSON; anything far larger is not one.
@@ -202,20 +203,122 @@ class Repository:
 
     # -- manifests -----------------------------------------------------------------------------
     def load_manifest(self, mid: str) -> Manifest:
-        """The catalog's copy if it has one (re-checked against the id), else the store's."""
+        """The catalog's copy if it has one (re-checked against the id), else the store's;
+        with every file map fetched from the store and checked (ManifestError if one is
+        missing or damaged: see `load_manifest_keep_going`)."""
+        return self.resolve_filemaps(self._load_root(mid))
+
+    def _load_root(self, mid: str) -> Manifest:
         if self._catalog.has_manifest(mid):
             with translated():
                 return self._catalog.load_manifest(mid)
-        return self.fetch_manifest(mid)
+        return self._fetch_root(mid)
 
     def fetch_manifest(self, mid: str) -> Manifest:
-        """The store's copy, accepted only if its bytes hash to `mid`."""
+        """The store's copy, accepted only if its bytes hash to `mid`, with its file maps resolved."""
+        return self.resolve_filemaps(self._fetch_root(mid))
+
+    def _fetch_root(self, mid: str) -> Manifest:
         try:
             data = self._get_manifest(layout.manifest(mid))
         except ObjectMissingError:
             raise NotFoundError(f"manifest {mid} is not in the store") from None
         with translated():
             return parse_manifest(data, expected_id=mid)
+
+    # -- file maps (manifest v2) -------------------------------------------------------------------
+    def load_manifest_keep_going(self, mid: str) -> tuple[Manifest, list[tuple[Entry, str]]]:
+        """As `load_manifest`, but a missing or damaged file map does not stop it: the
+        manifest comes back with that entry unresolved (`Entry.resolved` False), listed with
+        the reason, so verify can report it and check every other file."""
+        return self.resolve_filemaps_keep_going(self._load_root(mid))
+
+    def resolve_filemaps(self, m: Manifest) -> Manifest:
+        """`m` with every file map's chunk list fetched and checked (hash = name, canonical,
+        count and sizes as the entry says). ManifestError naming the file at the first bad one."""
+        out, bad = self.resolve_filemaps_keep_going(m, stop=True)
+        if bad:
+            e, why = bad[0]
+            raise ManifestError(why)
+        return out
+
+    def resolve_filemaps_keep_going(self, m: Manifest, *, stop: bool = False) -> tuple[Manifest, list[tuple[Entry, str]]]:
+        todo = [e for e in m.entries if not e.resolved]
+        if not todo:
+            return m, []
+        got: dict[str, tuple[ChunkRef, ...]] = {}
+        bad: list[tuple[Entry, str]] = []
+        for e in todo:
+            try:
+                got[e.path] = self.filemap_chunks(e)
+            except IntegrityError as err:
+                bad.append((e, str(err)))
+                if stop:
+                    break
+        entries = tuple(dataclasses.replace(e, chunks=got[e.path]) if e.path in got else e for e in m.entries)
+        return dataclasses.replace(m, entries=entries), bad
+
+    def filemap_chunks(self, e: Entry) -> tuple[ChunkRef, ...]:
+        """The chunk list in entry `e`'s file map, read from the store and checked against
+        the entry; ManifestError (with the file and the map's hash) if missing or damaged."""
+        with translated():
+            return parse_filemap(self.filemap_object(e), e)
+
+    def filemap_object(self, e: Entry) -> bytes:
+        """The raw bytes stored under entry `e`'s file map key, refused if too large or absent
+        (ManifestError); the caller checks them (`parse_filemap`, or the hash for a copy)."""
+        key = layout.filemap(e.filemap)
+        try:
+            return self._store.get(key, max_size=MAX_FILEMAP_BYTES)
+        except ObjectMissingError:
+            raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is missing from the store") from None
+        except ObjectTooLargeError as err:
+            raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is too large: {err}") from None
+
+    def save_filemaps(self, e: Entry) -> Entry:
+        """Make a finished file's entry what a v2 manifest records and, for a file over the
+        threshold, store its file map now (its chunks must already be durable): a worker
+        calls this after its file's chunks, so the driver gathers only small entries. Returns
+        the entry without its chunk list when it has a map (`commit_manifest` re-reads the
+        map to prove it durable); other entries unchanged."""
+        e2, data = with_filemap(e)
+        if data is None:
+            return e2
+        self._put_filemap(e2.filemap, data)
+        return dataclasses.replace(e2, chunks=())
+
+    def _put_filemap(self, h: str, data: bytes) -> None:
+        """put_if_absent; an object already there must be these bytes, else (damaged: the
+        name is its hash) it is replaced, conditional on its version, as `heal` does."""
+        self._heal(layout.filemap(h), data, lambda stored: None if stored == data else
+                   "stored file map differs from its hash")
+
+    def _chunk_stream(self, m: Manifest) -> Iterator[ChunkRef]:
+        """Every chunk reference of `m`, fetching (and checking) unresolved file maps one at a
+        time, so recording a manifest never holds all of a 10 TB archive's refs at once."""
+        for e in m.files:
+            yield from (e.chunks if e.resolved else self.filemap_chunks(e))
+
+    def put_filemap_object(self, h: str, data: bytes, policy: Any = None) -> bool:
+        """Store a file map copied from another store (it must hash to `h`); True if written now."""
+        if manifest_id(data) != h:
+            raise ManifestError(f"bytes given for file map {h} do not hash to its name")
+        return self._put_exact(layout.filemap(h), data, f"file map {h}", policy)
+
+    def filemap_object_checked(self, e: Entry) -> bytes:
+        """Entry `e`'s file map bytes, returned only if they parse as its map (what a copy
+        may give to repair); ManifestError otherwise."""
+        data = self.filemap_object(e)
+        with translated():
+            parse_filemap(data, e)
+        return data
+
+    def heal_filemap(self, e: Entry, data: bytes) -> str:
+        """Heal a file map object with bytes proved elsewhere (they must parse as `e`'s map): see `_heal`."""
+        with translated():
+            parse_filemap(data, e)
+        return self._heal(layout.filemap(e.filemap), data, lambda stored: None if stored == data else
+                          "stored file map differs from its hash")
 
     def _get_manifest(self, key: str) -> bytes:
         """A manifest object's bytes, refused unread if larger than a manifest may be."""
@@ -264,12 +367,12 @@ class Repository:
             self.record_policy(mid, policy)
         if details is None or self._catalog.has_manifest(mid):  # already recorded: nothing new ingested
             with translated():
-                self._catalog.record_manifest(m, data)
+                self._catalog.record_manifest(m, data, chunks=self._chunk_stream(m))
             return Committed(mid, signer)
         ev = Event(events.INGESTION, manifests=(events.ManifestOutcome(mid),), details={**details, "signed_by": signer})
         rec = self._put_event(ev, sign_key, policy=hot)  # in the store first: the catalog is the rebuildable copy
         with translated(), self._catalog.write():
-            self._catalog.record_manifest(m, data, at=ev.time)
+            self._catalog.record_manifest(m, data, at=ev.time, chunks=self._chunk_stream(m))
             self._catalog.record_event(rec.key, rec.writer, rec.seq, rec.hash, ev.time, events.audit_rows(ev),
                                        events.chunk_results(ev))
         return Committed(mid, signer)
@@ -326,7 +429,7 @@ class Repository:
         if m.parent is None:
             return []
         try:
-            parent = self.fetch_manifest(m.parent)
+            parent = self._fetch_root(m.parent)  # its file maps are checked when it is verified
         except ArchiverError as e:
             return [f"broken chain: parent {m.parent[:16]}: {e}"]
         if parent.name != m.name:
@@ -622,7 +725,8 @@ class Repository:
                 at = ingested.get(m.id)
                 try:
                     with translated():
-                        if self._catalog.record_manifest(m, data, at=at, time_unknown=at is None):
+                        if self._catalog.record_manifest(m, data, at=at, time_unknown=at is None,
+                                                         chunks=self._chunk_stream(m)):
                             result.added.append(m.id)
                 except IntegrityError as e:  # only this manifest's savepoint was rolled back
                     result.problems.append(Problem(m.id, "manifest", str(e)))
@@ -901,7 +1005,7 @@ class Repository:
         """Record a manifest that was copied into this store (its chunks and object already
         durable here); False if the catalog already had it."""
         with translated():
-            return self._catalog.record_manifest(m, data)
+            return self._catalog.record_manifest(m, data, chunks=self._chunk_stream(m))
 
     def heal_chunk(self, ref: ChunkRef, obj: bytes) -> str:
         """Heal one chunk with `obj` (proved by `chunk_object` of a copy): see `_heal`."""
@@ -1070,6 +1174,7 @@ class Repository:
         """Every object an archive consists of: its chunks, its manifest, its signatures and its
         retention records."""
         keys = [layout.chunk(h) for h in sorted(m.unique_chunks())]
+        keys += sorted({layout.filemap(e.filemap) for e in m.files if e.filemap})
         keys.append(layout.manifest(mid))
         keys += [i.key for i in self._store.list(layout.signatures_of(mid))]
         keys += [i.key for i in self._store.list(layout.retention_records_of(mid))]
