@@ -347,7 +347,21 @@ class Repository:
         already under the same id must be byte-identical, else the store holds a forgery.
         The bytes are first parsed with the reader's own checks and must read back as `m`:
         nothing that `show`, `verify`, `restore` or a catalog rebuild would refuse or read
-        differently is ever stored (ManifestError)."""
+        differently is ever stored (ManifestError).
+        Manifest v2: a file over the threshold is recorded through its file map, which is
+        stored here first (or, for an entry from `save_filemaps` without its chunks, read
+        back and checked), so no root manifest ever names a map that is not durable."""
+        m = with_filemaps(m)
+        for e in m.files:
+            if not e.filemap:
+                continue
+            if e.chunks:
+                fm = filemap_bytes(e.chunks)
+                if manifest_id(fm) != e.filemap:
+                    raise ManifestError(f"malformed manifest: file map {e.filemap[:16]} of {e.path!r} is not its chunks")
+                self._put_filemap(e.filemap, fm)
+            else:
+                self.filemap_chunks(e)  # written by a worker: prove it is there and intact
         try:
             data = m.canonical_json()
         except (TypeError, ValueError) as e:  # e.g. meta keys of mixed types, bytes values
