@@ -293,11 +293,19 @@ class Repository:
         self._heal(layout.filemap(h), data, lambda stored: None if stored == data else
                    "stored file map differs from its hash")
 
-    def _chunk_stream(self, m: Manifest) -> Iterator[ChunkRef]:
-        """Every chunk reference of `m`, fetching (and checking) unresolved file maps one at a
-        time, so recording a manifest never holds all of a 10 TB archive's refs at once."""
-        for e in m.files:
-            yield from (e.chunks if e.resolved else self.filemap_chunks(e))
+    def _prove_filemap(self, e: Entry) -> None:
+        """A map a worker stored (`save_filemaps`) is durable and intact and fits its entry:
+        a map the catalog recorded before (checked then) must hash to its name and have the
+        entry's chunk count and size; any other is parsed against the entry in full."""
+        shape = self._catalog.filemap_shape(e.filemap)
+        if shape is None:
+            self.filemap_chunks(e)
+            return
+        if shape != (e.chunk_count, e.size):
+            raise ManifestError(f"file map {e.filemap[:16]} holds {shape[0]} chunks and {shape[1]} bytes, not the "
+                                f"{e.chunk_count} and {e.size} of {e.path!r}")
+        if manifest_id(self.filemap_object(e)) != e.filemap:
+            raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} does not match its hash (tampered or corrupt)")
 
     def put_filemap_object(self, h: str, data: bytes, policy: Any = None) -> bool:
         """Store a file map copied from another store (it must hash to `h`); True if written now."""
@@ -361,7 +369,7 @@ class Repository:
                     raise ManifestError(f"malformed manifest: file map {e.filemap[:16]} of {e.path!r} is not its chunks")
                 self._put_filemap(e.filemap, fm)
             else:
-                self.filemap_chunks(e)  # written by a worker: prove it is there and intact
+                self._prove_filemap(e)  # written by a worker: prove it is there and intact
         try:
             data = m.canonical_json()
         except (TypeError, ValueError) as e:  # e.g. meta keys of mixed types, bytes values
@@ -381,12 +389,12 @@ class Repository:
             self.record_policy(mid, policy)
         if details is None or self._catalog.has_manifest(mid):  # already recorded: nothing new ingested
             with translated():
-                self._catalog.record_manifest(m, data, chunks=self._chunk_stream(m))
+                self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks)
             return Committed(mid, signer)
         ev = Event(events.INGESTION, manifests=(events.ManifestOutcome(mid),), details={**details, "signed_by": signer})
         rec = self._put_event(ev, sign_key, policy=hot)  # in the store first: the catalog is the rebuildable copy
         with translated(), self._catalog.write():
-            self._catalog.record_manifest(m, data, at=ev.time, chunks=self._chunk_stream(m))
+            self._catalog.record_manifest(m, data, at=ev.time, filemap_chunks=self.filemap_chunks)
             self._catalog.record_event(rec.key, rec.writer, rec.seq, rec.hash, ev.time, events.audit_rows(ev),
                                        events.chunk_results(ev))
         return Committed(mid, signer)
@@ -740,7 +748,7 @@ class Repository:
                 try:
                     with translated():
                         if self._catalog.record_manifest(m, data, at=at, time_unknown=at is None,
-                                                         chunks=self._chunk_stream(m)):
+                                                         filemap_chunks=self.filemap_chunks):
                             result.added.append(m.id)
                 except IntegrityError as e:  # only this manifest's savepoint was rolled back
                     result.problems.append(Problem(m.id, "manifest", str(e)))
@@ -1019,7 +1027,7 @@ class Repository:
         """Record a manifest that was copied into this store (its chunks and object already
         durable here); False if the catalog already had it."""
         with translated():
-            return self._catalog.record_manifest(m, data, chunks=self._chunk_stream(m))
+            return self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks)
 
     def heal_chunk(self, ref: ChunkRef, obj: bytes) -> str:
         """Heal one chunk with `obj` (proved by `chunk_object` of a copy): see `_heal`."""

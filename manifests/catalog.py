@@ -28,7 +28,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import blake3
 import sqlite_utils
@@ -36,18 +36,20 @@ import sqlite_utils
 from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
                               ManifestError, UnknownReference)
 from manifests.fields import index_fields
-from manifests.model import ChunkRef, Manifest, parse_manifest
+from manifests.model import ChunkRef, Entry, Manifest, parse_manifest
 
 SCHEMA_VERSION = 4  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
 # 3: events_seen, the store events (archiver.events) this catalog has recorded or replayed; fields,
 #    the searchable metadata of manifests (manifests.fields)
-# 4: manifest_chunks (which distinct chunks each manifest names, as two rowids) replaces chunk_refs
-#    (one row of path, offset, length and hash text per chunk reference, which nothing read but
-#    fixity's per-manifest chunk set): ~15 bytes per distinct chunk instead of ~400 per reference
+# 4: manifest_chunks (which distinct chunks each manifest names inline, as two rowids) replaces
+#    chunk_refs (one row of path, offset, length and hash text per chunk reference, which nothing
+#    read but fixity's per-manifest chunk set); a v2 file map's chunks are recorded once per map
+#    (filemaps, filemap_chunks) and a manifest names its maps (manifest_filemaps), so a version
+#    that keeps its large files costs one row per file, not per chunk
 BUSY_TIMEOUT_MS = 5_000  # how long a writer waits for another writer before CatalogLocked
 ID_PREFIX_MIN = 4
 
-_IMMUTABLE = ("manifests", "files", "audit", "fields", "manifest_chunks")
+_IMMUTABLE = ("manifests", "files", "audit", "fields", "manifest_chunks", "filemap_chunks", "manifest_filemaps")
 _HEX = frozenset("0123456789abcdef")
 
 _SCHEMA = """
@@ -84,10 +86,16 @@ _MIGRATIONS: dict[int, str] = {
        '"offset" INTEGER, "length" INTEGER, "hash" TEXT);'
        'INSERT OR IGNORE INTO "manifest_chunks" ("manifest", "chunk") SELECT m.rowid, c.rowid FROM '
        '"chunk_refs" r JOIN "manifests" m ON m.id = r.manifest_id JOIN "chunks" c ON c.hash = r.hash;'
-       'DROP TABLE "chunk_refs"',
+       'DROP TABLE "chunk_refs";'
+       'CREATE TABLE IF NOT EXISTS "filemaps" ("hash" TEXT PRIMARY KEY, "chunk_count" INTEGER, "size" INTEGER);'
+       'CREATE TABLE IF NOT EXISTS "filemap_chunks" ("filemap" INTEGER, "chunk" INTEGER, '
+       'PRIMARY KEY ("filemap", "chunk")) WITHOUT ROWID;'
+       'CREATE TABLE IF NOT EXISTS "manifest_filemaps" ("manifest" INTEGER, "filemap" INTEGER, '
+       'PRIMARY KEY ("manifest", "filemap")) WITHOUT ROWID',
 }
 # Migration steps that create tables also make them immutable (see _immutable).
-_MIGRATION_TABLES: dict[int, tuple[str, ...]] = {2: ("fields",), 3: ("manifest_chunks",)}
+_MIGRATION_TABLES: dict[int, tuple[str, ...]] = {2: ("fields",), 3: ("manifest_chunks", "filemap_chunks",
+                                                                        "manifest_filemaps")}
 
 
 @dataclass(frozen=True)
@@ -425,19 +433,20 @@ class Catalog:
 
     def record_manifest(self, m: Manifest, data: bytes, *, event_details: dict[str, Any] | None = None,
                         at: float | None = None, time_unknown: bool = False,
-                        chunks: Iterable[ChunkRef] | None = None) -> bool:
+                        filemap_chunks: Callable[[Entry], Iterable[ChunkRef]] | None = None) -> bool:
         """Record a manifest (already durably in the store) with its files, its distinct
         chunks and known chunks in one transaction. Idempotent: False if it was already recorded.
         `at` defaults to now; time_unknown=True records no time at all (a rebuild knows
-        what the store holds, not when it was archived). `chunks`: every chunk reference of
-        the manifest, when its entries do not all hold theirs (v2 file maps fetched one at a
-        time, so a 10 TB archive's million refs are never all in memory); default: the entries'.
-        An error raised by that iterable rolls the whole record back."""
+        what the store holds, not when it was archived). Manifest v2: the chunks of a file
+        map this catalog has not recorded yet are recorded once for the map; for an entry
+        without its chunk list in memory they come from `filemap_chunks(entry)` (the
+        repository fetches and checks the map), one map at a time, so a 10 TB archive's
+        million refs are never all in memory, and a map already recorded is not fetched.
+        An error raised by it rolls the whole record back."""
         mid = m.id
         check_recordable(mid, m)
         now = time.time() if at is None else at
         when = None if time_unknown else now
-        refs = chunks if chunks is not None else (c for e in m.files for c in e.chunks)
         with self.write() as conn:
             if conn.execute("SELECT 1 FROM manifests WHERE id=?", (mid,)).fetchone() is not None:
                 return False
@@ -446,14 +455,19 @@ class Catalog:
             # be recorded, and its stored size summed, before the immutable row is written
             row = conn.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM manifests").fetchone()[0]
             batch: list[ChunkRef] = []
-            for ref in refs:
-                batch.append(ref)
+            for e in files:
+                if e.filemap:
+                    self._record_filemap(conn, row, e, filemap_chunks, when)
+                    continue
+                batch.extend(e.chunks)
                 if len(batch) >= 4096:
-                    self._record_chunks(conn, row, batch, when)
+                    self._record_chunks(conn, "manifest_chunks", row, batch, when)
                     batch = []
-            self._record_chunks(conn, row, batch, when)
-            stored = conn.execute("SELECT COALESCE(SUM(c.stored_size), 0) FROM manifest_chunks mc "
-                                  "JOIN chunks c ON c.rowid = mc.chunk WHERE mc.manifest = ?", (row,)).fetchone()[0]
+            self._record_chunks(conn, "manifest_chunks", row, batch, when)
+            stored = conn.execute(
+                "SELECT COALESCE(SUM(stored_size), 0) FROM chunks WHERE rowid IN (SELECT chunk FROM manifest_chunks "
+                "WHERE manifest = ?1 UNION SELECT fc.chunk FROM manifest_filemaps mf JOIN filemap_chunks fc "
+                "ON fc.filemap = mf.filemap WHERE mf.manifest = ?1)", (row,)).fetchone()[0]
             conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
                          "stored_size, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
                          (row, mid, m.name, m.label, m.parent, when, len(files), m.total_size, stored, data))
@@ -467,14 +481,40 @@ class Catalog:
                 self._audit(conn, "archive", mid, True, event_details, now)
         return True
 
+    def filemap_shape(self, h: str) -> tuple[int, int] | None:
+        """(chunk_count, size) of a file map this catalog has recorded (checked then), else None."""
+        row = self._reader().execute("SELECT chunk_count, size FROM filemaps WHERE hash=?", (h,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def _record_filemap(self, conn: sqlite3.Connection, row: int, e: Entry,
+                        fetch: Callable[[Entry], Iterable[ChunkRef]] | None, when: float | None) -> None:
+        """Manifest `row` names file map `e.filemap`; its chunks are recorded the first time it is seen."""
+        known = conn.execute("SELECT rowid, chunk_count, size FROM filemaps WHERE hash=?", (e.filemap,)).fetchone()
+        if known is None:
+            if not e.resolved and fetch is None:
+                raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} was not given to the catalog")
+            refs = list(e.chunks if e.resolved else fetch(e))  # type: ignore[misc]
+            fm = conn.execute("INSERT INTO filemaps(hash, chunk_count, size) VALUES (?, ?, ?)",
+                              (e.filemap, e.chunk_count, e.size)).lastrowid
+            for i in range(0, len(refs), 4096):
+                self._record_chunks(conn, "filemap_chunks", fm, refs[i:i + 4096], when)
+        else:  # the map was checked against an entry of this count and size when first recorded
+            fm, count, size = known
+            if (count, size) != (e.chunk_count, e.size):
+                raise ManifestError(f"file map {e.filemap[:16]} holds {count} chunks and {size} bytes, not the "
+                                    f"{e.chunk_count} and {e.size} of {e.path!r}")
+        conn.execute("INSERT OR IGNORE INTO manifest_filemaps(manifest, filemap) VALUES (?, ?)", (row, fm))
+
     @staticmethod
-    def _record_chunks(conn: sqlite3.Connection, row: int, refs: list[ChunkRef], when: float | None) -> None:
-        """Known chunks (the first stored size and codec seen win) and manifest `row`'s chunk set."""
+    def _record_chunks(conn: sqlite3.Connection, table: str, row: int, refs: list[ChunkRef], when: float | None) -> None:
+        """Known chunks (the first stored size and codec seen win) and the chunk set of `row`
+        in `table` (manifest_chunks: a manifest's inline chunks; filemap_chunks: a file map's)."""
         if not refs:
             return
         conn.executemany("INSERT OR IGNORE INTO chunks(hash, stored_size, codec, first_seen) VALUES (?,?,?,?)",
                          [(c.hash, c.stored_size, c.codec, when) for c in refs])
-        conn.executemany("INSERT OR IGNORE INTO manifest_chunks(manifest, chunk) "
+        column = "manifest" if table == "manifest_chunks" else "filemap"
+        conn.executemany(f"INSERT OR IGNORE INTO {table}({column}, chunk) "
                          "SELECT ?, rowid FROM chunks WHERE hash = ?", [(row, c.hash) for c in refs])
 
     def manifest_rows(self, name: str | None = None) -> list[ManifestRow]:
@@ -746,15 +786,17 @@ class Catalog:
         """(manifest id, name, label, chunk, stored size, last deep check, ok) for every distinct
         chunk of every recorded manifest: what `fixity status` summarises."""
         return [(m, n, lb, h, s, t, None if ok is None else bool(ok)) for m, n, lb, h, s, t, ok in self._conn.execute(
+            "WITH mc(manifest, chunk) AS (SELECT manifest, chunk FROM manifest_chunks UNION "
+            "SELECT mf.manifest, fc.chunk FROM manifest_filemaps mf JOIN filemap_chunks fc ON fc.filemap = mf.filemap) "
             "SELECT m.id, m.name, m.label, c.hash, c.stored_size, k.last_verified, k.ok "
-            "FROM manifest_chunks mc JOIN manifests m ON m.rowid = mc.manifest JOIN chunks c ON c.rowid = mc.chunk "
+            "FROM mc JOIN manifests m ON m.rowid = mc.manifest JOIN chunks c ON c.rowid = mc.chunk "
             "LEFT JOIN chunk_checks k ON k.hash = c.hash ORDER BY m.rowid, c.hash")]
 
 
 def _immutable(conn: sqlite3.Connection, table: str) -> None:
     pk = {"manifests": "id = NEW.id", "files": "manifest_id = NEW.manifest_id AND path = NEW.path",
           "fields": "manifest_id = NEW.manifest_id AND key = NEW.key AND seq = NEW.seq",
-          "audit": "seq = NEW.seq", "manifest_chunks": "",
+          "audit": "seq = NEW.seq", "manifest_chunks": "", "filemap_chunks": "", "manifest_filemaps": "",
           # schema 1-3 only (tests build old catalogs with it); migration 3 -> 4 drops the table
           "chunk_refs": "manifest_id = NEW.manifest_id AND path = NEW.path AND seq = NEW.seq"}[table]
     msg = f"{table} rows are immutable"

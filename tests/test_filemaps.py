@@ -229,3 +229,30 @@ def test_commit_writes_maps_before_the_root_and_rebuild_records_v2(repo: Reposit
     with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat2.db")) as fresh:
         assert fresh.rebuild_catalog().added == [mid]
         assert len(fresh.chunk_coverage()) == len(m.files[0].chunks) + 2
+
+
+def test_catalog_records_a_file_maps_chunks_once(repo: Repository, tmp_path: Path) -> None:
+    """Versions that keep a large file share its map: the catalog adds one row per file, not per chunk."""
+    import sqlite3
+    big = repo.save_filemaps(big_entry())
+    a = repo.commit_manifest(Manifest(name="m", label="a", entries=(big,))).id
+    b = repo.commit_manifest(Manifest(name="m", label="b", entries=(big,), parent=a)).id
+    conn = sqlite3.connect(tmp_path / "cat.db")
+    try:
+        count = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                 for t in ("filemaps", "filemap_chunks", "manifest_filemaps", "manifest_chunks")}
+    finally:
+        conn.close()
+    n = model.FILEMAP_THRESHOLD + 1
+    assert count == {"filemaps": 1, "filemap_chunks": n, "manifest_filemaps": 2, "manifest_chunks": 0}
+    cover = repo.chunk_coverage()
+    assert len(cover) == 2 * n and {r[0] for r in cover} == {a, b}
+    assert {r.id: r.stored_size for r in repo.list_archives()} == {a: 90 * n, b: 90 * n}
+    forged = dataclasses.replace(big, size=big.size - 1)  # same map, another size: a reader would refuse it
+    with pytest.raises(ArchiverManifestError):
+        repo.commit_manifest(Manifest(name="m", label="c", entries=(forged,), parent=b))
+    assert len(RawStore(str(tmp_path / "store")).keys(layout.MANIFESTS)) == 2  # refused before the root is written
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "other.db")) as fresh:
+        with pytest.raises(ArchiverManifestError):  # a catalog that never saw the map parses it in full
+            fresh.commit_manifest(Manifest(name="m", label="c", entries=(forged,), parent=b))
+    assert len(RawStore(str(tmp_path / "store")).keys(layout.MANIFESTS)) == 2
