@@ -299,7 +299,8 @@ class Repository:
         entry's chunk count and size; any other is parsed against the entry in full."""
         shape = self._catalog.filemap_shape(e.filemap)
         if shape is None:
-            self.filemap_chunks(e)
+            with translated():
+                self._catalog.record_filemap(e, self.filemap_chunks(e))  # parsed once: the manifest record reuses it
             return
         if shape != (e.chunk_count, e.size):
             raise ManifestError(f"file map {e.filemap[:16]} holds {shape[0]} chunks and {shape[1]} bytes, not the "

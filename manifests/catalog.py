@@ -17,6 +17,7 @@ catalog opened with read_only=True is never created, migrated or locked by openi
 it is read through SQLite's mode=ro, so it works on a read-only file or filesystem."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -486,9 +487,24 @@ class Catalog:
         row = self._reader().execute("SELECT chunk_count, size FROM filemaps WHERE hash=?", (h,)).fetchone()
         return (row[0], row[1]) if row else None
 
+    def record_filemap(self, e: Entry, chunks: Iterable[ChunkRef], at: float | None = None) -> None:
+        """Record a file map (durable in the store, checked against entry `e`) and its chunks
+        before any manifest names it: `commit_manifest` does so while proving a map a worker
+        wrote, so the map is parsed once. A fact about the store like a chunk row: a map no
+        recorded manifest names yet is harmless (as a chunk no manifest names is in the store)."""
+        with self.write() as conn:
+            self._filemap_row(conn, dataclasses.replace(e, chunks=()), lambda _: chunks,
+                              time.time() if at is None else at)
+
     def _record_filemap(self, conn: sqlite3.Connection, row: int, e: Entry,
                         fetch: Callable[[Entry], Iterable[ChunkRef]] | None, when: float | None) -> None:
         """Manifest `row` names file map `e.filemap`; its chunks are recorded the first time it is seen."""
+        fm = self._filemap_row(conn, e, fetch, when)
+        conn.execute("INSERT OR IGNORE INTO manifest_filemaps(manifest, filemap) VALUES (?, ?)", (row, fm))
+
+    def _filemap_row(self, conn: sqlite3.Connection, e: Entry, fetch: Callable[[Entry], Iterable[ChunkRef]] | None,
+                     when: float | None) -> int:
+        """The rowid of file map `e.filemap`, recording it and its chunks if it is new."""
         known = conn.execute("SELECT rowid, chunk_count, size FROM filemaps WHERE hash=?", (e.filemap,)).fetchone()
         if known is None:
             if not e.resolved and fetch is None:
@@ -503,7 +519,7 @@ class Catalog:
             if (count, size) != (e.chunk_count, e.size):
                 raise ManifestError(f"file map {e.filemap[:16]} holds {count} chunks and {size} bytes, not the "
                                     f"{e.chunk_count} and {e.size} of {e.path!r}")
-        conn.execute("INSERT OR IGNORE INTO manifest_filemaps(manifest, filemap) VALUES (?, ?)", (row, fm))
+        return fm
 
     @staticmethod
     def _record_chunks(conn: sqlite3.Connection, table: str, row: int, refs: list[ChunkRef], when: float | None) -> None:
