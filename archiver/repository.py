@@ -50,6 +50,9 @@ EVENT_FETCHERS = 8
 # few fsyncs, a write lock held only briefly, and memory bounded by one batch.
 REBUILD_BATCH_COUNT = 256
 REBUILD_BATCH_BYTES = 8 << 20
+# Chunk refs of newly proved file maps recorded per catalog transaction at commit: few fsyncs,
+# a write lock never held across store reads, and ~25 MB of refs in memory at most.
+FILEMAP_RECORD_BATCH = 100_000
 
 
 @dataclass(frozen=True)
@@ -275,38 +278,43 @@ class Repository:
         except ObjectTooLargeError as err:
             raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is too large: {err}") from None
 
-    def save_filemaps(self, e: Entry) -> Entry:
+    def save_filemaps(self, e: Entry, policy: Any = None) -> Entry:
         """Make a finished file's entry what a v2 manifest records and, for a file over the
         threshold, store its file map now (its chunks must already be durable): a worker
         calls this after its file's chunks, so the driver gathers only small entries. Returns
         the entry without its chunk list when it has a map (`commit_manifest` re-reads the
-        map to prove it durable); other entries unchanged."""
+        map to prove it durable); other entries unchanged. `policy`: the archive's write
+        policy (a map is metadata: locked like the manifest, never in a cold class)."""
         e2, data = with_filemap(e)
         if data is None:
             return e2
-        self._put_filemap(e2.filemap, data)
+        self._put_filemap(e2.filemap, data, policy.for_metadata() if policy is not None else None)
         return dataclasses.replace(e2, chunks=())
 
-    def _put_filemap(self, h: str, data: bytes) -> None:
+    def _put_filemap(self, h: str, data: bytes, hot: Any = None) -> None:
         """put_if_absent; an object already there must be these bytes, else (damaged: the
-        name is its hash) it is replaced, conditional on its version, as `heal` does."""
-        self._heal(layout.filemap(h), data, lambda stored: None if stored == data else
-                   "stored file map differs from its hash")
+        name is its hash) it is replaced, conditional on its version, as `heal` does. With a
+        metadata write policy `hot` (Object Lock) it is written locked, or its lock extended."""
+        key = layout.filemap(h)
+        if hot is not None:
+            self._put_exact(key, data, f"file map {h}", hot)
+            return
+        self._heal(key, data, lambda stored: None if stored == data else "stored file map differs from its hash")
 
-    def _prove_filemap(self, e: Entry) -> None:
+    def _prove_filemap(self, e: Entry) -> tuple[ChunkRef, ...] | None:
         """A map a worker stored (`save_filemaps`) is durable and intact and fits its entry:
         a map the catalog recorded before (checked then) must hash to its name and have the
-        entry's chunk count and size; any other is parsed against the entry in full."""
+        entry's chunk count and size; any other is parsed against the entry in full and its
+        chunks returned (for the catalog: each map is parsed once)."""
         shape = self._catalog.filemap_shape(e.filemap)
         if shape is None:
-            with translated():
-                self._catalog.record_filemap(e, self.filemap_chunks(e))  # parsed once: the manifest record reuses it
-            return
+            return self.filemap_chunks(e)
         if shape != (e.chunk_count, e.size):
             raise ManifestError(f"file map {e.filemap[:16]} holds {shape[0]} chunks and {shape[1]} bytes, not the "
                                 f"{e.chunk_count} and {e.size} of {e.path!r}")
         if manifest_id(self.filemap_object(e)) != e.filemap:
             raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} does not match its hash (tampered or corrupt)")
+        return None
 
     def put_filemap_object(self, h: str, data: bytes, policy: Any = None) -> bool:
         """Store a file map copied from another store (it must hash to `h`); True if written now."""
@@ -361,6 +369,8 @@ class Repository:
         stored here first (or, for an entry from `save_filemaps` without its chunks, read
         back and checked), so no root manifest ever names a map that is not durable."""
         m = with_filemaps(m)
+        hot = policy.for_metadata() if policy is not None else None
+        proved: list[tuple[Entry, tuple[ChunkRef, ...]]] = []  # new maps, recorded in batches
         for e in m.files:
             if not e.filemap:
                 continue
@@ -368,9 +378,20 @@ class Repository:
                 fm = filemap_bytes(e.chunks)
                 if manifest_id(fm) != e.filemap:
                     raise ManifestError(f"malformed manifest: file map {e.filemap[:16]} of {e.path!r} is not its chunks")
-                self._put_filemap(e.filemap, fm)
-            else:
-                self._prove_filemap(e)  # written by a worker: prove it is there and intact
+                self._put_filemap(e.filemap, fm, hot)
+                continue
+            chunks = self._prove_filemap(e)  # written by a worker: prove it is there and intact
+            if hot is not None:
+                self._ensure_lock(layout.filemap(e.filemap), hot)
+            if chunks is not None:
+                proved.append((e, chunks))
+                if sum(len(c) for _, c in proved) >= FILEMAP_RECORD_BATCH:
+                    with translated():
+                        self._catalog.record_filemaps(proved)
+                    proved = []
+        if proved:
+            with translated():
+                self._catalog.record_filemaps(proved)
         try:
             data = m.canonical_json()
         except (TypeError, ValueError) as e:  # e.g. meta keys of mixed types, bytes values

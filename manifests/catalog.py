@@ -226,6 +226,9 @@ def _connect_rw(path: Path) -> sqlite3.Connection:
     if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # set once; a no-op read otherwise
         conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
+    # a page cache of up to 64 MiB (default 2 MiB): recording a 10 TB archive's million new
+    # chunks inserts random hashes into B-trees far larger than 2 MiB, which thrashes without it
+    conn.execute("PRAGMA cache_size=-65536")
     return conn
 
 
@@ -487,14 +490,16 @@ class Catalog:
         row = self._reader().execute("SELECT chunk_count, size FROM filemaps WHERE hash=?", (h,)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def record_filemap(self, e: Entry, chunks: Iterable[ChunkRef], at: float | None = None) -> None:
-        """Record a file map (durable in the store, checked against entry `e`) and its chunks
-        before any manifest names it: `commit_manifest` does so while proving a map a worker
-        wrote, so the map is parsed once. A fact about the store like a chunk row: a map no
-        recorded manifest names yet is harmless (as a chunk no manifest names is in the store)."""
+    def record_filemaps(self, maps: Iterable[tuple[Entry, Iterable[ChunkRef]]], at: float | None = None) -> None:
+        """Record file maps (durable in the store, each checked against its entry) and their
+        chunks, in one transaction, before any manifest names them: `commit_manifest` does so
+        while proving maps a worker wrote, so each map is parsed once. A fact about the store
+        like a chunk row: a map no recorded manifest names yet is harmless (as a chunk no
+        manifest names is in the store)."""
+        when = time.time() if at is None else at
         with self.write() as conn:
-            self._filemap_row(conn, dataclasses.replace(e, chunks=()), lambda _: chunks,
-                              time.time() if at is None else at)
+            for e, chunks in maps:
+                self._filemap_row(conn, dataclasses.replace(e, chunks=()), lambda _, c=chunks: c, when)
 
     def _record_filemap(self, conn: sqlite3.Connection, row: int, e: Entry,
                         fetch: Callable[[Entry], Iterable[ChunkRef]] | None, when: float | None) -> None:
