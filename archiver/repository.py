@@ -316,6 +316,15 @@ class Repository:
             raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} does not match its hash (tampered or corrupt)")
         return None
 
+    def filemap_sizes(self) -> dict[str, int]:
+        """hash -> stored size of every file map object in the store (LIST only, nothing fetched)."""
+        out: dict[str, int] = {}
+        for info in self._store.list(layout.FILEMAPS):
+            h = info.key.rsplit("/", 1)[-1].removesuffix(".json")
+            if is_hash(h) and info.key == layout.filemap(h):
+                out[h] = info.size
+        return out
+
     def put_filemap_object(self, h: str, data: bytes, policy: Any = None) -> bool:
         """Store a file map copied from another store (it must hash to `h`); True if written now."""
         if manifest_id(data) != h:
@@ -423,7 +432,8 @@ class Repository:
 
     def iter_manifests(self) -> Iterator[StoredManifest]:
         """Every manifest object in the store, each checked against its id; a bad one is
-        yielded with its error instead of stopping the walk."""
+        yielded with its error instead of stopping the walk. Root manifests: a v2 file map
+        is not fetched here (`resolve_filemaps` does; recording one fetches its maps)."""
         for info in self._store.list(layout.MANIFESTS):
             mid = layout.manifest_id(info.key)
             if mid is None:

@@ -256,3 +256,18 @@ def test_catalog_records_a_file_maps_chunks_once(repo: Repository, tmp_path: Pat
         with pytest.raises(ArchiverManifestError):  # a catalog that never saw the map parses it in full
             fresh.commit_manifest(Manifest(name="m", label="c", entries=(forged,), parent=b))
     assert len(RawStore(str(tmp_path / "store")).keys(layout.MANIFESTS)) == 2
+
+
+def test_verify_copies_reports_a_copy_missing_a_file_map(low_threshold: int, tmp_path: Path, home: Path) -> None:
+    store, copy = str(tmp_path / "store"), str(tmp_path / "copy")
+    ck, mid, m = archive_v2(tmp_path, store)
+    assert run_cli("--store", store, "copies", "add", copy).code == 0
+    assert run_cli("--store", store, "replicate", "--all", "--to", copy).code == 0
+    ok = run_cli("--store", store, "verify", "--all", "--copies", "--json")
+    assert ok.code == 0 and ok.json()["copies"]["copies"] == {mid: "2/2"}
+    e = next(e for e in m.files if e.filemap)
+    RawStore(copy).delete(layout.filemap(e.filemap))
+    bad = run_cli("--store", store, "verify", "--all", "--copies", "--json")
+    assert bad.code == 1 and bad.json()["copies"]["copies"] == {mid: "1/2"}
+    assert [(p["kind"], p["path"], p["chunk"]) for p in bad.json()["copies"]["problems"]] == [
+        ("filemap", e.path, e.filemap)]
