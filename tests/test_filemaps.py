@@ -271,3 +271,14 @@ def test_verify_copies_reports_a_copy_missing_a_file_map(low_threshold: int, tmp
     assert bad.code == 1 and bad.json()["copies"]["copies"] == {mid: "1/2"}
     assert [(p["kind"], p["path"], p["chunk"]) for p in bad.json()["copies"]["problems"]] == [
         ("filemap", e.path, e.filemap)]
+
+
+def test_oversized_file_map_is_refused_unread(repo: Repository, tmp_path: Path, monkeypatch) -> None:
+    """A forged map larger than any map may be is refused before it is read (MAX_FILEMAP_BYTES)."""
+    big = repo.save_filemaps(big_entry())
+    mid = repo.commit_manifest(Manifest(name="m", entries=(big,))).id
+    monkeypatch.setattr("archiver.repository.MAX_FILEMAP_BYTES", 1000)
+    with pytest.raises(ArchiverManifestError, match="too large"):
+        repo.load_manifest(mid)
+    m, bad = repo.load_manifest_keep_going(mid)
+    assert [(e.path, "too large" in why) for e, why in bad] == [(big.path, True)] and not m.files[0].resolved
