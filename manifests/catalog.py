@@ -805,10 +805,15 @@ class Catalog:
 
     def chunk_coverage(self) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:
         """(manifest id, name, label, chunk, stored size, last deep check, ok) for every distinct
-        chunk of every recorded manifest: what `fixity status` summarises."""
+        chunk of every recorded manifest: what `fixity status` summarises. A catalog read
+        read-only before its schema 4 migration still has its chunk_refs rows: read those."""
+        sets = ("SELECT manifest, chunk FROM manifest_chunks UNION SELECT mf.manifest, fc.chunk FROM "
+                "manifest_filemaps mf JOIN filemap_chunks fc ON fc.filemap = mf.filemap")
+        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='manifest_chunks'").fetchone() is None:
+            sets = ("SELECT DISTINCT m.rowid, c.rowid FROM chunk_refs r JOIN manifests m ON m.id = r.manifest_id "
+                    "JOIN chunks c ON c.hash = r.hash")
         return [(m, n, lb, h, s, t, None if ok is None else bool(ok)) for m, n, lb, h, s, t, ok in self._conn.execute(
-            "WITH mc(manifest, chunk) AS (SELECT manifest, chunk FROM manifest_chunks UNION "
-            "SELECT mf.manifest, fc.chunk FROM manifest_filemaps mf JOIN filemap_chunks fc ON fc.filemap = mf.filemap) "
+            f"WITH mc(manifest, chunk) AS ({sets}) "
             "SELECT m.id, m.name, m.label, c.hash, c.stored_size, k.last_verified, k.ok "
             "FROM mc JOIN manifests m ON m.rowid = mc.manifest JOIN chunks c ON c.rowid = mc.chunk "
             "LEFT JOIN chunk_checks k ON k.hash = c.hash ORDER BY m.rowid, c.hash")]

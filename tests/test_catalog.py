@@ -598,6 +598,8 @@ def test_v1_catalog_is_read_as_is_and_migrated_on_first_writable_open(cat_path):
 
     ro = Catalog(cat_path, STORE, read_only=True)  # reads v1 without migrating
     assert ro.resolve("m") == b.id and [r.id for r in ro.manifest_rows()] == [a.id, b.id]
+    want_cover = sorted((m.id, h) for m in (a, b) for h in m.unique_chunks())
+    assert sorted((r[0], r[3]) for r in ro.chunk_coverage()) == want_cover  # from chunk_refs, unmigrated
     ro.close()
     assert info(cat_path)["schema_version"] == "1" and cat_path.read_bytes() == before
 

@@ -282,3 +282,14 @@ def test_oversized_file_map_is_refused_unread(repo: Repository, tmp_path: Path, 
         repo.load_manifest(mid)
     m, bad = repo.load_manifest_keep_going(mid)
     assert [(e.path, "too large" in why) for e, why in bad] == [(big.path, True)] and not m.files[0].resolved
+
+
+def test_rebuild_reports_a_manifest_whose_file_map_is_missing(repo: Repository, tmp_path: Path) -> None:
+    mid = repo.commit_manifest(Manifest(name="m", entries=(big_entry(),))).id
+    e = repo.load_manifest(mid).files[0]
+    RawStore(str(tmp_path / "store")).delete(layout.filemap(e.filemap))
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat2.db")) as fresh:
+        res = fresh.rebuild_catalog()
+        assert res.added == [] and [(p.manifest, p.kind) for p in res.problems] == [(mid, "manifest")]
+        assert "file map" in res.problems[0].detail and "missing" in res.problems[0].detail
+        assert fresh.list_archives() == []
