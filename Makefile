@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/replicate_bench.py
 	$(BIN)/python bench/seal_bench.py
+	$(BIN)/python bench/catalog_scale.py
 
 bench-replicate: $(STAMP)
 	$(BIN)/python bench/replicate_bench.py

@@ -17,6 +17,8 @@ the catalog's audit log; if the catalog cannot be written (read-only, or locked 
 process) the verification still stands and `audit_error` says why it was not recorded."""
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import time
 from collections import defaultdict
@@ -183,10 +185,12 @@ def check_sample(sample: float | None) -> None:
 
 def _load(repo: Repository, mid: str, report: VerifyReport, trusted: list[bytes] | None) -> Manifest | None:
     try:
-        m = repo.load_manifest(mid)
+        m, bad_maps = repo.load_manifest_keep_going(mid)
     except ArchiverError as e:
         report.add(Problem(mid, "manifest", str(e)))
         return None
+    for e, why in bad_maps:  # manifest v2: one problem per missing or damaged file map
+        report.add(Problem(mid, "filemap", why, e.path, 0, e.size, e.filemap))
     copy = repo.manifest_copy_problem(mid, m)
     if copy is not None:
         report.add(Problem(mid, "manifest", copy))
@@ -202,6 +206,8 @@ def _load(repo: Repository, mid: str, report: VerifyReport, trusted: list[bytes]
                     check_link(e.path, e.target)  # restore would refuse it
     except ArchiverError as e:
         report.add(Problem(mid, "unsafe-path", str(e)))
+    if bad_maps:  # a file whose chunk list is unknown cannot be checked further (reported above)
+        m = dataclasses.replace(m, entries=tuple(e for e in m.entries if e.resolved))
     return m
 
 

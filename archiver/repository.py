@@ -39,6 +39,7 @@ from archiver.stores.base import ObjectColdError, ObjectState, ObjectTooLargeErr
 from archiver.urls import normalise_endpoint
 from manifests.catalog import AuditRow, Catalog, Chain, ManifestRow, check_recordable
 from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
+from manifests.model import MAX_FILEMAP_BYTES, filemap_bytes, parse_filemap, with_filemap, with_filemaps
 from manifests.paths import check_paths
 
 # A signature object is ~250 bytes of JSON; anything far larger is not one.
@@ -51,6 +52,9 @@ EVENT_FETCHERS = 8
 # few fsyncs, a write lock held only briefly, and memory bounded by one batch.
 REBUILD_BATCH_COUNT = 256
 REBUILD_BATCH_BYTES = 8 << 20
+# Chunk refs of newly proved file maps recorded per catalog transaction at commit: few fsyncs,
+# a write lock never held across store reads, and ~25 MB of refs in memory at most.
+FILEMAP_RECORD_BATCH = 100_000
 
 
 @dataclass(frozen=True)
@@ -208,20 +212,147 @@ class Repository:
 
     # -- manifests -----------------------------------------------------------------------------
     def load_manifest(self, mid: str) -> Manifest:
-        """The catalog's copy if it has one (re-checked against the id), else the store's."""
+        """The catalog's copy if it has one (re-checked against the id), else the store's;
+        with every file map fetched from the store and checked (ManifestError if one is
+        missing or damaged: see `load_manifest_keep_going`)."""
+        return self.resolve_filemaps(self._load_root(mid))
+
+    def _load_root(self, mid: str) -> Manifest:
         if self._catalog.has_manifest(mid):
             with translated():
                 return self._catalog.load_manifest(mid)
-        return self.fetch_manifest(mid)
+        return self._fetch_root(mid)
 
     def fetch_manifest(self, mid: str) -> Manifest:
-        """The store's copy, accepted only if its bytes hash to `mid`."""
+        """The store's copy, accepted only if its bytes hash to `mid`, with its file maps resolved."""
+        return self.resolve_filemaps(self._fetch_root(mid))
+
+    def _fetch_root(self, mid: str) -> Manifest:
         try:
             data = self._get_manifest(layout.manifest(mid))
         except ObjectMissingError:
             raise NotFoundError(f"manifest {mid} is not in the store") from None
         with translated():
             return parse_manifest(data, expected_id=mid)
+
+    # -- file maps (manifest v2) -------------------------------------------------------------------
+    def load_manifest_keep_going(self, mid: str) -> tuple[Manifest, list[tuple[Entry, str]]]:
+        """As `load_manifest`, but a missing or damaged file map does not stop it: the
+        manifest comes back with that entry unresolved (`Entry.resolved` False), listed with
+        the reason, so verify can report it and check every other file."""
+        return self.resolve_filemaps_keep_going(self._load_root(mid))
+
+    def resolve_filemaps(self, m: Manifest) -> Manifest:
+        """`m` with every file map's chunk list fetched and checked (hash = name, canonical,
+        count and sizes as the entry says). ManifestError naming the file at the first bad one."""
+        out, bad = self.resolve_filemaps_keep_going(m, stop=True)
+        if bad:
+            e, why = bad[0]
+            raise ManifestError(why)
+        return out
+
+    def resolve_filemaps_keep_going(self, m: Manifest, *, stop: bool = False) -> tuple[Manifest, list[tuple[Entry, str]]]:
+        todo = [e for e in m.entries if not e.resolved]
+        if not todo:
+            return m, []
+        got: dict[str, tuple[ChunkRef, ...]] = {}
+        bad: list[tuple[Entry, str]] = []
+        for e in todo:
+            try:
+                got[e.path] = self.filemap_chunks(e)
+            except IntegrityError as err:
+                bad.append((e, str(err)))
+                if stop:
+                    break
+        entries = tuple(dataclasses.replace(e, chunks=got[e.path]) if e.path in got else e for e in m.entries)
+        return dataclasses.replace(m, entries=entries), bad
+
+    def filemap_chunks(self, e: Entry) -> tuple[ChunkRef, ...]:
+        """The chunk list in entry `e`'s file map, read from the store and checked against
+        the entry; ManifestError (with the file and the map's hash) if missing or damaged."""
+        with translated():
+            return parse_filemap(self.filemap_object(e), e)
+
+    def filemap_object(self, e: Entry) -> bytes:
+        """The raw bytes stored under entry `e`'s file map key, refused if too large or absent
+        (ManifestError); the caller checks them (`parse_filemap`, or the hash for a copy)."""
+        key = layout.filemap(e.filemap)
+        try:
+            return self._store.get(key, max_size=MAX_FILEMAP_BYTES)
+        except ObjectMissingError:
+            raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is missing from the store") from None
+        except ObjectTooLargeError as err:
+            raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is too large: {err}") from None
+
+    def save_filemaps(self, e: Entry, policy: Any = None) -> Entry:
+        """Make a finished file's entry what a v2 manifest records and, for a file over the
+        threshold, store its file map now (its chunks must already be durable): a worker
+        calls this after its file's chunks, so the driver gathers only small entries. Returns
+        the entry without its chunk list when it has a map (`commit_manifest` re-reads the
+        map to prove it durable); other entries unchanged. `policy`: the archive's write
+        policy (a map is metadata: locked like the manifest, never in a cold class)."""
+        if self._sealer is not None:  # sealed: the chunk list stays inside the encrypted manifest
+            return e
+        e2, data = with_filemap(e)
+        if data is None:
+            return e2
+        self._put_filemap(e2.filemap, data, policy.for_metadata() if policy is not None else None)
+        return dataclasses.replace(e2, chunks=())
+
+    def _put_filemap(self, h: str, data: bytes, hot: Any = None) -> None:
+        """put_if_absent; an object already there must be these bytes, else (damaged: the
+        name is its hash) it is replaced, conditional on its version, as `heal` does. With a
+        metadata write policy `hot` (Object Lock) it is written locked, or its lock extended."""
+        key = layout.filemap(h)
+        if hot is not None:
+            self._put_exact(key, data, f"file map {h}", hot)
+            return
+        self._heal(key, data, lambda stored: None if stored == data else "stored file map differs from its hash")
+
+    def _prove_filemap(self, e: Entry) -> tuple[ChunkRef, ...] | None:
+        """A map a worker stored (`save_filemaps`) is durable and intact and fits its entry:
+        a map the catalog recorded before (checked then) must hash to its name and have the
+        entry's chunk count and size; any other is parsed against the entry in full and its
+        chunks returned (for the catalog: each map is parsed once)."""
+        shape = self._catalog.filemap_shape(e.filemap)
+        if shape is None:
+            return self.filemap_chunks(e)
+        if shape != (e.chunk_count, e.size):
+            raise ManifestError(f"file map {e.filemap[:16]} holds {shape[0]} chunks and {shape[1]} bytes, not the "
+                                f"{e.chunk_count} and {e.size} of {e.path!r}")
+        if manifest_id(self.filemap_object(e)) != e.filemap:
+            raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} does not match its hash (tampered or corrupt)")
+        return None
+
+    def filemap_sizes(self) -> dict[str, int]:
+        """hash -> stored size of every file map object in the store (LIST only, nothing fetched)."""
+        out: dict[str, int] = {}
+        for info in self._store.list(layout.FILEMAPS):
+            h = info.key.rsplit("/", 1)[-1].removesuffix(".json")
+            if is_hash(h) and info.key == layout.filemap(h):
+                out[h] = info.size
+        return out
+
+    def put_filemap_object(self, h: str, data: bytes, policy: Any = None) -> bool:
+        """Store a file map copied from another store (it must hash to `h`); True if written now."""
+        if manifest_id(data) != h:
+            raise ManifestError(f"bytes given for file map {h} do not hash to its name")
+        return self._put_exact(layout.filemap(h), data, f"file map {h}", policy)
+
+    def filemap_object_checked(self, e: Entry) -> bytes:
+        """Entry `e`'s file map bytes, returned only if they parse as its map (what a copy
+        may give to repair); ManifestError otherwise."""
+        data = self.filemap_object(e)
+        with translated():
+            parse_filemap(data, e)
+        return data
+
+    def heal_filemap(self, e: Entry, data: bytes) -> str:
+        """Heal a file map object with bytes proved elsewhere (they must parse as `e`'s map): see `_heal`."""
+        with translated():
+            parse_filemap(data, e)
+        return self._heal(layout.filemap(e.filemap), data, lambda stored: None if stored == data else
+                          "stored file map differs from its hash")
 
     def _get_manifest(self, key: str) -> bytes:
         """A manifest object's bytes, refused unread if larger than a manifest may be."""
@@ -254,7 +385,36 @@ class Repository:
         already under the same id must be byte-identical, else the store holds a forgery.
         The bytes are first parsed with the reader's own checks and must read back as `m`:
         nothing that `show`, `verify`, `restore` or a catalog rebuild would refuse or read
-        differently is ever stored (ManifestError)."""
+        differently is ever stored (ManifestError).
+        Manifest v2: a file over the threshold is recorded through its file map, which is
+        stored here first (or, for an entry from `save_filemaps` without its chunks, read
+        back and checked), so no root manifest ever names a map that is not durable."""
+        # A sealed store keeps every chunk list inline: a file map is a plaintext object, so
+        # it would publish plaintext chunk hashes next to the encrypted manifest.
+        m = with_filemaps(m) if self._sealer is None else m
+        hot = policy.for_metadata() if policy is not None else None
+        proved: list[tuple[Entry, tuple[ChunkRef, ...]]] = []  # new maps, recorded in batches
+        for e in m.files:
+            if not e.filemap:
+                continue
+            if e.chunks:
+                fm = filemap_bytes(e.chunks)
+                if manifest_id(fm) != e.filemap:
+                    raise ManifestError(f"malformed manifest: file map {e.filemap[:16]} of {e.path!r} is not its chunks")
+                self._put_filemap(e.filemap, fm, hot)
+                continue
+            chunks = self._prove_filemap(e)  # written by a worker: prove it is there and intact
+            if hot is not None:
+                self._ensure_lock(layout.filemap(e.filemap), hot)
+            if chunks is not None:
+                proved.append((e, chunks))
+                if sum(len(c) for _, c in proved) >= FILEMAP_RECORD_BATCH:
+                    with translated():
+                        self._catalog.record_filemaps(proved)
+                    proved = []
+        if proved:
+            with translated():
+                self._catalog.record_filemaps(proved)
         try:
             data = m.canonical_json()
         except (TypeError, ValueError) as e:  # e.g. meta keys of mixed types, bytes values
@@ -276,19 +436,20 @@ class Repository:
             self.record_policy(mid, policy)
         if details is None or self._catalog.has_manifest(mid):  # already recorded: nothing new ingested
             with translated():
-                self._catalog.record_manifest(m, data)
+                self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks)
             return Committed(mid, signer)
         ev = Event(events.INGESTION, manifests=(events.ManifestOutcome(mid),), details={**details, "signed_by": signer})
         rec = self._put_event(ev, sign_key, policy=hot)  # in the store first: the catalog is the rebuildable copy
         with translated(), self._catalog.write():
-            self._catalog.record_manifest(m, data, at=ev.time)
+            self._catalog.record_manifest(m, data, at=ev.time, filemap_chunks=self.filemap_chunks)
             self._catalog.record_event(rec.key, rec.writer, rec.seq, rec.hash, ev.time, events.audit_rows(ev),
                                        events.chunk_results(ev))
         return Committed(mid, signer)
 
     def iter_manifests(self) -> Iterator[StoredManifest]:
         """Every manifest object in the store, each checked against its id; a bad one is
-        yielded with its error instead of stopping the walk."""
+        yielded with its error instead of stopping the walk. Root manifests: a v2 file map
+        is not fetched here (`resolve_filemaps` does; recording one fetches its maps)."""
         for info in self._store.list(layout.MANIFESTS):
             mid = layout.manifest_id(info.key)
             if mid is None:
@@ -338,7 +499,7 @@ class Repository:
         if m.parent is None:
             return []
         try:
-            parent = self.fetch_manifest(m.parent)
+            parent = self._fetch_root(m.parent)  # its file maps are checked when it is verified
         except ArchiverError as e:
             return [f"broken chain: parent {m.parent[:16]}: {e}"]
         if parent.name != m.name:
@@ -639,7 +800,8 @@ class Repository:
                 at = ingested.get(m.id)
                 try:
                     with translated():
-                        if self._catalog.record_manifest(m, data, at=at, time_unknown=at is None):
+                        if self._catalog.record_manifest(m, data, at=at, time_unknown=at is None,
+                                                         filemap_chunks=self.filemap_chunks):
                             result.added.append(m.id)
                 except IntegrityError as e:  # only this manifest's savepoint was rolled back
                     result.problems.append(Problem(m.id, "manifest", str(e)))
@@ -921,7 +1083,7 @@ class Repository:
         """Record a manifest that was copied into this store (its chunks and object already
         durable here); False if the catalog already had it."""
         with translated():
-            return self._catalog.record_manifest(m, data)
+            return self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks)
 
     def heal_chunk(self, ref: ChunkRef, obj: bytes) -> str:
         """Heal one chunk with `obj` (proved by `chunk_object` of a copy): see `_heal`."""
@@ -1092,6 +1254,7 @@ class Repository:
         """Every object an archive consists of: its chunks, its manifest, its signatures and its
         retention records."""
         keys = [self._stored_chunk_key(h) for h in sorted(m.unique_chunks())]
+        keys += sorted({layout.filemap(e.filemap) for e in m.files if e.filemap})
         keys.append(layout.manifest(mid))
         if self._sealer is not None:  # its companion and the key objects of the runs it names
             keys.append(layout.audit(mid))
