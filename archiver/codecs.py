@@ -362,6 +362,32 @@ class Codec:
         del planes, out  # release the buffer export so the bytearray is an ordinary object again
         return buf
 
+    def matches(self, obj: bytes | memoryview, data: bytes | bytearray | memoryview, chunk: str = "?") -> bool:
+        """Does `obj` decode to exactly `data`? For proving a stored chunk against the
+        source bytes at hand (dedup): the same checks as `decode` (CorruptChunkError for
+        any malformation, memory bounded by len(data)), but instead of reassembling the
+        chunk into a fresh buffer, the source is split into this thread's reused plane
+        buffer and each section is compared with its plane as it is decoded."""
+        src = _byte_view(data)
+        n = len(src)
+        if n > MAX_CHUNK_LENGTH:
+            raise CorruptChunkError(chunk, f"expected length {n} is outside 0..{MAX_CHUNK_LENGTH}, the chunk length limit")
+        mv = _byte_view(obj)
+        if not isinstance(mv, memoryview):
+            mv = memoryview(mv)
+        parsed = _parse(mv, chunk, n)
+        if parsed.transform == TRANSFORM_NONE:
+            return same_bytes(self._section_bytes(mv, parsed.sections[0], chunk), src)
+        width = parsed.width
+        body = n - n % width
+        planes = self._scratch("planes", body).reshape(width, body // width)
+        split_planes(src, width, planes)
+        for i, sec in enumerate(parsed.sections[:width]):
+            if not same_bytes(self._section_bytes(mv, sec, chunk), planes[i]):
+                return False
+        tail = parsed.sections[width]
+        return same_bytes(mv[tail.offset : tail.offset + tail.stored_length], src[body:])
+
     def _section_bytes(self, mv: memoryview, sec: _Section, chunk: str) -> bytes | memoryview:
         payload = mv[sec.offset : sec.offset + sec.stored_length]
         if sec.codec == CODEC_RAW:

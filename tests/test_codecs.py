@@ -634,3 +634,28 @@ def test_scratch_buffers_are_per_thread_and_never_leak_into_results(floats: dict
     codec.encode(noisy, 2)
     codec.encode(floats["fp16"][:200_000], 2)
     assert enc_a.data == before and codec.decode(enc_a.data, len(a)) == a
+
+
+def test_matches_agrees_with_decode_and_refuses_what_decode_refuses(codec: Codec, floats: dict[str, bytes],
+                                                                    samples: list[tuple[bytes, bytes]]) -> None:
+    """`matches` (the dedup proof: compare plane by plane, no reassembly) is True exactly
+    when the object decodes to the bytes, and raises where decode raises."""
+    jobs = [(floats[name][:n], w) for name, w in (("bf16", 2), ("fp32", 4), ("fp64", 8), ("fp16", 0))
+            for n in (5000, 100_003)]
+    jobs.append((os.urandom(70_001), 2))  # no plane compresses: a plain object
+    for data, width in jobs:
+        obj = codec.encode(data, width).data
+        assert codec.matches(obj, data) and codec.matches(obj, memoryview(data)) and codec.matches(obj, bytearray(data))
+        for pos in (0, 1, len(data) // 2, len(data) - 2, len(data) - 1):  # every plane, and the tail
+            other = bytearray(data)
+            other[pos] ^= 0x10
+            assert not codec.matches(obj, bytes(other))
+    for raw, obj in samples:
+        bad = bytearray(obj)
+        bad[0] ^= 0xFF  # magic
+        with pytest.raises(CorruptChunkError):
+            codec.matches(bytes(bad), raw)
+        with pytest.raises(CorruptChunkError):  # a declared length other than the source's
+            codec.matches(obj, raw + b"\0")
+        with pytest.raises(CorruptChunkError):  # trailing bytes, as decode refuses them
+            codec.matches(obj + b"\0", raw)
