@@ -18,7 +18,9 @@ link). Then the way back, as restore does it: get, decode, hash (chunk BLAKE3 + 
 BLAKE3), write (to one file, fsynced at the end). The stage code calls the codec's own
 internals, so it measures the code that archive runs, not a copy of it.
 
-Commands: `archiver archive`, `verify --deep`, `restore` (+ `sync`) as fresh processes
+Commands: `archiver archive`, the same archive again (nothing new to store, but every
+chunk already stored is read back, decoded and compared with the source: the dedup
+proof), `verify --deep`, `restore` (+ `sync`) as fresh processes
 (bench/measure.run: CPU = user + system of the process from wait4, so it includes Python
 start-up; `archiver --version` is measured too and archive's CPU without it printed), and,
 unless --no-compare, `zstd -3 -T2`, `borg create -C zstd,3` and `restic backup` / `restic
@@ -198,6 +200,7 @@ def commands(path: Path, runs: int, compare: bool, tmproot: Path) -> dict[str, l
         rec(STARTUP, run([ARCHIVER, "--version"], env=ours.env))
         m = ours.archive(src)
         rec("archive", m, stored=ours.stored())
+        rec("re-archive (proof)", ours.archive(src, "again"))  # every stored chunk read back and compared
         rec("verify --deep", ours.verify())
         rec("restore", ours.restore(tmp / "restore-ours"))
         if compare:
