@@ -203,6 +203,7 @@ def commands(path: Path, runs: int, compare: bool, tmproot: Path) -> dict[str, l
         rec("re-archive (proof)", ours.archive(src, "again"))  # every stored chunk read back and compared
         rec("verify --deep", ours.verify())
         rec("restore", ours.restore(tmp / "restore-ours"))
+        _check_same(src / path.name, tmp / "restore-ours" / src.name / path.name, "archiver restore")
         if compare:
             rec("zstd -3 -T2", zstd_compress(src, tmp / "zstd-out", 2))
             b = Borg(tmp)
@@ -211,9 +212,25 @@ def commands(path: Path, runs: int, compare: bool, tmproot: Path) -> dict[str, l
             rs = Restic(tmp)
             rec("restic backup", rs.archive(src), stored=rs.stored())
             rec("restic restore", rs.restore(tmp / "restore-restic"))
+            restored = [p for p in (tmp / "restore-restic").rglob(path.name) if p.is_file()]
+            _check_same(src / path.name, restored[0] if restored else tmp / "restore-restic", "restic restore")
         shutil.rmtree(tmp)
         log(f"run {r + 1}/{runs} done")
     return dict(res)
+
+
+def _file_blake3(p: Path) -> str:
+    h = blake3.blake3()
+    with open(p, "rb") as f:
+        while piece := f.read(8 << 20):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def _check_same(src: Path, restored: Path, who: str) -> None:
+    """A restore that is not byte-identical fails the benchmark."""
+    if not restored.is_file() or _file_blake3(restored) != _file_blake3(src):
+        raise SystemExit(f"RESTORE MISMATCH: {who} did not restore {src.name} byte for byte ({restored})")
 
 
 def _same_fs(a: Path, b: Path) -> bool:
