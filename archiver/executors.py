@@ -64,7 +64,7 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity, like a Future
 class _Done:
     """A task that already ran (InProcessExecutor)."""
 

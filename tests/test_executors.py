@@ -1,0 +1,114 @@
+"""The executor protocol: bounded in-flight tasks, errors, option checks, a missing Ray."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import pytest
+
+from archiver import executors
+from archiver.errors import InvalidOptionError, SourceChangedError
+from archiver.executors import InProcessExecutor, LocalExecutor, MissingExtraError, TaskLostError, run
+from tests.helpers import make_checkpoint, run_cli
+
+
+def test_in_process_runs_every_item_once():
+    ex = InProcessExecutor()
+    got = dict(run(ex, lambda x: x * x, range(10)))
+    assert got == {i: i * i for i in range(10)}
+
+
+def test_local_keeps_at_most_max_inflight_tasks_running():
+    ex = LocalExecutor(max_inflight=3)
+    lock = threading.Lock()
+    now = peak = 0
+
+    def task(i: int) -> int:
+        nonlocal now, peak
+        with lock:
+            now += 1
+            peak = max(peak, now)
+        time.sleep(0.02)
+        with lock:
+            now -= 1
+        return i
+
+    try:
+        assert sorted(i for i, _ in run(ex, task, range(12))) == list(range(12))
+    finally:
+        ex.close()
+    assert peak == 3
+
+
+def test_first_error_is_raised_after_running_tasks_finish():
+    ex = LocalExecutor(max_inflight=2)
+    finished = []
+
+    def task(i: int) -> int:
+        if i == 1:
+            raise SourceChangedError("f1 changed")
+        time.sleep(0.05)
+        finished.append(i)
+        return i
+
+    try:
+        with pytest.raises(SourceChangedError, match="f1 changed"):
+            list(run(ex, task, range(6)))
+    finally:
+        ex.close()
+    assert 0 in finished  # the task in flight with the failing one ran to its end
+    assert len(finished) < 6  # nothing new was started after the error
+
+
+def test_a_lost_task_names_its_item():
+    def task(i: int) -> int:
+        raise RuntimeError("worker died")
+
+    with pytest.raises(TaskLostError, match="item-7: RuntimeError: worker died") as e:
+        list(run(InProcessExecutor(), task, [7], describe=lambda i: f"item-{i}"))
+    assert e.value.exit_code == 1 and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kwargs, option", [
+    ({"name": "spark"}, "executor"),
+    ({"name": "local", "task_cpus": 0}, "task_cpus"),
+    ({"name": "local", "max_inflight": -1}, "max_inflight"),
+    ({"name": "local", "address": "auto"}, "ray_address"),
+])
+def test_bad_options_are_refused(kwargs, option):
+    name = kwargs.pop("name")
+    with pytest.raises(InvalidOptionError) as e:
+        executors.make(name, **kwargs)
+    assert e.value.option == option
+
+
+def test_missing_ray_is_a_usage_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(MissingExtraError) as e:
+        executors.make("ray")
+    assert e.value.extra == "ray" and e.value.exit_code == 2
+
+
+def test_cli_missing_ray_is_one_line_exit_2(tmp_path, home, monkeypatch):
+    src = make_checkpoint(tmp_path / "src", layers=1, dim=16)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if archiver[ray] were not installed
+    r = run_cli("archive", str(src), "--name", "m", "--executor", "ray", "--json")
+    assert r.code == 2, r.err
+    assert "install archiver[ray]" in r.json()["error"] and "\n" not in r.json()["error"]
+    assert not list(home.rglob("manifests/*"))  # refused before anything was written
+    plain = run_cli("verify", "--all", "--deep", "--executor", "ray")
+    assert plain.code == 2 and plain.err.count("\n") == 1 and "install archiver[ray]" in plain.err
+
+
+def test_local_archive_of_many_files_uses_several_at_once(tmp_path, home):
+    """The default local executor archives several files at once: same manifest id as one
+    file at a time (max_inflight=1)."""
+    from archiver import api
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i:02d}.txt").write_bytes(bytes([i]) * (i * 300))
+    one = api.archive([src], name="m", store=str(tmp_path / "s1"), max_inflight=1)
+    many = api.archive([src], name="m", store=str(tmp_path / "s2"), max_inflight=4)
+    assert one.id == many.id and many.files == 40
