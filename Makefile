@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench bench-replicate install clean
+.PHONY: test demo bench bench-replicate bench-scaling install clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/replicate_bench.py
+	PYTHONPATH=. $(BIN)/python bench/scaling.py
+
+bench-scaling: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/scaling.py
 
 bench-replicate: $(STAMP)
 	$(BIN)/python bench/replicate_bench.py

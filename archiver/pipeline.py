@@ -182,12 +182,15 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     progress.finish()
     if ex.distributed or done.resumed:  # chunks this process did not save itself: LIST proves them stored
         fanout.check_chunks_stored(repo, entries)
-    repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
+    synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
     parent = repo.latest(name)
     roles = {s.path: s_role for s_role, s in _roles(attached)}
     manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries),
                         profile=profile_d, attachments=tuple((roles[e.path], e.path) for e in entries
                                                              if e.is_file and e.path in roles))
+    if parent is not None and parent in synced.added:
+        manifest = _same_as_synced(repo, manifest, parent)
+        parent = manifest.parent
     uniq = manifest.unique_chunks()
     details: dict[str, Any] = dict(
         name=name, label=label, files=len(manifest.files), dirs=sum(e.type == "dir" for e in entries),
@@ -201,6 +204,14 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     if journal is not None:
         journal.remove()  # committed: nothing is left to resume
     return ArchiveResult(id=committed.id, signed_by=committed.signed_by, **details)
+
+
+def _same_as_synced(repo: Repository, manifest: Manifest, head: str) -> Manifest:
+    """`manifest`, or the head the catalog sync just found if that is this very archive: a
+    run of this host killed after its manifest reached the store (or another host archiving
+    the same bytes at the same time) is not a new version of itself, and a re-run keeps its id."""
+    same = dataclasses.replace(manifest, parent=repo.load_manifest(head).parent)
+    return same if same.id == head else manifest
 
 
 # A file whose ctime is this recent may still be written within the same timestamp tick

@@ -53,3 +53,15 @@ def test_catalog_sync_skips_a_bad_manifest(tmp_path, home):
     obj.write_bytes(obj.read_bytes().replace(b'"m"', b'"x"', 1))  # no longer matches its id
     r = run_cli("--store", str(store), "--catalog", _host(tmp_path, 2), "catalog", "sync", "--json")
     assert r.code == 1 and r.json()["added"] == [] and r.json()["problems"][0]["manifest"] == a.id
+
+
+def test_rerun_of_an_archive_another_catalog_committed_keeps_its_id(tmp_path, home):
+    """The same bytes archived under the same name by two hosts (or re-run after a kill that
+    left the manifest in the store but not in the catalog) give one version, not two."""
+    store = str(tmp_path / "store")
+    src = make_checkpoint(tmp_path / "src", layers=1, dim=32)
+    a = api.archive([src], name="m", store=store, catalog=_host(tmp_path, 1))
+    b = api.archive([src], name="m", store=store, catalog=_host(tmp_path, 2))
+    assert b.id == a.id and b.parent is None
+    c = api.archive([src], name="m", store=store, catalog=_host(tmp_path, 2))
+    assert c.parent == a.id  # a known head: archiving again is a new version, as always
