@@ -11,6 +11,7 @@ committed, journals each finished file so a killed run resumes, and builds the e
 the scan's order, so the manifest (and its id) is the one a local run makes."""
 from __future__ import annotations
 
+import functools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,15 @@ def worker_settings(repo: Repository, executor: Executor) -> Settings | None:
         raise UsageError(f"the {executor.name} executor needs a repository opened from Settings "
                          f"(archiver.api.open_repository), so that its workers can open the store")
     return s
+
+
+@functools.lru_cache(maxsize=4)
+def worker_repository(settings: Settings) -> Repository:
+    """The store-only repository of a worker process for one store, opened once per process:
+    opening an S3 store builds a boto3 client and session (tens of ms of CPU), which one task
+    per small file must not pay again for every file. It holds no catalog, so nothing in it
+    can go stale between tasks."""
+    return Repository.store_only(settings)
 
 
 # -- archive ----------------------------------------------------------------------------------
@@ -94,11 +104,11 @@ class RemoteArchiveFile:
     def __call__(self, src: Source) -> FileDone:
         from archiver.pipeline import _archive_file, _ChunkWriter, _Stats
         stats = _Stats()
-        with Repository.store_only(self.settings) as repo:
-            writer = _ChunkWriter(repo, stats, None, self.write_policy)
-            n = self.task_cpus + 2
-            with ThreadPoolExecutor(n, thread_name_prefix="task") as pool:
-                entry = _archive_file(src, pool, writer, self.policy, window_for(n), Progress())
+        repo = worker_repository(self.settings)
+        writer = _ChunkWriter(repo, stats, None, self.write_policy)
+        n = self.task_cpus + 2
+        with ThreadPoolExecutor(n, thread_name_prefix="task") as pool:
+            entry = _archive_file(src, pool, writer, self.policy, window_for(n), Progress())
         return FileDone(entry, _finish(src, entry), stats.new_chunks, stats.new_bytes, stats.repaired_chunks)
 
 
@@ -195,8 +205,8 @@ class RemoteDeepFile:
         mid, e = item
         report = checker.VerifyReport(mode="deep", manifests=[mid])
         n = self.task_cpus + 2
-        with Repository.store_only(self.settings) as repo, ThreadPoolExecutor(n, thread_name_prefix="task") as pool:
-            checker._deep_file(repo, mid, e, pool, window_for(n), report, Progress())
+        with ThreadPoolExecutor(n, thread_name_prefix="task") as pool:
+            checker._deep_file(worker_repository(self.settings), mid, e, pool, window_for(n), report, Progress())
         return DeepDone(report.problems, dict(report._chunks), report.chunks_read, report.bytes_read,
                         report.files_hashed, report.not_checked_cold)
 
@@ -250,10 +260,9 @@ class RemoteRestoreFile:
         n = self.task_cpus + 2
         root_fd = os.open(self.dest, restorer._DIR_FLAGS)
         try:
-            with Repository.store_only(self.settings) as repo, \
-                    ThreadPoolExecutor(n, thread_name_prefix="task") as pool:
-                restorer._restore_file(repo, self.mid, root_fd, e, pool, window_for(n), result, Progress(),
-                                       self.force, self.mode_mask)
+            with ThreadPoolExecutor(n, thread_name_prefix="task") as pool:
+                restorer._restore_file(worker_repository(self.settings), self.mid, root_fd, e, pool, window_for(n),
+                                       result, Progress(), self.force, self.mode_mask)
         finally:
             os.close(root_fd)
         return RestoreDone(result.files, result.bytes, result.problems)
