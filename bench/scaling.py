@@ -160,6 +160,7 @@ def main() -> None:
     ap.add_argument("--workers", default=None, help="comma-separated worker counts (default 1,2,4,... cores)")
     ap.add_argument("--executors", default="local,ray")
     ap.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    ap.add_argument("--from-json", action="store_true", help="rewrite the table from bench/.work/scaling.json")
     ap.add_argument("--one", nargs=7, metavar="ARG", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -167,6 +168,13 @@ def main() -> None:
         one(ex, op, int(w), store, src, out, ref)
         return
     work = HERE / ".work"
+    if args.from_json:
+        doc = json.loads((work / "scaling.json").read_text())
+        lines = table(doc["rows"], doc["bytes"], Path(doc["src"]), doc.get("load"))
+        log("\n".join(lines))
+        if not args.no_write:
+            write_section(HERE / "RESULTS.md", lines)
+        return
     src = make_input(work, args.gib, args.shards)
     size = sum(p.stat().st_size for p in src.glob("*.safetensors"))
     workers = [int(x) for x in args.workers.split(",")] if args.workers else default_workers()
@@ -185,12 +193,13 @@ def main() -> None:
                 rows.append(row)
     lines = table(rows, size, src)
     log("\n".join(lines))
-    (work / "scaling.json").write_text(json.dumps({"bytes": size, "rows": rows}, indent=2))
+    (work / "scaling.json").write_text(json.dumps({"bytes": size, "src": str(src), "load": os.getloadavg()[0],
+                                                             "rows": rows}, indent=2))
     if not args.no_write:
         write_section(HERE / "RESULTS.md", lines)
 
 
-def table(rows: list[dict[str, Any]], size: int, src: Path) -> list[str]:
+def table(rows: list[dict[str, Any]], size: int, src: Path, load: float | None = None) -> list[str]:
     g = size / GiB
     cores = os.cpu_count()
     lines = [HEADING, "",
@@ -200,9 +209,11 @@ def table(rows: list[dict[str, Any]], size: int, src: Path) -> list[str]:
              f"including starting and stopping a local Ray with W CPUs; `ray start/stop` is that part alone). "
              f"One run each, so expect a few % of noise; on a many-core server the same command gives the "
              f"scaling curve.", "",
+             f"Load average at the end of the runs: {os.getloadavg()[0] if load is None else load:.1f}. For Ray, the last column is the per-GiB CPU "
+             f"without Ray's own start/stop (archive, verify, restore).", "",
              "| executor | W | archive MB/s | archive CPU-s/GiB | verify --deep MB/s | verify CPU-s/GiB "
-             "| restore MB/s | restore CPU-s/GiB | ray start/stop wall s, CPU-s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| restore MB/s | restore CPU-s/GiB | ray start/stop wall s, CPU-s | CPU-s/GiB less start/stop |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r["executor"], str(r["workers"])]
         for op in OPS:
@@ -210,6 +221,7 @@ def table(rows: list[dict[str, Any]], size: int, src: Path) -> list[str]:
             cells += [f"{size / m['wall'] / 1e6:.0f}", f"{m['cpu'] / g:.2f}"]
         ro = r.get("ray-only")
         cells.append(f"{ro['wall']:.1f}, {ro['cpu']:.1f}" if ro else "-")
+        cells.append(" / ".join(f"{(r[op]['cpu'] - ro['cpu']) / g:.2f}" for op in OPS) if ro else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
