@@ -66,7 +66,9 @@ class Journal:
         for line in raw.splitlines():
             try:
                 rec = json.loads(line)
-                m = parse_manifest(canonical(rec["manifest"]))  # every check the reader makes
+                shell = Manifest(name="journal", entries=()).to_dict()
+                shell["entries"] = [rec["entry"]]
+                m = parse_manifest(canonical(shell))  # every check the manifest reader makes
                 entry = m.entries[0]
                 snap = [int(x) for x in rec["snapshot"]]
             except Exception:  # noqa: BLE001 - a torn, foreign or malformed line is not resumed
@@ -81,9 +83,7 @@ class Journal:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "ab")
-        m = Manifest(name="journal", label=None, meta={}, parent=None, entries=(entry,))
-        line = json.dumps({"path": entry.path, "snapshot": snapshot,
-                           "manifest": json.loads(m.canonical_json())}, sort_keys=True)
+        line = json.dumps({"path": entry.path, "snapshot": snapshot, "entry": entry.to_json()})
         self._fh.write(line.encode() + b"\n")
         self._fh.flush()
         if sync:
