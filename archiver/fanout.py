@@ -147,7 +147,11 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
         pool = None
     else:
         pool = ThreadPoolExecutor(pool_workers, thread_name_prefix="archive")
-        task = LocalArchiveFile(writer, pool, policy, window_for(pool_workers), progress)
+        # Chunks in flight stay at about one per pool thread in all (memory: a few chunks per
+        # core), shared by the files read at once; a lone big file gets the whole window.
+        at_once = max(1, min(executor.max_inflight, len(todo)))
+        window = window_for(pool_workers) if at_once == 1 else max(2, window_for(pool_workers) // at_once)
+        task = LocalArchiveFile(writer, pool, policy, window, progress)
     last_sync = time.monotonic()
     try:
         for src, done in executors.run(executor, task, todo, describe=lambda s: str(s.abspath)):

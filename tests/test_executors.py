@@ -112,3 +112,12 @@ def test_local_archive_of_many_files_uses_several_at_once(tmp_path, home):
     one = api.archive([src], name="m", store=str(tmp_path / "s1"), max_inflight=1)
     many = api.archive([src], name="m", store=str(tmp_path / "s2"), max_inflight=4)
     assert one.id == many.id and many.files == 40
+
+
+def test_cli_bad_executor_option_is_one_line_exit_2(tmp_path, home):
+    src = make_checkpoint(tmp_path / "src", layers=1, dim=16)
+    r = run_cli("archive", str(src), "--name", "m", "--task-cpus", "0")
+    assert r.code == 2 and r.err.count("\n") == 1 and "--task-cpus must be a whole number >= 1" in r.err
+    r = run_cli("archive", str(src), "--name", "m", "--ray-address", "auto")
+    assert r.code == 2 and "--ray-address is only used with the ray executor" in r.err
+    assert not list(home.rglob("manifests/*"))
