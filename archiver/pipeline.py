@@ -23,7 +23,7 @@ from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
 from archiver.hfcache import lfs_sha256, snapshot_of
 from archiver.formats import detect_regions
-from archiver.parallel import default_workers, ordered_map, window_for
+from archiver.parallel import default_workers, ordered_map
 from archiver.progress import Progress
 from archiver.digests import FileDigest
 from archiver.repository import Repository, SavedChunk

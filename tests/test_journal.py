@@ -108,3 +108,26 @@ def test_torn_last_line_is_ignored(tmp_path, home):
     with open(path, "ab") as f:
         f.write(b'{"path": "shard-0.bin", "snapsh')  # killed mid-line
     assert len(Journal(path).load()) == 2
+
+
+def test_driver_kill9_after_k_files_resumes_them(tmp_path, home):
+    """A real kill -9 (tests/crashrunner.py) while the 4th of 6 files is being archived."""
+    import signal
+    import subprocess
+    import sys
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"f{i}.bin").write_bytes(os.urandom(10_000 * (i + 1)))  # one chunk each
+    clean = api.archive([src], name="m", store=str(tmp_path / "clean"))
+    store = str(tmp_path / "store")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "ARCHIVER_HOME": str(home), "CRASH_AT": "put:4", "PYTHONPATH": str(root)}
+    p = subprocess.run([sys.executable, "-m", "tests.crashrunner", "--store", store, "archive", str(src),
+                        "--name", "m", "--max-inflight", "1", "--json"], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    [journal] = _journals(home)
+    assert len(journal.read_text().splitlines()) == 3  # files 1-3 came back before the 4th put
+    r = run_cli("--store", store, "archive", str(src), "--name", "m", "--json")
+    assert r.code == 0 and r.json()["resumed_files"] == 3 and r.json()["id"] == clean.id
