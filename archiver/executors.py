@@ -43,6 +43,10 @@ class TaskLostError(ArchiverError):
         self.reason = reason
 
 
+class Stopped(Exception):
+    """Raised inside a task of this process that gave up because the run was stopped (see `run`)."""
+
+
 class Task(Protocol):
     def result(self) -> Any:
         """The task's return value, or raises the error the task raised."""
@@ -150,10 +154,12 @@ def make(name: str | None = None, *, address: str | None = None, task_cpus: int 
 
 
 def run(executor: Executor, fn: Callable[[T], R], items: Iterable[T],
-        describe: Callable[[T], str] = str) -> Iterator[tuple[T, R]]:
+        describe: Callable[[T], str] = str, stop: Callable[[], None] | None = None) -> Iterator[tuple[T, R]]:
     """(item, fn(item)) as tasks complete, with at most `executor.max_inflight` in flight.
     The first error is raised (after the tasks in flight have finished, so none still
-    writes once the caller handles it); a lost task becomes TaskLostError naming its item."""
+    writes once the caller handles it); a lost task becomes TaskLostError naming its item.
+    `stop` is called at the first error or interruption (KeyboardInterrupt, a consumer that
+    stops early), to tell the tasks in flight to give up rather than run to their end."""
     pending: dict[Any, T] = {}
     it = iter(items)
     error: BaseException | None = None
@@ -172,12 +178,22 @@ def run(executor: Executor, fn: Callable[[T], R], items: Iterable[T],
                 value = task.result()
             except ArchiverError as e:
                 error = error or e
+                if stop is not None:
+                    stop()
                 continue
             except Exception as e:  # noqa: BLE001 - a task lost by the executor (worker death, cancellation)
+                if error is not None and isinstance(e, Stopped):
+                    continue  # gave up after another task's error: that error is the one to report
                 error = error or _lost(describe(item), e)
+                if stop is not None:
+                    stop()
                 continue
             if error is None:
                 yield item, value
+    except BaseException:
+        if stop is not None:
+            stop()
+        raise
     finally:
         for task in list(pending):  # a consumer that stops early: let the running ones finish
             try:

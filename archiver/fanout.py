@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any, Iterable
 from archiver import executors
 from archiver.chunking import ChunkPolicy
 from archiver.errors import IntegrityError, UsageError
-from archiver.executors import Executor
+from archiver.executors import Executor, Stopped
 from archiver.journal import Journal, snapshot_of
 from archiver.parallel import window_for
 from archiver.problems import Problem
@@ -76,6 +77,24 @@ def _finish(src: Source, entry: Entry) -> list[int]:
     if snap[2] != entry.size or snap[3] != entry.mtime_ns:
         raise changed(src.abspath, "its size or modification time moved")
     return snap
+
+
+class StoppableProgress:
+    """The run's progress, as the per-file pipeline reports to it after every chunk read: once
+    `stop()` is called, the next report raises Stopped in that file's task, so a Ctrl-C or
+    another file's error does not wait for every big file in flight to be read to its end."""
+
+    def __init__(self, inner: Progress) -> None:
+        self.inner = inner
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def advance(self, n: int) -> None:
+        if self._stop.is_set():
+            raise Stopped()
+        self.inner.advance(n)
 
 
 class LocalArchiveFile:
@@ -142,6 +161,7 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
             progress.advance(s.size)
     todo = sorted((s for s in files if s.path not in out.entries), key=lambda s: (-s.size, s.path))
     settings = worker_settings(repo, executor)
+    stoppable = None
     if settings is not None:
         task: Any = RemoteArchiveFile(settings, policy, write_policy, executor.task_cpus)
         pool = None
@@ -151,10 +171,12 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
         # core), shared by the files read at once; a lone big file gets the whole window.
         at_once = max(1, min(executor.max_inflight, len(todo)))
         window = window_for(pool_workers) if at_once == 1 else max(2, window_for(pool_workers) // at_once)
-        task = LocalArchiveFile(writer, pool, policy, window, progress)
+        stoppable = StoppableProgress(progress)
+        task = LocalArchiveFile(writer, pool, policy, window, stoppable)  # type: ignore[arg-type]
     last_sync = time.monotonic()
     try:
-        for src, done in executors.run(executor, task, todo, describe=lambda s: str(s.abspath)):
+        stop = stoppable.stop if stoppable is not None else None
+        for src, done in executors.run(executor, task, todo, describe=lambda s: str(s.abspath), stop=stop):
             out.entries[src.path] = done.entry
             if settings is not None:
                 with stats.lock:

@@ -1,6 +1,7 @@
 """The executor protocol: bounded in-flight tasks, errors, option checks, a missing Ray."""
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -121,3 +122,34 @@ def test_cli_bad_executor_option_is_one_line_exit_2(tmp_path, home):
     r = run_cli("archive", str(src), "--name", "m", "--ray-address", "auto")
     assert r.code == 2 and "--ray-address is only used with the ray executor" in r.err
     assert not list(home.rglob("manifests/*"))
+
+
+def test_an_error_stops_the_other_big_files_early(tmp_path, home, monkeypatch):
+    """One file fails: the others in flight give up at their next chunk instead of being read
+    to the end; the first error is the one reported and nothing is recorded."""
+    from archiver import api, pipeline
+    src = tmp_path / "src"
+    src.mkdir()
+    big = src / "big.bin"
+    big.write_bytes(os.urandom(24 << 20))  # several chunks
+    (src / "small.bin").write_bytes(os.urandom(1000))
+    real = pipeline.iter_chunks
+    read = []
+
+    def chunks(f, size, policy, detected=None):
+        for rc in real(f, size, policy, detected=detected):
+            if f.name.endswith("small.bin"):
+                time.sleep(0.2)  # let big.bin get going
+                raise SourceChangedError("small.bin changed")
+            read.append(rc.offset)
+            time.sleep(0.05)
+            yield rc
+
+    monkeypatch.setattr(pipeline, "iter_chunks", chunks)
+    with pytest.raises(SourceChangedError, match="small.bin changed"):
+        api.archive([src], name="m", store=str(tmp_path / "s"), max_inflight=2)
+    from archiver.chunking import ChunkPolicy
+    with open(big, "rb") as f:
+        total = sum(1 for _ in real(f, big.stat().st_size, ChunkPolicy()))
+    assert total >= 6 and 0 < len(read) < total  # big.bin was not read to its end
+    assert api.list_archives(store=str(tmp_path / "s")) == []
