@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench bench-replicate bench-cpu install clean
+.PHONY: test demo bench bench-replicate bench-cpu bench-scaling install clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/seal_bench.py
 	$(BIN)/python bench/catalog_scale.py
 	$(BIN)/python bench/cpu_per_gib.py
+	PYTHONPATH=. $(BIN)/python bench/scaling.py
+
+bench-scaling: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/scaling.py
 
 bench-replicate: $(STAMP)
 	$(BIN)/python bench/replicate_bench.py

@@ -69,7 +69,8 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
             profile: str | None = None,
             meta_file: str | os.PathLike | None = None, profile_data: dict[str, Any] | None = None,
             attach: Iterable[tuple[str, str | os.PathLike]] = (), profile_block: dict[str, Any] | None = None,
-            **options) -> ArchiveResult:
+            executor: Any = None, ray_address: str | None = None, task_cpus: int | None = None,
+            max_inflight: int | None = None, resume: bool = True, **options) -> ArchiveResult:
     """`sign_key`: path of an Ed25519 private key (from `keygen`) to sign the manifest with
     (or a key already loaded with `signing_key`). Every chunk the store already holds is read
     back and proved (a damaged one is repaired from the source); `trust_verified_within`
@@ -81,14 +82,43 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
     file) or `profile_data` (a dict): metadata checked against the profile's schema and recorded
     in the manifest (or `profile_block`, one already made by `profile_block()`); `attach`:
     (role, path) documents stored under _archive/ROLE/. Symlinks are recorded as symlinks, or
-    followed to regular files with `dereference=True` (always inside a Hugging Face snapshot)."""
+    followed to regular files with `dereference=True` (always inside a Hugging Face snapshot).
+    `executor`: "local" (default: threads, several files at once) or "ray" (one Ray task per
+    file; `ray_address`, `task_cpus` per task, `max_inflight` tasks at once), or an Executor
+    (archiver.executors). With `resume` (default) the files of an earlier run of this same
+    archive that was killed are taken from its journal under the archiver home, if unchanged."""
     key = signing_key(sign_key)
     block = profile_block if profile_block is not None else make_profile_block(profile, meta_file, profile_data)
-    with _repo(repo, store, catalog, create=True, settings=settings, policy=write_policy) as r:
-        storecheck.ensure_safe(r, unsafe_store)
-        return pipeline.archive(r, list(paths), name=name, label=label, meta=meta, progress=progress,
-                                sign_key=key, trust_verified_within=trust_verified_within,
-                                write_policy=write_policy, profile=block, attachments=list(attach), **options)
+    ex = make_executor(executor, ray_address=ray_address, task_cpus=task_cpus, max_inflight=max_inflight)
+    try:
+        with _repo(repo, store, catalog, create=True, settings=settings, policy=write_policy) as r:
+            storecheck.ensure_safe(r, unsafe_store)
+            jr = None
+            if resume:
+                from archiver.journal import Journal, journal_key
+                home = (settings or r.settings or Settings.resolve(store, catalog)).home
+                jr = Journal.under(home, journal_key(r.url, name, label, meta, list(paths), {
+                    "attach": [(role, os.path.abspath(os.fspath(p))) for role, p in attach],
+                    "dereference": options.get("dereference", False), "profile": block}))
+            return pipeline.archive(r, list(paths), name=name, label=label, meta=meta, progress=progress,
+                                    sign_key=key, trust_verified_within=trust_verified_within,
+                                    write_policy=write_policy, profile=block, attachments=list(attach),
+                                    executor=ex, journal=jr, **options)
+    finally:
+        if ex is not None:
+            ex.close()
+
+
+def make_executor(executor: Any = None, *, ray_address: str | None = None, task_cpus: int | None = None,
+                  max_inflight: int | None = None) -> Any:
+    """An executor from its name ("local" or "ray", see archiver.executors) and options, checked
+    now; an Executor object passes through; None (and no options) keeps each command's default."""
+    from archiver import executors
+    if executor is not None and not isinstance(executor, str):
+        return executor
+    if executor is None and ray_address is None and task_cpus is None and max_inflight is None:
+        return None
+    return executors.make(executor, address=ray_address, task_cpus=task_cpus, max_inflight=max_inflight)
 
 
 def write_policy(*, lock_mode: str | None = None, retain_until: Any = None, retain_for: str | None = None,
@@ -171,43 +201,61 @@ def verify(refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool =
            store: str | None = None, catalog: str | os.PathLike | None = None, settings: Settings | None = None,
            progress: Progress | None = None, max_bytes: int | None = None, max_seconds: float | None = None,
            sign_key: str | os.PathLike | Any | None = None, retention: bool = False, retain_until: Any = None,
-           thaw: ThawOptions | None = None) -> VerifyReport:
+           thaw: ThawOptions | None = None, executor: Any = None, ray_address: str | None = None,
+           task_cpus: int | None = None, max_inflight: int | None = None) -> VerifyReport:
     """`trust_keys`: public key files or hex keys; each manifest must be signed by one of them.
     `max_bytes` / `max_seconds`: a budgeted sampled run (least recently verified chunks
     first). `sign_key`: sign this run's event in the store's log. `retention`: every object
     of each archive must hold the Object Lock its recorded policy asks for, and with
     `retain_until` (a date) at least until then. `thaw`: with deep or sample, thaw the cold
-    chunks to be read first (else they are reported as not checked)."""
+    chunks to be read first (else they are reported as not checked). `executor` ("ray", or an
+    Executor) deep-checks one file per task, as for `archive`."""
     trusted = trusted_keys(trust_keys)
     key = signing_key(sign_key)
     until = None
     if retain_until is not None:
         until = retain_until if isinstance(retain_until, datetime.datetime) else parse_date(retain_until,
                                                                                              "retain_until")
-    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
-        if deep and r.sealed and not r.has_identities:  # audit without keys: ciphertext hashes (archiver.sealaudit)
-            from archiver.sealaudit import verify_sealed
-            return verify_sealed(r, list(refs), all_archives=all_archives, trusted=trusted)
-        return checker.verify(r, list(refs), all_archives=all_archives, deep=deep, sample=sample, trusted=trusted,
-                              progress=progress, max_bytes=max_bytes, max_seconds=max_seconds, sign_key=key,
-                              retention=retention, retain_until=until, thaw=thaw)
+    ex = make_executor(executor, ray_address=ray_address, task_cpus=task_cpus, max_inflight=max_inflight)
+    try:
+        with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
+            if deep and r.sealed and not r.has_identities:  # audit without keys: ciphertext hashes (sealaudit)
+                if ex is not None and ex.distributed:
+                    raise InvalidOptionError("executor", f"{ex.name} cannot run on a sealed store: sealed "
+                                                         f"verifies run with the local executor")
+                from archiver.sealaudit import verify_sealed
+                return verify_sealed(r, list(refs), all_archives=all_archives, trusted=trusted)
+            return checker.verify(r, list(refs), all_archives=all_archives, deep=deep, sample=sample,
+                                  trusted=trusted, progress=progress, max_bytes=max_bytes, max_seconds=max_seconds,
+                                  sign_key=key, retention=retention, retain_until=until, thaw=thaw, executor=ex)
+    finally:
+        if ex is not None:
+            ex.close()
 
 
 def restore(ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (), force: bool = False,
             trust_keys: Iterable[str | bytes] | None = None, repo: Repository | None = None,
             store: str | None = None, catalog: str | os.PathLike | None = None, settings: Settings | None = None,
             progress: Progress | None = None, preserve_special_bits: bool = False,
-            thaw: ThawOptions | None = None) -> RestoreResult:
+            thaw: ThawOptions | None = None, executor: Any = None, ray_address: str | None = None,
+            task_cpus: int | None = None, max_inflight: int | None = None) -> RestoreResult:
     """`preserve_special_bits`: keep setuid, setgid and sticky bits (dropped by default).
     `thaw` (archiver.thaw.ThawOptions): thaw chunks in GLACIER / DEEP_ARCHIVE first (without
-    it such chunks are refused before anything is written)."""
+    it such chunks are refused before anything is written). `executor` ("ray", or an Executor):
+    one file per task, written by workers into `dest`, which every worker must see (a shared
+    filesystem)."""
     trusted = trusted_keys(trust_keys)
-    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:  # restore writes no catalog row
-        if r.sealed:  # every key this archive needs is opened before anything is written
-            r.require_identities()
-            r.open_run_keys(r.resolve(ref))
-        return restorer.restore(r, ref, dest, include=include, force=force, trusted=trusted, progress=progress,
-                                preserve_special_bits=preserve_special_bits, thaw=thaw)
+    ex = make_executor(executor, ray_address=ray_address, task_cpus=task_cpus, max_inflight=max_inflight)
+    try:
+        with _repo(repo, store, catalog, settings=settings, read_only=True) as r:  # restore writes no catalog row
+            if r.sealed:  # every key this archive needs is opened before anything is written
+                r.require_identities()
+                r.open_run_keys(r.resolve(ref))
+            return restorer.restore(r, ref, dest, include=include, force=force, trusted=trusted, progress=progress,
+                                    preserve_special_bits=preserve_special_bits, thaw=thaw, executor=ex)
+    finally:
+        if ex is not None:
+            ex.close()
 
 
 def store_init(url: str | None = None, *, encrypt_to: Iterable[str] = (), settings: Settings | None = None
@@ -269,6 +317,14 @@ def rebuild_catalog(*, repo: Repository | None = None, store: str | None = None,
     `.problems` (each bad manifest skipped), `.ok`."""
     with _repo(repo, store, catalog, settings=settings) as r:
         return r.rebuild_catalog()
+
+
+def sync_catalog(*, repo: Repository | None = None, store: str | None = None,
+                 catalog: str | os.PathLike | None = None, settings: Settings | None = None) -> RebuildResult:
+    """Record the manifests other hosts (with catalogs of their own) wrote to the store since
+    this catalog last looked (`.added`); bad ones are skipped and reported (`.problems`)."""
+    with _repo(repo, store, catalog, settings=settings) as r:
+        return r.sync_catalog()
 
 
 def fixity_status(window: float = fixity.DEFAULT_WINDOW, *, repo: Repository | None = None,

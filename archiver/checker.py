@@ -89,7 +89,7 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
            sample: float | None = None, workers: int | None = None, trusted: list[bytes] | None = None,
            progress: Progress | None = None, max_bytes: int | None = None, max_seconds: float | None = None,
            sign_key: object = None, retention: bool = False, retain_until: Any = None,
-           thaw: Any = None) -> VerifyReport:
+           thaw: Any = None, executor: Any = None) -> VerifyReport:
     """Check the named archives (or every recorded archive with all_archives=True). Never
     raises for damage found in the store: damage becomes Problems in the report.
     `max_bytes` (stored bytes read) and `max_seconds` bound a sampled run; either one
@@ -126,7 +126,13 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
     nworkers = workers or default_workers()
     if thaw is not None and deep:
         _thaw(repo, {h: u[0].ref.stored_size for h, u in uses.items()}, thaw, report)
-    if deep:
+    if deep and executor is not None and executor.distributed:  # one task per file (archiver.fanout)
+        from archiver import fanout
+        progress.start("verify", sum(m.total_size for m in manifests.values()))
+        fanout.deep_files(repo, executor, [(mid, e) for mid, m in manifests.items() for e in m.files], report,
+                          progress)
+        progress.finish()
+    elif deep:
         progress.start("verify", sum(m.total_size for m in manifests.values()))
         with ThreadPoolExecutor(nworkers, thread_name_prefix="verify") as pool:
             for mid, m in manifests.items():

@@ -16,6 +16,7 @@ import click
 from archiver import api, malloc
 from archiver.checker import check_budget, check_sample
 from archiver.errors import ArchiverError, EmptyCatalogError, InvalidOptionError, NoStoreError, UsageError
+from archiver.executors import MissingExtraError
 from archiver.progress import Progress, human_bytes
 from archiver.repository import Repository
 from archiver.settings import Settings
@@ -52,6 +53,8 @@ def describe(err: ArchiverError) -> str:
         text += f" (use {flag(err.remedy)})"
     if isinstance(err, EmptyCatalogError):
         text += " (run `archiver catalog rebuild` to record them)"
+    if isinstance(err, MissingExtraError):
+        text += f": install archiver[{err.extra}]"
     return text
 
 
@@ -104,6 +107,22 @@ def parse_duration(text: str, option: str) -> float:
     return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
 
+def executor_options(fn: Any) -> Any:
+    """--executor, --ray-address, --task-cpus, --max-inflight: passed on to the API as they are."""
+    for opt in reversed([
+            click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+                         help="Where the per-file tasks run: local threads (default) or a Ray cluster "
+                              "(install archiver[ray])."),
+            click.option("--ray-address", metavar="ADDRESS", default=None,
+                         help="Ray cluster to join (auto, ray://HOST:10001); default: RAY_ADDRESS or a local Ray."),
+            click.option("--task-cpus", type=int, default=None, metavar="N",
+                         help="CPUs per file task (its chunk pool has N+2 threads)."),
+            click.option("--max-inflight", type=int, default=None, metavar="N",
+                         help="At most N file tasks at once.")]):
+        fn = opt(fn)
+    return fn
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", metavar="URL",
               help="Store: a directory path, file:///path or s3://bucket/prefix. Default: $ARCHIVER_STORE, "
@@ -149,12 +168,13 @@ def cli(ctx: click.Context, store: str | None, catalog: str | None) -> None:
               help="Follow symlinks to regular files and archive the files (default: record symlinks as "
                    "symlinks; a Hugging Face cache snapshot's links into blobs/ are always followed).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@executor_options
 @click.pass_obj
 def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, meta: tuple[str, ...],
                 sign_key: str | None, trust_verified_within: str | None, lock_mode: str | None,
                 retain_until: str | None, retain_for: str | None, legal_hold: bool, storage_class: str | None,
                 replicate_: bool, unsafe_store: bool, profile: str | None, meta_file: str | None,
-                attach: tuple[str, ...], dereference: bool, as_json: bool) -> None:
+                attach: tuple[str, ...], dereference: bool, as_json: bool, **ex: Any) -> None:
     """Archive files and directories; prints the manifest id."""
     meta_d = _parse_meta(meta)
     attachments = _parse_attach(attach)
@@ -169,7 +189,8 @@ def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, me
     with c.repo(create=True, policy=policy) as repo:
         res = api.archive(paths, name=name, label=label, meta=meta_d, sign_key=key, repo=repo, write_policy=policy,
                           trust_verified_within=trust, progress=Progress.for_terminal("archive", quiet=as_json),
-                          unsafe_store=unsafe_store, profile_block=block, attach=attachments, dereference=dereference)
+                          unsafe_store=unsafe_store, profile_block=block, attach=attachments, dereference=dereference,
+                          **ex)
         copies = _replicate_new(c, repo, res.id, as_json, unsafe_store) if replicate_ else None
     if as_json:
         emit(res.to_dict() if copies is None else {**res.to_dict(), "replicated": [r.to_dict() for r in copies],
@@ -181,6 +202,8 @@ def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, me
     click.echo(f"{res.files} files, {human_bytes(res.bytes_in)} in, {human_bytes(res.bytes_stored)} stored "
                f"({human_bytes(res.new_bytes_stored)} new in {res.new_chunks} of {res.chunks} chunks), "
                f"{res.seconds:.1f}s", err=True)
+    if res.resumed_files:
+        click.echo(f"resumed {res.resumed_files} file(s) archived by an interrupted run of this archive", err=True)
     if res.repaired_chunks:
         click.echo(f"repaired {res.repaired_chunks} damaged chunk(s) in the store from the source "
                    f"(the damaged objects are kept under quarantine/ and each repair is in the catalog audit log)", err=True)
@@ -271,11 +294,13 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.option("--poll", "poll", type=float, default=60.0, show_default=True, metavar="SECONDS")
 @click.option("--json", "as_json", is_flag=True)
+@executor_options
 @click.pass_obj
 def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: float | None,
                max_bytes: str | None, max_seconds: str | None, trust_key: tuple[str, ...], sign_key: str | None,
                copies_: bool, retention: bool, retain_until: str | None, thaw: bool, tier: str,
-               days: int, wait: bool, poll: float, as_json: bool, identity: tuple[str, ...] = ()) -> None:
+               days: int, wait: bool, poll: float, as_json: bool, identity: tuple[str, ...] = (),
+               **ex: Any) -> None:
     """Prove archives complete and uncorrupted. Exit 0 all good, 1 problems found, 2 usage.
     REF as for `show` (id:PREFIX and name:NAME[@LABEL] are never ambiguous). On a sealed
     store --deep without --identity re-hashes every object's ciphertext."""
@@ -293,7 +318,7 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
                          progress=Progress.for_terminal("verify", quiet=as_json), max_bytes=budget_bytes,
                          max_seconds=budget_seconds, sign_key=key, retention=retention, retain_until=retain_until,
                          thaw=ThawOptions(days=days, tier=tier, wait=wait, poll_seconds=poll,
-                                          report=None if as_json else _thaw_line) if thaw else None)
+                                          report=None if as_json else _thaw_line) if thaw else None, **ex)
         cop = api.verify_copies(rep.manifests, {p.manifest for p in rep.problems}, repo=repo,
                                 settings=Settings.resolve(c.store, c.catalog)) if copies_ else None
     if rep.audit_error is not None:
@@ -344,10 +369,12 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
 @click.option("--plan", is_flag=True, help="Only show what the restore needs (chunks, thaw, cost, time); write nothing.")
 @click.option("--prices", type=click.Path(), metavar="FILE", help="Price file for --plan (default: the shipped one).")
 @click.option("--json", "as_json", is_flag=True)
+@executor_options
 @click.pass_obj
 def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bool, trust_key: tuple[str, ...],
                 preserve_special_bits: bool, thaw: bool, tier: str, days: int, wait: bool, poll: float,
-                plan: bool, prices: str | None, as_json: bool, identity: tuple[str, ...] = ()) -> None:
+                plan: bool, prices: str | None, as_json: bool, identity: tuple[str, ...] = (),
+                **ex: Any) -> None:
     """Restore an archive into DEST, verifying every byte. REF as for `show`."""
     c.identities = identity
     if plan:
@@ -377,7 +404,7 @@ def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bo
     with c.repo(read_only=True) as repo:  # restore writes no catalog row
         res = api.restore(ref, dest, include=include, force=force, trust_keys=trusted, repo=repo,
                           progress=Progress.for_terminal("restore", quiet=as_json),
-                          preserve_special_bits=preserve_special_bits, thaw=options)
+                          preserve_special_bits=preserve_special_bits, thaw=options, **ex)
     if res.thaw is not None and not res.thaw["ready"]:
         if as_json:
             emit(res.to_dict())
@@ -503,6 +530,26 @@ def rebuild_cmd(c: Ctx, as_json: bool, identity: tuple[str, ...] = ()) -> None:
             click.echo(f"skipped: {p.line()}", err=True)
         skipped = f", {len(res.problems)} bad manifest(s) skipped" if res.problems else ""
         click.echo(f"catalog rebuilt: {len(res.added)} manifest(s) added of {res.manifests} in the store{skipped}",
+                   err=not res.ok)
+    sys.exit(0 if res.ok else 1)
+
+
+@catalog_grp.command("sync")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def sync_cmd(c: Ctx, as_json: bool) -> None:
+    """Record the archives other hosts wrote to the store since this catalog last looked
+    (each host keeps its own catalog on local disk). A bad manifest is skipped and reported;
+    exit 1 if any was."""
+    with c.repo() as repo:
+        res = api.sync_catalog(repo=repo)
+    if as_json:
+        emit(res.to_dict())
+    else:
+        for p in res.problems:
+            click.echo(printable(f"skipped: {p.line()}"), err=True)
+        skipped = f", {len(res.problems)} bad manifest(s) skipped" if res.problems else ""
+        click.echo(f"catalog synced: {len(res.added)} manifest(s) added of {res.manifests} in the store{skipped}",
                    err=not res.ok)
     sys.exit(0 if res.ok else 1)
 

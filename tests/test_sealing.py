@@ -315,3 +315,20 @@ def test_archive_keys_and_chunk_lookups_use_sealed_addresses(sealed):
         assert any(k.startswith("audits/") for k in keys) and any(k.startswith("keys/runs/") for k in keys)
         assert repo.chunk_state(next(iter(m.unique_chunks()))) is None  # a local store has no HEAD state
         assert repo.chunk_classes(m.unique_chunks()) == {}
+
+
+def test_distributed_executors_are_refused_on_a_sealed_store(sealed):
+    """A worker process would seal under a run key of its own that the driver's companion
+    never lists: archive, verify and restore refuse a distributed executor, before any task."""
+    from types import SimpleNamespace
+
+    from archiver import api, fanout
+    from archiver.errors import InvalidOptionError
+    s = sealed
+    with api.open_repository(s["store"]) as repo:
+        assert repo.sealed
+        with pytest.raises(InvalidOptionError) as e:
+            fanout.worker_settings(repo, SimpleNamespace(distributed=True, name="ray"))
+    assert e.value.option == "executor" and "local executor" in e.value.reason
+    with api.open_repository(s["store"]) as repo:  # the local executor stays allowed
+        assert fanout.worker_settings(repo, SimpleNamespace(distributed=False, name="local")) is None
