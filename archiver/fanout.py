@@ -131,6 +131,9 @@ class RemoteArchiveFile:
         n = self.task_cpus + 2
         with ThreadPoolExecutor(n, thread_name_prefix="task") as pool:
             entry = _archive_file(src, pool, writer, self.policy, window_for(n), Progress())
+        # a file over the manifest-v2 threshold: its map is stored here, after its chunks, so the
+        # driver gathers small entries (commit_manifest proves the map durable before the root)
+        entry = repo.save_filemaps(entry, self.write_policy)
         return FileDone(entry, _finish(src, entry), stats.new_chunks, stats.new_bytes, stats.repaired_chunks)
 
 
@@ -203,7 +206,7 @@ def check_chunks_stored(repo: Repository, entries: Iterable[Entry]) -> None:
     or IntegrityError and nothing is committed: a worker's or a journal's word is not proof."""
     want: dict[str, tuple[int, str]] = {}
     for e in entries:
-        for c in e.chunks:
+        for c in (repo.filemap_chunks(e) if e.filemap and not e.chunks else e.chunks):  # a worker's file map
             want.setdefault(c.hash, (c.stored_size, e.path))
     sizes = repo.chunk_sizes(want)
     for h, (size, path) in sorted(want.items()):

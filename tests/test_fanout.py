@@ -30,6 +30,31 @@ def test_archive_through_workers_same_id_and_counts(tmp_path, home):
                                                                   local.chunks)
 
 
+def test_workers_store_file_maps_and_the_driver_checks_their_chunks(tmp_path, home, monkeypatch):
+    """Manifest v2 through workers: a worker stores the map of a file over the threshold after
+    its chunks and returns a slim entry; the id is the local one, and the driver's LIST check
+    reads the map, so a chunk missing behind a map still commits nothing."""
+    from manifests import model
+    monkeypatch.setattr(model, "FILEMAP_THRESHOLD", 1)
+    from archiver import layout
+    from manifests.model import parse_manifest
+    from tests.helpers import RawStore
+    src = make_checkpoint(tmp_path / "src", layers=3, dim=512)  # model.safetensors: several chunks
+    local = api.archive([src], name="m", store=str(tmp_path / "a"))
+    far = api.archive([src], name="m", store=str(tmp_path / "b"), executor=Workers())
+    assert far.id == local.id
+    m = parse_manifest(RawStore(str(tmp_path / "b")).read(layout.manifest(far.id)), expected_id=far.id)
+    big = next(e for e in m.files if e.filemap)
+    assert list((tmp_path / "b" / "filemaps").rglob("*.json"))
+    with api.open_repository(str(tmp_path / "b")) as repo:
+        slim = dataclasses.replace(big, chunks=())
+        fanout.check_chunks_stored(repo, [slim])  # the map's chunks are all there
+        victim = repo.filemap_chunks(slim)[0].hash
+        next((tmp_path / "b" / "chunks").rglob(victim)).unlink()
+        with pytest.raises(IntegrityError, match=f"chunk {victim} of .* is missing from the store"):
+            fanout.check_chunks_stored(repo, [slim])
+
+
 def test_distributed_needs_settings(tmp_path, home):
     repo = api.open_repository(str(tmp_path / "s"), create=True)
     try:
