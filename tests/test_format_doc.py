@@ -25,7 +25,8 @@ def _scripts() -> dict[str, str]:
     return out
 
 
-def test_doc_scripts_restore_an_archive(tmp_path, monkeypatch):
+@pytest.mark.parametrize("packed", [False, pytest.param(True, marks=pytest.mark.packs)], ids=["own", "packs"])
+def test_doc_scripts_restore_an_archive(tmp_path, monkeypatch, packed):
     if shutil.which("zstd") is None:
         pytest.skip("the zstd command is not installed (apt-get install zstd)")
     env = dict(os.environ)
@@ -46,12 +47,16 @@ def test_doc_scripts_restore_an_archive(tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
     store = tmp_path / "store"
     ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=3, dim=512)
+    if packed:
+        (ckpt / "big.bin").write_bytes(os.urandom(3 << 20))  # large chunks keep their own keys
     res = run_cli("--store", str(store), "archive", str(ckpt), "--name", "m", "--json")
     assert res.code == 0, res.err
     mid = res.json()["id"]
     codecs = {c[4] for e in run_cli("--store", str(store), "show", mid, "--json").json()["manifest"]["entries"]
               for c in e.get("chunks", [])}
     assert "bg2" in codecs  # the byte-plane path of the script is exercised
+    assert any((store / "packs").rglob("*")) == packed  # small chunk objects in packs (or not)
+    assert any((store / "chunks").rglob("*"))  # large ones under their own keys
     dest = tmp_path / "dest"
     subprocess.run([sys.executable, "restore_by_hand.py", str(store), mid, str(dest)], cwd=work, env=env,
                    check=True, capture_output=True)
