@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import secrets
 import threading
 import time
@@ -559,7 +560,7 @@ class Repository:
         """Stored size of each chunk held under its own key: one LIST per 2-hex prefix
         (pages of 1000 keys on S3), or one HEAD per chunk when that is fewer requests."""
         hashes = list(hashes)
-        if len(hashes) <= len({h[:2] for h in hashes}):
+        if not self._list_is_cheaper([layout.chunk(h) for h in hashes]):
             return {h: info.size for h, info in zip(hashes, self._stat_many([layout.chunk(h) for h in hashes]))
                     if info is not None}
         by_prefix: dict[str, set[str]] = defaultdict(set)
@@ -1183,7 +1184,34 @@ class Repository:
 
 
     def chunk_classes(self, hashes: Iterable[str]) -> dict[str, str]:
-        """Storage class of each of `hashes` held in a class other than STANDARD, from LIST pages."""
+        """Storage class of each of `hashes` held in a class other than STANDARD (a packed
+        chunk: its pack's): from LIST pages of the prefixes they lie under, or one HEAD per
+        object when that is fewer requests."""
+        hashes = list(dict.fromkeys(hashes))
+        located = self._pack_locations_many(hashes)
+        where = {h: layout.pack(located[h][0].pack) if h in located else layout.chunk(h) for h in hashes}
+        objs = sorted(set(where.values()))
+        if located or not self._list_is_cheaper(objs):
+            classes = self._classes_of(objs, not self._list_is_cheaper(objs))
+            return {h: classes[k] for h, k in where.items() if classes.get(k)}
+        return self._own_chunk_classes(hashes)
+
+    def _classes_of(self, keys: list[str], by_head: bool) -> dict[str, str | None]:
+        state = getattr(self._store, "object_state", None)
+        if by_head and state is not None:
+            out: dict[str, str | None] = {}
+            for k in keys:
+                st = state(k)
+                out[k] = st.storage_class if st is not None and st.storage_class != "STANDARD" else None
+            return out
+        wanted, out = set(keys), {}
+        for prefix in sorted({k.rsplit("/", 1)[0] + "/" for k in keys}):
+            for info in self._store.list(prefix):
+                if info.key in wanted:
+                    out[info.key] = info.storage_class
+        return out
+
+    def _own_chunk_classes(self, hashes: Iterable[str]) -> dict[str, str]:
         by_prefix: dict[str, set[str]] = defaultdict(set)
         for h in hashes:
             by_prefix[h[:2]].add(h)
@@ -1566,7 +1594,7 @@ class Repository:
     def _present(self, keys: list[str]) -> list[ObjectInfo | None]:
         """stat of each key: HEADs, or LISTs of the prefixes they lie under when fewer."""
         prefixes = sorted({k.rsplit("/", 1)[0] + "/" for k in keys})
-        if len(keys) <= len(prefixes):
+        if not self._list_is_cheaper(keys):
             return self._stat_many(keys)
         found: dict[str, ObjectInfo] = {}
         wanted = set(keys)
@@ -1575,6 +1603,17 @@ class Repository:
                 if info.key in wanted:
                     found[info.key] = info
         return [found.get(k) for k in keys]
+
+    def _list_is_cheaper(self, keys: list[str]) -> bool:
+        """Whether LISTing the 2-hex prefixes `keys` lie under takes no more requests than one
+        HEAD per key: each prefix costs a page per 1000 objects the store holds under it,
+        estimated from the catalog's counts (spread evenly over the 256 prefixes)."""
+        chunks, npacks = self._catalog.object_counts()
+        pages = 0
+        for prefix in {k.rsplit("/", 1)[0] + "/" for k in keys}:
+            held = npacks if prefix.startswith((layout.PACKS, layout.PACK_INDEXES)) else chunks
+            pages += max(1, math.ceil(held / 256 / 1000))
+        return pages <= len(keys)
 
     def _stat_many(self, keys: list[str]) -> list[ObjectInfo | None]:
         if len(keys) <= 1:

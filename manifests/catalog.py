@@ -769,6 +769,12 @@ class Catalog:
         return conn.execute('SELECT hash, "offset", stored_size, length FROM pack_chunks WHERE pack=? '
                             'ORDER BY "offset"', (pack,)).fetchall()
 
+    def object_counts(self) -> tuple[int, int]:
+        """(chunks recorded, packs recorded): what a LIST of the store would roughly page through."""
+        conn = self._reader()
+        chunks = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        return chunks, (conn.execute("SELECT count(*) FROM packs").fetchone()[0] if self._has_pack_tables(conn) else 0)
+
     def known_packs(self) -> set[str]:
         conn = self._reader()
         return set() if not self._has_pack_tables(conn) else {r[0] for r in conn.execute("SELECT pack FROM packs")}

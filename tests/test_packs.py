@@ -325,3 +325,25 @@ def test_packs_take_the_archives_lock_and_class_and_indexes_stay_hot(lock_url: s
     assert run_cli("--store", lock_url, "verify", "m").code == 0  # shallow: no thaw needed
     r = run_cli("--store", lock_url, "verify", "m", "--retention", "--json")
     assert r.code == 0, r.out + r.err
+
+
+def test_shallow_checks_choose_list_or_head_by_request_count(tmp_path: Path, home: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """LIST pages grow with the store, HEADs with the archive: with few chunks in a store the
+    catalog says is huge, presence is checked by HEAD; in a small store by LIST."""
+    url = str(tmp_path / "store")
+    src = small_tree(tmp_path / "src", n=10)
+    (src / "big.bin").write_bytes(os.urandom(3 << 20))
+    archive(url, src)
+    with open_repository(url) as repo:
+        m = repo.load_manifest(repo.resolve("m"))
+        calls: list[str] = []
+        for verb in ("list", "stat"):
+            real = getattr(repo._store, verb)
+            monkeypatch.setattr(repo._store, verb, lambda *a, verb=verb, real=real, **k: (calls.append(verb), real(*a, **k))[1])
+        assert repo.chunk_presence(m.unique_chunks())[0] == {h: c.stored_size for h, c in m.unique_chunks().items()}
+        assert "stat" not in calls and "list" in calls
+        calls.clear()
+        monkeypatch.setattr(repo._catalog, "object_counts", lambda: (10_000_000, 1_000_000))
+        assert repo.chunk_presence(m.unique_chunks())[0] == {h: c.stored_size for h, c in m.unique_chunks().items()}
+        assert "list" not in calls and "stat" in calls
