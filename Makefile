@@ -24,6 +24,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/replicate_bench.py
+	$(BIN)/python bench/s3_requests.py
 
 bench-replicate: $(STAMP)
 	$(BIN)/python bench/replicate_bench.py

@@ -347,3 +347,12 @@ def test_shallow_checks_choose_list_or_head_by_request_count(tmp_path: Path, hom
         monkeypatch.setattr(repo._catalog, "object_counts", lambda: (10_000_000, 1_000_000))
         assert repo.chunk_presence(m.unique_chunks())[0] == {h: c.stored_size for h, c in m.unique_chunks().items()}
         assert "list" not in calls and "stat" in calls
+
+
+def test_layout_pack_keys_and_their_inverses() -> None:
+    h = "ab" + "0" * 62
+    assert layout.pack(h) == f"packs/ab/{h}" and layout.pack_id(layout.pack(h)) == h
+    assert layout.pack_index(h) == f"packindex/ab/{h}.json" and layout.pack_index_id(layout.pack_index(h)) == h
+    assert layout.pack(h).startswith(layout.pack_fanout("ab"))
+    for stray in (f"packs/cd/{h}", f"packs/ab/{h}.json", f"packindex/ab/{h}", "packs/ab/xyz"):
+        assert layout.pack_id(stray) is None and layout.pack_index_id(stray) is None
