@@ -351,8 +351,8 @@ class Repository:
         """`_save_chunk`, then with a lock `policy` a chunk that was already stored has its
         retention extended to at least the policy's (never shortened)."""
         saved = self._save_chunk(h, data, width, trust_verified_within, policy)
-        if policy is not None and policy.locked and (not saved.written or saved.repaired):
-            self._ensure_lock(layout.chunk(h), policy)
+        if policy is not None and policy.locked and (not saved.written or saved.repaired) and not self._pending(h):
+            self.lock_existing_chunk(h, policy)  # its own object, or its pack and index
         return saved
 
     def _save_chunk(self, h: str, data: bytes | memoryview, width: int,
@@ -1265,8 +1265,6 @@ class Repository:
         for loc in locs:
             codec = self._proved_in_pack(loc).get(h)
             if codec is not None:
-                if policy is not None and policy.locked:
-                    self.lock_existing_chunk(h, policy)
                 return SavedChunk(loc.stored_size, codec, False)
         if not locs and self._catalog.known_chunk(h) is not None:
             return None  # held under its own key (a large chunk, or stored before packs): prove it
@@ -1277,6 +1275,11 @@ class Repository:
         if self._put(layout.chunk(h), enc.data, policy):
             return SavedChunk(len(enc.data), enc.codec, True)
         return None  # the key is taken: prove what it holds
+
+    def _pending(self, h: str) -> bool:
+        """Whether `h` sits in a pack not yet durable (it takes that pack's write policy)."""
+        with self._packstate.lock:
+            return h in self._packstate.pending
 
     def _add_to_pack(self, h: str, obj: bytes, length: int, codec: str, policy: Any) -> None:
         """Append one encoded chunk object to the open pack (one pack per write policy); a

@@ -356,3 +356,16 @@ def test_layout_pack_keys_and_their_inverses() -> None:
     assert layout.pack(h).startswith(layout.pack_fanout("ab"))
     for stray in (f"packs/cd/{h}", f"packs/ab/{h}.json", f"packindex/ab/{h}", "packs/ab/xyz"):
         assert layout.pack_id(stray) is None and layout.pack_index_id(stray) is None
+
+
+def test_a_locked_rearchive_extends_the_lock_of_existing_packs(lock_url: str, tmp_path: Path) -> None:
+    src = small_tree(tmp_path / "src", n=15)
+    base = ["--store", lock_url, "archive", str(src), "--name", "m", "--lock-mode", "governance", "--json"]
+    assert run_cli(*base, "--retain-until", "2040-01-01").code == 0
+    (src / "new.txt").write_text("one more small file")
+    r = run_cli(*base, "--retain-until", "2050-01-01")
+    assert r.code == 0, r.err
+    objs = _objects(lock_url)
+    packed = [k for k in objs if k.startswith((layout.PACKS, layout.PACK_INDEXES))]
+    assert len(packed) == 4  # the first pack and index, and the second run's (one new chunk)
+    assert all(_until(objs[k]) == dt.datetime(2050, 1, 1, tzinfo=UTC) for k in packed), packed
