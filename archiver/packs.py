@@ -28,7 +28,7 @@ import blake3
 
 MiB = 1 << 20
 SMALL_OBJECT = 1 * MiB      # a chunk object smaller than this is packed (Settings.pack_below)
-MAX_PACK_BELOW = 8 * MiB    # the largest threshold allowed: a pack must still hold several objects
+MAX_PACK_BELOW = 16 * MiB   # the largest threshold allowed (above every 8 MiB chunk's object: pack them all)
 PACK_TARGET = 16 * MiB      # a pack is closed once it holds this many bytes
 MAX_PACK_BYTES = 64 * MiB   # a reader refuses (unread) a pack or span larger than this
 MAX_INDEX_BYTES = 16 * MiB  # an index of the largest pack is ~1.5 MB (16 MiB of 1-byte chunks is not made)

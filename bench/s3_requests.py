@@ -6,8 +6,9 @@ Two inputs: one safetensors file of --gib GiB (bf16 tensors of random bytes) and
 --files files of 1-16 KiB. For each tool and input, on a fresh bucket of the same moto
 server (its own process on 127.0.0.1): archive, shallow verify, deep verify, restore and an
 unchanged re-archive (restic: backup, check, check --read-data, restore, backup). Requests
-are counted from moto's HTTP request log (one line per request, any method), so both tools
-are counted the same way; CPU seconds are user+sys of the child processes (getrusage), since
+are counted by a counting reverse proxy in front of moto (tests/faultproxy.py, no faults),
+every request of any method, so both tools are counted the same way (moto's own request
+log misses some of restic's GETs, so it is not used); CPU seconds are user+sys of the child processes (getrusage), since
 the machine is shared. Restores are compared byte for byte with their source. Prints one
 table, writes JSON, exits 1 if a command fails or a restore differs."""
 from __future__ import annotations
@@ -17,7 +18,6 @@ import filecmp
 import json
 import os
 import random
-import re
 import resource
 import shutil
 import socket
@@ -31,8 +31,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 GiB = 1 << 30
-REQUEST = re.compile(r'"(GET|PUT|HEAD|POST|DELETE) ')
 PHASES = ("archive", "verify", "verify-deep", "restore", "re-archive")
+PACK_BELOW: int | None = None
 
 
 def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
@@ -55,31 +55,22 @@ def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("moto server did not start within 60 s")
 
 
-def requests_in(log_path: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for line in log_path.read_text(errors="replace").splitlines():
-        m = REQUEST.search(line)
-        if m:
-            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
-    return counts
-
-
 class Counter:
-    """Requests (from the server log) and child CPU seconds of one phase."""
+    """Requests (seen by the counting proxy) and child CPU seconds of one phase."""
 
-    def __init__(self, log_path: Path) -> None:
-        self.log_path = log_path
+    def __init__(self, proxy: object) -> None:
+        self.proxy = proxy
 
     def run(self, cmd: list[str], env: dict[str, str]) -> dict[str, object]:
-        before, ru0 = requests_in(self.log_path), resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.proxy.reset_log()  # type: ignore[attr-defined]
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wall = time.monotonic() - t0
-        time.sleep(0.3)  # let the server flush its log
-        after, ru1 = requests_in(self.log_path), resource.getrusage(resource.RUSAGE_CHILDREN)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[:4])}... failed ({r.returncode}): {r.stderr.strip()[-500:]}")
-        by = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
+        by = self.proxy.by_method()  # type: ignore[attr-defined]
         return {"requests": sum(by.values()), "by_method": {k: v for k, v in sorted(by.items()) if v},
                 "cpu_s": round((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime), 2),
                 "wall_s": round(wall, 2)}
@@ -127,6 +118,7 @@ def same_tree(a: Path, b: Path) -> bool:
 
 def archiver_phases(src: Path, work: Path, endpoint: str, bucket: str, count: Counter) -> dict[str, dict]:
     env = dict(os.environ, ARCHIVER_HOME=str(work / "home"), AWS_ENDPOINT_URL=endpoint,
+               **({"ARCHIVER_PACK_BELOW": str(PACK_BELOW)} if PACK_BELOW is not None else {}),
                AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
                PYTHONPATH=str(ROOT))
     cli = [sys.executable, "-m", "archiver.cli", "--store", f"s3://{bucket}/a"]
@@ -160,36 +152,50 @@ def main() -> int:
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--files", type=int, default=2000)
     ap.add_argument("--out", default=str(HERE / ".work" / "s3_requests.json"))
+    ap.add_argument("--pack-below", type=int, default=None,
+                    help="ARCHIVER_PACK_BELOW for archiver (bytes; default: archiver's own default)")
+    ap.add_argument("--only", choices=("big", "small"), default=None)
     args = ap.parse_args()
+    global PACK_BELOW
+    PACK_BELOW = args.pack_below
     if shutil.which("restic") is None:
         print("restic is not installed (apt-get install restic)")
         return 1
     base = Path(tempfile.mkdtemp(prefix="s3req-", dir=os.environ.get("TMPDIR")))
     log_path = base / "moto.log"
-    proc, endpoint = start_moto(log_path)
+    proc, moto_url = start_moto(log_path)
+    sys.path.insert(0, str(ROOT))
+    from tests.faultproxy import FaultProxy
+    proxy = FaultProxy(moto_url).start()
+    endpoint = proxy.url
     results: dict[str, dict] = {}
     ok = True
     try:
-        (base / "big").mkdir()
-        big = base / "big" / "model.safetensors"
-        make_big(big, int(args.gib * GiB))
-        small = base / "small" / "tree"
-        make_small(small, args.files)
-        inputs = {"big": (big, big.stat().st_size / GiB, "per GiB"), "small": (small, args.files, "per file")}
-        count = Counter(log_path)
+        inputs = {}
+        if args.only in (None, "big"):
+            (base / "big").mkdir()
+            big = base / "big" / "model.safetensors"
+            make_big(big, int(args.gib * GiB))
+            inputs["big"] = (big, big.stat().st_size / GiB, "per GiB")
+        if args.only in (None, "small"):
+            small = base / "small" / "tree"
+            make_small(small, args.files)
+            inputs["small"] = (small, args.files, "per file")
+        count = Counter(proxy)
         for name, (src, scale, unit) in inputs.items():
             for tool, phases in (("archiver", archiver_phases), ("restic", restic_phases)):
                 bucket = f"bench-{tool}-{name}"
-                make_bucket(endpoint, bucket)
+                make_bucket(moto_url, bucket)
                 work = base / f"{tool}-{name}"
                 work.mkdir()
-                got = phases(src if name == "big" or tool == "restic" else src, work, endpoint, bucket, count)
+                got = phases(src, work, endpoint, bucket, count)
                 for ph in got.values():
                     ph["per_unit"] = round(ph["requests"] / scale, 3)
                 ok &= bool(got["restore"].get("identical"))
                 results[f"{tool}/{name}"] = {"unit": unit, "scale": scale, "phases": got}
                 shutil.rmtree(work, ignore_errors=True)
     finally:
+        proxy.stop()
         proc.terminate()
         try:
             proc.wait(timeout=10)
@@ -198,9 +204,10 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
-    print(f"S3 requests on moto ({args.gib:g} GiB safetensors; {args.files} files of 1-16 KiB); "
+    print(f"S3 requests on moto ({args.gib:g} GiB safetensors; {args.files} files of 1-16 KiB; "
+          f"ARCHIVER_PACK_BELOW={PACK_BELOW if PACK_BELOW is not None else 'default'}); "
           f"cells: requests per unit (total requests, CPU s)")
-    for name in ("big", "small"):
+    for name in inputs:
         a, r = results[f"archiver/{name}"], results[f"restic/{name}"]
         print(f"\n{name} ({a['unit']}) | archiver | restic | ratio | target")
         for ph in PHASES:
