@@ -196,6 +196,7 @@ class PackState:
     store_map: dict[str, list[PackLocation]] | None = None
     spans: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (pack, start) -> bytes of a planned span
     plan: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # pack -> planned spans (start, end)
+    thawed: set[str] = field(default_factory=set)  # objects whose thaw this process requested
 
     def __post_init__(self) -> None:
         self.idle = threading.Condition(self.lock)

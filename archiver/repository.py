@@ -1231,7 +1231,12 @@ class Repository:
 
 
     def request_thaw(self, h: str, days: int, tier: str) -> None:
-        self._store.request_thaw(self._chunk_key(h), days, tier)  # type: ignore[attr-defined]
+        key = self._chunk_key(h)
+        with self._packstate.lock:  # many chunks share a pack: ask for each object's thaw once
+            if key in self._packstate.thawed:
+                return
+            self._packstate.thawed.add(key)
+        self._store.request_thaw(key, days, tier)  # type: ignore[attr-defined]
 
     # -- retirement package: search and export (issue 11) ---------------------------------------
     def manifest_fields(self, mid: str) -> list[tuple[str, str]]:

@@ -369,3 +369,19 @@ def test_a_locked_rearchive_extends_the_lock_of_existing_packs(lock_url: str, tm
     packed = [k for k in objs if k.startswith((layout.PACKS, layout.PACK_INDEXES))]
     assert len(packed) == 4  # the first pack and index, and the second run's (one new chunk)
     assert all(_until(objs[k]) == dt.datetime(2050, 1, 1, tzinfo=UTC) for k in packed), packed
+
+
+def test_a_cold_pack_is_thawed_once_for_all_its_chunks(s3_mock_url: str, tmp_path: Path, home: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from archiver.stores.s3 import S3Store
+    src = small_tree(tmp_path / "src", n=25)
+    r = run_cli("--store", s3_mock_url, "archive", str(src), "--name", "m", "--storage-class", "GLACIER", "--json")
+    assert r.code == 0, r.err
+    assert run_cli("--store", s3_mock_url, "restore", "m", str(tmp_path / "out")).code == 2  # cold: refused
+    asked: list[str] = []
+    real = S3Store.request_thaw
+    monkeypatch.setattr(S3Store, "request_thaw", lambda self, key, days, tier: (asked.append(key),
+                                                                              real(self, key, days, tier))[1])
+    r = run_cli("--store", s3_mock_url, "restore", "m", str(tmp_path / "out"), "--thaw", "--no-wait", "--json")
+    assert r.code == 0, r.err
+    assert asked == keys(s3_mock_url, layout.PACKS) and len(asked) == 1  # one pack, asked once for 25 chunks
