@@ -557,23 +557,12 @@ class Repository:
         return self.chunk_presence(hashes)[0]
 
     def _own_chunk_sizes(self, hashes: Iterable[str]) -> dict[str, int]:
-        """Stored size of each chunk held under its own key: one LIST per 2-hex prefix
-        (pages of 1000 keys on S3), or one HEAD per chunk when that is fewer requests."""
+        """Stored size of each chunk held under its own key, by the fewest requests: one
+        HEAD per chunk, a LIST of each 2-hex prefix they lie under, or one LIST of all
+        chunks (see `_listing`)."""
         hashes = list(hashes)
-        if not self._list_is_cheaper([layout.chunk(h) for h in hashes]):
-            return {h: info.size for h, info in zip(hashes, self._stat_many([layout.chunk(h) for h in hashes]))
-                    if info is not None}
-        by_prefix: dict[str, set[str]] = defaultdict(set)
-        for h in hashes:
-            by_prefix[h[:2]].add(h)
-        sizes: dict[str, int] = {}
-        for prefix in sorted(by_prefix):
-            wanted = by_prefix[prefix]
-            for info in self._store.list(layout.chunk_fanout(prefix)):
-                h = layout.chunk_hash(info.key)
-                if h in wanted:
-                    sizes[h] = info.size
-        return sizes
+        found = self._listing([layout.chunk(h) for h in hashes])
+        return {h: found[layout.chunk(h)].size for h in hashes if layout.chunk(h) in found}
 
     def chunks_by_staleness(self, hashes: Iterable[str]) -> list[str]:
         return self._catalog.chunks_by_staleness(hashes)
@@ -1185,44 +1174,17 @@ class Repository:
 
     def chunk_classes(self, hashes: Iterable[str]) -> dict[str, str]:
         """Storage class of each of `hashes` held in a class other than STANDARD (a packed
-        chunk: its pack's): from LIST pages of the prefixes they lie under, or one HEAD per
-        object when that is fewer requests."""
+        chunk: its pack's), by the fewest requests (see `_listing`)."""
         hashes = list(dict.fromkeys(hashes))
         located = self._pack_locations_many(hashes)
         where = {h: layout.pack(located[h][0].pack) if h in located else layout.chunk(h) for h in hashes}
         objs = sorted(set(where.values()))
-        if located or not self._list_is_cheaper(objs):
-            classes = self._classes_of(objs, not self._list_is_cheaper(objs))
-            return {h: classes[k] for h, k in where.items() if classes.get(k)}
-        return self._own_chunk_classes(hashes)
+        classes = self._classes_of(objs)
+        return {h: classes[k] for h, k in where.items() if classes.get(k)}
 
-    def _classes_of(self, keys: list[str], by_head: bool) -> dict[str, str | None]:
-        state = getattr(self._store, "object_state", None)
-        if by_head and state is not None:
-            out: dict[str, str | None] = {}
-            for k in keys:
-                st = state(k)
-                out[k] = st.storage_class if st is not None and st.storage_class != "STANDARD" else None
-            return out
-        wanted, out = set(keys), {}
-        for prefix in sorted({k.rsplit("/", 1)[0] + "/" for k in keys}):
-            for info in self._store.list(prefix):
-                if info.key in wanted:
-                    out[info.key] = info.storage_class
-        return out
-
-    def _own_chunk_classes(self, hashes: Iterable[str]) -> dict[str, str]:
-        by_prefix: dict[str, set[str]] = defaultdict(set)
-        for h in hashes:
-            by_prefix[h[:2]].add(h)
-        out: dict[str, str] = {}
-        for prefix in sorted(by_prefix):
-            for info in self._store.list(layout.chunk_fanout(prefix)):
-                h = layout.chunk_hash(info.key)
-                if h in by_prefix[prefix] and info.storage_class:
-                    out[h] = info.storage_class
-        return out
-
+    def _classes_of(self, keys: list[str]) -> dict[str, str | None]:
+        found = self._listing(keys, need_class=True)
+        return {k: found[k].storage_class for k in keys if k in found}
 
     def chunk_state(self, h: str) -> ObjectState | None:
         """HEAD of one chunk: class, lock, thaw state (None on a store without it, or if absent)."""
@@ -1600,28 +1562,42 @@ class Repository:
         return sizes, notes
 
     def _present(self, keys: list[str]) -> list[ObjectInfo | None]:
-        """stat of each key: HEADs, or LISTs of the prefixes they lie under when fewer."""
+        """stat of each key, by the fewest requests (see `_listing`)."""
+        found = self._listing(keys)
+        return [found.get(k) for k in keys]
+
+    def _listing(self, keys: list[str], need_class: bool = False) -> dict[str, ObjectInfo]:
+        """The objects among `keys` the store holds, by whichever costs the fewest requests:
+        one HEAD per key (grows with the archive), a LIST of each 2-hex prefix they lie
+        under, or one LIST of each top-level kind (chunks/, packs/, packindex/); a LIST costs
+        a page per 1000 objects, estimated from the catalog's counts."""
+        if not keys:
+            return {}
+        chunks, npacks = self._catalog.object_counts()
+
+        def held(prefix: str) -> int:
+            return npacks if prefix.startswith((layout.PACKS, layout.PACK_INDEXES)) else chunks
         prefixes = sorted({k.rsplit("/", 1)[0] + "/" for k in keys})
-        if not self._list_is_cheaper(keys):
-            return self._stat_many(keys)
-        found: dict[str, ObjectInfo] = {}
+        roots = sorted({k.split("/", 1)[0] + "/" for k in keys})
+        by_prefix = sum(max(1, math.ceil(held(p) / 256 / 1000)) for p in prefixes)
+        by_root = sum(max(1, math.ceil(held(r) / 1000)) for r in roots)
         wanted = set(keys)
-        for prefix in prefixes:
+        if len(keys) < min(by_prefix, by_root):
+            state = getattr(self._store, "object_state", None) if need_class else None
+            if state is not None:
+                out: dict[str, ObjectInfo] = {}
+                for k in keys:
+                    st = state(k)
+                    if st is not None:
+                        out[k] = ObjectInfo(k, st.size, st.storage_class if st.storage_class != "STANDARD" else None)
+                return out
+            return {k: info for k, info in zip(keys, self._stat_many(keys)) if info is not None}
+        found: dict[str, ObjectInfo] = {}
+        for prefix in (roots if by_root <= by_prefix else prefixes):
             for info in self._store.list(prefix):
                 if info.key in wanted:
                     found[info.key] = info
-        return [found.get(k) for k in keys]
-
-    def _list_is_cheaper(self, keys: list[str]) -> bool:
-        """Whether LISTing the 2-hex prefixes `keys` lie under takes no more requests than one
-        HEAD per key: each prefix costs a page per 1000 objects the store holds under it,
-        estimated from the catalog's counts (spread evenly over the 256 prefixes)."""
-        chunks, npacks = self._catalog.object_counts()
-        pages = 0
-        for prefix in {k.rsplit("/", 1)[0] + "/" for k in keys}:
-            held = npacks if prefix.startswith((layout.PACKS, layout.PACK_INDEXES)) else chunks
-            pages += max(1, math.ceil(held / 256 / 1000))
-        return pages <= len(keys)
+        return found
 
     def _stat_many(self, keys: list[str]) -> list[ObjectInfo | None]:
         if len(keys) <= 1:
