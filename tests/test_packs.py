@@ -385,3 +385,16 @@ def test_a_cold_pack_is_thawed_once_for_all_its_chunks(s3_mock_url: str, tmp_pat
     r = run_cli("--store", s3_mock_url, "restore", "m", str(tmp_path / "out"), "--thaw", "--no-wait", "--json")
     assert r.code == 0, r.err
     assert asked == keys(s3_mock_url, layout.PACKS) and len(asked) == 1  # one pack, asked once for 25 chunks
+
+
+def test_pack_threshold_setting_is_checked() -> None:
+    from archiver.errors import InvalidOptionError
+    from archiver.settings import Settings
+    assert Settings.resolve(env={"ARCHIVER_HOME": "/tmp/h"}).pack_below == packs.SMALL_OBJECT
+    assert Settings.resolve(env={"ARCHIVER_HOME": "/tmp/h", "ARCHIVER_PACK_BELOW": "0"}).pack_below == 0
+    s = Settings.resolve(env={"ARCHIVER_HOME": "/tmp/h", "ARCHIVER_PACK_BELOW": "9437184"})
+    assert s.pack_below == 9437184 and s.for_copy("/tmp/copy").pack_below == 9437184  # a copy packs alike
+    for bad in ("-1", "1e6", "x", str(packs.MAX_PACK_BELOW + 1)):
+        with pytest.raises(InvalidOptionError) as e:
+            Settings.resolve(env={"ARCHIVER_HOME": "/tmp/h", "ARCHIVER_PACK_BELOW": bad})
+        assert e.value.option == "pack_below" and "ARCHIVER_PACK_BELOW" in str(e.value)
