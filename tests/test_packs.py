@@ -16,7 +16,7 @@ from archiver.api import open_repository
 from archiver.packs import PackBuilder, PackFormatError, parse_index, plan_spans
 from manifests.model import parse_manifest
 from tests.helpers import RawStore, make_checkpoint, run_cli, tree
-from tests.test_retention import _client, _objects, _until, lock_url  # noqa: F401 - lock_url is a fixture
+from tests.test_retention import _objects, _until, lock_url  # noqa: F401 - lock_url is a fixture
 
 UTC = dt.timezone.utc
 
