@@ -31,6 +31,7 @@ bench: $(STAMP)
 
 bench-scaling: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/scaling.py
+	$(BIN)/python bench/s3_requests.py
 
 bench-replicate: $(STAMP)
 	$(BIN)/python bench/replicate_bench.py

@@ -134,6 +134,7 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
         progress.finish()
     elif deep:
         progress.start("verify", sum(m.total_size for m in manifests.values()))
+        repo.plan_reads(u[0].ref for u in uses.values())  # packed chunks: one read per span of a pack
         with ThreadPoolExecutor(nworkers, thread_name_prefix="verify") as pool:
             for mid, m in manifests.items():
                 for e in m.files:
@@ -240,12 +241,14 @@ def _uses_by_hash(manifests: dict[str, Manifest]) -> dict[str, list[ChunkUse]]:
 
 def _shallow(repo: Repository, uses: dict[str, list[ChunkUse]], report: VerifyReport) -> None:
     """Every chunk present with its recorded stored size, from LIST pages."""
-    sizes = repo.chunk_sizes(uses)
+    sizes, pack_notes = repo.chunk_presence(uses)
     for h in sorted(uses):
         report.chunks_checked += 1
         got = sizes.get(h)
         for use in uses[h]:
-            if got is None:
+            if got is None and h in pack_notes:  # a packed chunk: name its pack and what is wrong
+                report.add(use.problem(f"chunk {h} is not readable: {pack_notes[h]}", "missing-chunk"))
+            elif got is None:
                 report.add(use.problem("chunk object is missing from the store", "missing-chunk"))
             elif got != use.ref.stored_size:
                 report.add(use.problem(f"stored size {got} != recorded {use.ref.stored_size}",

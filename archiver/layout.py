@@ -10,6 +10,8 @@
     quarantine/<key>                    local stores: damaged objects moved aside by repair
     _probe/<random>/object              scratch objects of `store check` (never read as data)
     retention/<id>/<digest>.json        the write policy (Object Lock, storage class) of an archive
+    packs/<p[0:2]>/<p>                  pack: small chunk objects concatenated; p = BLAKE3 of the pack
+    packindex/<i[0:2]>/<i>.json         which chunk lies at which byte range of one pack; i = BLAKE3
 
 Fan-out by the first two hex digits keeps directories small on local stores and gives
 shallow verify one LIST per prefix on S3."""
@@ -165,3 +167,32 @@ def audit_id(key: str) -> str | None:
     name = key[len(AUDITS):] if key.startswith(AUDITS) else ""
     mid = name[:-5] if name.endswith(".json") else ""
     return mid if _HEX64.match(mid) else None
+# -- packs (archiver.packs): small chunk objects stored together, found through pack indexes -----
+PACKS = "packs/"
+PACK_INDEXES = "packindex/"
+
+
+def pack(p: str) -> str:
+    return f"{PACKS}{p[:2]}/{p}"
+
+
+def pack_id(key: str) -> str | None:
+    """The id a pack key names, or None for any other key."""
+    p = key.rsplit("/", 1)[-1]
+    return p if key == pack(p) and _HEX64.match(p) else None
+
+
+def pack_fanout(prefix2: str) -> str:
+    """The LIST prefix holding every pack whose id starts with `prefix2`."""
+    return f"{PACKS}{prefix2}/"
+
+
+def pack_index(i: str) -> str:
+    return f"{PACK_INDEXES}{i[:2]}/{i}.json"
+
+
+def pack_index_id(key: str) -> str | None:
+    """The id a pack-index key names, or None for any other key."""
+    name = key.rsplit("/", 1)[-1]
+    i = name[:-5] if name.endswith(".json") else ""
+    return i if _HEX64.match(i) and key == pack_index(i) else None

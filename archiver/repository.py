@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import secrets
 import threading
@@ -23,18 +24,19 @@ from typing import Any, Iterable, Iterator
 
 import blake3
 
-from archiver import events, layout, sealing
+from archiver import events, layout, packs, sealing
 from archiver.codecs import Codec, Encoded, describe, max_object_size
 from archiver.digests import FileDigest
 from archiver.errors import (ArchiverError, CatalogLockedError, CatalogReadOnlyError, CorruptChunkError,
                              FileHashError, IdentityError, IntegrityError, ManifestError,
                              NotFoundError, ObjectMissingError, StoreError, InvalidOptionError, UsageError, translated)
 from archiver.events import Event, EventRecord
+from archiver.packs import PackLocation, PackState
 from archiver.parallel import ordered_map
 from archiver.problems import Outcome, Problem
 from archiver.settings import Settings
 from archiver.stores import Store, open_store
-from archiver.stores.base import ObjectColdError, ObjectState, ObjectTooLargeError, ObjectVersion
+from archiver.stores.base import ObjectColdError, ObjectInfo, ObjectState, ObjectTooLargeError, ObjectVersion
 from archiver.urls import normalise_endpoint
 from manifests.catalog import AuditRow, Catalog, Chain, ManifestRow, check_recordable
 from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
@@ -102,6 +104,7 @@ class RebuildResult(Outcome):
     manifests: int = 0
     problems: list[Problem] = field(default_factory=list)
     events: int = 0  # store events replayed into the catalog (audit rows, chunk check times)
+    packs: int = 0  # pack indexes read from the store and recorded in the catalog
 
 
 @dataclass
@@ -127,7 +130,8 @@ class EventLog:
 class Repository:
     settings: Settings | None = None  # what it was opened from (Repository.open): workers reopen the store with it
 
-    def __init__(self, store: Store, catalog: Catalog, codec: Codec | None = None, sealer: Any = None) -> None:
+    def __init__(self, store: Store, catalog: Catalog, codec: Codec | None = None, sealer: Any = None, *,
+                 pack_below: int | None = None) -> None:
         self._sealer = sealer  # archiver.sealing.Sealer for a sealed store (format version 2), else None
         self._sealed_objects: dict[str, tuple[int, str, str]] = {}  # key -> (size, ciphertext BLAKE3, kid) this run
         self._store = store
@@ -136,6 +140,10 @@ class Repository:
         self._event_lock = threading.Lock()  # one append at a time per process (repairs run on workers)
         self._writer: str | None = None
         self._heads: dict[str, tuple[int, str]] = {}  # writer -> (seq, hash) of its newest event
+        self._packstate = PackState()  # the open pack, packs in flight, proved packs (archiver.packs)
+        self._pack_below = packs.SMALL_OBJECT if pack_below is None else pack_below  # 0: never pack
+        if sealer is not None:  # sealed: every object is sealed on its own and listed by its companion
+            self._pack_below = 0
 
     @classmethod
     def open(cls, settings: Settings | None = None, *, create: bool = False, read_only: bool = False,
@@ -152,7 +160,8 @@ class Repository:
         endpoint = s.endpoint or normalise_endpoint(getattr(st, "endpoint", None))
         sealer = cls._sealer_for(st, s)
         with translated():
-            repo = cls(st, Catalog(s.catalog_path, s.store_url, endpoint=endpoint, read_only=read_only), sealer=sealer)
+            repo = cls(st, Catalog(s.catalog_path, s.store_url, endpoint=endpoint, read_only=read_only), sealer=sealer,
+                       pack_below=s.pack_below)
         repo.settings = s
         return repo
 
@@ -160,9 +169,11 @@ class Repository:
     def store_only(cls, settings: Settings, *, policy: Any = None) -> "Repository":
         """The store without a catalog, for a worker of a distributed run (archiver.fanout):
         the driver is the one catalog writer. Chunks are always proved (no catalog to
-        trust a recent verify from); a repair's event starts a chain of its own."""
+        trust a recent verify from); a repair's event starts a chain of its own. A worker
+        writes each chunk under its own key (no packs): a pack left open in a worker process
+        between tasks would name chunks that are not yet durable when the driver commits."""
         st = open_store(settings.store_url, create=False, s3_options=settings.s3, policy=policy)
-        repo = cls(st, None)  # type: ignore[arg-type]
+        repo = cls(st, None, pack_below=0)  # type: ignore[arg-type]
         repo.settings = settings
         return repo
 
@@ -437,6 +448,7 @@ class Repository:
         with translated():
             if parse_manifest(data, expected_id=mid).to_dict() != m.to_dict():
                 raise ManifestError("malformed manifest: it does not read back as the manifest given")
+        self.flush_packs()  # every pack holding a chunk it names is durable before the manifest
         key = layout.manifest(mid)
         hot = policy.for_metadata() if policy is not None else None
         if self._sealer is not None:
@@ -531,8 +543,8 @@ class Repository:
         retention extended to at least the policy's (never shortened)."""
         saved = self._save_chunk(h, data, width, trust_verified_within, policy) if self._sealer is None else \
             self._save_sealed_chunk(h, data, width, policy)
-        if policy is not None and policy.locked and (not saved.written or saved.repaired):
-            self._ensure_lock(self._stored_chunk_key(h), policy)
+        if policy is not None and policy.locked and (not saved.written or saved.repaired) and not self._pending(h):
+            self.lock_existing_chunk(h, policy)  # its own object (sealed: at its address), or its pack and index
         return saved
 
     def _save_chunk(self, h: str, data: bytes | memoryview, width: int,
@@ -547,6 +559,9 @@ class Repository:
         builds on rot. With `trust_verified_within` (seconds), a chunk that a deep verify
         found intact that recently, and whose stored size is still the recorded one, is
         trusted without being read."""
+        fast = self._save_fast(h, data, width, policy)  # packs, and a PUT without a read first
+        if fast is not None:
+            return fast
         key = layout.chunk(h)
         if trust_verified_within is not None:
             trusted = self._recently_verified(h, key, trust_verified_within)
@@ -667,15 +682,27 @@ class Repository:
         ObjectMissingError; never returns bytes that do not hash to `ref.hash`."""
         if self._sealer is not None:
             return self._read_sealed_chunk(ref)
+        packed = self._packed_read(ref)
+        if packed is not None:
+            return packed[1]
         obj = self._get_chunk(ref.hash, ref.stored_size)  # never more than the manifest says
         if len(obj) != ref.stored_size:
             raise CorruptChunkError(ref.hash, f"stored size {len(obj)} != recorded {ref.stored_size}")
         return self._decode_checked(obj, ref.hash, ref.length)
 
     def _get_chunk(self, h: str, max_size: int) -> bytes:
-        """A chunk object's bytes, refused unread if larger than `max_size`."""
+        """A chunk object's bytes, refused unread if larger than `max_size`. A chunk not under
+        its own key may be in a pack this catalog has not recorded: the store's indexes say."""
         try:
             return self._store.get(layout.chunk(h), max_size=max_size)
+        except ObjectMissingError:
+            locs = self._store_pack_map().get(h)
+            if not locs:
+                raise
+            if locs[0].stored_size > max_size:
+                raise CorruptChunkError(h, f"{locs[0].where()}: {locs[0].stored_size} stored bytes, more than the "
+                                           f"{max_size} expected") from None
+            return self._pack_range(locs[0])
         except ObjectTooLargeError as e:
             raise CorruptChunkError(h, f"stored size {e.size} is more than the {max_size} expected") from None
 
@@ -715,21 +742,19 @@ class Repository:
             raise FileHashError(e.path)
 
     def chunk_sizes(self, hashes: Iterable[str]) -> dict[str, int]:
-        """Stored size of each of `hashes` that the store holds: one LIST per 2-hex prefix
-        (pages of 1000 keys on S3), not one request per chunk."""
+        """Stored size of each of `hashes` that the store holds (in its own object, or in a
+        pack that exists with the size its index records): see `chunk_presence`."""
         if self._sealer is not None:
             return self._sealed_chunk_sizes(hashes)
-        by_prefix: dict[str, set[str]] = defaultdict(set)
-        for h in hashes:
-            by_prefix[h[:2]].add(h)
-        sizes: dict[str, int] = {}
-        for prefix in sorted(by_prefix):
-            wanted = by_prefix[prefix]
-            for info in self._store.list(layout.chunk_fanout(prefix)):
-                h = layout.chunk_hash(info.key)
-                if h in wanted:
-                    sizes[h] = info.size
-        return sizes
+        return self.chunk_presence(hashes)[0]
+
+    def _own_chunk_sizes(self, hashes: Iterable[str]) -> dict[str, int]:
+        """Stored size of each chunk held under its own key, by the fewest requests: one
+        HEAD per chunk, a LIST of each 2-hex prefix they lie under, or one LIST of all
+        chunks (see `_listing`)."""
+        hashes = list(hashes)
+        found = self._listing([layout.chunk(h) for h in hashes])
+        return {h: found[layout.chunk(h)].size for h in hashes if layout.chunk(h) in found}
 
     def chunks_by_staleness(self, hashes: Iterable[str]) -> list[str]:
         return self._catalog.chunks_by_staleness(hashes)
@@ -780,6 +805,7 @@ class Repository:
                 batch, size = [], 0
         self._record_batch(batch, result, ingested)
         self._replay_events(log.records, result)
+        self._rebuild_packs(result)
         with translated():
             self._catalog.audit("rebuild", None, result.ok, {
                 "manifests": result.manifests, "added": len(result.added), "problems": len(result.problems),
@@ -1062,6 +1088,9 @@ class Repository:
         decoded and its bytes re-hashed to `ref.hash` (so the same object bytes, and the
         manifest's stored size, are valid in another store). Raises CorruptChunkError or
         ObjectMissingError."""
+        packed = self._packed_read(ref)
+        if packed is not None:
+            return packed[0]
         obj = self._get_chunk(ref.hash, ref.stored_size)
         if len(obj) != ref.stored_size:
             raise CorruptChunkError(ref.hash, f"stored size {len(obj)} != recorded {ref.stored_size}")
@@ -1072,18 +1101,33 @@ class Repository:
         """Store a proved chunk object (from `chunk_object` of another store); True if
         written now. If the key is taken (a concurrent writer, or a PUT whose response was
         lost), what it holds must be these exact bytes, else IntegrityError. With a write
-        `policy` the object is locked (an existing one's lock extended, never shortened)."""
+        `policy` the object is locked (an existing one's lock extended, never shortened).
+        A small object goes into a pack, durable once `flush_packs` (or the manifest's
+        `put_manifest_object`) returns."""
+        if packs.is_small(len(obj), self._pack_below):
+            self._add_to_pack(ref.hash, obj, ref.length, describe(obj), policy)
+            return True
         return self._put_exact(layout.chunk(ref.hash), obj, f"chunk {ref.hash}", policy)
 
     def put_manifest_object(self, mid: str, data: bytes, policy: Any = None) -> bool:
         """Store a manifest object whose bytes hash to `mid`; True if written now."""
         if manifest_id(data) != mid:
             raise ManifestError(f"bytes given for manifest {mid} do not hash to its id")
+        self.flush_packs()  # the packs holding its chunks first
         return self._put_exact(layout.manifest(mid), data, f"manifest {mid}", policy)
 
     def lock_existing_chunk(self, h: str, policy: Any) -> None:
-        """Extend the lock of a chunk the store already holds to at least `policy`'s."""
-        self._ensure_lock(self._stored_chunk_key(h), policy)
+        """Extend the lock of a chunk the store already holds to at least `policy`'s (for a
+        packed chunk: its pack, and its index like metadata)."""
+        if self._sealer is not None:
+            self._ensure_lock(self._stored_chunk_key(h), policy)
+            return
+        locs = self._pack_locations(h)
+        if not locs:
+            self._ensure_lock(layout.chunk(h), policy)
+        for loc in locs:
+            self._ensure_lock(layout.pack(loc.pack), policy)
+            self._ensure_lock(layout.pack_index(loc.index_id), policy.for_metadata())
 
     def signature_objects(self, mid: str) -> tuple[list[tuple[str, bytes]], list[str]]:
         """([(fingerprint, bytes)] of every valid signature of `mid`, [why each other one
@@ -1143,6 +1187,9 @@ class Repository:
             except CorruptChunkError as e:
                 return e.reason
             return None
+        locs = self._pack_locations(ref.hash) or self._store_pack_map().get(ref.hash, [])
+        if locs:
+            return self._heal_packed(ref, obj, locs)
         return self._heal(layout.chunk(ref.hash), obj, damage)
 
     def heal_manifest(self, mid: str, data: bytes) -> str:
@@ -1301,7 +1348,11 @@ class Repository:
     def archive_keys(self, mid: str, m: Manifest) -> list[str]:
         """Every object an archive consists of: its chunks, its manifest, its signatures and its
         retention records."""
-        keys = [self._stored_chunk_key(h) for h in sorted(m.unique_chunks())]
+        hashes = sorted(m.unique_chunks())
+        located = {} if self._sealer is not None else self._pack_locations_many(hashes)
+        keys = [self._stored_chunk_key(h) for h in hashes if h not in located]
+        keys += sorted({layout.pack(loc.pack) for locs in located.values() for loc in locs})
+        keys += sorted({layout.pack_index(loc.index_id) for locs in located.values() for loc in locs})
         keys += sorted({layout.filemap(e.filemap) for e in m.files if e.filemap})
         keys.append(layout.manifest(mid))
         if self._sealer is not None:  # its companion and the key objects of the runs it names
@@ -1366,28 +1417,32 @@ class Repository:
 
 
     def chunk_classes(self, hashes: Iterable[str]) -> dict[str, str]:
-        """Storage class of each of `hashes` held in a class other than STANDARD, from LIST pages."""
-        named = {layout.chunk_hash(self._stored_chunk_key(h)): h for h in hashes}  # stored name -> hash
-        by_prefix: dict[str, set[str]] = defaultdict(set)
-        for n in named:
-            by_prefix[n[:2]].add(n)  # type: ignore[index]
-        out: dict[str, str] = {}
-        for prefix in sorted(by_prefix):
-            for info in self._store.list(layout.chunk_fanout(prefix)):
-                n = layout.chunk_hash(info.key)
-                if n in by_prefix[prefix] and info.storage_class:
-                    out[named[n]] = info.storage_class
-        return out
+        """Storage class of each of `hashes` held in a class other than STANDARD (a packed
+        chunk: its pack's), by the fewest requests (see `_listing`)."""
+        hashes = list(dict.fromkeys(hashes))
+        located = {} if self._sealer is not None else self._pack_locations_many(hashes)
+        where = {h: layout.pack(located[h][0].pack) if h in located else self._stored_chunk_key(h) for h in hashes}
+        objs = sorted(set(where.values()))
+        classes = self._classes_of(objs)
+        return {h: classes[k] for h, k in where.items() if classes.get(k)}
 
+    def _classes_of(self, keys: list[str]) -> dict[str, str | None]:
+        found = self._listing(keys, need_class=True)
+        return {k: found[k].storage_class for k in keys if k in found}
 
     def chunk_state(self, h: str) -> ObjectState | None:
         """HEAD of one chunk: class, lock, thaw state (None on a store without it, or if absent)."""
         state = getattr(self._store, "object_state", None)
-        return state(self._stored_chunk_key(h)) if state is not None else None
+        return state(self._chunk_key(h)) if state is not None else None
 
 
     def request_thaw(self, h: str, days: int, tier: str) -> None:
-        self._store.request_thaw(self._stored_chunk_key(h), days, tier)  # type: ignore[attr-defined]
+        key = self._chunk_key(h)
+        with self._packstate.lock:  # many chunks share a pack: ask for each object's thaw once
+            if key in self._packstate.thawed:
+                return
+            self._packstate.thawed.add(key)
+        self._store.request_thaw(key, days, tier)  # type: ignore[attr-defined]
 
     # -- retirement package: search and export (issue 11) ---------------------------------------
     def manifest_fields(self, mid: str) -> list[tuple[str, str]]:
@@ -1510,9 +1565,9 @@ class Repository:
 
     def _stored_chunk_key(self, h: str) -> str:
         """The key chunk `h` is stored under: its hash, or in a sealed store its keyed address."""
-        return layout.chunk(h) if self._sealer is None else self._chunk_key(h)
+        return layout.chunk(h) if self._sealer is None else self._sealed_chunk_key(h)
 
-    def _chunk_key(self, h: str) -> str:
+    def _sealed_chunk_key(self, h: str) -> str:
         assert self._sealer is not None
         return layout.chunk(sealing.address(self._sealer.need_address_key(), h))
 
@@ -1525,7 +1580,7 @@ class Repository:
         (another run's, on a write-only host) by its prefix and exact sealed size; its
         ciphertext hash goes into this archive's companion either way."""
         self._start_run()
-        key = self._chunk_key(h)
+        key = self._sealed_chunk_key(h)
         enc = self._codec.encode(data, width)
         want = sealing.sealed_size(len(enc.data))
         for _ in range(self.SAVE_ROUNDS):
@@ -1554,7 +1609,7 @@ class Repository:
     def _read_sealed_chunk(self, ref: ChunkRef) -> bytes:
         want = sealing.sealed_size(ref.stored_size)
         try:
-            obj = self._store.get(self._chunk_key(ref.hash), max_size=want)
+            obj = self._store.get(self._sealed_chunk_key(ref.hash), max_size=want)
         except ObjectTooLargeError as e:
             raise CorruptChunkError(ref.hash, f"stored size {e.size} is more than the {want} expected") from None
         if len(obj) != want:
@@ -1601,7 +1656,7 @@ class Repository:
             self._note_sealed(key, self._store.get(key, max_size=sealing.sealed_size(len(data))))
         objects = []
         for h in sorted(m.unique_chunks()):
-            ck = self._chunk_key(h)
+            ck = self._sealed_chunk_key(h)
             if ck not in self._sealed_objects:
                 self._note_sealed(ck, self._store.get(ck, max_size=sealing.sealed_size(max_object_size(32 << 20))))
             objects.append([ck, *self._sealed_objects[ck]])
@@ -1770,6 +1825,439 @@ class Repository:
                 return f"stored size {len(stored)} != listed {size}"
             return None if blake3.blake3(stored).hexdigest() == b3 else "ciphertext BLAKE3 differs"
         return self._heal(key, data, damage)
+
+
+    # -- packs: small chunk objects stored together (archiver.packs) -----------------------------
+    # Read requests joined into one when the bytes between two planned ranges are fewer than this.
+    SPAN_GAP = 256 << 10
+    # Spans and small objects fetched at once by a planned read (restore, deep verify).
+    SPAN_LIMIT = packs.PACK_TARGET + packs.SMALL_OBJECT
+
+    def _save_fast(self, h: str, data: bytes | memoryview, width: int, policy: Any) -> SavedChunk | None:
+        """The paths that need no read before a write: a chunk already in a pack (proved by
+        one whole read of that pack per process), a new small chunk (into the open pack), a
+        new large chunk (one conditional PUT: If-None-Match makes it safe, so no HEAD or GET
+        first). None: the chunk is held under its own key (or the PUT found the key taken),
+        and the read -> prove -> write loop decides."""
+        ps = self._packstate
+        with ps.lock:
+            pending = ps.pending.get(h)
+        if pending is not None:
+            return SavedChunk(pending[0], pending[1], False)
+        locs = self._pack_locations(h)
+        for loc in locs:
+            codec = self._proved_in_pack(loc).get(h)
+            if codec is not None:
+                return SavedChunk(loc.stored_size, codec, False)
+        if not locs and self._catalog.known_chunk(h) is not None:
+            return None  # held under its own key (a large chunk, or stored before packs): prove it
+        enc = self._codec.encode(data, width)
+        if packs.is_small(len(enc.data), self._pack_below):
+            self._add_to_pack(h, enc.data, len(data), enc.codec, policy)
+            return SavedChunk(len(enc.data), enc.codec, True, repaired=bool(locs))
+        if self._put(layout.chunk(h), enc.data, policy):
+            return SavedChunk(len(enc.data), enc.codec, True)
+        return None  # the key is taken: prove what it holds
+
+    def _pending(self, h: str) -> bool:
+        """Whether `h` sits in a pack not yet durable (it takes that pack's write policy)."""
+        with self._packstate.lock:
+            return h in self._packstate.pending
+
+    def _add_to_pack(self, h: str, obj: bytes, length: int, codec: str, policy: Any) -> None:
+        """Append one encoded chunk object to the open pack (one pack per write policy); a
+        full pack is written now, by this worker."""
+        ps = self._packstate
+        todo = []
+        with ps.lock:
+            if h in ps.pending:
+                return
+            if ps.open is not None and ps.open_policy is not policy:
+                todo.append((ps.open, ps.open_policy))
+                ps.open = None
+            if ps.open is None:
+                ps.open, ps.open_policy = packs.PackBuilder(), policy
+            ps.open.add(h, obj, length)
+            ps.pending[h] = (len(obj), codec)
+            if ps.open.full:
+                todo.append((ps.open, policy))
+                ps.open = None
+            ps.in_flight += len(todo)
+        for builder, pol in todo:
+            self._write_pack_guarded(builder, pol)
+
+    def _write_pack_guarded(self, builder: packs.PackBuilder, policy: Any) -> None:
+        """Write one pack; a failure is kept for `flush_packs` to raise on the committing thread."""
+        ps = self._packstate
+        hashes = [e[0] for e in builder.entries]
+        try:
+            index, iid = self._write_pack(builder, policy)
+        except BaseException as e:  # noqa: BLE001 - re-raised by flush_packs
+            with ps.lock:
+                ps.errors.append(e)
+                for h in hashes:
+                    ps.pending.pop(h, None)
+                ps.in_flight -= 1
+                ps.idle.notify_all()
+            return
+        with ps.lock:
+            for h, loc in packs.locations(index, iid):
+                ps.written.setdefault(h, []).append(loc)
+                ps.pending.pop(h, None)
+            ps.proved[index.pack] = {e[0]: describe(p) for e, p in zip(builder.entries, builder.parts)}
+            ps.unrecorded.append(index)
+            ps.in_flight -= 1
+            ps.idle.notify_all()
+
+    def _write_pack(self, builder: packs.PackBuilder, policy: Any) -> tuple[packs.PackIndex, str]:
+        """Put the pack (with the archive's lock and storage class), then its index (hot,
+        locked like metadata). A pack already present under the same id must hash to it."""
+        data, index = builder.close()
+        key = layout.pack(index.pack)
+        if not self._put(key, data, policy):
+            try:
+                held = self._store.get(key, max_size=len(data))
+            except ObjectTooLargeError:
+                held = b""
+            if blake3.blake3(held).hexdigest() != index.pack:
+                raise IntegrityError(f"{self.url} holds a damaged object under {key}; run repair")
+            self._ensure_lock(key, policy)
+        raw = index.to_json()
+        iid = blake3.blake3(raw).hexdigest()
+        hot = policy.for_metadata() if policy is not None else None
+        self._put_exact(layout.pack_index(iid), raw, f"pack index {iid}", hot)
+        return index, iid
+
+    def flush_packs(self) -> int:
+        """Write the open pack, wait for packs in flight, record them in the catalog (the
+        store's index objects stay the truth). Raises the first failure of any pack write:
+        then nothing naming its chunks may be committed. Returns how many packs were written."""
+        ps = self._packstate
+        with ps.lock:
+            builder, policy = ps.open, ps.open_policy
+            ps.open = None
+            if builder is not None:
+                ps.in_flight += 1
+        if builder is not None:
+            self._write_pack_guarded(builder, policy)
+        with ps.lock:
+            while ps.in_flight:
+                ps.idle.wait()
+            errors, ps.errors = ps.errors, []
+            done, ps.unrecorded = ps.unrecorded, []
+        if errors:
+            raise errors[0]
+        for index in done:
+            try:
+                with translated():
+                    self._catalog.record_pack(index.pack, index.size, index.id,
+                                              [(e.hash, e.offset, e.stored_size, e.length) for e in index.entries])
+            except (CatalogReadOnlyError, CatalogLockedError):
+                pass  # the store holds the index; a rebuild records it
+        return len(done)
+
+    def _pack_locations(self, h: str) -> list[PackLocation]:
+        return self._pack_locations_many([h]).get(h, [])
+
+    def _pack_locations_many(self, hashes: Iterable[str]) -> dict[str, list[PackLocation]]:
+        """Where each of `hashes` lies in a pack: packs this process wrote, then the catalog's
+        cache of the indexes, then (if loaded) the store's own indexes."""
+        hashes = list(hashes)
+        ps = self._packstate
+        out: dict[str, list[PackLocation]] = {}
+        with ps.lock:
+            for h in hashes:
+                if h in ps.written:
+                    out[h] = list(ps.written[h])
+            store_map = ps.store_map
+        for h, rows in self._catalog.pack_locations(hashes).items():
+            have = out.setdefault(h, [])
+            have += [PackLocation(*r) for r in rows if all(r[0] != x.pack for x in have)]
+        if store_map is not None:
+            for h in hashes:
+                for loc in store_map.get(h, ()):
+                    have = out.setdefault(h, [])
+                    if all(loc.pack != x.pack for x in have):
+                        have.append(loc)
+        return out
+
+    def _chunk_key(self, h: str) -> str:
+        """The object a chunk's bytes live in: its pack, or its own key (sealed: its address)."""
+        if self._sealer is not None:
+            return self._sealed_chunk_key(h)
+        locs = self._pack_locations(h)
+        return layout.pack(locs[0].pack) if locs else layout.chunk(h)
+
+    def _store_pack_map(self) -> dict[str, list[PackLocation]]:
+        """Every pack index the store holds (LIST + one GET each, re-hashed), once per process:
+        the truth when the catalog has not recorded a pack (another writer, a fresh catalog)."""
+        ps = self._packstate
+        with ps.lock:
+            if ps.store_map is not None:
+                return ps.store_map
+        found: dict[str, list[PackLocation]] = {}
+        for iid, index, _err in self._iter_pack_indexes():
+            if index is not None:
+                for h, loc in packs.locations(index, iid):
+                    found.setdefault(h, []).append(loc)
+        with ps.lock:
+            ps.store_map = found
+        return found
+
+    def _iter_pack_indexes(self) -> Iterator[tuple[str, packs.PackIndex | None, str | None]]:
+        """(id, index or None, why not) for every index object in the store."""
+        for info in self._store.list(layout.PACK_INDEXES):
+            iid = layout.pack_index_id(info.key)
+            if iid is None:
+                continue
+            try:
+                yield iid, packs.parse_index(self._store.get(info.key, max_size=packs.MAX_INDEX_BYTES), iid), None
+            except (packs.PackFormatError, IntegrityError, ObjectMissingError) as e:
+                yield iid, None, str(e)
+
+    def _rebuild_packs(self, result: RebuildResult) -> None:
+        """Record every good pack index of the store in the catalog; report bad ones."""
+        for iid, index, why in self._iter_pack_indexes():
+            if index is None:
+                result.problems.append(Problem("", "pack-index", f"pack index {iid}: {why}"))
+                continue
+            with translated():
+                if self._catalog.record_pack(index.pack, index.size, iid,
+                                             [(e.hash, e.offset, e.stored_size, e.length) for e in index.entries]):
+                    result.packs += 1
+
+    def _index_of(self, pack: str, index_id: str) -> list[tuple[str, int, int, int]]:
+        """(hash, offset, stored_size, length) of a pack's chunks: the catalog's copy, else
+        the store's index object (re-hashed)."""
+        rows = self._catalog.pack_entries(pack)
+        if rows:
+            return rows
+        raw = self._store.get(layout.pack_index(index_id), max_size=packs.MAX_INDEX_BYTES)
+        try:
+            index = packs.parse_index(raw, index_id)
+        except packs.PackFormatError as e:
+            raise IntegrityError(f"pack index {index_id}: {e}") from None
+        return [(e.hash, e.offset, e.stored_size, e.length) for e in index.entries]
+
+    def _proved_in_pack(self, loc: PackLocation) -> dict[str, str]:
+        """hash -> codec of the chunks of a pack that decode and hash right, from one whole
+        read of the pack (once per process; a missing, cold or short pack proves nothing)."""
+        ps = self._packstate
+        with ps.lock:
+            got = ps.proved.get(loc.pack)
+        if got is not None:
+            return got
+        with ps.pack_lock(loc.pack):
+            with ps.lock:
+                got = ps.proved.get(loc.pack)
+            if got is not None:
+                return got
+            got = {}
+            try:
+                data = self._store.get(layout.pack(loc.pack), max_size=loc.pack_size)
+                entries = self._index_of(loc.pack, loc.index_id)
+            except (IntegrityError, ObjectMissingError, ObjectColdError):
+                data, entries = b"", []
+            for h, offset, stored, length in entries:
+                obj = data[offset:offset + stored]
+                try:
+                    if len(obj) == stored:
+                        self._decode_checked(obj, h, length)
+                        got[h] = describe(obj)
+                except CorruptChunkError:
+                    continue
+            with ps.lock:
+                ps.proved[loc.pack] = got
+        return got
+
+    def _packed_read(self, ref: ChunkRef) -> tuple[bytes, bytes] | None:
+        """(object, decoded bytes) of a packed chunk, from the first of its packs whose range
+        proves good; None if no index places it in a pack. Errors name the pack and range."""
+        locs = self._pack_locations(ref.hash)
+        if not locs:
+            return None
+        first: ArchiverError | None = None
+        for loc in locs:
+            try:
+                if loc.stored_size != ref.stored_size:
+                    raise CorruptChunkError(ref.hash, f"{loc.where()}: the pack index says {loc.stored_size} "
+                                                      f"stored bytes, the manifest {ref.stored_size}")
+                obj = self._pack_range(loc)
+                try:
+                    return obj, self._decode_checked(obj, ref.hash, ref.length)
+                except CorruptChunkError as e:
+                    raise CorruptChunkError(ref.hash, f"{e.reason} (in {loc.where()})") from None
+            except ObjectMissingError:
+                first = first or ObjectMissingError(layout.pack(loc.pack))
+            except IntegrityError as e:
+                first = first or (e if isinstance(e, CorruptChunkError) else
+                                  CorruptChunkError(ref.hash, f"{e} (in {loc.where()})"))
+        assert first is not None
+        raise first
+
+    def _pack_range(self, loc: PackLocation) -> bytes:
+        """One chunk object's bytes from its pack: from a planned span (one request for many
+        chunks, see `plan_reads`), else one ranged read of just its bytes."""
+        ps = self._packstate
+        span = self._span_for(loc)
+        if span is not None:
+            start, end = span
+            with ps.pack_lock(f"{loc.pack}:{start}"):
+                with ps.lock:
+                    data = ps.spans.get((loc.pack, start))
+                if data is None:
+                    data = self._read_range(layout.pack(loc.pack), start, end - start)
+                    with ps.lock:
+                        ps.spans[(loc.pack, start)] = data
+                        while len(ps.spans) > 4:  # bounded: the oldest span is read again if needed
+                            ps.spans.pop(next(iter(ps.spans)))
+            return data[loc.offset - start:loc.offset - start + loc.stored_size]
+        return self._read_range(layout.pack(loc.pack), loc.offset, loc.stored_size)
+
+    def _span_for(self, loc: PackLocation) -> tuple[int, int] | None:
+        with self._packstate.lock:
+            for start, end in self._packstate.plan.get(loc.pack, ()):
+                if start <= loc.offset and loc.offset + loc.stored_size <= end:
+                    return start, end
+        return None
+
+    def _read_range(self, key: str, start: int, length: int) -> bytes:
+        if getattr(self._store, "supports_ranges", False):
+            return self._store.get_range(key, start, length)  # type: ignore[attr-defined]
+        data = self._store.get(key, max_size=packs.MAX_PACK_BYTES)
+        if len(data) < start + length:
+            raise IntegrityError(f"{key} is {len(data)} bytes, shorter than the {start + length} its index needs")
+        return data[start:start + length]
+
+    def plan_reads(self, refs: Iterable[ChunkRef]) -> int:
+        """Say which chunks this run will read (a restore, a deep verify): the ranges each
+        pack must yield are merged into spans (`packs.plan_spans`), each fetched with one
+        request when its first chunk is read. A single-file restore plans only that file's
+        ranges, so it fetches just those bytes. Returns how many spans were planned."""
+        wanted = {r.hash for r in refs}
+        ranges: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for locs in self._pack_locations_many(wanted).values():
+            loc = locs[0]
+            ranges[loc.pack].append((loc.offset, loc.offset + loc.stored_size))
+        plan = {p: packs.plan_spans(r, self.SPAN_GAP, self.SPAN_LIMIT) for p, r in ranges.items()}
+        with self._packstate.lock:
+            self._packstate.plan = plan
+            self._packstate.spans.clear()
+        return sum(len(v) for v in plan.values())
+
+    def chunk_presence(self, hashes: Iterable[str]) -> tuple[dict[str, int], dict[str, str]]:
+        """(stored size of each chunk the store holds, why each packed chunk that is not
+        held is not). A packed chunk is held if its pack and index exist and the pack has
+        the size its index records. Cost grows with the archive, not the store: objects are
+        checked by HEAD each, or by LISTing only the prefixes they are under, whichever is
+        fewer requests."""
+        hashes = list(dict.fromkeys(hashes))
+        located = self._pack_locations_many(hashes)
+        rest = [h for h in hashes if h not in located]
+        sizes = self._own_chunk_sizes(rest)
+        lost = [h for h in rest if h not in sizes]
+        if lost:  # maybe packed by a writer this catalog has not recorded
+            store_map = self._store_pack_map()
+            located.update({h: store_map[h] for h in lost if h in store_map})
+        keys = sorted({layout.pack(loc.pack) for locs in located.values() for loc in locs} |
+                      {layout.pack_index(loc.index_id) for locs in located.values() for loc in locs})
+        held = dict(zip(keys, self._present(keys)))
+        notes: dict[str, str] = {}
+        for h, locs in located.items():
+            for loc in locs:
+                pack_info, index_info = held[layout.pack(loc.pack)], held[layout.pack_index(loc.index_id)]
+                if pack_info is None:
+                    notes.setdefault(h, f"its pack {loc.pack} is missing from the store")
+                elif pack_info.size != loc.pack_size:
+                    notes.setdefault(h, f"its pack {loc.pack} is {pack_info.size} bytes, its index says "
+                                        f"{loc.pack_size}")
+                elif index_info is None:
+                    notes.setdefault(h, f"the index {loc.index_id} of its pack {loc.pack} is missing")
+                else:
+                    sizes[h] = loc.stored_size
+                    notes.pop(h, None)
+                    break
+        return sizes, notes
+
+    def _present(self, keys: list[str]) -> list[ObjectInfo | None]:
+        """stat of each key, by the fewest requests (see `_listing`)."""
+        found = self._listing(keys)
+        return [found.get(k) for k in keys]
+
+    def _listing(self, keys: list[str], need_class: bool = False) -> dict[str, ObjectInfo]:
+        """The objects among `keys` the store holds, by whichever costs the fewest requests:
+        one HEAD per key (grows with the archive), a LIST of each 2-hex prefix they lie
+        under, or one LIST of each top-level kind (chunks/, packs/, packindex/); a LIST costs
+        a page per 1000 objects, estimated from the catalog's counts."""
+        if not keys:
+            return {}
+        chunks, npacks = self._catalog.object_counts()
+
+        def held(prefix: str) -> int:
+            return npacks if prefix.startswith((layout.PACKS, layout.PACK_INDEXES)) else chunks
+        prefixes = sorted({k.rsplit("/", 1)[0] + "/" for k in keys})
+        roots = sorted({k.split("/", 1)[0] + "/" for k in keys})
+        by_prefix = sum(max(1, math.ceil(held(p) / 256 / 1000)) for p in prefixes)
+        by_root = sum(max(1, math.ceil(held(r) / 1000)) for r in roots)
+        wanted = set(keys)
+        if len(keys) < min(by_prefix, by_root):
+            state = getattr(self._store, "object_state", None) if need_class else None
+            if state is not None:
+                out: dict[str, ObjectInfo] = {}
+                for k in keys:
+                    st = state(k)
+                    if st is not None:
+                        out[k] = ObjectInfo(k, st.size, st.storage_class if st.storage_class != "STANDARD" else None)
+                return out
+            return {k: info for k, info in zip(keys, self._stat_many(keys)) if info is not None}
+        found: dict[str, ObjectInfo] = {}
+        for prefix in (roots if by_root <= by_prefix else prefixes):
+            for info in self._store.list(prefix):
+                if info.key in wanted:
+                    found[info.key] = info
+        return found
+
+    def _stat_many(self, keys: list[str]) -> list[ObjectInfo | None]:
+        if len(keys) <= 1:
+            return [self._store.stat(k) for k in keys]
+        with ThreadPoolExecutor(min(8, len(keys)), thread_name_prefix="stat") as pool:
+            return list(pool.map(self._store.stat, keys))
+
+    def _heal_packed(self, ref: ChunkRef, obj: bytes, locs: list[PackLocation]) -> str:
+        """Heal a packed chunk with `obj` (proved by `chunk_object` of a copy). If its pack is
+        present but damaged, the pack is rebuilt from its chunks that still prove good plus
+        `obj`; if that rebuilds the exact bytes the pack is named after, the damaged pack is
+        replaced (quarantined, conditional on its version, as `_heal`). Otherwise (the pack
+        is missing, or holds other damage not yet healed) `obj` goes into a new pack, which
+        readers find through its index. 'replaced', 'written' or 'intact'."""
+        if len(obj) != ref.stored_size:
+            raise IntegrityError(f"object given for chunk {ref.hash} is {len(obj)} bytes, not {ref.stored_size}")
+        self._decode_checked(obj, ref.hash, ref.length)
+        for loc in locs:
+            key = layout.pack(loc.pack)
+            try:
+                held, version = self._read_for_proof(key, loc.pack_size)
+            except ObjectMissingError:
+                continue
+            if held is None or len(held) != loc.pack_size:
+                continue
+            try:
+                self._decode_checked(held[loc.offset:loc.offset + loc.stored_size], ref.hash, ref.length)
+                return "intact"
+            except CorruptChunkError:
+                pass
+            rebuilt = held[:loc.offset] + obj + held[loc.offset + loc.stored_size:]
+            if blake3.blake3(rebuilt).hexdigest() == loc.pack and version is not None \
+                    and getattr(self._store, "can_replace_damaged", False):
+                if self._store.replace_damaged(key, rebuilt, version, layout.quarantined(key, self._quarantine_tag())):
+                    again, _ = self._read_for_proof(key, loc.pack_size)
+                    if again == rebuilt:
+                        with self._packstate.lock:
+                            self._packstate.proved.pop(loc.pack, None)
+                        return "replaced"
+        self._add_to_pack(ref.hash, obj, ref.length, describe(obj), None)
+        self.flush_packs()
+        return "written"
 
 
 def _parents_first(parents: dict[str, str | None]) -> list[str]:

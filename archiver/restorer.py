@@ -122,6 +122,7 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
     root_fd = os.open(root, _DIR_FLAGS)
     try:
         remove_stale_temps(root_fd)
+        repo.plan_reads(c for e in chosen if e.is_file for c in e.chunks)  # packed chunks: few, ranged reads
         here = chosen
         if executor is not None and executor.distributed:  # files and directories, one task per file
             from archiver import fanout

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from archiver.errors import InvalidOptionError
+from archiver.packs import MAX_PACK_BELOW, SMALL_OBJECT
 from archiver.urls import normalise_endpoint, normalise_store_url, s3_url_options
 from manifests.catalog import default_catalog_path
 
@@ -26,6 +27,7 @@ ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 IGNORE_ENDPOINTS_ENV = "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"
 IDENTITY_ENV = "ARCHIVER_IDENTITY"  # age identity files of a sealed store's custodian (os.pathsep-separated)
 ADDRESS_KEY_ENV = "ARCHIVER_ADDRESS_KEY"  # a sealed store's address key file (default: under home)
+PACK_BELOW_ENV = "ARCHIVER_PACK_BELOW"  # bytes: chunk objects smaller than this are packed; 0: never
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ class Settings:
         """Where this host keeps (and `store init` writes) a sealed store's address key."""
         return Path(self.address_key_file) if self.address_key_file else self.home / "sealed" / f"{store_id}.key"
 
+    # Chunk objects smaller than this many bytes go into packs (archiver.packs); 0: none do.
+    pack_below: int = SMALL_OBJECT
+
     @classmethod
     def resolve(cls, store: str | None = None, catalog: str | os.PathLike | None = None, *,
                 s3: S3Options | None = None, env: Mapping[str, str] | None = None,
@@ -99,19 +104,31 @@ class Settings:
         ids = tuple(identities) or tuple(p for p in env.get(IDENTITY_ENV, "").split(os.pathsep) if p.strip())
         return cls(home=home, store_url=url, catalog_path=path, s3=opts, endpoint=endpoint,
                    default_s3=base if overrides else None, identities=ids,
-                   address_key_file=env.get(ADDRESS_KEY_ENV) or None)
+                   address_key_file=env.get(ADDRESS_KEY_ENV) or None, pack_below=_pack_below(env))
 
     def for_copy(self, store: str, catalog: str | os.PathLike | None = None) -> "Settings":
         """Settings for another store (a copy): its own URL settings over this one's
         defaults (the environment's, not this store's ?profile=&endpoint=&region=), its
         own catalog under the same home unless `catalog` is given."""
         base = self.default_s3 or self.s3
-        return Settings.resolve(store, catalog, s3=base, env={HOME_ENV: str(self.home)})
+        return replace(Settings.resolve(store, catalog, s3=base, env={HOME_ENV: str(self.home)}),
+                       pack_below=self.pack_below)
 
     def with_store(self, store: str) -> "Settings":
         """The same settings for another store (its catalog chosen the same way)."""
         s3 = self.s3 if self.s3.endpoint_url or not self.endpoint else replace(self.s3, endpoint_url=self.endpoint)
-        return Settings.resolve(store, None, s3=s3, env={HOME_ENV: str(self.home)})
+        return replace(Settings.resolve(store, None, s3=s3, env={HOME_ENV: str(self.home)}), pack_below=self.pack_below)
+
+
+def _pack_below(env: Mapping[str, str]) -> int:
+    """ARCHIVER_PACK_BELOW (bytes, 0 to store every chunk under its own key), else the default."""
+    raw = env.get(PACK_BELOW_ENV, "").strip()
+    if not raw:
+        return SMALL_OBJECT
+    if not raw.isdigit() or int(raw) > MAX_PACK_BELOW:
+        raise InvalidOptionError("pack_below", f"{PACK_BELOW_ENV} must be a number of bytes from 0 to "
+                                               f"{MAX_PACK_BELOW}, got {raw!r}")
+    return int(raw)
 
 
 def home_dir(env: Mapping[str, str] | None = None) -> Path:

@@ -818,6 +818,66 @@ class Catalog:
             "FROM mc JOIN manifests m ON m.rowid = mc.manifest JOIN chunks c ON c.rowid = mc.chunk "
             "LEFT JOIN chunk_checks k ON k.hash = c.hash ORDER BY m.rowid, c.hash")]
 
+    # -- pack indexes (archiver.packs): a cache of the store's index objects ---------------
+    # Created on first write (not a schema step), so a catalog without them reads as empty:
+    # the store's index objects are the truth and `catalog rebuild` records them again.
+    _PACK_TABLES = ('CREATE TABLE IF NOT EXISTS "packs" ("pack" TEXT PRIMARY KEY, "size" INTEGER, '
+                    '"index_id" TEXT)',
+                    'CREATE TABLE IF NOT EXISTS "pack_chunks" ("hash" TEXT, "pack" TEXT, "offset" INTEGER, '
+                    '"stored_size" INTEGER, "length" INTEGER, PRIMARY KEY ("hash", "pack"))')
+
+    def record_pack(self, pack: str, size: int, index_id: str,
+                    entries: Iterable[tuple[str, int, int, int]]) -> bool:
+        """Record one pack index: (hash, offset, stored_size, length) per chunk. False if known."""
+        with self.write() as conn:
+            for statement in self._PACK_TABLES:
+                conn.execute(statement)
+            if conn.execute('SELECT 1 FROM packs WHERE pack=?', (pack,)).fetchone() is not None:
+                return False
+            conn.execute('INSERT INTO packs(pack, size, index_id) VALUES (?,?,?)', (pack, size, index_id))
+            conn.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
+                             'VALUES (?,?,?,?,?)', ((h, pack, o, s, n) for h, o, s, n in entries))
+        return True
+
+    def _has_pack_tables(self, conn: sqlite3.Connection) -> bool:
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='pack_chunks'").fetchone() \
+            is not None
+
+    def pack_locations(self, hashes: Iterable[str]) -> dict[str, list[tuple[str, int, int, int, int, str]]]:
+        """hash -> [(pack, offset, stored_size, length, pack_size, index_id)] for each of
+        `hashes` recorded in a pack, oldest pack first."""
+        conn = self._reader()
+        out: dict[str, list[tuple[str, int, int, int, int, str]]] = {}
+        if not self._has_pack_tables(conn):
+            return out
+        wanted = list(dict.fromkeys(hashes))
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            q = ('SELECT c.hash, c.pack, c."offset", c.stored_size, c.length, p.size, p.index_id '
+                 'FROM pack_chunks c JOIN packs p ON p.pack = c.pack '
+                 f'WHERE c.hash IN ({",".join("?" * len(part))}) ORDER BY p.rowid')
+            for h, *loc in conn.execute(q, part):
+                out.setdefault(h, []).append(tuple(loc))  # type: ignore[arg-type]
+        return out
+
+    def pack_entries(self, pack: str) -> list[tuple[str, int, int, int]]:
+        """(hash, offset, stored_size, length) of every chunk of one recorded pack, in pack order."""
+        conn = self._reader()
+        if not self._has_pack_tables(conn):
+            return []
+        return conn.execute('SELECT hash, "offset", stored_size, length FROM pack_chunks WHERE pack=? '
+                            'ORDER BY "offset"', (pack,)).fetchall()
+
+    def object_counts(self) -> tuple[int, int]:
+        """(chunks recorded, packs recorded): what a LIST of the store would roughly page through."""
+        conn = self._reader()
+        chunks = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        return chunks, (conn.execute("SELECT count(*) FROM packs").fetchone()[0] if self._has_pack_tables(conn) else 0)
+
+    def known_packs(self) -> set[str]:
+        conn = self._reader()
+        return set() if not self._has_pack_tables(conn) else {r[0] for r in conn.execute("SELECT pack FROM packs")}
+
 
 def _immutable(conn: sqlite3.Connection, table: str) -> None:
     pk = {"manifests": "id = NEW.id", "files": "manifest_id = NEW.manifest_id AND path = NEW.path",

@@ -208,3 +208,14 @@ def ray_session() -> Iterator[object]:
         yield ray
     finally:
         ray.shutdown()
+@pytest.fixture(autouse=True)
+def _own_objects_unless_packs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests written before packs look at (and damage) chunk objects under their own keys:
+    they run with packing off (ARCHIVER_PACK_BELOW=0, which subprocesses inherit too).
+    tests/test_packs.py and tests marked `packs` run with the default threshold."""
+    if request.node.get_closest_marker("packs") or request.node.path.name == "test_packs.py":
+        monkeypatch.delenv("ARCHIVER_PACK_BELOW", raising=False)
+        return
+    from archiver import packs
+    monkeypatch.setenv("ARCHIVER_PACK_BELOW", "0")
+    monkeypatch.setattr(packs, "SMALL_OBJECT", 0)

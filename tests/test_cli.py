@@ -327,11 +327,11 @@ def test_keygen_json(home, tmp_path):
 
 def test_catalog_rebuild_json(archived, home):
     assert jrun("catalog", "rebuild", "--json") == {"added": [], "manifests": 1, "problems": [], "ok": True,
-                                                        "events": 0}
+                                                        "events": 0, "packs": 0}
     for f in home.rglob("*.db*"):
         f.unlink()
     assert jrun("catalog", "rebuild", "--json") == {"added": [archived["id"]], "manifests": 1, "problems": [],
-                                                    "ok": True, "events": 1}  # the archive's ingestion event
+                                                    "ok": True, "events": 1, "packs": 0}  # the archive's ingestion event
     assert [r["id"] for r in jrun("list", "--json")] == [archived["id"]]
 
 

@@ -28,8 +28,9 @@ def _scripts() -> dict[str, str]:
     return out
 
 
-def test_doc_scripts_restore_an_archive(tmp_path, monkeypatch):
-    _restore_by_hand(tmp_path, monkeypatch)
+@pytest.mark.parametrize("packed", [False, pytest.param(True, marks=pytest.mark.packs)], ids=["own", "packs"])
+def test_doc_scripts_restore_an_archive(tmp_path, monkeypatch, packed):
+    _restore_by_hand(tmp_path, monkeypatch, packed=packed)
 
 
 def test_doc_scripts_restore_a_v2_archive(tmp_path, monkeypatch):
@@ -39,7 +40,7 @@ def test_doc_scripts_restore_a_v2_archive(tmp_path, monkeypatch):
     _restore_by_hand(tmp_path, monkeypatch, v2=True)
 
 
-def _restore_by_hand(tmp_path, monkeypatch, v2: bool = False):
+def _restore_by_hand(tmp_path, monkeypatch, v2: bool = False, packed: bool = False):
     if shutil.which("zstd") is None:
         pytest.skip("the zstd command is not installed (apt-get install zstd)")
     env = dict(os.environ)
@@ -60,6 +61,8 @@ def _restore_by_hand(tmp_path, monkeypatch, v2: bool = False):
     monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
     store = tmp_path / "store"
     ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=3, dim=512)
+    if packed:
+        (ckpt / "big.bin").write_bytes(os.urandom(3 << 20))  # large chunks keep their own keys
     res = run_cli("--store", str(store), "archive", str(ckpt), "--name", "m", "--json")
     assert res.code == 0, res.err
     mid = res.json()["id"]
@@ -70,6 +73,8 @@ def _restore_by_hand(tmp_path, monkeypatch, v2: bool = False):
     chunks = [c for e in m.files for c in e.chunks]
     chunks += [c for e in maps for c in parse_filemap(RawStore(str(store)).read(layout.filemap(e.filemap)), e)]
     assert "bg2" in {c.codec for c in chunks}  # the byte-plane path of the script is exercised
+    assert any((store / "packs").rglob("*")) == packed  # small chunk objects in packs (or not)
+    assert any((store / "chunks").rglob("*"))  # large ones under their own keys
     dest = tmp_path / "dest"
     subprocess.run([sys.executable, "restore_by_hand.py", str(store), mid, str(dest)], cwd=work, env=env,
                    check=True, capture_output=True)
