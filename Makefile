@@ -28,10 +28,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/catalog_scale.py
 	$(BIN)/python bench/cpu_per_gib.py
 	PYTHONPATH=. $(BIN)/python bench/scaling.py
+	$(BIN)/python bench/s3_requests.py
 
 bench-scaling: $(STAMP)
 	PYTHONPATH=. $(BIN)/python bench/scaling.py
-	$(BIN)/python bench/s3_requests.py
 
 bench-replicate: $(STAMP)
 	$(BIN)/python bench/replicate_bench.py

@@ -697,6 +697,8 @@ class Repository:
             return self._store.get(layout.chunk(h), max_size=max_size)
         except ObjectMissingError:
             locs = self._store_pack_map().get(h)
+            if not locs and self._catalog is None:  # a long-lived worker: packs written since it looked
+                locs = self._store_pack_map(refresh=True).get(h)
             if not locs:
                 raise
             if locs[0].stored_size > max_size:
@@ -744,8 +746,6 @@ class Repository:
     def chunk_sizes(self, hashes: Iterable[str]) -> dict[str, int]:
         """Stored size of each of `hashes` that the store holds (in its own object, or in a
         pack that exists with the size its index records): see `chunk_presence`."""
-        if self._sealer is not None:
-            return self._sealed_chunk_sizes(hashes)
         return self.chunk_presence(hashes)[0]
 
     def _own_chunk_sizes(self, hashes: Iterable[str]) -> dict[str, int]:
@@ -1849,7 +1849,7 @@ class Repository:
             codec = self._proved_in_pack(loc).get(h)
             if codec is not None:
                 return SavedChunk(loc.stored_size, codec, False)
-        if not locs and self._catalog.known_chunk(h) is not None:
+        if not locs and self._catalog is not None and self._catalog.known_chunk(h) is not None:
             return None  # held under its own key (a large chunk, or stored before packs): prove it
         enc = self._codec.encode(data, width)
         if packs.is_small(len(enc.data), self._pack_below):
@@ -1970,7 +1970,8 @@ class Repository:
                 if h in ps.written:
                     out[h] = list(ps.written[h])
             store_map = ps.store_map
-        for h, rows in self._catalog.pack_locations(hashes).items():
+        known = self._catalog.pack_locations(hashes) if self._catalog is not None else {}  # a worker: no catalog
+        for h, rows in known.items():
             have = out.setdefault(h, [])
             have += [PackLocation(*r) for r in rows if all(r[0] != x.pack for x in have)]
         if store_map is not None:
@@ -1988,12 +1989,13 @@ class Repository:
         locs = self._pack_locations(h)
         return layout.pack(locs[0].pack) if locs else layout.chunk(h)
 
-    def _store_pack_map(self) -> dict[str, list[PackLocation]]:
-        """Every pack index the store holds (LIST + one GET each, re-hashed), once per process:
-        the truth when the catalog has not recorded a pack (another writer, a fresh catalog)."""
+    def _store_pack_map(self, refresh: bool = False) -> dict[str, list[PackLocation]]:
+        """Every pack index the store holds (LIST + one GET each, re-hashed), once per process
+        (again with `refresh`): the truth when the catalog has not recorded a pack (another
+        writer, a fresh catalog, a worker that has no catalog)."""
         ps = self._packstate
         with ps.lock:
-            if ps.store_map is not None:
+            if ps.store_map is not None and not refresh:
                 return ps.store_map
         found: dict[str, list[PackLocation]] = {}
         for iid, index, _err in self._iter_pack_indexes():
@@ -2029,7 +2031,7 @@ class Repository:
     def _index_of(self, pack: str, index_id: str) -> list[tuple[str, int, int, int]]:
         """(hash, offset, stored_size, length) of a pack's chunks: the catalog's copy, else
         the store's index object (re-hashed)."""
-        rows = self._catalog.pack_entries(pack)
+        rows = self._catalog.pack_entries(pack) if self._catalog is not None else []
         if rows:
             return rows
         raw = self._store.get(layout.pack_index(index_id), max_size=packs.MAX_INDEX_BYTES)
@@ -2150,7 +2152,9 @@ class Repository:
         held is not). A packed chunk is held if its pack and index exist and the pack has
         the size its index records. Cost grows with the archive, not the store: objects are
         checked by HEAD each, or by LISTing only the prefixes they are under, whichever is
-        fewer requests."""
+        fewer requests. A sealed store has no packs: sizes at the keyed addresses."""
+        if self._sealer is not None:
+            return self._sealed_chunk_sizes(hashes), {}
         hashes = list(dict.fromkeys(hashes))
         located = self._pack_locations_many(hashes)
         rest = [h for h in hashes if h not in located]
@@ -2191,7 +2195,7 @@ class Repository:
         a page per 1000 objects, estimated from the catalog's counts."""
         if not keys:
             return {}
-        chunks, npacks = self._catalog.object_counts()
+        chunks, npacks = self._catalog.object_counts() if self._catalog is not None else (0, 0)
 
         def held(prefix: str) -> int:
             return npacks if prefix.startswith((layout.PACKS, layout.PACK_INDEXES)) else chunks

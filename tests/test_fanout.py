@@ -108,6 +108,26 @@ def test_restore_through_workers_with_include(tmp_path, home):
     assert res.ok and res.files == 1 and sorted(p.name for p in (part / "src").iterdir()) == ["tokenizer"]
 
 
+@pytest.mark.packs
+def test_workers_read_packed_chunks_through_the_stores_indexes(tmp_path, home):
+    """Workers have no catalog: chunks packed by a local archive are found through the
+    store's pack indexes, so deep verify and restore through workers see what local ones see,
+    and a re-archive through workers commits the same id."""
+    src = make_checkpoint(tmp_path / "src", layers=2, dim=64)
+    store = tmp_path / "s"
+    fanout.worker_repository.cache_clear()
+    a = api.archive([src], name="m", store=str(store))
+    assert any((store / "packs").rglob("*")) and not any((store / "chunks").rglob("*"))
+    far = api.verify([a.id], deep=True, store=str(store), executor=Workers())
+    assert far.ok and far.files_hashed == api.verify([a.id], deep=True, store=str(store)).files_hashed
+    out = tmp_path / "out"
+    assert api.restore(a.id, out, store=str(store), executor=Workers()).ok and tree(out / "src") == tree(src)
+    again = api.archive([src], name="w", store=str(store), executor=Workers())  # its chunks are all packed
+    assert again.id == api.archive([src], name="w", store=str(tmp_path / "other")).id
+    assert api.verify([again.id], deep=True, store=str(store)).ok
+    fanout.worker_repository.cache_clear()
+
+
 def test_worker_repository_has_no_catalog(tmp_path, home):
     s = api.open_repository(str(tmp_path / "s"), create=True)
     settings = s.settings
