@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench bench-replicate install clean
+.PHONY: test demo bench bench-replicate bench-cpu bench-scaling install clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,9 +26,20 @@ bench: $(STAMP)
 	$(BIN)/python bench/replicate_bench.py
 	$(BIN)/python bench/smallfiles.py --big-gib 16
 	$(BIN)/python bench/versions.py
+	$(BIN)/python bench/seal_bench.py
+	$(BIN)/python bench/catalog_scale.py
+	$(BIN)/python bench/cpu_per_gib.py
+	PYTHONPATH=. $(BIN)/python bench/scaling.py
+	$(BIN)/python bench/s3_requests.py
+
+bench-scaling: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/scaling.py
 
 bench-replicate: $(STAMP)
 	$(BIN)/python bench/replicate_bench.py
+
+bench-cpu: $(STAMP)
+	$(BIN)/python bench/cpu_per_gib.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -19,6 +19,8 @@ __all__ = ["archive", "verify", "restore", "open_store", "open_repository", "lis
            "fixity_status", "event_log"]
 __all__ += ["replicate", "repair", "copies_add", "copies_list", "copies_remove", "verify_copies", "store_check",
             "ReplicateResult", "RepairResult", "CopiesReport"]
+__all__ += ["key_split", "key_combine"]
+__all__ += ["sync_catalog"]  # many hosts, one store (see README "The catalog")
 
 _ELSEWHERE = {"ArchiverError": "archiver.errors", "Settings": "archiver.settings", "S3Options": "archiver.settings",
               "Problem": "archiver.problems"}

@@ -69,7 +69,8 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
             profile: str | None = None,
             meta_file: str | os.PathLike | None = None, profile_data: dict[str, Any] | None = None,
             attach: Iterable[tuple[str, str | os.PathLike]] = (), profile_block: dict[str, Any] | None = None,
-            **options) -> ArchiveResult:
+            executor: Any = None, ray_address: str | None = None, task_cpus: int | None = None,
+            max_inflight: int | None = None, resume: bool = True, **options) -> ArchiveResult:
     """`sign_key`: path of an Ed25519 private key (from `keygen`) to sign the manifest with
     (or a key already loaded with `signing_key`). Every chunk the store already holds is read
     back and proved (a damaged one is repaired from the source); `trust_verified_within`
@@ -83,14 +84,43 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
     (role, path) documents stored under _archive/ROLE/. Symlinks are recorded as symlinks, or
     followed to regular files with `dereference=True` (always inside a Hugging Face snapshot).
     Files unchanged since an earlier archive into this store are not read again (their entries
-    are reused once their chunks are proved, archiver.filescache); `reread=True` reads them all."""
+    are reused once their chunks are proved, archiver.filescache); `reread=True` reads them all.
+    `executor`: "local" (default: threads, several files at once) or "ray" (one Ray task per
+    file; `ray_address`, `task_cpus` per task, `max_inflight` tasks at once), or an Executor
+    (archiver.executors). With `resume` (default) the files of an earlier run of this same
+    archive that was killed are taken from its journal under the archiver home, if unchanged."""
     key = signing_key(sign_key)
     block = profile_block if profile_block is not None else make_profile_block(profile, meta_file, profile_data)
-    with _repo(repo, store, catalog, create=True, settings=settings, policy=write_policy) as r:
-        storecheck.ensure_safe(r, unsafe_store)
-        return pipeline.archive(r, list(paths), name=name, label=label, meta=meta, progress=progress,
-                                sign_key=key, trust_verified_within=trust_verified_within,
-                                write_policy=write_policy, profile=block, attachments=list(attach), **options)
+    ex = make_executor(executor, ray_address=ray_address, task_cpus=task_cpus, max_inflight=max_inflight)
+    try:
+        with _repo(repo, store, catalog, create=True, settings=settings, policy=write_policy) as r:
+            storecheck.ensure_safe(r, unsafe_store)
+            jr = None
+            if resume:
+                from archiver.journal import Journal, journal_key
+                home = (settings or r.settings or Settings.resolve(store, catalog)).home
+                jr = Journal.under(home, journal_key(r.url, name, label, meta, list(paths), {
+                    "attach": [(role, os.path.abspath(os.fspath(p))) for role, p in attach],
+                    "dereference": options.get("dereference", False), "profile": block}))
+            return pipeline.archive(r, list(paths), name=name, label=label, meta=meta, progress=progress,
+                                    sign_key=key, trust_verified_within=trust_verified_within,
+                                    write_policy=write_policy, profile=block, attachments=list(attach),
+                                    executor=ex, journal=jr, **options)
+    finally:
+        if ex is not None:
+            ex.close()
+
+
+def make_executor(executor: Any = None, *, ray_address: str | None = None, task_cpus: int | None = None,
+                  max_inflight: int | None = None) -> Any:
+    """An executor from its name ("local" or "ray", see archiver.executors) and options, checked
+    now; an Executor object passes through; None (and no options) keeps each command's default."""
+    from archiver import executors
+    if executor is not None and not isinstance(executor, str):
+        return executor
+    if executor is None and ray_address is None and task_cpus is None and max_inflight is None:
+        return None
+    return executors.make(executor, address=ray_address, task_cpus=task_cpus, max_inflight=max_inflight)
 
 
 def write_policy(*, lock_mode: str | None = None, retain_until: Any = None, retain_for: str | None = None,
@@ -173,37 +203,82 @@ def verify(refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool =
            store: str | None = None, catalog: str | os.PathLike | None = None, settings: Settings | None = None,
            progress: Progress | None = None, max_bytes: int | None = None, max_seconds: float | None = None,
            sign_key: str | os.PathLike | Any | None = None, retention: bool = False, retain_until: Any = None,
-           thaw: ThawOptions | None = None) -> VerifyReport:
+           thaw: ThawOptions | None = None, executor: Any = None, ray_address: str | None = None,
+           task_cpus: int | None = None, max_inflight: int | None = None) -> VerifyReport:
     """`trust_keys`: public key files or hex keys; each manifest must be signed by one of them.
     `max_bytes` / `max_seconds`: a budgeted sampled run (least recently verified chunks
     first). `sign_key`: sign this run's event in the store's log. `retention`: every object
     of each archive must hold the Object Lock its recorded policy asks for, and with
     `retain_until` (a date) at least until then. `thaw`: with deep or sample, thaw the cold
-    chunks to be read first (else they are reported as not checked)."""
+    chunks to be read first (else they are reported as not checked). `executor` ("ray", or an
+    Executor) deep-checks one file per task, as for `archive`."""
     trusted = trusted_keys(trust_keys)
     key = signing_key(sign_key)
     until = None
     if retain_until is not None:
         until = retain_until if isinstance(retain_until, datetime.datetime) else parse_date(retain_until,
                                                                                              "retain_until")
-    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
-        return checker.verify(r, list(refs), all_archives=all_archives, deep=deep, sample=sample, trusted=trusted,
-                              progress=progress, max_bytes=max_bytes, max_seconds=max_seconds, sign_key=key,
-                              retention=retention, retain_until=until, thaw=thaw)
+    ex = make_executor(executor, ray_address=ray_address, task_cpus=task_cpus, max_inflight=max_inflight)
+    try:
+        with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
+            if deep and r.sealed and not r.has_identities:  # audit without keys: ciphertext hashes (sealaudit)
+                if ex is not None and ex.distributed:
+                    raise InvalidOptionError("executor", f"{ex.name} cannot run on a sealed store: sealed "
+                                                         f"verifies run with the local executor")
+                from archiver.sealaudit import verify_sealed
+                return verify_sealed(r, list(refs), all_archives=all_archives, trusted=trusted)
+            return checker.verify(r, list(refs), all_archives=all_archives, deep=deep, sample=sample,
+                                  trusted=trusted, progress=progress, max_bytes=max_bytes, max_seconds=max_seconds,
+                                  sign_key=key, retention=retention, retain_until=until, thaw=thaw, executor=ex)
+    finally:
+        if ex is not None:
+            ex.close()
 
 
 def restore(ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (), force: bool = False,
             trust_keys: Iterable[str | bytes] | None = None, repo: Repository | None = None,
             store: str | None = None, catalog: str | os.PathLike | None = None, settings: Settings | None = None,
             progress: Progress | None = None, preserve_special_bits: bool = False,
-            thaw: ThawOptions | None = None) -> RestoreResult:
+            thaw: ThawOptions | None = None, executor: Any = None, ray_address: str | None = None,
+            task_cpus: int | None = None, max_inflight: int | None = None) -> RestoreResult:
     """`preserve_special_bits`: keep setuid, setgid and sticky bits (dropped by default).
     `thaw` (archiver.thaw.ThawOptions): thaw chunks in GLACIER / DEEP_ARCHIVE first (without
-    it such chunks are refused before anything is written)."""
+    it such chunks are refused before anything is written). `executor` ("ray", or an Executor):
+    one file per task, written by workers into `dest`, which every worker must see (a shared
+    filesystem)."""
     trusted = trusted_keys(trust_keys)
-    with _repo(repo, store, catalog, settings=settings, read_only=True) as r:  # restore writes no catalog row
-        return restorer.restore(r, ref, dest, include=include, force=force, trusted=trusted, progress=progress,
-                                preserve_special_bits=preserve_special_bits, thaw=thaw)
+    ex = make_executor(executor, ray_address=ray_address, task_cpus=task_cpus, max_inflight=max_inflight)
+    try:
+        with _repo(repo, store, catalog, settings=settings, read_only=True) as r:  # restore writes no catalog row
+            if r.sealed:  # every key this archive needs is opened before anything is written
+                r.require_identities()
+                r.open_run_keys(r.resolve(ref))
+            return restorer.restore(r, ref, dest, include=include, force=force, trusted=trusted, progress=progress,
+                                    preserve_special_bits=preserve_special_bits, thaw=thaw, executor=ex)
+    finally:
+        if ex is not None:
+            ex.close()
+
+
+def store_init(url: str | None = None, *, encrypt_to: Iterable[str] = (), settings: Settings | None = None
+               ) -> dict[str, Any]:
+    """Create a store; with `encrypt_to` (age X25519 recipients) a sealed one (docs/FORMAT.md,
+    "Sealed stores"): returns where this host's address key file was written."""
+    s = settings or Settings.resolve(url)
+    recipients = list(encrypt_to)
+    if not recipients:
+        _open_store(s.store_url, create=True, s3_options=s.s3)
+        return {"store": s.store_url, "sealed": False}
+    return {**Repository.init_sealed(s, recipients), "sealed": True}
+
+
+def rotate_keys(*, add: Iterable[str] = (), remove: Iterable[str] = (), repo: Repository | None = None,
+                settings: Settings | None = None) -> dict[str, Any]:
+    """Re-wrap a sealed store's key objects to (current + add - remove) recipients."""
+    with _repo(repo, None, None, settings=settings, read_only=True) as r:
+        if not r.sealed:
+            raise InvalidOptionError("add", f"applies to sealed stores only; {r.url} is not sealed")
+        return r.rotate_keys(list(add), list(remove))
 
 
 def list_archives(name: str | None = None, *, where: Iterable[str] = (), repo: Repository | None = None,
@@ -244,6 +319,14 @@ def rebuild_catalog(*, repo: Repository | None = None, store: str | None = None,
     `.problems` (each bad manifest skipped), `.ok`."""
     with _repo(repo, store, catalog, settings=settings) as r:
         return r.rebuild_catalog()
+
+
+def sync_catalog(*, repo: Repository | None = None, store: str | None = None,
+                 catalog: str | os.PathLike | None = None, settings: Settings | None = None) -> RebuildResult:
+    """Record the manifests other hosts (with catalogs of their own) wrote to the store since
+    this catalog last looked (`.added`); bad ones are skipped and reported (`.problems`)."""
+    with _repo(repo, store, catalog, settings=settings) as r:
+        return r.sync_catalog()
 
 
 def fixity_status(window: float = fixity.DEFAULT_WINDOW, *, repo: Repository | None = None,
@@ -291,11 +374,17 @@ def replicate(refs: Iterable[str] = (), *, to: str, all_archives: bool = False, 
     from archiver import replicate as rep
     s = settings or Settings.resolve(store, catalog)
     with _repo(repo, store, catalog, settings=s) as src:
-        ids = rep.select(src, refs, all_archives)
+        ids = [] if src.sealed else rep.select(src, refs, all_archives)
         dst_settings = s.for_copy(to, to_catalog)
         if dst_settings.store_url == s.store_url and dst_settings.endpoint == s.endpoint:
             from archiver.errors import UsageError
             raise UsageError(f"the copy {to} is the store itself")
+        if src.sealed:  # without keys: objects proved by the companions' ciphertext hashes
+            from archiver import sealcopy
+            sids = sealcopy.select(src, list(refs), all_archives)
+            with Repository.open(dst_settings, create=True, marker=src.marker_object()) as dst:
+                storecheck.ensure_safe(dst, unsafe_store)
+                return sealcopy.replicate(src, dst, sids)
         with Repository.open(dst_settings, create=True) as dst:
             storecheck.ensure_safe(dst, unsafe_store)  # a copy that overwrites is no copy
             return rep.replicate(src, dst, ids, progress=progress)
@@ -318,6 +407,11 @@ def repair(refs: Iterable[str] = (), *, sources: Iterable[str] = (), all_archive
         urls = list(dict.fromkeys(sources)) or target.copies()  # default: the copies the store names
         if not urls:
             raise UsageError("no copy to repair from (name one, or record copies with `archiver copies add URL`)")
+        if target.sealed:  # without keys: heal from the companions' ciphertext hashes
+            from archiver import sealcopy
+            sids = sealcopy.select(target, list(refs), all_archives)
+            copies = [stack.enter_context(Repository.open(_copy_settings(s, url), read_only=True)) for url in urls]
+            return sealcopy.repair(target, copies, sids, dry_run=dry_run)
         ids = rep.select(target, refs, all_archives)
         copies = [stack.enter_context(Repository.open(_copy_settings(s, url), read_only=True)) for url in urls]
         return rep.repair(target, copies, ids, dry_run=dry_run, sample=sample)
@@ -449,3 +543,17 @@ def export(ref: str, dest: str | os.PathLike, *, format: str = "bagit", trust_ke
             return bagit.export_bag(r, ref, dest, trusted=trusted, progress=progress)
         from archiver import ocfl
         return ocfl.export_ocfl(r, ref, dest, trusted=trusted, progress=progress)
+
+
+def key_split(identity: str | os.PathLike, *, shares: int, threshold: int, out_dir: str | os.PathLike = ".",
+              passphrase: str | bytes | None = None) -> Any:
+    """Split an age identity file into SLIP-39 share sheets for custodians (escrow.SplitResult)."""
+    from archiver import escrow  # pyrage and shamir-mnemonic load only for key escrow
+    return escrow.split_files(identity, shares, threshold, out_dir, passphrase)
+
+
+def key_combine(shares: Iterable[str | os.PathLike], *, out: str | os.PathLike | None = None,
+                passphrase: str | bytes | None = None) -> Any:
+    """Restore an age identity from share sheets (escrow.CombineResult), written to `out` if given."""
+    from archiver import escrow
+    return escrow.combine_files(list(shares), out, passphrase)

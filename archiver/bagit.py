@@ -17,6 +17,7 @@ stays bounded whatever the file size. The bag is built under a temporary name be
 and renamed into place only when complete, so DEST never holds half a bag."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -27,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from archiver.errors import DestinationError, DestinationFullError, IntegrityError
 from archiver.fileio import write_all
@@ -95,6 +96,22 @@ def finish(tmp: Path, dest: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def staged(dest: Path, progress: Progress) -> Iterator[Path]:
+    """Build an export in a fresh staging directory beside `dest`: renamed to `dest` when
+    the block completes, removed if anything fails, so no partial export is ever left under
+    its name. Every export format finishes through here."""
+    tmp = staging_dir(dest)
+    try:
+        yield tmp
+        finish(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        progress.finish()
 
 
 def write_file(repo: Repository, e: Entry, target: Path, pool: ThreadPoolExecutor, window: int,
@@ -176,12 +193,11 @@ def export_bag(repo: Repository, ref: str, dest: str | os.PathLike, *, workers: 
     progress = progress or Progress()
     mid, m = load_checked(repo, ref, trusted, "export")
     root = Path(dest)
-    tmp = staging_dir(root)
     result = ExportResult(id=mid, dest=str(root), format="bagit")
     files = sorted(m.files, key=lambda e: e.path)
-    progress.start(f"export {m.name}", sum(e.size for e in files))
     nworkers = workers or default_workers()
-    try:
+    with staged(root, progress) as tmp:
+        progress.start(f"export {m.name}", sum(e.size for e in files))
         lines: dict[str, list[str]] = {"sha256": [], "sha512": []}
         with ThreadPoolExecutor(nworkers, thread_name_prefix="export") as pool:
             for e in sorted(m.entries, key=lambda e: e.path):
@@ -211,12 +227,6 @@ def export_bag(repo: Repository, ref: str, dest: str | os.PathLike, *, workers: 
         for alg in ("sha256", "sha512"):
             _write_text(tmp / f"tagmanifest-{alg}.txt",
                         "".join(f"{_digest_file(tmp / t, alg)}  {encode_path(t)}\n" for t in tags))
-        finish(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        progress.finish()
     result.seconds = round(time.monotonic() - started, 3)
     return result
 

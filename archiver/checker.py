@@ -21,6 +21,8 @@ the catalog's audit log; if the catalog cannot be written (read-only, or locked 
 process) the verification still stands and `audit_error` says why it was not recorded."""
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import time
 from collections import defaultdict
@@ -92,7 +94,7 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
            sample: float | None = None, workers: int | None = None, trusted: list[bytes] | None = None,
            progress: Progress | None = None, max_bytes: int | None = None, max_seconds: float | None = None,
            sign_key: object = None, retention: bool = False, retain_until: Any = None,
-           thaw: Any = None) -> VerifyReport:
+           thaw: Any = None, executor: Any = None) -> VerifyReport:
     """Check the named archives (or every recorded archive with all_archives=True). Never
     raises for damage found in the store: damage becomes Problems in the report.
     `max_bytes` (stored bytes read) and `max_seconds` bound a sampled run; either one
@@ -130,8 +132,15 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
     nworkers = workers or default_workers()
     if thaw is not None and deep:
         _thaw(repo, {h: u[0].ref.stored_size for h, u in uses.items()}, thaw, report)
-    if deep:
+    if deep and executor is not None and executor.distributed:  # one task per file (archiver.fanout)
+        from archiver import fanout
         progress.start("verify", sum(m.total_size for m in manifests.values()))
+        fanout.deep_files(repo, executor, [(mid, e) for mid, m in manifests.items() for e in m.files], report,
+                          progress)
+        progress.finish()
+    elif deep:
+        progress.start("verify", sum(m.total_size for m in manifests.values()))
+        repo.plan_reads(u[0].ref for u in uses.values())  # packed chunks: one read per span of a pack
         _deep(repo, manifests, nworkers, report, progress)
         progress.finish()
     elif sample:
@@ -189,10 +198,12 @@ def _load(repo: Repository, mid: str, report: VerifyReport, trusted: list[bytes]
     """`stored`: manifests of this run whose store copy was proved to be the manifest (id ->
     name); a parent among them is not fetched and parsed again for the chain check."""
     try:
-        m = repo.load_manifest(mid)
+        m, bad_maps = repo.load_manifest_keep_going(mid)
     except ArchiverError as e:
         report.add(Problem(mid, "manifest", str(e)))
         return None
+    for e, why in bad_maps:  # manifest v2: one problem per missing or damaged file map
+        report.add(Problem(mid, "filemap", why, e.path, 0, e.size, e.filemap))
     copy = repo.manifest_copy_problem(mid, m)
     if copy is not None:
         report.add(Problem(mid, "manifest", copy))
@@ -215,6 +226,8 @@ def _load(repo: Repository, mid: str, report: VerifyReport, trusted: list[bytes]
                     check_link(e.path, e.target)  # restore would refuse it
     except ArchiverError as e:
         report.add(Problem(mid, "unsafe-path", str(e)))
+    if bad_maps:  # a file whose chunk list is unknown cannot be checked further (reported above)
+        m = dataclasses.replace(m, entries=tuple(e for e in m.entries if e.resolved))
     return m
 
 
@@ -241,12 +254,14 @@ def _uses_by_hash(manifests: dict[str, Manifest]) -> dict[str, list[ChunkUse]]:
 
 def _shallow(repo: Repository, uses: dict[str, list[ChunkUse]], report: VerifyReport) -> None:
     """Every chunk present with its recorded stored size, from LIST pages."""
-    sizes = repo.chunk_sizes(uses)
+    sizes, pack_notes = repo.chunk_presence(uses)
     for h in sorted(uses):
         report.chunks_checked += 1
         got = sizes.get(h)
         for use in uses[h]:
-            if got is None:
+            if got is None and h in pack_notes:  # a packed chunk: name its pack and what is wrong
+                report.add(use.problem(f"chunk {h} is not readable: {pack_notes[h]}", "missing-chunk"))
+            elif got is None:
                 report.add(use.problem("chunk object is missing from the store", "missing-chunk"))
             elif got != use.ref.stored_size:
                 report.add(use.problem(f"stored size {got} != recorded {use.ref.stored_size}",

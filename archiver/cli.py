@@ -16,6 +16,7 @@ import click
 from archiver import api, malloc
 from archiver.checker import check_budget, check_sample
 from archiver.errors import ArchiverError, EmptyCatalogError, InvalidOptionError, NoStoreError, UsageError
+from archiver.executors import MissingExtraError
 from archiver.progress import Progress, human_bytes
 from archiver.repository import Repository
 from archiver.settings import Settings
@@ -31,9 +32,11 @@ class Ctx:
     def __init__(self, store: str | None, catalog: str | None) -> None:
         self.store, self.catalog = store, catalog
 
+    identities: tuple[str, ...] = ()  # --identity of the command (sealed stores)
+
     def repo(self, create: bool = False, read_only: bool = False, policy: Any = None) -> Repository:
-        return Repository.open(Settings.resolve(self.store, self.catalog), create=create, read_only=read_only,
-                               policy=policy)
+        return Repository.open(Settings.resolve(self.store, self.catalog, identities=self.identities), create=create,
+                               read_only=read_only, policy=policy)
 
 
 def flag(option: str) -> str:
@@ -50,6 +53,8 @@ def describe(err: ArchiverError) -> str:
         text += f" (use {flag(err.remedy)})"
     if isinstance(err, EmptyCatalogError):
         text += " (run `archiver catalog rebuild` to record them)"
+    if isinstance(err, MissingExtraError):
+        text += f": install archiver[{err.extra}]"
     return text
 
 
@@ -102,6 +107,22 @@ def parse_duration(text: str, option: str) -> float:
     return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
 
+def executor_options(fn: Any) -> Any:
+    """--executor, --ray-address, --task-cpus, --max-inflight: passed on to the API as they are."""
+    for opt in reversed([
+            click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+                         help="Where the per-file tasks run: local threads (default) or a Ray cluster "
+                              "(install archiver[ray])."),
+            click.option("--ray-address", metavar="ADDRESS", default=None,
+                         help="Ray cluster to join (auto, ray://HOST:10001); default: RAY_ADDRESS or a local Ray."),
+            click.option("--task-cpus", type=int, default=None, metavar="N",
+                         help="CPUs per file task (its chunk pool has N+2 threads)."),
+            click.option("--max-inflight", type=int, default=None, metavar="N",
+                         help="At most N file tasks at once.")]):
+        fn = opt(fn)
+    return fn
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", metavar="URL",
               help="Store: a directory path, file:///path or s3://bucket/prefix. Default: $ARCHIVER_STORE, "
@@ -149,12 +170,13 @@ def cli(ctx: click.Context, store: str | None, catalog: str | None) -> None:
 @click.option("--reread", is_flag=True,
               help="Read every file, even those the files cache shows unchanged since an earlier archive.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@executor_options
 @click.pass_obj
 def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, meta: tuple[str, ...],
                 sign_key: str | None, trust_verified_within: str | None, lock_mode: str | None,
                 retain_until: str | None, retain_for: str | None, legal_hold: bool, storage_class: str | None,
                 replicate_: bool, unsafe_store: bool, profile: str | None, meta_file: str | None,
-                attach: tuple[str, ...], dereference: bool, reread: bool, as_json: bool) -> None:
+                attach: tuple[str, ...], dereference: bool, reread: bool, as_json: bool, **ex: Any) -> None:
     """Archive files and directories; prints the manifest id."""
     meta_d = _parse_meta(meta)
     attachments = _parse_attach(attach)
@@ -170,7 +192,7 @@ def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, me
         res = api.archive(paths, name=name, label=label, meta=meta_d, sign_key=key, repo=repo, write_policy=policy,
                           trust_verified_within=trust, progress=Progress.for_terminal("archive", quiet=as_json),
                           unsafe_store=unsafe_store, profile_block=block, attach=attachments, dereference=dereference,
-                          reread=reread)
+                          reread=reread, **ex)
         copies = _replicate_new(c, repo, res.id, as_json, unsafe_store) if replicate_ else None
     if as_json:
         emit(res.to_dict() if copies is None else {**res.to_dict(), "replicated": [r.to_dict() for r in copies],
@@ -182,6 +204,8 @@ def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, me
     click.echo(f"{res.files} files, {human_bytes(res.bytes_in)} in, {human_bytes(res.bytes_stored)} stored "
                f"({human_bytes(res.new_bytes_stored)} new in {res.new_chunks} of {res.chunks} chunks), "
                f"{res.seconds:.1f}s", err=True)
+    if res.resumed_files:
+        click.echo(f"resumed {res.resumed_files} file(s) archived by an interrupted run of this archive", err=True)
     if res.repaired_chunks:
         click.echo(f"repaired {res.repaired_chunks} damaged chunk(s) in the store from the source "
                    f"(the damaged objects are kept under quarantine/ and each repair is in the catalog audit log)", err=True)
@@ -264,19 +288,25 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
 @click.option("--retention", is_flag=True,
               help="Check every object's Object Lock against the archive's recorded policy.")
 @click.option("--retain-until", metavar="DATE", help="With --retention: every object locked at least until DATE.")
+@click.option("--identity", "identity", multiple=True, type=click.Path(), metavar="FILE",
+              help="Sealed stores: a custodian's age identity file (repeatable; or ARCHIVER_IDENTITY).")
 @click.option("--thaw", is_flag=True, help="With --deep or --sample: thaw cold chunks first and check them too.")
 @click.option("--tier", type=click.Choice(["Bulk", "Standard", "Expedited"]), default="Bulk", show_default=True)
 @click.option("--days", type=int, default=1, show_default=True, help="Days thawed copies stay readable.")
 @click.option("--wait/--no-wait", default=True, show_default=True)
 @click.option("--poll", "poll", type=float, default=60.0, show_default=True, metavar="SECONDS")
 @click.option("--json", "as_json", is_flag=True)
+@executor_options
 @click.pass_obj
 def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: float | None,
                max_bytes: str | None, max_seconds: str | None, trust_key: tuple[str, ...], sign_key: str | None,
                copies_: bool, retention: bool, retain_until: str | None, thaw: bool, tier: str,
-               days: int, wait: bool, poll: float, as_json: bool) -> None:
+               days: int, wait: bool, poll: float, as_json: bool, identity: tuple[str, ...] = (),
+               **ex: Any) -> None:
     """Prove archives complete and uncorrupted. Exit 0 all good, 1 problems found, 2 usage.
-    REF as for `show` (id:PREFIX and name:NAME[@LABEL] are never ambiguous)."""
+    REF as for `show` (id:PREFIX and name:NAME[@LABEL] are never ambiguous). On a sealed
+    store --deep without --identity re-hashes every object's ciphertext."""
+    c.identities = identity
     if bool(refs) == all_:
         raise UsageError("give REF... or --all (not both)")
     budget_bytes = None if max_bytes is None else parse_size(max_bytes, "max_bytes")
@@ -290,7 +320,7 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
                          progress=Progress.for_terminal("verify", quiet=as_json), max_bytes=budget_bytes,
                          max_seconds=budget_seconds, sign_key=key, retention=retention, retain_until=retain_until,
                          thaw=ThawOptions(days=days, tier=tier, wait=wait, poll_seconds=poll,
-                                          report=None if as_json else _thaw_line) if thaw else None)
+                                          report=None if as_json else _thaw_line) if thaw else None, **ex)
         cop = api.verify_copies(rep.manifests, {p.manifest for p in rep.problems}, repo=repo,
                                 settings=Settings.resolve(c.store, c.catalog)) if copies_ else None
     if rep.audit_error is not None:
@@ -328,6 +358,8 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
               help="Refuse unless signed by this public key (file or hex); repeatable.")
 @click.option("--preserve-special-bits", is_flag=True,
               help="Keep setuid, setgid and sticky bits (dropped by default).")
+@click.option("--identity", "identity", multiple=True, type=click.Path(), metavar="FILE",
+              help="Sealed stores: a custodian's age identity file (repeatable; or ARCHIVER_IDENTITY).")
 @click.option("--thaw", is_flag=True, help="Thaw chunks in GLACIER / DEEP_ARCHIVE first (RestoreObject, billed).")
 @click.option("--tier", type=click.Choice(["Bulk", "Standard", "Expedited"]), default="Bulk", show_default=True,
               help="Thaw tier: slower is cheaper.")
@@ -339,11 +371,14 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
 @click.option("--plan", is_flag=True, help="Only show what the restore needs (chunks, thaw, cost, time); write nothing.")
 @click.option("--prices", type=click.Path(), metavar="FILE", help="Price file for --plan (default: the shipped one).")
 @click.option("--json", "as_json", is_flag=True)
+@executor_options
 @click.pass_obj
 def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bool, trust_key: tuple[str, ...],
                 preserve_special_bits: bool, thaw: bool, tier: str, days: int, wait: bool, poll: float,
-                plan: bool, prices: str | None, as_json: bool) -> None:
+                plan: bool, prices: str | None, as_json: bool, identity: tuple[str, ...] = (),
+                **ex: Any) -> None:
     """Restore an archive into DEST, verifying every byte. REF as for `show`."""
+    c.identities = identity
     if plan:
         with c.repo(read_only=True) as repo:
             p = api.restore_plan(ref, include=include, tier=tier, prices=prices, repo=repo)
@@ -371,7 +406,7 @@ def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bo
     with c.repo(read_only=True) as repo:  # restore writes no catalog row
         res = api.restore(ref, dest, include=include, force=force, trust_keys=trusted, repo=repo,
                           progress=Progress.for_terminal("restore", quiet=as_json),
-                          preserve_special_bits=preserve_special_bits, thaw=options)
+                          preserve_special_bits=preserve_special_bits, thaw=options, **ex)
     if res.thaw is not None and not res.thaw["ready"]:
         if as_json:
             emit(res.to_dict())
@@ -480,11 +515,14 @@ def catalog_grp() -> None:
 
 
 @catalog_grp.command("rebuild")
+@click.option("--identity", "identity", multiple=True, type=click.Path(), metavar="FILE",
+              help="Sealed stores: a custodian's age identity file (repeatable; or ARCHIVER_IDENTITY).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def rebuild_cmd(c: Ctx, as_json: bool) -> None:
+def rebuild_cmd(c: Ctx, as_json: bool, identity: tuple[str, ...] = ()) -> None:
     """Recreate the catalog from the manifests in the store. A bad manifest is skipped and
-    reported; exit 1 if any was."""
+    reported; exit 1 if any was. A sealed store's manifests need --identity."""
+    c.identities = identity
     with c.repo() as repo:
         res = api.rebuild_catalog(repo=repo)
     if as_json:
@@ -494,6 +532,26 @@ def rebuild_cmd(c: Ctx, as_json: bool) -> None:
             click.echo(f"skipped: {p.line()}", err=True)
         skipped = f", {len(res.problems)} bad manifest(s) skipped" if res.problems else ""
         click.echo(f"catalog rebuilt: {len(res.added)} manifest(s) added of {res.manifests} in the store{skipped}",
+                   err=not res.ok)
+    sys.exit(0 if res.ok else 1)
+
+
+@catalog_grp.command("sync")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def sync_cmd(c: Ctx, as_json: bool) -> None:
+    """Record the archives other hosts wrote to the store since this catalog last looked
+    (each host keeps its own catalog on local disk). A bad manifest is skipped and reported;
+    exit 1 if any was."""
+    with c.repo() as repo:
+        res = api.sync_catalog(repo=repo)
+    if as_json:
+        emit(res.to_dict())
+    else:
+        for p in res.problems:
+            click.echo(printable(f"skipped: {p.line()}"), err=True)
+        skipped = f", {len(res.problems)} bad manifest(s) skipped" if res.problems else ""
+        click.echo(f"catalog synced: {len(res.added)} manifest(s) added of {res.manifests} in the store{skipped}",
                    err=not res.ok)
     sys.exit(0 if res.ok else 1)
 
@@ -749,6 +807,25 @@ def store_check_cmd(c: Ctx, url: str | None, as_json: bool) -> None:
     sys.exit(0 if res.ok else 1)
 
 
+@store_grp.command("init")
+@click.argument("url", required=False)
+@click.option("--encrypt-to", "encrypt_to", multiple=True, metavar="RECIPIENT",
+              help="Create a sealed store encrypted to this age X25519 recipient (age1...); repeatable.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def store_init_cmd(c: Ctx, url: str | None, encrypt_to: tuple[str, ...], as_json: bool) -> None:
+    """Create a store at URL (default --store). With --encrypt-to, a sealed store: only the
+    recipients' identities can read it; this host gets the address key file it needs to archive."""
+    res = api.store_init(settings=Settings.resolve(url or c.store, None if url else c.catalog), encrypt_to=encrypt_to)
+    if as_json:
+        emit({"ok": True, **res})
+    elif res["sealed"]:
+        click.echo(printable(f"sealed store {res['store']} (id {res['store_id']}) for {len(res['recipients'])} "
+                             f"recipient(s); address key for archive hosts: {res['address_key_file']}"))
+    else:
+        click.echo(printable(f"store {res['store']}"))
+
+
 def _report_copy(res: Any, as_json: bool, summary: str) -> None:
     """Print a replicate or repair result and exit 0 (ok) or 1 (problems)."""
     if as_json:
@@ -780,6 +857,88 @@ def retention_extend_cmd(c: Ctx, ref: str, until: str, lock_mode: str | None, as
         emit({"ok": True, **res})
     else:
         click.echo(f"{res['id']}: {res['objects']} objects locked ({res['mode']}) until at least {res['retain_until']}")
+
+
+@cli.group("key")
+def key_group() -> None:
+    """Custodian keys: split, combine, rotate."""
+
+
+def _read_passphrase(path: str | None) -> str | None:
+    """The first line of a passphrase file (never a flag value: argv is visible to every user)."""
+    if path is None:
+        return None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.readline().rstrip("\r\n")
+
+
+@key_group.command("split")
+@click.argument("identity", type=click.Path(exists=True, dir_okay=False))
+@click.option("--shares", type=int, required=True, help="Number of custodians (share sheets), at most 16.")
+@click.option("--threshold", type=int, required=True, help="How many sheets restore the key (at least 2).")
+@click.option("--out-dir", type=click.Path(exists=True, file_okay=False), default=".", show_default=True,
+              help="Directory for the sheets (each new, mode 0600; nothing is overwritten).")
+@click.option("--passphrase-file", type=click.Path(exists=True, dir_okay=False),
+              help="Also protect the split with the passphrase on this file's first line (SLIP-39).")
+@click.option("--json", "as_json", is_flag=True)
+def key_split_cmd(identity: str, shares: int, threshold: int, out_dir: str, passphrase_file: str | None,
+                  as_json: bool) -> None:
+    """Split the age identity in IDENTITY (as age-keygen writes it) into SLIP-39 share sheets,
+    one per custodian: any --threshold of them restore it, fewer reveal nothing."""
+    res = api.key_split(identity, shares=shares, threshold=threshold, out_dir=out_dir,
+                        passphrase=_read_passphrase(passphrase_file))
+    if as_json:
+        emit(res.to_dict())
+    else:
+        click.echo(printable(f"split {res.split_id}: {res.shares} share sheets, any {res.threshold} restore "
+                             f"{res.public_key}"))
+        for p in res.files:
+            click.echo(printable(f"  {p}"))
+
+
+@key_group.command("combine")
+@click.argument("shares", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(), help="Write the restored identity here (new file, mode 0600); "
+                                               "default: print it.")
+@click.option("--passphrase-file", type=click.Path(exists=True, dir_okay=False),
+              help="The split's passphrase, on this file's first line.")
+@click.option("--json", "as_json", is_flag=True)
+def key_combine_cmd(shares: tuple[str, ...], out: str | None, passphrase_file: str | None, as_json: bool) -> None:
+    """Restore an age identity from custodians' share sheets (or files of their words).
+    Refuses too few shares, duplicates, shares of different splits and corrupt words."""
+    res = api.key_combine(shares, out=out, passphrase=_read_passphrase(passphrase_file))
+    if as_json:
+        emit(res.to_dict())
+        return
+    who = ", ".join(map(str, res.key.custodians))
+    if res.out is None:
+        click.echo(res.key.file_text(), nl=False)
+        click.echo(f"restored {res.key.identity.public_key} from custodians {who}", err=True)
+    else:
+        click.echo(printable(f"restored {res.key.identity.public_key} from custodians {who} into {res.out}"))
+
+
+@key_group.command("rotate")
+@click.option("--add", multiple=True, metavar="RECIPIENT", help="An age recipient to add (repeatable).")
+@click.option("--remove", multiple=True, metavar="RECIPIENT", help="A recipient to remove (repeatable).")
+@click.option("--identity", "identity", multiple=True, type=click.Path(), metavar="FILE", required=True,
+              help="A custodian identity that opens the current keys (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def key_rotate_cmd(c: Ctx, add: tuple[str, ...], remove: tuple[str, ...], identity: tuple[str, ...],
+                   as_json: bool) -> None:
+    """Re-wrap a sealed store's key objects (new objects, never chunks) to the recipients
+    plus --add minus --remove; the newest generation wins."""
+    if not add and not remove:
+        raise UsageError("give --add and/or --remove")
+    c.identities = identity
+    with c.repo(read_only=True) as repo:
+        res = api.rotate_keys(add=add, remove=remove, repo=repo)
+    if as_json:
+        emit({"ok": True, **res})
+    else:
+        click.echo(f"key generation {res['generation']}: {res['run_keys']} run key(s) and the address key re-wrapped "
+                   f"to {len(res['recipients'])} recipient(s)")
 
 
 def fail(message: str, code: int, as_json: bool, kind: str = "error", **fields: Any) -> None:

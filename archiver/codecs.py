@@ -129,9 +129,52 @@ def _sample(data: bytes | memoryview) -> bytes | memoryview:
     return b"".join(data[k * step : k * step + piece] for k in range(SAMPLE_PIECES))
 
 
-def _same(a: bytes | memoryview, b: bytes | memoryview) -> bool:
-    """Byte equality at memcmp speed (bytes == memoryview compares item by item, far slower)."""
-    return len(a) == len(b) and np.array_equal(np.frombuffer(a, dtype=np.uint8), np.frombuffer(b, dtype=np.uint8))
+def same_bytes(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> bool:
+    """Byte equality at memory speed whatever the buffer types. `bytes == memoryview`
+    compares item by item (~20x slower); numpy on 8-byte words makes an eighth of the
+    temporary that a byte-wise compare makes."""
+    if isinstance(a, bytes) and isinstance(b, bytes):
+        return a == b  # memcmp
+    x = np.frombuffer(a, dtype=np.uint8)
+    y = np.frombuffer(b, dtype=np.uint8)
+    n = x.size
+    if n != y.size:
+        return False
+    k = n - n % 8
+    return bool(np.array_equal(x[:k].view(np.uint64), y[:k].view(np.uint64)) and np.array_equal(x[k:], y[k:]))
+
+
+_same = same_bytes  # the name the encoder has always used
+
+# Elements as little-endian unsigned integers of `width` bytes: plane i is byte i of each
+# element, i.e. (element >> 8*i) & 0xff, whatever the host's byte order.
+_ELEMENT = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+
+
+def split_planes(data: bytes | bytearray | memoryview, width: int, out: np.ndarray) -> None:
+    """Byte-planes of the first out.shape[1] elements of `data` into `out` (uint8, shape
+    (width, plane_len)), e.g. a reused per-thread buffer.
+
+    Why shifts and casts rather than a strided copy (grid[:, i]): a byte-strided gather
+    runs one byte at a time, while a cast or shift of whole elements is vectorised; both
+    release the GIL. Measurements: bench/RESULTS.md, "CPU per GiB (issue 12)"."""
+    plane_len = out.shape[1]
+    elems = np.frombuffer(data, dtype=_ELEMENT[width], count=plane_len)
+    np.copyto(out[0], elems, casting="unsafe")  # truncation keeps the low byte
+    for i in range(1, width):
+        np.right_shift(elems, 8 * i, out=out[i], casting="unsafe")
+
+
+def merge_planes(planes: list[np.ndarray], width: int, out: np.ndarray) -> None:
+    """Inverse of split_planes: interleave `planes` (uint8, plane_len each) into `out`
+    (uint8, width * plane_len bytes), by Horner's rule on whole elements (vectorised)
+    rather than `width` byte-strided scatters."""
+    dst = out.view(_ELEMENT[width])
+    np.left_shift(planes[width - 1], 8, out=dst, dtype=_ELEMENT[width])
+    np.bitwise_or(dst, planes[width - 2], out=dst)
+    for i in range(width - 3, -1, -1):
+        np.left_shift(dst, 8, out=dst)
+        np.bitwise_or(dst, planes[i], out=dst)
 
 
 def _byte_view(raw: bytes | bytearray | memoryview) -> bytes | memoryview:
@@ -185,6 +228,36 @@ class Codec:
             d = self._local.decompressor = zstandard.ZstdDecompressor()
         return d
 
+    def _scratch(self, name: str, nbytes: int) -> np.ndarray:
+        """A uint8 buffer of `nbytes` owned by this thread, reused from chunk to chunk.
+
+        Why: a fresh multi-MiB buffer per chunk is fresh pages to fault in and zero (or
+        at best a trip through malloc), which cost as much as the copy itself. The
+        buffer only grows (to the largest chunk seen); it never leaves the codec: what
+        is returned to callers is always copied out (_assemble) or freshly allocated."""
+        bufs = getattr(self._local, "scratch", None)
+        if bufs is None:
+            bufs = self._local.scratch = {}
+        buf = bufs.get(name)
+        if buf is None or buf.size < nbytes:
+            buf = bufs[name] = np.empty(max(nbytes, 1), dtype=np.uint8)
+        return buf[:nbytes]
+
+    def _round_trips(self, frame: bytes, payload: bytes | memoryview) -> bool:
+        """Does `frame` decompress to exactly `payload`? Decoded into a reused per-thread
+        buffer (one byte longer, so extra output shows) and compared in place."""
+        n = len(payload)
+        out = self._scratch("check", n + 1)
+        reader = self._decompressor().stream_reader(frame, read_size=len(frame), read_across_frames=False)
+        view = memoryview(out)
+        got = 0
+        while got <= n:
+            k = reader.readinto(view[got:])
+            if not k:
+                break
+            got += k
+        return got == n and same_bytes(out[:n], payload)
+
     # -- encode -------------------------------------------------------------------
 
     def encode(self, raw: bytes | memoryview, width: int = 0) -> Encoded:
@@ -209,20 +282,26 @@ class Codec:
         Every zstd frame produced is decompressed and compared with its input before
         it is used: a compressor fault can never reach the store. (Decompression and
         the comparison are cheap next to compression, and release the GIL.)"""
+        packed = self._pack(payload, level)
+        if packed is None:
+            return CODEC_RAW, payload
+        if not self._round_trips(packed, payload):
+            raise EncodeError(None, "zstd round trip mismatch while encoding")
+        return CODEC_ZSTD, packed
+
+    def _pack(self, payload: bytes | memoryview, level: int | None) -> bytes | None:
+        """The zstd frame of `payload` if it is smaller (not yet checked), else None
+        (store raw); big payloads are probed on a sample first (module docstring)."""
         n = len(payload)
         if n == 0:
-            return CODEC_RAW, payload
+            return None
         comp = self._compressor(level)
         if n > SAMPLE_BYTES:
             sample = _sample(payload)
             if len(comp.compress(sample)) > len(sample) * SAMPLE_MAX_RATIO:
-                return CODEC_RAW, payload
+                return None
         packed = comp.compress(payload)
-        if len(packed) >= n:
-            return CODEC_RAW, payload
-        if not _same(self._decompressor().decompress(packed, max_output_size=n), payload):
-            raise EncodeError(None, "zstd round trip mismatch while encoding")
-        return CODEC_ZSTD, packed
+        return packed if len(packed) < n else None
 
     def _encode_plain(self, data: bytes | memoryview) -> Encoded:
         codec, payload = self._squeeze(data, self.level)
@@ -230,17 +309,18 @@ class Codec:
         return Encoded(obj, "zstd" if codec == CODEC_ZSTD else "raw")
 
     def _encode_planes(self, data: bytes | memoryview, width: int) -> Encoded | None:
-        # numpy's strided copy is faster than slicing bytes with a step and, unlike
-        # it, releases the GIL, so two worker threads really use two cores.
+        # Planes go into this thread's reused buffer (split_planes: vectorised, releases
+        # the GIL, so two worker threads really use two cores); raw planes are views of
+        # it that _assemble copies into the object before the buffer is used again.
         n = len(data)
         body = n - n % width
         plane_len = body // width
-        grid = np.frombuffer(data, dtype=np.uint8, count=body).reshape(plane_len, width)
+        planes = self._scratch("planes", body).reshape(width, plane_len)
+        split_planes(data, width, planes)
         sections: list[tuple[int, bytes | memoryview, int]] = []
         any_zstd = False
         for i in range(width):
-            plane = memoryview(np.ascontiguousarray(grid[:, i]))
-            codec, payload = self._squeeze(plane, self.plane_level)
+            codec, payload = self._squeeze(memoryview(planes[i]), self.plane_level)
             any_zstd |= codec == CODEC_ZSTD
             sections.append((codec, payload, plane_len))
         if not any_zstd:
@@ -273,14 +353,40 @@ class Codec:
         body = parsed.raw_length - parsed.raw_length % width
         buf = bytearray(parsed.raw_length)  # returned as is: no extra copy of the chunk
         out = np.frombuffer(buf, dtype=np.uint8)
-        grid = out[:body].reshape(body // width, width)
-        for i, sec in enumerate(parsed.sections[:width]):
-            # strided numpy assignment: releases the GIL, unlike bytearray slice assignment
-            grid[:, i] = np.frombuffer(self._section_bytes(mv, sec, chunk), dtype=np.uint8)
+        planes = [np.frombuffer(self._section_bytes(mv, sec, chunk), dtype=np.uint8)
+                  for sec in parsed.sections[:width]]
+        if body:
+            merge_planes(planes, width, out[:body])  # vectorised, releases the GIL
         tail = parsed.sections[width]
         out[body:] = np.frombuffer(mv[tail.offset : tail.offset + tail.stored_length], dtype=np.uint8)
-        del grid, out  # release the buffer export so the bytearray is an ordinary object again
+        del planes, out  # release the buffer export so the bytearray is an ordinary object again
         return buf
+
+    def matches(self, obj: bytes | memoryview, data: bytes | bytearray | memoryview, chunk: str = "?") -> bool:
+        """Does `obj` decode to exactly `data`? For proving a stored chunk against the
+        source bytes at hand (dedup): the same checks as `decode` (CorruptChunkError for
+        any malformation, memory bounded by len(data)), but instead of reassembling the
+        chunk into a fresh buffer, the source is split into this thread's reused plane
+        buffer and each section is compared with its plane as it is decoded."""
+        src = _byte_view(data)
+        n = len(src)
+        if n > MAX_CHUNK_LENGTH:
+            raise CorruptChunkError(chunk, f"expected length {n} is outside 0..{MAX_CHUNK_LENGTH}, the chunk length limit")
+        mv = _byte_view(obj)
+        if not isinstance(mv, memoryview):
+            mv = memoryview(mv)
+        parsed = _parse(mv, chunk, n)
+        if parsed.transform == TRANSFORM_NONE:
+            return same_bytes(self._section_bytes(mv, parsed.sections[0], chunk), src)
+        width = parsed.width
+        body = n - n % width
+        planes = self._scratch("planes", body).reshape(width, body // width)
+        split_planes(src, width, planes)
+        for i, sec in enumerate(parsed.sections[:width]):
+            if not same_bytes(self._section_bytes(mv, sec, chunk), planes[i]):
+                return False
+        tail = parsed.sections[width]
+        return same_bytes(mv[tail.offset : tail.offset + tail.stored_length], src[body:])
 
     def _section_bytes(self, mv: memoryview, sec: _Section, chunk: str) -> bytes | memoryview:
         payload = mv[sec.offset : sec.offset + sec.stored_length]

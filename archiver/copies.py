@@ -43,6 +43,7 @@ def check(primary: Repository, copies: list[tuple[str, Repository | ArchiverErro
             continue
         sizes = copy.chunk_sizes(wanted)
         stored = copy.manifest_sizes()
+        maps = copy.filemap_sizes() if any(e.filemap for m in manifests.values() for e in m.files) else {}
         for mid, m in manifests.items():
             before = len(rep.problems)
             if stored.get(mid) != len(m.canonical_json()):
@@ -50,6 +51,9 @@ def check(primary: Repository, copies: list[tuple[str, Repository | ArchiverErro
                 rep.problems.append(Problem(mid, "manifest", f"copy {url}: the manifest {what}"))
             seen: set[str] = set()
             for e in m.files:
+                if e.filemap and e.filemap not in maps:  # manifest v2: the file's chunk list
+                    rep.problems.append(Problem(mid, "filemap", f"copy {url}: file map is missing", e.path, 0,
+                                                e.size, e.filemap))
                 for c in e.chunks:
                     if c.hash in seen:
                         continue

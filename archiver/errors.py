@@ -26,6 +26,13 @@ class UsageError(ArchiverError):
     exit_code = 2
 
 
+class IdentityError(UsageError):
+    """A sealed store needs a key this process was not given (no identity, a wrong one, a
+    removed custodian's, a missing key object): refused before anything is written."""
+
+    remedy = "identity"
+
+
 class InvalidOptionError(UsageError):
     """One parameter has a value it cannot take."""
 

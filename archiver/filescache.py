@@ -205,6 +205,7 @@ class FilesRun:
         for e in candidates.values():
             for c in e.chunks:
                 refs.setdefault(c.hash, c)  # one proof per hash (offsets may differ between files)
+        self.repo.plan_reads(refs.values())  # packed chunks: one ranged read per span of a pack
         with ThreadPoolExecutor(workers, thread_name_prefix="files-cache") as pool:
             bad = {h for h, err in ordered_map(
                 pool, lambda h: self.repo.prove_stored_chunk(refs[h], trust_verified_within=trust,

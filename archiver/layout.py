@@ -10,6 +10,8 @@
     quarantine/<key>                    local stores: damaged objects moved aside by repair
     _probe/<random>/object              scratch objects of `store check` (never read as data)
     retention/<id>/<digest>.json        the write policy (Object Lock, storage class) of an archive
+    packs/<p[0:2]>/<p>                  pack: small chunk objects concatenated; p = BLAKE3 of the pack
+    packindex/<i[0:2]>/<i>.json         which chunk lies at which byte range of one pack; i = BLAKE3
 
 Fan-out by the first two hex digits keeps directories small on local stores and gives
 shallow verify one LIST per prefix on S3."""
@@ -114,3 +116,83 @@ def retention_records_of(mid: str) -> str:
 def retention_record(mid: str, digest: str) -> str:
     """One record of the lock an archive was made or extended with; digest names its bytes."""
     return f"{RETENTION}{mid}/{digest}.json"
+
+
+# -- sealed stores (format version 2, archiver.sealing) -------------------------------------------
+# keys/sets/<gen>.json          who key-object generation <gen> is wrapped to (the newest wins)
+# keys/address/<gen>.age        the store's address key, age-encrypted to that generation's recipients
+# keys/runs/<kid>/<gen>.age     one run's X25519 identity, age-encrypted likewise (re-wrapped by rotation)
+# audits/<id>.json              the public companion of sealed manifest <id>: object keys, sizes, ciphertext BLAKE3
+KEYS = "keys/"
+KEY_SETS = "keys/sets/"
+ADDRESS_KEYS = "keys/address/"
+RUN_KEYS = "keys/runs/"
+AUDITS = "audits/"
+_GEN_KEY = re.compile(r"^keys/(?:sets|address|runs/[0-9a-f]{32})/(\d{8})\.(?:json|age)$")
+_RUN_KEY = re.compile(r"^keys/runs/([0-9a-f]{32})/\d{8}\.age$")
+
+
+def key_set(gen: int) -> str:
+    return f"{KEY_SETS}{gen:08d}.json"
+
+
+def address_key(gen: int) -> str:
+    return f"{ADDRESS_KEYS}{gen:08d}.age"
+
+
+def run_keys_of(kid: str) -> str:
+    return f"{RUN_KEYS}{kid}/"
+
+
+def run_key(kid: str, gen: int) -> str:
+    return f"{RUN_KEYS}{kid}/{gen:08d}.age"
+
+
+def key_generation(key: str) -> int | None:
+    """The generation a key object's name carries, or None for any other key."""
+    m = _GEN_KEY.match(key)
+    return int(m.group(1)) if m else None
+
+
+def run_key_id(key: str) -> str | None:
+    m = _RUN_KEY.match(key)
+    return m.group(1) if m else None
+
+
+def audit(mid: str) -> str:
+    return f"{AUDITS}{mid}.json"
+
+
+def audit_id(key: str) -> str | None:
+    name = key[len(AUDITS):] if key.startswith(AUDITS) else ""
+    mid = name[:-5] if name.endswith(".json") else ""
+    return mid if _HEX64.match(mid) else None
+# -- packs (archiver.packs): small chunk objects stored together, found through pack indexes -----
+PACKS = "packs/"
+PACK_INDEXES = "packindex/"
+
+
+def pack(p: str) -> str:
+    return f"{PACKS}{p[:2]}/{p}"
+
+
+def pack_id(key: str) -> str | None:
+    """The id a pack key names, or None for any other key."""
+    p = key.rsplit("/", 1)[-1]
+    return p if key == pack(p) and _HEX64.match(p) else None
+
+
+def pack_fanout(prefix2: str) -> str:
+    """The LIST prefix holding every pack whose id starts with `prefix2`."""
+    return f"{PACKS}{prefix2}/"
+
+
+def pack_index(i: str) -> str:
+    return f"{PACK_INDEXES}{i[:2]}/{i}.json"
+
+
+def pack_index_id(key: str) -> str | None:
+    """The id a pack-index key names, or None for any other key."""
+    name = key.rsplit("/", 1)[-1]
+    i = name[:-5] if name.endswith(".json") else ""
+    return i if _HEX64.match(i) and key == pack_index(i) else None

@@ -1,7 +1,8 @@
 """glibc malloc settings for a process that churns through multi-MiB buffers.
 
-Every chunk passes through several 2-8 MiB buffers (read, planes, compressed,
-decoded). By default glibc serves each from a fresh mmap and unmaps it on free, so
+Every chunk passes through several 2-8 MiB buffers (read, compressed, decoded; the
+byte planes and the encoder's round-trip check use per-thread buffers the codec
+reuses, see codecs.Codec._scratch). By default glibc serves each from a fresh mmap and unmaps it on free, so
 every page is faulted in and zeroed again, a large share of an archive's system
 time. Raising the mmap threshold to its maximum (32 MiB) and keeping up to 128 MiB
 of freed memory keeps those buffers in the heap for reuse; peak RSS is unchanged

@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from archiver.bagit import ExportResult, finish, staging_dir, write_file
+from archiver.bagit import ExportResult, staged, write_file
 from archiver.errors import IntegrityError, translated
 from archiver.parallel import default_workers, window_for
 from archiver.progress import Progress
@@ -90,7 +89,6 @@ def export_ocfl(repo: Repository, ref: str, dest: str | os.PathLike, *, workers:
     name = chain[-1][1].name
     recorded = {r.id: r.recorded_at for r in repo.list_archives(name)}
     root = Path(dest)
-    tmp = staging_dir(root)
     result = ExportResult(id=mid, dest=str(root), format="ocfl")
     object_id = "urn:archiver:" + urllib.parse.quote(name, safe="")
     stored: dict[str, str] = {}  # manifest sha256 -> sha512 of content already in the object
@@ -98,8 +96,8 @@ def export_ocfl(repo: Repository, ref: str, dest: str | os.PathLike, *, workers:
     fixity: dict[str, list[str]] = {}
     versions: dict[str, dict[str, Any]] = {}
     nworkers = workers or default_workers()
-    progress.start(f"export {name}", sum(e.size for _, m in chain for e in m.files))
-    try:
+    with staged(root, progress) as tmp:
+        progress.start(f"export {name}", sum(e.size for _, m in chain for e in m.files))
         (tmp / "0=ocfl_object_1.1").write_text("ocfl_object_1.1\n")
         with ThreadPoolExecutor(nworkers, thread_name_prefix="export") as pool:
             for n, (vid, m) in enumerate(chain, start=1):
@@ -127,11 +125,5 @@ def export_ocfl(repo: Repository, ref: str, dest: str | os.PathLike, *, workers:
                 _write_inventory(vdir, _inventory(object_id, versions, manifest, fixity))
                 result.versions.append(vid)
         _write_inventory(tmp, _inventory(object_id, versions, manifest, fixity))
-        finish(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        progress.finish()
     result.seconds = round(time.monotonic() - started, 3)
     return result

@@ -23,7 +23,7 @@ from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
 from archiver.hfcache import lfs_sha256, snapshot_of
 from archiver.formats import detect_regions
-from archiver.parallel import default_workers, ordered_map, window_for
+from archiver.parallel import default_workers, ordered_map
 from archiver.progress import Progress
 from archiver.digests import FileDigest
 from archiver.filescache import FilesRun
@@ -51,6 +51,7 @@ class ArchiveResult:
     parent: str | None = None
     signed_by: str | None = None
     repaired_chunks: int = 0  # damaged chunk objects found in the store and replaced from the source
+    resumed_files: int = 0  # files taken from the resume journal of an earlier, interrupted run
     retention: dict[str, Any] | None = None  # lock mode, retain_until, legal_hold, storage_class (if asked)
     files_reused: int = 0  # unchanged files not read: entries reused from the files cache, chunks proved
 
@@ -113,7 +114,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
             progress: Progress | None = None, sign_key: Any = None,
             trust_verified_within: float | None = None, write_policy: Any = None,
             profile: Mapping[str, Any] | None = None, attachments: Iterable[tuple[str, str | os.PathLike]] = (),
-            dereference: bool = False, reread: bool = False) -> ArchiveResult:
+            dereference: bool = False, reread: bool = False, executor: Any = None,
+            max_inflight: int | None = None, journal: Any = None) -> ArchiveResult:
     """Archive files and directories under `name`; returns the committed manifest's summary.
     With `sign_key` (an Ed25519 private key) the manifest id is signed before it is recorded.
     `name`, `label` and `meta` are checked before the scan, so bad ones write nothing.
@@ -132,7 +134,11 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
 
     An unchanged file (same path, size, mtime, ctime, inode, device as when an earlier
     committed archive read it) is not read: its entry is reused once its chunks are proved
-    (archiver.filescache); `reread` reads every file."""
+    (archiver.filescache); `reread` reads every file.
+    `executor` (archiver.executors; default a LocalExecutor with `max_inflight` files at once):
+    where the per-file tasks run (archiver.fanout). `journal` (archiver.journal.Journal): files
+    finished by an earlier, killed run of the same archive are resumed from it, and each file
+    finished now is added; it is removed once the manifest is committed."""
     trust_verified_within = _check_trust_window(trust_verified_within)
     if write_policy is not None:
         repo.check_lockable(write_policy)
@@ -161,38 +167,68 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     stats = _Stats()
     writer = _ChunkWriter(repo, stats, trust_verified_within, write_policy)
     nworkers = workers or default_workers()
-    entries: list[Entry] = []
+    from archiver import executors, fanout  # one task per file (archiver.fanout), several at once
+    ex = executor or executors.LocalExecutor(max_inflight=max_inflight)
+    # the files cache: unchanged files whose chunks prove intact are not read (archiver.filescache)
     files_cache = FilesRun.start(repo, sources, policy, reread=reread, trust_verified_within=trust_verified_within,
                                  write_policy=write_policy, workers=nworkers)
     files_cache.seed(writer.done)
-    with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="archive") as pool:
-        for src in sources:
-            if src.is_dir:
-                entries.append(Entry(path=src.path, type="dir", mode=src.mode, mtime_ns=src.mtime_ns))
-            elif src.is_link:
-                entries.append(Entry(path=src.path, type="symlink", mode=src.mode, target=src.link or ""))
-            else:
-                entries.append(files_cache.entry(src)
-                               or _archive_file(src, pool, writer, policy, window_for(nworkers), progress))
-                _check_blob(src, entries[-1])
+    reused: dict[str, Entry] = {}
+    for src in sources:
+        e = None if src.is_dir or src.is_link else files_cache.entry(src)
+        if e is not None:
+            _check_blob(src, e)
+            reused[src.path] = e
+    try:
+        done = fanout.archive_files(repo, [s for s in sources if s.path not in reused], ex, writer=writer, stats=stats, policy=policy,
+                                    write_policy=write_policy, progress=progress, pool_workers=nworkers,
+                                    journal=journal)
+    finally:
+        if executor is None:
+            ex.close()
+    entries: list[Entry] = []
+    for src in sources:
+        if src.is_dir:
+            entries.append(Entry(path=src.path, type="dir", mode=src.mode, mtime_ns=src.mtime_ns))
+        elif src.is_link:
+            entries.append(Entry(path=src.path, type="symlink", mode=src.mode, target=src.link or ""))
+        else:
+            entries.append(reused[src.path] if src.path in reused else done.entries[src.path])
     progress.finish()
+    if ex.distributed or done.resumed:  # chunks this process did not save itself: LIST proves them stored
+        fanout.check_chunks_stored(repo, entries)
+    synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
     parent = repo.latest(name)
     roles = {s.path: s_role for s_role, s in _roles(attached)}
     manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries),
                         profile=profile_d, attachments=tuple((roles[e.path], e.path) for e in entries
                                                              if e.is_file and e.path in roles))
+    if parent is not None and parent in synced.added:
+        manifest = _same_as_synced(repo, manifest, parent)
+        parent = manifest.parent
     uniq = manifest.unique_chunks()
     details: dict[str, Any] = dict(
         name=name, label=label, files=len(manifest.files), dirs=sum(e.type == "dir" for e in entries),
         bytes_in=manifest.total_size, bytes_stored=sum(c.stored_size for c in uniq.values()),
         new_bytes_stored=stats.new_bytes, chunks=len(uniq), new_chunks=stats.new_chunks,
-        seconds=round(time.monotonic() - started, 3), parent=parent, repaired_chunks=stats.repaired_chunks)
+        seconds=round(time.monotonic() - started, 3), parent=parent, repaired_chunks=stats.repaired_chunks,
+        resumed_files=done.resumed)
     if write_policy is not None:
         details["retention"] = _policy_summary(write_policy)
-    done = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy)
-    files_cache.commit(done.id, sources, entries)
+    committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy)
+    files_cache.commit(committed.id, sources, entries)
     files_cache.close()
-    return ArchiveResult(id=done.id, signed_by=done.signed_by, files_reused=files_cache.reused, **details)
+    if journal is not None:
+        journal.remove()  # committed: nothing is left to resume
+    return ArchiveResult(id=committed.id, signed_by=committed.signed_by, files_reused=files_cache.reused, **details)
+
+
+def _same_as_synced(repo: Repository, manifest: Manifest, head: str) -> Manifest:
+    """`manifest`, or the head the catalog sync just found if that is this very archive: a
+    run of this host killed after its manifest reached the store (or another host archiving
+    the same bytes at the same time) is not a new version of itself, and a re-run keeps its id."""
+    same = dataclasses.replace(manifest, parent=repo.load_manifest(head).parent)
+    return same if same.id == head else manifest
 
 
 # A file whose ctime is this recent may still be written within the same timestamp tick

@@ -16,6 +16,7 @@ class Problem:
     manifest: str
     kind: str  # missing-chunk | size-mismatch | corrupt-chunk | file-hash | manifest | chain | signature | unsafe-path
     #            | retention | event (the store's event log; manifest is "")
+    #            | filemap (a v2 file map missing or damaged; chunk = the map's hash)
     detail: str
     path: str | None = None
     offset: int | None = None

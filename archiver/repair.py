@@ -13,7 +13,7 @@ import math
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable
 
 from archiver.events import FIRST_PROBLEMS, RECOVERY, Event, ManifestOutcome
@@ -28,7 +28,7 @@ from manifests.model import ChunkRef, Entry, Manifest
 class Fix:
     """One object of the target that is bad, and what was (or, with --dry-run, would be) done."""
 
-    kind: str  # chunk | manifest | signature
+    kind: str  # chunk | manifest | signature | filemap
     name: str  # chunk hash, manifest id, or manifest-id/fingerprint
     state: str  # missing | damaged
     detail: str
@@ -112,13 +112,14 @@ def _apply(fix: Fix, res: RepairResult, candidates: Iterable[tuple[str, Callable
 
 def _manifest(target: Repository, copies: list[Repository], mid: str, res: RepairResult) -> Manifest | None:
     """The manifest (from the target's catalog, else a copy), healing the target's object."""
+    bad_maps: list[tuple[Entry, str]] = []
     try:
-        m = target.load_manifest(mid)
+        m, bad_maps = target.load_manifest_keep_going(mid)
     except ArchiverError:
         m = None
     why = target.manifest_copy_problem(mid, m) if m is not None else "manifest is missing or damaged"
     if why is None:
-        return m
+        return _filemaps(target, copies, mid, m, bad_maps, res) if bad_maps else m
     fix = Fix("manifest", mid, "missing" if "missing" in why else "damaged", why)
     candidates = [(c.url, lambda c=c: c.manifest_object(mid)) for c in copies]
     if m is not None:
@@ -130,6 +131,26 @@ def _manifest(target: Repository, copies: list[Repository], mid: str, res: Repai
     if m is None:
         m = next(c.fetch_manifest(mid) for c in copies if c.url == fix.source)
     return m
+
+
+def _filemaps(target: Repository, copies: list[Repository], mid: str, m: Manifest,
+              bad: list[tuple[Entry, str]], res: RepairResult) -> Manifest | None:
+    """Manifest v2: heal each missing or damaged file map from the first copy whose bytes
+    parse as that file's map; the manifest comes back resolved (from the healed target, or
+    with --dry-run from the copy that proved good), or None if a map is bad everywhere."""
+    chunks: dict[str, tuple[ChunkRef, ...]] = {}
+    for e, why in bad:
+        fix = Fix("filemap", e.filemap, "missing" if "missing" in why else "damaged", why)
+        _apply(fix, res, [(c.url, lambda c=c, e=e: c.filemap_object_checked(e)) for c in copies],
+               lambda data, e=e: target.heal_filemap(e, data), res.dry_run)
+        if fix.source is None:
+            res.problems.append(Problem(mid, "filemap", f"{why}; no copy holds a good one: {'; '.join(fix.rejected)}",
+                                        e.path, 0, e.size, e.filemap))
+            return None
+        source = target if not res.dry_run else next(c for c in copies if c.url == fix.source)
+        chunks[e.path] = source.filemap_chunks(e)
+    return replace(m, entries=tuple(replace(e, chunks=chunks[e.path]) if e.path in chunks else e
+                                    for e in m.entries))
 
 
 def _signatures(target: Repository, copies: list[Repository], mid: str, res: RepairResult) -> None:

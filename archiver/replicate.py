@@ -134,6 +134,11 @@ def _one(src: Repository, dst: Repository, mid: str, pool: ThreadPoolExecutor, w
         res.problems.append(Problem(mid, "manifest", "not replicated: a chunk it names could not be copied"))
         return
     try:
+        for fm in sorted({e.filemap: e for e in m.files if e.filemap}.values(), key=lambda e: e.filemap):
+            fm_data = src.filemap_object(fm)  # re-hashed against its name by put_filemap_object
+            if dst.put_filemap_object(fm.filemap, fm_data, policy):  # v2: file maps before their manifest
+                res.objects_written += 1
+                res.bytes_written += len(fm_data)
         if dst.put_manifest_object(mid, data, policy):
             res.objects_written += 1
             res.bytes_written += len(data)

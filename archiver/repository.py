@@ -7,9 +7,12 @@ back is checked here the same way: stored size, decode bounds, BLAKE3 of the dec
 bytes, the whole file's digest, and for manifests the id."""
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
+import math
+import os
 import secrets
 import threading
 import time
@@ -20,23 +23,24 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import blake3
-import numpy as np
 
-from archiver import events, layout
+from archiver import events, layout, packs, sealing
 from archiver.codecs import Codec, Encoded, describe, max_object_size
 from archiver.digests import FileDigest
 from archiver.errors import (ArchiverError, CatalogLockedError, CatalogReadOnlyError, CorruptChunkError,
-                             FileHashError, IntegrityError, ManifestError,
-                             NotFoundError, ObjectMissingError, StoreError, translated)
+                             FileHashError, IdentityError, IntegrityError, ManifestError,
+                             NotFoundError, ObjectMissingError, StoreError, InvalidOptionError, UsageError, translated)
 from archiver.events import Event, EventRecord
+from archiver.packs import PackLocation, PackState
 from archiver.parallel import ordered_map
 from archiver.problems import Outcome, Problem
 from archiver.settings import Settings
 from archiver.stores import Store, open_store
-from archiver.stores.base import ObjectColdError, ObjectState, ObjectTooLargeError, ObjectVersion
+from archiver.stores.base import ObjectColdError, ObjectInfo, ObjectState, ObjectTooLargeError, ObjectVersion
 from archiver.urls import normalise_endpoint
 from manifests.catalog import AuditRow, Catalog, Chain, ManifestRow, check_recordable
 from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
+from manifests.model import MAX_FILEMAP_BYTES, filemap_bytes, parse_filemap, with_filemap, with_filemaps
 from manifests.paths import check_paths
 
 # A signature object is ~250 bytes of JSON; anything far larger is not one.
@@ -49,6 +53,9 @@ EVENT_FETCHERS = 8
 # few fsyncs, a write lock held only briefly, and memory bounded by one batch.
 REBUILD_BATCH_COUNT = 256
 REBUILD_BATCH_BYTES = 8 << 20
+# Chunk refs of newly proved file maps recorded per catalog transaction at commit: few fsyncs,
+# a write lock never held across store reads, and ~25 MB of refs in memory at most.
+FILEMAP_RECORD_BATCH = 100_000
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ class RebuildResult(Outcome):
     manifests: int = 0
     problems: list[Problem] = field(default_factory=list)
     events: int = 0  # store events replayed into the catalog (audit rows, chunk check times)
+    packs: int = 0  # pack indexes read from the store and recorded in the catalog
 
 
 @dataclass
@@ -120,35 +128,62 @@ class EventLog:
 
 
 class Repository:
-    def __init__(self, store: Store, catalog: Catalog, codec: Codec | None = None) -> None:
+    settings: Settings | None = None  # what it was opened from (Repository.open): workers reopen the store with it
+
+    def __init__(self, store: Store, catalog: Catalog, codec: Codec | None = None, sealer: Any = None, *,
+                 pack_below: int | None = None) -> None:
+        self._sealer = sealer  # archiver.sealing.Sealer for a sealed store (format version 2), else None
+        self._sealed_objects: dict[str, tuple[int, str, str]] = {}  # key -> (size, ciphertext BLAKE3, kid) this run
         self._store = store
         self._catalog = catalog
         self._codec = codec or Codec()
         self._event_lock = threading.Lock()  # one append at a time per process (repairs run on workers)
         self._writer: str | None = None
         self._heads: dict[str, tuple[int, str]] = {}  # writer -> (seq, hash) of its newest event
+        self._packstate = PackState()  # the open pack, packs in flight, proved packs (archiver.packs)
+        self._pack_below = packs.SMALL_OBJECT if pack_below is None else pack_below  # 0: never pack
+        if sealer is not None:  # sealed: every object is sealed on its own and listed by its companion
+            self._pack_below = 0
 
     @classmethod
     def open(cls, settings: Settings | None = None, *, create: bool = False, read_only: bool = False,
-             policy: Any = None) -> "Repository":
+             policy: Any = None, marker: bytes | None = None) -> "Repository":
         """Open (or with create=True, initialise) the store and its catalog. read_only=True
         opens the catalog without creating, migrating or locking it (list, show, verify):
         it works on a read-only catalog, and the few writes such a command makes (verify's
         audit rows) are tried on their own and may raise CatalogReadOnlyError or
         CatalogLockedError. The catalog is bound to the store's URL and S3 endpoint."""
         s = settings or Settings.resolve()
-        st = open_store(s.store_url, create=create, s3_options=s.s3, policy=policy)  # a policy is checked first
+        # a policy is checked first; `marker`: the store.json a new store gets (a sealed copy's)
+        st = open_store(s.store_url, create=create, s3_options=s.s3, policy=policy, marker=marker)
         # the endpoint the client really uses, if the settings could not see it (an AWS config file)
         endpoint = s.endpoint or normalise_endpoint(getattr(st, "endpoint", None))
+        sealer = cls._sealer_for(st, s)
         with translated():
-            return cls(st, Catalog(s.catalog_path, s.store_url, endpoint=endpoint, read_only=read_only))
+            repo = cls(st, Catalog(s.catalog_path, s.store_url, endpoint=endpoint, read_only=read_only), sealer=sealer,
+                       pack_below=s.pack_below)
+        repo.settings = s
+        return repo
+
+    @classmethod
+    def store_only(cls, settings: Settings, *, policy: Any = None) -> "Repository":
+        """The store without a catalog, for a worker of a distributed run (archiver.fanout):
+        the driver is the one catalog writer. Chunks are always proved (no catalog to
+        trust a recent verify from); a repair's event starts a chain of its own. A worker
+        writes each chunk under its own key (no packs): a pack left open in a worker process
+        between tasks would name chunks that are not yet durable when the driver commits."""
+        st = open_store(settings.store_url, create=False, s3_options=settings.s3, policy=policy)
+        repo = cls(st, None, pack_below=0)  # type: ignore[arg-type]
+        repo.settings = settings
+        return repo
 
     @property
     def url(self) -> str:
         return self._store.url
 
     def close(self) -> None:
-        self._catalog.close()
+        if self._catalog is not None:  # None: a worker's store-only repository
+            self._catalog.close()
 
     def __enter__(self) -> "Repository":
         return self
@@ -202,14 +237,22 @@ class Repository:
 
     # -- manifests -----------------------------------------------------------------------------
     def load_manifest(self, mid: str) -> Manifest:
-        """The catalog's copy if it has one (re-checked against the id), else the store's."""
+        """The catalog's copy if it has one (re-checked against the id), else the store's;
+        with every file map fetched from the store and checked (ManifestError if one is
+        missing or damaged: see `load_manifest_keep_going`)."""
+        return self.resolve_filemaps(self._load_root(mid))
+
+    def _load_root(self, mid: str) -> Manifest:
         if self._catalog.has_manifest(mid):
             with translated():
                 return self._catalog.load_manifest(mid)
-        return self.fetch_manifest(mid)
+        return self._fetch_root(mid)
 
     def fetch_manifest(self, mid: str) -> Manifest:
-        """The store's copy, accepted only if its bytes hash to `mid`."""
+        """The store's copy, accepted only if its bytes hash to `mid`, with its file maps resolved."""
+        return self.resolve_filemaps(self._fetch_root(mid))
+
+    def _fetch_root(self, mid: str) -> Manifest:
         try:
             data = self._get_manifest(layout.manifest(mid))
         except ObjectMissingError:
@@ -217,16 +260,139 @@ class Repository:
         with translated():
             return parse_manifest(data, expected_id=mid)
 
+    # -- file maps (manifest v2) -------------------------------------------------------------------
+    def load_manifest_keep_going(self, mid: str) -> tuple[Manifest, list[tuple[Entry, str]]]:
+        """As `load_manifest`, but a missing or damaged file map does not stop it: the
+        manifest comes back with that entry unresolved (`Entry.resolved` False), listed with
+        the reason, so verify can report it and check every other file."""
+        return self.resolve_filemaps_keep_going(self._load_root(mid))
+
+    def resolve_filemaps(self, m: Manifest) -> Manifest:
+        """`m` with every file map's chunk list fetched and checked (hash = name, canonical,
+        count and sizes as the entry says). ManifestError naming the file at the first bad one."""
+        out, bad = self.resolve_filemaps_keep_going(m, stop=True)
+        if bad:
+            e, why = bad[0]
+            raise ManifestError(why)
+        return out
+
+    def resolve_filemaps_keep_going(self, m: Manifest, *, stop: bool = False) -> tuple[Manifest, list[tuple[Entry, str]]]:
+        todo = [e for e in m.entries if not e.resolved]
+        if not todo:
+            return m, []
+        got: dict[str, tuple[ChunkRef, ...]] = {}
+        bad: list[tuple[Entry, str]] = []
+        for e in todo:
+            try:
+                got[e.path] = self.filemap_chunks(e)
+            except IntegrityError as err:
+                bad.append((e, str(err)))
+                if stop:
+                    break
+        entries = tuple(dataclasses.replace(e, chunks=got[e.path]) if e.path in got else e for e in m.entries)
+        return dataclasses.replace(m, entries=entries), bad
+
+    def filemap_chunks(self, e: Entry) -> tuple[ChunkRef, ...]:
+        """The chunk list in entry `e`'s file map, read from the store and checked against
+        the entry; ManifestError (with the file and the map's hash) if missing or damaged."""
+        with translated():
+            return parse_filemap(self.filemap_object(e), e)
+
+    def filemap_object(self, e: Entry) -> bytes:
+        """The raw bytes stored under entry `e`'s file map key, refused if too large or absent
+        (ManifestError); the caller checks them (`parse_filemap`, or the hash for a copy)."""
+        key = layout.filemap(e.filemap)
+        try:
+            return self._store.get(key, max_size=MAX_FILEMAP_BYTES)
+        except ObjectMissingError:
+            raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is missing from the store") from None
+        except ObjectTooLargeError as err:
+            raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is too large: {err}") from None
+
+    def save_filemaps(self, e: Entry, policy: Any = None) -> Entry:
+        """Make a finished file's entry what a v2 manifest records and, for a file over the
+        threshold, store its file map now (its chunks must already be durable): a worker
+        calls this after its file's chunks, so the driver gathers only small entries. Returns
+        the entry without its chunk list when it has a map (`commit_manifest` re-reads the
+        map to prove it durable); other entries unchanged. `policy`: the archive's write
+        policy (a map is metadata: locked like the manifest, never in a cold class)."""
+        if self._sealer is not None:  # sealed: the chunk list stays inside the encrypted manifest
+            return e
+        e2, data = with_filemap(e)
+        if data is None:
+            return e2
+        self._put_filemap(e2.filemap, data, policy.for_metadata() if policy is not None else None)
+        return dataclasses.replace(e2, chunks=())
+
+    def _put_filemap(self, h: str, data: bytes, hot: Any = None) -> None:
+        """put_if_absent; an object already there must be these bytes, else (damaged: the
+        name is its hash) it is replaced, conditional on its version, as `heal` does. With a
+        metadata write policy `hot` (Object Lock) it is written locked, or its lock extended."""
+        key = layout.filemap(h)
+        if hot is not None:
+            self._put_exact(key, data, f"file map {h}", hot)
+            return
+        self._heal(key, data, lambda stored: None if stored == data else "stored file map differs from its hash")
+
+    def _prove_filemap(self, e: Entry) -> tuple[ChunkRef, ...] | None:
+        """A map a worker stored (`save_filemaps`) is durable and intact and fits its entry:
+        a map the catalog recorded before (checked then) must hash to its name and have the
+        entry's chunk count and size; any other is parsed against the entry in full and its
+        chunks returned (for the catalog: each map is parsed once)."""
+        shape = self._catalog.filemap_shape(e.filemap)
+        if shape is None:
+            return self.filemap_chunks(e)
+        if shape != (e.chunk_count, e.size):
+            raise ManifestError(f"file map {e.filemap[:16]} holds {shape[0]} chunks and {shape[1]} bytes, not the "
+                                f"{e.chunk_count} and {e.size} of {e.path!r}")
+        if manifest_id(self.filemap_object(e)) != e.filemap:
+            raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} does not match its hash (tampered or corrupt)")
+        return None
+
+    def filemap_sizes(self) -> dict[str, int]:
+        """hash -> stored size of every file map object in the store (LIST only, nothing fetched)."""
+        out: dict[str, int] = {}
+        for info in self._store.list(layout.FILEMAPS):
+            h = info.key.rsplit("/", 1)[-1].removesuffix(".json")
+            if is_hash(h) and info.key == layout.filemap(h):
+                out[h] = info.size
+        return out
+
+    def put_filemap_object(self, h: str, data: bytes, policy: Any = None) -> bool:
+        """Store a file map copied from another store (it must hash to `h`); True if written now."""
+        if manifest_id(data) != h:
+            raise ManifestError(f"bytes given for file map {h} do not hash to its name")
+        return self._put_exact(layout.filemap(h), data, f"file map {h}", policy)
+
+    def filemap_object_checked(self, e: Entry) -> bytes:
+        """Entry `e`'s file map bytes, returned only if they parse as its map (what a copy
+        may give to repair); ManifestError otherwise."""
+        data = self.filemap_object(e)
+        with translated():
+            parse_filemap(data, e)
+        return data
+
+    def heal_filemap(self, e: Entry, data: bytes) -> str:
+        """Heal a file map object with bytes proved elsewhere (they must parse as `e`'s map): see `_heal`."""
+        with translated():
+            parse_filemap(data, e)
+        return self._heal(layout.filemap(e.filemap), data, lambda stored: None if stored == data else
+                          "stored file map differs from its hash")
+
     def _get_manifest(self, key: str) -> bytes:
         """A manifest object's bytes, refused unread if larger than a manifest may be."""
         try:
-            return self._store.get(key, max_size=MAX_MANIFEST_BYTES)
+            data = self._store.get(key, max_size=MAX_MANIFEST_BYTES if self._sealer is None else
+                                   sealing.sealed_size(MAX_MANIFEST_BYTES))
         except ObjectTooLargeError as e:
             raise ManifestError(f"manifest too large: {e}") from None
+        return data if self._sealer is None else self._unseal(data, key)
 
     def manifest_copy_problem(self, mid: str, m: Manifest) -> str | None:
         """Why the store's own copy of a manifest is not the manifest `m`, or None."""
         data = m.canonical_json()
+        if self._sealer is not None:
+            return self._sealed_manifest_problem(mid, data)
         try:
             stored = self._store.get(layout.manifest(mid), max_size=len(data))  # a longer one differs anyway
         except ObjectMissingError:
@@ -244,7 +410,36 @@ class Repository:
         already under the same id must be byte-identical, else the store holds a forgery.
         The bytes are first parsed with the reader's own checks and must read back as `m`:
         nothing that `show`, `verify`, `restore` or a catalog rebuild would refuse or read
-        differently is ever stored (ManifestError)."""
+        differently is ever stored (ManifestError).
+        Manifest v2: a file over the threshold is recorded through its file map, which is
+        stored here first (or, for an entry from `save_filemaps` without its chunks, read
+        back and checked), so no root manifest ever names a map that is not durable."""
+        # A sealed store keeps every chunk list inline: a file map is a plaintext object, so
+        # it would publish plaintext chunk hashes next to the encrypted manifest.
+        m = with_filemaps(m) if self._sealer is None else m
+        hot = policy.for_metadata() if policy is not None else None
+        proved: list[tuple[Entry, tuple[ChunkRef, ...]]] = []  # new maps, recorded in batches
+        for e in m.files:
+            if not e.filemap:
+                continue
+            if e.chunks:
+                fm = filemap_bytes(e.chunks)
+                if manifest_id(fm) != e.filemap:
+                    raise ManifestError(f"malformed manifest: file map {e.filemap[:16]} of {e.path!r} is not its chunks")
+                self._put_filemap(e.filemap, fm, hot)
+                continue
+            chunks = self._prove_filemap(e)  # written by a worker: prove it is there and intact
+            if hot is not None:
+                self._ensure_lock(layout.filemap(e.filemap), hot)
+            if chunks is not None:
+                proved.append((e, chunks))
+                if sum(len(c) for _, c in proved) >= FILEMAP_RECORD_BATCH:
+                    with translated():
+                        self._catalog.record_filemaps(proved)
+                    proved = []
+        if proved:
+            with translated():
+                self._catalog.record_filemaps(proved)
         try:
             data = m.canonical_json()
         except (TypeError, ValueError) as e:  # e.g. meta keys of mixed types, bytes values
@@ -253,9 +448,12 @@ class Repository:
         with translated():
             if parse_manifest(data, expected_id=mid).to_dict() != m.to_dict():
                 raise ManifestError("malformed manifest: it does not read back as the manifest given")
+        self.flush_packs()  # every pack holding a chunk it names is durable before the manifest
         key = layout.manifest(mid)
         hot = policy.for_metadata() if policy is not None else None
-        if not self._put(key, data, hot):
+        if self._sealer is not None:
+            self._commit_sealed(m, mid, data, hot, sign_key)
+        elif not self._put(key, data, hot):
             if self._store.get(key, max_size=len(data)) != data:
                 raise ManifestError(f"store already holds a different object under manifest id {mid}")
             self._ensure_lock(key, hot)
@@ -264,19 +462,20 @@ class Repository:
             self.record_policy(mid, policy)
         if details is None or self._catalog.has_manifest(mid):  # already recorded: nothing new ingested
             with translated():
-                self._catalog.record_manifest(m, data)
+                self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks)
             return Committed(mid, signer)
         ev = Event(events.INGESTION, manifests=(events.ManifestOutcome(mid),), details={**details, "signed_by": signer})
         rec = self._put_event(ev, sign_key, policy=hot)  # in the store first: the catalog is the rebuildable copy
         with translated(), self._catalog.write():
-            self._catalog.record_manifest(m, data, at=ev.time)
+            self._catalog.record_manifest(m, data, at=ev.time, filemap_chunks=self.filemap_chunks)
             self._catalog.record_event(rec.key, rec.writer, rec.seq, rec.hash, ev.time, events.audit_rows(ev),
                                        events.chunk_results(ev))
         return Committed(mid, signer)
 
     def iter_manifests(self) -> Iterator[StoredManifest]:
         """Every manifest object in the store, each checked against its id; a bad one is
-        yielded with its error instead of stopping the walk."""
+        yielded with its error instead of stopping the walk. Root manifests: a v2 file map
+        is not fetched here (`resolve_filemaps` does; recording one fetches its maps)."""
         for info in self._store.list(layout.MANIFESTS):
             mid = layout.manifest_id(info.key)
             if mid is None:
@@ -326,7 +525,7 @@ class Repository:
         if m.parent is None:
             return []
         try:
-            parent = self.fetch_manifest(m.parent)
+            parent = self._fetch_root(m.parent)  # its file maps are checked when it is verified
         except ArchiverError as e:
             return [f"broken chain: parent {m.parent[:16]}: {e}"]
         if parent.name != m.name:
@@ -342,9 +541,10 @@ class Repository:
                    trust_verified_within: float | None = None, policy: Any = None) -> SavedChunk:
         """`_save_chunk`, then with a lock `policy` a chunk that was already stored has its
         retention extended to at least the policy's (never shortened)."""
-        saved = self._save_chunk(h, data, width, trust_verified_within, policy)
-        if policy is not None and policy.locked and (not saved.written or saved.repaired):
-            self._ensure_lock(layout.chunk(h), policy)
+        saved = self._save_chunk(h, data, width, trust_verified_within, policy) if self._sealer is None else \
+            self._save_sealed_chunk(h, data, width, policy)
+        if policy is not None and policy.locked and (not saved.written or saved.repaired) and not self._pending(h):
+            self.lock_existing_chunk(h, policy)  # its own object (sealed: at its address), or its pack and index
         return saved
 
     def _save_chunk(self, h: str, data: bytes | memoryview, width: int,
@@ -359,6 +559,9 @@ class Repository:
         builds on rot. With `trust_verified_within` (seconds), a chunk that a deep verify
         found intact that recently, and whose stored size is still the recorded one, is
         trusted without being read."""
+        fast = self._save_fast(h, data, width, policy)  # packs, and a PUT without a read first
+        if fast is not None:
+            return fast
         key = layout.chunk(h)
         if trust_verified_within is not None:
             trusted = self._recently_verified(h, key, trust_verified_within)
@@ -417,18 +620,12 @@ class Repository:
             size = version.size if version is not None else "?"
             return f"stored object is {size} bytes, more than any encoding of {len(data)} bytes"
         try:
-            decoded = self._codec.decode(obj, len(data), h)  # bounded by len(data), malformation raises
+            same = self._codec.matches(obj, data, h)  # bounded by len(data), malformation raises
         except CorruptChunkError as e:
             return e.reason
-        if not self._same_bytes(decoded, data):
+        if not same:
             return "decoded bytes do not match the chunk hash"
         return None
-
-    @staticmethod
-    def _same_bytes(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> bool:
-        """Byte equality at memcmp speed whatever the buffer types (bytes == memoryview
-        compares item by item, ~20x slower on a chunk)."""
-        return np.array_equal(np.frombuffer(a, dtype=np.uint8), np.frombuffer(b, dtype=np.uint8))
 
     def _read_for_proof(self, key: str, cap: int) -> tuple[bytes | None, ObjectVersion | None]:
         """The object (None if larger than `cap`) and, on a store that can repair, its
@@ -444,6 +641,8 @@ class Repository:
     def _recently_verified(self, h: str, key: str, window: float) -> SavedChunk | None:
         """The recorded chunk, if a deep verify found it intact within `window` seconds and
         the store still holds an object of the recorded size; else None (prove it)."""
+        if self._catalog is None:  # a worker: nothing recorded to trust
+            return None
         check = self._catalog.chunk_check(h)
         if check is None or not check[1] or time.time() - check[0] > window:
             return None
@@ -481,15 +680,31 @@ class Repository:
     def read_chunk(self, ref: ChunkRef) -> bytes:
         """Fetch, bound-check, decode and re-hash one chunk. Raises CorruptChunkError or
         ObjectMissingError; never returns bytes that do not hash to `ref.hash`."""
+        if self._sealer is not None:
+            return self._read_sealed_chunk(ref)
+        packed = self._packed_read(ref)
+        if packed is not None:
+            return packed[1]
         obj = self._get_chunk(ref.hash, ref.stored_size)  # never more than the manifest says
         if len(obj) != ref.stored_size:
             raise CorruptChunkError(ref.hash, f"stored size {len(obj)} != recorded {ref.stored_size}")
         return self._decode_checked(obj, ref.hash, ref.length)
 
     def _get_chunk(self, h: str, max_size: int) -> bytes:
-        """A chunk object's bytes, refused unread if larger than `max_size`."""
+        """A chunk object's bytes, refused unread if larger than `max_size`. A chunk not under
+        its own key may be in a pack this catalog has not recorded: the store's indexes say."""
         try:
             return self._store.get(layout.chunk(h), max_size=max_size)
+        except ObjectMissingError:
+            locs = self._store_pack_map().get(h)
+            if not locs and self._catalog is None:  # a long-lived worker: packs written since it looked
+                locs = self._store_pack_map(refresh=True).get(h)
+            if not locs:
+                raise
+            if locs[0].stored_size > max_size:
+                raise CorruptChunkError(h, f"{locs[0].where()}: {locs[0].stored_size} stored bytes, more than the "
+                                           f"{max_size} expected") from None
+            return self._pack_range(locs[0])
         except ObjectTooLargeError as e:
             raise CorruptChunkError(h, f"stored size {e.size} is more than the {max_size} expected") from None
 
@@ -529,19 +744,17 @@ class Repository:
             raise FileHashError(e.path)
 
     def chunk_sizes(self, hashes: Iterable[str]) -> dict[str, int]:
-        """Stored size of each of `hashes` that the store holds: one LIST per 2-hex prefix
-        (pages of 1000 keys on S3), not one request per chunk."""
-        by_prefix: dict[str, set[str]] = defaultdict(set)
-        for h in hashes:
-            by_prefix[h[:2]].add(h)
-        sizes: dict[str, int] = {}
-        for prefix in sorted(by_prefix):
-            wanted = by_prefix[prefix]
-            for info in self._store.list(layout.chunk_fanout(prefix)):
-                h = layout.chunk_hash(info.key)
-                if h in wanted:
-                    sizes[h] = info.size
-        return sizes
+        """Stored size of each of `hashes` that the store holds (in its own object, or in a
+        pack that exists with the size its index records): see `chunk_presence`."""
+        return self.chunk_presence(hashes)[0]
+
+    def _own_chunk_sizes(self, hashes: Iterable[str]) -> dict[str, int]:
+        """Stored size of each chunk held under its own key, by the fewest requests: one
+        HEAD per chunk, a LIST of each 2-hex prefix they lie under, or one LIST of all
+        chunks (see `_listing`)."""
+        hashes = list(hashes)
+        found = self._listing([layout.chunk(h) for h in hashes])
+        return {h: found[layout.chunk(h)].size for h in hashes if layout.chunk(h) in found}
 
     def chunks_by_staleness(self, hashes: Iterable[str]) -> list[str]:
         return self._catalog.chunks_by_staleness(hashes)
@@ -565,7 +778,7 @@ class Repository:
             if isinstance(got, ArchiverError):
                 return got
         if policy is not None and policy.locked:
-            self._ensure_lock(key, policy)
+            self.lock_existing_chunk(ref.hash, policy)  # its own object (or sealed address), or its pack
         return None
 
     # -- catalog rebuild -------------------------------------------------------------------------
@@ -598,7 +811,7 @@ class Repository:
             if self._catalog.has_manifest(mid):
                 continue
             try:
-                data = self._store.get(layout.manifest(mid))
+                data = self._get_manifest(layout.manifest(mid))
                 with translated():
                     m = parse_manifest(data, expected_id=mid)
             except (IntegrityError, ObjectMissingError) as e:  # changed or vanished since the first pass
@@ -611,6 +824,7 @@ class Repository:
                 batch, size = [], 0
         self._record_batch(batch, result, ingested)
         self._replay_events(log.records, result)
+        self._rebuild_packs(result)
         with translated():
             self._catalog.audit("rebuild", None, result.ok, {
                 "manifests": result.manifests, "added": len(result.added), "problems": len(result.problems),
@@ -641,16 +855,52 @@ class Repository:
                 at = ingested.get(m.id)
                 try:
                     with translated():
-                        if self._catalog.record_manifest(m, data, at=at, time_unknown=at is None):
+                        if self._catalog.record_manifest(m, data, at=at, time_unknown=at is None,
+                                                         filemap_chunks=self.filemap_chunks):
                             result.added.append(m.id)
                 except IntegrityError as e:  # only this manifest's savepoint was rolled back
                     result.problems.append(Problem(m.id, "manifest", str(e)))
+
+    def sync_catalog(self) -> RebuildResult:
+        """Record the manifests other hosts wrote to the shared store since this catalog last
+        looked: one LIST of manifests/, and only ids not recorded yet are fetched, re-checked
+        against their id and recorded, parents first (in one transaction per batch). A bad
+        one is reported and skipped, as by `rebuild_catalog`. Their ingestion times are not
+        looked up (the event log is not replayed: `rebuild_catalog` does that); they are
+        recorded as unknown, never invented."""
+        result = RebuildResult()
+        new: dict[str, tuple[Manifest, bytes]] = {}
+        for info in self._store.list(layout.MANIFESTS):
+            mid = layout.manifest_id(info.key)
+            if mid is None:
+                continue
+            result.manifests += 1
+            if self._catalog.has_manifest(mid):
+                continue
+            try:
+                data = self._get_manifest(info.key)
+                with translated():
+                    m = parse_manifest(data, expected_id=mid)
+            except (IntegrityError, ObjectMissingError) as e:
+                result.problems.append(Problem(mid, "manifest", str(e)))
+                continue
+            why = self._unrecordable(mid, m)
+            if why is not None:
+                result.problems.append(Problem(mid, "manifest", str(why)))
+                continue
+            new[mid] = (m, data)
+        order = _parents_first({mid: m.parent for mid, (m, _) in new.items()})
+        for i in range(0, len(order), REBUILD_BATCH_COUNT):
+            self._record_batch([new[mid] for mid in order[i:i + REBUILD_BATCH_COUNT]], result, {})
+        return result
 
     # -- the event log (archiver.events) ----------------------------------------------------------
     def event_writer(self) -> str:
         """This catalog's writer id (random, 128 bit, kept in the catalog's info table):
         its events form one hash chain under events/<writer>/. A catalog that cannot be
         written gets a fresh id for this run (its events start a chain of their own)."""
+        if self._writer is None and self._catalog is None:  # a worker: a chain of its own
+            self._writer = secrets.token_hex(16)
         if self._writer is None:
             w = self._catalog.info_value("event_writer")
             if w is None:
@@ -675,6 +925,9 @@ class Repository:
         except (StoreError, IntegrityError) as e:
             out.store_error = str(e)
         rec = out.record
+        if self._catalog is None:
+            out.catalog_error = "a worker of a distributed run has no catalog"
+            return out
         try:
             with translated():
                 self._catalog.record_event(rec.key if rec else None, rec.writer if rec else "", rec.seq if rec else -1,
@@ -688,10 +941,11 @@ class Repository:
         """Append `event` to this writer's chain; with a write `policy`, its objects are locked
         like the archive's metadata (an ingestion event of a locked archive)."""
         writer = self.event_writer()
+        shown = event if self._sealer is None else self._sealed_event(event)  # what the store may show
         with self._event_lock:
             chunk_list = None
-            if events.needs_list(event):
-                data = events.encode_list(event.chunks_ok, event.chunks_failed)
+            if events.needs_list(shown):
+                data = events.encode_list(shown.chunks_ok, shown.chunks_failed)
                 chunk_list = blake3.blake3(data).hexdigest()
                 key = layout.event_list(writer, chunk_list)
                 if not self._put(key, data, policy) and \
@@ -700,7 +954,7 @@ class Repository:
             for _ in range(EVENT_ROUNDS):
                 head = self._event_head(writer)
                 seq, prev = (0, None) if head is None else (head[0] + 1, head[1])
-                data = events.encode(event, writer, seq, prev, chunk_list, sign_key)
+                data = events.encode(shown, writer, seq, prev, chunk_list, sign_key)
                 key = layout.event(writer, events.name(seq, prev))
                 if self._put(key, data, policy):
                     rec = events.parse(data, key)
@@ -838,6 +1092,8 @@ class Repository:
     def manifest_object(self, mid: str) -> bytes:
         """The store's manifest object, accepted only if its bytes hash to `mid` and parse:
         the exact bytes a copy must hold. NotFoundError if absent, ManifestError if damaged."""
+        if self._sealer is not None:  # plaintext must never reach a copy: archiver.sealcopy copies ciphertext
+            raise UsageError(f"{self.url} is sealed: copy it with archiver.sealcopy (api.replicate does)")
         try:
             data = self._get_manifest(layout.manifest(mid))
         except ObjectMissingError:
@@ -851,6 +1107,9 @@ class Repository:
         decoded and its bytes re-hashed to `ref.hash` (so the same object bytes, and the
         manifest's stored size, are valid in another store). Raises CorruptChunkError or
         ObjectMissingError."""
+        packed = self._packed_read(ref)
+        if packed is not None:
+            return packed[0]
         obj = self._get_chunk(ref.hash, ref.stored_size)
         if len(obj) != ref.stored_size:
             raise CorruptChunkError(ref.hash, f"stored size {len(obj)} != recorded {ref.stored_size}")
@@ -861,18 +1120,33 @@ class Repository:
         """Store a proved chunk object (from `chunk_object` of another store); True if
         written now. If the key is taken (a concurrent writer, or a PUT whose response was
         lost), what it holds must be these exact bytes, else IntegrityError. With a write
-        `policy` the object is locked (an existing one's lock extended, never shortened)."""
+        `policy` the object is locked (an existing one's lock extended, never shortened).
+        A small object goes into a pack, durable once `flush_packs` (or the manifest's
+        `put_manifest_object`) returns."""
+        if packs.is_small(len(obj), self._pack_below):
+            self._add_to_pack(ref.hash, obj, ref.length, describe(obj), policy)
+            return True
         return self._put_exact(layout.chunk(ref.hash), obj, f"chunk {ref.hash}", policy)
 
     def put_manifest_object(self, mid: str, data: bytes, policy: Any = None) -> bool:
         """Store a manifest object whose bytes hash to `mid`; True if written now."""
         if manifest_id(data) != mid:
             raise ManifestError(f"bytes given for manifest {mid} do not hash to its id")
+        self.flush_packs()  # the packs holding its chunks first
         return self._put_exact(layout.manifest(mid), data, f"manifest {mid}", policy)
 
     def lock_existing_chunk(self, h: str, policy: Any) -> None:
-        """Extend the lock of a chunk the store already holds to at least `policy`'s."""
-        self._ensure_lock(layout.chunk(h), policy)
+        """Extend the lock of a chunk the store already holds to at least `policy`'s (for a
+        packed chunk: its pack, and its index like metadata)."""
+        if self._sealer is not None:
+            self._ensure_lock(self._stored_chunk_key(h), policy)
+            return
+        locs = self._pack_locations(h)
+        if not locs:
+            self._ensure_lock(layout.chunk(h), policy)
+        for loc in locs:
+            self._ensure_lock(layout.pack(loc.pack), policy)
+            self._ensure_lock(layout.pack_index(loc.index_id), policy.for_metadata())
 
     def signature_objects(self, mid: str) -> tuple[list[tuple[str, bytes]], list[str]]:
         """([(fingerprint, bytes)] of every valid signature of `mid`, [why each other one
@@ -920,7 +1194,7 @@ class Repository:
         """Record a manifest that was copied into this store (its chunks and object already
         durable here); False if the catalog already had it."""
         with translated():
-            return self._catalog.record_manifest(m, data)
+            return self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks)
 
     def heal_chunk(self, ref: ChunkRef, obj: bytes) -> str:
         """Heal one chunk with `obj` (proved by `chunk_object` of a copy): see `_heal`."""
@@ -932,6 +1206,9 @@ class Repository:
             except CorruptChunkError as e:
                 return e.reason
             return None
+        locs = self._pack_locations(ref.hash) or self._store_pack_map().get(ref.hash, [])
+        if locs:
+            return self._heal_packed(ref, obj, locs)
         return self._heal(layout.chunk(ref.hash), obj, damage)
 
     def heal_manifest(self, mid: str, data: bytes) -> str:
@@ -1018,6 +1295,8 @@ class Repository:
             mid = layout.manifest_id(info.key)
             if mid is not None:
                 out[mid] = info.size
+                if self._sealer is not None:  # sealed: the plaintext size it holds (-1: no size seals to it)
+                    out[mid] = sealing.unsealed_size(info.size) or -1
         return out
 
     def probe_conditional_writes(self) -> dict[str, Any]:
@@ -1088,8 +1367,17 @@ class Repository:
     def archive_keys(self, mid: str, m: Manifest) -> list[str]:
         """Every object an archive consists of: its chunks, its manifest, its signatures and its
         retention records."""
-        keys = [layout.chunk(h) for h in sorted(m.unique_chunks())]
+        hashes = sorted(m.unique_chunks())
+        located = {} if self._sealer is not None else self._pack_locations_many(hashes)
+        keys = [self._stored_chunk_key(h) for h in hashes if h not in located]
+        keys += sorted({layout.pack(loc.pack) for locs in located.values() for loc in locs})
+        keys += sorted({layout.pack_index(loc.index_id) for locs in located.values() for loc in locs})
+        keys += sorted({layout.filemap(e.filemap) for e in m.files if e.filemap})
         keys.append(layout.manifest(mid))
+        if self._sealer is not None:  # its companion and the key objects of the runs it names
+            keys.append(layout.audit(mid))
+            for kid in sorted({o[3] for o in self.companion(mid)["objects"]}):
+                keys += [i.key for i in self._store.list(layout.run_keys_of(kid))]
         keys += [i.key for i in self._store.list(layout.signatures_of(mid))]
         keys += [i.key for i in self._store.list(layout.retention_records_of(mid))]
         return keys
@@ -1148,27 +1436,32 @@ class Repository:
 
 
     def chunk_classes(self, hashes: Iterable[str]) -> dict[str, str]:
-        """Storage class of each of `hashes` held in a class other than STANDARD, from LIST pages."""
-        by_prefix: dict[str, set[str]] = defaultdict(set)
-        for h in hashes:
-            by_prefix[h[:2]].add(h)
-        out: dict[str, str] = {}
-        for prefix in sorted(by_prefix):
-            for info in self._store.list(layout.chunk_fanout(prefix)):
-                h = layout.chunk_hash(info.key)
-                if h in by_prefix[prefix] and info.storage_class:
-                    out[h] = info.storage_class
-        return out
+        """Storage class of each of `hashes` held in a class other than STANDARD (a packed
+        chunk: its pack's), by the fewest requests (see `_listing`)."""
+        hashes = list(dict.fromkeys(hashes))
+        located = {} if self._sealer is not None else self._pack_locations_many(hashes)
+        where = {h: layout.pack(located[h][0].pack) if h in located else self._stored_chunk_key(h) for h in hashes}
+        objs = sorted(set(where.values()))
+        classes = self._classes_of(objs)
+        return {h: classes[k] for h, k in where.items() if classes.get(k)}
 
+    def _classes_of(self, keys: list[str]) -> dict[str, str | None]:
+        found = self._listing(keys, need_class=True)
+        return {k: found[k].storage_class for k in keys if k in found}
 
     def chunk_state(self, h: str) -> ObjectState | None:
         """HEAD of one chunk: class, lock, thaw state (None on a store without it, or if absent)."""
         state = getattr(self._store, "object_state", None)
-        return state(layout.chunk(h)) if state is not None else None
+        return state(self._chunk_key(h)) if state is not None else None
 
 
     def request_thaw(self, h: str, days: int, tier: str) -> None:
-        self._store.request_thaw(layout.chunk(h), days, tier)  # type: ignore[attr-defined]
+        key = self._chunk_key(h)
+        with self._packstate.lock:  # many chunks share a pack: ask for each object's thaw once
+            if key in self._packstate.thawed:
+                return
+            self._packstate.thawed.add(key)
+        self._store.request_thaw(key, days, tier)  # type: ignore[attr-defined]
 
     # -- retirement package: search and export (issue 11) ---------------------------------------
     def manifest_fields(self, mid: str) -> list[tuple[str, str]]:
@@ -1180,6 +1473,815 @@ class Repository:
         """Catalog rows meeting every condition (manifests.catalog.Condition), in list order."""
         with translated():
             return self._catalog.search(conditions, name)
+    # -- sealed stores (format version 2: archiver.sealing; docs/FORMAT.md "Sealed stores") --------
+    @staticmethod
+    def _sealer_for(st: Store, s: Settings) -> Any:
+        """A Sealer if the store's marker says sealed (None for a plain store): the custodian
+        identities given (checked now: a wrong one is refused before anything happens), and
+        the address key from this host's key file, else unwrapped with an identity."""
+        from archiver.stores import MAX_MARKER_BYTES
+        try:
+            doc = json.loads(st.get(layout.MARKER, max_size=MAX_MARKER_BYTES))
+        except (ObjectMissingError, ValueError, UnicodeDecodeError):
+            return None
+        sealed = doc.get("sealed") if isinstance(doc, dict) else None
+        if not isinstance(sealed, dict):
+            return None
+        sealer = sealing.Sealer(str(sealed.get("store")), str(sealed.get("address_check")),
+                                identities=sealing.load_identities(list(s.identities)))
+        if sealer.identities:
+            gen, key = Repository._newest_in(st, layout.ADDRESS_KEYS)
+            if key is None:
+                raise IdentityError(f"sealed store {st.url} has no address key object (keys/address/ is empty)")
+            sealer.open_address_key(st.get(key, max_size=sealing.MAX_KEY_OBJECT_BYTES))
+            return sealer
+        path = s.address_key_path(sealer.store_id)
+        if path.is_file():
+            try:
+                sealer.set_address_key(bytes.fromhex(path.read_text().strip()))
+            except ValueError:
+                raise IdentityError(f"address key file {path} is not 64 hex digits") from None
+        return sealer
+
+    @staticmethod
+    def _newest_in(st: Store, prefix: str) -> tuple[int, str | None]:
+        """(generation, key) of the newest generation-named object under `prefix` ((-1, None): none)."""
+        best: tuple[int, str | None] = (-1, None)
+        for info in st.list(prefix):
+            gen = layout.key_generation(info.key)
+            if gen is not None and gen > best[0]:
+                best = (gen, info.key)
+        return best
+
+    @classmethod
+    def init_sealed(cls, settings: Settings, recipients: list[str]) -> dict[str, Any]:
+        """Create a sealed store: recipient set 0, the address key wrapped to the recipients,
+        the marker last; and the address key file for this (archive) host."""
+        for r in recipients:
+            sealing._recipient_bytes(r)
+        if not recipients:
+            raise InvalidOptionError("encrypt_to", "needs at least one recipient")
+        from archiver.stores import _store_for_url
+        st = _store_for_url(settings.store_url, settings.s3)
+        if next(iter(st.list("")), None) is not None:
+            raise UsageError(f"{settings.store_url} is not empty; a sealed store is created in an empty place")
+        store_id, key = sealing.new_store_secret()
+        path = settings.address_key_path(store_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key.hex() + "\n")
+        st.put_if_absent(layout.key_set(0), sealing.recipient_set(0, recipients, key))
+        st.put_if_absent(layout.address_key(0), sealing.wrap(key.hex().encode() + b"\n", recipients))
+        if not st.put_if_absent(layout.MARKER, sealing.marker(store_id, sealing.address_check(key))):
+            raise UsageError(f"{settings.store_url} was created by another process meanwhile")
+        return {"store": settings.store_url, "store_id": store_id, "recipients": sorted(set(recipients)),
+                "address_key_file": str(path)}
+
+    @property
+    def sealed(self) -> bool:
+        return self._sealer is not None
+
+    @property
+    def has_identities(self) -> bool:
+        """Whether custodian identities were given (a sealed store's plaintext can be read)."""
+        return self._sealer is not None and bool(self._sealer.identities)
+
+    def _recipients(self) -> tuple[int, list[str]]:
+        gen, key = self._newest_in(self._store, layout.KEY_SETS)
+        if key is None:
+            raise IdentityError(f"sealed store {self.url} has no recipient set (keys/sets/ is empty)")
+        assert self._sealer is not None
+        return gen, sealing.parse_recipient_set(self._store.get(key, max_size=sealing.MAX_KEY_OBJECT_BYTES), gen,
+                                                self._sealer.need_address_key())
+
+    def _start_run(self) -> None:
+        """This process's run key: generated, wrapped to the newest recipient set, stored."""
+        assert self._sealer is not None
+        if self._sealer.run_kid is not None:
+            return
+        gen, recipients = self._recipients()
+        kid, secret = self._sealer.start_run()
+        self._store.put_if_absent(layout.run_key(kid, gen), sealing.wrap(secret, recipients))
+
+    def _identity_for(self, kid: str) -> Any:
+        """The run key `kid` (opened once per process with the custodians' identities)."""
+        assert self._sealer is not None
+        got = self._sealer.run_keys.get(kid)
+        if got is not None:
+            return got
+        if not self._sealer.identities:
+            raise IdentityError(f"sealed store {self.url}: reading needs a custodian identity")
+        _, key = self._newest_in(self._store, layout.run_keys_of(kid))
+        if key is None:
+            raise IdentityError(f"run key {kid} is missing from the store (keys/runs/{kid}/)")
+        self._sealer.open_key(kid, self._store.get(key, max_size=sealing.MAX_KEY_OBJECT_BYTES))
+        return self._sealer.run_keys[kid]
+
+    def _unseal(self, obj: bytes, what: str) -> bytes:
+        kid = sealing.object_kid(obj, what)
+        return sealing.unseal(obj, self._identity_for(kid), what)
+
+    def _stored_chunk_key(self, h: str) -> str:
+        """The key chunk `h` is stored under: its hash, or in a sealed store its keyed address."""
+        return layout.chunk(h) if self._sealer is None else self._sealed_chunk_key(h)
+
+    def _sealed_chunk_key(self, h: str) -> str:
+        assert self._sealer is not None
+        return layout.chunk(sealing.address(self._sealer.need_address_key(), h))
+
+    def _note_sealed(self, key: str, obj: bytes) -> None:
+        self._sealed_objects[key] = (len(obj), blake3.blake3(obj).hexdigest(), sealing.object_kid(obj, key))
+
+    def _save_sealed_chunk(self, h: str, data: bytes | memoryview, width: int, policy: Any) -> SavedChunk:
+        """Encode, seal to this run's key and put under the keyed address. A chunk already
+        there (dedup) is proved by decrypting when this process holds its run key, else
+        (another run's, on a write-only host) by its prefix and exact sealed size; its
+        ciphertext hash goes into this archive's companion either way."""
+        self._start_run()
+        key = self._sealed_chunk_key(h)
+        enc = self._codec.encode(data, width)
+        want = sealing.sealed_size(len(enc.data))
+        for _ in range(self.SAVE_ROUNDS):
+            try:
+                obj = self._store.get(key, max_size=want)
+            except ObjectMissingError:
+                obj = self._sealer.seal(enc.data)  # type: ignore[union-attr]
+                if self._put(key, obj, policy):
+                    self._note_sealed(key, obj)
+                    return SavedChunk(len(enc.data), enc.codec, True)
+                continue
+            except ObjectTooLargeError as e:
+                raise CorruptChunkError(h, f"stored sealed object is {e.size} bytes, more than the {want} expected; "
+                                           f"repair it from a copy") from None
+            kid = sealing.object_kid(obj, h)
+            if len(obj) != want:
+                raise CorruptChunkError(h, f"stored sealed object is {len(obj)} bytes, not {want}; repair it")
+            if kid in self._sealer.run_keys or self._sealer.identities:  # type: ignore[union-attr]
+                plain = sealing.unseal(obj, self._identity_for(kid), h)
+                if plain != enc.data and not self._codec.matches(plain, data, h):
+                    raise CorruptChunkError(h, "stored sealed object decrypts to other bytes; repair it")
+            self._note_sealed(key, obj)
+            return SavedChunk(len(enc.data), enc.codec, False)
+        raise StoreError(f"chunk {h} kept changing in the store while it was being saved; re-run")
+
+    def _read_sealed_chunk(self, ref: ChunkRef) -> bytes:
+        want = sealing.sealed_size(ref.stored_size)
+        try:
+            obj = self._store.get(self._sealed_chunk_key(ref.hash), max_size=want)
+        except ObjectTooLargeError as e:
+            raise CorruptChunkError(ref.hash, f"stored size {e.size} is more than the {want} expected") from None
+        if len(obj) != want:
+            raise CorruptChunkError(ref.hash, f"stored size {len(obj)} != {want} (sealed, recorded {ref.stored_size})")
+        plain = self._unseal(obj, ref.hash)
+        if len(plain) != ref.stored_size:
+            raise CorruptChunkError(ref.hash, f"decrypted size {len(plain)} != recorded {ref.stored_size}")
+        return self._decode_checked(plain, ref.hash, ref.length)
+
+    def _sealed_chunk_sizes(self, hashes: Iterable[str]) -> dict[str, int]:
+        """As chunk_sizes, by keyed address; each listed size mapped back to its plaintext
+        (encoded) size, or -1 when no plaintext size seals to it (damage)."""
+        by_addr = {sealing.address(self._sealer.need_address_key(), h): h for h in hashes}  # type: ignore[union-attr]
+        out: dict[str, int] = {}
+        for prefix in sorted({a[:2] for a in by_addr}):
+            for info in self._store.list(layout.chunk_fanout(prefix)):
+                a = layout.chunk_hash(info.key)
+                if a in by_addr:
+                    size = sealing.unsealed_size(info.size)
+                    out[by_addr[a]] = -1 if size is None else size
+        return out
+
+    def _sealed_manifest_problem(self, mid: str, data: bytes) -> str | None:
+        try:
+            stored = self._get_manifest(layout.manifest(mid))
+        except ObjectMissingError:
+            return "manifest is missing from the store"
+        except IdentityError:
+            return None  # cannot be opened here: `verify --deep` checks its ciphertext hash instead
+        except IntegrityError as e:
+            return f"store copy of the manifest: {e}"
+        return None if stored == data else "store copy of the manifest differs from its id"
+
+    def _commit_sealed(self, m: Manifest, mid: str, data: bytes, policy: Any, sign_key: Any) -> None:
+        """The sealed manifest object, then its public companion (every object of the archive
+        with its stored size and ciphertext BLAKE3), so the archive can be audited, repaired
+        and replicated without keys. A manifest already stored (a re-run) is kept."""
+        self._start_run()
+        key = layout.manifest(mid)
+        obj = self._sealer.seal(data)  # type: ignore[union-attr]
+        if self._put(key, obj, policy):
+            self._note_sealed(key, obj)
+        else:
+            self._note_sealed(key, self._store.get(key, max_size=sealing.sealed_size(len(data))))
+        objects = []
+        for h in sorted(m.unique_chunks()):
+            ck = self._sealed_chunk_key(h)
+            if ck not in self._sealed_objects:
+                self._note_sealed(ck, self._store.get(ck, max_size=sealing.sealed_size(max_object_size(32 << 20))))
+            objects.append([ck, *self._sealed_objects[ck]])
+        objects.append([key, *self._sealed_objects[key]])
+        doc: dict[str, Any] = {"format": "archiver-sealed-audit", "manifest": mid, "objects": sorted(objects),
+                               "version": 1}
+        if sign_key is not None:
+            from manifests import signing
+            body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+            pub, sig = signing.sign_message(sign_key, b"archiver-sealed-audit-v1:" +
+                                            blake3.blake3(body).hexdigest().encode())
+            doc["signature"] = {"alg": "ed25519", "public_key": pub, "signature": sig}
+        companion = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        self._put(layout.audit(mid), companion, policy)
+
+    def _sealed_event(self, event: Event) -> Event:
+        """The event as a sealed store shows it: chunk hashes replaced by their keyed addresses
+        (dropped if this host has no address key), and details, problem lines and per-manifest
+        first problems (names, labels, paths) sealed to this run's key as one age object in
+        `details.sealed` (base64). Type, time, agent, outcome, counts and manifest ids stay
+        readable, so the chain is checked and replayed without keys."""
+        assert self._sealer is not None
+        self._start_run()
+        key = self._sealer.address_key
+
+        def addr(hs: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(sealing.address(key, h) for h in hs if is_hash(h)) if key is not None else ()
+        secret = json.dumps({"details": event.details, "first": {m.id: list(m.first) for m in event.manifests},
+                             "problems": list(event.problems)}, sort_keys=True, default=str).encode()
+        sealed = base64.b64encode(bytes(self._sealer.seal(secret))).decode()
+        return dataclasses.replace(event, manifests=tuple(dataclasses.replace(m, first=()) for m in event.manifests),
+                                   chunks_ok=addr(event.chunks_ok), chunks_failed=addr(event.chunks_failed),
+                                   problems=(), details={"sealed": sealed})
+
+    def require_identities(self) -> None:
+        """Refuse (IdentityError, exit 2) before anything is written when a sealed store must be
+        read and no custodian identity was given."""
+        if self._sealer is not None and not self._sealer.identities:
+            raise IdentityError(f"{self.url} is a sealed store: restoring or reading plaintext needs a custodian "
+                                f"identity")
+
+    def open_run_keys(self, mid: str) -> None:
+        """Open every run key the archive's companion names, so a missing or foreign key is
+        refused before a restore writes anything."""
+        doc = self.companion(mid)
+        for kid in sorted({o[3] for o in doc["objects"]}):
+            self._identity_for(kid)
+
+    def companion(self, mid: str) -> dict[str, Any]:
+        """The public companion of a sealed manifest, parsed and bounds-checked (ManifestError if
+        not one; its signature, if any, must verify)."""
+        try:
+            raw = self._store.get(layout.audit(mid), max_size=MAX_MANIFEST_BYTES)
+        except ObjectMissingError:
+            raise NotFoundError(f"sealed archive {mid} has no companion ({layout.audit(mid)})") from None
+        try:
+            doc = json.loads(raw)
+            assert doc["format"] == "archiver-sealed-audit" and doc["manifest"] == mid
+            for o in doc["objects"]:
+                assert isinstance(o[0], str) and type(o[1]) is int and is_hash(o[2]) and len(o[3]) == 32
+            assert raw == json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"  # canonical
+        except (ValueError, KeyError, TypeError, AssertionError, IndexError):
+            raise ManifestError(f"companion of {mid} is malformed") from None
+        sig = doc.get("signature")
+        if sig is not None:
+            from manifests import signing
+            body = json.dumps({k: v for k, v in doc.items() if k != "signature"}, sort_keys=True,
+                              separators=(",", ":")).encode()
+            ok = isinstance(sig, dict) and signing.check_message(
+                str(sig.get("public_key")), str(sig.get("signature")),
+                b"archiver-sealed-audit-v1:" + blake3.blake3(body).hexdigest().encode())
+            if not ok:
+                raise IntegrityError(f"companion of {mid} has a bad signature")
+        return doc
+
+    def companion_ids(self) -> list[str]:
+        return sorted(mid for mid in (layout.audit_id(i.key) for i in self._store.list(layout.AUDITS)) if mid)
+
+    def audit_object(self, key: str, size: int, b3: str) -> str | None:
+        """Why the object under `key` is not the one a companion lists (re-hashing its
+        ciphertext), or None if it is."""
+        try:
+            obj = self._store.get(key, max_size=size)
+        except ObjectMissingError:
+            return "object is missing"
+        except ObjectTooLargeError as e:
+            return f"stored size {e.size} != listed {size}"
+        if len(obj) != size:
+            return f"stored size {len(obj)} != listed {size}"
+        if blake3.blake3(obj).hexdigest() != b3:
+            return "ciphertext BLAKE3 differs from the companion's (bit rot or tampering)"
+        return None
+
+    def run_key_present(self, kid: str) -> bool:
+        return next(iter(self._store.list(layout.run_keys_of(kid))), None) is not None
+
+    def rotate_keys(self, add: list[str], remove: list[str]) -> dict[str, Any]:
+        """Re-wrap every key object (the address key and each run key) to the new recipient
+        set as new objects of the next generation, the set itself last (the commit point: the
+        newest set wins). Chunk and manifest objects are never rewritten. Needs an identity
+        that opens the current keys."""
+        self.require_identities()
+        gen, current = self._recipients()
+        for r in add:
+            sealing._recipient_bytes(r)
+        new = sorted((set(current) | set(add)) - set(remove))
+        if not new:
+            raise InvalidOptionError("remove", "would leave no recipient")
+        unknown = sorted(set(remove) - set(current))
+        if unknown:
+            raise InvalidOptionError("remove", f"names a recipient the store does not have: {unknown[0]}")
+        nxt = gen + 1
+        assert self._sealer is not None and self._sealer.address_key is not None
+        self._put_exact_new(layout.address_key(nxt), sealing.wrap(self._sealer.address_key.hex().encode() + b"\n",
+                                                                  new))
+        kids = sorted({k for k in (layout.run_key_id(i.key) for i in self._store.list(layout.RUN_KEYS)) if k})
+        for kid in kids:
+            ident = self._identity_for(kid)
+            self._put_exact_new(layout.run_key(kid, nxt), sealing.wrap((str(ident) + "\n").encode(), new))
+        if not self._store.put_if_absent(layout.key_set(nxt), sealing.recipient_set(nxt, new, self._sealer.address_key)):
+            raise StoreError(f"another rotation wrote key generation {nxt} meanwhile; re-run")
+        return {"generation": nxt, "recipients": new, "run_keys": len(kids)}
+
+    def _put_exact_new(self, key: str, data: bytes) -> None:
+        if not self._store.put_if_absent(key, data):
+            raise StoreError(f"{key} already exists: another rotation is under way; re-run")
+
+    # -- sealed stores: copies without keys (archiver.sealcopy) ----------------------------------
+    def marker_object(self) -> bytes:
+        from archiver.stores import MAX_MARKER_BYTES
+        return self._store.get(layout.MARKER, max_size=MAX_MARKER_BYTES)
+
+    def proved_sealed_object(self, key: str, size: int, b3: str) -> bytes:
+        """The object under `key`, returned only if it is exactly the one a companion lists
+        (size and ciphertext BLAKE3). Raises ObjectMissingError or CorruptChunkError."""
+        try:
+            obj = self._store.get(key, max_size=size)
+        except ObjectTooLargeError as e:
+            raise CorruptChunkError(key, f"stored size {e.size} != listed {size}") from None
+        if len(obj) != size:
+            raise CorruptChunkError(key, f"stored size {len(obj)} != listed {size}")
+        if blake3.blake3(obj).hexdigest() != b3:
+            raise CorruptChunkError(key, "ciphertext BLAKE3 differs from the companion's")
+        return obj
+
+    def put_sealed_object(self, key: str, data: bytes, policy: Any = None) -> bool:
+        """Store a proved sealed object (or companion, or key object) under the same key as in
+        the source; an object already there must be these exact bytes."""
+        return self._put_exact(key, data, key, policy)
+
+    def key_object_keys(self) -> list[str]:
+        return sorted(i.key for i in self._store.list(layout.KEYS) if layout.key_generation(i.key) is not None)
+
+    def key_object(self, key: str) -> bytes:
+        return self._store.get(key, max_size=sealing.MAX_KEY_OBJECT_BYTES)
+
+    def companion_object(self, mid: str) -> bytes:
+        """The companion's exact bytes, after `companion` parsed (and checked the signature of) them."""
+        self.companion(mid)
+        return self._store.get(layout.audit(mid), max_size=MAX_MANIFEST_BYTES)
+
+    def heal_sealed_object(self, key: str, data: bytes, size: int, b3: str) -> str:
+        """Heal one sealed object with bytes proved against the companion: see `_heal`."""
+        def damage(stored: bytes) -> str | None:
+            if len(stored) != size:
+                return f"stored size {len(stored)} != listed {size}"
+            return None if blake3.blake3(stored).hexdigest() == b3 else "ciphertext BLAKE3 differs"
+        return self._heal(key, data, damage)
+
+
+    # -- packs: small chunk objects stored together (archiver.packs) -----------------------------
+    # Read requests joined into one when the bytes between two planned ranges are fewer than this.
+    SPAN_GAP = 256 << 10
+    # Spans and small objects fetched at once by a planned read (restore, deep verify).
+    SPAN_LIMIT = packs.PACK_TARGET + packs.SMALL_OBJECT
+
+    def _save_fast(self, h: str, data: bytes | memoryview, width: int, policy: Any) -> SavedChunk | None:
+        """The paths that need no read before a write: a chunk already in a pack (proved by
+        one whole read of that pack per process), a new small chunk (into the open pack), a
+        new large chunk (one conditional PUT: If-None-Match makes it safe, so no HEAD or GET
+        first). None: the chunk is held under its own key (or the PUT found the key taken),
+        and the read -> prove -> write loop decides."""
+        ps = self._packstate
+        with ps.lock:
+            pending = ps.pending.get(h)
+        if pending is not None:
+            return SavedChunk(pending[0], pending[1], False)
+        locs = self._pack_locations(h)
+        for loc in locs:
+            codec = self._proved_in_pack(loc).get(h)
+            if codec is not None:
+                return SavedChunk(loc.stored_size, codec, False)
+        if not locs and self._catalog is not None and self._catalog.known_chunk(h) is not None:
+            return None  # held under its own key (a large chunk, or stored before packs): prove it
+        enc = self._codec.encode(data, width)
+        if packs.is_small(len(enc.data), self._pack_below):
+            self._add_to_pack(h, enc.data, len(data), enc.codec, policy)
+            return SavedChunk(len(enc.data), enc.codec, True, repaired=bool(locs))
+        if self._put(layout.chunk(h), enc.data, policy):
+            return SavedChunk(len(enc.data), enc.codec, True)
+        return None  # the key is taken: prove what it holds
+
+    def _pending(self, h: str) -> bool:
+        """Whether `h` sits in a pack not yet durable (it takes that pack's write policy)."""
+        with self._packstate.lock:
+            return h in self._packstate.pending
+
+    def _add_to_pack(self, h: str, obj: bytes, length: int, codec: str, policy: Any) -> None:
+        """Append one encoded chunk object to the open pack (one pack per write policy); a
+        full pack is written now, by this worker."""
+        ps = self._packstate
+        todo = []
+        with ps.lock:
+            if h in ps.pending:
+                return
+            if ps.open is not None and ps.open_policy is not policy:
+                todo.append((ps.open, ps.open_policy))
+                ps.open = None
+            if ps.open is None:
+                ps.open, ps.open_policy = packs.PackBuilder(), policy
+            ps.open.add(h, obj, length)
+            ps.pending[h] = (len(obj), codec)
+            if ps.open.full:
+                todo.append((ps.open, policy))
+                ps.open = None
+            ps.in_flight += len(todo)
+        for builder, pol in todo:
+            self._write_pack_guarded(builder, pol)
+
+    def _write_pack_guarded(self, builder: packs.PackBuilder, policy: Any) -> None:
+        """Write one pack; a failure is kept for `flush_packs` to raise on the committing thread."""
+        ps = self._packstate
+        hashes = [e[0] for e in builder.entries]
+        try:
+            index, iid = self._write_pack(builder, policy)
+        except BaseException as e:  # noqa: BLE001 - re-raised by flush_packs
+            with ps.lock:
+                ps.errors.append(e)
+                for h in hashes:
+                    ps.pending.pop(h, None)
+                ps.in_flight -= 1
+                ps.idle.notify_all()
+            return
+        with ps.lock:
+            for h, loc in packs.locations(index, iid):
+                ps.written.setdefault(h, []).append(loc)
+                ps.pending.pop(h, None)
+            ps.proved[index.pack] = {e[0]: describe(p) for e, p in zip(builder.entries, builder.parts)}
+            ps.unrecorded.append(index)
+            ps.in_flight -= 1
+            ps.idle.notify_all()
+
+    def _write_pack(self, builder: packs.PackBuilder, policy: Any) -> tuple[packs.PackIndex, str]:
+        """Put the pack (with the archive's lock and storage class), then its index (hot,
+        locked like metadata). A pack already present under the same id must hash to it."""
+        data, index = builder.close()
+        key = layout.pack(index.pack)
+        if not self._put(key, data, policy):
+            try:
+                held = self._store.get(key, max_size=len(data))
+            except ObjectTooLargeError:
+                held = b""
+            if blake3.blake3(held).hexdigest() != index.pack:
+                raise IntegrityError(f"{self.url} holds a damaged object under {key}; run repair")
+            self._ensure_lock(key, policy)
+        raw = index.to_json()
+        iid = blake3.blake3(raw).hexdigest()
+        hot = policy.for_metadata() if policy is not None else None
+        self._put_exact(layout.pack_index(iid), raw, f"pack index {iid}", hot)
+        return index, iid
+
+    def flush_packs(self) -> int:
+        """Write the open pack, wait for packs in flight, record them in the catalog (the
+        store's index objects stay the truth). Raises the first failure of any pack write:
+        then nothing naming its chunks may be committed. Returns how many packs were written."""
+        ps = self._packstate
+        with ps.lock:
+            builder, policy = ps.open, ps.open_policy
+            ps.open = None
+            if builder is not None:
+                ps.in_flight += 1
+        if builder is not None:
+            self._write_pack_guarded(builder, policy)
+        with ps.lock:
+            while ps.in_flight:
+                ps.idle.wait()
+            errors, ps.errors = ps.errors, []
+            done, ps.unrecorded = ps.unrecorded, []
+        if errors:
+            raise errors[0]
+        for index in done:
+            try:
+                with translated():
+                    self._catalog.record_pack(index.pack, index.size, index.id,
+                                              [(e.hash, e.offset, e.stored_size, e.length) for e in index.entries])
+            except (CatalogReadOnlyError, CatalogLockedError):
+                pass  # the store holds the index; a rebuild records it
+        return len(done)
+
+    def _pack_locations(self, h: str) -> list[PackLocation]:
+        return self._pack_locations_many([h]).get(h, [])
+
+    def _pack_locations_many(self, hashes: Iterable[str]) -> dict[str, list[PackLocation]]:
+        """Where each of `hashes` lies in a pack: packs this process wrote, then the catalog's
+        cache of the indexes, then (if loaded) the store's own indexes."""
+        hashes = list(hashes)
+        ps = self._packstate
+        out: dict[str, list[PackLocation]] = {}
+        with ps.lock:
+            for h in hashes:
+                if h in ps.written:
+                    out[h] = list(ps.written[h])
+            store_map = ps.store_map
+        known = self._catalog.pack_locations(hashes) if self._catalog is not None else {}  # a worker: no catalog
+        for h, rows in known.items():
+            have = out.setdefault(h, [])
+            have += [PackLocation(*r) for r in rows if all(r[0] != x.pack for x in have)]
+        if store_map is not None:
+            for h in hashes:
+                for loc in store_map.get(h, ()):
+                    have = out.setdefault(h, [])
+                    if all(loc.pack != x.pack for x in have):
+                        have.append(loc)
+        return out
+
+    def _chunk_key(self, h: str) -> str:
+        """The object a chunk's bytes live in: its pack, or its own key (sealed: its address)."""
+        if self._sealer is not None:
+            return self._sealed_chunk_key(h)
+        locs = self._pack_locations(h)
+        return layout.pack(locs[0].pack) if locs else layout.chunk(h)
+
+    def _store_pack_map(self, refresh: bool = False) -> dict[str, list[PackLocation]]:
+        """Every pack index the store holds (LIST + one GET each, re-hashed), once per process
+        (again with `refresh`): the truth when the catalog has not recorded a pack (another
+        writer, a fresh catalog, a worker that has no catalog)."""
+        ps = self._packstate
+        with ps.lock:
+            if ps.store_map is not None and not refresh:
+                return ps.store_map
+        found: dict[str, list[PackLocation]] = {}
+        for iid, index, _err in self._iter_pack_indexes():
+            if index is not None:
+                for h, loc in packs.locations(index, iid):
+                    found.setdefault(h, []).append(loc)
+        with ps.lock:
+            ps.store_map = found
+        return found
+
+    def _iter_pack_indexes(self) -> Iterator[tuple[str, packs.PackIndex | None, str | None]]:
+        """(id, index or None, why not) for every index object in the store."""
+        for info in self._store.list(layout.PACK_INDEXES):
+            iid = layout.pack_index_id(info.key)
+            if iid is None:
+                continue
+            try:
+                yield iid, packs.parse_index(self._store.get(info.key, max_size=packs.MAX_INDEX_BYTES), iid), None
+            except (packs.PackFormatError, IntegrityError, ObjectMissingError) as e:
+                yield iid, None, str(e)
+
+    def _rebuild_packs(self, result: RebuildResult) -> None:
+        """Record every good pack index of the store in the catalog; report bad ones."""
+        for iid, index, why in self._iter_pack_indexes():
+            if index is None:
+                result.problems.append(Problem("", "pack-index", f"pack index {iid}: {why}"))
+                continue
+            with translated():
+                if self._catalog.record_pack(index.pack, index.size, iid,
+                                             [(e.hash, e.offset, e.stored_size, e.length) for e in index.entries]):
+                    result.packs += 1
+
+    def _index_of(self, pack: str, index_id: str) -> list[tuple[str, int, int, int]]:
+        """(hash, offset, stored_size, length) of a pack's chunks: the catalog's copy, else
+        the store's index object (re-hashed)."""
+        rows = self._catalog.pack_entries(pack) if self._catalog is not None else []
+        if rows:
+            return rows
+        raw = self._store.get(layout.pack_index(index_id), max_size=packs.MAX_INDEX_BYTES)
+        try:
+            index = packs.parse_index(raw, index_id)
+        except packs.PackFormatError as e:
+            raise IntegrityError(f"pack index {index_id}: {e}") from None
+        return [(e.hash, e.offset, e.stored_size, e.length) for e in index.entries]
+
+    def _proved_in_pack(self, loc: PackLocation) -> dict[str, str]:
+        """hash -> codec of the chunks of a pack that decode and hash right, from one whole
+        read of the pack (once per process; a missing, cold or short pack proves nothing)."""
+        ps = self._packstate
+        with ps.lock:
+            got = ps.proved.get(loc.pack)
+        if got is not None:
+            return got
+        with ps.pack_lock(loc.pack):
+            with ps.lock:
+                got = ps.proved.get(loc.pack)
+            if got is not None:
+                return got
+            got = {}
+            try:
+                data = self._store.get(layout.pack(loc.pack), max_size=loc.pack_size)
+                entries = self._index_of(loc.pack, loc.index_id)
+            except (IntegrityError, ObjectMissingError, ObjectColdError):
+                data, entries = b"", []
+            for h, offset, stored, length in entries:
+                obj = data[offset:offset + stored]
+                try:
+                    if len(obj) == stored:
+                        self._decode_checked(obj, h, length)
+                        got[h] = describe(obj)
+                except CorruptChunkError:
+                    continue
+            with ps.lock:
+                ps.proved[loc.pack] = got
+        return got
+
+    def _packed_read(self, ref: ChunkRef) -> tuple[bytes, bytes] | None:
+        """(object, decoded bytes) of a packed chunk, from the first of its packs whose range
+        proves good; None if no index places it in a pack. Errors name the pack and range."""
+        locs = self._pack_locations(ref.hash)
+        if not locs:
+            return None
+        first: ArchiverError | None = None
+        for loc in locs:
+            try:
+                if loc.stored_size != ref.stored_size:
+                    raise CorruptChunkError(ref.hash, f"{loc.where()}: the pack index says {loc.stored_size} "
+                                                      f"stored bytes, the manifest {ref.stored_size}")
+                obj = self._pack_range(loc)
+                try:
+                    return obj, self._decode_checked(obj, ref.hash, ref.length)
+                except CorruptChunkError as e:
+                    raise CorruptChunkError(ref.hash, f"{e.reason} (in {loc.where()})") from None
+            except ObjectMissingError:
+                first = first or ObjectMissingError(layout.pack(loc.pack))
+            except IntegrityError as e:
+                first = first or (e if isinstance(e, CorruptChunkError) else
+                                  CorruptChunkError(ref.hash, f"{e} (in {loc.where()})"))
+        assert first is not None
+        raise first
+
+    def _pack_range(self, loc: PackLocation) -> bytes:
+        """One chunk object's bytes from its pack: from a planned span (one request for many
+        chunks, see `plan_reads`), else one ranged read of just its bytes."""
+        ps = self._packstate
+        span = self._span_for(loc)
+        if span is not None:
+            start, end = span
+            with ps.pack_lock(f"{loc.pack}:{start}"):
+                with ps.lock:
+                    data = ps.spans.get((loc.pack, start))
+                if data is None:
+                    data = self._read_range(layout.pack(loc.pack), start, end - start)
+                    with ps.lock:
+                        ps.spans[(loc.pack, start)] = data
+                        while len(ps.spans) > 4:  # bounded: the oldest span is read again if needed
+                            ps.spans.pop(next(iter(ps.spans)))
+            return data[loc.offset - start:loc.offset - start + loc.stored_size]
+        return self._read_range(layout.pack(loc.pack), loc.offset, loc.stored_size)
+
+    def _span_for(self, loc: PackLocation) -> tuple[int, int] | None:
+        with self._packstate.lock:
+            for start, end in self._packstate.plan.get(loc.pack, ()):
+                if start <= loc.offset and loc.offset + loc.stored_size <= end:
+                    return start, end
+        return None
+
+    def _read_range(self, key: str, start: int, length: int) -> bytes:
+        if getattr(self._store, "supports_ranges", False):
+            return self._store.get_range(key, start, length)  # type: ignore[attr-defined]
+        data = self._store.get(key, max_size=packs.MAX_PACK_BYTES)
+        if len(data) < start + length:
+            raise IntegrityError(f"{key} is {len(data)} bytes, shorter than the {start + length} its index needs")
+        return data[start:start + length]
+
+    def plan_reads(self, refs: Iterable[ChunkRef]) -> int:
+        """Say which chunks this run will read (a restore, a deep verify): the ranges each
+        pack must yield are merged into spans (`packs.plan_spans`), each fetched with one
+        request when its first chunk is read. A single-file restore plans only that file's
+        ranges, so it fetches just those bytes. Returns how many spans were planned."""
+        wanted = {r.hash for r in refs}
+        ranges: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for locs in self._pack_locations_many(wanted).values():
+            loc = locs[0]
+            ranges[loc.pack].append((loc.offset, loc.offset + loc.stored_size))
+        plan = {p: packs.plan_spans(r, self.SPAN_GAP, self.SPAN_LIMIT) for p, r in ranges.items()}
+        with self._packstate.lock:
+            self._packstate.plan = plan
+            self._packstate.spans.clear()
+        return sum(len(v) for v in plan.values())
+
+    def chunk_presence(self, hashes: Iterable[str]) -> tuple[dict[str, int], dict[str, str]]:
+        """(stored size of each chunk the store holds, why each packed chunk that is not
+        held is not). A packed chunk is held if its pack and index exist and the pack has
+        the size its index records. Cost grows with the archive, not the store: objects are
+        checked by HEAD each, or by LISTing only the prefixes they are under, whichever is
+        fewer requests. A sealed store has no packs: sizes at the keyed addresses."""
+        if self._sealer is not None:
+            return self._sealed_chunk_sizes(hashes), {}
+        hashes = list(dict.fromkeys(hashes))
+        located = self._pack_locations_many(hashes)
+        rest = [h for h in hashes if h not in located]
+        sizes = self._own_chunk_sizes(rest)
+        lost = [h for h in rest if h not in sizes]
+        if lost:  # maybe packed by a writer this catalog has not recorded
+            store_map = self._store_pack_map()
+            located.update({h: store_map[h] for h in lost if h in store_map})
+        keys = sorted({layout.pack(loc.pack) for locs in located.values() for loc in locs} |
+                      {layout.pack_index(loc.index_id) for locs in located.values() for loc in locs})
+        held = dict(zip(keys, self._present(keys)))
+        notes: dict[str, str] = {}
+        for h, locs in located.items():
+            for loc in locs:
+                pack_info, index_info = held[layout.pack(loc.pack)], held[layout.pack_index(loc.index_id)]
+                if pack_info is None:
+                    notes.setdefault(h, f"its pack {loc.pack} is missing from the store")
+                elif pack_info.size != loc.pack_size:
+                    notes.setdefault(h, f"its pack {loc.pack} is {pack_info.size} bytes, its index says "
+                                        f"{loc.pack_size}")
+                elif index_info is None:
+                    notes.setdefault(h, f"the index {loc.index_id} of its pack {loc.pack} is missing")
+                else:
+                    sizes[h] = loc.stored_size
+                    notes.pop(h, None)
+                    break
+        return sizes, notes
+
+    def _present(self, keys: list[str]) -> list[ObjectInfo | None]:
+        """stat of each key, by the fewest requests (see `_listing`)."""
+        found = self._listing(keys)
+        return [found.get(k) for k in keys]
+
+    def _listing(self, keys: list[str], need_class: bool = False) -> dict[str, ObjectInfo]:
+        """The objects among `keys` the store holds, by whichever costs the fewest requests:
+        one HEAD per key (grows with the archive), a LIST of each 2-hex prefix they lie
+        under, or one LIST of each top-level kind (chunks/, packs/, packindex/); a LIST costs
+        a page per 1000 objects, estimated from the catalog's counts."""
+        if not keys:
+            return {}
+        chunks, npacks = self._catalog.object_counts() if self._catalog is not None else (0, 0)
+
+        def held(prefix: str) -> int:
+            return npacks if prefix.startswith((layout.PACKS, layout.PACK_INDEXES)) else chunks
+        prefixes = sorted({k.rsplit("/", 1)[0] + "/" for k in keys})
+        roots = sorted({k.split("/", 1)[0] + "/" for k in keys})
+        by_prefix = sum(max(1, math.ceil(held(p) / 256 / 1000)) for p in prefixes)
+        by_root = sum(max(1, math.ceil(held(r) / 1000)) for r in roots)
+        wanted = set(keys)
+        if len(keys) < min(by_prefix, by_root):
+            state = getattr(self._store, "object_state", None) if need_class else None
+            if state is not None:
+                out: dict[str, ObjectInfo] = {}
+                for k in keys:
+                    st = state(k)
+                    if st is not None:
+                        out[k] = ObjectInfo(k, st.size, st.storage_class if st.storage_class != "STANDARD" else None)
+                return out
+            return {k: info for k, info in zip(keys, self._stat_many(keys)) if info is not None}
+        found: dict[str, ObjectInfo] = {}
+        for prefix in (roots if by_root <= by_prefix else prefixes):
+            for info in self._store.list(prefix):
+                if info.key in wanted:
+                    found[info.key] = info
+        return found
+
+    def _stat_many(self, keys: list[str]) -> list[ObjectInfo | None]:
+        if len(keys) <= 1:
+            return [self._store.stat(k) for k in keys]
+        with ThreadPoolExecutor(min(8, len(keys)), thread_name_prefix="stat") as pool:
+            return list(pool.map(self._store.stat, keys))
+
+    def _heal_packed(self, ref: ChunkRef, obj: bytes, locs: list[PackLocation]) -> str:
+        """Heal a packed chunk with `obj` (proved by `chunk_object` of a copy). If its pack is
+        present but damaged, the pack is rebuilt from its chunks that still prove good plus
+        `obj`; if that rebuilds the exact bytes the pack is named after, the damaged pack is
+        replaced (quarantined, conditional on its version, as `_heal`). Otherwise (the pack
+        is missing, or holds other damage not yet healed) `obj` goes into a new pack, which
+        readers find through its index. 'replaced', 'written' or 'intact'."""
+        if len(obj) != ref.stored_size:
+            raise IntegrityError(f"object given for chunk {ref.hash} is {len(obj)} bytes, not {ref.stored_size}")
+        self._decode_checked(obj, ref.hash, ref.length)
+        for loc in locs:
+            key = layout.pack(loc.pack)
+            try:
+                held, version = self._read_for_proof(key, loc.pack_size)
+            except ObjectMissingError:
+                continue
+            if held is None or len(held) != loc.pack_size:
+                continue
+            try:
+                self._decode_checked(held[loc.offset:loc.offset + loc.stored_size], ref.hash, ref.length)
+                return "intact"
+            except CorruptChunkError:
+                pass
+            rebuilt = held[:loc.offset] + obj + held[loc.offset + loc.stored_size:]
+            if blake3.blake3(rebuilt).hexdigest() == loc.pack and version is not None \
+                    and getattr(self._store, "can_replace_damaged", False):
+                if self._store.replace_damaged(key, rebuilt, version, layout.quarantined(key, self._quarantine_tag())):
+                    again, _ = self._read_for_proof(key, loc.pack_size)
+                    if again == rebuilt:
+                        with self._packstate.lock:
+                            self._packstate.proved.pop(loc.pack, None)
+                        return "replaced"
+        self._add_to_pack(ref.hash, obj, ref.length, describe(obj), None)
+        self.flush_packs()
+        return "written"
+
 
 def _parents_first(parents: dict[str, str | None]) -> list[str]:
     """Ids ordered so a manifest's parent (if present) comes before it: an iterative

@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import blake3
 
@@ -97,7 +97,7 @@ def select(entries: Iterable[Entry], include: Iterable[str]) -> list[Entry]:
 def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (),
             force: bool = False, workers: int | None = None, trusted: list[bytes] | None = None,
             progress: Progress | None = None, preserve_special_bits: bool = False,
-            thaw: ThawOptions | None = None) -> RestoreResult:
+            thaw: ThawOptions | None = None, executor: Any = None) -> RestoreResult:
     """With `trusted` public keys, refuse unless one of them signed the manifest. Modes lose
     their setuid, setgid and sticky bits unless `preserve_special_bits`. Chunks in a cold
     class (GLACIER, DEEP_ARCHIVE) are refused before anything is written unless `thaw` asks
@@ -127,9 +127,15 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
     root_fd = os.open(root, _DIR_FLAGS)
     try:
         remove_stale_temps(root_fd)
-        small = [e for e in chosen if e.is_file and e.size <= SMALL_FILE]
+        repo.plan_reads(c for e in chosen if e.is_file for c in e.chunks)  # packed chunks: few, ranged reads
+        here = chosen
+        if executor is not None and executor.distributed:  # files and directories, one task per file
+            from archiver import fanout
+            fanout.restore_files(repo, executor, mid, root, chosen, force, mode_mask, result, progress)
+            here = []
+        small = [e for e in here if e.is_file and e.size <= SMALL_FILE]
         with ThreadPoolExecutor(nworkers, thread_name_prefix="restore") as pool:
-            for e in chosen:
+            for e in here:
                 if e.is_file and e.size <= SMALL_FILE:
                     continue  # below, several at a time
                 if e.is_file:

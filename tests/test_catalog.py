@@ -20,6 +20,7 @@ import pytest
 from manifests.errors import AmbiguousReference, CatalogError, CatalogLocked, CatalogStoreMismatch, ManifestError
 from manifests.errors import UnknownReference as NotFoundError
 from archiver.urls import normalise_store_url
+from manifests import catalog as catalog_module
 from manifests.catalog import Catalog, default_catalog_path
 from manifests.model import ChunkRef, Entry, Manifest
 
@@ -76,7 +77,7 @@ def test_record_manifest_is_idempotent(cat, cat_path):
     assert cat.has_manifest(m.id)
     assert count(cat_path, "manifests") == 1
     assert count(cat_path, "files") == 3  # dir + 2 files
-    assert count(cat_path, "chunk_refs") == 4
+    assert count(cat_path, "manifest_chunks") == 3  # distinct chunks of the manifest
     assert count(cat_path, "chunks") == 3  # c2 shared
     rows = cat.manifest_rows()
     assert len(rows) == 1
@@ -207,9 +208,8 @@ IMMUTABLE_SQL = [
     "UPDATE files SET blake3='00'",
     "DELETE FROM files",
     "INSERT OR REPLACE INTO files(manifest_id, path, type) VALUES (:mid, 'ckpt/a.bin', 'dir')",
-    "UPDATE chunk_refs SET hash='00'",
-    "DELETE FROM chunk_refs",
-    "INSERT OR REPLACE INTO chunk_refs(manifest_id, path, seq, hash) VALUES (:mid, 'ckpt/a.bin', 0, '00')",
+    "UPDATE manifest_chunks SET chunk=0",
+    "DELETE FROM manifest_chunks",
     "UPDATE audit SET ok=0",
     "DELETE FROM audit",
     "INSERT OR REPLACE INTO audit(seq, at, event, ok, details) VALUES (1, 0, 'evil', 1, '{}')",
@@ -220,7 +220,7 @@ def _snapshot(path: Path) -> list:
     conn = sqlite3.connect(path)
     try:
         return [conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
-                for t in ("manifests", "files", "chunk_refs", "audit")]
+                for t in ("manifests", "files", "manifest_chunks", "audit")]
     finally:
         conn.close()
 
@@ -360,7 +360,7 @@ def test_concurrent_writers_in_threads(cat_path):
     for c in cats:
         assert {r.id for r in c.manifest_rows()} == {m.id for m in ms}
         c.close()
-    assert count(cat_path, "chunk_refs") == 2 * 20 * 50
+    assert count(cat_path, "manifest_chunks") == 2 * 20 * 50
     assert count(cat_path, "audit") == 2 * 5 + 2
 
 
@@ -398,17 +398,17 @@ def test_concurrent_writers_in_processes(tmp_path):
 
 def _assert_nothing_recorded(cat: Catalog, path: Path) -> None:
     assert not cat._conn.in_transaction
-    for table in ("manifests", "files", "chunk_refs", "chunks", "audit"):
+    for table in ("manifests", "files", "manifest_chunks", "chunks", "audit"):
         assert count(path, table) == 0, table
 
 
 def test_record_manifest_is_all_or_nothing_on_chunk_failure(cat, cat_path, monkeypatch):
     m = make_manifest()
 
-    def boom(self):
+    def boom(mid, m):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(Manifest, "unique_chunks", boom)  # after manifests/files/chunk_refs inserts
+    monkeypatch.setattr(catalog_module, "field_rows", boom)  # after the chunks, manifests and files inserts
     with pytest.raises(RuntimeError, match="disk on fire"):
         record(cat, m, event_details={"x": 1})
     _assert_nothing_recorded(cat, cat_path)
@@ -496,14 +496,14 @@ def test_nested_write_joins_outer_transaction(cat, cat_path):
 
 def test_failed_nested_write_undoes_only_its_own_part(cat, cat_path, monkeypatch):
     good, bad = make_manifest("good"), make_manifest("bad", files={"f": ["b"]})
-    real = Manifest.unique_chunks
+    real = catalog_module.field_rows
 
-    def boom(self):
-        if self.name == "bad":
-            raise RuntimeError("fails after its manifest, file and chunk_ref rows")
-        return real(self)
+    def boom(mid, m):
+        if m.name == "bad":
+            raise RuntimeError("fails after its manifest, file and chunk rows")
+        return real(mid, m)
 
-    monkeypatch.setattr(Manifest, "unique_chunks", boom)
+    monkeypatch.setattr(catalog_module, "field_rows", boom)
     with cat.write():
         assert record(cat, good)
         with pytest.raises(RuntimeError):
@@ -570,6 +570,12 @@ def make_v1_catalog(path: Path, store: str, manifests: list[Manifest]) -> None:
         conn.execute("INSERT INTO manifests VALUES (?,?,?,?,?,?,?,?,?)",
                      (m.id, m.name, m.label, m.parent, 100.0 + i, len(m.files), m.total_size, m.stored_size,
                       m.canonical_json()))
+    for m in manifests:  # schema 1-3 recorded one chunk_refs row per chunk reference
+        conn.executemany("INSERT OR IGNORE INTO chunks VALUES (?,?,?,?)",
+                         [(c.hash, c.stored_size, c.codec, 1.0) for c in m.unique_chunks().values()])
+        conn.executemany("INSERT INTO chunk_refs VALUES (?,?,?,?,?,?)",
+                         [(m.id, e.path, i, c.offset, c.length, c.hash) for e in m.files
+                          for i, c in enumerate(e.chunks)])
     conn.execute("INSERT INTO audit(at, event, manifest_id, ok, details) VALUES (1, 'archive', ?, 1, '{}')",
                  (manifests[0].id,))
     conn.commit()
@@ -592,12 +598,18 @@ def test_v1_catalog_is_read_as_is_and_migrated_on_first_writable_open(cat_path):
 
     ro = Catalog(cat_path, STORE, read_only=True)  # reads v1 without migrating
     assert ro.resolve("m") == b.id and [r.id for r in ro.manifest_rows()] == [a.id, b.id]
+    want_cover = sorted((m.id, h) for m in (a, b) for h in m.unique_chunks())
+    assert sorted((r[0], r[3]) for r in ro.chunk_coverage()) == want_cover  # from chunk_refs, unmigrated
     ro.close()
     assert info(cat_path)["schema_version"] == "1" and cat_path.read_bytes() == before
 
     c = Catalog(cat_path, STORE)
     try:
-        assert info(cat_path) == {"schema_version": "3", "store": STORE, "endpoint": ""}
+        assert info(cat_path) == {"schema_version": "4", "store": STORE, "endpoint": ""}
+        tables = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "chunk_refs" not in tables  # v4: replaced by manifest_chunks, backfilled from it
+        want = sorted((m.id, h) for m in (a, b) for h in m.unique_chunks())
+        assert sorted((r[0], r[3]) for r in c.chunk_coverage()) == want
         indexes = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
         assert {"idx_manifests_name_parent", "idx_fields_key_value", "idx_fields_key_num"} <= indexes
         assert c.resolve("m") == b.id and c.load_manifest(a.id) == a
@@ -608,10 +620,11 @@ def test_v1_catalog_is_read_as_is_and_migrated_on_first_writable_open(cat_path):
             c._conn.execute("DELETE FROM manifests")
         triggers = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
         assert {"fields_no_update", "fields_no_delete", "fields_no_insert"} <= triggers  # v3's table is immutable too
+        assert {"manifest_chunks_no_update", "manifest_chunks_no_delete"} <= triggers
     finally:
         c.close()
     Catalog(cat_path, STORE).close()  # a current catalog opens without another migration
-    assert info(cat_path)["schema_version"] == "3"
+    assert info(cat_path)["schema_version"] == "4"
 
 
 def test_newer_schema_is_refused_in_one_line(cat_path):

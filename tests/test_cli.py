@@ -19,7 +19,8 @@ COMMANDS = [[], ["archive"], ["list"], ["show"], ["verify"], ["restore"], ["cata
 
 # documented (README) or established --json keys
 ARCHIVE_KEYS = {"id", "name", "label", "files", "dirs", "bytes_in", "bytes_stored", "new_bytes_stored", "chunks",
-                "new_chunks", "seconds", "parent", "signed_by", "repaired_chunks", "retention", "files_reused"}
+                "new_chunks", "seconds", "parent", "signed_by", "repaired_chunks", "retention", "files_reused",
+                "resumed_files"}
 LIST_KEYS = {"id", "name", "label", "parent", "recorded_at", "files", "size", "stored"}
 VERIFY_KEYS = {"ok", "problems", "mode", "manifests", "chunks_checked", "chunks_read", "bytes_read", "files_hashed",
                "seconds", "audit_error", "event", "event_error", "not_checked_cold", "retention_checked", "thaw",
@@ -327,11 +328,11 @@ def test_keygen_json(home, tmp_path):
 
 def test_catalog_rebuild_json(archived, home):
     assert jrun("catalog", "rebuild", "--json") == {"added": [], "manifests": 1, "problems": [], "ok": True,
-                                                        "events": 0}
+                                                        "events": 0, "packs": 0}
     for f in home.rglob("*.db*"):
         f.unlink()
     assert jrun("catalog", "rebuild", "--json") == {"added": [archived["id"]], "manifests": 1, "problems": [],
-                                                    "ok": True, "events": 1}  # the archive's ingestion event
+                                                    "ok": True, "events": 1, "packs": 0}  # the archive's ingestion event
     assert [r["id"] for r in jrun("list", "--json")] == [archived["id"]]
 
 

@@ -519,3 +519,143 @@ def test_chunk_at_the_cap_decodes_and_longer_is_not_encoded(codec: Codec) -> Non
     assert codec.decode(codec.encode(data, 2).data, MAX_CHUNK_LENGTH) == data
     with pytest.raises(EncodeError, match="longer than"):
         codec.encode(bytes(MAX_CHUNK_LENGTH + 1), 0)
+
+
+# -- vectorised planes, reused buffers, the round-trip check (issue 12) -------------------------
+
+
+@pytest.mark.parametrize("width", [2, 4, 8])
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "unaligned"])
+def test_split_and_merge_planes_follow_the_format_definition(width: int, kind: str) -> None:
+    """Plane i is bytes i, i+width, ... (docs/FORMAT.md), whatever the buffer type or
+    alignment; merging the planes gives the body back."""
+    import numpy as np
+
+    from archiver.codecs import merge_planes, split_planes
+
+    for n in (width, 7 * width + 3, 4096 + 5, 65536):
+        raw = os.urandom(n + 1)
+        data: bytes | bytearray | memoryview = {"bytes": raw[:n], "bytearray": bytearray(raw[:n]),
+                                                "unaligned": memoryview(raw)[1:]}[kind]
+        body = n - n % width
+        planes = np.empty((width, body // width), dtype=np.uint8)
+        split_planes(data, width, planes)
+        flat = bytes(data)
+        for i in range(width):
+            assert planes[i].tobytes() == flat[i:body:width]
+        out = np.zeros(body, dtype=np.uint8)
+        merge_planes([planes[i] for i in range(width)], width, out)
+        assert out.tobytes() == flat[:body]
+
+
+@pytest.mark.parametrize("name,width", [("bf16", 2), ("fp16", 2), ("fp32", 4), ("fp64", 8)])
+def test_encoding_is_the_format_definition_applied_to_sliced_planes(floats: dict[str, bytes], name: str,
+                                                                    width: int) -> None:
+    """The vectorised split feeds zstd exactly the planes the format defines, so objects are
+    byte-identical to what the earlier strided encoder made (stored size unchanged, and a
+    cold chunk's ETag proof still matches)."""
+    from archiver.codecs import CODEC_RAW, CODEC_ZSTD, TRANSFORM_PLANES, _assemble
+
+    codec = Codec()
+    data = floats[name][: 300_001]
+    n = len(data)
+    body = n - n % width
+    sections = []
+    for i in range(width):
+        plane = data[i:body:width]
+        packed = codec._pack(plane, codec.plane_level)
+        sections.append((CODEC_RAW, plane, len(plane)) if packed is None else (CODEC_ZSTD, packed, len(plane)))
+    sections.append((CODEC_RAW, data[body:], n - body))
+    assert codec.encode(data, width).data == _assemble(TRANSFORM_PLANES, width, n, sections)
+
+
+def test_same_bytes_finds_any_difference() -> None:
+    import numpy as np
+
+    from archiver.codecs import same_bytes
+
+    for n in (0, 1, 7, 8, 9, 64, 1001):
+        a = os.urandom(n)
+        for other in (a, bytearray(a), memoryview(a), np.frombuffer(a, dtype=np.uint8)):
+            assert same_bytes(a, other) and same_bytes(other, a)
+        for pos in {0, n // 2, n - n % 8 - 1, n - 1} - {-1}:
+            if 0 <= pos < n:
+                b = bytearray(a)
+                b[pos] ^= 0x01
+                assert not same_bytes(a, b) and not same_bytes(memoryview(b), a)
+        assert not same_bytes(a, a + b"\0")
+
+
+def test_round_trip_check_refuses_a_frame_that_decodes_to_other_bytes() -> None:
+    codec = Codec()
+    payload = bytes(range(256)) * 64
+    frame = ZSTD3.compress(payload)
+    assert codec._round_trips(frame, payload)
+    assert codec._round_trips(frame, memoryview(payload))
+    assert not codec._round_trips(ZSTD3.compress(payload + b"x"), payload)  # longer
+    assert not codec._round_trips(ZSTD3.compress(payload[:-1]), payload)  # shorter
+    changed = bytearray(payload)
+    changed[5000] ^= 0xFF
+    assert not codec._round_trips(ZSTD3.compress(bytes(changed)), payload)
+
+
+def test_a_compressor_fault_never_reaches_an_object(floats: dict[str, bytes], monkeypatch) -> None:
+    """If zstd's output did not decode to its input, encode raises instead of storing it."""
+    from archiver.errors import EncodeError
+
+    codec = Codec()
+    real = codec._pack
+
+    def faulty(payload, level):  # a frame of slightly different bytes, as a compressor fault would give
+        wrong = bytearray(payload)
+        wrong[len(wrong) // 2] ^= 0x40
+        return real(bytes(wrong), level)
+
+    monkeypatch.setattr(codec, "_pack", faulty)
+    with pytest.raises(EncodeError, match="round trip"):
+        codec.encode(floats["bf16"], 2)
+
+
+def test_scratch_buffers_are_per_thread_and_never_leak_into_results(floats: dict[str, bytes]) -> None:
+    """Each thread reuses its own buffers; an object made from one chunk is unchanged by
+    encoding the next (raw planes are copied out of the reused buffer)."""
+    import numpy as np
+
+    codec = Codec()
+    first = codec._scratch("planes", 1000)
+    assert np.shares_memory(first, codec._scratch("planes", 500))  # reused, not reallocated
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        other = pool.submit(codec._scratch, "planes", 1000).result()
+    assert not np.shares_memory(first, other)
+    noisy = os.urandom(200_000)  # every plane raw: falls back, but the planes were in scratch
+    a = floats["bf16"][:200_000]
+    enc_a = codec.encode(a, 2)
+    before = bytes(enc_a.data)
+    codec.encode(noisy, 2)
+    codec.encode(floats["fp16"][:200_000], 2)
+    assert enc_a.data == before and codec.decode(enc_a.data, len(a)) == a
+
+
+def test_matches_agrees_with_decode_and_refuses_what_decode_refuses(codec: Codec, floats: dict[str, bytes],
+                                                                    samples: list[tuple[bytes, bytes]]) -> None:
+    """`matches` (the dedup proof: compare plane by plane, no reassembly) is True exactly
+    when the object decodes to the bytes, and raises where decode raises."""
+    jobs = [(floats[name][:n], w) for name, w in (("bf16", 2), ("fp32", 4), ("fp64", 8), ("fp16", 0))
+            for n in (5000, 100_003)]
+    jobs.append((os.urandom(70_001), 2))  # no plane compresses: a plain object
+    for data, width in jobs:
+        obj = codec.encode(data, width).data
+        assert codec.matches(obj, data) and codec.matches(obj, memoryview(data)) and codec.matches(obj, bytearray(data))
+        for pos in (0, 1, len(data) // 2, len(data) - 2, len(data) - 1):  # every plane, and the tail
+            other = bytearray(data)
+            other[pos] ^= 0x10
+            assert not codec.matches(obj, bytes(other))
+    for raw, obj in samples:
+        bad = bytearray(obj)
+        bad[0] ^= 0xFF  # magic
+        with pytest.raises(CorruptChunkError):
+            codec.matches(bytes(bad), raw)
+        with pytest.raises(CorruptChunkError):  # a declared length other than the source's
+            codec.matches(obj, raw + b"\0")
+        with pytest.raises(CorruptChunkError):  # trailing bytes, as decode refuses them
+            codec.matches(obj + b"\0", raw)

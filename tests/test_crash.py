@@ -83,6 +83,6 @@ def test_catalog_commit_is_all_or_nothing(setup, tmp_path):
     assert p.returncode == -signal.SIGKILL
     db = next((tmp_path / "home").rglob("*.db"))
     conn = sqlite3.connect(db)
-    for table in ("manifests", "files", "chunk_refs", "chunks", "audit"):
+    for table in ("manifests", "files", "manifest_chunks", "manifest_filemaps", "chunks", "audit"):
         assert conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0, table
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -34,14 +34,6 @@ LOCAL_ONLY = ["trailing", "swap", "garbage"]
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch, store_url):
-    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("ARCHIVER_STORE", store_url)
-    monkeypatch.delenv("ARCHIVER_CATALOG", raising=False)
-    return store_url
-
-
-@pytest.fixture
 def ckpt(tmp_path):
     return make_checkpoint(tmp_path / "src" / "ckpt", layers=2, dim=64)
 

@@ -10,14 +10,6 @@ from tests.helpers import RawStore, make_checkpoint, run_cli, tree
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch, store_url):
-    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("ARCHIVER_STORE", store_url)
-    monkeypatch.delenv("ARCHIVER_CATALOG", raising=False)
-    return store_url
-
-
-@pytest.fixture
 def ckpt(tmp_path):
     return make_checkpoint(tmp_path / "src" / "ckpt")
 

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_checkpoint, run_cli, tree
+from archiver import layout
+from manifests import model
+from manifests.model import parse_filemap, parse_manifest
+from tests.helpers import RawStore, make_checkpoint, run_cli, tree
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md"
 
@@ -25,7 +28,19 @@ def _scripts() -> dict[str, str]:
     return out
 
 
-def test_doc_scripts_restore_an_archive(tmp_path, monkeypatch):
+@pytest.mark.parametrize("packed", [False, pytest.param(True, marks=pytest.mark.packs)], ids=["own", "packs"])
+def test_doc_scripts_restore_an_archive(tmp_path, monkeypatch, packed):
+    _restore_by_hand(tmp_path, monkeypatch, packed=packed)
+
+
+def test_doc_scripts_restore_a_v2_archive(tmp_path, monkeypatch):
+    """The same scripts on a manifest version 2 archive: every file of more than one chunk
+    goes through a file map (the threshold lowered so that a small fixture has some)."""
+    monkeypatch.setattr(model, "FILEMAP_THRESHOLD", 1)
+    _restore_by_hand(tmp_path, monkeypatch, v2=True)
+
+
+def _restore_by_hand(tmp_path, monkeypatch, v2: bool = False, packed: bool = False):
     if shutil.which("zstd") is None:
         pytest.skip("the zstd command is not installed (apt-get install zstd)")
     env = dict(os.environ)
@@ -46,13 +61,22 @@ def test_doc_scripts_restore_an_archive(tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
     store = tmp_path / "store"
     ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=3, dim=512)
+    if packed:
+        (ckpt / "big.bin").write_bytes(os.urandom(3 << 20))  # large chunks keep their own keys
     res = run_cli("--store", str(store), "archive", str(ckpt), "--name", "m", "--json")
     assert res.code == 0, res.err
     mid = res.json()["id"]
-    codecs = {c[4] for e in run_cli("--store", str(store), "show", mid, "--json").json()["manifest"]["entries"]
-              for c in e.get("chunks", [])}
-    assert "bg2" in codecs  # the byte-plane path of the script is exercised
+    m = parse_manifest(RawStore(str(store)).read(layout.manifest(mid)), expected_id=mid)
+    assert m.canonical_json().startswith(b'{"entries"') and (b'"version":2' in m.canonical_json()) == v2
+    maps = [e for e in m.files if e.filemap]
+    assert bool(maps) == v2
+    chunks = [c for e in m.files for c in e.chunks]
+    chunks += [c for e in maps for c in parse_filemap(RawStore(str(store)).read(layout.filemap(e.filemap)), e)]
+    assert "bg2" in {c.codec for c in chunks}  # the byte-plane path of the script is exercised
+    assert any((store / "packs").rglob("*")) == packed  # small chunk objects in packs (or not)
+    assert any((store / "chunks").rglob("*"))  # large ones under their own keys
     dest = tmp_path / "dest"
     subprocess.run([sys.executable, "restore_by_hand.py", str(store), mid, str(dest)], cwd=work, env=env,
                    check=True, capture_output=True)
     assert tree(dest / "ckpt") == tree(ckpt)
+

@@ -26,13 +26,6 @@ def test_sign_and_check_roundtrip(tmp_path):
         signing.keygen(tmp_path / "k")
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch, store_url):
-    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("ARCHIVER_STORE", store_url)
-    return store_url
-
-
 def test_signed_archive_verify_and_restore(env, tmp_path):
     ckpt = make_checkpoint(tmp_path / "ckpt", layers=2, dim=64)
     assert run_cli("keygen", str(tmp_path / "key")).code == 0

@@ -914,3 +914,35 @@ def test_store_marker_is_capped(tmp_path) -> None:
         for create in (False, True):
             with pytest.raises(NotAnObjectError, match="store.json.*a FIFO"):
                 open_store(str(root), create=create)
+
+
+# -- ranged reads (packs): conformance on every backend ------------------------------------
+
+
+def test_get_range_every_backend(store: Store) -> None:
+    from archiver.stores.base import RangedStore, ShortObjectError
+    assert isinstance(store, RangedStore) and store.supports_ranges
+    data = os.urandom(3000)
+    store.put_if_absent("packs/ab/pk", data)
+    assert store.get_range("packs/ab/pk", 0, 3000) == data
+    assert store.get_range("packs/ab/pk", 1000, 17) == data[1000:1017]
+    assert store.get_range("packs/ab/pk", 2999, 1) == data[2999:]
+    assert store.get_range("packs/ab/pk", 10, 0) == b""
+    for start, length in ((2990, 20), (3000, 1), (5000, 10)):
+        with pytest.raises(ShortObjectError) as excinfo:
+            store.get_range("packs/ab/pk", start, length)
+        assert isinstance(excinfo.value, IntegrityError) and "\n" not in str(excinfo.value)
+        assert excinfo.value.end == start + length
+    with pytest.raises(ObjectMissingError):
+        store.get_range("packs/ab/absent", 0, 10)
+
+
+def test_s3_get_range_is_one_ranged_request(s3_store_url: str) -> None:
+    """A pack range costs one GET with the exact Range header, never the whole object."""
+    store = open_store(s3_store_url, create=True)
+    assert isinstance(store, S3Store)
+    data = os.urandom(2 * MiB)
+    store.put_if_absent("packs/cd/pk", data)
+    calls = count_calls(store, "GetObject")
+    assert store.get_range("packs/cd/pk", MiB, 4096) == data[MiB:MiB + 4096]
+    assert len(calls) == 1 and calls[0].get("Range") == f"bytes={MiB}-{MiB + 4095}"

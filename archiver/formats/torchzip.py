@@ -49,11 +49,12 @@ def storage_widths(pkl: bytes) -> dict[str, int]:
     return _scan_pickle(pkl)[0]
 
 
+_Scan = tuple[dict[str, int], dict[str, tuple[str, int]], int]  # widths, storages, tensor count
 _REBUILDERS = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor"),
                ("torch._utils", "_rebuild_tensor_v3"), ("torch._utils", "_rebuild_qtensor")}
 
 
-def _scan_pickle(pkl: bytes) -> tuple[dict[str, int], dict[str, tuple[str, int]], int]:
+def _scan_pickle(pkl: bytes) -> _Scan:
     """(storage key -> width, storage key -> (storage type, numel), tensor count): the
     tensor count is how often a torch tensor rebuild function is referenced (each reference
     is one REDUCE building one tensor; a Parameter wraps one such call)."""
@@ -163,19 +164,28 @@ def _data_offset(f: BoundedReader, header_offset: int) -> int:
     return header_offset + _LOCAL_HEADER.size + nlen + xlen
 
 
+def _open_checkpoint(zf: zipfile.ZipFile) -> tuple[str, list[zipfile.ZipInfo], _Scan] | None:
+    """(member prefix, every member, the scan of `<prefix>/data.pkl`) of a torch.save zip,
+    or None for a zip that is not a torch checkpoint; the one way regions and the summary
+    find and read data.pkl. Too many members or an oversized data.pkl raise Malformed."""
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise Malformed("too many zip members")
+    pkls = [i for i in infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
+    if len(pkls) != 1:
+        return None
+    if pkls[0].file_size > MAX_HEADER_BYTES:
+        raise Malformed("data.pkl too large")
+    return pkls[0].filename[: -len("data.pkl")], infos, _scan_pickle(zf.read(pkls[0]))
+
+
 def _parse(f: BinaryIO, size: int) -> list[Region] | None:
     r = BoundedReader(f)
     with zipfile.ZipFile(r) as zf:
-        infos = zf.infolist()
-        if len(infos) > MAX_MEMBERS:
-            raise Malformed("too many zip members")
-        pkls = [i for i in infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
-        if len(pkls) != 1:
+        found = _open_checkpoint(zf)
+        if found is None:
             return None  # a zip, but not a torch checkpoint
-        prefix = pkls[0].filename[: -len("data.pkl")]
-        if pkls[0].file_size > MAX_HEADER_BYTES:
-            raise Malformed("data.pkl too large")
-        widths = storage_widths(zf.read(pkls[0]))
+        prefix, infos, (widths, _storages, _tensors) = found
         data_dir = prefix + "data/"
         out: list[Region] = []
         for info in infos:
@@ -194,15 +204,11 @@ regions = tolerant(_parse)  # Tensor-storage regions of a torch.save zip, or Non
 
 # -- technical summary (additive: `regions` above is what the chunker uses) -------------------
 def _summarize(f: BinaryIO, size: int) -> dict | None:
-    r = BoundedReader(f)
-    with zipfile.ZipFile(r) as zf:
-        infos = zf.infolist()
-        if len(infos) > MAX_MEMBERS:
-            raise Malformed("too many zip members")
-        pkls = [i for i in infos if i.filename.endswith("/data.pkl") and i.filename.count("/") == 1]
-        if len(pkls) != 1 or pkls[0].file_size > MAX_HEADER_BYTES:
-            return None
-        _widths, storages, tensors = _scan_pickle(zf.read(pkls[0]))
+    with zipfile.ZipFile(BoundedReader(f)) as zf:
+        found = _open_checkpoint(zf)
+    if found is None:
+        return None
+    _widths, storages, tensors = found[2]
     elements: dict[str, int] = {}
     for dtype, numel in storages.values():
         elements[dtype] = elements.get(dtype, 0) + numel

@@ -28,7 +28,7 @@ def marker_bytes() -> bytes:
 
 
 def open_store(url: str, *, create: bool = False, s3_options: S3Options | None = None,
-               policy: Any = None) -> Store:
+               policy: Any = None, marker: bytes | None = None) -> Store:
     """Open the store at `url` (a path, file:///abs/path, s3://bucket[/prefix]).
 
     The store must carry a marker of a format version this code reads, so a typo in a
@@ -47,7 +47,7 @@ def open_store(url: str, *, create: bool = False, s3_options: S3Options | None =
             raise NoStoreError(url)
         if next(iter(store.list("")), None) is not None:  # a mistyped --store must not turn data into a store
             raise UsageError(f"{url} is not empty and holds no archiver store; refusing to create one there")
-        if store.put_if_absent(layout.MARKER, marker_bytes()):
+        if store.put_if_absent(layout.MARKER, marker or marker_bytes()):
             return store
         raw = store.get(layout.MARKER, max_size=MAX_MARKER_BYTES)  # created concurrently by another process
     _check_marker(raw, url)
@@ -66,6 +66,8 @@ def _check_marker(raw: bytes, url: str) -> None:
     version = marker.get("version")
     if type(version) is not int or version < 1:
         raise StoreError(f"{url}: {marker_name} has an invalid format version {version!r}")
+    if version == 2 and isinstance(marker.get("sealed"), dict):  # a sealed store (archiver.sealing)
+        return
     if version != STORE_VERSION:
         raise StoreError(
             f"store at {url} has format version {version}; this archiver reads version "

@@ -86,6 +86,31 @@ class Store(Protocol):
         ...
 
 
+class ShortObjectError(IntegrityError):
+    """A ranged read asked for bytes past the end of the object: the object is shorter than
+    the index that points into it says (truncated or replaced), which is damage."""
+
+    def __init__(self, key: str, where: str, size: int, end: int) -> None:
+        super().__init__(f"{key} in {where} is {size} bytes, shorter than the {end} a range in it needs")
+        self.key = key
+        self.size = size
+        self.end = end
+
+
+@runtime_checkable
+class RangedStore(Store, Protocol):
+    """A store that can read part of an object (a pack range: one chunk of many).
+    `supports_ranges` is the capability flag; without it callers read the whole object."""
+
+    supports_ranges: bool
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Exactly bytes [start, start+length) of the object. ObjectMissingError if absent,
+        ShortObjectError if the object ends before start+length, ObjectColdError if it must
+        be thawed first; never more than `length` bytes are returned or buffered."""
+        ...
+
+
 @runtime_checkable
 class RepairableStore(Store, Protocol):
     """A store that can heal a damaged object: the one exception to "never overwritten".

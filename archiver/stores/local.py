@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from archiver.errors import ObjectMissingError, StoreError, UsageError
 from archiver.fileio import write_all as _write_all  # a module name, so tests can inject ENOSPC
-from archiver.stores.base import NotAnObjectError, ObjectInfo, ObjectTooLargeError, ObjectVersion
+from archiver.stores.base import NotAnObjectError, ObjectInfo, ObjectTooLargeError, ObjectVersion, ShortObjectError
 
 TMP_PREFIX = ".tmp-"
 OBJECT_MODE = 0o444  # objects are immutable; read-only files guard against accidents
@@ -118,6 +118,7 @@ class LocalStore:
     can_replace_damaged = True
     supports_object_lock = False  # no Object Lock, no storage classes: a write policy is refused
     supports_storage_classes = False
+    supports_ranges = True  # get_range: pread of a regular file
 
     def __init__(self, root: Path):
         self.root = Path(root).expanduser().absolute()
@@ -275,6 +276,32 @@ class LocalStore:
             if len(data) > max_size:
                 raise ObjectTooLargeError(key, str(self.root), len(data), max_size)
             return data
+        except OSError as exc:
+            raise self._error(exc, "reading", key) from exc
+        finally:
+            os.close(fd)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Bytes [start, start+length) of the object (pread; the same refusals as `get`)."""
+        if start < 0 or length < 0:
+            raise ValueError(f"invalid range {start}+{length}")
+        try:
+            fd = self._open_object(key)
+        except OSError as exc:
+            raise self._error(exc, "reading", key) from exc
+        try:
+            size = os.fstat(fd).st_size
+            if start + length > size:
+                raise ShortObjectError(key, str(self.root), size, start + length)
+            parts: list[bytes] = []
+            got = 0
+            while got < length:
+                piece = os.pread(fd, length - got, start + got)
+                if not piece:
+                    raise ShortObjectError(key, str(self.root), start + got, start + length)
+                parts.append(piece)
+                got += len(piece)
+            return b"".join(parts)
         except OSError as exc:
             raise self._error(exc, "reading", key) from exc
         finally:

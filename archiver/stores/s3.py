@@ -35,7 +35,8 @@ from botocore.exceptions import (
 
 from archiver.errors import ArchiverError, ObjectMissingError, StoreError, UsageError
 from archiver.settings import CHECKSUM_ENV, S3Options
-from archiver.stores.base import ObjectColdError, ObjectInfo, ObjectState, ObjectTooLargeError, ObjectVersion
+from archiver.stores.base import (ObjectColdError, ObjectInfo, ObjectState, ObjectTooLargeError, ObjectVersion,
+                                  ShortObjectError)
 from archiver.stores.local import validate_key
 
 MiB = 1024 * 1024
@@ -140,6 +141,7 @@ class S3Store:
     can_replace_damaged = True
     supports_object_lock = True  # if the bucket was created with Object Lock: see object_lock_enabled
     supports_storage_classes = True
+    supports_ranges = True  # get_range: GetObject with Range
 
     def __init__(
         self,
@@ -458,6 +460,76 @@ class S3Store:
                     f"download of {self._where(key)} kept being cut off "
                     f"({len(buf)} of {total} bytes, {resumes} resumed GETs): {detail}"
                 )
+            _backoff(min(resumes, 5))
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Bytes [start, start+length) with one ranged GET (a cut-off body resumes from where
+        it stopped, pinned to the first response's ETag). The Content-Range must be exactly
+        the range asked for; a shorter object raises ShortObjectError."""
+        if start < 0 or length < 0:
+            raise ValueError(f"invalid range {start}+{length}")
+        if length == 0:
+            info = self.stat(key)
+            if info is None:
+                raise ObjectMissingError(key)
+            if info.size < start:
+                raise ShortObjectError(key, self.url, info.size, start)
+            return b""
+        full = self._full(key)
+        end = start + length
+        buf = bytearray()
+        etag: str | None = None
+        resumes = 0
+        last_error: BaseException | None = None
+        while True:
+            args: dict[str, Any] = {"Range": f"bytes={start + len(buf)}-{end - 1}"}
+            if etag:
+                args["IfMatch"] = etag
+            try:
+                resp = self.client.get_object(Bucket=self.bucket, Key=full, **args)
+            except ClientError as exc:
+                if _is_missing_key(exc):
+                    raise ObjectMissingError(key) from None
+                code, status = _code_status(exc)
+                if code == "InvalidRange" or status == 416:
+                    size = self.stat(key)
+                    raise ShortObjectError(key, self.url, size.size if size else 0, end) from None
+                self._raise_if_cold(exc, key)
+                raise self._fail(exc, "reading", key) from exc
+            except BotoCoreError as exc:
+                raise self._fail(exc, "reading", key) from exc
+            etag = etag or resp.get("ETag")
+            body = resp["Body"]
+            try:
+                content_range = str(resp.get("ContentRange", ""))
+                total = int(content_range.rsplit("/", 1)[-1]) if "/" in content_range else None
+                expected = f"bytes {start + len(buf)}-{min(end, total or end) - 1}/{total}"
+                if total is not None and total < end:
+                    raise ShortObjectError(key, self.url, total, end)
+                if content_range != expected:
+                    raise StoreError(f"S3 answered a ranged read of {self._where(key)} with range "
+                                     f"{content_range!r}, expected {expected!r}")
+                want = length - len(buf)
+                while want > 0:
+                    piece = body.read(min(READ_CHUNK, want))
+                    if not piece:
+                        break
+                    buf += piece
+                    want -= len(piece)
+                last_error = None
+            except FlexibleChecksumError as exc:
+                last_error = exc
+            except _STREAM_ERRORS as exc:
+                last_error = exc
+            finally:
+                _close_quietly(body)
+            if len(buf) == length:
+                return bytes(buf)
+            resumes += 1
+            if resumes > self.options.max_attempts:
+                detail = _one_line(str(last_error)) if last_error else "body ended early"
+                raise StoreError(f"ranged read of {self._where(key)} kept being cut off "
+                                 f"({len(buf)} of {length} bytes): {detail}")
             _backoff(min(resumes, 5))
 
     def _check_range(self, resp: dict[str, Any], start: int, total: int, key: str) -> None:

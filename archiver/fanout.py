@@ -1,0 +1,331 @@
+"""One task per file: archive, deep verify and restore spread over an executor.
+
+The unit of work is a file: each task runs the existing per-file function (pipeline's
+`_archive_file` with its `_ChunkWriter`, checker's `_deep_file`, restorer's `_restore_file`)
+with its own chunk pool of task_cpus + 2 threads, largest files first, at most
+`max_inflight` in flight. Tasks on another process (`executor.distributed`) open their own
+store-only Repository from the driver's Settings and never the catalog; they return the
+file's Entry (or its problems), and the driver alone records anything. Archive: the driver
+checks by LIST that every chunk the entries name is in the store before the manifest is
+committed, journals each finished file so a killed run resumes, and builds the entries in
+the scan's order, so the manifest (and its id) is the one a local run makes."""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from archiver import executors
+from archiver.chunking import ChunkPolicy
+from archiver.errors import IntegrityError, InvalidOptionError, UsageError
+from archiver.executors import Executor, Stopped
+from archiver.journal import Journal, snapshot_of
+from archiver.parallel import window_for
+from archiver.problems import Problem
+from archiver.progress import Progress
+from archiver.repository import Repository
+from archiver.scan import Source, changed
+from archiver.settings import Settings
+from manifests.model import Entry
+
+
+def worker_settings(repo: Repository, executor: Executor) -> Settings | None:
+    """The Settings tasks open the store with (None for in-process executors)."""
+    if not executor.distributed:
+        return None
+    if repo.sealed:  # a worker would seal under a run key the driver's companion never lists
+        raise InvalidOptionError("executor", f"{executor.name} cannot run on a sealed store: sealed archives, "
+                                             f"verifies and restores run with the local executor")
+    s = getattr(repo, "settings", None)
+    if s is None:
+        raise UsageError(f"the {executor.name} executor needs a repository opened from Settings "
+                         f"(archiver.api.open_repository), so that its workers can open the store")
+    return s
+
+
+@functools.lru_cache(maxsize=4)
+def worker_repository(settings: Settings) -> Repository:
+    """The store-only repository of a worker process for one store, opened once per process:
+    opening an S3 store builds a boto3 client and session (tens of ms of CPU), which one task
+    per small file must not pay again for every file. It holds no catalog, so nothing in it
+    can go stale between tasks."""
+    return Repository.store_only(settings)
+
+
+# -- archive ----------------------------------------------------------------------------------
+@dataclass
+class FileDone:
+    """What a task returns for one archived file."""
+
+    entry: Entry
+    snapshot: list[int]  # (dev, ino, size, mtime, ctime) right after the read: what a resume compares
+    new_chunks: int = 0
+    new_bytes: int = 0
+    repaired_chunks: int = 0
+
+
+def _finish(src: Source, entry: Entry) -> list[int]:
+    from archiver.pipeline import _check_blob
+    _check_blob(src, entry)
+    try:
+        st = os.stat(src.abspath, follow_symlinks=src.followed)
+    except OSError:
+        raise changed(src.abspath, "it was removed or renamed") from None
+    snap = snapshot_of(st)
+    if snap[2] != entry.size or snap[3] != entry.mtime_ns:
+        raise changed(src.abspath, "its size or modification time moved")
+    return snap
+
+
+class StoppableProgress:
+    """The run's progress, as the per-file pipeline reports to it after every chunk read: once
+    `stop()` is called, the next report raises Stopped in that file's task, so a Ctrl-C or
+    another file's error does not wait for every big file in flight to be read to its end."""
+
+    def __init__(self, inner: Progress) -> None:
+        self.inner = inner
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def advance(self, n: int) -> None:
+        if self._stop.is_set():
+            raise Stopped()
+        self.inner.advance(n)
+
+
+class LocalArchiveFile:
+    """A file archived on a thread of this process, through the run's shared chunk writer
+    (chunks shared by several files are saved once) and chunk pool."""
+
+    def __init__(self, writer: Any, pool: ThreadPoolExecutor, policy: ChunkPolicy, window: int,
+                 progress: Progress) -> None:
+        self.writer, self.pool, self.policy, self.window, self.progress = writer, pool, policy, window, progress
+
+    def __call__(self, src: Source) -> FileDone:
+        from archiver.pipeline import _archive_file
+        entry = _archive_file(src, self.pool, self.writer, self.policy, self.window, self.progress)
+        return FileDone(entry, _finish(src, entry))
+
+
+@dataclass(frozen=True)
+class RemoteArchiveFile:
+    """A file archived in a worker process: its own store-only repository and chunk pool."""
+
+    settings: Settings
+    policy: ChunkPolicy
+    write_policy: Any
+    task_cpus: int
+
+    def __call__(self, src: Source) -> FileDone:
+        from archiver.pipeline import _archive_file, _ChunkWriter, _Stats
+        stats = _Stats()
+        repo = worker_repository(self.settings)
+        writer = _ChunkWriter(repo, stats, None, self.write_policy)
+        n = self.task_cpus + 2
+        with ThreadPoolExecutor(n, thread_name_prefix="task") as pool:
+            entry = _archive_file(src, pool, writer, self.policy, window_for(n), Progress())
+        # a file over the manifest-v2 threshold: its map is stored here, after its chunks, so the
+        # driver gathers small entries (commit_manifest proves the map durable before the root)
+        entry = repo.save_filemaps(entry, self.write_policy)
+        return FileDone(entry, _finish(src, entry), stats.new_chunks, stats.new_bytes, stats.repaired_chunks)
+
+
+@dataclass
+class ArchivedFiles:
+    entries: dict[str, Entry] = field(default_factory=dict)
+    resumed: int = 0
+
+
+def _unchanged(src: Source, snapshot: list[int]) -> bool:
+    try:
+        st = os.stat(src.abspath, follow_symlinks=src.followed)
+    except OSError:
+        return False
+    return snapshot_of(st) == snapshot and (st.st_dev, st.st_ino) == (src.dev, src.ino)
+
+
+def archive_files(repo: Repository, sources: list[Source], executor: Executor, *, writer: Any, stats: Any,
+                  policy: ChunkPolicy, write_policy: Any, progress: Progress, pool_workers: int,
+                  journal: Journal | None = None) -> ArchivedFiles:
+    """Archive every regular file of `sources`: journalled ones that are provably unchanged
+    are resumed, the others run as tasks, largest first; each finished one is journalled."""
+    out = ArchivedFiles()
+    files = [s for s in sources if not s.is_dir and not s.is_link]
+    prior = journal.load() if journal is not None else {}
+    for s in files:
+        j = prior.get(s.path)
+        if j is not None and _unchanged(s, j.snapshot):
+            out.entries[s.path] = j.entry
+            out.resumed += 1
+            progress.advance(s.size)
+    todo = sorted((s for s in files if s.path not in out.entries), key=lambda s: (-s.size, s.path))
+    settings = worker_settings(repo, executor)
+    stoppable = None
+    if settings is not None:
+        task: Any = RemoteArchiveFile(settings, policy, write_policy, executor.task_cpus)
+        pool = None
+    else:
+        pool = ThreadPoolExecutor(pool_workers, thread_name_prefix="archive")
+        # Chunks in flight stay at about one per pool thread in all (memory: a few chunks per
+        # core), shared by the files read at once; a lone big file gets the whole window.
+        at_once = max(1, min(executor.max_inflight, len(todo)))
+        window = window_for(pool_workers) if at_once == 1 else max(2, window_for(pool_workers) // at_once)
+        stoppable = StoppableProgress(progress)
+        task = LocalArchiveFile(writer, pool, policy, window, stoppable)  # type: ignore[arg-type]
+    last_sync = time.monotonic()
+    try:
+        stop = stoppable.stop if stoppable is not None else None
+        for src, done in executors.run(executor, task, todo, describe=lambda s: str(s.abspath), stop=stop):
+            out.entries[src.path] = done.entry
+            if settings is not None:
+                with stats.lock:
+                    stats.new_chunks += done.new_chunks
+                    stats.new_bytes += done.new_bytes
+                    stats.repaired_chunks += done.repaired_chunks
+                progress.advance(done.entry.size)
+            if journal is not None:
+                journal.record(done.entry, done.snapshot, sync=time.monotonic() - last_sync >= 1.0)
+                last_sync = time.monotonic()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if journal is not None:
+            journal.close()
+    return out
+
+
+def check_chunks_stored(repo: Repository, entries: Iterable[Entry]) -> None:
+    """Every chunk the entries name is in the store at its recorded size (by LIST pages),
+    or IntegrityError and nothing is committed: a worker's or a journal's word is not proof."""
+    want: dict[str, tuple[int, str]] = {}
+    for e in entries:
+        for c in (repo.filemap_chunks(e) if e.filemap and not e.chunks else e.chunks):  # a worker's file map
+            want.setdefault(c.hash, (c.stored_size, e.path))
+    sizes = repo.chunk_sizes(want)
+    for h, (size, path) in sorted(want.items()):
+        got = sizes.get(h)
+        if got != size:
+            what = "is missing from the store" if got is None else f"is {got} bytes in the store, not {size}"
+            raise IntegrityError(f"chunk {h} of {path} {what}; nothing was recorded, re-run")
+
+
+# -- deep verify --------------------------------------------------------------------------------
+@dataclass
+class DeepDone:
+    problems: list[Problem]
+    chunks: dict[str, bool]
+    chunks_read: int
+    bytes_read: int
+    files_hashed: int
+    not_checked_cold: list[str]
+
+
+@dataclass(frozen=True)
+class RemoteDeepFile:
+    settings: Settings
+    task_cpus: int
+
+    def __call__(self, item: tuple[str, Entry]) -> DeepDone:
+        from archiver import checker
+        mid, e = item
+        report = checker.VerifyReport(mode="deep", manifests=[mid])
+        n = self.task_cpus + 2
+        with ThreadPoolExecutor(n, thread_name_prefix="task") as pool:
+            checker._deep_file(worker_repository(self.settings), mid, e, pool, window_for(n), report, Progress())
+        return DeepDone(report.problems, dict(report._chunks), report.chunks_read, report.bytes_read,
+                        report.files_hashed, report.not_checked_cold)
+
+
+def deep_files(repo: Repository, executor: Executor, files: list[tuple[str, Entry]], report: Any,
+               progress: Progress) -> None:
+    """Deep-check each (manifest id, file) as a task; results are merged into `report` in
+    the order a local run reports them."""
+    settings = worker_settings(repo, executor)
+    if settings is None:
+        raise UsageError(f"the {executor.name} executor runs deep verify in this process already")
+    got: dict[tuple[str, str], DeepDone] = {}
+    task = RemoteDeepFile(settings, executor.task_cpus)
+    for (mid, e), done in executors.run(executor, task, sorted(files, key=lambda f: -f[1].size),
+                                        describe=lambda f: f"{f[0][:16]} {f[1].path}"):
+        got[(mid, e.path)] = done
+        progress.advance(done.bytes_read)
+    for mid, e in files:
+        d = got[(mid, e.path)]
+        for p in d.problems:
+            report.add(p)
+        report.checked(d.chunks.items())
+        report.chunks_read += d.chunks_read
+        report.bytes_read += d.bytes_read
+        report.files_hashed += d.files_hashed
+        report.not_checked_cold.extend(d.not_checked_cold)
+
+
+# -- restore ------------------------------------------------------------------------------------
+@dataclass
+class RestoreDone:
+    files: int
+    bytes: int
+    problems: list[Problem]
+
+
+@dataclass(frozen=True)
+class RemoteRestoreFile:
+    """A file restored by a worker into DEST (a path every worker sees: a shared filesystem)."""
+
+    settings: Settings
+    mid: str
+    dest: str
+    force: bool
+    mode_mask: int
+    task_cpus: int
+
+    def __call__(self, e: Entry) -> RestoreDone:
+        from archiver import restorer
+        result = restorer.RestoreResult(id=self.mid, dest=self.dest)
+        n = self.task_cpus + 2
+        root_fd = os.open(self.dest, restorer._DIR_FLAGS)
+        try:
+            with ThreadPoolExecutor(n, thread_name_prefix="task") as pool:
+                restorer._restore_file(worker_repository(self.settings), self.mid, root_fd, e, pool, window_for(n),
+                                       result, Progress(), self.force, self.mode_mask)
+        finally:
+            os.close(root_fd)
+        return RestoreDone(result.files, result.bytes, result.problems)
+
+
+def restore_files(repo: Repository, executor: Executor, mid: str, root: Path, chosen: list[Entry], force: bool,
+                  mode_mask: int, result: Any, progress: Progress) -> None:
+    """Directories first (here), then each file as a task, largest first; problems are
+    merged in manifest order. Each task writes a temp file and renames it only once every
+    byte is proved, so a damaged or interrupted file never appears under its final name."""
+    from archiver import restorer
+    settings = worker_settings(repo, executor)
+    if settings is None:
+        raise UsageError(f"the {executor.name} executor restores in this process already")
+    root_fd = os.open(root, restorer._DIR_FLAGS)
+    try:
+        for e in chosen:
+            if e.type == "dir":
+                os.close(restorer._open_dir(root_fd, e.path.split("/"), create=True))
+                result.dirs += 1
+    finally:
+        os.close(root_fd)
+    files = [e for e in chosen if e.is_file]
+    task = RemoteRestoreFile(settings, mid, str(root.absolute()), force, mode_mask, executor.task_cpus)
+    got: dict[str, RestoreDone] = {}
+    for e, done in executors.run(executor, task, sorted(files, key=lambda e: -e.size),
+                                 describe=lambda e: e.path):
+        got[e.path] = done
+        progress.advance(e.size)
+    for e in files:
+        d = got[e.path]
+        result.files += d.files
+        result.bytes += d.bytes
+        result.problems.extend(d.problems)

@@ -1,0 +1,104 @@
+"""The resume journal of an archive run: which files are already archived, and as what.
+
+A driver killed after K of M files (a preempted node, a lost SSH session, Ctrl-C) leaves
+their entries here; the same archive re-run (same store, name, label, metadata and paths,
+which make up the journal's key) reuses each entry whose source file is provably the one
+that was read: same device, inode, size, mtime and ctime. Everything else is archived
+again, and the driver still checks by LIST that every chunk a reused entry names is in the
+store before it commits. The journal lives under the archiver home (never in the store: it
+is this driver's scratch, not part of any archive) and is removed once the manifest is
+committed. One JSON line per file, written out at once and fsynced about once a second, so a
+killed process loses at most the line being written (a torn last line is ignored)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import blake3
+
+from manifests.model import Entry, Manifest, canonical, parse_manifest
+
+JOURNAL_DIR = "journals"
+VERSION = 1
+
+
+def snapshot_of(st: os.stat_result) -> list[int]:
+    """What must not have moved for a journalled entry to be reused (ctime cannot be set back)."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def journal_key(store_url: str, name: str, label: str | None, meta: dict[str, str] | None,
+                paths: Iterable[str | os.PathLike], extra: dict[str, Any] | None = None) -> str:
+    """BLAKE3 of the archive's inputs: another archive (other paths, name or store) never
+    picks up this journal."""
+    inputs = {"v": VERSION, "store": store_url, "name": name, "label": label, "meta": meta or {},
+              "paths": [os.path.abspath(os.fspath(p)) for p in paths], "extra": extra or {}}
+    return blake3.blake3(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Journalled:
+    snapshot: list[int]
+    entry: Entry
+
+
+class Journal:
+    """An append-only file of (path, snapshot, entry) lines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: Any = None
+
+    @classmethod
+    def under(cls, home: Path, key: str) -> "Journal":
+        return cls(Path(home) / JOURNAL_DIR / f"{key}.jsonl")
+
+    def load(self) -> dict[str, Journalled]:
+        """The entries recorded so far, by archive path; unreadable lines are skipped."""
+        out: dict[str, Journalled] = {}
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return out
+        for line in raw.splitlines():
+            try:
+                rec = json.loads(line)
+                shell = Manifest(name="journal", entries=()).to_dict()
+                shell["entries"] = [rec["entry"]]
+                m = parse_manifest(canonical(shell))  # every check the manifest reader makes
+                entry = m.entries[0]
+                snap = [int(x) for x in rec["snapshot"]]
+            except Exception:  # noqa: BLE001 - a torn, foreign or malformed line is not resumed
+                continue
+            if entry.path == rec.get("path") and len(snap) == 5:
+                out[entry.path] = Journalled(snap, entry)
+        return out
+
+    def record(self, entry: Entry, snapshot: list[int], *, sync: bool = True) -> None:
+        """Append one archived file. Each line is written out at once (a killed process loses
+        nothing); `sync` also fsyncs it (against power loss), which callers batch."""
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "ab")
+        line = json.dumps({"path": entry.path, "snapshot": snapshot, "entry": entry.to_json()})
+        self._fh.write(line.encode() + b"\n")
+        self._fh.flush()
+        if sync:
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+
+    def remove(self) -> None:
+        """The archive is committed: nothing is left to resume."""
+        self.close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass

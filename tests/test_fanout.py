@@ -1,0 +1,138 @@
+"""One task per file, without Ray: an in-process executor that calls itself distributed runs
+the worker side (store-only repositories opened from Settings) and the driver's merging."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+from archiver import api, events, fanout
+from archiver.errors import IntegrityError, UsageError
+from archiver.executors import InProcessExecutor
+from archiver.repository import Repository
+from tests.helpers import make_checkpoint, tree
+
+
+class Workers(InProcessExecutor):
+    """Runs each task here, but as a distributed executor would: with Settings, not objects."""
+
+    name = "workers"
+    distributed = True
+
+
+def test_archive_through_workers_same_id_and_counts(tmp_path, home):
+    src = make_checkpoint(tmp_path / "src", layers=2, dim=64)
+    local = api.archive([src], name="m", store=str(tmp_path / "a"))
+    far = api.archive([src], name="m", store=str(tmp_path / "b"), executor=Workers())
+    assert far.id == local.id
+    assert (far.new_chunks, far.new_bytes_stored, far.chunks) == (local.new_chunks, local.new_bytes_stored,
+                                                                  local.chunks)
+
+
+def test_workers_store_file_maps_and_the_driver_checks_their_chunks(tmp_path, home, monkeypatch):
+    """Manifest v2 through workers: a worker stores the map of a file over the threshold after
+    its chunks and returns a slim entry; the id is the local one, and the driver's LIST check
+    reads the map, so a chunk missing behind a map still commits nothing."""
+    from manifests import model
+    monkeypatch.setattr(model, "FILEMAP_THRESHOLD", 1)
+    from archiver import layout
+    from manifests.model import parse_manifest
+    from tests.helpers import RawStore
+    src = make_checkpoint(tmp_path / "src", layers=3, dim=512)  # model.safetensors: several chunks
+    local = api.archive([src], name="m", store=str(tmp_path / "a"))
+    far = api.archive([src], name="m", store=str(tmp_path / "b"), executor=Workers())
+    assert far.id == local.id
+    m = parse_manifest(RawStore(str(tmp_path / "b")).read(layout.manifest(far.id)), expected_id=far.id)
+    big = next(e for e in m.files if e.filemap)
+    assert list((tmp_path / "b" / "filemaps").rglob("*.json"))
+    with api.open_repository(str(tmp_path / "b")) as repo:
+        slim = dataclasses.replace(big, chunks=())
+        fanout.check_chunks_stored(repo, [slim])  # the map's chunks are all there
+        victim = repo.filemap_chunks(slim)[0].hash
+        next((tmp_path / "b" / "chunks").rglob(victim)).unlink()
+        with pytest.raises(IntegrityError, match=f"chunk {victim} of .* is missing from the store"):
+            fanout.check_chunks_stored(repo, [slim])
+
+
+def test_distributed_needs_settings(tmp_path, home):
+    repo = api.open_repository(str(tmp_path / "s"), create=True)
+    try:
+        repo.settings = None  # a Repository built by hand knows no Settings to give workers
+        with pytest.raises(UsageError, match="needs a repository opened from Settings"):
+            fanout.worker_settings(repo, Workers())
+    finally:
+        repo.close()
+
+
+def test_check_chunks_stored_refuses_missing_or_resized(tmp_path, home):
+    src = make_checkpoint(tmp_path / "src", layers=1, dim=32)
+    store = str(tmp_path / "s")
+    a = api.archive([src], name="m", store=store)
+    m = api.show(a.id, store=store)[1]
+    with api.open_repository(store) as repo:
+        fanout.check_chunks_stored(repo, m.files)  # all there
+        e = next(e for e in m.files if e.chunks)
+        bad = dataclasses.replace(e, chunks=(dataclasses.replace(e.chunks[0], stored_size=e.chunks[0].stored_size + 1),))
+        with pytest.raises(IntegrityError, match="bytes in the store, not"):
+            fanout.check_chunks_stored(repo, [bad])
+        gone = dataclasses.replace(e, chunks=(dataclasses.replace(e.chunks[0], hash="ab" * 32),))
+        with pytest.raises(IntegrityError, match="is missing from the store; nothing was recorded"):
+            fanout.check_chunks_stored(repo, [gone])
+
+
+def test_deep_verify_through_workers_matches_local(tmp_path, home):
+    src = make_checkpoint(tmp_path / "src", layers=2, dim=64)
+    store = tmp_path / "s"
+    a = api.archive([src], name="m", store=str(store))
+    chunks = sorted(p for p in (store / "chunks").rglob("*") if p.is_file())
+    chunks[0].write_bytes(chunks[0].read_bytes()[:-1] + b"\x00")
+    os.unlink(chunks[-1])
+    local = api.verify([a.id], deep=True, store=str(store))
+    far = api.verify([a.id], deep=True, store=str(store), executor=Workers())
+    assert not local.ok
+    assert far.problems == local.problems  # the same Problems, in the same order
+    assert (far.chunks_read, far.bytes_read, far.files_hashed) == (local.chunks_read, local.bytes_read,
+                                                                   local.files_hashed)
+
+
+def test_restore_through_workers_with_include(tmp_path, home):
+    src = make_checkpoint(tmp_path / "src", layers=2, dim=64)
+    store = str(tmp_path / "s")
+    a = api.archive([src], name="m", store=store)
+    out = tmp_path / "out"
+    res = api.restore(a.id, out, store=store, executor=Workers())
+    assert res.ok and tree(out / "src") == tree(src)
+    part = tmp_path / "part"
+    res = api.restore(a.id, part, store=store, include=["src/tokenizer"], executor=Workers())
+    assert res.ok and res.files == 1 and sorted(p.name for p in (part / "src").iterdir()) == ["tokenizer"]
+
+
+@pytest.mark.packs
+def test_workers_read_packed_chunks_through_the_stores_indexes(tmp_path, home):
+    """Workers have no catalog: chunks packed by a local archive are found through the
+    store's pack indexes, so deep verify and restore through workers see what local ones see,
+    and a re-archive through workers commits the same id."""
+    src = make_checkpoint(tmp_path / "src", layers=2, dim=64)
+    store = tmp_path / "s"
+    fanout.worker_repository.cache_clear()
+    a = api.archive([src], name="m", store=str(store))
+    assert any((store / "packs").rglob("*")) and not any((store / "chunks").rglob("*"))
+    far = api.verify([a.id], deep=True, store=str(store), executor=Workers())
+    assert far.ok and far.files_hashed == api.verify([a.id], deep=True, store=str(store)).files_hashed
+    out = tmp_path / "out"
+    assert api.restore(a.id, out, store=str(store), executor=Workers()).ok and tree(out / "src") == tree(src)
+    again = api.archive([src], name="w", store=str(store), executor=Workers())  # its chunks are all packed
+    assert again.id == api.archive([src], name="w", store=str(tmp_path / "other")).id
+    assert api.verify([again.id], deep=True, store=str(store)).ok
+    fanout.worker_repository.cache_clear()
+
+
+def test_worker_repository_has_no_catalog(tmp_path, home):
+    s = api.open_repository(str(tmp_path / "s"), create=True)
+    settings = s.settings
+    s.close()
+    r = Repository.store_only(settings)
+    ev = r.append_event(events.Event(events.FIXITY_CHECK))
+    assert ev.catalog_error is not None and ev.store_error is None  # its own chain in the store, no catalog
+    r.close()

@@ -1,0 +1,295 @@
+"""Manifest v2 file maps (manifests.model, archiver.repository): a file over the threshold
+keeps its chunk list in a content-addressed object; v1 manifests and small files are
+unchanged; a missing or damaged map is reported by verify, refused by restore, copied by
+replicate and healed by repair."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from archiver import layout
+from archiver.errors import ManifestError as ArchiverManifestError
+from archiver.repository import Repository
+from archiver.settings import Settings
+from manifests import model
+from manifests.errors import ManifestError
+from manifests.model import (ChunkRef, Entry, Manifest, filemap_bytes, manifest_id, parse_filemap, parse_manifest,
+                             with_filemap, with_filemaps)
+from tests.helpers import RawStore, make_checkpoint, run_cli, tree
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def fixture(kind: str) -> tuple[str, bytes]:
+    (path,) = DATA.glob(f"manifest_v1_{kind}_*.json")
+    return path.stem.rsplit("_", 1)[1], path.read_bytes()
+
+
+def flip(b: bytes) -> bytes:
+    return b[:-2] + bytes([b[-2] ^ 1]) + b[-1:]
+
+
+def big_entry(n: int = model.FILEMAP_THRESHOLD + 1, path: str = "big.bin") -> Entry:
+    refs = tuple(ChunkRef(i * 100, 100, manifest_id(f"{path}{i}".encode()), 90, "zstd") for i in range(n))
+    return Entry(path=path, type="file", mode=0o644, size=100 * n, mtime_ns=1, blake3="a" * 64, sha256="b" * 64,
+                 format="", chunks=refs)
+
+
+# -- the format ------------------------------------------------------------------------------------
+
+def test_stored_v1_manifest_without_large_files_keeps_its_bytes_and_id() -> None:
+    mid, data = fixture("small")  # written by the archiver before file maps (one file of exactly 128 chunks)
+    m = parse_manifest(data, expected_id=mid)
+    assert m.canonical_json() == data and m.id == mid
+    v2 = with_filemaps(m)  # what commit_manifest writes for the same content today
+    assert v2.canonical_json() == data and v2.id == mid and b'"version":1' in data
+
+
+def test_stored_v1_manifest_with_long_inline_lists_stays_readable() -> None:
+    mid, data = fixture("big")  # a 300-chunk file inline: what v1 always wrote
+    m = parse_manifest(data, expected_id=mid)
+    assert max(len(e.chunks) for e in m.files) == 300 and m.canonical_json() == data
+    v2 = with_filemaps(m)  # re-archived today, the same content becomes v2 with one file map
+    assert v2.id != mid and json.loads(v2.canonical_json())["version"] == 2
+    small = {e.path: e.to_json() for e in m.files if len(e.chunks) <= model.FILEMAP_THRESHOLD}
+    assert {e.path: e.to_json() for e in v2.files if e.path in small} == small  # byte-identical v1 entries
+
+
+def test_file_over_threshold_is_recorded_through_its_map() -> None:
+    e = big_entry()
+    assert with_filemap(big_entry(model.FILEMAP_THRESHOLD))[1] is None  # at the threshold: inline
+    e2, data = with_filemap(e)
+    assert data == filemap_bytes(e.chunks) and e2.filemap == manifest_id(data)
+    assert e2.chunk_count == len(e.chunks) and e2.chunks == e.chunks
+    j = e2.to_json()
+    assert "chunks" not in j and j["filemap"] == e2.filemap and j["chunk_count"] == len(e.chunks)
+    m = Manifest(name="m", entries=(e2,))
+    parsed = parse_manifest(m.canonical_json(), expected_id=m.id)
+    assert json.loads(m.canonical_json())["version"] == 2
+    (pe,) = parsed.entries
+    assert not pe.resolved and pe.chunks == ()
+    assert parse_filemap(data, pe) == e.chunks  # the id covers the map through its hash
+
+
+@pytest.mark.parametrize("how", ["tampered", "wrong-count", "not-canonical", "too-short"])
+def test_bad_file_map_is_refused(how: str) -> None:
+    e2, data = with_filemap(big_entry())
+    if how == "tampered":
+        data = data.replace(b'"zstd"', b'"bg2 "', 1)
+    elif how == "wrong-count":
+        e2 = dataclasses.replace(e2, chunk_count=e2.chunk_count + 1)
+    elif how == "not-canonical":
+        data = data.replace(b",", b", ", 1)
+        e2 = dataclasses.replace(e2, filemap=manifest_id(data))
+    else:
+        obj = json.loads(data)
+        obj["chunks"] = obj["chunks"][:-1]
+        data = model.canonical(obj)
+        e2 = dataclasses.replace(e2, filemap=manifest_id(data), chunk_count=len(obj["chunks"]))
+    with pytest.raises(ManifestError):
+        parse_filemap(data, dataclasses.replace(e2, chunks=()))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda j: j.update(version=1),  # a map in a v1 manifest
+    lambda j: j["entries"][0].update(chunks=[]),  # both chunks and a map
+    lambda j: j["entries"][0].update(chunk_count=3),  # a map for a file under the threshold
+    lambda j: j["entries"][0].update(filemap="x" * 64),
+])
+def test_malformed_v2_entries_are_refused(edit) -> None:
+    e2, _ = with_filemap(big_entry())
+    j = json.loads(Manifest(name="m", entries=(e2,)).canonical_json())
+    edit(j)
+    with pytest.raises(ManifestError):
+        parse_manifest(model.canonical(j))
+
+
+def test_v2_marker_without_a_map_is_refused() -> None:
+    j = json.loads(Manifest(name="m", entries=(big_entry(3),)).canonical_json())
+    j["version"] = 2
+    with pytest.raises(ManifestError, match="version 2 without file maps"):
+        parse_manifest(model.canonical(j))
+
+
+# -- archive, verify, restore, replicate, repair ---------------------------------------------------
+
+@pytest.fixture
+def low_threshold(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Any file of more than one chunk gets a file map, so small fixtures exercise v2."""
+    monkeypatch.setattr(model, "FILEMAP_THRESHOLD", 1)
+    return 1
+
+
+def archive_v2(tmp_path: Path, store: str) -> tuple[Path, str, Manifest]:
+    ck = make_checkpoint(tmp_path / "src" / "ck", layers=3, dim=512)  # model.safetensors: several chunks
+    (ck / "blob.bin").write_bytes(os.urandom(3 << 20))
+    r = run_cli("--store", store, "archive", str(ck), "--name", "m")
+    assert r.code == 0, r.err
+    mid = r.out.strip()
+    m = parse_manifest(RawStore(store).read(layout.manifest(mid)), expected_id=mid)
+    assert any(e.filemap for e in m.files)
+    return ck, mid, m
+
+
+def test_v2_archive_restores_and_verifies(low_threshold: int, tmp_path: Path, store_url: str, home: Path) -> None:
+    ck, mid, m = archive_v2(tmp_path, store_url)
+    raw = RawStore(store_url)
+    maps = {e.filemap for e in m.files if e.filemap}
+    assert {k for k in raw.keys(layout.FILEMAPS)} == {layout.filemap(h) for h in maps}
+    assert all(e.filemap or len(e.chunks) <= 1 for e in m.files)
+    assert run_cli("--store", store_url, "verify", mid, "--deep").code == 0
+    assert run_cli("--store", store_url, "restore", mid, str(tmp_path / "out")).code == 0
+    assert tree(tmp_path / "out" / "ck") == tree(ck)
+    again = run_cli("--store", store_url, "archive", str(ck), "--name", "m")  # unchanged: same maps reused
+    assert again.code == 0 and {k for k in raw.keys(layout.FILEMAPS)} == {layout.filemap(h) for h in maps}
+
+
+@pytest.mark.parametrize("damage", ["tampered", "missing"])
+def test_bad_file_map_is_reported_by_verify_and_refused_by_restore(low_threshold: int, tmp_path: Path,
+                                                                  home: Path, damage: str) -> None:
+    store = str(tmp_path / "store")
+    ck, mid, m = archive_v2(tmp_path, store)
+    e = next(e for e in m.files if e.filemap)
+    raw = RawStore(store)
+    if damage == "tampered":
+        raw.mutate(layout.filemap(e.filemap), flip)
+    else:
+        raw.delete(layout.filemap(e.filemap))
+    v = run_cli("--store", store, "verify", mid, "--deep", "--json")
+    assert v.code == 1
+    problems = v.json()["problems"]
+    assert [(p["kind"], p["path"], p["chunk"]) for p in problems] == [("filemap", e.path, e.filemap)]
+    assert ("missing" if damage == "missing" else "does not match its hash") in problems[0]["detail"]
+    shallow = run_cli("--store", store, "verify", mid, "--json")
+    assert [p["kind"] for p in shallow.json()["problems"]] == ["filemap"]
+    r = run_cli("--store", store, "restore", mid, str(tmp_path / "out"))
+    assert r.code == 1 and len(r.err.strip().splitlines()) == 1 and "file map" in r.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_replicate_copies_file_maps_and_repair_heals_one(low_threshold: int, tmp_path: Path, home: Path) -> None:
+    store, copy = str(tmp_path / "store"), str(tmp_path / "copy")
+    ck, mid, m = archive_v2(tmp_path, store)
+    assert run_cli("--store", store, "replicate", "--all", "--to", copy).code == 0
+    maps = sorted(RawStore(store).keys(layout.FILEMAPS))
+    assert maps and sorted(RawStore(copy).keys(layout.FILEMAPS)) == maps
+    assert all(RawStore(copy).read(k) == RawStore(store).read(k) for k in maps)
+    assert run_cli("--store", copy, "verify", "--all", "--deep").code == 0
+    raw = RawStore(store)
+    raw.mutate(maps[0], flip)
+    plan = run_cli("--store", store, "repair", "--from", copy, "--dry-run", "--json")
+    assert plan.code == 0, plan.err
+    assert [(f["kind"], f["state"]) for f in plan.json()["fixes"]] == [("filemap", "damaged")]
+    fixed = run_cli("--store", store, "repair", "--from", copy, "--json")
+    assert fixed.code == 0, fixed.err
+    assert raw.read(maps[0]) == RawStore(copy).read(maps[0])
+    assert run_cli("--store", store, "verify", mid, "--deep").code == 0
+
+
+# -- the repository's verbs ------------------------------------------------------------------------
+
+@pytest.fixture
+def repo(tmp_path: Path):
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db"), create=True) as r:
+        yield r
+
+
+def test_save_filemaps_lets_a_worker_return_a_small_entry(repo: Repository, tmp_path: Path) -> None:
+    full = big_entry()
+    slim = repo.save_filemaps(full)
+    assert slim.chunks == () and slim.filemap and slim.chunk_count == len(full.chunks)
+    assert repo.save_filemaps(big_entry(3)) == big_entry(3)  # under the threshold: as is, nothing stored
+    assert RawStore(str(tmp_path / "store")).keys(layout.FILEMAPS) == [layout.filemap(slim.filemap)]
+    m = Manifest(name="m", entries=(slim,))
+    mid = repo.commit_manifest(m).id
+    assert repo.load_manifest(mid).files[0].chunks == full.chunks  # resolved from the store
+    assert [r[3] for r in repo.chunk_coverage()] == sorted(c.hash for c in full.chunks)  # catalog saw every chunk
+
+
+def test_commit_refuses_a_slim_entry_whose_map_is_not_durable(repo: Repository, tmp_path: Path) -> None:
+    e2, _ = with_filemap(big_entry())
+    slim = dataclasses.replace(e2, chunks=())  # never saved
+    with pytest.raises(ArchiverManifestError, match="missing"):
+        repo.commit_manifest(Manifest(name="m", entries=(slim,)))
+    assert RawStore(str(tmp_path / "store")).keys(layout.MANIFESTS) == []
+
+
+def test_commit_writes_maps_before_the_root_and_rebuild_records_v2(repo: Repository, tmp_path: Path) -> None:
+    m = Manifest(name="m", entries=(big_entry(), big_entry(2, "small.bin")))
+    mid = repo.commit_manifest(m).id
+    raw = RawStore(str(tmp_path / "store"))
+    assert len(raw.keys(layout.FILEMAPS)) == 1
+    assert json.loads(raw.read(layout.manifest(mid)))["version"] == 2
+    rows = {r.id: r for r in repo.list_archives()}
+    assert rows[mid].stored_size == sum(c.stored_size for e in m.files for c in e.chunks)
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat2.db")) as fresh:
+        assert fresh.rebuild_catalog().added == [mid]
+        assert len(fresh.chunk_coverage()) == len(m.files[0].chunks) + 2
+
+
+def test_catalog_records_a_file_maps_chunks_once(repo: Repository, tmp_path: Path) -> None:
+    """Versions that keep a large file share its map: the catalog adds one row per file, not per chunk."""
+    import sqlite3
+    big = repo.save_filemaps(big_entry())
+    a = repo.commit_manifest(Manifest(name="m", label="a", entries=(big,))).id
+    b = repo.commit_manifest(Manifest(name="m", label="b", entries=(big,), parent=a)).id
+    conn = sqlite3.connect(tmp_path / "cat.db")
+    try:
+        count = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                 for t in ("filemaps", "filemap_chunks", "manifest_filemaps", "manifest_chunks")}
+    finally:
+        conn.close()
+    n = model.FILEMAP_THRESHOLD + 1
+    assert count == {"filemaps": 1, "filemap_chunks": n, "manifest_filemaps": 2, "manifest_chunks": 0}
+    cover = repo.chunk_coverage()
+    assert len(cover) == 2 * n and {r[0] for r in cover} == {a, b}
+    assert {r.id: r.stored_size for r in repo.list_archives()} == {a: 90 * n, b: 90 * n}
+    forged = dataclasses.replace(big, size=big.size - 1)  # same map, another size: a reader would refuse it
+    with pytest.raises(ArchiverManifestError):
+        repo.commit_manifest(Manifest(name="m", label="c", entries=(forged,), parent=b))
+    assert len(RawStore(str(tmp_path / "store")).keys(layout.MANIFESTS)) == 2  # refused before the root is written
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "other.db")) as fresh:
+        with pytest.raises(ArchiverManifestError):  # a catalog that never saw the map parses it in full
+            fresh.commit_manifest(Manifest(name="m", label="c", entries=(forged,), parent=b))
+    assert len(RawStore(str(tmp_path / "store")).keys(layout.MANIFESTS)) == 2
+
+
+def test_verify_copies_reports_a_copy_missing_a_file_map(low_threshold: int, tmp_path: Path, home: Path) -> None:
+    store, copy = str(tmp_path / "store"), str(tmp_path / "copy")
+    ck, mid, m = archive_v2(tmp_path, store)
+    assert run_cli("--store", store, "copies", "add", copy).code == 0
+    assert run_cli("--store", store, "replicate", "--all", "--to", copy).code == 0
+    ok = run_cli("--store", store, "verify", "--all", "--copies", "--json")
+    assert ok.code == 0 and ok.json()["copies"]["copies"] == {mid: "2/2"}
+    e = next(e for e in m.files if e.filemap)
+    RawStore(copy).delete(layout.filemap(e.filemap))
+    bad = run_cli("--store", store, "verify", "--all", "--copies", "--json")
+    assert bad.code == 1 and bad.json()["copies"]["copies"] == {mid: "1/2"}
+    assert [(p["kind"], p["path"], p["chunk"]) for p in bad.json()["copies"]["problems"]] == [
+        ("filemap", e.path, e.filemap)]
+
+
+def test_oversized_file_map_is_refused_unread(repo: Repository, tmp_path: Path, monkeypatch) -> None:
+    """A forged map larger than any map may be is refused before it is read (MAX_FILEMAP_BYTES)."""
+    big = repo.save_filemaps(big_entry())
+    mid = repo.commit_manifest(Manifest(name="m", entries=(big,))).id
+    monkeypatch.setattr("archiver.repository.MAX_FILEMAP_BYTES", 1000)
+    with pytest.raises(ArchiverManifestError, match="too large"):
+        repo.load_manifest(mid)
+    m, bad = repo.load_manifest_keep_going(mid)
+    assert [(e.path, "too large" in why) for e, why in bad] == [(big.path, True)] and not m.files[0].resolved
+
+
+def test_rebuild_reports_a_manifest_whose_file_map_is_missing(repo: Repository, tmp_path: Path) -> None:
+    mid = repo.commit_manifest(Manifest(name="m", entries=(big_entry(),))).id
+    e = repo.load_manifest(mid).files[0]
+    RawStore(str(tmp_path / "store")).delete(layout.filemap(e.filemap))
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat2.db")) as fresh:
+        res = fresh.rebuild_catalog()
+        assert res.added == [] and [(p.manifest, p.kind) for p in res.problems] == [(mid, "manifest")]
+        assert "file map" in res.problems[0].detail and "missing" in res.problems[0].detail
+        assert fresh.list_archives() == []

@@ -1,0 +1,133 @@
+"""The resume journal: a driver killed after K of M files resumes them, same manifest id."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from archiver import api
+from archiver.executors import InProcessExecutor
+from archiver.journal import JOURNAL_DIR, Journal, journal_key
+from tests.helpers import make_checkpoint, run_cli
+
+
+class DyingDriver(InProcessExecutor):
+    """Runs K file tasks, then the driver 'dies' (as a SIGINT would kill it) on the next."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+        self.calls = 0
+
+    def submit(self, fn, item):
+        if self.calls == self.k:
+            raise KeyboardInterrupt
+        self.calls += 1
+        return super().submit(fn, item)
+
+
+def _source(tmp_path: Path) -> Path:
+    src = make_checkpoint(tmp_path / "src", layers=2, dim=64)
+    for i in range(4):
+        (src / f"shard-{i}.bin").write_bytes(os.urandom(3000 + i))
+    return src
+
+
+def _journals(home: Path) -> list[Path]:
+    return sorted((home / JOURNAL_DIR).glob("*.jsonl")) if (home / JOURNAL_DIR).exists() else []
+
+
+def test_killed_driver_resumes_k_files_with_the_same_id(tmp_path, home):
+    src = _source(tmp_path)
+    clean = api.archive([src], name="m", store=str(tmp_path / "clean"))
+    store = str(tmp_path / "store")
+    with pytest.raises(KeyboardInterrupt):
+        api.archive([src], name="m", store=store, executor=DyingDriver(3))
+    assert api.list_archives(store=store) == []  # nothing committed
+    [journal] = _journals(home)
+    assert len(journal.read_text().splitlines()) == 3
+    res = api.archive([src], name="m", store=store)
+    assert res.resumed_files == 3 and res.id == clean.id
+    assert _journals(home) == []  # removed once committed
+    again = api.archive([src], name="m", store=store)
+    assert again.resumed_files == 0  # a finished archive leaves nothing to resume
+
+
+def test_a_file_changed_since_it_was_journalled_is_read_again(tmp_path, home):
+    src = _source(tmp_path)
+    store = str(tmp_path / "store")
+    with pytest.raises(KeyboardInterrupt):
+        api.archive([src], name="m", store=store, executor=DyingDriver(3))
+    journalled = [json.loads(line)["path"] for line in _journals(home)[0].read_text().splitlines()]
+    changed = src.parent / journalled[0]  # archive paths start with the directory archived
+    changed.write_bytes(changed.read_bytes() + b"more")  # new size, mtime and ctime
+    res = api.archive([src], name="m", store=store)
+    assert res.resumed_files == 2
+    m = api.show(res.id, store=store)[1]
+    assert {e.path: e.size for e in m.files}[journalled[0]] == changed.stat().st_size
+
+
+def test_resumed_chunk_missing_from_the_store_commits_nothing(tmp_path, home):
+    src = _source(tmp_path)
+    store = tmp_path / "store"
+    with pytest.raises(KeyboardInterrupt):
+        api.archive([src], name="m", store=str(store), executor=DyingDriver(2))
+    for chunk in (store / "chunks").rglob("*"):
+        if chunk.is_file():
+            chunk.unlink()  # what the journal names is gone (a lifecycle rule, a wrong bucket)
+    r = run_cli("--store", str(store), "archive", str(src), "--name", "m", "--json")
+    assert r.code == 1 and "is missing from the store" in r.json()["error"]
+    assert api.list_archives(store=str(store)) == []
+
+
+def test_cli_reports_resumed_files(tmp_path, home):
+    src = _source(tmp_path)
+    store = str(tmp_path / "store")
+    with pytest.raises(KeyboardInterrupt):
+        api.archive([src], name="m", store=store, executor=DyingDriver(1))
+    r = run_cli("--store", store, "archive", str(src), "--name", "m", "--json")
+    assert r.code == 0 and r.json()["resumed_files"] == 1
+
+
+def test_journal_key_depends_on_the_inputs(tmp_path):
+    a = journal_key("file:///s", "m", None, {}, [tmp_path / "a"])
+    assert a == journal_key("file:///s", "m", None, {}, [tmp_path / "a"])
+    assert a != journal_key("file:///s", "n", None, {}, [tmp_path / "a"])
+    assert a != journal_key("file:///t", "m", None, {}, [tmp_path / "a"])
+    assert a != journal_key("file:///s", "m", None, {}, [tmp_path / "b"])
+
+
+def test_torn_last_line_is_ignored(tmp_path, home):
+    src = _source(tmp_path)
+    store = str(tmp_path / "store")
+    with pytest.raises(KeyboardInterrupt):
+        api.archive([src], name="m", store=store, executor=DyingDriver(2))
+    [path] = _journals(home)
+    with open(path, "ab") as f:
+        f.write(b'{"path": "shard-0.bin", "snapsh')  # killed mid-line
+    assert len(Journal(path).load()) == 2
+
+
+def test_driver_kill9_after_k_files_resumes_them(tmp_path, home):
+    """A real kill -9 (tests/crashrunner.py) while the 4th of 6 files is being archived."""
+    import signal
+    import subprocess
+    import sys
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"f{i}.bin").write_bytes(os.urandom(10_000 * (i + 1)))  # one chunk each
+    clean = api.archive([src], name="m", store=str(tmp_path / "clean"))
+    store = str(tmp_path / "store")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "ARCHIVER_HOME": str(home), "CRASH_AT": "put:4", "PYTHONPATH": str(root)}
+    p = subprocess.run([sys.executable, "-m", "tests.crashrunner", "--store", store, "archive", str(src),
+                        "--name", "m", "--max-inflight", "1", "--json"], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    [journal] = _journals(home)
+    assert len(journal.read_text().splitlines()) == 3  # files 1-3 came back before the 4th put
+    r = run_cli("--store", store, "archive", str(src), "--name", "m", "--json")
+    assert r.code == 0 and r.json()["resumed_files"] == 3 and r.json()["id"] == clean.id

@@ -1,0 +1,400 @@
+"""archiver/packs.py and the repository's pack paths: small chunk objects stored in packs,
+found through content-addressed indexes; archive, dedup, verify, restore, rebuild,
+replicate, repair and Object Lock with packs, end to end."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from archiver import layout, packs
+from archiver.api import open_repository
+from archiver.packs import PackBuilder, PackFormatError, parse_index, plan_spans
+from manifests.model import parse_manifest
+from tests.helpers import RawStore, make_checkpoint, run_cli, tree
+from tests.test_retention import _objects, _until, lock_url  # noqa: F401 - lock_url is a fixture
+
+UTC = dt.timezone.utc
+
+
+def small_tree(root: Path, n: int = 120, seed: int = 1) -> Path:
+    """n files of 1-16 KiB in a few directories (half compressible text, half random)."""
+    rnd = random.Random(seed)
+    for i in range(n):
+        d = root / f"d{i % 7}"
+        d.mkdir(parents=True, exist_ok=True)
+        size = rnd.randint(1024, 16 * 1024)
+        data = rnd.randbytes(size) if i % 2 else (f"line {i} " * size)[:size].encode()
+        (d / f"f{i}.txt").write_bytes(data)
+    return root
+
+
+def keys(url: str, prefix: str) -> list[str]:
+    return RawStore(url).keys(prefix)
+
+
+def archive(url: str, src: Path, *extra: str) -> dict:
+    r = run_cli("--store", url, "archive", str(src), "--name", "m", "--json", *extra)
+    assert r.code == 0, r.err
+    return r.json()
+
+
+def manifest_of(url: str, mid: str):
+    return parse_manifest(RawStore(url).read(layout.manifest(mid)))
+
+
+def index_of(url: str, pack: str) -> packs.PackIndex:
+    raw = RawStore(url)
+    for k in raw.keys(layout.PACK_INDEXES):
+        idx = parse_index(raw.read(k), layout.pack_index_id(k))
+        if idx.pack == pack:
+            return idx
+    raise AssertionError(f"no index for pack {pack}")
+
+
+# -- the format, pure -------------------------------------------------------------------------
+
+def test_pack_index_round_trip_and_refusals() -> None:
+    b = PackBuilder()
+    objs = {f"{i:064x}": os.urandom(100 + i) for i in range(3)}
+    for h, obj in objs.items():
+        b.add(h, obj, 90)
+    data, index = b.close()
+    assert index.size == len(data) and [e.offset for e in index.entries] == [0, 100, 201]
+    raw = index.to_json()
+    assert parse_index(raw, index.id) == index
+    for e in index.entries:
+        assert data[e.offset:e.offset + e.stored_size] == objs[e.hash]
+    with pytest.raises(PackFormatError, match="does not hash"):
+        parse_index(raw, "0" * 64)
+    doc = json.loads(raw)
+    bad = [dict(doc, size=doc["size"] + 1),                                  # entries do not tile the pack
+           dict(doc, chunks=doc["chunks"] + [doc["chunks"][0]]),               # the same chunk twice
+           dict(doc, chunks=[[doc["chunks"][0][0], 5, 100, 90]]),              # not from offset 0
+           dict(doc, version=2), dict(doc, extra=1)]
+    for d in bad:
+        with pytest.raises(PackFormatError):
+            parse_index(json.dumps(d, sort_keys=True, separators=(",", ":")).encode())
+    with pytest.raises(PackFormatError, match="canonical"):
+        parse_index(json.dumps(doc, sort_keys=True).encode())  # spaces: not canonical
+
+
+def test_plan_spans_joins_near_ranges_and_bounds_each_span() -> None:
+    assert plan_spans([(0, 10), (12, 20), (100, 110)], gap=5, limit=1000) == [(0, 20), (100, 110)]
+    assert plan_spans([(0, 10), (10, 20), (20, 30)], gap=5, limit=20) == [(0, 20), (20, 30)]
+    assert plan_spans([], gap=5, limit=10) == []
+
+
+# -- archive, dedup, verify, restore ---------------------------------------------------------------
+
+def test_small_files_go_into_few_packs_and_restore_byte_for_byte(store_url: str, tmp_path: Path, home: Path) -> None:
+    src = small_tree(tmp_path / "src")
+    make_checkpoint(src / "ck", layers=2, dim=64)
+    out = archive(store_url, src)
+    assert keys(store_url, layout.CHUNKS) == []  # every object of this tree is small
+    pack_keys = keys(store_url, layout.PACKS)
+    assert len(pack_keys) == 1 and len(keys(store_url, layout.PACK_INDEXES)) == 1
+    index = index_of(store_url, layout.pack_id(pack_keys[0]))
+    m = manifest_of(store_url, out["id"])
+    assert {e.hash for e in index.entries} == set(m.unique_chunks())  # every chunk, by its content address
+    assert out["new_chunks"] == len(m.unique_chunks())
+    for mode in ([], ["--deep"]):
+        r = run_cli("--store", store_url, "verify", "m", *mode)
+        assert r.code == 0, r.out + r.err
+    r = run_cli("--store", store_url, "restore", "m", str(tmp_path / "out"))
+    assert r.code == 0, r.err
+    assert tree(tmp_path / "out" / "src") == tree(src)
+
+
+def test_unchanged_rearchive_writes_nothing_and_proves_each_pack_once(tmp_path: Path, home: Path) -> None:
+    url = str(tmp_path / "store")
+    src = small_tree(tmp_path / "src")
+    archive(url, src)
+    before = set(keys(url, ""))
+    with open_repository(url) as repo:
+        reads: list[str] = []
+        real_get = repo._store.get
+        repo._store.get = lambda key, max_size=None: (reads.append(key), real_get(key, max_size))[1]  # type: ignore[method-assign]
+        from archiver.pipeline import archive as run_archive
+        res = run_archive(repo, [src], name="m")
+    assert res.new_chunks == 0 and res.new_bytes_stored == 0
+    new = set(keys(url, "")) - before
+    assert all(k.startswith(("events/", "manifests/")) for k in new), new  # no pack, no index, no chunk
+    assert [k for k in reads if k.startswith(layout.PACKS)] == keys(url, layout.PACKS)  # one whole read per pack
+
+
+def test_a_damaged_chunk_in_a_pack_is_reported_with_its_files_and_pack(tmp_path: Path, home: Path) -> None:
+    url = str(tmp_path / "store")
+    src = small_tree(tmp_path / "src", n=30)
+    mid = archive(url, src)["id"]
+    pack = layout.pack_id(keys(url, layout.PACKS)[0])
+    index = index_of(url, pack)
+    victim = index.entries[len(index.entries) // 2]
+    raw = RawStore(url)
+    data = bytearray(raw.read(layout.pack(pack)))
+    data[victim.offset + victim.stored_size - 1] ^= 0x40
+    raw.write(layout.pack(pack), bytes(data))
+    r = run_cli("--store", url, "verify", "m", "--deep", "--json")
+    assert r.code == 1
+    probs = [p for p in r.json()["problems"] if p.get("chunk") == victim.hash]
+    files = {e.path for e in manifest_of(url, mid).files if any(c.hash == victim.hash for c in e.chunks)}
+    assert probs and {p["path"] for p in probs} == files
+    assert all(pack in p["detail"] and p["kind"] == "corrupt-chunk" for p in probs)
+    others = [p for p in r.json()["problems"] if p.get("chunk") not in (None, victim.hash)]
+    assert others == []  # the rest of the pack proves good
+    # a truncated pack: shallow verify names it (HEAD/LIST only, nothing read)
+    raw.write(layout.pack(pack), bytes(data[:-10]))
+    r = run_cli("--store", url, "verify", "m", "--json")
+    assert r.code == 1
+    assert any(pack in p["detail"] and "bytes, its index says" in p["detail"] for p in r.json()["problems"])
+
+
+def test_single_file_restore_reads_only_its_ranges(s3_mock_url: str, tmp_path: Path, home: Path) -> None:
+    src = small_tree(tmp_path / "src", n=60)
+    mid = archive(s3_mock_url, src)["id"]
+    entry = next(e for e in manifest_of(s3_mock_url, mid).files if e.path.endswith("d3/f10.txt"))
+    from archiver.restorer import restore
+    with open_repository(s3_mock_url) as repo:
+        gets: list[dict] = []
+        repo._store.client.meta.events.register(
+            "provide-client-params.s3.GetObject", lambda params, **_: gets.append(dict(params)))
+        restore(repo, mid, tmp_path / "one", include=[entry.path])
+    pack_gets = [g for g in gets if "/packs/" in g["Key"]]
+    assert len(pack_gets) == 1 and all("Range" in g for g in pack_gets)
+    first, last = pack_gets[0]["Range"][6:].split("-")
+    assert int(last) - int(first) + 1 == sum(c.stored_size for c in entry.chunks)  # just its bytes
+    assert (tmp_path / "one" / entry.path).read_bytes() == (src.parent / entry.path).read_bytes()
+
+
+def test_full_restore_reads_each_pack_with_few_requests(s3_mock_url: str, tmp_path: Path, home: Path) -> None:
+    src = small_tree(tmp_path / "src", n=150)
+    archive(s3_mock_url, src)
+    from archiver.restorer import restore
+    with open_repository(s3_mock_url) as repo:
+        gets: list[dict] = []
+        repo._store.client.meta.events.register(
+            "provide-client-params.s3.GetObject", lambda params, **_: gets.append(dict(params)))
+        res = restore(repo, "m", tmp_path / "out")
+    assert res.ok and tree(tmp_path / "out" / "src") == tree(src)
+    assert len([g for g in gets if "/packs/" in g["Key"]]) <= 2  # 150 files: one span read of the pack
+
+
+def test_catalog_rebuild_and_a_fresh_catalog_find_packs_through_the_store(tmp_path: Path, home: Path) -> None:
+    url = str(tmp_path / "store")
+    src = small_tree(tmp_path / "src", n=40)
+    archive(url, src)
+    fresh = str(tmp_path / "other.db")
+    r = run_cli("--store", url, "--catalog", fresh, "restore", keys(url, layout.MANIFESTS)[0][10:-5],
+                str(tmp_path / "a"))
+    assert r.code == 0, r.err  # a catalog that never saw the pack reads the store's index
+    assert tree(tmp_path / "a" / "src") == tree(src)
+    r = run_cli("--store", url, "--catalog", str(tmp_path / "rebuilt.db"), "catalog", "rebuild", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["packs"] == 1
+    r = run_cli("--store", url, "--catalog", str(tmp_path / "rebuilt.db"), "verify", "--all", "--deep")
+    assert r.code == 0, r.out + r.err
+
+
+def test_a_tampered_index_is_refused_and_reported_by_rebuild(tmp_path: Path, home: Path) -> None:
+    url = str(tmp_path / "store")
+    archive(url, small_tree(tmp_path / "src", n=10))
+    raw = RawStore(url)
+    ikey = keys(url, layout.PACK_INDEXES)[0]
+    raw.mutate(ikey, lambda b: b.replace(b'"size":', b'"size": ', 1))
+    r = run_cli("--store", url, "--catalog", str(tmp_path / "rebuilt.db"), "catalog", "rebuild", "--json")
+    assert r.code == 1
+    assert any(p["kind"] == "pack-index" and "does not hash" in p["detail"] for p in r.json()["problems"])
+
+
+def test_interrupted_archive_leaves_only_unreferenced_packs(tmp_path: Path, home: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    url = str(tmp_path / "store")
+    src = small_tree(tmp_path / "src", n=20)
+    from archiver.repository import Repository
+    real = Repository._put
+
+    def no_manifests(self, key, data, policy):
+        if key.startswith(layout.MANIFESTS):
+            raise KeyboardInterrupt  # killed between the packs and the manifest
+        return real(self, key, data, policy)
+    monkeypatch.setattr(Repository, "_put", no_manifests)
+    assert run_cli("--store", url, "archive", str(src), "--name", "m").code != 0
+    monkeypatch.setattr(Repository, "_put", real)
+    assert keys(url, layout.PACKS) and keys(url, layout.MANIFESTS) == []  # packs first, no manifest
+    out = archive(url, src)
+    assert out["new_chunks"] == 0  # the interrupted run's pack is proved and reused
+    assert run_cli("--store", url, "verify", "m", "--deep").code == 0
+
+
+def test_a_failed_pack_write_commits_nothing(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = str(tmp_path / "store")
+    from archiver.errors import StoreError
+    from archiver.repository import Repository
+    real = Repository._put
+
+    def no_packs(self, key, data, policy):
+        if key.startswith(layout.PACKS):
+            raise StoreError("disk full")
+        return real(self, key, data, policy)
+    monkeypatch.setattr(Repository, "_put", no_packs)
+    r = run_cli("--store", url, "archive", str(small_tree(tmp_path / "src", n=5)), "--name", "m")
+    assert r.code != 0 and "disk full" in r.err and "\n" not in r.err.strip()
+    assert keys(url, layout.MANIFESTS) == []
+
+
+def test_new_chunks_are_put_without_a_read_first(s3_mock_url: str, tmp_path: Path, home: Path) -> None:
+    src = small_tree(tmp_path / "src", n=30)
+    (src / "big.bin").write_bytes(os.urandom(3 << 20))  # a large chunk: its own object
+    from archiver.pipeline import archive as run_archive
+    with open_repository(s3_mock_url, create=True) as repo:
+        calls: list[tuple[str, str]] = []
+        for op in ("GetObject", "HeadObject", "PutObject"):
+            repo._store.client.meta.events.register(
+                f"provide-client-params.s3.{op}", lambda params, op=op, **_: calls.append((op, params["Key"])))
+        res = run_archive(repo, [src], name="m")
+    large = [c for c in manifest_of(s3_mock_url, res.id).unique_chunks().values() if c.stored_size >= packs.SMALL_OBJECT]
+    data_calls = [(op, k) for op, k in calls if "/chunks/" in k or "/packs/" in k]
+    assert {op for op, _ in data_calls} == {"PutObject"}  # no HEAD or GET before a PUT
+    assert large and len(data_calls) == len(large) + 1  # one PUT per large chunk, one for the pack
+
+
+# -- copies and repair ---------------------------------------------------------------------------
+
+def test_replicate_packs_and_repair_a_pack_from_the_copy(tmp_path: Path, home: Path) -> None:
+    url, copy = str(tmp_path / "store"), str(tmp_path / "copy")
+    src = small_tree(tmp_path / "src", n=30)
+    make_checkpoint(src / "ck", layers=2, dim=64)
+    mid = archive(url, src)["id"]
+    r = run_cli("--store", url, "replicate", "--all", "--to", copy, "--json")
+    assert r.code == 0, r.err
+    assert keys(copy, layout.CHUNKS) == [] and len(keys(copy, layout.PACKS)) == 1
+    assert run_cli("--store", copy, "verify", "--all", "--deep").code == 0
+    assert run_cli("--store", copy, "restore", mid, str(tmp_path / "c")).code == 0
+    assert tree(tmp_path / "c" / "src") == tree(src)
+    pack = layout.pack_id(keys(url, layout.PACKS)[0])
+    victim = index_of(url, pack).entries[3]
+    raw = RawStore(url)
+    good = raw.read(layout.pack(pack))
+    bad = bytearray(good)
+    bad[victim.offset + 20] ^= 1
+    raw.write(layout.pack(pack), bytes(bad))
+    assert run_cli("--store", url, "verify", "m", "--deep").code == 1
+    r = run_cli("--store", url, "repair", "--from", copy, "--json")
+    assert r.code == 0, r.out + r.err
+    fixes = {f["name"]: f for f in r.json()["fixes"]}
+    assert fixes[victim.hash]["action"] == "replaced"
+    assert raw.read(layout.pack(pack)) == good  # the pack holds its exact bytes again
+    assert any(k.startswith("quarantine/packs/") for k in keys(url, "quarantine/"))
+    assert run_cli("--store", url, "verify", "m", "--deep").code == 0
+
+
+def test_repair_of_a_missing_pack_writes_its_chunks_into_a_new_pack(tmp_path: Path, home: Path) -> None:
+    url, copy = str(tmp_path / "store"), str(tmp_path / "copy")
+    src = small_tree(tmp_path / "src", n=12)
+    archive(url, src)
+    assert run_cli("--store", url, "replicate", "--all", "--to", copy).code == 0
+    raw = RawStore(url)
+    raw.delete(keys(url, layout.PACKS)[0])
+    assert run_cli("--store", url, "verify", "m").code == 1
+    r = run_cli("--store", url, "repair", "--from", copy, "--json")
+    assert r.code == 0, r.out + r.err
+    assert {f["action"] for f in r.json()["fixes"] if f["kind"] == "chunk"} == {"written"}
+    assert run_cli("--store", url, "verify", "m", "--deep").code == 0
+    assert run_cli("--store", url, "restore", "m", str(tmp_path / "out")).code == 0
+    assert tree(tmp_path / "out" / "src") == tree(src)
+
+
+# -- Object Lock and storage classes ------------------------------------------------------------
+
+def test_packs_take_the_archives_lock_and_class_and_indexes_stay_hot(lock_url: str, tmp_path: Path) -> None:
+    src = small_tree(tmp_path / "src", n=20)
+    r = run_cli("--store", lock_url, "archive", str(src), "--name", "m", "--lock-mode", "governance",
+                "--retain-until", "2040-01-01", "--storage-class", "GLACIER", "--json")
+    assert r.code == 0, r.err
+    objs = _objects(lock_url)
+    packed = [k for k in objs if k.startswith((layout.PACKS, layout.PACK_INDEXES))]
+    assert len(packed) == 2 and not any(k.startswith(layout.CHUNKS) for k in objs)
+    for k in packed:
+        head = objs[k]
+        assert head["ObjectLockMode"] == "GOVERNANCE" and _until(head) == dt.datetime(2040, 1, 1, tzinfo=UTC), k
+        assert head.get("StorageClass", "STANDARD") == ("GLACIER" if k.startswith(layout.PACKS) else "STANDARD"), k
+    assert run_cli("--store", lock_url, "verify", "m").code == 0  # shallow: no thaw needed
+    r = run_cli("--store", lock_url, "verify", "m", "--retention", "--json")
+    assert r.code == 0, r.out + r.err
+
+
+def test_shallow_checks_choose_list_or_head_by_request_count(tmp_path: Path, home: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """LIST pages grow with the store, HEADs with the archive: with few chunks in a store the
+    catalog says is huge, presence is checked by HEAD; in a small store by LIST."""
+    url = str(tmp_path / "store")
+    src = small_tree(tmp_path / "src", n=10)
+    (src / "big.bin").write_bytes(os.urandom(3 << 20))
+    archive(url, src)
+    with open_repository(url) as repo:
+        m = repo.load_manifest(repo.resolve("m"))
+        calls: list[str] = []
+        for verb in ("list", "stat"):
+            real = getattr(repo._store, verb)
+            monkeypatch.setattr(repo._store, verb, lambda *a, verb=verb, real=real, **k: (calls.append(verb), real(*a, **k))[1])
+        assert repo.chunk_presence(m.unique_chunks())[0] == {h: c.stored_size for h, c in m.unique_chunks().items()}
+        assert "stat" not in calls and "list" in calls
+        calls.clear()
+        monkeypatch.setattr(repo._catalog, "object_counts", lambda: (10_000_000, 1_000_000))
+        assert repo.chunk_presence(m.unique_chunks())[0] == {h: c.stored_size for h, c in m.unique_chunks().items()}
+        assert "list" not in calls and "stat" in calls
+
+
+def test_layout_pack_keys_and_their_inverses() -> None:
+    h = "ab" + "0" * 62
+    assert layout.pack(h) == f"packs/ab/{h}" and layout.pack_id(layout.pack(h)) == h
+    assert layout.pack_index(h) == f"packindex/ab/{h}.json" and layout.pack_index_id(layout.pack_index(h)) == h
+    assert layout.pack(h).startswith(layout.pack_fanout("ab"))
+    for stray in (f"packs/cd/{h}", f"packs/ab/{h}.json", f"packindex/ab/{h}", "packs/ab/xyz"):
+        assert layout.pack_id(stray) is None and layout.pack_index_id(stray) is None
+
+
+def test_a_locked_rearchive_extends_the_lock_of_existing_packs(lock_url: str, tmp_path: Path) -> None:
+    src = small_tree(tmp_path / "src", n=15)
+    base = ["--store", lock_url, "archive", str(src), "--name", "m", "--lock-mode", "governance", "--json"]
+    assert run_cli(*base, "--retain-until", "2040-01-01").code == 0
+    (src / "new.txt").write_text("one more small file")
+    r = run_cli(*base, "--retain-until", "2050-01-01")
+    assert r.code == 0, r.err
+    objs = _objects(lock_url)
+    packed = [k for k in objs if k.startswith((layout.PACKS, layout.PACK_INDEXES))]
+    assert len(packed) == 4  # the first pack and index, and the second run's (one new chunk)
+    assert all(_until(objs[k]) == dt.datetime(2050, 1, 1, tzinfo=UTC) for k in packed), packed
+
+
+def test_a_cold_pack_is_thawed_once_for_all_its_chunks(s3_mock_url: str, tmp_path: Path, home: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from archiver.stores.s3 import S3Store
+    src = small_tree(tmp_path / "src", n=25)
+    r = run_cli("--store", s3_mock_url, "archive", str(src), "--name", "m", "--storage-class", "GLACIER", "--json")
+    assert r.code == 0, r.err
+    assert run_cli("--store", s3_mock_url, "restore", "m", str(tmp_path / "out")).code == 2  # cold: refused
+    asked: list[str] = []
+    real = S3Store.request_thaw
+    monkeypatch.setattr(S3Store, "request_thaw", lambda self, key, days, tier: (asked.append(key),
+                                                                              real(self, key, days, tier))[1])
+    r = run_cli("--store", s3_mock_url, "restore", "m", str(tmp_path / "out"), "--thaw", "--no-wait", "--json")
+    assert r.code == 0, r.err
+    assert asked == keys(s3_mock_url, layout.PACKS) and len(asked) == 1  # one pack, asked once for 25 chunks
+
+
+def test_pack_threshold_setting_is_checked() -> None:
+    from archiver.errors import InvalidOptionError
+    from archiver.settings import Settings
+    assert Settings.resolve(env={"ARCHIVER_HOME": "/tmp/h"}).pack_below == packs.SMALL_OBJECT
+    assert Settings.resolve(env={"ARCHIVER_HOME": "/tmp/h", "ARCHIVER_PACK_BELOW": "0"}).pack_below == 0
+    s = Settings.resolve(env={"ARCHIVER_HOME": "/tmp/h", "ARCHIVER_PACK_BELOW": "9437184"})
+    assert s.pack_below == 9437184 and s.for_copy("/tmp/copy").pack_below == 9437184  # a copy packs alike
+    for bad in ("-1", "1e6", "x", str(packs.MAX_PACK_BELOW + 1)):
+        with pytest.raises(InvalidOptionError) as e:
+            Settings.resolve(env={"ARCHIVER_HOME": "/tmp/h", "ARCHIVER_PACK_BELOW": bad})
+        assert e.value.option == "pack_below" and "ARCHIVER_PACK_BELOW" in str(e.value)
