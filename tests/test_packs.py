@@ -118,13 +118,17 @@ def test_unchanged_rearchive_writes_nothing_and_proves_each_pack_once(tmp_path: 
     with open_repository(url) as repo:
         reads: list[str] = []
         real_get = repo._store.get
+        real_range = repo._store.get_range
         repo._store.get = lambda key, max_size=None: (reads.append(key), real_get(key, max_size))[1]  # type: ignore[method-assign]
+        repo._store.get_range = lambda key, *a, **k: (reads.append(key), real_range(key, *a, **k))[1]  # type: ignore[method-assign]
         from archiver.pipeline import archive as run_archive
         res = run_archive(repo, [src], name="m")
     assert res.new_chunks == 0 and res.new_bytes_stored == 0
+    assert res.files_reused == len([p for p in src.rglob("*") if p.is_file()])  # the files cache: none read
     new = set(keys(url, "")) - before
     assert all(k.startswith(("events/", "manifests/")) for k in new), new  # no pack, no index, no chunk
-    assert [k for k in reads if k.startswith(layout.PACKS)] == keys(url, layout.PACKS)  # one whole read per pack
+    # every reused chunk is still proved, by one read per pack (whole, or the span its chunks cover)
+    assert [k for k in reads if k.startswith(layout.PACKS)] == keys(url, layout.PACKS)
 
 
 def test_a_damaged_chunk_in_a_pack_is_reported_with_its_files_and_pack(tmp_path: Path, home: Path) -> None:

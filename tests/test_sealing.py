@@ -144,6 +144,7 @@ def test_dedup_across_runs_by_keyed_address(sealed):
     res = run_cli("--store", s["store"], "archive", str(s["ckpt"]), "--name", "again", "--label", "x", "--json")
     assert res.code == 0, res.err
     assert _objects(s["store"], "chunks") == before  # a second run (its own run key) wrote no chunk
+    assert res.json()["files_reused"] == 0  # no files cache on a sealed store: every file is read
 
 
 def test_archive_without_address_key_or_identity_is_refused(sealed, tmp_path, monkeypatch):
