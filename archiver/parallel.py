@@ -5,6 +5,7 @@ input size; results come back in input order, so callers can hash whole files an
 sequentially while workers fetch, decode and hash in parallel."""
 from __future__ import annotations
 
+import itertools
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,11 +30,22 @@ R = TypeVar("R")
 def ordered_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T],
                 window: int) -> Iterator[tuple[T, R]]:
     """Yield (item, fn(item)) in order. An exception from fn is raised at its item;
-    pending work is cancelled when the consumer stops early."""
+    pending work is cancelled when the consumer stops early. A lone item (a small file's
+    one chunk, a batch of one file) runs on the calling thread: a hand-off to the pool and
+    back would cost more than it overlaps."""
     if window < 1:  # would otherwise yield nothing at all: every item silently dropped
         raise ValueError(f"ordered_map window must be >= 1, got {window}")
     inflight: deque[tuple[T, Future[R]]] = deque()
     it = iter(items)
+    if window > 1:  # peeking one item ahead stays within the window
+        first = next(it, _END)
+        if first is _END:
+            return
+        second = next(it, _END)
+        if second is _END:
+            yield first, fn(first)  # type: ignore[arg-type]
+            return
+        it = itertools.chain((first, second), it)
     try:
         while True:
             while len(inflight) < window:

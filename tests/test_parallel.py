@@ -175,3 +175,20 @@ def test_window_below_one_is_refused_not_silently_empty(window):
     with ThreadPoolExecutor(2) as pool:
         with pytest.raises(ValueError, match="window"):
             list(ordered_map(pool, lambda x: x, range(5), window))
+
+
+def test_lone_item_runs_on_the_calling_thread():
+    """One item (a small file's only chunk): no hand-off to the pool and back."""
+    with ThreadPoolExecutor(2) as pool:
+        got = list(ordered_map(pool, lambda x: (x, threading.get_ident()), [7], window=4))
+        assert got == [(7, (7, threading.get_ident()))]
+        two = list(ordered_map(pool, lambda x: threading.get_ident(), [1, 2], window=4))
+        assert all(t != threading.get_ident() for _, t in two)  # two or more still go to the pool
+
+
+def test_lone_item_error_is_raised_at_its_item():
+    def boom(x):
+        raise KeyError(x)
+    with ThreadPoolExecutor(2) as pool:
+        with pytest.raises(KeyError):
+            list(ordered_map(pool, boom, [1], window=4))
