@@ -55,9 +55,12 @@ from __future__ import annotations
 import struct
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 import zstandard
+
+if TYPE_CHECKING:  # numpy is imported where planes or buffers are used, so a CLI start-up does not pay for it
+    import numpy as np
 
 from archiver.errors import CorruptChunkError, EncodeError
 from manifests.model import MAX_CHUNK_LENGTH
@@ -135,6 +138,7 @@ def same_bytes(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryv
     temporary that a byte-wise compare makes."""
     if isinstance(a, bytes) and isinstance(b, bytes):
         return a == b  # memcmp
+    import numpy as np
     x = np.frombuffer(a, dtype=np.uint8)
     y = np.frombuffer(b, dtype=np.uint8)
     n = x.size
@@ -148,7 +152,7 @@ _same = same_bytes  # the name the encoder has always used
 
 # Elements as little-endian unsigned integers of `width` bytes: plane i is byte i of each
 # element, i.e. (element >> 8*i) & 0xff, whatever the host's byte order.
-_ELEMENT = {2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+_ELEMENT = {2: "<u2", 4: "<u4", 8: "<u8"}  # numpy dtype strings
 
 
 def split_planes(data: bytes | bytearray | memoryview, width: int, out: np.ndarray) -> None:
@@ -158,6 +162,7 @@ def split_planes(data: bytes | bytearray | memoryview, width: int, out: np.ndarr
     Why shifts and casts rather than a strided copy (grid[:, i]): a byte-strided gather
     runs one byte at a time, while a cast or shift of whole elements is vectorised; both
     release the GIL. Measurements: bench/RESULTS.md, "CPU per GiB (issue 12)"."""
+    import numpy as np
     plane_len = out.shape[1]
     elems = np.frombuffer(data, dtype=_ELEMENT[width], count=plane_len)
     np.copyto(out[0], elems, casting="unsafe")  # truncation keeps the low byte
@@ -169,6 +174,7 @@ def merge_planes(planes: list[np.ndarray], width: int, out: np.ndarray) -> None:
     """Inverse of split_planes: interleave `planes` (uint8, plane_len each) into `out`
     (uint8, width * plane_len bytes), by Horner's rule on whole elements (vectorised)
     rather than `width` byte-strided scatters."""
+    import numpy as np
     dst = out.view(_ELEMENT[width])
     np.left_shift(planes[width - 1], 8, out=dst, dtype=_ELEMENT[width])
     np.bitwise_or(dst, planes[width - 2], out=dst)
@@ -240,6 +246,7 @@ class Codec:
             bufs = self._local.scratch = {}
         buf = bufs.get(name)
         if buf is None or buf.size < nbytes:
+            import numpy as np
             buf = bufs[name] = np.empty(max(nbytes, 1), dtype=np.uint8)
         return buf[:nbytes]
 
@@ -351,6 +358,7 @@ class Codec:
             return bytes(self._section_bytes(mv, parsed.sections[0], chunk))
         width = parsed.width
         body = parsed.raw_length - parsed.raw_length % width
+        import numpy as np
         buf = bytearray(parsed.raw_length)  # returned as is: no extra copy of the chunk
         out = np.frombuffer(buf, dtype=np.uint8)
         planes = [np.frombuffer(self._section_bytes(mv, sec, chunk), dtype=np.uint8)

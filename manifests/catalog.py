@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import blake3
-import sqlite_utils
 
 from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
                               ManifestError, UnknownReference)
@@ -475,10 +474,10 @@ class Catalog:
             conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
                          "stored_size, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
                          (row, mid, m.name, m.label, m.parent, when, len(files), m.total_size, stored, data))
-            db = sqlite_utils.Database(conn, recursive_triggers=False)  # rows as dicts, batched inserts
-            db["files"].insert_all(
-                ({"manifest_id": mid, "path": e.path, "type": e.type, "size": e.size, "mode": e.mode,
-                  "blake3": e.blake3, "sha256": e.sha256} for e in m.entries), batch_size=1000)
+            # plain executemany: no per-row dict and type check, and no sqlite_utils (with numpy) at start-up
+            conn.executemany('INSERT INTO files(manifest_id, path, type, size, mode, blake3, sha256) '
+                             'VALUES (?,?,?,?,?,?,?)',
+                             ((mid, e.path, e.type, e.size, e.mode, e.blake3, e.sha256) for e in m.entries))
             conn.executemany('INSERT INTO fields(manifest_id, key, seq, value, num) VALUES (?,?,?,?,?)',
                              field_rows(mid, m))
             if event_details is not None:
