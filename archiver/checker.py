@@ -32,7 +32,7 @@ from typing import Any, Iterable
 
 from archiver import events
 from archiver.errors import ArchiverError, EmptyCatalogError, FileHashError, InvalidOptionError, translated
-from archiver.parallel import default_workers, ordered_map, window_for
+from archiver.parallel import batches, default_workers, ordered_map, window_for
 from archiver.problems import Outcome, Problem, chunk_problem, file_hash_problem
 from archiver.progress import Progress
 from archiver.repository import Repository
@@ -353,15 +353,20 @@ def _deep(repo: Repository, manifests: dict[str, Manifest], nworkers: int, repor
     proofs: dict[tuple, FileProof] = {}
     window = window_for(nworkers)
     small = [(k, e) for k, e in unique.items() if e.size <= SMALL_FILE]
+    # in pack order: each planned span of a pack is then read once, not once per file
+    pos = repo.pack_positions(e.chunks[0].hash for _k, e in small if e.chunks)
+    small.sort(key=lambda ke: pos.get(ke[1].chunks[0].hash, ("", 0)) if ke[1].chunks else ("", 0))
     with ThreadPoolExecutor(nworkers, thread_name_prefix="verify") as pool:
         for k, e in unique.items():
             if e.size > SMALL_FILE:
                 proofs[k] = _prove_file(repo, e, pool, window, progress)
         # file tasks wait on chunk tasks, so they run on a pool of their own (no deadlock)
+        # several small files per task: the hand-off to a thread is paid once per batch
         with ThreadPoolExecutor(nworkers, thread_name_prefix="verify-files") as files:
-            for (k, _e), proof in ordered_map(files, lambda ke: _prove_file(repo, ke[1], pool, 2, progress),
-                                              small, 4 * nworkers):
-                proofs[k] = proof
+            for batch, got in ordered_map(files, lambda b: [_prove_file(repo, e, pool, 2, progress) for _k, e in b],
+                                          batches(small, lambda ke: ke[1].size), 4 * nworkers):
+                for (k, _e), proof in zip(batch, got):
+                    proofs[k] = proof
     seen: set[tuple] = set()
     for mid, e, k in uses:
         first = k not in seen

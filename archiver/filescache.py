@@ -206,11 +206,13 @@ class FilesRun:
             for c in e.chunks:
                 refs.setdefault(c.hash, c)  # one proof per hash (offsets may differ between files)
         self.repo.plan_reads(refs.values())  # packed chunks: one ranged read per span of a pack
+        pos = self.repo.pack_positions(refs)  # proved in pack order: each span is read once
+        order = sorted(refs, key=lambda h: pos.get(h, ("", 0)))
         with ThreadPoolExecutor(workers, thread_name_prefix="files-cache") as pool:
             bad = {h for h, err in ordered_map(
                 pool, lambda h: self.repo.prove_stored_chunk(refs[h], trust_verified_within=trust,
                                                              policy=write_policy),
-                list(refs), 4 * workers) if err is not None}
+                order, 4 * workers) if err is not None}
         self.proved = {h: c for h, c in refs.items() if h not in bad}
         return {p: e for p, e in candidates.items()
                 if not any(c.hash in bad or (c.stored_size, c.codec) != (refs[c.hash].stored_size, refs[c.hash].codec)

@@ -26,6 +26,29 @@ def window_for(workers: int) -> int:
 T = TypeVar("T")
 R = TypeVar("R")
 
+# Small files per task (restore, deep verify): few enough that the tasks in flight keep every
+# core busy, many enough that the hand-off to a thread and back is paid once per batch.
+BATCH_ITEMS = 32
+BATCH_BYTES = 4 << 20
+
+
+def batches(items: Iterable[T], size: Callable[[T], int], most: int = BATCH_ITEMS,
+            most_bytes: int = BATCH_BYTES) -> Iterator[list[T]]:
+    """`items` in order, in runs of at most `most` items and about `most_bytes` bytes (an
+    item larger than that is a run of its own): one task per run rather than per small
+    file, since handing a file of a few KiB to a thread and back costs more than its work."""
+    run: list[T] = []
+    total = 0
+    for item in items:
+        n = size(item)
+        if run and (len(run) >= most or total + n > most_bytes):
+            yield run
+            run, total = [], 0
+        run.append(item)
+        total += n
+    if run:
+        yield run
+
 
 def ordered_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T],
                 window: int) -> Iterator[tuple[T, R]]:

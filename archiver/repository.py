@@ -2166,6 +2166,12 @@ class Repository:
             self._packstate.spans.clear()
         return sum(len(v) for v in plan.values())
 
+    def pack_positions(self, hashes: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """(pack, offset) of each packed chunk of `hashes` (its first location): callers read
+        in this order, so each planned span is fetched once while it is in the bounded span
+        cache, rather than again for every chunk when files come in path order."""
+        return {h: (locs[0].pack, locs[0].offset) for h, locs in self._pack_locations_many(hashes).items() if locs}
+
     def chunk_presence(self, hashes: Iterable[str]) -> tuple[dict[str, int], dict[str, str]]:
         """(stored size of each chunk the store holds, why each packed chunk that is not
         held is not). A packed chunk is held if its pack and index exist and the pack has

@@ -37,7 +37,7 @@ from archiver import events
 from archiver.errors import (DestinationError, DestinationFullError, FileHashError,
                              IntegrityError, UnsafePathError, translated)
 from archiver.fileio import write_all
-from archiver.parallel import default_workers, ordered_map, window_for
+from archiver.parallel import batches, default_workers, ordered_map, window_for
 from archiver.problems import Outcome, Problem, chunk_problem, file_hash_problem
 from archiver.progress import Progress
 from archiver import thaw as thaw_mod
@@ -374,16 +374,24 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
     if not files:
         return
 
-    def one(e: Entry) -> RestoreResult:
+    def one(batch: list[Entry]) -> RestoreResult:
         mine = RestoreResult(id=mid, dest=result.dest)  # merged on this thread: no shared counters
-        _restore_file(repo, mid, root_fd, e, pool, 2, mine, progress, force, mode_mask, sync_dir=False)
+        for e in batch:
+            _restore_file(repo, mid, root_fd, e, pool, 2, mine, progress, force, mode_mask, sync_dir=False)
         return mine
 
+    # written in pack order, so each planned span of a pack is read once, not once per file;
+    # problems are still reported in the manifest's order
+    pos = repo.pack_positions(e.chunks[0].hash for e in files if e.chunks)
+    at = {e.path: i for i, e in enumerate(files)}
+    problems: list[Problem] = []
+    in_pack_order = sorted(files, key=lambda e: pos.get(e.chunks[0].hash, ("", 0)) if e.chunks else ("", 0))
     with ThreadPoolExecutor(nworkers, thread_name_prefix="restore-files") as tasks:
-        for _e, mine in ordered_map(tasks, one, files, 4 * nworkers):
+        for _b, mine in ordered_map(tasks, one, batches(in_pack_order, lambda e: e.size), 4 * nworkers):
             result.files += mine.files
             result.bytes += mine.bytes
-            result.problems.extend(mine.problems)
+            problems.extend(mine.problems)
+    result.problems.extend(sorted(problems, key=lambda p: at.get(p.path or "", -1)))
     for parent in sorted({e.path.rpartition("/")[0] for e in files}):
         fd = _open_dir(root_fd, parent.split("/") if parent else [], create=False)
         try:

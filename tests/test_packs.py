@@ -402,3 +402,51 @@ def test_pack_threshold_setting_is_checked() -> None:
         with pytest.raises(InvalidOptionError) as e:
             Settings.resolve(env={"ARCHIVER_HOME": "/tmp/h", "ARCHIVER_PACK_BELOW": bad})
         assert e.value.option == "pack_below" and "ARCHIVER_PACK_BELOW" in str(e.value)
+
+
+def test_deep_verify_restore_and_files_cache_read_each_pack_once_with_many_packs(
+        tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More packs than the span cache holds (4), written largest file first: verify, restore
+    and the files cache's proof still read each pack once, since they read in pack order
+    (in path order each file could evict the span the next one needs). One worker, so the
+    order is exactly the one planned (with real 16 MiB packs, the files in flight at once lie
+    in one or two packs)."""
+    monkeypatch.setattr(packs, "PACK_TARGET", 64 << 10)  # ~20 packs for this tree
+    url = str(tmp_path / "store")
+    src = small_tree(tmp_path / "src", n=150)
+    out = archive(url, src)
+    pack_keys = keys(url, layout.PACKS)
+    assert len(pack_keys) > 8
+    from archiver.checker import verify
+    from archiver.pipeline import archive as run_archive
+    from archiver.restorer import restore
+
+    def pack_reads(run) -> list[str]:
+        with open_repository(url) as repo:
+            reads: list[str] = []
+            real_get, real_range = repo._store.get, repo._store.get_range
+            repo._store.get = lambda key, max_size=None: (reads.append(key), real_get(key, max_size))[1]  # type: ignore[method-assign]
+            repo._store.get_range = lambda key, *a, **k: (reads.append(key), real_range(key, *a, **k))[1]  # type: ignore[method-assign]
+            run(repo)
+        return [k for k in reads if k.startswith(layout.PACKS)]
+
+    got = pack_reads(lambda repo: verify(repo, [out["id"]], deep=True, workers=1))
+    assert sorted(got) == pack_keys
+    got = pack_reads(lambda repo: restore(repo, out["id"], tmp_path / "out", workers=1))
+    assert sorted(got) == pack_keys
+    assert tree(tmp_path / "out" / "src") == tree(src)
+    got = pack_reads(lambda repo: run_archive(repo, [src], name="m", workers=1))
+    assert sorted(got) == pack_keys
+
+
+def test_pack_positions_name_each_packed_chunk(tmp_path: Path, home: Path) -> None:
+    url = str(tmp_path / "store")
+    src = small_tree(tmp_path / "src", n=20)
+    out = archive(url, src)
+    m = manifest_of(url, out["id"])
+    with open_repository(url) as repo:
+        pos = repo.pack_positions([*m.unique_chunks(), "0" * 64])
+    assert set(pos) == set(m.unique_chunks())  # an unknown hash has no position
+    for pack, offset in pos.values():
+        index = index_of(url, pack)
+        assert offset in {e.offset for e in index.entries}

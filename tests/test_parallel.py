@@ -192,3 +192,13 @@ def test_lone_item_error_is_raised_at_its_item():
     with ThreadPoolExecutor(2) as pool:
         with pytest.raises(KeyError):
             list(ordered_map(pool, boom, [1], window=4))
+
+
+def test_batches_keep_order_and_bounds():
+    from archiver.parallel import batches
+    sizes = [1, 2, 3, 10, 1, 1, 1, 1, 1]
+    got = list(batches(sizes, lambda n: n, most=3, most_bytes=6))
+    assert [x for b in got for x in b] == sizes  # every item once, in order
+    assert got == [[1, 2, 3], [10], [1, 1, 1], [1, 1]]  # 10 > 6 bytes: a run of its own
+    assert all(len(b) <= 3 for b in got)
+    assert list(batches([], lambda n: n)) == []
