@@ -2157,12 +2157,15 @@ class Repository:
         ranges, so it fetches just those bytes. Returns how many spans were planned."""
         wanted = {r.hash for r in refs}
         ranges: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for locs in self._pack_locations_many(wanted).values():
+        at: dict[str, tuple[str, int]] = {}
+        for h, locs in self._pack_locations_many(wanted).items():
             loc = locs[0]
             ranges[loc.pack].append((loc.offset, loc.offset + loc.stored_size))
+            at[h] = (loc.pack, loc.offset)
         plan = {p: packs.plan_spans(r, self.SPAN_GAP, self.SPAN_LIMIT) for p, r in ranges.items()}
         with self._packstate.lock:
             self._packstate.plan = plan
+            self._packstate.planned_at = at
             self._packstate.spans.clear()
         return sum(len(v) for v in plan.values())
 
@@ -2170,7 +2173,15 @@ class Repository:
         """(pack, offset) of each packed chunk of `hashes` (its first location): callers read
         in this order, so each planned span is fetched once while it is in the bounded span
         cache, rather than again for every chunk when files come in path order."""
-        return {h: (locs[0].pack, locs[0].offset) for h, locs in self._pack_locations_many(hashes).items() if locs}
+        hashes = list(hashes)
+        with self._packstate.lock:
+            known = self._packstate.planned_at  # what plan_reads looked up already
+            out = {h: known[h] for h in hashes if h in known}
+        rest = [h for h in hashes if h not in out]
+        if rest:
+            out.update({h: (locs[0].pack, locs[0].offset)
+                        for h, locs in self._pack_locations_many(rest).items() if locs})
+        return out
 
     def chunk_presence(self, hashes: Iterable[str]) -> tuple[dict[str, int], dict[str, str]]:
         """(stored size of each chunk the store holds, why each packed chunk that is not
