@@ -36,7 +36,7 @@ import blake3
 from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
                               ManifestError, UnknownReference)
 from manifests.fields import index_fields
-from manifests.model import ChunkRef, Entry, Manifest, parse_manifest
+from manifests.model import ChunkRef, Entry, Manifest, manifest_id, parse_manifest
 
 SCHEMA_VERSION = 4  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
 # 3: events_seen, the store events (archiver.events) this catalog has recorded or replayed; fields,
@@ -446,7 +446,7 @@ class Catalog:
         repository fetches and checks the map), one map at a time, so a 10 TB archive's
         million refs are never all in memory, and a map already recorded is not fetched.
         An error raised by it rolls the whole record back."""
-        mid = m.id
+        mid = manifest_id(data)  # `data` is m's canonical JSON: its hash is m.id, without serialising m again
         check_recordable(mid, m)
         now = time.time() if at is None else at
         when = None if time_unknown else now
