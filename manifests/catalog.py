@@ -39,7 +39,7 @@ from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, C
 from manifests.fields import index_fields
 from manifests.model import ChunkRef, Entry, Manifest, parse_manifest
 
-SCHEMA_VERSION = 4  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
+SCHEMA_VERSION = 5  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
 # 3: events_seen, the store events (archiver.events) this catalog has recorded or replayed; fields,
 #    the searchable metadata of manifests (manifests.fields)
 # 4: manifest_chunks (which distinct chunks each manifest names inline, as two rowids) replaces
@@ -47,6 +47,9 @@ SCHEMA_VERSION = 4  # 2: index on (name, parent) for chain lookups; endpoint in 
 #    read but fixity's per-manifest chunk set); a v2 file map's chunks are recorded once per map
 #    (filemaps, filemap_chunks) and a manifest names its maps (manifest_filemaps), so a version
 #    that keeps its large files costs one row per file, not per chunk
+# 5: chunk hashes as 32-byte BLOBs: `chunks` is one WITHOUT ROWID B-tree keyed by the hash (no
+#    rowid table plus a text index, no unread first_seen), and manifest_chunks / filemap_chunks
+#    name chunks by that hash, so recording a chunk is two sorted key inserts and no lookup
 BUSY_TIMEOUT_MS = 5_000  # how long a writer waits for another writer before CatalogLocked
 ID_PREFIX_MIN = 4
 
@@ -93,10 +96,31 @@ _MIGRATIONS: dict[int, str] = {
        'PRIMARY KEY ("filemap", "chunk")) WITHOUT ROWID;'
        'CREATE TABLE IF NOT EXISTS "manifest_filemaps" ("manifest" INTEGER, "filemap" INTEGER, '
        'PRIMARY KEY ("manifest", "filemap")) WITHOUT ROWID',
+    # 4 -> 5: the three chunk tables rebuilt with the hash as a 32-byte BLOB key (unhex: see
+    # _connect), in key order; the old tables (and their triggers) are dropped, the new renamed
+    4: 'CREATE TABLE "chunks_v5" ("hash" BLOB PRIMARY KEY, "stored_size" INTEGER, "codec" TEXT) WITHOUT ROWID;'
+       'INSERT INTO "chunks_v5" ("hash", "stored_size", "codec") SELECT unhex(hash), stored_size, codec '
+       'FROM "chunks" ORDER BY hash;'
+       'CREATE TABLE "manifest_chunks_v5" ("manifest" INTEGER, "chunk" BLOB, '
+       'PRIMARY KEY ("manifest", "chunk")) WITHOUT ROWID;'
+       'INSERT INTO "manifest_chunks_v5" ("manifest", "chunk") SELECT mc.manifest, unhex(c.hash) '
+       'FROM "manifest_chunks" mc JOIN "chunks" c ON c.rowid = mc.chunk ORDER BY 1, 2;'
+       'CREATE TABLE "filemap_chunks_v5" ("filemap" INTEGER, "chunk" BLOB, '
+       'PRIMARY KEY ("filemap", "chunk")) WITHOUT ROWID;'
+       'INSERT INTO "filemap_chunks_v5" ("filemap", "chunk") SELECT fc.filemap, unhex(c.hash) '
+       'FROM "filemap_chunks" fc JOIN "chunks" c ON c.rowid = fc.chunk ORDER BY 1, 2;'
+       'DROP TABLE "manifest_chunks";'
+       'DROP TABLE "filemap_chunks";'
+       'DROP TABLE "chunks";'
+       'ALTER TABLE "chunks_v5" RENAME TO "chunks";'
+       'ALTER TABLE "manifest_chunks_v5" RENAME TO "manifest_chunks";'
+       'ALTER TABLE "filemap_chunks_v5" RENAME TO "filemap_chunks"',
 }
 # Migration steps that create tables also make them immutable (see _immutable).
 _MIGRATION_TABLES: dict[int, tuple[str, ...]] = {2: ("fields",), 3: ("manifest_chunks", "filemap_chunks",
-                                                                        "manifest_filemaps")}
+                                                                        "manifest_filemaps"),
+                                                 4: ("manifest_chunks", "filemap_chunks")}
+BLOB_KEYS = 5  # the first schema version whose chunk tables are keyed by 32-byte hashes
 
 
 @dataclass(frozen=True)
@@ -218,6 +242,8 @@ def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
                            uri=uri)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
+    # migration 4 -> 5 turns hex text into BLOBs; SQLite has unhex() only from 3.41
+    conn.create_function("unhex", 1, bytes.fromhex, deterministic=True)
     return conn
 
 
@@ -272,6 +298,7 @@ class Catalog:
         self._savepoints = 0
         self._memory = False
         self._w: sqlite3.Connection | None = None  # the writer; in read-only mode opened on the first write
+        self._keys_blob: bool | None = None  # chunk tables keyed by BLOB (schema 5); None: not looked up yet
         try:
             if read_only:
                 self._conn = self._open_reading()
@@ -396,7 +423,15 @@ class Catalog:
                 conn.close()
                 raise
             self._w = conn
+            self._keys_blob = None  # opening it may have migrated the file under the read connections
         return self._w
+
+    def _blob_keys(self) -> bool:
+        """True if the chunk tables are keyed by 32-byte hashes (schema 5); False only for a
+        catalog read read-only before its migration, whose readers use the text keys."""
+        if self._keys_blob is None:
+            self._keys_blob = (self._schema_version(self._conn) or SCHEMA_VERSION) >= BLOB_KEYS
+        return self._keys_blob
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         try:
@@ -461,15 +496,15 @@ class Catalog:
             batch: list[ChunkRef] = []
             for e in files:
                 if e.filemap:
-                    self._record_filemap(conn, row, e, filemap_chunks, when)
+                    self._record_filemap(conn, row, e, filemap_chunks)
                     continue
                 batch.extend(e.chunks)
-                if len(batch) >= 4096:
-                    self._record_chunks(conn, "manifest_chunks", row, batch, when)
+                if len(batch) >= 65536:
+                    self._record_chunks(conn, "manifest_chunks", row, batch)
                     batch = []
-            self._record_chunks(conn, "manifest_chunks", row, batch, when)
+            self._record_chunks(conn, "manifest_chunks", row, batch)
             stored = conn.execute(
-                "SELECT COALESCE(SUM(stored_size), 0) FROM chunks WHERE rowid IN (SELECT chunk FROM manifest_chunks "
+                "SELECT COALESCE(SUM(stored_size), 0) FROM chunks WHERE hash IN (SELECT chunk FROM manifest_chunks "
                 "WHERE manifest = ?1 UNION SELECT fc.chunk FROM manifest_filemaps mf JOIN filemap_chunks fc "
                 "ON fc.filemap = mf.filemap WHERE mf.manifest = ?1)", (row,)).fetchone()[0]
             conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
@@ -490,35 +525,33 @@ class Catalog:
         row = self._reader().execute("SELECT chunk_count, size FROM filemaps WHERE hash=?", (h,)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def record_filemaps(self, maps: Iterable[tuple[Entry, Iterable[ChunkRef]]], at: float | None = None) -> None:
+    def record_filemaps(self, maps: Iterable[tuple[Entry, Iterable[ChunkRef]]]) -> None:
         """Record file maps (durable in the store, each checked against its entry) and their
         chunks, in one transaction, before any manifest names them: `commit_manifest` does so
         while proving maps a worker wrote, so each map is parsed once. A fact about the store
         like a chunk row: a map no recorded manifest names yet is harmless (as a chunk no
         manifest names is in the store)."""
-        when = time.time() if at is None else at
         with self.write() as conn:
             for e, chunks in maps:
-                self._filemap_row(conn, dataclasses.replace(e, chunks=()), lambda _, c=chunks: c, when)
+                self._filemap_row(conn, dataclasses.replace(e, chunks=()), lambda _, c=chunks: c)
 
     def _record_filemap(self, conn: sqlite3.Connection, row: int, e: Entry,
-                        fetch: Callable[[Entry], Iterable[ChunkRef]] | None, when: float | None) -> None:
+                        fetch: Callable[[Entry], Iterable[ChunkRef]] | None) -> None:
         """Manifest `row` names file map `e.filemap`; its chunks are recorded the first time it is seen."""
-        fm = self._filemap_row(conn, e, fetch, when)
+        fm = self._filemap_row(conn, e, fetch)
         conn.execute("INSERT OR IGNORE INTO manifest_filemaps(manifest, filemap) VALUES (?, ?)", (row, fm))
 
-    def _filemap_row(self, conn: sqlite3.Connection, e: Entry, fetch: Callable[[Entry], Iterable[ChunkRef]] | None,
-                     when: float | None) -> int:
+    def _filemap_row(self, conn: sqlite3.Connection, e: Entry,
+                     fetch: Callable[[Entry], Iterable[ChunkRef]] | None) -> int:
         """The rowid of file map `e.filemap`, recording it and its chunks if it is new."""
         known = conn.execute("SELECT rowid, chunk_count, size FROM filemaps WHERE hash=?", (e.filemap,)).fetchone()
         if known is None:
             if not e.resolved and fetch is None:
                 raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} was not given to the catalog")
-            refs = list(e.chunks if e.resolved else fetch(e))  # type: ignore[misc]
+            refs = e.chunks if e.resolved else fetch(e)  # type: ignore[misc]
             fm = conn.execute("INSERT INTO filemaps(hash, chunk_count, size) VALUES (?, ?, ?)",
                               (e.filemap, e.chunk_count, e.size)).lastrowid
-            for i in range(0, len(refs), 4096):
-                self._record_chunks(conn, "filemap_chunks", fm, refs[i:i + 4096], when)
+            self._record_chunks(conn, "filemap_chunks", fm, refs)
         else:  # the map was checked against an entry of this count and size when first recorded
             fm, count, size = known
             if (count, size) != (e.chunk_count, e.size):
@@ -527,16 +560,21 @@ class Catalog:
         return fm
 
     @staticmethod
-    def _record_chunks(conn: sqlite3.Connection, table: str, row: int, refs: list[ChunkRef], when: float | None) -> None:
+    def _record_chunks(conn: sqlite3.Connection, table: str, row: int, refs: Iterable[ChunkRef]) -> None:
         """Known chunks (the first stored size and codec seen win) and the chunk set of `row`
-        in `table` (manifest_chunks: a manifest's inline chunks; filemap_chunks: a file map's)."""
-        if not refs:
+        in `table` (manifest_chunks: a manifest's inline chunks; filemap_chunks: a file map's).
+        Keys go in sorted and distinct: each insert lands next to the last one in the B-tree
+        (a first version's all-new chunks append), and no chunk is looked up to link it."""
+        first: dict[bytes, ChunkRef] = {}
+        for c in refs:
+            first.setdefault(bytes.fromhex(c.hash), c)
+        if not first:
             return
-        conn.executemany("INSERT OR IGNORE INTO chunks(hash, stored_size, codec, first_seen) VALUES (?,?,?,?)",
-                         [(c.hash, c.stored_size, c.codec, when) for c in refs])
+        keys = sorted(first)
+        conn.executemany("INSERT OR IGNORE INTO chunks(hash, stored_size, codec) VALUES (?,?,?)",
+                         [(k, first[k].stored_size, first[k].codec) for k in keys])
         column = "manifest" if table == "manifest_chunks" else "filemap"
-        conn.executemany(f"INSERT OR IGNORE INTO {table}({column}, chunk) "
-                         "SELECT ?, rowid FROM chunks WHERE hash = ?", [(row, c.hash) for c in refs])
+        conn.executemany(f"INSERT OR IGNORE INTO {table}({column}, chunk) VALUES (?, ?)", [(row, k) for k in keys])
 
     def manifest_rows(self, name: str | None = None) -> list[ManifestRow]:
         """Oldest first, and never a version before its parent: ordered by recording
@@ -681,7 +719,13 @@ class Catalog:
     # -- chunks ------------------------------------------------------------------------------
     def known_chunk(self, h: str) -> tuple[int, str] | None:
         """(stored_size, codec) of a chunk some recorded manifest references, else None."""
-        row = self._reader().execute("SELECT stored_size, codec FROM chunks WHERE hash=?", (h,)).fetchone()
+        key: str | bytes = h
+        if self._blob_keys():
+            try:
+                key = bytes.fromhex(h)
+            except ValueError:  # not a hash: no chunk has it
+                return None
+        row = self._reader().execute("SELECT stored_size, codec FROM chunks WHERE hash=?", (key,)).fetchone()
         return (row[0], row[1]) if row else None
 
     def chunk_check(self, h: str) -> tuple[float, bool] | None:
@@ -806,9 +850,17 @@ class Catalog:
     def chunk_coverage(self) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:
         """(manifest id, name, label, chunk, stored size, last deep check, ok) for every distinct
         chunk of every recorded manifest: what `fixity status` summarises. A catalog read
-        read-only before its schema 4 migration still has its chunk_refs rows: read those."""
+        read-only before its schema 4 migration still has its chunk_refs rows: read those; one
+        read before its schema 5 migration names chunks by rowid and hex text."""
         sets = ("SELECT manifest, chunk FROM manifest_chunks UNION SELECT mf.manifest, fc.chunk FROM "
                 "manifest_filemaps mf JOIN filemap_chunks fc ON fc.filemap = mf.filemap")
+        if self._blob_keys():
+            return [(m, n, lb, bytes(h).hex(), s, t, None if ok is None else bool(ok))
+                    for m, n, lb, h, s, t, ok in self._conn.execute(
+                        f"WITH mc(manifest, chunk) AS ({sets}) "
+                        "SELECT m.id, m.name, m.label, c.hash, c.stored_size, k.last_verified, k.ok "
+                        "FROM mc JOIN manifests m ON m.rowid = mc.manifest JOIN chunks c ON c.hash = mc.chunk "
+                        "LEFT JOIN chunk_checks k ON k.hash = lower(hex(c.hash)) ORDER BY m.rowid, c.hash")]
         if self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='manifest_chunks'").fetchone() is None:
             sets = ("SELECT DISTINCT m.rowid, c.rowid FROM chunk_refs r JOIN manifests m ON m.id = r.manifest_id "
                     "JOIN chunks c ON c.hash = r.hash")
