@@ -49,7 +49,9 @@ SCHEMA_VERSION = 5  # 2: index on (name, parent) for chain lookups; endpoint in 
 #    that keeps its large files costs one row per file, not per chunk
 # 5: chunk hashes as 32-byte BLOBs: `chunks` is one WITHOUT ROWID B-tree keyed by the hash (no
 #    rowid table plus a text index, no unread first_seen), and manifest_chunks / filemap_chunks
-#    name chunks by that hash, so recording a chunk is two sorted key inserts and no lookup
+#    name chunks by that hash, so recording a chunk is two sorted key inserts and no lookup;
+#    filemaps.fresh_stored: a map's stored bytes if none of its chunks was known when it was
+#    recorded (NULL otherwise), so a version of fresh maps sums its stored size without a union
 BUSY_TIMEOUT_MS = 5_000  # how long a writer waits for another writer before CatalogLocked
 ID_PREFIX_MIN = 4
 
@@ -114,7 +116,8 @@ _MIGRATIONS: dict[int, str] = {
        'DROP TABLE "chunks";'
        'ALTER TABLE "chunks_v5" RENAME TO "chunks";'
        'ALTER TABLE "manifest_chunks_v5" RENAME TO "manifest_chunks";'
-       'ALTER TABLE "filemap_chunks_v5" RENAME TO "filemap_chunks"',
+       'ALTER TABLE "filemap_chunks_v5" RENAME TO "filemap_chunks";'
+       'ALTER TABLE "filemaps" ADD COLUMN "fresh_stored" INTEGER',
 }
 # Migration steps that create tables also make them immutable (see _immutable).
 _MIGRATION_TABLES: dict[int, tuple[str, ...]] = {2: ("fields",), 3: ("manifest_chunks", "filemap_chunks",
@@ -494,19 +497,17 @@ class Catalog:
             # be recorded, and its stored size summed, before the immutable row is written
             row = conn.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM manifests").fetchone()[0]
             batch: list[ChunkRef] = []
+            inline: int | None = 0  # stored bytes of the inline chunks while every one is new, else None
             for e in files:
                 if e.filemap:
                     self._record_filemap(conn, row, e, filemap_chunks)
                     continue
                 batch.extend(e.chunks)
                 if len(batch) >= 65536:
-                    self._record_chunks(conn, "manifest_chunks", row, batch)
+                    inline = _plus(inline, self._record_chunks(conn, "manifest_chunks", row, batch))
                     batch = []
-            self._record_chunks(conn, "manifest_chunks", row, batch)
-            stored = conn.execute(
-                "SELECT COALESCE(SUM(stored_size), 0) FROM chunks WHERE hash IN (SELECT chunk FROM manifest_chunks "
-                "WHERE manifest = ?1 UNION SELECT fc.chunk FROM manifest_filemaps mf JOIN filemap_chunks fc "
-                "ON fc.filemap = mf.filemap WHERE mf.manifest = ?1)", (row,)).fetchone()[0]
+            inline = _plus(inline, self._record_chunks(conn, "manifest_chunks", row, batch))
+            stored = self._stored_size(conn, row, inline)
             conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
                          "stored_size, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
                          (row, mid, m.name, m.label, m.parent, when, len(files), m.total_size, stored, data))
@@ -519,6 +520,23 @@ class Catalog:
             if event_details is not None:
                 self._audit(conn, "archive", mid, True, event_details, now)
         return True
+
+    @staticmethod
+    def _stored_size(conn: sqlite3.Connection, row: int, inline: int | None) -> int:
+        """Stored bytes of the distinct chunks manifest `row` names. A chunk new when its set
+        (a map, or these inline chunks) was recorded is in no set recorded before it, and any
+        later set that names it was not all new; so if every set of the manifest was all new
+        when recorded, the sets are disjoint and their sums add up (one row per map). Otherwise
+        the union of every chunk of the manifest, deduplicated."""
+        maps, fresh, total = conn.execute(
+            "SELECT count(*), count(f.fresh_stored), COALESCE(SUM(f.fresh_stored), 0) FROM manifest_filemaps mf "
+            "JOIN filemaps f ON f.rowid = mf.filemap WHERE mf.manifest = ?", (row,)).fetchone()
+        if inline is not None and fresh == maps:
+            return inline + total
+        return conn.execute(
+            "SELECT COALESCE(SUM(stored_size), 0) FROM chunks WHERE hash IN (SELECT chunk FROM manifest_chunks "
+            "WHERE manifest = ?1 UNION SELECT fc.chunk FROM manifest_filemaps mf JOIN filemap_chunks fc "
+            "ON fc.filemap = mf.filemap WHERE mf.manifest = ?1)", (row,)).fetchone()[0]
 
     def filemap_shape(self, h: str) -> tuple[int, int] | None:
         """(chunk_count, size) of a file map this catalog has recorded (checked then), else None."""
@@ -551,7 +569,9 @@ class Catalog:
             refs = e.chunks if e.resolved else fetch(e)  # type: ignore[misc]
             fm = conn.execute("INSERT INTO filemaps(hash, chunk_count, size) VALUES (?, ?, ?)",
                               (e.filemap, e.chunk_count, e.size)).lastrowid
-            self._record_chunks(conn, "filemap_chunks", fm, refs)
+            fresh = self._record_chunks(conn, "filemap_chunks", fm, refs)
+            if fresh is not None:
+                conn.execute("UPDATE filemaps SET fresh_stored = ? WHERE rowid = ?", (fresh, fm))
         else:  # the map was checked against an entry of this count and size when first recorded
             fm, count, size = known
             if (count, size) != (e.chunk_count, e.size):
@@ -560,21 +580,25 @@ class Catalog:
         return fm
 
     @staticmethod
-    def _record_chunks(conn: sqlite3.Connection, table: str, row: int, refs: Iterable[ChunkRef]) -> None:
+    def _record_chunks(conn: sqlite3.Connection, table: str, row: int, refs: Iterable[ChunkRef]) -> int | None:
         """Known chunks (the first stored size and codec seen win) and the chunk set of `row`
         in `table` (manifest_chunks: a manifest's inline chunks; filemap_chunks: a file map's).
-        Keys go in sorted and distinct: each insert lands next to the last one in the B-tree
-        (a first version's all-new chunks append), and no chunk is looked up to link it."""
+        Keys go in sorted and distinct, so inserts land next to each other in the B-tree, and
+        no chunk is looked up to link it. Returns the stored bytes of these distinct chunks if
+        every one was new to the catalog (see _stored_size), else None."""
         first: dict[bytes, ChunkRef] = {}
         for c in refs:
             first.setdefault(bytes.fromhex(c.hash), c)
         if not first:
-            return
+            return 0
         keys = sorted(first)
+        before = conn.total_changes
         conn.executemany("INSERT OR IGNORE INTO chunks(hash, stored_size, codec) VALUES (?,?,?)",
                          [(k, first[k].stored_size, first[k].codec) for k in keys])
+        fresh = conn.total_changes - before == len(keys)
         column = "manifest" if table == "manifest_chunks" else "filemap"
         conn.executemany(f"INSERT OR IGNORE INTO {table}({column}, chunk) VALUES (?, ?)", [(row, k) for k in keys])
+        return sum(c.stored_size for c in first.values()) if fresh else None
 
     def manifest_rows(self, name: str | None = None) -> list[ManifestRow]:
         """Oldest first, and never a version before its parent: ordered by recording
@@ -929,6 +953,11 @@ class Catalog:
     def known_packs(self) -> set[str]:
         conn = self._reader()
         return set() if not self._has_pack_tables(conn) else {r[0] for r in conn.execute("SELECT pack FROM packs")}
+
+
+def _plus(a: int | None, b: int | None) -> int | None:
+    """a + b, where None (not known to be disjoint) absorbs."""
+    return None if a is None or b is None else a + b
 
 
 def _immutable(conn: sqlite3.Connection, table: str) -> None:

@@ -1031,3 +1031,35 @@ def test_cli_reads_a_read_only_catalog(tmp_path):
             if p.is_dir():
                 os.chmod(p, 0o755)
         shutil.rmtree(base)
+
+
+def test_stored_size_counts_each_chunk_once_across_file_maps_and_inline_chunks(cat):
+    """A manifest's stored size is over its distinct chunks: summed per set when every set (file
+    map, inline chunks) was all new when recorded, else from the deduplicated union; both agree
+    with Manifest.stored_size on versions that share, repeat and mix chunks."""
+    import random
+    rnd = random.Random(5)
+
+    def entry(path: str, seeds: list[int], as_map: bool) -> Entry:
+        refs = tuple(ChunkRef(10 * i, 10, h(f"s{s}"), 3 + s, "zstd") for i, s in enumerate(seeds))
+        fm = h("map:" + ",".join(map(str, seeds))) if as_map else ""
+        return Entry(path=path, type="file", mode=0o644, size=10 * len(seeds), mtime_ns=1, blake3=h(path),
+                     sha256=h(path), chunks=refs, filemap=fm, chunk_count=len(refs) if as_map else 0)
+
+    cases = [  # (label, files: path -> (chunk seeds, as a file map))
+        ("fresh", {"a": (list(range(0, 20)), True), "b": (list(range(20, 40)), True), "c": ([40, 41], False)}),
+        ("same", {"a": (list(range(0, 20)), True), "b": (list(range(20, 40)), True), "c": ([40, 41], False)}),
+        ("new-map", {"a": (list(range(100, 120)), True), "b": (list(range(20, 40)), True)}),
+        ("shared", {"a": (list(range(0, 20)), True), "d": (list(range(10, 30)), True), "c": ([5, 41], False)}),
+        ("repeats", {"z": ([200] * 5 + [201], True), "y": ([202, 202, 203], False)}),
+        ("inline-dup", {"x": (list(range(300, 320)), True), "w": ([300, 399], False)}),
+    ]
+    rnd.shuffle(cases)
+    parent = None
+    for label, files in cases:
+        entries = tuple(entry(p, seeds, as_map) for p, (seeds, as_map) in files.items())
+        m = Manifest(name="m", label=label, entries=entries, parent=parent)
+        assert record(cat, m)
+        got = {r.id: r.stored_size for r in cat.manifest_rows()}[m.id]
+        assert got == m.stored_size, label
+        parent = m.id
