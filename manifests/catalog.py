@@ -51,7 +51,9 @@ SCHEMA_VERSION = 5  # 2: index on (name, parent) for chain lookups; endpoint in 
 #    rowid table plus a text index, no unread first_seen), and manifest_chunks / filemap_chunks
 #    name chunks by that hash, so recording a chunk is two sorted key inserts and no lookup;
 #    filemaps.fresh_stored: a map's stored bytes if none of its chunks was known when it was
-#    recorded (NULL otherwise), so a version of fresh maps sums its stored size without a union
+#    recorded (NULL otherwise), and chunks.owner: the map that first recorded a chunk (NULL: an
+#    inline set, or recorded before schema 5), so a version's stored size is summed per fresh
+#    map plus a union over its other chunks only (Catalog._stored_size)
 BUSY_TIMEOUT_MS = 5_000  # how long a writer waits for another writer before CatalogLocked
 ID_PREFIX_MIN = 4
 
@@ -100,7 +102,8 @@ _MIGRATIONS: dict[int, str] = {
        'PRIMARY KEY ("manifest", "filemap")) WITHOUT ROWID',
     # 4 -> 5: the three chunk tables rebuilt with the hash as a 32-byte BLOB key (unhex: see
     # _connect), in key order; the old tables (and their triggers) are dropped, the new renamed
-    4: 'CREATE TABLE "chunks_v5" ("hash" BLOB PRIMARY KEY, "stored_size" INTEGER, "codec" TEXT) WITHOUT ROWID;'
+    4: 'CREATE TABLE "chunks_v5" ("hash" BLOB PRIMARY KEY, "stored_size" INTEGER, "codec" TEXT, "owner" INTEGER) '
+       'WITHOUT ROWID;'
        'INSERT INTO "chunks_v5" ("hash", "stored_size", "codec") SELECT unhex(hash), stored_size, codec '
        'FROM "chunks" ORDER BY hash;'
        'CREATE TABLE "manifest_chunks_v5" ("manifest" INTEGER, "chunk" BLOB, '
@@ -497,17 +500,16 @@ class Catalog:
             # be recorded, and its stored size summed, before the immutable row is written
             row = conn.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM manifests").fetchone()[0]
             batch: list[ChunkRef] = []
-            inline: int | None = 0  # stored bytes of the inline chunks while every one is new, else None
             for e in files:
                 if e.filemap:
                     self._record_filemap(conn, row, e, filemap_chunks)
                     continue
                 batch.extend(e.chunks)
                 if len(batch) >= 65536:
-                    inline = _plus(inline, self._record_chunks(conn, "manifest_chunks", row, batch))
+                    self._record_chunks(conn, "manifest_chunks", row, batch)
                     batch = []
-            inline = _plus(inline, self._record_chunks(conn, "manifest_chunks", row, batch))
-            stored = self._stored_size(conn, row, inline)
+            self._record_chunks(conn, "manifest_chunks", row, batch)
+            stored = self._stored_size(conn, row)
             conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
                          "stored_size, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
                          (row, mid, m.name, m.label, m.parent, when, len(files), m.total_size, stored, data))
@@ -522,21 +524,22 @@ class Catalog:
         return True
 
     @staticmethod
-    def _stored_size(conn: sqlite3.Connection, row: int, inline: int | None) -> int:
-        """Stored bytes of the distinct chunks manifest `row` names. A chunk new when its set
-        (a map, or these inline chunks) was recorded is in no set recorded before it, and any
-        later set that names it was not all new; so if every set of the manifest was all new
-        when recorded, the sets are disjoint and their sums add up (one row per map). Otherwise
-        the union of every chunk of the manifest, deduplicated."""
-        maps, fresh, total = conn.execute(
-            "SELECT count(*), count(f.fresh_stored), COALESCE(SUM(f.fresh_stored), 0) FROM manifest_filemaps mf "
-            "JOIN filemaps f ON f.rowid = mf.filemap WHERE mf.manifest = ?", (row,)).fetchone()
-        if inline is not None and fresh == maps:
-            return inline + total
+    def _stored_size(conn: sqlite3.Connection, row: int) -> int:
+        """Stored bytes of the distinct chunks manifest `row` names, without a union over all
+        of them. A fresh map (none of its chunks known when it was recorded) recorded each of
+        its chunks first, so it owns them all: fresh maps are disjoint, their sums add up (one
+        row each), and a chunk of any other set (inline, or a map that reused chunks) is in
+        one of them exactly when its owner is one of them. The rest (what a fine-tune's changed
+        file brings, and inline chunks) is deduplicated by a union of those sets only."""
         return conn.execute(
-            "SELECT COALESCE(SUM(stored_size), 0) FROM chunks WHERE hash IN (SELECT chunk FROM manifest_chunks "
-            "WHERE manifest = ?1 UNION SELECT fc.chunk FROM manifest_filemaps mf JOIN filemap_chunks fc "
-            "ON fc.filemap = mf.filemap WHERE mf.manifest = ?1)", (row,)).fetchone()[0]
+            "WITH mine(fm, fresh) AS (SELECT f.rowid, f.fresh_stored FROM manifest_filemaps mf "
+            "JOIN filemaps f ON f.rowid = mf.filemap WHERE mf.manifest = ?1), "
+            "rest(chunk) AS (SELECT chunk FROM manifest_chunks WHERE manifest = ?1 UNION "
+            "SELECT fc.chunk FROM mine JOIN filemap_chunks fc ON fc.filemap = mine.fm WHERE mine.fresh IS NULL) "
+            "SELECT (SELECT COALESCE(SUM(fresh), 0) FROM mine) + (SELECT COALESCE(SUM(c.stored_size), 0) "
+            "FROM rest JOIN chunks c ON c.hash = rest.chunk "
+            "WHERE c.owner IS NULL OR c.owner NOT IN (SELECT fm FROM mine WHERE fresh IS NOT NULL))",
+            (row,)).fetchone()[0]
 
     def filemap_shape(self, h: str) -> tuple[int, int] | None:
         """(chunk_count, size) of a file map this catalog has recorded (checked then), else None."""
@@ -584,8 +587,9 @@ class Catalog:
         """Known chunks (the first stored size and codec seen win) and the chunk set of `row`
         in `table` (manifest_chunks: a manifest's inline chunks; filemap_chunks: a file map's).
         Keys go in sorted and distinct, so inserts land next to each other in the B-tree, and
-        no chunk is looked up to link it. Returns the stored bytes of these distinct chunks if
-        every one was new to the catalog (see _stored_size), else None."""
+        no chunk is looked up to link it. A chunk new to the catalog is owned by the map that
+        records it (none for inline chunks). Returns the stored bytes of these distinct chunks
+        if every one was new (see _stored_size), else None."""
         first: dict[bytes, ChunkRef] = {}
         for c in refs:
             first.setdefault(bytes.fromhex(c.hash), c)
@@ -593,10 +597,11 @@ class Catalog:
             return 0
         keys = sorted(first)
         before = conn.total_changes
-        conn.executemany("INSERT OR IGNORE INTO chunks(hash, stored_size, codec) VALUES (?,?,?)",
-                         [(k, first[k].stored_size, first[k].codec) for k in keys])
-        fresh = conn.total_changes - before == len(keys)
         column = "manifest" if table == "manifest_chunks" else "filemap"
+        owner = row if column == "filemap" else None
+        conn.executemany("INSERT OR IGNORE INTO chunks(hash, stored_size, codec, owner) VALUES (?,?,?,?)",
+                         [(k, first[k].stored_size, first[k].codec, owner) for k in keys])
+        fresh = conn.total_changes - before == len(keys)
         conn.executemany(f"INSERT OR IGNORE INTO {table}({column}, chunk) VALUES (?, ?)", [(row, k) for k in keys])
         return sum(c.stored_size for c in first.values()) if fresh else None
 
@@ -953,11 +958,6 @@ class Catalog:
     def known_packs(self) -> set[str]:
         conn = self._reader()
         return set() if not self._has_pack_tables(conn) else {r[0] for r in conn.execute("SELECT pack FROM packs")}
-
-
-def _plus(a: int | None, b: int | None) -> int | None:
-    """a + b, where None (not known to be disjoint) absorbs."""
-    return None if a is None or b is None else a + b
 
 
 def _immutable(conn: sqlite3.Connection, table: str) -> None:

@@ -687,7 +687,7 @@ def test_v4_catalog_is_read_as_is_and_migrated_to_blob_keys(cat_path, monkeypatc
         tables = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert not any(t.endswith("_v5") for t in tables) and "chunk_refs" not in tables
         columns = [r[1] for r in c._conn.execute("PRAGMA table_info(chunks)")]
-        assert columns == ["hash", "stored_size", "codec"]  # first_seen was never read
+        assert columns == ["hash", "stored_size", "codec", "owner"]  # first_seen was never read
         triggers = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
         assert {"manifest_chunks_no_update", "manifest_chunks_no_delete", "filemap_chunks_no_update",
                 "filemap_chunks_no_delete"} <= triggers
