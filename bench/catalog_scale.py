@@ -4,7 +4,7 @@
 
 A synthetic archive of FILES files of CHUNKS 8 MiB chunks each (1,000 x 1,311 = 10 TiB by
 default), committed to a local store whose chunk objects are never written: the chunk refs
-are fake, which is all the manifest, file maps and catalog ever see. Three versions:
+are fake, which is all the manifest, file maps and catalog ever see. Four versions:
 
   v1  every chunk new;
   v2  one file changed (one new file map, CHUNKS new chunks);
