@@ -253,7 +253,10 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
     with c.repo(read_only=True) as repo:
         mid, m = api.show(ref, repo=repo)
     if as_json:
-        emit({"id": mid, "manifest": m.to_dict(), "summary": model_summary(m)})
+        doc = m.to_dict()
+        if m.tree:  # v3: the root names its trees; show lists the entries they hold, as v1/v2 do
+            doc["entries"] = [e.to_json() for e in sorted(m.entries, key=lambda e: e.path)]
+        emit({"id": mid, "manifest": doc, "summary": model_summary(m)})
         return
     lines = [f"id:      {mid}", f"name:    {m.name}", f"label:   {m.label or '-'}", f"parent:  {m.parent or '-'}"]
     lines += [f"meta:    {k}={v}" for k, v in sorted(m.meta.items())]

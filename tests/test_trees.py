@@ -308,3 +308,19 @@ def test_sealed_store_keeps_entries_inline(tmp_path: Path, home: Path, low_thres
     r = run_cli("--store", store, "archive", str(ck), "--name", "m", "--json")
     assert r.code == 0, r.err
     assert RawStore(store).keys(layout.TREES) == []
+
+
+def test_show_lists_the_entries_and_a_bag_carries_the_trees(low_threshold: int, tmp_path: Path, home: Path) -> None:
+    import bagit
+    store = str(tmp_path / "store")
+    ck, mid, m = archive_v3(tmp_path, store)
+    shown = run_cli("--store", store, "show", mid, "--json").json()["manifest"]
+    assert shown["tree"] == m.tree and len(shown["entries"]) == m.entry_count
+    assert {e["path"] for e in shown["entries"]} >= {"ck", "ck/tokenizer/vocab.txt", "ck/empty_dir"}
+    r = run_cli("--store", store, "export", mid, str(tmp_path / "bag"), "--bagit", "--json")
+    assert r.code == 0, r.err
+    bag = bagit.Bag(str(tmp_path / "bag"))
+    bag.validate()
+    trees = sorted((tmp_path / "bag" / "archiver" / "trees").iterdir())
+    assert [p.name for p in trees] == sorted(k.rsplit("/", 1)[-1] for k in RawStore(store).keys(layout.TREES))
+    assert all(manifest_id(p.read_bytes()) == p.stem for p in trees)
