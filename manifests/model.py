@@ -714,11 +714,14 @@ def resolve_trees(m: Manifest, fetch: Any, *, stop: bool = True) -> tuple[Manife
         return m, []
     entries: list[Entry] = []
     bad: list[tuple[str, str, str]] = []
+    fetched: dict[str, bytes] = {}  # identical directories share a tree: fetched once
     todo = [("", m.tree)]
     while todo:
         where, h = todo.pop()
         try:
-            got = parse_tree(fetch(h, where), h, where)
+            if h not in fetched:
+                fetched[h] = fetch(h, where)
+            got = parse_tree(fetched[h], h, where)
         except ManifestError as err:
             if stop:
                 raise

@@ -324,3 +324,15 @@ def test_show_lists_the_entries_and_a_bag_carries_the_trees(low_threshold: int, 
     trees = sorted((tmp_path / "bag" / "archiver" / "trees").iterdir())
     assert [p.name for p in trees] == sorted(k.rsplit("/", 1)[-1] for k in RawStore(store).keys(layout.TREES))
     assert all(manifest_id(p.read_bytes()) == p.stem for p in trees)
+
+
+def test_shared_trees_are_fetched_once_and_cannot_inflate_a_manifest() -> None:
+    entries = [dataclasses.replace(e, mtime_ns=0) for e in big_tree()]
+    m = with_trees(Manifest(name="m", entries=tuple(entries)))
+    _, objects, _ = tree_objects(entries)
+    calls: list[str] = []
+    back = resolve_trees(parse_manifest(m.canonical_json()), lambda h, _: calls.append(h) or objects[h])[0]
+    assert len(back.entries) == len(entries) and sorted(calls) == sorted(objects)  # 20 directories, one GET
+    small = dataclasses.replace(m, entry_count=model.TREE_THRESHOLD + 1)  # a root declaring fewer entries
+    with pytest.raises(ManifestError, match="more than"):
+        resolve_trees(parse_manifest(small.canonical_json()), lambda h, _: objects[h])
