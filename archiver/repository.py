@@ -566,6 +566,8 @@ class Repository:
         """`m` as `commit_manifest` writes it (so `.id` is the id it will get): through file
         maps and, over the threshold, trees (v2/v3); a sealed store keeps everything inline,
         since a file map or tree is a plaintext object next to the encrypted manifest."""
+        if not m.resolved:  # a v3 root without its entries would be committed as an empty manifest
+            raise ManifestError(f"malformed manifest: the entries of tree {m.tree[:16]} were not given")
         if self._sealer is not None:
             return dataclasses.replace(m, tree="", entry_count=0) if m.tree else m
         return with_trees(with_filemaps(m))

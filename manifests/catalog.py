@@ -37,7 +37,8 @@ import sqlite_utils
 from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
                               ManifestError, UnknownReference)
 from manifests.fields import index_fields
-from manifests.model import ChunkRef, Entry, Manifest, parse_manifest, tree_objects
+from manifests.model import ChunkRef, Entry, Manifest, parse_manifest
+from manifests.model import tree_objects
 
 SCHEMA_VERSION = 4  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
 # 3: events_seen, the store events (archiver.events) this catalog has recorded or replayed; fields,

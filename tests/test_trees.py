@@ -336,3 +336,11 @@ def test_shared_trees_are_fetched_once_and_cannot_inflate_a_manifest() -> None:
     small = dataclasses.replace(m, entry_count=model.TREE_THRESHOLD + 1)  # a root declaring fewer entries
     with pytest.raises(ManifestError, match="more than"):
         resolve_trees(parse_manifest(small.canonical_json()), lambda h, _: objects[h])
+
+
+def test_commit_refuses_a_root_without_its_entries(repo: Repository, tmp_path: Path) -> None:
+    m = with_trees(Manifest(name="m", entries=tuple(big_tree())))
+    root = parse_manifest(m.canonical_json())  # trees not resolved: no entries in memory
+    with pytest.raises(ArchiverManifestError, match="were not given"):
+        repo.commit_manifest(root)
+    assert RawStore(str(tmp_path / "store")).keys(layout.MANIFESTS) == []
