@@ -6,7 +6,6 @@ RESTORED, so the states are driven deterministically, whatever the machine's spe
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
