@@ -528,15 +528,7 @@ def rebuild_cmd(c: Ctx, as_json: bool, identity: tuple[str, ...] = ()) -> None:
     c.identities = identity
     with c.repo() as repo:
         res = api.rebuild_catalog(repo=repo)
-    if as_json:
-        emit(res.to_dict())
-    else:
-        for p in res.problems:
-            click.echo(f"skipped: {p.line()}", err=True)
-        skipped = f", {len(res.problems)} bad manifest(s) skipped" if res.problems else ""
-        click.echo(f"catalog rebuilt: {len(res.added)} manifest(s) added of {res.manifests} in the store{skipped}",
-                   err=not res.ok)
-    sys.exit(0 if res.ok else 1)
+    _catalog_outcome(res, "rebuilt", as_json)
 
 
 @catalog_grp.command("sync")
@@ -548,13 +540,19 @@ def sync_cmd(c: Ctx, as_json: bool) -> None:
     exit 1 if any was."""
     with c.repo() as repo:
         res = api.sync_catalog(repo=repo)
+    _catalog_outcome(res, "synced", as_json)
+
+
+def _catalog_outcome(res: Any, done: str, as_json: bool) -> None:
+    """What `catalog rebuild` / `catalog sync` recorded: each skipped manifest, one summary
+    line; exit 1 if any manifest was skipped."""
     if as_json:
         emit(res.to_dict())
     else:
         for p in res.problems:
             click.echo(printable(f"skipped: {p.line()}"), err=True)
         skipped = f", {len(res.problems)} bad manifest(s) skipped" if res.problems else ""
-        click.echo(f"catalog synced: {len(res.added)} manifest(s) added of {res.manifests} in the store{skipped}",
+        click.echo(f"catalog {done}: {len(res.added)} manifest(s) added of {res.manifests} in the store{skipped}",
                    err=not res.ok)
     sys.exit(0 if res.ok else 1)
 
