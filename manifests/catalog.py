@@ -38,6 +38,7 @@ from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, C
                               ManifestError, UnknownReference)
 from manifests.fields import index_fields
 from manifests.model import ChunkRef, Entry, Manifest, parse_manifest
+from manifests.model import tree_objects
 
 SCHEMA_VERSION = 5  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
 # 3: events_seen, the store events (archiver.events) this catalog has recorded or replayed; fields,
@@ -516,7 +517,7 @@ class Catalog:
             db = sqlite_utils.Database(conn, recursive_triggers=False)  # rows as dicts, batched inserts
             db["files"].insert_all(
                 ({"manifest_id": mid, "path": e.path, "type": e.type, "size": e.size, "mode": e.mode,
-                  "blake3": e.blake3, "sha256": e.sha256} for e in m.entries), batch_size=1000)
+                  "blake3": e.blake3, "sha256": e.sha256} for e in self._new_tree_entries(conn, m)), batch_size=1000)
             conn.executemany('INSERT INTO fields(manifest_id, key, seq, value, num) VALUES (?,?,?,?,?)',
                              field_rows(mid, m))
             if event_details is not None:
@@ -540,6 +541,26 @@ class Catalog:
             "FROM rest JOIN chunks c ON c.hash = rest.chunk "
             "WHERE c.owner IS NULL OR c.owner NOT IN (SELECT fm FROM mine WHERE fresh IS NOT NULL))",
             (row,)).fetchone()[0]
+    # Manifest v3: the trees whose entries have `files` rows (under the first manifest that
+    # named them). Created on first write (not a schema step): a catalog without it has none.
+    _TREE_TABLE = 'CREATE TABLE IF NOT EXISTS "tree_files" ("hash" TEXT PRIMARY KEY)'
+
+    def _new_tree_entries(self, conn: sqlite3.Connection, m: Manifest) -> Iterable[Entry]:
+        """The entries of `m` that get `files` rows: all of a v1/v2 manifest's; of a v3
+        manifest's, only those listed by a tree no recorded manifest named before, so an
+        unchanged re-archive adds no per-file rows."""
+        if not m.tree:
+            return m.entries
+        made = tree_objects(m.entries)
+        if made is None or made[0] != m.tree:
+            raise ManifestError(f"manifest entries do not rebuild its tree {m.tree[:16]}")
+        by_dir = made[2]
+        conn.execute(self._TREE_TABLE)
+        known = {h for h in by_dir.values()
+                 if conn.execute('SELECT 1 FROM tree_files WHERE hash=?', (h,)).fetchone() is not None}
+        conn.executemany('INSERT OR IGNORE INTO tree_files(hash) VALUES (?)',
+                         [(h,) for h in set(by_dir.values()) - known])
+        return [e for e in m.entries if by_dir[e.path.rsplit("/", 1)[0] if "/" in e.path else ""] not in known]
 
     def filemap_shape(self, h: str) -> tuple[int, int] | None:
         """(chunk_count, size) of a file map this catalog has recorded (checked then), else None."""
