@@ -8,6 +8,7 @@ speak the standard instead of archiver's store format.
     DEST/manifest-sha256.txt, manifest-sha512.txt
     DEST/archiver/manifest.json    the archiver manifest (its BLAKE3 is the External-Identifier)
     DEST/archiver/signatures/*.json  its Ed25519 signatures, if any
+    DEST/archiver/trees/<h>.json     manifest v3: the trees holding its entries (h = BLAKE3 of the bytes)
     DEST/tagmanifest-sha256.txt, tagmanifest-sha512.txt
 
 Every byte comes through Repository.stream_file (each chunk re-hashed with BLAKE3, the whole
@@ -217,6 +218,8 @@ def export_bag(repo: Repository, ref: str, dest: str | os.PathLike, *, workers: 
         for alg, ls in lines.items():
             _write_text(tmp / f"manifest-{alg}.txt", "".join(ls))
         _write_bytes(tmp / "archiver" / "manifest.json", m.canonical_json())
+        for h, (_, tree_data) in sorted(repo.manifest_trees(m).items()):  # v3: the trees its id covers
+            _write_bytes(tmp / "archiver" / "trees" / f"{h}.json", tree_data)
         for fingerprint, data in repo.signature_objects(mid)[0]:  # the valid ones only
             _write_bytes(tmp / "archiver" / "signatures" / f"{fingerprint}.json", data)
         info = bag_info(mid, m, f"{result.bytes}.{result.files}", f"archiver {_version()}",

@@ -198,10 +198,12 @@ def _load(repo: Repository, mid: str, report: VerifyReport, trusted: list[bytes]
     """`stored`: manifests of this run whose store copy was proved to be the manifest (id ->
     name); a parent among them is not fetched and parsed again for the chain check."""
     try:
-        m, bad_maps = repo.load_manifest_keep_going(mid)
+        m, bad_maps, bad_trees = repo.load_manifest_all(mid)
     except ArchiverError as e:
         report.add(Problem(mid, "manifest", str(e)))
         return None
+    for where, h, why in bad_trees:  # manifest v3: one problem per missing or damaged tree (its directory)
+        report.add(Problem(mid, "tree", why, where or "/", 0, 0, h))
     for e, why in bad_maps:  # manifest v2: one problem per missing or damaged file map
         report.add(Problem(mid, "filemap", why, e.path, 0, e.size, e.filemap))
     copy = repo.manifest_copy_problem(mid, m)

@@ -253,7 +253,10 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
     with c.repo(read_only=True) as repo:
         mid, m = api.show(ref, repo=repo)
     if as_json:
-        emit({"id": mid, "manifest": m.to_dict(), "summary": model_summary(m)})
+        doc = m.to_dict()
+        if m.tree:  # v3: the root names its trees; show lists the entries they hold, as v1/v2 do
+            doc["entries"] = [e.to_json() for e in sorted(m.entries, key=lambda e: e.path)]
+        emit({"id": mid, "manifest": doc, "summary": model_summary(m)})
         return
     lines = [f"id:      {mid}", f"name:    {m.name}", f"label:   {m.label or '-'}", f"parent:  {m.parent or '-'}"]
     lines += [f"meta:    {k}={v}" for k, v in sorted(m.meta.items())]
@@ -525,15 +528,7 @@ def rebuild_cmd(c: Ctx, as_json: bool, identity: tuple[str, ...] = ()) -> None:
     c.identities = identity
     with c.repo() as repo:
         res = api.rebuild_catalog(repo=repo)
-    if as_json:
-        emit(res.to_dict())
-    else:
-        for p in res.problems:
-            click.echo(f"skipped: {p.line()}", err=True)
-        skipped = f", {len(res.problems)} bad manifest(s) skipped" if res.problems else ""
-        click.echo(f"catalog rebuilt: {len(res.added)} manifest(s) added of {res.manifests} in the store{skipped}",
-                   err=not res.ok)
-    sys.exit(0 if res.ok else 1)
+    _catalog_outcome(res, "rebuilt", as_json)
 
 
 @catalog_grp.command("sync")
@@ -545,13 +540,19 @@ def sync_cmd(c: Ctx, as_json: bool) -> None:
     exit 1 if any was."""
     with c.repo() as repo:
         res = api.sync_catalog(repo=repo)
+    _catalog_outcome(res, "synced", as_json)
+
+
+def _catalog_outcome(res: Any, done: str, as_json: bool) -> None:
+    """What `catalog rebuild` / `catalog sync` recorded: each skipped manifest, one summary
+    line; exit 1 if any manifest was skipped."""
     if as_json:
         emit(res.to_dict())
     else:
         for p in res.problems:
             click.echo(printable(f"skipped: {p.line()}"), err=True)
         skipped = f", {len(res.problems)} bad manifest(s) skipped" if res.problems else ""
-        click.echo(f"catalog synced: {len(res.added)} manifest(s) added of {res.manifests} in the store{skipped}",
+        click.echo(f"catalog {done}: {len(res.added)} manifest(s) added of {res.manifests} in the store{skipped}",
                    err=not res.ok)
     sys.exit(0 if res.ok else 1)
 

@@ -44,11 +44,15 @@ def check(primary: Repository, copies: list[tuple[str, Repository | ArchiverErro
         sizes = copy.chunk_sizes(wanted)
         stored = copy.manifest_sizes()
         maps = copy.filemap_sizes() if any(e.filemap for m in manifests.values() for e in m.files) else {}
+        trees = copy.tree_sizes() if any(m.tree for m in manifests.values()) else {}
         for mid, m in manifests.items():
             before = len(rep.problems)
             if stored.get(mid) != len(m.canonical_json()):
                 what = "is missing" if mid not in stored else f"has size {stored[mid]}, not {len(m.canonical_json())}"
                 rep.problems.append(Problem(mid, "manifest", f"copy {url}: the manifest {what}"))
+            for h, (where, _) in sorted(primary.manifest_trees(m).items()):  # v3: the directory listings
+                if h not in trees:
+                    rep.problems.append(Problem(mid, "tree", f"copy {url}: tree is missing", where or "/", 0, 0, h))
             seen: set[str] = set()
             for e in m.files:
                 if e.filemap and e.filemap not in maps:  # manifest v2: the file's chunk list

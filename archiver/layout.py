@@ -6,6 +6,7 @@
     manifests/<id>.json                 canonical manifest; id = BLAKE3 of its bytes
     signatures/<id>/<fingerprint>.json  Ed25519 signature of a manifest id
     filemaps/<h[0:2]>/<h>.json          chunk list of one large file (manifest v2)
+    trees/<h[0:2]>/<h>.json             one directory's entries, naming its subdirectories' trees (manifest v3)
     events/<writer>/<name>.json         immutable, hash-chained event log
     quarantine/<key>                    local stores: damaged objects moved aside by repair
     _probe/<random>/object              scratch objects of `store check` (never read as data)
@@ -24,6 +25,7 @@ CHUNKS = "chunks/"
 MANIFESTS = "manifests/"
 SIGNATURES = "signatures/"
 FILEMAPS = "filemaps/"
+TREES = "trees/"
 EVENTS = "events/"
 QUARANTINE = "quarantine/"
 RETENTION = "retention/"
@@ -67,6 +69,10 @@ def signature(mid: str, fingerprint: str) -> str:
 
 def filemap(h: str) -> str:
     return f"{FILEMAPS}{h[:2]}/{h}.json"
+
+
+def tree(h: str) -> str:
+    return f"{TREES}{h[:2]}/{h}.json"
 
 
 def event(writer: str, name: str) -> str:

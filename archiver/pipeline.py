@@ -227,7 +227,7 @@ def _same_as_synced(repo: Repository, manifest: Manifest, head: str) -> Manifest
     """`manifest`, or the head the catalog sync just found if that is this very archive: a
     run of this host killed after its manifest reached the store (or another host archiving
     the same bytes at the same time) is not a new version of itself, and a re-run keeps its id."""
-    same = dataclasses.replace(manifest, parent=repo.load_manifest(head).parent)
+    same = repo.committed_form(dataclasses.replace(manifest, parent=repo.load_manifest(head).parent))
     return same if same.id == head else manifest
 
 

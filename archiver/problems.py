@@ -17,6 +17,7 @@ class Problem:
     kind: str  # missing-chunk | size-mismatch | corrupt-chunk | file-hash | manifest | chain | signature | unsafe-path
     #            | retention | event (the store's event log; manifest is "")
     #            | filemap (a v2 file map missing or damaged; chunk = the map's hash)
+    #            | tree (a v3 tree missing or damaged; path = its directory, chunk = the tree's hash)
     detail: str
     path: str | None = None
     offset: int | None = None

@@ -114,7 +114,12 @@ def _manifest(target: Repository, copies: list[Repository], mid: str, res: Repai
     """The manifest (from the target's catalog, else a copy), healing the target's object."""
     bad_maps: list[tuple[Entry, str]] = []
     try:
-        m, bad_maps = target.load_manifest_keep_going(mid)
+        m, bad_maps, bad_trees = target.load_manifest_all(mid)
+        if bad_trees:
+            healed = _trees(target, copies, mid, bad_trees, res)
+            if healed is None:
+                return None
+            m, bad_maps = (healed, []) if res.dry_run else target.load_manifest_keep_going(mid)
     except ArchiverError:
         m = None
     why = target.manifest_copy_problem(mid, m) if m is not None else "manifest is missing or damaged"
@@ -130,6 +135,36 @@ def _manifest(target: Repository, copies: list[Repository], mid: str, res: Repai
         return m
     if m is None:
         m = next(c.fetch_manifest(mid) for c in copies if c.url == fix.source)
+    return m
+
+
+def _trees(target: Repository, copies: list[Repository], mid: str, bad: list[tuple[str, str, str]],
+           res: RepairResult) -> Manifest | None:
+    """Manifest v3: heal each missing or damaged tree from the first copy whose bytes parse as
+    that tree, then read the trees again (a healed tree may name others that are bad too),
+    until none is bad. Returns the manifest resolved (with --dry-run from a copy whose trees
+    are good), or None if a tree is bad everywhere."""
+    seen: set[str] = set()
+    while bad:
+        for where, h, why in bad:
+            if h in seen:  # healed yet bad again: reported by the fix itself
+                return None
+            seen.add(h)
+            fix = Fix("tree", h, "missing" if "missing" in why else "damaged", why)
+            _apply(fix, res, [(c.url, lambda c=c, h=h, w=where: c.tree_object_checked(h, w)) for c in copies],
+                   lambda data, h=h, w=where: target.heal_tree(h, w, data), res.dry_run)
+            if fix.source is None:
+                res.problems.append(Problem(mid, "tree", f"{why}; no copy holds a good one: {'; '.join(fix.rejected)}",
+                                            where or "/", 0, 0, h))
+                return None
+        if res.dry_run:
+            for c in copies:
+                try:
+                    return c.fetch_manifest(mid)
+                except ArchiverError:
+                    continue
+            return None
+        m, _, bad = target.load_manifest_all(mid)
     return m
 
 

@@ -134,6 +134,10 @@ def _one(src: Repository, dst: Repository, mid: str, pool: ThreadPoolExecutor, w
         res.problems.append(Problem(mid, "manifest", "not replicated: a chunk it names could not be copied"))
         return
     try:
+        for h, (_, tree_data) in sorted(src.manifest_trees(m).items()):  # v3: trees before their manifest
+            if dst.put_tree_object(h, tree_data, policy):  # re-hashed against its name; rebuilt from the
+                res.objects_written += 1                  # entries the source's trees were checked to hold
+                res.bytes_written += len(tree_data)
         for fm in sorted({e.filemap: e for e in m.files if e.filemap}.values(), key=lambda e: e.filemap):
             fm_data = src.filemap_object(fm)  # re-hashed against its name by put_filemap_object
             if dst.put_filemap_object(fm.filemap, fm_data, policy):  # v2: file maps before their manifest

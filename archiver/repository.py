@@ -41,6 +41,8 @@ from archiver.urls import normalise_endpoint
 from manifests.catalog import AuditRow, Catalog, Chain, ManifestRow, check_recordable
 from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
 from manifests.model import MAX_FILEMAP_BYTES, filemap_bytes, parse_filemap, with_filemap, with_filemaps
+from manifests import errors as manifest_errors
+from manifests.model import MAX_TREE_BYTES, parse_tree, resolve_trees, tree_objects, with_trees
 from manifests.paths import check_paths
 
 # A signature object is ~250 bytes of JSON; anything far larger is not one.
@@ -240,7 +242,7 @@ class Repository:
         """The catalog's copy if it has one (re-checked against the id), else the store's;
         with every file map fetched from the store and checked (ManifestError if one is
         missing or damaged: see `load_manifest_keep_going`)."""
-        return self.resolve_filemaps(self._load_root(mid))
+        return self.resolve_filemaps(self.resolve_trees(self._load_root(mid)))
 
     def _load_root(self, mid: str) -> Manifest:
         if self._catalog.has_manifest(mid):
@@ -250,7 +252,7 @@ class Repository:
 
     def fetch_manifest(self, mid: str) -> Manifest:
         """The store's copy, accepted only if its bytes hash to `mid`, with its file maps resolved."""
-        return self.resolve_filemaps(self._fetch_root(mid))
+        return self.resolve_filemaps(self.resolve_trees(self._fetch_root(mid)))
 
     def _fetch_root(self, mid: str) -> Manifest:
         try:
@@ -265,7 +267,88 @@ class Repository:
         """As `load_manifest`, but a missing or damaged file map does not stop it: the
         manifest comes back with that entry unresolved (`Entry.resolved` False), listed with
         the reason, so verify can report it and check every other file."""
-        return self.resolve_filemaps_keep_going(self._load_root(mid))
+        m, bad_trees = self.resolve_trees_keep_going(self._load_root(mid))
+        if bad_trees:
+            where, h, why = bad_trees[0]
+            raise ManifestError(why)
+        return self.resolve_filemaps_keep_going(m)
+
+    # -- trees (manifest v3) -------------------------------------------------------------------
+    def load_manifest_all(self, mid: str) -> tuple[Manifest, list[tuple[Entry, str]], list[tuple[str, str, str]]]:
+        """As `load_manifest_keep_going`, and a missing or damaged tree does not stop it either:
+        (manifest, bad file maps, bad trees as (directory, tree hash, why)). With a bad tree
+        the manifest holds only the entries outside it (`Manifest.resolved` False)."""
+        m, bad_trees = self.resolve_trees_keep_going(self._load_root(mid))
+        m, bad_maps = self.resolve_filemaps_keep_going(m)
+        return m, bad_maps, bad_trees
+
+    def resolve_trees(self, m: Manifest) -> Manifest:
+        """`m` with its entries read from its trees (each fetched from the store and checked:
+        hash = name, canonical, entry count as the root says). ManifestError at the first bad one."""
+        with translated():
+            return resolve_trees(m, self.tree_object)[0]
+
+    def resolve_trees_keep_going(self, m: Manifest) -> tuple[Manifest, list[tuple[str, str, str]]]:
+        with translated():
+            return resolve_trees(m, self.tree_object, stop=False)
+
+    def tree_object(self, h: str, where: str = "") -> bytes:
+        """The raw bytes stored under tree `h` (of directory `where`, for messages), refused if
+        absent or too large (manifests' ManifestError); the caller checks them (`parse_tree`)."""
+        try:
+            return self._store.get(layout.tree(h), max_size=MAX_TREE_BYTES)
+        except ObjectMissingError:
+            raise manifest_errors.ManifestError(f"tree {h[:16]} of {where or '/'!r} is missing from the store") from None
+        except ObjectTooLargeError as err:
+            raise manifest_errors.ManifestError(f"tree {h[:16]} of {where or '/'!r} is too large: {err}") from None
+
+    def manifest_trees(self, m: Manifest) -> dict[str, tuple[str, bytes]]:
+        """Tree hash -> (a directory it lists, its bytes) for a resolved v3 manifest ({} for
+        v1/v2), rebuilt from the entries: the same bytes the trees were checked against."""
+        if not m.tree:
+            return {}
+        made = tree_objects(m.entries)
+        if made is None or made[0] != m.tree:
+            raise ManifestError(f"manifest entries do not rebuild its tree {m.tree[:16]}")
+        where = {h: d for d, h in sorted(made[2].items(), reverse=True)}
+        return {h: (where.get(h, ""), data) for h, data in made[1].items()}
+
+    def tree_sizes(self) -> dict[str, int]:
+        """hash -> stored size of every tree object in the store (LIST only, nothing fetched)."""
+        out: dict[str, int] = {}
+        for info in self._store.list(layout.TREES):
+            h = info.key.rsplit("/", 1)[-1].removesuffix(".json")
+            if is_hash(h) and info.key == layout.tree(h):
+                out[h] = info.size
+        return out
+
+    def put_tree_object(self, h: str, data: bytes, policy: Any = None) -> bool:
+        """Store a tree copied from another store (it must hash to `h`); True if written now."""
+        if manifest_id(data) != h:
+            raise ManifestError(f"bytes given for tree {h} do not hash to its name")
+        return self._put_exact(layout.tree(h), data, f"tree {h}", policy)
+
+    def tree_object_checked(self, h: str, where: str) -> bytes:
+        """Tree `h`'s bytes, returned only if they parse as that tree (what a copy may give to repair)."""
+        data = self.tree_object(h, where)
+        with translated():
+            parse_tree(data, h, where)
+        return data
+
+    def heal_tree(self, h: str, where: str, data: bytes) -> str:
+        """Heal a tree object with bytes proved elsewhere (they must parse as tree `h`): see `_heal`."""
+        with translated():
+            parse_tree(data, h, where)
+        return self._heal(layout.tree(h), data, lambda stored: None if stored == data else
+                          "stored tree differs from its hash")
+
+    def _put_tree(self, h: str, data: bytes, hot: Any = None) -> None:
+        """put_if_absent; an object already there must be these bytes (else, damaged, it is
+        replaced conditional on its version, as `heal` does); locked under a metadata policy."""
+        if hot is not None:
+            self._put_exact(layout.tree(h), data, f"tree {h}", hot)
+            return
+        self._heal(layout.tree(h), data, lambda stored: None if stored == data else "stored tree differs from its hash")
 
     def resolve_filemaps(self, m: Manifest) -> Manifest:
         """`m` with every file map's chunk list fetched and checked (hash = name, canonical,
@@ -416,7 +499,7 @@ class Repository:
         back and checked), so no root manifest ever names a map that is not durable."""
         # A sealed store keeps every chunk list inline: a file map is a plaintext object, so
         # it would publish plaintext chunk hashes next to the encrypted manifest.
-        m = with_filemaps(m) if self._sealer is None else m
+        m = self.committed_form(m)
         hot = policy.for_metadata() if policy is not None else None
         proved: list[tuple[Entry, tuple[ChunkRef, ...]]] = []  # new maps, recorded in batches
         for e in m.files:
@@ -445,10 +528,17 @@ class Repository:
         except (TypeError, ValueError) as e:  # e.g. meta keys of mixed types, bytes values
             raise ManifestError(f"malformed manifest: cannot be written as JSON ({e})") from None
         mid = manifest_id(data)
+        trees = self._made_trees(m)
         with translated():
-            if parse_manifest(data, expected_id=mid).to_dict() != m.to_dict():
+            back = parse_manifest(data, expected_id=mid)
+            if back.to_dict() != m.to_dict():
                 raise ManifestError("malformed manifest: it does not read back as the manifest given")
+            if trees and [e.to_json() for e in resolve_trees(back, lambda h, _: trees[h])[0].entries] != \
+                    [e.to_json() for e in sorted(m.entries, key=lambda e: e.path)]:
+                raise ManifestError("malformed manifest: its trees do not read back as the entries given")
         self.flush_packs()  # every pack holding a chunk it names is durable before the manifest
+        for h, tree_data in trees.items():  # every tree before the root that names it
+            self._put_tree(h, tree_data, policy.for_metadata() if policy is not None else None)
         key = layout.manifest(mid)
         hot = policy.for_metadata() if policy is not None else None
         if self._sealer is not None:
@@ -471,6 +561,25 @@ class Repository:
             self._catalog.record_event(rec.key, rec.writer, rec.seq, rec.hash, ev.time, events.audit_rows(ev),
                                        events.chunk_results(ev))
         return Committed(mid, signer)
+
+    def committed_form(self, m: Manifest) -> Manifest:
+        """`m` as `commit_manifest` writes it (so `.id` is the id it will get): through file
+        maps and, over the threshold, trees (v2/v3); a sealed store keeps everything inline,
+        since a file map or tree is a plaintext object next to the encrypted manifest."""
+        if not m.resolved:  # a v3 root without its entries would be committed as an empty manifest
+            raise ManifestError(f"malformed manifest: the entries of tree {m.tree[:16]} were not given")
+        if self._sealer is not None:
+            return dataclasses.replace(m, tree="", entry_count=0) if m.tree else m
+        return with_trees(with_filemaps(m))
+
+    @staticmethod
+    def _made_trees(m: Manifest) -> dict[str, bytes]:
+        """The tree objects of a manifest `with_trees` made ({} when its entries are inline)."""
+        if not m.tree:
+            return {}
+        made = tree_objects(m.entries)
+        assert made is not None and made[0] == m.tree
+        return made[1]
 
     def iter_manifests(self) -> Iterator[StoredManifest]:
         """Every manifest object in the store, each checked against its id; a bad one is
@@ -814,6 +923,7 @@ class Repository:
                 data = self._get_manifest(layout.manifest(mid))
                 with translated():
                     m = parse_manifest(data, expected_id=mid)
+                m = self.resolve_trees(m)  # v3: its entries, each tree checked
             except (IntegrityError, ObjectMissingError) as e:  # changed or vanished since the first pass
                 result.problems.append(Problem(mid, "manifest", str(e)))
                 continue
@@ -854,6 +964,7 @@ class Repository:
             for m, data in batch:
                 at = ingested.get(m.id)
                 try:
+                    m = self.resolve_trees(m)  # v3: the catalog records the entries of its trees
                     with translated():
                         if self._catalog.record_manifest(m, data, at=at, time_unknown=at is None,
                                                          filemap_chunks=self.filemap_chunks):
@@ -881,6 +992,7 @@ class Repository:
                 data = self._get_manifest(info.key)
                 with translated():
                     m = parse_manifest(data, expected_id=mid)
+                m = self.resolve_trees(m)  # v3: its entries, each tree checked
             except (IntegrityError, ObjectMissingError) as e:
                 result.problems.append(Problem(mid, "manifest", str(e)))
                 continue
@@ -1193,6 +1305,7 @@ class Repository:
     def record_copied_manifest(self, m: Manifest, data: bytes) -> bool:
         """Record a manifest that was copied into this store (its chunks and object already
         durable here); False if the catalog already had it."""
+        m = self.resolve_trees(m)
         with translated():
             return self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks)
 
@@ -1373,6 +1486,7 @@ class Repository:
         keys += sorted({layout.pack(loc.pack) for locs in located.values() for loc in locs})
         keys += sorted({layout.pack_index(loc.index_id) for locs in located.values() for loc in locs})
         keys += sorted({layout.filemap(e.filemap) for e in m.files if e.filemap})
+        keys += sorted(layout.tree(h) for h in self.manifest_trees(m))
         keys.append(layout.manifest(mid))
         if self._sealer is not None:  # its companion and the key objects of the runs it names
             keys.append(layout.audit(mid))

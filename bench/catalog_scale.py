@@ -4,11 +4,13 @@
 
 A synthetic archive of FILES files of CHUNKS 8 MiB chunks each (1,000 x 1,311 = 10 TiB by
 default), committed to a local store whose chunk objects are never written: the chunk refs
-are fake, which is all the manifest, file maps and catalog ever see. Three versions:
+are fake, which is all the manifest, file maps and catalog ever see. Four versions:
 
   v1  every chunk new;
   v2  one file changed (one new file map, CHUNKS new chunks);
-  v3  nothing changed (the same entries: the same file maps, a new version only through meta).
+  v3  nothing changed (the same entries: the same file maps, a new version only through meta);
+  v4  one chunk of one file changed (a fine-tune touching one tensor): one new file map that
+      shares all its other chunks with v1's map of that file.
 
 Per version, as the distributed archive does it: "workers" (a child process) build each
 file's entry and store its file map with `repo.save_filemaps`, handing over only the small
@@ -39,13 +41,14 @@ sys.path.insert(0, str(ROOT))
 CHUNK = 8 << 20
 
 
-def fake_entry(i: int, chunks: int, salt: str):
-    """File i: CHUNKS fake chunk refs (hashes unique per file and salt), bf16-like codec."""
+def fake_entry(i: int, chunks: int, salt: str, first_salt: str | None = None):
+    """File i: CHUNKS fake chunk refs (hashes unique per file and salt; chunk 0 salted with
+    `first_salt` if given), bf16-like codec."""
     import blake3
     from manifests.model import ChunkRef, Entry
     refs = []
     for j in range(chunks):
-        h = blake3.blake3(f"{salt}/{i}/{j}".encode()).hexdigest()
+        h = blake3.blake3(f"{first_salt if j == 0 and first_salt else salt}/{i}/{j}".encode()).hexdigest()
         refs.append(ChunkRef(j * CHUNK, CHUNK, h, CHUNK * 3 // 4 + j % 997, "bg2"))
     return Entry(path=f"ckpt/model-{i:05d}.safetensors", type="file", mode=0o644, size=chunks * CHUNK,
                  mtime_ns=1_732_480_000_000_000_000, blake3=blake3.blake3(f"{salt}/{i}".encode()).hexdigest(),
@@ -58,12 +61,14 @@ def open_repo(work: Path):
     return Repository.open(Settings.resolve(str(work / "store"), work / "catalog.db"), create=True)
 
 
-def workers(work: Path, files: int, chunks: int, changed: int | None, out: Path) -> None:
-    """Build each file's entry, store its file map, keep only the small entry (JSON lines)."""
+def workers(work: Path, files: int, chunks: int, changed: int | None, out: Path, one_chunk: bool = False) -> None:
+    """Build each file's entry, store its file map, keep only the small entry (JSON lines).
+    File `changed` gets all new chunks, or (one_chunk) only a new first chunk."""
     with open_repo(work) as repo, out.open("w") as f:
         for i in range(files):
-            salt = "v2" if changed is not None and i == changed else "v1"
-            slim = repo.save_filemaps(fake_entry(i, chunks, salt))
+            hit = changed is not None and i == changed
+            salt = "v2" if hit and not one_chunk else "v1"
+            slim = repo.save_filemaps(fake_entry(i, chunks, salt, "v4" if hit and one_chunk else None))
             f.write(json.dumps(slim.to_json()) + "\n")
 
 
@@ -119,8 +124,9 @@ def main() -> int:
     ap.add_argument("--arg", action="append", default=[], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.role == "workers":
-        changed = int(a.arg[1]) if a.arg[1] != "-" else None
-        workers(Path(a.arg[0]), a.files, a.chunks, changed, Path(a.arg[2]))
+        spec = a.arg[1]
+        changed = int(spec.rstrip("c")) if spec != "-" else None
+        workers(Path(a.arg[0]), a.files, a.chunks, changed, Path(a.arg[2]), one_chunk=spec.endswith("c"))
         return 0
     if a.role == "driver":
         print(json.dumps(driver(Path(a.arg[0]), Path(a.arg[1]), a.arg[2])))
@@ -134,7 +140,7 @@ def main() -> int:
     common = ["--files", str(a.files), "--chunks", str(a.chunks)]
     rows = []
     try:
-        for label, changed in (("v1", "-"), ("v2", "0"), ("v3", "0")):
+        for label, changed in (("v1", "-"), ("v2", "0"), ("v3", "0"), ("v4", "0c")):
             entries = work / f"entries-{label}.jsonl"
             t0 = time.perf_counter()
             child(*common, "--role", "workers", "--arg", str(work), "--arg", changed, "--arg", str(entries))

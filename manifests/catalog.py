@@ -37,8 +37,9 @@ from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, C
                               ManifestError, UnknownReference)
 from manifests.fields import index_fields
 from manifests.model import ChunkRef, Entry, Manifest, manifest_id, parse_manifest
+from manifests.model import tree_objects
 
-SCHEMA_VERSION = 4  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
+SCHEMA_VERSION = 5  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
 # 3: events_seen, the store events (archiver.events) this catalog has recorded or replayed; fields,
 #    the searchable metadata of manifests (manifests.fields)
 # 4: manifest_chunks (which distinct chunks each manifest names inline, as two rowids) replaces
@@ -46,6 +47,13 @@ SCHEMA_VERSION = 4  # 2: index on (name, parent) for chain lookups; endpoint in 
 #    read but fixity's per-manifest chunk set); a v2 file map's chunks are recorded once per map
 #    (filemaps, filemap_chunks) and a manifest names its maps (manifest_filemaps), so a version
 #    that keeps its large files costs one row per file, not per chunk
+# 5: chunk hashes as 32-byte BLOBs: `chunks` is one WITHOUT ROWID B-tree keyed by the hash (no
+#    rowid table plus a text index, no unread first_seen), and manifest_chunks / filemap_chunks
+#    name chunks by that hash, so recording a chunk is two sorted key inserts and no lookup;
+#    filemaps.fresh_stored: a map's stored bytes if none of its chunks was known when it was
+#    recorded (NULL otherwise), and chunks.owner: the map that first recorded a chunk (NULL: an
+#    inline set, or recorded before schema 5), so a version's stored size is summed per fresh
+#    map plus a union over its other chunks only (Catalog._stored_size)
 BUSY_TIMEOUT_MS = 5_000  # how long a writer waits for another writer before CatalogLocked
 ID_PREFIX_MIN = 4
 
@@ -92,10 +100,33 @@ _MIGRATIONS: dict[int, str] = {
        'PRIMARY KEY ("filemap", "chunk")) WITHOUT ROWID;'
        'CREATE TABLE IF NOT EXISTS "manifest_filemaps" ("manifest" INTEGER, "filemap" INTEGER, '
        'PRIMARY KEY ("manifest", "filemap")) WITHOUT ROWID',
+    # 4 -> 5: the three chunk tables rebuilt with the hash as a 32-byte BLOB key (unhex: see
+    # _connect), in key order; the old tables (and their triggers) are dropped, the new renamed
+    4: 'CREATE TABLE "chunks_v5" ("hash" BLOB PRIMARY KEY, "stored_size" INTEGER, "codec" TEXT, "owner" INTEGER) '
+       'WITHOUT ROWID;'
+       'INSERT INTO "chunks_v5" ("hash", "stored_size", "codec") SELECT unhex(hash), stored_size, codec '
+       'FROM "chunks" ORDER BY hash;'
+       'CREATE TABLE "manifest_chunks_v5" ("manifest" INTEGER, "chunk" BLOB, '
+       'PRIMARY KEY ("manifest", "chunk")) WITHOUT ROWID;'
+       'INSERT INTO "manifest_chunks_v5" ("manifest", "chunk") SELECT mc.manifest, unhex(c.hash) '
+       'FROM "manifest_chunks" mc JOIN "chunks" c ON c.rowid = mc.chunk ORDER BY 1, 2;'
+       'CREATE TABLE "filemap_chunks_v5" ("filemap" INTEGER, "chunk" BLOB, '
+       'PRIMARY KEY ("filemap", "chunk")) WITHOUT ROWID;'
+       'INSERT INTO "filemap_chunks_v5" ("filemap", "chunk") SELECT fc.filemap, unhex(c.hash) '
+       'FROM "filemap_chunks" fc JOIN "chunks" c ON c.rowid = fc.chunk ORDER BY 1, 2;'
+       'DROP TABLE "manifest_chunks";'
+       'DROP TABLE "filemap_chunks";'
+       'DROP TABLE "chunks";'
+       'ALTER TABLE "chunks_v5" RENAME TO "chunks";'
+       'ALTER TABLE "manifest_chunks_v5" RENAME TO "manifest_chunks";'
+       'ALTER TABLE "filemap_chunks_v5" RENAME TO "filemap_chunks";'
+       'ALTER TABLE "filemaps" ADD COLUMN "fresh_stored" INTEGER',
 }
 # Migration steps that create tables also make them immutable (see _immutable).
 _MIGRATION_TABLES: dict[int, tuple[str, ...]] = {2: ("fields",), 3: ("manifest_chunks", "filemap_chunks",
-                                                                        "manifest_filemaps")}
+                                                                        "manifest_filemaps"),
+                                                 4: ("manifest_chunks", "filemap_chunks")}
+BLOB_KEYS = 5  # the first schema version whose chunk tables are keyed by 32-byte hashes
 
 
 @dataclass(frozen=True)
@@ -217,6 +248,8 @@ def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
                            uri=uri)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
+    # migration 4 -> 5 turns hex text into BLOBs; SQLite has unhex() only from 3.41
+    conn.create_function("unhex", 1, bytes.fromhex, deterministic=True)
     return conn
 
 
@@ -271,6 +304,7 @@ class Catalog:
         self._savepoints = 0
         self._memory = False
         self._w: sqlite3.Connection | None = None  # the writer; in read-only mode opened on the first write
+        self._keys_blob: bool | None = None  # chunk tables keyed by BLOB (schema 5); None: not looked up yet
         try:
             if read_only:
                 self._conn = self._open_reading()
@@ -395,7 +429,15 @@ class Catalog:
                 conn.close()
                 raise
             self._w = conn
+            self._keys_blob = None  # opening it may have migrated the file under the read connections
         return self._w
+
+    def _blob_keys(self) -> bool:
+        """True if the chunk tables are keyed by 32-byte hashes (schema 5); False only for a
+        catalog read read-only before its migration, whose readers use the text keys."""
+        if self._keys_blob is None:
+            self._keys_blob = (self._schema_version(self._conn) or SCHEMA_VERSION) >= BLOB_KEYS
+        return self._keys_blob
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         try:
@@ -460,64 +502,100 @@ class Catalog:
             batch: list[ChunkRef] = []
             for e in files:
                 if e.filemap:
-                    self._record_filemap(conn, row, e, filemap_chunks, when)
+                    self._record_filemap(conn, row, e, filemap_chunks)
                     continue
                 batch.extend(e.chunks)
-                if len(batch) >= 4096:
-                    self._record_chunks(conn, "manifest_chunks", row, batch, when)
+                if len(batch) >= 65536:
+                    self._record_chunks(conn, "manifest_chunks", row, batch)
                     batch = []
-            self._record_chunks(conn, "manifest_chunks", row, batch, when)
-            stored = conn.execute(
-                "SELECT COALESCE(SUM(stored_size), 0) FROM chunks WHERE rowid IN (SELECT chunk FROM manifest_chunks "
-                "WHERE manifest = ?1 UNION SELECT fc.chunk FROM manifest_filemaps mf JOIN filemap_chunks fc "
-                "ON fc.filemap = mf.filemap WHERE mf.manifest = ?1)", (row,)).fetchone()[0]
+            self._record_chunks(conn, "manifest_chunks", row, batch)
+            stored = self._stored_size(conn, row)
             conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
                          "stored_size, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
                          (row, mid, m.name, m.label, m.parent, when, len(files), m.total_size, stored, data))
-            # plain executemany: no per-row dict and type check, and no sqlite_utils (with numpy) at start-up
-            conn.executemany('INSERT INTO files(manifest_id, path, type, size, mode, blake3, sha256) '
-                             'VALUES (?,?,?,?,?,?,?)',
-                             ((mid, e.path, e.type, e.size, e.mode, e.blake3, e.sha256) for e in m.entries))
+            import sqlite_utils  # here, not at import: read-only commands start without it
+            db = sqlite_utils.Database(conn, recursive_triggers=False)  # rows as dicts, batched inserts
+            db["files"].insert_all(
+                ({"manifest_id": mid, "path": e.path, "type": e.type, "size": e.size, "mode": e.mode,
+                  "blake3": e.blake3, "sha256": e.sha256} for e in self._new_tree_entries(conn, m)), batch_size=1000)
             conn.executemany('INSERT INTO fields(manifest_id, key, seq, value, num) VALUES (?,?,?,?,?)',
                              field_rows(mid, m))
             if event_details is not None:
                 self._audit(conn, "archive", mid, True, event_details, now)
         return True
 
+    @staticmethod
+    def _stored_size(conn: sqlite3.Connection, row: int) -> int:
+        """Stored bytes of the distinct chunks manifest `row` names, without a union over all
+        of them. A fresh map (none of its chunks known when it was recorded) recorded each of
+        its chunks first, so it owns them all: fresh maps are disjoint, their sums add up (one
+        row each), and a chunk of any other set (inline, or a map that reused chunks) is in
+        one of them exactly when its owner is one of them. The rest (what a fine-tune's changed
+        file brings, and inline chunks) is deduplicated by a union of those sets only."""
+        return conn.execute(
+            "WITH mine(fm, fresh) AS (SELECT f.rowid, f.fresh_stored FROM manifest_filemaps mf "
+            "JOIN filemaps f ON f.rowid = mf.filemap WHERE mf.manifest = ?1), "
+            "rest(chunk) AS (SELECT chunk FROM manifest_chunks WHERE manifest = ?1 UNION "
+            "SELECT fc.chunk FROM mine JOIN filemap_chunks fc ON fc.filemap = mine.fm WHERE mine.fresh IS NULL) "
+            "SELECT (SELECT COALESCE(SUM(fresh), 0) FROM mine) + (SELECT COALESCE(SUM(c.stored_size), 0) "
+            "FROM rest JOIN chunks c ON c.hash = rest.chunk "
+            "WHERE c.owner IS NULL OR c.owner NOT IN (SELECT fm FROM mine WHERE fresh IS NOT NULL))",
+            (row,)).fetchone()[0]
+    # Manifest v3: the trees whose entries have `files` rows (under the first manifest that
+    # named them). Created on first write (not a schema step): a catalog without it has none.
+    _TREE_TABLE = 'CREATE TABLE IF NOT EXISTS "tree_files" ("hash" TEXT PRIMARY KEY)'
+
+    def _new_tree_entries(self, conn: sqlite3.Connection, m: Manifest) -> Iterable[Entry]:
+        """The entries of `m` that get `files` rows: all of a v1/v2 manifest's; of a v3
+        manifest's, only those listed by a tree no recorded manifest named before, so an
+        unchanged re-archive adds no per-file rows."""
+        if not m.tree:
+            return m.entries
+        made = tree_objects(m.entries)
+        if made is None or made[0] != m.tree:
+            raise ManifestError(f"manifest entries do not rebuild its tree {m.tree[:16]}")
+        by_dir = made[2]
+        conn.execute(self._TREE_TABLE)
+        known = {h for h in by_dir.values()
+                 if conn.execute('SELECT 1 FROM tree_files WHERE hash=?', (h,)).fetchone() is not None}
+        conn.executemany('INSERT OR IGNORE INTO tree_files(hash) VALUES (?)',
+                         [(h,) for h in set(by_dir.values()) - known])
+        return [e for e in m.entries if by_dir[e.path.rsplit("/", 1)[0] if "/" in e.path else ""] not in known]
+
     def filemap_shape(self, h: str) -> tuple[int, int] | None:
         """(chunk_count, size) of a file map this catalog has recorded (checked then), else None."""
         row = self._reader().execute("SELECT chunk_count, size FROM filemaps WHERE hash=?", (h,)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def record_filemaps(self, maps: Iterable[tuple[Entry, Iterable[ChunkRef]]], at: float | None = None) -> None:
+    def record_filemaps(self, maps: Iterable[tuple[Entry, Iterable[ChunkRef]]]) -> None:
         """Record file maps (durable in the store, each checked against its entry) and their
         chunks, in one transaction, before any manifest names them: `commit_manifest` does so
         while proving maps a worker wrote, so each map is parsed once. A fact about the store
         like a chunk row: a map no recorded manifest names yet is harmless (as a chunk no
         manifest names is in the store)."""
-        when = time.time() if at is None else at
         with self.write() as conn:
             for e, chunks in maps:
-                self._filemap_row(conn, dataclasses.replace(e, chunks=()), lambda _, c=chunks: c, when)
+                self._filemap_row(conn, dataclasses.replace(e, chunks=()), lambda _, c=chunks: c)
 
     def _record_filemap(self, conn: sqlite3.Connection, row: int, e: Entry,
-                        fetch: Callable[[Entry], Iterable[ChunkRef]] | None, when: float | None) -> None:
+                        fetch: Callable[[Entry], Iterable[ChunkRef]] | None) -> None:
         """Manifest `row` names file map `e.filemap`; its chunks are recorded the first time it is seen."""
-        fm = self._filemap_row(conn, e, fetch, when)
+        fm = self._filemap_row(conn, e, fetch)
         conn.execute("INSERT OR IGNORE INTO manifest_filemaps(manifest, filemap) VALUES (?, ?)", (row, fm))
 
-    def _filemap_row(self, conn: sqlite3.Connection, e: Entry, fetch: Callable[[Entry], Iterable[ChunkRef]] | None,
-                     when: float | None) -> int:
+    def _filemap_row(self, conn: sqlite3.Connection, e: Entry,
+                     fetch: Callable[[Entry], Iterable[ChunkRef]] | None) -> int:
         """The rowid of file map `e.filemap`, recording it and its chunks if it is new."""
         known = conn.execute("SELECT rowid, chunk_count, size FROM filemaps WHERE hash=?", (e.filemap,)).fetchone()
         if known is None:
             if not e.resolved and fetch is None:
                 raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} was not given to the catalog")
-            refs = list(e.chunks if e.resolved else fetch(e))  # type: ignore[misc]
+            refs = e.chunks if e.resolved else fetch(e)  # type: ignore[misc]
             fm = conn.execute("INSERT INTO filemaps(hash, chunk_count, size) VALUES (?, ?, ?)",
                               (e.filemap, e.chunk_count, e.size)).lastrowid
-            for i in range(0, len(refs), 4096):
-                self._record_chunks(conn, "filemap_chunks", fm, refs[i:i + 4096], when)
+            fresh = self._record_chunks(conn, "filemap_chunks", fm, refs)
+            if fresh is not None:
+                conn.execute("UPDATE filemaps SET fresh_stored = ? WHERE rowid = ?", (fresh, fm))
         else:  # the map was checked against an entry of this count and size when first recorded
             fm, count, size = known
             if (count, size) != (e.chunk_count, e.size):
@@ -526,16 +604,27 @@ class Catalog:
         return fm
 
     @staticmethod
-    def _record_chunks(conn: sqlite3.Connection, table: str, row: int, refs: list[ChunkRef], when: float | None) -> None:
+    def _record_chunks(conn: sqlite3.Connection, table: str, row: int, refs: Iterable[ChunkRef]) -> int | None:
         """Known chunks (the first stored size and codec seen win) and the chunk set of `row`
-        in `table` (manifest_chunks: a manifest's inline chunks; filemap_chunks: a file map's)."""
-        if not refs:
-            return
-        conn.executemany("INSERT OR IGNORE INTO chunks(hash, stored_size, codec, first_seen) VALUES (?,?,?,?)",
-                         [(c.hash, c.stored_size, c.codec, when) for c in refs])
+        in `table` (manifest_chunks: a manifest's inline chunks; filemap_chunks: a file map's).
+        Keys go in sorted and distinct, so inserts land next to each other in the B-tree, and
+        no chunk is looked up to link it. A chunk new to the catalog is owned by the map that
+        records it (none for inline chunks). Returns the stored bytes of these distinct chunks
+        if every one was new (see _stored_size), else None."""
+        first: dict[bytes, ChunkRef] = {}
+        for c in refs:
+            first.setdefault(bytes.fromhex(c.hash), c)
+        if not first:
+            return 0
+        keys = sorted(first)
+        before = conn.total_changes
         column = "manifest" if table == "manifest_chunks" else "filemap"
-        conn.executemany(f"INSERT OR IGNORE INTO {table}({column}, chunk) "
-                         "SELECT ?, rowid FROM chunks WHERE hash = ?", [(row, c.hash) for c in refs])
+        owner = row if column == "filemap" else None
+        conn.executemany("INSERT OR IGNORE INTO chunks(hash, stored_size, codec, owner) VALUES (?,?,?,?)",
+                         [(k, first[k].stored_size, first[k].codec, owner) for k in keys])
+        fresh = conn.total_changes - before == len(keys)
+        conn.executemany(f"INSERT OR IGNORE INTO {table}({column}, chunk) VALUES (?, ?)", [(row, k) for k in keys])
+        return sum(c.stored_size for c in first.values()) if fresh else None
 
     def manifest_rows(self, name: str | None = None) -> list[ManifestRow]:
         """Oldest first, and never a version before its parent: ordered by recording
@@ -680,7 +769,13 @@ class Catalog:
     # -- chunks ------------------------------------------------------------------------------
     def known_chunk(self, h: str) -> tuple[int, str] | None:
         """(stored_size, codec) of a chunk some recorded manifest references, else None."""
-        row = self._reader().execute("SELECT stored_size, codec FROM chunks WHERE hash=?", (h,)).fetchone()
+        key: str | bytes = h
+        if self._blob_keys():
+            try:
+                key = bytes.fromhex(h)
+            except ValueError:  # not a hash: no chunk has it
+                return None
+        row = self._reader().execute("SELECT stored_size, codec FROM chunks WHERE hash=?", (key,)).fetchone()
         return (row[0], row[1]) if row else None
 
     def chunk_check(self, h: str) -> tuple[float, bool] | None:
@@ -805,9 +900,17 @@ class Catalog:
     def chunk_coverage(self) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:
         """(manifest id, name, label, chunk, stored size, last deep check, ok) for every distinct
         chunk of every recorded manifest: what `fixity status` summarises. A catalog read
-        read-only before its schema 4 migration still has its chunk_refs rows: read those."""
+        read-only before its schema 4 migration still has its chunk_refs rows: read those; one
+        read before its schema 5 migration names chunks by rowid and hex text."""
         sets = ("SELECT manifest, chunk FROM manifest_chunks UNION SELECT mf.manifest, fc.chunk FROM "
                 "manifest_filemaps mf JOIN filemap_chunks fc ON fc.filemap = mf.filemap")
+        if self._blob_keys():
+            return [(m, n, lb, bytes(h).hex(), s, t, None if ok is None else bool(ok))
+                    for m, n, lb, h, s, t, ok in self._conn.execute(
+                        f"WITH mc(manifest, chunk) AS ({sets}) "
+                        "SELECT m.id, m.name, m.label, c.hash, c.stored_size, k.last_verified, k.ok "
+                        "FROM mc JOIN manifests m ON m.rowid = mc.manifest JOIN chunks c ON c.hash = mc.chunk "
+                        "LEFT JOIN chunk_checks k ON k.hash = lower(hex(c.hash)) ORDER BY m.rowid, c.hash")]
         if self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='manifest_chunks'").fetchone() is None:
             sets = ("SELECT DISTINCT m.rowid, c.rowid FROM chunk_refs r JOIN manifests m ON m.id = r.manifest_id "
                     "JOIN chunks c ON c.hash = r.hash")

@@ -34,6 +34,23 @@ FILEMAP_THRESHOLD = 128
 # A file map is one file's chunk records (~102 bytes each): 32 MiB holds ~300,000 chunks,
 # a 2.5 TB file at 8 MiB, and a forged larger object is refused unread.
 MAX_FILEMAP_BYTES = 32 * 1024 * 1024
+# Version 3 = version 2 plus trees (below). A manifest with more than TREE_THRESHOLD entries
+# keeps them in content-addressed directory listings (`trees/<h[0:2]>/<h>.json`, h = BLAKE3
+# of its bytes), one per directory, each naming its subdirectories' trees by hash, restic
+# style; the root manifest names the top tree and the entry count. An unchanged directory
+# has the same tree in every version, so an unchanged re-archive adds only a root manifest.
+# Below the threshold one manifest object is cheaper than a GET per directory, and every
+# manifest made before trees keeps its bytes and id.
+VERSION_TREES = 3
+TREE_FORMAT = "archiver-tree"
+TREE_THRESHOLD = 1000
+# A tree is one directory's entries (~300 bytes each, file maps keep long chunk lists out):
+# the manifest's own cap holds over a million entries in one directory.
+MAX_TREE_BYTES = 512 * 1024 * 1024
+# Trees may share subtrees (two identical directories name one tree), so a few small objects
+# could describe any number of entries: a root may declare at most this many (a 512 MiB
+# inline manifest holds fewer), and resolving stops once its declared count is passed.
+MAX_TREE_ENTRIES = 10_000_000
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # The mtimes `restore` can set: os.utime takes whole seconds that fit a 64-bit time_t
@@ -161,17 +178,35 @@ class Manifest:
     profile: dict[str, Any] | None = None
     # (role, path) of each attached document, a file entry under ATTACH_DIR/; omitted when empty
     attachments: tuple[tuple[str, str], ...] = ()
+    # manifest v3: the hash of the top directory's tree and how many entries the trees hold.
+    # `entries` is () until the trees are resolved (`resolve_trees`); the JSON carries these
+    # two instead of `entries` either way.
+    tree: str = ""
+    entry_count: int = 0
+
+    @property
+    def resolved(self) -> bool:
+        """False for a v3 manifest whose entries are still in its unfetched trees."""
+        return not self.tree or len(self.entries) == self.entry_count
 
     def to_dict(self) -> dict[str, Any]:
+        if self.tree:
+            version = VERSION_TREES
+        else:
+            version = VERSION_FILEMAPS if any(e.filemap for e in self.entries) else VERSION
         d = {
             "format": FORMAT,
-            "version": VERSION_FILEMAPS if any(e.filemap for e in self.entries) else VERSION,
+            "version": version,
             "name": self.name,
             "label": self.label,
             "meta": dict(sorted(self.meta.items())),
             "parent": self.parent,
-            "entries": [e.to_json() for e in sorted(self.entries, key=lambda e: e.path)],
         }
+        if self.tree:
+            d["tree"] = self.tree
+            d["entry_count"] = self.entry_count
+        else:
+            d["entries"] = [e.to_json() for e in sorted(self.entries, key=lambda e: e.path)]
         if self.profile is not None:
             d["profile"] = self.profile
         if self.attachments:
@@ -311,7 +346,7 @@ def manifest_from_dict(obj: Any) -> Manifest:
     _need(isinstance(obj, dict), "not an object")
     _need(obj.get("format") == FORMAT, "wrong format marker")
     version = obj.get("version")
-    _need(version in (VERSION, VERSION_FILEMAPS) and not isinstance(version, bool),
+    _need(version in (VERSION, VERSION_FILEMAPS, VERSION_TREES) and not isinstance(version, bool),
           f"unsupported version {_brief(version)}")
     name, label, meta, parent = obj.get("name"), obj.get("label"), obj.get("meta"), obj.get("parent")
     _text(name, "name")
@@ -322,24 +357,51 @@ def manifest_from_dict(obj: Any) -> Manifest:
     # no UTF-8 form at all, so no catalog can index it and nothing can print it
     _need(all(is_utf8(k) and is_utf8(v) for k, v in meta.items()), "meta is not valid UTF-8")
     _need(parent is None or is_hash(parent), "parent")
+    if version == VERSION_TREES:
+        return _tree_root(obj, name, label, meta, parent)
     raw_entries = obj.get("entries")
     _need(isinstance(raw_entries, list), "entries")
     entries = tuple(_entry(e) for e in raw_entries)
     # a v2 manifest names at least one file map and a v1 none (else it is not canonical)
     _need((version == VERSION_FILEMAPS) == any(e.filemap for e in entries), f"version {version} with"
           f"{'out' if version == VERSION_FILEMAPS else ''} file maps")
-    profile = None
-    if "profile" in obj:
-        profile = obj["profile"]
-        _need(isinstance(profile, dict) and set(profile) == {"id", "data"}, "profile is not {id, data}")
-        _text(profile["id"], "profile id")
-        _need(isinstance(profile["data"], dict), "profile data is not an object")
-        metadata_problem(profile["data"], "profile data")
+    profile = _profile(obj)
     attachments: tuple[tuple[str, str], ...] = ()
     if "attachments" in obj:
         attachments = _attachments(obj["attachments"], entries)
     return Manifest(name=name, label=label, meta=dict(meta), parent=parent, entries=entries, profile=profile,
                     attachments=attachments)
+
+
+def _profile(obj: dict) -> dict[str, Any] | None:
+    if "profile" not in obj:
+        return None
+    profile = obj["profile"]
+    _need(isinstance(profile, dict) and set(profile) == {"id", "data"}, "profile is not {id, data}")
+    _text(profile["id"], "profile id")
+    _need(isinstance(profile["data"], dict), "profile data is not an object")
+    metadata_problem(profile["data"], "profile data")
+    return profile
+
+
+def _tree_root(obj: dict, name: str, label: str | None, meta: dict, parent: str | None) -> Manifest:
+    """A v3 root manifest: its entries are in trees (`resolve_trees`), so its attachments are
+    checked against them when they are resolved."""
+    _need("entries" not in obj, "version 3 with entries")
+    tree, count = obj.get("tree"), obj.get("entry_count")
+    _need(is_hash(tree), "tree")
+    _need(_int(count) and TREE_THRESHOLD < count <= MAX_TREE_ENTRIES, "entry count")
+    attachments: tuple[tuple[str, str], ...] = ()
+    if "attachments" in obj:
+        raw = obj["attachments"]
+        _need(isinstance(raw, list) and raw, "attachments is not a non-empty list")
+        for a in raw:
+            _need(isinstance(a, dict) and set(a) == {"path", "role"} and is_role(a["role"])
+                  and isinstance(a["path"], str) and a["path"].startswith(ATTACH_DIR + "/"),
+                  f"attachment {_brief(a)}")
+        attachments = tuple((a["role"], a["path"]) for a in raw)
+    return Manifest(name=name, label=label, meta=dict(meta), parent=parent, entries=(), profile=_profile(obj),
+                    attachments=attachments, tree=tree, entry_count=count)
 
 
 def _attachments(raw: Any, entries: tuple[Entry, ...]) -> tuple[tuple[str, str], ...]:
@@ -518,3 +580,162 @@ def parse_filemap(data: bytes, e: Entry) -> tuple[ChunkRef, ...]:
     # form is the map's: comparing it proves the bytes canonical without building the refs' JSON
     _need(canonical(obj) == data, f"file map of {e.path!r} is not in canonical form")
     return chunks
+
+
+# -- trees (manifest v3) -------------------------------------------------------------------------
+def _parent_of(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else ""
+
+
+def _plain_path(path: str) -> bool:
+    """A path a tree can hold: components that are names (not empty, '.' or '..')."""
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
+def tree_objects(entries: tuple[Entry, ...] | list[Entry]) -> tuple[str, dict[str, bytes], dict[str, str]] | None:
+    """(top tree hash, hash -> tree bytes, directory path -> its tree hash) for `entries`, or
+    None when they do not form a tree (a path with an empty, '.' or '..' component, a path
+    listed twice, or an entry whose parent directory has no entry): such a manifest keeps
+    its entries inline. Each tree lists one directory's entries by name, sorted; a
+    directory entry with entries under it names their tree in `tree`."""
+    children: dict[str, list[Entry]] = {"": []}
+    for e in entries:
+        if not _plain_path(e.path) or e.path in children and e.type == "dir":
+            return None
+        if e.type == "dir":
+            children[e.path] = []
+    seen: set[str] = set()
+    for e in entries:
+        parent = _parent_of(e.path)
+        if parent not in children or e.path in seen:
+            return None
+        seen.add(e.path)
+        children[parent].append(e)
+    hashes: dict[str, str] = {}
+    objects: dict[str, bytes] = {}
+    for d in sorted(children, key=lambda p: -p.count("/") - (p != "")):  # deepest first
+        data = tree_bytes(children[d], hashes)
+        h = manifest_id(data)
+        if h != EMPTY_TREE or d == "":  # an empty directory names no tree
+            objects[h] = data
+        hashes[d] = h
+    return hashes[""], objects, hashes
+
+
+def tree_bytes(entries: list[Entry], hashes: dict[str, str]) -> bytes:
+    """The canonical tree of one directory: its entries as the manifest records them, with
+    `name` (the last path component) for `path`, sorted by name, and `tree` on each directory
+    that has entries (its hash in `hashes`, by directory path)."""
+    rows = []
+    for e in entries:
+        j = e.to_json()
+        del j["path"]
+        j["name"] = e.path.rsplit("/", 1)[-1]
+        if e.type == "dir" and e.path in hashes and _has_children(e.path, hashes):
+            j["tree"] = hashes[e.path]
+        rows.append(j)
+    rows.sort(key=lambda j: j["name"])
+    return canonical({"entries": rows, "format": TREE_FORMAT, "version": 1})
+
+
+def _has_children(path: str, hashes: dict[str, str]) -> bool:
+    return hashes[path] != EMPTY_TREE
+
+
+EMPTY_TREE = manifest_id(canonical({"entries": [], "format": TREE_FORMAT, "version": 1}))
+
+
+def with_trees(m: Manifest) -> Manifest:
+    """`m` as it is committed: through trees (tree, entry_count set; entries kept in memory)
+    when it has more than TREE_THRESHOLD entries that form a tree, else inline."""
+    if len(m.entries) > TREE_THRESHOLD:
+        made = tree_objects(m.entries)
+        if made is not None:
+            return replace(m, tree=made[0], entry_count=len(m.entries))
+    return replace(m, tree="", entry_count=0) if m.tree else m
+
+
+def parse_tree(data: bytes, h: str, where: str) -> list[tuple[Entry, str]]:
+    """The entries of the tree of directory `where` ("" for the top) from its bytes: they must
+    hash to `h` and be canonical. Returns (entry with its full path, its subtree's hash or "")."""
+    label = where or "/"
+    if len(data) > MAX_TREE_BYTES:
+        raise ManifestError(f"tree {h[:16]} of {label!r} is {len(data)} bytes, more than the {MAX_TREE_BYTES} allowed")
+    if manifest_id(data) != h:
+        raise ManifestError(f"tree {h[:16]} of {label!r} does not match its hash (tampered or corrupt)")
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ManifestError(f"tree {h[:16]} of {label!r} is not valid JSON") from None
+    _need(isinstance(obj, dict) and set(obj) == {"entries", "format", "version"} and obj["format"] == TREE_FORMAT
+          and obj["version"] == 1 and isinstance(obj["entries"], list), f"tree {h[:16]} of {label!r}")
+    _need(h == EMPTY_TREE or obj["entries"], f"tree {h[:16]} of {label!r} is empty")
+    out: list[tuple[Entry, str]] = []
+    prefix = where + "/" if where else ""
+    for raw in obj["entries"]:
+        _need(isinstance(raw, dict), f"entry of tree {h[:16]}")
+        raw = dict(raw)
+        name, sub = raw.pop("name", None), raw.pop("tree", "")
+        _need(isinstance(name, str) and "/" not in name and name not in ("", ".", ".."),
+              f"name {_brief(name)} in tree of {label!r}")
+        _need("path" not in raw, f"path in tree of {label!r}")
+        e = _entry({**raw, "path": prefix + name})
+        _need(sub == "" or (e.type == "dir" and is_hash(sub) and sub != EMPTY_TREE), f"subtree of {e.path!r}")
+        out.append((e, sub))
+    # the entries re-serialise to these exact bytes: sorted, unique names, no unknown keys
+    again = [replace(e, path=e.path.rsplit("/", 1)[-1]) for e, _ in out]
+    names = [x.path for x in again]
+    _need(len(set(names)) == len(names), f"tree of {label!r} lists a name twice")
+    hashes = {x.path: sub for x, (_, sub) in zip(again, out) if sub}
+    _need(_tree_json(again, hashes) == data, f"tree {h[:16]} of {label!r} is not in canonical form")
+    return out
+
+
+def _tree_json(entries: list[Entry], subtrees: dict[str, str]) -> bytes:
+    """tree_bytes for entries whose `path` is already their name."""
+    rows = []
+    for e in entries:
+        j = e.to_json()
+        j["name"] = j.pop("path")
+        if e.path in subtrees:
+            j["tree"] = subtrees[e.path]
+        rows.append(j)
+    rows.sort(key=lambda j: j["name"])
+    return canonical({"entries": rows, "format": TREE_FORMAT, "version": 1})
+
+
+def resolve_trees(m: Manifest, fetch: Any, *, stop: bool = True) -> tuple[Manifest, list[tuple[str, str, str]]]:
+    """`m` with the entries of its trees, each tree's bytes from `fetch(hash, directory)` and
+    checked (`parse_tree`); at most `m.entry_count` entries are read. Returns the manifest and
+    the trees that could not be read: (directory, hash, why). With stop=True the first bad
+    tree raises ManifestError; else the manifest comes back with the entries that could be
+    read (unresolved: `m.resolved` False), so verify can check everything else."""
+    if m.resolved:
+        return m, []
+    entries: list[Entry] = []
+    bad: list[tuple[str, str, str]] = []
+    fetched: dict[str, bytes] = {}  # identical directories share a tree: fetched once
+    todo = [("", m.tree)]
+    while todo:
+        where, h = todo.pop()
+        try:
+            if h not in fetched:
+                fetched[h] = fetch(h, where)
+            got = parse_tree(fetched[h], h, where)
+        except ManifestError as err:
+            if stop:
+                raise
+            bad.append((where, h, str(err)))
+            continue
+        for e, sub in got:
+            entries.append(e)
+            _need(len(entries) <= m.entry_count, f"trees hold more than the {m.entry_count} entries the manifest says")
+            if sub:
+                todo.append((e.path, sub))
+    entries.sort(key=lambda e: e.path)
+    if not bad:
+        _need(len(entries) == m.entry_count, f"trees hold {len(entries)} entries, not the {m.entry_count} "
+                                             "the manifest says")
+        if m.attachments:
+            _attachments([{"path": p, "role": r} for r, p in m.attachments], tuple(entries))
+    return replace(m, entries=tuple(entries)), bad

@@ -605,7 +605,7 @@ def test_v1_catalog_is_read_as_is_and_migrated_on_first_writable_open(cat_path):
 
     c = Catalog(cat_path, STORE)
     try:
-        assert info(cat_path) == {"schema_version": "4", "store": STORE, "endpoint": ""}
+        assert info(cat_path) == {"schema_version": "5", "store": STORE, "endpoint": ""}
         tables = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert "chunk_refs" not in tables  # v4: replaced by manifest_chunks, backfilled from it
         want = sorted((m.id, h) for m in (a, b) for h in m.unique_chunks())
@@ -624,8 +624,112 @@ def test_v1_catalog_is_read_as_is_and_migrated_on_first_writable_open(cat_path):
     finally:
         c.close()
     Catalog(cat_path, STORE).close()  # a current catalog opens without another migration
-    assert info(cat_path)["schema_version"] == "4"
+    assert info(cat_path)["schema_version"] == "5"
 
+
+
+def make_v4_catalog(path: Path, monkeypatch, manifests: list[Manifest], fm_chunks: list[str]) -> str:
+    """A schema 4 catalog (chunks keyed by hex text, linked by rowid) holding `manifests`, the
+    last of which also names a file map of the chunk seeds `fm_chunks`; returns the map's hash."""
+    make_v1_catalog(path, STORE, manifests)
+    with monkeypatch.context() as mp:
+        mp.setattr(catalog_module, "SCHEMA_VERSION", 4)
+        Catalog(path, STORE).close()  # migrates 1 -> 4 as schema 4 archivers did
+    assert info(path)["schema_version"] == "4"
+    fm = h("filemap")
+    raw = sqlite3.connect(path)
+    try:
+        raw.executemany("INSERT OR IGNORE INTO chunks VALUES (?,?,?,?)", [(h(s), 7, "bg2", 1.0) for s in fm_chunks])
+        row = raw.execute("INSERT INTO filemaps(hash, chunk_count, size) VALUES (?,?,?)", (fm, len(fm_chunks), 99)).lastrowid
+        raw.executemany("INSERT INTO filemap_chunks SELECT ?, rowid FROM chunks WHERE hash=?",
+                        [(row, h(s)) for s in fm_chunks])
+        raw.execute("INSERT INTO manifest_filemaps SELECT rowid, ? FROM manifests WHERE id=?", (row, manifests[-1].id))
+        raw.execute("INSERT INTO chunk_checks VALUES (?, 50.0, 1)", (h(fm_chunks[0]),))
+        raw.commit()
+    finally:
+        raw.close()
+    return fm
+
+
+def test_v4_catalog_is_read_as_is_and_migrated_to_blob_keys(cat_path, monkeypatch):
+    """Schema 5 keys chunks by 32-byte BLOBs: a schema 4 catalog reads as before when opened
+    read-only (nothing written), and its first writable open converts every chunk, chunk-set
+    and file-map row, keeping what dedup (known_chunk) and fixity (chunk_coverage) answer."""
+    a = make_manifest("m", "v1", {"f": ["1", "2"]})
+    b = make_manifest("m", "v2", {"f": ["2", "3"]}, parent=a.id)
+    make_v4_catalog(cat_path, monkeypatch, [a, b], ["2", "9"])
+    before = cat_path.read_bytes()
+    want = sorted([(a.id, h("1"), 6), (a.id, h("2"), 6), (b.id, h("2"), 6), (b.id, h("3"), 6), (b.id, h("9"), 7)])
+
+    def answers(c: Catalog) -> tuple:
+        cover = sorted(c.chunk_coverage())
+        return (sorted((r[0], r[3], r[4]) for r in cover), [(r[3], r[5], r[6]) for r in cover if r[5] is not None],
+                c.known_chunk(h("1")), c.known_chunk(h("9")), c.known_chunk(h("nope")), c.known_chunk("not hex"),
+                c.object_counts())
+
+    expected = (want, [(h("2"), 50.0, True)] * 2, (6, "zstd"), (7, "bg2"), None, None, (4, 0))
+    ro = Catalog(cat_path, STORE, read_only=True)
+    try:
+        assert answers(ro) == expected
+    finally:
+        ro.close()
+    assert info(cat_path)["schema_version"] == "4" and cat_path.read_bytes() == before
+
+    c = Catalog(cat_path, STORE)
+    try:
+        assert info(cat_path)["schema_version"] == "5"
+        assert answers(c) == expected
+        kinds = c._conn.execute("SELECT DISTINCT typeof(hash), length(hash) FROM chunks").fetchall()
+        assert kinds == [("blob", 32)]
+        for table in ("manifest_chunks", "filemap_chunks"):
+            assert c._conn.execute(f"SELECT DISTINCT typeof(chunk), length(chunk) FROM {table}").fetchall() == \
+                [("blob", 32)]
+        tables = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert not any(t.endswith("_v5") for t in tables) and "chunk_refs" not in tables
+        columns = [r[1] for r in c._conn.execute("PRAGMA table_info(chunks)")]
+        assert columns == ["hash", "stored_size", "codec", "owner"]  # first_seen was never read
+        triggers = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
+        assert {"manifest_chunks_no_update", "manifest_chunks_no_delete", "filemap_chunks_no_update",
+                "filemap_chunks_no_delete"} <= triggers
+        for sql in ("UPDATE filemap_chunks SET chunk=x'00'", "DELETE FROM manifest_chunks"):
+            with pytest.raises(sqlite3.DatabaseError, match="immutable"):
+                c._conn.execute(sql)
+        child = make_manifest("m", "v3", {"f": ["3", "4"]}, parent=b.id)
+        assert record(c, child) and c.resolve("m") == child.id
+        assert {r.id: r.stored_size for r in c.manifest_rows()}[child.id] == 12
+        assert c.known_chunk(h("4")) == (6, "zstd")
+    finally:
+        c.close()
+
+
+def test_read_only_catalog_reads_blob_keys_after_its_own_first_write_migrates_it(cat_path, monkeypatch):
+    """A catalog opened read-only before its migration that then writes (migrating the file
+    under its read connection) switches its readers to the new keys."""
+    a = make_manifest("m", "v1", {"f": ["1"]})
+    make_v4_catalog(cat_path, monkeypatch, [a], ["9"])
+    c = Catalog(cat_path, STORE, read_only=True)
+    try:
+        assert c.known_chunk(h("1")) == (6, "zstd")
+        c.audit("note", None, True, {})  # the first write opens the writer, which migrates
+        assert info(cat_path)["schema_version"] == "5"
+        assert c.known_chunk(h("1")) == (6, "zstd") and c.known_chunk(h("9")) == (7, "bg2")
+        assert sorted(r[3] for r in c.chunk_coverage()) == sorted([h("1"), h("9")])
+    finally:
+        c.close()
+
+
+def test_recording_sorts_and_dedups_chunk_keys(cat, cat_path):
+    """One manifest naming the same chunk in many places records it once, first size and codec winning."""
+    m = make_manifest(files={"a": ["x", "y", "x"], "b": ["y", "z", "x"]})
+    assert record(cat, m)
+    assert count(cat_path, "chunks") == 3 and count(cat_path, "manifest_chunks") == 3
+    conn = sqlite3.connect(cat_path)
+    try:
+        keys = [r[0] for r in conn.execute("SELECT chunk FROM manifest_chunks")]
+    finally:
+        conn.close()
+    assert keys == sorted(bytes.fromhex(h(s)) for s in "xyz")
+    assert cat.known_chunk(h("x")) == (6, "zstd") and cat.known_chunk(h("x").upper()) == (6, "zstd")
 
 def test_newer_schema_is_refused_in_one_line(cat_path):
     Catalog(cat_path, STORE).close()
@@ -927,3 +1031,35 @@ def test_cli_reads_a_read_only_catalog(tmp_path):
             if p.is_dir():
                 os.chmod(p, 0o755)
         shutil.rmtree(base)
+
+
+def test_stored_size_counts_each_chunk_once_across_file_maps_and_inline_chunks(cat):
+    """A manifest's stored size is over its distinct chunks: summed per set when every set (file
+    map, inline chunks) was all new when recorded, else from the deduplicated union; both agree
+    with Manifest.stored_size on versions that share, repeat and mix chunks."""
+    import random
+    rnd = random.Random(5)
+
+    def entry(path: str, seeds: list[int], as_map: bool) -> Entry:
+        refs = tuple(ChunkRef(10 * i, 10, h(f"s{s}"), 3 + s, "zstd") for i, s in enumerate(seeds))
+        fm = h("map:" + ",".join(map(str, seeds))) if as_map else ""
+        return Entry(path=path, type="file", mode=0o644, size=10 * len(seeds), mtime_ns=1, blake3=h(path),
+                     sha256=h(path), chunks=refs, filemap=fm, chunk_count=len(refs) if as_map else 0)
+
+    cases = [  # (label, files: path -> (chunk seeds, as a file map))
+        ("fresh", {"a": (list(range(0, 20)), True), "b": (list(range(20, 40)), True), "c": ([40, 41], False)}),
+        ("same", {"a": (list(range(0, 20)), True), "b": (list(range(20, 40)), True), "c": ([40, 41], False)}),
+        ("new-map", {"a": (list(range(100, 120)), True), "b": (list(range(20, 40)), True)}),
+        ("shared", {"a": (list(range(0, 20)), True), "d": (list(range(10, 30)), True), "c": ([5, 41], False)}),
+        ("repeats", {"z": ([200] * 5 + [201], True), "y": ([202, 202, 203], False)}),
+        ("inline-dup", {"x": (list(range(300, 320)), True), "w": ([300, 399], False)}),
+    ]
+    rnd.shuffle(cases)
+    parent = None
+    for label, files in cases:
+        entries = tuple(entry(p, seeds, as_map) for p, (seeds, as_map) in files.items())
+        m = Manifest(name="m", label=label, entries=entries, parent=parent)
+        assert record(cat, m)
+        got = {r.id: r.stored_size for r in cat.manifest_rows()}[m.id]
+        assert got == m.stored_size, label
+        parent = m.id

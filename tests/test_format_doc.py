@@ -12,7 +12,7 @@ import pytest
 
 from archiver import layout
 from manifests import model
-from manifests.model import parse_filemap, parse_manifest
+from manifests.model import parse_filemap, parse_manifest, resolve_trees
 from tests.helpers import RawStore, make_checkpoint, run_cli, tree
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md"
@@ -40,7 +40,15 @@ def test_doc_scripts_restore_a_v2_archive(tmp_path, monkeypatch):
     _restore_by_hand(tmp_path, monkeypatch, v2=True)
 
 
-def _restore_by_hand(tmp_path, monkeypatch, v2: bool = False, packed: bool = False):
+def test_doc_scripts_restore_a_v3_archive(tmp_path, monkeypatch):
+    """The same scripts on a manifest version 3 archive: its entries in trees (the threshold
+    lowered so that a small fixture has some), with file maps inside them."""
+    monkeypatch.setattr(model, "FILEMAP_THRESHOLD", 1)
+    monkeypatch.setattr(model, "TREE_THRESHOLD", 3)
+    _restore_by_hand(tmp_path, monkeypatch, v2=True, v3=True)
+
+
+def _restore_by_hand(tmp_path, monkeypatch, v2: bool = False, packed: bool = False, v3: bool = False):
     if shutil.which("zstd") is None:
         pytest.skip("the zstd command is not installed (apt-get install zstd)")
     env = dict(os.environ)
@@ -67,7 +75,12 @@ def _restore_by_hand(tmp_path, monkeypatch, v2: bool = False, packed: bool = Fal
     assert res.code == 0, res.err
     mid = res.json()["id"]
     m = parse_manifest(RawStore(str(store)).read(layout.manifest(mid)), expected_id=mid)
-    assert m.canonical_json().startswith(b'{"entries"') and (b'"version":2' in m.canonical_json()) == v2
+    if v3:
+        assert b'"version":3' in m.canonical_json() and b'"entries"' not in m.canonical_json()
+        m = resolve_trees(m, lambda h, _: RawStore(str(store)).read(layout.tree(h)))[0]
+        assert len(RawStore(str(store)).keys(layout.TREES)) >= 3  # top, ckpt, ckpt/tokenizer
+    else:
+        assert m.canonical_json().startswith(b'{"entries"') and (b'"version":2' in m.canonical_json()) == v2
     maps = [e for e in m.files if e.filemap]
     assert bool(maps) == v2
     chunks = [c for e in m.files for c in e.chunks]

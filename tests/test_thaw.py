@@ -6,7 +6,6 @@ RESTORED, so the states are driven deterministically, whatever the machine's spe
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -169,13 +168,17 @@ def test_thaw_requests_once_resumes_without_rerequesting_and_restores(
     assert again.code == 0 and again.json()["thaw"]["requested"] == 0 and len(requests) == res["chunks"]
     # without --thaw a thawing chunk is still refused
     assert run_cli("--store", store, "restore", "m", str(dest)).code == 2
-    # the thaw finishes while the restore waits: it polls (a progress line each time), then restores
-    finisher = threading.Timer(0.5, held_thaw)
-    finisher.start()
-    try:
-        done = run_cli("--store", store, "restore", "m", str(dest), "--thaw", "--poll", "0.1")
-    finally:
-        finisher.join()
+    # the thaw finishes while the restore waits: it polls (a progress line each time), then
+    # restores. The thaw finishes at the first poll, so a slow machine cannot skip the wait.
+    import archiver.thaw as thaw_mod
+    real_poll = thaw_mod._poll
+
+    def poll_after_finishing(repo, st):
+        held_thaw()
+        real_poll(repo, st)
+
+    monkeypatch.setattr(thaw_mod, "_poll", poll_after_finishing)
+    done = run_cli("--store", store, "restore", "m", str(dest), "--thaw", "--poll", "0.1")
     assert done.code == 0, done.err
     lines = [line for line in done.err.splitlines() if line.startswith("thaw: ")]
     assert len(lines) >= 2 and "0/" in lines[0] and f"{res['chunks']}/{res['chunks']} chunks readable" in lines[-1]

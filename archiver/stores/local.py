@@ -6,6 +6,7 @@ two writers never both win, and a crash leaves at most a stale `.tmp-*` file tha
 verb ignores."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -259,12 +260,7 @@ class LocalStore:
     def get(self, key: str, max_size: int | None = None) -> bytes:
         """Whole object; ObjectMissingError if absent. Only a regular file is read (never
         through a symlink), and with `max_size` only if its size is within it."""
-        try:
-            fd = self._open_object(key)
-        except OSError as exc:
-            raise self._error(exc, "reading", key) from exc
-        try:
-            size = os.fstat(fd).st_size
+        with self._reading(key) as (fd, size):
             if max_size is not None and size > max_size:
                 raise ObjectTooLargeError(key, str(self.root), size, max_size)
             with open(fd, "rb", closefd=False) as f:
@@ -276,6 +272,17 @@ class LocalStore:
             if len(data) > max_size:
                 raise ObjectTooLargeError(key, str(self.root), len(data), max_size)
             return data
+
+    @contextlib.contextmanager
+    def _reading(self, key: str) -> Iterator[tuple[int, int]]:
+        """(fd, size) of the object opened for reading (a regular file, never through a
+        symlink); OS errors on the way become store errors naming the key; closed after."""
+        try:
+            fd = self._open_object(key)
+        except OSError as exc:
+            raise self._error(exc, "reading", key) from exc
+        try:
+            yield fd, os.fstat(fd).st_size
         except OSError as exc:
             raise self._error(exc, "reading", key) from exc
         finally:
@@ -285,12 +292,7 @@ class LocalStore:
         """Bytes [start, start+length) of the object (pread; the same refusals as `get`)."""
         if start < 0 or length < 0:
             raise ValueError(f"invalid range {start}+{length}")
-        try:
-            fd = self._open_object(key)
-        except OSError as exc:
-            raise self._error(exc, "reading", key) from exc
-        try:
-            size = os.fstat(fd).st_size
+        with self._reading(key) as (fd, size):
             if start + length > size:
                 raise ShortObjectError(key, str(self.root), size, start + length)
             parts: list[bytes] = []
@@ -302,10 +304,6 @@ class LocalStore:
                 parts.append(piece)
                 got += len(piece)
             return b"".join(parts)
-        except OSError as exc:
-            raise self._error(exc, "reading", key) from exc
-        finally:
-            os.close(fd)
 
     def stat(self, key: str) -> ObjectInfo | None:
         """Size of one object, or None if absent; a directory, symlink, FIFO, device or

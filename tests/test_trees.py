@@ -1,0 +1,346 @@
+"""Manifest v3 trees (manifests.model, archiver.repository): a manifest of more than
+TREE_THRESHOLD entries keeps them in content-addressed directory listings shared by
+unchanged directories across versions; small manifests keep their v1/v2 bytes and ids; a
+missing or damaged tree is reported by verify, refused by restore, copied by replicate
+and healed by repair; sealed stores keep entries inline."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from archiver import layout
+from archiver.errors import ManifestError as ArchiverManifestError
+from archiver.repository import Repository
+from archiver.settings import Settings
+from manifests import model
+from manifests.catalog import parse_condition
+from manifests.errors import ManifestError
+from manifests.model import (EMPTY_TREE, Entry, Manifest, canonical, manifest_id, parse_manifest, parse_tree,
+                             resolve_trees, tree_objects, with_filemaps, with_trees)
+from tests.helpers import RawStore, make_checkpoint, run_cli, tree
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def flip(b: bytes) -> bytes:
+    return b[:-2] + bytes([b[-2] ^ 1]) + b[-1:]
+
+
+def file_entry(path: str, n: int = 0) -> Entry:
+    return Entry(path=path, type="file", mode=0o644, size=0, mtime_ns=n, blake3="a" * 64, sha256="b" * 64,
+                 format="")
+
+
+def big_tree(dirs: int = 20, files: int = 60) -> list[Entry]:
+    """dirs x files entries in `top/dNN/`, over the threshold, plus an empty directory."""
+    out = [Entry(path="top", type="dir", mode=0o755, mtime_ns=1), Entry(path="top/empty", type="dir", mode=0o755)]
+    for d in range(dirs):
+        out.append(Entry(path=f"top/d{d:02}", type="dir", mode=0o755, mtime_ns=2))
+        out += [file_entry(f"top/d{d:02}/f{i:03}", d) for i in range(files)]
+    return out
+
+
+def resolved(m: Manifest, objects: dict[str, bytes]) -> Manifest:
+    return resolve_trees(parse_manifest(m.canonical_json(), expected_id=m.id), lambda h, _: objects[h])[0]
+
+
+# -- the format ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["small", "big"])
+def test_stored_manifests_under_the_threshold_keep_their_bytes_and_ids(kind: str) -> None:
+    (path,) = DATA.glob(f"manifest_v1_{kind}_*.json")
+    mid, data = path.stem.rsplit("_", 1)[1], path.read_bytes()
+    m = parse_manifest(data, expected_id=mid)
+    assert with_trees(m) == m and with_trees(m).canonical_json() == data
+    v2 = with_filemaps(m)
+    assert with_trees(v2).canonical_json() == v2.canonical_json()  # v2 stays v2
+
+
+def test_large_manifest_goes_through_trees_and_reads_back() -> None:
+    entries = big_tree()
+    m = with_trees(Manifest(name="m", entries=tuple(entries)))
+    assert m.tree and m.entry_count == len(entries) > model.TREE_THRESHOLD
+    root = json.loads(m.canonical_json())
+    assert root["version"] == 3 and "entries" not in root and len(m.canonical_json()) < 300
+    top, objects, by_dir = tree_objects(m.entries)
+    assert top == m.tree and len(objects) == 22  # top, top/, 20 directories; the empty one has none
+    assert by_dir["top/empty"] == EMPTY_TREE and EMPTY_TREE not in objects
+    back = resolved(m, objects)
+    assert [e.to_json() for e in back.entries] == [e.to_json() for e in sorted(entries, key=lambda e: e.path)]
+    assert back.canonical_json() == m.canonical_json() and back.resolved
+
+
+def test_an_unchanged_directory_keeps_its_tree_and_a_change_costs_its_depth() -> None:
+    a = big_tree()
+    b = [file_entry(e.path, 9) if e.path == "top/d07/f003" else e for e in a]
+    _, oa, da = tree_objects(a)
+    _, ob, db = tree_objects(b)
+    assert set(ob) - set(oa) == {db[""], db["top"], db["top/d07"]}  # the changed directory and its ancestors
+    assert all(da[d] == db[d] for d in da if d not in ("", "top", "top/d07"))
+
+
+def test_identical_directories_share_one_tree() -> None:
+    entries = [dataclasses.replace(e, mtime_ns=0) for e in big_tree()]
+    _, objects, by_dir = tree_objects(entries)
+    assert len(objects) == 3 and len({by_dir[f"top/d{d:02}"] for d in range(20)}) == 1
+
+
+@pytest.mark.parametrize("entries", [
+    [file_entry(f"loose/f{i}") for i in range(1100)],  # parent directory has no entry
+    [Entry(path="a", type="dir", mode=0o755)] + [file_entry(f"a/./f{i}") for i in range(1100)],
+])
+def test_entries_that_do_not_form_a_tree_stay_inline(entries: list[Entry]) -> None:
+    m = Manifest(name="m", entries=tuple(entries))
+    assert tree_objects(entries) is None and with_trees(m) == m
+    assert json.loads(m.canonical_json())["version"] == 1
+
+
+def _tree(rows: list[dict]) -> bytes:
+    return canonical({"entries": rows, "format": model.TREE_FORMAT, "version": 1})
+
+
+FILE = file_entry("x").to_json()
+
+
+@pytest.mark.parametrize("rows, why", [
+    ([{**{k: v for k, v in FILE.items() if k != "path"}, "name": "b"},
+      {**{k: v for k, v in FILE.items() if k != "path"}, "name": "a"}], "canonical"),  # unsorted
+    ([{**{k: v for k, v in FILE.items() if k != "path"}, "name": "a"}] * 2, "twice"),
+    ([{**{k: v for k, v in FILE.items() if k != "path"}, "name": "a/b"}], "name"),
+    ([{**{k: v for k, v in FILE.items() if k != "path"}, "name": ".."}], "name"),
+    ([{**FILE, "name": "a"}], "path"),
+    ([{**{k: v for k, v in FILE.items() if k != "path"}, "name": "a", "tree": "c" * 64}], "subtree"),
+    ([{"mode": 493, "name": "d", "tree": EMPTY_TREE, "type": "dir"}], "subtree"),
+    ([{**{k: v for k, v in FILE.items() if k != "path"}, "name": "a", "extra": 1}], "canonical"),
+])
+def test_bad_trees_are_refused(rows: list[dict], why: str) -> None:
+    data = _tree(rows)
+    with pytest.raises(ManifestError, match=why):
+        parse_tree(data, manifest_id(data), "top")
+    with pytest.raises(ManifestError, match="does not match its hash"):
+        parse_tree(data, "0" * 64, "top")
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda d: {**d, "entry_count": model.TREE_THRESHOLD}, "entry count"),
+    (lambda d: {**d, "entry_count": model.MAX_TREE_ENTRIES + 1}, "entry count"),
+    (lambda d: {**d, "entries": []}, "entries"),
+    (lambda d: {**d, "tree": "xyz"}, "tree"),
+])
+def test_malformed_v3_roots_are_refused(edit, why: str) -> None:
+    d = with_trees(Manifest(name="m", entries=tuple(big_tree()))).to_dict()
+    with pytest.raises(ManifestError, match=why):
+        parse_manifest(canonical(edit(d)))
+
+
+def test_a_root_whose_trees_hold_another_count_is_refused() -> None:
+    m = with_trees(Manifest(name="m", entries=tuple(big_tree())))
+    _, objects, _ = tree_objects(m.entries)
+    for count in (m.entry_count - 1, m.entry_count + 1):
+        other = dataclasses.replace(m, entry_count=count)
+        with pytest.raises(ManifestError, match="entries"):
+            resolve_trees(parse_manifest(other.canonical_json()), lambda h, _: objects[h])
+
+
+# -- archive, verify, restore, replicate, repair ---------------------------------------------------
+
+@pytest.fixture
+def low_threshold(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Any manifest of more than 3 entries uses trees, so small fixtures exercise v3."""
+    monkeypatch.setattr(model, "TREE_THRESHOLD", 3)
+    return 3
+
+
+def archive_v3(tmp_path: Path, store: str) -> tuple[Path, str, Manifest]:
+    ck = make_checkpoint(tmp_path / "src" / "ck", layers=2, dim=64)
+    r = run_cli("--store", store, "archive", str(ck), "--name", "m")
+    assert r.code == 0, r.err
+    mid = r.out.strip()
+    m = parse_manifest(RawStore(store).read(layout.manifest(mid)), expected_id=mid)
+    assert m.tree and not m.entries
+    return ck, mid, m
+
+
+def tree_key_of(store: str, mid: str, where: str) -> str:
+    """The key of the tree listing directory `where` of manifest `mid`, from its resolved entries."""
+    raw = RawStore(store)
+    m = resolve_trees(parse_manifest(raw.read(layout.manifest(mid)), expected_id=mid),
+                      lambda h, _: raw.read(layout.tree(h)))[0]
+    return layout.tree(tree_objects(m.entries)[2][where])
+
+
+def test_v3_archive_restores_verifies_and_an_unchanged_rearchive_adds_only_a_root(
+        low_threshold: int, tmp_path: Path, store_url: str, home: Path) -> None:
+    ck, mid, m = archive_v3(tmp_path, store_url)
+    raw = RawStore(store_url)
+    trees = set(raw.keys(layout.TREES))
+    assert len(trees) == 3  # top, ck, ck/tokenizer (empty_dir names none)
+    assert run_cli("--store", store_url, "verify", mid, "--deep").code == 0
+    assert run_cli("--store", store_url, "restore", mid, str(tmp_path / "out")).code == 0
+    assert tree(tmp_path / "out" / "ck") == tree(ck)
+    again = run_cli("--store", store_url, "archive", str(ck), "--name", "m")
+    assert again.code == 0 and again.out.strip() != mid
+    assert set(raw.keys(layout.TREES)) == trees  # every tree reused
+    assert len(raw.read(layout.manifest(again.out.strip()))) < 400
+    (ck / "tokenizer" / "vocab.txt").write_text("changed")
+    third = run_cli("--store", store_url, "archive", str(ck), "--name", "m")
+    assert third.code == 0 and len(set(raw.keys(layout.TREES)) - trees) == 3  # tokenizer, ck, top
+
+
+@pytest.mark.parametrize("damage", ["tampered", "missing"])
+def test_bad_tree_is_reported_by_verify_and_refused_by_restore(low_threshold: int, tmp_path: Path,
+                                                              home: Path, damage: str) -> None:
+    store = str(tmp_path / "store")
+    ck, mid, m = archive_v3(tmp_path, store)
+    key = tree_key_of(store, mid, "ck/tokenizer")
+    raw = RawStore(store)
+    if damage == "tampered":
+        raw.mutate(key, flip)
+    else:
+        raw.delete(key)
+    v = run_cli("--store", store, "verify", mid, "--deep", "--json")
+    assert v.code == 1
+    problems = v.json()["problems"]
+    h = key.rsplit("/", 1)[-1].removesuffix(".json")
+    assert [(p["kind"], p["path"], p["chunk"]) for p in problems] == [("tree", "ck/tokenizer", h)]
+    assert ("missing" if damage == "missing" else "does not match its hash") in problems[0]["detail"]
+    r = run_cli("--store", store, "restore", mid, str(tmp_path / "out"))
+    assert r.code == 1 and len(r.err.strip().splitlines()) == 1 and "tree" in r.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_replicate_copies_trees_and_repair_heals_one(low_threshold: int, tmp_path: Path, home: Path) -> None:
+    store, copy = str(tmp_path / "store"), str(tmp_path / "copy")
+    ck, mid, m = archive_v3(tmp_path, store)
+    assert run_cli("--store", store, "replicate", "--all", "--to", copy).code == 0
+    trees = sorted(RawStore(store).keys(layout.TREES))
+    assert trees and sorted(RawStore(copy).keys(layout.TREES)) == trees
+    assert all(RawStore(copy).read(k) == RawStore(store).read(k) for k in trees)
+    assert run_cli("--store", copy, "verify", "--all", "--deep").code == 0
+    key = tree_key_of(store, mid, "ck")  # its loss hides ck/tokenizer's tree too: healed in turn
+    RawStore(store).delete(key)
+    RawStore(store).mutate(tree_key_of(copy, mid, "ck/tokenizer"), flip)
+    plan = run_cli("--store", store, "repair", "--from", copy, "--dry-run", "--json")
+    assert plan.code == 0, plan.err
+    assert [(f["kind"], f["state"]) for f in plan.json()["fixes"]] == [("tree", "missing")]
+    fixed = run_cli("--store", store, "repair", "--from", copy, "--json")
+    assert fixed.code == 0, fixed.err
+    assert [(f["kind"], f["state"], f["action"]) for f in fixed.json()["fixes"]] == [
+        ("tree", "missing", "written"), ("tree", "damaged", "replaced")]
+    assert all(RawStore(copy).read(k) == RawStore(store).read(k) for k in trees)
+    assert run_cli("--store", store, "verify", mid, "--deep").code == 0
+
+
+def test_verify_copies_reports_a_copy_missing_a_tree(low_threshold: int, tmp_path: Path, home: Path) -> None:
+    store, copy = str(tmp_path / "store"), str(tmp_path / "copy")
+    ck, mid, m = archive_v3(tmp_path, store)
+    assert run_cli("--store", store, "copies", "add", copy).code == 0
+    assert run_cli("--store", store, "replicate", "--all", "--to", copy).code == 0
+    assert run_cli("--store", store, "verify", "--all", "--copies", "--json").json()["copies"]["copies"] == {mid: "2/2"}
+    key = tree_key_of(copy, mid, "ck/tokenizer")
+    RawStore(copy).delete(key)
+    bad = run_cli("--store", store, "verify", "--all", "--copies", "--json")
+    assert bad.code == 1 and bad.json()["copies"]["copies"] == {mid: "1/2"}
+    h = key.rsplit("/", 1)[-1].removesuffix(".json")
+    assert [(p["kind"], p["path"], p["chunk"]) for p in bad.json()["copies"]["problems"]] == [
+        ("tree", "ck/tokenizer", h)]
+
+
+# -- the repository and the catalog ----------------------------------------------------------------
+
+@pytest.fixture
+def repo(tmp_path: Path):
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db"), create=True) as r:
+        yield r
+
+
+def test_commit_writes_trees_before_the_root_and_rebuild_records_v3(repo: Repository, tmp_path: Path) -> None:
+    entries = tuple(big_tree())
+    mid = repo.commit_manifest(Manifest(name="m", entries=entries)).id
+    raw = RawStore(str(tmp_path / "store"))
+    assert json.loads(raw.read(layout.manifest(mid)))["version"] == 3 and len(raw.keys(layout.TREES)) == 22
+    assert repo.load_manifest(mid).entries == tuple(sorted(entries, key=lambda e: e.path))
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat2.db")) as fresh:
+        assert fresh.rebuild_catalog().added == [mid]
+        assert fresh.list_archives()[0].file_count == 1200
+    raw.delete(layout.tree(tree_objects(entries)[2]["top/d03"]))
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat3.db")) as fresh:
+        res = fresh.rebuild_catalog()
+        assert res.added == [] and [p.kind for p in res.problems] == ["manifest"]
+        assert "tree" in res.problems[0].detail and "missing" in res.problems[0].detail
+    with pytest.raises(ArchiverManifestError, match="top/d03"):
+        repo.load_manifest(mid)
+
+
+def test_catalog_adds_no_file_rows_for_unchanged_trees(repo: Repository, tmp_path: Path) -> None:
+    entries = big_tree()
+    a = repo.commit_manifest(Manifest(name="m", label="a", entries=tuple(entries))).id
+    conn = sqlite3.connect(tmp_path / "cat.db")
+    try:
+        first = conn.execute("SELECT count(*) FROM files").fetchone()[0]
+        b = repo.commit_manifest(Manifest(name="m", label="b", meta={"run": "b"}, entries=tuple(entries),
+                                          parent=a)).id
+        assert conn.execute("SELECT count(*) FROM files").fetchone()[0] == first  # unchanged: no rows
+        changed = [file_entry(e.path, 9) if e.path == "top/d07/f003" else e for e in entries]
+        repo.commit_manifest(Manifest(name="m", label="c", entries=tuple(changed), parent=b))
+        added = conn.execute("SELECT count(*) FROM files").fetchone()[0] - first
+        assert added == 1 + 21 + 60  # the new trees' entries: the top's, top's and top/d07's
+        json_size = conn.execute("SELECT length(json) FROM manifests WHERE id=?", (b,)).fetchone()[0]
+        assert json_size < 400
+    finally:
+        conn.close()
+    rows = {r.id: r for r in repo.list_archives()}
+    assert rows[b].file_count == rows[a].file_count == 1200
+    assert [r.id for r in repo.search([parse_condition("meta.run=b")])] == [b]  # search reads the fields rows
+
+
+def test_sealed_store_keeps_entries_inline(tmp_path: Path, home: Path, low_threshold: int) -> None:
+    import pyrage
+    ident = pyrage.x25519.Identity.generate()
+    (tmp_path / "id.txt").write_text(f"# public key: {ident.to_public()}\n{ident}\n")
+    store = str(tmp_path / "store")
+    assert run_cli("--store", store, "store", "init", "--encrypt-to", str(ident.to_public())).code == 0
+    ck = make_checkpoint(tmp_path / "src" / "ck", layers=2, dim=64)
+    r = run_cli("--store", store, "archive", str(ck), "--name", "m", "--json")
+    assert r.code == 0, r.err
+    assert RawStore(store).keys(layout.TREES) == []
+
+
+def test_show_lists_the_entries_and_a_bag_carries_the_trees(low_threshold: int, tmp_path: Path, home: Path) -> None:
+    import bagit
+    store = str(tmp_path / "store")
+    ck, mid, m = archive_v3(tmp_path, store)
+    shown = run_cli("--store", store, "show", mid, "--json").json()["manifest"]
+    assert shown["tree"] == m.tree and len(shown["entries"]) == m.entry_count
+    assert {e["path"] for e in shown["entries"]} >= {"ck", "ck/tokenizer/vocab.txt", "ck/empty_dir"}
+    r = run_cli("--store", store, "export", mid, str(tmp_path / "bag"), "--bagit", "--json")
+    assert r.code == 0, r.err
+    bag = bagit.Bag(str(tmp_path / "bag"))
+    bag.validate()
+    trees = sorted((tmp_path / "bag" / "archiver" / "trees").iterdir())
+    assert [p.name for p in trees] == sorted(k.rsplit("/", 1)[-1] for k in RawStore(store).keys(layout.TREES))
+    assert all(manifest_id(p.read_bytes()) == p.stem for p in trees)
+
+
+def test_shared_trees_are_fetched_once_and_cannot_inflate_a_manifest() -> None:
+    entries = [dataclasses.replace(e, mtime_ns=0) for e in big_tree()]
+    m = with_trees(Manifest(name="m", entries=tuple(entries)))
+    _, objects, _ = tree_objects(entries)
+    calls: list[str] = []
+    back = resolve_trees(parse_manifest(m.canonical_json()), lambda h, _: calls.append(h) or objects[h])[0]
+    assert len(back.entries) == len(entries) and sorted(calls) == sorted(objects)  # 20 directories, one GET
+    small = dataclasses.replace(m, entry_count=model.TREE_THRESHOLD + 1)  # a root declaring fewer entries
+    with pytest.raises(ManifestError, match="more than"):
+        resolve_trees(parse_manifest(small.canonical_json()), lambda h, _: objects[h])
+
+
+def test_commit_refuses_a_root_without_its_entries(repo: Repository, tmp_path: Path) -> None:
+    m = with_trees(Manifest(name="m", entries=tuple(big_tree())))
+    root = parse_manifest(m.canonical_json())  # trees not resolved: no entries in memory
+    with pytest.raises(ArchiverManifestError, match="were not given"):
+        repo.commit_manifest(root)
+    assert RawStore(str(tmp_path / "store")).keys(layout.MANIFESTS) == []
