@@ -139,6 +139,8 @@ class Repository:
         self._store = store
         self._catalog = catalog
         self._codec = codec or Codec()
+        self._run_lock = threading.Lock()  # a sealed store's run key is made once (see _start_run)
+        self._run_ready = False  # this process's run key object is stored
         self._event_lock = threading.Lock()  # one append at a time per process (repairs run on workers)
         self._writer: str | None = None
         self._heads: dict[str, tuple[int, str]] = {}  # writer -> (seq, hash) of its newest event
@@ -1672,11 +1674,20 @@ class Repository:
     def _start_run(self) -> None:
         """This process's run key: generated, wrapped to the newest recipient set, stored."""
         assert self._sealer is not None
-        if self._sealer.run_kid is not None:
+        if self._run_ready:
             return
-        gen, recipients = self._recipients()
-        kid, secret = self._sealer.start_run()
-        self._store.put_if_absent(layout.run_key(kid, gen), sealing.wrap(secret, recipients))
+        # Several files are archived at once: one run key per process, and no thread seals to
+        # it before its key object is durable (a chunk sealed to a key never stored would be
+        # unreadable, yet a write-only host proves a stored chunk by its size only).
+        with self._run_lock:
+            if self._run_ready:
+                return
+            if self._sealer.run_kid is None:
+                self._sealer.start_run()
+            gen, recipients = self._recipients()
+            secret = (str(self._sealer.run_keys[self._sealer.run_kid]) + "\n").encode()
+            self._store.put_if_absent(layout.run_key(self._sealer.run_kid, gen), sealing.wrap(secret, recipients))
+            self._run_ready = True
 
     def _identity_for(self, kid: str) -> Any:
         """The run key `kid` (opened once per process with the custodians' identities)."""
