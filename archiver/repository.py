@@ -20,7 +20,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import blake3
 
@@ -317,18 +317,26 @@ class Repository:
 
     def tree_sizes(self) -> dict[str, int]:
         """hash -> stored size of every tree object in the store (LIST only, nothing fetched)."""
-        out: dict[str, int] = {}
-        for info in self._store.list(layout.TREES):
-            h = info.key.rsplit("/", 1)[-1].removesuffix(".json")
-            if is_hash(h) and info.key == layout.tree(h):
-                out[h] = info.size
-        return out
+        return self._named_sizes(layout.TREES, layout.tree)
 
     def put_tree_object(self, h: str, data: bytes, policy: Any = None) -> bool:
         """Store a tree copied from another store (it must hash to `h`); True if written now."""
+        return self._put_named(h, data, layout.tree(h), "tree", policy)
+
+    def _named_sizes(self, prefix: str, key_of: Callable[[str], str]) -> dict[str, int]:
+        """hash -> stored size of every object under `prefix` named by its hash (`key_of`)."""
+        out: dict[str, int] = {}
+        for info in self._store.list(prefix):
+            h = info.key.rsplit("/", 1)[-1].removesuffix(".json")
+            if is_hash(h) and info.key == key_of(h):
+                out[h] = info.size
+        return out
+
+    def _put_named(self, h: str, data: bytes, key: str, what: str, policy: Any) -> bool:
+        """Store bytes copied from another store under `key`, named by their BLAKE3 `h`."""
         if manifest_id(data) != h:
-            raise ManifestError(f"bytes given for tree {h} do not hash to its name")
-        return self._put_exact(layout.tree(h), data, f"tree {h}", policy)
+            raise ManifestError(f"bytes given for {what} {h} do not hash to its name")
+        return self._put_exact(key, data, f"{what} {h}", policy)
 
     def tree_object_checked(self, h: str, where: str) -> bytes:
         """Tree `h`'s bytes, returned only if they parse as that tree (what a copy may give to repair)."""
@@ -436,18 +444,11 @@ class Repository:
 
     def filemap_sizes(self) -> dict[str, int]:
         """hash -> stored size of every file map object in the store (LIST only, nothing fetched)."""
-        out: dict[str, int] = {}
-        for info in self._store.list(layout.FILEMAPS):
-            h = info.key.rsplit("/", 1)[-1].removesuffix(".json")
-            if is_hash(h) and info.key == layout.filemap(h):
-                out[h] = info.size
-        return out
+        return self._named_sizes(layout.FILEMAPS, layout.filemap)
 
     def put_filemap_object(self, h: str, data: bytes, policy: Any = None) -> bool:
         """Store a file map copied from another store (it must hash to `h`); True if written now."""
-        if manifest_id(data) != h:
-            raise ManifestError(f"bytes given for file map {h} do not hash to its name")
-        return self._put_exact(layout.filemap(h), data, f"file map {h}", policy)
+        return self._put_named(h, data, layout.filemap(h), "file map", policy)
 
     def filemap_object_checked(self, e: Entry) -> bytes:
         """Entry `e`'s file map bytes, returned only if they parse as its map (what a copy
