@@ -23,6 +23,7 @@ import errno
 import fcntl
 import fnmatch
 import os
+import resource
 import secrets
 import stat
 import time
@@ -33,7 +34,7 @@ from typing import Any, Iterable
 
 import blake3
 
-from archiver import events
+from archiver import events, fileio
 from archiver.errors import (DestinationError, DestinationFullError, FileHashError,
                              IntegrityError, UnsafePathError, translated)
 from archiver.fileio import write_all
@@ -51,6 +52,11 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 WRITEBACK_EVERY = 64 * 1024 * 1024
 # Files up to this size are restored in parallel across files, their directories synced in a batch.
 SMALL_FILE = 1 << 20
+# Small files are made durable together, in batches of at most this many files / bytes
+# (`_restore_small`); and at most this many directory fds are kept open between their renames and their sync.
+SYNC_BATCH_FILES = 512
+SYNC_BATCH_BYTES = 64 * 1024 * 1024
+DIR_FDS_KEPT = 512
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 # Holes are made per aligned window of this size: big enough that checking costs nothing
 # next to the write (bytes.startswith is a memcmp that stops at the first non-zero byte),
@@ -153,15 +159,8 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
                 result.links += 1
         # Last and deepest first: writing a file or a subdirectory changes its parent's mtime,
         # and a read-only mode would stop the writes below it.
-        for e in sorted((e for e in chosen if e.type == "dir"), key=lambda e: -e.path.count("/")):
-            fd = _open_dir(root_fd, e.path.split("/"), create=False)
-            try:
-                os.fchmod(fd, e.mode & mode_mask)
-                if e.mtime_ns is not None:  # None: a manifest made before directory mtimes were recorded
-                    os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        _finish_dirs(root_fd, sorted((e for e in chosen if e.type == "dir"), key=lambda e: -e.path.count("/")),
+                     mode_mask, nworkers)
         os.fsync(root_fd)
     finally:
         os.close(root_fd)
@@ -169,6 +168,26 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
     result.seconds = round(time.monotonic() - started, 3)
     _append_event(repo, result, include)
     return result
+
+
+def _finish_dirs(root_fd: int, dirs: list[Entry], mode_mask: int, nworkers: int) -> None:
+    """Set each directory's mode and mtime (in the order given), then make them durable
+    together, a bounded number of open directories at a time (`fileio.sync_together`)."""
+    most = _batch_limits()[1]
+    with ThreadPoolExecutor(nworkers, thread_name_prefix="restore-dirs") as pool:
+        for i in range(0, len(dirs), most):
+            fds: list[int] = []
+            try:
+                for e in dirs[i:i + most]:
+                    fd = _open_dir(root_fd, e.path.split("/"), create=False)
+                    fds.append(fd)
+                    os.fchmod(fd, e.mode & mode_mask)
+                    if e.mtime_ns is not None:  # None: a manifest made before directory mtimes were recorded
+                        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+                fileio.sync_together(fds, pool)
+            finally:
+                for fd in fds:
+                    os.close(fd)
 
 
 def _append_event(repo: Repository, result: RestoreResult, include: Iterable[str]) -> None:
@@ -366,38 +385,146 @@ def _open_dir(root_fd: int, parts: list[str], *, create: bool) -> int:
         raise
 
 
+@dataclass
+class _Staged:
+    """A small file written under its temp name (still open and locked), not yet durable."""
+    entry: Entry
+    dir_fd: int
+    name: str
+    tmp: str
+    fd: int
+
+
+def _batch_limits() -> tuple[int, int]:
+    """(files per sync batch, directory fds kept open): each staged file holds its fd until
+    its rename, so both stay well inside the process's open-file limit."""
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        soft = 1024
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 16
+    return max(8, min(SYNC_BATCH_FILES, soft // 4)), max(8, min(DIR_FDS_KEPT, soft // 4))
+
+
 def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry], pool: ThreadPoolExecutor,
                    nworkers: int, result: RestoreResult, progress: Progress, force: bool, mode_mask: int) -> None:
-    """Restore small files several at a time (file tasks on a pool of their own, since they
-    wait on chunk tasks), each fsynced before its rename; then sync every directory they
-    were renamed into, once, so all of them are durable before the restore reports."""
+    """Restore small files in sync batches: the files of a batch are written under temp names
+    several at a time (file tasks on a pool of their own, since they wait on chunk tasks),
+    made durable together (`fileio.sync_together`: one syncfs, or an fsync each in parallel),
+    and only then renamed into place; every directory they were renamed into is synced once,
+    after its last rename and before the restore reports. A damaged or partial file never
+    appears under its final name: a failure before a batch's sync renames none of it."""
     if not files:
         return
-
-    def one(batch: list[Entry]) -> RestoreResult:
-        mine = RestoreResult(id=mid, dest=result.dest)  # merged on this thread: no shared counters
-        for e in batch:
-            _restore_file(repo, mid, root_fd, e, pool, 2, mine, progress, force, mode_mask, sync_dir=False)
-        return mine
-
     # written in pack order, so each planned span of a pack is read once, not once per file;
     # problems are still reported in the manifest's order
     pos = repo.pack_positions(e.chunks[0].hash for e in files if e.chunks)
     at = {e.path: i for i, e in enumerate(files)}
     problems: list[Problem] = []
     in_pack_order = sorted(files, key=lambda e: pos.get(e.chunks[0].hash, ("", 0)) if e.chunks else ("", 0))
-    with ThreadPoolExecutor(nworkers, thread_name_prefix="restore-files") as tasks:
-        for _b, mine in ordered_map(tasks, one, batches(in_pack_order, lambda e: e.size), 4 * nworkers):
-            result.files += mine.files
-            result.bytes += mine.bytes
-            problems.extend(mine.problems)
-    result.problems.extend(sorted(problems, key=lambda p: at.get(p.path or "", -1)))
-    for parent in sorted({e.path.rpartition("/")[0] for e in files}):
-        fd = _open_dir(root_fd, parent.split("/") if parent else [], create=False)
-        try:
-            os.fsync(fd)
-        finally:
+    most_files, most_dirs = _batch_limits()
+    dirs: dict[str, int] = {}  # parent path -> open fd, renamed into and not yet synced
+    staged: list[_Staged] = []  # written, not yet renamed: whatever happens, removed in `finally`
+
+    def stage(batch: list[Entry]) -> list[Problem]:
+        mine: list[Problem] = []
+        for e in batch:
+            _stage_file(repo, mid, dirs[e.path.rpartition("/")[0]], e, pool, staged, mine, progress, mode_mask)
+        return mine
+
+    try:
+        with ThreadPoolExecutor(nworkers, thread_name_prefix="restore-files") as tasks:
+            for batch in batches(in_pack_order, lambda e: e.size, most_files, SYNC_BATCH_BYTES):
+                new = {e.path.rpartition("/")[0] for e in batch} - dirs.keys()
+                if len(dirs) + len(new) > most_dirs:  # keep the fds bounded: sync what is open, close it
+                    _sync_dirs(dirs, tasks)
+                    new = {e.path.rpartition("/")[0] for e in batch}
+                for parent in sorted(new):
+                    dirs[parent] = _open_dir(root_fd, parent.split("/") if parent else [], create=True)
+                for _b, mine in ordered_map(tasks, stage, batches(batch, lambda e: e.size), 4 * nworkers):
+                    problems.extend(mine)
+                fileio.sync_together([s.fd for s in staged], tasks)
+                while staged:
+                    s = staged[0]
+                    try:
+                        _check_target(s.dir_fd, s.name, s.entry.path, force)
+                        os.rename(s.tmp, s.name, src_dir_fd=s.dir_fd, dst_dir_fd=s.dir_fd)  # still locked
+                    except OSError as err:
+                        _raise_write_error(s.entry.path, err)
+                    staged.pop(0)
+                    os.close(s.fd)
+                    result.files += 1
+                    result.bytes += s.entry.size
+            _sync_dirs(dirs, tasks)
+    except OSError as err:
+        _raise_write_error(staged[0].entry.path if staged else result.dest, err)
+    finally:
+        for s in staged:  # the pool has shut down: no task still adds to it
+            _discard(s.dir_fd, s.tmp, s.fd)
+        for fd in dirs.values():
             os.close(fd)
+    result.problems.extend(sorted(problems, key=lambda p: at.get(p.path or "", -1)))
+
+
+def _sync_dirs(dirs: dict[str, int], pool: ThreadPoolExecutor) -> None:
+    """Sync every directory in `dirs` (after the renames into it), then close and forget them."""
+    fds = list(dirs.values())
+    dirs.clear()
+    try:
+        fileio.sync_together(fds, pool)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _raise_write_error(path: str, err: OSError) -> None:
+    if err.errno in _NO_SPACE:
+        raise DestinationFullError(path) from None
+    raise DestinationError(path, f"cannot write: {err.strerror}") from None
+
+
+def _discard(dir_fd: int, tmp: str, fd: int) -> None:
+    """Close and remove a temp file that will not be renamed into place."""
+    if fd >= 0:
+        os.close(fd)
+    try:
+        os.unlink(tmp, dir_fd=dir_fd)
+    except OSError:
+        pass
+
+
+def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadPoolExecutor,
+                staged: list[_Staged], problems: list[Problem], progress: Progress, mode_mask: int) -> None:
+    """Write small file `e` under a temp name in dir_fd, every chunk and the whole file
+    re-hashed, with its final mode and mtime, and add it to `staged` (not yet durable nor
+    renamed). A damaged file is reported in `problems` and its temp removed."""
+    tmp = ""
+    fd = -1
+    try:
+        tmp, fd = _create_temp(dir_fd)
+        written = 0
+        for piece in repo.stream_file(e, pool, 2, keep_going=True, sha256=False):
+            if piece.error is not None:  # stop at the first bad chunk: this file cannot be restored
+                problems.append(chunk_problem(mid, e, piece.ref, piece.error))
+                return
+            data = piece.data
+            assert data is not None
+            _write_sparse(fd, data, written)
+            written += len(data)
+            progress.advance(len(data))
+        os.ftruncate(fd, written)  # the size, if the file ends in a hole
+        os.fchmod(fd, e.mode & mode_mask)
+        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+        staged.append(_Staged(e, dir_fd, e.path.rpartition("/")[2], tmp, fd))  # one append: atomic across threads
+        tmp, fd = "", -1
+    except FileHashError:
+        problems.append(file_hash_problem(mid, e))
+    except OSError as err:
+        _raise_write_error(e.path, err)
+    finally:
+        if tmp:
+            _discard(dir_fd, tmp, fd)
 
 
 def _restore_file(repo: Repository, mid: str, root_fd: int, e: Entry, pool: ThreadPoolExecutor, window: int,

@@ -53,3 +53,102 @@ def test_a_typed_buffer_is_written_as_its_bytes(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert (tmp_path / "f").read_bytes() == values.tobytes()
+
+
+# -- sync_together: many files made durable at once ------------------------------------------
+
+def _files(tmp_path: Path, n: int) -> list[int]:
+    fds = []
+    for i in range(n):
+        fd = os.open(tmp_path / f"f{i}", os.O_WRONLY | os.O_CREAT)
+        write_all(fd, b"x" * i)
+        fds.append(fd)
+    return fds
+
+
+def _count(monkeypatch, with_syncfs: bool = True) -> dict[str, int]:
+    calls = {"fsync": 0, "syncfs": 0}
+    real_fsync, real_syncfs = os.fsync, fileio.syncfs
+
+    def fsync(fd: int) -> None:
+        calls["fsync"] += 1
+        real_fsync(fd)
+
+    def syncfs(fd: int) -> bool:
+        if not with_syncfs:
+            return False
+        calls["syncfs"] += 1
+        return real_syncfs(fd)
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(fileio, "syncfs", syncfs)
+    return calls
+
+
+def test_many_files_on_one_filesystem_cost_one_syncfs(tmp_path: Path, monkeypatch) -> None:
+    fds = _files(tmp_path, fileio.SYNCFS_FROM + 4)
+    try:
+        calls = _count(monkeypatch)
+        made = fileio.sync_together(fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    if calls["syncfs"] == 0:  # no syncfs here: the fallback, an fsync each
+        assert calls["fsync"] == made == len(fds)
+    else:
+        assert calls == {"fsync": 0, "syncfs": 1} and made == 1
+
+
+def test_few_files_are_fsynced_each(tmp_path: Path, monkeypatch) -> None:
+    fds = _files(tmp_path, fileio.SYNCFS_FROM - 1)
+    try:
+        calls = _count(monkeypatch)
+        assert fileio.sync_together(fds) == len(fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert calls == {"fsync": len(fds), "syncfs": 0}
+    assert fileio.sync_together([]) == 0
+
+
+def test_without_syncfs_every_file_is_fsynced_in_the_pool(tmp_path: Path, monkeypatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    fds = _files(tmp_path, fileio.SYNCFS_FROM * 2)
+    try:
+        calls = _count(monkeypatch, with_syncfs=False)
+        with ThreadPoolExecutor(4) as pool:
+            assert fileio.sync_together(fds, pool) == len(fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert calls == {"fsync": len(fds), "syncfs": 0}
+
+
+def test_a_failed_sync_is_raised_never_swallowed(tmp_path: Path, monkeypatch) -> None:
+    import errno
+    fds = _files(tmp_path, fileio.SYNCFS_FROM)
+
+    def failing(fd: int) -> bool:
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(fileio, "syncfs", failing)
+    try:
+        with pytest.raises(OSError) as got:
+            fileio.sync_together(fds)
+        assert got.value.errno == errno.EIO
+        monkeypatch.setattr(fileio, "syncfs", lambda fd: False)
+        monkeypatch.setattr(fileio.os, "fsync", lambda fd: failing(fd))
+        with pytest.raises(OSError):
+            fileio.sync_together(fds[:2])
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_syncfs_reports_an_error_of_the_call(monkeypatch) -> None:
+    """A real syncfs on a bad descriptor fails with EBADF (where the system has syncfs)."""
+    import errno
+    if fileio._libc_syncfs() is None:
+        assert fileio.syncfs(0) is False
+        return
+    with pytest.raises(OSError) as got:
+        fileio.syncfs(10 ** 6)
+    assert got.value.errno == errno.EBADF

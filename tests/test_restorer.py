@@ -18,7 +18,7 @@ import blake3
 import pytest
 
 import archiver
-from archiver import restorer
+from archiver import errors, fileio, restorer
 from archiver.restorer import HOLE_WINDOW, PORTABLE_TEMP_PREFIX, TEMP_PREFIX, is_temp_name, select, temp_name
 from manifests.errors import ManifestError, UnsafePathError
 from manifests.model import Entry, Manifest, manifest_id, parse_manifest
@@ -491,36 +491,119 @@ def small_tree(tmp_path, monkeypatch):
     return src, store, catalog, mid
 
 
-def test_small_files_restore_in_parallel_and_every_directory_is_synced_after_its_renames(small_tree, tmp_path,
-                                                                                         monkeypatch):
-    src, store, catalog, mid = small_tree
-    log: list[tuple[str, int]] = []
-    real_fsync, real_rename = os.fsync, os.rename
+def _record_syncs(monkeypatch, log: list[tuple[str, int]], *, with_syncfs: bool = True) -> None:
+    """Log every file / directory fsync, syncfs and rename of a restore, by inode (syncfs: -1)."""
+    real_fsync, real_rename, real_syncfs = os.fsync, os.rename, fileio.syncfs
 
     def fsync(fd):
         st = os.fstat(fd)
         log.append(("dir-sync" if os.path.stat.S_ISDIR(st.st_mode) else "file-sync", st.st_ino))
         return real_fsync(fd)
 
+    def syncfs(fd):
+        if not with_syncfs:
+            return False  # a system without syncfs: an fsync each
+        log.append(("syncfs", -1))
+        return real_syncfs(fd)
+
     def rename(a, b, *, src_dir_fd=None, dst_dir_fd=None):
         log.append(("rename", os.fstat(dst_dir_fd).st_ino))
         return real_rename(a, b, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
     monkeypatch.setattr(restorer.os, "fsync", fsync)
     monkeypatch.setattr(restorer.os, "rename", rename)
+    monkeypatch.setattr(fileio, "syncfs", syncfs)
+
+
+def _check_dirs_synced_after_renames(log: list[tuple[str, int]]) -> None:
+    renamed = {ino for k, ino in log if k == "rename"}
+    assert len(renamed) == 4
+    for ino in renamed:  # each directory is synced after the last file renamed into it
+        last_rename = max(i for i, (k, x) in enumerate(log) if k == "rename" and x == ino)
+        assert any(k == "syncfs" or (k == "dir-sync" and x == ino) for k, x in log[last_rename:])
+
+
+def _has_syncfs() -> bool:
+    fd = os.open(".", os.O_RDONLY)
+    try:
+        return fileio.syncfs(fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not _has_syncfs(), reason="no syncfs on this system")
+def test_small_files_are_made_durable_in_batches_before_their_renames(small_tree, tmp_path, monkeypatch):
+    src, store, catalog, mid = small_tree
+    monkeypatch.setattr(restorer, "SYNC_BATCH_FILES", 32)
+    log: list[tuple[str, int]] = []
+    _record_syncs(monkeypatch, log)
     res = archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
     monkeypatch.undo()
     assert res.ok and res.files == 124 and tree(tmp_path / "out" / "small") == tree(src)
     out = tmp_path / "out"
-    mine = {q.stat().st_ino for q in out.rglob("*")} | {out.stat().st_ino}
+    mine = {q.stat().st_ino for q in out.rglob("*")} | {out.stat().st_ino, -1}
     log = [(k, ino) for k, ino in log if ino in mine]  # not the store's own writes (its event)
-    assert sum(k == "file-sync" for k, _ in log) == 124  # each file fsynced before its rename
-    renamed = {ino for k, ino in log if k == "rename"}
-    assert len(renamed) == 4
-    for ino in renamed:  # the directory is synced after the last file renamed into it ...
-        last_rename = max(i for i, (k, x) in enumerate(log) if k == "rename" and x == ino)
-        assert any(k == "dir-sync" and x == ino for k, x in log[last_rename:])
-    dir_syncs = sum(k == "dir-sync" for k, _ in log)
-    assert dir_syncs <= 2 * (4 + 1) + 1  # ... once per directory (and once for its mode), not per file
+    assert sum(k == "file-sync" for k, _ in log) == 0  # no fsync per file ...
+    renames = [i for i, (k, _) in enumerate(log) if k == "rename"]
+    syncs = [i for i, (k, _) in enumerate(log) if k == "syncfs"]
+    assert len(renames) == 124
+    # ... one syncfs per batch of 32 files, each before that batch's renames
+    batch_syncs = [i for i in syncs if i < renames[-1]]
+    assert len(batch_syncs) == 4
+    for n, i in enumerate(batch_syncs):
+        assert renames[32 * n] > i and (n == 0 or renames[32 * n - 1] < i)
+    _check_dirs_synced_after_renames(log)
+    assert sum(k == "dir-sync" for k, _ in log) <= 2 * (4 + 1) + 1  # once per directory, not per file
+
+
+def test_without_syncfs_each_small_file_is_fsynced_before_its_rename(small_tree, tmp_path, monkeypatch):
+    src, store, catalog, mid = small_tree
+    log: list[tuple[str, int]] = []
+    _record_syncs(monkeypatch, log, with_syncfs=False)
+    res = archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
+    monkeypatch.undo()
+    assert res.ok and res.files == 124 and tree(tmp_path / "out" / "small") == tree(src)
+    out = tmp_path / "out"
+    inode_of = {q.stat().st_ino for q in out.rglob("*") if q.is_file()}
+    mine = inode_of | {q.stat().st_ino for q in out.rglob("*") if q.is_dir()} | {out.stat().st_ino}
+    log = [(k, ino) for k, ino in log if ino in mine]
+    assert {ino for k, ino in log if k == "file-sync"} == inode_of  # every file, by the fallback
+    first_rename = min(i for i, (k, _) in enumerate(log) if k == "rename")
+    assert all(i < first_rename for i, (k, _) in enumerate(log) if k == "file-sync")  # one batch: all before
+    _check_dirs_synced_after_renames(log)
+
+
+@pytest.mark.parametrize("fail_at", ["sync", "write"])
+def test_a_failure_in_a_batch_leaves_no_file_of_it_under_its_final_name(small_tree, tmp_path, monkeypatch,
+                                                                         fail_at):
+    """A sync that fails (or a write of one file of the batch) renames none of the batch and
+    leaves no temp file; files of batches made durable and renamed before stay."""
+    src, store, catalog, mid = small_tree
+    monkeypatch.setattr(restorer, "SYNC_BATCH_FILES", 32)
+    real_sync, real_utime = fileio.sync_together, os.utime
+    calls = {"sync": 0, "utime": 0}
+
+    def sync_together(fds, pool=None):
+        calls["sync"] += 1
+        if fail_at == "sync" and calls["sync"] == 2:  # the second batch's files
+            raise OSError(errno.EIO, "Input/output error")
+        return real_sync(fds, pool)
+
+    def utime(*a, **kw):
+        calls["utime"] += 1
+        if fail_at == "write" and calls["utime"] == 40:  # in the second batch
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_utime(*a, **kw)
+    monkeypatch.setattr(fileio, "sync_together", sync_together)
+    monkeypatch.setattr(restorer.os, "utime", utime)
+    out = tmp_path / "out"
+    with pytest.raises((errors.DestinationError, errors.DestinationFullError)):
+        archiver.restore(mid, out, store=store, catalog=catalog)
+    monkeypatch.undo()
+    restored = [q for q in out.rglob("*") if q.is_file()]
+    assert not [q for q in restored if is_temp_name(q.name)]
+    assert len(restored) == 32  # the first batch only, each whole
+    for q in restored:
+        assert q.read_bytes() == (src.parent / q.relative_to(out)).read_bytes()
 
 
 def test_damaged_small_files_are_reported_never_renamed_and_the_rest_restored(small_tree, tmp_path):
