@@ -197,6 +197,7 @@ class PackState:
     spans: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (pack, start) -> bytes of a planned span
     plan: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # pack -> planned spans (start, end)
     planned_at: dict[str, tuple[str, int]] = field(default_factory=dict)  # hash -> (pack, offset), of the plan
+    planned_locs: dict[str, list[PackLocation]] = field(default_factory=dict)  # hash -> locations, of the plan
     thawed: set[str] = field(default_factory=set)  # objects whose thaw this process requested
 
     def __post_init__(self) -> None:

@@ -2220,7 +2220,7 @@ class Repository:
     def _packed_read(self, ref: ChunkRef) -> tuple[bytes, bytes] | None:
         """(object, decoded bytes) of a packed chunk, from the first of its packs whose range
         proves good; None if no index places it in a pack. Errors name the pack and range."""
-        locs = self._pack_locations(ref.hash)
+        locs = self._planned_locations(ref.hash) or self._pack_locations(ref.hash)
         if not locs:
             return None
         first: ArchiverError | None = None
@@ -2241,6 +2241,12 @@ class Repository:
                                   CorruptChunkError(ref.hash, f"{e} (in {loc.where()})"))
         assert first is not None
         raise first
+
+    def _planned_locations(self, h: str) -> list[PackLocation]:
+        """The locations `plan_reads` already looked up for `h` (empty if it was not planned):
+        a restore or deep verify of many small files asks the catalog once, not once per chunk."""
+        with self._packstate.lock:
+            return list(self._packstate.planned_locs.get(h, ()))
 
     def _pack_range(self, loc: PackLocation) -> bytes:
         """One chunk object's bytes from its pack: from a planned span (one request for many
@@ -2284,7 +2290,8 @@ class Repository:
         wanted = {r.hash for r in refs}
         ranges: dict[str, list[tuple[int, int]]] = defaultdict(list)
         at: dict[str, tuple[str, int]] = {}
-        for h, locs in self._pack_locations_many(wanted).items():
+        found = self._pack_locations_many(wanted)
+        for h, locs in found.items():
             loc = locs[0]
             ranges[loc.pack].append((loc.offset, loc.offset + loc.stored_size))
             at[h] = (loc.pack, loc.offset)
@@ -2292,6 +2299,7 @@ class Repository:
         with self._packstate.lock:
             self._packstate.plan = plan
             self._packstate.planned_at = at
+            self._packstate.planned_locs = found
             self._packstate.spans.clear()
         return sum(len(v) for v in plan.values())
 
