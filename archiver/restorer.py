@@ -444,7 +444,7 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
                     dirs[parent] = _open_dir(root_fd, parent.split("/") if parent else [], create=True)
                 for _b, mine in ordered_map(tasks, stage, batches(batch, lambda e: e.size), 4 * nworkers):
                     problems.extend(mine)
-                fileio.sync_together([s.fd for s in staged], tasks)
+                fileio.sync_together([s.fd for s in staged], tasks, within=list(dirs.values()))
                 while staged:
                     s = staged[0]
                     try:
@@ -513,7 +513,8 @@ def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadP
             _write_sparse(fd, data, written)
             written += len(data)
             progress.advance(len(data))
-        os.ftruncate(fd, written)  # the size, if the file ends in a hole
+        if written >= HOLE_WINDOW:  # a shorter file has no hole (_write_sparse skips only whole windows)
+            os.ftruncate(fd, written)  # the size, if the file ends in a hole
         os.fchmod(fd, e.mode & mode_mask)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
         staged.append(_Staged(e, dir_fd, e.path.rpartition("/")[2], tmp, fd))  # one append: atomic across threads

@@ -152,3 +152,22 @@ def test_syncfs_reports_an_error_of_the_call(monkeypatch) -> None:
     with pytest.raises(OSError) as got:
         fileio.syncfs(10 ** 6)
     assert got.value.errno == errno.EBADF
+
+
+def test_within_names_the_filesystems_without_a_stat_per_file(tmp_path: Path, monkeypatch) -> None:
+    fds = _files(tmp_path, fileio.SYNCFS_FROM)
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    stats: list[int] = []
+    real_fstat = os.fstat
+    try:
+        calls = _count(monkeypatch)
+        monkeypatch.setattr(fileio.os, "fstat", lambda fd: stats.append(fd) or real_fstat(fd))
+        made = fileio.sync_together(fds, within=[dir_fd])
+    finally:
+        monkeypatch.undo()
+        for fd in [*fds, dir_fd]:
+            os.close(fd)
+    if calls["syncfs"]:
+        assert made == 1 and stats == [dir_fd]
+    else:
+        assert made == len(fds) == calls["fsync"]

@@ -373,6 +373,24 @@ def test_sparse_file_restored_sparse(tmp_path, monkeypatch):
     assert allocated(hole_end) < 1 << 20
 
 
+def test_small_files_ending_in_a_hole_or_shorter_than_a_window_have_their_size(tmp_path, monkeypatch):
+    """Small files (restored in sync batches) are truncated to their size only when they can
+    end in a hole: every size around HOLE_WINDOW comes back exact."""
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ARCHIVER_STORE", raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    sizes = [0, 1, HOLE_WINDOW - 1, HOLE_WINDOW, HOLE_WINDOW + 1, 3 * HOLE_WINDOW]
+    for n in sizes:
+        (src / f"zeros-{n}").write_bytes(bytes(n))
+        (src / f"ends-in-hole-{n}").write_bytes(b"x" * 100 + bytes(n))
+    mid = archiver.archive([src], name="sz").id
+    assert archiver.restore(mid, tmp_path / "dest").ok
+    assert tree(tmp_path / "dest" / "src") == tree(src)
+    for n in sizes:
+        assert (tmp_path / "dest" / "src" / f"ends-in-hole-{n}").stat().st_size == 100 + n
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_write_sparse_any_layout_same_bytes(tmp_path, seed):
     """Zero and data runs of any length, cut into pieces at any offsets: the bytes are exact,
@@ -582,11 +600,11 @@ def test_a_failure_in_a_batch_leaves_no_file_of_it_under_its_final_name(small_tr
     real_sync, real_utime = fileio.sync_together, os.utime
     calls = {"sync": 0, "utime": 0}
 
-    def sync_together(fds, pool=None):
+    def sync_together(fds, pool=None, **kw):
         calls["sync"] += 1
         if fail_at == "sync" and calls["sync"] == 2:  # the second batch's files
             raise OSError(errno.EIO, "Input/output error")
-        return real_sync(fds, pool)
+        return real_sync(fds, pool, **kw)
 
     def utime(*a, **kw):
         calls["utime"] += 1
