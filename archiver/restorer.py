@@ -12,9 +12,11 @@ Temporary names are fixed-length and hold a backslash, which no archived name ca
 one; temp files left by a killed restore are removed by the next restore into DEST.
 All-zero stretches are skipped with a seek, so sparse files stay sparse. Directory modes
 and mtimes are set last, deepest first, once everything inside them is written.
-Small files are restored several at a time (one alone cannot keep the workers busy):
-each is still fsynced before its rename, and the directories they were renamed into are
-synced once each at the end, before the restore reports success, rather than once per file.
+Small files are restored several at a time (one alone cannot keep the workers busy) and
+in sync batches: a batch is written under temp names, made durable together (one syncfs(2)
+per filesystem on Linux, else an fsync each, in parallel), and only then renamed into
+place; each directory they were renamed into is synced once, after its last rename and
+before the restore reports success. Big files are fsynced one by one before their rename.
 setuid, setgid and sticky bits are dropped unless asked for: a restore should not
 create privileged executables from a store someone else may have written to."""
 from __future__ import annotations
