@@ -200,19 +200,30 @@ class FilesRun:
 
     def _proved(self, candidates: dict[str, Entry], trust: float | None, write_policy: Any,
                 workers: int) -> dict[str, Entry]:
-        """The candidates whose every chunk proves intact in the store."""
+        """The candidates whose every chunk proves intact in the store. With a trust window,
+        the chunks a recent deep verify proved are trusted in bulk (one catalog query, one
+        LIST or a HEAD per pack for their sizes: `Repository.trusted_stored_chunks`); only
+        the others are read back."""
         refs: dict[str, ChunkRef] = {}
         for e in candidates.values():
             for c in e.chunks:
                 refs.setdefault(c.hash, c)  # one proof per hash (offsets may differ between files)
-        self.repo.plan_reads(refs.values())  # packed chunks: one ranged read per span of a pack
-        pos = self.repo.pack_positions(refs)  # proved in pack order: each span is read once
-        order = sorted(refs, key=lambda h: pos.get(h, ("", 0)))
+        trusted = self.repo.trusted_stored_chunks(refs.values(), trust) if trust is not None and refs else set()
+        rest = {h: c for h, c in refs.items() if h not in trusted}
+        locked = write_policy is not None and write_policy.locked
+        bad: set[str] = set()
         with ThreadPoolExecutor(workers, thread_name_prefix="files-cache") as pool:
-            bad = {h for h, err in ordered_map(
-                pool, lambda h: self.repo.prove_stored_chunk(refs[h], trust_verified_within=trust,
-                                                             policy=write_policy),
-                order, 4 * workers) if err is not None}
+            if rest:
+                self.repo.plan_reads(rest.values())  # packed chunks: one ranged read per span of a pack
+                pos = self.repo.pack_positions(rest)  # proved in pack order: each span is read once
+                order = sorted(rest, key=lambda h: pos.get(h, ("", 0)))
+                bad = {h for h, err in ordered_map(
+                    pool, lambda h: self.repo.prove_stored_chunk(rest[h], policy=write_policy),
+                    order, 4 * workers) if err is not None}
+            if locked and trusted:  # a reused chunk's retention is extended as save_chunk does
+                for _ in ordered_map(pool, lambda h: self.repo.lock_existing_chunk(h, write_policy),
+                                     sorted(trusted), 4 * workers):
+                    pass
         self.proved = {h: c for h, c in refs.items() if h not in bad}
         return {p: e for p, e in candidates.items()
                 if not any(c.hash in bad or (c.stored_size, c.codec) != (refs[c.hash].stored_size, refs[c.hash].codec)

@@ -874,6 +874,23 @@ class Repository:
     def record_chunk_checks(self, results: Iterable[tuple[str, bool]]) -> None:
         self._catalog.mark_verified(results)
 
+    def trusted_stored_chunks(self, refs: Iterable[ChunkRef], window: float) -> set[str]:
+        """The chunks of `refs` that `prove_stored_chunk` would trust within `window` seconds
+        (a deep verify found each intact that recently, and the store still holds it at the
+        stored size the ref records), decided in bulk: one catalog query for the checks and
+        `chunk_presence` for the sizes (a LIST, or a HEAD per pack), never a request per
+        chunk. A worker (no catalog) or a sealed store trusts nothing: prove each one."""
+        if self._catalog is None or self._sealer is not None:
+            return set()
+        refs = {r.hash: r for r in refs}
+        now = time.time()
+        checks = self._catalog.chunk_checks(refs)
+        recent = [h for h, (when, ok) in checks.items() if ok and now - when <= window]
+        if not recent:
+            return set()
+        sizes, _lost = self.chunk_presence(recent)
+        return {h for h in recent if sizes.get(h) == refs[h].stored_size}
+
     def prove_stored_chunk(self, ref: ChunkRef, *, trust_verified_within: float | None = None,
                            policy: Any = None) -> ArchiverError | None:
         """Prove a chunk that an unchanged source file (the files cache) would reuse without

@@ -783,6 +783,17 @@ class Catalog:
         row = self._reader().execute("SELECT last_verified, ok FROM chunk_checks WHERE hash=?", (h,)).fetchone()
         return (row[0], bool(row[1])) if row else None
 
+    def chunk_checks(self, hashes: Iterable[str]) -> dict[str, tuple[float, bool]]:
+        """`chunk_check` of many chunks in a few queries: (when, ok) of each one ever checked."""
+        wanted = list(dict.fromkeys(hashes))
+        out: dict[str, tuple[float, bool]] = {}
+        conn = self._reader()
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            q = f"SELECT hash, last_verified, ok FROM chunk_checks WHERE hash IN ({','.join('?' * len(part))})"
+            out.update((h, (when, bool(ok))) for h, when, ok in conn.execute(q, part))
+        return out
+
     def chunks_by_staleness(self, hashes: Iterable[str]) -> list[str]:
         """Order chunks least recently verified first (never-verified first of all)."""
         wanted = list(dict.fromkeys(hashes))

@@ -212,3 +212,88 @@ def test_a_chunk_shared_at_different_offsets_is_proved_once_and_both_files_reuse
     again = pipeline_archive(repo, [src], name="two")
     assert reads == [] and again.files_reused == 2
     assert sorted(chunk_reads) == sorted(repo.load_manifest(first.id).unique_chunks())  # each hash once
+
+
+class CountingStore:
+    """A store that counts every call by method name (what a re-archive costs in requests)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.calls: dict[str, int] = {}
+        self.listed: list[str] = []
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*a, **kw):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if name == "list":
+                self.listed.append(a[0] if a else kw.get("prefix", ""))
+            return attr(*a, **kw)
+        return counted
+
+
+def _many_files(root: Path, n: int) -> Path:
+    for i in range(n):
+        (root / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 3}" / f"f{i:03d}.bin").write_bytes(os.urandom(1000 + 37 * i))
+    return root
+
+
+def _trusting_rearchive_calls(tmp_path: Path, n: int) -> tuple[dict, int, int]:
+    """Archive `n` small files, record them deep-verified, re-archive trusting that: the
+    store calls of that re-archive (and "listed": the prefixes LISTed), its files reused,
+    and the number of chunks."""
+    src = _many_files(tmp_path / "src" / "tree", n)
+    store = CountingStore(open_store(str(tmp_path / "store"), create=True))
+    repo = Repository(store, Catalog(tmp_path / "cat.db", store.url))
+    try:
+        first = pipeline_archive(repo, [src], name="m")
+        hashes = list(repo.load_manifest(first.id).unique_chunks())
+        repo.record_chunk_checks((h, True) for h in hashes)  # what verify --deep records
+        store.calls.clear()
+        store.listed.clear()
+        again = pipeline_archive(repo, [src], name="m", trust_verified_within=3600)
+        return dict(store.calls, listed=sorted(store.listed)), again.files_reused, len(hashes)
+    finally:
+        repo.close()
+
+
+def _chunk_requests(calls: dict[str, int]) -> int:
+    """Calls that read or look at one object: GET, ranged GET, HEAD."""
+    return sum(n for name, n in calls.items() if name in ("get", "get_range", "get_versioned", "stat",
+                                                          "object_state"))
+
+
+def test_trust_window_reuse_reads_no_chunk_and_heads_none(tmp_path, reads):
+    calls, reused, nchunks = _trusting_rearchive_calls(tmp_path, 40)
+    assert len(reads) == 40  # the first archive's reads only
+    assert reused == 40 and nchunks >= 40
+    # one LIST for the chunks' sizes (and the commit's one of manifests/); no GET or HEAD of a chunk
+    assert calls["listed"] == ["chunks/", "manifests/"]
+    assert _chunk_requests(calls) == 0, calls
+
+
+@pytest.mark.packs
+def test_trust_window_reuse_of_packed_chunks_reads_no_chunk(tmp_path, reads, chunk_reads):
+    calls, reused, nchunks = _trusting_rearchive_calls(tmp_path, 40)
+    assert reused == 40 and nchunks >= 40
+    # one LIST of packs and one of their indexes for the sizes; no ranged GET, no HEAD per chunk
+    assert calls["listed"] == ["manifests/", "packindex/", "packs/"]
+    assert _chunk_requests(calls) == 0 and chunk_reads == [], calls
+
+
+def test_trust_window_still_proves_a_chunk_whose_size_changed(repo, ckpt, chunk_reads, tmp_path):
+    first = pipeline_archive(repo, [ckpt], name="m")
+    hashes = list(repo.load_manifest(first.id).unique_chunks())
+    repo.record_chunk_checks((h, True) for h in hashes)
+    e = files_of(repo, first.id)["ckpt/model.safetensors"]
+    c = max(e.chunks, key=lambda c: c.stored_size)
+    RawStore(str(tmp_path / "store")).mutate(layout.chunk(c.hash), lambda b: b + b"x")  # verified, since grown
+    chunk_reads.clear()
+    again = pipeline_archive(repo, [ckpt], name="m", trust_verified_within=3600)
+    assert chunk_reads == [c.hash]  # the only one not trusted: read, found damaged, repaired from the source
+    assert again.repaired_chunks == 1 and again.files_reused == 3
+    repo.read_chunk(c)
