@@ -145,6 +145,7 @@ class FilesRun:
     stats: dict[str, FileStat] = field(default_factory=dict)  # abspath -> stat before any read
     hits: dict[str, Entry] = field(default_factory=dict)      # abspath -> proved entry (its old path)
     proved: dict[str, ChunkRef] = field(default_factory=dict)  # chunks proved intact by `start`
+    keys: dict[str, str] = field(default_factory=dict)        # archive path -> abspath, made once
     reused: int = 0
 
     @classmethod
@@ -152,14 +153,20 @@ class FilesRun:
               trust_verified_within: float | None = None, write_policy: Any = None,
               workers: int = 2) -> "FilesRun":
         run = cls(repo, f"{READER_VERSION}:{policy!r}", FilesCache.open(cache_path(repo.catalog_path)))
-        files = [s for s in sources if not s.is_dir and not s.is_link]
-        for s in files:
+        for s in sources:
+            if s.is_dir or s.is_link:
+                continue
+            key = str(s.abspath)
+            run.keys[s.path] = key
+            if s.seen is not None:  # the scan's stat: taken before any read, as a stat here would be
+                run.stats[key] = FileStat(*s.seen)
+                continue
             try:
-                st = os.stat(s.abspath, follow_symlinks=s.followed)
+                st = os.stat(key, follow_symlinks=s.followed)
             except OSError:
                 continue  # the read reports it
             if (st.st_dev, st.st_ino) == (s.dev, s.ino):
-                run.stats[str(s.abspath)] = FileStat.of(st)
+                run.stats[key] = FileStat.of(st)
         if run.cache is None or reread or repo.sealed:  # sealed: a write-only host cannot prove by decrypting
             return run
         try:
@@ -231,7 +238,7 @@ class FilesRun:
 
     def entry(self, src: Source) -> Entry | None:
         """The proved entry of an unchanged file, under its path and mode of this run; None: read it."""
-        e = self.hits.get(str(src.abspath))
+        e = self.hits.get(self.keys.get(src.path) or str(src.abspath))
         if e is None:
             return None
         self.reused += 1
@@ -243,15 +250,15 @@ class FilesRun:
         before it was read (a file that changed meanwhile is left out: it is read next time)."""
         if self.cache is None:
             return
-        by_path = {e.path: e for e in entries if e.is_file}
+        by_path = {e.path: e for e in entries if e.type == "file"}
         rows = []
-        for s in sources:
-            e = by_path.get(s.path)
-            st = self.stats.get(str(s.abspath))
-            if e is None or st is None or s.is_dir or s.is_link:
+        for path, key in self.keys.items():
+            e = by_path.get(path)
+            st = self.stats.get(key)
+            if e is None or st is None:
                 continue
-            if (e.size, e.mtime_ns) == (st.size, st.mtime_ns):
-                rows.append((str(s.abspath), Row(st, self.reader, mid, e.path)))
+            if e.size == st.size and e.mtime_ns == st.mtime_ns:
+                rows.append((key, Row(st, self.reader, mid, path)))
         try:
             self.cache.put(rows, time.time())
         except sqlite3.Error:

@@ -160,7 +160,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     attached = _attachment_sources(attach)
     sources = sorted(sources + attached, key=lambda s: s.path)
     try:
-        check_paths((s.path, "dir" if s.is_dir else "file") for s in sources)
+        if attached:  # scan checked the rest already: only attachments can collide with them
+            check_paths((s.path, "dir" if s.is_dir else "file") for s in sources)
     except UnsafePathError as e:
         raise UsageError(f"cannot archive path {e.path!r}: {e.reason}") from None
     progress.start(f"archive {name}", sum(s.size for s in sources))

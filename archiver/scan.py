@@ -46,6 +46,9 @@ class Source:
     link: str | None = None  # a symlink recorded as such: its target (never followed)
     followed: bool = False   # a symlink followed to a regular file: dev/ino/size/mode are the target's
     blob: str | None = None  # followed into a Hugging Face cache's blobs/: the blob's name
+    # (dev, ino, size, mtime_ns, ctime_ns) the scan saw (of a followed link's target): what the
+    # files cache compares, taken before any read, so no second stat of each file is needed
+    seen: tuple[int, int, int, int, int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_link(self) -> bool:
@@ -84,10 +87,15 @@ def _name(p: Path) -> str:
 
 def _source(path: str, p: Path, st: os.stat_result, parent: Source | None) -> Source:
     is_dir = stat.S_ISDIR(st.st_mode)
-    if not is_dir:
-        _readable(p)
-    return Source(path, p, is_dir, 0 if is_dir else st.st_size, stat.S_IMODE(st.st_mode), st.st_dev, st.st_ino,
-                  parent, st.st_mtime_ns if is_dir else None)
+    if is_dir:
+        return Source(path, p, True, 0, stat.S_IMODE(st.st_mode), st.st_dev, st.st_ino, parent, st.st_mtime_ns)
+    _readable(p)
+    return Source(path, p, False, st.st_size, stat.S_IMODE(st.st_mode), st.st_dev, st.st_ino, parent,
+                  seen=_seen(st))
+
+
+def _seen(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _link_source(path: str, p: Path, st: os.stat_result, parent: Source | None, dir_fd: int | None,
@@ -108,7 +116,7 @@ def _link_source(path: str, p: Path, st: os.stat_result, parent: Source | None, 
         if tst is not None and stat.S_ISREG(tst.st_mode):
             _readable(p)
             return Source(path, p, False, tst.st_size, stat.S_IMODE(tst.st_mode), tst.st_dev, tst.st_ino, parent,
-                          followed=True, blob=blob)
+                          followed=True, blob=blob, seen=_seen(tst))
     return Source(path, p, False, 0, stat.S_IMODE(st.st_mode), st.st_dev, st.st_ino, parent, link=target)
 
 

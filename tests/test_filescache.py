@@ -297,3 +297,16 @@ def test_trust_window_still_proves_a_chunk_whose_size_changed(repo, ckpt, chunk_
     assert chunk_reads == [c.hash]  # the only one not trusted: read, found damaged, repaired from the source
     assert again.repaired_chunks == 1 and again.files_reused == 3
     repo.read_chunk(c)
+
+
+def test_the_cache_compares_the_scans_stat_without_a_second_stat(repo, ckpt, reads, monkeypatch):
+    import types
+    from archiver import filescache
+    pipeline_archive(repo, [ckpt], name="m")
+
+    def no_stat(*a, **kw):
+        raise AssertionError("the files cache stat a file the scan had already stat")
+    monkeypatch.setattr(filescache, "os", types.SimpleNamespace(stat=no_stat))
+    reads.clear()
+    again = pipeline_archive(repo, [ckpt], name="m")
+    assert reads == [] and again.files_reused == 4

@@ -325,3 +325,16 @@ def test_scan_lists_the_directory_it_saw_not_what_its_path_names_now(tmp_path, s
     monkeypatch.setattr(scan_mod, "open_source", racing)
     with pytest.raises(SourceChangedError, match="sub changed while .*symlink"):
         scan([ckpt])
+
+
+def test_scan_records_each_files_stat_before_any_read(tmp_path):
+    """Source.seen: the (dev, ino, size, mtime, ctime) the scan saw, which the files cache
+    compares without a second stat (a followed link's: its target's)."""
+    ckpt = build_tree(tmp_path)
+    (ckpt / "link.bin").symlink_to("a.bin")
+    for s in scan([ckpt], dereference=True):
+        if s.is_dir:
+            assert s.seen is None
+            continue
+        st = os.stat(s.abspath)  # follows the link to its target
+        assert s.seen == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
