@@ -29,7 +29,7 @@ from archiver.parallel import window_for
 from archiver.problems import Problem
 from archiver.progress import Progress
 from archiver.repository import Repository
-from archiver.scan import Source, changed
+from archiver.scan import DirFds, Source, changed
 from archiver.settings import Settings
 from manifests.model import Entry
 
@@ -105,12 +105,13 @@ class LocalArchiveFile:
     (chunks shared by several files are saved once) and chunk pool."""
 
     def __init__(self, writer: Any, pool: ThreadPoolExecutor, policy: ChunkPolicy, window: int,
-                 progress: Progress) -> None:
+                 progress: Progress, dirs: DirFds | None = None) -> None:
         self.writer, self.pool, self.policy, self.window, self.progress = writer, pool, policy, window, progress
+        self.dirs = dirs  # directory descriptors held for the run: small files open relative to them
 
     def __call__(self, src: Source) -> FileDone:
         from archiver.pipeline import _archive_file
-        entry = _archive_file(src, self.pool, self.writer, self.policy, self.window, self.progress)
+        entry = _archive_file(src, self.pool, self.writer, self.policy, self.window, self.progress, self.dirs)
         return FileDone(entry, _finish(src, entry))
 
 
@@ -168,6 +169,7 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
     todo = sorted((s for s in files if s.path not in out.entries), key=lambda s: (-s.size, s.path))
     settings = worker_settings(repo, executor)
     stoppable = None
+    dirs: DirFds | None = None
     if settings is not None:
         task: Any = RemoteArchiveFile(settings, policy, write_policy, executor.task_cpus)
         pool = None
@@ -178,7 +180,8 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
         at_once = max(1, min(executor.max_inflight, len(todo)))
         window = window_for(pool_workers) if at_once == 1 else max(2, window_for(pool_workers) // at_once)
         stoppable = StoppableProgress(progress)
-        task = LocalArchiveFile(writer, pool, policy, window, stoppable)  # type: ignore[arg-type]
+        dirs = DirFds()
+        task = LocalArchiveFile(writer, pool, policy, window, stoppable, dirs)  # type: ignore[arg-type]
     last_sync = time.monotonic()
     try:
         stop = stoppable.stop if stoppable is not None else None
@@ -196,6 +199,8 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        if dirs is not None:
+            dirs.close()
         if journal is not None:
             journal.close()
     return out

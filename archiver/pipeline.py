@@ -264,8 +264,10 @@ def _snapshot(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 
 def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, policy: ChunkPolicy,
-                  window: int, progress: Progress) -> Entry:
-    fd = open_source(src)  # the regular file the scan saw (O_NOFOLLOW, same st_dev/st_ino), or raises
+                  window: int, progress: Progress, dirs: Any = None) -> Entry:
+    # the regular file the scan saw (O_NOFOLLOW, same st_dev/st_ino), or raises; `dirs`
+    # (scan.DirFds): its directory's descriptor, checked once per run, not once per file
+    fd = open_source(src, dirs) if dirs is not None else open_source(src)
     try:
         f = open(src.abspath, "rb", opener=lambda _path, _flags: fd)  # keeps the path as f.name
     except BaseException:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import stat
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,11 +181,51 @@ def _readable(p: Path) -> None:
         raise ArchiverError(f"cannot read {p}: permission denied")
 
 
-def open_source(src: Source) -> int:
+class DirFds:
+    """Descriptors of the directories a run's files lie in, each reached by `open_source`
+    (checked to be the directory the scan saw) once and held until `close`: the files of a
+    directory are then opened relative to that very inode, without walking and checking the
+    whole chain again for each file. At most `limit` are held (the rest are walked as before)."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        if limit is None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            limit = 4096 if soft == resource.RLIM_INFINITY else max(16, min(4096, soft // 4))
+        self.limit = limit
+        self._fds: dict[tuple[Path, int, int], int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, d: Source) -> int | None:
+        """The held descriptor of directory `d` (opened now if need be), or None if full."""
+        key = (d.abspath, d.dev, d.ino)
+        with self._lock:
+            fd = self._fds.get(key)
+            if fd is not None or len(self._fds) >= self.limit:
+                return fd
+        fd = open_source(d)
+        with self._lock:
+            held = self._fds.setdefault(key, fd)
+        if held != fd:  # another thread opened it meanwhile
+            os.close(fd)
+        return held
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = list(self._fds.values()), {}
+        for fd in fds:
+            os.close(fd)
+
+
+def open_source(src: Source, dirs: DirFds | None = None) -> int:
     """A descriptor of exactly what the scan saw at `src`: reached from its PATH one
     component at a time with O_NOFOLLOW, each directory and the entry itself required to
     be the same kind and the same (st_dev, st_ino) as scanned. A regular file's descriptor
-    is blocking again when returned. Raises SourceChangedError, never follows a swap."""
+    is blocking again when returned. Raises SourceChangedError, never follows a swap.
+    With `dirs`, a file is opened relative to its directory's held descriptor (DirFds)."""
+    if dirs is not None and src.parent is not None and not src.is_dir:
+        dfd = dirs.get(src.parent)
+        if dfd is not None:
+            return _open_same(src, dfd)
     chain: list[Source] = []
     s: Source | None = src
     while s is not None:

@@ -953,8 +953,15 @@ class Catalog:
         return True
 
     def _has_pack_tables(self, conn: sqlite3.Connection) -> bool:
-        return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='pack_chunks'").fetchone() \
+        """Asked before every pack lookup (once per small chunk archived): once the tables are
+        seen they are remembered, since no schema change drops them."""
+        if getattr(self, "_pack_tables_seen", False):
+            return True
+        seen = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='pack_chunks'").fetchone() \
             is not None
+        if seen:
+            self._pack_tables_seen = True
+        return seen
 
     def pack_locations(self, hashes: Iterable[str]) -> dict[str, list[tuple[str, int, int, int, int, str]]]:
         """hash -> [(pack, offset, stored_size, length, pack_size, index_id)] for each of

@@ -39,9 +39,9 @@ def reads(monkeypatch) -> list[str]:
     seen: list[str] = []
     real = pipeline.open_source
 
-    def counting(src):
+    def counting(src, *more):
         seen.append(src.path)
-        return real(src)
+        return real(src, *more)
     monkeypatch.setattr(pipeline, "open_source", counting)
     return seen
 
