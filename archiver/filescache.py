@@ -15,7 +15,8 @@ manifest holds, and only ones whose size and mtime match the file now. Rows are 
 only after the manifest naming them is committed. Every chunk of a reused entry is proved by
 the rule `save_chunk` applies to a chunk the store already holds (Repository.prove_stored_chunk):
 read back, decoded and re-hashed, or with `trust_verified_within` trusted if a deep verify
-found it intact within that window. A chunk that fails its proof (damaged, missing, cold)
+found it intact within that window (decided for all chunks at once: one catalog query, and one
+LIST for their stored sizes, never a request per chunk). A chunk that fails its proof (damaged, missing, cold)
 makes the file a miss: it is read from the source, so save_chunk repairs the chunk.
 
 Where: a SQLite file next to the catalog (`<catalog>.files`), not a table in it. The
