@@ -242,12 +242,12 @@ def _many_files(root: Path, n: int) -> Path:
     return root
 
 
-def _trusting_rearchive_calls(tmp_path: Path, n: int) -> tuple[dict, int, int]:
+def _trusting_rearchive_calls(tmp_path: Path, n: int, url: str | None = None) -> tuple[dict, int, int]:
     """Archive `n` small files, record them deep-verified, re-archive trusting that: the
     store calls of that re-archive (and "listed": the prefixes LISTed), its files reused,
     and the number of chunks."""
     src = _many_files(tmp_path / "src" / "tree", n)
-    store = CountingStore(open_store(str(tmp_path / "store"), create=True))
+    store = CountingStore(open_store(url or str(tmp_path / "store"), create=True))
     repo = Repository(store, Catalog(tmp_path / "cat.db", store.url))
     try:
         first = pipeline_archive(repo, [src], name="m")
@@ -267,8 +267,8 @@ def _chunk_requests(calls: dict[str, int]) -> int:
                                                           "object_state"))
 
 
-def test_trust_window_reuse_reads_no_chunk_and_heads_none(tmp_path, reads):
-    calls, reused, nchunks = _trusting_rearchive_calls(tmp_path, 40)
+def test_trust_window_reuse_reads_no_chunk_and_heads_none(tmp_path, reads, store_url):
+    calls, reused, nchunks = _trusting_rearchive_calls(tmp_path, 40, store_url)
     assert len(reads) == 40  # the first archive's reads only
     assert reused == 40 and nchunks >= 40
     # one LIST for the chunks' sizes (and the commit's one of manifests/); no GET or HEAD of a chunk
