@@ -950,17 +950,28 @@ class Catalog:
             conn.execute('INSERT INTO packs(pack, size, index_id) VALUES (?,?,?)', (pack, size, index_id))
             conn.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
                              'VALUES (?,?,?,?,?)', ((h, pack, o, s, n) for h, o, s, n in entries))
+        self._pack_tables_seen = True
         return True
+
+    # A catalog without pack tables is asked again after this long: another process may create them
+    # meanwhile (this one's record_pack notes them at once); missing a pack that briefly costs a
+    # dedup (the chunk is packed again), never a read (the store's own indexes are consulted).
+    PACK_TABLES_RECHECK_S = 1.0
 
     def _has_pack_tables(self, conn: sqlite3.Connection) -> bool:
         """Asked before every pack lookup (once per small chunk archived): once the tables are
-        seen they are remembered, since no schema change drops them."""
+        seen they are remembered, since no schema change drops them; their absence for
+        PACK_TABLES_RECHECK_S."""
         if getattr(self, "_pack_tables_seen", False):
             return True
+        if time.monotonic() < getattr(self, "_pack_tables_absent_until", 0.0):
+            return False
         seen = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='pack_chunks'").fetchone() \
             is not None
         if seen:
             self._pack_tables_seen = True
+        else:
+            self._pack_tables_absent_until = time.monotonic() + self.PACK_TABLES_RECHECK_S
         return seen
 
     def pack_locations(self, hashes: Iterable[str]) -> dict[str, list[tuple[str, int, int, int, int, str]]]:

@@ -1063,3 +1063,20 @@ def test_stored_size_counts_each_chunk_once_across_file_maps_and_inline_chunks(c
         got = {r.id: r.stored_size for r in cat.manifest_rows()}[m.id]
         assert got == m.stored_size, label
         parent = m.id
+
+
+def test_pack_tables_absence_is_remembered_briefly_and_a_recorded_pack_is_seen_at_once(cat_path, monkeypatch):
+    a, b = Catalog(cat_path, STORE), Catalog(cat_path, STORE)
+    try:
+        h1, h2 = "1" * 64, "2" * 64
+        assert a.pack_locations([h1]) == {}  # no pack tables yet: remembered for PACK_TABLES_RECHECK_S
+        assert b.record_pack("p1", 10, "i1", [(h1, 0, 5, 5)])
+        assert b.pack_locations([h1]) == {h1: [("p1", 0, 5, 5, 10, "i1")]}  # its own record: at once
+        assert a.pack_locations([h1]) == {}  # another writer's: after the recheck interval
+        a._pack_tables_absent_until = 0.0  # the interval has passed
+        assert a.pack_locations([h1]) == {h1: [("p1", 0, 5, 5, 10, "i1")]}
+        assert a.record_pack("p2", 20, "i2", [(h2, 3, 4, 4)])
+        assert a.pack_locations([h2]) == {h2: [("p2", 3, 4, 4, 20, "i2")]}
+    finally:
+        a.close()
+        b.close()
