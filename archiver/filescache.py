@@ -174,8 +174,9 @@ class FilesRun:
             rows = run.cache.rows(run.stats)
         except sqlite3.Error:
             return run
-        candidates = run._candidates(rows)
-        run.hits = run._proved(candidates, trust_verified_within, write_policy, workers)
+        changed: list[Entry] = []  # with a trust window: the previous entries of changed files
+        candidates = run._candidates(rows, changed if trust_verified_within is not None else None)
+        run.hits = run._proved(candidates, trust_verified_within, write_policy, workers, changed)
         return run
 
     def seed(self, done: dict[str, SavedChunk]) -> None:
@@ -184,13 +185,23 @@ class FilesRun:
         for h, c in self.proved.items():
             done.setdefault(h, SavedChunk(c.stored_size, c.codec, False))
 
-    def _candidates(self, rows: dict[str, Row]) -> dict[str, Entry]:
-        """Unchanged files whose row names a loadable manifest holding a matching entry."""
+    def _candidates(self, rows: dict[str, Row], changed: list[Entry] | None = None) -> dict[str, Entry]:
+        """Unchanged files whose row names a loadable manifest holding a matching entry. With
+        `changed`, the previous entries of files that did change are added to it: most of
+        their chunks usually come back when they are read."""
         manifests: dict[str, dict[str, Entry] | None] = {}
         out: dict[str, Entry] = {}
         for p, row in rows.items():
             now = self.stats[p]
-            if row.stat != now or row.reader != self.reader:
+            if row.reader != self.reader:
+                continue
+            if row.stat != now:
+                if changed is not None:
+                    if row.manifest not in manifests:
+                        manifests[row.manifest] = self._files_of(row.manifest)
+                    old = (manifests[row.manifest] or {}).get(row.entry_path)
+                    if old is not None:
+                        changed.append(old)
                 continue
             if row.manifest not in manifests:
                 manifests[row.manifest] = self._files_of(row.manifest)
@@ -207,18 +218,26 @@ class FilesRun:
         return {e.path: e for e in m.files}
 
     def _proved(self, candidates: dict[str, Entry], trust: float | None, write_policy: Any,
-                workers: int) -> dict[str, Entry]:
+                workers: int, changed: Iterable[Entry] = ()) -> dict[str, Entry]:
         """The candidates whose every chunk proves intact in the store. With a trust window,
         the chunks a recent deep verify proved are trusted in bulk (one catalog query, one
         LIST or a HEAD per pack for their sizes: `Repository.trusted_stored_chunks`); only
-        the others are read back."""
+        the others are read back. The trusted chunks of `changed` files' previous entries
+        join `proved` too (`seed`), so a changed file read again does not ask the store
+        about each of its unchanged chunks; their others are left to save_chunk."""
         refs: dict[str, ChunkRef] = {}
         for e in candidates.values():
             for c in e.chunks:
                 refs.setdefault(c.hash, c)  # one proof per hash (offsets may differ between files)
-        trusted = self.repo.trusted_stored_chunks(refs.values(), trust) if trust is not None and refs else set()
-        rest = {h: c for h, c in refs.items() if h not in trusted}
         locked = write_policy is not None and write_policy.locked
+        extra: dict[str, ChunkRef] = {}
+        for e in () if locked else changed:  # locked: save_chunk extends each reused chunk's lock itself
+            for c in e.chunks:
+                if c.hash not in refs:
+                    extra.setdefault(c.hash, c)
+        asked = [*refs.values(), *extra.values()]
+        trusted = self.repo.trusted_stored_chunks(asked, trust) if trust is not None and asked else set()
+        rest = {h: c for h, c in refs.items() if h not in trusted}
         bad: set[str] = set()
         with ThreadPoolExecutor(workers, thread_name_prefix="files-cache") as pool:
             if rest:
@@ -233,6 +252,7 @@ class FilesRun:
                                      sorted(trusted), 4 * workers):
                     pass
         self.proved = {h: c for h, c in refs.items() if h not in bad}
+        self.proved.update((h, c) for h, c in extra.items() if h in trusted)
         return {p: e for p, e in candidates.items()
                 if not any(c.hash in bad or (c.stored_size, c.codec) != (refs[c.hash].stored_size, refs[c.hash].codec)
                            for c in e.chunks)}

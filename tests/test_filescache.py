@@ -310,3 +310,41 @@ def test_the_cache_compares_the_scans_stat_without_a_second_stat(repo, ckpt, rea
     reads.clear()
     again = pipeline_archive(repo, [ckpt], name="m")
     assert reads == [] and again.files_reused == 4
+
+
+def test_trust_window_a_changed_file_asks_the_store_about_none_of_its_unchanged_chunks(tmp_path, reads,
+                                                                                      chunk_reads):
+    """A changed file is read again; with a trust window the chunks of its previous entry
+    that a deep verify proved are trusted in the same bulk check, so its unchanged chunks
+    cost no HEAD or GET each, and only its new chunk is written."""
+    from archiver.chunking import ChunkPolicy
+    src = tmp_path / "src" / "big"
+    src.mkdir(parents=True)
+    data = bytearray(os.urandom(8 << 20))
+    (src / "weights.bin").write_bytes(bytes(data))
+    store = CountingStore(open_store(str(tmp_path / "store"), create=True))
+    repo = Repository(store, Catalog(tmp_path / "cat.db", store.url))
+    policy = ChunkPolicy(max_chunk=1 << 20)
+    try:
+        first = pipeline_archive(repo, [src], name="m", policy=policy)
+        hashes = list(repo.load_manifest(first.id).unique_chunks())
+        assert len(hashes) >= 4
+        repo.record_chunk_checks((h, True) for h in hashes)
+        data[100:104] = b"\xff\x00\xff\x00" if data[100:104] != b"\xff\x00\xff\x00" else b"\x00\xff\x00\xff"
+        (src / "weights.bin").write_bytes(bytes(data))
+        store.calls.clear()
+        reads.clear()
+        chunk_reads.clear()
+        again = pipeline_archive(repo, [src], name="m", policy=policy, trust_verified_within=3600)
+        assert reads == ["big/weights.bin"] and again.files_reused == 0
+        assert again.new_chunks >= 1 and again.new_chunks < len(hashes)  # the changed stretch only
+        assert chunk_reads == [] and _chunk_requests(store.calls) == 0, store.calls
+        # without a trust window each unchanged chunk is read back and compared with the source
+        data[200:204] = b"abcd" if data[200:204] != b"abcd" else b"dcba"
+        (src / "weights.bin").write_bytes(bytes(data))
+        store.calls.clear()
+        third = pipeline_archive(repo, [src], name="m", policy=policy)
+        assert _chunk_requests(store.calls) >= len(hashes) - 2
+        assert repo.load_manifest(third.id).files[0].size == len(data)
+    finally:
+        repo.close()
