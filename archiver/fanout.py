@@ -191,8 +191,10 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
                     stats.repaired_chunks += done.repaired_chunks
                 progress.advance(done.entry.size)
             if journal is not None:
-                journal.record(done.entry, done.snapshot, sync=time.monotonic() - last_sync >= 1.0)
-                last_sync = time.monotonic()
+                now = time.monotonic()
+                journal.record(done.entry, done.snapshot, sync=now - last_sync >= 1.0)
+                if now - last_sync >= 1.0:  # written out and fsynced about once a second
+                    last_sync = now
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

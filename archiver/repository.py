@@ -42,7 +42,8 @@ from manifests.catalog import AuditRow, Catalog, Chain, ManifestRow, check_recor
 from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
 from manifests.model import MAX_FILEMAP_BYTES, filemap_bytes, parse_filemap, with_filemap, with_filemaps
 from manifests import errors as manifest_errors
-from manifests.model import MAX_TREE_BYTES, parse_tree, resolve_trees, tree_objects, with_trees
+from manifests.model import MAX_TREE_BYTES, parse_tree, resolve_trees, tree_objects
+from manifests.model import prove_trees, with_trees_made
 from manifests.paths import check_paths
 
 # A signature object is ~250 bytes of JSON; anything far larger is not one.
@@ -502,7 +503,7 @@ class Repository:
         back and checked), so no root manifest ever names a map that is not durable."""
         # A sealed store keeps every chunk list inline: a file map is a plaintext object, so
         # it would publish plaintext chunk hashes next to the encrypted manifest.
-        m = self.committed_form(m)
+        m, made = self._committed_form_made(m)
         hot = policy.for_metadata() if policy is not None else None
         proved: list[tuple[Entry, tuple[ChunkRef, ...]]] = []  # new maps, recorded in batches
         for e in m.files:
@@ -531,14 +532,19 @@ class Repository:
         except (TypeError, ValueError) as e:  # e.g. meta keys of mixed types, bytes values
             raise ManifestError(f"malformed manifest: cannot be written as JSON ({e})") from None
         mid = manifest_id(data)
-        trees = self._made_trees(m)
+        trees = made[1] if made is not None else {}
+        by_dir = made[2] if made is not None else None
         with translated():
             back = parse_manifest(data, expected_id=mid)
             if back.to_dict() != m.to_dict():
                 raise ManifestError("malformed manifest: it does not read back as the manifest given")
-            if trees and [e.to_json() for e in resolve_trees(back, lambda h, _: trees[h])[0].entries] != \
-                    [e.to_json() for e in sorted(m.entries, key=lambda e: e.path)]:
-                raise ManifestError("malformed manifest: its trees do not read back as the entries given")
+            if made is not None:  # each tree no recorded manifest named yet is parsed as the reader would
+                try:
+                    prove_trees(m, trees, made[2],
+                                self._catalog.known_trees(set(made[2].values())))
+                except manifest_errors.ManifestError as e:
+                    raise ManifestError(f"malformed manifest: its trees do not read back as the entries given "
+                                        f"({e})") from None
         self.flush_packs()  # every pack holding a chunk it names is durable before the manifest
         for h, tree_data in trees.items():  # every tree before the root that names it
             self._put_tree(h, tree_data, policy.for_metadata() if policy is not None else None)
@@ -555,12 +561,12 @@ class Repository:
             self.record_policy(mid, policy)
         if details is None or self._catalog.has_manifest(mid):  # already recorded: nothing new ingested
             with translated():
-                self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks)
+                self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks, trees=by_dir)
             return Committed(mid, signer)
         ev = Event(events.INGESTION, manifests=(events.ManifestOutcome(mid),), details={**details, "signed_by": signer})
         rec = self._put_event(ev, sign_key, policy=hot)  # in the store first: the catalog is the rebuildable copy
         with translated(), self._catalog.write():
-            self._catalog.record_manifest(m, data, at=ev.time, filemap_chunks=self.filemap_chunks)
+            self._catalog.record_manifest(m, data, at=ev.time, filemap_chunks=self.filemap_chunks, trees=by_dir)
             self._catalog.record_event(rec.key, rec.writer, rec.seq, rec.hash, ev.time, events.audit_rows(ev),
                                        events.chunk_results(ev))
         return Committed(mid, signer)
@@ -569,20 +575,16 @@ class Repository:
         """`m` as `commit_manifest` writes it (so `.id` is the id it will get): through file
         maps and, over the threshold, trees (v2/v3); a sealed store keeps everything inline,
         since a file map or tree is a plaintext object next to the encrypted manifest."""
+        return self._committed_form_made(m)[0]
+
+    def _committed_form_made(self, m: Manifest) -> tuple[Manifest, tuple[str, dict[str, bytes], dict[str, str]] | None]:
+        """`committed_form(m)` and its trees as `tree_objects` made them (None when inline):
+        built once per commit, then stored, proved and recorded from the same objects."""
         if not m.resolved:  # a v3 root without its entries would be committed as an empty manifest
             raise ManifestError(f"malformed manifest: the entries of tree {m.tree[:16]} were not given")
         if self._sealer is not None:
-            return dataclasses.replace(m, tree="", entry_count=0) if m.tree else m
-        return with_trees(with_filemaps(m))
-
-    @staticmethod
-    def _made_trees(m: Manifest) -> dict[str, bytes]:
-        """The tree objects of a manifest `with_trees` made ({} when its entries are inline)."""
-        if not m.tree:
-            return {}
-        made = tree_objects(m.entries)
-        assert made is not None and made[0] == m.tree
-        return made[1]
+            return (dataclasses.replace(m, tree="", entry_count=0) if m.tree else m), None
+        return with_trees_made(with_filemaps(m))
 
     def iter_manifests(self) -> Iterator[StoredManifest]:
         """Every manifest object in the store, each checked against its id; a bad one is

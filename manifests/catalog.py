@@ -478,7 +478,8 @@ class Catalog:
 
     def record_manifest(self, m: Manifest, data: bytes, *, event_details: dict[str, Any] | None = None,
                         at: float | None = None, time_unknown: bool = False,
-                        filemap_chunks: Callable[[Entry], Iterable[ChunkRef]] | None = None) -> bool:
+                        filemap_chunks: Callable[[Entry], Iterable[ChunkRef]] | None = None,
+                        trees: dict[str, str] | None = None) -> bool:
         """Record a manifest (already durably in the store) with its files, its distinct
         chunks and known chunks in one transaction. Idempotent: False if it was already recorded.
         `at` defaults to now; time_unknown=True records no time at all (a rebuild knows
@@ -487,7 +488,8 @@ class Catalog:
         without its chunk list in memory they come from `filemap_chunks(entry)` (the
         repository fetches and checks the map), one map at a time, so a 10 TB archive's
         million refs are never all in memory, and a map already recorded is not fetched.
-        An error raised by it rolls the whole record back."""
+        An error raised by it rolls the whole record back. Manifest v3: `trees` (directory ->
+        tree hash, as `tree_objects(m.entries)` made them for the commit) saves building them again."""
         mid = manifest_id(data)  # `data` is m's canonical JSON: its hash is m.id, without serialising m again
         check_recordable(mid, m)
         now = time.time() if at is None else at
@@ -513,11 +515,10 @@ class Catalog:
             conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
                          "stored_size, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
                          (row, mid, m.name, m.label, m.parent, when, len(files), m.total_size, stored, data))
-            import sqlite_utils  # here, not at import: read-only commands start without it
-            db = sqlite_utils.Database(conn, recursive_triggers=False)  # rows as dicts, batched inserts
-            db["files"].insert_all(
-                ({"manifest_id": mid, "path": e.path, "type": e.type, "size": e.size, "mode": e.mode,
-                  "blake3": e.blake3, "sha256": e.sha256} for e in self._new_tree_entries(conn, m)), batch_size=1000)
+            conn.executemany('INSERT INTO files(manifest_id, path, type, size, mode, blake3, sha256) '
+                             'VALUES (?,?,?,?,?,?,?)',
+                             ((mid, e.path, e.type, e.size, e.mode, e.blake3, e.sha256)
+                              for e in self._new_tree_entries(conn, m, trees)))
             conn.executemany('INSERT INTO fields(manifest_id, key, seq, value, num) VALUES (?,?,?,?,?)',
                              field_rows(mid, m))
             if event_details is not None:
@@ -545,22 +546,35 @@ class Catalog:
     # named them). Created on first write (not a schema step): a catalog without it has none.
     _TREE_TABLE = 'CREATE TABLE IF NOT EXISTS "tree_files" ("hash" TEXT PRIMARY KEY)'
 
-    def _new_tree_entries(self, conn: sqlite3.Connection, m: Manifest) -> Iterable[Entry]:
+    def _new_tree_entries(self, conn: sqlite3.Connection, m: Manifest,
+                          trees: dict[str, str] | None = None) -> Iterable[Entry]:
         """The entries of `m` that get `files` rows: all of a v1/v2 manifest's; of a v3
         manifest's, only those listed by a tree no recorded manifest named before, so an
-        unchanged re-archive adds no per-file rows."""
+        unchanged re-archive adds no per-file rows. `trees`: directory -> tree hash, if known."""
         if not m.tree:
             return m.entries
-        made = tree_objects(m.entries)
-        if made is None or made[0] != m.tree:
-            raise ManifestError(f"manifest entries do not rebuild its tree {m.tree[:16]}")
-        by_dir = made[2]
+        if trees is None:
+            made = tree_objects(m.entries)
+            if made is None or made[0] != m.tree:
+                raise ManifestError(f"manifest entries do not rebuild its tree {m.tree[:16]}")
+            trees = made[2]
+        elif trees.get("") != m.tree:
+            raise ManifestError(f"the trees given are not those of manifest tree {m.tree[:16]}")
+        by_dir = trees
         conn.execute(self._TREE_TABLE)
         known = {h for h in by_dir.values()
                  if conn.execute('SELECT 1 FROM tree_files WHERE hash=?', (h,)).fetchone() is not None}
         conn.executemany('INSERT OR IGNORE INTO tree_files(hash) VALUES (?)',
                          [(h,) for h in set(by_dir.values()) - known])
         return [e for e in m.entries if by_dir[e.path.rsplit("/", 1)[0] if "/" in e.path else ""] not in known]
+
+    def known_trees(self, hashes: Iterable[str]) -> set[str]:
+        """Those of `hashes` that a recorded manifest named as a tree (read and checked when
+        it was committed or recorded): a commit need not parse them again."""
+        conn = self._reader()
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='tree_files'").fetchone() is None:
+            return set()
+        return {h for h in hashes if conn.execute("SELECT 1 FROM tree_files WHERE hash=?", (h,)).fetchone()}
 
     def filemap_shape(self, h: str) -> tuple[int, int] | None:
         """(chunk_count, size) of a file map this catalog has recorded (checked then), else None."""

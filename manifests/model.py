@@ -648,11 +648,38 @@ EMPTY_TREE = manifest_id(canonical({"entries": [], "format": TREE_FORMAT, "versi
 def with_trees(m: Manifest) -> Manifest:
     """`m` as it is committed: through trees (tree, entry_count set; entries kept in memory)
     when it has more than TREE_THRESHOLD entries that form a tree, else inline."""
+    return with_trees_made(m)[0]
+
+
+def with_trees_made(m: Manifest) -> tuple[Manifest, tuple[str, dict[str, bytes], dict[str, str]] | None]:
+    """`with_trees(m)` and the `tree_objects` it made (None when inline), so a commit builds
+    its trees once and hands the same objects to the store, the proof and the catalog."""
     if len(m.entries) > TREE_THRESHOLD:
         made = tree_objects(m.entries)
         if made is not None:
-            return replace(m, tree=made[0], entry_count=len(m.entries))
-    return replace(m, tree="", entry_count=0) if m.tree else m
+            return replace(m, tree=made[0], entry_count=len(m.entries)), made
+    return (replace(m, tree="", entry_count=0) if m.tree else m), None
+
+
+def prove_trees(m: Manifest, objects: dict[str, bytes], by_dir: dict[str, str], known: Any = ()) -> int:
+    """ManifestError unless the reader reads `m`'s trees (`tree_objects(m.entries)`: objects,
+    by_dir) as exactly `m.entries`. Each tree not in `known` is parsed with the reader's own
+    checks (`parse_tree`), canonical form included: its bytes being `tree_bytes` of the
+    directory's entries, a tree that re-serialises to them holds entries whose JSON is the
+    entries' JSON, so the list need not be compared again. A tree in `known` (bytes already
+    parsed and proved under this very hash, e.g. by an earlier commit) is not parsed again:
+    the same hash is the same bytes, which read the same. Returns how many were parsed."""
+    _need(m.tree == by_dir.get("") and m.entry_count == len(m.entries),
+          "manifest does not name the top tree and entry count of its entries")
+    parsed: set[str] = set()
+    for d, h in sorted(by_dir.items()):
+        if h in known or h in parsed or (h == EMPTY_TREE and d):  # an empty directory names no tree
+            continue
+        parse_tree(objects[h], h, d)
+        parsed.add(h)
+    if m.attachments:  # as resolve_trees checks them once the entries are read
+        _attachments([{"path": p, "role": r} for r, p in m.attachments], tuple(m.entries))
+    return len(parsed)
 
 
 def parse_tree(data: bytes, h: str, where: str) -> list[tuple[Entry, str]]:
