@@ -353,6 +353,19 @@ class Repository:
         return self._heal(layout.tree(h), data, lambda stored: None if stored == data else
                           "stored tree differs from its hash")
 
+    TREE_WRITERS = 8  # trees written at once: each waits on its own fsync (or PUT), not on the CPU
+
+    def _put_trees(self, trees: dict[str, bytes], hot: Any = None) -> None:
+        """`_put_tree` every tree, several at once; returns once all are durable (the first
+        error is raised, after the others finished)."""
+        if len(trees) <= 1:
+            for h, data in trees.items():
+                self._put_tree(h, data, hot)
+            return
+        with ThreadPoolExecutor(min(self.TREE_WRITERS, len(trees)), thread_name_prefix="trees") as pool:
+            for f in [pool.submit(self._put_tree, h, data, hot) for h, data in trees.items()]:
+                f.result()
+
     def _put_tree(self, h: str, data: bytes, hot: Any = None) -> None:
         """put_if_absent; an object already there must be these bytes (else, damaged, it is
         replaced conditional on its version, as `heal` does); locked under a metadata policy."""
@@ -546,8 +559,7 @@ class Repository:
                     raise ManifestError(f"malformed manifest: its trees do not read back as the entries given "
                                         f"({e})") from None
         self.flush_packs()  # every pack holding a chunk it names is durable before the manifest
-        for h, tree_data in trees.items():  # every tree before the root that names it
-            self._put_tree(h, tree_data, policy.for_metadata() if policy is not None else None)
+        self._put_trees(trees, policy.for_metadata() if policy is not None else None)  # before the root naming them
         key = layout.manifest(mid)
         hot = policy.for_metadata() if policy is not None else None
         if self._sealer is not None:

@@ -710,22 +710,21 @@ def parse_tree(data: bytes, h: str, where: str) -> list[tuple[Entry, str]]:
         _need(sub == "" or (e.type == "dir" and is_hash(sub) and sub != EMPTY_TREE), f"subtree of {e.path!r}")
         out.append((e, sub))
     # the entries re-serialise to these exact bytes: sorted, unique names, no unknown keys
-    again = [replace(e, path=e.path.rsplit("/", 1)[-1]) for e, _ in out]
-    names = [x.path for x in again]
+    names = [e.path[len(prefix):] for e, _ in out]
     _need(len(set(names)) == len(names), f"tree of {label!r} lists a name twice")
-    hashes = {x.path: sub for x, (_, sub) in zip(again, out) if sub}
-    _need(_tree_json(again, hashes) == data, f"tree {h[:16]} of {label!r} is not in canonical form")
+    _need(_tree_json(out, names) == data, f"tree {h[:16]} of {label!r} is not in canonical form")
     return out
 
 
-def _tree_json(entries: list[Entry], subtrees: dict[str, str]) -> bytes:
-    """tree_bytes for entries whose `path` is already their name."""
+def _tree_json(out: list[tuple[Entry, str]], names: list[str]) -> bytes:
+    """tree_bytes for parsed (entry, subtree hash) pairs and their names (no Entry copied)."""
     rows = []
-    for e in entries:
+    for (e, sub), name in zip(out, names):
         j = e.to_json()
-        j["name"] = j.pop("path")
-        if e.path in subtrees:
-            j["tree"] = subtrees[e.path]
+        del j["path"]
+        j["name"] = name
+        if sub:
+            j["tree"] = sub
         rows.append(j)
     rows.sort(key=lambda j: j["name"])
     return canonical({"entries": rows, "format": TREE_FORMAT, "version": 1})

@@ -403,3 +403,26 @@ def test_prove_trees_skips_known_trees_and_refuses_bytes_that_are_not_the_entrie
         model.prove_trees(m, {**objects, h: canonical(rows)}, by_dir)
     with pytest.raises(ManifestError, match="top tree"):
         model.prove_trees(dataclasses.replace(m, entry_count=m.entry_count - 1), objects, by_dir)
+
+
+def test_trees_written_at_once_are_all_durable_before_the_root(repo: Repository, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = big_tree()
+    _, objects, by_dir = tree_objects(entries)
+    real = Repository._put_tree
+    bad = by_dir["top/d11"]
+
+    def put(self, h, data, hot=None):
+        if h == bad:
+            raise OSError("disk full")
+        return real(self, h, data, hot)
+    monkeypatch.setattr(Repository, "_put_tree", put)
+    with pytest.raises(OSError, match="disk full"):
+        repo.commit_manifest(Manifest(name="m", entries=tuple(entries)))
+    raw = RawStore(str(tmp_path / "store"))
+    assert raw.keys(layout.MANIFESTS) == [] and repo.list_archives() == []  # no root names a missing tree
+    assert len(raw.keys(layout.TREES)) == len(objects) - 1  # the others were all written (and finished)
+    monkeypatch.setattr(Repository, "_put_tree", real)
+    mid = repo.commit_manifest(Manifest(name="m", entries=tuple(entries))).id
+    assert sorted(raw.keys(layout.TREES)) == sorted(layout.tree(h) for h in objects)
+    assert repo.load_manifest(mid).entry_count == len(entries)
