@@ -510,7 +510,10 @@ class Repository:
         already under the same id must be byte-identical, else the store holds a forgery.
         The bytes are first parsed with the reader's own checks and must read back as `m`:
         nothing that `show`, `verify`, `restore` or a catalog rebuild would refuse or read
-        differently is ever stored (ManifestError).
+        differently is ever stored (ManifestError). Manifest v3: its trees are built once and
+        each is parsed as the reader would, except those a recorded manifest already named (the
+        same hash: bytes already parsed and proved); all are written, several at once, and read
+        back if already stored, before the root.
         Manifest v2: a file over the threshold is recorded through its file map, which is
         stored here first (or, for an entry from `save_filemaps` without its chunks, read
         back and checked), so no root manifest ever names a map that is not durable."""
