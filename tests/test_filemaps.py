@@ -240,11 +240,11 @@ def test_catalog_records_a_file_maps_chunks_once(repo: Repository, tmp_path: Pat
     conn = sqlite3.connect(tmp_path / "cat.db")
     try:
         count = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                 for t in ("filemaps", "filemap_chunks", "manifest_filemaps", "manifest_chunks")}
+                 for t in ("filemaps", "chunks", "manifest_filemaps", "manifest_chunks")}
     finally:
         conn.close()
-    n = model.FILEMAP_THRESHOLD + 1
-    assert count == {"filemaps": 1, "filemap_chunks": n, "manifest_filemaps": 2, "manifest_chunks": 0}
+    n = model.FILEMAP_THRESHOLD + 1  # its chunks: one dedup row each, listed by the map object only
+    assert count == {"filemaps": 1, "chunks": n, "manifest_filemaps": 2, "manifest_chunks": 0}
     cover = repo.chunk_coverage()
     assert len(cover) == 2 * n and {r[0] for r in cover} == {a, b}
     assert {r.id: r.stored_size for r in repo.list_archives()} == {a: 90 * n, b: 90 * n}
