@@ -41,6 +41,7 @@ from archiver.urls import normalise_endpoint
 from manifests.catalog import AuditRow, Catalog, Chain, ManifestRow, check_recordable
 from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
 from manifests.model import MAX_FILEMAP_BYTES, filemap_bytes, parse_filemap, with_filemap, with_filemaps
+from manifests.model import filemap_records
 from manifests import errors as manifest_errors
 from manifests.model import MAX_TREE_BYTES, parse_tree, resolve_trees, tree_objects, with_trees
 from manifests.paths import check_paths
@@ -427,14 +428,15 @@ class Repository:
             return
         self._heal(key, data, lambda stored: None if stored == data else "stored file map differs from its hash")
 
-    def _prove_filemap(self, e: Entry) -> tuple[ChunkRef, ...] | None:
+    def _prove_filemap(self, e: Entry) -> list[tuple[str, int, str]] | None:
         """A map a worker stored (`save_filemaps`) is durable and intact and fits its entry:
         a map the catalog recorded before (checked then) must hash to its name and have the
         entry's chunk count and size; any other is parsed against the entry in full and its
-        chunks returned (for the catalog: each map is parsed once)."""
+        chunks returned as (hash, stored size, codec) (for the catalog: each map is parsed once)."""
         shape = self._catalog.filemap_shape(e.filemap)
         if shape is None:
-            return self.filemap_chunks(e)
+            with translated():
+                return filemap_records(self.filemap_object(e), e)
         if shape != (e.chunk_count, e.size):
             raise ManifestError(f"file map {e.filemap[:16]} holds {shape[0]} chunks and {shape[1]} bytes, not the "
                                 f"{e.chunk_count} and {e.size} of {e.path!r}")
@@ -504,7 +506,7 @@ class Repository:
         # it would publish plaintext chunk hashes next to the encrypted manifest.
         m = self.committed_form(m)
         hot = policy.for_metadata() if policy is not None else None
-        proved: list[tuple[Entry, tuple[ChunkRef, ...]]] = []  # new maps, recorded in batches
+        proved: list[tuple[Entry, list[tuple[str, int, str]]]] = []  # new maps, recorded in batches
         for e in m.files:
             if not e.filemap:
                 continue

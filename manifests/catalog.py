@@ -153,6 +153,14 @@ def chunk_key(h: str) -> int:
     return int(h[:16], 16) - _KEY_BIAS
 
 
+def _records(refs: Iterable[ChunkRef] | Iterable[tuple[str, int, str]]) -> Iterable[tuple[str, int, str]]:
+    """(hash, stored size, codec) of each chunk, from ChunkRefs or such triples."""
+    refs = refs if isinstance(refs, (list, tuple)) else list(refs)
+    if refs and isinstance(refs[0], ChunkRef):
+        return [(c.hash, c.stored_size, c.codec) for c in refs]  # type: ignore[union-attr]
+    return refs  # type: ignore[return-value]
+
+
 def _chunk_key_blob(b: bytes) -> int:
     return int.from_bytes(b[:8], "big") - _KEY_BIAS
 
@@ -620,12 +628,13 @@ class Catalog:
         row = self._reader().execute("SELECT chunk_count, size FROM filemaps WHERE hash=?", (h,)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def record_filemaps(self, maps: Iterable[tuple[Entry, Iterable[ChunkRef]]]) -> None:
+    def record_filemaps(self, maps: Iterable[tuple[Entry, Iterable[ChunkRef] | list[tuple[str, int, str]]]]) -> None:
         """Record file maps (durable in the store, each checked against its entry) and their
-        chunks, in one transaction, before any manifest names them: `commit_manifest` does so
-        while proving maps a worker wrote, so each map is parsed once. A fact about the store
-        like a chunk row: a map no recorded manifest names yet is harmless (as a chunk no
-        manifest names is in the store)."""
+        chunks (ChunkRefs, or (hash, stored size, codec) as manifests.model.filemap_records
+        reads them), in one transaction, before any manifest names them: `commit_manifest`
+        does so while proving maps a worker wrote, so each map is parsed once. A fact about
+        the store like a chunk row: a map no recorded manifest names yet is harmless (as a
+        chunk no manifest names is in the store)."""
         with self.write() as conn:
             for e, chunks in maps:
                 self._filemap_row(conn, dataclasses.replace(e, chunks=()), lambda _, c=chunks: c)
@@ -641,8 +650,8 @@ class Catalog:
             return
         if refs is None:
             refs = e.chunks if e.resolved else self._fetch(e, fetch)
-        for c in refs:
-            shared.setdefault(c.hash, c.stored_size)
+        for h, stored, _ in _records(refs):
+            shared.setdefault(h, stored)
 
     @staticmethod
     def _fetch(e: Entry, fetch: Callable[[Entry], Iterable[ChunkRef]] | None) -> Iterable[ChunkRef]:
@@ -681,23 +690,22 @@ class Catalog:
         itself, in the store, lists them). Keys go in sorted and distinct, so inserts land
         next to each other in the B-tree. Returns the stored bytes of these distinct chunks if
         every one was new (see _stored_size), else None."""
-        first: dict[str, ChunkRef] = {}
-        for c in refs:
-            if c.hash not in first:
-                first[c.hash] = c
+        first: dict[str, tuple[int, int, str]] = {}  # hash -> (key, stored size, codec), the first ref wins
+        owner = row if table == "filemaps" else None
+        bias = _KEY_BIAS
+        for h, stored, codec in _records(refs):
+            if h not in first:
+                first[h] = (int(h[:16], 16) - bias, stored, codec)  # chunk_key, inlined: a million a version
         if not first:
             return 0
-        keyed = {chunk_key(h): c for h, c in reversed(first.items())}  # the first ref of a key wins
-        keys = sorted(keyed)
+        rows = sorted({k: (k, stored, codec, owner) for k, stored, codec in reversed(first.values())}.values())
         before = conn.total_changes
-        owner = row if table == "filemaps" else None
-        conn.executemany("INSERT OR IGNORE INTO chunks(key, stored_size, codec, owner) VALUES (?,?,?,?)",
-                         [(k, keyed[k].stored_size, keyed[k].codec, owner) for k in keys])
-        fresh = conn.total_changes - before == len(keys) == len(first)  # a shared key is not proof of freshness
+        conn.executemany("INSERT OR IGNORE INTO chunks(key, stored_size, codec, owner) VALUES (?,?,?,?)", rows)
+        fresh = conn.total_changes - before == len(rows) == len(first)  # a shared key is not proof of freshness
         if table == "manifest_chunks":
             conn.executemany("INSERT OR IGNORE INTO manifest_chunks(manifest, chunk) VALUES (?, ?)",
                              [(row, b) for b in sorted(bytes.fromhex(h) for h in first)])
-        return sum(c.stored_size for c in first.values()) if fresh else None
+        return sum(r[1] for r in first.values()) if fresh else None
 
     def manifest_rows(self, name: str | None = None) -> list[ManifestRow]:
         """Oldest first, and never a version before its parent: ordered by recording
