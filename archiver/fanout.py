@@ -201,12 +201,24 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
     return out
 
 
-def check_chunks_stored(repo: Repository, entries: Iterable[Entry]) -> None:
+def check_chunks_stored(repo: Repository, entries: Iterable[Entry]
+                        ) -> dict[tuple[str, int, int], list[tuple[str, int, str]]]:
     """Every chunk the entries name is in the store at its recorded size (by LIST pages),
-    or IntegrityError and nothing is committed: a worker's or a journal's word is not proof."""
+    or IntegrityError and nothing is committed: a worker's or a journal's word is not proof.
+    Returns the file maps it read and checked, keyed by (hash, chunk count, size), for
+    `commit_manifest(read_maps=...)`, so a worker's map is read once per commit."""
     want: dict[str, tuple[int, str]] = {}
+    maps: dict[tuple[str, int, int], list[tuple[str, int, str]]] = {}
     for e in entries:
-        for c in (repo.filemap_chunks(e) if e.filemap and not e.chunks else e.chunks):  # a worker's file map
+        if e.filemap and not e.chunks:  # a worker's file map
+            shape = (e.filemap, e.chunk_count, e.size)
+            records = maps.get(shape)
+            if records is None:
+                records = maps[shape] = repo.filemap_records(e)
+            for h, stored, _ in records:
+                want.setdefault(h, (stored, e.path))
+            continue
+        for c in e.chunks:
             want.setdefault(c.hash, (c.stored_size, e.path))
     sizes = repo.chunk_sizes(want)
     for h, (size, path) in sorted(want.items()):
@@ -214,6 +226,7 @@ def check_chunks_stored(repo: Repository, entries: Iterable[Entry]) -> None:
         if got != size:
             what = "is missing from the store" if got is None else f"is {got} bytes in the store, not {size}"
             raise IntegrityError(f"chunk {h} of {path} {what}; nothing was recorded, re-run")
+    return maps
 
 
 # -- deep verify --------------------------------------------------------------------------------

@@ -195,8 +195,9 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         else:
             entries.append(reused[src.path] if src.path in reused else done.entries[src.path])
     progress.finish()
+    read_maps = None  # the file maps the check below read: commit_manifest does not read them again
     if ex.distributed or done.resumed:  # chunks this process did not save itself: LIST proves them stored
-        fanout.check_chunks_stored(repo, entries)
+        read_maps = fanout.check_chunks_stored(repo, entries)
     synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
     parent = repo.latest(name)
     roles = {s.path: s_role for s_role, s in _roles(attached)}
@@ -215,7 +216,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         resumed_files=done.resumed)
     if write_policy is not None:
         details["retention"] = _policy_summary(write_policy)
-    committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy)
+    committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,
+                                     read_maps=read_maps)
     files_cache.commit(committed.id, sources, entries)
     files_cache.close()
     if journal is not None:

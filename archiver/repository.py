@@ -20,7 +20,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import blake3
 
@@ -428,19 +428,31 @@ class Repository:
             return
         self._heal(key, data, lambda stored: None if stored == data else "stored file map differs from its hash")
 
-    def _prove_filemap(self, e: Entry) -> list[tuple[str, int, str]] | None:
+    def filemap_records(self, e: Entry) -> list[tuple[str, int, str]]:
+        """(hash, stored size, codec) of each chunk in entry `e`'s file map, read from the store
+        and checked as `filemap_chunks` checks it, without a ChunkRef per chunk."""
+        with translated():
+            return filemap_records(self.filemap_object(e), e)
+
+    def _prove_filemap(self, e: Entry, read: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None = None
+                       ) -> list[tuple[str, int, str]] | None:
         """A map a worker stored (`save_filemaps`) is durable and intact and fits its entry:
         a map the catalog recorded before (checked then) must hash to its name and have the
         entry's chunk count and size; any other is parsed against the entry in full and its
-        chunks returned as (hash, stored size, codec) (for the catalog: each map is parsed once)."""
+        chunks returned as (hash, stored size, codec) (for the catalog: each map is parsed once).
+        `read`: maps this process has just fetched and checked against an entry of this shape
+        (`fanout.check_chunks_stored`), keyed by (hash, chunk count, size): not fetched again."""
         shape = self._catalog.filemap_shape(e.filemap)
+        done = read.get((e.filemap, e.chunk_count, e.size)) if read is not None else None
         if shape is None:
+            if done is not None:
+                return done
             with translated():
                 return filemap_records(self.filemap_object(e), e)
         if shape != (e.chunk_count, e.size):
             raise ManifestError(f"file map {e.filemap[:16]} holds {shape[0]} chunks and {shape[1]} bytes, not the "
                                 f"{e.chunk_count} and {e.size} of {e.path!r}")
-        if manifest_id(self.filemap_object(e)) != e.filemap:
+        if done is None and manifest_id(self.filemap_object(e)) != e.filemap:
             raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} does not match its hash (tampered or corrupt)")
         return None
 
@@ -492,7 +504,9 @@ class Repository:
         return None if stored == data else "store copy of the manifest differs from its id"
 
     def commit_manifest(self, m: Manifest, *, sign_key: Any = None,
-                        details: dict[str, Any] | None = None, policy: Any = None) -> Committed:
+                        details: dict[str, Any] | None = None, policy: Any = None,
+                        read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None = None
+                        ) -> Committed:
         """Store the manifest (every chunk it names must already be durable), sign it, and
         record it in the catalog with an 'archive' audit entry. Never overwrites: an object
         already under the same id must be byte-identical, else the store holds a forgery.
@@ -501,7 +515,8 @@ class Repository:
         differently is ever stored (ManifestError).
         Manifest v2: a file over the threshold is recorded through its file map, which is
         stored here first (or, for an entry from `save_filemaps` without its chunks, read
-        back and checked), so no root manifest ever names a map that is not durable."""
+        back and checked), so no root manifest ever names a map that is not durable; or taken
+        from `read_maps`, the maps `fanout.check_chunks_stored` has just read and checked)."""
         # A sealed store keeps every chunk list inline: a file map is a plaintext object, so
         # it would publish plaintext chunk hashes next to the encrypted manifest.
         m = self.committed_form(m)
@@ -516,7 +531,7 @@ class Repository:
                     raise ManifestError(f"malformed manifest: file map {e.filemap[:16]} of {e.path!r} is not its chunks")
                 self._put_filemap(e.filemap, fm, hot)
                 continue
-            chunks = self._prove_filemap(e)  # written by a worker: prove it is there and intact
+            chunks = self._prove_filemap(e, read_maps)  # written by a worker: prove it is there and intact
             if hot is not None:
                 self._ensure_lock(layout.filemap(e.filemap), hot)
             if chunks is not None:
