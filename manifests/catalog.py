@@ -690,22 +690,29 @@ class Catalog:
         itself, in the store, lists them). Keys go in sorted and distinct, so inserts land
         next to each other in the B-tree. Returns the stored bytes of these distinct chunks if
         every one was new (see _stored_size), else None."""
-        first: dict[str, tuple[int, int, str]] = {}  # hash -> (key, stored size, codec), the first ref wins
         owner = row if table == "filemaps" else None
         bias = _KEY_BIAS
-        for h, stored, codec in _records(refs):
-            if h not in first:
-                first[h] = (int(h[:16], 16) - bias, stored, codec)  # chunk_key, inlined: a million a version
-        if not first:
+        recs = _records(refs)
+        # chunk_key, inlined (a million a version); a map's hashes are almost always distinct
+        rows = [(int(h[:16], 16) - bias, stored, codec, owner) for h, stored, codec in recs]
+        if len({r[0] for r in rows}) == len(rows):  # distinct keys, so distinct hashes
+            hashes = [r[0] for r in recs]
+            rows.sort()
+        else:  # a hash named twice, or two sharing a key: the first ref of each hash, then of each key
+            first: dict[str, tuple[int, int, str, int | None]] = {}
+            for (h, _, _), r in zip(recs, rows):
+                first.setdefault(h, r)
+            hashes = list(first)
+            rows = sorted({r[0]: r for r in reversed(list(first.values()))}.values())
+        if not rows:
             return 0
-        rows = sorted({k: (k, stored, codec, owner) for k, stored, codec in reversed(first.values())}.values())
         before = conn.total_changes
         conn.executemany("INSERT OR IGNORE INTO chunks(key, stored_size, codec, owner) VALUES (?,?,?,?)", rows)
-        fresh = conn.total_changes - before == len(rows) == len(first)  # a shared key is not proof of freshness
+        fresh = conn.total_changes - before == len(rows) == len(hashes)  # a shared key is not proof of freshness
         if table == "manifest_chunks":
             conn.executemany("INSERT OR IGNORE INTO manifest_chunks(manifest, chunk) VALUES (?, ?)",
-                             [(row, b) for b in sorted(bytes.fromhex(h) for h in first)])
-        return sum(r[1] for r in first.values()) if fresh else None
+                             [(row, b) for b in sorted(bytes.fromhex(h) for h in hashes)])
+        return sum(r[1] for r in rows) if fresh else None
 
     def manifest_rows(self, name: str | None = None) -> list[ManifestRow]:
         """Oldest first, and never a version before its parent: ordered by recording

@@ -569,14 +569,16 @@ def parse_filemap(data: bytes, e: Entry) -> tuple[ChunkRef, ...]:
 
 # A file map in plain canonical form (what filemap_bytes writes for codec names that need no
 # JSON escape: every map archiver writes) is read with one regular expression instead of
-# JSON objects; one match of the whole map proves it canonical. Anything else goes through
-# the JSON reader, which accepts or refuses it with the same checks and messages.
+# JSON objects: its records, each followed by a comma and the next record or by the end,
+# must tile the chunk list exactly (their lengths add up to it), which proves it canonical.
+# Anything else goes through the JSON reader, which accepts or refuses it with the same
+# checks and messages.
 _PLAIN_NUM = "(0|[1-9][0-9]{0,18})"
-_PLAIN_RECORD = r'\[%s,([1-9][0-9]{0,18}),"([0-9a-f]{64})",%s,"([A-Za-z0-9_.+-]*)"\]' % (_PLAIN_NUM, _PLAIN_NUM)
-_PLAIN_BARE = re.sub(r"\((?!\?)", "(?:", _PLAIN_RECORD)
-_PLAIN_MAP = re.compile(r'\{"chunks":\[(?:(?:%s,)*%s)?\],"format":"%s","version":1\}'
-                        % (_PLAIN_BARE, _PLAIN_BARE, FILEMAP_FORMAT))
-_PLAIN_FIELDS = re.compile(_PLAIN_RECORD)
+_PLAIN_HEAD = '{"chunks":['
+_PLAIN_TAIL = '],"format":"%s","version":1}' % FILEMAP_FORMAT
+_PLAIN_FIELDS = re.compile(r'\[%s,([1-9][0-9]{0,18}),"([0-9a-f]{64})",%s,"([A-Za-z0-9_.+-]*)"\](?:,(?=\[)|\Z)'
+                           % (_PLAIN_NUM, _PLAIN_NUM))
+_PLAIN_FIXED = len('[,,"",,""]') + 64  # a record's length besides its four variable fields
 
 
 def _plain_filemap(data: bytes, e: Entry) -> list[tuple[int, int, str, int, str]] | None:
@@ -589,22 +591,26 @@ def _plain_filemap(data: bytes, e: Entry) -> list[tuple[int, int, str, int, str]
         text = data.decode("ascii")
     except UnicodeDecodeError:
         return None
-    if _PLAIN_MAP.fullmatch(text) is None:
+    if not (text.startswith(_PLAIN_HEAD) and text.endswith(_PLAIN_TAIL)) or len(text) < len(_PLAIN_HEAD + _PLAIN_TAIL):
         return None
-    fields = _PLAIN_FIELDS.findall(text)
+    section = text[len(_PLAIN_HEAD):len(text) - len(_PLAIN_TAIL)]
+    fields = _PLAIN_FIELDS.findall(section)
     if len(fields) != e.chunk_count:
         return None
     out = []
     append = out.append
     codecs: dict[str, str] = {}  # one str per codec name: a million refs share a handful
     pos = 0
+    width = 0  # the variable part of the records' lengths
     for off, length, h, stored, codec in fields:
         n, st = int(length), int(stored)
         if int(off) != pos or n > MAX_CHUNK_LENGTH or st > n + MAX_CHUNK_OVERHEAD:
             return None
         append((pos, n, h, st, codecs.setdefault(codec, codec)))
         pos += n
-    return out if pos == e.size else None
+        width += len(off) + len(length) + len(stored) + len(codec)
+    tiled = width + len(fields) * (_PLAIN_FIXED + 1) - (1 if fields else 0) == len(section)
+    return out if tiled and pos == e.size else None
 
 
 def filemap_records(data: bytes, e: Entry) -> list[tuple[str, int, str]]:

@@ -1146,3 +1146,23 @@ def test_stored_size_counts_each_chunk_once_across_file_maps_and_inline_chunks(c
         got = {r.id: r.stored_size for r in cat.manifest_rows()}[m.id]
         assert got == m.stored_size, label
         parent = m.id
+
+
+def test_hashes_sharing_a_chunk_key_are_both_kept_where_it_matters(cat):
+    """Two hashes with the same first 8 bytes share one `chunks` row (a dedup hint, which
+    the store confirms), but a version's chunk set, coverage and stored size keep both (a
+    size read through the shared row is the first recorded one: here all are 6 bytes)."""
+    p = "ab" * 8
+    x, y, z = p + "0" * 48, p + "1" * 48, p + "2" * 48
+    inline = Entry(path="small", type="file", mode=0o644, size=20, mtime_ns=1, blake3=h("s"), sha256="0" * 64,
+                   chunks=(ChunkRef(0, 10, x, 6, "zstd"), ChunkRef(10, 10, y, 6, "zstd")))
+    refs = (ChunkRef(0, 10, z, 6, "zstd"), ChunkRef(10, 10, h("m1"), 7, "bg2"), ChunkRef(20, 10, x, 6, "zstd"))
+    big = Entry(path="big", type="file", mode=0o644, size=30, mtime_ns=1, blake3=h("b"), sha256="0" * 64,
+                chunks=refs, filemap=h("map"), chunk_count=3)
+    m = Manifest(name="m", entries=(inline, big))
+    assert record(cat, m)
+    assert cat.known_chunk(x) == cat.known_chunk(y) == cat.known_chunk(z) == (6, "zstd")  # one hint row
+    assert cat.known_chunk(p + "f" * 48) == (6, "zstd") and cat.known_chunk("cd" * 32) is None
+    fetch = lambda e: refs  # noqa: E731 - the map, as the repository would read it
+    assert sorted(r[3] for r in cat.chunk_coverage(fetch)) == sorted([x, y, z, h("m1")])
+    assert {r.id: r.stored_size for r in cat.manifest_rows()}[m.id] == 6 + 6 + 6 + 7

@@ -352,6 +352,12 @@ def test_plain_filemap_reader_accepts_and_refuses_exactly_what_the_json_reader_d
         variant(body(recs[:-1])),  # one chunk fewer than the entry says
         variant(body(recs, sep=", ")),  # not canonical
         variant(body(recs, sep="")),  # records run together
+        variant(body(recs, sep=",,")),
+        variant(body(recs, sep=",x")),
+        variant(body(recs).replace("]],", "]\n],", 1)),
+        variant(body(recs).replace("]],", "],]],", 1)),
+        variant(body(recs) + "\n"),
+        variant(body([])),  # no chunks, but the entry says 130
         variant(body(recs).replace('[0,100,', '[00,100,', 1)),
         variant(body(recs).replace(',"version":1}', ',"version":1,"x":0}')),
         variant(body(recs).replace('{"chunks"', ' {"chunks"')),
