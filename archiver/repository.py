@@ -1976,7 +1976,8 @@ class Repository:
     # Read requests joined into one when the bytes between two planned ranges are fewer than this.
     SPAN_GAP = 256 << 10
     # Spans and small objects fetched at once by a planned read (restore, deep verify).
-    SPAN_LIMIT = packs.PACK_TARGET + packs.SMALL_OBJECT
+    # (A whole pack of large objects, so one request reads it; at most four spans are cached.)
+    SPAN_LIMIT = packs.LARGE_PACK_TARGET + packs.SMALL_OBJECT
 
     def _save_fast(self, h: str, data: bytes | memoryview, width: int, policy: Any) -> SavedChunk | None:
         """The paths that need no read before a write: a chunk already in a pack (proved by
@@ -2014,19 +2015,26 @@ class Repository:
         full pack is written now, by this worker."""
         ps = self._packstate
         todo = []
+        target = packs.pack_target(len(obj))
+        large = target != packs.PACK_TARGET  # large objects fill packs of their own
         with ps.lock:
             if h in ps.pending:
                 return
-            if ps.open is not None and ps.open_policy is not policy:
-                todo.append((ps.open, ps.open_policy))
-                ps.open = None
-            if ps.open is None:
-                ps.open, ps.open_policy = packs.PackBuilder(), policy
-            ps.open.add(h, obj, length)
+            builder, open_policy = (ps.open_large, ps.open_large_policy) if large else (ps.open, ps.open_policy)
+            if builder is not None and open_policy is not policy:
+                todo.append((builder, open_policy))
+                builder = None
+            if builder is None:
+                builder = packs.PackBuilder(target=target)
+            builder.add(h, obj, length)
             ps.pending[h] = (len(obj), codec)
-            if ps.open.full:
-                todo.append((ps.open, policy))
-                ps.open = None
+            if builder.full:
+                todo.append((builder, policy))
+                builder = None
+            if large:
+                ps.open_large, ps.open_large_policy = builder, policy
+            else:
+                ps.open, ps.open_policy = builder, policy
             ps.in_flight += len(todo)
         for builder, pol in todo:
             self._write_pack_guarded(builder, pol)
@@ -2079,11 +2087,11 @@ class Repository:
         then nothing naming its chunks may be committed. Returns how many packs were written."""
         ps = self._packstate
         with ps.lock:
-            builder, policy = ps.open, ps.open_policy
-            ps.open = None
-            if builder is not None:
-                ps.in_flight += 1
-        if builder is not None:
+            todo = [(b, pol) for b, pol in ((ps.open, ps.open_policy), (ps.open_large, ps.open_large_policy))
+                    if b is not None]
+            ps.open = ps.open_large = None
+            ps.in_flight += len(todo)
+        for builder, policy in todo:
             self._write_pack_guarded(builder, policy)
         with ps.lock:
             while ps.in_flight:
