@@ -12,8 +12,10 @@ Sizes: `PACK_TARGET` (16 MiB, as restic's default pack size) keeps one archive o
 files to a few large objects: on S3 one PUT per 16 MiB instead of one per file, and in cold
 classes (whose per-object overhead is ~40 KB billed) one overhead per pack, while a
 single-file restore still reads only its byte ranges. `SMALL_OBJECT` (1 MiB): objects that
-big already amortise a request (0.1% of 1 MiB per 1 KB of request overhead), and chunks of
-large tensor files (up to 8 MiB) keep their own objects, so big-file work is unchanged.
+big already amortise a request's bytes (0.1% of 1 MiB per 1 KB of request overhead), so in a
+local directory, where an object is just a file, chunks of large tensor files (up to 8 MiB)
+keep their own objects. On S3 each object is also a request (a price, a round trip, and the
+client's CPU per request), so there the default threshold is `S3_PACK_BELOW`, above them.
 A pack closes at the first object that takes it to `PACK_TARGET` or more (so it is below
 `PACK_TARGET + SMALL_OBJECT`), or when the archive commits.
 
@@ -35,7 +37,7 @@ from typing import Any
 import blake3
 
 MiB = 1 << 20
-SMALL_OBJECT = 1 * MiB      # a chunk object smaller than this is packed (Settings.pack_below)
+SMALL_OBJECT = 1 * MiB      # smaller objects share 16 MiB packs; the default threshold in a local directory
 MAX_PACK_BELOW = 16 * MiB   # the largest threshold allowed (above every 8 MiB chunk's object: pack them all)
 S3_PACK_BELOW = MAX_PACK_BELOW  # the default threshold on S3 stores: large chunks share packs too
 PACK_TARGET = 16 * MiB      # a pack is closed once it holds this many bytes
