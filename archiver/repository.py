@@ -2016,7 +2016,7 @@ class Repository:
         ps = self._packstate
         todo = []
         target = packs.pack_target(len(obj))
-        large = target != packs.PACK_TARGET  # large objects fill packs of their own
+        large = len(obj) >= packs.SMALL_OBJECT  # large objects fill packs of their own
         with ps.lock:
             if h in ps.pending:
                 return
