@@ -155,19 +155,31 @@ _same = same_bytes  # the name the encoder has always used
 _ELEMENT = {2: "<u2", 4: "<u4", 8: "<u8"}  # numpy dtype strings
 
 
+# Elements per block when splitting planes. Why blocks: each plane is one pass
+# over the chunk, and an 8 MiB chunk does not fit in a core's cache, so plane by plane the
+# chunk would come from memory `width` times; block by block (256 KiB of bf16) it comes
+# once and the other passes hit the cache. Smaller blocks pay numpy's per-call overhead.
+# Measurements: bench/RESULTS.md, "CPU per GiB: the big-file hot path (branch cpu)".
+PLANE_BLOCK_ELEMENTS = 1 << 17
+
+
 def split_planes(data: bytes | bytearray | memoryview, width: int, out: np.ndarray) -> None:
     """Byte-planes of the first out.shape[1] elements of `data` into `out` (uint8, shape
     (width, plane_len)), e.g. a reused per-thread buffer.
 
     Why shifts and casts rather than a strided copy (grid[:, i]): a byte-strided gather
     runs one byte at a time, while a cast or shift of whole elements is vectorised; both
-    release the GIL. Measurements: bench/RESULTS.md, "CPU per GiB (issue 12)"."""
+    release the GIL. Done in blocks of PLANE_BLOCK_ELEMENTS so the source is read from
+    memory once. Measurements: bench/RESULTS.md, "CPU per GiB (issue 12)"."""
     import numpy as np
     plane_len = out.shape[1]
     elems = np.frombuffer(data, dtype=_ELEMENT[width], count=plane_len)
-    np.copyto(out[0], elems, casting="unsafe")  # truncation keeps the low byte
-    for i in range(1, width):
-        np.right_shift(elems, 8 * i, out=out[i], casting="unsafe")
+    for a in range(0, plane_len, PLANE_BLOCK_ELEMENTS):
+        b = a + PLANE_BLOCK_ELEMENTS
+        block = elems[a:b]
+        np.copyto(out[0, a:b], block, casting="unsafe")  # truncation keeps the low byte
+        for i in range(1, width):
+            np.right_shift(block, 8 * i, out=out[i, a:b], casting="unsafe")
 
 
 def merge_planes(planes: list[np.ndarray], width: int, out: np.ndarray) -> None:
