@@ -295,7 +295,9 @@ class Codec:
 
         Only an immutable `bytes` chunk is remembered (by identity, holding a reference,
         so it cannot change or be replaced by another object at the same address); it is
-        forgotten as soon as the planes are used or the buffer is split for anything else."""
+        forgotten as soon as the planes are used or the buffer is split for anything else,
+        and at the latest by this thread's next `address` (so a chunk that turned out to be
+        stored already keeps at most one chunk per thread alive a little longer)."""
         data = _byte_view(raw)
         n = len(data)
         self._local.split_of = None
