@@ -160,7 +160,7 @@ _ELEMENT = {2: "<u2", 4: "<u4", 8: "<u8"}  # numpy dtype strings
 # over the chunk, and an 8 MiB chunk does not fit in a core's cache, so plane by plane the
 # chunk would come from memory `width` times; block by block (256 KiB of bf16) it comes
 # once and the other passes hit the cache. Smaller blocks pay numpy's per-call overhead.
-# Measurements: bench/RESULTS.md, "CPU per GiB: the big-file hot path (branch cpu)".
+# Measurements: bench/RESULTS.md, "CPU per GiB: the big-file hot path".
 PLANE_BLOCK_ELEMENTS = 1 << 17
 
 
