@@ -1716,11 +1716,10 @@ class Repository:
         return sealing.unseal(obj, self._identity_for(kid), what)
 
     def _stored_chunk_key(self, h: str) -> str:
-        """The key chunk `h` is stored under: its hash, or in a sealed store its keyed address."""
-        return layout.chunk(h) if self._sealer is None else self._sealed_chunk_key(h)
-
-    def _sealed_chunk_key(self, h: str) -> str:
-        assert self._sealer is not None
+        """The key chunk `h` is stored under on its own: its hash, or in a sealed store its
+        keyed address (so the store never sees a plaintext hash)."""
+        if self._sealer is None:
+            return layout.chunk(h)
         return layout.chunk(sealing.address(self._sealer.need_address_key(), h))
 
     def _note_sealed(self, key: str, obj: bytes) -> None:
@@ -1732,7 +1731,7 @@ class Repository:
         (another run's, on a write-only host) by its prefix and exact sealed size; its
         ciphertext hash goes into this archive's companion either way."""
         self._start_run()
-        key = self._sealed_chunk_key(h)
+        key = self._stored_chunk_key(h)
         enc = self._codec.encode(data, width)
         want = sealing.sealed_size(len(enc.data))
         for _ in range(self.SAVE_ROUNDS):
@@ -1761,7 +1760,7 @@ class Repository:
     def _read_sealed_chunk(self, ref: ChunkRef) -> bytes:
         want = sealing.sealed_size(ref.stored_size)
         try:
-            obj = self._store.get(self._sealed_chunk_key(ref.hash), max_size=want)
+            obj = self._store.get(self._stored_chunk_key(ref.hash), max_size=want)
         except ObjectTooLargeError as e:
             raise CorruptChunkError(ref.hash, f"stored size {e.size} is more than the {want} expected") from None
         if len(obj) != want:
@@ -1808,7 +1807,7 @@ class Repository:
             self._note_sealed(key, self._store.get(key, max_size=sealing.sealed_size(len(data))))
         objects = []
         for h in sorted(m.unique_chunks()):
-            ck = self._sealed_chunk_key(h)
+            ck = self._stored_chunk_key(h)
             if ck not in self._sealed_objects:
                 self._note_sealed(ck, self._store.get(ck, max_size=sealing.sealed_size(max_object_size(32 << 20))))
             objects.append([ck, *self._sealed_objects[ck]])
@@ -2136,10 +2135,8 @@ class Repository:
 
     def _chunk_key(self, h: str) -> str:
         """The object a chunk's bytes live in: its pack, or its own key (sealed: its address)."""
-        if self._sealer is not None:
-            return self._sealed_chunk_key(h)
-        locs = self._pack_locations(h)
-        return layout.pack(locs[0].pack) if locs else layout.chunk(h)
+        locs = self._pack_locations(h) if self._sealer is None else []  # sealed stores write no packs
+        return layout.pack(locs[0].pack) if locs else self._stored_chunk_key(h)
 
     def _store_pack_map(self, refresh: bool = False) -> dict[str, list[PackLocation]]:
         """Every pack index the store holds (LIST + one GET each, re-hashed), once per process
