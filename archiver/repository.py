@@ -649,6 +649,13 @@ class Repository:
     # under us (each lost round means another writer acted on it, so a few always suffice).
     SAVE_ROUNDS = 5
 
+    def chunk_address(self, data: bytes | memoryview, width: int = 0) -> str:
+        """BLAKE3 (hex) of a chunk about to be saved by this thread: the same hash as
+        blake3(data), computed by the codec so a chunk to be split into byte-planes is split
+        in the same pass and `save_chunk` on this thread does not read it again
+        (archiver.codecs.Codec.address)."""
+        return self._codec.address(data, width)
+
     def save_chunk(self, h: str, data: bytes | memoryview, width: int, *,
                    trust_verified_within: float | None = None, policy: Any = None) -> SavedChunk:
         """`_save_chunk`, then with a lock `policy` a chunk that was already stored has its
