@@ -12,15 +12,15 @@ Sizes: `PACK_TARGET` (16 MiB, as restic's default pack size) keeps one archive o
 files to a few large objects: on S3 one PUT per 16 MiB instead of one per file, and in cold
 classes (whose per-object overhead is ~40 KB billed) one overhead per pack, while a
 single-file restore still reads only its byte ranges. `SMALL_OBJECT` (1 MiB): objects that
-big already amortise a request (0.1% of 1 MiB per 1 KB of request overhead), and by default
-chunks of large tensor files (up to 8 MiB) keep their own objects, so big-file work is
-unchanged: packing them (a threshold above 8 MiB) saves requests on S3 but costs a hash and a
-copy of every packed byte when the pack is made (see bench/RESULTS.md).
+big already amortise a request's bytes (0.1% of 1 MiB per 1 KB of request overhead), so in a
+local directory, where an object is just a file, chunks of large tensor files (up to 8 MiB)
+keep their own objects. On S3 each object is also a request (a price, a round trip, and the
+client's CPU per request), so there the default threshold is `S3_PACK_BELOW`, above them.
 A pack closes at the first object that takes it to `PACK_TARGET` or more (so it is below
 `PACK_TARGET + SMALL_OBJECT`), or when the archive commits.
 
-Large chunk objects (from `SMALL_OBJECT` up to a higher threshold set by `ARCHIVER_PACK_BELOW`;
-the 8 MiB chunks of tensor files when it is above 8 MiB) go into packs of their own, closed at
+Large chunk objects (`SMALL_OBJECT` up to the threshold in use, `ARCHIVER_PACK_BELOW`; the
+8 MiB chunks of tensor files when it is above 8 MiB) go into packs of their own, closed at
 `LARGE_PACK_TARGET`: a pack and its index are two objects, so a pack must hold three 8 MiB
 chunks before it saves requests over one object per chunk, and keeping the pack below 32 MiB
 keeps its buffer in the allocator's reused heap (glibc maps every larger block afresh, and
@@ -37,8 +37,9 @@ from typing import Any
 import blake3
 
 MiB = 1 << 20
-SMALL_OBJECT = 1 * MiB      # a chunk object smaller than this is packed (Settings.pack_below)
+SMALL_OBJECT = 1 * MiB      # smaller objects share 16 MiB packs; the default threshold in a local directory
 MAX_PACK_BELOW = 16 * MiB   # the largest threshold allowed (above every 8 MiB chunk's object: pack them all)
+S3_PACK_BELOW = MAX_PACK_BELOW  # the default threshold on S3 stores: large chunks share packs too
 PACK_TARGET = 16 * MiB      # a pack is closed once it holds this many bytes
 LARGE_PACK_TARGET = 24 * MiB  # ... a pack of objects of SMALL_OBJECT or more: three 8 MiB chunks
 MAX_PACK_BYTES = 64 * MiB   # a reader refuses (unread) a pack or span larger than this

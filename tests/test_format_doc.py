@@ -72,7 +72,7 @@ def _restore_by_hand(tmp_path, monkeypatch, v2: bool = False, packed: bool = Fal
     ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=3, dim=512)
     if packed:
         (ckpt / "big.bin").write_bytes(os.urandom(3 << 20))  # large chunks keep their own keys
-    if packed == "all":  # ... unless the threshold is above them: every chunk in a pack
+    if packed == "all":  # ... unless the threshold is above them (S3's default): every chunk in a pack
         monkeypatch.setenv("ARCHIVER_PACK_BELOW", str(16 << 20))
     res = run_cli("--store", str(store), "archive", str(ckpt), "--name", "m", "--json")
     assert res.code == 0, res.err

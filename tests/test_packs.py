@@ -250,7 +250,9 @@ def test_a_failed_pack_write_commits_nothing(tmp_path: Path, home: Path, monkeyp
     assert keys(url, layout.MANIFESTS) == []
 
 
-def test_new_chunks_are_put_without_a_read_first(s3_mock_url: str, tmp_path: Path, home: Path) -> None:
+def test_new_chunks_are_put_without_a_read_first(s3_mock_url: str, tmp_path: Path, home: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARCHIVER_PACK_BELOW", str(packs.SMALL_OBJECT))  # large chunks in objects of their own
     src = small_tree(tmp_path / "src", n=30)
     (src / "big.bin").write_bytes(os.urandom(3 << 20))  # a large chunk: its own object
     from archiver.pipeline import archive as run_archive
@@ -395,6 +397,10 @@ def test_pack_threshold_setting_is_checked() -> None:
     from archiver.errors import InvalidOptionError
     from archiver.settings import Settings
     assert Settings.resolve(env={"ARCHIVER_HOME": "/tmp/h"}).pack_below == packs.SMALL_OBJECT
+    # on S3 large chunks share packs too by default (fewer requests); a set threshold wins
+    assert Settings.resolve("s3://b/p", env={"ARCHIVER_HOME": "/tmp/h"}).pack_below == packs.S3_PACK_BELOW
+    assert Settings.resolve("s3://b/p", env={"ARCHIVER_HOME": "/tmp/h", "ARCHIVER_PACK_BELOW": "1048576"}
+                            ).pack_below == packs.SMALL_OBJECT
     assert Settings.resolve(env={"ARCHIVER_HOME": "/tmp/h", "ARCHIVER_PACK_BELOW": "0"}).pack_below == 0
     s = Settings.resolve(env={"ARCHIVER_HOME": "/tmp/h", "ARCHIVER_PACK_BELOW": "9437184"})
     assert s.pack_below == 9437184 and s.for_copy("/tmp/copy").pack_below == 9437184  # a copy packs alike
