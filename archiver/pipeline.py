@@ -17,8 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
-import blake3
-
 from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
 from archiver.hfcache import lfs_sha256, snapshot_of
@@ -83,7 +81,7 @@ class _ChunkWriter:
 
     def __call__(self, rc: RawChunk) -> ChunkRef:
         data = rc.data
-        h = blake3.blake3(data).hexdigest()
+        h = self.repo.chunk_address(data, rc.width)  # BLAKE3, splitting planes for save_chunk in the same pass
         with self.lock:
             saved = self.done.get(h)
         if saved is None:

@@ -666,6 +666,13 @@ class Repository:
     # under us (each lost round means another writer acted on it, so a few always suffice).
     SAVE_ROUNDS = 5
 
+    def chunk_address(self, data: bytes | memoryview, width: int = 0) -> str:
+        """BLAKE3 (hex) of a chunk about to be saved by this thread: the same hash as
+        blake3(data), computed by the codec so a chunk to be split into byte-planes is split
+        in the same pass and `save_chunk` on this thread does not read it again
+        (archiver.codecs.Codec.address)."""
+        return self._codec.address(data, width)
+
     def save_chunk(self, h: str, data: bytes | memoryview, width: int, *,
                    trust_verified_within: float | None = None, policy: Any = None) -> SavedChunk:
         """`_save_chunk`, then with a lock `policy` a chunk that was already stored has its
@@ -1728,11 +1735,10 @@ class Repository:
         return sealing.unseal(obj, self._identity_for(kid), what)
 
     def _stored_chunk_key(self, h: str) -> str:
-        """The key chunk `h` is stored under: its hash, or in a sealed store its keyed address."""
-        return layout.chunk(h) if self._sealer is None else self._sealed_chunk_key(h)
-
-    def _sealed_chunk_key(self, h: str) -> str:
-        assert self._sealer is not None
+        """The key chunk `h` is stored under on its own: its hash, or in a sealed store its
+        keyed address (so the store never sees a plaintext hash)."""
+        if self._sealer is None:
+            return layout.chunk(h)
         return layout.chunk(sealing.address(self._sealer.need_address_key(), h))
 
     def _note_sealed(self, key: str, obj: bytes) -> None:
@@ -1744,7 +1750,7 @@ class Repository:
         (another run's, on a write-only host) by its prefix and exact sealed size; its
         ciphertext hash goes into this archive's companion either way."""
         self._start_run()
-        key = self._sealed_chunk_key(h)
+        key = self._stored_chunk_key(h)
         enc = self._codec.encode(data, width)
         want = sealing.sealed_size(len(enc.data))
         for _ in range(self.SAVE_ROUNDS):
@@ -1773,7 +1779,7 @@ class Repository:
     def _read_sealed_chunk(self, ref: ChunkRef) -> bytes:
         want = sealing.sealed_size(ref.stored_size)
         try:
-            obj = self._store.get(self._sealed_chunk_key(ref.hash), max_size=want)
+            obj = self._store.get(self._stored_chunk_key(ref.hash), max_size=want)
         except ObjectTooLargeError as e:
             raise CorruptChunkError(ref.hash, f"stored size {e.size} is more than the {want} expected") from None
         if len(obj) != want:
@@ -1820,7 +1826,7 @@ class Repository:
             self._note_sealed(key, self._store.get(key, max_size=sealing.sealed_size(len(data))))
         objects = []
         for h in sorted(m.unique_chunks()):
-            ck = self._sealed_chunk_key(h)
+            ck = self._stored_chunk_key(h)
             if ck not in self._sealed_objects:
                 self._note_sealed(ck, self._store.get(ck, max_size=sealing.sealed_size(max_object_size(32 << 20))))
             objects.append([ck, *self._sealed_objects[ck]])
@@ -1995,7 +2001,8 @@ class Repository:
     # Read requests joined into one when the bytes between two planned ranges are fewer than this.
     SPAN_GAP = 256 << 10
     # Spans and small objects fetched at once by a planned read (restore, deep verify).
-    SPAN_LIMIT = packs.PACK_TARGET + packs.SMALL_OBJECT
+    # (A whole pack of large objects, so one request reads it; at most four spans are cached.)
+    SPAN_LIMIT = packs.LARGE_PACK_TARGET + packs.SMALL_OBJECT
 
     def _save_fast(self, h: str, data: bytes | memoryview, width: int, policy: Any) -> SavedChunk | None:
         """The paths that need no read before a write: a chunk already in a pack (proved by
@@ -2033,19 +2040,26 @@ class Repository:
         full pack is written now, by this worker."""
         ps = self._packstate
         todo = []
+        target = packs.pack_target(len(obj))
+        large = len(obj) >= packs.SMALL_OBJECT  # large objects fill packs of their own
         with ps.lock:
             if h in ps.pending:
                 return
-            if ps.open is not None and ps.open_policy is not policy:
-                todo.append((ps.open, ps.open_policy))
-                ps.open = None
-            if ps.open is None:
-                ps.open, ps.open_policy = packs.PackBuilder(), policy
-            ps.open.add(h, obj, length)
+            builder, open_policy = (ps.open_large, ps.open_large_policy) if large else (ps.open, ps.open_policy)
+            if builder is not None and open_policy is not policy:
+                todo.append((builder, open_policy))
+                builder = None
+            if builder is None:
+                builder = packs.PackBuilder(target=target)
+            builder.add(h, obj, length)
             ps.pending[h] = (len(obj), codec)
-            if ps.open.full:
-                todo.append((ps.open, policy))
-                ps.open = None
+            if builder.full:
+                todo.append((builder, policy))
+                builder = None
+            if large:
+                ps.open_large, ps.open_large_policy = builder, policy
+            else:
+                ps.open, ps.open_policy = builder, policy
             ps.in_flight += len(todo)
         for builder, pol in todo:
             self._write_pack_guarded(builder, pol)
@@ -2098,11 +2112,11 @@ class Repository:
         then nothing naming its chunks may be committed. Returns how many packs were written."""
         ps = self._packstate
         with ps.lock:
-            builder, policy = ps.open, ps.open_policy
-            ps.open = None
-            if builder is not None:
-                ps.in_flight += 1
-        if builder is not None:
+            todo = [(b, pol) for b, pol in ((ps.open, ps.open_policy), (ps.open_large, ps.open_large_policy))
+                    if b is not None]
+            ps.open = ps.open_large = None
+            ps.in_flight += len(todo)
+        for builder, policy in todo:
             self._write_pack_guarded(builder, policy)
         with ps.lock:
             while ps.in_flight:
@@ -2148,10 +2162,8 @@ class Repository:
 
     def _chunk_key(self, h: str) -> str:
         """The object a chunk's bytes live in: its pack, or its own key (sealed: its address)."""
-        if self._sealer is not None:
-            return self._sealed_chunk_key(h)
-        locs = self._pack_locations(h)
-        return layout.pack(locs[0].pack) if locs else layout.chunk(h)
+        locs = self._pack_locations(h) if self._sealer is None else []  # sealed stores write no packs
+        return layout.pack(locs[0].pack) if locs else self._stored_chunk_key(h)
 
     def _store_pack_map(self, refresh: bool = False) -> dict[str, list[PackLocation]]:
         """Every pack index the store holds (LIST + one GET each, re-hashed), once per process
