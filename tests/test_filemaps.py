@@ -373,3 +373,22 @@ def test_plain_filemap_reader_accepts_and_refuses_exactly_what_the_json_reader_d
             with pytest.raises(ManifestError, match="^" + re.escape(err)):
                 model.filemap_records(data, e)
     assert sum(1 for d, e in odd if _answers(d, e)[0][1] is None) == 2  # only the escaped codecs are valid maps
+
+
+def test_fixity_status_counts_map_chunks_and_refuses_a_missing_map_in_one_line(tmp_path, low_threshold, monkeypatch):
+    """The catalog keeps no per-chunk rows for file maps (schema 6): `fixity status` reads each
+    map from the store, so a version's map chunks count; a missing map is one clear error."""
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    store = str(tmp_path / "store")
+    _, mid, m = archive_v2(tmp_path, store)
+    want = {c.hash for e in m.files if not e.filemap for c in e.chunks}
+    want |= {c.hash for e in m.files if e.filemap
+             for c in parse_filemap(RawStore(store).read(layout.filemap(e.filemap)), e)}
+    r = run_cli("--store", store, "fixity", "status", "--json")
+    (arch,) = r.json()["archives"]
+    assert arch["manifest"] == mid and arch["chunks"] == arch["never_checked"] == len(want)
+    victim = next(e for e in m.files if e.filemap)
+    RawStore(store).delete(layout.filemap(victim.filemap))
+    r = run_cli("--store", store, "fixity", "status")
+    assert r.code != 0 and "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1
+    assert victim.filemap[:16] in r.err and "missing" in r.err
