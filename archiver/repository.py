@@ -20,7 +20,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import blake3
 
@@ -41,6 +41,7 @@ from archiver.urls import normalise_endpoint
 from manifests.catalog import AuditRow, Catalog, Chain, ManifestRow, check_recordable
 from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
 from manifests.model import MAX_FILEMAP_BYTES, filemap_bytes, parse_filemap, with_filemap, with_filemaps
+from manifests.model import filemap_records
 from manifests import errors as manifest_errors
 from manifests.model import MAX_TREE_BYTES, parse_tree, resolve_trees, tree_objects
 from manifests.model import prove_trees, with_trees_made
@@ -441,18 +442,31 @@ class Repository:
             return
         self._heal(key, data, lambda stored: None if stored == data else "stored file map differs from its hash")
 
-    def _prove_filemap(self, e: Entry) -> tuple[ChunkRef, ...] | None:
+    def filemap_records(self, e: Entry) -> list[tuple[str, int, str]]:
+        """(hash, stored size, codec) of each chunk in entry `e`'s file map, read from the store
+        and checked as `filemap_chunks` checks it, without a ChunkRef per chunk."""
+        with translated():
+            return filemap_records(self.filemap_object(e), e)
+
+    def _prove_filemap(self, e: Entry, read: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None = None
+                       ) -> list[tuple[str, int, str]] | None:
         """A map a worker stored (`save_filemaps`) is durable and intact and fits its entry:
         a map the catalog recorded before (checked then) must hash to its name and have the
         entry's chunk count and size; any other is parsed against the entry in full and its
-        chunks returned (for the catalog: each map is parsed once)."""
+        chunks returned as (hash, stored size, codec) (for the catalog: each map is parsed once).
+        `read`: maps this process has just fetched and checked against an entry of this shape
+        (`fanout.check_chunks_stored`), keyed by (hash, chunk count, size): not fetched again."""
         shape = self._catalog.filemap_shape(e.filemap)
+        done = read.get((e.filemap, e.chunk_count, e.size)) if read is not None else None
         if shape is None:
-            return self.filemap_chunks(e)
+            if done is not None:
+                return done
+            with translated():
+                return filemap_records(self.filemap_object(e), e)
         if shape != (e.chunk_count, e.size):
             raise ManifestError(f"file map {e.filemap[:16]} holds {shape[0]} chunks and {shape[1]} bytes, not the "
                                 f"{e.chunk_count} and {e.size} of {e.path!r}")
-        if manifest_id(self.filemap_object(e)) != e.filemap:
+        if done is None and manifest_id(self.filemap_object(e)) != e.filemap:
             raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} does not match its hash (tampered or corrupt)")
         return None
 
@@ -504,7 +518,9 @@ class Repository:
         return None if stored == data else "store copy of the manifest differs from its id"
 
     def commit_manifest(self, m: Manifest, *, sign_key: Any = None,
-                        details: dict[str, Any] | None = None, policy: Any = None) -> Committed:
+                        details: dict[str, Any] | None = None, policy: Any = None,
+                        read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None = None
+                        ) -> Committed:
         """Store the manifest (every chunk it names must already be durable), sign it, and
         record it in the catalog with an 'archive' audit entry. Never overwrites: an object
         already under the same id must be byte-identical, else the store holds a forgery.
@@ -516,12 +532,13 @@ class Repository:
         back if already stored, before the root.
         Manifest v2: a file over the threshold is recorded through its file map, which is
         stored here first (or, for an entry from `save_filemaps` without its chunks, read
-        back and checked), so no root manifest ever names a map that is not durable."""
+        back and checked), so no root manifest ever names a map that is not durable; or taken
+        from `read_maps`, the maps `fanout.check_chunks_stored` has just read and checked)."""
         # A sealed store keeps every chunk list inline: a file map is a plaintext object, so
         # it would publish plaintext chunk hashes next to the encrypted manifest.
         m, made = self._committed_form_made(m)
         hot = policy.for_metadata() if policy is not None else None
-        proved: list[tuple[Entry, tuple[ChunkRef, ...]]] = []  # new maps, recorded in batches
+        proved: list[tuple[Entry, list[tuple[str, int, str]]]] = []  # new maps, recorded in batches
         for e in m.files:
             if not e.filemap:
                 continue
@@ -531,7 +548,7 @@ class Repository:
                     raise ManifestError(f"malformed manifest: file map {e.filemap[:16]} of {e.path!r} is not its chunks")
                 self._put_filemap(e.filemap, fm, hot)
                 continue
-            chunks = self._prove_filemap(e)  # written by a worker: prove it is there and intact
+            chunks = self._prove_filemap(e, read_maps)  # written by a worker: prove it is there and intact
             if hot is not None:
                 self._ensure_lock(layout.filemap(e.filemap), hot)
             if chunks is not None:
@@ -665,6 +682,13 @@ class Repository:
     # Rounds of read -> prove -> write/replace before giving up on a chunk that keeps changing
     # under us (each lost round means another writer acted on it, so a few always suffice).
     SAVE_ROUNDS = 5
+
+    def chunk_address(self, data: bytes | memoryview, width: int = 0) -> str:
+        """BLAKE3 (hex) of a chunk about to be saved by this thread: the same hash as
+        blake3(data), computed by the codec so a chunk to be split into byte-planes is split
+        in the same pass and `save_chunk` on this thread does not read it again
+        (archiver.codecs.Codec.address)."""
+        return self._codec.address(data, width)
 
     def save_chunk(self, h: str, data: bytes | memoryview, width: int, *,
                    trust_verified_within: float | None = None, policy: Any = None) -> SavedChunk:
@@ -1217,7 +1241,9 @@ class Repository:
                         result.events += 1
 
     def chunk_coverage(self) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:
-        return self._catalog.chunk_coverage()
+        """Every recorded version's distinct chunks with their last deep check (`fixity status`);
+        a file map's chunks are read from the map object (the catalog keeps only inline sets)."""
+        return self._catalog.chunk_coverage(self.filemap_chunks)
 
 
     # -- copies: replicate and repair (only proved bytes cross between stores) -------------------
@@ -1726,11 +1752,10 @@ class Repository:
         return sealing.unseal(obj, self._identity_for(kid), what)
 
     def _stored_chunk_key(self, h: str) -> str:
-        """The key chunk `h` is stored under: its hash, or in a sealed store its keyed address."""
-        return layout.chunk(h) if self._sealer is None else self._sealed_chunk_key(h)
-
-    def _sealed_chunk_key(self, h: str) -> str:
-        assert self._sealer is not None
+        """The key chunk `h` is stored under on its own: its hash, or in a sealed store its
+        keyed address (so the store never sees a plaintext hash)."""
+        if self._sealer is None:
+            return layout.chunk(h)
         return layout.chunk(sealing.address(self._sealer.need_address_key(), h))
 
     def _note_sealed(self, key: str, obj: bytes) -> None:
@@ -1742,7 +1767,7 @@ class Repository:
         (another run's, on a write-only host) by its prefix and exact sealed size; its
         ciphertext hash goes into this archive's companion either way."""
         self._start_run()
-        key = self._sealed_chunk_key(h)
+        key = self._stored_chunk_key(h)
         enc = self._codec.encode(data, width)
         want = sealing.sealed_size(len(enc.data))
         for _ in range(self.SAVE_ROUNDS):
@@ -1771,7 +1796,7 @@ class Repository:
     def _read_sealed_chunk(self, ref: ChunkRef) -> bytes:
         want = sealing.sealed_size(ref.stored_size)
         try:
-            obj = self._store.get(self._sealed_chunk_key(ref.hash), max_size=want)
+            obj = self._store.get(self._stored_chunk_key(ref.hash), max_size=want)
         except ObjectTooLargeError as e:
             raise CorruptChunkError(ref.hash, f"stored size {e.size} is more than the {want} expected") from None
         if len(obj) != want:
@@ -1818,7 +1843,7 @@ class Repository:
             self._note_sealed(key, self._store.get(key, max_size=sealing.sealed_size(len(data))))
         objects = []
         for h in sorted(m.unique_chunks()):
-            ck = self._sealed_chunk_key(h)
+            ck = self._stored_chunk_key(h)
             if ck not in self._sealed_objects:
                 self._note_sealed(ck, self._store.get(ck, max_size=sealing.sealed_size(max_object_size(32 << 20))))
             objects.append([ck, *self._sealed_objects[ck]])
@@ -1993,7 +2018,8 @@ class Repository:
     # Read requests joined into one when the bytes between two planned ranges are fewer than this.
     SPAN_GAP = 256 << 10
     # Spans and small objects fetched at once by a planned read (restore, deep verify).
-    SPAN_LIMIT = packs.PACK_TARGET + packs.SMALL_OBJECT
+    # (A whole pack of large objects, so one request reads it; at most four spans are cached.)
+    SPAN_LIMIT = packs.LARGE_PACK_TARGET + packs.SMALL_OBJECT
 
     def _save_fast(self, h: str, data: bytes | memoryview, width: int, policy: Any) -> SavedChunk | None:
         """The paths that need no read before a write: a chunk already in a pack (proved by
@@ -2031,19 +2057,26 @@ class Repository:
         full pack is written now, by this worker."""
         ps = self._packstate
         todo = []
+        target = packs.pack_target(len(obj))
+        large = len(obj) >= packs.SMALL_OBJECT  # large objects fill packs of their own
         with ps.lock:
             if h in ps.pending:
                 return
-            if ps.open is not None and ps.open_policy is not policy:
-                todo.append((ps.open, ps.open_policy))
-                ps.open = None
-            if ps.open is None:
-                ps.open, ps.open_policy = packs.PackBuilder(), policy
-            ps.open.add(h, obj, length)
+            builder, open_policy = (ps.open_large, ps.open_large_policy) if large else (ps.open, ps.open_policy)
+            if builder is not None and open_policy is not policy:
+                todo.append((builder, open_policy))
+                builder = None
+            if builder is None:
+                builder = packs.PackBuilder(target=target)
+            builder.add(h, obj, length)
             ps.pending[h] = (len(obj), codec)
-            if ps.open.full:
-                todo.append((ps.open, policy))
-                ps.open = None
+            if builder.full:
+                todo.append((builder, policy))
+                builder = None
+            if large:
+                ps.open_large, ps.open_large_policy = builder, policy
+            else:
+                ps.open, ps.open_policy = builder, policy
             ps.in_flight += len(todo)
         for builder, pol in todo:
             self._write_pack_guarded(builder, pol)
@@ -2096,11 +2129,11 @@ class Repository:
         then nothing naming its chunks may be committed. Returns how many packs were written."""
         ps = self._packstate
         with ps.lock:
-            builder, policy = ps.open, ps.open_policy
-            ps.open = None
-            if builder is not None:
-                ps.in_flight += 1
-        if builder is not None:
+            todo = [(b, pol) for b, pol in ((ps.open, ps.open_policy), (ps.open_large, ps.open_large_policy))
+                    if b is not None]
+            ps.open = ps.open_large = None
+            ps.in_flight += len(todo)
+        for builder, policy in todo:
             self._write_pack_guarded(builder, policy)
         with ps.lock:
             while ps.in_flight:
@@ -2146,10 +2179,8 @@ class Repository:
 
     def _chunk_key(self, h: str) -> str:
         """The object a chunk's bytes live in: its pack, or its own key (sealed: its address)."""
-        if self._sealer is not None:
-            return self._sealed_chunk_key(h)
-        locs = self._pack_locations(h)
-        return layout.pack(locs[0].pack) if locs else layout.chunk(h)
+        locs = self._pack_locations(h) if self._sealer is None else []  # sealed stores write no packs
+        return layout.pack(locs[0].pack) if locs else self._stored_chunk_key(h)
 
     def _store_pack_map(self, refresh: bool = False) -> dict[str, list[PackLocation]]:
         """Every pack index the store holds (LIST + one GET each, re-hashed), once per process

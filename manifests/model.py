@@ -561,6 +561,69 @@ def with_filemaps(m: Manifest) -> Manifest:
 def parse_filemap(data: bytes, e: Entry) -> tuple[ChunkRef, ...]:
     """The chunk list of entry `e` from its file map's bytes: they must hash to `e.filemap`,
     be canonical, and hold exactly `e.chunk_count` chunks that add up to `e.size`."""
+    plain = _plain_filemap(data, e)
+    if plain is not None:
+        return tuple(ChunkRef(*c) for c in plain)
+    return _parse_filemap_json(data, e)
+
+
+# A file map in plain canonical form (what filemap_bytes writes for codec names that need no
+# JSON escape: every map archiver writes) is read with one regular expression instead of
+# JSON objects: its records, each followed by a comma and the next record or by the end,
+# must tile the chunk list exactly (their lengths add up to it), which proves it canonical.
+# Anything else goes through the JSON reader, which accepts or refuses it with the same
+# checks and messages.
+_PLAIN_NUM = "(0|[1-9][0-9]{0,18})"
+_PLAIN_HEAD = '{"chunks":['
+_PLAIN_TAIL = '],"format":"%s","version":1}' % FILEMAP_FORMAT
+_PLAIN_FIELDS = re.compile(r'\[%s,([1-9][0-9]{0,18}),"([0-9a-f]{64})",%s,"([A-Za-z0-9_.+-]*)"\](?:,(?=\[)|\Z)'
+                           % (_PLAIN_NUM, _PLAIN_NUM))
+_PLAIN_FIXED = len('[,,"",,""]') + 64  # a record's length besides its four variable fields
+
+
+def _plain_filemap(data: bytes, e: Entry) -> list[tuple[int, int, str, int, str]] | None:
+    """(offset, length, hash, stored size, codec) of each chunk of a map in plain canonical
+    form that passes every check of parse_filemap; None for any other bytes (the JSON reader
+    then decides, and says what is wrong)."""
+    if len(data) > MAX_FILEMAP_BYTES or manifest_id(data) != e.filemap:
+        return None
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if not (text.startswith(_PLAIN_HEAD) and text.endswith(_PLAIN_TAIL)) or len(text) < len(_PLAIN_HEAD + _PLAIN_TAIL):
+        return None
+    section = text[len(_PLAIN_HEAD):len(text) - len(_PLAIN_TAIL)]
+    fields = _PLAIN_FIELDS.findall(section)
+    if len(fields) != e.chunk_count:
+        return None
+    out = []
+    append = out.append
+    codecs: dict[str, str] = {}  # one str per codec name: a million refs share a handful
+    pos = 0
+    width = 0  # the variable part of the records' lengths
+    for off, length, h, stored, codec in fields:
+        n, st = int(length), int(stored)
+        if int(off) != pos or n > MAX_CHUNK_LENGTH or st > n + MAX_CHUNK_OVERHEAD:
+            return None
+        append((pos, n, h, st, codecs.setdefault(codec, codec)))
+        pos += n
+        width += len(off) + len(length) + len(stored) + len(codec)
+    tiled = width + len(fields) * (_PLAIN_FIXED + 1) - (1 if fields else 0) == len(section)
+    return out if tiled and pos == e.size else None
+
+
+def filemap_records(data: bytes, e: Entry) -> list[tuple[str, int, str]]:
+    """(hash, stored size, codec) of each chunk in entry `e`'s file map, checked as
+    parse_filemap checks it (the same errors), without a ChunkRef per chunk: what the catalog
+    records of a map a worker wrote."""
+    plain = _plain_filemap(data, e)
+    if plain is None:
+        return [(c.hash, c.stored_size, c.codec) for c in _parse_filemap_json(data, e)]
+    return [(h, st, codec) for _, _, h, st, codec in plain]
+
+
+def _parse_filemap_json(data: bytes, e: Entry) -> tuple[ChunkRef, ...]:
     if len(data) > MAX_FILEMAP_BYTES:
         raise ManifestError(f"file map of {e.path!r} is {len(data)} bytes, more than the {MAX_FILEMAP_BYTES} allowed")
     if manifest_id(data) != e.filemap:
