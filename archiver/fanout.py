@@ -194,8 +194,10 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
                     stats.repaired_chunks += done.repaired_chunks
                 progress.advance(done.entry.size)
             if journal is not None:
-                journal.record(done.entry, done.snapshot, sync=time.monotonic() - last_sync >= 1.0)
-                last_sync = time.monotonic()
+                now = time.monotonic()
+                journal.record(done.entry, done.snapshot, sync=now - last_sync >= 1.0)
+                if now - last_sync >= 1.0:  # written out and fsynced about once a second
+                    last_sync = now
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -206,19 +208,42 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
     return out
 
 
-def check_chunks_stored(repo: Repository, entries: Iterable[Entry]) -> None:
+def check_chunks_stored(repo: Repository, entries: Iterable[Entry]
+                        ) -> dict[tuple[str, int, int], list[tuple[str, int, str]]]:
     """Every chunk the entries name is in the store at its recorded size (by LIST pages),
-    or IntegrityError and nothing is committed: a worker's or a journal's word is not proof."""
-    want: dict[str, tuple[int, str]] = {}
+    or IntegrityError and nothing is committed: a worker's or a journal's word is not proof.
+    Returns the file maps it read and checked, keyed by (hash, chunk count, size), for
+    `commit_manifest(read_maps=...)`, so a worker's map is read once per commit (the maps'
+    records are the only per-chunk list it holds besides the store's answer)."""
+    maps: dict[tuple[str, int, int], list[tuple[str, int, str]]] = {}
+    map_paths: dict[tuple[str, int, int], str] = {}
+    inline: dict[str, tuple[int, str]] = {}
     for e in entries:
-        for c in (repo.filemap_chunks(e) if e.filemap and not e.chunks else e.chunks):  # a worker's file map
-            want.setdefault(c.hash, (c.stored_size, e.path))
-    sizes = repo.chunk_sizes(want)
-    for h, (size, path) in sorted(want.items()):
-        got = sizes.get(h)
-        if got != size:
-            what = "is missing from the store" if got is None else f"is {got} bytes in the store, not {size}"
-            raise IntegrityError(f"chunk {h} of {path} {what}; nothing was recorded, re-run")
+        if e.filemap and not e.chunks:  # a worker's file map
+            shape = (e.filemap, e.chunk_count, e.size)
+            if shape not in maps:
+                maps[shape] = repo.filemap_records(e)
+                map_paths[shape] = e.path
+            continue
+        for c in e.chunks:
+            inline.setdefault(c.hash, (c.stored_size, e.path))
+    hashes = set(inline)
+    for records in maps.values():
+        hashes.update(h for h, _, _ in records)
+    sizes = repo.chunk_sizes(hashes)
+    worst: tuple[str, str, int | None, int] | None = None  # the smallest failing hash, as a sorted scan finds it
+    for h, (size, path) in inline.items():
+        if sizes.get(h) != size and (worst is None or h < worst[0]):
+            worst = (h, path, sizes.get(h), size)
+    for shape, records in maps.items():
+        for h, size, _ in records:
+            if sizes.get(h) != size and (worst is None or h < worst[0]):
+                worst = (h, map_paths[shape], sizes.get(h), size)
+    if worst is not None:
+        h, path, got, size = worst
+        what = "is missing from the store" if got is None else f"is {got} bytes in the store, not {size}"
+        raise IntegrityError(f"chunk {h} of {path} {what}; nothing was recorded, re-run")
+    return maps
 
 
 # -- deep verify --------------------------------------------------------------------------------
