@@ -55,8 +55,9 @@ from __future__ import annotations
 import struct
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+import blake3
 import zstandard
 
 if TYPE_CHECKING:  # numpy is imported where planes or buffers are used, so a CLI start-up does not pay for it
@@ -155,19 +156,37 @@ _same = same_bytes  # the name the encoder has always used
 _ELEMENT = {2: "<u2", 4: "<u4", 8: "<u8"}  # numpy dtype strings
 
 
-def split_planes(data: bytes | bytearray | memoryview, width: int, out: np.ndarray) -> None:
+# Elements per block when splitting planes. Why blocks: each plane is one pass
+# over the chunk, and an 8 MiB chunk does not fit in a core's cache, so plane by plane the
+# chunk would come from memory `width` times; block by block (256 KiB of bf16) it comes
+# once and the other passes hit the cache. Smaller blocks pay numpy's per-call overhead.
+# Measurements: bench/RESULTS.md, "CPU per GiB: the big-file hot path".
+PLANE_BLOCK_ELEMENTS = 1 << 17
+
+
+def split_planes(data: bytes | bytearray | memoryview, width: int, out: np.ndarray,
+                 feed: Callable[[memoryview], object] | None = None) -> None:
     """Byte-planes of the first out.shape[1] elements of `data` into `out` (uint8, shape
-    (width, plane_len)), e.g. a reused per-thread buffer.
+    (width, plane_len)), e.g. a reused per-thread buffer. `feed`, if given, is called with
+    each block's source bytes in order (e.g. a hasher's update), just before the block is
+    split, so both passes read it from the cache.
 
     Why shifts and casts rather than a strided copy (grid[:, i]): a byte-strided gather
     runs one byte at a time, while a cast or shift of whole elements is vectorised; both
-    release the GIL. Measurements: bench/RESULTS.md, "CPU per GiB (issue 12)"."""
+    release the GIL. Done in blocks of PLANE_BLOCK_ELEMENTS so the source is read from
+    memory once. Measurements: bench/RESULTS.md, "CPU per GiB (issue 12)"."""
     import numpy as np
     plane_len = out.shape[1]
     elems = np.frombuffer(data, dtype=_ELEMENT[width], count=plane_len)
-    np.copyto(out[0], elems, casting="unsafe")  # truncation keeps the low byte
-    for i in range(1, width):
-        np.right_shift(elems, 8 * i, out=out[i], casting="unsafe")
+    src = memoryview(data).cast("B") if feed is not None else None
+    for a in range(0, plane_len, PLANE_BLOCK_ELEMENTS):
+        b = a + PLANE_BLOCK_ELEMENTS
+        block = elems[a:b]
+        if src is not None and feed is not None:
+            feed(src[a * width : min(b, plane_len) * width])
+        np.copyto(out[0, a:b], block, casting="unsafe")  # truncation keeps the low byte
+        for i in range(1, width):
+            np.right_shift(block, 8 * i, out=out[i, a:b], casting="unsafe")
 
 
 def merge_planes(planes: list[np.ndarray], width: int, out: np.ndarray) -> None:
@@ -265,6 +284,43 @@ class Codec:
             got += k
         return got == n and same_bytes(out[:n], payload)
 
+    # -- chunk address and planes in one pass ------------------------------------------
+
+    def address(self, raw: bytes | memoryview, width: int = 0) -> str:
+        """BLAKE3 (hex) of a chunk: its address. For a chunk that `encode` (or `matches`)
+        would split into byte-planes, the planes are split in the same pass, block by
+        block while each block is in the cache, into this thread's plane buffer; the next
+        `encode`/`matches` of this very chunk on this thread then uses them instead of
+        reading the chunk from memory again (one pass fewer over every new chunk).
+
+        Only an immutable `bytes` chunk is remembered (by identity, holding a reference,
+        so it cannot change or be replaced by another object at the same address); it is
+        forgotten as soon as the planes are used or the buffer is split for anything else,
+        and at the latest by this thread's next `address` (so a chunk that turned out to be
+        stored already keeps at most one chunk per thread alive a little longer)."""
+        data = _byte_view(raw)
+        n = len(data)
+        self._local.split_of = None
+        if type(data) is not bytes or width not in GROUP_WIDTHS or not GROUP_MIN_BYTES <= n <= MAX_CHUNK_LENGTH:
+            return blake3.blake3(data).hexdigest()
+        body = n - n % width
+        planes = self._scratch("planes", body).reshape(width, body // width)
+        hasher = blake3.blake3()
+        split_planes(data, width, planes, feed=hasher.update)
+        hasher.update(memoryview(data)[body:])
+        self._local.split_of = (data, width)
+        return hasher.hexdigest()
+
+    def _planes(self, data: bytes | bytearray | memoryview, width: int, body: int) -> np.ndarray:
+        """This thread's plane buffer holding the planes of `data`: split now, unless
+        `address` just split this very chunk (same object, same width) into it."""
+        planes = self._scratch("planes", body).reshape(width, body // width)
+        held = getattr(self._local, "split_of", None)
+        self._local.split_of = None
+        if held is None or held[0] is not data or held[1] != width:
+            split_planes(data, width, planes)
+        return planes
+
     # -- encode -------------------------------------------------------------------
 
     def encode(self, raw: bytes | memoryview, width: int = 0) -> Encoded:
@@ -322,8 +378,7 @@ class Codec:
         n = len(data)
         body = n - n % width
         plane_len = body // width
-        planes = self._scratch("planes", body).reshape(width, plane_len)
-        split_planes(data, width, planes)
+        planes = self._planes(data, width, body)
         sections: list[tuple[int, bytes | memoryview, int]] = []
         any_zstd = False
         for i in range(width):
@@ -388,8 +443,7 @@ class Codec:
             return same_bytes(self._section_bytes(mv, parsed.sections[0], chunk), src)
         width = parsed.width
         body = n - n % width
-        planes = self._scratch("planes", body).reshape(width, body // width)
-        split_planes(src, width, planes)
+        planes = self._planes(src, width, body)
         for i, sec in enumerate(parsed.sections[:width]):
             if not same_bytes(self._section_bytes(mv, sec, chunk), planes[i]):
                 return False

@@ -29,7 +29,7 @@ from archiver.parallel import window_for
 from archiver.problems import Problem
 from archiver.progress import Progress
 from archiver.repository import Repository
-from archiver.scan import Source, changed
+from archiver.scan import DirFds, Source, changed
 from archiver.settings import Settings
 from manifests.model import Entry
 
@@ -105,12 +105,13 @@ class LocalArchiveFile:
     (chunks shared by several files are saved once) and chunk pool."""
 
     def __init__(self, writer: Any, pool: ThreadPoolExecutor, policy: ChunkPolicy, window: int,
-                 progress: Progress) -> None:
+                 progress: Progress, dirs: DirFds | None = None) -> None:
         self.writer, self.pool, self.policy, self.window, self.progress = writer, pool, policy, window, progress
+        self.dirs = dirs  # directory descriptors held for the run: small files open relative to them
 
     def __call__(self, src: Source) -> FileDone:
         from archiver.pipeline import _archive_file
-        entry = _archive_file(src, self.pool, self.writer, self.policy, self.window, self.progress)
+        entry = _archive_file(src, self.pool, self.writer, self.policy, self.window, self.progress, self.dirs)
         return FileDone(entry, _finish(src, entry))
 
 
@@ -168,6 +169,7 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
     todo = sorted((s for s in files if s.path not in out.entries), key=lambda s: (-s.size, s.path))
     settings = worker_settings(repo, executor)
     stoppable = None
+    dirs: DirFds | None = None
     if settings is not None:
         task: Any = RemoteArchiveFile(settings, policy, write_policy, executor.task_cpus)
         pool = None
@@ -178,7 +180,8 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
         at_once = max(1, min(executor.max_inflight, len(todo)))
         window = window_for(pool_workers) if at_once == 1 else max(2, window_for(pool_workers) // at_once)
         stoppable = StoppableProgress(progress)
-        task = LocalArchiveFile(writer, pool, policy, window, stoppable)  # type: ignore[arg-type]
+        dirs = DirFds()
+        task = LocalArchiveFile(writer, pool, policy, window, stoppable, dirs)  # type: ignore[arg-type]
     last_sync = time.monotonic()
     try:
         stop = stoppable.stop if stoppable is not None else None
@@ -191,29 +194,56 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
                     stats.repaired_chunks += done.repaired_chunks
                 progress.advance(done.entry.size)
             if journal is not None:
-                journal.record(done.entry, done.snapshot, sync=time.monotonic() - last_sync >= 1.0)
-                last_sync = time.monotonic()
+                now = time.monotonic()
+                journal.record(done.entry, done.snapshot, sync=now - last_sync >= 1.0)
+                if now - last_sync >= 1.0:  # written out and fsynced about once a second
+                    last_sync = now
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        if dirs is not None:
+            dirs.close()
         if journal is not None:
             journal.close()
     return out
 
 
-def check_chunks_stored(repo: Repository, entries: Iterable[Entry]) -> None:
+def check_chunks_stored(repo: Repository, entries: Iterable[Entry]
+                        ) -> dict[tuple[str, int, int], list[tuple[str, int, str]]]:
     """Every chunk the entries name is in the store at its recorded size (by LIST pages),
-    or IntegrityError and nothing is committed: a worker's or a journal's word is not proof."""
-    want: dict[str, tuple[int, str]] = {}
+    or IntegrityError and nothing is committed: a worker's or a journal's word is not proof.
+    Returns the file maps it read and checked, keyed by (hash, chunk count, size), for
+    `commit_manifest(read_maps=...)`, so a worker's map is read once per commit (the maps'
+    records are the only per-chunk list it holds besides the store's answer)."""
+    maps: dict[tuple[str, int, int], list[tuple[str, int, str]]] = {}
+    map_paths: dict[tuple[str, int, int], str] = {}
+    inline: dict[str, tuple[int, str]] = {}
     for e in entries:
-        for c in (repo.filemap_chunks(e) if e.filemap and not e.chunks else e.chunks):  # a worker's file map
-            want.setdefault(c.hash, (c.stored_size, e.path))
-    sizes = repo.chunk_sizes(want)
-    for h, (size, path) in sorted(want.items()):
-        got = sizes.get(h)
-        if got != size:
-            what = "is missing from the store" if got is None else f"is {got} bytes in the store, not {size}"
-            raise IntegrityError(f"chunk {h} of {path} {what}; nothing was recorded, re-run")
+        if e.filemap and not e.chunks:  # a worker's file map
+            shape = (e.filemap, e.chunk_count, e.size)
+            if shape not in maps:
+                maps[shape] = repo.filemap_records(e)
+                map_paths[shape] = e.path
+            continue
+        for c in e.chunks:
+            inline.setdefault(c.hash, (c.stored_size, e.path))
+    hashes = set(inline)
+    for records in maps.values():
+        hashes.update(h for h, _, _ in records)
+    sizes = repo.chunk_sizes(hashes)
+    worst: tuple[str, str, int | None, int] | None = None  # the smallest failing hash, as a sorted scan finds it
+    for h, (size, path) in inline.items():
+        if sizes.get(h) != size and (worst is None or h < worst[0]):
+            worst = (h, path, sizes.get(h), size)
+    for shape, records in maps.items():
+        for h, size, _ in records:
+            if sizes.get(h) != size and (worst is None or h < worst[0]):
+                worst = (h, map_paths[shape], sizes.get(h), size)
+    if worst is not None:
+        h, path, got, size = worst
+        what = "is missing from the store" if got is None else f"is {got} bytes in the store, not {size}"
+        raise IntegrityError(f"chunk {h} of {path} {what}; nothing was recorded, re-run")
+    return maps
 
 
 # -- deep verify --------------------------------------------------------------------------------

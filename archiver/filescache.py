@@ -15,7 +15,8 @@ manifest holds, and only ones whose size and mtime match the file now. Rows are 
 only after the manifest naming them is committed. Every chunk of a reused entry is proved by
 the rule `save_chunk` applies to a chunk the store already holds (Repository.prove_stored_chunk):
 read back, decoded and re-hashed, or with `trust_verified_within` trusted if a deep verify
-found it intact within that window. A chunk that fails its proof (damaged, missing, cold)
+found it intact within that window (decided for all chunks at once: one catalog query, and one
+LIST for their stored sizes, never a request per chunk). A chunk that fails its proof (damaged, missing, cold)
 makes the file a miss: it is read from the source, so save_chunk repairs the chunk.
 
 Where: a SQLite file next to the catalog (`<catalog>.files`), not a table in it. The
@@ -145,6 +146,7 @@ class FilesRun:
     stats: dict[str, FileStat] = field(default_factory=dict)  # abspath -> stat before any read
     hits: dict[str, Entry] = field(default_factory=dict)      # abspath -> proved entry (its old path)
     proved: dict[str, ChunkRef] = field(default_factory=dict)  # chunks proved intact by `start`
+    keys: dict[str, str] = field(default_factory=dict)        # archive path -> abspath, made once
     reused: int = 0
 
     @classmethod
@@ -152,22 +154,29 @@ class FilesRun:
               trust_verified_within: float | None = None, write_policy: Any = None,
               workers: int = 2) -> "FilesRun":
         run = cls(repo, f"{READER_VERSION}:{policy!r}", FilesCache.open(cache_path(repo.catalog_path)))
-        files = [s for s in sources if not s.is_dir and not s.is_link]
-        for s in files:
+        for s in sources:
+            if s.is_dir or s.is_link:
+                continue
+            key = str(s.abspath)
+            run.keys[s.path] = key
+            if s.seen is not None:  # the scan's stat: taken before any read, as a stat here would be
+                run.stats[key] = FileStat(*s.seen)
+                continue
             try:
-                st = os.stat(s.abspath, follow_symlinks=s.followed)
+                st = os.stat(key, follow_symlinks=s.followed)
             except OSError:
                 continue  # the read reports it
             if (st.st_dev, st.st_ino) == (s.dev, s.ino):
-                run.stats[str(s.abspath)] = FileStat.of(st)
+                run.stats[key] = FileStat.of(st)
         if run.cache is None or reread or repo.sealed:  # sealed: a write-only host cannot prove by decrypting
             return run
         try:
             rows = run.cache.rows(run.stats)
         except sqlite3.Error:
             return run
-        candidates = run._candidates(rows)
-        run.hits = run._proved(candidates, trust_verified_within, write_policy, workers)
+        changed: list[Entry] = []  # with a trust window: the previous entries of changed files
+        candidates = run._candidates(rows, changed if trust_verified_within is not None else None)
+        run.hits = run._proved(candidates, trust_verified_within, write_policy, workers, changed)
         return run
 
     def seed(self, done: dict[str, SavedChunk]) -> None:
@@ -176,13 +185,23 @@ class FilesRun:
         for h, c in self.proved.items():
             done.setdefault(h, SavedChunk(c.stored_size, c.codec, False))
 
-    def _candidates(self, rows: dict[str, Row]) -> dict[str, Entry]:
-        """Unchanged files whose row names a loadable manifest holding a matching entry."""
+    def _candidates(self, rows: dict[str, Row], changed: list[Entry] | None = None) -> dict[str, Entry]:
+        """Unchanged files whose row names a loadable manifest holding a matching entry. With
+        `changed`, the previous entries of files that did change are added to it: most of
+        their chunks usually come back when they are read."""
         manifests: dict[str, dict[str, Entry] | None] = {}
         out: dict[str, Entry] = {}
         for p, row in rows.items():
             now = self.stats[p]
-            if row.stat != now or row.reader != self.reader:
+            if row.reader != self.reader:
+                continue
+            if row.stat != now:
+                if changed is not None:
+                    if row.manifest not in manifests:
+                        manifests[row.manifest] = self._files_of(row.manifest)
+                    old = (manifests[row.manifest] or {}).get(row.entry_path)
+                    if old is not None:
+                        changed.append(old)
                 continue
             if row.manifest not in manifests:
                 manifests[row.manifest] = self._files_of(row.manifest)
@@ -199,28 +218,48 @@ class FilesRun:
         return {e.path: e for e in m.files}
 
     def _proved(self, candidates: dict[str, Entry], trust: float | None, write_policy: Any,
-                workers: int) -> dict[str, Entry]:
-        """The candidates whose every chunk proves intact in the store."""
+                workers: int, changed: Iterable[Entry] = ()) -> dict[str, Entry]:
+        """The candidates whose every chunk proves intact in the store. With a trust window,
+        the chunks a recent deep verify proved are trusted in bulk (one catalog query, one
+        LIST or a HEAD per pack for their sizes: `Repository.trusted_stored_chunks`); only
+        the others are read back. The trusted chunks of `changed` files' previous entries
+        join `proved` too (`seed`), so a changed file read again does not ask the store
+        about each of its unchanged chunks; their others are left to save_chunk."""
         refs: dict[str, ChunkRef] = {}
         for e in candidates.values():
             for c in e.chunks:
                 refs.setdefault(c.hash, c)  # one proof per hash (offsets may differ between files)
-        self.repo.plan_reads(refs.values())  # packed chunks: one ranged read per span of a pack
-        pos = self.repo.pack_positions(refs)  # proved in pack order: each span is read once
-        order = sorted(refs, key=lambda h: pos.get(h, ("", 0)))
+        locked = write_policy is not None and write_policy.locked
+        extra: dict[str, ChunkRef] = {}
+        for e in () if locked else changed:  # locked: save_chunk extends each reused chunk's lock itself
+            for c in e.chunks:
+                if c.hash not in refs:
+                    extra.setdefault(c.hash, c)
+        asked = [*refs.values(), *extra.values()]
+        trusted = self.repo.trusted_stored_chunks(asked, trust) if trust is not None and asked else set()
+        rest = {h: c for h, c in refs.items() if h not in trusted}
+        bad: set[str] = set()
         with ThreadPoolExecutor(workers, thread_name_prefix="files-cache") as pool:
-            bad = {h for h, err in ordered_map(
-                pool, lambda h: self.repo.prove_stored_chunk(refs[h], trust_verified_within=trust,
-                                                             policy=write_policy),
-                order, 4 * workers) if err is not None}
+            if rest:
+                self.repo.plan_reads(rest.values())  # packed chunks: one ranged read per span of a pack
+                pos = self.repo.pack_positions(rest)  # proved in pack order: each span is read once
+                order = sorted(rest, key=lambda h: pos.get(h, ("", 0)))
+                bad = {h for h, err in ordered_map(
+                    pool, lambda h: self.repo.prove_stored_chunk(rest[h], policy=write_policy),
+                    order, 4 * workers) if err is not None}
+            if locked and trusted:  # a reused chunk's retention is extended as save_chunk does
+                for _ in ordered_map(pool, lambda h: self.repo.lock_existing_chunk(h, write_policy),
+                                     sorted(trusted), 4 * workers):
+                    pass
         self.proved = {h: c for h, c in refs.items() if h not in bad}
+        self.proved.update((h, c) for h, c in extra.items() if h in trusted)
         return {p: e for p, e in candidates.items()
                 if not any(c.hash in bad or (c.stored_size, c.codec) != (refs[c.hash].stored_size, refs[c.hash].codec)
                            for c in e.chunks)}
 
     def entry(self, src: Source) -> Entry | None:
         """The proved entry of an unchanged file, under its path and mode of this run; None: read it."""
-        e = self.hits.get(str(src.abspath))
+        e = self.hits.get(self.keys.get(src.path) or str(src.abspath))
         if e is None:
             return None
         self.reused += 1
@@ -232,15 +271,15 @@ class FilesRun:
         before it was read (a file that changed meanwhile is left out: it is read next time)."""
         if self.cache is None:
             return
-        by_path = {e.path: e for e in entries if e.is_file}
+        by_path = {e.path: e for e in entries if e.type == "file"}
         rows = []
-        for s in sources:
-            e = by_path.get(s.path)
-            st = self.stats.get(str(s.abspath))
-            if e is None or st is None or s.is_dir or s.is_link:
+        for path, key in self.keys.items():
+            e = by_path.get(path)
+            st = self.stats.get(key)
+            if e is None or st is None:
                 continue
-            if (e.size, e.mtime_ns) == (st.size, st.mtime_ns):
-                rows.append((str(s.abspath), Row(st, self.reader, mid, e.path)))
+            if e.size == st.size and e.mtime_ns == st.mtime_ns:
+                rows.append((key, Row(st, self.reader, mid, path)))
         try:
             self.cache.put(rows, time.time())
         except sqlite3.Error:

@@ -7,8 +7,10 @@ that was read: same device, inode, size, mtime and ctime. Everything else is arc
 again, and the driver still checks by LIST that every chunk a reused entry names is in the
 store before it commits. The journal lives under the archiver home (never in the store: it
 is this driver's scratch, not part of any archive) and is removed once the manifest is
-committed. One JSON line per file, written out at once and fsynced about once a second, so a
-killed process loses at most the line being written (a torn last line is ignored)."""
+committed. One JSON line per file; lines are written out in batches (every BATCH_LINES lines,
+and whenever the caller asks for a sync, about once a second), so a killed process loses at
+most its last unwritten batch: those files are simply archived again on resume (a torn last
+line is ignored). A clean stop (an error, Ctrl-C) writes everything out in `close`."""
 from __future__ import annotations
 
 import json
@@ -23,6 +25,7 @@ from manifests.model import Entry, Manifest, canonical, parse_manifest
 
 JOURNAL_DIR = "journals"
 VERSION = 1
+BATCH_LINES = 512  # lines held in memory before one write(): a write and flush per file cost more than the file
 
 
 def snapshot_of(st: os.stat_result) -> list[int]:
@@ -48,9 +51,11 @@ class Journalled:
 class Journal:
     """An append-only file of (path, snapshot, entry) lines."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, batch_lines: int | None = None) -> None:
         self.path = path
         self._fh: Any = None
+        self._batch = max(1, BATCH_LINES if batch_lines is None else batch_lines)
+        self._pending: list[bytes] = []
 
     @classmethod
     def under(cls, home: Path, key: str) -> "Journal":
@@ -78,18 +83,30 @@ class Journal:
         return out
 
     def record(self, entry: Entry, snapshot: list[int], *, sync: bool = True) -> None:
-        """Append one archived file. Each line is written out at once (a killed process loses
-        nothing); `sync` also fsyncs it (against power loss), which callers batch."""
+        """Append one archived file. Lines are written out a batch at a time (a killed process
+        loses at most the batch not yet written: those files are redone on resume); `sync`
+        writes out the batch now and fsyncs it (against power loss), which callers do about
+        once a second."""
+        line = json.dumps({"path": entry.path, "snapshot": snapshot, "entry": entry.to_json()})
+        self._pending.append(line.encode() + b"\n")
+        if sync or len(self._pending) >= self._batch:
+            self._write_out(sync)
+
+    def _write_out(self, sync: bool) -> None:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "ab")
-        line = json.dumps({"path": entry.path, "snapshot": snapshot, "entry": entry.to_json()})
-        self._fh.write(line.encode() + b"\n")
-        self._fh.flush()
+        if self._pending:
+            self._fh.write(b"".join(self._pending))
+            self._pending = []
+            self._fh.flush()
         if sync:
             os.fsync(self._fh.fileno())
 
     def close(self) -> None:
+        """Write out and fsync what is still pending."""
+        if self._pending:
+            self._write_out(True)
         if self._fh is not None:
             os.fsync(self._fh.fileno())
             self._fh.close()
@@ -97,6 +114,7 @@ class Journal:
 
     def remove(self) -> None:
         """The archive is committed: nothing is left to resume."""
+        self._pending = []  # nothing to keep: not written out only to be deleted
         self.close()
         try:
             self.path.unlink()

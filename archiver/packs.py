@@ -12,10 +12,20 @@ Sizes: `PACK_TARGET` (16 MiB, as restic's default pack size) keeps one archive o
 files to a few large objects: on S3 one PUT per 16 MiB instead of one per file, and in cold
 classes (whose per-object overhead is ~40 KB billed) one overhead per pack, while a
 single-file restore still reads only its byte ranges. `SMALL_OBJECT` (1 MiB): objects that
-big already amortise a request (0.1% of 1 MiB per 1 KB of request overhead), and chunks of
-large tensor files (up to 8 MiB) keep their own objects, so big-file work is unchanged.
+big already amortise a request's bytes (0.1% of 1 MiB per 1 KB of request overhead), so in a
+local directory, where an object is just a file, chunks of large tensor files (up to 8 MiB)
+keep their own objects. On S3 each object is also a request (a price, a round trip, and the
+client's CPU per request), so there the default threshold is `S3_PACK_BELOW`, above them.
 A pack closes at the first object that takes it to `PACK_TARGET` or more (so it is below
-`PACK_TARGET + SMALL_OBJECT`), or when the archive commits."""
+`PACK_TARGET + SMALL_OBJECT`), or when the archive commits.
+
+Large chunk objects (`SMALL_OBJECT` up to the threshold in use, `ARCHIVER_PACK_BELOW`; the
+8 MiB chunks of tensor files when it is above 8 MiB) go into packs of their own, closed at
+`LARGE_PACK_TARGET`: a pack and its index are two objects, so a pack must hold three 8 MiB
+chunks before it saves requests over one object per chunk, and keeping the pack below 32 MiB
+keeps its buffer in the allocator's reused heap (glibc maps every larger block afresh, and
+faulting in new pages costs more CPU than the copy itself). Small objects keep their own
+16 MiB packs, so a small file's pack (what a cold-class thaw fetches whole) does not grow."""
 from __future__ import annotations
 
 import json
@@ -27,9 +37,11 @@ from typing import Any
 import blake3
 
 MiB = 1 << 20
-SMALL_OBJECT = 1 * MiB      # a chunk object smaller than this is packed (Settings.pack_below)
+SMALL_OBJECT = 1 * MiB      # smaller objects share 16 MiB packs; the default threshold in a local directory
 MAX_PACK_BELOW = 16 * MiB   # the largest threshold allowed (above every 8 MiB chunk's object: pack them all)
+S3_PACK_BELOW = MAX_PACK_BELOW  # the default threshold on S3 stores: large chunks share packs too
 PACK_TARGET = 16 * MiB      # a pack is closed once it holds this many bytes
+LARGE_PACK_TARGET = 24 * MiB  # ... a pack of objects of SMALL_OBJECT or more: three 8 MiB chunks
 MAX_PACK_BYTES = 64 * MiB   # a reader refuses (unread) a pack or span larger than this
 MAX_INDEX_BYTES = 16 * MiB  # an index of the largest pack is ~1.5 MB (16 MiB of 1-byte chunks is not made)
 MAX_CHUNK_LENGTH = 32 * MiB  # as manifests: a chunk's decoded length
@@ -127,6 +139,7 @@ class PackBuilder:
     parts: list[bytes] = field(default_factory=list)
     entries: list[tuple[str, int, int]] = field(default_factory=list)  # (hash, stored_size, length)
     size: int = 0
+    target: int = PACK_TARGET  # closed once it holds this many bytes (LARGE_PACK_TARGET: large objects)
 
     def add(self, h: str, obj: bytes, length: int) -> None:
         self.parts.append(bytes(obj))
@@ -135,7 +148,7 @@ class PackBuilder:
 
     @property
     def full(self) -> bool:
-        return self.size >= PACK_TARGET
+        return self.size >= self.target
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -154,6 +167,12 @@ class PackBuilder:
 def is_small(stored_size: int, below: int = SMALL_OBJECT) -> bool:
     """Whether a chunk object of this size goes into a pack (`below`: the threshold in use)."""
     return stored_size < below
+
+
+def pack_target(stored_size: int) -> int:
+    """The size at which a pack of objects of this size closes: small objects share 16 MiB
+    packs, large ones (only packed when the threshold is above `SMALL_OBJECT`) 24 MiB ones."""
+    return PACK_TARGET if stored_size < SMALL_OBJECT else LARGE_PACK_TARGET
 
 
 @dataclass(frozen=True)
@@ -186,6 +205,8 @@ class PackState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     open: PackBuilder | None = None
     open_policy: Any = None
+    open_large: PackBuilder | None = None  # the open pack of large objects (LARGE_PACK_TARGET)
+    open_large_policy: Any = None
     pending: dict[str, tuple[int, str]] = field(default_factory=dict)  # hash -> (stored_size, codec)
     in_flight: int = 0
     errors: list[BaseException] = field(default_factory=list)

@@ -17,8 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
-import blake3
-
 from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
 from archiver.hfcache import lfs_sha256, snapshot_of
@@ -83,7 +81,7 @@ class _ChunkWriter:
 
     def __call__(self, rc: RawChunk) -> ChunkRef:
         data = rc.data
-        h = blake3.blake3(data).hexdigest()
+        h = self.repo.chunk_address(data, rc.width)  # BLAKE3, splitting planes for save_chunk in the same pass
         with self.lock:
             saved = self.done.get(h)
         if saved is None:
@@ -160,7 +158,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     attached = _attachment_sources(attach)
     sources = sorted(sources + attached, key=lambda s: s.path)
     try:
-        check_paths((s.path, "dir" if s.is_dir else "file") for s in sources)
+        if attached:  # scan checked the rest already: only attachments can collide with them
+            check_paths((s.path, "dir" if s.is_dir else "file") for s in sources)
     except UnsafePathError as e:
         raise UsageError(f"cannot archive path {e.path!r}: {e.reason}") from None
     progress.start(f"archive {name}", sum(s.size for s in sources))
@@ -195,8 +194,9 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         else:
             entries.append(reused[src.path] if src.path in reused else done.entries[src.path])
     progress.finish()
+    read_maps = None  # the file maps the check below read: commit_manifest does not read them again
     if ex.distributed or done.resumed:  # chunks this process did not save itself: LIST proves them stored
-        fanout.check_chunks_stored(repo, entries)
+        read_maps = fanout.check_chunks_stored(repo, entries)
     synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
     parent = repo.latest(name)
     roles = {s.path: s_role for s_role, s in _roles(attached)}
@@ -215,7 +215,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         resumed_files=done.resumed)
     if write_policy is not None:
         details["retention"] = _policy_summary(write_policy)
-    committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy)
+    committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,
+                                     read_maps=read_maps)
     files_cache.commit(committed.id, sources, entries)
     files_cache.close()
     if journal is not None:
@@ -263,8 +264,10 @@ def _snapshot(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 
 def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, policy: ChunkPolicy,
-                  window: int, progress: Progress) -> Entry:
-    fd = open_source(src)  # the regular file the scan saw (O_NOFOLLOW, same st_dev/st_ino), or raises
+                  window: int, progress: Progress, dirs: Any = None) -> Entry:
+    # the regular file the scan saw (O_NOFOLLOW, same st_dev/st_ino), or raises; `dirs`
+    # (scan.DirFds): its directory's descriptor, checked once per run, not once per file
+    fd = open_source(src, dirs) if dirs is not None else open_source(src)
     try:
         f = open(src.abspath, "rb", opener=lambda _path, _flags: fd)  # keeps the path as f.name
     except BaseException:

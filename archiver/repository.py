@@ -20,7 +20,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import blake3
 
@@ -41,8 +41,10 @@ from archiver.urls import normalise_endpoint
 from manifests.catalog import AuditRow, Catalog, Chain, ManifestRow, check_recordable
 from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
 from manifests.model import MAX_FILEMAP_BYTES, filemap_bytes, parse_filemap, with_filemap, with_filemaps
+from manifests.model import filemap_records
 from manifests import errors as manifest_errors
-from manifests.model import MAX_TREE_BYTES, parse_tree, resolve_trees, tree_objects, with_trees
+from manifests.model import MAX_TREE_BYTES, parse_tree, resolve_trees, tree_objects
+from manifests.model import prove_trees, with_trees_made
 from manifests.paths import check_paths
 
 # A signature object is ~250 bytes of JSON; anything far larger is not one.
@@ -352,6 +354,19 @@ class Repository:
         return self._heal(layout.tree(h), data, lambda stored: None if stored == data else
                           "stored tree differs from its hash")
 
+    TREE_WRITERS = 8  # trees written at once: each waits on its own fsync (or PUT), not on the CPU
+
+    def _put_trees(self, trees: dict[str, bytes], hot: Any = None) -> None:
+        """`_put_tree` every tree, several at once; returns once all are durable (the first
+        error is raised, after the others finished)."""
+        if len(trees) <= 1:
+            for h, data in trees.items():
+                self._put_tree(h, data, hot)
+            return
+        with ThreadPoolExecutor(min(self.TREE_WRITERS, len(trees)), thread_name_prefix="trees") as pool:
+            for f in [pool.submit(self._put_tree, h, data, hot) for h, data in trees.items()]:
+                f.result()
+
     def _put_tree(self, h: str, data: bytes, hot: Any = None) -> None:
         """put_if_absent; an object already there must be these bytes (else, damaged, it is
         replaced conditional on its version, as `heal` does); locked under a metadata policy."""
@@ -427,18 +442,31 @@ class Repository:
             return
         self._heal(key, data, lambda stored: None if stored == data else "stored file map differs from its hash")
 
-    def _prove_filemap(self, e: Entry) -> tuple[ChunkRef, ...] | None:
+    def filemap_records(self, e: Entry) -> list[tuple[str, int, str]]:
+        """(hash, stored size, codec) of each chunk in entry `e`'s file map, read from the store
+        and checked as `filemap_chunks` checks it, without a ChunkRef per chunk."""
+        with translated():
+            return filemap_records(self.filemap_object(e), e)
+
+    def _prove_filemap(self, e: Entry, read: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None = None
+                       ) -> list[tuple[str, int, str]] | None:
         """A map a worker stored (`save_filemaps`) is durable and intact and fits its entry:
         a map the catalog recorded before (checked then) must hash to its name and have the
         entry's chunk count and size; any other is parsed against the entry in full and its
-        chunks returned (for the catalog: each map is parsed once)."""
+        chunks returned as (hash, stored size, codec) (for the catalog: each map is parsed once).
+        `read`: maps this process has just fetched and checked against an entry of this shape
+        (`fanout.check_chunks_stored`), keyed by (hash, chunk count, size): not fetched again."""
         shape = self._catalog.filemap_shape(e.filemap)
+        done = read.get((e.filemap, e.chunk_count, e.size)) if read is not None else None
         if shape is None:
-            return self.filemap_chunks(e)
+            if done is not None:
+                return done
+            with translated():
+                return filemap_records(self.filemap_object(e), e)
         if shape != (e.chunk_count, e.size):
             raise ManifestError(f"file map {e.filemap[:16]} holds {shape[0]} chunks and {shape[1]} bytes, not the "
                                 f"{e.chunk_count} and {e.size} of {e.path!r}")
-        if manifest_id(self.filemap_object(e)) != e.filemap:
+        if done is None and manifest_id(self.filemap_object(e)) != e.filemap:
             raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} does not match its hash (tampered or corrupt)")
         return None
 
@@ -490,21 +518,27 @@ class Repository:
         return None if stored == data else "store copy of the manifest differs from its id"
 
     def commit_manifest(self, m: Manifest, *, sign_key: Any = None,
-                        details: dict[str, Any] | None = None, policy: Any = None) -> Committed:
+                        details: dict[str, Any] | None = None, policy: Any = None,
+                        read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None = None
+                        ) -> Committed:
         """Store the manifest (every chunk it names must already be durable), sign it, and
         record it in the catalog with an 'archive' audit entry. Never overwrites: an object
         already under the same id must be byte-identical, else the store holds a forgery.
         The bytes are first parsed with the reader's own checks and must read back as `m`:
         nothing that `show`, `verify`, `restore` or a catalog rebuild would refuse or read
-        differently is ever stored (ManifestError).
+        differently is ever stored (ManifestError). Manifest v3: its trees are built once and
+        each is parsed as the reader would, except those a recorded manifest already named (the
+        same hash: bytes already parsed and proved); all are written, several at once, and read
+        back if already stored, before the root.
         Manifest v2: a file over the threshold is recorded through its file map, which is
         stored here first (or, for an entry from `save_filemaps` without its chunks, read
-        back and checked), so no root manifest ever names a map that is not durable."""
+        back and checked), so no root manifest ever names a map that is not durable; or taken
+        from `read_maps`, the maps `fanout.check_chunks_stored` has just read and checked)."""
         # A sealed store keeps every chunk list inline: a file map is a plaintext object, so
         # it would publish plaintext chunk hashes next to the encrypted manifest.
-        m = self.committed_form(m)
+        m, made = self._committed_form_made(m)
         hot = policy.for_metadata() if policy is not None else None
-        proved: list[tuple[Entry, tuple[ChunkRef, ...]]] = []  # new maps, recorded in batches
+        proved: list[tuple[Entry, list[tuple[str, int, str]]]] = []  # new maps, recorded in batches
         for e in m.files:
             if not e.filemap:
                 continue
@@ -514,7 +548,7 @@ class Repository:
                     raise ManifestError(f"malformed manifest: file map {e.filemap[:16]} of {e.path!r} is not its chunks")
                 self._put_filemap(e.filemap, fm, hot)
                 continue
-            chunks = self._prove_filemap(e)  # written by a worker: prove it is there and intact
+            chunks = self._prove_filemap(e, read_maps)  # written by a worker: prove it is there and intact
             if hot is not None:
                 self._ensure_lock(layout.filemap(e.filemap), hot)
             if chunks is not None:
@@ -531,17 +565,21 @@ class Repository:
         except (TypeError, ValueError) as e:  # e.g. meta keys of mixed types, bytes values
             raise ManifestError(f"malformed manifest: cannot be written as JSON ({e})") from None
         mid = manifest_id(data)
-        trees = self._made_trees(m)
+        trees = made[1] if made is not None else {}
+        by_dir = made[2] if made is not None else None
         with translated():
             back = parse_manifest(data, expected_id=mid)
             if back.to_dict() != m.to_dict():
                 raise ManifestError("malformed manifest: it does not read back as the manifest given")
-            if trees and [e.to_json() for e in resolve_trees(back, lambda h, _: trees[h])[0].entries] != \
-                    [e.to_json() for e in sorted(m.entries, key=lambda e: e.path)]:
-                raise ManifestError("malformed manifest: its trees do not read back as the entries given")
+            if made is not None:  # each tree no recorded manifest named yet is parsed as the reader would
+                try:
+                    prove_trees(m, trees, made[2],
+                                self._catalog.known_trees(set(made[2].values())))
+                except manifest_errors.ManifestError as e:
+                    raise ManifestError(f"malformed manifest: its trees do not read back as the entries given "
+                                        f"({e})") from None
         self.flush_packs()  # every pack holding a chunk it names is durable before the manifest
-        for h, tree_data in trees.items():  # every tree before the root that names it
-            self._put_tree(h, tree_data, policy.for_metadata() if policy is not None else None)
+        self._put_trees(trees, policy.for_metadata() if policy is not None else None)  # before the root naming them
         key = layout.manifest(mid)
         hot = policy.for_metadata() if policy is not None else None
         if self._sealer is not None:
@@ -555,12 +593,12 @@ class Repository:
             self.record_policy(mid, policy)
         if details is None or self._catalog.has_manifest(mid):  # already recorded: nothing new ingested
             with translated():
-                self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks)
+                self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks, trees=by_dir)
             return Committed(mid, signer)
         ev = Event(events.INGESTION, manifests=(events.ManifestOutcome(mid),), details={**details, "signed_by": signer})
         rec = self._put_event(ev, sign_key, policy=hot)  # in the store first: the catalog is the rebuildable copy
         with translated(), self._catalog.write():
-            self._catalog.record_manifest(m, data, at=ev.time, filemap_chunks=self.filemap_chunks)
+            self._catalog.record_manifest(m, data, at=ev.time, filemap_chunks=self.filemap_chunks, trees=by_dir)
             self._catalog.record_event(rec.key, rec.writer, rec.seq, rec.hash, ev.time, events.audit_rows(ev),
                                        events.chunk_results(ev))
         return Committed(mid, signer)
@@ -569,20 +607,16 @@ class Repository:
         """`m` as `commit_manifest` writes it (so `.id` is the id it will get): through file
         maps and, over the threshold, trees (v2/v3); a sealed store keeps everything inline,
         since a file map or tree is a plaintext object next to the encrypted manifest."""
+        return self._committed_form_made(m)[0]
+
+    def _committed_form_made(self, m: Manifest) -> tuple[Manifest, tuple[str, dict[str, bytes], dict[str, str]] | None]:
+        """`committed_form(m)` and its trees as `tree_objects` made them (None when inline):
+        built once per commit, then stored, proved and recorded from the same objects."""
         if not m.resolved:  # a v3 root without its entries would be committed as an empty manifest
             raise ManifestError(f"malformed manifest: the entries of tree {m.tree[:16]} were not given")
         if self._sealer is not None:
-            return dataclasses.replace(m, tree="", entry_count=0) if m.tree else m
-        return with_trees(with_filemaps(m))
-
-    @staticmethod
-    def _made_trees(m: Manifest) -> dict[str, bytes]:
-        """The tree objects of a manifest `with_trees` made ({} when its entries are inline)."""
-        if not m.tree:
-            return {}
-        made = tree_objects(m.entries)
-        assert made is not None and made[0] == m.tree
-        return made[1]
+            return (dataclasses.replace(m, tree="", entry_count=0) if m.tree else m), None
+        return with_trees_made(with_filemaps(m))
 
     def iter_manifests(self) -> Iterator[StoredManifest]:
         """Every manifest object in the store, each checked against its id; a bad one is
@@ -648,6 +682,13 @@ class Repository:
     # Rounds of read -> prove -> write/replace before giving up on a chunk that keeps changing
     # under us (each lost round means another writer acted on it, so a few always suffice).
     SAVE_ROUNDS = 5
+
+    def chunk_address(self, data: bytes | memoryview, width: int = 0) -> str:
+        """BLAKE3 (hex) of a chunk about to be saved by this thread: the same hash as
+        blake3(data), computed by the codec so a chunk to be split into byte-planes is split
+        in the same pass and `save_chunk` on this thread does not read it again
+        (archiver.codecs.Codec.address)."""
+        return self._codec.address(data, width)
 
     def save_chunk(self, h: str, data: bytes | memoryview, width: int, *,
                    trust_verified_within: float | None = None, policy: Any = None) -> SavedChunk:
@@ -873,6 +914,23 @@ class Repository:
 
     def record_chunk_checks(self, results: Iterable[tuple[str, bool]]) -> None:
         self._catalog.mark_verified(results)
+
+    def trusted_stored_chunks(self, refs: Iterable[ChunkRef], window: float) -> set[str]:
+        """The chunks of `refs` that `prove_stored_chunk` would trust within `window` seconds
+        (a deep verify found each intact that recently, and the store still holds it at the
+        stored size the ref records), decided in bulk: one catalog query for the checks and
+        `chunk_presence` for the sizes (a LIST, or a HEAD per pack), never a request per
+        chunk. A worker (no catalog) or a sealed store trusts nothing: prove each one."""
+        if self._catalog is None or self._sealer is not None:
+            return set()
+        refs = {r.hash: r for r in refs}
+        now = time.time()
+        checks = self._catalog.chunk_checks(refs)
+        recent = [h for h, (when, ok) in checks.items() if ok and now - when <= window]
+        if not recent:
+            return set()
+        sizes, _lost = self.chunk_presence(recent)
+        return {h for h in recent if sizes.get(h) == refs[h].stored_size}
 
     def prove_stored_chunk(self, ref: ChunkRef, *, trust_verified_within: float | None = None,
                            policy: Any = None) -> ArchiverError | None:
@@ -1200,7 +1258,9 @@ class Repository:
                         result.events += 1
 
     def chunk_coverage(self) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:
-        return self._catalog.chunk_coverage()
+        """Every recorded version's distinct chunks with their last deep check (`fixity status`);
+        a file map's chunks are read from the map object (the catalog keeps only inline sets)."""
+        return self._catalog.chunk_coverage(self.filemap_chunks)
 
 
     # -- copies: replicate and repair (only proved bytes cross between stores) -------------------
@@ -1709,11 +1769,10 @@ class Repository:
         return sealing.unseal(obj, self._identity_for(kid), what)
 
     def _stored_chunk_key(self, h: str) -> str:
-        """The key chunk `h` is stored under: its hash, or in a sealed store its keyed address."""
-        return layout.chunk(h) if self._sealer is None else self._sealed_chunk_key(h)
-
-    def _sealed_chunk_key(self, h: str) -> str:
-        assert self._sealer is not None
+        """The key chunk `h` is stored under on its own: its hash, or in a sealed store its
+        keyed address (so the store never sees a plaintext hash)."""
+        if self._sealer is None:
+            return layout.chunk(h)
         return layout.chunk(sealing.address(self._sealer.need_address_key(), h))
 
     def _note_sealed(self, key: str, obj: bytes) -> None:
@@ -1725,7 +1784,7 @@ class Repository:
         (another run's, on a write-only host) by its prefix and exact sealed size; its
         ciphertext hash goes into this archive's companion either way."""
         self._start_run()
-        key = self._sealed_chunk_key(h)
+        key = self._stored_chunk_key(h)
         enc = self._codec.encode(data, width)
         want = sealing.sealed_size(len(enc.data))
         for _ in range(self.SAVE_ROUNDS):
@@ -1754,7 +1813,7 @@ class Repository:
     def _read_sealed_chunk(self, ref: ChunkRef) -> bytes:
         want = sealing.sealed_size(ref.stored_size)
         try:
-            obj = self._store.get(self._sealed_chunk_key(ref.hash), max_size=want)
+            obj = self._store.get(self._stored_chunk_key(ref.hash), max_size=want)
         except ObjectTooLargeError as e:
             raise CorruptChunkError(ref.hash, f"stored size {e.size} is more than the {want} expected") from None
         if len(obj) != want:
@@ -1801,7 +1860,7 @@ class Repository:
             self._note_sealed(key, self._store.get(key, max_size=sealing.sealed_size(len(data))))
         objects = []
         for h in sorted(m.unique_chunks()):
-            ck = self._sealed_chunk_key(h)
+            ck = self._stored_chunk_key(h)
             if ck not in self._sealed_objects:
                 self._note_sealed(ck, self._store.get(ck, max_size=sealing.sealed_size(max_object_size(32 << 20))))
             objects.append([ck, *self._sealed_objects[ck]])
@@ -1976,7 +2035,8 @@ class Repository:
     # Read requests joined into one when the bytes between two planned ranges are fewer than this.
     SPAN_GAP = 256 << 10
     # Spans and small objects fetched at once by a planned read (restore, deep verify).
-    SPAN_LIMIT = packs.PACK_TARGET + packs.SMALL_OBJECT
+    # (A whole pack of large objects, so one request reads it; at most four spans are cached.)
+    SPAN_LIMIT = packs.LARGE_PACK_TARGET + packs.SMALL_OBJECT
 
     def _save_fast(self, h: str, data: bytes | memoryview, width: int, policy: Any) -> SavedChunk | None:
         """The paths that need no read before a write: a chunk already in a pack (proved by
@@ -2014,19 +2074,26 @@ class Repository:
         full pack is written now, by this worker."""
         ps = self._packstate
         todo = []
+        target = packs.pack_target(len(obj))
+        large = len(obj) >= packs.SMALL_OBJECT  # large objects fill packs of their own
         with ps.lock:
             if h in ps.pending:
                 return
-            if ps.open is not None and ps.open_policy is not policy:
-                todo.append((ps.open, ps.open_policy))
-                ps.open = None
-            if ps.open is None:
-                ps.open, ps.open_policy = packs.PackBuilder(), policy
-            ps.open.add(h, obj, length)
+            builder, open_policy = (ps.open_large, ps.open_large_policy) if large else (ps.open, ps.open_policy)
+            if builder is not None and open_policy is not policy:
+                todo.append((builder, open_policy))
+                builder = None
+            if builder is None:
+                builder = packs.PackBuilder(target=target)
+            builder.add(h, obj, length)
             ps.pending[h] = (len(obj), codec)
-            if ps.open.full:
-                todo.append((ps.open, policy))
-                ps.open = None
+            if builder.full:
+                todo.append((builder, policy))
+                builder = None
+            if large:
+                ps.open_large, ps.open_large_policy = builder, policy
+            else:
+                ps.open, ps.open_policy = builder, policy
             ps.in_flight += len(todo)
         for builder, pol in todo:
             self._write_pack_guarded(builder, pol)
@@ -2079,11 +2146,11 @@ class Repository:
         then nothing naming its chunks may be committed. Returns how many packs were written."""
         ps = self._packstate
         with ps.lock:
-            builder, policy = ps.open, ps.open_policy
-            ps.open = None
-            if builder is not None:
-                ps.in_flight += 1
-        if builder is not None:
+            todo = [(b, pol) for b, pol in ((ps.open, ps.open_policy), (ps.open_large, ps.open_large_policy))
+                    if b is not None]
+            ps.open = ps.open_large = None
+            ps.in_flight += len(todo)
+        for builder, policy in todo:
             self._write_pack_guarded(builder, policy)
         with ps.lock:
             while ps.in_flight:
@@ -2129,10 +2196,8 @@ class Repository:
 
     def _chunk_key(self, h: str) -> str:
         """The object a chunk's bytes live in: its pack, or its own key (sealed: its address)."""
-        if self._sealer is not None:
-            return self._sealed_chunk_key(h)
-        locs = self._pack_locations(h)
-        return layout.pack(locs[0].pack) if locs else layout.chunk(h)
+        locs = self._pack_locations(h) if self._sealer is None else []  # sealed stores write no packs
+        return layout.pack(locs[0].pack) if locs else self._stored_chunk_key(h)
 
     def _store_pack_map(self, refresh: bool = False) -> dict[str, list[PackLocation]]:
         """Every pack index the store holds (LIST + one GET each, re-hashed), once per process

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import stat
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +48,9 @@ class Source:
     link: str | None = None  # a symlink recorded as such: its target (never followed)
     followed: bool = False   # a symlink followed to a regular file: dev/ino/size/mode are the target's
     blob: str | None = None  # followed into a Hugging Face cache's blobs/: the blob's name
+    # (dev, ino, size, mtime_ns, ctime_ns) the scan saw (of a followed link's target): what the
+    # files cache compares, taken before any read, so no second stat of each file is needed
+    seen: tuple[int, int, int, int, int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_link(self) -> bool:
@@ -84,10 +89,15 @@ def _name(p: Path) -> str:
 
 def _source(path: str, p: Path, st: os.stat_result, parent: Source | None) -> Source:
     is_dir = stat.S_ISDIR(st.st_mode)
-    if not is_dir:
-        _readable(p)
-    return Source(path, p, is_dir, 0 if is_dir else st.st_size, stat.S_IMODE(st.st_mode), st.st_dev, st.st_ino,
-                  parent, st.st_mtime_ns if is_dir else None)
+    if is_dir:
+        return Source(path, p, True, 0, stat.S_IMODE(st.st_mode), st.st_dev, st.st_ino, parent, st.st_mtime_ns)
+    _readable(p)
+    return Source(path, p, False, st.st_size, stat.S_IMODE(st.st_mode), st.st_dev, st.st_ino, parent,
+                  seen=_seen(st))
+
+
+def _seen(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _link_source(path: str, p: Path, st: os.stat_result, parent: Source | None, dir_fd: int | None,
@@ -108,7 +118,7 @@ def _link_source(path: str, p: Path, st: os.stat_result, parent: Source | None, 
         if tst is not None and stat.S_ISREG(tst.st_mode):
             _readable(p)
             return Source(path, p, False, tst.st_size, stat.S_IMODE(tst.st_mode), tst.st_dev, tst.st_ino, parent,
-                          followed=True, blob=blob)
+                          followed=True, blob=blob, seen=_seen(tst))
     return Source(path, p, False, 0, stat.S_IMODE(st.st_mode), st.st_dev, st.st_ino, parent, link=target)
 
 
@@ -171,11 +181,51 @@ def _readable(p: Path) -> None:
         raise ArchiverError(f"cannot read {p}: permission denied")
 
 
-def open_source(src: Source) -> int:
+class DirFds:
+    """Descriptors of the directories a run's files lie in, each reached by `open_source`
+    (checked to be the directory the scan saw) once and held until `close`: the files of a
+    directory are then opened relative to that very inode, without walking and checking the
+    whole chain again for each file. At most `limit` are held (the rest are walked as before)."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        if limit is None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            limit = 4096 if soft == resource.RLIM_INFINITY else max(16, min(4096, soft // 4))
+        self.limit = limit
+        self._fds: dict[tuple[Path, int, int], int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, d: Source) -> int | None:
+        """The held descriptor of directory `d` (opened now if need be), or None if full."""
+        key = (d.abspath, d.dev, d.ino)
+        with self._lock:
+            fd = self._fds.get(key)
+            if fd is not None or len(self._fds) >= self.limit:
+                return fd
+        fd = open_source(d)
+        with self._lock:
+            held = self._fds.setdefault(key, fd)
+        if held != fd:  # another thread opened it meanwhile
+            os.close(fd)
+        return held
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = list(self._fds.values()), {}
+        for fd in fds:
+            os.close(fd)
+
+
+def open_source(src: Source, dirs: DirFds | None = None) -> int:
     """A descriptor of exactly what the scan saw at `src`: reached from its PATH one
     component at a time with O_NOFOLLOW, each directory and the entry itself required to
     be the same kind and the same (st_dev, st_ino) as scanned. A regular file's descriptor
-    is blocking again when returned. Raises SourceChangedError, never follows a swap."""
+    is blocking again when returned. Raises SourceChangedError, never follows a swap.
+    With `dirs`, a file is opened relative to its directory's held descriptor (DirFds)."""
+    if dirs is not None and src.parent is not None and not src.is_dir:
+        dfd = dirs.get(src.parent)
+        if dfd is not None:
+            return _open_same(src, dfd)
     chain: list[Source] = []
     s: Source | None = src
     while s is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from archiver.errors import InvalidOptionError
-from archiver.packs import MAX_PACK_BELOW, SMALL_OBJECT
+from archiver.packs import MAX_PACK_BELOW, S3_PACK_BELOW, SMALL_OBJECT
 from archiver.urls import normalise_endpoint, normalise_store_url, s3_url_options
 from manifests.catalog import default_catalog_path
 
@@ -104,7 +104,7 @@ class Settings:
         ids = tuple(identities) or tuple(p for p in env.get(IDENTITY_ENV, "").split(os.pathsep) if p.strip())
         return cls(home=home, store_url=url, catalog_path=path, s3=opts, endpoint=endpoint,
                    default_s3=base if overrides else None, identities=ids,
-                   address_key_file=env.get(ADDRESS_KEY_ENV) or None, pack_below=_pack_below(env))
+                   address_key_file=env.get(ADDRESS_KEY_ENV) or None, pack_below=_pack_below(env, url))
 
     def for_copy(self, store: str, catalog: str | os.PathLike | None = None) -> "Settings":
         """Settings for another store (a copy): its own URL settings over this one's
@@ -120,11 +120,14 @@ class Settings:
         return replace(Settings.resolve(store, None, s3=s3, env={HOME_ENV: str(self.home)}), pack_below=self.pack_below)
 
 
-def _pack_below(env: Mapping[str, str]) -> int:
-    """ARCHIVER_PACK_BELOW (bytes, 0 to store every chunk under its own key), else the default."""
+def _pack_below(env: Mapping[str, str], url: str = "") -> int:
+    """ARCHIVER_PACK_BELOW (bytes, 0 to store every chunk under its own key), else the
+    default for the store: on S3, where every object costs requests, large chunks are packed
+    too (`S3_PACK_BELOW`); in a local directory an object is a file, and packing large chunks
+    would only add the pack's hash and copy, so small ones only (`SMALL_OBJECT`)."""
     raw = env.get(PACK_BELOW_ENV, "").strip()
     if not raw:
-        return SMALL_OBJECT
+        return S3_PACK_BELOW if url.startswith("s3://") else SMALL_OBJECT
     if not raw.isdigit() or int(raw) > MAX_PACK_BELOW:
         raise InvalidOptionError("pack_below", f"{PACK_BELOW_ENV} must be a number of bytes from 0 to "
                                                f"{MAX_PACK_BELOW}, got {raw!r}")

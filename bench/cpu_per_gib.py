@@ -11,8 +11,9 @@ Input: one bf16 safetensors of N(0, per-tensor std) weights (so random low manti
 Stages: this process, one thread, does what an archive worker does to each chunk of the
 file (the default chunk policy), timing each step with the thread's CPU clock (user +
 system, so other processes on a shared machine do not count): read (chunking.iter_chunks),
-hash (chunk BLAKE3 + whole-file BLAKE3 and SHA-256), split (byte planes into the reused
-buffer), compress (zstd, with the incompressibility probe), round trip (decode into the
+hash (chunk BLAKE3 + whole-file BLAKE3 and SHA-256; with Codec.address the chunk's byte
+planes are split in the same pass and counted here), split (byte planes into the reused
+buffer, when not already split with the hash), compress (zstd, with the incompressibility probe), round trip (decode into the
 reused buffer and compare), assemble (the object), put (local store: temp file, fsync,
 link). Then the way back, as restore does it: get, decode, hash (chunk BLAKE3 + whole-file
 BLAKE3), write (to one file, fsynced at the end). The stage code calls the codec's own
@@ -105,8 +106,11 @@ def _encode_timed(codec: Codec, data: memoryview | bytes, width: int, clock: Clo
         clock.lap("compress")
         return obj
     body = n - n % width
-    planes = codec._scratch("planes", body).reshape(width, body // width)
-    split_planes(data, width, planes)
+    if hasattr(codec, "_planes"):  # the planes `address` split with the hash, as archive uses them
+        planes = codec._planes(data, width, body)
+    else:
+        planes = codec._scratch("planes", body).reshape(width, body // width)
+        split_planes(data, width, planes)
     clock.lap("split")
     sections: list[tuple[int, Any, int]] = []
     for i in range(width):
@@ -138,7 +142,8 @@ def stages(path: Path, tmp: Path) -> dict[str, Any]:
     with open(path, "rb") as f:
         for rc in iter_chunks(f, size, ChunkPolicy()):
             clock.lap("read")
-            h = blake3.blake3(rc.data).hexdigest()
+            # the chunk's address as archive computes it (with its byte-planes, in one pass)
+            h = codec.address(rc.data, rc.width) if hasattr(codec, "address") else blake3.blake3(rc.data).hexdigest()
             digest.update(rc.data)
             clock.lap("hash")
             obj = _encode_timed(codec, rc.data, rc.width, clock)

@@ -39,7 +39,7 @@ from manifests.fields import index_fields
 from manifests.model import ChunkRef, Entry, Manifest, manifest_id, parse_manifest
 from manifests.model import tree_objects
 
-SCHEMA_VERSION = 5  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
+SCHEMA_VERSION = 6  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
 # 3: events_seen, the store events (archiver.events) this catalog has recorded or replayed; fields,
 #    the searchable metadata of manifests (manifests.fields)
 # 4: manifest_chunks (which distinct chunks each manifest names inline, as two rowids) replaces
@@ -54,10 +54,15 @@ SCHEMA_VERSION = 5  # 2: index on (name, parent) for chain lookups; endpoint in 
 #    recorded (NULL otherwise), and chunks.owner: the map that first recorded a chunk (NULL: an
 #    inline set, or recorded before schema 5), so a version's stored size is summed per fresh
 #    map plus a union over its other chunks only (Catalog._stored_size)
+# 6: `chunks` is keyed by the first 8 bytes of the hash (an INTEGER PRIMARY KEY, chunk_key): a
+#    dedup hint that a caller confirms against the full key before trusting it (the store's own
+#    object); filemap_chunks is gone: a map's chunks are read from the map object in the store
+#    (chunk_coverage, _stored_size of a version naming a map that reused chunks), as
+#    load_manifest does, so a new chunk costs one ~25-byte row instead of two 32-byte-key rows
 BUSY_TIMEOUT_MS = 5_000  # how long a writer waits for another writer before CatalogLocked
 ID_PREFIX_MIN = 4
 
-_IMMUTABLE = ("manifests", "files", "audit", "fields", "manifest_chunks", "filemap_chunks", "manifest_filemaps")
+_IMMUTABLE = ("manifests", "files", "audit", "fields", "manifest_chunks", "manifest_filemaps")
 _HEX = frozenset("0123456789abcdef")
 
 _SCHEMA = """
@@ -121,12 +126,43 @@ _MIGRATIONS: dict[int, str] = {
        'ALTER TABLE "manifest_chunks_v5" RENAME TO "manifest_chunks";'
        'ALTER TABLE "filemap_chunks_v5" RENAME TO "filemap_chunks";'
        'ALTER TABLE "filemaps" ADD COLUMN "fresh_stored" INTEGER',
+    # 5 -> 6: chunks re-keyed by chunk_key (the first of two full hashes sharing a key wins:
+    # the row is a hint), in key order; filemap_chunks dropped (the maps are in the store)
+    5: 'CREATE TABLE "chunks_v6" ("key" INTEGER PRIMARY KEY, "stored_size" INTEGER, "codec" TEXT, "owner" INTEGER);'
+       'INSERT OR IGNORE INTO "chunks_v6" ("key", "stored_size", "codec", "owner") '
+       'SELECT chunk_key_blob(hash), stored_size, codec, owner FROM "chunks" ORDER BY hash;'
+       'DROP TABLE "filemap_chunks";'
+       'DROP TABLE "chunks";'
+       'ALTER TABLE "chunks_v6" RENAME TO "chunks"',
 }
 # Migration steps that create tables also make them immutable (see _immutable).
 _MIGRATION_TABLES: dict[int, tuple[str, ...]] = {2: ("fields",), 3: ("manifest_chunks", "filemap_chunks",
                                                                         "manifest_filemaps"),
                                                  4: ("manifest_chunks", "filemap_chunks")}
 BLOB_KEYS = 5  # the first schema version whose chunk tables are keyed by 32-byte hashes
+PREFIX_KEYS = 6  # the first whose `chunks` is keyed by chunk_key and that has no filemap_chunks
+_KEY_BIAS = 1 << 63
+
+
+def chunk_key(h: str) -> int:
+    """The `chunks` key of hex hash `h`: its first 8 bytes as a signed 64-bit integer (biased,
+    so key order is hash order). Two hashes can share a key (at 1.3 million chunks, a chance
+    of about 5e-8 that any two do), so a row found by it is a hint: dedup proves the store's
+    object under the full hash before trusting it, and a collision can at most misstate one
+    chunk in a statistic (stored size, coverage). ValueError if `h` is not hex."""
+    return int(h[:16], 16) - _KEY_BIAS
+
+
+def _records(refs: Iterable[ChunkRef] | Iterable[tuple[str, int, str]]) -> Iterable[tuple[str, int, str]]:
+    """(hash, stored size, codec) of each chunk, from ChunkRefs or such triples."""
+    refs = refs if isinstance(refs, (list, tuple)) else list(refs)
+    if refs and isinstance(refs[0], ChunkRef):
+        return [(c.hash, c.stored_size, c.codec) for c in refs]  # type: ignore[union-attr]
+    return refs  # type: ignore[return-value]
+
+
+def _chunk_key_blob(b: bytes) -> int:
+    return int.from_bytes(b[:8], "big") - _KEY_BIAS
 
 
 @dataclass(frozen=True)
@@ -250,6 +286,7 @@ def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys=ON")
     # migration 4 -> 5 turns hex text into BLOBs; SQLite has unhex() only from 3.41
     conn.create_function("unhex", 1, bytes.fromhex, deterministic=True)
+    conn.create_function("chunk_key_blob", 1, _chunk_key_blob, deterministic=True)  # migration 5 -> 6, inline sets
     return conn
 
 
@@ -305,6 +342,7 @@ class Catalog:
         self._memory = False
         self._w: sqlite3.Connection | None = None  # the writer; in read-only mode opened on the first write
         self._keys_blob: bool | None = None  # chunk tables keyed by BLOB (schema 5); None: not looked up yet
+        self._keys_schema: int | None = None  # the schema the read connection sees; None: not looked up yet
         try:
             if read_only:
                 self._conn = self._open_reading()
@@ -430,6 +468,7 @@ class Catalog:
                 raise
             self._w = conn
             self._keys_blob = None  # opening it may have migrated the file under the read connections
+            self._keys_schema = None
         return self._w
 
     def _blob_keys(self) -> bool:
@@ -438,6 +477,13 @@ class Catalog:
         if self._keys_blob is None:
             self._keys_blob = (self._schema_version(self._conn) or SCHEMA_VERSION) >= BLOB_KEYS
         return self._keys_blob
+
+    def _prefix_keys(self) -> bool:
+        """True if `chunks` is keyed by chunk_key and maps' chunks are not in the catalog
+        (schema 6); False only for a catalog read read-only before its migration."""
+        if self._keys_schema is None:
+            self._keys_schema = self._schema_version(self._conn) or SCHEMA_VERSION
+        return self._keys_schema >= PREFIX_KEYS
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         try:
@@ -478,7 +524,8 @@ class Catalog:
 
     def record_manifest(self, m: Manifest, data: bytes, *, event_details: dict[str, Any] | None = None,
                         at: float | None = None, time_unknown: bool = False,
-                        filemap_chunks: Callable[[Entry], Iterable[ChunkRef]] | None = None) -> bool:
+                        filemap_chunks: Callable[[Entry], Iterable[ChunkRef]] | None = None,
+                        trees: dict[str, str] | None = None) -> bool:
         """Record a manifest (already durably in the store) with its files, its distinct
         chunks and known chunks in one transaction. Idempotent: False if it was already recorded.
         `at` defaults to now; time_unknown=True records no time at all (a rebuild knows
@@ -487,7 +534,8 @@ class Catalog:
         without its chunk list in memory they come from `filemap_chunks(entry)` (the
         repository fetches and checks the map), one map at a time, so a 10 TB archive's
         million refs are never all in memory, and a map already recorded is not fetched.
-        An error raised by it rolls the whole record back."""
+        An error raised by it rolls the whole record back. Manifest v3: `trees` (directory ->
+        tree hash, as `tree_objects(m.entries)` made them for the commit) saves building them again."""
         mid = manifest_id(data)  # `data` is m's canonical JSON: its hash is m.id, without serialising m again
         check_recordable(mid, m)
         now = time.time() if at is None else at
@@ -500,61 +548,80 @@ class Catalog:
             # be recorded, and its stored size summed, before the immutable row is written
             row = conn.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM manifests").fetchone()[0]
             batch: list[ChunkRef] = []
+            shared: dict[str, int] = {}  # hash -> stored size: chunks of this version's maps that are not fresh
             for e in files:
                 if e.filemap:
-                    self._record_filemap(conn, row, e, filemap_chunks)
+                    self._record_filemap(conn, row, e, filemap_chunks, shared)
                     continue
                 batch.extend(e.chunks)
                 if len(batch) >= 65536:
                     self._record_chunks(conn, "manifest_chunks", row, batch)
                     batch = []
             self._record_chunks(conn, "manifest_chunks", row, batch)
-            stored = self._stored_size(conn, row)
+            stored = self._stored_size(conn, row, shared)
             conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
                          "stored_size, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
                          (row, mid, m.name, m.label, m.parent, when, len(files), m.total_size, stored, data))
-            import sqlite_utils  # here, not at import: read-only commands start without it
-            db = sqlite_utils.Database(conn, recursive_triggers=False)  # rows as dicts, batched inserts
-            db["files"].insert_all(
-                ({"manifest_id": mid, "path": e.path, "type": e.type, "size": e.size, "mode": e.mode,
-                  "blake3": e.blake3, "sha256": e.sha256} for e in self._new_tree_entries(conn, m)), batch_size=1000)
+            conn.executemany('INSERT INTO files(manifest_id, path, type, size, mode, blake3, sha256) '
+                             'VALUES (?,?,?,?,?,?,?)',
+                             ((mid, e.path, e.type, e.size, e.mode, e.blake3, e.sha256)
+                              for e in self._new_tree_entries(conn, m, trees)))
             conn.executemany('INSERT INTO fields(manifest_id, key, seq, value, num) VALUES (?,?,?,?,?)',
                              field_rows(mid, m))
             if event_details is not None:
                 self._audit(conn, "archive", mid, True, event_details, now)
         return True
 
-    @staticmethod
-    def _stored_size(conn: sqlite3.Connection, row: int) -> int:
+    def _stored_size(self, conn: sqlite3.Connection, row: int, shared: dict[str, int]) -> int:
         """Stored bytes of the distinct chunks manifest `row` names, without a union over all
         of them. A fresh map (none of its chunks known when it was recorded) recorded each of
         its chunks first, so it owns them all: fresh maps are disjoint, their sums add up (one
-        row each), and a chunk of any other set (inline, or a map that reused chunks) is in
-        one of them exactly when its owner is one of them. The rest (what a fine-tune's changed
-        file brings, and inline chunks) is deduplicated by a union of those sets only."""
-        return conn.execute(
-            "WITH mine(fm, fresh) AS (SELECT f.rowid, f.fresh_stored FROM manifest_filemaps mf "
-            "JOIN filemaps f ON f.rowid = mf.filemap WHERE mf.manifest = ?1), "
-            "rest(chunk) AS (SELECT chunk FROM manifest_chunks WHERE manifest = ?1 UNION "
-            "SELECT fc.chunk FROM mine JOIN filemap_chunks fc ON fc.filemap = mine.fm WHERE mine.fresh IS NULL) "
-            "SELECT (SELECT COALESCE(SUM(fresh), 0) FROM mine) + (SELECT COALESCE(SUM(c.stored_size), 0) "
-            "FROM rest JOIN chunks c ON c.hash = rest.chunk "
-            "WHERE c.owner IS NULL OR c.owner NOT IN (SELECT fm FROM mine WHERE fresh IS NOT NULL))",
-            (row,)).fetchone()[0]
+        row each), and a chunk of any other set is in one of them exactly when its owner is
+        one of them. The rest, this version's inline chunks and `shared` (the chunks of its
+        maps that are not fresh, read from the maps: what a fine-tune's changed file brings),
+        is deduplicated here."""
+        fresh = conn.execute("SELECT f.rowid, f.fresh_stored FROM manifest_filemaps mf JOIN filemaps f "
+                             "ON f.rowid = mf.filemap WHERE mf.manifest = ? AND f.fresh_stored IS NOT NULL",
+                             (row,)).fetchall()
+        owners = {fm for fm, _ in fresh}
+        total = sum(size for _, size in fresh)
+        inline = conn.execute("SELECT mc.chunk, c.stored_size, c.owner FROM manifest_chunks mc JOIN chunks c "
+                              "ON c.key = chunk_key_blob(mc.chunk) WHERE mc.manifest = ?", (row,)).fetchall()
+        for blob, size, owner in inline:
+            h = bytes(blob).hex()
+            if h not in shared and (owner is None or owner not in owners):
+                total += size
+        if shared and owners:
+            owner_of: dict[int, int | None] = {}
+            keys = sorted({chunk_key(h) for h in shared})
+            for i in range(0, len(keys), 500):
+                part = keys[i:i + 500]
+                owner_of.update(conn.execute(f"SELECT key, owner FROM chunks WHERE key IN ({','.join('?' * len(part))})",
+                                             part).fetchall())
+            total += sum(size for h, size in shared.items() if owner_of.get(chunk_key(h)) not in owners)
+        else:
+            total += sum(shared.values())
+        return total
+
     # Manifest v3: the trees whose entries have `files` rows (under the first manifest that
     # named them). Created on first write (not a schema step): a catalog without it has none.
     _TREE_TABLE = 'CREATE TABLE IF NOT EXISTS "tree_files" ("hash" TEXT PRIMARY KEY)'
 
-    def _new_tree_entries(self, conn: sqlite3.Connection, m: Manifest) -> Iterable[Entry]:
+    def _new_tree_entries(self, conn: sqlite3.Connection, m: Manifest,
+                          trees: dict[str, str] | None = None) -> Iterable[Entry]:
         """The entries of `m` that get `files` rows: all of a v1/v2 manifest's; of a v3
         manifest's, only those listed by a tree no recorded manifest named before, so an
-        unchanged re-archive adds no per-file rows."""
+        unchanged re-archive adds no per-file rows. `trees`: directory -> tree hash, if known."""
         if not m.tree:
             return m.entries
-        made = tree_objects(m.entries)
-        if made is None or made[0] != m.tree:
-            raise ManifestError(f"manifest entries do not rebuild its tree {m.tree[:16]}")
-        by_dir = made[2]
+        if trees is None:
+            made = tree_objects(m.entries)
+            if made is None or made[0] != m.tree:
+                raise ManifestError(f"manifest entries do not rebuild its tree {m.tree[:16]}")
+            trees = made[2]
+        elif trees.get("") != m.tree:
+            raise ManifestError(f"the trees given are not those of manifest tree {m.tree[:16]}")
+        by_dir = trees
         conn.execute(self._TREE_TABLE)
         known = {h for h in by_dir.values()
                  if conn.execute('SELECT 1 FROM tree_files WHERE hash=?', (h,)).fetchone() is not None}
@@ -562,69 +629,104 @@ class Catalog:
                          [(h,) for h in set(by_dir.values()) - known])
         return [e for e in m.entries if by_dir[e.path.rsplit("/", 1)[0] if "/" in e.path else ""] not in known]
 
+    def known_trees(self, hashes: Iterable[str]) -> set[str]:
+        """Those of `hashes` that a recorded manifest named as a tree (read and checked when
+        it was committed or recorded): a commit need not parse them again."""
+        conn = self._reader()
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='tree_files'").fetchone() is None:
+            return set()
+        return {h for h in hashes if conn.execute("SELECT 1 FROM tree_files WHERE hash=?", (h,)).fetchone()}
+
     def filemap_shape(self, h: str) -> tuple[int, int] | None:
         """(chunk_count, size) of a file map this catalog has recorded (checked then), else None."""
         row = self._reader().execute("SELECT chunk_count, size FROM filemaps WHERE hash=?", (h,)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def record_filemaps(self, maps: Iterable[tuple[Entry, Iterable[ChunkRef]]]) -> None:
+    def record_filemaps(self, maps: Iterable[tuple[Entry, Iterable[ChunkRef] | list[tuple[str, int, str]]]]) -> None:
         """Record file maps (durable in the store, each checked against its entry) and their
-        chunks, in one transaction, before any manifest names them: `commit_manifest` does so
-        while proving maps a worker wrote, so each map is parsed once. A fact about the store
-        like a chunk row: a map no recorded manifest names yet is harmless (as a chunk no
-        manifest names is in the store)."""
+        chunks (ChunkRefs, or (hash, stored size, codec) as manifests.model.filemap_records
+        reads them), in one transaction, before any manifest names them: `commit_manifest`
+        does so while proving maps a worker wrote, so each map is parsed once. A fact about
+        the store like a chunk row: a map no recorded manifest names yet is harmless (as a
+        chunk no manifest names is in the store)."""
         with self.write() as conn:
             for e, chunks in maps:
                 self._filemap_row(conn, dataclasses.replace(e, chunks=()), lambda _, c=chunks: c)
 
     def _record_filemap(self, conn: sqlite3.Connection, row: int, e: Entry,
-                        fetch: Callable[[Entry], Iterable[ChunkRef]] | None) -> None:
-        """Manifest `row` names file map `e.filemap`; its chunks are recorded the first time it is seen."""
-        fm = self._filemap_row(conn, e, fetch)
+                        fetch: Callable[[Entry], Iterable[ChunkRef]] | None, shared: dict[str, int]) -> None:
+        """Manifest `row` names file map `e.filemap`; its chunks are recorded the first time it
+        is seen. A map that is not fresh (it reused known chunks) adds its chunks to `shared`
+        (for _stored_size), read from the map: the catalog does not keep them."""
+        fm, fresh, refs = self._filemap_row(conn, e, fetch)
         conn.execute("INSERT OR IGNORE INTO manifest_filemaps(manifest, filemap) VALUES (?, ?)", (row, fm))
+        if fresh:
+            return
+        if refs is None:
+            refs = e.chunks if e.resolved else self._fetch(e, fetch)
+        for h, stored, _ in _records(refs):
+            shared.setdefault(h, stored)
 
-    def _filemap_row(self, conn: sqlite3.Connection, e: Entry,
-                     fetch: Callable[[Entry], Iterable[ChunkRef]] | None) -> int:
-        """The rowid of file map `e.filemap`, recording it and its chunks if it is new."""
-        known = conn.execute("SELECT rowid, chunk_count, size FROM filemaps WHERE hash=?", (e.filemap,)).fetchone()
+    @staticmethod
+    def _fetch(e: Entry, fetch: Callable[[Entry], Iterable[ChunkRef]] | None) -> Iterable[ChunkRef]:
+        if fetch is None:
+            raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} was not given to the catalog")
+        return fetch(e)
+
+    def _filemap_row(self, conn: sqlite3.Connection, e: Entry, fetch: Callable[[Entry], Iterable[ChunkRef]] | None
+                     ) -> tuple[int, bool, Iterable[ChunkRef] | None]:
+        """(rowid, fresh, the chunks if they were read now) of file map `e.filemap`, recording
+        it and its chunks if it is new."""
+        known = conn.execute("SELECT rowid, chunk_count, size, fresh_stored FROM filemaps WHERE hash=?",
+                             (e.filemap,)).fetchone()
         if known is None:
-            if not e.resolved and fetch is None:
-                raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} was not given to the catalog")
-            refs = e.chunks if e.resolved else fetch(e)  # type: ignore[misc]
+            refs = e.chunks if e.resolved else self._fetch(e, fetch)
+            if not isinstance(refs, (tuple, list)):
+                refs = tuple(refs)
             fm = conn.execute("INSERT INTO filemaps(hash, chunk_count, size) VALUES (?, ?, ?)",
                               (e.filemap, e.chunk_count, e.size)).lastrowid
-            fresh = self._record_chunks(conn, "filemap_chunks", fm, refs)
+            fresh = self._record_chunks(conn, "filemaps", fm, refs)
             if fresh is not None:
                 conn.execute("UPDATE filemaps SET fresh_stored = ? WHERE rowid = ?", (fresh, fm))
-        else:  # the map was checked against an entry of this count and size when first recorded
-            fm, count, size = known
-            if (count, size) != (e.chunk_count, e.size):
-                raise ManifestError(f"file map {e.filemap[:16]} holds {count} chunks and {size} bytes, not the "
-                                    f"{e.chunk_count} and {e.size} of {e.path!r}")
-        return fm
+            return fm, fresh is not None, refs
+        # the map was checked against an entry of this count and size when first recorded
+        fm, count, size, fresh_stored = known
+        if (count, size) != (e.chunk_count, e.size):
+            raise ManifestError(f"file map {e.filemap[:16]} holds {count} chunks and {size} bytes, not the "
+                                f"{e.chunk_count} and {e.size} of {e.path!r}")
+        return fm, fresh_stored is not None, None
 
     @staticmethod
     def _record_chunks(conn: sqlite3.Connection, table: str, row: int, refs: Iterable[ChunkRef]) -> int | None:
-        """Known chunks (the first stored size and codec seen win) and the chunk set of `row`
-        in `table` (manifest_chunks: a manifest's inline chunks; filemap_chunks: a file map's).
-        Keys go in sorted and distinct, so inserts land next to each other in the B-tree, and
-        no chunk is looked up to link it. A chunk new to the catalog is owned by the map that
-        records it (none for inline chunks). Returns the stored bytes of these distinct chunks
-        if every one was new (see _stored_size), else None."""
-        first: dict[bytes, ChunkRef] = {}
-        for c in refs:
-            first.setdefault(bytes.fromhex(c.hash), c)
-        if not first:
+        """Known chunks (the first stored size and codec seen for a key win) and, for
+        table "manifest_chunks", the inline chunk set of manifest `row` (full 32-byte hashes);
+        for "filemaps" the chunks of map `row`, which owns those new to the catalog (the map
+        itself, in the store, lists them). Keys go in sorted and distinct, so inserts land
+        next to each other in the B-tree. Returns the stored bytes of these distinct chunks if
+        every one was new (see _stored_size), else None."""
+        owner = row if table == "filemaps" else None
+        bias = _KEY_BIAS
+        recs = _records(refs)
+        # chunk_key, inlined (a million a version); a map's hashes are almost always distinct
+        rows = [(int(h[:16], 16) - bias, stored, codec, owner) for h, stored, codec in recs]
+        if len({r[0] for r in rows}) == len(rows):  # distinct keys, so distinct hashes
+            hashes = [r[0] for r in recs]
+            rows.sort()
+        else:  # a hash named twice, or two sharing a key: the first ref of each hash, then of each key
+            first: dict[str, tuple[int, int, str, int | None]] = {}
+            for (h, _, _), r in zip(recs, rows):
+                first.setdefault(h, r)
+            hashes = list(first)
+            rows = sorted({r[0]: r for r in reversed(list(first.values()))}.values())
+        if not rows:
             return 0
-        keys = sorted(first)
         before = conn.total_changes
-        column = "manifest" if table == "manifest_chunks" else "filemap"
-        owner = row if column == "filemap" else None
-        conn.executemany("INSERT OR IGNORE INTO chunks(hash, stored_size, codec, owner) VALUES (?,?,?,?)",
-                         [(k, first[k].stored_size, first[k].codec, owner) for k in keys])
-        fresh = conn.total_changes - before == len(keys)
-        conn.executemany(f"INSERT OR IGNORE INTO {table}({column}, chunk) VALUES (?, ?)", [(row, k) for k in keys])
-        return sum(c.stored_size for c in first.values()) if fresh else None
+        conn.executemany("INSERT OR IGNORE INTO chunks(key, stored_size, codec, owner) VALUES (?,?,?,?)", rows)
+        fresh = conn.total_changes - before == len(rows) == len(hashes)  # a shared key is not proof of freshness
+        if table == "manifest_chunks":
+            conn.executemany("INSERT OR IGNORE INTO manifest_chunks(manifest, chunk) VALUES (?, ?)",
+                             [(row, b) for b in sorted(bytes.fromhex(h) for h in hashes)])
+        return sum(r[1] for r in rows) if fresh else None
 
     def manifest_rows(self, name: str | None = None) -> list[ManifestRow]:
         """Oldest first, and never a version before its parent: ordered by recording
@@ -768,8 +870,17 @@ class Catalog:
 
     # -- chunks ------------------------------------------------------------------------------
     def known_chunk(self, h: str) -> tuple[int, str] | None:
-        """(stored_size, codec) of a chunk some recorded manifest references, else None."""
-        key: str | bytes = h
+        """(stored_size, codec) of a chunk some recorded manifest references, else None.
+        Schema 6 answers by chunk_key: a hint that the store's object under `h` must confirm
+        before anyone trusts it (dedup proves it; see chunk_key)."""
+        key: str | bytes | int = h
+        if self._prefix_keys():
+            try:
+                key = chunk_key(h)
+            except ValueError:  # not a hash: no chunk has it
+                return None
+            row = self._reader().execute("SELECT stored_size, codec FROM chunks WHERE key=?", (key,)).fetchone()
+            return (row[0], row[1]) if row else None
         if self._blob_keys():
             try:
                 key = bytes.fromhex(h)
@@ -782,6 +893,17 @@ class Catalog:
         """(when, ok) of the last deep check of a chunk, or None if it was never checked."""
         row = self._reader().execute("SELECT last_verified, ok FROM chunk_checks WHERE hash=?", (h,)).fetchone()
         return (row[0], bool(row[1])) if row else None
+
+    def chunk_checks(self, hashes: Iterable[str]) -> dict[str, tuple[float, bool]]:
+        """`chunk_check` of many chunks in a few queries: (when, ok) of each one ever checked."""
+        wanted = list(dict.fromkeys(hashes))
+        out: dict[str, tuple[float, bool]] = {}
+        conn = self._reader()
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            q = f"SELECT hash, last_verified, ok FROM chunk_checks WHERE hash IN ({','.join('?' * len(part))})"
+            out.update((h, (when, bool(ok))) for h, when, ok in conn.execute(q, part))
+        return out
 
     def chunks_by_staleness(self, hashes: Iterable[str]) -> list[str]:
         """Order chunks least recently verified first (never-verified first of all)."""
@@ -897,11 +1019,16 @@ class Catalog:
                 ((c, at, int(ok)) for c, ok in checks))
         return True
 
-    def chunk_coverage(self) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:
+    def chunk_coverage(self, filemap_chunks: Callable[[Entry], Iterable[ChunkRef]] | None = None
+                       ) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:
         """(manifest id, name, label, chunk, stored size, last deep check, ok) for every distinct
-        chunk of every recorded manifest: what `fixity status` summarises. A catalog read
-        read-only before its schema 4 migration still has its chunk_refs rows: read those; one
-        read before its schema 5 migration names chunks by rowid and hex text."""
+        chunk of every recorded manifest: what `fixity status` summarises. Schema 6 keeps a
+        manifest's inline chunks; a file map's come from `filemap_chunks(entry)` (the
+        repository fetches and checks the map), once per map. A catalog read read-only before
+        its schema 4 migration still has its chunk_refs rows: read those; one read before its
+        schema 5 migration names chunks by rowid and hex text; before 6, maps' chunks by BLOB."""
+        if self._prefix_keys():
+            return self._chunk_coverage_v6(filemap_chunks)
         sets = ("SELECT manifest, chunk FROM manifest_chunks UNION SELECT mf.manifest, fc.chunk FROM "
                 "manifest_filemaps mf JOIN filemap_chunks fc ON fc.filemap = mf.filemap")
         if self._blob_keys():
@@ -919,6 +1046,31 @@ class Catalog:
             "SELECT m.id, m.name, m.label, c.hash, c.stored_size, k.last_verified, k.ok "
             "FROM mc JOIN manifests m ON m.rowid = mc.manifest JOIN chunks c ON c.rowid = mc.chunk "
             "LEFT JOIN chunk_checks k ON k.hash = c.hash ORDER BY m.rowid, c.hash")]
+
+    def _chunk_coverage_v6(self, fetch: Callable[[Entry], Iterable[ChunkRef]] | None
+                           ) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:
+        conn = self._conn
+        checks = {h: (t, None if ok is None else bool(ok))
+                  for h, t, ok in conn.execute("SELECT hash, last_verified, ok FROM chunk_checks")}
+        maps: dict[str, tuple[tuple[str, int], ...]] = {}  # map hash -> (chunk, stored size): each map read once
+        out: list[tuple[str, str, str | None, str, int, float | None, bool | None]] = []
+        for row, mid, name, label in conn.execute("SELECT rowid, id, name, label FROM manifests ORDER BY rowid").fetchall():
+            sizes: dict[str, int] = {}
+            for blob, size in conn.execute("SELECT mc.chunk, c.stored_size FROM manifest_chunks mc JOIN chunks c "
+                                           "ON c.key = chunk_key_blob(mc.chunk) WHERE mc.manifest = ?", (row,)):
+                sizes.setdefault(bytes(blob).hex(), size)
+            for fh, count, size in conn.execute("SELECT f.hash, f.chunk_count, f.size FROM manifest_filemaps mf "
+                                                "JOIN filemaps f ON f.rowid = mf.filemap WHERE mf.manifest = ? "
+                                                "ORDER BY f.rowid", (row,)).fetchall():
+                refs = maps.get(fh)
+                if refs is None:
+                    e = Entry(path=f"file map {fh[:16]}", type="file", mode=0o644, size=size, filemap=fh,
+                              chunk_count=count)
+                    refs = maps[fh] = tuple((c.hash, c.stored_size) for c in self._fetch(e, fetch))
+                for h, stored in refs:
+                    sizes.setdefault(h, stored)
+            out.extend((mid, name, label, h, sizes[h], *checks.get(h, (None, None))) for h in sorted(sizes))
+        return out
 
     # -- pack indexes (archiver.packs): a cache of the store's index objects ---------------
     # Created on first write (not a schema step), so a catalog without them reads as empty:
@@ -939,11 +1091,29 @@ class Catalog:
             conn.execute('INSERT INTO packs(pack, size, index_id) VALUES (?,?,?)', (pack, size, index_id))
             conn.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
                              'VALUES (?,?,?,?,?)', ((h, pack, o, s, n) for h, o, s, n in entries))
+        self._pack_tables_seen = True
         return True
 
+    # A catalog without pack tables is asked again after this long: another process may create them
+    # meanwhile (this one's record_pack notes them at once); missing a pack that briefly costs a
+    # dedup (the chunk is packed again), never a read (the store's own indexes are consulted).
+    PACK_TABLES_RECHECK_S = 1.0
+
     def _has_pack_tables(self, conn: sqlite3.Connection) -> bool:
-        return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='pack_chunks'").fetchone() \
+        """Asked before every pack lookup (once per small chunk archived): once the tables are
+        seen they are remembered, since no schema change drops them; their absence for
+        PACK_TABLES_RECHECK_S."""
+        if getattr(self, "_pack_tables_seen", False):
+            return True
+        if time.monotonic() < getattr(self, "_pack_tables_absent_until", 0.0):
+            return False
+        seen = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='pack_chunks'").fetchone() \
             is not None
+        if seen:
+            self._pack_tables_seen = True
+        else:
+            self._pack_tables_absent_until = time.monotonic() + self.PACK_TABLES_RECHECK_S
+        return seen
 
     def pack_locations(self, hashes: Iterable[str]) -> dict[str, list[tuple[str, int, int, int, int, str]]]:
         """hash -> [(pack, offset, stored_size, length, pack_size, index_id)] for each of

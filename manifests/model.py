@@ -561,6 +561,69 @@ def with_filemaps(m: Manifest) -> Manifest:
 def parse_filemap(data: bytes, e: Entry) -> tuple[ChunkRef, ...]:
     """The chunk list of entry `e` from its file map's bytes: they must hash to `e.filemap`,
     be canonical, and hold exactly `e.chunk_count` chunks that add up to `e.size`."""
+    plain = _plain_filemap(data, e)
+    if plain is not None:
+        return tuple(ChunkRef(*c) for c in plain)
+    return _parse_filemap_json(data, e)
+
+
+# A file map in plain canonical form (what filemap_bytes writes for codec names that need no
+# JSON escape: every map archiver writes) is read with one regular expression instead of
+# JSON objects: its records, each followed by a comma and the next record or by the end,
+# must tile the chunk list exactly (their lengths add up to it), which proves it canonical.
+# Anything else goes through the JSON reader, which accepts or refuses it with the same
+# checks and messages.
+_PLAIN_NUM = "(0|[1-9][0-9]{0,18})"
+_PLAIN_HEAD = '{"chunks":['
+_PLAIN_TAIL = '],"format":"%s","version":1}' % FILEMAP_FORMAT
+_PLAIN_FIELDS = re.compile(r'\[%s,([1-9][0-9]{0,18}),"([0-9a-f]{64})",%s,"([A-Za-z0-9_.+-]*)"\](?:,(?=\[)|\Z)'
+                           % (_PLAIN_NUM, _PLAIN_NUM))
+_PLAIN_FIXED = len('[,,"",,""]') + 64  # a record's length besides its four variable fields
+
+
+def _plain_filemap(data: bytes, e: Entry) -> list[tuple[int, int, str, int, str]] | None:
+    """(offset, length, hash, stored size, codec) of each chunk of a map in plain canonical
+    form that passes every check of parse_filemap; None for any other bytes (the JSON reader
+    then decides, and says what is wrong)."""
+    if len(data) > MAX_FILEMAP_BYTES or manifest_id(data) != e.filemap:
+        return None
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if not (text.startswith(_PLAIN_HEAD) and text.endswith(_PLAIN_TAIL)) or len(text) < len(_PLAIN_HEAD + _PLAIN_TAIL):
+        return None
+    section = text[len(_PLAIN_HEAD):len(text) - len(_PLAIN_TAIL)]
+    fields = _PLAIN_FIELDS.findall(section)
+    if len(fields) != e.chunk_count:
+        return None
+    out = []
+    append = out.append
+    codecs: dict[str, str] = {}  # one str per codec name: a million refs share a handful
+    pos = 0
+    width = 0  # the variable part of the records' lengths
+    for off, length, h, stored, codec in fields:
+        n, st = int(length), int(stored)
+        if int(off) != pos or n > MAX_CHUNK_LENGTH or st > n + MAX_CHUNK_OVERHEAD:
+            return None
+        append((pos, n, h, st, codecs.setdefault(codec, codec)))
+        pos += n
+        width += len(off) + len(length) + len(stored) + len(codec)
+    tiled = width + len(fields) * (_PLAIN_FIXED + 1) - (1 if fields else 0) == len(section)
+    return out if tiled and pos == e.size else None
+
+
+def filemap_records(data: bytes, e: Entry) -> list[tuple[str, int, str]]:
+    """(hash, stored size, codec) of each chunk in entry `e`'s file map, checked as
+    parse_filemap checks it (the same errors), without a ChunkRef per chunk: what the catalog
+    records of a map a worker wrote."""
+    plain = _plain_filemap(data, e)
+    if plain is None:
+        return [(c.hash, c.stored_size, c.codec) for c in _parse_filemap_json(data, e)]
+    return [(h, st, codec) for _, _, h, st, codec in plain]
+
+
+def _parse_filemap_json(data: bytes, e: Entry) -> tuple[ChunkRef, ...]:
     if len(data) > MAX_FILEMAP_BYTES:
         raise ManifestError(f"file map of {e.path!r} is {len(data)} bytes, more than the {MAX_FILEMAP_BYTES} allowed")
     if manifest_id(data) != e.filemap:
@@ -648,11 +711,38 @@ EMPTY_TREE = manifest_id(canonical({"entries": [], "format": TREE_FORMAT, "versi
 def with_trees(m: Manifest) -> Manifest:
     """`m` as it is committed: through trees (tree, entry_count set; entries kept in memory)
     when it has more than TREE_THRESHOLD entries that form a tree, else inline."""
+    return with_trees_made(m)[0]
+
+
+def with_trees_made(m: Manifest) -> tuple[Manifest, tuple[str, dict[str, bytes], dict[str, str]] | None]:
+    """`with_trees(m)` and the `tree_objects` it made (None when inline), so a commit builds
+    its trees once and hands the same objects to the store, the proof and the catalog."""
     if len(m.entries) > TREE_THRESHOLD:
         made = tree_objects(m.entries)
         if made is not None:
-            return replace(m, tree=made[0], entry_count=len(m.entries))
-    return replace(m, tree="", entry_count=0) if m.tree else m
+            return replace(m, tree=made[0], entry_count=len(m.entries)), made
+    return (replace(m, tree="", entry_count=0) if m.tree else m), None
+
+
+def prove_trees(m: Manifest, objects: dict[str, bytes], by_dir: dict[str, str], known: Any = ()) -> int:
+    """ManifestError unless the reader reads `m`'s trees (`tree_objects(m.entries)`: objects,
+    by_dir) as exactly `m.entries`. Each tree not in `known` is parsed with the reader's own
+    checks (`parse_tree`), canonical form included: its bytes being `tree_bytes` of the
+    directory's entries, a tree that re-serialises to them holds entries whose JSON is the
+    entries' JSON, so the list need not be compared again. A tree in `known` (bytes already
+    parsed and proved under this very hash, e.g. by an earlier commit) is not parsed again:
+    the same hash is the same bytes, which read the same. Returns how many were parsed."""
+    _need(m.tree == by_dir.get("") and m.entry_count == len(m.entries),
+          "manifest does not name the top tree and entry count of its entries")
+    parsed: set[str] = set()
+    for d, h in sorted(by_dir.items()):
+        if h in known or h in parsed or (h == EMPTY_TREE and d):  # an empty directory names no tree
+            continue
+        parse_tree(objects[h], h, d)
+        parsed.add(h)
+    if m.attachments:  # as resolve_trees checks them once the entries are read
+        _attachments([{"path": p, "role": r} for r, p in m.attachments], tuple(m.entries))
+    return len(parsed)
 
 
 def parse_tree(data: bytes, h: str, where: str) -> list[tuple[Entry, str]]:
@@ -683,22 +773,21 @@ def parse_tree(data: bytes, h: str, where: str) -> list[tuple[Entry, str]]:
         _need(sub == "" or (e.type == "dir" and is_hash(sub) and sub != EMPTY_TREE), f"subtree of {e.path!r}")
         out.append((e, sub))
     # the entries re-serialise to these exact bytes: sorted, unique names, no unknown keys
-    again = [replace(e, path=e.path.rsplit("/", 1)[-1]) for e, _ in out]
-    names = [x.path for x in again]
+    names = [e.path[len(prefix):] for e, _ in out]
     _need(len(set(names)) == len(names), f"tree of {label!r} lists a name twice")
-    hashes = {x.path: sub for x, (_, sub) in zip(again, out) if sub}
-    _need(_tree_json(again, hashes) == data, f"tree {h[:16]} of {label!r} is not in canonical form")
+    _need(_tree_json(out, names) == data, f"tree {h[:16]} of {label!r} is not in canonical form")
     return out
 
 
-def _tree_json(entries: list[Entry], subtrees: dict[str, str]) -> bytes:
-    """tree_bytes for entries whose `path` is already their name."""
+def _tree_json(out: list[tuple[Entry, str]], names: list[str]) -> bytes:
+    """tree_bytes for parsed (entry, subtree hash) pairs and their names (no Entry copied)."""
     rows = []
-    for e in entries:
+    for (e, sub), name in zip(out, names):
         j = e.to_json()
-        j["name"] = j.pop("path")
-        if e.path in subtrees:
-            j["tree"] = subtrees[e.path]
+        del j["path"]
+        j["name"] = name
+        if sub:
+            j["tree"] = sub
         rows.append(j)
     rows.sort(key=lambda j: j["name"])
     return canonical({"entries": rows, "format": TREE_FORMAT, "version": 1})

@@ -4,6 +4,7 @@ cleanup, no atexit), to test crash safety without any fault hook in production c
 CRASH_AT=put:N     after the N-th chunk object has been durably written
 CRASH_AT=record    after the manifest is in the store, before the catalog transaction
 CRASH_AT=commit    inside the catalog transaction, after the manifest row is inserted
+JOURNAL_BATCH=N    the resume journal writes its lines out every N (archiver.journal.BATCH_LINES)
 """
 from __future__ import annotations
 
@@ -53,5 +54,8 @@ def install(spec: str) -> None:
 if __name__ == "__main__":
     if os.environ.get("CRASH_AT"):
         install(os.environ["CRASH_AT"])
+    if os.environ.get("JOURNAL_BATCH"):
+        from archiver import journal
+        journal.BATCH_LINES = int(os.environ["JOURNAL_BATCH"])
     from archiver.cli import main
     main(sys.argv[1:])

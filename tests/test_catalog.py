@@ -2,6 +2,7 @@
 concurrent writers and all-or-nothing transactions."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from manifests.errors import AmbiguousReference, CatalogError, CatalogLocked, Ca
 from manifests.errors import UnknownReference as NotFoundError
 from archiver.urls import normalise_store_url
 from manifests import catalog as catalog_module
-from manifests.catalog import Catalog, default_catalog_path
+from manifests.catalog import Catalog, chunk_key, default_catalog_path
 from manifests.model import ChunkRef, Entry, Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -605,7 +606,7 @@ def test_v1_catalog_is_read_as_is_and_migrated_on_first_writable_open(cat_path):
 
     c = Catalog(cat_path, STORE)
     try:
-        assert info(cat_path) == {"schema_version": "5", "store": STORE, "endpoint": ""}
+        assert info(cat_path) == {"schema_version": "6", "store": STORE, "endpoint": ""}
         tables = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert "chunk_refs" not in tables  # v4: replaced by manifest_chunks, backfilled from it
         want = sorted((m.id, h) for m in (a, b) for h in m.unique_chunks())
@@ -624,7 +625,7 @@ def test_v1_catalog_is_read_as_is_and_migrated_on_first_writable_open(cat_path):
     finally:
         c.close()
     Catalog(cat_path, STORE).close()  # a current catalog opens without another migration
-    assert info(cat_path)["schema_version"] == "5"
+    assert info(cat_path)["schema_version"] == "6"
 
 
 
@@ -651,18 +652,30 @@ def make_v4_catalog(path: Path, monkeypatch, manifests: list[Manifest], fm_chunk
     return fm
 
 
+def map_fetcher(fm: str, seeds: list[str], stored: dict[str, int] | None = None):
+    """A stand-in for Repository.filemap_chunks: the chunks of the one map `fm` (chunk seeds,
+    stored as 7 bytes unless `stored` says otherwise)."""
+    def fetch(e: Entry) -> tuple[ChunkRef, ...]:
+        assert e.filemap == fm and e.chunk_count == len(seeds)
+        return tuple(ChunkRef(10 * i, 10, h(s), (stored or {}).get(s, 7), "bg2") for i, s in enumerate(seeds))
+    return fetch
+
+
 def test_v4_catalog_is_read_as_is_and_migrated_to_blob_keys(cat_path, monkeypatch):
-    """Schema 5 keys chunks by 32-byte BLOBs: a schema 4 catalog reads as before when opened
-    read-only (nothing written), and its first writable open converts every chunk, chunk-set
-    and file-map row, keeping what dedup (known_chunk) and fixity (chunk_coverage) answer."""
+    """Schema 5 keys chunks by 32-byte BLOBs and schema 6 by their first 8 bytes: a schema 4
+    catalog reads as before when opened read-only (nothing written), and its first writable
+    open converts every chunk and chunk-set row (4 -> 5 -> 6), keeping what dedup
+    (known_chunk) and fixity (chunk_coverage, map chunks read from the map) answer."""
     a = make_manifest("m", "v1", {"f": ["1", "2"]})
     b = make_manifest("m", "v2", {"f": ["2", "3"]}, parent=a.id)
     make_v4_catalog(cat_path, monkeypatch, [a, b], ["2", "9"])
     before = cat_path.read_bytes()
     want = sorted([(a.id, h("1"), 6), (a.id, h("2"), 6), (b.id, h("2"), 6), (b.id, h("3"), 6), (b.id, h("9"), 7)])
 
+    fetch = map_fetcher(h("filemap"), ["2", "9"])
+
     def answers(c: Catalog) -> tuple:
-        cover = sorted(c.chunk_coverage())
+        cover = sorted(c.chunk_coverage(fetch))
         return (sorted((r[0], r[3], r[4]) for r in cover), [(r[3], r[5], r[6]) for r in cover if r[5] is not None],
                 c.known_chunk(h("1")), c.known_chunk(h("9")), c.known_chunk(h("nope")), c.known_chunk("not hex"),
                 c.object_counts())
@@ -677,23 +690,21 @@ def test_v4_catalog_is_read_as_is_and_migrated_to_blob_keys(cat_path, monkeypatc
 
     c = Catalog(cat_path, STORE)
     try:
-        assert info(cat_path)["schema_version"] == "5"
+        assert info(cat_path)["schema_version"] == "6"
         assert answers(c) == expected
-        kinds = c._conn.execute("SELECT DISTINCT typeof(hash), length(hash) FROM chunks").fetchall()
-        assert kinds == [("blob", 32)]
-        for table in ("manifest_chunks", "filemap_chunks"):
-            assert c._conn.execute(f"SELECT DISTINCT typeof(chunk), length(chunk) FROM {table}").fetchall() == \
-                [("blob", 32)]
+        kinds = c._conn.execute("SELECT DISTINCT typeof(key) FROM chunks").fetchall()
+        assert kinds == [("integer",)]
+        assert c._conn.execute("SELECT DISTINCT typeof(chunk), length(chunk) FROM manifest_chunks").fetchall() == \
+            [("blob", 32)]
         tables = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert not any(t.endswith("_v5") for t in tables) and "chunk_refs" not in tables
+        assert not any(t.endswith(("_v5", "_v6")) for t in tables) and "chunk_refs" not in tables
+        assert "filemap_chunks" not in tables  # a map's chunks are in the map object
         columns = [r[1] for r in c._conn.execute("PRAGMA table_info(chunks)")]
-        assert columns == ["hash", "stored_size", "codec", "owner"]  # first_seen was never read
+        assert columns == ["key", "stored_size", "codec", "owner"]  # first_seen was never read
         triggers = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
-        assert {"manifest_chunks_no_update", "manifest_chunks_no_delete", "filemap_chunks_no_update",
-                "filemap_chunks_no_delete"} <= triggers
-        for sql in ("UPDATE filemap_chunks SET chunk=x'00'", "DELETE FROM manifest_chunks"):
-            with pytest.raises(sqlite3.DatabaseError, match="immutable"):
-                c._conn.execute(sql)
+        assert {"manifest_chunks_no_update", "manifest_chunks_no_delete"} <= triggers
+        with pytest.raises(sqlite3.DatabaseError, match="immutable"):
+            c._conn.execute("DELETE FROM manifest_chunks")
         child = make_manifest("m", "v3", {"f": ["3", "4"]}, parent=b.id)
         assert record(c, child) and c.resolve("m") == child.id
         assert {r.id: r.stored_size for r in c.manifest_rows()}[child.id] == 12
@@ -711,11 +722,83 @@ def test_read_only_catalog_reads_blob_keys_after_its_own_first_write_migrates_it
     try:
         assert c.known_chunk(h("1")) == (6, "zstd")
         c.audit("note", None, True, {})  # the first write opens the writer, which migrates
-        assert info(cat_path)["schema_version"] == "5"
+        assert info(cat_path)["schema_version"] == "6"
         assert c.known_chunk(h("1")) == (6, "zstd") and c.known_chunk(h("9")) == (7, "bg2")
-        assert sorted(r[3] for r in c.chunk_coverage()) == sorted([h("1"), h("9")])
+        assert sorted(r[3] for r in c.chunk_coverage(map_fetcher(h("filemap"), ["9"]))) == sorted([h("1"), h("9")])
     finally:
         c.close()
+
+
+def test_v5_catalog_is_read_as_is_and_migrated_to_prefix_keys(cat_path, monkeypatch):
+    """Schema 6 keys `chunks` by the first 8 bytes of the hash and drops filemap_chunks: a
+    schema 5 catalog reads as before read-only (its maps' chunks from filemap_chunks, nothing
+    written); its first writable open re-keys every chunk row (size, codec and owner kept) and
+    then reads a map's chunks from the map, so dedup, fixity and stored sizes answer the same."""
+    a = make_manifest("m", "v1", {"f": ["1", "2"]})
+    make_v1_catalog(cat_path, STORE, [a])
+    with monkeypatch.context() as mp:
+        mp.setattr(catalog_module, "SCHEMA_VERSION", 5)
+        Catalog(cat_path, STORE).close()  # migrates 1 -> 5 as schema 5 archivers did
+    assert info(cat_path)["schema_version"] == "5"
+    fm, seeds = h("filemap"), ["2", "8", "9"]
+    raw = sqlite3.connect(cat_path)
+    try:  # a fresh map as schema 5 recorded it: its new chunks owned by it, linked in filemap_chunks
+        row = raw.execute("INSERT INTO filemaps(hash, chunk_count, size, fresh_stored) VALUES (?,?,?,NULL)",
+                          (fm, len(seeds), 30)).lastrowid
+        raw.executemany("INSERT OR IGNORE INTO chunks(hash, stored_size, codec, owner) VALUES (?,?,?,?)",
+                        [(bytes.fromhex(h(s)), 7, "bg2", row) for s in seeds])
+        raw.executemany("INSERT INTO filemap_chunks VALUES (?, ?)", [(row, bytes.fromhex(h(s))) for s in seeds])
+        raw.execute("INSERT INTO manifest_filemaps SELECT rowid, ? FROM manifests WHERE id=?", (row, a.id))
+        raw.execute("INSERT INTO chunk_checks VALUES (?, 50.0, 0)", (h("9"),))
+        raw.commit()
+    finally:
+        raw.close()
+    before = cat_path.read_bytes()
+    fetch = map_fetcher(fm, seeds, {"2": 6})  # chunk 2 is also inline in `a`: the same object
+    want = sorted([(a.id, h("1"), 6), (a.id, h("2"), 6), (a.id, h("8"), 7), (a.id, h("9"), 7)])
+
+    def answers(c: Catalog) -> tuple:
+        cover = sorted(c.chunk_coverage(fetch))
+        return (sorted((r[0], r[3], r[4]) for r in cover), [(r[3], r[5], r[6]) for r in cover if r[5] is not None],
+                c.known_chunk(h("2")), c.known_chunk(h("9")), c.known_chunk(h("nope")), c.known_chunk("zz"))
+
+    expected = (want, [(h("9"), 50.0, False)], (6, "zstd"), (7, "bg2"), None, None)
+    ro = Catalog(cat_path, STORE, read_only=True)
+    try:
+        assert answers(ro) == expected
+    finally:
+        ro.close()
+    assert info(cat_path)["schema_version"] == "5" and cat_path.read_bytes() == before
+
+    c = Catalog(cat_path, STORE)
+    try:
+        assert info(cat_path)["schema_version"] == "6"
+        assert answers(c) == expected
+        rows = c._conn.execute("SELECT key, stored_size, codec, owner FROM chunks ORDER BY key").fetchall()
+        assert rows == sorted([(chunk_key(h("1")), 6, "zstd", None), (chunk_key(h("2")), 6, "zstd", None),
+                               (chunk_key(h("8")), 7, "bg2", row), (chunk_key(h("9")), 7, "bg2", row)])
+        tables = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "filemap_chunks" not in tables and "chunks_v6" not in tables
+        # a version naming the (not fresh) map and a new inline chunk: each distinct chunk once
+        child = make_manifest("m", "v2", {"g": ["2", "3"]}, parent=a.id)
+        child = dataclasses.replace(child, entries=child.entries + (
+            Entry(path="ckpt/big", type="file", mode=0o644, size=30, mtime_ns=1, blake3=h("big"), sha256="0" * 64,
+                  filemap=fm, chunk_count=len(seeds)),))
+        assert record(c, child, filemap_chunks=fetch)
+        assert {r.id: r.stored_size for r in c.manifest_rows()}[child.id] == 6 + 6 + 7 + 7
+        assert c.known_chunk(h("3")) == (6, "zstd")
+    finally:
+        c.close()
+
+
+def test_chunk_key_is_the_hash_prefix_in_hash_order():
+    """chunk_key: the first 8 bytes as a signed 64-bit integer, in the order of the hashes."""
+    hashes = sorted(["0" * 64, "f" * 64, "7fffffffffffffff" + "0" * 48, "8000000000000000" + "f" * 48, h("x"), h("y")])
+    keys = [chunk_key(x) for x in hashes]
+    assert keys == sorted(keys) and keys[0] == -(1 << 63) and keys[-1] == (1 << 63) - 1
+    assert chunk_key(h("x")) == chunk_key(h("x")[:16] + "0" * 48) == chunk_key(h("x").upper())
+    with pytest.raises(ValueError):
+        chunk_key("not hex")
 
 
 def test_recording_sorts_and_dedups_chunk_keys(cat, cat_path):
@@ -1063,3 +1146,40 @@ def test_stored_size_counts_each_chunk_once_across_file_maps_and_inline_chunks(c
         got = {r.id: r.stored_size for r in cat.manifest_rows()}[m.id]
         assert got == m.stored_size, label
         parent = m.id
+
+
+def test_pack_tables_absence_is_remembered_briefly_and_a_recorded_pack_is_seen_at_once(cat_path, monkeypatch):
+    a, b = Catalog(cat_path, STORE), Catalog(cat_path, STORE)
+    try:
+        h1, h2 = "1" * 64, "2" * 64
+        assert a.pack_locations([h1]) == {}  # no pack tables yet: remembered for PACK_TABLES_RECHECK_S
+        assert b.record_pack("p1", 10, "i1", [(h1, 0, 5, 5)])
+        assert b.pack_locations([h1]) == {h1: [("p1", 0, 5, 5, 10, "i1")]}  # its own record: at once
+        assert a.pack_locations([h1]) == {}  # another writer's: after the recheck interval
+        a._pack_tables_absent_until = 0.0  # the interval has passed
+        assert a.pack_locations([h1]) == {h1: [("p1", 0, 5, 5, 10, "i1")]}
+        assert a.record_pack("p2", 20, "i2", [(h2, 3, 4, 4)])
+        assert a.pack_locations([h2]) == {h2: [("p2", 3, 4, 4, 20, "i2")]}
+    finally:
+        a.close()
+        b.close()
+
+
+def test_hashes_sharing_a_chunk_key_are_both_kept_where_it_matters(cat):
+    """Two hashes with the same first 8 bytes share one `chunks` row (a dedup hint, which
+    the store confirms), but a version's chunk set, coverage and stored size keep both (a
+    size read through the shared row is the first recorded one: here all are 6 bytes)."""
+    p = "ab" * 8
+    x, y, z = p + "0" * 48, p + "1" * 48, p + "2" * 48
+    inline = Entry(path="small", type="file", mode=0o644, size=20, mtime_ns=1, blake3=h("s"), sha256="0" * 64,
+                   chunks=(ChunkRef(0, 10, x, 6, "zstd"), ChunkRef(10, 10, y, 6, "zstd")))
+    refs = (ChunkRef(0, 10, z, 6, "zstd"), ChunkRef(10, 10, h("m1"), 7, "bg2"), ChunkRef(20, 10, x, 6, "zstd"))
+    big = Entry(path="big", type="file", mode=0o644, size=30, mtime_ns=1, blake3=h("b"), sha256="0" * 64,
+                chunks=refs, filemap=h("map"), chunk_count=3)
+    m = Manifest(name="m", entries=(inline, big))
+    assert record(cat, m)
+    assert cat.known_chunk(x) == cat.known_chunk(y) == cat.known_chunk(z) == (6, "zstd")  # one hint row
+    assert cat.known_chunk(p + "f" * 48) == (6, "zstd") and cat.known_chunk("cd" * 32) is None
+    fetch = lambda e: refs  # noqa: E731 - the map, as the repository would read it
+    assert sorted(r[3] for r in cat.chunk_coverage(fetch)) == sorted([x, y, z, h("m1")])
+    assert {r.id: r.stored_size for r in cat.manifest_rows()}[m.id] == 6 + 6 + 6 + 7

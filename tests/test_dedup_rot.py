@@ -506,3 +506,25 @@ def test_proof_compares_any_buffer_type(tmp_path):
         RawStore(str(tmp_path / "store")).mutate(layout.chunk(h), lambda b: b[:-1] + bytes([b[-1] ^ 1]))
         fixed = repo.save_chunk(h, memoryview(data), 2)
         assert fixed.repaired and repo.read_chunk(ChunkRef(0, len(data), h, fixed.stored_size, fixed.codec)) == data
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_a_chunk_sharing_a_known_chunks_key_is_still_stored(tmp_path, trust):
+    """The catalog's dedup index is keyed by the first 8 bytes of the hash (schema 6): a
+    chunk whose key is already known (another hash with the same first 8 bytes) is a hint
+    only. Saving it proves the store's own object under its full hash, finds none, and
+    writes it; nothing is trusted on the shared key, with or without a verification window."""
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db"), create=True) as repo:
+        data = os.urandom(20_000)
+        h = blake3.blake3(data).hexdigest()
+        twin = h[:16] + ("0" if h[16] != "0" else "1") + h[17:]  # same key, another hash
+        m = Manifest(name="other", entries=(Entry(path="t.bin", type="file", mode=0o644, size=len(data), mtime_ns=1,
+                                                   blake3=twin, sha256="0" * 64,
+                                                   chunks=(ChunkRef(0, len(data), twin, len(data), "raw"),)),))
+        repo._catalog.record_manifest(m, m.canonical_json())
+        repo._catalog.mark_verified([(h, True)])  # even a verification record under the full hash
+        assert repo._catalog.known_chunk(h) == (len(data), "raw")  # the hint
+        saved = repo.save_chunk(h, data, 0, trust_verified_within=86400.0 if trust else None)
+        assert saved.written
+        assert repo.read_chunk(ChunkRef(0, len(data), h, saved.stored_size, saved.codec)) == data
+        assert RawStore(str(tmp_path / "store")).keys("chunks") == [layout.chunk(h)]

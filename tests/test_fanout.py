@@ -136,3 +136,24 @@ def test_worker_repository_has_no_catalog(tmp_path, home):
     ev = r.append_event(events.Event(events.FIXITY_CHECK))
     assert ev.catalog_error is not None and ev.store_error is None  # its own chain in the store, no catalog
     r.close()
+
+
+def test_the_driver_reads_each_workers_file_map_once(tmp_path, home, monkeypatch):
+    """The LIST check reads a worker's map and hands it to commit_manifest, which neither
+    fetches nor parses it again; the catalog still records every chunk behind it."""
+    from manifests import model
+    monkeypatch.setattr(model, "FILEMAP_THRESHOLD", 1)
+    src = make_checkpoint(tmp_path / "src", layers=3, dim=512)
+    reads: dict[str, int] = {}
+    real = Repository.filemap_object
+
+    def counted(self, e):
+        reads[e.filemap] = reads.get(e.filemap, 0) + 1
+        return real(self, e)
+
+    monkeypatch.setattr(Repository, "filemap_object", counted)
+    far = api.archive([src], name="m", store=str(tmp_path / "b"), executor=Workers())
+    assert reads and set(reads.values()) == {1}
+    with api.open_repository(str(tmp_path / "b")) as repo:
+        m = repo.load_manifest(far.id)
+        assert sorted({r[3] for r in repo.chunk_coverage()}) == sorted(m.unique_chunks())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -240,11 +241,11 @@ def test_catalog_records_a_file_maps_chunks_once(repo: Repository, tmp_path: Pat
     conn = sqlite3.connect(tmp_path / "cat.db")
     try:
         count = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                 for t in ("filemaps", "filemap_chunks", "manifest_filemaps", "manifest_chunks")}
+                 for t in ("filemaps", "chunks", "manifest_filemaps", "manifest_chunks")}
     finally:
         conn.close()
-    n = model.FILEMAP_THRESHOLD + 1
-    assert count == {"filemaps": 1, "filemap_chunks": n, "manifest_filemaps": 2, "manifest_chunks": 0}
+    n = model.FILEMAP_THRESHOLD + 1  # its chunks: one dedup row each, listed by the map object only
+    assert count == {"filemaps": 1, "chunks": n, "manifest_filemaps": 2, "manifest_chunks": 0}
     cover = repo.chunk_coverage()
     assert len(cover) == 2 * n and {r[0] for r in cover} == {a, b}
     assert {r.id: r.stored_size for r in repo.list_archives()} == {a: 90 * n, b: 90 * n}
@@ -293,3 +294,101 @@ def test_rebuild_reports_a_manifest_whose_file_map_is_missing(repo: Repository, 
         assert res.added == [] and [(p.manifest, p.kind) for p in res.problems] == [(mid, "manifest")]
         assert "file map" in res.problems[0].detail and "missing" in res.problems[0].detail
         assert fresh.list_archives() == []
+
+
+# -- the plain reader (one regular expression per map) against the JSON reader ---------------------
+
+def _answers(data: bytes, e: Entry) -> list[tuple[object, str | None]]:
+    """What parse_filemap and the JSON reader each say: (chunks, None) or (None, the error)."""
+    out: list[tuple[object, str | None]] = []
+    for read in (parse_filemap, model._parse_filemap_json):
+        try:
+            out.append((read(data, e), None))
+        except ManifestError as err:
+            out.append((None, str(err)))
+    return out
+
+
+def test_plain_filemap_reader_accepts_and_refuses_exactly_what_the_json_reader_does() -> None:
+    """Every map archiver writes is read by the plain reader (no JSON objects); every other
+    byte string, canonical or not, gets the JSON reader's answer, word for word."""
+    base = big_entry(130)
+    recs = [c.to_json() for c in base.chunks]
+
+    def variant(text: str, **entry: object) -> tuple[bytes, Entry]:
+        data = text.encode()
+        return data, dataclasses.replace(base, **{"chunks": (), "filemap": manifest_id(data),
+                                                  "chunk_count": len(recs), **entry})
+
+    def body(records: list, sep: str = ",") -> str:
+        inner = sep.join(json.dumps(r, separators=(",", ":"), ensure_ascii=True) for r in records)
+        return '{"chunks":[' + inner + '],"format":"archiver-filemap","version":1}'
+
+    def with_rec(i: int, **kw: object) -> list:
+        r = [list(x) for x in recs]
+        for k, v in kw.items():
+            r[i][{"off": 0, "length": 1, "hash": 2, "stored": 3, "codec": 4}[k]] = v
+        return r
+
+    plain = [variant(body(recs)), variant(body(with_rec(3, codec="bg2"))), variant(body(with_rec(0, codec="")))]
+    for data, e in plain:
+        assert model._plain_filemap(data, e) is not None  # read without JSON objects
+        (got, err), (want, _) = _answers(data, e)
+        assert err is None and got == want
+        assert model.filemap_records(data, e) == [(c.hash, c.stored_size, c.codec) for c in want]
+    assert _answers(*plain[0])[0][0] == base.chunks
+
+    odd = [
+        variant(body(with_rec(2, codec="zstd/\u00e9"))),  # escaped in canonical JSON: the JSON reader's
+        variant(body(with_rec(2, codec='a"b'))),
+        variant(body(with_rec(5, off=recs[5][0] + 1))),  # not contiguous
+        variant(body(with_rec(5, length=0))),
+        variant(body(with_rec(5, length=model.MAX_CHUNK_LENGTH + 1))),
+        variant(body(with_rec(5, stored=100 + model.MAX_CHUNK_OVERHEAD + 1))),
+        variant(body(with_rec(5, hash=recs[5][2].upper()))),
+        variant(body(with_rec(5, hash=recs[5][2][:-1]))),
+        variant(body(recs), chunk_count=len(recs) + 1),
+        variant(body(recs), size=base.size + 1),
+        variant(body(recs[:-1])),  # one chunk fewer than the entry says
+        variant(body(recs, sep=", ")),  # not canonical
+        variant(body(recs, sep="")),  # records run together
+        variant(body(recs, sep=",,")),
+        variant(body(recs, sep=",x")),
+        variant(body(recs).replace("]],", "]\n],", 1)),
+        variant(body(recs).replace("]],", "],]],", 1)),
+        variant(body(recs) + "\n"),
+        variant(body([])),  # no chunks, but the entry says 130
+        variant(body(recs).replace('[0,100,', '[00,100,', 1)),
+        variant(body(recs).replace(',"version":1}', ',"version":1,"x":0}')),
+        variant(body(recs).replace('{"chunks"', ' {"chunks"')),
+        variant(body([[r[0], r[1], r[2], r[3] * 10**20, r[4]] for r in recs])),
+        (body(recs).encode(), base),  # the entry names another map
+    ]
+    for data, e in odd:
+        (got, err), (want, want_err) = _answers(data, e)
+        assert (got, err) == (want, want_err), data[:80]
+        if err is None:
+            assert model.filemap_records(data, e) == [(c.hash, c.stored_size, c.codec) for c in want]
+        else:
+            with pytest.raises(ManifestError, match="^" + re.escape(err)):
+                model.filemap_records(data, e)
+    assert sum(1 for d, e in odd if _answers(d, e)[0][1] is None) == 2  # only the escaped codecs are valid maps
+
+
+def test_fixity_status_counts_map_chunks_and_refuses_a_missing_map_in_one_line(tmp_path, low_threshold, monkeypatch):
+    """The catalog keeps no per-chunk rows for file maps (schema 6): `fixity status` reads each
+    map from the store, so a version's map chunks count; a missing map is one clear error."""
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    store = str(tmp_path / "store")
+    _, mid, m = archive_v2(tmp_path, store)
+    want = {c.hash for e in m.files if not e.filemap for c in e.chunks}
+    want |= {c.hash for e in m.files if e.filemap
+             for c in parse_filemap(RawStore(store).read(layout.filemap(e.filemap)), e)}
+    r = run_cli("--store", store, "fixity", "status", "--json")
+    (arch,) = r.json()["archives"]
+    assert arch["manifest"] == mid and arch["chunks"] == arch["never_checked"] == len(want)
+    victim = next(e for e in m.files if e.filemap)
+    RawStore(store).delete(layout.filemap(victim.filemap))
+    r = run_cli("--store", store, "fixity", "status")
+    assert r.code != 0 and "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1
+    assert victim.filemap[:16] in r.err and "missing" in r.err

@@ -39,9 +39,9 @@ def reads(monkeypatch) -> list[str]:
     seen: list[str] = []
     real = pipeline.open_source
 
-    def counting(src):
+    def counting(src, *more):
         seen.append(src.path)
-        return real(src)
+        return real(src, *more)
     monkeypatch.setattr(pipeline, "open_source", counting)
     return seen
 
@@ -212,3 +212,139 @@ def test_a_chunk_shared_at_different_offsets_is_proved_once_and_both_files_reuse
     again = pipeline_archive(repo, [src], name="two")
     assert reads == [] and again.files_reused == 2
     assert sorted(chunk_reads) == sorted(repo.load_manifest(first.id).unique_chunks())  # each hash once
+
+
+class CountingStore:
+    """A store that counts every call by method name (what a re-archive costs in requests)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.calls: dict[str, int] = {}
+        self.listed: list[str] = []
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*a, **kw):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if name == "list":
+                self.listed.append(a[0] if a else kw.get("prefix", ""))
+            return attr(*a, **kw)
+        return counted
+
+
+def _many_files(root: Path, n: int) -> Path:
+    for i in range(n):
+        (root / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 3}" / f"f{i:03d}.bin").write_bytes(os.urandom(1000 + 37 * i))
+    return root
+
+
+def _trusting_rearchive_calls(tmp_path: Path, n: int, url: str | None = None) -> tuple[dict, int, int]:
+    """Archive `n` small files, record them deep-verified, re-archive trusting that: the
+    store calls of that re-archive (and "listed": the prefixes LISTed), its files reused,
+    and the number of chunks."""
+    src = _many_files(tmp_path / "src" / "tree", n)
+    store = CountingStore(open_store(url or str(tmp_path / "store"), create=True))
+    repo = Repository(store, Catalog(tmp_path / "cat.db", store.url))
+    try:
+        first = pipeline_archive(repo, [src], name="m")
+        hashes = list(repo.load_manifest(first.id).unique_chunks())
+        repo.record_chunk_checks((h, True) for h in hashes)  # what verify --deep records
+        store.calls.clear()
+        store.listed.clear()
+        again = pipeline_archive(repo, [src], name="m", trust_verified_within=3600)
+        return dict(store.calls, listed=sorted(store.listed)), again.files_reused, len(hashes)
+    finally:
+        repo.close()
+
+
+def _chunk_requests(calls: dict[str, int]) -> int:
+    """Calls that read or look at one object: GET, ranged GET, HEAD."""
+    return sum(n for name, n in calls.items() if name in ("get", "get_range", "get_versioned", "stat",
+                                                          "object_state"))
+
+
+def test_trust_window_reuse_reads_no_chunk_and_heads_none(tmp_path, reads, store_url):
+    calls, reused, nchunks = _trusting_rearchive_calls(tmp_path, 40, store_url)
+    assert len(reads) == 40  # the first archive's reads only
+    assert reused == 40 and nchunks >= 40
+    # one LIST for the chunks' sizes (and the commit's one of manifests/); no GET or HEAD of a chunk
+    assert calls["listed"] == ["chunks/", "manifests/"]
+    assert _chunk_requests(calls) == 0, calls
+
+
+@pytest.mark.packs
+def test_trust_window_reuse_of_packed_chunks_reads_no_chunk(tmp_path, reads, chunk_reads):
+    calls, reused, nchunks = _trusting_rearchive_calls(tmp_path, 40)
+    assert reused == 40 and nchunks >= 40
+    # one LIST of packs and one of their indexes for the sizes; no ranged GET, no HEAD per chunk
+    assert calls["listed"] == ["manifests/", "packindex/", "packs/"]
+    assert _chunk_requests(calls) == 0 and chunk_reads == [], calls
+
+
+def test_trust_window_still_proves_a_chunk_whose_size_changed(repo, ckpt, chunk_reads, tmp_path):
+    first = pipeline_archive(repo, [ckpt], name="m")
+    hashes = list(repo.load_manifest(first.id).unique_chunks())
+    repo.record_chunk_checks((h, True) for h in hashes)
+    e = files_of(repo, first.id)["ckpt/model.safetensors"]
+    c = max(e.chunks, key=lambda c: c.stored_size)
+    RawStore(str(tmp_path / "store")).mutate(layout.chunk(c.hash), lambda b: b + b"x")  # verified, since grown
+    chunk_reads.clear()
+    again = pipeline_archive(repo, [ckpt], name="m", trust_verified_within=3600)
+    assert chunk_reads == [c.hash]  # the only one not trusted: read, found damaged, repaired from the source
+    assert again.repaired_chunks == 1 and again.files_reused == 3
+    repo.read_chunk(c)
+
+
+def test_the_cache_compares_the_scans_stat_without_a_second_stat(repo, ckpt, reads, monkeypatch):
+    import types
+    from archiver import filescache
+    pipeline_archive(repo, [ckpt], name="m")
+
+    def no_stat(*a, **kw):
+        raise AssertionError("the files cache stat a file the scan had already stat")
+    monkeypatch.setattr(filescache, "os", types.SimpleNamespace(stat=no_stat))
+    reads.clear()
+    again = pipeline_archive(repo, [ckpt], name="m")
+    assert reads == [] and again.files_reused == 4
+
+
+def test_trust_window_a_changed_file_asks_the_store_about_none_of_its_unchanged_chunks(tmp_path, reads,
+                                                                                      chunk_reads):
+    """A changed file is read again; with a trust window the chunks of its previous entry
+    that a deep verify proved are trusted in the same bulk check, so its unchanged chunks
+    cost no HEAD or GET each, and only its new chunk is written."""
+    from archiver.chunking import ChunkPolicy
+    src = tmp_path / "src" / "big"
+    src.mkdir(parents=True)
+    data = bytearray(os.urandom(8 << 20))
+    (src / "weights.bin").write_bytes(bytes(data))
+    store = CountingStore(open_store(str(tmp_path / "store"), create=True))
+    repo = Repository(store, Catalog(tmp_path / "cat.db", store.url))
+    policy = ChunkPolicy(max_chunk=1 << 20)
+    try:
+        first = pipeline_archive(repo, [src], name="m", policy=policy)
+        hashes = list(repo.load_manifest(first.id).unique_chunks())
+        assert len(hashes) >= 4
+        repo.record_chunk_checks((h, True) for h in hashes)
+        data[100:104] = b"\xff\x00\xff\x00" if data[100:104] != b"\xff\x00\xff\x00" else b"\x00\xff\x00\xff"
+        (src / "weights.bin").write_bytes(bytes(data))
+        store.calls.clear()
+        reads.clear()
+        chunk_reads.clear()
+        again = pipeline_archive(repo, [src], name="m", policy=policy, trust_verified_within=3600)
+        assert reads == ["big/weights.bin"] and again.files_reused == 0
+        assert again.new_chunks >= 1 and again.new_chunks < len(hashes)  # the changed stretch only
+        assert chunk_reads == [] and _chunk_requests(store.calls) == 0, store.calls
+        # without a trust window each unchanged chunk is read back and compared with the source
+        data[200:204] = b"abcd" if data[200:204] != b"abcd" else b"dcba"
+        (src / "weights.bin").write_bytes(bytes(data))
+        store.calls.clear()
+        third = pipeline_archive(repo, [src], name="m", policy=policy)
+        assert _chunk_requests(store.calls) >= len(hashes) - 2
+        assert repo.load_manifest(third.id).files[0].size == len(data)
+    finally:
+        repo.close()

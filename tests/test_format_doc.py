@@ -28,7 +28,8 @@ def _scripts() -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("packed", [False, pytest.param(True, marks=pytest.mark.packs)], ids=["own", "packs"])
+@pytest.mark.parametrize("packed", [False, pytest.param(True, marks=pytest.mark.packs),
+                                    pytest.param("all", marks=pytest.mark.packs)], ids=["own", "packs", "large-packs"])
 def test_doc_scripts_restore_an_archive(tmp_path, monkeypatch, packed):
     _restore_by_hand(tmp_path, monkeypatch, packed=packed)
 
@@ -71,6 +72,8 @@ def _restore_by_hand(tmp_path, monkeypatch, v2: bool = False, packed: bool = Fal
     ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=3, dim=512)
     if packed:
         (ckpt / "big.bin").write_bytes(os.urandom(3 << 20))  # large chunks keep their own keys
+    if packed == "all":  # ... unless the threshold is above them (S3's default): every chunk in a pack
+        monkeypatch.setenv("ARCHIVER_PACK_BELOW", str(16 << 20))
     res = run_cli("--store", str(store), "archive", str(ckpt), "--name", "m", "--json")
     assert res.code == 0, res.err
     mid = res.json()["id"]
@@ -86,8 +89,8 @@ def _restore_by_hand(tmp_path, monkeypatch, v2: bool = False, packed: bool = Fal
     chunks = [c for e in m.files for c in e.chunks]
     chunks += [c for e in maps for c in parse_filemap(RawStore(str(store)).read(layout.filemap(e.filemap)), e)]
     assert "bg2" in {c.codec for c in chunks}  # the byte-plane path of the script is exercised
-    assert any((store / "packs").rglob("*")) == packed  # small chunk objects in packs (or not)
-    assert any((store / "chunks").rglob("*"))  # large ones under their own keys
+    assert any((store / "packs").rglob("*")) == bool(packed)  # small chunk objects in packs (or not)
+    assert any((store / "chunks").rglob("*")) == (packed != "all")  # large ones under their own keys
     dest = tmp_path / "dest"
     subprocess.run([sys.executable, "restore_by_hand.py", str(store), mid, str(dest)], cwd=work, env=env,
                    check=True, capture_output=True)

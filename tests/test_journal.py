@@ -110,8 +110,11 @@ def test_torn_last_line_is_ignored(tmp_path, home):
     assert len(Journal(path).load()) == 2
 
 
-def test_driver_kill9_after_k_files_resumes_them(tmp_path, home):
-    """A real kill -9 (tests/crashrunner.py) while the 4th of 6 files is being archived."""
+@pytest.mark.parametrize("batch", [1, None])
+def test_driver_kill9_after_k_files_resumes_them(tmp_path, home, batch):
+    """A real kill -9 (tests/crashrunner.py) while the 4th of 6 files is being archived: with
+    lines written out one at a time, the 3 finished files are resumed; with the default batch,
+    whatever prefix was written out is resumed and the lost tail is archived again, same id."""
     import signal
     import subprocess
     import sys
@@ -122,12 +125,53 @@ def test_driver_kill9_after_k_files_resumes_them(tmp_path, home):
     clean = api.archive([src], name="m", store=str(tmp_path / "clean"))
     store = str(tmp_path / "store")
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "ARCHIVER_HOME": str(home), "CRASH_AT": "put:4", "PYTHONPATH": str(root)}
+    env = {**os.environ, "ARCHIVER_HOME": str(home), "CRASH_AT": "put:4", "PYTHONPATH": str(root),
+           **({"JOURNAL_BATCH": str(batch)} if batch else {})}
     p = subprocess.run([sys.executable, "-m", "tests.crashrunner", "--store", store, "archive", str(src),
                         "--name", "m", "--max-inflight", "1", "--json"], cwd=root, env=env, capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == -signal.SIGKILL, p.stderr
-    [journal] = _journals(home)
-    assert len(journal.read_text().splitlines()) == 3  # files 1-3 came back before the 4th put
+    lines = sum(len(j.read_text().splitlines()) for j in _journals(home))
+    if batch == 1:
+        assert lines == 3  # files 1-3 came back before the 4th put
+    else:
+        assert lines <= 3  # at most the files finished; an unwritten batch is lost
     r = run_cli("--store", store, "archive", str(src), "--name", "m", "--json")
-    assert r.code == 0 and r.json()["resumed_files"] == 3 and r.json()["id"] == clean.id
+    assert r.code == 0 and r.json()["resumed_files"] == lines and r.json()["id"] == clean.id
+
+
+def test_lines_are_written_out_a_batch_at_a_time(tmp_path):
+    from manifests.model import Entry
+    j = Journal(tmp_path / "j.jsonl", batch_lines=3)
+    import hashlib
+
+    import blake3
+    entries = [Entry(path=f"f{i}", type="file", size=0, mode=0o644, mtime_ns=1, blake3=blake3.blake3(b"").hexdigest(),
+                     sha256=hashlib.sha256(b"").hexdigest()) for i in range(5)]
+    for e in entries[:2]:
+        j.record(e, [1, 2, 0, 3, 4], sync=False)
+    assert not j.path.exists() or j.path.read_bytes() == b""  # held in memory, no write per file
+    j.record(entries[2], [1, 2, 0, 3, 4], sync=False)
+    assert len(j.path.read_bytes().splitlines()) == 3  # a full batch: written out in one go
+    j.record(entries[3], [1, 2, 0, 3, 4], sync=True)  # the caller's once-a-second sync writes it out
+    assert len(j.path.read_bytes().splitlines()) == 4
+    j.record(entries[4], [1, 2, 0, 3, 4], sync=False)
+    j.close()  # a clean stop writes out the rest
+    assert sorted(Journal(j.path).load()) == [e.path for e in entries]
+
+
+def test_a_journal_whose_last_batch_was_lost_resumes_the_rest(tmp_path, home):
+    """A killed driver loses the batch it had not written out: those files are archived again,
+    the written ones are resumed, and the manifest is the one a clean run makes."""
+    src = _source(tmp_path)
+    clean = api.archive([src], name="m", store=str(tmp_path / "clean"))
+    store = str(tmp_path / "store")
+    with pytest.raises(KeyboardInterrupt):
+        api.archive([src], name="m", store=store, executor=DyingDriver(4))
+    [path] = _journals(home)
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 4  # a clean stop (Ctrl-C) writes out everything it had
+    path.write_bytes(b"".join(lines[:1]))  # as if killed with the last 3 lines still in memory
+    res = api.archive([src], name="m", store=store)
+    assert res.resumed_files == 1 and res.id == clean.id
+    assert api.verify([res.id], store=store, deep=True).problems == []

@@ -250,7 +250,9 @@ def test_a_failed_pack_write_commits_nothing(tmp_path: Path, home: Path, monkeyp
     assert keys(url, layout.MANIFESTS) == []
 
 
-def test_new_chunks_are_put_without_a_read_first(s3_mock_url: str, tmp_path: Path, home: Path) -> None:
+def test_new_chunks_are_put_without_a_read_first(s3_mock_url: str, tmp_path: Path, home: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARCHIVER_PACK_BELOW", str(packs.SMALL_OBJECT))  # large chunks in objects of their own
     src = small_tree(tmp_path / "src", n=30)
     (src / "big.bin").write_bytes(os.urandom(3 << 20))  # a large chunk: its own object
     from archiver.pipeline import archive as run_archive
@@ -395,6 +397,10 @@ def test_pack_threshold_setting_is_checked() -> None:
     from archiver.errors import InvalidOptionError
     from archiver.settings import Settings
     assert Settings.resolve(env={"ARCHIVER_HOME": "/tmp/h"}).pack_below == packs.SMALL_OBJECT
+    # on S3 large chunks share packs too by default (fewer requests); a set threshold wins
+    assert Settings.resolve("s3://b/p", env={"ARCHIVER_HOME": "/tmp/h"}).pack_below == packs.S3_PACK_BELOW
+    assert Settings.resolve("s3://b/p", env={"ARCHIVER_HOME": "/tmp/h", "ARCHIVER_PACK_BELOW": "1048576"}
+                            ).pack_below == packs.SMALL_OBJECT
     assert Settings.resolve(env={"ARCHIVER_HOME": "/tmp/h", "ARCHIVER_PACK_BELOW": "0"}).pack_below == 0
     s = Settings.resolve(env={"ARCHIVER_HOME": "/tmp/h", "ARCHIVER_PACK_BELOW": "9437184"})
     assert s.pack_below == 9437184 and s.for_copy("/tmp/copy").pack_below == 9437184  # a copy packs alike
@@ -450,3 +456,94 @@ def test_pack_positions_name_each_packed_chunk(tmp_path: Path, home: Path) -> No
     for pack, offset in pos.values():
         index = index_of(url, pack)
         assert offset in {e.offset for e in index.entries}
+
+
+# -- large chunk objects in packs (ARCHIVER_PACK_BELOW above the 8 MiB chunk size) ----------------
+
+def _large_tree(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Packing every chunk object (threshold 16 MiB), with large packs closed at 3 MiB so a few
+    random files of 3-5 MiB (CDC chunks of 0.5-8 MiB) fill several of them; plus small files."""
+    monkeypatch.setenv("ARCHIVER_PACK_BELOW", str(packs.MAX_PACK_BELOW))
+    monkeypatch.setattr(packs, "LARGE_PACK_TARGET", 3 << 20)
+    src = small_tree(root, n=20)
+    rnd = random.Random(5)
+    for i in range(4):
+        (src / f"big{i}.bin").write_bytes(rnd.randbytes((3 + i % 3) << 20))
+    return src
+
+
+def _large_entries(url: str) -> list[tuple[str, packs.PackEntry]]:
+    """(pack, entry) of every chunk object of SMALL_OBJECT bytes or more, over all packs."""
+    return [(layout.pack_id(k), e) for k in keys(url, layout.PACKS)
+            for e in index_of(url, layout.pack_id(k)).entries if e.stored_size >= packs.SMALL_OBJECT]
+
+
+def test_large_chunks_share_packs_apart_from_small_ones_and_restore(
+        s3_mock_url: str, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _large_tree(tmp_path / "src", monkeypatch)
+    mid = archive(s3_mock_url, src)["id"]
+    assert keys(s3_mock_url, layout.CHUNKS) == []  # every chunk object is in a pack
+    m = manifest_of(s3_mock_url, mid)
+    indexes = [index_of(s3_mock_url, layout.pack_id(k)) for k in keys(s3_mock_url, layout.PACKS)]
+    assert {e.hash for i in indexes for e in i.entries} == set(m.unique_chunks())
+    large = [i for i in indexes if any(e.stored_size >= packs.SMALL_OBJECT for e in i.entries)]
+    assert len(large) >= 2 and all(e.stored_size >= packs.SMALL_OBJECT for i in large for e in i.entries)
+    assert all(i.size < packs.LARGE_PACK_TARGET + packs.MAX_PACK_BELOW for i in large)
+    assert sum(len(i.entries) for i in large) > len(large)  # large chunks share their packs
+    # one file: only its byte ranges are read, each with a ranged GET
+    entry = next(e for e in m.files if e.path.endswith("big2.bin"))
+    from archiver.restorer import restore
+    with open_repository(s3_mock_url) as repo:
+        gets: list[dict] = []
+        repo._store.client.meta.events.register(
+            "provide-client-params.s3.GetObject", lambda params, **_: gets.append(dict(params)))
+        assert restore(repo, mid, tmp_path / "one", include=[entry.path]).ok
+    pack_gets = [g for g in gets if "/packs/" in g["Key"]]
+    assert pack_gets and all("Range" in g for g in pack_gets)
+    spans = [tuple(int(x) for x in g["Range"][6:].split("-")) for g in pack_gets]
+    assert sum(b - a + 1 for a, b in spans) == sum(c.stored_size for c in entry.chunks)  # just its bytes
+    assert (tmp_path / "one" / entry.path).read_bytes() == (src.parent / entry.path).read_bytes()
+    r = run_cli("--store", s3_mock_url, "restore", "m", str(tmp_path / "all"))
+    assert r.code == 0, r.err
+    assert tree(tmp_path / "all" / "src") == tree(src)
+
+
+def test_a_damaged_large_chunk_in_a_pack_is_named_and_repaired_from_a_copy(
+        tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, copy = str(tmp_path / "store"), str(tmp_path / "copy")
+    src = _large_tree(tmp_path / "src", monkeypatch)
+    mid = archive(url, src)["id"]
+    r = run_cli("--store", url, "replicate", "--all", "--to", copy, "--json")
+    assert r.code == 0, r.err
+    assert keys(copy, layout.CHUNKS) == []  # the copy packs its large chunks alike
+    pack, victim = _large_entries(url)[1]
+    raw = RawStore(url)
+    good = raw.read(layout.pack(pack))
+    bad = bytearray(good)
+    bad[victim.offset + victim.stored_size // 2] ^= 0x10
+    raw.write(layout.pack(pack), bytes(bad))
+    r = run_cli("--store", url, "verify", "m", "--deep", "--json")
+    assert r.code == 1
+    probs = r.json()["problems"]
+    files = {e.path for e in manifest_of(url, mid).files if any(c.hash == victim.hash for c in e.chunks)}
+    assert files and {p["path"] for p in probs} == files  # only the damaged chunk's file
+    assert all(p["chunk"] == victim.hash and pack in p["detail"] and p["kind"] == "corrupt-chunk" for p in probs)
+    r = run_cli("--store", url, "repair", "--from", copy, "--json")
+    assert r.code == 0, r.out + r.err
+    assert {f["name"]: f for f in r.json()["fixes"]}[victim.hash]["action"] == "replaced"
+    assert raw.read(layout.pack(pack)) == good  # the pack holds its exact bytes again
+    assert run_cli("--store", url, "verify", "m", "--deep").code == 0
+    assert run_cli("--store", url, "restore", "m", str(tmp_path / "out")).code == 0
+    assert tree(tmp_path / "out" / "src") == tree(src)
+
+
+def test_large_objects_close_their_own_packs_at_the_large_target() -> None:
+    assert packs.pack_target(packs.SMALL_OBJECT - 1) == packs.PACK_TARGET
+    assert packs.pack_target(packs.SMALL_OBJECT) == packs.LARGE_PACK_TARGET
+    b = PackBuilder(target=packs.LARGE_PACK_TARGET)
+    chunk = bytes(8 << 20)
+    for i in range(3):
+        assert not b.full
+        b.add(f"{i:064x}", chunk, len(chunk))
+    assert b.full and len(b) == 3  # three 8 MiB chunks: one pack + one index instead of three objects
+    assert b.size < 32 << 20 and b.size + packs.MAX_PACK_BELOW <= packs.MAX_PACK_BYTES

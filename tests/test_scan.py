@@ -325,3 +325,53 @@ def test_scan_lists_the_directory_it_saw_not_what_its_path_names_now(tmp_path, s
     monkeypatch.setattr(scan_mod, "open_source", racing)
     with pytest.raises(SourceChangedError, match="sub changed while .*symlink"):
         scan([ckpt])
+
+
+def test_scan_records_each_files_stat_before_any_read(tmp_path):
+    """Source.seen: the (dev, ino, size, mtime, ctime) the scan saw, which the files cache
+    compares without a second stat (a followed link's: its target's)."""
+    ckpt = build_tree(tmp_path)
+    (ckpt / "link.bin").symlink_to("a.bin")
+    for s in scan([ckpt], dereference=True):
+        if s.is_dir:
+            assert s.seen is None
+            continue
+        st = os.stat(s.abspath)  # follows the link to its target
+        assert s.seen == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def test_dirfds_open_each_directory_once_and_still_refuse_a_swapped_file(tmp_path, monkeypatch):
+    ckpt = build_tree(tmp_path)
+    srcs = {s.path: s for s in scan([ckpt])}
+    opened: list[str] = []
+    real = scan_mod.open_source
+
+    def counting(src, dirs=None):
+        if src.is_dir:
+            opened.append(src.path)
+        return real(src, dirs)
+    monkeypatch.setattr(scan_mod, "open_source", counting)
+    dirs = scan_mod.DirFds()
+    try:
+        for name, want in (("ckpt/a.bin", b"a" * 10), ("ckpt/b.bin", b"b" * 100), ("ckpt/sub/z.txt", b"z")):
+            fd = scan_mod.open_source(srcs[name], dirs)
+            with os.fdopen(fd, "rb") as f:
+                assert f.read() == want
+        assert sorted(opened) == ["ckpt", "ckpt/sub"]  # each directory reached (and checked) once
+        (ckpt / "empty.txt").rename(ckpt / "kept.txt")  # kept: its inode number is not reused
+        (ckpt / "empty.txt").write_bytes(b"")  # another inode under the scanned name
+        with pytest.raises(SourceChangedError):
+            scan_mod.open_source(srcs["ckpt/empty.txt"], dirs)
+    finally:
+        dirs.close()
+
+
+def test_dirfds_beyond_their_limit_walk_the_chain(tmp_path):
+    ckpt = build_tree(tmp_path)
+    srcs = {s.path: s for s in scan([ckpt])}
+    dirs = scan_mod.DirFds(limit=0)
+    fd = scan_mod.open_source(srcs["ckpt/sub/deeper/w.txt"], dirs)
+    with os.fdopen(fd, "rb") as f:
+        assert f.read() == b"ww"
+    assert dirs.get(srcs["ckpt/sub"]) is None
+    dirs.close()

@@ -344,3 +344,85 @@ def test_commit_refuses_a_root_without_its_entries(repo: Repository, tmp_path: P
     with pytest.raises(ArchiverManifestError, match="were not given"):
         repo.commit_manifest(root)
     assert RawStore(str(tmp_path / "store")).keys(layout.MANIFESTS) == []
+
+
+# -- commit cost: trees built once, only new trees parsed (issue 15) -----------------------------
+
+def test_a_commit_builds_its_trees_once(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    from archiver import repository as repository_mod
+    from manifests import catalog as catalog_mod
+    calls: list[int] = []
+    real = model.tree_objects
+
+    def counted(entries):
+        calls.append(len(entries))
+        return real(entries)
+    for mod in (model, repository_mod, catalog_mod):
+        monkeypatch.setattr(mod, "tree_objects", counted)
+    mid = repo.commit_manifest(Manifest(name="m", entries=tuple(big_tree()))).id
+    assert calls == [len(big_tree())]  # stored, proved and recorded from the same objects
+    assert repo.list_archives()[0].file_count == 1200 and repo.load_manifest(mid).entry_count == len(big_tree())
+
+
+def test_a_commit_parses_only_the_trees_no_recorded_manifest_named(repo: Repository,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[str] = []
+    real = model.parse_tree
+    monkeypatch.setattr(model, "parse_tree", lambda data, h, where: parsed.append(where) or real(data, h, where))
+    entries = big_tree()
+    a = repo.commit_manifest(Manifest(name="m", label="a", entries=tuple(entries))).id
+    assert sorted(parsed) == ["", "top"] + [f"top/d{d:02}" for d in range(20)]  # every tree once
+    parsed.clear()
+    changed = [file_entry(e.path, 9) if e.path == "top/d07/f003" else e for e in entries]
+    b = repo.commit_manifest(Manifest(name="m", label="b", entries=tuple(changed), parent=a)).id
+    assert sorted(parsed) == ["", "top", "top/d07"]  # the changed directory and its ancestors
+    parsed.clear()
+    monkeypatch.setattr(model, "parse_tree", real)
+    back = repo.load_manifest(b)
+    assert [e.to_json() for e in back.entries] == [e.to_json() for e in sorted(changed, key=lambda e: e.path)]
+
+
+def test_a_commit_refuses_an_entry_its_tree_would_not_read_back(repo: Repository, tmp_path: Path) -> None:
+    bad = [dataclasses.replace(e, blake3="not-a-hash") if e.path == "top/d04/f001" else e for e in big_tree()]
+    with pytest.raises(ArchiverManifestError, match="trees do not read back.*top/d04"):
+        repo.commit_manifest(Manifest(name="m", entries=tuple(bad)))
+    raw = RawStore(str(tmp_path / "store"))
+    assert raw.keys(layout.MANIFESTS) == [] and raw.keys(layout.TREES) == []  # nothing stored
+
+
+def test_prove_trees_skips_known_trees_and_refuses_bytes_that_are_not_the_entries() -> None:
+    entries = big_tree()
+    m = with_trees(Manifest(name="m", entries=tuple(entries)))
+    top, objects, by_dir = tree_objects(entries)
+    assert model.prove_trees(m, objects, by_dir) == len(objects)
+    assert model.prove_trees(m, objects, by_dir, known={by_dir["top/d01"], by_dir["top/d02"]}) == len(objects) - 2
+    h = by_dir["top/d05"]
+    rows = json.loads(objects[h])
+    rows["entries"][0]["size"] = 1  # well-formed, but not these entries: its hash no longer matches
+    with pytest.raises(ManifestError, match="does not match its hash"):
+        model.prove_trees(m, {**objects, h: canonical(rows)}, by_dir)
+    with pytest.raises(ManifestError, match="top tree"):
+        model.prove_trees(dataclasses.replace(m, entry_count=m.entry_count - 1), objects, by_dir)
+
+
+def test_trees_written_at_once_are_all_durable_before_the_root(repo: Repository, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = big_tree()
+    _, objects, by_dir = tree_objects(entries)
+    real = Repository._put_tree
+    bad = by_dir["top/d11"]
+
+    def put(self, h, data, hot=None):
+        if h == bad:
+            raise OSError("disk full")
+        return real(self, h, data, hot)
+    monkeypatch.setattr(Repository, "_put_tree", put)
+    with pytest.raises(OSError, match="disk full"):
+        repo.commit_manifest(Manifest(name="m", entries=tuple(entries)))
+    raw = RawStore(str(tmp_path / "store"))
+    assert raw.keys(layout.MANIFESTS) == [] and repo.list_archives() == []  # no root names a missing tree
+    assert len(raw.keys(layout.TREES)) == len(objects) - 1  # the others were all written (and finished)
+    monkeypatch.setattr(Repository, "_put_tree", real)
+    mid = repo.commit_manifest(Manifest(name="m", entries=tuple(entries))).id
+    assert sorted(raw.keys(layout.TREES)) == sorted(layout.tree(h) for h in objects)
+    assert repo.load_manifest(mid).entry_count == len(entries)
