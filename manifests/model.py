@@ -753,6 +753,119 @@ def parse_tree(data: bytes, h: str, where: str) -> list[tuple[Entry, str]]:
         raise ManifestError(f"tree {h[:16]} of {label!r} is {len(data)} bytes, more than the {MAX_TREE_BYTES} allowed")
     if manifest_id(data) != h:
         raise ManifestError(f"tree {h[:16]} of {label!r} does not match its hash (tampered or corrupt)")
+    plain = _plain_tree(data, where)
+    if plain is not None:
+        return plain
+    return _parse_tree_json(data, h, where)
+
+
+# A tree in plain canonical form (what tree_bytes writes for entries whose names, formats,
+# codecs and link targets need no JSON escape and which carry no `tech`: the trees of the
+# small-file archives whose reading is what a restore or deep verify of them costs) is read
+# with one regular expression per entry instead of JSON objects, a dict per entry and a
+# re-serialisation: the entries must tile the list exactly (each followed by a comma and the
+# next or by the end), hold only the canonical keys in order, pass every check `_entry` makes
+# and be sorted by unique name, which proves the bytes canonical. Anything else goes through
+# the JSON reader, which accepts or refuses it with the same checks and messages.
+_PT_STR = r'[\x20\x21\x23-\x5b\x5d-\x7e]'  # printable ASCII but '"' and '\\': JSON writes them as is
+_PT_UINT = "(0|[1-9][0-9]{0,18})"
+_PT_INT = "(0|-?[1-9][0-9]{0,30})"
+_PT_HEX = "([0-9a-f]{64})"
+_PT_HEAD = b'{"entries":['
+_PT_TAIL = b'],"format":"%s","version":1}' % TREE_FORMAT.encode()
+_PT_ENTRY = re.compile(
+    r'\{"blake3":%s,(?:"chunks":\[((?:\[[^\[\]]*\],?)*)\]|"chunk_count":%s,"filemap":%s),"format":"(%s*)",'
+    r'"mode":%s,"mtime_ns":%s,"name":"(%s+)","sha256":%s,"size":%s,"type":"file"\}'
+    r'|\{"mode":%s(?:,"mtime_ns":%s)?,"name":"(%s+)"(?:,"tree":%s)?,"type":"dir"\}'
+    r'|\{"mode":%s,"name":"(%s+)","target":"(%s{1,4096})","type":"symlink"\}'
+    % (f'"{_PT_HEX}"', _PT_UINT, f'"{_PT_HEX}"', _PT_STR, _PT_UINT, _PT_INT, _PT_STR, f'"{_PT_HEX}"', _PT_UINT,
+       _PT_UINT, _PT_INT, _PT_STR, f'"{_PT_HEX}"', _PT_UINT, _PT_STR, _PT_STR))
+
+
+def _plain_tree(data: bytes, where: str) -> list[tuple[Entry, str]] | None:
+    """parse_tree's answer for a tree in plain canonical form that passes every check of the
+    JSON reader (its bytes already checked against their hash); None for any other bytes (the
+    JSON reader then decides, and says what is wrong)."""
+    if not (data.startswith(_PT_HEAD) and data.endswith(_PT_TAIL)) or len(data) <= len(_PT_HEAD + _PT_TAIL):
+        return None
+    try:
+        text = data[len(_PT_HEAD):len(data) - len(_PT_TAIL)].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    prefix = where + "/" if where else ""
+    out: list[tuple[Entry, str]] = []
+    append = out.append
+    match = _PT_ENTRY.match
+    codecs: dict[str, str] = {}
+    pos, end, last = 0, len(text), None
+    while True:
+        m = match(text, pos)
+        if m is None:
+            return None
+        (b3, chunks, count, fm, fmt, mode, mtime, name, sha, size,
+         dmode, dmtime, dname, sub, lmode, lname, target) = m.groups()
+        if name is not None:  # a file
+            mode_i, mtime_i, size_i = int(mode), int(mtime), int(size)
+            if not MTIME_NS_MIN <= mtime_i <= MTIME_NS_MAX:
+                return None
+            if chunks is None:
+                n = int(count)
+                if n <= FILEMAP_THRESHOLD or not n <= size_i <= n * MAX_CHUNK_LENGTH:
+                    return None
+                e = Entry(prefix + name, "file", mode_i, size_i, mtime_i, b3, sha, fmt, filemap=fm, chunk_count=n)
+            else:
+                refs = _plain_chunks(chunks, size_i, codecs)
+                if refs is None:
+                    return None
+                e = Entry(prefix + name, "file", mode_i, size_i, mtime_i, b3, sha, fmt, refs)
+            sub = ""
+        elif dname is not None:
+            name, mode_i = dname, int(dmode)
+            mtime_i = None if dmtime is None else int(dmtime)
+            if mtime_i is not None and not MTIME_NS_MIN <= mtime_i <= MTIME_NS_MAX or sub == EMPTY_TREE:
+                return None
+            e = Entry(prefix + name, "dir", mode_i, mtime_ns=mtime_i)
+            sub = sub or ""
+        else:
+            name, mode_i = lname, int(lmode)
+            e = Entry(prefix + name, "symlink", mode_i, target=target)
+            sub = ""
+        if mode_i > 0o7777 or "/" in name or name in (".", "..") or (last is not None and name <= last):
+            return None
+        last = name
+        append((e, sub))
+        pos = m.end()
+        if pos == end:
+            return out
+        if text[pos] != "," or pos + 1 == end:
+            return None
+        pos += 1
+
+
+def _plain_chunks(section: str, size: int, codecs: dict[str, str]) -> tuple[ChunkRef, ...] | None:
+    """The chunk records of a plain tree entry, checked as `_chunk_list` checks them, if they
+    tile `section` exactly (canonical); else None."""
+    if not section:
+        return () if size == 0 else None
+    refs = []
+    append = refs.append
+    pos = 0
+    width = 0
+    fields = _PLAIN_FIELDS.findall(section)
+    for off, length, h, stored, codec in fields:
+        n, st = int(length), int(stored)
+        if int(off) != pos or n > MAX_CHUNK_LENGTH or st > n + MAX_CHUNK_OVERHEAD:
+            return None
+        append(ChunkRef(pos, n, h, st, codecs.setdefault(codec, codec)))
+        pos += n
+        width += len(off) + len(length) + len(stored) + len(codec)
+    tiled = width + len(fields) * (_PLAIN_FIXED + 1) - 1 == len(section)
+    return tuple(refs) if tiled and pos == size else None
+
+
+def _parse_tree_json(data: bytes, h: str, where: str) -> list[tuple[Entry, str]]:
+    """parse_tree by the JSON reader: any bytes, with the error that says what is wrong."""
+    label = where or "/"
     try:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError):

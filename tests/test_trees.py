@@ -426,3 +426,115 @@ def test_trees_written_at_once_are_all_durable_before_the_root(repo: Repository,
     mid = repo.commit_manifest(Manifest(name="m", entries=tuple(entries))).id
     assert sorted(raw.keys(layout.TREES)) == sorted(layout.tree(h) for h in objects)
     assert repo.load_manifest(mid).entry_count == len(entries)
+
+
+# -- the plain reader (one regular expression per entry) against the JSON reader ------------------
+
+def _tree_answers(data: bytes, where: str = "top") -> list[tuple[object, str | None]]:
+    """What parse_tree and the JSON reader each say: (entries, None) or (None, the error)."""
+    out: list[tuple[object, str | None]] = []
+    for read in (parse_tree, model._parse_tree_json):
+        try:
+            out.append((read(data, manifest_id(data), where), None))
+        except ManifestError as err:
+            out.append((None, str(err)))
+    return out
+
+
+def _plain_rows() -> list[dict]:
+    """A tree of every kind of entry the plain reader takes: files of no, one and several
+    inline chunks, one through a file map, directories with and without mtime and subtree,
+    a symlink, and names with every printable ASCII character JSON writes as is."""
+    h = "c" * 64
+    chunks = [[0, 100, h, 90, "zstd"], [100, 50, "d" * 64, 50, "raw"], [150, 1, h, 0, ""]]
+    files = [
+        {"name": "a", "size": 0, "chunks": []},
+        {"name": "b.bin", "size": 100, "chunks": chunks[:1]},
+        {"name": "c~!#$%&'()*+,-.:;<=>?@[]^_`{|} ", "size": 151, "chunks": chunks, "format": "safetensors"},
+        {"name": "e", "size": 200, "chunk_count": model.FILEMAP_THRESHOLD + 1, "filemap": "e" * 64},
+    ]
+    rows = []
+    for f in files:
+        base = {k: v for k, v in file_entry("x", 7).to_json().items() if k not in ("path", "chunks")}
+        rows.append({**base, **f})
+    rows += [{"mode": 0o755, "name": "d1", "type": "dir"},
+             {"mode": 0o700, "mtime_ns": -5, "name": "d2", "tree": "f" * 64, "type": "dir"},
+             {"mode": 0o777, "name": "l", "target": "../x y", "type": "symlink"}]
+    return sorted(rows, key=lambda r: r["name"])
+
+
+def test_plain_tree_reader_accepts_and_refuses_exactly_what_the_json_reader_does() -> None:
+    """Every tree of plain names archiver writes is read without JSON objects; every other
+    byte string, canonical or not, gets the JSON reader's answer, word for word."""
+    rows = _plain_rows()
+    good = _tree(rows)
+    assert model._plain_tree(good, "top") is not None
+    (got, err), (want, _) = _tree_answers(good)
+    assert err is None and got == want and len(got) == len(rows)
+    assert [e.path for e, _ in got] == ["top/" + r["name"] for r in rows]
+    assert model._plain_tree(_tree(rows), "") == model._parse_tree_json(good, manifest_id(good), "")
+
+    def row(which: str, **kw: object) -> list[dict]:
+        return [{**r, **kw} if r["name"] == which else r for r in rows]
+
+    def drop(which: str, key: str) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != key} if r["name"] == which else r for r in rows]
+
+    text = good.decode()
+    odd = [
+        _tree(row("a", name="\u00e9")), _tree(row("a", format="\u00e9")), _tree(row("l", target="\u00e9")),
+        _tree(row("a", name='q"')), _tree(row("a", name="q\\")),
+        _tree(row("a", tech={"tensors": 1})),  # tech: the JSON reader's
+        _tree(row("b.bin", chunks=[[0, 100, "c" * 64, 90, "zs/td"]])),
+        _tree(row("a", name="a/b")), _tree(row("a", name="..")), _tree(row("a", name=".")),
+        _tree(row("a", name="d1")),  # a name twice
+        _tree(list(reversed(rows))),  # unsorted
+        _tree(row("a", mode=0o10000)), _tree(row("d1", mode=0o10000)), _tree(row("l", mode=0o10000)),
+        _tree(row("a", mode=True)), _tree(row("a", mode=1.0)), _tree(row("a", size=-1)),
+        _tree(row("a", mtime_ns=model.MTIME_NS_MAX + 1)), _tree(row("d1", mtime_ns=model.MTIME_NS_MIN - 1)),
+        _tree(row("a", mtime_ns=model.MTIME_NS_MIN)), _tree(row("d2", mtime_ns=model.MTIME_NS_MAX)),
+        _tree(row("a", size=1)), _tree(row("b.bin", size=99)),
+        _tree(row("b.bin", chunks=[[1, 100, "c" * 64, 90, "zstd"]])),
+        _tree(row("b.bin", chunks=[[0, 100, "C" * 64, 90, "zstd"]])),
+        _tree(row("b.bin", chunks=[[0, 100, "c" * 64, 100 + model.MAX_CHUNK_OVERHEAD + 1, "zstd"]])),
+        _tree(row("b.bin", size=model.MAX_CHUNK_LENGTH + 1,
+                  chunks=[[0, model.MAX_CHUNK_LENGTH + 1, "c" * 64, 9, "zstd"]])),
+        _tree(row("b.bin", size=0, chunks=[[0, 0, "c" * 64, 0, "zstd"]])),
+        _tree(row("b.bin", chunks=[[0, 100, "c" * 64, 90]])),
+        _tree(row("e", chunk_count=model.FILEMAP_THRESHOLD)), _tree(row("e", size=10)),
+        _tree(row("e", size=(model.FILEMAP_THRESHOLD + 1) * model.MAX_CHUNK_LENGTH + 1)),
+        _tree(row("e", chunks=[])), _tree(drop("e", "chunk_count")), _tree(drop("b.bin", "chunks")),
+        _tree(row("d2", tree=EMPTY_TREE)), _tree(row("d2", tree="")), _tree(row("d2", tree="F" * 64)),
+        _tree(row("a", tree="f" * 64)), _tree(row("l", tree="f" * 64)), _tree(row("d1", size=0)),
+        _tree(row("l", target="")), _tree(row("l", target="x" * 4097)), _tree(row("l", target="x" * 4096)),
+        _tree(row("l", size=0)), _tree(row("a", type="dir")), _tree(row("d1", type="file")),
+        _tree(row("a", path="top/a")), _tree([]), _tree(rows[:1]),
+        text.replace('"mode":', '"mode": ', 1), text.replace("},{", "}, {", 1), text.replace("},{", "}{", 1),
+        text.replace("},{", "},,{", 1), text.replace('"file"},', '"file"},\n', 1), text.replace("}],", "},],", 1),
+        text.replace('"size":0,', '"size":00,', 1), text.replace('"size":0,', '"size":-0,', 1),
+        text.replace('"mtime_ns":-5', '"mtime_ns":-05', 1), text + "\n", " " + text,
+        text.replace(',"version":1}', ',"version":1,"x":0}'), text.replace('"version":1', '"version":2'),
+        text.replace(model.TREE_FORMAT, "archiver-trees"),
+        text.replace('"zstd"],[', '"zstd"] ,[', 1), text.replace('"zstd"],[', '"zstd"],,[', 1),
+        text.replace('"zstd"],[', '"zstd"][', 1), text.replace('"zstd"],[', '"zstd"],', 1),
+        text.replace('"size":100,', '"size":' + "1" * 40 + ",", 1),
+    ]
+    for data in odd:
+        data = data if isinstance(data, bytes) else data.encode()
+        (got, err), (want, want_err) = _tree_answers(data)
+        assert (got, err) == (want, want_err), data[:120]
+    odd_bytes = [d if isinstance(d, bytes) else d.encode() for d in odd]
+    valid = [i for i, d in enumerate(odd_bytes) if _tree_answers(d)[0][1] is None]
+    # escaped text, tech and an escaped codec (the JSON reader's), extreme mtimes and the
+    # longest target (plain), the empty tree, one entry (plain)
+    assert valid == [1, 2, 5, 6, 20, 21, 44, 49, 50]
+    assert [i for i in valid if model._plain_tree(odd_bytes[i], "top") is not None] == [20, 21, 44, 50]
+
+
+def test_the_small_file_trees_archiver_writes_are_read_by_the_plain_reader() -> None:
+    entries = big_tree()
+    _, objects, by_dir = tree_objects(entries)
+    for d, h in by_dir.items():
+        if h != EMPTY_TREE or d == "":
+            assert model._plain_tree(objects[h], d) == model._parse_tree_json(objects[h], h, d)
+            assert model._plain_tree(objects[h], d) is not None
