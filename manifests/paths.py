@@ -76,24 +76,60 @@ def fold(path: str) -> str:
 
 def check_paths(items: Iterable[tuple[str, str]]) -> None:
     """Check (path, type) pairs as a whole: each path safe, no duplicates or colliding
-    spellings, and no file used as a directory by another entry."""
+    spellings, and no file used as a directory by another entry.
+
+    A path of plain printable ASCII is checked by `_plain_ok` and folded by lower() (what
+    `fold` does to ASCII); any other goes through `check_path` and `fold`. Whether a path
+    lies inside a file depends only on its parent directory, so that is asked once per
+    directory (the same first offence, in the same order, as asking per path)."""
     seen: dict[str, str] = {}
     files: set[str] = set()
-    all_paths: list[list[str]] = []
+    all_paths: list[tuple[str, str]] = []  # (path, its parent directory) in order
     for path, typ in items:
-        parts = check_path(path)
-        key = fold(path)
+        if _plain_ok(path):
+            key = path.lower()
+        else:
+            check_path(path)
+            key = fold(path)
         if key in seen:
             raise UnsafePathError(path, f"collides with {seen[key]!r}")
         seen[key] = path
         if typ != "dir":  # a file or a symlink: nothing may lie below it
             files.add(key)
-        all_paths.append(parts)
-    for parts in all_paths:
-        for i in range(1, len(parts)):
-            prefix = fold("/".join(parts[:i]))
-            if prefix in files:
-                raise UnsafePathError("/".join(parts), f"is inside file {seen[prefix]!r}")
+        all_paths.append((path, path.rpartition("/")[0]))
+    if not files:
+        return
+    inside: dict[str, str | None] = {}  # parent directory -> the fold of the first file among its prefixes
+    for path, parent in all_paths:
+        if not parent:
+            continue
+        if parent not in inside:
+            inside[parent] = _file_prefix(parent, files)
+        prefix = inside[parent]
+        if prefix is not None:
+            raise UnsafePathError(path, f"is inside file {seen[prefix]!r}")
+
+
+_PLAIN_PATH = re.compile(r"[\x20-\x39\x3b-\x5b\x5d-\x7e]{1,4096}")  # printable ASCII but ':' and '\\'
+
+
+def _plain_ok(path: object) -> bool:
+    """True for a path `check_path` accepts that is printable ASCII without ':' or '\\'
+    (no drive letter possible, one byte per character); False means: ask check_path."""
+    if not isinstance(path, str) or not _PLAIN_PATH.fullmatch(path) or path[0] == "/":
+        return False
+    parts = path.split("/")
+    return "" not in parts and "." not in parts and ".." not in parts and max(map(len, parts)) <= MAX_NAME_BYTES
+
+
+def _file_prefix(parent: str, files: set[str]) -> str | None:
+    """The fold of the shortest prefix of directory `parent` (itself included) that is a file."""
+    parts = parent.split("/")
+    for i in range(1, len(parts) + 1):
+        prefix = fold("/".join(parts[:i]))
+        if prefix in files:
+            return prefix
+    return None
 
 
 def check_link(path: str, target: str) -> None:

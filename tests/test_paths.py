@@ -211,3 +211,52 @@ def test_archive_refuses_a_file_name_that_is_not_utf8(tmp_path, monkeypatch):
     r = run_cli("archive", str(d), "--name", "m")
     assert r.code == 1 and "not valid UTF-8" in r.err and r.err.count("\n") == 1, r.err
     assert run_cli("list", "--json").json() == []
+
+
+def _check_paths_by_path(items: list[tuple[str, str]]) -> None:
+    """check_paths as it was written before its plain-ASCII path: every path through
+    check_path and fold, every prefix of every path folded and looked up."""
+    seen: dict[str, str] = {}
+    files: set[str] = set()
+    all_paths: list[list[str]] = []
+    for path, typ in items:
+        parts = check_path(path)
+        key = fold(path)
+        if key in seen:
+            raise UnsafePathError(path, f"collides with {seen[key]!r}")
+        seen[key] = path
+        if typ != "dir":
+            files.add(key)
+        all_paths.append(parts)
+    for parts in all_paths:
+        for i in range(1, len(parts)):
+            prefix = fold("/".join(parts[:i]))
+            if prefix in files:
+                raise UnsafePathError("/".join(parts), f"is inside file {seen[prefix]!r}")
+
+
+def _verdict(check, items: list[tuple[str, str]]) -> str | None:
+    try:
+        check(items)
+        return None
+    except UnsafePathError as e:
+        return str(e)
+
+
+def test_check_paths_plain_ascii_shortcut_answers_as_every_path_checked_alone():
+    """The plain-ASCII shortcut and the once-per-directory 'inside a file' question give the
+    same verdict, word for word, as checking and folding each path and each prefix."""
+    import random
+    rng = random.Random(6)
+    alphabet = ["a", "B", "b", ".", "..", "/", ":", "\\", " ", "-", "\x7f", "\x1f", "\u00e9", "e\u0301", "K", "\u212a",
+                "x" * 250, "C:"]
+    for _ in range(3000):
+        items = []
+        for _ in range(rng.randint(1, 6)):
+            path = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+            items.append((path, rng.choice(["file", "dir", "symlink"])))
+        assert _verdict(check_paths, items) == _verdict(_check_paths_by_path, items), items
+    tree = [("d", "dir"), ("d/f", "file"), ("d/f/g", "file"), ("d/F/h/i", "file"), ("e", "dir"), ("e/x", "file")]
+    for n in range(1, len(tree) + 1):
+        assert _verdict(check_paths, tree[:n]) == _verdict(_check_paths_by_path, tree[:n])
+    assert _verdict(check_paths, tree) == "unsafe path in manifest: 'd/f/g' (is inside file 'd/f')"
