@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-import blake3
+import blake3 as _blake3
 
 from manifests.model import Entry
 
@@ -15,17 +15,23 @@ class FileDigest:
     Restore skips SHA-256 (a third of its CPU); every chunk is already re-hashed with
     BLAKE3 and `verify --deep` re-checks SHA-256 for auditors."""
 
-    def __init__(self, sha256: bool = True) -> None:
-        self._b3 = blake3.blake3()
+    def __init__(self, sha256: bool = True, *, blake3: bool = True) -> None:
+        """`blake3=False`: the caller has proved the file's BLAKE3 otherwise (a one-chunk file,
+        whose chunk was re-hashed on read and is the whole file): `matches` then checks only
+        SHA-256 (when kept), and `blake3` cannot be asked for."""
+        self._b3 = _blake3.blake3() if blake3 else None
         self._sha = hashlib.sha256() if sha256 else None
 
     def update(self, data: bytes | memoryview) -> None:
-        self._b3.update(data)
+        if self._b3 is not None:
+            self._b3.update(data)
         if self._sha is not None:
             self._sha.update(data)
 
     @property
     def blake3(self) -> str:
+        if self._b3 is None:
+            raise ValueError("this digest was made without BLAKE3")
         return self._b3.hexdigest()
 
     @property
@@ -35,4 +41,4 @@ class FileDigest:
         return self._sha.hexdigest()
 
     def matches(self, e: Entry) -> bool:
-        return self.blake3 == e.blake3 and (self._sha is None or self.sha256 == e.sha256)
+        return (self._b3 is None or self.blake3 == e.blake3) and (self._sha is None or self.sha256 == e.sha256)

@@ -880,8 +880,10 @@ class Repository:
         """A file's chunks in order, each fetched in parallel, decoded and re-hashed; after the
         last one the whole file's digest is checked (FileHashError). Damage raises at its
         chunk, or with keep_going is yielded as a Piece with an error (and the whole-file
-        check is skipped, since it cannot pass)."""
-        digest = FileDigest(sha256)
+        check is skipped, since it cannot pass). A file of one chunk whose hash is the file's
+        BLAKE3 (the manifest checks it spans the whole file) has that BLAKE3 proved by the
+        chunk's own re-hash: only SHA-256, when asked for, is computed over its bytes again."""
+        digest = FileDigest(sha256, blake3=not (len(e.chunks) == 1 and e.chunks[0].hash == e.blake3))
         broken = False
         for c, got in ordered_map(pool, self.try_read_chunk, e.chunks, window):
             if isinstance(got, ArchiverError):

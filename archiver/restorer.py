@@ -266,15 +266,19 @@ def _remove_if_stale(dir_fd: int, name: str) -> bool:
             os.close(fd)
 
 
-def _create_temp(dir_fd: int) -> tuple[str, int]:
-    """Create and lock a temp file in dir_fd. The lock tells a concurrent restore's cleanup
-    that the file is live; it is held until the file is renamed into place."""
+def _create_temp(dir_fd: int, mode: int = 0o600) -> tuple[str, int]:
+    """Create and lock a temp file in dir_fd, with exactly `mode` (what the umask took from it
+    is put back, seen in the fstat the lock check makes anyway). The lock tells a
+    concurrent restore's cleanup that the file is live; it is held until the file is renamed
+    into place. A cleanup only ever unlinks a temp file, after taking its lock: once ours is
+    held, the file still having a link (st_nlink) proves it is the one under `tmp` (its random
+    name is made by no one else), so no second stat of the name is needed."""
     prefix = TEMP_PREFIX
     while True:
         tmp = temp_name(prefix)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
-                         0o600, dir_fd=dir_fd)
+                         mode, dir_fd=dir_fd)
         except OSError as err:
             if prefix == TEMP_PREFIX and err.errno in (errno.EINVAL, errno.EILSEQ):
                 prefix = PORTABLE_TEMP_PREFIX  # the filesystem refuses a backslash in names
@@ -286,10 +290,12 @@ def _create_temp(dir_fd: int) -> tuple[str, int]:
             except OSError as err:
                 if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
                     raise
-            if os.path.samestat(os.fstat(fd), os.stat(tmp, dir_fd=dir_fd, follow_symlinks=False)):
+            st = os.fstat(fd)
+            if st.st_nlink > 0:
+                if stat.S_IMODE(st.st_mode) != mode:
+                    os.fchmod(fd, mode)
                 return tmp, fd
-        except FileNotFoundError:
-            pass  # a cleanup took it between its creation and our lock: start over
+            # else a cleanup took it between its creation and our lock: start over
         except BaseException:
             os.close(fd)
             try:
@@ -496,6 +502,15 @@ def _discard(dir_fd: int, tmp: str, fd: int) -> None:
         pass
 
 
+def mode_at_create(mode: int) -> bool:
+    """True when a restored file can be created with its final `mode` rather than 0o600 and
+    an fchmod once written: it has no setuid/setgid/sticky bit (a write would clear them),
+    and its owner can read it (a concurrent restore's cleanup must be able to open it to see
+    it is locked: a file it cannot open is taken for a leftover). What the umask takes from
+    it, `_create_temp` puts back."""
+    return not mode & 0o7000 and bool(mode & 0o400)
+
+
 def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadPoolExecutor,
                 staged: list[_Staged], problems: list[Problem], progress: Progress, mode_mask: int) -> None:
     """Write small file `e` under a temp name in dir_fd, every chunk and the whole file
@@ -503,8 +518,10 @@ def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadP
     renamed). A damaged file is reported in `problems` and its temp removed."""
     tmp = ""
     fd = -1
+    mode = e.mode & mode_mask
+    at_create = mode_at_create(mode)
     try:
-        tmp, fd = _create_temp(dir_fd)
+        tmp, fd = _create_temp(dir_fd, mode if at_create else 0o600)
         written = 0
         for piece in repo.stream_file(e, pool, 2, keep_going=True, sha256=False):
             if piece.error is not None:  # stop at the first bad chunk: this file cannot be restored
@@ -517,7 +534,8 @@ def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadP
             progress.advance(len(data))
         if written >= HOLE_WINDOW:  # a shorter file has no hole (_write_sparse skips only whole windows)
             os.ftruncate(fd, written)  # the size, if the file ends in a hole
-        os.fchmod(fd, e.mode & mode_mask)
+        if not at_create:
+            os.fchmod(fd, mode)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
         staged.append(_Staged(e, dir_fd, e.path.rpartition("/")[2], tmp, fd))  # one append: atomic across threads
         tmp, fd = "", -1

@@ -15,6 +15,7 @@ from pathlib import Path
 import blake3
 import pytest
 
+from archiver import digests as archiver_digests
 from archiver import layout
 from archiver.digests import FileDigest
 from archiver.errors import CorruptChunkError, FileHashError, ManifestError, ObjectMissingError
@@ -165,6 +166,31 @@ def test_stream_file_yields_in_order_and_checks_the_whole_file(repo):
             list(repo.stream_file(wrong, pool, 3))
         assert ei.value.path == "f.bin"
         list(repo.stream_file(wrong, pool, 3, sha256=False))  # BLAKE3 only: passes
+
+
+def test_stream_file_of_one_chunk_takes_its_blake3_from_the_chunk_check(repo, monkeypatch):
+    """A one-chunk file whose chunk hash is its BLAKE3 is not BLAKE3-hashed a second time (the
+    chunk's re-hash on read proved it); SHA-256 is still checked, and a file BLAKE3 that is
+    not the chunk's is still refused."""
+    data = os.urandom(3000)
+    ref = save(repo, data)
+    e = file_entry("one.bin", [data], [ref])
+    assert e.blake3 == ref.hash
+    made = []
+    real = archiver_digests.FileDigest.__init__
+
+    def spy(self, sha256=True, *, blake3=True):
+        made.append(blake3)
+        real(self, sha256, blake3=blake3)
+    monkeypatch.setattr(archiver_digests.FileDigest, "__init__", spy)
+    with ThreadPoolExecutor(2) as pool:
+        assert [p.data for p in repo.stream_file(e, pool, 2)] == [data]
+        assert made == [False]
+        with pytest.raises(FileHashError):
+            list(repo.stream_file(Entry(**{**e.__dict__, "sha256": "0" * 64}), pool, 2))
+        with pytest.raises(FileHashError):
+            list(repo.stream_file(Entry(**{**e.__dict__, "blake3": "0" * 64}), pool, 2, sha256=False))
+        assert made == [False, False, True]
 
 
 def test_stream_file_damage_raises_or_is_reported_with_keep_going(repo, tmp_path):

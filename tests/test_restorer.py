@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -205,7 +206,7 @@ def test_filesystem_refusing_backslashes_gets_portable_temp_names(archived, tmp_
     dest = tmp_path / "dest"
     created = []
     real_create = restorer._create_temp
-    monkeypatch.setattr(restorer, "_create_temp", lambda dfd: created.append(real_create(dfd)) or created[-1])
+    monkeypatch.setattr(restorer, "_create_temp", lambda *a: created.append(real_create(*a)) or created[-1])
     res = archiver.restore(mid, dest)
     assert res.ok and tried and created
     assert all(name.startswith(PORTABLE_TEMP_PREFIX) and is_temp_name(name) and len(name) == 46
@@ -645,3 +646,65 @@ def test_damaged_small_files_are_reported_never_renamed_and_the_rest_restored(sm
     good = [e for e in files if e not in bad]
     for e in good:
         assert (out / e.path).read_bytes() == (src.parent / e.path).read_bytes()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_small_files_get_their_modes_whatever_the_umask_with_no_fchmod_when_created_so(tmp_path, monkeypatch, umask):
+    """A small file whose mode has no special bit and lets its owner read is created with that
+    mode (what the umask takes is put back at once) and needs no fchmod after writing; any
+    other (no owner read: a cleanup could not see its lock) is created 0o600 and fchmodded."""
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ARCHIVER_STORE", raising=False)
+    src = tmp_path / "src"
+    modes = {"a": 0o644, "b": 0o600, "c": 0o444, "d": 0o755, "e": 0o640, "f": 0o200, "g": 0o070, "h": 0o4755}
+    for name, mode in modes.items():
+        (src / "sub").mkdir(parents=True, exist_ok=True)
+        (src / "sub" / name).write_bytes(name.encode() * 100)
+        os.chmod(src / "sub" / name, mode)
+    r = run_cli("archive", str(src), "--name", "modes", "--json")
+    assert r.code == 0, r.err
+    created, chmodded = [], []
+    real_create, real_fchmod = restorer._create_temp, os.fchmod
+    monkeypatch.setattr(restorer, "_create_temp", lambda *a: created.append(a[1:]) or real_create(*a))
+    def fchmod(fd: int, mode: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # files only (directories get theirs at the end)
+            chmodded.append(mode)
+        real_fchmod(fd, mode)
+    monkeypatch.setattr(os, "fchmod", fchmod)
+    old = os.umask(umask)
+    try:
+        res = archiver.restore(r.json()["id"], tmp_path / "dest", preserve_special_bits=True)
+    finally:
+        os.umask(old)
+    assert res.ok
+    for name, mode in modes.items():
+        assert (tmp_path / "dest" / "src" / "sub" / name).stat().st_mode & 0o7777 == mode, name
+    plain = [m for m in modes.values() if not m & 0o7000 and m & 0o400]
+    assert sorted(m for (m,) in created) == sorted(plain + [0o600] * (len(modes) - len(plain)))
+    put_back = [m for m in plain if m & umask]  # the umask took bits: one fchmod at creation
+    assert sorted(chmodded) == sorted(put_back + [0o200, 0o070, 0o4755] + [0o600] * (3 if umask & 0o600 else 0))
+
+
+def test_a_temp_file_a_cleanup_took_before_the_lock_is_made_again(tmp_path, monkeypatch):
+    """A concurrent cleanup may unlink a temp file between its creation and our lock: the
+    locked file then has no link, and a fresh temp file is made under a new name."""
+    d = tmp_path / "d"
+    d.mkdir()
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    real_flock = restorer.fcntl.flock
+    taken = []
+
+    def flock(fd: int, op: int) -> None:
+        if not taken:  # the cleanup wins the first race
+            name = next(n for n in os.listdir(d) if is_temp_name(n))
+            os.unlink(name, dir_fd=dfd)
+            taken.append(name)
+        real_flock(fd, op)
+    monkeypatch.setattr(restorer.fcntl, "flock", flock)
+    try:
+        tmp, fd = restorer._create_temp(dfd, 0o644)
+        assert taken and tmp != taken[0] and os.listdir(d) == [tmp]
+        assert os.fstat(fd).st_nlink == 1 and stat.S_IMODE(os.fstat(fd).st_mode) == 0o644
+        os.close(fd)
+    finally:
+        os.close(dfd)
