@@ -128,7 +128,10 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
             manifests[mid] = m
     _chain_problems(repo, manifests, report)
     uses = _uses_by_hash(manifests)
-    _shallow(repo, uses, report)
+    local_deep = deep and not (executor is not None and executor.distributed)
+    if local_deep:  # packed chunks: one read per span of a pack; the presence check takes its lookups
+        repo.plan_reads(u[0].ref for u in uses.values())
+    _shallow(repo, uses, report, planned=local_deep)
     nworkers = workers or default_workers()
     if thaw is not None and deep:
         _thaw(repo, {h: u[0].ref.stored_size for h, u in uses.items()}, thaw, report)
@@ -140,7 +143,6 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
         progress.finish()
     elif deep:
         progress.start("verify", sum(m.total_size for m in manifests.values()))
-        repo.plan_reads(u[0].ref for u in uses.values())  # packed chunks: one read per span of a pack
         _deep(repo, manifests, nworkers, report, progress)
         progress.finish()
     elif sample:
@@ -254,9 +256,10 @@ def _uses_by_hash(manifests: dict[str, Manifest]) -> dict[str, list[ChunkUse]]:
     return uses
 
 
-def _shallow(repo: Repository, uses: dict[str, list[ChunkUse]], report: VerifyReport) -> None:
-    """Every chunk present with its recorded stored size, from LIST pages."""
-    sizes, pack_notes = repo.chunk_presence(uses)
+def _shallow(repo: Repository, uses: dict[str, list[ChunkUse]], report: VerifyReport, planned: bool = False) -> None:
+    """Every chunk present with its recorded stored size, from LIST pages. `planned`: the
+    pack locations come from the read plan just made (see Repository.chunk_presence)."""
+    sizes, pack_notes = repo.chunk_presence(uses, planned=planned)
     for h in sorted(uses):
         report.chunks_checked += 1
         got = sizes.get(h)

@@ -219,6 +219,7 @@ class PackState:
     plan: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # pack -> planned spans (start, end)
     planned_at: dict[str, tuple[str, int]] = field(default_factory=dict)  # hash -> (pack, offset), of the plan
     planned_locs: dict[str, list[PackLocation]] = field(default_factory=dict)  # hash -> locations, of the plan
+    planned_hashes: frozenset[str] = frozenset()  # every hash the plan looked up (packed or not)
     thawed: set[str] = field(default_factory=set)  # objects whose thaw this process requested
 
     def __post_init__(self) -> None:

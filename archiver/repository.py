@@ -2367,6 +2367,7 @@ class Repository:
             self._packstate.plan = plan
             self._packstate.planned_at = at
             self._packstate.planned_locs = found
+            self._packstate.planned_hashes = frozenset(wanted)
             self._packstate.spans.clear()
         return sum(len(v) for v in plan.values())
 
@@ -2384,16 +2385,26 @@ class Repository:
                         for h, locs in self._pack_locations_many(rest).items() if locs})
         return out
 
-    def chunk_presence(self, hashes: Iterable[str]) -> tuple[dict[str, int], dict[str, str]]:
+    def chunk_presence(self, hashes: Iterable[str], *, planned: bool = False) -> tuple[dict[str, int], dict[str, str]]:
         """(stored size of each chunk the store holds, why each packed chunk that is not
         held is not). A packed chunk is held if its pack and index exist and the pack has
         the size its index records. Cost grows with the archive, not the store: objects are
         checked by HEAD each, or by LISTing only the prefixes they are under, whichever is
-        fewer requests. A sealed store has no packs: sizes at the keyed addresses."""
+        fewer requests. A sealed store has no packs: sizes at the keyed addresses.
+        `planned`: `plan_reads` has just looked these chunks' pack locations up (a deep
+        verify): they are taken from its plan rather than looked up again."""
         if self._sealer is not None:
             return self._sealed_chunk_sizes(hashes), {}
         hashes = list(dict.fromkeys(hashes))
-        located = self._pack_locations_many(hashes)
+        if planned:
+            with self._packstate.lock:
+                seen, locs = self._packstate.planned_hashes, self._packstate.planned_locs
+            located = {h: list(locs[h]) for h in hashes if h in locs}
+            unplanned = [h for h in hashes if h not in seen]
+            if unplanned:
+                located.update(self._pack_locations_many(unplanned))
+        else:
+            located = self._pack_locations_many(hashes)
         rest = [h for h in hashes if h not in located]
         sizes = self._own_chunk_sizes(rest)
         lost = [h for h in rest if h not in sizes]

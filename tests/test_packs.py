@@ -355,6 +355,40 @@ def test_shallow_checks_choose_list_or_head_by_request_count(tmp_path: Path, hom
         assert "list" not in calls and "stat" in calls
 
 
+def test_a_deep_verify_looks_pack_locations_up_once(tmp_path: Path, home: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read plan's lookups serve the presence check too: one catalog query for the pack
+    locations per deep verify; the answer is the unplanned one, also for a chunk the plan
+    did not look up, and a missing pack is still reported."""
+    url = str(tmp_path / "store")
+    src = small_tree(tmp_path / "src", n=30)
+    (src / "big.bin").write_bytes(os.urandom(3 << 20))  # one chunk under its own key
+    archive(url, src)
+    with open_repository(url) as repo:
+        m = repo.load_manifest(repo.resolve("m"))
+        chunks = m.unique_chunks()
+        want = repo.chunk_presence(chunks)
+        some = list(chunks)[: len(chunks) // 2]
+        repo.plan_reads(chunks[h] for h in some)
+        assert repo.chunk_presence(chunks, planned=True) == want
+        asked: list[int] = []
+        real = type(repo._catalog).pack_locations
+
+        def pack_locations(self, hashes):
+            hashes = list(hashes)
+            asked.append(len(hashes))
+            return real(self, hashes)
+        monkeypatch.setattr(type(repo._catalog), "pack_locations", pack_locations)
+    r = run_cli("--store", url, "verify", "m", "--deep", "--json")
+    assert r.code == 0, r.err
+    assert asked[0] == len(chunks) and all(n == 1 for n in asked[1:])  # then only the unpacked chunk's read
+    monkeypatch.setattr(type(repo._catalog), "pack_locations", real)
+    pack = next(k for k in RawStore(url).keys(layout.PACKS))
+    (tmp_path / "store" / pack).unlink()
+    r = run_cli("--store", url, "verify", "m", "--deep", "--json")
+    assert r.code == 1 and "is missing from the store" in r.out
+
+
 def test_layout_pack_keys_and_their_inverses() -> None:
     h = "ab" + "0" * 62
     assert layout.pack(h) == f"packs/ab/{h}" and layout.pack_id(layout.pack(h)) == h
