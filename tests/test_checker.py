@@ -7,18 +7,26 @@ Damage is done directly on the local store directory, whose layout is documented
 store.json, chunks/<h[0:2]>/<h>, manifests/<id>.json, signatures/<id>/<fingerprint>.json."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import archiver
+from archiver import checker
 from archiver.errors import ArchiverError, InvalidOptionError, UsageError
+from archiver.progress import Progress
+from archiver.repository import Repository
+from archiver.settings import Settings
 from tests.helpers import RawStore, make_checkpoint
+from tests.test_repository import file_entry, save
 
 FRACTIONS = (0.5, 0.1, 0.01, 1.0)
 
@@ -496,3 +504,26 @@ def test_chain_checks_within_one_run_match_the_store_fetching_ones(arch, source)
     arch.raw.delete(manifest_key(other))
     rep = arch.verify([other, child])
     assert {(p.manifest, p.kind) for p in rep.problems} == {(other, "manifest"), (child, "chain")}
+
+
+def test_a_one_chunk_file_is_proved_as_the_stream_proves_it(tmp_path):
+    """The one-chunk shortcut of a deep read finds what the streamed read finds: intact,
+    a wrong SHA-256 or BLAKE3 on record, a damaged chunk, a missing one."""
+
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db"), create=True) as repo:
+        data, other = os.urandom(5000), os.urandom(700)
+        e = file_entry("a", [data], [save(repo, data)])
+        gone = file_entry("b", [other], [save(repo, other)])
+        (tmp_path / "store" / chunk_key(gone.chunks[0].hash)).unlink()
+        cases = [e, dataclasses.replace(e, sha256="0" * 64), dataclasses.replace(e, blake3="0" * 64), gone]
+        flipped = dataclasses.replace(e, chunks=(dataclasses.replace(e.chunks[0], hash="1" * 64),))
+        with ThreadPoolExecutor(2) as pool:
+            for x in cases + [flipped]:
+                fast = checker._prove_one_chunk(repo, x, Progress())
+                slow = checker._prove_streamed(repo, x, pool, 2, Progress())
+                assert (fast.chunks, fast.cold, fast.bytes_read, fast.hashed, fast.hash_mismatch) == \
+                    (slow.chunks, slow.cold, slow.bytes_read, slow.hashed, slow.hash_mismatch)
+                assert [(c, str(err)) for c, err in fast.damaged] == [(c, str(err)) for c, err in slow.damaged]
+        proofs = [checker._prove_one_chunk(repo, x, Progress()) for x in cases]
+    assert [(p.hashed, p.hash_mismatch, len(p.damaged)) for p in proofs] == \
+        [(True, False, 0), (True, True, 0), (True, True, 0), (False, False, 1)]
