@@ -37,14 +37,14 @@ from typing import Any, Iterable
 import blake3
 
 from archiver import events, fileio
-from archiver.errors import (DestinationError, DestinationFullError, FileHashError,
+from archiver.errors import (ArchiverError, DestinationError, DestinationFullError, FileHashError,
                              IntegrityError, UnsafePathError, translated)
 from archiver.fileio import write_all
 from archiver.parallel import batches, default_workers, ordered_map, window_for
 from archiver.problems import Outcome, Problem, chunk_problem, file_hash_problem
 from archiver.progress import Progress
 from archiver import thaw as thaw_mod
-from archiver.repository import Repository
+from archiver.repository import Piece, Repository
 from archiver.thaw import ThawOptions
 from manifests.model import Entry, Manifest
 from manifests.paths import check_link, check_paths
@@ -523,7 +523,9 @@ def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadP
     try:
         tmp, fd = _create_temp(dir_fd, mode if at_create else 0o600)
         written = 0
-        for piece in repo.stream_file(e, pool, 2, keep_going=True, sha256=False):
+        pieces = _one_chunk(repo, e) if len(e.chunks) == 1 else \
+            repo.stream_file(e, pool, 2, keep_going=True, sha256=False)
+        for piece in pieces:
             if piece.error is not None:  # stop at the first bad chunk: this file cannot be restored
                 problems.append(chunk_problem(mid, e, piece.ref, piece.error))
                 return
@@ -546,6 +548,19 @@ def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadP
     finally:
         if tmp:
             _discard(dir_fd, tmp, fd)
+
+
+def _one_chunk(repo: Repository, e: Entry) -> list[Piece]:
+    """What `stream_file(e, keep_going=True, sha256=False)` yields for a one-chunk file, read
+    on this thread with no stream: the chunk (re-hashed on read), or its damage; its hash
+    not being the file's BLAKE3 is a FileHashError (the chunk is the whole file)."""
+    c = e.chunks[0]
+    got = repo.try_read_chunk(c)
+    if isinstance(got, ArchiverError):
+        return [Piece(c, None, got)]
+    if c.hash != e.blake3:
+        raise FileHashError(e.path)
+    return [Piece(c, got)]
 
 
 def _restore_file(repo: Repository, mid: str, root_fd: int, e: Entry, pool: ThreadPoolExecutor, window: int,

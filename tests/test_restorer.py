@@ -708,3 +708,32 @@ def test_a_temp_file_a_cleanup_took_before_the_lock_is_made_again(tmp_path, monk
         os.close(fd)
     finally:
         os.close(dfd)
+
+
+def test_a_one_chunk_file_is_read_as_the_stream_reads_it(tmp_path):
+    """The one-chunk shortcut of a small-file restore yields what stream_file yields (the
+    chunk, or its damage) and refuses a file BLAKE3 that is not the chunk's, as it does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from archiver.repository import Repository
+    from archiver.settings import Settings
+    from tests.test_repository import file_entry, save
+
+    def answer(read):
+        try:
+            return [(p.ref, p.data, type(p.error).__name__ if p.error else None) for p in read()]
+        except errors.FileHashError as err:
+            return str(err)
+
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db"), create=True) as repo:
+        data, other = os.urandom(5000), os.urandom(700)
+        e = file_entry("a", [data], [save(repo, data)])
+        gone = file_entry("b", [other], [save(repo, other)])
+        next((tmp_path / "store").rglob(gone.chunks[0].hash + "*")).unlink()
+        flipped = dataclasses.replace(e, chunks=(dataclasses.replace(e.chunks[0], hash="1" * 64),))
+        cases = [e, dataclasses.replace(e, sha256="0" * 64), dataclasses.replace(e, blake3="0" * 64), gone, flipped]
+        with ThreadPoolExecutor(2) as pool:
+            got = [answer(lambda: restorer._one_chunk(repo, x)) for x in cases]
+            assert got == [answer(lambda: repo.stream_file(x, pool, 2, keep_going=True, sha256=False)) for x in cases]
+    assert got[0][0][1] == data and got[1] == got[0] and isinstance(got[2], str)
+    assert [g[0][2] for g in got[3:]] == ["ObjectMissingError", "ObjectMissingError"]
