@@ -265,6 +265,13 @@ def _snapshot(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, policy: ChunkPolicy,
                   window: int, progress: Progress, dirs: Any = None) -> Entry:
+    return _archive_file_stat(src, pool, writer, policy, window, progress, dirs)[0]
+
+
+def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, policy: ChunkPolicy,
+                       window: int, progress: Progress, dirs: Any = None) -> tuple[Entry, os.stat_result]:
+    """`_archive_file`, and the stat of the file's path taken after the read (the snapshot a
+    resume compares: fanout does not stat it again)."""
     # the regular file the scan saw (O_NOFOLLOW, same st_dev/st_ino), or raises; `dirs`
     # (scan.DirFds): its directory's descriptor, checked once per run, not once per file
     fd = open_source(src, dirs) if dirs is not None else open_source(src)
@@ -302,7 +309,7 @@ def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, p
         raise changed(src.abspath, "it was replaced by another file")
     return Entry(path=src.path, type="file", mode=src.mode, size=size, mtime_ns=before.st_mtime_ns,
                  blake3=digest.blake3, sha256=digest.sha256, format=fmt[0] if fmt else "",
-                 chunks=tuple(refs), tech=tech)
+                 chunks=tuple(refs), tech=tech), now
 
 
 def check_archive_args(name: object, label: object, meta: object) -> dict[str, str]:
