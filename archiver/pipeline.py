@@ -8,6 +8,7 @@ it names is durably in the store, then recorded in the catalog in one transactio
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import threading
@@ -16,6 +17,8 @@ from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
+
+import blake3
 
 from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
@@ -80,8 +83,12 @@ class _ChunkWriter:
         self.lock = threading.Lock()
 
     def __call__(self, rc: RawChunk) -> ChunkRef:
+        # BLAKE3, splitting planes for save_chunk in the same pass
+        return self.save(rc, self.repo.chunk_address(rc.data, rc.width))
+
+    def save(self, rc: RawChunk, h: str) -> ChunkRef:
+        """Save chunk `rc` whose address `h` this thread just computed (Repository.chunk_address)."""
         data = rc.data
-        h = self.repo.chunk_address(data, rc.width)  # BLAKE3, splitting planes for save_chunk in the same pass
         with self.lock:
             saved = self.done.get(h)
         if saved is None:
@@ -295,7 +302,10 @@ def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWrit
                 yield rc
 
         try:
-            refs = [ref for _, ref in ordered_map(pool, writer, chunks(), window)]
+            if size < policy.cdc_min:  # at most one chunk, the whole file: saved on this thread
+                digest, refs = _one_chunk(iter_chunks(f, size, policy, detected=fmt), writer, progress)
+            else:
+                refs = [ref for _, ref in ordered_map(pool, writer, chunks(), window)]
         except OSError as e:
             raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
         after = os.fstat(f.fileno())
@@ -310,6 +320,32 @@ def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWrit
     return Entry(path=src.path, type="file", mode=src.mode, size=size, mtime_ns=before.st_mtime_ns,
                  blake3=digest.blake3, sha256=digest.sha256, format=fmt[0] if fmt else "",
                  chunks=tuple(refs), tech=tech), now
+
+
+class _WholeDigest:
+    """The whole-file digests of a file read in one piece (FileDigest's properties): the
+    BLAKE3 already computed as its one chunk's address is not computed again."""
+
+    def __init__(self, b3: str, sha256: str) -> None:
+        self.blake3, self.sha256 = b3, sha256
+
+
+_EMPTY_DIGEST = _WholeDigest(blake3.blake3(b"").hexdigest(), hashlib.sha256(b"").hexdigest())
+
+
+def _one_chunk(chunks: Iterator[RawChunk], writer: _ChunkWriter, progress: Progress
+               ) -> tuple[_WholeDigest, list[ChunkRef]]:
+    """A file below the CDC minimum (iter_chunks: one span, no byte-planes, so its chunk is
+    the whole file and the chunk's address is the file's BLAKE3), without a hand-off to the
+    chunk pool or a second BLAKE3 pass. An empty file has no chunk."""
+    rcs = list(chunks)
+    if not rcs:
+        return _EMPTY_DIGEST, []
+    [rc] = rcs
+    b3 = writer.repo.chunk_address(rc.data, rc.width)
+    progress.advance(len(rc.data))
+    digest = _WholeDigest(b3, hashlib.sha256(rc.data).hexdigest())
+    return digest, [writer.save(rc, b3)]
 
 
 def check_archive_args(name: object, label: object, meta: object) -> dict[str, str]:

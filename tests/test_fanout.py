@@ -266,7 +266,8 @@ def test_a_stopped_batch_starts_no_more_files(tmp_path):
     files = [s for s in scan([src]) if not s.is_dir]
     progress = fanout.StoppableProgress(Progress())
     done = []
-    task = fanout.LocalArchiveBatch(None, None, None, 2, progress, on_done=lambda s, d: (done.append(s.path),
+    from archiver.chunking import ChunkPolicy
+    task = fanout.LocalArchiveBatch(None, None, ChunkPolicy(), 2, progress, on_done=lambda s, d: (done.append(s.path),
                                                                                        progress.stop()))
     with pytest.raises(Stopped):
         task(files)

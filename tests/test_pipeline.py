@@ -302,3 +302,39 @@ def test_commit_manifest_stores_nothing_the_reader_would_refuse(repo, tmp_path, 
     with pytest.raises(ManifestError, match="malformed manifest"):
         repo.commit_manifest(_one_file_manifest(repo, **overrides), details={})
     assert raw.keys("manifests") == before and len(repo.list_archives()) == 1
+
+
+def test_a_file_below_the_cdc_minimum_is_one_chunk_hashed_once(tmp_path, home, monkeypatch):
+    """A small file is saved on its own thread as one chunk: its chunk address is its BLAKE3
+    (computed once), its SHA-256 is the file's, an empty file has no chunk; a file of exactly
+    the CDC minimum takes the chunk pipeline, and both paths give the digests hashlib does."""
+    import hashlib
+
+    import blake3
+
+    from archiver import api, pipeline
+    from archiver.chunking import ChunkPolicy
+    policy = ChunkPolicy(cdc_min=4096, cdc_avg=8192, cdc_max=16384)
+    src = tmp_path / "src"
+    src.mkdir()
+    blobs = {"empty": b"", "tiny.bin": b"x", "small.bin": os.urandom(4095), "edge.bin": os.urandom(4096),
+             "big.bin": os.urandom(50_000)}
+    for name, data in blobs.items():
+        (src / name).write_bytes(data)
+    passes = []
+    real = pipeline._one_chunk
+    monkeypatch.setattr(pipeline, "_one_chunk", lambda *a: passes.append(1) or real(*a))
+    repo = api.open_repository(str(tmp_path / "s"), create=True)
+    try:
+        res = pipeline.archive(repo, [src], name="m", policy=policy)
+        m = repo.load_manifest(res.id)
+    finally:
+        repo.close()
+    assert len(passes) == 3  # empty, tiny.bin, small.bin
+    for e in m.files:
+        data = blobs[e.path.split("/")[-1]]
+        assert (e.blake3, e.sha256) == (blake3.blake3(data).hexdigest(), hashlib.sha256(data).hexdigest())
+        if len(data) < policy.cdc_min:
+            assert [(c.offset, c.length, c.hash) for c in e.chunks] == ([(0, len(data), e.blake3)] if data else [])
+        else:
+            assert sum(c.length for c in e.chunks) == len(data)
