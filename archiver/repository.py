@@ -2113,10 +2113,15 @@ class Repository:
                 ps.idle.notify_all()
             return
         with ps.lock:
-            for h, loc in packs.locations(index, iid):
-                ps.written.setdefault(h, []).append(loc)
-                ps.pending.pop(h, None)
-            ps.proved[index.pack] = {e[0]: describe(p) for e, p in zip(builder.entries, builder.parts)}
+            # where each chunk went, as (index, id, entry number): a PackLocation is made only
+            # for a chunk asked for again (few are); the codec each chunk was encoded with
+            # (its round trip checked then) is the one `describe` would read from its header
+            proved: dict[str, str] = {}
+            for i, h in enumerate(hashes):
+                ps.written_at.setdefault(h, []).append((index, iid, i))
+                held = ps.pending.pop(h, None)
+                proved[h] = held[1] if held is not None else describe(builder.parts[i])
+            ps.proved[index.pack] = proved
             ps.unrecorded.append(index)
             ps.in_flight -= 1
             ps.idle.notify_all()
@@ -2181,6 +2186,10 @@ class Repository:
             for h in hashes:
                 if h in ps.written:
                     out[h] = list(ps.written[h])
+                for index, iid, i in ps.written_at.get(h, ()):
+                    e = index.entries[i]
+                    out.setdefault(h, []).append(PackLocation(index.pack, e.offset, e.stored_size, e.length,
+                                                              index.size, iid))
             store_map = ps.store_map
         known = self._catalog.pack_locations(hashes) if self._catalog is not None else {}  # a worker: no catalog
         for h, rows in known.items():
