@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import math
 import os
 import threading
@@ -282,13 +283,23 @@ def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWrit
     # the regular file the scan saw (O_NOFOLLOW, same st_dev/st_ino), or raises; `dirs`
     # (scan.DirFds): its directory's descriptor, checked once per run, not once per file
     fd = open_source(src, dirs) if dirs is not None else open_source(src)
+    whole: _ReadWhole | None = None
     try:
-        f = open(src.abspath, "rb", opener=lambda _path, _flags: fd)  # keeps the path as f.name
+        before = _settled(fd, src)
+        if before.st_size < policy.cdc_min:  # one chunk at most: read whole, with two read(2)s
+            try:
+                whole = _ReadWhole(fd, before.st_size, str(src.abspath))
+            except OSError as e:
+                raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
+        else:
+            f: Any = open(src.abspath, "rb", opener=lambda _path, _flags: fd)  # keeps the path as f.name
     except BaseException:
         os.close(fd)
         raise
+    if whole is not None:
+        os.close(fd)
+        f = whole
     with f:
-        before = _settled(f.fileno(), src)
         size = before.st_size
         fmt = detect_regions(f, size)
         tech = file_tech(f, size, src.abspath.name, fmt[0] if fmt else "")
@@ -308,7 +319,7 @@ def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWrit
                 refs = [ref for _, ref in ordered_map(pool, writer, chunks(), window)]
         except OSError as e:
             raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
-        after = os.fstat(f.fileno())
+        after = f.after if isinstance(f, _ReadWhole) else os.fstat(f.fileno())
     if _snapshot(after) != _snapshot(before):
         raise changed(src.abspath, "its size, modification or change time moved")
     try:
@@ -320,6 +331,25 @@ def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWrit
     return Entry(path=src.path, type="file", mode=src.mode, size=size, mtime_ns=before.st_mtime_ns,
                  blake3=digest.blake3, sha256=digest.sha256, format=fmt[0] if fmt else "",
                  chunks=tuple(refs), tech=tech), now
+
+
+class _ReadWhole(io.BytesIO):
+    """A small file's bytes, read whole from its descriptor (up to one byte more than its
+    size, so iter_chunks sees a file that grew or shrank as it would on the file itself),
+    with its fstat right after the read, and its path as `name` like a file object's."""
+
+    def __init__(self, fd: int, size: int, name: str) -> None:
+        parts: list[bytes] = []
+        got = 0
+        while got <= size:
+            b = os.read(fd, size + 1 - got)
+            if not b:
+                break
+            parts.append(b)
+            got += len(b)
+        super().__init__(parts[0] if len(parts) == 1 else b"".join(parts))
+        self.after = os.fstat(fd)
+        self.name = name
 
 
 class _WholeDigest:
