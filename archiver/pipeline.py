@@ -304,7 +304,7 @@ def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWrit
         fmt = detect_regions(f, size)
         tech = file_tech(f, size, src.abspath.name, fmt[0] if fmt else "")
         f.seek(0)
-        digest = FileDigest()
+        digest: Any = None
 
         def chunks() -> Iterator[RawChunk]:
             for rc in iter_chunks(f, size, policy, detected=fmt):
@@ -316,6 +316,7 @@ def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWrit
             if size < policy.cdc_min:  # at most one chunk, the whole file: saved on this thread
                 digest, refs = _one_chunk(iter_chunks(f, size, policy, detected=fmt), writer, progress)
             else:
+                digest = FileDigest()
                 refs = [ref for _, ref in ordered_map(pool, writer, chunks(), window)]
         except OSError as e:
             raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
