@@ -296,6 +296,17 @@ class Repository:
         with translated():
             return resolve_trees(m, self.tree_object, stop=False)
 
+    def load_root(self, mid: str) -> Manifest:
+        """Manifest `mid` as its root object says (re-checked against its id), without reading
+        its trees or file maps: the catalog's copy if it has one, else the store's."""
+        return self._load_root(mid)
+
+    def known_trees(self, hashes: Iterable[str]) -> set[str]:
+        """Those of `hashes` a recorded manifest names as a tree: parsed with the reader's
+        checks when that manifest was committed or recorded (Catalog.known_trees)."""
+        with translated():
+            return self._catalog.known_trees(set(hashes))
+
     def tree_object(self, h: str, where: str = "") -> bytes:
         """The raw bytes stored under tree `h` (of directory `where`, for messages), refused if
         absent or too large (manifests' ManifestError); the caller checks them (`parse_tree`)."""

@@ -348,3 +348,50 @@ def test_trust_window_a_changed_file_asks_the_store_about_none_of_its_unchanged_
         assert repo.load_manifest(third.id).files[0].size == len(data)
     finally:
         repo.close()
+
+
+def test_an_unchanged_rearchive_through_trees_parses_no_tree_again(repo, tmp_path, reads, monkeypatch):
+    """Manifest v3: the previous manifest's trees were proved when it was committed, so the
+    files cache reads its entries without parsing a tree again (archiver.treereuse), and the
+    reused entries are the recorded ones, not copies; one changed file is read, the rest reused."""
+    from manifests import model
+    from archiver import treereuse
+    monkeypatch.setattr(model, "TREE_THRESHOLD", 3)
+    ck = make_checkpoint(tmp_path / "src" / "ck", layers=2, dim=64)
+    (ck / "sub").mkdir()
+    for i in range(4):
+        (ck / "sub" / f"s{i}.txt").write_bytes(b"x" * (i + 1))
+    first = pipeline_archive(repo, [ck], name="m")
+    assert repo.load_root(first.id).tree  # through trees
+    parsed: list[str] = []
+    real = model.parse_tree
+    counted = lambda data, h, where: parsed.append(where) or real(data, h, where)  # noqa: E731
+    monkeypatch.setattr(model, "parse_tree", counted)
+    monkeypatch.setattr(treereuse, "parse_tree", counted)
+    reads.clear()
+    again = pipeline_archive(repo, [ck], name="m")
+    assert parsed == [] and reads == [] and again.files_reused == first.files
+    assert files_of(repo, again.id) == files_of(repo, first.id)
+    (ck / "sub" / "s2.txt").write_bytes(b"changed")
+    reads.clear()
+    third = pipeline_archive(repo, [ck], name="m")
+    assert reads == ["ck/sub/s2.txt"] and third.files_reused == first.files - 1
+    assert files_of(repo, third.id)["ck/sub/s2.txt"].size == 7
+
+
+def test_rows_of_many_paths_are_read_by_one_range_and_only_theirs(tmp_path):
+    from archiver.filescache import FileStat, FilesCache, Row, _common_dir
+    cache = FilesCache(tmp_path / "c.files")
+    try:
+        wanted = [f"/data/t/d{i % 7}/f{i:04}" for i in range(600)]
+        others = ["/data/t2/f", "/data/tt/f", "/data/t", "/data/s/f", "/data/t/d1/not-asked"]
+        cache.put([(p, Row(FileStat(1, i, 2, 3, 4), "r", "m", p)) for i, p in enumerate(wanted + others)], 1.0)
+        got = cache.rows(wanted)
+        assert sorted(got) == sorted(wanted) and got[wanted[5]] == Row(FileStat(1, 5, 2, 3, 4), "r", "m", wanted[5])
+        assert sorted(cache.rows(wanted[:3] + others[:2])) == sorted(wanted[:3] + others[:2])  # few: by key
+    finally:
+        cache.close()
+    assert _common_dir(["/data/t/a/x", "/data/t/b/y"]) == "/data/t"
+    assert _common_dir(["/data/t/x1", "/data/t/x2"]) == "/data/t"
+    assert _common_dir(["/data/t1/x", "/data/t2/y"]) == "/data"
+    assert _common_dir(["/a/x", "/b/y"]) is None and _common_dir(["/x", "/y"]) is None
