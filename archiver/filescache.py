@@ -38,7 +38,7 @@ from archiver.parallel import ordered_map
 from archiver.repository import Repository, SavedChunk
 from archiver.scan import Source
 from archiver.treereuse import entries_by_path
-from manifests.model import ChunkRef, Entry
+from manifests.model import ChunkRef, Entry, PreviousTree
 
 # Bumped when what an entry records from a file changes (format detection, technical
 # metadata): entries from an older reader are then missed and the file read again.
@@ -168,6 +168,9 @@ class FilesRun:
     hits: dict[str, Entry] = field(default_factory=dict)      # abspath -> proved entry (its old path)
     proved: dict[str, ChunkRef] = field(default_factory=dict)  # chunks proved intact by `start`
     keys: dict[str, str] = field(default_factory=dict)        # archive path -> abspath, made once
+    # the trees read for the previous entries (directory -> tree): the commit keeps those of
+    # directories whose entries are all reused as they were (manifests.model.tree_objects)
+    trees: dict[str, PreviousTree] = field(default_factory=dict)
     reused: int = 0
 
     @classmethod
@@ -233,7 +236,7 @@ class FilesRun:
 
     def _files_of(self, mid: str) -> dict[str, Entry] | None:
         # re-checked against its id; trees the catalog saw proved are not parsed again (archiver.treereuse)
-        return entries_by_path(self.repo, mid)
+        return entries_by_path(self.repo, mid, self.trees)
 
     def _proved(self, candidates: dict[str, Entry], trust: float | None, write_policy: Any,
                 workers: int, changed: Iterable[Entry] = ()) -> dict[str, Entry]:

@@ -22,31 +22,36 @@ import json
 from archiver.errors import ArchiverError
 from archiver.repository import Repository
 from manifests.errors import ManifestError
-from manifests.model import ChunkRef, Entry, Manifest, manifest_id, parse_tree
+from manifests.model import ChunkRef, Entry, Manifest, PreviousTree, manifest_id, parse_tree, previous_tree
 
 
 class _Odd(Exception):
     """A known tree that does not decode as this module expects: use the full reader."""
 
 
-def load_for_reuse(repo: Repository, mid: str) -> Manifest:
+def load_for_reuse(repo: Repository, mid: str, trees: dict[str, PreviousTree] | None = None) -> Manifest:
     """Manifest `mid` with its entries, as `repo.load_manifest(mid)` returns it; trees the
     catalog knows are checked against their hash and decoded, not parsed with every check
-    again. ArchiverError as load_manifest raises it."""
+    again. ArchiverError as load_manifest raises it. `trees`, if given, gets each tree read
+    (directory -> PreviousTree), for the next commit to keep those of unchanged directories."""
     root = repo.load_root(mid)
     if not root.tree or root.resolved:
         return repo.load_manifest(mid)
+    read: dict[str, PreviousTree] = {}
     try:
-        entries = _walk(repo, root)
+        entries = _walk(repo, root, read)
     except _Odd:
         return repo.load_manifest(mid)
     if len(entries) != root.entry_count:
         return repo.load_manifest(mid)
     entries.sort(key=lambda e: e.path)
-    return repo.resolve_filemaps(dataclasses.replace(root, entries=tuple(entries)))
+    out = repo.resolve_filemaps(dataclasses.replace(root, entries=tuple(entries)))
+    if trees is not None:
+        trees.update(read)
+    return out
 
 
-def _walk(repo: Repository, root: Manifest) -> list[Entry]:
+def _walk(repo: Repository, root: Manifest, read: dict[str, PreviousTree]) -> list[Entry]:
     entries: list[Entry] = []
     todo = [("", root.tree)]
     while todo:
@@ -64,6 +69,9 @@ def _walk(repo: Repository, root: Manifest) -> list[Entry]:
                 got = parse_tree(data, h, where)
             except ManifestError:
                 raise _Odd() from None
+        prev = previous_tree(h, data, got)
+        if prev is not None:
+            read[where] = prev
         for e, sub in got:
             entries.append(e)
             if len(entries) > root.entry_count:
@@ -105,11 +113,12 @@ def _decode(data: bytes, where: str) -> list[tuple[Entry, str]]:
         raise _Odd() from None
 
 
-def entries_by_path(repo: Repository, mid: str) -> dict[str, Entry] | None:
+def entries_by_path(repo: Repository, mid: str, trees: dict[str, PreviousTree] | None = None
+                    ) -> dict[str, Entry] | None:
     """path -> file entry of manifest `mid`, or None if it cannot be loaded (the files cache
-    then reads those files)."""
+    then reads those files); `trees` as for `load_for_reuse`."""
     try:
-        m = load_for_reuse(repo, mid)
+        m = load_for_reuse(repo, mid, trees)
     except ArchiverError:
         return None
     return {e.path: e for e in m.files}

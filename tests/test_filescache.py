@@ -395,3 +395,33 @@ def test_rows_of_many_paths_are_read_by_one_range_and_only_theirs(tmp_path):
     assert _common_dir(["/data/t/x1", "/data/t/x2"]) == "/data/t"
     assert _common_dir(["/data/t1/x", "/data/t2/y"]) == "/data"
     assert _common_dir(["/a/x", "/b/y"]) is None and _common_dir(["/x", "/y"]) is None
+
+
+def test_an_unchanged_rearchive_commits_without_serialising_its_trees_again(repo, tmp_path, monkeypatch):
+    """The commit keeps the trees the files cache read for every directory whose entries are
+    all reused; a directory with one changed file, and those above it, get new trees; the
+    manifests read back as the entries given (the other directories' trees are the same)."""
+    from manifests import model
+    monkeypatch.setattr(model, "TREE_THRESHOLD", 3)
+    ck = make_checkpoint(tmp_path / "src" / "ck", layers=2, dim=64)
+    for sub in ("a", "b"):
+        (ck / sub).mkdir()
+        for i in range(3):
+            (ck / sub / f"s{i}.txt").write_bytes(sub.encode() * (i + 1))
+    first = pipeline_archive(repo, [ck], name="m")
+    serialised: list[list[str]] = []
+    real = model.tree_bytes
+    monkeypatch.setattr(model, "tree_bytes", lambda es, hs: serialised.append([e.path for e in es]) or real(es, hs))
+    again = pipeline_archive(repo, [ck], name="m")
+    assert [p for p in serialised if p] == [] and again.files_reused == first.files  # [] is an empty directory's
+    assert repo.load_root(again.id).tree == repo.load_root(first.id).tree
+    (ck / "a" / "s1.txt").write_bytes(b"changed")
+    serialised.clear()
+    third = pipeline_archive(repo, [ck], name="m")
+    serialised = [p for p in serialised if p]
+    assert sorted(p[0].rsplit("/", 1)[0] if p[0].count("/") else "" for p in serialised) == ["", "ck", "ck/a"]
+    monkeypatch.setattr(model, "tree_bytes", real)
+    m = repo.load_manifest(third.id)
+    assert m.tree != repo.load_root(first.id).tree
+    assert model.tree_objects(m.entries)[0] == m.tree  # the trees are exactly the entries' own
+    assert model.tree_objects(m.entries)[2]["ck/b"] == model.tree_objects(repo.load_manifest(first.id).entries)[2]["ck/b"]
