@@ -710,9 +710,9 @@ def previous_tree(h: str, data: bytes, entries: Iterable[tuple[Entry, str]]) -> 
 
 def same_as_previous(entries: list[Entry], hashes: dict[str, str], old: PreviousTree) -> bool:
     """True if `tree_bytes(entries, hashes)` is `old.data` without serialising: the same names,
-    each file or symlink the very Entry object read from that tree (equal values could still
-    serialise otherwise, e.g. 1 and 1.0 in `tech`), each directory equal in its fields of ints
-    and text with the same subtree hash."""
+    each file the very Entry object read from that tree (equal values could still
+    serialise otherwise, e.g. 1 and 1.0 in `tech`), each directory and symlink equal in its
+    fields of ints and text (a directory with the same subtree hash)."""
     if len(entries) != len(old.entries):
         return False
     by_path = {e.path: (e, sub) for e, sub in old.entries}
@@ -727,6 +727,10 @@ def same_as_previous(entries: list[Entry], hashes: dict[str, str], old: Previous
                 return False
             now = hashes.get(e.path, EMPTY_TREE)
             if (now if now != EMPTY_TREE else "") != sub:
+                return False
+        elif e.type == "symlink":  # made afresh from the scan each run: equal text and mode
+            if was.type != "symlink" or type(e.mode) is not int or type(e.target) is not str \
+                    or (e.mode, e.target) != (was.mode, was.target) or sub:
                 return False
         elif e is not was:
             return False

@@ -477,3 +477,12 @@ def test_a_previous_tree_is_kept_only_for_the_very_entries_it_was_read_as() -> N
     assert tree_objects(moved, prev) == tree_objects(moved)  # a directory's changed mtime: new parent tree
     h, data = prev[d].hash, prev[d].data
     assert model.previous_tree(h, data + b" ", prev[d].entries) is None  # never bytes under another name
+    # symlinks are made afresh from the scan: kept by equal mode and target, not by identity
+    links = [*entries, Entry(path="top/d02/link", type="symlink", mode=0o777, target="f001")]
+    prev = previous_of(links)
+    read = {e.path: e for p in prev.values() for e, _ in p.entries}
+    fresh = [dataclasses.replace(e) if e.type == "symlink" else read.get(e.path, e) for e in links]
+    assert model.same_as_previous([e for e in fresh if e.path.startswith("top/d02/")], tree_objects(links)[2],
+                                  prev["top/d02"])
+    retargeted = [dataclasses.replace(e, target="f002") if e.type == "symlink" else e for e in fresh]
+    assert tree_objects(retargeted, prev) == tree_objects(retargeted) != tree_objects(links)
