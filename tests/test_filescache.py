@@ -324,7 +324,7 @@ def test_trust_window_a_changed_file_asks_the_store_about_none_of_its_unchanged_
     (src / "weights.bin").write_bytes(bytes(data))
     store = CountingStore(open_store(str(tmp_path / "store"), create=True))
     repo = Repository(store, Catalog(tmp_path / "cat.db", store.url))
-    policy = ChunkPolicy(max_chunk=1 << 20)
+    policy = ChunkPolicy(max_chunk=1 << 20, cdc_min=128 << 10, cdc_avg=512 << 10, cdc_max=1 << 20)  # >= 8 chunks
     try:
         first = pipeline_archive(repo, [src], name="m", policy=policy)
         hashes = list(repo.load_manifest(first.id).unique_chunks())
