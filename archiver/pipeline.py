@@ -224,7 +224,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     if write_policy is not None:
         details["retention"] = _policy_summary(write_policy)
     committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,
-                                     read_maps=read_maps)
+                                     read_maps=read_maps, previous_trees=files_cache.trees)
     files_cache.commit(committed.id, sources, entries)
     files_cache.close()
     if journal is not None:

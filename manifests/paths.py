@@ -89,9 +89,13 @@ def check_paths(items: Iterable[tuple[str, str]]) -> None:
         if typ != "dir":  # a file or a symlink: nothing may lie below it
             files.add(key)
         all_paths.append(parts)
+    folded: dict[str, str] = {}  # directories recur for each entry under them: fold each once
     for parts in all_paths:
         for i in range(1, len(parts)):
-            prefix = fold("/".join(parts[:i]))
+            joined = "/".join(parts[:i])
+            prefix = folded.get(joined)
+            if prefix is None:
+                prefix = folded[joined] = fold(joined)
             if prefix in files:
                 raise UnsafePathError("/".join(parts), f"is inside file {seen[prefix]!r}")
 

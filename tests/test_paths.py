@@ -211,3 +211,16 @@ def test_archive_refuses_a_file_name_that_is_not_utf8(tmp_path, monkeypatch):
     r = run_cli("archive", str(d), "--name", "m")
     assert r.code == 1 and "not valid UTF-8" in r.err and r.err.count("\n") == 1, r.err
     assert run_cli("list", "--json").json() == []
+
+
+def test_check_paths_folds_each_directory_once_and_still_finds_a_file_used_as_one(monkeypatch):
+    from manifests import paths as paths_mod
+    calls: list[str] = []
+    real = paths_mod.fold
+    monkeypatch.setattr(paths_mod, "fold", lambda p: calls.append(p) or real(p))
+    items = [("top", "dir")] + [(f"top/d{d}", "dir") for d in range(5)]
+    items += [(f"top/d{i % 5}/f{i}", "file") for i in range(100)]
+    paths_mod.check_paths(items)
+    assert len(calls) == len(items) + 1 + 5  # each path once, then each directory once as a prefix
+    with pytest.raises(UnsafePathError, match="inside file"):
+        paths_mod.check_paths(items + [("top/d1/f6/x", "file")])
