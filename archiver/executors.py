@@ -112,6 +112,7 @@ class LocalExecutor:
 
     name = "local"
     distributed = False
+    batch_small_files = True  # each task is a hand-off to a thread: archive gives it runs of small files
 
     def __init__(self, task_cpus: int | None = None, max_inflight: int | None = None) -> None:
         cores = os.cpu_count() or 2
@@ -202,6 +203,12 @@ def run(executor: Executor, fn: Callable[[T], R], items: Iterable[T],
                 pass
     if error is not None:
         raise error
+
+
+def lost(item: str, e: BaseException) -> ArchiverError:
+    """The error for a task of `item` that failed other than by an ArchiverError: the
+    ArchiverError a Ray worker carried back, else TaskLostError naming the item."""
+    return _lost(item, e)
 
 
 def _lost(item: str, e: BaseException) -> ArchiverError:

@@ -8,7 +8,10 @@ store-only Repository from the driver's Settings and never the catalog; they ret
 file's Entry (or its problems), and the driver alone records anything. Archive: the driver
 checks by LIST that every chunk the entries name is in the store before the manifest is
 committed, journals each finished file so a killed run resumes, and builds the entries in
-the scan's order, so the manifest (and its id) is the one a local run makes."""
+the scan's order, so the manifest (and its id) is the one a local run makes.
+On the local executor (`batch_small_files`), files below BATCH_FILE_BELOW go in runs, one
+task per run: handing a file of a few KiB to a thread and back costs more than its work.
+Each file of a run is recorded and journalled as soon as it is done."""
 from __future__ import annotations
 
 import functools
@@ -22,10 +25,10 @@ from typing import Any, Iterable
 
 from archiver import executors
 from archiver.chunking import ChunkPolicy
-from archiver.errors import IntegrityError, InvalidOptionError, UsageError
+from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
 from archiver.executors import Executor, Stopped
 from archiver.journal import Journal, snapshot_of
-from archiver.parallel import window_for
+from archiver.parallel import batches, window_for
 from archiver.problems import Problem
 from archiver.progress import Progress
 from archiver.repository import Repository
@@ -69,13 +72,16 @@ class FileDone:
     repaired_chunks: int = 0
 
 
-def _finish(src: Source, entry: Entry) -> list[int]:
+def _finish(src: Source, entry: Entry, st: os.stat_result | None = None) -> list[int]:
+    """The file's snapshot once read (`st`: a stat of its path taken after the read, by
+    pipeline._archive_file_stat, so it is not taken twice)."""
     from archiver.pipeline import _check_blob
     _check_blob(src, entry)
-    try:
-        st = os.stat(src.abspath, follow_symlinks=src.followed)
-    except OSError:
-        raise changed(src.abspath, "it was removed or renamed") from None
+    if st is None:
+        try:
+            st = os.stat(src.abspath, follow_symlinks=src.followed)
+        except OSError:
+            raise changed(src.abspath, "it was removed or renamed") from None
     snap = snapshot_of(st)
     if snap[2] != entry.size or snap[3] != entry.mtime_ns:
         raise changed(src.abspath, "its size or modification time moved")
@@ -99,6 +105,11 @@ class StoppableProgress:
             raise Stopped()
         self.inner.advance(n)
 
+    def check(self) -> None:
+        """Raises Stopped once `stop()` was called (a batch asks before each of its files)."""
+        if self._stop.is_set():
+            raise Stopped()
+
 
 class LocalArchiveFile:
     """A file archived on a thread of this process, through the run's shared chunk writer
@@ -110,9 +121,70 @@ class LocalArchiveFile:
         self.dirs = dirs  # directory descriptors held for the run: small files open relative to them
 
     def __call__(self, src: Source) -> FileDone:
-        from archiver.pipeline import _archive_file
-        entry = _archive_file(src, self.pool, self.writer, self.policy, self.window, self.progress, self.dirs)
-        return FileDone(entry, _finish(src, entry))
+        from archiver.pipeline import _archive_file_stat
+        entry, after = _archive_file_stat(src, self.pool, self.writer, self.policy, self.window, self.progress,
+                                          self.dirs)
+        return FileDone(entry, _finish(src, entry, after))
+
+
+# Files below this size are archived in batches (one task per `parallel.batches` run of them):
+# a file of a few KiB costs less to read, hash and pack than its hand-off to a thread and back.
+BATCH_FILE_BELOW = 1 << 20
+
+
+class LocalArchiveBatch(LocalArchiveFile):
+    """A run of files archived one after another by one task of the local executor, each
+    handed to `on_done` as soon as it is done (the run's recorder: entries and journal). A
+    file's unexpected error is a TaskLostError naming that file (as its own task's would)."""
+
+    def __init__(self, *args: Any, on_done: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_done = on_done
+
+    def __call__(self, batch: list[Source]) -> int:  # type: ignore[override]
+        check = getattr(self.progress, "check", None)
+        for src in batch:
+            if check is not None:
+                check()  # another file failed, or Ctrl-C: the rest of the batch is not started
+            try:
+                done = LocalArchiveFile.__call__(self, src)
+            except (ArchiverError, Stopped):
+                raise
+            except Exception as e:  # noqa: BLE001 - as executors.run reports a lost task
+                raise executors.lost(str(src.abspath), e) from None
+            self.on_done(src, done)
+        return len(batch)
+
+
+class _Recorder:
+    """Takes each finished file (from any thread): its entry, and its journal line, written
+    out and fsynced about once a second."""
+
+    def __init__(self, out: "ArchivedFiles", journal: Journal | None) -> None:
+        self.out, self.journal = out, journal
+        self.lock = threading.Lock()
+        self.last_sync = time.monotonic()
+
+    def __call__(self, src: Source, done: FileDone) -> None:
+        with self.lock:
+            self.out.entries[src.path] = done.entry
+            if self.journal is not None:
+                now = time.monotonic()
+                sync = now - self.last_sync >= 1.0
+                self.journal.record(done.entry, done.snapshot, sync=sync)
+                if sync:
+                    self.last_sync = now
+
+
+def _describe(item: Source | list[Source]) -> str:
+    return str((item[0] if isinstance(item, list) else item).abspath)
+
+
+def local_batches(todo: list[Source]) -> list[list[Source]]:
+    """`todo` (largest first) as tasks: each file of BATCH_FILE_BELOW or more alone, the
+    smaller ones in runs (`parallel.batches`), in the same order."""
+    big = [[s] for s in todo if s.size >= BATCH_FILE_BELOW]
+    return big + list(batches([s for s in todo if s.size < BATCH_FILE_BELOW], lambda s: s.size))
 
 
 @dataclass(frozen=True)
@@ -170,34 +242,36 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
     settings = worker_settings(repo, executor)
     stoppable = None
     dirs: DirFds | None = None
+    record = _Recorder(out, journal)
     if settings is not None:
         task: Any = RemoteArchiveFile(settings, policy, write_policy, executor.task_cpus)
         pool = None
+        items: list[Any] = todo
     else:
         pool = ThreadPoolExecutor(pool_workers, thread_name_prefix="archive")
+        # small files in batches on a thread pool: one hand-off per batch, not per file
+        items = local_batches(todo) if getattr(executor, "batch_small_files", False) else [[s] for s in todo]
         # Chunks in flight stay at about one per pool thread in all (memory: a few chunks per
         # core), shared by the files read at once; a lone big file gets the whole window.
-        at_once = max(1, min(executor.max_inflight, len(todo)))
+        at_once = max(1, min(executor.max_inflight, len(items)))
         window = window_for(pool_workers) if at_once == 1 else max(2, window_for(pool_workers) // at_once)
         stoppable = StoppableProgress(progress)
         dirs = DirFds()
-        task = LocalArchiveFile(writer, pool, policy, window, stoppable, dirs)  # type: ignore[arg-type]
-    last_sync = time.monotonic()
+        # each file is recorded (and journalled) by its task as soon as it is done, so a kill
+        # in the middle of a batch still resumes the batch's finished files
+        task = LocalArchiveBatch(writer, pool, policy, window, stoppable, dirs,  # type: ignore[arg-type]
+                                 on_done=record)
     try:
         stop = stoppable.stop if stoppable is not None else None
-        for src, done in executors.run(executor, task, todo, describe=lambda s: str(s.abspath), stop=stop):
-            out.entries[src.path] = done.entry
-            if settings is not None:
-                with stats.lock:
-                    stats.new_chunks += done.new_chunks
-                    stats.new_bytes += done.new_bytes
-                    stats.repaired_chunks += done.repaired_chunks
-                progress.advance(done.entry.size)
-            if journal is not None:
-                now = time.monotonic()
-                journal.record(done.entry, done.snapshot, sync=now - last_sync >= 1.0)
-                if now - last_sync >= 1.0:  # written out and fsynced about once a second
-                    last_sync = now
+        for src, done in executors.run(executor, task, items, describe=_describe, stop=stop):
+            if settings is None:
+                continue  # the batch recorded its files itself
+            with stats.lock:
+                stats.new_chunks += done.new_chunks
+                stats.new_bytes += done.new_bytes
+                stats.repaired_chunks += done.repaired_chunks
+            progress.advance(done.entry.size)
+            record(src, done)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

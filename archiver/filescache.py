@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from archiver.errors import ArchiverError
 from archiver.parallel import ordered_map
 from archiver.repository import Repository, SavedChunk
 from archiver.scan import Source
-from manifests.model import ChunkRef, Entry, Manifest
+from archiver.treereuse import entries_by_path
+from manifests.model import ChunkRef, Entry, PreviousTree
 
 # Bumped when what an entry records from a file changes (format detection, technical
 # metadata): entries from an older reader are then missed and the file read again.
@@ -110,6 +110,17 @@ class FilesCache:
     def rows(self, paths: Iterable[str]) -> dict[str, Row]:
         out: dict[str, Row] = {}
         wanted = list(paths)
+        top = _common_dir(wanted) if len(wanted) > 500 else None
+        if top is not None:  # one range scan of the primary key instead of a lookup per path
+            want = set(wanted)
+            lo = top.rstrip("/") + "/"
+            hi = lo[:-1] + chr(ord("/") + 1)
+            q = ("SELECT path, dev, ino, size, mtime_ns, ctime_ns, reader, manifest, entry_path FROM files "
+                 "WHERE path >= ? AND path < ?")
+            for p, dev, ino, size, mt, ct, reader, mid, ep in self._conn.execute(q, (lo, hi)):
+                if p in want:
+                    out[p] = Row(FileStat(dev, ino, size, mt, ct), reader, mid, ep)
+            return out
         for i in range(0, len(wanted), 500):
             part = wanted[i:i + 500]
             q = (f"SELECT path, dev, ino, size, mtime_ns, ctime_ns, reader, manifest, entry_path FROM files "
@@ -133,6 +144,16 @@ class FilesCache:
             self._conn.execute("DELETE FROM files WHERE used < ?", (now - EXPIRE_S,))
 
 
+def _common_dir(paths: list[str]) -> str | None:
+    """The deepest directory holding every one of `paths` (absolute), or None if it is the
+    filesystem root (a range over it would be the whole table)."""
+    lo, hi = min(paths), max(paths)  # the common prefix of all is that of the least and greatest
+    top = os.path.commonprefix([lo, hi])
+    if not (lo.startswith(top + "/") and hi.startswith(top + "/")):
+        top = top[:top.rfind("/")]  # cut back to a whole component
+    return top if top.startswith("/") and top != "/" and top.strip("/") else None
+
+
 @dataclass
 class FilesRun:
     """One archive run's use of the cache: `start` stats every source file and proves the
@@ -147,6 +168,9 @@ class FilesRun:
     hits: dict[str, Entry] = field(default_factory=dict)      # abspath -> proved entry (its old path)
     proved: dict[str, ChunkRef] = field(default_factory=dict)  # chunks proved intact by `start`
     keys: dict[str, str] = field(default_factory=dict)        # archive path -> abspath, made once
+    # the trees read for the previous entries (directory -> tree): the commit keeps those of
+    # directories whose entries are all reused as they were (manifests.model.tree_objects)
+    trees: dict[str, PreviousTree] = field(default_factory=dict)
     reused: int = 0
 
     @classmethod
@@ -211,11 +235,8 @@ class FilesRun:
         return out
 
     def _files_of(self, mid: str) -> dict[str, Entry] | None:
-        try:
-            m: Manifest = self.repo.load_manifest(mid)  # re-checked against its id
-        except ArchiverError:
-            return None
-        return {e.path: e for e in m.files}
+        # re-checked against its id; trees the catalog saw proved are not parsed again (archiver.treereuse)
+        return entries_by_path(self.repo, mid, self.trees)
 
     def _proved(self, candidates: dict[str, Entry], trust: float | None, write_policy: Any,
                 workers: int, changed: Iterable[Entry] = ()) -> dict[str, Entry]:
@@ -263,6 +284,8 @@ class FilesRun:
         if e is None:
             return None
         self.reused += 1
+        if e.path == src.path and e.mode == src.mode:
+            return e  # as recorded (entries are immutable): no copy per unchanged file
         return Entry(path=src.path, type="file", mode=src.mode, size=e.size, mtime_ns=e.mtime_ns, blake3=e.blake3,
                      sha256=e.sha256, format=e.format, chunks=e.chunks, tech=e.tech)
 

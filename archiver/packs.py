@@ -198,7 +198,7 @@ class PackState:
     `open`: the pack being filled (with the write policy it is for); `pending`: chunks in
     the open pack or in a pack being written (not yet durable: dedup answers from here,
     the manifest waits for `flush`); `in_flight`/`errors`: packs being written by workers;
-    `written`: locations of packs this process wrote (the catalog learns them at the flush,
+    `written`/`written_at`: locations of packs this process wrote (the catalog learns them at the flush,
     on the committing thread); `proved`: per pack, the chunks (hash -> codec) a whole read
     of it proved intact; `store_map`: the store's own indexes, loaded once if needed."""
 
@@ -211,6 +211,8 @@ class PackState:
     in_flight: int = 0
     errors: list[BaseException] = field(default_factory=list)
     written: dict[str, list[PackLocation]] = field(default_factory=dict)
+    # ... the same for packs written by this run, as (index, index id, entry number) per chunk
+    written_at: dict[str, list[tuple[PackIndex, str, int]]] = field(default_factory=dict)
     unrecorded: list[PackIndex] = field(default_factory=list)
     proved: dict[str, dict[str, str]] = field(default_factory=dict)
     pack_locks: dict[str, threading.Lock] = field(default_factory=dict)

@@ -8,6 +8,8 @@ it names is durably in the store, then recorded in the catalog in one transactio
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import math
 import os
 import threading
@@ -16,6 +18,8 @@ from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
+
+import blake3
 
 from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
@@ -80,8 +84,12 @@ class _ChunkWriter:
         self.lock = threading.Lock()
 
     def __call__(self, rc: RawChunk) -> ChunkRef:
+        # BLAKE3, splitting planes for save_chunk in the same pass
+        return self.save(rc, self.repo.chunk_address(rc.data, rc.width))
+
+    def save(self, rc: RawChunk, h: str) -> ChunkRef:
+        """Save chunk `rc` whose address `h` this thread just computed (Repository.chunk_address)."""
         data = rc.data
-        h = self.repo.chunk_address(data, rc.width)  # BLAKE3, splitting planes for save_chunk in the same pass
         with self.lock:
             saved = self.done.get(h)
         if saved is None:
@@ -216,7 +224,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     if write_policy is not None:
         details["retention"] = _policy_summary(write_policy)
     committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,
-                                     read_maps=read_maps)
+                                     read_maps=read_maps, previous_trees=files_cache.trees)
     files_cache.commit(committed.id, sources, entries)
     files_cache.close()
     if journal is not None:
@@ -265,21 +273,38 @@ def _snapshot(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, policy: ChunkPolicy,
                   window: int, progress: Progress, dirs: Any = None) -> Entry:
+    return _archive_file_stat(src, pool, writer, policy, window, progress, dirs)[0]
+
+
+def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, policy: ChunkPolicy,
+                       window: int, progress: Progress, dirs: Any = None) -> tuple[Entry, os.stat_result]:
+    """`_archive_file`, and the stat of the file's path taken after the read (the snapshot a
+    resume compares: fanout does not stat it again)."""
     # the regular file the scan saw (O_NOFOLLOW, same st_dev/st_ino), or raises; `dirs`
     # (scan.DirFds): its directory's descriptor, checked once per run, not once per file
     fd = open_source(src, dirs) if dirs is not None else open_source(src)
+    whole: _ReadWhole | None = None
     try:
-        f = open(src.abspath, "rb", opener=lambda _path, _flags: fd)  # keeps the path as f.name
+        before = _settled(fd, src)
+        if before.st_size < policy.cdc_min:  # one chunk at most: read whole, with two read(2)s
+            try:
+                whole = _ReadWhole(fd, before.st_size, str(src.abspath))
+            except OSError as e:
+                raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
+        else:
+            f: Any = open(src.abspath, "rb", opener=lambda _path, _flags: fd)  # keeps the path as f.name
     except BaseException:
         os.close(fd)
         raise
+    if whole is not None:
+        os.close(fd)
+        f = whole
     with f:
-        before = _settled(f.fileno(), src)
         size = before.st_size
         fmt = detect_regions(f, size)
         tech = file_tech(f, size, src.abspath.name, fmt[0] if fmt else "")
         f.seek(0)
-        digest = FileDigest()
+        digest: Any = None
 
         def chunks() -> Iterator[RawChunk]:
             for rc in iter_chunks(f, size, policy, detected=fmt):
@@ -288,10 +313,14 @@ def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, p
                 yield rc
 
         try:
-            refs = [ref for _, ref in ordered_map(pool, writer, chunks(), window)]
+            if size < policy.cdc_min:  # at most one chunk, the whole file: saved on this thread
+                digest, refs = _one_chunk(iter_chunks(f, size, policy, detected=fmt), writer, progress)
+            else:
+                digest = FileDigest()
+                refs = [ref for _, ref in ordered_map(pool, writer, chunks(), window)]
         except OSError as e:
             raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
-        after = os.fstat(f.fileno())
+        after = f.after if isinstance(f, _ReadWhole) else os.fstat(f.fileno())
     if _snapshot(after) != _snapshot(before):
         raise changed(src.abspath, "its size, modification or change time moved")
     try:
@@ -302,7 +331,52 @@ def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, p
         raise changed(src.abspath, "it was replaced by another file")
     return Entry(path=src.path, type="file", mode=src.mode, size=size, mtime_ns=before.st_mtime_ns,
                  blake3=digest.blake3, sha256=digest.sha256, format=fmt[0] if fmt else "",
-                 chunks=tuple(refs), tech=tech)
+                 chunks=tuple(refs), tech=tech), now
+
+
+class _ReadWhole(io.BytesIO):
+    """A small file's bytes, read whole from its descriptor (up to one byte more than its
+    size, so iter_chunks sees a file that grew or shrank as it would on the file itself),
+    with its fstat right after the read, and its path as `name` like a file object's."""
+
+    def __init__(self, fd: int, size: int, name: str) -> None:
+        parts: list[bytes] = []
+        got = 0
+        while got <= size:
+            b = os.read(fd, size + 1 - got)
+            if not b:
+                break
+            parts.append(b)
+            got += len(b)
+        super().__init__(parts[0] if len(parts) == 1 else b"".join(parts))
+        self.after = os.fstat(fd)
+        self.name = name
+
+
+class _WholeDigest:
+    """The whole-file digests of a file read in one piece (FileDigest's properties): the
+    BLAKE3 already computed as its one chunk's address is not computed again."""
+
+    def __init__(self, b3: str, sha256: str) -> None:
+        self.blake3, self.sha256 = b3, sha256
+
+
+_EMPTY_DIGEST = _WholeDigest(blake3.blake3(b"").hexdigest(), hashlib.sha256(b"").hexdigest())
+
+
+def _one_chunk(chunks: Iterator[RawChunk], writer: _ChunkWriter, progress: Progress
+               ) -> tuple[_WholeDigest, list[ChunkRef]]:
+    """A file below the CDC minimum (iter_chunks: one span, no byte-planes, so its chunk is
+    the whole file and the chunk's address is the file's BLAKE3), without a hand-off to the
+    chunk pool or a second BLAKE3 pass. An empty file has no chunk."""
+    rcs = list(chunks)
+    if not rcs:
+        return _EMPTY_DIGEST, []
+    [rc] = rcs
+    b3 = writer.repo.chunk_address(rc.data, rc.width)
+    progress.advance(len(rc.data))
+    digest = _WholeDigest(b3, hashlib.sha256(rc.data).hexdigest())
+    return digest, [writer.save(rc, b3)]
 
 
 def check_archive_args(name: object, label: object, meta: object) -> dict[str, str]:

@@ -44,7 +44,7 @@ from manifests.model import MAX_FILEMAP_BYTES, filemap_bytes, parse_filemap, wit
 from manifests.model import filemap_records
 from manifests import errors as manifest_errors
 from manifests.model import MAX_TREE_BYTES, parse_tree, resolve_trees, tree_objects
-from manifests.model import prove_trees, with_trees_made
+from manifests.model import PreviousTree, prove_trees, with_trees_made
 from manifests.paths import check_paths
 
 # A signature object is ~250 bytes of JSON; anything far larger is not one.
@@ -296,6 +296,17 @@ class Repository:
         with translated():
             return resolve_trees(m, self.tree_object, stop=False)
 
+    def load_root(self, mid: str) -> Manifest:
+        """Manifest `mid` as its root object says (re-checked against its id), without reading
+        its trees or file maps: the catalog's copy if it has one, else the store's."""
+        return self._load_root(mid)
+
+    def known_trees(self, hashes: Iterable[str]) -> set[str]:
+        """Those of `hashes` a recorded manifest names as a tree: parsed with the reader's
+        checks when that manifest was committed or recorded (Catalog.known_trees)."""
+        with translated():
+            return self._catalog.known_trees(set(hashes))
+
     def tree_object(self, h: str, where: str = "") -> bytes:
         """The raw bytes stored under tree `h` (of directory `where`, for messages), refused if
         absent or too large (manifests' ManifestError); the caller checks them (`parse_tree`)."""
@@ -519,8 +530,8 @@ class Repository:
 
     def commit_manifest(self, m: Manifest, *, sign_key: Any = None,
                         details: dict[str, Any] | None = None, policy: Any = None,
-                        read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None = None
-                        ) -> Committed:
+                        read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None = None,
+                        previous_trees: Mapping[str, PreviousTree] | None = None) -> Committed:
         """Store the manifest (every chunk it names must already be durable), sign it, and
         record it in the catalog with an 'archive' audit entry. Never overwrites: an object
         already under the same id must be byte-identical, else the store holds a forgery.
@@ -533,10 +544,13 @@ class Repository:
         Manifest v2: a file over the threshold is recorded through its file map, which is
         stored here first (or, for an entry from `save_filemaps` without its chunks, read
         back and checked), so no root manifest ever names a map that is not durable; or taken
-        from `read_maps`, the maps `fanout.check_chunks_stored` has just read and checked)."""
+        from `read_maps`, the maps `fanout.check_chunks_stored` has just read and checked).
+        `previous_trees` (directory -> tree read earlier, e.g. by the files cache): an unchanged
+        directory keeps that tree's bytes instead of serialising its entries again; a tree no
+        recorded manifest names is still parsed as the reader would."""
         # A sealed store keeps every chunk list inline: a file map is a plaintext object, so
         # it would publish plaintext chunk hashes next to the encrypted manifest.
-        m, made = self._committed_form_made(m)
+        m, made = self._committed_form_made(m, previous_trees)
         hot = policy.for_metadata() if policy is not None else None
         proved: list[tuple[Entry, list[tuple[str, int, str]]]] = []  # new maps, recorded in batches
         for e in m.files:
@@ -609,14 +623,15 @@ class Repository:
         since a file map or tree is a plaintext object next to the encrypted manifest."""
         return self._committed_form_made(m)[0]
 
-    def _committed_form_made(self, m: Manifest) -> tuple[Manifest, tuple[str, dict[str, bytes], dict[str, str]] | None]:
+    def _committed_form_made(self, m: Manifest, previous: Mapping[str, PreviousTree] | None = None
+                             ) -> tuple[Manifest, tuple[str, dict[str, bytes], dict[str, str]] | None]:
         """`committed_form(m)` and its trees as `tree_objects` made them (None when inline):
         built once per commit, then stored, proved and recorded from the same objects."""
         if not m.resolved:  # a v3 root without its entries would be committed as an empty manifest
             raise ManifestError(f"malformed manifest: the entries of tree {m.tree[:16]} were not given")
         if self._sealer is not None:
             return (dataclasses.replace(m, tree="", entry_count=0) if m.tree else m), None
-        return with_trees_made(with_filemaps(m))
+        return with_trees_made(with_filemaps(m), previous)
 
     def iter_manifests(self) -> Iterator[StoredManifest]:
         """Every manifest object in the store, each checked against its id; a bad one is
@@ -2115,10 +2130,15 @@ class Repository:
                 ps.idle.notify_all()
             return
         with ps.lock:
-            for h, loc in packs.locations(index, iid):
-                ps.written.setdefault(h, []).append(loc)
-                ps.pending.pop(h, None)
-            ps.proved[index.pack] = {e[0]: describe(p) for e, p in zip(builder.entries, builder.parts)}
+            # where each chunk went, as (index, id, entry number): a PackLocation is made only
+            # for a chunk asked for again (few are); the codec each chunk was encoded with
+            # (its round trip checked then) is the one `describe` would read from its header
+            proved: dict[str, str] = {}
+            for i, h in enumerate(hashes):
+                ps.written_at.setdefault(h, []).append((index, iid, i))
+                held = ps.pending.pop(h, None)
+                proved[h] = held[1] if held is not None else describe(builder.parts[i])
+            ps.proved[index.pack] = proved
             ps.unrecorded.append(index)
             ps.in_flight -= 1
             ps.idle.notify_all()
@@ -2183,6 +2203,10 @@ class Repository:
             for h in hashes:
                 if h in ps.written:
                     out[h] = list(ps.written[h])
+                for index, iid, i in ps.written_at.get(h, ()):
+                    e = index.entries[i]
+                    out.setdefault(h, []).append(PackLocation(index.pack, e.offset, e.stored_size, e.length,
+                                                              index.size, iid))
             store_map = ps.store_map
         known = self._catalog.pack_locations(hashes) if self._catalog is not None else {}  # a worker: no catalog
         for h, rows in known.items():

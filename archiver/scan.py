@@ -87,6 +87,24 @@ def _name(p: Path) -> str:
     return p.name
 
 
+# A listed name joined to its directory without pathlib parsing it again (each name came
+# from listdir: one component, no separator); plain joining where the private helper is gone.
+_make_child = getattr(Path, "_make_child_relpath", None)
+
+
+def _child(d: Path, n: str) -> Path:
+    return _make_child(d, n) if _make_child is not None else d / n
+
+
+def _entry_name(n: str, p: Path) -> str:
+    """`_name(p)` for a name read from p's directory (n == p.name), without pathlib."""
+    try:
+        n.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ArchiverError(f"refusing {p}: file name is not valid UTF-8") from None
+    return n
+
+
 def _source(path: str, p: Path, st: os.stat_result, parent: Source | None) -> Source:
     is_dir = stat.S_ISDIR(st.st_mode)
     if is_dir:
@@ -148,12 +166,13 @@ def scan(paths: list[str | os.PathLike], *, dereference: bool = False) -> list[S
                 except OSError as e:
                     raise ArchiverError(f"cannot read directory {d.abspath}: {e.strerror}") from None
                 for n in reversed(names):  # reversed + stack pop = sorted order overall
-                    child = d.abspath / n
+                    child = _child(d.abspath, n)
                     cst = _lstat(child, n, fd)
                     if stat.S_ISLNK(cst.st_mode):
-                        src = _link_source(f"{d.path}/{_name(child)}", child, cst, d, fd, dereference, snapshot)
+                        src = _link_source(f"{d.path}/{_entry_name(n, child)}", child, cst, d, fd, dereference,
+                                           snapshot)
                     else:
-                        src = _source(f"{d.path}/{_name(child)}", child, _classify(child, cst), d)
+                        src = _source(f"{d.path}/{_entry_name(n, child)}", child, _classify(child, cst), d)
                     out.append(src)
                     if src.is_dir:
                         stack.append(src)

@@ -11,7 +11,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import blake3
 
@@ -655,12 +655,15 @@ def _plain_path(path: str) -> bool:
     return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
-def tree_objects(entries: tuple[Entry, ...] | list[Entry]) -> tuple[str, dict[str, bytes], dict[str, str]] | None:
+def tree_objects(entries: tuple[Entry, ...] | list[Entry], previous: Mapping[str, PreviousTree] | None = None
+                 ) -> tuple[str, dict[str, bytes], dict[str, str]] | None:
     """(top tree hash, hash -> tree bytes, directory path -> its tree hash) for `entries`, or
     None when they do not form a tree (a path with an empty, '.' or '..' component, a path
     listed twice, or an entry whose parent directory has no entry): such a manifest keeps
     its entries inline. Each tree lists one directory's entries by name, sorted; a
-    directory entry with entries under it names their tree in `tree`."""
+    directory entry with entries under it names their tree in `tree`.
+    `previous` (directory -> a tree read for it earlier: `PreviousTree`): a directory whose
+    entries are that tree's own (`same_as_previous`) keeps its bytes, not serialised again."""
     children: dict[str, list[Entry]] = {"": []}
     for e in entries:
         if not _plain_path(e.path) or e.path in children and e.type == "dir":
@@ -677,12 +680,61 @@ def tree_objects(entries: tuple[Entry, ...] | list[Entry]) -> tuple[str, dict[st
     hashes: dict[str, str] = {}
     objects: dict[str, bytes] = {}
     for d in sorted(children, key=lambda p: -p.count("/") - (p != "")):  # deepest first
-        data = tree_bytes(children[d], hashes)
-        h = manifest_id(data)
+        old = previous.get(d) if previous else None
+        if old is not None and same_as_previous(children[d], hashes, old):
+            data, h = old.data, old.hash
+        else:
+            data = tree_bytes(children[d], hashes)
+            h = manifest_id(data)
         if h != EMPTY_TREE or d == "":  # an empty directory names no tree
             objects[h] = data
         hashes[d] = h
     return hashes[""], objects, hashes
+
+
+@dataclass(frozen=True)
+class PreviousTree:
+    """A tree read for a directory (its hash, bytes, and the entries and subtree hashes
+    `parse_tree` returns for them), offered to `tree_objects` for reuse. The bytes must hash
+    to `hash` (checked when it is offered: `previous_tree`)."""
+
+    hash: str
+    data: bytes
+    entries: tuple[tuple[Entry, str], ...]
+
+
+def previous_tree(h: str, data: bytes, entries: Iterable[tuple[Entry, str]]) -> PreviousTree | None:
+    """A PreviousTree of bytes that hash to `h`, else None (never offer bytes under another name)."""
+    return PreviousTree(h, data, tuple(entries)) if manifest_id(data) == h else None
+
+
+def same_as_previous(entries: list[Entry], hashes: dict[str, str], old: PreviousTree) -> bool:
+    """True if `tree_bytes(entries, hashes)` is `old.data` without serialising: the same names,
+    each file the very Entry object read from that tree (equal values could still
+    serialise otherwise, e.g. 1 and 1.0 in `tech`), each directory and symlink equal in its
+    fields of ints and text (a directory with the same subtree hash)."""
+    if len(entries) != len(old.entries):
+        return False
+    by_path = {e.path: (e, sub) for e, sub in old.entries}
+    for e in entries:
+        got = by_path.get(e.path)
+        if got is None:
+            return False
+        was, sub = got
+        if e.type == "dir":
+            if was.type != "dir" or (e.mode, e.mtime_ns) != (was.mode, was.mtime_ns) \
+                    or type(e.mode) is not int or not (e.mtime_ns is None or type(e.mtime_ns) is int):
+                return False
+            now = hashes.get(e.path, EMPTY_TREE)
+            if (now if now != EMPTY_TREE else "") != sub:
+                return False
+        elif e.type == "symlink":  # made afresh from the scan each run: equal text and mode
+            if was.type != "symlink" or type(e.mode) is not int or type(e.target) is not str \
+                    or (e.mode, e.target) != (was.mode, was.target) or sub:
+                return False
+        elif e is not was:
+            return False
+    return True
 
 
 def tree_bytes(entries: list[Entry], hashes: dict[str, str]) -> bytes:
@@ -714,11 +766,13 @@ def with_trees(m: Manifest) -> Manifest:
     return with_trees_made(m)[0]
 
 
-def with_trees_made(m: Manifest) -> tuple[Manifest, tuple[str, dict[str, bytes], dict[str, str]] | None]:
+def with_trees_made(m: Manifest, previous: Mapping[str, PreviousTree] | None = None
+                    ) -> tuple[Manifest, tuple[str, dict[str, bytes], dict[str, str]] | None]:
     """`with_trees(m)` and the `tree_objects` it made (None when inline), so a commit builds
-    its trees once and hands the same objects to the store, the proof and the catalog."""
+    its trees once and hands the same objects to the store, the proof and the catalog;
+    `previous`: trees read earlier that unchanged directories keep (see `tree_objects`)."""
     if len(m.entries) > TREE_THRESHOLD:
-        made = tree_objects(m.entries)
+        made = tree_objects(m.entries, previous)
         if made is not None:
             return replace(m, tree=made[0], entry_count=len(m.entries)), made
     return (replace(m, tree="", entry_count=0) if m.tree else m), None

@@ -157,3 +157,118 @@ def test_the_driver_reads_each_workers_file_map_once(tmp_path, home, monkeypatch
     with api.open_repository(str(tmp_path / "b")) as repo:
         m = repo.load_manifest(far.id)
         assert sorted({r[3] for r in repo.chunk_coverage()}) == sorted(m.unique_chunks())
+
+
+# -- small files in batches (local executor) -------------------------------------------------
+def _small_tree(root, n=40):
+    root.mkdir()
+    for i in range(n):
+        (root / f"f{i:02d}.bin").write_bytes(os.urandom(100 + 37 * i) if i % 5 else b"")
+    return root
+
+
+def test_local_batches_keep_big_files_alone_and_every_file_once():
+    from pathlib import Path
+
+    from archiver.scan import Source
+    sizes = [5 << 20, fanout.BATCH_FILE_BELOW, 3 << 20] + [10 << 10] * 70 + [0] * 5
+    todo = [Source(f"f{i}", Path(f"/x/f{i}"), False, n, 0o644, 1, i) for i, n in enumerate(sizes)]
+    runs = fanout.local_batches(todo)
+    assert [s.path for r in runs for s in r] == [s.path for s in todo]  # same order, each once
+    assert runs[:3] == [[todo[0]], [todo[1]], [todo[2]]]  # BATCH_FILE_BELOW and up: a task each
+    assert all(len(r) > 1 for r in runs[3:]) and len(runs) < len(todo) // 4  # the rest share tasks
+
+
+def test_small_files_in_batches_same_id_as_one_task_per_file(tmp_path, home, monkeypatch):
+    """The local executor hands small files over a batch at a time; the manifest (and its id)
+    and the counts are those of one task per file (InProcessExecutor)."""
+    from archiver.executors import LocalExecutor
+    src = _small_tree(tmp_path / "src")
+    calls = []
+    real = fanout.LocalArchiveBatch.__call__
+
+    def counting(self, batch):
+        calls.append(len(batch))
+        return real(self, batch)
+
+    monkeypatch.setattr(fanout.LocalArchiveBatch, "__call__", counting)
+    one = api.archive([src], name="m", store=str(tmp_path / "a"), executor=InProcessExecutor())
+    assert calls == [1] * 40
+    calls.clear()
+    batched = api.archive([src], name="m", store=str(tmp_path / "b"), executor=LocalExecutor(max_inflight=2))
+    assert sum(calls) == 40 and len(calls) < 40
+    assert batched.id == one.id and (batched.files, batched.chunks) == (one.files, one.chunks)
+
+
+class _Killed(BaseException):
+    """As a SIGINT would stop the driver in the middle of a batch."""
+
+
+def test_a_kill_mid_batch_resumes_the_files_it_finished(tmp_path, home, monkeypatch):
+    """Each file of a batch is journalled when it is done, not when its batch is: a run
+    killed in the middle of a batch resumes the batch's finished files, same id."""
+    from archiver import pipeline
+    from archiver.executors import LocalExecutor
+    from archiver.journal import JOURNAL_DIR
+    src = _small_tree(tmp_path / "src")
+    clean = api.archive([src], name="m", store=str(tmp_path / "clean"))
+    real = pipeline._archive_file_stat
+    seen = []
+
+    def dying(src_, *a, **kw):
+        if len(seen) == 10:
+            raise _Killed()
+        seen.append(src_.path)
+        return real(src_, *a, **kw)
+
+    monkeypatch.setattr(pipeline, "_archive_file_stat", dying)
+    store = str(tmp_path / "s")
+    with pytest.raises(_Killed):
+        api.archive([src], name="m", store=store, executor=LocalExecutor(max_inflight=1))
+    lines = [ln for j in (home / JOURNAL_DIR).glob("*.jsonl") for ln in j.read_text().splitlines()]
+    assert len(lines) == 10  # all in the first batch (40 small files), journalled one by one
+    monkeypatch.setattr(pipeline, "_archive_file_stat", real)
+    res = api.archive([src], name="m", store=store)
+    assert res.resumed_files == 10 and res.id == clean.id
+
+
+def test_an_unexpected_error_in_a_batch_names_its_file(tmp_path, home, monkeypatch):
+    """A file failing with something other than an ArchiverError is a TaskLostError naming
+    that file (not the first of its batch), and nothing is committed."""
+    from archiver import pipeline
+    from archiver.executors import LocalExecutor, TaskLostError
+    src = _small_tree(tmp_path / "src")
+    real = pipeline._archive_file_stat
+
+    def failing(src_, *a, **kw):
+        if src_.path.endswith("f07.bin"):
+            raise RuntimeError("disk on fire")
+        return real(src_, *a, **kw)
+
+    monkeypatch.setattr(pipeline, "_archive_file_stat", failing)
+    store = str(tmp_path / "s")
+    with pytest.raises(TaskLostError, match=r"f07\.bin.*disk on fire") as err:
+        api.archive([src], name="m", store=store, executor=LocalExecutor(max_inflight=2))
+    assert "f06.bin" not in str(err.value) and "f39.bin" not in str(err.value)
+    assert api.list_archives(store=store) == []
+
+
+def test_a_stopped_batch_starts_no_more_files(tmp_path):
+    """Once the run is stopped (another file's error, Ctrl-C), a batch task gives up before
+    its next file, even one with no chunk to report progress on (an empty file)."""
+    from archiver.executors import Stopped
+    from archiver.progress import Progress
+    from archiver.scan import scan
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"e{i}").write_bytes(b"")
+    files = [s for s in scan([src]) if not s.is_dir]
+    progress = fanout.StoppableProgress(Progress())
+    done = []
+    from archiver.chunking import ChunkPolicy
+    task = fanout.LocalArchiveBatch(None, None, ChunkPolicy(), 2, progress, on_done=lambda s, d: (done.append(s.path),
+                                                                                       progress.stop()))
+    with pytest.raises(Stopped):
+        task(files)
+    assert done == [files[0].path]

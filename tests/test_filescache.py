@@ -324,7 +324,7 @@ def test_trust_window_a_changed_file_asks_the_store_about_none_of_its_unchanged_
     (src / "weights.bin").write_bytes(bytes(data))
     store = CountingStore(open_store(str(tmp_path / "store"), create=True))
     repo = Repository(store, Catalog(tmp_path / "cat.db", store.url))
-    policy = ChunkPolicy(max_chunk=1 << 20)
+    policy = ChunkPolicy(max_chunk=1 << 20, cdc_min=128 << 10, cdc_avg=512 << 10, cdc_max=1 << 20)  # >= 8 chunks
     try:
         first = pipeline_archive(repo, [src], name="m", policy=policy)
         hashes = list(repo.load_manifest(first.id).unique_chunks())
@@ -348,3 +348,80 @@ def test_trust_window_a_changed_file_asks_the_store_about_none_of_its_unchanged_
         assert repo.load_manifest(third.id).files[0].size == len(data)
     finally:
         repo.close()
+
+
+def test_an_unchanged_rearchive_through_trees_parses_no_tree_again(repo, tmp_path, reads, monkeypatch):
+    """Manifest v3: the previous manifest's trees were proved when it was committed, so the
+    files cache reads its entries without parsing a tree again (archiver.treereuse), and the
+    reused entries are the recorded ones, not copies; one changed file is read, the rest reused."""
+    from manifests import model
+    from archiver import treereuse
+    monkeypatch.setattr(model, "TREE_THRESHOLD", 3)
+    ck = make_checkpoint(tmp_path / "src" / "ck", layers=2, dim=64)
+    (ck / "sub").mkdir()
+    for i in range(4):
+        (ck / "sub" / f"s{i}.txt").write_bytes(b"x" * (i + 1))
+    first = pipeline_archive(repo, [ck], name="m")
+    assert repo.load_root(first.id).tree  # through trees
+    parsed: list[str] = []
+    real = model.parse_tree
+    counted = lambda data, h, where: parsed.append(where) or real(data, h, where)  # noqa: E731
+    monkeypatch.setattr(model, "parse_tree", counted)
+    monkeypatch.setattr(treereuse, "parse_tree", counted)
+    reads.clear()
+    again = pipeline_archive(repo, [ck], name="m")
+    assert parsed == [] and reads == [] and again.files_reused == first.files
+    assert files_of(repo, again.id) == files_of(repo, first.id)
+    (ck / "sub" / "s2.txt").write_bytes(b"changed")
+    reads.clear()
+    third = pipeline_archive(repo, [ck], name="m")
+    assert reads == ["ck/sub/s2.txt"] and third.files_reused == first.files - 1
+    assert files_of(repo, third.id)["ck/sub/s2.txt"].size == 7
+
+
+def test_rows_of_many_paths_are_read_by_one_range_and_only_theirs(tmp_path):
+    from archiver.filescache import FileStat, FilesCache, Row, _common_dir
+    cache = FilesCache(tmp_path / "c.files")
+    try:
+        wanted = [f"/data/t/d{i % 7}/f{i:04}" for i in range(600)]
+        others = ["/data/t2/f", "/data/tt/f", "/data/t", "/data/s/f", "/data/t/d1/not-asked"]
+        cache.put([(p, Row(FileStat(1, i, 2, 3, 4), "r", "m", p)) for i, p in enumerate(wanted + others)], 1.0)
+        got = cache.rows(wanted)
+        assert sorted(got) == sorted(wanted) and got[wanted[5]] == Row(FileStat(1, 5, 2, 3, 4), "r", "m", wanted[5])
+        assert sorted(cache.rows(wanted[:3] + others[:2])) == sorted(wanted[:3] + others[:2])  # few: by key
+    finally:
+        cache.close()
+    assert _common_dir(["/data/t/a/x", "/data/t/b/y"]) == "/data/t"
+    assert _common_dir(["/data/t/x1", "/data/t/x2"]) == "/data/t"
+    assert _common_dir(["/data/t1/x", "/data/t2/y"]) == "/data"
+    assert _common_dir(["/a/x", "/b/y"]) is None and _common_dir(["/x", "/y"]) is None
+
+
+def test_an_unchanged_rearchive_commits_without_serialising_its_trees_again(repo, tmp_path, monkeypatch):
+    """The commit keeps the trees the files cache read for every directory whose entries are
+    all reused; a directory with one changed file, and those above it, get new trees; the
+    manifests read back as the entries given (the other directories' trees are the same)."""
+    from manifests import model
+    monkeypatch.setattr(model, "TREE_THRESHOLD", 3)
+    ck = make_checkpoint(tmp_path / "src" / "ck", layers=2, dim=64)
+    for sub in ("a", "b"):
+        (ck / sub).mkdir()
+        for i in range(3):
+            (ck / sub / f"s{i}.txt").write_bytes(sub.encode() * (i + 1))
+    first = pipeline_archive(repo, [ck], name="m")
+    serialised: list[list[str]] = []
+    real = model.tree_bytes
+    monkeypatch.setattr(model, "tree_bytes", lambda es, hs: serialised.append([e.path for e in es]) or real(es, hs))
+    again = pipeline_archive(repo, [ck], name="m")
+    assert [p for p in serialised if p] == [] and again.files_reused == first.files  # [] is an empty directory's
+    assert repo.load_root(again.id).tree == repo.load_root(first.id).tree
+    (ck / "a" / "s1.txt").write_bytes(b"changed")
+    serialised.clear()
+    third = pipeline_archive(repo, [ck], name="m")
+    serialised = [p for p in serialised if p]
+    assert sorted(p[0].rsplit("/", 1)[0] if p[0].count("/") else "" for p in serialised) == ["", "ck", "ck/a"]
+    monkeypatch.setattr(model, "tree_bytes", real)
+    m = repo.load_manifest(third.id)
+    assert m.tree != repo.load_root(first.id).tree
+    assert model.tree_objects(m.entries)[0] == m.tree  # the trees are exactly the entries' own
+    assert model.tree_objects(m.entries)[2]["ck/b"] == model.tree_objects(repo.load_manifest(first.id).entries)[2]["ck/b"]

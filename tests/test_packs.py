@@ -581,3 +581,32 @@ def test_large_objects_close_their_own_packs_at_the_large_target() -> None:
         b.add(f"{i:064x}", chunk, len(chunk))
     assert b.full and len(b) == 3  # three 8 MiB chunks: one pack + one index instead of three objects
     assert b.size < 32 << 20 and b.size + packs.MAX_PACK_BELOW <= packs.MAX_PACK_BYTES
+
+
+@pytest.mark.packs
+def test_chunks_of_packs_written_this_run_are_found_and_proved_without_rereading(tmp_path, monkeypatch):
+    """A pack written by this process records, per chunk, where it went (PackLocation made
+    only when asked) and the codec it was encoded with: a chunk saved again in the same run
+    is deduplicated from there, located exactly, and no pack is read back."""
+    monkeypatch.setenv("ARCHIVER_PACK_BELOW", str(packs.SMALL_OBJECT))
+    from archiver import api, codecs
+    repo = api.open_repository(str(tmp_path / "s"), create=True)
+    try:
+        datas = [os.urandom(3000), b"z" * 5000, bytes(range(256)) * 20]
+        hs = [repo.chunk_address(d, 0) for d in datas]
+        saved = [repo.save_chunk(h, d, 0) for h, d in zip(hs, datas)]
+        assert repo.flush_packs() == 1
+        reads = []
+        real_get = repo._store.get
+        monkeypatch.setattr(repo._store, "get", lambda *a, **k: reads.append(a) or real_get(*a, **k))
+        again = [repo.save_chunk(h, d, 0) for h, d in zip(hs, datas)]
+        assert [(a.stored_size, a.codec, a.written) for a in again] == [(s.stored_size, s.codec, False) for s in saved]
+        assert {s.codec for s in saved} == {"raw", "zstd"} and not reads
+        at = 0
+        for h, s, d in zip(hs, saved, datas):
+            [loc] = repo._pack_locations(h)
+            assert (loc.offset, loc.stored_size, loc.length) == (at, s.stored_size, len(d))
+            assert codecs.describe(repo._pack_range(loc)) == s.codec
+            at += s.stored_size
+    finally:
+        repo.close()

@@ -302,3 +302,89 @@ def test_commit_manifest_stores_nothing_the_reader_would_refuse(repo, tmp_path, 
     with pytest.raises(ManifestError, match="malformed manifest"):
         repo.commit_manifest(_one_file_manifest(repo, **overrides), details={})
     assert raw.keys("manifests") == before and len(repo.list_archives()) == 1
+
+
+def test_a_file_below_the_cdc_minimum_is_one_chunk_hashed_once(tmp_path, home, monkeypatch):
+    """A small file is saved on its own thread as one chunk: its chunk address is its BLAKE3
+    (computed once), its SHA-256 is the file's, an empty file has no chunk; a file of exactly
+    the CDC minimum takes the chunk pipeline, and both paths give the digests hashlib does."""
+    import hashlib
+
+    import blake3
+
+    from archiver import api, pipeline
+    from archiver.chunking import ChunkPolicy
+    policy = ChunkPolicy(cdc_min=4096, cdc_avg=8192, cdc_max=16384)
+    src = tmp_path / "src"
+    src.mkdir()
+    blobs = {"empty": b"", "tiny.bin": b"x", "small.bin": os.urandom(4095), "edge.bin": os.urandom(4096),
+             "big.bin": os.urandom(50_000)}
+    for name, data in blobs.items():
+        (src / name).write_bytes(data)
+    passes = []
+    real = pipeline._one_chunk
+    monkeypatch.setattr(pipeline, "_one_chunk", lambda *a: passes.append(1) or real(*a))
+    repo = api.open_repository(str(tmp_path / "s"), create=True)
+    try:
+        res = pipeline.archive(repo, [src], name="m", policy=policy)
+        m = repo.load_manifest(res.id)
+    finally:
+        repo.close()
+    assert len(passes) == 3  # empty, tiny.bin, small.bin
+    for e in m.files:
+        data = blobs[e.path.split("/")[-1]]
+        assert (e.blake3, e.sha256) == (blake3.blake3(data).hexdigest(), hashlib.sha256(data).hexdigest())
+        if len(data) < policy.cdc_min:
+            assert [(c.offset, c.length, c.hash) for c in e.chunks] == ([(0, len(data), e.blake3)] if data else [])
+        else:
+            assert sum(c.length for c in e.chunks) == len(data)
+
+
+def test_a_small_file_read_whole_still_sees_it_grow_or_shrink(tmp_path):
+    """A small file is read whole (two read(2)s, one byte past its size): a file longer or
+    shorter than the size it was opened at is refused by the chunker as on the file itself,
+    naming the file, and the fstat after the read is kept for the before/after comparison."""
+    from archiver.chunking import ChunkPolicy, iter_chunks
+    from archiver.errors import SourceChangedError
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"a" * 100)
+    for size, match in ((50, "longer than the 50 bytes"), (200, "ended at byte 100, expected 200")):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            f = pipeline._ReadWhole(fd, size, str(p))
+        finally:
+            os.close(fd)
+        assert f.after.st_size == 100 and f.name == str(p)
+        with pytest.raises(SourceChangedError, match=f"{p}.*{match}"):
+            list(iter_chunks(f, size, ChunkPolicy()))
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        f = pipeline._ReadWhole(fd, 100, str(p))
+    finally:
+        os.close(fd)
+    assert [(rc.offset, rc.data) for rc in iter_chunks(f, 100, ChunkPolicy())] == [(0, b"a" * 100)]
+
+
+def test_a_small_file_rewritten_while_archived_is_refused(tmp_path, home, monkeypatch):
+    """The read-whole path keeps the before/after snapshot: a write between the settled fstat
+    and the read is refused and nothing is recorded."""
+    from archiver import api
+    from archiver.errors import SourceChangedError
+    src = tmp_path / "src"
+    src.mkdir()
+    victim = src / "small.bin"
+    victim.write_bytes(b"x" * 1000)
+    real = pipeline._settled
+
+    def settled_then_written(fd, s):
+        st = real(fd, s)
+        if s.abspath.name == "small.bin":
+            with open(victim, "ab") as f:
+                f.write(b"more")
+        return st
+
+    monkeypatch.setattr(pipeline, "_settled", settled_then_written)
+    store = str(tmp_path / "s")
+    with pytest.raises(SourceChangedError, match="small.bin"):
+        api.archive([src], name="m", store=store)
+    assert api.list_archives(store=store) == []

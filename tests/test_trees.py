@@ -354,9 +354,9 @@ def test_a_commit_builds_its_trees_once(repo: Repository, monkeypatch: pytest.Mo
     calls: list[int] = []
     real = model.tree_objects
 
-    def counted(entries):
+    def counted(entries, *rest):
         calls.append(len(entries))
-        return real(entries)
+        return real(entries, *rest)
     for mod in (model, repository_mod, catalog_mod):
         monkeypatch.setattr(mod, "tree_objects", counted)
     mid = repo.commit_manifest(Manifest(name="m", entries=tuple(big_tree()))).id
@@ -538,3 +538,63 @@ def test_the_small_file_trees_archiver_writes_are_read_by_the_plain_reader() -> 
         if h != EMPTY_TREE or d == "":
             assert model._plain_tree(objects[h], d) == model._parse_tree_json(objects[h], h, d)
             assert model._plain_tree(objects[h], d) is not None
+
+
+def previous_of(entries: list[Entry]) -> dict[str, model.PreviousTree]:
+    """Directory -> the tree read for it (as the files cache's treereuse reads them)."""
+    _, objects, by_dir = tree_objects(entries)
+    out = {}
+    for d, h in by_dir.items():
+        if h in objects:
+            out[d] = model.previous_tree(h, objects[h], parse_tree(objects[h], h, d))
+    return out
+
+
+def test_an_unchanged_directory_keeps_its_previous_tree_without_serialising_it(monkeypatch) -> None:
+    entries = big_tree()
+    prev = previous_of(entries)
+    # the entries as read back from those trees: the objects the files cache hands out
+    read = {e.path: e for p in prev.values() for e, _ in p.entries}
+    again = [read.get(e.path, e) if e.type != "dir" else dataclasses.replace(e) for e in entries]
+    serialised: list[int] = []
+    real = model.tree_bytes
+    monkeypatch.setattr(model, "tree_bytes", lambda es, hs: serialised.append(len(es)) or real(es, hs))
+    made = tree_objects(again, prev)
+    assert serialised == [0]  # only the empty directory's (no tree is stored for it)
+    monkeypatch.setattr(model, "tree_bytes", real)
+    assert made == tree_objects(entries)
+    # one changed file: its directory and the ones above it get new trees, the rest are kept
+    changed = [file_entry(e.path, 9) if e.path == "top/d07/f003" else e for e in again]
+    monkeypatch.setattr(model, "tree_bytes", lambda es, hs: serialised.append(len(es)) or real(es, hs))
+    serialised.clear()
+    made = tree_objects(changed, prev)
+    assert sorted(serialised) == [0, 1, 21, 60]  # empty, "", top, top/d07
+    monkeypatch.setattr(model, "tree_bytes", real)
+    assert made == tree_objects(changed)
+    assert made[2]["top/d03"] == prev["top/d03"].hash and made[2]["top/d07"] != prev["top/d07"].hash
+
+
+def test_a_previous_tree_is_kept_only_for_the_very_entries_it_was_read_as() -> None:
+    entries = big_tree()
+    entries[5] = dataclasses.replace(entries[5], tech={"n": 1})
+    prev = previous_of(entries)
+    read = {e.path: e for p in prev.values() for e, _ in p.entries}
+    # equal values that serialise otherwise (1.0 vs 1) are not the entry read: serialised again
+    again = [dataclasses.replace(read[e.path], tech={"n": 1.0}) if e.path == entries[5].path
+             else read.get(e.path, e) for e in entries]
+    made = tree_objects(again, prev)
+    assert made == tree_objects(again) and made[0] != tree_objects(entries)[0]
+    d = entries[5].path.rsplit("/", 1)[0]
+    moved = [dataclasses.replace(e, mtime_ns=99) if e.path == d else read.get(e.path, e) for e in entries]
+    assert tree_objects(moved, prev) == tree_objects(moved)  # a directory's changed mtime: new parent tree
+    h, data = prev[d].hash, prev[d].data
+    assert model.previous_tree(h, data + b" ", prev[d].entries) is None  # never bytes under another name
+    # symlinks are made afresh from the scan: kept by equal mode and target, not by identity
+    links = [*entries, Entry(path="top/d02/link", type="symlink", mode=0o777, target="f001")]
+    prev = previous_of(links)
+    read = {e.path: e for p in prev.values() for e, _ in p.entries}
+    fresh = [dataclasses.replace(e) if e.type == "symlink" else read.get(e.path, e) for e in links]
+    assert model.same_as_previous([e for e in fresh if e.path.startswith("top/d02/")], tree_objects(links)[2],
+                                  prev["top/d02"])
+    retargeted = [dataclasses.replace(e, target="f002") if e.type == "symlink" else e for e in fresh]
+    assert tree_objects(retargeted, prev) == tree_objects(retargeted) != tree_objects(links)
