@@ -45,13 +45,53 @@ def _libc_syncfs() -> Callable[[int], int] | None:  # cached: the lookup, not an
     return fn
 
 
+# Filesystems whose syncfs(2) writes every dirty page and inode to disk and commits the
+# journal (f_type of statfs(2)). Anything else (FUSE mounts such as sshfs, s3fs or rclone,
+# whose syncfs asks the daemon to save nothing; CIFS, which flushes on the server only at
+# fsync; NFS; overlayfs) gets an fsync per file, which every filesystem honours.
+SYNCFS_FILESYSTEMS = {
+    0xEF53: "ext2/3/4",
+    0x58465342: "xfs",
+    0x9123683E: "btrfs",
+    0xF2F52010: "f2fs",
+    0x01021994: "tmpfs",
+}
+SYNCFS_KERNEL = (5, 8)  # before 5.8, syncfs did not report write-back errors
+
+
+def _kernel() -> tuple[int, ...]:
+    """This Linux kernel's version, e.g. (6, 18); () if it cannot be read."""
+    head = os.uname().release.split("-", 1)[0].split(".")[:2]
+    return tuple(int(x) for x in head) if all(x.isdigit() for x in head) else ()
+
+
+def _fs_magic(fd: int) -> int | None:
+    """f_type of fstatfs(2) of `fd`'s filesystem (Linux), None if it cannot be read."""
+    import ctypes  # here: most commands never sync a batch
+    try:
+        fstatfs = ctypes.CDLL(None, use_errno=True).fstatfs
+    except (OSError, AttributeError):
+        return None
+    buf = ctypes.create_string_buffer(512)  # struct statfs is 120 bytes on 64-bit Linux
+    if fstatfs(ctypes.c_int(fd), buf) != 0:
+        return None
+    return ctypes.c_ulong.from_buffer(buf).value & 0xFFFFFFFF  # f_type: the struct's first word
+
+
+def syncfs_is_durable(fd: int) -> bool:
+    """True if syncfs(2) on `fd`'s filesystem makes its files durable and reports their
+    write-back errors: Linux >= 5.8 and a local filesystem of SYNCFS_FILESYSTEMS."""
+    return _kernel() >= SYNCFS_KERNEL and _fs_magic(fd) in SYNCFS_FILESYSTEMS
+
+
 def syncfs(fd: int) -> bool:
     """syncfs(2) on the filesystem that holds `fd`: every dirty page and inode of it is
-    written and the journal committed, and (Linux >= 5.8) a write-back error of any file
-    since `fd` was opened is reported, as OSError. False, having done nothing, where this
-    system has no syncfs: the caller then fsyncs each file."""
+    written and the journal committed, and a write-back error of any file since `fd` was
+    opened is reported, as OSError. False, having done nothing, where this system has no
+    syncfs or where syncfs is not known to do that (`syncfs_is_durable`): the caller then
+    fsyncs each file."""
     fn = _libc_syncfs()
-    if fn is None:
+    if fn is None or not syncfs_is_durable(fd):
         return False
     if fn(fd) != 0:
         import ctypes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,8 +78,9 @@ def _count(monkeypatch, with_syncfs: bool = True) -> dict[str, int]:
     def syncfs(fd: int) -> bool:
         if not with_syncfs:
             return False
-        calls["syncfs"] += 1
-        return real_syncfs(fd)
+        done = real_syncfs(fd)
+        calls["syncfs"] += done  # only a syncfs that was made (not refused for this filesystem)
+        return done
     monkeypatch.setattr(fileio.os, "fsync", fsync)
     monkeypatch.setattr(fileio, "syncfs", syncfs)
     return calls
@@ -149,6 +151,8 @@ def test_syncfs_reports_an_error_of_the_call(monkeypatch) -> None:
     if fileio._libc_syncfs() is None:
         assert fileio.syncfs(0) is False
         return
+    assert fileio.syncfs(10 ** 6) is False  # fstatfs fails too: not known durable, nothing done
+    monkeypatch.setattr(fileio, "syncfs_is_durable", lambda fd: True)
     with pytest.raises(OSError) as got:
         fileio.syncfs(10 ** 6)
     assert got.value.errno == errno.EBADF
@@ -171,3 +175,45 @@ def test_within_names_the_filesystems_without_a_stat_per_file(tmp_path: Path, mo
         assert made == 1 and stats == [dir_fd]
     else:
         assert made == len(fds) == calls["fsync"]
+
+
+FUSE_SUPER_MAGIC = 0x65735546
+
+
+@pytest.mark.parametrize("where", ["fuse", "old-kernel"])
+def test_a_filesystem_whose_syncfs_is_not_known_durable_gets_an_fsync_per_file(tmp_path: Path, monkeypatch,
+                                                                             where: str) -> None:
+    """syncfs on a FUSE mount (sshfs, s3fs, rclone) asks its daemon to save nothing and still
+    returns 0, and before Linux 5.8 it did not report write-back errors: there, every file of
+    a batch is fsynced and syncfs(2) is never called."""
+    made_syncfs: list[int] = []
+    monkeypatch.setattr(fileio, "_libc_syncfs", lambda: made_syncfs.append)
+    if where == "fuse":
+        monkeypatch.setattr(fileio, "_fs_magic", lambda fd: FUSE_SUPER_MAGIC)
+    else:
+        monkeypatch.setattr(fileio, "_fs_magic", lambda fd: 0xEF53)
+        monkeypatch.setattr(fileio, "_kernel", lambda: (5, 4))
+    fds = _files(tmp_path, fileio.SYNCFS_FROM + 4)
+    try:
+        calls = _count(monkeypatch)
+        made = fileio.sync_together(fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert made_syncfs == [] and calls == {"fsync": len(fds), "syncfs": 0} and made == len(fds)
+
+
+def test_syncfs_is_trusted_only_on_listed_local_filesystems(tmp_path: Path, monkeypatch) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        if sys.platform.startswith("linux"):
+            magic = fileio._fs_magic(fd)
+            assert magic is not None  # fstatfs answered
+            assert fileio.syncfs_is_durable(fd) == (magic in fileio.SYNCFS_FILESYSTEMS
+                                                    and fileio._kernel() >= fileio.SYNCFS_KERNEL)
+        monkeypatch.setattr(fileio, "_fs_magic", lambda _: FUSE_SUPER_MAGIC)
+        assert not fileio.syncfs_is_durable(fd) and fileio.syncfs(fd) is False
+        monkeypatch.setattr(fileio, "_fs_magic", lambda _: None)  # unreadable: not trusted
+        assert not fileio.syncfs_is_durable(fd)
+    finally:
+        os.close(fd)
