@@ -232,10 +232,12 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
     out = ArchivedFiles()
     files = [s for s in sources if not s.is_dir and not s.is_link]
     prior = journal.load() if journal is not None else {}
+    unchanged = {s.path: prior[s.path].entry for s in files
+                 if s.path in prior and _unchanged(s, prior[s.path].snapshot)}
+    stored = _stored_entries(repo, unchanged)
     for s in files:
-        j = prior.get(s.path)
-        if j is not None and _unchanged(s, j.snapshot):
-            out.entries[s.path] = j.entry
+        if s.path in stored:
+            out.entries[s.path] = stored[s.path]
             out.resumed += 1
             progress.advance(s.size)
     todo = sorted((s for s in files if s.path not in out.entries), key=lambda s: (-s.size, s.path))
@@ -280,6 +282,28 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
         if journal is not None:
             journal.close()
     return out
+
+
+def _stored_entries(repo: Repository, journalled: dict[str, Entry]) -> dict[str, Entry]:
+    """The journalled entries whose every chunk the store holds at its recorded size (and
+    whose file map, for a worker's entry, reads back): only those are resumed. A line is
+    journalled when its file is done, which for small chunks is before the pack holding them
+    is written; a run killed (or whose pack write failed) in between leaves lines naming
+    chunks that never reached the store, and their files are archived again."""
+    if not journalled:
+        return {}
+    needs: dict[str, list[tuple[str, int]]] = {}
+    for path, e in journalled.items():
+        if e.filemap and not e.chunks:
+            try:
+                needs[path] = [(h, size) for h, size, _ in repo.filemap_records(e)]
+            except ArchiverError:
+                continue  # its map is missing or damaged: archive the file again
+        else:
+            needs[path] = [(c.hash, c.stored_size) for c in e.chunks]
+    sizes = repo.chunk_sizes({h for refs in needs.values() for h, _ in refs})
+    return {path: journalled[path] for path, refs in needs.items()
+            if all(sizes.get(h) == size for h, size in refs)}
 
 
 def check_chunks_stored(repo: Repository, entries: Iterable[Entry]

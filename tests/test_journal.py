@@ -69,17 +69,52 @@ def test_a_file_changed_since_it_was_journalled_is_read_again(tmp_path, home):
     assert {e.path: e.size for e in m.files}[journalled[0]] == changed.stat().st_size
 
 
-def test_resumed_chunk_missing_from_the_store_commits_nothing(tmp_path, home):
+def test_a_journalled_file_whose_chunks_are_missing_is_archived_again(tmp_path, home):
+    """A journal's word is not proof: a line whose chunks the store does not hold (a lifecycle
+    rule, a wrong bucket) is not resumed; its file is read and stored again."""
     src = _source(tmp_path)
+    clean = api.archive([src], name="m", store=str(tmp_path / "clean"))
     store = tmp_path / "store"
     with pytest.raises(KeyboardInterrupt):
         api.archive([src], name="m", store=str(store), executor=DyingDriver(2))
     for chunk in (store / "chunks").rglob("*"):
         if chunk.is_file():
-            chunk.unlink()  # what the journal names is gone (a lifecycle rule, a wrong bucket)
+            chunk.unlink()
     r = run_cli("--store", str(store), "archive", str(src), "--name", "m", "--json")
-    assert r.code == 1 and "is missing from the store" in r.json()["error"]
-    assert api.list_archives(store=str(store)) == []
+    assert r.code == 0 and r.json()["resumed_files"] == 0 and r.json()["id"] == clean.id
+    assert run_cli("--store", str(store), "verify", "m", "--deep").code == 0
+
+
+@pytest.mark.packs
+def test_a_journal_naming_chunks_of_a_pack_never_written_resumes_none_of_them(tmp_path, home, monkeypatch):
+    """With packing on (the default), a small file is journalled when done, before the pack
+    holding its chunk is written. If that write fails (or the run is killed first), the next
+    run must not resume the file, or every later run would fail on the missing chunk."""
+    from archiver.errors import StoreError
+    from archiver.repository import Repository
+    src = tmp_path / "src" / "many"
+    src.mkdir(parents=True)
+    for i in range(6):
+        (src / f"f{i}.bin").write_bytes(os.urandom(20_000 + i))
+    clean = api.archive([src], name="m", store=str(tmp_path / "clean"))
+    store = str(tmp_path / "store")
+    real = Repository._write_pack
+
+    def failing(self, *a, **k):
+        raise StoreError("disk full (simulated)")
+    monkeypatch.setattr(Repository, "_write_pack", failing)
+    with pytest.raises(StoreError):
+        api.archive([src], name="m", store=store)
+    [journal] = _journals(home)
+    assert len(journal.read_text().splitlines()) == 6  # every file journalled, no pack stored
+    monkeypatch.setattr(Repository, "_write_pack", real)
+    r = run_cli("--store", store, "archive", str(src), "--name", "m", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["resumed_files"] == 0 and r.json()["id"] == clean.id
+    assert _journals(home) == []
+    dest = tmp_path / "dest"
+    assert run_cli("--store", store, "restore", "m", str(dest)).code == 0
+    assert all((dest / "many" / p.name).read_bytes() == p.read_bytes() for p in src.iterdir())
 
 
 def test_cli_reports_resumed_files(tmp_path, home):
