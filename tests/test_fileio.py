@@ -86,16 +86,21 @@ def _count(monkeypatch, with_syncfs: bool = True) -> dict[str, int]:
     return calls
 
 
-def test_many_files_on_one_filesystem_cost_one_syncfs(tmp_path: Path, monkeypatch) -> None:
-    fds = _files(tmp_path, fileio.SYNCFS_FROM + 4)
+def _sync_counted(tmp_path: Path, monkeypatch, n: int) -> tuple[dict[str, int], int]:
+    """sync_together of `n` fresh files: the fsync/syncfs calls made, and what it returned."""
+    fds = _files(tmp_path, n)
     try:
         calls = _count(monkeypatch)
-        made = fileio.sync_together(fds)
+        return calls, fileio.sync_together(fds)
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_many_files_on_one_filesystem_cost_one_syncfs(tmp_path: Path, monkeypatch) -> None:
+    calls, made = _sync_counted(tmp_path, monkeypatch, fileio.SYNCFS_FROM + 4)
     if calls["syncfs"] == 0:  # no syncfs here: the fallback, an fsync each
-        assert calls["fsync"] == made == len(fds)
+        assert calls["fsync"] == made == fileio.SYNCFS_FROM + 4
     else:
         assert calls == {"fsync": 0, "syncfs": 1} and made == 1
 
@@ -193,14 +198,9 @@ def test_a_filesystem_whose_syncfs_is_not_known_durable_gets_an_fsync_per_file(t
     else:
         monkeypatch.setattr(fileio, "_fs_magic", lambda fd: 0xEF53)
         monkeypatch.setattr(fileio, "_kernel", lambda: (5, 4))
-    fds = _files(tmp_path, fileio.SYNCFS_FROM + 4)
-    try:
-        calls = _count(monkeypatch)
-        made = fileio.sync_together(fds)
-    finally:
-        for fd in fds:
-            os.close(fd)
-    assert made_syncfs == [] and calls == {"fsync": len(fds), "syncfs": 0} and made == len(fds)
+    calls, made = _sync_counted(tmp_path, monkeypatch, fileio.SYNCFS_FROM + 4)
+    n = fileio.SYNCFS_FROM + 4
+    assert made_syncfs == [] and calls == {"fsync": n, "syncfs": 0} and made == n
 
 
 def test_syncfs_is_trusted_only_on_listed_local_filesystems(tmp_path: Path, monkeypatch) -> None:
