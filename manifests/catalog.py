@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import functools
 import json
 import os
 import socket
@@ -323,6 +324,27 @@ def store_identity(url: str, endpoint: str | None) -> str:
     endpoint when it is not AWS's (two services can have buckets of the same name)."""
     return url if not endpoint else f"{url} at {endpoint}"
 
+
+
+def _across_migration(read: Callable[..., Any]) -> Callable[..., Any]:
+    """For readers that branch on the schema: a Catalog opened read-only remembers the schema
+    it first read, and another process's writable open may migrate the file meanwhile. A
+    query that then names a table or column the file no longer has is asked once more with
+    the schema read afresh; failing again, it is a CatalogError (one line), never a raw
+    sqlite3 error."""
+    @functools.wraps(read)
+    def again(self: "Catalog", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return read(self, *args, **kwargs)
+        except sqlite3.OperationalError as e:
+            if not str(e).startswith(("no such table", "no such column")):
+                raise
+        self._keys_blob = self._keys_schema = None
+        try:
+            return read(self, *args, **kwargs)
+        except sqlite3.OperationalError as e:
+            raise CatalogError(f"catalog {self.path}: {e}") from None
+    return again
 
 class Catalog:
     """One catalog file, bound to one store (its URL and, for S3-compatible services, its
@@ -869,6 +891,7 @@ class Catalog:
         return max(with_label, key=lambda i: chain.depth[i])
 
     # -- chunks ------------------------------------------------------------------------------
+    @_across_migration
     def known_chunk(self, h: str) -> tuple[int, str] | None:
         """(stored_size, codec) of a chunk some recorded manifest references, else None.
         Schema 6 answers by chunk_key: a hint that the store's object under `h` must confirm
@@ -1019,6 +1042,7 @@ class Catalog:
                 ((c, at, int(ok)) for c, ok in checks))
         return True
 
+    @_across_migration
     def chunk_coverage(self, filemap_chunks: Callable[[Entry], Iterable[ChunkRef]] | None = None
                        ) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:
         """(manifest id, name, label, chunk, stored size, last deep check, ok) for every distinct

@@ -1183,3 +1183,22 @@ def test_hashes_sharing_a_chunk_key_are_both_kept_where_it_matters(cat):
     fetch = lambda e: refs  # noqa: E731 - the map, as the repository would read it
     assert sorted(r[3] for r in cat.chunk_coverage(fetch)) == sorted([x, y, z, h("m1")])
     assert {r.id: r.stored_size for r in cat.manifest_rows()}[m.id] == 6 + 6 + 6 + 7
+
+
+def test_a_read_only_catalog_reads_on_after_another_process_migrates_it(cat_path, monkeypatch):
+    """A read-only Catalog (a long verify) opened on a schema 5 file keeps answering after
+    another process's first writable open migrates the file to schema 6 under it."""
+    a = make_manifest("m", "v1", {"f": ["1", "2"]})
+    make_v1_catalog(cat_path, STORE, [a])
+    with monkeypatch.context() as mp:
+        mp.setattr(catalog_module, "SCHEMA_VERSION", 5)
+        Catalog(cat_path, STORE).close()
+    ro = Catalog(cat_path, STORE, read_only=True)
+    try:
+        before = (ro.known_chunk(h("1")), sorted(r[3] for r in ro.chunk_coverage()))
+        Catalog(cat_path, STORE).close()  # another process migrates 5 -> 6
+        assert info(cat_path)["schema_version"] == str(catalog_module.SCHEMA_VERSION)
+        assert (ro.known_chunk(h("1")), sorted(r[3] for r in ro.chunk_coverage())) == before
+        assert before[0] is not None and before[1] == sorted([h("1"), h("2")])
+    finally:
+        ro.close()
