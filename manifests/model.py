@@ -11,7 +11,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import blake3
 
@@ -597,20 +597,29 @@ def _plain_filemap(data: bytes, e: Entry) -> list[tuple[int, int, str, int, str]
     fields = _PLAIN_FIELDS.findall(section)
     if len(fields) != e.chunk_count:
         return None
-    out = []
+    return _tiled(section, fields, e.size, {})  # one str per codec name: a million refs share a handful
+
+
+def _tiled(section: str, fields: list[tuple[str, str, str, str, str]], size: int, codecs: dict[str, str],
+           make: Callable[..., Any] | None = None) -> list[Any] | None:
+    """The chunk records `fields` (what _PLAIN_FIELDS found in `section`) as (offset, length,
+    hash, stored size, codec) tuples, or made by `make`, if they pass the checks of
+    `_chunk_list`, tile `section` exactly (canonical, nothing skipped between them) and add
+    up to `size`; else None. Shared by the plain file-map and tree readers."""
+    out: list[Any] = []
     append = out.append
-    codecs: dict[str, str] = {}  # one str per codec name: a million refs share a handful
     pos = 0
     width = 0  # the variable part of the records' lengths
     for off, length, h, stored, codec in fields:
         n, st = int(length), int(stored)
         if int(off) != pos or n > MAX_CHUNK_LENGTH or st > n + MAX_CHUNK_OVERHEAD:
             return None
-        append((pos, n, h, st, codecs.setdefault(codec, codec)))
+        rec = (pos, n, h, st, codecs.setdefault(codec, codec))
+        append(rec if make is None else make(*rec))
         pos += n
         width += len(off) + len(length) + len(stored) + len(codec)
     tiled = width + len(fields) * (_PLAIN_FIXED + 1) - (1 if fields else 0) == len(section)
-    return out if tiled and pos == e.size else None
+    return out if tiled and pos == size else None
 
 
 def filemap_records(data: bytes, e: Entry) -> list[tuple[str, int, str]]:
@@ -822,7 +831,6 @@ def parse_tree(data: bytes, h: str, where: str) -> list[tuple[Entry, str]]:
 # and be sorted by unique name, which proves the bytes canonical. Anything else goes through
 # the JSON reader, which accepts or refuses it with the same checks and messages.
 _PT_STR = r'[\x20\x21\x23-\x5b\x5d-\x7e]'  # printable ASCII but '"' and '\\': JSON writes them as is
-_PT_UINT = "(0|[1-9][0-9]{0,18})"
 _PT_INT = "(0|-?[1-9][0-9]{0,30})"
 _PT_HEX = "([0-9a-f]{64})"
 _PT_HEAD = b'{"entries":['
@@ -832,8 +840,8 @@ _PT_ENTRY = re.compile(
     r'"mode":%s,"mtime_ns":%s,"name":"(%s+)","sha256":%s,"size":%s,"type":"file"\}'
     r'|\{"mode":%s(?:,"mtime_ns":%s)?,"name":"(%s+)"(?:,"tree":%s)?,"type":"dir"\}'
     r'|\{"mode":%s,"name":"(%s+)","target":"(%s{1,4096})","type":"symlink"\}'
-    % (f'"{_PT_HEX}"', _PT_UINT, f'"{_PT_HEX}"', _PT_STR, _PT_UINT, _PT_INT, _PT_STR, f'"{_PT_HEX}"', _PT_UINT,
-       _PT_UINT, _PT_INT, _PT_STR, f'"{_PT_HEX}"', _PT_UINT, _PT_STR, _PT_STR))
+    % (f'"{_PT_HEX}"', _PLAIN_NUM, f'"{_PT_HEX}"', _PT_STR, _PLAIN_NUM, _PT_INT, _PT_STR, f'"{_PT_HEX}"', _PLAIN_NUM,
+       _PLAIN_NUM, _PT_INT, _PT_STR, f'"{_PT_HEX}"', _PLAIN_NUM, _PT_STR, _PT_STR))
 
 
 def _plain_tree(data: bytes, where: str) -> list[tuple[Entry, str]] | None:
@@ -899,22 +907,8 @@ def _plain_tree(data: bytes, where: str) -> list[tuple[Entry, str]] | None:
 def _plain_chunks(section: str, size: int, codecs: dict[str, str]) -> tuple[ChunkRef, ...] | None:
     """The chunk records of a plain tree entry, checked as `_chunk_list` checks them, if they
     tile `section` exactly (canonical); else None."""
-    if not section:
-        return () if size == 0 else None
-    refs = []
-    append = refs.append
-    pos = 0
-    width = 0
-    fields = _PLAIN_FIELDS.findall(section)
-    for off, length, h, stored, codec in fields:
-        n, st = int(length), int(stored)
-        if int(off) != pos or n > MAX_CHUNK_LENGTH or st > n + MAX_CHUNK_OVERHEAD:
-            return None
-        append(ChunkRef(pos, n, h, st, codecs.setdefault(codec, codec)))
-        pos += n
-        width += len(off) + len(length) + len(stored) + len(codec)
-    tiled = width + len(fields) * (_PLAIN_FIXED + 1) - 1 == len(section)
-    return tuple(refs) if tiled and pos == size else None
+    refs = _tiled(section, _PLAIN_FIELDS.findall(section), size, codecs, ChunkRef)
+    return None if refs is None else tuple(refs)
 
 
 def _parse_tree_json(data: bytes, h: str, where: str) -> list[tuple[Entry, str]]:
