@@ -7,7 +7,7 @@ import functools
 import os
 import sys
 from concurrent.futures import Executor
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 # Largest single write. Why: for one big write(2) the kernel (ext4, large folios) fills
 # the page cache with large folios, whose allocation cost ~0.6 CPU-s more per GiB
@@ -31,17 +31,25 @@ SYNCFS_FROM = 16
 
 
 @functools.cache
-def _libc_syncfs() -> Callable[[int], int] | None:  # cached: the lookup, not any state
-    """libc's syncfs, or None where there is none (not Linux, or a libc without it)."""
+def _libc(name: str) -> Any:  # cached: the lookup, not any state
+    """libc's function `name` (Linux; errno kept for ctypes.get_errno), or None where there
+    is none (not Linux, or a libc without it)."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes  # here: most commands never sync a batch, and start-up time counts
     try:
-        fn = ctypes.CDLL(None, use_errno=True).syncfs
+        return getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
+
+
+def _libc_syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs, or None where there is none."""
+    fn = _libc("syncfs")
+    if fn is not None:
+        import ctypes
+        fn.argtypes = [ctypes.c_int]
+        fn.restype = ctypes.c_int
     return fn
 
 
@@ -67,11 +75,10 @@ def _kernel() -> tuple[int, ...]:
 
 def _fs_magic(fd: int) -> int | None:
     """f_type of fstatfs(2) of `fd`'s filesystem (Linux), None if it cannot be read."""
-    import ctypes  # here: most commands never sync a batch
-    try:
-        fstatfs = ctypes.CDLL(None, use_errno=True).fstatfs
-    except (OSError, AttributeError):
+    fstatfs = _libc("fstatfs")
+    if fstatfs is None:
         return None
+    import ctypes
     buf = ctypes.create_string_buffer(512)  # struct statfs is 120 bytes on 64-bit Linux
     if fstatfs(ctypes.c_int(fd), buf) != 0:
         return None
