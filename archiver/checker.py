@@ -311,9 +311,30 @@ def _prove_file(repo: Repository, e: Entry, pool: ThreadPoolExecutor, window: in
 
 def _prove_one_chunk(repo: Repository, e: Entry, progress: Progress) -> FileProof:
     """`_prove_streamed` of a one-chunk file, with the same findings, without its stream."""
+    return _one_chunk_proof(e, repo.try_read_chunk(e.chunks[0]), progress)
+
+
+def _prove_batch(repo: Repository, batch: list[Entry], pool: ThreadPoolExecutor, progress: Progress) -> list[FileProof]:
+    """`_prove_file` of each small file of `batch` (in pack order): the one-chunk files'
+    chunks are read together (`Repository.read_chunks`: each planned span of a pack once,
+    every chunk decoded and re-hashed), the others streamed."""
+    ones = [e for e in batch if len(e.chunks) == 1]
+    got = iter(repo.read_chunks([e.chunks[0] for e in ones]))
+    return [_one_chunk_proof(e, next(got), progress) if len(e.chunks) == 1 else
+            _prove_empty(e) if not e.chunks else _prove_file(repo, e, pool, 2, progress) for e in batch]
+
+
+def _prove_empty(e: Entry) -> FileProof:
+    """`_prove_streamed` of a file of no chunks: its recorded hashes must be those of no bytes."""
+    return FileProof(hashed=True, hash_mismatch=not FileDigest(True).matches(e))
+
+
+def _one_chunk_proof(e: Entry, got: bytes | ArchiverError, progress: Progress) -> FileProof:
+    """What reading the one chunk of file `e` found (`got`: its bytes, re-hashed on read,
+    or why not): the chunk's BLAKE3 is the file's when they are equal, so only SHA-256 (and
+    BLAKE3 if they differ) is computed over the bytes again."""
     proof = FileProof()
     c = e.chunks[0]
-    got = repo.try_read_chunk(c)
     if isinstance(got, ObjectColdError):
         proof.cold.append(c.hash)
         return proof
@@ -401,7 +422,7 @@ def _deep(repo: Repository, manifests: dict[str, Manifest], nworkers: int, repor
         # file tasks wait on chunk tasks, so they run on a pool of their own (no deadlock)
         # several small files per task: the hand-off to a thread is paid once per batch
         with ThreadPoolExecutor(nworkers, thread_name_prefix="verify-files") as files:
-            for batch, got in ordered_map(files, lambda b: [_prove_file(repo, e, pool, 2, progress) for _k, e in b],
+            for batch, got in ordered_map(files, lambda b: _prove_batch(repo, [e for _k, e in b], pool, progress),
                                           batches(small, lambda ke: ke[1].size), 4 * nworkers):
                 for (k, _e), proof in zip(batch, got):
                     proofs[k] = proof
