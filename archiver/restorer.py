@@ -435,10 +435,14 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
     dirs: dict[str, int] = {}  # parent path -> open fd, renamed into and not yet synced
     staged: list[_Staged] = []  # written, not yet renamed: whatever happens, removed in `finally`
 
+    unnamed = fileio.unnamed_files(root_fd)  # files get their names only once durable (O_TMPFILE)
+
     def stage(batch: list[Entry]) -> list[Problem]:
         mine: list[Problem] = []
+        ones = iter(repo.read_chunks([e.chunks[0] for e in batch if len(e.chunks) == 1]))
         for e in batch:
-            _stage_file(repo, mid, dirs[e.path.rpartition("/")[0]], e, pool, staged, mine, progress, mode_mask)
+            _stage_file(repo, mid, dirs[e.path.rpartition("/")[0]], e, pool, staged, mine, progress, mode_mask,
+                        next(ones) if len(e.chunks) == 1 else None, unnamed)
         return mine
 
     try:
@@ -456,8 +460,11 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
                 while staged:
                     s = staged[0]
                     try:
-                        _check_target(s.dir_fd, s.name, s.entry.path, force)
-                        os.rename(s.tmp, s.name, src_dir_fd=s.dir_fd, dst_dir_fd=s.dir_fd)  # still locked
+                        if s.tmp:
+                            _check_target(s.dir_fd, s.name, s.entry.path, force)
+                            os.rename(s.tmp, s.name, src_dir_fd=s.dir_fd, dst_dir_fd=s.dir_fd)  # still locked
+                        else:
+                            _link_into_place(s.fd, s.dir_fd, s.name, s.entry.path, force)
                     except OSError as err:
                         _raise_write_error(s.entry.path, err)
                     staged.pop(0)
@@ -493,13 +500,40 @@ def _raise_write_error(path: str, err: OSError) -> None:
 
 
 def _discard(dir_fd: int, tmp: str, fd: int) -> None:
-    """Close and remove a temp file that will not be renamed into place."""
+    """Close and remove a temp file that will not be renamed into place (`tmp` "": an
+    unnamed file, which vanishes when closed)."""
     if fd >= 0:
         os.close(fd)
+    if not tmp:
+        return
     try:
         os.unlink(tmp, dir_fd=dir_fd)
     except OSError:
         pass
+
+
+def _link_into_place(fd: int, dir_fd: int, name: str, path: str, force: bool) -> None:
+    """Name the unnamed, durable file `fd` `name` in dir_fd. The link never replaces
+    anything; if the name is taken, `force` (and no directory in the way) replaces it
+    atomically: a link under a temp name (locked, so a concurrent restore's cleanup leaves
+    it alone), renamed over the old file."""
+    try:
+        fileio.link_unnamed(fd, dir_fd, name)
+        return
+    except FileExistsError:
+        _check_target(dir_fd, name, path, force)  # refuses unless force, and always a directory
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as err:
+        if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    tmp = temp_name()
+    fileio.link_unnamed(fd, dir_fd, tmp)
+    try:
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        _discard(dir_fd, tmp, -1)
+        raise
 
 
 def mode_at_create(mode: int) -> bool:
@@ -512,18 +546,26 @@ def mode_at_create(mode: int) -> bool:
 
 
 def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadPoolExecutor,
-                staged: list[_Staged], problems: list[Problem], progress: Progress, mode_mask: int) -> None:
-    """Write small file `e` under a temp name in dir_fd, every chunk and the whole file
-    re-hashed, with its final mode and mtime, and add it to `staged` (not yet durable nor
-    renamed). A damaged file is reported in `problems` and its temp removed."""
+                staged: list[_Staged], problems: list[Problem], progress: Progress, mode_mask: int,
+                got: bytes | ArchiverError | None = None, unnamed: bool = False) -> None:
+    """Write small file `e` in dir_fd, every chunk and the whole file re-hashed, with its
+    final mode and mtime, and add it to `staged` (not yet durable nor in place): with
+    `unnamed`, as a file with no name (`fileio.open_unnamed`), else under a temp name. `got`:
+    its one chunk, already read (`Repository.read_chunks`). A damaged file is reported in
+    `problems` and its file removed."""
     tmp = ""
     fd = -1
     mode = e.mode & mode_mask
     at_create = mode_at_create(mode)
     try:
-        tmp, fd = _create_temp(dir_fd, mode if at_create else 0o600)
+        if unnamed:
+            fd = _create_unnamed(dir_fd, mode)
+        if fd < 0:
+            tmp, fd = _create_temp(dir_fd, mode if at_create else 0o600)
+        else:
+            at_create = not mode & SPECIAL_BITS  # a write clears them: set after it
         written = 0
-        pieces = _one_chunk(repo, e) if len(e.chunks) == 1 else \
+        pieces = _one_chunk(repo, e, got) if len(e.chunks) == 1 else \
             repo.stream_file(e, pool, 2, keep_going=True, sha256=False)
         for piece in pieces:
             if piece.error is not None:  # stop at the first bad chunk: this file cannot be restored
@@ -546,16 +588,34 @@ def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadP
     except OSError as err:
         _raise_write_error(e.path, err)
     finally:
-        if tmp:
+        if fd >= 0:
             _discard(dir_fd, tmp, fd)
 
 
-def _one_chunk(repo: Repository, e: Entry) -> list[Piece]:
+def _create_unnamed(dir_fd: int, mode: int) -> int:
+    """An unnamed file in dir_fd (`fileio.open_unnamed`) with exactly `mode` less its special
+    bits (what the umask took is put back), or -1 if this directory's filesystem cannot
+    make one. No lock, no random name: no other process can see it."""
+    fd = fileio.open_unnamed(dir_fd, mode & ~SPECIAL_BITS)
+    if fd is None:
+        return -1
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != mode & ~SPECIAL_BITS:
+            os.fchmod(fd, mode & ~SPECIAL_BITS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _one_chunk(repo: Repository, e: Entry, got: bytes | ArchiverError | None = None) -> list[Piece]:
     """What `stream_file(e, keep_going=True, sha256=False)` yields for a one-chunk file, read
-    on this thread with no stream: the chunk (re-hashed on read), or its damage; its hash
-    not being the file's BLAKE3 is a FileHashError (the chunk is the whole file)."""
+    on this thread with no stream (or `got`, its chunk read already): the chunk (re-hashed
+    on read), or its damage; its hash not being the file's BLAKE3 is a FileHashError (the
+    chunk is the whole file)."""
     c = e.chunks[0]
-    got = repo.try_read_chunk(c)
+    if got is None:
+        got = repo.try_read_chunk(c)
     if isinstance(got, ArchiverError):
         return [Piece(c, None, got)]
     if c.hash != e.blake3:
