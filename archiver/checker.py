@@ -295,7 +295,7 @@ class FileProof:
 def proof_key(e: Entry) -> tuple:
     """What makes two file entries the same proof: chunk list (with stored sizes), size and
     whole-file hashes. Path, mode and mtime do not change what is read or what it must hash to."""
-    return e.size, e.blake3, e.sha256, tuple((c.offset, c.length, c.hash, c.stored_size, c.codec) for c in e.chunks)
+    return e.size, e.blake3, e.sha256, e.chunks  # a ChunkRef is equal to another by its five fields
 
 
 def _prove_file(repo: Repository, e: Entry, pool: ThreadPoolExecutor, window: int,
@@ -382,11 +382,12 @@ def _prove_streamed(repo: Repository, e: Entry, pool: ThreadPoolExecutor, window
 def _apply(report: VerifyReport, mid: str, e: Entry, proof: FileProof, first: bool) -> None:
     """Report what `proof` found as problems of manifest `mid`; the reading itself (chunks
     and bytes read, chunk results for the event) is counted once, for its first user."""
-    report.not_checked_cold.extend(proof.cold)
-    for c, err in proof.damaged:
-        report.add(chunk_problem(mid, e, c, err))
-    if proof.hash_mismatch:
-        report.add(file_hash_problem(mid, e))
+    if proof.cold or proof.damaged or proof.hash_mismatch:
+        report.not_checked_cold.extend(proof.cold)
+        for c, err in proof.damaged:
+            report.add(chunk_problem(mid, e, c, err))
+        if proof.hash_mismatch:
+            report.add(file_hash_problem(mid, e))
     report.files_hashed += proof.hashed  # proved by its whole-file hash, now or earlier in this run
     if first:
         report.chunks_read += len(proof.chunks)
