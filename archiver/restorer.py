@@ -16,7 +16,11 @@ Small files are restored several at a time (one alone cannot keep the workers bu
 in sync batches: a batch is written under temp names, made durable together (one syncfs(2)
 per filesystem on Linux, else an fsync each, in parallel), and only then renamed into
 place; each directory they were renamed into is synced once, after its last rename and
-before the restore reports success. Big files are fsynced one by one before their rename.
+before the restore reports success. Where the filesystem has O_TMPFILE (Linux: ext4, xfs,
+btrfs, tmpfs), a small file has no name at all until then: it is written unnamed and
+linked into place after its batch's sync (the link never replaces anything: see
+`_link_into_place`), so a killed restore leaves nothing behind and no temp name, lock or
+rename is needed. Big files are fsynced one by one before their rename.
 setuid, setgid and sticky bits are dropped unless asked for: a restore should not
 create privileged executables from a store someone else may have written to."""
 from __future__ import annotations
@@ -433,6 +437,7 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
     in_pack_order = sorted(files, key=lambda e: pos.get(e.chunks[0].hash, ("", 0)) if e.chunks else ("", 0))
     most_files, most_dirs = _batch_limits()
     dirs: dict[str, int] = {}  # parent path -> open fd, renamed into and not yet synced
+    dev_of: dict[int, int] = {}  # open directory fd -> its filesystem (st_dev), stat'ed once when opened
     staged: list[_Staged] = []  # written, not yet renamed: whatever happens, removed in `finally`
 
     unnamed = fileio.unnamed_files(root_fd)  # files get their names only once durable (O_TMPFILE)
@@ -453,10 +458,12 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
                     _sync_dirs(dirs, tasks)
                     new = {e.path.rpartition("/")[0] for e in batch}
                 for parent in sorted(new):
-                    dirs[parent] = _open_dir(root_fd, parent.split("/") if parent else [], create=True)
+                    fd = dirs[parent] = _open_dir(root_fd, parent.split("/") if parent else [], create=True)
+                    dev_of[fd] = os.fstat(fd).st_dev
                 for _b, mine in ordered_map(tasks, stage, batches(batch, lambda e: e.size), 4 * nworkers):
                     problems.extend(mine)
-                fileio.sync_together([s.fd for s in staged], tasks, within=list(dirs.values()))
+                one_per_fs = {dev_of[fd]: fd for fd in dirs.values()}  # not an fstat of every open directory per batch
+                fileio.sync_together([s.fd for s in staged], tasks, within=list(one_per_fs.values()))
                 while staged:
                     s = staged[0]
                     try:
