@@ -422,11 +422,12 @@ def _batch_limits() -> tuple[int, int]:
 def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry], pool: ThreadPoolExecutor,
                    nworkers: int, result: RestoreResult, progress: Progress, force: bool, mode_mask: int) -> None:
     """Restore small files in sync batches: the files of a batch are written under temp names
-    several at a time (file tasks on a pool of their own, since they wait on chunk tasks),
-    made durable together (`fileio.sync_together`: one syncfs, or an fsync each in parallel),
-    and only then renamed into place; every directory they were renamed into is synced once,
-    after its last rename and before the restore reports. A damaged or partial file never
-    appears under its final name: a failure before a batch's sync renames none of it."""
+    (or unnamed) several at a time (file tasks on a pool of their own, since they wait on
+    chunk tasks), made durable together (`fileio.sync_together`: one syncfs, or an fsync
+    each in parallel), and only then put in place, on this thread while the tasks write the
+    next batch; every directory they were put into is synced once, after its last file and
+    before the restore reports. A damaged or partial file never appears under its final
+    name: a failure before a batch's sync puts none of it in place."""
     if not files:
         return
     # written in pack order, so each planned span of a pack is read once, not once per file;
@@ -438,11 +439,12 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
     most_files, most_dirs = _batch_limits()
     dirs: dict[str, int] = {}  # parent path -> open fd, renamed into and not yet synced
     dev_of: dict[int, int] = {}  # open directory fd -> its filesystem (st_dev), stat'ed once when opened
-    staged: list[_Staged] = []  # written, not yet renamed: whatever happens, removed in `finally`
+    # written, not yet in place, one list per sync batch: whatever happens, removed in `finally`
+    pending: list[list[_Staged]] = []
 
     unnamed = fileio.unnamed_files(root_fd)  # files get their names only once durable (O_TMPFILE)
 
-    def stage(batch: list[Entry]) -> list[Problem]:
+    def stage(batch: list[Entry], staged: list[_Staged]) -> list[Problem]:
         mine: list[Problem] = []
         ones = iter(repo.read_chunks([e.chunks[0] for e in batch if len(e.chunks) == 1]))
         for e in batch:
@@ -450,40 +452,59 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
                         next(ones) if len(e.chunks) == 1 else None, unnamed)
         return mine
 
+    def place(durable: list[_Staged]) -> None:
+        """Put a synced batch's files in place (renamed or linked), in order."""
+        while durable:
+            s = durable[0]
+            try:
+                if s.tmp:
+                    _check_target(s.dir_fd, s.name, s.entry.path, force)
+                    os.rename(s.tmp, s.name, src_dir_fd=s.dir_fd, dst_dir_fd=s.dir_fd)  # still locked
+                else:
+                    _link_into_place(s.fd, s.dir_fd, s.name, s.entry.path, force)
+            except OSError as err:
+                _raise_write_error(s.entry.path, err)
+            durable.pop(0)
+            os.close(s.fd)
+            result.files += 1
+            result.bytes += s.entry.size
+
     try:
         with ThreadPoolExecutor(nworkers, thread_name_prefix="restore-files") as tasks:
+            durable: list[_Staged] = []  # the previous batch: synced, not yet in place
             for batch in batches(in_pack_order, lambda e: e.size, most_files, SYNC_BATCH_BYTES):
                 new = {e.path.rpartition("/")[0] for e in batch} - dirs.keys()
                 if len(dirs) + len(new) > most_dirs:  # keep the fds bounded: sync what is open, close it
+                    place(durable)  # (its files go into directories about to be closed)
                     _sync_dirs(dirs, tasks)
                     new = {e.path.rpartition("/")[0] for e in batch}
                 for parent in sorted(new):
                     fd = dirs[parent] = _open_dir(root_fd, parent.split("/") if parent else [], create=True)
                     dev_of[fd] = os.fstat(fd).st_dev
-                for _b, mine in ordered_map(tasks, stage, batches(batch, lambda e: e.size), 4 * nworkers):
-                    problems.extend(mine)
+                staged: list[_Staged] = []
+                pending.append(staged)
+                # this batch is written by the tasks while the previous one, durable, is put in place here
+                futures = [tasks.submit(stage, b, staged) for b in batches(batch, lambda e: e.size)]
+                try:
+                    place(durable)
+                    for f in futures:
+                        problems.extend(f.result())
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
                 one_per_fs = {dev_of[fd]: fd for fd in dirs.values()}  # not an fstat of every open directory per batch
                 fileio.sync_together([s.fd for s in staged], tasks, within=list(one_per_fs.values()))
-                while staged:
-                    s = staged[0]
-                    try:
-                        if s.tmp:
-                            _check_target(s.dir_fd, s.name, s.entry.path, force)
-                            os.rename(s.tmp, s.name, src_dir_fd=s.dir_fd, dst_dir_fd=s.dir_fd)  # still locked
-                        else:
-                            _link_into_place(s.fd, s.dir_fd, s.name, s.entry.path, force)
-                    except OSError as err:
-                        _raise_write_error(s.entry.path, err)
-                    staged.pop(0)
-                    os.close(s.fd)
-                    result.files += 1
-                    result.bytes += s.entry.size
+                durable = staged
+            place(durable)
             _sync_dirs(dirs, tasks)
     except OSError as err:
-        _raise_write_error(staged[0].entry.path if staged else result.dest, err)
+        first = next((s for staged in pending for s in staged), None)
+        _raise_write_error(first.entry.path if first is not None else result.dest, err)
     finally:
-        for s in staged:  # the pool has shut down: no task still adds to it
-            _discard(s.dir_fd, s.tmp, s.fd)
+        for staged in pending:  # the pool has shut down: no task still adds to them
+            for s in staged:
+                _discard(s.dir_fd, s.tmp, s.fd)
         for fd in dirs.values():
             os.close(fd)
     result.problems.extend(sorted(problems, key=lambda p: at.get(p.path or "", -1)))
