@@ -399,7 +399,8 @@ def _open_dir(root_fd: int, parts: list[str], *, create: bool) -> int:
 
 @dataclass
 class _Staged:
-    """A small file written under its temp name (still open and locked), not yet durable."""
+    """A small file written under its temp name (still open and locked) or with no name
+    (`tmp` ""), not yet durable."""
     entry: Entry
     dir_fd: int
     name: str
