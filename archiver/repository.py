@@ -40,8 +40,8 @@ from archiver.stores.base import ObjectColdError, ObjectInfo, ObjectState, Objec
 from archiver.urls import normalise_endpoint
 from manifests.catalog import AuditRow, Catalog, Chain, ManifestRow, check_recordable
 from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
-from manifests.model import MAX_FILEMAP_BYTES, filemap_bytes, parse_filemap, with_filemap, with_filemaps
-from manifests.model import filemap_records
+from manifests.model import MAX_FILEMAP_BYTES, parse_filemap, with_filemap, with_filemaps
+from manifests.model import filemap_bytes_for, filemap_records
 from manifests import errors as manifest_errors
 from manifests.model import MAX_TREE_BYTES, parse_tree, resolve_trees, tree_objects
 from manifests.model import PreviousTree, prove_trees, with_trees_made
@@ -557,8 +557,8 @@ class Repository:
             if not e.filemap:
                 continue
             if e.chunks:
-                fm = filemap_bytes(e.chunks)
-                if manifest_id(fm) != e.filemap:
+                fm = filemap_bytes_for(e)  # binary, or JSON if an earlier archiver wrote the map
+                if fm is None:
                     raise ManifestError(f"malformed manifest: file map {e.filemap[:16]} of {e.path!r} is not its chunks")
                 self._put_filemap(e.filemap, fm, hot)
                 continue

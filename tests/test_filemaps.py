@@ -78,7 +78,10 @@ def test_file_over_threshold_is_recorded_through_its_map() -> None:
 
 @pytest.mark.parametrize("how", ["tampered", "wrong-count", "not-canonical", "too-short"])
 def test_bad_file_map_is_refused(how: str) -> None:
-    e2, data = with_filemap(big_entry())
+    """A JSON map (file map version 1, as earlier archivers wrote them); binary maps below."""
+    e2, _ = with_filemap(big_entry())
+    data = model.filemap_json_bytes(e2.chunks)
+    e2 = dataclasses.replace(e2, filemap=manifest_id(data))
     if how == "tampered":
         data = data.replace(b'"zstd"', b'"bg2 "', 1)
     elif how == "wrong-count":
@@ -136,11 +139,18 @@ def archive_v2(tmp_path: Path, store: str) -> tuple[Path, str, Manifest]:
     return ck, mid, m
 
 
-def test_v2_archive_restores_and_verifies(low_threshold: int, tmp_path: Path, store_url: str, home: Path) -> None:
+@pytest.mark.parametrize("form", ["binary", "json"])
+def test_v2_archive_restores_and_verifies(low_threshold: int, tmp_path: Path, store_url: str, home: Path,
+                                          form: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both map forms: binary (what archive writes) and JSON (what earlier archivers wrote)."""
+    if form == "json":
+        monkeypatch.setattr(model, "filemap_bytes", model.filemap_json_bytes)
     ck, mid, m = archive_v2(tmp_path, store_url)
     raw = RawStore(store_url)
     maps = {e.filemap for e in m.files if e.filemap}
     assert {k for k in raw.keys(layout.FILEMAPS)} == {layout.filemap(h) for h in maps}
+    assert all(raw.read(layout.filemap(h)).startswith(b"ARCHFMAP" if form == "binary" else b'{"chunks":[')
+               for h in maps)
     assert all(e.filemap or len(e.chunks) <= 1 for e in m.files)
     assert run_cli("--store", store_url, "verify", mid, "--deep").code == 0
     assert run_cli("--store", store_url, "restore", mid, str(tmp_path / "out")).code == 0
@@ -149,13 +159,19 @@ def test_v2_archive_restores_and_verifies(low_threshold: int, tmp_path: Path, st
     assert again.code == 0 and {k for k in raw.keys(layout.FILEMAPS)} == {layout.filemap(h) for h in maps}
 
 
+@pytest.mark.parametrize("form", ["binary", "json"])
 @pytest.mark.parametrize("damage", ["tampered", "missing"])
 def test_bad_file_map_is_reported_by_verify_and_refused_by_restore(low_threshold: int, tmp_path: Path,
-                                                                  home: Path, damage: str) -> None:
+                                                                  home: Path, damage: str, form: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both map forms: binary (what archive writes) and JSON (what earlier archivers wrote)."""
+    if form == "json":
+        monkeypatch.setattr(model, "filemap_bytes", model.filemap_json_bytes)
     store = str(tmp_path / "store")
     ck, mid, m = archive_v2(tmp_path, store)
     e = next(e for e in m.files if e.filemap)
     raw = RawStore(store)
+    assert raw.read(layout.filemap(e.filemap)).startswith(b"ARCHFMAP" if form == "binary" else b'{"chunks":[')
     if damage == "tampered":
         raw.mutate(layout.filemap(e.filemap), flip)
     else:
@@ -335,7 +351,7 @@ def test_plain_filemap_reader_accepts_and_refuses_exactly_what_the_json_reader_d
         assert model._plain_filemap(data, e) is not None  # read without JSON objects
         (got, err), (want, _) = _answers(data, e)
         assert err is None and got == want
-        assert model.filemap_records(data, e) == [(c.hash, c.stored_size, c.codec) for c in want]
+        assert list(model.filemap_records(data, e)) == [(c.hash, c.stored_size, c.codec) for c in want]
     assert _answers(*plain[0])[0][0] == base.chunks
 
     odd = [
@@ -368,7 +384,7 @@ def test_plain_filemap_reader_accepts_and_refuses_exactly_what_the_json_reader_d
         (got, err), (want, want_err) = _answers(data, e)
         assert (got, err) == (want, want_err), data[:80]
         if err is None:
-            assert model.filemap_records(data, e) == [(c.hash, c.stored_size, c.codec) for c in want]
+            assert list(model.filemap_records(data, e)) == [(c.hash, c.stored_size, c.codec) for c in want]
         else:
             with pytest.raises(ManifestError, match="^" + re.escape(err)):
                 model.filemap_records(data, e)
