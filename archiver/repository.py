@@ -58,8 +58,11 @@ EVENT_FETCHERS = 8
 REBUILD_BATCH_COUNT = 256
 REBUILD_BATCH_BYTES = 8 << 20
 # Chunk refs of newly proved file maps recorded per catalog transaction at commit: few fsyncs,
-# a write lock never held across store reads, and ~25 MB of refs in memory at most.
-FILEMAP_RECORD_BATCH = 100_000
+# a write lock never held across store reads, and memory bounded. A map's refs are held as
+# arrays (manifests.filemapbin.MapRecords, ~45 bytes a ref: ~90 MB at most), and a batch's
+# dedup keys go into the catalog sorted together, so one batch for a whole 10 TB version
+# (1.3 M refs) writes each B-tree page once instead of once per batch (bench/RESULTS.md).
+FILEMAP_RECORD_BATCH = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -553,6 +556,7 @@ class Repository:
         m, made = self._committed_form_made(m, previous_trees)
         hot = policy.for_metadata() if policy is not None else None
         proved: list[tuple[Entry, list[tuple[str, int, str]]]] = []  # new maps, recorded in batches
+        proved_refs = 0  # their chunk refs, counted as they come (not summed again per map)
         for e in m.files:
             if not e.filemap:
                 continue
@@ -567,10 +571,11 @@ class Repository:
                 self._ensure_lock(layout.filemap(e.filemap), hot)
             if chunks is not None:
                 proved.append((e, chunks))
-                if sum(len(c) for _, c in proved) >= FILEMAP_RECORD_BATCH:
+                proved_refs += len(chunks)
+                if proved_refs >= FILEMAP_RECORD_BATCH:
                     with translated():
                         self._catalog.record_filemaps(proved)
-                    proved = []
+                    proved, proved_refs = [], 0
         if proved:
             with translated():
                 self._catalog.record_filemaps(proved)
