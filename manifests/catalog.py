@@ -192,7 +192,7 @@ def _insert_map_keys(conn: sqlite3.Connection, maps: list[tuple[int, MapRecords]
     if not maps:
         return {}
     keys = np.concatenate([map_keys(r) for _, r in maps])
-    order = np.argsort(keys, kind="stable")
+    order = np.argsort(keys)  # not stable: equal keys are refused below, before anything is written
     keys = keys[order]
     if len(keys) > 1 and not bool((keys[1:] != keys[:-1]).all()):
         return None
@@ -209,7 +209,7 @@ def _insert_map_keys(conn: sqlite3.Connection, maps: list[tuple[int, MapRecords]
         # one pass per codec (a model has a handful), the name a literal: one parameter
         # fewer to bind per row (~10% of the insert); each pass is still in key order
         for name, cid in names.items():
-            pick = ids == cid
+            pick = ids == cid if len(names) > 1 else slice(None)
             _insert_rows(conn, f"INSERT OR IGNORE INTO chunks(key, stored_size, codec, owner) VALUES (?,?,'{name}',?)",
                          keys[pick], stored[pick], owners[pick])
     else:
