@@ -612,12 +612,12 @@ class Repository:
             self.record_policy(mid, policy)
         if details is None or self._catalog.has_manifest(mid):  # already recorded: nothing new ingested
             with translated():
-                self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks, trees=by_dir)
+                self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_records, trees=by_dir)
             return Committed(mid, signer)
         ev = Event(events.INGESTION, manifests=(events.ManifestOutcome(mid),), details={**details, "signed_by": signer})
         rec = self._put_event(ev, sign_key, policy=hot)  # in the store first: the catalog is the rebuildable copy
         with translated(), self._catalog.write():
-            self._catalog.record_manifest(m, data, at=ev.time, filemap_chunks=self.filemap_chunks, trees=by_dir)
+            self._catalog.record_manifest(m, data, at=ev.time, filemap_chunks=self.filemap_records, trees=by_dir)
             self._catalog.record_event(rec.key, rec.writer, rec.seq, rec.hash, ev.time, events.audit_rows(ev),
                                        events.chunk_results(ev))
         return Committed(mid, signer)
@@ -1050,7 +1050,7 @@ class Repository:
                     m = self.resolve_trees(m)  # v3: the catalog records the entries of its trees
                     with translated():
                         if self._catalog.record_manifest(m, data, at=at, time_unknown=at is None,
-                                                         filemap_chunks=self.filemap_chunks):
+                                                         filemap_chunks=self.filemap_records):
                             result.added.append(m.id)
                 except IntegrityError as e:  # only this manifest's savepoint was rolled back
                     result.problems.append(Problem(m.id, "manifest", str(e)))
@@ -1392,7 +1392,7 @@ class Repository:
         durable here); False if the catalog already had it."""
         m = self.resolve_trees(m)
         with translated():
-            return self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks)
+            return self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_records)
 
     def heal_chunk(self, ref: ChunkRef, obj: bytes) -> str:
         """Heal one chunk with `obj` (proved by `chunk_object` of a copy): see `_heal`."""

@@ -171,6 +171,9 @@ def map_keys(recs: MapRecords) -> np.ndarray:
     return (recs.prefixes().astype(np.uint64) ^ np.uint64(_KEY_BIAS)).view(np.int64)
 
 
+# File map refs recorded together when a manifest is recorded (rebuild, sync, copies): as
+# arrays (manifests.filemapbin.MapRecords) ~45 bytes a ref, so ~90 MB at most.
+MAP_BULK_REFS = 2_000_000
 _INSERT_SLICE = 65536  # rows per executemany call: bounds the Python ints alive at once
 _SQL_SAFE_CODEC = re.compile(r"[A-Za-z0-9_.+-]{0,64}\Z")  # a codec name that can be an SQL literal as is
 
@@ -634,6 +637,12 @@ class Catalog:
             row = conn.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM manifests").fetchone()[0]
             batch: list[ChunkRef] = []
             shared: dict[str, int] = {}  # hash -> stored size: chunks of this version's maps that are not fresh
+            read = self._record_new_maps(conn, (e for e in files if e.filemap), filemap_chunks)
+            if read:  # maps just recorded that reused chunks: their records are at hand
+                def fetch_again(e: Entry, fetch: Any = filemap_chunks) -> Any:
+                    got = read.get(e.filemap)
+                    return got if got is not None else fetch(e)
+                filemap_chunks = fetch_again
             for e in files:
                 if e.filemap:
                     self._record_filemap(conn, row, e, filemap_chunks, shared)
@@ -735,20 +744,59 @@ class Catalog:
         the store like a chunk row: a map no recorded manifest names yet is harmless (as a
         chunk no manifest names is in the store)."""
         with self.write() as conn:
-            bulk: list[tuple[int, MapRecords]] = []  # new maps read as arrays: their keys go in together
-            for e, chunks in maps:
-                if isinstance(chunks, MapRecords) and conn.execute("SELECT 1 FROM filemaps WHERE hash=?",
-                                                                   (e.filemap,)).fetchone() is None:
-                    fm = conn.execute("INSERT INTO filemaps(hash, chunk_count, size) VALUES (?, ?, ?)",
-                                      (e.filemap, e.chunk_count, e.size)).lastrowid
-                    bulk.append((fm, chunks))
-                    continue
-                self._filemap_row(conn, dataclasses.replace(e, chunks=()), lambda _, c=chunks: c)
-            fresh = _insert_map_keys(conn, bulk)
-            if fresh is None:
-                fresh = {fm: self._record_chunks(conn, "filemaps", fm, r) for fm, r in bulk}
-            conn.executemany("UPDATE filemaps SET fresh_stored = ? WHERE rowid = ?",
-                             [(total, fm) for fm, total in fresh.items() if total is not None])
+            self._record_maps(conn, maps)
+
+    def _record_maps(self, conn: sqlite3.Connection, maps: Iterable[tuple[Entry, Any]]) -> None:
+        """Record file maps and their chunks (see record_filemaps): those new to the catalog
+        and read as arrays have their dedup keys inserted together (_insert_map_keys)."""
+        bulk: list[tuple[int, MapRecords]] = []  # new maps read as arrays: their keys go in together
+        for e, chunks in maps:
+            if isinstance(chunks, MapRecords) and conn.execute("SELECT 1 FROM filemaps WHERE hash=?",
+                                                               (e.filemap,)).fetchone() is None:
+                fm = conn.execute("INSERT INTO filemaps(hash, chunk_count, size) VALUES (?, ?, ?)",
+                                  (e.filemap, e.chunk_count, e.size)).lastrowid
+                bulk.append((fm, chunks))
+                continue
+            self._filemap_row(conn, dataclasses.replace(e, chunks=()), lambda _, c=chunks: c)
+        fresh = _insert_map_keys(conn, bulk)
+        if fresh is None:
+            fresh = {fm: self._record_chunks(conn, "filemaps", fm, r) for fm, r in bulk}
+        conn.executemany("UPDATE filemaps SET fresh_stored = ? WHERE rowid = ?",
+                         [(total, fm) for fm, total in fresh.items() if total is not None])
+
+    def _record_new_maps(self, conn: sqlite3.Connection, entries: Iterable[Entry],
+                         fetch: Callable[[Entry], Any] | None) -> dict[str, Any]:
+        """Before a manifest's rows: the maps its unresolved entries name that this catalog has
+        not recorded, fetched (`fetch`, e.g. the repository's filemap_records) and recorded
+        together, up to MAP_BULK_REFS refs at a time, as a commit records a worker's maps: a
+        rebuild or sync of another host's 10 TB version then costs what its commit did.
+        Returns the records of the maps recorded now that are not fresh (the manifest's stored
+        size reads their chunks: they are not fetched twice)."""
+        kept: dict[str, Any] = {}
+        if fetch is None:
+            return kept
+        batch: list[tuple[Entry, Any]] = []
+        refs = 0
+        seen: set[str] = set()
+
+        def flush() -> None:
+            self._record_maps(conn, batch)
+            for e, recs in batch:
+                if conn.execute("SELECT fresh_stored FROM filemaps WHERE hash=?", (e.filemap,)).fetchone()[0] is None:
+                    kept[e.filemap] = recs
+
+        for e in entries:
+            if e.resolved or e.filemap in seen or conn.execute("SELECT 1 FROM filemaps WHERE hash=?",
+                                                              (e.filemap,)).fetchone() is not None:
+                continue
+            seen.add(e.filemap)
+            batch.append((e, fetch(e)))
+            refs += e.chunk_count
+            if refs >= MAP_BULK_REFS:
+                flush()
+                batch, refs = [], 0
+        flush()
+        return kept
 
     def _record_filemap(self, conn: sqlite3.Connection, row: int, e: Entry,
                         fetch: Callable[[Entry], Iterable[ChunkRef]] | None, shared: dict[str, int]) -> None:

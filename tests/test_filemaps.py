@@ -408,3 +408,38 @@ def test_fixity_status_counts_map_chunks_and_refuses_a_missing_map_in_one_line(t
     r = run_cli("--store", store, "fixity", "status")
     assert r.code != 0 and "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1
     assert victim.filemap[:16] in r.err and "missing" in r.err
+
+
+def _catalog_facts(path: Path) -> tuple[list, list, list]:
+    """What a catalog knows of chunks and maps, with owners named by map hash (rowids may differ)."""
+    import sqlite3
+    conn = sqlite3.connect(path)
+    try:
+        return (conn.execute("SELECT c.key, c.stored_size, c.codec, f.hash FROM chunks c LEFT JOIN filemaps f "
+                             "ON f.rowid = c.owner ORDER BY c.key").fetchall(),
+                conn.execute("SELECT hash, chunk_count, size, fresh_stored FROM filemaps ORDER BY hash").fetchall(),
+                conn.execute("SELECT id, stored_size FROM manifests ORDER BY id").fetchall())
+    finally:
+        conn.close()
+
+
+def test_rebuild_records_maps_in_bulk_as_the_commit_did(repo: Repository, tmp_path: Path) -> None:
+    """A rebuild records a version's new maps together from their arrays (as a commit records a
+    worker's maps): the same chunk rows, owners, map freshness and stored sizes as the commits
+    gave, for fresh maps, a map reusing another's chunk and a chunk repeated in a map."""
+    a, b = big_entry(path="a.bin"), big_entry(path="b.bin")
+    reuse = dataclasses.replace(b, path="c.bin", chunks=(a.chunks[0],) + tuple(
+        dataclasses.replace(c, hash=manifest_id(f"new{i}".encode())) for i, c in enumerate(b.chunks[1:])))
+    twice = dataclasses.replace(a, path="d.bin", chunks=tuple(
+        dataclasses.replace(c, hash=manifest_id(f"rep{i % 50}".encode())) for i, c in enumerate(a.chunks)))
+    first = repo.commit_manifest(Manifest(name="m", entries=tuple(repo.save_filemaps(e) for e in (a, b)))).id
+    second = repo.commit_manifest(Manifest(name="m", parent=first,
+                                           entries=tuple(repo.save_filemaps(e) for e in (a, reuse, twice)))).id
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat2.db")) as fresh:
+        assert sorted(fresh.rebuild_catalog().added) == sorted([first, second])
+    committed, rebuilt = _catalog_facts(tmp_path / "cat.db"), _catalog_facts(tmp_path / "cat2.db")
+    assert rebuilt == committed
+    fresh_of = {h: f for h, _, _, f in committed[1]}
+    assert sorted(f is None for f in fresh_of.values()) == [False, False, False, True]  # c.bin reused a's chunk
+    assert dict(committed[2])[second] == sum({c.hash: c.stored_size for e in (a, reuse, twice)
+                                              for c in e.chunks}.values())
