@@ -1282,7 +1282,7 @@ class Repository:
     def chunk_coverage(self) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:
         """Every recorded version's distinct chunks with their last deep check (`fixity status`);
         a file map's chunks are read from the map object (the catalog keeps only inline sets)."""
-        return self._catalog.chunk_coverage(self.filemap_chunks)
+        return self._catalog.chunk_coverage(self.filemap_records)
 
 
     # -- copies: replicate and repair (only proved bytes cross between stores) -------------------

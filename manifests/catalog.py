@@ -228,6 +228,14 @@ def _insert_map_keys(conn: sqlite3.Connection, maps: list[tuple[int, MapRecords]
     return {fm: (r.stored_total() if all_new else None) for fm, r in maps}
 
 
+def _hash_sizes(refs: Any) -> tuple[tuple[str, int], ...]:
+    """(hash, stored size) of each chunk of a map: from its arrays in bulk (MapRecords), or
+    from ChunkRefs or (hash, stored size, codec) triples."""
+    if isinstance(refs, MapRecords):
+        return tuple(zip(refs.hex_hashes(), refs.stored.tolist()))
+    return tuple((c.hash, c.stored_size) if isinstance(c, ChunkRef) else (c[0], c[1]) for c in refs)
+
+
 def _chunk_key_blob(b: bytes) -> int:
     return int.from_bytes(b[:8], "big") - _KEY_BIAS
 
@@ -1218,7 +1226,7 @@ class Catalog:
                 if refs is None:
                     e = Entry(path=f"file map {fh[:16]}", type="file", mode=0o644, size=size, filemap=fh,
                               chunk_count=count)
-                    refs = maps[fh] = tuple((c.hash, c.stored_size) for c in self._fetch(e, fetch))
+                    refs = maps[fh] = _hash_sizes(self._fetch(e, fetch))
                 for h, stored in refs:
                     sizes.setdefault(h, stored)
             out.extend((mid, name, label, h, sizes[h], *checks.get(h, (None, None))) for h in sorted(sizes))
