@@ -34,8 +34,9 @@ FILEMAP_FORMAT = "archiver-filemap"
 # saves; above it, a 10 TB archive's root manifest stays ~300 bytes per file instead of
 # ~100 bytes per chunk, and an unchanged large file's map is shared by every version.
 FILEMAP_THRESHOLD = 128
-# A file map is one file's chunk records (~102 bytes each): 32 MiB holds ~300,000 chunks,
-# a 2.5 TB file at 8 MiB, and a forged larger object is refused unread.
+# A file map is one file's chunk records (~102 bytes each as JSON, 49 in binary): 32 MiB holds
+# ~300,000 chunks as JSON (a 2.5 TB file at 8 MiB), ~680,000 in binary, and a forged larger
+# object is refused unread.
 MAX_FILEMAP_BYTES = 32 * 1024 * 1024
 # Version 3 = version 2 plus trees (below). A manifest with more than TREE_THRESHOLD entries
 # keeps them in content-addressed directory listings (`trees/<h[0:2]>/<h>.json`, h = BLAKE3
