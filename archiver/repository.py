@@ -579,6 +579,7 @@ class Repository:
         if proved:
             with translated():
                 self._catalog.record_filemaps(proved)
+        proved = []  # recorded: their arrays are not held through the rest of the commit
         try:
             data = m.canonical_json()
         except (TypeError, ValueError) as e:  # e.g. meta keys of mixed types, bytes values

@@ -10,7 +10,9 @@ are fake, which is all the manifest, file maps and catalog ever see. Four versio
   v2  one file changed (one new file map, CHUNKS new chunks);
   v3  nothing changed (the same entries: the same file maps, a new version only through meta);
   v4  one chunk of one file changed (a fine-tune touching one tensor): one new file map that
-      shares all its other chunks with v1's map of that file.
+      shares all its other chunks with v1's map of that file;
+  v5  one chunk of every file changed (a fine-tune touching one tensor per shard): 1,000 new
+      maps, none fresh, each sharing all but one chunk with v1's map of its file.
 
 Per version, as the distributed archive does it: "workers" (a child process) build each
 file's entry and store its file map with `repo.save_filemaps`, handing over only the small
@@ -65,12 +67,13 @@ def open_repo(work: Path):
 
 def workers(work: Path, files: int, chunks: int, changed: int | None, out: Path, one_chunk: bool = False) -> None:
     """Build each file's entry, store its file map, keep only the small entry (JSON lines).
-    File `changed` gets all new chunks, or (one_chunk) only a new first chunk."""
+    File `changed` (every file if negative) gets all new chunks, or (one_chunk) only a new first chunk."""
     with open_repo(work) as repo, out.open("w") as f:
         for i in range(files):
-            hit = changed is not None and i == changed
+            hit = changed is not None and (i == changed or changed < 0)
             salt = "v2" if hit and not one_chunk else "v1"
-            slim = repo.save_filemaps(fake_entry(i, chunks, salt, "v4" if hit and one_chunk else None))
+            first = ("v5" if changed is not None and changed < 0 else "v4") if hit and one_chunk else None
+            slim = repo.save_filemaps(fake_entry(i, chunks, salt, first))
             f.write(json.dumps(slim.to_json()) + "\n")
 
 
@@ -141,7 +144,7 @@ def main() -> int:
     a = ap.parse_args()
     if a.role == "workers":
         spec = a.arg[1]
-        changed = int(spec.rstrip("c")) if spec != "-" else None
+        changed = None if spec == "-" else -1 if spec.startswith("all") else int(spec.rstrip("c"))
         workers(Path(a.arg[0]), a.files, a.chunks, changed, Path(a.arg[2]), one_chunk=spec.endswith("c"))
         return 0
     if a.role == "driver":
@@ -159,7 +162,7 @@ def main() -> int:
     common = ["--files", str(a.files), "--chunks", str(a.chunks)]
     rows = []
     try:
-        for label, changed in (("v1", "-"), ("v2", "0"), ("v3", "0"), ("v4", "0c")):
+        for label, changed in (("v1", "-"), ("v2", "0"), ("v3", "0"), ("v4", "0c"), ("v5", "allc")):
             entries = work / f"entries-{label}.jsonl"
             t0 = time.perf_counter()
             child(*common, "--role", "workers", "--arg", str(work), "--arg", changed, "--arg", str(entries))

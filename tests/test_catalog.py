@@ -1272,3 +1272,39 @@ def test_bulk_recorded_maps_give_the_stored_size_of_their_version(tmp_path):
         assert {r.id: r.stored_size for r in c.manifest_rows()}[m.id] == 5 + 6 + 7 + 5  # a2 once
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("form", ["arrays", "triples"])
+def test_stored_size_of_a_version_whose_maps_reuse_chunks(tmp_path, form):
+    """A version whose maps reused chunks (not fresh) has its stored size deduplicated by full
+    hash, whether their records come as arrays (deduplicated in bulk) or as triples: each
+    distinct chunk once, an inline chunk also in such a map once, a chunk owned by a fresh
+    map of the same version once, and two hashes sharing a chunk key twice."""
+    from manifests.filemapbin import MapRecords
+    p = "cd" * 8
+    x, y = p + "0" * 48, p + "1" * 48  # one chunk key, two chunks
+    a = _map(["a1", "a2", "a3"])  # version 1: fresh
+    b = _map(["b1", "b2"])  # version 2: fresh, owns b1 and b2
+    c_recs = [(h("a2"), 6, "bg2"), (h("b1"), 5, "bg2"), (h("a1"), 5, "bg2"), (x, 9, "zstd")]
+    d_recs = [(h("a3"), 7, "bg2"), (y, 9, "zstd")]
+    c = (dataclasses.replace(a[0], path="c.bin", filemap=h("map c"), chunk_count=4, size=40), c_recs)
+    d = (dataclasses.replace(a[0], path="d.bin", filemap=h("map d"), chunk_count=2, size=20), d_recs)
+    small = Entry(path="small", type="file", mode=0o644, size=20, mtime_ns=1, blake3=h("s"), sha256="0" * 64,
+                  chunks=(ChunkRef(0, 10, h("a1"), 5, "zstd"), ChunkRef(10, 10, h("s1"), 4, "zstd")))
+    given = {e.filemap: r for e, r in (a, b, c, d)}
+    cat = Catalog(tmp_path / "catalog.db", STORE)
+    try:
+        def as_form(r):
+            return MapRecords.from_triples(r) if form == "arrays" else r
+        cat.record_filemaps([(a[0], as_form(a[1]))])
+        v1 = Manifest(name="m", entries=(a[0],))
+        cat.record_manifest(v1, v1.canonical_json(), filemap_chunks=lambda e: as_form(given[e.filemap]))
+        cat.record_filemaps([(e, as_form(r)) for e, r in (b, c, d)])
+        v2 = Manifest(name="m", parent=v1.id, entries=(b[0], c[0], d[0], small))
+        cat.record_manifest(v2, v2.canonical_json(), filemap_chunks=lambda e: as_form(given[e.filemap]))
+        sizes = {r.id: r.stored_size for r in cat.manifest_rows()}
+    finally:
+        cat.close()
+    assert sizes[v1.id] == 5 + 6 + 7
+    # b1 + b2 (fresh b) + a2 + a1 + x (map c) + a3 + y (map d) + s1 (inline; its a1 is in map c)
+    assert sizes[v2.id] == 5 + 6 + 6 + 5 + 9 + 7 + 9 + 4
