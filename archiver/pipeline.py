@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import blake3
 
+from archiver import events
 from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
 from archiver.hfcache import lfs_sha256, snapshot_of
@@ -186,6 +187,10 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         if e is not None:
             _check_blob(src, e)
             reused[src.path] = e
+    # the event's agent (its package version lookup, ~15 ms of imports and reads) is looked up
+    # while the chunk pool is busy, not in the serial tail after the last chunk
+    agent = threading.Thread(target=events.Agent.current, name="archive-agent", daemon=True)
+    agent.start()
     try:
         done = fanout.archive_files(repo, [s for s in sources if s.path not in reused], ex, writer=writer, stats=stats, policy=policy,
                                     write_policy=write_policy, progress=progress, pool_workers=nworkers,
@@ -223,6 +228,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         resumed_files=done.resumed)
     if write_policy is not None:
         details["retention"] = _policy_summary(write_policy)
+    agent.join()
     committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,
                                      read_maps=read_maps, previous_trees=files_cache.trees)
     files_cache.commit(committed.id, sources, entries)

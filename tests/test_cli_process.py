@@ -45,3 +45,29 @@ def test_fresh_process_s3_errors_are_one_line(tmp_path, aws_env):
     r = cli(env, "--store", "s3://bucket/prefix", "list")
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "cannot reach S3 endpoint" in r.stderr and "internal error" not in r.stderr
+
+
+# What an archive into a local, unsealed store must not import: they are for other stores
+# and commands, and every module imported is paid in the serial start of every run
+# (issue 12 item 6: archive wall time; bench/RESULTS.md, branch wall).
+NOT_FOR_A_LOCAL_ARCHIVE = ("cryptography", "pyrage", "boto3", "botocore", "archiver.costs", "pickletools",
+                           "archiver.escrow", "manifests.signing")
+
+
+def test_archive_into_a_local_store_imports_no_crypto_s3_or_cost_tables(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=2, dim=64)
+    probe = ("import json, sys\n"
+             "from archiver.cli import main\n"
+             "try:\n"
+             "    main(sys.argv[1:])\n"
+             "finally:\n"
+             "    print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n")
+    env = {**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")}
+    r = subprocess.run([sys.executable, "-c", probe, "--store", str(tmp_path / "store"), "archive", str(ckpt),
+                        "--name", "m", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["files"] > 0
+    loaded = json.loads(r.stderr.splitlines()[-1])
+    assert "archiver.pipeline" in loaded and "archiver.stores.local" in loaded  # the probe saw the run's modules
+    unwanted = [m for m in loaded if m in NOT_FOR_A_LOCAL_ARCHIVE or m.split(".")[0] in NOT_FOR_A_LOCAL_ARCHIVE]
+    assert unwanted == []
