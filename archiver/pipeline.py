@@ -314,9 +314,9 @@ def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWrit
 
         def chunks() -> Iterator[RawChunk]:
             for rc in iter_chunks(f, size, policy, detected=fmt):
-                digest.update(rc.data)
+                yield rc  # to the pool first: the whole-file hashes run while workers take it,
+                digest.update(rc.data)  # so the last chunk is not held back by them (serial tail)
                 progress.advance(len(rc.data))
-                yield rc
 
         try:
             if size < policy.cdc_min:  # at most one chunk, the whole file: saved on this thread

@@ -388,3 +388,46 @@ def test_a_small_file_rewritten_while_archived_is_refused(tmp_path, home, monkey
     with pytest.raises(SourceChangedError, match="small.bin"):
         api.archive([src], name="m", store=store)
     assert api.list_archives(store=store) == []
+
+
+def test_each_chunk_goes_to_the_pool_before_the_whole_file_hashes_read_it(repo, model_dir, monkeypatch):
+    """The reading thread hands a chunk to the pool first and feeds the whole-file BLAKE3 and
+    SHA-256 after, so workers never wait for those hashes (the last chunk least of all: that
+    wait would be serial time at the end of every archive); the digests still cover every byte."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from archiver.digests import FileDigest
+    from archiver.progress import Progress
+
+    events: list[tuple[str, int]] = []
+    keep: list[object] = []  # every chunk stays alive, so no id is reused by a later one
+
+    class Recording(FileDigest):
+        def update(self, data):
+            keep.append(data)
+            events.append(("hash", id(data)))
+            super().update(data)
+
+    class Pool(ThreadPoolExecutor):
+        def submit(self, fn, item, *a, **k):
+            keep.append(item.data)
+            events.append(("pool", id(item.data)))
+            return super().submit(fn, item, *a, **k)
+
+    monkeypatch.setattr(pipeline, "FileDigest", Recording)
+    path = model_dir / "model.safetensors"
+    [src] = [s for s in scan([path])]
+    writer = pipeline._ChunkWriter(repo, pipeline._Stats())
+    with Pool(4) as pool:
+        entry = pipeline._archive_file(src, pool, writer, SMALL, 4, Progress())
+    data = path.read_bytes()
+    assert (entry.blake3, entry.sha256) == (blake3.blake3(data).hexdigest(), hashlib.sha256(data).hexdigest())
+    assert len(entry.chunks) > 4  # more chunks than the window: the steady state is exercised
+    pooled = [ident for what, ident in events if what == "pool"]
+    hashed = [ident for what, ident in events if what == "hash"]
+    assert len(pooled) == len(hashed) == len(entry.chunks)
+    # every chunk but the first (parallel.ordered_map peeks at the second item to run a lone
+    # one on the calling thread, which resumes the reader once before the first submit) is
+    # hashed only after it was handed to the pool; the last one above all
+    for ident in hashed[1:]:
+        assert events.index(("pool", ident)) < events.index(("hash", ident))
