@@ -961,6 +961,15 @@ def _kind(err: BaseException) -> str:
     return "".join("-" + c.lower() if c.isupper() else c for c in name).lstrip("-")
 
 
+def _one_blas_thread() -> None:
+    """numpy's OpenBLAS starts a thread per extra core as numpy is imported, and they spin
+    for a while: 20-40 ms of CPU here (2 cores), taken from the first chunks of an archive,
+    and a thread per core on a big machine. archiver never multiplies matrices (numpy only
+    splits, merges and compares byte planes), so one thread, unless the user chose a number.
+    Only for a process that ends with this command: an embedding program keeps its BLAS."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 # A young collection after this many new container objects (the interpreter's default: 700).
 YOUNG_COLLECTION_AFTER = 10_000
 
@@ -993,6 +1002,7 @@ def _end_without_collecting() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: map every failure to one line and an exit code."""
     if argv is None:  # the process's own entry point (console script, python -m): it ends when this returns
+        _one_blas_thread()
         _collect_less()
         _end_without_collecting()
     debug = os.environ.get("ARCHIVER_DEBUG") == "1"

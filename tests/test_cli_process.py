@@ -118,3 +118,28 @@ def test_the_process_entry_point_still_writes_everything(tmp_path):
     assert [row["id"] for row in json.loads(r.stdout)] == [mid]
     r = cli(env, "verify", mid, "--deep", "--json")
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("preset", [None, "2"])
+def test_the_process_entry_point_keeps_blas_to_one_thread_unless_told(tmp_path, preset):
+    """numpy's OpenBLAS would start (and spin) a thread per extra core when the codec imports
+    numpy; the command never uses BLAS. A number the user set is kept."""
+    probe = ("import json, os, sys\n"
+             "from archiver.cli import main\n"
+             "sys.argv = ['archiver', '--version']\n"
+             "try:\n"
+             "    main()\n"
+             "except SystemExit:\n"
+             "    pass\n"
+             "import numpy\n"
+             "print(json.dumps([os.environ.get('OPENBLAS_NUM_THREADS'), len(os.listdir('/proc/self/task'))]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if preset is not None:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**env, "ARCHIVER_HOME": str(tmp_path / "home")})
+    assert r.returncode == 0, r.stderr
+    value, threads = json.loads(r.stdout.splitlines()[-1])
+    assert value == (preset or "1")
+    if preset is None:
+        assert threads == 1  # numpy imported, and no BLAS thread beside the main one
