@@ -4,15 +4,17 @@ from start to end).
 
     PYTHONPATH=. .venv/bin/python bench/wall_timeline.py [--bin-ms 20] -- --store S archive SRC --name x
 
-Runs `archiver.cli.main` with the given arguments in this process, after stamping the
-moments that bound the phases (interpreter start from /proc, imports done, store and
-catalog open, scan done, first and last chunk read, chunk pool drained, catalog sync,
-manifest commit, files-cache commit, exit), while a sampler thread reads every thread's
-CPU clock from /proc/self/task/*/stat every 5 ms. Prints the phases with their wall and
-CPU seconds (all threads) and the cores busy per bin, so the serial head (start-up,
-scan, header parse) and tail (last chunks, fsyncs, commit) show as seconds with ~1 core
-busy. CPU is user + system of this process from /proc (so other load on a shared machine
-does not count; the sampler itself is included, ~0.01-0.02 CPU-s). Linux only."""
+Runs `archiver.cli.main()` on the given arguments in this process (as the console script
+does), after stamping the moments that bound the phases (interpreter start from /proc,
+imports done, store and catalog open, scan done, first and last chunk read, chunk pool
+drained, catalog sync, manifest commit, files-cache commit, return), while a sampler
+thread records the process's CPU clock and counts this process's threads in state R (on
+a CPU or waiting for one; /proc/self/task/*/stat) every 5 ms. Prints each phase's wall
+and CPU seconds and mean runnable threads (capped at 2), then per 20 ms bin the cores
+busy and the runnable threads: the serial head (start-up, scan, header parse) and tail
+(last chunks, fsyncs, commit) show as seconds with one thread runnable, whatever else
+the machine runs. CPU includes the sampler (~0.01-0.02 CPU-s); the interpreter's exit
+after the return is not covered. Linux only."""
 from __future__ import annotations
 
 import argparse
@@ -116,7 +118,8 @@ def main() -> int:
     pipeline.iter_chunks = chunks
     code = 0
     try:
-        cli.main(args)
+        sys.argv = ["archiver", *args]
+        cli.main()  # as the console script calls it (the process's own entry point)
     except SystemExit as e:
         code = int(e.code or 0)
     stamp("cli returned")
