@@ -277,6 +277,13 @@ def _snapshot(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+# Chunks the reading thread reads and hashes beyond the window while the pool's first chunk
+# of a file is not done: in a fresh process the first worker imports numpy then (~0.1 CPU-s
+# holding the GIL), which the window's chunks cover only ~40 ms of, leaving a core idle.
+# Only before the first result (parallel.ordered_map), so memory in the steady state is as before.
+START_AHEAD_CHUNKS = 4
+
+
 def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, policy: ChunkPolicy,
                   window: int, progress: Progress, dirs: Any = None) -> Entry:
     return _archive_file_stat(src, pool, writer, policy, window, progress, dirs)[0]
@@ -323,7 +330,8 @@ def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWrit
                 digest, refs = _one_chunk(iter_chunks(f, size, policy, detected=fmt), writer, progress)
             else:
                 digest = FileDigest()
-                refs = [ref for _, ref in ordered_map(pool, writer, chunks(), window)]
+                refs = [ref for _, ref in ordered_map(pool, writer, chunks(), window,
+                                                      start_ahead=START_AHEAD_CHUNKS)]
         except OSError as e:
             raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
         after = f.after if isinstance(f, _ReadWhole) else os.fstat(f.fileno())

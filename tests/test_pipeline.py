@@ -390,10 +390,10 @@ def test_a_small_file_rewritten_while_archived_is_refused(tmp_path, home, monkey
     assert api.list_archives(store=store) == []
 
 
-def test_each_chunk_goes_to_the_pool_before_the_whole_file_hashes_read_it(repo, model_dir, monkeypatch):
-    """The reading thread hands a chunk to the pool first and feeds the whole-file BLAKE3 and
-    SHA-256 after, so workers never wait for those hashes (the last chunk least of all: that
-    wait would be serial time at the end of every archive); the digests still cover every byte."""
+def _hand_off_order(repo, model_dir, monkeypatch):
+    """Archive the model's safetensors through `_archive_file` with a 4-chunk window,
+    recording when each chunk is handed to the pool and when the whole-file digest reads it:
+    (entry, events, ids of chunks in pool order, ids in hash order)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from archiver.digests import FileDigest
@@ -422,12 +422,32 @@ def test_each_chunk_goes_to_the_pool_before_the_whole_file_hashes_read_it(repo, 
         entry = pipeline._archive_file(src, pool, writer, SMALL, 4, Progress())
     data = path.read_bytes()
     assert (entry.blake3, entry.sha256) == (blake3.blake3(data).hexdigest(), hashlib.sha256(data).hexdigest())
-    assert len(entry.chunks) > 4  # more chunks than the window: the steady state is exercised
     pooled = [ident for what, ident in events if what == "pool"]
     hashed = [ident for what, ident in events if what == "hash"]
     assert len(pooled) == len(hashed) == len(entry.chunks)
+    assert pooled == hashed  # both in file order
+    return entry, events, pooled, hashed
+
+
+def test_each_chunk_goes_to_the_pool_before_the_whole_file_hashes_read_it(repo, model_dir, monkeypatch):
+    """Without the start's read-ahead, the reading thread hands each chunk to the pool first
+    and feeds the whole-file BLAKE3 and SHA-256 after, so workers never wait for those hashes;
+    the digests still cover every byte."""
+    monkeypatch.setattr(pipeline, "START_AHEAD_CHUNKS", 0)
+    entry, events, _pooled, hashed = _hand_off_order(repo, model_dir, monkeypatch)
+    assert len(entry.chunks) > 4  # more chunks than the window: the steady state is exercised
     # every chunk but the first (parallel.ordered_map peeks at the second item to run a lone
-    # one on the calling thread, which resumes the reader once before the first submit) is
-    # hashed only after it was handed to the pool; the last one above all
+    # one on the calling thread, which resumes the reader once before the first submit)
     for ident in hashed[1:]:
         assert events.index(("pool", ident)) < events.index(("hash", ident))
+
+
+def test_the_last_chunk_goes_to_the_pool_before_the_hashes_with_the_start_read_ahead(repo, model_dir,
+                                                                                       monkeypatch):
+    """With the read-ahead of the start (chunks read and hashed beyond the window while the
+    first is not done), the last chunk of a file longer than that is still handed to the pool
+    before the whole-file hashes read it: no serial hashing at the end of an archive."""
+    entry, events, _pooled, hashed = _hand_off_order(repo, model_dir, monkeypatch)
+    assert len(entry.chunks) > 4 + pipeline.START_AHEAD_CHUNKS + 2
+    last = hashed[-1]
+    assert events.index(("pool", last)) < events.index(("hash", last))
