@@ -280,7 +280,8 @@ def _snapshot(st: os.stat_result) -> tuple[int, int, int, int, int]:
 # Chunks the reading thread reads and hashes beyond the window while the pool's first chunk
 # of a file is not done: in a fresh process the first worker imports numpy then (~0.1 CPU-s
 # holding the GIL), which the window's chunks cover only ~40 ms of, leaving a core idle.
-# Only before the first result (parallel.ordered_map), so memory in the steady state is as before.
+# Only before the first result (parallel.ordered_map), so memory in the steady state is as before,
+# and at most the file's own window more (files archived at once share the pool's window).
 START_AHEAD_CHUNKS = 4
 
 
@@ -331,7 +332,7 @@ def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWrit
             else:
                 digest = FileDigest()
                 refs = [ref for _, ref in ordered_map(pool, writer, chunks(), window,
-                                                      start_ahead=START_AHEAD_CHUNKS)]
+                                                      start_ahead=min(START_AHEAD_CHUNKS, window))]
         except OSError as e:
             raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
         after = f.after if isinstance(f, _ReadWhole) else os.fstat(f.fileno())

@@ -451,3 +451,27 @@ def test_the_last_chunk_goes_to_the_pool_before_the_hashes_with_the_start_read_a
     assert len(entry.chunks) > 4 + pipeline.START_AHEAD_CHUNKS + 2
     last = hashed[-1]
     assert events.index(("pool", last)) < events.index(("hash", last))
+
+
+def test_the_start_read_ahead_is_at_most_the_files_window(repo, model_dir, monkeypatch):
+    """Files archived at once share the pool's window (each gets a part of it): a file's read
+    ahead at its start is at most its own window, so chunks held stay a few per core."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from archiver import parallel
+    from archiver.progress import Progress
+
+    seen: list[tuple[int, int]] = []
+    real = parallel.ordered_map
+
+    def spy(pool, fn, items, window, start_ahead=0):
+        seen.append((window, start_ahead))
+        return real(pool, fn, items, window, start_ahead)
+
+    monkeypatch.setattr(pipeline, "ordered_map", spy)
+    [src] = [s for s in scan([model_dir / "model.safetensors"])]
+    writer = pipeline._ChunkWriter(repo, pipeline._Stats())
+    with ThreadPoolExecutor(4) as pool:
+        for window in (2, 4, 16):
+            pipeline._archive_file(src, pool, writer, SMALL, window, Progress())
+    assert seen == [(2, 2), (4, 4), (16, pipeline.START_AHEAD_CHUNKS)]
