@@ -963,8 +963,8 @@ def _kind(err: BaseException) -> str:
 
 def _one_blas_thread() -> None:
     """numpy's OpenBLAS starts a thread per extra core as numpy is imported, and they spin
-    for a while: 20-40 ms of CPU here (2 cores), taken from the first chunks of an archive,
-    and a thread per core on a big machine. archiver never multiplies matrices (numpy only
+    for a while, taking CPU from the first chunks of an archive (bench/RESULTS.md, branch
+    wall). archiver never multiplies matrices (numpy only
     splits, merges and compares byte planes), so one thread, unless the user chose a number.
     Only for a process that ends with this command: an embedding program keeps its BLAS."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -977,10 +977,10 @@ YOUNG_COLLECTION_AFTER = 10_000
 def _collect_less() -> None:
     """A command is one process whose objects mostly live until it ends (the modules, the
     scan's sources, the manifest's entries), so the generational collector would walk them
-    again and again for little garbage (325 ms of CPU in 756 collections for an archive of
-    the 25,000-file tree; bench/RESULTS.md, branch wall). The objects of the modules loaded
-    so far are frozen out of its reach, and a young collection waits for YOUNG_COLLECTION_AFTER
-    new container objects. Only for a process that ends with this command."""
+    again and again for little garbage (measurements: bench/RESULTS.md, branch wall). The
+    objects of the modules loaded so far are frozen out of its reach, and a young collection
+    waits for YOUNG_COLLECTION_AFTER new container objects. Only for a process that ends
+    with this command."""
     import gc
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_AFTER, *gc.get_threshold()[1:])
@@ -988,9 +988,9 @@ def _collect_less() -> None:
 
 def _end_without_collecting() -> None:
     """At exit, freeze every object out of the cyclic garbage collector's reach before the
-    interpreter's final collections: they would walk every object of the process (a few
-    tens of ms, serial, after the work is done: part of every command's wall time) only to
-    free memory the OS takes back anyway. Registered first, so it runs after the other exit
+    interpreter's final collections: they would walk every object of the process (serial
+    time after the work is done, part of every command's wall time) only to free memory the
+    OS takes back anyway. Registered first, so it runs after the other exit
     handlers; files are written with explicit fsync and close, and std streams are flushed
     by the interpreter regardless. Only for a process that ends with this command, never for
     a caller of `main(argv)` (tests, embedding)."""

@@ -52,7 +52,7 @@ class EventFormatError(ValueError):
     """An object under events/ that is not a well-formed event (or digest list)."""
 
 
-@functools.cache  # the installed package's version: looked up once per process (~15 ms: importlib.metadata)
+@functools.cache  # the installed package's version, once per process: importlib.metadata is slow to load
 def _version() -> str:
     try:
         from importlib.metadata import version

@@ -29,7 +29,7 @@ def tune() -> bool:
     """Apply the settings; True if glibc accepted them."""
     try:
         # the process's own symbols (libc is among them), not ctypes.util.find_library: that
-        # imports subprocess and shutil and may run ldconfig, ~6 ms of every command's start-up
+        # imports subprocess and shutil and may run ldconfig, in every command's start-up
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False

@@ -187,8 +187,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         if e is not None:
             _check_blob(src, e)
             reused[src.path] = e
-    # the event's agent (its package version lookup, ~15 ms of imports and reads) is looked up
-    # while the chunk pool is busy, not in the serial tail after the last chunk
+    # the event's agent (its package version lookup: importlib.metadata's imports and reads) is
+    # looked up while the chunk pool is busy, not in the serial tail after the last chunk
     agent = threading.Thread(target=events.Agent.current, name="archive-agent", daemon=True)
     agent.start()
     try:
@@ -278,8 +278,9 @@ def _snapshot(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 
 # Chunks the reading thread reads and hashes beyond the window while the pool's first chunk
-# of a file is not done: in a fresh process the first worker imports numpy then (~0.1 CPU-s
-# holding the GIL), which the window's chunks cover only ~40 ms of, leaving a core idle.
+# of a file is not done: in a fresh process the first worker imports numpy then, holding the
+# GIL for longer than the window's chunks take to read and hash, which left a core idle
+# (bench/RESULTS.md, branch wall).
 # Only before the first result (parallel.ordered_map), so memory in the steady state is as before,
 # and at most the file's own window more (files archived at once share the pool's window).
 START_AHEAD_CHUNKS = 4

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 # pyrage and cryptography are imported by the functions that use them: every command imports
-# this module (through the repository), and a store that is not sealed should not pay ~15 ms
-# of start-up for them (the serial head of an archive; bench/RESULTS.md, branch wall).
+# this module (through the repository), and a store that is not sealed should not pay for
+# them at start-up (the serial head of an archive; bench/RESULTS.md, branch wall).
 
 from archiver.errors import CorruptChunkError, IdentityError, InvalidOptionError
 
