@@ -261,13 +261,8 @@ class FilesRun:
         rest = {h: c for h, c in refs.items() if h not in trusted}
         bad: set[str] = set()
         with ThreadPoolExecutor(workers, thread_name_prefix="files-cache") as pool:
-            if rest:
-                self.repo.plan_reads(rest.values())  # packed chunks: one ranged read per span of a pack
-                pos = self.repo.pack_positions(rest)  # proved in pack order: each span is read once
-                order = sorted(rest, key=lambda h: pos.get(h, ("", 0)))
-                bad = {h for h, err in ordered_map(
-                    pool, lambda h: self.repo.prove_stored_chunk(rest[h], policy=write_policy),
-                    order, 4 * workers) if err is not None}
+            if rest:  # pack by pack: one read per span of a pack, every chunk in it re-hashed
+                bad = set(self.repo.prove_stored_chunks(rest.values(), policy=write_policy, workers=workers))
             if locked and trusted:  # a reused chunk's retention is extended as save_chunk does
                 for _ in ordered_map(pool, lambda h: self.repo.lock_existing_chunk(h, write_policy),
                                      sorted(trusted), 4 * workers):

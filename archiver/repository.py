@@ -968,6 +968,73 @@ class Repository:
             self.lock_existing_chunk(ref.hash, policy)  # its own object (or sealed address), or its pack
         return None
 
+    def prove_stored_chunks(self, refs: Iterable[ChunkRef], *, policy: Any = None,
+                            workers: int = 2) -> dict[str, ArchiverError]:
+        """`prove_stored_chunk` (read back, decode, re-hash; no trust window) for many chunks
+        at once, pack by pack: one catalog query places them all, each pack's needed ranges
+        are merged into spans (`packs.plan_spans`) read with one request each, and every chunk
+        in a span is decoded and hashed against its address, packs in parallel. A chunk that
+        is not in a pack, or whose pack range does not prove it (a short read, a missing pack,
+        another pack might hold a good copy), goes through `prove_stored_chunk` alone, which
+        names the damage precisely. Returns why each chunk that cannot be reused cannot."""
+        refs = {r.hash: r for r in refs}
+        single: list[ChunkRef] = list(refs.values()) if self._sealer is not None else []
+        by_pack: dict[str, list[tuple[PackLocation, ChunkRef]]] = defaultdict(list)
+        if self._sealer is None:
+            located = self._pack_locations_many(refs)
+            for h, ref in refs.items():
+                loc = next((x for x in located.get(h, ()) if x.stored_size == ref.stored_size), None)
+                if loc is None:
+                    single.append(ref)
+                else:
+                    by_pack[loc.pack].append((loc, ref))
+
+        def one_pack(items: list[tuple[PackLocation, ChunkRef]]) -> list[ChunkRef]:
+            """The chunks of one pack its spans did not prove (to be proved alone)."""
+            items.sort(key=lambda it: it[0].offset)
+            key = layout.pack(items[0][0].pack)
+            spans = packs.plan_spans([(loc.offset, loc.offset + loc.stored_size) for loc, _ in items],
+                                     self.SPAN_GAP, self.SPAN_LIMIT)
+            left: list[ChunkRef] = []
+            i = 0
+            for start, end in spans:
+                here = []
+                while i < len(items) and items[i][0].offset < end:
+                    here.append(items[i])
+                    i += 1
+                try:
+                    data = self._read_range(key, start, end - start)
+                except (IntegrityError, ObjectMissingError, ObjectColdError):
+                    left += [ref for _, ref in here]
+                    continue
+                for loc, ref in here:
+                    obj = data[loc.offset - start:loc.offset - start + loc.stored_size]
+                    try:
+                        if len(obj) != ref.stored_size:
+                            raise CorruptChunkError(ref.hash, "short")
+                        self._decode_checked(obj, ref.hash, ref.length)
+                    except IntegrityError:
+                        left.append(ref)
+                        continue
+                    if policy is not None and policy.locked:
+                        self.lock_existing_chunk(ref.hash, policy)
+            return left
+
+        bad: dict[str, ArchiverError] = {}
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="prove") as pool:
+            for left in pool.map(one_pack, by_pack.values()):
+                single += left
+            for ref, err in zip(single, pool.map(
+                    lambda r: self.prove_stored_chunk(r, policy=policy), single)):
+                if err is not None:
+                    bad[ref.hash] = err
+        if bad:  # this process's proofs of its own packs (`_proved_in_pack`) are stale for these
+            with self._packstate.lock:
+                for got in self._packstate.proved.values():
+                    for h in bad:
+                        got.pop(h, None)
+        return bad
+
     # -- catalog rebuild -------------------------------------------------------------------------
     def rebuild_catalog(self) -> RebuildResult:
         """Record every good manifest in the store, parents before children, and report
