@@ -979,27 +979,25 @@ class Repository:
         names the damage precisely. Returns why each chunk that cannot be reused cannot."""
         refs = {r.hash: r for r in refs}
         single: list[ChunkRef] = list(refs.values()) if self._sealer is not None else []
-        by_pack: dict[str, list[tuple[PackLocation, ChunkRef]]] = defaultdict(list)
+        by_pack: dict[str, list[tuple[int, ChunkRef]]] = defaultdict(list)  # pack -> (offset, ref)
         if self._sealer is None:
-            located = self._pack_locations_many(refs)
-            for h, ref in refs.items():
-                loc = next((x for x in located.get(h, ()) if x.stored_size == ref.stored_size), None)
-                if loc is None:
+            for ref, at in self._first_pack_ranges(refs):
+                if at is None:
                     single.append(ref)
                 else:
-                    by_pack[loc.pack].append((loc, ref))
+                    by_pack[at[0]].append((at[1], ref))
 
-        def one_pack(items: list[tuple[PackLocation, ChunkRef]]) -> list[ChunkRef]:
+        def one_pack(pack: str, items: list[tuple[int, ChunkRef]]) -> list[ChunkRef]:
             """The chunks of one pack its spans did not prove (to be proved alone)."""
-            items.sort(key=lambda it: it[0].offset)
-            key = layout.pack(items[0][0].pack)
-            spans = packs.plan_spans([(loc.offset, loc.offset + loc.stored_size) for loc, _ in items],
+            items.sort(key=lambda it: it[0])
+            key = layout.pack(pack)
+            spans = packs.plan_spans([(offset, offset + ref.stored_size) for offset, ref in items],
                                      self.SPAN_GAP, self.SPAN_LIMIT)
             left: list[ChunkRef] = []
             i = 0
             for start, end in spans:
                 here = []
-                while i < len(items) and items[i][0].offset < end:
+                while i < len(items) and items[i][0] < end:
                     here.append(items[i])
                     i += 1
                 try:
@@ -1007,8 +1005,8 @@ class Repository:
                 except (IntegrityError, ObjectMissingError, ObjectColdError):
                     left += [ref for _, ref in here]
                     continue
-                for loc, ref in here:
-                    obj = data[loc.offset - start:loc.offset - start + loc.stored_size]
+                for offset, ref in here:
+                    obj = data[offset - start:offset - start + ref.stored_size]
                     try:
                         if len(obj) != ref.stored_size:
                             raise CorruptChunkError(ref.hash, "short")
@@ -1022,7 +1020,7 @@ class Repository:
 
         bad: dict[str, ArchiverError] = {}
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="prove") as pool:
-            for left in pool.map(one_pack, by_pack.values()):
+            for left in pool.map(one_pack, by_pack, by_pack.values()):
                 single += left
             for ref, err in zip(single, pool.map(
                     lambda r: self.prove_stored_chunk(r, policy=policy), single)):
@@ -1034,6 +1032,30 @@ class Repository:
                     for h in bad:
                         got.pop(h, None)
         return bad
+
+    def _first_pack_ranges(self, refs: dict[str, ChunkRef]) -> Iterator[tuple[ChunkRef, tuple[str, int] | None]]:
+        """(ref, (pack, offset) of the first pack holding it at its recorded stored size, or None).
+        Before this process has written or loaded any pack index (a files cache's start) the
+        catalog's rows are all there is: read as they come, one query for all, no location
+        object per chunk and pack (`_pack_locations_many` merges the other sources)."""
+        ps = self._packstate
+        with ps.lock:
+            catalog_only = not ps.written and not ps.written_at and ps.store_map is None
+        if not catalog_only or self._catalog is None:
+            located = self._pack_locations_many(refs)
+            for h, ref in refs.items():
+                loc = next((x for x in located.get(h, ()) if x.stored_size == ref.stored_size), None)
+                yield ref, ((loc.pack, loc.offset) if loc is not None else None)
+            return
+        first: dict[str, tuple[str, int]] = {}
+        for h, rows in self._catalog.pack_locations(refs).items():
+            stored = refs[h].stored_size
+            for r in rows:  # oldest pack first, as _pack_locations_many orders them
+                if r[2] == stored:
+                    first[h] = (r[0], r[1])
+                    break
+        for h, ref in refs.items():
+            yield ref, first.get(h)
 
     # -- catalog rebuild -------------------------------------------------------------------------
     def rebuild_catalog(self) -> RebuildResult:
