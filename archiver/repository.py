@@ -148,6 +148,7 @@ class Repository:
         self._heads: dict[str, tuple[int, str]] = {}  # writer -> (seq, hash) of its newest event
         self._packstate = PackState()  # the open pack, packs in flight, proved packs (archiver.packs)
         self._pack_below = packs.SMALL_OBJECT if pack_below is None else pack_below  # 0: never pack
+        self._trees_read: set[str] = set()  # trees read and hash-checked since the last commit (tree_object_proved)
         if sealer is not None:  # sealed: every object is sealed on its own and listed by its companion
             self._pack_below = 0
 
@@ -317,6 +318,16 @@ class Repository:
         except ObjectTooLargeError as err:
             raise manifest_errors.ManifestError(f"tree {h[:16]} of {where or '/'!r} is too large: {err}") from None
 
+    def tree_object_proved(self, h: str, where: str = "") -> bytes | None:
+        """Tree `h`'s stored bytes if they hash to `h`, else None (damaged: the caller's full
+        reader reports it); errors as `tree_object`. A tree proved here is noted until the
+        next commit: the commit then knows it durable and intact without reading it again."""
+        data = self.tree_object(h, where)
+        if manifest_id(data) != h:
+            return None
+        self._trees_read.add(h)
+        return data
+
     def manifest_trees(self, m: Manifest) -> dict[str, tuple[str, bytes]]:
         """Tree hash -> (a directory it lists, its bytes) for a resolved v3 manifest ({} for
         v1/v2), rebuilt from the entries: the same bytes the trees were checked against."""
@@ -369,7 +380,13 @@ class Repository:
 
     def _put_trees(self, trees: dict[str, bytes], hot: Any = None) -> None:
         """`_put_tree` every tree, several at once; returns once all are durable (the first
-        error is raised, after the others finished)."""
+        error is raised, after the others finished). A tree this run already read back from
+        the store and found to hash to its name (`tree_object_proved`: the files cache reading
+        the previous version) is durable and intact: it is not read a second time (unless a
+        lock policy must be checked on it)."""
+        seen, self._trees_read = self._trees_read, set()
+        if hot is None:
+            trees = {h: data for h, data in trees.items() if h not in seen}
         if len(trees) <= 1:
             for h, data in trees.items():
                 self._put_tree(h, data, hot)
