@@ -514,3 +514,69 @@ def test_a_missing_pack_makes_its_files_read_again(tmp_path, reads):
             assert b"".join(repo.read_chunk(c) for c in e.chunks) == (tmp_path / "src" / e.path).read_bytes()
     finally:
         repo.close()
+
+
+@pytest.fixture
+def puts(monkeypatch) -> list[tuple[list[str], set[str], str]]:
+    """Every FilesCache.put: (paths written, manifests moved, the manifest moved to)."""
+    from archiver.filescache import FilesCache
+    seen: list[tuple[list[str], set[str], str]] = []
+    real = FilesCache.put
+
+    def counting(self, rows, now, moved=(), to=""):
+        rows, moved = list(rows), set(moved)
+        seen.append(([p for p, _ in rows], moved, to))
+        return real(self, rows, now, moved, to)
+    monkeypatch.setattr(FilesCache, "put", counting)
+    return seen
+
+
+def test_an_unchanged_rearchive_writes_no_cache_row_and_the_next_still_reuses(repo, tmp_path, reads, puts):
+    """A reused file's row keeps naming its manifest; one `moved` row says the new manifest
+    holds those entries now. Every later run still reuses every unchanged file; a changed
+    file's row alone is written; and the moved rows stay one hop, whatever the runs."""
+    src = _many_files(tmp_path / "src" / "tree", 12)
+    first = pipeline_archive(repo, [src], name="m")
+    assert len(puts[-1][0]) == 12
+    ids = [first.id]
+    for _ in range(3):
+        reads.clear()
+        again = pipeline_archive(repo, [src], name="m")
+        assert reads == [] and again.files_reused == 12
+        assert puts[-1][0] == [] and puts[-1][2] == again.id  # no row rewritten, their manifest moved
+        ids.append(again.id)
+    (src / "d1" / "f004.bin").write_bytes(b"changed")
+    reads.clear()
+    fifth = pipeline_archive(repo, [src], name="m")
+    assert reads == ["tree/d1/f004.bin"] and fifth.files_reused == 11
+    assert [os.path.basename(p) for p in puts[-1][0]] == ["f004.bin"]
+    reads.clear()
+    sixth = pipeline_archive(repo, [src], name="m")
+    assert sixth.files_reused == 12 and reads == [] and puts[-1][0] == []
+    db = sqlite3.connect(cache_path(repo.catalog_path))
+    try:
+        moved = dict(db.execute("SELECT old, new FROM moved"))
+        assert set(moved.values()) == {sixth.id}  # one hop, to the newest
+        assert set(moved) == set(ids) | {fifth.id}
+    finally:
+        db.close()
+
+
+def test_old_rows_are_rewritten_and_a_partial_run_keeps_the_rest_reusable(repo, tmp_path, reads, puts, monkeypatch):
+    """Rows older than REFRESH_S are written again (their `used` renewed). A run over part of
+    the tree under another name (its entries at other paths) leaves the rest of the rows
+    reusable: an entry its manifest moved away from is found in the row's own manifest."""
+    from archiver import filescache
+    src = _many_files(tmp_path / "src" / "tree", 9)
+    pipeline_archive(repo, [src], name="all")
+    monkeypatch.setattr(filescache, "REFRESH_S", -1.0)
+    assert pipeline_archive(repo, [src], name="all").files_reused == 9 and len(puts[-1][0]) == 9
+    monkeypatch.setattr(filescache, "REFRESH_S", 86400.0)
+    part = pipeline_archive(repo, [src / "d0"], name="part")  # entries at d0/..., not tree/d0/...
+    assert part.files_reused == 3 and len(puts[-1][0]) == 3
+    reads.clear()
+    again = pipeline_archive(repo, [src], name="all")
+    assert reads == [] and again.files_reused == 9
+    reads.clear()
+    assert pipeline_archive(repo, [src / "d0"], name="part").files_reused == 3 and reads == []
+    assert pipeline_archive(repo, [src], name="all").files_reused == 9 and reads == []
