@@ -13,8 +13,8 @@ entry itself comes from that manifest, loaded through the repository and re-chec
 against its id, so a damaged or edited cache can only point at entries some committed
 manifest holds, and only ones whose size and mtime match the file now. Rows are written
 only after the manifest naming them is committed. Every chunk of a reused entry is proved by
-the rule `save_chunk` applies to a chunk the store already holds (Repository.prove_stored_chunk):
-read back, decoded and re-hashed, or with `trust_verified_within` trusted if a deep verify
+the rule `save_chunk` applies to a chunk the store already holds (Repository.prove_stored_chunks):
+read back, decoded and re-hashed (pack by pack: one read per span of a pack), or with `trust_verified_within` trusted if a deep verify
 found it intact within that window (decided for all chunks at once: one catalog query, and one
 LIST for their stored sizes, never a request per chunk). A chunk that fails its proof (damaged, missing, cold)
 makes the file a miss: it is read from the source, so save_chunk repairs the chunk.
@@ -287,7 +287,7 @@ class FilesRun:
         """The candidates whose every chunk proves intact in the store. With a trust window,
         the chunks a recent deep verify proved are trusted in bulk (one catalog query, one
         LIST or a HEAD per pack for their sizes: `Repository.trusted_stored_chunks`); only
-        the others are read back. The trusted chunks of `changed` files' previous entries
+        the others are read back, pack by pack (`Repository.prove_stored_chunks`). The trusted chunks of `changed` files' previous entries
         join `proved` too (`seed`), so a changed file read again does not ask the store
         about each of its unchanged chunks; their others are left to save_chunk."""
         refs: dict[str, ChunkRef] = {}
