@@ -151,6 +151,17 @@ def detect_regions(f: BinaryIO, size: int) -> tuple[str, list[Region]] | None:
         return None
 
 
+def may_be_weights(head: bytes, size: int) -> bool:
+    """Whether a file of `size` bytes starting with `head` (its first 8 bytes, or all of a
+    shorter file) could be one that `detect_regions` recognises: False means it answers None
+    without reading more, so a small file's bytes need no file object to tell."""
+    from archiver.formats import gguf, safetensors, torchzip
+
+    if size < 8 or len(head) < 8:
+        return False
+    return head[:4] == gguf.MAGIC or head[:4] == torchzip.MAGIC or safetensors.looks_like(head, size)
+
+
 def detect_summary(f: BinaryIO, size: int, fmt: str) -> dict | None:
     """Technical metadata of a weights file already recognised as `fmt` by `detect_regions`:
     {format, tensors, parameters: {dtype: count}, ...}, or None. Reads headers only, through
