@@ -14,7 +14,6 @@ task per run: handing a file of a few KiB to a thread and back costs more than i
 Each file of a run is recorded and journalled as soon as it is done."""
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import threading
@@ -22,9 +21,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
-from archiver import executors
+from archiver import executors, pipeline
 from archiver.chunking import ChunkPolicy
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
 from archiver.executors import Executor, Stopped
@@ -76,8 +75,7 @@ class FileDone:
 def _finish(src: Source, entry: Entry, st: os.stat_result | None = None) -> list[int]:
     """The file's snapshot once read (`st`: a stat of its path taken after the read, by
     pipeline._archive_file_stat, so it is not taken twice)."""
-    from archiver.pipeline import _check_blob
-    _check_blob(src, entry)
+    pipeline._check_blob(src, entry)
     if st is None:
         try:
             st = os.stat(src.abspath, follow_symlinks=src.followed)
@@ -146,21 +144,24 @@ class LocalArchiveBatch(LocalArchiveFile):
         """Files below the CDC minimum are read (and hashed) first, then the catalog is asked
         about all their chunks at once (Repository.chunk_hints: two queries a batch, not two
         a chunk), then each is saved and recorded; bigger ones go as single files."""
-        from archiver.pipeline import address_small, open_settled, read_small
         check = getattr(self.progress, "check", None)
         small: list[tuple[Any, str | None]] = []
         try:
             for src in batch:
                 if check is not None:
                     check()  # another file failed, or Ctrl-C: the rest of the batch is not started
-                with self._naming(src):
-                    fd, before = open_settled(src, self.dirs)
+                try:
+                    fd, before = pipeline.open_settled(src, self.dirs)
                     if before.st_size >= self.policy.cdc_min:  # chunked: its own pass, as a lone file
                         entry, after = self._archive_opened(src, fd, before)
                         self.on_done(src, FileDone(entry, _finish(src, entry, after)))
                         continue
-                    got = read_small(src, fd, before)
-                    small.append((got, address_small(got, self.writer)))
+                    got = pipeline.read_small(src, fd, before)
+                    small.append((got, pipeline.address_small(got, self.writer)))
+                except (ArchiverError, Stopped):
+                    raise
+                except Exception as e:  # noqa: BLE001 - as executors.run reports a lost task
+                    raise executors.lost(str(src.abspath), e) from None
         except BaseException:
             try:  # the files read before the error are still saved and recorded (a resume keeps them)
                 self._save_small(small)
@@ -171,12 +172,10 @@ class LocalArchiveBatch(LocalArchiveFile):
         return len(batch)
 
     def _archive_opened(self, src: Source, fd: int, before: os.stat_result) -> tuple[Entry, os.stat_result]:
-        from archiver.pipeline import _archive_file_stat
-        return _archive_file_stat(src, self.pool, self.writer, self.policy, self.window, self.progress,
-                                  self.dirs, opened=(fd, before))
+        return pipeline._archive_file_stat(src, self.pool, self.writer, self.policy, self.window, self.progress,
+                                           self.dirs, opened=(fd, before))
 
     def _save_small(self, small: list[tuple[Any, str | None]]) -> None:
-        from archiver.pipeline import save_small
         if not small:
             return
         new = [h for _, h in small if h is not None and h not in self.writer.done]
@@ -185,20 +184,14 @@ class LocalArchiveBatch(LocalArchiveFile):
         for got, b3 in small:
             if check is not None:
                 check()
-            with self._naming(got.src):
-                entry, after = save_small(got, self.writer, self.progress, b3, hints)
-                self.on_done(got.src, FileDone(entry, _finish(got.src, entry, after)))
-
-    @staticmethod
-    @contextlib.contextmanager
-    def _naming(src: Source) -> Iterator[None]:
-        """A file's unexpected error is a TaskLostError naming that file."""
-        try:
-            yield
-        except (ArchiverError, Stopped):
-            raise
-        except Exception as e:  # noqa: BLE001 - as executors.run reports a lost task
-            raise executors.lost(str(src.abspath), e) from None
+            try:
+                entry, after = pipeline.save_small(got, self.writer, self.progress, b3, hints)
+                done = FileDone(entry, _finish(got.src, entry, after))
+            except (ArchiverError, Stopped):
+                raise
+            except Exception as e:  # noqa: BLE001 - a file's unexpected error names that file
+                raise executors.lost(str(got.src.abspath), e) from None
+            self.on_done(got.src, done)
 
 
 class _Recorder:
