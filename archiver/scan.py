@@ -105,11 +105,11 @@ def _entry_name(n: str, p: Path) -> str:
     return n
 
 
-def _source(path: str, p: Path, st: os.stat_result, parent: Source | None) -> Source:
+def _source(path: str, p: Path, st: os.stat_result, parent: Source | None, dir_fd: int | None = None) -> Source:
     is_dir = stat.S_ISDIR(st.st_mode)
     if is_dir:
         return Source(path, p, True, 0, stat.S_IMODE(st.st_mode), st.st_dev, st.st_ino, parent, st.st_mtime_ns)
-    _readable(p)
+    _readable(p, dir_fd)
     return Source(path, p, False, st.st_size, stat.S_IMODE(st.st_mode), st.st_dev, st.st_ino, parent,
                   seen=_seen(st))
 
@@ -172,7 +172,7 @@ def scan(paths: list[str | os.PathLike], *, dereference: bool = False) -> list[S
                         src = _link_source(f"{d.path}/{_entry_name(n, child)}", child, cst, d, fd, dereference,
                                            snapshot)
                     else:
-                        src = _source(f"{d.path}/{_entry_name(n, child)}", child, _classify(child, cst), d)
+                        src = _source(f"{d.path}/{_entry_name(n, child)}", child, _classify(child, cst), d, fd)
                     out.append(src)
                     if src.is_dir:
                         stack.append(src)
@@ -195,8 +195,10 @@ def scan(paths: list[str | os.PathLike], *, dereference: bool = False) -> list[S
     return out
 
 
-def _readable(p: Path) -> None:
-    if not os.access(p, os.R_OK):
+def _readable(p: Path, dir_fd: int | None = None) -> None:
+    """Refuse an unreadable file before anything is written (`dir_fd`: its directory's
+    descriptor, held by the scan: the kernel does not walk the whole path again)."""
+    if not os.access(p if dir_fd is None else p.name, os.R_OK, dir_fd=dir_fd):
         raise ArchiverError(f"cannot read {p}: permission denied")
 
 
