@@ -11,7 +11,9 @@ committed, journals each finished file so a killed run resumes, and builds the e
 the scan's order, so the manifest (and its id) is the one a local run makes.
 On the local executor (`batch_small_files`), files below BATCH_FILE_BELOW go in runs, one
 task per run: handing a file of a few KiB to a thread and back costs more than its work.
-Each file of a run is recorded and journalled as soon as it is done."""
+A run reads and hashes its files below the chunker's minimum first, asks the catalog about
+all their chunks at once (Repository.chunk_hints), then saves each and records and journals
+it as soon as it is saved (the files read before an error or a stop are still saved)."""
 from __future__ import annotations
 
 import functools
