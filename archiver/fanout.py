@@ -13,7 +13,8 @@ On the local executor (`batch_small_files`), files below BATCH_FILE_BELOW go in 
 task per run: handing a file of a few KiB to a thread and back costs more than its work.
 A run reads and hashes its files below the chunker's minimum first, asks the catalog about
 all their chunks at once (Repository.chunk_hints), then saves each and records and journals
-it as soon as it is saved (the files read before an error or a stop are still saved)."""
+it as soon as it is saved (the files read before one of them fails are still saved, unless
+the run is being stopped)."""
 from __future__ import annotations
 
 import functools

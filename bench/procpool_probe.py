@@ -96,12 +96,15 @@ def main() -> int:
         started = time.monotonic()
         list(pool.map(len, [[]] * args.workers))  # the workers are up (imports done)
         up = time.monotonic() - started
+        pids = list(pool._processes)  # noqa: SLF001 - a probe
+        workers_up = sum(_proc_cpu(pid) for pid in pids)
         got = [r for rs in pool.map(_work, runs) for r in rs]
-        workers = sum(_proc_cpu(pid) for pid in list(pool._processes))  # noqa: SLF001 - a probe
+        workers = sum(_proc_cpu(pid) for pid in pids)
     wall = time.monotonic() - t0
     driver = _cpu(resource.RUSAGE_SELF) - c0
     print(f"processes: wall {wall:.2f} s (start-up {up:.2f}), CPU {driver + workers:.2f} s "
-          f"(driver {driver:.2f}, workers {workers:.2f}, their start-up included) ({len(got)} files)")
+          f"(driver {driver:.2f}, workers {workers:.2f} of which their start-up {workers_up:.2f}) "
+          f"({len(got)} files)")
     blobs = [pickle.dumps(b) for b in [got[i:i + args.batch] for i in range(0, len(got), args.batch)]]
     c0 = _cpu(resource.RUSAGE_SELF)
     for b in blobs:
