@@ -73,6 +73,17 @@ class SavedChunk:
 
 
 @dataclass(frozen=True)
+class ChunkHints:
+    """The catalog's word on a batch of chunks, asked in two queries (`Repository.chunk_hints`)
+    instead of two per chunk: where each lies in a recorded pack, and which are recorded at
+    all. Hints only, as the per-chunk queries were: a packed chunk is still proved by a read
+    of its pack, one held under its own key by the read -> prove loop."""
+
+    packed: dict[str, list[tuple[str, int, int, int, int, str]]]  # catalog.pack_locations rows
+    known: frozenset[str]  # chunks some recorded manifest names (catalog.known_chunks)
+
+
+@dataclass(frozen=True)
 class Piece:
     """One chunk of a streamed file: its bytes, or why they could not be had."""
 
@@ -723,17 +734,20 @@ class Repository:
         return self._codec.address(data, width)
 
     def save_chunk(self, h: str, data: bytes | memoryview, width: int, *,
-                   trust_verified_within: float | None = None, policy: Any = None) -> SavedChunk:
+                   trust_verified_within: float | None = None, policy: Any = None,
+                   hints: ChunkHints | None = None) -> SavedChunk:
         """`_save_chunk`, then with a lock `policy` a chunk that was already stored has its
-        retention extended to at least the policy's (never shortened)."""
-        saved = self._save_chunk(h, data, width, trust_verified_within, policy) if self._sealer is None else \
-            self._save_sealed_chunk(h, data, width, policy)
+        retention extended to at least the policy's (never shortened). `hints`
+        (`chunk_hints` of a batch holding `h`) stand in for the catalog's per-chunk answers."""
+        saved = self._save_chunk(h, data, width, trust_verified_within, policy, hints) if self._sealer is None \
+            else self._save_sealed_chunk(h, data, width, policy)
         if policy is not None and policy.locked and (not saved.written or saved.repaired) and not self._pending(h):
             self.lock_existing_chunk(h, policy)  # its own object (sealed: at its address), or its pack and index
         return saved
 
     def _save_chunk(self, h: str, data: bytes | memoryview, width: int,
-                    trust_verified_within: float | None, policy: Any) -> SavedChunk:
+                    trust_verified_within: float | None, policy: Any, hints: ChunkHints | None = None
+                    ) -> SavedChunk:
         """Store one chunk (BLAKE3 `h` of `data`) so that it is intact when this returns.
 
         A new chunk is encoded (with a round-trip check) and put_if_absent. A chunk already
@@ -744,7 +758,7 @@ class Repository:
         builds on rot. With `trust_verified_within` (seconds), a chunk that a deep verify
         found intact that recently, and whose stored size is still the recorded one, is
         trusted without being read."""
-        fast = self._save_fast(h, data, width, policy)  # packs, and a PUT without a read first
+        fast = self._save_fast(h, data, width, policy, hints)  # packs, and a PUT without a read first
         if fast is not None:
             return fast
         key = layout.chunk(h)
@@ -2161,7 +2175,8 @@ class Repository:
     # (A whole pack of large objects, so one request reads it; at most four spans are cached.)
     SPAN_LIMIT = packs.LARGE_PACK_TARGET + packs.SMALL_OBJECT
 
-    def _save_fast(self, h: str, data: bytes | memoryview, width: int, policy: Any) -> SavedChunk | None:
+    def _save_fast(self, h: str, data: bytes | memoryview, width: int, policy: Any,
+                   hints: ChunkHints | None = None) -> SavedChunk | None:
         """The paths that need no read before a write: a chunk already in a pack (proved by
         one whole read of that pack per process), a new small chunk (into the open pack), a
         new large chunk (one conditional PUT: If-None-Match makes it safe, so no HEAD or GET
@@ -2172,12 +2187,14 @@ class Repository:
             pending = ps.pending.get(h)
         if pending is not None:
             return SavedChunk(pending[0], pending[1], False)
-        locs = self._pack_locations(h)
+        locs = self._pack_locations(h) if hints is None else \
+            self._pack_locations_many([h], hints.packed).get(h, [])
         for loc in locs:
             codec = self._proved_in_pack(loc).get(h)
             if codec is not None:
                 return SavedChunk(loc.stored_size, codec, False)
-        if not locs and self._catalog is not None and self._catalog.known_chunk(h) is not None:
+        if not locs and self._catalog is not None and \
+                (h in hints.known if hints is not None else self._catalog.known_chunk(h) is not None):
             return None  # held under its own key (a large chunk, or stored before packs): prove it
         enc = self._codec.encode(data, width)
         if packs.is_small(len(enc.data), self._pack_below):
@@ -2299,9 +2316,12 @@ class Repository:
     def _pack_locations(self, h: str) -> list[PackLocation]:
         return self._pack_locations_many([h]).get(h, [])
 
-    def _pack_locations_many(self, hashes: Iterable[str]) -> dict[str, list[PackLocation]]:
+    def _pack_locations_many(self, hashes: Iterable[str],
+                             recorded: dict[str, list[tuple[str, int, int, int, int, str]]] | None = None
+                             ) -> dict[str, list[PackLocation]]:
         """Where each of `hashes` lies in a pack: packs this process wrote, then the catalog's
-        cache of the indexes, then (if loaded) the store's own indexes."""
+        cache of the indexes (`recorded`: its rows, asked already for a batch), then (if
+        loaded) the store's own indexes."""
         hashes = list(hashes)
         ps = self._packstate
         out: dict[str, list[PackLocation]] = {}
@@ -2314,7 +2334,10 @@ class Repository:
                     out.setdefault(h, []).append(PackLocation(index.pack, e.offset, e.stored_size, e.length,
                                                               index.size, iid))
             store_map = ps.store_map
-        known = self._catalog.pack_locations(hashes) if self._catalog is not None else {}  # a worker: no catalog
+        if recorded is not None:
+            known = {h: recorded[h] for h in hashes if h in recorded}
+        else:
+            known = self._catalog.pack_locations(hashes) if self._catalog is not None else {}  # a worker: none
         for h, rows in known.items():
             have = out.setdefault(h, [])
             have += [PackLocation(*r) for r in rows if all(r[0] != x.pack for x in have)]
@@ -2325,6 +2348,15 @@ class Repository:
                     if all(loc.pack != x.pack for x in have):
                         have.append(loc)
         return out
+
+    def chunk_hints(self, hashes: Iterable[str]) -> ChunkHints | None:
+        """The catalog's pack locations and known chunks of a batch, in two queries, for
+        `save_chunk(hints=...)` of each (None without a catalog or for a sealed store)."""
+        if self._catalog is None or self._sealer is not None:
+            return None
+        wanted = list(dict.fromkeys(hashes))
+        with translated():
+            return ChunkHints(self._catalog.pack_locations(wanted), frozenset(self._catalog.known_chunks(wanted)))
 
     def _chunk_key(self, h: str) -> str:
         """The object a chunk's bytes live in: its pack, or its own key (sealed: its address)."""

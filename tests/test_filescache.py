@@ -37,12 +37,12 @@ def repo(tmp_path):
 def reads(monkeypatch) -> list[str]:
     """Every source file the pipeline opens for reading, in order."""
     seen: list[str] = []
-    real = pipeline.open_source
+    real = pipeline.open_settled  # every file the pipeline reads is opened through it, once
 
     def counting(src, *more):
         seen.append(src.path)
         return real(src, *more)
-    monkeypatch.setattr(pipeline, "open_source", counting)
+    monkeypatch.setattr(pipeline, "open_settled", counting)
     return seen
 
 
