@@ -453,8 +453,8 @@ def test_read_back_proof_reads_each_pack_once_and_hashes_every_chunk(tmp_path, r
     located: list[int] = []
     real_loc = Repository._pack_locations_many
     monkeypatch.setattr(Repository, "_pack_locations_many",
-                        lambda self, hs: located.append(len(list(hs) if not isinstance(hs, (set, dict)) else hs))
-                        or real_loc(self, hs))
+                        lambda self, hs, *rest: located.append(len(list(hs) if not isinstance(hs, (set, dict)) else hs))
+                        or real_loc(self, hs, *rest))
     n = 60
     reads.clear()
     hashed.clear()
