@@ -11,7 +11,10 @@ committed, journals each finished file so a killed run resumes, and builds the e
 the scan's order, so the manifest (and its id) is the one a local run makes.
 On the local executor (`batch_small_files`), files below BATCH_FILE_BELOW go in runs, one
 task per run: handing a file of a few KiB to a thread and back costs more than its work.
-Each file of a run is recorded and journalled as soon as it is done."""
+A run reads and hashes its files below the chunker's minimum first, asks the catalog about
+all their chunks at once (Repository.chunk_hints), then saves each and records and journals
+it as soon as it is saved (the files read before one of them fails are still saved, unless
+the run is being stopped)."""
 from __future__ import annotations
 
 import functools
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from archiver import executors
+from archiver import executors, pipeline
 from archiver.chunking import ChunkPolicy
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
 from archiver.executors import Executor, Stopped
@@ -76,8 +79,7 @@ class FileDone:
 def _finish(src: Source, entry: Entry, st: os.stat_result | None = None) -> list[int]:
     """The file's snapshot once read (`st`: a stat of its path taken after the read, by
     pipeline._archive_file_stat, so it is not taken twice)."""
-    from archiver.pipeline import _check_blob
-    _check_blob(src, entry)
+    pipeline._check_blob(src, entry)
     if st is None:
         try:
             st = os.stat(src.abspath, follow_symlinks=src.followed)
@@ -143,18 +145,57 @@ class LocalArchiveBatch(LocalArchiveFile):
         self.on_done = on_done
 
     def __call__(self, batch: list[Source]) -> int:  # type: ignore[override]
+        """Files below the CDC minimum are read (and hashed) first, then the catalog is asked
+        about all their chunks at once (Repository.chunk_hints: two queries a batch, not two
+        a chunk), then each is saved and recorded; bigger ones go as single files."""
         check = getattr(self.progress, "check", None)
-        for src in batch:
+        small: list[tuple[Any, str | None]] = []
+        try:
+            for src in batch:
+                if check is not None:
+                    check()  # another file failed, or Ctrl-C: the rest of the batch is not started
+                try:
+                    fd, before = pipeline.open_settled(src, self.dirs)
+                    if before.st_size >= self.policy.cdc_min:  # chunked: its own pass, as a lone file
+                        entry, after = self._archive_opened(src, fd, before)
+                        self.on_done(src, FileDone(entry, _finish(src, entry, after)))
+                        continue
+                    got = pipeline.read_small(src, fd, before)
+                    small.append((got, pipeline.address_small(got, self.writer)))
+                except (ArchiverError, Stopped):
+                    raise
+                except Exception as e:  # noqa: BLE001 - as executors.run reports a lost task
+                    raise executors.lost(str(src.abspath), e) from None
+        except BaseException:
+            try:  # the files read before the error are still saved and recorded (a resume keeps them)
+                self._save_small(small)
+            except BaseException:  # noqa: BLE001 - the first error is the one to report
+                pass
+            raise
+        self._save_small(small)
+        return len(batch)
+
+    def _archive_opened(self, src: Source, fd: int, before: os.stat_result) -> tuple[Entry, os.stat_result]:
+        return pipeline._archive_file_stat(src, self.pool, self.writer, self.policy, self.window, self.progress,
+                                           self.dirs, opened=(fd, before))
+
+    def _save_small(self, small: list[tuple[Any, str | None]]) -> None:
+        if not small:
+            return
+        new = [h for _, h in small if h is not None and h not in self.writer.done]
+        hints = self.writer.repo.chunk_hints(new) if new else None
+        check = getattr(self.progress, "check", None)
+        for got, b3 in small:
             if check is not None:
-                check()  # another file failed, or Ctrl-C: the rest of the batch is not started
+                check()
             try:
-                done = LocalArchiveFile.__call__(self, src)
+                entry, after = pipeline.save_small(got, self.writer, self.progress, b3, hints)
+                done = FileDone(entry, _finish(got.src, entry, after))
             except (ArchiverError, Stopped):
                 raise
-            except Exception as e:  # noqa: BLE001 - as executors.run reports a lost task
-                raise executors.lost(str(src.abspath), e) from None
-            self.on_done(src, done)
-        return len(batch)
+            except Exception as e:  # noqa: BLE001 - a file's unexpected error names that file
+                raise executors.lost(str(got.src.abspath), e) from None
+            self.on_done(got.src, done)
 
 
 class _Recorder:

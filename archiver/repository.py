@@ -76,6 +76,17 @@ class SavedChunk:
 
 
 @dataclass(frozen=True)
+class ChunkHints:
+    """The catalog's word on a batch of chunks, asked in two queries (`Repository.chunk_hints`)
+    instead of two per chunk: where each lies in a recorded pack, and which are recorded at
+    all. Hints only, as the per-chunk queries were: a packed chunk is still proved by a read
+    of its pack, one held under its own key by the read -> prove loop."""
+
+    packed: dict[str, list[tuple[str, int, int, int, int, str]]]  # catalog.pack_locations rows
+    known: frozenset[str]  # chunks some recorded manifest names (catalog.known_chunks)
+
+
+@dataclass(frozen=True)
 class Piece:
     """One chunk of a streamed file: its bytes, or why they could not be had."""
 
@@ -151,6 +162,7 @@ class Repository:
         self._heads: dict[str, tuple[int, str]] = {}  # writer -> (seq, hash) of its newest event
         self._packstate = PackState()  # the open pack, packs in flight, proved packs (archiver.packs)
         self._pack_below = packs.SMALL_OBJECT if pack_below is None else pack_below  # 0: never pack
+        self._trees_read: set[str] = set()  # trees read and hash-checked since the last commit (tree_object_proved)
         if sealer is not None:  # sealed: every object is sealed on its own and listed by its companion
             self._pack_below = 0
 
@@ -320,6 +332,16 @@ class Repository:
         except ObjectTooLargeError as err:
             raise manifest_errors.ManifestError(f"tree {h[:16]} of {where or '/'!r} is too large: {err}") from None
 
+    def tree_object_proved(self, h: str, where: str = "") -> bytes | None:
+        """Tree `h`'s stored bytes if they hash to `h`, else None (damaged: the caller's full
+        reader reports it); errors as `tree_object`. A tree proved here is noted until the
+        next commit: the commit then knows it durable and intact without reading it again."""
+        data = self.tree_object(h, where)
+        if manifest_id(data) != h:
+            return None
+        self._trees_read.add(h)
+        return data
+
     def manifest_trees(self, m: Manifest) -> dict[str, tuple[str, bytes]]:
         """Tree hash -> (a directory it lists, its bytes) for a resolved v3 manifest ({} for
         v1/v2), rebuilt from the entries: the same bytes the trees were checked against."""
@@ -372,7 +394,13 @@ class Repository:
 
     def _put_trees(self, trees: dict[str, bytes], hot: Any = None) -> None:
         """`_put_tree` every tree, several at once; returns once all are durable (the first
-        error is raised, after the others finished)."""
+        error is raised, after the others finished). A tree this run already read back from
+        the store and found to hash to its name (`tree_object_proved`: the files cache reading
+        the previous version) is durable and intact: it is not read a second time (unless a
+        lock policy must be checked on it)."""
+        seen, self._trees_read = self._trees_read, set()
+        if hot is None:
+            trees = {h: data for h, data in trees.items() if h not in seen}
         if len(trees) <= 1:
             for h, data in trees.items():
                 self._put_tree(h, data, hot)
@@ -712,17 +740,20 @@ class Repository:
         return self._codec.address(data, width)
 
     def save_chunk(self, h: str, data: bytes | memoryview, width: int, *,
-                   trust_verified_within: float | None = None, policy: Any = None) -> SavedChunk:
+                   trust_verified_within: float | None = None, policy: Any = None,
+                   hints: ChunkHints | None = None) -> SavedChunk:
         """`_save_chunk`, then with a lock `policy` a chunk that was already stored has its
-        retention extended to at least the policy's (never shortened)."""
-        saved = self._save_chunk(h, data, width, trust_verified_within, policy) if self._sealer is None else \
-            self._save_sealed_chunk(h, data, width, policy)
+        retention extended to at least the policy's (never shortened). `hints`
+        (`chunk_hints` of a batch holding `h`) stand in for the catalog's per-chunk answers."""
+        saved = self._save_chunk(h, data, width, trust_verified_within, policy, hints) if self._sealer is None \
+            else self._save_sealed_chunk(h, data, width, policy)
         if policy is not None and policy.locked and (not saved.written or saved.repaired) and not self._pending(h):
             self.lock_existing_chunk(h, policy)  # its own object (sealed: at its address), or its pack and index
         return saved
 
     def _save_chunk(self, h: str, data: bytes | memoryview, width: int,
-                    trust_verified_within: float | None, policy: Any) -> SavedChunk:
+                    trust_verified_within: float | None, policy: Any, hints: ChunkHints | None = None
+                    ) -> SavedChunk:
         """Store one chunk (BLAKE3 `h` of `data`) so that it is intact when this returns.
 
         A new chunk is encoded (with a round-trip check) and put_if_absent. A chunk already
@@ -733,7 +764,7 @@ class Repository:
         builds on rot. With `trust_verified_within` (seconds), a chunk that a deep verify
         found intact that recently, and whose stored size is still the recorded one, is
         trusted without being read."""
-        fast = self._save_fast(h, data, width, policy)  # packs, and a PUT without a read first
+        fast = self._save_fast(h, data, width, policy, hints)  # packs, and a PUT without a read first
         if fast is not None:
             return fast
         key = layout.chunk(h)
@@ -973,6 +1004,95 @@ class Repository:
         if policy is not None and policy.locked:
             self.lock_existing_chunk(ref.hash, policy)  # its own object (or sealed address), or its pack
         return None
+
+    def prove_stored_chunks(self, refs: Iterable[ChunkRef], *, policy: Any = None,
+                            workers: int = 2) -> dict[str, ArchiverError]:
+        """`prove_stored_chunk` (read back, decode, re-hash; no trust window) for many chunks
+        at once, pack by pack: one catalog query places them all, each pack's needed ranges
+        are merged into spans (`packs.plan_spans`) read with one request each, and every chunk
+        in a span is decoded and hashed against its address, packs in parallel. A chunk that
+        is not in a pack, or whose pack range does not prove it (a short read, a missing pack,
+        another pack might hold a good copy), goes through `prove_stored_chunk` alone, which
+        names the damage precisely. Returns why each chunk that cannot be reused cannot."""
+        refs = {r.hash: r for r in refs}
+        single: list[ChunkRef] = list(refs.values()) if self._sealer is not None else []
+        by_pack: dict[str, list[tuple[int, ChunkRef]]] = defaultdict(list)  # pack -> (offset, ref)
+        if self._sealer is None:
+            for ref, at in self._first_pack_ranges(refs):
+                if at is None:
+                    single.append(ref)
+                else:
+                    by_pack[at[0]].append((at[1], ref))
+
+        def one_pack(pack: str, items: list[tuple[int, ChunkRef]]) -> list[ChunkRef]:
+            """The chunks of one pack its spans did not prove (to be proved alone)."""
+            items.sort(key=lambda it: it[0])
+            key = layout.pack(pack)
+            spans = packs.plan_spans([(offset, offset + ref.stored_size) for offset, ref in items],
+                                     self.SPAN_GAP, self.SPAN_LIMIT)
+            left: list[ChunkRef] = []
+            i = 0
+            for start, end in spans:
+                here = []
+                while i < len(items) and items[i][0] < end:
+                    here.append(items[i])
+                    i += 1
+                try:
+                    data = self._read_range(key, start, end - start)
+                except (IntegrityError, ObjectMissingError, ObjectColdError):
+                    left += [ref for _, ref in here]
+                    continue
+                for offset, ref in here:
+                    obj = data[offset - start:offset - start + ref.stored_size]
+                    try:
+                        if len(obj) != ref.stored_size:
+                            raise CorruptChunkError(ref.hash, "short")
+                        self._decode_checked(obj, ref.hash, ref.length)
+                    except IntegrityError:
+                        left.append(ref)
+                        continue
+                    if policy is not None and policy.locked:
+                        self.lock_existing_chunk(ref.hash, policy)
+            return left
+
+        bad: dict[str, ArchiverError] = {}
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="prove") as pool:
+            for left in pool.map(one_pack, by_pack, by_pack.values()):
+                single += left
+            for ref, err in zip(single, pool.map(
+                    lambda r: self.prove_stored_chunk(r, policy=policy), single)):
+                if err is not None:
+                    bad[ref.hash] = err
+        if bad:  # this process's proofs of its own packs (`_proved_in_pack`) are stale for these
+            with self._packstate.lock:
+                for got in self._packstate.proved.values():
+                    for h in bad:
+                        got.pop(h, None)
+        return bad
+
+    def _first_pack_ranges(self, refs: dict[str, ChunkRef]) -> Iterator[tuple[ChunkRef, tuple[str, int] | None]]:
+        """(ref, (pack, offset) of the first pack holding it at its recorded stored size, or None).
+        Before this process has written or loaded any pack index (a files cache's start) the
+        catalog's rows are all there is: read as they come, one query for all, no location
+        object per chunk and pack (`_pack_locations_many` merges the other sources)."""
+        ps = self._packstate
+        with ps.lock:
+            catalog_only = not ps.written and not ps.written_at and ps.store_map is None
+        if not catalog_only or self._catalog is None:
+            located = self._pack_locations_many(refs)
+            for h, ref in refs.items():
+                loc = next((x for x in located.get(h, ()) if x.stored_size == ref.stored_size), None)
+                yield ref, ((loc.pack, loc.offset) if loc is not None else None)
+            return
+        first: dict[str, tuple[str, int]] = {}
+        for h, rows in self._catalog.pack_locations(refs).items():
+            stored = refs[h].stored_size
+            for r in rows:  # oldest pack first, as _pack_locations_many orders them
+                if r[2] == stored:
+                    first[h] = (r[0], r[1])
+                    break
+        for h, ref in refs.items():
+            yield ref, first.get(h)
 
     # -- catalog rebuild -------------------------------------------------------------------------
     def rebuild_catalog(self) -> RebuildResult:
@@ -2061,7 +2181,8 @@ class Repository:
     # (A whole pack of large objects, so one request reads it; at most four spans are cached.)
     SPAN_LIMIT = packs.LARGE_PACK_TARGET + packs.SMALL_OBJECT
 
-    def _save_fast(self, h: str, data: bytes | memoryview, width: int, policy: Any) -> SavedChunk | None:
+    def _save_fast(self, h: str, data: bytes | memoryview, width: int, policy: Any,
+                   hints: ChunkHints | None = None) -> SavedChunk | None:
         """The paths that need no read before a write: a chunk already in a pack (proved by
         one whole read of that pack per process), a new small chunk (into the open pack), a
         new large chunk (one conditional PUT: If-None-Match makes it safe, so no HEAD or GET
@@ -2072,12 +2193,14 @@ class Repository:
             pending = ps.pending.get(h)
         if pending is not None:
             return SavedChunk(pending[0], pending[1], False)
-        locs = self._pack_locations(h)
+        locs = self._pack_locations(h) if hints is None else \
+            self._pack_locations_many([h], hints.packed).get(h, [])
         for loc in locs:
             codec = self._proved_in_pack(loc).get(h)
             if codec is not None:
                 return SavedChunk(loc.stored_size, codec, False)
-        if not locs and self._catalog is not None and self._catalog.known_chunk(h) is not None:
+        if not locs and self._catalog is not None and \
+                (h in hints.known if hints is not None else self._catalog.known_chunk(h) is not None):
             return None  # held under its own key (a large chunk, or stored before packs): prove it
         enc = self._codec.encode(data, width)
         if packs.is_small(len(enc.data), self._pack_below):
@@ -2199,9 +2322,12 @@ class Repository:
     def _pack_locations(self, h: str) -> list[PackLocation]:
         return self._pack_locations_many([h]).get(h, [])
 
-    def _pack_locations_many(self, hashes: Iterable[str]) -> dict[str, list[PackLocation]]:
+    def _pack_locations_many(self, hashes: Iterable[str],
+                             recorded: dict[str, list[tuple[str, int, int, int, int, str]]] | None = None
+                             ) -> dict[str, list[PackLocation]]:
         """Where each of `hashes` lies in a pack: packs this process wrote, then the catalog's
-        cache of the indexes, then (if loaded) the store's own indexes."""
+        cache of the indexes (`recorded`: its rows, asked already for a batch), then (if
+        loaded) the store's own indexes."""
         hashes = list(hashes)
         ps = self._packstate
         out: dict[str, list[PackLocation]] = {}
@@ -2214,7 +2340,10 @@ class Repository:
                     out.setdefault(h, []).append(PackLocation(index.pack, e.offset, e.stored_size, e.length,
                                                               index.size, iid))
             store_map = ps.store_map
-        known = self._catalog.pack_locations(hashes) if self._catalog is not None else {}  # a worker: no catalog
+        if recorded is not None:
+            known = {h: recorded[h] for h in hashes if h in recorded}
+        else:
+            known = self._catalog.pack_locations(hashes) if self._catalog is not None else {}  # a worker: none
         for h, rows in known.items():
             have = out.setdefault(h, [])
             have += [PackLocation(*r) for r in rows if all(r[0] != x.pack for x in have)]
@@ -2225,6 +2354,15 @@ class Repository:
                     if all(loc.pack != x.pack for x in have):
                         have.append(loc)
         return out
+
+    def chunk_hints(self, hashes: Iterable[str]) -> ChunkHints | None:
+        """The catalog's pack locations and known chunks of a batch, in two queries, for
+        `save_chunk(hints=...)` of each (None without a catalog or for a sealed store)."""
+        if self._catalog is None or self._sealer is not None:
+            return None
+        wanted = list(dict.fromkeys(hashes))
+        with translated():
+            return ChunkHints(self._catalog.pack_locations(wanted), frozenset(self._catalog.known_chunks(wanted)))
 
     def _chunk_key(self, h: str) -> str:
         """The object a chunk's bytes live in: its pack, or its own key (sealed: its address)."""

@@ -1140,6 +1140,30 @@ class Catalog:
         row = self._reader().execute("SELECT stored_size, codec FROM chunks WHERE hash=?", (key,)).fetchone()
         return (row[0], row[1]) if row else None
 
+    @_across_migration
+    def known_chunks(self, hashes: Iterable[str]) -> dict[str, tuple[int, str]]:
+        """`known_chunk` of many chunks in a few queries (a batch of small files asks once, not
+        once per chunk): hash -> (stored_size, codec) of each one known; the same hints."""
+        by_key: dict[Any, list[str]] = {}
+        prefix, blob = self._prefix_keys(), (not self._prefix_keys() and self._blob_keys())
+        for h in dict.fromkeys(hashes):
+            try:
+                key: Any = chunk_key(h) if prefix else bytes.fromhex(h) if blob else h
+            except ValueError:  # not a hash: no chunk has it
+                continue
+            by_key.setdefault(key, []).append(h)
+        col = "key" if prefix else "hash"
+        keys = list(by_key)
+        out: dict[str, tuple[int, str]] = {}
+        conn = self._reader()
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            q = f'SELECT "{col}", stored_size, codec FROM chunks WHERE "{col}" IN ({",".join("?" * len(part))})'
+            for key, size, codec in conn.execute(q, part):
+                for h in by_key.get(key, ()):
+                    out[h] = (size, codec)
+        return out
+
     def chunk_check(self, h: str) -> tuple[float, bool] | None:
         """(when, ok) of the last deep check of a chunk, or None if it was never checked."""
         row = self._reader().execute("SELECT last_verified, ok FROM chunk_checks WHERE hash=?", (h,)).fetchone()

@@ -1308,3 +1308,32 @@ def test_stored_size_of_a_version_whose_maps_reuse_chunks(tmp_path, form):
     assert sizes[v1.id] == 5 + 6 + 7
     # b1 + b2 (fresh b) + a2 + a1 + x (map c) + a3 + y (map d) + s1 (inline; its a1 is in map c)
     assert sizes[v2.id] == 5 + 6 + 6 + 5 + 9 + 7 + 9 + 4
+
+def test_known_chunks_answers_as_known_chunk_does_one_by_one(cat_path, monkeypatch):
+    """known_chunks (a batch of small files asks once) gives, for every hash that has one,
+    what known_chunk gives: in a schema 4 catalog read as is, after its migration to 6 (keys
+    by hash prefix), over more hashes than one query takes, and skipping what is not hex."""
+    a = make_manifest("m", "v1", {"f": ["1", "2"]})
+    make_v4_catalog(cat_path, monkeypatch, [a], ["9"])
+    asked = [h("1"), h("2"), h("9"), h("nope"), "not hex", h("1")] + [h(f"n{i}") for i in range(600)]
+    want = {h("1"): (6, "zstd"), h("2"): (6, "zstd"), h("9"): (7, "bg2")}
+    for read_only in (True, False):
+        c = Catalog(cat_path, STORE, read_only=read_only)
+        try:
+            assert info(cat_path)["schema_version"] == ("4" if read_only else "6")
+            assert c.known_chunks(asked) == want
+            assert {x: c.known_chunk(x) for x in asked if c.known_chunk(x) is not None} == want
+        finally:
+            c.close()
+
+
+def test_known_chunks_of_hashes_sharing_a_chunk_key(cat):
+    """Two hashes with the same first 8 bytes share one hint row: known_chunks answers for
+    each hash asked, as known_chunk does."""
+    p = "ab" * 8
+    x, y = p + "0" * 48, p + "1" * 48
+    m = Manifest(name="m", entries=(Entry(path="s", type="file", mode=0o644, size=10, mtime_ns=1, blake3=h("s"),
+                                          sha256="0" * 64, chunks=(ChunkRef(0, 10, x, 6, "zstd"),)),))
+    assert record(cat, m)
+    assert cat.known_chunks([x, y, "cd" * 32]) == {x: (6, "zstd"), y: (6, "zstd")}
+    assert cat.known_chunks([]) == {}
