@@ -11,7 +11,10 @@ committed, journals each finished file so a killed run resumes, and builds the e
 the scan's order, so the manifest (and its id) is the one a local run makes.
 On the local executor (`batch_small_files`), files below BATCH_FILE_BELOW go in runs, one
 task per run: handing a file of a few KiB to a thread and back costs more than its work.
-Each file of a run is recorded and journalled as soon as it is done."""
+A run reads and hashes its files below the chunker's minimum first, asks the catalog about
+all their chunks at once (Repository.chunk_hints), then saves each and records and journals
+it as soon as it is saved (the files read before one of them fails are still saved, unless
+the run is being stopped)."""
 from __future__ import annotations
 
 import functools
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from archiver import executors
+from archiver import executors, pipeline
 from archiver.chunking import ChunkPolicy
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
 from archiver.executors import Executor, Stopped
@@ -34,6 +37,7 @@ from archiver.progress import Progress
 from archiver.repository import Repository
 from archiver.scan import DirFds, Source, changed
 from archiver.settings import Settings
+from manifests.filemapbin import MapRecords
 from manifests.model import Entry
 
 
@@ -75,8 +79,7 @@ class FileDone:
 def _finish(src: Source, entry: Entry, st: os.stat_result | None = None) -> list[int]:
     """The file's snapshot once read (`st`: a stat of its path taken after the read, by
     pipeline._archive_file_stat, so it is not taken twice)."""
-    from archiver.pipeline import _check_blob
-    _check_blob(src, entry)
+    pipeline._check_blob(src, entry)
     if st is None:
         try:
             st = os.stat(src.abspath, follow_symlinks=src.followed)
@@ -142,18 +145,57 @@ class LocalArchiveBatch(LocalArchiveFile):
         self.on_done = on_done
 
     def __call__(self, batch: list[Source]) -> int:  # type: ignore[override]
+        """Files below the CDC minimum are read (and hashed) first, then the catalog is asked
+        about all their chunks at once (Repository.chunk_hints: two queries a batch, not two
+        a chunk), then each is saved and recorded; bigger ones go as single files."""
         check = getattr(self.progress, "check", None)
-        for src in batch:
+        small: list[tuple[Any, str | None]] = []
+        try:
+            for src in batch:
+                if check is not None:
+                    check()  # another file failed, or Ctrl-C: the rest of the batch is not started
+                try:
+                    fd, before = pipeline.open_settled(src, self.dirs)
+                    if before.st_size >= self.policy.cdc_min:  # chunked: its own pass, as a lone file
+                        entry, after = self._archive_opened(src, fd, before)
+                        self.on_done(src, FileDone(entry, _finish(src, entry, after)))
+                        continue
+                    got = pipeline.read_small(src, fd, before)
+                    small.append((got, pipeline.address_small(got, self.writer)))
+                except (ArchiverError, Stopped):
+                    raise
+                except Exception as e:  # noqa: BLE001 - as executors.run reports a lost task
+                    raise executors.lost(str(src.abspath), e) from None
+        except BaseException:
+            try:  # the files read before the error are still saved and recorded (a resume keeps them)
+                self._save_small(small)
+            except BaseException:  # noqa: BLE001 - the first error is the one to report
+                pass
+            raise
+        self._save_small(small)
+        return len(batch)
+
+    def _archive_opened(self, src: Source, fd: int, before: os.stat_result) -> tuple[Entry, os.stat_result]:
+        return pipeline._archive_file_stat(src, self.pool, self.writer, self.policy, self.window, self.progress,
+                                           self.dirs, opened=(fd, before))
+
+    def _save_small(self, small: list[tuple[Any, str | None]]) -> None:
+        if not small:
+            return
+        new = [h for _, h in small if h is not None and h not in self.writer.done]
+        hints = self.writer.repo.chunk_hints(new) if new else None
+        check = getattr(self.progress, "check", None)
+        for got, b3 in small:
             if check is not None:
-                check()  # another file failed, or Ctrl-C: the rest of the batch is not started
+                check()
             try:
-                done = LocalArchiveFile.__call__(self, src)
+                entry, after = pipeline.save_small(got, self.writer, self.progress, b3, hints)
+                done = FileDone(entry, _finish(got.src, entry, after))
             except (ArchiverError, Stopped):
                 raise
-            except Exception as e:  # noqa: BLE001 - as executors.run reports a lost task
-                raise executors.lost(str(src.abspath), e) from None
-            self.on_done(src, done)
-        return len(batch)
+            except Exception as e:  # noqa: BLE001 - a file's unexpected error names that file
+                raise executors.lost(str(got.src.abspath), e) from None
+            self.on_done(got.src, done)
 
 
 class _Recorder:
@@ -296,7 +338,7 @@ def _stored_entries(repo: Repository, journalled: dict[str, Entry]) -> dict[str,
     for path, e in journalled.items():
         if e.filemap and not e.chunks:
             try:
-                needs[path] = [(h, size) for h, size, _ in repo.filemap_records(e)]
+                needs[path] = list(zip(*_hash_sizes(repo.filemap_records(e))))
             except ArchiverError:
                 continue  # its map is missing or damaged: archive the file again
         else:
@@ -304,6 +346,14 @@ def _stored_entries(repo: Repository, journalled: dict[str, Entry]) -> dict[str,
     sizes = repo.chunk_sizes({h for refs in needs.values() for h, _ in refs})
     return {path: journalled[path] for path, refs in needs.items()
             if all(sizes.get(h) == size for h, size in refs)}
+
+
+def _hash_sizes(records: Any) -> tuple[list[str], list[int]]:
+    """(hex hashes, stored sizes) of a map's records: from a binary map's arrays in two bulk
+    conversions (manifests.filemapbin.MapRecords), else from (hash, size, codec) triples."""
+    if isinstance(records, MapRecords):
+        return records.hex_hashes(), records.stored.tolist()
+    return [r[0] for r in records], [r[1] for r in records]
 
 
 def check_chunks_stored(repo: Repository, entries: Iterable[Entry]
@@ -326,17 +376,21 @@ def check_chunks_stored(repo: Repository, entries: Iterable[Entry]
         for c in e.chunks:
             inline.setdefault(c.hash, (c.stored_size, e.path))
     hashes = set(inline)
-    for records in maps.values():
-        hashes.update(h for h, _, _ in records)
+    listed = {shape: _hash_sizes(records) for shape, records in maps.items()}
+    for hs, _ in listed.values():
+        hashes.update(hs)
     sizes = repo.chunk_sizes(hashes)
     worst: tuple[str, str, int | None, int] | None = None  # the smallest failing hash, as a sorted scan finds it
     for h, (size, path) in inline.items():
         if sizes.get(h) != size and (worst is None or h < worst[0]):
             worst = (h, path, sizes.get(h), size)
-    for shape, records in maps.items():
-        for h, size, _ in records:
-            if sizes.get(h) != size and (worst is None or h < worst[0]):
-                worst = (h, map_paths[shape], sizes.get(h), size)
+    get = sizes.get
+    for shape, (hs, stored) in listed.items():
+        if list(map(get, hs)) == stored:  # every chunk of the map at its size: one comparison in C
+            continue
+        for h, size in zip(hs, stored):
+            if get(h) != size and (worst is None or h < worst[0]):
+                worst = (h, map_paths[shape], get(h), size)
     if worst is not None:
         h, path, got, size = worst
         what = "is missing from the store" if got is None else f"is {got} bytes in the store, not {size}"

@@ -21,16 +21,17 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import blake3
 
+from archiver import events
 from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
-from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
+from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, SourceChangedError, UsageError
 from archiver.hfcache import lfs_sha256, snapshot_of
-from archiver.formats import detect_regions
+from archiver.formats import detect_regions, may_be_weights
 from archiver.parallel import default_workers, ordered_map
 from archiver.progress import Progress
 from archiver.digests import FileDigest
 from archiver.filescache import FilesRun
 from archiver.repository import Repository, SavedChunk
-from archiver.scan import Source, changed, open_source, scan
+from archiver.scan import Source, changed, open_file, open_source, read_whole, scan
 from archiver.techmeta import file_tech
 from manifests.errors import UnsafePathError
 from manifests.model import ATTACH_DIR, ChunkRef, Entry, Manifest, is_role, metadata_problem, text_problem
@@ -87,14 +88,15 @@ class _ChunkWriter:
         # BLAKE3, splitting planes for save_chunk in the same pass
         return self.save(rc, self.repo.chunk_address(rc.data, rc.width))
 
-    def save(self, rc: RawChunk, h: str) -> ChunkRef:
-        """Save chunk `rc` whose address `h` this thread just computed (Repository.chunk_address)."""
+    def save(self, rc: RawChunk, h: str, hints: Any = None) -> ChunkRef:
+        """Save chunk `rc` whose address `h` this thread just computed (Repository.chunk_address);
+        `hints`: Repository.chunk_hints of a batch holding it."""
         data = rc.data
         with self.lock:
             saved = self.done.get(h)
         if saved is None:
             saved = self.repo.save_chunk(h, data, rc.width, trust_verified_within=self.trust_verified_within,
-                                         policy=self.policy)
+                                         policy=self.policy, hints=hints)
             with self.lock:
                 if h not in self.done:
                     if saved.repaired:
@@ -186,6 +188,10 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         if e is not None:
             _check_blob(src, e)
             reused[src.path] = e
+    # the event's agent (its package version lookup: importlib.metadata's imports and reads) is
+    # looked up while the chunk pool is busy, not in the serial tail after the last chunk
+    agent = threading.Thread(target=events.Agent.current, name="archive-agent", daemon=True)
+    agent.start()
     try:
         done = fanout.archive_files(repo, [s for s in sources if s.path not in reused], ex, writer=writer, stats=stats, policy=policy,
                                     write_policy=write_policy, progress=progress, pool_workers=nworkers,
@@ -223,6 +229,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         resumed_files=done.resumed)
     if write_policy is not None:
         details["retention"] = _policy_summary(write_policy)
+    agent.join()
     committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,
                                      read_maps=read_maps, previous_trees=files_cache.trees)
     files_cache.commit(committed.id, sources, entries)
@@ -249,12 +256,14 @@ _COARSE_GRAIN_NS = 2_000_000_000
 SETTLE_LIMIT_S = 5.0  # a file rewritten for longer than this cannot be read consistently
 
 
-def _settled(fd: int, src: Source) -> os.stat_result:
+def _settled(fd: int, src: Source, st: os.stat_result | None = None) -> os.stat_result:
     """fstat once the file's last change is older than a timestamp tick, so that comparing
-    (size, mtime, ctime) before and after the read proves nothing wrote in between."""
+    (size, mtime, ctime) before and after the read proves nothing wrote in between. `st`:
+    an fstat of `fd` just taken (scan.open_file's), used as the first one."""
     deadline = time.monotonic() + SETTLE_LIMIT_S
     while True:
-        st = os.fstat(fd)
+        if st is None:
+            st = os.fstat(fd)
         grain = _COARSE_GRAIN_NS if st.st_ctime_ns % 1_000_000_000 == 0 else _FINE_GRAIN_NS
         age = time.time_ns() - st.st_ctime_ns
         if age >= grain or age < -grain:  # settled, or a clock we cannot compare with (skewed server)
@@ -263,6 +272,7 @@ def _settled(fd: int, src: Source) -> os.stat_result:
         if remaining <= 0:
             raise changed(src.abspath, "it is still being written")
         time.sleep(min((grain - age) / 1e9 + 0.001, remaining))
+        st = None
 
 
 def _snapshot(st: os.stat_result) -> tuple[int, int, int, int, int]:
@@ -271,34 +281,36 @@ def _snapshot(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+# Chunks the reading thread reads and hashes beyond the window while the pool's first chunk
+# of a file is not done: in a fresh process the first worker imports numpy then, holding the
+# GIL for longer than the window's chunks take to read and hash, which left a core idle
+# (bench/RESULTS.md, branch wall).
+# Only before the first result (parallel.ordered_map), so memory in the steady state is as before,
+# and at most the file's own window more (files archived at once share the pool's window).
+START_AHEAD_CHUNKS = 4
+
+
 def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, policy: ChunkPolicy,
                   window: int, progress: Progress, dirs: Any = None) -> Entry:
     return _archive_file_stat(src, pool, writer, policy, window, progress, dirs)[0]
 
 
 def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, policy: ChunkPolicy,
-                       window: int, progress: Progress, dirs: Any = None) -> tuple[Entry, os.stat_result]:
-    """`_archive_file`, and the stat of the file's path taken after the read (the snapshot a
-    resume compares: fanout does not stat it again)."""
-    # the regular file the scan saw (O_NOFOLLOW, same st_dev/st_ino), or raises; `dirs`
-    # (scan.DirFds): its directory's descriptor, checked once per run, not once per file
-    fd = open_source(src, dirs) if dirs is not None else open_source(src)
-    whole: _ReadWhole | None = None
+                       window: int, progress: Progress, dirs: Any = None,
+                       opened: tuple[int, os.stat_result] | None = None) -> tuple[Entry, os.stat_result]:
+    """`_archive_file`, and a stat of the file taken after the read (the snapshot a resume
+    compares: fanout does not stat it again). A file below the CDC minimum takes the lean
+    path (`read_small`, `save_small`); `opened`: its (descriptor, settled fstat) if the
+    caller opened it already (`open_settled`)."""
+    fd, before = opened if opened is not None else open_settled(src, dirs)
+    if before.st_size < policy.cdc_min:
+        return save_small(read_small(src, fd, before), writer, progress)
     try:
-        before = _settled(fd, src)
-        if before.st_size < policy.cdc_min:  # one chunk at most: read whole, with two read(2)s
-            try:
-                whole = _ReadWhole(fd, before.st_size, str(src.abspath))
-            except OSError as e:
-                raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
-        else:
-            f: Any = open(src.abspath, "rb", opener=lambda _path, _flags: fd)  # keeps the path as f.name
+        os.set_blocking(fd, True)  # scan.open_file leaves it non-blocking (moot for small reads)
+        f: Any = open(src.abspath, "rb", opener=lambda _path, _flags: fd)  # keeps the path as f.name
     except BaseException:
         os.close(fd)
         raise
-    if whole is not None:
-        os.close(fd)
-        f = whole
     with f:
         size = before.st_size
         fmt = detect_regions(f, size)
@@ -308,19 +320,17 @@ def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWrit
 
         def chunks() -> Iterator[RawChunk]:
             for rc in iter_chunks(f, size, policy, detected=fmt):
-                digest.update(rc.data)
+                yield rc  # to the pool first: the whole-file hashes run while workers take it,
+                digest.update(rc.data)  # so the last chunk is not held back by them (serial tail)
                 progress.advance(len(rc.data))
-                yield rc
 
         try:
-            if size < policy.cdc_min:  # at most one chunk, the whole file: saved on this thread
-                digest, refs = _one_chunk(iter_chunks(f, size, policy, detected=fmt), writer, progress)
-            else:
-                digest = FileDigest()
-                refs = [ref for _, ref in ordered_map(pool, writer, chunks(), window)]
+            digest = FileDigest()
+            refs = [ref for _, ref in ordered_map(pool, writer, chunks(), window,
+                                                  start_ahead=min(START_AHEAD_CHUNKS, window))]
         except OSError as e:
             raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
-        after = f.after if isinstance(f, _ReadWhole) else os.fstat(f.fileno())
+        after = os.fstat(f.fileno())
     if _snapshot(after) != _snapshot(before):
         raise changed(src.abspath, "its size, modification or change time moved")
     try:
@@ -334,23 +344,53 @@ def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWrit
                  chunks=tuple(refs), tech=tech), now
 
 
-class _ReadWhole(io.BytesIO):
-    """A small file's bytes, read whole from its descriptor (up to one byte more than its
-    size, so iter_chunks sees a file that grew or shrank as it would on the file itself),
-    with its fstat right after the read, and its path as `name` like a file object's."""
+def open_settled(src: Source, dirs: Any = None) -> tuple[int, os.stat_result]:
+    """The regular file the scan saw (O_NOFOLLOW, same st_dev/st_ino), or raises, with its
+    settled fstat (the "before" snapshot). `dirs` (scan.DirFds): its directory's descriptor,
+    checked once per run, so the file takes one open(2) and one fstat (scan.open_file)."""
+    if dirs is not None:
+        fd, st = open_file(src, dirs)
+    else:
+        fd, st = open_source(src), None
+    try:
+        return fd, _settled(fd, src, st)
+    except BaseException:
+        os.close(fd)
+        raise
 
-    def __init__(self, fd: int, size: int, name: str) -> None:
-        parts: list[bytes] = []
-        got = 0
-        while got <= size:
-            b = os.read(fd, size + 1 - got)
-            if not b:
-                break
-            parts.append(b)
-            got += len(b)
-        super().__init__(parts[0] if len(parts) == 1 else b"".join(parts))
-        self.after = os.fstat(fd)
-        self.name = name
+
+@dataclass
+class SmallFile:
+    """A file below the CDC minimum, read whole from its descriptor (closed since), with the
+    settled fstat taken before the read and the one after: at most one chunk, the whole file."""
+
+    src: Source
+    data: bytes
+    before: os.stat_result
+    after: os.stat_result
+
+
+def read_small(src: Source, fd: int, before: os.stat_result) -> SmallFile:
+    """Read a small file whole (`fd`, closed here) and prove the read consistent: exactly
+    `before.st_size` bytes (one more is asked for, so growth shows), and an fstat after the
+    read whose (dev, ino, size, mtime, ctime) equals `before`'s; else SourceChangedError,
+    worded as iter_chunks and the big-file path word it."""
+    size = before.st_size
+    try:
+        try:
+            data = read_whole(fd, size)
+            after = os.fstat(fd)
+        except OSError as e:
+            raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) != size:
+        what = f"longer than the {size} bytes expected" if len(data) > size else \
+            f"ended at byte {len(data)}, expected {size}"
+        raise SourceChangedError(f"{src.abspath} changed while being read: {what}")
+    if _snapshot(after) != _snapshot(before):
+        raise changed(src.abspath, "its size, modification or change time moved")
+    return SmallFile(src, data, before, after)
 
 
 class _WholeDigest:
@@ -364,19 +404,44 @@ class _WholeDigest:
 _EMPTY_DIGEST = _WholeDigest(blake3.blake3(b"").hexdigest(), hashlib.sha256(b"").hexdigest())
 
 
-def _one_chunk(chunks: Iterator[RawChunk], writer: _ChunkWriter, progress: Progress
-               ) -> tuple[_WholeDigest, list[ChunkRef]]:
-    """A file below the CDC minimum (iter_chunks: one span, no byte-planes, so its chunk is
-    the whole file and the chunk's address is the file's BLAKE3), without a hand-off to the
-    chunk pool or a second BLAKE3 pass. An empty file has no chunk."""
-    rcs = list(chunks)
-    if not rcs:
-        return _EMPTY_DIGEST, []
-    [rc] = rcs
-    b3 = writer.repo.chunk_address(rc.data, rc.width)
-    progress.advance(len(rc.data))
-    digest = _WholeDigest(b3, hashlib.sha256(rc.data).hexdigest())
-    return digest, [writer.save(rc, b3)]
+def small_format(data: bytes, name: str) -> tuple[str, dict[str, Any] | None]:
+    """(format, tech) of a small file's bytes, as `detect_regions` and `file_tech` give them
+    on the file itself; a file whose first bytes no recognised format starts with (nearly
+    all of them) and that is not a config.json costs one look at its head."""
+    size = len(data)
+    if not may_be_weights(data[:8], size) and name != "config.json":
+        return "", None
+    f = io.BytesIO(data)
+    fmt = detect_regions(f, size)
+    return (fmt[0] if fmt else ""), file_tech(f, size, name, fmt[0] if fmt else "")
+
+
+def address_small(small: SmallFile, writer: _ChunkWriter) -> str | None:
+    """The BLAKE3 of a small file (its one chunk's address), None for an empty file."""
+    return writer.repo.chunk_address(small.data, 0) if small.data else None
+
+
+def save_small(small: SmallFile, writer: _ChunkWriter, progress: Progress, b3: str | None = None,
+               hints: Any = None) -> tuple[Entry, os.stat_result]:
+    """The entry of a file below the CDC minimum (chunking.iter_chunks: one span, no
+    byte-planes, so its chunk is the whole file and the chunk's address is the file's
+    BLAKE3), saved on this thread without a hand-off to the chunk pool or a second BLAKE3
+    pass; `b3`: that address if computed already (`address_small`), `hints`: the catalog's
+    answers for a batch holding it (Repository.chunk_hints). An empty file has no chunk.
+    Returns the fstat after the read as the file's snapshot."""
+    src, data = small.src, small.data
+    fmt, tech = small_format(data, src.abspath.name)
+    if data:
+        if b3 is None:
+            b3 = writer.repo.chunk_address(data, 0)
+        progress.advance(len(data))
+        digest = _WholeDigest(b3, hashlib.sha256(data).hexdigest())
+        refs: tuple[ChunkRef, ...] = (writer.save(RawChunk(0, data, 0), b3, hints),)
+    else:
+        digest, refs = _EMPTY_DIGEST, ()
+    before = small.before
+    return Entry(path=src.path, type="file", mode=src.mode, size=before.st_size, mtime_ns=before.st_mtime_ns,
+                 blake3=digest.blake3, sha256=digest.sha256, format=fmt, chunks=refs, tech=tech), small.after
 
 
 def check_archive_args(name: object, label: object, meta: object) -> dict[str, str]:

@@ -41,8 +41,8 @@ from archiver.stores.base import ObjectColdError, ObjectInfo, ObjectState, Objec
 from archiver.urls import normalise_endpoint
 from manifests.catalog import AuditRow, Catalog, Chain, ManifestRow, check_recordable
 from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
-from manifests.model import MAX_FILEMAP_BYTES, filemap_bytes, parse_filemap, with_filemap, with_filemaps
-from manifests.model import filemap_records
+from manifests.model import MAX_FILEMAP_BYTES, parse_filemap, with_filemap, with_filemaps
+from manifests.model import filemap_bytes_for, filemap_records
 from manifests import errors as manifest_errors
 from manifests.model import MAX_TREE_BYTES, parse_tree, resolve_trees, tree_objects
 from manifests.model import PreviousTree, prove_trees, with_trees_made
@@ -59,8 +59,11 @@ EVENT_FETCHERS = 8
 REBUILD_BATCH_COUNT = 256
 REBUILD_BATCH_BYTES = 8 << 20
 # Chunk refs of newly proved file maps recorded per catalog transaction at commit: few fsyncs,
-# a write lock never held across store reads, and ~25 MB of refs in memory at most.
-FILEMAP_RECORD_BATCH = 100_000
+# a write lock never held across store reads, and memory bounded. A map's refs are held as
+# arrays (manifests.filemapbin.MapRecords, ~45 bytes a ref: ~90 MB at most), and a batch's
+# dedup keys go into the catalog sorted together, so one batch for a whole 10 TB version
+# (1.3 M refs) writes each B-tree page once instead of once per batch (bench/RESULTS.md).
+FILEMAP_RECORD_BATCH = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,17 @@ class SavedChunk:
     codec: str
     written: bool  # False: it was already there (and was proved or trusted)
     repaired: bool = False  # True: the store held a damaged object here, replaced from the source bytes
+
+
+@dataclass(frozen=True)
+class ChunkHints:
+    """The catalog's word on a batch of chunks, asked in two queries (`Repository.chunk_hints`)
+    instead of two per chunk: where each lies in a recorded pack, and which are recorded at
+    all. Hints only, as the per-chunk queries were: a packed chunk is still proved by a read
+    of its pack, one held under its own key by the read -> prove loop."""
+
+    packed: dict[str, list[tuple[str, int, int, int, int, str]]]  # catalog.pack_locations rows
+    known: frozenset[str]  # chunks some recorded manifest names (catalog.known_chunks)
 
 
 @dataclass(frozen=True)
@@ -149,6 +163,7 @@ class Repository:
         self._heads: dict[str, tuple[int, str]] = {}  # writer -> (seq, hash) of its newest event
         self._packstate = PackState()  # the open pack, packs in flight, proved packs (archiver.packs)
         self._pack_below = packs.SMALL_OBJECT if pack_below is None else pack_below  # 0: never pack
+        self._trees_read: set[str] = set()  # trees read and hash-checked since the last commit (tree_object_proved)
         if sealer is not None:  # sealed: every object is sealed on its own and listed by its companion
             self._pack_below = 0
 
@@ -318,6 +333,16 @@ class Repository:
         except ObjectTooLargeError as err:
             raise manifest_errors.ManifestError(f"tree {h[:16]} of {where or '/'!r} is too large: {err}") from None
 
+    def tree_object_proved(self, h: str, where: str = "") -> bytes | None:
+        """Tree `h`'s stored bytes if they hash to `h`, else None (damaged: the caller's full
+        reader reports it); errors as `tree_object`. A tree proved here is noted until the
+        next commit: the commit then knows it durable and intact without reading it again."""
+        data = self.tree_object(h, where)
+        if manifest_id(data) != h:
+            return None
+        self._trees_read.add(h)
+        return data
+
     def manifest_trees(self, m: Manifest) -> dict[str, tuple[str, bytes]]:
         """Tree hash -> (a directory it lists, its bytes) for a resolved v3 manifest ({} for
         v1/v2), rebuilt from the entries: the same bytes the trees were checked against."""
@@ -370,7 +395,13 @@ class Repository:
 
     def _put_trees(self, trees: dict[str, bytes], hot: Any = None) -> None:
         """`_put_tree` every tree, several at once; returns once all are durable (the first
-        error is raised, after the others finished)."""
+        error is raised, after the others finished). A tree this run already read back from
+        the store and found to hash to its name (`tree_object_proved`: the files cache reading
+        the previous version) is durable and intact: it is not read a second time (unless a
+        lock policy must be checked on it)."""
+        seen, self._trees_read = self._trees_read, set()
+        if hot is None:
+            trees = {h: data for h, data in trees.items() if h not in seen}
         if len(trees) <= 1:
             for h, data in trees.items():
                 self._put_tree(h, data, hot)
@@ -554,12 +585,13 @@ class Repository:
         m, made = self._committed_form_made(m, previous_trees)
         hot = policy.for_metadata() if policy is not None else None
         proved: list[tuple[Entry, list[tuple[str, int, str]]]] = []  # new maps, recorded in batches
+        proved_refs = 0  # their chunk refs, counted as they come (not summed again per map)
         for e in m.files:
             if not e.filemap:
                 continue
             if e.chunks:
-                fm = filemap_bytes(e.chunks)
-                if manifest_id(fm) != e.filemap:
+                fm = filemap_bytes_for(e)  # binary, or JSON if an earlier archiver wrote the map
+                if fm is None:
                     raise ManifestError(f"malformed manifest: file map {e.filemap[:16]} of {e.path!r} is not its chunks")
                 self._put_filemap(e.filemap, fm, hot)
                 continue
@@ -568,13 +600,15 @@ class Repository:
                 self._ensure_lock(layout.filemap(e.filemap), hot)
             if chunks is not None:
                 proved.append((e, chunks))
-                if sum(len(c) for _, c in proved) >= FILEMAP_RECORD_BATCH:
+                proved_refs += len(chunks)
+                if proved_refs >= FILEMAP_RECORD_BATCH:
                     with translated():
                         self._catalog.record_filemaps(proved)
-                    proved = []
+                    proved, proved_refs = [], 0
         if proved:
             with translated():
                 self._catalog.record_filemaps(proved)
+        proved = []  # recorded: their arrays are not held through the rest of the commit
         try:
             data = m.canonical_json()
         except (TypeError, ValueError) as e:  # e.g. meta keys of mixed types, bytes values
@@ -608,12 +642,12 @@ class Repository:
             self.record_policy(mid, policy)
         if details is None or self._catalog.has_manifest(mid):  # already recorded: nothing new ingested
             with translated():
-                self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks, trees=by_dir)
+                self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_records, trees=by_dir)
             return Committed(mid, signer)
         ev = Event(events.INGESTION, manifests=(events.ManifestOutcome(mid),), details={**details, "signed_by": signer})
         rec = self._put_event(ev, sign_key, policy=hot)  # in the store first: the catalog is the rebuildable copy
         with translated(), self._catalog.write():
-            self._catalog.record_manifest(m, data, at=ev.time, filemap_chunks=self.filemap_chunks, trees=by_dir)
+            self._catalog.record_manifest(m, data, at=ev.time, filemap_chunks=self.filemap_records, trees=by_dir)
             self._catalog.record_event(rec.key, rec.writer, rec.seq, rec.hash, ev.time, events.audit_rows(ev),
                                        events.chunk_results(ev))
         return Committed(mid, signer)
@@ -707,17 +741,20 @@ class Repository:
         return self._codec.address(data, width)
 
     def save_chunk(self, h: str, data: bytes | memoryview, width: int, *,
-                   trust_verified_within: float | None = None, policy: Any = None) -> SavedChunk:
+                   trust_verified_within: float | None = None, policy: Any = None,
+                   hints: ChunkHints | None = None) -> SavedChunk:
         """`_save_chunk`, then with a lock `policy` a chunk that was already stored has its
-        retention extended to at least the policy's (never shortened)."""
-        saved = self._save_chunk(h, data, width, trust_verified_within, policy) if self._sealer is None else \
-            self._save_sealed_chunk(h, data, width, policy)
+        retention extended to at least the policy's (never shortened). `hints`
+        (`chunk_hints` of a batch holding `h`) stand in for the catalog's per-chunk answers."""
+        saved = self._save_chunk(h, data, width, trust_verified_within, policy, hints) if self._sealer is None \
+            else self._save_sealed_chunk(h, data, width, policy)
         if policy is not None and policy.locked and (not saved.written or saved.repaired) and not self._pending(h):
             self.lock_existing_chunk(h, policy)  # its own object (sealed: at its address), or its pack and index
         return saved
 
     def _save_chunk(self, h: str, data: bytes | memoryview, width: int,
-                    trust_verified_within: float | None, policy: Any) -> SavedChunk:
+                    trust_verified_within: float | None, policy: Any, hints: ChunkHints | None = None
+                    ) -> SavedChunk:
         """Store one chunk (BLAKE3 `h` of `data`) so that it is intact when this returns.
 
         A new chunk is encoded (with a round-trip check) and put_if_absent. A chunk already
@@ -728,7 +765,7 @@ class Repository:
         builds on rot. With `trust_verified_within` (seconds), a chunk that a deep verify
         found intact that recently, and whose stored size is still the recorded one, is
         trusted without being read."""
-        fast = self._save_fast(h, data, width, policy)  # packs, and a PUT without a read first
+        fast = self._save_fast(h, data, width, policy, hints)  # packs, and a PUT without a read first
         if fast is not None:
             return fast
         key = layout.chunk(h)
@@ -969,6 +1006,95 @@ class Repository:
             self.lock_existing_chunk(ref.hash, policy)  # its own object (or sealed address), or its pack
         return None
 
+    def prove_stored_chunks(self, refs: Iterable[ChunkRef], *, policy: Any = None,
+                            workers: int = 2) -> dict[str, ArchiverError]:
+        """`prove_stored_chunk` (read back, decode, re-hash; no trust window) for many chunks
+        at once, pack by pack: one catalog query places them all, each pack's needed ranges
+        are merged into spans (`packs.plan_spans`) read with one request each, and every chunk
+        in a span is decoded and hashed against its address, packs in parallel. A chunk that
+        is not in a pack, or whose pack range does not prove it (a short read, a missing pack,
+        another pack might hold a good copy), goes through `prove_stored_chunk` alone, which
+        names the damage precisely. Returns why each chunk that cannot be reused cannot."""
+        refs = {r.hash: r for r in refs}
+        single: list[ChunkRef] = list(refs.values()) if self._sealer is not None else []
+        by_pack: dict[str, list[tuple[int, ChunkRef]]] = defaultdict(list)  # pack -> (offset, ref)
+        if self._sealer is None:
+            for ref, at in self._first_pack_ranges(refs):
+                if at is None:
+                    single.append(ref)
+                else:
+                    by_pack[at[0]].append((at[1], ref))
+
+        def one_pack(pack: str, items: list[tuple[int, ChunkRef]]) -> list[ChunkRef]:
+            """The chunks of one pack its spans did not prove (to be proved alone)."""
+            items.sort(key=lambda it: it[0])
+            key = layout.pack(pack)
+            spans = packs.plan_spans([(offset, offset + ref.stored_size) for offset, ref in items],
+                                     self.SPAN_GAP, self.SPAN_LIMIT)
+            left: list[ChunkRef] = []
+            i = 0
+            for start, end in spans:
+                here = []
+                while i < len(items) and items[i][0] < end:
+                    here.append(items[i])
+                    i += 1
+                try:
+                    data = self._read_range(key, start, end - start)
+                except (IntegrityError, ObjectMissingError, ObjectColdError):
+                    left += [ref for _, ref in here]
+                    continue
+                for offset, ref in here:
+                    obj = data[offset - start:offset - start + ref.stored_size]
+                    try:
+                        if len(obj) != ref.stored_size:
+                            raise CorruptChunkError(ref.hash, "short")
+                        self._decode_checked(obj, ref.hash, ref.length)
+                    except IntegrityError:
+                        left.append(ref)
+                        continue
+                    if policy is not None and policy.locked:
+                        self.lock_existing_chunk(ref.hash, policy)
+            return left
+
+        bad: dict[str, ArchiverError] = {}
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="prove") as pool:
+            for left in pool.map(one_pack, by_pack, by_pack.values()):
+                single += left
+            for ref, err in zip(single, pool.map(
+                    lambda r: self.prove_stored_chunk(r, policy=policy), single)):
+                if err is not None:
+                    bad[ref.hash] = err
+        if bad:  # this process's proofs of its own packs (`_proved_in_pack`) are stale for these
+            with self._packstate.lock:
+                for got in self._packstate.proved.values():
+                    for h in bad:
+                        got.pop(h, None)
+        return bad
+
+    def _first_pack_ranges(self, refs: dict[str, ChunkRef]) -> Iterator[tuple[ChunkRef, tuple[str, int] | None]]:
+        """(ref, (pack, offset) of the first pack holding it at its recorded stored size, or None).
+        Before this process has written or loaded any pack index (a files cache's start) the
+        catalog's rows are all there is: read as they come, one query for all, no location
+        object per chunk and pack (`_pack_locations_many` merges the other sources)."""
+        ps = self._packstate
+        with ps.lock:
+            catalog_only = not ps.written and not ps.written_at and ps.store_map is None
+        if not catalog_only or self._catalog is None:
+            located = self._pack_locations_many(refs)
+            for h, ref in refs.items():
+                loc = next((x for x in located.get(h, ()) if x.stored_size == ref.stored_size), None)
+                yield ref, ((loc.pack, loc.offset) if loc is not None else None)
+            return
+        first: dict[str, tuple[str, int]] = {}
+        for h, rows in self._catalog.pack_locations(refs).items():
+            stored = refs[h].stored_size
+            for r in rows:  # oldest pack first, as _pack_locations_many orders them
+                if r[2] == stored:
+                    first[h] = (r[0], r[1])
+                    break
+        for h, ref in refs.items():
+            yield ref, first.get(h)
+
     # -- catalog rebuild -------------------------------------------------------------------------
     def rebuild_catalog(self) -> RebuildResult:
         """Record every good manifest in the store, parents before children, and report
@@ -1046,7 +1172,7 @@ class Repository:
                     m = self.resolve_trees(m)  # v3: the catalog records the entries of its trees
                     with translated():
                         if self._catalog.record_manifest(m, data, at=at, time_unknown=at is None,
-                                                         filemap_chunks=self.filemap_chunks):
+                                                         filemap_chunks=self.filemap_records):
                             result.added.append(m.id)
                 except IntegrityError as e:  # only this manifest's savepoint was rolled back
                     result.problems.append(Problem(m.id, "manifest", str(e)))
@@ -1278,7 +1404,7 @@ class Repository:
     def chunk_coverage(self) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:
         """Every recorded version's distinct chunks with their last deep check (`fixity status`);
         a file map's chunks are read from the map object (the catalog keeps only inline sets)."""
-        return self._catalog.chunk_coverage(self.filemap_chunks)
+        return self._catalog.chunk_coverage(self.filemap_records)
 
 
     # -- copies: replicate and repair (only proved bytes cross between stores) -------------------
@@ -1388,7 +1514,7 @@ class Repository:
         durable here); False if the catalog already had it."""
         m = self.resolve_trees(m)
         with translated():
-            return self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks)
+            return self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_records)
 
     def heal_chunk(self, ref: ChunkRef, obj: bytes) -> str:
         """Heal one chunk with `obj` (proved by `chunk_object` of a copy): see `_heal`."""
@@ -2056,7 +2182,8 @@ class Repository:
     # (A whole pack of large objects, so one request reads it; at most four spans are cached.)
     SPAN_LIMIT = packs.LARGE_PACK_TARGET + packs.SMALL_OBJECT
 
-    def _save_fast(self, h: str, data: bytes | memoryview, width: int, policy: Any) -> SavedChunk | None:
+    def _save_fast(self, h: str, data: bytes | memoryview, width: int, policy: Any,
+                   hints: ChunkHints | None = None) -> SavedChunk | None:
         """The paths that need no read before a write: a chunk already in a pack (proved by
         one whole read of that pack per process), a new small chunk (into the open pack), a
         new large chunk (one conditional PUT: If-None-Match makes it safe, so no HEAD or GET
@@ -2067,12 +2194,14 @@ class Repository:
             pending = ps.pending.get(h)
         if pending is not None:
             return SavedChunk(pending[0], pending[1], False)
-        locs = self._pack_locations(h)
+        locs = self._pack_locations(h) if hints is None else \
+            self._pack_locations_many([h], hints.packed).get(h, [])
         for loc in locs:
             codec = self._proved_in_pack(loc).get(h)
             if codec is not None:
                 return SavedChunk(loc.stored_size, codec, False)
-        if not locs and self._catalog is not None and self._catalog.known_chunk(h) is not None:
+        if not locs and self._catalog is not None and \
+                (h in hints.known if hints is not None else self._catalog.known_chunk(h) is not None):
             return None  # held under its own key (a large chunk, or stored before packs): prove it
         enc = self._codec.encode(data, width)
         if packs.is_small(len(enc.data), self._pack_below):
@@ -2194,9 +2323,12 @@ class Repository:
     def _pack_locations(self, h: str) -> list[PackLocation]:
         return self._pack_locations_many([h]).get(h, [])
 
-    def _pack_locations_many(self, hashes: Iterable[str]) -> dict[str, list[PackLocation]]:
+    def _pack_locations_many(self, hashes: Iterable[str],
+                             recorded: dict[str, list[tuple[str, int, int, int, int, str]]] | None = None
+                             ) -> dict[str, list[PackLocation]]:
         """Where each of `hashes` lies in a pack: packs this process wrote, then the catalog's
-        cache of the indexes, then (if loaded) the store's own indexes."""
+        cache of the indexes (`recorded`: its rows, asked already for a batch), then (if
+        loaded) the store's own indexes."""
         hashes = list(hashes)
         ps = self._packstate
         out: dict[str, list[PackLocation]] = {}
@@ -2210,7 +2342,10 @@ class Repository:
                         out.setdefault(h, []).append(PackLocation(index.pack, e.offset, e.stored_size, e.length,
                                                                   index.size, iid))
             store_map = ps.store_map
-        known = self._catalog.pack_locations(hashes) if self._catalog is not None else {}  # a worker: no catalog
+        if recorded is not None:
+            known = {h: recorded[h] for h in hashes if h in recorded}
+        else:
+            known = self._catalog.pack_locations(hashes) if self._catalog is not None else {}  # a worker: none
         for h, rows in known.items():
             have = out.get(h)
             if have is None:
@@ -2224,6 +2359,15 @@ class Repository:
                     if all(loc.pack != x.pack for x in have):
                         have.append(loc)
         return out
+
+    def chunk_hints(self, hashes: Iterable[str]) -> ChunkHints | None:
+        """The catalog's pack locations and known chunks of a batch, in two queries, for
+        `save_chunk(hints=...)` of each (None without a catalog or for a sealed store)."""
+        if self._catalog is None or self._sealer is not None:
+            return None
+        wanted = list(dict.fromkeys(hashes))
+        with translated():
+            return ChunkHints(self._catalog.pack_locations(wanted), frozenset(self._catalog.known_chunks(wanted)))
 
     def _chunk_key(self, h: str) -> str:
         """The object a chunk's bytes live in: its pack, or its own key (sealed: its address)."""

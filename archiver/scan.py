@@ -105,11 +105,11 @@ def _entry_name(n: str, p: Path) -> str:
     return n
 
 
-def _source(path: str, p: Path, st: os.stat_result, parent: Source | None) -> Source:
+def _source(path: str, p: Path, st: os.stat_result, parent: Source | None, dir_fd: int | None = None) -> Source:
     is_dir = stat.S_ISDIR(st.st_mode)
     if is_dir:
         return Source(path, p, True, 0, stat.S_IMODE(st.st_mode), st.st_dev, st.st_ino, parent, st.st_mtime_ns)
-    _readable(p)
+    _readable(p, dir_fd)
     return Source(path, p, False, st.st_size, stat.S_IMODE(st.st_mode), st.st_dev, st.st_ino, parent,
                   seen=_seen(st))
 
@@ -172,7 +172,7 @@ def scan(paths: list[str | os.PathLike], *, dereference: bool = False) -> list[S
                         src = _link_source(f"{d.path}/{_entry_name(n, child)}", child, cst, d, fd, dereference,
                                            snapshot)
                     else:
-                        src = _source(f"{d.path}/{_entry_name(n, child)}", child, _classify(child, cst), d)
+                        src = _source(f"{d.path}/{_entry_name(n, child)}", child, _classify(child, cst), d, fd)
                     out.append(src)
                     if src.is_dir:
                         stack.append(src)
@@ -195,8 +195,10 @@ def scan(paths: list[str | os.PathLike], *, dereference: bool = False) -> list[S
     return out
 
 
-def _readable(p: Path) -> None:
-    if not os.access(p, os.R_OK):
+def _readable(p: Path, dir_fd: int | None = None) -> None:
+    """Refuse an unreadable file before anything is written (`dir_fd`: its directory's
+    descriptor, held by the scan: the kernel does not walk the whole path again)."""
+    if not os.access(p if dir_fd is None else p.name, os.R_OK, dir_fd=dir_fd):
         raise ArchiverError(f"cannot read {p}: permission denied")
 
 
@@ -289,6 +291,60 @@ def _open_same(s: Source, dir_fd: int | None) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def open_file(src: Source, dirs: DirFds | None) -> tuple[int, os.stat_result]:
+    """A regular file the scan saw (not a followed link), opened in one open(2) relative to
+    its directory's held descriptor, with the fstat that proved it (kind, st_dev, st_ino):
+    `open_source` without the look-before-open stat. O_NOFOLLOW refuses a symlink swapped
+    in, O_NONBLOCK keeps a FIFO from blocking and O_NOCTTY a terminal from becoming ours;
+    the fstat refuses those and any other file before a byte is read. (A device node cannot
+    be linked into the tree by whoever may write it: mknod needs CAP_MKNOD, and a hard link
+    cannot cross into /dev's filesystem.) The descriptor stays non-blocking: that changes
+    nothing for a regular file's read(2), and a read that says otherwise is retried
+    blocking (`read_whole`). Falls back to `open_source` (with its stat) when the directory
+    has no held descriptor."""
+    dfd = dirs.get(src.parent) if dirs is not None and src.parent is not None and not src.followed else None
+    if dfd is None:
+        fd = open_source(src, dirs)
+        try:
+            return fd, os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+    try:
+        fd = os.open(src.abspath.name, _OPEN_FLAGS, dir_fd=dfd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK, errno.ENOENT, errno.ENOTDIR, errno.ENXIO):
+            raise changed(src.abspath, "it was replaced or removed") from None
+        raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        _check_same(src, st)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_whole(fd: int, size: int) -> bytes:
+    """The bytes of a descriptor from its current offset, up to `size` + 1 (one more than
+    expected, so a file that grew shows it): read(2) until `size` bytes are in or it ends."""
+    parts: list[bytes] = []
+    got = 0
+    while got <= size:
+        try:
+            b = os.read(fd, size + 1 - got)
+        except BlockingIOError:  # not a plain regular file after all: wait for its bytes
+            os.set_blocking(fd, True)
+            continue
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+        if got == size:  # the size was right; the caller's fstat after the read proves no growth
+            break
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _check_same(s: Source, st: os.stat_result) -> None:

@@ -138,14 +138,21 @@ def test_an_error_stops_the_other_big_files_early(tmp_path, home, monkeypatch):
 
     def chunks(f, size, policy, detected=None):
         for rc in real(f, size, policy, detected=detected):
-            if f.name.endswith("small.bin"):
-                time.sleep(0.2)  # let big.bin get going
-                raise SourceChangedError("small.bin changed")
             read.append(rc.offset)
             time.sleep(0.05)
             yield rc
 
+    real_small = pipeline.read_small  # a file below the chunker's minimum is read whole through it
+
+    def small_fails(src_, fd, before):
+        if src_.path.endswith("small.bin"):
+            os.close(fd)
+            time.sleep(0.2)  # let big.bin get going
+            raise SourceChangedError("small.bin changed")
+        return real_small(src_, fd, before)
+
     monkeypatch.setattr(pipeline, "iter_chunks", chunks)
+    monkeypatch.setattr(pipeline, "read_small", small_fails)
     with pytest.raises(SourceChangedError, match="small.bin changed"):
         api.archive([src], name="m", store=str(tmp_path / "s"), max_inflight=2)
     from archiver.chunking import ChunkPolicy

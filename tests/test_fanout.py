@@ -212,7 +212,7 @@ def test_a_kill_mid_batch_resumes_the_files_it_finished(tmp_path, home, monkeypa
     from archiver.journal import JOURNAL_DIR
     src = _small_tree(tmp_path / "src")
     clean = api.archive([src], name="m", store=str(tmp_path / "clean"))
-    real = pipeline._archive_file_stat
+    real = pipeline.open_settled  # each file of a batch is opened through it
     seen = []
 
     def dying(src_, *a, **kw):
@@ -221,13 +221,13 @@ def test_a_kill_mid_batch_resumes_the_files_it_finished(tmp_path, home, monkeypa
         seen.append(src_.path)
         return real(src_, *a, **kw)
 
-    monkeypatch.setattr(pipeline, "_archive_file_stat", dying)
+    monkeypatch.setattr(pipeline, "open_settled", dying)
     store = str(tmp_path / "s")
     with pytest.raises(_Killed):
         api.archive([src], name="m", store=store, executor=LocalExecutor(max_inflight=1))
     lines = [ln for j in (home / JOURNAL_DIR).glob("*.jsonl") for ln in j.read_text().splitlines()]
     assert len(lines) == 10  # all in the first batch (40 small files), journalled one by one
-    monkeypatch.setattr(pipeline, "_archive_file_stat", real)
+    monkeypatch.setattr(pipeline, "open_settled", real)
     res = api.archive([src], name="m", store=store)
     assert res.resumed_files == 10 and res.id == clean.id
 
@@ -238,14 +238,14 @@ def test_an_unexpected_error_in_a_batch_names_its_file(tmp_path, home, monkeypat
     from archiver import pipeline
     from archiver.executors import LocalExecutor, TaskLostError
     src = _small_tree(tmp_path / "src")
-    real = pipeline._archive_file_stat
+    real = pipeline.open_settled
 
     def failing(src_, *a, **kw):
         if src_.path.endswith("f07.bin"):
             raise RuntimeError("disk on fire")
         return real(src_, *a, **kw)
 
-    monkeypatch.setattr(pipeline, "_archive_file_stat", failing)
+    monkeypatch.setattr(pipeline, "open_settled", failing)
     store = str(tmp_path / "s")
     with pytest.raises(TaskLostError, match=r"f07\.bin.*disk on fire") as err:
         api.archive([src], name="m", store=store, executor=LocalExecutor(max_inflight=2))
@@ -272,3 +272,42 @@ def test_a_stopped_batch_starts_no_more_files(tmp_path):
     with pytest.raises(Stopped):
         task(files)
     assert done == [files[0].path]
+
+
+@pytest.mark.packs
+def test_a_batch_of_small_files_asks_the_catalog_once_not_per_chunk(tmp_path, home, monkeypatch):
+    """A batch of small files gets its chunks' pack locations and known chunks in one
+    Repository.chunk_hints call (two queries), never one known_chunk / pack_locations per
+    chunk; chunks a recorded pack holds are found through those hints (proved by a read of
+    the pack, not written again), and the ids are those of a run without batches."""
+    import shutil
+
+    from archiver.executors import InProcessExecutor, LocalExecutor
+    from manifests.catalog import Catalog
+    src = _small_tree(tmp_path / "src")
+    store = str(tmp_path / "s")
+    first = api.archive([src], name="m", store=store)
+    copy = tmp_path / "copy" / "src"  # same bytes, other inodes: the files cache reuses nothing
+    shutil.copytree(src, copy)
+    (copy / "new.bin").write_bytes(b"a chunk no batch has seen")
+    calls = {"known_chunk": 0, "pack_locations": 0, "known_chunks": 0}
+    for name in calls:
+        real = getattr(Catalog, name)
+        monkeypatch.setattr(Catalog, name, lambda self, *a, _n=name, _r=real: calls.__setitem__(_n, calls[_n] + 1)
+                            or _r(self, *a))
+    again = api.archive([copy], name="m", store=store, executor=LocalExecutor(max_inflight=1))
+    assert calls["known_chunk"] == 0 and calls["known_chunks"] == 2  # one per batch: 32 files, then 9
+    assert calls["pack_locations"] == 2
+    assert (again.new_chunks, again.chunks) == (1, first.chunks + 1)  # the packed ones were found, proved
+    monkeypatch.undo()
+    one = api.archive([copy], name="m", store=str(tmp_path / "t"), executor=InProcessExecutor())
+    assert one.id == api.archive([copy], name="m", store=str(tmp_path / "u")).id  # batched, fresh store
+    entries = []
+    for where, mid in ((store, again.id), (str(tmp_path / "t"), one.id)):
+        r = api.open_repository(where)
+        try:
+            entries.append(r.load_manifest(mid).entries)
+        finally:
+            r.close()
+    assert entries[0] == entries[1]  # same entries whether the chunks were found or written
+    assert api.verify([again.id], deep=True, store=store).ok

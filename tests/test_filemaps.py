@@ -78,7 +78,10 @@ def test_file_over_threshold_is_recorded_through_its_map() -> None:
 
 @pytest.mark.parametrize("how", ["tampered", "wrong-count", "not-canonical", "too-short"])
 def test_bad_file_map_is_refused(how: str) -> None:
-    e2, data = with_filemap(big_entry())
+    """A JSON map (file map version 1, as earlier archivers wrote them); binary maps below."""
+    e2, _ = with_filemap(big_entry())
+    data = model.filemap_json_bytes(e2.chunks)
+    e2 = dataclasses.replace(e2, filemap=manifest_id(data))
     if how == "tampered":
         data = data.replace(b'"zstd"', b'"bg2 "', 1)
     elif how == "wrong-count":
@@ -136,11 +139,18 @@ def archive_v2(tmp_path: Path, store: str) -> tuple[Path, str, Manifest]:
     return ck, mid, m
 
 
-def test_v2_archive_restores_and_verifies(low_threshold: int, tmp_path: Path, store_url: str, home: Path) -> None:
+@pytest.mark.parametrize("form", ["binary", "json"])
+def test_v2_archive_restores_and_verifies(low_threshold: int, tmp_path: Path, store_url: str, home: Path,
+                                          form: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both map forms: binary (what archive writes) and JSON (what earlier archivers wrote)."""
+    if form == "json":
+        monkeypatch.setattr(model, "filemap_bytes", model.filemap_json_bytes)
     ck, mid, m = archive_v2(tmp_path, store_url)
     raw = RawStore(store_url)
     maps = {e.filemap for e in m.files if e.filemap}
     assert {k for k in raw.keys(layout.FILEMAPS)} == {layout.filemap(h) for h in maps}
+    assert all(raw.read(layout.filemap(h)).startswith(b"ARCHFMAP" if form == "binary" else b'{"chunks":[')
+               for h in maps)
     assert all(e.filemap or len(e.chunks) <= 1 for e in m.files)
     assert run_cli("--store", store_url, "verify", mid, "--deep").code == 0
     assert run_cli("--store", store_url, "restore", mid, str(tmp_path / "out")).code == 0
@@ -149,13 +159,19 @@ def test_v2_archive_restores_and_verifies(low_threshold: int, tmp_path: Path, st
     assert again.code == 0 and {k for k in raw.keys(layout.FILEMAPS)} == {layout.filemap(h) for h in maps}
 
 
+@pytest.mark.parametrize("form", ["binary", "json"])
 @pytest.mark.parametrize("damage", ["tampered", "missing"])
 def test_bad_file_map_is_reported_by_verify_and_refused_by_restore(low_threshold: int, tmp_path: Path,
-                                                                  home: Path, damage: str) -> None:
+                                                                  home: Path, damage: str, form: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both map forms: binary (what archive writes) and JSON (what earlier archivers wrote)."""
+    if form == "json":
+        monkeypatch.setattr(model, "filemap_bytes", model.filemap_json_bytes)
     store = str(tmp_path / "store")
     ck, mid, m = archive_v2(tmp_path, store)
     e = next(e for e in m.files if e.filemap)
     raw = RawStore(store)
+    assert raw.read(layout.filemap(e.filemap)).startswith(b"ARCHFMAP" if form == "binary" else b'{"chunks":[')
     if damage == "tampered":
         raw.mutate(layout.filemap(e.filemap), flip)
     else:
@@ -335,7 +351,7 @@ def test_plain_filemap_reader_accepts_and_refuses_exactly_what_the_json_reader_d
         assert model._plain_filemap(data, e) is not None  # read without JSON objects
         (got, err), (want, _) = _answers(data, e)
         assert err is None and got == want
-        assert model.filemap_records(data, e) == [(c.hash, c.stored_size, c.codec) for c in want]
+        assert list(model.filemap_records(data, e)) == [(c.hash, c.stored_size, c.codec) for c in want]
     assert _answers(*plain[0])[0][0] == base.chunks
 
     odd = [
@@ -368,7 +384,7 @@ def test_plain_filemap_reader_accepts_and_refuses_exactly_what_the_json_reader_d
         (got, err), (want, want_err) = _answers(data, e)
         assert (got, err) == (want, want_err), data[:80]
         if err is None:
-            assert model.filemap_records(data, e) == [(c.hash, c.stored_size, c.codec) for c in want]
+            assert list(model.filemap_records(data, e)) == [(c.hash, c.stored_size, c.codec) for c in want]
         else:
             with pytest.raises(ManifestError, match="^" + re.escape(err)):
                 model.filemap_records(data, e)
@@ -392,3 +408,38 @@ def test_fixity_status_counts_map_chunks_and_refuses_a_missing_map_in_one_line(t
     r = run_cli("--store", store, "fixity", "status")
     assert r.code != 0 and "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1
     assert victim.filemap[:16] in r.err and "missing" in r.err
+
+
+def _catalog_facts(path: Path) -> tuple[list, list, list]:
+    """What a catalog knows of chunks and maps, with owners named by map hash (rowids may differ)."""
+    import sqlite3
+    conn = sqlite3.connect(path)
+    try:
+        return (conn.execute("SELECT c.key, c.stored_size, c.codec, f.hash FROM chunks c LEFT JOIN filemaps f "
+                             "ON f.rowid = c.owner ORDER BY c.key").fetchall(),
+                conn.execute("SELECT hash, chunk_count, size, fresh_stored FROM filemaps ORDER BY hash").fetchall(),
+                conn.execute("SELECT id, stored_size FROM manifests ORDER BY id").fetchall())
+    finally:
+        conn.close()
+
+
+def test_rebuild_records_maps_in_bulk_as_the_commit_did(repo: Repository, tmp_path: Path) -> None:
+    """A rebuild records a version's new maps together from their arrays (as a commit records a
+    worker's maps): the same chunk rows, owners, map freshness and stored sizes as the commits
+    gave, for fresh maps, a map reusing another's chunk and a chunk repeated in a map."""
+    a, b = big_entry(path="a.bin"), big_entry(path="b.bin")
+    reuse = dataclasses.replace(b, path="c.bin", chunks=(a.chunks[0],) + tuple(
+        dataclasses.replace(c, hash=manifest_id(f"new{i}".encode())) for i, c in enumerate(b.chunks[1:])))
+    twice = dataclasses.replace(a, path="d.bin", chunks=tuple(
+        dataclasses.replace(c, hash=manifest_id(f"rep{i % 50}".encode())) for i, c in enumerate(a.chunks)))
+    first = repo.commit_manifest(Manifest(name="m", entries=tuple(repo.save_filemaps(e) for e in (a, b)))).id
+    second = repo.commit_manifest(Manifest(name="m", parent=first,
+                                           entries=tuple(repo.save_filemaps(e) for e in (a, reuse, twice)))).id
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat2.db")) as fresh:
+        assert sorted(fresh.rebuild_catalog().added) == sorted([first, second])
+    committed, rebuilt = _catalog_facts(tmp_path / "cat.db"), _catalog_facts(tmp_path / "cat2.db")
+    assert rebuilt == committed
+    fresh_of = {h: f for h, _, _, f in committed[1]}
+    assert sorted(f is None for f in fresh_of.values()) == [False, False, False, True]  # c.bin reused a's chunk
+    assert dict(committed[2])[second] == sum({c.hash: c.stored_size for e in (a, reuse, twice)
+                                              for c in e.chunks}.values())

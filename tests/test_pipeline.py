@@ -322,8 +322,8 @@ def test_a_file_below_the_cdc_minimum_is_one_chunk_hashed_once(tmp_path, home, m
     for name, data in blobs.items():
         (src / name).write_bytes(data)
     passes = []
-    real = pipeline._one_chunk
-    monkeypatch.setattr(pipeline, "_one_chunk", lambda *a: passes.append(1) or real(*a))
+    real = pipeline.save_small
+    monkeypatch.setattr(pipeline, "save_small", lambda *a: passes.append(1) or real(*a))
     repo = api.open_repository(str(tmp_path / "s"), create=True)
     try:
         res = pipeline.archive(repo, [src], name="m", policy=policy)
@@ -341,28 +341,73 @@ def test_a_file_below_the_cdc_minimum_is_one_chunk_hashed_once(tmp_path, home, m
 
 
 def test_a_small_file_read_whole_still_sees_it_grow_or_shrink(tmp_path):
-    """A small file is read whole (two read(2)s, one byte past its size): a file longer or
-    shorter than the size it was opened at is refused by the chunker as on the file itself,
-    naming the file, and the fstat after the read is kept for the before/after comparison."""
-    from archiver.chunking import ChunkPolicy, iter_chunks
+    """A small file is read whole (one read(2), asking one byte past its size): a file
+    longer or shorter than the size it was opened at is refused as the chunker would refuse
+    it, naming the file, and the fstat after the read is the file's snapshot."""
     from archiver.errors import SourceChangedError
     p = tmp_path / "f.bin"
     p.write_bytes(b"a" * 100)
+    src = scan([p])[0]
     for size, match in ((50, "longer than the 50 bytes"), (200, "ended at byte 100, expected 200")):
         fd = os.open(p, os.O_RDONLY)
-        try:
-            f = pipeline._ReadWhole(fd, size, str(p))
-        finally:
-            os.close(fd)
-        assert f.after.st_size == 100 and f.name == str(p)
+        before = os.fstat(fd)
         with pytest.raises(SourceChangedError, match=f"{p}.*{match}"):
-            list(iter_chunks(f, size, ChunkPolicy()))
+            pipeline.read_small(src, fd, os.stat_result((*before[:6], size, *before[7:])))
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed by read_small whatever happened
     fd = os.open(p, os.O_RDONLY)
+    small = pipeline.read_small(src, fd, os.fstat(fd))
+    assert small.data == b"a" * 100 and small.after.st_size == 100
+
+
+def test_a_small_file_takes_one_read_and_no_path_stat(tmp_path, monkeypatch):
+    """The lean path of a small file: one open(2) relative to its held directory (no
+    look-before-open stat, no stat of its path after the read), two fstats (the one that
+    proves it is the scanned file, and the one after the read), one read(2)."""
+    from archiver import scan as scan_mod
+    from archiver.scan import DirFds
+    p = tmp_path / "d" / "f.bin"
+    p.parent.mkdir()
+    p.write_bytes(b"b" * 3000)
+    os.utime(p, ns=(10**18, 10**18))
+    time.sleep(0.03)  # ctime past its tick: _settled takes the first fstat
+    src = {s.path: s for s in scan([p.parent])}["d/f.bin"]
+    dirs = DirFds()
+    dirs.get(src.parent)
+    calls: list[str] = []
+    for name in ("stat", "fstat", "read", "open"):
+        real = getattr(os, name)
+        monkeypatch.setattr(scan_mod.os, name, lambda *a, _n=name, _r=real, **k: calls.append(_n) or _r(*a, **k))
     try:
-        f = pipeline._ReadWhole(fd, 100, str(p))
+        fd, before = pipeline.open_settled(src, dirs)
+        small = pipeline.read_small(src, fd, before)
     finally:
-        os.close(fd)
-    assert [(rc.offset, rc.data) for rc in iter_chunks(f, 100, ChunkPolicy())] == [(0, b"a" * 100)]
+        monkeypatch.undo()
+        dirs.close()
+    assert calls == ["open", "fstat", "read", "fstat"]
+    assert small.data == p.read_bytes() and small.before.st_ino == src.ino
+
+
+def test_small_format_matches_detection_on_the_file(tmp_path):
+    """small_format gives the (format, tech) detect_regions and file_tech give on the file
+    itself: a tiny safetensors file and a config.json are recognised, other bytes are not."""
+    import io as _io
+    import json
+    import struct
+
+    from archiver.formats import detect_regions
+    from archiver.techmeta import file_tech
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    cases = {"m.safetensors": struct.pack("<Q", len(header)) + header + b"\0" * 8,
+             "config.json": json.dumps({"architectures": ["BertModel"], "model_type": "bert"}).encode(),
+             "x.bin": b"PK\x03\x04 not a zip at all", "y.txt": b"hello", "e": b"", "g.gguf": b"GGUF" + b"\0" * 20}
+    for name, data in cases.items():
+        f = _io.BytesIO(data)
+        fmt = detect_regions(f, len(data))
+        want = (fmt[0] if fmt else "", file_tech(f, len(data), name, fmt[0] if fmt else ""))
+        assert pipeline.small_format(data, name) == want, name
+    assert pipeline.small_format(cases["m.safetensors"], "m.safetensors")[0] == "safetensors"
+    assert pipeline.small_format(cases["config.json"], "config.json")[1] is not None
 
 
 def test_a_small_file_rewritten_while_archived_is_refused(tmp_path, home, monkeypatch):
@@ -376,8 +421,8 @@ def test_a_small_file_rewritten_while_archived_is_refused(tmp_path, home, monkey
     victim.write_bytes(b"x" * 1000)
     real = pipeline._settled
 
-    def settled_then_written(fd, s):
-        st = real(fd, s)
+    def settled_then_written(fd, s, st=None):
+        st = real(fd, s, st)
         if s.abspath.name == "small.bin":
             with open(victim, "ab") as f:
                 f.write(b"more")
@@ -388,3 +433,90 @@ def test_a_small_file_rewritten_while_archived_is_refused(tmp_path, home, monkey
     with pytest.raises(SourceChangedError, match="small.bin"):
         api.archive([src], name="m", store=store)
     assert api.list_archives(store=store) == []
+
+
+def _hand_off_order(repo, model_dir, monkeypatch):
+    """Archive the model's safetensors through `_archive_file` with a 4-chunk window,
+    recording when each chunk is handed to the pool and when the whole-file digest reads it:
+    (entry, events, ids of chunks in pool order, ids in hash order)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from archiver.digests import FileDigest
+    from archiver.progress import Progress
+
+    events: list[tuple[str, int]] = []
+    keep: list[object] = []  # every chunk stays alive, so no id is reused by a later one
+
+    class Recording(FileDigest):
+        def update(self, data):
+            keep.append(data)
+            events.append(("hash", id(data)))
+            super().update(data)
+
+    class Pool(ThreadPoolExecutor):
+        def submit(self, fn, item, *a, **k):
+            keep.append(item.data)
+            events.append(("pool", id(item.data)))
+            return super().submit(fn, item, *a, **k)
+
+    monkeypatch.setattr(pipeline, "FileDigest", Recording)
+    path = model_dir / "model.safetensors"
+    [src] = [s for s in scan([path])]
+    writer = pipeline._ChunkWriter(repo, pipeline._Stats())
+    with Pool(4) as pool:
+        entry = pipeline._archive_file(src, pool, writer, SMALL, 4, Progress())
+    data = path.read_bytes()
+    assert (entry.blake3, entry.sha256) == (blake3.blake3(data).hexdigest(), hashlib.sha256(data).hexdigest())
+    pooled = [ident for what, ident in events if what == "pool"]
+    hashed = [ident for what, ident in events if what == "hash"]
+    assert len(pooled) == len(hashed) == len(entry.chunks)
+    assert pooled == hashed  # both in file order
+    return entry, events, pooled, hashed
+
+
+def test_each_chunk_goes_to_the_pool_before_the_whole_file_hashes_read_it(repo, model_dir, monkeypatch):
+    """Without the start's read-ahead, the reading thread hands each chunk to the pool first
+    and feeds the whole-file BLAKE3 and SHA-256 after, so workers never wait for those hashes;
+    the digests still cover every byte."""
+    monkeypatch.setattr(pipeline, "START_AHEAD_CHUNKS", 0)
+    entry, events, _pooled, hashed = _hand_off_order(repo, model_dir, monkeypatch)
+    assert len(entry.chunks) > 4  # more chunks than the window: the steady state is exercised
+    # every chunk but the first (parallel.ordered_map peeks at the second item to run a lone
+    # one on the calling thread, which resumes the reader once before the first submit)
+    for ident in hashed[1:]:
+        assert events.index(("pool", ident)) < events.index(("hash", ident))
+
+
+def test_the_last_chunk_goes_to_the_pool_before_the_hashes_with_the_start_read_ahead(repo, model_dir,
+                                                                                       monkeypatch):
+    """With the read-ahead of the start (chunks read and hashed beyond the window while the
+    first is not done), the last chunk of a file longer than that is still handed to the pool
+    before the whole-file hashes read it: no serial hashing at the end of an archive."""
+    entry, events, _pooled, hashed = _hand_off_order(repo, model_dir, monkeypatch)
+    assert len(entry.chunks) > 4 + pipeline.START_AHEAD_CHUNKS + 2
+    last = hashed[-1]
+    assert events.index(("pool", last)) < events.index(("hash", last))
+
+
+def test_the_start_read_ahead_is_at_most_the_files_window(repo, model_dir, monkeypatch):
+    """Files archived at once share the pool's window (each gets a part of it): a file's read
+    ahead at its start is at most its own window, so chunks held stay a few per core."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from archiver import parallel
+    from archiver.progress import Progress
+
+    seen: list[tuple[int, int]] = []
+    real = parallel.ordered_map
+
+    def spy(pool, fn, items, window, start_ahead=0):
+        seen.append((window, start_ahead))
+        return real(pool, fn, items, window, start_ahead)
+
+    monkeypatch.setattr(pipeline, "ordered_map", spy)
+    [src] = [s for s in scan([model_dir / "model.safetensors"])]
+    writer = pipeline._ChunkWriter(repo, pipeline._Stats())
+    with ThreadPoolExecutor(4) as pool:
+        for window in (2, 4, 16):
+            pipeline._archive_file(src, pool, writer, SMALL, window, Progress())
+    assert seen == [(2, 2), (4, 4), (16, pipeline.START_AHEAD_CHUNKS)]

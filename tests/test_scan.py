@@ -171,7 +171,11 @@ def test_unreadable_file(tmp_path, monkeypatch):
     ckpt = build_tree(tmp_path)
     victim = ckpt / "sub" / "z.txt"
     real_access = os.access
-    monkeypatch.setattr(scan_mod.os, "access", lambda p, mode: False if Path(p) == victim else real_access(p, mode))
+
+    def access(p, mode, *, dir_fd=None):  # running as root, access(2) says yes to everything
+        whole = Path(os.readlink(f"/proc/self/fd/{dir_fd}")) / p if dir_fd is not None else Path(p)
+        return False if whole == victim else real_access(p, mode, dir_fd=dir_fd)
+    monkeypatch.setattr(scan_mod.os, "access", access)
     with pytest.raises(ArchiverError, match="permission denied") as ei:
         scan([ckpt])
     assert str(victim) in str(ei.value)
@@ -375,3 +379,38 @@ def test_dirfds_beyond_their_limit_walk_the_chain(tmp_path):
         assert f.read() == b"ww"
     assert dirs.get(srcs["ckpt/sub"]) is None
     dirs.close()
+
+
+@pytest.mark.parametrize("when", ["after-scan", "in-the-open-window"])
+@pytest.mark.parametrize("kind", ["symlink-to-secret", "hardlink-to-secret", "other-file", "fifo"])
+def test_open_file_refuses_a_swap_with_one_open_and_one_fstat(tmp_path, secret, monkeypatch, kind, when):
+    """open_file (a small file's one open(2), relative to its held directory, no look first):
+    a swap after the scan, or just before the open, is refused on the descriptor (O_NOFOLLOW
+    for a symlink, O_NONBLOCK so a FIFO does not block, fstat for the rest); nothing is read
+    and no descriptor is left open."""
+    ckpt = build_tree(tmp_path)
+    src = {s.path: s for s in scan([ckpt])}["ckpt/sub/z.txt"]
+    victim = ckpt / "sub" / "z.txt"
+    dirs = scan_mod.DirFds()
+    try:
+        dirs.get(src.parent)
+        if when == "after-scan":
+            swap(victim, kind, secret)
+        else:
+            real_open = os.open
+
+            def racing(name, flags, mode=0o777, *, dir_fd=None):
+                if os.fsdecode(name) == "z.txt":
+                    swap(victim, kind, secret)
+                return real_open(name, flags, mode, dir_fd=dir_fd)
+            monkeypatch.setattr(scan_mod.os, "open", racing)
+        held = set(os.listdir("/proc/self/fd"))
+        with pytest.raises(SourceChangedError, match="z.txt changed while it was being archived"):
+            scan_mod.open_file(src, dirs)
+        monkeypatch.undo()
+        assert set(os.listdir("/proc/self/fd")) <= held
+    finally:
+        dirs.close()
+    fd, st = scan_mod.open_file(scan([ckpt / "a.bin"])[0], None)  # no held directory: walked, looked at
+    os.close(fd)
+    assert st.st_size == 10

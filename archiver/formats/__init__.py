@@ -151,6 +151,15 @@ def detect_regions(f: BinaryIO, size: int) -> tuple[str, list[Region]] | None:
         return None
 
 
+def may_be_weights(head: bytes, size: int) -> bool:
+    """Whether a file of `size` bytes starting with `head` (its first 8 bytes, or all of a
+    shorter file) could be one that `detect_regions` recognises: False means it answers None
+    without reading more, so a small file's bytes need no file object to tell."""
+    if size < 8 or len(head) < 8:
+        return False
+    return head[:4] == gguf.MAGIC or head[:4] == torchzip.MAGIC or safetensors.looks_like(head, size)
+
+
 def detect_summary(f: BinaryIO, size: int, fmt: str) -> dict | None:
     """Technical metadata of a weights file already recognised as `fmt` by `detect_regions`:
     {format, tensors, parameters: {dtype: count}, ...}, or None. Reads headers only, through
@@ -164,3 +173,8 @@ def detect_summary(f: BinaryIO, size: int, fmt: str) -> dict | None:
         return mod.summary(f, size)
     except Exception:  # noqa: BLE001 - detection must never take the archiver down
         return None
+
+
+# The parsers, once the names they import from this package exist (may_be_weights runs once
+# per small file: it does not import them on each call).
+from archiver.formats import gguf, safetensors, torchzip  # noqa: E402
