@@ -16,7 +16,9 @@ import functools
 import getpass
 import json
 import os
+import re
 import socket
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -54,11 +56,40 @@ class EventFormatError(ValueError):
 
 @functools.cache  # the installed package's version, once per process: importlib.metadata is slow to load
 def _version() -> str:
+    found = _dist_info_version(sys.path)
+    if found is not None:
+        return found
     try:
         from importlib.metadata import version
         return version("archiver")
     except Exception:  # not installed (running from a checkout)
         return "unknown"
+
+
+def _dist_info_version(paths: Iterable[str]) -> str | None:
+    """The `Version:` of the first `archiver-*.dist-info/METADATA` on `paths` (the search
+    importlib.metadata makes for a plain install), without importing importlib.metadata and
+    its email parser (~13 ms of every verify or restore); None for anything else (an egg,
+    a zip, no such directory), which importlib.metadata then looks up."""
+    for p in paths:
+        try:
+            names = os.listdir(p or ".")
+        except OSError:
+            continue
+        dists = sorted(n for n in names if n.lower().startswith("archiver-") and n.endswith(".dist-info"))
+        if not dists:
+            continue
+        try:
+            with open(os.path.join(p or ".", dists[0], "METADATA"), encoding="utf-8") as f:
+                for line in f:
+                    if not line.strip():
+                        break  # end of the headers
+                    if line.startswith("Version:"):
+                        return line[len("Version:"):].strip() or None
+        except OSError:
+            return None
+        return None
+    return None
 
 
 @dataclass(frozen=True)
@@ -100,8 +131,16 @@ def format_time(t: float) -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_RFC3339_US = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.([0-9]{6})Z")
+
+
 def parse_time(s: str) -> float:
+    """`format_time`'s form (every event's) is read field by field: strptime, which takes the
+    rest it accepts, costs ~20x more per call and ~10 ms to import."""
     try:
+        m = _RFC3339_US.fullmatch(s) if isinstance(s, str) else None
+        if m is not None:
+            return datetime(*map(int, m.groups()), tzinfo=timezone.utc).timestamp()
         return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
     except (TypeError, ValueError):
         raise EventFormatError(f"time {s!r} is not RFC 3339 UTC (YYYY-MM-DDTHH:MM:SS.ffffffZ)") from None
@@ -233,7 +272,8 @@ def encode(event: Event, writer: str, seq: int, prev: str | None, chunk_list: st
 
 
 def _hashes(v: Any) -> list[str]:
-    if not isinstance(v, list) or not all(isinstance(h, str) and len(h) == 64 for h in v):
+    # set(map(...)): a digest list holds tens of thousands of hashes, checked without a Python loop
+    if not isinstance(v, list) or not set(map(type, v)) <= {str} or not set(map(len, v)) <= {64}:
         raise ValueError("chunk hashes must be a list of 64-hex-digit strings")
     return v
 

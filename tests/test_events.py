@@ -288,3 +288,57 @@ def test_events_command_json_filters_and_premis(env):
     # the order PREMIS 3 requires: objects, then events, then agents
     tags = [c.tag.split("}")[1] for c in root]
     assert tags == sorted(tags, key=["object", "event", "agent"].index)
+
+
+def test_event_times_read_without_strptime_are_the_same_instants():
+    """parse_time reads format_time's form field by field; every time it gave before (strptime)
+    it gives now, other forms strptime takes still parse, and bad ones are still refused."""
+    import datetime
+    import random
+
+    def by_strptime(s: str) -> float:
+        return datetime.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+
+    rnd = random.Random(7)
+    for t in [0.0, 1.5, 1e9 + 0.1234565, 253402300798.999999] + [rnd.uniform(0, 4e9) for _ in range(2000)]:
+        s = events.format_time(t)
+        assert events.parse_time(s) == by_strptime(s)
+        assert events.stamp(t) == by_strptime(s)
+    assert events.parse_time("2026-1-2T3:4:5.6Z") == by_strptime("2026-1-2T3:4:5.6Z")  # strptime's leniency kept
+    for bad in ("2026-13-01T00:00:00.000000Z", "2026-02-30T00:00:00.000000Z", "2026-01-01T00:00:00.000000Z\n",
+                "2026-01-01 00:00:00.000000Z", "x", None, 5):
+        with pytest.raises(events.EventFormatError):
+            events.parse_time(bad)  # type: ignore[arg-type]
+
+
+def test_digest_list_hashes_are_checked_whole():
+    good = ["a" * 64, "b" * 64]
+    data = events.encode_list(good, ["c" * 64])
+    assert events.parse_list(data, blake3.blake3(data).hexdigest()) == (tuple(good), ("c" * 64,))
+    for bad in (["a" * 63], [1], [None], ["a" * 64, ["b" * 64]], "a" * 64, {"a" * 64: 1}):
+        data = json.dumps({"failed": [], "format": events.LIST_FORMAT, "ok": bad}).encode()
+        with pytest.raises(events.EventFormatError, match="malformed digest list"):
+            events.parse_list(data, blake3.blake3(data).hexdigest())
+
+
+def test_agent_version_is_read_from_the_installed_metadata(tmp_path):
+    """The version comes from the first archiver-*.dist-info on the path, as importlib.metadata
+    finds it, without importing importlib.metadata; anything else is left to it."""
+    from importlib.metadata import version
+    try:
+        installed = version("archiver")
+    except Exception:
+        installed = None
+    if installed is not None:
+        assert events._version() == installed
+    first, second = tmp_path / "a", tmp_path / "b"
+    for d, v in ((first, "1.2.3"), (second, "9.9.9")):
+        (d / f"archiver-{v}.dist-info").mkdir(parents=True)
+        (d / f"archiver-{v}.dist-info" / "METADATA").write_text(f"Metadata-Version: 2.1\nName: archiver\n"
+                                                                f"Version: {v}\n\nVersion: 0\n")
+    (tmp_path / "c" / "archiver-2.0.dist-info").mkdir(parents=True)  # no METADATA: left to importlib.metadata
+    assert events._dist_info_version([str(tmp_path / "none"), str(first), str(second)]) == "1.2.3"
+    assert events._dist_info_version([str(second), str(first)]) == "9.9.9"
+    assert events._dist_info_version([str(tmp_path / "c"), str(first)]) is None
+    assert events._dist_info_version([str(tmp_path / "none")]) is None
