@@ -11,13 +11,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from archiver import checker, fixity, pipeline, restorer, storecheck  # costs: imported where used (start-up)
+from archiver import checker, fixity, restorer, storecheck  # costs, pipeline: imported where used (start-up)
 from archiver import thaw as thaw_mod
-from archiver.copies import CopiesReport
 from archiver.errors import InvalidOptionError, translated
 from archiver.progress import Progress
-from archiver.repair import RepairResult
-from archiver.replicate import ReplicateResult
 from archiver.repository import EventLog, RebuildResult, Repository
 from archiver.retention import STORAGE_CLASSES, WritePolicy, iso, make_policy, parse_date
 from archiver.thaw import ThawOptions
@@ -28,11 +25,27 @@ from manifests.catalog import ManifestRow
 from manifests.model import Manifest
 
 if TYPE_CHECKING:
-    from archiver import costs
+    from archiver import costs, pipeline
+    from archiver.copies import CopiesReport
+    from archiver.pipeline import ArchiveResult
+    from archiver.repair import RepairResult
+    from archiver.replicate import ReplicateResult
 
-ArchiveResult = pipeline.ArchiveResult
 VerifyReport = checker.VerifyReport
 RestoreResult = restorer.RestoreResult
+
+# Result types of the commands a verify or restore does not run: loaded on first use, so
+# those commands do not import the archive pipeline (its readers, chunker and files cache),
+# repair, replicate or copies (start-up of every run; tests/test_cli_process.py).
+_LAZY = {"ArchiveResult": "archiver.pipeline", "CopiesReport": "archiver.copies",
+         "RepairResult": "archiver.repair", "ReplicateResult": "archiver.replicate"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'archiver.api' has no attribute {name!r}")
 
 
 def open_store(url: str | None = None, *, create: bool = False, settings: Settings | None = None) -> Store:
@@ -105,6 +118,7 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
                 jr = Journal.under(home, journal_key(r.url, name, label, meta, list(paths), {
                     "attach": [(role, os.path.abspath(os.fspath(p))) for role, p in attach],
                     "dereference": options.get("dereference", False), "profile": block}))
+            from archiver import pipeline
             return pipeline.archive(r, list(paths), name=name, label=label, meta=meta, progress=progress,
                                     sign_key=key, trust_verified_within=trust_verified_within,
                                     write_policy=write_policy, profile=block, attachments=list(attach),

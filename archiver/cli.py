@@ -21,7 +21,6 @@ from archiver.progress import Progress, human_bytes
 from archiver.repository import Repository
 from archiver.settings import Settings
 from archiver.thaw import ThawOptions, ThawStatus, expected_hours
-from archiver.showpkg import package_lines
 from manifests.fields import model_summary
 from manifests.paths import BIDI_CONTROLS
 
@@ -260,6 +259,7 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
         return
     lines = [f"id:      {mid}", f"name:    {m.name}", f"label:   {m.label or '-'}", f"parent:  {m.parent or '-'}"]
     lines += [f"meta:    {k}={v}" for k, v in sorted(m.meta.items())]
+    from archiver.showpkg import package_lines  # with its format readers: only `show` words a package
     lines += package_lines(m)
     lines.append(f"files:   {len(m.files)}, {human_bytes(m.total_size)}, stored {human_bytes(m.stored_size)}")
     for e in sorted(m.entries, key=lambda e: e.path):

@@ -698,10 +698,10 @@ class Repository:
 
     def signature_problems(self, mid: str, trusted: list[bytes] | None = None) -> list[str]:
         """Every signature present must be valid; with `trusted` keys, one of them must have signed."""
-        from manifests import signing
         problems: list[str] = []
         good: set[str] = set()
         for info in self._store.list(layout.signatures_of(mid)):
+            from manifests import signing  # cryptography loads only when a signature is there to check
             try:
                 with translated():
                     sig = signing.parse_signature(self._store.get(info.key, max_size=MAX_SIGNATURE_BYTES))

@@ -143,3 +143,43 @@ def test_the_process_entry_point_keeps_blas_to_one_thread_unless_told(tmp_path, 
     assert value == (preset or "1")
     if preset is None:
         assert threads == 1  # numpy imported, and no BLAS thread beside the main one
+
+
+# What a deep verify or a restore of a local, unsealed store without signatures must not
+# import: the archive pipeline (its format readers, chunker and files cache), cryptography
+# (no signature to check), importlib.metadata (the event's agent version) and strptime
+# (event times): start-up paid by every run (issue 15 item 6; bench/RESULTS.md, branch readstart).
+NOT_FOR_A_LOCAL_READ = NOT_FOR_A_LOCAL_ARCHIVE + ("archiver.pipeline", "archiver.chunking", "archiver.formats",
+                                                  "archiver.filescache", "archiver.scan", "archiver.repair",
+                                                  "archiver.replicate", "archiver.copies", "archiver.showpkg",
+                                                  "importlib.metadata", "_strptime", "zipfile")
+
+
+@pytest.mark.parametrize("command", ["verify", "restore"])
+def test_verify_and_restore_of_a_local_store_import_only_what_they_run(tmp_path, command):
+    ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=2, dim=64)
+    env = {**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")}
+    store = str(tmp_path / "store")
+    made = cli(env, "--store", store, "archive", str(ckpt), "--name", "m", "--json")
+    assert made.returncode == 0, made.stderr
+    mid = json.loads(made.stdout)["id"]
+    probe = ("import json, sys\n"
+             "from archiver.cli import main\n"
+             "try:\n"
+             "    main(sys.argv[1:])\n"
+             "finally:\n"
+             "    print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n")
+    args = ["verify", mid, "--deep"] if command == "verify" else ["restore", mid, str(tmp_path / "out")]
+    r = subprocess.run([sys.executable, "-c", probe, "--store", store, *args, "--json"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    if command == "verify":
+        assert out["ok"] and out["files_hashed"] > 0 and out["event"]  # it read everything and logged its event
+        assert out["bytes_read"] == sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
+    else:
+        assert tree(tmp_path / "out" / "ckpt") == tree(ckpt)
+    loaded = json.loads(r.stderr.splitlines()[-1])
+    assert "archiver.checker" in loaded and "archiver.stores.local" in loaded  # the probe saw the run's modules
+    unwanted = [m for m in loaded if m in NOT_FOR_A_LOCAL_READ or m.split(".")[0] in NOT_FOR_A_LOCAL_READ]
+    assert unwanted == []
