@@ -406,18 +406,26 @@ def _deep(repo: Repository, manifests: dict[str, Manifest], nworkers: int, repor
           progress: Progress) -> None:
     """Deep-read each distinct file entry once: large ones one at a time (their chunks in
     parallel), small ones in parallel across files; then report per manifest, in order."""
-    uses = [(mid, e, proof_key(e)) for mid, m in manifests.items() for e in m.files]
-    unique: dict[tuple, Entry] = {}
-    for _mid, e, k in uses:
-        unique.setdefault(k, e)
-    proofs: dict[tuple, FileProof] = {}
+    # each entry's proof key is hashed once, here (a key's hash walks its ChunkRefs and is
+    # not cached): from then on an entry is known by the number of its distinct key
+    index: dict[tuple, int] = {}
+    unique: list[Entry] = []
+    uses: list[tuple[str, Entry, int]] = []
+    for mid, m in manifests.items():
+        for e in m.files:
+            k = index.setdefault(proof_key(e), len(unique))
+            if k == len(unique):
+                unique.append(e)
+            uses.append((mid, e, k))
+    del index
+    proofs: list[FileProof | None] = [None] * len(unique)
     window = window_for(nworkers)
-    small = [(k, e) for k, e in unique.items() if e.size <= SMALL_FILE]
+    small = [(k, e) for k, e in enumerate(unique) if e.size <= SMALL_FILE]
     # in pack order: each planned span of a pack is then read once, not once per file
     pos = repo.pack_positions(e.chunks[0].hash for _k, e in small if e.chunks)
     small.sort(key=lambda ke: pos.get(ke[1].chunks[0].hash, ("", 0)) if ke[1].chunks else ("", 0))
     with ThreadPoolExecutor(nworkers, thread_name_prefix="verify") as pool:
-        for k, e in unique.items():
+        for k, e in enumerate(unique):
             if e.size > SMALL_FILE:
                 proofs[k] = _prove_file(repo, e, pool, window, progress)
         # file tasks wait on chunk tasks, so they run on a pool of their own (no deadlock)
@@ -427,13 +435,15 @@ def _deep(repo: Repository, manifests: dict[str, Manifest], nworkers: int, repor
                                           batches(small, lambda ke: ke[1].size), 4 * nworkers):
                 for (k, _e), proof in zip(batch, got):
                     proofs[k] = proof
-    seen: set[tuple] = set()
+    seen = bytearray(len(unique))
     for mid, e, k in uses:
-        first = k not in seen
-        seen.add(k)
+        first = not seen[k]
+        seen[k] = 1
         if not first:
             progress.advance(e.size)
-        _apply(report, mid, e, proofs[k], first)
+        proof = proofs[k]
+        assert proof is not None
+        _apply(report, mid, e, proof, first)
 
 
 def budgeted(order: list[str], sizes: dict[str, int], fraction: float, max_bytes: int | None) -> list[str]:
