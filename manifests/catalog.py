@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import blake3
-import numpy as np
 
+from manifests.lazynumpy import np  # numpy loads when a binary map or chunk array is handled
 from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
                               ManifestError, UnknownReference)
 from manifests.fields import index_fields

@@ -14,21 +14,34 @@ u64 stored size, u8 index into the codec names. Offsets are implied: chunks are 
 from 0. No archiver import: the reader's limits come from manifests.model."""
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from dataclasses import dataclass
-from typing import Iterator
-
-import numpy as np
+from typing import Any, Iterator
 
 from manifests.errors import ManifestError
+from manifests.lazynumpy import np  # numpy loads when a binary map is read or written
 
 MAGIC = b"ARCHFMAP"  # never the first bytes of a JSON map, which starts with '{'
 VERSION = 2
 HEADER = struct.Struct("<8sIIQ")  # magic, version, codec count, chunk count
 CODEC_WIDTH = 16
 MAX_CODECS = 255
-RECORD = np.dtype([("hash", "V32"), ("length", "<u8"), ("stored", "<u8"), ("codec", "u1")])  # 49 bytes, packed
+
+
+@functools.cache
+def _record() -> Any:
+    """The record's numpy dtype, made on first use (numpy loads then): 49 bytes, packed."""
+    return np.dtype([("hash", "V32"), ("length", "<u8"), ("stored", "<u8"), ("codec", "u1")])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RECORD":  # filemapbin.RECORD, as before numpy loaded lazily
+        return _record()
+    raise AttributeError(f"module 'manifests.filemapbin' has no attribute {name!r}")
+
+
 _CODEC_NAME = re.compile(rb"[A-Za-z0-9_.+-]{1,16}\Z")
 
 
@@ -84,7 +97,7 @@ def encode(lengths: list[int], hashes: list[str], stored: list[int], codecs: lis
     """The binary file map of one chunk list (the caller checks `encodable` first)."""
     table: dict[str, int] = {}
     ids = [table.setdefault(c, len(table)) for c in codecs]
-    rec = np.zeros(len(hashes), dtype=RECORD)
+    rec = np.zeros(len(hashes), dtype=_record())
     raw = np.frombuffer(bytes.fromhex("".join(hashes)), dtype="V32")
     rec["hash"] = raw
     rec["length"] = lengths
@@ -114,7 +127,7 @@ def decode(data: bytes, count: int, size: int, max_length: int, max_overhead: in
     need(n == count, f"holds {n} chunks, not the {count} its entry says")
     need(1 <= k <= MAX_CODECS or (k == 0 and n == 0), f"names {k} codecs")
     body = HEADER.size + k * CODEC_WIDTH
-    need(len(data) == body + n * RECORD.itemsize, f"is {len(data)} bytes, not the {body + n * RECORD.itemsize} "
+    need(len(data) == body + n * _record().itemsize, f"is {len(data)} bytes, not the {body + n * _record().itemsize} "
                                                   f"of {n} records")
     names = []
     for i in range(k):
@@ -123,7 +136,7 @@ def decode(data: bytes, count: int, size: int, max_length: int, max_overhead: in
         need(bool(_CODEC_NAME.match(name)) and raw == name.ljust(CODEC_WIDTH, b"\0"), f"codec name {i}")
         names.append(name.decode("ascii"))
     need(len(set(names)) == k, "names a codec twice")
-    rec = np.frombuffer(data, dtype=RECORD, count=n, offset=body)
+    rec = np.frombuffer(data, dtype=_record(), count=n, offset=body)
     lengths, stored, ids = rec["length"], rec["stored"], rec["codec"]
     need(bool(((lengths >= 1) & (lengths <= max_length)).all()), "has a chunk length out of bounds")
     need(bool((stored <= lengths + max_overhead).all()), "has a stored size larger than its chunk's object can be")

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping
 
 import blake3
-import numpy as np
 
 from manifests import filemapbin
 from manifests.errors import ManifestError
@@ -590,6 +589,7 @@ def parse_filemap(data: bytes, e: Entry) -> tuple[ChunkRef, ...]:
     binary = _binary_filemap(data, e)
     if binary is not None:
         lengths, recs = binary
+        import numpy as np  # only binary file maps need it (start-up of every command)
         offsets = [0]
         offsets.extend(np.cumsum(lengths[:-1], dtype=np.uint64).tolist())
         return tuple(ChunkRef(o, n, h, st, c) for o, n, (h, st, c) in zip(offsets, lengths.tolist(), recs))
