@@ -1317,10 +1317,11 @@ class Repository:
             else:
                 log.problems.append(_event_problem(info.key, "not an event object name (a stray or renamed object)"))
         in_store: dict[str, str] = {}
+        read_lists: dict[str, tuple[tuple[str, ...], tuple[str, ...]] | Exception] = {}
         with ThreadPoolExecutor(EVENT_FETCHERS, thread_name_prefix="events") as pool:  # S3: GETs overlap
             for writer in sorted(by_writer):
                 fetched = ordered_map(pool, self._try_get_event, sorted(by_writer[writer]), EVENT_FETCHERS * 2)
-                self._check_chain(writer, fetched, log, in_store, lists if not load_lists else None)
+                self._check_chain(writer, fetched, log, in_store, lists if not load_lists else None, read_lists)
         for key, writer, seq, h in self._catalog.seen_events():
             if key not in in_store:
                 log.problems.append(_event_problem(key, f"event {seq} of writer {writer[:12]} was recorded by this "
@@ -1337,9 +1338,15 @@ class Repository:
             return e
 
     def _check_chain(self, writer: str, fetched: Iterable[tuple[tuple[int, str, str], bytes | ArchiverError]],
-                     log: EventLog, in_store: dict[str, str], listed: set[str] | None = None) -> None:
+                     log: EventLog, in_store: dict[str, str], listed: set[str] | None = None,
+                     read_lists: dict[str, tuple[tuple[str, ...], tuple[str, ...]] | Exception] | None = None
+                     ) -> None:
         """One writer's chain (see read_events), from ((seq, prev16, key), bytes or error) in
-        key order; `listed`: only check that digest lists exist."""
+        key order; `listed`: only check that digest lists exist. `read_lists`: digest lists
+        already fetched and checked in this read (key -> chunks, or why not): a list is
+        content-addressed, so the runs that proved the same chunks share one, and it is
+        fetched, re-hashed and parsed once per read, not once per event naming it."""
+        read_lists = {} if read_lists is None else read_lists
         expected, prev_hash = 0, None
         for (seq, prev16, key), got in fetched:
             if seq < expected:
@@ -1378,8 +1385,16 @@ class Repository:
             elif rec.chunk_list is not None:
                 try:
                     lk = layout.event_list(writer, rec.chunk_list)
-                    ok, failed = events.parse_list(self._store.get(lk, max_size=events.MAX_LIST_BYTES),
-                                                   rec.chunk_list)
+                    if lk not in read_lists:
+                        try:
+                            read_lists[lk] = events.parse_list(self._store.get(lk, max_size=events.MAX_LIST_BYTES),
+                                                               rec.chunk_list)
+                        except (events.EventFormatError, IntegrityError, ObjectMissingError) as e:
+                            read_lists[lk] = e
+                    got_list = read_lists[lk]
+                    if isinstance(got_list, Exception):
+                        raise got_list
+                    ok, failed = got_list
                     rec = dataclasses.replace(rec, event=dataclasses.replace(rec.event, chunks_ok=ok,
                                                                              chunks_failed=failed))
                 except (events.EventFormatError, IntegrityError, ObjectMissingError) as e:

@@ -342,3 +342,31 @@ def test_agent_version_is_read_from_the_installed_metadata(tmp_path):
     assert events._dist_info_version([str(second), str(first)]) == "9.9.9"
     assert events._dist_info_version([str(tmp_path / "c"), str(first)]) is None
     assert events._dist_info_version([str(tmp_path / "none")]) is None
+
+
+@LOCAL
+def test_a_digest_list_shared_by_many_runs_is_read_once_per_read(env, monkeypatch):
+    """Deep verifies that prove the same chunks write the same digest list (content-addressed):
+    reading the log fetches and re-hashes it once, gives every event its chunks, and a rotted
+    list is still reported for every event that names it."""
+    store, cat, src, base = env
+    monkeypatch.setattr(events, "INLINE_CHUNKS", 1)
+    run_cli(*base, "archive", str(src), "--name", "m")
+    for _ in range(3):
+        assert run_cli(*base, "verify", "m", "--deep").code == 0
+    raw = RawStore(store)
+    (list_key,) = [k for k in raw.keys("events/") if layout.is_event_list_key(k)]
+    with archiver.open_repository(store, cat, read_only=True) as repo:
+        gets: list[str] = []
+        real_get = repo._store.get
+        monkeypatch.setattr(repo._store, "get", lambda key, **kw: gets.append(key) or real_get(key, **kw))
+        log = repo.read_events()
+    named = [r for r in log.records if r.chunk_list is not None]
+    assert not log.problems and len(named) == 3 and gets.count(list_key) == 1
+    assert all(r.event.chunks_ok and r.event.chunks_ok == named[0].event.chunks_ok for r in named)
+    data = raw.read(list_key)
+    raw.write(list_key, data[:-1] + b"x")  # rotted
+    with archiver.open_repository(store, cat, read_only=True) as repo:
+        log = repo.read_events()
+    bad = [p for p in log.problems if "does not match its hash" in p.detail]
+    assert sorted(p.path for p in bad) == sorted(r.key for r in named)
