@@ -31,10 +31,14 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import blake3
-import numpy as np
+# numpy is imported inside the functions that use it: a command's start-up imports this module,
+# and numpy's import (with its BLAS threads) belongs after the CLI has set OPENBLAS_NUM_THREADS
+# and off the serial head of an archive (bench/RESULTS.md, branch hotpath)
+if TYPE_CHECKING:
+    import numpy as np
 
 from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
                               ManifestError, UnknownReference)
@@ -168,6 +172,7 @@ def _records(refs: Iterable[ChunkRef] | Iterable[tuple[str, int, str]]) -> Itera
 def map_keys(recs: MapRecords) -> np.ndarray:
     """chunk_key of every chunk of a map, as int64, from the hashes' first 8 bytes at once:
     flipping the top bit of the big-endian prefix is the bias of chunk_key."""
+    import numpy as np
     return (recs.prefixes().astype(np.uint64) ^ np.uint64(_KEY_BIAS)).view(np.int64)
 
 
@@ -188,6 +193,7 @@ def _known_keys(conn: sqlite3.Connection, keys: np.ndarray) -> np.ndarray:
     """Which of `keys` the `chunks` table holds (a bool per key), asked in one statement:
     the keys as one JSON array, joined in SQLite, answered as one string of 0s and 1s in
     the array's order (json_each is the outer loop of a LEFT JOIN)."""
+    import numpy as np
     parts = []
     for i in range(0, len(keys), _INSERT_SLICE):  # a slice at a time: the JSON text stays small
         part = keys[i:i + _INSERT_SLICE]
@@ -215,6 +221,7 @@ def _insert_map_keys(conn: sqlite3.Connection, maps: list[tuple[int, MapRecords]
     Several maps: a first version's are all new (a sample of keys is looked up first, then
     one insert says so); otherwise (a fine-tune's maps reuse most chunks) the keys already
     known are found in one statement and only the others inserted."""
+    import numpy as np
     if not maps:
         return {}
     keys = np.concatenate([map_keys(r) for _, r in maps])
@@ -249,6 +256,7 @@ def _insert_map_keys(conn: sqlite3.Connection, maps: list[tuple[int, MapRecords]
 def _insert_key_rows(conn: sqlite3.Connection, keys: np.ndarray, stored: np.ndarray, owners: np.ndarray,
                      ids: np.ndarray, names: dict[str, int]) -> bool:
     """INSERT OR IGNORE one `chunks` row per key (sorted, distinct); True if every row was new."""
+    import numpy as np
     before = conn.total_changes
     if all(_SQL_SAFE_CODEC.match(c) for c in names):
         # one pass per codec (a model has a handful), the name a literal: one parameter
@@ -280,6 +288,7 @@ class _Shared:
         by key, each with the stored size first given for it (objects first, then the maps in
         the order they were named): (keys, stored sizes, raw 32-byte hashes as an (n, 32)
         uint8 array in the order given, and the row of `raw` of each distinct chunk)."""
+        import numpy as np
         legacy = list(self.sizes)
         keys = np.concatenate([np.array([chunk_key(h) for h in legacy], dtype=np.int64)]
                               + [map_keys(r) for r in self.maps])
@@ -763,6 +772,7 @@ class Catalog:
         maps that are not fresh, read from the maps: what a fine-tune's changed files bring),
         is deduplicated here, by chunk_key, as arrays (a fine-tune touching every shard of a
         10 TB model brings 1.3 million of them)."""
+        import numpy as np
         fresh = conn.execute("SELECT f.rowid, f.fresh_stored FROM manifest_filemaps mf JOIN filemaps f "
                              "ON f.rowid = mf.filemap WHERE mf.manifest = ? AND f.fresh_stored IS NOT NULL",
                              (row,)).fetchall()

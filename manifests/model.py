@@ -11,10 +11,14 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import blake3
-import numpy as np
+# numpy is imported inside the functions that use it: a command's start-up imports this module,
+# and numpy's import (with its BLAS threads) belongs after the CLI has set OPENBLAS_NUM_THREADS
+# and off the serial head of an archive (bench/RESULTS.md, branch hotpath)
+if TYPE_CHECKING:
+    import numpy as np
 
 from manifests import filemapbin
 from manifests.errors import ManifestError
@@ -587,6 +591,7 @@ def parse_filemap(data: bytes, e: Entry) -> tuple[ChunkRef, ...]:
     """The chunk list of entry `e` from its file map's bytes: they must hash to `e.filemap`,
     be canonical, and hold exactly `e.chunk_count` chunks that add up to `e.size`. Binary
     (version 2) and JSON (version 1) maps are told apart by their first bytes."""
+    import numpy as np
     binary = _binary_filemap(data, e)
     if binary is not None:
         lengths, recs = binary

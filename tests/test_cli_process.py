@@ -143,3 +143,13 @@ def test_the_process_entry_point_keeps_blas_to_one_thread_unless_told(tmp_path, 
     assert value == (preset or "1")
     if preset is None:
         assert threads == 1  # numpy imported, and no BLAS thread beside the main one
+
+
+def test_start_up_does_not_import_numpy():
+    """numpy is imported by the first chunk's codec work, not by the command's imports: its
+    import (~0.1 CPU-s) then overlaps the reading of the first chunks, and its BLAS threads
+    are started after the entry point has set OPENBLAS_NUM_THREADS."""
+    probe = "import sys\nimport archiver.cli, archiver.api, archiver.pipeline\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'numpy'))\n"
+    r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
