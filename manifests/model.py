@@ -792,7 +792,8 @@ def prove_trees(m: Manifest, objects: dict[str, bytes], by_dir: dict[str, str], 
     by_dir) as exactly `m.entries`. Each tree not in `known` is parsed with the reader's own
     checks (`parse_tree`), canonical form included: its bytes being `tree_bytes` of the
     directory's entries, a tree that re-serialises to them holds entries whose JSON is the
-    entries' JSON, so the list need not be compared again. A tree in `known` (bytes already
+    entries' JSON, so the list need not be compared again (hence `check_tree`: the reader's
+    checks without the entries it would build). A tree in `known` (bytes already
     parsed and proved under this very hash, e.g. by an earlier commit) is not parsed again:
     the same hash is the same bytes, which read the same. Returns how many were parsed."""
     _need(m.tree == by_dir.get("") and m.entry_count == len(m.entries),
@@ -801,21 +802,34 @@ def prove_trees(m: Manifest, objects: dict[str, bytes], by_dir: dict[str, str], 
     for d, h in sorted(by_dir.items()):
         if h in known or h in parsed or (h == EMPTY_TREE and d):  # an empty directory names no tree
             continue
-        parse_tree(objects[h], h, d)
+        check_tree(objects[h], h, d)
         parsed.add(h)
     if m.attachments:  # as resolve_trees checks them once the entries are read
         _attachments([{"path": p, "role": r} for r, p in m.attachments], tuple(m.entries))
     return len(parsed)
 
 
-def parse_tree(data: bytes, h: str, where: str) -> list[tuple[Entry, str]]:
-    """The entries of the tree of directory `where` ("" for the top) from its bytes: they must
-    hash to `h` and be canonical. Returns (entry with its full path, its subtree's hash or "")."""
+def check_tree(data: bytes, h: str, where: str) -> None:
+    """ManifestError unless `parse_tree(data, h, where)` accepts the bytes: every check it
+    makes, with the same errors, but a tree in plain canonical form builds no Entry or
+    ChunkRef (a commit proving the trees it made discards them: half of the parse's cost)."""
+    _tree_bytes_ok(data, h, where)
+    if _plain_tree(data, where, build=False) is None:
+        _parse_tree_json(data, h, where)
+
+
+def _tree_bytes_ok(data: bytes, h: str, where: str) -> None:
     label = where or "/"
     if len(data) > MAX_TREE_BYTES:
         raise ManifestError(f"tree {h[:16]} of {label!r} is {len(data)} bytes, more than the {MAX_TREE_BYTES} allowed")
     if manifest_id(data) != h:
         raise ManifestError(f"tree {h[:16]} of {label!r} does not match its hash (tampered or corrupt)")
+
+
+def parse_tree(data: bytes, h: str, where: str) -> list[tuple[Entry, str]]:
+    """The entries of the tree of directory `where` ("" for the top) from its bytes: they must
+    hash to `h` and be canonical. Returns (entry with its full path, its subtree's hash or "")."""
+    _tree_bytes_ok(data, h, where)
     plain = _plain_tree(data, where)
     if plain is not None:
         return plain
@@ -844,10 +858,11 @@ _PT_ENTRY = re.compile(
        _PLAIN_NUM, _PT_INT, _PT_STR, f'"{_PT_HEX}"', _PLAIN_NUM, _PT_STR, _PT_STR))
 
 
-def _plain_tree(data: bytes, where: str) -> list[tuple[Entry, str]] | None:
+def _plain_tree(data: bytes, where: str, build: bool = True) -> list[tuple[Entry, str]] | None:
     """parse_tree's answer for a tree in plain canonical form that passes every check of the
     JSON reader (its bytes already checked against their hash); None for any other bytes (the
-    JSON reader then decides, and says what is wrong)."""
+    JSON reader then decides, and says what is wrong). build=False: the same checks, but no
+    Entry or ChunkRef is made: [] for bytes that pass (`check_tree`)."""
     if not (data.startswith(_PT_HEAD) and data.endswith(_PT_TAIL)) or len(data) <= len(_PT_HEAD + _PT_TAIL):
         return None
     try:
@@ -874,28 +889,34 @@ def _plain_tree(data: bytes, where: str) -> list[tuple[Entry, str]] | None:
                 n = int(count)
                 if n <= FILEMAP_THRESHOLD or not n <= size_i <= n * MAX_CHUNK_LENGTH:
                     return None
-                e = Entry(prefix + name, "file", mode_i, size_i, mtime_i, b3, sha, fmt, filemap=fm, chunk_count=n)
-            else:
+                if build:
+                    e = Entry(prefix + name, "file", mode_i, size_i, mtime_i, b3, sha, fmt, filemap=fm, chunk_count=n)
+            elif build:
                 refs = _plain_chunks(chunks, size_i, codecs)
                 if refs is None:
                     return None
                 e = Entry(prefix + name, "file", mode_i, size_i, mtime_i, b3, sha, fmt, refs)
+            elif _tiled(chunks, _PLAIN_FIELDS.findall(chunks), size_i, codecs) is None:  # as _plain_chunks checks
+                return None
             sub = ""
         elif dname is not None:
             name, mode_i = dname, int(dmode)
             mtime_i = None if dmtime is None else int(dmtime)
             if mtime_i is not None and not MTIME_NS_MIN <= mtime_i <= MTIME_NS_MAX or sub == EMPTY_TREE:
                 return None
-            e = Entry(prefix + name, "dir", mode_i, mtime_ns=mtime_i)
+            if build:
+                e = Entry(prefix + name, "dir", mode_i, mtime_ns=mtime_i)
             sub = sub or ""
         else:
             name, mode_i = lname, int(lmode)
-            e = Entry(prefix + name, "symlink", mode_i, target=target)
+            if build:
+                e = Entry(prefix + name, "symlink", mode_i, target=target)
             sub = ""
         if mode_i > 0o7777 or "/" in name or name in (".", "..") or (last is not None and name <= last):
             return None
         last = name
-        append((e, sub))
+        if build:
+            append((e, sub))
         pos = m.end()
         if pos == end:
             return out
