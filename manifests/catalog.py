@@ -1219,14 +1219,27 @@ def check_recordable(mid: str, m: Manifest) -> None:
     listed twice, or text that is not valid Unicode (a lone surrogate in a name, label,
     meta, path or codec cannot be stored as UTF-8), would fail halfway or be mangled."""
     seen: set[str] = set()
+    parts: list[str] = []  # every text at once: one encode for the common case, all valid
+    add = parts.append
     for e in m.entries:
         if e.path in seen:
             raise ManifestError(f"manifest {mid[:16]} lists path {e.path!r} twice")
         seen.add(e.path)
+        add(e.path)
+        add(e.type)
+        add(e.format)
+        for c in e.chunks:
+            add(c.codec)
+    try:
+        "".join(parts).encode("utf-8")
+        entries_ok = True
+    except UnicodeEncodeError:  # find which one, below
+        entries_ok = False
     texts = [("name", m.name), ("label", m.label or "")]
     texts += [(f"meta {k!r}", k + v) for k, v in m.meta.items()]
-    texts += [(f"path {e.path!r}", e.path + e.type + e.format + "".join(c.codec for c in e.chunks))
-              for e in m.entries]
+    if not entries_ok:
+        texts += [(f"path {e.path!r}", e.path + e.type + e.format + "".join(c.codec for c in e.chunks))
+                  for e in m.entries]
     for where, text in texts:
         try:
             text.encode("utf-8")

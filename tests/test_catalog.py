@@ -533,7 +533,10 @@ def test_record_refuses_what_it_cannot_store_faithfully(cat, cat_path, how):
         odd = Entry(**{**e.__dict__, "path": "ckpt/c.bin", "chunks": (ChunkRef(0, 10, c.hash, 6, "z\ud800"),),
                        "size": 10})
         m = Manifest(name=m.name, entries=m.entries + (odd,))
-    with pytest.raises(ManifestError, match="twice" if how == "duplicate-path" else "not valid Unicode"):
+    where = {"duplicate-path": "twice", "surrogate-path": "not valid Unicode in path 'ckpt/",
+             "surrogate-name": "not valid Unicode in name", "surrogate-meta": "not valid Unicode in meta 'k'",
+             "surrogate-codec": "not valid Unicode in path 'ckpt/c.bin'"}[how]  # the text that is wrong is named
+    with pytest.raises(ManifestError, match=where):
         record(cat, m, event_details={"x": 1})
     _assert_nothing_recorded(cat, cat_path)
 
