@@ -162,6 +162,13 @@ def _records(refs: Iterable[ChunkRef] | Iterable[tuple[str, int, str]]) -> Itera
     return refs  # type: ignore[return-value]
 
 
+def _fresh_sum(total: int | None, batch: int | None) -> int | None:
+    """The stored bytes of a manifest's inline chunks, batch by batch, while each batch was
+    wholly new (`_record_chunks`): a later batch naming an earlier one's chunk finds its key
+    taken, so fresh batches are disjoint and their sums add up; None once one was not."""
+    return None if total is None or batch is None else total + batch
+
+
 def _chunk_key_blob(b: bytes) -> int:
     return int.from_bytes(b[:8], "big") - _KEY_BIAS
 
@@ -571,16 +578,21 @@ class Catalog:
             row = conn.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM manifests").fetchone()[0]
             batch: list[ChunkRef] = []
             shared: dict[str, int] = {}  # hash -> stored size: chunks of this version's maps that are not fresh
+            # the stored bytes of the inline chunks while every batch of them was new to the
+            # catalog (a first archive): then no query needs to sum them (see _stored_size)
+            fresh: int | None = 0
+            maps = False
             for e in files:
                 if e.filemap:
+                    maps = True
                     self._record_filemap(conn, row, e, filemap_chunks, shared)
                     continue
                 batch.extend(e.chunks)
                 if len(batch) >= 65536:
-                    self._record_chunks(conn, "manifest_chunks", row, batch)
+                    fresh = _fresh_sum(fresh, self._record_chunks(conn, "manifest_chunks", row, batch))
                     batch = []
-            self._record_chunks(conn, "manifest_chunks", row, batch)
-            stored = self._stored_size(conn, row, shared)
+            fresh = _fresh_sum(fresh, self._record_chunks(conn, "manifest_chunks", row, batch))
+            stored = fresh if fresh is not None and not maps else self._stored_size(conn, row, shared)
             conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
                          "stored_size, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
                          (row, mid, m.name, m.label, m.parent, when, len(files), m.total_size, stored, data))

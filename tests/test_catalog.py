@@ -1235,3 +1235,33 @@ def test_known_chunks_of_hashes_sharing_a_chunk_key(cat):
     assert record(cat, m)
     assert cat.known_chunks([x, y, "cd" * 32]) == {x: (6, "zstd"), y: (6, "zstd")}
     assert cat.known_chunks([]) == {}
+
+
+def test_stored_size_of_all_new_inline_chunks_is_summed_without_the_union_query(cat, monkeypatch):
+    """A version whose inline chunks are all new to the catalog (a first archive of small
+    files) takes its stored size from the inserts; any other (a chunk seen before, one named
+    twice, two hashes sharing a key, a file map) is summed over the deduplicated union. Both
+    agree with Manifest.stored_size."""
+    queried: list[str] = []
+    real = Catalog._stored_size
+    monkeypatch.setattr(Catalog, "_stored_size", lambda self, *a: queried.append("q") or real(self, *a))
+
+    def entry(path: str, hashes: list[str], sizes: list[int]) -> Entry:
+        refs = tuple(ChunkRef(10 * i, 10, x, s, "zstd") for i, (x, s) in enumerate(zip(hashes, sizes)))
+        return Entry(path=path, type="file", mode=0o644, size=10 * len(refs), mtime_ns=1, blake3=h(path),
+                     sha256=h(path), chunks=refs)
+
+    key = "cd" * 8
+    cases = [  # (label, files, whether the union is queried)
+        ("new", [entry("a", [h("1"), h("2")], [3, 4]), entry("b", [h("3")], [5])], False),
+        ("seen", [entry("a", [h("1"), h("9")], [3, 6])], True),
+        ("twice", [entry("a", [h("7"), h("8")], [2, 2]), entry("b", [h("7")], [2])], False),  # new: counted once
+        ("one-key", [entry("a", [key + "0" * 48, key + "1" * 48], [4, 4])], True),
+        ("empty", [entry("a", [], [])], False),
+    ]
+    for label, files, union in cases:
+        queried.clear()
+        m = Manifest(name="m", label=label, entries=tuple(files))
+        assert record(cat, m)
+        assert {r.id: r.stored_size for r in cat.manifest_rows()}[m.id] == m.stored_size, label
+        assert queried == (["q"] if union else []), label
