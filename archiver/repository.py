@@ -2198,13 +2198,15 @@ class Repository:
             done, ps.unrecorded = ps.unrecorded, []
         if errors:
             raise errors[0]
-        for index in done:
-            try:
-                with translated():
-                    self._catalog.record_pack(index.pack, index.size, index.id,
-                                              [(e.hash, e.offset, e.stored_size, e.length) for e in index.entries])
-            except (CatalogReadOnlyError, CatalogLockedError):
-                pass  # the store holds the index; a rebuild records it
+        if not done:
+            return 0
+        try:  # one transaction for all of them
+            with translated():
+                self._catalog.record_packs([(index.pack, index.size, index.id,
+                                             [(e.hash, e.offset, e.stored_size, e.length) for e in index.entries])
+                                            for index in done])
+        except (CatalogReadOnlyError, CatalogLockedError):
+            pass  # the store holds the indexes; a rebuild records them
         return len(done)
 
     def _pack_locations(self, h: str) -> list[PackLocation]:

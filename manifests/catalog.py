@@ -1154,6 +1154,12 @@ class Catalog:
         self._pack_tables_seen = True
         return True
 
+    def record_packs(self, packs: Iterable[tuple[str, int, str, Iterable[tuple[str, int, int, int]]]]) -> int:
+        """`record_pack` of each (pack, size, index_id, entries), all in one transaction (one
+        commit, one WAL fsync, for the packs a commit flushes); returns how many were new."""
+        with self.write():
+            return sum(self.record_pack(*p) for p in packs)
+
     # A catalog without pack tables is asked again after this long: another process may create them
     # meanwhile (this one's record_pack notes them at once); missing a pack that briefly costs a
     # dedup (the chunk is packed again), never a read (the store's own indexes are consulted).

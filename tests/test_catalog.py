@@ -1265,3 +1265,16 @@ def test_stored_size_of_all_new_inline_chunks_is_summed_without_the_union_query(
         assert record(cat, m)
         assert {r.id: r.stored_size for r in cat.manifest_rows()}[m.id] == m.stored_size, label
         assert queried == (["q"] if union else []), label
+
+
+def test_record_packs_records_each_pack_once_in_one_transaction(cat):
+    h1, h2 = "1" * 64, "2" * 64
+    begun: list[str] = []
+    real = cat._begin
+    cat._begin = lambda conn: begun.append("BEGIN") or real(conn)
+    assert cat.record_packs([("p1", 10, "i1", [(h1, 0, 5, 5)]), ("p2", 20, "i2", [(h2, 3, 4, 4), (h1, 9, 5, 5)])]) == 2
+    assert begun == ["BEGIN"]  # one commit for all of them
+    assert cat.record_packs([("p1", 10, "i1", [(h1, 0, 5, 5)])]) == 0  # known: not recorded again
+    assert cat.pack_locations([h1, h2]) == {h1: [("p1", 0, 5, 5, 10, "i1"), ("p2", 9, 5, 5, 20, "i2")],
+                                            h2: [("p2", 3, 4, 4, 20, "i2")]}
+    assert cat.pack_entries("p2") == [(h2, 3, 4, 4), (h1, 9, 5, 5)]
