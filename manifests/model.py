@@ -749,7 +749,64 @@ def same_as_previous(entries: list[Entry], hashes: dict[str, str], old: Previous
 def tree_bytes(entries: list[Entry], hashes: dict[str, str]) -> bytes:
     """The canonical tree of one directory: its entries as the manifest records them, with
     `name` (the last path component) for `path`, sorted by name, and `tree` on each directory
-    that has entries (its hash in `hashes`, by directory path)."""
+    that has entries (its hash in `hashes`, by directory path). Entries of exact ints and
+    text without tech (what a scan makes) are laid out by formatting (`_row_plain`), the
+    same bytes `canonical` writes (tests/test_trees.py compares them); any other tree is
+    serialised by `canonical` (`_tree_bytes_json`)."""
+    rows: list[tuple[str, str]] = []
+    for e in entries:
+        name = e.path.rsplit("/", 1)[-1]
+        sub = hashes[e.path] if e.type == "dir" and e.path in hashes and _has_children(e.path, hashes) else ""
+        row = _row_plain(e, name, sub)
+        if row is None:
+            return _tree_bytes_json(entries, hashes)
+        rows.append((name, row))
+    rows.sort(key=lambda r: r[0])
+    return b'{"entries":[%s],"format":"%s","version":1}' % (",".join([r for _, r in rows]).encode("ascii"),
+                                                            TREE_FORMAT.encode())
+
+
+_jstr = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # a str as canonical() writes it
+
+
+def _row_plain(e: Entry, name: str, sub: str) -> str | None:
+    """The canonical JSON of entry `e`'s tree row (sorted keys, no spaces, ASCII), laid out
+    by formatting; None for a row only `canonical` writes (tech, a value not an exact int or
+    str, an unknown type)."""
+    if type(e.mode) is not int:
+        return None
+    if e.type == "file":
+        if e.tech is not None or not (e.mtime_ns is None or type(e.mtime_ns) is int) or type(e.size) is not int \
+                or type(e.blake3) is not str or type(e.sha256) is not str or type(e.format) is not str:
+            return None
+        if e.filemap:
+            if type(e.filemap) is not str or type(e.chunk_count) is not int:
+                return None
+            middle = '"chunk_count":%d,"filemap":%s' % (e.chunk_count, _jstr(e.filemap))
+        else:
+            parts = []
+            for c in e.chunks:
+                if type(c.offset) is not int or type(c.length) is not int or type(c.stored_size) is not int \
+                        or type(c.hash) is not str or type(c.codec) is not str:
+                    return None
+                parts.append('[%d,%d,%s,%d,%s]' % (c.offset, c.length, _jstr(c.hash), c.stored_size, _jstr(c.codec)))
+            middle = '"chunks":[%s]' % ",".join(parts)
+        return '{"blake3":%s,%s,"format":%s,"mode":%d,"mtime_ns":%d,"name":%s,"sha256":%s,"size":%d,"type":"file"}' % (
+            _jstr(e.blake3), middle, _jstr(e.format), e.mode, 0 if e.mtime_ns is None else e.mtime_ns, _jstr(name),
+            _jstr(e.sha256), e.size)
+    if e.type == "dir":
+        if e.mtime_ns is not None and type(e.mtime_ns) is not int:
+            return None
+        mtime = "" if e.mtime_ns is None else ',"mtime_ns":%d' % e.mtime_ns
+        tree = ',"tree":%s' % _jstr(sub) if sub else ""
+        return '{"mode":%d%s,"name":%s%s,"type":"dir"}' % (e.mode, mtime, _jstr(name), tree)
+    if e.type == "symlink" and type(e.target) is str:
+        return '{"mode":%d,"name":%s,"target":%s,"type":"symlink"}' % (e.mode, _jstr(name), _jstr(e.target))
+    return None
+
+
+def _tree_bytes_json(entries: list[Entry], hashes: dict[str, str]) -> bytes:
+    """tree_bytes by `canonical`: any entries."""
     rows = []
     for e in entries:
         j = e.to_json()

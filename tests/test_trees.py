@@ -610,3 +610,35 @@ def test_a_previous_tree_is_kept_only_for_the_very_entries_it_was_read_as() -> N
                                   prev["top/d02"])
     retargeted = [dataclasses.replace(e, target="f002") if e.type == "symlink" else e for e in fresh]
     assert tree_objects(retargeted, prev) == tree_objects(retargeted) != tree_objects(links)
+
+
+def test_tree_bytes_laid_out_by_formatting_are_what_canonical_writes() -> None:
+    """tree_bytes formats the rows of plain entries itself: byte for byte `canonical`'s tree
+    for every kind of entry, escaped text included, and `canonical`'s own for the rest."""
+    from manifests.model import ChunkRef
+    h = "ab" * 32
+    base = file_entry("top/f", 3)
+    kinds = [
+        base, dataclasses.replace(base, path="top/e", size=0, chunks=()),
+        dataclasses.replace(base, path="top/n", mtime_ns=None),
+        dataclasses.replace(base, path='top/q"\\ \u00e9\u2028\U0001f600\udc80', format="safetensors"),
+        dataclasses.replace(base, path="top/c", chunks=(ChunkRef(0, base.size, h, 7, 'z"\u00e9'),)),
+        dataclasses.replace(base, path="top/m", chunks=(), filemap=h, chunk_count=model.FILEMAP_THRESHOLD + 1),
+        Entry(path="top/d", type="dir", mode=0o755), Entry(path="top/d2", type="dir", mode=0o700, mtime_ns=-5),
+        Entry(path="top/sub", type="dir", mode=0o755, mtime_ns=7),
+        Entry(path="top/l", type="symlink", mode=0o777, target="../x \u00e9"),
+    ]
+    odd = [  # rows only canonical writes: the whole tree goes through it
+        dataclasses.replace(base, path="top/t", tech={"b": {"z": 1, "a": 1.5}, "a": [True, None]}),
+        dataclasses.replace(base, path="top/b", mode=True), dataclasses.replace(base, path="top/s", size=3.0),
+        dataclasses.replace(base, path="top/k", chunks=(ChunkRef(0, 3.0, h, 7, "zstd"),)),
+        Entry(path="top/x", type="other", mode=0o644), Entry(path="top/dm", type="dir", mode=0o755, mtime_ns=1.0),
+    ]
+    hashes = {"top/sub": "cd" * 32, "top/d": EMPTY_TREE, "top/d2": EMPTY_TREE}
+    for extra in [[]] + [[o] for o in odd]:
+        entries = list(reversed(kinds)) + extra  # unsorted: sorted by name in the tree
+        assert model.tree_bytes(entries, hashes) == model._tree_bytes_json(entries, hashes), extra
+    assert b'"tree":"' + b"cd" * 32 in model.tree_bytes(kinds, hashes)
+    _, objects, by_dir = tree_objects(big_tree())
+    assert all(objects[h] == model._tree_bytes_json(
+        [e for e in big_tree() if model._parent_of(e.path) == d], by_dir) for d, h in by_dir.items() if h in objects)
