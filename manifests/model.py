@@ -661,7 +661,8 @@ def _parent_of(path: str) -> str:
 
 def _plain_path(path: str) -> bool:
     """A path a tree can hold: components that are names (not empty, '.' or '..')."""
-    return all(part not in ("", ".", "..") for part in path.split("/"))
+    parts = path.split("/")
+    return "" not in parts and "." not in parts and ".." not in parts
 
 
 def tree_objects(entries: tuple[Entry, ...] | list[Entry], previous: Mapping[str, PreviousTree] | None = None
