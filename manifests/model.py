@@ -223,7 +223,7 @@ class Manifest:
 
     @property
     def files(self) -> list[Entry]:
-        return [e for e in self.entries if e.is_file]
+        return [e for e in self.entries if e.type == "file"]  # not e.is_file: a property call per entry
 
     @property
     def total_size(self) -> int:
