@@ -136,8 +136,8 @@ class FilesCache:
 
     def put_values(self, values: list[tuple[Any, ...]], now: float) -> None:
         """`put` of rows already laid out as the statement takes them (path, dev, ino, size,
-        mtime_ns, ctime_ns, reader, manifest, entry_path, used): a commit of 25,000 files
-        builds no Row per file."""
+        mtime_ns, ctime_ns, reader, manifest, entry_path, used): a commit builds no Row
+        per file."""
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(

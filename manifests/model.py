@@ -870,7 +870,7 @@ def prove_trees(m: Manifest, objects: dict[str, bytes], by_dir: dict[str, str], 
 def check_tree(data: bytes, h: str, where: str) -> None:
     """ManifestError unless `parse_tree(data, h, where)` accepts the bytes: every check it
     makes, with the same errors, but a tree in plain canonical form builds no Entry or
-    ChunkRef (a commit proving the trees it made discards them: half of the parse's cost)."""
+    ChunkRef (a commit proving the trees it made would discard them)."""
     _tree_bytes_ok(data, h, where)
     if _plain_tree(data, where, build=False) is None:
         _parse_tree_json(data, h, where)
