@@ -28,7 +28,7 @@ VERSION = 1
 VERSION_FILEMAPS = 2
 FILEMAP_FORMAT = "archiver-filemap"
 # A file with more than this many chunks keeps its chunk list in its own file map object
-# (`filemaps/<h[0:2]>/<h>.json`, h = BLAKE3 of its bytes) and its root entry carries only
+# (`filemaps/<h[0:2]>/<h>.bin`, or `.json` for a JSON map; h = BLAKE3 of its bytes) and its root entry carries only
 # `filemap` (h) and `chunk_count`. 128 chunks is 1 GiB at the default 8 MiB chunk and ~13 KB
 # of inline JSON: below it, one more object (a PUT, a GET on every read) costs more than it
 # saves; above it, a 10 TB archive's root manifest stays ~300 bytes per file instead of
