@@ -472,6 +472,10 @@ def test_legacy_json_maps_verify_restore_replicate_repair_and_rebuild(low_thresh
     legacy = sorted(raw.keys(layout.FILEMAPS))
     assert legacy  # model.safetensors (and blob.bin, when it is more than one chunk)
     assert run_cli("--store", store, "verify", mid, "--deep").code == 0  # found under .json after .bin is absent
+    with Repository.open(Settings.resolve(store)) as used:
+        n_chunks = len(used.load_manifest(mid).unique_chunks())
+    fx = run_cli("--store", store, "fixity", "status", "--json")  # counts the chunks each legacy map names
+    assert fx.code == 0 and fx.json()["archives"][0]["chunks"] == n_chunks
     assert run_cli("--store", store, "restore", mid, str(tmp_path / "out")).code == 0
     assert tree(tmp_path / "out" / "ck") == tree(ck)
     # replicate keeps each map's form and so its key; the copy set counts them
@@ -559,3 +563,28 @@ def test_repair_writes_a_map_under_its_own_key_and_names_a_stray_it_cannot_remov
     r = run_cli("--store", legacy_store, "repair", "--from", legacy_copy)
     assert r.code != 0 and len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
     assert "wrong suffix" in r.err and layout.filemap(le.filemap) in r.err and "moved aside" in r.err, r.err
+
+
+@pytest.mark.parametrize("form", ["binary", "json"])
+def test_a_reader_asks_for_the_binary_key_first_and_the_json_key_only_when_absent(
+        repo: Repository, tmp_path: Path, form: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What reading a map costs: a binary map one GET; a JSON map of an earlier archiver one
+    GET that finds nothing, then its own. `fixity status`, rebuild and verify read the same way."""
+    from archiver.stores.local import LocalStore
+    with monkeypatch.context() as mp:
+        if form == "json":
+            mp.setattr(model, "filemap_bytes", model.filemap_json_bytes)
+        mid = repo.commit_manifest(Manifest(name="m", entries=(big_entry(),))).id
+    h = repo.load_manifest(mid).files[0].filemap
+    asked: list[str] = []
+    real = LocalStore.get
+
+    def get(self, key: str, max_size: int | None = None) -> bytes:
+        if key.startswith(layout.FILEMAPS):
+            asked.append(key)
+        return real(self, key, max_size)
+    monkeypatch.setattr(LocalStore, "get", get)
+    assert repo.load_manifest(mid).files[0].chunks == big_entry().chunks
+    want = [layout.filemap(h)] if form == "binary" else [layout.filemap(h), layout.filemap(h, binary=False)]
+    assert asked == want
+    assert repo.filemap_sizes() == {h: len(RawStore(str(tmp_path / "store")).read(want[-1]))}
