@@ -450,8 +450,9 @@ class Repository:
             return parse_filemap(self.filemap_object(e), e)
 
     def filemap_object(self, e: Entry) -> bytes:
-        """The raw bytes stored under entry `e`'s file map key, refused if too large or absent
-        (ManifestError); the caller checks them (`parse_filemap`, or the hash for a copy)."""
+        """The raw bytes of entry `e`'s file map (under `.bin` or `.json`, see `_filemap_found`),
+        refused if too large, absent or under the wrong suffix (ManifestError); the caller checks
+        them (`parse_filemap`, or the hash for a copy)."""
         return self._filemap_found(e)[1]
 
     def _filemap_found(self, e: Entry) -> tuple[str, bytes]:
@@ -479,7 +480,8 @@ class Repository:
         return layout.filemap(h, binary=is_binary_filemap(data))
 
     def _filemap_stored_key(self, h: str) -> str:
-        """The key map `h` is stored under (one HEAD): binary, else JSON; the binary key if neither."""
+        """The key map `h` is stored under, by HEAD (binary, else JSON), for locking an existing
+        object; the binary key if neither exists (the one a writer would use)."""
         bin_key, json_key = layout.filemap_keys(h)
         return json_key if self._store.stat(bin_key) is None and self._store.stat(json_key) is not None else bin_key
 
