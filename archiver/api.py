@@ -9,9 +9,9 @@ import contextlib
 import datetime
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from archiver import checker, costs, fixity, pipeline, restorer, storecheck
+from archiver import checker, fixity, pipeline, restorer, storecheck  # costs: imported where used (start-up)
 from archiver import thaw as thaw_mod
 from archiver.copies import CopiesReport
 from archiver.errors import InvalidOptionError, translated
@@ -26,6 +26,9 @@ from archiver.stores import Store
 from archiver.stores import open_store as _open_store
 from manifests.catalog import ManifestRow
 from manifests.model import Manifest
+
+if TYPE_CHECKING:
+    from archiver import costs
 
 ArchiveResult = pipeline.ArchiveResult
 VerifyReport = checker.VerifyReport
@@ -492,6 +495,7 @@ def estimate(ref: str, *, storage_class: str | None = None, prices: str | os.Pat
     """Monthly storage, upload and restore cost of an archive from a dated price file
     (`prices`: another file of the same shape); `storage_class`: price every chunk as if
     it were in that class."""
+    from archiver import costs
     table = costs.load_prices(prices)
     what_if = None
     if storage_class is not None:
@@ -511,6 +515,7 @@ def restore_plan(ref: str, *, include: Iterable[str] = (), tier: str = "Bulk", p
                  settings: Settings | None = None) -> dict[str, Any]:
     """What a restore would need, without writing anything: distinct chunks and bytes, the
     cold ones and their thaw state, what thawing them costs at each tier and how long it takes."""
+    from archiver import costs
     table = costs.load_prices(prices)
     with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
         mid = r.resolve(ref)

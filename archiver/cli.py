@@ -961,8 +961,50 @@ def _kind(err: BaseException) -> str:
     return "".join("-" + c.lower() if c.isupper() else c for c in name).lstrip("-")
 
 
+def _one_blas_thread() -> None:
+    """numpy's OpenBLAS starts a thread per extra core as numpy is imported, and they spin
+    for a while, taking CPU from the first chunks of an archive (bench/RESULTS.md, branch
+    wall). archiver never multiplies matrices (numpy only
+    splits, merges and compares byte planes), so one thread, unless the user chose a number.
+    Only for a process that ends with this command: an embedding program keeps its BLAS."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+# A young collection after this many new container objects (the interpreter's default: 700).
+YOUNG_COLLECTION_AFTER = 10_000
+
+
+def _collect_less() -> None:
+    """A command is one process whose objects mostly live until it ends (the modules, the
+    scan's sources, the manifest's entries), so the generational collector would walk them
+    again and again for little garbage (measurements: bench/RESULTS.md, branch wall). The
+    objects of the modules loaded so far are frozen out of its reach, and a young collection
+    waits for YOUNG_COLLECTION_AFTER new container objects. Only for a process that ends
+    with this command."""
+    import gc
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_AFTER, *gc.get_threshold()[1:])
+
+
+def _end_without_collecting() -> None:
+    """At exit, freeze every object out of the cyclic garbage collector's reach before the
+    interpreter's final collections: they would walk every object of the process (serial
+    time after the work is done, part of every command's wall time) only to free memory the
+    OS takes back anyway. Registered first, so it runs after the other exit
+    handlers; files are written with explicit fsync and close, and std streams are flushed
+    by the interpreter regardless. Only for a process that ends with this command, never for
+    a caller of `main(argv)` (tests, embedding)."""
+    import atexit
+    import gc
+    atexit.register(gc.freeze)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: map every failure to one line and an exit code."""
+    if argv is None:  # the process's own entry point (console script, python -m): it ends when this returns
+        _one_blas_thread()
+        _collect_less()
+        _end_without_collecting()
     debug = os.environ.get("ARCHIVER_DEBUG") == "1"
     args = sys.argv[1:] if argv is None else list(argv)
     as_json = "--json" in args

@@ -12,6 +12,7 @@ This module is pure: it builds, encodes, parses and exports records; the reposit
 writes and reads them."""
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import os
@@ -51,6 +52,7 @@ class EventFormatError(ValueError):
     """An object under events/ that is not a well-formed event (or digest list)."""
 
 
+@functools.cache  # the installed package's version, once per process: importlib.metadata is slow to load
 def _version() -> str:
     try:
         from importlib.metadata import version

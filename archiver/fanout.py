@@ -37,6 +37,7 @@ from archiver.progress import Progress
 from archiver.repository import Repository
 from archiver.scan import DirFds, Source, changed
 from archiver.settings import Settings
+from manifests.filemapbin import MapRecords
 from manifests.model import Entry
 
 
@@ -337,7 +338,7 @@ def _stored_entries(repo: Repository, journalled: dict[str, Entry]) -> dict[str,
     for path, e in journalled.items():
         if e.filemap and not e.chunks:
             try:
-                needs[path] = [(h, size) for h, size, _ in repo.filemap_records(e)]
+                needs[path] = list(zip(*_hash_sizes(repo.filemap_records(e))))
             except ArchiverError:
                 continue  # its map is missing or damaged: archive the file again
         else:
@@ -345,6 +346,14 @@ def _stored_entries(repo: Repository, journalled: dict[str, Entry]) -> dict[str,
     sizes = repo.chunk_sizes({h for refs in needs.values() for h, _ in refs})
     return {path: journalled[path] for path, refs in needs.items()
             if all(sizes.get(h) == size for h, size in refs)}
+
+
+def _hash_sizes(records: Any) -> tuple[list[str], list[int]]:
+    """(hex hashes, stored sizes) of a map's records: from a binary map's arrays in two bulk
+    conversions (manifests.filemapbin.MapRecords), else from (hash, size, codec) triples."""
+    if isinstance(records, MapRecords):
+        return records.hex_hashes(), records.stored.tolist()
+    return [r[0] for r in records], [r[1] for r in records]
 
 
 def check_chunks_stored(repo: Repository, entries: Iterable[Entry]
@@ -367,17 +376,21 @@ def check_chunks_stored(repo: Repository, entries: Iterable[Entry]
         for c in e.chunks:
             inline.setdefault(c.hash, (c.stored_size, e.path))
     hashes = set(inline)
-    for records in maps.values():
-        hashes.update(h for h, _, _ in records)
+    listed = {shape: _hash_sizes(records) for shape, records in maps.items()}
+    for hs, _ in listed.values():
+        hashes.update(hs)
     sizes = repo.chunk_sizes(hashes)
     worst: tuple[str, str, int | None, int] | None = None  # the smallest failing hash, as a sorted scan finds it
     for h, (size, path) in inline.items():
         if sizes.get(h) != size and (worst is None or h < worst[0]):
             worst = (h, path, sizes.get(h), size)
-    for shape, records in maps.items():
-        for h, size, _ in records:
-            if sizes.get(h) != size and (worst is None or h < worst[0]):
-                worst = (h, map_paths[shape], sizes.get(h), size)
+    get = sizes.get
+    for shape, (hs, stored) in listed.items():
+        if list(map(get, hs)) == stored:  # every chunk of the map at its size: one comparison in C
+            continue
+        for h, size in zip(hs, stored):
+            if get(h) != size and (worst is None or h < worst[0]):
+                worst = (h, map_paths[shape], get(h), size)
     if worst is not None:
         h, path, got, size = worst
         what = "is missing from the store" if got is None else f"is {got} bytes in the store, not {size}"

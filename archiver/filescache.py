@@ -13,11 +13,19 @@ entry itself comes from that manifest, loaded through the repository and re-chec
 against its id, so a damaged or edited cache can only point at entries some committed
 manifest holds, and only ones whose size and mtime match the file now. Rows are written
 only after the manifest naming them is committed. Every chunk of a reused entry is proved by
-the rule `save_chunk` applies to a chunk the store already holds (Repository.prove_stored_chunk):
-read back, decoded and re-hashed, or with `trust_verified_within` trusted if a deep verify
+the rule `save_chunk` applies to a chunk the store already holds (Repository.prove_stored_chunks):
+read back, decoded and re-hashed (pack by pack: one read per span of a pack), or with `trust_verified_within` trusted if a deep verify
 found it intact within that window (decided for all chunks at once: one catalog query, and one
 LIST for their stored sizes, never a request per chunk). A chunk that fails its proof (damaged, missing, cold)
 makes the file a miss: it is read from the source, so save_chunk repairs the chunk.
+
+A run writes only the rows that changed. A reused file's row keeps naming the manifest it
+named, and one `moved` row says that this manifest's reused entries are now in the new one
+(the very entries, at the same paths): so an unchanged re-archive writes a row per changed
+file, not one per file. The next run looks a row's entry up in the manifest its manifest
+moved to, and, if that one lacks it (another run over part of the tree moved it since),
+in the row's own manifest. Rows are still rewritten every REFRESH_S, so that `used` ages
+only for paths no run sees.
 
 Where: a SQLite file next to the catalog (`<catalog>.files`), not a table in it. The
 catalog is an index that `catalog rebuild` recreates from the store; inodes, devices and
@@ -47,6 +55,10 @@ SUFFIX = ".files"
 BUSY_TIMEOUT_S = 10.0
 # Rows not used by any archive run for this long are dropped (paths that no longer exist).
 EXPIRE_S = 90 * 86400
+# A reused file's unchanged row is rewritten (its `used` renewed) once it is this old.
+REFRESH_S = EXPIRE_S / 3
+# Above this many `moved` rows, those no row names any more are dropped at the next write.
+MOVED_KEEP = 64
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -57,6 +69,11 @@ CREATE TABLE IF NOT EXISTS files (
     manifest TEXT NOT NULL,     -- a committed manifest holding the entry
     entry_path TEXT NOT NULL,   -- the entry's path in that manifest
     used REAL NOT NULL          -- last archive run that read or reused it
+)"""
+_MOVED = """
+CREATE TABLE IF NOT EXISTS moved (
+    old TEXT PRIMARY KEY,       -- a manifest rows may name
+    new TEXT NOT NULL           -- a later manifest holding those rows' reused entries at the same paths
 )"""
 
 
@@ -85,6 +102,7 @@ class Row:
     reader: str
     manifest: str
     entry_path: str
+    used: float = field(default=0.0, compare=False)  # as read (rows); put records the time given
 
 
 class FilesCache:
@@ -95,6 +113,7 @@ class FilesCache:
         self._conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(_SCHEMA)
+        self._conn.execute(_MOVED)
 
     @classmethod
     def open(cls, path: Path) -> "FilesCache | None":
@@ -115,31 +134,41 @@ class FilesCache:
             want = set(wanted)
             lo = top.rstrip("/") + "/"
             hi = lo[:-1] + chr(ord("/") + 1)
-            q = ("SELECT path, dev, ino, size, mtime_ns, ctime_ns, reader, manifest, entry_path FROM files "
+            q = ("SELECT path, dev, ino, size, mtime_ns, ctime_ns, reader, manifest, entry_path, used FROM files "
                  "WHERE path >= ? AND path < ?")
-            for p, dev, ino, size, mt, ct, reader, mid, ep in self._conn.execute(q, (lo, hi)):
+            for p, dev, ino, size, mt, ct, reader, mid, ep, used in self._conn.execute(q, (lo, hi)):
                 if p in want:
-                    out[p] = Row(FileStat(dev, ino, size, mt, ct), reader, mid, ep)
+                    out[p] = Row(FileStat(dev, ino, size, mt, ct), reader, mid, ep, used)
             return out
         for i in range(0, len(wanted), 500):
             part = wanted[i:i + 500]
-            q = (f"SELECT path, dev, ino, size, mtime_ns, ctime_ns, reader, manifest, entry_path FROM files "
+            q = (f"SELECT path, dev, ino, size, mtime_ns, ctime_ns, reader, manifest, entry_path, used FROM files "
                  f"WHERE path IN ({','.join('?' * len(part))})")
-            for p, dev, ino, size, mt, ct, reader, mid, ep in self._conn.execute(q, part):
-                out[p] = Row(FileStat(dev, ino, size, mt, ct), reader, mid, ep)
+            for p, dev, ino, size, mt, ct, reader, mid, ep, used in self._conn.execute(q, part):
+                out[p] = Row(FileStat(dev, ino, size, mt, ct), reader, mid, ep, used)
         return out
 
-    def put(self, rows: Iterable[tuple[str, Row]], now: float) -> None:
-        """Record rows in one transaction, and drop the ones unused for EXPIRE_S."""
-        self.put_values([(p, r.stat.dev, r.stat.ino, r.stat.size, r.stat.mtime_ns, r.stat.ctime_ns, r.reader,
-                          r.manifest, r.entry_path, now) for p, r in rows], now)
+    def moved(self) -> dict[str, str]:
+        """old manifest -> the manifest its rows' reused entries moved to (one hop: see put)."""
+        return dict(self._conn.execute("SELECT old, new FROM moved"))
 
-    def put_values(self, values: list[tuple[Any, ...]], now: float) -> None:
+    def put(self, rows: Iterable[tuple[str, Row]], now: float, moved: Iterable[str] = (), to: str = "") -> None:
+        """Record rows in one transaction, and drop the ones unused for EXPIRE_S. `moved`:
+        manifests whose rows' reused entries are now in manifest `to`, at the same paths;
+        whatever moved to one of them moves on to `to`, so a lookup is one hop."""
+        self.put_values([(p, r.stat.dev, r.stat.ino, r.stat.size, r.stat.mtime_ns, r.stat.ctime_ns, r.reader,
+                          r.manifest, r.entry_path, now) for p, r in rows], now, moved, to)
+
+    def put_values(self, values: list[tuple[Any, ...]], now: float, moved: Iterable[str] = (), to: str = "") -> None:
         """`put` of rows already laid out as the statement takes them (path, dev, ino, size,
         mtime_ns, ctime_ns, reader, manifest, entry_path, used): a commit builds no Row
         per file."""
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
+            for old in set(moved) - {to}:
+                self._conn.execute("UPDATE moved SET new=? WHERE new=?", (to, old))
+                self._conn.execute("INSERT INTO moved(old, new) VALUES (?, ?) ON CONFLICT(old) DO UPDATE SET "
+                                   "new=excluded.new", (old, to))
             self._conn.executemany(
                 "INSERT INTO files(path, dev, ino, size, mtime_ns, ctime_ns, reader, manifest, entry_path, used) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET dev=excluded.dev, ino=excluded.ino, "
@@ -147,6 +176,8 @@ class FilesCache:
                 "reader=excluded.reader, manifest=excluded.manifest, entry_path=excluded.entry_path, "
                 "used=excluded.used", values)
             self._conn.execute("DELETE FROM files WHERE used < ?", (now - EXPIRE_S,))
+            if self._conn.execute("SELECT count(*) FROM moved").fetchone()[0] > MOVED_KEEP:
+                self._conn.execute("DELETE FROM moved WHERE old NOT IN (SELECT DISTINCT manifest FROM files)")
 
 
 def _common_dir(paths: list[str]) -> str | None:
@@ -177,6 +208,9 @@ class FilesRun:
     # directories whose entries are all reused as they were (manifests.model.tree_objects)
     trees: dict[str, PreviousTree] = field(default_factory=dict)
     reused: int = 0
+    rows: dict[str, Row] = field(default_factory=dict)     # abspath -> its row as `start` read it
+    came_from: dict[str, str] = field(default_factory=dict)  # abspath -> manifest its candidate entry is in
+    moved: dict[str, str] = field(default_factory=dict)    # the cache's `moved` rows, as read
 
     @classmethod
     def start(cls, repo: Repository, sources: Iterable[Source], policy: Any, *, reread: bool = False,
@@ -200,7 +234,8 @@ class FilesRun:
         if run.cache is None or reread or repo.sealed:  # sealed: a write-only host cannot prove by decrypting
             return run
         try:
-            rows = run.cache.rows(run.stats)
+            rows = run.rows = run.cache.rows(run.stats)
+            run.moved = run.cache.moved()
         except sqlite3.Error:
             return run
         changed: list[Entry] = []  # with a trust window: the previous entries of changed files
@@ -219,6 +254,18 @@ class FilesRun:
         `changed`, the previous entries of files that did change are added to it: most of
         their chunks usually come back when they are read."""
         manifests: dict[str, dict[str, Entry] | None] = {}
+
+        def lookup(row: Row) -> tuple[str, Entry | None]:
+            """(manifest, its entry at the row's path): where the row's manifest moved to, else its own."""
+            mid = row.manifest
+            for m in (self.moved.get(mid), mid) if mid in self.moved else (mid,):
+                if m not in manifests:
+                    manifests[m] = self._files_of(m)
+                e = (manifests[m] or {}).get(row.entry_path)
+                if e is not None:
+                    return m, e
+            return mid, None
+
         out: dict[str, Entry] = {}
         for p, row in rows.items():
             now = self.stats[p]
@@ -226,17 +273,14 @@ class FilesRun:
                 continue
             if row.stat != now:
                 if changed is not None:
-                    if row.manifest not in manifests:
-                        manifests[row.manifest] = self._files_of(row.manifest)
-                    old = (manifests[row.manifest] or {}).get(row.entry_path)
+                    old = lookup(row)[1]
                     if old is not None:
                         changed.append(old)
                 continue
-            if row.manifest not in manifests:
-                manifests[row.manifest] = self._files_of(row.manifest)
-            e = (manifests[row.manifest] or {}).get(row.entry_path)
+            m, e = lookup(row)
             if e is not None and e.size == now.size and e.mtime_ns == now.mtime_ns:
                 out[p] = e
+                self.came_from[p] = m
         return out
 
     def _files_of(self, mid: str) -> dict[str, Entry] | None:
@@ -248,7 +292,7 @@ class FilesRun:
         """The candidates whose every chunk proves intact in the store. With a trust window,
         the chunks a recent deep verify proved are trusted in bulk (one catalog query, one
         LIST or a HEAD per pack for their sizes: `Repository.trusted_stored_chunks`); only
-        the others are read back. The trusted chunks of `changed` files' previous entries
+        the others are read back, pack by pack (`Repository.prove_stored_chunks`). The trusted chunks of `changed` files' previous entries
         join `proved` too (`seed`), so a changed file read again does not ask the store
         about each of its unchanged chunks; their others are left to save_chunk."""
         refs: dict[str, ChunkRef] = {}
@@ -266,13 +310,8 @@ class FilesRun:
         rest = {h: c for h, c in refs.items() if h not in trusted}
         bad: set[str] = set()
         with ThreadPoolExecutor(workers, thread_name_prefix="files-cache") as pool:
-            if rest:
-                self.repo.plan_reads(rest.values())  # packed chunks: one ranged read per span of a pack
-                pos = self.repo.pack_positions(rest)  # proved in pack order: each span is read once
-                order = sorted(rest, key=lambda h: pos.get(h, ("", 0)))
-                bad = {h for h, err in ordered_map(
-                    pool, lambda h: self.repo.prove_stored_chunk(rest[h], policy=write_policy),
-                    order, 4 * workers) if err is not None}
+            if rest:  # pack by pack: one read per span of a pack, every chunk in it re-hashed
+                bad = set(self.repo.prove_stored_chunks(rest.values(), policy=write_policy, workers=workers))
             if locked and trusted:  # a reused chunk's retention is extended as save_chunk does
                 for _ in ordered_map(pool, lambda h: self.repo.lock_existing_chunk(h, write_policy),
                                      sorted(trusted), 4 * workers):
@@ -302,6 +341,7 @@ class FilesRun:
         by_path = {e.path: e for e in entries if e.type == "file"}
         rows = []
         add = rows.append
+        moved: set[str] = set()
         reader, now, stats = self.reader, time.time(), self.stats
         for path, key in self.keys.items():
             e = by_path.get(path)
@@ -309,9 +349,14 @@ class FilesRun:
             if e is None or st is None:
                 continue
             if e.size == st.size and e.mtime_ns == st.mtime_ns:  # laid out as FilesCache.put_values takes them
+                old = self.rows.get(key)
+                if (old is not None and e is self.hits.get(key) and old.entry_path == path and old.stat == st
+                        and old.reader == reader and now - old.used < REFRESH_S):
+                    moved.add(self.came_from[key])  # the very entry, at the same path: `mid` holds it now
+                    continue
                 add((key, st.dev, st.ino, st.size, st.mtime_ns, st.ctime_ns, reader, mid, path, now))
         try:
-            self.cache.put_values(rows, now)
+            self.cache.put_values(rows, now, moved, mid)
         except sqlite3.Error:
             pass  # the archive stands; the next run reads these files again
 

@@ -16,7 +16,6 @@ The CLI calls `tune()` at start; API users may call it too. A no-op off glibc.""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -29,8 +28,9 @@ TRIM_THRESHOLD = 128 * 1024 * 1024
 def tune() -> bool:
     """Apply the settings; True if glibc accepted them."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # the process's own symbols (libc is among them), not ctypes.util.find_library: that
+        # imports subprocess and shutil and may run ldconfig, in every command's start-up
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

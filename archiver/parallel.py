@@ -51,14 +51,21 @@ def batches(items: Iterable[T], size: Callable[[T], int], most: int = BATCH_ITEM
 
 
 def ordered_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T],
-                window: int) -> Iterator[tuple[T, R]]:
+                window: int, start_ahead: int = 0) -> Iterator[tuple[T, R]]:
     """Yield (item, fn(item)) in order. An exception from fn is raised at its item;
     pending work is cancelled when the consumer stops early. A lone item (a small file's
     one chunk, a batch of one file) runs on the calling thread: a hand-off to the pool and
-    back would cost more than it overlaps."""
+    back would cost more than it overlaps.
+
+    `start_ahead`: while the first result is not in yet, pull up to this many more items
+    from `items` (work the input does as it is pulled, such as reading and hashing, done
+    while the pool's first tasks are slow to start, e.g. importing numpy); once the first
+    result is in, the window alone bounds what is pulled, so memory in the steady state
+    is unchanged."""
     if window < 1:  # would otherwise yield nothing at all: every item silently dropped
         raise ValueError(f"ordered_map window must be >= 1, got {window}")
     inflight: deque[tuple[T, Future[R]]] = deque()
+    ahead: deque[T] = deque()  # pulled early (start_ahead), not yet submitted
     it = iter(items)
     if window > 1:  # peeking one item ahead stays within the window
         first = next(it, _END)
@@ -69,16 +76,23 @@ def ordered_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[
             yield first, fn(first)  # type: ignore[arg-type]
             return
         it = itertools.chain((first, second), it)
+    before_first = True  # no result in yet: start_ahead may pull more
     try:
         while True:
             while len(inflight) < window:
-                item = next(it, _END)
+                item = ahead.popleft() if ahead else next(it, _END)
                 if item is _END:
                     break
                 inflight.append((item, pool.submit(fn, item)))
             if not inflight:
                 return
             item, fut = inflight.popleft()
+            while before_first and len(ahead) < start_ahead and not fut.done():
+                more = next(it, _END)
+                if more is _END:
+                    break
+                ahead.append(more)
+            before_first = False
             yield item, fut.result()
     finally:
         for _, fut in inflight:

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import blake3
 
+from archiver import events
 from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, SourceChangedError, UsageError
 from archiver.hfcache import lfs_sha256, snapshot_of
@@ -187,6 +188,10 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         if e is not None:
             _check_blob(src, e)
             reused[src.path] = e
+    # the event's agent (its package version lookup: importlib.metadata's imports and reads) is
+    # looked up while the chunk pool is busy, not in the serial tail after the last chunk
+    agent = threading.Thread(target=events.Agent.current, name="archive-agent", daemon=True)
+    agent.start()
     try:
         done = fanout.archive_files(repo, [s for s in sources if s.path not in reused], ex, writer=writer, stats=stats, policy=policy,
                                     write_policy=write_policy, progress=progress, pool_workers=nworkers,
@@ -224,6 +229,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         resumed_files=done.resumed)
     if write_policy is not None:
         details["retention"] = _policy_summary(write_policy)
+    agent.join()
     committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,
                                      read_maps=read_maps, previous_trees=files_cache.trees)
     files_cache.commit(committed.id, sources, entries)
@@ -275,6 +281,15 @@ def _snapshot(st: os.stat_result) -> tuple[int, int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+# Chunks the reading thread reads and hashes beyond the window while the pool's first chunk
+# of a file is not done: in a fresh process the first worker imports numpy then, holding the
+# GIL for longer than the window's chunks take to read and hash, which left a core idle
+# (bench/RESULTS.md, branch wall).
+# Only before the first result (parallel.ordered_map), so memory in the steady state is as before,
+# and at most the file's own window more (files archived at once share the pool's window).
+START_AHEAD_CHUNKS = 4
+
+
 def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, policy: ChunkPolicy,
                   window: int, progress: Progress, dirs: Any = None) -> Entry:
     return _archive_file_stat(src, pool, writer, policy, window, progress, dirs)[0]
@@ -305,13 +320,14 @@ def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWrit
 
         def chunks() -> Iterator[RawChunk]:
             for rc in iter_chunks(f, size, policy, detected=fmt):
-                digest.update(rc.data)
+                yield rc  # to the pool first: the whole-file hashes run while workers take it,
+                digest.update(rc.data)  # so the last chunk is not held back by them (serial tail)
                 progress.advance(len(rc.data))
-                yield rc
 
         try:
             digest = FileDigest()
-            refs = [ref for _, ref in ordered_map(pool, writer, chunks(), window)]
+            refs = [ref for _, ref in ordered_map(pool, writer, chunks(), window,
+                                                  start_ahead=min(START_AHEAD_CHUNKS, window))]
         except OSError as e:
             raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None
         after = os.fstat(f.fileno())

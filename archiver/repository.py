@@ -8,6 +8,7 @@ bytes, the whole file's digest, and for manifests the id."""
 from __future__ import annotations
 
 import base64
+import bisect
 import dataclasses
 import hashlib
 import json
@@ -40,8 +41,9 @@ from archiver.stores.base import ObjectColdError, ObjectInfo, ObjectState, Objec
 from archiver.urls import normalise_endpoint
 from manifests.catalog import AuditRow, Catalog, Chain, ManifestRow, check_recordable
 from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
-from manifests.model import MAX_FILEMAP_BYTES, filemap_bytes, parse_filemap, with_filemap, with_filemaps
-from manifests.model import filemap_records
+from manifests.model import MAX_FILEMAP_BYTES, parse_filemap, with_filemap, with_filemaps
+from manifests.model import filemap_bytes_for, filemap_records
+from manifests.filemapbin import is_binary as is_binary_filemap
 from manifests import errors as manifest_errors
 from manifests.model import MAX_TREE_BYTES, parse_tree, resolve_trees, tree_objects
 from manifests.model import PreviousTree, prove_trees, with_trees_made
@@ -58,8 +60,11 @@ EVENT_FETCHERS = 8
 REBUILD_BATCH_COUNT = 256
 REBUILD_BATCH_BYTES = 8 << 20
 # Chunk refs of newly proved file maps recorded per catalog transaction at commit: few fsyncs,
-# a write lock never held across store reads, and ~25 MB of refs in memory at most.
-FILEMAP_RECORD_BATCH = 100_000
+# a write lock never held across store reads, and memory bounded. A map's refs are held as
+# arrays (manifests.filemapbin.MapRecords, ~45 bytes a ref: ~90 MB at most), and a batch's
+# dedup keys go into the catalog sorted together, so one batch for a whole 10 TB version
+# (1.3 M refs) writes each B-tree page once instead of once per batch (bench/RESULTS.md).
+FILEMAP_RECORD_BATCH = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,7 @@ class Repository:
         self._heads: dict[str, tuple[int, str]] = {}  # writer -> (seq, hash) of its newest event
         self._packstate = PackState()  # the open pack, packs in flight, proved packs (archiver.packs)
         self._pack_below = packs.SMALL_OBJECT if pack_below is None else pack_below  # 0: never pack
+        self._trees_read: set[str] = set()  # trees read and hash-checked since the last commit (tree_object_proved)
         if sealer is not None:  # sealed: every object is sealed on its own and listed by its companion
             self._pack_below = 0
 
@@ -328,6 +334,16 @@ class Repository:
         except ObjectTooLargeError as err:
             raise manifest_errors.ManifestError(f"tree {h[:16]} of {where or '/'!r} is too large: {err}") from None
 
+    def tree_object_proved(self, h: str, where: str = "") -> bytes | None:
+        """Tree `h`'s stored bytes if they hash to `h`, else None (damaged: the caller's full
+        reader reports it); errors as `tree_object`. A tree proved here is noted until the
+        next commit: the commit then knows it durable and intact without reading it again."""
+        data = self.tree_object(h, where)
+        if manifest_id(data) != h:
+            return None
+        self._trees_read.add(h)
+        return data
+
     def manifest_trees(self, m: Manifest) -> dict[str, tuple[str, bytes]]:
         """Tree hash -> (a directory it lists, its bytes) for a resolved v3 manifest ({} for
         v1/v2), rebuilt from the entries: the same bytes the trees were checked against."""
@@ -380,7 +396,13 @@ class Repository:
 
     def _put_trees(self, trees: dict[str, bytes], hot: Any = None) -> None:
         """`_put_tree` every tree, several at once; returns once all are durable (the first
-        error is raised, after the others finished)."""
+        error is raised, after the others finished). A tree this run already read back from
+        the store and found to hash to its name (`tree_object_proved`: the files cache reading
+        the previous version) is durable and intact: it is not read a second time (unless a
+        lock policy must be checked on it)."""
+        seen, self._trees_read = self._trees_read, set()
+        if hot is None:
+            trees = {h: data for h, data in trees.items() if h not in seen}
         if len(trees) <= 1:
             for h, data in trees.items():
                 self._put_tree(h, data, hot)
@@ -429,15 +451,40 @@ class Repository:
             return parse_filemap(self.filemap_object(e), e)
 
     def filemap_object(self, e: Entry) -> bytes:
-        """The raw bytes stored under entry `e`'s file map key, refused if too large or absent
-        (ManifestError); the caller checks them (`parse_filemap`, or the hash for a copy)."""
-        key = layout.filemap(e.filemap)
-        try:
-            return self._store.get(key, max_size=MAX_FILEMAP_BYTES)
-        except ObjectMissingError:
-            raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is missing from the store") from None
-        except ObjectTooLargeError as err:
-            raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is too large: {err}") from None
+        """The raw bytes of entry `e`'s file map (under `.bin` or `.json`, see `_filemap_found`),
+        refused if too large, absent or under the wrong suffix (ManifestError); the caller checks
+        them (`parse_filemap`, or the hash for a copy)."""
+        return self._filemap_found(e)[1]
+
+    def _filemap_found(self, e: Entry) -> tuple[str, bytes]:
+        """(key, bytes) of entry `e`'s file map: the binary key first, the JSON key (maps of
+        earlier archivers) only if that is absent. Bytes whose form is not the one their key's
+        suffix names are refused as damage (ManifestError), so a `.bin` object is always a
+        binary map and a `.json` object a JSON one."""
+        for key in layout.filemap_keys(e.filemap):
+            try:
+                data = self._store.get(key, max_size=MAX_FILEMAP_BYTES)
+            except ObjectMissingError:
+                continue
+            except ObjectTooLargeError as err:
+                raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is too large: {err}") from None
+            if self._filemap_key(e.filemap, data) != key:
+                why = ("is stored under the wrong suffix for its form" if manifest_id(data) == e.filemap else
+                       "does not match its hash (tampered or corrupt)")
+                raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} {why}: {key}")
+            return key, data
+        raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is missing from the store")
+
+    @staticmethod
+    def _filemap_key(h: str, data: bytes) -> str:
+        """The key file map bytes `data` (named `h`) belong under: the writer knows the form from the bytes."""
+        return layout.filemap(h, binary=is_binary_filemap(data))
+
+    def _filemap_stored_key(self, h: str) -> str:
+        """The key map `h` is stored under, by HEAD (binary, else JSON), for locking an existing
+        object; the binary key if neither exists (the one a writer would use)."""
+        bin_key, json_key = layout.filemap_keys(h)
+        return json_key if self._store.stat(bin_key) is None and self._store.stat(json_key) is not None else bin_key
 
     def save_filemaps(self, e: Entry, policy: Any = None) -> Entry:
         """Make a finished file's entry what a v2 manifest records and, for a file over the
@@ -458,7 +505,7 @@ class Repository:
         """put_if_absent; an object already there must be these bytes, else (damaged: the
         name is its hash) it is replaced, conditional on its version, as `heal` does. With a
         metadata write policy `hot` (Object Lock) it is written locked, or its lock extended."""
-        key = layout.filemap(h)
+        key = self._filemap_key(h, data)
         if hot is not None:
             self._put_exact(key, data, f"file map {h}", hot)
             return
@@ -494,11 +541,16 @@ class Repository:
 
     def filemap_sizes(self) -> dict[str, int]:
         """hash -> stored size of every file map object in the store (LIST only, nothing fetched)."""
-        return self._named_sizes(layout.FILEMAPS, layout.filemap)
+        out: dict[str, int] = {}
+        for info in self._store.list(layout.FILEMAPS):  # both suffixes: binary maps and earlier JSON ones
+            named = layout.filemap_hash(info.key)
+            if named is not None:
+                out[named[0]] = info.size
+        return out
 
     def put_filemap_object(self, h: str, data: bytes, policy: Any = None) -> bool:
         """Store a file map copied from another store (it must hash to `h`); True if written now."""
-        return self._put_named(h, data, layout.filemap(h), "file map", policy)
+        return self._put_named(h, data, self._filemap_key(h, data), "file map", policy)
 
     def filemap_object_checked(self, e: Entry) -> bytes:
         """Entry `e`'s file map bytes, returned only if they parse as its map (what a copy
@@ -512,8 +564,14 @@ class Repository:
         """Heal a file map object with bytes proved elsewhere (they must parse as `e`'s map): see `_heal`."""
         with translated():
             parse_filemap(data, e)
-        return self._heal(layout.filemap(e.filemap), data, lambda stored: None if stored == data else
+        done = self._heal(self._filemap_key(e.filemap, data), data, lambda stored: None if stored == data else
                           "stored file map differs from its hash")
+        try:  # a reader must now find these bytes, not an object under the other suffix first
+            self._filemap_found(e)
+        except ManifestError as err:
+            raise IntegrityError(f"{err}; this store never deletes, so that object must be moved aside "
+                                 "by hand") from None
+        return done
 
     def _get_manifest(self, key: str) -> bytes:
         """A manifest object's bytes, refused unread if larger than a manifest may be."""
@@ -564,27 +622,30 @@ class Repository:
         m, made = self._committed_form_made(m, previous_trees)
         hot = policy.for_metadata() if policy is not None else None
         proved: list[tuple[Entry, list[tuple[str, int, str]]]] = []  # new maps, recorded in batches
+        proved_refs = 0  # their chunk refs, counted as they come (not summed again per map)
         for e in m.files:
             if not e.filemap:
                 continue
             if e.chunks:
-                fm = filemap_bytes(e.chunks)
-                if manifest_id(fm) != e.filemap:
+                fm = filemap_bytes_for(e)  # binary, or JSON if an earlier archiver wrote the map
+                if fm is None:
                     raise ManifestError(f"malformed manifest: file map {e.filemap[:16]} of {e.path!r} is not its chunks")
                 self._put_filemap(e.filemap, fm, hot)
                 continue
             chunks = self._prove_filemap(e, read_maps)  # written by a worker: prove it is there and intact
-            if hot is not None:
-                self._ensure_lock(layout.filemap(e.filemap), hot)
+            if hot is not None and hot.locked:
+                self._ensure_lock(self._filemap_stored_key(e.filemap), hot)
             if chunks is not None:
                 proved.append((e, chunks))
-                if sum(len(c) for _, c in proved) >= FILEMAP_RECORD_BATCH:
+                proved_refs += len(chunks)
+                if proved_refs >= FILEMAP_RECORD_BATCH:
                     with translated():
                         self._catalog.record_filemaps(proved)
-                    proved = []
+                    proved, proved_refs = [], 0
         if proved:
             with translated():
                 self._catalog.record_filemaps(proved)
+        proved = []  # recorded: their arrays are not held through the rest of the commit
         try:
             data = m.canonical_json()
         except (TypeError, ValueError) as e:  # e.g. meta keys of mixed types, bytes values
@@ -618,12 +679,12 @@ class Repository:
             self.record_policy(mid, policy)
         if details is None or self._catalog.has_manifest(mid):  # already recorded: nothing new ingested
             with translated():
-                self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks, trees=by_dir)
+                self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_records, trees=by_dir)
             return Committed(mid, signer)
         ev = Event(events.INGESTION, manifests=(events.ManifestOutcome(mid),), details={**details, "signed_by": signer})
         rec = self._put_event(ev, sign_key, policy=hot)  # in the store first: the catalog is the rebuildable copy
         with translated(), self._catalog.write():
-            self._catalog.record_manifest(m, data, at=ev.time, filemap_chunks=self.filemap_chunks, trees=by_dir)
+            self._catalog.record_manifest(m, data, at=ev.time, filemap_chunks=self.filemap_records, trees=by_dir)
             self._catalog.record_event(rec.key, rec.writer, rec.seq, rec.hash, ev.time, events.audit_rows(ev),
                                        events.chunk_results(ev))
         return Committed(mid, signer)
@@ -982,6 +1043,95 @@ class Repository:
             self.lock_existing_chunk(ref.hash, policy)  # its own object (or sealed address), or its pack
         return None
 
+    def prove_stored_chunks(self, refs: Iterable[ChunkRef], *, policy: Any = None,
+                            workers: int = 2) -> dict[str, ArchiverError]:
+        """`prove_stored_chunk` (read back, decode, re-hash; no trust window) for many chunks
+        at once, pack by pack: one catalog query places them all, each pack's needed ranges
+        are merged into spans (`packs.plan_spans`) read with one request each, and every chunk
+        in a span is decoded and hashed against its address, packs in parallel. A chunk that
+        is not in a pack, or whose pack range does not prove it (a short read, a missing pack,
+        another pack might hold a good copy), goes through `prove_stored_chunk` alone, which
+        names the damage precisely. Returns why each chunk that cannot be reused cannot."""
+        refs = {r.hash: r for r in refs}
+        single: list[ChunkRef] = list(refs.values()) if self._sealer is not None else []
+        by_pack: dict[str, list[tuple[int, ChunkRef]]] = defaultdict(list)  # pack -> (offset, ref)
+        if self._sealer is None:
+            for ref, at in self._first_pack_ranges(refs):
+                if at is None:
+                    single.append(ref)
+                else:
+                    by_pack[at[0]].append((at[1], ref))
+
+        def one_pack(pack: str, items: list[tuple[int, ChunkRef]]) -> list[ChunkRef]:
+            """The chunks of one pack its spans did not prove (to be proved alone)."""
+            items.sort(key=lambda it: it[0])
+            key = layout.pack(pack)
+            spans = packs.plan_spans([(offset, offset + ref.stored_size) for offset, ref in items],
+                                     self.SPAN_GAP, self.SPAN_LIMIT)
+            left: list[ChunkRef] = []
+            i = 0
+            for start, end in spans:
+                here = []
+                while i < len(items) and items[i][0] < end:
+                    here.append(items[i])
+                    i += 1
+                try:
+                    data = self._read_range(key, start, end - start)
+                except (IntegrityError, ObjectMissingError, ObjectColdError):
+                    left += [ref for _, ref in here]
+                    continue
+                for offset, ref in here:
+                    obj = data[offset - start:offset - start + ref.stored_size]
+                    try:
+                        if len(obj) != ref.stored_size:
+                            raise CorruptChunkError(ref.hash, "short")
+                        self._decode_checked(obj, ref.hash, ref.length)
+                    except IntegrityError:
+                        left.append(ref)
+                        continue
+                    if policy is not None and policy.locked:
+                        self.lock_existing_chunk(ref.hash, policy)
+            return left
+
+        bad: dict[str, ArchiverError] = {}
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="prove") as pool:
+            for left in pool.map(one_pack, by_pack, by_pack.values()):
+                single += left
+            for ref, err in zip(single, pool.map(
+                    lambda r: self.prove_stored_chunk(r, policy=policy), single)):
+                if err is not None:
+                    bad[ref.hash] = err
+        if bad:  # this process's proofs of its own packs (`_proved_in_pack`) are stale for these
+            with self._packstate.lock:
+                for got in self._packstate.proved.values():
+                    for h in bad:
+                        got.pop(h, None)
+        return bad
+
+    def _first_pack_ranges(self, refs: dict[str, ChunkRef]) -> Iterator[tuple[ChunkRef, tuple[str, int] | None]]:
+        """(ref, (pack, offset) of the first pack holding it at its recorded stored size, or None).
+        Before this process has written or loaded any pack index (a files cache's start) the
+        catalog's rows are all there is: read as they come, one query for all, no location
+        object per chunk and pack (`_pack_locations_many` merges the other sources)."""
+        ps = self._packstate
+        with ps.lock:
+            catalog_only = not ps.written and not ps.written_at and ps.store_map is None
+        if not catalog_only or self._catalog is None:
+            located = self._pack_locations_many(refs)
+            for h, ref in refs.items():
+                loc = next((x for x in located.get(h, ()) if x.stored_size == ref.stored_size), None)
+                yield ref, ((loc.pack, loc.offset) if loc is not None else None)
+            return
+        first: dict[str, tuple[str, int]] = {}
+        for h, rows in self._catalog.pack_locations(refs).items():
+            stored = refs[h].stored_size
+            for r in rows:  # oldest pack first, as _pack_locations_many orders them
+                if r[2] == stored:
+                    first[h] = (r[0], r[1])
+                    break
+        for h, ref in refs.items():
+            yield ref, first.get(h)
+
     # -- catalog rebuild -------------------------------------------------------------------------
     def rebuild_catalog(self) -> RebuildResult:
         """Record every good manifest in the store, parents before children, and report
@@ -1059,7 +1209,7 @@ class Repository:
                     m = self.resolve_trees(m)  # v3: the catalog records the entries of its trees
                     with translated():
                         if self._catalog.record_manifest(m, data, at=at, time_unknown=at is None,
-                                                         filemap_chunks=self.filemap_chunks):
+                                                         filemap_chunks=self.filemap_records):
                             result.added.append(m.id)
                 except IntegrityError as e:  # only this manifest's savepoint was rolled back
                     result.problems.append(Problem(m.id, "manifest", str(e)))
@@ -1291,7 +1441,7 @@ class Repository:
     def chunk_coverage(self) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:
         """Every recorded version's distinct chunks with their last deep check (`fixity status`);
         a file map's chunks are read from the map object (the catalog keeps only inline sets)."""
-        return self._catalog.chunk_coverage(self.filemap_chunks)
+        return self._catalog.chunk_coverage(self.filemap_records)
 
 
     # -- copies: replicate and repair (only proved bytes cross between stores) -------------------
@@ -1401,7 +1551,7 @@ class Repository:
         durable here); False if the catalog already had it."""
         m = self.resolve_trees(m)
         with translated():
-            return self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_chunks)
+            return self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_records)
 
     def heal_chunk(self, ref: ChunkRef, obj: bytes) -> str:
         """Heal one chunk with `obj` (proved by `chunk_object` of a copy): see `_heal`."""
@@ -1579,7 +1729,7 @@ class Repository:
         keys = [self._stored_chunk_key(h) for h in hashes if h not in located]
         keys += sorted({layout.pack(loc.pack) for locs in located.values() for loc in locs})
         keys += sorted({layout.pack_index(loc.index_id) for locs in located.values() for loc in locs})
-        keys += sorted({layout.filemap(e.filemap) for e in m.files if e.filemap})
+        keys += sorted({self._filemap_stored_key(e.filemap) for e in m.files if e.filemap})
         keys += sorted(layout.tree(h) for h in self.manifest_trees(m))
         keys.append(layout.manifest(mid))
         if self._sealer is not None:  # its companion and the key objects of the runs it names
@@ -2222,21 +2372,25 @@ class Repository:
         ps = self._packstate
         out: dict[str, list[PackLocation]] = {}
         with ps.lock:
-            for h in hashes:
-                if h in ps.written:
-                    out[h] = list(ps.written[h])
-                for index, iid, i in ps.written_at.get(h, ()):
-                    e = index.entries[i]
-                    out.setdefault(h, []).append(PackLocation(index.pack, e.offset, e.stored_size, e.length,
-                                                              index.size, iid))
+            if ps.written or ps.written_at:  # packs this process wrote (none in a restore or verify)
+                for h in hashes:
+                    if h in ps.written:
+                        out[h] = list(ps.written[h])
+                    for index, iid, i in ps.written_at.get(h, ()):
+                        e = index.entries[i]
+                        out.setdefault(h, []).append(PackLocation(index.pack, e.offset, e.stored_size, e.length,
+                                                                  index.size, iid))
             store_map = ps.store_map
         if recorded is not None:
             known = {h: recorded[h] for h in hashes if h in recorded}
         else:
             known = self._catalog.pack_locations(hashes) if self._catalog is not None else {}  # a worker: none
         for h, rows in known.items():
-            have = out.setdefault(h, [])
-            have += [PackLocation(*r) for r in rows if all(r[0] != x.pack for x in have)]
+            have = out.get(h)
+            if have is None:
+                out[h] = [PackLocation(*r) for r in rows]
+            else:
+                have += [PackLocation(*r) for r in rows if all(r[0] != x.pack for x in have)]
         if store_map is not None:
             for h in hashes:
                 for loc in store_map.get(h, ()):
@@ -2376,21 +2530,65 @@ class Repository:
     def _pack_range(self, loc: PackLocation) -> bytes:
         """One chunk object's bytes from its pack: from a planned span (one request for many
         chunks, see `plan_reads`), else one ranged read of just its bytes."""
-        ps = self._packstate
         span = self._span_for(loc)
         if span is not None:
             start, end = span
-            with ps.pack_lock(f"{loc.pack}:{start}"):
-                with ps.lock:
-                    data = ps.spans.get((loc.pack, start))
-                if data is None:
-                    data = self._read_range(layout.pack(loc.pack), start, end - start)
-                    with ps.lock:
-                        ps.spans[(loc.pack, start)] = data
-                        while len(ps.spans) > 4:  # bounded: the oldest span is read again if needed
-                            ps.spans.pop(next(iter(ps.spans)))
+            data = self._span_bytes(loc.pack, start, end)
             return data[loc.offset - start:loc.offset - start + loc.stored_size]
         return self._read_range(layout.pack(loc.pack), loc.offset, loc.stored_size)
+
+    def _span_bytes(self, pack: str, start: int, end: int) -> bytes:
+        """The bytes of one planned span of `pack`, read with one request by whichever thread
+        asks first and kept in a small shared cache (the oldest span is read again if needed)."""
+        ps = self._packstate
+        with ps.pack_lock(f"{pack}:{start}"):
+            with ps.lock:
+                data = ps.spans.get((pack, start))
+            if data is None:
+                data = self._read_range(layout.pack(pack), start, end - start)
+                with ps.lock:
+                    ps.spans[(pack, start)] = data
+                    while len(ps.spans) > 4:  # bounded
+                        ps.spans.pop(next(iter(ps.spans)))
+        return data
+
+    def read_chunks(self, refs: list[ChunkRef]) -> list[bytes | ArchiverError]:
+        """`try_read_chunk` of each of `refs`, in order: for a batch of small files read in
+        pack order (restore, deep verify). A packed chunk that `plan_reads` placed in a
+        planned span is cut from that span (fetched once for the batch, with one look at the
+        plan for the whole batch rather than three locked look-ups per chunk), decoded and
+        re-hashed here; any other chunk, and any whose bytes there do not prove good, goes
+        through `try_read_chunk`, which tries its other locations and words the damage."""
+        if self._sealer is not None:
+            return [self.try_read_chunk(r) for r in refs]
+        ps = self._packstate
+        with ps.lock:
+            locs = [ps.planned_locs.get(r.hash) for r in refs]
+            plan = ps.plan  # replaced whole by plan_reads, never changed in place
+        spans: dict[tuple[str, int], memoryview] = {}
+        out: list[bytes | ArchiverError] = []
+        for ref, ls in zip(refs, locs):
+            got: bytes | ArchiverError | None = None
+            if ls and ls[0].stored_size == ref.stored_size:
+                loc = ls[0]
+                span = _span_of(plan.get(loc.pack, ()), loc.offset, loc.offset + loc.stored_size)
+                if span is not None:
+                    key = (loc.pack, span[0])
+                    data = spans.get(key)
+                    if data is None:
+                        try:
+                            data = spans[key] = memoryview(self._span_bytes(loc.pack, *span))
+                        except (IntegrityError, ObjectMissingError, ObjectColdError):
+                            data = None  # try_read_chunk below says what is wrong
+                    obj = data[loc.offset - span[0]:loc.offset - span[0] + loc.stored_size] if data is not None \
+                        else None
+                    if obj is not None and len(obj) == loc.stored_size:
+                        try:
+                            got = self._decode_checked(obj, ref.hash, ref.length)
+                        except CorruptChunkError:
+                            got = None
+            out.append(got if got is not None else self.try_read_chunk(ref))
+        return out
 
     def _span_for(self, loc: PackLocation) -> tuple[int, int] | None:
         with self._packstate.lock:
@@ -2469,24 +2667,30 @@ class Repository:
         if lost:  # maybe packed by a writer this catalog has not recorded
             store_map = self._store_pack_map()
             located.update({h: store_map[h] for h in lost if h in store_map})
-        keys = sorted({layout.pack(loc.pack) for locs in located.values() for loc in locs} |
-                      {layout.pack_index(loc.index_id) for locs in located.values() for loc in locs})
+        # what is wrong with each (pack, size, index) the locations name, found once per pack, not per chunk
+        triples = {(loc.pack, loc.pack_size, loc.index_id) for locs in located.values() for loc in locs}
+        keys = sorted({layout.pack(p) for p, _n, _i in triples} | {layout.pack_index(i) for _p, _n, i in triples})
         held = dict(zip(keys, self._present(keys)))
+        wrong: dict[tuple[str, int, str], str | None] = {}
+        for pack, pack_size, iid in triples:
+            pack_info, index_info = held[layout.pack(pack)], held[layout.pack_index(iid)]
+            if pack_info is None:
+                wrong[(pack, pack_size, iid)] = f"its pack {pack} is missing from the store"
+            elif pack_info.size != pack_size:
+                wrong[(pack, pack_size, iid)] = f"its pack {pack} is {pack_info.size} bytes, its index says {pack_size}"
+            elif index_info is None:
+                wrong[(pack, pack_size, iid)] = f"the index {iid} of its pack {pack} is missing"
+            else:
+                wrong[(pack, pack_size, iid)] = None
         notes: dict[str, str] = {}
         for h, locs in located.items():
             for loc in locs:
-                pack_info, index_info = held[layout.pack(loc.pack)], held[layout.pack_index(loc.index_id)]
-                if pack_info is None:
-                    notes.setdefault(h, f"its pack {loc.pack} is missing from the store")
-                elif pack_info.size != loc.pack_size:
-                    notes.setdefault(h, f"its pack {loc.pack} is {pack_info.size} bytes, its index says "
-                                        f"{loc.pack_size}")
-                elif index_info is None:
-                    notes.setdefault(h, f"the index {loc.index_id} of its pack {loc.pack} is missing")
-                else:
+                why = wrong[(loc.pack, loc.pack_size, loc.index_id)]
+                if why is None:
                     sizes[h] = loc.stored_size
                     notes.pop(h, None)
                     break
+                notes.setdefault(h, why)
         return sizes, notes
 
     def _present(self, keys: list[str]) -> list[ObjectInfo | None]:
@@ -2568,6 +2772,14 @@ class Repository:
         self._add_to_pack(ref.hash, obj, ref.length, describe(obj), None)
         self.flush_packs()
         return "written"
+
+
+def _span_of(spans: list[tuple[int, int]] | tuple, start: int, end: int) -> tuple[int, int] | None:
+    """The planned span (sorted, disjoint) that holds bytes [start, end), if any."""
+    i = bisect.bisect_right(spans, (start, math.inf)) - 1
+    if i >= 0 and spans[i][0] <= start and end <= spans[i][1]:
+        return spans[i]
+    return None
 
 
 def _parents_first(parents: dict[str, str | None]) -> list[str]:

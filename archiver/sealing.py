@@ -24,13 +24,17 @@ import os
 import re
 import secrets
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import blake3
-import pyrage
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+if TYPE_CHECKING:
+    import pyrage
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+# pyrage and cryptography are imported by the functions that use them: every command imports
+# this module (through the repository), and a store that is not sealed should not pay for
+# them at start-up (the serial head of an archive; bench/RESULTS.md, branch wall).
 
 from archiver.errors import CorruptChunkError, IdentityError, InvalidOptionError
 
@@ -77,11 +81,14 @@ def _b64(data: bytes) -> bytes:
 
 
 def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
     return HKDF(hashes.SHA256(), 32, salt, info).derive(ikm)
 
 
 def _recipient_bytes(recipient: str) -> bytes:
     """The 32-byte X25519 public key of an `age1...` recipient (bech32, checked by pyrage)."""
+    import pyrage
     try:
         pyrage.x25519.Recipient.from_str(recipient)
     except Exception:
@@ -109,6 +116,9 @@ def _stream_nonce(i: int, last: bool) -> bytes:
 def age_encrypt(plain: bytes | memoryview, recipient: bytes, prefix: bytes = b"") -> bytes:
     """`prefix` + an age v1 file of `plain` for one X25519 recipient (32 raw bytes), no
     grease. Written into one preallocated buffer (encrypt_into): no per-chunk copies or join."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
     file_key = secrets.token_bytes(16)
     eph = X25519PrivateKey.generate()
     eph_pub = eph.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -154,6 +164,9 @@ def age_decrypt(body: bytes | memoryview, identity: X25519PrivateKey) -> bytes:
     168-byte header): the stanza must unwrap, the header MAC and every STREAM chunk's tag
     must verify, and the last chunk must be marked last; anything else raises AgeFormatError."""
     from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
     view = memoryview(body)
     head = bytes(view[:AGE_HEADER_LEN])
     m = re.fullmatch(rb"age-encryption\.org/v1\n-> X25519 ([A-Za-z0-9+/]{43})\n([A-Za-z0-9+/]{43})\n--- "
@@ -197,11 +210,13 @@ def age_decrypt(body: bytes | memoryview, identity: X25519PrivateKey) -> bytes:
 
 def private_key(identity: object) -> X25519PrivateKey:
     """The X25519 private key of a pyrage identity (AGE-SECRET-KEY-1...)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
     return X25519PrivateKey.from_private_bytes(_bech32_payload(str(identity)))
 
 
 def load_identities(paths: list[str]) -> list[pyrage.x25519.Identity]:
     """Every AGE-SECRET-KEY line of the identity files (age-keygen's format)."""
+    import pyrage
     out = []
     for p in paths:
         try:
@@ -264,6 +279,7 @@ def parse_recipient_set(data: bytes, generation: int, address_key: bytes | None)
 
 def wrap(secret: bytes, recipients: list[str]) -> bytes:
     """A key object: `secret` age-encrypted to every custodian (pyrage: any reader of age opens it)."""
+    import pyrage
     return pyrage.encrypt(secret, [pyrage.x25519.Recipient.from_str(r) for r in recipients])
 
 
@@ -295,6 +311,7 @@ class Sealer:
     def start_run(self) -> tuple[str, bytes]:
         """A fresh run key: (kid, its identity string to wrap). Only its public half is kept
         for sealing; the identity stays in memory to read back what this run wrote."""
+        import pyrage
         ident = pyrage.x25519.Identity.generate()
         self.run_kid = secrets.token_hex(16)
         self._run_identity = ident
@@ -308,6 +325,7 @@ class Sealer:
 
     def open_key(self, kid: str, data: bytes) -> None:
         """Unwrap a run key object with the custodians' identities."""
+        import pyrage
         try:
             text = pyrage.decrypt(data, self.identities).decode().strip()
             self.run_keys[kid] = pyrage.x25519.Identity.from_str(text)
@@ -315,6 +333,7 @@ class Sealer:
             raise IdentityError(f"no identity given opens run key {kid} ({e})") from None
 
     def open_address_key(self, data: bytes) -> None:
+        import pyrage
         try:
             key = bytes.fromhex(pyrage.decrypt(data, self.identities).decode().strip())
         except Exception as e:

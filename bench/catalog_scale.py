@@ -10,7 +10,9 @@ are fake, which is all the manifest, file maps and catalog ever see. Four versio
   v2  one file changed (one new file map, CHUNKS new chunks);
   v3  nothing changed (the same entries: the same file maps, a new version only through meta);
   v4  one chunk of one file changed (a fine-tune touching one tensor): one new file map that
-      shares all its other chunks with v1's map of that file.
+      shares all its other chunks with v1's map of that file;
+  v5  one chunk of every file changed (a fine-tune touching one tensor per shard): 1,000 new
+      maps, none fresh, each sharing all but one chunk with v1's map of its file.
 
 Per version, as the distributed archive does it: "workers" (a child process) build each
 file's entry and store its file map with `repo.save_filemaps`, handing over only the small
@@ -18,7 +20,9 @@ entries; the "driver" (another child process, so its peak RSS is its own) commit
 manifest with `repo.commit_manifest`. Reported per version: root manifest bytes, driver
 peak RSS (ru_maxrss), commit wall and CPU seconds (user+sys of the driver, which is what
 counts on a loaded machine), and catalog growth (catalog file + WAL after a checkpoint).
-Then one `load_manifest` of v1 (every map fetched and checked), as a reader would.
+Then one `load_manifest` of v1 (every map fetched and checked), as a reader would, and one
+`catalog rebuild` of the store into a fresh catalog (as `catalog sync` records versions
+another host wrote).
 Targets: root manifest < 1 MB, driver peak RSS < 300 MB, catalog growth < 50 MB per
 version, commit < 2 s."""
 from __future__ import annotations
@@ -63,12 +67,13 @@ def open_repo(work: Path):
 
 def workers(work: Path, files: int, chunks: int, changed: int | None, out: Path, one_chunk: bool = False) -> None:
     """Build each file's entry, store its file map, keep only the small entry (JSON lines).
-    File `changed` gets all new chunks, or (one_chunk) only a new first chunk."""
+    File `changed` (every file if negative) gets all new chunks, or (one_chunk) only a new first chunk."""
     with open_repo(work) as repo, out.open("w") as f:
         for i in range(files):
-            hit = changed is not None and i == changed
+            hit = changed is not None and (i == changed or changed < 0)
             salt = "v2" if hit and not one_chunk else "v1"
-            slim = repo.save_filemaps(fake_entry(i, chunks, salt, "v4" if hit and one_chunk else None))
+            first = ("v5" if changed is not None and changed < 0 else "v4") if hit and one_chunk else None
+            slim = repo.save_filemaps(fake_entry(i, chunks, salt, first))
             f.write(json.dumps(slim.to_json()) + "\n")
 
 
@@ -101,6 +106,20 @@ def reader(work: Path, mid: str) -> dict:
                 "chunk_refs": n, "reader_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def rebuilder(work: Path) -> dict:
+    """`catalog rebuild` of the whole store into a fresh catalog (as `catalog sync` records
+    another host's versions): every version's new maps fetched and recorded."""
+    from archiver.repository import Repository
+    from archiver.settings import Settings
+    cat = work / "rebuilt.db"
+    with Repository.open(Settings.resolve(str(work / "store"), cat), create=True) as repo:
+        w0, c0 = time.perf_counter(), time.process_time()
+        added = repo.rebuild_catalog().added
+        return {"rebuild_wall_s": round(time.perf_counter() - w0, 2), "rebuild_cpu_s": round(time.process_time() - c0, 2),
+                "rebuilt_versions": len(added),
+                "rebuild_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
 def catalog_bytes(work: Path) -> int:
     db = work / "catalog.db"
     conn = sqlite3.connect(db)
@@ -120,12 +139,12 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=1000)
     ap.add_argument("--chunks", type=int, default=1311)
     ap.add_argument("--keep", type=Path, help="work directory to keep (default: a temporary one, deleted)")
-    ap.add_argument("--role", choices=["workers", "driver", "reader"], help=argparse.SUPPRESS)
+    ap.add_argument("--role", choices=["workers", "driver", "reader", "rebuilder"], help=argparse.SUPPRESS)
     ap.add_argument("--arg", action="append", default=[], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.role == "workers":
         spec = a.arg[1]
-        changed = int(spec.rstrip("c")) if spec != "-" else None
+        changed = None if spec == "-" else -1 if spec.startswith("all") else int(spec.rstrip("c"))
         workers(Path(a.arg[0]), a.files, a.chunks, changed, Path(a.arg[2]), one_chunk=spec.endswith("c"))
         return 0
     if a.role == "driver":
@@ -134,13 +153,16 @@ def main() -> int:
     if a.role == "reader":
         print(json.dumps(reader(Path(a.arg[0]), a.arg[1])))
         return 0
+    if a.role == "rebuilder":
+        print(json.dumps(rebuilder(Path(a.arg[0]))))
+        return 0
 
     work = a.keep or Path(tempfile.mkdtemp(prefix="catalog-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     common = ["--files", str(a.files), "--chunks", str(a.chunks)]
     rows = []
     try:
-        for label, changed in (("v1", "-"), ("v2", "0"), ("v3", "0"), ("v4", "0c")):
+        for label, changed in (("v1", "-"), ("v2", "0"), ("v3", "0"), ("v4", "0c"), ("v5", "allc")):
             entries = work / f"entries-{label}.jsonl"
             t0 = time.perf_counter()
             child(*common, "--role", "workers", "--arg", str(work), "--arg", changed, "--arg", str(entries))
@@ -153,20 +175,24 @@ def main() -> int:
             r["version"] = label
             rows.append(r)
             print(json.dumps(r), flush=True)
-        maps = list((work / "store" / "filemaps").rglob("*.json"))
+        maps = list((work / "store" / "filemaps").rglob("*.json"))  # binary or JSON maps: the key is the same
         load = child(*common, "--role", "reader", "--arg", str(work), "--arg", rows[0]["id"])
+        rebuilt = child(*common, "--role", "rebuilder", "--arg", str(work))
         print(json.dumps({"filemaps": len(maps), "filemap_bytes_total_mb": round(sum(p.stat().st_size for p in maps) / 1e6, 1),
-                          **load}), flush=True)
+                          **load, **rebuilt}), flush=True)
         print()
         print(f"synthetic archive: {a.files} files x {a.chunks} chunks of 8 MiB "
               f"({a.files * a.chunks:,} chunk refs, {a.files * a.chunks * CHUNK / 2**40:.1f} TiB)")
         print("| version | root manifest | driver peak RSS | commit wall (CPU) | catalog growth |")
         print("|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['version']} | {r['manifest_bytes'] / 1e3:.0f} kB | {r['driver_peak_rss_mb']:.0f} MB "
+            print(f"| {r['version']} | {r['manifest_bytes']:,} B | {r['driver_peak_rss_mb']:.0f} MB "
                   f"| {r['commit_wall_s']} s ({r['commit_cpu_s']} CPU-s) | {r['catalog_growth_mb']} MB |")
         print(f"load_manifest of v1 (every map fetched, re-hashed, parsed): {load['load_wall_s']} s wall, "
               f"{load['load_cpu_s']} CPU-s, {load['reader_peak_rss_mb']:.0f} MB peak RSS, {load['chunk_refs']:,} refs")
+        print(f"catalog rebuild of the store ({rebuilt['rebuilt_versions']} versions) into a fresh catalog: "
+              f"{rebuilt['rebuild_wall_s']} s wall, {rebuilt['rebuild_cpu_s']} CPU-s, "
+              f"{rebuilt['rebuild_peak_rss_mb']:.0f} MB peak RSS")
         ok = all(r["manifest_bytes"] < 1e6 and r["driver_peak_rss_mb"] < 300 and r["catalog_growth_mb"] < 50
                  and r["commit_wall_s"] < 2 for r in rows)
         print("targets (root < 1 MB, driver RSS < 300 MB, catalog < 50 MB/version, commit < 2 s):",

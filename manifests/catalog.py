@@ -23,6 +23,7 @@ import fcntl
 import functools
 import json
 import os
+import re
 import socket
 import sqlite3
 import threading
@@ -33,10 +34,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import blake3
+import numpy as np
 
 from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
                               ManifestError, UnknownReference)
 from manifests.fields import index_fields
+from manifests.filemapbin import MapRecords
 from manifests.model import ChunkRef, Entry, Manifest, manifest_id, parse_manifest
 from manifests.model import tree_objects
 
@@ -167,6 +170,157 @@ def _fresh_sum(total: int | None, batch: int | None) -> int | None:
     wholly new (`_record_chunks`): a later batch naming an earlier one's chunk finds its key
     taken, so fresh batches are disjoint and their sums add up; None once one was not."""
     return None if total is None or batch is None else total + batch
+
+
+def map_keys(recs: MapRecords) -> np.ndarray:
+    """chunk_key of every chunk of a map, as int64, from the hashes' first 8 bytes at once:
+    flipping the top bit of the big-endian prefix is the bias of chunk_key."""
+    return (recs.prefixes().astype(np.uint64) ^ np.uint64(_KEY_BIAS)).view(np.int64)
+
+
+# File map refs recorded together when a manifest is recorded (rebuild, sync, copies): as
+# arrays (manifests.filemapbin.MapRecords) ~45 bytes a ref, so ~90 MB at most.
+MAP_BULK_REFS = 2_000_000
+_INSERT_SLICE = 65536  # rows per executemany call: bounds the Python ints alive at once
+_SQL_SAFE_CODEC = re.compile(r"[A-Za-z0-9_.+-]{0,64}\Z")  # a codec name that can be an SQL literal as is
+
+
+def _insert_rows(conn: sqlite3.Connection, sql: str, *columns: np.ndarray) -> None:
+    """executemany of `sql` over the columns, a slice at a time."""
+    for i in range(0, len(columns[0]), _INSERT_SLICE):
+        conn.executemany(sql, zip(*(c[i:i + _INSERT_SLICE].tolist() for c in columns)))
+
+
+def _known_keys(conn: sqlite3.Connection, keys: np.ndarray) -> np.ndarray:
+    """Which of `keys` the `chunks` table holds (a bool per key), asked in one statement:
+    the keys as one JSON array, joined in SQLite, answered as one string of 0s and 1s in
+    the array's order (json_each is the outer loop of a LEFT JOIN)."""
+    parts = []
+    for i in range(0, len(keys), _INSERT_SLICE):  # a slice at a time: the JSON text stays small
+        part = keys[i:i + _INSERT_SLICE]
+        got = conn.execute("SELECT group_concat(c.key IS NOT NULL, '') FROM json_each(?) j "
+                           "LEFT JOIN chunks c ON c.key = j.value", (_json_ints(part),)).fetchone()[0]
+        mask = np.frombuffer(got.encode("ascii"), dtype=np.uint8) == ord("1")
+        if len(mask) != len(part):
+            raise CatalogError(f"chunk key lookup answered {len(mask)} keys for {len(part)}")
+        parts.append(mask)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+
+def _json_ints(values: np.ndarray) -> str:
+    return "[" + ",".join(map(str, values.tolist())) + "]"
+
+
+def _insert_map_keys(conn: sqlite3.Connection, maps: list[tuple[int, MapRecords]]) -> dict[int, int | None] | None:
+    """Insert the `chunks` rows of file maps (rowid, records) new to the catalog, keys sorted
+    across all of them (one pass over the B-tree instead of one random walk per map), built
+    from arrays: no Python object per chunk but the ints handed to SQLite. Returns each
+    map's stored bytes if it is fresh (every chunk new to the catalog, so it owns them all),
+    else None for it; or None for all (nothing inserted) if a key repeats among them: the
+    caller then records them map by map, so each owns exactly the chunks it records first.
+    Without repeats a map owns exactly its keys the catalog did not know, as map by map.
+    Several maps: a first version's are all new (a sample of keys is looked up first, then
+    one insert says so); otherwise (a fine-tune's maps reuse most chunks) the keys already
+    known are found in one statement and only the others inserted."""
+    if not maps:
+        return {}
+    keys = np.concatenate([map_keys(r) for _, r in maps])
+    order = np.argsort(keys)  # not stable: equal keys are refused below, before anything is written
+    keys = keys[order]
+    if len(keys) > 1 and not bool((keys[1:] != keys[:-1]).all()):
+        return None
+    stored = np.concatenate([r.stored for _, r in maps])[order]
+    owners = np.repeat(np.array([fm for fm, _ in maps], dtype=np.int64), [len(r) for _, r in maps])[order]
+    names: dict[str, int] = {}  # codec name -> one id across the maps
+    ids = np.concatenate([np.array([names.setdefault(c, len(names)) for c in r.codecs] or [0], dtype=np.int64)
+                          [r.codec_ids] for _, r in maps])[order]
+    if len(maps) > 1:
+        sample = keys[::max(1, len(keys) // 256)]
+        if not _known_keys(conn, sample).any():
+            conn.execute("SAVEPOINT map_keys")
+            if _insert_key_rows(conn, keys, stored, owners, ids, names):
+                conn.execute("RELEASE map_keys")
+                return {fm: r.stored_total() for fm, r in maps}
+            conn.execute("ROLLBACK TO map_keys")
+            conn.execute("RELEASE map_keys")
+        known = _known_keys(conn, keys)
+        stale = set(np.unique(owners[known]).tolist())  # maps with a chunk the catalog knew
+        new = ~known
+        if not _insert_key_rows(conn, keys[new], stored[new], owners[new], ids[new], names):
+            raise CatalogError("chunk keys changed during a write transaction")
+        return {fm: (None if fm in stale else r.stored_total()) for fm, r in maps}
+    all_new = _insert_key_rows(conn, keys, stored, owners, ids, names)
+    return {fm: (r.stored_total() if all_new else None) for fm, r in maps}
+
+
+def _insert_key_rows(conn: sqlite3.Connection, keys: np.ndarray, stored: np.ndarray, owners: np.ndarray,
+                     ids: np.ndarray, names: dict[str, int]) -> bool:
+    """INSERT OR IGNORE one `chunks` row per key (sorted, distinct); True if every row was new."""
+    before = conn.total_changes
+    if all(_SQL_SAFE_CODEC.match(c) for c in names):
+        # one pass per codec (a model has a handful), the name a literal: one parameter
+        # fewer to bind per row (~10% of the insert); each pass is still in key order
+        for name, cid in names.items():
+            pick = ids == cid if len(names) > 1 else slice(None)
+            _insert_rows(conn, f"INSERT OR IGNORE INTO chunks(key, stored_size, codec, owner) VALUES (?,?,'{name}',?)",
+                         keys[pick], stored[pick], owners[pick])
+    else:
+        codec_of = np.array(list(names), dtype=object)[ids]
+        _insert_rows(conn, "INSERT OR IGNORE INTO chunks(key, stored_size, codec, owner) VALUES (?,?,?,?)",
+                     keys, stored, codec_of, owners)
+    return conn.total_changes - before == len(keys)
+
+
+class _Shared:
+    """The chunks of one version's maps that are not fresh, for Catalog._stored_size: hash ->
+    stored size of refs read as objects, and the arrays of maps read as arrays."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[str, int] = {}
+        self.maps: list[MapRecords] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.sizes or self.maps)
+
+    def distinct(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The distinct chunks, by full hash (two hashes sharing a key are two chunks), sorted
+        by key, each with the stored size first given for it (objects first, then the maps in
+        the order they were named): (keys, stored sizes, raw 32-byte hashes as an (n, 32)
+        uint8 array in the order given, and the row of `raw` of each distinct chunk)."""
+        legacy = list(self.sizes)
+        keys = np.concatenate([np.array([chunk_key(h) for h in legacy], dtype=np.int64)]
+                              + [map_keys(r) for r in self.maps])
+        raw = np.frombuffer(bytes.fromhex("".join(legacy)) + b"".join(r.hashes for r in self.maps),
+                            dtype=np.uint8).reshape(-1, 32)
+        sizes = np.concatenate([np.array(list(self.sizes.values()), dtype=np.uint64)]
+                               + [r.stored.astype(np.uint64) for r in self.maps])
+        order = np.argsort(keys, kind="stable")  # stable: the first given of equal keys comes first
+        ks = keys[order]
+        keep = np.ones(len(ks), dtype=bool)
+        if len(ks) > 1:
+            same = np.nonzero(ks[1:] == ks[:-1])[0]  # position i repeats the key of i - 1 ...
+            keep[same + 1] = False  # ... and, almost always, its chunk
+            collide = same[~(raw[order[same]] == raw[order[same + 1]]).all(axis=1)]
+            for i in collide.tolist():  # two hashes share a key (rare): keep each hash's first
+                start = i
+                while start > 0 and ks[start - 1] == ks[i]:
+                    start -= 1
+                seen: set[bytes] = set()
+                j = start
+                while j < len(ks) and ks[j] == ks[i]:
+                    hb = raw[order[j]].tobytes()
+                    keep[j] = hb not in seen
+                    seen.add(hb)
+                    j += 1
+        return ks[keep], sizes[order][keep], raw, order[keep]
+
+
+def _hash_sizes(refs: Any) -> tuple[tuple[str, int], ...]:
+    """(hash, stored size) of each chunk of a map: from its arrays in bulk (MapRecords), or
+    from ChunkRefs or (hash, stored size, codec) triples."""
+    if isinstance(refs, MapRecords):
+        return tuple(zip(refs.hex_hashes(), refs.stored.tolist()))
+    return tuple((c.hash, c.stored_size) if isinstance(c, ChunkRef) else (c[0], c[1]) for c in refs)
 
 
 def _chunk_key_blob(b: bytes) -> int:
@@ -577,11 +731,17 @@ class Catalog:
             # be recorded, and its stored size summed, before the immutable row is written
             row = conn.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM manifests").fetchone()[0]
             batch: list[ChunkRef] = []
-            shared: dict[str, int] = {}  # hash -> stored size: chunks of this version's maps that are not fresh
+            shared = _Shared()  # chunks of this version's maps that are not fresh
             # the stored bytes of the inline chunks while every batch of them was new to the
             # catalog (a first archive): then no query needs to sum them (see _stored_size)
             fresh: int | None = 0
             maps = False
+            read = self._record_new_maps(conn, (e for e in files if e.filemap), filemap_chunks)
+            if read:  # maps just recorded that reused chunks: their records are at hand
+                def fetch_again(e: Entry, fetch: Any = filemap_chunks) -> Any:
+                    got = read.get(e.filemap)
+                    return got if got is not None else fetch(e)
+                filemap_chunks = fetch_again
             for e in files:
                 if e.filemap:
                     maps = True
@@ -606,36 +766,45 @@ class Catalog:
                 self._audit(conn, "archive", mid, True, event_details, now)
         return True
 
-    def _stored_size(self, conn: sqlite3.Connection, row: int, shared: dict[str, int]) -> int:
+    def _stored_size(self, conn: sqlite3.Connection, row: int, shared: "_Shared") -> int:
         """Stored bytes of the distinct chunks manifest `row` names, without a union over all
         of them. A fresh map (none of its chunks known when it was recorded) recorded each of
         its chunks first, so it owns them all: fresh maps are disjoint, their sums add up (one
         row each), and a chunk of any other set is in one of them exactly when its owner is
         one of them. The rest, this version's inline chunks and `shared` (the chunks of its
-        maps that are not fresh, read from the maps: what a fine-tune's changed file brings),
-        is deduplicated here."""
+        maps that are not fresh, read from the maps: what a fine-tune's changed files bring),
+        is deduplicated here, by chunk_key, as arrays (a fine-tune touching every shard of a
+        10 TB model brings 1.3 million of them)."""
         fresh = conn.execute("SELECT f.rowid, f.fresh_stored FROM manifest_filemaps mf JOIN filemaps f "
                              "ON f.rowid = mf.filemap WHERE mf.manifest = ? AND f.fresh_stored IS NOT NULL",
                              (row,)).fetchall()
         owners = {fm for fm, _ in fresh}
         total = sum(size for _, size in fresh)
+        keys, sizes, raw, rows = shared.distinct()
         inline = conn.execute("SELECT mc.chunk, c.stored_size, c.owner FROM manifest_chunks mc JOIN chunks c "
                               "ON c.key = chunk_key_blob(mc.chunk) WHERE mc.manifest = ?", (row,)).fetchall()
-        for blob, size, owner in inline:
-            h = bytes(blob).hex()
-            if h not in shared and (owner is None or owner not in owners):
-                total += size
-        if shared and owners:
-            owner_of: dict[int, int | None] = {}
-            keys = sorted({chunk_key(h) for h in shared})
-            for i in range(0, len(keys), 500):
-                part = keys[i:i + 500]
-                owner_of.update(conn.execute(f"SELECT key, owner FROM chunks WHERE key IN ({','.join('?' * len(part))})",
-                                             part).fetchall())
-            total += sum(size for h, size in shared.items() if owner_of.get(chunk_key(h)) not in owners)
-        else:
-            total += sum(shared.values())
-        return total
+        if inline:
+            ik = np.array([_chunk_key_blob(bytes(b)) for b, _, _ in inline], dtype=np.int64)
+            candidates = np.isin(ik, keys).tolist()
+            for (blob, size, owner), k, maybe in zip(inline, ik.tolist(), candidates):
+                if maybe:  # its key is among the shared chunks: is its hash?
+                    i = int(np.searchsorted(keys, k))
+                    while i < len(keys) and keys[i] == k and raw[rows[i]].tobytes() != bytes(blob):
+                        i += 1
+                    if i < len(keys) and keys[i] == k:
+                        continue  # counted with the shared chunks
+                if owner is None or owner not in owners:
+                    total += size
+        if len(keys) and owners:  # leave out the shared chunks a fresh map of this version owns
+            owned: list[int] = []
+            for i in range(0, len(keys), _INSERT_SLICE):
+                got = conn.execute("SELECT group_concat(c.key) FROM json_each(?) j JOIN chunks c ON c.key = j.value "
+                                   "WHERE c.owner IN (SELECT value FROM json_each(?))",
+                                   (_json_ints(keys[i:i + _INSERT_SLICE]), json.dumps(sorted(owners)))).fetchone()[0]
+                owned.extend(int(k) for k in got.split(",")) if got else None
+            if owned:
+                sizes = sizes[~np.isin(keys, np.array(owned, dtype=np.int64))]
+        return total + int(sizes.sum(dtype=np.uint64))
 
     # Manifest v3: the trees whose entries have `files` rows (under the first manifest that
     # named them). Created on first write (not a schema step): a catalog without it has none.
@@ -684,11 +853,62 @@ class Catalog:
         the store like a chunk row: a map no recorded manifest names yet is harmless (as a
         chunk no manifest names is in the store)."""
         with self.write() as conn:
-            for e, chunks in maps:
-                self._filemap_row(conn, dataclasses.replace(e, chunks=()), lambda _, c=chunks: c)
+            self._record_maps(conn, maps)
+
+    def _record_maps(self, conn: sqlite3.Connection, maps: Iterable[tuple[Entry, Any]]) -> None:
+        """Record file maps and their chunks (see record_filemaps): those new to the catalog
+        and read as arrays have their dedup keys inserted together (_insert_map_keys)."""
+        bulk: list[tuple[int, MapRecords]] = []  # new maps read as arrays: their keys go in together
+        for e, chunks in maps:
+            if isinstance(chunks, MapRecords) and conn.execute("SELECT 1 FROM filemaps WHERE hash=?",
+                                                               (e.filemap,)).fetchone() is None:
+                fm = conn.execute("INSERT INTO filemaps(hash, chunk_count, size) VALUES (?, ?, ?)",
+                                  (e.filemap, e.chunk_count, e.size)).lastrowid
+                bulk.append((fm, chunks))
+                continue
+            self._filemap_row(conn, dataclasses.replace(e, chunks=()), lambda _, c=chunks: c)
+        fresh = _insert_map_keys(conn, bulk)
+        if fresh is None:
+            fresh = {fm: self._record_chunks(conn, "filemaps", fm, r) for fm, r in bulk}
+        conn.executemany("UPDATE filemaps SET fresh_stored = ? WHERE rowid = ?",
+                         [(total, fm) for fm, total in fresh.items() if total is not None])
+
+    def _record_new_maps(self, conn: sqlite3.Connection, entries: Iterable[Entry],
+                         fetch: Callable[[Entry], Any] | None) -> dict[str, Any]:
+        """Before a manifest's rows: the maps its unresolved entries name that this catalog has
+        not recorded, fetched (`fetch`, e.g. the repository's filemap_records) and recorded
+        together, up to MAP_BULK_REFS refs at a time, as a commit records a worker's maps: a
+        rebuild or sync of another host's 10 TB version then costs what its commit did.
+        Returns the records of the maps recorded now that are not fresh (the manifest's stored
+        size reads their chunks: they are not fetched twice)."""
+        kept: dict[str, Any] = {}
+        if fetch is None:
+            return kept
+        batch: list[tuple[Entry, Any]] = []
+        refs = 0
+        seen: set[str] = set()
+
+        def flush() -> None:
+            self._record_maps(conn, batch)
+            for e, recs in batch:
+                if conn.execute("SELECT fresh_stored FROM filemaps WHERE hash=?", (e.filemap,)).fetchone()[0] is None:
+                    kept[e.filemap] = recs
+
+        for e in entries:
+            if e.resolved or e.filemap in seen or conn.execute("SELECT 1 FROM filemaps WHERE hash=?",
+                                                              (e.filemap,)).fetchone() is not None:
+                continue
+            seen.add(e.filemap)
+            batch.append((e, fetch(e)))
+            refs += e.chunk_count
+            if refs >= MAP_BULK_REFS:
+                flush()
+                batch, refs = [], 0
+        flush()
+        return kept
 
     def _record_filemap(self, conn: sqlite3.Connection, row: int, e: Entry,
-                        fetch: Callable[[Entry], Iterable[ChunkRef]] | None, shared: dict[str, int]) -> None:
+                        fetch: Callable[[Entry], Iterable[ChunkRef]] | None, shared: "_Shared") -> None:
         """Manifest `row` names file map `e.filemap`; its chunks are recorded the first time it
         is seen. A map that is not fresh (it reused known chunks) adds its chunks to `shared`
         (for _stored_size), read from the map: the catalog does not keep them."""
@@ -698,8 +918,11 @@ class Catalog:
             return
         if refs is None:
             refs = e.chunks if e.resolved else self._fetch(e, fetch)
+        if isinstance(refs, MapRecords):  # kept as arrays: _stored_size deduplicates them in bulk
+            shared.maps.append(refs)
+            return
         for h, stored, _ in _records(refs):
-            shared.setdefault(h, stored)
+            shared.sizes.setdefault(h, stored)
 
     @staticmethod
     def _fetch(e: Entry, fetch: Callable[[Entry], Iterable[ChunkRef]] | None) -> Iterable[ChunkRef]:
@@ -715,7 +938,7 @@ class Catalog:
                              (e.filemap,)).fetchone()
         if known is None:
             refs = e.chunks if e.resolved else self._fetch(e, fetch)
-            if not isinstance(refs, (tuple, list)):
+            if not isinstance(refs, (tuple, list, MapRecords)):
                 refs = tuple(refs)
             fm = conn.execute("INSERT INTO filemaps(hash, chunk_count, size) VALUES (?, ?, ?)",
                               (e.filemap, e.chunk_count, e.size)).lastrowid
@@ -739,6 +962,11 @@ class Catalog:
         next to each other in the B-tree. Returns the stored bytes of these distinct chunks if
         every one was new (see _stored_size), else None."""
         owner = row if table == "filemaps" else None
+        if isinstance(refs, MapRecords) and owner is not None:
+            got = _insert_map_keys(conn, [(owner, refs)])
+            if got is not None:
+                return got[owner]
+            refs = list(refs)  # a key named twice in the map: the first ref of each, below
         bias = _KEY_BIAS
         recs = _records(refs)
         # chunk_key, inlined (a million a version); a map's hashes are almost always distinct
@@ -1126,7 +1354,7 @@ class Catalog:
                 if refs is None:
                     e = Entry(path=f"file map {fh[:16]}", type="file", mode=0o644, size=size, filemap=fh,
                               chunk_count=count)
-                    refs = maps[fh] = tuple((c.hash, c.stored_size) for c in self._fetch(e, fetch))
+                    refs = maps[fh] = _hash_sizes(self._fetch(e, fetch))
                 for h, stored in refs:
                     sizes.setdefault(h, stored)
             out.extend((mid, name, label, h, sizes[h], *checks.get(h, (None, None))) for h in sorted(sizes))

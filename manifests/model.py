@@ -14,8 +14,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping
 
 import blake3
+import numpy as np
 
+from manifests import filemapbin
 from manifests.errors import ManifestError
+from manifests.filemapbin import MapRecords
 from manifests.paths import unsafe_char
 
 FORMAT = "archiver-manifest"
@@ -25,14 +28,15 @@ VERSION = 1
 VERSION_FILEMAPS = 2
 FILEMAP_FORMAT = "archiver-filemap"
 # A file with more than this many chunks keeps its chunk list in its own file map object
-# (`filemaps/<h[0:2]>/<h>.json`, h = BLAKE3 of its bytes) and its root entry carries only
+# (`filemaps/<h[0:2]>/<h>.bin`, or `.json` for a JSON map; h = BLAKE3 of its bytes) and its root entry carries only
 # `filemap` (h) and `chunk_count`. 128 chunks is 1 GiB at the default 8 MiB chunk and ~13 KB
 # of inline JSON: below it, one more object (a PUT, a GET on every read) costs more than it
 # saves; above it, a 10 TB archive's root manifest stays ~300 bytes per file instead of
 # ~100 bytes per chunk, and an unchanged large file's map is shared by every version.
 FILEMAP_THRESHOLD = 128
-# A file map is one file's chunk records (~102 bytes each): 32 MiB holds ~300,000 chunks,
-# a 2.5 TB file at 8 MiB, and a forged larger object is refused unread.
+# A file map is one file's chunk records (~102 bytes each as JSON, 49 in binary): 32 MiB holds
+# ~300,000 chunks as JSON (a 2.5 TB file at 8 MiB), ~680,000 in binary, and a forged larger
+# object is refused unread.
 MAX_FILEMAP_BYTES = 32 * 1024 * 1024
 # Version 3 = version 2 plus trees (below). A manifest with more than TREE_THRESHOLD entries
 # keeps them in content-addressed directory listings (`trees/<h[0:2]>/<h>.json`, h = BLAKE3
@@ -537,9 +541,30 @@ def _chunk_problem(c: Any, pos: int, path: str) -> None:
 
 # -- file maps (manifest v2) ---------------------------------------------------------------------
 def filemap_bytes(chunks: tuple[ChunkRef, ...] | list[ChunkRef]) -> bytes:
-    """The canonical file map of a chunk list: `{"chunks":[...],"format":"archiver-filemap","version":1}`.
-    It names no path, so the same content has the same map (and hash) in every version."""
+    """The file map archiver writes for a chunk list: binary (file map version 2,
+    manifests.filemapbin) when its codec names fit the binary codec table (every codec
+    archiver has), else canonical JSON (`filemap_json_bytes`). It names no path, so the same
+    content has the same map (and hash) in every version written this way."""
+    if filemapbin.encodable({c.codec for c in chunks}) and all(is_hash(c.hash) for c in chunks):
+        return filemapbin.encode([c.length for c in chunks], [c.hash for c in chunks],
+                                 [c.stored_size for c in chunks], [c.codec for c in chunks])
+    return filemap_json_bytes(chunks)
+
+
+def filemap_json_bytes(chunks: tuple[ChunkRef, ...] | list[ChunkRef]) -> bytes:
+    """The canonical JSON file map (file map version 1, every map written before binary maps):
+    `{"chunks":[...],"format":"archiver-filemap","version":1}`."""
     return canonical({"chunks": [c.to_json() for c in chunks], "format": FILEMAP_FORMAT, "version": 1})
+
+
+def filemap_bytes_for(e: Entry) -> bytes | None:
+    """The map bytes of a resolved entry `e` that hash to its `filemap`, in whichever form it
+    was written (binary, or JSON by an earlier archiver), else None (the map is not its chunks)."""
+    for make in (filemap_bytes, filemap_json_bytes):
+        data = make(e.chunks)
+        if manifest_id(data) == e.filemap:
+            return data
+    return None
 
 
 def with_filemap(e: Entry) -> tuple[Entry, bytes | None]:
@@ -560,7 +585,14 @@ def with_filemaps(m: Manifest) -> Manifest:
 
 def parse_filemap(data: bytes, e: Entry) -> tuple[ChunkRef, ...]:
     """The chunk list of entry `e` from its file map's bytes: they must hash to `e.filemap`,
-    be canonical, and hold exactly `e.chunk_count` chunks that add up to `e.size`."""
+    be canonical, and hold exactly `e.chunk_count` chunks that add up to `e.size`. Binary
+    (version 2) and JSON (version 1) maps are told apart by their first bytes."""
+    binary = _binary_filemap(data, e)
+    if binary is not None:
+        lengths, recs = binary
+        offsets = [0]
+        offsets.extend(np.cumsum(lengths[:-1], dtype=np.uint64).tolist())
+        return tuple(ChunkRef(o, n, h, st, c) for o, n, (h, st, c) in zip(offsets, lengths.tolist(), recs))
     plain = _plain_filemap(data, e)
     if plain is not None:
         return tuple(ChunkRef(*c) for c in plain)
@@ -622,14 +654,36 @@ def _tiled(section: str, fields: list[tuple[str, str, str, str, str]], size: int
     return out if tiled and pos == size else None
 
 
-def filemap_records(data: bytes, e: Entry) -> list[tuple[str, int, str]]:
+def filemap_records(data: bytes, e: Entry) -> MapRecords | list[tuple[str, int, str]]:
     """(hash, stored size, codec) of each chunk in entry `e`'s file map, checked as
     parse_filemap checks it (the same errors), without a ChunkRef per chunk: what the catalog
-    records of a map a worker wrote."""
+    records of a map a worker wrote. MapRecords (arrays; a binary map is read without any
+    Python work per chunk), or triples for a JSON map naming more codecs than it indexes."""
+    binary = _binary_filemap(data, e)
+    if binary is not None:
+        return binary[1]
     plain = _plain_filemap(data, e)
     if plain is None:
-        return [(c.hash, c.stored_size, c.codec) for c in _parse_filemap_json(data, e)]
-    return [(h, st, codec) for _, _, h, st, codec in plain]
+        triples = [(c.hash, c.stored_size, c.codec) for c in _parse_filemap_json(data, e)]
+    else:
+        triples = [(h, st, codec) for _, _, h, st, codec in plain]
+    try:
+        return MapRecords.from_triples(triples)
+    except ValueError:  # more codec names than the arrays index: the triples as they are
+        return triples
+
+
+def _binary_filemap(data: bytes, e: Entry) -> tuple[Any, MapRecords] | None:
+    """(lengths, records) of a binary map (manifests.filemapbin) checked against entry `e`
+    (bound, hash, then its own checks: ManifestError), or None for a map that is not binary."""
+    if not filemapbin.is_binary(data):
+        return None
+    if len(data) > MAX_FILEMAP_BYTES:
+        raise ManifestError(f"file map of {e.path!r} is {len(data)} bytes, more than the {MAX_FILEMAP_BYTES} allowed")
+    if manifest_id(data) != e.filemap:
+        raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} does not match its hash (tampered or corrupt)")
+    return filemapbin.decode(data, e.chunk_count, e.size, MAX_CHUNK_LENGTH, MAX_CHUNK_OVERHEAD,
+                             f"file map {e.filemap[:16]} of {e.path!r}")
 
 
 def _parse_filemap_json(data: bytes, e: Entry) -> tuple[ChunkRef, ...]:

@@ -1207,6 +1207,111 @@ def test_a_read_only_catalog_reads_on_after_another_process_migrates_it(cat_path
         ro.close()
 
 
+# -- file maps' chunks recorded in bulk (arrays from binary maps) ----------------------------------
+
+def _map(seeds: list[str], codecs: tuple[str, ...] = ("bg2", "zstd")) -> tuple[Entry, list[tuple[str, int, str]]]:
+    """A file map's entry (as a worker hands it over) and its (hash, stored size, codec) records."""
+    recs = [(h(s), 5 + i, codecs[i % len(codecs)]) for i, s in enumerate(seeds)]
+    e = Entry(path=f"f-{seeds[0]}.bin", type="file", mode=0o644, size=10 * len(seeds), mtime_ns=1,
+              blake3=h("b3" + seeds[0]), sha256=h("sha" + seeds[0]), filemap=h("map:" + ",".join(seeds)),
+              chunk_count=len(seeds))
+    return e, recs
+
+
+def _tables(path: Path) -> tuple[list, list]:
+    conn = sqlite3.connect(path)
+    try:
+        return (conn.execute("SELECT key, stored_size, codec, owner FROM chunks ORDER BY key").fetchall(),
+                conn.execute("SELECT hash, chunk_count, size, fresh_stored FROM filemaps ORDER BY rowid").fetchall())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("case", ["all-new", "shared-between-maps", "known-before", "repeated-in-a-map",
+                                  "codec-bound-per-row"])
+def test_bulk_recorded_map_chunks_are_what_map_by_map_recording_gives(tmp_path, case):
+    """Maps read as arrays (MapRecords) go into `chunks` sorted together in one insert; the
+    rows (key, stored size, codec, owner) and each map's freshness (fresh_stored) must be
+    exactly what recording the same maps' triples one map at a time gives, in every case the
+    one insert cannot decide alone (then it is undone and redone map by map)."""
+    from manifests.filemapbin import MapRecords
+    maps = {"all-new": [_map(["a1", "a2", "a3"]), _map(["b1", "b2"]), _map(["c1", "c2", "c3", "c4"])],
+            "shared-between-maps": [_map(["a1", "a2", "a3"]), _map(["b1", "a2"]), _map(["c1"])],
+            "known-before": [_map(["a1", "k1"]), _map(["b1", "b2"])],
+            "repeated-in-a-map": [_map(["a1", "a2", "a1"]), _map(["b1"])],
+            "codec-bound-per-row": [_map(["a1", "a2"], ("bg 2", "it's")), _map(["b1"], ("zstd",))]}[case]
+    got = {}
+    for form in ("arrays", "triples"):
+        c = Catalog(tmp_path / form / "catalog.db", STORE)
+        try:
+            record(c, make_manifest(files={"k.bin": ["k1"]}))  # k1 known before any map
+            c.record_filemaps([(e, MapRecords.from_triples(r) if form == "arrays" else r) for e, r in maps])
+        finally:
+            c.close()
+        got[form] = _tables(tmp_path / form / "catalog.db")
+    assert got["arrays"] == got["triples"]
+    chunks, filemaps = got["arrays"]
+    fresh = [f[3] for f in filemaps]
+    want = {"all-new": [5 + 6 + 7, 5 + 6, 5 + 6 + 7 + 8], "shared-between-maps": [18, None, 5],
+            "known-before": [None, 11], "repeated-in-a-map": [11, 5], "codec-bound-per-row": [11, 5]}[case]
+    assert fresh == want
+    assert {row[2] for row in chunks} >= ({"bg 2", "it's", "zstd"} if case == "codec-bound-per-row" else {"bg2"})
+
+
+def test_bulk_recorded_maps_give_the_stored_size_of_their_version(tmp_path):
+    """A version naming bulk-recorded fresh maps and a map that reuses one of their chunks
+    counts each distinct chunk's stored bytes once."""
+    from manifests.filemapbin import MapRecords
+    (e1, r1), (e2, r2) = _map(["a1", "a2", "a3"]), _map(["b1", "a2"])
+    c = Catalog(tmp_path / "catalog.db", STORE)
+    try:
+        c.record_filemaps([(e1, MapRecords.from_triples(r1))])
+        c.record_filemaps([(e2, MapRecords.from_triples(r2))])
+        m = Manifest(name="m", entries=(e1, dataclasses.replace(e2, path="g.bin")))
+        maps = {e1.filemap: r1, e2.filemap: r2}
+        c.record_manifest(m, m.canonical_json(), filemap_chunks=lambda e: [ChunkRef(10 * i, 10, hh, st, cd)
+                                                                             for i, (hh, st, cd) in
+                                                                             enumerate(maps[e.filemap])])
+        assert {r.id: r.stored_size for r in c.manifest_rows()}[m.id] == 5 + 6 + 7 + 5  # a2 once
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("form", ["arrays", "triples"])
+def test_stored_size_of_a_version_whose_maps_reuse_chunks(tmp_path, form):
+    """A version whose maps reused chunks (not fresh) has its stored size deduplicated by full
+    hash, whether their records come as arrays (deduplicated in bulk) or as triples: each
+    distinct chunk once, an inline chunk also in such a map once, a chunk owned by a fresh
+    map of the same version once, and two hashes sharing a chunk key twice."""
+    from manifests.filemapbin import MapRecords
+    p = "cd" * 8
+    x, y = p + "0" * 48, p + "1" * 48  # one chunk key, two chunks
+    a = _map(["a1", "a2", "a3"])  # version 1: fresh
+    b = _map(["b1", "b2"])  # version 2: fresh, owns b1 and b2
+    c_recs = [(h("a2"), 6, "bg2"), (h("b1"), 5, "bg2"), (h("a1"), 5, "bg2"), (x, 9, "zstd")]
+    d_recs = [(h("a3"), 7, "bg2"), (y, 9, "zstd")]
+    c = (dataclasses.replace(a[0], path="c.bin", filemap=h("map c"), chunk_count=4, size=40), c_recs)
+    d = (dataclasses.replace(a[0], path="d.bin", filemap=h("map d"), chunk_count=2, size=20), d_recs)
+    small = Entry(path="small", type="file", mode=0o644, size=20, mtime_ns=1, blake3=h("s"), sha256="0" * 64,
+                  chunks=(ChunkRef(0, 10, h("a1"), 5, "zstd"), ChunkRef(10, 10, h("s1"), 4, "zstd")))
+    given = {e.filemap: r for e, r in (a, b, c, d)}
+    cat = Catalog(tmp_path / "catalog.db", STORE)
+    try:
+        def as_form(r):
+            return MapRecords.from_triples(r) if form == "arrays" else r
+        cat.record_filemaps([(a[0], as_form(a[1]))])
+        v1 = Manifest(name="m", entries=(a[0],))
+        cat.record_manifest(v1, v1.canonical_json(), filemap_chunks=lambda e: as_form(given[e.filemap]))
+        cat.record_filemaps([(e, as_form(r)) for e, r in (b, c, d)])
+        v2 = Manifest(name="m", parent=v1.id, entries=(b[0], c[0], d[0], small))
+        cat.record_manifest(v2, v2.canonical_json(), filemap_chunks=lambda e: as_form(given[e.filemap]))
+        sizes = {r.id: r.stored_size for r in cat.manifest_rows()}
+    finally:
+        cat.close()
+    assert sizes[v1.id] == 5 + 6 + 7
+    # b1 + b2 (fresh b) + a2 + a1 + x (map c) + a3 + y (map d) + s1 (inline; its a1 is in map c)
+    assert sizes[v2.id] == 5 + 6 + 6 + 5 + 9 + 7 + 9 + 4
+
 def test_known_chunks_answers_as_known_chunk_does_one_by_one(cat_path, monkeypatch):
     """known_chunks (a batch of small files asks once) gives, for every hash that has one,
     what known_chunk gives: in a schema 4 catalog read as is, after its migration to 6 (keys

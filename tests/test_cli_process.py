@@ -45,3 +45,101 @@ def test_fresh_process_s3_errors_are_one_line(tmp_path, aws_env):
     r = cli(env, "--store", "s3://bucket/prefix", "list")
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "cannot reach S3 endpoint" in r.stderr and "internal error" not in r.stderr
+
+
+# What an archive into a local, unsealed store must not import: they are for other stores
+# and commands, and every module imported is paid in the serial start of every run
+# (issue 12 item 6: archive wall time; bench/RESULTS.md, branch wall).
+NOT_FOR_A_LOCAL_ARCHIVE = ("cryptography", "pyrage", "boto3", "botocore", "archiver.costs", "pickletools",
+                           "archiver.escrow", "manifests.signing")
+
+
+def test_archive_into_a_local_store_imports_no_crypto_s3_or_cost_tables(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=2, dim=64)
+    probe = ("import json, sys\n"
+             "from archiver.cli import main\n"
+             "try:\n"
+             "    main(sys.argv[1:])\n"
+             "finally:\n"
+             "    print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n")
+    env = {**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")}
+    r = subprocess.run([sys.executable, "-c", probe, "--store", str(tmp_path / "store"), "archive", str(ckpt),
+                        "--name", "m", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["files"] > 0
+    loaded = json.loads(r.stderr.splitlines()[-1])
+    assert "archiver.pipeline" in loaded and "archiver.stores.local" in loaded  # the probe saw the run's modules
+    unwanted = [m for m in loaded if m in NOT_FOR_A_LOCAL_ARCHIVE or m.split(".")[0] in NOT_FOR_A_LOCAL_ARCHIVE]
+    assert unwanted == []
+
+
+def test_the_process_entry_point_ends_without_a_final_walk_of_every_object(tmp_path):
+    """`main()` as the process's entry point freezes the modules' objects out of the collector
+    and collects young objects less often, then at exit freezes everything (the interpreter's
+    final collections cost tens of ms of every command's wall time); `main(argv)`, as tests
+    and embedders call it, leaves the collector alone."""
+    probe = ("import atexit, gc, sys\n"
+             "from archiver.cli import main\n"
+             "def run(*a):\n"
+             "    try:\n"
+             "        main(*a)\n"
+             "    except SystemExit:\n"
+             "        pass\n"
+             "default = gc.get_threshold()[0]\n"
+             "run(['--version'])\n"
+             "atexit._run_exitfuncs()\n"
+             "embedded = (gc.get_freeze_count(), gc.get_threshold()[0] == default)\n"
+             "sys.argv = ['archiver', '--version']\n"
+             "run()\n"
+             "started = (gc.get_freeze_count(), gc.get_threshold()[0])\n"
+             "import json\n"
+             "garbage = [[] for _ in range(5000)]  # objects made after the start are frozen only at exit\n"
+             "atexit._run_exitfuncs()\n"
+             "print(json.dumps([embedded, started, gc.get_freeze_count()]))\n")
+    r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")})
+    assert r.returncode == 0, r.stderr
+    embedded, (frozen_at_start, young_after), frozen_at_exit = json.loads(r.stdout.splitlines()[-1])
+    assert embedded == [0, True]  # main(argv): the collector as the interpreter set it
+    from archiver.cli import YOUNG_COLLECTION_AFTER
+    assert frozen_at_start > 1000 and young_after == YOUNG_COLLECTION_AFTER  # the modules' objects
+    assert frozen_at_exit >= frozen_at_start + 5000  # and at exit everything made since
+
+
+def test_the_process_entry_point_still_writes_everything(tmp_path):
+    """With the final collections skipped, a real process still leaves a complete archive
+    and its JSON: the catalog lists it and a deep verify finds nothing wrong."""
+    env = {**os.environ, "ARCHIVER_HOME": str(tmp_path / "home"), "ARCHIVER_STORE": str(tmp_path / "store")}
+    ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=2, dim=64)
+    r = cli(env, "archive", str(ckpt), "--name", "m", "--json")
+    assert r.returncode == 0, r.stderr
+    mid = json.loads(r.stdout)["id"]
+    r = cli(env, "list", "--json")
+    assert [row["id"] for row in json.loads(r.stdout)] == [mid]
+    r = cli(env, "verify", mid, "--deep", "--json")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("preset", [None, "2"])
+def test_the_process_entry_point_keeps_blas_to_one_thread_unless_told(tmp_path, preset):
+    """numpy's OpenBLAS would start (and spin) a thread per extra core when the codec imports
+    numpy; the command never uses BLAS. A number the user set is kept."""
+    probe = ("import json, os, sys\n"
+             "from archiver.cli import main\n"
+             "sys.argv = ['archiver', '--version']\n"
+             "try:\n"
+             "    main()\n"
+             "except SystemExit:\n"
+             "    pass\n"
+             "import numpy\n"
+             "print(json.dumps([os.environ.get('OPENBLAS_NUM_THREADS'), len(os.listdir('/proc/self/task'))]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if preset is not None:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**env, "ARCHIVER_HOME": str(tmp_path / "home")})
+    assert r.returncode == 0, r.stderr
+    value, threads = json.loads(r.stdout.splitlines()[-1])
+    assert value == (preset or "1")
+    if preset is None:
+        assert threads == 1  # numpy imported, and no BLAS thread beside the main one

@@ -449,3 +449,157 @@ def test_commit_rows_laid_out_for_the_statement_are_the_rows_put_writes(repo, tm
     first = pipeline_archive(repo, [ck], name="m")
     again = pipeline_archive(repo, [ck], name="m")
     assert again.files_reused == first.files  # the rows the commit wrote are hits
+
+def _packed_rearchive(tmp_path: Path, n: int, damage=None) -> tuple[Repository, CountingStore, Path, object, object]:
+    """Archive `n` small files into packs, let `damage(repo, first)` harm the store, then
+    re-archive with the default read-back proof; the store's calls count only the re-archive."""
+    src = _many_files(tmp_path / "src" / "tree", n)
+    store = CountingStore(open_store(str(tmp_path / "store"), create=True))
+    repo = Repository(store, Catalog(tmp_path / "cat.db", store.url))
+    first = pipeline_archive(repo, [src], name="m")
+    if damage is not None:
+        damage(repo, first)
+    store.calls.clear()
+    store.listed.clear()
+    return repo, store, src, first, pipeline_archive(repo, [src], name="m")
+
+
+@pytest.mark.packs
+def test_read_back_proof_reads_each_pack_once_and_hashes_every_chunk(tmp_path, reads, monkeypatch):
+    """The default proof of reused packed chunks: one catalog lookup places them, each pack's
+    needed ranges are read with one request per span (here one: they lie together), and
+    every chunk is decoded and hashed against its address, each once."""
+    hashed: list[str] = []
+    real = Repository._decode_checked
+    monkeypatch.setattr(Repository, "_decode_checked",
+                        lambda self, obj, h, length: hashed.append(h) or real(self, obj, h, length))
+    located: list[int] = []
+    real_loc = Repository._pack_locations_many
+    monkeypatch.setattr(Repository, "_pack_locations_many",
+                        lambda self, hs, *rest: located.append(len(list(hs) if not isinstance(hs, (set, dict)) else hs))
+                        or real_loc(self, hs, *rest))
+    n = 60
+    reads.clear()
+    hashed.clear()
+    repo, store, _src, first, again = _packed_rearchive(tmp_path, n, lambda *_: (hashed.clear(), located.clear(),
+                                                                                reads.clear()))
+    try:
+        uniq = repo.load_manifest(first.id).unique_chunks()
+        packs_used = {repo.pack_positions([h])[h][0] for h in uniq}
+        assert reads == [] and again.files_reused == n
+        assert sorted(hashed) == sorted(uniq)  # every reused chunk re-hashed, each once
+        assert store.calls.get("get_range", 0) == len(packs_used) and store.calls.get("get", 0) <= 2 + 60
+        assert located and located[0] == len(uniq)  # one lookup for all of them
+        assert files_of(repo, again.id) == files_of(repo, first.id)
+    finally:
+        repo.close()
+
+
+@pytest.mark.packs
+def test_a_damaged_chunk_in_a_pack_makes_only_its_file_read_again(tmp_path, reads):
+    """One flipped byte inside a pack: the read-back proof of that pack's span fails for that
+    chunk alone; its file is read from the source (and its chunk stored again), every other
+    file of the same pack is still reused, and the new version restores intact."""
+    victim: list = []
+
+    def damage(repo: Repository, first) -> None:
+        e = files_of(repo, first.id)["tree/d1/f004.bin"]
+        c = e.chunks[0]
+        pack, offset = repo.pack_positions([c.hash])[c.hash]
+        RawStore(str(tmp_path / "store")).mutate(
+            layout.pack(pack), lambda b: b[:offset + c.stored_size - 1] + bytes([b[offset + c.stored_size - 1] ^ 1])
+            + b[offset + c.stored_size:])
+        victim.append(c)
+        reads.clear()
+
+    repo, _store, src, first, again = _packed_rearchive(tmp_path, 30, damage)
+    try:
+        assert reads == ["tree/d1/f004.bin"] and again.files_reused == 29 and again.repaired_chunks == 1
+        got = files_of(repo, again.id)["tree/d1/f004.bin"]
+        assert got == files_of(repo, first.id)["tree/d1/f004.bin"]
+        assert repo.read_chunk(victim[0]) == (src / "d1" / "f004.bin").read_bytes()  # a good copy is stored
+    finally:
+        repo.close()
+
+
+@pytest.mark.packs
+def test_a_missing_pack_makes_its_files_read_again(tmp_path, reads):
+    def damage(repo: Repository, first) -> None:
+        uniq = repo.load_manifest(first.id).unique_chunks()
+        pack = repo.pack_positions(list(uniq))[next(iter(uniq))][0]
+        RawStore(str(tmp_path / "store")).delete(layout.pack(pack))
+        reads.clear()
+
+    repo, _store, _src, first, again = _packed_rearchive(tmp_path, 12, damage)
+    try:
+        assert sorted(reads) == sorted(files_of(repo, first.id)) and again.files_reused == 0
+        for e in files_of(repo, again.id).values():
+            assert b"".join(repo.read_chunk(c) for c in e.chunks) == (tmp_path / "src" / e.path).read_bytes()
+    finally:
+        repo.close()
+
+
+@pytest.fixture
+def puts(monkeypatch) -> list[tuple[list[str], set[str], str]]:
+    """Every FilesCache.put: (paths written, manifests moved, the manifest moved to)."""
+    from archiver.filescache import FilesCache
+    seen: list[tuple[list[str], set[str], str]] = []
+    real = FilesCache.put
+
+    def counting(self, rows, now, moved=(), to=""):
+        rows, moved = list(rows), set(moved)
+        seen.append(([p for p, _ in rows], moved, to))
+        return real(self, rows, now, moved, to)
+    monkeypatch.setattr(FilesCache, "put", counting)
+    return seen
+
+
+def test_an_unchanged_rearchive_writes_no_cache_row_and_the_next_still_reuses(repo, tmp_path, reads, puts):
+    """A reused file's row keeps naming its manifest; one `moved` row says the new manifest
+    holds those entries now. Every later run still reuses every unchanged file; a changed
+    file's row alone is written; and the moved rows stay one hop, whatever the runs."""
+    src = _many_files(tmp_path / "src" / "tree", 12)
+    first = pipeline_archive(repo, [src], name="m")
+    assert len(puts[-1][0]) == 12
+    ids = [first.id]
+    for _ in range(3):
+        reads.clear()
+        again = pipeline_archive(repo, [src], name="m")
+        assert reads == [] and again.files_reused == 12
+        assert puts[-1][0] == [] and puts[-1][2] == again.id  # no row rewritten, their manifest moved
+        ids.append(again.id)
+    (src / "d1" / "f004.bin").write_bytes(b"changed")
+    reads.clear()
+    fifth = pipeline_archive(repo, [src], name="m")
+    assert reads == ["tree/d1/f004.bin"] and fifth.files_reused == 11
+    assert [os.path.basename(p) for p in puts[-1][0]] == ["f004.bin"]
+    reads.clear()
+    sixth = pipeline_archive(repo, [src], name="m")
+    assert sixth.files_reused == 12 and reads == [] and puts[-1][0] == []
+    db = sqlite3.connect(cache_path(repo.catalog_path))
+    try:
+        moved = dict(db.execute("SELECT old, new FROM moved"))
+        assert set(moved.values()) == {sixth.id}  # one hop, to the newest
+        assert set(moved) == set(ids) | {fifth.id}
+    finally:
+        db.close()
+
+
+def test_old_rows_are_rewritten_and_a_partial_run_keeps_the_rest_reusable(repo, tmp_path, reads, puts, monkeypatch):
+    """Rows older than REFRESH_S are written again (their `used` renewed). A run over part of
+    the tree under another name (its entries at other paths) leaves the rest of the rows
+    reusable: an entry its manifest moved away from is found in the row's own manifest."""
+    from archiver import filescache
+    src = _many_files(tmp_path / "src" / "tree", 9)
+    pipeline_archive(repo, [src], name="all")
+    monkeypatch.setattr(filescache, "REFRESH_S", -1.0)
+    assert pipeline_archive(repo, [src], name="all").files_reused == 9 and len(puts[-1][0]) == 9
+    monkeypatch.setattr(filescache, "REFRESH_S", 86400.0)
+    part = pipeline_archive(repo, [src / "d0"], name="part")  # entries at d0/..., not tree/d0/...
+    assert part.files_reused == 3 and len(puts[-1][0]) == 3
+    reads.clear()
+    again = pipeline_archive(repo, [src], name="all")
+    assert reads == [] and again.files_reused == 9
+    reads.clear()
+    assert pipeline_archive(repo, [src / "d0"], name="part").files_reused == 3 and reads == []
+    assert pipeline_archive(repo, [src], name="all").files_reused == 9 and reads == []

@@ -13,7 +13,7 @@ import pytest
 from archiver import layout
 from manifests import model
 from manifests.model import parse_filemap, parse_manifest, resolve_trees
-from tests.helpers import RawStore, make_checkpoint, run_cli, tree
+from tests.helpers import RawStore, filemap_key, make_checkpoint, run_cli, tree
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md"
 
@@ -34,11 +34,15 @@ def test_doc_scripts_restore_an_archive(tmp_path, monkeypatch, packed):
     _restore_by_hand(tmp_path, monkeypatch, packed=packed)
 
 
-def test_doc_scripts_restore_a_v2_archive(tmp_path, monkeypatch):
+@pytest.mark.parametrize("form", ["binary", "json"])
+def test_doc_scripts_restore_a_v2_archive(tmp_path, monkeypatch, form):
     """The same scripts on a manifest version 2 archive: every file of more than one chunk
-    goes through a file map (the threshold lowered so that a small fixture has some)."""
+    goes through a file map (the threshold lowered so that a small fixture has some), in
+    binary form (what archive writes) or JSON (what earlier archivers wrote)."""
     monkeypatch.setattr(model, "FILEMAP_THRESHOLD", 1)
-    _restore_by_hand(tmp_path, monkeypatch, v2=True)
+    if form == "json":
+        monkeypatch.setattr(model, "filemap_bytes", model.filemap_json_bytes)
+    _restore_by_hand(tmp_path, monkeypatch, v2=True, map_form=form)
 
 
 def test_doc_scripts_restore_a_v3_archive(tmp_path, monkeypatch):
@@ -49,7 +53,8 @@ def test_doc_scripts_restore_a_v3_archive(tmp_path, monkeypatch):
     _restore_by_hand(tmp_path, monkeypatch, v2=True, v3=True)
 
 
-def _restore_by_hand(tmp_path, monkeypatch, v2: bool = False, packed: bool = False, v3: bool = False):
+def _restore_by_hand(tmp_path, monkeypatch, v2: bool = False, packed: bool = False, v3: bool = False,
+                     map_form: str = "binary"):
     if shutil.which("zstd") is None:
         pytest.skip("the zstd command is not installed (apt-get install zstd)")
     env = dict(os.environ)
@@ -86,8 +91,12 @@ def _restore_by_hand(tmp_path, monkeypatch, v2: bool = False, packed: bool = Fal
         assert m.canonical_json().startswith(b'{"entries"') and (b'"version":2' in m.canonical_json()) == v2
     maps = [e for e in m.files if e.filemap]
     assert bool(maps) == v2
+    assert all(filemap_key(RawStore(str(store)), e.filemap) == layout.filemap(e.filemap, binary=map_form == "binary")
+               for e in maps)  # binary maps under .bin, JSON maps (earlier archivers) under .json: both read
+    assert all(RawStore(str(store)).read(filemap_key(RawStore(str(store)), e.filemap)).startswith(
+        b"ARCHFMAP" if map_form == "binary" else b'{"chunks":[') for e in maps)
     chunks = [c for e in m.files for c in e.chunks]
-    chunks += [c for e in maps for c in parse_filemap(RawStore(str(store)).read(layout.filemap(e.filemap)), e)]
+    chunks += [c for e in maps for c in parse_filemap(RawStore(str(store)).read(filemap_key(RawStore(str(store)), e.filemap)), e)]
     assert "bg2" in {c.codec for c in chunks}  # the byte-plane path of the script is exercised
     assert any((store / "packs").rglob("*")) == bool(packed)  # small chunk objects in packs (or not)
     assert any((store / "chunks").rglob("*")) == (packed != "all")  # large ones under their own keys

@@ -202,3 +202,52 @@ def test_batches_keep_order_and_bounds():
     assert got == [[1, 2, 3], [10], [1, 1, 1], [1, 1]]  # 10 > 6 bytes: a run of its own
     assert all(len(b) <= 3 for b in got)
     assert list(batches([], lambda n: n)) == []
+
+
+def _pulls(n: int, log: list):
+    for i in range(n):
+        log.append(("pulled", i))
+        yield i
+
+
+@pytest.mark.parametrize("start_ahead", [0, 3])
+def test_start_ahead_pulls_more_only_while_the_first_result_is_slow(start_ahead):
+    """While the first task is stuck (a slow start, such as an import), up to `start_ahead`
+    more items are pulled beyond the window; none before, none once the first result is in,
+    and every result still comes back in order."""
+    log: list = []
+    release = threading.Event()
+
+    def fn(i):
+        if i == 0:
+            assert release.wait(10)
+        return i * 10
+
+    window = 2
+    with ThreadPoolExecutor(4) as pool:
+        gen = ordered_map(pool, fn, _pulls(20, log), window, start_ahead=start_ahead)
+        waiter = threading.Thread(target=lambda: (time.sleep(0.3), release.set()))
+        waiter.start()
+        first = next(gen)  # returns once task 0 is released
+        pulled_before_first = sum(1 for what, _ in log if what == "pulled")
+        out = [first] + list(gen)
+        waiter.join()
+    assert out == [(i, i * 10) for i in range(20)]
+    assert pulled_before_first == window + start_ahead  # the window, plus the read-ahead
+
+
+def test_start_ahead_keeps_the_window_once_results_flow():
+    """Items pulled but not yet consumed stay within window + start_ahead, and once the
+    items read ahead at the start are submitted, within the window alone again."""
+    window, start_ahead = 4, 4
+    tr = Tracker(300)
+    outstanding = []
+    with ThreadPoolExecutor(8) as pool:
+        for item, res in ordered_map(pool, lambda i: tr.fn(i, 0.0005), tr.items(), window, start_ahead=start_ahead):
+            assert res == item * item
+            with tr.lock:
+                outstanding.append(tr.pulled - tr.consumed)
+            tr.consume()
+    assert len(outstanding) == 300
+    assert max(outstanding) <= window + start_ahead
+    assert max(outstanding[window + start_ahead:]) <= window

@@ -433,3 +433,90 @@ def test_a_small_file_rewritten_while_archived_is_refused(tmp_path, home, monkey
     with pytest.raises(SourceChangedError, match="small.bin"):
         api.archive([src], name="m", store=store)
     assert api.list_archives(store=store) == []
+
+
+def _hand_off_order(repo, model_dir, monkeypatch):
+    """Archive the model's safetensors through `_archive_file` with a 4-chunk window,
+    recording when each chunk is handed to the pool and when the whole-file digest reads it:
+    (entry, events, ids of chunks in pool order, ids in hash order)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from archiver.digests import FileDigest
+    from archiver.progress import Progress
+
+    events: list[tuple[str, int]] = []
+    keep: list[object] = []  # every chunk stays alive, so no id is reused by a later one
+
+    class Recording(FileDigest):
+        def update(self, data):
+            keep.append(data)
+            events.append(("hash", id(data)))
+            super().update(data)
+
+    class Pool(ThreadPoolExecutor):
+        def submit(self, fn, item, *a, **k):
+            keep.append(item.data)
+            events.append(("pool", id(item.data)))
+            return super().submit(fn, item, *a, **k)
+
+    monkeypatch.setattr(pipeline, "FileDigest", Recording)
+    path = model_dir / "model.safetensors"
+    [src] = [s for s in scan([path])]
+    writer = pipeline._ChunkWriter(repo, pipeline._Stats())
+    with Pool(4) as pool:
+        entry = pipeline._archive_file(src, pool, writer, SMALL, 4, Progress())
+    data = path.read_bytes()
+    assert (entry.blake3, entry.sha256) == (blake3.blake3(data).hexdigest(), hashlib.sha256(data).hexdigest())
+    pooled = [ident for what, ident in events if what == "pool"]
+    hashed = [ident for what, ident in events if what == "hash"]
+    assert len(pooled) == len(hashed) == len(entry.chunks)
+    assert pooled == hashed  # both in file order
+    return entry, events, pooled, hashed
+
+
+def test_each_chunk_goes_to_the_pool_before_the_whole_file_hashes_read_it(repo, model_dir, monkeypatch):
+    """Without the start's read-ahead, the reading thread hands each chunk to the pool first
+    and feeds the whole-file BLAKE3 and SHA-256 after, so workers never wait for those hashes;
+    the digests still cover every byte."""
+    monkeypatch.setattr(pipeline, "START_AHEAD_CHUNKS", 0)
+    entry, events, _pooled, hashed = _hand_off_order(repo, model_dir, monkeypatch)
+    assert len(entry.chunks) > 4  # more chunks than the window: the steady state is exercised
+    # every chunk but the first (parallel.ordered_map peeks at the second item to run a lone
+    # one on the calling thread, which resumes the reader once before the first submit)
+    for ident in hashed[1:]:
+        assert events.index(("pool", ident)) < events.index(("hash", ident))
+
+
+def test_the_last_chunk_goes_to_the_pool_before_the_hashes_with_the_start_read_ahead(repo, model_dir,
+                                                                                       monkeypatch):
+    """With the read-ahead of the start (chunks read and hashed beyond the window while the
+    first is not done), the last chunk of a file longer than that is still handed to the pool
+    before the whole-file hashes read it: no serial hashing at the end of an archive."""
+    entry, events, _pooled, hashed = _hand_off_order(repo, model_dir, monkeypatch)
+    assert len(entry.chunks) > 4 + pipeline.START_AHEAD_CHUNKS + 2
+    last = hashed[-1]
+    assert events.index(("pool", last)) < events.index(("hash", last))
+
+
+def test_the_start_read_ahead_is_at_most_the_files_window(repo, model_dir, monkeypatch):
+    """Files archived at once share the pool's window (each gets a part of it): a file's read
+    ahead at its start is at most its own window, so chunks held stay a few per core."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from archiver import parallel
+    from archiver.progress import Progress
+
+    seen: list[tuple[int, int]] = []
+    real = parallel.ordered_map
+
+    def spy(pool, fn, items, window, start_ahead=0):
+        seen.append((window, start_ahead))
+        return real(pool, fn, items, window, start_ahead)
+
+    monkeypatch.setattr(pipeline, "ordered_map", spy)
+    [src] = [s for s in scan([model_dir / "model.safetensors"])]
+    writer = pipeline._ChunkWriter(repo, pipeline._Stats())
+    with ThreadPoolExecutor(4) as pool:
+        for window in (2, 4, 16):
+            pipeline._archive_file(src, pool, writer, SMALL, window, Progress())
+    assert seen == [(2, 2), (4, 4), (16, pipeline.START_AHEAD_CHUNKS)]

@@ -63,7 +63,10 @@ def test_layout_keys_and_their_inverses():
     assert layout.manifest(h) == f"manifests/{h}.json" and layout.manifest_id(layout.manifest(h)) == h
     assert layout.signature(h, "f" * 32) == f"signatures/{h}/{'f' * 32}.json"
     assert layout.signature(h, "f" * 32).startswith(layout.signatures_of(h))
-    assert layout.filemap(h) == f"filemaps/ab/{h}.json"
+    assert layout.filemap(h) == f"filemaps/ab/{h}.bin" and layout.filemap(h, binary=False) == f"filemaps/ab/{h}.json"
+    assert layout.filemap_keys(h) == (layout.filemap(h), layout.filemap(h, binary=False))
+    assert layout.filemap_hash(layout.filemap(h)) == (h, True)
+    assert layout.filemap_hash(layout.filemap(h, binary=False)) == (h, False)
     assert layout.event("w1", "0001").startswith(layout.EVENTS)
     # strays are not mistaken for objects
     for stray in ("manifests/readme.txt", "manifests/" + h, "chunks/cd/" + h, "chunks/ab/xyz", "store.json"):
@@ -234,3 +237,33 @@ def test_iter_manifests_reports_a_bad_one_and_goes_on(repo, tmp_path):
     assert set(seen) == {m.id for m in good} | {bad_id}
     assert isinstance(seen[bad_id].error, ManifestError) and seen[bad_id].manifest is None
     assert all(seen[m.id].manifest == m for m in good)
+
+
+@pytest.mark.packs
+def test_prove_stored_chunks_pack_by_pack_names_each_bad_chunk(tmp_path):
+    """Many packed chunks proved at once: one read per pack span, every chunk re-hashed;
+    a flipped byte fails its chunk alone (named with its pack), a chunk under its own key is
+    proved by itself, an absent one is reported missing, and a fresh process (no pack state)
+    gives the same answers."""
+    from tests.helpers import RawStore
+    settings = Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db")
+    with Repository.open(settings, create=True) as r:
+        small = [save(r, os.urandom(500 + i)) for i in range(30)]
+        r.flush_packs()
+        own = r.save_chunk(blake3.blake3(big := os.urandom(3 << 20)).hexdigest(), big, 0)
+        large = ChunkRef(0, len(big), blake3.blake3(big).hexdigest(), own.stored_size, own.codec)
+        assert r.prove_stored_chunks([*small, large]) == {}
+        victim = small[7]
+        pack, offset = r.pack_positions([victim.hash])[victim.hash]
+    end = offset + victim.stored_size
+    RawStore(str(tmp_path / "store")).mutate(layout.pack(pack), lambda b: b[:end - 1] + bytes([b[end - 1] ^ 1]) + b[end:])
+    ghost = ChunkRef(0, 10, "ab" * 32, 30, "raw")
+    with Repository.open(settings) as r:
+        calls: list[tuple[int, int]] = []
+        real = r._read_range
+        r._read_range = lambda key, start, length: calls.append((start, length)) or real(key, start, length)
+        bad = r.prove_stored_chunks([*small, large, ghost])
+        assert set(bad) == {victim.hash, ghost.hash}
+        assert isinstance(bad[victim.hash], CorruptChunkError) and pack in str(bad[victim.hash])
+        assert isinstance(bad[ghost.hash], ObjectMissingError)
+        assert len([c for c in calls if c[1] > victim.stored_size]) == 1  # the pack: one span for all 30

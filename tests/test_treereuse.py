@@ -105,3 +105,47 @@ def test_small_manifests_without_trees_load_as_before(repo: Repository) -> None:
     entries = varied_entries()[:6]
     mid = repo.commit_manifest(Manifest(name="m", entries=tuple(entries))).id
     assert treereuse.load_for_reuse(repo, mid) == repo.load_manifest(mid)
+
+
+def test_a_rearchive_reads_each_unchanged_tree_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files cache reads the previous version's trees from the store and checks each
+    against its name; the commit then knows those trees durable and intact and does not
+    read them a second time. A new tree (a changed directory) is written, and a tree that
+    was not read this run is still read back before the root names it."""
+    from archiver.pipeline import archive
+    from archiver.stores import open_store
+    from manifests.catalog import Catalog
+    monkeypatch.setattr(model, "TREE_THRESHOLD", 3)
+    src = tmp_path / "src" / "t"
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(3):
+            (src / f"d{d}" / f"f{i}").write_bytes(bytes([d, i]) * (i + 1))
+    store = open_store(str(tmp_path / "store"), create=True)
+    gets: list[str] = []
+    real_get = store.get
+    monkeypatch.setattr(store, "get", lambda key, **kw: gets.append(key) or real_get(key, **kw))
+    r = Repository(store, Catalog(tmp_path / "cat.db", store.url))
+    try:
+        first = archive(r, [src], name="m")
+        trees = {k for k in RawStore(str(tmp_path / "store")).keys(layout.TREES)}
+        assert len(trees) >= 5
+        gets.clear()
+        again = archive(r, [src], name="m")
+        assert again.files_reused == first.files and again.id != first.id  # a new version of the same trees
+        read = [k for k in gets if k.startswith(layout.TREES)]
+        assert sorted(read) == sorted(trees)  # each once: by the files cache, not again by the commit
+        (src / "d2" / "f1").write_bytes(b"changed")
+        gets.clear()
+        third = archive(r, [src], name="m")
+        read = [k for k in gets if k.startswith(layout.TREES)]
+        assert len(read) == len(set(read)) and third.files_reused == first.files - 1
+        changed = {e.path: e for e in r.load_manifest(third.id).files}["t/d2/f1"]
+        assert b"".join(r.read_chunk(c) for c in changed.chunks) == b"changed"
+        # without the files cache's reads, the commit reads back every tree already stored
+        r._trees_read.clear()
+        gets.clear()
+        r.commit_manifest(r.load_manifest(first.id))
+        assert sorted(k for k in gets if k.startswith(layout.TREES)) == sorted(trees)
+    finally:
+        r.close()

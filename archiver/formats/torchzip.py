@@ -6,7 +6,6 @@ stored members' data ranges; widths come from the storage types named in data.pk
 which is only *scanned* with pickletools (never unpickled: a checkpoint is untrusted)."""
 from __future__ import annotations
 
-import pickletools
 import struct
 import zipfile
 from typing import BinaryIO
@@ -58,6 +57,7 @@ def _scan_pickle(pkl: bytes) -> _Scan:
     """(storage key -> width, storage key -> (storage type, numel), tensor count): the
     tensor count is how often a torch tensor rebuild function is referenced (each reference
     is one REDUCE building one tensor; a Parameter wraps one such call)."""
+    import pickletools  # here: every archive detects formats, few files are torch zips
     widths: dict[str, int] = {}
     storages: dict[str, tuple[str, int]] = {}
     tensors = 0
