@@ -541,16 +541,17 @@ def test_a_missing_pack_makes_its_files_read_again(tmp_path, reads):
 
 @pytest.fixture
 def puts(monkeypatch) -> list[tuple[list[str], set[str], str]]:
-    """Every FilesCache.put: (paths written, manifests moved, the manifest moved to)."""
+    """Every write of the files cache (FilesCache.put_values, which `put` also goes through):
+    (paths written, manifests moved, the manifest moved to)."""
     from archiver.filescache import FilesCache
     seen: list[tuple[list[str], set[str], str]] = []
-    real = FilesCache.put
+    real = FilesCache.put_values
 
-    def counting(self, rows, now, moved=(), to=""):
-        rows, moved = list(rows), set(moved)
-        seen.append(([p for p, _ in rows], moved, to))
-        return real(self, rows, now, moved, to)
-    monkeypatch.setattr(FilesCache, "put", counting)
+    def counting(self, values, now, moved=(), to=""):
+        values, moved = list(values), set(moved)
+        seen.append(([v[0] for v in values], moved, to))
+        return real(self, values, now, moved, to)
+    monkeypatch.setattr(FilesCache, "put_values", counting)
     return seen
 
 
