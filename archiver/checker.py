@@ -295,7 +295,7 @@ class FileProof:
 def proof_key(e: Entry) -> tuple:
     """What makes two file entries the same proof: chunk list (with stored sizes), size and
     whole-file hashes. Path, mode and mtime do not change what is read or what it must hash to."""
-    return e.size, e.blake3, e.sha256, tuple((c.offset, c.length, c.hash, c.stored_size, c.codec) for c in e.chunks)
+    return e.size, e.blake3, e.sha256, e.chunks  # a ChunkRef is equal to another by its five fields
 
 
 def _prove_file(repo: Repository, e: Entry, pool: ThreadPoolExecutor, window: int,
@@ -311,9 +311,30 @@ def _prove_file(repo: Repository, e: Entry, pool: ThreadPoolExecutor, window: in
 
 def _prove_one_chunk(repo: Repository, e: Entry, progress: Progress) -> FileProof:
     """`_prove_streamed` of a one-chunk file, with the same findings, without its stream."""
+    return _one_chunk_proof(e, repo.try_read_chunk(e.chunks[0]), progress)
+
+
+def _prove_batch(repo: Repository, batch: list[Entry], pool: ThreadPoolExecutor, progress: Progress) -> list[FileProof]:
+    """`_prove_file` of each small file of `batch` (in pack order): the one-chunk files'
+    chunks are read together (`Repository.read_chunks`: each planned span of a pack once,
+    every chunk decoded and re-hashed), the others streamed."""
+    ones = [e for e in batch if len(e.chunks) == 1]
+    got = iter(repo.read_chunks([e.chunks[0] for e in ones]))
+    return [_one_chunk_proof(e, next(got), progress) if len(e.chunks) == 1 else
+            _prove_empty(e) if not e.chunks else _prove_file(repo, e, pool, 2, progress) for e in batch]
+
+
+def _prove_empty(e: Entry) -> FileProof:
+    """`_prove_streamed` of a file of no chunks: its recorded hashes must be those of no bytes."""
+    return FileProof(hashed=True, hash_mismatch=not FileDigest(True).matches(e))
+
+
+def _one_chunk_proof(e: Entry, got: bytes | ArchiverError, progress: Progress) -> FileProof:
+    """What reading the one chunk of file `e` found (`got`: its bytes, re-hashed on read,
+    or why not): the chunk's BLAKE3 is the file's when they are equal, so only SHA-256 (and
+    BLAKE3 if they differ) is computed over the bytes again."""
     proof = FileProof()
     c = e.chunks[0]
-    got = repo.try_read_chunk(c)
     if isinstance(got, ObjectColdError):
         proof.cold.append(c.hash)
         return proof
@@ -361,11 +382,12 @@ def _prove_streamed(repo: Repository, e: Entry, pool: ThreadPoolExecutor, window
 def _apply(report: VerifyReport, mid: str, e: Entry, proof: FileProof, first: bool) -> None:
     """Report what `proof` found as problems of manifest `mid`; the reading itself (chunks
     and bytes read, chunk results for the event) is counted once, for its first user."""
-    report.not_checked_cold.extend(proof.cold)
-    for c, err in proof.damaged:
-        report.add(chunk_problem(mid, e, c, err))
-    if proof.hash_mismatch:
-        report.add(file_hash_problem(mid, e))
+    if proof.cold or proof.damaged or proof.hash_mismatch:
+        report.not_checked_cold.extend(proof.cold)
+        for c, err in proof.damaged:
+            report.add(chunk_problem(mid, e, c, err))
+        if proof.hash_mismatch:
+            report.add(file_hash_problem(mid, e))
     report.files_hashed += proof.hashed  # proved by its whole-file hash, now or earlier in this run
     if first:
         report.chunks_read += len(proof.chunks)
@@ -401,7 +423,7 @@ def _deep(repo: Repository, manifests: dict[str, Manifest], nworkers: int, repor
         # file tasks wait on chunk tasks, so they run on a pool of their own (no deadlock)
         # several small files per task: the hand-off to a thread is paid once per batch
         with ThreadPoolExecutor(nworkers, thread_name_prefix="verify-files") as files:
-            for batch, got in ordered_map(files, lambda b: [_prove_file(repo, e, pool, 2, progress) for _k, e in b],
+            for batch, got in ordered_map(files, lambda b: _prove_batch(repo, [e for _k, e in b], pool, progress),
                                           batches(small, lambda ke: ke[1].size), 4 * nworkers):
                 for (k, _e), proof in zip(batch, got):
                     proofs[k] = proof

@@ -136,3 +136,41 @@ def sync_together(fds: Sequence[int], pool: Executor | None = None, *, within: S
         for _ in pool.map(os.fsync, fds):
             pass
     return len(fds)
+
+
+def open_unnamed(dir_fd: int, mode: int) -> int | None:
+    """A new regular file in directory `dir_fd` that has no name yet (O_TMPFILE, Linux),
+    open for writing, with `mode` less the umask; None where this system or filesystem
+    cannot make one (the caller writes under a temp name instead). Why: such a file is
+    named (`link_unnamed`) only once it is whole and durable, so a damaged or partial file
+    never appears under any name, a killed run leaves nothing behind, and it costs one
+    directory change instead of two (create, rename)."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag:
+        return None
+    try:
+        return os.open(".", os.O_WRONLY | flag | getattr(os, "O_CLOEXEC", 0), mode, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+            return None
+        raise
+
+
+def link_unnamed(fd: int, dir_fd: int, name: str) -> None:
+    """Give the unnamed file `fd` (`open_unnamed`) the name `name` in `dir_fd`: linkat(2)
+    through /proc/self/fd (linkat's AT_EMPTY_PATH needs a capability). Never replaces
+    anything: FileExistsError if the name is taken, by anything (a symlink is not followed)."""
+    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+
+
+def unnamed_files(dir_fd: int) -> bool:
+    """True if files can be made in `dir_fd` with `open_unnamed` and named with
+    `link_unnamed` (O_TMPFILE on its filesystem, and /proc mounted): checked once per run
+    by making one such file and closing it (it vanishes, never having had a name)."""
+    fd = open_unnamed(dir_fd, 0o600)
+    if fd is None:
+        return False
+    try:
+        return os.path.exists(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)

@@ -156,6 +156,13 @@ class FilesCache:
         """Record rows in one transaction, and drop the ones unused for EXPIRE_S. `moved`:
         manifests whose rows' reused entries are now in manifest `to`, at the same paths;
         whatever moved to one of them moves on to `to`, so a lookup is one hop."""
+        self.put_values([(p, r.stat.dev, r.stat.ino, r.stat.size, r.stat.mtime_ns, r.stat.ctime_ns, r.reader,
+                          r.manifest, r.entry_path, now) for p, r in rows], now, moved, to)
+
+    def put_values(self, values: list[tuple[Any, ...]], now: float, moved: Iterable[str] = (), to: str = "") -> None:
+        """`put` of rows already laid out as the statement takes them (path, dev, ino, size,
+        mtime_ns, ctime_ns, reader, manifest, entry_path, used): a commit builds no Row
+        per file."""
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             for old in set(moved) - {to}:
@@ -167,9 +174,7 @@ class FilesCache:
                 "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET dev=excluded.dev, ino=excluded.ino, "
                 "size=excluded.size, mtime_ns=excluded.mtime_ns, ctime_ns=excluded.ctime_ns, "
                 "reader=excluded.reader, manifest=excluded.manifest, entry_path=excluded.entry_path, "
-                "used=excluded.used",
-                ((p, r.stat.dev, r.stat.ino, r.stat.size, r.stat.mtime_ns, r.stat.ctime_ns, r.reader, r.manifest,
-                  r.entry_path, now) for p, r in rows))
+                "used=excluded.used", values)
             self._conn.execute("DELETE FROM files WHERE used < ?", (now - EXPIRE_S,))
             if self._conn.execute("SELECT count(*) FROM moved").fetchone()[0] > MOVED_KEEP:
                 self._conn.execute("DELETE FROM moved WHERE old NOT IN (SELECT DISTINCT manifest FROM files)")
@@ -335,22 +340,23 @@ class FilesRun:
             return
         by_path = {e.path: e for e in entries if e.type == "file"}
         rows = []
+        add = rows.append
         moved: set[str] = set()
-        now = time.time()
+        reader, now, stats = self.reader, time.time(), self.stats
         for path, key in self.keys.items():
             e = by_path.get(path)
-            st = self.stats.get(key)
+            st = stats.get(key)
             if e is None or st is None:
                 continue
-            if e.size == st.size and e.mtime_ns == st.mtime_ns:
+            if e.size == st.size and e.mtime_ns == st.mtime_ns:  # laid out as FilesCache.put_values takes them
                 old = self.rows.get(key)
                 if (old is not None and e is self.hits.get(key) and old.entry_path == path and old.stat == st
-                        and old.reader == self.reader and now - old.used < REFRESH_S):
+                        and old.reader == reader and now - old.used < REFRESH_S):
                     moved.add(self.came_from[key])  # the very entry, at the same path: `mid` holds it now
                     continue
-                rows.append((key, Row(st, self.reader, mid, path)))
+                add((key, st.dev, st.ino, st.size, st.mtime_ns, st.ctime_ns, reader, mid, path, now))
         try:
-            self.cache.put(rows, now, moved, mid)
+            self.cache.put_values(rows, now, moved, mid)
         except sqlite3.Error:
             pass  # the archive stands; the next run reads these files again
 

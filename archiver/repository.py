@@ -8,6 +8,7 @@ bytes, the whole file's digest, and for manifests the id."""
 from __future__ import annotations
 
 import base64
+import bisect
 import dataclasses
 import hashlib
 import json
@@ -42,6 +43,7 @@ from manifests.catalog import AuditRow, Catalog, Chain, ManifestRow, check_recor
 from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
 from manifests.model import MAX_FILEMAP_BYTES, parse_filemap, with_filemap, with_filemaps
 from manifests.model import filemap_bytes_for, filemap_records
+from manifests.filemapbin import is_binary as is_binary_filemap
 from manifests import errors as manifest_errors
 from manifests.model import MAX_TREE_BYTES, parse_tree, resolve_trees, tree_objects
 from manifests.model import PreviousTree, prove_trees, with_trees_made
@@ -449,15 +451,40 @@ class Repository:
             return parse_filemap(self.filemap_object(e), e)
 
     def filemap_object(self, e: Entry) -> bytes:
-        """The raw bytes stored under entry `e`'s file map key, refused if too large or absent
-        (ManifestError); the caller checks them (`parse_filemap`, or the hash for a copy)."""
-        key = layout.filemap(e.filemap)
-        try:
-            return self._store.get(key, max_size=MAX_FILEMAP_BYTES)
-        except ObjectMissingError:
-            raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is missing from the store") from None
-        except ObjectTooLargeError as err:
-            raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is too large: {err}") from None
+        """The raw bytes of entry `e`'s file map (under `.bin` or `.json`, see `_filemap_found`),
+        refused if too large, absent or under the wrong suffix (ManifestError); the caller checks
+        them (`parse_filemap`, or the hash for a copy)."""
+        return self._filemap_found(e)[1]
+
+    def _filemap_found(self, e: Entry) -> tuple[str, bytes]:
+        """(key, bytes) of entry `e`'s file map: the binary key first, the JSON key (maps of
+        earlier archivers) only if that is absent. Bytes whose form is not the one their key's
+        suffix names are refused as damage (ManifestError), so a `.bin` object is always a
+        binary map and a `.json` object a JSON one."""
+        for key in layout.filemap_keys(e.filemap):
+            try:
+                data = self._store.get(key, max_size=MAX_FILEMAP_BYTES)
+            except ObjectMissingError:
+                continue
+            except ObjectTooLargeError as err:
+                raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is too large: {err}") from None
+            if self._filemap_key(e.filemap, data) != key:
+                why = ("is stored under the wrong suffix for its form" if manifest_id(data) == e.filemap else
+                       "does not match its hash (tampered or corrupt)")
+                raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} {why}: {key}")
+            return key, data
+        raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is missing from the store")
+
+    @staticmethod
+    def _filemap_key(h: str, data: bytes) -> str:
+        """The key file map bytes `data` (named `h`) belong under: the writer knows the form from the bytes."""
+        return layout.filemap(h, binary=is_binary_filemap(data))
+
+    def _filemap_stored_key(self, h: str) -> str:
+        """The key map `h` is stored under, by HEAD (binary, else JSON), for locking an existing
+        object; the binary key if neither exists (the one a writer would use)."""
+        bin_key, json_key = layout.filemap_keys(h)
+        return json_key if self._store.stat(bin_key) is None and self._store.stat(json_key) is not None else bin_key
 
     def save_filemaps(self, e: Entry, policy: Any = None) -> Entry:
         """Make a finished file's entry what a v2 manifest records and, for a file over the
@@ -478,7 +505,7 @@ class Repository:
         """put_if_absent; an object already there must be these bytes, else (damaged: the
         name is its hash) it is replaced, conditional on its version, as `heal` does. With a
         metadata write policy `hot` (Object Lock) it is written locked, or its lock extended."""
-        key = layout.filemap(h)
+        key = self._filemap_key(h, data)
         if hot is not None:
             self._put_exact(key, data, f"file map {h}", hot)
             return
@@ -514,11 +541,16 @@ class Repository:
 
     def filemap_sizes(self) -> dict[str, int]:
         """hash -> stored size of every file map object in the store (LIST only, nothing fetched)."""
-        return self._named_sizes(layout.FILEMAPS, layout.filemap)
+        out: dict[str, int] = {}
+        for info in self._store.list(layout.FILEMAPS):  # both suffixes: binary maps and earlier JSON ones
+            named = layout.filemap_hash(info.key)
+            if named is not None:
+                out[named[0]] = info.size
+        return out
 
     def put_filemap_object(self, h: str, data: bytes, policy: Any = None) -> bool:
         """Store a file map copied from another store (it must hash to `h`); True if written now."""
-        return self._put_named(h, data, layout.filemap(h), "file map", policy)
+        return self._put_named(h, data, self._filemap_key(h, data), "file map", policy)
 
     def filemap_object_checked(self, e: Entry) -> bytes:
         """Entry `e`'s file map bytes, returned only if they parse as its map (what a copy
@@ -532,8 +564,14 @@ class Repository:
         """Heal a file map object with bytes proved elsewhere (they must parse as `e`'s map): see `_heal`."""
         with translated():
             parse_filemap(data, e)
-        return self._heal(layout.filemap(e.filemap), data, lambda stored: None if stored == data else
+        done = self._heal(self._filemap_key(e.filemap, data), data, lambda stored: None if stored == data else
                           "stored file map differs from its hash")
+        try:  # a reader must now find these bytes, not an object under the other suffix first
+            self._filemap_found(e)
+        except ManifestError as err:
+            raise IntegrityError(f"{err}; this store never deletes, so that object must be moved aside "
+                                 "by hand") from None
+        return done
 
     def _get_manifest(self, key: str) -> bytes:
         """A manifest object's bytes, refused unread if larger than a manifest may be."""
@@ -595,8 +633,8 @@ class Repository:
                 self._put_filemap(e.filemap, fm, hot)
                 continue
             chunks = self._prove_filemap(e, read_maps)  # written by a worker: prove it is there and intact
-            if hot is not None:
-                self._ensure_lock(layout.filemap(e.filemap), hot)
+            if hot is not None and hot.locked:
+                self._ensure_lock(self._filemap_stored_key(e.filemap), hot)
             if chunks is not None:
                 proved.append((e, chunks))
                 proved_refs += len(chunks)
@@ -1691,7 +1729,7 @@ class Repository:
         keys = [self._stored_chunk_key(h) for h in hashes if h not in located]
         keys += sorted({layout.pack(loc.pack) for locs in located.values() for loc in locs})
         keys += sorted({layout.pack_index(loc.index_id) for locs in located.values() for loc in locs})
-        keys += sorted({layout.filemap(e.filemap) for e in m.files if e.filemap})
+        keys += sorted({self._filemap_stored_key(e.filemap) for e in m.files if e.filemap})
         keys += sorted(layout.tree(h) for h in self.manifest_trees(m))
         keys.append(layout.manifest(mid))
         if self._sealer is not None:  # its companion and the key objects of the runs it names
@@ -2310,13 +2348,15 @@ class Repository:
             done, ps.unrecorded = ps.unrecorded, []
         if errors:
             raise errors[0]
-        for index in done:
-            try:
-                with translated():
-                    self._catalog.record_pack(index.pack, index.size, index.id,
-                                              [(e.hash, e.offset, e.stored_size, e.length) for e in index.entries])
-            except (CatalogReadOnlyError, CatalogLockedError):
-                pass  # the store holds the index; a rebuild records it
+        if not done:
+            return 0
+        try:  # one transaction for all of them
+            with translated():
+                self._catalog.record_packs([(index.pack, index.size, index.id,
+                                             [(e.hash, e.offset, e.stored_size, e.length) for e in index.entries])
+                                            for index in done])
+        except (CatalogReadOnlyError, CatalogLockedError):
+            pass  # the store holds the indexes; a rebuild records them
         return len(done)
 
     def _pack_locations(self, h: str) -> list[PackLocation]:
@@ -2332,21 +2372,25 @@ class Repository:
         ps = self._packstate
         out: dict[str, list[PackLocation]] = {}
         with ps.lock:
-            for h in hashes:
-                if h in ps.written:
-                    out[h] = list(ps.written[h])
-                for index, iid, i in ps.written_at.get(h, ()):
-                    e = index.entries[i]
-                    out.setdefault(h, []).append(PackLocation(index.pack, e.offset, e.stored_size, e.length,
-                                                              index.size, iid))
+            if ps.written or ps.written_at:  # packs this process wrote (none in a restore or verify)
+                for h in hashes:
+                    if h in ps.written:
+                        out[h] = list(ps.written[h])
+                    for index, iid, i in ps.written_at.get(h, ()):
+                        e = index.entries[i]
+                        out.setdefault(h, []).append(PackLocation(index.pack, e.offset, e.stored_size, e.length,
+                                                                  index.size, iid))
             store_map = ps.store_map
         if recorded is not None:
             known = {h: recorded[h] for h in hashes if h in recorded}
         else:
             known = self._catalog.pack_locations(hashes) if self._catalog is not None else {}  # a worker: none
         for h, rows in known.items():
-            have = out.setdefault(h, [])
-            have += [PackLocation(*r) for r in rows if all(r[0] != x.pack for x in have)]
+            have = out.get(h)
+            if have is None:
+                out[h] = [PackLocation(*r) for r in rows]
+            else:
+                have += [PackLocation(*r) for r in rows if all(r[0] != x.pack for x in have)]
         if store_map is not None:
             for h in hashes:
                 for loc in store_map.get(h, ()):
@@ -2486,21 +2530,65 @@ class Repository:
     def _pack_range(self, loc: PackLocation) -> bytes:
         """One chunk object's bytes from its pack: from a planned span (one request for many
         chunks, see `plan_reads`), else one ranged read of just its bytes."""
-        ps = self._packstate
         span = self._span_for(loc)
         if span is not None:
             start, end = span
-            with ps.pack_lock(f"{loc.pack}:{start}"):
-                with ps.lock:
-                    data = ps.spans.get((loc.pack, start))
-                if data is None:
-                    data = self._read_range(layout.pack(loc.pack), start, end - start)
-                    with ps.lock:
-                        ps.spans[(loc.pack, start)] = data
-                        while len(ps.spans) > 4:  # bounded: the oldest span is read again if needed
-                            ps.spans.pop(next(iter(ps.spans)))
+            data = self._span_bytes(loc.pack, start, end)
             return data[loc.offset - start:loc.offset - start + loc.stored_size]
         return self._read_range(layout.pack(loc.pack), loc.offset, loc.stored_size)
+
+    def _span_bytes(self, pack: str, start: int, end: int) -> bytes:
+        """The bytes of one planned span of `pack`, read with one request by whichever thread
+        asks first and kept in a small shared cache (the oldest span is read again if needed)."""
+        ps = self._packstate
+        with ps.pack_lock(f"{pack}:{start}"):
+            with ps.lock:
+                data = ps.spans.get((pack, start))
+            if data is None:
+                data = self._read_range(layout.pack(pack), start, end - start)
+                with ps.lock:
+                    ps.spans[(pack, start)] = data
+                    while len(ps.spans) > 4:  # bounded
+                        ps.spans.pop(next(iter(ps.spans)))
+        return data
+
+    def read_chunks(self, refs: list[ChunkRef]) -> list[bytes | ArchiverError]:
+        """`try_read_chunk` of each of `refs`, in order: for a batch of small files read in
+        pack order (restore, deep verify). A packed chunk that `plan_reads` placed in a
+        planned span is cut from that span (fetched once for the batch, with one look at the
+        plan for the whole batch rather than three locked look-ups per chunk), decoded and
+        re-hashed here; any other chunk, and any whose bytes there do not prove good, goes
+        through `try_read_chunk`, which tries its other locations and words the damage."""
+        if self._sealer is not None:
+            return [self.try_read_chunk(r) for r in refs]
+        ps = self._packstate
+        with ps.lock:
+            locs = [ps.planned_locs.get(r.hash) for r in refs]
+            plan = ps.plan  # replaced whole by plan_reads, never changed in place
+        spans: dict[tuple[str, int], memoryview] = {}
+        out: list[bytes | ArchiverError] = []
+        for ref, ls in zip(refs, locs):
+            got: bytes | ArchiverError | None = None
+            if ls and ls[0].stored_size == ref.stored_size:
+                loc = ls[0]
+                span = _span_of(plan.get(loc.pack, ()), loc.offset, loc.offset + loc.stored_size)
+                if span is not None:
+                    key = (loc.pack, span[0])
+                    data = spans.get(key)
+                    if data is None:
+                        try:
+                            data = spans[key] = memoryview(self._span_bytes(loc.pack, *span))
+                        except (IntegrityError, ObjectMissingError, ObjectColdError):
+                            data = None  # try_read_chunk below says what is wrong
+                    obj = data[loc.offset - span[0]:loc.offset - span[0] + loc.stored_size] if data is not None \
+                        else None
+                    if obj is not None and len(obj) == loc.stored_size:
+                        try:
+                            got = self._decode_checked(obj, ref.hash, ref.length)
+                        except CorruptChunkError:
+                            got = None
+            out.append(got if got is not None else self.try_read_chunk(ref))
+        return out
 
     def _span_for(self, loc: PackLocation) -> tuple[int, int] | None:
         with self._packstate.lock:
@@ -2579,24 +2667,30 @@ class Repository:
         if lost:  # maybe packed by a writer this catalog has not recorded
             store_map = self._store_pack_map()
             located.update({h: store_map[h] for h in lost if h in store_map})
-        keys = sorted({layout.pack(loc.pack) for locs in located.values() for loc in locs} |
-                      {layout.pack_index(loc.index_id) for locs in located.values() for loc in locs})
+        # what is wrong with each (pack, size, index) the locations name, found once per pack, not per chunk
+        triples = {(loc.pack, loc.pack_size, loc.index_id) for locs in located.values() for loc in locs}
+        keys = sorted({layout.pack(p) for p, _n, _i in triples} | {layout.pack_index(i) for _p, _n, i in triples})
         held = dict(zip(keys, self._present(keys)))
+        wrong: dict[tuple[str, int, str], str | None] = {}
+        for pack, pack_size, iid in triples:
+            pack_info, index_info = held[layout.pack(pack)], held[layout.pack_index(iid)]
+            if pack_info is None:
+                wrong[(pack, pack_size, iid)] = f"its pack {pack} is missing from the store"
+            elif pack_info.size != pack_size:
+                wrong[(pack, pack_size, iid)] = f"its pack {pack} is {pack_info.size} bytes, its index says {pack_size}"
+            elif index_info is None:
+                wrong[(pack, pack_size, iid)] = f"the index {iid} of its pack {pack} is missing"
+            else:
+                wrong[(pack, pack_size, iid)] = None
         notes: dict[str, str] = {}
         for h, locs in located.items():
             for loc in locs:
-                pack_info, index_info = held[layout.pack(loc.pack)], held[layout.pack_index(loc.index_id)]
-                if pack_info is None:
-                    notes.setdefault(h, f"its pack {loc.pack} is missing from the store")
-                elif pack_info.size != loc.pack_size:
-                    notes.setdefault(h, f"its pack {loc.pack} is {pack_info.size} bytes, its index says "
-                                        f"{loc.pack_size}")
-                elif index_info is None:
-                    notes.setdefault(h, f"the index {loc.index_id} of its pack {loc.pack} is missing")
-                else:
+                why = wrong[(loc.pack, loc.pack_size, loc.index_id)]
+                if why is None:
                     sizes[h] = loc.stored_size
                     notes.pop(h, None)
                     break
+                notes.setdefault(h, why)
         return sizes, notes
 
     def _present(self, keys: list[str]) -> list[ObjectInfo | None]:
@@ -2678,6 +2772,14 @@ class Repository:
         self._add_to_pack(ref.hash, obj, ref.length, describe(obj), None)
         self.flush_packs()
         return "written"
+
+
+def _span_of(spans: list[tuple[int, int]] | tuple, start: int, end: int) -> tuple[int, int] | None:
+    """The planned span (sorted, disjoint) that holds bytes [start, end), if any."""
+    i = bisect.bisect_right(spans, (start, math.inf)) - 1
+    if i >= 0 and spans[i][0] <= start and end <= spans[i][1]:
+        return spans[i]
+    return None
 
 
 def _parents_first(parents: dict[str, str | None]) -> list[str]:

@@ -16,7 +16,11 @@ Small files are restored several at a time (one alone cannot keep the workers bu
 in sync batches: a batch is written under temp names, made durable together (one syncfs(2)
 per filesystem on Linux, else an fsync each, in parallel), and only then renamed into
 place; each directory they were renamed into is synced once, after its last rename and
-before the restore reports success. Big files are fsynced one by one before their rename.
+before the restore reports success. Where the filesystem has O_TMPFILE (Linux: ext4, xfs,
+btrfs, tmpfs), a small file has no name at all until then: it is written unnamed and
+linked into place after its batch's sync (the link never replaces anything: see
+`_link_into_place`), so a killed restore leaves nothing behind and no temp name, lock or
+rename is needed. Big files are fsynced one by one before their rename.
 setuid, setgid and sticky bits are dropped unless asked for: a restore should not
 create privileged executables from a store someone else may have written to."""
 from __future__ import annotations
@@ -395,7 +399,8 @@ def _open_dir(root_fd: int, parts: list[str], *, create: bool) -> int:
 
 @dataclass
 class _Staged:
-    """A small file written under its temp name (still open and locked), not yet durable."""
+    """A small file written under its temp name (still open and locked) or with no name
+    (`tmp` ""), not yet durable."""
     entry: Entry
     dir_fd: int
     name: str
@@ -418,11 +423,12 @@ def _batch_limits() -> tuple[int, int]:
 def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry], pool: ThreadPoolExecutor,
                    nworkers: int, result: RestoreResult, progress: Progress, force: bool, mode_mask: int) -> None:
     """Restore small files in sync batches: the files of a batch are written under temp names
-    several at a time (file tasks on a pool of their own, since they wait on chunk tasks),
-    made durable together (`fileio.sync_together`: one syncfs, or an fsync each in parallel),
-    and only then renamed into place; every directory they were renamed into is synced once,
-    after its last rename and before the restore reports. A damaged or partial file never
-    appears under its final name: a failure before a batch's sync renames none of it."""
+    (or unnamed) several at a time (file tasks on a pool of their own, since they wait on
+    chunk tasks), made durable together (`fileio.sync_together`: one syncfs, or an fsync
+    each in parallel), and only then put in place, on this thread while the tasks write the
+    next batch; every directory they were put into is synced once, after its last file and
+    before the restore reports. A damaged or partial file never appears under its final
+    name: a failure before a batch's sync puts none of it in place."""
     if not files:
         return
     # written in pack order, so each planned span of a pack is read once, not once per file;
@@ -433,43 +439,73 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
     in_pack_order = sorted(files, key=lambda e: pos.get(e.chunks[0].hash, ("", 0)) if e.chunks else ("", 0))
     most_files, most_dirs = _batch_limits()
     dirs: dict[str, int] = {}  # parent path -> open fd, renamed into and not yet synced
-    staged: list[_Staged] = []  # written, not yet renamed: whatever happens, removed in `finally`
+    dev_of: dict[int, int] = {}  # open directory fd -> its filesystem (st_dev), stat'ed once when opened
+    # written, not yet in place, one list per sync batch: whatever happens, removed in `finally`
+    pending: list[list[_Staged]] = []
 
-    def stage(batch: list[Entry]) -> list[Problem]:
+    unnamed = fileio.unnamed_files(root_fd)  # files get their names only once durable (O_TMPFILE)
+
+    def stage(batch: list[Entry], staged: list[_Staged]) -> list[Problem]:
         mine: list[Problem] = []
+        ones = iter(repo.read_chunks([e.chunks[0] for e in batch if len(e.chunks) == 1]))
         for e in batch:
-            _stage_file(repo, mid, dirs[e.path.rpartition("/")[0]], e, pool, staged, mine, progress, mode_mask)
+            _stage_file(repo, mid, dirs[e.path.rpartition("/")[0]], e, pool, staged, mine, progress, mode_mask,
+                        next(ones) if len(e.chunks) == 1 else None, unnamed)
         return mine
+
+    def place(durable: list[_Staged]) -> None:
+        """Put a synced batch's files in place (renamed or linked), in order."""
+        while durable:
+            s = durable[0]
+            try:
+                if s.tmp:
+                    _check_target(s.dir_fd, s.name, s.entry.path, force)
+                    os.rename(s.tmp, s.name, src_dir_fd=s.dir_fd, dst_dir_fd=s.dir_fd)  # still locked
+                else:
+                    _link_into_place(s.fd, s.dir_fd, s.name, s.entry.path, force)
+            except OSError as err:
+                _raise_write_error(s.entry.path, err)
+            durable.pop(0)
+            os.close(s.fd)
+            result.files += 1
+            result.bytes += s.entry.size
 
     try:
         with ThreadPoolExecutor(nworkers, thread_name_prefix="restore-files") as tasks:
+            durable: list[_Staged] = []  # the previous batch: synced, not yet in place
             for batch in batches(in_pack_order, lambda e: e.size, most_files, SYNC_BATCH_BYTES):
                 new = {e.path.rpartition("/")[0] for e in batch} - dirs.keys()
                 if len(dirs) + len(new) > most_dirs:  # keep the fds bounded: sync what is open, close it
+                    place(durable)  # (its files go into directories about to be closed)
                     _sync_dirs(dirs, tasks)
                     new = {e.path.rpartition("/")[0] for e in batch}
                 for parent in sorted(new):
-                    dirs[parent] = _open_dir(root_fd, parent.split("/") if parent else [], create=True)
-                for _b, mine in ordered_map(tasks, stage, batches(batch, lambda e: e.size), 4 * nworkers):
-                    problems.extend(mine)
-                fileio.sync_together([s.fd for s in staged], tasks, within=list(dirs.values()))
-                while staged:
-                    s = staged[0]
-                    try:
-                        _check_target(s.dir_fd, s.name, s.entry.path, force)
-                        os.rename(s.tmp, s.name, src_dir_fd=s.dir_fd, dst_dir_fd=s.dir_fd)  # still locked
-                    except OSError as err:
-                        _raise_write_error(s.entry.path, err)
-                    staged.pop(0)
-                    os.close(s.fd)
-                    result.files += 1
-                    result.bytes += s.entry.size
+                    fd = dirs[parent] = _open_dir(root_fd, parent.split("/") if parent else [], create=True)
+                    dev_of[fd] = os.fstat(fd).st_dev
+                staged: list[_Staged] = []
+                pending.append(staged)
+                # this batch is written by the tasks while the previous one, durable, is put in place here
+                futures = [tasks.submit(stage, b, staged) for b in batches(batch, lambda e: e.size)]
+                try:
+                    place(durable)
+                    for f in futures:
+                        problems.extend(f.result())
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+                one_per_fs = {dev_of[fd]: fd for fd in dirs.values()}  # not an fstat of every open directory per batch
+                fileio.sync_together([s.fd for s in staged], tasks, within=list(one_per_fs.values()))
+                durable = staged
+            place(durable)
             _sync_dirs(dirs, tasks)
     except OSError as err:
-        _raise_write_error(staged[0].entry.path if staged else result.dest, err)
+        first = next((s for staged in pending for s in staged), None)
+        _raise_write_error(first.entry.path if first is not None else result.dest, err)
     finally:
-        for s in staged:  # the pool has shut down: no task still adds to it
-            _discard(s.dir_fd, s.tmp, s.fd)
+        for staged in pending:  # the pool has shut down: no task still adds to them
+            for s in staged:
+                _discard(s.dir_fd, s.tmp, s.fd)
         for fd in dirs.values():
             os.close(fd)
     result.problems.extend(sorted(problems, key=lambda p: at.get(p.path or "", -1)))
@@ -493,13 +529,40 @@ def _raise_write_error(path: str, err: OSError) -> None:
 
 
 def _discard(dir_fd: int, tmp: str, fd: int) -> None:
-    """Close and remove a temp file that will not be renamed into place."""
+    """Close and remove a temp file that will not be renamed into place (`tmp` "": an
+    unnamed file, which vanishes when closed)."""
     if fd >= 0:
         os.close(fd)
+    if not tmp:
+        return
     try:
         os.unlink(tmp, dir_fd=dir_fd)
     except OSError:
         pass
+
+
+def _link_into_place(fd: int, dir_fd: int, name: str, path: str, force: bool) -> None:
+    """Name the unnamed, durable file `fd` `name` in dir_fd. The link never replaces
+    anything; if the name is taken, `force` (and no directory in the way) replaces it
+    atomically: a link under a temp name (locked, so a concurrent restore's cleanup leaves
+    it alone), renamed over the old file."""
+    try:
+        fileio.link_unnamed(fd, dir_fd, name)
+        return
+    except FileExistsError:
+        _check_target(dir_fd, name, path, force)  # refuses unless force, and always a directory
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as err:
+        if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    tmp = temp_name()
+    fileio.link_unnamed(fd, dir_fd, tmp)
+    try:
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        _discard(dir_fd, tmp, -1)
+        raise
 
 
 def mode_at_create(mode: int) -> bool:
@@ -512,18 +575,26 @@ def mode_at_create(mode: int) -> bool:
 
 
 def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadPoolExecutor,
-                staged: list[_Staged], problems: list[Problem], progress: Progress, mode_mask: int) -> None:
-    """Write small file `e` under a temp name in dir_fd, every chunk and the whole file
-    re-hashed, with its final mode and mtime, and add it to `staged` (not yet durable nor
-    renamed). A damaged file is reported in `problems` and its temp removed."""
+                staged: list[_Staged], problems: list[Problem], progress: Progress, mode_mask: int,
+                got: bytes | ArchiverError | None = None, unnamed: bool = False) -> None:
+    """Write small file `e` in dir_fd, every chunk and the whole file re-hashed, with its
+    final mode and mtime, and add it to `staged` (not yet durable nor in place): with
+    `unnamed`, as a file with no name (`fileio.open_unnamed`), else under a temp name. `got`:
+    its one chunk, already read (`Repository.read_chunks`). A damaged file is reported in
+    `problems` and its file removed."""
     tmp = ""
     fd = -1
     mode = e.mode & mode_mask
     at_create = mode_at_create(mode)
     try:
-        tmp, fd = _create_temp(dir_fd, mode if at_create else 0o600)
+        if unnamed:
+            fd = _create_unnamed(dir_fd, mode)
+        if fd < 0:
+            tmp, fd = _create_temp(dir_fd, mode if at_create else 0o600)
+        else:
+            at_create = not mode & SPECIAL_BITS  # a write clears them: set after it
         written = 0
-        pieces = _one_chunk(repo, e) if len(e.chunks) == 1 else \
+        pieces = _one_chunk(repo, e, got) if len(e.chunks) == 1 else \
             repo.stream_file(e, pool, 2, keep_going=True, sha256=False)
         for piece in pieces:
             if piece.error is not None:  # stop at the first bad chunk: this file cannot be restored
@@ -546,16 +617,34 @@ def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadP
     except OSError as err:
         _raise_write_error(e.path, err)
     finally:
-        if tmp:
+        if fd >= 0:
             _discard(dir_fd, tmp, fd)
 
 
-def _one_chunk(repo: Repository, e: Entry) -> list[Piece]:
+def _create_unnamed(dir_fd: int, mode: int) -> int:
+    """An unnamed file in dir_fd (`fileio.open_unnamed`) with exactly `mode` less its special
+    bits (what the umask took is put back), or -1 if this directory's filesystem cannot
+    make one. No lock, no random name: no other process can see it."""
+    fd = fileio.open_unnamed(dir_fd, mode & ~SPECIAL_BITS)
+    if fd is None:
+        return -1
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != mode & ~SPECIAL_BITS:
+            os.fchmod(fd, mode & ~SPECIAL_BITS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _one_chunk(repo: Repository, e: Entry, got: bytes | ArchiverError | None = None) -> list[Piece]:
     """What `stream_file(e, keep_going=True, sha256=False)` yields for a one-chunk file, read
-    on this thread with no stream: the chunk (re-hashed on read), or its damage; its hash
-    not being the file's BLAKE3 is a FileHashError (the chunk is the whole file)."""
+    on this thread with no stream (or `got`, its chunk read already): the chunk (re-hashed
+    on read), or its damage; its hash not being the file's BLAKE3 is a FileHashError (the
+    chunk is the whole file)."""
     c = e.chunks[0]
-    got = repo.try_read_chunk(c)
+    if got is None:
+        got = repo.try_read_chunk(c)
     if isinstance(got, ArchiverError):
         return [Piece(c, None, got)]
     if c.hash != e.blake3:

@@ -169,6 +169,13 @@ def _records(refs: Iterable[ChunkRef] | Iterable[tuple[str, int, str]]) -> Itera
     return refs  # type: ignore[return-value]
 
 
+def _fresh_sum(total: int | None, batch: int | None) -> int | None:
+    """The stored bytes of a manifest's inline chunks, batch by batch, while each batch was
+    wholly new (`_record_chunks`): a later batch naming an earlier one's chunk finds its key
+    taken, so fresh batches are disjoint and their sums add up; None once one was not."""
+    return None if total is None or batch is None else total + batch
+
+
 def map_keys(recs: MapRecords) -> np.ndarray:
     """chunk_key of every chunk of a map, as int64, from the hashes' first 8 bytes at once:
     flipping the top bit of the big-endian prefix is the bias of chunk_key."""
@@ -734,6 +741,10 @@ class Catalog:
             row = conn.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM manifests").fetchone()[0]
             batch: list[ChunkRef] = []
             shared = _Shared()  # chunks of this version's maps that are not fresh
+            # the stored bytes of the inline chunks while every batch of them was new to the
+            # catalog (a first archive): then no query needs to sum them (see _stored_size)
+            fresh: int | None = 0
+            maps = False
             read = self._record_new_maps(conn, (e for e in files if e.filemap), filemap_chunks)
             if read:  # maps just recorded that reused chunks: their records are at hand
                 def fetch_again(e: Entry, fetch: Any = filemap_chunks) -> Any:
@@ -742,14 +753,15 @@ class Catalog:
                 filemap_chunks = fetch_again
             for e in files:
                 if e.filemap:
+                    maps = True
                     self._record_filemap(conn, row, e, filemap_chunks, shared)
                     continue
                 batch.extend(e.chunks)
                 if len(batch) >= 65536:
-                    self._record_chunks(conn, "manifest_chunks", row, batch)
+                    fresh = _fresh_sum(fresh, self._record_chunks(conn, "manifest_chunks", row, batch))
                     batch = []
-            self._record_chunks(conn, "manifest_chunks", row, batch)
-            stored = self._stored_size(conn, row, shared)
+            fresh = _fresh_sum(fresh, self._record_chunks(conn, "manifest_chunks", row, batch))
+            stored = fresh if fresh is not None and not maps else self._stored_size(conn, row, shared)
             conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
                          "stored_size, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
                          (row, mid, m.name, m.label, m.parent, when, len(files), m.total_size, stored, data))
@@ -1380,6 +1392,12 @@ class Catalog:
         self._pack_tables_seen = True
         return True
 
+    def record_packs(self, packs: Iterable[tuple[str, int, str, Iterable[tuple[str, int, int, int]]]]) -> int:
+        """`record_pack` of each (pack, size, index_id, entries), all in one transaction (one
+        commit, one WAL fsync, for the packs a commit flushes); returns how many were new."""
+        with self.write():
+            return sum(self.record_pack(*p) for p in packs)
+
     # A catalog without pack tables is asked again after this long: another process may create them
     # meanwhile (this one's record_pack notes them at once); missing a pack that briefly costs a
     # dedup (the chunk is packed again), never a read (the store's own indexes are consulted).
@@ -1457,14 +1475,27 @@ def check_recordable(mid: str, m: Manifest) -> None:
     listed twice, or text that is not valid Unicode (a lone surrogate in a name, label,
     meta, path or codec cannot be stored as UTF-8), would fail halfway or be mangled."""
     seen: set[str] = set()
+    parts: list[str] = []  # every text at once: one encode for the common case, all valid
+    add = parts.append
     for e in m.entries:
         if e.path in seen:
             raise ManifestError(f"manifest {mid[:16]} lists path {e.path!r} twice")
         seen.add(e.path)
+        add(e.path)
+        add(e.type)
+        add(e.format)
+        for c in e.chunks:
+            add(c.codec)
+    try:
+        "".join(parts).encode("utf-8")
+        entries_ok = True
+    except UnicodeEncodeError:  # find which one, below
+        entries_ok = False
     texts = [("name", m.name), ("label", m.label or "")]
     texts += [(f"meta {k!r}", k + v) for k, v in m.meta.items()]
-    texts += [(f"path {e.path!r}", e.path + e.type + e.format + "".join(c.codec for c in e.chunks))
-              for e in m.entries]
+    if not entries_ok:
+        texts += [(f"path {e.path!r}", e.path + e.type + e.format + "".join(c.codec for c in e.chunks))
+                  for e in m.entries]
     for where, text in texts:
         try:
             text.encode("utf-8")

@@ -217,3 +217,35 @@ def test_syncfs_is_trusted_only_on_listed_local_filesystems(tmp_path: Path, monk
         assert not fileio.syncfs_is_durable(fd)
     finally:
         os.close(fd)
+
+
+def test_an_unnamed_file_has_no_name_until_linked_and_a_link_replaces_nothing(tmp_path):
+    """open_unnamed / link_unnamed (restore's small files): nothing appears in the directory
+    until the link; closing an unlinked one leaves nothing; a name that exists (a file, a
+    symlink) is never replaced or followed."""
+    d = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if not fileio.unnamed_files(d):
+            pytest.skip("no O_TMPFILE here")
+        assert os.listdir(tmp_path) == []  # the probe left nothing
+        fd = fileio.open_unnamed(d, 0o640)
+        os.write(fd, b"whole")
+        assert os.listdir(tmp_path) == []
+        fileio.link_unnamed(fd, d, "done")
+        os.close(fd)
+        assert (tmp_path / "done").read_bytes() == b"whole"
+        dropped = fileio.open_unnamed(d, 0o600)
+        os.write(dropped, b"partial")
+        os.close(dropped)
+        assert os.listdir(tmp_path) == ["done"]
+        (tmp_path / "victim").write_bytes(b"keep")
+        (tmp_path / "link").symlink_to(tmp_path / "victim")
+        fd = fileio.open_unnamed(d, 0o600)
+        os.write(fd, b"new")
+        for taken in ("done", "link"):
+            with pytest.raises(FileExistsError):
+                fileio.link_unnamed(fd, d, taken)
+        os.close(fd)
+        assert (tmp_path / "done").read_bytes() == b"whole" and (tmp_path / "victim").read_bytes() == b"keep"
+    finally:
+        os.close(d)

@@ -427,6 +427,29 @@ def test_an_unchanged_rearchive_commits_without_serialising_its_trees_again(repo
     assert model.tree_objects(m.entries)[2]["ck/b"] == model.tree_objects(repo.load_manifest(first.id).entries)[2]["ck/b"]
 
 
+def test_commit_rows_laid_out_for_the_statement_are_the_rows_put_writes(repo, tmp_path):
+    """FilesRun.commit hands FilesCache.put_values its rows as the statement takes them (no
+    Row per file): the cache then holds exactly what `put` of Rows writes, and an update
+    replaces a row."""
+    from archiver.filescache import FileStat, FilesCache, Row
+    a, b = FilesCache(tmp_path / "a.files"), FilesCache(tmp_path / "b.files")
+    try:
+        rows = [(f"/d/f{i}", Row(FileStat(1, i, 2, 3, 4 + i), "r", "m", f"f{i}")) for i in range(50)]
+        a.put(rows, 5.0)
+        b.put_values([(p, r.stat.dev, r.stat.ino, r.stat.size, r.stat.mtime_ns, r.stat.ctime_ns, r.reader, r.manifest,
+                       r.entry_path, 5.0) for p, r in rows], 5.0)
+        paths = [p for p, _ in rows]
+        assert a.rows(paths) == b.rows(paths) == dict(rows)
+        b.put_values([("/d/f3", 9, 9, 9, 9, 9, "r2", "m2", "g", 6.0)], 6.0)
+        assert b.rows(["/d/f3"]) == {"/d/f3": Row(FileStat(9, 9, 9, 9, 9), "r2", "m2", "g")}
+    finally:
+        a.close()
+        b.close()
+    ck = make_checkpoint(tmp_path / "ck", layers=2, dim=64)
+    first = pipeline_archive(repo, [ck], name="m")
+    again = pipeline_archive(repo, [ck], name="m")
+    assert again.files_reused == first.files  # the rows the commit wrote are hits
+
 def _packed_rearchive(tmp_path: Path, n: int, damage=None) -> tuple[Repository, CountingStore, Path, object, object]:
     """Archive `n` small files into packs, let `damage(repo, first)` harm the store, then
     re-archive with the default read-back proof; the store's calls count only the re-archive."""
@@ -518,16 +541,17 @@ def test_a_missing_pack_makes_its_files_read_again(tmp_path, reads):
 
 @pytest.fixture
 def puts(monkeypatch) -> list[tuple[list[str], set[str], str]]:
-    """Every FilesCache.put: (paths written, manifests moved, the manifest moved to)."""
+    """Every write of the files cache (FilesCache.put_values, which `put` also goes through):
+    (paths written, manifests moved, the manifest moved to)."""
     from archiver.filescache import FilesCache
     seen: list[tuple[list[str], set[str], str]] = []
-    real = FilesCache.put
+    real = FilesCache.put_values
 
-    def counting(self, rows, now, moved=(), to=""):
-        rows, moved = list(rows), set(moved)
-        seen.append(([p for p, _ in rows], moved, to))
-        return real(self, rows, now, moved, to)
-    monkeypatch.setattr(FilesCache, "put", counting)
+    def counting(self, values, now, moved=(), to=""):
+        values, moved = list(values), set(moved)
+        seen.append(([v[0] for v in values], moved, to))
+        return real(self, values, now, moved, to)
+    monkeypatch.setattr(FilesCache, "put_values", counting)
     return seen
 
 

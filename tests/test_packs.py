@@ -610,3 +610,36 @@ def test_chunks_of_packs_written_this_run_are_found_and_proved_without_rereading
             at += s.stored_size
     finally:
         repo.close()
+
+
+def test_read_chunks_of_a_batch_equal_one_read_each_and_read_each_span_once(tmp_path: Path, home: Path) -> None:
+    """`Repository.read_chunks` (a batch of small files in pack order, restore and deep
+    verify) gives what `try_read_chunk` gives chunk by chunk: the bytes, re-hashed, or for a
+    damaged chunk the same error naming its pack; a planned span is fetched once per batch."""
+    url = str(tmp_path / "store")
+    src = small_tree(tmp_path / "src", n=40)
+    mid = archive(url, src)["id"]
+    pack = layout.pack_id(keys(url, layout.PACKS)[0])
+    victim = index_of(url, pack).entries[5]
+    raw = RawStore(url)
+    data = bytearray(raw.read(layout.pack(pack)))
+    data[victim.offset + victim.stored_size - 1] ^= 0x01
+    raw.write(layout.pack(pack), bytes(data))
+    with open_repository(url) as repo:
+        refs = [e.chunks[0] for e in repo.load_manifest(mid).files]
+        assert repo.plan_reads(refs) == 1  # one pack, one span
+        pos = repo.pack_positions(r.hash for r in refs)
+        refs.sort(key=lambda r: pos[r.hash])
+        reads: list[str] = []
+        real_range = repo._store.get_range
+        repo._store.get_range = lambda key, *a, **k: (reads.append(key), real_range(key, *a, **k))[1]  # type: ignore[method-assign]
+        batch = repo.read_chunks(refs)
+        one_each = [repo.try_read_chunk(r) for r in refs]
+    # the damaged chunk alone is read again (its error worded by try_read_chunk), the rest from the one span
+    assert reads.count(layout.pack(pack)) <= 2
+    assert len(batch) == len(refs) == 40
+    for r, a, b in zip(refs, batch, one_each):
+        if r.hash == victim.hash:
+            assert type(a) is type(b) and str(a) == str(b) and pack in str(a)
+        else:
+            assert isinstance(a, (bytes, bytearray)) and a == b

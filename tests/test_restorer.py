@@ -193,6 +193,7 @@ def test_filesystem_refusing_backslashes_gets_portable_temp_names(archived, tmp_
     """FAT and exFAT refuse '\\' in names (EINVAL): restore still works there, with the same
     fixed-length tagged name spelled with '-', which cleanup also knows."""
     mid, ckpt = archived
+    monkeypatch.setattr(fileio, "unnamed_files", lambda fd: False)  # small files too go by temp name here
     real_open = os.open
     tried = []
 
@@ -268,7 +269,9 @@ def test_temp_file_of_a_running_restore_is_left_alone(archived, tmp_path):
 
 KILL_AFTER_FIRST_WRITE = """
 import os, signal, sys
-from archiver import api, restorer
+from archiver import api, fileio, restorer
+if sys.argv[3] == "temp-names":
+    fileio.unnamed_files = lambda fd: False
 real = restorer._write_sparse
 def write_then_die(fd, data, pos):
     real(fd, data, pos)
@@ -278,16 +281,24 @@ api.restore(sys.argv[1], sys.argv[2], force=True)
 """
 
 
-def test_killed_restore_leftover_removed_by_next_restore(archived, tmp_path):
+@pytest.mark.parametrize("how", ["temp-names", "unnamed"])
+def test_killed_restore_leftover_removed_by_next_restore(archived, tmp_path, how):
+    """Killed mid-write: with temp names, its leftovers are removed by the next restore;
+    with unnamed files (O_TMPFILE, where the filesystem has it), nothing is left at all."""
     mid, ckpt = archived
     dest = tmp_path / "dest"
+    dest.mkdir()
+    if how == "unnamed" and not fileio.unnamed_files(os.open(dest, os.O_RDONLY)):
+        pytest.skip("no O_TMPFILE here")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_WRITE, mid, str(dest)], cwd=ROOT, env=env,
+    p = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_WRITE, mid, str(dest), how], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == -signal.SIGKILL, p.stderr
     left = [q for q in dest.rglob("*") if is_temp_name(q.name)]
-    # small files are restored several at a time, so other temp files may be open at the kill
-    assert len(left) >= 1 and any(q.stat().st_size > 0 for q in left)
+    if how == "unnamed":  # no file of the killed run has any name: not its temp files, not partial files
+        assert left == [] and [q for q in dest.rglob("*") if not q.is_dir()] == []
+    else:  # small files are restored several at a time, so other temp files may be open at the kill
+        assert len(left) >= 1 and any(q.stat().st_size > 0 for q in left)
     r = run_cli("restore", mid, str(dest), "--force")
     assert r.code == 0, r.err
     assert not [q for q in dest.rglob("*") if is_temp_name(q.name)]
@@ -528,8 +539,16 @@ def _record_syncs(monkeypatch, log: list[tuple[str, int]], *, with_syncfs: bool 
     def rename(a, b, *, src_dir_fd=None, dst_dir_fd=None):
         log.append(("rename", os.fstat(dst_dir_fd).st_ino))
         return real_rename(a, b, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+    real_link = os.link
+
+    def link(a, b, *, src_dir_fd=None, dst_dir_fd=None, follow_symlinks=True):  # an unnamed file put in place
+        if dst_dir_fd is not None:  # (the local store links its own objects by path)
+            log.append(("rename", os.fstat(dst_dir_fd).st_ino))
+        return real_link(a, b, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=follow_symlinks)
     monkeypatch.setattr(restorer.os, "fsync", fsync)
     monkeypatch.setattr(restorer.os, "rename", rename)
+    monkeypatch.setattr(restorer.os, "link", link)
     monkeypatch.setattr(fileio, "syncfs", syncfs)
 
 
@@ -663,6 +682,7 @@ def test_small_files_get_their_modes_whatever_the_umask_with_no_fchmod_when_crea
         os.chmod(src / "sub" / name, mode)
     r = run_cli("archive", str(src), "--name", "modes", "--json")
     assert r.code == 0, r.err
+    monkeypatch.setattr(fileio, "unnamed_files", lambda fd: False)  # the temp-name protocol (unnamed: below)
     created, chmodded = [], []
     real_create, real_fchmod = restorer._create_temp, os.fchmod
     monkeypatch.setattr(restorer, "_create_temp", lambda *a: created.append(a[1:]) or real_create(*a))
@@ -737,3 +757,59 @@ def test_a_one_chunk_file_is_read_as_the_stream_reads_it(tmp_path):
             assert got == [answer(lambda: repo.stream_file(x, pool, 2, keep_going=True, sha256=False)) for x in cases]
     assert got[0][0][1] == data and got[1] == got[0] and isinstance(got[2], str)
     assert [g[0][2] for g in got[3:]] == ["ObjectMissingError", "ObjectMissingError"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_unnamed_small_files_get_their_modes_whatever_the_umask(tmp_path, monkeypatch, umask):
+    """Small files made with no name (O_TMPFILE) are created with their mode less its special
+    bits (what the umask takes is put back at once); special bits are set after the write,
+    which would clear them. No temp name is made for any of them."""
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ARCHIVER_STORE", raising=False)
+    if not fileio.unnamed_files(os.open(tmp_path, os.O_RDONLY)):
+        pytest.skip("no O_TMPFILE here")
+    src = tmp_path / "src"
+    modes = {"a": 0o644, "b": 0o600, "c": 0o444, "d": 0o755, "f": 0o200, "g": 0o070, "h": 0o4755, "i": 0o2750}
+    for name, mode in modes.items():
+        (src / "sub").mkdir(parents=True, exist_ok=True)
+        (src / "sub" / name).write_bytes(name.encode() * 100)
+        os.chmod(src / "sub" / name, mode)
+    r = run_cli("archive", str(src), "--name", "modes", "--json")
+    assert r.code == 0, r.err
+    chmodded = []
+    real_fchmod = os.fchmod
+    monkeypatch.setattr(restorer, "_create_temp", lambda *a: pytest.fail("a temp name was made"))
+
+    def fchmod(fd: int, mode: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            chmodded.append(mode)
+        real_fchmod(fd, mode)
+    monkeypatch.setattr(os, "fchmod", fchmod)
+    old = os.umask(umask)
+    try:
+        res = archiver.restore(r.json()["id"], tmp_path / "dest", preserve_special_bits=True)
+    finally:
+        os.umask(old)
+    assert res.ok
+    for name, mode in modes.items():
+        assert (tmp_path / "dest" / "src" / "sub" / name).stat().st_mode & 0o7777 == mode, name
+    put_back = [m & 0o777 for m in modes.values() if m & 0o777 & umask]
+    assert sorted(chmodded) == sorted(put_back + [m for m in modes.values() if m & 0o7000])
+
+
+def test_an_unnamed_file_takes_no_name_that_exists_unless_forced(small_tree, tmp_path):
+    """The link that names an unnamed file never replaces anything: a file in the way is
+    refused without --force and replaced with it; a directory in the way is always refused."""
+    src, store, catalog, mid = small_tree
+    out = tmp_path / "out"
+    (out / "small" / "d1").mkdir(parents=True)
+    (out / "small" / "d1" / "f3.bin").write_bytes(b"in the way")
+    with pytest.raises(errors.DestinationError):
+        archiver.restore(mid, out, store=store, catalog=catalog)  # not empty: refused before any write
+    res = archiver.restore(mid, out, store=store, catalog=catalog, force=True)
+    assert res.ok and tree(out / "small") == tree(src)
+    assert not [q for q in out.rglob("*") if is_temp_name(q.name)]
+    (out / "small" / "d2" / "f4.bin").unlink()
+    (out / "small" / "d2" / "f4.bin").mkdir()
+    with pytest.raises(errors.DestinationError, match="a directory is in the way"):
+        archiver.restore(mid, out, store=store, catalog=catalog, force=True)
