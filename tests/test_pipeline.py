@@ -523,7 +523,7 @@ def test_the_start_read_ahead_is_at_most_the_files_window(repo, model_dir, monke
 
 
 @pytest.mark.packs
-def test_a_resume_whose_redone_files_sit_in_an_unwritten_pack_commits(tmp_path, home, monkeypatch):
+def test_a_resume_whose_redone_files_sit_in_an_unwritten_pack_commits(tmp_path, home, monkeypatch, store_url):
     """A run whose later packs failed to be written (or that was killed before writing them)
     leaves a journal of which some files are resumable. The next run resumes those and
     archives the others again, their small chunks into a pack written at the commit: the
@@ -539,7 +539,7 @@ def test_a_resume_whose_redone_files_sit_in_an_unwritten_pack_commits(tmp_path, 
     for i in range(6):
         (src / f"f{i}.bin").write_bytes(os.urandom(20_000 + i))
     clean = api.archive([src], name="m", store=str(tmp_path / "clean"))
-    store = str(tmp_path / "store")
+    store = store_url
     real = Repository._write_pack
     calls = []
 
