@@ -548,6 +548,26 @@ class Repository:
                 out[named[0]] = info.size
         return out
 
+    def filemap_listing(self) -> dict[str, tuple[str, int]]:
+        """hash -> (key, stored size) of every file map object in the store (LIST only): the
+        binary key's where both suffixes are listed, since a reader takes that one. What a
+        copy check compares with `filemap_expected`: a map under the wrong suffix or of the
+        wrong size is one a reader of that store refuses."""
+        out: dict[str, tuple[str, int]] = {}
+        for info in self._store.list(layout.FILEMAPS):
+            named = layout.filemap_hash(info.key)
+            if named is not None and (named[1] or named[0] not in out):
+                out[named[0]] = (info.key, info.size)
+        return out
+
+    @staticmethod
+    def filemap_expected(e: Entry) -> tuple[str, int] | None:
+        """(key, size) of resolved entry `e`'s file map in a store that holds it intact (its
+        bytes rebuilt from the checked chunk list, in the form that hashes to `e.filemap`), or
+        None if the chunk list makes neither form."""
+        data = filemap_bytes_for(e)
+        return None if data is None else (Repository._filemap_key(e.filemap, data), len(data))
+
     def put_filemap_object(self, h: str, data: bytes, policy: Any = None) -> bool:
         """Store a file map copied from another store (it must hash to `h`); True if written now."""
         return self._put_named(h, data, self._filemap_key(h, data), "file map", policy)
