@@ -550,9 +550,9 @@ def puts(monkeypatch) -> list[tuple[list[str], set[str], str]]:
     real = FilesCache.put_values
 
     def counting(self, values, now, moved=(), to=""):
-        values, moved = list(values), set(moved)
-        seen.append(([v[0] for v in values], moved, to))
-        return real(self, values, now, moved, to)
+        values = list(values)
+        seen.append(([v[0] for v in values], set(moved), to))
+        return real(self, values, now, moved, to)  # as given: a commit's mapping of kept rows
     monkeypatch.setattr(FilesCache, "put_values", counting)
     return seen
 
@@ -631,3 +631,29 @@ def test_a_moved_manifest_never_lends_a_row_another_sources_entry_at_the_same_pa
     assert third.files_reused == 2 and reads == []  # each from the manifest that recorded it
     e = files_of(repo, third.id)["d2/g.bin"]
     assert e.blake3 == blake3.blake3(b"P" * 300).hexdigest(), "recorded another source's bytes for d2/g.bin"
+
+
+def test_a_row_no_run_sees_keeps_its_manifest_from_moving_for_one_run_only(repo, tmp_path, reads, puts):
+    """A deleted file's row (no run sees it again until it expires) still looks its manifest
+    up: that manifest does not move, so the run writes the rows it kept, naming its own
+    manifest; the run after moves that one again and writes none. Every run reuses all."""
+    src = _many_files(tmp_path / "src" / "tree", 9)
+    pipeline_archive(repo, [src], name="m")
+    assert pipeline_archive(repo, [src], name="m").files_reused == 9 and puts[-1][0] == []
+    (src / "d0" / "f000.bin").unlink()
+    third = pipeline_archive(repo, [src], name="m")
+    assert third.files_reused == 8 and len(puts[-1][0]) == 0  # spy: the kept rows are passed as `moved`
+    db = sqlite3.connect(cache_path(repo.catalog_path))
+    try:
+        naming = dict(db.execute("SELECT manifest, count(*) FROM files GROUP BY manifest"))
+        assert naming.get(third.id) == 8 and sum(naming.values()) == 9  # the deleted file's row stays
+    finally:
+        db.close()
+    reads.clear()
+    fourth = pipeline_archive(repo, [src], name="m")
+    assert fourth.files_reused == 8 and reads == [] and puts[-1][0] == [] and puts[-1][2] == fourth.id
+    db = sqlite3.connect(cache_path(repo.catalog_path))
+    try:
+        assert dict(db.execute("SELECT old, new FROM moved")).get(third.id) == fourth.id
+    finally:
+        db.close()
