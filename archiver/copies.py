@@ -36,6 +36,7 @@ def check(primary: Repository, copies: list[tuple[str, Repository | ArchiverErro
             rep.problems.append(Problem(mid, "manifest", f"cannot read the manifest to check copies: {e}"))
     healthy = {mid: (0 if mid in unhealthy_here else 1) for mid in ids}
     wanted = {h for m in manifests.values() for h in m.unique_chunks()}
+    expected: dict[str, tuple[str, int] | None] = {}  # file map hash -> (key, size) its bytes have
     for url, copy in copies:
         if isinstance(copy, ArchiverError):
             for mid in ids:
@@ -43,21 +44,32 @@ def check(primary: Repository, copies: list[tuple[str, Repository | ArchiverErro
             continue
         sizes = copy.chunk_sizes(wanted)
         stored = copy.manifest_sizes()
-        maps = copy.filemap_sizes() if any(e.filemap for m in manifests.values() for e in m.files) else {}
+        maps = copy.filemap_listing() if any(e.filemap for m in manifests.values() for e in m.files) else {}
         trees = copy.tree_sizes() if any(m.tree for m in manifests.values()) else {}
         for mid, m in manifests.items():
             before = len(rep.problems)
             if stored.get(mid) != len(m.canonical_json()):
                 what = "is missing" if mid not in stored else f"has size {stored[mid]}, not {len(m.canonical_json())}"
                 rep.problems.append(Problem(mid, "manifest", f"copy {url}: the manifest {what}"))
-            for h, (where, _) in sorted(primary.manifest_trees(m).items()):  # v3: the directory listings
+            for h, (where, data) in sorted(primary.manifest_trees(m).items()):  # v3: the directory listings
                 if h not in trees:
                     rep.problems.append(Problem(mid, "tree", f"copy {url}: tree is missing", where or "/", 0, 0, h))
+                elif trees[h] != len(data):  # a reader of the copy refuses it
+                    rep.problems.append(Problem(mid, "tree", f"copy {url}: tree is {trees[h]} bytes, not {len(data)}",
+                                                where or "/", 0, 0, h))
             seen: set[str] = set()
             for e in m.files:
                 if e.filemap and e.filemap not in maps:  # manifest v2: the file's chunk list
                     rep.problems.append(Problem(mid, "filemap", f"copy {url}: file map is missing", e.path, 0,
                                                 e.size, e.filemap))
+                elif e.filemap:  # under the key and of the size its bytes have, or a reader of the copy refuses it
+                    if e.filemap not in expected:  # once per map, however many files name it
+                        expected[e.filemap] = primary.filemap_expected(e)
+                    got, want = maps[e.filemap], expected[e.filemap]
+                    if want is not None and got != want:
+                        rep.problems.append(Problem(mid, "filemap", f"copy {url}: file map is {got[1]} bytes under "
+                                                    f"{got[0]}, not {want[1]} bytes under {want[0]}", e.path, 0,
+                                                    e.size, e.filemap))
                 for c in e.chunks:
                     if c.hash in seen:
                         continue

@@ -22,7 +22,9 @@ makes the file a miss: it is read from the source, so save_chunk repairs the chu
 A run writes only the rows that changed. A reused file's row keeps naming the manifest it
 named, and one `moved` row says that this manifest's reused entries are now in the new one
 (the very entries, at the same paths): so an unchanged re-archive writes a row per changed
-file, not one per file. The next run looks a row's entry up in the manifest its manifest
+file, not one per file. A manifest moves only when this run kept every row that looks it up:
+a row no run saw since would otherwise take whatever the new manifest holds at its path (two
+sources of one basename archive to the same paths); else the kept rows are written. The next run looks a row's entry up in the manifest its manifest
 moved to, and, if that one lacks it (another run over part of the tree moved it since),
 in the row's own manifest. Rows are still rewritten every REFRESH_S, so that `used` ages
 only for paths no run sees.
@@ -40,7 +42,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from archiver.parallel import ordered_map
 from archiver.repository import Repository, SavedChunk
@@ -75,6 +77,12 @@ CREATE TABLE IF NOT EXISTS moved (
     old TEXT PRIMARY KEY,       -- a manifest rows may name
     new TEXT NOT NULL           -- a later manifest holding those rows' reused entries at the same paths
 )"""
+
+_UPSERT = ("INSERT INTO files(path, dev, ino, size, mtime_ns, ctime_ns, reader, manifest, entry_path, used) "
+           "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET dev=excluded.dev, ino=excluded.ino, "
+           "size=excluded.size, mtime_ns=excluded.mtime_ns, ctime_ns=excluded.ctime_ns, "
+           "reader=excluded.reader, manifest=excluded.manifest, entry_path=excluded.entry_path, "
+           "used=excluded.used")
 
 
 def cache_path(catalog_path: Path) -> Path:
@@ -156,20 +164,36 @@ class FilesCache:
         """Record rows in one transaction, and drop the ones unused for EXPIRE_S. `moved`:
         manifests whose rows' reused entries are now in manifest `to`, at the same paths;
         whatever moved to one of them moves on to `to`, so a lookup is one hop."""
+        self.put_values([(p, r.stat.dev, r.stat.ino, r.stat.size, r.stat.mtime_ns, r.stat.ctime_ns, r.reader,
+                          r.manifest, r.entry_path, now) for p, r in rows], now, moved, to)
+
+    def put_values(self, values: list[tuple[Any, ...]], now: float,
+                   moved: Iterable[str] | Mapping[str, list[tuple[Any, ...]]] = (), to: str = "") -> None:
+        """`put` of rows already laid out as the statement takes them (path, dev, ino, size,
+        mtime_ns, ctime_ns, reader, manifest, entry_path, used): a commit builds no Row
+        per file. `moved` as a mapping (a commit): each manifest -> the rows this run kept
+        naming it (laid out the same, naming `to`); it moves only if those are every row
+        that looks it up (naming it, or a manifest moved to it), since a row this run did
+        not see would otherwise take whatever `to` holds at its path (another source of
+        the same name); else its kept rows are written naming `to`."""
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
+            if isinstance(moved, Mapping):
+                self._conn.executemany(_UPSERT, values)  # rewritten rows no longer name what moved
+                values, moving = [], set()
+                for old, kept in moved.items():
+                    n = self._conn.execute("SELECT count(*) FROM files WHERE manifest=? OR manifest IN "
+                                           "(SELECT old FROM moved WHERE new=?)", (old, old)).fetchone()[0]
+                    if n == len(kept):
+                        moving.add(old)
+                    else:
+                        values += kept
+                moved = moving
             for old in set(moved) - {to}:
                 self._conn.execute("UPDATE moved SET new=? WHERE new=?", (to, old))
                 self._conn.execute("INSERT INTO moved(old, new) VALUES (?, ?) ON CONFLICT(old) DO UPDATE SET "
                                    "new=excluded.new", (old, to))
-            self._conn.executemany(
-                "INSERT INTO files(path, dev, ino, size, mtime_ns, ctime_ns, reader, manifest, entry_path, used) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET dev=excluded.dev, ino=excluded.ino, "
-                "size=excluded.size, mtime_ns=excluded.mtime_ns, ctime_ns=excluded.ctime_ns, "
-                "reader=excluded.reader, manifest=excluded.manifest, entry_path=excluded.entry_path, "
-                "used=excluded.used",
-                ((p, r.stat.dev, r.stat.ino, r.stat.size, r.stat.mtime_ns, r.stat.ctime_ns, r.reader, r.manifest,
-                  r.entry_path, now) for p, r in rows))
+            self._conn.executemany(_UPSERT, values)
             self._conn.execute("DELETE FROM files WHERE used < ?", (now - EXPIRE_S,))
             if self._conn.execute("SELECT count(*) FROM moved").fetchone()[0] > MOVED_KEEP:
                 self._conn.execute("DELETE FROM moved WHERE old NOT IN (SELECT DISTINCT manifest FROM files)")
@@ -335,22 +359,25 @@ class FilesRun:
             return
         by_path = {e.path: e for e in entries if e.type == "file"}
         rows = []
-        moved: set[str] = set()
-        now = time.time()
+        add = rows.append
+        moved: dict[str, list[tuple[Any, ...]]] = {}  # manifest -> rows kept naming it (see put_values)
+        reader, now, stats = self.reader, time.time(), self.stats
         for path, key in self.keys.items():
             e = by_path.get(path)
-            st = self.stats.get(key)
+            st = stats.get(key)
             if e is None or st is None:
                 continue
-            if e.size == st.size and e.mtime_ns == st.mtime_ns:
+            if e.size == st.size and e.mtime_ns == st.mtime_ns:  # laid out as FilesCache.put_values takes them
                 old = self.rows.get(key)
                 if (old is not None and e is self.hits.get(key) and old.entry_path == path and old.stat == st
-                        and old.reader == self.reader and now - old.used < REFRESH_S):
-                    moved.add(self.came_from[key])  # the very entry, at the same path: `mid` holds it now
+                        and old.reader == reader and now - old.used < REFRESH_S):
+                    # the very entry, at the same path: `mid` holds it now
+                    moved.setdefault(self.came_from[key], []).append(
+                        (key, st.dev, st.ino, st.size, st.mtime_ns, st.ctime_ns, reader, mid, path, now))
                     continue
-                rows.append((key, Row(st, self.reader, mid, path)))
+                add((key, st.dev, st.ino, st.size, st.mtime_ns, st.ctime_ns, reader, mid, path, now))
         try:
-            self.cache.put(rows, now, moved, mid)
+            self.cache.put_values(rows, now, moved, mid)
         except sqlite3.Error:
             pass  # the archive stands; the next run reads these files again
 

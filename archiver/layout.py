@@ -5,7 +5,8 @@
     chunks/<h[0:2]>/<h>                 encoded chunk; h = BLAKE3 of the raw bytes
     manifests/<id>.json                 canonical manifest; id = BLAKE3 of its bytes
     signatures/<id>/<fingerprint>.json  Ed25519 signature of a manifest id
-    filemaps/<h[0:2]>/<h>.json          chunk list of one large file (manifest v2)
+    filemaps/<h[0:2]>/<h>.bin           chunk list of one large file (manifest v2), binary (file map version 2)
+    filemaps/<h[0:2]>/<h>.json          the same, JSON (file map version 1: what earlier archivers wrote)
     trees/<h[0:2]>/<h>.json             one directory's entries, naming its subdirectories' trees (manifest v3)
     events/<writer>/<name>.json         immutable, hash-chained event log
     quarantine/<key>                    local stores: damaged objects moved aside by repair
@@ -67,8 +68,32 @@ def signature(mid: str, fingerprint: str) -> str:
     return f"{SIGNATURES}{mid}/{fingerprint}.json"
 
 
-def filemap(h: str) -> str:
-    return f"{FILEMAPS}{h[:2]}/{h}.json"
+FILEMAP_BIN = ".bin"
+FILEMAP_JSON = ".json"
+
+
+def filemap(h: str, binary: bool = True) -> str:
+    """A file map's key. The suffix names the form of its bytes, so that a tool or a person
+    identifying formats by name is not misled: `.bin` for a binary map, `.json` for a JSON one
+    (earlier archivers wrote every map as JSON under `.json`; the hash is the same either way
+    of naming, since it covers the bytes only)."""
+    return f"{FILEMAPS}{h[:2]}/{h}{FILEMAP_BIN if binary else FILEMAP_JSON}"
+
+
+def filemap_keys(h: str) -> tuple[str, str]:
+    """Where a reader that has only the map's hash looks, in this order: the binary key
+    (what archiver writes now), then, only if that is absent, the JSON key."""
+    return filemap(h), filemap(h, binary=False)
+
+
+def filemap_hash(key: str) -> tuple[str, bool] | None:
+    """(hash, binary suffix) a file map key names, or None for any other key."""
+    name = key.rsplit("/", 1)[-1]
+    for suffix, binary in ((FILEMAP_BIN, True), (FILEMAP_JSON, False)):
+        h = name.removesuffix(suffix)
+        if h != name and _HEX64.match(h) and key == filemap(h, binary):
+            return h, binary
+    return None
 
 
 def tree(h: str) -> str:

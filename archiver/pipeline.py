@@ -210,6 +210,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     progress.finish()
     read_maps = None  # the file maps the check below read: commit_manifest does not read them again
     if ex.distributed or done.resumed:  # chunks this process did not save itself: LIST proves them stored
+        repo.flush_packs()  # and the ones it did save, still in its open pack, are in the store to be listed
         read_maps = fanout.check_chunks_stored(repo, entries)
     synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
     parent = repo.latest(name)

@@ -8,8 +8,9 @@ content-addressed object and only the driver commits. An ArchiverError crosses b
 its class, message and fields (exceptions with keyword constructors do not pickle)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from archiver.errors import ArchiverError
 from archiver.executors import MissingExtraError, check_positive
@@ -36,6 +37,26 @@ def call_catching(fn: Callable[[Any], Any], item: Any) -> Any:
         return fn(item)
     except ArchiverError as e:
         return Failure(type(e), str(e), dict(e.__dict__))
+
+
+# Environment variables every worker gets unless the caller chose a value: numpy's OpenBLAS
+# starts a spinning thread per extra core of the node at import, and archiver never
+# multiplies matrices (the CLI process sets the same for itself: cli._one_blas_thread).
+WORKER_ENV_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1"}
+
+
+def worker_runtime_env(runtime_env: Mapping[str, Any] | None, driver_env: Mapping[str, str]) -> dict[str, Any]:
+    """The runtime_env each task is submitted with: `runtime_env` (not modified) with every
+    WORKER_ENV_DEFAULTS variable added to its env_vars, unless the caller set it there or in
+    the driver's environment `driver_env` (whose value then goes to the workers, which do
+    not inherit the driver's environment on a cluster)."""
+    out = dict(runtime_env or {})
+    env = dict(out.get("env_vars") or {})
+    for name, default in WORKER_ENV_DEFAULTS.items():
+        if name not in env:
+            env[name] = driver_env.get(name, default)
+    out["env_vars"] = env
+    return out
 
 
 class _RayTask:
@@ -82,8 +103,7 @@ class RayExecutor:
             raise InvalidOptionError("max_retries", f"must be a whole number >= 0, got {max_retries!r}")
         options: dict[str, Any] = {"num_cpus": self.task_cpus, "max_retries": max_retries,
                                    "retry_exceptions": False}
-        if runtime_env is not None:
-            options["runtime_env"] = runtime_env
+        options["runtime_env"] = worker_runtime_env(runtime_env, os.environ)
         self._remote = ray.remote(call_catching).options(**options)
 
     def submit(self, fn: Callable[[Any], Any], item: Any) -> _RayTask:

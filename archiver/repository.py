@@ -43,6 +43,7 @@ from manifests.catalog import AuditRow, Catalog, Chain, ManifestRow, check_recor
 from manifests.model import MAX_MANIFEST_BYTES, ChunkRef, Entry, Manifest, is_hash, manifest_id, parse_manifest
 from manifests.model import MAX_FILEMAP_BYTES, parse_filemap, with_filemap, with_filemaps
 from manifests.model import filemap_bytes_for, filemap_records
+from manifests.filemapbin import is_binary as is_binary_filemap
 from manifests import errors as manifest_errors
 from manifests.model import MAX_TREE_BYTES, parse_tree, resolve_trees, tree_objects
 from manifests.model import PreviousTree, prove_trees, with_trees_made
@@ -450,15 +451,40 @@ class Repository:
             return parse_filemap(self.filemap_object(e), e)
 
     def filemap_object(self, e: Entry) -> bytes:
-        """The raw bytes stored under entry `e`'s file map key, refused if too large or absent
-        (ManifestError); the caller checks them (`parse_filemap`, or the hash for a copy)."""
-        key = layout.filemap(e.filemap)
-        try:
-            return self._store.get(key, max_size=MAX_FILEMAP_BYTES)
-        except ObjectMissingError:
-            raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is missing from the store") from None
-        except ObjectTooLargeError as err:
-            raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is too large: {err}") from None
+        """The raw bytes of entry `e`'s file map (under `.bin` or `.json`, see `_filemap_found`),
+        refused if too large, absent or under the wrong suffix (ManifestError); the caller checks
+        them (`parse_filemap`, or the hash for a copy)."""
+        return self._filemap_found(e)[1]
+
+    def _filemap_found(self, e: Entry) -> tuple[str, bytes]:
+        """(key, bytes) of entry `e`'s file map: the binary key first, the JSON key (maps of
+        earlier archivers) only if that is absent. Bytes whose form is not the one their key's
+        suffix names are refused as damage (ManifestError), so a `.bin` object is always a
+        binary map and a `.json` object a JSON one."""
+        for key in layout.filemap_keys(e.filemap):
+            try:
+                data = self._store.get(key, max_size=MAX_FILEMAP_BYTES)
+            except ObjectMissingError:
+                continue
+            except ObjectTooLargeError as err:
+                raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is too large: {err}") from None
+            if self._filemap_key(e.filemap, data) != key:
+                why = ("is stored under the wrong suffix for its form" if manifest_id(data) == e.filemap else
+                       "does not match its hash (tampered or corrupt)")
+                raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} {why}: {key}")
+            return key, data
+        raise ManifestError(f"file map {e.filemap[:16]} of {e.path!r} is missing from the store")
+
+    @staticmethod
+    def _filemap_key(h: str, data: bytes) -> str:
+        """The key file map bytes `data` (named `h`) belong under: the writer knows the form from the bytes."""
+        return layout.filemap(h, binary=is_binary_filemap(data))
+
+    def _filemap_stored_key(self, h: str) -> str:
+        """The key map `h` is stored under, by HEAD (binary, else JSON), for locking an existing
+        object; the binary key if neither exists (the one a writer would use)."""
+        bin_key, json_key = layout.filemap_keys(h)
+        return json_key if self._store.stat(bin_key) is None and self._store.stat(json_key) is not None else bin_key
 
     def save_filemaps(self, e: Entry, policy: Any = None) -> Entry:
         """Make a finished file's entry what a v2 manifest records and, for a file over the
@@ -479,7 +505,7 @@ class Repository:
         """put_if_absent; an object already there must be these bytes, else (damaged: the
         name is its hash) it is replaced, conditional on its version, as `heal` does. With a
         metadata write policy `hot` (Object Lock) it is written locked, or its lock extended."""
-        key = layout.filemap(h)
+        key = self._filemap_key(h, data)
         if hot is not None:
             self._put_exact(key, data, f"file map {h}", hot)
             return
@@ -515,11 +541,36 @@ class Repository:
 
     def filemap_sizes(self) -> dict[str, int]:
         """hash -> stored size of every file map object in the store (LIST only, nothing fetched)."""
-        return self._named_sizes(layout.FILEMAPS, layout.filemap)
+        out: dict[str, int] = {}
+        for info in self._store.list(layout.FILEMAPS):  # both suffixes: binary maps and earlier JSON ones
+            named = layout.filemap_hash(info.key)
+            if named is not None:
+                out[named[0]] = info.size
+        return out
+
+    def filemap_listing(self) -> dict[str, tuple[str, int]]:
+        """hash -> (key, stored size) of every file map object in the store (LIST only): the
+        binary key's where both suffixes are listed, since a reader takes that one. What a
+        copy check compares with `filemap_expected`: a map under the wrong suffix or of the
+        wrong size is one a reader of that store refuses."""
+        out: dict[str, tuple[str, int]] = {}
+        for info in self._store.list(layout.FILEMAPS):
+            named = layout.filemap_hash(info.key)
+            if named is not None and (named[1] or named[0] not in out):
+                out[named[0]] = (info.key, info.size)
+        return out
+
+    @staticmethod
+    def filemap_expected(e: Entry) -> tuple[str, int] | None:
+        """(key, size) of resolved entry `e`'s file map in a store that holds it intact (its
+        bytes rebuilt from the checked chunk list, in the form that hashes to `e.filemap`), or
+        None if the chunk list makes neither form."""
+        data = filemap_bytes_for(e)
+        return None if data is None else (Repository._filemap_key(e.filemap, data), len(data))
 
     def put_filemap_object(self, h: str, data: bytes, policy: Any = None) -> bool:
         """Store a file map copied from another store (it must hash to `h`); True if written now."""
-        return self._put_named(h, data, layout.filemap(h), "file map", policy)
+        return self._put_named(h, data, self._filemap_key(h, data), "file map", policy)
 
     def filemap_object_checked(self, e: Entry) -> bytes:
         """Entry `e`'s file map bytes, returned only if they parse as its map (what a copy
@@ -533,8 +584,14 @@ class Repository:
         """Heal a file map object with bytes proved elsewhere (they must parse as `e`'s map): see `_heal`."""
         with translated():
             parse_filemap(data, e)
-        return self._heal(layout.filemap(e.filemap), data, lambda stored: None if stored == data else
+        done = self._heal(self._filemap_key(e.filemap, data), data, lambda stored: None if stored == data else
                           "stored file map differs from its hash")
+        try:  # a reader must now find these bytes, not an object under the other suffix first
+            self._filemap_found(e)
+        except ManifestError as err:
+            raise IntegrityError(f"{err}; this store never deletes, so that object must be moved aside "
+                                 "by hand") from None
+        return done
 
     def _get_manifest(self, key: str) -> bytes:
         """A manifest object's bytes, refused unread if larger than a manifest may be."""
@@ -596,8 +653,8 @@ class Repository:
                 self._put_filemap(e.filemap, fm, hot)
                 continue
             chunks = self._prove_filemap(e, read_maps)  # written by a worker: prove it is there and intact
-            if hot is not None:
-                self._ensure_lock(layout.filemap(e.filemap), hot)
+            if hot is not None and hot.locked:
+                self._ensure_lock(self._filemap_stored_key(e.filemap), hot)
             if chunks is not None:
                 proved.append((e, chunks))
                 proved_refs += len(chunks)
@@ -1707,7 +1764,7 @@ class Repository:
         keys = [self._stored_chunk_key(h) for h in hashes if h not in located]
         keys += sorted({layout.pack(loc.pack) for locs in located.values() for loc in locs})
         keys += sorted({layout.pack_index(loc.index_id) for locs in located.values() for loc in locs})
-        keys += sorted({layout.filemap(e.filemap) for e in m.files if e.filemap})
+        keys += sorted({self._filemap_stored_key(e.filemap) for e in m.files if e.filemap})
         keys += sorted(layout.tree(h) for h in self.manifest_trees(m))
         keys.append(layout.manifest(mid))
         if self._sealer is not None:  # its companion and the key objects of the runs it names
@@ -2326,13 +2383,15 @@ class Repository:
             done, ps.unrecorded = ps.unrecorded, []
         if errors:
             raise errors[0]
-        for index in done:
-            try:
-                with translated():
-                    self._catalog.record_pack(index.pack, index.size, index.id,
-                                              [(e.hash, e.offset, e.stored_size, e.length) for e in index.entries])
-            except (CatalogReadOnlyError, CatalogLockedError):
-                pass  # the store holds the index; a rebuild records it
+        if not done:
+            return 0
+        try:  # one transaction for all of them
+            with translated():
+                self._catalog.record_packs([(index.pack, index.size, index.id,
+                                             [(e.hash, e.offset, e.stored_size, e.length) for e in index.entries])
+                                            for index in done])
+        except (CatalogReadOnlyError, CatalogLockedError):
+            pass  # the store holds the indexes; a rebuild records them
         return len(done)
 
     def _pack_locations(self, h: str) -> list[PackLocation]:

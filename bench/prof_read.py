@@ -17,20 +17,14 @@ in bench/RESULTS.md."""
 from __future__ import annotations
 
 import argparse
-import cProfile
-import os
-import pstats
-import resource
 import shutil
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from prof_smallfiles import thread_cpu  # noqa: E402
+from threadprof import Measured  # noqa: E402
 
 
 def main() -> int:
@@ -44,64 +38,24 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=40)
     args = ap.parse_args()
     from archiver import api
-    profiles: list[cProfile.Profile] = []
-    lock = threading.Lock()
-
-    def start_profile(*_a: object) -> None:  # runs once in each new thread, then cProfile takes over
-        p = cProfile.Profile(time.thread_time)
-        with lock:
-            profiles.append(p)
-        p.enable()
-
     scratch = tempfile.mkdtemp(prefix="prof-read-")
     dest = args.dest or Path(scratch) / "dest"
     repo = api.open_repository(args.store, args.catalog, read_only=True)
-    seen: dict[str, tuple[str, float]] = {}
-    names: dict[int, str] = {}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.05):
-            seen.update(thread_cpu(names))
-
-    sampler = threading.Thread(target=sample, name="sampler", daemon=True)
-    sampler.start()
-    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-    if args.cprofile:
-        threading.setprofile(start_profile)
-        start_profile()
-    try:
+    with Measured(args.cprofile is not None) as m:
         if args.command == "verify":
             rep = api.verify([args.id], deep=True, repo=repo)
             summary = f"ok {rep.ok} problems {len(rep.problems)} chunks read {rep.chunks_read} files {rep.files_hashed}"
         else:
             res = api.restore(args.id, dest, repo=repo)
             summary = f"ok {res.ok} problems {len(res.problems)} files {res.files} bytes {res.bytes}"
-    finally:
-        if args.cprofile:
-            threading.setprofile(None)
-            for p in profiles:
-                p.disable()
-    r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - t0
-    stop.set()
-    sampler.join()
     repo.close()
     shutil.rmtree(scratch, ignore_errors=True)
     if args.dest is None:
         shutil.rmtree(dest, ignore_errors=True)
-    user, sys_ = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
-    by: dict[str, float] = {}
-    for name, c in seen.values():
-        by[name] = by.get(name, 0.0) + c
     print(summary)
-    print(f"wall {wall:.2f} s, CPU {user + sys_:.2f} s (user {user:.2f}, sys {sys_:.2f}); CPU s by thread: "
-          + ", ".join(f"{k} {v:.2f}" for k, v in sorted(by.items(), key=lambda kv: -kv[1])))
+    print(m.summary())
     if args.cprofile:
-        st = pstats.Stats(profiles[0])
-        for p in profiles[1:]:
-            st.add(p)
-        st.dump_stats(str(args.cprofile))
-        st.sort_stats("tottime").print_stats(args.top)
+        m.dump_profile(args.cprofile, args.top)
     return 0
 
 

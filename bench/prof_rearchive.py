@@ -12,21 +12,17 @@ CPU per thread family as bench/prof_smallfiles.py does; --cprofile as there."""
 from __future__ import annotations
 
 import argparse
-import cProfile
 import os
-import pstats
-import resource
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from prof_smallfiles import thread_cpu  # noqa: E402
 from smallfiles import change_tree  # noqa: E402
+from threadprof import Measured  # noqa: E402
 
 
 def main() -> int:
@@ -39,14 +35,7 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=40)
     args = ap.parse_args()
     from archiver import api
-    profiles: list[cProfile.Profile] = []
-    lock = threading.Lock()
-
-    def start_profile(*_a: object) -> None:
-        p = cProfile.Profile(time.thread_time)
-        with lock:
-            profiles.append(p)
-        p.enable()
+    profiles: list = []  # every round's, merged
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as td:
         os.environ["ARCHIVER_HOME"] = f"{td}/home"
@@ -59,48 +48,15 @@ def main() -> int:
             if args.trust:
                 api.verify([first.id], deep=True, repo=repo)
                 trust = 86400.0
-            seen: dict[str, tuple[str, float]] = {}
-            names: dict[int, str] = {}
-            base = {k: v for k, v in thread_cpu(names).items()}
-            stop = threading.Event()
-
-            def sample() -> None:
-                while not stop.wait(0.05):
-                    seen.update(thread_cpu(names))
-
-            sampler = threading.Thread(target=sample, name="sampler", daemon=True)
-            sampler.start()
-            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-            if args.cprofile:
-                threading.setprofile(start_profile)
-                start_profile()
-            try:
+            with Measured(args.cprofile is not None, profiles) as m:
                 res = api.archive([str(args.src)], name="bench", repo=repo, resume=False,
                                   trust_verified_within=trust)
-            finally:
-                if args.cprofile:
-                    threading.setprofile(None)
-                    for p in profiles:
-                        p.disable()
-            r1, wall = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - t0
-            stop.set()
-            sampler.join()
-            seen.update(thread_cpu(names))
             first = res
-            cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
-            by: dict[str, float] = {}
-            for tid, (name, c) in seen.items():
-                by[name] = by.get(name, 0.0) + c - base.get(tid, (name, 0.0))[1]
             print(f"id {res.id} files {res.files} chunks {res.chunks}")
-            print(f"wall {wall:.2f} s, CPU {cpu:.2f} s; CPU s by thread: "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in sorted(by.items(), key=lambda kv: -kv[1]) if v >= 0.01))
+            print(m.summary())
         repo.close()
     if args.cprofile:
-        st = pstats.Stats(profiles[0])
-        for p in profiles[1:]:
-            st.add(p)
-        st.dump_stats(str(args.cprofile))
-        st.sort_stats("tottime").print_stats(args.top)
+        m.dump_profile(args.cprofile, args.top)
     return 0
 
 

@@ -31,11 +31,15 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import blake3
+# numpy is imported inside the functions that use it: a command's start-up imports this module,
+# and numpy's import (with its BLAS threads) belongs after the CLI has set OPENBLAS_NUM_THREADS
+# and off the serial head of an archive (bench/RESULTS.md, branch hotpath)
+if TYPE_CHECKING:
+    import numpy as np
 
-from manifests.lazynumpy import np  # numpy loads when a binary map or chunk array is handled
 from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
                               ManifestError, UnknownReference)
 from manifests.fields import index_fields
@@ -165,9 +169,17 @@ def _records(refs: Iterable[ChunkRef] | Iterable[tuple[str, int, str]]) -> Itera
     return refs  # type: ignore[return-value]
 
 
+def _fresh_sum(total: int | None, batch: int | None) -> int | None:
+    """The stored bytes of a manifest's inline chunks, batch by batch, while each batch was
+    wholly new (`_record_chunks`): a later batch naming an earlier one's chunk finds its key
+    taken, so fresh batches are disjoint and their sums add up; None once one was not."""
+    return None if total is None or batch is None else total + batch
+
+
 def map_keys(recs: MapRecords) -> np.ndarray:
     """chunk_key of every chunk of a map, as int64, from the hashes' first 8 bytes at once:
     flipping the top bit of the big-endian prefix is the bias of chunk_key."""
+    import numpy as np
     return (recs.prefixes().astype(np.uint64) ^ np.uint64(_KEY_BIAS)).view(np.int64)
 
 
@@ -188,6 +200,7 @@ def _known_keys(conn: sqlite3.Connection, keys: np.ndarray) -> np.ndarray:
     """Which of `keys` the `chunks` table holds (a bool per key), asked in one statement:
     the keys as one JSON array, joined in SQLite, answered as one string of 0s and 1s in
     the array's order (json_each is the outer loop of a LEFT JOIN)."""
+    import numpy as np
     parts = []
     for i in range(0, len(keys), _INSERT_SLICE):  # a slice at a time: the JSON text stays small
         part = keys[i:i + _INSERT_SLICE]
@@ -215,6 +228,7 @@ def _insert_map_keys(conn: sqlite3.Connection, maps: list[tuple[int, MapRecords]
     Several maps: a first version's are all new (a sample of keys is looked up first, then
     one insert says so); otherwise (a fine-tune's maps reuse most chunks) the keys already
     known are found in one statement and only the others inserted."""
+    import numpy as np
     if not maps:
         return {}
     keys = np.concatenate([map_keys(r) for _, r in maps])
@@ -249,6 +263,7 @@ def _insert_map_keys(conn: sqlite3.Connection, maps: list[tuple[int, MapRecords]
 def _insert_key_rows(conn: sqlite3.Connection, keys: np.ndarray, stored: np.ndarray, owners: np.ndarray,
                      ids: np.ndarray, names: dict[str, int]) -> bool:
     """INSERT OR IGNORE one `chunks` row per key (sorted, distinct); True if every row was new."""
+    import numpy as np
     before = conn.total_changes
     if all(_SQL_SAFE_CODEC.match(c) for c in names):
         # one pass per codec (a model has a handful), the name a literal: one parameter
@@ -280,6 +295,7 @@ class _Shared:
         by key, each with the stored size first given for it (objects first, then the maps in
         the order they were named): (keys, stored sizes, raw 32-byte hashes as an (n, 32)
         uint8 array in the order given, and the row of `raw` of each distinct chunk)."""
+        import numpy as np
         legacy = list(self.sizes)
         keys = np.concatenate([np.array([chunk_key(h) for h in legacy], dtype=np.int64)]
                               + [map_keys(r) for r in self.maps])
@@ -725,6 +741,10 @@ class Catalog:
             row = conn.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM manifests").fetchone()[0]
             batch: list[ChunkRef] = []
             shared = _Shared()  # chunks of this version's maps that are not fresh
+            # the stored bytes of the inline chunks while every batch of them was new to the
+            # catalog (a first archive): then no query needs to sum them (see _stored_size)
+            fresh: int | None = 0
+            maps = False
             read = self._record_new_maps(conn, (e for e in files if e.filemap), filemap_chunks)
             if read:  # maps just recorded that reused chunks: their records are at hand
                 def fetch_again(e: Entry, fetch: Any = filemap_chunks) -> Any:
@@ -733,14 +753,15 @@ class Catalog:
                 filemap_chunks = fetch_again
             for e in files:
                 if e.filemap:
+                    maps = True
                     self._record_filemap(conn, row, e, filemap_chunks, shared)
                     continue
                 batch.extend(e.chunks)
                 if len(batch) >= 65536:
-                    self._record_chunks(conn, "manifest_chunks", row, batch)
+                    fresh = _fresh_sum(fresh, self._record_chunks(conn, "manifest_chunks", row, batch))
                     batch = []
-            self._record_chunks(conn, "manifest_chunks", row, batch)
-            stored = self._stored_size(conn, row, shared)
+            fresh = _fresh_sum(fresh, self._record_chunks(conn, "manifest_chunks", row, batch))
+            stored = fresh if fresh is not None and not maps else self._stored_size(conn, row, shared)
             conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
                          "stored_size, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
                          (row, mid, m.name, m.label, m.parent, when, len(files), m.total_size, stored, data))
@@ -763,6 +784,7 @@ class Catalog:
         maps that are not fresh, read from the maps: what a fine-tune's changed files bring),
         is deduplicated here, by chunk_key, as arrays (a fine-tune touching every shard of a
         10 TB model brings 1.3 million of them)."""
+        import numpy as np
         fresh = conn.execute("SELECT f.rowid, f.fresh_stored FROM manifest_filemaps mf JOIN filemaps f "
                              "ON f.rowid = mf.filemap WHERE mf.manifest = ? AND f.fresh_stored IS NOT NULL",
                              (row,)).fetchall()
@@ -1370,6 +1392,12 @@ class Catalog:
         self._pack_tables_seen = True
         return True
 
+    def record_packs(self, packs: Iterable[tuple[str, int, str, Iterable[tuple[str, int, int, int]]]]) -> int:
+        """`record_pack` of each (pack, size, index_id, entries), all in one transaction (one
+        commit, one WAL fsync, for the packs a commit flushes); returns how many were new."""
+        with self.write():
+            return sum(self.record_pack(*p) for p in packs)
+
     # A catalog without pack tables is asked again after this long: another process may create them
     # meanwhile (this one's record_pack notes them at once); missing a pack that briefly costs a
     # dedup (the chunk is packed again), never a read (the store's own indexes are consulted).
@@ -1447,14 +1475,27 @@ def check_recordable(mid: str, m: Manifest) -> None:
     listed twice, or text that is not valid Unicode (a lone surrogate in a name, label,
     meta, path or codec cannot be stored as UTF-8), would fail halfway or be mangled."""
     seen: set[str] = set()
+    parts: list[str] = []  # every text at once: one encode for the common case, all valid
+    add = parts.append
     for e in m.entries:
         if e.path in seen:
             raise ManifestError(f"manifest {mid[:16]} lists path {e.path!r} twice")
         seen.add(e.path)
+        add(e.path)
+        add(e.type)
+        add(e.format)
+        for c in e.chunks:
+            add(c.codec)
+    try:
+        "".join(parts).encode("utf-8")
+        entries_ok = True
+    except UnicodeEncodeError:  # find which one, below
+        entries_ok = False
     texts = [("name", m.name), ("label", m.label or "")]
     texts += [(f"meta {k!r}", k + v) for k, v in m.meta.items()]
-    texts += [(f"path {e.path!r}", e.path + e.type + e.format + "".join(c.codec for c in e.chunks))
-              for e in m.entries]
+    if not entries_ok:
+        texts += [(f"path {e.path!r}", e.path + e.type + e.format + "".join(c.codec for c in e.chunks))
+                  for e in m.entries]
     for where, text in texts:
         try:
             text.encode("utf-8")

@@ -14,32 +14,39 @@ u64 stored size, u8 index into the codec names. Offsets are implied: chunks are 
 from 0. No archiver import: the reader's limits come from manifests.model."""
 from __future__ import annotations
 
-import functools
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Iterator
+
+# numpy is imported inside the functions that use it: a command's start-up imports this module,
+# and numpy's import (with its BLAS threads) belongs after the CLI has set OPENBLAS_NUM_THREADS
+# and off the serial head of an archive (bench/RESULTS.md, branch hotpath)
+if TYPE_CHECKING:
+    import numpy as np
 
 from manifests.errors import ManifestError
-from manifests.lazynumpy import np  # numpy loads when a binary map is read or written
 
 MAGIC = b"ARCHFMAP"  # never the first bytes of a JSON map, which starts with '{'
 VERSION = 2
 HEADER = struct.Struct("<8sIIQ")  # magic, version, codec count, chunk count
 CODEC_WIDTH = 16
 MAX_CODECS = 255
+RECORD_FIELDS = [("hash", "V32"), ("length", "<u8"), ("stored", "<u8"), ("codec", "u1")]  # 49 bytes, packed
+RECORD_SIZE = 49
 
 
-@functools.cache
-def _record() -> Any:
-    """The record's numpy dtype, made on first use (numpy loads then): 49 bytes, packed."""
-    return np.dtype([("hash", "V32"), ("length", "<u8"), ("stored", "<u8"), ("codec", "u1")])
+def _record() -> np.dtype:
+    """The record's numpy dtype (RECORD), made where numpy is first needed."""
+    import numpy as np
+    return np.dtype(RECORD_FIELDS)
 
 
-def __getattr__(name: str) -> Any:
-    if name == "RECORD":  # filemapbin.RECORD, as before numpy loaded lazily
+def __getattr__(name: str) -> object:
+    """RECORD, the record's numpy dtype, for callers that name it (PEP 562: made on first use)."""
+    if name == "RECORD":
         return _record()
-    raise AttributeError(f"module 'manifests.filemapbin' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _CODEC_NAME = re.compile(rb"[A-Za-z0-9_.+-]{1,16}\Z")
@@ -71,14 +78,17 @@ class MapRecords:
 
     def prefixes(self) -> np.ndarray:
         """The first 8 bytes of each hash as big-endian uint64 (so numeric order is hash order)."""
+        import numpy as np
         return np.frombuffer(self.hashes, dtype=">u8").reshape(-1, 4)[:, 0] if self.hashes else np.zeros(0, ">u8")
 
     def stored_total(self) -> int:
+        import numpy as np
         return int(self.stored.sum(dtype=np.uint64))
 
     @classmethod
     def from_triples(cls, triples: list[tuple[str, int, str]]) -> "MapRecords":
         """From (hex hash, stored size, codec) triples (a JSON map's records)."""
+        import numpy as np
         names: dict[str, int] = {}
         ids = [names.setdefault(c, len(names)) for _, _, c in triples]
         if len(names) > MAX_CODECS:  # a JSON map may name any codecs: keep them as they are
@@ -95,6 +105,7 @@ def encodable(codecs: set[str]) -> bool:
 
 def encode(lengths: list[int], hashes: list[str], stored: list[int], codecs: list[str]) -> bytes:
     """The binary file map of one chunk list (the caller checks `encodable` first)."""
+    import numpy as np
     table: dict[str, int] = {}
     ids = [table.setdefault(c, len(table)) for c in codecs]
     rec = np.zeros(len(hashes), dtype=_record())
@@ -117,6 +128,7 @@ def decode(data: bytes, count: int, size: int, max_length: int, max_overhead: in
     (ManifestError naming `what`) unless it is the one encoding of `count` chunks that are
     contiguous from 0, 1 to `max_length` bytes long, at most `max_overhead` bytes larger
     stored, and add up to `size`."""
+    import numpy as np
     def need(cond: bool, why: str) -> None:
         if not cond:
             raise ManifestError(f"malformed manifest: {what} {why}")
@@ -127,7 +139,7 @@ def decode(data: bytes, count: int, size: int, max_length: int, max_overhead: in
     need(n == count, f"holds {n} chunks, not the {count} its entry says")
     need(1 <= k <= MAX_CODECS or (k == 0 and n == 0), f"names {k} codecs")
     body = HEADER.size + k * CODEC_WIDTH
-    need(len(data) == body + n * _record().itemsize, f"is {len(data)} bytes, not the {body + n * _record().itemsize} "
+    need(len(data) == body + n * RECORD_SIZE, f"is {len(data)} bytes, not the {body + n * RECORD_SIZE} "
                                                   f"of {n} records")
     names = []
     for i in range(k):

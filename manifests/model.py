@@ -11,9 +11,14 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import blake3
+# numpy is imported inside the functions that use it: a command's start-up imports this module,
+# and numpy's import (with its BLAS threads) belongs after the CLI has set OPENBLAS_NUM_THREADS
+# and off the serial head of an archive (bench/RESULTS.md, branch hotpath)
+if TYPE_CHECKING:
+    import numpy as np
 
 from manifests import filemapbin
 from manifests.errors import ManifestError
@@ -27,7 +32,7 @@ VERSION = 1
 VERSION_FILEMAPS = 2
 FILEMAP_FORMAT = "archiver-filemap"
 # A file with more than this many chunks keeps its chunk list in its own file map object
-# (`filemaps/<h[0:2]>/<h>.json`, h = BLAKE3 of its bytes) and its root entry carries only
+# (`filemaps/<h[0:2]>/<h>.bin`, or `.json` for a JSON map; h = BLAKE3 of its bytes) and its root entry carries only
 # `filemap` (h) and `chunk_count`. 128 chunks is 1 GiB at the default 8 MiB chunk and ~13 KB
 # of inline JSON: below it, one more object (a PUT, a GET on every read) costs more than it
 # saves; above it, a 10 TB archive's root manifest stays ~300 bytes per file instead of
@@ -226,7 +231,7 @@ class Manifest:
 
     @property
     def files(self) -> list[Entry]:
-        return [e for e in self.entries if e.is_file]
+        return [e for e in self.entries if e.type == "file"]  # not e.is_file: a property call per entry
 
     @property
     def total_size(self) -> int:
@@ -586,10 +591,10 @@ def parse_filemap(data: bytes, e: Entry) -> tuple[ChunkRef, ...]:
     """The chunk list of entry `e` from its file map's bytes: they must hash to `e.filemap`,
     be canonical, and hold exactly `e.chunk_count` chunks that add up to `e.size`. Binary
     (version 2) and JSON (version 1) maps are told apart by their first bytes."""
+    import numpy as np
     binary = _binary_filemap(data, e)
     if binary is not None:
         lengths, recs = binary
-        import numpy as np  # only binary file maps need it (start-up of every command)
         offsets = [0]
         offsets.extend(np.cumsum(lengths[:-1], dtype=np.uint64).tolist())
         return tuple(ChunkRef(o, n, h, st, c) for o, n, (h, st, c) in zip(offsets, lengths.tolist(), recs))
@@ -715,7 +720,8 @@ def _parent_of(path: str) -> str:
 
 def _plain_path(path: str) -> bool:
     """A path a tree can hold: components that are names (not empty, '.' or '..')."""
-    return all(part not in ("", ".", "..") for part in path.split("/"))
+    parts = path.split("/")
+    return "" not in parts and "." not in parts and ".." not in parts
 
 
 def tree_objects(entries: tuple[Entry, ...] | list[Entry], previous: Mapping[str, PreviousTree] | None = None
@@ -803,7 +809,64 @@ def same_as_previous(entries: list[Entry], hashes: dict[str, str], old: Previous
 def tree_bytes(entries: list[Entry], hashes: dict[str, str]) -> bytes:
     """The canonical tree of one directory: its entries as the manifest records them, with
     `name` (the last path component) for `path`, sorted by name, and `tree` on each directory
-    that has entries (its hash in `hashes`, by directory path)."""
+    that has entries (its hash in `hashes`, by directory path). Entries of exact ints and
+    text without tech (what a scan makes) are laid out by formatting (`_row_plain`), the
+    same bytes `canonical` writes (tests/test_trees.py compares them); any other tree is
+    serialised by `canonical` (`_tree_bytes_json`)."""
+    rows: list[tuple[str, str]] = []
+    for e in entries:
+        name = e.path.rsplit("/", 1)[-1]
+        sub = hashes[e.path] if e.type == "dir" and e.path in hashes and _has_children(e.path, hashes) else ""
+        row = _row_plain(e, name, sub)
+        if row is None:
+            return _tree_bytes_json(entries, hashes)
+        rows.append((name, row))
+    rows.sort(key=lambda r: r[0])
+    return b'{"entries":[%s],"format":"%s","version":1}' % (",".join([r for _, r in rows]).encode("ascii"),
+                                                            TREE_FORMAT.encode())
+
+
+_jstr = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # a str as canonical() writes it
+
+
+def _row_plain(e: Entry, name: str, sub: str) -> str | None:
+    """The canonical JSON of entry `e`'s tree row (sorted keys, no spaces, ASCII), laid out
+    by formatting; None for a row only `canonical` writes (tech, a value not an exact int or
+    str, an unknown type)."""
+    if type(e.mode) is not int:
+        return None
+    if e.type == "file":
+        if e.tech is not None or not (e.mtime_ns is None or type(e.mtime_ns) is int) or type(e.size) is not int \
+                or type(e.blake3) is not str or type(e.sha256) is not str or type(e.format) is not str:
+            return None
+        if e.filemap:
+            if type(e.filemap) is not str or type(e.chunk_count) is not int:
+                return None
+            middle = '"chunk_count":%d,"filemap":%s' % (e.chunk_count, _jstr(e.filemap))
+        else:
+            parts = []
+            for c in e.chunks:
+                if type(c.offset) is not int or type(c.length) is not int or type(c.stored_size) is not int \
+                        or type(c.hash) is not str or type(c.codec) is not str:
+                    return None
+                parts.append('[%d,%d,%s,%d,%s]' % (c.offset, c.length, _jstr(c.hash), c.stored_size, _jstr(c.codec)))
+            middle = '"chunks":[%s]' % ",".join(parts)
+        return '{"blake3":%s,%s,"format":%s,"mode":%d,"mtime_ns":%d,"name":%s,"sha256":%s,"size":%d,"type":"file"}' % (
+            _jstr(e.blake3), middle, _jstr(e.format), e.mode, 0 if e.mtime_ns is None else e.mtime_ns, _jstr(name),
+            _jstr(e.sha256), e.size)
+    if e.type == "dir":
+        if e.mtime_ns is not None and type(e.mtime_ns) is not int:
+            return None
+        mtime = "" if e.mtime_ns is None else ',"mtime_ns":%d' % e.mtime_ns
+        tree = ',"tree":%s' % _jstr(sub) if sub else ""
+        return '{"mode":%d%s,"name":%s%s,"type":"dir"}' % (e.mode, mtime, _jstr(name), tree)
+    if e.type == "symlink" and type(e.target) is str:
+        return '{"mode":%d,"name":%s,"target":%s,"type":"symlink"}' % (e.mode, _jstr(name), _jstr(e.target))
+    return None
+
+
+def _tree_bytes_json(entries: list[Entry], hashes: dict[str, str]) -> bytes:
+    """tree_bytes by `canonical`: any entries."""
     rows = []
     for e in entries:
         j = e.to_json()
@@ -846,7 +909,8 @@ def prove_trees(m: Manifest, objects: dict[str, bytes], by_dir: dict[str, str], 
     by_dir) as exactly `m.entries`. Each tree not in `known` is parsed with the reader's own
     checks (`parse_tree`), canonical form included: its bytes being `tree_bytes` of the
     directory's entries, a tree that re-serialises to them holds entries whose JSON is the
-    entries' JSON, so the list need not be compared again. A tree in `known` (bytes already
+    entries' JSON, so the list need not be compared again (hence `check_tree`: the reader's
+    checks without the entries it would build). A tree in `known` (bytes already
     parsed and proved under this very hash, e.g. by an earlier commit) is not parsed again:
     the same hash is the same bytes, which read the same. Returns how many were parsed."""
     _need(m.tree == by_dir.get("") and m.entry_count == len(m.entries),
@@ -855,21 +919,34 @@ def prove_trees(m: Manifest, objects: dict[str, bytes], by_dir: dict[str, str], 
     for d, h in sorted(by_dir.items()):
         if h in known or h in parsed or (h == EMPTY_TREE and d):  # an empty directory names no tree
             continue
-        parse_tree(objects[h], h, d)
+        check_tree(objects[h], h, d)
         parsed.add(h)
     if m.attachments:  # as resolve_trees checks them once the entries are read
         _attachments([{"path": p, "role": r} for r, p in m.attachments], tuple(m.entries))
     return len(parsed)
 
 
-def parse_tree(data: bytes, h: str, where: str) -> list[tuple[Entry, str]]:
-    """The entries of the tree of directory `where` ("" for the top) from its bytes: they must
-    hash to `h` and be canonical. Returns (entry with its full path, its subtree's hash or "")."""
+def check_tree(data: bytes, h: str, where: str) -> None:
+    """ManifestError unless `parse_tree(data, h, where)` accepts the bytes: every check it
+    makes, with the same errors, but a tree in plain canonical form builds no Entry or
+    ChunkRef (a commit proving the trees it made would discard them)."""
+    _tree_bytes_ok(data, h, where)
+    if _plain_tree(data, where, build=False) is None:
+        _parse_tree_json(data, h, where)
+
+
+def _tree_bytes_ok(data: bytes, h: str, where: str) -> None:
     label = where or "/"
     if len(data) > MAX_TREE_BYTES:
         raise ManifestError(f"tree {h[:16]} of {label!r} is {len(data)} bytes, more than the {MAX_TREE_BYTES} allowed")
     if manifest_id(data) != h:
         raise ManifestError(f"tree {h[:16]} of {label!r} does not match its hash (tampered or corrupt)")
+
+
+def parse_tree(data: bytes, h: str, where: str) -> list[tuple[Entry, str]]:
+    """The entries of the tree of directory `where` ("" for the top) from its bytes: they must
+    hash to `h` and be canonical. Returns (entry with its full path, its subtree's hash or "")."""
+    _tree_bytes_ok(data, h, where)
     plain = _plain_tree(data, where)
     if plain is not None:
         return plain
@@ -898,10 +975,11 @@ _PT_ENTRY = re.compile(
        _PLAIN_NUM, _PT_INT, _PT_STR, f'"{_PT_HEX}"', _PLAIN_NUM, _PT_STR, _PT_STR))
 
 
-def _plain_tree(data: bytes, where: str) -> list[tuple[Entry, str]] | None:
+def _plain_tree(data: bytes, where: str, build: bool = True) -> list[tuple[Entry, str]] | None:
     """parse_tree's answer for a tree in plain canonical form that passes every check of the
     JSON reader (its bytes already checked against their hash); None for any other bytes (the
-    JSON reader then decides, and says what is wrong)."""
+    JSON reader then decides, and says what is wrong). build=False: the same checks, but no
+    Entry or ChunkRef is made: [] for bytes that pass (`check_tree`)."""
     if not (data.startswith(_PT_HEAD) and data.endswith(_PT_TAIL)) or len(data) <= len(_PT_HEAD + _PT_TAIL):
         return None
     try:
@@ -928,28 +1006,34 @@ def _plain_tree(data: bytes, where: str) -> list[tuple[Entry, str]] | None:
                 n = int(count)
                 if n <= FILEMAP_THRESHOLD or not n <= size_i <= n * MAX_CHUNK_LENGTH:
                     return None
-                e = Entry(prefix + name, "file", mode_i, size_i, mtime_i, b3, sha, fmt, filemap=fm, chunk_count=n)
-            else:
+                if build:
+                    e = Entry(prefix + name, "file", mode_i, size_i, mtime_i, b3, sha, fmt, filemap=fm, chunk_count=n)
+            elif build:
                 refs = _plain_chunks(chunks, size_i, codecs)
                 if refs is None:
                     return None
                 e = Entry(prefix + name, "file", mode_i, size_i, mtime_i, b3, sha, fmt, refs)
+            elif _tiled(chunks, _PLAIN_FIELDS.findall(chunks), size_i, codecs) is None:  # as _plain_chunks checks
+                return None
             sub = ""
         elif dname is not None:
             name, mode_i = dname, int(dmode)
             mtime_i = None if dmtime is None else int(dmtime)
             if mtime_i is not None and not MTIME_NS_MIN <= mtime_i <= MTIME_NS_MAX or sub == EMPTY_TREE:
                 return None
-            e = Entry(prefix + name, "dir", mode_i, mtime_ns=mtime_i)
+            if build:
+                e = Entry(prefix + name, "dir", mode_i, mtime_ns=mtime_i)
             sub = sub or ""
         else:
             name, mode_i = lname, int(lmode)
-            e = Entry(prefix + name, "symlink", mode_i, target=target)
+            if build:
+                e = Entry(prefix + name, "symlink", mode_i, target=target)
             sub = ""
         if mode_i > 0o7777 or "/" in name or name in (".", "..") or (last is not None and name <= last):
             return None
         last = name
-        append((e, sub))
+        if build:
+            append((e, sub))
         pos = m.end()
         if pos == end:
             return out

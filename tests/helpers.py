@@ -114,3 +114,14 @@ class RawStore:
 
     def mutate(self, key: str, fn: Callable[[bytes], bytes]) -> None:
         self.write(key, fn(self.read(key)))
+
+
+def filemap_key(raw: RawStore, h: str) -> str:
+    """The key file map `h` is stored under in `raw`: `.bin` (binary maps, written now) or
+    `.json` (JSON maps, as earlier archivers wrote them); tests that damage or delete a map
+    use it so they work for both forms."""
+    from archiver import layout
+    stored = set(raw.keys(layout.FILEMAPS))
+    found = [k for k in layout.filemap_keys(h) if k in stored]
+    assert len(found) == 1, f"file map {h} is stored under {found or 'no key'}"
+    return found[0]

@@ -1,8 +1,10 @@
 """Ray worker setup hooks for tests only (production code has none): installed with
 `runtime_env={"worker_process_setup_hook": "tests.rayhooks.install"}`, they wrap the chunk
-reader of the worker's pipeline, as the environment variable ARCHIVER_TEST_HOOK says:
+readers of the worker's pipeline (the chunk reader of a big file, the whole read of a file
+below the CDC minimum), as the environment variable ARCHIVER_TEST_HOOK says:
 
-  kill-once:MARKER   SIGKILL this worker after a file's first chunk, unless MARKER exists
+  kill-once:MARKER   SIGKILL this worker after a file's first chunk (a small file: after its
+                     read, before it is saved), unless MARKER exists
                      (it is created first, so the retry on a fresh worker succeeds)
   kill-always        SIGKILL this worker after every file's first chunk
   touch:COUNTER      append a line to COUNTER, then change the file being read (its
@@ -29,6 +31,14 @@ def install() -> None:
                 _act(how, f.name)
 
     pipeline.iter_chunks = hooked
+    real_whole = pipeline.read_whole
+
+    def hooked_whole(fd: int, size: int) -> bytes:
+        data = real_whole(fd, size)  # the small-file path checks its fstat after this read
+        _act(how, os.readlink(f"/proc/self/fd/{fd}"))
+        return data
+
+    pipeline.read_whole = hooked_whole
 
 
 def _act(how: str, path: str) -> None:

@@ -533,7 +533,10 @@ def test_record_refuses_what_it_cannot_store_faithfully(cat, cat_path, how):
         odd = Entry(**{**e.__dict__, "path": "ckpt/c.bin", "chunks": (ChunkRef(0, 10, c.hash, 6, "z\ud800"),),
                        "size": 10})
         m = Manifest(name=m.name, entries=m.entries + (odd,))
-    with pytest.raises(ManifestError, match="twice" if how == "duplicate-path" else "not valid Unicode"):
+    where = {"duplicate-path": "twice", "surrogate-path": "not valid Unicode in path 'ckpt/",
+             "surrogate-name": "not valid Unicode in name", "surrogate-meta": "not valid Unicode in meta 'k'",
+             "surrogate-codec": "not valid Unicode in path 'ckpt/c.bin'"}[how]  # the text that is wrong is named
+    with pytest.raises(ManifestError, match=where):
         record(cat, m, event_details={"x": 1})
     _assert_nothing_recorded(cat, cat_path)
 
@@ -1337,3 +1340,46 @@ def test_known_chunks_of_hashes_sharing_a_chunk_key(cat):
     assert record(cat, m)
     assert cat.known_chunks([x, y, "cd" * 32]) == {x: (6, "zstd"), y: (6, "zstd")}
     assert cat.known_chunks([]) == {}
+
+
+def test_stored_size_of_all_new_inline_chunks_is_summed_without_the_union_query(cat, monkeypatch):
+    """A version whose inline chunks are all new to the catalog (a first archive of small
+    files) takes its stored size from the inserts; any other (a chunk seen before, one named
+    twice, two hashes sharing a key, a file map) is summed over the deduplicated union. Both
+    agree with Manifest.stored_size."""
+    queried: list[str] = []
+    real = Catalog._stored_size
+    monkeypatch.setattr(Catalog, "_stored_size", lambda self, *a: queried.append("q") or real(self, *a))
+
+    def entry(path: str, hashes: list[str], sizes: list[int]) -> Entry:
+        refs = tuple(ChunkRef(10 * i, 10, x, s, "zstd") for i, (x, s) in enumerate(zip(hashes, sizes)))
+        return Entry(path=path, type="file", mode=0o644, size=10 * len(refs), mtime_ns=1, blake3=h(path),
+                     sha256=h(path), chunks=refs)
+
+    key = "cd" * 8
+    cases = [  # (label, files, whether the union is queried)
+        ("new", [entry("a", [h("1"), h("2")], [3, 4]), entry("b", [h("3")], [5])], False),
+        ("seen", [entry("a", [h("1"), h("9")], [3, 6])], True),
+        ("twice", [entry("a", [h("7"), h("8")], [2, 2]), entry("b", [h("7")], [2])], False),  # new: counted once
+        ("one-key", [entry("a", [key + "0" * 48, key + "1" * 48], [4, 4])], True),
+        ("empty", [entry("a", [], [])], False),
+    ]
+    for label, files, union in cases:
+        queried.clear()
+        m = Manifest(name="m", label=label, entries=tuple(files))
+        assert record(cat, m)
+        assert {r.id: r.stored_size for r in cat.manifest_rows()}[m.id] == m.stored_size, label
+        assert queried == (["q"] if union else []), label
+
+
+def test_record_packs_records_each_pack_once_in_one_transaction(cat):
+    h1, h2 = "1" * 64, "2" * 64
+    begun: list[str] = []
+    real = cat._begin
+    cat._begin = lambda conn: begun.append("BEGIN") or real(conn)
+    assert cat.record_packs([("p1", 10, "i1", [(h1, 0, 5, 5)]), ("p2", 20, "i2", [(h2, 3, 4, 4), (h1, 9, 5, 5)])]) == 2
+    assert begun == ["BEGIN"]  # one commit for all of them
+    assert cat.record_packs([("p1", 10, "i1", [(h1, 0, 5, 5)])]) == 0  # known: not recorded again
+    assert cat.pack_locations([h1, h2]) == {h1: [("p1", 0, 5, 5, 10, "i1"), ("p2", 9, 5, 5, 20, "i2")],
+                                            h2: [("p2", 3, 4, 4, 20, "i2")]}
+    assert cat.pack_entries("p2") == [(h2, 3, 4, 4), (h1, 9, 5, 5)]

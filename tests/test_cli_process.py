@@ -183,3 +183,12 @@ def test_verify_and_restore_of_a_local_store_import_only_what_they_run(tmp_path,
     assert "archiver.checker" in loaded and "archiver.stores.local" in loaded  # the probe saw the run's modules
     unwanted = [m for m in loaded if m in NOT_FOR_A_LOCAL_READ or m.split(".")[0] in NOT_FOR_A_LOCAL_READ]
     assert unwanted == []
+
+def test_start_up_does_not_import_numpy():
+    """numpy is imported by the first chunk's codec work, not by the command's imports: its
+    import (~0.1 CPU-s) then overlaps the reading of the first chunks, and its BLAS threads
+    are started after the entry point has set OPENBLAS_NUM_THREADS."""
+    probe = "import sys\nimport archiver.cli, archiver.api, archiver.pipeline\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'numpy'))\n"
+    r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -2,11 +2,13 @@
 verify --copies checks each by LIST pages and reports `copies: N/M` per archive."""
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from pathlib import Path
 
 import boto3
+import pytest
 
 from archiver import layout
 from tests.faultproxy import FaultProxy
@@ -90,3 +92,45 @@ def test_verify_copies_lists_and_never_gets_chunks(tmp_path: Path, home: Path, m
         chunk_gets = [s for s in proxy.seen if re.search(r"/chunks/[0-9a-f]{2}/[0-9a-f]{64}$", s.path)]
         assert chunk_gets == []
         assert proxy.count(method="GET", path=r"[?&]list-type=2") >= 2  # chunk prefixes and manifests/
+
+
+@pytest.mark.parametrize("damage", ["map-under-wrong-suffix", "map-truncated", "tree-truncated"])
+def test_verify_copies_reports_a_copy_whose_map_or_tree_its_reader_refuses(tmp_path: Path, home: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           damage: str) -> None:
+    """A copy that lists a file map under the other suffix than its bytes' form (as a reader
+    of the copy refuses it), or a map or tree shorter than its bytes, is not a healthy copy:
+    the LIST check compares each map's key and size, and each tree's size, with the bytes the
+    store's own checked manifest makes (it counted 2/2 while restore from the copy failed)."""
+    from manifests import model
+    monkeypatch.setattr(model, "FILEMAP_THRESHOLD", 1)  # every file of more than one chunk has a map
+    monkeypatch.setattr(model, "TREE_THRESHOLD", 0)  # and trees (manifest v3)
+    store, copy = str(tmp_path / "store"), str(tmp_path / "copy")
+    ck = make_checkpoint(tmp_path / "ck", layers=3, dim=512)
+    (ck / "blob.bin").write_bytes(os.urandom(3 << 20))
+    r = run_cli("--store", store, "archive", str(ck), "--name", "m")
+    assert r.code == 0, r.err
+    mid = r.out.strip()
+    assert run_cli("--store", store, "copies", "add", copy).code == 0
+    assert run_cli("--store", store, "replicate", "--all", "--to", copy).code == 0
+    ok = run_cli("--store", store, "verify", "--all", "--copies", "--json")
+    assert ok.code == 0 and ok.json()["copies"]["copies"] == {mid: "2/2"}
+    raw = RawStore(copy)
+    prefix = layout.TREES if damage == "tree-truncated" else layout.FILEMAPS
+    keys = sorted(raw.keys(prefix))
+    assert keys, prefix
+    key = keys[0]
+    data = raw.read(key)
+    raw.delete(key)
+    if damage == "map-under-wrong-suffix":
+        h, binary = layout.filemap_hash(key)
+        raw.write(layout.filemap(h, binary=not binary), data)  # the same bytes, under the other suffix
+    else:
+        raw.write(key, data[:-1])
+    restored = run_cli("--store", copy, "restore", mid, str(tmp_path / "out"))
+    assert restored.code == 1  # a reader of the copy refuses it ...
+    bad = run_cli("--store", store, "verify", "--all", "--copies", "--json")
+    assert bad.code == 1 and bad.json()["copies"]["copies"] == {mid: "1/2"}  # ... so it is not a healthy copy
+    problems = bad.json()["copies"]["problems"]
+    assert [p["kind"] for p in problems] == ["tree" if damage == "tree-truncated" else "filemap"]
+    assert ("bytes under" if damage != "tree-truncated" else "bytes, not") in problems[0]["detail"]

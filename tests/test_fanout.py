@@ -45,7 +45,7 @@ def test_workers_store_file_maps_and_the_driver_checks_their_chunks(tmp_path, ho
     assert far.id == local.id
     m = parse_manifest(RawStore(str(tmp_path / "b")).read(layout.manifest(far.id)), expected_id=far.id)
     big = next(e for e in m.files if e.filemap)
-    assert list((tmp_path / "b" / "filemaps").rglob("*.json"))
+    assert list((tmp_path / "b" / "filemaps").rglob("*.bin"))  # binary maps, named by their form
     with api.open_repository(str(tmp_path / "b")) as repo:
         slim = dataclasses.replace(big, chunks=())
         fanout.check_chunks_stored(repo, [slim])  # the map's chunks are all there

@@ -20,7 +20,7 @@ from manifests import model
 from manifests.errors import ManifestError
 from manifests.model import (ChunkRef, Entry, Manifest, filemap_bytes, manifest_id, parse_filemap, parse_manifest,
                              with_filemap, with_filemaps)
-from tests.helpers import RawStore, make_checkpoint, run_cli, tree
+from tests.helpers import RawStore, filemap_key, make_checkpoint, run_cli, tree
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -148,15 +148,16 @@ def test_v2_archive_restores_and_verifies(low_threshold: int, tmp_path: Path, st
     ck, mid, m = archive_v2(tmp_path, store_url)
     raw = RawStore(store_url)
     maps = {e.filemap for e in m.files if e.filemap}
-    assert {k for k in raw.keys(layout.FILEMAPS)} == {layout.filemap(h) for h in maps}
-    assert all(raw.read(layout.filemap(h)).startswith(b"ARCHFMAP" if form == "binary" else b'{"chunks":[')
-               for h in maps)
+    keys = {layout.filemap(h, binary=form == "binary") for h in maps}  # the suffix names the form
+    assert {k for k in raw.keys(layout.FILEMAPS)} == keys
+    assert all(raw.read(layout.filemap(h, binary=form == "binary")).startswith(
+        b"ARCHFMAP" if form == "binary" else b'{"chunks":[') for h in maps)
     assert all(e.filemap or len(e.chunks) <= 1 for e in m.files)
     assert run_cli("--store", store_url, "verify", mid, "--deep").code == 0
     assert run_cli("--store", store_url, "restore", mid, str(tmp_path / "out")).code == 0
     assert tree(tmp_path / "out" / "ck") == tree(ck)
     again = run_cli("--store", store_url, "archive", str(ck), "--name", "m")  # unchanged: same maps reused
-    assert again.code == 0 and {k for k in raw.keys(layout.FILEMAPS)} == {layout.filemap(h) for h in maps}
+    assert again.code == 0 and {k for k in raw.keys(layout.FILEMAPS)} == keys
 
 
 @pytest.mark.parametrize("form", ["binary", "json"])
@@ -171,11 +172,13 @@ def test_bad_file_map_is_reported_by_verify_and_refused_by_restore(low_threshold
     ck, mid, m = archive_v2(tmp_path, store)
     e = next(e for e in m.files if e.filemap)
     raw = RawStore(store)
-    assert raw.read(layout.filemap(e.filemap)).startswith(b"ARCHFMAP" if form == "binary" else b'{"chunks":[')
+    key = filemap_key(raw, e.filemap)
+    assert key == layout.filemap(e.filemap, binary=form == "binary")
+    assert raw.read(key).startswith(b"ARCHFMAP" if form == "binary" else b'{"chunks":[')
     if damage == "tampered":
-        raw.mutate(layout.filemap(e.filemap), flip)
+        raw.mutate(key, flip)
     else:
-        raw.delete(layout.filemap(e.filemap))
+        raw.delete(key)
     v = run_cli("--store", store, "verify", mid, "--deep", "--json")
     assert v.code == 1
     problems = v.json()["problems"]
@@ -283,7 +286,7 @@ def test_verify_copies_reports_a_copy_missing_a_file_map(low_threshold: int, tmp
     ok = run_cli("--store", store, "verify", "--all", "--copies", "--json")
     assert ok.code == 0 and ok.json()["copies"]["copies"] == {mid: "2/2"}
     e = next(e for e in m.files if e.filemap)
-    RawStore(copy).delete(layout.filemap(e.filemap))
+    RawStore(copy).delete(filemap_key(RawStore(copy), e.filemap))
     bad = run_cli("--store", store, "verify", "--all", "--copies", "--json")
     assert bad.code == 1 and bad.json()["copies"]["copies"] == {mid: "1/2"}
     assert [(p["kind"], p["path"], p["chunk"]) for p in bad.json()["copies"]["problems"]] == [
@@ -304,7 +307,8 @@ def test_oversized_file_map_is_refused_unread(repo: Repository, tmp_path: Path, 
 def test_rebuild_reports_a_manifest_whose_file_map_is_missing(repo: Repository, tmp_path: Path) -> None:
     mid = repo.commit_manifest(Manifest(name="m", entries=(big_entry(),))).id
     e = repo.load_manifest(mid).files[0]
-    RawStore(str(tmp_path / "store")).delete(layout.filemap(e.filemap))
+    raw = RawStore(str(tmp_path / "store"))
+    raw.delete(filemap_key(raw, e.filemap))
     with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat2.db")) as fresh:
         res = fresh.rebuild_catalog()
         assert res.added == [] and [(p.manifest, p.kind) for p in res.problems] == [(mid, "manifest")]
@@ -399,12 +403,12 @@ def test_fixity_status_counts_map_chunks_and_refuses_a_missing_map_in_one_line(t
     _, mid, m = archive_v2(tmp_path, store)
     want = {c.hash for e in m.files if not e.filemap for c in e.chunks}
     want |= {c.hash for e in m.files if e.filemap
-             for c in parse_filemap(RawStore(store).read(layout.filemap(e.filemap)), e)}
+             for c in parse_filemap(RawStore(store).read(filemap_key(RawStore(store), e.filemap)), e)}
     r = run_cli("--store", store, "fixity", "status", "--json")
     (arch,) = r.json()["archives"]
     assert arch["manifest"] == mid and arch["chunks"] == arch["never_checked"] == len(want)
     victim = next(e for e in m.files if e.filemap)
-    RawStore(store).delete(layout.filemap(victim.filemap))
+    RawStore(store).delete(filemap_key(RawStore(store), victim.filemap))
     r = run_cli("--store", store, "fixity", "status")
     assert r.code != 0 and "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1
     assert victim.filemap[:16] in r.err and "missing" in r.err
@@ -443,3 +447,144 @@ def test_rebuild_records_maps_in_bulk_as_the_commit_did(repo: Repository, tmp_pa
     assert sorted(f is None for f in fresh_of.values()) == [False, False, False, True]  # c.bin reused a's chunk
     assert dict(committed[2])[second] == sum({c.hash: c.stored_size for e in (a, reuse, twice)
                                               for c in e.chunks}.values())
+
+
+# -- the map's key names its form: .bin binary, .json JSON (earlier archivers) ------------------------
+
+def archive_legacy(tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str, Manifest]:
+    """An archive whose maps an earlier archiver wrote: JSON, under `.json`. Only the writing
+    is forced to JSON; everything afterwards runs today's code (binary writer, binary-first reader)."""
+    with monkeypatch.context() as mp:
+        mp.setattr(model, "filemap_bytes", model.filemap_json_bytes)
+        ck, mid, m = archive_v2(tmp_path, store)
+    raw = RawStore(store)
+    maps = {e.filemap for e in m.files if e.filemap}
+    assert set(raw.keys(layout.FILEMAPS)) == {layout.filemap(h, binary=False) for h in maps}
+    return ck, mid, m
+
+
+def test_legacy_json_maps_verify_restore_replicate_repair_and_rebuild(low_threshold: int, tmp_path: Path,
+                                                                      home: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    store, copy = str(tmp_path / "store"), str(tmp_path / "copy")
+    ck, mid, m = archive_legacy(tmp_path, store, monkeypatch)
+    raw, rawc = RawStore(store), RawStore(copy)
+    legacy = sorted(raw.keys(layout.FILEMAPS))
+    assert legacy  # model.safetensors (and blob.bin, when it is more than one chunk)
+    assert run_cli("--store", store, "verify", mid, "--deep").code == 0  # found under .json after .bin is absent
+    with Repository.open(Settings.resolve(store)) as used:
+        n_chunks = len(used.load_manifest(mid).unique_chunks())
+    fx = run_cli("--store", store, "fixity", "status", "--json")  # counts the chunks each legacy map names
+    assert fx.code == 0 and fx.json()["archives"][0]["chunks"] == n_chunks
+    assert run_cli("--store", store, "restore", mid, str(tmp_path / "out")).code == 0
+    assert tree(tmp_path / "out" / "ck") == tree(ck)
+    # replicate keeps each map's form and so its key; the copy set counts them
+    assert run_cli("--store", store, "copies", "add", copy).code == 0
+    assert run_cli("--store", store, "replicate", "--all", "--to", copy).code == 0
+    assert sorted(rawc.keys(layout.FILEMAPS)) == legacy and all(rawc.read(k) == raw.read(k) for k in legacy)
+    assert run_cli("--store", copy, "verify", "--all", "--deep").code == 0
+    ok = run_cli("--store", store, "verify", "--all", "--copies", "--json")
+    assert ok.code == 0 and ok.json()["copies"]["copies"] == {mid: "2/2"}
+    # repair heals a damaged and a missing legacy map under its own key
+    for state, damage in (("damaged", lambda k: raw.mutate(k, flip)), ("missing", raw.delete)):
+        damage(legacy[0])
+        fixed = run_cli("--store", store, "repair", "--from", copy, "--json")
+        assert fixed.code == 0, fixed.err
+        assert [(f["kind"], f["state"]) for f in fixed.json()["fixes"]] == [("filemap", state)]
+        assert sorted(raw.keys(layout.FILEMAPS)) == legacy and all(raw.read(k) == rawc.read(k) for k in legacy)
+        assert run_cli("--store", store, "verify", mid, "--deep").code == 0
+    # a catalog rebuilt from the store reads the legacy maps (chunks and stored size as before)
+    with Repository.open(Settings.resolve(store, tmp_path / "cat2.db")) as fresh:
+        res = fresh.rebuild_catalog()
+        assert res.added == [mid] and res.problems == []
+        with Repository.open(Settings.resolve(store)) as used:  # the catalog the CLI wrote
+            assert [(r.id, r.stored_size) for r in fresh.list_archives()] == [
+                (r.id, r.stored_size) for r in used.list_archives()]
+        assert {c[3] for c in fresh.chunk_coverage()} == {c.hash for e in
+                                                          fresh.load_manifest(mid).files for c in e.chunks}
+    with Repository.open(Settings.resolve(store, tmp_path / "cat3.db")) as other:  # another host's catalog
+        res = other.sync_catalog()
+        assert res.added == [mid] and res.problems == []
+
+
+@pytest.mark.parametrize("stored", ["binary-under-json", "json-under-bin"])
+def test_a_map_under_the_wrong_suffix_for_its_bytes_is_refused_as_damage(low_threshold: int, tmp_path: Path,
+                                                                         home: Path, stored: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    store = str(tmp_path / "store")
+    if stored == "binary-under-json":
+        ck, mid, m = archive_v2(tmp_path, store)
+    else:
+        ck, mid, m = archive_legacy(tmp_path, store, monkeypatch)
+    e = next(e for e in m.files if e.filemap)
+    raw = RawStore(store)
+    right = filemap_key(raw, e.filemap)
+    wrong = layout.filemap(e.filemap, binary=stored == "json-under-bin")
+    assert right != wrong
+    raw.write(wrong, raw.read(right))  # renamed: the same bytes (they still hash to the entry's map)
+    raw.delete(right)
+    v = run_cli("--store", store, "verify", mid, "--deep", "--json")
+    assert v.code == 1
+    assert [(p["kind"], p["path"], p["chunk"]) for p in v.json()["problems"]] == [("filemap", e.path, e.filemap)]
+    assert "wrong suffix" in v.json()["problems"][0]["detail"]
+    r = run_cli("--store", store, "restore", mid, str(tmp_path / "out"))
+    assert r.code == 1 and len(r.err.strip().splitlines()) == 1 and "wrong suffix" in r.err
+    assert "Traceback" not in r.err and not (tmp_path / "out").exists()
+    with Repository.open(Settings.resolve(store, tmp_path / "cat2.db")) as fresh:
+        res = fresh.rebuild_catalog()
+        assert res.added == [] and "wrong suffix" in res.problems[0].detail
+
+
+def test_repair_writes_a_map_under_its_own_key_and_names_a_stray_it_cannot_remove(
+        low_threshold: int, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A binary map found only under .json is healed by writing it under .bin (read first, so
+    the stray is never read again); a JSON map shadowed by a .bin stray cannot be healed on a
+    store that never deletes: repair says so in one line."""
+    store, copy = str(tmp_path / "store"), str(tmp_path / "copy")
+    ck, mid, m = archive_v2(tmp_path, store)
+    assert run_cli("--store", store, "replicate", "--all", "--to", copy).code == 0
+    e = next(e for e in m.files if e.filemap)
+    raw = RawStore(store)
+    good = raw.read(layout.filemap(e.filemap))
+    raw.write(layout.filemap(e.filemap, binary=False), good)
+    raw.delete(layout.filemap(e.filemap))
+    fixed = run_cli("--store", store, "repair", "--from", copy, "--json")
+    assert fixed.code == 0, fixed.err
+    assert [(f["kind"], f["state"]) for f in fixed.json()["fixes"]] == [("filemap", "damaged")]
+    assert raw.read(layout.filemap(e.filemap)) == good
+    assert run_cli("--store", store, "verify", mid, "--deep").code == 0
+
+    legacy_store, legacy_copy = str(tmp_path / "legacy"), str(tmp_path / "legacy-copy")
+    _, lmid, lm = archive_legacy(tmp_path / "l", legacy_store, monkeypatch)
+    assert run_cli("--store", legacy_store, "replicate", "--all", "--to", legacy_copy).code == 0
+    le = next(e for e in lm.files if e.filemap)
+    lraw = RawStore(legacy_store)
+    lraw.write(layout.filemap(le.filemap), lraw.read(layout.filemap(le.filemap, binary=False)))  # a .bin stray
+    r = run_cli("--store", legacy_store, "repair", "--from", legacy_copy)
+    assert r.code != 0 and len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err
+    assert "wrong suffix" in r.err and layout.filemap(le.filemap) in r.err and "moved aside" in r.err, r.err
+
+
+@pytest.mark.parametrize("form", ["binary", "json"])
+def test_a_reader_asks_for_the_binary_key_first_and_the_json_key_only_when_absent(
+        repo: Repository, tmp_path: Path, form: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What reading a map costs: a binary map one GET; a JSON map of an earlier archiver one
+    GET that finds nothing, then its own. `fixity status`, rebuild and verify read the same way."""
+    from archiver.stores.local import LocalStore
+    with monkeypatch.context() as mp:
+        if form == "json":
+            mp.setattr(model, "filemap_bytes", model.filemap_json_bytes)
+        mid = repo.commit_manifest(Manifest(name="m", entries=(big_entry(),))).id
+    h = repo.load_manifest(mid).files[0].filemap
+    asked: list[str] = []
+    real = LocalStore.get
+
+    def get(self, key: str, max_size: int | None = None) -> bytes:
+        if key.startswith(layout.FILEMAPS):
+            asked.append(key)
+        return real(self, key, max_size)
+    monkeypatch.setattr(LocalStore, "get", get)
+    assert repo.load_manifest(mid).files[0].chunks == big_entry().chunks
+    want = [layout.filemap(h)] if form == "binary" else [layout.filemap(h), layout.filemap(h, binary=False)]
+    assert asked == want
+    assert repo.filemap_sizes() == {h: len(RawStore(str(tmp_path / "store")).read(want[-1]))}

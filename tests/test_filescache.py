@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import blake3
+
 from archiver import layout, pipeline
 from archiver.filescache import cache_path
 from archiver.pipeline import archive as pipeline_archive
@@ -427,6 +429,29 @@ def test_an_unchanged_rearchive_commits_without_serialising_its_trees_again(repo
     assert model.tree_objects(m.entries)[2]["ck/b"] == model.tree_objects(repo.load_manifest(first.id).entries)[2]["ck/b"]
 
 
+def test_commit_rows_laid_out_for_the_statement_are_the_rows_put_writes(repo, tmp_path):
+    """FilesRun.commit hands FilesCache.put_values its rows as the statement takes them (no
+    Row per file): the cache then holds exactly what `put` of Rows writes, and an update
+    replaces a row."""
+    from archiver.filescache import FileStat, FilesCache, Row
+    a, b = FilesCache(tmp_path / "a.files"), FilesCache(tmp_path / "b.files")
+    try:
+        rows = [(f"/d/f{i}", Row(FileStat(1, i, 2, 3, 4 + i), "r", "m", f"f{i}")) for i in range(50)]
+        a.put(rows, 5.0)
+        b.put_values([(p, r.stat.dev, r.stat.ino, r.stat.size, r.stat.mtime_ns, r.stat.ctime_ns, r.reader, r.manifest,
+                       r.entry_path, 5.0) for p, r in rows], 5.0)
+        paths = [p for p, _ in rows]
+        assert a.rows(paths) == b.rows(paths) == dict(rows)
+        b.put_values([("/d/f3", 9, 9, 9, 9, 9, "r2", "m2", "g", 6.0)], 6.0)
+        assert b.rows(["/d/f3"]) == {"/d/f3": Row(FileStat(9, 9, 9, 9, 9), "r2", "m2", "g")}
+    finally:
+        a.close()
+        b.close()
+    ck = make_checkpoint(tmp_path / "ck", layers=2, dim=64)
+    first = pipeline_archive(repo, [ck], name="m")
+    again = pipeline_archive(repo, [ck], name="m")
+    assert again.files_reused == first.files  # the rows the commit wrote are hits
+
 def _packed_rearchive(tmp_path: Path, n: int, damage=None) -> tuple[Repository, CountingStore, Path, object, object]:
     """Archive `n` small files into packs, let `damage(repo, first)` harm the store, then
     re-archive with the default read-back proof; the store's calls count only the re-archive."""
@@ -518,16 +543,17 @@ def test_a_missing_pack_makes_its_files_read_again(tmp_path, reads):
 
 @pytest.fixture
 def puts(monkeypatch) -> list[tuple[list[str], set[str], str]]:
-    """Every FilesCache.put: (paths written, manifests moved, the manifest moved to)."""
+    """Every write of the files cache (FilesCache.put_values, which `put` also goes through):
+    (paths written, manifests moved, the manifest moved to)."""
     from archiver.filescache import FilesCache
     seen: list[tuple[list[str], set[str], str]] = []
-    real = FilesCache.put
+    real = FilesCache.put_values
 
-    def counting(self, rows, now, moved=(), to=""):
-        rows, moved = list(rows), set(moved)
-        seen.append(([p for p, _ in rows], moved, to))
-        return real(self, rows, now, moved, to)
-    monkeypatch.setattr(FilesCache, "put", counting)
+    def counting(self, values, now, moved=(), to=""):
+        values = list(values)
+        seen.append(([v[0] for v in values], set(moved), to))
+        return real(self, values, now, moved, to)  # as given: a commit's mapping of kept rows
+    monkeypatch.setattr(FilesCache, "put_values", counting)
     return seen
 
 
@@ -580,3 +606,54 @@ def test_old_rows_are_rewritten_and_a_partial_run_keeps_the_rest_reusable(repo, 
     reads.clear()
     assert pipeline_archive(repo, [src / "d0"], name="part").files_reused == 3 and reads == []
     assert pipeline_archive(repo, [src], name="all").files_reused == 9 and reads == []
+
+
+def test_a_moved_manifest_never_lends_a_row_another_sources_entry_at_the_same_path(repo, tmp_path, reads):
+    """A `moved` row says a manifest's reused entries are in the new one at the same paths;
+    it must not make a row of a file the new run did not see take whatever entry the new
+    manifest holds at that path. Sources are named by their basename, so /p/d2 and /q/d2
+    both archive as d2/...: with the same size and mtime, /p/d2/g must still be read, never
+    recorded with /q/d2/g's bytes."""
+    p, q = tmp_path / "p", tmp_path / "q"
+    (p / "d1").mkdir(parents=True)
+    (p / "d2").mkdir()
+    (q / "d2").mkdir(parents=True)
+    (p / "d1" / "f.bin").write_bytes(b"kept " * 50)
+    (p / "d2" / "g.bin").write_bytes(b"P" * 300)
+    (q / "d2" / "g.bin").write_bytes(b"Q" * 300)  # same size, same mtime, other bytes
+    st = os.stat(p / "d2" / "g.bin")
+    os.utime(q / "d2" / "g.bin", ns=(st.st_atime_ns, st.st_mtime_ns))
+    pipeline_archive(repo, [p / "d1", p / "d2"], name="m")
+    mixed = pipeline_archive(repo, [p / "d1", q / "d2"], name="m")  # reuses d1/f.bin: moves the first manifest
+    assert mixed.files_reused == 1
+    reads.clear()
+    third = pipeline_archive(repo, [p / "d1", p / "d2"], name="m")
+    assert third.files_reused == 2 and reads == []  # each from the manifest that recorded it
+    e = files_of(repo, third.id)["d2/g.bin"]
+    assert e.blake3 == blake3.blake3(b"P" * 300).hexdigest(), "recorded another source's bytes for d2/g.bin"
+
+
+def test_a_row_no_run_sees_keeps_its_manifest_from_moving_for_one_run_only(repo, tmp_path, reads, puts):
+    """A deleted file's row (no run sees it again until it expires) still looks its manifest
+    up: that manifest does not move, so the run writes the rows it kept, naming its own
+    manifest; the run after moves that one again and writes none. Every run reuses all."""
+    src = _many_files(tmp_path / "src" / "tree", 9)
+    pipeline_archive(repo, [src], name="m")
+    assert pipeline_archive(repo, [src], name="m").files_reused == 9 and puts[-1][0] == []
+    (src / "d0" / "f000.bin").unlink()
+    third = pipeline_archive(repo, [src], name="m")
+    assert third.files_reused == 8 and len(puts[-1][0]) == 0  # spy: the kept rows are passed as `moved`
+    db = sqlite3.connect(cache_path(repo.catalog_path))
+    try:
+        naming = dict(db.execute("SELECT manifest, count(*) FROM files GROUP BY manifest"))
+        assert naming.get(third.id) == 8 and sum(naming.values()) == 9  # the deleted file's row stays
+    finally:
+        db.close()
+    reads.clear()
+    fourth = pipeline_archive(repo, [src], name="m")
+    assert fourth.files_reused == 8 and reads == [] and puts[-1][0] == [] and puts[-1][2] == fourth.id
+    db = sqlite3.connect(cache_path(repo.catalog_path))
+    try:
+        assert dict(db.execute("SELECT old, new FROM moved")).get(third.id) == fourth.id
+    finally:
+        db.close()

@@ -13,7 +13,7 @@ import pytest
 from archiver import layout
 from manifests import model
 from manifests.model import parse_filemap, parse_manifest, resolve_trees
-from tests.helpers import RawStore, make_checkpoint, run_cli, tree
+from tests.helpers import RawStore, filemap_key, make_checkpoint, run_cli, tree
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md"
 
@@ -91,10 +91,12 @@ def _restore_by_hand(tmp_path, monkeypatch, v2: bool = False, packed: bool = Fal
         assert m.canonical_json().startswith(b'{"entries"') and (b'"version":2' in m.canonical_json()) == v2
     maps = [e for e in m.files if e.filemap]
     assert bool(maps) == v2
-    assert all(RawStore(str(store)).read(layout.filemap(e.filemap)).startswith(
+    assert all(filemap_key(RawStore(str(store)), e.filemap) == layout.filemap(e.filemap, binary=map_form == "binary")
+               for e in maps)  # binary maps under .bin, JSON maps (earlier archivers) under .json: both read
+    assert all(RawStore(str(store)).read(filemap_key(RawStore(str(store)), e.filemap)).startswith(
         b"ARCHFMAP" if map_form == "binary" else b'{"chunks":[') for e in maps)
     chunks = [c for e in m.files for c in e.chunks]
-    chunks += [c for e in maps for c in parse_filemap(RawStore(str(store)).read(layout.filemap(e.filemap)), e)]
+    chunks += [c for e in maps for c in parse_filemap(RawStore(str(store)).read(filemap_key(RawStore(str(store)), e.filemap)), e)]
     assert "bg2" in {c.codec for c in chunks}  # the byte-plane path of the script is exercised
     assert any((store / "packs").rglob("*")) == bool(packed)  # small chunk objects in packs (or not)
     assert any((store / "chunks").rglob("*")) == (packed != "all")  # large ones under their own keys

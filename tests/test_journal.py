@@ -210,3 +210,34 @@ def test_a_journal_whose_last_batch_was_lost_resumes_the_rest(tmp_path, home):
     res = api.archive([src], name="m", store=store)
     assert res.resumed_files == 1 and res.id == clean.id
     assert api.verify([res.id], store=store, deep=True).problems == []
+
+
+def test_a_line_is_what_json_dumps_writes_and_loads_back_as_the_entry(tmp_path):
+    """line_of lays out a small file's line by formatting: byte for byte json.dumps's line,
+    for every entry it takes (escaped text included); others go through json.dumps."""
+    from archiver.journal import line_of
+    from manifests.model import ChunkRef, Entry
+    h = "ab" * 32
+    base = Entry(path="d/f.bin", type="file", mode=0o644, size=30, mtime_ns=1_700_000_000_123_456_789,
+                 blake3=h, sha256="cd" * 32, format="", chunks=(ChunkRef(0, 10, h, 12, "zstd"),
+                                                               ChunkRef(10, 20, "ef" * 32, 20, "raw")))
+    odd = [
+        base,
+        Entry(path="e", type="file", mode=0o600, size=0, mtime_ns=-5, blake3=h, sha256=h),  # no chunks
+        Entry(**{**base.__dict__, "path": 'q"\\ \u00e9\u2028/\U0001f600', "format": "safetensors"}),
+        Entry(**{**base.__dict__, "chunks": (ChunkRef(0, 30, h, 31, 'z"\u00e9'),)}),
+        Entry(**{**base.__dict__, "tech": {"tensors": 2, "dtype": {"bf16": 1.5}}}),  # json.dumps's
+        Entry(path="m", type="file", mode=0o644, size=10, mtime_ns=1, blake3=h, sha256=h, filemap=h, chunk_count=129),
+        Entry(**{**base.__dict__, "mode": True}),  # not an exact int: json.dumps's `true`
+        Entry(**{**base.__dict__, "chunks": (ChunkRef(0, 30.0, h, 31, "zstd"),)}),
+    ]
+    snaps = [[2049, 12, 30, 1, 2], [1, 2, 3, 4, True], [1, 2, 3]]
+    for e in odd:
+        for snap in snaps:
+            want = json.dumps({"path": e.path, "snapshot": snap, "entry": e.to_json()}).encode() + b"\n"
+            assert line_of(e, snap) == want, (e, snap)
+    j = Journal(tmp_path / "j.jsonl")
+    j.record(base, [2049, 12, 30, 1, 2], sync=True)
+    j.close()
+    got = j.load()
+    assert list(got) == [base.path] and got[base.path].entry == base and got[base.path].snapshot == [2049, 12, 30, 1, 2]

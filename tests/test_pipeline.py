@@ -520,3 +520,42 @@ def test_the_start_read_ahead_is_at_most_the_files_window(repo, model_dir, monke
         for window in (2, 4, 16):
             pipeline._archive_file(src, pool, writer, SMALL, window, Progress())
     assert seen == [(2, 2), (4, 4), (16, pipeline.START_AHEAD_CHUNKS)]
+
+
+@pytest.mark.packs
+def test_a_resume_whose_redone_files_sit_in_an_unwritten_pack_commits(tmp_path, home, monkeypatch, store_url):
+    """A run whose later packs failed to be written (or that was killed before writing them)
+    leaves a journal of which some files are resumable. The next run resumes those and
+    archives the others again, their small chunks into a pack written at the commit: the
+    resumed files' check (check_chunks_stored, chunks this process did not save) must not
+    take the redone files' chunks, still in that open pack, for missing ones. It did, and
+    every re-run failed the same way ("... is missing from the store; nothing was recorded,
+    re-run")."""
+    from archiver import api, packs
+    from archiver.errors import StoreError
+    from tests.helpers import run_cli
+    src = tmp_path / "src" / "many"
+    src.mkdir(parents=True)
+    for i in range(6):
+        (src / f"f{i}.bin").write_bytes(os.urandom(20_000 + i))
+    clean = api.archive([src], name="m", store=str(tmp_path / "clean"))
+    store = store_url
+    real = Repository._write_pack
+    calls = []
+
+    def half_fail(self, *a, **k):
+        calls.append(1)
+        if len(calls) > 3:
+            raise StoreError("disk full (simulated)")
+        return real(self, *a, **k)
+    with monkeypatch.context() as m:
+        m.setattr(packs, "pack_target", lambda stored_size: 1)  # a pack per chunk, written at once
+        m.setattr(Repository, "_write_pack", half_fail)
+        with pytest.raises(StoreError):
+            api.archive([src], name="m", store=store)
+    r = run_cli("--store", store, "archive", str(src), "--name", "m", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["resumed_files"] == 3 and r.json()["id"] == clean.id
+    dest = tmp_path / "dest"
+    assert run_cli("--store", store, "restore", "m", str(dest)).code == 0
+    assert all((dest / "many" / p.name).read_bytes() == p.read_bytes() for p in src.iterdir())

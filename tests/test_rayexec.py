@@ -177,3 +177,9 @@ def test_restore_ray_refuses_hostile_manifest_before_any_task(tmp_path, home):
     with pytest.raises(UnsafePathError):
         api.restore(evil.id, tmp_path / "out", store=str(store), executor=spy)
     assert spy.submitted == 0 and not (tmp_path / "out" / "src" / "a.bin").exists()
+
+
+def test_workers_run_with_one_blas_thread(monkeypatch):
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    ex = RayExecutor(task_cpus=1, max_inflight=1)
+    assert ex.submit(os.getenv, "OPENBLAS_NUM_THREADS").result() == "1"

@@ -63,7 +63,10 @@ def test_layout_keys_and_their_inverses():
     assert layout.manifest(h) == f"manifests/{h}.json" and layout.manifest_id(layout.manifest(h)) == h
     assert layout.signature(h, "f" * 32) == f"signatures/{h}/{'f' * 32}.json"
     assert layout.signature(h, "f" * 32).startswith(layout.signatures_of(h))
-    assert layout.filemap(h) == f"filemaps/ab/{h}.json"
+    assert layout.filemap(h) == f"filemaps/ab/{h}.bin" and layout.filemap(h, binary=False) == f"filemaps/ab/{h}.json"
+    assert layout.filemap_keys(h) == (layout.filemap(h), layout.filemap(h, binary=False))
+    assert layout.filemap_hash(layout.filemap(h)) == (h, True)
+    assert layout.filemap_hash(layout.filemap(h, binary=False)) == (h, False)
     assert layout.event("w1", "0001").startswith(layout.EVENTS)
     # strays are not mistaken for objects
     for stray in ("manifests/readme.txt", "manifests/" + h, "chunks/cd/" + h, "chunks/ab/xyz", "store.json"):

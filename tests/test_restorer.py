@@ -667,25 +667,21 @@ def test_damaged_small_files_are_reported_never_renamed_and_the_rest_restored(sm
         assert (out / e.path).read_bytes() == (src.parent / e.path).read_bytes()
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
-def test_small_files_get_their_modes_whatever_the_umask_with_no_fchmod_when_created_so(tmp_path, monkeypatch, umask):
-    """A small file whose mode has no special bit and lets its owner read is created with that
-    mode (what the umask takes is put back at once) and needs no fchmod after writing; any
-    other (no owner read: a cleanup could not see its lock) is created 0o600 and fchmodded."""
+def _restore_modes(tmp_path: Path, monkeypatch, modes: dict[str, int], umask: int) -> list[int]:
+    """Archive small files with `modes`, restore them under `umask` (special bits kept) and
+    check every mode came out as recorded; returns the modes fchmod gave regular files."""
     monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("ARCHIVER_STORE", raising=False)
     src = tmp_path / "src"
-    modes = {"a": 0o644, "b": 0o600, "c": 0o444, "d": 0o755, "e": 0o640, "f": 0o200, "g": 0o070, "h": 0o4755}
     for name, mode in modes.items():
         (src / "sub").mkdir(parents=True, exist_ok=True)
         (src / "sub" / name).write_bytes(name.encode() * 100)
         os.chmod(src / "sub" / name, mode)
     r = run_cli("archive", str(src), "--name", "modes", "--json")
     assert r.code == 0, r.err
-    monkeypatch.setattr(fileio, "unnamed_files", lambda fd: False)  # the temp-name protocol (unnamed: below)
-    created, chmodded = [], []
-    real_create, real_fchmod = restorer._create_temp, os.fchmod
-    monkeypatch.setattr(restorer, "_create_temp", lambda *a: created.append(a[1:]) or real_create(*a))
+    chmodded: list[int] = []
+    real_fchmod = os.fchmod
+
     def fchmod(fd: int, mode: int) -> None:
         if stat.S_ISREG(os.fstat(fd).st_mode):  # files only (directories get theirs at the end)
             chmodded.append(mode)
@@ -699,6 +695,20 @@ def test_small_files_get_their_modes_whatever_the_umask_with_no_fchmod_when_crea
     assert res.ok
     for name, mode in modes.items():
         assert (tmp_path / "dest" / "src" / "sub" / name).stat().st_mode & 0o7777 == mode, name
+    return chmodded
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_small_files_get_their_modes_whatever_the_umask_with_no_fchmod_when_created_so(tmp_path, monkeypatch, umask):
+    """A small file whose mode has no special bit and lets its owner read is created with that
+    mode (what the umask takes is put back at once) and needs no fchmod after writing; any
+    other (no owner read: a cleanup could not see its lock) is created 0o600 and fchmodded."""
+    modes = {"a": 0o644, "b": 0o600, "c": 0o444, "d": 0o755, "e": 0o640, "f": 0o200, "g": 0o070, "h": 0o4755}
+    monkeypatch.setattr(fileio, "unnamed_files", lambda fd: False)  # the temp-name protocol (unnamed: below)
+    created = []
+    real_create = restorer._create_temp
+    monkeypatch.setattr(restorer, "_create_temp", lambda *a: created.append(a[1:]) or real_create(*a))
+    chmodded = _restore_modes(tmp_path, monkeypatch, modes, umask)
     plain = [m for m in modes.values() if not m & 0o7000 and m & 0o400]
     assert sorted(m for (m,) in created) == sorted(plain + [0o600] * (len(modes) - len(plain)))
     put_back = [m for m in plain if m & umask]  # the umask took bits: one fchmod at creation
@@ -764,35 +774,15 @@ def test_unnamed_small_files_get_their_modes_whatever_the_umask(tmp_path, monkey
     """Small files made with no name (O_TMPFILE) are created with their mode less its special
     bits (what the umask takes is put back at once); special bits are set after the write,
     which would clear them. No temp name is made for any of them."""
-    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("ARCHIVER_STORE", raising=False)
-    if not fileio.unnamed_files(os.open(tmp_path, os.O_RDONLY)):
-        pytest.skip("no O_TMPFILE here")
-    src = tmp_path / "src"
-    modes = {"a": 0o644, "b": 0o600, "c": 0o444, "d": 0o755, "f": 0o200, "g": 0o070, "h": 0o4755, "i": 0o2750}
-    for name, mode in modes.items():
-        (src / "sub").mkdir(parents=True, exist_ok=True)
-        (src / "sub" / name).write_bytes(name.encode() * 100)
-        os.chmod(src / "sub" / name, mode)
-    r = run_cli("archive", str(src), "--name", "modes", "--json")
-    assert r.code == 0, r.err
-    chmodded = []
-    real_fchmod = os.fchmod
-    monkeypatch.setattr(restorer, "_create_temp", lambda *a: pytest.fail("a temp name was made"))
-
-    def fchmod(fd: int, mode: int) -> None:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            chmodded.append(mode)
-        real_fchmod(fd, mode)
-    monkeypatch.setattr(os, "fchmod", fchmod)
-    old = os.umask(umask)
+    fd = os.open(tmp_path, os.O_RDONLY)
     try:
-        res = archiver.restore(r.json()["id"], tmp_path / "dest", preserve_special_bits=True)
+        if not fileio.unnamed_files(fd):
+            pytest.skip("no O_TMPFILE here")
     finally:
-        os.umask(old)
-    assert res.ok
-    for name, mode in modes.items():
-        assert (tmp_path / "dest" / "src" / "sub" / name).stat().st_mode & 0o7777 == mode, name
+        os.close(fd)
+    modes = {"a": 0o644, "b": 0o600, "c": 0o444, "d": 0o755, "f": 0o200, "g": 0o070, "h": 0o4755, "i": 0o2750}
+    monkeypatch.setattr(restorer, "_create_temp", lambda *a: pytest.fail("a temp name was made"))
+    chmodded = _restore_modes(tmp_path, monkeypatch, modes, umask)
     put_back = [m & 0o777 for m in modes.values() if m & 0o777 & umask]
     assert sorted(chmodded) == sorted(put_back + [m for m in modes.values() if m & 0o7000])
 

@@ -311,3 +311,29 @@ def test_replicate_applies_the_same_lock_on_the_copy(lock_url: str, tmp_path: Pa
     assert run_cli("--store", copy, "verify", "m", "--retention").code == 0
     local = run_cli("--store", lock_url, "replicate", "--all", "--to", str(tmp_path / "plain"), "--json")
     assert local.code == 0 and local.json()["unlocked"] == [r.json()["id"]]
+
+
+@pytest.mark.parametrize("form", ["binary", "json"])
+def test_file_maps_are_locked_and_extended_under_the_key_of_their_form(lock_url: str, tmp_path: Path, form: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Binary maps (`.bin`) and JSON maps as earlier archivers wrote them (`.json`) are locked
+    with the archive, checked by `verify --retention` and extended by `retention extend`."""
+    from manifests import model
+    monkeypatch.setattr(model, "FILEMAP_THRESHOLD", 1)  # any file of more than one chunk gets a map
+    src = make_checkpoint(tmp_path / "src", layers=3, dim=512)
+    (src / "blob.bin").write_bytes(os.urandom(3 << 20))
+    with monkeypatch.context() as mp:
+        if form == "json":
+            mp.setattr(model, "filemap_bytes", model.filemap_json_bytes)
+        r = run_cli("--store", lock_url, "archive", str(src), "--name", "m", "--lock-mode", "governance",
+                    "--retain-until", "2040-01-01", "--json")
+    assert r.code == 0, r.err
+    maps = [k for k in _objects(lock_url) if k.startswith("filemaps/")]
+    assert maps and all(k.endswith(".bin" if form == "binary" else ".json") for k in maps)
+    assert all(_objects(lock_url)[k]["ObjectLockMode"] == "GOVERNANCE" for k in maps)
+    assert run_cli("--store", lock_url, "verify", "m", "--retention").code == 0
+    assert run_cli("--store", lock_url, "verify", "m", "--retention", "--retain-until", "2045-01-01").code == 1
+    assert run_cli("--store", lock_url, "retention", "extend", "m", "--until", "2045-01-01").code == 0
+    objs = _objects(lock_url)
+    assert all(_until(objs[k]) == dt.datetime(2045, 1, 1, tzinfo=UTC) for k in maps)
+    assert run_cli("--store", lock_url, "verify", "m", "--retention", "--retain-until", "2045-01-01").code == 0

@@ -367,8 +367,8 @@ def test_a_commit_builds_its_trees_once(repo: Repository, monkeypatch: pytest.Mo
 def test_a_commit_parses_only_the_trees_no_recorded_manifest_named(repo: Repository,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     parsed: list[str] = []
-    real = model.parse_tree
-    monkeypatch.setattr(model, "parse_tree", lambda data, h, where: parsed.append(where) or real(data, h, where))
+    real = model.check_tree  # the commit's proof: parse_tree's checks, no entries built
+    monkeypatch.setattr(model, "check_tree", lambda data, h, where: parsed.append(where) or real(data, h, where))
     entries = big_tree()
     a = repo.commit_manifest(Manifest(name="m", label="a", entries=tuple(entries))).id
     assert sorted(parsed) == ["", "top"] + [f"top/d{d:02}" for d in range(20)]  # every tree once
@@ -377,7 +377,7 @@ def test_a_commit_parses_only_the_trees_no_recorded_manifest_named(repo: Reposit
     b = repo.commit_manifest(Manifest(name="m", label="b", entries=tuple(changed), parent=a)).id
     assert sorted(parsed) == ["", "top", "top/d07"]  # the changed directory and its ancestors
     parsed.clear()
-    monkeypatch.setattr(model, "parse_tree", real)
+    monkeypatch.setattr(model, "check_tree", real)
     back = repo.load_manifest(b)
     assert [e.to_json() for e in back.entries] == [e.to_json() for e in sorted(changed, key=lambda e: e.path)]
 
@@ -430,12 +430,21 @@ def test_trees_written_at_once_are_all_durable_before_the_root(repo: Repository,
 
 # -- the plain reader (one regular expression per entry) against the JSON reader ------------------
 
-def _tree_answers(data: bytes, where: str = "top") -> list[tuple[object, str | None]]:
+def _check_answer(data: bytes, h: str | None = None, where: str = "top") -> str | None:
+    """What check_tree (the commit's proof of a tree it made) says: None, or the error."""
+    try:
+        model.check_tree(data, manifest_id(data) if h is None else h, where)
+    except ManifestError as err:
+        return str(err)
+    return None
+
+
+def _tree_answers(data: bytes, where: str = "top", h: str | None = None) -> list[tuple[object, str | None]]:
     """What parse_tree and the JSON reader each say: (entries, None) or (None, the error)."""
     out: list[tuple[object, str | None]] = []
     for read in (parse_tree, model._parse_tree_json):
         try:
-            out.append((read(data, manifest_id(data), where), None))
+            out.append((read(data, manifest_id(data) if h is None else h, where), None))
         except ManifestError as err:
             out.append((None, str(err)))
     return out
@@ -519,10 +528,12 @@ def test_plain_tree_reader_accepts_and_refuses_exactly_what_the_json_reader_does
         text.replace('"zstd"],[', '"zstd"][', 1), text.replace('"zstd"],[', '"zstd"],', 1),
         text.replace('"size":100,', '"size":' + "1" * 40 + ",", 1),
     ]
-    for data in odd:
+    for data in odd + [good]:
         data = data if isinstance(data, bytes) else data.encode()
         (got, err), (want, want_err) = _tree_answers(data)
         assert (got, err) == (want, want_err), data[:120]
+        assert _check_answer(data) == err, data[:120]  # the commit's proof: the same verdict and words
+        assert _check_answer(data, "0" * 64) == _tree_answers(data, h="0" * 64)[0][1]
     odd_bytes = [d if isinstance(d, bytes) else d.encode() for d in odd]
     valid = [i for i, d in enumerate(odd_bytes) if _tree_answers(d)[0][1] is None]
     # escaped text, tech and an escaped codec (the JSON reader's), extreme mtimes and the
@@ -538,6 +549,7 @@ def test_the_small_file_trees_archiver_writes_are_read_by_the_plain_reader() -> 
         if h != EMPTY_TREE or d == "":
             assert model._plain_tree(objects[h], d) == model._parse_tree_json(objects[h], h, d)
             assert model._plain_tree(objects[h], d) is not None
+            assert model._plain_tree(objects[h], d, build=False) == []  # the commit's check, no entries built
 
 
 def previous_of(entries: list[Entry]) -> dict[str, model.PreviousTree]:
@@ -598,3 +610,35 @@ def test_a_previous_tree_is_kept_only_for_the_very_entries_it_was_read_as() -> N
                                   prev["top/d02"])
     retargeted = [dataclasses.replace(e, target="f002") if e.type == "symlink" else e for e in fresh]
     assert tree_objects(retargeted, prev) == tree_objects(retargeted) != tree_objects(links)
+
+
+def test_tree_bytes_laid_out_by_formatting_are_what_canonical_writes() -> None:
+    """tree_bytes formats the rows of plain entries itself: byte for byte `canonical`'s tree
+    for every kind of entry, escaped text included, and `canonical`'s own for the rest."""
+    from manifests.model import ChunkRef
+    h = "ab" * 32
+    base = file_entry("top/f", 3)
+    kinds = [
+        base, dataclasses.replace(base, path="top/e", size=0, chunks=()),
+        dataclasses.replace(base, path="top/n", mtime_ns=None),
+        dataclasses.replace(base, path='top/q"\\ \u00e9\u2028\U0001f600\udc80', format="safetensors"),
+        dataclasses.replace(base, path="top/c", chunks=(ChunkRef(0, base.size, h, 7, 'z"\u00e9'),)),
+        dataclasses.replace(base, path="top/m", chunks=(), filemap=h, chunk_count=model.FILEMAP_THRESHOLD + 1),
+        Entry(path="top/d", type="dir", mode=0o755), Entry(path="top/d2", type="dir", mode=0o700, mtime_ns=-5),
+        Entry(path="top/sub", type="dir", mode=0o755, mtime_ns=7),
+        Entry(path="top/l", type="symlink", mode=0o777, target="../x \u00e9"),
+    ]
+    odd = [  # rows only canonical writes: the whole tree goes through it
+        dataclasses.replace(base, path="top/t", tech={"b": {"z": 1, "a": 1.5}, "a": [True, None]}),
+        dataclasses.replace(base, path="top/b", mode=True), dataclasses.replace(base, path="top/s", size=3.0),
+        dataclasses.replace(base, path="top/k", chunks=(ChunkRef(0, 3.0, h, 7, "zstd"),)),
+        Entry(path="top/x", type="other", mode=0o644), Entry(path="top/dm", type="dir", mode=0o755, mtime_ns=1.0),
+    ]
+    hashes = {"top/sub": "cd" * 32, "top/d": EMPTY_TREE, "top/d2": EMPTY_TREE}
+    for extra in [[]] + [[o] for o in odd]:
+        entries = list(reversed(kinds)) + extra  # unsorted: sorted by name in the tree
+        assert model.tree_bytes(entries, hashes) == model._tree_bytes_json(entries, hashes), extra
+    assert b'"tree":"' + b"cd" * 32 in model.tree_bytes(kinds, hashes)
+    _, objects, by_dir = tree_objects(big_tree())
+    assert all(objects[h] == model._tree_bytes_json(
+        [e for e in big_tree() if model._parent_of(e.path) == d], by_dir) for d, h in by_dir.items() if h in objects)
