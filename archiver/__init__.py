@@ -11,6 +11,8 @@ import without pulling in the whole pipeline.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __all__ = ["archive", "verify", "restore", "open_store", "open_repository", "list_archives", "show",
@@ -32,3 +34,22 @@ def __getattr__(name: str) -> Any:
     if name in __all__:
         return getattr(importlib.import_module("archiver.api"), name)
     raise AttributeError(f"module 'archiver' has no attribute {name!r}")
+
+
+# Two public functions share their names with submodules (archiver.replicate, archiver.repair).
+# Importing a submodule sets it as an attribute of its package, which would shadow the
+# function for good once that submodule has loaded: `archiver.replicate(...)` then
+# `archiver.repair(...)` then `archiver.replicate(...)` failed with "'module' object is not
+# callable". The package keeps the functions; the modules stay in sys.modules, reached by
+# `importlib.import_module` or `from archiver.replicate import ...`.
+_FUNCTIONS_NOT_MODULES = frozenset({"replicate", "repair"})
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FUNCTIONS_NOT_MODULES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

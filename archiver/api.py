@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
@@ -388,7 +389,7 @@ def replicate(refs: Iterable[str] = (), *, to: str, all_archives: bool = False, 
               unsafe_store: bool = False) -> ReplicateResult:
     """Copy archives (REFs with their ancestors, or all) to the store at `to` (created if
     new; its own catalog, under the same home unless `to_catalog`, records them)."""
-    import archiver.replicate as rep  # not `from archiver import`: archiver.replicate is also api.replicate
+    rep = importlib.import_module("archiver.replicate")  # the package's own `replicate` is this function
     s = settings or Settings.resolve(store, catalog)
     with _repo(repo, store, catalog, settings=s) as src:
         ids = [] if src.sealed else rep.select(src, refs, all_archives)
@@ -415,7 +416,7 @@ def repair(refs: Iterable[str] = (), *, sources: Iterable[str] = (), all_archive
     recorded one) from the copies at `sources` (URLs; only read), by default the copies
     the store names (`copies_add`). `sample`: read only that fraction of the chunks (least
     recently verified first) besides those LIST shows missing or wrong-sized."""
-    import archiver.repair as rep  # (the package names api.repair too, until the module is loaded)
+    rep = importlib.import_module("archiver.repair")  # the package's own `repair` is this function
     checker.check_sample(sample)
     from archiver.errors import UsageError
     s = settings or Settings.resolve(store, catalog)

@@ -50,3 +50,21 @@ def test_api_errors_are_archiver_errors(tmp_path):
         archiver.archive([tmp_path / "missing"], name="m", store=str(tmp_path / "s"), catalog=tmp_path / "c.db")
     with pytest.raises(ArchiverError):
         archiver.show("nothing", store=str(tmp_path / "s"), catalog=tmp_path / "c.db")
+
+
+def test_replicate_and_repair_stay_functions_after_their_modules_load(tmp_path, monkeypatch):
+    """archiver.replicate and archiver.repair are API functions that share their names with
+    submodules; loading a submodule must not shadow the function (a script calling
+    replicate, repair, then replicate again got "'module' object is not callable")."""
+    import importlib
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    ckpt = make_checkpoint(tmp_path / "ckpt", layers=2, dim=32)
+    res = archiver.archive([str(ckpt)], name="m", store=str(tmp_path / "s1"))
+    for _ in range(2):
+        copied = archiver.replicate(all_archives=True, to=str(tmp_path / "s2"), store=str(tmp_path / "s1"))
+        healed = archiver.repair(sources=[str(tmp_path / "s2")], store=str(tmp_path / "s1"))
+        assert healed.ok and res.id in copied.manifests
+    assert callable(archiver.replicate) and callable(archiver.repair)
+    assert importlib.import_module("archiver.replicate").__name__ == "archiver.replicate"  # still importable
+    from archiver.repair import RepairResult
+    assert isinstance(healed, RepairResult)
