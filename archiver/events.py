@@ -75,9 +75,15 @@ def _dist_info_version(paths: Iterable[str]) -> str | None:
         try:
             names = os.listdir(p or ".")
         except OSError:
+            if os.path.exists(p or "."):
+                return None  # a zip (zipapp, pex) importlib.metadata reads first: it may hold the running archiver
             continue
+        if any(_is_archiver_info(n) and not n.lower().endswith(".dist-info") for n in names):
+            return None  # an egg-info (legacy develop install) importlib.metadata finds here first
         dists = sorted(n for n in names if n.lower().startswith("archiver-") and n.endswith(".dist-info"))
         if not dists:
+            if any(_is_archiver_info(n) for n in names):
+                return None  # a dist-info named otherwise (no version part, odd case): importlib.metadata's
             continue
         try:
             with open(os.path.join(p or ".", dists[0], "METADATA"), encoding="utf-8") as f:
@@ -90,6 +96,15 @@ def _dist_info_version(paths: Iterable[str]) -> str | None:
             return None
         return None
     return None
+
+
+def _is_archiver_info(name: str) -> bool:
+    """Whether directory entry `name` is metadata importlib.metadata takes for `archiver`:
+    its name part (before the first '-'), normalized, of a .dist-info or .egg-info."""
+    low = name.lower()
+    if not low.endswith((".dist-info", ".egg-info")):
+        return False
+    return re.sub(r"[-_.]+", "_", low.rpartition(".")[0].partition("-")[0]) == "archiver"
 
 
 @dataclass(frozen=True)

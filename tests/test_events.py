@@ -370,3 +370,29 @@ def test_a_digest_list_shared_by_many_runs_is_read_once_per_read(env, monkeypatc
         log = repo.read_events()
     bad = [p for p in log.problems if "does not match its hash" in p.detail]
     assert sorted(p.path for p in bad) == sorted(r.key for r in named)
+
+
+@pytest.mark.parametrize("earlier", ["zip", "egg-info"])
+def test_agent_version_is_not_taken_from_past_an_entry_importlib_metadata_reads_first(tmp_path, earlier):
+    """The running archiver's metadata in a zip (zipapp, pex, shiv) or an egg-info (a legacy
+    develop install) earlier on the path is what importlib.metadata finds; the fast reader
+    must defer to it, not skip that entry and take an older archiver's dist-info further on
+    (events were attributed to the wrong agent version)."""
+    import zipfile
+    from importlib.metadata import distributions
+    meta = "Metadata-Version: 2.1\nName: archiver\nVersion: 7.7.7\n\n"
+    if earlier == "zip":
+        first = tmp_path / "app.zip"
+        with zipfile.ZipFile(first, "w") as z:
+            z.writestr("archiver-7.7.7.dist-info/METADATA", meta)
+    else:
+        first = tmp_path / "src"
+        (first / "archiver.egg-info").mkdir(parents=True)
+        (first / "archiver.egg-info" / "PKG-INFO").write_text(meta)
+    old = tmp_path / "site"
+    (old / "archiver-0.0.1.dist-info").mkdir(parents=True)
+    (old / "archiver-0.0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: archiver\n"
+                                                               "Version: 0.0.1\n\n")
+    paths = [str(first), str(old)]
+    assert next(iter(distributions(name="archiver", path=paths))).version == "7.7.7"
+    assert events._dist_info_version(paths) in (None, "7.7.7")
