@@ -78,8 +78,9 @@ def _dist_info_version(paths: Iterable[str]) -> str | None:
             if os.path.exists(p or "."):
                 return None  # a zip (zipapp, pex) importlib.metadata reads first: it may hold the running archiver
             continue
-        if any(_is_archiver_info(n) and not n.lower().endswith(".dist-info") for n in names):
-            return None  # an egg-info (legacy develop install) importlib.metadata finds here first
+        if (p or ".").rstrip("/\\").lower().endswith(".egg") or \
+                any(_is_archiver_info(n) and not n.lower().endswith(".dist-info") for n in names):
+            return None  # an egg, or an egg-info (legacy develop install), importlib.metadata finds here first
         dists = sorted(n for n in names if n.lower().startswith("archiver-") and n.endswith(".dist-info"))
         if not dists:
             if any(_is_archiver_info(n) for n in names):
@@ -100,9 +101,9 @@ def _dist_info_version(paths: Iterable[str]) -> str | None:
 
 def _is_archiver_info(name: str) -> bool:
     """Whether directory entry `name` is metadata importlib.metadata takes for `archiver`:
-    its name part (before the first '-'), normalized, of a .dist-info or .egg-info."""
+    its name part (before the first '-'), normalized, of a .dist-info, .egg-info or .egg."""
     low = name.lower()
-    if not low.endswith((".dist-info", ".egg-info")):
+    if not low.endswith((".dist-info", ".egg-info", ".egg")):
         return False
     return re.sub(r"[-_.]+", "_", low.rpartition(".")[0].partition("-")[0]) == "archiver"
 

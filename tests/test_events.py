@@ -372,10 +372,10 @@ def test_a_digest_list_shared_by_many_runs_is_read_once_per_read(env, monkeypatc
     assert sorted(p.path for p in bad) == sorted(r.key for r in named)
 
 
-@pytest.mark.parametrize("earlier", ["zip", "egg-info"])
+@pytest.mark.parametrize("earlier", ["zip", "egg-info", "egg"])
 def test_agent_version_is_not_taken_from_past_an_entry_importlib_metadata_reads_first(tmp_path, earlier):
-    """The running archiver's metadata in a zip (zipapp, pex, shiv) or an egg-info (a legacy
-    develop install) earlier on the path is what importlib.metadata finds; the fast reader
+    """The running archiver's metadata in a zip (zipapp, pex, shiv), an egg or an egg-info (a
+    legacy develop install) earlier on the path is what importlib.metadata finds; the fast reader
     must defer to it, not skip that entry and take an older archiver's dist-info further on
     (events were attributed to the wrong agent version)."""
     import zipfile
@@ -385,6 +385,10 @@ def test_agent_version_is_not_taken_from_past_an_entry_importlib_metadata_reads_
         first = tmp_path / "app.zip"
         with zipfile.ZipFile(first, "w") as z:
             z.writestr("archiver-7.7.7.dist-info/METADATA", meta)
+    elif earlier == "egg":
+        first = tmp_path / "archiver-7.7.7-py3.11.egg"
+        (first / "EGG-INFO").mkdir(parents=True)
+        (first / "EGG-INFO" / "PKG-INFO").write_text(meta)
     else:
         first = tmp_path / "src"
         (first / "archiver.egg-info").mkdir(parents=True)
