@@ -37,18 +37,24 @@ def __getattr__(name: str) -> Any:
 
 
 # Two public functions share their names with submodules (archiver.replicate, archiver.repair).
-# Importing a submodule sets it as an attribute of its package, which would shadow the
-# function for good once that submodule has loaded: `archiver.replicate(...)` then
-# `archiver.repair(...)` then `archiver.replicate(...)` failed with "'module' object is not
-# callable". The package keeps the functions; the modules stay in sys.modules, reached by
-# `importlib.import_module` or `from archiver.replicate import ...`.
-_FUNCTIONS_NOT_MODULES = frozenset({"replicate", "repair"})
+# Importing a submodule sets it as an attribute of its package, over the function: a script
+# calling replicate, repair, then replicate again failed with "'module' object is not
+# callable". So those two submodules are callable when the package takes them: calling one
+# calls the API function of its name, and `import archiver.repair as m` still binds the module.
+_API_MODULES = frozenset({"replicate", "repair"})
+
+
+class _ApiModule(types.ModuleType):
+    """A submodule that shares its name with an API function: calling it calls the function."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module("archiver.api"), self.__name__.rpartition(".")[2])(*args, **kwargs)
 
 
 class _Package(types.ModuleType):
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _FUNCTIONS_NOT_MODULES and isinstance(value, types.ModuleType):
-            return
+        if name in _API_MODULES and type(value) is types.ModuleType:
+            value.__class__ = _ApiModule
         super().__setattr__(name, value)
 
 

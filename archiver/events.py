@@ -67,10 +67,12 @@ def _version() -> str:
 
 
 def _dist_info_version(paths: Iterable[str]) -> str | None:
-    """The `Version:` of the first `archiver-*.dist-info/METADATA` on `paths` (the search
-    importlib.metadata makes for a plain install), without importing importlib.metadata and
-    its email parser (~13 ms of every verify or restore); None for anything else (an egg,
-    a zip, no such directory), which importlib.metadata then looks up."""
+    """The `Version:` of the archiver metadata importlib.metadata finds first on `paths`
+    (`archiver-*.dist-info/METADATA` of a plain install, `archiver.egg-info/PKG-INFO` of a
+    legacy develop install or a source checkout), without importing importlib.metadata and
+    its email parser (~13 ms of every verify or restore); None where importlib.metadata must
+    decide (a zip such as a zipapp or pex, an egg, two archiver metadata in one directory, a
+    dist-info named without a version), which the caller then asks."""
     for p in paths:
         try:
             names = os.listdir(p or ".")
@@ -78,16 +80,22 @@ def _dist_info_version(paths: Iterable[str]) -> str | None:
             if os.path.exists(p or "."):
                 return None  # a zip (zipapp, pex) importlib.metadata reads first: it may hold the running archiver
             continue
-        if (p or ".").rstrip("/\\").lower().endswith(".egg") or \
-                any(_is_archiver_info(n) and not n.lower().endswith(".dist-info") for n in names):
-            return None  # an egg, or an egg-info (legacy develop install), importlib.metadata finds here first
-        dists = sorted(n for n in names if n.lower().startswith("archiver-") and n.endswith(".dist-info"))
-        if not dists:
-            if any(_is_archiver_info(n) for n in names):
-                return None  # a dist-info named otherwise (no version part, odd case): importlib.metadata's
+        if (p or ".").rstrip("/\\").lower().endswith(".egg"):
+            return None  # a directory egg
+        infos = [n for n in names if _is_archiver_info(n)]
+        if not infos:
             continue
+        if len(infos) > 1:
+            return None  # which of them importlib.metadata takes is its own order
+        name, where = infos[0].lower(), os.path.join(p or ".", infos[0])
+        if name.endswith(".dist-info") and name.startswith("archiver-"):
+            meta = os.path.join(where, "METADATA")
+        elif name.endswith(".egg-info"):
+            meta = os.path.join(where, "PKG-INFO") if os.path.isdir(where) else where
+        else:
+            return None  # an .egg file, or a dist-info named without a version
         try:
-            with open(os.path.join(p or ".", dists[0], "METADATA"), encoding="utf-8") as f:
+            with open(meta, encoding="utf-8") as f:
                 for line in f:
                     if not line.strip():
                         break  # end of the headers

@@ -64,15 +64,12 @@ def test_replicate_and_repair_stay_functions_after_their_modules_load(tmp_path, 
         copied = archiver.replicate(all_archives=True, to=str(tmp_path / "s2"), store=str(tmp_path / "s1"))
         healed = archiver.repair(sources=[str(tmp_path / "s2")], store=str(tmp_path / "s1"))
         assert healed.ok and res.id in copied.manifests
-    assert callable(archiver.replicate) and callable(archiver.repair)
+    assert callable(archiver.replicate) and callable(archiver.repair)  # the modules, now loaded, call the functions
     assert importlib.import_module("archiver.replicate").__name__ == "archiver.replicate"  # still importable
     from archiver.repair import RepairResult
     assert isinstance(healed, RepairResult)
 
 
-@pytest.mark.xfail(strict=True, reason="430bc4b keeps the API functions over the same-named submodules, so the "
-                   "`import archiver.repair as m` form (IMPORT_FROM: getattr on the package) binds the function, "
-                   "not the module it bound before; fixing it needs the modules callable or renamed, not a local edit")
 def test_import_as_of_the_repair_and_replicate_submodules_binds_the_modules():
     import subprocess
     import sys
