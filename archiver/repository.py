@@ -2627,10 +2627,8 @@ class Repository:
 
     def _span_for(self, loc: PackLocation) -> tuple[int, int] | None:
         with self._packstate.lock:
-            for start, end in self._packstate.plan.get(loc.pack, ()):
-                if start <= loc.offset and loc.offset + loc.stored_size <= end:
-                    return start, end
-        return None
+            spans = self._packstate.plan.get(loc.pack, ())  # replaced whole by plan_reads, never changed in place
+        return _span_of(spans, loc.offset, loc.offset + loc.stored_size)
 
     def _read_range(self, key: str, start: int, length: int) -> bytes:
         if getattr(self._store, "supports_ranges", False):
