@@ -21,6 +21,24 @@ def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+# Runs the CLI's main(argv) in a fresh interpreter and, however it ends, prints the names of
+# every module it loaded as the last line of stderr.
+_MODULES_PROBE = ("import json, sys\n"
+                  "from archiver.cli import main\n"
+                  "try:\n"
+                  "    main(sys.argv[1:])\n"
+                  "finally:\n"
+                  "    print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n")
+
+
+def cli_modules(env: dict, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """A CLI run in a fresh process, which must succeed, and the modules it loaded."""
+    r = subprocess.run([sys.executable, "-c", _MODULES_PROBE, *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r, json.loads(r.stderr.splitlines()[-1])
+
+
 @pytest.mark.parametrize("backend", ["local", "s3-server"])
 def test_fresh_process_round_trip(backend, tmp_path, request):
     url = str(tmp_path / "store") if backend == "local" else request.getfixturevalue("s3_server_url")
@@ -56,18 +74,9 @@ NOT_FOR_A_LOCAL_ARCHIVE = ("cryptography", "pyrage", "boto3", "botocore", "archi
 
 def test_archive_into_a_local_store_imports_no_crypto_s3_or_cost_tables(tmp_path):
     ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=2, dim=64)
-    probe = ("import json, sys\n"
-             "from archiver.cli import main\n"
-             "try:\n"
-             "    main(sys.argv[1:])\n"
-             "finally:\n"
-             "    print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n")
     env = {**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")}
-    r = subprocess.run([sys.executable, "-c", probe, "--store", str(tmp_path / "store"), "archive", str(ckpt),
-                        "--name", "m", "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    r, loaded = cli_modules(env, "--store", str(tmp_path / "store"), "archive", str(ckpt), "--name", "m", "--json")
     assert json.loads(r.stdout)["files"] > 0
-    loaded = json.loads(r.stderr.splitlines()[-1])
     assert "archiver.pipeline" in loaded and "archiver.stores.local" in loaded  # the probe saw the run's modules
     unwanted = [m for m in loaded if m in NOT_FOR_A_LOCAL_ARCHIVE or m.split(".")[0] in NOT_FOR_A_LOCAL_ARCHIVE]
     assert unwanted == []
@@ -163,26 +172,18 @@ def test_verify_and_restore_of_a_local_store_import_only_what_they_run(tmp_path,
     made = cli(env, "--store", store, "archive", str(ckpt), "--name", "m", "--json")
     assert made.returncode == 0, made.stderr
     mid = json.loads(made.stdout)["id"]
-    probe = ("import json, sys\n"
-             "from archiver.cli import main\n"
-             "try:\n"
-             "    main(sys.argv[1:])\n"
-             "finally:\n"
-             "    print(json.dumps(sorted(sys.modules)), file=sys.stderr)\n")
     args = ["verify", mid, "--deep"] if command == "verify" else ["restore", mid, str(tmp_path / "out")]
-    r = subprocess.run([sys.executable, "-c", probe, "--store", store, *args, "--json"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    r, loaded = cli_modules(env, "--store", store, *args, "--json")
     out = json.loads(r.stdout)
     if command == "verify":
         assert out["ok"] and out["files_hashed"] > 0 and out["event"]  # it read everything and logged its event
         assert out["bytes_read"] == sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
     else:
         assert tree(tmp_path / "out" / "ckpt") == tree(ckpt)
-    loaded = json.loads(r.stderr.splitlines()[-1])
     assert "archiver.checker" in loaded and "archiver.stores.local" in loaded  # the probe saw the run's modules
     unwanted = [m for m in loaded if m in NOT_FOR_A_LOCAL_READ or m.split(".")[0] in NOT_FOR_A_LOCAL_READ]
     assert unwanted == []
+
 
 def test_start_up_does_not_import_numpy():
     """numpy is imported by the first chunk's codec work, not by the command's imports: its
