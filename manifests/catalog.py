@@ -31,7 +31,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import blake3
 # numpy is imported inside the functions that use it: a command's start-up imports this module,
@@ -330,6 +330,15 @@ def _hash_sizes(refs: Any) -> tuple[tuple[str, int], ...]:
     if isinstance(refs, MapRecords):
         return tuple(zip(refs.hex_hashes(), refs.stored.tolist()))
     return tuple((c.hash, c.stored_size) if isinstance(c, ChunkRef) else (c[0], c[1]) for c in refs)
+
+
+def _select_in(conn: sqlite3.Connection, select: str, column: str, values: list[Any],
+               tail: str = "") -> Iterator[tuple[Any, ...]]:
+    """The rows of `select WHERE column IN (values) tail`, asked 500 values at a time (under
+    SQLite's limit of bound parameters per statement)."""
+    for i in range(0, len(values), 500):
+        part = values[i:i + 500]
+        yield from conn.execute(f'{select} WHERE {column} IN ({",".join("?" * len(part))}){tail}', part)
 
 
 def _chunk_key_blob(b: bytes) -> int:
@@ -1177,13 +1186,10 @@ class Catalog:
         col = "key" if prefix else "hash"
         keys = list(by_key)
         out: dict[str, tuple[int, str]] = {}
-        conn = self._reader()
-        for i in range(0, len(keys), 500):
-            part = keys[i:i + 500]
-            q = f'SELECT "{col}", stored_size, codec FROM chunks WHERE "{col}" IN ({",".join("?" * len(part))})'
-            for key, size, codec in conn.execute(q, part):
-                for h in by_key.get(key, ()):
-                    out[h] = (size, codec)
+        for key, size, codec in _select_in(self._reader(), f'SELECT "{col}", stored_size, codec FROM chunks',
+                                           f'"{col}"', keys):
+            for h in by_key.get(key, ()):
+                out[h] = (size, codec)
         return out
 
     def chunk_check(self, h: str) -> tuple[float, bool] | None:
@@ -1194,22 +1200,13 @@ class Catalog:
     def chunk_checks(self, hashes: Iterable[str]) -> dict[str, tuple[float, bool]]:
         """`chunk_check` of many chunks in a few queries: (when, ok) of each one ever checked."""
         wanted = list(dict.fromkeys(hashes))
-        out: dict[str, tuple[float, bool]] = {}
-        conn = self._reader()
-        for i in range(0, len(wanted), 500):
-            part = wanted[i:i + 500]
-            q = f"SELECT hash, last_verified, ok FROM chunk_checks WHERE hash IN ({','.join('?' * len(part))})"
-            out.update((h, (when, bool(ok))) for h, when, ok in conn.execute(q, part))
-        return out
+        return {h: (when, bool(ok)) for h, when, ok in
+                _select_in(self._reader(), "SELECT hash, last_verified, ok FROM chunk_checks", "hash", wanted)}
 
     def chunks_by_staleness(self, hashes: Iterable[str]) -> list[str]:
         """Order chunks least recently verified first (never-verified first of all)."""
         wanted = list(dict.fromkeys(hashes))
-        last: dict[str, float] = {}
-        for i in range(0, len(wanted), 500):
-            part = wanted[i:i + 500]
-            q = f"SELECT hash, last_verified FROM chunk_checks WHERE hash IN ({','.join('?' * len(part))})"
-            last.update(self._conn.execute(q, part).fetchall())
+        last = dict(_select_in(self._conn, "SELECT hash, last_verified FROM chunk_checks", "hash", wanted))
         return sorted(wanted, key=lambda h: (last.get(h, 0.0), h))
 
     def mark_verified(self, results: Iterable[tuple[str, bool]], at: float | None = None) -> None:
@@ -1427,13 +1424,10 @@ class Catalog:
         if not self._has_pack_tables(conn):
             return out
         wanted = list(dict.fromkeys(hashes))
-        for i in range(0, len(wanted), 500):
-            part = wanted[i:i + 500]
-            q = ('SELECT c.hash, c.pack, c."offset", c.stored_size, c.length, p.size, p.index_id '
-                 'FROM pack_chunks c JOIN packs p ON p.pack = c.pack '
-                 f'WHERE c.hash IN ({",".join("?" * len(part))}) ORDER BY p.rowid')
-            for h, *loc in conn.execute(q, part):
-                out.setdefault(h, []).append(tuple(loc))  # type: ignore[arg-type]
+        for h, *loc in _select_in(conn, 'SELECT c.hash, c.pack, c."offset", c.stored_size, c.length, p.size, '
+                                        'p.index_id FROM pack_chunks c JOIN packs p ON p.pack = c.pack', "c.hash",
+                                  wanted, " ORDER BY p.rowid"):
+            out.setdefault(h, []).append(tuple(loc))  # type: ignore[arg-type]
         return out
 
     def pack_entries(self, pack: str) -> list[tuple[str, int, int, int]]:
