@@ -428,7 +428,9 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
     each in parallel), and only then put in place, on this thread while the tasks write the
     next batch; every directory they were put into is synced once, after its last file and
     before the restore reports. A damaged or partial file never appears under its final
-    name: a failure before a batch's sync puts none of it in place."""
+    name: a failure before a batch's sync puts none of it in place. A batch is synced and put
+    in place while the tasks write the next one (the sync's wait for the disk overlaps their
+    writing); the next one's sync comes only after all of its tasks have returned."""
     if not files:
         return
     # written in pack order, so each planned span of a pack is read once, not once per file;
@@ -470,13 +472,22 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
             result.files += 1
             result.bytes += s.entry.size
 
+    def make_durable(written: list[_Staged]) -> None:
+        """Sync a fully written batch (every task that wrote it has returned), then put it in place."""
+        if not written:
+            return
+        one_per_fs = {dev_of[fd]: fd for fd in dirs.values()}  # not an fstat of every open directory per batch
+        fileio.sync_together([s.fd for s in written], tasks, within=list(one_per_fs.values()))
+        place(written)
+
     try:
         with ThreadPoolExecutor(nworkers, thread_name_prefix="restore-files") as tasks:
-            durable: list[_Staged] = []  # the previous batch: synced, not yet in place
+            written: list[_Staged] = []  # the previous batch: whole, not yet synced nor in place
             for batch in batches(in_pack_order, lambda e: e.size, most_files, SYNC_BATCH_BYTES):
                 new = {e.path.rpartition("/")[0] for e in batch} - dirs.keys()
                 if len(dirs) + len(new) > most_dirs:  # keep the fds bounded: sync what is open, close it
-                    place(durable)  # (its files go into directories about to be closed)
+                    make_durable(written)  # (its files go into directories about to be closed)
+                    written = []
                     _sync_dirs(dirs, tasks)
                     new = {e.path.rpartition("/")[0] for e in batch}
                 for parent in sorted(new):
@@ -484,20 +495,19 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
                     dev_of[fd] = os.fstat(fd).st_dev
                 staged: list[_Staged] = []
                 pending.append(staged)
-                # this batch is written by the tasks while the previous one, durable, is put in place here
+                # this batch is written by the tasks while the previous one is synced and put in
+                # place here: the sync's wait for the disk overlaps the writing, not the other way
                 futures = [tasks.submit(stage, b, staged) for b in batches(batch, lambda e: e.size)]
                 try:
-                    place(durable)
+                    make_durable(written)
                     for f in futures:
                         problems.extend(f.result())
                 except BaseException:
                     for f in futures:
                         f.cancel()
                     raise
-                one_per_fs = {dev_of[fd]: fd for fd in dirs.values()}  # not an fstat of every open directory per batch
-                fileio.sync_together([s.fd for s in staged], tasks, within=list(one_per_fs.values()))
-                durable = staged
-            place(durable)
+                written = staged
+            make_durable(written)
             _sync_dirs(dirs, tasks)
     except OSError as err:
         first = next((s for staged in pending for s in staged), None)

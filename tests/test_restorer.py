@@ -803,3 +803,40 @@ def test_an_unnamed_file_takes_no_name_that_exists_unless_forced(small_tree, tmp
     (out / "small" / "d2" / "f4.bin").mkdir()
     with pytest.raises(errors.DestinationError, match="a directory is in the way"):
         archiver.restore(mid, out, store=store, catalog=catalog, force=True)
+
+
+def test_a_batch_is_synced_while_the_tasks_write_the_next_one(small_tree, tmp_path, monkeypatch):
+    """The sync of one batch overlaps the writing of the next (its wait for the disk is not
+    added to the restore's time): the first batch's sync does not return until a file of the
+    second batch has been written, which a sync made before the next batch is handed to the
+    tasks would never see (bounded wait). Every file still comes out whole, each batch's
+    files are synced before any of them is in place, and the directories are synced last."""
+    src, store, catalog, mid = small_tree
+    monkeypatch.setattr(restorer, "SYNC_BATCH_FILES", 32)
+    real_sync, real_utime = fileio.sync_together, os.utime
+    import threading
+    utimes = {"n": 0}
+    second_batch_written = threading.Event()
+    overlapped: list[bool] = []
+
+    def utime(*a, **kw):
+        utimes["n"] += 1
+        if utimes["n"] > 32:  # a file of the second batch (the first has 32)
+            second_batch_written.set()
+        return real_utime(*a, **kw)
+
+    def sync_together(fds, pool=None, **kw):
+        if not overlapped and len(fds) == 32:  # the first batch's files
+            overlapped.append(second_batch_written.wait(10))
+        return real_sync(fds, pool, **kw)
+    monkeypatch.setattr(fileio, "sync_together", sync_together)
+    monkeypatch.setattr(restorer.os, "utime", utime)
+    log: list[tuple[str, int]] = []
+    _record_syncs(monkeypatch, log)
+    res = archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
+    monkeypatch.undo()
+    assert overlapped == [True]
+    assert res.ok and res.files == 124 and tree(tmp_path / "out" / "small") == tree(src)
+    first_rename = min(i for i, (k, _) in enumerate(log) if k == "rename")
+    assert any(k in ("syncfs", "file-sync") for k, _ in log[:first_rename])  # the first batch synced first
+    _check_dirs_synced_after_renames(log)
