@@ -314,8 +314,14 @@ def _create_temp(dir_fd: int, mode: int = 0o600) -> tuple[str, int]:
 def _write_sparse(fd: int, data: bytes | bytearray, pos: int) -> None:
     """Write `data`, which belongs at file offset `pos` (the fd's position), seeking over
     every all-zero HOLE_WINDOW-aligned window instead of writing it: holes stay holes.
-    The caller sets the final size with ftruncate, in case the file ends in a hole."""
+    The caller sets the final size with ftruncate, in case the file ends in a hole. Data
+    shorter than a window holds no whole window: one write (most small files)."""
     n = len(data)
+    if n < HOLE_WINDOW:
+        k = os.write(fd, data) if n else 0
+        if k < n:
+            write_all(fd, memoryview(data)[k:])
+        return
     view = memoryview(data)
     is_zero = data.startswith
     done = 0                       # data[:done] is written or skipped

@@ -906,3 +906,26 @@ def test_an_empty_file_whose_recorded_blake3_is_not_that_of_no_bytes_is_reported
     assert "hash" in res.problems[0].kind
     assert not (out / "small" / "d1" / "empty").exists() and (out / "small" / "d0" / "empty").read_bytes() == b""
     assert res.files == 123
+
+
+@pytest.mark.parametrize("n", [0, 1, 4096, HOLE_WINDOW - 1])
+def test_data_shorter_than_a_hole_window_is_one_write_resumed_if_short(tmp_path, monkeypatch, n):
+    """A piece shorter than a window (most small files) is written with one write, and a short
+    write is resumed: every byte lands, zeros included (no whole window, so no hole)."""
+    content = (bytes(n // 2) + random.Random(n).randbytes(n))[:n]
+    real_write = os.write
+    calls = []
+
+    def short_write(fd, data):
+        calls.append(len(data))
+        return real_write(fd, bytes(memoryview(data)[:max(1, len(data) // 3)]))
+    p = tmp_path / "f"
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        monkeypatch.setattr(restorer.os, "write", short_write)
+        restorer._write_sparse(fd, content, 0)
+        monkeypatch.undo()
+    finally:
+        os.close(fd)
+    assert p.read_bytes() == content
+    assert (calls[:1] == [n]) if n else calls == []
