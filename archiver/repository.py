@@ -2688,7 +2688,7 @@ class Repository:
         if planned:
             with self._packstate.lock:
                 seen, locs = self._packstate.planned_hashes, self._packstate.planned_locs
-            located = {h: list(locs[h]) for h in hashes if h in locs}
+            located = {h: locs[h] for h in hashes if h in locs}  # read only here: no copy of each list
             unplanned = [h for h in hashes if h not in seen]
             if unplanned:
                 located.update(self._pack_locations_many(unplanned))
