@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import blake3
 
 from archiver import events, layout, packs, sealing
-from archiver.codecs import Codec, Encoded, describe, max_object_size
+from archiver.codecs import Codec, Encoded, EncodedParts, describe, max_object_size
 from archiver.digests import FileDigest
 from archiver.errors import (ArchiverError, CatalogLockedError, CatalogReadOnlyError, CorruptChunkError,
                              FileHashError, IdentityError, IntegrityError, ManifestError,
@@ -2275,13 +2275,23 @@ class Repository:
         if not locs and self._catalog is not None and \
                 (h in hints.known if hints is not None else self._catalog.known_chunk(h) is not None):
             return None  # held under its own key (a large chunk, or stored before packs): prove it
-        enc = self._codec.encode(data, width)
-        if packs.is_small(len(enc.data), self._pack_below):
+        parts = self._codec.encode_parts(data, width)  # valid until this thread's next codec call
+        if packs.is_small(parts.size, self._pack_below):
+            enc = parts.join()
             self._add_to_pack(h, enc.data, len(data), enc.codec, policy)
             return SavedChunk(len(enc.data), enc.codec, True, repaired=bool(locs))
-        if self._put(layout.chunk(h), enc.data, policy):
-            return SavedChunk(len(enc.data), enc.codec, True)
+        if self._put_parts(layout.chunk(h), parts, policy):
+            return SavedChunk(parts.size, parts.codec, True)
         return None  # the key is taken: prove what it holds
+
+    def _put_parts(self, key: str, parts: EncodedParts, policy: Any) -> bool:
+        """`_put` of an object not yet joined: a store that writes pieces (LocalStore's
+        put_parts_if_absent) takes them as they are, saving a copy of every stored byte;
+        any other store, or a write policy, gets the joined object."""
+        put_parts = getattr(self._store, "put_parts_if_absent", None)
+        if put_parts is None or (policy is not None and (policy.locked or policy.storage_class)):
+            return self._put(key, parts.join().data, policy)
+        return put_parts(key, parts.parts)
 
     def _pending(self, h: str) -> bool:
         """Whether `h` sits in a pack not yet durable (it takes that pack's write policy)."""
