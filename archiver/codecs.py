@@ -274,8 +274,9 @@ class Codec:
 
         Why: a fresh multi-MiB buffer per chunk is fresh pages to fault in and zero (or
         at best a trip through malloc), which cost as much as the copy itself. The
-        buffer only grows (to the largest chunk seen); it never leaves the codec: what
-        is returned to callers is always copied out (_assemble) or freshly allocated."""
+        buffer only grows (to the largest chunk seen); it never leaves the codec but in
+        `encode_parts`' raw planes (views, valid until this thread's next codec call): what
+        else is returned to callers is always copied out (_assemble) or freshly allocated."""
         bufs = getattr(self._local, "scratch", None)
         if bufs is None:
             bufs = self._local.scratch = {}
