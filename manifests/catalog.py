@@ -40,6 +40,7 @@ import blake3
 if TYPE_CHECKING:
     import numpy as np
 
+from manifests import jsonrows
 from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
                               ManifestError, UnknownReference)
 from manifests.fields import index_fields
@@ -270,6 +271,12 @@ def _insert_key_rows(conn: sqlite3.Connection, keys: np.ndarray, stored: np.ndar
         # fewer to bind per row (~10% of the insert); each pass is still in key order
         for name, cid in names.items():
             pick = ids == cid if len(names) > 1 else slice(None)
+            if jsonrows.packable(stored[pick], owners[pick]):
+                # one INSERT ... SELECT per slice of rows, no Python object per row (manifests/jsonrows.py)
+                jsonrows.insert_rows(conn, f"INSERT OR IGNORE INTO chunks(key, stored_size, codec, owner) SELECT "
+                                     f"{jsonrows.KEY_SQL}, {jsonrows.LOW_SQL}, '{name}', {jsonrows.HIGH_SQL} "
+                                     f"FROM json_each(?)", keys[pick], stored[pick], owners[pick])
+                continue
             _insert_rows(conn, f"INSERT OR IGNORE INTO chunks(key, stored_size, codec, owner) VALUES (?,?,'{name}',?)",
                          keys[pick], stored[pick], owners[pick])
     else:
