@@ -15,6 +15,7 @@ zero). Numbers outside those ranges are not packed: `packable` says so first and
 binds those rows as before."""
 from __future__ import annotations
 
+import functools
 import sqlite3
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Iterable
@@ -34,11 +35,14 @@ HIGH_SQL = f"((value - {PAYLOAD_BIAS}) >> {LOW_BITS})"
 _WORD = 4  # the text is built as 4-byte words (uint32): four digits come from one table lookup
 
 
+@functools.cache
 def _tables() -> np.ndarray:
     """The four ASCII digits of 0-9999, zero-padded, as one uint32 each (little-endian, so
-    the first byte is the first digit)."""
+    the first byte is the first digit). A constant, made once (a commit of one map calls this)."""
     import numpy as np
-    return np.frombuffer("".join(f"{i:04d}" for i in range(10000)).encode("ascii"), dtype="<u4").astype(np.uint32)
+    table = np.frombuffer("".join(f"{i:04d}" for i in range(10000)).encode("ascii"), dtype="<u4").astype(np.uint32)
+    table.flags.writeable = False
+    return table
 
 
 def _word(text: str) -> int:
@@ -131,7 +135,11 @@ def insert_texts(conn: sqlite3.Connection, sql: str, texts: Iterable[str]) -> No
 
 
 def insert_rows(conn: sqlite3.Connection, sql: str, keys: np.ndarray, low: np.ndarray, high: np.ndarray) -> None:
-    """`insert_texts` over `keys`, `low`, `high` a SLICE at a time (`packable` must hold)."""
+    """`insert_texts` over `keys`, `low`, `high` a SLICE at a time (`packable` must hold); one
+    slice or less (a commit of a few maps) on the calling thread: nothing to overlap."""
     padded = _tables()
+    if len(keys) <= SLICE:
+        conn.execute(sql, (rows_text(keys, low, high, padded),))
+        return
     insert_texts(conn, sql, (rows_text(keys[i:i + SLICE], low[i:i + SLICE], high[i:i + SLICE], padded)
                              for i in range(0, len(keys), SLICE)))

@@ -56,9 +56,11 @@ def test_decimal_is_zero_padded():
     assert [bytes(r).decode() for r in got] == [f"{v:019d}" for v in (0, 7, 1234, 10 ** 19 - 1)]
 
 
-def test_insert_rows_inserts_every_slice_in_order(monkeypatch):
-    """Slices go in one statement each, on the second thread, all of them, in order."""
-    monkeypatch.setattr(jsonrows, "SLICE", 7)
+@pytest.mark.parametrize("slice_rows", [7, 50])
+def test_insert_rows_inserts_every_slice_in_order(monkeypatch, slice_rows):
+    """Slices go in one statement each (on the second thread when there are several), all
+    of them, in order."""
+    monkeypatch.setattr(jsonrows, "SLICE", slice_rows)
     conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, a INTEGER, b INTEGER, seq INTEGER)")
     keys = np.arange(-25, 25, dtype=np.int64) * 3
@@ -69,7 +71,7 @@ def test_insert_rows_inserts_every_slice_in_order(monkeypatch):
     conn.execute("COMMIT")
     rows = conn.execute("SELECT k, a, b, seq FROM t ORDER BY k").fetchall()
     assert [r[:3] for r in rows] == list(zip(keys.tolist(), low.tolist(), high.tolist()))
-    assert [r[3] for r in rows] == [7 * (i // 7) for i in range(50)]  # each slice saw the ones before it
+    assert [r[3] for r in rows] == [slice_rows * (i // slice_rows) for i in range(50)]  # each saw the slices before
 
 
 def test_insert_rows_stops_at_the_first_failing_slice():
