@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -120,18 +120,28 @@ def rows_text(keys: np.ndarray, low: np.ndarray, high: np.ndarray, padded: np.nd
 def insert_texts(conn: sqlite3.Connection, sql: str, texts: Iterable[str]) -> None:
     """Run `sql` (one `?`: a text from `rows_text`) once per text, in order, on a second
     thread: while SQLite inserts one slice (without the GIL) the caller's generator builds
-    the next. The connection is used by one thread at a time (the caller's thread does not
-    touch it until this returns); the first error stops the run and is raised here."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog-insert") as pool:
+    the next (see `each_text`)."""
+    each_text(conn, sql, texts)
+
+
+def each_text(conn: sqlite3.Connection, sql: str, texts: Iterable[str]) -> list[Any]:
+    """The first row of `sql` (one `?`) run once per text, in order, on a second thread,
+    while the caller's generator builds the next text. The connection is used by one thread
+    at a time (the caller's thread does not touch it until this returns); the first error
+    stops the run and is raised here."""
+    out: list[Any] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog-json") as pool:
         pending: Future | None = None
         try:
             for text in texts:
                 if pending is not None:
-                    pending.result()
-                pending = pool.submit(conn.execute, sql, (text,))
+                    out.append(pending.result())
+                    pending = None
+                pending = pool.submit(lambda t: conn.execute(sql, (t,)).fetchone(), text)
         finally:
             if pending is not None:
-                pending.result()
+                out.append(pending.result())
+    return out
 
 
 def insert_rows(conn: sqlite3.Connection, sql: str, keys: np.ndarray, low: np.ndarray, high: np.ndarray) -> None:
