@@ -102,3 +102,13 @@ def test_insert_texts_raises_what_building_a_text_raises():
     with pytest.raises(ValueError, match="no more"):
         jsonrows.insert_texts(conn, sql, texts())
     assert conn.execute("SELECT k, a, b FROM t").fetchall() == [(1, 1, 1)]
+
+
+def test_each_text_answers_each_text_in_order():
+    """The lookup form: the first row of the statement for each text, in the texts' order."""
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    keys = [np.array(k, dtype=np.int64) for k in ([5, -7], [], [2 ** 63 - 1], [1, 2, 3])]
+    zero = [np.zeros(len(k), dtype=np.int64) for k in keys]
+    got = jsonrows.each_text(conn, f"SELECT count(*), total({jsonrows.KEY_SQL}) FROM json_each(?)",
+                             (jsonrows.rows_text(k, z, z) for k, z in zip(keys, zero)))
+    assert got == [(2, -2.0), (0, 0.0), (1, float(2 ** 63 - 1)), (3, 6.0)]
