@@ -1385,7 +1385,8 @@ def test_record_packs_records_each_pack_once_in_one_transaction(cat):
     assert cat.pack_entries("p2") == [(h2, 3, 4, 4), (h1, 9, 5, 5)]
 
 
-def _random_maps(seed: int, maps: int, chunks: int, big: bool = False) -> list[tuple[Entry, list[tuple[str, int, str]]]]:
+def _random_maps(seed: int, maps: int, chunks: int,
+                 big: bool = False) -> list[tuple[Entry, list[tuple[str, int, str]]]]:
     """File maps of random chunk hashes, two codecs; `big`: one map's chunks stored in 4 GiB or more."""
     import random
     rnd = random.Random(seed)
@@ -1433,4 +1434,5 @@ def test_chunk_rows_inserted_as_json_are_those_bound_row_by_row(tmp_path, monkey
     assert len(chunks) == 4 * 60  # the known map's chunks are all among them
     if case == "stored-over-4-gib":
         assert max(r[1] for r in chunks) >= 2 ** 32 and filemaps[1][3] >= 60 * 2 ** 32
-    assert [f[3] is None for f in filemaps] == ([False] * 4 if case != "some-known" else [False, True, True, False, False])
+    assert [f[3] is None for f in filemaps] == ([False] * 4 if case != "some-known"
+                                                else [False, True, True, False, False])
