@@ -204,10 +204,11 @@ def _known_keys(conn: sqlite3.Connection, keys: np.ndarray) -> np.ndarray:
     import numpy as np
     # a slice at a time (the JSON text stays small), joined on a second thread while the next
     # slice's text is built (jsonrows.each_text; SQLite runs without the GIL)
+    sql = "SELECT group_concat(c.key IS NOT NULL, '') FROM json_each(?) j LEFT JOIN chunks c ON c.key = j.value"
     slices = range(0, len(keys), _INSERT_SLICE)
-    answers = jsonrows.each_text(conn, "SELECT group_concat(c.key IS NOT NULL, '') FROM json_each(?) j "
-                                       "LEFT JOIN chunks c ON c.key = j.value",
-                                 (_json_ints(keys[i:i + _INSERT_SLICE]) for i in slices))
+    texts = (_json_ints(keys[i:i + _INSERT_SLICE]) for i in slices)
+    answers = (jsonrows.each_text(conn, sql, texts) if len(slices) > 1  # one slice (a probe): nothing to overlap
+               else [conn.execute(sql, (t,)).fetchone() for t in texts])
     parts = []
     for i, (got,) in zip(slices, answers):
         mask = np.frombuffer((got or "").encode("ascii"), dtype=np.uint8) == ord("1")

@@ -1409,6 +1409,7 @@ def test_chunk_rows_inserted_as_json_are_those_bound_row_by_row(tmp_path, monkey
     from manifests import jsonrows
     from manifests.filemapbin import MapRecords
     monkeypatch.setattr(jsonrows, "SLICE", 50)  # several slices, so several statements on the second thread
+    monkeypatch.setattr(catalog_module, "_INSERT_SLICE", 50)  # the known-key lookup too (case some-known)
     maps = _random_maps(7, 4, 60, big=case == "stored-over-4-gib")
     texts = []
     insert_texts = jsonrows.insert_texts
