@@ -1383,3 +1383,57 @@ def test_record_packs_records_each_pack_once_in_one_transaction(cat):
     assert cat.pack_locations([h1, h2]) == {h1: [("p1", 0, 5, 5, 10, "i1"), ("p2", 9, 5, 5, 20, "i2")],
                                             h2: [("p2", 3, 4, 4, 20, "i2")]}
     assert cat.pack_entries("p2") == [(h2, 3, 4, 4), (h1, 9, 5, 5)]
+
+
+def _random_maps(seed: int, maps: int, chunks: int,
+                 big: bool = False) -> list[tuple[Entry, list[tuple[str, int, str]]]]:
+    """File maps of random chunk hashes, two codecs; `big`: one map's chunks stored in 4 GiB or more."""
+    import random
+    rnd = random.Random(seed)
+    out = []
+    for m in range(maps):
+        recs = [("%064x" % rnd.getrandbits(256), (2 ** 32 + i if big and m == 1 else rnd.randrange(0, 2 ** 32)),
+                 ("bg2", "zstd")[i % 2]) for i in range(chunks)]
+        e = Entry(path=f"f{m}.bin", type="file", mode=0o644, size=10 * chunks, mtime_ns=1, blake3=h(f"b3{seed}/{m}"),
+                  sha256=h(f"sha{seed}/{m}"), filemap=h(f"map{seed}/{m}"), chunk_count=chunks)
+        out.append((e, recs))
+    return out
+
+
+@pytest.mark.parametrize("case", ["first-version", "some-known", "stored-over-4-gib"])
+def test_chunk_rows_inserted_as_json_are_those_bound_row_by_row(tmp_path, monkeypatch, case):
+    """The dedup rows of maps recorded in bulk go in as JSON texts, one INSERT ... SELECT per
+    slice (manifests/jsonrows.py); the `chunks` and `filemaps` rows must be exactly those the
+    same maps give when every row is bound from Python (executemany, as before), in several
+    slices, with keys known before, and with stored sizes too large to pack (bound, as before)."""
+    from manifests import jsonrows
+    from manifests.filemapbin import MapRecords
+    monkeypatch.setattr(jsonrows, "SLICE", 50)  # several slices, so several statements on the second thread
+    monkeypatch.setattr(catalog_module, "_INSERT_SLICE", 50)  # the known-key lookup too (case some-known)
+    maps = _random_maps(7, 4, 60, big=case == "stored-over-4-gib")
+    texts = []
+    insert_texts = jsonrows.insert_texts
+    monkeypatch.setattr(jsonrows, "insert_texts", lambda conn, sql, t: insert_texts(conn, sql, (texts.append(x) or x
+                                                                                               for x in t)))
+    got = {}
+    for form in ("json", "bound"):
+        if form == "bound":
+            monkeypatch.setattr(jsonrows, "packable", lambda low, high: False)
+        c = Catalog(tmp_path / form / "catalog.db", STORE)
+        try:
+            if case == "some-known":  # one map recorded first: the others' chunks it shares are known
+                known = (maps[0][0], maps[0][1][:30] + [maps[1][1][5]])
+                c.record_filemaps([(dataclasses.replace(known[0], filemap=h("known"), chunk_count=31), known[1])])
+            c.record_filemaps([(e, MapRecords.from_triples(r)) for e, r in maps])
+        finally:
+            c.close()
+        got[form] = _tables(tmp_path / form / "catalog.db")
+    assert got["json"] == got["bound"]
+    # the JSON path was taken, slice by slice (not for sizes that cannot be packed)
+    assert len(texts) == 0 if case == "stored-over-4-gib" else len(texts) >= 4
+    chunks, filemaps = got["json"]
+    assert len(chunks) == 4 * 60  # the known map's chunks are all among them
+    if case == "stored-over-4-gib":
+        assert max(r[1] for r in chunks) >= 2 ** 32 and filemaps[1][3] >= 60 * 2 ** 32
+    assert [f[3] is None for f in filemaps] == ([False] * 4 if case != "some-known"
+                                                else [False, True, True, False, False])
