@@ -1009,10 +1009,14 @@ def _plain_tree(data: bytes, where: str, build: bool = True) -> list[tuple[Entry
                 if build:
                     e = Entry(prefix + name, "file", mode_i, size_i, mtime_i, b3, sha, fmt, filemap=fm, chunk_count=n)
             elif build:
-                refs = _plain_chunks(chunks, size_i, codecs)
+                refs = _plain_one_chunk(chunks, size_i, codecs)  # most small files: no chunk or one
                 if refs is None:
+                    refs = _plain_chunks(chunks, size_i, codecs)
+                    if refs is None:
+                        return None
+                elif refs is _NOT_PLAIN:
                     return None
-                e = Entry(prefix + name, "file", mode_i, size_i, mtime_i, b3, sha, fmt, refs)
+                e = _file_entry(prefix + name, mode_i, size_i, mtime_i, b3, sha, fmt, refs)
             elif _tiled(chunks, _PLAIN_FIELDS.findall(chunks), size_i, codecs) is None:  # as _plain_chunks checks
                 return None
             sub = ""
@@ -1040,6 +1044,44 @@ def _plain_tree(data: bytes, where: str, build: bool = True) -> list[tuple[Entry
         if text[pos] != "," or pos + 1 == end:
             return None
         pos += 1
+
+
+# The chunk list of a plain tree entry of one chunk, in full: a file of one chunk starts at 0.
+_PLAIN_ONE = re.compile(r'\[0,([1-9][0-9]{0,18}),"([0-9a-f]{64})",%s,"([A-Za-z0-9_.+-]*)"\]' % _PLAIN_NUM)
+_NOT_PLAIN = object()  # `_plain_one_chunk`: a list of no chunk or one that fails a check
+
+
+def _plain_one_chunk(section: str, size: int, codecs: dict[str, str]) -> tuple[ChunkRef, ...] | object | None:
+    """`_plain_chunks` of a list of no chunk or one, without the general tiling loop: the
+    refs, `_NOT_PLAIN` for a list `_plain_chunks` would refuse (the same checks), or None
+    for a list of more chunks or of any other form (`_plain_chunks` then decides)."""
+    if not section:
+        return () if size == 0 else _NOT_PLAIN  # no records: they add up to 0
+    m = _PLAIN_ONE.fullmatch(section)
+    if m is None:
+        return None
+    length, h, stored, codec = m.groups()
+    n, st = int(length), int(stored)
+    if n != size or n > MAX_CHUNK_LENGTH or st > n + MAX_CHUNK_OVERHEAD:
+        return _NOT_PLAIN
+    return (ChunkRef(0, n, h, st, codecs.setdefault(codec, codec)),)
+
+
+_new_entry = object.__new__
+_set = object.__setattr__
+
+
+def _file_entry(path: str, mode: int, size: int, mtime_ns: int, blake3: str, sha256: str, fmt: str,
+                chunks: tuple[ChunkRef, ...]) -> Entry:
+    """Entry(path, "file", mode, size, mtime_ns, blake3, sha256, fmt, chunks), equal in every
+    field (defaults for the rest), made without the frozen dataclass's __init__ (one
+    object.__setattr__ per field): the tree reader makes one per file of an archive. Entry
+    has no __post_init__ and no slots, so its fields are its __dict__."""
+    e = _new_entry(Entry)
+    _set(e, "__dict__", {"path": path, "type": "file", "mode": mode, "size": size, "mtime_ns": mtime_ns,
+                         "blake3": blake3, "sha256": sha256, "format": fmt, "chunks": chunks, "tech": None,
+                         "target": "", "filemap": "", "chunk_count": 0})
+    return e
 
 
 def _plain_chunks(section: str, size: int, codecs: dict[str, str]) -> tuple[ChunkRef, ...] | None:

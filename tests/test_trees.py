@@ -642,3 +642,36 @@ def test_tree_bytes_laid_out_by_formatting_are_what_canonical_writes() -> None:
     _, objects, by_dir = tree_objects(big_tree())
     assert all(objects[h] == model._tree_bytes_json(
         [e for e in big_tree() if model._parent_of(e.path) == d], by_dir) for d, h in by_dir.items() if h in objects)
+
+
+def test_plain_reader_one_chunk_fast_path_builds_entries_equal_to_the_json_readers_in_every_field() -> None:
+    """Files of no chunk or one (most small files) skip the general tiling loop and the
+    dataclass __init__: their entries must still equal the JSON reader's field for field
+    (the same __dict__, in the same order, the same hash and repr), and a list of one chunk
+    that fails a check is refused as the JSON reader refuses it."""
+    h = "c" * 64
+    base = {k: v for k, v in file_entry("x", 7).to_json().items() if k not in ("path", "chunks")}
+    rows = sorted([{**base, "name": "empty", "size": 0, "chunks": []},
+                   {**base, "name": "one", "size": 100, "chunks": [[0, 100, h, 90, "zstd"]]},
+                   {**base, "name": "one-raw", "size": 5, "chunks": [[0, 5, h, 0, ""]], "format": "json"},
+                   {**base, "name": "two", "size": 150, "chunks": [[0, 100, h, 90, "zstd"], [100, 50, h, 50, "raw"]]}],
+                  key=lambda r: r["name"])
+    data = _tree(rows)
+    fast = model._plain_tree(data, "top")
+    slow = model._parse_tree_json(data, manifest_id(data), "top")
+    assert fast is not None and len(fast) == 4
+    for (a, sa), (b, sb) in zip(fast, slow):
+        assert type(a) is Entry and a == b and sa == sb and hash(a) == hash(b) and repr(a) == repr(b)
+        assert list(vars(a).items()) == list(vars(b).items())
+        assert dataclasses.replace(a) == b  # an ordinary dataclass: replace and fields work on it
+    assert [len(e.chunks) for e, _ in fast] == [0, 1, 1, 2]
+    for bad in ([[0, 99, h, 90, "zstd"]], [[0, 100, h, 100 + model.MAX_CHUNK_OVERHEAD + 1, "zstd"]]):
+        wrong = _tree([{**r, "chunks": bad} if r["name"] == "one" else r for r in rows])
+        assert model._plain_tree(wrong, "top") is None
+        with pytest.raises(ManifestError):
+            parse_tree(wrong, manifest_id(wrong), "top")
+    assert rows[0]["name"] == "empty"
+    sized = _tree([{**rows[0], "size": 3}])
+    assert model._plain_tree(sized, "top") is None  # no chunks but a size: refused
+    with pytest.raises(ManifestError):
+        parse_tree(sized, manifest_id(sized), "top")
