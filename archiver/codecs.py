@@ -614,3 +614,23 @@ def describe(obj: bytes | memoryview) -> str:
     if parsed.transform == TRANSFORM_PLANES:
         return f"bg{parsed.width}"
     return "zstd" if parsed.sections[0].codec == CODEC_ZSTD else "raw"
+
+
+def stored_raw_payload(obj: bytes | memoryview, expected_length: int) -> bytes | memoryview | None:
+    """The chunk bytes of a stored object in the one form an incompressible chunk takes (no
+    transform, one raw section of exactly `expected_length` bytes, nothing after it), cut
+    out without parsing: its 40-byte head must equal, byte for byte, the only head
+    `Codec.decode` accepts for that form and length. None for any other object (`decode`
+    then parses it, and words whatever is wrong). Most small files are stored so; a batch
+    read (deep verify, restore) pays `_parse`'s checks once per chunk otherwise. The caller
+    still verifies BLAKE3."""
+    n = expected_length
+    if not 0 <= n <= MAX_CHUNK_LENGTH or len(obj) != _RAW_HEAD_SIZE + n:
+        return None
+    head = HEADER.pack(MAGIC, VERSION, TRANSFORM_NONE, 0, 1, n) + DESCRIPTOR.pack(CODEC_RAW, _ZERO7, n, n)
+    if obj[:_RAW_HEAD_SIZE] != head:
+        return None
+    return obj[_RAW_HEAD_SIZE:]
+
+
+_RAW_HEAD_SIZE = HEADER.size + DESCRIPTOR.size

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import blake3
 
 from archiver import events, layout, packs, sealing
-from archiver.codecs import Codec, Encoded, EncodedParts, describe, max_object_size
+from archiver.codecs import Codec, Encoded, EncodedParts, describe, max_object_size, stored_raw_payload
 from archiver.digests import FileDigest
 from archiver.errors import (ArchiverError, CatalogLockedError, CatalogReadOnlyError, CorruptChunkError,
                              FileHashError, IdentityError, IntegrityError, ManifestError,
@@ -1005,6 +1005,19 @@ class Repository:
 
     def _decode_checked(self, obj: bytes, h: str, length: int) -> bytes:
         data = self._codec.decode(obj, length, h)
+        if blake3.blake3(data).hexdigest() != h:
+            raise CorruptChunkError(h, "decoded bytes do not match the chunk hash")
+        return data
+
+    def _decode_checked_raw(self, obj: bytes | memoryview, h: str, length: int) -> bytes:
+        """`_decode_checked` for the batch reads of small chunks: an object stored raw (what an
+        incompressible chunk becomes) is cut out without parsing when its head is the only
+        one `Codec.decode` accepts for that length (`codecs.stored_raw_payload`); any other
+        object is decoded. Re-hashed either way."""
+        raw = stored_raw_payload(obj, length)
+        if raw is None:
+            return self._decode_checked(obj, h, length)
+        data = bytes(raw)
         if blake3.blake3(data).hexdigest() != h:
             raise CorruptChunkError(h, "decoded bytes do not match the chunk hash")
         return data
@@ -2636,6 +2649,7 @@ class Repository:
             plan = ps.plan  # replaced whole by plan_reads, never changed in place
         spans: dict[tuple[str, int], memoryview] = {}
         out: list[bytes | ArchiverError] = []
+        decode = self._decode_checked_raw if type(self._codec) is Codec else self._decode_checked
         for ref, ls in zip(refs, locs):
             got: bytes | ArchiverError | None = None
             if ls and ls[0].stored_size == ref.stored_size:
@@ -2653,7 +2667,7 @@ class Repository:
                         else None
                     if obj is not None and len(obj) == loc.stored_size:
                         try:
-                            got = self._decode_checked(obj, ref.hash, ref.length)
+                            got = decode(obj, ref.hash, ref.length)
                         except CorruptChunkError:
                             got = None
             out.append(got if got is not None else self.try_read_chunk(ref))
@@ -2680,7 +2694,9 @@ class Repository:
         wanted = {r.hash for r in refs}
         ranges: dict[str, list[tuple[int, int]]] = defaultdict(list)
         at: dict[str, tuple[str, int]] = {}
-        found = self._pack_locations_many(wanted)
+        found = self._catalog_locations(wanted)
+        if found is None:
+            found = self._pack_locations_many(wanted)
         for h, locs in found.items():
             loc = locs[0]
             ranges[loc.pack].append((loc.offset, loc.offset + loc.stored_size))
@@ -2693,6 +2709,34 @@ class Repository:
             self._packstate.planned_hashes = frozenset(wanted)
             self._packstate.spans.clear()
         return sum(len(v) for v in plan.values())
+
+    def _catalog_locations(self, hashes: set[str]) -> dict[str, list[PackLocation]] | None:
+        """`_pack_locations_many(hashes)` when the catalog is its only source (this process
+        wrote no pack and loaded no store index: a restore or a deep verify), from one
+        statement's flat rows (`Catalog.pack_location_rows`); None otherwise (the caller
+        asks `_pack_locations_many`). The same lists, oldest pack first."""
+        ps = self._packstate
+        with ps.lock:
+            if ps.written or ps.written_at or ps.store_map is not None or self._catalog is None:
+                return None
+        rows, packs = self._catalog.pack_location_rows(list(hashes))
+        out: dict[str, list[PackLocation]] = {}
+        get = out.get
+        several: list[str] = []  # chunks in more than one pack (a row per (hash, pack): no pack twice)
+        for h, pack, offset, stored, length in rows:
+            p = packs.get(pack)
+            if p is None:
+                continue
+            loc = PackLocation(pack, offset, stored, length, p[1], p[2])
+            have = get(h)
+            if have is None:
+                out[h] = [loc]
+            else:
+                have.append(loc)
+                several.append(h)
+        for h in several:  # oldest pack first, as the catalog lists them
+            out[h].sort(key=lambda x: packs[x.pack][0])
+        return out
 
     def pack_positions(self, hashes: Iterable[str]) -> dict[str, tuple[str, int]]:
         """(pack, offset) of each packed chunk of `hashes` (its first location): callers read

@@ -1452,6 +1452,24 @@ class Catalog:
             out.setdefault(h, []).append(tuple(loc))  # type: ignore[arg-type]
         return out
 
+    def pack_location_rows(self, hashes: list[str]) -> tuple[list[tuple[str, str, int, int, int]],
+                                                             dict[str, tuple[int, int, str]]]:
+        """`pack_locations` as flat rows, for a read plan of a whole archive: ((hash, pack,
+        offset, stored_size, length) of each recorded location of `hashes`, in no order;
+        pack -> (its age rank, size, index_id) for each pack they name). Two statements, the
+        hashes as one JSON array, rather than a join and a sort per 500 hashes; a location
+        whose pack is not recorded is not one (the join drops it too): the caller skips it."""
+        conn = self._reader()
+        if not hashes or not self._has_pack_tables(conn):
+            return [], {}
+        rows = conn.execute('SELECT hash, pack, "offset", stored_size, length FROM pack_chunks '
+                            'WHERE hash IN (SELECT value FROM json_each(?))', (json.dumps(hashes),)).fetchall()
+        names = list({r[1]: None for r in rows})
+        packs = {p: (rank, size, iid) for rank, p, size, iid in conn.execute(
+            'SELECT rowid, pack, size, index_id FROM packs WHERE pack IN (SELECT value FROM json_each(?))',
+            (json.dumps(names),))}
+        return rows, packs
+
     def pack_entries(self, pack: str) -> list[tuple[str, int, int, int]]:
         """(hash, offset, stored_size, length) of every chunk of one recorded pack, in pack order."""
         conn = self._reader()

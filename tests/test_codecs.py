@@ -817,3 +817,33 @@ def test_encode_parts_refuses_an_oversized_chunk(codec: Codec, monkeypatch: pyte
     monkeypatch.setattr(codecs, "MAX_CHUNK_LENGTH", 100)
     with pytest.raises(EncodeError, match="longer than the 100"):
         codec.encode_parts(b"x" * 101, 0)
+
+
+def test_stored_raw_payload_cuts_exactly_what_decode_returns_and_nothing_else() -> None:
+    """A raw object (no transform, one raw section) is cut out without parsing only when its
+    whole head is the one decode accepts for that length; every other object (compressed,
+    byte planes, a changed head byte, a wrong length, trailing bytes) gets None, so decode
+    parses it and words what is wrong."""
+    from archiver import codecs
+    c = Codec()
+    rnd = random.Random(5)
+    for n in (0, 1, 4095, 70_000):
+        data = rnd.randbytes(n)
+        obj = c.encode(data).data
+        assert describe(obj) == "raw"
+        got = codecs.stored_raw_payload(memoryview(obj), n)
+        assert got is not None and bytes(got) == data == c.decode(obj, n)
+        assert codecs.stored_raw_payload(obj, n + 1) is None  # another length: not this form
+        assert codecs.stored_raw_payload(obj + b"x", n) is None  # trailing bytes
+        for i in range(40):  # any head byte changed: not the form (decode refuses or reads it otherwise)
+            bad = bytearray(obj)
+            bad[i] ^= 0x01
+            assert codecs.stored_raw_payload(bytes(bad), n) is None
+            with pytest.raises(CorruptChunkError):
+                c.decode(bytes(bad), n)
+    squeezable = bytes(10_000)
+    z = c.encode(squeezable).data
+    assert describe(z) == "zstd" and codecs.stored_raw_payload(z, len(squeezable)) is None
+    planes = c.encode(bytes(range(256)) * 64, width=2).data
+    assert describe(planes).startswith("bg") and codecs.stored_raw_payload(planes, 256 * 64) is None
+    assert codecs.stored_raw_payload(b"", -1) is None

@@ -373,16 +373,23 @@ def test_a_deep_verify_looks_pack_locations_up_once(tmp_path: Path, home: Path,
         assert repo.chunk_presence(chunks, planned=True) == want
         asked: list[int] = []
         real = type(repo._catalog).pack_locations
+        real_rows = type(repo._catalog).pack_location_rows
 
         def pack_locations(self, hashes):
             hashes = list(hashes)
             asked.append(len(hashes))
             return real(self, hashes)
+
+        def pack_location_rows(self, hashes):  # the plan's one lookup of the whole archive
+            asked.append(len(hashes))
+            return real_rows(self, hashes)
         monkeypatch.setattr(type(repo._catalog), "pack_locations", pack_locations)
+        monkeypatch.setattr(type(repo._catalog), "pack_location_rows", pack_location_rows)
     r = run_cli("--store", url, "verify", "m", "--deep", "--json")
     assert r.code == 0, r.err
     assert asked[0] == len(chunks) and all(n == 1 for n in asked[1:])  # then only the unpacked chunk's read
     monkeypatch.setattr(type(repo._catalog), "pack_locations", real)
+    monkeypatch.setattr(type(repo._catalog), "pack_location_rows", real_rows)
     pack = next(k for k in RawStore(url).keys(layout.PACKS))
     (tmp_path / "store" / pack).unlink()
     r = run_cli("--store", url, "verify", "m", "--deep", "--json")
@@ -641,5 +648,77 @@ def test_read_chunks_of_a_batch_equal_one_read_each_and_read_each_span_once(tmp_
     for r, a, b in zip(refs, batch, one_each):
         if r.hash == victim.hash:
             assert type(a) is type(b) and str(a) == str(b) and pack in str(a)
+        else:
+            assert isinstance(a, (bytes, bytearray)) and a == b
+
+
+def test_the_plans_one_catalog_lookup_gives_the_locations_the_per_chunk_lookup_gives(tmp_path: Path,
+                                                                                   home: Path) -> None:
+    """plan_reads looks a whole archive's pack locations up with one statement
+    (`Catalog.pack_location_rows`) when the catalog is their only source: the same lists as
+    `_pack_locations_many`, oldest pack first for a chunk in two packs, a location of a pack
+    the catalog does not know skipped (as the join skips it), the same plan; and the general
+    path still serves a process that wrote packs itself."""
+    url = str(tmp_path / "store")
+    archive(url, small_tree(tmp_path / "src", n=40))
+    with open_repository(url) as repo:
+        m = repo.load_manifest(repo.resolve("m"))
+        chunks = m.unique_chunks()
+        cat = repo._catalog
+        [(p1, size1, iid1)] = [(p, s, i) for p, s, i in cat._reader().execute("SELECT pack, size, index_id FROM packs")]
+        entries = cat.pack_entries(p1)
+        h2 = entries[3][0]  # one chunk also in a second (newer) pack, one in a pack not recorded
+        with cat.write() as conn:
+            conn.execute("INSERT INTO packs(pack, size, index_id) VALUES (?,?,?)", ("f" * 64, 999, "e" * 64))
+            conn.execute('INSERT INTO pack_chunks(hash, pack, "offset", stored_size, length) VALUES (?,?,?,?,?)',
+                         (h2, "f" * 64, 7, entries[3][2], entries[3][3]))
+            conn.execute('INSERT INTO pack_chunks(hash, pack, "offset", stored_size, length) VALUES (?,?,?,?,?)',
+                         (entries[5][0], "0" * 64, 1, entries[5][2], entries[5][3]))
+        want = repo._pack_locations_many(chunks)
+        got = repo._catalog_locations(set(chunks))
+        assert got == want and len(got) == len(chunks)
+        assert [x.pack for x in got[h2]] == [p1, "f" * 64]
+        assert [x.pack for x in got[entries[5][0]]] == [p1]
+        spans = repo.plan_reads(chunks.values())
+        planned = repo._packstate.planned_locs
+        assert planned == want and spans >= 1
+        assert cat.pack_location_rows([]) == ([], {})
+        repo._packstate.written["x" * 64] = []  # packs written by this process: the general path
+        assert repo._catalog_locations(set(chunks)) is None
+        del repo._packstate.written["x" * 64]
+
+
+def test_batch_reads_cut_raw_chunks_out_unparsed_and_word_a_damaged_head_as_decode_does(
+        tmp_path: Path, home: Path) -> None:
+    """read_chunks cuts each raw chunk (an incompressible small file's) out of its span
+    without parsing its head (`codecs.stored_raw_payload`), still re-hashing it; a chunk
+    whose head was damaged in the pack goes through decode and is reported as before,
+    naming its pack, and an intact compressed chunk is decoded as before."""
+    url = str(tmp_path / "store")
+    src = small_tree(tmp_path / "src", n=20)
+    (src / "zeros.bin").write_bytes(bytes(5000))  # compresses: stored as zstd, decoded as before
+    mid = archive(url, src)["id"]
+    pack = layout.pack_id(keys(url, layout.PACKS)[0])
+    victim = index_of(url, pack).entries[2]
+    raw = RawStore(url)
+    data = bytearray(raw.read(layout.pack(pack)))
+    data[victim.offset + 16] ^= 0x01  # the section's codec byte: raw becomes "zstd"
+    raw.write(layout.pack(pack), bytes(data))
+    with open_repository(url) as repo:
+        refs = [e.chunks[0] for e in repo.load_manifest(mid).files]
+        repo.plan_reads(refs)
+        parsed: list[str] = []
+        real = repo._decode_checked
+        repo._decode_checked = lambda obj, h, n: (parsed.append(h), real(obj, h, n))[1]  # type: ignore[method-assign]
+        batch = repo.read_chunks(refs)
+        repo._decode_checked = real  # type: ignore[method-assign]
+        one_each = [repo.try_read_chunk(r) for r in refs]
+    zeros = next(r.hash for r in refs if r.length == 5000 and r.stored_size < 5000)
+    stored_raw = {r.hash for r in refs if r.stored_size == r.length + 40}  # half of small_tree's files
+    assert len(stored_raw) >= 5 and {victim.hash, zeros} <= set(parsed)
+    assert not (set(parsed) & stored_raw) - {victim.hash}  # the raw ones were cut out, not parsed
+    for r, a, b in zip(refs, batch, one_each):
+        if r.hash == victim.hash:
+            assert isinstance(a, Exception) and type(a) is type(b) and str(a) == str(b) and pack in str(a)
         else:
             assert isinstance(a, (bytes, bytearray)) and a == b
