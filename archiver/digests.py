@@ -42,3 +42,10 @@ class FileDigest:
 
     def matches(self, e: Entry) -> bool:
         return (self._b3 is None or self.blake3 == e.blake3) and (self._sha is None or self.sha256 == e.sha256)
+
+
+def sha256_matches(data: bytes | memoryview, e: Entry) -> bool:
+    """`FileDigest(True, blake3=False)` fed `data` alone, then `matches(e)`: the whole-file
+    check of a one-chunk file whose BLAKE3 its chunk's re-hash proved, without a digest
+    object (deep verify makes one such check per small file)."""
+    return hashlib.sha256(data).hexdigest() == e.sha256
