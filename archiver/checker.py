@@ -327,7 +327,7 @@ def _prove_batch(repo: Repository, batch: list[Entry], pool: ThreadPoolExecutor,
     every chunk decoded and re-hashed), the others streamed. An intact one-chunk file is
     INTACT_ONE; progress advances once for the batch's one-chunk files."""
     ones = [e for e in batch if len(e.chunks) == 1]
-    got = iter(repo.read_chunks([e.chunks[0] for e in ones]))
+    got = iter(repo.read_chunks([e.chunks[0] for e in ones], views=True))  # only hashed here: no copies
     out: list[FileProof] = []
     append = out.append
     done = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import bisect
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -1009,15 +1010,17 @@ class Repository:
             raise CorruptChunkError(h, "decoded bytes do not match the chunk hash")
         return data
 
-    def _decode_checked_raw(self, obj: bytes | memoryview, h: str, length: int) -> bytes:
+    def _decode_checked_raw(self, obj: bytes | memoryview, h: str, length: int, view: bool = False
+                            ) -> bytes | memoryview:
         """`_decode_checked` for the batch reads of small chunks: an object stored raw (what an
         incompressible chunk becomes) is cut out without parsing when its head is the only
         one `Codec.decode` accepts for that length (`codecs.stored_raw_payload`); any other
-        object is decoded. Re-hashed either way."""
+        object is decoded. Re-hashed either way. `view`: a raw chunk is returned as the view
+        of `obj` it was hashed in (no copy; read-only if `obj` is)."""
         raw = stored_raw_payload(obj, length)
         if raw is None:
             return self._decode_checked(obj, h, length)
-        data = bytes(raw)
+        data = raw if view else bytes(raw)
         if blake3.blake3(data).hexdigest() != h:
             raise CorruptChunkError(h, "decoded bytes do not match the chunk hash")
         return data
@@ -2634,13 +2637,16 @@ class Repository:
                         ps.spans.pop(next(iter(ps.spans)))
         return data
 
-    def read_chunks(self, refs: list[ChunkRef]) -> list[bytes | ArchiverError]:
+    def read_chunks(self, refs: list[ChunkRef], *, views: bool = False) -> list[bytes | memoryview | ArchiverError]:
         """`try_read_chunk` of each of `refs`, in order: for a batch of small files read in
         pack order (restore, deep verify). A packed chunk that `plan_reads` placed in a
         planned span is cut from that span (fetched once for the batch, with one look at the
         plan for the whole batch rather than three locked look-ups per chunk), decoded and
         re-hashed here; any other chunk, and any whose bytes there do not prove good, goes
-        through `try_read_chunk`, which tries its other locations and words the damage."""
+        through `try_read_chunk`, which tries its other locations and words the damage.
+        `views`: a raw chunk cut from a span comes back as a read-only view of that span
+        (re-hashed all the same) rather than a copy of its bytes, for a caller that only
+        hashes them (deep verify): the copy was a memcpy under the GIL per chunk."""
         if self._sealer is not None:
             return [self.try_read_chunk(r) for r in refs]
         ps = self._packstate
@@ -2649,7 +2655,12 @@ class Repository:
             plan = ps.plan  # replaced whole by plan_reads, never changed in place
         spans: dict[tuple[str, int], memoryview] = {}
         out: list[bytes | ArchiverError] = []
-        decode = self._decode_checked_raw if type(self._codec) is Codec else self._decode_checked
+        if type(self._codec) is not Codec:
+            decode = self._decode_checked
+        elif views:
+            decode = functools.partial(self._decode_checked_raw, view=True)
+        else:
+            decode = self._decode_checked_raw
         for ref, ls in zip(refs, locs):
             got: bytes | ArchiverError | None = None
             if ls and ls[0].stored_size == ref.stored_size:

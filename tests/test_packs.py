@@ -712,13 +712,16 @@ def test_batch_reads_cut_raw_chunks_out_unparsed_and_word_a_damaged_head_as_deco
         repo._decode_checked = lambda obj, h, n: (parsed.append(h), real(obj, h, n))[1]  # type: ignore[method-assign]
         batch = repo.read_chunks(refs)
         repo._decode_checked = real  # type: ignore[method-assign]
+        viewed = repo.read_chunks(refs, views=True)  # deep verify's: raw chunks as views, not copies
         one_each = [repo.try_read_chunk(r) for r in refs]
     zeros = next(r.hash for r in refs if r.length == 5000 and r.stored_size < 5000)
     stored_raw = {r.hash for r in refs if r.stored_size == r.length + 40}  # half of small_tree's files
     assert len(stored_raw) >= 5 and {victim.hash, zeros} <= set(parsed)
     assert not (set(parsed) & stored_raw) - {victim.hash}  # the raw ones were cut out, not parsed
-    for r, a, b in zip(refs, batch, one_each):
+    for r, a, v, b in zip(refs, batch, viewed, one_each):
         if r.hash == victim.hash:
             assert isinstance(a, Exception) and type(a) is type(b) and str(a) == str(b) and pack in str(a)
+            assert type(v) is type(b) and str(v) == str(b)
         else:
             assert isinstance(a, (bytes, bytearray)) and a == b
+            assert isinstance(v, memoryview if r.hash in stored_raw else (bytes, bytearray)) and bytes(v) == b
