@@ -486,7 +486,12 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
         """Sync a fully written batch (every task that wrote it has returned), then put it in place."""
         if not written:
             return
-        one_per_fs = {dev_of[fd]: fd for fd in dirs.values()}  # not an fstat of every open directory per batch
+        # not an fstat of every open directory per batch; the first opened of each filesystem:
+        # one opened for the next batch would not see a write-back error this one's files met
+        # before it was opened, if something else had seen it (syncfs reports errors since its fd's open)
+        one_per_fs: dict[int, int] = {}
+        for fd in dirs.values():
+            one_per_fs.setdefault(dev_of[fd], fd)
         fileio.sync_together([s.fd for s in written], tasks, within=list(one_per_fs.values()))
         place(written)
 

@@ -929,3 +929,60 @@ def test_data_shorter_than_a_hole_window_is_one_write_resumed_if_short(tmp_path,
         os.close(fd)
     assert p.read_bytes() == content
     assert (calls[:1] == [n]) if n else calls == []
+
+
+def test_a_batch_is_synced_through_directories_opened_before_its_files_were_made(small_tree, tmp_path, monkeypatch):
+    """syncfs(2) reports a write-back error only if it happened after the fd it is called on
+    was opened (the filesystem's error sequence is sampled at open: `fileio.syncfs`), so the
+    syncfs that makes a batch durable must go through a directory opened before the batch's
+    files were made. Since a batch is synced while the next one is written, the directories
+    then open include those opened for the next batch: the one taken for each filesystem is
+    the first opened, never one opened after the batch was written (whose syncfs could miss
+    an error already seen elsewhere, and report a batch durable that is not)."""
+    src, store, catalog, mid = small_tree
+    monkeypatch.setattr(restorer, "SYNC_BATCH_FILES", 32)
+    import itertools
+    import threading
+    seq, lock = itertools.count(), threading.Lock()
+    opened_at: dict[int, int] = {}  # directory fd -> when it was (last) opened
+    made_at: dict[int, int] = {}  # file fd -> when it was (last) made
+    late: list[tuple[int, int]] = []
+    checked = {"batches": 0}
+    real_open_dir, real_unnamed, real_temp = restorer._open_dir, fileio.open_unnamed, restorer._create_temp
+    real_sync = fileio.sync_together
+
+    def open_dir(*a, **kw):
+        fd = real_open_dir(*a, **kw)
+        with lock:
+            opened_at[fd] = next(seq)
+        return fd
+
+    def open_unnamed(dir_fd, mode):
+        fd = real_unnamed(dir_fd, mode)
+        if fd is not None:
+            with lock:
+                made_at[fd] = next(seq)
+        return fd
+
+    def create_temp(dir_fd, mode=0o600):
+        tmp, fd = real_temp(dir_fd, mode)
+        with lock:
+            made_at[fd] = next(seq)
+        return tmp, fd
+
+    def sync_together(fds, pool=None, *, within=None):
+        if within is not None:  # a batch of files, synced through the directories `within`
+            checked["batches"] += 1
+            through = {os.fstat(fd).st_dev: fd for fd in within}
+            with lock:
+                late.extend((fd, through[os.fstat(fd).st_dev]) for fd in fds
+                            if opened_at[through[os.fstat(fd).st_dev]] > made_at[fd])
+        return real_sync(fds, pool, within=within)
+    monkeypatch.setattr(restorer, "_open_dir", open_dir)
+    monkeypatch.setattr(restorer, "_create_temp", create_temp)
+    monkeypatch.setattr(fileio, "open_unnamed", open_unnamed)
+    monkeypatch.setattr(fileio, "sync_together", sync_together)
+    res = archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
+    monkeypatch.undo()
+    assert res.ok and res.files == 124 and tree(tmp_path / "out" / "small") == tree(src)
+    assert checked["batches"] == 4 and late == []
