@@ -998,10 +998,16 @@ def test_a_umask_changed_by_another_thread_during_a_restore_does_not_change_the_
     file's write, sets it once the first file is written: the files made after that must
     still get their recorded 0o640, not 0o600, or the restore must not report success."""
     from archiver.progress import Progress
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        if not fileio.unnamed_files(fd) or fileio.process_umask() is None:
+            pytest.skip("no O_TMPFILE or no readable umask here: every file's mode is looked at")
+    finally:
+        os.close(fd)
     monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
-    for i in range(40):
+    for i in range(200):
         (src / "sub" / f"f{i}").write_bytes(b"x" * (100 + i))
         os.chmod(src / "sub" / f"f{i}", 0o640)
     store, catalog = str(tmp_path / "store"), tmp_path / "cat.db"
@@ -1017,5 +1023,5 @@ def test_a_umask_changed_by_another_thread_during_a_restore_does_not_change_the_
     finally:
         os.umask(old)
     got = {p.name: p.stat().st_mode & 0o7777 for p in (tmp_path / "out" / "src" / "sub").iterdir()}
-    assert len(got) == 40
+    assert len(got) == 200
     assert not res.ok or set(got.values()) == {0o640}
