@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from archiver.parallel import ordered_map
 from archiver.repository import Repository, SavedChunk
@@ -168,35 +169,53 @@ class FilesCache:
                           r.manifest, r.entry_path, now) for p, r in rows], now, moved, to)
 
     def put_values(self, values: list[tuple[Any, ...]], now: float,
-                   moved: Iterable[str] | Mapping[str, list[tuple[Any, ...]]] = (), to: str = "") -> None:
+                   moved: Iterable[str] | Mapping[str, list[tuple[Any, ...]]] = (), to: str = "",
+                   hold: Callable[[], bool] | None = None) -> bool:
         """`put` of rows already laid out as the statement takes them (path, dev, ino, size,
         mtime_ns, ctime_ns, reader, manifest, entry_path, used): a commit builds no Row
         per file. `moved` as a mapping (a commit): each manifest -> the rows this run kept
         naming it (laid out the same, naming `to`); it moves only if those are every row
         that looks it up (naming it, or a manifest moved to it), since a row this run did
         not see would otherwise take whatever `to` holds at its path (another source of
-        the same name); else its kept rows are written naming `to`."""
-        with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
-            if isinstance(moved, Mapping):
-                self._conn.executemany(_UPSERT, values)  # rewritten rows no longer name what moved
-                values, moving = [], set()
-                for old, kept in moved.items():
-                    n = self._conn.execute("SELECT count(*) FROM files WHERE manifest=? OR manifest IN "
-                                           "(SELECT old FROM moved WHERE new=?)", (old, old)).fetchone()[0]
-                    if n == len(kept):
-                        moving.add(old)
-                    else:
-                        values += kept
-                moved = moving
-            for old in set(moved) - {to}:
-                self._conn.execute("UPDATE moved SET new=? WHERE new=?", (to, old))
-                self._conn.execute("INSERT INTO moved(old, new) VALUES (?, ?) ON CONFLICT(old) DO UPDATE SET "
-                                   "new=excluded.new", (old, to))
-            self._conn.executemany(_UPSERT, values)
-            self._conn.execute("DELETE FROM files WHERE used < ?", (now - EXPIRE_S,))
-            if self._conn.execute("SELECT count(*) FROM moved").fetchone()[0] > MOVED_KEEP:
-                self._conn.execute("DELETE FROM moved WHERE old NOT IN (SELECT DISTINCT manifest FROM files)")
+        the same name); else its kept rows are written naming `to`.
+        `hold`: asked once every statement ran, the transaction still open: True commits it,
+        False rolls it back (the manifest the rows name was not committed after all).
+        Returns whether the rows were committed."""
+        try:
+            with self._conn:
+                self._put_values(values, now, moved, to)
+                if hold is not None and not hold():
+                    raise _RolledBack()
+        except _RolledBack:
+            return False
+        return True
+
+    def _put_values(self, values: list[tuple[Any, ...]], now: float,
+                    moved: Iterable[str] | Mapping[str, list[tuple[Any, ...]]], to: str) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+        if isinstance(moved, Mapping):
+            self._conn.executemany(_UPSERT, values)  # rewritten rows no longer name what moved
+            values, moving = [], set()
+            for old, kept in moved.items():
+                n = self._conn.execute("SELECT count(*) FROM files WHERE manifest=? OR manifest IN "
+                                       "(SELECT old FROM moved WHERE new=?)", (old, old)).fetchone()[0]
+                if n == len(kept):
+                    moving.add(old)
+                else:
+                    values += kept
+            moved = moving
+        for old in set(moved) - {to}:
+            self._conn.execute("UPDATE moved SET new=? WHERE new=?", (to, old))
+            self._conn.execute("INSERT INTO moved(old, new) VALUES (?, ?) ON CONFLICT(old) DO UPDATE SET "
+                               "new=excluded.new", (old, to))
+        self._conn.executemany(_UPSERT, values)
+        self._conn.execute("DELETE FROM files WHERE used < ?", (now - EXPIRE_S,))
+        if self._conn.execute("SELECT count(*) FROM moved").fetchone()[0] > MOVED_KEEP:
+            self._conn.execute("DELETE FROM moved WHERE old NOT IN (SELECT DISTINCT manifest FROM files)")
+
+
+class _RolledBack(Exception):
+    """Raised inside `put_values`' transaction to roll it back when its `hold` says no."""
 
 
 def _common_dir(paths: list[str]) -> str | None:
@@ -357,6 +376,25 @@ class FilesRun:
         before it was read (a file that changed meanwhile is left out: it is read next time)."""
         if self.cache is None:
             return
+        rows, now, moved = self._commit_rows(mid, entries)
+        try:
+            self.cache.put_values(rows, now, moved, mid)
+        except sqlite3.Error:
+            pass  # the archive stands; the next run reads these files again
+
+    def commit_when(self, mid: str, entries: Iterable[Entry]) -> "PendingCommit | None":
+        """`commit` on a thread of its own while manifest `mid` is still being committed
+        (Repository.commit_manifest's `on_id`): the rows are laid out and written meanwhile,
+        and their transaction stays open until `PendingCommit.finish` says whether `mid` was
+        committed, so a row never names a manifest that is not. None without a cache."""
+        if self.cache is None:
+            return None
+        return PendingCommit(self, mid, list(entries))
+
+    def _commit_rows(self, mid: str, entries: Iterable[Entry]
+                     ) -> tuple[list[tuple[Any, ...]], float, dict[str, list[tuple[Any, ...]]]]:
+        """The rows `commit` writes (laid out as FilesCache.put_values takes them), the time
+        they are written at, and the moved manifests' kept rows."""
         by_path = {e.path: e for e in entries if e.type == "file"}
         rows = []
         add = rows.append
@@ -376,11 +414,46 @@ class FilesRun:
                         (key, st.dev, st.ino, st.size, st.mtime_ns, st.ctime_ns, reader, mid, path, now))
                     continue
                 add((key, st.dev, st.ino, st.size, st.mtime_ns, st.ctime_ns, reader, mid, path, now))
-        try:
-            self.cache.put_values(rows, now, moved, mid)
-        except sqlite3.Error:
-            pass  # the archive stands; the next run reads these files again
+        return rows, now, moved
 
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
+
+
+class PendingCommit:
+    """A files-cache commit running beside the manifest's commit (FilesRun.commit_when): its
+    Python and SQLite work overlaps the commit's tree and root writes instead of following
+    them; its transaction commits only once `finish(True)` says the manifest was committed."""
+
+    def __init__(self, run: FilesRun, mid: str, entries: list[Entry]) -> None:
+        self.mid = mid
+        self._decided = threading.Event()
+        self._committed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(run, entries), name="files-cache-commit",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, run: FilesRun, entries: list[Entry]) -> None:
+        try:
+            rows, now, moved = run._commit_rows(self.mid, entries)
+            assert run.cache is not None
+            run.cache.put_values(rows, now, moved, self.mid, hold=self._wait)
+        except sqlite3.Error:
+            pass  # the archive stands; the next run reads these files again
+        except BaseException as e:  # noqa: BLE001 - raised by finish, on the committing thread
+            self._error = e
+
+    def _wait(self) -> bool:
+        self._decided.wait()
+        return self._committed
+
+    def finish(self, committed: bool) -> None:
+        """Commit the rows if manifest `mid` was committed, else roll them back; waits for
+        the thread, and raises what it raised unexpectedly (as `commit` would have)."""
+        self._committed = committed
+        self._decided.set()
+        self._thread.join()
+        if self._error is not None and committed:
+            raise self._error

@@ -620,7 +620,8 @@ class Repository:
     def commit_manifest(self, m: Manifest, *, sign_key: Any = None,
                         details: dict[str, Any] | None = None, policy: Any = None,
                         read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None = None,
-                        previous_trees: Mapping[str, PreviousTree] | None = None) -> Committed:
+                        previous_trees: Mapping[str, PreviousTree] | None = None,
+                        on_id: Callable[[str], None] | None = None) -> Committed:
         """Store the manifest (every chunk it names must already be durable), sign it, and
         record it in the catalog with an 'archive' audit entry. Never overwrites: an object
         already under the same id must be byte-identical, else the store holds a forgery.
@@ -636,10 +637,28 @@ class Repository:
         from `read_maps`, the maps `fanout.check_chunks_stored` has just read and checked).
         `previous_trees` (directory -> tree read earlier, e.g. by the files cache): an unchanged
         directory keeps that tree's bytes instead of serialising its entries again; a tree no
-        recorded manifest names is still parsed as the reader would."""
-        # A sealed store keeps every chunk list inline: a file map is a plaintext object, so
-        # it would publish plaintext chunk hashes next to the encrypted manifest.
-        m, made = self._committed_form_made(m, previous_trees)
+        recorded manifest names is still parsed as the reader would.
+        `on_id`: called with the manifest id once its bytes and trees are proved, before anything
+        of the commit is written (the files cache prepares its rows meanwhile, and keeps them
+        uncommitted until this returns)."""
+        # The open packs go to the store while the trees are built and proved (flush_packs
+        # below raises a failure and records them): their writes and fsyncs release the GIL
+        early = threading.Thread(target=self.write_open_packs, name="packs", daemon=True)
+        early.start()
+        try:
+            # A sealed store keeps every chunk list inline: a file map is a plaintext object, so
+            # it would publish plaintext chunk hashes next to the encrypted manifest.
+            m, made = self._committed_form_made(m, previous_trees)
+            return self._commit_made(m, made, sign_key=sign_key, details=details, policy=policy,
+                                     read_maps=read_maps, on_id=on_id)
+        finally:
+            early.join()
+
+    def _commit_made(self, m: Manifest, made: tuple[str, dict[str, bytes], dict[str, str]] | None, *,
+                     sign_key: Any, details: dict[str, Any] | None, policy: Any,
+                     read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None,
+                     on_id: Callable[[str], None] | None) -> Committed:
+        """`commit_manifest` of `m` in its committed form (`made`: its trees, if any)."""
         hot = policy.for_metadata() if policy is not None else None
         proved: list[tuple[Entry, list[tuple[str, int, str]]]] = []  # new maps, recorded in batches
         proved_refs = 0  # their chunk refs, counted as they come (not summed again per map)
@@ -684,6 +703,8 @@ class Repository:
                 except manifest_errors.ManifestError as e:
                     raise ManifestError(f"malformed manifest: its trees do not read back as the entries given "
                                         f"({e})") from None
+        if on_id is not None:
+            on_id(mid)
         self.flush_packs()  # every pack holding a chunk it names is durable before the manifest
         self._put_trees(trees, policy.for_metadata() if policy is not None else None)  # before the root naming them
         key = layout.manifest(mid)
@@ -2369,16 +2390,8 @@ class Repository:
         store's index objects stay the truth). Raises the first failure of any pack write:
         then nothing naming its chunks may be committed. Returns how many packs were written."""
         ps = self._packstate
+        self.write_open_packs()
         with ps.lock:
-            todo = [(b, pol) for b, pol in ((ps.open, ps.open_policy), (ps.open_large, ps.open_large_policy))
-                    if b is not None]
-            ps.open = ps.open_large = None
-            ps.in_flight += len(todo)
-        for builder, policy in todo:
-            self._write_pack_guarded(builder, policy)
-        with ps.lock:
-            while ps.in_flight:
-                ps.idle.wait()
             errors, ps.errors = ps.errors, []
             done, ps.unrecorded = ps.unrecorded, []
         if errors:
@@ -2393,6 +2406,22 @@ class Repository:
         except (CatalogReadOnlyError, CatalogLockedError):
             pass  # the store holds the indexes; a rebuild records them
         return len(done)
+
+    def write_open_packs(self) -> None:
+        """The store half of `flush_packs`: write the open packs and wait for packs in flight.
+        Failures are kept for `flush_packs` to raise, and nothing is recorded in the catalog,
+        so a commit runs this on a thread of its own while it builds and proves its trees."""
+        ps = self._packstate
+        with ps.lock:
+            todo = [(b, pol) for b, pol in ((ps.open, ps.open_policy), (ps.open_large, ps.open_large_policy))
+                    if b is not None]
+            ps.open = ps.open_large = None
+            ps.in_flight += len(todo)
+        for builder, policy in todo:
+            self._write_pack_guarded(builder, policy)
+        with ps.lock:
+            while ps.in_flight:
+                ps.idle.wait()
 
     def _pack_locations(self, h: str) -> list[PackLocation]:
         return self._pack_locations_many([h]).get(h, [])

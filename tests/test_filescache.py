@@ -549,10 +549,10 @@ def puts(monkeypatch) -> list[tuple[list[str], set[str], str]]:
     seen: list[tuple[list[str], set[str], str]] = []
     real = FilesCache.put_values
 
-    def counting(self, values, now, moved=(), to=""):
+    def counting(self, values, now, moved=(), to="", hold=None):
         values = list(values)
         seen.append(([v[0] for v in values], set(moved), to))
-        return real(self, values, now, moved, to)  # as given: a commit's mapping of kept rows
+        return real(self, values, now, moved, to, hold)  # as given: a commit's mapping of kept rows
     monkeypatch.setattr(FilesCache, "put_values", counting)
     return seen
 
@@ -657,3 +657,38 @@ def test_a_row_no_run_sees_keeps_its_manifest_from_moving_for_one_run_only(repo,
         assert dict(db.execute("SELECT old, new FROM moved")).get(third.id) == fourth.id
     finally:
         db.close()
+
+
+def test_cache_rows_are_written_beside_the_commit_and_kept_only_if_it_commits(repo, tmp_path, monkeypatch):
+    """The rows of a run are laid out and written while the manifest commits, in a
+    transaction that commits only once the manifest is: while the root manifest is being
+    written no row names it, a commit that fails leaves no row, and the cache stays writable."""
+    from archiver.errors import StoreError
+    src = _many_files(tmp_path / "src" / "tree", 6)
+    db = cache_path(repo.catalog_path)
+    seen: list[int] = []
+    real = Repository._put
+
+    def at_root(self, key, data, policy):
+        if key.startswith(layout.MANIFESTS):
+            seen.append(_rows_in(db))  # what another process sees while the root is written
+            if len(seen) == 1:
+                raise StoreError("disk full")
+        return real(self, key, data, policy)
+    monkeypatch.setattr(Repository, "_put", at_root)
+    with pytest.raises(StoreError):
+        pipeline_archive(repo, [src], name="m")
+    assert _rows_in(db) == 0  # rolled back with the failed commit
+    res = pipeline_archive(repo, [src], name="m")
+    assert seen == [0, 0]  # not visible before the manifest is committed
+    assert _rows_in(db) == 6 and res.files == 6
+    again = pipeline_archive(repo, [src], name="m")
+    assert again.files_reused == 6
+
+
+def _rows_in(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT count(*) FROM files").fetchone()[0]
+    finally:
+        conn.close()

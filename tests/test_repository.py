@@ -267,3 +267,30 @@ def test_prove_stored_chunks_pack_by_pack_names_each_bad_chunk(tmp_path):
         assert isinstance(bad[victim.hash], CorruptChunkError) and pack in str(bad[victim.hash])
         assert isinstance(bad[ghost.hash], ObjectMissingError)
         assert len([c for c in calls if c[1] > victim.stored_size]) == 1  # the pack: one span for all 30
+
+
+@pytest.mark.packs
+def test_commit_writes_the_open_pack_beside_its_trees_and_before_the_root(tmp_path):
+    """The open pack goes to the store on a thread of its own while the commit builds and
+    proves its trees; the root manifest is still written only once the pack and its index
+    are durable, and the pack is recorded in the catalog by the commit."""
+    import threading
+    from archiver.pipeline import archive
+    src = tmp_path / "src"
+    for i in range(20):
+        (src / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 3}" / f"f{i}").write_bytes(os.urandom(1000 + i))
+    settings = Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db")
+    order: list[tuple[str, str]] = []
+    with Repository.open(settings, create=True) as r:
+        real = r._put
+        r._put = lambda key, data, policy: order.append((key, threading.current_thread().name)) or \
+            real(key, data, policy)
+        res = archive(r, [src], name="m")
+        root = [i for i, (k, _) in enumerate(order) if k.startswith(layout.MANIFESTS)]
+        packed = [i for i, (k, _) in enumerate(order) if k.startswith((layout.PACKS, layout.PACK_INDEXES))]
+        assert len(root) == 1 and len(packed) == 2 and max(packed) < root[0]
+        assert {order[i][1] for i in packed} == {"packs"}  # not the committing thread
+        stored = {c.hash for c in r.load_manifest(res.id).unique_chunks().values()}
+    with Repository.open(settings) as r:  # a fresh process state: the catalog's rows answer
+        assert set(r.pack_positions(stored)) == stored
