@@ -705,8 +705,12 @@ class Repository:
                                         f"({e})") from None
         if on_id is not None:
             on_id(mid)
-        self.flush_packs()  # every pack holding a chunk it names is durable before the manifest
-        self._put_trees(trees, policy.for_metadata() if policy is not None else None)  # before the root naming them
+        # the trees go to the store (before the root naming them) while the packs are flushed and
+        # recorded: both are durable before the root is written, in either order
+        with ThreadPoolExecutor(1, thread_name_prefix="trees") as put:
+            trees_put = put.submit(self._put_trees, trees, policy.for_metadata() if policy is not None else None)
+            self.flush_packs()  # every pack holding a chunk it names is durable before the manifest
+            trees_put.result()
         key = layout.manifest(mid)
         hot = policy.for_metadata() if policy is not None else None
         if self._sealer is not None:
