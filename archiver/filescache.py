@@ -43,7 +43,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from archiver.parallel import ordered_map
 from archiver.repository import Repository, SavedChunk
@@ -90,9 +90,9 @@ def cache_path(catalog_path: Path) -> Path:
     return catalog_path.with_name(catalog_path.name + SUFFIX)
 
 
-@dataclass(frozen=True)
-class FileStat:
-    """What must be equal for a file to count as unchanged."""
+class FileStat(NamedTuple):
+    """What must be equal for a file to count as unchanged. A tuple, not a dataclass: one is
+    made per source file before the first file is read (a serial step of every archive)."""
 
     dev: int
     ino: int

@@ -2289,10 +2289,14 @@ class Repository:
         ps = self._packstate
         with ps.lock:
             pending = ps.pending.get(h)
+            # with a batch's hints, a chunk in no pack this process wrote or knows of, nor in a
+            # recorded one (every new small file's), has no location to look up
+            nowhere = hints is not None and h not in hints.packed and ps.store_map is None and \
+                h not in ps.written and h not in ps.written_at
         if pending is not None:
             return SavedChunk(pending[0], pending[1], False)
         locs = self._pack_locations(h) if hints is None else \
-            self._pack_locations_many([h], hints.packed).get(h, [])
+            [] if nowhere else self._pack_locations_many([h], hints.packed).get(h, [])
         for loc in locs:
             codec = self._proved_in_pack(loc).get(h)
             if codec is not None:
