@@ -157,6 +157,12 @@ class FilesCache:
                 out[p] = Row(FileStat(dev, ino, size, mt, ct), reader, mid, ep, used)
         return out
 
+    def any_under(self, tops: Iterable[str]) -> bool:
+        """Whether any row's path is one of `tops` or lies below one (one range probe each)."""
+        q = "SELECT 1 FROM files WHERE path = ? OR (path >= ? AND path < ?) LIMIT 1"
+        return any(self._conn.execute(q, (t, t.rstrip("/") + "/", t.rstrip("/") + "0")).fetchone() is not None
+                   for t in tops)
+
     def moved(self) -> dict[str, str]:
         """old manifest -> the manifest its rows' reused entries moved to (one hop: see put)."""
         return dict(self._conn.execute("SELECT old, new FROM moved"))
@@ -249,37 +255,65 @@ class FilesRun:
     rows: dict[str, Row] = field(default_factory=dict)     # abspath -> its row as `start` read it
     came_from: dict[str, str] = field(default_factory=dict)  # abspath -> manifest its candidate entry is in
     moved: dict[str, str] = field(default_factory=dict)    # the cache's `moved` rows, as read
+    # files whose keys and stats are made only when the rows are (`_keyed`): no row of the
+    # cache lies under any PATH archived, so nothing is looked up before the first read
+    deferred: list[Source] = field(default_factory=list)
 
     @classmethod
     def start(cls, repo: Repository, sources: Iterable[Source], policy: Any, *, reread: bool = False,
               trust_verified_within: float | None = None, write_policy: Any = None,
               workers: int = 2) -> "FilesRun":
         run = cls(repo, f"{READER_VERSION}:{policy!r}", FilesCache.open(cache_path(repo.catalog_path)))
-        for s in sources:
-            if s.is_dir or s.is_link:
-                continue
-            key = str(s.abspath)
-            run.keys[s.path] = key
-            if s.seen is not None:  # the scan's stat: taken before any read, as a stat here would be
-                run.stats[key] = FileStat(*s.seen)
-                continue
-            try:
-                st = os.stat(key, follow_symlinks=s.followed)
-            except OSError:
-                continue  # the read reports it
-            if (st.st_dev, st.st_ino) == (s.dev, s.ino):
-                run.stats[key] = FileStat.of(st)
-        if run.cache is None or reread or repo.sealed:  # sealed: a write-only host cannot prove by decrypting
+        sources = list(sources)
+        files = [s for s in sources if not s.is_dir and not s.is_link]
+        lookup = run.cache is not None and not reread and not repo.sealed
+        # a tree this host never archived (a first archive): its keys and the scan's stats are
+        # made with the rows, beside the manifest's commit, not in the serial head of the run
+        if all(s.seen is not None for s in files) and \
+                (not lookup or not run._rows_under([str(s.abspath) for s in sources if s.parent is None])):
+            run.deferred = files
+            return run
+        run._key(files)
+        if not lookup:  # sealed: a write-only host cannot prove by decrypting
             return run
         try:
-            rows = run.rows = run.cache.rows(run.stats)
-            run.moved = run.cache.moved()
+            rows = run.rows = run.cache.rows(run.stats)  # type: ignore[union-attr]
+            run.moved = run.cache.moved()  # type: ignore[union-attr]
         except sqlite3.Error:
             return run
         changed: list[Entry] = []  # with a trust window: the previous entries of changed files
         candidates = run._candidates(rows, changed if trust_verified_within is not None else None)
         run.hits = run._proved(candidates, trust_verified_within, write_policy, workers, changed)
         return run
+
+    def _rows_under(self, tops: list[str]) -> bool:
+        """Whether the cache may hold a row for a file at or below one of `tops` (the PATHs
+        archived): True if it cannot tell."""
+        try:
+            return self.cache is not None and self.cache.any_under(tops)
+        except sqlite3.Error:
+            return True
+
+    def _keyed(self) -> None:
+        """Make the keys and stats `start` deferred (from the scan's stats, taken before any read)."""
+        files, self.deferred = self.deferred, []
+        if files:
+            self._key(files)
+
+    def _key(self, files: Iterable[Source]) -> None:
+        """Each file's key (its absolute path) and its stat before any read."""
+        for s in files:
+            key = str(s.abspath)
+            self.keys[s.path] = key
+            if s.seen is not None:  # the scan's stat: taken before any read, as a stat here would be
+                self.stats[key] = FileStat(*s.seen)
+                continue
+            try:
+                st = os.stat(key, follow_symlinks=s.followed)
+            except OSError:
+                continue  # the read reports it
+            if (st.st_dev, st.st_ino) == (s.dev, s.ino):
+                self.stats[key] = FileStat.of(st)
 
     def seed(self, done: dict[str, SavedChunk]) -> None:
         """Give the run's chunk writer the chunks proved here, so that a file read after all
@@ -362,6 +396,8 @@ class FilesRun:
 
     def entry(self, src: Source) -> Entry | None:
         """The proved entry of an unchanged file, under its path and mode of this run; None: read it."""
+        if not self.hits:
+            return None
         e = self.hits.get(self.keys.get(src.path) or str(src.abspath))
         if e is None:
             return None
@@ -395,6 +431,7 @@ class FilesRun:
                      ) -> tuple[list[tuple[Any, ...]], float, dict[str, list[tuple[Any, ...]]]]:
         """The rows `commit` writes (laid out as FilesCache.put_values takes them), the time
         they are written at, and the moved manifests' kept rows."""
+        self._keyed()
         by_path = {e.path: e for e in entries if e.type == "file"}
         rows = []
         add = rows.append

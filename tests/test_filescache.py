@@ -692,3 +692,26 @@ def _rows_in(db: Path) -> int:
         return conn.execute("SELECT count(*) FROM files").fetchone()[0]
     finally:
         conn.close()
+
+
+def test_a_tree_with_no_cache_row_under_it_is_keyed_only_with_its_rows(repo, tmp_path, reads, monkeypatch):
+    """A first archive of a tree (no row of the cache at or below its PATH) makes no key or
+    stat before its files are read: they are made from the scan's stats with the rows,
+    beside the commit, and the next run reuses every file. Rows under another tree do not
+    count; a tree with rows is looked up before any read, as always."""
+    from archiver.filescache import FilesRun
+    events: list[str] = []
+    real_key = FilesRun._key
+    monkeypatch.setattr(FilesRun, "_key", lambda self, files: events.append("key") or real_key(self, files))
+    real_open = pipeline.open_settled
+    monkeypatch.setattr(pipeline, "open_settled", lambda src, *more: events.append("read") or real_open(src, *more))
+    a = _many_files(tmp_path / "src" / "a", 9)
+    b = _many_files(tmp_path / "src" / "b", 6)
+    for src, n in ((a, 9), (b, 6)):  # b: the cache holds rows, but only under a
+        events.clear()
+        assert pipeline_archive(repo, [src], name=src.name).files_reused == 0
+        assert events.count("read") == n and events.index("key") > max(i for i, e in enumerate(events) if e == "read")
+    for src, n in ((a, 9), (b, 6)):
+        events.clear()
+        assert pipeline_archive(repo, [src], name=src.name).files_reused == n
+        assert events == ["key"]  # looked up before any read, and nothing read
