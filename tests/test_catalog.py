@@ -1437,3 +1437,66 @@ def test_chunk_rows_inserted_as_json_are_those_bound_row_by_row(tmp_path, monkey
         assert max(r[1] for r in chunks) >= 2 ** 32 and filemaps[1][3] >= 60 * 2 ** 32
     assert [f[3] is None for f in filemaps] == ([False] * 4 if case != "some-known"
                                                 else [False, True, True, False, False])
+
+
+def _edge_batches(seed: int) -> list[list[tuple[Entry, list[tuple[str, int, str]]]]]:
+    """Batches of file maps over a small pool of hashes: chunk keys at both int64 ends and
+    around the bias, two hashes sharing a key, keys repeated within a map, chunks known from
+    an earlier batch (with other sizes), stored sizes at 0, 2**32 - 1 and 2**32 and more."""
+    import random
+    rnd = random.Random(seed)
+    pool = ["%064x" % rnd.getrandbits(256) for _ in range(rnd.randrange(1, 60))]
+    pool += [p + "%048x" % rnd.getrandbits(192) for p in ("0" * 16, "f" * 16, "8" + "0" * 15, "7" + "f" * 15)]
+    if rnd.random() < 0.3:
+        pool.append(pool[0][:16] + "%048x" % rnd.getrandbits(192))  # same chunk key, another hash
+    batches = []
+    for b in range(rnd.randrange(1, 4)):
+        maps = []
+        for m in range(rnd.randrange(1, 5)):
+            edgy = rnd.random() < 0.3 and (b, m) != (0, 0)  # the first map: distinct keys, packable sizes
+            picked = [rnd.choice(pool) for _ in range(rnd.randrange(1, 30))]
+            recs = [(c, rnd.choice([0, 1, 2 ** 32 - 1, 2 ** 32, 2 ** 40]) if edgy else int(c[-6:], 16),
+                     rnd.choice(["zstd", "bg2", "raw"])) for c in picked]
+            if (b, m) == (0, 0) or rnd.random() < 0.8:  # usually each chunk once per map
+                recs = list({c: (c, s, k) for c, s, k in reversed(recs)}.values())
+            e = Entry(path=f"f{b}.{m}.bin", type="file", mode=0o644, size=10 * len(recs), mtime_ns=1,
+                      blake3=h(f"b3{seed}/{b}/{m}"), sha256=h(f"sha{seed}/{b}/{m}"), filemap=h(f"map{seed}/{b}/{m}"),
+                      chunk_count=len(recs))
+            maps.append((e, recs))
+        batches.append(maps)
+    return batches
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_json_rows_equal_bound_rows_and_record_filemaps_names_the_maps_not_fresh(tmp_path, monkeypatch, seed):
+    """Review of the JSON bulk rows (branch commit2s) at the edges: over batches of maps with
+    keys at the int64 ends, shared keys, repeats, known chunks and sizes that cannot be
+    packed, in slices of 3, the JSON path leaves exactly the rows the bound path leaves, and
+    record_filemaps returns exactly the maps it recorded whose fresh_stored is NULL (those
+    commit_manifest hands to record_manifest instead of fetching them again)."""
+    from manifests import jsonrows
+    from manifests.filemapbin import MapRecords
+    monkeypatch.setattr(jsonrows, "SLICE", 3)
+    monkeypatch.setattr(catalog_module, "_INSERT_SLICE", 3)
+    batches = _edge_batches(seed)
+    texts = []
+    rows_text = jsonrows.rows_text
+    monkeypatch.setattr(jsonrows, "rows_text", lambda *a: texts.append(1) or rows_text(*a))
+    got, returned = {}, {}
+    for form in ("json", "bound"):
+        if form == "bound":
+            monkeypatch.setattr(jsonrows, "packable", lambda low, high: False)
+        path = tmp_path / form / "catalog.db"
+        c = Catalog(path, STORE)
+        try:
+            returned[form] = []
+            for maps in batches:
+                before = {row[0] for row in _tables(path)[1]}
+                returned[form].append(c.record_filemaps([(e, MapRecords.from_triples(r)) for e, r in maps]))
+                not_fresh = {m for m, _, _, fresh in _tables(path)[1] if fresh is None and m not in before}
+                assert returned[form][-1] == not_fresh
+        finally:
+            c.close()
+        got[form] = _tables(path)
+    assert texts  # the JSON path was taken (at least for the first map)
+    assert got["json"] == got["bound"] and returned["json"] == returned["bound"]
