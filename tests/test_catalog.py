@@ -1500,3 +1500,34 @@ def test_json_rows_equal_bound_rows_and_record_filemaps_names_the_maps_not_fresh
         got[form] = _tables(path)
     assert texts  # the JSON path was taken (at least for the first map)
     assert got["json"] == got["bound"] and returned["json"] == returned["bound"]
+
+
+def test_a_slice_failing_on_the_second_thread_rolls_back_every_row_of_the_batch(tmp_path, monkeypatch):
+    """Review of commit2s: the JSON inserts run on a second thread, in the caller's write
+    transaction. A slice that fails there (here a trigger refuses the largest key: the last
+    row of its codec's pass, after that pass's earlier slices went in) raises in the caller, and the whole batch is undone: no chunk row (not even those of
+    slices already inserted on that thread), no file map row."""
+    from manifests import jsonrows
+    from manifests.filemapbin import MapRecords
+    monkeypatch.setattr(jsonrows, "SLICE", 3)
+    monkeypatch.setattr(catalog_module, "_INSERT_SLICE", 3)
+    threads = []
+    each_text = jsonrows.each_text
+    monkeypatch.setattr(jsonrows, "each_text", lambda conn, sql, texts: each_text(
+        conn, sql, (threads.append(sql) or t for t in texts)))
+    maps = _random_maps(3, 4, 30)
+    path = tmp_path / "catalog.db"
+    c = Catalog(path, STORE)
+    try:
+        bad = max(chunk_key(hx) for _, recs in maps for hx, _, _ in recs)
+        raw = sqlite3.connect(path)
+        raw.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON chunks WHEN NEW.key = {bad} "
+                    "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        raw.commit()
+        raw.close()
+        with pytest.raises(sqlite3.IntegrityError, match="refused"):
+            c.record_filemaps([(e, MapRecords.from_triples(r)) for e, r in maps])
+    finally:
+        c.close()
+    assert any(sql.startswith("INSERT") for sql in threads)  # the inserts ran slice by slice on the second thread
+    assert _tables(path) == ([], [])
