@@ -1531,3 +1531,38 @@ def test_a_slice_failing_on_the_second_thread_rolls_back_every_row_of_the_batch(
         c.close()
     assert any(sql.startswith("INSERT") for sql in threads)  # the inserts ran slice by slice on the second thread
     assert _tables(path) == ([], [])
+
+
+def test_a_known_key_the_sample_missed_undoes_the_second_threads_inserts_to_the_savepoint(tmp_path, monkeypatch):
+    """Review of commit2s: maps recorded together whose sampled keys are all new go in at
+    once under a savepoint; one chunk the sample missed is already known, so that insert is
+    undone (ROLLBACK TO: its slices ran on the second thread) and only the unknown keys go in
+    again. The rows and freshness are those the bound path leaves, and the rows were written
+    twice as JSON (all, then all but the known one): the savepoint path was taken."""
+    from manifests import jsonrows
+    from manifests.filemapbin import MapRecords
+    monkeypatch.setattr(jsonrows, "SLICE", 50)
+    monkeypatch.setattr(catalog_module, "_INSERT_SLICE", 50)
+    maps = _random_maps(9, 3, 400)
+    keys = sorted(chunk_key(hx) for _, recs in maps for hx, _, _ in recs)
+    sampled = set(keys[::max(1, len(keys) // 256)])  # as _insert_map_keys samples them
+    missed = next(rec for _, recs in maps for rec in recs if chunk_key(rec[0]) not in sampled)
+    known = (dataclasses.replace(maps[0][0], filemap=h("known"), chunk_count=1), [(missed[0], 7, "raw")])
+    rows = []
+    rows_text = jsonrows.rows_text
+    monkeypatch.setattr(jsonrows, "rows_text", lambda k, *a: rows.append(len(k)) or rows_text(k, *a))
+    got = {}
+    for form in ("json", "bound"):
+        if form == "bound":
+            monkeypatch.setattr(jsonrows, "packable", lambda low, high: False)
+        c = Catalog(tmp_path / form / "catalog.db", STORE)
+        try:
+            c.record_filemaps([(known[0], MapRecords.from_triples(known[1]))])
+            got[form] = c.record_filemaps([(e, MapRecords.from_triples(r)) for e, r in maps])
+        finally:
+            c.close()
+        got[form] = (got[form], _tables(tmp_path / form / "catalog.db"))
+    assert sum(rows) == 1 + 2 * len(keys) - 1  # the known map's one row; then all keys, then all but the known one
+    assert got["json"] == got["bound"]
+    assert [f[3] is None for f in got["json"][1][1]] == [False] + [missed in recs for _, recs in maps]
+    assert got["json"][0] == {e.filemap for e, recs in maps if missed in recs}
