@@ -12,13 +12,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from archiver import checker, fixity, restorer, storecheck  # costs, pipeline: imported where used (start-up)
-from archiver import thaw as thaw_mod
+from archiver import fixity, storecheck  # checker, restorer, thaw, costs, pipeline: imported where used (start-up)
 from archiver.errors import InvalidOptionError, translated
 from archiver.progress import Progress
 from archiver.repository import EventLog, RebuildResult, Repository
 from archiver.retention import STORAGE_CLASSES, WritePolicy, iso, make_policy, parse_date
-from archiver.thaw import ThawOptions
 from archiver.settings import Settings
 from archiver.stores import Store
 from archiver.stores import open_store as _open_store
@@ -27,19 +25,23 @@ from manifests.model import Manifest
 
 if TYPE_CHECKING:
     from archiver import costs, pipeline
+    from archiver.checker import VerifyReport
+    from archiver.restorer import RestoreResult
+    from archiver.thaw import ThawOptions
     from archiver.copies import CopiesReport
     from archiver.pipeline import ArchiveResult
     from archiver.repair import RepairResult
     from archiver.replicate import ReplicateResult
-
-VerifyReport = checker.VerifyReport
-RestoreResult = restorer.RestoreResult
 
 # Result types of the commands a verify or restore does not run: loaded on first use, so
 # those commands do not import the archive pipeline (its readers, chunker and files cache),
 # repair, replicate or copies (start-up of every run; tests/test_cli_process.py).
 _LAZY = {"ArchiveResult": "archiver.pipeline", "CopiesReport": "archiver.copies",
          "RepairResult": "archiver.repair", "ReplicateResult": "archiver.replicate"}
+# Likewise verify's and restore's (an archive does not import the checker, the restorer or
+# thaw: ~20 ms of its single-threaded start-up; bench/RESULTS.md, branch wall2).
+_LAZY.update({"VerifyReport": "archiver.checker", "RestoreResult": "archiver.restorer",
+              "ThawOptions": "archiver.thaw"})
 
 
 def __getattr__(name: str) -> Any:
@@ -245,6 +247,7 @@ def verify(refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool =
                                                          f"verifies run with the local executor")
                 from archiver.sealaudit import verify_sealed
                 return verify_sealed(r, list(refs), all_archives=all_archives, trusted=trusted)
+            from archiver import checker
             return checker.verify(r, list(refs), all_archives=all_archives, deep=deep, sample=sample,
                                   trusted=trusted, progress=progress, max_bytes=max_bytes, max_seconds=max_seconds,
                                   sign_key=key, retention=retention, retain_until=until, thaw=thaw, executor=ex)
@@ -271,6 +274,7 @@ def restore(ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (), f
             if r.sealed:  # every key this archive needs is opened before anything is written
                 r.require_identities()
                 r.open_run_keys(r.resolve(ref))
+            from archiver import restorer
             return restorer.restore(r, ref, dest, include=include, force=force, trusted=trusted, progress=progress,
                                     preserve_special_bits=preserve_special_bits, thaw=thaw, executor=ex)
     finally:
@@ -417,6 +421,7 @@ def repair(refs: Iterable[str] = (), *, sources: Iterable[str] = (), all_archive
     the store names (`copies_add`). `sample`: read only that fraction of the chunks (least
     recently verified first) besides those LIST shows missing or wrong-sized."""
     rep = importlib.import_module("archiver.repair")  # the package's own `repair` is this function
+    from archiver import checker
     checker.check_sample(sample)
     from archiver.errors import UsageError
     s = settings or Settings.resolve(store, catalog)
@@ -535,6 +540,8 @@ def restore_plan(ref: str, *, include: Iterable[str] = (), tier: str = "Bulk", p
     with _repo(repo, store, catalog, settings=settings, read_only=True) as r:
         mid = r.resolve(ref)
         m = r.load_manifest(mid)
+        from archiver import restorer
+        from archiver import thaw as thaw_mod
         chosen = [e for e in restorer.select(m.entries, include) if e.is_file]
         chunks = thaw_mod.needed(chosen)
         st = thaw_mod.survey(r, chunks) if r.has_storage_classes() else thaw_mod.ThawStatus(chunks=len(chunks))

@@ -314,14 +314,41 @@ def _prove_one_chunk(repo: Repository, e: Entry, progress: Progress) -> FileProo
     return _one_chunk_proof(e, repo.try_read_chunk(e.chunks[0]), progress)
 
 
+# The proof of a one-chunk file whose chunk was read intact (re-hashed on read), is the
+# whole file (its hash is the file's BLAKE3) and whose SHA-256 matched: what nearly every
+# small file's proof is, so `_prove_batch` returns this one marker for each rather than an
+# object of its own, and `_deep` counts it from the entry (its one chunk, read intact).
+INTACT_ONE = FileProof(hashed=True)
+
+
 def _prove_batch(repo: Repository, batch: list[Entry], pool: ThreadPoolExecutor, progress: Progress) -> list[FileProof]:
     """`_prove_file` of each small file of `batch` (in pack order): the one-chunk files'
     chunks are read together (`Repository.read_chunks`: each planned span of a pack once,
-    every chunk decoded and re-hashed), the others streamed."""
+    every chunk decoded and re-hashed), the others streamed. An intact one-chunk file is
+    INTACT_ONE; progress advances once for the batch's one-chunk files."""
     ones = [e for e in batch if len(e.chunks) == 1]
     got = iter(repo.read_chunks([e.chunks[0] for e in ones]))
-    return [_one_chunk_proof(e, next(got), progress) if len(e.chunks) == 1 else
-            _prove_empty(e) if not e.chunks else _prove_file(repo, e, pool, 2, progress) for e in batch]
+    out: list[FileProof] = []
+    append = out.append
+    done = 0
+    for e in batch:
+        if len(e.chunks) != 1:
+            append(_prove_empty(e) if not e.chunks else _prove_file(repo, e, pool, 2, progress))
+            continue
+        data = next(got)
+        if isinstance(data, ArchiverError) or e.chunks[0].hash != e.blake3:
+            append(_one_chunk_proof(e, data, progress))
+            continue
+        done += len(data)
+        digest = FileDigest(True, blake3=False)  # its BLAKE3 is the chunk's, proved on read
+        digest.update(data)
+        if digest.matches(e):
+            append(INTACT_ONE)
+        else:
+            append(FileProof([(e.chunks[0].hash, True)], bytes_read=len(data), hashed=True, hash_mismatch=True))
+    if done:
+        progress.advance(done)
+    return out
 
 
 def _prove_empty(e: Entry) -> FileProof:
@@ -436,14 +463,29 @@ def _deep(repo: Repository, manifests: dict[str, Manifest], nworkers: int, repor
                 for (k, _e), proof in zip(batch, got):
                     proofs[k] = proof
     seen = bytearray(len(unique))
+    chunks = report._chunks
+    intact = intact_bytes = later = 0  # INTACT_ONE proofs: at their first use, and later ones
     for mid, e, k in uses:
-        first = not seen[k]
-        seen[k] = 1
-        if not first:
-            progress.advance(e.size)
         proof = proofs[k]
+        if seen[k]:
+            progress.advance(e.size)
+            if proof is INTACT_ONE:
+                later += 1
+                continue
+            _apply(report, mid, e, proof, False)
+            continue
+        seen[k] = 1
+        if proof is INTACT_ONE:  # as _apply counts it: one intact chunk read, the file proved
+            intact += 1
+            intact_bytes += e.chunks[0].length
+            chunks.setdefault(e.chunks[0].hash, True)  # (one found damaged elsewhere stays so)
+            continue
         assert proof is not None
-        _apply(report, mid, e, proof, first)
+        _apply(report, mid, e, proof, True)
+    report.files_hashed += intact + later
+    report.files_proven_earlier += later
+    report.chunks_read += intact
+    report.bytes_read += intact_bytes
 
 
 def budgeted(order: list[str], sizes: dict[str, int], fraction: float, max_bytes: int | None) -> list[str]:

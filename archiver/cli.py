@@ -9,20 +9,21 @@ import os
 import re
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from archiver import api, malloc
-from archiver.checker import check_budget, check_sample
 from archiver.errors import ArchiverError, EmptyCatalogError, InvalidOptionError, NoStoreError, UsageError
 from archiver.executors import MissingExtraError
 from archiver.progress import Progress, human_bytes
 from archiver.repository import Repository
 from archiver.settings import Settings
-from archiver.thaw import ThawOptions, ThawStatus, expected_hours
 from manifests.fields import model_summary
 from manifests.paths import BIDI_CONTROLS
+
+if TYPE_CHECKING:  # the checker and thaw are imported by the commands that use them (archive's start-up)
+    from archiver.thaw import ThawStatus
 
 
 class Ctx:
@@ -314,6 +315,8 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
         raise UsageError("give REF... or --all (not both)")
     budget_bytes = None if max_bytes is None else parse_size(max_bytes, "max_bytes")
     budget_seconds = None if max_seconds is None else parse_duration(max_seconds, "max_seconds")
+    from archiver.checker import check_budget, check_sample
+    from archiver.thaw import ThawOptions
     sample = check_budget(deep, sample, budget_bytes, budget_seconds)
     check_sample(sample)  # usage errors before the store is opened
     trusted = api.trusted_keys(trust_key)
@@ -401,6 +404,7 @@ def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bo
                 click.echo(f"  {cls} {name}: ${row['total']:.4f}{_hours(row['hours'])}")
         click.echo(f"prices as of {p['prices_as_of']}; re-run with --thaw --tier {tier} to restore")
         return
+    from archiver.thaw import ThawOptions, expected_hours
     trusted = api.trusted_keys(trust_key)
     options = None
     if thaw:
@@ -711,6 +715,7 @@ def repair_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, from_: tuple[str, ...]
     if anything could not be healed."""
     if refs and all_:
         raise UsageError("give REF... or --all (not both)")
+    from archiver.checker import check_sample
     check_sample(sample)
     res = api.repair(refs, sources=from_, all_archives=all_, dry_run=dry_run, sample=sample,
                      settings=Settings.resolve(c.store, c.catalog))

@@ -107,6 +107,22 @@ class Encoded:
     codec: str  # "raw", "zstd", or "bg<width>" (byte-grouped planes)
 
 
+class EncodedParts:
+    """An encoded object not yet joined (Codec.encode_parts): its pieces, total size and codec
+    name. A plain class, not a dataclass: one fewer class to generate at import."""
+
+    __slots__ = ("parts", "size", "codec")
+
+    def __init__(self, parts: list[bytes | memoryview], codec: str) -> None:
+        self.parts = parts
+        self.size = sum(len(p) for p in parts)
+        self.codec = codec
+
+    def join(self) -> Encoded:
+        """The object as one bytes (what `encode` returns)."""
+        return Encoded(b"".join(self.parts), self.codec)
+
+
 @dataclass(frozen=True)
 class _Section:
     codec: int
@@ -258,8 +274,9 @@ class Codec:
 
         Why: a fresh multi-MiB buffer per chunk is fresh pages to fault in and zero (or
         at best a trip through malloc), which cost as much as the copy itself. The
-        buffer only grows (to the largest chunk seen); it never leaves the codec: what
-        is returned to callers is always copied out (_assemble) or freshly allocated."""
+        buffer only grows (to the largest chunk seen); it never leaves the codec but in
+        `encode_parts`' raw planes (views, valid until this thread's next codec call): what
+        else is returned to callers is always copied out (_assemble) or freshly allocated."""
         bufs = getattr(self._local, "scratch", None)
         if bufs is None:
             bufs = self._local.scratch = {}
@@ -366,12 +383,36 @@ class Codec:
         packed = comp.compress(payload)
         return packed if len(packed) < n else None
 
+    def encode_parts(self, raw: bytes | memoryview, width: int = 0) -> EncodedParts:
+        """`encode`, without joining the object: its pieces in order (header and descriptors,
+        then each section's payload), for a store that writes pieces one after the other
+        (LocalStore.put_parts_if_absent): the join is one more copy of every stored byte,
+        into fresh pages. Same checks (every zstd frame round-trips), same bytes once joined.
+
+        A raw plane is a view of this thread's plane buffer: the parts are valid only until
+        this thread's next call into this codec, so write (or `join`) them before that."""
+        data = _byte_view(raw)
+        if len(data) > MAX_CHUNK_LENGTH:
+            raise EncodeError(None, f"chunk of {len(data)} bytes is longer than the {MAX_CHUNK_LENGTH} a chunk can be")
+        if width in GROUP_WIDTHS and len(data) >= GROUP_MIN_BYTES:
+            grouped = self._plane_sections(data, width)
+            if grouped is not None:
+                return EncodedParts(_assemble_parts(TRANSFORM_PLANES, width, len(data), grouped), f"bg{width}")
+        codec, payload = self._squeeze(data, self.level)
+        return EncodedParts(_assemble_parts(TRANSFORM_NONE, 0, len(data), [(codec, payload, len(data))]),
+                            "zstd" if codec == CODEC_ZSTD else "raw")
+
     def _encode_plain(self, data: bytes | memoryview) -> Encoded:
         codec, payload = self._squeeze(data, self.level)
         obj = _assemble(TRANSFORM_NONE, 0, len(data), [(codec, payload, len(data))])
         return Encoded(obj, "zstd" if codec == CODEC_ZSTD else "raw")
 
     def _encode_planes(self, data: bytes | memoryview, width: int) -> Encoded | None:
+        sections = self._plane_sections(data, width)
+        return None if sections is None else Encoded(_assemble(TRANSFORM_PLANES, width, len(data), sections),
+                                                     f"bg{width}")
+
+    def _plane_sections(self, data: bytes | memoryview, width: int) -> list[tuple[int, bytes | memoryview, int]] | None:
         # Planes go into this thread's reused buffer (split_planes: vectorised, releases
         # the GIL, so two worker threads really use two cores); raw planes are views of
         # it that _assemble copies into the object before the buffer is used again.
@@ -388,7 +429,7 @@ class Codec:
         if not any_zstd:
             return None
         sections.append((CODEC_RAW, data[body:], n - body))
-        return Encoded(_assemble(TRANSFORM_PLANES, width, n, sections), f"bg{width}")
+        return sections
 
     # -- decode -------------------------------------------------------------------
 
@@ -491,12 +532,19 @@ def max_object_size(length: int) -> int:
 def _assemble(
     transform: int, width: int, raw_length: int, sections: list[tuple[int, bytes | memoryview, int]]
 ) -> bytes:
-    parts: list[bytes | memoryview] = [
-        HEADER.pack(MAGIC, VERSION, transform, width, len(sections), raw_length)
-    ]
-    parts.extend(DESCRIPTOR.pack(codec, _ZERO7, len(payload), rl) for codec, payload, rl in sections)
-    parts.extend(payload for _, payload, _ in sections)
-    return b"".join(parts)
+    return b"".join(_assemble_parts(transform, width, raw_length, sections))
+
+
+def _assemble_parts(
+    transform: int, width: int, raw_length: int, sections: list[tuple[int, bytes | memoryview, int]]
+) -> list[bytes | memoryview]:
+    """The object's pieces in order: header and descriptors as one small bytes, then each
+    section's payload (empty ones left out: they add nothing to the object)."""
+    head = [HEADER.pack(MAGIC, VERSION, transform, width, len(sections), raw_length)]
+    head.extend(DESCRIPTOR.pack(codec, _ZERO7, len(payload), rl) for codec, payload, rl in sections)
+    parts: list[bytes | memoryview] = [b"".join(head)]
+    parts.extend(payload for _, payload, _ in sections if len(payload))
+    return parts
 
 
 def _parse(mv: memoryview, chunk: str, expected_length: int | None) -> _Parsed:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import blake3
 
 from archiver import events, layout, packs, sealing
-from archiver.codecs import Codec, Encoded, describe, max_object_size
+from archiver.codecs import Codec, Encoded, EncodedParts, describe, max_object_size
 from archiver.digests import FileDigest
 from archiver.errors import (ArchiverError, CatalogLockedError, CatalogReadOnlyError, CorruptChunkError,
                              FileHashError, IdentityError, IntegrityError, ManifestError,
@@ -661,6 +661,7 @@ class Repository:
         """`commit_manifest` of `m` in its committed form (`made`: its trees, if any)."""
         hot = policy.for_metadata() if policy is not None else None
         proved: list[tuple[Entry, list[tuple[str, int, str]]]] = []  # new maps, recorded in batches
+        reused: dict[tuple[str, int, int], Any] = {}  # records of the new maps that are not fresh (see _keep_reused)
         proved_refs = 0  # their chunk refs, counted as they come (not summed again per map)
         for e in m.files:
             if not e.filemap:
@@ -679,12 +680,12 @@ class Repository:
                 proved_refs += len(chunks)
                 if proved_refs >= FILEMAP_RECORD_BATCH:
                     with translated():
-                        self._catalog.record_filemaps(proved)
+                        self._keep_reused(self._catalog.record_filemaps(proved), proved, reused)
                     proved, proved_refs = [], 0
         if proved:
             with translated():
-                self._catalog.record_filemaps(proved)
-        proved = []  # recorded: their arrays are not held through the rest of the commit
+                self._keep_reused(self._catalog.record_filemaps(proved), proved, reused)
+        proved = []  # recorded: their arrays are not held through the rest of the commit (but `reused`'s)
         try:
             data = m.canonical_json()
         except (TypeError, ValueError) as e:  # e.g. meta keys of mixed types, bytes values
@@ -724,15 +725,38 @@ class Repository:
             self.record_policy(mid, policy)
         if details is None or self._catalog.has_manifest(mid):  # already recorded: nothing new ingested
             with translated():
-                self._catalog.record_manifest(m, data, filemap_chunks=self.filemap_records, trees=by_dir)
+                self._catalog.record_manifest(m, data, filemap_chunks=self._records_held(reused), trees=by_dir)
             return Committed(mid, signer)
         ev = Event(events.INGESTION, manifests=(events.ManifestOutcome(mid),), details={**details, "signed_by": signer})
         rec = self._put_event(ev, sign_key, policy=hot)  # in the store first: the catalog is the rebuildable copy
         with translated(), self._catalog.write():
-            self._catalog.record_manifest(m, data, at=ev.time, filemap_chunks=self.filemap_records, trees=by_dir)
+            self._catalog.record_manifest(m, data, at=ev.time, filemap_chunks=self._records_held(reused),
+                                          trees=by_dir)
             self._catalog.record_event(rec.key, rec.writer, rec.seq, rec.hash, ev.time, events.audit_rows(ev),
                                        events.chunk_results(ev))
         return Committed(mid, signer)
+
+    @staticmethod
+    def _keep_reused(reused_now: set[str], proved: list[tuple[Entry, Any]], reused: dict[tuple[str, int, int], Any]
+                     ) -> None:
+        """Keep the records of the maps just recorded that are not fresh (they reused known
+        chunks: a fine-tune's changed shards): recording the manifest reads their chunks for
+        its stored size, and takes them from here instead of fetching and checking each map
+        again. Keyed by (hash, chunk count, size): the shape they were checked against."""
+        for e, chunks in proved:
+            if e.filemap in reused_now:
+                reused[(e.filemap, e.chunk_count, e.size)] = chunks
+
+    def _records_held(self, held: Mapping[tuple[str, int, int], Any]) -> Callable[[Entry], Any]:
+        """`filemap_records`, answered from `held` (maps this commit proved against an entry
+        of that shape) where it can, else read from the store and checked."""
+        if not held:
+            return self.filemap_records
+
+        def records(e: Entry) -> Any:
+            got = held.get((e.filemap, e.chunk_count, e.size))
+            return got if got is not None else self.filemap_records(e)
+        return records
 
     def committed_form(self, m: Manifest) -> Manifest:
         """`m` as `commit_manifest` writes it (so `.id` is the id it will get): through file
@@ -2304,13 +2328,23 @@ class Repository:
         if not locs and self._catalog is not None and \
                 (h in hints.known if hints is not None else self._catalog.known_chunk(h) is not None):
             return None  # held under its own key (a large chunk, or stored before packs): prove it
-        enc = self._codec.encode(data, width)
-        if packs.is_small(len(enc.data), self._pack_below):
+        parts = self._codec.encode_parts(data, width)  # valid until this thread's next codec call
+        if packs.is_small(parts.size, self._pack_below):
+            enc = parts.join()
             self._add_to_pack(h, enc.data, len(data), enc.codec, policy)
             return SavedChunk(len(enc.data), enc.codec, True, repaired=bool(locs))
-        if self._put(layout.chunk(h), enc.data, policy):
-            return SavedChunk(len(enc.data), enc.codec, True)
+        if self._put_parts(layout.chunk(h), parts, policy):
+            return SavedChunk(parts.size, parts.codec, True)
         return None  # the key is taken: prove what it holds
+
+    def _put_parts(self, key: str, parts: EncodedParts, policy: Any) -> bool:
+        """`_put` of an object not yet joined: a store that writes pieces (LocalStore's
+        put_parts_if_absent) takes them as they are, saving a copy of every stored byte;
+        any other store, or a write policy, gets the joined object."""
+        put_parts = getattr(self._store, "put_parts_if_absent", None)
+        if put_parts is None or (policy is not None and (policy.locked or policy.storage_class)):
+            return self._put(key, parts.join().data, policy)
+        return put_parts(key, parts.parts)
 
     def _pending(self, h: str) -> bool:
         """Whether `h` sits in a pack not yet durable (it takes that pack's write policy)."""
@@ -2725,7 +2759,7 @@ class Repository:
         if planned:
             with self._packstate.lock:
                 seen, locs = self._packstate.planned_hashes, self._packstate.planned_locs
-            located = {h: list(locs[h]) for h in hashes if h in locs}
+            located = {h: locs[h] for h in hashes if h in locs}  # read only here: no copy of each list
             unplanned = [h for h in hashes if h not in seen]
             if unplanned:
                 located.update(self._pack_locations_many(unplanned))

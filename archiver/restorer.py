@@ -76,6 +76,7 @@ _ZERO_WINDOW = bytes(HOLE_WINDOW)
 TEMP_PREFIX = ".archiver-tmp\\"
 PORTABLE_TEMP_PREFIX = ".archiver-tmp-"
 _TEMP_TAG_KEY = b"archiver restore temp file\0"
+_EMPTY_BLAKE3 = blake3.blake3().hexdigest()
 
 
 @dataclass
@@ -313,8 +314,14 @@ def _create_temp(dir_fd: int, mode: int = 0o600) -> tuple[str, int]:
 def _write_sparse(fd: int, data: bytes | bytearray, pos: int) -> None:
     """Write `data`, which belongs at file offset `pos` (the fd's position), seeking over
     every all-zero HOLE_WINDOW-aligned window instead of writing it: holes stay holes.
-    The caller sets the final size with ftruncate, in case the file ends in a hole."""
+    The caller sets the final size with ftruncate, in case the file ends in a hole. Data
+    shorter than a window holds no whole window: one write (most small files)."""
     n = len(data)
+    if n < HOLE_WINDOW:
+        k = os.write(fd, data) if n else 0
+        if k < n:
+            write_all(fd, memoryview(data)[k:])
+        return
     view = memoryview(data)
     is_zero = data.startswith
     done = 0                       # data[:done] is written or skipped
@@ -428,7 +435,9 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
     each in parallel), and only then put in place, on this thread while the tasks write the
     next batch; every directory they were put into is synced once, after its last file and
     before the restore reports. A damaged or partial file never appears under its final
-    name: a failure before a batch's sync puts none of it in place."""
+    name: a failure before a batch's sync puts none of it in place. A batch is synced and put
+    in place while the tasks write the next one (the sync's wait for the disk overlaps their
+    writing); the next one's sync comes only after all of its tasks have returned."""
     if not files:
         return
     # written in pack order, so each planned span of a pack is read once, not once per file;
@@ -444,13 +453,16 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
     pending: list[list[_Staged]] = []
 
     unnamed = fileio.unnamed_files(root_fd)  # files get their names only once durable (O_TMPFILE)
+    umask = fileio.process_umask() if unnamed else None
+    umask_of: dict[int, int | None] = {}  # open directory fd -> the umask its new files get, if known exactly
 
     def stage(batch: list[Entry], staged: list[_Staged]) -> list[Problem]:
         mine: list[Problem] = []
         ones = iter(repo.read_chunks([e.chunks[0] for e in batch if len(e.chunks) == 1]))
         for e in batch:
-            _stage_file(repo, mid, dirs[e.path.rpartition("/")[0]], e, pool, staged, mine, progress, mode_mask,
-                        next(ones) if len(e.chunks) == 1 else None, unnamed)
+            dir_fd = dirs[e.path.rpartition("/")[0]]
+            _stage_file(repo, mid, dir_fd, e, pool, staged, mine, progress, mode_mask,
+                        next(ones) if len(e.chunks) == 1 else None, unnamed, umask_of[dir_fd])
         return mine
 
     def place(durable: list[_Staged]) -> None:
@@ -470,34 +482,43 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
             result.files += 1
             result.bytes += s.entry.size
 
+    def make_durable(written: list[_Staged]) -> None:
+        """Sync a fully written batch (every task that wrote it has returned), then put it in place."""
+        if not written:
+            return
+        one_per_fs = {dev_of[fd]: fd for fd in dirs.values()}  # not an fstat of every open directory per batch
+        fileio.sync_together([s.fd for s in written], tasks, within=list(one_per_fs.values()))
+        place(written)
+
     try:
         with ThreadPoolExecutor(nworkers, thread_name_prefix="restore-files") as tasks:
-            durable: list[_Staged] = []  # the previous batch: synced, not yet in place
+            written: list[_Staged] = []  # the previous batch: whole, not yet synced nor in place
             for batch in batches(in_pack_order, lambda e: e.size, most_files, SYNC_BATCH_BYTES):
                 new = {e.path.rpartition("/")[0] for e in batch} - dirs.keys()
                 if len(dirs) + len(new) > most_dirs:  # keep the fds bounded: sync what is open, close it
-                    place(durable)  # (its files go into directories about to be closed)
+                    make_durable(written)  # (its files go into directories about to be closed)
+                    written = []
                     _sync_dirs(dirs, tasks)
                     new = {e.path.rpartition("/")[0] for e in batch}
                 for parent in sorted(new):
                     fd = dirs[parent] = _open_dir(root_fd, parent.split("/") if parent else [], create=True)
                     dev_of[fd] = os.fstat(fd).st_dev
+                    umask_of[fd] = umask if umask is not None and fileio.modes_follow_umask(fd) else None
                 staged: list[_Staged] = []
                 pending.append(staged)
-                # this batch is written by the tasks while the previous one, durable, is put in place here
+                # this batch is written by the tasks while the previous one is synced and put in
+                # place here: the sync's wait for the disk overlaps the writing, not the other way
                 futures = [tasks.submit(stage, b, staged) for b in batches(batch, lambda e: e.size)]
                 try:
-                    place(durable)
+                    make_durable(written)
                     for f in futures:
                         problems.extend(f.result())
                 except BaseException:
                     for f in futures:
                         f.cancel()
                     raise
-                one_per_fs = {dev_of[fd]: fd for fd in dirs.values()}  # not an fstat of every open directory per batch
-                fileio.sync_together([s.fd for s in staged], tasks, within=list(one_per_fs.values()))
-                durable = staged
-            place(durable)
+                written = staged
+            make_durable(written)
             _sync_dirs(dirs, tasks)
     except OSError as err:
         first = next((s for staged in pending for s in staged), None)
@@ -576,26 +597,35 @@ def mode_at_create(mode: int) -> bool:
 
 def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadPoolExecutor,
                 staged: list[_Staged], problems: list[Problem], progress: Progress, mode_mask: int,
-                got: bytes | ArchiverError | None = None, unnamed: bool = False) -> None:
+                got: bytes | ArchiverError | None = None, unnamed: bool = False, umask: int | None = None) -> None:
     """Write small file `e` in dir_fd, every chunk and the whole file re-hashed, with its
     final mode and mtime, and add it to `staged` (not yet durable nor in place): with
     `unnamed`, as a file with no name (`fileio.open_unnamed`), else under a temp name. `got`:
-    its one chunk, already read (`Repository.read_chunks`). A damaged file is reported in
-    `problems` and its file removed."""
+    its one chunk, already read (`Repository.read_chunks`). `umask`: what the kernel takes
+    from the mode of a file created in dir_fd, when known exactly (`fileio.modes_follow_umask`),
+    so an unnamed file's mode needs no fstat. A file of no chunks is written with nothing: its
+    recorded BLAKE3 must be that of no bytes. A damaged file is reported in `problems` and
+    its file removed."""
     tmp = ""
     fd = -1
     mode = e.mode & mode_mask
     at_create = mode_at_create(mode)
     try:
         if unnamed:
-            fd = _create_unnamed(dir_fd, mode)
+            fd = _create_unnamed(dir_fd, mode, umask)
         if fd < 0:
             tmp, fd = _create_temp(dir_fd, mode if at_create else 0o600)
         else:
             at_create = not mode & SPECIAL_BITS  # a write clears them: set after it
         written = 0
-        pieces = _one_chunk(repo, e, got) if len(e.chunks) == 1 else \
-            repo.stream_file(e, pool, 2, keep_going=True, sha256=False)
+        if not e.chunks:
+            if e.blake3 != _EMPTY_BLAKE3:
+                raise FileHashError(e.path)
+            pieces: Iterable[Piece] = ()
+        elif len(e.chunks) == 1:
+            pieces = _one_chunk(repo, e, got)
+        else:
+            pieces = repo.stream_file(e, pool, 2, keep_going=True, sha256=False)
         for piece in pieces:
             if piece.error is not None:  # stop at the first bad chunk: this file cannot be restored
                 problems.append(chunk_problem(mid, e, piece.ref, piece.error))
@@ -621,15 +651,19 @@ def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadP
             _discard(dir_fd, tmp, fd)
 
 
-def _create_unnamed(dir_fd: int, mode: int) -> int:
+def _create_unnamed(dir_fd: int, mode: int, umask: int | None = None) -> int:
     """An unnamed file in dir_fd (`fileio.open_unnamed`) with exactly `mode` less its special
     bits (what the umask took is put back), or -1 if this directory's filesystem cannot
-    make one. No lock, no random name: no other process can see it."""
+    make one. No lock, no random name: no other process can see it. `umask`: what creating
+    a file in dir_fd takes from its mode, known exactly (else the mode is looked at)."""
     fd = fileio.open_unnamed(dir_fd, mode & ~SPECIAL_BITS)
     if fd is None:
         return -1
     try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) != mode & ~SPECIAL_BITS:
+        if umask is not None:
+            if mode & ~SPECIAL_BITS & umask:
+                os.fchmod(fd, mode & ~SPECIAL_BITS)
+        elif stat.S_IMODE(os.fstat(fd).st_mode) != mode & ~SPECIAL_BITS:
             os.fchmod(fd, mode & ~SPECIAL_BITS)
     except BaseException:
         os.close(fd)

@@ -40,6 +40,7 @@ import blake3
 if TYPE_CHECKING:
     import numpy as np
 
+from manifests import jsonrows
 from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
                               ManifestError, UnknownReference)
 from manifests.fields import index_fields
@@ -201,14 +202,18 @@ def _known_keys(conn: sqlite3.Connection, keys: np.ndarray) -> np.ndarray:
     the keys as one JSON array, joined in SQLite, answered as one string of 0s and 1s in
     the array's order (json_each is the outer loop of a LEFT JOIN)."""
     import numpy as np
+    # a slice at a time (the JSON text stays small), joined on a second thread while the next
+    # slice's text is built (jsonrows.each_text; SQLite runs without the GIL)
+    sql = "SELECT group_concat(c.key IS NOT NULL, '') FROM json_each(?) j LEFT JOIN chunks c ON c.key = j.value"
+    slices = range(0, len(keys), _INSERT_SLICE)
+    texts = (_json_ints(keys[i:i + _INSERT_SLICE]) for i in slices)
+    answers = (jsonrows.each_text(conn, sql, texts) if len(slices) > 1  # one slice (a probe): nothing to overlap
+               else [conn.execute(sql, (t,)).fetchone() for t in texts])
     parts = []
-    for i in range(0, len(keys), _INSERT_SLICE):  # a slice at a time: the JSON text stays small
-        part = keys[i:i + _INSERT_SLICE]
-        got = conn.execute("SELECT group_concat(c.key IS NOT NULL, '') FROM json_each(?) j "
-                           "LEFT JOIN chunks c ON c.key = j.value", (_json_ints(part),)).fetchone()[0]
-        mask = np.frombuffer(got.encode("ascii"), dtype=np.uint8) == ord("1")
-        if len(mask) != len(part):
-            raise CatalogError(f"chunk key lookup answered {len(mask)} keys for {len(part)}")
+    for i, (got,) in zip(slices, answers):
+        mask = np.frombuffer((got or "").encode("ascii"), dtype=np.uint8) == ord("1")
+        if len(mask) != len(keys[i:i + _INSERT_SLICE]):
+            raise CatalogError(f"chunk key lookup answered {len(mask)} keys for {len(keys[i:i + _INSERT_SLICE])}")
         parts.append(mask)
     return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
@@ -270,6 +275,12 @@ def _insert_key_rows(conn: sqlite3.Connection, keys: np.ndarray, stored: np.ndar
         # fewer to bind per row (~10% of the insert); each pass is still in key order
         for name, cid in names.items():
             pick = ids == cid if len(names) > 1 else slice(None)
+            if jsonrows.packable(stored[pick], owners[pick]):
+                # one INSERT ... SELECT per slice of rows, no Python object per row (manifests/jsonrows.py)
+                jsonrows.insert_rows(conn, f"INSERT OR IGNORE INTO chunks(key, stored_size, codec, owner) SELECT "
+                                     f"{jsonrows.KEY_SQL}, {jsonrows.LOW_SQL}, '{name}', {jsonrows.HIGH_SQL} "
+                                     f"FROM json_each(?)", keys[pick], stored[pick], owners[pick])
+                continue
             _insert_rows(conn, f"INSERT OR IGNORE INTO chunks(key, stored_size, codec, owner) VALUES (?,?,'{name}',?)",
                          keys[pick], stored[pick], owners[pick])
     else:
@@ -864,33 +875,44 @@ class Catalog:
         row = self._reader().execute("SELECT chunk_count, size FROM filemaps WHERE hash=?", (h,)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def record_filemaps(self, maps: Iterable[tuple[Entry, Iterable[ChunkRef] | list[tuple[str, int, str]]]]) -> None:
+    def record_filemaps(self, maps: Iterable[tuple[Entry, Iterable[ChunkRef] | list[tuple[str, int, str]]]]
+                        ) -> set[str]:
         """Record file maps (durable in the store, each checked against its entry) and their
         chunks (ChunkRefs, or (hash, stored size, codec) as manifests.model.filemap_records
         reads them), in one transaction, before any manifest names them: `commit_manifest`
         does so while proving maps a worker wrote, so each map is parsed once. A fact about
         the store like a chunk row: a map no recorded manifest names yet is harmless (as a
-        chunk no manifest names is in the store)."""
+        chunk no manifest names is in the store). Returns the hashes of the maps recorded now
+        that are not fresh (they reused known chunks): recording a manifest that names them
+        reads their chunks for its stored size, so a caller still holding their records can
+        hand them over (record_manifest's `filemap_chunks`) instead of a second fetch."""
         with self.write() as conn:
-            self._record_maps(conn, maps)
+            return self._record_maps(conn, maps)
 
-    def _record_maps(self, conn: sqlite3.Connection, maps: Iterable[tuple[Entry, Any]]) -> None:
+    def _record_maps(self, conn: sqlite3.Connection, maps: Iterable[tuple[Entry, Any]]) -> set[str]:
         """Record file maps and their chunks (see record_filemaps): those new to the catalog
-        and read as arrays have their dedup keys inserted together (_insert_map_keys)."""
+        and read as arrays have their dedup keys inserted together (_insert_map_keys).
+        Returns the hashes of the maps recorded now that are not fresh."""
         bulk: list[tuple[int, MapRecords]] = []  # new maps read as arrays: their keys go in together
+        hashes: dict[int, str] = {}  # rowid -> hash of the maps in `bulk`
+        reused: set[str] = set()
         for e, chunks in maps:
             if isinstance(chunks, MapRecords) and conn.execute("SELECT 1 FROM filemaps WHERE hash=?",
                                                                (e.filemap,)).fetchone() is None:
                 fm = conn.execute("INSERT INTO filemaps(hash, chunk_count, size) VALUES (?, ?, ?)",
                                   (e.filemap, e.chunk_count, e.size)).lastrowid
                 bulk.append((fm, chunks))
+                hashes[fm] = e.filemap
                 continue
-            self._filemap_row(conn, dataclasses.replace(e, chunks=()), lambda _, c=chunks: c)
+            _, was_fresh, read_now = self._filemap_row(conn, dataclasses.replace(e, chunks=()), lambda _, c=chunks: c)
+            if read_now is not None and not was_fresh:
+                reused.add(e.filemap)
         fresh = _insert_map_keys(conn, bulk)
         if fresh is None:
             fresh = {fm: self._record_chunks(conn, "filemaps", fm, r) for fm, r in bulk}
         conn.executemany("UPDATE filemaps SET fresh_stored = ? WHERE rowid = ?",
                          [(total, fm) for fm, total in fresh.items() if total is not None])
+        return reused | {hashes[fm] for fm, total in fresh.items() if total is None}
 
     def _record_new_maps(self, conn: sqlite3.Connection, entries: Iterable[Entry],
                          fetch: Callable[[Entry], Any] | None) -> dict[str, Any]:

@@ -27,17 +27,17 @@ def install(spec: str) -> None:
         limit = int(arg)
         count = [0]
         lock = threading.Lock()
-        orig = LocalStore.put_if_absent
+        orig = LocalStore.put_parts_if_absent  # put_if_absent writes through it too
 
-        def put(self, key, data):
-            written = orig(self, key, data)
+        def put(self, key, parts, policy=None):
+            written = orig(self, key, parts, policy)
             if key.startswith("chunks/") and written:
                 with lock:
                     count[0] += 1
                     if count[0] >= limit:
                         _die()
             return written
-        LocalStore.put_if_absent = put
+        LocalStore.put_parts_if_absent = put
     elif kind == "record":
         def record(self, *a, **k):
             _die()

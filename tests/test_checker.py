@@ -524,3 +524,36 @@ def test_a_one_chunk_file_is_proved_as_the_stream_proves_it(tmp_path):
         proofs = [checker._prove_one_chunk(repo, x, Progress()) for x in cases]
     assert [(p.hashed, p.hash_mismatch, len(p.damaged)) for p in proofs] == \
         [(True, False, 0), (True, True, 0), (True, True, 0), (False, False, 1)]
+
+
+def test_a_batch_proves_each_file_as_the_stream_proves_it(tmp_path):
+    """`_prove_batch` (one-chunk files read together, an intact one marked INTACT_ONE rather
+    than given a proof object of its own) finds for each file what the streamed read finds:
+    intact, a wrong SHA-256 or BLAKE3 on record, a damaged chunk, a missing one, no chunk;
+    and progress advances by the same bytes."""
+    import hashlib
+
+    import blake3
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db"), create=True) as repo:
+        data, other = os.urandom(5000), os.urandom(700)
+        e = file_entry("a", [data], [save(repo, data)])
+        gone = file_entry("b", [other], [save(repo, other)])
+        (tmp_path / "store" / chunk_key(gone.chunks[0].hash)).unlink()
+        empty = dataclasses.replace(e, size=0, chunks=(), blake3=blake3.blake3().hexdigest(),
+                                    sha256=hashlib.sha256().hexdigest())
+        cases = [e, dataclasses.replace(e, sha256="0" * 64), dataclasses.replace(e, blake3="0" * 64), gone, empty, e]
+        with ThreadPoolExecutor(2) as pool:
+            fast_progress, slow_progress = Progress(), Progress()
+            done = {"fast": 0, "slow": 0}
+            fast_progress.advance = lambda n: done.__setitem__("fast", done["fast"] + n)
+            slow_progress.advance = lambda n: done.__setitem__("slow", done["slow"] + n)
+            batch = checker._prove_batch(repo, cases, pool, fast_progress)
+            slow = [checker._prove_streamed(repo, x, pool, 2, slow_progress) for x in cases]
+    assert [p is checker.INTACT_ONE for p in batch] == [True, False, False, False, False, True]
+    for x, fast, want in zip(cases, batch, slow):
+        if fast is checker.INTACT_ONE:  # what it stands for: the one chunk read intact, the file proved
+            fast = checker.FileProof([(x.chunks[0].hash, True)], bytes_read=x.chunks[0].length, hashed=True)
+        assert (fast.chunks, fast.cold, fast.bytes_read, fast.hashed, fast.hash_mismatch) == \
+            (want.chunks, want.cold, want.bytes_read, want.hashed, want.hash_mismatch)
+        assert [(c, str(err)) for c, err in fast.damaged] == [(c, str(err)) for c, err in want.damaged]
+    assert done["fast"] == done["slow"] == 3 * 5000 + 5000

@@ -774,3 +774,46 @@ def test_encode_after_address_does_not_split_again(monkeypatch: pytest.MonkeyPat
     assert calls == [True]  # the fused pass only
     assert enc == Codec().encode(a, 2)
     assert calls == [True, False]  # the fresh codec split it itself
+
+
+# -- unjoined objects (encode_parts) ----------------------------------------------------
+
+
+def test_encode_parts_joined_is_encode_for_every_object_shape(codec: Codec, floats: dict[str, bytes]) -> None:
+    """Every shape the encoder makes (empty, plain raw, plain zstd, planes with and without a
+    tail, planes that fall back to plain): the pieces join to exactly `encode`'s object, with
+    its size and codec name, and the address's held planes are used the same way."""
+    cases = [(b"", 0), (os.urandom(1000), 0), (b"abc" * 3000, 0), (floats["bf16"][:20001], 2),
+             (floats["fp32"][:40000], 4), (floats["fp64"][:40003], 8), (os.urandom(20000), 2)]
+    seen = set()
+    for raw, width in cases:
+        want = codec.encode(raw, width)
+        codec.address(raw, width)  # planes split in the hash pass, taken by encode_parts
+        parts = codec.encode_parts(raw, width)
+        assert b"".join(parts.parts) == want.data
+        assert parts.size == len(want.data) and parts.codec == want.codec
+        assert parts.join() == want
+        assert codec.decode(parts.join().data, len(raw)) == raw
+        seen.add(want.codec)
+    assert seen == {"raw", "zstd", "bg2", "bg4", "bg8"}
+
+
+def test_encode_parts_raw_planes_are_not_copied(codec: Codec) -> None:
+    """The point of the pieces: a plane stored raw is handed out as a view of the thread's
+    plane buffer, not copied into the object (the join did that), and nothing else is long."""
+    rng = random.Random(7)
+    raw = bytes(b for _ in range(30000) for b in (rng.randrange(256), 0x3C))  # noisy low plane, constant high
+    parts = Codec().encode_parts(raw, 2)
+    assert parts.codec == "bg2"
+    views = [p for p in parts.parts if isinstance(p, memoryview)]
+    assert [len(v) for v in views] == [30000]  # the noisy plane, raw, as a view
+    assert bytes(views[0]) == raw[0::2]
+    assert len(parts.parts[0]) == 16 + 3 * 24  # header and descriptors, one piece
+
+
+def test_encode_parts_refuses_an_oversized_chunk(codec: Codec, monkeypatch: pytest.MonkeyPatch) -> None:
+    from archiver import codecs
+    from archiver.errors import EncodeError
+    monkeypatch.setattr(codecs, "MAX_CHUNK_LENGTH", 100)
+    with pytest.raises(EncodeError, match="longer than the 100"):
+        codec.encode_parts(b"x" * 101, 0)

@@ -449,6 +449,34 @@ def test_rebuild_records_maps_in_bulk_as_the_commit_did(repo: Repository, tmp_pa
                                               for c in e.chunks}.values())
 
 
+def test_a_commit_reads_each_new_map_once_and_records_what_two_reads_gave(repo: Repository, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version whose new maps reuse known chunks (a fine-tune's changed shards): the commit
+    proves each worker's map once and hands the records of those that are not fresh to the
+    catalog for the version's stored size, instead of fetching and checking them again; the
+    catalog's rows and stored sizes are exactly those of a rebuild (which reads every map)."""
+    a, b = big_entry(path="a.bin"), big_entry(path="b.bin")
+    reuse = dataclasses.replace(b, path="c.bin", chunks=(a.chunks[0],) + tuple(
+        dataclasses.replace(c, hash=manifest_id(f"new{i}".encode())) for i, c in enumerate(b.chunks[1:])))
+    reuse2 = dataclasses.replace(a, path="e.bin", chunks=a.chunks[:-1] + (
+        dataclasses.replace(a.chunks[-1], hash=manifest_id(b"last")),))
+    first = repo.commit_manifest(Manifest(name="m", entries=tuple(repo.save_filemaps(e) for e in (a, b)))).id
+    slim = tuple(repo.save_filemaps(e) for e in (a, reuse, reuse2))
+    fetched: list[str] = []
+    real = Repository.filemap_object
+    monkeypatch.setattr(Repository, "filemap_object", lambda self, e: fetched.append(e.filemap) or real(self, e))
+    second = repo.commit_manifest(Manifest(name="m", parent=first, entries=slim)).id
+    new_maps = {slim[1].filemap, slim[2].filemap}
+    assert sorted(fetched) == sorted(new_maps | {slim[0].filemap})  # each once (a's known map: its hash checked)
+    with Repository.open(Settings.resolve(str(tmp_path / "store"), tmp_path / "cat2.db")) as fresh:
+        assert sorted(fresh.rebuild_catalog().added) == sorted([first, second])
+    committed = _catalog_facts(tmp_path / "cat.db")
+    assert committed == _catalog_facts(tmp_path / "cat2.db")
+    assert {h: f is None for h, _, _, f in committed[1] if h in new_maps} == {h: True for h in new_maps}
+    assert dict(committed[2])[second] == sum({c.hash: c.stored_size for e in (a, reuse, reuse2)
+                                              for c in e.chunks}.values())
+
+
 # -- the map's key names its form: .bin binary, .json JSON (earlier archivers) ------------------------
 
 def archive_legacy(tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str, Manifest]:

@@ -300,3 +300,59 @@ def test_commit_writes_the_open_pack_beside_its_trees_and_before_the_root(tmp_pa
         stored = {c.hash for c in r.load_manifest(res.id).unique_chunks().values()}
     with Repository.open(settings) as r:  # a fresh process state: the catalog's rows answer
         assert set(r.pack_positions(stored)) == stored
+
+def _bf16_like(n: int) -> bytes:
+    """Bytes shaped like bf16 weights: a noisy low plane, a repetitive high plane."""
+    low = os.urandom(n)
+    return bytes(b for pair in zip(low, b"\x3c\x3d\xbc\xbd" * (n // 4)) for b in pair)
+
+
+def test_a_new_large_chunk_reaches_a_local_store_as_pieces(repo, tmp_path, monkeypatch):
+    """The big-file write path hands a local store the object's pieces (no joined copy), and
+    the object it writes is byte for byte the codec's `encode` of the chunk, readable back."""
+    from archiver.codecs import Codec
+    from archiver.stores.local import LocalStore
+    calls = []
+    real = LocalStore.put_parts_if_absent
+
+    def spy(self, key, parts, policy=None):
+        calls.append((key, len(parts)))
+        return real(self, key, parts, policy)
+
+    monkeypatch.setattr(LocalStore, "put_parts_if_absent", spy)
+    data = _bf16_like(200_000)
+    h = repo.chunk_address(data, 2)
+    saved = repo.save_chunk(h, data, 2)
+    want = Codec().encode(data, 2)
+    assert saved.written and saved.codec == want.codec and saved.stored_size == len(want.data)
+    assert calls == [(layout.chunk(h), 3)]  # header + descriptors, two planes (the empty tail left out)
+    assert obj_path(tmp_path, layout.chunk(h)).read_bytes() == want.data
+    assert repo.save_chunk(h, data, 2).written is False  # stored: read back and proved, not written again
+
+
+def test_a_store_without_pieces_gets_the_joined_object(tmp_path):
+    """A store with only put_if_absent (S3, wrappers) is handed the joined object."""
+    from archiver.codecs import Codec
+    from archiver.stores import open_store
+    from manifests.catalog import Catalog
+
+    class PlainStore:
+        def __init__(self, inner) -> None:
+            self.inner, self.url, self.puts = inner, inner.url, []
+
+        def put_if_absent(self, key, data, policy=None):
+            self.puts.append((key, type(data)))
+            return self.inner.put_if_absent(key, data)
+
+        def __getattr__(self, name):
+            if name == "put_parts_if_absent":
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    store = PlainStore(open_store(str(tmp_path / "store"), create=True))
+    data = _bf16_like(200_000)
+    with Repository(store, Catalog(tmp_path / "cat.db", store.url), pack_below=0) as r:
+        h = r.chunk_address(data, 2)
+        assert r.save_chunk(h, data, 2).written
+    assert store.puts == [(layout.chunk(h), bytes)]
+    assert obj_path(tmp_path, layout.chunk(h)).read_bytes() == Codec().encode(data, 2).data

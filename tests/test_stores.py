@@ -946,3 +946,41 @@ def test_s3_get_range_is_one_ranged_request(s3_store_url: str) -> None:
     calls = count_calls(store, "GetObject")
     assert store.get_range("packs/cd/pk", MiB, 4096) == data[MiB:MiB + 4096]
     assert len(calls) == 1 and calls[0].get("Range") == f"bytes={MiB}-{MiB + 4095}"
+
+
+def test_local_put_parts_writes_the_joined_object_once(tmp_path: Path) -> None:
+    """put_parts_if_absent (LocalStore): the object is the pieces in order, read-only, no
+    temp file left, and like put_if_absent it never overwrites (False, object unchanged)."""
+    store = open_store(str(tmp_path), create=True)
+    big = os.urandom(300_000)
+    parts = [b"head", memoryview(big)[1000:], b"", bytearray(b"tail")]
+    assert store.put_parts_if_absent("chunks/ab/abcd", parts) is True
+    want = b"head" + big[1000:] + b"tail"
+    assert store.get("chunks/ab/abcd") == want
+    assert (tmp_path / "chunks" / "ab" / "abcd").stat().st_mode & 0o777 == 0o444
+    assert store.put_parts_if_absent("chunks/ab/abcd", [b"other"]) is False
+    assert store.put_if_absent("chunks/ab/abcd", b"other") is False
+    assert store.get("chunks/ab/abcd") == want
+    assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def test_local_put_parts_write_error_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that fills after the first piece: one-line StoreError, no object, no temp file."""
+    store = open_store(str(tmp_path), create=True)
+    real_write = os.write
+    calls: list[int] = []
+
+    def failing_write(fd: int, data) -> int:
+        calls.append(fd)
+        if len(calls) == 1:
+            return real_write(fd, data)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    key = "chunks/ab/abcdef0123"
+    with monkeypatch.context() as m:
+        m.setattr(os, "write", failing_write)
+        with pytest.raises(StoreError) as excinfo:
+            store.put_parts_if_absent(key, [b"first piece", os.urandom(10_000)])
+    assert one_line_store_error(excinfo) == f"disk full writing {key} to {tmp_path}"
+    assert not store.exists(key)
+    assert not list(tmp_path.rglob(".tmp-*"))

@@ -13,7 +13,7 @@ import os
 import secrets
 import stat as stat_mod
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from archiver.errors import ObjectMissingError, StoreError, UsageError
 from archiver.fileio import write_all as _write_all  # a module name, so tests can inject ENOSPC
@@ -157,6 +157,13 @@ class LocalStore:
     def put_if_absent(self, key: str, data: bytes, policy: Any = None) -> bool:
         """Write atomically and durably; False if the key already exists. A directory can
         neither lock an object nor tier it: a `policy` is refused before anything is written."""
+        return self.put_parts_if_absent(key, (data,), policy)
+
+    def put_parts_if_absent(self, key: str, parts: Sequence[bytes | memoryview], policy: Any = None) -> bool:
+        """`put_if_absent` of the object made of `parts` in order, written piece by piece into
+        the same temp file (no joined copy of the object first: codecs.Codec.encode_parts);
+        just as atomic and durable: the name appears, by link, only after the whole file is
+        written and fsynced."""
         if policy is not None:
             raise UsageError(f"{self.url} is a local directory: it cannot lock objects or keep them in a storage "
                              f"class (use an S3 bucket with Object Lock)")
@@ -170,7 +177,8 @@ class LocalStore:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
                          OBJECT_MODE)
             try:
-                _write_all(fd, data)
+                for part in parts:
+                    _write_all(fd, part)
                 os.fsync(fd)
             finally:
                 os.close(fd)
