@@ -549,10 +549,10 @@ def puts(monkeypatch) -> list[tuple[list[str], set[str], str]]:
     seen: list[tuple[list[str], set[str], str]] = []
     real = FilesCache.put_values
 
-    def counting(self, values, now, moved=(), to=""):
+    def counting(self, values, now, moved=(), to="", hold=None):
         values = list(values)
         seen.append(([v[0] for v in values], set(moved), to))
-        return real(self, values, now, moved, to)  # as given: a commit's mapping of kept rows
+        return real(self, values, now, moved, to, hold)  # as given: a commit's mapping of kept rows
     monkeypatch.setattr(FilesCache, "put_values", counting)
     return seen
 
@@ -657,3 +657,61 @@ def test_a_row_no_run_sees_keeps_its_manifest_from_moving_for_one_run_only(repo,
         assert dict(db.execute("SELECT old, new FROM moved")).get(third.id) == fourth.id
     finally:
         db.close()
+
+
+def test_cache_rows_are_written_beside_the_commit_and_kept_only_if_it_commits(repo, tmp_path, monkeypatch):
+    """The rows of a run are laid out and written while the manifest commits, in a
+    transaction that commits only once the manifest is: while the root manifest is being
+    written no row names it, a commit that fails leaves no row, and the cache stays writable."""
+    from archiver.errors import StoreError
+    src = _many_files(tmp_path / "src" / "tree", 6)
+    db = cache_path(repo.catalog_path)
+    seen: list[int] = []
+    real = Repository._put
+
+    def at_root(self, key, data, policy):
+        if key.startswith(layout.MANIFESTS):
+            seen.append(_rows_in(db))  # what another process sees while the root is written
+            if len(seen) == 1:
+                raise StoreError("disk full")
+        return real(self, key, data, policy)
+    monkeypatch.setattr(Repository, "_put", at_root)
+    with pytest.raises(StoreError):
+        pipeline_archive(repo, [src], name="m")
+    assert _rows_in(db) == 0  # rolled back with the failed commit
+    res = pipeline_archive(repo, [src], name="m")
+    assert seen == [0, 0]  # not visible before the manifest is committed
+    assert _rows_in(db) == 6 and res.files == 6
+    again = pipeline_archive(repo, [src], name="m")
+    assert again.files_reused == 6
+
+
+def _rows_in(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("SELECT count(*) FROM files").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_a_tree_with_no_cache_row_under_it_is_keyed_only_with_its_rows(repo, tmp_path, reads, monkeypatch):
+    """A first archive of a tree (no row of the cache at or below its PATH) makes no key or
+    stat before its files are read: they are made from the scan's stats with the rows,
+    beside the commit, and the next run reuses every file. Rows under another tree do not
+    count; a tree with rows is looked up before any read, as always."""
+    from archiver.filescache import FilesRun
+    events: list[str] = []
+    real_key = FilesRun._key
+    monkeypatch.setattr(FilesRun, "_key", lambda self, files: events.append("key") or real_key(self, files))
+    real_open = pipeline.open_settled
+    monkeypatch.setattr(pipeline, "open_settled", lambda src, *more: events.append("read") or real_open(src, *more))
+    a = _many_files(tmp_path / "src" / "a", 9)
+    b = _many_files(tmp_path / "src" / "b", 6)
+    for src, n in ((a, 9), (b, 6)):  # b: the cache holds rows, but only under a
+        events.clear()
+        assert pipeline_archive(repo, [src], name=src.name).files_reused == 0
+        assert events.count("read") == n and events.index("key") > max(i for i, e in enumerate(events) if e == "read")
+    for src, n in ((a, 9), (b, 6)):
+        events.clear()
+        assert pipeline_archive(repo, [src], name=src.name).files_reused == n
+        assert events == ["key"]  # looked up before any read, and nothing read
