@@ -62,6 +62,9 @@ EXPIRE_S = 90 * 86400
 REFRESH_S = EXPIRE_S / 3
 # Above this many `moved` rows, those no row names any more are dropped at the next write.
 MOVED_KEEP = 64
+# What using the cache may raise, and only turns it off: SQLite's errors, and UnicodeError for
+# a path that is not UTF-8 (a PATH under a directory whose name is other bytes: SQLite text is UTF-8)
+_CACHE_ERRORS = (sqlite3.Error, UnicodeError)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -279,7 +282,7 @@ class FilesRun:
         try:
             rows = run.rows = run.cache.rows(run.stats)  # type: ignore[union-attr]
             run.moved = run.cache.moved()  # type: ignore[union-attr]
-        except sqlite3.Error:
+        except _CACHE_ERRORS:
             return run
         changed: list[Entry] = []  # with a trust window: the previous entries of changed files
         candidates = run._candidates(rows, changed if trust_verified_within is not None else None)
@@ -291,7 +294,7 @@ class FilesRun:
         archived): True if it cannot tell."""
         try:
             return self.cache is not None and self.cache.any_under(tops)
-        except sqlite3.Error:
+        except _CACHE_ERRORS:
             return True
 
     def _keyed(self) -> None:
@@ -415,7 +418,7 @@ class FilesRun:
         rows, now, moved = self._commit_rows(mid, entries)
         try:
             self.cache.put_values(rows, now, moved, mid)
-        except sqlite3.Error:
+        except _CACHE_ERRORS:
             pass  # the archive stands; the next run reads these files again
 
     def commit_when(self, mid: str, entries: Iterable[Entry]) -> "PendingCommit | None":
@@ -477,7 +480,7 @@ class PendingCommit:
             rows, now, moved = run._commit_rows(self.mid, entries)
             assert run.cache is not None
             run.cache.put_values(rows, now, moved, self.mid, hold=self._wait)
-        except sqlite3.Error:
+        except _CACHE_ERRORS:
             pass  # the archive stands; the next run reads these files again
         except BaseException as e:  # noqa: BLE001 - raised by finish, on the committing thread
             self._error = e

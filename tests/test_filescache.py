@@ -715,3 +715,20 @@ def test_a_tree_with_no_cache_row_under_it_is_keyed_only_with_its_rows(repo, tmp
         events.clear()
         assert pipeline_archive(repo, [src], name=src.name).files_reused == n
         assert events == ["key"]  # looked up before any read, and nothing read
+
+
+def test_a_tree_under_a_directory_whose_name_is_not_utf8_is_archived_with_the_cache_off(repo, tmp_path):
+    """The cache keys rows by absolute path, and SQLite takes only UTF-8 text: a tree under a
+    directory whose name is not UTF-8 (any bytes are a valid Linux name; the archive's own
+    paths below PATH stay checked) cannot have rows. That only turns the cache off, as any
+    error of the cache does: the archive and its re-archive commit and restore byte for byte.
+    Before, the range probe of a first archive raised UnicodeEncodeError and nothing was archived."""
+    from archiver.restorer import restore
+    from tests.helpers import tree
+    parent = Path(os.fsdecode(os.fsencode(tmp_path) + b"/src-\xff"))
+    src = make_checkpoint(parent / "ckpt", layers=2, dim=64)
+    first = pipeline_archive(repo, [src], name="m")
+    again = pipeline_archive(repo, [src], name="m")
+    assert again.id != first.id and again.files == first.files
+    restore(repo, again.id, tmp_path / "out")
+    assert tree(tmp_path / "out" / "ckpt") == tree(src)
