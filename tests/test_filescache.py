@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -732,3 +733,44 @@ def test_a_tree_under_a_directory_whose_name_is_not_utf8_is_archived_with_the_ca
     assert again.id != first.id and again.files == first.files
     restore(repo, again.id, tmp_path / "out")
     assert tree(tmp_path / "out" / "ckpt") == tree(src)
+
+
+@pytest.mark.packs
+def test_a_pack_failing_on_the_commits_packs_thread_commits_nothing_and_keeps_no_cache_row(repo, tmp_path,
+                                                                                            monkeypatch):
+    """The commit writes the open pack on a thread of its own while the files cache lays out
+    its rows (uncommitted) beside it: a failure of that pack write is raised by the commit,
+    and nothing names the lost chunks: no root manifest, no catalog row, no files-cache row.
+    The next run stores them again, and its re-archive reuses every file. (Review of the
+    overlapped commit, branch sfarch: no bug found; the failure path had no test.)"""
+    from archiver.errors import StoreError
+    from archiver.restorer import restore
+    from tests.helpers import tree
+    src = _many_files(tmp_path / "src" / "tree", 12)
+    db = cache_path(repo.catalog_path)
+    committing: list[str] = []
+    real_commit, real_write = Repository.commit_manifest, Repository._write_pack
+
+    def commit(self, *a, **k):
+        committing.append("yes")
+        return real_commit(self, *a, **k)
+
+    def write(self, builder, policy):
+        if committing:
+            committing.append(threading.current_thread().name)
+            raise StoreError("disk full (simulated)")
+        return real_write(self, builder, policy)
+    with monkeypatch.context() as m:
+        m.setattr(Repository, "commit_manifest", commit)
+        m.setattr(Repository, "_write_pack", write)
+        with pytest.raises(StoreError, match="disk full"):
+            pipeline_archive(repo, [src], name="m")
+    assert len(committing) == 2  # the commit's open pack (on its packs thread, unless the commit took it first)
+    assert RawStore(str(tmp_path / "store")).keys(layout.MANIFESTS) == []
+    assert repo.list_archives() == [] and _rows_in(db) == 0
+    first = pipeline_archive(repo, [src], name="m")
+    assert first.new_chunks == 12 and _rows_in(db) == 12
+    again = pipeline_archive(repo, [src], name="m")
+    assert again.files_reused == 12
+    restore(repo, again.id, tmp_path / "out")
+    assert tree(tmp_path / "out" / "tree") == tree(src)
