@@ -43,7 +43,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from archiver.parallel import ordered_map
 from archiver.repository import Repository, SavedChunk
@@ -178,26 +178,16 @@ class FilesCache:
                           r.manifest, r.entry_path, now) for p, r in rows], now, moved, to)
 
     def put_values(self, values: list[tuple[Any, ...]], now: float,
-                   moved: Iterable[str] | Mapping[str, list[tuple[Any, ...]]] = (), to: str = "",
-                   hold: Callable[[], bool] | None = None) -> bool:
+                   moved: Iterable[str] | Mapping[str, list[tuple[Any, ...]]] = (), to: str = "") -> None:
         """`put` of rows already laid out as the statement takes them (path, dev, ino, size,
         mtime_ns, ctime_ns, reader, manifest, entry_path, used): a commit builds no Row
         per file. `moved` as a mapping (a commit): each manifest -> the rows this run kept
         naming it (laid out the same, naming `to`); it moves only if those are every row
         that looks it up (naming it, or a manifest moved to it), since a row this run did
         not see would otherwise take whatever `to` holds at its path (another source of
-        the same name); else its kept rows are written naming `to`.
-        `hold`: asked once every statement ran, the transaction still open: True commits it,
-        False rolls it back (the manifest the rows name was not committed after all).
-        Returns whether the rows were committed."""
-        try:
-            with self._conn:
-                self._put_values(values, now, moved, to)
-                if hold is not None and not hold():
-                    raise _RolledBack()
-        except _RolledBack:
-            return False
-        return True
+        the same name); else its kept rows are written naming `to`."""
+        with self._conn:
+            self._put_values(values, now, moved, to)
 
     def _put_values(self, values: list[tuple[Any, ...]], now: float,
                     moved: Iterable[str] | Mapping[str, list[tuple[Any, ...]]], to: str) -> None:
@@ -221,10 +211,6 @@ class FilesCache:
         self._conn.execute("DELETE FROM files WHERE used < ?", (now - EXPIRE_S,))
         if self._conn.execute("SELECT count(*) FROM moved").fetchone()[0] > MOVED_KEEP:
             self._conn.execute("DELETE FROM moved WHERE old NOT IN (SELECT DISTINCT manifest FROM files)")
-
-
-class _RolledBack(Exception):
-    """Raised inside `put_values`' transaction to roll it back when its `hold` says no."""
 
 
 def _common_dir(paths: list[str]) -> str | None:
@@ -423,9 +409,9 @@ class FilesRun:
 
     def commit_when(self, mid: str, entries: Iterable[Entry]) -> "PendingCommit | None":
         """`commit` on a thread of its own while manifest `mid` is still being committed
-        (Repository.commit_manifest's `on_id`): the rows are laid out and written meanwhile,
-        and their transaction stays open until `PendingCommit.finish` says whether `mid` was
-        committed, so a row never names a manifest that is not. None without a cache."""
+        (Repository.commit_manifest's `on_id`): the rows are laid out meanwhile, and written
+        once `PendingCommit.finish` says `mid` was committed, so a row never names a manifest
+        that is not. None without a cache."""
         if self.cache is None:
             return None
         return PendingCommit(self, mid, list(entries))
@@ -463,8 +449,11 @@ class FilesRun:
 
 class PendingCommit:
     """A files-cache commit running beside the manifest's commit (FilesRun.commit_when): its
-    Python and SQLite work overlaps the commit's tree and root writes instead of following
-    them; its transaction commits only once `finish(True)` says the manifest was committed."""
+    rows are laid out while the commit writes its trees and root, and written in one short
+    transaction once `finish(True)` says the manifest was committed. Not written meanwhile in
+    a transaction held open: that would hold the cache's one write lock through the whole
+    commit, and another archive on this host committing then would wait out the busy timeout
+    and lose its rows (its next run reads every file again)."""
 
     def __init__(self, run: FilesRun, mid: str, entries: list[Entry]) -> None:
         self.mid = mid
@@ -478,20 +467,18 @@ class PendingCommit:
     def _run(self, run: FilesRun, entries: list[Entry]) -> None:
         try:
             rows, now, moved = run._commit_rows(self.mid, entries)
-            assert run.cache is not None
-            run.cache.put_values(rows, now, moved, self.mid, hold=self._wait)
+            self._decided.wait()
+            if self._committed:
+                assert run.cache is not None
+                run.cache.put_values(rows, now, moved, self.mid)
         except _CACHE_ERRORS:
             pass  # the archive stands; the next run reads these files again
         except BaseException as e:  # noqa: BLE001 - raised by finish, on the committing thread
             self._error = e
 
-    def _wait(self) -> bool:
-        self._decided.wait()
-        return self._committed
-
     def finish(self, committed: bool) -> None:
-        """Commit the rows if manifest `mid` was committed, else roll them back; waits for
-        the thread, and raises what it raised unexpectedly (as `commit` would have)."""
+        """Write the rows if manifest `mid` was committed, else drop them; waits for the
+        thread, and raises what it raised unexpectedly (as `commit` would have)."""
         self._committed = committed
         self._decided.set()
         self._thread.join()

@@ -231,8 +231,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     if write_policy is not None:
         details["retention"] = _policy_summary(write_policy)
     agent.join()
-    # the files cache writes its rows while the manifest commits, and keeps them uncommitted
-    # until it is (FilesRun.commit_when): its work is not a serial step after the commit
+    # the files cache lays out its rows while the manifest commits, and writes them once it
+    # is (FilesRun.commit_when): most of its work is not a serial step after the commit
     pending: list[Any] = []
     try:
         committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,

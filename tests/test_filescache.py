@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -550,10 +551,10 @@ def puts(monkeypatch) -> list[tuple[list[str], set[str], str]]:
     seen: list[tuple[list[str], set[str], str]] = []
     real = FilesCache.put_values
 
-    def counting(self, values, now, moved=(), to="", hold=None):
+    def counting(self, values, now, moved=(), to=""):
         values = list(values)
         seen.append(([v[0] for v in values], set(moved), to))
-        return real(self, values, now, moved, to, hold)  # as given: a commit's mapping of kept rows
+        return real(self, values, now, moved, to)  # as given: a commit's mapping of kept rows
     monkeypatch.setattr(FilesCache, "put_values", counting)
     return seen
 
@@ -774,3 +775,44 @@ def test_a_pack_failing_on_the_commits_packs_thread_commits_nothing_and_keeps_no
     assert again.files_reused == 12
     restore(repo, again.id, tmp_path / "out")
     assert tree(tmp_path / "out" / "tree") == tree(src)
+
+
+def test_a_commit_held_up_does_not_cost_another_archive_its_cache_rows(tmp_path, monkeypatch):
+    """Two archives on one host share the files cache (next to the shared catalog). While one
+    archive's commit is held up (a slow PUT of its root manifest: a big last pack or many trees
+    on S3 take longer than the cache's busy timeout), another archive that commits meanwhile
+    keeps its rows: its re-archive reuses every file instead of reading them all again.
+    The rows of the held-up commit were kept in a transaction open (the cache's one write
+    lock) for its whole commit, so the other archive's row write waited out the busy timeout
+    and was dropped."""
+    from archiver import filescache
+    monkeypatch.setattr(filescache, "BUSY_TIMEOUT_S", 0.5)  # the default 10 s, shortened
+    store = open_store(str(tmp_path / "store"), create=True)
+    repo_a = Repository(store, Catalog(tmp_path / "cat.db", store.url))
+    repo_b = Repository(open_store(str(tmp_path / "store")), Catalog(tmp_path / "cat.db", store.url))
+    src_a = _many_files(tmp_path / "src" / "a", 6)
+    src_b = _many_files(tmp_path / "src" / "b", 9)
+    at_root, b_done = threading.Event(), threading.Event()
+    real = Repository._put
+
+    def put(self, key, data, policy):
+        if self is repo_a and key.startswith(layout.MANIFESTS):
+            at_root.set()
+            b_done.wait(30)
+        return real(self, key, data, policy)
+    monkeypatch.setattr(Repository, "_put", put)
+    got: list[object] = []
+    a = threading.Thread(target=lambda: got.append(pipeline_archive(repo_a, [src_a], name="a")))
+    a.start()
+    try:
+        assert at_root.wait(30)
+        time.sleep(0.2)  # a's files-cache rows are laid out and written meanwhile
+        pipeline_archive(repo_b, [src_b], name="b")
+    finally:
+        b_done.set()
+        a.join(30)
+    assert got and got[0].files == 6
+    assert pipeline_archive(repo_b, [src_b], name="b").files_reused == 9
+    assert pipeline_archive(repo_a, [src_a], name="a").files_reused == 6
+    repo_a.close()
+    repo_b.close()
