@@ -176,32 +176,3 @@ def unnamed_files(dir_fd: int) -> bool:
         os.close(fd)
 
 
-def process_umask() -> int | None:
-    """This process's umask, read from /proc/self/status (Linux >= 4.7), or None where it
-    cannot be read that way. Why not os.umask: it can only be read by setting it, and
-    another thread creating a file meanwhile would get the wrong mode."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def modes_follow_umask(dir_fd: int) -> bool:
-    """True if a file created in directory `dir_fd` gets exactly the mode asked for less the
-    process's umask: the directory has no default ACL (which would replace the umask), as
-    seen by asking for it (`system.posix_acl_default`: none, or no ACLs on the filesystem).
-    False where that cannot be known (no xattr calls here, or any other error): the caller
-    then looks at each file's mode. Why: restore asks once per directory instead of an
-    fstat per file."""
-    getxattr = getattr(os, "getxattr", None)
-    if getxattr is None:
-        return False
-    try:
-        getxattr(dir_fd, "system.posix_acl_default")
-    except OSError as err:
-        return err.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
-    return False  # it has one

@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from archiver.parallel import ordered_map
 from archiver.repository import Repository, SavedChunk
@@ -61,6 +62,9 @@ EXPIRE_S = 90 * 86400
 REFRESH_S = EXPIRE_S / 3
 # Above this many `moved` rows, those no row names any more are dropped at the next write.
 MOVED_KEEP = 64
+# What using the cache may raise, and only turns it off: SQLite's errors, and UnicodeError for
+# a path that is not UTF-8 (a PATH under a directory whose name is other bytes: SQLite text is UTF-8)
+_CACHE_ERRORS = (sqlite3.Error, UnicodeError)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -89,9 +93,9 @@ def cache_path(catalog_path: Path) -> Path:
     return catalog_path.with_name(catalog_path.name + SUFFIX)
 
 
-@dataclass(frozen=True)
-class FileStat:
-    """What must be equal for a file to count as unchanged."""
+class FileStat(NamedTuple):
+    """What must be equal for a file to count as unchanged. A tuple, not a dataclass: one is
+    made per source file before the first file is read (a serial step of every archive)."""
 
     dev: int
     ino: int
@@ -156,6 +160,12 @@ class FilesCache:
                 out[p] = Row(FileStat(dev, ino, size, mt, ct), reader, mid, ep, used)
         return out
 
+    def any_under(self, tops: Iterable[str]) -> bool:
+        """Whether any row's path is one of `tops` or lies below one (one range probe each)."""
+        q = "SELECT 1 FROM files WHERE path = ? OR (path >= ? AND path < ?) LIMIT 1"
+        return any(self._conn.execute(q, (t, t.rstrip("/") + "/", t.rstrip("/") + "0")).fetchone() is not None
+                   for t in tops)
+
     def moved(self) -> dict[str, str]:
         """old manifest -> the manifest its rows' reused entries moved to (one hop: see put)."""
         return dict(self._conn.execute("SELECT old, new FROM moved"))
@@ -177,26 +187,30 @@ class FilesCache:
         not see would otherwise take whatever `to` holds at its path (another source of
         the same name); else its kept rows are written naming `to`."""
         with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
-            if isinstance(moved, Mapping):
-                self._conn.executemany(_UPSERT, values)  # rewritten rows no longer name what moved
-                values, moving = [], set()
-                for old, kept in moved.items():
-                    n = self._conn.execute("SELECT count(*) FROM files WHERE manifest=? OR manifest IN "
-                                           "(SELECT old FROM moved WHERE new=?)", (old, old)).fetchone()[0]
-                    if n == len(kept):
-                        moving.add(old)
-                    else:
-                        values += kept
-                moved = moving
-            for old in set(moved) - {to}:
-                self._conn.execute("UPDATE moved SET new=? WHERE new=?", (to, old))
-                self._conn.execute("INSERT INTO moved(old, new) VALUES (?, ?) ON CONFLICT(old) DO UPDATE SET "
-                                   "new=excluded.new", (old, to))
-            self._conn.executemany(_UPSERT, values)
-            self._conn.execute("DELETE FROM files WHERE used < ?", (now - EXPIRE_S,))
-            if self._conn.execute("SELECT count(*) FROM moved").fetchone()[0] > MOVED_KEEP:
-                self._conn.execute("DELETE FROM moved WHERE old NOT IN (SELECT DISTINCT manifest FROM files)")
+            self._put_values(values, now, moved, to)
+
+    def _put_values(self, values: list[tuple[Any, ...]], now: float,
+                    moved: Iterable[str] | Mapping[str, list[tuple[Any, ...]]], to: str) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+        if isinstance(moved, Mapping):
+            self._conn.executemany(_UPSERT, values)  # rewritten rows no longer name what moved
+            values, moving = [], set()
+            for old, kept in moved.items():
+                n = self._conn.execute("SELECT count(*) FROM files WHERE manifest=? OR manifest IN "
+                                       "(SELECT old FROM moved WHERE new=?)", (old, old)).fetchone()[0]
+                if n == len(kept):
+                    moving.add(old)
+                else:
+                    values += kept
+            moved = moving
+        for old in set(moved) - {to}:
+            self._conn.execute("UPDATE moved SET new=? WHERE new=?", (to, old))
+            self._conn.execute("INSERT INTO moved(old, new) VALUES (?, ?) ON CONFLICT(old) DO UPDATE SET "
+                               "new=excluded.new", (old, to))
+        self._conn.executemany(_UPSERT, values)
+        self._conn.execute("DELETE FROM files WHERE used < ?", (now - EXPIRE_S,))
+        if self._conn.execute("SELECT count(*) FROM moved").fetchone()[0] > MOVED_KEEP:
+            self._conn.execute("DELETE FROM moved WHERE old NOT IN (SELECT DISTINCT manifest FROM files)")
 
 
 def _common_dir(paths: list[str]) -> str | None:
@@ -230,37 +244,65 @@ class FilesRun:
     rows: dict[str, Row] = field(default_factory=dict)     # abspath -> its row as `start` read it
     came_from: dict[str, str] = field(default_factory=dict)  # abspath -> manifest its candidate entry is in
     moved: dict[str, str] = field(default_factory=dict)    # the cache's `moved` rows, as read
+    # files whose keys and stats are made only when the rows are (`_keyed`): no row of the
+    # cache lies under any PATH archived, so nothing is looked up before the first read
+    deferred: list[Source] = field(default_factory=list)
 
     @classmethod
     def start(cls, repo: Repository, sources: Iterable[Source], policy: Any, *, reread: bool = False,
               trust_verified_within: float | None = None, write_policy: Any = None,
               workers: int = 2) -> "FilesRun":
         run = cls(repo, f"{READER_VERSION}:{policy!r}", FilesCache.open(cache_path(repo.catalog_path)))
-        for s in sources:
-            if s.is_dir or s.is_link:
-                continue
+        sources = list(sources)
+        files = [s for s in sources if not s.is_dir and not s.is_link]
+        lookup = run.cache is not None and not reread and not repo.sealed
+        # a tree this host never archived (a first archive): its keys and the scan's stats are
+        # made with the rows, beside the manifest's commit, not in the serial head of the run
+        if all(s.seen is not None for s in files) and \
+                (not lookup or not run._rows_under([str(s.abspath) for s in sources if s.parent is None])):
+            run.deferred = files
+            return run
+        run._key(files)
+        if not lookup:  # sealed: a write-only host cannot prove by decrypting
+            return run
+        try:
+            rows = run.rows = run.cache.rows(run.stats)  # type: ignore[union-attr]
+            run.moved = run.cache.moved()  # type: ignore[union-attr]
+        except _CACHE_ERRORS:
+            return run
+        changed: list[Entry] = []  # with a trust window: the previous entries of changed files
+        candidates = run._candidates(rows, changed if trust_verified_within is not None else None)
+        run.hits = run._proved(candidates, trust_verified_within, write_policy, workers, changed)
+        return run
+
+    def _rows_under(self, tops: list[str]) -> bool:
+        """Whether the cache may hold a row for a file at or below one of `tops` (the PATHs
+        archived): True if it cannot tell."""
+        try:
+            return self.cache is not None and self.cache.any_under(tops)
+        except _CACHE_ERRORS:
+            return True
+
+    def _keyed(self) -> None:
+        """Make the keys and stats `start` deferred (from the scan's stats, taken before any read)."""
+        files, self.deferred = self.deferred, []
+        if files:
+            self._key(files)
+
+    def _key(self, files: Iterable[Source]) -> None:
+        """Each file's key (its absolute path) and its stat before any read."""
+        for s in files:
             key = str(s.abspath)
-            run.keys[s.path] = key
+            self.keys[s.path] = key
             if s.seen is not None:  # the scan's stat: taken before any read, as a stat here would be
-                run.stats[key] = FileStat(*s.seen)
+                self.stats[key] = FileStat(*s.seen)
                 continue
             try:
                 st = os.stat(key, follow_symlinks=s.followed)
             except OSError:
                 continue  # the read reports it
             if (st.st_dev, st.st_ino) == (s.dev, s.ino):
-                run.stats[key] = FileStat.of(st)
-        if run.cache is None or reread or repo.sealed:  # sealed: a write-only host cannot prove by decrypting
-            return run
-        try:
-            rows = run.rows = run.cache.rows(run.stats)
-            run.moved = run.cache.moved()
-        except sqlite3.Error:
-            return run
-        changed: list[Entry] = []  # with a trust window: the previous entries of changed files
-        candidates = run._candidates(rows, changed if trust_verified_within is not None else None)
-        run.hits = run._proved(candidates, trust_verified_within, write_policy, workers, changed)
-        return run
+                self.stats[key] = FileStat.of(st)
 
     def seed(self, done: dict[str, SavedChunk]) -> None:
         """Give the run's chunk writer the chunks proved here, so that a file read after all
@@ -343,6 +385,8 @@ class FilesRun:
 
     def entry(self, src: Source) -> Entry | None:
         """The proved entry of an unchanged file, under its path and mode of this run; None: read it."""
+        if not self.hits:
+            return None
         e = self.hits.get(self.keys.get(src.path) or str(src.abspath))
         if e is None:
             return None
@@ -357,6 +401,26 @@ class FilesRun:
         before it was read (a file that changed meanwhile is left out: it is read next time)."""
         if self.cache is None:
             return
+        rows, now, moved = self._commit_rows(mid, entries)
+        try:
+            self.cache.put_values(rows, now, moved, mid)
+        except _CACHE_ERRORS:
+            pass  # the archive stands; the next run reads these files again
+
+    def commit_when(self, mid: str, entries: Iterable[Entry]) -> "PendingCommit | None":
+        """`commit` on a thread of its own while manifest `mid` is still being committed
+        (Repository.commit_manifest's `on_id`): the rows are laid out meanwhile, and written
+        once `PendingCommit.finish` says `mid` was committed, so a row never names a manifest
+        that is not. None without a cache."""
+        if self.cache is None:
+            return None
+        return PendingCommit(self, mid, list(entries))
+
+    def _commit_rows(self, mid: str, entries: Iterable[Entry]
+                     ) -> tuple[list[tuple[Any, ...]], float, dict[str, list[tuple[Any, ...]]]]:
+        """The rows `commit` writes (laid out as FilesCache.put_values takes them), the time
+        they are written at, and the moved manifests' kept rows."""
+        self._keyed()
         by_path = {e.path: e for e in entries if e.type == "file"}
         rows = []
         add = rows.append
@@ -376,11 +440,47 @@ class FilesRun:
                         (key, st.dev, st.ino, st.size, st.mtime_ns, st.ctime_ns, reader, mid, path, now))
                     continue
                 add((key, st.dev, st.ino, st.size, st.mtime_ns, st.ctime_ns, reader, mid, path, now))
-        try:
-            self.cache.put_values(rows, now, moved, mid)
-        except sqlite3.Error:
-            pass  # the archive stands; the next run reads these files again
+        return rows, now, moved
 
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
+
+
+class PendingCommit:
+    """A files-cache commit running beside the manifest's commit (FilesRun.commit_when): its
+    rows are laid out while the commit writes its trees and root, and written in one short
+    transaction once `finish(True)` says the manifest was committed. Not written meanwhile in
+    a transaction held open: that would hold the cache's one write lock through the whole
+    commit, and another archive on this host committing then would wait out the busy timeout
+    and lose its rows (its next run reads every file again)."""
+
+    def __init__(self, run: FilesRun, mid: str, entries: list[Entry]) -> None:
+        self.mid = mid
+        self._decided = threading.Event()
+        self._committed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(run, entries), name="files-cache-commit",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, run: FilesRun, entries: list[Entry]) -> None:
+        try:
+            rows, now, moved = run._commit_rows(self.mid, entries)
+            self._decided.wait()
+            if self._committed:
+                assert run.cache is not None
+                run.cache.put_values(rows, now, moved, self.mid)
+        except _CACHE_ERRORS:
+            pass  # the archive stands; the next run reads these files again
+        except BaseException as e:  # noqa: BLE001 - raised by finish, on the committing thread
+            self._error = e
+
+    def finish(self, committed: bool) -> None:
+        """Write the rows if manifest `mid` was committed, else drop them; waits for the
+        thread, and raises what it raised unexpectedly (as `commit` would have)."""
+        self._committed = committed
+        self._decided.set()
+        self._thread.join()
+        if self._error is not None and committed:
+            raise self._error

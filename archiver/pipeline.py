@@ -231,9 +231,23 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     if write_policy is not None:
         details["retention"] = _policy_summary(write_policy)
     agent.join()
-    committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,
-                                     read_maps=read_maps, previous_trees=files_cache.trees)
-    files_cache.commit(committed.id, sources, entries)
+    # the files cache lays out its rows while the manifest commits, and writes them once it
+    # is (FilesRun.commit_when): most of its work is not a serial step after the commit
+    pending: list[Any] = []
+    try:
+        committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,
+                                         read_maps=read_maps, previous_trees=files_cache.trees,
+                                         on_id=lambda mid: pending.append(files_cache.commit_when(mid, entries)))
+    except BaseException:
+        for p in pending:
+            if p is not None:
+                p.finish(False)
+        raise
+    rows = [p for p in pending if p is not None]
+    for p in rows:
+        p.finish(p.mid == committed.id)
+    if not any(p.mid == committed.id for p in rows):
+        files_cache.commit(committed.id, sources, entries)
     files_cache.close()
     if journal is not None:
         journal.remove()  # committed: nothing is left to resume

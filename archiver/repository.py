@@ -621,7 +621,8 @@ class Repository:
     def commit_manifest(self, m: Manifest, *, sign_key: Any = None,
                         details: dict[str, Any] | None = None, policy: Any = None,
                         read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None = None,
-                        previous_trees: Mapping[str, PreviousTree] | None = None) -> Committed:
+                        previous_trees: Mapping[str, PreviousTree] | None = None,
+                        on_id: Callable[[str], None] | None = None) -> Committed:
         """Store the manifest (every chunk it names must already be durable), sign it, and
         record it in the catalog with an 'archive' audit entry. Never overwrites: an object
         already under the same id must be byte-identical, else the store holds a forgery.
@@ -637,10 +638,28 @@ class Repository:
         from `read_maps`, the maps `fanout.check_chunks_stored` has just read and checked).
         `previous_trees` (directory -> tree read earlier, e.g. by the files cache): an unchanged
         directory keeps that tree's bytes instead of serialising its entries again; a tree no
-        recorded manifest names is still parsed as the reader would."""
-        # A sealed store keeps every chunk list inline: a file map is a plaintext object, so
-        # it would publish plaintext chunk hashes next to the encrypted manifest.
-        m, made = self._committed_form_made(m, previous_trees)
+        recorded manifest names is still parsed as the reader would.
+        `on_id`: called with the manifest id once its bytes and trees are proved, before anything
+        of the commit is written (the files cache prepares its rows meanwhile, and keeps them
+        uncommitted until this returns)."""
+        # The open packs go to the store while the trees are built and proved (flush_packs
+        # below raises a failure and records them): their writes and fsyncs release the GIL
+        early = threading.Thread(target=self.write_open_packs, name="packs", daemon=True)
+        early.start()
+        try:
+            # A sealed store keeps every chunk list inline: a file map is a plaintext object, so
+            # it would publish plaintext chunk hashes next to the encrypted manifest.
+            m, made = self._committed_form_made(m, previous_trees)
+            return self._commit_made(m, made, sign_key=sign_key, details=details, policy=policy,
+                                     read_maps=read_maps, on_id=on_id)
+        finally:
+            early.join()
+
+    def _commit_made(self, m: Manifest, made: tuple[str, dict[str, bytes], dict[str, str]] | None, *,
+                     sign_key: Any, details: dict[str, Any] | None, policy: Any,
+                     read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None,
+                     on_id: Callable[[str], None] | None) -> Committed:
+        """`commit_manifest` of `m` in its committed form (`made`: its trees, if any)."""
         hot = policy.for_metadata() if policy is not None else None
         proved: list[tuple[Entry, list[tuple[str, int, str]]]] = []  # new maps, recorded in batches
         reused: dict[tuple[str, int, int], Any] = {}  # records of the new maps that are not fresh (see _keep_reused)
@@ -686,8 +705,14 @@ class Repository:
                 except manifest_errors.ManifestError as e:
                     raise ManifestError(f"malformed manifest: its trees do not read back as the entries given "
                                         f"({e})") from None
-        self.flush_packs()  # every pack holding a chunk it names is durable before the manifest
-        self._put_trees(trees, policy.for_metadata() if policy is not None else None)  # before the root naming them
+        if on_id is not None:
+            on_id(mid)
+        # the trees go to the store (before the root naming them) while the packs are flushed and
+        # recorded: both are durable before the root is written, in either order
+        with ThreadPoolExecutor(1, thread_name_prefix="trees") as put:
+            trees_put = put.submit(self._put_trees, trees, policy.for_metadata() if policy is not None else None)
+            self.flush_packs()  # every pack holding a chunk it names is durable before the manifest
+            trees_put.result()
         key = layout.manifest(mid)
         hot = policy.for_metadata() if policy is not None else None
         if self._sealer is not None:
@@ -2304,10 +2329,14 @@ class Repository:
         ps = self._packstate
         with ps.lock:
             pending = ps.pending.get(h)
+            # with a batch's hints, a chunk in no pack this process wrote or knows of, nor in a
+            # recorded one (every new small file's), has no location to look up
+            nowhere = hints is not None and h not in hints.packed and ps.store_map is None and \
+                h not in ps.written and h not in ps.written_at
         if pending is not None:
             return SavedChunk(pending[0], pending[1], False)
         locs = self._pack_locations(h) if hints is None else \
-            self._pack_locations_many([h], hints.packed).get(h, [])
+            [] if nowhere else self._pack_locations_many([h], hints.packed).get(h, [])
         for loc in locs:
             codec = self._proved_in_pack(loc).get(h)
             if codec is not None:
@@ -2419,16 +2448,8 @@ class Repository:
         store's index objects stay the truth). Raises the first failure of any pack write:
         then nothing naming its chunks may be committed. Returns how many packs were written."""
         ps = self._packstate
+        self.write_open_packs()
         with ps.lock:
-            todo = [(b, pol) for b, pol in ((ps.open, ps.open_policy), (ps.open_large, ps.open_large_policy))
-                    if b is not None]
-            ps.open = ps.open_large = None
-            ps.in_flight += len(todo)
-        for builder, policy in todo:
-            self._write_pack_guarded(builder, policy)
-        with ps.lock:
-            while ps.in_flight:
-                ps.idle.wait()
             errors, ps.errors = ps.errors, []
             done, ps.unrecorded = ps.unrecorded, []
         if errors:
@@ -2443,6 +2464,22 @@ class Repository:
         except (CatalogReadOnlyError, CatalogLockedError):
             pass  # the store holds the indexes; a rebuild records them
         return len(done)
+
+    def write_open_packs(self) -> None:
+        """The store half of `flush_packs`: write the open packs and wait for packs in flight.
+        Failures are kept for `flush_packs` to raise, and nothing is recorded in the catalog,
+        so a commit runs this on a thread of its own while it builds and proves its trees."""
+        ps = self._packstate
+        with ps.lock:
+            todo = [(b, pol) for b, pol in ((ps.open, ps.open_policy), (ps.open_large, ps.open_large_policy))
+                    if b is not None]
+            ps.open = ps.open_large = None
+            ps.in_flight += len(todo)
+        for builder, policy in todo:
+            self._write_pack_guarded(builder, policy)
+        with ps.lock:
+            while ps.in_flight:
+                ps.idle.wait()
 
     def _pack_locations(self, h: str) -> list[PackLocation]:
         return self._pack_locations_many([h]).get(h, [])

@@ -453,8 +453,6 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
     pending: list[list[_Staged]] = []
 
     unnamed = fileio.unnamed_files(root_fd)  # files get their names only once durable (O_TMPFILE)
-    umask = fileio.process_umask() if unnamed else None
-    umask_of: dict[int, int | None] = {}  # open directory fd -> the umask its new files get, if known exactly
 
     def stage(batch: list[Entry], staged: list[_Staged]) -> list[Problem]:
         mine: list[Problem] = []
@@ -462,7 +460,7 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
         for e in batch:
             dir_fd = dirs[e.path.rpartition("/")[0]]
             _stage_file(repo, mid, dir_fd, e, pool, staged, mine, progress, mode_mask,
-                        next(ones) if len(e.chunks) == 1 else None, unnamed, umask_of[dir_fd])
+                        next(ones) if len(e.chunks) == 1 else None, unnamed)
         return mine
 
     def place(durable: list[_Staged]) -> None:
@@ -486,7 +484,12 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
         """Sync a fully written batch (every task that wrote it has returned), then put it in place."""
         if not written:
             return
-        one_per_fs = {dev_of[fd]: fd for fd in dirs.values()}  # not an fstat of every open directory per batch
+        # not an fstat of every open directory per batch; the first opened of each filesystem:
+        # one opened for the next batch would not see a write-back error this one's files met
+        # before it was opened, if something else had seen it (syncfs reports errors since its fd's open)
+        one_per_fs: dict[int, int] = {}
+        for fd in dirs.values():
+            one_per_fs.setdefault(dev_of[fd], fd)
         fileio.sync_together([s.fd for s in written], tasks, within=list(one_per_fs.values()))
         place(written)
 
@@ -503,7 +506,6 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
                 for parent in sorted(new):
                     fd = dirs[parent] = _open_dir(root_fd, parent.split("/") if parent else [], create=True)
                     dev_of[fd] = os.fstat(fd).st_dev
-                    umask_of[fd] = umask if umask is not None and fileio.modes_follow_umask(fd) else None
                 staged: list[_Staged] = []
                 pending.append(staged)
                 # this batch is written by the tasks while the previous one is synced and put in
@@ -597,13 +599,11 @@ def mode_at_create(mode: int) -> bool:
 
 def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadPoolExecutor,
                 staged: list[_Staged], problems: list[Problem], progress: Progress, mode_mask: int,
-                got: bytes | ArchiverError | None = None, unnamed: bool = False, umask: int | None = None) -> None:
+                got: bytes | ArchiverError | None = None, unnamed: bool = False) -> None:
     """Write small file `e` in dir_fd, every chunk and the whole file re-hashed, with its
     final mode and mtime, and add it to `staged` (not yet durable nor in place): with
     `unnamed`, as a file with no name (`fileio.open_unnamed`), else under a temp name. `got`:
-    its one chunk, already read (`Repository.read_chunks`). `umask`: what the kernel takes
-    from the mode of a file created in dir_fd, when known exactly (`fileio.modes_follow_umask`),
-    so an unnamed file's mode needs no fstat. A file of no chunks is written with nothing: its
+    its one chunk, already read (`Repository.read_chunks`). A file of no chunks is written with nothing: its
     recorded BLAKE3 must be that of no bytes. A damaged file is reported in `problems` and
     its file removed."""
     tmp = ""
@@ -612,7 +612,7 @@ def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadP
     at_create = mode_at_create(mode)
     try:
         if unnamed:
-            fd = _create_unnamed(dir_fd, mode, umask)
+            fd = _create_unnamed(dir_fd, mode)
         if fd < 0:
             tmp, fd = _create_temp(dir_fd, mode if at_create else 0o600)
         else:
@@ -651,19 +651,17 @@ def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadP
             _discard(dir_fd, tmp, fd)
 
 
-def _create_unnamed(dir_fd: int, mode: int, umask: int | None = None) -> int:
+def _create_unnamed(dir_fd: int, mode: int) -> int:
     """An unnamed file in dir_fd (`fileio.open_unnamed`) with exactly `mode` less its special
     bits (what the umask took is put back), or -1 if this directory's filesystem cannot
-    make one. No lock, no random name: no other process can see it. `umask`: what creating
-    a file in dir_fd takes from its mode, known exactly (else the mode is looked at)."""
+    make one. No lock, no random name: no other process can see it. The mode is looked at
+    for every file: the umask is the process's, and another thread may change it during a
+    restore (a umask read once would then narrow modes unseen)."""
     fd = fileio.open_unnamed(dir_fd, mode & ~SPECIAL_BITS)
     if fd is None:
         return -1
     try:
-        if umask is not None:
-            if mode & ~SPECIAL_BITS & umask:
-                os.fchmod(fd, mode & ~SPECIAL_BITS)
-        elif stat.S_IMODE(os.fstat(fd).st_mode) != mode & ~SPECIAL_BITS:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != mode & ~SPECIAL_BITS:
             os.fchmod(fd, mode & ~SPECIAL_BITS)
     except BaseException:
         os.close(fd)

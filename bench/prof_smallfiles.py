@@ -10,7 +10,9 @@ cache and commit, `trees` the commit's tree writers), sampled from /proc/self/ta
 (time.thread_time: waits do not count) and the merged profile is written to OUT.prof and
 its top entries printed; cProfile roughly doubles the CPU of small Python calls, so read
 its numbers as proportions. Used for "Per-file archive overhead of small files" in
-bench/RESULTS.md, on the tree of bench/smallfiles.py's make_tree."""
+bench/RESULTS.md, on the tree of bench/smallfiles.py's make_tree. Also prints the serial
+tail: wall seconds from the end of the file tasks (fanout.archive_files returning) to the
+end of the archive (entries, commit, files cache), the part the sfarch branch overlapped."""
 from __future__ import annotations
 
 import argparse
@@ -30,15 +32,27 @@ def main() -> int:
     ap.add_argument("--cprofile", type=Path)
     ap.add_argument("--top", type=int, default=40)
     args = ap.parse_args()
-    from archiver import api
+    import time
+    from archiver import api, fanout
+    files_end: list[float] = []
+    archive_files = fanout.archive_files
+
+    def timed(*a, **k):  # type: ignore[no-untyped-def]
+        try:
+            return archive_files(*a, **k)
+        finally:
+            files_end.append(time.perf_counter())
+    fanout.archive_files = timed
     with tempfile.TemporaryDirectory() as td:
         os.environ["ARCHIVER_HOME"] = f"{td}/home"
         repo = api.open_repository(f"{td}/store", f"{td}/catalog.db", create=True)
         with Measured(args.cprofile is not None) as m:
             res = api.archive([str(args.src)], name="bench", repo=repo, resume=False)
+            tail = time.perf_counter() - files_end[-1]
         repo.close()
     print(f"id {res.id} files {res.files} chunks {res.chunks}")
     print(m.summary())
+    print(f"serial tail (after the file tasks) {tail:.3f} s wall")
     if args.cprofile:
         m.dump_profile(args.cprofile, args.top)
     return 0

@@ -233,9 +233,9 @@ def _insert_map_keys(conn: sqlite3.Connection, maps: list[tuple[int, MapRecords]
     Several maps: a first version's are all new (a sample of keys is looked up first, then
     one insert says so); otherwise (a fine-tune's maps reuse most chunks) the keys already
     known are found in one statement and only the others inserted."""
-    import numpy as np
-    if not maps:
+    if not maps:  # a version of small files only: numpy is not imported for nothing
         return {}
+    import numpy as np
     keys = np.concatenate([map_keys(r) for _, r in maps])
     order = np.argsort(keys)  # not stable: equal keys are refused below, before anything is written
     keys = keys[order]

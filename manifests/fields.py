@@ -16,8 +16,9 @@ def model_summary(m: Manifest) -> dict[str, Any] | None:
     """{architecture, parameters, dtypes, format, files} over the manifest's weights files
     (of the preferred format when several are present), or None if it holds none."""
     weights = [e for e in m.files if e.tech and e.tech.get("format") in _PREFERRED]
-    config = next((e.tech["config"] for e in sorted(m.files, key=lambda e: e.path.count("/"))
-                   if e.tech and "config" in e.tech and e.path.rsplit("/", 1)[-1] == "config.json"), None)
+    configs = [e for e in m.files if e.tech and "config" in e.tech and e.path.rsplit("/", 1)[-1] == "config.json"]
+    # the shallowest (a stable sort of the few with a config, not of every file of the manifest)
+    config = next((e.tech["config"] for e in sorted(configs, key=lambda e: e.path.count("/"))), None)
     if not weights and not config:
         return None
     out: dict[str, Any] = {}

@@ -38,9 +38,10 @@ _WORD = 4  # the text is built as 4-byte words (uint32): four digits come from o
 @functools.cache
 def _tables() -> np.ndarray:
     """The four ASCII digits of 0-9999, zero-padded, as one uint32 each (little-endian, so
-    the first byte is the first digit). A constant, made once (a commit of one map calls this)."""
+    the first byte is the first digit, also on a big-endian host: the words stay "<u4"). A
+    constant, made once (a commit of one map calls this)."""
     import numpy as np
-    table = np.frombuffer("".join(f"{i:04d}" for i in range(10000)).encode("ascii"), dtype="<u4").astype(np.uint32)
+    table = np.frombuffer("".join(f"{i:04d}" for i in range(10000)).encode("ascii"), dtype="<u4")
     table.flags.writeable = False
     return table
 
@@ -72,7 +73,7 @@ def decimal(values: np.ndarray, digits: int) -> np.ndarray:
     padded = _tables()
     count = (digits + 3) // 4
     words = np.stack([padded[g] for g in _groups(values, count)], axis=1) if len(values) else \
-        np.zeros((0, count), dtype=np.uint32)
+        np.zeros((0, count), dtype="<u4")
     return np.ascontiguousarray(words).view(np.uint8).reshape(len(values), 4 * count)[:, 4 * count - digits:]
 
 
@@ -103,7 +104,7 @@ def rows_text(keys: np.ndarray, low: np.ndarray, high: np.ndarray, padded: np.nd
     mag = np.where(neg, -(keys + 1), keys).astype(np.uint64) + neg.astype(np.uint64)
     payload = (high.astype(np.uint64) << np.uint64(LOW_BITS)) | low.astype(np.uint64)
     payload += np.uint64(PAYLOAD_BIAS)
-    words = np.empty((n, 13), dtype=np.uint32)
+    words = np.empty((n, 13), dtype="<u4")  # little-endian on any host: byte 0 is the word's low byte
     words[:, 0] = _word('   "')
     for i, g in enumerate(_groups(mag, 5)):
         np.take(padded, g, out=words[:, 1 + i])

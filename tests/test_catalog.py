@@ -1437,3 +1437,132 @@ def test_chunk_rows_inserted_as_json_are_those_bound_row_by_row(tmp_path, monkey
         assert max(r[1] for r in chunks) >= 2 ** 32 and filemaps[1][3] >= 60 * 2 ** 32
     assert [f[3] is None for f in filemaps] == ([False] * 4 if case != "some-known"
                                                 else [False, True, True, False, False])
+
+
+def _edge_batches(seed: int) -> list[list[tuple[Entry, list[tuple[str, int, str]]]]]:
+    """Batches of file maps over a small pool of hashes: chunk keys at both int64 ends and
+    around the bias, two hashes sharing a key, keys repeated within a map, chunks known from
+    an earlier batch (with other sizes), stored sizes at 0, 2**32 - 1 and 2**32 and more."""
+    import random
+    rnd = random.Random(seed)
+    pool = ["%064x" % rnd.getrandbits(256) for _ in range(rnd.randrange(1, 60))]
+    pool += [p + "%048x" % rnd.getrandbits(192) for p in ("0" * 16, "f" * 16, "8" + "0" * 15, "7" + "f" * 15)]
+    if rnd.random() < 0.3:
+        pool.append(pool[0][:16] + "%048x" % rnd.getrandbits(192))  # same chunk key, another hash
+    batches = []
+    for b in range(rnd.randrange(1, 4)):
+        maps = []
+        for m in range(rnd.randrange(1, 5)):
+            edgy = rnd.random() < 0.3 and (b, m) != (0, 0)  # the first map: distinct keys, packable sizes
+            picked = [rnd.choice(pool) for _ in range(rnd.randrange(1, 30))]
+            recs = [(c, rnd.choice([0, 1, 2 ** 32 - 1, 2 ** 32, 2 ** 40]) if edgy else int(c[-6:], 16),
+                     rnd.choice(["zstd", "bg2", "raw"])) for c in picked]
+            if (b, m) == (0, 0) or rnd.random() < 0.8:  # usually each chunk once per map
+                recs = list({c: (c, s, k) for c, s, k in reversed(recs)}.values())
+            e = Entry(path=f"f{b}.{m}.bin", type="file", mode=0o644, size=10 * len(recs), mtime_ns=1,
+                      blake3=h(f"b3{seed}/{b}/{m}"), sha256=h(f"sha{seed}/{b}/{m}"), filemap=h(f"map{seed}/{b}/{m}"),
+                      chunk_count=len(recs))
+            maps.append((e, recs))
+        batches.append(maps)
+    return batches
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_json_rows_equal_bound_rows_and_record_filemaps_names_the_maps_not_fresh(tmp_path, monkeypatch, seed):
+    """Review of the JSON bulk rows (branch commit2s) at the edges: over batches of maps with
+    keys at the int64 ends, shared keys, repeats, known chunks and sizes that cannot be
+    packed, in slices of 3, the JSON path leaves exactly the rows the bound path leaves, and
+    record_filemaps returns exactly the maps it recorded whose fresh_stored is NULL (those
+    commit_manifest hands to record_manifest instead of fetching them again)."""
+    from manifests import jsonrows
+    from manifests.filemapbin import MapRecords
+    monkeypatch.setattr(jsonrows, "SLICE", 3)
+    monkeypatch.setattr(catalog_module, "_INSERT_SLICE", 3)
+    batches = _edge_batches(seed)
+    texts = []
+    rows_text = jsonrows.rows_text
+    monkeypatch.setattr(jsonrows, "rows_text", lambda *a: texts.append(1) or rows_text(*a))
+    got, returned = {}, {}
+    for form in ("json", "bound"):
+        if form == "bound":
+            monkeypatch.setattr(jsonrows, "packable", lambda low, high: False)
+        path = tmp_path / form / "catalog.db"
+        c = Catalog(path, STORE)
+        try:
+            returned[form] = []
+            for maps in batches:
+                before = {row[0] for row in _tables(path)[1]}
+                returned[form].append(c.record_filemaps([(e, MapRecords.from_triples(r)) for e, r in maps]))
+                not_fresh = {m for m, _, _, fresh in _tables(path)[1] if fresh is None and m not in before}
+                assert returned[form][-1] == not_fresh
+        finally:
+            c.close()
+        got[form] = _tables(path)
+    assert texts  # the JSON path was taken (at least for the first map)
+    assert got["json"] == got["bound"] and returned["json"] == returned["bound"]
+
+
+def test_a_slice_failing_on_the_second_thread_rolls_back_every_row_of_the_batch(tmp_path, monkeypatch):
+    """Review of commit2s: the JSON inserts run on a second thread, in the caller's write
+    transaction. A slice that fails there (here a trigger refuses the largest key: the last
+    row of its codec's pass, after that pass's earlier slices went in) raises in the caller, and the whole batch is undone: no chunk row (not even those of
+    slices already inserted on that thread), no file map row."""
+    from manifests import jsonrows
+    from manifests.filemapbin import MapRecords
+    monkeypatch.setattr(jsonrows, "SLICE", 3)
+    monkeypatch.setattr(catalog_module, "_INSERT_SLICE", 3)
+    threads = []
+    each_text = jsonrows.each_text
+    monkeypatch.setattr(jsonrows, "each_text", lambda conn, sql, texts: each_text(
+        conn, sql, (threads.append(sql) or t for t in texts)))
+    maps = _random_maps(3, 4, 30)
+    path = tmp_path / "catalog.db"
+    c = Catalog(path, STORE)
+    try:
+        bad = max(chunk_key(hx) for _, recs in maps for hx, _, _ in recs)
+        raw = sqlite3.connect(path)
+        raw.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON chunks WHEN NEW.key = {bad} "
+                    "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        raw.commit()
+        raw.close()
+        with pytest.raises(sqlite3.IntegrityError, match="refused"):
+            c.record_filemaps([(e, MapRecords.from_triples(r)) for e, r in maps])
+    finally:
+        c.close()
+    assert any(sql.startswith("INSERT") for sql in threads)  # the inserts ran slice by slice on the second thread
+    assert _tables(path) == ([], [])
+
+
+def test_a_known_key_the_sample_missed_undoes_the_second_threads_inserts_to_the_savepoint(tmp_path, monkeypatch):
+    """Review of commit2s: maps recorded together whose sampled keys are all new go in at
+    once under a savepoint; one chunk the sample missed is already known, so that insert is
+    undone (ROLLBACK TO: its slices ran on the second thread) and only the unknown keys go in
+    again. The rows and freshness are those the bound path leaves, and the rows were written
+    twice as JSON (all, then all but the known one): the savepoint path was taken."""
+    from manifests import jsonrows
+    from manifests.filemapbin import MapRecords
+    monkeypatch.setattr(jsonrows, "SLICE", 50)
+    monkeypatch.setattr(catalog_module, "_INSERT_SLICE", 50)
+    maps = _random_maps(9, 3, 400)
+    keys = sorted(chunk_key(hx) for _, recs in maps for hx, _, _ in recs)
+    sampled = set(keys[::max(1, len(keys) // 256)])  # as _insert_map_keys samples them
+    missed = next(rec for _, recs in maps for rec in recs if chunk_key(rec[0]) not in sampled)
+    known = (dataclasses.replace(maps[0][0], filemap=h("known"), chunk_count=1), [(missed[0], 7, "raw")])
+    rows = []
+    rows_text = jsonrows.rows_text
+    monkeypatch.setattr(jsonrows, "rows_text", lambda k, *a: rows.append(len(k)) or rows_text(k, *a))
+    got = {}
+    for form in ("json", "bound"):
+        if form == "bound":
+            monkeypatch.setattr(jsonrows, "packable", lambda low, high: False)
+        c = Catalog(tmp_path / form / "catalog.db", STORE)
+        try:
+            c.record_filemaps([(known[0], MapRecords.from_triples(known[1]))])
+            got[form] = c.record_filemaps([(e, MapRecords.from_triples(r)) for e, r in maps])
+        finally:
+            c.close()
+        got[form] = (got[form], _tables(tmp_path / form / "catalog.db"))
+    assert sum(rows) == 1 + 2 * len(keys) - 1  # the known map's one row; then all keys, then all but the known one
+    assert got["json"] == got["bound"]
+    assert [f[3] is None for f in got["json"][1][1]] == [False] + [missed in recs for _, recs in maps]
+    assert got["json"][0] == {e.filemap for e, recs in maps if missed in recs}

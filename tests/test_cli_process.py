@@ -199,3 +199,19 @@ def test_start_up_does_not_import_numpy():
     r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+@pytest.mark.packs
+def test_an_archive_of_small_files_does_not_import_numpy(tmp_path):
+    """Small files are one chunk each (no byte-planes) and the catalog records no file map for
+    them: numpy's import (~0.06 CPU-s, on the committing thread after the last file) is not
+    paid by a first archive of a tree of small files."""
+    src = tmp_path / "src" / "tree"
+    for i in range(40):
+        (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 4}" / f"f{i}.txt").write_bytes(os.urandom(100 + 50 * i))
+    env = {**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")}
+    store = str(tmp_path / "store")
+    r, loaded = cli_modules(env, "--store", store, "archive", str(src), "--name", "m", "--json")
+    assert json.loads(r.stdout)["files"] == 40
+    assert "archiver.pipeline" in loaded and [m for m in loaded if m.split(".")[0] == "numpy"] == []

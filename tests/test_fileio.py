@@ -249,23 +249,3 @@ def test_an_unnamed_file_has_no_name_until_linked_and_a_link_replaces_nothing(tm
         assert (tmp_path / "done").read_bytes() == b"whole" and (tmp_path / "victim").read_bytes() == b"keep"
     finally:
         os.close(d)
-
-
-def test_the_umask_is_read_without_being_set() -> None:
-    """process_umask reads the umask (Linux: /proc/self/status) without changing it."""
-    if not os.path.exists("/proc/self/status"):
-        pytest.skip("no /proc here")
-    old = os.umask(0o027)
-    try:
-        assert fileio.process_umask() == 0o027
-        assert os.umask(0o027) == 0o027  # still what it was set to
-    finally:
-        os.umask(old)
-
-
-def test_a_directory_without_a_default_acl_gives_new_files_the_umask(tmp_path: Path) -> None:
-    fd = os.open(tmp_path, os.O_RDONLY)
-    try:
-        assert fileio.modes_follow_umask(fd) is (hasattr(os, "getxattr"))
-    finally:
-        os.close(fd)

@@ -559,3 +559,31 @@ def test_a_resume_whose_redone_files_sit_in_an_unwritten_pack_commits(tmp_path, 
     dest = tmp_path / "dest"
     assert run_cli("--store", store, "restore", "m", str(dest)).code == 0
     assert all((dest / "many" / p.name).read_bytes() == p.read_bytes() for p in src.iterdir())
+
+
+@pytest.mark.packs
+def test_a_small_file_repeated_in_a_later_batch_is_saved_once_from_a_pack_this_run_wrote(tmp_path, monkeypatch):
+    """Small files go in batches whose catalog hints know nothing of this run's packs: a file
+    whose bytes another batch already packed (the pack written mid-run, or still open) is
+    deduplicated against this run's packs, not stored twice; verify and restore read it back."""
+    from archiver import packs
+    monkeypatch.setattr(packs, "PACK_TARGET", 16 << 10)  # several packs written while the run goes on
+    src = tmp_path / "src"
+    blobs = [os.urandom(900 + 13 * i) for i in range(40)]
+    for i in range(80):  # file i and file i + 40 hold the same bytes, in different batches
+        (src / f"d{i % 5}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 5}" / f"f{i:02d}").write_bytes(blobs[i % 40])
+    settings = Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db")
+    with Repository.open(settings, create=True) as repo:
+        res = archive(repo, [src], name="m")
+        assert res.files == 80 and res.chunks == 40 and res.new_chunks == 40
+        assert len(RawStore(str(tmp_path / "store")).keys("packs/")) > 2
+        assert verify(repo, [res.id], deep=True).ok
+        restore(repo, res.id, tmp_path / "out")
+        other = tmp_path / "other"  # the same bytes under other names, by the same process: no new chunk
+        other.mkdir()
+        for i, b in enumerate(blobs):
+            (other / f"g{i}").write_bytes(b)
+        again = archive(repo, [other], name="n")
+        assert again.chunks == 40 and again.new_chunks == 0
+    assert tree(tmp_path / "out" / "src") == tree(src)

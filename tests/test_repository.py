@@ -269,6 +269,38 @@ def test_prove_stored_chunks_pack_by_pack_names_each_bad_chunk(tmp_path):
         assert len([c for c in calls if c[1] > victim.stored_size]) == 1  # the pack: one span for all 30
 
 
+@pytest.mark.packs
+def test_commit_writes_the_open_pack_beside_its_trees_and_before_the_root(tmp_path, monkeypatch):
+    """The open pack goes to the store on a thread of its own while the commit builds and
+    proves its trees, and the trees while the pack is recorded; the root manifest is still
+    written only once the pack, its index and every tree are durable, and the pack is
+    recorded in the catalog by the commit."""
+    import threading
+    from archiver.pipeline import archive
+    src = tmp_path / "src"
+    for i in range(20):
+        (src / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 3}" / f"f{i}").write_bytes(os.urandom(1000 + i))
+    settings = Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db")
+    monkeypatch.setattr("manifests.model.TREE_THRESHOLD", 0)  # a v3 root with trees, for 20 files
+    order: list[tuple[str, str]] = []
+    with Repository.open(settings, create=True) as r:
+        real, real_store = r._put, r._store.put_if_absent
+        r._put = lambda key, data, policy: order.append((key, threading.current_thread().name)) or \
+            real(key, data, policy)
+        r._store.put_if_absent = lambda key, data, *a, **k: (key.startswith(layout.TREES) and order.append(
+            (key, threading.current_thread().name))) or real_store(key, data, *a, **k)
+        res = archive(r, [src], name="m")
+        root = [i for i, (k, _) in enumerate(order) if k.startswith(layout.MANIFESTS)]
+        packed = [i for i, (k, _) in enumerate(order) if k.startswith((layout.PACKS, layout.PACK_INDEXES))]
+        trees = [i for i, (k, _) in enumerate(order) if k.startswith(layout.TREES)]
+        assert len(root) == 1 and len(packed) == 2 and max(packed) < root[0]
+        assert {order[i][1] for i in packed} == {"packs"}  # not the committing thread
+        assert r.load_manifest(res.id).tree and len(trees) == 5 and max(trees) < root[0]  # top, src, d0-d2
+        stored = {c.hash for c in r.load_manifest(res.id).unique_chunks().values()}
+    with Repository.open(settings) as r:  # a fresh process state: the catalog's rows answer
+        assert set(r.pack_positions(stored)) == stored
+
 def _bf16_like(n: int) -> bytes:
     """Bytes shaped like bf16 weights: a noisy low plane, a repetitive high plane."""
     low = os.urandom(n)

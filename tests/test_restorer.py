@@ -857,37 +857,16 @@ def _set_default_acl(d: Path) -> bool:
     return True
 
 
-def test_unnamed_files_are_not_stat_ed_for_their_mode_unless_a_default_acl_may_change_it(tmp_path, monkeypatch):
-    """With the process's umask known and no default ACL on their directory, the mode an
-    unnamed file is created with is known, so it is not looked at again (no fstat per file);
-    under a directory with a default ACL (which replaces the umask) every file's mode is
-    looked at and put right: both restore the recorded modes exactly."""
-    fd = os.open(tmp_path, os.O_RDONLY)
-    try:
-        if not fileio.unnamed_files(fd) or fileio.process_umask() is None:
-            pytest.skip("no O_TMPFILE or no readable umask here")
-    finally:
-        os.close(fd)
+def test_unnamed_files_get_their_recorded_modes_with_or_without_a_default_acl(tmp_path, monkeypatch):
+    """An unnamed file's mode is looked at and put right: under a plain umask and under a
+    directory whose default ACL replaces the umask, every recorded mode comes out exactly."""
     modes = {"a": 0o644, "b": 0o600, "c": 0o755, "d": 0o4755}
-    real_fstat = os.fstat
-    unnamed_stats = []
-
-    def fstat(fd: int):
-        st = real_fstat(fd)
-        if sys._getframe(1).f_globals.get("__name__") == "archiver.restorer" and stat.S_ISREG(st.st_mode) \
-                and os.readlink(f"/proc/self/fd/{fd}").endswith(" (deleted)"):  # restore's look at an unnamed file
-            unnamed_stats.append(fd)
-        return st
-    monkeypatch.setattr(restorer.os, "fstat", fstat)
     _restore_modes(tmp_path / "plain", monkeypatch, modes, 0o022)
-    assert unnamed_stats == []
     with_acl = tmp_path / "acl"
     (with_acl / "dest").mkdir(parents=True)
     if not _set_default_acl(with_acl / "dest"):
         pytest.skip("no default ACLs here")
-    assert not fileio.modes_follow_umask(os.open(with_acl / "dest", os.O_RDONLY))
     _restore_modes(with_acl, monkeypatch, modes, 0o000)  # the ACL gives 0o640 for 0o644: put right
-    assert len(unnamed_stats) == len(modes)
 
 
 def test_an_empty_file_whose_recorded_blake3_is_not_that_of_no_bytes_is_reported_not_restored(small_tree, tmp_path):
@@ -929,3 +908,90 @@ def test_data_shorter_than_a_hole_window_is_one_write_resumed_if_short(tmp_path,
         os.close(fd)
     assert p.read_bytes() == content
     assert (calls[:1] == [n]) if n else calls == []
+
+
+def test_a_batch_is_synced_through_directories_opened_before_its_files_were_made(small_tree, tmp_path, monkeypatch):
+    """syncfs(2) reports a write-back error only if it happened after the fd it is called on
+    was opened (the filesystem's error sequence is sampled at open: `fileio.syncfs`), so the
+    syncfs that makes a batch durable must go through a directory opened before the batch's
+    files were made. Since a batch is synced while the next one is written, the directories
+    then open include those opened for the next batch: the one taken for each filesystem is
+    the first opened, never one opened after the batch was written (whose syncfs could miss
+    an error already seen elsewhere, and report a batch durable that is not)."""
+    src, store, catalog, mid = small_tree
+    monkeypatch.setattr(restorer, "SYNC_BATCH_FILES", 32)
+    import itertools
+    import threading
+    seq, lock = itertools.count(), threading.Lock()
+    opened_at: dict[int, int] = {}  # directory fd -> when it was (last) opened
+    made_at: dict[int, int] = {}  # file fd -> when it was (last) made
+    late: list[tuple[int, int]] = []
+    checked = {"batches": 0}
+    real_open_dir, real_unnamed, real_temp = restorer._open_dir, fileio.open_unnamed, restorer._create_temp
+    real_sync = fileio.sync_together
+
+    def open_dir(*a, **kw):
+        fd = real_open_dir(*a, **kw)
+        with lock:
+            opened_at[fd] = next(seq)
+        return fd
+
+    def open_unnamed(dir_fd, mode):
+        fd = real_unnamed(dir_fd, mode)
+        if fd is not None:
+            with lock:
+                made_at[fd] = next(seq)
+        return fd
+
+    def create_temp(dir_fd, mode=0o600):
+        tmp, fd = real_temp(dir_fd, mode)
+        with lock:
+            made_at[fd] = next(seq)
+        return tmp, fd
+
+    def sync_together(fds, pool=None, *, within=None):
+        if within is not None:  # a batch of files, synced through the directories `within`
+            checked["batches"] += 1
+            through = {os.fstat(fd).st_dev: fd for fd in within}
+            with lock:
+                late.extend((fd, through[os.fstat(fd).st_dev]) for fd in fds
+                            if opened_at[through[os.fstat(fd).st_dev]] > made_at[fd])
+        return real_sync(fds, pool, within=within)
+    monkeypatch.setattr(restorer, "_open_dir", open_dir)
+    monkeypatch.setattr(restorer, "_create_temp", create_temp)
+    monkeypatch.setattr(fileio, "open_unnamed", open_unnamed)
+    monkeypatch.setattr(fileio, "sync_together", sync_together)
+    res = archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
+    monkeypatch.undo()
+    assert res.ok and res.files == 124 and tree(tmp_path / "out" / "small") == tree(src)
+    assert checked["batches"] == 4 and late == []
+
+
+def test_a_umask_changed_by_another_thread_during_a_restore_does_not_change_the_modes(tmp_path, monkeypatch):
+    """The recorded modes come out exactly whatever the process's umask is when each file is
+    made: a Python API caller's other thread may set it (say to 0o077 while it writes private
+    files) while a restore runs. Here progress, called on the restore's file tasks after each
+    file's write, sets it once the first file is written: the files made after that must
+    still get their recorded 0o640, not 0o600, or the restore must not report success."""
+    from archiver.progress import Progress
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for i in range(200):
+        (src / "sub" / f"f{i}").write_bytes(b"x" * (100 + i))
+        os.chmod(src / "sub" / f"f{i}", 0o640)
+    store, catalog = str(tmp_path / "store"), tmp_path / "cat.db"
+    mid = archiver.archive([src], name="m", store=store, catalog=catalog).id
+
+    class UmaskSetMeanwhile(Progress):
+        def advance(self, n: int) -> None:
+            os.umask(0o077)
+            super().advance(n)
+    old = os.umask(0o022)
+    try:
+        res = archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog, progress=UmaskSetMeanwhile())
+    finally:
+        os.umask(old)
+    got = {p.name: p.stat().st_mode & 0o7777 for p in (tmp_path / "out" / "src" / "sub").iterdir()}
+    assert len(got) == 200
+    assert not res.ok or set(got.values()) == {0o640}

@@ -160,3 +160,21 @@ def test_reader_refuses_malformed_tech(tech, why):
     obj = {**Manifest(name="n", entries=()).to_dict(), "entries": [entry]}
     with pytest.raises(ManifestError, match=why):
         parse_manifest(canonical(obj))
+
+
+def test_model_summary_takes_the_shallowest_config_among_many_files():
+    """The config.json nearest the top wins (a nested one, e.g. a draft model's, does not),
+    whatever the order of the entries; files without tech do not count."""
+    from manifests.model import Entry, Manifest
+
+    def f(path, tech=None):
+        return Entry(path=path, type="file", mode=0o644, size=0, mtime_ns=0, blake3="0" * 64, sha256="0" * 64,
+                     tech=tech)
+    deep = f("m/draft/config.json", {"config": {"architectures": ["Draft"]}})
+    top = f("m/config.json", {"config": {"architectures": ["Top"], "torch_dtype": "bfloat16"}})
+    other = f("m/x/notconfig.json", {"config": {"architectures": ["Other"]}})
+    plain = [f(f"m/d{i}/f{i}.txt") for i in range(50)]
+    for entries in ([deep, top, other, *plain], [*plain, other, top, deep]):
+        got = model_summary(Manifest(name="n", entries=tuple(entries)))
+        assert got == {"architecture": "Top", "torch_dtype": "bfloat16"}
+    assert model_summary(Manifest(name="n", entries=tuple(plain))) is None
