@@ -1369,9 +1369,9 @@ class Repository:
             return out
         try:
             with translated():
-                self._catalog.record_event(rec.key if rec else None, rec.writer if rec else "", rec.seq if rec else -1,
-                                           rec.hash if rec else "", event.time, events.audit_rows(event),
-                                           events.chunk_results(event))
+                self._catalog.record_event_lists(rec.key if rec else None, rec.writer if rec else "",
+                                                 rec.seq if rec else -1, rec.hash if rec else "", event.time,
+                                                 events.audit_rows(event), event.chunks_ok, event.chunks_failed)
         except (CatalogReadOnlyError, CatalogLockedError) as e:
             out.catalog_error = str(e)
         return out

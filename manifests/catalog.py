@@ -1335,6 +1335,28 @@ class Catalog:
                 ((c, at, int(ok)) for c, ok in checks))
         return True
 
+    def record_event_lists(self, key: str | None, writer: str, seq: int, h: str, at: float,
+                           rows: Iterable[tuple[str, str | None, bool, dict[str, Any]]],
+                           ok: Iterable[str], failed: Iterable[str]) -> bool:
+        """`record_event` with the chunk checks given as the event's two lists (intact,
+        damaged), each written by one statement over a JSON array instead of a bound row per
+        chunk (a deep verify's event names every chunk it read); sorted, so the rows go into
+        the table's index in its order. Same rows, same rule (a later check wins; a chunk in
+        both lists ends damaged, as `record_event` of events.chunk_results leaves it), same
+        one transaction."""
+        with self.write() as conn:
+            if not self.record_event(key, writer, seq, h, at, rows, ()):
+                return False
+            for hashes, flag in ((ok, 1), (failed, 0)):
+                listed = sorted(hashes)
+                if listed:
+                    conn.execute(
+                        "INSERT INTO chunk_checks(hash, last_verified, ok) SELECT value, ?, ? FROM json_each(?) "
+                        "WHERE true ON CONFLICT(hash) DO UPDATE SET last_verified=excluded.last_verified, "
+                        "ok=excluded.ok WHERE excluded.last_verified >= chunk_checks.last_verified",
+                        (at, flag, json.dumps(listed)))
+        return True
+
     @_across_migration
     def chunk_coverage(self, filemap_chunks: Callable[[Entry], Iterable[ChunkRef]] | None = None
                        ) -> list[tuple[str, str, str | None, str, int, float | None, bool | None]]:

@@ -400,3 +400,35 @@ def test_agent_version_is_not_taken_from_past_an_entry_importlib_metadata_reads_
     paths = [str(first), str(old)]
     assert next(iter(distributions(name="archiver", path=paths))).version == "7.7.7"
     assert events._dist_info_version(paths) in (None, "7.7.7")
+
+
+def test_an_events_chunk_lists_are_recorded_as_its_chunk_results_rows(tmp_path):
+    """record_event_lists (one statement per list) leaves the catalog's chunk checks exactly
+    as record_event of events.chunk_results does: new rows, a newer check kept over an older
+    event's, a chunk in both lists damaged; and a replayed event is not recorded twice."""
+    from manifests.catalog import Catalog
+    ok = [blake3.blake3(bytes([i])).hexdigest() for i in range(40)]
+    failed = [ok[3], blake3.blake3(b"bad").hexdigest()]
+    newer = ok[7]
+    tables = []
+    for way in ("rows", "lists"):
+        cat = Catalog(tmp_path / f"{way}.db", "file:///tmp/archiver-test-store")
+        cat.mark_verified([(newer, False)], at=2000.0)  # checked after the event: stays so
+        cat.mark_verified([(ok[9], False)], at=500.0)  # checked before it: the event's result wins
+        ev = Event(events.FIXITY_CHECK, ok=False, chunks_ok=tuple(ok), chunks_failed=tuple(failed))
+        rows = events.audit_rows(ev)
+        if way == "rows":
+            first = cat.record_event("events/w/1", "w", 1, "h", 1000.0, rows, events.chunk_results(ev))
+            again = cat.record_event("events/w/1", "w", 1, "h", 3000.0, rows, events.chunk_results(ev))
+        else:
+            first = cat.record_event_lists("events/w/1", "w", 1, "h", 1000.0, rows, ev.chunks_ok, ev.chunks_failed)
+            again = cat.record_event_lists("events/w/1", "w", 1, "h", 3000.0, rows, ev.chunks_ok, ev.chunks_failed)
+        assert (first, again) == (True, False)
+        got = cat.chunk_checks(ok + failed)
+        tables.append((got, [(a.event, a.ok) for a in cat.audit_log()]))
+        cat.close()
+    assert tables[0] == tables[1]
+    got = tables[1][0]
+    assert len(got) == 41
+    assert got[newer] == (2000.0, False) and got[ok[9]] == (1000.0, True)
+    assert got[ok[3]] == (1000.0, False) and got[failed[1]] == (1000.0, False) and got[ok[0]] == (1000.0, True)
