@@ -1343,18 +1343,19 @@ class Catalog:
         chunk (a deep verify's event names every chunk it read); sorted, so the rows go into
         the table's index in its order. Same rows, same rule (a later check wins; a chunk in
         both lists ends damaged, as `record_event` of events.chunk_results leaves it), same
-        one transaction."""
+        one transaction. A list of more than `jsonrows.SLICE` goes in a slice per statement
+        (bounds each text, well under SQLite's longest string)."""
         with self.write() as conn:
             if not self.record_event(key, writer, seq, h, at, rows, ()):
                 return False
             for hashes, flag in ((ok, 1), (failed, 0)):
                 listed = sorted(hashes)
-                if listed:
+                for i in range(0, len(listed), jsonrows.SLICE):
                     conn.execute(
                         "INSERT INTO chunk_checks(hash, last_verified, ok) SELECT value, ?, ? FROM json_each(?) "
                         "WHERE true ON CONFLICT(hash) DO UPDATE SET last_verified=excluded.last_verified, "
                         "ok=excluded.ok WHERE excluded.last_verified >= chunk_checks.last_verified",
-                        (at, flag, json.dumps(listed)))
+                        (at, flag, json.dumps(listed[i:i + jsonrows.SLICE])))
         return True
 
     @_across_migration

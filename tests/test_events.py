@@ -402,11 +402,16 @@ def test_agent_version_is_not_taken_from_past_an_entry_importlib_metadata_reads_
     assert events._dist_info_version(paths) in (None, "7.7.7")
 
 
-def test_an_events_chunk_lists_are_recorded_as_its_chunk_results_rows(tmp_path):
-    """record_event_lists (one statement per list) leaves the catalog's chunk checks exactly
-    as record_event of events.chunk_results does: new rows, a newer check kept over an older
-    event's, a chunk in both lists damaged; and a replayed event is not recorded twice."""
+@pytest.mark.parametrize("piece", [None, 7])
+def test_an_events_chunk_lists_are_recorded_as_its_chunk_results_rows(tmp_path, monkeypatch, piece):
+    """record_event_lists (one statement per list, or per slice of one: piece) leaves the
+    catalog's chunk checks exactly as record_event of events.chunk_results does: new rows, a
+    newer check kept over an older event's, a chunk in both lists damaged; and a replayed
+    event is not recorded twice."""
+    from manifests import jsonrows
     from manifests.catalog import Catalog
+    if piece is not None:
+        monkeypatch.setattr(jsonrows, "SLICE", piece)
     ok = [blake3.blake3(bytes([i])).hexdigest() for i in range(40)]
     failed = [ok[3], blake3.blake3(b"bad").hexdigest()]
     newer = ok[7]
