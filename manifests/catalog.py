@@ -260,7 +260,7 @@ def _insert_map_keys(conn: sqlite3.Connection, maps: list[tuple[int, MapRecords]
             conn.execute("ROLLBACK TO map_keys")
             conn.execute("RELEASE map_keys")
         known = _known_keys(conn, keys)
-        marked = np.zeros(int(owners.max()) + 1, dtype=bool)  # owners are filemaps rowids (> 0)
+        marked = np.zeros(int(owners.max()) + 1 if len(owners) else 1, dtype=bool)  # owners: filemaps rowids (> 0)
         marked[owners[known]] = True
         stale = set(np.flatnonzero(marked).tolist())  # maps with a chunk the catalog knew
         new = ~known

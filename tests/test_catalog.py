@@ -1617,6 +1617,9 @@ def test_stored_size_of_a_fine_tune_from_sorted_keys_is_the_full_dedup_answer(tm
     dm = (dataclasses.replace(a[0], path="d.bin", filemap=h("map d"), chunk_count=len(d_recs), size=10 * len(d_recs)),
           d_recs)
     given = {e.filemap: r for e, r in (a, cm, dm)}
+
+    def as_records(e: Entry) -> MapRecords:
+        return MapRecords.from_triples(given[e.filemap])
     taken = []
     sizes = {}
     for path in ("sorted", "full"):
@@ -1630,10 +1633,10 @@ def test_stored_size_of_a_fine_tune_from_sorted_keys_is_the_full_dedup_answer(tm
         try:
             cat.record_filemaps([(a[0], MapRecords.from_triples(a[1]))])
             v1 = Manifest(name="m", entries=(a[0],))
-            cat.record_manifest(v1, v1.canonical_json(), filemap_chunks=lambda e: MapRecords.from_triples(given[e.filemap]))
+            cat.record_manifest(v1, v1.canonical_json(), filemap_chunks=as_records)
             cat.record_filemaps([(e, MapRecords.from_triples(r)) for e, r in (cm, dm)])
             v2 = Manifest(name="m", parent=v1.id, entries=(cm[0], dm[0]))
-            cat.record_manifest(v2, v2.canonical_json(), filemap_chunks=lambda e: MapRecords.from_triples(given[e.filemap]))
+            cat.record_manifest(v2, v2.canonical_json(), filemap_chunks=as_records)
             sizes[path] = [(r.id, r.stored_size) for r in cat.manifest_rows()]
         finally:
             cat.close()
