@@ -37,7 +37,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from archiver import pipeline
 from archiver.chunking import ChunkPolicy
@@ -52,6 +52,16 @@ def _work(batch: list[Source]) -> list[tuple[Any, ...]]:
     codec, dirs = _STATE.setdefault("codec", Codec()), _STATE.setdefault("dirs", DirFds())
     policy = ChunkPolicy()
     out = []
+    for src, small, enc in _read_batch(batch, codec, dirs, policy):
+        b3, obj, name = (enc[0], enc[1].data, enc[1].codec) if enc else ("", b"", "")
+        out.append((src.path, pipeline._snapshot(small.before), pipeline._snapshot(small.after), b3,
+                    hashlib.sha256(small.data).hexdigest(), obj, name))
+    return out
+
+
+def _read_batch(batch: list[Source], codec: Codec, dirs: DirFds, policy: ChunkPolicy) -> Iterator[tuple[Any, ...]]:
+    """(source, its read, (blake3, encoded) or None if empty) of each small file of a batch,
+    as archive's small-file path reads it (files of the chunker's minimum or more skipped)."""
     for src in batch:
         fd, before = pipeline.open_settled(src, dirs)
         if before.st_size >= policy.cdc_min:
@@ -59,15 +69,7 @@ def _work(batch: list[Source]) -> list[tuple[Any, ...]]:
             continue
         small = pipeline.read_small(src, fd, before)
         data = small.data
-        if data:
-            b3 = codec.address(data, 0)
-            enc = codec.encode(data, 0)
-            obj, name = enc.data, enc.codec
-        else:
-            b3, obj, name = "", b"", ""
-        out.append((src.path, pipeline._snapshot(small.before), pipeline._snapshot(small.after), b3,
-                    hashlib.sha256(data).hexdigest(), obj, name))
-    return out
+        yield src, small, ((codec.address(data, 0), codec.encode(data, 0)) if data else None)
 
 
 def _work_packs(job: tuple[list[list[Source]], str]) -> list[tuple[Any, ...]]:
@@ -98,24 +100,17 @@ def _work_packs(job: tuple[list[list[Source]], str]) -> list[tuple[Any, ...]]:
         builder = packs.PackBuilder()
 
     for batch in batches:
-        for src in batch:
-            fd, before = pipeline.open_settled(src, dirs)
-            if before.st_size >= policy.cdc_min:
-                os.close(fd)
-                continue
-            small = pipeline.read_small(src, fd, before)
-            data = small.data
+        for src, small, got in _read_batch(batch, codec, dirs, policy):
             row: tuple[Any, ...]
-            if data:
-                b3 = codec.address(data, 0)
-                enc = codec.encode(data, 0)
-                builder.add(b3, enc.data, len(data))
+            if got:
+                b3, enc = got
+                builder.add(b3, enc.data, len(small.data))
                 row = (src.path, pipeline._snapshot(small.before), pipeline._snapshot(small.after), b3,
-                       hashlib.sha256(data).hexdigest(), len(enc.data), enc.codec, "")
+                       hashlib.sha256(small.data).hexdigest(), len(enc.data), enc.codec, "")
                 waiting.append(len(out))
             else:
                 row = (src.path, pipeline._snapshot(small.before), pipeline._snapshot(small.after), "",
-                       hashlib.sha256(data).hexdigest(), 0, "", "")
+                       hashlib.sha256(small.data).hexdigest(), 0, "", "")
             out.append(row)
             if builder.full:
                 flush()

@@ -198,28 +198,32 @@ def _insert_rows(conn: sqlite3.Connection, sql: str, *columns: np.ndarray) -> No
 
 
 def _known_keys(conn: sqlite3.Connection, keys: np.ndarray) -> np.ndarray:
-    """Which of `keys` the `chunks` table holds (a bool per key), asked in one statement:
-    the keys as one JSON array, joined in SQLite, answered as one string of 0s and 1s in
-    the array's order (json_each is the outer loop of a LEFT JOIN)."""
+    """Which of `keys` the `chunks` table holds (a bool per key), asked in one statement per
+    slice: the keys as one JSON array, joined in SQLite, answered as the array indexes of the
+    keys it does not hold (json_each's `key` of an array element is its index), so a
+    fine-tune's lookup, whose keys are nearly all known, returns almost nothing to parse."""
     import numpy as np
     # a slice at a time (the JSON text stays small), joined on a second thread while the next
     # slice's text is built (jsonrows.each_text; SQLite runs without the GIL)
-    sql = "SELECT group_concat(c.key IS NOT NULL, '') FROM json_each(?) j LEFT JOIN chunks c ON c.key = j.value"
+    sql = ("SELECT count(*), group_concat(j.key) FROM json_each(?) j LEFT JOIN chunks c ON c.key = j.value "
+           "WHERE c.key IS NULL")
     slices = range(0, len(keys), _INSERT_SLICE)
     texts = (_json_ints(keys[i:i + _INSERT_SLICE]) for i in slices)
     answers = (jsonrows.each_text(conn, sql, texts) if len(slices) > 1  # one slice (a probe): nothing to overlap
                else [conn.execute(sql, (t,)).fetchone() for t in texts])
-    parts = []
-    for i, (got,) in zip(slices, answers):
-        mask = np.frombuffer((got or "").encode("ascii"), dtype=np.uint8) == ord("1")
-        if len(mask) != len(keys[i:i + _INSERT_SLICE]):
-            raise CatalogError(f"chunk key lookup answered {len(mask)} keys for {len(keys[i:i + _INSERT_SLICE])}")
-        parts.append(mask)
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+    known = np.ones(len(keys), dtype=bool)
+    for i, (count, got) in zip(slices, answers):
+        unknown = np.array(got.split(",") if got else [], dtype=np.int64)
+        n = len(keys[i:i + _INSERT_SLICE])
+        if len(unknown) != count or (count and (int(unknown.min()) < 0 or int(unknown.max()) >= n)):
+            raise CatalogError(f"chunk key lookup answered {count} unknown keys out of range for {n}")
+        known[i + unknown] = False
+    return known
 
 
 def _json_ints(values: np.ndarray) -> str:
-    return "[" + ",".join(map(str, values.tolist())) + "]"
+    """The JSON array of int64 `values` for json_each, built by numpy (jsonrows.ints_text)."""
+    return jsonrows.ints_text(values)
 
 
 def _insert_map_keys(conn: sqlite3.Connection, maps: list[tuple[int, MapRecords]]) -> dict[int, int | None] | None:
@@ -256,7 +260,9 @@ def _insert_map_keys(conn: sqlite3.Connection, maps: list[tuple[int, MapRecords]
             conn.execute("ROLLBACK TO map_keys")
             conn.execute("RELEASE map_keys")
         known = _known_keys(conn, keys)
-        stale = set(np.unique(owners[known]).tolist())  # maps with a chunk the catalog knew
+        marked = np.zeros(int(owners.max()) + 1 if len(owners) else 1, dtype=bool)  # owners: filemaps rowids (> 0)
+        marked[owners[known]] = True
+        stale = set(np.flatnonzero(marked).tolist())  # maps with a chunk the catalog knew
         new = ~known
         if not _insert_key_rows(conn, keys[new], stored[new], owners[new], ids[new], names):
             raise CatalogError("chunk keys changed during a write transaction")
@@ -300,6 +306,17 @@ class _Shared:
 
     def __bool__(self) -> bool:
         return bool(self.sizes or self.maps)
+
+    def distinct_total(self) -> int | None:
+        """The stored bytes of the distinct chunks when no two chunks share a key (then each is
+        distinct, and `distinct` would keep them all): their sum, found by sorting the keys
+        alone, not their order; None if two do (then `distinct` tells the chunks apart)."""
+        import numpy as np
+        keys = np.sort(np.concatenate([np.array([chunk_key(h) for h in self.sizes], dtype=np.int64)]
+                                      + [map_keys(r) for r in self.maps]))
+        if len(keys) > 1 and not bool((keys[1:] != keys[:-1]).all()):
+            return None
+        return sum(self.sizes.values()) + sum(int(r.stored.sum(dtype=np.uint64)) for r in self.maps)
 
     def distinct(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The distinct chunks, by full hash (two hashes sharing a key are two chunks), sorted
@@ -810,9 +827,13 @@ class Catalog:
                              (row,)).fetchall()
         owners = {fm for fm, _ in fresh}
         total = sum(size for _, size in fresh)
-        keys, sizes, raw, rows = shared.distinct()
         inline = conn.execute("SELECT mc.chunk, c.stored_size, c.owner FROM manifest_chunks mc JOIN chunks c "
                               "ON c.key = chunk_key_blob(mc.chunk) WHERE mc.manifest = ?", (row,)).fetchall()
+        if not inline and not owners:  # only the shared chunks (a fine-tune's maps): their sum, if distinct
+            whole = shared.distinct_total()
+            if whole is not None:
+                return total + whole
+        keys, sizes, raw, rows = shared.distinct()
         if inline:
             ik = np.array([_chunk_key_blob(bytes(b)) for b, _, _ in inline], dtype=np.int64)
             candidates = np.isin(ik, keys).tolist()

@@ -1566,3 +1566,81 @@ def test_a_known_key_the_sample_missed_undoes_the_second_threads_inserts_to_the_
     assert got["json"] == got["bound"]
     assert [f[3] is None for f in got["json"][1][1]] == [False] + [missed in recs for _, recs in maps]
     assert got["json"][0] == {e.filemap for e, recs in maps if missed in recs}
+
+
+@pytest.mark.parametrize("slice_rows", [3, 65536])
+def test_known_keys_answers_what_a_lookup_key_by_key_gives(tmp_path, monkeypatch, slice_rows):
+    """The dedup lookup of a fine-tune's keys answers with the indexes of the keys the catalog
+    does not hold (branch v5commit); the mask it gives must be exactly what asking for each
+    key alone gives: known and unknown keys mixed, at the int64 ends, over several slices
+    (the second thread) and in one."""
+    import numpy as np
+    from manifests.filemapbin import MapRecords
+    monkeypatch.setattr(catalog_module, "_INSERT_SLICE", slice_rows)
+    maps = _random_maps(11, 3, 20)
+    path = tmp_path / "catalog.db"
+    c = Catalog(path, STORE)
+    try:
+        c.record_filemaps([(e, MapRecords.from_triples(r)) for e, r in maps[:2]])
+    finally:
+        c.close()
+    ends = ["0" * 64, "f" * 64, "8" + "0" * 63, "7" + "f" * 63]
+    asked = sorted({chunk_key(x) for x in [hx for _, r in maps for hx, _, _ in r] + ends})
+    conn = sqlite3.connect(path, check_same_thread=False)  # several slices: joined on a second thread
+    try:
+        conn.execute("INSERT INTO chunks(key, stored_size, codec, owner) VALUES (?, 1, 'raw', NULL)",
+                     (chunk_key(ends[1]),))
+        got = catalog_module._known_keys(conn, np.array(asked, dtype=np.int64)).tolist()
+        want = [conn.execute("SELECT 1 FROM chunks WHERE key = ?", (k,)).fetchone() is not None for k in asked]
+    finally:
+        conn.close()
+    assert got == want
+    assert 40 < sum(want) < len(asked)  # both answers occur: two maps' chunks and one end are known
+
+
+@pytest.mark.parametrize("case", ["distinct", "one-chunk-in-two-maps", "two-hashes-one-key"])
+def test_stored_size_of_a_fine_tune_from_sorted_keys_is_the_full_dedup_answer(tmp_path, monkeypatch, case):
+    """A fine-tune's version (only maps that reuse chunks: no inline chunk, no fresh map) has
+    its stored size summed after sorting the keys alone (_Shared.distinct_total, branch
+    v5commit); it must equal the full dedup by full hash (_Shared.distinct), and a key given
+    twice (one chunk in two maps, or two hashes sharing a key) must fall back to it (the
+    chunk counted once; the two hashes both counted)."""
+    from manifests.filemapbin import MapRecords
+    p = "cd" * 8
+    a = _map(["a1", "a2", "a3"])
+    extra = [(p + "0" * 48, 9, "zstd"), (p + "1" * 48, 8, "zstd")] if case == "two-hashes-one-key" else []
+    c_recs = [(h("a1"), 5, "bg2"), (h("a2"), 6, "bg2"), (h("n1"), 4, "bg2")] + extra[:1]
+    d_recs = [(h("a3"), 7, "bg2")] + ([(h("a2"), 6, "bg2")] if case == "one-chunk-in-two-maps" else []) \
+        + [(h("n2"), 3, "bg2")] + extra[1:]
+    cm = (dataclasses.replace(a[0], path="c.bin", filemap=h("map c"), chunk_count=len(c_recs), size=10 * len(c_recs)),
+          c_recs)
+    dm = (dataclasses.replace(a[0], path="d.bin", filemap=h("map d"), chunk_count=len(d_recs), size=10 * len(d_recs)),
+          d_recs)
+    given = {e.filemap: r for e, r in (a, cm, dm)}
+
+    def as_records(e: Entry) -> MapRecords:
+        return MapRecords.from_triples(given[e.filemap])
+    taken = []
+    sizes = {}
+    for path in ("sorted", "full"):
+        if path == "full":
+            monkeypatch.setattr(catalog_module._Shared, "distinct_total", lambda self: None)
+        else:
+            total = catalog_module._Shared.distinct_total
+            monkeypatch.setattr(catalog_module._Shared, "distinct_total",
+                                lambda self: taken.append(total(self)) or taken[-1])
+        cat = Catalog(tmp_path / path / "catalog.db", STORE)
+        try:
+            cat.record_filemaps([(a[0], MapRecords.from_triples(a[1]))])
+            v1 = Manifest(name="m", entries=(a[0],))
+            cat.record_manifest(v1, v1.canonical_json(), filemap_chunks=as_records)
+            cat.record_filemaps([(e, MapRecords.from_triples(r)) for e, r in (cm, dm)])
+            v2 = Manifest(name="m", parent=v1.id, entries=(cm[0], dm[0]))
+            cat.record_manifest(v2, v2.canonical_json(), filemap_chunks=as_records)
+            sizes[path] = [(r.id, r.stored_size) for r in cat.manifest_rows()]
+        finally:
+            cat.close()
+    assert sizes["sorted"] == sizes["full"]
+    want = 5 + 6 + 4 + 7 + 3 + (9 + 8 if extra else 0)  # a1 a2 n1 a3 n2 (a2 once), x and y both
+    assert dict(sizes["sorted"])[v2.id] == want
+    assert taken == ([want] if case == "distinct" else [None])  # the sorted sum, or the fall back

@@ -112,3 +112,27 @@ def test_each_text_answers_each_text_in_order():
     got = jsonrows.each_text(conn, f"SELECT count(*), total({jsonrows.KEY_SQL}) FROM json_each(?)",
                              (jsonrows.rows_text(k, z, z) for k, z in zip(keys, zero)))
     assert got == [(2, -2.0), (0, 0.0), (1, float(2 ** 63 - 1)), (3, 6.0)]
+
+
+def _json_each_ints(text: str) -> list[tuple[int, str]]:
+    conn = sqlite3.connect(":memory:")
+    try:
+        return conn.execute("SELECT value, type FROM json_each(?) ORDER BY key", (text,)).fetchall()
+    finally:
+        conn.close()
+
+
+def test_ints_text_reads_back_as_the_integers_json_dumps_writes():
+    """The numpy-built array of a dedup key lookup (fixed-width fields, spaces before each
+    number) reads back, by json.loads and by SQLite's json_each, as the same integers, each an
+    integer, in order, as the array json.dumps writes: at the int64 ends and at every
+    change of digit count, both signs, and over random keys."""
+    import json
+    bounds = [s * v for k in range(1, 19) for v in (10 ** k - 1, 10 ** k, 10 ** k + 1) for s in (1, -1)]
+    rng = np.random.default_rng(5)
+    for values in (EDGE_KEYS + bounds, rng.integers(-2 ** 63, 2 ** 63 - 1, size=5000, dtype=np.int64).tolist(), [7]):
+        text = jsonrows.ints_text(np.array(values, dtype=np.int64))
+        assert json.loads(text) == values
+        assert _json_each_ints(text) == _json_each_ints(json.dumps(values)) == [(v, "integer") for v in values]
+        assert len(text) == 2 + len(values) * (jsonrows.INT_WIDTH + 1) - 1  # fixed width
+    assert jsonrows.ints_text(np.zeros(0, dtype=np.int64)) == "[]"
