@@ -157,6 +157,9 @@ def main() -> int:
         print(json.dumps(rebuilder(Path(a.arg[0]))))
         return 0
 
+    sys.path.insert(0, str(ROOT / "bench"))
+    from measure import compile_bytecode
+    compile_bytecode()  # as an install does: the roles' children do not compile archiver again
     work = a.keep or Path(tempfile.mkdtemp(prefix="catalog-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     common = ["--files", str(a.files), "--chunks", str(a.chunks)]

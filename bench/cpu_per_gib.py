@@ -290,6 +290,8 @@ def targets(gib: float, cmds: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 def main() -> int:
+    from measure import compile_bytecode
+    compile_bytecode()  # as an install does: no command below compiles archiver again
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input", type=Path, help="measure this file instead of the generated bf16 one")
     ap.add_argument("--size-mib", type=int, default=1024, help="size of the generated input (default 1024)")

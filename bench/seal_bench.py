@@ -51,6 +51,8 @@ def make_input(root: Path, size_mib: int) -> Path:
 
 
 def main() -> int:
+    from measure import compile_bytecode
+    compile_bytecode()  # as an install does: no command below compiles archiver again
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=512)
     ap.add_argument("--runs", type=int, default=3)

@@ -237,6 +237,8 @@ def put_section(path: Path, text: str, heading: str = HEADING) -> None:
 
 
 def main() -> int:
+    from measure import compile_bytecode
+    compile_bytecode()  # as an install does: no command below compiles archiver again
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--files", type=int, default=20000)

@@ -30,6 +30,8 @@ HEADING = "## Deep verify of many versions (issue 15)"
 
 
 def main() -> int:
+    from measure import compile_bytecode
+    compile_bytecode()  # as an install does: no command below compiles archiver again
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--counts", default="1,10,50,200")
     ap.add_argument("--runs", type=int, default=3)
