@@ -27,15 +27,10 @@ def commit_once(work: Path, template: Path, entries_file: Path) -> dict:
     """Commit the v1 manifest into a copy of `template`'s store with a fresh catalog."""
     from bench import catalog_scale
     from manifests import jsonrows
-    from manifests.model import Entry, Manifest
+    from manifests.model import Manifest
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(template / "store", work / "store")
-    entries = [Entry(path="ckpt", type="dir", mode=0o755, mtime_ns=1)]
-    for line in entries_file.open():
-        j = json.loads(line)
-        entries.append(Entry(path=j["path"], type="file", mode=j["mode"], size=j["size"], mtime_ns=j["mtime_ns"],
-                             blake3=j["blake3"], sha256=j["sha256"], format=j["format"],
-                             filemap=j.get("filemap", ""), chunk_count=j.get("chunk_count", 0)))
+    entries = catalog_scale.read_entries(entries_file)
     clocks = {"sql_thread_cpu_s": 0.0, "text_build_cpu_s": 0.0}
     build, each = jsonrows.rows_text, jsonrows.each_text
 

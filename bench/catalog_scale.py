@@ -77,15 +77,22 @@ def workers(work: Path, files: int, chunks: int, changed: int | None, out: Path,
             f.write(json.dumps(slim.to_json()) + "\n")
 
 
-def driver(work: Path, entries_file: Path, label: str) -> dict:
-    """Commit one manifest from the workers' entries; measure this process only."""
-    from manifests.model import Entry, Manifest
+def read_entries(entries_file: Path) -> list:
+    """The manifest entries of the workers' file (one JSON entry a line), under a top dir."""
+    from manifests.model import Entry
     entries = [Entry(path="ckpt", type="dir", mode=0o755, mtime_ns=1)]
     for line in entries_file.open():
         j = json.loads(line)
         entries.append(Entry(path=j["path"], type="file", mode=j["mode"], size=j["size"], mtime_ns=j["mtime_ns"],
                              blake3=j["blake3"], sha256=j["sha256"], format=j["format"],
                              filemap=j.get("filemap", ""), chunk_count=j.get("chunk_count", 0)))
+    return entries
+
+
+def driver(work: Path, entries_file: Path, label: str) -> dict:
+    """Commit one manifest from the workers' entries; measure this process only."""
+    from manifests.model import Manifest
+    entries = read_entries(entries_file)
     with open_repo(work) as repo:
         parent = repo.latest("synthetic")
         m = Manifest(name="synthetic", label=label, entries=tuple(entries), parent=parent)
@@ -142,6 +149,9 @@ def main() -> int:
     ap.add_argument("--role", choices=["workers", "driver", "reader", "rebuilder"], help=argparse.SUPPRESS)
     ap.add_argument("--arg", action="append", default=[], help=argparse.SUPPRESS)
     a = ap.parse_args()
+    from manifests.model import FILEMAP_THRESHOLD
+    if a.chunks <= FILEMAP_THRESHOLD:  # the driver reads map entries only (no inline chunk lists)
+        ap.error(f"--chunks must be over {FILEMAP_THRESHOLD} (the file-map threshold)")
     if a.role == "workers":
         spec = a.arg[1]
         changed = None if spec == "-" else -1 if spec.startswith("all") else int(spec.rstrip("c"))
