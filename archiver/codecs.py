@@ -347,14 +347,7 @@ class Codec:
         width is treated as 0, since it is only a compression hint. See the module
         docstring for the exact policy.
         """
-        data = _byte_view(raw)
-        if len(data) > MAX_CHUNK_LENGTH:  # no manifest could name it: it would never be read back
-            raise EncodeError(None, f"chunk of {len(data)} bytes is longer than the {MAX_CHUNK_LENGTH} a chunk can be")
-        if width in GROUP_WIDTHS and len(data) >= GROUP_MIN_BYTES:
-            grouped = self._encode_planes(data, width)
-            if grouped is not None:
-                return grouped
-        return self._encode_plain(data)
+        return self.encode_parts(raw, width).join()
 
     def _squeeze(self, payload: bytes | memoryview, level: int | None) -> tuple[int, bytes | memoryview]:
         """zstd if it makes the payload smaller, else raw; probe big payloads first.
@@ -392,7 +385,7 @@ class Codec:
         A raw plane is a view of this thread's plane buffer: the parts are valid only until
         this thread's next call into this codec, so write (or `join`) them before that."""
         data = _byte_view(raw)
-        if len(data) > MAX_CHUNK_LENGTH:
+        if len(data) > MAX_CHUNK_LENGTH:  # no manifest could name it: it would never be read back
             raise EncodeError(None, f"chunk of {len(data)} bytes is longer than the {MAX_CHUNK_LENGTH} a chunk can be")
         if width in GROUP_WIDTHS and len(data) >= GROUP_MIN_BYTES:
             grouped = self._plane_sections(data, width)
@@ -402,20 +395,10 @@ class Codec:
         return EncodedParts(_assemble_parts(TRANSFORM_NONE, 0, len(data), [(codec, payload, len(data))]),
                             "zstd" if codec == CODEC_ZSTD else "raw")
 
-    def _encode_plain(self, data: bytes | memoryview) -> Encoded:
-        codec, payload = self._squeeze(data, self.level)
-        obj = _assemble(TRANSFORM_NONE, 0, len(data), [(codec, payload, len(data))])
-        return Encoded(obj, "zstd" if codec == CODEC_ZSTD else "raw")
-
-    def _encode_planes(self, data: bytes | memoryview, width: int) -> Encoded | None:
-        sections = self._plane_sections(data, width)
-        return None if sections is None else Encoded(_assemble(TRANSFORM_PLANES, width, len(data), sections),
-                                                     f"bg{width}")
-
     def _plane_sections(self, data: bytes | memoryview, width: int) -> list[tuple[int, bytes | memoryview, int]] | None:
         # Planes go into this thread's reused buffer (split_planes: vectorised, releases
         # the GIL, so two worker threads really use two cores); raw planes are views of
-        # it that _assemble copies into the object before the buffer is used again.
+        # it that the join (or the piece-wise write, encode_parts) copies before the buffer is used again.
         n = len(data)
         body = n - n % width
         plane_len = body // width
