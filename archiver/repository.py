@@ -148,6 +148,19 @@ class EventLog:
     problems: list[Problem] = field(default_factory=list)
 
 
+def _plain_write(policy: Any) -> bool:
+    """Whether a write under `policy` needs nothing of the store but the bytes (no lock, no
+    storage class): then any store takes it, also one that predates policies."""
+    return policy is None or not (policy.locked or policy.storage_class)
+
+
+def _rehashed(data: bytes | memoryview, h: str) -> bytes | memoryview:
+    """`data`, once its BLAKE3 is proved to be `h` (the re-hash of a chunk decoded from what was read)."""
+    if blake3.blake3(data).hexdigest() != h:
+        raise CorruptChunkError(h, "decoded bytes do not match the chunk hash")
+    return data
+
+
 class Repository:
     settings: Settings | None = None  # what it was opened from (Repository.open): workers reopen the store with it
 
@@ -710,11 +723,10 @@ class Repository:
         # the trees go to the store (before the root naming them) while the packs are flushed and
         # recorded: both are durable before the root is written, in either order
         with ThreadPoolExecutor(1, thread_name_prefix="trees") as put:
-            trees_put = put.submit(self._put_trees, trees, policy.for_metadata() if policy is not None else None)
+            trees_put = put.submit(self._put_trees, trees, hot)
             self.flush_packs()  # every pack holding a chunk it names is durable before the manifest
             trees_put.result()
         key = layout.manifest(mid)
-        hot = policy.for_metadata() if policy is not None else None
         if self._sealer is not None:
             self._commit_sealed(m, mid, data, hot, sign_key)
         elif not self._put(key, data, hot):
@@ -908,7 +920,7 @@ class Repository:
     def _put(self, key: str, data: bytes, policy: Any) -> bool:
         """put_if_absent, passing a write policy only when there is one (so stores that
         predate policies keep working unchanged)."""
-        if policy is None or not (policy.locked or policy.storage_class):
+        if _plain_write(policy):
             return self._store.put_if_absent(key, data)
         return self._store.put_if_absent(key, data, policy)
 
@@ -1030,10 +1042,7 @@ class Repository:
             return e
 
     def _decode_checked(self, obj: bytes, h: str, length: int) -> bytes:
-        data = self._codec.decode(obj, length, h)
-        if blake3.blake3(data).hexdigest() != h:
-            raise CorruptChunkError(h, "decoded bytes do not match the chunk hash")
-        return data
+        return _rehashed(self._codec.decode(obj, length, h), h)
 
     def _decode_checked_raw(self, obj: bytes | memoryview, h: str, length: int, view: bool = False
                             ) -> bytes | memoryview:
@@ -1045,10 +1054,7 @@ class Repository:
         raw = stored_raw_payload(obj, length)
         if raw is None:
             return self._decode_checked(obj, h, length)
-        data = raw if view else bytes(raw)
-        if blake3.blake3(data).hexdigest() != h:
-            raise CorruptChunkError(h, "decoded bytes do not match the chunk hash")
-        return data
+        return _rehashed(raw if view else bytes(raw), h)
 
     def stream_file(self, e: Entry, pool: ThreadPoolExecutor, window: int, *, keep_going: bool = False,
                     sha256: bool = True) -> Iterator[Piece]:
@@ -2358,7 +2364,7 @@ class Repository:
         put_parts_if_absent) takes them as they are, saving a copy of every stored byte;
         any other store, or a write policy, gets the joined object."""
         put_parts = getattr(self._store, "put_parts_if_absent", None)
-        if put_parts is None or (policy is not None and (policy.locked or policy.storage_class)):
+        if put_parts is None or not _plain_write(policy):
             return self._put(key, parts.join().data, policy)
         return put_parts(key, parts.parts)
 
