@@ -187,30 +187,26 @@ class FilesCache:
         not see would otherwise take whatever `to` holds at its path (another source of
         the same name); else its kept rows are written naming `to`."""
         with self._conn:
-            self._put_values(values, now, moved, to)
-
-    def _put_values(self, values: list[tuple[Any, ...]], now: float,
-                    moved: Iterable[str] | Mapping[str, list[tuple[Any, ...]]], to: str) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
-        if isinstance(moved, Mapping):
-            self._conn.executemany(_UPSERT, values)  # rewritten rows no longer name what moved
-            values, moving = [], set()
-            for old, kept in moved.items():
-                n = self._conn.execute("SELECT count(*) FROM files WHERE manifest=? OR manifest IN "
-                                       "(SELECT old FROM moved WHERE new=?)", (old, old)).fetchone()[0]
-                if n == len(kept):
-                    moving.add(old)
-                else:
-                    values += kept
-            moved = moving
-        for old in set(moved) - {to}:
-            self._conn.execute("UPDATE moved SET new=? WHERE new=?", (to, old))
-            self._conn.execute("INSERT INTO moved(old, new) VALUES (?, ?) ON CONFLICT(old) DO UPDATE SET "
-                               "new=excluded.new", (old, to))
-        self._conn.executemany(_UPSERT, values)
-        self._conn.execute("DELETE FROM files WHERE used < ?", (now - EXPIRE_S,))
-        if self._conn.execute("SELECT count(*) FROM moved").fetchone()[0] > MOVED_KEEP:
-            self._conn.execute("DELETE FROM moved WHERE old NOT IN (SELECT DISTINCT manifest FROM files)")
+            self._conn.execute("BEGIN IMMEDIATE")
+            if isinstance(moved, Mapping):
+                self._conn.executemany(_UPSERT, values)  # rewritten rows no longer name what moved
+                values, moving = [], set()
+                for old, kept in moved.items():
+                    n = self._conn.execute("SELECT count(*) FROM files WHERE manifest=? OR manifest IN "
+                                           "(SELECT old FROM moved WHERE new=?)", (old, old)).fetchone()[0]
+                    if n == len(kept):
+                        moving.add(old)
+                    else:
+                        values += kept
+                moved = moving
+            for old in set(moved) - {to}:
+                self._conn.execute("UPDATE moved SET new=? WHERE new=?", (to, old))
+                self._conn.execute("INSERT INTO moved(old, new) VALUES (?, ?) ON CONFLICT(old) DO UPDATE SET "
+                                   "new=excluded.new", (old, to))
+            self._conn.executemany(_UPSERT, values)
+            self._conn.execute("DELETE FROM files WHERE used < ?", (now - EXPIRE_S,))
+            if self._conn.execute("SELECT count(*) FROM moved").fetchone()[0] > MOVED_KEEP:
+                self._conn.execute("DELETE FROM moved WHERE old NOT IN (SELECT DISTINCT manifest FROM files)")
 
 
 def _common_dir(paths: list[str]) -> str | None:
@@ -401,7 +397,12 @@ class FilesRun:
         before it was read (a file that changed meanwhile is left out: it is read next time)."""
         if self.cache is None:
             return
-        rows, now, moved = self._commit_rows(mid, entries)
+        self._write(*self._commit_rows(mid, entries), mid)
+
+    def _write(self, rows: list[tuple[Any, ...]], now: float, moved: dict[str, list[tuple[Any, ...]]],
+               mid: str) -> None:
+        """Write rows `_commit_rows` laid out for manifest `mid`, which is committed."""
+        assert self.cache is not None
         try:
             self.cache.put_values(rows, now, moved, mid)
         except _CACHE_ERRORS:
@@ -469,10 +470,9 @@ class PendingCommit:
             rows, now, moved = run._commit_rows(self.mid, entries)
             self._decided.wait()
             if self._committed:
-                assert run.cache is not None
-                run.cache.put_values(rows, now, moved, self.mid)
+                run._write(rows, now, moved, self.mid)
         except _CACHE_ERRORS:
-            pass  # the archive stands; the next run reads these files again
+            pass  # laying the rows out met the cache's error: the next run reads these files again
         except BaseException as e:  # noqa: BLE001 - raised by finish, on the committing thread
             self._error = e
 

@@ -243,10 +243,10 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
             if p is not None:
                 p.finish(False)
         raise
-    rows = [p for p in pending if p is not None]
-    for p in rows:
+    started = [p for p in pending if p is not None]
+    for p in started:
         p.finish(p.mid == committed.id)
-    if not any(p.mid == committed.id for p in rows):
+    if not any(p.mid == committed.id for p in started):
         files_cache.commit(committed.id, sources, entries)
     files_cache.close()
     if journal is not None:
