@@ -77,6 +77,15 @@ def decimal(values: np.ndarray, digits: int) -> np.ndarray:
     return np.ascontiguousarray(words).view(np.uint8).reshape(len(values), 4 * count)[:, 4 * count - digits:]
 
 
+def _sign_magnitude(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each int64 is negative, and its magnitude as uint64 (no overflow at -2**63:
+    -(v + 1) + 1)."""
+    import numpy as np
+    v = values.astype(np.int64, copy=False)
+    neg = v < 0
+    return neg, np.where(neg, -(v + 1), v).astype(np.uint64) + neg.astype(np.uint64)
+
+
 def packable(low: np.ndarray, high: np.ndarray) -> bool:
     """True if every (low, high) pair fits one payload (0 <= low < 2**32, 0 <= high < 2**30)."""
     if not len(low):
@@ -98,10 +107,7 @@ def rows_text(keys: np.ndarray, low: np.ndarray, high: np.ndarray, padded: np.nd
     if n == 0:
         return "{}"
     padded = _tables() if padded is None else padded
-    keys = keys.astype(np.int64, copy=False)
-    neg = keys < 0
-    # |key| without overflow at -2**63: -(key + 1) + 1
-    mag = np.where(neg, -(keys + 1), keys).astype(np.uint64) + neg.astype(np.uint64)
+    neg, mag = _sign_magnitude(keys)
     payload = (high.astype(np.uint64) << np.uint64(LOW_BITS)) | low.astype(np.uint64)
     payload += np.uint64(PAYLOAD_BIAS)
     words = np.empty((n, 13), dtype="<u4")  # little-endian on any host: byte 0 is the word's low byte
@@ -176,9 +182,7 @@ def ints_text(values: np.ndarray) -> str:
     n = len(values)
     if n == 0:
         return "[]"
-    keys = values.astype(np.int64, copy=False)
-    neg = keys < 0
-    mag = np.where(neg, -(keys + 1), keys).astype(np.uint64) + neg.astype(np.uint64)  # |key|, also at -2**63
+    neg, mag = _sign_magnitude(values)
     # digits of each number (1 for 0): where its field starts, the rest of it spaces before
     width = np.searchsorted(_powers(), mag, side="right") + 1
     start = INT_WIDTH - width  # >= 1: the field's first character is free for the sign
