@@ -174,5 +174,3 @@ def unnamed_files(dir_fd: int) -> bool:
         return os.path.exists(f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
-
-

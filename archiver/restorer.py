@@ -44,7 +44,7 @@ from archiver import events, fileio
 from archiver.errors import (ArchiverError, DestinationError, DestinationFullError, FileHashError,
                              IntegrityError, UnsafePathError, translated)
 from archiver.fileio import write_all
-from archiver.parallel import batches, default_workers, ordered_map, window_for
+from archiver.parallel import batches, default_workers, window_for
 from archiver.problems import Outcome, Problem, chunk_problem, file_hash_problem
 from archiver.progress import Progress
 from archiver import thaw as thaw_mod
@@ -458,8 +458,7 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
         mine: list[Problem] = []
         ones = iter(repo.read_chunks([e.chunks[0] for e in batch if len(e.chunks) == 1]))
         for e in batch:
-            dir_fd = dirs[e.path.rpartition("/")[0]]
-            _stage_file(repo, mid, dir_fd, e, pool, staged, mine, progress, mode_mask,
+            _stage_file(repo, mid, dirs[e.path.rpartition("/")[0]], e, pool, staged, mine, progress, mode_mask,
                         next(ones) if len(e.chunks) == 1 else None, unnamed)
         return mine
 
@@ -603,9 +602,9 @@ def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadP
     """Write small file `e` in dir_fd, every chunk and the whole file re-hashed, with its
     final mode and mtime, and add it to `staged` (not yet durable nor in place): with
     `unnamed`, as a file with no name (`fileio.open_unnamed`), else under a temp name. `got`:
-    its one chunk, already read (`Repository.read_chunks`). A file of no chunks is written with nothing: its
-    recorded BLAKE3 must be that of no bytes. A damaged file is reported in `problems` and
-    its file removed."""
+    its one chunk, already read (`Repository.read_chunks`). A file of no chunks is written
+    with nothing: its recorded BLAKE3 must be that of no bytes. A damaged file is reported
+    in `problems` and its file removed."""
     tmp = ""
     fd = -1
     mode = e.mode & mode_mask
