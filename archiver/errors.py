@@ -158,6 +158,17 @@ class ManifestError(IntegrityError):
     """A manifest is malformed, tampered with, or does not match its id."""
 
 
+class RefusedSourceError(UsageError):
+    """A source archive will not take (a symlink given as PATH, a special file, a name that is
+    not UTF-8): refused before anything is read or written (exit 2, as any refused input)."""
+
+    def __init__(self, path: str, reason: str, what: str = "") -> None:
+        super().__init__(f"refusing {what + ' ' if what else ''}{path}: {reason}")
+        self.path = path
+        self.reason = reason
+        self.what = what  # "symlink", "special file" or "" (a name)
+
+
 class UnsafePathError(ArchiverError):
     """A manifest path would write outside the destination or collide with another."""
 

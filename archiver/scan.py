@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from archiver.errors import ArchiverError, NotFoundError, SourceChangedError, UsageError
+from archiver.errors import ArchiverError, NotFoundError, RefusedSourceError, SourceChangedError, UsageError
 from archiver.hfcache import Snapshot, in_blobs, snapshot_of
 from manifests.errors import UnsafePathError
 from manifests.paths import check_link, check_paths
@@ -73,9 +73,9 @@ def _lstat(p: Path, name: str | None = None, dir_fd: int | None = None) -> os.st
 
 def _classify(p: Path, st: os.stat_result) -> os.stat_result:
     if stat.S_ISLNK(st.st_mode):
-        raise ArchiverError(f"refusing symlink {p}: archive its target instead")
+        raise RefusedSourceError(str(p), "archive its target instead", "symlink")
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        raise ArchiverError(f"refusing special file {p}: only regular files and directories are archived")
+        raise RefusedSourceError(str(p), "only regular files and directories are archived", "special file")
     return st
 
 
@@ -83,7 +83,7 @@ def _name(p: Path) -> str:
     try:
         p.name.encode("utf-8")
     except UnicodeEncodeError:
-        raise ArchiverError(f"refusing {p}: file name is not valid UTF-8") from None
+        raise RefusedSourceError(str(p), "file name is not valid UTF-8") from None
     return p.name
 
 
@@ -101,7 +101,7 @@ def _entry_name(n: str, p: Path) -> str:
     try:
         n.encode("utf-8")
     except UnicodeEncodeError:
-        raise ArchiverError(f"refusing {p}: file name is not valid UTF-8") from None
+        raise RefusedSourceError(str(p), "file name is not valid UTF-8") from None
     return n
 
 

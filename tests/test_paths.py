@@ -209,7 +209,7 @@ def test_archive_refuses_a_file_name_that_is_not_utf8(tmp_path, monkeypatch):
     except OSError:
         pytest.skip("filesystem refuses non-UTF-8 names")
     r = run_cli("archive", str(d), "--name", "m")
-    assert r.code == 1 and "not valid UTF-8" in r.err and r.err.count("\n") == 1, r.err
+    assert r.code == 2 and "not valid UTF-8" in r.err and r.err.count("\n") == 1, r.err  # refused input
     assert run_cli("list", "--json").json() == []
 
 

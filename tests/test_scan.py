@@ -131,6 +131,23 @@ def test_fifo_refused(tmp_path):
         scan([fifo])
 
 
+def test_a_refused_source_is_refused_input_with_its_path_and_reason(tmp_path, monkeypatch):
+    from archiver.errors import RefusedSourceError
+    from tests.helpers import run_cli
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "ok.bin").write_bytes(b"fine")
+    os.mkfifo(d / "pipe")
+    with pytest.raises(RefusedSourceError) as got:
+        scan([d])
+    assert (got.value.what, got.value.path, got.value.exit_code) == ("special file", str(d / "pipe"), 2)
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ARCHIVER_STORE", str(tmp_path / "store"))
+    r = run_cli("archive", str(d), "--name", "m")
+    assert r.code == 2 and r.out == "" and r.err.count("\n") == 1 and "refusing special file" in r.err, r.err
+    assert run_cli("list", "--json").json() == []  # nothing recorded
+
+
 def test_missing_path(tmp_path):
     with pytest.raises(NotFoundError, match="no such file or directory"):
         scan([tmp_path / "nope"])
