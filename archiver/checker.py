@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 
 import math
+import os
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -279,6 +280,16 @@ def _shallow(repo: Repository, uses: dict[str, list[ChunkUse]], report: VerifyRe
 SMALL_FILE = 1 << 20
 
 
+def small_file_workers(nworkers: int) -> int:
+    """Threads proving small files' batches: `nworkers`, but no more than the cores. Their
+    work is Python holding the GIL between short hashes (a few KiB each), so a thread
+    beyond the cores adds no hashing in parallel, only hand-offs of the GIL from core to
+    core, which an idle machine pays in system time and wall (bench/RESULTS.md, "Deep
+    verify of the small-file tree, fourth pass"). Big files' chunk pool keeps `nworkers`:
+    their MiB-sized hashes and reads leave the GIL free for long stretches."""
+    return max(1, min(nworkers, os.cpu_count() or 1))
+
+
 @dataclass
 class FileProof:
     """What deep-reading one file entry found, kept apart from any manifest so that every
@@ -453,9 +464,10 @@ def _deep(repo: Repository, manifests: dict[str, Manifest], nworkers: int, repor
                 proofs[k] = _prove_file(repo, e, pool, window, progress)
         # file tasks wait on chunk tasks, so they run on a pool of their own (no deadlock)
         # several small files per task: the hand-off to a thread is paid once per batch
-        with ThreadPoolExecutor(nworkers, thread_name_prefix="verify-files") as files:
+        nfiles = small_file_workers(nworkers)
+        with ThreadPoolExecutor(nfiles, thread_name_prefix="verify-files") as files:
             for batch, got in ordered_map(files, lambda b: _prove_batch(repo, [e for _k, e in b], pool, progress),
-                                          batches(small, lambda ke: ke[1].size), 4 * nworkers):
+                                          batches(small, lambda ke: ke[1].size), 4 * nfiles):
                 for (k, _e), proof in zip(batch, got):
                     proofs[k] = proof
     seen = bytearray(len(unique))

@@ -13,6 +13,7 @@ import math
 import random
 import os
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 
 import archiver
 from archiver import checker
+from archiver.api import open_repository
 from archiver.errors import ArchiverError, InvalidOptionError, UsageError
 from archiver.progress import Progress
 from archiver.repository import Repository
@@ -484,6 +486,49 @@ def test_many_small_files_are_deep_verified_across_files(tmp_path):
     rep = archiver.verify([mid], deep=True, store=store, catalog=catalog)
     assert sorted(p.path for p in rep.problems) == sorted(e.path for e in bad)
     assert rep.files_hashed == 200 - len(bad)
+
+
+def test_small_files_are_proved_on_no_more_threads_than_cores(tmp_path, monkeypatch):
+    """The small-file batches' pool is capped at the cores (GIL-bound work: more threads only
+    hand the GIL around), whatever `workers` says; never fewer than one thread; the findings
+    (damage named per file) are the same on one thread as on several."""
+    assert checker.small_file_workers(1) == 1
+    monkeypatch.setattr(checker.os, "cpu_count", lambda: None)
+    assert checker.small_file_workers(6) == 1
+    monkeypatch.setattr(checker.os, "cpu_count", lambda: 2)
+    assert [checker.small_file_workers(n) for n in (1, 2, 6)] == [1, 2, 2]
+    src = tmp_path / "small"
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(60):
+            (src / f"d{d}" / f"f{i}.bin").write_bytes(random.Random(d * 100 + i).randbytes(1000 + i))
+    store, catalog = str(tmp_path / "store"), tmp_path / "catalog.db"
+    mid = archiver.archive([src], name="small", store=store, catalog=catalog).id
+    threads: set[str] = set()
+    real = checker._prove_batch
+
+    def prove_batch(*args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(checker, "_prove_batch", prove_batch)
+
+    def deep_verify() -> checker.VerifyReport:
+        with open_repository(store, catalog) as repo:
+            return checker.verify(repo, [mid], deep=True, workers=6)
+    rep = deep_verify()
+    assert rep.ok and rep.files_hashed == 240 and rep.chunks_read == 240
+    assert threads and len(threads) <= 2 and all(t.startswith("verify-files") for t in threads), threads
+    _, m = archiver.show(mid, store=store, catalog=catalog)
+    bad = [e for e in m.entries if e.type == "file"][::41]
+    for e in bad:
+        RawStore(store).mutate(chunk_key(e.chunks[0].hash), flip_at(0))
+    monkeypatch.setattr(checker.os, "cpu_count", lambda: 1)
+    one = deep_verify()
+    monkeypatch.setattr(checker.os, "cpu_count", lambda: 4)
+    four = deep_verify()
+    assert sorted(p.path for p in one.problems) == sorted(e.path for e in bad)
+    assert [p.line() for p in one.problems] == [p.line() for p in four.problems]
+    assert one.files_hashed == four.files_hashed == 240 - len(bad)
 
 
 def test_chain_checks_within_one_run_match_the_store_fetching_ones(arch, source):
