@@ -140,9 +140,15 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
     root_fd = os.open(root, _DIR_FLAGS)
     try:
         remove_stale_temps(root_fd)
-        repo.plan_reads(c for e in chosen if e.is_file for c in e.chunks)  # packed chunks: few, ranged reads
+        distributed = executor is not None and executor.distributed
+        # the directories are made on a thread of their own while the reads are planned (mkdir
+        # waits in the kernel, the plan mostly in SQLite): both are done before the first file
+        with ThreadPoolExecutor(1, thread_name_prefix="restore-mkdir") as mk:
+            made = mk.submit(_make_dirs, root_fd, [] if distributed else [e for e in chosen if e.type == "dir"])
+            repo.plan_reads(c for e in chosen if e.is_file for c in e.chunks)  # packed chunks: few, ranged reads
+            made.result()
         here = chosen
-        if executor is not None and executor.distributed:  # files and directories, one task per file
+        if distributed:  # files and directories, one task per file
             from archiver import fanout
             fanout.restore_files(repo, executor, mid, root, chosen, force, mode_mask, result, progress)
             here = []
@@ -157,8 +163,7 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
                 elif e.is_symlink:
                     continue  # made last, so no write of this restore can go through one
                 else:
-                    os.close(_open_dir(root_fd, e.path.split("/"), create=True))
-                    result.dirs += 1
+                    result.dirs += 1  # made above (`_make_dirs`)
             _restore_small(repo, mid, root_fd, small, pool, nworkers, result, progress, force, mode_mask)
         for e in chosen:
             if e.is_symlink:
@@ -175,6 +180,13 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
     result.seconds = round(time.monotonic() - started, 3)
     _append_event(repo, result, include)
     return result
+
+
+def _make_dirs(root_fd: int, dirs: list[Entry]) -> None:
+    """Make each directory of `dirs` below root_fd (mode 0o700 until `_finish_dirs`), never
+    through a symlink (`_open_dir`)."""
+    for e in dirs:
+        os.close(_open_dir(root_fd, e.path.split("/"), create=True))
 
 
 def _finish_dirs(root_fd: int, dirs: list[Entry], mode_mask: int, nworkers: int) -> None:
@@ -463,21 +475,25 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
         return mine
 
     def place(durable: list[_Staged]) -> None:
-        """Put a synced batch's files in place (renamed or linked), in order."""
-        while durable:
-            s = durable[0]
-            try:
-                if s.tmp:
-                    _check_target(s.dir_fd, s.name, s.entry.path, force)
-                    os.rename(s.tmp, s.name, src_dir_fd=s.dir_fd, dst_dir_fd=s.dir_fd)  # still locked
-                else:
-                    _link_into_place(s.fd, s.dir_fd, s.name, s.entry.path, force)
-            except OSError as err:
-                _raise_write_error(s.entry.path, err)
-            durable.pop(0)
-            os.close(s.fd)
-            result.files += 1
-            result.bytes += s.entry.size
+        """Put a synced batch's files in place (renamed or linked), in order; each one put in
+        place leaves `durable` (what is left there is removed by the `finally` below)."""
+        done = 0
+        try:
+            for s in durable:
+                try:
+                    if s.tmp:
+                        _check_target(s.dir_fd, s.name, s.entry.path, force)
+                        os.rename(s.tmp, s.name, src_dir_fd=s.dir_fd, dst_dir_fd=s.dir_fd)  # still locked
+                    else:
+                        _link_into_place(s.fd, s.dir_fd, s.name, s.entry.path, force)
+                except OSError as err:
+                    _raise_write_error(s.entry.path, err)
+                done += 1
+                os.close(s.fd)
+                result.files += 1
+                result.bytes += s.entry.size
+        finally:
+            del durable[:done]
 
     def make_durable(written: list[_Staged]) -> None:
         """Sync a fully written batch (every task that wrote it has returned), then put it in place."""
