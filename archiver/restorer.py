@@ -323,7 +323,7 @@ def _create_temp(dir_fd: int, mode: int = 0o600) -> tuple[str, int]:
         os.close(fd)
 
 
-def _write_sparse(fd: int, data: bytes | bytearray, pos: int) -> None:
+def _write_sparse(fd: int, data: bytes | bytearray | memoryview, pos: int) -> None:
     """Write `data`, which belongs at file offset `pos` (the fd's position), seeking over
     every all-zero HOLE_WINDOW-aligned window instead of writing it: holes stay holes.
     The caller sets the final size with ftruncate, in case the file ends in a hole. Data
@@ -334,6 +334,8 @@ def _write_sparse(fd: int, data: bytes | bytearray, pos: int) -> None:
         if k < n:
             write_all(fd, memoryview(data)[k:])
         return
+    if isinstance(data, memoryview):
+        data = data.tobytes()  # a chunk read as a view of its pack span (`read_chunks(views=True)`)
     view = memoryview(data)
     is_zero = data.startswith
     done = 0                       # data[:done] is written or skipped
@@ -468,10 +470,17 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
 
     def stage(batch: list[Entry], staged: list[_Staged]) -> list[Problem]:
         mine: list[Problem] = []
-        ones = iter(repo.read_chunks([e.chunks[0] for e in batch if len(e.chunks) == 1]))
+        # raw chunks come as views of their pack span (hashed in place, written from there: no copy)
+        ones = iter(repo.read_chunks([e.chunks[0] for e in batch if len(e.chunks) == 1], views=True))
         for e in batch:
-            _stage_file(repo, mid, dirs[e.path.rpartition("/")[0]], e, pool, staged, mine, progress, mode_mask,
-                        next(ones) if len(e.chunks) == 1 else None, unnamed)
+            parent, _, name = e.path.rpartition("/")
+            n = len(e.chunks)
+            if unnamed and n <= 1:  # nearly every small file: one chunk or none, no stream
+                _stage_unnamed(repo, mid, dirs[parent], name, e, next(ones) if n else None, pool, staged, mine,
+                               progress, mode_mask)
+                continue
+            _stage_file(repo, mid, dirs[parent], e, pool, staged, mine, progress, mode_mask,
+                        next(ones) if n == 1 else None, unnamed)
         return mine
 
     def place(durable: list[_Staged]) -> None:
@@ -614,7 +623,7 @@ def mode_at_create(mode: int) -> bool:
 
 def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadPoolExecutor,
                 staged: list[_Staged], problems: list[Problem], progress: Progress, mode_mask: int,
-                got: bytes | ArchiverError | None = None, unnamed: bool = False) -> None:
+                got: bytes | memoryview | ArchiverError | None = None, unnamed: bool = False) -> None:
     """Write small file `e` in dir_fd, every chunk and the whole file re-hashed, with its
     final mode and mtime, and add it to `staged` (not yet durable nor in place): with
     `unnamed`, as a file with no name (`fileio.open_unnamed`), else under a temp name. `got`:
@@ -666,6 +675,50 @@ def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadP
             _discard(dir_fd, tmp, fd)
 
 
+def _stage_unnamed(repo: Repository, mid: str, dir_fd: int, name: str, e: Entry,
+                   got: bytes | memoryview | ArchiverError | None, pool: ThreadPoolExecutor, staged: list[_Staged],
+                   problems: list[Problem], progress: Progress, mode_mask: int) -> None:
+    """`_stage_file` of a file of one chunk (`got`, read already) or none, made unnamed: the
+    same checks, steps and outcome without the stream's per-file objects (most of restore's
+    per-file Python work under the GIL). Falls back to `_stage_file` (a temp name) where this
+    directory's filesystem cannot make an unnamed file."""
+    if got is not None:
+        if isinstance(got, ArchiverError):  # damaged or missing: nothing is made
+            problems.append(chunk_problem(mid, e, e.chunks[0], got))
+            return
+        if e.chunks[0].hash != e.blake3:  # the one chunk is the whole file
+            problems.append(file_hash_problem(mid, e))
+            return
+    elif e.blake3 != _EMPTY_BLAKE3:
+        problems.append(file_hash_problem(mid, e))
+        return
+    mode = e.mode & mode_mask
+    try:
+        fd = _create_unnamed(dir_fd, mode)
+    except OSError as err:
+        _raise_write_error(e.path, err)
+    if fd < 0:
+        _stage_file(repo, mid, dir_fd, e, pool, staged, problems, progress, mode_mask, got, False)
+        return
+    try:
+        if got is not None:
+            n = len(got)
+            _write_sparse(fd, got, 0)
+            if n >= HOLE_WINDOW:  # a shorter file has no hole (_write_sparse skips only whole windows)
+                os.ftruncate(fd, n)  # the size, if the file ends in a hole
+            progress.advance(n)
+        if mode & SPECIAL_BITS:  # a write clears them: set after it
+            os.fchmod(fd, mode)
+        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+        staged.append(_Staged(e, dir_fd, name, "", fd))  # one append: atomic across threads
+        fd = -1
+    except OSError as err:
+        _raise_write_error(e.path, err)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def _create_unnamed(dir_fd: int, mode: int) -> int:
     """An unnamed file in dir_fd (`fileio.open_unnamed`) with exactly `mode` less its special
     bits (what the umask took is put back), or -1 if this directory's filesystem cannot
@@ -684,7 +737,7 @@ def _create_unnamed(dir_fd: int, mode: int) -> int:
     return fd
 
 
-def _one_chunk(repo: Repository, e: Entry, got: bytes | ArchiverError | None = None) -> list[Piece]:
+def _one_chunk(repo: Repository, e: Entry, got: bytes | memoryview | ArchiverError | None = None) -> list[Piece]:
     """What `stream_file(e, keep_going=True, sha256=False)` yields for a one-chunk file, read
     on this thread with no stream (or `got`, its chunk read already): the chunk (re-hashed
     on read), or its damage; its hash not being the file's BLAKE3 is a FileHashError (the

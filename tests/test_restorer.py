@@ -995,3 +995,61 @@ def test_a_umask_changed_by_another_thread_during_a_restore_does_not_change_the_
     got = {p.name: p.stat().st_mode & 0o7777 for p in (tmp_path / "out" / "src" / "sub").iterdir()}
     assert len(got) == 200
     assert not res.ok or set(got.values()) == {0o640}
+
+
+@pytest.mark.packs
+def test_one_chunk_files_read_as_views_of_their_packs_restore_exactly(tmp_path, monkeypatch):
+    """Small files of one chunk or none, read from packs as views of their spans, go through
+    `_stage_unnamed` (where the filesystem has O_TMPFILE): bytes, modes, mtimes and holes come
+    out as archived; a packed chunk damaged in its pack is reported for its file, which does
+    not appear, while the others are restored."""
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    rng = random.Random(6)
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    files = {"a/empty": (b"", 0o640), "a/small.bin": (rng.randbytes(3000), 0o600),
+             "a/raw300k.bin": (rng.randbytes(300 * 1024), 0o755),
+             "b/holes.bin": (rng.randbytes(HOLE_WINDOW) + bytes(2 * HOLE_WINDOW) + rng.randbytes(HOLE_WINDOW)
+                             + bytes(2 * HOLE_WINDOW), 0o644),
+             "b/text.txt": (b"config line\n" * 900, 0o444), "b/victim.bin": (rng.randbytes(5000), 0o644)}
+    for i, (rel, (data, mode)) in enumerate(sorted(files.items())):
+        (src / rel).write_bytes(data)
+        os.chmod(src / rel, mode)
+        os.utime(src / rel, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i * 7))
+    store, catalog = tmp_path / "store", tmp_path / "cat.db"
+    mid = archiver.archive([src], name="v", store=str(store), catalog=catalog).id
+    probe = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if not fileio.unnamed_files(probe):
+            pytest.skip("no O_TMPFILE here")
+    finally:
+        os.close(probe)
+    lean: list[str] = []
+    real = restorer._stage_unnamed
+
+    def counted(repo, mid, dir_fd, name, e, *rest):
+        lean.append(e.path)
+        return real(repo, mid, dir_fd, name, e, *rest)
+    monkeypatch.setattr(restorer, "_stage_unnamed", counted)
+    res = archiver.restore(mid, tmp_path / "out", store=str(store), catalog=catalog)
+    assert res.ok and res.files == len(files)
+    assert sorted(lean) == sorted(f"src/{rel}" for rel in files)
+    out = tmp_path / "out" / "src"
+    assert tree(out) == tree(src)
+    for rel in files:
+        assert (out / rel).stat().st_mtime_ns == (src / rel).stat().st_mtime_ns
+    holes = (out / "b" / "holes.bin").stat()
+    assert holes.st_size == 6 * HOLE_WINDOW and holes.st_blocks * 512 <= 4 * HOLE_WINDOW  # its zeros are holes
+    packed = [p for p in store.rglob("*") if p.is_file() and files["b/victim.bin"][0] in p.read_bytes()]
+    assert len(packed) == 1  # stored raw, inside one pack
+    body = bytearray(packed[0].read_bytes())
+    body[body.index(files["b/victim.bin"][0]) + 100] ^= 1
+    os.chmod(packed[0], 0o644)
+    packed[0].write_bytes(bytes(body))
+    res = archiver.restore(mid, tmp_path / "again", store=str(store), catalog=catalog)
+    assert not res.ok and [(p.kind, p.path) for p in res.problems] == [("corrupt-chunk", "src/b/victim.bin")]
+    again = tmp_path / "again" / "src"
+    assert not (again / "b" / "victim.bin").exists()
+    assert {k: v for k, v in tree(again).items() if k != "b/victim.bin"} == \
+        {k: v for k, v in tree(src).items() if k != "b/victim.bin"}
