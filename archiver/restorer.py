@@ -33,10 +33,10 @@ import resource
 import secrets
 import stat
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import blake3
 
@@ -141,18 +141,20 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
     progress.start(f"restore {m.name}", sum(e.size for e in chosen))
     mode_mask = 0o7777 if preserve_special_bits else 0o7777 & ~SPECIAL_BITS
     root_fd = os.open(root, _DIR_FLAGS)
+    # The directories are made and the reads planned on threads of their own (mkdir waits in
+    # the kernel, the plan mostly in SQLite) while the files that need no read (whole batches
+    # of empty ones) are written; a file that needs a chunk waits for the plan.
+    head = ThreadPoolExecutor(2, thread_name_prefix="restore-head")
     try:
         remove_stale_temps(root_fd)
         distributed = executor is not None and executor.distributed
-        # the directories are made on a thread of their own while the reads are planned (mkdir
-        # waits in the kernel, the plan mostly in SQLite): both are done before the first file
-        with ThreadPoolExecutor(1, thread_name_prefix="restore-mkdir") as mk:
-            made = mk.submit(_make_dirs, root_fd, [] if distributed else [e for e in chosen if e.type == "dir"])
-            repo.plan_reads(c for e in chosen if e.is_file for c in e.chunks)  # packed chunks: few, ranged reads
-            made.result()
+        made = head.submit(_make_dirs, root_fd, [] if distributed else [e for e in chosen if e.type == "dir"])
+        # packed chunks: few, ranged reads
+        planned = head.submit(repo.plan_reads, [c for e in chosen if e.is_file for c in e.chunks])
         here = chosen
         if distributed:  # files and directories, one task per file
             from archiver import fanout
+            planned.result()
             fanout.restore_files(repo, executor, mid, root, chosen, force, mode_mask, result, progress)
             here = []
         small = [e for e in here if e.is_file and e.size <= SMALL_FILE]
@@ -161,13 +163,17 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
                 if e.is_file and e.size <= SMALL_FILE:
                     continue  # below, several at a time
                 if e.is_file:
+                    planned.result()
                     _restore_file(repo, mid, root_fd, e, pool, window_for(nworkers), result, progress, force,
                                   mode_mask)
                 elif e.is_symlink:
                     continue  # made last, so no write of this restore can go through one
                 else:
-                    result.dirs += 1  # made above (`_make_dirs`)
-            _restore_small(repo, mid, root_fd, small, pool, nworkers, result, progress, force, mode_mask)
+                    result.dirs += 1  # made by `_make_dirs`
+            _restore_small(repo, mid, root_fd, small, pool, nworkers, result, progress, force, mode_mask,
+                           planned=planned)
+        made.result()
+        planned.result()
         for e in chosen:
             if e.is_symlink:
                 _restore_link(root_fd, e, force)
@@ -178,6 +184,7 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
                      mode_mask, nworkers)
         os.fsync(root_fd)
     finally:
+        head.shutdown()  # (its tasks use root_fd)
         os.close(root_fd)
         progress.finish()
     result.seconds = round(time.monotonic() - started, 3)
@@ -445,7 +452,8 @@ def _batch_limits() -> tuple[int, int]:
 
 
 def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry], pool: ThreadPoolExecutor,
-                   nworkers: int, result: RestoreResult, progress: Progress, force: bool, mode_mask: int) -> None:
+                   nworkers: int, result: RestoreResult, progress: Progress, force: bool, mode_mask: int, *,
+                   planned: Future[Any] | None = None) -> None:
     """Restore small files in sync batches: the files of a batch are written under temp names
     (or unnamed) several at a time (file tasks on a pool of their own, since they wait on
     chunk tasks), made durable together (`fileio.sync_together`: one syncfs, or an fsync
@@ -457,12 +465,25 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
     writing); the next one's sync comes only after all of its tasks have returned."""
     if not files:
         return
-    # written in pack order, so each planned span of a pack is read once, not once per file;
-    # problems are still reported in the manifest's order
-    pos = repo.pack_positions(e.chunks[0].hash for e in files if e.chunks)
     at = {e.path: i for i, e in enumerate(files)}
     problems: list[Problem] = []
-    in_pack_order = sorted(files, key=lambda e: pos.get(e.chunks[0].hash, ("", 0)) if e.chunks else ("", 0))
+
+    def sync_batches() -> Iterator[list[Entry]]:
+        """Whole batches of empty files first (they need no read: written while `planned`, the
+        reads' plan, is still being made), then the rest in pack order, so each planned span
+        of a pack is read once, not once per file; problems are still reported in the
+        manifest's order."""
+        empty = [e for e in files if not e.chunks]
+        ahead = empty[:len(empty) - len(empty) % most_files]
+        yield from batches(ahead, lambda e: e.size, most_files, SYNC_BATCH_BYTES)
+        if planned is not None:
+            planned.result()
+        done = {e.path for e in ahead}
+        rest = [e for e in files if e.path not in done] if done else files
+        pos = repo.pack_positions(e.chunks[0].hash for e in rest if e.chunks)
+        yield from batches(sorted(rest, key=lambda e: pos.get(e.chunks[0].hash, ("", 0)) if e.chunks else ("", 0)),
+                           lambda e: e.size, most_files, SYNC_BATCH_BYTES)
+
     most_files, most_dirs = _batch_limits()
     dirs: dict[str, int] = {}  # parent path -> open fd, renamed into and not yet synced
     dev_of: dict[int, int] = {}  # open directory fd -> its filesystem (st_dev), stat'ed once when opened
@@ -523,7 +544,7 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
     try:
         with ThreadPoolExecutor(nworkers, thread_name_prefix="restore-files") as tasks:
             written: list[_Staged] = []  # the previous batch: whole, not yet synced nor in place
-            for batch in batches(in_pack_order, lambda e: e.size, most_files, SYNC_BATCH_BYTES):
+            for batch in sync_batches():
                 new = {e.path.rpartition("/")[0] for e in batch} - dirs.keys()
                 if len(dirs) + len(new) > most_dirs:  # keep the fds bounded: sync what is open, close it
                     make_durable(written)  # (its files go into directories about to be closed)

@@ -113,6 +113,8 @@ def main() -> int:
     _wrap(restorer, "_finish_dirs", "_finish_dirs")
     _wrap(restorer, "_append_event", "_append_event")
     _wrap(repository.Repository, "read_chunks", "first read_chunks", first_only=True)
+    if hasattr(restorer, "_stage_unnamed"):
+        _wrap(restorer, "_stage_unnamed", "first file staged", first_only=True)
     inner = pipeline.iter_chunks
 
     def chunks(*a, **k):

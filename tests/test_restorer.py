@@ -1053,3 +1053,65 @@ def test_one_chunk_files_read_as_views_of_their_packs_restore_exactly(tmp_path, 
     assert not (again / "b" / "victim.bin").exists()
     assert {k: v for k, v in tree(again).items() if k != "b/victim.bin"} == \
         {k: v for k, v in tree(src).items() if k != "b/victim.bin"}
+
+
+def test_empty_files_are_written_while_the_reads_are_planned(tmp_path, monkeypatch):
+    """The plan of the reads (`Repository.plan_reads`) is made on a thread of its own while
+    whole sync batches of empty files, which need no read, are written: here the plan waits
+    (bounded) until an empty file has been made, and every file still comes out whole, data
+    files after the plan."""
+    import threading
+    from archiver.repository import Repository
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    src = tmp_path / "small"
+    for d in range(2):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(9):
+            (src / f"d{d}" / f"empty{i}").write_bytes(b"")
+            (src / f"d{d}" / f"f{i}.bin").write_bytes(random.Random(d * 10 + i).randbytes(700 + i))
+    store, catalog = str(tmp_path / "store"), tmp_path / "cat.db"
+    mid = archiver.archive([src], name="small", store=store, catalog=catalog).id
+    monkeypatch.setattr(restorer, "SYNC_BATCH_FILES", 8)  # 18 empty files: two whole batches ahead of the plan
+    made_empty, plan_done = threading.Event(), threading.Event()
+    order: list[str] = []
+    real_plan, real_stage = Repository.plan_reads, restorer._stage_unnamed
+
+    def plan_reads(self, refs):
+        waited = made_empty.wait(10)
+        order.append(f"plan (an empty file made before it: {waited})")
+        try:
+            return real_plan(self, refs)
+        finally:
+            plan_done.set()
+
+    def stage(repo, mid, dir_fd, name, e, got, *rest):
+        if got is not None and not plan_done.is_set():
+            order.append(f"{e.path} read before the plan")
+        real_stage(repo, mid, dir_fd, name, e, got, *rest)
+        if not e.chunks:
+            made_empty.set()
+    monkeypatch.setattr(Repository, "plan_reads", plan_reads)
+    monkeypatch.setattr(restorer, "_stage_unnamed", stage)
+    probe = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        unnamed = fileio.unnamed_files(probe)
+    finally:
+        os.close(probe)
+    res = archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
+    assert res.ok and res.files == 36 and tree(tmp_path / "out" / "small") == tree(src)
+    if unnamed:
+        assert order == ["plan (an empty file made before it: True)"]
+
+
+def test_a_failed_plan_of_the_reads_fails_the_restore_and_names_no_data_file(small_tree, tmp_path, monkeypatch):
+    """An error while the reads are planned (on its own thread) is the restore's error: it is
+    raised, not lost or hung on, and no file that needs a chunk gets its name."""
+    from archiver.repository import Repository
+    src, store, catalog, mid = small_tree
+
+    def plan_reads(self, refs):
+        raise errors.ArchiverError("the catalog could not be read")
+    monkeypatch.setattr(Repository, "plan_reads", plan_reads)
+    with pytest.raises(errors.ArchiverError, match="catalog could not be read"):
+        archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.stat().st_size > 0] == []
