@@ -150,7 +150,7 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
         distributed = executor is not None and executor.distributed
         made = head.submit(_make_dirs, root_fd, [] if distributed else [e for e in chosen if e.type == "dir"])
         # packed chunks: few, ranged reads
-        planned = head.submit(repo.plan_reads, [c for e in chosen if e.is_file for c in e.chunks])
+        planned = head.submit(_plan_reads, repo, [c for e in chosen if e.is_file for c in e.chunks])
         here = chosen
         if distributed:  # files and directories, one task per file
             from archiver import fanout
@@ -190,6 +190,15 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
     result.seconds = round(time.monotonic() - started, 3)
     _append_event(repo, result, include)
     return result
+
+
+def _plan_reads(repo: Repository, refs: list[Any]) -> int:
+    """`repo.plan_reads(refs)` on a restore's own thread, which then closes the catalog
+    connection it opened (one per thread): a restore leaves none behind."""
+    try:
+        return repo.plan_reads(refs)
+    finally:
+        repo.end_thread()
 
 
 def _make_dirs(root_fd: int, dirs: list[Entry]) -> None:

@@ -1115,3 +1115,25 @@ def test_a_failed_plan_of_the_reads_fails_the_restore_and_names_no_data_file(sma
     with pytest.raises(errors.ArchiverError, match="catalog could not be read"):
         archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
     assert [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.stat().st_size > 0] == []
+
+
+@pytest.mark.packs
+def test_restores_through_one_repository_leave_no_catalog_connection_behind(small_tree, tmp_path):
+    """The reads are planned on a thread of the restore's own ("restore-head"), which opens a
+    catalog read connection of its own (`Catalog._reader`, one per thread): it must be closed
+    when the plan is made, not kept until the repository is closed, or an API user restoring
+    many archives through one Repository runs out of file descriptors."""
+    from archiver import api
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("no /proc/self/fd")
+    src, store, catalog, mid = small_tree
+    repo = api.open_repository(store, catalog, read_only=True)
+    try:
+        assert archiver.restore(mid, tmp_path / "out0", repo=repo).ok
+        before = len(os.listdir("/proc/self/fd"))
+        for k in range(1, 5):
+            res = archiver.restore(mid, tmp_path / f"out{k}", repo=repo)
+            assert res.ok and tree(tmp_path / f"out{k}" / "small") == tree(src)
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        repo.close()
