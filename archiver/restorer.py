@@ -460,6 +460,25 @@ def _batch_limits() -> tuple[int, int]:
     return max(8, min(SYNC_BATCH_FILES, soft // 4)), max(8, min(DIR_FDS_KEPT, soft // 4))
 
 
+def _in_few_dirs(runs: Iterable[list[Entry]], most_dirs: int) -> Iterator[list[Entry]]:
+    """`runs`, each cut where its files would lie in more than `most_dirs` directories: a
+    sync batch may hold more files than there may be directory fds open (2048 against 512),
+    and every directory of a batch stays open until its sync."""
+    for run in runs:
+        cut: list[Entry] = []
+        parents: set[str] = set()
+        for e in run:
+            parent = e.path.rpartition("/")[0]
+            if parent not in parents:
+                if len(parents) >= most_dirs:
+                    yield cut
+                    cut, parents = [], set()
+                parents.add(parent)
+            cut.append(e)
+        if cut:
+            yield cut
+
+
 def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry], pool: ThreadPoolExecutor,
                    nworkers: int, result: RestoreResult, progress: Progress, force: bool, mode_mask: int, *,
                    planned: Future[Any] | None = None) -> None:
@@ -484,14 +503,15 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
         manifest's order."""
         empty = [e for e in files if not e.chunks]
         ahead = empty[:len(empty) - len(empty) % most_files]
-        yield from batches(ahead, lambda e: e.size, most_files, SYNC_BATCH_BYTES)
+        yield from _in_few_dirs(batches(ahead, lambda e: e.size, most_files, SYNC_BATCH_BYTES), most_dirs)
         if planned is not None:
             planned.result()
         done = {e.path for e in ahead}
         rest = [e for e in files if e.path not in done] if done else files
         pos = repo.pack_positions(e.chunks[0].hash for e in rest if e.chunks)
-        yield from batches(sorted(rest, key=lambda e: pos.get(e.chunks[0].hash, ("", 0)) if e.chunks else ("", 0)),
-                           lambda e: e.size, most_files, SYNC_BATCH_BYTES)
+        yield from _in_few_dirs(batches(sorted(rest, key=lambda e: pos.get(e.chunks[0].hash, ("", 0)) if e.chunks
+                                               else ("", 0)), lambda e: e.size, most_files, SYNC_BATCH_BYTES),
+                                most_dirs)
 
     most_files, most_dirs = _batch_limits()
     dirs: dict[str, int] = {}  # parent path -> open fd, renamed into and not yet synced

@@ -1137,3 +1137,40 @@ def test_restores_through_one_repository_leave_no_catalog_connection_behind(smal
         assert len(os.listdir("/proc/self/fd")) == before
     finally:
         repo.close()
+
+
+def test_a_sync_batch_of_files_in_many_directories_keeps_at_most_dir_fds_kept_open(tmp_path, monkeypatch):
+    """A sync batch may hold more files (SYNC_BATCH_FILES, 2048) than the directory fds kept
+    open between renames and sync (DIR_FDS_KEPT, 512): a batch whose files lie in more
+    directories than that is cut, so no more than DIR_FDS_KEPT directories are ever open
+    (here 32 and 8, the same 4:1, with 40 directories of one file each)."""
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("no /proc/self/fd")
+    src = tmp_path / "many"
+    for d in range(40):
+        (src / f"d{d:02}").mkdir(parents=True)
+        (src / f"d{d:02}" / "f.bin").write_bytes(random.Random(d).randbytes(100 + d))
+    store, catalog = str(tmp_path / "store"), tmp_path / "cat.db"
+    mid = archiver.archive([src], name="many", store=store, catalog=catalog).id
+    monkeypatch.setattr(restorer, "SYNC_BATCH_FILES", 32)
+    monkeypatch.setattr(restorer, "DIR_FDS_KEPT", 8)
+    below = str(tmp_path / "out" / "many") + "/"
+    most = [0]
+    real = restorer._open_dir
+
+    def open_dir(root_fd, parts, *, create):
+        fd = real(root_fd, parts, create=create)
+        n = 0
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{name}").startswith(below) and \
+                    stat.S_ISDIR(os.stat(f"/proc/self/fd/{name}").st_mode)
+            except OSError:
+                pass
+        most[0] = max(most[0], n)
+        return fd
+    monkeypatch.setattr(restorer, "_open_dir", open_dir)
+    res = archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
+    assert res.ok and res.files == 40 and tree(tmp_path / "out" / "many") == tree(src)
+    assert most[0] <= 8 + 1  # (+1: the directory thread's one open directory)
