@@ -32,6 +32,7 @@ import os
 import resource
 import secrets
 import stat
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -145,10 +146,11 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
     # the kernel, the plan mostly in SQLite) while the files that need no read (whole batches
     # of empty ones) are written; a file that needs a chunk waits for the plan.
     head = ThreadPoolExecutor(2, thread_name_prefix="restore-head")
+    stop = threading.Event()  # set once this restore has ended (failed): `_make_dirs` makes no more
     try:
         remove_stale_temps(root_fd)
         distributed = executor is not None and executor.distributed
-        made = head.submit(_make_dirs, root_fd, [] if distributed else [e for e in chosen if e.type == "dir"])
+        made = head.submit(_make_dirs, root_fd, [] if distributed else [e for e in chosen if e.type == "dir"], stop)
         # packed chunks: few, ranged reads
         planned = head.submit(_plan_reads, repo, [c for e in chosen if e.is_file for c in e.chunks])
         here = chosen
@@ -184,6 +186,7 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
                      mode_mask, nworkers)
         os.fsync(root_fd)
     finally:
+        stop.set()
         head.shutdown()  # (its tasks use root_fd)
         os.close(root_fd)
         progress.finish()
@@ -201,10 +204,12 @@ def _plan_reads(repo: Repository, refs: list[Any]) -> int:
         repo.end_thread()
 
 
-def _make_dirs(root_fd: int, dirs: list[Entry]) -> None:
+def _make_dirs(root_fd: int, dirs: list[Entry], stop: threading.Event | None = None) -> None:
     """Make each directory of `dirs` below root_fd (mode 0o700 until `_finish_dirs`), never
-    through a symlink (`_open_dir`)."""
+    through a symlink (`_open_dir`); none more once `stop` is set (the restore has failed)."""
     for e in dirs:
+        if stop is not None and stop.is_set():
+            return
         os.close(_open_dir(root_fd, e.path.split("/"), create=True))
 
 

@@ -1174,3 +1174,35 @@ def test_a_sync_batch_of_files_in_many_directories_keeps_at_most_dir_fds_kept_op
     res = archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
     assert res.ok and res.files == 40 and tree(tmp_path / "out" / "many") == tree(src)
     assert most[0] <= 8 + 1  # (+1: the directory thread's one open directory)
+
+
+def test_a_failed_restore_makes_no_more_directories(tmp_path, monkeypatch):
+    """The directories are made on a thread of their own (`_make_dirs`): once the restore has
+    failed (here its small files' writing), that thread stops rather than go on making every
+    remaining directory of the archive in DEST while the error waits to be reported."""
+    import threading
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    src = tmp_path / "dirs"
+    for d in range(200):
+        (src / f"d{d:03}").mkdir(parents=True)
+    (src / "f.bin").write_bytes(b"data" * 100)
+    store, catalog = str(tmp_path / "store"), tmp_path / "cat.db"
+    mid = archiver.archive([src], name="dirs", store=store, catalog=catalog).id
+    failed = threading.Event()
+    real = restorer._open_dir
+
+    def open_dir(root_fd, parts, *, create):
+        if threading.current_thread().name.startswith("restore-head"):
+            failed.wait(10)
+            time.sleep(0.002)
+        return real(root_fd, parts, create=create)
+
+    def restore_small(*args, **kwargs):
+        failed.set()
+        raise errors.DestinationFullError("dirs/f.bin")
+    monkeypatch.setattr(restorer, "_open_dir", open_dir)
+    monkeypatch.setattr(restorer, "_restore_small", restore_small)
+    with pytest.raises(errors.DestinationFullError):
+        archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
+    made = [p for p in (tmp_path / "out" / "dirs").iterdir()] if (tmp_path / "out" / "dirs").exists() else []
+    assert len(made) < 50
