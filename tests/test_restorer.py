@@ -1206,3 +1206,57 @@ def test_a_failed_restore_makes_no_more_directories(tmp_path, monkeypatch):
         archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
     made = [p for p in (tmp_path / "out" / "dirs").iterdir()] if (tmp_path / "out" / "dirs").exists() else []
     assert len(made) < 50
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.ENOSPC, errno.EROFS])
+def test_a_directory_that_cannot_be_made_fails_the_restore_with_one_line(small_tree, tmp_path, monkeypatch, code):
+    """A directory the directory thread (or a file's writer) cannot make (mkdir fails: no
+    permission, no space, a read-only filesystem) fails the restore once, with one line and a
+    non-zero exit; no file appears in it and no temp name is left anywhere."""
+    src, store, catalog, mid = small_tree
+    real = os.mkdir
+
+    def mkdir(path, mode=0o777, *, dir_fd=None):
+        if os.fspath(path) == "d2":
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return real(path, mode, dir_fd=dir_fd)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    out = tmp_path / "out"
+    monkeypatch.setenv("ARCHIVER_STORE", store)
+    monkeypatch.setenv("ARCHIVER_CATALOG", str(catalog))
+    r = run_cli("restore", mid, str(out))
+    assert r.code != 0
+    lines = [line for line in r.err.splitlines() if line.strip()]
+    assert len(lines) == 1, r.err
+    assert os.strerror(code) in lines[0] or "disk full" in lines[0]
+    assert not (out / "small" / "d2").exists()
+    assert [p for p in out.rglob("*") if is_temp_name(p.name)] == []
+
+
+@pytest.mark.parametrize("planted", ["file", "symlink"])
+def test_force_over_a_tree_with_a_file_or_symlink_where_a_directory_goes_refuses_it(small_tree, tmp_path, planted):
+    """With --force over an existing tree, a regular file or a symlink (to a directory outside
+    DEST) where the archive has a directory is refused whichever thread reaches it first (the
+    directory thread or a file's writer): an UnsafePathError, nothing written through the
+    symlink, the file in the way left as it is, no temp name left anywhere."""
+    src, store, catalog, mid = small_tree
+    out = tmp_path / "out"
+    assert archiver.restore(mid, out, store=store, catalog=catalog).ok
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = out / "small" / "d1"
+    for p in victim.iterdir():
+        p.unlink()
+    victim.rmdir()
+    if planted == "file":
+        victim.write_bytes(b"not a directory")
+    else:
+        victim.symlink_to(outside)
+    with pytest.raises(errors.UnsafePathError, match="small/d1"):
+        archiver.restore(mid, out, store=store, catalog=catalog, force=True)
+    assert list(outside.iterdir()) == []
+    if planted == "file":
+        assert victim.read_bytes() == b"not a directory"
+    else:
+        assert victim.is_symlink()
+    assert [p for p in out.rglob("*") if is_temp_name(p.name)] == []
