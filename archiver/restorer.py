@@ -427,6 +427,8 @@ def _open_dir(root_fd: int, parts: list[str], *, create: bool) -> int:
                     os.mkdir(name, 0o700, dir_fd=fd)
                 except FileExistsError:
                     pass
+                except OSError as err:  # named here: a caller's handler would name what it was writing
+                    _raise_write_error("/".join(parts[:i + 1]), err, "cannot create the directory")
                 nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
             except OSError as e:
                 if e.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -627,10 +629,10 @@ def _sync_dirs(dirs: dict[str, int], pool: ThreadPoolExecutor) -> None:
             os.close(fd)
 
 
-def _raise_write_error(path: str, err: OSError) -> None:
+def _raise_write_error(path: str, err: OSError, doing: str = "cannot write") -> None:
     if err.errno in _NO_SPACE:
         raise DestinationFullError(path) from None
-    raise DestinationError(path, f"cannot write: {err.strerror}") from None
+    raise DestinationError(path, f"{doing}: {err.strerror}") from None
 
 
 def _discard(dir_fd: int, tmp: str, fd: int) -> None:

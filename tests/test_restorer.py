@@ -1260,3 +1260,23 @@ def test_force_over_a_tree_with_a_file_or_symlink_where_a_directory_goes_refuses
     else:
         assert victim.is_symlink()
     assert [p for p in out.rglob("*") if is_temp_name(p.name)] == []
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_a_directory_that_cannot_be_made_is_the_one_the_error_names(small_tree, tmp_path, monkeypatch, code):
+    """Directories are made by their own thread and, racing it, by the writer of the first
+    sync batch with a file in them: a mkdir that fails names that directory, not DEST nor a
+    file of an earlier batch (written, waiting for its sync) that has nothing wrong with it."""
+    src, store, catalog, mid = small_tree
+    monkeypatch.setattr(restorer, "SYNC_BATCH_FILES", 8)  # batches of d0, d1 files pending when d2 is reached
+    real = os.mkdir
+
+    def mkdir(path, mode=0o777, *, dir_fd=None):
+        if os.fspath(path) == "d2":
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return real(path, mode, dir_fd=dir_fd)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    with pytest.raises(errors.DestinationError) as got:
+        archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
+    assert got.value.path == "small/d2" and os.strerror(code) in str(got.value)
+    assert not (tmp_path / "out" / "small" / "d2").exists()
