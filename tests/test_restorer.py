@@ -1280,3 +1280,32 @@ def test_a_directory_that_cannot_be_made_is_the_one_the_error_names(small_tree, 
         archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
     assert got.value.path == "small/d2" and os.strerror(code) in str(got.value)
     assert not (tmp_path / "out" / "small" / "d2").exists()
+
+
+FD_LIMITED_RESTORE = """
+import resource, sys
+from archiver import api
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[4]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+res = api.restore(sys.argv[1], sys.argv[2], store=sys.argv[3], catalog=sys.argv[5])
+print(res.ok, res.files)
+"""
+
+
+@pytest.mark.packs
+def test_a_restore_under_a_low_open_file_limit_stays_inside_it(tmp_path, monkeypatch):
+    """Sync batches (up to 2048 files), the directories kept open until their sync, the
+    directory and plan threads: all sized by `_batch_limits` from the open-file limit, so a
+    restore of many small files (some empty) in many directories runs under a limit of 128."""
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    src = tmp_path / "many"
+    for d in range(60):
+        (src / f"d{d:02}").mkdir(parents=True)
+        for i in range(8):
+            (src / f"d{d:02}" / f"f{i}").write_bytes(random.Random(d * 10 + i).randbytes(200 + i) if i % 3 else b"")
+    store, catalog = str(tmp_path / "store"), tmp_path / "cat.db"
+    mid = archiver.archive([src], name="many", store=store, catalog=catalog).id
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", FD_LIMITED_RESTORE, mid, str(tmp_path / "out"), store, "128",
+                        str(catalog)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.split() == ["True", "480"], p.stderr
+    assert tree(tmp_path / "out" / "many") == tree(src)
