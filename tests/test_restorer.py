@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import stat
 import subprocess
@@ -1309,3 +1310,48 @@ def test_a_restore_under_a_low_open_file_limit_stays_inside_it(tmp_path, monkeyp
                         str(catalog)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.split() == ["True", "480"], p.stderr
     assert tree(tmp_path / "out" / "many") == tree(src)
+
+
+@pytest.mark.packs
+def test_two_restores_at_once_through_one_repository_both_come_out_whole(tmp_path, monkeypatch):
+    """Two restores of two archives at the same time, in two threads, through one Repository:
+    each plans its reads on its own thread (the plan is the repository's, so the second
+    replaces the first's), makes its directories on another, reads views of pack spans;
+    both come out byte for byte, every time."""
+    import threading
+    from archiver import api
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    store, catalog = str(tmp_path / "store"), tmp_path / "cat.db"
+    srcs, mids = [], []
+    for k in range(2):
+        src = tmp_path / f"src{k}"
+        for d in range(6):
+            (src / f"d{d}").mkdir(parents=True)
+            for i in range(40):
+                (src / f"d{d}" / f"f{i}").write_bytes(random.Random(k * 1000 + d * 50 + i).randbytes(50 + 37 * i)
+                                                      if i % 5 else b"")
+        srcs.append(src)
+        mids.append(archiver.archive([src], name=f"a{k}", store=store, catalog=catalog).id)
+    repo = api.open_repository(store, catalog, read_only=True)
+    try:
+        results: dict[int, object] = {}
+
+        def run(k):
+            try:
+                results[k] = archiver.restore(mids[k], tmp_path / f"out{k}", repo=repo)
+            except BaseException as e:  # reported below
+                results[k] = e
+        for _ in range(2):
+            threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            for k in range(2):
+                res = results[k]
+                assert not isinstance(res, BaseException), res
+                assert res.ok and res.files == 240
+                assert tree(tmp_path / f"out{k}" / f"src{k}") == tree(srcs[k])
+                shutil.rmtree(tmp_path / f"out{k}")
+    finally:
+        repo.close()
