@@ -222,6 +222,13 @@ class Repository:
         if self._catalog is not None:  # None: a worker's store-only repository
             self._catalog.close()
 
+    def end_thread(self) -> None:
+        """Close what the calling thread opened of the catalog (its read connection): for a
+        thread that ends before the repository is closed."""
+        close = getattr(self._catalog, "close_thread_reader", None)
+        if close is not None:
+            close()
+
     def __enter__(self) -> "Repository":
         return self
 

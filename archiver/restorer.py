@@ -32,11 +32,12 @@ import os
 import resource
 import secrets
 import stat
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import blake3
 
@@ -60,7 +61,10 @@ WRITEBACK_EVERY = 64 * 1024 * 1024
 SMALL_FILE = 1 << 20
 # Small files are made durable together, in batches of at most this many files / bytes
 # (`_restore_small`); and at most this many directory fds are kept open between their renames and their sync.
-SYNC_BATCH_FILES = 512
+# Why 2048 files: a syncfs costs a device flush (and flushes whatever else is dirty on the
+# filesystem) whatever the batch holds, so the waits grow with the number of batches; a
+# bigger batch only lengthens the tail (the last batch's sync and links, not overlapped).
+SYNC_BATCH_FILES = 2048
 SYNC_BATCH_BYTES = 64 * 1024 * 1024
 DIR_FDS_KEPT = 512
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
@@ -138,12 +142,21 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
     progress.start(f"restore {m.name}", sum(e.size for e in chosen))
     mode_mask = 0o7777 if preserve_special_bits else 0o7777 & ~SPECIAL_BITS
     root_fd = os.open(root, _DIR_FLAGS)
+    # The directories are made and the reads planned on threads of their own (mkdir waits in
+    # the kernel, the plan mostly in SQLite) while the files that need no read (whole batches
+    # of empty ones) are written; a file that needs a chunk waits for the plan.
+    head = ThreadPoolExecutor(2, thread_name_prefix="restore-head")
+    stop = threading.Event()  # set once this restore has ended (failed): `_make_dirs` makes no more
     try:
         remove_stale_temps(root_fd)
-        repo.plan_reads(c for e in chosen if e.is_file for c in e.chunks)  # packed chunks: few, ranged reads
+        distributed = executor is not None and executor.distributed
+        made = head.submit(_make_dirs, root_fd, [] if distributed else [e for e in chosen if e.type == "dir"], stop)
+        # packed chunks: few, ranged reads
+        planned = head.submit(_plan_reads, repo, [c for e in chosen if e.is_file for c in e.chunks])
         here = chosen
-        if executor is not None and executor.distributed:  # files and directories, one task per file
+        if distributed:  # files and directories, one task per file
             from archiver import fanout
+            planned.result()
             fanout.restore_files(repo, executor, mid, root, chosen, force, mode_mask, result, progress)
             here = []
         small = [e for e in here if e.is_file and e.size <= SMALL_FILE]
@@ -152,14 +165,17 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
                 if e.is_file and e.size <= SMALL_FILE:
                     continue  # below, several at a time
                 if e.is_file:
+                    planned.result()
                     _restore_file(repo, mid, root_fd, e, pool, window_for(nworkers), result, progress, force,
                                   mode_mask)
                 elif e.is_symlink:
                     continue  # made last, so no write of this restore can go through one
                 else:
-                    os.close(_open_dir(root_fd, e.path.split("/"), create=True))
-                    result.dirs += 1
-            _restore_small(repo, mid, root_fd, small, pool, nworkers, result, progress, force, mode_mask)
+                    result.dirs += 1  # made by `_make_dirs`
+            _restore_small(repo, mid, root_fd, small, pool, nworkers, result, progress, force, mode_mask,
+                           planned=planned)
+        made.result()
+        planned.result()
         for e in chosen:
             if e.is_symlink:
                 _restore_link(root_fd, e, force)
@@ -170,11 +186,31 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
                      mode_mask, nworkers)
         os.fsync(root_fd)
     finally:
+        stop.set()
+        head.shutdown()  # (its tasks use root_fd)
         os.close(root_fd)
         progress.finish()
     result.seconds = round(time.monotonic() - started, 3)
     _append_event(repo, result, include)
     return result
+
+
+def _plan_reads(repo: Repository, refs: list[Any]) -> int:
+    """`repo.plan_reads(refs)` on a restore's own thread, which then closes the catalog
+    connection it opened (one per thread): a restore leaves none behind."""
+    try:
+        return repo.plan_reads(refs)
+    finally:
+        repo.end_thread()
+
+
+def _make_dirs(root_fd: int, dirs: list[Entry], stop: threading.Event | None = None) -> None:
+    """Make each directory of `dirs` below root_fd (mode 0o700 until `_finish_dirs`), never
+    through a symlink (`_open_dir`); none more once `stop` is set (the restore has failed)."""
+    for e in dirs:
+        if stop is not None and stop.is_set():
+            return
+        os.close(_open_dir(root_fd, e.path.split("/"), create=True))
 
 
 def _finish_dirs(root_fd: int, dirs: list[Entry], mode_mask: int, nworkers: int) -> None:
@@ -311,7 +347,7 @@ def _create_temp(dir_fd: int, mode: int = 0o600) -> tuple[str, int]:
         os.close(fd)
 
 
-def _write_sparse(fd: int, data: bytes | bytearray, pos: int) -> None:
+def _write_sparse(fd: int, data: bytes | bytearray | memoryview, pos: int) -> None:
     """Write `data`, which belongs at file offset `pos` (the fd's position), seeking over
     every all-zero HOLE_WINDOW-aligned window instead of writing it: holes stay holes.
     The caller sets the final size with ftruncate, in case the file ends in a hole. Data
@@ -322,6 +358,8 @@ def _write_sparse(fd: int, data: bytes | bytearray, pos: int) -> None:
         if k < n:
             write_all(fd, memoryview(data)[k:])
         return
+    if isinstance(data, memoryview):
+        data = data.tobytes()  # a chunk read as a view of its pack span (`read_chunks(views=True)`)
     view = memoryview(data)
     is_zero = data.startswith
     done = 0                       # data[:done] is written or skipped
@@ -389,6 +427,8 @@ def _open_dir(root_fd: int, parts: list[str], *, create: bool) -> int:
                     os.mkdir(name, 0o700, dir_fd=fd)
                 except FileExistsError:
                     pass
+                except OSError as err:  # named here: a caller's handler would name what it was writing
+                    _raise_write_error("/".join(parts[:i + 1]), err, "cannot create the directory")
                 nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
             except OSError as e:
                 if e.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -427,8 +467,28 @@ def _batch_limits() -> tuple[int, int]:
     return max(8, min(SYNC_BATCH_FILES, soft // 4)), max(8, min(DIR_FDS_KEPT, soft // 4))
 
 
+def _in_few_dirs(runs: Iterable[list[Entry]], most_dirs: int) -> Iterator[list[Entry]]:
+    """`runs`, each cut where its files would lie in more than `most_dirs` directories: a
+    sync batch may hold more files than there may be directory fds open (2048 against 512),
+    and every directory of a batch stays open until its sync."""
+    for run in runs:
+        cut: list[Entry] = []
+        parents: set[str] = set()
+        for e in run:
+            parent = e.path.rpartition("/")[0]
+            if parent not in parents:
+                if len(parents) >= most_dirs:
+                    yield cut
+                    cut, parents = [], set()
+                parents.add(parent)
+            cut.append(e)
+        if cut:
+            yield cut
+
+
 def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry], pool: ThreadPoolExecutor,
-                   nworkers: int, result: RestoreResult, progress: Progress, force: bool, mode_mask: int) -> None:
+                   nworkers: int, result: RestoreResult, progress: Progress, force: bool, mode_mask: int, *,
+                   planned: Future[Any] | None = None) -> None:
     """Restore small files in sync batches: the files of a batch are written under temp names
     (or unnamed) several at a time (file tasks on a pool of their own, since they wait on
     chunk tasks), made durable together (`fileio.sync_together`: one syncfs, or an fsync
@@ -440,12 +500,26 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
     writing); the next one's sync comes only after all of its tasks have returned."""
     if not files:
         return
-    # written in pack order, so each planned span of a pack is read once, not once per file;
-    # problems are still reported in the manifest's order
-    pos = repo.pack_positions(e.chunks[0].hash for e in files if e.chunks)
     at = {e.path: i for i, e in enumerate(files)}
     problems: list[Problem] = []
-    in_pack_order = sorted(files, key=lambda e: pos.get(e.chunks[0].hash, ("", 0)) if e.chunks else ("", 0))
+
+    def sync_batches() -> Iterator[list[Entry]]:
+        """Whole batches of empty files first (they need no read: written while `planned`, the
+        reads' plan, is still being made), then the rest in pack order, so each planned span
+        of a pack is read once, not once per file; problems are still reported in the
+        manifest's order."""
+        empty = [e for e in files if not e.chunks]
+        ahead = empty[:len(empty) - len(empty) % most_files]
+        yield from _in_few_dirs(batches(ahead, lambda e: e.size, most_files, SYNC_BATCH_BYTES), most_dirs)
+        if planned is not None:
+            planned.result()
+        done = {e.path for e in ahead}
+        rest = [e for e in files if e.path not in done] if done else files
+        pos = repo.pack_positions(e.chunks[0].hash for e in rest if e.chunks)
+        yield from _in_few_dirs(batches(sorted(rest, key=lambda e: pos.get(e.chunks[0].hash, ("", 0)) if e.chunks
+                                               else ("", 0)), lambda e: e.size, most_files, SYNC_BATCH_BYTES),
+                                most_dirs)
+
     most_files, most_dirs = _batch_limits()
     dirs: dict[str, int] = {}  # parent path -> open fd, renamed into and not yet synced
     dev_of: dict[int, int] = {}  # open directory fd -> its filesystem (st_dev), stat'ed once when opened
@@ -456,28 +530,39 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
 
     def stage(batch: list[Entry], staged: list[_Staged]) -> list[Problem]:
         mine: list[Problem] = []
-        ones = iter(repo.read_chunks([e.chunks[0] for e in batch if len(e.chunks) == 1]))
+        # raw chunks come as views of their pack span (hashed in place, written from there: no copy)
+        ones = iter(repo.read_chunks([e.chunks[0] for e in batch if len(e.chunks) == 1], views=True))
         for e in batch:
-            _stage_file(repo, mid, dirs[e.path.rpartition("/")[0]], e, pool, staged, mine, progress, mode_mask,
-                        next(ones) if len(e.chunks) == 1 else None, unnamed)
+            parent, _, name = e.path.rpartition("/")
+            n = len(e.chunks)
+            if unnamed and n <= 1:  # nearly every small file: one chunk or none, no stream
+                _stage_unnamed(repo, mid, dirs[parent], name, e, next(ones) if n else None, pool, staged, mine,
+                               progress, mode_mask)
+                continue
+            _stage_file(repo, mid, dirs[parent], e, pool, staged, mine, progress, mode_mask,
+                        next(ones) if n == 1 else None, unnamed)
         return mine
 
     def place(durable: list[_Staged]) -> None:
-        """Put a synced batch's files in place (renamed or linked), in order."""
-        while durable:
-            s = durable[0]
-            try:
-                if s.tmp:
-                    _check_target(s.dir_fd, s.name, s.entry.path, force)
-                    os.rename(s.tmp, s.name, src_dir_fd=s.dir_fd, dst_dir_fd=s.dir_fd)  # still locked
-                else:
-                    _link_into_place(s.fd, s.dir_fd, s.name, s.entry.path, force)
-            except OSError as err:
-                _raise_write_error(s.entry.path, err)
-            durable.pop(0)
-            os.close(s.fd)
-            result.files += 1
-            result.bytes += s.entry.size
+        """Put a synced batch's files in place (renamed or linked), in order; each one put in
+        place leaves `durable` (what is left there is removed by the `finally` below)."""
+        done = 0
+        try:
+            for s in durable:
+                try:
+                    if s.tmp:
+                        _check_target(s.dir_fd, s.name, s.entry.path, force)
+                        os.rename(s.tmp, s.name, src_dir_fd=s.dir_fd, dst_dir_fd=s.dir_fd)  # still locked
+                    else:
+                        _link_into_place(s.fd, s.dir_fd, s.name, s.entry.path, force)
+                except OSError as err:
+                    _raise_write_error(s.entry.path, err)
+                done += 1
+                os.close(s.fd)
+                result.files += 1
+                result.bytes += s.entry.size
+        finally:
+            del durable[:done]
 
     def make_durable(written: list[_Staged]) -> None:
         """Sync a fully written batch (every task that wrote it has returned), then put it in place."""
@@ -495,7 +580,7 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
     try:
         with ThreadPoolExecutor(nworkers, thread_name_prefix="restore-files") as tasks:
             written: list[_Staged] = []  # the previous batch: whole, not yet synced nor in place
-            for batch in batches(in_pack_order, lambda e: e.size, most_files, SYNC_BATCH_BYTES):
+            for batch in sync_batches():
                 new = {e.path.rpartition("/")[0] for e in batch} - dirs.keys()
                 if len(dirs) + len(new) > most_dirs:  # keep the fds bounded: sync what is open, close it
                     make_durable(written)  # (its files go into directories about to be closed)
@@ -544,10 +629,10 @@ def _sync_dirs(dirs: dict[str, int], pool: ThreadPoolExecutor) -> None:
             os.close(fd)
 
 
-def _raise_write_error(path: str, err: OSError) -> None:
+def _raise_write_error(path: str, err: OSError, doing: str = "cannot write") -> None:
     if err.errno in _NO_SPACE:
         raise DestinationFullError(path) from None
-    raise DestinationError(path, f"cannot write: {err.strerror}") from None
+    raise DestinationError(path, f"{doing}: {err.strerror}") from None
 
 
 def _discard(dir_fd: int, tmp: str, fd: int) -> None:
@@ -598,7 +683,7 @@ def mode_at_create(mode: int) -> bool:
 
 def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadPoolExecutor,
                 staged: list[_Staged], problems: list[Problem], progress: Progress, mode_mask: int,
-                got: bytes | ArchiverError | None = None, unnamed: bool = False) -> None:
+                got: bytes | memoryview | ArchiverError | None = None, unnamed: bool = False) -> None:
     """Write small file `e` in dir_fd, every chunk and the whole file re-hashed, with its
     final mode and mtime, and add it to `staged` (not yet durable nor in place): with
     `unnamed`, as a file with no name (`fileio.open_unnamed`), else under a temp name. `got`:
@@ -650,6 +735,50 @@ def _stage_file(repo: Repository, mid: str, dir_fd: int, e: Entry, pool: ThreadP
             _discard(dir_fd, tmp, fd)
 
 
+def _stage_unnamed(repo: Repository, mid: str, dir_fd: int, name: str, e: Entry,
+                   got: bytes | memoryview | ArchiverError | None, pool: ThreadPoolExecutor, staged: list[_Staged],
+                   problems: list[Problem], progress: Progress, mode_mask: int) -> None:
+    """`_stage_file` of a file of one chunk (`got`, read already) or none, made unnamed: the
+    same checks, steps and outcome without the stream's per-file objects (most of restore's
+    per-file Python work under the GIL). Falls back to `_stage_file` (a temp name) where this
+    directory's filesystem cannot make an unnamed file."""
+    if got is not None:
+        if isinstance(got, ArchiverError):  # damaged or missing: nothing is made
+            problems.append(chunk_problem(mid, e, e.chunks[0], got))
+            return
+        if e.chunks[0].hash != e.blake3:  # the one chunk is the whole file
+            problems.append(file_hash_problem(mid, e))
+            return
+    elif e.blake3 != _EMPTY_BLAKE3:
+        problems.append(file_hash_problem(mid, e))
+        return
+    mode = e.mode & mode_mask
+    try:
+        fd = _create_unnamed(dir_fd, mode)
+    except OSError as err:
+        _raise_write_error(e.path, err)
+    if fd < 0:
+        _stage_file(repo, mid, dir_fd, e, pool, staged, problems, progress, mode_mask, got, False)
+        return
+    try:
+        if got is not None:
+            n = len(got)
+            _write_sparse(fd, got, 0)
+            if n >= HOLE_WINDOW:  # a shorter file has no hole (_write_sparse skips only whole windows)
+                os.ftruncate(fd, n)  # the size, if the file ends in a hole
+            progress.advance(n)
+        if mode & SPECIAL_BITS:  # a write clears them: set after it
+            os.fchmod(fd, mode)
+        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+        staged.append(_Staged(e, dir_fd, name, "", fd))  # one append: atomic across threads
+        fd = -1
+    except OSError as err:
+        _raise_write_error(e.path, err)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def _create_unnamed(dir_fd: int, mode: int) -> int:
     """An unnamed file in dir_fd (`fileio.open_unnamed`) with exactly `mode` less its special
     bits (what the umask took is put back), or -1 if this directory's filesystem cannot
@@ -668,7 +797,7 @@ def _create_unnamed(dir_fd: int, mode: int) -> int:
     return fd
 
 
-def _one_chunk(repo: Repository, e: Entry, got: bytes | ArchiverError | None = None) -> list[Piece]:
+def _one_chunk(repo: Repository, e: Entry, got: bytes | memoryview | ArchiverError | None = None) -> list[Piece]:
     """What `stream_file(e, keep_going=True, sha256=False)` yields for a one-chunk file, read
     on this thread with no stream (or `got`, its chunk read already): the chunk (re-hashed
     on read), or its damage; its hash not being the file's BLAKE3 is a FileHashError (the

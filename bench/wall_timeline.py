@@ -104,6 +104,17 @@ def main() -> int:
     _wrap(repository.Repository, "commit_manifest", "commit_manifest")
     _wrap(filescache.FilesRun, "commit", "files cache commit")
     _wrap(repository.Repository, "close", "Repository.close")
+    from archiver import restorer  # restore's phases (branch sfrestore2)
+    _wrap(repository.Repository, "load_manifest", "load_manifest")
+    _wrap(restorer, "remove_stale_temps", "remove_stale_temps")
+    _wrap(repository.Repository, "plan_reads", "plan_reads")
+    _wrap(repository.Repository, "pack_positions", "pack_positions")
+    _wrap(restorer, "_restore_small", "_restore_small")
+    _wrap(restorer, "_finish_dirs", "_finish_dirs")
+    _wrap(restorer, "_append_event", "_append_event")
+    _wrap(repository.Repository, "read_chunks", "first read_chunks", first_only=True)
+    if hasattr(restorer, "_stage_unnamed"):
+        _wrap(restorer, "_stage_unnamed", "first file staged", first_only=True)
     inner = pipeline.iter_chunks
 
     def chunks(*a, **k):

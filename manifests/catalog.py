@@ -737,6 +737,18 @@ class Catalog:
                 self._readers.append(conn)
         return conn
 
+    def close_thread_reader(self) -> None:
+        """Close the calling thread's read connection (`_reader`), if it has one: for a thread
+        that ends before the catalog is closed (a restore's own "restore-head" thread), whose
+        connection would otherwise stay open, one more per such thread, until `close`."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        del self._local.conn
+        with self._lock:
+            self._readers = [c for c in self._readers if c is not conn]
+        conn.close()
+
     def close(self) -> None:
         with self._lock:
             readers, self._readers = self._readers, []

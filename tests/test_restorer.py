@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import stat
 import subprocess
@@ -995,3 +996,362 @@ def test_a_umask_changed_by_another_thread_during_a_restore_does_not_change_the_
     got = {p.name: p.stat().st_mode & 0o7777 for p in (tmp_path / "out" / "src" / "sub").iterdir()}
     assert len(got) == 200
     assert not res.ok or set(got.values()) == {0o640}
+
+
+@pytest.mark.packs
+def test_one_chunk_files_read_as_views_of_their_packs_restore_exactly(tmp_path, monkeypatch):
+    """Small files of one chunk or none, read from packs as views of their spans, go through
+    `_stage_unnamed` (where the filesystem has O_TMPFILE): bytes, modes, mtimes and holes come
+    out as archived; a packed chunk damaged in its pack is reported for its file, which does
+    not appear, while the others are restored."""
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    rng = random.Random(6)
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir()
+    files = {"a/empty": (b"", 0o640), "a/small.bin": (rng.randbytes(3000), 0o600),
+             "a/raw300k.bin": (rng.randbytes(300 * 1024), 0o755),
+             "b/holes.bin": (rng.randbytes(HOLE_WINDOW) + bytes(2 * HOLE_WINDOW) + rng.randbytes(HOLE_WINDOW)
+                             + bytes(2 * HOLE_WINDOW), 0o644),
+             "b/text.txt": (b"config line\n" * 900, 0o444), "b/victim.bin": (rng.randbytes(5000), 0o644)}
+    for i, (rel, (data, mode)) in enumerate(sorted(files.items())):
+        (src / rel).write_bytes(data)
+        os.chmod(src / rel, mode)
+        os.utime(src / rel, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i * 7))
+    store, catalog = tmp_path / "store", tmp_path / "cat.db"
+    mid = archiver.archive([src], name="v", store=str(store), catalog=catalog).id
+    probe = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if not fileio.unnamed_files(probe):
+            pytest.skip("no O_TMPFILE here")
+    finally:
+        os.close(probe)
+    lean: list[str] = []
+    real = restorer._stage_unnamed
+
+    def counted(repo, mid, dir_fd, name, e, *rest):
+        lean.append(e.path)
+        return real(repo, mid, dir_fd, name, e, *rest)
+    monkeypatch.setattr(restorer, "_stage_unnamed", counted)
+    res = archiver.restore(mid, tmp_path / "out", store=str(store), catalog=catalog)
+    assert res.ok and res.files == len(files)
+    assert sorted(lean) == sorted(f"src/{rel}" for rel in files)
+    out = tmp_path / "out" / "src"
+    assert tree(out) == tree(src)
+    for rel in files:
+        assert (out / rel).stat().st_mtime_ns == (src / rel).stat().st_mtime_ns
+    holes = (out / "b" / "holes.bin").stat()
+    assert holes.st_size == 6 * HOLE_WINDOW and holes.st_blocks * 512 <= 4 * HOLE_WINDOW  # its zeros are holes
+    packed = [p for p in store.rglob("*") if p.is_file() and files["b/victim.bin"][0] in p.read_bytes()]
+    assert len(packed) == 1  # stored raw, inside one pack
+    body = bytearray(packed[0].read_bytes())
+    body[body.index(files["b/victim.bin"][0]) + 100] ^= 1
+    os.chmod(packed[0], 0o644)
+    packed[0].write_bytes(bytes(body))
+    res = archiver.restore(mid, tmp_path / "again", store=str(store), catalog=catalog)
+    assert not res.ok and [(p.kind, p.path) for p in res.problems] == [("corrupt-chunk", "src/b/victim.bin")]
+    again = tmp_path / "again" / "src"
+    assert not (again / "b" / "victim.bin").exists()
+    assert {k: v for k, v in tree(again).items() if k != "b/victim.bin"} == \
+        {k: v for k, v in tree(src).items() if k != "b/victim.bin"}
+
+
+def test_empty_files_are_written_while_the_reads_are_planned(tmp_path, monkeypatch):
+    """The plan of the reads (`Repository.plan_reads`) is made on a thread of its own while
+    whole sync batches of empty files, which need no read, are written: here the plan waits
+    (bounded) until an empty file has been made, and every file still comes out whole, data
+    files after the plan."""
+    import threading
+    from archiver.repository import Repository
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    src = tmp_path / "small"
+    for d in range(2):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(9):
+            (src / f"d{d}" / f"empty{i}").write_bytes(b"")
+            (src / f"d{d}" / f"f{i}.bin").write_bytes(random.Random(d * 10 + i).randbytes(700 + i))
+    store, catalog = str(tmp_path / "store"), tmp_path / "cat.db"
+    mid = archiver.archive([src], name="small", store=store, catalog=catalog).id
+    monkeypatch.setattr(restorer, "SYNC_BATCH_FILES", 8)  # 18 empty files: two whole batches ahead of the plan
+    made_empty, plan_done = threading.Event(), threading.Event()
+    order: list[str] = []
+    real_plan, real_stage = Repository.plan_reads, restorer._stage_unnamed
+
+    def plan_reads(self, refs):
+        waited = made_empty.wait(10)
+        order.append(f"plan (an empty file made before it: {waited})")
+        try:
+            return real_plan(self, refs)
+        finally:
+            plan_done.set()
+
+    def stage(repo, mid, dir_fd, name, e, got, *rest):
+        if got is not None and not plan_done.is_set():
+            order.append(f"{e.path} read before the plan")
+        real_stage(repo, mid, dir_fd, name, e, got, *rest)
+        if not e.chunks:
+            made_empty.set()
+    monkeypatch.setattr(Repository, "plan_reads", plan_reads)
+    monkeypatch.setattr(restorer, "_stage_unnamed", stage)
+    probe = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        unnamed = fileio.unnamed_files(probe)
+    finally:
+        os.close(probe)
+    res = archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
+    assert res.ok and res.files == 36 and tree(tmp_path / "out" / "small") == tree(src)
+    if unnamed:
+        assert order == ["plan (an empty file made before it: True)"]
+
+
+def test_a_failed_plan_of_the_reads_fails_the_restore_and_names_no_data_file(small_tree, tmp_path, monkeypatch):
+    """An error while the reads are planned (on its own thread) is the restore's error: it is
+    raised, not lost or hung on, and no file that needs a chunk gets its name."""
+    from archiver.repository import Repository
+    src, store, catalog, mid = small_tree
+
+    def plan_reads(self, refs):
+        raise errors.ArchiverError("the catalog could not be read")
+    monkeypatch.setattr(Repository, "plan_reads", plan_reads)
+    with pytest.raises(errors.ArchiverError, match="catalog could not be read"):
+        archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.stat().st_size > 0] == []
+
+
+@pytest.mark.packs
+def test_restores_through_one_repository_leave_no_catalog_connection_behind(small_tree, tmp_path):
+    """The reads are planned on a thread of the restore's own ("restore-head"), which opens a
+    catalog read connection of its own (`Catalog._reader`, one per thread): it must be closed
+    when the plan is made, not kept until the repository is closed, or an API user restoring
+    many archives through one Repository runs out of file descriptors."""
+    from archiver import api
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("no /proc/self/fd")
+    src, store, catalog, mid = small_tree
+    repo = api.open_repository(store, catalog, read_only=True)
+    try:
+        assert archiver.restore(mid, tmp_path / "out0", repo=repo).ok
+        before = len(os.listdir("/proc/self/fd"))
+        for k in range(1, 5):
+            res = archiver.restore(mid, tmp_path / f"out{k}", repo=repo)
+            assert res.ok and tree(tmp_path / f"out{k}" / "small") == tree(src)
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        repo.close()
+
+
+def test_a_sync_batch_of_files_in_many_directories_keeps_at_most_dir_fds_kept_open(tmp_path, monkeypatch):
+    """A sync batch may hold more files (SYNC_BATCH_FILES, 2048) than the directory fds kept
+    open between renames and sync (DIR_FDS_KEPT, 512): a batch whose files lie in more
+    directories than that is cut, so no more than DIR_FDS_KEPT directories are ever open
+    (here 32 and 8, the same 4:1, with 40 directories of one file each)."""
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("no /proc/self/fd")
+    src = tmp_path / "many"
+    for d in range(40):
+        (src / f"d{d:02}").mkdir(parents=True)
+        (src / f"d{d:02}" / "f.bin").write_bytes(random.Random(d).randbytes(100 + d))
+    store, catalog = str(tmp_path / "store"), tmp_path / "cat.db"
+    mid = archiver.archive([src], name="many", store=store, catalog=catalog).id
+    monkeypatch.setattr(restorer, "SYNC_BATCH_FILES", 32)
+    monkeypatch.setattr(restorer, "DIR_FDS_KEPT", 8)
+    below = str(tmp_path / "out" / "many") + "/"
+    most = [0]
+    real = restorer._open_dir
+
+    def open_dir(root_fd, parts, *, create):
+        fd = real(root_fd, parts, create=create)
+        n = 0
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{name}").startswith(below) and \
+                    stat.S_ISDIR(os.stat(f"/proc/self/fd/{name}").st_mode)
+            except OSError:
+                pass
+        most[0] = max(most[0], n)
+        return fd
+    monkeypatch.setattr(restorer, "_open_dir", open_dir)
+    res = archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
+    assert res.ok and res.files == 40 and tree(tmp_path / "out" / "many") == tree(src)
+    assert most[0] <= 8 + 1  # (+1: the directory thread's one open directory)
+
+
+def test_a_failed_restore_makes_no_more_directories(tmp_path, monkeypatch):
+    """The directories are made on a thread of their own (`_make_dirs`): once the restore has
+    failed (here its small files' writing), that thread stops rather than go on making every
+    remaining directory of the archive in DEST while the error waits to be reported."""
+    import threading
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    src = tmp_path / "dirs"
+    for d in range(200):
+        (src / f"d{d:03}").mkdir(parents=True)
+    (src / "f.bin").write_bytes(b"data" * 100)
+    store, catalog = str(tmp_path / "store"), tmp_path / "cat.db"
+    mid = archiver.archive([src], name="dirs", store=store, catalog=catalog).id
+    failed = threading.Event()
+    real = restorer._open_dir
+
+    def open_dir(root_fd, parts, *, create):
+        if threading.current_thread().name.startswith("restore-head"):
+            failed.wait(10)
+            time.sleep(0.002)
+        return real(root_fd, parts, create=create)
+
+    def restore_small(*args, **kwargs):
+        failed.set()
+        raise errors.DestinationFullError("dirs/f.bin")
+    monkeypatch.setattr(restorer, "_open_dir", open_dir)
+    monkeypatch.setattr(restorer, "_restore_small", restore_small)
+    with pytest.raises(errors.DestinationFullError):
+        archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
+    made = [p for p in (tmp_path / "out" / "dirs").iterdir()] if (tmp_path / "out" / "dirs").exists() else []
+    assert len(made) < 50
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.ENOSPC, errno.EROFS])
+def test_a_directory_that_cannot_be_made_fails_the_restore_with_one_line(small_tree, tmp_path, monkeypatch, code):
+    """A directory the directory thread (or a file's writer) cannot make (mkdir fails: no
+    permission, no space, a read-only filesystem) fails the restore once, with one line and a
+    non-zero exit; no file appears in it and no temp name is left anywhere."""
+    src, store, catalog, mid = small_tree
+    real = os.mkdir
+
+    def mkdir(path, mode=0o777, *, dir_fd=None):
+        if os.fspath(path) == "d2":
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return real(path, mode, dir_fd=dir_fd)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    out = tmp_path / "out"
+    monkeypatch.setenv("ARCHIVER_STORE", store)
+    monkeypatch.setenv("ARCHIVER_CATALOG", str(catalog))
+    r = run_cli("restore", mid, str(out))
+    assert r.code != 0
+    lines = [line for line in r.err.splitlines() if line.strip()]
+    assert len(lines) == 1, r.err
+    assert os.strerror(code) in lines[0] or "disk full" in lines[0]
+    assert not (out / "small" / "d2").exists()
+    assert [p for p in out.rglob("*") if is_temp_name(p.name)] == []
+
+
+@pytest.mark.parametrize("planted", ["file", "symlink"])
+def test_force_over_a_tree_with_a_file_or_symlink_where_a_directory_goes_refuses_it(small_tree, tmp_path, planted):
+    """With --force over an existing tree, a regular file or a symlink (to a directory outside
+    DEST) where the archive has a directory is refused whichever thread reaches it first (the
+    directory thread or a file's writer): an UnsafePathError, nothing written through the
+    symlink, the file in the way left as it is, no temp name left anywhere."""
+    src, store, catalog, mid = small_tree
+    out = tmp_path / "out"
+    assert archiver.restore(mid, out, store=store, catalog=catalog).ok
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = out / "small" / "d1"
+    for p in victim.iterdir():
+        p.unlink()
+    victim.rmdir()
+    if planted == "file":
+        victim.write_bytes(b"not a directory")
+    else:
+        victim.symlink_to(outside)
+    with pytest.raises(errors.UnsafePathError, match="small/d1"):
+        archiver.restore(mid, out, store=store, catalog=catalog, force=True)
+    assert list(outside.iterdir()) == []
+    if planted == "file":
+        assert victim.read_bytes() == b"not a directory"
+    else:
+        assert victim.is_symlink()
+    assert [p for p in out.rglob("*") if is_temp_name(p.name)] == []
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_a_directory_that_cannot_be_made_is_the_one_the_error_names(small_tree, tmp_path, monkeypatch, code):
+    """Directories are made by their own thread and, racing it, by the writer of the first
+    sync batch with a file in them: a mkdir that fails names that directory, not DEST nor a
+    file of an earlier batch (written, waiting for its sync) that has nothing wrong with it."""
+    src, store, catalog, mid = small_tree
+    monkeypatch.setattr(restorer, "SYNC_BATCH_FILES", 8)  # batches of d0, d1 files pending when d2 is reached
+    real = os.mkdir
+
+    def mkdir(path, mode=0o777, *, dir_fd=None):
+        if os.fspath(path) == "d2":
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return real(path, mode, dir_fd=dir_fd)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    with pytest.raises(errors.DestinationError) as got:
+        archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
+    assert got.value.path == "small/d2" and os.strerror(code) in str(got.value)
+    assert not (tmp_path / "out" / "small" / "d2").exists()
+
+
+FD_LIMITED_RESTORE = """
+import resource, sys
+from archiver import api
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[4]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+res = api.restore(sys.argv[1], sys.argv[2], store=sys.argv[3], catalog=sys.argv[5])
+print(res.ok, res.files)
+"""
+
+
+@pytest.mark.packs
+def test_a_restore_under_a_low_open_file_limit_stays_inside_it(tmp_path, monkeypatch):
+    """Sync batches (up to 2048 files), the directories kept open until their sync, the
+    directory and plan threads: all sized by `_batch_limits` from the open-file limit, so a
+    restore of many small files (some empty) in many directories runs under a limit of 128."""
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    src = tmp_path / "many"
+    for d in range(60):
+        (src / f"d{d:02}").mkdir(parents=True)
+        for i in range(8):
+            (src / f"d{d:02}" / f"f{i}").write_bytes(random.Random(d * 10 + i).randbytes(200 + i) if i % 3 else b"")
+    store, catalog = str(tmp_path / "store"), tmp_path / "cat.db"
+    mid = archiver.archive([src], name="many", store=store, catalog=catalog).id
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", FD_LIMITED_RESTORE, mid, str(tmp_path / "out"), store, "128",
+                        str(catalog)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.split() == ["True", "480"], p.stderr
+    assert tree(tmp_path / "out" / "many") == tree(src)
+
+
+@pytest.mark.packs
+def test_two_restores_at_once_through_one_repository_both_come_out_whole(tmp_path, monkeypatch):
+    """Two restores of two archives at the same time, in two threads, through one Repository:
+    each plans its reads on its own thread (the plan is the repository's, so the second
+    replaces the first's), makes its directories on another, reads views of pack spans;
+    both come out byte for byte, every time."""
+    import threading
+    from archiver import api
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    store, catalog = str(tmp_path / "store"), tmp_path / "cat.db"
+    srcs, mids = [], []
+    for k in range(2):
+        src = tmp_path / f"src{k}"
+        for d in range(6):
+            (src / f"d{d}").mkdir(parents=True)
+            for i in range(40):
+                (src / f"d{d}" / f"f{i}").write_bytes(random.Random(k * 1000 + d * 50 + i).randbytes(50 + 37 * i)
+                                                      if i % 5 else b"")
+        srcs.append(src)
+        mids.append(archiver.archive([src], name=f"a{k}", store=store, catalog=catalog).id)
+    repo = api.open_repository(store, catalog, read_only=True)
+    try:
+        results: dict[int, object] = {}
+
+        def run(k):
+            try:
+                results[k] = archiver.restore(mids[k], tmp_path / f"out{k}", repo=repo)
+            except BaseException as e:  # reported below
+                results[k] = e
+        for _ in range(2):
+            threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            for k in range(2):
+                res = results[k]
+                assert not isinstance(res, BaseException), res
+                assert res.ok and res.files == 240
+                assert tree(tmp_path / f"out{k}" / f"src{k}") == tree(srcs[k])
+                shutil.rmtree(tmp_path / f"out{k}")
+    finally:
+        repo.close()
