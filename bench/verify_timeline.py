@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -73,60 +71,7 @@ def main() -> int:
     ap.add_argument("--bin-ms", type=float, default=20.0)
     ap.add_argument("args", nargs=argparse.REMAINDER)
     a = ap.parse_args()
-    args = a.args[1:] if a.args[:1] == ["--"] else a.args
-    samples: list[tuple[float, float]] = []
-    runnable: list[tuple[float, int]] = []
-    stop = threading.Event()
-    sampler = threading.Thread(target=wt._sampler, args=(stop, samples, runnable), daemon=True)
-    sampler.start()
-    wt.stamp("python start-up done")
-    from archiver import cli
-    wt.stamp("archiver imported")
-    _stamp_phases()
-    code = 0
-    try:
-        sys.argv = ["archiver", *args]
-        cli.main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    wt.stamp("cli returned")
-    stop.set()
-    sampler.join()
-    end = time.monotonic()
-    series = [(wt.T0, 0.0)] + samples + [(end, time.process_time())]
-
-    def cpu_at(t: float) -> float:
-        prev = series[0]
-        for s in series:
-            if s[0] >= t:
-                if s[0] == prev[0]:
-                    return s[1]
-                return prev[1] + (s[1] - prev[1]) * (t - prev[0]) / (s[0] - prev[0])
-            prev = s
-        return series[-1][1]
-
-    def runnable_in(lo: float, hi: float) -> str:
-        got = [min(2, n) for t, n in runnable if lo <= t < hi]
-        return f"{sum(got) / len(got):4.2f}" if got else "   -"
-
-    print(f"process CPU {time.process_time():.2f} s, wall {end - wt.T0:.2f} s from process start", file=sys.stderr)
-    print(f"{'t (s)':>7} {'+wall':>6} {'+CPU':>6} {'cores':>5} {'runnable':>8}  moment", file=sys.stderr)
-    prev = wt.T0
-    for t, what in wt.STAMPS + [(end, "end")]:
-        dw, dc = t - prev, cpu_at(t) - cpu_at(prev)
-        print(f"{t - wt.T0:7.3f} {dw:6.3f} {dc:6.3f} {dc / dw if dw > 0 else 0:5.2f} {runnable_in(prev, t):>8}  {what}",
-              file=sys.stderr)
-        prev = t
-    bin_s = a.bin_ms / 1000
-    line, t = [], wt.T0
-    while t < end:
-        line.append(str(min(9, int(round((cpu_at(min(t + bin_s, end)) - cpu_at(t)) / bin_s * 4)))))
-        t += bin_s
-    print(f"quarter-cores busy per {a.bin_ms:.0f} ms bin (8 = both cores):", file=sys.stderr)
-    s = "".join(line)
-    for k in range(0, len(s), 100):
-        print(f"  {k * bin_s:6.2f} s {s[k:k + 100]}", file=sys.stderr)
-    return code
+    return wt.run_cli(a.args[1:] if a.args[:1] == ["--"] else a.args, a.bin_ms, _stamp_phases)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -86,16 +87,12 @@ def main() -> int:
     ap.add_argument("--bin-ms", type=float, default=20.0)
     ap.add_argument("args", nargs=argparse.REMAINDER)
     a = ap.parse_args()
-    args = a.args[1:] if a.args[:1] == ["--"] else a.args
-    samples: list[tuple[float, float]] = []
-    runnable: list[tuple[float, int]] = []
-    stop = threading.Event()
-    sampler = threading.Thread(target=_sampler, args=(stop, samples, runnable), daemon=True)
-    cpu_at_start = time.process_time()
-    sampler.start()
-    stamp("python start-up done")
-    from archiver import cli, pipeline, repository, fanout, filescache
-    stamp("archiver imported")
+    return run_cli(a.args[1:] if a.args[:1] == ["--"] else a.args, a.bin_ms, _stamp_archive_and_restore)
+
+
+def _stamp_archive_and_restore() -> None:
+    """Wrap the functions that bound an archive's and a restore's phases."""
+    from archiver import pipeline, repository, fanout, filescache
     _wrap(repository.Repository, "open", "Repository.open")
     _wrap(pipeline, "scan", "scan")
     _wrap(filescache.FilesRun, "start", "FilesRun.start")
@@ -127,6 +124,23 @@ def main() -> int:
         stamp(f"last chunk read ({n} chunks)")
 
     pipeline.iter_chunks = chunks
+
+
+def run_cli(args: list[str], bin_ms: float, stamp_phases: Any) -> int:
+    """`archiver ARGS` in this process under the sampler, with `stamp_phases()` wrapping the
+    functions whose moments are stamped (after the import of archiver.cli); prints the
+    phases' wall, CPU, cores busy and runnable threads, then the per-bin lines. Shared by
+    bench/verify_timeline.py."""
+    samples: list[tuple[float, float]] = []
+    runnable: list[tuple[float, int]] = []
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sampler, args=(stop, samples, runnable), daemon=True)
+    cpu_at_start = time.process_time()
+    sampler.start()
+    stamp("python start-up done")
+    from archiver import cli
+    stamp("archiver imported")
+    stamp_phases()
     code = 0
     try:
         sys.argv = ["archiver", *args]
@@ -163,14 +177,14 @@ def main() -> int:
         print(f"{t - T0:7.3f} {dw:6.3f} {dc:6.3f} {dc / dw if dw > 0 else 0:5.2f} {runnable_in(prev_t, t):>8}  {what}",
               file=sys.stderr)
         prev_t = t
-    bin_s = a.bin_ms / 1000
+    bin_s = bin_ms / 1000
     t = T0
     line = []
     while t < end:
         dc = cpu_at(min(t + bin_s, end)) - cpu_at(t)
         line.append(min(9, int(round(dc / bin_s * 4))))
         t += bin_s
-    print(f"quarter-cores busy per {a.bin_ms:.0f} ms bin (8 = both cores):", file=sys.stderr)
+    print(f"quarter-cores busy per {bin_ms:.0f} ms bin (8 = both cores):", file=sys.stderr)
     s = "".join(str(x) for x in line)
     for k in range(0, len(s), 100):
         print(f"  {k * bin_s:6.2f} s {s[k:k + 100]}", file=sys.stderr)
@@ -180,7 +194,7 @@ def main() -> int:
         got = [min(2, n) for tt, n in runnable if t <= tt < t + bin_s]
         rline.append(str(round(4 * sum(got) / len(got))) if got else "-")
         t += bin_s
-    print(f"quarter-threads runnable (of 2, capped) per {a.bin_ms:.0f} ms bin, whatever else the machine runs:",
+    print(f"quarter-threads runnable (of 2, capped) per {bin_ms:.0f} ms bin, whatever else the machine runs:",
           file=sys.stderr)
     s = "".join(rline)
     for k in range(0, len(s), 100):
