@@ -467,15 +467,20 @@ def test_file_hash_mismatch_is_reported_for_every_version_naming_the_entry(arch,
         (v, "file-hash", "ckpt/tokenizer/vocab.txt") for v in versions)
 
 
-def test_many_small_files_are_deep_verified_across_files(tmp_path):
-    """Small files are read in parallel across files; damage is still named per file."""
+def _archived_small_files(tmp_path, dirs: int, per_dir: int) -> tuple[str, Path, str]:
+    """(store, catalog, id) of an archive of `dirs` x `per_dir` small random files of ~1 KB."""
     src = tmp_path / "small"
-    for d in range(5):
+    for d in range(dirs):
         (src / f"d{d}").mkdir(parents=True)
-        for i in range(40):
+        for i in range(per_dir):
             (src / f"d{d}" / f"f{i}.bin").write_bytes(random.Random(d * 100 + i).randbytes(1000 + i))
     store, catalog = str(tmp_path / "store"), tmp_path / "catalog.db"
-    mid = archiver.archive([src], name="small", store=store, catalog=catalog).id
+    return store, catalog, archiver.archive([src], name="small", store=store, catalog=catalog).id
+
+
+def test_many_small_files_are_deep_verified_across_files(tmp_path):
+    """Small files are read in parallel across files; damage is still named per file."""
+    store, catalog, mid = _archived_small_files(tmp_path, dirs=5, per_dir=40)
     rep = archiver.verify([mid], deep=True, store=store, catalog=catalog)
     assert rep.ok and rep.files_hashed == 200 and rep.chunks_read == 200
     _, m = archiver.show(mid, store=store, catalog=catalog)
@@ -497,13 +502,7 @@ def test_small_files_are_proved_on_no_more_threads_than_cores(tmp_path, monkeypa
     assert checker.small_file_workers(6) == 1
     monkeypatch.setattr(checker.os, "cpu_count", lambda: 2)
     assert [checker.small_file_workers(n) for n in (1, 2, 6)] == [1, 2, 2]
-    src = tmp_path / "small"
-    for d in range(4):
-        (src / f"d{d}").mkdir(parents=True)
-        for i in range(60):
-            (src / f"d{d}" / f"f{i}.bin").write_bytes(random.Random(d * 100 + i).randbytes(1000 + i))
-    store, catalog = str(tmp_path / "store"), tmp_path / "catalog.db"
-    mid = archiver.archive([src], name="small", store=store, catalog=catalog).id
+    store, catalog, mid = _archived_small_files(tmp_path, dirs=4, per_dir=60)
     threads: set[str] = set()
     real = checker._prove_batch
 

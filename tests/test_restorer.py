@@ -1209,19 +1209,24 @@ def test_a_failed_restore_makes_no_more_directories(tmp_path, monkeypatch):
     assert len(made) < 50
 
 
+def _fail_mkdir_of(monkeypatch, name: str, code: int) -> None:
+    """os.mkdir of `name` (relative to its dir_fd, as restore makes directories) fails with `code`."""
+    real = os.mkdir
+
+    def mkdir(path, mode=0o777, *, dir_fd=None):
+        if os.fspath(path) == name:
+            raise OSError(code, os.strerror(code), os.fspath(path))
+        return real(path, mode, dir_fd=dir_fd)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
 @pytest.mark.parametrize("code", [errno.EACCES, errno.ENOSPC, errno.EROFS])
 def test_a_directory_that_cannot_be_made_fails_the_restore_with_one_line(small_tree, tmp_path, monkeypatch, code):
     """A directory the directory thread (or a file's writer) cannot make (mkdir fails: no
     permission, no space, a read-only filesystem) fails the restore once, with one line and a
     non-zero exit; no file appears in it and no temp name is left anywhere."""
     src, store, catalog, mid = small_tree
-    real = os.mkdir
-
-    def mkdir(path, mode=0o777, *, dir_fd=None):
-        if os.fspath(path) == "d2":
-            raise OSError(code, os.strerror(code), os.fspath(path))
-        return real(path, mode, dir_fd=dir_fd)
-    monkeypatch.setattr(os, "mkdir", mkdir)
+    _fail_mkdir_of(monkeypatch, "d2", code)
     out = tmp_path / "out"
     monkeypatch.setenv("ARCHIVER_STORE", store)
     monkeypatch.setenv("ARCHIVER_CATALOG", str(catalog))
@@ -1270,13 +1275,7 @@ def test_a_directory_that_cannot_be_made_is_the_one_the_error_names(small_tree, 
     file of an earlier batch (written, waiting for its sync) that has nothing wrong with it."""
     src, store, catalog, mid = small_tree
     monkeypatch.setattr(restorer, "SYNC_BATCH_FILES", 8)  # batches of d0, d1 files pending when d2 is reached
-    real = os.mkdir
-
-    def mkdir(path, mode=0o777, *, dir_fd=None):
-        if os.fspath(path) == "d2":
-            raise OSError(code, os.strerror(code), os.fspath(path))
-        return real(path, mode, dir_fd=dir_fd)
-    monkeypatch.setattr(os, "mkdir", mkdir)
+    _fail_mkdir_of(monkeypatch, "d2", code)
     with pytest.raises(errors.DestinationError) as got:
         archiver.restore(mid, tmp_path / "out", store=store, catalog=catalog)
     assert got.value.path == "small/d2" and os.strerror(code) in str(got.value)
