@@ -31,15 +31,21 @@ def main() -> int:
     ap.add_argument("src", type=Path)
     ap.add_argument("--cprofile", type=Path)
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--processes", type=int, default=None,
+                    help="worker processes for the small files (archiver.procfiles; default auto, 0 threads only)")
     args = ap.parse_args()
     import time
     from archiver import api, fanout
     files_end: list[float] = []
     archive_files = fanout.archive_files
 
+    workers: list[float] = []
+
     def timed(*a, **k):  # type: ignore[no-untyped-def]
         try:
-            return archive_files(*a, **k)
+            got = archive_files(*a, **k)
+            workers.append(sum(got.worker_cpu.values()))
+            return got
         finally:
             files_end.append(time.perf_counter())
     fanout.archive_files = timed
@@ -47,12 +53,15 @@ def main() -> int:
         os.environ["ARCHIVER_HOME"] = f"{td}/home"
         repo = api.open_repository(f"{td}/store", f"{td}/catalog.db", create=True)
         with Measured(args.cprofile is not None) as m:
-            res = api.archive([str(args.src)], name="bench", repo=repo, resume=False)
+            res = api.archive([str(args.src)], name="bench", repo=repo, resume=False,
+                              processes=args.processes)
             tail = time.perf_counter() - files_end[-1]
         repo.close()
     print(f"id {res.id} files {res.files} chunks {res.chunks}")
     print(m.summary())
     print(f"serial tail (after the file tasks) {tail:.3f} s wall")
+    if workers and workers[-1]:
+        print(f"worker processes (not in the CPU above): {workers[-1]:.2f} CPU-s, their start-up included")
     if args.cprofile:
         m.dump_profile(args.cprofile, args.top)
     return 0

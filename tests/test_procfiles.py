@@ -1,0 +1,180 @@
+"""Small files archived on worker processes (archiver.procfiles): the same manifest as on
+threads, dedup against the catalog, the files cache, resume, errors as one line, S3."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from archiver import api, fanout, layout, pipeline, procfiles
+from archiver.errors import InvalidOptionError, SourceChangedError
+from archiver.executors import TaskLostError
+from archiver.scan import scan
+from manifests.model import Entry
+from tests.helpers import make_checkpoint, run_cli, tree
+
+pytestmark = pytest.mark.packs  # workers write packs, as a real run does
+
+
+def make_tree(root: Path) -> Path:
+    """Empty files, nested dirs, a symlink, duplicate files (in different tasks once tasks are
+    small), a file at the chunker's minimum and one above it, and a checkpoint's big files."""
+    make_checkpoint(root / "ckpt", layers=2, dim=64)
+    for d in range(4):
+        sub = root / f"d{d}" / "inner"
+        sub.mkdir(parents=True)
+        for i in range(40):
+            body = b"the same bytes\n" if i % 7 == 0 else os.urandom(50 + 97 * i + d)
+            (sub / f"f{i:02}.txt").write_bytes(body)
+        (sub / "empty").write_bytes(b"")
+    (root / "empty-dir").mkdir()
+    (root / "at-min.bin").write_bytes(os.urandom(512 * 1024))
+    (root / "above-min.bin").write_bytes(os.urandom(700 * 1024))
+    os.symlink("d0/inner/f01.txt", root / "link")
+    return root
+
+
+@pytest.fixture
+def small_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tasks of a few files, so a small tree makes many tasks on the two workers."""
+    monkeypatch.setattr(procfiles, "TASK_FILES", 10)
+
+
+def _archive(tmp_path: Path, src: Path, store: str, processes: int, **kw):  # type: ignore[no-untyped-def]
+    return api.archive([src], name="m", store=store, catalog=str(tmp_path / f"{Path(store).name}.db"),
+                       processes=processes, **kw)
+
+
+def test_same_manifest_id_as_threads_and_deep_verify_passes(tmp_path, home, small_tasks):
+    src = make_tree(tmp_path / "src")
+    threads = _archive(tmp_path, src, str(tmp_path / "a"), 0)
+    procs = _archive(tmp_path, src, str(tmp_path / "b"), 2)
+    assert procs.id == threads.id
+    assert (procs.files, procs.chunks, procs.bytes_in) == (threads.files, threads.chunks, threads.bytes_in)
+    assert list((tmp_path / "b" / "packs").iterdir())  # the workers packed the small files
+    report = api.verify([procs.id], store=str(tmp_path / "b"), catalog=str(tmp_path / "b.db"), deep=True)
+    assert report.ok, report.problems
+    out = tmp_path / "out"
+    api.restore(procs.id, out, store=str(tmp_path / "b"), catalog=str(tmp_path / "b.db"))
+    assert tree(out / "src") == tree(src)
+
+
+def test_a_copied_tree_stores_nothing_again(tmp_path, home, small_tasks):
+    """Workers ask the catalog (read-only) about their chunks: a copy under a new path is
+    deduplicated, not packed a second time."""
+    src = make_tree(tmp_path / "src")
+    first = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    packs_before = sorted(p.name for p in (tmp_path / "s" / "packs").iterdir())
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy, symlinks=True)
+    again = api.archive([copy], name="m2", store=str(tmp_path / "s"), catalog=str(tmp_path / "s.db"), processes=2)
+    assert again.new_chunks == 0 and again.new_bytes_stored == 0
+    assert sorted(p.name for p in (tmp_path / "s" / "packs").iterdir()) == packs_before
+    assert again.chunks == first.chunks
+
+
+def test_files_cache_and_reread_through_workers(tmp_path, home, small_tasks):
+    src = make_tree(tmp_path / "src")
+    first = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert again.files_reused == again.files and again.new_chunks == 0
+    reread = _archive(tmp_path, src, str(tmp_path / "s"), 2, reread=True)
+    assert reread.files_reused == 0 and reread.new_chunks == 0
+    with api.open_repository(str(tmp_path / "s"), str(tmp_path / "s.db")) as repo:
+        want = repo.load_manifest(first.id).entries
+        assert repo.load_manifest(again.id).entries == want and repo.load_manifest(reread.id).entries == want
+
+
+def test_a_file_changed_in_a_worker_is_one_error_and_the_finished_tasks_resume(tmp_path, home, small_tasks,
+                                                                               monkeypatch):
+    """A SourceChangedError raised in a worker reaches the caller as itself; nothing is
+    committed; the files of tasks that finished were journalled and are resumed by the re-run."""
+    src = make_tree(tmp_path / "src")
+    victim = src / "d0" / "inner" / "f05.txt"
+    body = victim.read_bytes()
+    real_scan = pipeline.scan
+
+    def scan_then_remove(*a, **k):  # type: ignore[no-untyped-def]
+        got = real_scan(*a, **k)
+        victim.unlink()  # after the scan, before a worker opens it
+        return got
+    monkeypatch.setattr(pipeline, "scan", scan_then_remove)
+    with pytest.raises(SourceChangedError, match="f05.txt changed while it was being archived"):
+        _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert not list((tmp_path / "s").glob("manifests/**/*"))
+    monkeypatch.setattr(pipeline, "scan", real_scan)
+    victim.write_bytes(body)
+    os.utime(victim, ns=(1, 1))  # any mtime: the file is new to the journal
+    done = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert done.resumed_files > 0
+    assert done.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
+
+
+def test_a_killed_worker_is_a_lost_task_naming_its_first_file(tmp_path):
+    """BrokenProcessPool becomes TaskLostError naming the first file of a lost task."""
+    src = make_tree(tmp_path / "src")
+    settings = api.open_repository(str(tmp_path / "s"), str(tmp_path / "c.db"), create=True).settings
+    files = [s for s in scan([src]) if not s.is_dir and not s.is_link and s.size < fanout.BATCH_FILE_BELOW]
+    jobs = [procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, None, [[f]]) for f in files]
+    killed: list[int] = []
+    pool: procfiles.SmallFilePool
+
+    def kill_all(_done: procfiles.SmallDone) -> None:
+        if not killed:
+            for pid in list(pool._pool._processes):  # noqa: SLF001 - the test kills the workers
+                killed.append(pid)
+                os.kill(pid, 9)
+    pool = procfiles.SmallFilePool(2, jobs, kill_all, on_error=lambda: None)
+    pool.close()
+    assert killed
+    with pytest.raises(TaskLostError, match="a worker process died") as e:
+        pool.raise_error()
+    assert e.value.item in {str(f.abspath) for f in files}
+
+
+def test_flat_rows_carry_every_entry_field():
+    """The hand-off's tuples (procfiles._flat) name every field of Entry: one added later must
+    be carried too, or entries would lose it across the process boundary."""
+    assert tuple(f.name for f in dataclasses.fields(Entry)) == procfiles.FLAT_FIELDS
+    from manifests.model import ChunkRef
+    e = Entry(path="a/b", type="file", mode=0o640, size=3, mtime_ns=7, blake3="ab" * 32, sha256="cd" * 32,
+              format="safetensors", chunks=(ChunkRef(0, 3, "ef" * 32, 12, "zstd"),), tech={"k": 1})
+    done = fanout.FileDone(e, [1, 2, 3, 4, 5], 1, 12, 0)
+    assert procfiles.unflat(procfiles._flat(done)) == done
+
+
+def test_resolve_auto_explicit_and_refusals():
+    assert procfiles.resolve(0, small_files=10 ** 6, local=True, sealed=False, has_settings=True) == 0
+    assert procfiles.resolve(3, small_files=1, local=True, sealed=False, has_settings=True) == 3
+    assert procfiles.resolve(None, small_files=10, local=True, sealed=False, has_settings=True) == 0
+    assert procfiles.resolve(None, small_files=10 ** 6, local=True, sealed=True, has_settings=True) == 0
+    assert procfiles.resolve(None, small_files=10 ** 6, local=False, sealed=False, has_settings=True) == 0
+    for bad in (-1, True, 1.5):
+        with pytest.raises(InvalidOptionError):
+            procfiles.resolve(bad, small_files=1, local=True, sealed=False, has_settings=True)  # type: ignore[arg-type]
+    with pytest.raises(InvalidOptionError, match="sealed"):
+        procfiles.resolve(2, small_files=1, local=True, sealed=True, has_settings=True)
+
+
+def test_cli_processes_option(tmp_path, home, small_tasks):
+    src = make_tree(tmp_path / "src")
+    base = ["--store", str(tmp_path / "s"), "--catalog", str(tmp_path / "c.db"), "archive", str(src), "--name", "m"]
+    r = run_cli(*base, "--processes", "2", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["files"] > 100
+    bad = run_cli(*base, "--processes", "-1")
+    assert bad.code == 2 and bad.err.strip().startswith("error: --processes") or "--processes" in bad.err
+    assert len(bad.err.strip().splitlines()) == 1
+
+
+def test_s3_server_store_through_workers(tmp_path, home, s3_server_url, small_tasks):
+    src = make_tree(tmp_path / "src")
+    local = _archive(tmp_path, src, str(tmp_path / "a"), 0)
+    far = api.archive([src], name="m", store=s3_server_url, catalog=str(tmp_path / "s3.db"), processes=2)
+    assert far.id == local.id
+    report = api.verify([far.id], store=s3_server_url, catalog=str(tmp_path / "s3.db"), deep=True)
+    assert report.ok, report.problems
+    assert layout.PACKS  # packs on S3 too (S3_PACK_BELOW)
