@@ -257,7 +257,6 @@ class ArchivedFiles:
     entries: dict[str, Entry] = field(default_factory=dict)
     resumed: int = 0
     by_processes: int = 0  # files archived by worker processes (archiver.procfiles): LIST proves their chunks
-    worker_cpu: dict[int, float] = field(default_factory=dict)  # worker pid -> its CPU seconds (measurement)
 
 
 def _unchanged(src: Source, snapshot: list[int]) -> bool:
@@ -369,8 +368,6 @@ def _taker(repo: Repository, out: ArchivedFiles, stats: Any, progress: Progress,
             record(file_done.entry, file_done)  # the recorder reads only `.path`, which an Entry has too
         with record.lock:
             out.by_processes += len(done.files)
-            pid, cpu = done.worker
-            out.worker_cpu[pid] = max(cpu, out.worker_cpu.get(pid, 0.0))
     return take
 
 

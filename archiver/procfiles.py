@@ -23,7 +23,6 @@ import functools
 import io
 import multiprocessing.context
 import os
-import resource
 import signal
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -45,6 +44,10 @@ from archiver.settings import Settings
 # start-up (imports, a store and catalog opened in each) is not won back (bench/RESULTS.md,
 # "Small files on worker processes").
 AUTO_MIN_FILES = 1000
+# What the fork server imports once, so each worker forks with it loaded instead of importing
+# it again (the per-file path: codecs, hashing, format detection with numpy, the store).
+PRELOAD = ["archiver.procfiles", "archiver.fanout", "archiver.pipeline", "archiver.repository",
+           "archiver.stores"]
 # Files per task: few hand-offs (each costs a pickle of its Sources and entries), yet enough
 # tasks that the two workers finish at about the same time.
 TASK_FILES = 1500
@@ -131,7 +134,6 @@ class SmallDone:
     new_chunks: int = 0
     new_bytes: int = 0
     repaired_chunks: int = 0
-    worker: tuple[int, float] = (0, 0.0)  # (pid, its CPU seconds since it started): what the run cost there
 
 
 @functools.lru_cache(maxsize=2)
@@ -171,8 +173,6 @@ def run_job(job: SmallJob) -> SmallDone:
         pool.shutdown(wait=True)
         dirs.close()
     out.new_chunks, out.new_bytes, out.repaired_chunks = stats.new_chunks, stats.new_bytes, stats.repaired_chunks
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    out.worker = (os.getpid(), usage.ru_utime + usage.ru_stime)
     return out
 
 
@@ -244,8 +244,11 @@ class SmallFilePool:
     def __init__(self, processes: int, jobs: list[SmallJob], take: Callable[[SmallDone], None],
                  on_error: Callable[[], None]) -> None:
         ctx = _Context()
+        # a fork server this run starts is stopped (and waited for) by `close`: no process outlives
+        # the archive, and the workers' CPU is counted in this process's children, as threads' is
+        self._own_server = getattr(forkserver._forkserver, "_forkserver_pid", 0) is None
         # the server workers fork from imports this module (not the driver's __main__) once
-        ctx.set_forkserver_preload(["archiver.procfiles"])
+        ctx.set_forkserver_preload(PRELOAD)
         aws = {n: v for n, v in os.environ.items() if n.startswith("AWS_")}
         self._pool = ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker, initargs=(aws,))
         self._futures: dict[Future[Any], SmallJob] = {}
@@ -299,6 +302,10 @@ class SmallFilePool:
         """Wait for the running tasks and the collector, then stop the workers."""
         self._thread.join()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        stop = getattr(forkserver._forkserver, "_stop", None)
+        if self._own_server and stop is not None:
+            stop()
+            self._own_server = False
 
     def raise_error(self) -> None:
         if self.error is not None and not isinstance(self.error, executors.Stopped):

@@ -178,3 +178,29 @@ def test_s3_server_store_through_workers(tmp_path, home, s3_server_url, small_ta
     report = api.verify([far.id], store=s3_server_url, catalog=str(tmp_path / "s3.db"), deep=True)
     assert report.ok, report.problems
     assert layout.PACKS  # packs on S3 too (S3_PACK_BELOW)
+
+
+def test_object_lock_through_workers_every_pack_locked(tmp_path, home, moto_server, aws_env, monkeypatch,
+                                                       small_tasks):
+    """A write policy reaches the workers: every pack they write (and its index, as metadata)
+    is locked as the archive asks, on an Object Lock bucket of the moto server."""
+    import uuid
+    import boto3
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    bucket = f"locked-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    url = f"s3://{bucket}/p"
+    src = make_tree(tmp_path / "src")
+    policy = api.write_policy(lock_mode="governance", retain_until="2040-01-01")
+    done = api.archive([src], name="m", store=url, catalog=str(tmp_path / "c.db"), processes=2,
+                       write_policy=policy)
+    assert done.id == _archive(tmp_path, src, str(tmp_path / "a"), 0).id
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="p/")
+            for o in page.get("Contents", [])]
+    packed = [k for k in keys if k.startswith(("p/packs/", "p/packindex/"))]
+    assert len([k for k in packed if k.startswith("p/packs/")]) >= 2
+    for k in packed:
+        head = client.head_object(Bucket=bucket, Key=k)
+        assert head["ObjectLockMode"] == "GOVERNANCE", k
+        assert head["ObjectLockRetainUntilDate"].year == 2040, k
