@@ -204,3 +204,34 @@ def test_object_lock_through_workers_every_pack_locked(tmp_path, home, moto_serv
         head = client.head_object(Bucket=bucket, Key=k)
         assert head["ObjectLockMode"] == "GOVERNANCE", k
         assert head["ObjectLockRetainUntilDate"].year == 2040, k
+
+
+def test_ctrl_c_stops_the_pool_commits_nothing_and_the_rerun_resumes(tmp_path, home, small_tasks, monkeypatch):
+    """SIGINT during a run with workers: KeyboardInterrupt reaches the caller once the running
+    tasks are done, nothing is committed, no process is left behind, and the files of the
+    tasks taken so far are resumed by the re-run."""
+    import signal
+    from multiprocessing import forkserver
+    src = make_tree(tmp_path / "src")
+    real = fanout._taker
+
+    def interrupting(*a):  # type: ignore[no-untyped-def]
+        take = real(*a)
+
+        sent: list[bool] = []
+
+        def first_then_sigint(done):  # type: ignore[no-untyped-def]
+            take(done)
+            if not sent:
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C would, while the other tasks run
+        return first_then_sigint
+    monkeypatch.setattr(fanout, "_taker", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert not list((tmp_path / "s").glob("manifests/**/*"))
+    assert forkserver._forkserver._forkserver_pid is None  # the fork server this run started is gone
+    monkeypatch.setattr(fanout, "_taker", real)
+    done = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert done.resumed_files > 0
+    assert done.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
