@@ -171,7 +171,7 @@ def cli(ctx: click.Context, store: str | None, catalog: str | None) -> None:
               help="Read every file, even those the files cache shows unchanged since an earlier archive.")
 @click.option("--processes", type=int, default=None, metavar="N",
               help="Worker processes that archive the small files (0: threads only; default: one per core "
-                   "when there are 1,000 small files or more).")
+                   "for 10,000 small files or more when a core is idle).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @executor_options
 @click.pass_obj

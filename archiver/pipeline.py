@@ -148,7 +148,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     finished by an earlier, killed run of the same archive are resumed from it, and each file
     finished now is added; it is removed once the manifest is committed.
     `processes`: worker processes that archive the small files of a local run
-    (archiver.procfiles): 0 none (threads only), None auto (one per core for many small files)."""
+    (archiver.procfiles): 0 none (threads only), None auto (one per core for many small files
+    when a core is idle)."""
     trust_verified_within = _check_trust_window(trust_verified_within)
     if write_policy is not None:
         repo.check_lockable(write_policy)
@@ -211,7 +212,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
             entries.append(reused[src.path] if src.path in reused else done.entries[src.path])
     progress.finish()
     read_maps = None  # the file maps the check below read: commit_manifest does not read them again
-    if ex.distributed or done.resumed or done.by_processes:  # chunks this process did not save itself: LIST proves them stored
+    # chunks this process did not save itself (other hosts, worker processes, a journal): LIST proves them stored
+    if ex.distributed or done.resumed or done.by_processes:
         repo.flush_packs()  # and the ones it did save, still in its open pack, are in the store to be listed
         read_maps = fanout.check_chunks_stored(repo, entries)
     synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head

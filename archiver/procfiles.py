@@ -40,23 +40,33 @@ from archiver.rayexec import Failure, call_catching
 from archiver.scan import Source
 from archiver.settings import Settings
 
-# Auto mode uses processes only for at least this many small files: below it, the workers'
-# start-up (imports, a store and catalog opened in each) is not won back (bench/RESULTS.md,
-# "Small files on worker processes").
-AUTO_MIN_FILES = 1000
+# Auto mode uses processes only for at least this many small files: a small file costs about
+# 90 us of CPU wherever it runs, so two workers save about 45 us of wall a file on an idle
+# machine, against about 0.3 s to start the pool and a hand-off per file on the driver
+# (bench/RESULTS.md, "Small files on worker processes (branch sfproc)").
+AUTO_MIN_FILES = 10_000
+# ... and only when at least this many cores were idle over the last minute (1 - load average
+# per core): the pool's workers share this session's CPU with the rest of the machine, so on a
+# busy machine they add their start-up and hand-off to the same share and lose (same section).
+AUTO_IDLE_CORES = 1.0
 # What the fork server imports once, so each worker forks with it loaded instead of importing
 # it again (the per-file path: codecs, hashing, format detection with numpy, the store).
 PRELOAD = ["archiver.procfiles", "archiver.fanout", "archiver.pipeline", "archiver.repository",
            "archiver.stores"]
+# Runs of a task in flight at once in a worker (threads): a full pack's write and fsync block
+# only the thread that filled it.
+RUN_THREADS = 2
 # Files per task: few hand-offs (each costs a pickle of its Sources and entries), yet enough
 # tasks that the two workers finish at about the same time.
 TASK_FILES = 1500
 
 
-def resolve(requested: int | None, *, small_files: int, local: bool, sealed: bool, has_settings: bool) -> int:
+def resolve(requested: int | None, *, small_files: int, local: bool, sealed: bool, has_settings: bool,
+            load: float | None = None) -> int:
     """How many worker processes archive the small files: `requested` (0: none, on threads;
-    None: auto, one per core when there are at least AUTO_MIN_FILES small files and two
-    cores). Only the local executor on an unsealed store opened from Settings can: a sealed
+    None: auto, one per core when there are at least AUTO_MIN_FILES small files, two cores or
+    more, and AUTO_IDLE_CORES of them idle by the 1-minute `load` average, os.getloadavg's if
+    None). Only the local executor on an unsealed store opened from Settings can: a sealed
     run's key lives in the driver, and a worker reopens the store from the driver's Settings."""
     if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 0):
         raise InvalidOptionError("processes", f"must be a whole number >= 0, got {requested!r}")
@@ -68,7 +78,11 @@ def resolve(requested: int | None, *, small_files: int, local: bool, sealed: boo
             raise InvalidOptionError("processes", f"worker processes need {why}")
         return requested
     cores = os.cpu_count() or 1
-    return cores if possible and cores >= 2 and small_files >= AUTO_MIN_FILES else 0
+    if not possible or cores < 2 or small_files < AUTO_MIN_FILES:
+        return 0
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return cores if cores - load >= AUTO_IDLE_CORES else 0
 
 
 def tasks_of(runs: list[list[Source]], per_task: int | None = None) -> list[list[list[Source]]]:
@@ -160,8 +174,10 @@ def run_job(job: SmallJob) -> SmallDone:
     try:
         task = fanout.LocalArchiveBatch(writer, pool, job.policy, window_for(2), Progress(), dirs,
                                         on_done=lambda _src, done: out.files.append(_flat(done)))
-        for run in job.runs:
-            task(run)
+        # two runs at a time: one's pack write and fsync (the GIL released) overlaps the other's work
+        with ThreadPoolExecutor(RUN_THREADS, thread_name_prefix="run") as runs:
+            for _ in runs.map(task, job.runs):
+                pass
         out.packs = repo.task_packs()  # every pack of this task is durable before it returns
     except BaseException:
         try:  # the next task of this process starts with no open or failed pack of this one

@@ -146,12 +146,19 @@ def test_flat_rows_carry_every_entry_field():
     assert procfiles.unflat(procfiles._flat(done)) == done
 
 
-def test_resolve_auto_explicit_and_refusals():
-    assert procfiles.resolve(0, small_files=10 ** 6, local=True, sealed=False, has_settings=True) == 0
-    assert procfiles.resolve(3, small_files=1, local=True, sealed=False, has_settings=True) == 3
-    assert procfiles.resolve(None, small_files=10, local=True, sealed=False, has_settings=True) == 0
-    assert procfiles.resolve(None, small_files=10 ** 6, local=True, sealed=True, has_settings=True) == 0
-    assert procfiles.resolve(None, small_files=10 ** 6, local=False, sealed=False, has_settings=True) == 0
+def test_resolve_auto_explicit_and_refusals(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    many = procfiles.AUTO_MIN_FILES
+    assert procfiles.resolve(None, small_files=many, local=True, sealed=False, has_settings=True, load=0.2) == 2
+    assert procfiles.resolve(None, small_files=many, local=True, sealed=False, has_settings=True, load=1.5) == 0
+    assert procfiles.resolve(None, small_files=many - 1, local=True, sealed=False, has_settings=True, load=0) == 0
+    assert procfiles.resolve(0, small_files=10 ** 6, local=True, sealed=False, has_settings=True, load=0) == 0
+    assert procfiles.resolve(3, small_files=1, local=True, sealed=False, has_settings=True, load=9) == 3
+    assert procfiles.resolve(None, small_files=10 ** 6, local=True, sealed=True, has_settings=True, load=0) == 0
+    assert procfiles.resolve(None, small_files=10 ** 6, local=False, sealed=False, has_settings=True, load=0) == 0
+    assert procfiles.resolve(None, small_files=10 ** 6, local=True, sealed=False, has_settings=False, load=0) == 0
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert procfiles.resolve(None, small_files=10 ** 6, local=True, sealed=False, has_settings=True, load=0) == 0
     for bad in (-1, True, 1.5):
         with pytest.raises(InvalidOptionError):
             procfiles.resolve(bad, small_files=1, local=True, sealed=False, has_settings=True)  # type: ignore[arg-type]
