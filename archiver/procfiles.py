@@ -175,9 +175,12 @@ def run_job(job: SmallJob) -> SmallDone:
         task = fanout.LocalArchiveBatch(writer, pool, job.policy, window_for(2), Progress(), dirs,
                                         on_done=lambda _src, done: out.files.append(_flat(done)))
         # two runs at a time: one's pack write and fsync (the GIL released) overlaps the other's work
-        with ThreadPoolExecutor(RUN_THREADS, thread_name_prefix="run") as runs:
+        runs = ThreadPoolExecutor(RUN_THREADS, thread_name_prefix="run")
+        try:
             for _ in runs.map(task, job.runs):
                 pass
+        finally:  # after an error, the runs not started are not started
+            runs.shutdown(wait=True, cancel_futures=True)
         out.packs = repo.task_packs()  # every pack of this task is durable before it returns
     except BaseException:
         try:  # the next task of this process starts with no open or failed pack of this one
