@@ -242,3 +242,25 @@ def test_ctrl_c_stops_the_pool_commits_nothing_and_the_rerun_resumes(tmp_path, h
     done = _archive(tmp_path, src, str(tmp_path / "s"), 2)
     assert done.resumed_files > 0
     assert done.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
+
+
+def test_a_workers_pack_missing_at_the_commit_commits_nothing(tmp_path, home, small_tasks, monkeypatch):
+    """The driver takes no worker's word: a pack a worker reported written but that is gone
+    from the store by the commit fails the LIST proof (IntegrityError), and no manifest is written."""
+    from archiver.errors import IntegrityError
+    src = make_tree(tmp_path / "src")
+    real = fanout._taker
+    store = tmp_path / "s"
+
+    def losing(*a):  # type: ignore[no-untyped-def]
+        take = real(*a)
+
+        def take_then_lose_a_pack(done):  # type: ignore[no-untyped-def]
+            take(done)
+            for index in done.packs[:1]:
+                (store / layout.pack(index.pack)).unlink()
+        return take_then_lose_a_pack
+    monkeypatch.setattr(fanout, "_taker", losing)
+    with pytest.raises(IntegrityError, match="missing from the store"):
+        _archive(tmp_path, src, str(store), 2)
+    assert not list(store.glob("manifests/**/*"))
