@@ -269,11 +269,12 @@ def _unchanged(src: Source, snapshot: list[int]) -> bool:
 
 def archive_files(repo: Repository, sources: list[Source], executor: Executor, *, writer: Any, stats: Any,
                   policy: ChunkPolicy, write_policy: Any, progress: Progress, pool_workers: int,
-                  journal: Journal | None = None, processes: int | None = None) -> ArchivedFiles:
+                  journal: Journal | None = None, processes: int | None = None,
+                  cpu_since: procfiles.CpuSample | None = None) -> ArchivedFiles:
     """Archive every regular file of `sources`: journalled ones that are provably unchanged
     are resumed, the others run as tasks, largest first; each finished one is journalled.
     `processes` (local executor): worker processes for the small files (archiver.procfiles;
-    0: threads only, None: auto)."""
+    0: threads only, None: auto, by how busy the rest of the machine was since `cpu_since`)."""
     out = ArchivedFiles()
     files = [s for s in sources if not s.is_dir and not s.is_link]
     prior = journal.load() if journal is not None else {}
@@ -301,7 +302,8 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
         items = local_batches(todo) if getattr(executor, "batch_small_files", False) else [[s] for s in todo]
         nproc = procfiles.resolve(processes, small_files=sum(s.size < BATCH_FILE_BELOW for s in todo),
                                   local=getattr(executor, "batch_small_files", False), sealed=repo.sealed,
-                                  has_settings=getattr(repo, "settings", None) is not None)
+                                  has_settings=getattr(repo, "settings", None) is not None,
+                                  load=cpu_since.others_busy() if cpu_since is not None else None)
         if nproc:  # the runs of small files go to worker processes, the big files stay here
             jobs = [procfiles.SmallJob(procfiles.worker_settings(repo.settings),  # type: ignore[arg-type]
                                        policy, write_policy,

@@ -150,6 +150,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     `processes`: worker processes that archive the small files of a local run
     (archiver.procfiles): 0 none (threads only), None auto (one per core for many small files
     when a core is idle)."""
+    from archiver.procfiles import CpuSample
+    cpu_since = CpuSample.now()  # how busy the rest of the machine is during the scan (procfiles.resolve)
     trust_verified_within = _check_trust_window(trust_verified_within)
     if write_policy is not None:
         repo.check_lockable(write_policy)
@@ -198,7 +200,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     try:
         done = fanout.archive_files(repo, [s for s in sources if s.path not in reused], ex, writer=writer, stats=stats, policy=policy,
                                     write_policy=write_policy, progress=progress, pool_workers=nworkers,
-                                    journal=journal, processes=processes)
+                                    journal=journal, processes=processes, cpu_since=cpu_since)
     finally:
         if executor is None:
             ex.close()

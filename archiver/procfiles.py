@@ -23,7 +23,9 @@ import functools
 import io
 import multiprocessing.context
 import os
+import resource
 import signal
+import time
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -45,10 +47,47 @@ from archiver.settings import Settings
 # machine, against about 0.3 s to start the pool and a hand-off per file on the driver
 # (bench/RESULTS.md, "Small files on worker processes (branch sfproc)").
 AUTO_MIN_FILES = 10_000
-# ... and only when at least this many cores were idle over the last minute (1 - load average
-# per core): the pool's workers share this session's CPU with the rest of the machine, so on a
-# busy machine they add their start-up and hand-off to the same share and lose (same section).
+# ... and only when at least this many cores were left idle by the rest of the machine since
+# the archive started (its scan: `CpuSample`), else by the 1-minute load average: the pool's
+# workers share this session's CPU with the rest of the machine, so on a busy machine they add
+# their start-up and hand-off to the same share and lose (same section).
 AUTO_IDLE_CORES = 1.0
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """The machine's busy CPU seconds (/proc/stat: all but idle and iowait; None where there is
+    none) and this process's own, with children, at one moment: two samples tell how many
+    cores the rest of the machine kept busy in between, however long ago the 1-minute load
+    average was made."""
+
+    wall: float
+    machine: float | None
+    own: float
+
+    @classmethod
+    def now(cls) -> "CpuSample":
+        machine = None
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()
+            if fields and fields[0] == "cpu":
+                v = [int(x) for x in fields[1:]]
+                machine = (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError):
+            pass
+        own = sum(getattr(resource.getrusage(w), a) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                  for a in ("ru_utime", "ru_stime"))
+        return cls(time.monotonic(), machine, own)
+
+    def others_busy(self) -> float | None:
+        """Cores the rest of the machine kept busy since this sample (None if unknown, or if
+        too little time passed to tell)."""
+        later = CpuSample.now()
+        span = later.wall - self.wall
+        if self.machine is None or later.machine is None or span < 0.1:
+            return None
+        return max(0.0, (later.machine - self.machine) - (later.own - self.own)) / span
 # What the fork server imports once, so each worker forks with it loaded instead of importing
 # it again (the per-file path: codecs, hashing, format detection with numpy, the store).
 PRELOAD = ["archiver.procfiles", "archiver.fanout", "archiver.pipeline", "archiver.repository",
@@ -65,8 +104,8 @@ def resolve(requested: int | None, *, small_files: int, local: bool, sealed: boo
             load: float | None = None) -> int:
     """How many worker processes archive the small files: `requested` (0: none, on threads;
     None: auto, one per core when there are at least AUTO_MIN_FILES small files, two cores or
-    more, and AUTO_IDLE_CORES of them idle by the 1-minute `load` average, os.getloadavg's if
-    None). Only the local executor on an unsealed store opened from Settings can: a sealed
+    more, and AUTO_IDLE_CORES of them idle: `load`, the cores the rest of the machine keeps
+    busy (`CpuSample.others_busy`), else the 1-minute load average). Only the local executor on an unsealed store opened from Settings can: a sealed
     run's key lives in the driver, and a worker reopens the store from the driver's Settings."""
     if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 0):
         raise InvalidOptionError("processes", f"must be a whole number >= 0, got {requested!r}")

@@ -264,3 +264,15 @@ def test_a_workers_pack_missing_at_the_commit_commits_nothing(tmp_path, home, sm
     with pytest.raises(IntegrityError, match="missing from the store"):
         _archive(tmp_path, src, str(store), 2)
     assert not list(store.glob("manifests/**/*"))
+
+
+def test_cpu_sample_counts_only_the_rest_of_the_machine(monkeypatch):
+    """The machine's busy seconds less this process's own (its busy threads and waited
+    children are not another's load, which would turn auto off), per second of wall."""
+    before = procfiles.CpuSample(100.0, 10.0, 1.0)
+    monkeypatch.setattr(procfiles.CpuSample, "now", classmethod(lambda cls: cls(102.0, 14.0, 2.5)))
+    assert before.others_busy() == pytest.approx(1.25)  # (4 busy - 1.5 own) / 2 s
+    assert procfiles.CpuSample(100.0, None, 1.0).others_busy() is None  # no /proc/stat
+    assert procfiles.CpuSample(101.95, 10.0, 1.0).others_busy() is None  # too short to tell
+    monkeypatch.setattr(procfiles.CpuSample, "now", classmethod(lambda cls: cls(102.0, 11.0, 9.0)))
+    assert before.others_busy() == 0.0  # never negative
