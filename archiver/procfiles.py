@@ -296,8 +296,9 @@ def worker_settings(settings: Settings) -> Settings:
 class SmallFilePool:
     """The driver's side: submits every task at once (the pool runs `processes` at a time),
     and takes each result on a thread of its own as it completes, so big files archive on
-    the driver's threads meanwhile. `take(src_done_list, packs, stats)` is called for each
-    task, in completion order; the first error stops taking and is kept for `raise_error`."""
+    the driver's threads meanwhile. `take(SmallDone)` is called for each task that succeeded,
+    in completion order (also after another failed: its packs are durable); the first error
+    cancels the tasks not started, calls `on_error` and is kept for `raise_error`."""
 
     def __init__(self, processes: int, jobs: list[SmallJob], take: Callable[[SmallDone], None],
                  on_error: Callable[[], None]) -> None:

@@ -276,3 +276,24 @@ def test_cpu_sample_counts_only_the_rest_of_the_machine(monkeypatch):
     assert procfiles.CpuSample(101.95, 10.0, 1.0).others_busy() is None  # too short to tell
     monkeypatch.setattr(procfiles.CpuSample, "now", classmethod(lambda cls: cls(102.0, 11.0, 9.0)))
     assert before.others_busy() == 0.0  # never negative
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(tmp_path):
+    """The workers do not import the caller's __main__ again (multiprocessing's spawn and
+    forkserver would: a script without `if __name__ == "__main__"` would run once more in each
+    worker, here archiving again and printing again)."""
+    import subprocess
+    import sys
+    src = make_tree(tmp_path / "src")
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "import os\n"
+        "from archiver import api\n"
+        f"done = api.archive([{str(src)!r}], name='m', store={str(tmp_path / 's')!r}, "
+        f"catalog={str(tmp_path / 'c.db')!r}, processes=2, resume=False)\n"
+        "print('archived', done.files, flush=True)\n")
+    env = dict(os.environ, ARCHIVER_HOME=str(tmp_path / "home"),
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"archived {sum(1 for p in src.rglob('*') if p.is_file() and not p.is_symlink())}"]
