@@ -30,8 +30,7 @@ import threading
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing import forkserver, popen_forkserver, spawn, util
-from multiprocessing.context import reduction, set_spawning_popen  # type: ignore[attr-defined]
+from multiprocessing import forkserver
 from typing import Any, Callable
 
 from archiver import executors
@@ -115,13 +114,16 @@ def resolve(requested: int | None, *, small_files: int, local: bool, sealed: boo
             why = "a sealed store" if sealed else "the local executor" if not local else \
                 "a repository opened from Settings (archiver.api.open_repository)"
             raise InvalidOptionError("processes", f"worker processes need {why}")
+        why_not = unavailable() if requested else None
+        if why_not is not None:
+            raise InvalidOptionError("processes", f"worker processes cannot start here ({why_not})")
         return requested
     cores = os.cpu_count() or 1
     if not possible or cores < 2 or small_files < AUTO_MIN_FILES:
         return 0
     if load is None:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return cores if cores - load >= AUTO_IDLE_CORES else 0
+    return cores if cores - load >= AUTO_IDLE_CORES and unavailable() is None else 0
 
 
 def tasks_of(runs: list[list[Source]], per_task: int | None = None) -> list[list[list[Source]]]:
@@ -240,39 +242,61 @@ def _call(job: SmallJob) -> Any:
     return call_catching(run_job, job)
 
 
-class _NoMainPopen(popen_forkserver.Popen):
-    """A forkserver child that does not import the driver's `__main__` again: a worker needs
-    only this module, and a user's script without an `if __name__ == "__main__"` guard must
-    not be run once more in every worker (multiprocessing.popen_forkserver's launch, with the
-    main module left out of the preparation data)."""
+try:  # no forkserver where descriptors cannot be passed between processes
+    from multiprocessing import popen_forkserver, spawn, util
+    from multiprocessing.context import reduction, set_spawning_popen  # type: ignore[attr-defined]
+except ImportError:
+    popen_forkserver = None  # type: ignore[assignment]
 
-    def _launch(self, process_obj: Any) -> None:
-        prep = spawn.get_preparation_data(process_obj._name)
-        prep.pop("init_main_from_path", None)
-        prep.pop("init_main_from_name", None)
-        buf = io.BytesIO()
-        set_spawning_popen(self)
-        try:
-            reduction.dump(prep, buf)
-            reduction.dump(process_obj, buf)
-        finally:
-            set_spawning_popen(None)
-        self.sentinel, w = forkserver.connect_to_new_process(self._fds)
-        _parent_w = os.dup(w)  # the child's sentinel of this process (as the original keeps it)
-        self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
-        with open(w, "wb", closefd=True) as f:
-            f.write(buf.getbuffer())
-        self.pid = forkserver.read_signed(self.sentinel)
+if popen_forkserver is not None:
+    class _NoMainPopen(popen_forkserver.Popen):
+        """A forkserver child that does not import the driver's `__main__` again: a worker needs
+        only this module, and a user's script without an `if __name__ == "__main__"` guard must
+        not be run once more in every worker (multiprocessing.popen_forkserver's launch, with
+        the main module left out of the preparation data)."""
+
+        def _launch(self, process_obj: Any) -> None:
+            prep = spawn.get_preparation_data(process_obj._name)
+            prep.pop("init_main_from_path", None)
+            prep.pop("init_main_from_name", None)
+            buf = io.BytesIO()
+            set_spawning_popen(self)
+            try:
+                reduction.dump(prep, buf)
+                reduction.dump(process_obj, buf)
+            finally:
+                set_spawning_popen(None)
+            self.sentinel, w = forkserver.connect_to_new_process(self._fds)
+            _parent_w = os.dup(w)  # the child's sentinel of this process (as the original keeps it)
+            self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
+            with open(w, "wb", closefd=True) as f:
+                f.write(buf.getbuffer())
+            self.pid = forkserver.read_signed(self.sentinel)
+
+    class _Process(multiprocessing.context.ForkServerProcess):  # type: ignore[name-defined,misc]
+        @staticmethod
+        def _Popen(process_obj: Any) -> Any:
+            return _NoMainPopen(process_obj)
+
+    class _Context(multiprocessing.context.ForkServerContext):  # type: ignore[name-defined,misc]
+        Process = _Process
 
 
-class _Process(multiprocessing.context.ForkServerProcess):
-    @staticmethod
-    def _Popen(process_obj: Any) -> Any:
-        return _NoMainPopen(process_obj)
+def _context() -> Any:
+    """The pool's multiprocessing context (forkserver, `__main__` not imported again)."""
+    if popen_forkserver is None:
+        raise ImportError("this platform has no forkserver start method")
+    return _Context()
 
 
-class _Context(multiprocessing.context.ForkServerContext):
-    Process = _Process  # type: ignore[assignment]
+def unavailable() -> str | None:
+    """Why no worker process can be started here (None: they can): no forkserver on this
+    platform, or no semaphores for the pool's queues (a container without /dev/shm)."""
+    try:
+        _context().Lock()
+    except (ImportError, OSError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _init_worker(aws_env: dict[str, str]) -> None:
@@ -302,7 +326,7 @@ class SmallFilePool:
 
     def __init__(self, processes: int, jobs: list[SmallJob], take: Callable[[SmallDone], None],
                  on_error: Callable[[], None]) -> None:
-        ctx = _Context()
+        ctx = _context()
         # a fork server this run starts is stopped (and waited for) by `close`: no process outlives
         # the archive, and the workers' CPU is counted in this process's children, as threads' is
         self._own_server = getattr(forkserver._forkserver, "_forkserver_pid", 0) is None
