@@ -20,26 +20,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
-import multiprocessing.context
 import os
-import resource
-import signal
-import time
+import sys
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing import forkserver
 from typing import Any, Callable
 
-from archiver import executors
+from archiver import executors, workerprocs
 from archiver.chunking import ChunkPolicy
 from archiver.errors import ArchiverError, InvalidOptionError
 from archiver.packs import PackIndex
 from archiver.rayexec import Failure, call_catching
 from archiver.scan import Source
 from archiver.settings import Settings
+from archiver.workerprocs import CpuSample, unavailable  # noqa: F401 - re-exported: pipeline and tests name them here
 
 # Auto mode uses processes only for at least this many small files: a small file costs about
 # 90 us of CPU wherever it runs, so two workers save about 45 us of wall a file on an idle
@@ -53,44 +49,19 @@ AUTO_MIN_FILES = 10_000
 AUTO_IDLE_CORES = 1.0
 
 
-@dataclass(frozen=True)
-class CpuSample:
-    """The machine's busy CPU seconds (/proc/stat: all but idle and iowait; None where there is
-    none) and this process's own, with children, at one moment: two samples tell how many
-    cores the rest of the machine kept busy in between, however long ago the 1-minute load
-    average was made."""
-
-    wall: float
-    machine: float | None
-    own: float
-
-    @classmethod
-    def now(cls) -> "CpuSample":
-        machine = None
-        try:
-            with open("/proc/stat") as f:
-                fields = f.readline().split()
-            if fields and fields[0] == "cpu":
-                v = [int(x) for x in fields[1:]]
-                machine = (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError):
-            pass
-        own = sum(getattr(resource.getrusage(w), a) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-                  for a in ("ru_utime", "ru_stime"))
-        return cls(time.monotonic(), machine, own)
-
-    def others_busy(self) -> float | None:
-        """Cores the rest of the machine kept busy since this sample (None if unknown, or if
-        too little time passed to tell)."""
-        later = CpuSample.now()
-        span = later.wall - self.wall
-        if self.machine is None or later.machine is None or span < 0.1:
-            return None
-        return max(0.0, (later.machine - self.machine) - (later.own - self.own)) / span
 # What the fork server imports once, so each worker forks with it loaded instead of importing
 # it again (the per-file path: codecs, hashing, format detection with numpy, the store).
 PRELOAD = ["archiver.procfiles", "archiver.fanout", "archiver.pipeline", "archiver.repository",
            "archiver.stores"]
+
+
+def preload() -> list[str]:
+    """PRELOAD, and the CLI's module when the driver runs it: each worker imports the driver's
+    `__main__` again (the `archiver` console script imports archiver.cli; `python -m
+    archiver.cli` runs it), so the server imports it once for all of them."""
+    return PRELOAD + (["archiver.cli"] if "archiver.cli" in sys.modules else [])
+
+
 # Runs of a task in flight at once in a worker (threads): a full pack's write and fsync block
 # only the thread that filled it.
 RUN_THREADS = 2
@@ -121,9 +92,7 @@ def resolve(requested: int | None, *, small_files: int, local: bool, sealed: boo
     cores = os.cpu_count() or 1
     if not possible or cores < 2 or small_files < AUTO_MIN_FILES:
         return 0
-    if load is None:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return cores if cores - load >= AUTO_IDLE_CORES and unavailable() is None else 0
+    return cores if workerprocs.spare_cores(busy=load) >= AUTO_IDLE_CORES and unavailable() is None else 0
 
 
 def tasks_of(runs: list[list[Source]], per_task: int | None = None) -> list[list[list[Source]]]:
@@ -242,73 +211,6 @@ def _call(job: SmallJob) -> Any:
     return call_catching(run_job, job)
 
 
-try:  # no forkserver where descriptors cannot be passed between processes
-    from multiprocessing import popen_forkserver, spawn, util
-    from multiprocessing.context import reduction, set_spawning_popen  # type: ignore[attr-defined]
-except ImportError:
-    popen_forkserver = None  # type: ignore[assignment]
-
-if popen_forkserver is not None:
-    class _NoMainPopen(popen_forkserver.Popen):
-        """A forkserver child that does not import the driver's `__main__` again: a worker needs
-        only this module, and a user's script without an `if __name__ == "__main__"` guard must
-        not be run once more in every worker (multiprocessing.popen_forkserver's launch, with
-        the main module left out of the preparation data)."""
-
-        def _launch(self, process_obj: Any) -> None:
-            prep = spawn.get_preparation_data(process_obj._name)
-            prep.pop("init_main_from_path", None)
-            prep.pop("init_main_from_name", None)
-            buf = io.BytesIO()
-            set_spawning_popen(self)
-            try:
-                reduction.dump(prep, buf)
-                reduction.dump(process_obj, buf)
-            finally:
-                set_spawning_popen(None)
-            self.sentinel, w = forkserver.connect_to_new_process(self._fds)
-            _parent_w = os.dup(w)  # the child's sentinel of this process (as the original keeps it)
-            self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
-            with open(w, "wb", closefd=True) as f:
-                f.write(buf.getbuffer())
-            self.pid = forkserver.read_signed(self.sentinel)
-
-    class _Process(multiprocessing.context.ForkServerProcess):  # type: ignore[name-defined,misc]
-        @staticmethod
-        def _Popen(process_obj: Any) -> Any:
-            return _NoMainPopen(process_obj)
-
-    class _Context(multiprocessing.context.ForkServerContext):  # type: ignore[name-defined,misc]
-        Process = _Process
-
-
-def _context() -> Any:
-    """The pool's multiprocessing context (forkserver, `__main__` not imported again)."""
-    if popen_forkserver is None:
-        raise ImportError("this platform has no forkserver start method")
-    return _Context()
-
-
-def unavailable() -> str | None:
-    """Why no worker process can be started here (None: they can): no forkserver on this
-    platform, or no semaphores for the pool's queues (a container without /dev/shm)."""
-    try:
-        _context().Lock()
-    except (ImportError, OSError, ValueError) as e:
-        return f"{type(e).__name__}: {e}"
-    return None
-
-
-def _init_worker(aws_env: dict[str, str]) -> None:
-    """A worker leaves Ctrl-C to the driver, which stops handing out tasks and waits for the
-    running ones (a fraction of a second each); and it sees the driver's AWS_* variables of
-    now (boto3's credential chain), not those of when the fork server started."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for name in [n for n in os.environ if n.startswith("AWS_")]:
-        del os.environ[name]
-    os.environ.update(aws_env)
-
-
 def worker_settings(settings: Settings) -> Settings:
     """The driver's Settings with the S3 endpoint it resolved written into the S3 options, so a
     worker reaches the same service whatever its environment (as Settings.with_store does)."""
@@ -326,14 +228,9 @@ class SmallFilePool:
 
     def __init__(self, processes: int, jobs: list[SmallJob], take: Callable[[SmallDone], None],
                  on_error: Callable[[], None]) -> None:
-        ctx = _context()
         # a fork server this run starts is stopped (and waited for) by `close`: no process outlives
         # the archive, and the workers' CPU is counted in this process's children, as threads' is
-        self._own_server = getattr(forkserver._forkserver, "_forkserver_pid", 0) is None
-        # the server workers fork from imports this module (not the driver's __main__) once
-        ctx.set_forkserver_preload(PRELOAD)
-        aws = {n: v for n, v in os.environ.items() if n.startswith("AWS_")}
-        self._pool = ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker, initargs=(aws,))
+        self._pool = workerprocs.pool(processes, preload())
         self._futures: dict[Future[Any], SmallJob] = {}
         self.error: BaseException | None = None
         self._take, self._on_error = take, on_error
@@ -341,7 +238,7 @@ class SmallFilePool:
             for job in jobs:
                 self._futures[self._pool.submit(_call, job)] = job
         except BaseException:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            workerprocs.close(self._pool)
             raise
         self._thread = threading.Thread(target=self._collect, name="small-files", daemon=True)
         self._thread.start()
@@ -384,11 +281,7 @@ class SmallFilePool:
     def close(self) -> None:
         """Wait for the running tasks and the collector, then stop the workers."""
         self._thread.join()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        stop = getattr(forkserver._forkserver, "_stop", None)
-        if self._own_server and stop is not None:
-            stop()
-            self._own_server = False
+        workerprocs.close(self._pool)
 
     def raise_error(self) -> None:
         if self.error is not None and not isinstance(self.error, executors.Stopped):

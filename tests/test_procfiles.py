@@ -271,34 +271,79 @@ def test_a_workers_pack_missing_at_the_commit_commits_nothing(tmp_path, home, sm
     assert not list(store.glob("manifests/**/*"))
 
 
-def test_cpu_sample_counts_only_the_rest_of_the_machine(monkeypatch):
-    """The machine's busy seconds less this process's own (its busy threads and waited
-    children are not another's load, which would turn auto off), per second of wall."""
-    before = procfiles.CpuSample(100.0, 10.0, 1.0)
-    monkeypatch.setattr(procfiles.CpuSample, "now", classmethod(lambda cls: cls(102.0, 14.0, 2.5)))
-    assert before.others_busy() == pytest.approx(1.25)  # (4 busy - 1.5 own) / 2 s
-    assert procfiles.CpuSample(100.0, None, 1.0).others_busy() is None  # no /proc/stat
-    assert procfiles.CpuSample(101.95, 10.0, 1.0).others_busy() is None  # too short to tell
-    monkeypatch.setattr(procfiles.CpuSample, "now", classmethod(lambda cls: cls(102.0, 11.0, 9.0)))
-    assert before.others_busy() == 0.0  # never negative
+def _run_script(tmp_path: Path, name: str, body: str):  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+    script = tmp_path / name
+    script.write_text(body)
+    env = dict(os.environ, ARCHIVER_HOME=str(tmp_path / "home"),
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(tmp_path):
-    """The workers do not import the caller's __main__ again (multiprocessing's spawn and
-    forkserver would: a script without `if __name__ == "__main__"` would run once more in each
-    worker, here archiving again and printing again)."""
+def test_an_unguarded_script_on_the_api_default_runs_once_on_threads(tmp_path):
+    """The API's default is threads (processes=0): a script without `if __name__ ==
+    "__main__"` archives once and prints once, and no worker process is started."""
+    src = make_tree(tmp_path / "src")
+    r = _run_script(tmp_path, "no_guard.py",
+                    "import multiprocessing\n"
+                    "from archiver import api\n"
+                    f"done = api.archive([{str(src)!r}], name='m', store={str(tmp_path / 's')!r}, "
+                    f"catalog={str(tmp_path / 'c.db')!r}, resume=False)\n"
+                    "print('archived', done.files, done.files_by_processes, len(multiprocessing.active_children()),\n"
+                    "      flush=True)\n")
+    assert r.returncode == 0, r.stderr
+    files = sum(1 for p in src.rglob('*') if p.is_file() and not p.is_symlink())
+    assert r.stdout.splitlines() == [f"archived {files} 0 0"]
+
+
+def test_a_guarded_script_with_processes_archives_once_and_leaves_no_process(tmp_path):
+    """processes=2 from a script guarded by `if __name__ == "__main__"`: each worker imports
+    the script again as __mp_main__ (Python's rule for forkserver), which then does nothing;
+    the archive is the threads' one, printed once, and no process outlives it."""
+    src = make_tree(tmp_path / "src")
+    r = _run_script(tmp_path, "guarded.py",
+                    "import multiprocessing, os\n"
+                    "from archiver import api, procfiles\n"
+                    "procfiles.TASK_FILES = 10\n"
+                    "def main():\n"
+                    f"    kw = dict(name='m', resume=False)\n"
+                    f"    two = api.archive([{str(src)!r}], store={str(tmp_path / 's')!r}, processes=2,\n"
+                    f"                      catalog={str(tmp_path / 's.db')!r}, **kw)\n"
+                    f"    one = api.archive([{str(src)!r}], store={str(tmp_path / 't')!r},\n"
+                    f"                      catalog={str(tmp_path / 't.db')!r}, **kw)\n"
+                    "    print('archived', two.files, two.id == one.id, two.files_by_processes > 0, one.files_by_processes,\n"
+                    "          len(multiprocessing.active_children()),\n"
+                    "          flush=True)\n"
+                    "print('imported as', __name__, flush=True)\n"
+                    "if __name__ == '__main__':\n"
+                    "    main()\n")
+    assert r.returncode == 0, r.stderr
+    files = sum(1 for p in src.rglob('*') if p.is_file() and not p.is_symlink())
+    lines = r.stdout.splitlines()
+    assert lines[0] == "imported as __main__" and lines[-1] == f"archived {files} True True 0 0"
+    # the workers imported the script again (and ran only its unguarded print)
+    assert set(lines[1:-1]) <= {"imported as __mp_main__"} and len(lines) >= 3
+
+
+@pytest.mark.parametrize("entry", ["module", "console-script"])
+def test_the_cli_entry_points_with_workers_print_one_json_document(tmp_path, entry):
+    """`python -m archiver.cli` and a console script (guarded, as pip writes it) with
+    `--processes 2`: the workers' re-import of `__main__` runs nothing and prints nothing;
+    stdout is the one JSON document, naming the files the workers archived."""
+    import json
     import subprocess
     import sys
     src = make_tree(tmp_path / "src")
-    script = tmp_path / "no_guard.py"
-    script.write_text(
-        "import os\n"
-        "from archiver import api\n"
-        f"done = api.archive([{str(src)!r}], name='m', store={str(tmp_path / 's')!r}, "
-        f"catalog={str(tmp_path / 'c.db')!r}, processes=2, resume=False)\n"
-        "print('archived', done.files, flush=True)\n")
+    script = tmp_path / "archiver-script"
+    script.write_text("import sys\nfrom archiver.cli import main\nif __name__ == '__main__':\n    sys.exit(main())\n")
+    launch = [sys.executable, "-m", "archiver.cli"] if entry == "module" else [sys.executable, str(script)]
     env = dict(os.environ, ARCHIVER_HOME=str(tmp_path / "home"),
                PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([*launch, "--store", str(tmp_path / "s"), "--catalog", str(tmp_path / "c.db"), "archive",
+                        str(src), "--name", "m", "--processes", "2", "--json"],
+                       env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == [f"archived {sum(1 for p in src.rglob('*') if p.is_file() and not p.is_symlink())}"]
+    assert r.stderr == ""
+    doc = json.loads(r.stdout)
+    assert 0 < doc["files_by_processes"] <= doc["files"]  # all under 1 MiB here
