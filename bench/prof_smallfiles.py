@@ -55,7 +55,7 @@ def main() -> int:
                               processes=args.processes)
             tail = time.perf_counter() - files_end[-1]
         repo.close()
-    print(f"id {res.id} files {res.files} chunks {res.chunks}")
+    print(f"id {res.id} files {res.files} chunks {res.chunks} on worker processes {res.files_by_processes}")
     print(m.summary())
     print(f"serial tail (after the file tasks) {tail:.3f} s wall")
     done = resource.getrusage(resource.RUSAGE_CHILDREN)
