@@ -72,3 +72,72 @@ def test_spare_cores_measured_else_load_average(monkeypatch):
     monkeypatch.setattr(os, "getloadavg", lambda: (3.5, 1.0, 1.0))
     assert workerprocs.spare_cores(workerprocs.CpuSample(100.0, None, 1.0)) == 0.5  # no /proc/stat
     assert workerprocs.spare_cores() == 0.5
+
+
+def _sigint_blocked_or_ignored(pid: int) -> bool:
+    """Whether SIGINT is blocked or ignored in process `pid` (/proc/<pid>/status masks)."""
+    with open(f"/proc/{pid}/status") as f:
+        masks = dict(line.split(":", 1) for line in f if line.startswith(("SigBlk", "SigIgn")))
+    bit = 1 << (signal.SIGINT - 1)
+    return any(int(v.strip(), 16) & bit for v in masks.values())
+
+
+def test_ctrl_c_never_reaches_the_fork_server_or_a_worker_before_its_initializer():
+    """A terminal's Ctrl-C goes to the whole process group: the fork server (which imports the
+    preload before it ignores SIGINT) and a new worker (before `_init_worker`) would die with a
+    traceback on the user's terminal and a lost task. Started by `sheltered_start`, both are
+    born with SIGINT blocked; the driver's own handler is untouched."""
+    from multiprocessing import forkserver
+    before = signal.getsignal(signal.SIGINT)
+    with workerprocs.sheltered():
+        p = workerprocs.pool(1, ["archiver.packs"])
+        try:
+            worker = p.submit(os.getpid)
+        except BaseException:
+            workerprocs.close(p)
+            raise
+    try:
+        wpid = worker.result(timeout=60)
+        server = forkserver._forkserver._forkserver_pid
+        assert server and _sigint_blocked_or_ignored(server)
+        assert _sigint_blocked_or_ignored(wpid)
+        assert not _sigint_blocked_or_ignored(os.getpid())
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        workerprocs.close(p)
+
+
+def test_a_ctrl_c_inside_the_pools_start_is_raised_after_it_and_leaves_no_process(monkeypatch):
+    """SIGINT landing inside a submit while a worker starts (the driver waits for the fork
+    server, which imports the preload, to report the worker's pid) used to leave that worker
+    started but untracked: it kept the fork server alive and `close` waited for the server
+    forever. Held back by `sheltered`, it is raised once the pool is whole, and the pool closes
+    cleanly, leaving no process."""
+    import faulthandler
+    import multiprocessing
+    from multiprocessing import forkserver
+    faulthandler.dump_traceback_later(30, exit=True)  # a hang fails the run instead of blocking it
+    real = forkserver.read_signed
+    sent: list[bool] = []
+
+    def sigint_then_read(fd: int) -> int:
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C while the new worker's pid is awaited
+        return real(fd)
+    monkeypatch.setattr(forkserver, "read_signed", sigint_then_read)
+    p = None
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            try:
+                with workerprocs.sheltered():
+                    p = workerprocs.pool(2, ["archiver.packs"])
+                    futures = [p.submit(os.getpid) for _ in range(3)]
+            finally:
+                if p is not None:
+                    workerprocs.close(p)
+        assert sent and all(f.done() for f in futures)
+        assert multiprocessing.active_children() == []
+        assert forkserver._forkserver._forkserver_pid is None
+    finally:
+        faulthandler.cancel_dump_traceback_later()
