@@ -49,11 +49,30 @@ def unavailable() -> str | None:
 
 def _init_worker(aws_env: dict[str, str]) -> None:
     """Ctrl-C is the driver's to handle; AWS_* are the driver's of now (boto3's credential
-    chain reads the environment; the fork server's may be older)."""
+    chain reads the environment; the fork server's may be older); the worker ends with the
+    driver (`_end_with_driver`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in [n for n in os.environ if n.startswith("AWS_")]:
         del os.environ[name]
     os.environ.update(aws_env)
+    _end_with_driver()
+
+
+def _end_with_driver() -> None:
+    """Exit once the driver is gone (SIGKILL, the OOM killer): a worker waits on a call queue
+    whose write end it holds itself, so it would never see EOF and would live on, keeping the
+    fork server alive with it. The driver's sentinel (multiprocessing.parent_process(), 3.8+)
+    becomes ready when the driver's end of it closes; where there is none, nothing is watched."""
+    parent = multiprocessing.parent_process()
+    sentinel = getattr(parent, "sentinel", None)
+    if sentinel is None:
+        return
+
+    def watch() -> None:
+        from multiprocessing.connection import wait
+        wait([sentinel])
+        os._exit(1)  # nothing of a task half done is committed: the driver that would commit it is gone
+    threading.Thread(target=watch, name="driver-gone", daemon=True).start()
 
 
 def _server() -> Any:

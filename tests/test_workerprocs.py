@@ -141,3 +141,40 @@ def test_a_ctrl_c_inside_the_pools_start_is_raised_after_it_and_leaves_no_proces
         assert forkserver._forkserver._forkserver_pid is None
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+def test_the_drivers_sigkill_leaves_no_worker_or_fork_server():
+    """The driver killed (SIGKILL, the OOM killer) while its workers run: each worker (busy or
+    idle, waiting on the call queue whose write end it holds itself) used to live on forever,
+    and kept the fork server alive with it. They end once the driver is gone."""
+    import subprocess
+    import time
+    code = ("import os, sys, time\n"
+            "from multiprocessing import forkserver\n"
+            "from archiver import workerprocs\n"
+            "if __name__ == '__main__':\n"
+            "    p = workerprocs.pool(2, ['archiver.packs'])\n"
+            "    busy = p.submit(time.sleep, 60)\n"
+            "    pids = {p.submit(os.getpid).result(timeout=60) for _ in range(6)}\n"
+            "    print(forkserver._forkserver._forkserver_pid, *sorted(set(p._processes) | pids), flush=True)\n"
+            "    time.sleep(60)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    driver = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        pids = [int(x) for x in driver.stdout.readline().split()]  # type: ignore[union-attr]
+        assert len(pids) >= 2
+        driver.kill()
+        driver.wait()
+        deadline = time.monotonic() + 15
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}") and
+                     open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+        assert not alive, f"left behind: {alive}"
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)  # whatever the test left, ended by its process group
+        except ProcessLookupError:
+            pass
