@@ -93,7 +93,8 @@ def sheltered() -> Iterator[None]:
     `_init_worker` ignores it (each with a traceback on the user's terminal)."""
     got: list[int] = []
     old: Any = None
-    main = threading.current_thread() is threading.main_thread()
+    # (a handler installed from C, getsignal None, could not be put back: left alone)
+    main = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None
     if main:
         try:
             old = signal.signal(signal.SIGINT, lambda signum, _frame: got.append(signum))

@@ -178,3 +178,32 @@ def test_the_drivers_sigkill_leaves_no_worker_or_fork_server():
             os.killpg(driver.pid, signal.SIGKILL)  # whatever the test left, ended by its process group
         except ProcessLookupError:
             pass
+
+
+def test_a_python_without_the_private_fork_server_attributes_still_works(monkeypatch):
+    """`_forkserver`, `_forkserver_pid` and `_stop` are private: where a Python has none of them
+    the pool runs and closes the same (the server then ends with the driver, or with its
+    workers' driver-watch), and sheltered() works off the main thread too."""
+    import threading
+    monkeypatch.setattr(workerprocs, "_server", lambda: object())
+    p = workerprocs.pool(1, [])
+    try:
+        assert p.started_server is False
+        assert p.submit(os.getpid).result(timeout=60) != os.getpid()
+    finally:
+        workerprocs.close(p)
+    errors: list[BaseException] = []
+
+    def off_main() -> None:
+        try:
+            with workerprocs.sheltered():
+                pass
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+    t = threading.Thread(target=off_main)
+    t.start()
+    t.join()
+    assert not errors
+    monkeypatch.undo()
+    from multiprocessing import forkserver
+    forkserver._forkserver._stop()  # the server this test left running (its pool did not start it "here")
