@@ -230,15 +230,19 @@ class SmallFilePool:
                  on_error: Callable[[], None]) -> None:
         # a fork server this run starts is stopped (and waited for) by `close`: no process outlives
         # the archive, and the workers' CPU is counted in this process's children, as threads' is
-        self._pool = workerprocs.pool(processes, preload())
         self._futures: dict[Future[Any], SmallJob] = {}
         self.error: BaseException | None = None
         self._take, self._on_error = take, on_error
+        started: list[workerprocs.WorkerPool] = []
         try:
-            for job in jobs:
-                self._futures[self._pool.submit(_call, job)] = job
+            with workerprocs.sheltered():  # a Ctrl-C is raised once every worker is tracked (see there)
+                self._pool = workerprocs.pool(processes, preload())
+                started.append(self._pool)
+                for job in jobs:
+                    self._futures[self._pool.submit(_call, job)] = job
         except BaseException:
-            workerprocs.close(self._pool)
+            if started:
+                workerprocs.close(started[0])
             raise
         self._thread = threading.Thread(target=self._collect, name="small-files", daemon=True)
         self._thread.start()

@@ -16,16 +16,18 @@ ones) and sees the driver's AWS_* variables of when the pool started, not those 
 fork server started."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import resource
 import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
-__all__ = ["CpuSample", "WorkerPool", "close", "pool", "spare_cores", "unavailable"]
+__all__ = ["CpuSample", "WorkerPool", "close", "pool", "sheltered", "spare_cores", "unavailable"]
 
 START_METHOD = "forkserver"
 
@@ -47,11 +49,30 @@ def unavailable() -> str | None:
 
 def _init_worker(aws_env: dict[str, str]) -> None:
     """Ctrl-C is the driver's to handle; AWS_* are the driver's of now (boto3's credential
-    chain reads the environment; the fork server's may be older)."""
+    chain reads the environment; the fork server's may be older); the worker ends with the
+    driver (`_end_with_driver`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in [n for n in os.environ if n.startswith("AWS_")]:
         del os.environ[name]
     os.environ.update(aws_env)
+    _end_with_driver()
+
+
+def _end_with_driver() -> None:
+    """Exit once the driver is gone (SIGKILL, the OOM killer): a worker waits on a call queue
+    whose write end it holds itself, so it would never see EOF and would live on, keeping the
+    fork server alive with it. The driver's sentinel (multiprocessing.parent_process(), 3.8+)
+    becomes ready when the driver's end of it closes; where there is none, nothing is watched."""
+    parent = multiprocessing.parent_process()
+    sentinel = getattr(parent, "sentinel", None)
+    if sentinel is None:
+        return
+
+    def watch() -> None:
+        from multiprocessing.connection import wait
+        wait([sentinel])
+        os._exit(1)  # nothing of a task half done is committed: the driver that would commit it is gone
+    threading.Thread(target=watch, name="driver-gone", daemon=True).start()
 
 
 def _server() -> Any:
@@ -59,6 +80,36 @@ def _server() -> Any:
     otherwise: then it is left alone and ends with the driver, as it always does)."""
     from multiprocessing import forkserver
     return getattr(forkserver, "_forkserver", None)
+
+
+@contextlib.contextmanager
+def sheltered() -> Iterator[None]:
+    """Start a pool and submit its tasks in here. Ctrl-C is held back until the block ends
+    (then raised as it would have been): landing inside a submit, it could leave a worker
+    started but untracked, which keeps the fork server alive, so `close` waited for it
+    forever. And SIGINT is blocked in this thread meanwhile, so the fork server and the
+    workers started in here are born with it blocked: a terminal's Ctrl-C (sent to the whole
+    process group) cannot kill the server while it imports the preload, nor a worker before
+    `_init_worker` ignores it (each with a traceback on the user's terminal)."""
+    got: list[int] = []
+    old: Any = None
+    # (a handler installed from C, getsignal None, could not be put back: left alone)
+    main = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None
+    if main:
+        try:
+            old = signal.signal(signal.SIGINT, lambda signum, _frame: got.append(signum))
+        except (ValueError, OSError):  # not the main interpreter, or no SIGINT here
+            main = False
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
+    try:
+        yield
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending SIGINT arrives now: in `got`
+        if main:
+            signal.signal(signal.SIGINT, old)
+            if got:
+                signal.raise_signal(signal.SIGINT)  # as the caller's handler would have had it
 
 
 class WorkerPool(ProcessPoolExecutor):

@@ -347,3 +347,358 @@ def test_the_cli_entry_points_with_workers_print_one_json_document(tmp_path, ent
     assert r.stderr == ""
     doc = json.loads(r.stdout)
     assert 0 < doc["files_by_processes"] <= doc["files"]  # all under 1 MiB here
+
+
+def _children() -> set[int]:
+    """Live child processes of this process (from /proc, no psutil)."""
+    me, out = os.getpid(), set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == me and fields[0] != "Z":
+                out.add(int(d))
+    return out
+
+
+def test_odd_tree_same_entries_as_threads(tmp_path, home, small_tasks):
+    """Hard links, files at cdc_min-1/cdc_min and BATCH_FILE_BELOW-1/BATCH_FILE_BELOW, empty
+    files, non-ASCII names, duplicates within and across tasks, only small files beside one
+    at the boundary: the workers' manifest is the threads' one, entry for entry."""
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    dup = os.urandom(3000)
+    for i in range(35):
+        (src / "a" / f"dup{i:02}").write_bytes(dup if i % 3 == 0 else os.urandom(10 + i * 31))
+    (src / "a" / "zero").write_bytes(b"")
+    (src / "a" / "zéro-ü-文件").write_bytes(b"non ascii")
+    (src / "a" / "cdcmin-1").write_bytes(os.urandom(512 * 1024 - 1))
+    (src / "a" / "cdcmin").write_bytes(os.urandom(512 * 1024))
+    (src / "a" / "batch-1").write_bytes(os.urandom(fanout.BATCH_FILE_BELOW - 1))
+    (src / "a" / "batch").write_bytes(os.urandom(fanout.BATCH_FILE_BELOW))
+    os.link(src / "a" / "dup01", src / "a" / "hard01")
+    os.link(src / "a" / "cdcmin", src / "hard-cdcmin")
+    threads = _archive(tmp_path, src, str(tmp_path / "a"), 0)
+    procs = _archive(tmp_path, src, str(tmp_path / "b"), 2)
+    assert procs.files_by_processes > 0
+    with api.open_repository(str(tmp_path / "a"), str(tmp_path / "a.db")) as ra, \
+            api.open_repository(str(tmp_path / "b"), str(tmp_path / "b.db")) as rb:
+        assert rb.load_manifest(procs.id).entries == ra.load_manifest(threads.id).entries
+    assert procs.id == threads.id
+    assert (procs.new_chunks, procs.chunks) == (threads.new_chunks, threads.chunks)
+
+
+def test_two_archives_in_one_process_leak_nothing(tmp_path, home, small_tasks):
+    """The API with processes=2 twice: no child process, thread or fd is left by either run,
+    and the fork server is started again for the second."""
+    import threading
+    src = make_tree(tmp_path / "src")
+    _archive(tmp_path, src, str(tmp_path / "w"), 0)  # warm imports/caches on threads
+    fds0, threads0, kids0 = len(os.listdir("/proc/self/fd")), threading.active_count(), _children()
+    one = _archive(tmp_path, src, str(tmp_path / "s"), 2, resume=False)
+    kids1 = _children()
+    fds1, threads1 = len(os.listdir("/proc/self/fd")), threading.active_count()
+    two = _archive(tmp_path, src, str(tmp_path / "t"), 2, resume=False)
+    assert one.files_by_processes and two.files_by_processes and one.id == two.id
+    kids2 = _children()
+    assert len(os.listdir("/proc/self/fd")) <= fds1 and threading.active_count() <= threads1
+    assert kids2 <= kids1 and len(kids1 - kids0) <= 1  # at most multiprocessing's resource tracker
+    assert threads1 <= threads0 + 1 and fds1 <= fds0 + 2
+
+
+def test_a_worker_killed_mid_archive_is_one_error_leaves_no_process_and_the_rerun_matches(tmp_path, home,
+                                                                                          small_tasks, monkeypatch):
+    """SIGKILL of the workers in the middle of api.archive: TaskLostError, nothing committed,
+    no worker or fork server outlives the call, and the re-run commits the threads' manifest."""
+    src = make_tree(tmp_path / "src")
+    kids0 = _children()
+    pools: list[procfiles.SmallFilePool] = []
+    real_init, real_taker = procfiles.SmallFilePool.__init__, fanout._taker
+
+    def init(self, *a, **k):  # type: ignore[no-untyped-def]
+        pools.append(self)
+        real_init(self, *a, **k)
+
+    def taker(*a):  # type: ignore[no-untyped-def]
+        take = real_taker(*a)
+
+        def kill_then_take(done):  # type: ignore[no-untyped-def]
+            take(done)
+            for pid in list(pools[-1]._pool._processes):  # noqa: SLF001 - the test kills the workers
+                os.kill(pid, 9)
+        return kill_then_take
+    monkeypatch.setattr(procfiles.SmallFilePool, "__init__", init)
+    monkeypatch.setattr(fanout, "_taker", taker)
+    with pytest.raises(TaskLostError, match="a worker process died"):
+        _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert not list((tmp_path / "s").glob("manifests/**/*"))
+    assert len(_children() - kids0) <= 1  # at most multiprocessing's resource tracker
+    monkeypatch.setattr(fanout, "_taker", real_taker)
+    again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert again.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
+    report = api.verify([again.id], store=str(tmp_path / "s"), catalog=str(tmp_path / "s.db"), deep=True)
+    assert report.ok, report.problems
+
+
+def _error_classes() -> list[type]:
+    import archiver
+    import importlib
+    import pkgutil
+    from archiver.errors import ArchiverError
+    for m in pkgutil.iter_modules(archiver.__path__):
+        try:
+            importlib.import_module(f"archiver.{m.name}")
+        except Exception:  # noqa: BLE001 - an optional extra
+            pass
+    out, todo = [], [ArchiverError]
+    while todo:
+        c = todo.pop()
+        out.append(c)
+        todo.extend(c.__subclasses__())
+    return out
+
+
+def test_every_archiver_error_crosses_the_process_boundary_as_itself():
+    """A worker's ArchiverError (rayexec.Failure, pickled) arrives as the same type with the same
+    message, fields and --json error document, whatever its constructor."""
+    import inspect
+    import pickle
+    from archiver import cli
+    from archiver.rayexec import call_catching
+    checked = 0
+    for cls in _error_classes():
+        params = [p for p in inspect.signature(cls.__init__).parameters.values()
+                  if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                  and p.default is p.empty]
+        args = {p.name: (7 if "code" in p.name or p.name == "pid" or p.name == "manifests" else
+                         ["a", "b"] if p.name == "matches" else f"{p.name}-value") for p in params}
+        try:
+            err = cls(**args)
+        except Exception:  # noqa: BLE001 - a constructor this probe cannot guess
+            continue
+
+        def boom(_x, err=err):  # type: ignore[no-untyped-def]
+            raise err
+        back = pickle.loads(pickle.dumps(call_catching(boom, None))).error()
+        assert type(back) is cls
+        assert str(back) == str(err) and vars(back) == vars(err), cls
+        assert (cli.describe(back), back.exit_code, cli._kind(back), cli._fields(back)) == \
+            (cli.describe(err), err.exit_code, cli._kind(err), cli._fields(err)), cls
+        checked += 1
+    assert checked >= 15
+
+
+def _damage_chunks_of(tmp_path: Path, store: str, mid: str, names: list[str]) -> None:
+    """Flip a byte of each named file's first chunk, in the pack that holds it."""
+    with api.open_repository(store, str(tmp_path / f"{Path(store).name}.db")) as repo:
+        entries = {Path(e.path).name: e for e in repo.load_manifest(mid).entries}
+        for name in names:
+            loc = repo._pack_locations(entries[name].chunks[0].hash)[0]  # noqa: SLF001
+            pack = Path(store) / layout.pack(loc.pack)
+            data = bytearray(pack.read_bytes())
+            data[loc.offset + loc.stored_size // 2] ^= 0xFF
+            pack.chmod(0o644)
+            pack.write_bytes(bytes(data))
+
+
+def test_a_damaged_packed_chunk_is_repaired_as_on_threads(tmp_path, home, small_tasks):
+    """A chunk the catalog knows whose pack copy is damaged: the workers repair it by the
+    threads' rules (repaired_chunks, new chunks), the manifest is the threads' one and a deep
+    verify of the re-archive passes."""
+    src = make_tree(tmp_path / "src")
+    results = {}
+    for store, processes in (("a", 0), ("b", 2)):
+        first = _archive(tmp_path, src, str(tmp_path / store), 0)
+        _damage_chunks_of(tmp_path, str(tmp_path / store), first.id, ["f03.txt", "f10.txt"])
+        results[store] = again = api.archive([src], name="m2", store=str(tmp_path / store), reread=True,
+                                             catalog=str(tmp_path / f"{store}.db"), processes=processes)
+        report = api.verify([again.id], store=str(tmp_path / store), catalog=str(tmp_path / f"{store}.db"),
+                            deep=True)
+        assert report.ok, report.problems
+    a, b = results["a"], results["b"]
+    assert b.files_by_processes > 0
+    assert (b.id, b.repaired_chunks, b.new_chunks) == (a.id, a.repaired_chunks, a.new_chunks)
+    assert a.repaired_chunks >= 2
+
+
+@pytest.mark.parametrize("change", ["replaced", "grown", "removed"])
+def test_a_source_changed_after_the_scan_is_the_threads_json_error(tmp_path, home, small_tasks, monkeypatch,
+                                                                   change):
+    """A small file replaced by another of its size (a new inode), an empty file that grows, or
+    a removed one, between the scan and the worker's read: the same --json document as on
+    threads (an error, exit 1, nothing committed; the grown file is read as it is when opened)."""
+    src = make_tree(tmp_path / "src")
+    victim = src / "d2" / "inner" / ("empty" if change == "grown" else "f11.txt")
+    body = victim.read_bytes()
+    real_scan = pipeline.scan
+
+    def scan_then_change(*a, **k):  # type: ignore[no-untyped-def]
+        got = real_scan(*a, **k)
+        if change == "replaced":
+            tmp = victim.with_name("new")
+            tmp.write_bytes(bytes(b ^ 1 for b in body))
+            os.replace(tmp, victim)
+        elif change == "grown":
+            victim.write_bytes(b"grew")
+            os.utime(victim, ns=(1, 1))  # the same entry in both runs
+        else:
+            victim.unlink()
+        return got
+    monkeypatch.setattr(pipeline, "scan", scan_then_change)
+    docs = []
+    for store, processes in (("a", "0"), ("b", "2")):
+        victim.write_bytes(body)
+        r = run_cli("--store", str(tmp_path / store), "--catalog", str(tmp_path / f"{store}.db"), "archive", str(src),
+                    "--name", "m", "--processes", processes, "--json")
+        docs.append({k: v for k, v in r.json().items() if k not in ("seconds", "files_by_processes")})
+        if change == "grown":  # read as it is when opened (its settled fstat), as on threads
+            assert r.code == 0 and docs[-1]["bytes_in"] == sum(p.stat().st_size for p in src.rglob("*")
+                                                                if p.is_file() and not p.is_symlink())
+            continue
+        assert r.code == 1 and not list((tmp_path / store).glob("manifests/**/*")), r.out + r.err
+        assert docs[-1]["kind"] == "source-changed", docs[-1]
+    assert docs[0] == docs[1]
+
+
+def test_files_cache_hits_mixed_with_misses_and_progress_totals(tmp_path, home, small_tasks):
+    """A re-archive where some small files changed (misses, to the workers) and most did not
+    (files-cache hits): the threads' manifest and counts; progress reaches its total exactly."""
+    from archiver.progress import Progress
+
+    class Counting(Progress):
+        def __init__(self) -> None:
+            super().__init__()
+            self.totals: list[int] = []
+            self.done = 0
+
+        def start(self, label: str, total: int) -> None:
+            super().start(label, total)
+            self.totals.append(total)
+            self.done = 0
+
+        def advance(self, n: int) -> None:
+            super().advance(n)
+            self.done += n
+
+    src = make_tree(tmp_path / "src")
+    results, progress = {}, {}
+    for store, processes in (("a", 0), ("b", 2)):
+        _archive(tmp_path, src, str(tmp_path / store), processes)
+    for i, f in enumerate(sorted((src / "d1" / "inner").glob("f*.txt"))[:25]):
+        f.write_bytes(os.urandom(200 + i))
+        os.utime(f, ns=(10**18 + i, 10**18 + i))
+    for store, processes in (("a", 0), ("b", 2)):
+        progress[store] = p = Counting()
+        results[store] = _archive(tmp_path, src, str(tmp_path / store), processes, progress=p)
+    a, b = results["a"], results["b"]
+    assert b.files_by_processes == 25 and a.files_by_processes == 0
+    assert (b.id, b.files_reused, b.new_chunks, b.new_bytes_stored) == \
+        (a.id, a.files_reused, a.new_chunks, a.new_bytes_stored)
+    assert progress["b"].totals == progress["a"].totals and progress["b"].done == progress["a"].done
+
+
+@pytest.mark.parametrize("shape", ["only-big", "only-small", "empty-dir"])
+def test_trees_with_nothing_for_one_side(tmp_path, home, small_tasks, shape):
+    """processes=2 when the workers or the driver's threads get no file at all: the threads'
+    manifest, no process left."""
+    src = tmp_path / "src"
+    src.mkdir()
+    if shape == "only-big":
+        (src / "big").write_bytes(os.urandom(fanout.BATCH_FILE_BELOW + 5))
+    elif shape == "only-small":
+        for i in range(25):
+            (src / f"s{i}").write_bytes(os.urandom(i * 10))
+    kids0 = _children()
+    procs = _archive(tmp_path, src, str(tmp_path / "b"), 2)
+    assert procs.id == _archive(tmp_path, src, str(tmp_path / "a"), 0).id
+    assert procs.files_by_processes == (25 if shape == "only-small" else 0)
+    assert len(_children() - kids0) <= 1
+
+
+def test_a_ctrl_c_while_the_pool_starts_raises_and_leaves_no_process(tmp_path, monkeypatch):
+    """Ctrl-C while SmallFilePool starts its workers (the driver waits for the fork server to
+    report a new worker's pid): KeyboardInterrupt, no hang, no process left. It used to leave
+    that worker untracked, alive, and `close` waited for the fork server forever."""
+    import faulthandler
+    import multiprocessing
+    import signal
+    from multiprocessing import forkserver
+    src = make_tree(tmp_path / "src")
+    settings = api.open_repository(str(tmp_path / "s"), str(tmp_path / "c.db"), create=True).settings
+    files = [s for s in scan([src]) if not s.is_dir and not s.is_link and s.size < fanout.BATCH_FILE_BELOW]
+    jobs = [procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, None, [files[i:i + 10]])
+            for i in range(0, len(files), 10)]
+    real = forkserver.read_signed
+    sent: list[bool] = []
+
+    def sigint_then_read(fd: int) -> int:
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(fd)
+    monkeypatch.setattr(forkserver, "read_signed", sigint_then_read)
+    kids0 = _children()
+    faulthandler.dump_traceback_later(30, exit=True)  # a hang fails the run instead of blocking it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            procfiles.SmallFilePool(2, jobs, lambda _done: None, on_error=lambda: None)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    assert sent and multiprocessing.active_children() == []
+    assert forkserver._forkserver._forkserver_pid is None
+    assert len(_children() - kids0) <= 1  # at most multiprocessing's resource tracker
+
+
+def test_storage_class_through_workers_on_every_pack_indexes_hot(tmp_path, home, moto_server, aws_env, monkeypatch,
+                                                                   small_tasks):
+    """A storage class reaches the workers: every pack they write is in it, every pack index
+    (metadata) stays in the hot class, as on threads."""
+    import uuid
+    import boto3
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    bucket = f"cold-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    src = make_tree(tmp_path / "src")
+    policy = api.write_policy(storage_class="STANDARD_IA")
+    done = api.archive([src], name="m", store=f"s3://{bucket}/p", catalog=str(tmp_path / "c.db"), processes=2,
+                       write_policy=policy)
+    assert done.files_by_processes > 0
+    assert done.id == _archive(tmp_path, src, str(tmp_path / "a"), 0).id
+    objs = [o for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="p/")
+            for o in page.get("Contents", [])]
+    packs_ = [o for o in objs if o["Key"].startswith("p/packs/")]
+    indexes = [o for o in objs if o["Key"].startswith("p/packindex/")]
+    assert len(packs_) >= 2 and len(indexes) == len(packs_)
+    assert {o["StorageClass"] for o in packs_} == {"STANDARD_IA"}
+    assert {o.get("StorageClass", "STANDARD") for o in indexes} == {"STANDARD"}
+
+
+def test_a_failed_commit_then_lost_packs_rerun_names_no_missing_chunk(tmp_path, home, small_tasks, monkeypatch):
+    """Workers' packs adopted and recorded, then the commit fails; the packs are lost before the
+    re-run: the journal's entries are not taken on trust (their chunks are stored again), the
+    re-run's manifest is the threads' one and a deep verify finds every chunk."""
+    from archiver.errors import StoreError
+    from archiver.repository import Repository
+    src = make_tree(tmp_path / "src")
+    store = tmp_path / "s"
+
+    def failing(self, *a, **k):  # type: ignore[no-untyped-def]
+        raise StoreError("the manifest could not be written (test)")
+    with monkeypatch.context() as m:
+        m.setattr(Repository, "commit_manifest", failing)
+        with pytest.raises(StoreError, match="test"):
+            _archive(tmp_path, src, str(store), 2)
+    lost = list((store / "packs").rglob("*"))
+    assert any(p.is_file() for p in lost)
+    for p in lost:
+        if p.is_file():
+            p.unlink()
+    again = _archive(tmp_path, src, str(store), 2)
+    assert again.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
+    report = api.verify([again.id], store=str(store), catalog=str(tmp_path / "s.db"), deep=True)
+    assert report.ok, report.problems
