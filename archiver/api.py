@@ -107,7 +107,10 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
     `executor`: "local" (default: threads, several files at once) or "ray" (one Ray task per
     file; `ray_address`, `task_cpus` per task, `max_inflight` tasks at once), or an Executor
     (archiver.executors). With `resume` (default) the files of an earlier run of this same
-    archive that was killed are taken from its journal under the archiver home, if unchanged."""
+    archive that was killed are taken from its journal under the archiver home, if unchanged.
+    `processes` (default 0: threads only): worker processes for the small files, None for
+    auto (as the CLI); each worker imports the caller's `__main__` again, so a script that
+    opts in must guard its top level with `if __name__ == "__main__":` (README, "Scaling out")."""
     key = signing_key(sign_key)
     block = profile_block if profile_block is not None else make_profile_block(profile, meta_file, profile_data)
     ex = make_executor(executor, ray_address=ray_address, task_cpus=task_cpus, max_inflight=max_inflight)

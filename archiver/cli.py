@@ -169,6 +169,9 @@ def cli(ctx: click.Context, store: str | None, catalog: str | None) -> None:
                    "symlinks; a Hugging Face cache snapshot's links into blobs/ are always followed).")
 @click.option("--reread", is_flag=True,
               help="Read every file, even those the files cache shows unchanged since an earlier archive.")
+@click.option("--processes", type=int, default=None, metavar="N",
+              help="Worker processes that archive the small files (0: threads only; default: one per core "
+                   "for 10,000 small files or more when a core is idle).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @executor_options
 @click.pass_obj
@@ -176,7 +179,8 @@ def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, me
                 sign_key: str | None, trust_verified_within: str | None, lock_mode: str | None,
                 retain_until: str | None, retain_for: str | None, legal_hold: bool, storage_class: str | None,
                 replicate_: bool, unsafe_store: bool, profile: str | None, meta_file: str | None,
-                attach: tuple[str, ...], dereference: bool, reread: bool, as_json: bool, **ex: Any) -> None:
+                attach: tuple[str, ...], dereference: bool, reread: bool, as_json: bool, processes: int | None = None,
+                **ex: Any) -> None:
     """Archive files and directories; prints the manifest id."""
     meta_d = _parse_meta(meta)
     attachments = _parse_attach(attach)
@@ -192,7 +196,7 @@ def archive_cmd(c: Ctx, paths: tuple[str, ...], name: str, label: str | None, me
         res = api.archive(paths, name=name, label=label, meta=meta_d, sign_key=key, repo=repo, write_policy=policy,
                           trust_verified_within=trust, progress=Progress.for_terminal("archive", quiet=as_json),
                           unsafe_store=unsafe_store, profile_block=block, attach=attachments, dereference=dereference,
-                          reread=reread, **ex)
+                          reread=reread, processes=processes, **ex)
         copies = _replicate_new(c, repo, res.id, as_json, unsafe_store) if replicate_ else None
     if as_json:
         emit(res.to_dict() if copies is None else {**res.to_dict(), "replicated": [r.to_dict() for r in copies],

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from archiver import executors, pipeline
+from archiver import executors, pipeline, procfiles
 from archiver.chunking import ChunkPolicy
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
 from archiver.executors import Executor, Stopped
@@ -207,7 +207,7 @@ class _Recorder:
         self.lock = threading.Lock()
         self.last_sync = time.monotonic()
 
-    def __call__(self, src: Source, done: FileDone) -> None:
+    def __call__(self, src: Source | Entry, done: FileDone) -> None:
         with self.lock:
             self.out.entries[src.path] = done.entry
             if self.journal is not None:
@@ -256,6 +256,7 @@ class RemoteArchiveFile:
 class ArchivedFiles:
     entries: dict[str, Entry] = field(default_factory=dict)
     resumed: int = 0
+    by_processes: int = 0  # files archived by worker processes (archiver.procfiles): LIST proves their chunks
 
 
 def _unchanged(src: Source, snapshot: list[int]) -> bool:
@@ -268,9 +269,12 @@ def _unchanged(src: Source, snapshot: list[int]) -> bool:
 
 def archive_files(repo: Repository, sources: list[Source], executor: Executor, *, writer: Any, stats: Any,
                   policy: ChunkPolicy, write_policy: Any, progress: Progress, pool_workers: int,
-                  journal: Journal | None = None) -> ArchivedFiles:
+                  journal: Journal | None = None, processes: int | None = None,
+                  cpu_since: procfiles.CpuSample | None = None) -> ArchivedFiles:
     """Archive every regular file of `sources`: journalled ones that are provably unchanged
-    are resumed, the others run as tasks, largest first; each finished one is journalled."""
+    are resumed, the others run as tasks, largest first; each finished one is journalled.
+    `processes` (local executor): worker processes for the small files (archiver.procfiles;
+    0: threads only, None: auto, by how busy the rest of the machine was since `cpu_since`)."""
     out = ArchivedFiles()
     files = [s for s in sources if not s.is_dir and not s.is_link]
     prior = journal.load() if journal is not None else {}
@@ -287,6 +291,7 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
     stoppable = None
     dirs: DirFds | None = None
     record = _Recorder(out, journal)
+    nproc = 0
     if settings is not None:
         task: Any = RemoteArchiveFile(settings, policy, write_policy, executor.task_cpus)
         pool = None
@@ -295,6 +300,16 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
         pool = ThreadPoolExecutor(pool_workers, thread_name_prefix="archive")
         # small files in batches on a thread pool: one hand-off per batch, not per file
         items = local_batches(todo) if getattr(executor, "batch_small_files", False) else [[s] for s in todo]
+        nproc = procfiles.resolve(processes, small_files=sum(s.size < BATCH_FILE_BELOW for s in todo),
+                                  local=getattr(executor, "batch_small_files", False), sealed=repo.sealed,
+                                  has_settings=getattr(repo, "settings", None) is not None,
+                                  load=cpu_since.others_busy() if cpu_since is not None else None)
+        if nproc:  # the runs of small files go to worker processes, the big files stay here
+            jobs = [procfiles.SmallJob(procfiles.worker_settings(repo.settings),  # type: ignore[arg-type]
+                                       policy, write_policy,
+                                       writer.trust_verified_within, runs)
+                    for runs in procfiles.tasks_of([r for r in items if r[0].size < BATCH_FILE_BELOW])]
+            items = [r for r in items if r[0].size >= BATCH_FILE_BELOW]
         # Chunks in flight stay at about one per pool thread in all (memory: a few chunks per
         # core), shared by the files read at once; a lone big file gets the whole window.
         at_once = max(1, min(executor.max_inflight, len(items)))
@@ -305,8 +320,13 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
         # in the middle of a batch still resumes the batch's finished files
         task = LocalArchiveBatch(writer, pool, policy, window, stoppable, dirs,  # type: ignore[arg-type]
                                  on_done=record)
+    small: procfiles.SmallFilePool | None = None
     try:
         stop = stoppable.stop if stoppable is not None else None
+        if nproc:
+            small = procfiles.SmallFilePool(nproc, jobs, _taker(repo, out, stats, progress, record),
+                                            on_error=stoppable.stop)  # type: ignore[union-attr]
+            stop = _both(stoppable.stop, small.cancel)  # type: ignore[union-attr]
         for src, done in executors.run(executor, task, items, describe=_describe, stop=stop):
             if settings is None:
                 continue  # the batch recorded its files itself
@@ -316,6 +336,15 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
                 stats.repaired_chunks += done.repaired_chunks
             progress.advance(done.entry.size)
             record(src, done)
+        if small is not None:
+            small.close()
+            small.raise_error()
+    except BaseException:
+        if small is not None:
+            small.cancel()
+            small.close()
+            small.raise_error()  # a worker's error came first: the threads stopped because of it
+        raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -324,6 +353,31 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
         if journal is not None:
             journal.close()
     return out
+
+
+def _taker(repo: Repository, out: ArchivedFiles, stats: Any, progress: Progress, record: _Recorder) -> Any:
+    """What the driver does with a worker process's finished task: adopt its packs (all
+    durable by now), count its new chunks, then record and journal each of its files."""
+    def take(done: procfiles.SmallDone) -> None:
+        repo.adopt_packs(done.packs)
+        with stats.lock:
+            stats.new_chunks += done.new_chunks
+            stats.new_bytes += done.new_bytes
+            stats.repaired_chunks += done.repaired_chunks
+        for row in done.files:
+            file_done = procfiles.unflat(row)
+            progress.advance(file_done.entry.size)
+            record(file_done.entry, file_done)  # the recorder reads only `.path`, which an Entry has too
+        with record.lock:
+            out.by_processes += len(done.files)
+    return take
+
+
+def _both(first: Any, second: Any) -> Any:
+    def both() -> None:
+        first()
+        second()
+    return both
 
 
 def _stored_entries(repo: Repository, journalled: dict[str, Entry]) -> dict[str, Entry]:

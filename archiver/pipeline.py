@@ -57,6 +57,7 @@ class ArchiveResult:
     resumed_files: int = 0  # files taken from the resume journal of an earlier, interrupted run
     retention: dict[str, Any] | None = None  # lock mode, retain_until, legal_hold, storage_class (if asked)
     files_reused: int = 0  # unchanged files not read: entries reused from the files cache, chunks proved
+    files_by_processes: int = 0  # files archived by worker processes (archiver.procfiles; 0: all on threads)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -123,7 +124,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
             trust_verified_within: float | None = None, write_policy: Any = None,
             profile: Mapping[str, Any] | None = None, attachments: Iterable[tuple[str, str | os.PathLike]] = (),
             dereference: bool = False, reread: bool = False, executor: Any = None,
-            max_inflight: int | None = None, journal: Any = None) -> ArchiveResult:
+            max_inflight: int | None = None, journal: Any = None, processes: int | None = 0) -> ArchiveResult:
     """Archive files and directories under `name`; returns the committed manifest's summary.
     With `sign_key` (an Ed25519 private key) the manifest id is signed before it is recorded.
     `name`, `label` and `meta` are checked before the scan, so bad ones write nothing.
@@ -146,7 +147,13 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     `executor` (archiver.executors; default a LocalExecutor with `max_inflight` files at once):
     where the per-file tasks run (archiver.fanout). `journal` (archiver.journal.Journal): files
     finished by an earlier, killed run of the same archive are resumed from it, and each file
-    finished now is added; it is removed once the manifest is committed."""
+    finished now is added; it is removed once the manifest is committed.
+    `processes`: worker processes that archive the small files of a local run
+    (archiver.procfiles): 0 none (threads only, the default: a worker imports the caller's
+    `__main__` again, which only a script guarded by `if __name__ == "__main__"` survives),
+    None auto (one per core for many small files when a core is idle; the CLI's default), N."""
+    from archiver.procfiles import CpuSample
+    cpu_since = CpuSample.now()  # how busy the rest of the machine is during the scan (procfiles.resolve)
     trust_verified_within = _check_trust_window(trust_verified_within)
     if write_policy is not None:
         repo.check_lockable(write_policy)
@@ -195,7 +202,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     try:
         done = fanout.archive_files(repo, [s for s in sources if s.path not in reused], ex, writer=writer, stats=stats, policy=policy,
                                     write_policy=write_policy, progress=progress, pool_workers=nworkers,
-                                    journal=journal)
+                                    journal=journal, processes=processes, cpu_since=cpu_since)
     finally:
         if executor is None:
             ex.close()
@@ -209,7 +216,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
             entries.append(reused[src.path] if src.path in reused else done.entries[src.path])
     progress.finish()
     read_maps = None  # the file maps the check below read: commit_manifest does not read them again
-    if ex.distributed or done.resumed:  # chunks this process did not save itself: LIST proves them stored
+    # chunks this process did not save itself (other hosts, worker processes, a journal): LIST proves them stored
+    if ex.distributed or done.resumed or done.by_processes:
         repo.flush_packs()  # and the ones it did save, still in its open pack, are in the store to be listed
         read_maps = fanout.check_chunks_stored(repo, entries)
     synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
@@ -251,7 +259,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     files_cache.close()
     if journal is not None:
         journal.remove()  # committed: nothing is left to resume
-    return ArchiveResult(id=committed.id, signed_by=committed.signed_by, files_reused=files_cache.reused, **details)
+    return ArchiveResult(id=committed.id, signed_by=committed.signed_by, files_reused=files_cache.reused,
+                         files_by_processes=done.by_processes, **details)
 
 
 def _same_as_synced(repo: Repository, manifest: Manifest, head: str) -> Manifest:

@@ -179,6 +179,7 @@ class Repository:
         self._packstate = PackState()  # the open pack, packs in flight, proved packs (archiver.packs)
         self._pack_below = packs.SMALL_OBJECT if pack_below is None else pack_below  # 0: never pack
         self._trees_read: set[str] = set()  # trees read and hash-checked since the last commit (tree_object_proved)
+        self._adopted: list[tuple[packs.PackIndex, str]] = []  # packs worker processes wrote (adopt_packs), with ids
         if sealer is not None:  # sealed: every object is sealed on its own and listed by its companion
             self._pack_below = 0
 
@@ -1082,6 +1083,8 @@ class Repository:
     def chunk_sizes(self, hashes: Iterable[str]) -> dict[str, int]:
         """Stored size of each of `hashes` that the store holds (in its own object, or in a
         pack that exists with the size its index records): see `chunk_presence`."""
+        if self._adopted:
+            return self._adopted_sizes(hashes)
         return self.chunk_presence(hashes)[0]
 
     def _own_chunk_sizes(self, hashes: Iterable[str]) -> dict[str, int]:
@@ -2486,6 +2489,58 @@ class Repository:
         with ps.lock:
             while ps.in_flight:
                 ps.idle.wait()
+
+    def task_packs(self) -> list[packs.PackIndex]:
+        """A worker process's end of task (archiver.procfiles): write the open packs, wait for
+        packs in flight, and hand back the indexes written since the last call without
+        recording them (its catalog is read-only: the driver records them, `adopt_packs`).
+        Raises the first failure of a pack write; either way no open pack is left behind."""
+        ps = self._packstate
+        self.write_open_packs()
+        with ps.lock:
+            errors, ps.errors = ps.errors, []
+            done, ps.unrecorded = ps.unrecorded, []
+        if errors:
+            raise errors[0]
+        return done
+
+    def adopt_packs(self, indexes: Iterable[packs.PackIndex]) -> None:
+        """Packs a worker process of this run wrote and waited for (`task_packs`): recorded in
+        the catalog at the next `flush_packs`, and found by this process's dedup and presence
+        checks (`chunk_presence` still proves each by LIST). Not marked proved: a chunk of one
+        is read back before this process builds on it."""
+        ps = self._packstate
+        with ps.lock:
+            for index in indexes:
+                iid = index.id
+                for i, e in enumerate(index.entries):
+                    ps.written_at.setdefault(e.hash, []).append((index, iid, i))
+                ps.unrecorded.append(index)
+                self._adopted.append((index, iid))
+
+    def _adopted_sizes(self, hashes: Iterable[str]) -> dict[str, int]:
+        """`chunk_sizes` when worker processes wrote packs in this run: a chunk of an adopted
+        pack is held at its indexed size if that pack is in the store at its size and its index
+        is too (by LIST, or a HEAD each: `_present`), found once per pack rather than once per
+        chunk; every other chunk as `chunk_presence` finds it."""
+        wanted = set(hashes)
+        with self._packstate.lock:
+            adopted = list(self._adopted)
+        keys = sorted({layout.pack(index.pack) for index, _ in adopted} |
+                      {layout.pack_index(iid) for _, iid in adopted})
+        held = dict(zip(keys, self._present(keys)))
+        sizes: dict[str, int] = {}
+        for index, iid in adopted:
+            info = held[layout.pack(index.pack)]
+            if info is None or info.size != index.size or held[layout.pack_index(iid)] is None:
+                continue
+            for e in index.entries:
+                if e.hash in wanted:
+                    sizes.setdefault(e.hash, e.stored_size)
+        rest = [h for h in wanted if h not in sizes]
+        if rest:
+            sizes.update(self.chunk_presence(rest)[0])
+        return sizes
 
     def _pack_locations(self, h: str) -> list[PackLocation]:
         return self._pack_locations_many([h]).get(h, [])

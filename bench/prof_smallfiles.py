@@ -31,6 +31,8 @@ def main() -> int:
     ap.add_argument("src", type=Path)
     ap.add_argument("--cprofile", type=Path)
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--processes", type=int, default=None,
+                    help="worker processes for the small files (archiver.procfiles; default auto, 0 threads only)")
     args = ap.parse_args()
     import time
     from archiver import api, fanout
@@ -46,13 +48,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as td:
         os.environ["ARCHIVER_HOME"] = f"{td}/home"
         repo = api.open_repository(f"{td}/store", f"{td}/catalog.db", create=True)
+        import resource
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         with Measured(args.cprofile is not None) as m:
-            res = api.archive([str(args.src)], name="bench", repo=repo, resume=False)
+            res = api.archive([str(args.src)], name="bench", repo=repo, resume=False,
+                              processes=args.processes)
             tail = time.perf_counter() - files_end[-1]
         repo.close()
-    print(f"id {res.id} files {res.files} chunks {res.chunks}")
+    print(f"id {res.id} files {res.files} chunks {res.chunks} on worker processes {res.files_by_processes}")
     print(m.summary())
     print(f"serial tail (after the file tasks) {tail:.3f} s wall")
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)
+    children = done.ru_utime + done.ru_stime - kids.ru_utime - kids.ru_stime
+    if children:  # the fork server and its workers (archiver.procfiles), waited for at the run's end
+        print(f"child processes (not in the CPU above): {children:.2f} CPU-s")
     if args.cprofile:
         m.dump_profile(args.cprofile, args.top)
     return 0

@@ -179,6 +179,9 @@ def one_run(src: Path, tmp: Path, change: Callable[[], int], failures: list[str]
         for step in ("re-archive unchanged", TRUST_UNCHANGED, TRUST_CHANGED):
             ours = json.loads(out["archiver"][step].stdout)
             out["archiver"][step].extra["files_reused"] = ours.get("files_reused")
+        first = json.loads(out["archiver"]["archive"].stdout)  # which mode auto chose (archiver.procfiles)
+        out["archiver"]["archive"].extra["files_by_processes"] = first.get("files_by_processes")
+        log(f"  archiver archive: {first.get('files_by_processes')} of {first.get('files')} files on worker processes")
     shutil.rmtree(tmp, ignore_errors=True)
     return out
 

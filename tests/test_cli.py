@@ -20,7 +20,7 @@ COMMANDS = [[], ["archive"], ["list"], ["show"], ["verify"], ["restore"], ["cata
 # documented (README) or established --json keys
 ARCHIVE_KEYS = {"id", "name", "label", "files", "dirs", "bytes_in", "bytes_stored", "new_bytes_stored", "chunks",
                 "new_chunks", "seconds", "parent", "signed_by", "repaired_chunks", "retention", "files_reused",
-                "resumed_files"}
+                "resumed_files", "files_by_processes"}
 LIST_KEYS = {"id", "name", "label", "parent", "recorded_at", "files", "size", "stored"}
 VERIFY_KEYS = {"ok", "problems", "mode", "manifests", "chunks_checked", "chunks_read", "bytes_read", "files_hashed",
                "seconds", "audit_error", "event", "event_error", "not_checked_cold", "retention_checked", "thaw",

@@ -1,0 +1,289 @@
+"""Small files of a local archive on worker processes, big ones on the driver's threads.
+
+A first archive of many small files is bound by the GIL: each file's read, BLAKE3, SHA-256
+and codec round trip take a few tens of microseconds of Python, so two threads take as long
+as one. Here the runs of small files (`fanout.local_batches`) go, a few thousand files a
+task, to a process pool of `processes` workers ('forkserver': never a fork of a threaded
+process), while files of `fanout.BATCH_FILE_BELOW` or more stay on the driver's threads.
+
+A task gets plain values (Settings, chunk and write policies, its Sources) and runs the
+threaded path's own batch code (`fanout.LocalArchiveBatch`) against a repository it opens
+once per process: the store, and the catalog READ-ONLY (a chunk the catalog knows is
+proved, not stored again, by the same rules as on threads). Its packs are task-scoped: it
+writes every pack it filled, the last one too, and waits for them before it returns the
+files' entries and the indexes of its packs (never object bytes). The driver then adopts
+those packs (`Repository.adopt_packs`: recorded at its next flush, found by its dedup, not
+trusted), journals the task's files (their chunks are durable now), and before the commit
+proves by LIST that every chunk named is in the store at its size (`fanout.check_chunks_stored`).
+A task that fails leaves only unreferenced objects behind (the orphan rules apply)."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+import threading
+from concurrent.futures import Future, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from archiver import executors, workerprocs
+from archiver.chunking import ChunkPolicy
+from archiver.errors import ArchiverError, InvalidOptionError
+from archiver.packs import PackIndex
+from archiver.rayexec import Failure, call_catching
+from archiver.scan import Source
+from archiver.settings import Settings
+from archiver.workerprocs import CpuSample, unavailable  # noqa: F401 - re-exported: pipeline and tests name them here
+
+# Auto mode uses processes only for at least this many small files: a small file costs about
+# 90 us of CPU wherever it runs, so two workers save about 45 us of wall a file on an idle
+# machine, against about 0.3 s to start the pool and a hand-off per file on the driver
+# (bench/RESULTS.md, "Small files on worker processes (branch sfproc)").
+AUTO_MIN_FILES = 10_000
+# ... and only when at least this many cores were left idle by the rest of the machine since
+# the archive started (its scan: `CpuSample`), else by the 1-minute load average: the pool's
+# workers share this session's CPU with the rest of the machine, so on a busy machine they add
+# their start-up and hand-off to the same share and lose (same section).
+AUTO_IDLE_CORES = 1.0
+
+
+# What the fork server imports once, so each worker forks with it loaded instead of importing
+# it again (the per-file path: codecs, hashing, format detection with numpy, the store).
+PRELOAD = ["archiver.procfiles", "archiver.fanout", "archiver.pipeline", "archiver.repository",
+           "archiver.stores"]
+
+
+def preload() -> list[str]:
+    """PRELOAD, and the CLI's module when the driver runs it: each worker imports the driver's
+    `__main__` again (the `archiver` console script imports archiver.cli; `python -m
+    archiver.cli` runs it), so the server imports it once for all of them."""
+    return PRELOAD + (["archiver.cli"] if "archiver.cli" in sys.modules else [])
+
+
+# Runs of a task in flight at once in a worker (threads): a full pack's write and fsync block
+# only the thread that filled it.
+RUN_THREADS = 2
+# Files per task: few hand-offs (each costs a pickle of its Sources and entries), yet enough
+# tasks that the two workers finish at about the same time.
+TASK_FILES = 1500
+
+
+def resolve(requested: int | None, *, small_files: int, local: bool, sealed: bool, has_settings: bool,
+            load: float | None = None) -> int:
+    """How many worker processes archive the small files: `requested` (0: none, on threads;
+    None: auto, one per core when there are at least AUTO_MIN_FILES small files, two cores or
+    more, and AUTO_IDLE_CORES of them idle: `load`, the cores the rest of the machine keeps
+    busy (`CpuSample.others_busy`), else the 1-minute load average). Only the local executor on an unsealed store opened from Settings can: a sealed
+    run's key lives in the driver, and a worker reopens the store from the driver's Settings."""
+    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 0):
+        raise InvalidOptionError("processes", f"must be a whole number >= 0, got {requested!r}")
+    possible = local and not sealed and has_settings
+    if requested is not None:
+        if requested and not possible:
+            why = "a sealed store" if sealed else "the local executor" if not local else \
+                "a repository opened from Settings (archiver.api.open_repository)"
+            raise InvalidOptionError("processes", f"worker processes need {why}")
+        why_not = unavailable() if requested else None
+        if why_not is not None:
+            raise InvalidOptionError("processes", f"worker processes cannot start here ({why_not})")
+        return requested
+    cores = os.cpu_count() or 1
+    if not possible or cores < 2 or small_files < AUTO_MIN_FILES:
+        return 0
+    return cores if workerprocs.spare_cores(busy=load) >= AUTO_IDLE_CORES and unavailable() is None else 0
+
+
+def tasks_of(runs: list[list[Source]], per_task: int | None = None) -> list[list[list[Source]]]:
+    """The small-file runs grouped into tasks of about `per_task` (TASK_FILES) files, in order."""
+    per_task = per_task or TASK_FILES
+    out: list[list[list[Source]]] = []
+    count = per_task
+    for run in runs:
+        if count >= per_task:
+            out.append([])
+            count = 0
+        out[-1].append(run)
+        count += len(run)
+    return out
+
+
+@dataclass(frozen=True)
+class SmallJob:
+    """One task: plain values only (it is pickled to a worker)."""
+
+    settings: Settings
+    policy: ChunkPolicy
+    write_policy: Any
+    trust_verified_within: float | None
+    runs: list[list[Source]]
+
+
+# Entry's fields, in the order `_flat` sends a plain file's: a field added to Entry fails the
+# tests (tests/test_procfiles.py) until the flat form carries it too.
+FLAT_FIELDS = ("path", "type", "mode", "size", "mtime_ns", "blake3", "sha256", "format", "chunks", "tech",
+               "target", "filemap", "chunk_count")
+
+
+def _flat(done: Any) -> tuple[Any, ...]:
+    """A FileDone as plain tuples (unpickling a dataclass per entry and per chunk ref cost the
+    driver more than the entry's whole archive did on threads)."""
+    e = done.entry
+    if e.type != "file" or e.target or e.filemap:
+        return (done,)  # not a small file's entry: as it is
+    return (e.path, e.mode, e.size, e.mtime_ns, e.blake3, e.sha256, e.format,
+            tuple((c.offset, c.length, c.hash, c.stored_size, c.codec) for c in e.chunks), e.tech,
+            done.snapshot, done.new_chunks, done.new_bytes, done.repaired_chunks)
+
+
+def unflat(row: tuple[Any, ...]) -> Any:
+    """The FileDone `_flat` made `row` from."""
+    from archiver.fanout import FileDone
+    from manifests.model import ChunkRef, Entry
+    if len(row) == 1:
+        return row[0]
+    path, mode, size, mtime_ns, b3, sha, fmt, chunks, tech, snapshot, new_chunks, new_bytes, repaired = row
+    entry = Entry(path=path, type="file", mode=mode, size=size, mtime_ns=mtime_ns, blake3=b3, sha256=sha,
+                  format=fmt, chunks=tuple(ChunkRef(*c) for c in chunks), tech=tech)
+    return FileDone(entry, snapshot, new_chunks, new_bytes, repaired)
+
+
+@dataclass
+class SmallDone:
+    """What a task returns: each file's FileDone (as `_flat` rows), and the packs it wrote (all durable)."""
+
+    files: list[tuple[Any, ...]] = field(default_factory=list)
+    packs: list[PackIndex] = field(default_factory=list)
+    new_chunks: int = 0
+    new_bytes: int = 0
+    repaired_chunks: int = 0
+
+
+@functools.lru_cache(maxsize=2)
+def _repository(settings: Settings) -> Any:
+    """This worker's repository for one store, opened once per process: the store, and the
+    catalog read-only (never created, migrated or locked; the driver is its one writer)."""
+    from archiver.repository import Repository
+    return Repository.open(settings, read_only=True)
+
+
+def run_job(job: SmallJob) -> SmallDone:
+    """Archive a task's runs of small files in this worker process (see the module doc)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from archiver import fanout, pipeline
+    from archiver.parallel import window_for
+    from archiver.progress import Progress
+    from archiver.scan import DirFds
+    repo = _repository(job.settings)
+    stats = pipeline._Stats()
+    writer = pipeline._ChunkWriter(repo, stats, job.trust_verified_within, job.write_policy)
+    out = SmallDone()
+    dirs = DirFds()
+    pool = ThreadPoolExecutor(2, thread_name_prefix="task")  # chunked files (cdc_min up to BATCH_FILE_BELOW)
+    try:
+        task = fanout.LocalArchiveBatch(writer, pool, job.policy, window_for(2), Progress(), dirs,
+                                        on_done=lambda _src, done: out.files.append(_flat(done)))
+        # two runs at a time: one's pack write and fsync (the GIL released) overlaps the other's work
+        runs = ThreadPoolExecutor(RUN_THREADS, thread_name_prefix="run")
+        try:
+            for _ in runs.map(task, job.runs):
+                pass
+        finally:  # after an error, the runs not started are not started
+            runs.shutdown(wait=True, cancel_futures=True)
+        out.packs = repo.task_packs()  # every pack of this task is durable before it returns
+    except BaseException:
+        try:  # the next task of this process starts with no open or failed pack of this one
+            repo.task_packs()
+        except BaseException:  # noqa: BLE001 - the first error is the one to report
+            pass
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        dirs.close()
+    out.new_chunks, out.new_bytes, out.repaired_chunks = stats.new_chunks, stats.new_bytes, stats.repaired_chunks
+    return out
+
+
+def _call(job: SmallJob) -> Any:
+    """`run_job`, an ArchiverError coming back as plain values (rayexec.Failure): an error
+    with a keyword constructor does not unpickle."""
+    return call_catching(run_job, job)
+
+
+def worker_settings(settings: Settings) -> Settings:
+    """The driver's Settings with the S3 endpoint it resolved written into the S3 options, so a
+    worker reaches the same service whatever its environment (as Settings.with_store does)."""
+    if settings.endpoint and not settings.s3.endpoint_url:
+        return dataclasses.replace(settings, s3=dataclasses.replace(settings.s3, endpoint_url=settings.endpoint))
+    return settings
+
+
+class SmallFilePool:
+    """The driver's side: submits every task at once (the pool runs `processes` at a time),
+    and takes each result on a thread of its own as it completes, so big files archive on
+    the driver's threads meanwhile. `take(SmallDone)` is called for each task that succeeded,
+    in completion order (also after another failed: its packs are durable); the first error
+    cancels the tasks not started, calls `on_error` and is kept for `raise_error`."""
+
+    def __init__(self, processes: int, jobs: list[SmallJob], take: Callable[[SmallDone], None],
+                 on_error: Callable[[], None]) -> None:
+        # a fork server this run starts is stopped (and waited for) by `close`: no process outlives
+        # the archive, and the workers' CPU is counted in this process's children, as threads' is
+        self._pool = workerprocs.pool(processes, preload())
+        self._futures: dict[Future[Any], SmallJob] = {}
+        self.error: BaseException | None = None
+        self._take, self._on_error = take, on_error
+        try:
+            for job in jobs:
+                self._futures[self._pool.submit(_call, job)] = job
+        except BaseException:
+            workerprocs.close(self._pool)
+            raise
+        self._thread = threading.Thread(target=self._collect, name="small-files", daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        """Takes every task that succeeded, also after another failed (its files' packs are
+        durable: journalled, a re-run resumes them); the first error is the one kept."""
+        for fut in as_completed(self._futures):
+            if fut.cancelled():
+                continue
+            job = self._futures[fut]
+            try:
+                value = fut.result()
+                if isinstance(value, Failure):
+                    raise value.error()
+                self._take(value)
+            except ArchiverError as e:
+                self._fail(e)
+            except BrokenProcessPool as e:
+                self._fail(executors.TaskLostError(str(job.runs[0][0].abspath),
+                                                   f"a worker process died ({' '.join(str(e).split())[:200]})"))
+            except BaseException as e:  # noqa: BLE001 - a task's unexpected error names its first file
+                self._fail(executors.lost(str(job.runs[0][0].abspath), e))
+
+    def _fail(self, e: BaseException) -> None:
+        if self.error is not None:
+            return
+        self.error = e
+        for f in self._futures:
+            f.cancel()
+        self._on_error()
+
+    def cancel(self) -> None:
+        """Stop: tasks not started are cancelled; running ones finish (their packs are harmless)."""
+        if self.error is None:
+            self.error = executors.Stopped()
+        for f in self._futures:
+            f.cancel()
+
+    def close(self) -> None:
+        """Wait for the running tasks and the collector, then stop the workers."""
+        self._thread.join()
+        workerprocs.close(self._pool)
+
+    def raise_error(self) -> None:
+        if self.error is not None and not isinstance(self.error, executors.Stopped):
+            raise self.error
+

@@ -1,0 +1,149 @@
+"""Worker process pools for CPU-bound work the GIL would serialise on threads.
+
+One small API, shared by the small-file archive (archiver.procfiles) and anything else that
+wants whole cores (deep verify's proofs): `pool(processes, preload)` gives a
+ProcessPoolExecutor, `close(pool)` stops it, `unavailable()` says why none can start here,
+`CpuSample`/`spare_cores` tell whether the machine has a core to give it.
+
+The pool uses the stock 'forkserver' start method: a worker is forked from a small server
+process that imported `preload` once, never from the driver (forking a process that runs
+threads can deadlock on a lock another thread held). As with every spawn/forkserver pool,
+each worker imports the driver's `__main__` again under the name `__mp_main__` (Python's
+rule: a script that starts workers must guard its top level with `if __name__ == "__main__"`);
+the `archiver` console script and `python -m archiver.cli` are guarded and print nothing on
+import. A worker ignores Ctrl-C (the driver stops handing out tasks and waits for the running
+ones) and sees the driver's AWS_* variables of when the pool started, not those of when the
+fork server started."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import signal
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CpuSample", "WorkerPool", "close", "pool", "spare_cores", "unavailable"]
+
+START_METHOD = "forkserver"
+
+
+def _context() -> Any:
+    """The stock forkserver context (ValueError where the platform has none)."""
+    return multiprocessing.get_context(START_METHOD)
+
+
+def unavailable() -> str | None:
+    """Why no worker process can be started here (None: they can): no forkserver on this
+    platform, or no semaphores for the pool's queues (a container without /dev/shm)."""
+    try:
+        _context().Lock()
+    except (ImportError, OSError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _init_worker(aws_env: dict[str, str]) -> None:
+    """Ctrl-C is the driver's to handle; AWS_* are the driver's of now (boto3's credential
+    chain reads the environment; the fork server's may be older)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        del os.environ[name]
+    os.environ.update(aws_env)
+
+
+def _server() -> Any:
+    """The stdlib's fork server singleton, if this Python has one where we expect it (None
+    otherwise: then it is left alone and ends with the driver, as it always does)."""
+    from multiprocessing import forkserver
+    return getattr(forkserver, "_forkserver", None)
+
+
+class WorkerPool(ProcessPoolExecutor):
+    """A ProcessPoolExecutor that remembers whether its start started the fork server."""
+
+    started_server: bool = False
+
+
+def pool(processes: int, preload: list[str]) -> WorkerPool:
+    """A pool of `processes` workers forked from a server that imported `preload` (module
+    names; a name that fails to import is skipped by multiprocessing) once. Stop it with
+    `close`. Raises ValueError/OSError where `unavailable()` says why."""
+    if processes < 1:
+        raise ValueError(f"a worker pool needs at least one process, got {processes}")
+    ctx = _context()
+    server = _server()
+    # The preload is the server's: it applies when the server starts (here, if none runs yet;
+    # a server already running keeps the modules it has, and workers import the rest).
+    ctx.set_forkserver_preload(list(preload))
+    started_here = getattr(server, "_forkserver_pid", 0) is None
+    aws = {n: v for n, v in os.environ.items() if n.startswith("AWS_")}
+    executor = WorkerPool(processes, mp_context=ctx, initializer=_init_worker, initargs=(aws,))
+    executor.started_server = started_here
+    return executor
+
+
+def close(executor: ProcessPoolExecutor) -> None:
+    """Wait for the running tasks (those not started are cancelled), then stop the workers,
+    and the fork server too if this pool's start started it."""
+    executor.shutdown(wait=True, cancel_futures=True)
+    # Why stop the server: it would live until the driver exits, and then, orphaned, its
+    # workers' CPU would reach no one's RUSAGE_CHILDREN (a bench's or `time`'s count), and a
+    # long-lived API caller would keep an idle process per run. multiprocessing has no public
+    # stop; `_stop` (3.8+: waits for the server, removes its socket) is used only if present,
+    # and only for a server this pool started (another pool of the driver may still use one
+    # it did not start). Without it the server ends with the driver, which is correct too.
+    if getattr(executor, "started_server", False):
+        executor.started_server = False  # type: ignore[attr-defined]
+        stop = getattr(_server(), "_stop", None)
+        if callable(stop):
+            stop()
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """The machine's busy CPU seconds (/proc/stat: all but idle and iowait; None where there is
+    none) and this process's own, with children, at one moment: two samples tell how many
+    cores the rest of the machine kept busy in between, however long ago the 1-minute load
+    average was made."""
+
+    wall: float
+    machine: float | None
+    own: float
+
+    @classmethod
+    def now(cls) -> "CpuSample":
+        machine = None
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()
+            if fields and fields[0] == "cpu":
+                v = [int(x) for x in fields[1:]]
+                machine = (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError):
+            pass
+        own = sum(getattr(resource.getrusage(w), a) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                  for a in ("ru_utime", "ru_stime"))
+        return cls(time.monotonic(), machine, own)
+
+    def others_busy(self) -> float | None:
+        """Cores the rest of the machine kept busy since this sample (None if unknown, or if
+        too little time passed to tell)."""
+        later = CpuSample.now()
+        span = later.wall - self.wall
+        if self.machine is None or later.machine is None or span < 0.1:
+            return None
+        return max(0.0, (later.machine - self.machine) - (later.own - self.own)) / span
+
+
+def spare_cores(since: CpuSample | None = None, *, busy: float | None = None) -> float:
+    """Cores the rest of the machine left idle: `busy` if given, else measured since `since`
+    (`CpuSample.others_busy`), else the 1-minute load average (which lags a minute behind)."""
+    cores = os.cpu_count() or 1
+    if busy is None and since is not None:
+        busy = since.others_busy()
+    if busy is None:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return cores - busy
