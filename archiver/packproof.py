@@ -1,0 +1,200 @@
+"""Deep verify's early pack proofs, in a worker process.
+
+Why: a deep verify of many small files spends its first stretch in serial Python on the
+main thread (the manifests' trees, path checks, the read plan, the presence check) before it
+reads its first pack, and its own deep pass is GIL-bound too. The packs' bytes and their
+hashing depend on none of that: as soon as the catalog says which packed chunks the archives
+name (`Repository.early_spans`), worker processes from `workerprocs.pool` read those spans
+(one request each) and prove each chunk exactly as the deep pass does (decoded from its
+stored form, re-hashed to its BLAKE3), keeping the SHA-256 of its bytes, while the main
+process loads and plans. Only plain values cross: spans in, (hash, stored size, length,
+SHA-256) rows out, never object bytes.
+
+Nothing is trusted that was not proved: the catalog's spans are only a hint. The deep pass
+accepts a chunk from here only if the very ref it holds (hash, stored size, length) was
+proved, and then compares the file's own SHA-256 with that of the proved bytes. A chunk not
+proved here (damaged, missing, a span that could not be read, a task that failed, a chunk the
+catalog did not name) is read again the usual way, which words the problem as today."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from archiver import workerprocs
+from archiver.errors import ArchiverError, InvalidOptionError
+from archiver.settings import Settings
+from manifests.model import ChunkRef
+
+__all__ = ["AUTO_MIN_CHUNKS", "EarlyProofs", "check", "prove_task", "resolve", "start"]
+
+# Auto mode uses a worker process only for at least this many packed small chunks: below it
+# the pool's start (a fork server and a worker, ~0.3 s of CPU) costs more than the overlap
+# saves (bench/RESULTS.md, "Deep verify's pack proofs in a worker process (branch sfverify5)").
+AUTO_MIN_CHUNKS = 5_000
+# ... and only with at least this many cores left idle by the rest of the machine (the
+# 1-minute load average): the worker shares the CPU with the main process's loading.
+AUTO_IDLE_CORES = 1.0
+# Chunks per task: results come back in pack order while the rest is still being proved, so
+# the deep pass (which reads in pack order) starts on the first ones early.
+TASK_CHUNKS = 2_500
+
+PRELOAD = ["archiver.packproof", "archiver.repository", "archiver.stores"]
+
+# A span as `Repository.early_spans` gives it: (pack, start, end, [(hash, offset, stored, length)])
+Span = tuple[str, int, int, list[tuple[str, int, int, int]]]
+
+
+def check(requested: int | None) -> None:
+    """`requested` is None (auto) or a whole number >= 0 (InvalidOptionError otherwise)."""
+    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 0):
+        raise InvalidOptionError("processes", f"must be a whole number >= 0, got {requested!r}")
+
+
+def resolve(requested: int | None, *, chunks: int, sealed: bool, local: bool, has_settings: bool) -> int:
+    """How many worker processes prove the packs: `requested` (0: none, the deep pass reads
+    them on threads; None: auto, cores - 1 when there are AUTO_MIN_CHUNKS packed small chunks
+    or more, 2+ cores and AUTO_IDLE_CORES idle). Only the local executor on an unsealed store
+    opened from Settings can (a worker reopens the store from them; a sealed store's keys
+    live in this process)."""
+    check(requested)
+    possible = local and not sealed and has_settings
+    if requested is not None:
+        if requested and not possible:
+            why = "on a sealed store" if sealed else "with a distributed executor" if not local else \
+                "on a repository not opened from Settings (see archiver.api.open_repository)"
+            raise InvalidOptionError("processes", f"cannot prove packs in worker processes {why}")
+        why_not = workerprocs.unavailable() if requested else None
+        if why_not is not None:
+            raise InvalidOptionError("processes", f"worker processes cannot start here ({why_not})")
+        return requested
+    cores = os.cpu_count() or 1
+    if not possible or cores < 2 or chunks < AUTO_MIN_CHUNKS:
+        return 0
+    if workerprocs.spare_cores() < AUTO_IDLE_CORES or workerprocs.unavailable() is not None:
+        return 0
+    return cores - 1
+
+
+@functools.lru_cache(maxsize=2)
+def _repository(settings: Settings) -> Any:
+    """This worker's store, opened once per process (no catalog: spans come from the driver)."""
+    from archiver.repository import Repository
+    return Repository.store_only(settings)
+
+
+@dataclass
+class TaskProofs:
+    """What one task returns: hash -> (stored size, length, SHA-256 hex) of each chunk proved
+    intact, and the spans it read (pack, start, end), one request each."""
+
+    proved: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    reads: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+def prove_task(settings: Settings, spans: list[Span]) -> TaskProofs:
+    """In a worker: read each span once and prove its chunks (`Repository.proved_span`). A
+    store error leaves that span unproved: the deep pass reads it again and reports it."""
+    repo = _repository(settings)
+    sha256 = hashlib.sha256
+    out = TaskProofs()
+    for pack, start, end, chunks in spans:
+        out.reads.append((pack, start, end))
+        got: dict[str, tuple[int, int, str]] = {}
+        try:
+            for h, stored, length, data in repo.proved_span(pack, start, end, chunks):
+                got[h] = (stored, length, sha256(data).hexdigest())
+        except (ArchiverError, OSError):
+            continue
+        out.proved.update(got)
+    return out
+
+
+def _tasks(spans: list[Span], per_task: int) -> list[list[Span]]:
+    """Spans grouped, in order, into tasks of about `per_task` chunks."""
+    out: list[list[Span]] = []
+    count = per_task
+    for s in spans:
+        if count >= per_task:
+            out.append([])
+            count = 0
+        out[-1].append(s)
+        count += len(s[3])
+    return out
+
+
+@dataclass
+class EarlyProofs:
+    """The driver's side: one future per task, and which task holds which chunk."""
+
+    pool: workerprocs.WorkerPool
+    futures: list[Future] = field(default_factory=list)
+    where: dict[str, int] = field(default_factory=dict)  # chunk hash -> index of its task
+
+    def _result(self, i: int) -> TaskProofs:
+        """Task `i`'s proofs; none if it failed (a worker that died, a store it could not
+        open): its chunks are then read by the deep pass, which reports what it meets."""
+        try:
+            return self.futures[i].result()
+        except Exception:  # noqa: BLE001 - nothing proved is nothing trusted; the deep pass words it
+            return TaskProofs()
+
+    def sha256s(self, refs: list[ChunkRef]) -> list[str | None]:
+        """For each of `refs`: the SHA-256 (hex) of its bytes if a worker proved it intact with
+        the ref's own hash, stored size and length, else None (read it the usual way). Waits
+        for the tasks it needs."""
+        out: list[str | None] = []
+        where = self.where
+        got: dict[int, TaskProofs] = {}
+        for r in refs:
+            i = where.get(r.hash)
+            if i is None:
+                out.append(None)
+                continue
+            task = got.get(i)
+            if task is None:
+                task = got[i] = self._result(i)
+            p = task.proved.get(r.hash)
+            out.append(p[2] if p is not None and p[0] == r.stored_size and p[1] == r.length else None)
+        return out
+
+    def reads(self) -> list[tuple[str, int, int]]:
+        """The spans the workers read (pack, start, end), of the tasks that came back."""
+        return [s for i in range(len(self.futures)) for s in self._result(i).reads]
+
+    def close(self) -> None:
+        """Tasks not started are dropped, running ones waited for; the workers and the fork
+        server this pool started are stopped."""
+        workerprocs.close(self.pool)
+
+
+def start(repo: Any, mids: list[str], max_length: int, processes: int | None, *, local: bool = True
+          ) -> EarlyProofs | None:
+    """Start proving the packed chunks of at most `max_length` bytes of manifests `mids` on
+    worker processes (`resolve(processes, ...)`); None if none are to be used or the catalog
+    names no such chunk."""
+    if processes == 0:
+        return None
+    spans = repo.early_spans(mids, max_length) if not repo.sealed else []
+    n = resolve(processes, chunks=sum(len(s[3]) for s in spans), sealed=repo.sealed, local=local,
+                has_settings=getattr(repo, "settings", None) is not None)
+    if not n or not spans:
+        return None
+    from archiver.procfiles import worker_settings
+    settings = worker_settings(repo.settings)
+    tasks = _tasks(spans, TASK_CHUNKS)
+    pool = workerprocs.pool(min(n, len(tasks)), PRELOAD)
+    proofs = EarlyProofs(pool)
+    try:
+        for i, task in enumerate(tasks):
+            proofs.futures.append(pool.submit(prove_task, settings, task))
+            for s in task:
+                for c in s[3]:
+                    proofs.where[c[0]] = i
+    except BaseException:
+        proofs.close()
+        raise
+    return proofs
