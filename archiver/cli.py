@@ -306,7 +306,7 @@ def show_cmd(c: Ctx, ref: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--processes", type=int, default=None, metavar="N",
               help="With --deep: worker processes that prove the small files' packs while the archive loads "
-                   "(0: threads only; default: one less than the cores for 5,000 small files or more when a core "
+                   "(0: threads only; default: one less than the cores for 10,000 small files or more when a core "
                    "is idle).")
 @executor_options
 @click.pass_obj

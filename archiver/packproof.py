@@ -20,6 +20,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +36,7 @@ __all__ = ["AUTO_MIN_CHUNKS", "EarlyProofs", "check", "prove_task", "resolve", "
 # Auto mode uses a worker process only for at least this many packed small chunks: below it
 # the pool's start (a fork server and a worker, ~0.3 s of CPU) costs more than the overlap
 # saves (bench/RESULTS.md, "Deep verify's pack proofs in a worker process (branch sfverify5)").
-AUTO_MIN_CHUNKS = 5_000
+AUTO_MIN_CHUNKS = 10_000
 # ... and only with at least this many cores left idle by the rest of the machine (the
 # 1-minute load average): the worker shares the CPU with the main process's loading.
 AUTO_IDLE_CORES = 1.0
@@ -42,7 +44,14 @@ AUTO_IDLE_CORES = 1.0
 # the deep pass (which reads in pack order) starts on the first ones early.
 TASK_CHUNKS = 2_500
 
+# What the fork server imports once (the worker's whole path: the store and the codecs).
 PRELOAD = ["archiver.packproof", "archiver.repository", "archiver.stores"]
+
+
+def preload() -> list[str]:
+    """PRELOAD, and the CLI's module when the driver runs it: each worker imports the driver's
+    `__main__` again, so the server imports its dependencies once (as archiver.procfiles does)."""
+    return PRELOAD + (["archiver.cli"] if "archiver.cli" in sys.modules else [])
 
 # A span as `Repository.early_spans` gives it: (pack, start, end, [(hash, offset, stored, length)])
 Span = tuple[str, int, int, list[tuple[str, int, int, int]]]
@@ -126,13 +135,44 @@ def _tasks(spans: list[Span], per_task: int) -> list[list[Span]]:
     return out
 
 
-@dataclass
 class EarlyProofs:
-    """The driver's side: one future per task, and which task holds which chunk."""
+    """The driver's side. A thread of its own asks the catalog for the spans, starts the pool
+    and submits the tasks (starting a fork server blocks its caller until the server has
+    imported its preload), so the main thread goes on loading the manifests meanwhile; then
+    one future per task, and which task holds which chunk."""
 
-    pool: workerprocs.WorkerPool
-    futures: list[Future] = field(default_factory=list)
-    where: dict[str, int] = field(default_factory=dict)  # chunk hash -> index of its task
+    def __init__(self, repo: Any, mids: list[str], max_length: int, processes: int, auto: bool) -> None:
+        self.pool: workerprocs.WorkerPool | None = None
+        self.futures: list[Future] = []
+        self.where: dict[str, int] = {}  # chunk hash -> index of its task
+        self._closed = False
+        self._lock = threading.Lock()
+        self._starter = threading.Thread(target=self._start, args=(repo, mids, max_length, processes, auto),
+                                         name="verify-packs", daemon=True)
+        self._starter.start()
+
+    def _start(self, repo: Any, mids: list[str], max_length: int, processes: int, auto: bool) -> None:
+        """Spans, pool, tasks. Any failure here leaves nothing proved (the deep pass reads it all)."""
+        try:
+            spans = repo.early_spans(mids, max_length)
+            if not spans or (auto and sum(len(s[3]) for s in spans) < AUTO_MIN_CHUNKS):
+                return
+            from archiver.procfiles import worker_settings
+            settings = worker_settings(repo.settings)
+            tasks = _tasks(spans, TASK_CHUNKS)
+            with self._lock:
+                if self._closed:
+                    return
+                self.pool = workerprocs.pool(min(processes, len(tasks)), preload())
+            where: dict[str, int] = {}
+            for i, task in enumerate(tasks):
+                self.futures.append(self.pool.submit(prove_task, settings, task))
+                for sp in task:
+                    for c in sp[3]:
+                        where[c[0]] = i
+            self.where = where
+        except Exception:  # noqa: BLE001 - nothing proved is nothing trusted: the deep pass reads and words it
+            self.where = {}
 
     def _result(self, i: int) -> TaskProofs:
         """Task `i`'s proofs; none if it failed (a worker that died, a store it could not
@@ -146,6 +186,7 @@ class EarlyProofs:
         """For each of `refs`: the SHA-256 (hex) of its bytes if a worker proved it intact with
         the ref's own hash, stored size and length, else None (read it the usual way). Waits
         for the tasks it needs."""
+        self._starter.join()
         out: list[str | None] = []
         where = self.where
         got: dict[int, TaskProofs] = {}
@@ -163,38 +204,29 @@ class EarlyProofs:
 
     def reads(self) -> list[tuple[str, int, int]]:
         """The spans the workers read (pack, start, end), of the tasks that came back."""
+        self._starter.join()
         return [s for i in range(len(self.futures)) for s in self._result(i).reads]
 
     def close(self) -> None:
         """Tasks not started are dropped, running ones waited for; the workers and the fork
         server this pool started are stopped."""
-        workerprocs.close(self.pool)
+        with self._lock:
+            self._closed = True
+        self._starter.join()
+        if self.pool is not None:
+            workerprocs.close(self.pool)
 
 
 def start(repo: Any, mids: list[str], max_length: int, processes: int | None, *, local: bool = True
           ) -> EarlyProofs | None:
     """Start proving the packed chunks of at most `max_length` bytes of manifests `mids` on
-    worker processes (`resolve(processes, ...)`); None if none are to be used or the catalog
-    names no such chunk."""
+    worker processes (`resolve(processes, ...)`: checked now, so a refusal comes before any
+    read; the chunk count of auto is the catalog's, on the starter thread); None if no worker
+    is to be used."""
     if processes == 0:
         return None
-    spans = repo.early_spans(mids, max_length) if not repo.sealed else []
-    n = resolve(processes, chunks=sum(len(s[3]) for s in spans), sealed=repo.sealed, local=local,
+    n = resolve(processes, chunks=AUTO_MIN_CHUNKS, sealed=repo.sealed, local=local,
                 has_settings=getattr(repo, "settings", None) is not None)
-    if not n or not spans:
+    if not n:
         return None
-    from archiver.procfiles import worker_settings
-    settings = worker_settings(repo.settings)
-    tasks = _tasks(spans, TASK_CHUNKS)
-    pool = workerprocs.pool(min(n, len(tasks)), PRELOAD)
-    proofs = EarlyProofs(pool)
-    try:
-        for i, task in enumerate(tasks):
-            proofs.futures.append(pool.submit(prove_task, settings, task))
-            for s in task:
-                for c in s[3]:
-                    proofs.where[c[0]] = i
-    except BaseException:
-        proofs.close()
-        raise
-    return proofs
+    return EarlyProofs(repo, list(mids), max_length, n, processes is None)
