@@ -31,18 +31,15 @@ from archiver.errors import ArchiverError, InvalidOptionError
 from archiver.settings import Settings
 from manifests.model import ChunkRef
 
-__all__ = ["AUTO_MIN_CHUNKS", "EarlyProofs", "check", "prove_task", "resolve", "start"]
+__all__ = ["AUTO_MIN_FILES", "EarlyProofs", "check", "prove_task", "resolve", "start"]
 
-# Auto mode uses a worker process only for at least this many packed small chunks: below it
+# Auto mode uses worker processes only for archives of at least this many files: below it
 # the pool's start (a fork server and a worker, ~0.3 s of CPU) costs more than the overlap
 # saves (bench/RESULTS.md, "Deep verify's pack proofs in a worker process (branch sfverify5)").
-AUTO_MIN_CHUNKS = 10_000
+AUTO_MIN_FILES = 10_000
 # ... and only with at least this many cores left idle by the rest of the machine (the
 # 1-minute load average): the worker shares the CPU with the main process's loading.
 AUTO_IDLE_CORES = 1.0
-# Chunks per task: results come back in pack order while the rest is still being proved, so
-# the deep pass (which reads in pack order) starts on the first ones early.
-TASK_CHUNKS = 2_500
 
 # What the fork server imports once (the worker's whole path: the store and the codecs).
 PRELOAD = ["archiver.packproof", "archiver.repository", "archiver.stores"]
@@ -53,9 +50,6 @@ def preload() -> list[str]:
     `__main__` again, so the server imports its dependencies once (as archiver.procfiles does)."""
     return PRELOAD + (["archiver.cli"] if "archiver.cli" in sys.modules else [])
 
-# A span as `Repository.early_spans` gives it: (pack, start, end, [(hash, offset, stored, length)])
-Span = tuple[str, int, int, list[tuple[str, int, int, int]]]
-
 
 def check(requested: int | None) -> None:
     """`requested` is None (auto) or a whole number >= 0 (InvalidOptionError otherwise)."""
@@ -63,10 +57,10 @@ def check(requested: int | None) -> None:
         raise InvalidOptionError("processes", f"must be a whole number >= 0, got {requested!r}")
 
 
-def resolve(requested: int | None, *, chunks: int, sealed: bool, local: bool, has_settings: bool) -> int:
+def resolve(requested: int | None, *, files: int, sealed: bool, local: bool, has_settings: bool) -> int:
     """How many worker processes prove the packs: `requested` (0: none, the deep pass reads
-    them on threads; None: auto, cores - 1 when there are AUTO_MIN_CHUNKS packed small chunks
-    or more, 2+ cores and AUTO_IDLE_CORES idle). Only the local executor on an unsealed store
+    them on threads; None: auto, cores - 1 when the archives record AUTO_MIN_FILES files or
+    more, 2+ cores and AUTO_IDLE_CORES idle). Only the local executor on an unsealed store
     opened from Settings can (a worker reopens the store from them; a sealed store's keys
     live in this process)."""
     check(requested)
@@ -81,7 +75,7 @@ def resolve(requested: int | None, *, chunks: int, sealed: bool, local: bool, ha
             raise InvalidOptionError("processes", f"worker processes cannot start here ({why_not})")
         return requested
     cores = os.cpu_count() or 1
-    if not possible or cores < 2 or chunks < AUTO_MIN_CHUNKS:
+    if not possible or cores < 2 or files < AUTO_MIN_FILES:
         return 0
     if workerprocs.spare_cores() < AUTO_IDLE_CORES or workerprocs.unavailable() is not None:
         return 0
@@ -90,9 +84,10 @@ def resolve(requested: int | None, *, chunks: int, sealed: bool, local: bool, ha
 
 @functools.lru_cache(maxsize=2)
 def _repository(settings: Settings) -> Any:
-    """This worker's store, opened once per process (no catalog: spans come from the driver)."""
+    """This worker's repository, opened once per process: the store, and the catalog
+    read-only (never created, migrated or locked: the driver is its one writer)."""
     from archiver.repository import Repository
-    return Repository.store_only(settings)
+    return Repository.open(settings, read_only=True)
 
 
 @dataclass
@@ -104,13 +99,16 @@ class TaskProofs:
     reads: list[tuple[str, int, int]] = field(default_factory=list)
 
 
-def prove_task(settings: Settings, spans: list[Span]) -> TaskProofs:
-    """In a worker: read each span once and prove its chunks (`Repository.proved_span`). A
-    store error leaves that span unproved: the deep pass reads it again and reports it."""
+def prove_task(settings: Settings, mids: list[str], max_length: int, part: int, parts: int) -> TaskProofs:
+    """In a worker: ask the catalog which spans hold the packed chunks of at most
+    `max_length` bytes of manifests `mids` (`Repository.early_spans`; the driver's main
+    thread is busy loading them meanwhile), take every `parts`-th from `part` on, read each
+    once and prove its chunks (`Repository.proved_span`). A store error leaves that span
+    unproved: the deep pass reads it again and reports it."""
     repo = _repository(settings)
     sha256 = hashlib.sha256
     out = TaskProofs()
-    for pack, start, end, chunks in spans:
+    for pack, start, end, chunks in repo.early_spans(mids, max_length)[part::parts]:
         out.reads.append((pack, start, end))
         got: dict[str, tuple[int, int, str]] = {}
         try:
@@ -122,57 +120,34 @@ def prove_task(settings: Settings, spans: list[Span]) -> TaskProofs:
     return out
 
 
-def _tasks(spans: list[Span], per_task: int) -> list[list[Span]]:
-    """Spans grouped, in order, into tasks of about `per_task` chunks."""
-    out: list[list[Span]] = []
-    count = per_task
-    for s in spans:
-        if count >= per_task:
-            out.append([])
-            count = 0
-        out[-1].append(s)
-        count += len(s[3])
-    return out
-
-
 class EarlyProofs:
     """The driver's side. A thread of its own asks the catalog for the spans, starts the pool
     and submits the tasks (starting a fork server blocks its caller until the server has
     imported its preload), so the main thread goes on loading the manifests meanwhile; then
     one future per task, and which task holds which chunk."""
 
-    def __init__(self, repo: Any, mids: list[str], max_length: int, processes: int, auto: bool) -> None:
+    def __init__(self, settings: Settings, mids: list[str], max_length: int, processes: int) -> None:
         self.pool: workerprocs.WorkerPool | None = None
         self.futures: list[Future] = []
-        self.where: dict[str, int] = {}  # chunk hash -> index of its task
         self._closed = False
         self._lock = threading.Lock()
-        self._starter = threading.Thread(target=self._start, args=(repo, mids, max_length, processes, auto),
+        self._results: list[TaskProofs] | None = None
+        self._starter = threading.Thread(target=self._start, args=(settings, mids, max_length, processes),
                                          name="verify-packs", daemon=True)
         self._starter.start()
 
-    def _start(self, repo: Any, mids: list[str], max_length: int, processes: int, auto: bool) -> None:
-        """Spans, pool, tasks. Any failure here leaves nothing proved (the deep pass reads it all)."""
+    def _start(self, settings: Settings, mids: list[str], max_length: int, processes: int) -> None:
+        """The pool and one task per worker. A failure here leaves nothing proved (the deep
+        pass reads it all, and words what it meets)."""
         try:
-            spans = repo.early_spans(mids, max_length)
-            if not spans or (auto and sum(len(s[3]) for s in spans) < AUTO_MIN_CHUNKS):
-                return
-            from archiver.procfiles import worker_settings
-            settings = worker_settings(repo.settings)
-            tasks = _tasks(spans, TASK_CHUNKS)
             with self._lock:
                 if self._closed:
                     return
-                self.pool = workerprocs.pool(min(processes, len(tasks)), preload())
-            where: dict[str, int] = {}
-            for i, task in enumerate(tasks):
-                self.futures.append(self.pool.submit(prove_task, settings, task))
-                for sp in task:
-                    for c in sp[3]:
-                        where[c[0]] = i
-            self.where = where
-        except Exception:  # noqa: BLE001 - nothing proved is nothing trusted: the deep pass reads and words it
-            self.where = {}
+                self.pool = workerprocs.pool(processes, preload())
+            self.futures = [self.pool.submit(prove_task, settings, mids, max_length, k, processes)
+                            for k in range(processes)]
+        except Exception:  # noqa: BLE001 - nothing proved is nothing trusted
+            self.futures = []
 
     def _result(self, i: int) -> TaskProofs:
         """Task `i`'s proofs; none if it failed (a worker that died, a store it could not
@@ -182,30 +157,30 @@ class EarlyProofs:
         except Exception:  # noqa: BLE001 - nothing proved is nothing trusted; the deep pass words it
             return TaskProofs()
 
+    def _all(self) -> list[TaskProofs]:
+        if self._results is None:
+            self._starter.join()
+            self._results = [self._result(i) for i in range(len(self.futures))]
+        return self._results
+
     def sha256s(self, refs: list[ChunkRef]) -> list[str | None]:
         """For each of `refs`: the SHA-256 (hex) of its bytes if a worker proved it intact with
         the ref's own hash, stored size and length, else None (read it the usual way). Waits
-        for the tasks it needs."""
-        self._starter.join()
+        for the workers (they prove disjoint spans)."""
+        found = [t.proved for t in self._all()]
         out: list[str | None] = []
-        where = self.where
-        got: dict[int, TaskProofs] = {}
         for r in refs:
-            i = where.get(r.hash)
-            if i is None:
-                out.append(None)
-                continue
-            task = got.get(i)
-            if task is None:
-                task = got[i] = self._result(i)
-            p = task.proved.get(r.hash)
+            p = None
+            for proved in found:
+                p = proved.get(r.hash)
+                if p is not None:
+                    break
             out.append(p[2] if p is not None and p[0] == r.stored_size and p[1] == r.length else None)
         return out
 
     def reads(self) -> list[tuple[str, int, int]]:
         """The spans the workers read (pack, start, end), of the tasks that came back."""
-        self._starter.join()
-        return [s for i in range(len(self.futures)) for s in self._result(i).reads]
+        return [s for t in self._all() for s in t.reads]
 
     def close(self) -> None:
         """Tasks not started are dropped, running ones waited for; the workers and the fork
@@ -220,13 +195,14 @@ class EarlyProofs:
 def start(repo: Any, mids: list[str], max_length: int, processes: int | None, *, local: bool = True
           ) -> EarlyProofs | None:
     """Start proving the packed chunks of at most `max_length` bytes of manifests `mids` on
-    worker processes (`resolve(processes, ...)`: checked now, so a refusal comes before any
-    read; the chunk count of auto is the catalog's, on the starter thread); None if no worker
-    is to be used."""
+    worker processes (`resolve(processes, ...)`, checked now: a refusal comes before any
+    read; auto counts the files the catalog records for `mids`); None if none is to be used."""
     if processes == 0:
         return None
-    n = resolve(processes, chunks=AUTO_MIN_CHUNKS, sealed=repo.sealed, local=local,
+    files = repo.recorded_file_count(mids) if processes is None else 0
+    n = resolve(processes, files=files, sealed=repo.sealed, local=local,
                 has_settings=getattr(repo, "settings", None) is not None)
     if not n:
         return None
-    return EarlyProofs(repo, list(mids), max_length, n, processes is None)
+    from archiver.procfiles import worker_settings
+    return EarlyProofs(worker_settings(repo.settings), list(mids), max_length, n)

@@ -2993,6 +2993,11 @@ class Repository:
         self.flush_packs()
         return "written"
 
+    def recorded_file_count(self, mids: list[str]) -> int:
+        """How many files the catalog says manifests `mids` hold (0 without a catalog): a
+        cheap size of a verify to come, before any manifest is loaded."""
+        return 0 if self._catalog is None else self._catalog.file_count(list(mids))
+
     def early_spans(self, mids: list[str], max_length: int) -> list[tuple[str, int, int, list[tuple[str, int, int, int]]]]:
         """The spans (pack, start, end, its chunks as (hash, offset, stored_size, length)) that
         hold the packed chunks of at most `max_length` bytes the catalog says manifests `mids`

@@ -1514,6 +1514,12 @@ class Catalog:
             (json.dumps(names),))}
         return rows, packs
 
+    def file_count(self, mids: list[str]) -> int:
+        """The files the manifests `mids` record, summed (those the catalog knows)."""
+        row = self._reader().execute('SELECT COALESCE(SUM(file_count), 0) FROM manifests '
+                                     'WHERE id IN (SELECT value FROM json_each(?))', (json.dumps(mids),)).fetchone()
+        return int(row[0])
+
     def archive_pack_rows(self, mids: list[str], max_length: int) -> tuple[list[tuple[str, str, int, int, int]],
                                                                             dict[str, tuple[int, int, str]]]:
         """`pack_location_rows` of the packed chunks of at most `max_length` bytes that

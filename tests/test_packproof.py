@@ -108,22 +108,22 @@ def test_processes_refused_in_one_line(tmp_path: Path, home: Path) -> None:
     r = run_cli("--store", url, "verify", "m", "--deep", "--processes", "-1")
     assert r.code == 2 and r.err.strip().count("\n") == 0 and "--processes" in r.err
     with pytest.raises(InvalidOptionError):
-        packproof.resolve(1, chunks=10, sealed=True, local=True, has_settings=True)
+        packproof.resolve(1, files=10, sealed=True, local=True, has_settings=True)
     with pytest.raises(InvalidOptionError):
-        packproof.resolve(1, chunks=10, sealed=False, local=False, has_settings=True)
+        packproof.resolve(1, files=10, sealed=False, local=False, has_settings=True)
 
 
 def test_auto_needs_many_small_chunks_two_cores_and_an_idle_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(packproof.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(workerprocs, "spare_cores", lambda *a, **k: 1.5)
-    many = packproof.AUTO_MIN_CHUNKS
-    assert packproof.resolve(None, chunks=many, sealed=False, local=True, has_settings=True) == 1
-    assert packproof.resolve(None, chunks=many - 1, sealed=False, local=True, has_settings=True) == 0
-    assert packproof.resolve(None, chunks=many, sealed=True, local=True, has_settings=True) == 0
-    assert packproof.resolve(None, chunks=many, sealed=False, local=False, has_settings=True) == 0
+    many = packproof.AUTO_MIN_FILES
+    assert packproof.resolve(None, files=many, sealed=False, local=True, has_settings=True) == 1
+    assert packproof.resolve(None, files=many - 1, sealed=False, local=True, has_settings=True) == 0
+    assert packproof.resolve(None, files=many, sealed=True, local=True, has_settings=True) == 0
+    assert packproof.resolve(None, files=many, sealed=False, local=False, has_settings=True) == 0
     monkeypatch.setattr(workerprocs, "spare_cores", lambda *a, **k: 0.5)
-    assert packproof.resolve(None, chunks=many, sealed=False, local=True, has_settings=True) == 0
+    assert packproof.resolve(None, files=many, sealed=False, local=True, has_settings=True) == 0
     monkeypatch.setattr(workerprocs, "spare_cores", lambda *a, **k: 1.5)
     monkeypatch.setattr(packproof.os, "cpu_count", lambda: 1)
-    assert packproof.resolve(None, chunks=many, sealed=False, local=True, has_settings=True) == 0
-    assert packproof.resolve(0, chunks=many, sealed=False, local=True, has_settings=True) == 0
+    assert packproof.resolve(None, files=many, sealed=False, local=True, has_settings=True) == 0
+    assert packproof.resolve(0, files=many, sealed=False, local=True, has_settings=True) == 0
