@@ -113,7 +113,7 @@ def test_processes_refused_in_one_line(tmp_path: Path, home: Path) -> None:
         packproof.resolve(1, files=10, sealed=False, local=False, has_settings=True)
 
 
-def test_auto_needs_many_small_chunks_two_cores_and_an_idle_one(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_needs_many_files_two_cores_and_an_idle_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(packproof.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(workerprocs, "spare_cores", lambda *a, **k: 1.5)
     many = packproof.AUTO_MIN_FILES
@@ -127,3 +127,38 @@ def test_auto_needs_many_small_chunks_two_cores_and_an_idle_one(monkeypatch: pyt
     monkeypatch.setattr(packproof.os, "cpu_count", lambda: 1)
     assert packproof.resolve(None, files=many, sealed=False, local=True, has_settings=True) == 0
     assert packproof.resolve(0, files=many, sealed=False, local=True, has_settings=True) == 0
+
+
+class FakeProofs:
+    """Claims every chunk proved, with a SHA-256 that is not its bytes'."""
+
+    def sha256s(self, refs):  # type: ignore[no-untyped-def]
+        return ["0" * 64 for _ in refs]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_proof_that_does_not_match_the_file_is_read_again_not_trusted(
+        tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = str(tmp_path / "store")
+    out = archive(url, small_tree(tmp_path / "src", n=40))
+    monkeypatch.setattr(packproof, "start", lambda *a, **k: FakeProofs())
+    from archiver.checker import verify
+    with open_repository(url) as repo:
+        reads: list[str] = []
+        real_range = repo._store.get_range
+        repo._store.get_range = lambda key, *a, **k: (reads.append(key), real_range(key, *a, **k))[1]  # type: ignore[method-assign]
+        rep = verify(repo, [out["id"]], deep=True, processes=1)
+    assert rep.ok and rep.files_hashed == 40
+    assert sorted(set(k for k in reads if k.startswith(layout.PACKS))) == keys(url, layout.PACKS)  # all read again
+
+
+def test_a_proof_counts_only_for_the_very_ref_it_proved() -> None:
+    proofs = packproof.EarlyProofs.__new__(packproof.EarlyProofs)
+    proofs._results = [packproof.TaskProofs({"a" * 64: (100, 90, "s1")}), packproof.TaskProofs({"b" * 64: (50, 50, "s2")})]
+    from manifests.model import ChunkRef
+    refs = [ChunkRef(0, 90, "a" * 64, 100, "zstd"), ChunkRef(0, 90, "a" * 64, 101, "zstd"),
+            ChunkRef(0, 91, "a" * 64, 100, "zstd"), ChunkRef(0, 50, "b" * 64, 50, "raw"),
+            ChunkRef(0, 50, "c" * 64, 50, "raw")]
+    assert proofs.sha256s(refs) == ["s1", None, None, "s2", None]
