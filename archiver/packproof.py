@@ -121,10 +121,11 @@ def prove_task(settings: Settings, mids: list[str], max_length: int, part: int, 
 
 
 class EarlyProofs:
-    """The driver's side. A thread of its own asks the catalog for the spans, starts the pool
-    and submits the tasks (starting a fork server blocks its caller until the server has
-    imported its preload), so the main thread goes on loading the manifests meanwhile; then
-    one future per task, and which task holds which chunk."""
+    """The driver's side. A thread of its own starts the pool and submits one task per worker
+    (starting a fork server blocks its caller until the server has imported its preload), so
+    the main thread goes on loading the manifests meanwhile; each worker asks the catalog for
+    its share of the spans itself (20,000 catalog rows handled on a second thread of this
+    GIL-bound process delayed both threads). Then one future per worker."""
 
     def __init__(self, settings: Settings, mids: list[str], max_length: int, processes: int) -> None:
         self.pool: workerprocs.WorkerPool | None = None
