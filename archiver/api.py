@@ -227,14 +227,17 @@ def verify(refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool =
            progress: Progress | None = None, max_bytes: int | None = None, max_seconds: float | None = None,
            sign_key: str | os.PathLike | Any | None = None, retention: bool = False, retain_until: Any = None,
            thaw: ThawOptions | None = None, executor: Any = None, ray_address: str | None = None,
-           task_cpus: int | None = None, max_inflight: int | None = None) -> VerifyReport:
+           task_cpus: int | None = None, max_inflight: int | None = None, processes: int | None = 0) -> VerifyReport:
     """`trust_keys`: public key files or hex keys; each manifest must be signed by one of them.
     `max_bytes` / `max_seconds`: a budgeted sampled run (least recently verified chunks
     first). `sign_key`: sign this run's event in the store's log. `retention`: every object
     of each archive must hold the Object Lock its recorded policy asks for, and with
     `retain_until` (a date) at least until then. `thaw`: with deep or sample, thaw the cold
     chunks to be read first (else they are reported as not checked). `executor` ("ray", or an
-    Executor) deep-checks one file per task, as for `archive`."""
+    Executor) deep-checks one file per task, as for `archive`. `processes` (deep): worker
+    processes that prove the packed small chunks while the manifests load (archiver.packproof;
+    default 0: none, None: auto as the CLI); as for `archive`, a script that opts in must guard
+    its top level with `if __name__ == "__main__":`."""
     trusted = trusted_keys(trust_keys)
     key = signing_key(sign_key)
     until = None
@@ -253,7 +256,8 @@ def verify(refs: Iterable[str] = (), *, all_archives: bool = False, deep: bool =
             from archiver import checker
             return checker.verify(r, list(refs), all_archives=all_archives, deep=deep, sample=sample,
                                   trusted=trusted, progress=progress, max_bytes=max_bytes, max_seconds=max_seconds,
-                                  sign_key=key, retention=retention, retain_until=until, thaw=thaw, executor=ex)
+                                  sign_key=key, retention=retention, retain_until=until, thaw=thaw, executor=ex,
+                                  processes=processes)
     finally:
         if ex is not None:
             ex.close()

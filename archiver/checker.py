@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from archiver import digests, events
+from archiver import digests, events, packproof
 from archiver.digests import FileDigest
 from archiver.errors import ArchiverError, EmptyCatalogError, FileHashError, InvalidOptionError, translated
 from archiver.parallel import batches, default_workers, ordered_map, window_for
@@ -96,13 +96,16 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
            sample: float | None = None, workers: int | None = None, trusted: list[bytes] | None = None,
            progress: Progress | None = None, max_bytes: int | None = None, max_seconds: float | None = None,
            sign_key: object = None, retention: bool = False, retain_until: Any = None,
-           thaw: Any = None, executor: Any = None) -> VerifyReport:
+           thaw: Any = None, executor: Any = None, processes: int | None = 0) -> VerifyReport:
     """Check the named archives (or every recorded archive with all_archives=True). Never
     raises for damage found in the store: damage becomes Problems in the report.
     `max_bytes` (stored bytes read) and `max_seconds` bound a sampled run; either one
-    alone means `sample=1.0`. `sign_key` signs this run's event."""
+    alone means `sample=1.0`. `sign_key` signs this run's event. `processes` (deep, local,
+    no thaw): worker processes that prove the packed small chunks while the manifests load
+    (archiver.packproof); 0 none (the default), None auto."""
     sample = check_budget(deep, sample, max_bytes, max_seconds)
     check_sample(sample)
+    packproof.check(processes)
     if (retention or retain_until is not None) and not repo.can_lock():
         raise InvalidOptionError("retention", f"cannot be checked: {repo.url} is not an S3 bucket, so it holds no "
                                               f"Object Lock")
@@ -120,6 +123,28 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
             raise InvalidOptionError("refs", "are empty: name archives to verify, or ask for all of them")
     mode = "deep" if deep else (f"sample:{sample:g}" if sample else "shallow")
     report = VerifyReport(mode=mode, manifests=ids)
+    local = not (executor is not None and executor.distributed)
+    # deep and local: the packed small chunks are proved on worker processes from now on, while
+    # this process loads the manifests and plans its reads (archiver.packproof)
+    early = packproof.start(repo, ids, SMALL_FILE, processes, local=local) if deep and thaw is None else None
+    try:
+        return _verify(repo, ids, report, deep, sample, _nworkers(workers), trusted, progress, max_bytes,
+                       max_seconds, sign_key, retention, retain_until, thaw, executor, early, started)
+    finally:
+        if early is not None:
+            early.close()
+
+
+def _nworkers(workers: int | None) -> int:
+    """The threads of a verify: `workers`, else archiver.parallel's default."""
+    return workers or default_workers()
+
+
+def _verify(repo: Repository, ids: list[str], report: VerifyReport, deep: bool, sample: float | None,
+            nworkers: int, trusted: list[bytes] | None, progress: Progress, max_bytes: int | None,
+            max_seconds: float | None, sign_key: object, retention: bool, retain_until: Any, thaw: Any,
+            executor: Any, early: packproof.EarlyProofs | None, started: float) -> VerifyReport:
+    """`verify` once its archives are resolved (and, with `early`, their packs being proved)."""
     for p in repo.read_events(load_lists=deep).problems:  # tamper evidence, before this run's own event
         report.add(p)
     manifests: dict[str, Manifest] = {}
@@ -134,7 +159,6 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
     if local_deep:  # packed chunks: one read per span of a pack; the presence check takes its lookups
         repo.plan_reads(u[0].ref for u in uses.values())
     _shallow(repo, uses, report, planned=local_deep)
-    nworkers = workers or default_workers()
     if thaw is not None and deep:
         _thaw(repo, {h: u[0].ref.stored_size for h, u in uses.items()}, thaw, report)
     if deep and executor is not None and executor.distributed:  # one task per file (archiver.fanout)
@@ -145,7 +169,7 @@ def verify(repo: Repository, refs: Iterable[str] = (), *, all_archives: bool = F
         progress.finish()
     elif deep:
         progress.start("verify", sum(m.total_size for m in manifests.values()))
-        _deep(repo, manifests, nworkers, report, progress)
+        _deep(repo, manifests, nworkers, report, progress, early)
         progress.finish()
     elif sample:
         _sample(repo, uses, sample, nworkers, report, progress, max_bytes, max_seconds, thaw)
@@ -332,13 +356,18 @@ def _prove_one_chunk(repo: Repository, e: Entry, progress: Progress) -> FileProo
 INTACT_ONE = FileProof(hashed=True)
 
 
-def _prove_batch(repo: Repository, batch: list[Entry], pool: ThreadPoolExecutor, progress: Progress) -> list[FileProof]:
+def _prove_batch(repo: Repository, batch: list[Entry], pool: ThreadPoolExecutor, progress: Progress,
+                 early: packproof.EarlyProofs | None = None) -> list[FileProof]:
     """`_prove_file` of each small file of `batch` (in pack order): the one-chunk files'
     chunks are read together (`Repository.read_chunks`: each planned span of a pack once,
     every chunk decoded and re-hashed), the others streamed. An intact one-chunk file is
-    INTACT_ONE; progress advances once for the batch's one-chunk files."""
-    ones = [e for e in batch if len(e.chunks) == 1]
-    got = iter(repo.read_chunks([e.chunks[0] for e in ones], views=True))  # only hashed here: no copies
+    INTACT_ONE; progress advances once for the batch's one-chunk files. A chunk a worker
+    process proved with this very ref (`early`, archiver.packproof) is not read again: the
+    file's SHA-256 is matched with that of the bytes the worker re-hashed to its BLAKE3."""
+    ones = [e.chunks[0] for e in batch if len(e.chunks) == 1]
+    shas: list[str | None] = early.sha256s(ones) if early is not None else [None] * len(ones)
+    got = iter(repo.read_chunks([c for c, sha in zip(ones, shas) if sha is None], views=True))  # only hashed here
+    proved = iter(shas)
     out: list[FileProof] = []
     append = out.append
     done = 0
@@ -346,7 +375,12 @@ def _prove_batch(repo: Repository, batch: list[Entry], pool: ThreadPoolExecutor,
         if len(e.chunks) != 1:
             append(_prove_empty(e) if not e.chunks else _prove_file(repo, e, pool, 2, progress))
             continue
-        data = next(got)
+        sha = next(proved)
+        if sha is not None and e.chunks[0].hash == e.blake3 and sha == e.sha256:
+            done += e.chunks[0].length
+            append(INTACT_ONE)
+            continue
+        data = next(got) if sha is None else repo.try_read_chunk(e.chunks[0])  # a mismatch: read and worded as ever
         # its BLAKE3 is the chunk's, proved on read: only its SHA-256 is left to match
         if not isinstance(data, ArchiverError) and e.chunks[0].hash == e.blake3 and digests.sha256_matches(data, e):
             done += len(data)
@@ -437,7 +471,7 @@ def _deep_file(repo: Repository, mid: str, e: Entry, pool: ThreadPoolExecutor, w
 
 
 def _deep(repo: Repository, manifests: dict[str, Manifest], nworkers: int, report: VerifyReport,
-          progress: Progress) -> None:
+          progress: Progress, early: packproof.EarlyProofs | None = None) -> None:
     """Deep-read each distinct file entry once: large ones one at a time (their chunks in
     parallel), small ones in parallel across files; then report per manifest, in order."""
     # each entry's proof key is hashed once, here (a key's hash walks its ChunkRefs and is
@@ -466,7 +500,8 @@ def _deep(repo: Repository, manifests: dict[str, Manifest], nworkers: int, repor
         # several small files per task: the hand-off to a thread is paid once per batch
         nfiles = small_file_workers(nworkers)
         with ThreadPoolExecutor(nfiles, thread_name_prefix="verify-files") as files:
-            for batch, got in ordered_map(files, lambda b: _prove_batch(repo, [e for _k, e in b], pool, progress),
+            for batch, got in ordered_map(files, lambda b: _prove_batch(repo, [e for _k, e in b], pool, progress,
+                                                                           early),
                                           batches(small, lambda ke: ke[1].size), 4 * nfiles):
                 for (k, _e), proof in zip(batch, got):
                     proofs[k] = proof

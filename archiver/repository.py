@@ -3000,6 +3000,70 @@ class Repository:
         self.flush_packs()
         return "written"
 
+    def recorded_file_count(self, mids: list[str]) -> int:
+        """How many files the catalog says manifests `mids` hold (0 without a catalog): a
+        cheap size of a verify to come, before any manifest is loaded."""
+        return 0 if self._catalog is None else self._catalog.file_count(list(mids))
+
+    def early_spans(self, mids: list[str], max_length: int) -> list[tuple[str, int, int, list[tuple[str, int, int, int]]]]:
+        """The spans (pack, start, end, its chunks as (hash, offset, stored_size, length)) that
+        hold the packed chunks of at most `max_length` bytes the catalog says manifests `mids`
+        name, each chunk at its oldest pack (where `plan_reads` reads it), spans merged as
+        `plan_reads` merges them, in (pack, offset) order: what a deep verify can read and
+        prove before it has loaded those manifests. Empty for a sealed store (keyed addresses,
+        no packs), a repository without a catalog, or a process that wrote packs (the rule of
+        `_catalog_locations`). A hint: whoever reads these proves every chunk it uses."""
+        if self._sealer is not None or self._catalog is None:
+            return []
+        ps = self._packstate
+        with ps.lock:
+            if ps.written or ps.written_at or ps.store_map is not None:
+                return []
+        rows, known = self._catalog.archive_pack_rows(list(mids), max_length)
+        first: dict[str, tuple[int, tuple[str, str, int, int, int]]] = {}
+        for row in rows:
+            p = known.get(row[1])
+            if p is not None and (row[0] not in first or p[0] < first[row[0]][0]):
+                first[row[0]] = (p[0], row)
+        by_pack: dict[str, list[tuple[str, int, int, int]]] = defaultdict(list)
+        for _rank, (h, pack, offset, stored, length) in first.values():
+            by_pack[pack].append((h, offset, stored, length))
+        out: list[tuple[str, int, int, list[tuple[str, int, int, int]]]] = []
+        for pack in sorted(by_pack):
+            chunks = sorted(by_pack[pack], key=lambda c: c[1])
+            spans = packs.plan_spans([(o, o + n) for _h, o, n, _l in chunks], self.SPAN_GAP, self.SPAN_LIMIT)
+            i = 0
+            for start, end in spans:  # both sorted by offset: each chunk lies in the span it reaches
+                j = i
+                while j < len(chunks) and chunks[j][1] + chunks[j][2] <= end:
+                    j += 1
+                out.append((pack, start, end, chunks[i:j]))
+                i = j
+        return out
+
+    def proved_span(self, pack: str, start: int, end: int, chunks: list[tuple[str, int, int, int]]
+                    ) -> Iterator[tuple[str, int, int, bytes | memoryview]]:
+        """(hash, stored_size, length, decoded bytes) of each of `chunks` (one span of
+        `early_spans`) whose bytes, read with one request, decode and re-hash to its hash; a
+        raw chunk comes back as a read-only view of the span (hashed in place, not copied). A
+        chunk that does not prove, or a span that cannot be read, is left out: the caller
+        reads it again the usual way (`read_chunks`, `try_read_chunk`), which words the damage."""
+        try:
+            data = memoryview(self._read_range(layout.pack(pack), start, end - start))
+        except (IntegrityError, ObjectMissingError, ObjectColdError):
+            return
+        decode = self._decode_checked if type(self._codec) is not Codec else \
+            functools.partial(self._decode_checked_raw, view=True)
+        for h, offset, stored, length in chunks:
+            obj = data[offset - start:offset - start + stored]
+            if len(obj) != stored:
+                continue
+            try:
+                got = decode(obj, h, length)
+            except CorruptChunkError:
+                continue
+            yield h, stored, length, got
+
 
 def _span_of(spans: list[tuple[int, int]] | tuple, start: int, end: int) -> tuple[int, int] | None:
     """The planned span (sorted, disjoint) that holds bytes [start, end), if any."""

@@ -1526,6 +1526,32 @@ class Catalog:
             (json.dumps(names),))}
         return rows, packs
 
+    def file_count(self, mids: list[str]) -> int:
+        """The files the manifests `mids` record, summed (those the catalog knows)."""
+        row = self._reader().execute('SELECT COALESCE(SUM(file_count), 0) FROM manifests '
+                                     'WHERE id IN (SELECT value FROM json_each(?))', (json.dumps(mids),)).fetchone()
+        return int(row[0])
+
+    def archive_pack_rows(self, mids: list[str], max_length: int) -> tuple[list[tuple[str, str, int, int, int]],
+                                                                            dict[str, tuple[int, int, str]]]:
+        """`pack_location_rows` of the packed chunks of at most `max_length` bytes that
+        manifests `mids` name inline (`manifest_chunks`), found without the manifests: what a
+        deep verify can start reading before it has loaded them. A hint like every catalog
+        row: the reader proves what it reads against the manifests it then loads."""
+        conn = self._reader()
+        if not mids or not self._has_pack_tables(conn):
+            return [], {}
+        rows = conn.execute('SELECT pc.hash, pc.pack, pc."offset", pc.stored_size, pc.length FROM manifests m '
+                            'JOIN manifest_chunks mc ON mc.manifest = m.rowid '
+                            'JOIN pack_chunks pc ON pc.hash = lower(hex(mc.chunk)) '
+                            'WHERE m.id IN (SELECT value FROM json_each(?)) AND pc.length <= ?',
+                            (json.dumps(mids), max_length)).fetchall()
+        names = list({r[1]: None for r in rows})
+        packs = {p: (rank, size, iid) for rank, p, size, iid in conn.execute(
+            'SELECT rowid, pack, size, index_id FROM packs WHERE pack IN (SELECT value FROM json_each(?))',
+            (json.dumps(names),))}
+        return rows, packs
+
     def pack_entries(self, pack: str) -> list[tuple[str, int, int, int]]:
         """(hash, offset, stored_size, length) of every chunk of one recorded pack, in pack order."""
         conn = self._reader()

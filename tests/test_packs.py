@@ -477,7 +477,7 @@ def test_deep_verify_restore_and_files_cache_read_each_pack_once_with_many_packs
             run(repo)
         return [k for k in reads if k.startswith(layout.PACKS)]
 
-    got = pack_reads(lambda repo: verify(repo, [out["id"]], deep=True, workers=1))
+    got = pack_reads(lambda repo: verify(repo, [out["id"]], deep=True, workers=1, processes=0))  # threads (tests/test_packproof.py: workers)
     assert sorted(got) == pack_keys
     got = pack_reads(lambda repo: restore(repo, out["id"], tmp_path / "out", workers=1))
     assert sorted(got) == pack_keys
