@@ -141,12 +141,16 @@ class EarlyProofs:
         """The pool and one task per worker. A failure here leaves nothing proved (the deep
         pass reads it all, and words what it meets)."""
         try:
-            with self._lock:
-                if self._closed:
-                    return
-                self.pool = workerprocs.pool(processes, preload())
-            self.futures = [self.pool.submit(prove_task, settings, mids, max_length, k, processes)
-                            for k in range(processes)]
+            # SIGINT blocked on this thread meanwhile: the fork server and the workers are born
+            # with it blocked, so a terminal's Ctrl-C (sent to the process group) cannot kill
+            # them before they ignore it (workerprocs.sheltered)
+            with workerprocs.sheltered():
+                with self._lock:
+                    if self._closed:
+                        return
+                    self.pool = workerprocs.pool(processes, preload())
+                self.futures = [self.pool.submit(prove_task, settings, mids, max_length, k, processes)
+                                for k in range(processes)]
         except Exception:  # noqa: BLE001 - nothing proved is nothing trusted
             self.futures = []
 
