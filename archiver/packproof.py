@@ -22,6 +22,7 @@ import hashlib
 import os
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,9 +38,14 @@ __all__ = ["AUTO_MIN_FILES", "EarlyProofs", "check", "prove_task", "resolve", "s
 # the pool's start (a fork server and a worker, ~0.3 s of CPU) costs more than the overlap
 # saves (bench/RESULTS.md, "Deep verify's pack proofs in a worker process (branch sfverify5)").
 AUTO_MIN_FILES = 10_000
-# ... and only with at least this many cores left idle by the rest of the machine (the
-# 1-minute load average): the worker shares the CPU with the main process's loading.
+# ... and only with at least this many cores left idle by the rest of the machine, measured
+# over the verify's first AUTO_SAMPLE_SECONDS (busy CPU from /proc/stat less this process's
+# own; the 1-minute load average where there is no /proc/stat): the worker shares the CPU with
+# the main process's loading.
 AUTO_IDLE_CORES = 1.0
+# The pool's start waits this long (on its own thread, while the main thread loads the
+# manifests) to measure how busy the rest of the machine is (workerprocs.CpuSample).
+AUTO_SAMPLE_SECONDS = 0.1
 
 # What the fork server imports once (the worker's whole path: the store and the codecs).
 PRELOAD = ["archiver.packproof", "archiver.repository", "archiver.stores"]
@@ -57,12 +63,14 @@ def check(requested: int | None) -> None:
         raise InvalidOptionError("processes", f"must be a whole number >= 0, got {requested!r}")
 
 
-def resolve(requested: int | None, *, files: int, sealed: bool, local: bool, has_settings: bool) -> int:
+def resolve(requested: int | None, *, files: int, sealed: bool, local: bool, has_settings: bool,
+            idle_check: bool = True) -> int:
     """How many worker processes prove the packs: `requested` (0: none, the deep pass reads
     them on threads; None: auto, cores - 1 when the archives record AUTO_MIN_FILES files or
     more, 2+ cores and AUTO_IDLE_CORES idle). Only the local executor on an unsealed store
     opened from Settings can (a worker reopens the store from them; a sealed store's keys
-    live in this process)."""
+    live in this process). `idle_check=False`: leave the idle cores to the caller (`start`
+    measures them on the pool's starter thread)."""
     check(requested)
     possible = local and not sealed and has_settings
     if requested is not None:
@@ -77,7 +85,7 @@ def resolve(requested: int | None, *, files: int, sealed: bool, local: bool, has
     cores = os.cpu_count() or 1
     if not possible or cores < 2 or files < AUTO_MIN_FILES:
         return 0
-    if workerprocs.spare_cores() < AUTO_IDLE_CORES or workerprocs.unavailable() is not None:
+    if (idle_check and workerprocs.spare_cores() < AUTO_IDLE_CORES) or workerprocs.unavailable() is not None:
         return 0
     return cores - 1
 
@@ -127,8 +135,13 @@ class EarlyProofs:
     its share of the spans itself (20,000 catalog rows handled on a second thread of this
     GIL-bound process delayed both threads). Then one future per worker."""
 
-    def __init__(self, settings: Settings, mids: list[str], max_length: int, processes: int) -> None:
+    def __init__(self, settings: Settings, mids: list[str], max_length: int, processes: int,
+                 since: workerprocs.CpuSample | None = None) -> None:
+        """`since`: auto mode, a sample of the machine's CPU taken now; the pool starts only if
+        the rest of the machine left AUTO_IDLE_CORES idle over the next AUTO_SAMPLE_SECONDS."""
         self.pool: workerprocs.WorkerPool | None = None
+        self._since = since
+        self._closing = threading.Event()
         self.futures: list[Future] = []
         self._closed = False
         self._lock = threading.Lock()
@@ -140,6 +153,12 @@ class EarlyProofs:
     def _start(self, settings: Settings, mids: list[str], max_length: int, processes: int) -> None:
         """The pool and one task per worker. A failure here leaves nothing proved (the deep
         pass reads it all, and words what it meets)."""
+        since = self._since
+        if since is not None:  # auto: measure the rest of the machine first (the main thread loads meanwhile)
+            if self._closing.wait(max(0.0, since.wall + AUTO_SAMPLE_SECONDS - time.monotonic())):
+                return
+            if workerprocs.spare_cores(since) < AUTO_IDLE_CORES:
+                return  # busy: no pool, the deep pass reads everything on threads as without one
         try:
             # SIGINT blocked on this thread meanwhile: the fork server and the workers are born
             # with it blocked, so a terminal's Ctrl-C (sent to the process group) cannot kill
@@ -192,6 +211,7 @@ class EarlyProofs:
         server this pool started are stopped."""
         with self._lock:
             self._closed = True
+        self._closing.set()
         self._starter.join()
         if self.pool is not None:
             workerprocs.close(self.pool)
@@ -206,8 +226,9 @@ def start(repo: Any, mids: list[str], max_length: int, processes: int | None, *,
         return None
     files = repo.recorded_file_count(mids) if processes is None else 0
     n = resolve(processes, files=files, sealed=repo.sealed, local=local,
-                has_settings=getattr(repo, "settings", None) is not None)
+                has_settings=getattr(repo, "settings", None) is not None, idle_check=False)
     if not n:
         return None
     from archiver.procfiles import worker_settings
-    return EarlyProofs(worker_settings(repo.settings), list(mids), max_length, n)
+    since = workerprocs.CpuSample.now() if processes is None else None  # auto: idle cores measured from now
+    return EarlyProofs(worker_settings(repo.settings), list(mids), max_length, n, since)

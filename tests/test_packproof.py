@@ -162,3 +162,35 @@ def test_a_proof_counts_only_for_the_very_ref_it_proved() -> None:
             ChunkRef(0, 91, "a" * 64, 100, "zstd"), ChunkRef(0, 50, "b" * 64, 50, "raw"),
             ChunkRef(0, 50, "c" * 64, 50, "raw")]
     assert proofs.sha256s(refs) == ["s1", None, None, "s2", None]
+
+
+@pytest.mark.parametrize("spare", [0.5, 1.5])
+def test_auto_measures_the_rest_of_the_machine_over_the_verifys_start(
+        tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, spare: float) -> None:
+    """Auto decides on the cores the rest of the machine leaves idle while the manifests load
+    (a CpuSample taken when the proofs start, read AUTO_SAMPLE_SECONDS later on the starter
+    thread), not on the 1-minute load average: busy, no pool (the deep pass reads everything);
+    idle, the worker proves the packs. The verdict is the same either way."""
+    monkeypatch.setattr(packproof.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(packproof, "AUTO_MIN_FILES", 10)
+    asked: list[object] = []
+
+    def spare_cores(since=None, **_k):  # type: ignore[no-untyped-def]
+        asked.append(since)
+        return spare
+    monkeypatch.setattr(workerprocs, "spare_cores", spare_cores)
+    url = str(tmp_path / "store")
+    out = archive(url, small_tree(tmp_path / "src", n=30))
+    started: list[packproof.EarlyProofs | None] = []
+    real_start = packproof.start
+    monkeypatch.setattr(packproof, "start", lambda *a, **k: (started.append(real_start(*a, **k)), started[-1])[1])
+    from archiver.checker import verify
+    with open_repository(url) as repo:
+        rep = verify(repo, [out["id"]], deep=True, processes=None)
+    assert rep.ok, rep.problems
+    assert len(asked) == 1 and isinstance(asked[0], workerprocs.CpuSample)  # measured, not the load average
+    proofs = started[0]
+    assert proofs is not None
+    assert (proofs.pool is None) == (spare < packproof.AUTO_IDLE_CORES)
+    assert bool(proofs.reads()) == (spare >= packproof.AUTO_IDLE_CORES)
+    assert multiprocessing.active_children() == []
