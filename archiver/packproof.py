@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archiver import workerprocs
-from archiver.errors import ArchiverError, InvalidOptionError
+from archiver.errors import ArchiverError
 from archiver.settings import Settings
 from manifests.model import ChunkRef
 
@@ -59,8 +59,7 @@ def preload() -> list[str]:
 
 def check(requested: int | None) -> None:
     """`requested` is None (auto) or a whole number >= 0 (InvalidOptionError otherwise)."""
-    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 0):
-        raise InvalidOptionError("processes", f"must be a whole number >= 0, got {requested!r}")
+    workerprocs.check_count(requested)
 
 
 def resolve(requested: int | None, *, files: int, sealed: bool, local: bool, has_settings: bool,
@@ -71,17 +70,12 @@ def resolve(requested: int | None, *, files: int, sealed: bool, local: bool, has
     opened from Settings can (a worker reopens the store from them; a sealed store's keys
     live in this process). `idle_check=False`: leave the idle cores to the caller (`start`
     measures them on the pool's starter thread)."""
-    check(requested)
     possible = local and not sealed and has_settings
-    if requested is not None:
-        if requested and not possible:
-            why = "on a sealed store" if sealed else "with a distributed executor" if not local else \
-                "on a repository not opened from Settings (see archiver.api.open_repository)"
-            raise InvalidOptionError("processes", f"cannot prove packs in worker processes {why}")
-        why_not = workerprocs.unavailable() if requested else None
-        if why_not is not None:
-            raise InvalidOptionError("processes", f"worker processes cannot start here ({why_not})")
-        return requested
+    why = "on a sealed store" if sealed else "with a distributed executor" if not local else \
+        "on a repository not opened from Settings (see archiver.api.open_repository)"
+    n = workerprocs.requested_count(requested, None if possible else f"cannot prove packs in worker processes {why}")
+    if n is not None:
+        return n
     cores = os.cpu_count() or 1
     if not possible or cores < 2 or files < AUTO_MIN_FILES:
         return 0

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from archiver import executors, workerprocs
 from archiver.chunking import ChunkPolicy
-from archiver.errors import ArchiverError, InvalidOptionError
+from archiver.errors import ArchiverError
 from archiver.packs import PackIndex
 from archiver.rayexec import Failure, call_catching
 from archiver.scan import Source
@@ -77,22 +77,16 @@ def resolve(requested: int | None, *, small_files: int, local: bool, sealed: boo
     more, and AUTO_IDLE_CORES of them idle: `load`, the cores the rest of the machine keeps
     busy (`CpuSample.others_busy`), else the 1-minute load average). Only the local executor on an unsealed store opened from Settings can: a sealed
     run's key lives in the driver, and a worker reopens the store from the driver's Settings."""
-    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 0):
-        raise InvalidOptionError("processes", f"must be a whole number >= 0, got {requested!r}")
     possible = local and not sealed and has_settings
-    if requested is not None:
-        if requested and not possible:
-            why = "a sealed store" if sealed else "the local executor" if not local else \
-                "a repository opened from Settings (archiver.api.open_repository)"
-            raise InvalidOptionError("processes", f"worker processes need {why}")
-        why_not = unavailable() if requested else None
-        if why_not is not None:
-            raise InvalidOptionError("processes", f"worker processes cannot start here ({why_not})")
-        return requested
+    why = "a sealed store" if sealed else "the local executor" if not local else \
+        "a repository opened from Settings (archiver.api.open_repository)"
+    n = workerprocs.requested_count(requested, None if possible else f"worker processes need {why}")
+    if n is not None:
+        return n
     cores = os.cpu_count() or 1
     if not possible or cores < 2 or small_files < AUTO_MIN_FILES:
         return 0
-    return cores if workerprocs.spare_cores(busy=load) >= AUTO_IDLE_CORES and unavailable() is None else 0
+    return cores if workerprocs.spare_cores(busy=load) >= AUTO_IDLE_CORES and workerprocs.unavailable() is None else 0
 
 
 def tasks_of(runs: list[list[Source]], per_task: int | None = None) -> list[list[list[Source]]]:

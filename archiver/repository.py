@@ -2463,13 +2463,7 @@ class Repository:
         """Write the open pack, wait for packs in flight, record them in the catalog (the
         store's index objects stay the truth). Raises the first failure of any pack write:
         then nothing naming its chunks may be committed. Returns how many packs were written."""
-        ps = self._packstate
-        self.write_open_packs()
-        with ps.lock:
-            errors, ps.errors = ps.errors, []
-            done, ps.unrecorded = ps.unrecorded, []
-        if errors:
-            raise errors[0]
+        done = self.task_packs()
         if not done:
             return 0
         try:  # one transaction for all of them
@@ -2501,7 +2495,8 @@ class Repository:
         """A worker process's end of task (archiver.procfiles): write the open packs, wait for
         packs in flight, and hand back the indexes written since the last call without
         recording them (its catalog is read-only: the driver records them, `adopt_packs`).
-        Raises the first failure of a pack write; either way no open pack is left behind."""
+        Raises the first failure of a pack write; either way no open pack is left behind.
+        `flush_packs` is this, then the catalog rows."""
         ps = self._packstate
         self.write_open_packs()
         with ps.lock:

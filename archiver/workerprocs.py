@@ -27,6 +27,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from archiver.errors import InvalidOptionError
+
 __all__ = ["CpuSample", "WorkerPool", "close", "pool", "sheltered", "spare_cores", "unavailable"]
 
 START_METHOD = "forkserver"
@@ -198,3 +200,24 @@ def spare_cores(since: CpuSample | None = None, *, busy: float | None = None) ->
     if busy is None:
         busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return cores - busy
+
+
+def check_count(requested: int | None) -> None:
+    """A `processes` option is None (auto) or a whole number >= 0 (InvalidOptionError otherwise)."""
+    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int) or requested < 0):
+        raise InvalidOptionError("processes", f"must be a whole number >= 0, got {requested!r}")
+
+
+def requested_count(requested: int | None, refused: str | None) -> int | None:
+    """An explicit `processes` checked (None: auto, left to the caller): a count that asks for
+    workers where `refused` says why none may run, or where none can start here, is refused
+    in one line (InvalidOptionError naming the option); 0 is always accepted."""
+    check_count(requested)
+    if not requested:
+        return requested
+    if refused is not None:
+        raise InvalidOptionError("processes", refused)
+    why_not = unavailable()
+    if why_not is not None:
+        raise InvalidOptionError("processes", f"worker processes cannot start here ({why_not})")
+    return requested

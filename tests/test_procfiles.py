@@ -160,7 +160,7 @@ def test_resolve_auto_explicit_and_refusals(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert procfiles.resolve(None, small_files=10 ** 6, local=True, sealed=False, has_settings=True, load=0) == 0
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(procfiles, "unavailable", lambda: "OSError: no /dev/shm")  # auto: threads; asked: refused
+    monkeypatch.setattr(procfiles.workerprocs, "unavailable", lambda: "OSError: no /dev/shm")  # auto: threads; asked: refused
     assert procfiles.resolve(None, small_files=many, local=True, sealed=False, has_settings=True, load=0) == 0
     with pytest.raises(InvalidOptionError, match="cannot start here"):
         procfiles.resolve(2, small_files=1, local=True, sealed=False, has_settings=True)
