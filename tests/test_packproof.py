@@ -12,7 +12,7 @@ from archiver import layout, packproof, packs, workerprocs
 from archiver.api import open_repository
 from archiver.errors import InvalidOptionError
 from tests.helpers import RawStore, run_cli
-from tests.test_packs import archive, index_of, keys, manifest_of, small_tree
+from tests.test_packs import archive, damage_packed, keys, manifest_of, small_tree
 
 pytestmark = pytest.mark.packs
 
@@ -58,12 +58,7 @@ def test_a_damaged_chunk_in_a_pack_is_named_as_on_threads(tmp_path: Path, home: 
     url = str(tmp_path / "store")
     src = small_tree(tmp_path / "src", n=30)
     mid = archive(url, src)["id"]
-    pack = layout.pack_id(keys(url, layout.PACKS)[0])
-    victim = index_of(url, pack).entries[7]
-    raw = RawStore(url)
-    data = bytearray(raw.read(layout.pack(pack)))
-    data[victim.offset + victim.stored_size - 1] ^= 0x40
-    raw.write(layout.pack(pack), bytes(data))
+    pack, victim = damage_packed(url, 7, 0x40)
     code1, doc1 = deep(url, 1)
     code0, doc0 = deep(url, 0)
     assert code1 == code0 == 1
@@ -89,12 +84,7 @@ def test_s3_server_store_proves_in_a_worker_and_names_damage(s3_server_url: str,
     archive(s3_server_url, small_tree(tmp_path / "src", n=40))
     code, doc = deep(s3_server_url, 1)
     assert code == 0 and doc["ok"], doc
-    pack = layout.pack_id(keys(s3_server_url, layout.PACKS)[0])
-    victim = index_of(s3_server_url, pack).entries[3]
-    raw = RawStore(s3_server_url)
-    data = bytearray(raw.read(layout.pack(pack)))
-    data[victim.offset + victim.stored_size - 1] ^= 0x01
-    raw.write(layout.pack(pack), bytes(data))
+    _pack, victim = damage_packed(s3_server_url, 3, 0x01)
     code1, doc1 = deep(s3_server_url, 1)
     code0, doc0 = deep(s3_server_url, 0)
     assert code1 == code0 == 1

@@ -8,6 +8,7 @@ import json
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,6 +55,19 @@ def index_of(url: str, pack: str) -> packs.PackIndex:
         if idx.pack == pack:
             return idx
     raise AssertionError(f"no index for pack {pack}")
+
+
+def damage_packed(url: str, pick: Any, flip: int) -> tuple[str, Any]:
+    """XOR `flip` into the last stored byte of one chunk of the store's first pack (`pick`:
+    the entry number, or a function of the index giving it); returns (pack id, that entry)."""
+    pack = layout.pack_id(keys(url, layout.PACKS)[0])
+    index = index_of(url, pack)
+    victim = index.entries[pick(index) if callable(pick) else pick]
+    raw = RawStore(url)
+    data = bytearray(raw.read(layout.pack(pack)))
+    data[victim.offset + victim.stored_size - 1] ^= flip
+    raw.write(layout.pack(pack), bytes(data))
+    return pack, victim
 
 
 # -- the format, pure -------------------------------------------------------------------------
@@ -135,13 +149,7 @@ def test_a_damaged_chunk_in_a_pack_is_reported_with_its_files_and_pack(tmp_path:
     url = str(tmp_path / "store")
     src = small_tree(tmp_path / "src", n=30)
     mid = archive(url, src)["id"]
-    pack = layout.pack_id(keys(url, layout.PACKS)[0])
-    index = index_of(url, pack)
-    victim = index.entries[len(index.entries) // 2]
-    raw = RawStore(url)
-    data = bytearray(raw.read(layout.pack(pack)))
-    data[victim.offset + victim.stored_size - 1] ^= 0x40
-    raw.write(layout.pack(pack), bytes(data))
+    pack, victim = damage_packed(url, lambda index: len(index.entries) // 2, 0x40)
     r = run_cli("--store", url, "verify", "m", "--deep", "--json")
     assert r.code == 1
     probs = [p for p in r.json()["problems"] if p.get("chunk") == victim.hash]
@@ -151,7 +159,8 @@ def test_a_damaged_chunk_in_a_pack_is_reported_with_its_files_and_pack(tmp_path:
     others = [p for p in r.json()["problems"] if p.get("chunk") not in (None, victim.hash)]
     assert others == []  # the rest of the pack proves good
     # a truncated pack: shallow verify names it (HEAD/LIST only, nothing read)
-    raw.write(layout.pack(pack), bytes(data[:-10]))
+    raw = RawStore(url)
+    raw.write(layout.pack(pack), raw.read(layout.pack(pack))[:-10])
     r = run_cli("--store", url, "verify", "m", "--json")
     assert r.code == 1
     assert any(pack in p["detail"] and "bytes, its index says" in p["detail"] for p in r.json()["problems"])
@@ -626,12 +635,7 @@ def test_read_chunks_of_a_batch_equal_one_read_each_and_read_each_span_once(tmp_
     url = str(tmp_path / "store")
     src = small_tree(tmp_path / "src", n=40)
     mid = archive(url, src)["id"]
-    pack = layout.pack_id(keys(url, layout.PACKS)[0])
-    victim = index_of(url, pack).entries[5]
-    raw = RawStore(url)
-    data = bytearray(raw.read(layout.pack(pack)))
-    data[victim.offset + victim.stored_size - 1] ^= 0x01
-    raw.write(layout.pack(pack), bytes(data))
+    pack, victim = damage_packed(url, 5, 0x01)
     with open_repository(url) as repo:
         refs = [e.chunks[0] for e in repo.load_manifest(mid).files]
         assert repo.plan_reads(refs) == 1  # one pack, one span
