@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from archiver import executors, pipeline, procfiles
+from archiver import executors, pipeline, procfiles, workerprocs
 from archiver.chunking import ChunkPolicy
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
 from archiver.executors import Executor, Stopped
@@ -270,7 +270,7 @@ def _unchanged(src: Source, snapshot: list[int]) -> bool:
 def archive_files(repo: Repository, sources: list[Source], executor: Executor, *, writer: Any, stats: Any,
                   policy: ChunkPolicy, write_policy: Any, progress: Progress, pool_workers: int,
                   journal: Journal | None = None, processes: int | None = None,
-                  cpu_since: procfiles.CpuSample | None = None) -> ArchivedFiles:
+                  cpu_since: workerprocs.CpuSample | None = None) -> ArchivedFiles:
     """Archive every regular file of `sources`: journalled ones that are provably unchanged
     are resumed, the others run as tasks, largest first; each finished one is journalled.
     `processes` (local executor): worker processes for the small files (archiver.procfiles;

@@ -152,7 +152,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     (archiver.procfiles): 0 none (threads only, the default: a worker imports the caller's
     `__main__` again, which only a script guarded by `if __name__ == "__main__"` survives),
     None auto (one per core for many small files when a core is idle; the CLI's default), N."""
-    from archiver.procfiles import CpuSample
+    from archiver.workerprocs import CpuSample
     cpu_since = CpuSample.now()  # how busy the rest of the machine is during the scan (procfiles.resolve)
     trust_verified_within = _check_trust_window(trust_verified_within)
     if write_policy is not None:

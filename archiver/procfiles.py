@@ -35,7 +35,6 @@ from archiver.packs import PackIndex
 from archiver.rayexec import Failure, call_catching
 from archiver.scan import Source
 from archiver.settings import Settings
-from archiver.workerprocs import CpuSample, unavailable  # noqa: F401 - pipeline and tests name them here
 
 # Auto mode uses processes only for at least this many small files: a small file costs about
 # 90 us of CPU wherever it runs, so two workers save about 45 us of wall a file on an idle
