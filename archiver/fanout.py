@@ -357,13 +357,20 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
 
 def _taker(repo: Repository, out: ArchivedFiles, stats: Any, progress: Progress, record: _Recorder) -> Any:
     """What the driver does with a worker process's finished task: adopt its packs (all
-    durable by now), count its new chunks, then record and journal each of its files."""
+    durable by now), count its new chunks (less those another task of this run packed too:
+    the counts are of distinct chunks, as on threads), then record and journal each of its files."""
     def take(done: procfiles.SmallDone) -> None:
-        repo.adopt_packs(done.packs)
+        again = repo.adopt_packs(done.packs)
         with stats.lock:
             stats.new_chunks += done.new_chunks
             stats.new_bytes += done.new_bytes
             stats.repaired_chunks += done.repaired_chunks
+            for h, size in again.items():
+                if h in done.repaired:
+                    stats.repaired_chunks -= 1
+                else:
+                    stats.new_chunks -= 1
+                    stats.new_bytes -= size
         for row in done.files:
             file_done = procfiles.unflat(row)
             progress.advance(file_done.entry.size)

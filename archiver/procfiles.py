@@ -151,6 +151,7 @@ class SmallDone:
     new_chunks: int = 0
     new_bytes: int = 0
     repaired_chunks: int = 0
+    repaired: frozenset[str] = frozenset()  # the chunks counted in repaired_chunks (not in new_chunks)
 
 
 @functools.lru_cache(maxsize=2)
@@ -195,6 +196,7 @@ def run_job(job: SmallJob) -> SmallDone:
         pool.shutdown(wait=True)
         dirs.close()
     out.new_chunks, out.new_bytes, out.repaired_chunks = stats.new_chunks, stats.new_bytes, stats.repaired_chunks
+    out.repaired = frozenset(h for h, saved in writer.done.items() if saved.repaired)
     return out
 
 

@@ -2506,19 +2506,28 @@ class Repository:
             raise errors[0]
         return done
 
-    def adopt_packs(self, indexes: Iterable[packs.PackIndex]) -> None:
+    def adopt_packs(self, indexes: Iterable[packs.PackIndex]) -> dict[str, int]:
         """Packs a worker process of this run wrote and waited for (`task_packs`): recorded in
         the catalog at the next `flush_packs`, and found by this process's dedup and presence
         checks (`chunk_presence` still proves each by LIST). Not marked proved: a chunk of one
-        is read back before this process builds on it."""
+        is read back before this process builds on it.
+
+        Returns the chunks (hash -> stored size) a pack of this run already held when adopted:
+        two workers share no dedup state, so the same small content in two tasks running at
+        once is packed by both. The second copy is harmless (a chunk may lie in several packs)
+        but is not new: the caller takes it out of its counts."""
         ps = self._packstate
+        again: dict[str, int] = {}
         with ps.lock:
             for index in indexes:
                 iid = index.id
                 for i, e in enumerate(index.entries):
+                    if e.hash in ps.written_at or e.hash in ps.written or e.hash in ps.pending:
+                        again[e.hash] = e.stored_size
                     ps.written_at.setdefault(e.hash, []).append((index, iid, i))
                 ps.unrecorded.append(index)
                 self._adopted.append((index, iid))
+        return again
 
     def _adopted_sizes(self, hashes: Iterable[str]) -> dict[str, int]:
         """`chunk_sizes` when worker processes wrote packs in this run: a chunk of an adopted

@@ -7,9 +7,10 @@ import os
 import shutil
 from pathlib import Path
 
+import blake3
 import pytest
 
-from archiver import api, fanout, layout, pipeline, procfiles
+from archiver import api, fanout, layout, packs, pipeline, procfiles
 from archiver.errors import InvalidOptionError, SourceChangedError
 from archiver.executors import TaskLostError
 from archiver.scan import scan
@@ -60,6 +61,55 @@ def test_same_manifest_id_as_threads_and_deep_verify_passes(tmp_path, home, smal
     out = tmp_path / "out"
     api.restore(procs.id, out, store=str(tmp_path / "b"), catalog=str(tmp_path / "b.db"))
     assert tree(out / "src") == tree(src)
+
+
+def _pack_indexes(store: Path) -> list[packs.PackIndex]:
+    return [packs.parse_index(p.read_bytes()) for p in (store / layout.PACK_INDEXES).rglob("*.json")]
+
+
+class _EveryTaskOnAWorkerOfItsOwn:
+    """SmallFilePool's stand-in that runs each task in this process on a repository of its own,
+    as a worker that never saw the other tasks: the worst case of two workers packing the
+    same content at once (timing decides how often real workers do)."""
+
+    def __init__(self, processes, jobs, take, on_error):  # type: ignore[no-untyped-def]
+        self.error = None
+        for job in jobs:
+            procfiles._repository.cache_clear()
+            done = procfiles.run_job(job)
+            procfiles._repository(job.settings).close()
+            take(done)
+        procfiles._repository.cache_clear()
+
+    def cancel(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def raise_error(self) -> None:
+        pass
+
+
+def test_the_same_content_packed_by_two_workers_counts_once(tmp_path, home, small_tasks, monkeypatch):
+    """Identical small files in tasks that ran on different workers are packed twice (no dedup
+    state is shared between processes), yet counted once: new_chunks and new_bytes_stored are
+    the threads' (the CI flake of 2026-11-28: 144 against 143), and the archive verifies and
+    restores."""
+    src = make_tree(tmp_path / "src")
+    threads = _archive(tmp_path, src, str(tmp_path / "a"), 0)
+    monkeypatch.setattr(procfiles, "SmallFilePool", _EveryTaskOnAWorkerOfItsOwn)
+    procs = _archive(tmp_path, src, str(tmp_path / "b"), 2)
+    assert procs.files_by_processes > 0
+    held = blake3.blake3(b"the same bytes\n").hexdigest()
+    packed = [index for index in _pack_indexes(tmp_path / "b") if held in {e.hash for e in index.entries}]
+    assert len(packed) > 1  # the duplicate this test is about did happen
+    assert (procs.id, procs.new_chunks, procs.new_bytes_stored, procs.repaired_chunks) == \
+        (threads.id, threads.new_chunks, threads.new_bytes_stored, threads.repaired_chunks)
+    report = api.verify([procs.id], store=str(tmp_path / "b"), catalog=str(tmp_path / "b.db"), deep=True)
+    assert report.ok, report.problems
+    api.restore(procs.id, tmp_path / "out", store=str(tmp_path / "b"), catalog=str(tmp_path / "b.db"))
+    assert tree(tmp_path / "out" / "src") == tree(src)
 
 
 def test_a_copied_tree_stores_nothing_again(tmp_path, home, small_tasks):
