@@ -411,8 +411,9 @@ class FilesRun:
     def commit_when(self, mid: str, entries: Iterable[Entry]) -> "PendingCommit | None":
         """`commit` on a thread of its own while manifest `mid` is still being committed
         (Repository.commit_manifest's `on_id`): the rows are laid out meanwhile, and written
-        once `PendingCommit.finish` says `mid` was committed, so a row never names a manifest
-        that is not. None without a cache."""
+        once `PendingCommit.decide` (the manifest is in the store: `on_stored`) or `finish`
+        says `mid` was committed, so a row never names a manifest that is not. None without
+        a cache."""
         if self.cache is None:
             return None
         return PendingCommit(self, mid, list(entries))
@@ -476,11 +477,22 @@ class PendingCommit:
         except BaseException as e:  # noqa: BLE001 - raised by finish, on the committing thread
             self._error = e
 
+    def decide(self, committed: bool) -> None:
+        """Say, without waiting, whether manifest `mid` is durably in the store: its rows are
+        then written (or dropped) on this commit's thread while the caller goes on (the
+        manifest's catalog record). Safe before that record: a row is only ever a candidate,
+        its manifest re-read and re-checked and its chunks proved before any reuse."""
+        if not self._decided.is_set():
+            self._committed = committed
+            self._decided.set()
+
     def finish(self, committed: bool) -> None:
-        """Write the rows if manifest `mid` was committed, else drop them; waits for the
-        thread, and raises what it raised unexpectedly (as `commit` would have)."""
-        self._committed = committed
-        self._decided.set()
+        """Write the rows if manifest `mid` was committed, else drop them (unless `decide`
+        said so already); waits for the thread, and raises what it raised unexpectedly (as
+        `commit` would have)."""
+        if not self._decided.is_set():
+            self._committed = committed
+            self._decided.set()
         self._thread.join()
         if self._error is not None and committed:
             raise self._error

@@ -245,7 +245,10 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     try:
         committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,
                                          read_maps=read_maps, previous_trees=files_cache.trees,
-                                         on_id=lambda mid: pending.append(files_cache.commit_when(mid, entries)))
+                                         on_id=lambda mid: pending.append(files_cache.commit_when(mid, entries)),
+                                         # its rows are written while the catalog records the manifest
+                                         on_stored=lambda mid: [p.decide(p.mid == mid) for p in pending
+                                                                if p is not None])
     except BaseException:
         for p in pending:
             if p is not None:

@@ -414,7 +414,7 @@ class Repository:
         return self._heal(layout.tree(h), data, lambda stored: None if stored == data else
                           "stored tree differs from its hash")
 
-    TREE_WRITERS = 8  # trees written at once: each waits on its own fsync (or PUT), not on the CPU
+    TREE_WRITERS = 32  # trees written at once: each waits on its own fsync (or PUT), not on the CPU; more fsyncs at once share journal commits (bench/RESULTS.md, branch sftail)
 
     def _put_trees(self, trees: dict[str, bytes], hot: Any = None) -> None:
         """`_put_tree` every tree, several at once; returns once all are durable (the first
@@ -643,7 +643,8 @@ class Repository:
                         details: dict[str, Any] | None = None, policy: Any = None,
                         read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None = None,
                         previous_trees: Mapping[str, PreviousTree] | None = None,
-                        on_id: Callable[[str], None] | None = None) -> Committed:
+                        on_id: Callable[[str], None] | None = None,
+                        on_stored: Callable[[str], None] | None = None) -> Committed:
         """Store the manifest (every chunk it names must already be durable), sign it, and
         record it in the catalog with an 'archive' audit entry. Never overwrites: an object
         already under the same id must be byte-identical, else the store holds a forgery.
@@ -662,7 +663,9 @@ class Repository:
         recorded manifest names is still parsed as the reader would.
         `on_id`: called with the manifest id once its bytes and trees are proved, before anything
         of the commit is written (the files cache prepares its rows meanwhile, and keeps them
-        uncommitted until this returns)."""
+        uncommitted until this returns). `on_stored`: called with the id once the manifest and
+        its signature are durable in the store, before the catalog records it (the files cache
+        writes its rows meanwhile)."""
         # The open packs go to the store while the trees are built and proved (flush_packs
         # below raises a failure and records them): their writes and fsyncs release the GIL
         early = threading.Thread(target=self.write_open_packs, name="packs", daemon=True)
@@ -672,14 +675,15 @@ class Repository:
             # it would publish plaintext chunk hashes next to the encrypted manifest.
             m, made = self._committed_form_made(m, previous_trees)
             return self._commit_made(m, made, sign_key=sign_key, details=details, policy=policy,
-                                     read_maps=read_maps, on_id=on_id)
+                                     read_maps=read_maps, on_id=on_id, on_stored=on_stored)
         finally:
             early.join()
 
     def _commit_made(self, m: Manifest, made: tuple[str, dict[str, bytes], dict[str, str]] | None, *,
                      sign_key: Any, details: dict[str, Any] | None, policy: Any,
                      read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None,
-                     on_id: Callable[[str], None] | None) -> Committed:
+                     on_id: Callable[[str], None] | None,
+                     on_stored: Callable[[str], None] | None = None) -> Committed:
         """`commit_manifest` of `m` in its committed form (`made`: its trees, if any)."""
         hot = policy.for_metadata() if policy is not None else None
         proved: list[tuple[Entry, list[tuple[str, int, str]]]] = []  # new maps, recorded in batches
@@ -744,6 +748,8 @@ class Repository:
         signer = self.sign_manifest(mid, sign_key, policy=hot).fingerprint if sign_key is not None else None
         if policy is not None:
             self.record_policy(mid, policy)
+        if on_stored is not None:
+            on_stored(mid)
         if details is None or self._catalog.has_manifest(mid):  # already recorded: nothing new ingested
             with translated():
                 self._catalog.record_manifest(m, data, filemap_chunks=self._records_held(reused), trees=by_dir)

@@ -688,6 +688,50 @@ def test_cache_rows_are_written_beside_the_commit_and_kept_only_if_it_commits(re
     assert again.files_reused == 6
 
 
+def test_cache_rows_are_written_while_the_catalog_records_the_manifest(repo, tmp_path, monkeypatch):
+    """Once the manifest is durably in the store, its rows are written on the cache's own
+    thread while the catalog records the manifest (not after, in series); the next run
+    reuses them as before."""
+    src = _many_files(tmp_path / "src" / "tree", 6)
+    db = cache_path(repo.catalog_path)
+    during: list[int] = []
+    real = Catalog.record_manifest
+
+    def recording(self, m, data, **kw):
+        if m.name == "m":
+            deadline = time.monotonic() + 10
+            while _rows_in(db) < 6 and time.monotonic() < deadline:  # bounded: rows come on another thread
+                time.sleep(0.005)
+            during.append(_rows_in(db))
+        return real(self, m, data, **kw)
+    monkeypatch.setattr(Catalog, "record_manifest", recording)
+    res = pipeline_archive(repo, [src], name="m")
+    assert during == [6] and repo.is_recorded(res.id)
+    again = pipeline_archive(repo, [src], name="m")
+    assert again.files_reused == 6 and again.parent == res.id
+
+
+def test_a_decided_pending_commit_keeps_its_decision(repo, tmp_path):
+    """PendingCommit.decide(True) (the manifest is in the store) is not undone by a later
+    finish(False): the rows are only ever candidates, re-checked before any reuse."""
+    from archiver.chunking import ChunkPolicy
+    from archiver.filescache import FilesRun
+    from archiver.scan import scan
+    src = _many_files(tmp_path / "src" / "tree", 6)
+    first = pipeline_archive(repo, [src], name="m")
+    db = cache_path(repo.catalog_path)
+    for p in db.parent.glob(db.name + "*"):
+        p.unlink()  # no rows: only the pending commit below writes them
+    run = FilesRun.start(repo, scan([src]), ChunkPolicy())
+    pending = run.commit_when(first.id, repo.load_manifest(first.id).entries)
+    assert pending is not None
+    pending.decide(True)
+    pending.finish(False)
+    run.close()
+    assert _rows_in(db) == 6
+    assert pipeline_archive(repo, [src], name="m").files_reused == 6
+
+
 def _rows_in(db: Path) -> int:
     conn = sqlite3.connect(db)
     try:

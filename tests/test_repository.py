@@ -226,6 +226,28 @@ def test_commit_manifest_never_overwrites_a_different_object(repo, tmp_path):
         repo.commit_manifest(other)
 
 
+def test_on_stored_is_called_once_the_root_is_durable_and_before_the_catalog_records_it(repo, tmp_path):
+    """commit_manifest's `on_stored`: the manifest is in the store (and signed) when it is
+    called, and not yet in the catalog (the files cache writes its rows meanwhile)."""
+    data = os.urandom(100)
+    m = Manifest(name="m", entries=(file_entry("a", [data], [save(repo, data)]),))
+    seen: list[tuple[str, bool, bool]] = []
+    done = repo.commit_manifest(m, details={"note": "x"}, on_stored=lambda mid: seen.append(
+        (mid, obj_path(tmp_path, layout.manifest(mid)).is_file(), repo.is_recorded(mid))))
+    assert seen == [(done.id, True, False)] and repo.is_recorded(done.id)
+
+
+def test_on_stored_is_not_called_when_the_root_cannot_be_stored(repo, tmp_path):
+    other = Manifest(name="other", entries=())
+    p = obj_path(tmp_path, layout.manifest(other.id))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"not the manifest")
+    seen: list[str] = []
+    with pytest.raises(ManifestError, match="different object"):
+        repo.commit_manifest(other, details={"note": "x"}, on_stored=seen.append)
+    assert seen == [] and not repo.is_recorded(other.id)
+
+
 def test_iter_manifests_reports_a_bad_one_and_goes_on(repo, tmp_path):
     good = [Manifest(name=f"m{i}", entries=()) for i in range(3)]
     for m in good:
