@@ -33,6 +33,7 @@ from archiver.filescache import FilesRun
 from archiver.repository import Repository, SavedChunk
 from archiver.scan import Source, changed, open_file, open_source, read_whole, scan
 from archiver.techmeta import file_tech
+from archiver.treesahead import trees_ahead
 from manifests.errors import UnsafePathError
 from manifests.model import ATTACH_DIR, ChunkRef, Entry, Manifest, is_role, metadata_problem, text_problem
 from manifests.paths import check_paths
@@ -215,6 +216,9 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         else:
             entries.append(reused[src.path] if src.path in reused else done.entries[src.path])
     progress.finish()
+    # the trees of these final entries are made, proved and written while the steps below run
+    ahead = trees_ahead(entries, files_cache.trees, repo.sealed,
+                        repo.put_trees_ahead if write_policy is None else None)
     read_maps = None  # the file maps the check below read: commit_manifest does not read them again
     # chunks this process did not save itself (other hosts, worker processes, a journal): LIST proves them stored
     if ex.distributed or done.resumed or done.by_processes:
@@ -248,7 +252,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
                                          on_id=lambda mid: pending.append(files_cache.commit_when(mid, entries)),
                                          # its rows are written while the catalog records the manifest
                                          on_stored=lambda mid: [p.decide(p.mid == mid) for p in pending
-                                                                if p is not None])
+                                                                if p is not None],
+                                         trees_ahead=ahead)
     except BaseException:
         for p in pending:
             if p is not None:

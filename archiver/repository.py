@@ -48,6 +48,7 @@ from manifests.filemapbin import is_binary as is_binary_filemap
 from manifests import errors as manifest_errors
 from manifests.model import MAX_TREE_BYTES, parse_tree, resolve_trees, tree_objects
 from manifests.model import PreviousTree, prove_trees, with_trees_made
+from manifests.model import check_tree
 from manifests.paths import check_paths
 
 # A signature object is ~250 bytes of JSON; anything far larger is not one.
@@ -179,6 +180,7 @@ class Repository:
         self._packstate = PackState()  # the open pack, packs in flight, proved packs (archiver.packs)
         self._pack_below = packs.SMALL_OBJECT if pack_below is None else pack_below  # 0: never pack
         self._trees_read: set[str] = set()  # trees read and hash-checked since the last commit (tree_object_proved)
+        self._trees_ahead: set[str] = set()  # trees proved and written ahead of the next commit (put_trees_ahead)
         self._adopted: list[tuple[packs.PackIndex, str]] = []  # packs worker processes wrote (adopt_packs), with ids
         if sealer is not None:  # sealed: every object is sealed on its own and listed by its companion
             self._pack_below = 0
@@ -422,7 +424,8 @@ class Repository:
         the store and found to hash to its name (`tree_object_proved`: the files cache reading
         the previous version) is durable and intact: it is not read a second time (unless a
         lock policy must be checked on it)."""
-        seen, self._trees_read = self._trees_read, set()
+        seen, self._trees_read = self._trees_read | self._trees_ahead, set()
+        self._trees_ahead = set()
         if hot is None:
             trees = {h: data for h, data in trees.items() if h not in seen}
         if len(trees) <= 1:
@@ -432,6 +435,34 @@ class Repository:
         with ThreadPoolExecutor(min(self.TREE_WRITERS, len(trees)), thread_name_prefix="trees") as pool:
             for f in [pool.submit(self._put_tree, h, data, hot) for h, data in trees.items()]:
                 f.result()
+
+    def put_trees_ahead(self, trees: Mapping[str, tuple[bytes, str]]) -> set[str]:
+        """Trees made before their manifest's commit (hash -> (bytes, directory): archiver.
+        treesahead), proved and written now, while the rest of the archive runs: each is parsed
+        with the reader's checks (`check_tree`, its hash included) and only if every one passes
+        are they written, several at once (`_put_tree`: an object already there must be these
+        bytes). Returns those proved and durable; the commit neither parses nor writes them again.
+        Nothing is written if any fails its proof, and a write that fails is left out: the commit
+        then makes, proves and writes them itself, and says what is wrong. No write policy (a
+        locked commit writes its own trees); a sealed store has none."""
+        if self._sealer is not None or not trees:
+            return set()
+        try:
+            for h, (data, where) in trees.items():
+                check_tree(data, h, where)
+        except manifest_errors.ManifestError:
+            return set()
+
+        def put(h: str) -> str | None:
+            try:
+                self._put_tree(h, trees[h][0])
+            except (ArchiverError, OSError):
+                return None
+            return h
+        with ThreadPoolExecutor(min(self.TREE_WRITERS, len(trees)), thread_name_prefix="trees-ahead") as pool:
+            done = {h for h in pool.map(put, list(trees)) if h is not None}
+        self._trees_ahead |= done
+        return done
 
     def _put_tree(self, h: str, data: bytes, hot: Any = None) -> None:
         """put_if_absent; an object already there must be these bytes (else, damaged, it is
@@ -644,7 +675,7 @@ class Repository:
                         read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None = None,
                         previous_trees: Mapping[str, PreviousTree] | None = None,
                         on_id: Callable[[str], None] | None = None,
-                        on_stored: Callable[[str], None] | None = None) -> Committed:
+                        on_stored: Callable[[str], None] | None = None, trees_ahead: Any = None) -> Committed:
         """Store the manifest (every chunk it names must already be durable), sign it, and
         record it in the catalog with an 'archive' audit entry. Never overwrites: an object
         already under the same id must be byte-identical, else the store holds a forgery.
@@ -665,7 +696,11 @@ class Repository:
         of the commit is written (the files cache prepares its rows meanwhile, and keeps them
         uncommitted until this returns). `on_stored`: called with the id once the manifest and
         its signature are durable in the store, before the catalog records it (the files cache
-        writes its rows meanwhile)."""
+        writes its rows meanwhile).
+        `trees_ahead` (archiver.treesahead.TreesAhead of these entries): the trees it made are
+        taken if made from these very entry objects, and those it proved and wrote
+        (`put_trees_ahead`) are not parsed or written again (the same hash is the same bytes);
+        anything else is made, proved and written here."""
         # The open packs go to the store while the trees are built and proved (flush_packs
         # below raises a failure and records them): their writes and fsyncs release the GIL
         early = threading.Thread(target=self.write_open_packs, name="packs", daemon=True)
@@ -673,9 +708,10 @@ class Repository:
         try:
             # A sealed store keeps every chunk list inline: a file map is a plaintext object, so
             # it would publish plaintext chunk hashes next to the encrypted manifest.
-            m, made = self._committed_form_made(m, previous_trees)
+            m, made = self._committed_form_made(m, previous_trees, trees_ahead)
             return self._commit_made(m, made, sign_key=sign_key, details=details, policy=policy,
-                                     read_maps=read_maps, on_id=on_id, on_stored=on_stored)
+                                     read_maps=read_maps, on_id=on_id, on_stored=on_stored,
+                                     proved_trees=trees_ahead.proved if trees_ahead is not None else ())
         finally:
             early.join()
 
@@ -683,7 +719,8 @@ class Repository:
                      sign_key: Any, details: dict[str, Any] | None, policy: Any,
                      read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None,
                      on_id: Callable[[str], None] | None,
-                     on_stored: Callable[[str], None] | None = None) -> Committed:
+                     on_stored: Callable[[str], None] | None = None, proved_trees: Iterable[str] = ()
+                     ) -> Committed:
         """`commit_manifest` of `m` in its committed form (`made`: its trees, if any)."""
         hot = policy.for_metadata() if policy is not None else None
         proved: list[tuple[Entry, list[tuple[str, int, str]]]] = []  # new maps, recorded in batches
@@ -725,8 +762,9 @@ class Repository:
                 raise ManifestError("malformed manifest: it does not read back as the manifest given")
             if made is not None:  # each tree no recorded manifest named yet is parsed as the reader would
                 try:
+                    here = set(proved_trees)  # parsed with the same checks before they were written
                     prove_trees(m, trees, made[2],
-                                self._catalog.known_trees(set(made[2].values())))
+                                here.union(self._catalog.known_trees(set(made[2].values()) - here)))
                 except manifest_errors.ManifestError as e:
                     raise ManifestError(f"malformed manifest: its trees do not read back as the entries given "
                                         f"({e})") from None
@@ -791,14 +829,21 @@ class Repository:
         since a file map or tree is a plaintext object next to the encrypted manifest."""
         return self._committed_form_made(m)[0]
 
-    def _committed_form_made(self, m: Manifest, previous: Mapping[str, PreviousTree] | None = None
+    def _committed_form_made(self, m: Manifest, previous: Mapping[str, PreviousTree] | None = None,
+                             ahead: Any = None
                              ) -> tuple[Manifest, tuple[str, dict[str, bytes], dict[str, str]] | None]:
         """`committed_form(m)` and its trees as `tree_objects` made them (None when inline):
-        built once per commit, then stored, proved and recorded from the same objects."""
+        built once per commit, then stored, proved and recorded from the same objects.
+        `ahead` (archiver.treesahead.TreesAhead): trees already made of these very entries."""
         if not m.resolved:  # a v3 root without its entries would be committed as an empty manifest
             raise ManifestError(f"malformed manifest: the entries of tree {m.tree[:16]} were not given")
         if self._sealer is not None:
             return (dataclasses.replace(m, tree="", entry_count=0) if m.tree else m), None
+        got = ahead.made_for(m.entries) if ahead is not None else None
+        if got is not None:  # what with_trees_made(with_filemaps(m)) would make, made already
+            entries, made = got
+            fm = m if all(a is b for a, b in zip(entries, m.entries)) else dataclasses.replace(m, entries=entries)
+            return dataclasses.replace(fm, tree=made[0], entry_count=len(fm.entries)), made
         return with_trees_made(with_filemaps(m), previous)
 
     def iter_manifests(self) -> Iterator[StoredManifest]:
