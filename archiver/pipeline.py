@@ -216,12 +216,14 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         else:
             entries.append(reused[src.path] if src.path in reused else done.entries[src.path])
     progress.finish()
-    # the trees of these final entries are made, proved and written while the steps below run
+    listed = ex.distributed or done.resumed or done.by_processes
+    # the trees of these final entries are made, proved and written while the LIST below runs
+    # (threads alone have nothing to hide them behind: their commit makes them, as before)
     ahead = trees_ahead(entries, files_cache.trees, repo.sealed,
-                        repo.put_trees_ahead if write_policy is None else None)
+                        repo.put_trees_ahead if write_policy is None else None) if listed else None
     read_maps = None  # the file maps the check below read: commit_manifest does not read them again
     # chunks this process did not save itself (other hosts, worker processes, a journal): LIST proves them stored
-    if ex.distributed or done.resumed or done.by_processes:
+    if listed:
         repo.flush_packs()  # and the ones it did save, still in its open pack, are in the store to be listed
         read_maps = fanout.check_chunks_stored(repo, entries)
     synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
