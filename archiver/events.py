@@ -17,6 +17,7 @@ import getpass
 import json
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -129,7 +130,6 @@ class Agent:
             user = getpass.getuser()
         except Exception:  # no passwd entry in a container
             user = str(os.getuid())
-        import socket  # here: archive's start-up does not need it (bench/RESULTS.md, branch bigwall2)
         return cls(f"archiver {_version()}", socket.gethostname(), user)
 
     def to_dict(self) -> dict[str, str]:

@@ -24,6 +24,7 @@ import functools
 import json
 import os
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -1641,7 +1642,7 @@ class _HolderMark:
             else:
                 return
             self._held = True
-            text = f"{os.getpid()} {os.uname().nodename}\n".encode()  # = gethostname(), without importing socket at start-up
+            text = f"{os.getpid()} {socket.gethostname()}\n".encode()
             os.ftruncate(self._fd, 0)
             os.pwrite(self._fd, text, 0)
         except OSError:
@@ -1669,7 +1670,7 @@ class _HolderMark:
             except BlockingIOError:  # held: the mark is live
                 fields = os.pread(fd, 512, 0).decode("utf-8", "replace").split()
                 if fields and fields[0].isdigit():
-                    host = fields[1] if len(fields) > 1 and fields[1] != os.uname().nodename else None
+                    host = fields[1] if len(fields) > 1 and fields[1] != socket.gethostname() else None
                     return int(fields[0]), host
                 return None, None
             fcntl.flock(fd, fcntl.LOCK_UN)
