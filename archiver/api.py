@@ -184,11 +184,11 @@ def make_profile_block(profile: str | None, meta_file: str | os.PathLike | None 
                   profile_data: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The manifest's profile block, checked against the profile's schema now (before any
     scan): InvalidOptionError('meta_file', ...) naming the first missing or invalid field."""
-    from archiver import profile as profiles
     if profile is None:
         if meta_file is not None or profile_data is not None:
             raise InvalidOptionError("profile", "is needed to check the metadata against (e.g. model)")
         return None
+    from archiver import profile as profiles  # after the common case: its import (importlib.resources) costs start-up
     if (meta_file is None) == (profile_data is None):
         raise InvalidOptionError("meta_file", f"is needed with profile {profile!r} (a JSON file of its fields)")
     if meta_file is not None:

@@ -215,3 +215,21 @@ def test_an_archive_of_small_files_does_not_import_numpy(tmp_path):
     r, loaded = cli_modules(env, "--store", store, "archive", str(src), "--name", "m", "--json")
     assert json.loads(r.stdout)["files"] == 40
     assert "archiver.pipeline" in loaded and [m for m in loaded if m.split(".")[0] == "numpy"] == []
+
+
+def test_archive_start_up_imports_neither_zipfile_nor_the_profile_checker(tmp_path):
+    """What archive imports before its first chunk is read runs on one thread (issue 12 item 6;
+    bench/RESULTS.md, branch bigwall2): zipfile only for a torch zip (or by the event agent's
+    version lookup, on its thread while chunks are written), the metadata profile checker only
+    with --profile."""
+    probe = ("import sys\nimport archiver.cli, archiver.api, archiver.pipeline, archiver.fanout, "
+             "archiver.filescache, archiver.storecheck\n"
+             "print(sorted(m for m in ('zipfile', 'archiver.profile') if m in sys.modules))\n")
+    r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+    ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=2, dim=64)
+    env = {**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")}
+    r, loaded = cli_modules(env, "--store", str(tmp_path / "store"), "archive", str(ckpt), "--name", "m", "--json")
+    assert json.loads(r.stdout)["files"] > 0 and "archiver.pipeline" in loaded
+    assert "archiver.profile" not in loaded

@@ -7,10 +7,12 @@ which is only *scanned* with pickletools (never unpickled: a checkpoint is untru
 from __future__ import annotations
 
 import struct
-import zipfile
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from archiver.formats import MAX_HEADER_BYTES, BoundedReader, Malformed, Region, finalize, tolerant
+
+if TYPE_CHECKING:  # zipfile (and shutil under it) is imported by the readers, not at every start-up
+    import zipfile
 
 MAGIC = b"PK\x03\x04"
 MAX_MEMBERS = 1_000_000
@@ -180,6 +182,7 @@ def _open_checkpoint(zf: zipfile.ZipFile) -> tuple[str, list[zipfile.ZipInfo], _
 
 
 def _parse(f: BinaryIO, size: int) -> list[Region] | None:
+    import zipfile
     r = BoundedReader(f)
     with zipfile.ZipFile(r) as zf:
         found = _open_checkpoint(zf)
@@ -204,6 +207,7 @@ regions = tolerant(_parse)  # Tensor-storage regions of a torch.save zip, or Non
 
 # -- technical summary (additive: `regions` above is what the chunker uses) -------------------
 def _summarize(f: BinaryIO, size: int) -> dict | None:
+    import zipfile
     with zipfile.ZipFile(BoundedReader(f)) as zf:
         found = _open_checkpoint(zf)
     if found is None:

@@ -15,6 +15,7 @@ import stat as stat_mod
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from archiver.directio import DirectWriter
 from archiver.errors import ObjectMissingError, StoreError, UsageError
 from archiver.fileio import write_all as _write_all  # a module name, so tests can inject ENOSPC
 from archiver.stores.base import NotAnObjectError, ObjectInfo, ObjectTooLargeError, ObjectVersion, ShortObjectError
@@ -124,6 +125,7 @@ class LocalStore:
     def __init__(self, root: Path):
         self.root = Path(root).expanduser().absolute()
         self.url = str(self.root)
+        self._direct = DirectWriter()  # big objects bypass the page cache (archiver/directio.py)
 
     def __repr__(self) -> str:
         return f"LocalStore({self.url!r})"
@@ -174,11 +176,15 @@ class LocalStore:
         try:
             self._make_dirs(final.parent)
             tmp = final.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                         OBJECT_MODE)
+            size = sum(memoryview(part).nbytes for part in parts)
+            fd, direct = self._direct.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                                           OBJECT_MODE, size)
             try:
-                for part in parts:
-                    _write_all(fd, part)
+                if direct:
+                    self._direct.write(fd, parts, direct)
+                else:
+                    for part in parts:
+                        _write_all(fd, part)
                 os.fsync(fd)
             finally:
                 os.close(fd)
