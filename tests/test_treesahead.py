@@ -158,3 +158,52 @@ def test_small_sealed_or_locked_runs_make_no_trees_ahead():
     big = entries * 100
     assert treesahead.trees_ahead(big, None, True, lambda trees: set()) is None  # sealed: inline
     assert treesahead.trees_ahead(big, None, False, None) is None  # a lock policy: the commit writes its own
+
+
+def _listed(monkeypatch) -> None:
+    """The archive takes the LIST path (as with worker processes or a resumed journal) without
+    starting any: its trees are made ahead."""
+    from archiver import fanout
+    real = fanout.archive_files
+
+    def archive_files(*args, **kwargs):
+        done = real(*args, **kwargs)
+        done.resumed = max(done.resumed, 1)
+        return done
+    monkeypatch.setattr(fanout, "archive_files", archive_files)
+
+
+@pytest.mark.parametrize("failure", [ArchiverManifestError("stop"), KeyboardInterrupt()])
+def test_an_archive_that_fails_before_its_commit_leaves_no_trees_ahead_thread(tmp_path, monkeypatch, failure):
+    """The LIST (or the catalog sync) fails while the trees are still being written ahead: the
+    archive raises only once that thread is done, so nothing of it runs on behind the caller
+    (writing into a store it has closed) and the rerun finds a quiet store."""
+    from archiver import fanout
+    monkeypatch.setattr(model, "TREE_THRESHOLD", 3)
+    src = _tree(tmp_path / "src")
+    _listed(monkeypatch)
+    started, release = threading.Event(), threading.Event()
+    real_put = Repository.put_trees_ahead
+
+    def slow_put(self, trees):
+        started.set()
+        release.wait(10)
+        return real_put(self, trees)
+    monkeypatch.setattr(Repository, "put_trees_ahead", slow_put)
+
+    def check(repo, entries):
+        assert started.wait(10)
+        threading.Timer(0.3, release.set).start()
+        raise failure
+    monkeypatch.setattr(fanout, "check_chunks_stored", check)
+    with _open(tmp_path) as repo:
+        with pytest.raises(type(failure)):
+            archive(repo, [src], name="m")
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("trees-ahead")]
+    release.set()
+    assert alive == []
+    monkeypatch.undo()
+    monkeypatch.setattr(model, "TREE_THRESHOLD", 3)
+    with _open(tmp_path) as repo:  # the rerun commits, and everything it names reads back
+        res = archive(repo, [src], name="m")
+        assert repo.manifest_trees(repo.load_manifest(res.id))
