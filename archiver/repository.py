@@ -180,7 +180,6 @@ class Repository:
         self._packstate = PackState()  # the open pack, packs in flight, proved packs (archiver.packs)
         self._pack_below = packs.SMALL_OBJECT if pack_below is None else pack_below  # 0: never pack
         self._trees_read: set[str] = set()  # trees read and hash-checked since the last commit (tree_object_proved)
-        self._trees_ahead: set[str] = set()  # trees proved and written ahead of the next commit (put_trees_ahead)
         self._adopted: list[tuple[packs.PackIndex, str]] = []  # packs worker processes wrote (adopt_packs), with ids
         if sealer is not None:  # sealed: every object is sealed on its own and listed by its companion
             self._pack_below = 0
@@ -418,14 +417,14 @@ class Repository:
 
     TREE_WRITERS = 32  # trees written at once: each waits on its own fsync (or PUT), not on the CPU; more fsyncs at once share journal commits (bench/RESULTS.md, branch sftail)
 
-    def _put_trees(self, trees: dict[str, bytes], hot: Any = None) -> None:
+    def _put_trees(self, trees: dict[str, bytes], hot: Any = None, ahead: Iterable[str] = ()) -> None:
         """`_put_tree` every tree, several at once; returns once all are durable (the first
         error is raised, after the others finished). A tree this run already read back from
         the store and found to hash to its name (`tree_object_proved`: the files cache reading
         the previous version) is durable and intact: it is not read a second time (unless a
-        lock policy must be checked on it)."""
-        seen, self._trees_read = self._trees_read | self._trees_ahead, set()
-        self._trees_ahead = set()
+        lock policy must be checked on it). `ahead`: trees this commit's TreesAhead proved and
+        wrote (only its own: those of an archive that never committed are not proof)."""
+        seen, self._trees_read = self._trees_read.union(ahead), set()
         if hot is None:
             trees = {h: data for h, data in trees.items() if h not in seen}
         if len(trees) <= 1:
@@ -460,9 +459,7 @@ class Repository:
                 return None
             return h
         with ThreadPoolExecutor(min(self.TREE_WRITERS, len(trees)), thread_name_prefix="trees-ahead") as pool:
-            done = {h for h in pool.map(put, list(trees)) if h is not None}
-        self._trees_ahead |= done
-        return done
+            return {h for h in pool.map(put, list(trees)) if h is not None}
 
     def _put_tree(self, h: str, data: bytes, hot: Any = None) -> None:
         """put_if_absent; an object already there must be these bytes (else, damaged, it is
@@ -773,7 +770,7 @@ class Repository:
         # the trees go to the store (before the root naming them) while the packs are flushed and
         # recorded: both are durable before the root is written, in either order
         with ThreadPoolExecutor(1, thread_name_prefix="trees") as put:
-            trees_put = put.submit(self._put_trees, trees, hot)
+            trees_put = put.submit(self._put_trees, trees, hot, proved_trees)
             self.flush_packs()  # every pack holding a chunk it names is durable before the manifest
             trees_put.result()
         key = layout.manifest(mid)

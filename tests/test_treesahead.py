@@ -207,3 +207,31 @@ def test_an_archive_that_fails_before_its_commit_leaves_no_trees_ahead_thread(tm
     with _open(tmp_path) as repo:  # the rerun commits, and everything it names reads back
         res = archive(repo, [src], name="m")
         assert repo.manifest_trees(repo.load_manifest(res.id))
+
+
+def test_trees_written_ahead_for_an_archive_that_failed_are_not_trusted_by_a_later_commit(tmp_path, monkeypatch):
+    """Trees written ahead of a commit that never came are not this repository's proof for
+    the next commit: damaged (or deleted) meanwhile, that commit must write them again, not
+    skip them as durable and name a tree that does not read back."""
+    from archiver import fanout
+    monkeypatch.setattr(model, "TREE_THRESHOLD", 3)
+    src = _tree(tmp_path / "src")
+    with monkeypatch.context() as m:
+        _listed(m)
+
+        def check(repo, entries):
+            raise ArchiverManifestError("the LIST found a chunk missing")
+        m.setattr(fanout, "check_chunks_stored", check)
+        with _open(tmp_path) as repo:
+            with pytest.raises(ArchiverManifestError):
+                archive(repo, [src], name="m")
+            raw = RawStore(str(tmp_path / "store"))
+            trees = raw.keys(layout.TREES)
+            assert trees  # written ahead, named by no manifest
+            for k in trees:
+                raw.write(k, b"rot")  # damaged (or gone) before the next commit
+            m.undo()
+            monkeypatch.setattr(model, "TREE_THRESHOLD", 3)
+            res = archive(repo, [src], name="m")  # threads only: its commit writes its trees
+            by_hash = repo.manifest_trees(repo.load_manifest(res.id))
+    assert by_hash and all(raw.read(layout.tree(h)) != b"rot" for h in by_hash)
