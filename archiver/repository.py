@@ -431,9 +431,16 @@ class Repository:
             for h, data in trees.items():
                 self._put_tree(h, data, hot)
             return
-        with ThreadPoolExecutor(min(self.TREE_WRITERS, len(trees)), thread_name_prefix="trees") as pool:
+        with ThreadPoolExecutor(self._tree_writers(len(trees)), thread_name_prefix="trees") as pool:
             for f in [pool.submit(self._put_tree, h, data, hot) for h, data in trees.items()]:
                 f.result()
+
+    def _tree_writers(self, n: int, spare: int = 0) -> int:
+        """Threads writing `n` trees: TREE_WRITERS at most, and no more than the store keeps
+        connections for (an S3 client's pool), less `spare` for requests made meanwhile."""
+        pool = getattr(self._store, "connections", None)
+        cap = self.TREE_WRITERS if pool is None else min(self.TREE_WRITERS, pool - spare)
+        return max(1, min(cap, n))
 
     def put_trees_ahead(self, trees: Mapping[str, tuple[bytes, str]]) -> set[str]:
         """Trees made before their manifest's commit (hash -> (bytes, directory): archiver.
@@ -458,7 +465,8 @@ class Repository:
             except (ArchiverError, OSError):
                 return None
             return h
-        with ThreadPoolExecutor(min(self.TREE_WRITERS, len(trees)), thread_name_prefix="trees-ahead") as pool:
+        # one connection of the pool is left to the archive's LIST meanwhile
+        with ThreadPoolExecutor(self._tree_writers(len(trees), spare=1), thread_name_prefix="trees-ahead") as pool:
             return {h for h in pool.map(put, list(trees)) if h is not None}
 
     def _put_tree(self, h: str, data: bytes, hot: Any = None) -> None:

@@ -235,3 +235,24 @@ def test_trees_written_ahead_for_an_archive_that_failed_are_not_trusted_by_a_lat
             res = archive(repo, [src], name="m")  # threads only: its commit writes its trees
             by_hash = repo.manifest_trees(repo.load_manifest(res.id))
     assert by_hash and all(raw.read(layout.tree(h)) != b"rot" for h in by_hash)
+
+
+@pytest.mark.integration
+def test_trees_written_ahead_on_s3_stay_within_the_connection_pool(s3_server_url, tmp_path, monkeypatch, caplog):
+    """TREE_WRITERS at once on one S3 client: no more than its connection pool holds, so no
+    request waits for or throws away a connection ('Connection pool is full' on stderr)."""
+    import logging
+    monkeypatch.setattr(model, "TREE_THRESHOLD", 3)
+    entries = [Entry(path="top", type="dir", mode=0o755, mtime_ns=1)]
+    for d in range(120):
+        entries.append(Entry(path=f"top/d{d:03}", type="dir", mode=0o755, mtime_ns=2))
+        entries += [_entry(f"top/d{d:03}/f{i}", d) for i in range(4)]
+    made = model.tree_objects(tuple(entries))
+    assert made is not None
+    top, objects, by_dir = made
+    trees = {h: (objects[h], d) for d, h in by_dir.items() if h in objects}
+    assert len(trees) > 100
+    caplog.set_level(logging.WARNING, logger="urllib3")
+    with Repository.open(Settings.resolve(s3_server_url, tmp_path / "cat.db"), create=True) as repo:
+        assert repo.put_trees_ahead(trees) == set(trees)
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]

@@ -168,6 +168,12 @@ class S3Store:
     def __repr__(self) -> str:
         return f"S3Store({self.url!r}, endpoint={self.endpoint!r})"
 
+    @property
+    def connections(self) -> int:
+        """Requests at once that the client keeps connections for (its pool): more threads than
+        this open and throw away connections ('Connection pool is full' warnings)."""
+        return int(getattr(self.client.meta.config, "max_pool_connections", None) or self.options.max_pool)
+
     def _full(self, key: str) -> str:
         return self._root + validate_key(key)
 
