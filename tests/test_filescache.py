@@ -860,3 +860,36 @@ def test_a_commit_held_up_does_not_cost_another_archive_its_cache_rows(tmp_path,
     assert pipeline_archive(repo_a, [src_a], name="a").files_reused == 6
     repo_a.close()
     repo_b.close()
+
+
+def test_rows_of_a_manifest_the_catalog_failed_to_record_are_only_candidates(repo, tmp_path, monkeypatch, reads):
+    """The rows are written once the root is durable (on_stored), before the catalog records
+    it; that record fails (disk full under the catalog): the archive fails, and the rerun
+    takes nothing from those rows unproved (a chunk damaged since makes its file read and the
+    chunk repaired), keeps the id, and everything verifies."""
+    from archiver.errors import ArchiverError
+    from archiver.checker import verify
+    src = _many_files(tmp_path / "src" / "tree", 6)
+    first = pipeline_archive(repo, [src], name="base")
+    (src / "d0" / "f000.bin").write_bytes(os.urandom(2000))
+    real = Catalog.record_manifest
+
+    def full(self, m, data, **kw):
+        if m.name == "m":
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(self, m, data, **kw)
+    with monkeypatch.context() as mp:
+        mp.setattr(Catalog, "record_manifest", full)
+        with pytest.raises((ArchiverError, sqlite3.Error)):
+            pipeline_archive(repo, [src], name="m")
+    assert _rows_in(cache_path(repo.catalog_path)) >= 6  # written once the root was durable
+    stored = {k for k in RawStore(str(tmp_path / "store")).keys(layout.MANIFESTS)}
+    assert len(stored) == 2  # the failed archive's root is in the store, not in the catalog
+    e = files_of(repo, first.id)["tree/d1/f001.bin"]
+    raw = RawStore(str(tmp_path / "store"))
+    raw.mutate(layout.chunk(e.chunks[0].hash), lambda b: b[:-1] + bytes([b[-1] ^ 1]))
+    reads.clear()
+    again = pipeline_archive(repo, [src], name="m")
+    assert "tree/d1/f001.bin" in reads and again.repaired_chunks == 1
+    assert layout.manifest(again.id) in stored  # the same archive: its id kept
+    assert verify(repo, [again.id], deep=True).problems == []
