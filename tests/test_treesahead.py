@@ -256,3 +256,40 @@ def test_trees_written_ahead_on_s3_stay_within_the_connection_pool(s3_server_url
     with Repository.open(Settings.resolve(s3_server_url, tmp_path / "cat.db"), create=True) as repo:
         assert repo.put_trees_ahead(trees) == set(trees)
     assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
+
+
+@pytest.mark.parametrize("where", ["ahead", "both"])
+def test_a_full_disk_under_trees_written_ahead_commits_nothing_unproved_and_the_rerun_commits(tmp_path, monkeypatch,
+                                                                                               where):
+    """ENOSPC on tree writes ahead only: they are left out and the commit writes them itself
+    (same manifest as without). On the commit's writes too: one StoreError, no manifest, and
+    the rerun, with space again, commits and every tree reads back."""
+    from archiver import fileio
+    from archiver.errors import StoreError
+    from archiver.stores import local
+    monkeypatch.setattr(model, "TREE_THRESHOLD", 3)
+    src = _tree(tmp_path / "src")
+    _listed(monkeypatch)
+    real = local._write_all
+    full = {"on": True}
+    refused: list[str] = []
+
+    def write_all(fd, data):
+        name = threading.current_thread().name
+        if full["on"] and name.startswith("trees") and (where == "both" or name.startswith("trees-ahead")):
+            refused.append(name)
+            raise OSError(28, "No space left on device")
+        return real(fd, data)
+    monkeypatch.setattr(local, "_write_all", write_all)
+    with _open(tmp_path) as repo:
+        if where == "both":
+            with pytest.raises(StoreError, match="disk full|space"):
+                archive(repo, [src], name="m")
+            assert RawStore(str(tmp_path / "store")).keys(layout.MANIFESTS) == []
+            full["on"] = False
+        res = archive(repo, [src], name="m")
+        trees = repo.manifest_trees(repo.load_manifest(res.id))
+        assert trees and repo.is_recorded(res.id)
+    assert any(n.startswith("trees-ahead") for n in refused)
+    assert (where == "both") == any(not n.startswith("trees-ahead") for n in refused)
+    assert not [t for t in threading.enumerate() if t.name.startswith("trees")]
