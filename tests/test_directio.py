@@ -144,3 +144,105 @@ def test_disk_full_during_a_direct_write_is_one_store_error(tmp_path, monkeypatc
         store.put_parts_if_absent("chunks/ab/abcd", _parts(4, [2 << 20]))
     assert [p.name for p in (tmp_path / "s").rglob("*") if p.is_file()] == []
     assert store._direct.available  # a full disk is not a refusal of O_DIRECT
+
+
+def test_threads_writing_at_once_each_get_their_own_bytes_back(tmp_path):
+    """The aligned buffer is the thread's own: eight threads writing different big objects
+    through one store at once (ragged sizes, pieces spanned) each read back exactly theirs."""
+    _needs_direct(tmp_path)
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    store = LocalStore(tmp_path / "s")
+    store._direct = DirectWriter(piece=ALIGN * 16)  # small pieces: many refills of each buffer
+    store._direct.direct_from = 1
+    objects = {f"chunks/{k:02x}/{k:064x}": _parts(100 + k, [ALIGN * 7 + k * 513, 1 + k, ALIGN * 33 - k])
+               for k in range(24)}
+    barrier = threading.Barrier(8)
+
+    def put(key):
+        try:
+            barrier.wait(timeout=0.5)
+        except threading.BrokenBarrierError:
+            pass
+        return store.put_parts_if_absent(key, objects[key])
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(put, objects))
+    for key, parts in objects.items():
+        assert store.get(key) == b"".join(bytes(p) for p in parts)
+    assert store._direct.available
+
+
+def test_writers_of_the_same_key_at_once_publish_one_object_and_leave_no_temp(tmp_path):
+    _needs_direct(tmp_path)
+    from concurrent.futures import ThreadPoolExecutor
+    store = LocalStore(tmp_path / "s")
+    parts = _parts(7, [(1 << 20) + 4097])
+    with ThreadPoolExecutor(6) as pool:
+        won = list(pool.map(lambda _: store.put_parts_if_absent("chunks/cd/cdef", parts), range(6)))
+    assert won.count(True) == 1
+    assert store.get("chunks/cd/cdef") == bytes(parts[0])
+    assert [p.name for p in (tmp_path / "s").rglob("*") if p.is_file()] == ["cdef"]
+
+
+@pytest.mark.parametrize("size", [(1 << 20) - 1, 1 << 20, (1 << 20) + 1, (2 << 20) - 1, 2 << 20, (2 << 20) + 512])
+def test_sizes_around_the_threshold_and_the_piece_read_back_exactly(tmp_path, size, monkeypatch):
+    _needs_direct(tmp_path)
+    opened: list[bool] = []
+    real = os.open
+
+    def watching(path, flags, *a, **k):
+        if flags & os.O_CREAT:
+            opened.append(bool(flags & os.O_DIRECT))
+        return real(path, flags, *a, **k)
+    monkeypatch.setattr(directio.os, "open", watching)
+    store = LocalStore(tmp_path / "s")
+    half = size // 3
+    parts = _parts(size, [half, 0, size - half])
+    assert store.put_parts_if_absent("chunks/ab/ab01", parts)
+    assert opened == [size >= directio.DIRECT_FROM]
+    data = (tmp_path / "s" / "chunks" / "ab" / "ab01").read_bytes()
+    assert len(data) == size and data == b"".join(bytes(p) for p in parts)
+    assert os.stat(tmp_path / "s" / "chunks" / "ab" / "ab01").st_size == size
+
+
+def test_non_byte_multidimensional_views_are_written_as_their_bytes(tmp_path):
+    _needs_direct(tmp_path)
+    w = DirectWriter(piece=ALIGN * 8, direct_from=0)
+    a = np.arange(3 * 70_001, dtype=np.float32).reshape(3, 70_001)
+    b = np.arange(999, dtype=">u8")
+    c = np.zeros(5, dtype=[("x", "<u2"), ("y", "f8")])
+    parts = [memoryview(a), memoryview(b), memoryview(c)]
+    assert _write(w, tmp_path / "obj", parts)
+    assert (tmp_path / "obj").read_bytes() == a.tobytes() + b.tobytes() + c.tobytes()
+
+
+def test_a_threads_buffer_goes_with_the_thread(tmp_path):
+    """Memory stays at one buffer per live thread: a thread that ended frees its buffer (many
+    short-lived threads over a run do not pile up buffers)."""
+    _needs_direct(tmp_path)
+    import threading
+    import weakref
+    w = DirectWriter(piece=ALIGN * 4, direct_from=0)
+    refs = []
+
+    def one(k):
+        _write(w, tmp_path / f"o{k}", [b"z" * (ALIGN + k)])
+        refs.append(weakref.ref(w._local.buf))
+    for k in range(5):
+        t = threading.Thread(target=one, args=(k,))
+        t.start()
+        t.join()
+    assert len(refs) == 5 and all(r() is None for r in refs)
+
+
+def test_a_store_on_tmpfs_writes_big_objects_byte_exact(tmp_path):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("no writable /dev/shm")
+    import tempfile
+    with tempfile.TemporaryDirectory(dir=shm) as d:
+        store = LocalStore(Path(d) / "s")
+        parts = _parts(9, [(3 << 20) + 17, 4095])
+        assert store.put_parts_if_absent("chunks/ef/ef01", parts)
+        assert store.get("chunks/ef/ef01") == b"".join(bytes(p) for p in parts)
+        assert store.stat("chunks/ef/ef01").size == sum(memoryview(p).nbytes for p in parts)
