@@ -246,3 +246,30 @@ def test_a_store_on_tmpfs_writes_big_objects_byte_exact(tmp_path):
         assert store.put_parts_if_absent("chunks/ef/ef01", parts)
         assert store.get("chunks/ef/ef01") == b"".join(bytes(p) for p in parts)
         assert store.stat("chunks/ef/ef01").size == sum(memoryview(p).nbytes for p in parts)
+
+
+def test_a_direct_object_is_cut_to_size_and_fsynced_before_its_name_appears_then_its_directory(tmp_path,
+                                                                                               monkeypatch):
+    """Same durability as a buffered object: the temp file, at its exact size (the padding cut
+    off), is fsynced before the link publishes it, and the directory after."""
+    _needs_direct(tmp_path)
+    import stat as stat_mod
+    from archiver.stores import local
+    events: list[tuple] = []
+    real_fsync, real_link = os.fsync, os.link
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", "dir" if stat_mod.S_ISDIR(st.st_mode) else st.st_size))
+        return real_fsync(fd)
+
+    def link(a, b, *args, **kw):
+        events.append(("link", Path(b).name))
+        return real_link(a, b, *args, **kw)
+    monkeypatch.setattr(local.os, "fsync", fsync)
+    monkeypatch.setattr(local.os, "link", link)
+    store = LocalStore(tmp_path / "s")
+    (tmp_path / "s" / "chunks" / "ab").mkdir(parents=True)
+    size = (1 << 20) + 4097
+    assert store.put_parts_if_absent("chunks/ab/abcd", _parts(5, [size]))
+    assert events == [("fsync", size), ("link", "abcd"), ("fsync", "dir")]
