@@ -481,6 +481,11 @@ def _busy(e: sqlite3.Error) -> bool:
     return _errcode(e) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(e)
 
 
+def _full(e: BaseException) -> bool:
+    """SQLite's "database or disk is full" (SQLITE_FULL): the disk, or a page limit."""
+    return isinstance(e, sqlite3.Error) and (_errcode(e) == sqlite3.SQLITE_FULL or "is full" in str(e))
+
+
 def _readonly(e: BaseException) -> bool:
     if isinstance(e, OSError):
         return e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
@@ -1716,10 +1721,15 @@ class _Txn:
             if self.owner:
                 self.cat._holder.clear()
                 try:
-                    self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-                except BaseException:
+                    if exc_type is None:
+                        self.conn.execute("COMMIT")
+                    elif self.conn.in_transaction:  # SQLite may have rolled it back itself (SQLITE_FULL)
+                        self.conn.execute("ROLLBACK")
+                except BaseException as e:
                     if self.conn.in_transaction:  # a failed COMMIT (disk full, say) must not leave it open
                         self.conn.execute("ROLLBACK")
+                    if _full(e):
+                        raise self._full_error(e) from None
                     raise
             elif self.savepoint is not None:
                 if exc_type is not None:
@@ -1727,6 +1737,12 @@ class _Txn:
                 self.conn.execute(f"RELEASE {self.savepoint}")
         finally:
             self.cat._lock.release()
+        if self.owner and exc is not None and _full(exc):  # rolled back: nothing of it was recorded
+            raise self._full_error(exc) from None
+
+    def _full_error(self, e: BaseException) -> CatalogError:
+        """A full disk under the catalog, as one line naming it (never a raw sqlite3 error)."""
+        return CatalogError(f"catalog {self.cat.path}: disk full, nothing of this write was recorded ({e})")
 
 
 def default_catalog_path(home: Path, store_url: str, default_store_url: str, endpoint: str | None = None) -> Path:

@@ -88,6 +88,22 @@ def test_record_manifest_is_idempotent(cat, cat_path):
     assert cat.load_manifest(m.id) == m
 
 
+def test_a_full_disk_under_the_catalog_is_one_catalog_error_and_records_nothing(cat, cat_path):
+    """SQLITE_FULL (here a page limit, as a full disk gives) while recording: a CatalogError
+    naming the catalog, the transaction rolled back, and the catalog usable once there is room."""
+    first = make_manifest(name="first")
+    assert record(cat, first)
+    pages = cat._conn.execute("PRAGMA page_count").fetchone()[0]
+    cat._conn.execute(f"PRAGMA max_page_count={pages}")
+    big = make_manifest(name="big", files={f"ckpt/f{i}.bin": [f"s{i}", f"t{i}"] for i in range(2000)})
+    with pytest.raises(CatalogError, match="disk full, nothing of this write was recorded") as got:
+        record(cat, big)
+    assert str(cat_path) in str(got.value) and got.value.__cause__ is None
+    assert not cat.has_manifest(big.id) and [r.name for r in cat.manifest_rows()] == ["first"]
+    cat._conn.execute("PRAGMA max_page_count=1073741823")
+    assert record(cat, big) and cat.has_manifest(big.id)
+
+
 def test_manifest_bytes_unknown(cat):
     with pytest.raises(NotFoundError):
         cat.manifest_bytes(h("nope"))
