@@ -64,6 +64,8 @@ def preload() -> list[str]:
 # Runs of a task in flight at once in a worker (threads): a full pack's write and fsync block
 # only the thread that filled it.
 RUN_THREADS = 2
+# Explicit processes: the pool starts during the scan once it has seen this many small files.
+EARLY_FILES = 1
 # Files per task: few hand-offs (each costs a pickle of its Sources and entries), yet enough
 # tasks that the two workers finish at about the same time.
 TASK_FILES = 1500
@@ -82,10 +84,19 @@ def resolve(requested: int | None, *, small_files: int, local: bool, sealed: boo
     n = workerprocs.requested_count(requested, None if possible else f"worker processes need {why}")
     if n is not None:
         return n
-    cores = os.cpu_count() or 1
-    if not possible or cores < 2 or small_files < AUTO_MIN_FILES:
+    if not possible or small_files < AUTO_MIN_FILES:
         return 0
-    return cores if workerprocs.spare_cores(busy=load) >= AUTO_IDLE_CORES and workerprocs.unavailable() is None else 0
+    return auto_count(load)
+
+
+def auto_count(busy: float | None) -> int:
+    """Auto's count, the small files being many: one per core, with two cores or more and
+    AUTO_IDLE_CORES of them left idle by the rest of the machine (`busy`: the cores it kept
+    busy, else the 1-minute load average), else 0."""
+    cores = os.cpu_count() or 1
+    if cores < 2:
+        return 0
+    return cores if workerprocs.spare_cores(busy=busy) >= AUTO_IDLE_CORES and workerprocs.unavailable() is None else 0
 
 
 def tasks_of(runs: list[list[Source]], per_task: int | None = None) -> list[list[list[Source]]]:
@@ -214,6 +225,119 @@ def worker_settings(settings: Settings) -> Settings:
     return settings
 
 
+def _warm(settings: Settings) -> None:
+    """A worker's first call, while the driver still scans: open its repository (`_repository`,
+    kept for the tasks). An error here is left for the first task, which raises it again and
+    reports it as its own."""
+    try:
+        _repository(settings)
+    except Exception:  # noqa: BLE001 - the first task opens it again and reports the error
+        pass
+
+
+class PoolStarter:
+    """Starts the small files' worker pool while the scan is still running, so the fork server's
+    imports and the workers' start overlap the scan instead of following it.
+
+    The scan reports each directory (`watch`); once it has seen `EARLY_FILES` files below
+    `fanout.BATCH_FILE_BELOW` (explicit processes) or AUTO_MIN_FILES (auto, and AUTO_IDLE_CORES
+    idle since `cpu_since`: `resolve`'s rule, taken at that moment), and the files cache has no
+    row under the paths archived (a re-archive may read no file at all) or every file is read
+    again, a thread of its own starts the pool and opens each worker's repository (`_warm`).
+    `archive_files` takes the pool (`take`) and uses it when its own count agrees; whoever holds
+    it last closes it: `close` stops a pool nobody took (an error or Ctrl-C during the scan)."""
+
+    def __init__(self, requested: int | None, settings: Settings, *, files_cache: Any, tops: list[str],
+                 reread: bool, cpu_since: workerprocs.CpuSample | None) -> None:
+        self._requested, self._settings, self._cpu_since = requested, settings, cpu_since
+        self._files_cache, self._tops, self._reread = files_cache, tops, reread  # the cache's path
+        self._seen = self._small = 0
+        self._decided = False
+        self._thread: threading.Thread | None = None
+        self._pool: workerprocs.WorkerPool | None = None
+        self._error: BaseException | None = None
+        self.processes = 0
+
+    @classmethod
+    def for_archive(cls, repo: Any, executor: Any, processes: int | None, paths: list[Any], *,
+                    reread: bool) -> "PoolStarter | None":
+        """A starter for `pipeline.archive`'s scan, or None where no pool may start early: no
+        processes asked for (0, or a count `resolve` refuses), not the local executor, a sealed
+        store or a repository not opened from Settings (`resolve` refuses or declines those after the scan)."""
+        from archiver.filescache import cache_path
+        explicit = isinstance(processes, int) and not isinstance(processes, bool) and processes > 0
+        settings = getattr(repo, "settings", None)
+        if not (processes is None or explicit) or settings is None or repo.sealed or \
+                not (executor is None or getattr(executor, "batch_small_files", False)):
+            return None
+        return cls(processes, worker_settings(settings), files_cache=cache_path(repo.catalog_path),
+                   tops=[os.path.abspath(os.fspath(p)) for p in paths], reread=reread,
+                   cpu_since=workerprocs.CpuSample.now() if processes is None else None)
+
+    def watch(self, sources: list[Source]) -> None:
+        """`scan`'s report of the sources found so far (after each directory)."""
+        if self._decided:
+            return
+        from archiver.fanout import BATCH_FILE_BELOW
+        new = sources[self._seen:]
+        self._seen = len(sources)
+        self._small += sum(1 for s in new if not s.is_dir and not s.is_link and s.size < BATCH_FILE_BELOW)
+        need = EARLY_FILES if self._requested else AUTO_MIN_FILES
+        if self._small < need:
+            return
+        self._decided = True
+        n = self._requested or auto_count(self._cpu_since.others_busy() if self._cpu_since is not None else None)
+        if not n or not self._all_read():
+            return
+        self.processes = n
+        self._thread = threading.Thread(target=self._start, name="small-files-pool", daemon=True)
+        self._thread.start()
+
+    def _all_read(self) -> bool:
+        """Whether every file will be read (no files cache row under the paths, or reread):
+        otherwise the files cache may leave the workers nothing to do."""
+        if self._reread:
+            return True
+        from archiver.filescache import FilesCache
+        cache = FilesCache.open(self._files_cache)
+        if cache is None:
+            return True  # FilesRun cannot open it either: every file is read
+        try:
+            return not cache.any_under(self._tops)
+        except Exception:  # noqa: BLE001 - cannot tell: the pool starts after the files cache, as before
+            return False
+        finally:
+            cache.close()
+
+    def _start(self) -> None:
+        started: list[workerprocs.WorkerPool] = []
+        try:
+            with workerprocs.sheltered():  # SIGINT blocked here: the server and workers are born with it blocked
+                pool = workerprocs.pool(self.processes, preload())
+                started.append(pool)
+                for _ in range(self.processes):
+                    pool.submit(_warm, self._settings)
+            self._pool = pool
+        except BaseException as e:  # noqa: BLE001 - archive_files starts a pool of its own as before
+            self._error = e
+            if started:
+                workerprocs.close(started[0])
+
+    def take(self) -> "workerprocs.WorkerPool | None":
+        """The started pool, now the caller's to close (None: none was started, or its start failed)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        pool, self._pool = self._pool, None
+        return pool
+
+    def close(self) -> None:
+        """Stop the pool if nobody took it."""
+        pool = self.take()
+        if pool is not None:
+            workerprocs.close(pool)
+
+
 class SmallFilePool:
     """The driver's side: submits every task at once (the pool runs `processes` at a time),
     and takes each result on a thread of its own as it completes, so big files archive on
@@ -222,7 +346,7 @@ class SmallFilePool:
     cancels the tasks not started, calls `on_error` and is kept for `raise_error`."""
 
     def __init__(self, processes: int, jobs: list[SmallJob], take: Callable[[SmallDone], None],
-                 on_error: Callable[[], None]) -> None:
+                 on_error: Callable[[], None], pool: workerprocs.WorkerPool | None = None) -> None:
         # a fork server this run starts is stopped (and waited for) by `close`: no process outlives
         # the archive, and the workers' CPU is counted in this process's children, as threads' is
         self._futures: dict[Future[Any], SmallJob] = {}
@@ -231,7 +355,8 @@ class SmallFilePool:
         started: list[workerprocs.WorkerPool] = []
         try:
             with workerprocs.sheltered():  # a Ctrl-C is raised once every worker is tracked (see there)
-                self._pool = workerprocs.pool(processes, preload())
+                # `pool`: started during the scan (PoolStarter), now this one's to close
+                self._pool = pool if pool is not None else workerprocs.pool(processes, preload())
                 started.append(self._pool)
                 for job in jobs:
                     self._futures[self._pool.submit(_call, job)] = job

@@ -72,8 +72,10 @@ class _EveryTaskOnAWorkerOfItsOwn:
     as a worker that never saw the other tasks: the worst case of two workers packing the
     same content at once (timing decides how often real workers do)."""
 
-    def __init__(self, processes, jobs, take, on_error):  # type: ignore[no-untyped-def]
+    def __init__(self, processes, jobs, take, on_error, pool=None):  # type: ignore[no-untyped-def]
         self.error = None
+        if pool is not None:  # started during the scan (procfiles.PoolStarter): this stand-in runs no worker
+            procfiles.workerprocs.close(pool)
         for job in jobs:
             procfiles._repository.cache_clear()
             done = procfiles.run_job(job)
@@ -752,3 +754,121 @@ def test_a_failed_commit_then_lost_packs_rerun_names_no_missing_chunk(tmp_path, 
     assert again.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
     report = api.verify([again.id], store=str(store), catalog=str(tmp_path / "s.db"), deep=True)
     assert report.ok, report.problems
+
+
+def _early_seen(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """What archive_files got from the scan (PoolStarter.processes) and whether SmallFilePool
+    was handed that pool."""
+    seen: dict[str, object] = {}
+    real_af, real_init = fanout.archive_files, procfiles.SmallFilePool.__init__
+
+    def af(*a, **k):  # type: ignore[no-untyped-def]
+        early = k.get("early")
+        seen["early"] = early.processes if early is not None else None
+        return real_af(*a, **k)
+
+    def init(self, *a, **k):  # type: ignore[no-untyped-def]
+        seen["handed"] = k.get("pool") is not None
+        real_init(self, *a, **k)
+    monkeypatch.setattr(fanout, "archive_files", af)
+    monkeypatch.setattr(procfiles.SmallFilePool, "__init__", init)
+    return seen
+
+
+def test_the_pool_starts_during_the_scan_and_archive_files_takes_it(tmp_path, home, small_tasks, monkeypatch):
+    """processes=2: the scan starts the pool (procfiles.PoolStarter), SmallFilePool runs the
+    tasks on that very pool, and the manifest is the threads' one; no process is left."""
+    from multiprocessing import forkserver
+    src = make_tree(tmp_path / "src")
+    kids0 = _children()
+    seen = _early_seen(monkeypatch)
+    procs = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert seen == {"early": 2, "handed": True}
+    assert procs.files_by_processes > 0
+    assert procs.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
+    assert forkserver._forkserver._forkserver_pid is None and len(_children() - kids0) <= 1
+
+
+def test_no_early_pool_for_a_re_archive_the_files_cache_may_serve(tmp_path, home, small_tasks, monkeypatch):
+    """A re-archive of paths the files cache has rows under starts no pool during the scan
+    (every file may be reused: nothing for workers); with reread it does, as every file is read."""
+    src = make_tree(tmp_path / "src")
+    first = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    seen = _early_seen(monkeypatch)
+    again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert seen["early"] == 0 and not seen.get("handed") and again.files_reused == first.files
+    assert again.new_chunks == 0
+    reread = _archive(tmp_path, src, str(tmp_path / "s"), 2, reread=True)
+    assert seen == {"early": 2, "handed": True} and reread.files_reused == 0 and reread.files_by_processes > 0
+    assert reread.new_chunks == 0
+
+
+def test_auto_starts_early_only_past_its_threshold_and_the_api_default_never(tmp_path, home, monkeypatch):
+    """Auto (processes=None) starts the pool during the scan once AUTO_MIN_FILES small files
+    were seen and auto_count grants workers; below the threshold it does not; processes=0
+    (the API's default) builds no starter at all."""
+    src = make_tree(tmp_path / "src")
+    seen = _early_seen(monkeypatch)
+    monkeypatch.setattr(procfiles, "auto_count", lambda busy: 2)
+    low = _archive(tmp_path, src, str(tmp_path / "a"), None)
+    assert seen["early"] == 0 and low.files_by_processes == 0  # 165 small files < AUTO_MIN_FILES
+    monkeypatch.setattr(procfiles, "AUTO_MIN_FILES", 20)
+    auto = _archive(tmp_path, src, str(tmp_path / "b"), None)
+    assert seen == {"early": 2, "handed": True} and auto.files_by_processes > 0
+    seen.clear()
+    assert _archive(tmp_path, src, str(tmp_path / "c"), 0).id == auto.id and seen["early"] is None
+
+
+def test_an_error_before_archive_files_stops_the_early_pool(tmp_path, home, monkeypatch):
+    """An error after the scan started the pool but before archive_files takes it (here the
+    files cache's start): the error reaches the caller, and no worker or fork server is left."""
+    import multiprocessing
+    from multiprocessing import forkserver
+    from archiver.errors import ArchiverError
+    src = make_tree(tmp_path / "src")
+    kids0 = _children()
+    started: list[int] = []
+    real_watch = procfiles.PoolStarter.watch
+
+    def watch(self, sources):  # type: ignore[no-untyped-def]
+        real_watch(self, sources)
+        started.append(self.processes)
+
+    def boom(*a, **k):  # type: ignore[no-untyped-def]
+        raise ArchiverError("the files cache broke")
+    monkeypatch.setattr(procfiles.PoolStarter, "watch", watch)
+    monkeypatch.setattr(pipeline.FilesRun, "start", boom)
+    with pytest.raises(ArchiverError, match="the files cache broke"):
+        _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert 2 in started
+    assert multiprocessing.active_children() == [] and forkserver._forkserver._forkserver_pid is None
+    assert len(_children() - kids0) <= 1  # at most multiprocessing's resource tracker
+
+
+def test_a_ctrl_c_during_the_scan_with_the_pool_starting_leaves_no_process(tmp_path, home, monkeypatch):
+    """SIGINT right after the scan started the pool (its thread still starting it):
+    KeyboardInterrupt, nothing committed, no hang, no process left."""
+    import faulthandler
+    import multiprocessing
+    import signal
+    from multiprocessing import forkserver
+    src = make_tree(tmp_path / "src")
+    kids0 = _children()
+    real_watch = procfiles.PoolStarter.watch
+    sent: list[bool] = []
+
+    def watch(self, sources):  # type: ignore[no-untyped-def]
+        real_watch(self, sources)
+        if self.processes and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(procfiles.PoolStarter, "watch", watch)
+    faulthandler.dump_traceback_later(30, exit=True)  # a hang fails the run instead of blocking it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    assert sent and not list((tmp_path / "s").glob("manifests/**/*"))
+    assert multiprocessing.active_children() == [] and forkserver._forkserver._forkserver_pid is None
+    assert len(_children() - kids0) <= 1
