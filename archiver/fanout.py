@@ -313,7 +313,8 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
             jobs = [procfiles.SmallJob(procfiles.worker_settings(repo.settings),  # type: ignore[arg-type]
                                        policy, write_policy,
                                        writer.trust_verified_within, runs)
-                    for runs in procfiles.tasks_of([r for r in items if r[0].size < BATCH_FILE_BELOW])]
+                    for runs in procfiles.tasks_of([r for r in items if r[0].size < BATCH_FILE_BELOW],
+                                                   processes=nproc)]
             items = [r for r in items if r[0].size >= BATCH_FILE_BELOW]
         if early is not None and not (nproc and nproc == early.processes and jobs):
             early.close()  # started during the scan, but nothing here for it

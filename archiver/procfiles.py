@@ -66,9 +66,17 @@ def preload() -> list[str]:
 RUN_THREADS = 2
 # Explicit processes: the pool starts during the scan once it has seen this many small files.
 EARLY_FILES = 1
-# Files per task: few hand-offs (each costs a pickle of its Sources and entries), yet enough
-# tasks that the two workers finish at about the same time.
-TASK_FILES = 1500
+# Tasks (`tasks_of`): each hand-off costs the worker about as much idle wall as a few hundred
+# files' work (its Sources and entries pickled and sent, the task's last pack written and
+# fsynced before it returns: bench/RESULTS.md, "Small-file archive: the worker phase (branch
+# sfworkers)"), so the work is cut in few tasks, shrinking towards the end so that the workers
+# still finish together: each task takes 1/(GUIDE * processes) of the work not yet handed out,
+# at least MIN_SHARE of the whole, at most TASK_FILES files.
+TASK_FILES = 4000
+GUIDE = 2
+MIN_SHARE = 0.03
+# A file's fixed work (open, fstats, entry, hand-off) in bytes of content read, hashed and encoded.
+FILE_WEIGHT = 12 << 10
 
 
 def resolve(requested: int | None, *, small_files: int, local: bool, sealed: bool, has_settings: bool,
@@ -99,17 +107,26 @@ def auto_count(busy: float | None) -> int:
     return cores if workerprocs.spare_cores(busy=busy) >= AUTO_IDLE_CORES and workerprocs.unavailable() is None else 0
 
 
-def tasks_of(runs: list[list[Source]], per_task: int | None = None) -> list[list[list[Source]]]:
-    """The small-file runs grouped into tasks of about `per_task` (TASK_FILES) files, in order."""
+def tasks_of(runs: list[list[Source]], per_task: int | None = None, processes: int = 1) -> list[list[list[Source]]]:
+    """The small-file runs grouped into tasks, in order: each task about 1/(GUIDE * processes)
+    of the work still to hand out (guided: big tasks first, then smaller ones, so the workers
+    finish together after few hand-offs), never less than MIN_SHARE of the whole nor more than
+    `per_task` (TASK_FILES) files. Work is estimated as bytes plus FILE_WEIGHT per file."""
     per_task = per_task or TASK_FILES
+    weights = [sum(s.size for s in run) + FILE_WEIGHT * len(run) for run in runs]
+    left = total = sum(weights)
     out: list[list[list[Source]]] = []
-    count = per_task
-    for run in runs:
-        if count >= per_task:
+    files = weight = 0
+    target = 0.0
+    for run, w in zip(runs, weights):
+        if not out or files >= per_task or weight >= target:
+            target = max(left / (GUIDE * max(1, processes)), total * MIN_SHARE)
             out.append([])
-            count = 0
+            files = weight = 0
         out[-1].append(run)
-        count += len(run)
+        files += len(run)
+        weight += w
+        left -= w
     return out
 
 
@@ -173,8 +190,20 @@ def _repository(settings: Settings) -> Any:
     return Repository.open(settings, read_only=True)
 
 
-def run_job(job: SmallJob) -> SmallDone:
-    """Archive a task's runs of small files in this worker process (see the module doc)."""
+@functools.lru_cache(maxsize=1)
+def _held_dirs() -> Any:
+    """This worker's directory descriptors, held across its tasks: a task's files come from all
+    over the tree (largest first), so a descriptor per task would reach and check every
+    directory's whole chain again in each task. A worker lives for one archive run (its pool's),
+    the run the threaded path holds its DirFds for; the process's exit closes them."""
+    from archiver.scan import DirFds
+    return DirFds()
+
+
+def run_job(job: SmallJob, dirs: Any = None) -> SmallDone:
+    """Archive a task's runs of small files in this worker process (see the module doc).
+    `dirs` (scan.DirFds): held directory descriptors to open its files relative to (None: the
+    task's own, closed when it ends)."""
     from concurrent.futures import ThreadPoolExecutor
     from archiver import fanout, pipeline
     from archiver.parallel import window_for
@@ -184,7 +213,9 @@ def run_job(job: SmallJob) -> SmallDone:
     stats = pipeline._Stats()
     writer = pipeline._ChunkWriter(repo, stats, job.trust_verified_within, job.write_policy)
     out = SmallDone()
-    dirs = DirFds()
+    own_dirs = dirs is None
+    if dirs is None:
+        dirs = DirFds()
     pool = ThreadPoolExecutor(2, thread_name_prefix="task")  # chunked files (cdc_min up to BATCH_FILE_BELOW)
     try:
         task = fanout.LocalArchiveBatch(writer, pool, job.policy, window_for(2), Progress(), dirs,
@@ -205,7 +236,8 @@ def run_job(job: SmallJob) -> SmallDone:
         raise
     finally:
         pool.shutdown(wait=True)
-        dirs.close()
+        if own_dirs:
+            dirs.close()
     out.new_chunks, out.new_bytes, out.repaired_chunks = stats.new_chunks, stats.new_bytes, stats.repaired_chunks
     out.repaired = frozenset(h for h, saved in writer.done.items() if saved.repaired)
     return out
@@ -214,7 +246,7 @@ def run_job(job: SmallJob) -> SmallDone:
 def _call(job: SmallJob) -> Any:
     """`run_job`, an ArchiverError coming back as plain values (rayexec.Failure): an error
     with a keyword constructor does not unpickle."""
-    return call_catching(run_job, job)
+    return call_catching(functools.partial(run_job, dirs=_held_dirs()), job)
 
 
 def worker_settings(settings: Settings) -> Settings:

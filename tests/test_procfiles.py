@@ -872,3 +872,65 @@ def test_a_ctrl_c_during_the_scan_with_the_pool_starting_leaves_no_process(tmp_p
     assert sent and not list((tmp_path / "s").glob("manifests/**/*"))
     assert multiprocessing.active_children() == [] and forkserver._forkserver._forkserver_pid is None
     assert len(_children() - kids0) <= 1
+
+
+def test_a_worker_reaches_each_directory_once_across_its_tasks(tmp_path, monkeypatch):
+    """`_call` (a worker's entry) runs every task of the process with the process's held
+    directory descriptors (`_held_dirs`): two tasks with files of the same directories reach
+    and check each directory once, where tasks of their own descriptors did it per task."""
+    from archiver import scan as scan_mod
+    src = make_tree(tmp_path / "src")
+    settings = api.open_repository(str(tmp_path / "s"), str(tmp_path / "c.db"), create=True).settings
+    files = [s for s in scan([src]) if not s.is_dir and not s.is_link and s.size < fanout.BATCH_FILE_BELOW]
+    jobs = [procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, None, [files[0::2]]),  # both tasks: every
+            procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, None, [files[1::2]])]  # directory
+    dirs = {s.parent.abspath for s in files}
+    opened: list[Path] = []
+    real = scan_mod.open_source
+
+    def counting(s, dirs=None):  # type: ignore[no-untyped-def]
+        if s.is_dir:
+            opened.append(s.abspath)
+        return real(s, dirs)
+    monkeypatch.setattr(scan_mod, "open_source", counting)
+    procfiles._repository.cache_clear()
+    procfiles._held_dirs.cache_clear()
+    try:
+        for job in jobs:
+            assert isinstance(procfiles.run_job(job), procfiles.SmallDone)
+        per_task = list(opened)
+        opened.clear()
+        done = [procfiles._call(job) for job in jobs]
+        assert all(isinstance(d, procfiles.SmallDone) for d in done)
+        assert sorted(opened) == sorted(dirs)  # each directory once, for both tasks
+        # the tasks' own descriptors: each task reaches its directories again
+        assert len(per_task) == sum(len({s.parent.abspath for s in job.runs[0]}) for job in jobs) > len(dirs)
+    finally:
+        procfiles._held_dirs().close()
+        procfiles._held_dirs.cache_clear()
+        procfiles._repository(settings).close()
+        procfiles._repository.cache_clear()
+
+
+def test_tasks_are_guided_big_first_then_smaller_every_run_once_in_order():
+    """tasks_of: every run once, in order; a task takes about 1/(GUIDE * processes) of the work
+    not yet handed out (bytes plus FILE_WEIGHT a file), so tasks shrink towards the end, never
+    below MIN_SHARE of the whole nor above TASK_FILES files (plus the run that crossed it)."""
+    from archiver.scan import Source
+    sizes = [16384 - 16 * i for i in range(1000)] + [0] * 600  # largest first, then empty files
+    files = [Source(f"t/f{i}", Path(f"/t/f{i}"), False, n, 0o644, 1, i) for i, n in enumerate(sizes)]
+    runs = [files[i:i + 32] for i in range(0, len(files), 32)]
+    tasks = procfiles.tasks_of(runs, processes=2)
+    assert [r for t in tasks for r in t] == runs
+    weight = [sum(s.size + procfiles.FILE_WEIGHT for r in t for s in r) for t in tasks]
+    total = sum(weight)
+    run_most = 32 * (16384 + procfiles.FILE_WEIGHT)
+    left = total
+    for w in weight[:-1]:  # each closes once it reached its share of what was left (a run may overshoot)
+        assert max(left / (procfiles.GUIDE * 2), total * procfiles.MIN_SHARE) <= w < \
+            max(left / (procfiles.GUIDE * 2), total * procfiles.MIN_SHARE) + run_most
+        left -= w
+    assert weight[0] > 3 * weight[-2] and len(tasks) < len(files) / 100
+    capped = procfiles.tasks_of(runs, per_task=64, processes=2)
+    assert [r for t in capped for r in t] == runs and max(sum(map(len, t)) for t in capped) <= 64
+    assert len(procfiles.tasks_of(runs, processes=1)) < len(tasks)  # one worker: bigger shares
