@@ -346,7 +346,7 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
             progress.advance(done.entry.size)
             record(src, done)
         if small is not None:
-            small.close()
+            small.close(later=early)  # the workers stop while the driver commits (pipeline.archive waits)
             small.raise_error()
     except BaseException:
         if small is not None:

@@ -288,6 +288,7 @@ class PoolStarter:
         self._thread: threading.Thread | None = None
         self._pool: workerprocs.WorkerPool | None = None
         self._error: BaseException | None = None
+        self._closing: list[threading.Thread] = []
         self.processes = 0
 
     @classmethod
@@ -363,11 +364,19 @@ class PoolStarter:
         pool, self._pool = self._pool, None
         return pool
 
+    def close_meanwhile(self, pool: workerprocs.WorkerPool) -> None:
+        """Stop `pool` (its tasks all done) on a thread of its own; `close` waits for it."""
+        closing = threading.Thread(target=workerprocs.close, args=(pool,), name="small-files-close", daemon=True)
+        closing.start()
+        self._closing.append(closing)
+
     def close(self) -> None:
-        """Stop the pool if nobody took it."""
+        """Stop the pool if nobody took it, and wait for the pools stopping meanwhile."""
         pool = self.take()
         if pool is not None:
             workerprocs.close(pool)
+        while self._closing:
+            self._closing.pop().join()
 
 
 class SmallFilePool:
@@ -383,6 +392,7 @@ class SmallFilePool:
         # the archive, and the workers' CPU is counted in this process's children, as threads' is
         self._futures: dict[Future[Any], SmallJob] = {}
         self.error: BaseException | None = None
+        self._closed = False
         self._take, self._on_error = take, on_error
         started: list[workerprocs.WorkerPool] = []
         try:
@@ -434,10 +444,19 @@ class SmallFilePool:
         for f in self._futures:
             f.cancel()
 
-    def close(self) -> None:
-        """Wait for the running tasks and the collector, then stop the workers."""
+    def close(self, later: "PoolStarter | None" = None) -> None:
+        """Wait for the running tasks and the collector, then stop the workers: here, or with
+        `later` (the run's PoolStarter) on a thread of their own that `later.close()` joins,
+        so the workers and the fork server stop while the driver commits (every task is taken
+        by then: they only exit)."""
         self._thread.join()
-        workerprocs.close(self._pool)
+        if self._closed:
+            return
+        self._closed = True
+        if later is None:
+            workerprocs.close(self._pool)
+        else:
+            later.close_meanwhile(self._pool)
 
     def raise_error(self) -> None:
         if self.error is not None and not isinstance(self.error, executors.Stopped):

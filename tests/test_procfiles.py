@@ -86,7 +86,7 @@ class _EveryTaskOnAWorkerOfItsOwn:
     def cancel(self) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, later=None) -> None:  # type: ignore[no-untyped-def]
         pass
 
     def raise_error(self) -> None:
@@ -777,13 +777,23 @@ def _early_seen(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
 
 def test_the_pool_starts_during_the_scan_and_archive_files_takes_it(tmp_path, home, small_tasks, monkeypatch):
     """processes=2: the scan starts the pool (procfiles.PoolStarter), SmallFilePool runs the
-    tasks on that very pool, and the manifest is the threads' one; no process is left."""
+    tasks on that very pool, which stops on a thread of its own while the driver commits;
+    the manifest is the threads' one; no process is left once archive returns."""
     from multiprocessing import forkserver
     src = make_tree(tmp_path / "src")
     kids0 = _children()
     seen = _early_seen(monkeypatch)
+    import threading
+    closed: list[str] = []
+    real_close = procfiles.workerprocs.close
+
+    def close(pool):  # type: ignore[no-untyped-def]
+        real_close(pool)
+        closed.append(threading.current_thread().name)
+    monkeypatch.setattr(procfiles.workerprocs, "close", close)
     procs = _archive(tmp_path, src, str(tmp_path / "s"), 2)
     assert seen == {"early": 2, "handed": True}
+    assert closed == ["small-files-close"]  # stopped beside the commit, and done before archive returned
     assert procs.files_by_processes > 0
     assert procs.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
     assert forkserver._forkserver._forkserver_pid is None and len(_children() - kids0) <= 1
