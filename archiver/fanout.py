@@ -217,6 +217,25 @@ class _Recorder:
                 if sync:
                     self.last_sync = now
 
+    def many(self, entries: list[Entry], lines: bytes, snapshots: list[list[int]]) -> None:
+        """A worker task's files at once: their entries, and their journal lines (`lines`, made
+        by the worker; else from each entry's snapshot here)."""
+        with self.lock:
+            for e in entries:
+                self.out.entries[e.path] = e
+            if self.journal is not None:
+                now = time.monotonic()
+                sync = now - self.last_sync >= 1.0
+                if lines:
+                    self.journal.record_lines(lines, sync=sync)
+                else:
+                    for e, snap in zip(entries, snapshots):
+                        self.journal.record(e, snap, sync=False)
+                    if sync:
+                        self.journal.record_lines(b"", sync=True)
+                if sync:
+                    self.last_sync = now
+
 
 def _describe(item: Source | list[Source]) -> str:
     return str((item[0] if isinstance(item, list) else item).abspath)
@@ -312,7 +331,7 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
         if nproc:  # the runs of small files go to worker processes, the big files stay here
             jobs = [procfiles.SmallJob(procfiles.worker_settings(repo.settings),  # type: ignore[arg-type]
                                        policy, write_policy,
-                                       writer.trust_verified_within, runs)
+                                       writer.trust_verified_within, runs, journal_lines=journal is not None)
                     for runs in procfiles.tasks_of([r for r in items if r[0].size < BATCH_FILE_BELOW],
                                                    processes=nproc)]
             items = [r for r in items if r[0].size >= BATCH_FILE_BELOW]
@@ -380,10 +399,9 @@ def _taker(repo: Repository, out: ArchivedFiles, stats: Any, progress: Progress,
                 else:
                     stats.new_chunks -= 1
                     stats.new_bytes -= size
-        for row in done.files:
-            file_done = procfiles.unflat(row)
-            progress.advance(file_done.entry.size)
-            record(file_done.entry, file_done)  # the recorder reads only `.path`, which an Entry has too
+        finished = [procfiles.unflat(row) for row in done.files]
+        progress.advance(sum(d.entry.size for d in finished))
+        record.many([d.entry for d in finished], done.lines, [d.snapshot for d in finished])
         with record.lock:
             out.by_processes += len(done.files)
     return take

@@ -139,6 +139,7 @@ class SmallJob:
     write_policy: Any
     trust_verified_within: float | None
     runs: list[list[Source]]
+    journal_lines: bool = False  # the driver journals this run: make each file's line here (journal.line_of)
 
 
 # Entry's fields, in the order `_flat` sends a plain file's: a field added to Entry fails the
@@ -180,6 +181,7 @@ class SmallDone:
     new_bytes: int = 0
     repaired_chunks: int = 0
     repaired: frozenset[str] = frozenset()  # the chunks counted in repaired_chunks (not in new_chunks)
+    lines: bytes = b""  # the files' journal lines, in `files` order (SmallJob.journal_lines)
 
 
 @functools.lru_cache(maxsize=2)
@@ -208,6 +210,7 @@ def run_job(job: SmallJob, dirs: Any = None) -> SmallDone:
     from archiver import fanout, pipeline
     from archiver.parallel import window_for
     from archiver.progress import Progress
+    from archiver.journal import line_of
     from archiver.scan import DirFds
     repo = _repository(job.settings)
     stats = pipeline._Stats()
@@ -218,8 +221,15 @@ def run_job(job: SmallJob, dirs: Any = None) -> SmallDone:
         dirs = DirFds()
     pool = ThreadPoolExecutor(2, thread_name_prefix="task")  # chunked files (cdc_min up to BATCH_FILE_BELOW)
     try:
+        lines: list[bytes] = []
+
+        def on_done(_src: Source, done: Any) -> None:
+            # the journal line is laid out here, on a core of its own, not on the driver's
+            if job.journal_lines:
+                lines.append(line_of(done.entry, done.snapshot))
+            out.files.append(_flat(done))
         task = fanout.LocalArchiveBatch(writer, pool, job.policy, window_for(2), Progress(), dirs,
-                                        on_done=lambda _src, done: out.files.append(_flat(done)))
+                                        on_done=on_done)
         # two runs at a time: one's pack write and fsync (the GIL released) overlaps the other's work
         runs = ThreadPoolExecutor(RUN_THREADS, thread_name_prefix="run")
         try:
@@ -228,6 +238,7 @@ def run_job(job: SmallJob, dirs: Any = None) -> SmallDone:
         finally:  # after an error, the runs not started are not started
             runs.shutdown(wait=True, cancel_futures=True)
         out.packs = repo.task_packs()  # every pack of this task is durable before it returns
+        out.lines = b"".join(lines)
     except BaseException:
         try:  # the next task of this process starts with no open or failed pack of this one
             repo.task_packs()

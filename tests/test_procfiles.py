@@ -944,3 +944,23 @@ def test_tasks_are_guided_big_first_then_smaller_every_run_once_in_order():
     capped = procfiles.tasks_of(runs, per_task=64, processes=2)
     assert [r for t in capped for r in t] == runs and max(sum(map(len, t)) for t in capped) <= 64
     assert len(procfiles.tasks_of(runs, processes=1)) < len(tasks)  # one worker: bigger shares
+
+
+def test_a_worker_makes_its_files_journal_lines_only_when_the_run_journals(tmp_path):
+    """SmallJob.journal_lines: the task hands back each file's journal line (journal.line_of of
+    the very entry and snapshot it hands back, in the same order); without it, none."""
+    from archiver.journal import line_of
+    src = make_tree(tmp_path / "src")
+    settings = api.open_repository(str(tmp_path / "s"), str(tmp_path / "c.db"), create=True).settings
+    files = [s for s in scan([src]) if not s.is_dir and not s.is_link and s.size < fanout.BATCH_FILE_BELOW]
+    procfiles._repository.cache_clear()
+    try:
+        done = procfiles.run_job(procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, None, [files], True))
+        finished = [procfiles.unflat(row) for row in done.files]
+        assert len(finished) == len(files)
+        assert done.lines == b"".join(line_of(d.entry, d.snapshot) for d in finished)
+        bare = procfiles.run_job(procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, None, [files]))
+        assert bare.lines == b"" and len(bare.files) == len(files)
+    finally:
+        procfiles._repository(settings).close()
+        procfiles._repository.cache_clear()
