@@ -73,6 +73,7 @@ EARLY_FILES = 1
 # still finish together: each task takes 1/(GUIDE * processes) of the work not yet handed out,
 # at least MIN_SHARE of the whole, at most TASK_FILES files.
 TASK_FILES = 4000
+FIRST_TASK_FILES = 1500
 GUIDE = 2
 MIN_SHARE = 0.03
 # A file's fixed work (open, fstats, entry, hand-off) in bytes of content read, hashed and encoded.
@@ -111,15 +112,18 @@ def tasks_of(runs: list[list[Source]], per_task: int | None = None, processes: i
     """The small-file runs grouped into tasks, in order: each task about 1/(GUIDE * processes)
     of the work still to hand out (guided: big tasks first, then smaller ones, so the workers
     finish together after few hand-offs), never less than MIN_SHARE of the whole nor more than
-    `per_task` (TASK_FILES) files. Work is estimated as bytes plus FILE_WEIGHT per file."""
+    `per_task` (TASK_FILES) files, the first `processes` tasks not more than FIRST_TASK_FILES (the
+    workers wait for their first job's pickling and sending). Work is estimated as bytes plus
+    FILE_WEIGHT per file."""
     per_task = per_task or TASK_FILES
+    first = min(per_task, FIRST_TASK_FILES)  # each worker's first task: its job pickled and sent in less time
     weights = [sum(s.size for s in run) + FILE_WEIGHT * len(run) for run in runs]
     left = total = sum(weights)
     out: list[list[list[Source]]] = []
     files = weight = 0
     target = 0.0
     for run, w in zip(runs, weights):
-        if not out or files >= per_task or weight >= target:
+        if not out or files >= (first if len(out) <= processes else per_task) or weight >= target:
             target = max(left / (GUIDE * max(1, processes)), total * MIN_SHARE)
             out.append([])
             files = weight = 0

@@ -68,11 +68,11 @@ def _install_worker_probes() -> None:
     workerprocs._init_worker = init_worker
     run_job = procfiles.run_job
 
-    def timed_job(job: Any) -> Any:
+    def timed_job(job: Any, **kw: Any) -> Any:
         acc: dict[str, Any] = {"lock": threading.Lock()}
         _TASK["acc"] = acc
         t0, c0 = time.monotonic(), time.process_time()
-        out = run_job(job)
+        out = run_job(job, **kw)
         t1, c1 = time.monotonic(), time.process_time()
         blob = pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
         t2 = time.monotonic()

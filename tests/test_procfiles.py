@@ -946,6 +946,20 @@ def test_tasks_are_guided_big_first_then_smaller_every_run_once_in_order():
     assert len(procfiles.tasks_of(runs, processes=1)) < len(tasks)  # one worker: bigger shares
 
 
+
+def test_each_workers_first_task_is_small_then_guided(monkeypatch):
+    """The first `processes` tasks hold at most FIRST_TASK_FILES files (a worker waits for its
+    first job to be pickled and sent); the guided shares follow; every run once, in order."""
+    from archiver.scan import Source
+    files = [Source(f"t/f{i}", Path(f"/t/f{i}"), False, 8192, 0o644, 1, i) for i in range(3200)]
+    runs = [files[i:i + 32] for i in range(0, len(files), 32)]
+    monkeypatch.setattr(procfiles, "FIRST_TASK_FILES", 64)
+    tasks = procfiles.tasks_of(runs, processes=2)
+    assert [r for t in tasks for r in t] == runs
+    counts = [sum(map(len, t)) for t in tasks]
+    assert counts[:2] == [64, 64] and counts[2] > 4 * 64 and counts[2] >= max(counts[3:])
+
+
 def test_a_worker_makes_its_files_journal_lines_only_when_the_run_journals(tmp_path):
     """SmallJob.journal_lines: the task hands back each file's journal line (journal.line_of of
     the very entry and snapshot it hands back, in the same order); without it, none."""
