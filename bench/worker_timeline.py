@@ -204,9 +204,14 @@ def _report(d: str, bin_ms: float) -> None:
             prev = r["t1"]
             for k in keys + ["cpu"]:
                 total[k] = total.get(k, 0.0) + r.get(k, 0.0)
-        sb = [r["t1"] - r["t0"] for r in rows if r["kind"] == "sendback" and r["pid"] == pid]
-        print(f"  last task ends {prev - base:.3f}; result sends {' '.join(f'{x:.3f}' for x in sb)}",
-              file=sys.stderr)
+        sends = sorted((r for r in rows if r["kind"] == "sendback" and r["pid"] == pid), key=lambda r: r["t0"])
+        sb = [r["t1"] - r["t0"] for r in sends]
+        mine = [r for r in tasks if r["pid"] == pid]
+        # from a result sent to the next task's start: the next job's wait, receipt and unpickling
+        gets = [min((t["t0"] for t in mine if t["t0"] >= r["t1"]), default=None) for r in sends]
+        waits = [g - r["t1"] for g, r in zip(gets, sends) if g is not None]
+        print(f"  last task ends {prev - base:.3f}; result sends {' '.join(f'{x:.3f}' for x in sb)}; "
+              f"next job got in {' '.join(f'{x:.3f}' for x in waits)}", file=sys.stderr)
     print("totals: " + " ".join(f"{k} {v:.3f}" for k, v in total.items()), file=sys.stderr)
     end = af["t1"] if af else max(r["t1"] for r in tasks)
     b = bin_ms / 1000
