@@ -333,8 +333,13 @@ class PoolStarter:
         need = EARLY_FILES if self._requested else AUTO_MIN_FILES
         if self._small < need:
             return
+        busy = None
+        if not self._requested and self._cpu_since is not None:
+            busy = self._cpu_since.others_busy()
+            if busy is None and self._cpu_since.machine is not None:
+                return  # too soon to tell how busy the rest of the machine is: a later directory decides
         self._decided = True
-        n = self._requested or auto_count(self._cpu_since.others_busy() if self._cpu_since is not None else None)
+        n = self._requested or auto_count(busy)
         if not n or not self._all_read():
             return
         self.processes = n
