@@ -15,7 +15,12 @@ files' entries and the indexes of its packs (never object bytes). The driver the
 those packs (`Repository.adopt_packs`: recorded at its next flush, found by its dedup, not
 trusted), journals the task's files (their chunks are durable now), and before the commit
 proves by LIST that every chunk named is in the store at its size (`fanout.check_chunks_stored`).
-A task that fails leaves only unreferenced objects behind (the orphan rules apply)."""
+A task that fails leaves only unreferenced objects behind (the orphan rules apply).
+
+The pool starts while the driver still scans (`PoolStarter`), the tasks are guided (`tasks_of`:
+big first, shrinking, so the workers finish together after few hand-offs), a worker holds its
+directory descriptors across its tasks and lays out its files' journal lines, and the pool stops
+beside the commit (bench/RESULTS.md, "Small-file archive: the worker phase (branch sfworkers)")."""
 from __future__ import annotations
 
 import dataclasses
@@ -26,6 +31,7 @@ import threading
 from concurrent.futures import Future, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from archiver import executors, workerprocs
@@ -288,21 +294,21 @@ class PoolStarter:
 
     The scan reports each directory (`watch`); once it has seen `EARLY_FILES` files below
     `fanout.BATCH_FILE_BELOW` (explicit processes) or AUTO_MIN_FILES (auto, and AUTO_IDLE_CORES
-    idle since `cpu_since`: `resolve`'s rule, taken at that moment), and the files cache has no
+    idle since `cpu_since`: `resolve`'s rule, decided at the first directory after which that can
+    be measured; else after the scan, by archive_files, as before), and the files cache has no
     row under the paths archived (a re-archive may read no file at all) or every file is read
     again, a thread of its own starts the pool and opens each worker's repository (`_warm`).
     `archive_files` takes the pool (`take`) and uses it when its own count agrees; whoever holds
     it last closes it: `close` stops a pool nobody took (an error or Ctrl-C during the scan)."""
 
-    def __init__(self, requested: int | None, settings: Settings, *, files_cache: Any, tops: list[str],
+    def __init__(self, requested: int | None, settings: Settings, *, files_cache: Path, tops: list[str],
                  reread: bool, cpu_since: workerprocs.CpuSample | None) -> None:
         self._requested, self._settings, self._cpu_since = requested, settings, cpu_since
-        self._files_cache, self._tops, self._reread = files_cache, tops, reread  # the cache's path
+        self._files_cache, self._tops, self._reread = files_cache, tops, reread
         self._seen = self._small = 0
         self._decided = False
         self._thread: threading.Thread | None = None
         self._pool: workerprocs.WorkerPool | None = None
-        self._error: BaseException | None = None
         self._closing: list[threading.Thread] = []
         self.processes = 0
 
@@ -371,8 +377,7 @@ class PoolStarter:
                 for _ in range(self.processes):
                     pool.submit(_warm, self._settings)
             self._pool = pool
-        except BaseException as e:  # noqa: BLE001 - archive_files starts a pool of its own as before
-            self._error = e
+        except BaseException:  # noqa: BLE001 - SmallFilePool starts one itself, and reports why it cannot
             if started:
                 workerprocs.close(started[0])
 

@@ -185,7 +185,7 @@ def _report(d: str, bin_ms: float) -> None:
     base = af["t0"] if af else min(r.get("t0", r.get("t")) for r in rows)
     tasks = sorted((r for r in rows if r["kind"] == "task"), key=lambda r: (r["pid"], r["t0"]))
     starts = {r["pid"]: r["t"] for r in rows if r["kind"] == "worker"}
-    print(f"times in s from archive_files' start", file=sys.stderr)
+    print("times in s from archive_files' start", file=sys.stderr)
     for r in sorted(drv, key=lambda r: r["t0"]):
         extra = f" thread CPU {r['thread_cpu']:.3f}" if "thread_cpu" in r else ""
         print(f"driver  {r['t0'] - base:7.3f} .. {r['t1'] - base:7.3f} ({r['t1'] - r['t0']:.3f}) {r['what']}{extra}",
