@@ -324,7 +324,11 @@ class PoolStarter:
         if not (processes is None or explicit) or settings is None or repo.sealed or \
                 not (executor is None or getattr(executor, "batch_small_files", False)):
             return None
-        return cls(processes, worker_settings(settings), files_cache=cache_path(repo.catalog_path),
+        try:
+            files_cache = cache_path(repo.catalog_path)
+        except AttributeError:  # a repository without a catalog: archive_files decides after the scan
+            return None
+        return cls(processes, worker_settings(settings), files_cache=files_cache,
                    tops=[os.path.abspath(os.fspath(p)) for p in paths], reread=reread,
                    cpu_since=workerprocs.CpuSample.now() if processes is None else None)
 
