@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import os
+import pickle
 import sys
 import threading
 from concurrent.futures import Future, as_completed
@@ -39,7 +41,7 @@ from archiver.chunking import ChunkPolicy
 from archiver.errors import ArchiverError
 from archiver.packs import PackIndex
 from archiver.rayexec import Failure, call_catching
-from archiver.scan import Source
+from archiver.scan import Source, child
 from archiver.settings import Settings
 
 # Auto mode uses processes only for at least this many small files: a small file costs about
@@ -140,9 +142,36 @@ def tasks_of(runs: list[list[Source]], per_task: int | None = None, processes: i
     return out
 
 
+def _file_source(parent: Source, name: str, path: str, size: int, mode: int, dev: int, ino: int,
+                 mtime_ns: int | None, link: str | None, followed: bool, blob: str | None,
+                 seen: tuple[int, int, int, int, int] | None) -> Source:
+    """A file's Source as `_JobPickler` sent it: its absolute path made from its directory's."""
+    return Source(path, child(parent.abspath, name), False, size, mode, dev, ino, parent, mtime_ns, link, followed,
+                  blob, seen)
+
+
+class _JobPickler(pickle.Pickler):
+    """Pickles a job's file Sources as their directory (pickled once) plus their fields: a Path
+    unpickles from its parts, which cost a worker about as much as the rest of the Source, and a
+    worker waits for its next job's unpickling between two tasks. A Source whose path is not its
+    directory's path and its name (none the scan makes) is pickled as it is."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is Source and not obj.is_dir and obj.parent is not None:
+            p = obj.abspath
+            if p.parent == obj.parent.abspath:
+                return (_file_source, (obj.parent, p.name, obj.path, obj.size, obj.mode, obj.dev, obj.ino,
+                                       obj.mtime_ns, obj.link, obj.followed, obj.blob, obj.seen))
+        return NotImplemented
+
+
+def _job_of(blob: bytes) -> "SmallJob":
+    return SmallJob(*pickle.loads(blob))
+
+
 @dataclass(frozen=True)
 class SmallJob:
-    """One task: plain values only (it is pickled to a worker)."""
+    """One task: plain values only (it is pickled to a worker, its Sources by `_JobPickler`)."""
 
     settings: Settings
     policy: ChunkPolicy
@@ -150,6 +179,12 @@ class SmallJob:
     trust_verified_within: float | None
     runs: list[list[Source]]
     journal_lines: bool = False  # the driver journals this run: make each file's line here (journal.line_of)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        buf = io.BytesIO()
+        _JobPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(tuple(getattr(self, f.name)
+                                                                      for f in dataclasses.fields(self)))
+        return (_job_of, (buf.getvalue(),))
 
 
 # Entry's fields, in the order `_flat` sends a plain file's: a field added to Entry fails the

@@ -97,6 +97,11 @@ def _child(d: Path, n: str) -> Path:
     return _make_child(d, n) if _make_child is not None else d / n
 
 
+def child(d: Path, n: str) -> Path:
+    """`d / n` as the scan makes its entries' paths (procfiles rebuilds a job's Sources with it)."""
+    return _make_child(d, n) if _make_child is not None else d / n
+
+
 def _entry_name(n: str, p: Path) -> str:
     """`_name(p)` for a name read from p's directory (n == p.name), without pathlib."""
     try:

@@ -1004,3 +1004,27 @@ def test_auto_waits_for_a_measure_of_the_machine_before_starting_early(tmp_path,
     seen.clear()
     never = _archive(tmp_path, src, str(tmp_path / "b"), None)
     assert seen == {"early": 0, "handed": False} and never.files_by_processes > 0 and never.id == later.id
+
+
+def test_a_job_pickles_its_sources_by_directory_and_unpickles_equal(tmp_path):
+    """SmallJob's pickle (what a worker unpickles between two tasks) sends a file's Source as
+    its directory plus its fields: it unpickles equal, field by field (seen too), sharing its
+    directory's Source, and smaller; a Source not under its directory's path goes as it is."""
+    import pickle
+    src = make_tree(tmp_path / "src")
+    settings = api.open_repository(str(tmp_path / "s"), str(tmp_path / "c.db"), create=True).settings
+    files = [s for s in scan([src], dereference=True) if not s.is_dir and s.size < fanout.BATCH_FILE_BELOW]
+    assert any(s.followed for s in files)  # the link, followed
+    odd = dataclasses.replace(files[0], abspath=tmp_path / "elsewhere" / files[0].abspath.name)
+    runs = [files[:7], files[7:] + [odd]]
+    job = procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, 3600.0, runs, True)
+    blob = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+    back = pickle.loads(blob)
+    assert type(back) is procfiles.SmallJob and back == job
+    for got, want in zip([s for r in back.runs for s in r], [s for r in runs for s in r]):
+        assert (got.abspath, got.parent, got.seen, got.followed, got.link) == \
+            (want.abspath, want.parent, want.seen, want.followed, want.link)
+    same_dir = [s for r in back.runs for s in r if s.parent == back.runs[0][0].parent]
+    assert len({id(s.parent) for s in same_dir}) == 1  # the directory's Source is sent once
+    plain = pickle.dumps((settings, pipeline.ChunkPolicy(), None, 3600.0, runs, True), protocol=pickle.HIGHEST_PROTOCOL)
+    assert len(blob) < len(plain)
