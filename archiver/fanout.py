@@ -399,7 +399,7 @@ def _taker(repo: Repository, out: ArchivedFiles, stats: Any, progress: Progress,
                 else:
                     stats.new_chunks -= 1
                     stats.new_bytes -= size
-        finished = [procfiles.unflat(row) for row in done.files]
+        finished = procfiles.unflat_all(done.files)
         progress.advance(sum(d.entry.size for d in finished))
         record.many([d.entry for d in finished], done.lines, [d.snapshot for d in finished])
         with record.lock:

@@ -206,14 +206,24 @@ def _flat(done: Any) -> tuple[Any, ...]:
 
 def unflat(row: tuple[Any, ...]) -> Any:
     """The FileDone `_flat` made `row` from."""
+    return unflat_all([row])[0]
+
+
+def unflat_all(rows: list[tuple[Any, ...]]) -> list[Any]:
+    """The FileDones `_flat` made `rows` from (the driver's per-file work on a worker's task: the
+    imports are looked up once, not once per file)."""
     from archiver.fanout import FileDone
     from manifests.model import ChunkRef, Entry
-    if len(row) == 1:
-        return row[0]
-    path, mode, size, mtime_ns, b3, sha, fmt, chunks, tech, snapshot, new_chunks, new_bytes, repaired = row
-    entry = Entry(path=path, type="file", mode=mode, size=size, mtime_ns=mtime_ns, blake3=b3, sha256=sha,
-                  format=fmt, chunks=tuple(ChunkRef(*c) for c in chunks), tech=tech)
-    return FileDone(entry, snapshot, new_chunks, new_bytes, repaired)
+    out = []
+    for row in rows:
+        if len(row) == 1:
+            out.append(row[0])
+            continue
+        path, mode, size, mtime_ns, b3, sha, fmt, chunks, tech, snapshot, new_chunks, new_bytes, repaired = row
+        entry = Entry(path=path, type="file", mode=mode, size=size, mtime_ns=mtime_ns, blake3=b3, sha256=sha,
+                      format=fmt, chunks=tuple([ChunkRef(*c) for c in chunks]), tech=tech)
+        out.append(FileDone(entry, snapshot, new_chunks, new_bytes, repaired))
+    return out
 
 
 @dataclass

@@ -196,6 +196,9 @@ def test_flat_rows_carry_every_entry_field():
               format="safetensors", chunks=(ChunkRef(0, 3, "ef" * 32, 12, "zstd"),), tech={"k": 1})
     done = fanout.FileDone(e, [1, 2, 3, 4, 5], 1, 12, 0)
     assert procfiles.unflat(procfiles._flat(done)) == done
+    link = fanout.FileDone(Entry(path="a/l", type="symlink", mode=0o777, target="b"), [1, 2, 0, 4, 5])
+    assert procfiles.unflat_all([procfiles._flat(done), procfiles._flat(link), procfiles._flat(done)]) == \
+        [done, link, done]  # a task's rows at once, a non-file entry among them as it is
 
 
 def test_resolve_auto_explicit_and_refusals(monkeypatch):
