@@ -30,6 +30,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 from concurrent.futures import Future, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -74,6 +75,10 @@ def preload() -> list[str]:
 RUN_THREADS = 2
 # Explicit processes: the pool starts during the scan once it has seen this many small files.
 EARLY_FILES = 1
+# Auto: the pool starts during the scan only once the rest of the machine was watched this long
+# (seconds since the archive started): a shorter look could take a passing lull for an idle
+# core, and on a busy machine the pool costs wall as well as CPU (bench/RESULTS.md).
+EARLY_MEASURE_S = 0.2
 # Tasks (`tasks_of`): each hand-off costs the worker about as much idle wall as a few hundred
 # files' work (its Sources and entries pickled and sent, the task's last pack written and
 # fsynced before it returns: bench/RESULTS.md, "Small-file archive: the worker phase (branch
@@ -390,6 +395,8 @@ class PoolStarter:
             return
         busy = None
         if not self._requested and self._cpu_since is not None:
+            if time.monotonic() - self._cpu_since.wall < EARLY_MEASURE_S:
+                return  # the rest of the machine not yet watched long enough: a later directory decides
             busy = self._cpu_since.others_busy()
             if busy is None and self._cpu_since.machine is not None:
                 return  # too soon to tell how busy the rest of the machine is: a later directory decides

@@ -824,6 +824,7 @@ def test_auto_starts_early_only_past_its_threshold_and_the_api_default_never(tmp
     seen = _early_seen(monkeypatch)
     monkeypatch.setattr(procfiles, "auto_count", lambda busy: 2)
     monkeypatch.setattr(procfiles.workerprocs.CpuSample, "others_busy", lambda self: 0.0)
+    monkeypatch.setattr(procfiles, "EARLY_MEASURE_S", 0.0)
     low = _archive(tmp_path, src, str(tmp_path / "a"), None)
     assert seen["early"] == 0 and low.files_by_processes == 0  # 165 small files < AUTO_MIN_FILES
     monkeypatch.setattr(procfiles, "AUTO_MIN_FILES", 20)
@@ -986,8 +987,8 @@ def test_a_worker_makes_its_files_journal_lines_only_when_the_run_journals(tmp_p
 
 def test_auto_waits_for_a_measure_of_the_machine_before_starting_early(tmp_path, home, monkeypatch):
     """Auto past its threshold but too early in the scan to tell how busy the machine is
-    (others_busy None): a later directory decides; if the scan ends first, archive_files
-    decides after it, as before (the pool then starts there)."""
+    (others_busy None, or less than EARLY_MEASURE_S watched): a later directory decides; if the
+    scan ends first, archive_files decides after it, as before (the pool then starts there)."""
     src = make_tree(tmp_path / "src")
     seen = _early_seen(monkeypatch)
     monkeypatch.setattr(procfiles, "AUTO_MIN_FILES", 20)
@@ -999,10 +1000,17 @@ def test_auto_waits_for_a_measure_of_the_machine_before_starting_early(tmp_path,
         return busy[min(len(asked), len(busy)) - 1]
     monkeypatch.setattr(procfiles.workerprocs.CpuSample, "others_busy", others_busy)
     monkeypatch.setattr(procfiles, "auto_count", lambda b: 2 if b == 0.0 else 0)
+    monkeypatch.setattr(procfiles, "EARLY_MEASURE_S", 0.0)
     later = _archive(tmp_path, src, str(tmp_path / "a"), None)
     assert seen == {"early": 2, "handed": True} and later.files_by_processes > 0 and len(asked) == 3
+    monkeypatch.setattr(procfiles, "EARLY_MEASURE_S", 60.0)  # never watched long enough during the scan
+    seen.clear()
+    asked.clear()
+    waited = _archive(tmp_path, src, str(tmp_path / "w"), None)
+    assert seen["early"] == 0 and not asked[:-1] and waited.id == later.id  # only archive_files asked
     busy[:] = [None]  # never known during the scan
     asked.clear()
+    monkeypatch.setattr(procfiles, "EARLY_MEASURE_S", 0.0)
     monkeypatch.setattr(procfiles, "auto_count", lambda b: 2)  # archive_files' own decision: workers
     seen.clear()
     never = _archive(tmp_path, src, str(tmp_path / "b"), None)
