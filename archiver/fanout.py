@@ -217,6 +217,25 @@ class _Recorder:
                 if sync:
                     self.last_sync = now
 
+    def many(self, entries: list[Entry], lines: bytes, snapshots: list[list[int]]) -> None:
+        """A worker task's files at once: their entries, and their journal lines (`lines`, made
+        by the worker; else from each entry's snapshot here)."""
+        with self.lock:
+            for e in entries:
+                self.out.entries[e.path] = e
+            if self.journal is not None:
+                now = time.monotonic()
+                sync = now - self.last_sync >= 1.0
+                if lines:
+                    self.journal.record_lines(lines, sync=sync)
+                else:
+                    for e, snap in zip(entries, snapshots):
+                        self.journal.record(e, snap, sync=False)
+                    if sync:
+                        self.journal.record_lines(b"", sync=True)
+                if sync:
+                    self.last_sync = now
+
 
 def _describe(item: Source | list[Source]) -> str:
     return str((item[0] if isinstance(item, list) else item).abspath)
@@ -270,11 +289,13 @@ def _unchanged(src: Source, snapshot: list[int]) -> bool:
 def archive_files(repo: Repository, sources: list[Source], executor: Executor, *, writer: Any, stats: Any,
                   policy: ChunkPolicy, write_policy: Any, progress: Progress, pool_workers: int,
                   journal: Journal | None = None, processes: int | None = None,
-                  cpu_since: workerprocs.CpuSample | None = None) -> ArchivedFiles:
+                  cpu_since: workerprocs.CpuSample | None = None,
+                  early: procfiles.PoolStarter | None = None) -> ArchivedFiles:
     """Archive every regular file of `sources`: journalled ones that are provably unchanged
     are resumed, the others run as tasks, largest first; each finished one is journalled.
     `processes` (local executor): worker processes for the small files (archiver.procfiles;
-    0: threads only, None: auto, by how busy the rest of the machine was since `cpu_since`)."""
+    0: threads only, None: auto, by how busy the rest of the machine was since `cpu_since`);
+    `early`: the pool started during the scan, used if the count agrees (closed here otherwise)."""
     out = ArchivedFiles()
     files = [s for s in sources if not s.is_dir and not s.is_link]
     prior = journal.load() if journal is not None else {}
@@ -300,16 +321,22 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
         pool = ThreadPoolExecutor(pool_workers, thread_name_prefix="archive")
         # small files in batches on a thread pool: one hand-off per batch, not per file
         items = local_batches(todo) if getattr(executor, "batch_small_files", False) else [[s] for s in todo]
-        nproc = procfiles.resolve(processes, small_files=sum(s.size < BATCH_FILE_BELOW for s in todo),
-                                  local=getattr(executor, "batch_small_files", False), sealed=repo.sealed,
-                                  has_settings=getattr(repo, "settings", None) is not None,
-                                  load=cpu_since.others_busy() if cpu_since is not None else None)
+        if early is not None and early.processes and processes is None:
+            nproc = early.processes  # auto decided during the scan (the pool's own start now counts as busy CPU)
+        else:
+            nproc = procfiles.resolve(processes, small_files=sum(s.size < BATCH_FILE_BELOW for s in todo),
+                                      local=getattr(executor, "batch_small_files", False), sealed=repo.sealed,
+                                      has_settings=getattr(repo, "settings", None) is not None,
+                                      load=cpu_since.others_busy() if cpu_since is not None else None)
         if nproc:  # the runs of small files go to worker processes, the big files stay here
             jobs = [procfiles.SmallJob(procfiles.worker_settings(repo.settings),  # type: ignore[arg-type]
                                        policy, write_policy,
-                                       writer.trust_verified_within, runs)
-                    for runs in procfiles.tasks_of([r for r in items if r[0].size < BATCH_FILE_BELOW])]
+                                       writer.trust_verified_within, runs, journal_lines=journal is not None)
+                    for runs in procfiles.tasks_of([r for r in items if r[0].size < BATCH_FILE_BELOW],
+                                                   processes=nproc)]
             items = [r for r in items if r[0].size >= BATCH_FILE_BELOW]
+        if early is not None and not (nproc and nproc == early.processes and jobs):
+            early.close()  # started during the scan, but nothing here for it
         # Chunks in flight stay at about one per pool thread in all (memory: a few chunks per
         # core), shared by the files read at once; a lone big file gets the whole window.
         at_once = max(1, min(executor.max_inflight, len(items)))
@@ -325,7 +352,8 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
         stop = stoppable.stop if stoppable is not None else None
         if nproc:
             small = procfiles.SmallFilePool(nproc, jobs, _taker(repo, out, stats, progress, record),
-                                            on_error=stoppable.stop)  # type: ignore[union-attr]
+                                            on_error=stoppable.stop,  # type: ignore[union-attr]
+                                            pool=early.take() if early is not None else None)
             stop = _both(stoppable.stop, small.cancel)  # type: ignore[union-attr]
         for src, done in executors.run(executor, task, items, describe=_describe, stop=stop):
             if settings is None:
@@ -337,7 +365,7 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
             progress.advance(done.entry.size)
             record(src, done)
         if small is not None:
-            small.close()
+            small.close(later=early)  # the workers stop while the driver commits (pipeline.archive waits)
             small.raise_error()
     except BaseException:
         if small is not None:
@@ -371,10 +399,9 @@ def _taker(repo: Repository, out: ArchivedFiles, stats: Any, progress: Progress,
                 else:
                     stats.new_chunks -= 1
                     stats.new_bytes -= size
-        for row in done.files:
-            file_done = procfiles.unflat(row)
-            progress.advance(file_done.entry.size)
-            record(file_done.entry, file_done)  # the recorder reads only `.path`, which an Entry has too
+        finished = procfiles.unflat_all(done.files)
+        progress.advance(sum(d.entry.size for d in finished))
+        record.many([d.entry for d in finished], done.lines, [d.snapshot for d in finished])
         with record.lock:
             out.by_processes += len(done.files)
     return take

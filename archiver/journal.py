@@ -118,6 +118,12 @@ class Journal:
         if sync or len(self._pending) >= self._batch:
             self._write_out(sync)
 
+    def record_lines(self, lines: bytes, *, sync: bool = True) -> None:
+        """Append lines already made by `line_of` (a worker process made them, beside the
+        entries it hands back), written out now, after the pending ones; `sync` as in `record`."""
+        self._pending.append(lines)
+        self._write_out(sync)
+
     def _write_out(self, sync: bool) -> None:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)

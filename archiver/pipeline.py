@@ -8,6 +8,7 @@ it names is durably in the store, then recorded in the catalog in one transactio
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import math
@@ -119,13 +120,31 @@ def _check_trust_window(value: float | None) -> float | None:
     return float(value)
 
 
+def _pool_during_scan(body: Any) -> Any:
+    """`archive` with the small files' worker pool started during its scan (procfiles.PoolStarter)
+    and stopped here if the body did not take it (an error or Ctrl-C before archive_files)."""
+    @functools.wraps(body)
+    def archive(repo: Repository, paths: list[str | os.PathLike], **kw: Any) -> ArchiveResult:
+        from archiver.procfiles import PoolStarter
+        early = PoolStarter.for_archive(repo, kw.get("executor"), kw.get("processes", 0), paths,
+                                        reread=kw.get("reread", False))
+        try:
+            return body(repo, paths, early=early, **kw)
+        finally:
+            if early is not None:
+                early.close()
+    return archive
+
+
+@_pool_during_scan
 def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, label: str | None = None,
             meta: Mapping[str, str] | None = None, policy: ChunkPolicy | None = None, workers: int | None = None,
             progress: Progress | None = None, sign_key: Any = None,
             trust_verified_within: float | None = None, write_policy: Any = None,
             profile: Mapping[str, Any] | None = None, attachments: Iterable[tuple[str, str | os.PathLike]] = (),
             dereference: bool = False, reread: bool = False, executor: Any = None,
-            max_inflight: int | None = None, journal: Any = None, processes: int | None = 0) -> ArchiveResult:
+            max_inflight: int | None = None, journal: Any = None, processes: int | None = 0,
+            early: Any = None) -> ArchiveResult:
     """Archive files and directories under `name`; returns the committed manifest's summary.
     With `sign_key` (an Ed25519 private key) the manifest id is signed before it is recorded.
     `name`, `label` and `meta` are checked before the scan, so bad ones write nothing.
@@ -168,7 +187,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     started = time.monotonic()
     policy = policy or ChunkPolicy()
     progress = progress or Progress()
-    sources = scan(paths, dereference=True) if dereference else scan(paths)
+    on_dir = early.watch if early is not None else None  # `early`: the decorator's (the pool started meanwhile)
+    sources = scan(paths, dereference=True, on_dir=on_dir) if dereference else scan(paths, on_dir=on_dir)
     meta_d = check_archive_args(name, label, _with_snapshot_meta(meta_d, paths))
     for s in sources:
         if s.parent is None and s.path == ATTACH_DIR:
@@ -203,7 +223,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     try:
         done = fanout.archive_files(repo, [s for s in sources if s.path not in reused], ex, writer=writer, stats=stats, policy=policy,
                                     write_policy=write_policy, progress=progress, pool_workers=nworkers,
-                                    journal=journal, processes=processes, cpu_since=cpu_since)
+                                    journal=journal, processes=processes, cpu_since=cpu_since, early=early)
     finally:
         if executor is None:
             ex.close()

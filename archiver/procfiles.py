@@ -15,17 +15,26 @@ files' entries and the indexes of its packs (never object bytes). The driver the
 those packs (`Repository.adopt_packs`: recorded at its next flush, found by its dedup, not
 trusted), journals the task's files (their chunks are durable now), and before the commit
 proves by LIST that every chunk named is in the store at its size (`fanout.check_chunks_stored`).
-A task that fails leaves only unreferenced objects behind (the orphan rules apply)."""
+A task that fails leaves only unreferenced objects behind (the orphan rules apply).
+
+The pool starts while the driver still scans (`PoolStarter`), the tasks are guided (`tasks_of`:
+big first, shrinking, so the workers finish together after few hand-offs), a worker holds its
+directory descriptors across its tasks and lays out its files' journal lines, and the pool stops
+beside the commit (bench/RESULTS.md, "Small-file archive: the worker phase (branch sfworkers)")."""
 from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import os
+import pickle
 import sys
 import threading
+import time
 from concurrent.futures import Future, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from archiver import executors, workerprocs
@@ -33,7 +42,7 @@ from archiver.chunking import ChunkPolicy
 from archiver.errors import ArchiverError
 from archiver.packs import PackIndex
 from archiver.rayexec import Failure, call_catching
-from archiver.scan import Source
+from archiver.scan import Source, child
 from archiver.settings import Settings
 
 # Auto mode uses processes only for at least this many small files: a small file costs about
@@ -64,9 +73,24 @@ def preload() -> list[str]:
 # Runs of a task in flight at once in a worker (threads): a full pack's write and fsync block
 # only the thread that filled it.
 RUN_THREADS = 2
-# Files per task: few hand-offs (each costs a pickle of its Sources and entries), yet enough
-# tasks that the two workers finish at about the same time.
-TASK_FILES = 1500
+# Explicit processes: the pool starts during the scan once it has seen this many small files.
+EARLY_FILES = 1
+# Auto: the pool starts during the scan only once the rest of the machine was watched this long
+# (seconds since the archive started): a shorter look could take a passing lull for an idle
+# core, and on a busy machine the pool costs wall as well as CPU (bench/RESULTS.md).
+EARLY_MEASURE_S = 0.2
+# Tasks (`tasks_of`): each hand-off costs the worker about as much idle wall as a few hundred
+# files' work (its Sources and entries pickled and sent, the task's last pack written and
+# fsynced before it returns: bench/RESULTS.md, "Small-file archive: the worker phase (branch
+# sfworkers)"), so the work is cut in few tasks, shrinking towards the end so that the workers
+# still finish together: each task takes 1/(GUIDE * processes) of the work not yet handed out,
+# at least MIN_SHARE of the whole, at most TASK_FILES files.
+TASK_FILES = 4000
+FIRST_TASK_FILES = 1500
+GUIDE = 2
+MIN_SHARE = 0.03
+# A file's fixed work (open, fstats, entry, hand-off) in bytes of content read, hashed and encoded.
+FILE_WEIGHT = 12 << 10
 
 
 def resolve(requested: int | None, *, small_files: int, local: bool, sealed: bool, has_settings: bool,
@@ -82,35 +106,90 @@ def resolve(requested: int | None, *, small_files: int, local: bool, sealed: boo
     n = workerprocs.requested_count(requested, None if possible else f"worker processes need {why}")
     if n is not None:
         return n
-    cores = os.cpu_count() or 1
-    if not possible or cores < 2 or small_files < AUTO_MIN_FILES:
+    if not possible or small_files < AUTO_MIN_FILES:
         return 0
-    return cores if workerprocs.spare_cores(busy=load) >= AUTO_IDLE_CORES and workerprocs.unavailable() is None else 0
+    return auto_count(load)
 
 
-def tasks_of(runs: list[list[Source]], per_task: int | None = None) -> list[list[list[Source]]]:
-    """The small-file runs grouped into tasks of about `per_task` (TASK_FILES) files, in order."""
+def auto_count(busy: float | None) -> int:
+    """Auto's count, the small files being many: one per core, with two cores or more and
+    AUTO_IDLE_CORES of them left idle by the rest of the machine (`busy`: the cores it kept
+    busy, else the 1-minute load average), else 0."""
+    cores = os.cpu_count() or 1
+    if cores < 2:
+        return 0
+    return cores if workerprocs.spare_cores(busy=busy) >= AUTO_IDLE_CORES and workerprocs.unavailable() is None else 0
+
+
+def tasks_of(runs: list[list[Source]], per_task: int | None = None, processes: int = 1) -> list[list[list[Source]]]:
+    """The small-file runs grouped into tasks, in order: each task about 1/(GUIDE * processes)
+    of the work still to hand out (guided: big tasks first, then smaller ones, so the workers
+    finish together after few hand-offs), never less than MIN_SHARE of the whole nor more than
+    `per_task` (TASK_FILES) files, the first `processes` tasks not more than FIRST_TASK_FILES (the
+    workers wait for their first job's pickling and sending). Work is estimated as bytes plus
+    FILE_WEIGHT per file."""
     per_task = per_task or TASK_FILES
+    first = min(per_task, FIRST_TASK_FILES)  # each worker's first task: its job pickled and sent in less time
+    weights = [sum(s.size for s in run) + FILE_WEIGHT * len(run) for run in runs]
+    left = total = sum(weights)
     out: list[list[list[Source]]] = []
-    count = per_task
-    for run in runs:
-        if count >= per_task:
+    files = weight = 0
+    target = 0.0
+    for run, w in zip(runs, weights):
+        if not out or files >= (first if len(out) <= processes else per_task) or weight >= target:
+            target = max(left / (GUIDE * max(1, processes)), total * MIN_SHARE)
             out.append([])
-            count = 0
+            files = weight = 0
         out[-1].append(run)
-        count += len(run)
+        files += len(run)
+        weight += w
+        left -= w
     return out
+
+
+def _file_source(parent: Source, name: str, path: str, size: int, mode: int, dev: int, ino: int,
+                 mtime_ns: int | None, link: str | None, followed: bool, blob: str | None,
+                 seen: tuple[int, int, int, int, int] | None) -> Source:
+    """A file's Source as `_JobPickler` sent it: its absolute path made from its directory's."""
+    return Source(path, child(parent.abspath, name), False, size, mode, dev, ino, parent, mtime_ns, link, followed,
+                  blob, seen)
+
+
+class _JobPickler(pickle.Pickler):
+    """Pickles a job's file Sources as their directory (pickled once) plus their fields: a Path
+    unpickles from its parts, which cost a worker about as much as the rest of the Source, and a
+    worker waits for its next job's unpickling between two tasks. A Source whose path is not its
+    directory's path and its name (none the scan makes) is pickled as it is."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is Source and not obj.is_dir and obj.parent is not None:
+            p = obj.abspath
+            if p.parent == obj.parent.abspath:
+                return (_file_source, (obj.parent, p.name, obj.path, obj.size, obj.mode, obj.dev, obj.ino,
+                                       obj.mtime_ns, obj.link, obj.followed, obj.blob, obj.seen))
+        return NotImplemented
+
+
+def _job_of(blob: bytes) -> "SmallJob":
+    return SmallJob(*pickle.loads(blob))
 
 
 @dataclass(frozen=True)
 class SmallJob:
-    """One task: plain values only (it is pickled to a worker)."""
+    """One task: plain values only (it is pickled to a worker, its Sources by `_JobPickler`)."""
 
     settings: Settings
     policy: ChunkPolicy
     write_policy: Any
     trust_verified_within: float | None
     runs: list[list[Source]]
+    journal_lines: bool = False  # the driver journals this run: make each file's line here (journal.line_of)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        buf = io.BytesIO()
+        _JobPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(tuple(getattr(self, f.name)
+                                                                      for f in dataclasses.fields(self)))
+        return (_job_of, (buf.getvalue(),))
 
 
 # Entry's fields, in the order `_flat` sends a plain file's: a field added to Entry fails the
@@ -132,14 +211,24 @@ def _flat(done: Any) -> tuple[Any, ...]:
 
 def unflat(row: tuple[Any, ...]) -> Any:
     """The FileDone `_flat` made `row` from."""
+    return unflat_all([row])[0]
+
+
+def unflat_all(rows: list[tuple[Any, ...]]) -> list[Any]:
+    """The FileDones `_flat` made `rows` from (the driver's per-file work on a worker's task: the
+    imports are looked up once, not once per file)."""
     from archiver.fanout import FileDone
     from manifests.model import ChunkRef, Entry
-    if len(row) == 1:
-        return row[0]
-    path, mode, size, mtime_ns, b3, sha, fmt, chunks, tech, snapshot, new_chunks, new_bytes, repaired = row
-    entry = Entry(path=path, type="file", mode=mode, size=size, mtime_ns=mtime_ns, blake3=b3, sha256=sha,
-                  format=fmt, chunks=tuple(ChunkRef(*c) for c in chunks), tech=tech)
-    return FileDone(entry, snapshot, new_chunks, new_bytes, repaired)
+    out = []
+    for row in rows:
+        if len(row) == 1:
+            out.append(row[0])
+            continue
+        path, mode, size, mtime_ns, b3, sha, fmt, chunks, tech, snapshot, new_chunks, new_bytes, repaired = row
+        entry = Entry(path=path, type="file", mode=mode, size=size, mtime_ns=mtime_ns, blake3=b3, sha256=sha,
+                      format=fmt, chunks=tuple([ChunkRef(*c) for c in chunks]), tech=tech)
+        out.append(FileDone(entry, snapshot, new_chunks, new_bytes, repaired))
+    return out
 
 
 @dataclass
@@ -152,6 +241,7 @@ class SmallDone:
     new_bytes: int = 0
     repaired_chunks: int = 0
     repaired: frozenset[str] = frozenset()  # the chunks counted in repaired_chunks (not in new_chunks)
+    lines: bytes = b""  # the files' journal lines, in `files` order (SmallJob.journal_lines)
 
 
 @functools.lru_cache(maxsize=2)
@@ -162,22 +252,44 @@ def _repository(settings: Settings) -> Any:
     return Repository.open(settings, read_only=True)
 
 
-def run_job(job: SmallJob) -> SmallDone:
-    """Archive a task's runs of small files in this worker process (see the module doc)."""
+@functools.lru_cache(maxsize=1)
+def _held_dirs() -> Any:
+    """This worker's directory descriptors, held across its tasks: a task's files come from all
+    over the tree (largest first), so a descriptor per task would reach and check every
+    directory's whole chain again in each task. A worker lives for one archive run (its pool's),
+    the run the threaded path holds its DirFds for; the process's exit closes them."""
+    from archiver.scan import DirFds
+    return DirFds()
+
+
+def run_job(job: SmallJob, dirs: Any = None) -> SmallDone:
+    """Archive a task's runs of small files in this worker process (see the module doc).
+    `dirs` (scan.DirFds): held directory descriptors to open its files relative to (None: the
+    task's own, closed when it ends)."""
     from concurrent.futures import ThreadPoolExecutor
     from archiver import fanout, pipeline
     from archiver.parallel import window_for
     from archiver.progress import Progress
+    from archiver.journal import line_of
     from archiver.scan import DirFds
     repo = _repository(job.settings)
     stats = pipeline._Stats()
     writer = pipeline._ChunkWriter(repo, stats, job.trust_verified_within, job.write_policy)
     out = SmallDone()
-    dirs = DirFds()
+    own_dirs = dirs is None
+    if dirs is None:
+        dirs = DirFds()
     pool = ThreadPoolExecutor(2, thread_name_prefix="task")  # chunked files (cdc_min up to BATCH_FILE_BELOW)
     try:
+        lines: list[bytes] = []
+
+        def on_done(_src: Source, done: Any) -> None:
+            # the journal line is laid out here, on a core of its own, not on the driver's
+            if job.journal_lines:
+                lines.append(line_of(done.entry, done.snapshot))
+            out.files.append(_flat(done))
         task = fanout.LocalArchiveBatch(writer, pool, job.policy, window_for(2), Progress(), dirs,
-                                        on_done=lambda _src, done: out.files.append(_flat(done)))
+                                        on_done=on_done)
         # two runs at a time: one's pack write and fsync (the GIL released) overlaps the other's work
         runs = ThreadPoolExecutor(RUN_THREADS, thread_name_prefix="run")
         try:
@@ -186,6 +298,7 @@ def run_job(job: SmallJob) -> SmallDone:
         finally:  # after an error, the runs not started are not started
             runs.shutdown(wait=True, cancel_futures=True)
         out.packs = repo.task_packs()  # every pack of this task is durable before it returns
+        out.lines = b"".join(lines)
     except BaseException:
         try:  # the next task of this process starts with no open or failed pack of this one
             repo.task_packs()
@@ -194,7 +307,8 @@ def run_job(job: SmallJob) -> SmallDone:
         raise
     finally:
         pool.shutdown(wait=True)
-        dirs.close()
+        if own_dirs:
+            dirs.close()
     out.new_chunks, out.new_bytes, out.repaired_chunks = stats.new_chunks, stats.new_bytes, stats.repaired_chunks
     out.repaired = frozenset(h for h, saved in writer.done.items() if saved.repaired)
     return out
@@ -203,7 +317,7 @@ def run_job(job: SmallJob) -> SmallDone:
 def _call(job: SmallJob) -> Any:
     """`run_job`, an ArchiverError coming back as plain values (rayexec.Failure): an error
     with a keyword constructor does not unpickle."""
-    return call_catching(run_job, job)
+    return call_catching(functools.partial(run_job, dirs=_held_dirs()), job)
 
 
 def worker_settings(settings: Settings) -> Settings:
@@ -214,6 +328,138 @@ def worker_settings(settings: Settings) -> Settings:
     return settings
 
 
+def _warm(settings: Settings) -> None:
+    """A worker's first call, while the driver still scans: open its repository (`_repository`,
+    kept for the tasks). An error here is left for the first task, which raises it again and
+    reports it as its own."""
+    try:
+        _repository(settings)
+    except Exception:  # noqa: BLE001 - the first task opens it again and reports the error
+        pass
+
+
+class PoolStarter:
+    """Starts the small files' worker pool while the scan is still running, so the fork server's
+    imports and the workers' start overlap the scan instead of following it.
+
+    The scan reports each directory (`watch`); once it has seen `EARLY_FILES` files below
+    `fanout.BATCH_FILE_BELOW` (explicit processes) or AUTO_MIN_FILES (auto, and AUTO_IDLE_CORES
+    idle since `cpu_since`: `resolve`'s rule, decided at the first directory after which that can
+    be measured; else after the scan, by archive_files, as before), and the files cache has no
+    row under the paths archived (a re-archive may read no file at all) or every file is read
+    again, a thread of its own starts the pool and opens each worker's repository (`_warm`).
+    `archive_files` takes the pool (`take`) and uses it when its own count agrees; whoever holds
+    it last closes it: `close` stops a pool nobody took (an error or Ctrl-C during the scan)."""
+
+    def __init__(self, requested: int | None, settings: Settings, *, files_cache: Path, tops: list[str],
+                 reread: bool, cpu_since: workerprocs.CpuSample | None) -> None:
+        self._requested, self._settings, self._cpu_since = requested, settings, cpu_since
+        self._files_cache, self._tops, self._reread = files_cache, tops, reread
+        self._seen = self._small = 0
+        self._decided = False
+        self._thread: threading.Thread | None = None
+        self._pool: workerprocs.WorkerPool | None = None
+        self._closing: list[threading.Thread] = []
+        self.processes = 0
+
+    @classmethod
+    def for_archive(cls, repo: Any, executor: Any, processes: int | None, paths: list[Any], *,
+                    reread: bool) -> "PoolStarter | None":
+        """A starter for `pipeline.archive`'s scan, or None where no pool may start early: no
+        processes asked for (0, or a count `resolve` refuses), not the local executor, a sealed
+        store or a repository not opened from Settings (`resolve` refuses or declines those after the scan)."""
+        from archiver.filescache import cache_path
+        explicit = isinstance(processes, int) and not isinstance(processes, bool) and processes > 0
+        settings = getattr(repo, "settings", None)
+        if not (processes is None or explicit) or settings is None or repo.sealed or \
+                not (executor is None or getattr(executor, "batch_small_files", False)):
+            return None
+        try:
+            files_cache = cache_path(repo.catalog_path)
+        except AttributeError:  # a repository without a catalog: archive_files decides after the scan
+            return None
+        return cls(processes, worker_settings(settings), files_cache=files_cache,
+                   tops=[os.path.abspath(os.fspath(p)) for p in paths], reread=reread,
+                   cpu_since=workerprocs.CpuSample.now() if processes is None else None)
+
+    def watch(self, sources: list[Source]) -> None:
+        """`scan`'s report of the sources found so far (after each directory)."""
+        if self._decided:
+            return
+        from archiver.fanout import BATCH_FILE_BELOW
+        new = sources[self._seen:]
+        self._seen = len(sources)
+        self._small += sum(1 for s in new if not s.is_dir and not s.is_link and s.size < BATCH_FILE_BELOW)
+        need = EARLY_FILES if self._requested else AUTO_MIN_FILES
+        if self._small < need:
+            return
+        busy = None
+        if not self._requested and self._cpu_since is not None:
+            if time.monotonic() - self._cpu_since.wall < EARLY_MEASURE_S:
+                return  # the rest of the machine not yet watched long enough: a later directory decides
+            busy = self._cpu_since.others_busy()
+            if busy is None and self._cpu_since.machine is not None:
+                return  # too soon to tell how busy the rest of the machine is: a later directory decides
+        self._decided = True
+        n = self._requested or auto_count(busy)
+        if not n or not self._all_read():
+            return
+        self.processes = n
+        self._thread = threading.Thread(target=self._start, name="small-files-pool", daemon=True)
+        self._thread.start()
+
+    def _all_read(self) -> bool:
+        """Whether every file will be read (no files cache row under the paths, or reread):
+        otherwise the files cache may leave the workers nothing to do."""
+        if self._reread:
+            return True
+        from archiver.filescache import FilesCache
+        cache = FilesCache.open(self._files_cache)
+        if cache is None:
+            return True  # FilesRun cannot open it either: every file is read
+        try:
+            return not cache.any_under(self._tops)
+        except Exception:  # noqa: BLE001 - cannot tell: the pool starts after the files cache, as before
+            return False
+        finally:
+            cache.close()
+
+    def _start(self) -> None:
+        started: list[workerprocs.WorkerPool] = []
+        try:
+            with workerprocs.sheltered():  # SIGINT blocked here: the server and workers are born with it blocked
+                pool = workerprocs.pool(self.processes, preload())
+                started.append(pool)
+                for _ in range(self.processes):
+                    pool.submit(_warm, self._settings)
+            self._pool = pool
+        except BaseException:  # noqa: BLE001 - SmallFilePool starts one itself, and reports why it cannot
+            if started:
+                workerprocs.close(started[0])
+
+    def take(self) -> "workerprocs.WorkerPool | None":
+        """The started pool, now the caller's to close (None: none was started, or its start failed)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        pool, self._pool = self._pool, None
+        return pool
+
+    def close_meanwhile(self, pool: workerprocs.WorkerPool) -> None:
+        """Stop `pool` (its tasks all done) on a thread of its own; `close` waits for it."""
+        closing = threading.Thread(target=workerprocs.close, args=(pool,), name="small-files-close", daemon=True)
+        closing.start()
+        self._closing.append(closing)
+
+    def close(self) -> None:
+        """Stop the pool if nobody took it, and wait for the pools stopping meanwhile."""
+        pool = self.take()
+        if pool is not None:
+            workerprocs.close(pool)
+        while self._closing:
+            self._closing.pop().join()
+
+
 class SmallFilePool:
     """The driver's side: submits every task at once (the pool runs `processes` at a time),
     and takes each result on a thread of its own as it completes, so big files archive on
@@ -222,16 +468,18 @@ class SmallFilePool:
     cancels the tasks not started, calls `on_error` and is kept for `raise_error`."""
 
     def __init__(self, processes: int, jobs: list[SmallJob], take: Callable[[SmallDone], None],
-                 on_error: Callable[[], None]) -> None:
+                 on_error: Callable[[], None], pool: workerprocs.WorkerPool | None = None) -> None:
         # a fork server this run starts is stopped (and waited for) by `close`: no process outlives
         # the archive, and the workers' CPU is counted in this process's children, as threads' is
         self._futures: dict[Future[Any], SmallJob] = {}
         self.error: BaseException | None = None
+        self._closed = False
         self._take, self._on_error = take, on_error
         started: list[workerprocs.WorkerPool] = []
         try:
             with workerprocs.sheltered():  # a Ctrl-C is raised once every worker is tracked (see there)
-                self._pool = workerprocs.pool(processes, preload())
+                # `pool`: started during the scan (PoolStarter), now this one's to close
+                self._pool = pool if pool is not None else workerprocs.pool(processes, preload())
                 started.append(self._pool)
                 for job in jobs:
                     self._futures[self._pool.submit(_call, job)] = job
@@ -277,10 +525,19 @@ class SmallFilePool:
         for f in self._futures:
             f.cancel()
 
-    def close(self) -> None:
-        """Wait for the running tasks and the collector, then stop the workers."""
+    def close(self, later: "PoolStarter | None" = None) -> None:
+        """Wait for the running tasks and the collector, then stop the workers: here, or with
+        `later` (the run's PoolStarter) on a thread of their own that `later.close()` joins,
+        so the workers and the fork server stop while the driver commits (every task is taken
+        by then: they only exit)."""
         self._thread.join()
-        workerprocs.close(self._pool)
+        if self._closed:
+            return
+        self._closed = True
+        if later is None:
+            workerprocs.close(self._pool)
+        else:
+            later.close_meanwhile(self._pool)
 
     def raise_error(self) -> None:
         if self.error is not None and not isinstance(self.error, executors.Stopped):

@@ -23,6 +23,7 @@ import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from archiver.errors import ArchiverError, NotFoundError, RefusedSourceError, SourceChangedError, UsageError
 from archiver.hfcache import Snapshot, in_blobs, snapshot_of
@@ -96,6 +97,11 @@ def _child(d: Path, n: str) -> Path:
     return _make_child(d, n) if _make_child is not None else d / n
 
 
+def child(d: Path, n: str) -> Path:
+    """`d / n` as the scan makes its entries' paths (procfiles rebuilds a job's Sources with it)."""
+    return _make_child(d, n) if _make_child is not None else d / n
+
+
 def _entry_name(n: str, p: Path) -> str:
     """`_name(p)` for a name read from p's directory (n == p.name), without pathlib."""
     try:
@@ -140,10 +146,13 @@ def _link_source(path: str, p: Path, st: os.stat_result, parent: Source | None, 
     return Source(path, p, False, 0, stat.S_IMODE(st.st_mode), st.st_dev, st.st_ino, parent, link=target)
 
 
-def scan(paths: list[str | os.PathLike], *, dereference: bool = False) -> list[Source]:
+def scan(paths: list[str | os.PathLike], *, dereference: bool = False,
+         on_dir: Callable[[list[Source]], None] | None = None) -> list[Source]:
     """Walk the inputs in a stable order; raise before anything is uploaded. Symlinks are
     recorded as symlinks, or followed to the regular file they name with `dereference` and,
-    always, inside a Hugging Face cache snapshot (into its blobs/)."""
+    always, inside a Hugging Face cache snapshot (into its blobs/). `on_dir`: called with the
+    sources found so far after each directory (archive starts its worker pool meanwhile:
+    procfiles.PoolStarter)."""
     if not paths:
         raise UsageError("nothing to archive: give at least one PATH")
     out: list[Source] = []
@@ -178,6 +187,8 @@ def scan(paths: list[str | os.PathLike], *, dereference: bool = False) -> list[S
                         stack.append(src)
             finally:
                 os.close(fd)
+            if on_dir is not None:
+                on_dir(out)
     try:
         check_paths((s.path, "dir" if s.is_dir else "file") for s in out)
     except UnsafePathError as e:

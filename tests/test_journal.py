@@ -241,3 +241,20 @@ def test_a_line_is_what_json_dumps_writes_and_loads_back_as_the_entry(tmp_path):
     j.close()
     got = j.load()
     assert list(got) == [base.path] and got[base.path].entry == base and got[base.path].snapshot == [2049, 12, 30, 1, 2]
+
+
+def test_lines_made_elsewhere_append_after_the_pending_ones_and_load_back(tmp_path):
+    """record_lines: lines a worker process made with line_of are written after the lines
+    still pending, and load back as the entries they were made from."""
+    from archiver.journal import line_of
+    from manifests.model import ChunkRef, Entry
+    entries = [Entry(path=f"t/f{i}", type="file", mode=0o644, size=3, mtime_ns=i, blake3="b" * 64,
+                     sha256="c" * 64, chunks=(ChunkRef(0, 3, "b" * 64, 13, "raw"),)) for i in range(3)]
+    snaps = [[1, i, 3, i, i] for i in range(3)]
+    j = Journal(tmp_path / "j.jsonl", batch_lines=100)
+    j.record(entries[0], snaps[0], sync=False)  # pending, not written yet
+    j.record_lines(line_of(entries[1], snaps[1]) + line_of(entries[2], snaps[2]), sync=True)
+    assert [json.loads(x)["path"] for x in (tmp_path / "j.jsonl").read_bytes().splitlines()] == ["t/f0", "t/f1", "t/f2"]
+    j.close()
+    got = Journal(tmp_path / "j.jsonl").load()
+    assert {p: (g.entry, g.snapshot) for p, g in got.items()} == {e.path: (e, s) for e, s in zip(entries, snaps)}

@@ -72,8 +72,10 @@ class _EveryTaskOnAWorkerOfItsOwn:
     as a worker that never saw the other tasks: the worst case of two workers packing the
     same content at once (timing decides how often real workers do)."""
 
-    def __init__(self, processes, jobs, take, on_error):  # type: ignore[no-untyped-def]
+    def __init__(self, processes, jobs, take, on_error, pool=None):  # type: ignore[no-untyped-def]
         self.error = None
+        if pool is not None:  # started during the scan (procfiles.PoolStarter): this stand-in runs no worker
+            procfiles.workerprocs.close(pool)
         for job in jobs:
             procfiles._repository.cache_clear()
             done = procfiles.run_job(job)
@@ -84,7 +86,7 @@ class _EveryTaskOnAWorkerOfItsOwn:
     def cancel(self) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, later=None) -> None:  # type: ignore[no-untyped-def]
         pass
 
     def raise_error(self) -> None:
@@ -194,6 +196,9 @@ def test_flat_rows_carry_every_entry_field():
               format="safetensors", chunks=(ChunkRef(0, 3, "ef" * 32, 12, "zstd"),), tech={"k": 1})
     done = fanout.FileDone(e, [1, 2, 3, 4, 5], 1, 12, 0)
     assert procfiles.unflat(procfiles._flat(done)) == done
+    link = fanout.FileDone(Entry(path="a/l", type="symlink", mode=0o777, target="b"), [1, 2, 0, 4, 5])
+    assert procfiles.unflat_all([procfiles._flat(done), procfiles._flat(link), procfiles._flat(done)]) == \
+        [done, link, done]  # a task's rows at once, a non-file entry among them as it is
 
 
 def test_resolve_auto_explicit_and_refusals(monkeypatch):
@@ -752,3 +757,285 @@ def test_a_failed_commit_then_lost_packs_rerun_names_no_missing_chunk(tmp_path, 
     assert again.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
     report = api.verify([again.id], store=str(store), catalog=str(tmp_path / "s.db"), deep=True)
     assert report.ok, report.problems
+
+
+def _early_seen(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """What archive_files got from the scan (PoolStarter.processes) and whether SmallFilePool
+    was handed that pool."""
+    seen: dict[str, object] = {}
+    real_af, real_init = fanout.archive_files, procfiles.SmallFilePool.__init__
+
+    def af(*a, **k):  # type: ignore[no-untyped-def]
+        early = k.get("early")
+        seen["early"] = early.processes if early is not None else None
+        return real_af(*a, **k)
+
+    def init(self, *a, **k):  # type: ignore[no-untyped-def]
+        seen["handed"] = k.get("pool") is not None
+        real_init(self, *a, **k)
+    monkeypatch.setattr(fanout, "archive_files", af)
+    monkeypatch.setattr(procfiles.SmallFilePool, "__init__", init)
+    return seen
+
+
+def test_the_pool_starts_during_the_scan_and_archive_files_takes_it(tmp_path, home, small_tasks, monkeypatch):
+    """processes=2: the scan starts the pool (procfiles.PoolStarter), SmallFilePool runs the
+    tasks on that very pool, which stops on a thread of its own while the driver commits;
+    the manifest is the threads' one; no process is left once archive returns."""
+    from multiprocessing import forkserver
+    src = make_tree(tmp_path / "src")
+    kids0 = _children()
+    seen = _early_seen(monkeypatch)
+    import threading
+    closed: list[str] = []
+    real_close = procfiles.workerprocs.close
+
+    def close(pool):  # type: ignore[no-untyped-def]
+        real_close(pool)
+        closed.append(threading.current_thread().name)
+    monkeypatch.setattr(procfiles.workerprocs, "close", close)
+    procs = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert seen == {"early": 2, "handed": True}
+    assert closed == ["small-files-close"]  # stopped beside the commit, and done before archive returned
+    assert procs.files_by_processes > 0
+    assert procs.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
+    assert forkserver._forkserver._forkserver_pid is None and len(_children() - kids0) <= 1
+
+
+def test_no_early_pool_for_a_re_archive_the_files_cache_may_serve(tmp_path, home, small_tasks, monkeypatch):
+    """A re-archive of paths the files cache has rows under starts no pool during the scan
+    (every file may be reused: nothing for workers); with reread it does, as every file is read."""
+    src = make_tree(tmp_path / "src")
+    first = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    seen = _early_seen(monkeypatch)
+    again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert seen["early"] == 0 and not seen.get("handed") and again.files_reused == first.files
+    assert again.new_chunks == 0
+    reread = _archive(tmp_path, src, str(tmp_path / "s"), 2, reread=True)
+    assert seen == {"early": 2, "handed": True} and reread.files_reused == 0 and reread.files_by_processes > 0
+    assert reread.new_chunks == 0
+
+
+def test_auto_starts_early_only_past_its_threshold_and_the_api_default_never(tmp_path, home, monkeypatch):
+    """Auto (processes=None) starts the pool during the scan once AUTO_MIN_FILES small files
+    were seen and auto_count grants workers; below the threshold it does not; processes=0
+    (the API's default) builds no starter at all."""
+    src = make_tree(tmp_path / "src")
+    seen = _early_seen(monkeypatch)
+    monkeypatch.setattr(procfiles, "auto_count", lambda busy: 2)
+    monkeypatch.setattr(procfiles.workerprocs.CpuSample, "others_busy", lambda self: 0.0)
+    monkeypatch.setattr(procfiles, "EARLY_MEASURE_S", 0.0)
+    low = _archive(tmp_path, src, str(tmp_path / "a"), None)
+    assert seen["early"] == 0 and low.files_by_processes == 0  # 165 small files < AUTO_MIN_FILES
+    monkeypatch.setattr(procfiles, "AUTO_MIN_FILES", 20)
+    auto = _archive(tmp_path, src, str(tmp_path / "b"), None)
+    assert seen == {"early": 2, "handed": True} and auto.files_by_processes > 0
+    seen.clear()
+    assert _archive(tmp_path, src, str(tmp_path / "c"), 0).id == auto.id and seen["early"] is None
+
+
+def test_an_error_before_archive_files_stops_the_early_pool(tmp_path, home, monkeypatch):
+    """An error after the scan started the pool but before archive_files takes it (here the
+    files cache's start): the error reaches the caller, and no worker or fork server is left."""
+    import multiprocessing
+    from multiprocessing import forkserver
+    from archiver.errors import ArchiverError
+    src = make_tree(tmp_path / "src")
+    kids0 = _children()
+    started: list[int] = []
+    real_watch = procfiles.PoolStarter.watch
+
+    def watch(self, sources):  # type: ignore[no-untyped-def]
+        real_watch(self, sources)
+        started.append(self.processes)
+
+    def boom(*a, **k):  # type: ignore[no-untyped-def]
+        raise ArchiverError("the files cache broke")
+    monkeypatch.setattr(procfiles.PoolStarter, "watch", watch)
+    monkeypatch.setattr(pipeline.FilesRun, "start", boom)
+    with pytest.raises(ArchiverError, match="the files cache broke"):
+        _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert 2 in started
+    assert multiprocessing.active_children() == [] and forkserver._forkserver._forkserver_pid is None
+    assert len(_children() - kids0) <= 1  # at most multiprocessing's resource tracker
+
+
+def test_a_ctrl_c_during_the_scan_with_the_pool_starting_leaves_no_process(tmp_path, home, monkeypatch):
+    """SIGINT right after the scan started the pool (its thread still starting it):
+    KeyboardInterrupt, nothing committed, no hang, no process left."""
+    import faulthandler
+    import multiprocessing
+    import signal
+    from multiprocessing import forkserver
+    src = make_tree(tmp_path / "src")
+    kids0 = _children()
+    real_watch = procfiles.PoolStarter.watch
+    sent: list[bool] = []
+
+    def watch(self, sources):  # type: ignore[no-untyped-def]
+        real_watch(self, sources)
+        if self.processes and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(procfiles.PoolStarter, "watch", watch)
+    faulthandler.dump_traceback_later(30, exit=True)  # a hang fails the run instead of blocking it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    assert sent and not list((tmp_path / "s").glob("manifests/**/*"))
+    assert multiprocessing.active_children() == [] and forkserver._forkserver._forkserver_pid is None
+    assert len(_children() - kids0) <= 1
+
+
+def test_a_worker_reaches_each_directory_once_across_its_tasks(tmp_path, monkeypatch):
+    """`_call` (a worker's entry) runs every task of the process with the process's held
+    directory descriptors (`_held_dirs`): two tasks with files of the same directories reach
+    and check each directory once, where tasks of their own descriptors did it per task."""
+    from archiver import scan as scan_mod
+    src = make_tree(tmp_path / "src")
+    settings = api.open_repository(str(tmp_path / "s"), str(tmp_path / "c.db"), create=True).settings
+    files = [s for s in scan([src]) if not s.is_dir and not s.is_link and s.size < fanout.BATCH_FILE_BELOW]
+    jobs = [procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, None, [files[0::2]]),  # both tasks: every
+            procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, None, [files[1::2]])]  # directory
+    dirs = {s.parent.abspath for s in files}
+    opened: list[Path] = []
+    real = scan_mod.open_source
+
+    def counting(s, dirs=None):  # type: ignore[no-untyped-def]
+        if s.is_dir:
+            opened.append(s.abspath)
+        return real(s, dirs)
+    monkeypatch.setattr(scan_mod, "open_source", counting)
+    procfiles._repository.cache_clear()
+    procfiles._held_dirs.cache_clear()
+    try:
+        for job in jobs:
+            assert isinstance(procfiles.run_job(job), procfiles.SmallDone)
+        per_task = list(opened)
+        opened.clear()
+        done = [procfiles._call(job) for job in jobs]
+        assert all(isinstance(d, procfiles.SmallDone) for d in done)
+        assert sorted(opened) == sorted(dirs)  # each directory once, for both tasks
+        # the tasks' own descriptors: each task reaches its directories again
+        assert len(per_task) == sum(len({s.parent.abspath for s in job.runs[0]}) for job in jobs) > len(dirs)
+    finally:
+        procfiles._held_dirs().close()
+        procfiles._held_dirs.cache_clear()
+        procfiles._repository(settings).close()
+        procfiles._repository.cache_clear()
+
+
+def test_tasks_are_guided_big_first_then_smaller_every_run_once_in_order():
+    """tasks_of: every run once, in order; a task takes about 1/(GUIDE * processes) of the work
+    not yet handed out (bytes plus FILE_WEIGHT a file), so tasks shrink towards the end, never
+    below MIN_SHARE of the whole nor above TASK_FILES files (plus the run that crossed it)."""
+    from archiver.scan import Source
+    sizes = [16384 - 16 * i for i in range(1000)] + [0] * 600  # largest first, then empty files
+    files = [Source(f"t/f{i}", Path(f"/t/f{i}"), False, n, 0o644, 1, i) for i, n in enumerate(sizes)]
+    runs = [files[i:i + 32] for i in range(0, len(files), 32)]
+    tasks = procfiles.tasks_of(runs, processes=2)
+    assert [r for t in tasks for r in t] == runs
+    weight = [sum(s.size + procfiles.FILE_WEIGHT for r in t for s in r) for t in tasks]
+    total = sum(weight)
+    run_most = 32 * (16384 + procfiles.FILE_WEIGHT)
+    left = total
+    for w in weight[:-1]:  # each closes once it reached its share of what was left (a run may overshoot)
+        assert max(left / (procfiles.GUIDE * 2), total * procfiles.MIN_SHARE) <= w < \
+            max(left / (procfiles.GUIDE * 2), total * procfiles.MIN_SHARE) + run_most
+        left -= w
+    assert weight[0] > 3 * weight[-2] and len(tasks) < len(files) / 100
+    capped = procfiles.tasks_of(runs, per_task=64, processes=2)
+    assert [r for t in capped for r in t] == runs and max(sum(map(len, t)) for t in capped) <= 64
+    assert len(procfiles.tasks_of(runs, processes=1)) < len(tasks)  # one worker: bigger shares
+
+
+
+def test_each_workers_first_task_is_small_then_guided(monkeypatch):
+    """The first `processes` tasks hold at most FIRST_TASK_FILES files (a worker waits for its
+    first job to be pickled and sent); the guided shares follow; every run once, in order."""
+    from archiver.scan import Source
+    files = [Source(f"t/f{i}", Path(f"/t/f{i}"), False, 8192, 0o644, 1, i) for i in range(3200)]
+    runs = [files[i:i + 32] for i in range(0, len(files), 32)]
+    monkeypatch.setattr(procfiles, "FIRST_TASK_FILES", 64)
+    tasks = procfiles.tasks_of(runs, processes=2)
+    assert [r for t in tasks for r in t] == runs
+    counts = [sum(map(len, t)) for t in tasks]
+    assert counts[:2] == [64, 64] and counts[2] > 4 * 64 and counts[2] >= max(counts[3:])
+
+
+def test_a_worker_makes_its_files_journal_lines_only_when_the_run_journals(tmp_path):
+    """SmallJob.journal_lines: the task hands back each file's journal line (journal.line_of of
+    the very entry and snapshot it hands back, in the same order); without it, none."""
+    from archiver.journal import line_of
+    src = make_tree(tmp_path / "src")
+    settings = api.open_repository(str(tmp_path / "s"), str(tmp_path / "c.db"), create=True).settings
+    files = [s for s in scan([src]) if not s.is_dir and not s.is_link and s.size < fanout.BATCH_FILE_BELOW]
+    procfiles._repository.cache_clear()
+    try:
+        done = procfiles.run_job(procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, None, [files], True))
+        finished = [procfiles.unflat(row) for row in done.files]
+        assert len(finished) == len(files)
+        assert done.lines == b"".join(line_of(d.entry, d.snapshot) for d in finished)
+        bare = procfiles.run_job(procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, None, [files]))
+        assert bare.lines == b"" and len(bare.files) == len(files)
+    finally:
+        procfiles._repository(settings).close()
+        procfiles._repository.cache_clear()
+
+
+def test_auto_waits_for_a_measure_of_the_machine_before_starting_early(tmp_path, home, monkeypatch):
+    """Auto past its threshold but too early in the scan to tell how busy the machine is
+    (others_busy None, or less than EARLY_MEASURE_S watched): a later directory decides; if the
+    scan ends first, archive_files decides after it, as before (the pool then starts there)."""
+    src = make_tree(tmp_path / "src")
+    seen = _early_seen(monkeypatch)
+    monkeypatch.setattr(procfiles, "AUTO_MIN_FILES", 20)
+    asked: list[float] = []
+    busy: list[float | None] = [None, None, 0.0]
+
+    def others_busy(self):  # type: ignore[no-untyped-def]
+        asked.append(1.0)
+        return busy[min(len(asked), len(busy)) - 1]
+    monkeypatch.setattr(procfiles.workerprocs.CpuSample, "others_busy", others_busy)
+    monkeypatch.setattr(procfiles, "auto_count", lambda b: 2 if b == 0.0 else 0)
+    monkeypatch.setattr(procfiles, "EARLY_MEASURE_S", 0.0)
+    later = _archive(tmp_path, src, str(tmp_path / "a"), None)
+    assert seen == {"early": 2, "handed": True} and later.files_by_processes > 0 and len(asked) == 3
+    monkeypatch.setattr(procfiles, "EARLY_MEASURE_S", 60.0)  # never watched long enough during the scan
+    seen.clear()
+    asked.clear()
+    waited = _archive(tmp_path, src, str(tmp_path / "w"), None)
+    assert seen["early"] == 0 and not asked[:-1] and waited.id == later.id  # only archive_files asked
+    busy[:] = [None]  # never known during the scan
+    asked.clear()
+    monkeypatch.setattr(procfiles, "EARLY_MEASURE_S", 0.0)
+    monkeypatch.setattr(procfiles, "auto_count", lambda b: 2)  # archive_files' own decision: workers
+    seen.clear()
+    never = _archive(tmp_path, src, str(tmp_path / "b"), None)
+    assert seen == {"early": 0, "handed": False} and never.files_by_processes > 0 and never.id == later.id
+
+
+def test_a_job_pickles_its_sources_by_directory_and_unpickles_equal(tmp_path):
+    """SmallJob's pickle (what a worker unpickles between two tasks) sends a file's Source as
+    its directory plus its fields: it unpickles equal, field by field (seen too), sharing its
+    directory's Source, and smaller; a Source not under its directory's path goes as it is."""
+    import pickle
+    src = make_tree(tmp_path / "src")
+    settings = api.open_repository(str(tmp_path / "s"), str(tmp_path / "c.db"), create=True).settings
+    files = [s for s in scan([src], dereference=True) if not s.is_dir and s.size < fanout.BATCH_FILE_BELOW]
+    assert any(s.followed for s in files)  # the link, followed
+    odd = dataclasses.replace(files[0], abspath=tmp_path / "elsewhere" / files[0].abspath.name)
+    runs = [files[:7], files[7:] + [odd]]
+    job = procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, 3600.0, runs, True)
+    blob = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+    back = pickle.loads(blob)
+    assert type(back) is procfiles.SmallJob and back == job
+    for got, want in zip([s for r in back.runs for s in r], [s for r in runs for s in r]):
+        assert (got.abspath, got.parent, got.seen, got.followed, got.link) == \
+            (want.abspath, want.parent, want.seen, want.followed, want.link)
+    same_dir = [s for r in back.runs for s in r if s.parent == back.runs[0][0].parent]
+    assert len({id(s.parent) for s in same_dir}) == 1  # the directory's Source is sent once
+    plain = pickle.dumps((settings, pipeline.ChunkPolicy(), None, 3600.0, runs, True), protocol=pickle.HIGHEST_PROTOCOL)
+    assert len(blob) < len(plain)
