@@ -56,6 +56,11 @@ AUTO_IDLE_CORES = 1.0
 # workers' syncs overlap the other worker's writing.
 TASK_FILES = 2048
 
+# The driver runs tasks too, taken back from the pool while it has not started them
+# (`SmallRestore.wait`): its core is otherwise idle until the workers are done, and the
+# pool's start is then off the critical path.
+DRIVER_RUNS_TASKS = True
+
 # What the fork server imports once, so each worker forks with the restore path loaded.
 PRELOAD = ["archiver.procrestore", "archiver.restorer", "archiver.repository", "archiver.stores"]
 
@@ -129,6 +134,7 @@ class RestoreDone:
     bytes: int = 0
     problems: list[Problem] = field(default_factory=list)
     parents: list[str] = field(default_factory=list)
+    pid: int = field(default_factory=os.getpid)  # the process that restored them (the driver, or a worker)
 
 
 @functools.lru_cache(maxsize=2)
@@ -153,12 +159,13 @@ def _open_root(job: RestoreJob) -> int:
     return fd
 
 
-def run_job(job: RestoreJob) -> RestoreDone:
-    """Restore a task's files in this worker process (see the module doc)."""
+def run_job(job: RestoreJob, repo: Any = None) -> RestoreDone:
+    """Restore a task's files in this worker process (see the module doc), or in the driver
+    through its own repository `repo` (a task it took back from the pool)."""
     from concurrent.futures import ThreadPoolExecutor
     from archiver import fileio, restorer
     from archiver.progress import Progress
-    repo = _repository(job.settings)
+    repo = repo if repo is not None else _repository(job.settings)
     entries = [Entry(path=p, type="file", mode=mode, size=size, mtime_ns=mtime, blake3=b3,
                      chunks=() if c is None else (ChunkRef(*c),)) for p, mode, mtime, size, b3, c in job.files]
     out = RestoreDone()
@@ -223,43 +230,78 @@ def tasks_of(rows: list[FileRow], per_task: int = TASK_FILES) -> list[list[FileR
 
 
 class SmallRestore:
-    """The driver's side. A thread of its own starts the pool and submits every task (a fork
-    server's start blocks its caller until it has imported the preload), so the driver goes
-    on making directories and restoring the other files meanwhile. `wait` takes the results
-    in order of completion; the first error cancels the tasks not started and is raised once
-    the running ones have ended. `close` (always) stops the workers and the fork server."""
+    """The driver's side. A thread of its own starts the pool and hands it the tasks one by
+    one from the front (a fork server's start blocks its caller until it has imported the
+    preload), so the driver goes on meanwhile; `wait` runs tasks on the driver too, taken
+    from the back (and back from the pool, any it has not started): the pool's start is not
+    on the critical path, and the driver's core is not left idle. Results are taken in order
+    of completion; the first error stops the handing out, cancels the tasks not started and
+    is raised once the running ones have ended. `close` (always) stops the workers and the
+    fork server: no process outlives the restore."""
 
     def __init__(self, processes: int, jobs: list[RestoreJob]) -> None:
         self._futures: dict[Future[Any], RestoreJob] = {}
+        self._jobs = list(jobs)  # not handed out yet: the pool takes from the front, the driver from the back
         self._lock = threading.Lock()
         self._closed = False
+        self._stopped = False  # an error: no more tasks handed out
         self._pool: workerprocs.WorkerPool | None = None
         self._start_error: BaseException | None = None
-        self._starter = threading.Thread(target=self._start, args=(processes, jobs), name="restore-procs",
-                                         daemon=True)
+        self._starter = threading.Thread(target=self._start, args=(processes,), name="restore-procs", daemon=True)
         self._starter.start()
 
-    def _start(self, processes: int, jobs: list[RestoreJob]) -> None:
+    def _start(self, processes: int) -> None:
         try:
             with workerprocs.sheltered():  # SIGINT blocked here: server and workers are born with it blocked
                 with self._lock:
-                    if self._closed:
+                    if self._closed or not self._jobs:
                         return
                     self._pool = workerprocs.pool(processes, preload())
-                    for job in jobs:
-                        self._futures[self._pool.submit(_call, job)] = job
+                pool = self._pool
+                while True:
+                    with self._lock:
+                        if self._closed or not self._jobs:
+                            return
+                        job = self._jobs.pop(0)
+                    # the first submit starts the workers (and the fork server): no lock is held
+                    # meanwhile, so the driver takes tasks from the back; `close` joins this thread
+                    fut = pool.submit(_call, job)
+                    with self._lock:
+                        self._futures[fut] = job
+                        if self._closed or self._stopped:
+                            fut.cancel()
         except BaseException as e:  # noqa: BLE001 - raised by `wait` on the driver's thread
             self._start_error = e
 
-    def wait(self, take: Any) -> None:
-        """`take(RestoreDone)` for each task that succeeded; then the first error, if any, is raised
-        (ArchiverError; a dead worker is one TaskLostError naming the task's first file)."""
-        self._starter.join()
-        if self._start_error is not None:
-            raise executors.TaskLostError("restore", f"worker processes could not start "
-                                                     f"({type(self._start_error).__name__}: {self._start_error})")
+    def _take_back(self) -> RestoreJob | None:
+        """A task not handed out yet, or one the pool has not started (cancelled there), else None."""
+        with self._lock:
+            if self._jobs:
+                return self._jobs.pop()
+            for fut in reversed(list(self._futures)):
+                if not fut.cancelled() and fut.cancel():  # (cancel() is True again for one cancelled already)
+                    return self._futures.pop(fut)  # run here: never taken back twice, nor awaited
+        return None
+
+    def wait(self, take: Any, repo: Any) -> None:
+        """Run tasks here through `repo` while there are any left, then `take(RestoreDone)` for
+        each task that succeeded anywhere; then the first error, if any, is raised (ArchiverError;
+        a dead worker is one TaskLostError naming the task's first file)."""
         error: ArchiverError | None = None
-        for fut in as_completed(self._futures):
+        while error is None and DRIVER_RUNS_TASKS:
+            job = self._take_back()
+            if job is None:
+                break
+            try:
+                take(run_job(job, repo))
+            except ArchiverError as e:
+                error = e
+                self.close_pending()
+        self._starter.join()
+        if self._start_error is not None and error is None:
+            error = executors.TaskLostError("restore", f"worker processes could not start "
+                                                       f"({type(self._start_error).__name__}: {self._start_error})")
+        for fut in as_completed(list(self._futures)):
             if fut.cancelled():
                 continue
             job = self._futures[fut]
@@ -277,18 +319,24 @@ class SmallRestore:
                 got = executors.lost(job.files[0][0], e)
             if error is None:
                 error = got
-                for f in self._futures:
-                    f.cancel()
+                self.close_pending()
         if error is not None:
             raise error
+
+    def close_pending(self) -> None:
+        """Hand out no more tasks, and cancel those the pool has not started."""
+        with self._lock:
+            self._stopped = True
+            self._jobs.clear()
+            for f in self._futures:
+                f.cancel()
 
     def close(self) -> None:
         """Cancel the tasks not started, wait for the running ones, stop the workers (and the
         fork server this pool started): no process outlives the restore."""
         with self._lock:
             self._closed = True
+        self.close_pending()
         self._starter.join()
-        for f in self._futures:
-            f.cancel()
         if self._pool is not None:
             workerprocs.close(self._pool)

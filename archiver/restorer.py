@@ -185,10 +185,10 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
                     result.dirs += 1  # made by `_make_dirs`
             _restore_small(repo, mid, root_fd, small, pool, nworkers, result, progress, force, mode_mask,
                            planned=planned)
+        planned.result()  # (the driver's tasks below replace its plan of the reads)
         if procs is not None:
-            _wait_processes(procs, root_fd, chosen, by_procs[1], result, progress, nworkers)
+            _wait_processes(procs, repo, root_fd, chosen, by_procs[1], result, progress, nworkers)
         made.result()
-        planned.result()
         for e in chosen:
             if e.is_symlink:
                 _restore_link(root_fd, e, force)
@@ -238,9 +238,10 @@ def _start_processes(repo: Repository, mid: str, root_fd: int, root: Path, force
     return procrestore.SmallRestore(min(by_procs[0], len(jobs)), jobs)
 
 
-def _wait_processes(procs: procrestore.SmallRestore, root_fd: int, chosen: list[Entry], files: list[Entry],
-                    result: RestoreResult, progress: Progress, nworkers: int) -> None:
-    """Take the workers' outcomes into `result` (problems in the manifest's order), then sync
+def _wait_processes(procs: procrestore.SmallRestore, repo: Repository, root_fd: int, chosen: list[Entry],
+                    files: list[Entry], result: RestoreResult, progress: Progress, nworkers: int) -> None:
+    """Run tasks the pool has not started here too (`SmallRestore.wait`), take every task's
+    outcome into `result` (problems in the manifest's order), then sync
     the directories they linked files into that `_finish_dirs` will not (those with no entry
     of their own; DEST itself is synced last)."""
     problems: list[Problem] = []
@@ -249,13 +250,13 @@ def _wait_processes(procs: procrestore.SmallRestore, root_fd: int, chosen: list[
     def take(done: procrestore.RestoreDone) -> None:
         result.files += done.files
         result.bytes += done.bytes
-        result.files_by_processes += done.files
+        result.files_by_processes += done.files if done.pid != os.getpid() else 0
         progress.advance(done.bytes)
         problems.extend(done.problems)
         parents.update(done.parents)
 
     try:
-        procs.wait(take)
+        procs.wait(take, repo)
     finally:
         at = {e.path: i for i, e in enumerate(files)}
         result.problems.extend(sorted(problems, key=lambda p: at.get(p.path or "", -1)))

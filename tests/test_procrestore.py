@@ -41,6 +41,7 @@ def make_tree(root: Path) -> Path:
 def archived(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str, str, str]:
     """(source, store, catalog, id), and tasks of a few files so the two workers get many."""
     monkeypatch.setattr(procrestore, "TASK_FILES", 8)
+    monkeypatch.setattr(procrestore, "DRIVER_RUNS_TASKS", False)  # every task on a worker (one test turns it on)
     src = make_tree(tmp_path / "src")
     store, catalog = str(tmp_path / "store"), str(tmp_path / "c.db")
     done = api.archive([src], name="m", store=store, catalog=catalog)
@@ -96,6 +97,24 @@ def test_big_files_stay_on_threads_and_the_rest_on_workers(archived, tmp_path, m
     assert tree(tmp_path / "out" / "src") == tree(src)
 
 
+def test_the_driver_takes_tasks_back_from_the_pool_and_the_tree_is_the_same(archived, tmp_path, monkeypatch):
+    monkeypatch.setattr(procrestore, "DRIVER_RUNS_TASKS", True)
+    src = archived[0]
+    ran_here: list[int] = []
+    real_run = procrestore.run_job
+
+    def run_job(job, repo=None):  # type: ignore[no-untyped-def]
+        ran_here.append(len(job.files))  # (only the driver's calls: a worker runs its own module)
+        return real_run(job, repo)
+    monkeypatch.setattr(procrestore, "run_job", run_job)
+    res = _restore(archived, tmp_path / "out", 1)
+    small = [p for p in src.rglob("*") if p.is_file() and not p.is_symlink() and p.stat().st_size <= restorer.SMALL_FILE]
+    assert res.ok and ran_here and res.files_by_processes == len(small) - sum(ran_here)
+    assert tree(tmp_path / "out" / "src") == tree(src)
+    assert _restore(archived, tmp_path / "t", 0).ok
+    assert _mtimes(tmp_path / "out") == _mtimes(tmp_path / "t")
+
+
 def test_a_damaged_chunk_is_reported_and_never_named(archived, tmp_path):
     src, store, _catalog, _mid = archived
     _pack, victim = damage_packed(store, lambda index: len(index.entries) // 2, 0x01)
@@ -118,12 +137,12 @@ def test_a_killed_worker_is_one_error_and_leaves_no_process(archived, tmp_path, 
     kids0 = _children()
     real_wait = procrestore.SmallRestore.wait
 
-    def wait(self, take):  # type: ignore[no-untyped-def]
+    def wait(self, take, repo):  # type: ignore[no-untyped-def]
         def kill_then_take(done):  # type: ignore[no-untyped-def]
             take(done)
             for pid in list(self._pool._processes):  # noqa: SLF001 - the test kills the workers
                 os.kill(pid, 9)
-        return real_wait(self, kill_then_take)
+        return real_wait(self, kill_then_take, repo)
     monkeypatch.setattr(procrestore.SmallRestore, "wait", wait)
     with pytest.raises(TaskLostError, match="a worker process died") as e:
         _restore(archived, tmp_path / "out", 2)
