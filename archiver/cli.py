@@ -386,8 +386,8 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
 @click.option("--plan", is_flag=True, help="Only show what the restore needs (chunks, thaw, cost, time); write nothing.")
 @click.option("--prices", type=click.Path(), metavar="FILE", help="Price file for --plan (default: the shipped one).")
 @click.option("--processes", type=int, default=None, metavar="N",
-              help="Worker processes that restore the small files (0: threads only; default: one per core "
-                   "for 10,000 small files or more from a local store when a core is idle).")
+              help="Worker processes that restore the small files beside this one (0: threads only; default: "
+                   "one per core less one for 10,000 small files or more from a local store when a core is idle).")
 @click.option("--json", "as_json", is_flag=True)
 @executor_options
 @click.pass_obj

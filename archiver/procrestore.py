@@ -80,8 +80,8 @@ def eligible(e: Entry) -> bool:
 def resolve(requested: int | None, *, small_files: int, local: bool, sealed: bool, has_settings: bool,
             distributed: bool, busy: float | None = None) -> int:
     """How many worker processes restore the small files: `requested` (0: none, on threads;
-    None: auto, one per core for AUTO_MIN_FILES small files or more on a local store, two
-    cores or more and AUTO_IDLE_CORES of them idle: `busy`, the cores the rest of the
+    None: auto, one per core but the driver's for AUTO_MIN_FILES small files or more on a
+    local store, two cores or more and AUTO_IDLE_CORES of them idle: `busy`, the cores the rest of the
     machine kept busy (`CpuSample.others_busy`), else the 1-minute load average). Only a
     store opened from Settings (a worker reopens it), unsealed (its keys live in this
     process), with the local executor, can; an explicit count otherwise is refused."""
@@ -96,7 +96,7 @@ def resolve(requested: int | None, *, small_files: int, local: bool, sealed: boo
         return 0
     if workerprocs.spare_cores(busy=busy) < AUTO_IDLE_CORES or workerprocs.unavailable() is not None:
         return 0
-    return cores
+    return cores - 1  # the driver runs tasks too (`SmallRestore.wait`)
 
 
 # One file of a task: (path, mode, mtime_ns, size, blake3, chunk or None), the chunk as

@@ -226,7 +226,10 @@ def test_resolve_auto_explicit_and_refusals(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     many = procrestore.AUTO_MIN_FILES
     kw = dict(local=True, sealed=False, has_settings=True, distributed=False)
-    assert procrestore.resolve(None, small_files=many, busy=0.2, **kw) == 2
+    assert procrestore.resolve(None, small_files=many, busy=0.2, **kw) == 1  # and the driver
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert procrestore.resolve(None, small_files=many, busy=0.2, **kw) == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert procrestore.resolve(None, small_files=many, busy=1.5, **kw) == 0
     assert procrestore.resolve(None, small_files=many - 1, busy=0, **kw) == 0
     assert procrestore.resolve(0, small_files=10 ** 6, busy=0, **kw) == 0
