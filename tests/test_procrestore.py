@@ -246,3 +246,16 @@ def test_resolve_auto_explicit_and_refusals(monkeypatch):
             procrestore.resolve(bad, small_files=1, **kw)  # type: ignore[arg-type]
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert procrestore.resolve(None, small_files=many, busy=0, **kw) == 0
+
+
+def test_an_s3_store_restores_through_workers_when_asked(tmp_path, home, s3_server_url, monkeypatch):
+    """Auto keeps an S3 store on threads; `--processes N` reaches it from the workers (the
+    driver's resolved endpoint and AWS_* variables go with each task)."""
+    monkeypatch.setattr(procrestore, "TASK_FILES", 8)
+    monkeypatch.setattr(procrestore, "DRIVER_RUNS_TASKS", False)
+    src = make_tree(tmp_path / "src")
+    catalog = str(tmp_path / "s3.db")
+    done = api.archive([src], name="m", store=s3_server_url, catalog=catalog)
+    res = api.restore(done.id, tmp_path / "out", store=s3_server_url, catalog=catalog, processes=1)
+    assert res.ok and res.files_by_processes > 0, res.problems
+    assert tree(tmp_path / "out" / "src") == tree(src)
