@@ -233,17 +233,18 @@ def _start_processes(repo: Repository, mid: str, root_fd: int, root: Path, force
     st = os.fstat(root_fd)
     settings = worker_settings(repo.settings)
     rows = [procrestore.file_row(e) for e in by_procs[1]]
+    per_task = min(procrestore.TASK_FILES, _batch_limits()[0])
     jobs = [procrestore.RestoreJob(settings, mid, os.path.abspath(root), (st.st_dev, st.st_ino), force, mode_mask,
-                                   task) for task in procrestore.tasks_of(rows, min(procrestore.TASK_FILES, _batch_limits()[0]))]
+                                   task) for task in procrestore.tasks_of(rows, per_task)]
     return procrestore.SmallRestore(min(by_procs[0], len(jobs)), jobs)
 
 
 def _wait_processes(procs: procrestore.SmallRestore, repo: Repository, root_fd: int, chosen: list[Entry],
                     files: list[Entry], result: RestoreResult, progress: Progress, nworkers: int) -> None:
     """Run tasks the pool has not started here too (`SmallRestore.wait`), take every task's
-    outcome into `result` (problems in the manifest's order), then sync
-    the directories they linked files into that `_finish_dirs` will not (those with no entry
-    of their own; DEST itself is synced last)."""
+    outcome into `result` (problems in the manifest's order), then sync the directories they
+    linked files into that `_finish_dirs` will not (those with no entry of their own; DEST
+    itself is synced last)."""
     problems: list[Problem] = []
     parents: set[str] = set()
 

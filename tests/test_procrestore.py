@@ -48,9 +48,14 @@ def archived(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> tup
     return src, store, catalog, done.id
 
 
-def _restore(archived: tuple[Path, str, str, str], dest: Path, processes: int | None, **kw):  # type: ignore[no-untyped-def]
+def _restore(archived: tuple[Path, str, str, str], dest: Path, processes: int | None,  # type: ignore[no-untyped-def]
+             **kw):
     _src, store, catalog, mid = archived
     return api.restore(mid, dest, store=store, catalog=catalog, processes=processes, **kw)
+
+
+def _small_files(src: Path, most: int) -> list[Path]:
+    return [p for p in src.rglob("*") if p.is_file() and not p.is_symlink() and p.stat().st_size <= most]
 
 
 def _mtimes(root: Path) -> dict[str, int]:
@@ -77,7 +82,7 @@ def test_same_tree_modes_and_mtimes_as_threads(archived, tmp_path):
     threads = _restore(archived, tmp_path / "a", 0)
     procs = _restore(archived, tmp_path / "b", 2)
     assert threads.ok and procs.ok, procs.problems
-    small = [p for p in src.rglob("*") if p.is_file() and not p.is_symlink() and p.stat().st_size <= restorer.SMALL_FILE]
+    small = _small_files(src, restorer.SMALL_FILE)
     assert procs.files_by_processes == len(small) and threads.files_by_processes == 0
     assert (procs.files, procs.bytes, procs.dirs, procs.links) == (threads.files, threads.bytes, threads.dirs,
                                                                    threads.links)
@@ -92,7 +97,7 @@ def test_big_files_stay_on_threads_and_the_rest_on_workers(archived, tmp_path, m
     monkeypatch.setattr(restorer, "SMALL_FILE", 1000)  # the driver's size rule decides what goes to workers
     src = archived[0]
     res = _restore(archived, tmp_path / "out", 1)
-    small = [p for p in src.rglob("*") if p.is_file() and not p.is_symlink() and p.stat().st_size <= 1000]
+    small = _small_files(src, 1000)
     assert res.ok and res.files_by_processes == len(small) < res.files
     assert tree(tmp_path / "out" / "src") == tree(src)
 
@@ -108,7 +113,7 @@ def test_the_driver_takes_tasks_back_from_the_pool_and_the_tree_is_the_same(arch
         return real_run(job, repo)
     monkeypatch.setattr(procrestore, "run_job", run_job)
     res = _restore(archived, tmp_path / "out", 1)
-    small = [p for p in src.rglob("*") if p.is_file() and not p.is_symlink() and p.stat().st_size <= restorer.SMALL_FILE]
+    small = _small_files(src, restorer.SMALL_FILE)
     assert res.ok and ran_here and res.files_by_processes == len(small) - sum(ran_here)
     assert tree(tmp_path / "out" / "src") == tree(src)
     assert _restore(archived, tmp_path / "t", 0).ok
