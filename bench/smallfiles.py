@@ -182,6 +182,10 @@ def one_run(src: Path, tmp: Path, change: Callable[[], int], failures: list[str]
         first = json.loads(out["archiver"]["archive"].stdout)  # which mode auto chose (archiver.procfiles)
         out["archiver"]["archive"].extra["files_by_processes"] = first.get("files_by_processes")
         log(f"  archiver archive: {first.get('files_by_processes')} of {first.get('files')} files on worker processes")
+        restored = json.loads(out["archiver"]["restore"].stdout)  # which mode restore's auto chose (archiver.procrestore)
+        out["archiver"]["restore"].extra["files_by_processes"] = restored.get("files_by_processes")
+        log(f"  archiver restore: {restored.get('files_by_processes')} of {restored.get('files')} files on worker "
+            f"processes")
     shutil.rmtree(tmp, ignore_errors=True)
     return out
 
