@@ -30,7 +30,6 @@ import os
 import sys
 import threading
 from concurrent.futures import Future, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -301,6 +300,7 @@ class SmallRestore:
         if self._start_error is not None and error is None:
             error = executors.TaskLostError("restore", f"worker processes could not start "
                                                        f"({type(self._start_error).__name__}: {self._start_error})")
+        from concurrent.futures.process import BrokenProcessPool  # (its import starts multiprocessing's machinery)
         for fut in as_completed(list(self._futures)):
             if fut.cancelled():
                 continue

@@ -37,11 +37,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import blake3
 
-from archiver import events, fileio, procrestore, workerprocs
+from archiver import events, fileio
 from archiver.errors import (ArchiverError, DestinationError, DestinationFullError, FileHashError,
                              IntegrityError, UnsafePathError, translated)
 from archiver.fileio import write_all
@@ -54,6 +54,9 @@ from archiver.thaw import ThawOptions
 from manifests.model import Entry, Manifest
 from archiver.urls import local_path
 from manifests.paths import check_link, check_paths
+
+if TYPE_CHECKING:  # imported where used: the pool's modules (multiprocessing) cost a restore on threads
+    from archiver import procrestore, workerprocs
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -124,7 +127,10 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
     written and `thaw` in the result says where they stand. `processes`: worker processes
     for the small files (archiver.procrestore; 0: threads only, None: auto)."""
     started = time.monotonic()
-    since = workerprocs.CpuSample.now() if processes is None else None  # auto: idle cores measured from now
+    since = None
+    if processes is None:  # auto: idle cores measured from now (imported here, not by every restore)
+        from archiver import workerprocs
+        since = workerprocs.CpuSample.now()
     progress = progress or Progress()
     mid, m = load_checked(repo, ref, trusted, "restore")
     with translated():
@@ -217,6 +223,7 @@ def _by_processes(repo: Repository, chosen: list[Entry], processes: int | None, 
     is refused here, before anything is written."""
     if processes == 0:
         return 0, []
+    from archiver import procrestore
     files = [e for e in chosen if e.size <= SMALL_FILE and procrestore.eligible(e)]
     settings = getattr(repo, "settings", None)
     local = settings is not None and local_path(settings.store_url) is not None
@@ -229,6 +236,7 @@ def _by_processes(repo: Repository, chosen: list[Entry], processes: int | None, 
 def _start_processes(repo: Repository, mid: str, root_fd: int, root: Path, force: bool, mode_mask: int,
                      by_procs: tuple[int, list[Entry]]) -> procrestore.SmallRestore:
     """Hand the small files of `by_procs` to its worker processes, a sync batch a task."""
+    from archiver import procrestore
     from archiver.procfiles import worker_settings
     st = os.fstat(root_fd)
     settings = worker_settings(repo.settings)
