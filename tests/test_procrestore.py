@@ -264,3 +264,20 @@ def test_an_s3_store_restores_through_workers_when_asked(tmp_path, home, s3_serv
     res = api.restore(done.id, tmp_path / "out", store=s3_server_url, catalog=catalog, processes=1)
     assert res.ok and res.files_by_processes > 0, res.problems
     assert tree(tmp_path / "out" / "src") == tree(src)
+
+
+def test_a_task_taken_back_from_the_pool_is_never_taken_twice():
+    """Future.cancel() is True again for a future cancelled already: the driver must not run
+    a task it took back (or one an error cancelled) a second time."""
+    import threading
+    from concurrent.futures import Future
+    jobs = [object(), object(), object()]
+    sr = object.__new__(procrestore.SmallRestore)  # no pool: the hand-back rule alone
+    sr._lock = threading.Lock()
+    sr._jobs = [jobs[0]]
+    started, pending = Future(), Future()
+    started.set_running_or_notify_cancel()  # a worker runs it
+    sr._futures = {started: jobs[1], pending: jobs[2]}
+    taken = [sr._take_back(), sr._take_back(), sr._take_back(), sr._take_back()]
+    assert taken == [jobs[0], jobs[2], None, None]
+    assert list(sr._futures) == [started] and pending.cancelled()
