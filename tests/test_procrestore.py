@@ -281,3 +281,23 @@ def test_a_task_taken_back_from_the_pool_is_never_taken_twice():
     taken = [sr._take_back(), sr._take_back(), sr._take_back(), sr._take_back()]
     assert taken == [jobs[0], jobs[2], None, None]
     assert list(sr._futures) == [started] and pending.cancelled()
+
+
+def test_an_unguarded_script_on_the_api_default_restores_once_on_threads(tmp_path):
+    """The API's default is threads (processes=0): a script without `if __name__ ==
+    "__main__"` restores once, prints once and starts no process (a worker would import it again)."""
+    import subprocess
+    import sys
+    src = make_tree(tmp_path / "src")
+    script = tmp_path / "no_guard.py"
+    script.write_text("import multiprocessing\n"
+                      "from archiver import api\n"
+                      f"done = api.archive([{str(src)!r}], name='m', store={str(tmp_path / 's')!r}, resume=False)\n"
+                      f"res = api.restore(done.id, {str(tmp_path / 'out')!r}, store={str(tmp_path / 's')!r})\n"
+                      "print('restored', res.ok, res.files, res.files_by_processes,"
+                      " len(multiprocessing.active_children()), flush=True)\n")
+    env = dict(os.environ, ARCHIVER_HOME=str(tmp_path / "home"), PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    files = sum(1 for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+    assert r.stdout.splitlines() == [f"restored True {files} 0 0"]
