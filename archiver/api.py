@@ -268,12 +268,15 @@ def restore(ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (), f
             store: str | None = None, catalog: str | os.PathLike | None = None, settings: Settings | None = None,
             progress: Progress | None = None, preserve_special_bits: bool = False,
             thaw: ThawOptions | None = None, executor: Any = None, ray_address: str | None = None,
-            task_cpus: int | None = None, max_inflight: int | None = None) -> RestoreResult:
+            task_cpus: int | None = None, max_inflight: int | None = None,
+            processes: int | None = 0) -> RestoreResult:
     """`preserve_special_bits`: keep setuid, setgid and sticky bits (dropped by default).
     `thaw` (archiver.thaw.ThawOptions): thaw chunks in GLACIER / DEEP_ARCHIVE first (without
     it such chunks are refused before anything is written). `executor` ("ray", or an Executor):
     one file per task, written by workers into `dest`, which every worker must see (a shared
-    filesystem)."""
+    filesystem). `processes` (default 0: threads only): worker processes for the small files
+    (archiver.procrestore), None for auto; as for `archive`, a script that asks for them must
+    guard its top level with `if __name__ == "__main__"`."""
     trusted = trusted_keys(trust_keys)
     ex = make_executor(executor, ray_address=ray_address, task_cpus=task_cpus, max_inflight=max_inflight)
     try:
@@ -283,7 +286,8 @@ def restore(ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (), f
                 r.open_run_keys(r.resolve(ref))
             from archiver import restorer
             return restorer.restore(r, ref, dest, include=include, force=force, trusted=trusted, progress=progress,
-                                    preserve_special_bits=preserve_special_bits, thaw=thaw, executor=ex)
+                                    preserve_special_bits=preserve_special_bits, thaw=thaw, executor=ex,
+                                    processes=processes)
     finally:
         if ex is not None:
             ex.close()

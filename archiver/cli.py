@@ -385,13 +385,16 @@ def verify_cmd(c: Ctx, refs: tuple[str, ...], all_: bool, deep: bool, sample: fl
               help="How often to check a thaw's progress.")
 @click.option("--plan", is_flag=True, help="Only show what the restore needs (chunks, thaw, cost, time); write nothing.")
 @click.option("--prices", type=click.Path(), metavar="FILE", help="Price file for --plan (default: the shipped one).")
+@click.option("--processes", type=int, default=None, metavar="N",
+              help="Worker processes that restore the small files beside this one (0: threads only; default: "
+                   "one per core less one for 10,000 small files or more from a local store when a core is idle).")
 @click.option("--json", "as_json", is_flag=True)
 @executor_options
 @click.pass_obj
 def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bool, trust_key: tuple[str, ...],
                 preserve_special_bits: bool, thaw: bool, tier: str, days: int, wait: bool, poll: float,
                 plan: bool, prices: str | None, as_json: bool, identity: tuple[str, ...] = (),
-                **ex: Any) -> None:
+                processes: int | None = None, **ex: Any) -> None:
     """Restore an archive into DEST, verifying every byte. REF as for `show`."""
     c.identities = identity
     if plan:
@@ -422,7 +425,7 @@ def restore_cmd(c: Ctx, ref: str, dest: str, include: tuple[str, ...], force: bo
     with c.repo(read_only=True) as repo:  # restore writes no catalog row
         res = api.restore(ref, dest, include=include, force=force, trust_keys=trusted, repo=repo,
                           progress=Progress.for_terminal("restore", quiet=as_json),
-                          preserve_special_bits=preserve_special_bits, thaw=options, **ex)
+                          preserve_special_bits=preserve_special_bits, thaw=options, processes=processes, **ex)
     if res.thaw is not None and not res.thaw["ready"]:
         if as_json:
             emit(res.to_dict())

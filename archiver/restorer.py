@@ -37,7 +37,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import blake3
 
@@ -52,7 +52,11 @@ from archiver import thaw as thaw_mod
 from archiver.repository import Piece, Repository
 from archiver.thaw import ThawOptions
 from manifests.model import Entry, Manifest
+from archiver.urls import local_path
 from manifests.paths import check_link, check_paths
+
+if TYPE_CHECKING:  # imported where used: the pool's modules (multiprocessing) cost a restore on threads
+    from archiver import procrestore, workerprocs
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -94,6 +98,7 @@ class RestoreResult(Outcome):
     problems: list[Problem] = field(default_factory=list)
     thaw: dict | None = None  # cold chunks needed and their thaw state (S3 stores), see archiver.thaw
     links: int = 0
+    files_by_processes: int = 0  # of `files`, restored on worker processes (archiver.procrestore)
 
 
 def select(entries: Iterable[Entry], include: Iterable[str]) -> list[Entry]:
@@ -114,13 +119,18 @@ def select(entries: Iterable[Entry], include: Iterable[str]) -> list[Entry]:
 def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Iterable[str] = (),
             force: bool = False, workers: int | None = None, trusted: list[bytes] | None = None,
             progress: Progress | None = None, preserve_special_bits: bool = False,
-            thaw: ThawOptions | None = None, executor: Any = None) -> RestoreResult:
+            thaw: ThawOptions | None = None, executor: Any = None, processes: int | None = 0) -> RestoreResult:
     """With `trusted` public keys, refuse unless one of them signed the manifest. Modes lose
     their setuid, setgid and sticky bits unless `preserve_special_bits`. Chunks in a cold
     class (GLACIER, DEEP_ARCHIVE) are refused before anything is written unless `thaw` asks
     for their thaw; if they are not all readable when it returns (wait=False), nothing is
-    written and `thaw` in the result says where they stand."""
+    written and `thaw` in the result says where they stand. `processes`: worker processes
+    for the small files (archiver.procrestore; 0: threads only, None: auto)."""
     started = time.monotonic()
+    since = None
+    if processes is None:  # auto: idle cores measured from now (imported here, not by every restore)
+        from archiver import workerprocs
+        since = workerprocs.CpuSample.now()
     progress = progress or Progress()
     mid, m = load_checked(repo, ref, trusted, "restore")
     with translated():
@@ -131,6 +141,8 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
     if include and not chosen:
         raise DestinationError(str(dest), f"the include patterns matched nothing in {mid[:16]}", exit_code=2)
     root = Path(dest)
+    distributed = executor is not None and executor.distributed
+    by_procs = _by_processes(repo, chosen, processes, distributed, since)  # an explicit count refused before any write
     _check_dest(root, force)  # a DEST that would be refused is refused before any thaw is paid for
     cold = thaw_mod.prepare(repo, [e for e in chosen if e.is_file], thaw)
     if cold is not None and not cold.ready:
@@ -147,18 +159,23 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
     # of empty ones) are written; a file that needs a chunk waits for the plan.
     head = ThreadPoolExecutor(2, thread_name_prefix="restore-head")
     stop = threading.Event()  # set once this restore has ended (failed): `_make_dirs` makes no more
+    procs: procrestore.SmallRestore | None = None
     try:
         remove_stale_temps(root_fd)
-        distributed = executor is not None and executor.distributed
+        if by_procs[0]:
+            procs = _start_processes(repo, mid, root_fd, root, force, mode_mask, by_procs)
         made = head.submit(_make_dirs, root_fd, [] if distributed else [e for e in chosen if e.type == "dir"], stop)
         # packed chunks: few, ranged reads
-        planned = head.submit(_plan_reads, repo, [c for e in chosen if e.is_file for c in e.chunks])
+        on_procs = {id(e) for e in by_procs[1]}  # those files' workers plan their own reads
+        planned = head.submit(_plan_reads, repo, [c for e in chosen if e.is_file and id(e) not in on_procs
+                                                  for c in e.chunks])
         here = chosen
         if distributed:  # files and directories, one task per file
             from archiver import fanout
             planned.result()
             fanout.restore_files(repo, executor, mid, root, chosen, force, mode_mask, result, progress)
             here = []
+        here = [e for e in here if id(e) not in on_procs] if on_procs else here
         small = [e for e in here if e.is_file and e.size <= SMALL_FILE]
         with ThreadPoolExecutor(nworkers, thread_name_prefix="restore") as pool:
             for e in here:
@@ -174,8 +191,10 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
                     result.dirs += 1  # made by `_make_dirs`
             _restore_small(repo, mid, root_fd, small, pool, nworkers, result, progress, force, mode_mask,
                            planned=planned)
+        planned.result()  # (the driver's tasks below replace its plan of the reads)
+        if procs is not None:
+            _wait_processes(procs, repo, root_fd, chosen, by_procs[1], result, progress, nworkers)
         made.result()
-        planned.result()
         for e in chosen:
             if e.is_symlink:
                 _restore_link(root_fd, e, force)
@@ -187,12 +206,82 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
         os.fsync(root_fd)
     finally:
         stop.set()
+        if procs is not None:
+            procs.close()  # no worker process outlives the restore
         head.shutdown()  # (its tasks use root_fd)
         os.close(root_fd)
         progress.finish()
     result.seconds = round(time.monotonic() - started, 3)
     _append_event(repo, result, include)
     return result
+
+
+def _by_processes(repo: Repository, chosen: list[Entry], processes: int | None, distributed: bool,
+                  since: workerprocs.CpuSample | None) -> tuple[int, list[Entry]]:
+    """(worker processes, the files they restore): `procrestore.resolve` of the small files
+    of one chunk or none; (0, []) for threads only. An explicit count that cannot be honoured
+    is refused here, before anything is written."""
+    if processes == 0:
+        return 0, []
+    from archiver import procrestore
+    files = [e for e in chosen if e.size <= SMALL_FILE and procrestore.eligible(e)]
+    settings = getattr(repo, "settings", None)
+    local = settings is not None and local_path(settings.store_url) is not None
+    n = procrestore.resolve(processes, small_files=len(files), local=local, sealed=repo.sealed,
+                            has_settings=settings is not None, distributed=distributed,
+                            busy=since.others_busy() if since is not None else None)
+    return (n, files) if n and files else (0, [])
+
+
+def _start_processes(repo: Repository, mid: str, root_fd: int, root: Path, force: bool, mode_mask: int,
+                     by_procs: tuple[int, list[Entry]]) -> procrestore.SmallRestore:
+    """Hand the small files of `by_procs` to its worker processes, a sync batch a task."""
+    from archiver import procrestore
+    from archiver.procfiles import worker_settings
+    st = os.fstat(root_fd)
+    settings = worker_settings(repo.settings)
+    rows = [procrestore.file_row(e) for e in by_procs[1]]
+    per_task = min(procrestore.TASK_FILES, _batch_limits()[0])
+    jobs = [procrestore.RestoreJob(settings, mid, os.path.abspath(root), (st.st_dev, st.st_ino), force, mode_mask,
+                                   task) for task in procrestore.tasks_of(rows, per_task)]
+    return procrestore.SmallRestore(min(by_procs[0], len(jobs)), jobs)
+
+
+def _wait_processes(procs: procrestore.SmallRestore, repo: Repository, root_fd: int, chosen: list[Entry],
+                    files: list[Entry], result: RestoreResult, progress: Progress, nworkers: int) -> None:
+    """Run tasks the pool has not started here too (`SmallRestore.wait`), take every task's
+    outcome into `result` (problems in the manifest's order), then sync the directories they
+    linked files into that `_finish_dirs` will not (those with no entry of their own; DEST
+    itself is synced last)."""
+    problems: list[Problem] = []
+    parents: set[str] = set()
+
+    def take(done: procrestore.RestoreDone) -> None:
+        result.files += done.files
+        result.bytes += done.bytes
+        result.files_by_processes += done.files if done.pid != os.getpid() else 0
+        progress.advance(done.bytes)
+        problems.extend(done.problems)
+        parents.update(done.parents)
+
+    try:
+        procs.wait(take, repo)
+    finally:
+        at = {e.path: i for i, e in enumerate(files)}
+        result.problems.extend(sorted(problems, key=lambda p: at.get(p.path or "", -1)))
+    extra = sorted(parents - {e.path for e in chosen if e.type == "dir"} - {""})
+    for i in range(0, len(extra), _batch_limits()[1]):
+        fds: list[int] = []
+        try:
+            for path in extra[i:i + _batch_limits()[1]]:
+                fds.append(_open_dir(root_fd, path.split("/"), create=False))
+            with ThreadPoolExecutor(nworkers, thread_name_prefix="restore-dirs") as pool:
+                fileio.sync_together(fds, pool)
+        except OSError as err:
+            _raise_write_error(extra[i], err, "cannot sync the directory")
+        finally:
+            for fd in fds:
+                os.close(fd)
 
 
 def _plan_reads(repo: Repository, refs: list[Any]) -> int:

@@ -161,7 +161,11 @@ def one_run(src: Path, tmp: Path, change: Callable[[], int], failures: list[str]
         out[name]["restore"] = t.restore(dest, "v1")
         if not same_tree(src, dest / src.name):
             failures.append(f"{name}: restore of {src} is not byte-identical")
-        shutil.rmtree(dest)
+        # Kept until the run ends (the rmtree of `tmp` below): ext4 without a journal skips
+        # recently freed inodes one by one on every allocation (its `recently_deleted`, a window
+        # of 5 s, or 305 s once the inode table block is dirty again), so a restore made just
+        # after another tool's restored tree was deleted pays for that deletion (bench/RESULTS.md,
+        # "Small-file restore on worker processes, and the inodes freed before it").
         out[name]["re-archive unchanged"] = t.archive(src, "v2")
         deep(name, t, "v2")
         out[name][TRUST_UNCHANGED] = trusting(name, t, "v2t")
@@ -182,6 +186,10 @@ def one_run(src: Path, tmp: Path, change: Callable[[], int], failures: list[str]
         first = json.loads(out["archiver"]["archive"].stdout)  # which mode auto chose (archiver.procfiles)
         out["archiver"]["archive"].extra["files_by_processes"] = first.get("files_by_processes")
         log(f"  archiver archive: {first.get('files_by_processes')} of {first.get('files')} files on worker processes")
+        restored = json.loads(out["archiver"]["restore"].stdout)  # which mode restore's auto chose (archiver.procrestore)
+        out["archiver"]["restore"].extra["files_by_processes"] = restored.get("files_by_processes")
+        log(f"  archiver restore: {restored.get('files_by_processes')} of {restored.get('files')} files on worker "
+            f"processes")
     shutil.rmtree(tmp, ignore_errors=True)
     return out
 

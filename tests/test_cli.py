@@ -26,7 +26,8 @@ VERIFY_KEYS = {"ok", "problems", "mode", "manifests", "chunks_checked", "chunks_
                "seconds", "audit_error", "event", "event_error", "not_checked_cold", "retention_checked", "thaw",
                "files_proven_earlier"}
 PROBLEM_KEYS = {"manifest", "kind", "detail", "path", "offset", "length", "chunk"}
-RESTORE_KEYS = {"ok", "problems", "id", "dest", "files", "dirs", "bytes", "seconds", "thaw", "links"}
+RESTORE_KEYS = {"ok", "problems", "id", "dest", "files", "dirs", "bytes", "seconds", "thaw", "links",
+                "files_by_processes"}
 
 
 @pytest.fixture

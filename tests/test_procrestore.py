@@ -1,0 +1,303 @@
+"""Small files restored on worker processes (archiver.procrestore): the same tree as on
+threads, damage reported and never named, a killed worker is one error and leaves no process,
+hostile manifests and DESTs refused before any worker writes."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from archiver import api, layout, procrestore, restorer, workerprocs
+from archiver.errors import InvalidOptionError, UnsafePathError
+from archiver.executors import TaskLostError
+from archiver.procfiles import worker_settings
+from archiver.restorer import is_temp_name
+from manifests.model import Entry, Manifest
+from tests.helpers import make_checkpoint, run_cli, tree
+from tests.test_packs import damage_packed
+
+pytestmark = pytest.mark.packs  # small files in packs, as a real archive stores them
+
+
+def make_tree(root: Path) -> Path:
+    """Small files in nested dirs (some of the same bytes), empty files, modes, an empty dir,
+    a symlink, and a checkpoint whose bigger files stay on the driver's threads."""
+    make_checkpoint(root / "ckpt", layers=2, dim=64)
+    for d in range(3):
+        sub = root / f"d{d}" / "inner"
+        sub.mkdir(parents=True)
+        for i in range(30):
+            body = b"the same bytes\n" if i % 7 == 0 else os.urandom(40 + 61 * i + d)
+            (sub / f"f{i:02}.txt").write_bytes(body)
+            os.chmod(sub / f"f{i:02}.txt", (0o600, 0o644, 0o755)[i % 3])
+        (sub / "empty").write_bytes(b"")
+    (root / "empty-dir").mkdir()
+    os.symlink("d0/inner/f01.txt", root / "link")
+    return root
+
+
+@pytest.fixture
+def archived(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str, str, str]:
+    """(source, store, catalog, id), and tasks of a few files so the two workers get many."""
+    monkeypatch.setattr(procrestore, "TASK_FILES", 8)
+    monkeypatch.setattr(procrestore, "DRIVER_RUNS_TASKS", False)  # every task on a worker (one test turns it on)
+    src = make_tree(tmp_path / "src")
+    store, catalog = str(tmp_path / "store"), str(tmp_path / "c.db")
+    done = api.archive([src], name="m", store=store, catalog=catalog)
+    return src, store, catalog, done.id
+
+
+def _restore(archived: tuple[Path, str, str, str], dest: Path, processes: int | None,  # type: ignore[no-untyped-def]
+             **kw):
+    _src, store, catalog, mid = archived
+    return api.restore(mid, dest, store=store, catalog=catalog, processes=processes, **kw)
+
+
+def _small_files(src: Path, most: int) -> list[Path]:
+    return [p for p in src.rglob("*") if p.is_file() and not p.is_symlink() and p.stat().st_size <= most]
+
+
+def _mtimes(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.lstat().st_mtime_ns for p in root.rglob("*") if not p.is_symlink()}
+
+
+def _children() -> set[int]:
+    """Live child processes of this process (from /proc)."""
+    me, out = os.getpid(), set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me and fields[0] != "Z":
+                out.add(int(d))
+    return out
+
+
+def test_same_tree_modes_and_mtimes_as_threads(archived, tmp_path):
+    src = archived[0]
+    threads = _restore(archived, tmp_path / "a", 0)
+    procs = _restore(archived, tmp_path / "b", 2)
+    assert threads.ok and procs.ok, procs.problems
+    small = _small_files(src, restorer.SMALL_FILE)
+    assert procs.files_by_processes == len(small) and threads.files_by_processes == 0
+    assert (procs.files, procs.bytes, procs.dirs, procs.links) == (threads.files, threads.bytes, threads.dirs,
+                                                                   threads.links)
+    assert tree(tmp_path / "b") == tree(tmp_path / "a")
+    assert tree(tmp_path / "b" / "src") == tree(src)
+    assert _mtimes(tmp_path / "b") == _mtimes(tmp_path / "a")
+    assert os.readlink(tmp_path / "b" / "src" / "link") == "d0/inner/f01.txt"
+    assert not [q for q in (tmp_path / "b").rglob("*") if is_temp_name(q.name)]
+
+
+def test_big_files_stay_on_threads_and_the_rest_on_workers(archived, tmp_path, monkeypatch):
+    monkeypatch.setattr(restorer, "SMALL_FILE", 1000)  # the driver's size rule decides what goes to workers
+    src = archived[0]
+    res = _restore(archived, tmp_path / "out", 1)
+    small = _small_files(src, 1000)
+    assert res.ok and res.files_by_processes == len(small) < res.files
+    assert tree(tmp_path / "out" / "src") == tree(src)
+
+
+def test_the_driver_takes_tasks_back_from_the_pool_and_the_tree_is_the_same(archived, tmp_path, monkeypatch):
+    monkeypatch.setattr(procrestore, "DRIVER_RUNS_TASKS", True)
+    src = archived[0]
+    ran_here: list[int] = []
+    real_run = procrestore.run_job
+
+    def run_job(job, repo=None):  # type: ignore[no-untyped-def]
+        ran_here.append(len(job.files))  # (only the driver's calls: a worker runs its own module)
+        return real_run(job, repo)
+    monkeypatch.setattr(procrestore, "run_job", run_job)
+    res = _restore(archived, tmp_path / "out", 1)
+    small = _small_files(src, restorer.SMALL_FILE)
+    assert res.ok and ran_here and res.files_by_processes == len(small) - sum(ran_here)
+    assert tree(tmp_path / "out" / "src") == tree(src)
+    assert _restore(archived, tmp_path / "t", 0).ok
+    assert _mtimes(tmp_path / "out") == _mtimes(tmp_path / "t")
+
+
+def test_a_damaged_chunk_is_reported_and_never_named(archived, tmp_path):
+    src, store, _catalog, _mid = archived
+    _pack, victim = damage_packed(store, lambda index: len(index.entries) // 2, 0x01)
+    res = _restore(archived, tmp_path / "out", 2)
+    bad = sorted({p.path for p in res.problems})
+    assert bad and all(p.kind == "corrupt-chunk" and p.chunk == victim.hash for p in res.problems)
+    out = tmp_path / "out"
+    for path in bad:
+        assert not (out / path).exists()  # never under its final name (nor any other)
+    assert not [q for q in out.rglob("*") if is_temp_name(q.name)]
+    for p in src.rglob("*"):  # everything else whole
+        rel = f"src/{p.relative_to(src).as_posix()}"
+        if p.is_file() and not p.is_symlink() and rel not in bad:
+            assert (out / rel).read_bytes() == p.read_bytes()
+    threads = _restore(archived, tmp_path / "t", 0)
+    assert res.problems == threads.problems  # the same problems, in the same order
+
+
+def test_a_killed_worker_is_one_error_and_leaves_no_process(archived, tmp_path, monkeypatch):
+    kids0 = _children()
+    real_wait = procrestore.SmallRestore.wait
+
+    def wait(self, take, repo):  # type: ignore[no-untyped-def]
+        def kill_then_take(done):  # type: ignore[no-untyped-def]
+            take(done)
+            for pid in list(self._pool._processes):  # noqa: SLF001 - the test kills the workers
+                os.kill(pid, 9)
+        return real_wait(self, kill_then_take, repo)
+    monkeypatch.setattr(procrestore.SmallRestore, "wait", wait)
+    with pytest.raises(TaskLostError, match="a worker process died") as e:
+        _restore(archived, tmp_path / "out", 2)
+    assert len(str(e.value).splitlines()) == 1
+    assert len(_children() - kids0) <= 1  # at most multiprocessing's resource tracker
+    out, src = tmp_path / "out", archived[0]
+    assert not [q for q in out.rglob("*") if is_temp_name(q.name)]
+    for q in out.rglob("*"):  # whatever is named is whole
+        if q.is_file() and not q.is_symlink():
+            assert q.read_bytes() == (src / q.relative_to(out / "src")).read_bytes()
+
+
+def test_the_cli_processes_option_and_a_bad_count_refused_in_one_line(archived, tmp_path):
+    _src, store, catalog, mid = archived
+    base = ["--store", store, "--catalog", catalog, "restore", mid]
+    r = run_cli(*base, str(tmp_path / "out"), "--processes", "2", "--json")
+    assert r.code == 0, r.err
+    assert r.json()["files_by_processes"] > 0 and r.json()["ok"]
+    bad = run_cli(*base, str(tmp_path / "out2"), "--processes", "-1")
+    assert bad.code == 2 and "--processes" in bad.err and len(bad.err.strip().splitlines()) == 1
+    assert not (tmp_path / "out2").exists()  # refused before anything is written
+
+
+def test_hostile_manifests_are_refused_before_any_worker_starts(archived, tmp_path, monkeypatch):
+    _src, store, catalog, mid = archived
+    started: list[int] = []
+    real_pool = workerprocs.pool
+    monkeypatch.setattr(workerprocs, "pool", lambda n, preload: started.append(n) or real_pool(n, preload))
+    m = api.show(mid, store=store, catalog=catalog)[1]
+    first = next(e for e in m.entries if e.is_file and e.chunks)
+    for evil in (Entry(path="../escape.txt", type="file", mode=0o644, size=first.size, mtime_ns=1,
+                       blake3=first.blake3, sha256=first.sha256, chunks=first.chunks),
+                 Entry(path="src/evil-link", type="symlink", mode=0o777, target="../../../../etc")):
+        bad = Manifest(name="evil", entries=m.entries + (evil,))
+        (Path(store) / layout.manifest(bad.id)).write_bytes(bad.canonical_json())
+        with pytest.raises(UnsafePathError):
+            api.restore(bad.id, tmp_path / "out", store=store, catalog=catalog, processes=2)
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "escape.txt").exists()
+    assert started == []
+
+
+def test_a_worker_writes_nothing_below_a_dest_that_is_not_the_drivers(archived, tmp_path):
+    _src, store, catalog, mid = archived
+    repo = api.open_repository(store, catalog)
+    m = repo.load_manifest(mid)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "other").mkdir()
+    st = os.stat(tmp_path / "real")
+    rows = [procrestore.file_row(e) for e in m.entries if procrestore.eligible(e)][:3]
+    job = procrestore.RestoreJob(worker_settings(repo.settings), mid, str(tmp_path / "other"),
+                                 (st.st_dev, st.st_ino), False, 0o777, rows)
+    with pytest.raises(UnsafePathError, match="replaced"):
+        procrestore.run_job(job)
+    assert not list((tmp_path / "other").iterdir())
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    with pytest.raises(UnsafePathError):
+        procrestore.run_job(procrestore.RestoreJob(job.settings, mid, str(tmp_path / "link"), job.root_id, False,
+                                                   0o777, rows))
+    assert not list((tmp_path / "real").iterdir())
+    repo.close()
+
+
+def test_force_replaces_existing_files_and_planted_symlinks_without_following_them(archived, tmp_path):
+    src = archived[0]
+    inner = tmp_path / "out" / "src" / "d1" / "inner"
+    inner.mkdir(parents=True)
+    (inner / "f03.txt").write_bytes(b"mine")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"untouched")
+    os.symlink(victim, inner / "f04.txt")
+    res = _restore(archived, tmp_path / "out", 2, force=True)
+    assert res.ok and res.files_by_processes > 0
+    for name in ("f03.txt", "f04.txt"):
+        assert not (inner / name).is_symlink()
+        assert (inner / name).read_bytes() == (src / "d1" / "inner" / name).read_bytes()
+    assert victim.read_bytes() == b"untouched"
+
+
+def test_resolve_auto_explicit_and_refusals(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    many = procrestore.AUTO_MIN_FILES
+    kw = dict(local=True, sealed=False, has_settings=True, distributed=False)
+    assert procrestore.resolve(None, small_files=many, busy=0.2, **kw) == 1  # and the driver
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert procrestore.resolve(None, small_files=many, busy=0.2, **kw) == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert procrestore.resolve(None, small_files=many, busy=1.5, **kw) == 0
+    assert procrestore.resolve(None, small_files=many - 1, busy=0, **kw) == 0
+    assert procrestore.resolve(0, small_files=10 ** 6, busy=0, **kw) == 0
+    assert procrestore.resolve(3, small_files=1, busy=9, **kw) == 3
+    assert procrestore.resolve(None, small_files=many, busy=0, **{**kw, "local": False}) == 0  # S3: explicit only
+    assert procrestore.resolve(2, small_files=1, busy=0, **{**kw, "local": False}) == 2
+    for bad_kw, words in (({"sealed": True}, "sealed"), ({"distributed": True}, "local executor"),
+                          ({"has_settings": False}, "Settings")):
+        assert procrestore.resolve(None, small_files=many, busy=0, **{**kw, **bad_kw}) == 0
+        with pytest.raises(InvalidOptionError, match=words):
+            procrestore.resolve(2, small_files=many, **{**kw, **bad_kw})
+    for bad in (-1, True, 1.5):
+        with pytest.raises(InvalidOptionError):
+            procrestore.resolve(bad, small_files=1, **kw)  # type: ignore[arg-type]
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert procrestore.resolve(None, small_files=many, busy=0, **kw) == 0
+
+
+def test_an_s3_store_restores_through_workers_when_asked(tmp_path, home, s3_server_url, monkeypatch):
+    """Auto keeps an S3 store on threads; `--processes N` reaches it from the workers (the
+    driver's resolved endpoint and AWS_* variables go with each task)."""
+    monkeypatch.setattr(procrestore, "TASK_FILES", 8)
+    monkeypatch.setattr(procrestore, "DRIVER_RUNS_TASKS", False)
+    src = make_tree(tmp_path / "src")
+    catalog = str(tmp_path / "s3.db")
+    done = api.archive([src], name="m", store=s3_server_url, catalog=catalog)
+    res = api.restore(done.id, tmp_path / "out", store=s3_server_url, catalog=catalog, processes=1)
+    assert res.ok and res.files_by_processes > 0, res.problems
+    assert tree(tmp_path / "out" / "src") == tree(src)
+
+
+def test_a_task_taken_back_from_the_pool_is_never_taken_twice():
+    """Future.cancel() is True again for a future cancelled already: the driver must not run
+    a task it took back (or one an error cancelled) a second time."""
+    import threading
+    from concurrent.futures import Future
+    jobs = [object(), object(), object()]
+    sr = object.__new__(procrestore.SmallRestore)  # no pool: the hand-back rule alone
+    sr._lock = threading.Lock()
+    sr._jobs = [jobs[0]]
+    started, pending = Future(), Future()
+    started.set_running_or_notify_cancel()  # a worker runs it
+    sr._futures = {started: jobs[1], pending: jobs[2]}
+    taken = [sr._take_back(), sr._take_back(), sr._take_back(), sr._take_back()]
+    assert taken == [jobs[0], jobs[2], None, None]
+    assert list(sr._futures) == [started] and pending.cancelled()
+
+
+def test_an_unguarded_script_on_the_api_default_restores_once_on_threads(tmp_path):
+    """The API's default is threads (processes=0): a script without `if __name__ ==
+    "__main__"` restores once, prints once and starts no process (a worker would import it again)."""
+    import subprocess
+    import sys
+    src = make_tree(tmp_path / "src")
+    script = tmp_path / "no_guard.py"
+    script.write_text("import multiprocessing\n"
+                      "from archiver import api\n"
+                      f"done = api.archive([{str(src)!r}], name='m', store={str(tmp_path / 's')!r}, resume=False)\n"
+                      f"res = api.restore(done.id, {str(tmp_path / 'out')!r}, store={str(tmp_path / 's')!r})\n"
+                      "print('restored', res.ok, res.files, res.files_by_processes,"
+                      " len(multiprocessing.active_children()), flush=True)\n")
+    env = dict(os.environ, ARCHIVER_HOME=str(tmp_path / "home"), PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    files = sum(1 for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+    assert r.stdout.splitlines() == [f"restored True {files} 0 0"]
