@@ -136,7 +136,10 @@ def same_tree(a: Path, b: Path) -> bool:
 
 # -- one run ---------------------------------------------------------------------------------
 
-def one_run(src: Path, tmp: Path, change: Callable[[], int], failures: list[str]) -> dict[str, dict[str, Measure]]:
+def one_run(src: Path, tmp: Path, change: Callable[[], int], failures: list[str],
+            keep: Path) -> dict[str, dict[str, Measure]]:
+    """One run of every tool; each restored tree is moved under `keep`, deleted by the caller
+    only after the last run (see the comment at the restore)."""
     out: dict[str, dict[str, Measure]] = {t: {} for t in TOOLS}
     tools: dict[str, Any] = {}
     shutil.rmtree(tmp, ignore_errors=True)
@@ -161,11 +164,15 @@ def one_run(src: Path, tmp: Path, change: Callable[[], int], failures: list[str]
         out[name]["restore"] = t.restore(dest, "v1")
         if not same_tree(src, dest / src.name):
             failures.append(f"{name}: restore of {src} is not byte-identical")
-        # Kept until the run ends (the rmtree of `tmp` below): ext4 without a journal skips
-        # recently freed inodes one by one on every allocation (its `recently_deleted`, a window
-        # of 5 s, or 305 s once the inode table block is dirty again), so a restore made just
-        # after another tool's restored tree was deleted pays for that deletion (bench/RESULTS.md,
-        # "Small-file restore on worker processes, and the inodes freed before it").
+        # Kept until every run has ended (moved under `keep`, which the caller deletes last): ext4
+        # without a journal skips recently freed inodes one by one on every allocation (its
+        # `recently_deleted`, a window of 5 s, or 305 s once the inode table block is dirty
+        # again), so a restore made after a restored tree was deleted pays for that deletion
+        # (bench/RESULTS.md, "Small-file restore on worker processes, and the inodes freed
+        # before it"). Deleting them at a run's end put that cost on the next run's first
+        # restore (restic's), whatever tool deleted them.
+        keep.mkdir(parents=True, exist_ok=True)
+        dest.rename(keep / f"{len(list(keep.iterdir()))}-{name}")
         out[name]["re-archive unchanged"] = t.archive(src, "v2")
         deep(name, t, "v2")
         out[name][TRUST_UNCHANGED] = trusting(name, t, "v2t")
@@ -279,10 +286,13 @@ def main() -> int:
     for name, (src, what, change) in inputs.items():
         log(f"{name}: {what}")
         runs = []
+        keep = work / "restored-smallfiles"
+        shutil.rmtree(keep, ignore_errors=True)
         for i in range(args.runs):
             warm([p for p in src.rglob("*") if p.is_file()])
-            runs.append(one_run(src, work / "tmp-smallfiles", change(int(time.time()) + i), failures))
+            runs.append(one_run(src, work / "tmp-smallfiles", change(int(time.time()) + i), failures, keep))
             log(f"  run {i + 1}/{args.runs} done")
+        shutil.rmtree(keep, ignore_errors=True)  # after the last restore of this input
         results["inputs"][name] = {"what": what, "table": summarise(runs),
                                    "runs": [{t: {s: m.to_dict() for s, m in r[t].items()} for t in r} for r in runs]}
     results["when"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -298,7 +308,8 @@ def main() -> int:
              "follow a `verify --deep` of the previous version: chunks it proved are trusted (one LIST for their "
              "sizes) instead of read back; restic's and borg's cells in those rows are their plain backup.",
              "Each run: fresh repositories; inputs read once before (warm page cache); every restore compared "
-             "byte for byte with its source."]
+             "byte for byte with its source, then kept until the last run has ended (no restore follows "
+             "the deletion of a restored tree: this ext4 makes inode allocation slow for minutes after one)."]
     if failures:
         notes += [f"FAILED: {f}" for f in failures]
     text = markdown(results, args, notes)
