@@ -1039,3 +1039,45 @@ def test_a_job_pickles_its_sources_by_directory_and_unpickles_equal(tmp_path):
     assert len({id(s.parent) for s in same_dir}) == 1  # the directory's Source is sent once
     plain = pickle.dumps((settings, pipeline.ChunkPolicy(), None, 3600.0, runs, True), protocol=pickle.HIGHEST_PROTOCOL)
     assert len(blob) < len(plain)
+
+
+def _fds_naming(path: Path) -> int:
+    n = 0
+    for f in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{f}").startswith(str(path))
+        except OSError:
+            pass
+    return n
+
+
+def test_a_worker_running_many_tasks_holds_a_bounded_number_of_catalog_connections(tmp_path):
+    """A worker's repository lives for the pool (`_repository`), but each task runs on threads
+    of its own, and each thread reading the catalog opens its own read connection: those of a
+    task's threads, gone when it ends, used to stay open until the worker exited (two file
+    descriptors and a page cache each, one set more per task), so a worker of many tasks ran
+    out of descriptors where threads did not. They are closed once their thread is gone."""
+    src = tmp_path / "src"
+    for d in range(12):
+        (src / f"d{d:02}").mkdir(parents=True)
+        for i in range(5):
+            (src / f"d{d:02}" / f"f{i}").write_bytes(os.urandom(100 + 7 * d + i))
+    catalog = tmp_path / "c.db"
+    settings = api.open_repository(str(tmp_path / "s"), str(catalog), create=True).settings
+    api.archive([tmp_path / "src" / "d00"], name="seed", store=str(tmp_path / "s"), catalog=str(catalog))
+    files = [s for s in scan([src]) if not s.is_dir]
+    jobs = [procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, None, [files[k:k + 3], files[k + 3:k + 5]])
+            for k in range(0, len(files), 5)]
+    procfiles._repository.cache_clear()
+    procfiles._held_dirs.cache_clear()
+    held: list[int] = []
+    try:
+        for job in jobs:
+            assert isinstance(procfiles._call(job), procfiles.SmallDone)
+            held.append(_fds_naming(catalog))
+        assert len(held) == 12 and max(held) - min(held) <= 4, held  # one task's threads' at most, not one set per task
+    finally:
+        procfiles._held_dirs().close()
+        procfiles._held_dirs.cache_clear()
+        procfiles._repository(settings).close()
+        procfiles._repository.cache_clear()
