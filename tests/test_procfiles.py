@@ -1358,3 +1358,43 @@ def test_a_worker_running_many_tasks_holds_a_bounded_number_of_catalog_connectio
         procfiles._held_dirs.cache_clear()
         procfiles._repository(settings).close()
         procfiles._repository.cache_clear()
+
+
+def test_a_worker_killed_while_the_scan_holds_the_early_pool_is_a_lost_task(tmp_path, home, small_tasks,
+                                                                           monkeypatch):
+    """The workers of the pool started during the scan are killed (the OOM killer) before
+    archive_files takes it: the archive fails as a worker's death mid-run does (TaskLostError,
+    one line), not with the pool's raw BrokenProcessPool; nothing is committed, no process is
+    left, and the re-run commits the threads' manifest."""
+    import time
+    src = make_tree(tmp_path / "src")
+    kids0 = _children()
+    pools: list[object] = []
+    real_start = procfiles.PoolStarter._start
+
+    def start(self):  # type: ignore[no-untyped-def]
+        real_start(self)
+        pools.append(self._pool)
+
+    def kill_workers() -> None:
+        pool = pools[-1]
+        for _ in range(100):  # the workers the warm-up started
+            if len(pool._processes) == 2:  # noqa: SLF001 - the test kills the workers
+                break
+            time.sleep(0.05)
+        for pid in list(pool._processes):  # noqa: SLF001
+            os.kill(pid, 9)
+        for _ in range(100):  # the pool sees them gone
+            if pool._broken:  # noqa: SLF001
+                break
+            time.sleep(0.05)
+    with monkeypatch.context() as m:
+        m.setattr(procfiles.PoolStarter, "_start", start)
+        _started_pool_waited(m, kill_workers)
+        with pytest.raises(TaskLostError, match="a worker process died") as err:
+            _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert "\n" not in str(err.value)
+    assert not list((tmp_path / "s").glob("manifests/**/*"))
+    _no_process_left(kids0)
+    again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert again.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
