@@ -1360,6 +1360,39 @@ def test_a_worker_running_many_tasks_holds_a_bounded_number_of_catalog_connectio
         procfiles._repository.cache_clear()
 
 
+def test_odd_names_same_manifest_as_threads_and_the_journal_resumes_them(tmp_path, home, small_tasks, monkeypatch):
+    """Names with a quote, spaces, 255 bytes long, a leading dash, non-NFC
+    dash, and a deep chain of directories: the workers' manifest (their Sources pickled by
+    directory, their journal lines laid out there) is the threads' one, and a re-run after a
+    failed commit resumes every file from the workers' lines."""
+    from archiver.errors import StoreError
+    from archiver.repository import Repository
+    src = tmp_path / "src"
+    deep = src.joinpath(*[f"lvl{i}" for i in range(30)])
+    deep.mkdir(parents=True)
+    names = [b'quo"te', b"sp ace ", b"x" * 255, b"-dash", "ünï-ç😀".encode(), "e\u0301-nfd".encode()]
+    for where in (src, deep):
+        for k, n in enumerate(names):
+            with open(os.path.join(os.fsencode(where), n), "wb") as f:
+                f.write(os.urandom(30 + k))
+    (src / "pad").mkdir()
+    for i in range(30):
+        (src / "pad" / f"p{i:02}").write_bytes(os.urandom(20 + i))
+    threads = _archive(tmp_path, src, str(tmp_path / "t"), 0)
+
+    def failing(self, *a, **k):  # type: ignore[no-untyped-def]
+        raise StoreError("the manifest could not be written (test)")
+    with monkeypatch.context() as m:
+        m.setattr(Repository, "commit_manifest", failing)
+        with pytest.raises(StoreError, match="test"):
+            _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert again.resumed_files == again.files == threads.files
+    assert again.id == threads.id
+    fresh = _archive(tmp_path, src, str(tmp_path / "u"), 2)
+    assert fresh.files_by_processes == fresh.files and fresh.id == threads.id
+
+
 def test_a_worker_killed_while_the_scan_holds_the_early_pool_is_a_lost_task(tmp_path, home, small_tasks,
                                                                            monkeypatch):
     """The workers of the pool started during the scan are killed (the OOM killer) before
