@@ -1431,3 +1431,30 @@ def test_a_worker_killed_while_the_scan_holds_the_early_pool_is_a_lost_task(tmp_
     _no_process_left(kids0)
     again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
     assert again.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_auto_falls_back_to_threads_when_the_pool_cannot_start(tmp_path, home, monkeypatch, early):
+    """Auto (processes=None, the CLI's default) granted workers, but the pool cannot start
+    (fork refused: EAGAIN under a pids limit), whether tried during the scan or after it: the
+    archive is the threads' one, as where `unavailable()` says no pool can start, not an
+    error; an explicit --processes still reports it."""
+    import errno
+    src = make_tree(tmp_path / "src")
+    threads = _archive(tmp_path, src, str(tmp_path / "t"), 0)
+    monkeypatch.setattr(procfiles, "AUTO_MIN_FILES", 20)
+    monkeypatch.setattr(procfiles, "auto_count", lambda busy: 2)
+    monkeypatch.setattr(procfiles.workerprocs.CpuSample, "others_busy", lambda self: 0.0)
+    monkeypatch.setattr(procfiles, "EARLY_MEASURE_S", 0.0 if early else 60.0)
+    tried: list[int] = []
+
+    def refused(processes, preload):  # type: ignore[no-untyped-def]
+        tried.append(processes)
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+    monkeypatch.setattr(procfiles.workerprocs, "pool", refused)
+    seen = _early_seen(monkeypatch)
+    auto = _archive(tmp_path, src, str(tmp_path / "a"), None)
+    assert tried and seen["early"] == (2 if early else 0)
+    assert auto.files_by_processes == 0 and auto.id == threads.id
+    with pytest.raises(OSError, match="temporarily unavailable"):
+        _archive(tmp_path, src, str(tmp_path / "e"), 2)
