@@ -1458,3 +1458,30 @@ def test_auto_falls_back_to_threads_when_the_pool_cannot_start(tmp_path, home, m
     assert auto.files_by_processes == 0 and auto.id == threads.id
     with pytest.raises(OSError, match="temporarily unavailable"):
         _archive(tmp_path, src, str(tmp_path / "e"), 2)
+
+
+def test_a_ctrl_c_during_the_commit_while_the_pool_stops_beside_it(tmp_path, home, small_tasks, monkeypatch):
+    """SIGINT as the commit starts, the workers still stopping on their own thread: the
+    KeyboardInterrupt reaches the caller, no process is left, and
+    the re-run resumes the workers' files into the threads' manifest."""
+    import faulthandler
+    import signal
+    from archiver.repository import Repository
+    src = make_tree(tmp_path / "src")
+    kids0 = _children()
+    real = Repository.commit_manifest
+
+    def interrupted(self, *a, **k):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *a, **k)
+    faulthandler.dump_traceback_later(60, exit=True)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(Repository, "commit_manifest", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    _no_process_left(kids0)
+    again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert again.resumed_files > 0 and again.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
