@@ -111,6 +111,7 @@ def archive(paths: Iterable[str | os.PathLike], *, name: str, label: str | None 
     `processes` (default 0: threads only): worker processes for the small files, None for
     auto (as the CLI); each worker imports the caller's `__main__` again, so a script that
     opts in must guard its top level with `if __name__ == "__main__":` (README, "Scaling out")."""
+    paths = list(paths)  # an Iterable: read once (the journal's key and the archive both need it)
     key = signing_key(sign_key)
     block = profile_block if profile_block is not None else make_profile_block(profile, meta_file, profile_data)
     ex = make_executor(executor, ray_address=ray_address, task_cpus=task_cpus, max_inflight=max_inflight)

@@ -334,26 +334,39 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
                                        writer.trust_verified_within, runs, journal_lines=journal is not None)
                     for runs in procfiles.tasks_of([r for r in items if r[0].size < BATCH_FILE_BELOW],
                                                    processes=nproc)]
+            small_runs = [r for r in items if r[0].size < BATCH_FILE_BELOW]
             items = [r for r in items if r[0].size >= BATCH_FILE_BELOW]
         if early is not None and not (nproc and nproc == early.processes and jobs):
             early.close()  # started during the scan, but nothing here for it
-        # Chunks in flight stay at about one per pool thread in all (memory: a few chunks per
-        # core), shared by the files read at once; a lone big file gets the whole window.
-        at_once = max(1, min(executor.max_inflight, len(items)))
-        window = window_for(pool_workers) if at_once == 1 else max(2, window_for(pool_workers) // at_once)
         stoppable = StoppableProgress(progress)
         dirs = DirFds()
-        # each file is recorded (and journalled) by its task as soon as it is done, so a kill
-        # in the middle of a batch still resumes the batch's finished files
-        task = LocalArchiveBatch(writer, pool, policy, window, stoppable, dirs,  # type: ignore[arg-type]
-                                 on_done=record)
+
+        def batch_task(items: list[Any]) -> LocalArchiveBatch:
+            # Chunks in flight stay at about one per pool thread in all (memory: a few chunks per
+            # core), shared by the files read at once; a lone big file gets the whole window.
+            at_once = max(1, min(executor.max_inflight, len(items)))
+            window = window_for(pool_workers) if at_once == 1 else max(2, window_for(pool_workers) // at_once)
+            # each file is recorded (and journalled) by its task as soon as it is done, so a kill
+            # in the middle of a batch still resumes the batch's finished files
+            return LocalArchiveBatch(writer, pool, policy, window, stoppable, dirs,  # type: ignore[arg-type]
+                                     on_done=record)
+        task = batch_task(items)
     small: procfiles.SmallFilePool | None = None
     try:
         stop = stoppable.stop if stoppable is not None else None
         if nproc:
-            small = procfiles.SmallFilePool(nproc, jobs, _taker(repo, out, stats, progress, record),
-                                            on_error=stoppable.stop,  # type: ignore[union-attr]
-                                            pool=early.take() if early is not None else None)
+            try:
+                small = procfiles.SmallFilePool(nproc, jobs, _taker(repo, out, stats, progress, record),
+                                                on_error=stoppable.stop,  # type: ignore[union-attr]
+                                                pool=early.take() if early is not None else None)
+            except OSError:
+                if processes is not None:
+                    raise  # asked for: the reason none can start is the error
+                # auto: no pool can start here after all (fork refused, no descriptors left), as
+                # where `workerprocs.unavailable()` says so: the small files go to the threads
+                items = items + small_runs
+                task = batch_task(items)
+        if small is not None:
             stop = _both(stoppable.stop, small.cancel)  # type: ignore[union-attr]
         for src, done in executors.run(executor, task, items, describe=_describe, stop=stop):
             if settings is None:

@@ -460,6 +460,11 @@ class PoolStarter:
             self._closing.pop().join()
 
 
+def _died(job: SmallJob, e: BrokenProcessPool) -> executors.TaskLostError:
+    """A worker's death (the pool broken) as the one-line error naming the job's first file."""
+    return executors.TaskLostError(str(job.runs[0][0].abspath), f"a worker process died ({' '.join(str(e).split())[:200]})")
+
+
 class SmallFilePool:
     """The driver's side: submits every task at once (the pool runs `processes` at a time),
     and takes each result on a thread of its own as it completes, so big files archive on
@@ -483,6 +488,10 @@ class SmallFilePool:
                 started.append(self._pool)
                 for job in jobs:
                     self._futures[self._pool.submit(_call, job)] = job
+        except BrokenProcessPool as e:  # its workers died before a task was handed out (killed while idle)
+            if started:
+                workerprocs.close(started[0])
+            raise _died(jobs[0], e) from None
         except BaseException:
             if started:
                 workerprocs.close(started[0])
@@ -505,8 +514,7 @@ class SmallFilePool:
             except ArchiverError as e:
                 self._fail(e)
             except BrokenProcessPool as e:
-                self._fail(executors.TaskLostError(str(job.runs[0][0].abspath),
-                                                   f"a worker process died ({' '.join(str(e).split())[:200]})"))
+                self._fail(_died(job, e))
             except BaseException as e:  # noqa: BLE001 - a task's unexpected error names its first file
                 self._fail(executors.lost(str(job.runs[0][0].abspath), e))
 

@@ -569,7 +569,8 @@ class Catalog:
         self.endpoint = endpoint or None
         self.read_only = read_only
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []  # one per worker thread, all closed by close()
+        # one per thread that read (`_reader`), with that thread: closed once it is gone, or by close()
+        self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.RLock()  # re-entrant: a nested write() joins the outer transaction
         self._holder = _HolderMark(Path(f"{self.path}.lock"))
         self._savepoints = 0
@@ -738,8 +739,15 @@ class Catalog:
         if conn is None:
             conn = _connect_ro(self.path) if self.read_only else _connect_rw(self.path)
             self._local.conn = conn
+            # the connections of threads that ended meanwhile are closed now: a catalog that
+            # outlives its threads (a worker process's, open for all its tasks, each task on
+            # threads of its own) would otherwise hold one more per thread until `close`
             with self._lock:
-                self._readers.append(conn)
+                gone = [c for t, c in self._readers if not t.is_alive()]
+                self._readers = [(t, c) for t, c in self._readers if t.is_alive()]
+                self._readers.append((threading.current_thread(), conn))
+            for c in gone:
+                c.close()
         return conn
 
     def close_thread_reader(self) -> None:
@@ -751,13 +759,13 @@ class Catalog:
             return
         del self._local.conn
         with self._lock:
-            self._readers = [c for c in self._readers if c is not conn]
+            self._readers = [(t, c) for t, c in self._readers if c is not conn]
         conn.close()
 
     def close(self) -> None:
         with self._lock:
             readers, self._readers = self._readers, []
-        for conn in readers:
+        for _, conn in readers:
             conn.close()
         if self._w is not None and self._w is not self._conn:
             self._w.close()

@@ -78,3 +78,14 @@ def test_import_as_of_the_repair_and_replicate_submodules_binds_the_modules():
             "assert a.RepairResult and b.ReplicateResult\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_archive_takes_paths_from_any_iterable_with_resume(tmp_path, home):
+    """`paths` is an Iterable: a generator was read once for the journal's key (resume, the
+    default), which left nothing to archive ("nothing to archive: give at least one PATH")."""
+    from archiver import api
+    src = tmp_path / "src"
+    make_checkpoint(src, layers=1, dim=8)
+    listed = api.archive([src], name="m", store=str(tmp_path / "a"), catalog=str(tmp_path / "a.db"))
+    once = api.archive((p for p in [src]), name="m", store=str(tmp_path / "b"), catalog=str(tmp_path / "b.db"))
+    assert once.id == listed.id and once.files == listed.files > 0

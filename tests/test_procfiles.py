@@ -1039,3 +1039,449 @@ def test_a_job_pickles_its_sources_by_directory_and_unpickles_equal(tmp_path):
     assert len({id(s.parent) for s in same_dir}) == 1  # the directory's Source is sent once
     plain = pickle.dumps((settings, pipeline.ChunkPolicy(), None, 3600.0, runs, True), protocol=pickle.HIGHEST_PROTOCOL)
     assert len(blob) < len(plain)
+
+
+# --- rev11: adversarial probes of the worker phase (the pool started during the scan, held dirs) ---
+
+
+def _no_process_left(kids0: set[int]) -> None:
+    import multiprocessing
+    from multiprocessing import forkserver
+    assert multiprocessing.active_children() == []
+    assert forkserver._forkserver._forkserver_pid is None
+    assert len(_children() - kids0) <= 1  # at most multiprocessing's resource tracker
+
+
+def _started_pool_waited(monkeypatch: pytest.MonkeyPatch, then=None) -> list[int]:  # type: ignore[no-untyped-def]
+    """PoolStarter.watch, waiting for the pool's start once decided (its workers warm), then `then`."""
+    started: list[int] = []
+    real_watch = procfiles.PoolStarter.watch
+
+    def watch(self, sources):  # type: ignore[no-untyped-def]
+        real_watch(self, sources)
+        if self._thread is not None:
+            self._thread.join()
+        if self._pool is not None and not started:
+            started.append(self.processes)
+            if then is not None:
+                then()
+    monkeypatch.setattr(procfiles.PoolStarter, "watch", watch)
+    return started
+
+
+@pytest.mark.parametrize("failure", ["fifo", "escaping-link", "removed-dir", "unsafe-name"])
+def test_the_scan_failing_after_the_pool_started_is_its_own_error_and_leaves_no_process(tmp_path, home,
+                                                                                        monkeypatch, failure):
+    """The pool started at the scan's first small file, then the scan fails (a special file,
+    a symlink out of the tree, a directory removed before the walk reached it, a name restore
+    could not create): the scan's own one-line error, nothing committed, no process left."""
+    from archiver.errors import ArchiverError
+    src = tmp_path / "src"
+    (src / "zz" / "deep").mkdir(parents=True)
+    (src / "a-first.txt").write_bytes(b"small")  # the top directory: the pool starts after it
+    (src / "zz" / "deep" / "f").write_bytes(b"x")
+    then = None
+    if failure == "fifo":
+        os.mkfifo(src / "zz" / "deep" / "pipe")
+    elif failure == "escaping-link":
+        os.symlink("../../../../etc/passwd", src / "zz" / "deep" / "out")
+    elif failure == "unsafe-name":
+        (src / "zz" / "deep" / "a\\b").write_bytes(b"backslash")
+    else:
+        def then() -> None:  # type: ignore[misc]
+            shutil.rmtree(src / "zz")
+    kids0 = _children()
+    started = _started_pool_waited(monkeypatch, then)
+    with pytest.raises(ArchiverError) as err:
+        _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert started == [2]
+    assert "\n" not in str(err.value)
+    assert not list((tmp_path / "s").glob("manifests/**/*"))
+    _no_process_left(kids0)
+
+
+def test_a_directory_moved_out_and_symlinked_back_before_the_workers_read_is_refused(tmp_path, home,
+                                                                                    small_tasks, monkeypatch):
+    """After the scan, a directory is moved outside the source and a symlink to it put in its
+    place (the same inodes, the same names): a worker must not follow it (no escape through the
+    held or fresh descriptors): SourceChangedError naming it, nothing committed, no process."""
+    src = make_tree(tmp_path / "src")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    kids0 = _children()
+    real_af = fanout.archive_files
+
+    def af(*a, **k):  # type: ignore[no-untyped-def]
+        os.rename(src / "d2" / "inner", outside / "inner")
+        os.symlink(outside / "inner", src / "d2" / "inner")
+        return real_af(*a, **k)
+    monkeypatch.setattr(fanout, "archive_files", af)
+    with pytest.raises(SourceChangedError, match="d2/inner"):
+        _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert not list((tmp_path / "s").glob("manifests/**/*"))
+    _no_process_left(kids0)
+
+
+def test_a_directory_moved_out_between_two_tasks_of_one_worker_reads_only_what_the_scan_saw(tmp_path):
+    """One worker (`_call`, its held descriptors), two tasks of the same directory: between
+    them the directory is moved out of the source and a symlink to a look-alike directory
+    (same names, same sizes) put in its place. The second task reads, through the held
+    descriptor, the very inodes the scan saw, or refuses: never the look-alike's bytes."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    for i in range(20):
+        (src / "d" / f"f{i:02}").write_bytes(b"original %02d\n" % i)
+        (fake / f"f{i:02}").write_bytes(b"FORGED!! %02d\n" % i)
+    settings = api.open_repository(str(tmp_path / "s"), str(tmp_path / "c.db"), create=True).settings
+    files = [s for s in scan([src]) if not s.is_dir]
+    jobs = [procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, None, [files[:10]]),
+            procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, None, [files[10:]])]
+    procfiles._repository.cache_clear()
+    procfiles._held_dirs.cache_clear()
+    try:
+        first = procfiles._call(jobs[0])
+        assert isinstance(first, procfiles.SmallDone)
+        os.rename(src / "d", tmp_path / "moved")
+        os.symlink(fake, src / "d")
+        second = procfiles._call(jobs[1])
+        if isinstance(second, procfiles.SmallDone):
+            want = {f"src/d/f{i:02}": blake3.blake3(b"original %02d\n" % i).hexdigest() for i in range(10, 20)}
+            got = {d.entry.path: d.entry.blake3 for d in procfiles.unflat_all(second.files)}
+            assert got == want
+        else:
+            assert isinstance(second.error(), SourceChangedError)
+    finally:
+        procfiles._held_dirs().close()
+        procfiles._held_dirs.cache_clear()
+        procfiles._repository(settings).close()
+        procfiles._repository.cache_clear()
+
+
+@pytest.mark.parametrize("between", ["replaced", "renamed-away-and-back", "swapped-siblings"])
+def test_two_archives_back_to_back_each_reads_its_own_tree(tmp_path, home, small_tasks, between):
+    """Two archives with processes=2 in one process, the tree changed between them (a
+    directory replaced at the same path, one renamed away and back, two sibling directories
+    swapped by name): the second archive is what threads make of the tree as it is then,
+    never anything a descriptor of the first run would read."""
+    src = make_tree(tmp_path / "src")
+    kids0 = _children()
+    first = _archive(tmp_path, src, str(tmp_path / "s"), 2, reread=True)
+    assert first.files_by_processes > 0
+    if between == "replaced":
+        shutil.rmtree(src / "d1" / "inner")
+        (src / "d1" / "inner").mkdir()
+        for i in range(40):
+            (src / "d1" / "inner" / f"f{i:02}.txt").write_bytes(b"new content %d\n" % i)
+    elif between == "renamed-away-and-back":
+        os.rename(src / "d1", tmp_path / "away")
+        (tmp_path / "away" / "inner" / "f03.txt").write_bytes(b"changed while away\n")
+        os.rename(tmp_path / "away", src / "d1")
+    else:
+        os.rename(src / "d1", src / "tmp")
+        os.rename(src / "d2", src / "d1")
+        os.rename(src / "tmp", src / "d2")
+    second = _archive(tmp_path, src, str(tmp_path / "s"), 2, reread=True)
+    threads = _archive(tmp_path, src, str(tmp_path / "t"), 0)
+    assert second.files_by_processes > 0
+    with api.open_repository(str(tmp_path / "s"), str(tmp_path / "s.db")) as rs, \
+            api.open_repository(str(tmp_path / "t"), str(tmp_path / "t.db")) as rt:
+        assert rs.load_manifest(second.id).entries == rt.load_manifest(threads.id).entries
+        assert rs.load_manifest(second.id).entries != rs.load_manifest(first.id).entries
+    _no_process_left(kids0)
+
+
+@pytest.mark.parametrize("limit", [48, 128])
+def test_many_directories_under_a_low_open_files_limit(tmp_path, home, monkeypatch, limit):
+    """RLIMIT_NOFILE low (the workers inherit it) and more directories than it allows open
+    at once: the held descriptors stop at their limit, the rest are walked; the manifest is
+    the threads' one."""
+    import resource
+    src = tmp_path / "src"
+    for d in range(300):
+        sub = src / f"d{d:03}"
+        sub.mkdir(parents=True)
+        (sub / "f").write_bytes(os.urandom(100 + d))
+    threads = _archive(tmp_path, src, str(tmp_path / "t"), 0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        procs = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert procs.files_by_processes == 300 and procs.id == threads.id
+
+
+@pytest.mark.parametrize("when", ["scan", "tasks"])
+def test_the_drivers_sigkill_with_the_early_pool_leaves_no_process(tmp_path, home, when):
+    """The driver of api.archive(processes=2) killed (SIGKILL) while its scan holds the pool
+    it started early (workers warm), or while its tasks run: every process of its session
+    (the fork server, the workers, the resource tracker) ends, and nothing is committed. The
+    journal lines the workers laid out for the tasks taken before the kill are resumed by a
+    re-run (on workers, or on threads), whose manifest is the threads' one."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    src = make_tree(tmp_path / "src")
+    hold = ("    real = procfiles.PoolStarter.watch\n"
+            "    def watch(self, sources):\n"
+            "        real(self, sources)\n"
+            "        if self._thread is not None:\n"
+            "            self._thread.join()\n"
+            "            print('ready', flush=True)\n"
+            "            time.sleep(120)\n"
+            "    procfiles.PoolStarter.watch = watch\n") if when == "scan" else (
+            "    real = fanout._taker\n"
+            "    def taker(*a):\n"
+            "        take = real(*a)\n"
+            "        def slow(done):\n"
+            "            take(done)\n"
+            "            print('ready', flush=True)\n"
+            "            time.sleep(120)\n"
+            "        return slow\n"
+            "    fanout._taker = taker\n")
+    code = ("import time\n"
+            "from archiver import api, fanout, procfiles\n"
+            "procfiles.TASK_FILES = 10\n"
+            "if __name__ == '__main__':\n" + hold +
+            f"    api.archive([{str(src)!r}], name='m', store={str(tmp_path / 's')!r},\n"
+            f"                catalog={str(tmp_path / 's.db')!r}, processes=2)\n")
+    env = dict(os.environ, ARCHIVER_HOME=str(tmp_path / "home"),
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    driver = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+
+    def session() -> list[int]:
+        out = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    fields = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[3]) == driver.pid and fields[0] != "Z":
+                    out.append(int(d))
+        return out
+    try:
+        assert driver.stdout.readline().strip() == "ready"  # type: ignore[union-attr]
+        assert len(session()) >= 3  # the driver, the fork server, a worker at least
+        driver.kill()
+        driver.wait()
+        deadline = time.monotonic() + 15
+        while session() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert session() == []
+        assert not list((tmp_path / "s").glob("manifests/**/*"))
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    threads = _archive(tmp_path, src, str(tmp_path / "t"), 0)
+    if when == "tasks":
+        for name in ("s", "s.db", "home"):  # the state the kill left, for a second re-run
+            (shutil.copytree if (tmp_path / name).is_dir() else shutil.copy)(tmp_path / name, tmp_path / f"kept-{name}")
+        again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+        assert again.resumed_files >= 10 and again.id == threads.id
+        for name in ("s", "s.db", "home"):
+            (shutil.rmtree if (tmp_path / name).is_dir() else os.unlink)(tmp_path / name)
+            os.rename(tmp_path / f"kept-{name}", tmp_path / name)
+        on_threads = _archive(tmp_path, src, str(tmp_path / "s"), 0)
+        assert on_threads.resumed_files == again.resumed_files and on_threads.id == threads.id
+
+
+def test_a_rerun_that_resumes_every_small_file_closes_the_early_pool_and_matches_threads(tmp_path, home,
+                                                                                      small_tasks, monkeypatch):
+    """The commit fails after every task was taken (all journalled); the re-run's scan starts
+    the pool again (the journal does not stop it), archive_files then finds no small file left
+    to do: the early pool is stopped unused, the re-run resumes them all and commits the
+    threads' manifest, and no process is left."""
+    from archiver.errors import StoreError
+    from archiver.repository import Repository
+    src = make_tree(tmp_path / "src")
+    kids0 = _children()
+
+    def failing(self, *a, **k):  # type: ignore[no-untyped-def]
+        raise StoreError("the manifest could not be written (test)")
+    with monkeypatch.context() as m:
+        m.setattr(Repository, "commit_manifest", failing)
+        with pytest.raises(StoreError, match="test"):
+            _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    _no_process_left(kids0)
+    seen = _early_seen(monkeypatch)
+    again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert seen["early"] == 2 and not seen.get("handed")
+    assert again.files_by_processes == 0 and again.resumed_files == again.files
+    assert again.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
+    _no_process_left(kids0)
+
+
+def _fds_naming(path: Path) -> int:
+    n = 0
+    for f in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{f}").startswith(str(path))
+        except OSError:
+            pass
+    return n
+
+
+def test_a_worker_running_many_tasks_holds_a_bounded_number_of_catalog_connections(tmp_path):
+    """A worker's repository lives for the pool (`_repository`), but each task runs on threads
+    of its own, and each thread reading the catalog opens its own read connection: those of a
+    task's threads, gone when it ends, used to stay open until the worker exited (two file
+    descriptors and a page cache each, one set more per task), so a worker of many tasks ran
+    out of descriptors where threads did not. They are closed once their thread is gone."""
+    src = tmp_path / "src"
+    for d in range(12):
+        (src / f"d{d:02}").mkdir(parents=True)
+        for i in range(5):
+            (src / f"d{d:02}" / f"f{i}").write_bytes(os.urandom(100 + 7 * d + i))
+    catalog = tmp_path / "c.db"
+    settings = api.open_repository(str(tmp_path / "s"), str(catalog), create=True).settings
+    api.archive([tmp_path / "src" / "d00"], name="seed", store=str(tmp_path / "s"), catalog=str(catalog))
+    files = [s for s in scan([src]) if not s.is_dir]
+    jobs = [procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, None, [files[k:k + 3], files[k + 3:k + 5]])
+            for k in range(0, len(files), 5)]
+    procfiles._repository.cache_clear()
+    procfiles._held_dirs.cache_clear()
+    held: list[int] = []
+    try:
+        for job in jobs:
+            assert isinstance(procfiles._call(job), procfiles.SmallDone)
+            held.append(_fds_naming(catalog))
+        assert len(held) == 12 and max(held) - min(held) <= 4, held  # one task's threads' at most, not one set per task
+    finally:
+        procfiles._held_dirs().close()
+        procfiles._held_dirs.cache_clear()
+        procfiles._repository(settings).close()
+        procfiles._repository.cache_clear()
+
+
+def test_odd_names_same_manifest_as_threads_and_the_journal_resumes_them(tmp_path, home, small_tasks, monkeypatch):
+    """Names with a quote, spaces, 255 bytes long, a leading dash, non-NFC
+    dash, and a deep chain of directories: the workers' manifest (their Sources pickled by
+    directory, their journal lines laid out there) is the threads' one, and a re-run after a
+    failed commit resumes every file from the workers' lines."""
+    from archiver.errors import StoreError
+    from archiver.repository import Repository
+    src = tmp_path / "src"
+    deep = src.joinpath(*[f"lvl{i}" for i in range(30)])
+    deep.mkdir(parents=True)
+    names = [b'quo"te', b"sp ace ", b"x" * 255, b"-dash", "ünï-ç😀".encode(), "e\u0301-nfd".encode()]
+    for where in (src, deep):
+        for k, n in enumerate(names):
+            with open(os.path.join(os.fsencode(where), n), "wb") as f:
+                f.write(os.urandom(30 + k))
+    (src / "pad").mkdir()
+    for i in range(30):
+        (src / "pad" / f"p{i:02}").write_bytes(os.urandom(20 + i))
+    threads = _archive(tmp_path, src, str(tmp_path / "t"), 0)
+
+    def failing(self, *a, **k):  # type: ignore[no-untyped-def]
+        raise StoreError("the manifest could not be written (test)")
+    with monkeypatch.context() as m:
+        m.setattr(Repository, "commit_manifest", failing)
+        with pytest.raises(StoreError, match="test"):
+            _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert again.resumed_files == again.files == threads.files
+    assert again.id == threads.id
+    fresh = _archive(tmp_path, src, str(tmp_path / "u"), 2)
+    assert fresh.files_by_processes == fresh.files and fresh.id == threads.id
+
+
+def test_a_worker_killed_while_the_scan_holds_the_early_pool_is_a_lost_task(tmp_path, home, small_tasks,
+                                                                           monkeypatch):
+    """The workers of the pool started during the scan are killed (the OOM killer) before
+    archive_files takes it: the archive fails as a worker's death mid-run does (TaskLostError,
+    one line), not with the pool's raw BrokenProcessPool; nothing is committed, no process is
+    left, and the re-run commits the threads' manifest."""
+    import time
+    src = make_tree(tmp_path / "src")
+    kids0 = _children()
+    pools: list[object] = []
+    real_start = procfiles.PoolStarter._start
+
+    def start(self):  # type: ignore[no-untyped-def]
+        real_start(self)
+        pools.append(self._pool)
+
+    def kill_workers() -> None:
+        pool = pools[-1]
+        for _ in range(100):  # the workers the warm-up started
+            if len(pool._processes) == 2:  # noqa: SLF001 - the test kills the workers
+                break
+            time.sleep(0.05)
+        for pid in list(pool._processes):  # noqa: SLF001
+            os.kill(pid, 9)
+        for _ in range(100):  # the pool sees them gone
+            if pool._broken:  # noqa: SLF001
+                break
+            time.sleep(0.05)
+    with monkeypatch.context() as m:
+        m.setattr(procfiles.PoolStarter, "_start", start)
+        _started_pool_waited(m, kill_workers)
+        with pytest.raises(TaskLostError, match="a worker process died") as err:
+            _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert "\n" not in str(err.value)
+    assert not list((tmp_path / "s").glob("manifests/**/*"))
+    _no_process_left(kids0)
+    again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert again.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_auto_falls_back_to_threads_when_the_pool_cannot_start(tmp_path, home, monkeypatch, early):
+    """Auto (processes=None, the CLI's default) granted workers, but the pool cannot start
+    (fork refused: EAGAIN under a pids limit), whether tried during the scan or after it: the
+    archive is the threads' one, as where `unavailable()` says no pool can start, not an
+    error; an explicit --processes still reports it."""
+    import errno
+    src = make_tree(tmp_path / "src")
+    threads = _archive(tmp_path, src, str(tmp_path / "t"), 0)
+    monkeypatch.setattr(procfiles, "AUTO_MIN_FILES", 20)
+    monkeypatch.setattr(procfiles, "auto_count", lambda busy: 2)
+    monkeypatch.setattr(procfiles.workerprocs.CpuSample, "others_busy", lambda self: 0.0)
+    monkeypatch.setattr(procfiles, "EARLY_MEASURE_S", 0.0 if early else 60.0)
+    tried: list[int] = []
+
+    def refused(processes, preload):  # type: ignore[no-untyped-def]
+        tried.append(processes)
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+    monkeypatch.setattr(procfiles.workerprocs, "pool", refused)
+    seen = _early_seen(monkeypatch)
+    auto = _archive(tmp_path, src, str(tmp_path / "a"), None)
+    assert tried and seen["early"] == (2 if early else 0)
+    assert auto.files_by_processes == 0 and auto.id == threads.id
+    with pytest.raises(OSError, match="temporarily unavailable"):
+        _archive(tmp_path, src, str(tmp_path / "e"), 2)
+
+
+def test_a_ctrl_c_during_the_commit_while_the_pool_stops_beside_it(tmp_path, home, small_tasks, monkeypatch):
+    """SIGINT as the commit starts, the workers still stopping on their own thread: the
+    KeyboardInterrupt reaches the caller, no process is left, and
+    the re-run resumes the workers' files into the threads' manifest."""
+    import faulthandler
+    import signal
+    from archiver.repository import Repository
+    src = make_tree(tmp_path / "src")
+    kids0 = _children()
+    real = Repository.commit_manifest
+
+    def interrupted(self, *a, **k):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *a, **k)
+    faulthandler.dump_traceback_later(60, exit=True)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(Repository, "commit_manifest", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    _no_process_left(kids0)
+    again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    assert again.resumed_files > 0 and again.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
