@@ -4,6 +4,7 @@ hostile manifests and DESTs refused before any worker writes."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,25 @@ def test_an_unguarded_script_on_the_api_default_restores_once_on_threads(tmp_pat
     assert r.returncode == 0, r.stderr
     files = sum(1 for p in src.rglob("*") if p.is_file() and not p.is_symlink())
     assert r.stdout.splitlines() == [f"restored True {files} 0 0"]
+
+
+def test_problems_keep_the_manifests_order_whichever_side_restores_the_small_file(tmp_path, home):
+    """A small file of several chunks (a safetensors header and its tensors, 512 KiB - 1 MiB)
+    stays on the driver's threads, one chunk or none goes to a worker: with both damaged,
+    the problems (and --json, and the event's first lines) come in the manifest's order, as
+    on threads, not the threads' files first."""
+    src = tmp_path / "src"
+    make_checkpoint(src / "m", layers=1, dim=600)  # model.safetensors: ~720 KB, header + tensors
+    (src / "a.txt").write_bytes(b"first in the manifest\n")
+    store, catalog = str(tmp_path / "store"), str(tmp_path / "c.db")
+    mid = api.archive([src], name="m", store=store, catalog=catalog).id
+    m = api.show(mid, store=store, catalog=catalog)[1]
+    st = next(e for e in m.entries if e.path.endswith("model.safetensors"))
+    assert len(st.chunks) > 1 and st.size <= restorer.SMALL_FILE and not procrestore.eligible(st)
+    for prefix in (layout.PACKS, "chunks"):  # every chunk missing
+        shutil.rmtree(Path(store) / prefix, ignore_errors=True)
+    threads = api.restore(mid, tmp_path / "t", store=store, catalog=catalog, processes=0)
+    procs = api.restore(mid, tmp_path / "p", store=store, catalog=catalog, processes=2)
+    assert procs.files_by_processes == procs.files > 0  # the empty files, on workers
+    assert [p.path for p in threads.problems][:2] == ["src/a.txt", "src/m/config.json"]
+    assert [p.line() for p in procs.problems] == [p.line() for p in threads.problems]
