@@ -13,7 +13,8 @@ process (the store, and the catalog read-only). It plans its own reads (`plan_re
 packs' spans of its chunks), reads them in pack order (`read_chunks`: every chunk decoded
 and re-hashed), and stages each file exactly as the threads do (`restorer._stage_unnamed`:
 the chunk's hash must be the file's BLAKE3, an empty file's that of no bytes; a damaged
-chunk makes no file), then makes the batch durable (`fileio.sync_together`: one syncfs) and
+chunk makes no file; `restorer._stage_file`, a temp name, where an unnamed file cannot be
+named, as on threads), then makes the batch durable (`fileio.sync_together`: one syncfs) and
 only then links each file into place (`restorer._link_into_place`: never replaces anything
 unless `force`). So nothing is presented under its final name before it is proved and
 synced; a killed worker leaves its unnamed files to vanish with it. The directories the
@@ -181,14 +182,23 @@ def run_job(job: RestoreJob, repo: Any = None) -> RestoreDone:
     staged: list[Any] = []
     pool = ThreadPoolExecutor(1, thread_name_prefix="restore-task")  # only a file that falls back to a temp name
     try:
+        try:  # as on threads: where an unnamed file cannot be named (no /proc), temp names
+            unnamed = fileio.unnamed_files(root_fd)
+        except OSError as err:
+            restorer._raise_write_error(entries[0].path, err)
         for e in [e for e in entries if not e.chunks] + chunked:
             parent, _, name = e.path.rpartition("/")
             dir_fd = dirs.get(parent)
             if dir_fd is None:
                 dir_fd = dirs[parent] = restorer._open_dir(root_fd, parent.split("/") if parent else [], create=True)
                 one_per_fs.setdefault(os.fstat(dir_fd).st_dev, dir_fd)
-            restorer._stage_unnamed(repo, job.mid, dir_fd, name, e, next(got) if e.chunks else None, pool, staged,
-                                    out.problems, progress, job.mode_mask)
+            chunk = next(got) if e.chunks else None
+            if unnamed:
+                restorer._stage_unnamed(repo, job.mid, dir_fd, name, e, chunk, pool, staged, out.problems, progress,
+                                        job.mode_mask)
+            else:
+                restorer._stage_file(repo, job.mid, dir_fd, e, pool, staged, out.problems, progress, job.mode_mask,
+                                     chunk)
         try:
             fileio.sync_together([s.fd for s in staged], within=list(one_per_fs.values()))
         except OSError as err:

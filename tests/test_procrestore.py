@@ -324,3 +324,36 @@ def test_problems_keep_the_manifests_order_whichever_side_restores_the_small_fil
     assert procs.files_by_processes == procs.files > 0  # the empty files, on workers
     assert [p.path for p in threads.problems][:2] == ["src/a.txt", "src/m/config.json"]
     assert [p.line() for p in procs.problems] == [p.line() for p in threads.problems]
+
+
+def test_workers_restore_where_proc_is_not_mounted(archived, tmp_path):
+    """Without /proc (a chroot, a minimal container) an unnamed file cannot be named (its link
+    goes through /proc/self/fd): the threads then write under temp names, and so must a
+    worker, rather than fail every file with "cannot write"."""
+    import json
+    import subprocess
+    import sys
+    src, store, catalog, mid = archived
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                            "umount -l /proc && test ! -e /proc/self/fd"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot unmount /proc in a mount namespace here: {probe.stderr.decode().strip()}")
+    script = tmp_path / "no_proc.py"
+    script.write_text("import json, sys\n"
+                      "from archiver import api, procrestore\n"
+                      "if __name__ == '__main__':\n"
+                      "    procrestore.TASK_FILES, procrestore.DRIVER_RUNS_TASKS = 8, False  # every task on a worker\n"
+                      "    res = api.restore(sys.argv[1], sys.argv[2], store=sys.argv[3], catalog=sys.argv[4],\n"
+                      "                      processes=int(sys.argv[5]))\n"
+                      "    print(json.dumps(res.to_dict()))\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    for n in (0, 2):
+        dest = tmp_path / f"out{n}"
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", 'umount -l /proc && exec "$@"',
+                            "sh", sys.executable, str(script), mid, str(dest), store, catalog, str(n)],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["ok"] and doc["files_by_processes"] == (doc["files"] if n else 0), doc
+        assert tree(dest / "src") == tree(src)
+        assert not [q for q in dest.rglob("*") if is_temp_name(q.name)]
