@@ -86,7 +86,7 @@ def resolve(requested: int | None, *, small_files: int, local: bool, sealed: boo
     store opened from Settings (a worker reopens it), unsealed (its keys live in this
     process), with the local executor, can; an explicit count otherwise is refused."""
     possible = not sealed and has_settings and not distributed
-    why = "a sealed store" if sealed else "the local executor" if distributed else \
+    why = "an unsealed store (its keys stay in this process)" if sealed else "the local executor" if distributed else \
         "a repository opened from Settings (archiver.api.open_repository)"
     n = workerprocs.requested_count(requested, None if possible else f"worker processes need {why}")
     if n is not None:

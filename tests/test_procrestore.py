@@ -349,11 +349,25 @@ def test_workers_restore_where_proc_is_not_mounted(archived, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     for n in (0, 2):
         dest = tmp_path / f"out{n}"
-        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", 'umount -l /proc && exec "$@"',
-                            "sh", sys.executable, str(script), mid, str(dest), store, catalog, str(n)],
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                            'umount -l /proc && exec "$@"', "sh", sys.executable, str(script), mid, str(dest), store,
+                            catalog, str(n)],
                            env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         doc = json.loads(r.stdout)
         assert doc["ok"] and doc["files_by_processes"] == (doc["files"] if n else 0), doc
         assert tree(dest / "src") == tree(src)
         assert not [q for q in dest.rglob("*") if is_temp_name(q.name)]
+
+
+def test_processes_on_a_sealed_store_are_refused_in_words_that_say_why():
+    """The refusal named the very thing that was wrong as a need: "worker processes need a
+    sealed store", on a sealed store."""
+    kw = dict(small_files=1, local=True, has_settings=True, distributed=False)
+    with pytest.raises(InvalidOptionError) as e:
+        procrestore.resolve(2, sealed=True, **kw)
+    assert "need a sealed store" not in str(e.value) and "unsealed" in str(e.value)
+    from archiver import procfiles  # archive's, the same words
+    with pytest.raises(InvalidOptionError) as e:
+        procfiles.resolve(2, small_files=1, local=True, sealed=True, has_settings=True)
+    assert "need a sealed store" not in str(e.value) and "unsealed" in str(e.value)
