@@ -371,3 +371,36 @@ def test_processes_on_a_sealed_store_are_refused_in_words_that_say_why():
     with pytest.raises(InvalidOptionError) as e:
         procfiles.resolve(2, small_files=1, local=True, sealed=True, has_settings=True)
     assert "need a sealed store" not in str(e.value) and "unsealed" in str(e.value)
+
+
+def test_a_workers_memory_stays_bounded_by_a_batch_not_by_its_task(tmp_path):
+    """A worker read every chunk of its task (up to 2,048 files of up to 1 MiB) before writing
+    the first: 400 files of 1 MiB of zeros (a store of a few hundred KB) took ~430 MB in the
+    worker, where the threads take a few MB (they read a run of parallel.BATCH_BYTES at a time)."""
+    import subprocess
+    import sys
+    script = tmp_path / "mem.py"
+    script.write_text(
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from archiver import api, procrestore\n"
+        "if __name__ == '__main__':\n"
+        "    w = Path(sys.argv[1])\n"
+        "    (w / 'src').mkdir()\n"
+        "    for i in range(400):\n"
+        "        with open(w / 'src' / f'f{i:03}', 'wb') as f:\n"
+        "            f.truncate(1 << 20)\n"
+        "    done = api.archive([w / 'src'], name='m', store=str(w / 'store'), catalog=str(w / 'c.db'))\n"
+        "    procrestore.DRIVER_RUNS_TASKS = False  # the one task on the worker\n"
+        "    res = api.restore(done.id, w / 'out', store=str(w / 'store'), catalog=str(w / 'c.db'), processes=1)\n"
+        "    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024\n"
+        "    print(res.ok, res.files, res.files_by_processes, kids)\n")
+    env = dict(os.environ, ARCHIVER_HOME=str(tmp_path / "home"),
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    r = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    ok, files, by_procs, worker_mib = r.stdout.split()
+    assert (ok, files, by_procs) == ("True", "400", "400")
+    assert int(worker_mib) < 200, f"a worker took {worker_mib} MiB"
+    assert all(p.stat().st_size == 1 << 20 for p in (tmp_path / "out" / "src").iterdir())
