@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from archiver import api, layout, procrestore, restorer, workerprocs
-from archiver.errors import InvalidOptionError, UnsafePathError
+from archiver.errors import DestinationError, InvalidOptionError, UnsafePathError
 from archiver.executors import TaskLostError
 from archiver.procfiles import worker_settings
 from archiver.restorer import is_temp_name
@@ -622,3 +622,20 @@ def test_a_damaged_pack_on_an_s3_server_through_workers_as_on_threads(tmp_path, 
     assert [p.line() for p in procs.problems] == [p.line() for p in threads.problems]
     assert all(p.chunk == victim.hash and not (tmp_path / "p" / p.path).exists() for p in procs.problems)
     assert tree(tmp_path / "p") == tree(tmp_path / "t")
+
+
+def test_a_file_planted_mid_restore_is_never_overwritten_without_force(archived, tmp_path, monkeypatch):
+    """DEST was empty when checked; a file appears at a worker's path before its link: the
+    restore fails in one line naming it (--force named as the remedy), the file is untouched."""
+    real_make = restorer._make_dirs
+    planted = tmp_path / "out" / "src" / "d1" / "inner" / "f03.txt"
+
+    def make_then_plant(root_fd, dirs, stop=None):  # type: ignore[no-untyped-def]
+        real_make(root_fd, dirs, stop)
+        planted.write_bytes(b"mine")
+    monkeypatch.setattr(restorer, "_make_dirs", make_then_plant)
+    with pytest.raises(DestinationError, match="src/d1/inner/f03.txt.*already exists") as e:
+        _restore(archived, tmp_path / "out", 2)
+    assert e.value.remedy == "force" and len(str(e.value).splitlines()) == 1
+    assert planted.read_bytes() == b"mine"
+    assert not [q for q in (tmp_path / "out").rglob("*") if is_temp_name(q.name)]
