@@ -101,7 +101,7 @@ def resolve(requested: int | None, *, small_files: int, local: bool, sealed: boo
     busy (`CpuSample.others_busy`), else the 1-minute load average). Only the local executor on an unsealed store opened from Settings can: a sealed
     run's key lives in the driver, and a worker reopens the store from the driver's Settings."""
     possible = local and not sealed and has_settings
-    why = "a sealed store" if sealed else "the local executor" if not local else \
+    why = "an unsealed store (its keys stay in this process)" if sealed else "the local executor" if not local else \
         "a repository opened from Settings (archiver.api.open_repository)"
     n = workerprocs.requested_count(requested, None if possible else f"worker processes need {why}")
     if n is not None:

@@ -13,7 +13,8 @@ process (the store, and the catalog read-only). It plans its own reads (`plan_re
 packs' spans of its chunks), reads them in pack order (`read_chunks`: every chunk decoded
 and re-hashed), and stages each file exactly as the threads do (`restorer._stage_unnamed`:
 the chunk's hash must be the file's BLAKE3, an empty file's that of no bytes; a damaged
-chunk makes no file), then makes the batch durable (`fileio.sync_together`: one syncfs) and
+chunk makes no file; `restorer._stage_file`, a temp name, where an unnamed file cannot be
+named, as on threads), then makes the batch durable (`fileio.sync_together`: one syncfs) and
 only then links each file into place (`restorer._link_into_place`: never replaces anything
 unless `force`). So nothing is presented under its final name before it is proved and
 synced; a killed worker leaves its unnamed files to vanish with it. The directories the
@@ -85,7 +86,7 @@ def resolve(requested: int | None, *, small_files: int, local: bool, sealed: boo
     store opened from Settings (a worker reopens it), unsealed (its keys live in this
     process), with the local executor, can; an explicit count otherwise is refused."""
     possible = not sealed and has_settings and not distributed
-    why = "a sealed store" if sealed else "the local executor" if distributed else \
+    why = "an unsealed store (its keys stay in this process)" if sealed else "the local executor" if distributed else \
         "a repository opened from Settings (archiver.api.open_repository)"
     n = workerprocs.requested_count(requested, None if possible else f"worker processes need {why}")
     if n is not None:
@@ -163,6 +164,7 @@ def run_job(job: RestoreJob, repo: Any = None) -> RestoreDone:
     through its own repository `repo` (a task it took back from the pool)."""
     from concurrent.futures import ThreadPoolExecutor
     from archiver import fileio, restorer
+    from archiver.parallel import BATCH_BYTES, batches
     from archiver.progress import Progress
     repo = repo if repo is not None else _repository(job.settings)
     entries = [Entry(path=p, type="file", mode=mode, size=size, mtime_ns=mtime, blake3=b3,
@@ -173,7 +175,6 @@ def run_job(job: RestoreJob, repo: Any = None) -> RestoreDone:
         repo.plan_reads([e.chunks[0] for e in chunked])
         pos = repo.pack_positions(e.chunks[0].hash for e in chunked)
         chunked.sort(key=lambda e: pos.get(e.chunks[0].hash, ("", 0)))
-    got = iter(repo.read_chunks([e.chunks[0] for e in chunked], views=True))
     progress = Progress()
     root_fd = _open_root(job)
     dirs: dict[str, int] = {}
@@ -181,14 +182,30 @@ def run_job(job: RestoreJob, repo: Any = None) -> RestoreDone:
     staged: list[Any] = []
     pool = ThreadPoolExecutor(1, thread_name_prefix="restore-task")  # only a file that falls back to a temp name
     try:
-        for e in [e for e in entries if not e.chunks] + chunked:
-            parent, _, name = e.path.rpartition("/")
-            dir_fd = dirs.get(parent)
-            if dir_fd is None:
-                dir_fd = dirs[parent] = restorer._open_dir(root_fd, parent.split("/") if parent else [], create=True)
-                one_per_fs.setdefault(os.fstat(dir_fd).st_dev, dir_fd)
-            restorer._stage_unnamed(repo, job.mid, dir_fd, name, e, next(got) if e.chunks else None, pool, staged,
-                                    out.problems, progress, job.mode_mask)
+        try:  # as on threads: where an unnamed file cannot be named (no /proc), temp names
+            unnamed = fileio.unnamed_files(root_fd)
+        except OSError as err:
+            restorer._raise_write_error(entries[0].path, err)
+        # read a run of about parallel.BATCH_BYTES at a time and write it, as on threads: the
+        # task's chunks read at once held up to all of it (2,048 files of 1 MiB) in memory
+        todo = [e for e in entries if not e.chunks] + chunked
+        for run in batches(todo, lambda e: e.size, len(todo), BATCH_BYTES):
+            got = iter(repo.read_chunks([e.chunks[0] for e in run if e.chunks], views=True))
+            for e in run:
+                parent, _, name = e.path.rpartition("/")
+                dir_fd = dirs.get(parent)
+                if dir_fd is None:
+                    dir_fd = dirs[parent] = restorer._open_dir(root_fd, parent.split("/") if parent else [],
+                                                               create=True)
+                    one_per_fs.setdefault(os.fstat(dir_fd).st_dev, dir_fd)
+                chunk = next(got) if e.chunks else None
+                if unnamed:
+                    restorer._stage_unnamed(repo, job.mid, dir_fd, name, e, chunk, pool, staged, out.problems,
+                                            progress, job.mode_mask)
+                else:
+                    restorer._stage_file(repo, job.mid, dir_fd, e, pool, staged, out.problems, progress,
+                                         job.mode_mask, chunk)
+            del got, chunk  # (the run's chunks and spans go before the next run is read)
         try:
             fileio.sync_together([s.fd for s in staged], within=list(one_per_fs.values()))
         except OSError as err:

@@ -189,11 +189,12 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
                     continue  # made last, so no write of this restore can go through one
                 else:
                     result.dirs += 1  # made by `_make_dirs`
+            small_from = len(result.problems)  # the small files' problems: theirs and the workers', merged
             _restore_small(repo, mid, root_fd, small, pool, nworkers, result, progress, force, mode_mask,
                            planned=planned)
         planned.result()  # (the driver's tasks below replace its plan of the reads)
         if procs is not None:
-            _wait_processes(procs, repo, root_fd, chosen, by_procs[1], result, progress, nworkers)
+            _wait_processes(procs, repo, root_fd, chosen, result, progress, nworkers, small_from)
         made.result()
         for e in chosen:
             if e.is_symlink:
@@ -248,11 +249,12 @@ def _start_processes(repo: Repository, mid: str, root_fd: int, root: Path, force
 
 
 def _wait_processes(procs: procrestore.SmallRestore, repo: Repository, root_fd: int, chosen: list[Entry],
-                    files: list[Entry], result: RestoreResult, progress: Progress, nworkers: int) -> None:
+                    result: RestoreResult, progress: Progress, nworkers: int, small_from: int) -> None:
     """Run tasks the pool has not started here too (`SmallRestore.wait`), take every task's
-    outcome into `result` (problems in the manifest's order), then sync the directories they
-    linked files into that `_finish_dirs` will not (those with no entry of their own; DEST
-    itself is synced last)."""
+    outcome into `result` (the small files' problems, the threads' from `small_from` on and
+    the workers', merged in the manifest's order, as on threads), then sync the directories
+    they linked files into that `_finish_dirs` will not (those with no entry of their own;
+    DEST itself is synced last)."""
     problems: list[Problem] = []
     parents: set[str] = set()
 
@@ -267,8 +269,9 @@ def _wait_processes(procs: procrestore.SmallRestore, repo: Repository, root_fd: 
     try:
         procs.wait(take, repo)
     finally:
-        at = {e.path: i for i, e in enumerate(files)}
-        result.problems.extend(sorted(problems, key=lambda p: at.get(p.path or "", -1)))
+        at = {e.path: i for i, e in enumerate(chosen)}
+        result.problems[small_from:] = sorted(result.problems[small_from:] + problems,
+                                              key=lambda p: at.get(p.path or "", -1))
     extra = sorted(parents - {e.path for e in chosen if e.type == "dir"} - {""})
     for i in range(0, len(extra), _batch_limits()[1]):
         fds: list[int] = []

@@ -4,12 +4,13 @@ hostile manifests and DESTs refused before any worker writes."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from archiver import api, layout, procrestore, restorer, workerprocs
-from archiver.errors import InvalidOptionError, UnsafePathError
+from archiver.errors import DestinationError, InvalidOptionError, UnsafePathError
 from archiver.executors import TaskLostError
 from archiver.procfiles import worker_settings
 from archiver.restorer import is_temp_name
@@ -301,3 +302,340 @@ def test_an_unguarded_script_on_the_api_default_restores_once_on_threads(tmp_pat
     assert r.returncode == 0, r.stderr
     files = sum(1 for p in src.rglob("*") if p.is_file() and not p.is_symlink())
     assert r.stdout.splitlines() == [f"restored True {files} 0 0"]
+
+
+def test_problems_keep_the_manifests_order_whichever_side_restores_the_small_file(tmp_path, home):
+    """A small file of several chunks (a safetensors header and its tensors, 512 KiB - 1 MiB)
+    stays on the driver's threads, one chunk or none goes to a worker: with both damaged,
+    the problems (and --json, and the event's first lines) come in the manifest's order, as
+    on threads, not the threads' files first."""
+    src = tmp_path / "src"
+    make_checkpoint(src / "m", layers=1, dim=600)  # model.safetensors: ~720 KB, header + tensors
+    (src / "a.txt").write_bytes(b"first in the manifest\n")
+    store, catalog = str(tmp_path / "store"), str(tmp_path / "c.db")
+    mid = api.archive([src], name="m", store=store, catalog=catalog).id
+    m = api.show(mid, store=store, catalog=catalog)[1]
+    st = next(e for e in m.entries if e.path.endswith("model.safetensors"))
+    assert len(st.chunks) > 1 and st.size <= restorer.SMALL_FILE and not procrestore.eligible(st)
+    for prefix in (layout.PACKS, "chunks"):  # every chunk missing
+        shutil.rmtree(Path(store) / prefix, ignore_errors=True)
+    threads = api.restore(mid, tmp_path / "t", store=store, catalog=catalog, processes=0)
+    procs = api.restore(mid, tmp_path / "p", store=store, catalog=catalog, processes=2)
+    assert procs.files_by_processes == procs.files > 0  # the empty files, on workers
+    assert [p.path for p in threads.problems][:2] == ["src/a.txt", "src/m/config.json"]
+    assert [p.line() for p in procs.problems] == [p.line() for p in threads.problems]
+
+
+def test_workers_restore_where_proc_is_not_mounted(archived, tmp_path):
+    """Without /proc (a chroot, a minimal container) an unnamed file cannot be named (its link
+    goes through /proc/self/fd): the threads then write under temp names, and so must a
+    worker, rather than fail every file with "cannot write"."""
+    import json
+    import subprocess
+    import sys
+    src, store, catalog, mid = archived
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                            "umount -l /proc && test ! -e /proc/self/fd"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot unmount /proc in a mount namespace here: {probe.stderr.decode().strip()}")
+    script = tmp_path / "no_proc.py"
+    script.write_text("import json, sys\n"
+                      "from archiver import api, procrestore\n"
+                      "if __name__ == '__main__':\n"
+                      "    procrestore.TASK_FILES, procrestore.DRIVER_RUNS_TASKS = 8, False  # every task on a worker\n"
+                      "    res = api.restore(sys.argv[1], sys.argv[2], store=sys.argv[3], catalog=sys.argv[4],\n"
+                      "                      processes=int(sys.argv[5]))\n"
+                      "    print(json.dumps(res.to_dict()))\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    for n in (0, 2):
+        dest = tmp_path / f"out{n}"
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                            'umount -l /proc && exec "$@"', "sh", sys.executable, str(script), mid, str(dest), store,
+                            catalog, str(n)],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["ok"] and doc["files_by_processes"] == (doc["files"] if n else 0), doc
+        assert tree(dest / "src") == tree(src)
+        assert not [q for q in dest.rglob("*") if is_temp_name(q.name)]
+
+
+def test_processes_on_a_sealed_store_are_refused_in_words_that_say_why():
+    """The refusal named the very thing that was wrong as a need: "worker processes need a
+    sealed store", on a sealed store."""
+    kw = dict(small_files=1, local=True, has_settings=True, distributed=False)
+    with pytest.raises(InvalidOptionError) as e:
+        procrestore.resolve(2, sealed=True, **kw)
+    assert "need a sealed store" not in str(e.value) and "unsealed" in str(e.value)
+    from archiver import procfiles  # archive's, the same words
+    with pytest.raises(InvalidOptionError) as e:
+        procfiles.resolve(2, small_files=1, local=True, sealed=True, has_settings=True)
+    assert "need a sealed store" not in str(e.value) and "unsealed" in str(e.value)
+
+
+def test_a_workers_memory_stays_bounded_by_a_batch_not_by_its_task(tmp_path):
+    """A worker read every chunk of its task (up to 2,048 files of up to 1 MiB) before writing
+    the first: 400 files of 1 MiB of zeros (a store of a few hundred KB) took ~430 MB in the
+    worker, where the threads take a few MB (they read a run of parallel.BATCH_BYTES at a time)."""
+    import subprocess
+    import sys
+    script = tmp_path / "mem.py"
+    script.write_text(
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from archiver import api, procrestore\n"
+        "if __name__ == '__main__':\n"
+        "    w = Path(sys.argv[1])\n"
+        "    (w / 'src').mkdir()\n"
+        "    for i in range(400):\n"
+        "        with open(w / 'src' / f'f{i:03}', 'wb') as f:\n"
+        "            f.truncate(1 << 20)\n"
+        "    done = api.archive([w / 'src'], name='m', store=str(w / 'store'), catalog=str(w / 'c.db'))\n"
+        "    procrestore.DRIVER_RUNS_TASKS = False  # the one task on the worker\n"
+        "    res = api.restore(done.id, w / 'out', store=str(w / 'store'), catalog=str(w / 'c.db'), processes=1)\n"
+        "    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024\n"
+        "    print(res.ok, res.files, res.files_by_processes, kids)\n")
+    env = dict(os.environ, ARCHIVER_HOME=str(tmp_path / "home"),
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    r = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    ok, files, by_procs, worker_mib = r.stdout.split()
+    assert (ok, files, by_procs) == ("True", "400", "400")
+    assert int(worker_mib) < 200, f"a worker took {worker_mib} MiB"
+    assert all(p.stat().st_size == 1 << 20 for p in (tmp_path / "out" / "src").iterdir())
+
+
+def test_a_directory_swapped_for_a_symlink_is_never_written_through(archived, tmp_path, monkeypatch):
+    """A directory of DEST replaced by a symlink to elsewhere after the driver made it: a
+    worker refuses to walk through it (one UnsafePathError) and writes nothing there; the same
+    for a task run directly against a DEST with such a symlink planted."""
+    src, store, catalog, mid = archived
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    real_make = restorer._make_dirs
+
+    def make_then_swap(root_fd, dirs, stop=None):  # type: ignore[no-untyped-def]
+        real_make(root_fd, dirs, stop)
+        inner = tmp_path / "out" / "src" / "d1" / "inner"
+        os.rmdir(inner)  # made, still empty: the pool is still starting
+        os.symlink(outside, inner)
+    monkeypatch.setattr(restorer, "_make_dirs", make_then_swap)
+    with pytest.raises(UnsafePathError, match="src/d1/inner") as e:
+        _restore(archived, tmp_path / "out", 2)
+    assert len(str(e.value).splitlines()) == 1 and (tmp_path / "out" / "src" / "d1" / "inner").is_symlink()
+    assert not list(outside.iterdir())
+    monkeypatch.setattr(restorer, "_make_dirs", real_make)
+    repo = api.open_repository(store, catalog)
+    m = repo.load_manifest(mid)
+    dest = tmp_path / "direct"
+    (dest / "src" / "d2").mkdir(parents=True)
+    os.symlink(outside, dest / "src" / "d2" / "inner")
+    st = os.stat(dest)
+    rows = [procrestore.file_row(e) for e in m.entries if procrestore.eligible(e) and e.path.startswith("src/d2/")]
+    job = procrestore.RestoreJob(worker_settings(repo.settings), mid, str(dest), (st.st_dev, st.st_ino), True, 0o777,
+                                 rows)
+    with pytest.raises(UnsafePathError, match="src/d2/inner"):
+        procrestore.run_job(job)
+    assert not list(outside.iterdir())
+    repo.close()
+
+
+def _many_small(tmp_path: Path, home: Path) -> tuple[Path, str, str]:
+    """(source, store, catalog) of 4,000 small files in 4 directories, for a CLI run long enough to stop."""
+    src = tmp_path / "many"
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(1000):
+            (src / f"d{d}" / f"f{i:04}").write_bytes(os.urandom(100 + i % 300))
+    store, catalog = str(tmp_path / "store"), str(tmp_path / "c.db")
+    api.archive([src], name="many", store=store, catalog=catalog)
+    return src, store, catalog
+
+
+def _marked(mark: str) -> list[int]:
+    """Live processes whose environment carries `mark` (the CLI, its fork server, its workers)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/environ", "rb") as f:
+                    env = f.read().split(b"\0")
+                with open(f"/proc/{d}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if mark.encode() in env and state != "Z":
+                out.append(int(d))
+    return out
+
+
+def _stop_mid_restore(tmp_path: Path, store: str, catalog: str, dest: Path, sig: int) -> tuple[int, str, str]:
+    """Start a CLI restore of "many" with --processes 2 and send it `sig` once its first files are named."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    mark = f"REV12_MARK={tmp_path}/{dest.name}"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), REV12_MARK=mark.split("=", 1)[1])
+    p = subprocess.Popen([sys.executable, "-m", "archiver.cli", "--store", store, "--catalog", catalog, "restore",
+                          "many", str(dest), "--processes", "2"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and p.poll() is None:
+        if any((dest / "many" / f"d{d}").is_dir() and any((dest / "many" / f"d{d}").iterdir()) for d in range(4)):
+            break
+        time.sleep(0.005)
+    p.send_signal(sig)
+    _out, err = p.communicate(timeout=120)
+    end = time.monotonic() + 10
+    while _marked(mark) and time.monotonic() < end:
+        time.sleep(0.1)
+    left = _marked(mark)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left behind: {left}"
+    return p.returncode, err, mark
+
+
+def _named_files_are_whole(src: Path, dest: Path) -> int:
+    named = 0
+    for q in dest.rglob("*"):
+        assert not is_temp_name(q.name), q
+        if q.is_file():
+            named += 1
+            assert q.read_bytes() == (src / q.relative_to(dest / "many")).read_bytes(), q
+    return named
+
+
+def test_sigkill_of_the_driver_ends_its_workers_and_a_forced_restore_completes(tmp_path, home):
+    import signal
+    src, store, catalog = _many_small(tmp_path, home)
+    dest = tmp_path / "out"
+    code, _err, _mark = _stop_mid_restore(tmp_path, store, catalog, dest, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    _named_files_are_whole(src, dest)
+    again = run_cli("--store", store, "--catalog", catalog, "restore", "many", str(dest), "--processes", "2")
+    assert again.code == 2 and "not empty" in again.err  # nothing overwritten without --force
+    forced = run_cli("--store", store, "--catalog", catalog, "restore", "many", str(dest), "--processes", "2",
+                     "--force", "--json")
+    assert forced.code == 0, forced.err
+    assert forced.json()["files"] == 4000
+    assert tree(dest / "many") == tree(src) and _named_files_are_whole(src, dest) == 4000
+
+
+def test_ctrl_c_mid_restore_is_one_line_leaves_no_process_and_names_only_whole_files(tmp_path, home):
+    import signal
+    src, store, catalog = _many_small(tmp_path, home)
+    dest = tmp_path / "out"
+    code, err, _mark = _stop_mid_restore(tmp_path, store, catalog, dest, signal.SIGINT)
+    if code == 0:
+        pytest.skip("the restore finished before Ctrl-C reached it")
+    assert code == 130 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    _named_files_are_whole(src, dest)
+
+
+def test_json_include_special_bits_and_a_mount_inside_dest_as_on_threads(archived, tmp_path):
+    """--json is the threads' document but for files_by_processes (and seconds, dest); a subset
+    (--include), kept special bits and a directory that is another filesystem's mount point
+    restore the threads' tree, modes and mtimes."""
+    import json
+    import subprocess
+    src, store, catalog, mid = archived
+    os.chmod(src / "d0" / "inner" / "f01.txt", 0o4755)
+    os.chmod(src / "d0" / "inner" / "f02.txt", 0o2750)
+    mid = api.archive([src], name="bits", store=store, catalog=catalog).id
+    docs, mounts = [], []
+    try:
+        for n in (0, 2):
+            dest = tmp_path / f"o{n}"
+            (dest / "src" / "d0").mkdir(parents=True)
+            if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(dest / "src" / "d0")],
+                              capture_output=True).returncode == 0:
+                mounts.append(dest / "src" / "d0")
+            r = run_cli("--store", store, "--catalog", catalog, "restore", mid, str(dest), "--processes", str(n),
+                        "--force", "--include", "src/d0/*", "--include", "src/d2/*", "--preserve-special-bits",
+                        "--json")
+            assert r.code == 0, r.err
+            docs.append(json.loads(r.out))
+        a, b = tmp_path / "o0", tmp_path / "o2"
+        assert tree(b) == tree(a) and _mtimes(b) == _mtimes(a) and sorted(os.listdir(b / "src")) == ["d0", "d2"]
+        assert tree(b / "src" / "d2") == tree(src / "d2")
+        assert (b / "src" / "d0" / "inner" / "f01.txt").stat().st_mode & 0o7777 == 0o4755
+    finally:
+        for m in mounts:
+            subprocess.run(["umount", "-l", str(m)], check=False)
+    assert docs[1]["files_by_processes"] == docs[1]["files"] > 0 and docs[0]["files_by_processes"] == 0
+    for d in docs:
+        for k in ("files_by_processes", "seconds", "dest"):
+            d.pop(k)
+    assert docs[0] == docs[1]
+
+
+def test_a_full_disk_in_a_worker_is_one_line_and_names_only_whole_files(archived, tmp_path):
+    import subprocess
+    src, store, catalog, mid = archived
+    fs = tmp_path / "small"
+    fs.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(fs)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        r = run_cli("--store", store, "--catalog", catalog, "restore", mid, str(fs / "out"), "--processes", "2")
+        assert r.code == 1 and "disk full" in r.err and len(r.err.strip().splitlines()) == 1, r.err
+        for q in (fs / "out").rglob("*"):
+            assert not is_temp_name(q.name)
+            if q.is_file() and not q.is_symlink():
+                assert q.read_bytes() == (src / q.relative_to(fs / "out" / "src")).read_bytes()
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], check=False)
+
+
+def test_a_missing_pack_is_one_problem_per_file_naming_chunk_and_pack_as_on_threads(archived, tmp_path):
+    src, store, catalog, mid = archived
+    pack = next((Path(store) / layout.PACKS).rglob("*"))
+    while pack.is_dir():
+        pack = next(pack.iterdir())
+    pack.unlink()
+    runs = {n: run_cli("--store", store, "--catalog", catalog, "restore", mid, str(tmp_path / f"o{n}"),
+                       "--processes", str(n), "--json") for n in (0, 2)}
+    assert runs[0].code == runs[2].code == 1
+    probs = [r.json()["problems"] for r in runs.values()]
+    assert probs[0] == probs[1] and probs[0]
+    paths = [p["path"] for p in probs[1]]
+    assert len(paths) == len(set(paths))  # one problem a file
+    for p in probs[1]:
+        assert p["kind"] == "missing-chunk" and p["chunk"] and pack.name in p["detail"], p
+        assert not (tmp_path / "o2" / p["path"]).exists()
+    assert not [q for q in (tmp_path / "o2").rglob("*") if is_temp_name(q.name)]
+
+
+def test_a_damaged_pack_on_an_s3_server_through_workers_as_on_threads(tmp_path, home, s3_server_url, monkeypatch):
+    monkeypatch.setattr(procrestore, "TASK_FILES", 8)
+    monkeypatch.setattr(procrestore, "DRIVER_RUNS_TASKS", False)
+    src = make_tree(tmp_path / "src")
+    catalog = str(tmp_path / "s3.db")
+    done = api.archive([src], name="m", store=s3_server_url, catalog=catalog)
+    _pack, victim = damage_packed(s3_server_url, lambda index: len(index.entries) // 2, 0x01)
+    threads = api.restore(done.id, tmp_path / "t", store=s3_server_url, catalog=catalog, processes=0)
+    procs = api.restore(done.id, tmp_path / "p", store=s3_server_url, catalog=catalog, processes=2)
+    assert procs.files_by_processes == procs.files > 0 and procs.problems
+    assert [p.line() for p in procs.problems] == [p.line() for p in threads.problems]
+    assert all(p.chunk == victim.hash and not (tmp_path / "p" / p.path).exists() for p in procs.problems)
+    assert tree(tmp_path / "p") == tree(tmp_path / "t")
+
+
+def test_a_file_planted_mid_restore_is_never_overwritten_without_force(archived, tmp_path, monkeypatch):
+    """DEST was empty when checked; a file appears at a worker's path before its link: the
+    restore fails in one line naming it (--force named as the remedy), the file is untouched."""
+    real_make = restorer._make_dirs
+    planted = tmp_path / "out" / "src" / "d1" / "inner" / "f03.txt"
+
+    def make_then_plant(root_fd, dirs, stop=None):  # type: ignore[no-untyped-def]
+        real_make(root_fd, dirs, stop)
+        planted.write_bytes(b"mine")
+    monkeypatch.setattr(restorer, "_make_dirs", make_then_plant)
+    with pytest.raises(DestinationError, match="src/d1/inner/f03.txt.*already exists") as e:
+        _restore(archived, tmp_path / "out", 2)
+    assert e.value.remedy == "force" and len(str(e.value).splitlines()) == 1
+    assert planted.read_bytes() == b"mine"
+    assert not [q for q in (tmp_path / "out").rglob("*") if is_temp_name(q.name)]
