@@ -240,9 +240,14 @@ def _call(job: RestoreJob) -> Any:
     return call_catching(run_job, job)
 
 
-def tasks_of(rows: list[FileRow], per_task: int = TASK_FILES) -> list[list[FileRow]]:
-    """`rows` in tasks of at most `per_task` files, in order."""
-    return [rows[i:i + per_task] for i in range(0, len(rows), per_task)]
+def tasks_of(rows: list[FileRow], per_task: int = TASK_FILES,
+             most_bytes: int | None = None) -> list[list[FileRow]]:
+    """`rows` in tasks of at most `per_task` files and about `most_bytes` bytes (the threads'
+    sync batch, restorer.SYNC_BATCH_BYTES: a task is one sync batch, so its sync waits for no
+    more written data than a threads' batch does), in order."""
+    from archiver.parallel import batches
+    from archiver.restorer import SYNC_BATCH_BYTES
+    return list(batches(rows, lambda r: r[3], per_task, SYNC_BATCH_BYTES if most_bytes is None else most_bytes))
 
 
 class SmallRestore:

@@ -94,6 +94,26 @@ def test_same_tree_modes_and_mtimes_as_threads(archived, tmp_path):
     assert not [q for q in (tmp_path / "b").rglob("*") if is_temp_name(q.name)]
 
 
+def test_a_task_is_one_sync_batch_capped_in_files_and_in_bytes(archived, tmp_path, monkeypatch):
+    """A worker syncs its task once, so a task holds no more than the threads' sync batch:
+    restorer.SYNC_BATCH_BYTES as well as the file count (2,048 files of up to 1 MiB each would
+    otherwise be 2 GiB waiting on one sync). Order is kept; a file bigger than the cap is a
+    task of its own; the tree restores the same."""
+    rows = [(f"f{i}", 0o644, 0, size, "", None) for i, size in enumerate([300, 300, 500, 10, 2000, 1, 1, 1])]
+    tasks = procrestore.tasks_of(rows, 3, most_bytes=1000)
+    assert [[r[0] for r in t] for t in tasks] == [["f0", "f1"], ["f2", "f3"], ["f4"], ["f5", "f6", "f7"]]
+    assert [r for t in tasks for r in t] == rows
+    monkeypatch.setattr(restorer, "SYNC_BATCH_BYTES", 2000)
+    made: list[int] = []
+    real = procrestore.tasks_of
+    monkeypatch.setattr(procrestore, "tasks_of", lambda *a, **k: made.append(len(real(*a, **k))) or real(*a, **k))
+    procs = _restore(archived, tmp_path / "b", 2)
+    small = _small_files(archived[0], restorer.SMALL_FILE)
+    assert procs.ok and procs.files_by_processes == len(small)
+    assert made and made[0] > -(-len(small) // procrestore.TASK_FILES)  # more tasks than by count alone
+    assert tree(tmp_path / "b" / "src") == tree(archived[0])
+
+
 def test_big_files_stay_on_threads_and_the_rest_on_workers(archived, tmp_path, monkeypatch):
     monkeypatch.setattr(restorer, "SMALL_FILE", 1000)  # the driver's size rule decides what goes to workers
     src = archived[0]
