@@ -462,7 +462,7 @@ class PoolStarter:
 
 def _died(job: SmallJob, e: BrokenProcessPool) -> executors.TaskLostError:
     """A worker's death (the pool broken) as the one-line error naming the job's first file."""
-    return executors.TaskLostError(str(job.runs[0][0].abspath), f"a worker process died ({' '.join(str(e).split())[:200]})")
+    return executors.TaskLostError(str(job.runs[0][0].abspath), workerprocs.died(e))
 
 
 class SmallFilePool:

@@ -336,8 +336,7 @@ class SmallRestore:
             except ArchiverError as e:
                 got: ArchiverError = e
             except BrokenProcessPool as e:
-                why = " ".join(str(e).split())[:200]
-                got = executors.TaskLostError(job.files[0][0], f"a worker process died ({why})")
+                got = executors.TaskLostError(job.files[0][0], workerprocs.died(e))
             except BaseException as e:  # noqa: BLE001 - a task's unexpected error names its first file
                 got = executors.lost(job.files[0][0], e)
             if error is None:

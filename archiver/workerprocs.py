@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import resource
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +30,7 @@ from typing import Any, Iterator
 
 from archiver.errors import InvalidOptionError
 
-__all__ = ["CpuSample", "WorkerPool", "close", "pool", "sheltered", "spare_cores", "unavailable"]
+__all__ = ["CpuSample", "WorkerPool", "close", "died", "pool", "sheltered", "spare_cores", "unavailable"]
 
 START_METHOD = "forkserver"
 
@@ -82,6 +83,26 @@ def _server() -> Any:
     otherwise: then it is left alone and ends with the driver, as it always does)."""
     from multiprocessing import forkserver
     return getattr(forkserver, "_forkserver", None)
+
+
+def died(e: BaseException) -> str:
+    """Why a task was lost when its worker died (the pool broken: `e`), as words for a
+    TaskLostError. Every worker imports the driver's `__main__` again, so a script that calls
+    archiver at its top level without a main guard, or one read from stdin, kills every
+    worker at start: then re-running cannot help, and the words say what will."""
+    why = f"a worker process died ({' '.join(str(e).split())[:200]})"
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if path is None:  # interactive, or `python -c`: nothing is imported again
+        return why
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            guarded = "__main__" in f.read()
+    except OSError:
+        return f"{why}; the driver's script {path} cannot be imported again by a worker: run it from a file"
+    if guarded:
+        return why
+    return (f"{why}; the driver's script {path} has no `if __name__ == \"__main__\":` guard, and each "
+            f"worker imports it again: add one, or ask for processes=0")
 
 
 @contextlib.contextmanager

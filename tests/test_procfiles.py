@@ -352,6 +352,41 @@ def test_an_unguarded_script_on_the_api_default_runs_once_on_threads(tmp_path):
     assert r.stdout.splitlines() == [f"archived {files} 0 0"]
 
 
+def test_an_unguarded_script_asking_for_workers_is_told_to_guard_it(tmp_path):
+    """A script calling api.archive(processes=2) at its top level: every worker imports it
+    again and dies, so the one-line error names the missing main guard (re-running, which a
+    lost task otherwise suggests, cannot help), and no process is left."""
+    src = make_tree(tmp_path / "src")
+    r = _run_script(tmp_path, "no_guard_workers.py",
+                    "import multiprocessing, sys\n"
+                    "from archiver import api\n"
+                    "from archiver.executors import TaskLostError\n"
+                    "try:\n"
+                    f"    api.archive([{str(src)!r}], name='m', store={str(tmp_path / 's')!r}, "
+                    f"catalog={str(tmp_path / 'c.db')!r}, processes=2)\n"
+                    "except TaskLostError as e:\n"
+                    "    print('lost:', e, len(multiprocessing.active_children()), flush=True)\n")
+    lost = [line for line in r.stdout.splitlines() if line.startswith("lost:")]
+    assert len(lost) == 1, r.stdout + r.stderr
+    assert "no_guard_workers.py has no `if __name__ == \"__main__\":` guard" in lost[0], lost[0]
+    assert "processes=0" in lost[0] and lost[0].endswith(" 0")
+
+
+def test_died_says_nothing_of_a_guard_for_a_guarded_main_or_none(tmp_path, monkeypatch):
+    import sys
+    import types
+    from concurrent.futures.process import BrokenProcessPool
+    from archiver import workerprocs
+    e = BrokenProcessPool("A process in the process pool was terminated abruptly")
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text('if __name__ == "__main__":\n    pass\n')
+    for main in (types.ModuleType("__main__"), types.SimpleNamespace(__file__=str(guarded))):
+        monkeypatch.setitem(sys.modules, "__main__", main)
+        assert workerprocs.died(e) == "a worker process died (A process in the process pool was terminated abruptly)"
+    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__file__="<stdin>"))
+    assert workerprocs.died(e).endswith("cannot be imported again by a worker: run it from a file")
+
+
 def test_a_guarded_script_with_processes_archives_once_and_leaves_no_process(tmp_path):
     """processes=2 from a script guarded by `if __name__ == "__main__"`: each worker imports
     the script again as __mp_main__ (Python's rule for forkserver), which then does nothing;
