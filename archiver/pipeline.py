@@ -34,7 +34,6 @@ from archiver.filescache import FilesRun
 from archiver.repository import Repository, SavedChunk
 from archiver.scan import Source, changed, open_file, open_source, read_whole, scan
 from archiver.techmeta import file_tech
-from archiver.treesahead import trees_ahead
 from manifests.errors import UnsafePathError
 from manifests.model import ATTACH_DIR, ChunkRef, Entry, Manifest, is_role, metadata_problem, text_problem
 from manifests.paths import check_paths
@@ -236,65 +235,55 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         else:
             entries.append(reused[src.path] if src.path in reused else done.entries[src.path])
     progress.finish()
-    listed = ex.distributed or done.resumed or done.by_processes
-    # the trees of these final entries are made, proved and written while the LIST below runs
-    # (threads alone have nothing to hide them behind: their commit makes them, as before)
-    ahead = trees_ahead(entries, files_cache.trees, repo.sealed,
-                        repo.put_trees_ahead if write_policy is None else None) if listed else None
+    read_maps = None  # the file maps the check below read: commit_manifest does not read them again
+    # chunks this process did not save itself (other hosts, worker processes, a journal): LIST proves them stored
+    if ex.distributed or done.resumed or done.by_processes:
+        repo.flush_packs()  # and the ones it did save, still in its open pack, are in the store to be listed
+        read_maps = fanout.check_chunks_stored(repo, entries)
+    synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
+    parent = repo.latest(name)
+    roles = {s.path: s_role for s_role, s in _roles(attached)}
+    manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries),
+                        profile=profile_d, attachments=tuple((roles[e.path], e.path) for e in entries
+                                                             if e.is_file and e.path in roles))
+    if parent is not None and parent in synced.added:
+        manifest = _same_as_synced(repo, manifest, parent)
+        parent = manifest.parent
+    uniq = manifest.unique_chunks()
+    details: dict[str, Any] = dict(
+        name=name, label=label, files=len(manifest.files), dirs=sum(e.type == "dir" for e in entries),
+        bytes_in=manifest.total_size, bytes_stored=sum(c.stored_size for c in uniq.values()),
+        new_bytes_stored=stats.new_bytes, chunks=len(uniq), new_chunks=stats.new_chunks,
+        seconds=round(time.monotonic() - started, 3), parent=parent, repaired_chunks=stats.repaired_chunks,
+        resumed_files=done.resumed)
+    if write_policy is not None:
+        details["retention"] = _policy_summary(write_policy)
+    agent.join()
+    # the files cache lays out its rows while the manifest commits, and writes them once it
+    # is (FilesRun.commit_when): most of its work is not a serial step after the commit
+    pending: list[Any] = []
     try:
-        read_maps = None  # the file maps the check below read: commit_manifest does not read them again
-        # chunks this process did not save itself (other hosts, worker processes, a journal): LIST proves them stored
-        if listed:
-            repo.flush_packs()  # and the ones it did save, still in its open pack, are in the store to be listed
-            read_maps = fanout.check_chunks_stored(repo, entries)
-        synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
-        parent = repo.latest(name)
-        roles = {s.path: s_role for s_role, s in _roles(attached)}
-        manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries),
-                            profile=profile_d, attachments=tuple((roles[e.path], e.path) for e in entries
-                                                                 if e.is_file and e.path in roles))
-        if parent is not None and parent in synced.added:
-            manifest = _same_as_synced(repo, manifest, parent)
-            parent = manifest.parent
-        uniq = manifest.unique_chunks()
-        details: dict[str, Any] = dict(
-            name=name, label=label, files=len(manifest.files), dirs=sum(e.type == "dir" for e in entries),
-            bytes_in=manifest.total_size, bytes_stored=sum(c.stored_size for c in uniq.values()),
-            new_bytes_stored=stats.new_bytes, chunks=len(uniq), new_chunks=stats.new_chunks,
-            seconds=round(time.monotonic() - started, 3), parent=parent, repaired_chunks=stats.repaired_chunks,
-            resumed_files=done.resumed)
-        if write_policy is not None:
-            details["retention"] = _policy_summary(write_policy)
-        agent.join()
-        # the files cache lays out its rows while the manifest commits, and writes them once it
-        # is (FilesRun.commit_when): most of its work is not a serial step after the commit
-        pending: list[Any] = []
-        try:
-            committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,
-                                             read_maps=read_maps, previous_trees=files_cache.trees,
-                                             on_id=lambda mid: pending.append(files_cache.commit_when(mid, entries)),
-                                             # its rows are written while the catalog records the manifest
-                                             on_stored=lambda mid: [p.decide(p.mid == mid) for p in pending
-                                                                    if p is not None],
-                                             trees_ahead=ahead)
-        except BaseException:
-            for p in pending:
-                if p is not None:
-                    p.finish(False)
-            raise
-        started = [p for p in pending if p is not None]
-        for p in started:
-            p.finish(p.mid == committed.id)
-        if not any(p.mid == committed.id for p in started):
-            files_cache.commit(committed.id, sources, entries)
-        files_cache.close()
-        if journal is not None:
-            journal.remove()  # committed: nothing is left to resume
-        return ArchiveResult(id=committed.id, signed_by=committed.signed_by, files_reused=files_cache.reused,
-                             files_by_processes=done.by_processes, **details)
-    finally:
-        if ahead is not None:  # a failure before the commit joined it: no thread of it runs on behind the caller
-            ahead.wait()
+        committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,
+                                         read_maps=read_maps, previous_trees=files_cache.trees,
+                                         on_id=lambda mid: pending.append(files_cache.commit_when(mid, entries)),
+                                         # its rows are written while the catalog records the manifest
+                                         on_stored=lambda mid: [p.decide(p.mid == mid) for p in pending
+                                                                if p is not None])
+    except BaseException:
+        for p in pending:
+            if p is not None:
+                p.finish(False)
+        raise
+    started = [p for p in pending if p is not None]
+    for p in started:
+        p.finish(p.mid == committed.id)
+    if not any(p.mid == committed.id for p in started):
+        files_cache.commit(committed.id, sources, entries)
+    files_cache.close()
+    if journal is not None:
+        journal.remove()  # committed: nothing is left to resume
+    return ArchiveResult(id=committed.id, signed_by=committed.signed_by, files_reused=files_cache.reused,
+                         files_by_processes=done.by_processes, **details)
 
 
 def _same_as_synced(repo: Repository, manifest: Manifest, head: str) -> Manifest:

@@ -48,7 +48,6 @@ from manifests.filemapbin import is_binary as is_binary_filemap
 from manifests import errors as manifest_errors
 from manifests.model import MAX_TREE_BYTES, parse_tree, resolve_trees, tree_objects
 from manifests.model import PreviousTree, prove_trees, with_trees_made
-from manifests.model import check_tree
 from manifests.paths import check_paths
 
 # A signature object is ~250 bytes of JSON; anything far larger is not one.
@@ -417,14 +416,13 @@ class Repository:
 
     TREE_WRITERS = 32  # trees written at once: each waits on its own fsync (or PUT), not on the CPU; more fsyncs at once share journal commits (bench/RESULTS.md, branch sftail)
 
-    def _put_trees(self, trees: dict[str, bytes], hot: Any = None, ahead: Iterable[str] = ()) -> None:
+    def _put_trees(self, trees: dict[str, bytes], hot: Any = None) -> None:
         """`_put_tree` every tree, several at once; returns once all are durable (the first
         error is raised, after the others finished). A tree this run already read back from
         the store and found to hash to its name (`tree_object_proved`: the files cache reading
         the previous version) is durable and intact: it is not read a second time (unless a
-        lock policy must be checked on it). `ahead`: trees this commit's TreesAhead proved and
-        wrote (only its own: those of an archive that never committed are not proof)."""
-        seen, self._trees_read = self._trees_read.union(ahead), set()
+        lock policy must be checked on it)."""
+        seen, self._trees_read = self._trees_read, set()
         if hot is None:
             trees = {h: data for h, data in trees.items() if h not in seen}
         if len(trees) <= 1:
@@ -435,39 +433,12 @@ class Repository:
             for f in [pool.submit(self._put_tree, h, data, hot) for h, data in trees.items()]:
                 f.result()
 
-    def _tree_writers(self, n: int, spare: int = 0) -> int:
+    def _tree_writers(self, n: int) -> int:
         """Threads writing `n` trees: TREE_WRITERS at most, and no more than the store keeps
-        connections for (an S3 client's pool), less `spare` for requests made meanwhile."""
+        connections for (an S3 client's pool)."""
         pool = getattr(self._store, "connections", None)
-        cap = self.TREE_WRITERS if pool is None else min(self.TREE_WRITERS, pool - spare)
+        cap = self.TREE_WRITERS if pool is None else min(self.TREE_WRITERS, pool)
         return max(1, min(cap, n))
-
-    def put_trees_ahead(self, trees: Mapping[str, tuple[bytes, str]]) -> set[str]:
-        """Trees made before their manifest's commit (hash -> (bytes, directory): archiver.
-        treesahead), proved and written now, while the rest of the archive runs: each is parsed
-        with the reader's checks (`check_tree`, its hash included) and only if every one passes
-        are they written, several at once (`_put_tree`: an object already there must be these
-        bytes). Returns those proved and durable; the commit neither parses nor writes them again.
-        Nothing is written if any fails its proof, and a write that fails is left out: the commit
-        then makes, proves and writes them itself, and says what is wrong. No write policy (a
-        locked commit writes its own trees); a sealed store has none."""
-        if self._sealer is not None or not trees:
-            return set()
-        try:
-            for h, (data, where) in trees.items():
-                check_tree(data, h, where)
-        except manifest_errors.ManifestError:
-            return set()
-
-        def put(h: str) -> str | None:
-            try:
-                self._put_tree(h, trees[h][0])
-            except (ArchiverError, OSError):
-                return None
-            return h
-        # one connection of the pool is left to the archive's LIST meanwhile
-        with ThreadPoolExecutor(self._tree_writers(len(trees), spare=1), thread_name_prefix="trees-ahead") as pool:
-            return {h for h in pool.map(put, list(trees)) if h is not None}
 
     def _put_tree(self, h: str, data: bytes, hot: Any = None) -> None:
         """put_if_absent; an object already there must be these bytes (else, damaged, it is
@@ -680,7 +651,7 @@ class Repository:
                         read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None = None,
                         previous_trees: Mapping[str, PreviousTree] | None = None,
                         on_id: Callable[[str], None] | None = None,
-                        on_stored: Callable[[str], None] | None = None, trees_ahead: Any = None) -> Committed:
+                        on_stored: Callable[[str], None] | None = None) -> Committed:
         """Store the manifest (every chunk it names must already be durable), sign it, and
         record it in the catalog with an 'archive' audit entry. Never overwrites: an object
         already under the same id must be byte-identical, else the store holds a forgery.
@@ -701,11 +672,7 @@ class Repository:
         of the commit is written (the files cache prepares its rows meanwhile, and keeps them
         uncommitted until this returns). `on_stored`: called with the id once the manifest and
         its signature are durable in the store, before the catalog records it (the files cache
-        writes its rows meanwhile).
-        `trees_ahead` (archiver.treesahead.TreesAhead of these entries): the trees it made are
-        taken if made from these very entry objects, and those it proved and wrote
-        (`put_trees_ahead`) are not parsed or written again (the same hash is the same bytes);
-        anything else is made, proved and written here."""
+        writes its rows meanwhile)."""
         # The open packs go to the store while the trees are built and proved (flush_packs
         # below raises a failure and records them): their writes and fsyncs release the GIL
         early = threading.Thread(target=self.write_open_packs, name="packs", daemon=True)
@@ -713,10 +680,9 @@ class Repository:
         try:
             # A sealed store keeps every chunk list inline: a file map is a plaintext object, so
             # it would publish plaintext chunk hashes next to the encrypted manifest.
-            m, made = self._committed_form_made(m, previous_trees, trees_ahead)
+            m, made = self._committed_form_made(m, previous_trees)
             return self._commit_made(m, made, sign_key=sign_key, details=details, policy=policy,
-                                     read_maps=read_maps, on_id=on_id, on_stored=on_stored,
-                                     proved_trees=trees_ahead.proved if trees_ahead is not None else ())
+                                     read_maps=read_maps, on_id=on_id, on_stored=on_stored)
         finally:
             early.join()
 
@@ -724,8 +690,7 @@ class Repository:
                      sign_key: Any, details: dict[str, Any] | None, policy: Any,
                      read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None,
                      on_id: Callable[[str], None] | None,
-                     on_stored: Callable[[str], None] | None = None, proved_trees: Iterable[str] = ()
-                     ) -> Committed:
+                     on_stored: Callable[[str], None] | None = None) -> Committed:
         """`commit_manifest` of `m` in its committed form (`made`: its trees, if any)."""
         hot = policy.for_metadata() if policy is not None else None
         proved: list[tuple[Entry, list[tuple[str, int, str]]]] = []  # new maps, recorded in batches
@@ -767,9 +732,8 @@ class Repository:
                 raise ManifestError("malformed manifest: it does not read back as the manifest given")
             if made is not None:  # each tree no recorded manifest named yet is parsed as the reader would
                 try:
-                    here = set(proved_trees)  # parsed with the same checks before they were written
                     prove_trees(m, trees, made[2],
-                                here.union(self._catalog.known_trees(set(made[2].values()) - here)))
+                                self._catalog.known_trees(set(made[2].values())))
                 except manifest_errors.ManifestError as e:
                     raise ManifestError(f"malformed manifest: its trees do not read back as the entries given "
                                         f"({e})") from None
@@ -778,7 +742,7 @@ class Repository:
         # the trees go to the store (before the root naming them) while the packs are flushed and
         # recorded: both are durable before the root is written, in either order
         with ThreadPoolExecutor(1, thread_name_prefix="trees") as put:
-            trees_put = put.submit(self._put_trees, trees, hot, proved_trees)
+            trees_put = put.submit(self._put_trees, trees, hot)
             self.flush_packs()  # every pack holding a chunk it names is durable before the manifest
             trees_put.result()
         key = layout.manifest(mid)
@@ -834,21 +798,14 @@ class Repository:
         since a file map or tree is a plaintext object next to the encrypted manifest."""
         return self._committed_form_made(m)[0]
 
-    def _committed_form_made(self, m: Manifest, previous: Mapping[str, PreviousTree] | None = None,
-                             ahead: Any = None
+    def _committed_form_made(self, m: Manifest, previous: Mapping[str, PreviousTree] | None = None
                              ) -> tuple[Manifest, tuple[str, dict[str, bytes], dict[str, str]] | None]:
         """`committed_form(m)` and its trees as `tree_objects` made them (None when inline):
-        built once per commit, then stored, proved and recorded from the same objects.
-        `ahead` (archiver.treesahead.TreesAhead): trees already made of these very entries."""
+        built once per commit, then stored, proved and recorded from the same objects."""
         if not m.resolved:  # a v3 root without its entries would be committed as an empty manifest
             raise ManifestError(f"malformed manifest: the entries of tree {m.tree[:16]} were not given")
         if self._sealer is not None:
             return (dataclasses.replace(m, tree="", entry_count=0) if m.tree else m), None
-        got = ahead.made_for(m.entries) if ahead is not None else None
-        if got is not None:  # what with_trees_made(with_filemaps(m)) would make, made already
-            entries, made = got
-            fm = m if all(a is b for a, b in zip(entries, m.entries)) else dataclasses.replace(m, entries=entries)
-            return dataclasses.replace(fm, tree=made[0], entry_count=len(fm.entries)), made
         return with_trees_made(with_filemaps(m), previous)
 
     def iter_manifests(self) -> Iterator[StoredManifest]:

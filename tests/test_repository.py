@@ -378,3 +378,26 @@ def test_a_store_without_pieces_gets_the_joined_object(tmp_path):
         assert r.save_chunk(h, data, 2).written
     assert store.puts == [(layout.chunk(h), bytes)]
     assert obj_path(tmp_path, layout.chunk(h)).read_bytes() == Codec().encode(data, 2).data
+
+
+@pytest.mark.integration
+def test_a_commits_tree_writers_on_s3_stay_within_the_connection_pool(s3_server_url, tmp_path, home, monkeypatch,
+                                                                       caplog):
+    """Repository.TREE_WRITERS trees written at once on one S3 client: no more than its
+    connection pool holds (S3Store.connections), so no request waits for or throws away a
+    connection ('Connection pool is full, discarding connection' on stderr)."""
+    import logging
+    from archiver import api
+    from manifests import model
+    monkeypatch.setattr(model, "TREE_THRESHOLD", 3)
+    src = tmp_path / "src"
+    for d in range(120):
+        (src / f"d{d:03}").mkdir(parents=True)
+        for i in range(4):
+            (src / f"d{d:03}" / f"f{i}").write_bytes(f"{d}/{i}".encode())
+    assert Repository.TREE_WRITERS > 16
+    caplog.set_level(logging.WARNING, logger="urllib3")
+    done = api.archive([src], name="t", store=s3_server_url, catalog=str(tmp_path / "c.db"))
+    with Repository.open(Settings.resolve(s3_server_url, tmp_path / "c.db")) as repo:
+        assert len(repo.manifest_trees(repo.load_manifest(done.id))) > 100
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
