@@ -175,8 +175,8 @@ def to_fifo():
 
 if when == "after-scan":
     real_scan = pipeline.scan
-    def scan_then_swap(paths):
-        out = real_scan(paths)
+    def scan_then_swap(paths, **kw):
+        out = real_scan(paths, **kw)
         to_fifo()
         return out
     pipeline.scan = scan_then_swap

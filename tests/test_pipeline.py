@@ -215,7 +215,7 @@ BAD_ARGS = [
 @pytest.mark.parametrize("name,label,meta,option", BAD_ARGS)
 def test_bad_name_label_or_meta_refused_before_anything_is_read_or_written(repo, small_ckpt, tmp_path, monkeypatch,
                                                                           name, label, meta, option):
-    def no_scan(paths):
+    def no_scan(paths, **kw):
         raise AssertionError("scanned before the arguments were checked")
     monkeypatch.setattr(pipeline, "scan", no_scan)
     with pytest.raises(InvalidOptionError) as ei:
