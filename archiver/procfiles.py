@@ -39,9 +39,8 @@ from typing import Any, Callable
 
 from archiver import executors, workerprocs
 from archiver.chunking import ChunkPolicy
-from archiver.errors import ArchiverError
 from archiver.packs import PackIndex
-from archiver.rayexec import Failure, call_catching
+from archiver.rayexec import call_catching
 from archiver.scan import Source, child
 from archiver.settings import Settings
 
@@ -505,18 +504,9 @@ class SmallFilePool:
         for fut in as_completed(self._futures):
             if fut.cancelled():
                 continue
-            job = self._futures[fut]
-            try:
-                value = fut.result()
-                if isinstance(value, Failure):
-                    raise value.error()
-                self._take(value)
-            except ArchiverError as e:
-                self._fail(e)
-            except BrokenProcessPool as e:
-                self._fail(_died(job, e))
-            except BaseException as e:  # noqa: BLE001 - a task's unexpected error names its first file
-                self._fail(executors.lost(str(job.runs[0][0].abspath), e))
+            error = workerprocs.take_result(fut, str(self._futures[fut].runs[0][0].abspath), self._take)
+            if error is not None:
+                self._fail(error)
 
     def _fail(self, e: BaseException) -> None:
         if self.error is not None:

@@ -37,7 +37,7 @@ from typing import Any
 from archiver import executors, workerprocs
 from archiver.errors import ArchiverError, UnsafePathError
 from archiver.problems import Problem
-from archiver.rayexec import Failure, call_catching
+from archiver.rayexec import call_catching
 from archiver.settings import Settings
 from manifests.model import ChunkRef, Entry
 
@@ -322,23 +322,12 @@ class SmallRestore:
         if self._start_error is not None and error is None:
             error = executors.TaskLostError("restore", f"worker processes could not start "
                                                        f"({type(self._start_error).__name__}: {self._start_error})")
-        from concurrent.futures.process import BrokenProcessPool  # (its import starts multiprocessing's machinery)
         for fut in as_completed(list(self._futures)):
             if fut.cancelled():
                 continue
-            job = self._futures[fut]
-            try:
-                value = fut.result()
-                if isinstance(value, Failure):
-                    raise value.error()
-                take(value)
+            got = workerprocs.take_result(fut, self._futures[fut].files[0][0], take)
+            if got is None:
                 continue
-            except ArchiverError as e:
-                got: ArchiverError = e
-            except BrokenProcessPool as e:
-                got = executors.TaskLostError(job.files[0][0], workerprocs.died(e))
-            except BaseException as e:  # noqa: BLE001 - a task's unexpected error names its first file
-                got = executors.lost(job.files[0][0], e)
             if error is None:
                 error = got
                 self.close_pending()

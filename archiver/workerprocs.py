@@ -26,11 +26,12 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from archiver.errors import InvalidOptionError
+from archiver.errors import ArchiverError, InvalidOptionError
 
-__all__ = ["CpuSample", "WorkerPool", "close", "died", "pool", "sheltered", "spare_cores", "unavailable"]
+__all__ = ["CpuSample", "WorkerPool", "close", "died", "pool", "sheltered", "spare_cores", "take_result",
+           "unavailable"]
 
 START_METHOD = "forkserver"
 
@@ -83,6 +84,29 @@ def _server() -> Any:
     otherwise: then it is left alone and ends with the driver, as it always does)."""
     from multiprocessing import forkserver
     return getattr(forkserver, "_forkserver", None)
+
+
+def take_result(fut: Any, first: str, take: Callable[[Any], None]) -> ArchiverError | None:
+    """Hand a finished task's value to `take`; or return the one-line error it ended with: a
+    worker's ArchiverError (sent back as a rayexec.Failure, since one with a keyword
+    constructor does not unpickle), a worker's death (the pool broken: a TaskLostError naming
+    `first`, the task's first file, and `died`'s words), or any other error as a lost task
+    naming `first`. An error `take` raises is returned the same way."""
+    from concurrent.futures.process import BrokenProcessPool
+    from archiver import executors
+    from archiver.rayexec import Failure
+    try:
+        value = fut.result()
+        if isinstance(value, Failure):
+            raise value.error()
+        take(value)
+        return None
+    except ArchiverError as e:
+        return e
+    except BrokenProcessPool as e:
+        return executors.TaskLostError(first, died(e))
+    except BaseException as e:  # noqa: BLE001 - a task's unexpected error names its first file
+        return executors.lost(first, e)
 
 
 def died(e: BaseException) -> str:

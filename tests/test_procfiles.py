@@ -67,6 +67,19 @@ def _pack_indexes(store: Path) -> list[packs.PackIndex]:
     return [packs.parse_index(p.read_bytes()) for p in (store / layout.PACK_INDEXES).rglob("*.json")]
 
 
+def _archive_whose_commit_fails(tmp_path: Path, src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An archive on workers into store "s" whose manifest cannot be written: one StoreError."""
+    from archiver.errors import StoreError
+    from archiver.repository import Repository
+
+    def failing(self, *a, **k):  # type: ignore[no-untyped-def]
+        raise StoreError("the manifest could not be written (test)")
+    with monkeypatch.context() as m:
+        m.setattr(Repository, "commit_manifest", failing)
+        with pytest.raises(StoreError, match="test"):
+            _archive(tmp_path, src, str(tmp_path / "s"), 2)
+
+
 class _EveryTaskOnAWorkerOfItsOwn:
     """SmallFilePool's stand-in that runs each task in this process on a repository of its own,
     as a worker that never saw the other tasks: the worst case of two workers packing the
@@ -1335,17 +1348,9 @@ def test_a_rerun_that_resumes_every_small_file_closes_the_early_pool_and_matches
     the pool again (the journal does not stop it), archive_files then finds no small file left
     to do: the early pool is stopped unused, the re-run resumes them all and commits the
     threads' manifest, and no process is left."""
-    from archiver.errors import StoreError
-    from archiver.repository import Repository
     src = make_tree(tmp_path / "src")
     kids0 = _children()
-
-    def failing(self, *a, **k):  # type: ignore[no-untyped-def]
-        raise StoreError("the manifest could not be written (test)")
-    with monkeypatch.context() as m:
-        m.setattr(Repository, "commit_manifest", failing)
-        with pytest.raises(StoreError, match="test"):
-            _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    _archive_whose_commit_fails(tmp_path, src, monkeypatch)
     _no_process_left(kids0)
     seen = _early_seen(monkeypatch)
     again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
@@ -1402,8 +1407,6 @@ def test_odd_names_same_manifest_as_threads_and_the_journal_resumes_them(tmp_pat
     dash, and a deep chain of directories: the workers' manifest (their Sources pickled by
     directory, their journal lines laid out there) is the threads' one, and a re-run after a
     failed commit resumes every file from the workers' lines."""
-    from archiver.errors import StoreError
-    from archiver.repository import Repository
     src = tmp_path / "src"
     deep = src.joinpath(*[f"lvl{i}" for i in range(30)])
     deep.mkdir(parents=True)
@@ -1416,13 +1419,7 @@ def test_odd_names_same_manifest_as_threads_and_the_journal_resumes_them(tmp_pat
     for i in range(30):
         (src / "pad" / f"p{i:02}").write_bytes(os.urandom(20 + i))
     threads = _archive(tmp_path, src, str(tmp_path / "t"), 0)
-
-    def failing(self, *a, **k):  # type: ignore[no-untyped-def]
-        raise StoreError("the manifest could not be written (test)")
-    with monkeypatch.context() as m:
-        m.setattr(Repository, "commit_manifest", failing)
-        with pytest.raises(StoreError, match="test"):
-            _archive(tmp_path, src, str(tmp_path / "s"), 2)
+    _archive_whose_commit_fails(tmp_path, src, monkeypatch)
     again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
     assert again.resumed_files == again.files == threads.files
     assert again.id == threads.id
