@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import sys
 import threading
 import time
@@ -76,12 +75,9 @@ def resolve(requested: int | None, *, files: int, sealed: bool, local: bool, has
     n = workerprocs.requested_count(requested, None if possible else f"cannot prove packs in worker processes {why}")
     if n is not None:
         return n
-    cores = os.cpu_count() or 1
-    if not possible or cores < 2 or files < AUTO_MIN_FILES:
+    if not possible or files < AUTO_MIN_FILES:
         return 0
-    if (idle_check and workerprocs.spare_cores() < AUTO_IDLE_CORES) or workerprocs.unavailable() is not None:
-        return 0
-    return cores - 1
+    return workerprocs.auto_count(idle=AUTO_IDLE_CORES, leave=1, measure=idle_check)
 
 
 @functools.lru_cache(maxsize=2)

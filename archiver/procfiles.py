@@ -114,10 +114,7 @@ def auto_count(busy: float | None) -> int:
     """Auto's count, the small files being many: one per core, with two cores or more and
     AUTO_IDLE_CORES of them left idle by the rest of the machine (`busy`: the cores it kept
     busy, else the 1-minute load average), else 0."""
-    cores = os.cpu_count() or 1
-    if cores < 2:
-        return 0
-    return cores if workerprocs.spare_cores(busy=busy) >= AUTO_IDLE_CORES and workerprocs.unavailable() is None else 0
+    return workerprocs.auto_count(idle=AUTO_IDLE_CORES, busy=busy)
 
 
 def tasks_of(runs: list[list[Source]], per_task: int | None = None, processes: int = 1) -> list[list[list[Source]]]:

@@ -91,12 +91,9 @@ def resolve(requested: int | None, *, small_files: int, local: bool, sealed: boo
     n = workerprocs.requested_count(requested, None if possible else f"worker processes need {why}")
     if n is not None:
         return n
-    cores = os.cpu_count() or 1
-    if not possible or not local or cores < 2 or small_files < AUTO_MIN_FILES:
+    if not possible or not local or small_files < AUTO_MIN_FILES:
         return 0
-    if workerprocs.spare_cores(busy=busy) < AUTO_IDLE_CORES or workerprocs.unavailable() is not None:
-        return 0
-    return cores - 1  # the driver runs tasks too (`SmallRestore.wait`)
+    return workerprocs.auto_count(idle=AUTO_IDLE_CORES, busy=busy, leave=1)  # the driver runs tasks too (`SmallRestore.wait`)
 
 
 # One file of a task: (path, mode, mtime_ns, size, blake3, chunk or None), the chunk as

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 from archiver.errors import ArchiverError, InvalidOptionError
 
-__all__ = ["CpuSample", "WorkerPool", "close", "died", "pool", "sheltered", "spare_cores", "take_result",
+__all__ = ["CpuSample", "WorkerPool", "auto_count", "close", "died", "pool", "sheltered", "spare_cores", "take_result",
            "unavailable"]
 
 START_METHOD = "forkserver"
@@ -245,6 +245,17 @@ def spare_cores(since: CpuSample | None = None, *, busy: float | None = None) ->
     if busy is None:
         busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return cores - busy
+
+
+def auto_count(*, idle: float, busy: float | None = None, leave: int = 0, measure: bool = True) -> int:
+    """Auto's count of workers, once the caller found the work big enough: one per core less
+    `leave` (the driver's, when it works too), on two cores or more with `idle` of them left
+    idle by the rest of the machine (`spare_cores(busy=busy)`; measure=False: the caller
+    measures that itself) and where a pool can start (`unavailable`); else 0."""
+    cores = os.cpu_count() or 1
+    if cores < 2 or (measure and spare_cores(busy=busy) < idle) or unavailable() is not None:
+        return 0
+    return cores - leave
 
 
 def check_count(requested: int | None) -> None:

@@ -4,6 +4,7 @@ left behind."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,7 @@ def test_processes_refused_in_one_line(tmp_path: Path, home: Path) -> None:
 
 
 def test_auto_needs_many_files_two_cores_and_an_idle_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(packproof.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(workerprocs, "spare_cores", lambda *a, **k: 1.5)
     many = packproof.AUTO_MIN_FILES
     assert packproof.resolve(None, files=many, sealed=False, local=True, has_settings=True) == 1
@@ -114,7 +115,7 @@ def test_auto_needs_many_files_two_cores_and_an_idle_one(monkeypatch: pytest.Mon
     monkeypatch.setattr(workerprocs, "spare_cores", lambda *a, **k: 0.5)
     assert packproof.resolve(None, files=many, sealed=False, local=True, has_settings=True) == 0
     monkeypatch.setattr(workerprocs, "spare_cores", lambda *a, **k: 1.5)
-    monkeypatch.setattr(packproof.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert packproof.resolve(None, files=many, sealed=False, local=True, has_settings=True) == 0
     assert packproof.resolve(0, files=many, sealed=False, local=True, has_settings=True) == 0
 
@@ -161,7 +162,7 @@ def test_auto_measures_the_rest_of_the_machine_over_the_verifys_start(
     (a CpuSample taken when the proofs start, read AUTO_SAMPLE_SECONDS later on the starter
     thread), not on the 1-minute load average: busy, no pool (the deep pass reads everything);
     idle, the worker proves the packs. The verdict is the same either way."""
-    monkeypatch.setattr(packproof.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(packproof, "AUTO_MIN_FILES", 10)
     asked: list[object] = []
 
