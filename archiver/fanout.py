@@ -329,12 +329,11 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
                                       has_settings=getattr(repo, "settings", None) is not None,
                                       load=cpu_since.others_busy() if cpu_since is not None else None)
         if nproc:  # the runs of small files go to worker processes, the big files stay here
+            small_runs = [r for r in items if r[0].size < BATCH_FILE_BELOW]
             jobs = [procfiles.SmallJob(procfiles.worker_settings(repo.settings),  # type: ignore[arg-type]
                                        policy, write_policy,
                                        writer.trust_verified_within, runs, journal_lines=journal is not None)
-                    for runs in procfiles.tasks_of([r for r in items if r[0].size < BATCH_FILE_BELOW],
-                                                   processes=nproc)]
-            small_runs = [r for r in items if r[0].size < BATCH_FILE_BELOW]
+                    for runs in procfiles.tasks_of(small_runs, processes=nproc)]
             items = [r for r in items if r[0].size >= BATCH_FILE_BELOW]
         if early is not None and not (nproc and nproc == early.processes and jobs):
             early.close()  # started during the scan, but nothing here for it
