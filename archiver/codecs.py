@@ -395,6 +395,25 @@ class Codec:
         return EncodedParts(_assemble_parts(TRANSFORM_NONE, 0, len(data), [(codec, payload, len(data))]),
                             "zstd" if codec == CODEC_ZSTD else "raw")
 
+    def encode_small(self, raw: bytes) -> tuple[bytes, str]:
+        """`encode(raw, 0)` as (object bytes, codec name), for a chunk of 1 to SAMPLE_BYTES
+        bytes (no planes, no sample probe; anything else goes through `encode`): the one zstd
+        attempt, the round-trip check of a frame kept, and the object joined once. Same bytes
+        and codec as `encode` (tests/test_codecs.py). A small file's chunk otherwise spends
+        nearly half its encoding in `encode_parts`' steps and wrappers (bench/RESULTS.md,
+        "Small-file archive: the workers' CPU per file (branch sfworkcpu)")."""
+        n = len(raw)
+        if type(raw) is not bytes or not 0 < n <= SAMPLE_BYTES:
+            enc = self.encode(raw, 0)
+            return enc.data, enc.codec
+        packed = self._compressor(self.level).compress(raw)
+        if len(packed) < n:
+            if not self._round_trips(packed, raw):
+                raise EncodeError(None, "zstd round trip mismatch while encoding")
+            return (HEADER.pack(MAGIC, VERSION, TRANSFORM_NONE, 0, 1, n)
+                    + DESCRIPTOR.pack(CODEC_ZSTD, _ZERO7, len(packed), n) + packed), "zstd"
+        return HEADER.pack(MAGIC, VERSION, TRANSFORM_NONE, 0, 1, n) + DESCRIPTOR.pack(CODEC_RAW, _ZERO7, n, n) + raw, "raw"
+
     def _plane_sections(self, data: bytes | memoryview, width: int) -> list[tuple[int, bytes | memoryview, int]] | None:
         # Planes go into this thread's reused buffer (split_planes: vectorised, releases
         # the GIL, so two worker threads really use two cores); raw planes are views of

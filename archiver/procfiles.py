@@ -212,17 +212,23 @@ def unflat(row: tuple[Any, ...]) -> Any:
 
 def unflat_all(rows: list[tuple[Any, ...]]) -> list[Any]:
     """The FileDones `_flat` made `rows` from (the driver's per-file work on a worker's task: the
-    imports are looked up once, not once per file)."""
+    imports are looked up once, not once per file). Each Entry is made as its dataclass `__init__`
+    would make it, its fields set in its own `__dict__` (a frozen dataclass's `__init__` sets them
+    one `object.__setattr__` at a time, about three times the cost: bench/RESULTS.md, "Small-file
+    archive: the workers' CPU per file (branch sfworkcpu)"); equal to `Entry(...)` (tested)."""
     from archiver.fanout import FileDone
     from manifests.model import ChunkRef, Entry
+    new = object.__new__
     out = []
     for row in rows:
         if len(row) == 1:
             out.append(row[0])
             continue
         path, mode, size, mtime_ns, b3, sha, fmt, chunks, tech, snapshot, new_chunks, new_bytes, repaired = row
-        entry = Entry(path=path, type="file", mode=mode, size=size, mtime_ns=mtime_ns, blake3=b3, sha256=sha,
-                      format=fmt, chunks=tuple([ChunkRef(*c) for c in chunks]), tech=tech)
+        entry = new(Entry)
+        entry.__dict__.update(path=path, type="file", mode=mode, size=size, mtime_ns=mtime_ns, blake3=b3, sha256=sha,
+                              format=fmt, chunks=tuple([ChunkRef(*c) for c in chunks]), tech=tech, target="",
+                              filemap="", chunk_count=0)
         out.append(FileDone(entry, snapshot, new_chunks, new_bytes, repaired))
     return out
 

@@ -28,6 +28,7 @@ import blake3
 
 from archiver import events, layout, packs, sealing
 from archiver.codecs import Codec, Encoded, EncodedParts, describe, max_object_size, stored_raw_payload
+from archiver.codecs import DESCRIPTOR, HEADER, SAMPLE_BYTES
 from archiver.digests import FileDigest
 from archiver.errors import (ArchiverError, CatalogLockedError, CatalogReadOnlyError, CorruptChunkError,
                              FileHashError, IdentityError, IntegrityError, ManifestError,
@@ -2348,6 +2349,11 @@ class Repository:
     # (A whole pack of large objects, so one request reads it; at most four spans are cached.)
     SPAN_LIMIT = packs.LARGE_PACK_TARGET + packs.SMALL_OBJECT
 
+    # A plain chunk this long or shorter is encoded by `Codec.encode_small` (same bytes as
+    # encode_parts), its object at most PLAIN_HEAD bytes longer than the chunk.
+    SMALL_PLAIN = SAMPLE_BYTES
+    PLAIN_HEAD = HEADER.size + DESCRIPTOR.size
+
     def _save_fast(self, h: str, data: bytes | memoryview, width: int, policy: Any,
                    hints: ChunkHints | None = None) -> SavedChunk | None:
         """The paths that need no read before a write: a chunk already in a pack (proved by
@@ -2373,6 +2379,11 @@ class Repository:
         if not locs and self._catalog is not None and \
                 (h in hints.known if hints is not None else self._catalog.known_chunk(h) is not None):
             return None  # held under its own key (a large chunk, or stored before packs): prove it
+        if not width and type(data) is bytes and len(data) <= self.SMALL_PLAIN and type(self._codec) is Codec and \
+                packs.is_small(len(data) + self.PLAIN_HEAD, self._pack_below):  # a small file's chunk: packed, fewer steps
+            obj, codec = self._codec.encode_small(data)
+            self._add_to_pack(h, obj, len(data), codec, policy)
+            return SavedChunk(len(obj), codec, True, repaired=bool(locs))
         parts = self._codec.encode_parts(data, width)  # valid until this thread's next codec call
         if packs.is_small(parts.size, self._pack_below):
             enc = parts.join()

@@ -847,3 +847,37 @@ def test_stored_raw_payload_cuts_exactly_what_decode_returns_and_nothing_else() 
     planes = c.encode(bytes(range(256)) * 64, width=2).data
     assert describe(planes).startswith("bg") and codecs.stored_raw_payload(planes, 256 * 64) is None
     assert codecs.stored_raw_payload(b"", -1) is None
+
+
+def test_encode_small_is_encode_for_every_plain_chunk(codec: Codec, floats: dict[str, bytes]) -> None:
+    """`encode_small` (a small file's chunk) makes exactly `encode(raw, 0)`'s object and codec
+    for random, compressible and float bytes from 1 byte up to SAMPLE_BYTES and just past it
+    (handed to `encode`), and for a bytearray (not immutable bytes: handed to `encode`)."""
+    from archiver.codecs import SAMPLE_BYTES
+    rng = random.Random(7)
+    cases = [b"x", os.urandom(1), os.urandom(4096), b"abc" * 3000, floats["bf16"][:8191], bytes(16384),
+             rng.randbytes(SAMPLE_BYTES), b"ab" * (SAMPLE_BYTES // 2), os.urandom(SAMPLE_BYTES + 1),
+             b"z" * (SAMPLE_BYTES + 1), bytearray(b"qr" * 500)]
+    seen = set()
+    for raw in cases:
+        want = codec.encode(raw, 0)
+        assert codec.encode_small(raw) == (want.data, want.codec)
+        assert codec.decode(codec.encode_small(raw)[0], len(raw)) == raw
+        seen.add(want.codec)
+    assert seen == {"raw", "zstd"}
+
+
+def test_encode_small_refuses_a_frame_that_does_not_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compressor fault never reaches a small chunk's object either."""
+    from archiver.errors import EncodeError
+    codec = Codec()
+    raw = b"abc" * 1000
+    real = codec._compressor(codec.level)
+
+    class Faulty:
+        def compress(self, data: bytes) -> bytes:
+            return real.compress(data[:-1] + b"d")
+
+    monkeypatch.setattr(codec, "_compressor", lambda level: Faulty())
+    with pytest.raises(EncodeError, match="round trip"):
+        codec.encode_small(raw)

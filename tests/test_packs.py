@@ -729,3 +729,35 @@ def test_batch_reads_cut_raw_chunks_out_unparsed_and_word_a_damaged_head_as_deco
         else:
             assert isinstance(a, (bytes, bytearray)) and a == b
             assert isinstance(v, memoryview if r.hash in stored_raw else (bytes, bytearray)) and bytes(v) == b
+
+
+def test_small_chunks_are_packed_as_exactly_their_encode_objects(tmp_path: Path, home: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain chunk up to codecs.SAMPLE_BYTES goes into its pack through `Codec.encode_small`
+    (Repository._save_fast); each packed object, cut out by its index entry, is byte for byte
+    `Codec().encode(chunk)` (raw and zstd ones), beside a longer chunk that still goes through
+    `encode_parts`."""
+    from archiver.codecs import SAMPLE_BYTES, Codec
+    import blake3
+    src = small_tree(tmp_path / "src", n=40)
+    (src / "big_text.txt").write_bytes(b"long line of text\n" * 6000)  # > SAMPLE_BYTES: encode_parts
+    (src / "big_random.bin").write_bytes(random.Random(3).randbytes(SAMPLE_BYTES + 100))
+    calls = []
+    real = Codec.encode_small
+    monkeypatch.setattr(Codec, "encode_small", lambda self, raw: calls.append(len(raw)) or real(self, raw))
+    monkeypatch.setenv("ARCHIVER_PACK_BELOW", str(packs.SMALL_OBJECT))
+    url = str(tmp_path / "store")
+    archive(url, src, "--processes", "0")
+    assert len(calls) == 40 and max(calls) <= SAMPLE_BYTES
+    by_hash = {blake3.blake3(p.read_bytes()).hexdigest(): p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    raw = RawStore(url)
+    codecs_seen = set()
+    checked = 0
+    for k in raw.keys(layout.PACKS):
+        data = raw.read(k)
+        for e in index_of(url, layout.pack_id(k)).entries:
+            want = Codec().encode(by_hash[e.hash], 0)
+            assert data[e.offset:e.offset + e.stored_size] == want.data
+            codecs_seen.add(want.codec)
+            checked += 1
+    assert checked == len(by_hash) == 42 and codecs_seen == {"raw", "zstd"}

@@ -1519,3 +1519,70 @@ def test_a_ctrl_c_during_the_commit_while_the_pool_stops_beside_it(tmp_path, hom
     _no_process_left(kids0)
     again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
     assert again.resumed_files > 0 and again.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
+
+
+def test_unflat_entries_are_the_entries_init_makes() -> None:
+    """`unflat_all` sets an Entry's fields in its `__dict__` rather than through the frozen
+    dataclass's `__init__`: the result has the same fields in the same order, compares and
+    hashes equal, pickles to the same bytes, and stays frozen."""
+    import pickle
+    from manifests.model import ChunkRef
+    for e in (Entry(path="a/b", type="file", mode=0o640, size=3, mtime_ns=7, blake3="ab" * 32, sha256="cd" * 32,
+                    format="safetensors", chunks=(ChunkRef(0, 3, "ef" * 32, 12, "zstd"),), tech={"k": 1}),
+              Entry(path="c", type="file", mode=0o600, size=0, mtime_ns=9, blake3="01" * 32, sha256="23" * 32)):
+        got = procfiles.unflat(procfiles._flat(fanout.FileDone(e, [1, 2, 3, 4, 5]))).entry
+        assert type(got) is Entry and list(vars(got).items()) == list(vars(e).items())
+        assert got == e and pickle.dumps(got) == pickle.dumps(e) and got.to_json() == e.to_json()
+        if e.tech is None:
+            assert hash(got) == hash(e)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            got.size = 4  # type: ignore[misc]
+
+
+def _packed_objects(store: Path) -> dict[str, bytes]:
+    """Every packed chunk object of a local store, by chunk hash, cut out by its pack's index."""
+    out: dict[str, bytes] = {}
+    for index in _pack_indexes(store):
+        data = (store / layout.pack(index.pack)).read_bytes()
+        for e in index.entries:
+            out[e.hash] = data[e.offset:e.offset + e.stored_size]
+    return out
+
+
+def _catalog_rows(db: Path) -> dict[str, list[tuple]]:
+    """The catalog's rows that do not depend on how chunks were grouped into packs."""
+    import sqlite3
+    con = sqlite3.connect(db)
+    try:
+        return {q: sorted(con.execute(q).fetchall()) for q in (
+            "SELECT manifest_id, path, type, size, mode, blake3, sha256 FROM files",
+            "SELECT key, stored_size, codec, owner FROM chunks",
+            "SELECT manifest, chunk FROM manifest_chunks",
+            "SELECT DISTINCT hash, stored_size, length FROM pack_chunks",  # two workers may pack one chunk twice
+            "SELECT id, name, file_count, total_size, stored_size, json FROM manifests")}
+    finally:
+        con.close()
+
+
+def test_workers_store_the_same_objects_and_catalog_rows_as_threads(tmp_path, home, small_tasks):
+    """The workers' per-file path (Codec.encode_small into task-scoped packs, rows unflattened
+    into Entries on the driver) stores what the threads' path stores: the same manifest id,
+    every chunk object byte for byte (wherever its pack put it; each is `Codec().encode` of its
+    chunk), the same catalog rows but for pack names and offsets."""
+    import blake3
+    from archiver.codecs import Codec
+    src = make_tree(tmp_path / "src")
+    for i in range(30):  # compressible small files too (zstd objects), some sharing content
+        (src / "text" / f"t{i % 3}").mkdir(parents=True, exist_ok=True)
+        (src / "text" / f"t{i % 3}" / f"{i}.txt").write_bytes(f"row {i % 10} of a table\n".encode() * (40 + i))
+    threads = _archive(tmp_path, src, str(tmp_path / "a"), 0)
+    procs = _archive(tmp_path, src, str(tmp_path / "b"), 2)
+    assert procs.id == threads.id and procs.files_by_processes > 0
+    a, b = _packed_objects(tmp_path / "a"), _packed_objects(tmp_path / "b")
+    assert a == b and len(a) > 100
+    small = {blake3.blake3(p.read_bytes()).hexdigest(): p.read_bytes() for p in src.rglob("*")
+             if p.is_file() and not p.is_symlink() and 0 < p.stat().st_size < 64 << 10}
+    want = {h: Codec().encode(data, 0) for h, data in small.items()}
+    assert {h: b[h] for h in small} == {h: enc.data for h, enc in want.items()}
+    assert {enc.codec for enc in want.values()} == {"raw", "zstd"}
+    assert _catalog_rows(tmp_path / "a.db") == _catalog_rows(tmp_path / "b.db")
