@@ -83,6 +83,31 @@ class PackIndex:
     def id(self) -> str:
         return blake3.blake3(self.to_json()).hexdigest()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as plain rows: a worker process hands every index of its task's packs to the
+        driver, and a dataclass per entry pickles (and unpickles) at about three times the cost."""
+        return (_index_of_rows, (self.pack, self.size, [(e.hash, e.offset, e.stored_size, e.length)
+                                                        for e in self.entries]))
+
+
+_new = object.__new__
+
+
+def _entries(rows: Any) -> tuple[PackEntry, ...]:
+    """PackEntry(*row) for each row, its fields set in its `__dict__` (what a frozen dataclass's
+    `__init__` does one `object.__setattr__` at a time, at about three times the cost)."""
+    out = []
+    for h, offset, stored, length in rows:
+        e = _new(PackEntry)
+        e.__dict__.update(hash=h, offset=offset, stored_size=stored, length=length)
+        out.append(e)
+    return tuple(out)
+
+
+def _index_of_rows(pack: str, size: int, rows: list[tuple[str, int, int, int]]) -> PackIndex:
+    """The PackIndex `PackIndex.__reduce__` pickled."""
+    return PackIndex(pack, size, _entries(rows))
+
 
 def parse_index(data: bytes, expected_id: str | None = None) -> PackIndex:
     """A pack index, accepted only if it hashes to `expected_id`, is canonical, and its
@@ -157,11 +182,11 @@ class PackBuilder:
         """The pack's bytes and its index (entries in pack order)."""
         data = b"".join(self.parts)
         pid = blake3.blake3(data).hexdigest()
-        entries, at = [], 0
+        rows, at = [], 0
         for h, stored, length in self.entries:
-            entries.append(PackEntry(h, at, stored, length))
+            rows.append((h, at, stored, length))
             at += stored
-        return data, PackIndex(pid, len(data), tuple(entries))
+        return data, PackIndex(pid, len(data), _entries(rows))
 
 
 def is_small(stored_size: int, below: int = SMALL_OBJECT) -> bool:

@@ -97,6 +97,29 @@ def test_pack_index_round_trip_and_refusals() -> None:
         parse_index(json.dumps(doc, sort_keys=True).encode())  # spaces: not canonical
 
 
+def test_pack_index_pickles_as_rows_and_its_entries_are_the_ones_init_makes() -> None:
+    """A PackIndex crosses from a worker process to the driver pickled as plain rows (smaller,
+    no dataclass per entry), and comes back equal; its entries, made in their `__dict__` (by
+    `close` too), are the PackEntry(...) the dataclass makes: same fields in order, hash, frozen."""
+    import dataclasses
+    import pickle
+    b = PackBuilder()
+    for i in range(50):
+        b.add(f"{i:064x}", os.urandom(10 + i), 9 + i)
+    _, index = b.close()
+    made = packs.PackIndex(index.pack, index.size, tuple(packs.PackEntry(e.hash, e.offset, e.stored_size, e.length)
+                                                         for e in index.entries))
+    plain = pickle.dumps(made.__dict__ | {"entries": [vars(e) for e in made.entries]})
+    blob = pickle.dumps(index, protocol=pickle.HIGHEST_PROTOCOL)
+    back = pickle.loads(blob)
+    assert back == index == made and back.id == made.id and len(blob) < len(plain)
+    for got, want in zip(back.entries + index.entries, made.entries + made.entries):
+        assert type(got) is packs.PackEntry and list(vars(got).items()) == list(vars(want).items())
+        assert hash(got) == hash(want)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        back.entries[0].offset = 1  # type: ignore[misc]
+
+
 def test_plan_spans_joins_near_ranges_and_bounds_each_span() -> None:
     assert plan_spans([(0, 10), (12, 20), (100, 110)], gap=5, limit=1000) == [(0, 20), (100, 110)]
     assert plan_spans([(0, 10), (10, 20), (20, 30)], gap=5, limit=20) == [(0, 20), (20, 30)]

@@ -1083,6 +1083,7 @@ def test_a_job_pickles_its_sources_by_directory_and_unpickles_equal(tmp_path):
     for got, want in zip([s for r in back.runs for s in r], [s for r in runs for s in r]):
         assert (got.abspath, got.parent, got.seen, got.followed, got.link) == \
             (want.abspath, want.parent, want.seen, want.followed, want.link)
+        assert list(vars(got).items()) == list(vars(want).items()) and hash(got) == hash(want)  # as __init__ makes it
     same_dir = [s for r in back.runs for s in r if s.parent == back.runs[0][0].parent]
     assert len({id(s.parent) for s in same_dir}) == 1  # the directory's Source is sent once
     plain = pickle.dumps((settings, pipeline.ChunkPolicy(), None, 3600.0, runs, True), protocol=pickle.HIGHEST_PROTOCOL)
