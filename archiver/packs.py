@@ -28,6 +28,7 @@ faulting in new pages costs more CPU than the copy itself). Small objects keep t
 16 MiB packs, so a small file's pack (what a cold-class thaw fetches whole) does not grow."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -79,8 +80,10 @@ class PackIndex:
                "format": INDEX_FORMAT, "pack": self.pack, "size": self.size, "version": 1}
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
+        """BLAKE3 of `to_json()`, computed once per object (an index is immutable): the driver asks
+        for each adopted index's id when it adopts it and again when it records it at the commit."""
         return blake3.blake3(self.to_json()).hexdigest()
 
     def __reduce__(self) -> tuple[Any, ...]:

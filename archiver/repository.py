@@ -2478,7 +2478,7 @@ class Repository:
                 raise IntegrityError(f"{self.url} holds a damaged object under {key}; run repair")
             self._ensure_lock(key, policy)
         raw = index.to_json()
-        iid = blake3.blake3(raw).hexdigest()
+        iid = index.__dict__["id"] = blake3.blake3(raw).hexdigest()  # PackIndex.id's cache: the same hash of the same bytes
         hot = policy.for_metadata() if policy is not None else None
         self._put_exact(layout.pack_index(iid), raw, f"pack index {iid}", hot)
         return index, iid

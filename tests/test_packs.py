@@ -784,3 +784,23 @@ def test_small_chunks_are_packed_as_exactly_their_encode_objects(tmp_path: Path,
             codecs_seen.add(want.codec)
             checked += 1
     assert checked == len(by_hash) == 42 and codecs_seen == {"raw", "zstd"}
+
+
+def test_a_pack_index_id_is_computed_once_and_is_the_hash_of_its_json(tmp_path: Path) -> None:
+    """PackIndex.id is cached per object (the driver asks at adoption and again at the commit);
+    it is still BLAKE3 of the canonical JSON, the key the index is stored under, also for the
+    id `Repository._write_pack` seeds from the bytes it stored."""
+    import blake3
+    b = PackBuilder()
+    for i in range(5):
+        b.add(f"{i:064x}", os.urandom(20), 19)
+    _, index = b.close()
+    assert "id" not in vars(index)
+    assert index.id == blake3.blake3(index.to_json()).hexdigest() == parse_index(index.to_json()).id
+    assert vars(index)["id"] == index.id
+    repo = open_repository(str(tmp_path / "s"), str(tmp_path / "c.db"), create=True)
+    b2 = PackBuilder()
+    b2.add("ab" * 32, os.urandom(30), 29)
+    written, iid = repo._write_pack(b2, None)
+    stored = RawStore(str(tmp_path / "s")).read(layout.pack_index(iid))
+    assert written.id == iid == blake3.blake3(stored).hexdigest() and parse_index(stored, iid) == written
