@@ -69,6 +69,16 @@ def line_of(entry: Entry, snapshot: list[int]) -> bytes:
     return json.dumps({"path": e.path, "snapshot": snapshot, "entry": e.to_json()}).encode() + b"\n"
 
 
+def small_line(path: str, snapshot: list[int], mode: int, size: int, mtime_ns: int, b3: str, sha256: str,
+               chunk: tuple[int, str, int, str] | None) -> bytes:
+    """`line_of` of a small file's entry (type "file", format "", no tech, at most one chunk:
+    `chunk` = (length, hash, stored_size, codec) at offset 0), byte for byte, laid out from those
+    values by a worker process (procfiles) without making the Entry first. Ints only (os.stat's)."""
+    p = _str(path)
+    chunks = _PLAIN_CHUNK % (0, chunk[0], _str(chunk[1]), chunk[2], _str(chunk[3])) if chunk is not None else ""
+    return (_PLAIN_LINE % (p, *snapshot, p, mode, size, mtime_ns, _str(b3), _str(sha256), '""', chunks)).encode()
+
+
 @dataclass(frozen=True)
 class Journalled:
     snapshot: list[int]

@@ -240,6 +240,75 @@ def unflat_all(rows: list[tuple[Any, ...]]) -> list[Any]:
     return out
 
 
+class _WorkerBatch:
+    """`fanout.LocalArchiveBatch` for a worker's runs: the same reads, checks, catalog hints and
+    chunk saves, but a plain small file (no format its head is recognised as, no tech, not a
+    Hugging Face blob: nearly all of them) is handed back as `_flat`'s row, and its journal line
+    laid out (`journal.small_line`), straight from its values: no Entry, FileDone or ChunkRef made
+    here only to be taken apart again (bench/RESULTS.md, "Small-file archive: the workers' CPU
+    per file (branch sfworkcpu)"). Every other file goes through the batch's own path (`on_done`)."""
+
+    @staticmethod
+    def make(*args: Any, on_done: Callable[[Source, Any], None], on_row: Callable[[tuple[Any, ...], Any], None],
+             **kwargs: Any) -> Any:
+        """A LocalArchiveBatch (its constructor's arguments) whose plain small files go to
+        `on_row(row, (snapshot, chunk))` instead of `on_done(src, FileDone)`."""
+        from archiver import fanout
+
+        class Batch(fanout.LocalArchiveBatch):
+            def _save_small(self, small: list[tuple[Any, str | None]]) -> None:
+                _save_rows(self, small, on_row)
+        return Batch(*args, on_done=on_done, **kwargs)
+
+
+def _save_rows(batch: Any, small: list[tuple[Any, str | None]], on_row: Callable[..., None]) -> None:
+    """LocalArchiveBatch._save_small, each plain file's result made as a row (see _WorkerBatch)."""
+    import hashlib
+    from archiver import executors, pipeline
+    from archiver.chunking import RawChunk
+    from archiver.errors import ArchiverError
+    from archiver.executors import Stopped
+    from archiver.fanout import FileDone, _finish
+    from archiver.journal import snapshot_of
+    from archiver.scan import changed
+    if not small:
+        return
+    writer, progress = batch.writer, batch.progress
+    new = [h for _, h in small if h is not None and h not in writer.done]
+    hints = writer.repo.chunk_hints(new) if new else None
+    check = getattr(progress, "check", None)
+    sha256, empty = hashlib.sha256, pipeline._EMPTY_DIGEST
+    for got, b3 in small:
+        if check is not None:
+            check()
+        src = got.src
+        try:
+            data = got.data
+            fmt, tech = ("", None) if src.blob is not None else pipeline.small_format(data, src.abspath.name)
+            if src.blob is not None or fmt or tech is not None:  # the batch's own path
+                entry, after = pipeline.save_small(got, writer, progress, b3, hints)
+                batch.on_done(src, FileDone(entry, _finish(src, entry, after)))
+                continue
+            before = got.before
+            size, mtime_ns = before.st_size, before.st_mtime_ns
+            if data:
+                progress.advance(len(data))
+                sha = sha256(data).hexdigest()
+                ref = writer.save(RawChunk(0, data, 0), b3, hints)
+                chunk: tuple[int, str, int, str] | None = (len(data), b3, ref.stored_size, ref.codec)
+                chunks: tuple[tuple[Any, ...], ...] = ((0, len(data), b3, ref.stored_size, ref.codec),)
+            else:
+                b3, sha, chunk, chunks = empty.blake3, empty.sha256, None, ()
+            snap = snapshot_of(got.after)
+            if snap[2] != size or snap[3] != mtime_ns:  # as fanout._finish
+                raise changed(src.abspath, "its size or modification time moved")
+        except (ArchiverError, Stopped):
+            raise
+        except Exception as e:  # noqa: BLE001 - a file's unexpected error names that file
+            raise executors.lost(str(src.abspath), e) from None
+        on_row((src.path, src.mode, size, mtime_ns, b3, sha, "", chunks, None, snap, 0, 0, 0), (snap, chunk))
+
+
 @dataclass
 class SmallDone:
     """What a task returns: each file's FileDone (as `_flat` rows), and the packs it wrote (all durable)."""
@@ -279,7 +348,7 @@ def run_job(job: SmallJob, dirs: Any = None) -> SmallDone:
     from archiver import fanout, pipeline
     from archiver.parallel import window_for
     from archiver.progress import Progress
-    from archiver.journal import line_of
+    from archiver.journal import line_of, small_line
     from archiver.scan import DirFds
     repo = _repository(job.settings)
     stats = pipeline._Stats()
@@ -297,8 +366,13 @@ def run_job(job: SmallJob, dirs: Any = None) -> SmallDone:
             if job.journal_lines:
                 lines.append(line_of(done.entry, done.snapshot))
             out.files.append(_flat(done))
-        task = fanout.LocalArchiveBatch(writer, pool, job.policy, window_for(2), Progress(), dirs,
-                                        on_done=on_done)
+
+        def on_row(row: tuple[Any, ...], line: tuple[list[int], Any]) -> None:  # a plain small file's
+            if job.journal_lines:
+                lines.append(small_line(row[0], line[0], row[1], row[2], row[3], row[4], row[5], line[1]))
+            out.files.append(row)
+        task = _WorkerBatch.make(writer, pool, job.policy, window_for(2), Progress(), dirs, on_done=on_done,
+                                 on_row=on_row)
         # two runs at a time: one's pack write and fsync (the GIL released) overlaps the other's work
         runs = ThreadPoolExecutor(RUN_THREADS, thread_name_prefix="run")
         try:

@@ -1587,3 +1587,29 @@ def test_workers_store_the_same_objects_and_catalog_rows_as_threads(tmp_path, ho
     assert {h: b[h] for h in small} == {h: enc.data for h, enc in want.items()}
     assert {enc.codec for enc in want.values()} == {"raw", "zstd"}
     assert _catalog_rows(tmp_path / "a.db") == _catalog_rows(tmp_path / "b.db")
+
+
+def test_a_workers_rows_and_lines_are_what_the_batch_path_makes(tmp_path, monkeypatch):
+    """A worker hands a plain small file back as a row made straight from its values
+    (`_save_rows`), every other file (a recognised format, config.json's tech) through the
+    batch's own path: rows and journal lines are exactly those of `LocalArchiveBatch._save_small`
+    with `_flat` and `line_of`, file for file, in the same order."""
+    src = make_tree(tmp_path / "src")
+    (src / "config.json").write_text('{"model_type": "llama", "hidden_size": 64}')
+    files = [s for s in scan([src]) if not s.is_dir and not s.is_link and s.size < fanout.BATCH_FILE_BELOW]
+
+    def run(name: str) -> procfiles.SmallDone:
+        settings = api.open_repository(str(tmp_path / name), str(tmp_path / f"{name}.db"), create=True).settings
+        procfiles._repository.cache_clear()
+        try:
+            return procfiles.run_job(procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, None, [files], True))
+        finally:
+            procfiles._repository(settings).close()
+            procfiles._repository.cache_clear()
+    rows = run("a")
+    with monkeypatch.context() as m:
+        m.setattr(procfiles, "_save_rows", lambda batch, small, on_row: fanout.LocalArchiveBatch._save_small(batch, small))
+        plain = run("b")
+    assert rows.files == plain.files and rows.lines == plain.lines and len(rows.files) == len(files)
+    assert any(len(r) == 1 or r[6] for r in rows.files) and any(len(r) > 1 and not r[7] for r in rows.files)
+    assert any(len(r) > 1 and r[8] for r in rows.files)  # config.json's tech, through the batch's path
