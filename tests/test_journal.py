@@ -258,3 +258,16 @@ def test_lines_made_elsewhere_append_after_the_pending_ones_and_load_back(tmp_pa
     j.close()
     got = Journal(tmp_path / "j.jsonl").load()
     assert {p: (g.entry, g.snapshot) for p, g in got.items()} == {e.path: (e, s) for e, s in zip(entries, snaps)}
+
+
+def test_small_line_is_line_of_byte_for_byte() -> None:
+    """journal.small_line (a worker's line for a plain small file, made from its values) is
+    `line_of` of the Entry those values make: one chunk or none, raw or zstd, odd paths."""
+    from archiver.journal import line_of, small_line
+    from manifests.model import ChunkRef, Entry
+    for path, size, chunk in [("a/b.txt", 5, (5, "ab" * 32, 45, "raw")), ('q/"x"\\ é\u2028.bin', 9000, (9000, "cd" * 32, 120, "zstd")),
+                              ("empty", 0, None)]:
+        snap = [64768, 123456, size, 1_795_850_588_536_555_226, 1_795_850_588_536_555_999]
+        e = Entry(path=path, type="file", mode=0o644, size=size, mtime_ns=snap[3], blake3="ef" * 32, sha256="01" * 32,
+                  chunks=() if chunk is None else (ChunkRef(0, *chunk),))
+        assert small_line(path, snap, 0o644, size, snap[3], "ef" * 32, "01" * 32, chunk) == line_of(e, snap)
