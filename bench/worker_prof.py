@@ -2,7 +2,7 @@
 cProfile: where a worker's per-file CPU goes (issue 15 item 6, branch sfworkcpu).
 
     PYTHONPATH=. python bench/worker_prof.py TREE --work DIR [--cprofile OUT.prof] [--top N]
-        [--strace] [--all-cores]
+        [--strace] [--all-cores] [--primitives]
 
 Scans TREE, groups its small files into tasks as `fanout.archive_files` does
 (`procfiles.tasks_of`, 2 processes), opens a fresh store and catalog under DIR, and runs
@@ -14,7 +14,10 @@ calls: read its numbers as proportions. The process is pinned to one core (as a 
 2-core machine with two workers and the driver effectively is; `--all-cores` leaves it free:
 then the task's two run threads hand the GIL to each other across cores, which costs far
 more CPU than in a real worker). With --strace, prints the syscall counts of one more
-run under `strace -f -c` (if strace is installed)."""
+run under `strace -f -c` (if strace is installed). With --primitives, first the floor of a
+file's work on this tree, CPU microseconds a file (best of 3, same core): the bare syscalls of
+a held-directory read (open, fstat, read, fstat, close), BLAKE3, SHA-256, the zstd level-3
+attempt alone, `encode_parts(...).join()` and `encode_small` (when this archiver has it)."""
 from __future__ import annotations
 
 import argparse
@@ -63,6 +66,62 @@ def run(tree: str, work: Path, cprofile: bool) -> tuple[Measured, list[procfiles
     return m, dones
 
 
+def primitives(tree: str) -> None:
+    """The per-file floor (see the module docstring), printed one line each."""
+    import hashlib
+    import blake3
+    from archiver.codecs import Codec
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    dirs = []
+    for d, _, names in os.walk(tree):
+        dirs.append((os.open(d, os.O_RDONLY | os.O_DIRECTORY), sorted(names)))
+
+    def syscalls() -> int:
+        n = 0
+        for dfd, names in dirs:
+            for name in names:
+                fd = os.open(name, flags, dir_fd=dfd)
+                st = os.fstat(fd)
+                os.read(fd, st.st_size + 1)
+                os.fstat(fd)
+                os.close(fd)
+                n += 1
+        return n
+
+    def best(fn: object, items: list[bytes]) -> float:
+        out = []
+        for _ in range(3):
+            c = _cpu()
+            for d in items:
+                fn(d)  # type: ignore[operator]
+            out.append(_cpu() - c)
+        return min(out) / len(items) * 1e6
+    out = []
+    for _ in range(3):
+        c = _cpu()
+        n = syscalls()
+        out.append(_cpu() - c)
+    print(f"syscalls of a read (every file, empty ones too): {min(out) / n * 1e6:.1f} us")
+    datas = []
+    for dfd, names in dirs:
+        for name in names:
+            with open(os.open(name, os.O_RDONLY, dir_fd=dfd), "rb") as f:
+                data = f.read()
+            if data:
+                datas.append(data)
+    codec = Codec()
+    comp = codec._compressor(codec.level)
+    for name, fn in [("blake3", lambda d: blake3.blake3(d).hexdigest()),
+                     ("sha256", lambda d: hashlib.sha256(d).hexdigest()),
+                     ("zstd-3 attempt", comp.compress),
+                     ("encode_parts().join()", lambda d: codec.encode_parts(d, 0).join()),
+                     ("encode_small", getattr(codec, "encode_small", None))]:
+        if fn is not None:
+            print(f"{name} of each non-empty file ({len(datas)}): {best(fn, datas):.1f} us")
+    for dfd, _ in dirs:
+        os.close(dfd)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("tree")
@@ -71,9 +130,12 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--strace", action="store_true")
     ap.add_argument("--all-cores", action="store_true")
+    ap.add_argument("--primitives", action="store_true")
     a = ap.parse_args()
     if not a.all_cores:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    if a.primitives:
+        primitives(a.tree)
     work = Path(a.work)
     m, dones = run(a.tree, work, bool(a.cprofile))
     files = sum(len(d.files) for d in dones)
