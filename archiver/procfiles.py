@@ -240,29 +240,29 @@ def unflat_all(rows: list[tuple[Any, ...]]) -> list[Any]:
     return out
 
 
-class _WorkerBatch:
+@functools.lru_cache(maxsize=1)
+def _worker_batch() -> type:
     """`fanout.LocalArchiveBatch` for a worker's runs: the same reads, checks, catalog hints and
     chunk saves, but a plain small file (no format its head is recognised as, no tech, not a
-    Hugging Face blob: nearly all of them) is handed back as `_flat`'s row, and its journal line
-    laid out (`journal.small_line`), straight from its values: no Entry, FileDone or ChunkRef made
-    here only to be taken apart again (bench/RESULTS.md, "Small-file archive: the workers' CPU
-    per file (branch sfworkcpu)"). Every other file goes through the batch's own path (`on_done`)."""
+    Hugging Face blob: nearly all of them) is handed to `on_row` as `_flat`'s row, with its
+    snapshot and chunk for its journal line (`journal.small_line`), made straight from its
+    values: no Entry, FileDone or ChunkRef made here only to be taken apart again (bench/RESULTS.md,
+    "Small-file archive: the workers' CPU per file (branch sfworkcpu)"). Every other file goes
+    through the batch's own path (`on_done`). Made once, on first use (fanout imports this module)."""
+    from archiver import fanout
 
-    @staticmethod
-    def make(*args: Any, on_done: Callable[[Source, Any], None], on_row: Callable[[tuple[Any, ...], Any], None],
-             **kwargs: Any) -> Any:
-        """A LocalArchiveBatch (its constructor's arguments) whose plain small files go to
-        `on_row(row, (snapshot, chunk))` instead of `on_done(src, FileDone)`."""
-        from archiver import fanout
+    class WorkerBatch(fanout.LocalArchiveBatch):
+        def __init__(self, *args: Any, on_row: Callable[[tuple[Any, ...], Any], None], **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.on_row = on_row
 
-        class Batch(fanout.LocalArchiveBatch):
-            def _save_small(self, small: list[tuple[Any, str | None]]) -> None:
-                _save_rows(self, small, on_row)
-        return Batch(*args, on_done=on_done, **kwargs)
+        def _save_small(self, small: list[tuple[Any, str | None]]) -> None:
+            _save_rows(self, small, self.on_row)
+    return WorkerBatch
 
 
 def _save_rows(batch: Any, small: list[tuple[Any, str | None]], on_row: Callable[..., None]) -> None:
-    """LocalArchiveBatch._save_small, each plain file's result made as a row (see _WorkerBatch)."""
+    """LocalArchiveBatch._save_small, each plain file's result made as a row (see `_worker_batch`)."""
     import hashlib
     from archiver import executors, pipeline
     from archiver.chunking import RawChunk
@@ -282,31 +282,37 @@ def _save_rows(batch: Any, small: list[tuple[Any, str | None]], on_row: Callable
         if check is not None:
             check()
         src = got.src
+        done: Any = None
         try:
             data = got.data
             fmt, tech = ("", None) if src.blob is not None else pipeline.small_format(data, src.abspath.name)
             if src.blob is not None or fmt or tech is not None:  # the batch's own path
                 entry, after = pipeline.save_small(got, writer, progress, b3, hints)
-                batch.on_done(src, FileDone(entry, _finish(src, entry, after)))
-                continue
-            before = got.before
-            size, mtime_ns = before.st_size, before.st_mtime_ns
-            if data:
-                progress.advance(len(data))
-                sha = sha256(data).hexdigest()
-                ref = writer.save(RawChunk(0, data, 0), b3, hints)
-                chunk: tuple[int, str, int, str] | None = (len(data), b3, ref.stored_size, ref.codec)
-                chunks: tuple[tuple[Any, ...], ...] = ((0, len(data), b3, ref.stored_size, ref.codec),)
+                done = FileDone(entry, _finish(src, entry, after))
             else:
-                b3, sha, chunk, chunks = empty.blake3, empty.sha256, None, ()
-            snap = snapshot_of(got.after)
-            if snap[2] != size or snap[3] != mtime_ns:  # as fanout._finish
-                raise changed(src.abspath, "its size or modification time moved")
+                before = got.before
+                size, mtime_ns = before.st_size, before.st_mtime_ns
+                chunk: tuple[int, str, int, str] | None = None
+                chunks: tuple[tuple[Any, ...], ...] = ()
+                if data:
+                    progress.advance(len(data))
+                    sha = sha256(data).hexdigest()
+                    ref = writer.save(RawChunk(0, data, 0), b3, hints)
+                    chunk = (len(data), b3, ref.stored_size, ref.codec)
+                    chunks = ((0, len(data), b3, ref.stored_size, ref.codec),)
+                else:
+                    b3, sha = empty.blake3, empty.sha256
+                snap = snapshot_of(got.after)
+                if snap[2] != size or snap[3] != mtime_ns:  # as fanout._finish
+                    raise changed(src.abspath, "its size or modification time moved")
         except (ArchiverError, Stopped):
             raise
         except Exception as e:  # noqa: BLE001 - a file's unexpected error names that file
             raise executors.lost(str(src.abspath), e) from None
-        on_row((src.path, src.mode, size, mtime_ns, b3, sha, "", chunks, None, snap, 0, 0, 0), (snap, chunk))
+        if done is not None:
+            batch.on_done(src, done)
+        else:
+            on_row((src.path, src.mode, size, mtime_ns, b3, sha, "", chunks, None, snap, 0, 0, 0), (snap, chunk))
 
 
 @dataclass
@@ -371,8 +377,8 @@ def run_job(job: SmallJob, dirs: Any = None) -> SmallDone:
             if job.journal_lines:
                 lines.append(small_line(row[0], line[0], row[1], row[2], row[3], row[4], row[5], line[1]))
             out.files.append(row)
-        task = _WorkerBatch.make(writer, pool, job.policy, window_for(2), Progress(), dirs, on_done=on_done,
-                                 on_row=on_row)
+        task = _worker_batch()(writer, pool, job.policy, window_for(2), Progress(), dirs, on_done=on_done,
+                               on_row=on_row)
         # two runs at a time: one's pack write and fsync (the GIL released) overlaps the other's work
         runs = ThreadPoolExecutor(RUN_THREADS, thread_name_prefix="run")
         try:
