@@ -399,8 +399,8 @@ class Codec:
         """`encode(raw, 0)` as (object bytes, codec name), for a chunk of 1 to SAMPLE_BYTES
         bytes (no planes, no sample probe; anything else goes through `encode`): the one zstd
         attempt, the round-trip check of a frame kept, and the object joined once. Same bytes
-        and codec as `encode` (tests/test_codecs.py). A small file's chunk otherwise spends
-        nearly half its encoding in `encode_parts`' steps and wrappers (bench/RESULTS.md,
+        and codec as `encode` (tests/test_codecs.py). A small file's chunk otherwise spends a
+        good part of its encoding in `encode_parts`' general steps and wrappers (bench/RESULTS.md,
         "Small-file archive: the workers' CPU per file (branch sfworkcpu)")."""
         n = len(raw)
         if type(raw) is not bytes or not 0 < n <= SAMPLE_BYTES:

@@ -88,7 +88,8 @@ class PackIndex:
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled as plain rows: a worker process hands every index of its task's packs to the
-        driver, and a dataclass per entry pickles (and unpickles) at about three times the cost."""
+        driver, and a dataclass per entry pickles and unpickles slower (bench/RESULTS.md,
+        "Small-file archive: the workers' CPU per file (branch sfworkcpu)")."""
         return (_index_of_rows, (self.pack, self.size, [(e.hash, e.offset, e.stored_size, e.length)
                                                         for e in self.entries]))
 
@@ -98,7 +99,7 @@ _new = object.__new__
 
 def _entries(rows: Any) -> tuple[PackEntry, ...]:
     """PackEntry(*row) for each row, its fields set in its `__dict__` (what a frozen dataclass's
-    `__init__` does one `object.__setattr__` at a time, at about three times the cost)."""
+    `__init__` does one `object.__setattr__` at a time, at a higher cost per entry)."""
     out = []
     for h, offset, stored, length in rows:
         e = _new(PackEntry)

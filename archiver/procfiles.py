@@ -148,7 +148,7 @@ def _file_source(parent: Source, name: str, path: str, size: int, mode: int, dev
                  seen: tuple[int, int, int, int, int] | None) -> Source:
     """A file's Source as `_JobPickler` sent it: its absolute path made from its directory's. Its
     fields are set in its `__dict__`, as `unflat_all` sets an Entry's (a frozen dataclass's
-    `__init__` costs a worker about 2 us a file more, in the wait between two of its tasks)."""
+    `__init__` costs a worker more, in the wait between two of its tasks)."""
     src = _new(Source)
     src.__dict__.update(path=path, abspath=child(parent.abspath, name), is_dir=False, size=size, mode=mode, dev=dev,
                         ino=ino, parent=parent, mtime_ns=mtime_ns, link=link, followed=followed, blob=blob, seen=seen)
@@ -221,7 +221,7 @@ def unflat_all(rows: list[tuple[Any, ...]]) -> list[Any]:
     """The FileDones `_flat` made `rows` from (the driver's per-file work on a worker's task: the
     imports are looked up once, not once per file). Each Entry is made as its dataclass `__init__`
     would make it, its fields set in its own `__dict__` (a frozen dataclass's `__init__` sets them
-    one `object.__setattr__` at a time, about three times the cost: bench/RESULTS.md, "Small-file
+    one `object.__setattr__` at a time, at a higher cost: bench/RESULTS.md, "Small-file
     archive: the workers' CPU per file (branch sfworkcpu)"); equal to `Entry(...)` (tested)."""
     from archiver.fanout import FileDone
     from manifests.model import ChunkRef, Entry
