@@ -178,6 +178,9 @@ _ELEMENT = {2: "<u2", 4: "<u4", 8: "<u8"}  # numpy dtype strings
 # once and the other passes hit the cache. Smaller blocks pay numpy's per-call overhead.
 # Measurements: bench/RESULTS.md, "CPU per GiB: the big-file hot path".
 PLANE_BLOCK_ELEMENTS = 1 << 17
+# The page size the local store's O_DIRECT writes align to (archiver.directio.ALIGN): the plane
+# buffer is placed at the same offset modulo it as a plane object's first plane.
+PLANE_ALIGN = 4096
 
 
 def split_planes(data: bytes | bytearray | memoryview, width: int, out: np.ndarray,
@@ -286,6 +289,17 @@ class Codec:
             buf = bufs[name] = np.empty(max(nbytes, 1), dtype=np.uint8)
         return buf[:nbytes]
 
+    def _plane_buffer(self, width: int, body: int) -> np.ndarray:
+        """This thread's plane buffer, (width, body // width) uint8, placed so that the first
+        plane lies in memory where it lies in its object modulo PLANE_ALIGN (after the header
+        and width + 1 descriptors). Why: a raw plane is then written by the local store's
+        O_DIRECT writer straight from here, without a copy into its aligned buffer
+        (archiver.directio); each raw plane that follows another raw one lines up too."""
+        head = HEADER.size + (width + 1) * DESCRIPTOR.size
+        buf = self._scratch("planes", body + PLANE_ALIGN)
+        skip = (head - buf.ctypes.data) % PLANE_ALIGN
+        return buf[skip:skip + body].reshape(width, body // width)
+
     def _round_trips(self, frame: bytes, payload: bytes | memoryview) -> bool:
         """Does `frame` decompress to exactly `payload`? Decoded into a reused per-thread
         buffer (one byte longer, so extra output shows) and compared in place."""
@@ -321,7 +335,7 @@ class Codec:
         if type(data) is not bytes or width not in GROUP_WIDTHS or not GROUP_MIN_BYTES <= n <= MAX_CHUNK_LENGTH:
             return blake3.blake3(data).hexdigest()
         body = n - n % width
-        planes = self._scratch("planes", body).reshape(width, body // width)
+        planes = self._plane_buffer(width, body)
         hasher = blake3.blake3()
         split_planes(data, width, planes, feed=hasher.update)
         hasher.update(memoryview(data)[body:])
@@ -331,7 +345,7 @@ class Codec:
     def _planes(self, data: bytes | bytearray | memoryview, width: int, body: int) -> np.ndarray:
         """This thread's plane buffer holding the planes of `data`: split now, unless
         `address` just split this very chunk (same object, same width) into it."""
-        planes = self._scratch("planes", body).reshape(width, body // width)
+        planes = self._plane_buffer(width, body)
         held = getattr(self._local, "split_of", None)
         self._local.split_of = None
         if held is None or held[0] is not data or held[1] != width:

@@ -82,6 +82,14 @@ class DirectWriter:
             fill = offset = 0
             for part in parts:
                 src = memoryview(part).cast("B")
+                lead = _straight_lead(src, offset + fill)
+                if lead is not None:  # its middle goes to the device from where it lies: no copy
+                    view[fill:fill + lead] = src[:lead]
+                    offset = _pwrite_all(fd, view[:fill + lead], offset) if fill + lead else offset
+                    fill = 0
+                    middle = (len(src) - lead) // ALIGN * ALIGN
+                    offset = _pwrite_all(fd, src[lead:lead + middle], offset)
+                    src = src[lead + middle:]
                 while src:
                     n = min(len(src), self.piece - fill)
                     view[fill:fill + n] = src[:n]
@@ -97,6 +105,34 @@ class DirectWriter:
                 os.ftruncate(fd, offset + fill)
         finally:
             view.release()
+
+
+def _address(src: memoryview) -> int | None:
+    """Where `src`'s first byte lies in memory, for a writable buffer (None for a read-only
+    one: ctypes takes the address of writable buffers only)."""
+    if src.readonly:
+        return None
+    import ctypes  # here: most commands never write a big object, and start-up time counts
+    first = ctypes.c_char.from_buffer(src)
+    try:
+        return ctypes.addressof(first)
+    finally:
+        del first  # releases the buffer export at once
+
+
+def _straight_lead(src: memoryview, pos: int) -> int | None:
+    """For a piece that lands at file offset `pos`: if its memory lies at the same place
+    modulo ALIGN as its bytes in the file (e.g. a raw byte plane the codec placed so,
+    codecs.Codec's plane buffer), and at least one aligned block of it lies past the next
+    aligned offset, the bytes before that offset (to be copied into the buffer); else None
+    (copied through the buffer like any other piece)."""
+    if len(src) < 2 * ALIGN:
+        return None
+    addr = _address(src)
+    if addr is None or (addr - pos) % ALIGN:
+        return None
+    lead = -pos % ALIGN
+    return lead if len(src) - lead >= ALIGN else None
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> int:

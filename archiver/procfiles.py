@@ -32,10 +32,9 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from archiver import executors, workerprocs
 from archiver.chunking import ChunkPolicy
@@ -43,6 +42,9 @@ from archiver.packs import PackIndex
 from archiver.rayexec import call_catching
 from archiver.scan import Source, child
 from archiver.settings import Settings
+
+if TYPE_CHECKING:
+    from concurrent.futures.process import BrokenProcessPool
 
 # Auto mode uses processes only for at least this many small files: a small file costs about
 # 90 us of CPU wherever it runs, so two workers save about 45 us of wall a file on an idle
@@ -569,6 +571,8 @@ class SmallFilePool:
         self.error: BaseException | None = None
         self._closed = False
         self._take, self._on_error = take, on_error
+        # here, not at import: its module imports multiprocessing (start-up of every archive)
+        from concurrent.futures.process import BrokenProcessPool
         started: list[workerprocs.WorkerPool] = []
         try:
             with workerprocs.sheltered():  # a Ctrl-C is raised once every worker is tracked (see there)

@@ -17,16 +17,15 @@ fork server started."""
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
+import functools
 import os
 import resource
 import signal
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from archiver.errors import ArchiverError, InvalidOptionError
 
@@ -38,6 +37,7 @@ START_METHOD = "forkserver"
 
 def _context() -> Any:
     """The stock forkserver context (ValueError where the platform has none)."""
+    import multiprocessing
     return multiprocessing.get_context(START_METHOD)
 
 
@@ -67,6 +67,7 @@ def _end_with_driver() -> None:
     whose write end it holds itself, so it would never see EOF and would live on, keeping the
     fork server alive with it. The driver's sentinel (multiprocessing.parent_process(), 3.8+)
     becomes ready when the driver's end of it closes; where there is none, nothing is watched."""
+    import multiprocessing
     parent = multiprocessing.parent_process()
     sentinel = getattr(parent, "sentinel", None)
     if sentinel is None:
@@ -159,10 +160,32 @@ def sheltered() -> Iterator[None]:
                 signal.raise_signal(signal.SIGINT)  # as the caller's handler would have had it
 
 
-class WorkerPool(ProcessPoolExecutor):
-    """A ProcessPoolExecutor that remembers whether its start started the fork server."""
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
-    started_server: bool = False
+    class WorkerPool(ProcessPoolExecutor):
+        started_server: bool
+
+
+@functools.cache  # one class, made once: the cache holds no state of a run
+def _pool_class() -> type:
+    """`WorkerPool`, made on first use. Why not at import: ProcessPoolExecutor's module imports
+    multiprocessing and its connections (tempfile, shutil, subprocess, ~8 ms of CPU), which
+    start-up pays in every archive, even one of a single big file that starts no pool."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    class WorkerPool(ProcessPoolExecutor):
+        """A ProcessPoolExecutor that remembers whether its start started the fork server."""
+
+        started_server: bool = False
+    return WorkerPool
+
+
+def __getattr__(name: str) -> Any:
+    """`WorkerPool` (module attribute made on first use: `_pool_class`)."""
+    if name == "WorkerPool":
+        return _pool_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def pool(processes: int, preload: list[str]) -> WorkerPool:
@@ -178,7 +201,7 @@ def pool(processes: int, preload: list[str]) -> WorkerPool:
     ctx.set_forkserver_preload(list(preload))
     started_here = getattr(server, "_forkserver_pid", 0) is None
     aws = {n: v for n, v in os.environ.items() if n.startswith("AWS_")}
-    executor = WorkerPool(processes, mp_context=ctx, initializer=_init_worker, initargs=(aws,))
+    executor = _pool_class()(processes, mp_context=ctx, initializer=_init_worker, initargs=(aws,))
     executor.started_server = started_here
     return executor
 

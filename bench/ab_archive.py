@@ -56,8 +56,11 @@ def main() -> None:
                 else:
                     home = root / "home"
                     shutil.rmtree(home, ignore_errors=True)
+                    home.mkdir()
+                    # cwd: `python -m` puts the working directory first on sys.path, ahead of
+                    # PYTHONPATH: run from a checkout, every tree would run that checkout's code
                     m = run([sys.executable, "-m", "archiver.cli", "archive", src, "--name", "ab", "--json"],
-                            env=dict(os.environ, PYTHONPATH=t, ARCHIVER_HOME=str(home)))
+                            env=dict(os.environ, PYTHONPATH=t, ARCHIVER_HOME=str(home)), cwd=home)
                     js = json.loads(m.stdout)
                     note = f" id {js['id'][:16]} stored {js['bytes_stored']:,}"
                 runs[t].append(m)

@@ -273,3 +273,99 @@ def test_a_direct_object_is_cut_to_size_and_fsynced_before_its_name_appears_then
     size = (1 << 20) + 4097
     assert store.put_parts_if_absent("chunks/ab/abcd", _parts(5, [size]))
     assert events == [("fsync", size), ("link", "abcd"), ("fsync", "dir")]
+
+
+def _placed(n: int, at: int, seed: int) -> np.ndarray:
+    """`n` random bytes in a writable buffer whose first byte lies at `at` modulo ALIGN."""
+    raw = np.empty(n + ALIGN, dtype=np.uint8)
+    skip = (at - raw.ctypes.data) % ALIGN
+    out = raw[skip:skip + n]
+    out[:] = np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8)
+    return out
+
+
+def _spy_pwrite(monkeypatch) -> list[tuple[object, int, int]]:
+    """Every pwrite of directio: (the exporter of the bytes written, their length, the offset)."""
+    real, seen = os.pwrite, []
+
+    def spy(fd, data, offset):
+        seen.append((getattr(data, "obj", None), len(data), offset))
+        return real(fd, data, offset)
+    monkeypatch.setattr(directio.os, "pwrite", spy)
+    return seen
+
+
+@pytest.mark.parametrize("head, size", [
+    (88, (4 << 20) + 3),  # a bf16 plane object: header and three descriptors, then the raw plane
+    (0, 3 * ALIGN),  # already at an aligned offset: no lead
+    (4095, 5 * ALIGN + 1),  # a lead of one byte
+    (136, (2 << 20) + ALIGN),  # longer than the writer's piece
+])
+def test_a_piece_lying_at_its_file_offset_modulo_the_alignment_goes_straight_to_the_device(
+        tmp_path, monkeypatch, head, size):
+    """A writable piece (the codec's raw byte plane) whose memory lies at its file offset
+    modulo ALIGN is written from where it lies, in aligned writes at aligned offsets, not
+    copied into the aligned buffer; the object reads back byte for byte."""
+    _needs_direct(tmp_path)
+    plane = _placed(size, head, seed=size)
+    parts: list[bytes | memoryview] = [bytes(range(256)) * (head // 256) + bytes(head % 256),
+                                       memoryview(plane), b"zstd frame" * 1000]
+    seen = _spy_pwrite(monkeypatch)
+    w = DirectWriter(piece=ALIGN * 64, direct_from=0)
+    assert _write(w, tmp_path / "obj", parts)
+    assert (tmp_path / "obj").read_bytes() == b"".join(bytes(p) for p in parts)
+    straight = [(n, off) for obj, n, off in seen if obj is plane.base or obj is plane]
+    assert straight and all(n % ALIGN == 0 and off % ALIGN == 0 for n, off in straight)
+    assert sum(n for n, _ in straight) == (size - (-head % ALIGN)) // ALIGN * ALIGN  # all but its ragged ends
+
+
+@pytest.mark.parametrize("what", ["misplaced", "read-only", "short"])
+def test_other_pieces_are_copied_through_the_buffer(tmp_path, monkeypatch, what):
+    _needs_direct(tmp_path)
+    plane = _placed(2 * ALIGN - 1 if what == "short" else 3 * ALIGN + 5, 88 + (what == "misplaced"), seed=9)
+    piece: bytes | memoryview = plane.tobytes() if what == "read-only" else memoryview(plane)
+    parts = [b"h" * 88, piece, b"t" * 7]
+    seen = _spy_pwrite(monkeypatch)
+    assert _write(DirectWriter(piece=ALIGN * 4, direct_from=0), tmp_path / "obj", parts)
+    assert (tmp_path / "obj").read_bytes() == b"".join(bytes(p) for p in parts)
+    assert all(obj is not plane.base and obj is not plane for obj, _, _ in seen)
+
+
+def test_a_refusal_after_a_straight_write_rewrites_everything_buffered(tmp_path, monkeypatch):
+    _needs_direct(tmp_path)
+    plane = _placed(6 * ALIGN, 88, seed=11)
+    parts = [b"h" * 88, memoryview(plane), b"end"]
+    real, calls = os.pwrite, [0]
+
+    def refusing(fd, data, offset):
+        calls[0] += 1
+        if calls[0] >= 3:  # the lead block and the plane's middle went out with O_DIRECT
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+    monkeypatch.setattr(directio.os, "pwrite", refusing)
+    w = DirectWriter(piece=ALIGN * 16, direct_from=0)
+    assert _write(w, tmp_path / "obj", parts)
+    assert not w.available and calls[0] == 3
+    assert (tmp_path / "obj").read_bytes() == b"".join(bytes(p) for p in parts)
+
+
+def test_a_bf16_chunk_object_is_written_from_the_codecs_plane_buffer_and_stored_exactly(tmp_path, monkeypatch):
+    """The codec places its plane buffer so a raw plane lines up (codecs.Codec._plane_buffer):
+    the local store writes a bf16 chunk's noisy low-byte plane straight from it, and the
+    stored object is byte for byte what `encode` makes."""
+    _needs_direct(tmp_path)
+    from archiver.codecs import Codec
+    rng = np.random.default_rng(5)
+    values = (rng.standard_normal(1 << 21).astype(np.float32) * 0.02).view(np.uint32) >> 16
+    data = values.astype("<u2").tobytes()  # 4 MiB of bf16: an exponent plane and a noisy one
+    codec = Codec()
+    want = codec.encode(data, 2)
+    assert want.codec == "bg2"
+    codec.address(data, 2)
+    parts = codec.encode_parts(data, 2)
+    seen = _spy_pwrite(monkeypatch)
+    store = LocalStore(tmp_path / "s")
+    assert store.put_parts_if_absent("chunks/ab/abcd", parts.parts)
+    assert store.get("chunks/ab/abcd") == want.data
+    planes = codec._local.scratch["planes"]
+    assert any(isinstance(obj, np.ndarray) and np.shares_memory(obj, planes) and n >= (1 << 20) for obj, n, _ in seen)

@@ -207,3 +207,19 @@ def test_a_python_without_the_private_fork_server_attributes_still_works(monkeyp
     monkeypatch.undo()
     from multiprocessing import forkserver
     forkserver._forkserver._stop()  # the server this test left running (its pool did not start it "here")
+
+
+def test_importing_the_archive_path_starts_no_multiprocessing():
+    """An archive that starts no pool (one big file) does not pay at start-up for
+    multiprocessing and ProcessPoolExecutor's module (tempfile, shutil, subprocess, ...): they
+    are imported when a pool starts; `WorkerPool` is still the pools' class."""
+    import subprocess
+    import sys
+    code = ("import sys, archiver.cli, archiver.pipeline, archiver.fanout, archiver.procfiles, archiver.packproof, "
+            "archiver.procrestore; print(sorted(m for m in ('multiprocessing', 'concurrent.futures.process', "
+            "'subprocess', 'tempfile') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    from concurrent.futures import ProcessPoolExecutor
+    assert issubclass(workerprocs.WorkerPool, ProcessPoolExecutor)
+    assert workerprocs.WorkerPool is workerprocs._pool_class()
