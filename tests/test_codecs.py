@@ -882,6 +882,7 @@ def test_encode_small_refuses_a_frame_that_does_not_round_trip(monkeypatch: pyte
     with pytest.raises(EncodeError, match="round trip"):
         codec.encode_small(raw)
 
+
 @pytest.mark.parametrize("width", [2, 4, 8])
 def test_raw_planes_lie_in_memory_at_their_object_offset_modulo_the_page(width: int) -> None:
     """The plane buffer is placed (Codec._plane_buffer) so the first plane lies in memory at
