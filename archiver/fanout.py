@@ -202,8 +202,9 @@ class _Recorder:
     """Takes each finished file (from any thread): its entry, and its journal line, written
     out and fsynced about once a second."""
 
-    def __init__(self, out: "ArchivedFiles", journal: Journal | None) -> None:
+    def __init__(self, out: "ArchivedFiles", journal: Journal | None, on_entries: Any = None) -> None:
         self.out, self.journal = out, journal
+        self.on_entries = on_entries  # told of each finished file's entry (archiver.earlytrees)
         self.lock = threading.Lock()
         self.last_sync = time.monotonic()
 
@@ -216,6 +217,8 @@ class _Recorder:
                 self.journal.record(done.entry, done.snapshot, sync=sync)
                 if sync:
                     self.last_sync = now
+        if self.on_entries is not None:
+            self.on_entries((done.entry,))
 
     def many(self, entries: list[Entry], lines: bytes, snapshots: list[list[int]]) -> None:
         """A worker task's files at once: their entries, and their journal lines (`lines`, made
@@ -235,10 +238,21 @@ class _Recorder:
                         self.journal.record_lines(b"", sync=True)
                 if sync:
                     self.last_sync = now
+        if self.on_entries is not None:
+            self.on_entries(entries)
 
 
 def _describe(item: Source | list[Source]) -> str:
     return str((item[0] if isinstance(item, list) else item).abspath)
+
+
+def directories_together(todo: list[Source]) -> list[Source]:
+    """`todo` (largest first) with its small files (under BATCH_FILE_BELOW) in path order: a
+    task then holds whole directories, which are complete, and their trees made ahead
+    (archiver.earlytrees), as tasks finish rather than all at the end; the big files stay
+    first, largest first. (Runs and tasks are still cut by size: the work per task is the same.)"""
+    big = [s for s in todo if s.size >= BATCH_FILE_BELOW]
+    return big + sorted((s for s in todo if s.size < BATCH_FILE_BELOW), key=lambda s: s.path)
 
 
 def local_batches(todo: list[Source]) -> list[list[Source]]:
@@ -290,12 +304,13 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
                   policy: ChunkPolicy, write_policy: Any, progress: Progress, pool_workers: int,
                   journal: Journal | None = None, processes: int | None = None,
                   cpu_since: workerprocs.CpuSample | None = None,
-                  early: procfiles.PoolStarter | None = None) -> ArchivedFiles:
+                  early: procfiles.PoolStarter | None = None, on_entries: Any = None) -> ArchivedFiles:
     """Archive every regular file of `sources`: journalled ones that are provably unchanged
     are resumed, the others run as tasks, largest first; each finished one is journalled.
     `processes` (local executor): worker processes for the small files (archiver.procfiles;
     0: threads only, None: auto, by how busy the rest of the machine was since `cpu_since`);
-    `early`: the pool started during the scan, used if the count agrees (closed here otherwise)."""
+    `early`: the pool started during the scan, used if the count agrees (closed here otherwise).
+    `on_entries`: called (from any thread) with the entries of files as they finish or resume."""
     out = ArchivedFiles()
     files = [s for s in sources if not s.is_dir and not s.is_link]
     prior = journal.load() if journal is not None else {}
@@ -307,11 +322,15 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
             out.entries[s.path] = stored[s.path]
             out.resumed += 1
             progress.advance(s.size)
+    if on_entries is not None and stored:
+        on_entries(list(stored.values()))
     todo = sorted((s for s in files if s.path not in out.entries), key=lambda s: (-s.size, s.path))
+    if on_entries is not None:
+        todo = directories_together(todo)
     settings = worker_settings(repo, executor)
     stoppable = None
     dirs: DirFds | None = None
-    record = _Recorder(out, journal)
+    record = _Recorder(out, journal, on_entries)
     nproc = 0
     if settings is not None:
         task: Any = RemoteArchiveFile(settings, policy, write_policy, executor.task_cpus)

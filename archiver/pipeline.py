@@ -30,6 +30,7 @@ from archiver.formats import detect_regions, may_be_weights
 from archiver.parallel import default_workers, ordered_map
 from archiver.progress import Progress
 from archiver.digests import FileDigest
+from archiver.earlytrees import EarlyTrees
 from archiver.filescache import FilesRun
 from archiver.repository import Repository, SavedChunk
 from archiver.scan import Source, changed, open_file, open_source, read_whole, scan
@@ -219,11 +220,18 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     # looked up while the chunk pool is busy, not in the serial tail after the last chunk
     agent = threading.Thread(target=events.Agent.current, name="archive-agent", daemon=True)
     agent.start()
+    # the trees of directories whose files are all done are made, proved and written while the
+    # other files are archived (archiver.earlytrees): the commit finishes the rest
+    ahead = EarlyTrees.start(repo, sources, reused, files_cache.trees, write_policy)
     try:
         done = fanout.archive_files(repo, [s for s in sources if s.path not in reused], ex, writer=writer, stats=stats, policy=policy,
                                     write_policy=write_policy, progress=progress, pool_workers=nworkers,
-                                    journal=journal, processes=processes, cpu_since=cpu_since, early=early)
+                                    journal=journal, processes=processes, cpu_since=cpu_since, early=early,
+                                    on_entries=ahead.add if ahead is not None else None)
+        made_ahead = ahead.finish() if ahead is not None else None
     finally:
+        if ahead is not None:
+            ahead.close()
         if executor is None:
             ex.close()
     entries: list[Entry] = []
@@ -264,7 +272,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     pending: list[Any] = []
     try:
         committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,
-                                         read_maps=read_maps, previous_trees=files_cache.trees,
+                                         read_maps=read_maps, previous_trees=files_cache.trees, made_ahead=made_ahead,
                                          on_id=lambda mid: pending.append(files_cache.commit_when(mid, entries)),
                                          # its rows are written while the catalog records the manifest
                                          on_stored=lambda mid: [p.decide(p.mid == mid) for p in pending

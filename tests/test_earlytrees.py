@@ -1,0 +1,242 @@
+"""Trees made ahead while the files are archived (archiver.earlytrees): the same manifest,
+store objects and catalog as when the commit makes them all (worker processes, threads, a
+re-archive through the files cache, S3), each tree proved once and written once, and any
+failure ahead left to the commit."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from archiver import api, earlytrees, layout, procfiles
+from archiver.repository import Repository
+from manifests import model
+from manifests.model import TREE_THRESHOLD, Entry, tree_children, tree_objects
+from tests.helpers import RawStore
+
+DIRS, PER_DIR = 24, 44  # over TREE_THRESHOLD entries: the manifest is committed through trees
+
+
+def make_tree(root: Path) -> Path:
+    """DIRS directories (two nested, one empty) of small files, empty files and a symlink."""
+    for d in range(DIRS):
+        sub = root / f"d{d:02}" / ("inner" if d % 5 == 0 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        for i in range(PER_DIR):
+            (sub / f"f{i:02}").write_bytes(b"" if i % 9 == 0 else os.urandom(1 + 37 * i + d))
+    (root / "empty-dir").mkdir()
+    os.symlink("d00/inner/f01", root / "link")
+    return root
+
+
+@pytest.fixture
+def small_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tasks of a few files, so directories complete task by task on the two workers."""
+    monkeypatch.setattr(procfiles, "TASK_FILES", 40)
+
+
+@contextlib.contextmanager
+def without_ahead() -> Iterator[None]:
+    """The commit makes every tree (the base behaviour)."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(earlytrees.EarlyTrees, "start", classmethod(lambda cls, *a, **k: None))
+        yield
+
+
+def _store_objects(url: str) -> dict[str, bytes]:
+    """Every object but events (they carry times) and the store's probe, by key."""
+    raw = RawStore(url)
+    out = {}
+    for prefix in ("manifests/", "trees/", "chunks/", "filemaps/", "signatures/"):
+        for k in raw.keys(prefix):
+            out[k] = raw.read(k)
+    return out
+
+
+def _catalog_rows(path: Path) -> dict[str, list[tuple]]:
+    """The catalog's rows that record archives (not times): manifests, files, chunks, trees."""
+    con = sqlite3.connect(path)
+    try:
+        return {
+            "manifests": con.execute("SELECT id, name, label, parent, file_count, total_size, stored_size, json "
+                                     "FROM manifests ORDER BY id").fetchall(),
+            "files": con.execute("SELECT * FROM files ORDER BY manifest_id, path").fetchall(),
+            "chunks": con.execute("SELECT * FROM chunks ORDER BY key").fetchall(),
+            "manifest_chunks": con.execute("SELECT * FROM manifest_chunks ORDER BY manifest, chunk").fetchall(),
+            "tree_files": con.execute("SELECT * FROM tree_files ORDER BY hash").fetchall(),
+        }
+    finally:
+        con.close()
+
+
+def _archive(tmp_path: Path, src: Path, store: str, name: str, processes: int):  # type: ignore[no-untyped-def]
+    cat = tmp_path / f"{abs(hash(store))}.db"
+    return api.archive([src], name=name, store=store, catalog=str(cat), processes=processes), cat
+
+
+@pytest.mark.parametrize("processes", [2, 0])
+def test_same_archive_as_trees_made_at_commit(tmp_path, home, small_tasks, processes):
+    src = make_tree(tmp_path / "src")
+    ahead, cat_a = _archive(tmp_path, src, str(tmp_path / "a"), "m", processes)
+    with without_ahead():
+        base, cat_b = _archive(tmp_path, src, str(tmp_path / "b"), "m", processes)
+    assert ahead.id == base.id
+    assert _store_objects(str(tmp_path / "a")) == _store_objects(str(tmp_path / "b"))
+    assert _catalog_rows(cat_a) == _catalog_rows(cat_b)
+    report = api.verify([ahead.id], store=str(tmp_path / "a"), catalog=str(cat_a), deep=True)
+    assert report.ok, report.problems
+
+
+def _change(src: Path) -> None:
+    """The same change on each copy, with the same times: one file rewritten, one added."""
+    (src / "d03" / "f05").write_bytes(b"changed after the first archive")
+    (src / "d07" / "new").write_bytes(b"a new file")
+    for p in (src / "d03" / "f05", src / "d07" / "new", src / "d03", src / "d07"):
+        os.utime(p, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+
+
+def test_same_re_archive_through_the_files_cache(tmp_path, home, small_tasks):
+    """An unchanged directory keeps the previous tree, a changed one gets a new tree: the same
+    ids, objects and rows as when the commit makes them."""
+    make_tree(tmp_path / "a-src" / "src")
+    shutil.copytree(tmp_path / "a-src" / "src", tmp_path / "b-src" / "src", symlinks=True)  # times kept
+    results = {}
+    for side in ("a", "b"):
+        store, src = str(tmp_path / side), tmp_path / f"{side}-src" / "src"
+        with without_ahead() if side == "b" else contextlib.nullcontext():
+            first, cat = _archive(tmp_path, src, store, "m", 2)
+            _change(src)
+            second, cat = _archive(tmp_path, src, store, "m", 2)
+        assert second.files_reused > 0
+        results[side] = (first.id, second.id, _store_objects(store), _catalog_rows(cat))
+    assert results["a"][:2] == results["b"][:2]
+    assert results["a"][2] == results["b"][2]
+    assert results["a"][3] == results["b"][3]
+
+
+def test_same_archive_on_each_store(tmp_path, home, store_url):
+    src = make_tree(tmp_path / "src")
+    ahead = api.archive([src], name="m", store=store_url, catalog=str(tmp_path / "a.db"), processes=0)
+    other = str(tmp_path / "local-b")
+    with without_ahead():
+        base = api.archive([src], name="m", store=other, catalog=str(tmp_path / "b.db"), processes=0)
+    assert ahead.id == base.id
+    assert {k: v for k, v in _store_objects(store_url).items() if k.startswith("trees/")} == \
+        {k: v for k, v in _store_objects(other).items() if k.startswith("trees/")}
+    report = api.verify([ahead.id], store=store_url, catalog=str(tmp_path / "a.db"), deep=True)
+    assert report.ok, report.problems
+
+
+def test_each_tree_proved_and_written_once(tmp_path, home, small_tasks, monkeypatch):
+    """The trees made ahead are proved there (check_tree) and written there: the commit's own
+    proof parses none again and writes none again; all of them are the manifest's."""
+    src = make_tree(tmp_path / "src")
+    at_commit: list[str] = []
+    real_check = model.check_tree
+    monkeypatch.setattr(model, "check_tree", lambda data, h, where: (at_commit.append(h), real_check(data, h, where)))
+    written: list[str] = []
+    real_put = Repository.put_tree_made
+    monkeypatch.setattr(Repository, "put_tree_made", lambda self, h, data: (written.append(h), real_put(self, h, data)))
+    commit_puts: list[dict] = []
+    real_puts = Repository._put_trees
+    monkeypatch.setattr(Repository, "_put_trees", lambda self, trees, hot=None: (commit_puts.append(dict(trees)),
+                                                                                   real_puts(self, trees, hot))[1])
+    res, cat = _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
+    with api.open_repository(str(tmp_path / "s"), cat) as repo:
+        m = repo.load_manifest(res.id)
+    named = set(tree_objects(m.entries)[1])
+    assert len(named) > DIRS
+    assert sorted(written) == sorted(named)  # each once, every one the manifest names
+    assert at_commit == []  # the commit's prove_trees found them all proved ahead
+    assert commit_puts == [{}]
+
+
+def test_a_tree_write_that_fails_ahead_is_written_by_the_commit(tmp_path, home, small_tasks, monkeypatch,
+                                                                 ):
+    src = make_tree(tmp_path / "src")
+    from archiver.errors import StoreError
+    failed: list[str] = []
+
+    def flaky(self, h, data):  # type: ignore[no-untyped-def]
+        if not failed:
+            failed.append(h)
+            raise StoreError("the tree could not be written (test)")
+        return Repository._put_tree(self, h, data, None)
+    monkeypatch.setattr(Repository, "put_tree_made", flaky)
+    res, _ = _archive(tmp_path, src, str(tmp_path / "a"), "m", 2)
+    with without_ahead():
+        base, _ = _archive(tmp_path, src, str(tmp_path / "b"), "m", 2)
+    assert failed and res.id == base.id
+    assert RawStore(str(tmp_path / "a")).read(layout.tree(failed[0]))
+    assert _store_objects(str(tmp_path / "a")) == _store_objects(str(tmp_path / "b"))
+
+
+def test_a_failed_archive_commits_no_manifest(tmp_path, home, monkeypatch):
+    """A file that changes while it is read fails the archive after trees were made ahead:
+    they may stay, unreferenced, never a manifest or a catalog row; the builder stops."""
+    from archiver import pipeline
+    from archiver.errors import SourceChangedError
+    src = make_tree(tmp_path / "src")
+    real = pipeline.read_small
+
+    def read(s, fd, before):  # type: ignore[no-untyped-def]
+        if s.path.endswith("d21/f03"):  # late in path order: earlier directories are complete
+            raise SourceChangedError(str(s.abspath))
+        return real(s, fd, before)
+    monkeypatch.setattr(pipeline, "read_small", read)
+    made: list[str] = []
+    real_put = Repository.put_tree_made
+    monkeypatch.setattr(Repository, "put_tree_made", lambda self, h, data: (made.append(h), real_put(self, h, data)))
+    with pytest.raises(SourceChangedError):
+        _archive(tmp_path, src, str(tmp_path / "s"), "m", 0)
+    assert made  # trees were made ahead before the failure
+    assert RawStore(str(tmp_path / "s")).keys("manifests/") == []
+    assert [t.name for t in threading.enumerate() if t.name.startswith("early-trees")] == []
+    with api.open_repository(str(tmp_path / "s"), tmp_path / f"{abs(hash(str(tmp_path / 's')))}.db") as repo:
+        assert repo.list_archives() == []
+
+
+def test_tree_children_agrees_with_tree_objects():
+    def entries(paths: list[tuple[str, bool]]) -> list[Entry]:
+        return [Entry(path=p, type="dir", mode=0o755) if d else
+                Entry(path=p, type="symlink", mode=0o777, target="x") for p, d in paths]
+    cases = [
+        [("a", True), ("a/b", False), ("c", False)],
+        [("a", True), ("a", True)],
+        [("a/b", False)],  # no entry for its directory
+        [("a", True), ("a/../b", False)],
+        [("a", False), ("a", False)],
+        [("", False)],
+        [("a", True), ("a/b", True), ("a/b/c", False), ("d", False)],
+    ]
+    for paths in cases:
+        got = tree_children(paths)
+        made = tree_objects(entries(paths))
+        assert (got is None) == (made is None), paths
+        if got is not None:
+            assert set(got) == set(made[2]), paths
+            assert sorted(i for idx in got.values() for i in idx) == list(range(len(paths)))
+    assert tree_children([("a", True), ("a/b", False), ("c", False)]) == {"": [0, 2], "a": [1]}
+
+
+def test_not_started_where_the_commit_makes_no_trees(tmp_path):
+    from archiver.scan import scan
+
+    class Repo:
+        sealed = False
+    small = tmp_path / "few"
+    small.mkdir()
+    (small / "f").write_bytes(b"x")
+    assert earlytrees.EarlyTrees.start(Repo(), scan([small]), {}, None, None) is None  # inline manifest
+    big = make_tree(tmp_path / "big")
+    sources = scan([big])
+    assert len(sources) > TREE_THRESHOLD
+    assert earlytrees.EarlyTrees.start(Repo(), sources, {}, None, write_policy=object()) is None
+    Repo.sealed = True
+    assert earlytrees.EarlyTrees.start(Repo(), sources, {}, None, None) is None
