@@ -101,6 +101,11 @@ class EarlyTrees:
         """Finished file entries (any thread): queued for the builder."""
         self.inbox.put(list(entries))
 
+    def all_added(self) -> None:
+        """Every file's entry was added: the builder makes what is left and ends on its own
+        (its writers too, once their writes are done), whether or not `finish` is called."""
+        self.inbox.put(None)
+
     def finish(self) -> EarlyMade:
         """Wait for the builder and the writes; what was made, proved and written by now."""
         self.inbox.put(None)
@@ -142,6 +147,8 @@ class EarlyTrees:
                 self._complete(done)
         except Exception:  # noqa: BLE001 - nothing made here is relied on: the commit makes the rest
             self.stopped = True
+        finally:
+            self.writers.shutdown(wait=False)  # its threads end once the writes under way are done
 
     def _complete(self, dirs: list[str]) -> None:
         """Make the tree of each directory in `dirs` (all its entries known), then of each

@@ -228,10 +228,13 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
                                     write_policy=write_policy, progress=progress, pool_workers=nworkers,
                                     journal=journal, processes=processes, cpu_since=cpu_since, early=early,
                                     on_entries=ahead.add if ahead is not None else None)
-        made_ahead = ahead.finish() if ahead is not None else None
-    finally:
+        if ahead is not None:
+            ahead.all_added()  # the last trees are made while the chunks are checked and the catalog synced
+    except BaseException:
         if ahead is not None:
             ahead.close()
+        raise
+    finally:
         if executor is None:
             ex.close()
     entries: list[Entry] = []
@@ -267,6 +270,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     if write_policy is not None:
         details["retention"] = _policy_summary(write_policy)
     agent.join()
+    made_ahead = ahead.finish() if ahead is not None else None
     # the files cache lays out its rows while the manifest commits, and writes them once it
     # is (FilesRun.commit_when): most of its work is not a serial step after the commit
     pending: list[Any] = []

@@ -9,6 +9,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -240,3 +241,23 @@ def test_not_started_where_the_commit_makes_no_trees(tmp_path):
     assert earlytrees.EarlyTrees.start(Repo(), sources, {}, None, write_policy=object()) is None
     Repo.sealed = True
     assert earlytrees.EarlyTrees.start(Repo(), sources, {}, None, None) is None
+
+
+def test_a_failure_after_the_files_leaves_no_thread_behind(tmp_path, home, monkeypatch):
+    """An error between the last file and the commit (here the catalog sync): the builder
+    makes what is left and ends, its writers too; no manifest is written."""
+    from archiver.errors import StoreError
+
+    def failing(self):  # type: ignore[no-untyped-def]
+        raise StoreError("the catalog could not be synced (test)")
+    monkeypatch.setattr(Repository, "sync_catalog", failing)
+    src = make_tree(tmp_path / "src")
+    with pytest.raises(StoreError, match="test"):
+        _archive(tmp_path, src, str(tmp_path / "s"), "m", 0)
+    for _ in range(200):  # bounded: 10 s at most
+        if not [t for t in threading.enumerate() if t.name.startswith("early-trees")]:
+            break
+        time.sleep(0.05)
+    assert [t.name for t in threading.enumerate() if t.name.startswith("early-trees")] == []
+    assert RawStore(str(tmp_path / "s")).keys("manifests/") == []
+    assert RawStore(str(tmp_path / "s")).keys("trees/")  # made ahead, unreferenced: allowed
