@@ -98,7 +98,7 @@ class EarlyTrees:
         return cls(repo, sources, children, reused, previous, known, repo.trees_read_back())
 
     def add(self, entries: Iterable[Entry]) -> None:
-        """Finished file entries (any thread): queued for the builder."""
+        """Finished file entries (any thread): queued for the builder (a list of its own)."""
         self.inbox.put(list(entries))
 
     def all_added(self) -> None:
@@ -133,10 +133,20 @@ class EarlyTrees:
             self._complete(ready)
             while True:
                 got = self.inbox.get()
-                if got is None or self.stopped:
+                last = got is None
+                while not last:  # all that is queued at once (a thread's files come one by one)
+                    try:
+                        more = self.inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        last = True
+                    else:
+                        got.extend(more)
+                if self.stopped:
                     return
                 done: list[str] = []
-                for e in got:
+                for e in got or ():
                     d = e.path.rsplit("/", 1)[0] if "/" in e.path else ""
                     if d not in self.pending or e.path in self.files or not e.is_file:
                         continue
@@ -145,6 +155,8 @@ class EarlyTrees:
                     if self.pending[d] == 0:
                         done.append(d)
                 self._complete(done)
+                if last:
+                    return
         except Exception:  # noqa: BLE001 - nothing made here is relied on: the commit makes the rest
             self.stopped = True
         finally:
