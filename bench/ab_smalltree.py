@@ -4,7 +4,8 @@ bench/smallfiles.py) from several checkouts: is a change to the archive's wall t
     .venv/bin/python bench/ab_smalltree.py --src /work/sf/t/tree [--rounds 4] [--processes 2] TREE [TREE ...]
 
 Each TREE is a checkout (e.g. a base from `git archive BASE | tar -x -C DIR`), put first on
-PYTHONPATH of its runs and compiled to bytecode once. Every round archives SRC once per tree
+PYTHONPATH of its runs, which run in it (`python -m` puts the working directory first on
+sys.path, before PYTHONPATH), and compiled to bytecode once. Every round archives SRC once per tree
 into a fresh store, catalog and home (no files cache), the order reversed every other round.
 Per run: wall, CPU (user + system from wait4) and `other` (CPU-s the rest of the machine used
 meanwhile, `measure.run`): medians over all runs and over those with other < 0.15 CPU-s."""
@@ -48,7 +49,8 @@ def main() -> None:
                 (root / "store.db").unlink(missing_ok=True)
                 m = run([sys.executable, "-m", "archiver.cli", "--store", root / "store", "--catalog",
                          root / "store.db", "archive", a.src, "--name", "ab", "--processes", a.processes, "--json"],
-                        env=dict(os.environ, PYTHONPATH=t, HOME=str(root / "home"), ARCHIVER_HOME=str(root / "home")))
+                        env=dict(os.environ, PYTHONPATH=t, HOME=str(root / "home"), ARCHIVER_HOME=str(root / "home")),
+                        cwd=t)  # `-m` puts the working directory before PYTHONPATH: run from the tree itself
                 js = json.loads(m.stdout)
                 runs[t].append(m)
                 print(f"round {r} {t}: wall {m.wall:.3f} s, CPU {m.cpu:.3f} s, other {m.other_cpu:.2f}, "
