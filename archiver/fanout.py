@@ -246,13 +246,12 @@ def _describe(item: Source | list[Source]) -> str:
     return str((item[0] if isinstance(item, list) else item).abspath)
 
 
-def directories_together(todo: list[Source]) -> list[Source]:
-    """`todo` (largest first) with its small files (under BATCH_FILE_BELOW) in path order: a
-    task then holds whole directories, which are complete, and their trees made ahead
-    (archiver.earlytrees), as tasks finish rather than all at the end; the big files stay
-    first, largest first. (Runs and tasks are still cut by size: the work per task is the same.)"""
-    big = [s for s in todo if s.size >= BATCH_FILE_BELOW]
-    return big + sorted((s for s in todo if s.size < BATCH_FILE_BELOW), key=lambda s: s.path)
+def directories_together(runs: list[list[Source]]) -> list[list[Source]]:
+    """The runs of small files (`local_batches`) cut again from their files in path order: a
+    worker task then holds whole directories, which are complete, and their trees made ahead
+    (archiver.earlytrees), as tasks finish rather than all with the last one. (Runs and tasks
+    are still cut by size: the work per task is the same.)"""
+    return list(batches(sorted((s for run in runs for s in run), key=lambda s: s.path), lambda s: s.size))
 
 
 def local_batches(todo: list[Source]) -> list[list[Source]]:
@@ -325,8 +324,6 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
     if on_entries is not None and stored:
         on_entries(list(stored.values()))
     todo = sorted((s for s in files if s.path not in out.entries), key=lambda s: (-s.size, s.path))
-    if on_entries is not None:
-        todo = directories_together(todo)
     settings = worker_settings(repo, executor)
     stoppable = None
     dirs: DirFds | None = None
@@ -349,11 +346,15 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
                                       load=cpu_since.others_busy() if cpu_since is not None else None)
         if nproc:  # the runs of small files go to worker processes, the big files stay here
             small_runs = [r for r in items if r[0].size < BATCH_FILE_BELOW]
+            if on_entries is not None:
+                small_runs = directories_together(small_runs)
             jobs = [procfiles.SmallJob(procfiles.worker_settings(repo.settings),  # type: ignore[arg-type]
                                        policy, write_policy,
                                        writer.trust_verified_within, runs, journal_lines=journal is not None)
                     for runs in procfiles.tasks_of(small_runs, processes=nproc)]
             items = [r for r in items if r[0].size >= BATCH_FILE_BELOW]
+        else:  # threads: trees are made at the commit (a builder beside them would only contend for the GIL)
+            record.on_entries = None
         if early is not None and not (nproc and nproc == early.processes and jobs):
             early.close()  # started during the scan, but nothing here for it
         stoppable = StoppableProgress(progress)

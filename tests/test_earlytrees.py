@@ -178,29 +178,49 @@ def test_a_tree_write_that_fails_ahead_is_written_by_the_commit(tmp_path, home, 
     assert _store_objects(str(tmp_path / "a")) == _store_objects(str(tmp_path / "b"))
 
 
-def test_a_failed_archive_commits_no_manifest(tmp_path, home, monkeypatch):
-    """A file that changes while it is read fails the archive after trees were made ahead:
-    they may stay, unreferenced, never a manifest or a catalog row; the builder stops."""
-    from archiver import pipeline
-    from archiver.errors import SourceChangedError
+def test_a_failed_archive_commits_no_manifest(tmp_path, home, small_tasks, monkeypatch):
+    """An error while the workers' results are taken (here the driver cannot adopt a late
+    task's packs) fails the archive after trees were made ahead: they may stay, unreferenced,
+    never a manifest or a catalog row; the builder stops."""
+    from archiver.errors import StoreError
     src = make_tree(tmp_path / "src")
-    real = pipeline.read_small
+    taken: list[int] = []
+    real_adopt = Repository.adopt_packs
 
-    def read(s, fd, before):  # type: ignore[no-untyped-def]
-        if s.path.endswith("d21/f03"):  # late in path order: earlier directories are complete
-            raise SourceChangedError(str(s.abspath))
-        return real(s, fd, before)
-    monkeypatch.setattr(pipeline, "read_small", read)
+    def adopt(self, indexes):  # type: ignore[no-untyped-def]
+        taken.append(1)
+        if len(taken) == 4:  # the first tasks' directories are complete: wait for a tree made ahead
+            for _ in range(200):  # bounded: 10 s at most
+                if made:
+                    break
+                time.sleep(0.05)
+            raise StoreError("the packs could not be adopted (test)")
+        return real_adopt(self, indexes)
+    monkeypatch.setattr(Repository, "adopt_packs", adopt)
     made: list[str] = []
     real_put = Repository.put_tree_made
     monkeypatch.setattr(Repository, "put_tree_made", lambda self, h, data: (made.append(h), real_put(self, h, data)))
-    with pytest.raises(SourceChangedError):
-        _archive(tmp_path, src, str(tmp_path / "s"), "m", 0)
+    with pytest.raises(StoreError, match="test"):
+        _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
     assert made  # trees were made ahead before the failure
     assert RawStore(str(tmp_path / "s")).keys("manifests/") == []
+    for _ in range(200):  # bounded: 10 s at most
+        if not [t for t in threading.enumerate() if t.name.startswith("early-trees")]:
+            break
+        time.sleep(0.05)
     assert [t.name for t in threading.enumerate() if t.name.startswith("early-trees")] == []
     with api.open_repository(str(tmp_path / "s"), tmp_path / f"{abs(hash(str(tmp_path / 's')))}.db") as repo:
         assert repo.list_archives() == []
+
+
+def test_threads_leave_the_trees_to_the_commit(tmp_path, home, monkeypatch):
+    """On threads (no worker processes) no builder runs beside them: only the trees complete
+    from the start (none here: every directory has files) are made ahead."""
+    made: list[str] = []
+    real_put = Repository.put_tree_made
+    monkeypatch.setattr(Repository, "put_tree_made", lambda self, h, data: (made.append(h), real_put(self, h, data)))
+    res, _ = _archive(tmp_path, make_tree(tmp_path / "src"), str(tmp_path / "s"), "m", 0)
+    assert res.files > TREE_THRESHOLD and made == []
 
 
 def test_tree_children_agrees_with_tree_objects():
@@ -243,7 +263,7 @@ def test_not_started_where_the_commit_makes_no_trees(tmp_path):
     assert earlytrees.EarlyTrees.start(Repo(), sources, {}, None, None) is None
 
 
-def test_a_failure_after_the_files_leaves_no_thread_behind(tmp_path, home, monkeypatch):
+def test_a_failure_after_the_files_leaves_no_thread_behind(tmp_path, home, small_tasks, monkeypatch):
     """An error between the last file and the commit (here the catalog sync): the builder
     makes what is left and ends, its writers too; no manifest is written."""
     from archiver.errors import StoreError
@@ -253,7 +273,7 @@ def test_a_failure_after_the_files_leaves_no_thread_behind(tmp_path, home, monke
     monkeypatch.setattr(Repository, "sync_catalog", failing)
     src = make_tree(tmp_path / "src")
     with pytest.raises(StoreError, match="test"):
-        _archive(tmp_path, src, str(tmp_path / "s"), "m", 0)
+        _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
     for _ in range(200):  # bounded: 10 s at most
         if not [t for t in threading.enumerate() if t.name.startswith("early-trees")]:
             break
