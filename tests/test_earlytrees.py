@@ -122,6 +122,7 @@ def test_same_re_archive_through_the_files_cache(tmp_path, home, small_tasks):
 
 
 def test_same_archive_on_each_store(tmp_path, home, store_url):
+    """Threads on every store (nothing made ahead there), the same as the commit's trees."""
     src = make_tree(tmp_path / "src")
     ahead = api.archive([src], name="m", store=store_url, catalog=str(tmp_path / "a.db"), processes=0)
     other = str(tmp_path / "local-b")
@@ -131,6 +132,27 @@ def test_same_archive_on_each_store(tmp_path, home, store_url):
     assert {k: v for k, v in _store_objects(store_url).items() if k.startswith("trees/")} == \
         {k: v for k, v in _store_objects(other).items() if k.startswith("trees/")}
     report = api.verify([ahead.id], store=store_url, catalog=str(tmp_path / "a.db"), deep=True)
+    assert report.ok, report.problems
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_same_archive_on_s3_through_workers(tmp_path, home, s3_server_url, small_tasks, monkeypatch):
+    """Worker processes writing to S3 (moto's HTTP server): trees made ahead are PUT there,
+    the same objects and manifest as the commit's own on a local store, and it verifies."""
+    src = make_tree(tmp_path / "src")
+    made: list[str] = []
+    real_put = Repository.put_tree_made
+    monkeypatch.setattr(Repository, "put_tree_made", lambda self, h, data: (made.append(h), real_put(self, h, data)))
+    ahead = api.archive([src], name="m", store=s3_server_url, catalog=str(tmp_path / "a.db"), processes=2)
+    assert ahead.files_by_processes > 0 and made
+    other = str(tmp_path / "local-b")
+    with without_ahead():
+        base = api.archive([src], name="m", store=other, catalog=str(tmp_path / "b.db"), processes=2)
+    assert ahead.id == base.id
+    assert {k: v for k, v in _store_objects(s3_server_url).items() if k.startswith("trees/")} == \
+        {k: v for k, v in _store_objects(other).items() if k.startswith("trees/")}
+    report = api.verify([ahead.id], store=s3_server_url, catalog=str(tmp_path / "a.db"), deep=True)
     assert report.ok, report.problems
 
 
