@@ -59,12 +59,11 @@ class EarlyTrees:
     """One archive run's early trees: `add` the file entries as they finish (any thread),
     `finish` before the commit (waits for the last trees and writes), `close` on any exit."""
 
-    def __init__(self, repo: Any, sources: list[Source], children: dict[str, list[int]],
-                 known_files: Mapping[str, Entry], previous: Mapping[str, PreviousTree],
-                 known: set[str], in_store: frozenset[str]) -> None:
+    def __init__(self, repo: Any, sources: list[Source], known_files: Mapping[str, Entry],
+                 previous: Mapping[str, PreviousTree], known: set[str], in_store: frozenset[str]) -> None:
         self.repo, self.sources, self.previous = repo, sources, previous
         self.known, self.in_store = known, in_store
-        self.children = children
+        self.children: dict[str, list[int]] = {}
         self.files: dict[str, Entry] = dict(known_files)
         self.pending: dict[str, int] = {}
         self.blocked: set[str] = set()
@@ -72,30 +71,39 @@ class EarlyTrees:
         self.made = EarlyMade()
         self.writes: list[tuple[str, Future[None]]] = []  # (tree hash, its write)
         self.writing: set[str] = set()
-        self.lock = threading.Lock()
         self.inbox: queue.SimpleQueue[list[Entry] | None] = queue.SimpleQueue()
         self.writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="early-trees")
         self.stopped = False
-        for d, idx in children.items():
-            self.pending[d] = sum(1 for i in idx if sources[i].is_dir or
-                                  not sources[i].is_link and sources[i].path not in self.files)
         self.builder = threading.Thread(target=self._run, name="early-trees", daemon=True)
         self.builder.start()
 
     @classmethod
     def start(cls, repo: Any, sources: list[Source], reused: Mapping[str, Entry],
-              previous: Mapping[str, PreviousTree] | None, write_policy: Any) -> "EarlyTrees | None":
+              previous: Mapping[str, PreviousTree] | None, write_policy: Any,
+              processes: int | None = None) -> "EarlyTrees | None":
         """The run's early trees, or None where the commit makes no trees (a sealed store, at
-        most TREE_THRESHOLD entries, paths that do not form a tree) or writes them under a
-        lock policy (left to the commit). `reused`: the files cache's entries, known now."""
-        if repo.sealed or write_policy is not None or len(sources) <= TREE_THRESHOLD:
-            return None
-        children = tree_children((s.path, s.is_dir) for s in sources)
-        if children is None:
+        most TREE_THRESHOLD entries) or writes them under a lock policy, or no worker process
+        will run (`processes` 0: threads, beside which a builder only contends for the GIL).
+        `reused`: the files cache's entries, known now. The directories are laid out on the
+        builder thread, not in the run's serial head (none if the paths form no tree)."""
+        if repo.sealed or write_policy is not None or len(sources) <= TREE_THRESHOLD or processes == 0:
             return None
         previous = previous or {}
         known = repo.known_trees({p.hash for p in previous.values()}) if previous else set()
-        return cls(repo, sources, children, reused, previous, known, repo.trees_read_back())
+        return cls(repo, sources, reused, previous, known, repo.trees_read_back())
+
+    def _lay_out(self) -> bool:
+        """Each directory's entries and how many of them are not known yet; False if the paths
+        form no tree (`tree_children`: the manifest keeps its entries inline)."""
+        children = tree_children((s.path, s.is_dir) for s in self.sources)
+        if children is None:
+            return False
+        self.children = children
+        sources = self.sources
+        for d, idx in children.items():
+            self.pending[d] = sum(1 for i in idx if sources[i].is_dir or
+                                  not sources[i].is_link and sources[i].path not in self.files)
+        return True
 
     def add(self, entries: Iterable[Entry]) -> None:
         """Finished file entries (any thread): queued for the builder (a list of its own)."""
@@ -129,6 +137,8 @@ class EarlyTrees:
     # -- the builder thread ----------------------------------------------------------------
     def _run(self) -> None:
         try:
+            if not self._lay_out():
+                return
             ready = [d for d, n in self.pending.items() if n == 0]
             self._complete(ready)
             while True:

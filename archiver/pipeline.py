@@ -222,7 +222,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     agent.start()
     # the trees of directories whose files are all done are made, proved and written while the
     # other files are archived (archiver.earlytrees): the commit finishes the rest
-    ahead = EarlyTrees.start(repo, sources, reused, files_cache.trees, write_policy)
+    ahead = EarlyTrees.start(repo, sources, reused, files_cache.trees, write_policy, processes)
     try:
         done = fanout.archive_files(repo, [s for s in sources if s.path not in reused], ex, writer=writer, stats=stats, policy=policy,
                                     write_policy=write_policy, progress=progress, pool_workers=nworkers,

@@ -281,6 +281,7 @@ def test_not_started_where_the_commit_makes_no_trees(tmp_path):
     sources = scan([big])
     assert len(sources) > TREE_THRESHOLD
     assert earlytrees.EarlyTrees.start(Repo(), sources, {}, None, write_policy=object()) is None
+    assert earlytrees.EarlyTrees.start(Repo(), sources, {}, None, None, processes=0) is None  # threads
     Repo.sealed = True
     assert earlytrees.EarlyTrees.start(Repo(), sources, {}, None, None) is None
 
