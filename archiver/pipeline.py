@@ -237,40 +237,47 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     finally:
         if executor is None:
             ex.close()
-    entries: list[Entry] = []
-    for src in sources:
-        if src.is_dir:
-            entries.append(Entry(path=src.path, type="dir", mode=src.mode, mtime_ns=src.mtime_ns))
-        elif src.is_link:
-            entries.append(Entry(path=src.path, type="symlink", mode=src.mode, target=src.link or ""))
-        else:
-            entries.append(reused[src.path] if src.path in reused else done.entries[src.path])
-    progress.finish()
-    read_maps = None  # the file maps the check below read: commit_manifest does not read them again
-    # chunks this process did not save itself (other hosts, worker processes, a journal): LIST proves them stored
-    if ex.distributed or done.resumed or done.by_processes:
-        repo.flush_packs()  # and the ones it did save, still in its open pack, are in the store to be listed
-        read_maps = fanout.check_chunks_stored(repo, entries)
-    synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
-    parent = repo.latest(name)
-    roles = {s.path: s_role for s_role, s in _roles(attached)}
-    manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries),
-                        profile=profile_d, attachments=tuple((roles[e.path], e.path) for e in entries
-                                                             if e.is_file and e.path in roles))
-    if parent is not None and parent in synced.added:
-        manifest = _same_as_synced(repo, manifest, parent)
-        parent = manifest.parent
-    uniq = manifest.unique_chunks()
-    details: dict[str, Any] = dict(
-        name=name, label=label, files=len(manifest.files), dirs=sum(e.type == "dir" for e in entries),
-        bytes_in=manifest.total_size, bytes_stored=sum(c.stored_size for c in uniq.values()),
-        new_bytes_stored=stats.new_bytes, chunks=len(uniq), new_chunks=stats.new_chunks,
-        seconds=round(time.monotonic() - started, 3), parent=parent, repaired_chunks=stats.repaired_chunks,
-        resumed_files=done.resumed)
-    if write_policy is not None:
-        details["retention"] = _policy_summary(write_policy)
-    agent.join()
-    made_ahead = ahead.finish() if ahead is not None else None
+    # an error (or Ctrl-C) before the commit stops the builder and its writers: none is left
+    # writing trees into the store once the archive has failed (and its repository is closed)
+    try:
+        entries: list[Entry] = []
+        for src in sources:
+            if src.is_dir:
+                entries.append(Entry(path=src.path, type="dir", mode=src.mode, mtime_ns=src.mtime_ns))
+            elif src.is_link:
+                entries.append(Entry(path=src.path, type="symlink", mode=src.mode, target=src.link or ""))
+            else:
+                entries.append(reused[src.path] if src.path in reused else done.entries[src.path])
+        progress.finish()
+        read_maps = None  # the file maps the check below read: commit_manifest does not read them again
+        # chunks this process did not save itself (other hosts, worker processes, a journal): LIST proves them stored
+        if ex.distributed or done.resumed or done.by_processes:
+            repo.flush_packs()  # and the ones it did save, still in its open pack, are in the store to be listed
+            read_maps = fanout.check_chunks_stored(repo, entries)
+        synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
+        parent = repo.latest(name)
+        roles = {s.path: s_role for s_role, s in _roles(attached)}
+        manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries),
+                            profile=profile_d, attachments=tuple((roles[e.path], e.path) for e in entries
+                                                                 if e.is_file and e.path in roles))
+        if parent is not None and parent in synced.added:
+            manifest = _same_as_synced(repo, manifest, parent)
+            parent = manifest.parent
+        uniq = manifest.unique_chunks()
+        details: dict[str, Any] = dict(
+            name=name, label=label, files=len(manifest.files), dirs=sum(e.type == "dir" for e in entries),
+            bytes_in=manifest.total_size, bytes_stored=sum(c.stored_size for c in uniq.values()),
+            new_bytes_stored=stats.new_bytes, chunks=len(uniq), new_chunks=stats.new_chunks,
+            seconds=round(time.monotonic() - started, 3), parent=parent, repaired_chunks=stats.repaired_chunks,
+            resumed_files=done.resumed)
+        if write_policy is not None:
+            details["retention"] = _policy_summary(write_policy)
+        agent.join()
+        made_ahead = ahead.finish() if ahead is not None else None
+    except BaseException:
+        if ahead is not None:
+            ahead.close()
+        raise
     # the files cache lays out its rows while the manifest commits, and writes them once it
     # is (FilesRun.commit_when): most of its work is not a serial step after the commit
     pending: list[Any] = []

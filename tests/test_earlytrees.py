@@ -304,3 +304,46 @@ def test_a_failure_after_the_files_leaves_no_thread_behind(tmp_path, home, small
     assert [t.name for t in threading.enumerate() if t.name.startswith("early-trees")] == []
     assert RawStore(str(tmp_path / "s")).keys("manifests/") == []
     assert RawStore(str(tmp_path / "s")).keys("trees/")  # made ahead, unreferenced: allowed
+
+
+def _early_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("early-trees") and t.is_alive()]
+
+
+@pytest.mark.parametrize("error", ["store", "interrupt"])
+def test_an_archive_failing_after_the_files_returns_with_no_early_write_under_way(tmp_path, home, small_tasks,
+                                                                                  monkeypatch, error):
+    """An error (or Ctrl-C) between the last file and the commit: by the time api.archive
+    raises, the builder and its writers are stopped, not still writing trees into a store
+    whose repository is closed (here each tree write is slow, so writes are under way)."""
+    from archiver.errors import StoreError
+    real_put = Repository.put_tree_made
+    started: list[str] = []
+
+    def slow_put(self, h, data):  # type: ignore[no-untyped-def]
+        started.append(h)
+        time.sleep(0.2)
+        return real_put(self, h, data)
+    monkeypatch.setattr(Repository, "put_tree_made", slow_put)
+    real_sync = Repository.sync_catalog
+
+    def failing(self):  # type: ignore[no-untyped-def]
+        if error == "interrupt":
+            raise KeyboardInterrupt
+        raise StoreError("the catalog could not be synced (test)")
+    monkeypatch.setattr(Repository, "sync_catalog", failing)
+    src = make_tree(tmp_path / "src")
+    with pytest.raises(KeyboardInterrupt if error == "interrupt" else StoreError):
+        _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
+    left = _early_threads()
+    n = len(started)
+    time.sleep(0.5)
+    assert left == [] and len(started) == n  # nothing left running, no tree written afterwards
+    assert RawStore(str(tmp_path / "s")).keys("manifests/") == []
+    monkeypatch.setattr(Repository, "put_tree_made", real_put)  # a rerun commits the archive the commit
+    monkeypatch.setattr(Repository, "sync_catalog", real_sync)  # alone would have made
+    again, cat = _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
+    with without_ahead():
+        base, _ = _archive(tmp_path, src, str(tmp_path / "b"), "m", 2)
+    assert again.id == base.id
+    assert api.verify([again.id], store=str(tmp_path / "s"), catalog=str(cat), deep=True).ok
