@@ -347,3 +347,81 @@ def test_an_archive_failing_after_the_files_returns_with_no_early_write_under_wa
         base, _ = _archive(tmp_path, src, str(tmp_path / "b"), "m", 2)
     assert again.id == base.id
     assert api.verify([again.id], store=str(tmp_path / "s"), catalog=str(cat), deep=True).ok
+
+
+def test_a_tree_made_from_stale_entries_is_not_the_commits(tmp_path, home, small_tasks, monkeypatch):
+    """A file whose entry reached the builder first as another entry (equal but for its hash,
+    then again as the one the commit records: a file retried, replaced or grown): the
+    tree made from the stale entry, and its parents', are not the manifest's; the commit's own
+    trees are, the same as when the commit makes them all."""
+    import dataclasses
+    src = make_tree(tmp_path / "src")
+    stale: list[str] = []
+    real_add = earlytrees.EarlyTrees.add
+
+    def add(self, entries):  # type: ignore[no-untyped-def]
+        entries = list(entries)
+        for e in entries:
+            if e.path.endswith("d03/f05") or e.path.endswith("d05/inner/f07"):
+                old = dataclasses.replace(e, blake3="0" * 64, mtime_ns=e.mtime_ns + 1)
+                stale.append(e.path)
+                real_add(self, [old])  # first the stale entry, then (ignored by the builder) the real one
+        real_add(self, entries)
+    monkeypatch.setattr(earlytrees.EarlyTrees, "add", add)
+    made: dict[str, bytes] = {}
+    real_put = Repository.put_tree_made
+    monkeypatch.setattr(Repository, "put_tree_made", lambda self, h, data: (made.__setitem__(h, data),
+                                                                            real_put(self, h, data))[1])
+    ahead, cat = _archive(tmp_path, src, str(tmp_path / "a"), "m", 2)
+    with without_ahead():
+        base, _ = _archive(tmp_path, src, str(tmp_path / "b"), "m", 2)
+    assert len(stale) == 2 and ahead.id == base.id
+    with api.open_repository(str(tmp_path / "a"), cat) as repo:
+        named = set(tree_objects(repo.load_manifest(ahead.id).entries)[1])
+    assert [h for h, data in made.items() if b"0" * 64 in data]  # stale trees were made and written ahead
+    assert not {h for h, data in made.items() if b"0" * 64 in data} & named  # no stale tree is named
+    assert {k for k in _store_objects(str(tmp_path / "b")) if k.startswith("trees/")} <= \
+        {k for k in _store_objects(str(tmp_path / "a")) if k.startswith("trees/")}
+    assert api.verify([ahead.id], store=str(tmp_path / "a"), catalog=str(cat), deep=True).ok
+
+
+def make_odd_tree(root: Path) -> Path:
+    """Directories that complete out of path order: names sorting differently bytewise and as
+    text, "a/b" against "a.b" and "a-b", deep nesting, a directory of only subdirectories,
+    empty ones, and one directory whose files span many tasks."""
+    names = ["a", "a.b", "a-b", "a b", "a0", "é", "z", "Ω", "\U0001f600", "_", "~"]
+    for n in names:
+        for sub in ("", "b", "b/c", "b.c"):
+            d = root / n / sub
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(3):
+                (d / f"f{i}{n}").write_bytes(os.urandom(10 + i))
+    deep = root / "deep"
+    for k in range(12):
+        deep = deep / f"l{k}"
+    deep.mkdir(parents=True)
+    (deep / "leaf").write_bytes(b"leaf")
+    (root / "only-dirs" / "x" / "empty").mkdir(parents=True)
+    (root / "only-dirs" / "y").mkdir()
+    (root / "only-dirs" / "y" / "f").write_bytes(b"y")
+    big = root / "many"
+    big.mkdir()
+    for i in range(900):  # over TREE_THRESHOLD entries in all
+        (big / f"{i:04}").write_bytes(os.urandom(1 + i % 50))
+    (big / "empty").write_bytes(b"")
+    os.symlink("../a/b", root / "many" / "to-a-b")
+    return root
+
+
+def test_directories_completing_out_of_order_same_archive(tmp_path, home, small_tasks, monkeypatch):
+    src = make_odd_tree(tmp_path / "src")
+    made: list[str] = []
+    real_put = Repository.put_tree_made
+    monkeypatch.setattr(Repository, "put_tree_made", lambda self, h, data: (made.append(h), real_put(self, h, data)))
+    ahead, cat_a = _archive(tmp_path, src, str(tmp_path / "a"), "m", 2)
+    with without_ahead():
+        base, cat_b = _archive(tmp_path, src, str(tmp_path / "b"), "m", 2)
+    assert made and ahead.id == base.id
+    assert _store_objects(str(tmp_path / "a")) == _store_objects(str(tmp_path / "b"))
+    assert _catalog_rows(cat_a) == _catalog_rows(cat_b)
+    assert api.verify([ahead.id], store=str(tmp_path / "a"), catalog=str(cat_a), deep=True).ok
