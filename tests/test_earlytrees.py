@@ -425,3 +425,58 @@ def test_directories_completing_out_of_order_same_archive(tmp_path, home, small_
     assert _store_objects(str(tmp_path / "a")) == _store_objects(str(tmp_path / "b"))
     assert _catalog_rows(cat_a) == _catalog_rows(cat_b)
     assert api.verify([ahead.id], store=str(tmp_path / "a"), catalog=str(cat_a), deep=True).ok
+
+
+def test_no_early_thread_left_once_the_archive_returns(tmp_path, home, small_tasks, monkeypatch):
+    """Slow tree writes ahead: the commit waits for them, and once api.archive returns no
+    builder or writer is left, none writes afterwards."""
+    real_put = Repository.put_tree_made
+    started: list[str] = []
+
+    def slow_put(self, h, data):  # type: ignore[no-untyped-def]
+        started.append(h)
+        time.sleep(0.05)
+        return real_put(self, h, data)
+    monkeypatch.setattr(Repository, "put_tree_made", slow_put)
+    res, cat = _archive(tmp_path, make_tree(tmp_path / "src"), str(tmp_path / "s"), "m", 2)
+    assert started and _early_threads() == []
+    n = len(started)
+    time.sleep(0.2)
+    assert len(started) == n
+    assert api.verify([res.id], store=str(tmp_path / "s"), catalog=str(cat)).ok
+
+
+def test_ctrl_c_while_the_files_are_archived_stops_the_trees_ahead(tmp_path, home, small_tasks, monkeypatch):
+    """Ctrl-C (SIGINT to the driver) once a tree was made ahead, while the workers' tasks are
+    still taken: KeyboardInterrupt goes up as itself, no manifest or catalog row, no thread
+    behind, and a rerun (resuming the journal) commits the archive the commit alone would make."""
+    import signal
+    src = make_tree(tmp_path / "src")
+    made: list[str] = []
+    real_put = Repository.put_tree_made
+
+    def put(self, h, data):  # type: ignore[no-untyped-def]
+        if not made:
+            os.kill(os.getpid(), signal.SIGINT)
+        made.append(h)
+        return real_put(self, h, data)
+    monkeypatch.setattr(Repository, "put_tree_made", put)
+    real_adopt = Repository.adopt_packs
+
+    def adopt(self, indexes):  # type: ignore[no-untyped-def]
+        if made:
+            time.sleep(0.3)  # the driver is still taking results when the signal arrives
+        return real_adopt(self, indexes)
+    monkeypatch.setattr(Repository, "adopt_packs", adopt)
+    with pytest.raises(KeyboardInterrupt):
+        _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
+    import multiprocessing
+    assert made and _early_threads() == [] and multiprocessing.active_children() == []
+    assert RawStore(str(tmp_path / "s")).keys("manifests/") == []
+    monkeypatch.setattr(Repository, "adopt_packs", real_adopt)
+    monkeypatch.setattr(Repository, "put_tree_made", real_put)
+    again, cat = _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
+    with without_ahead():
+        base, _ = _archive(tmp_path, src, str(tmp_path / "b"), "m", 2)
+    assert again.id == base.id
+    assert api.verify([again.id], store=str(tmp_path / "s"), catalog=str(cat), deep=True).ok
