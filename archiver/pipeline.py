@@ -101,13 +101,17 @@ class _ChunkWriter:
             saved = self.repo.save_chunk(h, data, rc.width, trust_verified_within=self.trust_verified_within,
                                          policy=self.policy, hints=hints)
             with self.lock:
-                if h not in self.done:
+                # counted by the call that wrote (or repaired) it, whichever returned first: another
+                # thread saving it at once may return sooner, not written (found pending in the open pack)
+                was = self.done.get(h)
+                if was is None or not (was.written or was.repaired):
                     if saved.repaired:
                         self.stats.repaired_chunks += 1
                     elif saved.written:
                         self.stats.new_chunks += 1
                         self.stats.new_bytes += saved.stored_size
-                self.done[h] = saved
+                    if was is None or saved.written or saved.repaired:
+                        self.done[h] = saved
         return ChunkRef(rc.offset, len(data), h, saved.stored_size, saved.codec)
 
 

@@ -480,3 +480,19 @@ def test_ctrl_c_while_the_files_are_archived_stops_the_trees_ahead(tmp_path, hom
         base, _ = _archive(tmp_path, src, str(tmp_path / "b"), "m", 2)
     assert again.id == base.id
     assert api.verify([again.id], store=str(tmp_path / "s"), catalog=str(cat), deep=True).ok
+
+
+def test_same_counts_with_duplicates_across_directories(tmp_path, home, small_tasks):
+    """Files of the same bytes in many directories (tasks cut in path order ahead, by size
+    in the base): the same new chunks, bytes stored and result fields as the base."""
+    src = tmp_path / "src"
+    for d in range(30):
+        (src / f"d{d:02}").mkdir(parents=True)
+        for i in range(40):
+            (src / f"d{d:02}" / f"f{i:02}").write_bytes(b"same %d" % (i % 7) if i % 3 else os.urandom(20 + i))
+    ahead, _ = _archive(tmp_path, src, str(tmp_path / "a"), "m", 2)
+    with without_ahead():
+        base, _ = _archive(tmp_path, src, str(tmp_path / "b"), "m", 2)
+    fields = ("id", "files", "dirs", "bytes_in", "bytes_stored", "new_bytes_stored", "chunks", "new_chunks",
+              "repaired_chunks", "resumed_files", "files_reused")
+    assert {f: getattr(ahead, f) for f in fields} == {f: getattr(base, f) for f in fields}
