@@ -496,3 +496,37 @@ def test_same_counts_with_duplicates_across_directories(tmp_path, home, small_ta
     fields = ("id", "files", "dirs", "bytes_in", "bytes_stored", "new_bytes_stored", "chunks", "new_chunks",
               "repaired_chunks", "resumed_files", "files_reused")
     assert {f: getattr(ahead, f) for f in fields} == {f: getattr(base, f) for f in fields}
+
+
+def test_a_worker_killed_after_trees_were_made_ahead(tmp_path, home, small_tasks, monkeypatch):
+    """A worker process killed (SIGKILL) once trees were made ahead: the archive fails with
+    one error, leaves no manifest, no early-trees thread and no worker behind; the rerun
+    commits the commit's own archive."""
+    import multiprocessing
+    import signal
+    from archiver.errors import ArchiverError
+    src = make_tree(tmp_path / "src")
+    made: list[str] = []
+    real_put = Repository.put_tree_made
+
+    def put(self, h, data):  # type: ignore[no-untyped-def]
+        if not made:
+            for p in multiprocessing.active_children():
+                os.kill(p.pid, signal.SIGKILL)
+        made.append(h)
+        return real_put(self, h, data)
+    monkeypatch.setattr(Repository, "put_tree_made", put)
+    real_adopt = Repository.adopt_packs
+    monkeypatch.setattr(Repository, "adopt_packs", lambda self, idx: (time.sleep(0.1) if made else None,
+                                                                      real_adopt(self, idx))[1])
+    with pytest.raises(ArchiverError):
+        _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
+    assert made and _early_threads() == [] and multiprocessing.active_children() == []
+    assert RawStore(str(tmp_path / "s")).keys("manifests/") == []
+    monkeypatch.setattr(Repository, "adopt_packs", real_adopt)
+    monkeypatch.setattr(Repository, "put_tree_made", real_put)
+    again, cat = _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
+    with without_ahead():
+        base, _ = _archive(tmp_path, src, str(tmp_path / "b"), "m", 2)
+    assert again.id == base.id
+    assert api.verify([again.id], store=str(tmp_path / "s"), catalog=str(cat), deep=True).ok
