@@ -336,9 +336,12 @@ def test_an_archive_failing_after_the_files_returns_with_no_early_write_under_wa
     with pytest.raises(KeyboardInterrupt if error == "interrupt" else StoreError):
         _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
     left = _early_threads()
+    import multiprocessing
+    workers = multiprocessing.active_children()
     n = len(started)
     time.sleep(0.5)
     assert left == [] and len(started) == n  # nothing left running, no tree written afterwards
+    assert workers == []  # nor a worker process
     assert RawStore(str(tmp_path / "s")).keys("manifests/") == []
     monkeypatch.setattr(Repository, "put_tree_made", real_put)  # a rerun commits the archive the commit
     monkeypatch.setattr(Repository, "sync_catalog", real_sync)  # alone would have made
