@@ -202,8 +202,9 @@ class _Recorder:
     """Takes each finished file (from any thread): its entry, and its journal line, written
     out and fsynced about once a second."""
 
-    def __init__(self, out: "ArchivedFiles", journal: Journal | None) -> None:
+    def __init__(self, out: "ArchivedFiles", journal: Journal | None, on_entries: Any = None) -> None:
         self.out, self.journal = out, journal
+        self.on_entries = on_entries  # told of each finished file's entry (archiver.earlytrees)
         self.lock = threading.Lock()
         self.last_sync = time.monotonic()
 
@@ -216,6 +217,8 @@ class _Recorder:
                 self.journal.record(done.entry, done.snapshot, sync=sync)
                 if sync:
                     self.last_sync = now
+        if self.on_entries is not None:
+            self.on_entries((done.entry,))
 
     def many(self, entries: list[Entry], lines: bytes, snapshots: list[list[int]]) -> None:
         """A worker task's files at once: their entries, and their journal lines (`lines`, made
@@ -235,10 +238,20 @@ class _Recorder:
                         self.journal.record_lines(b"", sync=True)
                 if sync:
                     self.last_sync = now
+        if self.on_entries is not None:
+            self.on_entries(entries)
 
 
 def _describe(item: Source | list[Source]) -> str:
     return str((item[0] if isinstance(item, list) else item).abspath)
+
+
+def directories_together(runs: list[list[Source]]) -> list[list[Source]]:
+    """The runs of small files (`local_batches`) cut again from their files in path order: a
+    worker task then holds whole directories, which are complete, and their trees made ahead
+    (archiver.earlytrees), as tasks finish rather than all with the last one. (Runs and tasks
+    are still cut by size: the work per task is the same.)"""
+    return list(batches(sorted((s for run in runs for s in run), key=lambda s: s.path), lambda s: s.size))
 
 
 def local_batches(todo: list[Source]) -> list[list[Source]]:
@@ -290,12 +303,13 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
                   policy: ChunkPolicy, write_policy: Any, progress: Progress, pool_workers: int,
                   journal: Journal | None = None, processes: int | None = None,
                   cpu_since: workerprocs.CpuSample | None = None,
-                  early: procfiles.PoolStarter | None = None) -> ArchivedFiles:
+                  early: procfiles.PoolStarter | None = None, on_entries: Any = None) -> ArchivedFiles:
     """Archive every regular file of `sources`: journalled ones that are provably unchanged
     are resumed, the others run as tasks, largest first; each finished one is journalled.
     `processes` (local executor): worker processes for the small files (archiver.procfiles;
     0: threads only, None: auto, by how busy the rest of the machine was since `cpu_since`);
-    `early`: the pool started during the scan, used if the count agrees (closed here otherwise)."""
+    `early`: the pool started during the scan, used if the count agrees (closed here otherwise).
+    `on_entries`: called (from any thread) with the entries of files as they finish or resume."""
     out = ArchivedFiles()
     files = [s for s in sources if not s.is_dir and not s.is_link]
     prior = journal.load() if journal is not None else {}
@@ -307,11 +321,13 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
             out.entries[s.path] = stored[s.path]
             out.resumed += 1
             progress.advance(s.size)
+    if on_entries is not None and stored:
+        on_entries(list(stored.values()))
     todo = sorted((s for s in files if s.path not in out.entries), key=lambda s: (-s.size, s.path))
     settings = worker_settings(repo, executor)
     stoppable = None
     dirs: DirFds | None = None
-    record = _Recorder(out, journal)
+    record = _Recorder(out, journal, on_entries)
     nproc = 0
     if settings is not None:
         task: Any = RemoteArchiveFile(settings, policy, write_policy, executor.task_cpus)
@@ -330,11 +346,15 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
                                       load=cpu_since.others_busy() if cpu_since is not None else None)
         if nproc:  # the runs of small files go to worker processes, the big files stay here
             small_runs = [r for r in items if r[0].size < BATCH_FILE_BELOW]
+            if on_entries is not None:
+                small_runs = directories_together(small_runs)
             jobs = [procfiles.SmallJob(procfiles.worker_settings(repo.settings),  # type: ignore[arg-type]
                                        policy, write_policy,
                                        writer.trust_verified_within, runs, journal_lines=journal is not None)
                     for runs in procfiles.tasks_of(small_runs, processes=nproc)]
             items = [r for r in items if r[0].size >= BATCH_FILE_BELOW]
+        else:  # threads: trees are made at the commit (a builder beside them would only contend for the GIL)
+            record.on_entries = None
         if early is not None and not (nproc and nproc == early.processes and jobs):
             early.close()  # started during the scan, but nothing here for it
         stoppable = StoppableProgress(progress)

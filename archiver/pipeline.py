@@ -30,6 +30,7 @@ from archiver.formats import detect_regions, may_be_weights
 from archiver.parallel import default_workers, ordered_map
 from archiver.progress import Progress
 from archiver.digests import FileDigest
+from archiver.earlytrees import EarlyTrees
 from archiver.filescache import FilesRun
 from archiver.repository import Repository, SavedChunk
 from archiver.scan import Source, changed, open_file, open_source, read_whole, scan
@@ -100,13 +101,17 @@ class _ChunkWriter:
             saved = self.repo.save_chunk(h, data, rc.width, trust_verified_within=self.trust_verified_within,
                                          policy=self.policy, hints=hints)
             with self.lock:
-                if h not in self.done:
+                # counted by the call that wrote (or repaired) it, whichever returned first: another
+                # thread saving it at once may return sooner, not written (found pending in the open pack)
+                was = self.done.get(h)
+                if was is None or not (was.written or was.repaired):
                     if saved.repaired:
                         self.stats.repaired_chunks += 1
                     elif saved.written:
                         self.stats.new_chunks += 1
                         self.stats.new_bytes += saved.stored_size
-                self.done[h] = saved
+                    if was is None or saved.written or saved.repaired:
+                        self.done[h] = saved
         return ChunkRef(rc.offset, len(data), h, saved.stored_size, saved.codec)
 
 
@@ -219,52 +224,70 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     # looked up while the chunk pool is busy, not in the serial tail after the last chunk
     agent = threading.Thread(target=events.Agent.current, name="archive-agent", daemon=True)
     agent.start()
+    # the trees of directories whose files are all done are made, proved and written while the
+    # other files are archived (archiver.earlytrees): the commit finishes the rest
+    ahead = EarlyTrees.start(repo, sources, reused, files_cache.trees, write_policy, processes)
     try:
         done = fanout.archive_files(repo, [s for s in sources if s.path not in reused], ex, writer=writer, stats=stats, policy=policy,
                                     write_policy=write_policy, progress=progress, pool_workers=nworkers,
-                                    journal=journal, processes=processes, cpu_since=cpu_since, early=early)
+                                    journal=journal, processes=processes, cpu_since=cpu_since, early=early,
+                                    on_entries=ahead.add if ahead is not None else None)
+        if ahead is not None:
+            ahead.all_added()  # the last trees are made while the chunks are checked and the catalog synced
+    except BaseException:
+        if ahead is not None:
+            ahead.close()
+        raise
     finally:
         if executor is None:
             ex.close()
-    entries: list[Entry] = []
-    for src in sources:
-        if src.is_dir:
-            entries.append(Entry(path=src.path, type="dir", mode=src.mode, mtime_ns=src.mtime_ns))
-        elif src.is_link:
-            entries.append(Entry(path=src.path, type="symlink", mode=src.mode, target=src.link or ""))
-        else:
-            entries.append(reused[src.path] if src.path in reused else done.entries[src.path])
-    progress.finish()
-    read_maps = None  # the file maps the check below read: commit_manifest does not read them again
-    # chunks this process did not save itself (other hosts, worker processes, a journal): LIST proves them stored
-    if ex.distributed or done.resumed or done.by_processes:
-        repo.flush_packs()  # and the ones it did save, still in its open pack, are in the store to be listed
-        read_maps = fanout.check_chunks_stored(repo, entries)
-    synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
-    parent = repo.latest(name)
-    roles = {s.path: s_role for s_role, s in _roles(attached)}
-    manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries),
-                        profile=profile_d, attachments=tuple((roles[e.path], e.path) for e in entries
-                                                             if e.is_file and e.path in roles))
-    if parent is not None and parent in synced.added:
-        manifest = _same_as_synced(repo, manifest, parent)
-        parent = manifest.parent
-    uniq = manifest.unique_chunks()
-    details: dict[str, Any] = dict(
-        name=name, label=label, files=len(manifest.files), dirs=sum(e.type == "dir" for e in entries),
-        bytes_in=manifest.total_size, bytes_stored=sum(c.stored_size for c in uniq.values()),
-        new_bytes_stored=stats.new_bytes, chunks=len(uniq), new_chunks=stats.new_chunks,
-        seconds=round(time.monotonic() - started, 3), parent=parent, repaired_chunks=stats.repaired_chunks,
-        resumed_files=done.resumed)
-    if write_policy is not None:
-        details["retention"] = _policy_summary(write_policy)
-    agent.join()
+    # an error (or Ctrl-C) before the commit stops the builder and its writers: none is left
+    # writing trees into the store once the archive has failed (and its repository is closed)
+    try:
+        entries: list[Entry] = []
+        for src in sources:
+            if src.is_dir:
+                entries.append(Entry(path=src.path, type="dir", mode=src.mode, mtime_ns=src.mtime_ns))
+            elif src.is_link:
+                entries.append(Entry(path=src.path, type="symlink", mode=src.mode, target=src.link or ""))
+            else:
+                entries.append(reused[src.path] if src.path in reused else done.entries[src.path])
+        progress.finish()
+        read_maps = None  # the file maps the check below read: commit_manifest does not read them again
+        # chunks this process did not save itself (other hosts, worker processes, a journal): LIST proves them stored
+        if ex.distributed or done.resumed or done.by_processes:
+            repo.flush_packs()  # and the ones it did save, still in its open pack, are in the store to be listed
+            read_maps = fanout.check_chunks_stored(repo, entries)
+        synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
+        parent = repo.latest(name)
+        roles = {s.path: s_role for s_role, s in _roles(attached)}
+        manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries),
+                            profile=profile_d, attachments=tuple((roles[e.path], e.path) for e in entries
+                                                                 if e.is_file and e.path in roles))
+        if parent is not None and parent in synced.added:
+            manifest = _same_as_synced(repo, manifest, parent)
+            parent = manifest.parent
+        uniq = manifest.unique_chunks()
+        details: dict[str, Any] = dict(
+            name=name, label=label, files=len(manifest.files), dirs=sum(e.type == "dir" for e in entries),
+            bytes_in=manifest.total_size, bytes_stored=sum(c.stored_size for c in uniq.values()),
+            new_bytes_stored=stats.new_bytes, chunks=len(uniq), new_chunks=stats.new_chunks,
+            seconds=round(time.monotonic() - started, 3), parent=parent, repaired_chunks=stats.repaired_chunks,
+            resumed_files=done.resumed)
+        if write_policy is not None:
+            details["retention"] = _policy_summary(write_policy)
+        agent.join()
+        made_ahead = ahead.finish() if ahead is not None else None
+    except BaseException:
+        if ahead is not None:
+            ahead.close()
+        raise
     # the files cache lays out its rows while the manifest commits, and writes them once it
     # is (FilesRun.commit_when): most of its work is not a serial step after the commit
     pending: list[Any] = []
     try:
         committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,
-                                         read_maps=read_maps, previous_trees=files_cache.trees,
+                                         read_maps=read_maps, previous_trees=files_cache.trees, made_ahead=made_ahead,
                                          on_id=lambda mid: pending.append(files_cache.commit_when(mid, entries)),
                                          # its rows are written while the catalog records the manifest
                                          on_stored=lambda mid: [p.decide(p.mid == mid) for p in pending

@@ -449,6 +449,17 @@ class Repository:
             return
         self._heal(layout.tree(h), data, lambda stored: None if stored == data else "stored tree differs from its hash")
 
+    def trees_read_back(self) -> frozenset[str]:
+        """The trees this run already read back and found to hash to their names
+        (`tree_object_proved`): the next commit does not write them again (`_put_trees`)."""
+        return frozenset(self._trees_read)
+
+    def put_tree_made(self, h: str, data: bytes) -> None:
+        """Write tree `h` (bytes this run made and proved with the reader's checks) before the
+        commit naming it, as the commit writes trees without a lock policy (`_put_tree`):
+        archiver.earlytrees, which tells the commit it is durable."""
+        self._put_tree(h, data, None)
+
     def resolve_filemaps(self, m: Manifest) -> Manifest:
         """`m` with every file map's chunk list fetched and checked (hash = name, canonical,
         count and sizes as the entry says). ManifestError naming the file at the first bad one."""
@@ -652,7 +663,8 @@ class Repository:
                         read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None = None,
                         previous_trees: Mapping[str, PreviousTree] | None = None,
                         on_id: Callable[[str], None] | None = None,
-                        on_stored: Callable[[str], None] | None = None) -> Committed:
+                        on_stored: Callable[[str], None] | None = None,
+                        made_ahead: Any = None) -> Committed:
         """Store the manifest (every chunk it names must already be durable), sign it, and
         record it in the catalog with an 'archive' audit entry. Never overwrites: an object
         already under the same id must be byte-identical, else the store holds a forgery.
@@ -673,7 +685,9 @@ class Repository:
         of the commit is written (the files cache prepares its rows meanwhile, and keeps them
         uncommitted until this returns). `on_stored`: called with the id once the manifest and
         its signature are durable in the store, before the catalog records it (the files cache
-        writes its rows meanwhile)."""
+        writes its rows meanwhile). `made_ahead` (archiver.earlytrees.EarlyMade, made while the files
+        were archived): its trees are offered as previous trees, the hashes it proved with the
+        reader's checks are not parsed again, those it wrote durably are not written again."""
         # The open packs go to the store while the trees are built and proved (flush_packs
         # below raises a failure and records them): their writes and fsyncs release the GIL
         early = threading.Thread(target=self.write_open_packs, name="packs", daemon=True)
@@ -681,9 +695,13 @@ class Repository:
         try:
             # A sealed store keeps every chunk list inline: a file map is a plaintext object, so
             # it would publish plaintext chunk hashes next to the encrypted manifest.
+            if made_ahead is not None and policy is None:
+                previous_trees = {**(previous_trees or {}), **made_ahead.trees}
+            else:
+                made_ahead = None
             m, made = self._committed_form_made(m, previous_trees)
             return self._commit_made(m, made, sign_key=sign_key, details=details, policy=policy,
-                                     read_maps=read_maps, on_id=on_id, on_stored=on_stored)
+                                     read_maps=read_maps, on_id=on_id, on_stored=on_stored, made_ahead=made_ahead)
         finally:
             early.join()
 
@@ -691,7 +709,7 @@ class Repository:
                      sign_key: Any, details: dict[str, Any] | None, policy: Any,
                      read_maps: Mapping[tuple[str, int, int], list[tuple[str, int, str]]] | None,
                      on_id: Callable[[str], None] | None,
-                     on_stored: Callable[[str], None] | None = None) -> Committed:
+                     on_stored: Callable[[str], None] | None = None, made_ahead: Any = None) -> Committed:
         """`commit_manifest` of `m` in its committed form (`made`: its trees, if any)."""
         hot = policy.for_metadata() if policy is not None else None
         proved: list[tuple[Entry, list[tuple[str, int, str]]]] = []  # new maps, recorded in batches
@@ -733,8 +751,8 @@ class Repository:
                 raise ManifestError("malformed manifest: it does not read back as the manifest given")
             if made is not None:  # each tree no recorded manifest named yet is parsed as the reader would
                 try:
-                    prove_trees(m, trees, made[2],
-                                self._catalog.known_trees(set(made[2].values())))
+                    known = self._catalog.known_trees(set(made[2].values()))
+                    prove_trees(m, trees, made[2], known | made_ahead.proved if made_ahead is not None else known)
                 except manifest_errors.ManifestError as e:
                     raise ManifestError(f"malformed manifest: its trees do not read back as the entries given "
                                         f"({e})") from None
@@ -743,6 +761,8 @@ class Repository:
         # the trees go to the store (before the root naming them) while the packs are flushed and
         # recorded: both are durable before the root is written, in either order
         with ThreadPoolExecutor(1, thread_name_prefix="trees") as put:
+            if made_ahead is not None and made_ahead.durable:  # written durably before the commit (archiver.earlytrees)
+                trees = {h: data for h, data in trees.items() if h not in made_ahead.durable}
             trees_put = put.submit(self._put_trees, trees, hot)
             self.flush_packs()  # every pack holding a chunk it names is durable before the manifest
             trees_put.result()

@@ -761,6 +761,28 @@ def tree_objects(entries: tuple[Entry, ...] | list[Entry], previous: Mapping[str
     return hashes[""], objects, hashes
 
 
+def tree_children(items: Iterable[tuple[str, bool]]) -> dict[str, list[int]] | None:
+    """directory path ("" for the top) -> the positions in `items` ((path, is a directory),
+    in order) of its entries, or None exactly where `tree_objects` returns None for entries
+    of these paths and kinds: lets a caller that knows the paths before the entries (the
+    scan, before any file is read) lay out the trees it will make (archiver.earlytrees)."""
+    items = list(items)
+    children: dict[str, list[int]] = {"": []}
+    for path, is_dir in items:
+        if not _plain_path(path) or path in children and is_dir:
+            return None
+        if is_dir:
+            children[path] = []
+    seen: set[str] = set()
+    for i, (path, _) in enumerate(items):
+        parent = _parent_of(path)
+        if parent not in children or path in seen:
+            return None
+        seen.add(path)
+        children[parent].append(i)
+    return children
+
+
 @dataclass(frozen=True)
 class PreviousTree:
     """A tree read for a directory (its hash, bytes, and the entries and subtree hashes

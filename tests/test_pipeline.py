@@ -587,3 +587,33 @@ def test_a_small_file_repeated_in_a_later_batch_is_saved_once_from_a_pack_this_r
         again = archive(repo, [other], name="n")
         assert again.chunks == 40 and again.new_chunks == 0
     assert tree(tmp_path / "out" / "src") == tree(src)
+
+
+def test_a_chunk_saved_by_two_threads_at_once_counts_as_new_once():
+    """Two threads save the same new chunk at once: the one that packs it returns written
+    after the other (which found it pending in the open pack: not written) was recorded.
+    The chunk is new exactly once (a worker process's two run threads, files of the same
+    bytes in two runs: new_chunks came out one short, now and then)."""
+    import threading
+    from archiver.chunking import RawChunk
+    from archiver.repository import SavedChunk
+    other_returned = threading.Event()
+
+    class Repo:
+        def save_chunk(self, h, data, width, **kw):  # type: ignore[no-untyped-def]
+            if threading.current_thread().name == "packs-it":
+                assert other_returned.wait(5)
+                return SavedChunk(46, "zstd", True)
+            return SavedChunk(46, "zstd", False)  # found pending in the open pack
+    stats = pipeline._Stats()
+    writer = pipeline._ChunkWriter(Repo(), stats)  # type: ignore[arg-type]
+    rc = RawChunk(0, b"same 1", 1)
+    first = threading.Thread(target=writer.save, args=(rc, "ab" * 32), name="packs-it")
+    first.start()
+    writer.save(rc, "ab" * 32)
+    other_returned.set()
+    first.join(10)
+    assert (stats.new_chunks, stats.new_bytes, stats.repaired_chunks) == (1, 46, 0)
+    assert writer.done["ab" * 32].written
+    writer.save(rc, "ab" * 32)  # and once only
+    assert (stats.new_chunks, stats.new_bytes) == (1, 46)
