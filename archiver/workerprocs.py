@@ -17,7 +17,6 @@ fork server started."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import resource
 import signal
@@ -167,22 +166,34 @@ if TYPE_CHECKING:
         started_server: bool
 
 
-@functools.cache  # one class, made once: the cache holds no state of a run
+_POOL_CLASS_LOCK = threading.Lock()  # the class is made by one thread, however many ask at once
+
+
 def _pool_class() -> type:
     """`WorkerPool`, made on first use. Why not at import: ProcessPoolExecutor's module imports
     multiprocessing and its connections (tempfile, shutil, subprocess, ~8 ms of CPU), which
-    start-up pays in every archive, even one of a single big file that starts no pool."""
-    from concurrent.futures import ProcessPoolExecutor
+    start-up pays in every archive, even one of a single big file that starts no pool. Made once
+    (under a lock: threads starting pools at once get the one class, so `isinstance` holds) and
+    kept as the module's `WorkerPool`, named so (pickled by name like any module-level class)."""
+    made = globals().get("WorkerPool")
+    if made is not None:
+        return made
+    with _POOL_CLASS_LOCK:
+        made = globals().get("WorkerPool")
+        if made is None:
+            from concurrent.futures import ProcessPoolExecutor
 
-    class WorkerPool(ProcessPoolExecutor):
-        """A ProcessPoolExecutor that remembers whether its start started the fork server."""
+            class WorkerPool(ProcessPoolExecutor):
+                """A ProcessPoolExecutor that remembers whether its start started the fork server."""
 
-        started_server: bool = False
-    return WorkerPool
+                started_server: bool = False
+            WorkerPool.__qualname__ = "WorkerPool"
+            made = globals()["WorkerPool"] = WorkerPool  # one class, made once: no state of a run
+    return made
 
 
 def __getattr__(name: str) -> Any:
-    """`WorkerPool` (module attribute made on first use: `_pool_class`)."""
+    """`WorkerPool` before its first use (made then: `_pool_class`)."""
     if name == "WorkerPool":
         return _pool_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

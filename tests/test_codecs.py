@@ -908,3 +908,33 @@ def test_raw_planes_lie_in_memory_at_their_object_offset_modulo_the_page(width: 
             assert (np.frombuffer(view, dtype=np.uint8).ctypes.data - offset) % PLANE_ALIGN == 0
         offset += view.nbytes
     assert raw == width - 1  # every plane but the top one is noise, stored raw
+
+
+@pytest.mark.parametrize("level", [-5, 1, 3, 19])
+def test_encode_small_is_encode_at_every_level_and_length_edge(level: int) -> None:
+    """`encode_small` keeps `encode(raw, 0)`'s bytes and codec for every zstd level the codec
+    takes, at the lengths where the object's form could change: 1 byte, a frame's size around
+    the header's, a page, SAMPLE_BYTES (its last length) and one past it (the sample probe's
+    first, handed to `encode`); random, zero, text and half-random bytes; a bytes subclass and a
+    memoryview go through `encode`."""
+    from archiver.codecs import SAMPLE_BYTES
+    codec = Codec(level)
+    rng = random.Random(level)
+    kinds = {"random": rng.randbytes, "zero": bytes, "text": lambda n: (b"a line of text\n" * (n // 15 + 1))[:n],
+             "half": lambda n: (rng.randbytes(n // 2) + bytes(n))[:n]}
+    seen = set()
+    for n in (1, 2, 13, 39, 40, 41, 127, 4095, 4096, 4097, SAMPLE_BYTES - 1, SAMPLE_BYTES, SAMPLE_BYTES + 1):
+        for kind, make in kinds.items():
+            raw = make(n)
+            want = codec.encode(raw, 0)
+            got = codec.encode_small(raw)
+            assert got == (want.data, want.codec), (n, kind)
+            assert codec.decode(got[0], n) == raw
+            seen.add(got[1])
+
+    class Sub(bytes):
+        pass
+    for odd in (Sub(b"xy" * 3000), memoryview(b"xy" * 3000)):
+        want = codec.encode(odd, 0)
+        assert codec.encode_small(odd) == (want.data, want.codec)  # type: ignore[arg-type]
+    assert seen == {"raw", "zstd"}

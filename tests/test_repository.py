@@ -401,3 +401,41 @@ def test_a_commits_tree_writers_on_s3_stay_within_the_connection_pool(s3_server_
     with Repository.open(Settings.resolve(s3_server_url, tmp_path / "c.db")) as repo:
         assert len(repo.manifest_trees(repo.load_manifest(done.id))) > 100
     assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
+
+
+@pytest.mark.packs
+def test_a_small_plain_chunk_takes_encode_small_only_with_the_stock_codec_and_packs(tmp_path, monkeypatch):
+    """Repository._save_fast sends a plain chunk of up to SAMPLE_BYTES to `Codec.encode_small`
+    only with the stock Codec and packs on; a codec of another class (a test's, or one that
+    encodes otherwise) and a repository without packs keep `encode_parts`; a chunk past
+    SAMPLE_BYTES too. Each chunk reads back."""
+    from archiver.codecs import SAMPLE_BYTES, Codec
+    from archiver.stores import open_store
+    from manifests.catalog import Catalog
+    calls: list[str] = []
+    real_small, real_parts = Codec.encode_small, Codec.encode_parts
+    monkeypatch.setattr(Codec, "encode_small", lambda self, raw: calls.append("small") or real_small(self, raw))
+    monkeypatch.setattr(Codec, "encode_parts",
+                        lambda self, raw, width=0: calls.append("parts") or real_parts(self, raw, width))
+
+    class Louder(Codec):  # another class: what it makes is its own business
+        def __init__(self) -> None:
+            super().__init__(level=19)
+
+    chunks = [b"x", os.urandom(SAMPLE_BYTES), b"text " * (SAMPLE_BYTES // 5), os.urandom(SAMPLE_BYTES + 1)]
+    for name, codec, pack_below, want in [("stock", None, None, ["small", "small", "small", "parts"]),
+                                          ("sub", Louder(), None, ["parts"] * 4),
+                                          ("nopacks", None, 0, ["parts"] * 4)]:
+        store = open_store(str(tmp_path / name), create=True)
+        calls.clear()
+        with Repository(store, Catalog(tmp_path / f"{name}.db", store.url), codec, pack_below=pack_below) as r:
+            refs = []
+            for data in chunks:
+                h = r.chunk_address(data, 0)
+                saved = r.save_chunk(h, data, 0)
+                assert saved.written
+                refs.append(ChunkRef(0, len(data), h, saved.stored_size, saved.codec))
+            r.flush_packs()
+            assert calls == want, (name, calls)
+            for ref, data in zip(refs, chunks):
+                assert r.read_chunk(ref) == data

@@ -223,3 +223,38 @@ def test_importing_the_archive_path_starts_no_multiprocessing():
     from concurrent.futures import ProcessPoolExecutor
     assert issubclass(workerprocs.WorkerPool, ProcessPoolExecutor)
     assert workerprocs.WorkerPool is workerprocs._pool_class()
+
+
+def test_worker_pool_is_one_class_made_once_even_when_first_used_by_threads_at_once(monkeypatch):
+    """`WorkerPool`, made on first use, is one class however many threads first use it at once
+    (two archives started together by an API caller: a pool each): a pool made by any of them is
+    an instance of `workerprocs.WorkerPool`. It pickles by name like any module-level class."""
+    import concurrent.futures
+    import pickle
+    import threading
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    class SlowToSubclass(ProcessPoolExecutor):  # widens the window between the check and the store
+        def __init_subclass__(cls, **kwargs):
+            time.sleep(0.05)
+            super().__init_subclass__(**kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", SlowToSubclass)
+    if hasattr(workerprocs._pool_class, "cache_clear"):
+        workerprocs._pool_class.cache_clear()
+    monkeypatch.delitem(workerprocs.__dict__, "WorkerPool", raising=False)  # not made yet
+    start, made = threading.Barrier(4), []
+
+    def first_use():
+        start.wait()
+        made.append(workerprocs._pool_class())
+    threads = [threading.Thread(target=first_use) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(c) for c in made}) == 1 and made[0] is workerprocs.WorkerPool
+    assert pickle.loads(pickle.dumps(workerprocs.WorkerPool)) is workerprocs.WorkerPool
+    if hasattr(workerprocs._pool_class, "cache_clear"):
+        workerprocs._pool_class.cache_clear()  # the next test's first use makes the stock one again
