@@ -40,7 +40,7 @@ import blake3
 if TYPE_CHECKING:
     import numpy as np
 
-from manifests import jsonrows
+from manifests import blobrows, jsonrows
 from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
                               ManifestError, UnknownReference)
 from manifests.fields import index_fields
@@ -827,10 +827,11 @@ class Catalog:
             conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
                          "stored_size, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
                          (row, mid, m.name, m.label, m.parent, when, len(files), m.total_size, stored, data))
-            conn.executemany('INSERT INTO files(manifest_id, path, type, size, mode, blake3, sha256) '
-                             'VALUES (?,?,?,?,?,?,?)',
-                             ((mid, e.path, e.type, e.size, e.mode, e.blake3, e.sha256)
-                              for e in self._new_tree_entries(conn, m, trees)))
+            listed = self._new_tree_entries(conn, m, trees)
+            if not blobrows.insert_files(conn, mid, listed):  # one statement (manifests/blobrows.py)
+                conn.executemany('INSERT INTO files(manifest_id, path, type, size, mode, blake3, sha256) '
+                                 'VALUES (?,?,?,?,?,?,?)',
+                                 ((mid, e.path, e.type, e.size, e.mode, e.blake3, e.sha256) for e in listed))
             conn.executemany('INSERT INTO fields(manifest_id, key, seq, value, num) VALUES (?,?,?,?,?)',
                              field_rows(mid, m))
             if event_details is not None:
@@ -1070,9 +1071,10 @@ class Catalog:
         if not rows:
             return 0
         before = conn.total_changes
-        conn.executemany("INSERT OR IGNORE INTO chunks(key, stored_size, codec, owner) VALUES (?,?,?,?)", rows)
+        if not blobrows.insert_chunks(conn, rows):  # one statement, without the GIL (manifests/blobrows.py)
+            conn.executemany("INSERT OR IGNORE INTO chunks(key, stored_size, codec, owner) VALUES (?,?,?,?)", rows)
         fresh = conn.total_changes - before == len(rows) == len(hashes)  # a shared key is not proof of freshness
-        if table == "manifest_chunks":
+        if table == "manifest_chunks" and not blobrows.insert_hash_set(conn, row, hashes):
             conn.executemany("INSERT OR IGNORE INTO manifest_chunks(manifest, chunk) VALUES (?, ?)",
                              [(row, b) for b in sorted(bytes.fromhex(h) for h in hashes)])
         return sum(r[1] for r in rows) if fresh else None
@@ -1475,8 +1477,10 @@ class Catalog:
             if conn.execute('SELECT 1 FROM packs WHERE pack=?', (pack,)).fetchone() is not None:
                 return False
             conn.execute('INSERT INTO packs(pack, size, index_id) VALUES (?,?,?)', (pack, size, index_id))
-            conn.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
-                             'VALUES (?,?,?,?,?)', ((h, pack, o, s, n) for h, o, s, n in entries))
+            entries = entries if isinstance(entries, (list, tuple)) else list(entries)
+            if not blobrows.insert_pack_chunks(conn, pack, entries):  # one statement (manifests/blobrows.py)
+                conn.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
+                                 'VALUES (?,?,?,?,?)', ((h, pack, o, s, n) for h, o, s, n in entries))
         self._pack_tables_seen = True
         return True
 
