@@ -23,8 +23,6 @@ _TYPE_SQL = "CASE {c} WHEN 'f' THEN 'file' WHEN 'd' THEN 'dir' ELSE 'symlink' EN
 _INT_LOW, _INT_HIGH = -(1 << 63), 1 << 63  # SQLite's INTEGER: CAST saturates beyond it, executemany refuses
 # a files record: type (1), size, mode, blake3 (64 or spaces), sha256 (64 or spaces)
 FILE_RECORD = 1 + 2 * INT_WIDTH + 2 * HASH_HEX
-# a pack_chunks record: hash (64), offset, stored size, length
-PACK_RECORD = HASH_HEX + 3 * INT_WIDTH
 
 
 def _field(blob: str, start: int, width: int) -> str:
@@ -100,30 +98,6 @@ def insert_hash_set(conn: sqlite3.Connection, row: int, hashes: Iterable[str]) -
 
 def _lower_hex(text: str) -> bool:
     return text.isascii() and not text.strip("0123456789abcdef")
-
-
-PACK_CHUNKS_SQL = (_COUNTER.format(n=1) + 'INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, '
-                   f"length) SELECT {_field('?3', 0, HASH_HEX)}, ?2, "
-                   f"CAST({_field('?3', HASH_HEX, INT_WIDTH)} AS INTEGER), "
-                   f"CAST({_field('?3', HASH_HEX + INT_WIDTH, INT_WIDTH)} AS INTEGER), "
-                   f"CAST({_field('?3', HASH_HEX + 2 * INT_WIDTH, INT_WIDTH)} AS INTEGER) FROM n"
-                   ).replace("{w}", str(PACK_RECORD))
-
-
-def insert_pack_chunks(conn: sqlite3.Connection, pack: str, entries: Sequence[tuple[str, int, int, int]]) -> bool:
-    """INSERT OR IGNORE the `pack_chunks` rows (hash, pack, offset, stored size, length) of
-    one pack's `entries` (hash, offset, stored size, length), in order, in one statement;
-    False (nothing inserted) if a value does not fit its record."""
-    fields: list[str] = []
-    add = fields.append
-    for h, offset, stored, length in entries:
-        if not (type(h) is str and len(h) == HASH_HEX and h.isascii() and _int_ok(offset) and _int_ok(stored)
-                and _int_ok(length)):
-            return False
-        add(f"{h}{offset:{INT_WIDTH}d}{stored:{INT_WIDTH}d}{length:{INT_WIDTH}d}")
-    if fields:
-        conn.execute(PACK_CHUNKS_SQL, (len(fields), pack, "".join(fields).encode("ascii")))
-    return True
 
 
 CHUNKS_SQL = ("INSERT OR IGNORE INTO chunks(key, stored_size, codec, owner) SELECT "

@@ -1477,10 +1477,8 @@ class Catalog:
             if conn.execute('SELECT 1 FROM packs WHERE pack=?', (pack,)).fetchone() is not None:
                 return False
             conn.execute('INSERT INTO packs(pack, size, index_id) VALUES (?,?,?)', (pack, size, index_id))
-            entries = entries if isinstance(entries, (list, tuple)) else list(entries)
-            if not blobrows.insert_pack_chunks(conn, pack, entries):  # one statement (manifests/blobrows.py)
-                conn.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
-                                 'VALUES (?,?,?,?,?)', ((h, pack, o, s, n) for h, o, s, n in entries))
+            conn.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
+                             'VALUES (?,?,?,?,?)', ((h, pack, o, s, n) for h, o, s, n in entries))
         self._pack_tables_seen = True
         return True
 

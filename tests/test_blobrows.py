@@ -82,15 +82,6 @@ def test_chunk_rows_and_hash_sets_are_those_of_executemany():
     assert fast.execute("SELECT owner, codec FROM chunks WHERE key = 5").fetchone() == (4, "raw")
 
 
-def test_pack_rows_are_those_of_executemany():
-    entries = [(HEX_B, 0, 100, 90), (HEX_A, 100, 2 ** 33, 2 ** 33 - 40), (HEX_C, 2 ** 34, 0, 0)]
-    fast, slow = _twins()
-    assert blobrows.insert_pack_chunks(fast, "p" * 64, entries)
-    slow.executemany("INSERT OR IGNORE INTO pack_chunks VALUES (?,?,?,?,?)", [(h, "p" * 64, o, s, n)
-                                                                              for h, o, s, n in entries])
-    assert _rows(fast, "pack_chunks") == _rows(slow, "pack_chunks")
-
-
 @pytest.mark.parametrize("call", [
     lambda c: blobrows.insert_files(c, "m", [E("x", "fifo", 0, 0, "", "")]),  # a type without a code
     lambda c: blobrows.insert_files(c, "m", [E("x", "file", 1.5, 0, "", "")]),  # not an int
@@ -101,7 +92,6 @@ def test_pack_rows_are_those_of_executemany():
     lambda c: blobrows.insert_chunks(c, [(True, 1, "raw", None)]),
     lambda c: blobrows.insert_hash_set(c, 1, [HEX_A, "AB" * 32]),  # upper case: not the bytes' order
     lambda c: blobrows.insert_hash_set(c, 1, [HEX_A[:-1]]),
-    lambda c: blobrows.insert_pack_chunks(c, "p", [(HEX_A, 0, 1, 1), ("é" * 64, 1, 1, 1)]),
 ])
 def test_a_value_outside_its_record_is_refused_and_nothing_inserted(call):
     conn, _ = _twins()
@@ -112,7 +102,7 @@ def test_a_value_outside_its_record_is_refused_and_nothing_inserted(call):
 def test_nothing_to_insert_runs_no_statement():
     conn, _ = _twins()
     assert blobrows.insert_files(conn, "m", []) and blobrows.insert_chunks(conn, [])
-    assert blobrows.insert_hash_set(conn, 1, []) and blobrows.insert_pack_chunks(conn, "p", [])
+    assert blobrows.insert_hash_set(conn, 1, [])
     assert conn.total_changes == 0
 
 
@@ -134,7 +124,7 @@ def _dump(path: Path) -> dict[str, list[tuple]]:
 def _spied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
     """(builder, whether it inserted) of every call: the blob side must take the one-statement path."""
     calls: list[tuple[str, bool]] = []
-    for name in ("insert_files", "insert_chunks", "insert_hash_set", "insert_pack_chunks"):
+    for name in ("insert_files", "insert_chunks", "insert_hash_set"):
         def spy(*a, _f=getattr(blobrows, name), _n=name, **k):
             got = _f(*a, **k)
             calls.append((_n, got))
@@ -145,7 +135,7 @@ def _spied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
 
 def _row_by_row(monkeypatch: pytest.MonkeyPatch) -> None:
     """The catalog as before blobrows: every builder refuses, so executemany binds each row."""
-    for name in ("insert_files", "insert_chunks", "insert_hash_set", "insert_pack_chunks"):
+    for name in ("insert_files", "insert_chunks", "insert_hash_set"):
         monkeypatch.setattr(blobrows, name, lambda *a, **k: False)
 
 
@@ -188,7 +178,7 @@ def test_a_packed_archive_records_the_same_pack_rows_as_row_by_row(tmp_path, hom
                         processes=0)
         dumps.append(_dump(tmp_path / f"{side}.db"))
         if side == "blob":
-            assert ("insert_pack_chunks", True) in calls and all(ok for _, ok in calls)
+            assert all(ok for _, ok in calls)
     assert dumps[0]["pack_chunks"] and dumps[0]["packs"]
     # which pack a chunk lands in is the threads' race: the rows are compared but for the pack's name and place
     for d in dumps:
