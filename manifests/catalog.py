@@ -827,11 +827,10 @@ class Catalog:
             conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
                          "stored_size, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
                          (row, mid, m.name, m.label, m.parent, when, len(files), m.total_size, stored, data))
-            listed = self._new_tree_entries(conn, m, trees)
-            if not blobrows.insert_files(conn, mid, listed):  # one statement (manifests/blobrows.py)
-                conn.executemany('INSERT INTO files(manifest_id, path, type, size, mode, blake3, sha256) '
-                                 'VALUES (?,?,?,?,?,?,?)',
-                                 ((mid, e.path, e.type, e.size, e.mode, e.blake3, e.sha256) for e in listed))
+            conn.executemany('INSERT INTO files(manifest_id, path, type, size, mode, blake3, sha256) '
+                             'VALUES (?,?,?,?,?,?,?)',
+                             ((mid, e.path, e.type, e.size, e.mode, e.blake3, e.sha256)
+                              for e in self._new_tree_entries(conn, m, trees)))
             conn.executemany('INSERT INTO fields(manifest_id, key, seq, value, num) VALUES (?,?,?,?,?)',
                              field_rows(mid, m))
             if event_details is not None:

@@ -1,9 +1,8 @@
-"""manifests/blobrows.py: a commit's per-row inserts as one statement each record exactly the
+"""manifests/blobrows.py: a commit's chunk rows as one statement each record exactly the
 rows executemany records (values, types, order of the first seen), refuse what does not fit,
 and an archive's catalog is the same table for table as with the rows bound one by one."""
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -25,16 +24,6 @@ SCHEMA = [
 HEX_A, HEX_B, HEX_C = "0" * 64, "ab" * 32, "f" * 64
 
 
-@dataclasses.dataclass
-class E:
-    path: str
-    type: str
-    size: int
-    mode: int
-    blake3: str
-    sha256: str
-
-
 def _twins() -> tuple[sqlite3.Connection, sqlite3.Connection]:
     out = []
     for _ in range(2):
@@ -50,18 +39,6 @@ def _rows(conn: sqlite3.Connection, table: str) -> list[tuple]:
     cols = [r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')]
     select = ", ".join(f'"{c}", typeof("{c}")' for c in cols)
     return conn.execute(f'SELECT {select} FROM "{table}"').fetchall()
-
-
-def test_files_rows_are_those_of_executemany():
-    entries = [E("a", "dir", 0, 0o755, "", ""), E("a/ünï cøde \"q\" \\ ,", "file", 2 ** 40, 0o644, HEX_B, HEX_C),
-               E("a/link", "symlink", 0, 0o777, "", ""), E("a/neg", "file", -5, 0, HEX_A, HEX_A),
-               E("a/big", "file", 2 ** 63 - 1, 2 ** 31, HEX_C, HEX_B), E("a/least", "file", -2 ** 63, 1, "", HEX_A)]
-    fast, slow = _twins()
-    assert blobrows.insert_files(fast, "m" * 64, entries)
-    slow.executemany("INSERT INTO files VALUES (?,?,?,?,?,?,?)",
-                     [("m" * 64, e.path, e.type, e.size, e.mode, e.blake3, e.sha256) for e in entries])
-    assert _rows(fast, "files") == _rows(slow, "files")
-    assert len(_rows(fast, "files")) == 6
 
 
 def test_chunk_rows_and_hash_sets_are_those_of_executemany():
@@ -83,11 +60,6 @@ def test_chunk_rows_and_hash_sets_are_those_of_executemany():
 
 
 @pytest.mark.parametrize("call", [
-    lambda c: blobrows.insert_files(c, "m", [E("x", "fifo", 0, 0, "", "")]),  # a type without a code
-    lambda c: blobrows.insert_files(c, "m", [E("x", "file", 1.5, 0, "", "")]),  # not an int
-    lambda c: blobrows.insert_files(c, "m", [E("x", "file", 2 ** 63, 0, "", "")]),  # beyond INTEGER: CAST would saturate
-    lambda c: blobrows.insert_files(c, "m", [E("x", "file", 1, 0, "ab" * 31 + "a ", "")]),  # rtrim would cut it
-    lambda c: blobrows.insert_files(c, "m", [E("x", "file", 1, 0, "short", "")]),
     lambda c: blobrows.insert_chunks(c, [(1, 1, "raw", None), (2, 1, "raw", 7)]),  # owners differ
     lambda c: blobrows.insert_chunks(c, [(True, 1, "raw", None)]),
     lambda c: blobrows.insert_hash_set(c, 1, [HEX_A, "AB" * 32]),  # upper case: not the bytes' order
@@ -101,7 +73,7 @@ def test_a_value_outside_its_record_is_refused_and_nothing_inserted(call):
 
 def test_nothing_to_insert_runs_no_statement():
     conn, _ = _twins()
-    assert blobrows.insert_files(conn, "m", []) and blobrows.insert_chunks(conn, [])
+    assert blobrows.insert_chunks(conn, [])
     assert blobrows.insert_hash_set(conn, 1, [])
     assert conn.total_changes == 0
 
@@ -124,7 +96,7 @@ def _dump(path: Path) -> dict[str, list[tuple]]:
 def _spied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
     """(builder, whether it inserted) of every call: the blob side must take the one-statement path."""
     calls: list[tuple[str, bool]] = []
-    for name in ("insert_files", "insert_chunks", "insert_hash_set"):
+    for name in ("insert_chunks", "insert_hash_set"):
         def spy(*a, _f=getattr(blobrows, name), _n=name, **k):
             got = _f(*a, **k)
             calls.append((_n, got))
@@ -135,7 +107,7 @@ def _spied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
 
 def _row_by_row(monkeypatch: pytest.MonkeyPatch) -> None:
     """The catalog as before blobrows: every builder refuses, so executemany binds each row."""
-    for name in ("insert_files", "insert_chunks", "insert_hash_set"):
+    for name in ("insert_chunks", "insert_hash_set"):
         monkeypatch.setattr(blobrows, name, lambda *a, **k: False)
 
 
@@ -158,7 +130,7 @@ def test_an_archive_and_its_files_cache_rearchive_record_the_same_rows_as_row_by
             api.archive([src], name="m", store=store, catalog=catalog, processes=processes)
         dumps.append(_dump(catalog))
         if side == "blob":
-            assert {n for n, ok in calls if ok} >= {"insert_files", "insert_chunks", "insert_hash_set"}
+            assert {n for n, ok in calls if ok} >= {"insert_chunks", "insert_hash_set"}
             assert all(ok for _, ok in calls)
     assert dumps[0] == dumps[1]
     assert len(dumps[0]["files"]) > 40 and len(dumps[0]["chunks"]) > 30 and len(dumps[0]["manifests"]) == 2
