@@ -51,7 +51,8 @@ def test_chunk_rows_and_hash_sets_are_those_of_executemany():
     assert blobrows.insert_chunks(fast, rows)
     slow.executemany("INSERT OR IGNORE INTO chunks VALUES (?,?,?,?)", rows)
     assert blobrows.insert_hash_set(fast, 3, hashes)
-    slow.executemany("INSERT OR IGNORE INTO manifest_chunks VALUES (?,?)", [(3, bytes.fromhex(h)) for h in sorted(hashes)])
+    slow.executemany("INSERT OR IGNORE INTO manifest_chunks VALUES (?,?)",
+                     [(3, bytes.fromhex(h)) for h in sorted(hashes)])
     assert _rows(fast, "chunks") == _rows(slow, "chunks")
     assert _rows(fast, "manifest_chunks") == _rows(slow, "manifest_chunks")
     assert fast.execute("SELECT owner FROM chunks WHERE key = -1").fetchone() == (None,)
