@@ -40,7 +40,7 @@ import blake3
 if TYPE_CHECKING:
     import numpy as np
 
-from manifests import jsonrows
+from manifests import blobrows, jsonrows
 from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, CatalogReadOnly, CatalogStoreMismatch,
                               ManifestError, UnknownReference)
 from manifests.fields import index_fields
@@ -1070,9 +1070,10 @@ class Catalog:
         if not rows:
             return 0
         before = conn.total_changes
-        conn.executemany("INSERT OR IGNORE INTO chunks(key, stored_size, codec, owner) VALUES (?,?,?,?)", rows)
+        if not blobrows.insert_chunks(conn, rows):  # one statement, without the GIL (manifests/blobrows.py)
+            conn.executemany("INSERT OR IGNORE INTO chunks(key, stored_size, codec, owner) VALUES (?,?,?,?)", rows)
         fresh = conn.total_changes - before == len(rows) == len(hashes)  # a shared key is not proof of freshness
-        if table == "manifest_chunks":
+        if table == "manifest_chunks" and not blobrows.insert_hash_set(conn, row, hashes):
             conn.executemany("INSERT OR IGNORE INTO manifest_chunks(manifest, chunk) VALUES (?, ?)",
                              [(row, b) for b in sorted(bytes.fromhex(h) for h in hashes)])
         return sum(r[1] for r in rows) if fresh else None
