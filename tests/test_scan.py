@@ -431,3 +431,31 @@ def test_open_file_refuses_a_swap_with_one_open_and_one_fstat(tmp_path, secret, 
     fd, st = scan_mod.open_file(scan([ckpt / "a.bin"])[0], None)  # no held directory: walked, looked at
     os.close(fd)
     assert st.st_size == 10
+
+
+def test_scanned_sources_are_the_ones_init_makes(tmp_path):
+    """The scan sets its Sources' fields in their `__dict__` (cheaper than a frozen dataclass's
+    `__init__`): each equals, hashes and pickles as `Source(...)` of the same fields, in the same
+    field order, and stays frozen."""
+    import dataclasses
+    import pickle
+    root = tmp_path / "t"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "f").write_bytes(b"x" * 10)
+    (root / "e").write_bytes(b"")
+    os.symlink("d/f", root / "l")
+    got = scan([root])
+    assert [s.path for s in got] == ["t", "t/d", "t/d/f", "t/e", "t/l"]
+    for s in got:
+        made = Source(**{f.name: getattr(s, f.name) for f in dataclasses.fields(Source)})
+        assert s == made and hash(s) == hash(made) and repr(s) == repr(made)
+        assert list(vars(s)) == list(vars(made))  # field order: pickles and compares alike
+        assert (s.seen, s.link, s.followed, s.blob) == (made.seen, made.link, made.followed, made.blob)
+        assert pickle.loads(pickle.dumps(s)) == made
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            s.size = 1  # type: ignore[misc]
+    f = got[2]
+    st = os.lstat(root / "d" / "f")
+    assert (f.size, f.is_dir, f.parent, f.mtime_ns) == (10, False, got[1], None)
+    assert f.seen == (st.st_dev, st.st_ino, 10, st.st_mtime_ns, st.st_ctime_ns)
+    assert got[1].mtime_ns == os.lstat(root / "d").st_mtime_ns and got[1].seen is None
