@@ -112,11 +112,18 @@ def _row_by_row(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(blobrows, name, lambda *a, **k: False)
 
 
-@pytest.mark.parametrize("processes", [0, 2])
 def test_an_archive_and_its_files_cache_rearchive_record_the_same_rows_as_row_by_row(
-        tmp_path, home, monkeypatch, store_url, processes):
-    if processes and not store_url.startswith("/"):
-        pytest.skip("worker processes archive local stores only")
+        tmp_path, home, monkeypatch, store_url):
+    """On threads, on every store."""
+    _same_rows_as_row_by_row(tmp_path, monkeypatch, store_url, processes=0)
+
+
+def test_an_archive_on_worker_processes_records_the_same_rows_as_row_by_row(tmp_path, home, monkeypatch):
+    """On worker processes (they archive to local stores only)."""
+    _same_rows_as_row_by_row(tmp_path, monkeypatch, str(tmp_path / "store"), processes=2)
+
+
+def _same_rows_as_row_by_row(tmp_path, monkeypatch, store_url: str, processes: int) -> None:
     src = make_checkpoint(tmp_path / "src", layers=2, dim=64)
     (src / "many").mkdir()
     for i in range(40):
