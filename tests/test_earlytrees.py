@@ -125,14 +125,7 @@ def test_same_archive_on_each_store(tmp_path, home, store_url):
     """Threads on every store (nothing made ahead there), the same as the commit's trees."""
     src = make_tree(tmp_path / "src")
     ahead = api.archive([src], name="m", store=store_url, catalog=str(tmp_path / "a.db"), processes=0)
-    other = str(tmp_path / "local-b")
-    with without_ahead():
-        base = api.archive([src], name="m", store=other, catalog=str(tmp_path / "b.db"), processes=0)
-    assert ahead.id == base.id
-    assert {k: v for k, v in _store_objects(store_url).items() if k.startswith("trees/")} == \
-        {k: v for k, v in _store_objects(other).items() if k.startswith("trees/")}
-    report = api.verify([ahead.id], store=store_url, catalog=str(tmp_path / "a.db"), deep=True)
-    assert report.ok, report.problems
+    _same_trees_as_the_commits(tmp_path, src, store_url, ahead.id, 0)
 
 
 @pytest.mark.integration
@@ -146,14 +139,7 @@ def test_same_archive_on_s3_through_workers(tmp_path, home, s3_server_url, small
     monkeypatch.setattr(Repository, "put_tree_made", lambda self, h, data: (made.append(h), real_put(self, h, data)))
     ahead = api.archive([src], name="m", store=s3_server_url, catalog=str(tmp_path / "a.db"), processes=2)
     assert ahead.files_by_processes > 0 and made
-    other = str(tmp_path / "local-b")
-    with without_ahead():
-        base = api.archive([src], name="m", store=other, catalog=str(tmp_path / "b.db"), processes=2)
-    assert ahead.id == base.id
-    assert {k: v for k, v in _store_objects(s3_server_url).items() if k.startswith("trees/")} == \
-        {k: v for k, v in _store_objects(other).items() if k.startswith("trees/")}
-    report = api.verify([ahead.id], store=s3_server_url, catalog=str(tmp_path / "a.db"), deep=True)
-    assert report.ok, report.problems
+    _same_trees_as_the_commits(tmp_path, src, s3_server_url, ahead.id, 2)
 
 
 def test_each_tree_proved_and_written_once(tmp_path, home, small_tasks, monkeypatch):
@@ -318,13 +304,7 @@ def test_an_archive_failing_after_the_files_returns_with_no_early_write_under_wa
     whose repository is closed (here each tree write is slow, so writes are under way)."""
     from archiver.errors import StoreError
     real_put = Repository.put_tree_made
-    started: list[str] = []
-
-    def slow_put(self, h, data):  # type: ignore[no-untyped-def]
-        started.append(h)
-        time.sleep(0.2)
-        return real_put(self, h, data)
-    monkeypatch.setattr(Repository, "put_tree_made", slow_put)
+    started = _slow_tree_writes(monkeypatch, 0.2)
     real_sync = Repository.sync_catalog
 
     def failing(self):  # type: ignore[no-untyped-def]
@@ -345,11 +325,7 @@ def test_an_archive_failing_after_the_files_returns_with_no_early_write_under_wa
     assert RawStore(str(tmp_path / "s")).keys("manifests/") == []
     monkeypatch.setattr(Repository, "put_tree_made", real_put)  # a rerun commits the archive the commit
     monkeypatch.setattr(Repository, "sync_catalog", real_sync)  # alone would have made
-    again, cat = _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
-    with without_ahead():
-        base, _ = _archive(tmp_path, src, str(tmp_path / "b"), "m", 2)
-    assert again.id == base.id
-    assert api.verify([again.id], store=str(tmp_path / "s"), catalog=str(cat), deep=True).ok
+    _rerun_is_the_commits_own(tmp_path, src)
 
 
 def test_a_tree_made_from_stale_entries_is_not_the_commits(tmp_path, home, small_tasks, monkeypatch):
@@ -433,14 +409,7 @@ def test_directories_completing_out_of_order_same_archive(tmp_path, home, small_
 def test_no_early_thread_left_once_the_archive_returns(tmp_path, home, small_tasks, monkeypatch):
     """Slow tree writes ahead: the commit waits for them, and once api.archive returns no
     builder or writer is left, none writes afterwards."""
-    real_put = Repository.put_tree_made
-    started: list[str] = []
-
-    def slow_put(self, h, data):  # type: ignore[no-untyped-def]
-        started.append(h)
-        time.sleep(0.05)
-        return real_put(self, h, data)
-    monkeypatch.setattr(Repository, "put_tree_made", slow_put)
+    started = _slow_tree_writes(monkeypatch, 0.05)
     res, cat = _archive(tmp_path, make_tree(tmp_path / "src"), str(tmp_path / "s"), "m", 2)
     assert started and _early_threads() == []
     n = len(started)
@@ -471,18 +440,7 @@ def test_ctrl_c_while_the_files_are_archived_stops_the_trees_ahead(tmp_path, hom
             time.sleep(0.3)  # the driver is still taking results when the signal arrives
         return real_adopt(self, indexes)
     monkeypatch.setattr(Repository, "adopt_packs", adopt)
-    with pytest.raises(KeyboardInterrupt):
-        _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
-    import multiprocessing
-    assert made and _early_threads() == [] and multiprocessing.active_children() == []
-    assert RawStore(str(tmp_path / "s")).keys("manifests/") == []
-    monkeypatch.setattr(Repository, "adopt_packs", real_adopt)
-    monkeypatch.setattr(Repository, "put_tree_made", real_put)
-    again, cat = _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
-    with without_ahead():
-        base, _ = _archive(tmp_path, src, str(tmp_path / "b"), "m", 2)
-    assert again.id == base.id
-    assert api.verify([again.id], store=str(tmp_path / "s"), catalog=str(cat), deep=True).ok
+    _fails_cleanly_then_reruns(tmp_path, src, monkeypatch, KeyboardInterrupt, made, real_adopt, real_put)
 
 
 def test_same_counts_with_duplicates_across_directories(tmp_path, home, small_tasks):
@@ -522,14 +480,55 @@ def test_a_worker_killed_after_trees_were_made_ahead(tmp_path, home, small_tasks
     real_adopt = Repository.adopt_packs
     monkeypatch.setattr(Repository, "adopt_packs", lambda self, idx: (time.sleep(0.1) if made else None,
                                                                       real_adopt(self, idx))[1])
-    with pytest.raises(ArchiverError):
-        _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
-    assert made and _early_threads() == [] and multiprocessing.active_children() == []
-    assert RawStore(str(tmp_path / "s")).keys("manifests/") == []
-    monkeypatch.setattr(Repository, "adopt_packs", real_adopt)
-    monkeypatch.setattr(Repository, "put_tree_made", real_put)
+    _fails_cleanly_then_reruns(tmp_path, src, monkeypatch, ArchiverError, made, real_adopt, real_put)
+
+
+def _rerun_is_the_commits_own(tmp_path, src) -> None:  # type: ignore[no-untyped-def]
+    """After a failed archive into tmp_path/s: the rerun commits the archive the commit alone
+    makes (same id as with nothing made ahead, into tmp_path/b) and it verifies deep."""
     again, cat = _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
     with without_ahead():
         base, _ = _archive(tmp_path, src, str(tmp_path / "b"), "m", 2)
     assert again.id == base.id
     assert api.verify([again.id], store=str(tmp_path / "s"), catalog=str(cat), deep=True).ok
+
+
+def _same_trees_as_the_commits(tmp_path, src, store: str, ahead_id: str, processes: int) -> None:  # type: ignore[no-untyped-def]
+    """The archive `ahead_id` in `store` (catalog tmp_path/a.db) has the id and tree objects the
+    commit alone makes (on a local store, nothing made ahead), and it verifies deep."""
+    other = str(tmp_path / "local-b")
+    with without_ahead():
+        base = api.archive([src], name="m", store=other, catalog=str(tmp_path / "b.db"), processes=processes)
+    assert ahead_id == base.id
+    assert {k: v for k, v in _store_objects(store).items() if k.startswith("trees/")} == \
+        {k: v for k, v in _store_objects(other).items() if k.startswith("trees/")}
+    report = api.verify([ahead_id], store=store, catalog=str(tmp_path / "a.db"), deep=True)
+    assert report.ok, report.problems
+
+
+def _slow_tree_writes(monkeypatch, seconds: float) -> list[str]:  # type: ignore[no-untyped-def]
+    """Each tree written ahead waits `seconds` first (so writes are under way): the hashes started."""
+    real_put = Repository.put_tree_made
+    started: list[str] = []
+
+    def slow_put(self, h, data):  # type: ignore[no-untyped-def]
+        started.append(h)
+        time.sleep(seconds)
+        return real_put(self, h, data)
+    monkeypatch.setattr(Repository, "put_tree_made", slow_put)
+    return started
+
+
+def _fails_cleanly_then_reruns(tmp_path, src, monkeypatch, error: type, made: list[str],  # type: ignore[no-untyped-def]
+                               real_adopt, real_put) -> None:
+    """The archive into tmp_path/s raises `error` after trees were made ahead, with no
+    early-trees thread, worker process or manifest left; with the real verbs back, the rerun
+    commits the commit's own archive."""
+    import multiprocessing
+    with pytest.raises(error):
+        _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
+    assert made and _early_threads() == [] and multiprocessing.active_children() == []
+    assert RawStore(str(tmp_path / "s")).keys("manifests/") == []
+    monkeypatch.setattr(Repository, "adopt_packs", real_adopt)
+    monkeypatch.setattr(Repository, "put_tree_made", real_put)
+    _rerun_is_the_commits_own(tmp_path, src)
