@@ -353,7 +353,7 @@ def run_job(job: SmallJob, dirs: Any = None) -> SmallDone:
     `dirs` (scan.DirFds): held directory descriptors to open its files relative to (None: the
     task's own, closed when it ends)."""
     from concurrent.futures import ThreadPoolExecutor
-    from archiver import fanout, pipeline
+    from archiver import pipeline
     from archiver.parallel import window_for
     from archiver.progress import Progress
     from archiver.journal import line_of, small_line
