@@ -733,19 +733,10 @@ def tree_objects(entries: tuple[Entry, ...] | list[Entry], previous: Mapping[str
     directory entry with entries under it names their tree in `tree`.
     `previous` (directory -> a tree read for it earlier: `PreviousTree`): a directory whose
     entries are that tree's own (`same_as_previous`) keeps its bytes, not serialised again."""
-    children: dict[str, list[Entry]] = {"": []}
-    for e in entries:
-        if not _plain_path(e.path) or e.path in children and e.type == "dir":
-            return None
-        if e.type == "dir":
-            children[e.path] = []
-    seen: set[str] = set()
-    for e in entries:
-        parent = _parent_of(e.path)
-        if parent not in children or e.path in seen:
-            return None
-        seen.add(e.path)
-        children[parent].append(e)
+    where = tree_children((e.path, e.type == "dir") for e in entries)
+    if where is None:
+        return None
+    children = {d: [entries[i] for i in idx] for d, idx in where.items()}
     hashes: dict[str, str] = {}
     objects: dict[str, bytes] = {}
     for d in sorted(children, key=lambda p: -p.count("/") - (p != "")):  # deepest first
@@ -763,9 +754,10 @@ def tree_objects(entries: tuple[Entry, ...] | list[Entry], previous: Mapping[str
 
 def tree_children(items: Iterable[tuple[str, bool]]) -> dict[str, list[int]] | None:
     """directory path ("" for the top) -> the positions in `items` ((path, is a directory),
-    in order) of its entries, or None exactly where `tree_objects` returns None for entries
-    of these paths and kinds: lets a caller that knows the paths before the entries (the
-    scan, before any file is read) lay out the trees it will make (archiver.earlytrees)."""
+    in order) of its entries, or None when they do not form a tree (a path with an empty, '.'
+    or '..' component, a path listed twice, or an entry whose parent directory has no entry).
+    `tree_objects` groups its entries by it; a caller that knows the paths before the entries
+    (the scan, before any file is read) lays out the trees it will make (archiver.earlytrees)."""
     items = list(items)
     children: dict[str, list[int]] = {"": []}
     for path, is_dir in items:
