@@ -80,13 +80,19 @@ def _finish(src: Source, entry: Entry, st: os.stat_result | None = None) -> list
     """The file's snapshot once read (`st`: a stat of its path taken after the read, by
     pipeline._archive_file_stat, so it is not taken twice)."""
     pipeline._check_blob(src, entry)
+    return snapshot_after(src, entry.size, entry.mtime_ns, st)
+
+
+def snapshot_after(src: Source, size: int, mtime_ns: int | None, st: os.stat_result | None = None) -> list[int]:
+    """The snapshot of a file read as `size` bytes modified at `mtime_ns` (`st`: a stat taken
+    after the read, else one is taken now); SourceChangedError if it moved meanwhile."""
     if st is None:
         try:
             st = os.stat(src.abspath, follow_symlinks=src.followed)
         except OSError:
             raise changed(src.abspath, "it was removed or renamed") from None
     snap = snapshot_of(st)
-    if snap[2] != entry.size or snap[3] != entry.mtime_ns:
+    if snap[2] != size or snap[3] != mtime_ns:
         raise changed(src.abspath, "its size or modification time moved")
     return snap
 
@@ -189,13 +195,21 @@ class LocalArchiveBatch(LocalArchiveFile):
             if check is not None:
                 check()
             try:
-                entry, after = pipeline.save_small(got, self.writer, self.progress, b3, hints)
-                done = FileDone(entry, _finish(got.src, entry, after))
+                done = self._saved_small(got, b3, hints)
             except (ArchiverError, Stopped):
                 raise
             except Exception as e:  # noqa: BLE001 - a file's unexpected error names that file
                 raise executors.lost(str(got.src.abspath), e) from None
-            self.on_done(got.src, done)
+            self._hand_on(got.src, done)
+
+    def _saved_small(self, got: Any, b3: str | None, hints: Any) -> Any:
+        """One small file read into `got`, saved: its FileDone (a subclass may make another result)."""
+        entry, after = pipeline.save_small(got, self.writer, self.progress, b3, hints)
+        return FileDone(entry, _finish(got.src, entry, after))
+
+    def _hand_on(self, src: Source, done: Any) -> None:
+        """`_saved_small`'s result to whoever takes finished files (outside its error wrapping)."""
+        self.on_done(src, done)
 
 
 class _Recorder:

@@ -250,71 +250,47 @@ def _worker_batch() -> type:
     snapshot and chunk for its journal line (`journal.small_line`), made straight from its
     values: no Entry, FileDone or ChunkRef made here only to be taken apart again (bench/RESULTS.md,
     "Small-file archive: the workers' CPU per file (branch sfworkcpu)"). Every other file goes
-    through the batch's own path (`on_done`). Made once, on first use (fanout imports this module)."""
-    from archiver import fanout
+    through the batch's own path (`on_done`). Made once, on first use (fanout imports this
+    module), with what a file's save needs looked up then, not once per file."""
+    import hashlib
+    from archiver import fanout, pipeline
+    from archiver.chunking import RawChunk
+    sha256, small_format, empty, snapshot_after = (hashlib.sha256, pipeline.small_format, pipeline._EMPTY_DIGEST,
+                                                   fanout.snapshot_after)
 
     class WorkerBatch(fanout.LocalArchiveBatch):
         def __init__(self, *args: Any, on_row: Callable[[tuple[Any, ...], Any], None], **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.on_row = on_row
 
-        def _save_small(self, small: list[tuple[Any, str | None]]) -> None:
-            _save_rows(self, small, self.on_row)
-    return WorkerBatch
-
-
-def _save_rows(batch: Any, small: list[tuple[Any, str | None]], on_row: Callable[..., None]) -> None:
-    """LocalArchiveBatch._save_small, each plain file's result made as a row (see `_worker_batch`)."""
-    import hashlib
-    from archiver import executors, pipeline
-    from archiver.chunking import RawChunk
-    from archiver.errors import ArchiverError
-    from archiver.executors import Stopped
-    from archiver.fanout import FileDone, _finish
-    from archiver.journal import snapshot_of
-    from archiver.scan import changed
-    if not small:
-        return
-    writer, progress = batch.writer, batch.progress
-    new = [h for _, h in small if h is not None and h not in writer.done]
-    hints = writer.repo.chunk_hints(new) if new else None
-    check = getattr(progress, "check", None)
-    sha256, empty = hashlib.sha256, pipeline._EMPTY_DIGEST
-    for got, b3 in small:
-        if check is not None:
-            check()
-        src = got.src
-        done: Any = None
-        try:
-            data = got.data
-            fmt, tech = ("", None) if src.blob is not None else pipeline.small_format(data, src.abspath.name)
-            if src.blob is not None or fmt or tech is not None:  # the batch's own path
-                entry, after = pipeline.save_small(got, writer, progress, b3, hints)
-                done = FileDone(entry, _finish(src, entry, after))
+        def _saved_small(self, got: Any, b3: str | None, hints: Any) -> Any:
+            """A plain small file's result as (`_flat`'s row, (snapshot, chunk) for its journal
+            line); any other file's, the batch's own (a FileDone)."""
+            src, data = got.src, got.data
+            fmt, tech = ("", None) if src.blob is not None else small_format(data, src.abspath.name)
+            if src.blob is not None or fmt or tech is not None:
+                return super()._saved_small(got, b3, hints)
+            before = got.before
+            size, mtime_ns = before.st_size, before.st_mtime_ns
+            chunk: tuple[int, str, int, str] | None = None
+            chunks: tuple[tuple[Any, ...], ...] = ()
+            if data:
+                self.progress.advance(len(data))
+                sha = sha256(data).hexdigest()
+                ref = self.writer.save(RawChunk(0, data, 0), b3, hints)
+                chunk = (len(data), b3, ref.stored_size, ref.codec)
+                chunks = ((0, len(data), b3, ref.stored_size, ref.codec),)
             else:
-                before = got.before
-                size, mtime_ns = before.st_size, before.st_mtime_ns
-                chunk: tuple[int, str, int, str] | None = None
-                chunks: tuple[tuple[Any, ...], ...] = ()
-                if data:
-                    progress.advance(len(data))
-                    sha = sha256(data).hexdigest()
-                    ref = writer.save(RawChunk(0, data, 0), b3, hints)
-                    chunk = (len(data), b3, ref.stored_size, ref.codec)
-                    chunks = ((0, len(data), b3, ref.stored_size, ref.codec),)
-                else:
-                    b3, sha = empty.blake3, empty.sha256
-                snap = snapshot_of(got.after)
-                if snap[2] != size or snap[3] != mtime_ns:  # as fanout._finish
-                    raise changed(src.abspath, "its size or modification time moved")
-        except (ArchiverError, Stopped):
-            raise
-        except Exception as e:  # noqa: BLE001 - a file's unexpected error names that file
-            raise executors.lost(str(src.abspath), e) from None
-        if done is not None:
-            batch.on_done(src, done)
-        else:
-            on_row((src.path, src.mode, size, mtime_ns, b3, sha, "", chunks, None, snap, 0, 0, 0), (snap, chunk))
+                b3, sha = empty.blake3, empty.sha256
+            snap = snapshot_after(src, size, mtime_ns, got.after)
+            return (src.path, src.mode, size, mtime_ns, b3, sha, "", chunks, None, snap, 0, 0, 0), (snap, chunk)
+
+        def _hand_on(self, src: Source, done: Any) -> None:
+            if type(done) is tuple:  # a plain file's (row, line values)
+                self.on_row(*done)
+            else:
+                self.on_done(src, done)
+    return WorkerBatch
 
 
 @dataclass

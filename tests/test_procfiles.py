@@ -1591,8 +1591,8 @@ def test_workers_store_the_same_objects_and_catalog_rows_as_threads(tmp_path, ho
 
 def test_a_workers_rows_and_lines_are_what_the_batch_path_makes(tmp_path, monkeypatch):
     """A worker hands a plain small file back as a row made straight from its values
-    (`_save_rows`), every other file (a recognised format, config.json's tech) through the
-    batch's own path: rows and journal lines are exactly those of `LocalArchiveBatch._save_small`
+    (`_worker_batch`'s `_saved_small`), every other file (a recognised format, config.json's tech) through the
+    batch's own path: rows and journal lines are exactly those of `LocalArchiveBatch._saved_small`
     with `_flat` and `line_of`, file for file, in the same order."""
     src = make_tree(tmp_path / "src")
     (src / "config.json").write_text('{"model_type": "llama", "hidden_size": 64}')
@@ -1608,7 +1608,7 @@ def test_a_workers_rows_and_lines_are_what_the_batch_path_makes(tmp_path, monkey
             procfiles._repository.cache_clear()
     rows = run("a")
     with monkeypatch.context() as m:
-        m.setattr(procfiles, "_save_rows", lambda batch, small, on_row: fanout.LocalArchiveBatch._save_small(batch, small))
+        m.setattr(procfiles._worker_batch(), "_saved_small", fanout.LocalArchiveBatch._saved_small)  # the batch's own way
         plain = run("b")
     assert rows.files == plain.files and rows.lines == plain.lines and len(rows.files) == len(files)
     assert any(len(r) == 1 or r[6] for r in rows.files) and any(len(r) > 1 and not r[7] for r in rows.files)
