@@ -55,6 +55,43 @@ def make_checkpoint(root: Path, *, layers: int = 4, dim: int = 256, seed: int = 
     return root
 
 
+def make_small_file_tree(root: Path, *, dirs: int, files: int, size: Callable[[int, int], int],
+                         modes: bool = False) -> Path:
+    """A checkpoint (its bigger files stay on the driver's threads) beside `dirs` nested
+    directories d{d}/inner of `files` small files each (every seventh the same bytes; the rest
+    random, `size(i, d)` bytes; modes 600/644/755 in turn if `modes`) and an empty file, plus an
+    empty directory and a symlink to d0/inner/f01.txt: the small-file trees of the worker tests."""
+    make_checkpoint(root / "ckpt", layers=2, dim=64)
+    for d in range(dirs):
+        sub = root / f"d{d}" / "inner"
+        sub.mkdir(parents=True)
+        for i in range(files):
+            body = b"the same bytes\n" if i % 7 == 0 else os.urandom(size(i, d))
+            (sub / f"f{i:02}.txt").write_bytes(body)
+            if modes:
+                os.chmod(sub / f"f{i:02}.txt", (0o600, 0o644, 0o755)[i % 3])
+        (sub / "empty").write_bytes(b"")
+    (root / "empty-dir").mkdir()
+    os.symlink("d0/inner/f01.txt", root / "link")
+    return root
+
+
+def live_children() -> set[int]:
+    """Live (not zombie) child processes of this process, read from /proc (no psutil): what a
+    worker pool must not leave behind."""
+    me, out = os.getpid(), set()
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me and fields[0] != "Z":
+                out.add(int(d))
+    return out
+
+
 def tree(root: Path) -> dict[str, tuple[str, bytes | None, int]]:
     """Relative path -> (kind, content, mode) for comparing trees byte for byte."""
     out = {}

@@ -15,7 +15,7 @@ from archiver.errors import InvalidOptionError, SourceChangedError
 from archiver.executors import TaskLostError
 from archiver.scan import scan
 from manifests.model import Entry
-from tests.helpers import make_checkpoint, run_cli, tree
+from tests.helpers import live_children, make_small_file_tree, run_cli, tree
 
 pytestmark = pytest.mark.packs  # workers write packs, as a real run does
 
@@ -23,18 +23,9 @@ pytestmark = pytest.mark.packs  # workers write packs, as a real run does
 def make_tree(root: Path) -> Path:
     """Empty files, nested dirs, a symlink, duplicate files (in different tasks once tasks are
     small), a file at the chunker's minimum and one above it, and a checkpoint's big files."""
-    make_checkpoint(root / "ckpt", layers=2, dim=64)
-    for d in range(4):
-        sub = root / f"d{d}" / "inner"
-        sub.mkdir(parents=True)
-        for i in range(40):
-            body = b"the same bytes\n" if i % 7 == 0 else os.urandom(50 + 97 * i + d)
-            (sub / f"f{i:02}.txt").write_bytes(body)
-        (sub / "empty").write_bytes(b"")
-    (root / "empty-dir").mkdir()
+    make_small_file_tree(root, dirs=4, files=40, size=lambda i, d: 50 + 97 * i + d)
     (root / "at-min.bin").write_bytes(os.urandom(512 * 1024))
     (root / "above-min.bin").write_bytes(os.urandom(700 * 1024))
-    os.symlink("d0/inner/f01.txt", root / "link")
     return root
 
 
@@ -452,22 +443,6 @@ def test_the_cli_entry_points_with_workers_print_one_json_document(tmp_path, ent
     assert 0 < doc["files_by_processes"] <= doc["files"]  # all under 1 MiB here
 
 
-def _children() -> set[int]:
-    """Live child processes of this process (from /proc, no psutil)."""
-    me, out = os.getpid(), set()
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == me and fields[0] != "Z":
-                out.add(int(d))
-    return out
-
-
 def test_odd_tree_same_entries_as_threads(tmp_path, home, small_tasks):
     """Hard links, files at cdc_min-1/cdc_min and BATCH_FILE_BELOW-1/BATCH_FILE_BELOW, empty
     files, non-ASCII names, duplicates within and across tasks, only small files beside one
@@ -501,13 +476,13 @@ def test_two_archives_in_one_process_leak_nothing(tmp_path, home, small_tasks):
     import threading
     src = make_tree(tmp_path / "src")
     _archive(tmp_path, src, str(tmp_path / "w"), 0)  # warm imports/caches on threads
-    fds0, threads0, kids0 = len(os.listdir("/proc/self/fd")), threading.active_count(), _children()
+    fds0, threads0, kids0 = len(os.listdir("/proc/self/fd")), threading.active_count(), live_children()
     one = _archive(tmp_path, src, str(tmp_path / "s"), 2, resume=False)
-    kids1 = _children()
+    kids1 = live_children()
     fds1, threads1 = len(os.listdir("/proc/self/fd")), threading.active_count()
     two = _archive(tmp_path, src, str(tmp_path / "t"), 2, resume=False)
     assert one.files_by_processes and two.files_by_processes and one.id == two.id
-    kids2 = _children()
+    kids2 = live_children()
     assert len(os.listdir("/proc/self/fd")) <= fds1 and threading.active_count() <= threads1
     assert kids2 <= kids1 and len(kids1 - kids0) <= 1  # at most multiprocessing's resource tracker
     assert threads1 <= threads0 + 1 and fds1 <= fds0 + 2
@@ -518,7 +493,7 @@ def test_a_worker_killed_mid_archive_is_one_error_leaves_no_process_and_the_reru
     """SIGKILL of the workers in the middle of api.archive: TaskLostError, nothing committed,
     no worker or fork server outlives the call, and the re-run commits the threads' manifest."""
     src = make_tree(tmp_path / "src")
-    kids0 = _children()
+    kids0 = live_children()
     pools: list[procfiles.SmallFilePool] = []
     real_init, real_taker = procfiles.SmallFilePool.__init__, fanout._taker
 
@@ -539,7 +514,7 @@ def test_a_worker_killed_mid_archive_is_one_error_leaves_no_process_and_the_reru
     with pytest.raises(TaskLostError, match="a worker process died"):
         _archive(tmp_path, src, str(tmp_path / "s"), 2)
     assert not list((tmp_path / "s").glob("manifests/**/*"))
-    assert len(_children() - kids0) <= 1  # at most multiprocessing's resource tracker
+    assert len(live_children() - kids0) <= 1  # at most multiprocessing's resource tracker
     monkeypatch.setattr(fanout, "_taker", real_taker)
     again = _archive(tmp_path, src, str(tmp_path / "s"), 2)
     assert again.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
@@ -715,11 +690,11 @@ def test_trees_with_nothing_for_one_side(tmp_path, home, small_tasks, shape):
     elif shape == "only-small":
         for i in range(25):
             (src / f"s{i}").write_bytes(os.urandom(i * 10))
-    kids0 = _children()
+    kids0 = live_children()
     procs = _archive(tmp_path, src, str(tmp_path / "b"), 2)
     assert procs.id == _archive(tmp_path, src, str(tmp_path / "a"), 0).id
     assert procs.files_by_processes == (25 if shape == "only-small" else 0)
-    assert len(_children() - kids0) <= 1
+    assert len(live_children() - kids0) <= 1
 
 
 def test_a_ctrl_c_while_the_pool_starts_raises_and_leaves_no_process(tmp_path, monkeypatch):
@@ -744,7 +719,7 @@ def test_a_ctrl_c_while_the_pool_starts_raises_and_leaves_no_process(tmp_path, m
             os.kill(os.getpid(), signal.SIGINT)
         return real(fd)
     monkeypatch.setattr(forkserver, "read_signed", sigint_then_read)
-    kids0 = _children()
+    kids0 = live_children()
     faulthandler.dump_traceback_later(30, exit=True)  # a hang fails the run instead of blocking it
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -753,7 +728,7 @@ def test_a_ctrl_c_while_the_pool_starts_raises_and_leaves_no_process(tmp_path, m
         faulthandler.cancel_dump_traceback_later()
     assert sent and multiprocessing.active_children() == []
     assert forkserver._forkserver._forkserver_pid is None
-    assert len(_children() - kids0) <= 1  # at most multiprocessing's resource tracker
+    assert len(live_children() - kids0) <= 1  # at most multiprocessing's resource tracker
 
 
 def test_storage_class_through_workers_on_every_pack_indexes_hot(tmp_path, home, moto_server, aws_env, monkeypatch,
@@ -832,7 +807,7 @@ def test_the_pool_starts_during_the_scan_and_archive_files_takes_it(tmp_path, ho
     the manifest is the threads' one; no process is left once archive returns."""
     from multiprocessing import forkserver
     src = make_tree(tmp_path / "src")
-    kids0 = _children()
+    kids0 = live_children()
     seen = _early_seen(monkeypatch)
     import threading
     closed: list[str] = []
@@ -847,7 +822,7 @@ def test_the_pool_starts_during_the_scan_and_archive_files_takes_it(tmp_path, ho
     assert closed == ["small-files-close"]  # stopped beside the commit, and done before archive returned
     assert procs.files_by_processes > 0
     assert procs.id == _archive(tmp_path, src, str(tmp_path / "t"), 0).id
-    assert forkserver._forkserver._forkserver_pid is None and len(_children() - kids0) <= 1
+    assert forkserver._forkserver._forkserver_pid is None and len(live_children() - kids0) <= 1
 
 
 def test_no_early_pool_for_a_re_archive_the_files_cache_may_serve(tmp_path, home, small_tasks, monkeypatch):
@@ -889,7 +864,7 @@ def test_an_error_before_archive_files_stops_the_early_pool(tmp_path, home, monk
     from multiprocessing import forkserver
     from archiver.errors import ArchiverError
     src = make_tree(tmp_path / "src")
-    kids0 = _children()
+    kids0 = live_children()
     started: list[int] = []
     real_watch = procfiles.PoolStarter.watch
 
@@ -905,7 +880,7 @@ def test_an_error_before_archive_files_stops_the_early_pool(tmp_path, home, monk
         _archive(tmp_path, src, str(tmp_path / "s"), 2)
     assert 2 in started
     assert multiprocessing.active_children() == [] and forkserver._forkserver._forkserver_pid is None
-    assert len(_children() - kids0) <= 1  # at most multiprocessing's resource tracker
+    assert len(live_children() - kids0) <= 1  # at most multiprocessing's resource tracker
 
 
 def test_a_ctrl_c_during_the_scan_with_the_pool_starting_leaves_no_process(tmp_path, home, monkeypatch):
@@ -916,7 +891,7 @@ def test_a_ctrl_c_during_the_scan_with_the_pool_starting_leaves_no_process(tmp_p
     import signal
     from multiprocessing import forkserver
     src = make_tree(tmp_path / "src")
-    kids0 = _children()
+    kids0 = live_children()
     real_watch = procfiles.PoolStarter.watch
     sent: list[bool] = []
 
@@ -934,7 +909,7 @@ def test_a_ctrl_c_during_the_scan_with_the_pool_starting_leaves_no_process(tmp_p
         faulthandler.cancel_dump_traceback_later()
     assert sent and not list((tmp_path / "s").glob("manifests/**/*"))
     assert multiprocessing.active_children() == [] and forkserver._forkserver._forkserver_pid is None
-    assert len(_children() - kids0) <= 1
+    assert len(live_children() - kids0) <= 1
 
 
 def test_a_worker_reaches_each_directory_once_across_its_tasks(tmp_path, monkeypatch):
@@ -997,7 +972,6 @@ def test_tasks_are_guided_big_first_then_smaller_every_run_once_in_order():
     capped = procfiles.tasks_of(runs, per_task=64, processes=2)
     assert [r for t in capped for r in t] == runs and max(sum(map(len, t)) for t in capped) <= 64
     assert len(procfiles.tasks_of(runs, processes=1)) < len(tasks)  # one worker: bigger shares
-
 
 
 def test_each_workers_first_task_is_small_then_guided(monkeypatch):
@@ -1098,7 +1072,7 @@ def _no_process_left(kids0: set[int]) -> None:
     from multiprocessing import forkserver
     assert multiprocessing.active_children() == []
     assert forkserver._forkserver._forkserver_pid is None
-    assert len(_children() - kids0) <= 1  # at most multiprocessing's resource tracker
+    assert len(live_children() - kids0) <= 1  # at most multiprocessing's resource tracker
 
 
 def _started_pool_waited(monkeypatch: pytest.MonkeyPatch, then=None) -> list[int]:  # type: ignore[no-untyped-def]
@@ -1139,7 +1113,7 @@ def test_the_scan_failing_after_the_pool_started_is_its_own_error_and_leaves_no_
     else:
         def then() -> None:  # type: ignore[misc]
             shutil.rmtree(src / "zz")
-    kids0 = _children()
+    kids0 = live_children()
     started = _started_pool_waited(monkeypatch, then)
     with pytest.raises(ArchiverError) as err:
         _archive(tmp_path, src, str(tmp_path / "s"), 2)
@@ -1157,7 +1131,7 @@ def test_a_directory_moved_out_and_symlinked_back_before_the_workers_read_is_ref
     src = make_tree(tmp_path / "src")
     outside = tmp_path / "outside"
     outside.mkdir()
-    kids0 = _children()
+    kids0 = live_children()
     real_af = fanout.archive_files
 
     def af(*a, **k):  # type: ignore[no-untyped-def]
@@ -1215,7 +1189,7 @@ def test_two_archives_back_to_back_each_reads_its_own_tree(tmp_path, home, small
     swapped by name): the second archive is what threads make of the tree as it is then,
     never anything a descriptor of the first run would read."""
     src = make_tree(tmp_path / "src")
-    kids0 = _children()
+    kids0 = live_children()
     first = _archive(tmp_path, src, str(tmp_path / "s"), 2, reread=True)
     assert first.files_by_processes > 0
     if between == "replaced":
@@ -1350,7 +1324,7 @@ def test_a_rerun_that_resumes_every_small_file_closes_the_early_pool_and_matches
     to do: the early pool is stopped unused, the re-run resumes them all and commits the
     threads' manifest, and no process is left."""
     src = make_tree(tmp_path / "src")
-    kids0 = _children()
+    kids0 = live_children()
     _archive_whose_commit_fails(tmp_path, src, monkeypatch)
     _no_process_left(kids0)
     seen = _early_seen(monkeypatch)
@@ -1436,7 +1410,7 @@ def test_a_worker_killed_while_the_scan_holds_the_early_pool_is_a_lost_task(tmp_
     left, and the re-run commits the threads' manifest."""
     import time
     src = make_tree(tmp_path / "src")
-    kids0 = _children()
+    kids0 = live_children()
     pools: list[object] = []
     real_start = procfiles.PoolStarter._start
 
@@ -1503,7 +1477,7 @@ def test_a_ctrl_c_during_the_commit_while_the_pool_stops_beside_it(tmp_path, hom
     import signal
     from archiver.repository import Repository
     src = make_tree(tmp_path / "src")
-    kids0 = _children()
+    kids0 = live_children()
     real = Repository.commit_manifest
 
     def interrupted(self, *a, **k):  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ from archiver.executors import TaskLostError
 from archiver.procfiles import worker_settings
 from archiver.restorer import is_temp_name
 from manifests.model import Entry, Manifest
-from tests.helpers import make_checkpoint, run_cli, tree
+from tests.helpers import live_children, make_checkpoint, make_small_file_tree, run_cli, tree
 from tests.test_packs import damage_packed
 
 pytestmark = pytest.mark.packs  # small files in packs, as a real archive stores them
@@ -24,18 +24,7 @@ pytestmark = pytest.mark.packs  # small files in packs, as a real archive stores
 def make_tree(root: Path) -> Path:
     """Small files in nested dirs (some of the same bytes), empty files, modes, an empty dir,
     a symlink, and a checkpoint whose bigger files stay on the driver's threads."""
-    make_checkpoint(root / "ckpt", layers=2, dim=64)
-    for d in range(3):
-        sub = root / f"d{d}" / "inner"
-        sub.mkdir(parents=True)
-        for i in range(30):
-            body = b"the same bytes\n" if i % 7 == 0 else os.urandom(40 + 61 * i + d)
-            (sub / f"f{i:02}.txt").write_bytes(body)
-            os.chmod(sub / f"f{i:02}.txt", (0o600, 0o644, 0o755)[i % 3])
-        (sub / "empty").write_bytes(b"")
-    (root / "empty-dir").mkdir()
-    os.symlink("d0/inner/f01.txt", root / "link")
-    return root
+    return make_small_file_tree(root, dirs=3, files=30, size=lambda i, d: 40 + 61 * i + d, modes=True)
 
 
 @pytest.fixture
@@ -61,21 +50,6 @@ def _small_files(src: Path, most: int) -> list[Path]:
 
 def _mtimes(root: Path) -> dict[str, int]:
     return {p.relative_to(root).as_posix(): p.lstat().st_mtime_ns for p in root.rglob("*") if not p.is_symlink()}
-
-
-def _children() -> set[int]:
-    """Live child processes of this process (from /proc)."""
-    me, out = os.getpid(), set()
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == me and fields[0] != "Z":
-                out.add(int(d))
-    return out
 
 
 def test_same_tree_modes_and_mtimes_as_threads(archived, tmp_path):
@@ -160,7 +134,7 @@ def test_a_damaged_chunk_is_reported_and_never_named(archived, tmp_path):
 
 
 def test_a_killed_worker_is_one_error_and_leaves_no_process(archived, tmp_path, monkeypatch):
-    kids0 = _children()
+    kids0 = live_children()
     real_wait = procrestore.SmallRestore.wait
 
     def wait(self, take, repo):  # type: ignore[no-untyped-def]
@@ -173,7 +147,7 @@ def test_a_killed_worker_is_one_error_and_leaves_no_process(archived, tmp_path, 
     with pytest.raises(TaskLostError, match="a worker process died") as e:
         _restore(archived, tmp_path / "out", 2)
     assert len(str(e.value).splitlines()) == 1
-    assert len(_children() - kids0) <= 1  # at most multiprocessing's resource tracker
+    assert len(live_children() - kids0) <= 1  # at most multiprocessing's resource tracker
     out, src = tmp_path / "out", archived[0]
     assert not [q for q in out.rglob("*") if is_temp_name(q.name)]
     for q in out.rglob("*"):  # whatever is named is whole
