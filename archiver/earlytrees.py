@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 
 from archiver.scan import Source
 from manifests.model import (EMPTY_TREE, FILEMAP_THRESHOLD, TREE_THRESHOLD, Entry, PreviousTree, check_tree,
-                             manifest_id, same_as_previous, tree_bytes, tree_children)
+                             manifest_id, parent_of, same_as_previous, tree_bytes, tree_children)
 
 WRITERS = 8  # trees written at once: each waits on its own fsync (or PUT), not on the CPU
 
@@ -157,7 +157,7 @@ class EarlyTrees:
                     return
                 done: list[str] = []
                 for e in got or ():
-                    d = e.path.rsplit("/", 1)[0] if "/" in e.path else ""
+                    d = parent_of(e.path)
                     if d not in self.pending or e.path in self.files or not e.is_file:
                         continue
                     self.files[e.path] = e
@@ -180,7 +180,7 @@ class EarlyTrees:
             self._make(d)
             if d == "":
                 continue
-            parent = d.rsplit("/", 1)[0] if "/" in d else ""
+            parent = parent_of(d)
             self.pending[parent] -= 1
             if self.pending[parent] == 0:
                 dirs.append(parent)

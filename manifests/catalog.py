@@ -46,7 +46,7 @@ from manifests.errors import (AmbiguousReference, CatalogError, CatalogLocked, C
 from manifests.fields import index_fields
 from manifests.filemapbin import MapRecords
 from manifests.model import ChunkRef, Entry, Manifest, manifest_id, parse_manifest
-from manifests.model import tree_objects
+from manifests.model import parent_of, tree_objects
 
 SCHEMA_VERSION = 6  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
 # 3: events_seen, the store events (archiver.events) this catalog has recorded or replayed; fields,
@@ -906,7 +906,7 @@ class Catalog:
                  if conn.execute('SELECT 1 FROM tree_files WHERE hash=?', (h,)).fetchone() is not None}
         conn.executemany('INSERT OR IGNORE INTO tree_files(hash) VALUES (?)',
                          [(h,) for h in set(by_dir.values()) - known])
-        return [e for e in m.entries if by_dir[e.path.rsplit("/", 1)[0] if "/" in e.path else ""] not in known]
+        return [e for e in m.entries if by_dir[parent_of(e.path)] not in known]
 
     def known_trees(self, hashes: Iterable[str]) -> set[str]:
         """Those of `hashes` that a recorded manifest named as a tree (read and checked when

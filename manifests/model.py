@@ -714,7 +714,8 @@ def _parse_filemap_json(data: bytes, e: Entry) -> tuple[ChunkRef, ...]:
 
 
 # -- trees (manifest v3) -------------------------------------------------------------------------
-def _parent_of(path: str) -> str:
+def parent_of(path: str) -> str:
+    """The directory holding `path` in a tree ("" for the top): the one rule trees are grouped by."""
     return path.rsplit("/", 1)[0] if "/" in path else ""
 
 
@@ -767,7 +768,7 @@ def tree_children(items: Iterable[tuple[str, bool]]) -> dict[str, list[int]] | N
             children[path] = []
     seen: set[str] = set()
     for i, (path, _) in enumerate(items):
-        parent = _parent_of(path)
+        parent = parent_of(path)
         if parent not in children or path in seen:
             return None
         seen.add(path)

@@ -641,7 +641,7 @@ def test_tree_bytes_laid_out_by_formatting_are_what_canonical_writes() -> None:
     assert b'"tree":"' + b"cd" * 32 in model.tree_bytes(kinds, hashes)
     _, objects, by_dir = tree_objects(big_tree())
     assert all(objects[h] == model._tree_bytes_json(
-        [e for e in big_tree() if model._parent_of(e.path) == d], by_dir) for d, h in by_dir.items() if h in objects)
+        [e for e in big_tree() if model.parent_of(e.path) == d], by_dir) for d, h in by_dir.items() if h in objects)
 
 
 def test_plain_reader_one_chunk_fast_path_builds_entries_equal_to_the_json_readers_in_every_field() -> None:
