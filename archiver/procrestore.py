@@ -217,8 +217,8 @@ def run_job(job: RestoreJob, repo: Any = None) -> RestoreDone:
             except OSError as err:
                 restorer._raise_write_error(s.entry.path, err)
             s.tmp = ""
-            os.close(s.fd)
-            s.fd = -1
+            fd, s.fd = s.fd, -1  # marked closed first: a Ctrl-C between the two must not close it twice
+            os.close(fd)
             out.files += 1
             out.bytes += s.entry.size
         out.parents = sorted(dirs)

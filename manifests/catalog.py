@@ -505,13 +505,34 @@ def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
 
 def _connect_rw(path: Path) -> sqlite3.Connection:
     conn = _connect(str(path))
-    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # set once; a no-op read otherwise
-        conn.execute("PRAGMA journal_mode=WAL")
+    try:
+        _to_wal(conn)
+    except BaseException:
+        conn.close()
+        raise
     conn.execute("PRAGMA synchronous=FULL")
     # a page cache of up to 64 MiB (default 2 MiB): recording a 10 TB archive's million new
     # chunks inserts random hashes into B-trees far larger than 2 MiB, which thrashes without it
     conn.execute("PRAGMA cache_size=-65536")
     return conn
+
+
+def _to_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL (set once; a no-op read after). SQLite answers the switch with
+    "database is locked" at once, without its busy handler, while another process is doing
+    the same to a brand-new file; so it is asked again for up to BUSY_TIMEOUT_MS."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if not _busy(e) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def _connect_ro(path: Path) -> sqlite3.Connection:

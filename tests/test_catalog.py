@@ -1660,3 +1660,48 @@ def test_stored_size_of_a_fine_tune_from_sorted_keys_is_the_full_dedup_answer(tm
     want = 5 + 6 + 4 + 7 + 3 + (9 + 8 if extra else 0)  # a1 a2 n1 a3 n2 (a2 once), x and y both
     assert dict(sizes["sorted"])[v2.id] == want
     assert taken == ([want] if case == "distinct" else [None])  # the sorted sum, or the fall back
+
+
+class _LockedSwitch:
+    """A connection whose switch to WAL answers "database is locked" `times` times, as SQLite
+    does at once (no busy handler) while another process switches a brand-new file."""
+
+    def __init__(self, conn: sqlite3.Connection, times: int, message: str = "database is locked") -> None:
+        self.conn, self.times, self.message, self.tries = conn, times, message, 0
+
+    def execute(self, sql: str, *args):
+        if sql == "PRAGMA journal_mode=WAL":
+            self.tries += 1
+            if self.tries <= self.times:
+                raise sqlite3.OperationalError(self.message)
+        return self.conn.execute(sql, *args)
+
+
+def test_the_switch_to_wal_is_asked_again_while_another_process_holds_it(tmp_path):
+    conn = sqlite3.connect(tmp_path / "c.db")
+    try:
+        locked = _LockedSwitch(conn, 3)
+        catalog_module._to_wal(locked)
+        assert locked.tries == 4 and conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        locked.tries = 0
+        catalog_module._to_wal(locked)  # already WAL: only read, never switched again
+        assert locked.tries == 0
+    finally:
+        conn.close()
+
+
+def test_the_switch_to_wal_gives_up_at_the_busy_timeout_and_other_errors_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(catalog_module, "BUSY_TIMEOUT_MS", 200)
+    conn = sqlite3.connect(tmp_path / "c.db")
+    try:
+        locked = _LockedSwitch(conn, 10 ** 6)
+        t0 = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            catalog_module._to_wal(locked)
+        assert 0.1 < time.monotonic() - t0 < 1.0 and 2 < locked.tries < 30
+        broken = _LockedSwitch(conn, 1, "disk I/O error")
+        with pytest.raises(sqlite3.OperationalError, match="I/O"):
+            catalog_module._to_wal(broken)
+        assert broken.tries == 1
+    finally:
+        conn.close()
