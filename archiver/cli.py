@@ -1016,8 +1016,48 @@ def _end_without_collecting() -> None:
     atexit.register(gc.freeze)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: map every failure to one line and an exit code."""
+def _end_process(code: object) -> None:
+    """End the process now with exit status `code` (None or an int; anything else returns and
+    the interpreter words it as usual), once it has done what the interpreter's own exit does
+    before it tears down: join the non-daemon threads (and stop idle thread pools), run the
+    exit handlers (multiprocessing's stop the worker processes), flush stdout and stderr.
+    What is skipped is the teardown itself, every module and object freed one by one (a few
+    ms of CPU and more of wall after the last byte is written; bench/RESULTS.md, branch
+    bigwall4): files are written with explicit fsync and close, never left to it. A flush
+    that fails (a closed pipe) returns too, so the interpreter reports it as it always did."""
+    import atexit
+    import threading
+    shutdown = getattr(threading, "_shutdown", None)  # what CPython's exit runs first
+    if (code is not None and type(code) is not int) or shutdown is None:
+        return
+    shutdown()
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:  # noqa: BLE001 - the interpreter's exit reports it
+        return
+    os._exit(code or 0)
+
+
+def main(argv: list[str] | None = None, *, end_process: bool = True) -> None:
+    """Entry point: map every failure to one line and an exit code. As the process's own
+    entry point (`argv` None: the console script, `python -m archiver.cli`) the process ends
+    here once the command is done (`_end_process`); `end_process=False` returns (raises
+    SystemExit) instead, for a caller that goes on after the command (a timeline in bench/)."""
+    if argv is None and end_process:
+        try:
+            _command(None)
+        except SystemExit as e:
+            _end_process(e.code)
+            raise
+        _end_process(None)
+        return
+    _command(argv)
+
+
+def _command(argv: list[str] | None) -> None:
+    """`main` but for how the process ends."""
     if argv is None:  # the process's own entry point (console script, python -m): it ends when this returns
         _one_blas_thread()
         _collect_less()

@@ -144,7 +144,7 @@ def run_cli(args: list[str], bin_ms: float, stamp_phases: Any) -> int:
     code = 0
     try:
         sys.argv = ["archiver", *args]
-        cli.main()  # as the console script calls it (the process's own entry point)
+        cli.main(end_process=False)  # as the console script calls it, but returning: the report follows
     except SystemExit as e:
         code = int(e.code or 0)
     stamp("cli returned")

@@ -247,7 +247,7 @@ def main() -> int:
         code = 0
         try:
             sys.argv = ["archiver", *args]
-            cli.main()
+            cli.main(end_process=False)  # returns: the report follows
         except SystemExit as e:
             code = int(e.code or 0)
         _report(d, a.bin_ms)

@@ -94,9 +94,9 @@ def test_the_process_entry_point_ends_without_a_final_walk_of_every_object(tmp_p
     and embedders call it, leaves the collector alone."""
     probe = ("import atexit, gc, sys\n"
              "from archiver.cli import main\n"
-             "def run(*a):\n"
+             "def run(*a, **k):\n"
              "    try:\n"
-             "        main(*a)\n"
+             "        main(*a, **k)\n"
              "    except SystemExit:\n"
              "        pass\n"
              "default = gc.get_threshold()[0]\n"
@@ -104,7 +104,7 @@ def test_the_process_entry_point_ends_without_a_final_walk_of_every_object(tmp_p
              "atexit._run_exitfuncs()\n"
              "embedded = (gc.get_freeze_count(), gc.get_threshold()[0] == default)\n"
              "sys.argv = ['archiver', '--version']\n"
-             "run()\n"
+             "run(end_process=False)  # as the process's entry point, but returning here\n"
              "started = (gc.get_freeze_count(), gc.get_threshold()[0])\n"
              "import json\n"
              "garbage = [[] for _ in range(5000)]  # objects made after the start are frozen only at exit\n"
@@ -142,7 +142,7 @@ def test_the_process_entry_point_keeps_blas_to_one_thread_unless_told(tmp_path, 
              "from archiver.cli import main\n"
              "sys.argv = ['archiver', '--version']\n"
              "try:\n"
-             "    main()\n"
+             "    main(end_process=False)\n"
              "except SystemExit:\n"
              "    pass\n"
              "import numpy\n"
@@ -233,3 +233,57 @@ def test_archive_start_up_imports_neither_zipfile_nor_the_profile_checker(tmp_pa
     r, loaded = cli_modules(env, "--store", str(tmp_path / "store"), "archive", str(ckpt), "--name", "m", "--json")
     assert json.loads(r.stdout)["files"] > 0 and "archiver.pipeline" in loaded
     assert "archiver.profile" not in loaded
+
+
+# The process's entry point with a non-daemon thread still working when the command returns
+# and an exit handler.
+_END_PROBE = ("import atexit, os, sys, threading\n"
+              "from archiver.cli import main\n"
+              "out, end = sys.argv[1], sys.argv[2] == 'end'\n"
+              "def mark(name):\n"
+              "    open(os.path.join(out, name), 'w').close()\n"
+              "def late():\n"
+              "    threading.Event().wait(0.3)  # still working when the command is done\n"
+              "    mark('thread')\n"
+              "threading.Thread(target=late).start()\n"
+              "atexit.register(mark, 'atexit')\n"
+              "sys.argv = ['archiver', *sys.argv[3:]]\n"
+              "main(end_process=end)\n"
+              "print('main returned')\n")
+
+
+def _end_probe(tmp_path: Path, end: bool, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    out = tmp_path / ("end" if end else "returned")
+    out.mkdir()
+    r = subprocess.run([sys.executable, "-c", _END_PROBE, str(out), "end" if end else "return", *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")})
+    return r, {p.name for p in out.iterdir()}
+
+
+def test_the_process_entry_point_ends_the_process_as_the_interpreter_would(tmp_path):
+    """`main()` as the process's entry point ends the process once the command is done (the
+    interpreter's teardown skipped), after what the interpreter's exit does first: non-daemon
+    threads joined, exit handlers run, stdout flushed, the command's exit status;
+    `main(end_process=False)` returns as before."""
+    r, marks = _end_probe(tmp_path, True, "--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("archiver, version ") and "main returned" not in r.stdout
+    assert marks == {"thread", "atexit"}
+    r, marks = _end_probe(tmp_path, False, "--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("archiver, version ") and r.stdout.rstrip().endswith("main returned")
+    assert marks == {"thread", "atexit"}
+
+
+@pytest.mark.parametrize("args, status", [(["archive", "no-such-dir", "--name", "x", "--json"], 1),
+                                          (["archive", "--no-such-option", "--json"], 2)])
+def test_the_process_entry_point_keeps_a_failures_exit_status_and_json(tmp_path, args, status):
+    """A command that fails ends the process with its exit status (1 for a file it cannot
+    read, 2 for a usage error) and its one JSON document complete on stdout, exit handlers
+    and threads done."""
+    r, marks = _end_probe(tmp_path, True, "--store", str(tmp_path / "store"), *args)
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is False and r.returncode == doc["exit_code"] == status
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("archiver: error: ")
+    assert marks == {"thread", "atexit"}
