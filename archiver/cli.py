@@ -1024,13 +1024,17 @@ def _end_process(code: object) -> None:
     What is skipped is the teardown itself, every module and object freed one by one (a few
     ms of CPU and more of wall after the last byte is written; bench/RESULTS.md, branch
     bigwall4): files are written with explicit fsync and close, never left to it. A flush
-    that fails (a closed pipe) returns too, so the interpreter reports it as it always did."""
+    that fails (a closed pipe) returns too, so the interpreter reports it as it always did.
+    A Ctrl-C while the threads are joined ends it with status 130 and no traceback."""
     import atexit
     import threading
     shutdown = getattr(threading, "_shutdown", None)  # what CPython's exit runs first
     if (code is not None and type(code) is not int) or shutdown is None:
         return
-    shutdown()
+    try:
+        shutdown()
+    except KeyboardInterrupt:
+        code = 130
     atexit._run_exitfuncs()
     try:
         sys.stdout.flush()

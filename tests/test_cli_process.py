@@ -287,3 +287,24 @@ def test_the_process_entry_point_keeps_a_failures_exit_status_and_json(tmp_path,
     assert doc["ok"] is False and r.returncode == doc["exit_code"] == status
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("archiver: error: ")
     assert marks == {"thread", "atexit"}
+
+
+def test_the_process_entry_point_ends_a_ctrl_c_while_joining_threads_in_one_status(tmp_path):
+    """A Ctrl-C while the entry point waits for the threads to end (what the interpreter's exit
+    runs first, `threading._shutdown`) ends the process with status 130, exit handlers run and
+    no traceback: the command's own output is already complete."""
+    probe = ("import atexit, os, sys, threading\n"
+             "from archiver.cli import main\n"
+             "def interrupted():\n"
+             "    raise KeyboardInterrupt\n"
+             "threading._register_atexit(interrupted)  # runs while the threads are joined\n"
+             "mark = sys.argv[1]\n"
+             "atexit.register(lambda: open(mark, 'w').close())\n"
+             "sys.argv = ['archiver', '--version']\n"
+             "main()\n")
+    mark = tmp_path / "atexit"
+    r = subprocess.run([sys.executable, "-c", probe, str(mark)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")})
+    assert r.returncode == 130 and r.stdout.startswith("archiver, version ")
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr
+    assert mark.exists()
