@@ -124,8 +124,8 @@ class Agent:
 
     @classmethod
     def current(cls) -> "Agent":
-        # socket (with selectors) and getpass imported here, not with the module: ~3 ms of every
-        # command's serial start; archive looks its agent up on a thread beside the chunk work
+        # imported here, not with the module: getpass leaves every command's serial start (archive
+        # looks its agent up on a thread beside the chunk work); the catalog imports socket anyway
         import getpass
         import socket
         try:
