@@ -94,11 +94,17 @@ class _ChunkWriter:
     def save(self, rc: RawChunk, h: str, hints: Any = None) -> ChunkRef:
         """Save chunk `rc` whose address `h` this thread just computed (Repository.chunk_address);
         `hints`: Repository.chunk_hints of a batch holding it."""
-        data = rc.data
+        saved = self.saved(rc.data, rc.width, h, hints)
+        return ChunkRef(rc.offset, len(rc.data), h, saved.stored_size, saved.codec)
+
+    def saved(self, data: bytes | memoryview, width: int, h: str, hints: Any = None) -> SavedChunk:
+        """`save` of chunk bytes `data` (byte-plane `width`) as the store's SavedChunk: a worker's
+        small file takes its size and codec from it, with no RawChunk or ChunkRef made only to
+        be taken apart (procfiles._worker_batch)."""
         with self.lock:
             saved = self.done.get(h)
         if saved is None:
-            saved = self.repo.save_chunk(h, data, rc.width, trust_verified_within=self.trust_verified_within,
+            saved = self.repo.save_chunk(h, data, width, trust_verified_within=self.trust_verified_within,
                                          policy=self.policy, hints=hints)
             with self.lock:
                 # counted by the call that wrote (or repaired) it, whichever returned first: another
@@ -112,7 +118,7 @@ class _ChunkWriter:
                         self.stats.new_bytes += saved.stored_size
                     if was is None or saved.written or saved.repaired:
                         self.done[h] = saved
-        return ChunkRef(rc.offset, len(data), h, saved.stored_size, saved.codec)
+        return saved
 
 
 def _check_trust_window(value: float | None) -> float | None:

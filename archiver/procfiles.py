@@ -168,11 +168,22 @@ class _JobPickler(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is Source and not obj.is_dir and obj.parent is not None:
-            p = obj.abspath
-            if p.parent == obj.parent.abspath:
-                return (_file_source, (obj.parent, p.name, obj.path, obj.size, obj.mode, obj.dev, obj.ino,
+            name = _name_under(str(obj.abspath), str(obj.parent.abspath))
+            if name:
+                return (_file_source, (obj.parent, name, obj.path, obj.size, obj.mode, obj.dev, obj.ino,
                                        obj.mtime_ns, obj.link, obj.followed, obj.blob, obj.seen))
         return NotImplemented
+
+
+def _name_under(path: str, parent: str) -> str:
+    """The last component of absolute `path` if `path` is `parent` joined with it, else "":
+    `_JobPickler`'s test, on the paths' strings (pathlib keeps them) rather than by making
+    and comparing each file's parent Path, which cost the driver's feeder thread about as much
+    as the rest of the Source's pickling, while the workers need both cores."""
+    head, _, name = path.rpartition("/")
+    if name in ("", ".", "..") or (head or "/") != parent:
+        return ""
+    return name
 
 
 def _job_of(blob: bytes) -> "SmallJob":
@@ -254,7 +265,6 @@ def _worker_batch() -> type:
     module), with what a file's save needs looked up then, not once per file."""
     import hashlib
     from archiver import fanout, pipeline
-    from archiver.chunking import RawChunk
     sha256, small_format, empty, snapshot_after = (hashlib.sha256, pipeline.small_format, pipeline._EMPTY_DIGEST,
                                                    fanout.snapshot_after)
 
@@ -277,9 +287,9 @@ def _worker_batch() -> type:
             if data:
                 self.progress.advance(len(data))
                 sha = sha256(data).hexdigest()
-                ref = self.writer.save(RawChunk(0, data, 0), b3, hints)
-                chunk = (len(data), b3, ref.stored_size, ref.codec)
-                chunks = ((0, len(data), b3, ref.stored_size, ref.codec),)
+                saved = self.writer.saved(data, 0, b3, hints)
+                chunk = (len(data), b3, saved.stored_size, saved.codec)
+                chunks = ((0, len(data), b3, saved.stored_size, saved.codec),)
             else:
                 b3, sha = empty.blake3, empty.sha256
             snap = snapshot_after(src, size, mtime_ns, got.after)
