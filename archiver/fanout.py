@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from archiver import executors, pipeline, procfiles, workerprocs
+from archiver import executors, heap, pipeline, procfiles, workerprocs
 from archiver.chunking import ChunkPolicy
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
 from archiver.executors import Executor, Stopped
@@ -450,6 +450,7 @@ def _taker(repo: Repository, out: ArchivedFiles, stats: Any, progress: Progress,
         record.many([d.entry for d in finished], done.lines, [d.snapshot for d in finished])
         with record.lock:
             out.by_processes += len(done.files)
+        heap.settle()
     return take
 
 

@@ -135,14 +135,16 @@ def _pool_during_scan(body: Any) -> Any:
     and stopped here if the body did not take it (an error or Ctrl-C before archive_files)."""
     @functools.wraps(body)
     def archive(repo: Repository, paths: list[str | os.PathLike], **kw: Any) -> ArchiveResult:
+        from archiver import heap
         from archiver.procfiles import PoolStarter
-        early = PoolStarter.for_archive(repo, kw.get("executor"), kw.get("processes", 0), paths,
-                                        reread=kw.get("reread", False))
-        try:
-            return body(repo, paths, early=early, **kw)
-        finally:
-            if early is not None:
-                early.close()
+        with heap.frozen():  # the run's long-lived objects out of the collector's walks (archiver.heap)
+            early = PoolStarter.for_archive(repo, kw.get("executor"), kw.get("processes", 0), paths,
+                                            reread=kw.get("reread", False))
+            try:
+                return body(repo, paths, early=early, **kw)
+            finally:
+                if early is not None:
+                    early.close()
     return archive
 
 

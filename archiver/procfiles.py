@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from archiver import executors, workerprocs
+from archiver import executors, heap, workerprocs
 from archiver.chunking import ChunkPolicy
 from archiver.packs import PackIndex
 from archiver.rayexec import call_catching
@@ -187,7 +187,8 @@ def _name_under(path: str, parent: str) -> str:
 
 
 def _job_of(blob: bytes) -> "SmallJob":
-    return SmallJob(*pickle.loads(blob))
+    with heap.frozen():  # the collector walks the job's new objects, not the worker's every module
+        return SmallJob(*pickle.loads(blob))
 
 
 @dataclass(frozen=True)
@@ -393,8 +394,10 @@ def run_job(job: SmallJob, dirs: Any = None) -> SmallDone:
 
 def _call(job: SmallJob) -> Any:
     """`run_job`, an ArchiverError coming back as plain values (rayexec.Failure): an error
-    with a keyword constructor does not unpickle."""
-    return call_catching(functools.partial(run_job, dirs=_held_dirs()), job)
+    with a keyword constructor does not unpickle. The job's Sources and this worker's modules
+    and repository live through the task: out of the collector's walks (archiver.heap)."""
+    with heap.frozen():
+        return call_catching(functools.partial(run_job, dirs=_held_dirs()), job)
 
 
 def worker_settings(settings: Settings) -> Settings:
@@ -461,6 +464,7 @@ class PoolStarter:
 
     def watch(self, sources: list[Source]) -> None:
         """`scan`'s report of the sources found so far (after each directory)."""
+        heap.settle()
         if self._decided:
             return
         from archiver.fanout import BATCH_FILE_BELOW
