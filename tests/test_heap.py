@@ -9,6 +9,7 @@ import weakref
 import pytest
 
 from archiver import api, fanout, heap, pipeline, procfiles
+from archiver.errors import NotFoundError
 from archiver.scan import scan
 from tests.helpers import make_small_file_tree
 
@@ -69,7 +70,7 @@ def test_an_archive_settles_as_it_goes_and_leaves_nothing_frozen(tmp_path, home,
         assert gc.get_freeze_count() == 0
     assert ids[0] == ids[1]
     assert seen and all(n > 0 for n in seen)
-    with pytest.raises(Exception):
+    with pytest.raises(NotFoundError):
         api.archive([tmp_path / "missing"], name="m", store=str(tmp_path / "s2"), catalog=str(tmp_path / "c2.db"),
                     processes=2)
     assert gc.get_freeze_count() == 0
