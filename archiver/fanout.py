@@ -18,6 +18,7 @@ the run is being stopped)."""
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import threading
 import time
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from archiver import executors, pipeline, procfiles, workerprocs
+from archiver import executors, heap, pipeline, procfiles, workerprocs
 from archiver.chunking import ChunkPolicy
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, UsageError
 from archiver.executors import Executor, Stopped
@@ -265,7 +266,16 @@ def directories_together(runs: list[list[Source]]) -> list[list[Source]]:
     worker task then holds whole directories, which are complete, and their trees made ahead
     (archiver.earlytrees), as tasks finish rather than all with the last one. (Runs and tasks
     are still cut by size: the work per task is the same.)"""
-    return list(batches(sorted((s for run in runs for s in run), key=lambda s: s.path), lambda s: s.size))
+    return list(batches(sorted((s for run in runs for s in run), key=_path_of), _size_of))
+
+
+_path_of = operator.attrgetter("path")
+_size_of = operator.attrgetter("size")
+
+
+def _largest_first(files: list[Source]) -> list[Source]:
+    """The order files are handed out in: largest first (the longest ones start first), then by path."""
+    return sorted(files, key=lambda s: (-s.size, s.path))
 
 
 def local_batches(todo: list[Source]) -> list[list[Source]]:
@@ -337,7 +347,7 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
             progress.advance(s.size)
     if on_entries is not None and stored:
         on_entries(list(stored.values()))
-    todo = sorted((s for s in files if s.path not in out.entries), key=lambda s: (-s.size, s.path))
+    pending = [s for s in files if s.path not in out.entries]  # in the scan's (path) order; handed out largest first
     settings = worker_settings(repo, executor)
     stoppable = None
     dirs: DirFds | None = None
@@ -346,28 +356,31 @@ def archive_files(repo: Repository, sources: list[Source], executor: Executor, *
     if settings is not None:
         task: Any = RemoteArchiveFile(settings, policy, write_policy, executor.task_cpus)
         pool = None
-        items: list[Any] = todo
+        items: list[Any] = _largest_first(pending)
     else:
         pool = ThreadPoolExecutor(pool_workers, thread_name_prefix="archive")
-        # small files in batches on a thread pool: one hand-off per batch, not per file
-        items = local_batches(todo) if getattr(executor, "batch_small_files", False) else [[s] for s in todo]
+        small = [s for s in pending if s.size < BATCH_FILE_BELOW]
         if early is not None and early.processes and processes is None:
             nproc = early.processes  # auto decided during the scan (the pool's own start now counts as busy CPU)
         else:
-            nproc = procfiles.resolve(processes, small_files=sum(s.size < BATCH_FILE_BELOW for s in todo),
+            nproc = procfiles.resolve(processes, small_files=len(small),
                                       local=getattr(executor, "batch_small_files", False), sealed=repo.sealed,
                                       has_settings=getattr(repo, "settings", None) is not None,
                                       load=cpu_since.others_busy() if cpu_since is not None else None)
         if nproc:  # the runs of small files go to worker processes, the big files stay here
-            small_runs = [r for r in items if r[0].size < BATCH_FILE_BELOW]
-            if on_entries is not None:
-                small_runs = directories_together(small_runs)
+            # cut once, while the workers wait for their first job: whole directories a task with
+            # early trees (`directories_together`, from the scan's path order), else largest first
+            small_runs = directories_together([small]) if on_entries is not None else \
+                list(batches(_largest_first(small), _size_of))
             jobs = [procfiles.SmallJob(procfiles.worker_settings(repo.settings),  # type: ignore[arg-type]
                                        policy, write_policy,
                                        writer.trust_verified_within, runs, journal_lines=journal is not None)
                     for runs in procfiles.tasks_of(small_runs, processes=nproc)]
-            items = [r for r in items if r[0].size >= BATCH_FILE_BELOW]
+            items = [[s] for s in _largest_first([s for s in pending if s.size >= BATCH_FILE_BELOW])]
         else:  # threads: trees are made at the commit (a builder beside them would only contend for the GIL)
+            # small files in batches on a thread pool: one hand-off per batch, not per file
+            todo = _largest_first(pending)
+            items = local_batches(todo) if getattr(executor, "batch_small_files", False) else [[s] for s in todo]
             record.on_entries = None
         if early is not None and not (nproc and nproc == early.processes and jobs):
             early.close()  # started during the scan, but nothing here for it
@@ -450,6 +463,7 @@ def _taker(repo: Repository, out: ArchivedFiles, stats: Any, progress: Progress,
         record.many([d.entry for d in finished], done.lines, [d.snapshot for d in finished])
         with record.lock:
             out.by_processes += len(done.files)
+        heap.settle()
     return take
 
 

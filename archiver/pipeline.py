@@ -94,11 +94,17 @@ class _ChunkWriter:
     def save(self, rc: RawChunk, h: str, hints: Any = None) -> ChunkRef:
         """Save chunk `rc` whose address `h` this thread just computed (Repository.chunk_address);
         `hints`: Repository.chunk_hints of a batch holding it."""
-        data = rc.data
+        saved = self.saved(rc.data, rc.width, h, hints)
+        return ChunkRef(rc.offset, len(rc.data), h, saved.stored_size, saved.codec)
+
+    def saved(self, data: bytes | memoryview, width: int, h: str, hints: Any = None) -> SavedChunk:
+        """`save` of chunk bytes `data` (byte-plane `width`) as the store's SavedChunk: a worker's
+        small file takes its size and codec from it, with no RawChunk or ChunkRef made only to
+        be taken apart (procfiles._worker_batch)."""
         with self.lock:
             saved = self.done.get(h)
         if saved is None:
-            saved = self.repo.save_chunk(h, data, rc.width, trust_verified_within=self.trust_verified_within,
+            saved = self.repo.save_chunk(h, data, width, trust_verified_within=self.trust_verified_within,
                                          policy=self.policy, hints=hints)
             with self.lock:
                 # counted by the call that wrote (or repaired) it, whichever returned first: another
@@ -112,7 +118,7 @@ class _ChunkWriter:
                         self.stats.new_bytes += saved.stored_size
                     if was is None or saved.written or saved.repaired:
                         self.done[h] = saved
-        return ChunkRef(rc.offset, len(data), h, saved.stored_size, saved.codec)
+        return saved
 
 
 def _check_trust_window(value: float | None) -> float | None:
@@ -129,14 +135,16 @@ def _pool_during_scan(body: Any) -> Any:
     and stopped here if the body did not take it (an error or Ctrl-C before archive_files)."""
     @functools.wraps(body)
     def archive(repo: Repository, paths: list[str | os.PathLike], **kw: Any) -> ArchiveResult:
+        from archiver import heap
         from archiver.procfiles import PoolStarter
-        early = PoolStarter.for_archive(repo, kw.get("executor"), kw.get("processes", 0), paths,
-                                        reread=kw.get("reread", False))
-        try:
-            return body(repo, paths, early=early, **kw)
-        finally:
-            if early is not None:
-                early.close()
+        with heap.frozen():  # the run's long-lived objects out of the collector's walks (archiver.heap)
+            early = PoolStarter.for_archive(repo, kw.get("executor"), kw.get("processes", 0), paths,
+                                            reread=kw.get("reread", False))
+            try:
+                return body(repo, paths, early=early, **kw)
+            finally:
+                if early is not None:
+                    early.close()
     return archive
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from archiver import executors, workerprocs
+from archiver import executors, heap, workerprocs
 from archiver.chunking import ChunkPolicy
 from archiver.packs import PackIndex
 from archiver.rayexec import call_catching
@@ -168,15 +168,27 @@ class _JobPickler(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is Source and not obj.is_dir and obj.parent is not None:
-            p = obj.abspath
-            if p.parent == obj.parent.abspath:
-                return (_file_source, (obj.parent, p.name, obj.path, obj.size, obj.mode, obj.dev, obj.ino,
+            name = _name_under(str(obj.abspath), str(obj.parent.abspath))
+            if name:
+                return (_file_source, (obj.parent, name, obj.path, obj.size, obj.mode, obj.dev, obj.ino,
                                        obj.mtime_ns, obj.link, obj.followed, obj.blob, obj.seen))
         return NotImplemented
 
 
+def _name_under(path: str, parent: str) -> str:
+    """The last component of absolute `path` if `path` is `parent` joined with it, else "":
+    `_JobPickler`'s test, on the paths' strings (pathlib keeps them) rather than by making
+    and comparing each file's parent Path, which cost the driver's feeder thread about as much
+    as the rest of the Source's pickling, while the workers need both cores."""
+    head, _, name = path.rpartition("/")
+    if name in ("", ".", "..") or (head or "/") != parent:
+        return ""
+    return name
+
+
 def _job_of(blob: bytes) -> "SmallJob":
-    return SmallJob(*pickle.loads(blob))
+    with heap.frozen():  # the collector walks the job's new objects, not the worker's every module
+        return SmallJob(*pickle.loads(blob))
 
 
 @dataclass(frozen=True)
@@ -254,7 +266,6 @@ def _worker_batch() -> type:
     module), with what a file's save needs looked up then, not once per file."""
     import hashlib
     from archiver import fanout, pipeline
-    from archiver.chunking import RawChunk
     sha256, small_format, empty, snapshot_after = (hashlib.sha256, pipeline.small_format, pipeline._EMPTY_DIGEST,
                                                    fanout.snapshot_after)
 
@@ -277,9 +288,9 @@ def _worker_batch() -> type:
             if data:
                 self.progress.advance(len(data))
                 sha = sha256(data).hexdigest()
-                ref = self.writer.save(RawChunk(0, data, 0), b3, hints)
-                chunk = (len(data), b3, ref.stored_size, ref.codec)
-                chunks = ((0, len(data), b3, ref.stored_size, ref.codec),)
+                saved = self.writer.saved(data, 0, b3, hints)
+                chunk = (len(data), b3, saved.stored_size, saved.codec)
+                chunks = ((0, len(data), b3, saved.stored_size, saved.codec),)
             else:
                 b3, sha = empty.blake3, empty.sha256
             snap = snapshot_after(src, size, mtime_ns, got.after)
@@ -383,8 +394,10 @@ def run_job(job: SmallJob, dirs: Any = None) -> SmallDone:
 
 def _call(job: SmallJob) -> Any:
     """`run_job`, an ArchiverError coming back as plain values (rayexec.Failure): an error
-    with a keyword constructor does not unpickle."""
-    return call_catching(functools.partial(run_job, dirs=_held_dirs()), job)
+    with a keyword constructor does not unpickle. The job's Sources and this worker's modules
+    and repository live through the task: out of the collector's walks (archiver.heap)."""
+    with heap.frozen():
+        return call_catching(functools.partial(run_job, dirs=_held_dirs()), job)
 
 
 def worker_settings(settings: Settings) -> Settings:
@@ -451,6 +464,7 @@ class PoolStarter:
 
     def watch(self, sources: list[Source]) -> None:
         """`scan`'s report of the sources found so far (after each directory)."""
+        heap.settle()
         if self._decided:
             return
         from archiver.fanout import BATCH_FILE_BELOW

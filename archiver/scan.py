@@ -238,12 +238,14 @@ class DirFds:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             limit = 4096 if soft == resource.RLIM_INFINITY else max(16, min(4096, soft // 4))
         self.limit = limit
-        self._fds: dict[tuple[Path, int, int], int] = {}
+        self._fds: dict[tuple[str, int, int], int] = {}
         self._lock = threading.Lock()
 
     def get(self, d: Source) -> int | None:
         """The held descriptor of directory `d` (opened now if need be), or None if full."""
-        key = (d.abspath, d.dev, d.ino)
+        # the path's string (pathlib keeps it): a worker's job brings new Path objects, which a
+        # tuple key of Paths would compare part by part (Path.__eq__) for every file
+        key = (str(d.abspath), d.dev, d.ino)
         with self._lock:
             fd = self._fds.get(key)
             if fd is not None or len(self._fds) >= self.limit:

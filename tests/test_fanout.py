@@ -311,3 +311,30 @@ def test_a_batch_of_small_files_asks_the_catalog_once_not_per_chunk(tmp_path, ho
             r.close()
     assert entries[0] == entries[1]  # same entries whether the chunks were found or written
     assert api.verify([again.id], deep=True, store=store).ok
+
+
+@pytest.mark.parametrize("trees_ahead", [True, False])
+def test_worker_tasks_are_cut_as_the_runs_then_directories_would_cut_them(tmp_path, home, monkeypatch, trees_ahead):
+    """archive_files cuts the worker processes' small-file runs in one pass: whole directories in
+    path order where trees are made ahead (more than TREE_THRESHOLD entries), else largest first;
+    the very runs `local_batches` of the largest-first order, then `directories_together`, made."""
+    from archiver import parallel, procfiles
+    from archiver.scan import scan
+    from tests.helpers import make_small_file_tree
+    src = make_small_file_tree(tmp_path / "src", dirs=3 if trees_ahead else 2, files=400 if trees_ahead else 30,
+                               size=lambda i, d: 10 + (i * 37 + d * 11) % 900)
+    cut: list[list[list]] = []
+    real = procfiles.tasks_of
+
+    def tasks_of(runs, *a, **k):  # type: ignore[no-untyped-def]
+        cut.append(runs)
+        return real(runs, *a, **k)
+    monkeypatch.setattr(procfiles, "tasks_of", tasks_of)
+    monkeypatch.setattr(fanout, "batches", lambda items, size: parallel.batches(items, size, most=7))  # runs of 7
+    api.archive([src], name="m", store=str(tmp_path / "s"), catalog=str(tmp_path / "c.db"), processes=2)
+    files = [s for s in scan([src]) if not s.is_dir and not s.is_link]
+    runs = [r for r in fanout.local_batches(sorted(files, key=lambda s: (-s.size, s.path)))
+            if r[0].size < fanout.BATCH_FILE_BELOW]
+    want = fanout.directories_together(runs) if trees_ahead else runs
+    assert len(cut) == 1 and len(want) > 3
+    assert [[s.path for s in r] for r in cut[0]] == [[s.path for s in r] for r in want]

@@ -1587,3 +1587,14 @@ def test_a_workers_rows_and_lines_are_what_the_batch_path_makes(tmp_path, monkey
     assert rows.files == plain.files and rows.lines == plain.lines and len(rows.files) == len(files)
     assert any(len(r) == 1 or r[6] for r in rows.files) and any(len(r) > 1 and not r[7] for r in rows.files)
     assert any(len(r) > 1 and r[8] for r in rows.files)  # config.json's tech, through the batch's path
+
+
+def test_a_job_names_a_file_under_its_directory_only_when_its_path_is_that_join():
+    """`_JobPickler`'s test on the paths' strings: the last component where the path is its
+    directory's path joined with it (the root's children too), else none (sent as it is)."""
+    assert procfiles._name_under("/a/b/c.txt", "/a/b") == "c.txt"
+    assert procfiles._name_under("/c.txt", "/") == "c.txt"
+    assert procfiles._name_under("/a/bc/d", "/a/b") == ""
+    assert procfiles._name_under("/a/b/c/d", "/a/b") == ""
+    assert procfiles._name_under("/x/c.txt", "/a/b") == ""
+    assert procfiles._name_under("/a/b", "/a/b") == ""
