@@ -1511,13 +1511,17 @@ class Catalog:
                     entries: Iterable[tuple[str, int, int, int]]) -> bool:
         """Record one pack index: (hash, offset, stored_size, length) per chunk. False if known."""
         with self.write() as conn:
-            for statement in self._PACK_TABLES:
-                conn.execute(statement)
-            if conn.execute('SELECT 1 FROM packs WHERE pack=?', (pack,)).fetchone() is not None:
-                return False
-            conn.execute('INSERT INTO packs(pack, size, index_id) VALUES (?,?,?)', (pack, size, index_id))
-            conn.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
-                             'VALUES (?,?,?,?,?)', ((h, pack, o, s, n) for h, o, s, n in entries))
+            return self._record_pack(conn, pack, size, index_id, entries)
+
+    def _record_pack(self, conn: sqlite3.Connection, pack: str, size: int, index_id: str,
+                     entries: Iterable[tuple[str, int, int, int]]) -> bool:
+        for statement in self._PACK_TABLES:
+            conn.execute(statement)
+        if conn.execute('SELECT 1 FROM packs WHERE pack=?', (pack,)).fetchone() is not None:
+            return False
+        conn.execute('INSERT INTO packs(pack, size, index_id) VALUES (?,?,?)', (pack, size, index_id))
+        conn.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
+                         'VALUES (?,?,?,?,?)', ((h, pack, o, s, n) for h, o, s, n in entries))
         self._pack_tables_seen = True
         return True
 
@@ -1526,6 +1530,24 @@ class Catalog:
         commit, one WAL fsync, for the packs a commit flushes); returns how many were new."""
         with self.write():
             return sum(self.record_pack(*p) for p in packs)
+
+    def record_packs_apart(self, packs: Iterable[tuple[str, int, str, Iterable[tuple[str, int, int, int]]]]) -> int:
+        """`record_packs` through a connection of its own, opened for this one transaction, for
+        a thread recording them while another thread of the process reads through the
+        catalog's own connection (archiver.repository.flush_packs_behind): the reads neither
+        share a connection with the writes nor see them before they commit. Writers of this
+        process still take turns (the catalog's lock), so another write waits for this one."""
+        if self._memory or self.read_only:
+            return self.record_packs(packs)
+        try:
+            conn = _connect_rw(self.path)
+        except (OSError, sqlite3.Error) as e:
+            raise CatalogError(f"catalog {self.path}: {e}") from None
+        try:
+            with self._txn(conn):
+                return sum(self._record_pack(conn, *p) for p in packs)
+        finally:
+            conn.close()
 
     # A catalog without pack tables is asked again after this long: another process may create them
     # meanwhile (this one's record_pack notes them at once); missing a pack that briefly costs a

@@ -439,3 +439,55 @@ def test_a_small_plain_chunk_takes_encode_small_only_with_the_stock_codec_and_pa
             assert calls == want, (name, calls)
             for ref, data in zip(refs, chunks):
                 assert r.read_chunk(ref) == data
+
+
+@pytest.mark.packs
+def test_flush_packs_behind_is_durable_at_once_and_recorded_before_the_next_flush(tmp_path, monkeypatch):
+    """The packs are in the store when flush_packs_behind returns; their catalog rows go in on
+    a thread of their own (through a connection of their own: reads through the catalog's
+    connection meanwhile see none of them), and the next flush_packs waits for them."""
+    import threading
+    from manifests.catalog import Catalog
+    settings = Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db")
+    release, started = threading.Event(), threading.Event()
+    real = Catalog.record_packs_apart
+
+    def held(self, packs):
+        started.set()
+        assert release.wait(60)  # bounded: the test releases it below
+        return real(self, packs)
+    monkeypatch.setattr(Catalog, "record_packs_apart", held)
+    with Repository.open(settings, create=True) as r:
+        small = [save(r, os.urandom(500 + i)) for i in range(20)]
+        assert r.flush_packs_behind() == 1
+        [pack] = {p for p, _ in r.pack_positions([c.hash for c in small]).values()}
+        assert os.path.exists(obj_path(tmp_path, layout.pack(pack)))  # durable before the rows
+        assert started.wait(60)
+        assert r._catalog.known_packs() == set() and not r._catalog.has_manifest("0" * 64)
+        release.set()
+        assert r.flush_packs() == 0  # waits for the rows; no pack left to write
+        assert r._catalog.known_packs() == {pack}
+        assert {h for h, *_ in r._catalog.pack_entries(pack)} == {c.hash for c in small}
+
+
+@pytest.mark.packs
+def test_flush_packs_behind_hands_its_error_to_the_next_flush_and_close_waits(tmp_path, monkeypatch):
+    """A failure recording the rows behind is raised by the next flush_packs (the commit's,
+    before its manifest); close waits for the thread and, the rows being a cache of the
+    store's indexes (a rebuild records them), does not raise it."""
+    from manifests.catalog import Catalog
+    from manifests.errors import CatalogError
+    settings = Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db")
+
+    def broken(self, packs):
+        raise CatalogError("catalog: disk full, nothing of this write was recorded")
+    monkeypatch.setattr(Catalog, "record_packs_apart", broken)
+    with Repository.open(settings, create=True) as r:
+        save(r, os.urandom(700))
+        assert r.flush_packs_behind() == 1
+        with pytest.raises(Exception, match="disk full"):
+            r.flush_packs()
+        save(r, os.urandom(900))
+        assert r.flush_packs_behind() == 1
+    with Repository.open(settings) as r:  # closed without raising; the store holds both packs
+        assert len(list(r._store.list(layout.PACKS))) == 2 and r._catalog.known_packs() == set()
