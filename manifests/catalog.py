@@ -1659,7 +1659,7 @@ def _immutable(conn: sqlite3.Connection, table: str) -> None:
     # A files row goes in before its manifest's row (schema 7, record_manifest), so one probe
     # of the small `manifests` table refuses a row under a recorded manifest: INSERT OR REPLACE
     # of a recorded row and a row added to a recorded manifest alike (per row, the probe of
-    # `files` itself for the row's key cost a third of the rows' insert)
+    # `files` itself for the row's key was most of the trigger's cost: bench/RESULTS.md, sfcommit2)
     when = ("WHEN EXISTS (SELECT 1 FROM manifests WHERE id = NEW.manifest_id)" if table == "files"
             else f"WHEN EXISTS (SELECT 1 FROM {table} WHERE {pk})")
     inserts = (("INSERT", when),) if pk else ()

@@ -63,6 +63,11 @@ def test_chunk_rows_and_hash_sets_are_those_of_executemany():
 @pytest.mark.parametrize("call", [
     lambda c: blobrows.insert_chunks(c, [(1, 1, "raw", None), (2, 1, "raw", 7)]),  # owners differ
     lambda c: blobrows.insert_chunks(c, [(True, 1, "raw", None)]),
+    lambda c: blobrows.insert_chunks(c, [(1, 1, "raw", None), (1 << 63, 1, "raw", None)]),  # past int64
+    lambda c: blobrows.insert_chunks(c, [(-(1 << 63) - 1, 1, "raw", None), (1, 1, "raw", None)]),
+    lambda c: blobrows.insert_chunks(c, [(1, 1, "raw", None), (2, 1 << 63, "raw", None)]),
+    lambda c: blobrows.insert_chunks(c, [(1, 1.0, "raw", None)]),  # not an int
+    lambda c: blobrows.insert_chunks(c, [(1, 1, "raw", None), (2, 1, None, None)]),  # codec not text
     lambda c: blobrows.insert_hash_set(c, 1, [HEX_A, "AB" * 32]),  # upper case: not the bytes' order
     lambda c: blobrows.insert_hash_set(c, 1, [HEX_A[:-1]]),
 ])
