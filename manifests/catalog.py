@@ -942,10 +942,12 @@ class Catalog:
             raise ManifestError(f"the trees given are not those of manifest tree {m.tree[:16]}")
         by_dir = trees
         conn.execute(self._TREE_TABLE)
-        known = {h for h in by_dir.values()
-                 if conn.execute('SELECT 1 FROM tree_files WHERE hash=?', (h,)).fetchone() is not None}
-        conn.executemany('INSERT OR IGNORE INTO tree_files(hash) VALUES (?)',
-                         [(h,) for h in set(by_dir.values()) - known])
+        hashes = set(by_dir.values())
+        known = {h for (h,) in conn.execute('SELECT hash FROM tree_files WHERE hash IN (SELECT value FROM json_each(?))',
+                                            (json.dumps(sorted(hashes)),))}
+        conn.executemany('INSERT OR IGNORE INTO tree_files(hash) VALUES (?)', [(h,) for h in sorted(hashes - known)])
+        if not known:  # no tree of it recorded yet (a first archive): every entry, without a lookup each
+            return m.entries
         return [e for e in m.entries if by_dir[parent_of(e.path)] not in known]
 
     def known_trees(self, hashes: Iterable[str]) -> set[str]:
