@@ -1513,7 +1513,9 @@ class Catalog:
                     entries: Iterable[tuple[str, int, int, int]]) -> bool:
         """Record one pack index: (hash, offset, stored_size, length) per chunk. False if known."""
         with self.write() as conn:
-            return self._record_pack(conn, pack, size, index_id, entries)
+            new = self._record_pack(conn, pack, size, index_id, entries)
+        self._pack_tables_seen = True  # committed: any connection sees the tables now
+        return new
 
     def _record_pack(self, conn: sqlite3.Connection, pack: str, size: int, index_id: str,
                      entries: Iterable[tuple[str, int, int, int]]) -> bool:
@@ -1524,7 +1526,6 @@ class Catalog:
         conn.execute('INSERT INTO packs(pack, size, index_id) VALUES (?,?,?)', (pack, size, index_id))
         conn.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
                          'VALUES (?,?,?,?,?)', ((h, pack, o, s, n) for h, o, s, n in entries))
-        self._pack_tables_seen = True
         return True
 
     def record_packs(self, packs: Iterable[tuple[str, int, str, Iterable[tuple[str, int, int, int]]]]) -> int:
@@ -1547,9 +1548,11 @@ class Catalog:
             raise CatalogError(f"catalog {self.path}: {e}") from None
         try:
             with self._txn(conn):
-                return sum(self._record_pack(conn, *p) for p in packs)
+                new = sum(self._record_pack(conn, *p) for p in packs)
         finally:
             conn.close()
+        self._pack_tables_seen = True  # only once committed: readers of other connections ask for them at once
+        return new
 
     # A catalog without pack tables is asked again after this long: another process may create them
     # meanwhile (this one's record_pack notes them at once); missing a pack that briefly costs a

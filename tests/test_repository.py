@@ -450,20 +450,23 @@ def test_flush_packs_behind_is_durable_at_once_and_recorded_before_the_next_flus
     from manifests.catalog import Catalog
     settings = Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db")
     release, started = threading.Event(), threading.Event()
-    real = Catalog.record_packs_apart
+    real = Catalog._record_pack
 
-    def held(self, packs):
+    def held(self, conn, *a):  # the rows and the new tables are in, not committed
+        got = real(self, conn, *a)
         started.set()
         assert release.wait(60)  # bounded: the test releases it below
-        return real(self, packs)
-    monkeypatch.setattr(Catalog, "record_packs_apart", held)
-    with Repository.open(settings, create=True) as r:
+        return got
+    monkeypatch.setattr(Catalog, "_record_pack", held)
+    with Repository.open(settings, create=True) as r:  # a fresh catalog: no pack tables yet
         small = [save(r, os.urandom(500 + i)) for i in range(20)]
         assert r.flush_packs_behind() == 1
         [pack] = {p for p, _ in r.pack_positions([c.hash for c in small]).values()}
         assert os.path.exists(obj_path(tmp_path, layout.pack(pack)))  # durable before the rows
         assert started.wait(60)
-        assert r._catalog.known_packs() == set() and not r._catalog.has_manifest("0" * 64)
+        # the tables the other connection created are not taken for there before it commits
+        assert r._catalog.known_packs() == set() and r._catalog.pack_locations([small[0].hash]) == {}
+        assert not r._catalog.has_manifest("0" * 64)
         release.set()
         assert r.flush_packs() == 0  # waits for the rows; no pack left to write
         assert r._catalog.known_packs() == {pack}
