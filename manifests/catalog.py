@@ -607,6 +607,9 @@ class Catalog:
         self._local = threading.local()
         # one per thread that read (`_reader`), with that thread: closed once it is gone, or by close()
         self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        # guards `_readers` alone: a thread opening its read connection never waits for a
+        # write transaction of another thread (which holds `_lock` until it commits)
+        self._readers_lock = threading.Lock()
         self._lock = threading.RLock()  # re-entrant: a nested write() joins the outer transaction
         self._holder = _HolderMark(Path(f"{self.path}.lock"))
         self._savepoints = 0
@@ -778,7 +781,7 @@ class Catalog:
             # the connections of threads that ended meanwhile are closed now: a catalog that
             # outlives its threads (a worker process's, open for all its tasks, each task on
             # threads of its own) would otherwise hold one more per thread until `close`
-            with self._lock:
+            with self._readers_lock:
                 gone = [c for t, c in self._readers if not t.is_alive()]
                 self._readers = [(t, c) for t, c in self._readers if t.is_alive()]
                 self._readers.append((threading.current_thread(), conn))
@@ -794,12 +797,12 @@ class Catalog:
         if conn is None:
             return
         del self._local.conn
-        with self._lock:
+        with self._readers_lock:
             self._readers = [(t, c) for t, c in self._readers if c is not conn]
         conn.close()
 
     def close(self) -> None:
-        with self._lock:
+        with self._readers_lock:
             readers, self._readers = self._readers, []
         for _, conn in readers:
             conn.close()

@@ -1767,3 +1767,15 @@ def test_the_switch_to_wal_gives_up_at_the_busy_timeout_and_other_errors_at_once
         assert broken.tries == 1
     finally:
         conn.close()
+
+
+def test_a_thread_opens_its_read_connection_while_another_thread_writes(cat):
+    """A thread's first read opens its connection without waiting for a write transaction
+    another thread holds (the packs' rows recorded behind an archive's commit path)."""
+    record(cat, make_manifest())
+    got: list = []
+    with cat.write():
+        reader = threading.Thread(target=lambda: got.append(cat.known_chunk(h("c1"))))
+        reader.start()
+        reader.join(timeout=60)  # bounded: before the change it waited for this transaction
+        assert not reader.is_alive() and got == [(6, "zstd")]
