@@ -78,3 +78,37 @@ def insert_chunks(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, str, 
 
 
 _RECORD = f"{{:{INT_WIDTH}d}}{{:{INT_WIDTH}d}}"  # one `chunks` record: key and stored size, right-aligned
+
+
+PACK_RECORD = HASH_HEX + 3 * INT_WIDTH  # a chunk's hash, then its offset, stored size and length
+PACK_SQL = (_COUNTER.format(n=3) + 'INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
+            f"SELECT CAST(substr(?1, key * {PACK_RECORD} + 1, {HASH_HEX}) AS TEXT), ?2, "
+            + ", ".join(f"CAST(CAST(substr(?1, key * {PACK_RECORD} + {HASH_HEX + i * INT_WIDTH + 1}, {INT_WIDTH}) "
+                        "AS TEXT) AS INTEGER)" for i in range(3)) + " FROM n")
+
+
+def insert_pack_entries(conn: sqlite3.Connection, pack: str, entries: Sequence[tuple[str, int, int, int]]) -> bool:
+    """INSERT OR IGNORE the `pack_chunks` rows of one pack ((hash, offset, stored size,
+    length) per chunk, in order) in one statement: a pack's rows recorded on a thread beside
+    the archive's own work (archiver.repository.flush_packs_behind) then take the GIL once,
+    not at every row. False (nothing inserted) unless every hash is 64 lowercase hex digits
+    and every number a 64-bit int."""
+    if not entries:
+        return True
+    hashes, offsets, stored, lengths = zip(*entries)
+    if set(map(type, hashes)) != {str}:
+        return False
+    text = "".join(hashes)
+    if len(text) != HASH_HEX * len(entries) or not _lower_hex(text) or {*map(len, hashes)} != {HASH_HEX}:
+        return False
+    numbers = (*offsets, *stored, *lengths)
+    if set(map(type, numbers)) != {int} or min(numbers) < _INT_LOW or max(numbers) >= _INT_HIGH:
+        return False
+    blob = "".join(map(_PACK_FORMAT.format, hashes, offsets, stored, lengths)).encode("ascii")
+    if len(blob) != PACK_RECORD * len(entries):
+        return False
+    conn.execute(PACK_SQL, (blob, pack, len(entries)))
+    return True
+
+
+_PACK_FORMAT = f"{{}}{{:{INT_WIDTH}d}}{{:{INT_WIDTH}d}}{{:{INT_WIDTH}d}}"

@@ -1527,8 +1527,10 @@ class Catalog:
         if conn.execute('SELECT 1 FROM packs WHERE pack=?', (pack,)).fetchone() is not None:
             return False
         conn.execute('INSERT INTO packs(pack, size, index_id) VALUES (?,?,?)', (pack, size, index_id))
-        conn.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
-                         'VALUES (?,?,?,?,?)', ((h, pack, o, s, n) for h, o, s, n in entries))
+        entries = list(entries)
+        if not blobrows.insert_pack_entries(conn, pack, entries):  # one statement, without the GIL
+            conn.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
+                             'VALUES (?,?,?,?,?)', ((h, pack, o, s, n) for h, o, s, n in entries))
         return True
 
     def record_packs(self, packs: Iterable[tuple[str, int, str, Iterable[tuple[str, int, int, int]]]]) -> int:
