@@ -780,6 +780,7 @@ class Repository:
             self.record_policy(mid, policy)
         if on_stored is not None:
             on_stored(mid)
+        self._await_pack_rows()  # the packs' rows recorded behind go in before the manifest naming their chunks
         if details is None or self._catalog.has_manifest(mid):  # already recorded: nothing new ingested
             with translated():
                 self._catalog.record_manifest(m, data, filemap_chunks=self._records_held(reused), trees=by_dir)
@@ -2509,10 +2510,10 @@ class Repository:
         """Write the open pack, wait for packs in flight, record them in the catalog (the
         store's index objects stay the truth). Raises the first failure of any pack write:
         then nothing naming its chunks may be committed. Returns how many packs were written."""
-        self._await_pack_rows()
         done = self.task_packs()
-        if not done:
+        if not done:  # rows still going in behind (flush_packs_behind) are waited for by the commit's record
             return 0
+        self._await_pack_rows()  # theirs first: the catalog records packs in the order they were written
         self._record_pack_rows(done)
         return len(done)
 
@@ -2533,9 +2534,11 @@ class Repository:
         durable when this returns (a write failure is raised here), and their rows, a cache
         of the store's index objects, are recorded while the caller goes on (an archive after
         its worker processes: the LIST proof of their chunks, the catalog sync, the trees).
-        The next `flush_packs` (a commit's, before its manifest is written) waits for them and
-        raises what recording them raised; `close` waits too. The rows' one transaction is
-        the same as flush_packs' (through a connection of its own) and holds no store write."""
+        A commit waits for them (and raises what recording them raised) just before it records
+        its manifest in the catalog, so they overlap the commit's store writes too; a
+        `flush_packs` with packs of its own to record, and `close`, wait for them first. The
+        rows' one transaction is flush_packs' (through a connection of its own) and holds no
+        store write."""
         self._await_pack_rows()
         done = self.task_packs()
         if not done:
