@@ -264,7 +264,9 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         read_maps = None  # the file maps the check below read: commit_manifest does not read them again
         # chunks this process did not save itself (other hosts, worker processes, a journal): LIST proves them stored
         if ex.distributed or done.resumed or done.by_processes:
-            repo.flush_packs()  # and the ones it did save, still in its open pack, are in the store to be listed
+            # and the ones it did save, still in its open pack, are in the store to be listed; the
+            # packs' catalog rows are recorded meanwhile (the commit waits for them)
+            repo.flush_packs_behind()
             read_maps = fanout.check_chunks_stored(repo, entries)
         synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
         parent = repo.latest(name)

@@ -19,7 +19,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -181,6 +181,7 @@ class Repository:
         self._pack_below = packs.SMALL_OBJECT if pack_below is None else pack_below  # 0: never pack
         self._trees_read: set[str] = set()  # trees read and hash-checked since the last commit (tree_object_proved)
         self._adopted: list[tuple[packs.PackIndex, str]] = []  # packs worker processes wrote (adopt_packs), with ids
+        self._pack_rows: Future[None] | None = None  # catalog rows being recorded behind (flush_packs_behind)
         if sealer is not None:  # sealed: every object is sealed on its own and listed by its companion
             self._pack_below = 0
 
@@ -222,6 +223,7 @@ class Repository:
 
     def close(self) -> None:
         if self._catalog is not None:  # None: a worker's store-only repository
+            self._await_pack_rows(raise_error=False)  # a cache of the store's indexes: a rebuild records them
             self._catalog.close()
 
     def end_thread(self) -> None:
@@ -778,6 +780,7 @@ class Repository:
             self.record_policy(mid, policy)
         if on_stored is not None:
             on_stored(mid)
+        self._await_pack_rows()  # the packs' rows recorded behind go in before the manifest naming their chunks
         if details is None or self._catalog.has_manifest(mid):  # already recorded: nothing new ingested
             with translated():
                 self._catalog.record_manifest(m, data, filemap_chunks=self._records_held(reused), trees=by_dir)
@@ -2508,16 +2511,58 @@ class Repository:
         store's index objects stay the truth). Raises the first failure of any pack write:
         then nothing naming its chunks may be committed. Returns how many packs were written."""
         done = self.task_packs()
-        if not done:
+        if not done:  # rows still going in behind (flush_packs_behind) are waited for by the commit's record
             return 0
-        try:  # one transaction for all of them
+        self._await_pack_rows()  # theirs first: the catalog records packs in the order they were written
+        self._record_pack_rows(done)
+        return len(done)
+
+    def _record_pack_rows(self, done: list[packs.PackIndex], apart: bool = False) -> None:
+        """The catalog rows of packs written and waited for, in one transaction (one commit,
+        one WAL fsync), `apart` through a connection of their own; a read-only or locked
+        catalog is skipped."""
+        record = self._catalog.record_packs_apart if apart else self._catalog.record_packs
+        try:
             with translated():
-                self._catalog.record_packs([(index.pack, index.size, index.id,
-                                             [(e.hash, e.offset, e.stored_size, e.length) for e in index.entries])
-                                            for index in done])
+                record([(index.pack, index.size, index.id,
+                         [(e.hash, e.offset, e.stored_size, e.length) for e in index.entries]) for index in done])
         except (CatalogReadOnlyError, CatalogLockedError):
             pass  # the store holds the indexes; a rebuild records them
+
+    def flush_packs_behind(self) -> int:
+        """`flush_packs` whose catalog rows go in on a thread of their own: the packs are
+        durable when this returns (a write failure is raised here), and their rows, a cache
+        of the store's index objects, are recorded while the caller goes on (an archive after
+        its worker processes: the LIST proof of their chunks, the catalog sync, the trees).
+        A commit waits for them (and raises what recording them raised) just before it records
+        its manifest in the catalog, so they overlap the commit's store writes too; a
+        `flush_packs` with packs of its own to record, and `close`, wait for them first. The
+        rows' one transaction is flush_packs' (through a connection of its own) and holds no
+        store write."""
+        self._await_pack_rows()
+        done = self.task_packs()
+        if not done:
+            return 0
+        rows: Future[None] = Future()
+
+        def record() -> None:
+            try:
+                self._record_pack_rows(done, apart=True)
+            except BaseException as e:  # handed to the caller by _await_pack_rows
+                rows.set_exception(e)
+            else:
+                rows.set_result(None)
+        self._pack_rows = rows
+        threading.Thread(target=record, name="pack-rows", daemon=True).start()
         return len(done)
+
+    def _await_pack_rows(self, raise_error: bool = True) -> None:
+        """Wait for the rows `flush_packs_behind` is recording, if any; raise its error."""
+        rows, self._pack_rows = self._pack_rows, None
+        if rows is not None:
+            error = rows.exception()
+            if error is not None and raise_error:
+                raise error
 
     def write_open_packs(self) -> None:
         """The store half of `flush_packs`: write the open packs and wait for packs in flight.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 HASH_HEX = 64  # a chunk hash in hex
 HASH_BYTES = 32
@@ -27,10 +27,6 @@ _INT_LOW, _INT_HIGH = -(1 << 63), 1 << 63  # SQLite's INTEGER: CAST saturates be
 def _field(blob: str, start: int, width: int) -> str:
     """SQL of bytes [start, start + width) of the record at json_each's `key`, as text."""
     return f"CAST(substr({blob}, key * {{w}} + {start + 1}, {width}) AS TEXT)"
-
-
-def _int_ok(v: Any) -> bool:
-    return type(v) is int and _INT_LOW <= v < _INT_HIGH
 
 
 _COUNTER = "WITH RECURSIVE n(key) AS (SELECT 0 UNION ALL SELECT key + 1 FROM n WHERE key + 1 < ?{n}) "
@@ -66,15 +62,53 @@ def insert_chunks(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, str, 
     record or the owners differ."""
     if not rows:
         return True
-    owner = rows[0][3]
-    fields: list[str] = []
-    add = fields.append
-    for key, stored, codec, own in rows:
-        if not (_int_ok(key) and _int_ok(stored) and type(codec) is str and own == owner):
-            return False
-        add(f"{key:{INT_WIDTH}d}{stored:{INT_WIDTH}d}")
-    blob = "".join(fields).encode("ascii")
-    if len(blob) != 2 * INT_WIDTH * len(fields):
+    # column by column: the checks and the formatting run in C (map, min, max, set), not as a
+    # Python loop over the rows (bench/RESULTS.md, branch sfcommit2)
+    keys, stored, codecs, owners = zip(*rows)
+    owner = owners[0]
+    if {*map(type, keys), *map(type, stored)} != {int} or set(map(type, codecs)) != {str} or set(owners) != {owner}:
         return False
-    conn.execute(CHUNKS_SQL, (json.dumps([r[2] for r in rows], ensure_ascii=False), blob, owner))
+    if min(keys) < _INT_LOW or max(keys) >= _INT_HIGH or min(stored) < _INT_LOW or max(stored) >= _INT_HIGH:
+        return False
+    blob = "".join(map(_RECORD.format, keys, stored)).encode("ascii")
+    if len(blob) != 2 * INT_WIDTH * len(rows):
+        return False
+    conn.execute(CHUNKS_SQL, (json.dumps(codecs, ensure_ascii=False), blob, owner))
     return True
+
+
+_RECORD = f"{{:{INT_WIDTH}d}}{{:{INT_WIDTH}d}}"  # one `chunks` record: key and stored size, right-aligned
+
+
+PACK_RECORD = HASH_HEX + 3 * INT_WIDTH  # a chunk's hash, then its offset, stored size and length
+PACK_SQL = (_COUNTER.format(n=3) + 'INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
+            f"SELECT CAST(substr(?1, key * {PACK_RECORD} + 1, {HASH_HEX}) AS TEXT), ?2, "
+            + ", ".join(f"CAST(CAST(substr(?1, key * {PACK_RECORD} + {HASH_HEX + i * INT_WIDTH + 1}, {INT_WIDTH}) "
+                        "AS TEXT) AS INTEGER)" for i in range(3)) + " FROM n")
+
+
+def insert_pack_entries(conn: sqlite3.Connection, pack: str, entries: Sequence[tuple[str, int, int, int]]) -> bool:
+    """INSERT OR IGNORE the `pack_chunks` rows of one pack ((hash, offset, stored size,
+    length) per chunk, in order) in one statement: a pack's rows recorded on a thread beside
+    the archive's own work (archiver.repository.flush_packs_behind) then take the GIL once,
+    not at every row. False (nothing inserted) unless every hash is 64 lowercase hex digits
+    and every number a 64-bit int."""
+    if not entries:
+        return True
+    hashes, offsets, stored, lengths = zip(*entries)
+    if set(map(type, hashes)) != {str}:
+        return False
+    text = "".join(hashes)
+    if len(text) != HASH_HEX * len(entries) or not _lower_hex(text) or {*map(len, hashes)} != {HASH_HEX}:
+        return False
+    numbers = (*offsets, *stored, *lengths)
+    if set(map(type, numbers)) != {int} or min(numbers) < _INT_LOW or max(numbers) >= _INT_HIGH:
+        return False
+    blob = "".join(map(_PACK_FORMAT.format, hashes, offsets, stored, lengths)).encode("ascii")
+    if len(blob) != PACK_RECORD * len(entries):
+        return False
+    conn.execute(PACK_SQL, (blob, pack, len(entries)))
+    return True
+
+
+_PACK_FORMAT = f"{{}}{{:{INT_WIDTH}d}}{{:{INT_WIDTH}d}}{{:{INT_WIDTH}d}}"

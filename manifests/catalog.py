@@ -48,7 +48,7 @@ from manifests.filemapbin import MapRecords
 from manifests.model import ChunkRef, Entry, Manifest, manifest_id, parse_manifest
 from manifests.model import parent_of, tree_objects
 
-SCHEMA_VERSION = 6  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
+SCHEMA_VERSION = 7  # 2: index on (name, parent) for chain lookups; endpoint in the store binding
 # 3: events_seen, the store events (archiver.events) this catalog has recorded or replayed; fields,
 #    the searchable metadata of manifests (manifests.fields)
 # 4: manifest_chunks (which distinct chunks each manifest names inline, as two rowids) replaces
@@ -68,6 +68,12 @@ SCHEMA_VERSION = 6  # 2: index on (name, parent) for chain lookups; endpoint in 
 #    object); filemap_chunks is gone: a map's chunks are read from the map object in the store
 #    (chunk_coverage, _stored_size of a version naming a map that reused chunks), as
 #    load_manifest does, so a new chunk costs one ~25-byte row instead of two 32-byte-key rows
+# 7: `files` is one WITHOUT ROWID B-tree keyed by (manifest_id, path) (not a rowid table plus an
+#    index holding the 64-character id and the path a second time), and its rows go in before
+#    their manifest's row, in the same transaction: the insert trigger asks the small
+#    `manifests` table whether the manifest is already recorded (then the row is refused)
+#    instead of probing `files` itself for the row's key, so INSERT OR REPLACE of a recorded
+#    row, and any new row under a recorded manifest, still abort
 BUSY_TIMEOUT_MS = 5_000  # how long a writer waits for another writer before CatalogLocked
 ID_PREFIX_MIN = 4
 
@@ -143,11 +149,20 @@ _MIGRATIONS: dict[int, str] = {
        'DROP TABLE "filemap_chunks";'
        'DROP TABLE "chunks";'
        'ALTER TABLE "chunks_v6" RENAME TO "chunks"',
+    # 6 -> 7: files rebuilt WITHOUT ROWID, in key order; the old table (and its triggers) dropped,
+    # the new one renamed and made immutable with the per-manifest insert rule (_immutable)
+    6: 'CREATE TABLE "files_v7" ("manifest_id" TEXT REFERENCES "manifests"("id"), "path" TEXT, "type" TEXT, '
+       '"size" INTEGER, "mode" INTEGER, "blake3" TEXT, "sha256" TEXT, PRIMARY KEY ("manifest_id", "path")) '
+       'WITHOUT ROWID;'
+       'INSERT INTO "files_v7" ("manifest_id", "path", "type", "size", "mode", "blake3", "sha256") '
+       'SELECT manifest_id, path, type, size, mode, blake3, sha256 FROM "files" ORDER BY manifest_id, path;'
+       'DROP TABLE "files";'
+       'ALTER TABLE "files_v7" RENAME TO "files"',
 }
 # Migration steps that create tables also make them immutable (see _immutable).
 _MIGRATION_TABLES: dict[int, tuple[str, ...]] = {2: ("fields",), 3: ("manifest_chunks", "filemap_chunks",
                                                                         "manifest_filemaps"),
-                                                 4: ("manifest_chunks", "filemap_chunks")}
+                                                 4: ("manifest_chunks", "filemap_chunks"), 6: ("files",)}
 BLOB_KEYS = 5  # the first schema version whose chunk tables are keyed by 32-byte hashes
 PREFIX_KEYS = 6  # the first whose `chunks` is keyed by chunk_key and that has no filemap_chunks
 _KEY_BIAS = 1 << 63
@@ -592,6 +607,9 @@ class Catalog:
         self._local = threading.local()
         # one per thread that read (`_reader`), with that thread: closed once it is gone, or by close()
         self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        # guards `_readers` alone: a thread opening its read connection never waits for a
+        # write transaction of another thread (which holds `_lock` until it commits)
+        self._readers_lock = threading.Lock()
         self._lock = threading.RLock()  # re-entrant: a nested write() joins the outer transaction
         self._holder = _HolderMark(Path(f"{self.path}.lock"))
         self._savepoints = 0
@@ -763,7 +781,7 @@ class Catalog:
             # the connections of threads that ended meanwhile are closed now: a catalog that
             # outlives its threads (a worker process's, open for all its tasks, each task on
             # threads of its own) would otherwise hold one more per thread until `close`
-            with self._lock:
+            with self._readers_lock:
                 gone = [c for t, c in self._readers if not t.is_alive()]
                 self._readers = [(t, c) for t, c in self._readers if t.is_alive()]
                 self._readers.append((threading.current_thread(), conn))
@@ -779,12 +797,12 @@ class Catalog:
         if conn is None:
             return
         del self._local.conn
-        with self._lock:
+        with self._readers_lock:
             self._readers = [(t, c) for t, c in self._readers if c is not conn]
         conn.close()
 
     def close(self) -> None:
-        with self._lock:
+        with self._readers_lock:
             readers, self._readers = self._readers, []
         for _, conn in readers:
             conn.close()
@@ -845,13 +863,17 @@ class Catalog:
                     batch = []
             fresh = _fresh_sum(fresh, self._record_chunks(conn, "manifest_chunks", row, batch))
             stored = fresh if fresh is not None and not maps else self._stored_size(conn, row, shared)
-            conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
-                         "stored_size, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                         (row, mid, m.name, m.label, m.parent, when, len(files), m.total_size, stored, data))
+            # the files rows first: their trigger refuses rows under a recorded manifest (schema
+            # 7), and their reference to it is checked at COMMIT, once its row is in (SQLite
+            # turns defer_foreign_keys off again at the end of the transaction)
+            conn.execute("PRAGMA defer_foreign_keys=ON")
             conn.executemany('INSERT INTO files(manifest_id, path, type, size, mode, blake3, sha256) '
                              'VALUES (?,?,?,?,?,?,?)',
                              ((mid, e.path, e.type, e.size, e.mode, e.blake3, e.sha256)
                               for e in self._new_tree_entries(conn, m, trees)))
+            conn.execute("INSERT INTO manifests(rowid, id, name, label, parent, recorded_at, file_count, total_size, "
+                         "stored_size, json) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                         (row, mid, m.name, m.label, m.parent, when, len(files), m.total_size, stored, data))
             conn.executemany('INSERT INTO fields(manifest_id, key, seq, value, num) VALUES (?,?,?,?,?)',
                              field_rows(mid, m))
             if event_details is not None:
@@ -923,10 +945,12 @@ class Catalog:
             raise ManifestError(f"the trees given are not those of manifest tree {m.tree[:16]}")
         by_dir = trees
         conn.execute(self._TREE_TABLE)
-        known = {h for h in by_dir.values()
-                 if conn.execute('SELECT 1 FROM tree_files WHERE hash=?', (h,)).fetchone() is not None}
-        conn.executemany('INSERT OR IGNORE INTO tree_files(hash) VALUES (?)',
-                         [(h,) for h in set(by_dir.values()) - known])
+        hashes = set(by_dir.values())
+        known = {h for (h,) in conn.execute('SELECT hash FROM tree_files WHERE hash IN (SELECT value FROM json_each(?))',
+                                            (json.dumps(sorted(hashes)),))}
+        conn.executemany('INSERT OR IGNORE INTO tree_files(hash) VALUES (?)', [(h,) for h in sorted(hashes - known)])
+        if not known:  # no tree of it recorded yet (a first archive): every entry, without a lookup each
+            return m.entries
         return [e for e in m.entries if by_dir[parent_of(e.path)] not in known]
 
     def known_trees(self, hashes: Iterable[str]) -> set[str]:
@@ -1492,14 +1516,21 @@ class Catalog:
                     entries: Iterable[tuple[str, int, int, int]]) -> bool:
         """Record one pack index: (hash, offset, stored_size, length) per chunk. False if known."""
         with self.write() as conn:
-            for statement in self._PACK_TABLES:
-                conn.execute(statement)
-            if conn.execute('SELECT 1 FROM packs WHERE pack=?', (pack,)).fetchone() is not None:
-                return False
-            conn.execute('INSERT INTO packs(pack, size, index_id) VALUES (?,?,?)', (pack, size, index_id))
+            new = self._record_pack(conn, pack, size, index_id, entries)
+        self._pack_tables_seen = True  # committed: any connection sees the tables now
+        return new
+
+    def _record_pack(self, conn: sqlite3.Connection, pack: str, size: int, index_id: str,
+                     entries: Iterable[tuple[str, int, int, int]]) -> bool:
+        for statement in self._PACK_TABLES:
+            conn.execute(statement)
+        if conn.execute('SELECT 1 FROM packs WHERE pack=?', (pack,)).fetchone() is not None:
+            return False
+        conn.execute('INSERT INTO packs(pack, size, index_id) VALUES (?,?,?)', (pack, size, index_id))
+        entries = list(entries)
+        if not blobrows.insert_pack_entries(conn, pack, entries):  # one statement, without the GIL
             conn.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
                              'VALUES (?,?,?,?,?)', ((h, pack, o, s, n) for h, o, s, n in entries))
-        self._pack_tables_seen = True
         return True
 
     def record_packs(self, packs: Iterable[tuple[str, int, str, Iterable[tuple[str, int, int, int]]]]) -> int:
@@ -1507,6 +1538,26 @@ class Catalog:
         commit, one WAL fsync, for the packs a commit flushes); returns how many were new."""
         with self.write():
             return sum(self.record_pack(*p) for p in packs)
+
+    def record_packs_apart(self, packs: Iterable[tuple[str, int, str, Iterable[tuple[str, int, int, int]]]]) -> int:
+        """`record_packs` through a connection of its own, opened for this one transaction, for
+        a thread recording them while another thread of the process reads through the
+        catalog's own connection (archiver.repository.flush_packs_behind): the reads neither
+        share a connection with the writes nor see them before they commit. Writers of this
+        process still take turns (the catalog's lock), so another write waits for this one."""
+        if self._memory or self.read_only:
+            return self.record_packs(packs)
+        try:
+            conn = _connect_rw(self.path)
+        except (OSError, sqlite3.Error) as e:
+            raise CatalogError(f"catalog {self.path}: {e}") from None
+        try:
+            with self._txn(conn):
+                new = sum(self._record_pack(conn, *p) for p in packs)
+        finally:
+            conn.close()
+        self._pack_tables_seen = True  # only once committed: readers of other connections ask for them at once
+        return new
 
     # A catalog without pack tables is asked again after this long: another process may create them
     # meanwhile (this one's record_pack notes them at once); missing a pack that briefly costs a
@@ -1614,8 +1665,14 @@ def _immutable(conn: sqlite3.Connection, table: str) -> None:
           "chunk_refs": "manifest_id = NEW.manifest_id AND path = NEW.path AND seq = NEW.seq"}[table]
     msg = f"{table} rows are immutable"
     # a manifest_chunks row is all key: a second INSERT of it changes nothing (and recording
-    # a manifest inserts each shared chunk OR IGNORE), so only UPDATE and DELETE are refused
-    inserts = (("INSERT", f"WHEN EXISTS (SELECT 1 FROM {table} WHERE {pk})"),) if pk else ()
+    # a manifest inserts each shared chunk OR IGNORE), so only UPDATE and DELETE are refused.
+    # A files row goes in before its manifest's row (schema 7, record_manifest), so one probe
+    # of the small `manifests` table refuses a row under a recorded manifest: INSERT OR REPLACE
+    # of a recorded row and a row added to a recorded manifest alike (per row, the probe of
+    # `files` itself for the row's key was most of the trigger's cost: bench/RESULTS.md, sfcommit2)
+    when = ("WHEN EXISTS (SELECT 1 FROM manifests WHERE id = NEW.manifest_id)" if table == "files"
+            else f"WHEN EXISTS (SELECT 1 FROM {table} WHERE {pk})")
+    inserts = (("INSERT", when),) if pk else ()
     for verb, when in (("UPDATE", ""), ("DELETE", ""), *inserts):
         conn.execute(f"CREATE TRIGGER {table}_no_{verb.lower()} BEFORE {verb} ON {table} {when} "
                      f"BEGIN SELECT RAISE(ABORT, '{msg}'); END")

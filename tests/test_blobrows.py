@@ -60,9 +60,42 @@ def test_chunk_rows_and_hash_sets_are_those_of_executemany():
     assert fast.execute("SELECT owner, codec FROM chunks WHERE key = 5").fetchone() == (4, "raw")
 
 
+def test_pack_rows_are_those_of_executemany():
+    """One pack's rows in one statement: the same values, types and insertion order as
+    binding each row, the first of a hash named twice kept (INSERT OR IGNORE), 64-bit bounds."""
+    entries = [(HEX_B, 0, 10, 12), (HEX_A, 10, 2 ** 63 - 1, 0), (HEX_B, 99, 1, 1), (HEX_C, -2 ** 63, 0, 5)]
+    fast, slow = _twins()
+    for pack in ("p" * 64, "q" * 64):
+        assert blobrows.insert_pack_entries(fast, pack, entries)
+        slow.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
+                         'VALUES (?,?,?,?,?)', [(h, pack, o, s, n) for h, o, s, n in entries])
+    assert _rows(fast, "pack_chunks") == _rows(slow, "pack_chunks") and len(_rows(fast, "pack_chunks")) == 6
+    assert blobrows.insert_pack_entries(fast, "r", []) and fast.total_changes == 6
+
+
+@pytest.mark.parametrize("call", [
+    lambda c: blobrows.insert_pack_entries(c, "p", [(HEX_A, 0, 1, 1), ("AB" * 32, 1, 1, 1)]),  # upper case
+    lambda c: blobrows.insert_pack_entries(c, "p", [(HEX_A, 0, 1, 1), (HEX_B[:-1], 1, 1, 1)]),  # short
+    lambda c: blobrows.insert_pack_entries(c, "p", [(HEX_A[:-1], 0, 1, 1), (HEX_B + "0", 1, 1, 1)]),  # shifted
+    lambda c: blobrows.insert_pack_entries(c, "p", [(HEX_A, 0, 1, 1), (HEX_B, 2 ** 63, 1, 1)]),  # past int64
+    lambda c: blobrows.insert_pack_entries(c, "p", [(HEX_A, 0, 1.0, 1)]),  # not an int
+    lambda c: blobrows.insert_pack_entries(c, "p", [(HEX_A, 0, 1, True)]),
+    lambda c: blobrows.insert_pack_entries(c, "p", [(None, 0, 1, 1)]),
+])
+def test_pack_rows_that_do_not_fit_are_refused_and_nothing_inserted(call):
+    conn, _ = _twins()
+    assert call(conn) is False
+    assert not _rows(conn, "pack_chunks")
+
+
 @pytest.mark.parametrize("call", [
     lambda c: blobrows.insert_chunks(c, [(1, 1, "raw", None), (2, 1, "raw", 7)]),  # owners differ
     lambda c: blobrows.insert_chunks(c, [(True, 1, "raw", None)]),
+    lambda c: blobrows.insert_chunks(c, [(1, 1, "raw", None), (1 << 63, 1, "raw", None)]),  # past int64
+    lambda c: blobrows.insert_chunks(c, [(-(1 << 63) - 1, 1, "raw", None), (1, 1, "raw", None)]),
+    lambda c: blobrows.insert_chunks(c, [(1, 1, "raw", None), (2, 1 << 63, "raw", None)]),
+    lambda c: blobrows.insert_chunks(c, [(1, 1.0, "raw", None)]),  # not an int
+    lambda c: blobrows.insert_chunks(c, [(1, 1, "raw", None), (2, 1, None, None)]),  # codec not text
     lambda c: blobrows.insert_hash_set(c, 1, [HEX_A, "AB" * 32]),  # upper case: not the bytes' order
     lambda c: blobrows.insert_hash_set(c, 1, [HEX_A[:-1]]),
 ])
@@ -97,7 +130,7 @@ def _dump(path: Path) -> dict[str, list[tuple]]:
 def _spied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
     """(builder, whether it inserted) of every call: the blob side must take the one-statement path."""
     calls: list[tuple[str, bool]] = []
-    for name in ("insert_chunks", "insert_hash_set"):
+    for name in ("insert_chunks", "insert_hash_set", "insert_pack_entries"):
         def spy(*a, _f=getattr(blobrows, name), _n=name, **k):
             got = _f(*a, **k)
             calls.append((_n, got))
@@ -108,7 +141,7 @@ def _spied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
 
 def _row_by_row(monkeypatch: pytest.MonkeyPatch) -> None:
     """The catalog as before blobrows: every builder refuses, so executemany binds each row."""
-    for name in ("insert_chunks", "insert_hash_set"):
+    for name in ("insert_chunks", "insert_hash_set", "insert_pack_entries"):
         monkeypatch.setattr(blobrows, name, lambda *a, **k: False)
 
 
@@ -158,7 +191,7 @@ def test_a_packed_archive_records_the_same_pack_rows_as_row_by_row(tmp_path, hom
                         processes=0)
         dumps.append(_dump(tmp_path / f"{side}.db"))
         if side == "blob":
-            assert all(ok for _, ok in calls)
+            assert all(ok for _, ok in calls) and ("insert_pack_entries", True) in calls
     assert dumps[0]["pack_chunks"] and dumps[0]["packs"]
     # which pack a chunk lands in is the threads' race: the rows are compared but for the pack's name and place
     for d in dumps:

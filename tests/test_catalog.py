@@ -225,6 +225,7 @@ IMMUTABLE_SQL = [
     "UPDATE files SET blake3='00'",
     "DELETE FROM files",
     "INSERT OR REPLACE INTO files(manifest_id, path, type) VALUES (:mid, 'ckpt/a.bin', 'dir')",
+    "INSERT INTO files(manifest_id, path, type) VALUES (:mid, 'ckpt/added-later.bin', 'file')",
     "UPDATE manifest_chunks SET chunk=0",
     "DELETE FROM manifest_chunks",
     "UPDATE audit SET ok=0",
@@ -625,7 +626,7 @@ def test_v1_catalog_is_read_as_is_and_migrated_on_first_writable_open(cat_path):
 
     c = Catalog(cat_path, STORE)
     try:
-        assert info(cat_path) == {"schema_version": "6", "store": STORE, "endpoint": ""}
+        assert info(cat_path) == {"schema_version": "7", "store": STORE, "endpoint": ""}
         tables = {r[0] for r in c._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert "chunk_refs" not in tables  # v4: replaced by manifest_chunks, backfilled from it
         want = sorted((m.id, h) for m in (a, b) for h in m.unique_chunks())
@@ -644,7 +645,7 @@ def test_v1_catalog_is_read_as_is_and_migrated_on_first_writable_open(cat_path):
     finally:
         c.close()
     Catalog(cat_path, STORE).close()  # a current catalog opens without another migration
-    assert info(cat_path)["schema_version"] == "6"
+    assert info(cat_path)["schema_version"] == "7"
 
 
 
@@ -709,7 +710,7 @@ def test_v4_catalog_is_read_as_is_and_migrated_to_blob_keys(cat_path, monkeypatc
 
     c = Catalog(cat_path, STORE)
     try:
-        assert info(cat_path)["schema_version"] == "6"
+        assert info(cat_path)["schema_version"] == "7"
         assert answers(c) == expected
         kinds = c._conn.execute("SELECT DISTINCT typeof(key) FROM chunks").fetchall()
         assert kinds == [("integer",)]
@@ -741,7 +742,7 @@ def test_read_only_catalog_reads_blob_keys_after_its_own_first_write_migrates_it
     try:
         assert c.known_chunk(h("1")) == (6, "zstd")
         c.audit("note", None, True, {})  # the first write opens the writer, which migrates
-        assert info(cat_path)["schema_version"] == "6"
+        assert info(cat_path)["schema_version"] == "7"
         assert c.known_chunk(h("1")) == (6, "zstd") and c.known_chunk(h("9")) == (7, "bg2")
         assert sorted(r[3] for r in c.chunk_coverage(map_fetcher(h("filemap"), ["9"]))) == sorted([h("1"), h("9")])
     finally:
@@ -791,7 +792,7 @@ def test_v5_catalog_is_read_as_is_and_migrated_to_prefix_keys(cat_path, monkeypa
 
     c = Catalog(cat_path, STORE)
     try:
-        assert info(cat_path)["schema_version"] == "6"
+        assert info(cat_path)["schema_version"] == "7"
         assert answers(c) == expected
         rows = c._conn.execute("SELECT key, stored_size, codec, owner FROM chunks ORDER BY key").fetchall()
         assert rows == sorted([(chunk_key(h("1")), 6, "zstd", None), (chunk_key(h("2")), 6, "zstd", None),
@@ -808,6 +809,67 @@ def test_v5_catalog_is_read_as_is_and_migrated_to_prefix_keys(cat_path, monkeypa
         assert c.known_chunk(h("3")) == (6, "zstd")
     finally:
         c.close()
+
+
+V6_FILES_NO_INSERT = ("CREATE TRIGGER files_no_insert BEFORE INSERT ON files WHEN EXISTS (SELECT 1 FROM files "
+                      "WHERE manifest_id = NEW.manifest_id AND path = NEW.path) "
+                      "BEGIN SELECT RAISE(ABORT, 'files rows are immutable'); END")
+
+
+def test_v6_catalog_is_migrated_to_files_without_rowid(cat_path, monkeypatch):
+    """Schema 7 keeps `files` in one WITHOUT ROWID B-tree and refuses a files row under a
+    recorded manifest (one probe of `manifests`): a schema 6 catalog (a rowid table, its
+    trigger probing `files`) is rebuilt on its first writable open with the same rows, the
+    new trigger, and nothing left of the old table; recording goes on as before."""
+    a = make_manifest("m", "v1", {"f": ["1", "2"], "g": ["3"]})
+    b = make_manifest("m", "v2", {"f": ["1"], "h": ["4"]}, parent=a.id)
+    with monkeypatch.context() as mp:
+        mp.setattr(catalog_module, "SCHEMA_VERSION", 6)
+        mp.setattr(catalog_module, "_MIGRATIONS", {k: v for k, v in catalog_module._MIGRATIONS.items() if k < 6})
+        c6 = Catalog(cat_path, STORE)
+        c6._conn.execute("DROP TRIGGER files_no_insert")  # schema 6's rule, as its archivers created it
+        c6._conn.execute(V6_FILES_NO_INSERT)
+        assert record(c6, a) and record(c6, b)
+        c6.close()
+    raw = sqlite3.connect(cat_path)
+    try:
+        assert info(cat_path)["schema_version"] == "6"
+        assert "WITHOUT ROWID" not in raw.execute("SELECT sql FROM sqlite_master WHERE name='files'").fetchone()[0]
+        rows = raw.execute("SELECT * FROM files ORDER BY manifest_id, path").fetchall()
+    finally:
+        raw.close()
+    assert len(rows) == len(a.entries) + len(b.entries)
+    c = Catalog(cat_path, STORE)
+    try:
+        assert info(cat_path)["schema_version"] == "7"
+        sql = dict(c._conn.execute("SELECT name, sql FROM sqlite_master WHERE tbl_name IN ('files', 'files_v7')"))
+        assert "WITHOUT ROWID" in sql["files"] and "files_v7" not in sql
+        assert "FROM manifests" in sql["files_no_insert"] and {"files_no_update", "files_no_delete"} <= set(sql)
+        assert c._conn.execute("SELECT * FROM files ORDER BY manifest_id, path").fetchall() == rows
+        for attack in ("INSERT INTO files(manifest_id, path, type) VALUES (?, 'later', 'file')",
+                       "INSERT OR REPLACE INTO files(manifest_id, path, type) VALUES (?, 'f', 'dir')"):
+            with pytest.raises(sqlite3.DatabaseError, match="immutable"):
+                c._conn.execute(attack, (a.id,))
+        child = make_manifest("m", "v3", {"f": ["1"], "k": ["5"]}, parent=b.id)
+        assert record(c, child) and c.resolve("m") == child.id
+        assert c._conn.execute("SELECT path, blake3 FROM files WHERE manifest_id=? ORDER BY path",
+                               (child.id,)).fetchall() == sorted((e.path, e.blake3) for e in child.entries)
+    finally:
+        c.close()
+
+
+def test_a_files_row_needs_its_manifest_by_the_commit(cat):
+    """Files rows go in before their manifest's row with the foreign key deferred: a row
+    naming a manifest that never comes is refused when the transaction commits."""
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        with cat.write() as conn:
+            conn.execute("PRAGMA defer_foreign_keys=ON")
+            conn.execute("INSERT INTO files(manifest_id, path, type) VALUES (?, 'f', 'file')", (h("nowhere"),))
+    assert count_rows(cat, "files") == 0
+
+
+def count_rows(cat: Catalog, table: str) -> int:
+    return cat._conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
 def test_chunk_key_is_the_hash_prefix_in_hash_order():
@@ -1339,7 +1401,7 @@ def test_known_chunks_answers_as_known_chunk_does_one_by_one(cat_path, monkeypat
     for read_only in (True, False):
         c = Catalog(cat_path, STORE, read_only=read_only)
         try:
-            assert info(cat_path)["schema_version"] == ("4" if read_only else "6")
+            assert info(cat_path)["schema_version"] == ("4" if read_only else "7")
             assert c.known_chunks(asked) == want
             assert {x: c.known_chunk(x) for x in asked if c.known_chunk(x) is not None} == want
         finally:
@@ -1705,3 +1767,15 @@ def test_the_switch_to_wal_gives_up_at_the_busy_timeout_and_other_errors_at_once
         assert broken.tries == 1
     finally:
         conn.close()
+
+
+def test_a_thread_opens_its_read_connection_while_another_thread_writes(cat):
+    """A thread's first read opens its connection without waiting for a write transaction
+    another thread holds (the packs' rows recorded behind an archive's commit path)."""
+    record(cat, make_manifest())
+    got: list = []
+    with cat.write():
+        reader = threading.Thread(target=lambda: got.append(cat.known_chunk(h("c1"))))
+        reader.start()
+        reader.join(timeout=60)  # bounded: before the change it waited for this transaction
+        assert not reader.is_alive() and got == [(6, "zstd")]

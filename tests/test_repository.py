@@ -439,3 +439,78 @@ def test_a_small_plain_chunk_takes_encode_small_only_with_the_stock_codec_and_pa
             assert calls == want, (name, calls)
             for ref, data in zip(refs, chunks):
                 assert r.read_chunk(ref) == data
+
+
+@pytest.mark.packs
+def test_flush_packs_behind_is_durable_at_once_and_recorded_before_the_manifest(tmp_path, monkeypatch):
+    """The packs are in the store when flush_packs_behind returns; their catalog rows go in on
+    a thread of their own (through a connection of their own: reads through the catalog
+    meanwhile see none of them, nor tables it creates), while the commit writes its manifest
+    to the store; the commit records its manifest only once they are in."""
+    import threading
+    from manifests.catalog import Catalog
+    settings = Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db")
+    release, started = threading.Event(), threading.Event()
+    real_pack, real_manifest = Catalog._record_pack, Catalog.record_manifest
+    packs_when_recorded: list[set[str]] = []
+
+    def held(self, conn, *a):  # the rows and the new tables are in, not committed
+        got = real_pack(self, conn, *a)
+        started.set()
+        assert release.wait(60)  # bounded: the test releases it below
+        return got
+
+    def record_manifest(self, *a, **k):
+        packs_when_recorded.append(self.known_packs())
+        return real_manifest(self, *a, **k)
+    monkeypatch.setattr(Catalog, "_record_pack", held)
+    monkeypatch.setattr(Catalog, "record_manifest", record_manifest)
+    with Repository.open(settings, create=True) as r:  # a fresh catalog: no pack tables yet
+        datas = [os.urandom(500 + i) for i in range(20)]
+        small = [save(r, d) for d in datas]
+        assert r.flush_packs_behind() == 1
+        [pack] = {p for p, _ in r.pack_positions([c.hash for c in small]).values()}
+        assert os.path.exists(obj_path(tmp_path, layout.pack(pack)))  # durable before the rows
+        assert started.wait(60)
+        assert r._catalog.known_packs() == set() and r._catalog.pack_locations([small[0].hash]) == {}
+        assert r.flush_packs() == 0  # nothing of its own to record: it does not wait
+        m = Manifest(name="m", entries=(file_entry("a", datas, small),))
+
+        def stored(mid: str) -> None:  # the manifest is in the store, the rows not yet in the catalog
+            assert r._catalog.known_packs() == set() and not r.is_recorded(mid)
+            release.set()
+        done = r.commit_manifest(m, details={"note": "x"}, on_stored=stored)
+        assert packs_when_recorded == [{pack}] and r.is_recorded(done.id)
+        assert {h for h, *_ in r._catalog.pack_entries(pack)} == {c.hash for c in small}
+
+
+@pytest.mark.packs
+def test_flush_packs_behind_hands_its_error_to_the_commit_and_close_waits(tmp_path, monkeypatch):
+    """A failure recording the rows behind is raised by the commit before it records its
+    manifest (the store holds the manifest: a catalog sync records it), and by a flush_packs
+    that has packs of its own to record; close waits for the thread and, the rows being a
+    cache of the store's indexes (a rebuild records them), does not raise it."""
+    from manifests.catalog import Catalog
+    from manifests.errors import CatalogError
+    settings = Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db")
+
+    def broken(self, packs):
+        raise CatalogError("catalog: disk full, nothing of this write was recorded")
+    monkeypatch.setattr(Catalog, "record_packs_apart", broken)
+    with Repository.open(settings, create=True) as r:
+        data = os.urandom(700)
+        ref = save(r, data)
+        assert r.flush_packs_behind() == 1
+        m = Manifest(name="m", entries=(file_entry("a", [data], [ref]),))
+        with pytest.raises(Exception, match="disk full"):
+            r.commit_manifest(m, details={"note": "x"})
+        assert not r.is_recorded(m.id) and os.path.exists(obj_path(tmp_path, layout.manifest(m.id)))
+        save(r, os.urandom(800))
+        assert r.flush_packs_behind() == 1
+        save(r, os.urandom(850))
+        with pytest.raises(Exception, match="disk full"):
+            r.flush_packs()
+        save(r, os.urandom(900))
+        assert r.flush_packs_behind() == 1
+    with Repository.open(settings) as r:  # closed without raising; the store holds every pack
+        assert len(list(r._store.list(layout.PACKS))) == 4 and r._catalog.known_packs() == set()
