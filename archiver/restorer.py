@@ -938,8 +938,8 @@ def _restore_file(repo: Repository, mid: str, root_fd: int, e: Entry, pool: Thre
         _check_target(dir_fd, name, e.path, force)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # still locked: no cleanup takes it
         tmp = ""
-        os.close(fd)
-        fd = -1
+        closing, fd = fd, -1  # marked closed first: a Ctrl-C between the two must not close it twice
+        os.close(closing)
         if sync_dir:
             os.fsync(dir_fd)
         result.files += 1
