@@ -963,8 +963,24 @@ def fail(message: str, code: int, as_json: bool, kind: str = "error", **fields: 
     """One line on stderr; with --json also one JSON document on stdout; then exit."""
     click.echo(f"archiver: {'' if kind == 'internal' else 'error: '}{printable(message)}", err=True)
     if as_json:
-        emit({"ok": False, "error": message, "kind": kind, "exit_code": code, **fields})
+        try:
+            emit({"ok": False, "error": message, "kind": kind, "exit_code": code, **fields})
+        except OSError:  # stdout itself fails (a full disk): the line on stderr is all there can be
+            _drop_stdout()
     sys.exit(code)
+
+
+def _drop_stdout() -> None:
+    """Send what stdout still holds, and anything written after, to the null device: stdout
+    failed a write, and the exit's flush of it would fail again with a traceback."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, sys.stdout.fileno())
+        finally:
+            os.close(null)
+    except (OSError, AttributeError, ValueError):  # no stdout descriptor: nothing is flushed to one
+        pass
 
 
 def _fields(err: ArchiverError) -> dict[str, Any]:

@@ -308,3 +308,17 @@ def test_the_process_entry_point_ends_a_ctrl_c_while_joining_threads_in_one_stat
     assert r.returncode == 130 and r.stdout.startswith("archiver, version ")
     assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr
     assert mark.exists()
+
+
+@pytest.mark.parametrize("args", [["list", "--json"], ["list"], ["--version"]])
+def test_a_stdout_that_cannot_be_written_is_one_line_and_status_1(tmp_path, args):
+    """stdout on a full disk (/dev/full: every write ENOSPC): one line on stderr, status 1,
+    never a traceback, also with --json, whose error document cannot be written either."""
+    env = {**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")}
+    ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=1, dim=16)
+    assert cli(env, "--store", str(tmp_path / "store"), "archive", str(ckpt), "--name", "m").returncode == 0
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "archiver.cli", "--store", str(tmp_path / "store"), *args], cwd=ROOT,
+                           env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("archiver: error: ") and "No space left on device" in r.stderr
