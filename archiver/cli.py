@@ -1041,7 +1041,8 @@ def _end_process(code: object) -> None:
     ms of CPU and more of wall after the last byte is written; bench/RESULTS.md, branch
     bigwall4): files are written with explicit fsync and close, never left to it. A flush
     that fails (a closed pipe) returns too, so the interpreter reports it as it always did.
-    A Ctrl-C while the threads are joined ends it with status 130 and no traceback."""
+    A Ctrl-C while the threads are joined or the exit handlers run ends it with status 130 and
+    no traceback (the exit handlers after an interrupted one still run)."""
     import atexit
     import threading
     shutdown = getattr(threading, "_shutdown", None)  # what CPython's exit runs first
@@ -1051,7 +1052,21 @@ def _end_process(code: object) -> None:
         shutdown()
     except KeyboardInterrupt:
         code = 130
-    atexit._run_exitfuncs()
+    interrupted: list[bool] = []
+    words = sys.unraisablehook  # how an exit handler's error is reported (atexit runs the others after it)
+
+    def hook(u: Any) -> None:
+        if u.exc_type is not None and issubclass(u.exc_type, KeyboardInterrupt):
+            interrupted.append(True)  # a Ctrl-C in an exit handler: status 130, no traceback
+        else:
+            words(u)
+    sys.unraisablehook = hook
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        sys.unraisablehook = words
+    if interrupted:
+        code = 130
     try:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -322,3 +322,24 @@ def test_a_stdout_that_cannot_be_written_is_one_line_and_status_1(tmp_path, args
                            env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("archiver: error: ") and "No space left on device" in r.stderr
+
+
+def test_the_process_entry_point_ends_a_ctrl_c_in_an_exit_handler_in_one_status(tmp_path):
+    """A Ctrl-C while the exit handlers run (multiprocessing's joins its worker processes,
+    Ray's shuts down) ends the process with status 130 and no traceback, the other exit
+    handlers still run; the interpreter's own exit would print the traceback and exit 0."""
+    probe = ("import atexit, sys\n"
+             "from archiver.cli import main\n"
+             "mark = sys.argv[1]\n"
+             "atexit.register(lambda: open(mark, 'w').close())  # runs after the interrupted one\n"
+             "def interrupted():\n"
+             "    raise KeyboardInterrupt\n"
+             "atexit.register(interrupted)\n"
+             "sys.argv = ['archiver', '--version']\n"
+             "main()\n")
+    mark = tmp_path / "atexit"
+    r = subprocess.run([sys.executable, "-c", probe, str(mark)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")})
+    assert r.returncode == 130 and r.stdout.startswith("archiver, version ")
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr
+    assert mark.exists()
