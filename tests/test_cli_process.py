@@ -343,3 +343,22 @@ def test_the_process_entry_point_ends_a_ctrl_c_in_an_exit_handler_in_one_status(
     assert r.returncode == 130 and r.stdout.startswith("archiver, version ")
     assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr
     assert mark.exists()
+
+
+@pytest.mark.parametrize("args, status", [(["show", "nosuch", "--json"], 2), (["show", "nosuch"], 2),
+                                          (["verify", "nosuch", "--json"], 2)])
+def test_an_error_with_stdout_a_closed_pipe_is_one_line_and_its_status(tmp_path, args, status):
+    """stdout a pipe whose reader is gone (`archiver ... --json | head` after head ended):
+    the error's line on stderr and its own status; its JSON document, which cannot be
+    written, neither raised with a traceback nor turned the status into another."""
+    env = {**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")}
+    ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=1, dim=16)
+    assert cli(env, "--store", str(tmp_path / "store"), "archive", str(ckpt), "--name", "m").returncode == 0
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        r = subprocess.run([sys.executable, "-m", "archiver.cli", "--store", str(tmp_path / "store"), *args], cwd=ROOT,
+                           env=env, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert r.returncode == status and r.stderr == "archiver: error: no archive matches 'nosuch'\n", r.stderr
