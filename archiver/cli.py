@@ -1077,10 +1077,12 @@ def _end_process(code: object) -> None:
 
 def main(argv: list[str] | None = None, *, end_process: bool = True) -> None:
     """Entry point: map every failure to one line and an exit code. As the process's own
-    entry point (`argv` None: the console script, `python -m archiver.cli`) the process ends
-    here once the command is done (`_end_process`); `end_process=False` returns (raises
-    SystemExit) instead, for a caller that goes on after the command (a timeline in bench/)."""
-    if argv is None and end_process:
+    entry point (`argv` None, called by the program's top level: the console script, `python
+    -m archiver.cli`) the process ends here once the command is done (`_end_process`);
+    `end_process=False` returns (raises SystemExit) instead, for a caller that goes on after
+    the command (a timeline in bench/), as does a program that runs the module itself
+    (`python -m cProfile -m archiver.cli`: `_the_programs_top_level`)."""
+    if argv is None and end_process and _the_programs_top_level(sys._getframe(1)):
         try:
             _command(None)
         except SystemExit as e:
@@ -1089,6 +1091,24 @@ def main(argv: list[str] | None = None, *, end_process: bool = True) -> None:
         _end_process(None)
         return
     _command(argv)
+
+
+def _the_programs_top_level(caller: Any) -> bool:
+    """Whether `caller` (main's caller's frame) is the top level of the program itself: the
+    `__main__` module's code (a console script, `python -m archiver.cli`, `python -c`) with
+    nothing below it but the interpreter, or runpy's start of `python -m`. A program that runs
+    the module and goes on after it (`python -m cProfile -o P -m archiver.cli`, trace, pdb:
+    runpy.run_module, exec) has frames of its own below: it writes its results once the
+    module returns, so the process is not ended under it."""
+    if caller is None or caller.f_code.co_name != "<module>" or caller.f_globals.get("__name__") != "__main__":
+        return False
+    below = caller.f_back
+    while below is not None:
+        if below.f_globals.get("__name__") != "runpy" or below.f_code.co_name not in ("_run_code",
+                                                                                       "_run_module_as_main"):
+            return False
+        below = below.f_back
+    return True
 
 
 def _command(argv: list[str] | None) -> None:

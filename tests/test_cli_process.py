@@ -362,3 +362,48 @@ def test_an_error_with_stdout_a_closed_pipe_is_one_line_and_its_status(tmp_path,
     finally:
         os.close(write)
     assert r.returncode == status and r.stderr == "archiver: error: no archive matches 'nosuch'\n", r.stderr
+
+
+# A sitecustomize that writes a line through C's stdio: with stdout a pipe (and no
+# PYTHONUNBUFFERED) it is written only by the C library's exit(), as the interpreter's own end
+# calls it, never by the os._exit of a process ended at the entry point.
+_C_STDIO_MARK = "import ctypes\nctypes.CDLL(None).printf(b'c-stdio\\n')\n"
+
+
+def _run_under(tmp_path: Path, *launch: str) -> subprocess.CompletedProcess:
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_C_STDIO_MARK)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(ARCHIVER_HOME=str(tmp_path / "home"),
+               PYTHONPATH=os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, *launch], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_python_m_ends_the_process_at_the_entry_point(tmp_path):
+    """`python -m archiver.cli` and a console script end the process at the entry point (the
+    interpreter's teardown skipped)."""
+    script = tmp_path / "archiver-script"
+    script.write_text("import sys\nfrom archiver.cli import main\nif __name__ == '__main__':\n    sys.exit(main())\n")
+    for launch in (["-m", "archiver.cli", "--version"], [str(script), "--version"]):
+        r = _run_under(tmp_path, *launch)
+        assert r.returncode == 0 and r.stdout.startswith("archiver, version ") and r.stderr == "", (launch, r.stderr)
+        assert "c-stdio" not in r.stdout  # ended at the entry point, not by the interpreter's exit
+
+
+@pytest.mark.parametrize("runner", [["-m", "cProfile", "-o", "{prof}", "-m"],
+                                    ["-m", "trace", "--count", "--coverdir", "{cover}", "--module"]])
+def test_a_program_that_runs_the_cli_module_goes_on_after_it(tmp_path, runner):
+    """`python -m cProfile -o P -m archiver.cli ...` (bench/prof_archive.py), `python -m trace`,
+    pdb: the command runs inside another program, which writes its results once the module
+    returns. The entry point leaves the end of the process to it (as `main(end_process=False)`)."""
+    prof, cover = tmp_path / "p.prof", tmp_path / "cover"
+    launch = [a.format(prof=prof, cover=cover) for a in runner]
+    r = _run_under(tmp_path, *launch, "archiver.cli", "--version")
+    assert r.returncode == 0 and r.stdout.startswith("archiver, version "), r.stderr
+    if "cProfile" in launch:
+        import pstats
+        assert pstats.Stats(str(prof)).total_calls > 0
+    else:
+        assert any(cover.glob("*.cover"))
+    assert "c-stdio" in r.stdout  # the interpreter's own end, after the profiler's or tracer's
