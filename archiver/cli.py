@@ -962,11 +962,13 @@ def key_rotate_cmd(c: Ctx, add: tuple[str, ...], remove: tuple[str, ...], identi
 def fail(message: str, code: int, as_json: bool, kind: str = "error", **fields: Any) -> None:
     """One line on stderr; with --json also one JSON document on stdout; then exit."""
     click.echo(f"archiver: {'' if kind == 'internal' else 'error: '}{printable(message)}", err=True)
-    if as_json:
-        try:
+    try:
+        if as_json:
             emit({"ok": False, "error": message, "kind": kind, "exit_code": code, **fields})
-        except OSError:  # stdout itself fails (a full disk): the line on stderr is all there can be
-            _drop_stdout()
+        if sys.stdout is not None:
+            sys.stdout.flush()  # what stdout still holds goes now, or cannot go at all
+    except OSError:  # stdout itself fails (a full disk): the line on stderr is all there can be
+        _drop_stdout()
     sys.exit(code)
 
 
