@@ -1043,8 +1043,8 @@ def _end_process(code: object) -> None:
     ms of CPU and more of wall after the last byte is written; bench/RESULTS.md, branch
     bigwall4): files are written with explicit fsync and close, never left to it. A flush
     that fails (a closed pipe) returns too, so the interpreter reports it as it always did.
-    A Ctrl-C while the threads are joined or the exit handlers run ends it with status 130 and
-    no traceback (the exit handlers after an interrupted one still run)."""
+    A Ctrl-C while the threads are joined, the exit handlers run or stdout is written out ends
+    it with status 130 and no traceback (the exit handlers after an interrupted one still run)."""
     import atexit
     import threading
     shutdown = getattr(threading, "_shutdown", None)  # what CPython's exit runs first
@@ -1072,6 +1072,8 @@ def _end_process(code: object) -> None:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
+    except KeyboardInterrupt:  # a Ctrl-C while a slow reader takes the output: what is left is not waited for
+        code = 130
     except BaseException:  # noqa: BLE001 - the interpreter's exit reports it
         return
     os._exit(code or 0)

@@ -411,3 +411,29 @@ def test_a_program_that_runs_the_cli_module_goes_on_after_it(tmp_path, runner):
     else:
         assert any(cover.glob("*.cover"))
     assert "c-stdio" in r.stdout  # the interpreter's own end, after the profiler's or tracer's
+
+
+def test_the_process_entry_point_ends_a_ctrl_c_while_flushing_stdout_in_one_status(tmp_path):
+    """A Ctrl-C while the entry point writes out what stdout still holds (a reader that is
+    slow to take it) ends the process with status 130 and no traceback, not with the
+    command's status as if the output had all been written."""
+    probe = ("import atexit, sys\n"
+             "from archiver.cli import main\n"
+             "class Stdout:\n"
+             "    ending = False\n"
+             "    def __init__(self, s): self.s = s\n"
+             "    def __getattr__(self, name): return getattr(self.s, name)\n"
+             "    def write(self, t): return self.s.write(t)\n"
+             "    def flush(self):\n"
+             "        if Stdout.ending:\n"
+             "            Stdout.ending = False\n"
+             "            raise KeyboardInterrupt  # as the flush waits for the reader\n"
+             "        self.s.flush()\n"
+             "sys.stdout = Stdout(sys.stdout)\n"
+             "atexit.register(lambda: setattr(Stdout, 'ending', True))  # the exit handlers run before the flush\n"
+             "sys.argv = ['archiver', '--version']\n"
+             "main()\n")
+    r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")})
+    assert r.returncode == 130 and r.stdout.startswith("archiver, version "), r.stderr
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr
