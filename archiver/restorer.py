@@ -528,8 +528,8 @@ def _open_dir(root_fd: int, parts: list[str], *, create: bool) -> int:
                         f"refusing to restore through {'/'.join(parts[:i + 1])!r} in the destination: "
                         f"it is a symlink or not a directory") from None
                 raise
-            os.close(fd)
-            fd = nfd
+            closing, fd = fd, nfd  # the next first: a Ctrl-C in the close must not close it twice
+            os.close(closing)
         return fd
     except BaseException:
         os.close(fd)

@@ -1394,3 +1394,20 @@ def test_a_ctrl_c_as_a_restored_file_is_closed_is_an_interrupt_not_a_second_clos
     r = run_cli("restore", r.json()["id"], str(tmp_path / "out"), "--processes", "0")
     assert shim.interrupted is not None
     assert r.code == 130 and "Bad file descriptor" not in r.err, r.err  # interrupted (click: "aborted")
+
+
+def test_a_ctrl_c_as_open_dir_closes_a_directory_on_its_way_closes_nothing_twice(tmp_path, monkeypatch):
+    """_open_dir walks down DEST's directories: a Ctrl-C in the close of one must come out as
+    the interrupt, not EBADF from closing it again (or closing another thread's descriptor)."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        shim = _CloseInterrupted()
+        shim.renamed = True  # the first close is the one interrupted
+        monkeypatch.setattr(restorer, "os", shim)
+        with pytest.raises(KeyboardInterrupt):
+            restorer._open_dir(root, ["a", "b"], create=False)
+        assert shim.interrupted is not None
+    finally:
+        monkeypatch.undo()
+        os.close(root)
