@@ -962,9 +962,27 @@ def key_rotate_cmd(c: Ctx, add: tuple[str, ...], remove: tuple[str, ...], identi
 def fail(message: str, code: int, as_json: bool, kind: str = "error", **fields: Any) -> None:
     """One line on stderr; with --json also one JSON document on stdout; then exit."""
     click.echo(f"archiver: {'' if kind == 'internal' else 'error: '}{printable(message)}", err=True)
-    if as_json:
-        emit({"ok": False, "error": message, "kind": kind, "exit_code": code, **fields})
+    try:
+        if as_json:
+            emit({"ok": False, "error": message, "kind": kind, "exit_code": code, **fields})
+        if sys.stdout is not None:
+            sys.stdout.flush()  # what stdout still holds goes now, or cannot go at all
+    except OSError:  # stdout itself fails (a full disk): the line on stderr is all there can be
+        _drop_stdout()
     sys.exit(code)
+
+
+def _drop_stdout() -> None:
+    """Send what stdout still holds, and anything written after, to the null device: stdout
+    failed a write, and the exit's flush of it would fail again with a traceback."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, sys.stdout.fileno())
+        finally:
+            os.close(null)
+    except (OSError, AttributeError, ValueError):  # no stdout descriptor: nothing is flushed to one
+        pass
 
 
 def _fields(err: ArchiverError) -> dict[str, Any]:
@@ -1025,7 +1043,8 @@ def _end_process(code: object) -> None:
     ms of CPU and more of wall after the last byte is written; bench/RESULTS.md, branch
     bigwall4): files are written with explicit fsync and close, never left to it. A flush
     that fails (a closed pipe) returns too, so the interpreter reports it as it always did.
-    A Ctrl-C while the threads are joined ends it with status 130 and no traceback."""
+    A Ctrl-C while the threads are joined, the exit handlers run or stdout is written out ends
+    it with status 130 and no traceback (the exit handlers after an interrupted one still run)."""
     import atexit
     import threading
     shutdown = getattr(threading, "_shutdown", None)  # what CPython's exit runs first
@@ -1035,10 +1054,26 @@ def _end_process(code: object) -> None:
         shutdown()
     except KeyboardInterrupt:
         code = 130
-    atexit._run_exitfuncs()
+    interrupted: list[bool] = []
+    words = sys.unraisablehook  # how an exit handler's error is reported (atexit runs the others after it)
+
+    def hook(u: Any) -> None:
+        if u.exc_type is not None and issubclass(u.exc_type, KeyboardInterrupt):
+            interrupted.append(True)  # a Ctrl-C in an exit handler: status 130, no traceback
+        else:
+            words(u)
+    sys.unraisablehook = hook
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        sys.unraisablehook = words
+    if interrupted:
+        code = 130
     try:
         sys.stdout.flush()
         sys.stderr.flush()
+    except KeyboardInterrupt:  # a Ctrl-C while a slow reader takes the output: what is left is not waited for
+        code = 130
     except BaseException:  # noqa: BLE001 - the interpreter's exit reports it
         return
     os._exit(code or 0)
@@ -1046,10 +1081,12 @@ def _end_process(code: object) -> None:
 
 def main(argv: list[str] | None = None, *, end_process: bool = True) -> None:
     """Entry point: map every failure to one line and an exit code. As the process's own
-    entry point (`argv` None: the console script, `python -m archiver.cli`) the process ends
-    here once the command is done (`_end_process`); `end_process=False` returns (raises
-    SystemExit) instead, for a caller that goes on after the command (a timeline in bench/)."""
-    if argv is None and end_process:
+    entry point (`argv` None, called by the program's top level: the console script, `python
+    -m archiver.cli`) the process ends here once the command is done (`_end_process`);
+    `end_process=False` returns (raises SystemExit) instead, for a caller that goes on after
+    the command (a timeline in bench/), as does a program that runs the module itself
+    (`python -m cProfile -m archiver.cli`: `_the_programs_top_level`)."""
+    if argv is None and end_process and _the_programs_top_level(sys._getframe(1)):
         try:
             _command(None)
         except SystemExit as e:
@@ -1058,6 +1095,24 @@ def main(argv: list[str] | None = None, *, end_process: bool = True) -> None:
         _end_process(None)
         return
     _command(argv)
+
+
+def _the_programs_top_level(caller: Any) -> bool:
+    """Whether `caller` (main's caller's frame) is the top level of the program itself: the
+    `__main__` module's code (a console script, `python -m archiver.cli`, `python -c`) with
+    nothing below it but the interpreter, or runpy's start of `python -m`. A program that runs
+    the module and goes on after it (`python -m cProfile -o P -m archiver.cli`, trace, pdb:
+    runpy.run_module, exec) has frames of its own below: it writes its results once the
+    module returns, so the process is not ended under it."""
+    if caller is None or caller.f_code.co_name != "<module>" or caller.f_globals.get("__name__") != "__main__":
+        return False
+    below = caller.f_back
+    while below is not None:
+        if below.f_globals.get("__name__") != "runpy" or below.f_code.co_name not in ("_run_code",
+                                                                                       "_run_module_as_main"):
+            return False
+        below = below.f_back
+    return True
 
 
 def _command(argv: list[str] | None) -> None:

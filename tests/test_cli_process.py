@@ -308,3 +308,132 @@ def test_the_process_entry_point_ends_a_ctrl_c_while_joining_threads_in_one_stat
     assert r.returncode == 130 and r.stdout.startswith("archiver, version ")
     assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr
     assert mark.exists()
+
+
+@pytest.mark.parametrize("unbuffered", [False, True])
+@pytest.mark.parametrize("args", [["list", "--json"], ["list"], ["--version"]])
+def test_a_stdout_that_cannot_be_written_is_one_line_and_status_1(tmp_path, args, unbuffered):
+    """stdout on a full disk (/dev/full: every write ENOSPC): one line on stderr, status 1,
+    never a traceback, also with --json, whose error document cannot be written either; nor
+    the interpreter's "Exception ignored" and status 120 for what stdout still held."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(ARCHIVER_HOME=str(tmp_path / "home"), **({"PYTHONUNBUFFERED": "1"} if unbuffered else {}))
+    ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=1, dim=16)
+    assert cli(env, "--store", str(tmp_path / "store"), "archive", str(ckpt), "--name", "m").returncode == 0
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "archiver.cli", "--store", str(tmp_path / "store"), *args], cwd=ROOT,
+                           env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("archiver: error: ") and "No space left on device" in r.stderr
+
+
+def test_the_process_entry_point_ends_a_ctrl_c_in_an_exit_handler_in_one_status(tmp_path):
+    """A Ctrl-C while the exit handlers run (multiprocessing's joins its worker processes,
+    Ray's shuts down) ends the process with status 130 and no traceback, the other exit
+    handlers still run; the interpreter's own exit would print the traceback and exit 0."""
+    probe = ("import atexit, sys\n"
+             "from archiver.cli import main\n"
+             "mark = sys.argv[1]\n"
+             "atexit.register(lambda: open(mark, 'w').close())  # runs after the interrupted one\n"
+             "def interrupted():\n"
+             "    raise KeyboardInterrupt\n"
+             "atexit.register(interrupted)\n"
+             "sys.argv = ['archiver', '--version']\n"
+             "main()\n")
+    mark = tmp_path / "atexit"
+    r = subprocess.run([sys.executable, "-c", probe, str(mark)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")})
+    assert r.returncode == 130 and r.stdout.startswith("archiver, version ")
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr
+    assert mark.exists()
+
+
+@pytest.mark.parametrize("args, status", [(["show", "nosuch", "--json"], 2), (["show", "nosuch"], 2),
+                                          (["verify", "nosuch", "--json"], 2)])
+def test_an_error_with_stdout_a_closed_pipe_is_one_line_and_its_status(tmp_path, args, status):
+    """stdout a pipe whose reader is gone (`archiver ... --json | head` after head ended):
+    the error's line on stderr and its own status; its JSON document, which cannot be
+    written, neither raised with a traceback nor turned the status into another."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered, as in a shell
+    env["ARCHIVER_HOME"] = str(tmp_path / "home")
+    ckpt = make_checkpoint(tmp_path / "src" / "ckpt", layers=1, dim=16)
+    assert cli(env, "--store", str(tmp_path / "store"), "archive", str(ckpt), "--name", "m").returncode == 0
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        r = subprocess.run([sys.executable, "-m", "archiver.cli", "--store", str(tmp_path / "store"), *args], cwd=ROOT,
+                           env=env, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert r.returncode == status and r.stderr == "archiver: error: no archive matches 'nosuch'\n", r.stderr
+
+
+# A sitecustomize that writes a line through C's stdio: with stdout a pipe (and no
+# PYTHONUNBUFFERED) it is written only by the C library's exit(), as the interpreter's own end
+# calls it, never by the os._exit of a process ended at the entry point.
+_C_STDIO_MARK = "import ctypes\nctypes.CDLL(None).printf(b'c-stdio\\n')\n"
+
+
+def _run_under(tmp_path: Path, *launch: str) -> subprocess.CompletedProcess:
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_C_STDIO_MARK)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(ARCHIVER_HOME=str(tmp_path / "home"),
+               PYTHONPATH=os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, *launch], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_python_m_ends_the_process_at_the_entry_point(tmp_path):
+    """`python -m archiver.cli` and a console script end the process at the entry point (the
+    interpreter's teardown skipped)."""
+    script = tmp_path / "archiver-script"
+    script.write_text("import sys\nfrom archiver.cli import main\nif __name__ == '__main__':\n    sys.exit(main())\n")
+    for launch in (["-m", "archiver.cli", "--version"], [str(script), "--version"]):
+        r = _run_under(tmp_path, *launch)
+        assert r.returncode == 0 and r.stdout.startswith("archiver, version ") and r.stderr == "", (launch, r.stderr)
+        assert "c-stdio" not in r.stdout  # ended at the entry point, not by the interpreter's exit
+
+
+@pytest.mark.parametrize("runner", [["-m", "cProfile", "-o", "{prof}", "-m"],
+                                    ["-m", "trace", "--count", "--coverdir", "{cover}", "--module"]])
+def test_a_program_that_runs_the_cli_module_goes_on_after_it(tmp_path, runner):
+    """`python -m cProfile -o P -m archiver.cli ...` (bench/prof_archive.py), `python -m trace`,
+    pdb: the command runs inside another program, which writes its results once the module
+    returns. The entry point leaves the end of the process to it (as `main(end_process=False)`)."""
+    prof, cover = tmp_path / "p.prof", tmp_path / "cover"
+    launch = [a.format(prof=prof, cover=cover) for a in runner]
+    r = _run_under(tmp_path, *launch, "archiver.cli", "--version")
+    assert r.returncode == 0 and r.stdout.startswith("archiver, version "), r.stderr
+    if "cProfile" in launch:
+        import pstats
+        assert pstats.Stats(str(prof)).total_calls > 0
+    else:
+        assert any(cover.glob("*.cover"))
+    assert "c-stdio" in r.stdout  # the interpreter's own end, after the profiler's or tracer's
+
+
+def test_the_process_entry_point_ends_a_ctrl_c_while_flushing_stdout_in_one_status(tmp_path):
+    """A Ctrl-C while the entry point writes out what stdout still holds (a reader that is
+    slow to take it) ends the process with status 130 and no traceback, not with the
+    command's status as if the output had all been written."""
+    probe = ("import atexit, sys\n"
+             "from archiver.cli import main\n"
+             "class Stdout:\n"
+             "    ending = False\n"
+             "    def __init__(self, s): self.s = s\n"
+             "    def __getattr__(self, name): return getattr(self.s, name)\n"
+             "    def write(self, t): return self.s.write(t)\n"
+             "    def flush(self):\n"
+             "        if Stdout.ending:\n"
+             "            Stdout.ending = False\n"
+             "            raise KeyboardInterrupt  # as the flush waits for the reader\n"
+             "        self.s.flush()\n"
+             "sys.stdout = Stdout(sys.stdout)\n"
+             "atexit.register(lambda: setattr(Stdout, 'ending', True))  # the exit handlers run before the flush\n"
+             "sys.argv = ['archiver', '--version']\n"
+             "main()\n")
+    r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")})
+    assert r.returncode == 130 and r.stdout.startswith("archiver, version "), r.stderr
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr

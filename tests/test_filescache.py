@@ -893,3 +893,41 @@ def test_rows_of_a_manifest_the_catalog_failed_to_record_are_only_candidates(rep
     assert "tree/d1/f001.bin" in reads and again.repaired_chunks == 1
     assert layout.manifest(again.id) in stored  # the same archive: its id kept
     assert verify(repo, [again.id], deep=True).problems == []
+
+
+class _LockedSwitch:
+    """A connection whose switch to WAL answers "database is locked" `times` times, as SQLite
+    does at once (no busy handler) while another process switches a brand-new file."""
+
+    def __init__(self, conn: sqlite3.Connection, times: int) -> None:
+        self.conn, self.times, self.tries = conn, times, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.conn, name)
+
+    def execute(self, sql: str, *args):
+        if sql == "PRAGMA journal_mode=WAL":
+            self.tries += 1
+            if self.tries <= self.times:
+                raise sqlite3.OperationalError("database is locked")
+        return self.conn.execute(sql, *args)
+
+
+def test_a_brand_new_cache_opened_by_several_processes_at_once_is_not_turned_off(tmp_path, monkeypatch):
+    """Two archives starting at once on a new catalog both switch the new cache file to WAL;
+    SQLite answers one "database is locked" at once, without its busy handler: asked again
+    (as the catalog does), the cache opens, rather than the run reading every file."""
+    from archiver import filescache
+    made: list[_LockedSwitch] = []
+    real = sqlite3.connect
+
+    def connect(*args, **kwargs):
+        made.append(_LockedSwitch(real(*args, **kwargs), 2))
+        return made[-1]
+    monkeypatch.setattr(filescache.sqlite3, "connect", connect)
+    cache = filescache.FilesCache.open(tmp_path / "c.db.files")
+    assert cache is not None and made[0].tries == 3
+    try:
+        assert cache.rows(["/x"]) == {}
+    finally:
+        cache.close()

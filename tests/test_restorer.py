@@ -1354,3 +1354,60 @@ def test_two_restores_at_once_through_one_repository_both_come_out_whole(tmp_pat
                 shutil.rmtree(tmp_path / f"out{k}")
     finally:
         repo.close()
+
+
+class _CloseInterrupted:
+    """restorer's `os`, but the first close after a rename is interrupted just after the
+    descriptor is closed: a Ctrl-C landing between `os.close(fd)` and the line marking it closed."""
+
+    def __init__(self) -> None:
+        self.renamed = False
+        self.interrupted: int | None = None
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    def rename(self, *args, **kwargs):
+        os.rename(*args, **kwargs)
+        self.renamed = True
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+        if self.renamed and self.interrupted is None:
+            self.interrupted = fd
+            raise KeyboardInterrupt
+
+
+def test_a_ctrl_c_as_a_restored_file_is_closed_is_an_interrupt_not_a_second_close(tmp_path, monkeypatch):
+    """The file's descriptor is marked closed before it is closed: a Ctrl-C between the two
+    must not close it again (EBADF reported as the restore's error instead of 'interrupted',
+    or worse, a descriptor another thread has just opened under the same number closed)."""
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ARCHIVER_STORE", raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(random.Random(1).randbytes(restorer.SMALL_FILE + 4096))  # restored by _restore_file
+    r = run_cli("archive", str(src), "--name", "m", "--json")
+    assert r.code == 0, r.err
+    shim = _CloseInterrupted()
+    monkeypatch.setattr(restorer, "os", shim)
+    r = run_cli("restore", r.json()["id"], str(tmp_path / "out"), "--processes", "0")
+    assert shim.interrupted is not None
+    assert r.code == 130 and "Bad file descriptor" not in r.err, r.err  # interrupted (click: "aborted")
+
+
+def test_a_ctrl_c_as_open_dir_closes_a_directory_on_its_way_closes_nothing_twice(tmp_path, monkeypatch):
+    """_open_dir walks down DEST's directories: a Ctrl-C in the close of one must come out as
+    the interrupt, not EBADF from closing it again (or closing another thread's descriptor)."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    root = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        shim = _CloseInterrupted()
+        shim.renamed = True  # the first close is the one interrupted
+        monkeypatch.setattr(restorer, "os", shim)
+        with pytest.raises(KeyboardInterrupt):
+            restorer._open_dir(root, ["a", "b"], create=False)
+        assert shim.interrupted is not None
+    finally:
+        monkeypatch.undo()
+        os.close(root)

@@ -984,3 +984,35 @@ def test_local_put_parts_write_error_leaves_nothing(tmp_path: Path, monkeypatch:
     assert one_line_store_error(excinfo) == f"disk full writing {key} to {tmp_path}"
     assert not store.exists(key)
     assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def test_local_read_interrupted_as_a_directory_is_closed_closes_nothing_twice(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C landing just after _open_object closed one directory of the key's path on its
+    way down (before the next one took its place): the descriptor is marked closed first, so the
+    `finally` does not close it again (EBADF in place of the interrupt, or a descriptor another
+    reading thread had just opened under the same number closed)."""
+    from archiver.stores import local
+    store = LocalStore(tmp_path)
+    store.put_if_absent("a/b/obj", b"data")
+
+    class CloseInterrupted:
+        def __init__(self) -> None:
+            self.interrupted: int | None = None
+
+        def __getattr__(self, name: str):
+            return getattr(os, name)
+
+        def close(self, fd: int) -> None:
+            os.close(fd)
+            if self.interrupted is None:
+                self.interrupted = fd
+                raise KeyboardInterrupt
+
+    shim = CloseInterrupted()
+    monkeypatch.setattr(local, "os", shim)
+    with pytest.raises(KeyboardInterrupt):
+        store.get("a/b/obj")
+    assert shim.interrupted is not None
+    monkeypatch.undo()
+    assert store.get("a/b/obj") == b"data"

@@ -237,8 +237,8 @@ class LocalStore:
                 except OSError as exc:
                     self._refuse_entry(exc, dfd, name, key)
                     raise
-                os.close(dfd)
-                dfd = nfd
+                closing, dfd = dfd, nfd  # the next first: a Ctrl-C in the close must not close it twice
+                os.close(closing)
             try:
                 fd = os.open(parts[-1], _READ_FLAGS, dir_fd=dfd)
             except OSError as exc:
