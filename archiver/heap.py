@@ -9,7 +9,8 @@ CPU-s, taken with the GIL held while the worker processes wait for their next jo
 
 `frozen()` wraps a run: what is alive at its start and at each `settle()` (the scan's
 directories, each worker task taken) moves to the collector's permanent generation
-(`gc.freeze`, a constant-time list move), so later collections walk only what was made since;
+(`gc.freeze`, a constant-time list move; the youngest generation's garbage is collected
+first), so later collections walk only what was made since;
 once the last run in progress in the process ends everything goes back (`gc.unfreeze`), so a
 long-lived caller's garbage is collected again as before. Nothing is collected less in the end:
 a cycle frozen meanwhile is found by the first full collection after the runs.
@@ -45,7 +46,13 @@ def command_freeze() -> None:
 
 def settle() -> None:
     """Everything alive now lives as long as the run: out of the collector's walks until the
-    runs end (nothing frozen outside a run, or where the caller froze first)."""
+    runs end (nothing frozen outside a run, or where the caller froze first). The youngest
+    generation is collected first (it holds only what was made since the last collection:
+    no walk of the run's objects), so the garbage just made (botocore's parser cycles of each
+    S3 request, an exception's traceback) is freed now rather than frozen until the run ends."""
+    if not (_runs and _freezing):
+        return
+    gc.collect(0)  # outside the lock: a finalizer it runs may settle too
     with _lock:
         if _runs and _freezing:
             gc.freeze()

@@ -198,3 +198,27 @@ def test_a_task_taken_after_an_interrupted_archive_leaves_no_garbage_frozen(tmp_
         tracemalloc.stop()
         gc.enable()
         gc.unfreeze()
+
+
+def test_a_settle_frees_the_young_garbage_rather_than_freezing_it_for_the_run():
+    """The garbage made just before a settle (an S3 request's parser cycle, an exception's
+    traceback holding a chunk's bytes) is freed then, not held frozen until the run ends
+    (a 32 MiB cycle, measured with tracemalloc while the run still lasts)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        with heap.frozen():
+            gc.disable()
+            try:
+                node = _Node()
+                node.load = bytearray(32 << 20)
+                ref = weakref.ref(node)
+                del node  # garbage in the youngest generation, only the cyclic collector frees it
+                heap.settle()
+            finally:
+                gc.enable()
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0]
+            assert ref() is None and held < 16 << 20, f"{held >> 20} MiB still held"
+    finally:
+        tracemalloc.stop()
