@@ -1015,9 +1015,10 @@ def _collect_less() -> None:
     again and again for little garbage (measurements: bench/RESULTS.md, branch wall). The
     objects of the modules loaded so far are frozen out of its reach, and a young collection
     waits for YOUNG_COLLECTION_AFTER new container objects. Only for a process that ends
-    with this command."""
+    with this command (so an archive run's end may undo the freeze: archiver.heap)."""
     import gc
-    gc.freeze()
+    from archiver import heap
+    heap.command_freeze()
     gc.set_threshold(YOUNG_COLLECTION_AFTER, *gc.get_threshold()[1:])
 
 

@@ -1598,3 +1598,60 @@ def test_a_job_names_a_file_under_its_directory_only_when_its_path_is_that_join(
     assert procfiles._name_under("/a/b/c/d", "/a/b") == ""
     assert procfiles._name_under("/x/c.txt", "/a/b") == ""
     assert procfiles._name_under("/a/b", "/a/b") == ""
+
+
+def _odd_tree(root: Path) -> Path:
+    """Names the string test could get wrong: a file at the archive's root, a directory named
+    like another's prefix and like a file's (d, dx, d.txt), spaces, dots, a dash, NFD and NFC
+    names (distinct, no collision), empty and nested empty directories."""
+    import unicodedata
+    root.mkdir(parents=True)
+    (root / "top.txt").write_bytes(b"at the root")
+    for n in ("d.txt", "-dash", ".hidden", "..dots"):
+        (root / n).write_bytes(n.encode() * 3)
+    for n in ("d", "dx", "caf\u00e9", "a b", unicodedata.normalize("NFD", "\u00e9t\u00e9")):
+        (root / n).mkdir()
+        for i in range(12):
+            (root / n / f"f{i}").write_bytes(f"{n}{i}".encode() * (i + 1))
+        (root / n / unicodedata.normalize("NFD", "na\u00efve")).write_bytes(b"nfd")
+    (root / "d" / "inner").mkdir()
+    (root / "d" / "inner" / "x").write_bytes(b"x")
+    (root / "empty").mkdir()
+    (root / "deep" / "e1" / "e2").mkdir(parents=True)
+    return root
+
+
+def test_a_jobs_files_are_named_under_their_directory_as_the_path_test_named_them(tmp_path, monkeypatch):
+    """`_name_under` (strings) says what the Path test it replaced said (`abspath.parent ==
+    parent.abspath`) for every file of odd names, scanned from several spellings of the root;
+    a job of them round-trips equal, each file's path rebuilt from its directory's."""
+    root = _odd_tree(tmp_path / "src")
+    monkeypatch.chdir(tmp_path)
+    settings = api.open_repository(str(tmp_path / "s"), str(tmp_path / "c.db"), create=True).settings
+    compared = 0
+    for roots in (["src"], ["src/"], [str(root)], ["./src/d/.."], ["src/d", "src/dx"], ["src/top.txt"]):
+        files = [s for s in scan(roots) if not s.is_dir]
+        for s in files:
+            if s.parent is not None:
+                was = s.abspath.name if s.abspath.parent == s.parent.abspath else ""
+                assert procfiles._name_under(str(s.abspath), str(s.parent.abspath)) == was, s.abspath
+                compared += 1
+        job = procfiles.SmallJob(settings, pipeline.ChunkPolicy(), None, None, [files])
+        import pickle
+        back = pickle.loads(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL))
+        assert back == job
+        assert [(s.abspath, s.parent.abspath if s.parent else None) for s in back.runs[0]] == \
+            [(s.abspath, s.parent.abspath if s.parent else None) for s in files]
+    assert compared > 100
+
+
+@pytest.mark.packs
+def test_odd_names_archive_to_the_same_manifest_on_workers_and_threads(tmp_path, home, monkeypatch):
+    """The one-pass task cut, the job's string test and the held directories keyed by path
+    string: the same manifest id on worker processes (tasks of 8 files) as on threads."""
+    root = _odd_tree(tmp_path / "src")
+    monkeypatch.setattr(procfiles, "TASK_FILES", 8)
+    monkeypatch.setattr(procfiles, "FIRST_TASK_FILES", 8)
+    ids = [api.archive([root], name="m", store=str(tmp_path / f"s{p}"), catalog=str(tmp_path / f"c{p}.db"),
+                       processes=p).id for p in (2, 0)]
+    assert ids[0] == ids[1]
