@@ -528,8 +528,8 @@ def _open_dir(root_fd: int, parts: list[str], *, create: bool) -> int:
                         f"refusing to restore through {'/'.join(parts[:i + 1])!r} in the destination: "
                         f"it is a symlink or not a directory") from None
                 raise
-            os.close(fd)
-            fd = nfd
+            fd, parent = nfd, fd  # the walk holds nfd first: a Ctrl-C before the close must not close fd twice
+            os.close(parent)
         return fd
     except BaseException:
         os.close(fd)
@@ -938,8 +938,8 @@ def _restore_file(repo: Repository, mid: str, root_fd: int, e: Entry, pool: Thre
         _check_target(dir_fd, name, e.path, force)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # still locked: no cleanup takes it
         tmp = ""
-        os.close(fd)
-        fd = -1
+        closing, fd = fd, -1  # marked closed first: a Ctrl-C between the two must not close it twice
+        os.close(closing)
         if sync_dir:
             os.fsync(dir_fd)
         result.files += 1

@@ -1354,3 +1354,56 @@ def test_two_restores_at_once_through_one_repository_both_come_out_whole(tmp_pat
                 shutil.rmtree(tmp_path / f"out{k}")
     finally:
         repo.close()
+
+
+def _writable_file_on_main_thread(fd: int) -> bool:
+    """A restored file's own descriptor closed by the driver (not a store read's, not a task's)."""
+    import fcntl
+    import threading
+    return (threading.current_thread() is threading.main_thread() and stat.S_ISREG(os.fstat(fd).st_mode)
+            and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY)
+
+
+def test_a_ctrl_c_right_after_a_big_file_is_closed_is_an_interrupt_and_closes_nothing_twice(tmp_path, monkeypatch):
+    """A file above SMALL_FILE is written by the driver (`_restore_file`) and closed once
+    renamed into place: a Ctrl-C landing just after that close must come out as
+    KeyboardInterrupt (the CLI's "interrupted"), not EBADF from the `finally` closing it
+    again, and the file named is whole."""
+    from tests.helpers import InterruptAfterClose, open_fds
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "w.bin").write_bytes(random.Random(7).randbytes(restorer.SMALL_FILE + 4096))
+    store, catalog = str(tmp_path / "store"), tmp_path / "cat.db"
+    mid = archiver.archive([src], name="big", store=store, catalog=catalog).id
+    before = open_fds()
+    repo = archiver.open_repository(store, catalog, read_only=True)
+    try:
+        ctrl_c = InterruptAfterClose(_writable_file_on_main_thread)
+        monkeypatch.setattr(restorer.os, "close", ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            archiver.restore(mid, tmp_path / "out", repo=repo, processes=0)
+        monkeypatch.setattr(restorer.os, "close", ctrl_c.real)
+    finally:
+        repo.close()
+    assert ctrl_c.fired and open_fds() == before
+    assert (tmp_path / "out" / "big" / "w.bin").read_bytes() == (src / "w.bin").read_bytes()
+
+
+def test_a_ctrl_c_right_after_a_parent_directory_is_closed_is_an_interrupt_and_closes_nothing_twice(tmp_path,
+                                                                                                    monkeypatch):
+    """`_open_dir` walks down closing each parent once the child is open: a Ctrl-C landing
+    just after that close is KeyboardInterrupt, nothing left open, nothing closed twice."""
+    from tests.helpers import InterruptAfterClose, open_fds
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        before = open_fds()
+        ctrl_c = InterruptAfterClose(lambda fd: True)  # the dup of root_fd, closed once "a" is open
+        monkeypatch.setattr(restorer.os, "close", ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            restorer._open_dir(root_fd, ["a", "b", "c"], create=True)
+        monkeypatch.setattr(restorer.os, "close", ctrl_c.real)
+        assert ctrl_c.fired and open_fds() == before
+    finally:
+        os.close(root_fd)
+    assert (tmp_path / "a").is_dir()
