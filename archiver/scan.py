@@ -281,9 +281,9 @@ def open_source(src: Source, dirs: DirFds | None = None) -> int:
     try:
         for s in reversed(chain):
             nfd = _open_same(s, fd)
-            if fd is not None:
-                os.close(fd)
-            fd = nfd
+            fd, parent = nfd, fd  # held first: a Ctrl-C before the close must not close the parent twice
+            if parent is not None:
+                os.close(parent)
     except BaseException:
         if fd is not None:
             os.close(fd)

@@ -459,3 +459,19 @@ def test_scanned_sources_are_the_ones_init_makes(tmp_path):
     assert (f.size, f.is_dir, f.parent, f.mtime_ns) == (10, False, got[1], None)
     assert f.seen == (st.st_dev, st.st_ino, 10, st.st_mtime_ns, st.st_ctime_ns)
     assert got[1].mtime_ns == os.lstat(root / "d").st_mtime_ns and got[1].seen is None
+
+
+def test_a_ctrl_c_right_after_a_parent_is_closed_is_an_interrupt_and_closes_nothing_twice(tmp_path, monkeypatch):
+    """open_source walks down closing each parent once its child is open: a Ctrl-C landing
+    just after that close must come out as KeyboardInterrupt, with no descriptor left open
+    and none closed twice (closing it again raised EBADF instead of the interrupt)."""
+    from tests.helpers import InterruptAfterClose, open_fds
+    ckpt = build_tree(tmp_path)
+    by = {s.path: s for s in scan([ckpt])}
+    before = open_fds()
+    ctrl_c = InterruptAfterClose(lambda fd: True)  # the first parent closed, "ckpt"'s parent
+    monkeypatch.setattr(scan_mod.os, "close", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        scan_mod.open_source(by["ckpt/sub/deeper/w.txt"])
+    monkeypatch.undo()
+    assert ctrl_c.fired and open_fds() == before
