@@ -984,3 +984,20 @@ def test_local_put_parts_write_error_leaves_nothing(tmp_path: Path, monkeypatch:
     assert one_line_store_error(excinfo) == f"disk full writing {key} to {tmp_path}"
     assert not store.exists(key)
     assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def test_a_ctrl_c_right_after_a_directory_is_closed_is_an_interrupt_and_closes_nothing_twice(tmp_path, monkeypatch):
+    """A local read walks down the key's directories, closing each once the next is open: a
+    Ctrl-C landing just after that close must come out as KeyboardInterrupt, with no
+    descriptor left open and none closed twice (EBADF from the cleanup, before)."""
+    import archiver.stores.local as local_mod
+    from tests.helpers import InterruptAfterClose, open_fds
+    store = LocalStore(tmp_path)
+    assert store.put_if_absent("a/b/c", b"data")
+    before = open_fds()
+    ctrl_c = InterruptAfterClose(lambda fd: True)  # the store root, closed once "a" is open
+    monkeypatch.setattr(local_mod.os, "close", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        store.get("a/b/c")
+    monkeypatch.undo()
+    assert ctrl_c.fired and open_fds() == before and store.get("a/b/c") == b"data"

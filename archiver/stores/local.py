@@ -237,8 +237,8 @@ class LocalStore:
                 except OSError as exc:
                     self._refuse_entry(exc, dfd, name, key)
                     raise
-                os.close(dfd)
-                dfd = nfd
+                dfd, parent = nfd, dfd  # held first: a Ctrl-C before the close must not close the parent twice
+                os.close(parent)
             try:
                 fd = os.open(parts[-1], _READ_FLAGS, dir_fd=dfd)
             except OSError as exc:
