@@ -1718,8 +1718,8 @@ class _HolderMark:
     def close(self) -> None:
         self.clear()
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None  # forgotten first: a Ctrl-C between the two must not close it twice
+            os.close(fd)
 
 
 class _Txn:

@@ -1705,3 +1705,21 @@ def test_the_switch_to_wal_gives_up_at_the_busy_timeout_and_other_errors_at_once
         assert broken.tries == 1
     finally:
         conn.close()
+
+
+def test_a_ctrl_c_right_after_the_holder_mark_is_closed_leaves_nothing_to_close_twice(tmp_path, monkeypatch):
+    """The holder mark's descriptor is forgotten before it is closed: a Ctrl-C landing just
+    after the close must leave a later close (the repository's `finally`) nothing to do,
+    not EBADF (or, with threads, another file's descriptor closed)."""
+    from tests.helpers import InterruptAfterClose, open_fds
+    before = open_fds()
+    mark = catalog_module._HolderMark(tmp_path / "c.db.lock")
+    mark.mark()
+    assert mark.read()[0] == os.getpid()  # held: the mark names this process
+    ctrl_c = InterruptAfterClose(lambda fd: True)
+    monkeypatch.setattr(catalog_module.os, "close", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        mark.close()
+    monkeypatch.undo()
+    mark.close()
+    assert ctrl_c.fired and open_fds() == before
