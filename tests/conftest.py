@@ -8,6 +8,7 @@ and stops; the session-wide `moto_server` therefore runs in its own process, and
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +38,15 @@ AMBIENT_AWS_VARS = (
     "AWS_RESPONSE_CHECKSUM_VALIDATION",
     "ARCHIVER_S3_CHECKSUM",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as on a terminal, however the suite was started: a shell's background job (`make
+    test &`, a CI agent's) inherits SIGINT ignored, so Python never installs its handler and
+    every test that interrupts an archive or a restore (itself or a CLI child, which inherits
+    the disposition) would see no interrupt at all, or skip as if the run had been too quick."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
