@@ -633,3 +633,41 @@ def test_a_file_planted_mid_restore_is_never_overwritten_without_force(archived,
     assert e.value.remedy == "force" and len(str(e.value).splitlines()) == 1
     assert planted.read_bytes() == b"mine"
     assert not [q for q in (tmp_path / "out").rglob("*") if is_temp_name(q.name)]
+
+
+def test_a_ctrl_c_right_after_a_task_closes_a_file_it_put_in_place_is_an_interrupt(archived, tmp_path, monkeypatch):
+    """A task run in the driver (or a worker, ended by the driver's Ctrl-C) closes each file
+    once it is in place: a Ctrl-C landing just after that close must come out as
+    KeyboardInterrupt, not EBADF from the `finally` closing it again (the CLI said "Bad file
+    descriptor" instead of "interrupted"), with no descriptor left and only whole files named."""
+    import fcntl
+    import threading
+    from tests.helpers import InterruptAfterClose, open_fds
+    src, store, catalog, mid = archived
+    before = open_fds()
+    repo = api.open_repository(store, catalog)
+    try:
+        m = repo.load_manifest(mid)
+        dest = tmp_path / "direct"
+        dest.mkdir()
+        st = os.stat(dest)
+        rows = [procrestore.file_row(e) for e in m.entries if procrestore.eligible(e)]
+        job = procrestore.RestoreJob(worker_settings(repo.settings), mid, str(dest), (st.st_dev, st.st_ino), True,
+                                     0o777, rows)
+
+        def placed_file(fd: int) -> bool:  # a file the task wrote and named (not a store read, not its probe)
+            return (threading.current_thread() is threading.main_thread() and os.path.isfile(f"/proc/self/fd/{fd}")
+                    and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+                    and os.fstat(fd).st_nlink > 0)
+        ctrl_c = InterruptAfterClose(placed_file)
+        monkeypatch.setattr(procrestore.os, "close", ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            procrestore.run_job(job, repo)
+        monkeypatch.setattr(procrestore.os, "close", ctrl_c.real)
+    finally:
+        repo.close()
+    assert ctrl_c.fired and open_fds() == before
+    named = [q for q in dest.rglob("*") if q.is_file()]
+    assert named and all(not is_temp_name(q.name) for q in named)
+    for q in named:
+        assert q.read_bytes() == (src / q.relative_to(dest / "src")).read_bytes()

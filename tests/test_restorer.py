@@ -1357,11 +1357,13 @@ def test_two_restores_at_once_through_one_repository_both_come_out_whole(tmp_pat
 
 
 def _writable_file_on_main_thread(fd: int) -> bool:
-    """A restored file's own descriptor closed by the driver (not a store read's, not a task's)."""
+    """A restored file's own descriptor closed by the driver (not a store read's, not a task's,
+    not the unnamed-file probe's, which has no name)."""
     import fcntl
     import threading
-    return (threading.current_thread() is threading.main_thread() and stat.S_ISREG(os.fstat(fd).st_mode)
-            and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY)
+    st = os.fstat(fd)
+    return (threading.current_thread() is threading.main_thread() and stat.S_ISREG(st.st_mode)
+            and st.st_nlink > 0 and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY)
 
 
 def test_a_ctrl_c_right_after_a_big_file_is_closed_is_an_interrupt_and_closes_nothing_twice(tmp_path, monkeypatch):
