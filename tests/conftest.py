@@ -77,24 +77,32 @@ def s3_mock_url(aws_env: dict[str, str]) -> Iterator[str]:
 def start_moto_server() -> tuple[subprocess.Popen, str]:
     """moto's S3 server in its own process on 127.0.0.1 (an OS-chosen free port): the
     in-process `mock_aws` resets moto's global backend when it starts and stops, which
-    would empty a server running in this process under a test's feet."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    would empty a server running in this process under a test's feet. The socket is bound
+    and listening here and handed to the server (tests/motoserver.py), so the port can be
+    neither taken by another process meanwhile nor answered by another server."""
+    import urllib.error
+    import urllib.request
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        port = sock.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("motoserver.py")), str(sock.fileno()),
+                                 str(port)], pass_fds=(sock.fileno(),), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # bounded wait for the server to answer
+    while time.monotonic() < deadline:  # bounded wait for moto to answer (connections queue meanwhile)
         if proc.poll() is not None:
             raise RuntimeError(f"moto server exited with {proc.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return proc, url
+            urllib.request.urlopen(url + "/moto-api/", timeout=5).close()
+            return proc, url
+        except urllib.error.HTTPError:
+            return proc, url  # it answers
         except OSError:
             time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto server did not start within 60 s")
+    stop_server(proc)
+    raise RuntimeError("moto server did not answer within 60 s")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
