@@ -580,14 +580,14 @@ def test_s3_get_gives_up_after_max_attempts(s3_store_url: str, monkeypatch) -> N
 
 
 def test_s3_unreachable_endpoint_fails_fast(aws_env) -> None:
-    with socket.socket() as sock:
+    with socket.socket() as sock:  # bound, never listening, held throughout: refused, and the port not reusable
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed once the block ends: nothing listens
-    options = S3Options(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=2, connect_timeout=2)
-    started = time.monotonic()
-    with pytest.raises(StoreError) as excinfo:
-        open_store("s3://some-bucket/prefix", s3_options=options)
-    assert time.monotonic() - started < 15
+        port = sock.getsockname()[1]
+        options = S3Options(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=2, connect_timeout=2)
+        started = time.monotonic()
+        with pytest.raises(StoreError) as excinfo:
+            open_store("s3://some-bucket/prefix", s3_options=options)
+        assert time.monotonic() - started < 15
     message = one_line_store_error(excinfo)
     assert message.startswith(f"cannot reach S3 endpoint http://127.0.0.1:{port}")
 
