@@ -183,5 +183,6 @@ class InterruptAfterClose:
 
 
 def open_fds() -> set[int]:
-    """This process's open descriptors (Linux /proc), to show nothing leaked."""
+    """This process's open descriptors (Linux /proc), to show nothing leaked: compared as
+    `open_fds() <= before`, since another test's leftover thread may close one meanwhile."""
     return {int(n) for n in os.listdir("/proc/self/fd")}

@@ -1745,4 +1745,4 @@ def test_a_ctrl_c_right_after_the_holder_mark_is_closed_leaves_nothing_to_close_
         mark.close()
     monkeypatch.undo()
     mark.close()
-    assert ctrl_c.fired and open_fds() == before
+    assert ctrl_c.fired and open_fds() <= before

@@ -682,7 +682,7 @@ def test_a_ctrl_c_right_after_a_task_closes_a_file_it_put_in_place_is_an_interru
         monkeypatch.setattr(procrestore.os, "close", ctrl_c.real)
     finally:
         repo.close()
-    assert ctrl_c.fired and open_fds() == before
+    assert ctrl_c.fired and open_fds() <= before
     named = [q for q in dest.rglob("*") if q.is_file()]
     assert named and all(not is_temp_name(q.name) for q in named)
     for q in named:

@@ -1388,7 +1388,7 @@ def test_a_ctrl_c_right_after_a_big_file_is_closed_is_an_interrupt_and_closes_no
         monkeypatch.setattr(restorer.os, "close", ctrl_c.real)
     finally:
         repo.close()
-    assert ctrl_c.fired and open_fds() == before
+    assert ctrl_c.fired and open_fds() <= before
     assert (tmp_path / "out" / "big" / "w.bin").read_bytes() == (src / "w.bin").read_bytes()
 
 
@@ -1405,7 +1405,7 @@ def test_a_ctrl_c_right_after_a_parent_directory_is_closed_is_an_interrupt_and_c
         with pytest.raises(KeyboardInterrupt):
             restorer._open_dir(root_fd, ["a", "b", "c"], create=True)
         monkeypatch.setattr(restorer.os, "close", ctrl_c.real)
-        assert ctrl_c.fired and open_fds() == before
+        assert ctrl_c.fired and open_fds() <= before
     finally:
         os.close(root_fd)
     assert (tmp_path / "a").is_dir()
