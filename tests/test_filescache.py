@@ -893,3 +893,51 @@ def test_rows_of_a_manifest_the_catalog_failed_to_record_are_only_candidates(rep
     assert "tree/d1/f001.bin" in reads and again.repaired_chunks == 1
     assert layout.manifest(again.id) in stored  # the same archive: its id kept
     assert verify(repo, [again.id], deep=True).problems == []
+
+
+class _SwitchAnsweredLocked:
+    """A connection whose switch to WAL answers "database is locked" `times` times, as SQLite
+    does at once (no busy handler) while another process switches the same brand-new file."""
+
+    def __init__(self, conn: sqlite3.Connection, times: int) -> None:
+        self.conn, self.times, self.tries = conn, times, 0
+
+    def execute(self, sql: str, *args):
+        if sql == "PRAGMA journal_mode=WAL":
+            self.tries += 1
+            if self.tries <= self.times:
+                raise sqlite3.OperationalError("database is locked")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self.conn, name)
+
+
+def test_a_brand_new_cache_opened_by_two_processes_at_once_is_still_a_cache(tmp_path, monkeypatch):
+    """Two archives starting at once (one HOME) open a brand-new files cache together: the
+    one whose switch to WAL SQLite answers "database is locked" (at once, no busy handler)
+    asks again instead of running without a cache (reading every file, silently)."""
+    from archiver import filescache
+    path = tmp_path / "files.db"
+    real_connect = sqlite3.connect
+    made: list[_SwitchAnsweredLocked] = []
+
+    def connect(target, *a, **k):  # type: ignore[no-untyped-def]
+        conn = real_connect(target, *a, **k)
+        if str(target) != str(path):
+            return conn
+        made.append(_SwitchAnsweredLocked(conn, 3))
+        return made[-1]
+    monkeypatch.setattr(filescache.sqlite3, "connect", connect)
+    cache = filescache.FilesCache.open(path)
+    monkeypatch.undo()
+    assert cache is not None and made[0].tries == 4
+    try:
+        assert cache.rows(["/nowhere"]) == {}
+    finally:
+        cache.close()
+    conn = real_connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
