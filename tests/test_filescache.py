@@ -699,7 +699,7 @@ def test_cache_rows_are_written_while_the_catalog_records_the_manifest(repo, tmp
 
     def recording(self, m, data, **kw):
         if m.name == "m":
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60
             while _rows_in(db) < 6 and time.monotonic() < deadline:  # bounded: rows come on another thread
                 time.sleep(0.005)
             during.append(_rows_in(db))
