@@ -230,6 +230,7 @@ class LocalStore:
             dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             raise ObjectMissingError(key) from None
+        fd = -1
         try:
             for name in parts[:-1]:
                 try:
@@ -245,7 +246,12 @@ class LocalStore:
                 self._refuse_entry(exc, dfd, parts[-1], key)
                 raise
         finally:
-            os.close(dfd)
+            try:
+                os.close(dfd)
+            except BaseException:  # a Ctrl-C just after it: the object's fd is not the caller's yet
+                if fd >= 0:
+                    os.close(fd)
+                raise
         try:
             st = os.fstat(fd)
             if stat_mod.S_ISDIR(st.st_mode):
