@@ -1409,3 +1409,46 @@ def test_a_ctrl_c_right_after_a_parent_directory_is_closed_is_an_interrupt_and_c
     finally:
         os.close(root_fd)
     assert (tmp_path / "a").is_dir()
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_right_after_any_close_of_a_restore_is_an_interrupt(tmp_path, monkeypatch):
+    """Every descriptor the driver closes during a restore (a big file, small ones, empty
+    ones, nested directories), one restore each: a Ctrl-C landing right after that close
+    comes out as KeyboardInterrupt, never EBADF or another error from a cleanup closing it
+    again, and leaves nothing open."""
+    import threading
+    from tests.helpers import InterruptAfterClose, open_fds
+    monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
+    src = make_checkpoint(tmp_path / "src" / "ckpt", layers=2, dim=64)
+    (src / "big.bin").write_bytes(random.Random(1).randbytes(restorer.SMALL_FILE + 4096))
+    for d in range(2):
+        (src / f"d{d}" / "e").mkdir(parents=True)
+        for i in range(8):
+            (src / f"d{d}" / ("e" if i % 2 else "") / f"f{i}").write_bytes(random.Random(10 * d + i).randbytes(40 + i))
+    store, catalog = str(tmp_path / "store"), tmp_path / "cat.db"
+    mid = archiver.archive([src], name="m", store=store, catalog=catalog).id
+    before = open_fds()
+    n = 0
+    while True:
+        n += 1
+        closes = [0]
+
+        def nth(_fd: int) -> bool:
+            if threading.current_thread() is not threading.main_thread():
+                return False
+            closes[0] += 1
+            return closes[0] == n
+        ctrl_c = InterruptAfterClose(nth)
+        monkeypatch.setattr(restorer.os, "close", ctrl_c)
+        try:
+            archiver.restore(mid, tmp_path / f"out{n}", store=store, catalog=catalog, processes=0)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            monkeypatch.setattr(restorer.os, "close", ctrl_c.real)
+        if not ctrl_c.fired:
+            break  # past the restore's last close: it ran to its end
+        assert open_fds() <= before, (n, {f: os.readlink(f"/proc/self/fd/{f}") for f in open_fds() - before})
+        assert n < 2000
+    assert n > 20 and tree(tmp_path / f"out{n}" / "ckpt") == tree(src)
