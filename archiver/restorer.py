@@ -207,11 +207,15 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
         os.fsync(root_fd)
     finally:
         stop.set()
-        if procs is not None:
-            procs.close()  # no worker process outlives the restore
-        head.shutdown()  # (its tasks use root_fd)
-        os.close(root_fd)
-        progress.finish()
+        try:  # each step whatever the one before raised (a second Ctrl-C while the workers stop, say)
+            if procs is not None:
+                procs.close()  # no worker process outlives the restore
+        finally:
+            try:
+                head.shutdown()  # (its tasks use root_fd)
+            finally:
+                os.close(root_fd)
+                progress.finish()
     result.seconds = round(time.monotonic() - started, 3)
     _append_event(repo, result, include)
     return result

@@ -687,3 +687,76 @@ def test_a_ctrl_c_right_after_a_task_closes_a_file_it_put_in_place_is_an_interru
     assert named and all(not is_temp_name(q.name) for q in named)
     for q in named:
         assert q.read_bytes() == (src / q.relative_to(dest / "src")).read_bytes()
+
+
+def test_a_ctrl_c_right_after_any_close_of_a_task_in_the_driver_is_an_interrupt(archived, tmp_path, monkeypatch):
+    """A task run in the driver (taken back from the pool), one run per descriptor it closes:
+    a Ctrl-C landing right after that close is KeyboardInterrupt, never EBADF from a cleanup,
+    and leaves nothing open (the other directories, DEST's fd, the task's thread)."""
+    import threading
+    from tests.helpers import InterruptAfterClose, open_fds
+    src, store, catalog, mid = archived
+    repo = api.open_repository(store, catalog)
+    try:
+        m = repo.load_manifest(mid)
+        rows = [procrestore.file_row(e) for e in m.entries if procrestore.eligible(e)]
+        warm = tmp_path / "warm"  # the driver's catalog reader, opened once, stays open: not a leak
+        warm.mkdir()
+        st = os.stat(warm)
+        procrestore.run_job(procrestore.RestoreJob(worker_settings(repo.settings), mid, str(warm),
+                                                   (st.st_dev, st.st_ino), True, 0o777, rows), repo)
+        before, threads = open_fds(), threading.active_count()
+        n = 0
+        while True:
+            n += 1
+            dest = tmp_path / f"d{n}"
+            dest.mkdir()
+            st = os.stat(dest)
+            job = procrestore.RestoreJob(worker_settings(repo.settings), mid, str(dest), (st.st_dev, st.st_ino), True,
+                                         0o777, rows)
+            closes = [0]
+
+            def nth(_fd: int) -> bool:
+                if threading.current_thread() is not threading.main_thread():
+                    return False
+                closes[0] += 1
+                return closes[0] == n
+            ctrl_c = InterruptAfterClose(nth)
+            monkeypatch.setattr(procrestore.os, "close", ctrl_c)
+            try:
+                procrestore.run_job(job, repo)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                monkeypatch.setattr(procrestore.os, "close", ctrl_c.real)
+            if not ctrl_c.fired:
+                break  # past the task's last close: it ran to its end
+            assert open_fds() <= before and threading.active_count() <= threads, n
+            assert n < 2000
+    finally:
+        repo.close()
+    whole = [q for q in (tmp_path / f"d{n}").rglob("*") if q.is_file()]
+    assert n > 10 and len(whole) == len(rows)
+    for q in whole:
+        assert q.read_bytes() == (src / q.relative_to(tmp_path / f"d{n}" / "src")).read_bytes()
+
+
+def test_a_ctrl_c_while_the_workers_stop_still_closes_the_destination_and_the_threads(archived, tmp_path,
+                                                                                       monkeypatch):
+    """A Ctrl-C landing while the restore stops its workers (the pool's close, in the restore's
+    `finally`): the interrupt goes up, and the restore's own threads and DEST's descriptor are
+    still closed (they were skipped, DEST's fd left open for the process's life)."""
+    import threading
+    from tests.helpers import open_fds
+    real_close = procrestore.SmallRestore.close
+
+    def close_then_ctrl_c(self):  # type: ignore[no-untyped-def]
+        real_close(self)
+        raise KeyboardInterrupt
+    _restore(archived, tmp_path / "warm", 2)  # (imports and the catalog's first readers: not leaks)
+    before, threads = open_fds(), threading.active_count()
+    monkeypatch.setattr(procrestore.SmallRestore, "close", close_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        _restore(archived, tmp_path / "out", 2)
+    assert not [n for n in open_fds() - before if os.readlink(f"/proc/self/fd/{n}").startswith(str(tmp_path))]
+    assert threading.active_count() <= threads
