@@ -49,7 +49,7 @@ from archiver.parallel import ordered_map
 from archiver.repository import Repository, SavedChunk
 from archiver.scan import Source
 from archiver.treereuse import entries_by_path
-from manifests.catalog import _to_wal
+from manifests.catalog import switch_to_wal
 from manifests.model import ChunkRef, Entry, PreviousTree
 
 # Bumped when what an entry records from a file changes (format detection, technical
@@ -124,11 +124,7 @@ class FilesCache:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        try:
-            _to_wal(self._conn)  # asked again while another process switches the brand-new file
-        except BaseException:
-            self._conn.close()
-            raise
+        switch_to_wal(self._conn, BUSY_TIMEOUT_S)  # asked again while another process switches a new file
         self._conn.execute(_SCHEMA)
         self._conn.execute(_MOVED)
 

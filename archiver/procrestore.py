@@ -223,12 +223,14 @@ def run_job(job: RestoreJob, repo: Any = None) -> RestoreDone:
             out.bytes += s.entry.size
         out.parents = sorted(dirs)
     finally:
-        for s in staged:  # not put in place (an error): unnamed ones vanish, temp names are removed
-            restorer._discard(s.dir_fd, s.tmp, s.fd)
-        for fd in dirs.values():
-            os.close(fd)
-        os.close(root_fd)
-        pool.shutdown()
+        try:
+            for s in staged:  # not put in place (an error): unnamed ones vanish, temp names are removed
+                restorer._discard(s.dir_fd, s.tmp, s.fd)
+        finally:  # (each step whatever the one before raised: a Ctrl-C landing in a close, say)
+            try:
+                restorer._close_all([*dirs.values(), root_fd])
+            finally:
+                pool.shutdown()
     return out
 
 

@@ -207,11 +207,15 @@ def restore(repo: Repository, ref: str, dest: str | os.PathLike, *, include: Ite
         os.fsync(root_fd)
     finally:
         stop.set()
-        if procs is not None:
-            procs.close()  # no worker process outlives the restore
-        head.shutdown()  # (its tasks use root_fd)
-        os.close(root_fd)
-        progress.finish()
+        try:  # each step whatever the one before raised (a second Ctrl-C while the workers stop, say)
+            if procs is not None:
+                procs.close()  # no worker process outlives the restore
+        finally:
+            try:
+                head.shutdown()  # (its tasks use root_fd)
+            finally:
+                os.close(root_fd)
+                progress.finish()
     result.seconds = round(time.monotonic() - started, 3)
     _append_event(repo, result, include)
     return result
@@ -283,8 +287,7 @@ def _wait_processes(procs: procrestore.SmallRestore, repo: Repository, root_fd: 
         except OSError as err:
             _raise_write_error(extra[i], err, "cannot sync the directory")
         finally:
-            for fd in fds:
-                os.close(fd)
+            _close_all(fds)
 
 
 def _plan_reads(repo: Repository, refs: list[Any]) -> int:
@@ -321,8 +324,7 @@ def _finish_dirs(root_fd: int, dirs: list[Entry], mode_mask: int, nworkers: int)
                         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
                 fileio.sync_together(fds, pool)
             finally:
-                for fd in fds:
-                    os.close(fd)
+                _close_all(fds)
 
 
 def _append_event(repo: Repository, result: RestoreResult, include: Iterable[str]) -> None:
@@ -528,8 +530,8 @@ def _open_dir(root_fd: int, parts: list[str], *, create: bool) -> int:
                         f"refusing to restore through {'/'.join(parts[:i + 1])!r} in the destination: "
                         f"it is a symlink or not a directory") from None
                 raise
-            closing, fd = fd, nfd  # the next first: a Ctrl-C in the close must not close it twice
-            os.close(closing)
+            fd, parent = nfd, fd  # the walk holds nfd first: a Ctrl-C before the close must not close fd twice
+            os.close(parent)
         return fd
     except BaseException:
         os.close(fd)
@@ -702,11 +704,12 @@ def _restore_small(repo: Repository, mid: str, root_fd: int, files: list[Entry],
         first = next((s for staged in pending for s in staged), None)
         _raise_write_error(first.entry.path if first is not None else result.dest, err)
     finally:
-        for staged in pending:  # the pool has shut down: no task still adds to them
-            for s in staged:
-                _discard(s.dir_fd, s.tmp, s.fd)
-        for fd in dirs.values():
-            os.close(fd)
+        try:
+            for staged in pending:  # the pool has shut down: no task still adds to them
+                for s in staged:
+                    _discard(s.dir_fd, s.tmp, s.fd)
+        finally:
+            _close_all(dirs.values())
     result.problems.extend(sorted(problems, key=lambda p: at.get(p.path or "", -1)))
 
 
@@ -717,8 +720,20 @@ def _sync_dirs(dirs: dict[str, int], pool: ThreadPoolExecutor) -> None:
     try:
         fileio.sync_together(fds, pool)
     finally:
-        for fd in fds:
+        _close_all(fds)
+
+
+def _close_all(fds: Iterable[int]) -> None:
+    """Close every one of `fds` even if one close raises (a Ctrl-C landing just after it):
+    the others are not left open, then the first error is raised."""
+    first: BaseException | None = None
+    for fd in list(fds):
+        try:
             os.close(fd)
+        except BaseException as e:  # noqa: BLE001 - raised below, once all are closed
+            first = first or e
+    if first is not None:
+        raise first
 
 
 def _raise_write_error(path: str, err: OSError, doing: str = "cannot write") -> None:

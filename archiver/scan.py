@@ -283,9 +283,9 @@ def open_source(src: Source, dirs: DirFds | None = None) -> int:
     try:
         for s in reversed(chain):
             nfd = _open_same(s, fd)
-            closing, fd = fd, nfd  # the next first: a Ctrl-C in the close must not close it twice
-            if closing is not None:
-                os.close(closing)
+            fd, parent = nfd, fd  # held first: a Ctrl-C before the close must not close the parent twice
+            if parent is not None:
+                os.close(parent)
     except BaseException:
         if fd is not None:
             os.close(fd)

@@ -533,10 +533,16 @@ def _connect_rw(path: Path) -> sqlite3.Connection:
 
 
 def _to_wal(conn: sqlite3.Connection) -> None:
+    """`switch_to_wal` for up to BUSY_TIMEOUT_MS."""
+    switch_to_wal(conn, BUSY_TIMEOUT_MS / 1000)
+
+
+def switch_to_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
     """Switch the file to WAL (set once; a no-op read after). SQLite answers the switch with
     "database is locked" at once, without its busy handler, while another process is doing
-    the same to a brand-new file; so it is asked again for up to BUSY_TIMEOUT_MS."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    the same to a brand-new file; so it is asked again for up to `timeout_s` (the files
+    cache's file is opened the same way)."""
+    deadline = time.monotonic() + timeout_s
     pause = 0.005
     while True:
         try:
@@ -1775,8 +1781,8 @@ class _HolderMark:
     def close(self) -> None:
         self.clear()
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None  # forgotten first: a Ctrl-C between the two must not close it twice
+            os.close(fd)
 
 
 class _Txn:

@@ -8,6 +8,7 @@ and stops; the session-wide `moto_server` therefore runs in its own process, and
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +40,15 @@ AMBIENT_AWS_VARS = (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as on a terminal, however the suite was started: a shell's background job (`make
+    test &`, a CI agent's) inherits SIGINT ignored, so Python never installs its handler and
+    every test that interrupts an archive or a restore (itself or a CLI child, which inherits
+    the disposition) would see no interrupt at all, or skip as if the run had been too quick."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Fake credentials and no ambient AWS configuration, so a test can never reach
@@ -67,24 +77,32 @@ def s3_mock_url(aws_env: dict[str, str]) -> Iterator[str]:
 def start_moto_server() -> tuple[subprocess.Popen, str]:
     """moto's S3 server in its own process on 127.0.0.1 (an OS-chosen free port): the
     in-process `mock_aws` resets moto's global backend when it starts and stops, which
-    would empty a server running in this process under a test's feet."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    would empty a server running in this process under a test's feet. The socket is bound
+    and listening here and handed to the server (tests/motoserver.py), so the port can be
+    neither taken by another process meanwhile nor answered by another server."""
+    import urllib.error
+    import urllib.request
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        port = sock.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("motoserver.py")), str(sock.fileno()),
+                                 str(port)], pass_fds=(sock.fileno(),), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # bounded wait for the server to answer
+    while time.monotonic() < deadline:  # bounded wait for moto to answer (connections queue meanwhile)
         if proc.poll() is not None:
             raise RuntimeError(f"moto server exited with {proc.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return proc, url
+            urllib.request.urlopen(url + "/moto-api/", timeout=5).close()
+            return proc, url
+        except urllib.error.HTTPError:
+            return proc, url  # it answers
         except OSError:
             time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto server did not start within 60 s")
+    stop_server(proc)
+    raise RuntimeError("moto server did not answer within 60 s")
 
 
 def stop_server(proc: subprocess.Popen) -> None:

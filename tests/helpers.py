@@ -162,3 +162,27 @@ def filemap_key(raw: RawStore, h: str) -> str:
     found = [k for k in layout.filemap_keys(h) if k in stored]
     assert len(found) == 1, f"file map {h} is stored under {found or 'no key'}"
     return found[0]
+
+
+class InterruptAfterClose:
+    """An `os.close` that really closes, then raises KeyboardInterrupt once, on the first
+    call `when(fd)` picks (asked before the close): a Ctrl-C that lands right after a
+    close returned, before the code marks the descriptor closed. Cleanup that closes it
+    again raises EBADF instead of letting the interrupt through (or, with threads, closes
+    a descriptor some other file has just been given)."""
+
+    def __init__(self, when: Callable[[int], bool]) -> None:
+        self.when, self.fired, self.real = when, False, os.close
+
+    def __call__(self, fd: int) -> None:
+        fire = not self.fired and self.when(fd)
+        self.real(fd)
+        if fire:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+def open_fds() -> set[int]:
+    """This process's open descriptors (Linux /proc), to show nothing leaked: compared as
+    `open_fds() <= before`, since another test's leftover thread may close one meanwhile."""
+    return {int(n) for n in os.listdir("/proc/self/fd")}

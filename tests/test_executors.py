@@ -25,11 +25,15 @@ def test_local_keeps_at_most_max_inflight_tasks_running():
     lock = threading.Lock()
     now = peak = 0
 
+    together = threading.Barrier(3)  # the first three meet: three at once, however slow the threads start
+
     def task(i: int) -> int:
         nonlocal now, peak
         with lock:
             now += 1
             peak = max(peak, now)
+        if i < 3:
+            together.wait(60)
         time.sleep(0.02)
         with lock:
             now -= 1
@@ -135,10 +139,21 @@ def test_an_error_stops_the_other_big_files_early(tmp_path, home, monkeypatch):
     (src / "small.bin").write_bytes(os.urandom(1000))
     real = pipeline.iter_chunks
     read = []
+    began, stopped = threading.Event(), threading.Event()  # big.bin is being read; the run was told to stop
+    real_run = executors.run
+
+    def run_telling(executor, fn, items, describe=str, stop=None):  # type: ignore[no-untyped-def]
+        def stop_then_tell() -> None:
+            stop()
+            stopped.set()
+        return real_run(executor, fn, items, describe, stop_then_tell if stop is not None else None)
 
     def chunks(f, size, policy, detected=None):
         for rc in real(f, size, policy, detected=detected):
             read.append(rc.offset)
+            began.set()
+            if len(read) == 2:  # big.bin is in flight when small.bin's error stops the run
+                assert stopped.wait(60)
             time.sleep(0.05)
             yield rc
 
@@ -147,10 +162,11 @@ def test_an_error_stops_the_other_big_files_early(tmp_path, home, monkeypatch):
     def small_fails(src_, fd, before):
         if src_.path.endswith("small.bin"):
             os.close(fd)
-            time.sleep(0.2)  # let big.bin get going
+            assert began.wait(60)  # big.bin has got going
             raise SourceChangedError("small.bin changed")
         return real_small(src_, fd, before)
 
+    monkeypatch.setattr(executors, "run", run_telling)
     monkeypatch.setattr(pipeline, "iter_chunks", chunks)
     monkeypatch.setattr(pipeline, "read_small", small_fails)
     with pytest.raises(SourceChangedError, match="small.bin changed"):

@@ -394,20 +394,23 @@ def test_checksum_when_required_full_cycle(s3: S3Env, ckpt: Path, tmp_path: Path
 
 
 def test_unreachable_endpoint_via_cli(aws_env, monkeypatch, tmp_path: Path, ckpt: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed when the block ends: nothing listens there
+    # bound and never listening, held for the whole test: every connection to it is refused,
+    # and no other process (nor one of ours, as an ephemeral port) can take the port meanwhile
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("ARCHIVER_CATALOG", raising=False)
     fast_retries(monkeypatch, max_attempts=2, connect_timeout=2)
-    for args in (["archive", str(ckpt), "--name", "model"], ["list"], ["verify", "--all"],
-                 ["restore", "model", str(tmp_path / "out")]):
-        started = time.monotonic()
-        r = run_cli("--store", "s3://some-bucket/prefix", *args)
-        assert time.monotonic() - started < 5
-        line = one_line_error(r)
-        assert line.startswith(f"archiver: error: cannot reach S3 endpoint http://127.0.0.1:{port}"), line
+    with sock:
+        for args in (["archive", str(ckpt), "--name", "model"], ["list"], ["verify", "--all"],
+                     ["restore", "model", str(tmp_path / "out")]):
+            started = time.monotonic()
+            r = run_cli("--store", "s3://some-bucket/prefix", *args)
+            assert time.monotonic() - started < 5
+            line = one_line_error(r)
+            assert line.startswith(f"archiver: error: cannot reach S3 endpoint http://127.0.0.1:{port}"), line
     assert not (tmp_path / "out").exists()
 
 

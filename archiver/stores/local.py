@@ -230,6 +230,7 @@ class LocalStore:
             dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             raise ObjectMissingError(key) from None
+        fd = -1
         try:
             for name in parts[:-1]:
                 try:
@@ -237,15 +238,20 @@ class LocalStore:
                 except OSError as exc:
                     self._refuse_entry(exc, dfd, name, key)
                     raise
-                closing, dfd = dfd, nfd  # the next first: a Ctrl-C in the close must not close it twice
-                os.close(closing)
+                dfd, parent = nfd, dfd  # held first: a Ctrl-C before the close must not close the parent twice
+                os.close(parent)
             try:
                 fd = os.open(parts[-1], _READ_FLAGS, dir_fd=dfd)
             except OSError as exc:
                 self._refuse_entry(exc, dfd, parts[-1], key)
                 raise
         finally:
-            os.close(dfd)
+            try:
+                os.close(dfd)
+            except BaseException:  # a Ctrl-C just after it: the object's fd is not the caller's yet
+                if fd >= 0:
+                    os.close(fd)
+                raise
         try:
             st = os.fstat(fd)
             if stat_mod.S_ISDIR(st.st_mode):
