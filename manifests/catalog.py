@@ -866,6 +866,13 @@ class Catalog:
             # the files rows first: their trigger refuses rows under a recorded manifest (schema
             # 7), and their reference to it is checked at COMMIT, once its row is in (SQLite
             # turns defer_foreign_keys off again at the end of the transaction)
+            # files rows already under this unrecorded id did not come from here (a client with
+            # foreign keys off, or rows slipped in earlier in this transaction once they were
+            # deferred): recording the manifest would make them part of its immutable history
+            if conn.execute("SELECT 1 FROM files WHERE manifest_id=? LIMIT 1", (mid,)).fetchone() is not None:
+                raise CatalogError(f"catalog {self.path}: files rows of manifest {mid[:16]} are there before it is "
+                                   "recorded (written by another client); move the catalog aside and run "
+                                   "'archiver catalog rebuild'")
             conn.execute("PRAGMA defer_foreign_keys=ON")
             conn.executemany('INSERT INTO files(manifest_id, path, type, size, mode, blake3, sha256) '
                              'VALUES (?,?,?,?,?,?,?)',

@@ -868,6 +868,32 @@ def test_a_files_row_needs_its_manifest_by_the_commit(cat):
     assert count_rows(cat, "files") == 0
 
 
+def test_files_rows_already_under_an_unrecorded_manifest_are_refused_when_it_is_recorded(cat, cat_path):
+    """Schema 7 refuses files rows under a recorded manifest only; rows under an id not yet
+    recorded (a client with foreign keys off, SQLite's default; or rows slipped in once a
+    transaction deferred the foreign key) would become part of that manifest's immutable
+    history when it is recorded: recording it refuses them (one CatalogError) instead."""
+    a = make_manifest("m", "v1", {"f": ["1"]})
+    planted = make_manifest("n", "v1", {"g": ["2"]})
+    raw = sqlite3.connect(cat_path)  # foreign keys off
+    raw.execute("INSERT INTO files(manifest_id, path, type) VALUES (?, 'forged', 'file')", (planted.id,))
+    raw.commit()
+    raw.close()
+    with pytest.raises(CatalogError, match="before it is recorded"):
+        record(cat, planted)
+    assert not cat.has_manifest(planted.id)
+    later = make_manifest("o", "v1", {"h": ["3"]})
+    with pytest.raises(CatalogError, match="before it is recorded"):
+        with cat.write() as conn:
+            assert record(cat, a)  # its files rows deferred the foreign key for the whole transaction
+            conn.execute("INSERT INTO files(manifest_id, path, type) VALUES (?, 'forged', 'file')", (later.id,))
+            record(cat, later)
+    assert not cat.has_manifest(a.id) and not cat.has_manifest(later.id)
+    assert record(cat, a) and record(cat, later)  # recorded as they are once nothing precedes them
+    assert cat._conn.execute("SELECT path FROM files WHERE manifest_id=? ORDER BY path",
+                             (later.id,)).fetchall() == sorted((e.path,) for e in later.entries)
+
+
 def count_rows(cat: Catalog, table: str) -> int:
     return cat._conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
