@@ -524,6 +524,30 @@ def test_flush_packs_behind_ctrl_c_during_the_commits_wait_leaves_the_rows_for_c
 
 
 @pytest.mark.packs
+def test_flush_packs_behind_without_a_thread_to_be_had_leaves_nothing_to_wait_for(tmp_path, monkeypatch):
+    """No thread could be started for the rows (RuntimeError: can't start new thread): the
+    error is raised, and neither the commit nor close waits for rows nobody is recording."""
+    import threading
+    settings = Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db")
+    real_start = threading.Thread.start
+
+    def start(self):
+        if self.name == "pack-rows":
+            raise RuntimeError("can't start new thread")
+        return real_start(self)
+    with Repository.open(settings, create=True) as r:
+        data = os.urandom(650)
+        ref = save(r, data)
+        with monkeypatch.context() as m:
+            m.setattr(threading.Thread, "start", start)
+            with pytest.raises(RuntimeError, match="start new thread"):
+                r.flush_packs_behind()
+        assert r._pack_rows is None
+        done = r.commit_manifest(Manifest(name="m", entries=(file_entry("a", [data], [ref]),)), details={"n": 1})
+        assert r.is_recorded(done.id)
+
+
+@pytest.mark.packs
 def test_flush_packs_behind_hands_its_error_to_the_commit_and_close_waits(tmp_path, monkeypatch):
     """A failure recording the rows behind is raised by the commit before it records its
     manifest (the store holds the manifest: a catalog sync records it), and by a flush_packs
