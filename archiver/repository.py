@@ -2552,17 +2552,27 @@ class Repository:
                 rows.set_exception(e)
             else:
                 rows.set_result(None)
+        thread = threading.Thread(target=record, name="pack-rows", daemon=True)
         self._pack_rows = rows
-        threading.Thread(target=record, name="pack-rows", daemon=True).start()
+        try:
+            thread.start()
+        except BaseException:
+            if thread.ident is None:  # never started (no thread to be had): nothing for close to wait for
+                self._pack_rows = None
+            raise
         return len(done)
 
     def _await_pack_rows(self, raise_error: bool = True) -> None:
         """Wait for the rows `flush_packs_behind` is recording, if any; raise its error."""
-        rows, self._pack_rows = self._pack_rows, None
-        if rows is not None:
-            error = rows.exception()
-            if error is not None and raise_error:
-                raise error
+        rows = self._pack_rows
+        if rows is None:
+            return
+        # the thread is forgotten only once it is done: a wait cut short (Ctrl-C during the
+        # commit's) leaves it for close to wait for, not running on past the catalog's close
+        error = rows.exception()
+        self._pack_rows = None
+        if error is not None and raise_error:
+            raise error
 
     def write_open_packs(self) -> None:
         """The store half of `flush_packs`: write the open packs and wait for packs in flight.

@@ -64,6 +64,8 @@ def insert_chunks(conn: sqlite3.Connection, rows: Sequence[tuple[int, int, str, 
         return True
     # column by column: the checks and the formatting run in C (map, min, max, set), not as a
     # Python loop over the rows (bench/RESULTS.md, branch sfcommit2)
+    if set(map(len, rows)) != {4}:  # zip would drop a longer row's extra values; executemany refuses it
+        return False
     keys, stored, codecs, owners = zip(*rows)
     owner = owners[0]
     if {*map(type, keys), *map(type, stored)} != {int} or set(map(type, codecs)) != {str} or set(owners) != {owner}:
@@ -95,6 +97,8 @@ def insert_pack_entries(conn: sqlite3.Connection, pack: str, entries: Sequence[t
     and every number a 64-bit int."""
     if not entries:
         return True
+    if set(map(len, entries)) != {4}:  # zip would drop a longer entry's extra values; the row-by-row insert refuses it
+        return False
     hashes, offsets, stored, lengths = zip(*entries)
     if set(map(type, hashes)) != {str}:
         return False

@@ -150,12 +150,17 @@ _MIGRATIONS: dict[int, str] = {
        'DROP TABLE "chunks";'
        'ALTER TABLE "chunks_v6" RENAME TO "chunks"',
     # 6 -> 7: files rebuilt WITHOUT ROWID, in key order; the old table (and its triggers) dropped,
-    # the new one renamed and made immutable with the per-manifest insert rule (_immutable)
+    # the new one renamed and made immutable with the per-manifest insert rule (_immutable).
+    # Only rows of recorded manifests with a path are carried over: a client with foreign keys
+    # off (SQLite's default) could add rows under no recorded manifest, or a NULL path, to a v6
+    # table; the new table's foreign key and NOT NULL key would refuse them and with them every
+    # writable open of the catalog (archive, sync, rebuild), and they are no manifest's history
     6: 'CREATE TABLE "files_v7" ("manifest_id" TEXT REFERENCES "manifests"("id"), "path" TEXT, "type" TEXT, '
        '"size" INTEGER, "mode" INTEGER, "blake3" TEXT, "sha256" TEXT, PRIMARY KEY ("manifest_id", "path")) '
        'WITHOUT ROWID;'
        'INSERT INTO "files_v7" ("manifest_id", "path", "type", "size", "mode", "blake3", "sha256") '
-       'SELECT manifest_id, path, type, size, mode, blake3, sha256 FROM "files" ORDER BY manifest_id, path;'
+       'SELECT manifest_id, path, type, size, mode, blake3, sha256 FROM "files" '
+       'WHERE manifest_id IN (SELECT id FROM "manifests") AND path IS NOT NULL ORDER BY manifest_id, path;'
        'DROP TABLE "files";'
        'ALTER TABLE "files_v7" RENAME TO "files"',
 }
@@ -872,6 +877,13 @@ class Catalog:
             # the files rows first: their trigger refuses rows under a recorded manifest (schema
             # 7), and their reference to it is checked at COMMIT, once its row is in (SQLite
             # turns defer_foreign_keys off again at the end of the transaction)
+            # files rows already under this unrecorded id did not come from here (a client with
+            # foreign keys off, or rows slipped in earlier in this transaction once they were
+            # deferred): recording the manifest would make them part of its immutable history
+            if conn.execute("SELECT 1 FROM files WHERE manifest_id=? LIMIT 1", (mid,)).fetchone() is not None:
+                raise CatalogError(f"catalog {self.path}: files rows of manifest {mid[:16]} are there before it is "
+                                   "recorded (written by another client); move the catalog aside and run "
+                                   "'archiver catalog rebuild'")
             conn.execute("PRAGMA defer_foreign_keys=ON")
             conn.executemany('INSERT INTO files(manifest_id, path, type, size, mode, blake3, sha256) '
                              'VALUES (?,?,?,?,?,?,?)',

@@ -81,6 +81,8 @@ def test_pack_rows_are_those_of_executemany():
     lambda c: blobrows.insert_pack_entries(c, "p", [(HEX_A, 0, 1.0, 1)]),  # not an int
     lambda c: blobrows.insert_pack_entries(c, "p", [(HEX_A, 0, 1, True)]),
     lambda c: blobrows.insert_pack_entries(c, "p", [(None, 0, 1, 1)]),
+    # a ragged entry (zip would drop its extra value): refused, as binding it row by row does
+    lambda c: blobrows.insert_pack_entries(c, "p", [(HEX_A, 0, 1, 1), (HEX_B, 1, 1, 1, 99)]),
 ])
 def test_pack_rows_that_do_not_fit_are_refused_and_nothing_inserted(call):
     conn, _ = _twins()
@@ -96,6 +98,7 @@ def test_pack_rows_that_do_not_fit_are_refused_and_nothing_inserted(call):
     lambda c: blobrows.insert_chunks(c, [(1, 1, "raw", None), (2, 1 << 63, "raw", None)]),
     lambda c: blobrows.insert_chunks(c, [(1, 1.0, "raw", None)]),  # not an int
     lambda c: blobrows.insert_chunks(c, [(1, 1, "raw", None), (2, 1, None, None)]),  # codec not text
+    lambda c: blobrows.insert_chunks(c, [(1, 1, "raw", 7), (2, 1, "raw", 7, 99)]),  # ragged: zip would drop 99
     lambda c: blobrows.insert_hash_set(c, 1, [HEX_A, "AB" * 32]),  # upper case: not the bytes' order
     lambda c: blobrows.insert_hash_set(c, 1, [HEX_A[:-1]]),
 ])

@@ -858,6 +858,36 @@ def test_v6_catalog_is_migrated_to_files_without_rowid(cat_path, monkeypatch):
         c.close()
 
 
+def test_v6_files_rows_of_no_recorded_manifest_do_not_stop_the_migration(cat_path, monkeypatch):
+    """A v6 `files` table took rows from a client with foreign keys off (SQLite's default):
+    under no recorded manifest, or with a NULL path. Schema 7's table refuses both (foreign
+    key, NOT NULL key): the migration carries over the rows of recorded manifests only, so
+    the catalog still opens writable (it failed: FOREIGN KEY constraint failed, at every open)."""
+    a = make_manifest("m", "v1", {"f": ["1"], "g": ["2"]})
+    with monkeypatch.context() as mp:
+        mp.setattr(catalog_module, "SCHEMA_VERSION", 6)
+        mp.setattr(catalog_module, "_MIGRATIONS", {k: v for k, v in catalog_module._MIGRATIONS.items() if k < 6})
+        c6 = Catalog(cat_path, STORE)
+        c6._conn.execute("DROP TRIGGER files_no_insert")
+        c6._conn.execute(V6_FILES_NO_INSERT)
+        assert record(c6, a)
+        c6.close()
+    raw = sqlite3.connect(cat_path)  # foreign keys off
+    kept = raw.execute("SELECT * FROM files ORDER BY manifest_id, path").fetchall()
+    raw.execute("INSERT INTO files(manifest_id, path, type) VALUES (?, 'orphan', 'file')", (h("nowhere"),))
+    raw.execute("INSERT INTO files(manifest_id, path, type) VALUES (?, NULL, 'file')", (a.id,))
+    raw.commit()
+    raw.close()
+    c = Catalog(cat_path, STORE)
+    try:
+        assert info(cat_path)["schema_version"] == "7"
+        assert c._conn.execute("SELECT * FROM files ORDER BY manifest_id, path").fetchall() == kept
+        b = make_manifest("m", "v2", {"f": ["1"], "h": ["3"]}, parent=a.id)
+        assert record(c, b) and c.resolve("m") == b.id
+    finally:
+        c.close()
+
+
 def test_a_files_row_needs_its_manifest_by_the_commit(cat):
     """Files rows go in before their manifest's row with the foreign key deferred: a row
     naming a manifest that never comes is refused when the transaction commits."""
@@ -866,6 +896,32 @@ def test_a_files_row_needs_its_manifest_by_the_commit(cat):
             conn.execute("PRAGMA defer_foreign_keys=ON")
             conn.execute("INSERT INTO files(manifest_id, path, type) VALUES (?, 'f', 'file')", (h("nowhere"),))
     assert count_rows(cat, "files") == 0
+
+
+def test_files_rows_already_under_an_unrecorded_manifest_are_refused_when_it_is_recorded(cat, cat_path):
+    """Schema 7 refuses files rows under a recorded manifest only; rows under an id not yet
+    recorded (a client with foreign keys off, SQLite's default; or rows slipped in once a
+    transaction deferred the foreign key) would become part of that manifest's immutable
+    history when it is recorded: recording it refuses them (one CatalogError) instead."""
+    a = make_manifest("m", "v1", {"f": ["1"]})
+    planted = make_manifest("n", "v1", {"g": ["2"]})
+    raw = sqlite3.connect(cat_path)  # foreign keys off
+    raw.execute("INSERT INTO files(manifest_id, path, type) VALUES (?, 'forged', 'file')", (planted.id,))
+    raw.commit()
+    raw.close()
+    with pytest.raises(CatalogError, match="before it is recorded"):
+        record(cat, planted)
+    assert not cat.has_manifest(planted.id)
+    later = make_manifest("o", "v1", {"h": ["3"]})
+    with pytest.raises(CatalogError, match="before it is recorded"):
+        with cat.write() as conn:
+            assert record(cat, a)  # its files rows deferred the foreign key for the whole transaction
+            conn.execute("INSERT INTO files(manifest_id, path, type) VALUES (?, 'forged', 'file')", (later.id,))
+            record(cat, later)
+    assert not cat.has_manifest(a.id) and not cat.has_manifest(later.id)
+    assert record(cat, a) and record(cat, later)  # recorded as they are once nothing precedes them
+    assert cat._conn.execute("SELECT path FROM files WHERE manifest_id=? ORDER BY path",
+                             (later.id,)).fetchall() == sorted((e.path,) for e in later.entries)
 
 
 def count_rows(cat: Catalog, table: str) -> int:

@@ -617,3 +617,43 @@ def test_a_chunk_saved_by_two_threads_at_once_counts_as_new_once():
     assert writer.done["ab" * 32].written
     writer.save(rc, "ab" * 32)  # and once only
     assert (stats.new_chunks, stats.new_bytes) == (1, 46)
+
+
+@pytest.mark.packs
+def test_a_failure_recording_the_pack_rows_behind_fails_the_archive_in_one_line_and_a_sync_heals_it(
+        tmp_path, home, monkeypatch):
+    """An archive on worker processes records its packs' catalog rows behind (flush_packs_behind);
+    recording them fails (a full disk under the catalog) after the manifest is in the store.
+    The archive exits 1 with one line, the manifest stays out of the catalog; a `catalog sync`
+    records it, deep verify passes, and the next archive takes it as its parent and reuses its
+    files; the store's restore is byte for byte."""
+    from manifests.catalog import Catalog
+    from manifests.errors import CatalogError
+    from tests.helpers import run_cli
+    store = str(tmp_path / "store")
+    src = tmp_path / "src" / "many"
+    src.mkdir(parents=True)
+    for i in range(200):  # enough small files for worker processes
+        (src / f"f{i:03d}.txt").write_bytes(os.urandom(1500 + i))
+
+    def full(self, packs):
+        raise CatalogError(f"catalog {self.path}: disk full, nothing of this write was recorded")
+    with monkeypatch.context() as m:
+        m.setattr(Catalog, "record_packs_apart", full)
+        r = run_cli("--store", store, "archive", str(src), "--name", "m", "--processes", "2")
+    assert r.code == 1 and r.out == "" and "Traceback" not in r.err
+    assert r.err.startswith("archiver: error: ") and "disk full" in r.err and r.err.count("\n") == 1
+    from archiver import layout
+    [stored] = [k[len(layout.MANIFESTS):-len(".json")] for k in RawStore(store).keys(layout.MANIFESTS)
+                if k.endswith(".json")]
+    assert run_cli("--store", store, "list", "--json").json() == []
+    assert run_cli("--store", store, "catalog", "sync").code == 0
+    assert [row["id"] for row in run_cli("--store", store, "list", "--json").json()] == [stored]
+    assert run_cli("--store", store, "verify", "m", "--deep").code == 0
+    (src / "new.txt").write_bytes(os.urandom(999))
+    again = run_cli("--store", store, "archive", str(src), "--name", "m", "--processes", "2", "--json")
+    assert again.code == 0, again.err
+    assert again.json()["parent"] == stored and again.json()["files_reused"] == 200
+    dest = tmp_path / "dest"
+    assert run_cli("--store", store, "restore", "m", str(dest)).code == 0
+    assert tree(dest / "many") == tree(src)

@@ -485,6 +485,69 @@ def test_flush_packs_behind_is_durable_at_once_and_recorded_before_the_manifest(
 
 
 @pytest.mark.packs
+def test_flush_packs_behind_ctrl_c_during_the_commits_wait_leaves_the_rows_for_close(tmp_path, monkeypatch):
+    """Ctrl-C while the commit waits for the rows recorded behind: the thread is not forgotten,
+    so close still waits for it (it never runs on past the catalog's close) and its rows land."""
+    import threading
+    from concurrent.futures import Future
+    from manifests.catalog import Catalog
+    settings = Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db")
+    release, started = threading.Event(), threading.Event()
+    real_pack, real_exception = Catalog._record_pack, Future.exception
+    interrupted: list[bool] = []
+
+    def held(self, conn, *a):
+        started.set()
+        assert release.wait(60)  # bounded: the test releases it below
+        return real_pack(self, conn, *a)
+
+    def exception(self, timeout=None):  # the signal arrives during the first wait
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return real_exception(self, timeout)
+    monkeypatch.setattr(Catalog, "_record_pack", held)
+    monkeypatch.setattr(Future, "exception", exception)
+    with Repository.open(settings, create=True) as r:
+        data = os.urandom(600)
+        ref = save(r, data)
+        assert r.flush_packs_behind() == 1 and started.wait(60)
+        rows = r._pack_rows
+        m = Manifest(name="m", entries=(file_entry("a", [data], [ref]),))
+        with pytest.raises(KeyboardInterrupt):
+            r.commit_manifest(m, details={"note": "x"})
+        assert interrupted and r._pack_rows is rows and not rows.done()  # still pending: close waits for it
+        release.set()
+    assert rows.done() and rows.exception() is None  # close waited for the thread
+    with Repository.open(settings) as r:
+        assert r._catalog.known_packs() and not r.is_recorded(m.id)
+
+
+@pytest.mark.packs
+def test_flush_packs_behind_without_a_thread_to_be_had_leaves_nothing_to_wait_for(tmp_path, monkeypatch):
+    """No thread could be started for the rows (RuntimeError: can't start new thread): the
+    error is raised, and neither the commit nor close waits for rows nobody is recording."""
+    import threading
+    settings = Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db")
+    real_start = threading.Thread.start
+
+    def start(self):
+        if self.name == "pack-rows":
+            raise RuntimeError("can't start new thread")
+        return real_start(self)
+    with Repository.open(settings, create=True) as r:
+        data = os.urandom(650)
+        ref = save(r, data)
+        with monkeypatch.context() as m:
+            m.setattr(threading.Thread, "start", start)
+            with pytest.raises(RuntimeError, match="start new thread"):
+                r.flush_packs_behind()
+        assert r._pack_rows is None
+        done = r.commit_manifest(Manifest(name="m", entries=(file_entry("a", [data], [ref]),)), details={"n": 1})
+        assert r.is_recorded(done.id)
+
+
+@pytest.mark.packs
 def test_flush_packs_behind_hands_its_error_to_the_commit_and_close_waits(tmp_path, monkeypatch):
     """A failure recording the rows behind is raised by the commit before it records its
     manifest (the store holds the manifest: a catalog sync records it), and by a flush_packs
