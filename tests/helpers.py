@@ -8,7 +8,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import boto3
 
@@ -180,6 +180,36 @@ class InterruptAfterClose:
         if fire:
             self.fired = True
             raise KeyboardInterrupt
+
+
+def interrupt_each_close(monkeypatch, module: Any, run: Callable[[int], None], check: Callable[[int], None],
+                         limit: int = 2000) -> int:
+    """Run `run(n)` for n = 1, 2, ... with a Ctrl-C right after the n-th descriptor the main
+    thread closes through `module.os.close` (InterruptAfterClose); `check(n)` follows each
+    interrupted run. Ends at the first run that passes its last close, and returns its n."""
+    import threading
+    n = 0
+    while True:
+        n += 1
+        closes = [0]
+
+        def nth(_fd: int) -> bool:
+            if threading.current_thread() is not threading.main_thread():
+                return False
+            closes[0] += 1
+            return closes[0] == n
+        ctrl_c = InterruptAfterClose(nth)
+        monkeypatch.setattr(module.os, "close", ctrl_c)
+        try:
+            run(n)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            monkeypatch.setattr(module.os, "close", ctrl_c.real)
+        if not ctrl_c.fired:
+            return n  # past the run's last close: it ran to its end
+        check(n)
+        assert n < limit
 
 
 def open_fds() -> set[int]:

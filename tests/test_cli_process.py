@@ -289,24 +289,36 @@ def test_the_process_entry_point_keeps_a_failures_exit_status_and_json(tmp_path,
     assert marks == {"thread", "atexit"}
 
 
-def test_the_process_entry_point_ends_a_ctrl_c_while_joining_threads_in_one_status(tmp_path):
-    """A Ctrl-C while the entry point waits for the threads to end (what the interpreter's exit
-    runs first, `threading._shutdown`) ends the process with status 130, exit handlers run and
-    no traceback: the command's own output is already complete."""
+_INTERRUPTED_AT_THE_END = {
+    # while the threads are joined (what the interpreter's exit runs first, `threading._shutdown`)
+    "joining threads": "threading._register_atexit(interrupted)\n"
+                       "atexit.register(lambda: open(mark, 'w').close())\n",
+    # while the exit handlers run (multiprocessing's joins its workers, Ray's shuts down): the
+    # mark's handler, registered first, runs after the interrupted one
+    "an exit handler": "atexit.register(lambda: open(mark, 'w').close())\n"
+                       "atexit.register(interrupted)\n",
+}
+
+
+@pytest.mark.parametrize("where", sorted(_INTERRUPTED_AT_THE_END))
+def test_the_process_entry_point_ends_a_ctrl_c_at_its_end_in_one_status(tmp_path, where):
+    """A Ctrl-C while the entry point ends the process (joining the threads, or in an exit
+    handler) ends it with status 130, no traceback, and the other exit handlers still run:
+    the command's own output is already complete (the interpreter's own exit would print the
+    traceback, and exit 0 for one in an exit handler)."""
     probe = ("import atexit, os, sys, threading\n"
              "from archiver.cli import main\n"
              "def interrupted():\n"
              "    raise KeyboardInterrupt\n"
-             "threading._register_atexit(interrupted)  # runs while the threads are joined\n"
              "mark = sys.argv[1]\n"
-             "atexit.register(lambda: open(mark, 'w').close())\n"
+             + _INTERRUPTED_AT_THE_END[where] +
              "sys.argv = ['archiver', '--version']\n"
              "main()\n")
     mark = tmp_path / "atexit"
     r = subprocess.run([sys.executable, "-c", probe, str(mark)], cwd=ROOT, capture_output=True, text=True,
                        timeout=120, env={**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")})
-    assert r.returncode == 130 and r.stdout.startswith("archiver, version ")
-    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr
+    assert r.returncode == 130 and r.stdout.startswith("archiver, version "), r.stderr
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr
     assert mark.exists()
 
 
@@ -325,28 +337,6 @@ def test_a_stdout_that_cannot_be_written_is_one_line_and_status_1(tmp_path, args
                            env=env, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("archiver: error: ") and "No space left on device" in r.stderr
-
-
-def test_the_process_entry_point_ends_a_ctrl_c_in_an_exit_handler_in_one_status(tmp_path):
-    """A Ctrl-C while the exit handlers run (multiprocessing's joins its worker processes,
-    Ray's shuts down) ends the process with status 130 and no traceback, the other exit
-    handlers still run; the interpreter's own exit would print the traceback and exit 0."""
-    probe = ("import atexit, sys\n"
-             "from archiver.cli import main\n"
-             "mark = sys.argv[1]\n"
-             "atexit.register(lambda: open(mark, 'w').close())  # runs after the interrupted one\n"
-             "def interrupted():\n"
-             "    raise KeyboardInterrupt\n"
-             "atexit.register(interrupted)\n"
-             "sys.argv = ['archiver', '--version']\n"
-             "main()\n")
-    mark = tmp_path / "atexit"
-    r = subprocess.run([sys.executable, "-c", probe, str(mark)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120, env={**os.environ, "ARCHIVER_HOME": str(tmp_path / "home")})
-    assert r.returncode == 130 and r.stdout.startswith("archiver, version ")
-    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr
-    assert mark.exists()
-
 
 @pytest.mark.parametrize("args, status", [(["show", "nosuch", "--json"], 2), (["show", "nosuch"], 2),
                                           (["verify", "nosuch", "--json"], 2)])

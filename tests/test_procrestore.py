@@ -694,7 +694,7 @@ def test_a_ctrl_c_right_after_any_close_of_a_task_in_the_driver_is_an_interrupt(
     a Ctrl-C landing right after that close is KeyboardInterrupt, never EBADF from a cleanup,
     and leaves nothing open (the other directories, DEST's fd, the task's thread)."""
     import threading
-    from tests.helpers import InterruptAfterClose, open_fds
+    from tests.helpers import interrupt_each_close, open_fds
     src, store, catalog, mid = archived
     repo = api.open_repository(store, catalog)
     try:
@@ -706,33 +706,17 @@ def test_a_ctrl_c_right_after_any_close_of_a_task_in_the_driver_is_an_interrupt(
         procrestore.run_job(procrestore.RestoreJob(worker_settings(repo.settings), mid, str(warm),
                                                    (st.st_dev, st.st_ino), True, 0o777, rows), repo)
         before, threads = open_fds(), threading.active_count()
-        n = 0
-        while True:
-            n += 1
+
+        def run(n: int) -> None:
             dest = tmp_path / f"d{n}"
             dest.mkdir()
             st = os.stat(dest)
-            job = procrestore.RestoreJob(worker_settings(repo.settings), mid, str(dest), (st.st_dev, st.st_ino), True,
-                                         0o777, rows)
-            closes = [0]
+            procrestore.run_job(procrestore.RestoreJob(worker_settings(repo.settings), mid, str(dest),
+                                                       (st.st_dev, st.st_ino), True, 0o777, rows), repo)
 
-            def nth(_fd: int) -> bool:
-                if threading.current_thread() is not threading.main_thread():
-                    return False
-                closes[0] += 1
-                return closes[0] == n
-            ctrl_c = InterruptAfterClose(nth)
-            monkeypatch.setattr(procrestore.os, "close", ctrl_c)
-            try:
-                procrestore.run_job(job, repo)
-            except KeyboardInterrupt:
-                pass
-            finally:
-                monkeypatch.setattr(procrestore.os, "close", ctrl_c.real)
-            if not ctrl_c.fired:
-                break  # past the task's last close: it ran to its end
+        def check(n: int) -> None:
             assert open_fds() <= before and threading.active_count() <= threads, n
-            assert n < 2000
+        n = interrupt_each_close(monkeypatch, procrestore, run, check)
     finally:
         repo.close()
     whole = [q for q in (tmp_path / f"d{n}").rglob("*") if q.is_file()]

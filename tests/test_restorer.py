@@ -1417,8 +1417,7 @@ def test_a_ctrl_c_right_after_any_close_of_a_restore_is_an_interrupt(tmp_path, m
     ones, nested directories), one restore each: a Ctrl-C landing right after that close
     comes out as KeyboardInterrupt, never EBADF or another error from a cleanup closing it
     again, and leaves nothing open."""
-    import threading
-    from tests.helpers import InterruptAfterClose, open_fds
+    from tests.helpers import interrupt_each_close, open_fds
     monkeypatch.setenv("ARCHIVER_HOME", str(tmp_path / "home"))
     src = make_checkpoint(tmp_path / "src" / "ckpt", layers=2, dim=64)
     (src / "big.bin").write_bytes(random.Random(1).randbytes(restorer.SMALL_FILE + 4096))
@@ -1429,26 +1428,11 @@ def test_a_ctrl_c_right_after_any_close_of_a_restore_is_an_interrupt(tmp_path, m
     store, catalog = str(tmp_path / "store"), tmp_path / "cat.db"
     mid = archiver.archive([src], name="m", store=store, catalog=catalog).id
     before = open_fds()
-    n = 0
-    while True:
-        n += 1
-        closes = [0]
 
-        def nth(_fd: int) -> bool:
-            if threading.current_thread() is not threading.main_thread():
-                return False
-            closes[0] += 1
-            return closes[0] == n
-        ctrl_c = InterruptAfterClose(nth)
-        monkeypatch.setattr(restorer.os, "close", ctrl_c)
-        try:
-            archiver.restore(mid, tmp_path / f"out{n}", store=store, catalog=catalog, processes=0)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            monkeypatch.setattr(restorer.os, "close", ctrl_c.real)
-        if not ctrl_c.fired:
-            break  # past the restore's last close: it ran to its end
+    def run(n: int) -> None:
+        archiver.restore(mid, tmp_path / f"out{n}", store=store, catalog=catalog, processes=0)
+
+    def check(n: int) -> None:
         assert open_fds() <= before, (n, {f: os.readlink(f"/proc/self/fd/{f}") for f in open_fds() - before})
-        assert n < 2000
+    n = interrupt_each_close(monkeypatch, restorer, run, check)
     assert n > 20 and tree(tmp_path / f"out{n}" / "ckpt") == tree(src)
