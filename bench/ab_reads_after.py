@@ -33,7 +33,7 @@ def main() -> None:
     a = ap.parse_args()
     trees = [str(t.resolve()) for t in a.trees]
     for t in trees:
-        compile_bytecode(dict(os.environ, PYTHONPATH=t))
+        compile_bytecode(dict(os.environ, PYTHONPATH=t), cwd=t)  # its own tree, not the one run from
     res: dict[tuple[str, str], list] = {(t, c): [] for t in trees for c in ("verify", "restore")}
     for r in range(a.rounds):
         for t in trees if r % 2 == 0 else trees[::-1]:

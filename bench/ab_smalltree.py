@@ -40,7 +40,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ab-smalltree-", dir=a.work) as td:
         root = Path(td)
         for t in trees:
-            compile_bytecode(dict(os.environ, PYTHONPATH=t))
+            compile_bytecode(dict(os.environ, PYTHONPATH=t), cwd=t)  # its own tree, not the one run from
         runs: dict[str, list] = {t: [] for t in trees}
         for r in range(a.rounds):
             for t in trees if r % 2 == 0 else trees[::-1]:

@@ -113,17 +113,22 @@ def warm(paths: Sequence[Path]) -> None:
                 pass
 
 
-def compile_bytecode(env: Mapping[str, str] | None = None) -> list[str]:
+def compile_bytecode(env: Mapping[str, str] | None = None, cwd: str | None = None) -> list[str]:
     """Compile the `archiver` and `manifests` packages that benched commands import (found by
     a child with `env`, so PYTHONPATH picks a worktree's code) to bytecode, once, before
     anything is timed, as an install does (pip and distribution packages compile at install;
     restic is one binary, borg's packages ship compiled). Why: with PYTHONDONTWRITEBYTECODE
     set (this VM sets it) and no cache, every command would compile its modules again, ~0.35
-    CPU-s of start-up no installed archiver pays. Returns the directories compiled."""
+    CPU-s of start-up no installed archiver pays. Returns the directories compiled.
+    `cwd`: where the probe runs. `python -c` puts its working directory first on sys.path,
+    before PYTHONPATH, so an A/B started from inside one checkout would compile that checkout
+    for every side and leave the others compiling their modules in every timed run (~0.3 CPU-s
+    and ~0.1 s of wall against them: bench/RESULTS.md, "A task's last packs synced while its
+    rows are pickled (branch sfoverlap)"): the A/B scripts pass each side's own directory."""
     probe = subprocess.run([sys.executable, "-c", "import archiver, manifests; print(archiver.__path__[0]); "
                             "print(manifests.__path__[0])"], capture_output=True, text=True,
-                           env=dict(env) if env is not None else None, check=True)
+                           env=dict(env) if env is not None else None, check=True, cwd=cwd)
     dirs = probe.stdout.split()
     subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], check=True,
-                   env=dict(env) if env is not None else None, stdout=subprocess.DEVNULL)
+                   env=dict(env) if env is not None else None, stdout=subprocess.DEVNULL, cwd=cwd)
     return dirs
