@@ -8,8 +8,9 @@ the trees of its subdirectories. As entries arrive, one builder thread makes eac
 directory's tree exactly as `tree_objects` would (the files cache's previous tree where
 `same_as_previous` holds, else `tree_bytes`), proves it with the reader's checks
 (`check_tree`, skipped for a tree a recorded manifest names, as the commit skips it) and
-hands it to writer threads (`Repository.put_tree_made`: put_if_absent and fsync, or read
-back and healed, as the commit writes trees). The commit is then handed what was made
+hands it, BATCH trees at a time, to writer threads (`Repository.put_trees_made`:
+put_if_absent made durable once per batch, or read back and healed, as the commit writes
+trees). The commit is then handed what was made
 (`EarlyMade`): it still builds the manifest's trees, taking these bytes for directories whose
 entries are the very ones they were made from, proves every tree not proved here, and writes
 every tree not durable yet, all before the root; so the manifest and what the store and
@@ -28,7 +29,8 @@ from archiver.scan import Source
 from manifests.model import (EMPTY_TREE, FILEMAP_THRESHOLD, TREE_THRESHOLD, Entry, PreviousTree, check_tree,
                              manifest_id, parent_of, same_as_previous, tree_bytes, tree_children)
 
-WRITERS = 8  # trees written at once: each waits on its own fsync (or PUT), not on the CPU
+WRITERS = 8  # batches written at once: each waits on its sync (or PUTs), not on the CPU
+BATCH = 32  # trees per write: a local store syncs a batch at once (one syncfs from fileio.SYNCFS_FROM files)
 
 
 @dataclass
@@ -69,8 +71,9 @@ class EarlyTrees:
         self.blocked: set[str] = set()
         self.hashes: dict[str, str] = {}
         self.made = EarlyMade()
-        self.writes: list[tuple[str, Future[None]]] = []  # (tree hash, its write)
+        self.writes: list[tuple[list[str], Future[None]]] = []  # (tree hashes, their write)
         self.writing: set[str] = set()
+        self.batch: list[tuple[str, bytes]] = []  # made and proved, not handed to a writer yet
         self.inbox: queue.SimpleQueue[list[Entry] | None] = queue.SimpleQueue()
         self.writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="early-trees")
         self.stopped = False
@@ -119,9 +122,9 @@ class EarlyTrees:
         self.inbox.put(None)
         self.builder.join()
         durable: set[str] = set()
-        for h, f in self.writes:
+        for hs, f in self.writes:
             if f.exception() is None:  # a failed write is the commit's to make again (and report)
-                durable.add(h)
+                durable.update(hs)
         self.writers.shutdown(wait=True)
         self.made.durable = durable
         return self.made
@@ -141,6 +144,7 @@ class EarlyTrees:
                 return
             ready = [d for d, n in self.pending.items() if n == 0]
             self._complete(ready)
+            self._flush(False)
             while True:
                 got = self.inbox.get()
                 last = got is None
@@ -165,6 +169,7 @@ class EarlyTrees:
                     if self.pending[d] == 0:
                         done.append(d)
                 self._complete(done)
+                self._flush(last)
                 if last:
                     return
         except Exception:  # noqa: BLE001 - nothing made here is relied on: the commit makes the rest
@@ -218,7 +223,13 @@ class EarlyTrees:
             self.made.proved.add(h)
         if h not in self.in_store and h not in self.writing:
             self.writing.add(h)
-            self.writes.append((h, self.writers.submit(self.repo.put_tree_made, h, data)))
+            self.batch.append((h, data))
+
+    def _flush(self, last: bool) -> None:
+        """Hand the trees made to a writer, BATCH at a time (all that is left once `last`)."""
+        while self.batch and (last or len(self.batch) >= BATCH) and not self.stopped:
+            batch, self.batch = self.batch[:BATCH], self.batch[BATCH:]
+            self.writes.append(([h for h, _ in batch], self.writers.submit(self.repo.put_trees_made, batch)))
 
     def _sub(self, e: Entry) -> str:
         """The subtree hash `parse_tree` returns beside entry `e` ("" but for a directory with entries)."""

@@ -38,8 +38,22 @@ def make_tree(root: Path) -> Path:
 
 @pytest.fixture
 def small_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tasks of a few files, so directories complete task by task on the two workers."""
+    """Tasks of a few files, so directories complete task by task on the two workers, and
+    batches of a few trees, so trees are written while the workers' tasks are still taken."""
     monkeypatch.setattr(procfiles, "TASK_FILES", 40)
+    monkeypatch.setattr(earlytrees, "BATCH", 4)
+
+
+_REAL_BATCH = Repository.put_trees_made
+
+
+def _per_tree(put):  # type: ignore[no-untyped-def]
+    """A `put_trees_made` that writes each tree of a batch by `put(self, h, data)` (a test's
+    per-tree hook around the real `put_tree_made`)."""
+    def batch(self, trees):  # type: ignore[no-untyped-def]
+        for h, data in trees:
+            put(self, h, data)
+    return batch
 
 
 @contextlib.contextmanager
@@ -136,7 +150,7 @@ def test_same_archive_on_s3_through_workers(tmp_path, home, s3_server_url, small
     src = make_tree(tmp_path / "src")
     made: list[str] = []
     real_put = Repository.put_tree_made
-    monkeypatch.setattr(Repository, "put_tree_made", lambda self, h, data: (made.append(h), real_put(self, h, data)))
+    monkeypatch.setattr(Repository, "put_trees_made", _per_tree(lambda self, h, data: (made.append(h), real_put(self, h, data))))
     ahead = api.archive([src], name="m", store=s3_server_url, catalog=str(tmp_path / "a.db"), processes=2)
     assert ahead.files_by_processes > 0 and made
     _same_trees_as_the_commits(tmp_path, src, s3_server_url, ahead.id, 2)
@@ -151,7 +165,7 @@ def test_each_tree_proved_and_written_once(tmp_path, home, small_tasks, monkeypa
     monkeypatch.setattr(model, "check_tree", lambda data, h, where: (at_commit.append(h), real_check(data, h, where)))
     written: list[str] = []
     real_put = Repository.put_tree_made
-    monkeypatch.setattr(Repository, "put_tree_made", lambda self, h, data: (written.append(h), real_put(self, h, data)))
+    monkeypatch.setattr(Repository, "put_trees_made", _per_tree(lambda self, h, data: (written.append(h), real_put(self, h, data))))
     commit_puts: list[dict] = []
     real_puts = Repository._put_trees
     monkeypatch.setattr(Repository, "_put_trees", lambda self, trees, hot=None: (commit_puts.append(dict(trees)),
@@ -177,7 +191,7 @@ def test_a_tree_write_that_fails_ahead_is_written_by_the_commit(tmp_path, home, 
             failed.append(h)
             raise StoreError("the tree could not be written (test)")
         return Repository._put_tree(self, h, data, None)
-    monkeypatch.setattr(Repository, "put_tree_made", flaky)
+    monkeypatch.setattr(Repository, "put_trees_made", _per_tree(flaky))
     res, _ = _archive(tmp_path, src, str(tmp_path / "a"), "m", 2)
     with without_ahead():
         base, _ = _archive(tmp_path, src, str(tmp_path / "b"), "m", 2)
@@ -207,7 +221,7 @@ def test_a_failed_archive_commits_no_manifest(tmp_path, home, small_tasks, monke
     monkeypatch.setattr(Repository, "adopt_packs", adopt)
     made: list[str] = []
     real_put = Repository.put_tree_made
-    monkeypatch.setattr(Repository, "put_tree_made", lambda self, h, data: (made.append(h), real_put(self, h, data)))
+    monkeypatch.setattr(Repository, "put_trees_made", _per_tree(lambda self, h, data: (made.append(h), real_put(self, h, data))))
     with pytest.raises(StoreError, match="test"):
         _archive(tmp_path, src, str(tmp_path / "s"), "m", 2)
     assert made  # trees were made ahead before the failure
@@ -226,7 +240,7 @@ def test_threads_leave_the_trees_to_the_commit(tmp_path, home, monkeypatch):
     from the start (none here: every directory has files) are made ahead."""
     made: list[str] = []
     real_put = Repository.put_tree_made
-    monkeypatch.setattr(Repository, "put_tree_made", lambda self, h, data: (made.append(h), real_put(self, h, data)))
+    monkeypatch.setattr(Repository, "put_trees_made", _per_tree(lambda self, h, data: (made.append(h), real_put(self, h, data))))
     res, _ = _archive(tmp_path, make_tree(tmp_path / "src"), str(tmp_path / "s"), "m", 0)
     assert res.files > TREE_THRESHOLD and made == []
 
@@ -323,7 +337,7 @@ def test_an_archive_failing_after_the_files_returns_with_no_early_write_under_wa
     assert left == [] and len(started) == n  # nothing left running, no tree written afterwards
     assert workers == []  # nor a worker process
     assert RawStore(str(tmp_path / "s")).keys("manifests/") == []
-    monkeypatch.setattr(Repository, "put_tree_made", real_put)  # a rerun commits the archive the commit
+    monkeypatch.setattr(Repository, "put_trees_made", _REAL_BATCH)  # a rerun commits the archive the commit
     monkeypatch.setattr(Repository, "sync_catalog", real_sync)  # alone would have made
     _rerun_is_the_commits_own(tmp_path, src)
 
@@ -349,8 +363,8 @@ def test_a_tree_made_from_stale_entries_is_not_the_commits(tmp_path, home, small
     monkeypatch.setattr(earlytrees.EarlyTrees, "add", add)
     made: dict[str, bytes] = {}
     real_put = Repository.put_tree_made
-    monkeypatch.setattr(Repository, "put_tree_made", lambda self, h, data: (made.__setitem__(h, data),
-                                                                            real_put(self, h, data))[1])
+    monkeypatch.setattr(Repository, "put_trees_made", _per_tree(lambda self, h, data: (made.__setitem__(h, data),
+                                                                                       real_put(self, h, data))[1]))
     ahead, cat = _archive(tmp_path, src, str(tmp_path / "a"), "m", 2)
     with without_ahead():
         base, _ = _archive(tmp_path, src, str(tmp_path / "b"), "m", 2)
@@ -396,7 +410,7 @@ def test_directories_completing_out_of_order_same_archive(tmp_path, home, small_
     src = make_odd_tree(tmp_path / "src")
     made: list[str] = []
     real_put = Repository.put_tree_made
-    monkeypatch.setattr(Repository, "put_tree_made", lambda self, h, data: (made.append(h), real_put(self, h, data)))
+    monkeypatch.setattr(Repository, "put_trees_made", _per_tree(lambda self, h, data: (made.append(h), real_put(self, h, data))))
     ahead, cat_a = _archive(tmp_path, src, str(tmp_path / "a"), "m", 2)
     with without_ahead():
         base, cat_b = _archive(tmp_path, src, str(tmp_path / "b"), "m", 2)
@@ -432,7 +446,7 @@ def test_ctrl_c_while_the_files_are_archived_stops_the_trees_ahead(tmp_path, hom
             os.kill(os.getpid(), signal.SIGINT)
         made.append(h)
         return real_put(self, h, data)
-    monkeypatch.setattr(Repository, "put_tree_made", put)
+    monkeypatch.setattr(Repository, "put_trees_made", _per_tree(put))
     real_adopt = Repository.adopt_packs
 
     def adopt(self, indexes):  # type: ignore[no-untyped-def]
@@ -476,7 +490,7 @@ def test_a_worker_killed_after_trees_were_made_ahead(tmp_path, home, small_tasks
                 os.kill(p.pid, signal.SIGKILL)
         made.append(h)
         return real_put(self, h, data)
-    monkeypatch.setattr(Repository, "put_tree_made", put)
+    monkeypatch.setattr(Repository, "put_trees_made", _per_tree(put))
     real_adopt = Repository.adopt_packs
     monkeypatch.setattr(Repository, "adopt_packs", lambda self, idx: (time.sleep(0.1) if made else None,
                                                                       real_adopt(self, idx))[1])
@@ -515,7 +529,7 @@ def _slow_tree_writes(monkeypatch, seconds: float) -> list[str]:  # type: ignore
         started.append(h)
         time.sleep(seconds)
         return real_put(self, h, data)
-    monkeypatch.setattr(Repository, "put_tree_made", slow_put)
+    monkeypatch.setattr(Repository, "put_trees_made", _per_tree(slow_put))
     return started
 
 
@@ -530,5 +544,5 @@ def _fails_cleanly_then_reruns(tmp_path, src, monkeypatch, error: type, made: li
     assert made and _early_threads() == [] and multiprocessing.active_children() == []
     assert RawStore(str(tmp_path / "s")).keys("manifests/") == []
     monkeypatch.setattr(Repository, "adopt_packs", real_adopt)
-    monkeypatch.setattr(Repository, "put_tree_made", real_put)
+    monkeypatch.setattr(Repository, "put_trees_made", _REAL_BATCH)
     _rerun_is_the_commits_own(tmp_path, src)

@@ -577,3 +577,21 @@ def test_flush_packs_behind_hands_its_error_to_the_commit_and_close_waits(tmp_pa
         assert r.flush_packs_behind() == 1
     with Repository.open(settings) as r:  # closed without raising; the store holds every pack
         assert len(list(r._store.list(layout.PACKS))) == 4 and r._catalog.known_packs() == set()
+
+
+def test_put_trees_made_writes_a_batch_and_heals_a_damaged_tree_already_there(repo, tmp_path):
+    """`put_trees_made` (early trees, a batch at a time): new trees written with their bytes,
+    one already stored intact left as it is, one stored damaged replaced by the proved bytes,
+    as `put_tree_made` does tree by tree."""
+    from manifests.model import manifest_id
+    trees = [(manifest_id(b), b) for b in (b'{"tree":%d}' % i for i in range(20))]
+    (h_ok, data_ok), (h_bad, data_bad) = trees[0], trees[1]
+    repo.put_tree_made(h_ok, data_ok)
+    repo.put_tree_made(h_bad, data_bad)
+    bad = obj_path(tmp_path, layout.tree(h_bad))
+    ok_ino = obj_path(tmp_path, layout.tree(h_ok)).stat().st_ino
+    bad.chmod(0o644)
+    bad.write_bytes(b"damaged")
+    repo.put_trees_made(trees)
+    assert all(obj_path(tmp_path, layout.tree(h)).read_bytes() == data for h, data in trees)
+    assert obj_path(tmp_path, layout.tree(h_ok)).stat().st_ino == ok_ino

@@ -1001,3 +1001,53 @@ def test_a_ctrl_c_right_after_a_directory_is_closed_is_an_interrupt_and_closes_n
         store.get("a/b/c")
     monkeypatch.undo()
     assert ctrl_c.fired and open_fds() <= before and store.get("a/b/c") == b"data"
+
+
+def test_local_put_many_makes_names_appear_only_once_their_bytes_are_durable(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`put_many_if_absent`: every new object written, an existing one left as it is (False),
+    no temp file left; the batch's bytes are synced together before any name appears, and
+    the new names' directories synced together after they all appeared."""
+    from archiver import fileio
+    store = open_store(str(tmp_path), create=True)
+    assert store.put_if_absent("trees/aa/old.json", b"kept")
+    synced: list[tuple[list[str], list[str]]] = []  # (what the fds are, names present then)
+    real_sync = fileio.sync_together
+
+    def sync(fds, pool=None, *, within=None):  # type: ignore[no-untyped-def]
+        names = sorted(p.name for p in (tmp_path / "trees").rglob("*.json"))
+        synced.append(([os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1] for fd in fds], names))
+        return real_sync(fds, pool, within=within)
+    monkeypatch.setattr(fileio, "sync_together", sync)
+    items = [(f"trees/{i % 3:02x}/t{i}.json", b"tree %d" % i) for i in range(20)] + [("trees/aa/old.json", b"new")]
+    assert store.put_many_if_absent(items) == [True] * 20 + [False]
+    assert [store.get(k) for k, _ in items[:20]] == [d for _, d in items[:20]]
+    assert store.get("trees/aa/old.json") == b"kept"
+    assert not list(tmp_path.rglob(".tmp-*"))
+    (files, before), (dirs, after) = synced
+    assert len(files) == 20 and all(f.startswith(".tmp-") for f in files) and before == ["old.json"]
+    assert sorted(dirs) == ["00", "01", "02"] and len(after) == 21
+    assert store.put_many_if_absent(items[:2]) == [False, False]
+
+
+def test_local_put_many_write_error_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that fills in the middle of a batch: one-line StoreError naming the key, no
+    object of the batch under its name (none was linked yet), no temp file."""
+    store = open_store(str(tmp_path), create=True)
+    real_write = os.write
+    calls: list[int] = []
+
+    def failing_write(fd: int, data) -> int:
+        calls.append(fd)
+        if len(calls) <= 2:
+            return real_write(fd, data)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    items = [(f"trees/ab/t{i}.json", b"tree %d" % i) for i in range(4)]
+    with monkeypatch.context() as m:
+        m.setattr(os, "write", failing_write)
+        with pytest.raises(StoreError) as excinfo:
+            store.put_many_if_absent(items)
+    assert one_line_store_error(excinfo) == f"disk full writing trees/ab/t2.json to {tmp_path}"
+    assert not any(store.exists(k) for k, _ in items)
+    assert not list(tmp_path.rglob(".tmp-*"))
