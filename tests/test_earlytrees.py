@@ -546,3 +546,24 @@ def _fails_cleanly_then_reruns(tmp_path, src, monkeypatch, error: type, made: li
     monkeypatch.setattr(Repository, "adopt_packs", real_adopt)
     monkeypatch.setattr(Repository, "put_trees_made", _REAL_BATCH)
     _rerun_is_the_commits_own(tmp_path, src)
+
+
+def test_trees_made_ahead_are_written_in_synced_batches_on_a_local_store(tmp_path, home, monkeypatch):
+    """On a local store the trees made ahead go through `put_many_if_absent` (one sync per
+    batch, not two fsyncs per tree), in batches of at most BATCH (the default, not the
+    tests' small one), and the archive is the very one the commit alone makes."""
+    from archiver.stores.local import LocalStore
+    batches: list[list[str]] = []
+    real_many = LocalStore.put_many_if_absent
+    monkeypatch.setattr(LocalStore, "put_many_if_absent",
+                        lambda self, items: (batches.append([k for k, _ in items]), real_many(self, items))[1])
+    src = make_tree(tmp_path / "src")
+    ahead, cat = _archive(tmp_path, src, str(tmp_path / "a"), "m", 2)
+    with without_ahead():
+        base, _ = _archive(tmp_path, src, str(tmp_path / "b"), "m", 2)
+    assert ahead.id == base.id
+    written = [k for b in batches for k in b]
+    assert written and all(1 < len(b) <= earlytrees.BATCH for b in batches) and len(set(written)) == len(written)
+    assert all(k.startswith("trees/") for k in written)
+    assert set(written) <= set(RawStore(str(tmp_path / "a")).keys("trees/"))
+    assert _store_objects(str(tmp_path / "a")) == _store_objects(str(tmp_path / "b"))
