@@ -35,6 +35,8 @@ _ERRNO_WORDS = {
 }
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
+_SYNC_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC  # a directory opened to fsync its entries
+_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC  # a temp file, never an existing one
 # Reads never follow a symlink and never block on a FIFO (whose open would wait for a writer).
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
 _KINDS = ((stat_mod.S_ISLNK, "a symlink"), (stat_mod.S_ISFIFO, "a FIFO"), (stat_mod.S_ISCHR, "a character device"),
@@ -75,11 +77,16 @@ def _file_kind(mode: int) -> str:
 
 def _fsync_dir(path: Path) -> None:
     """Make a directory entry (a new file or subdirectory name) durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    fd = os.open(path, _SYNC_DIR_FLAGS)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _temp_beside(final: Path) -> Path:
+    """A fresh temp name in `final`'s directory, linked to `final` once written and durable."""
+    return final.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
 
 
 def _remove_quietly(path: Path) -> None:
@@ -175,10 +182,9 @@ class LocalStore:
         tmp: Path | None = None
         try:
             self._make_dirs(final.parent)
-            tmp = final.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
+            tmp = _temp_beside(final)
             size = sum(memoryview(part).nbytes for part in parts)
-            fd, direct = self._direct.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                                           OBJECT_MODE, size)
+            fd, direct = self._direct.open(tmp, _NEW_FLAGS, OBJECT_MODE, size)
             try:
                 if direct:
                     self._direct.write(fd, parts, direct)
@@ -211,6 +217,7 @@ class LocalStore:
         from archiver.fileio import sync_together  # not at import: ctypes' libc look-up is lazy there
         created = [False] * len(items)
         staged: list[tuple[int, Path, Path, int]] = []  # (item index, tmp, final, open fd)
+        published = 0  # staged[:published] are linked and their temp names removed
         doing = ""  # the key being written or published, for the error
         try:
             try:
@@ -220,8 +227,8 @@ class LocalStore:
                     if os.path.lexists(final):
                         continue
                     self._make_dirs(final.parent)
-                    tmp = final.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}"
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), OBJECT_MODE)
+                    tmp = _temp_beside(final)
+                    fd = os.open(tmp, _NEW_FLAGS, OBJECT_MODE)
                     staged.append((i, tmp, final, fd))
                     _write_all(fd, data)
                 sync_together([fd for _, _, _, fd in staged])
@@ -232,9 +239,10 @@ class LocalStore:
                 for i, tmp, final, _ in staged:
                     doing = items[i][0]
                     created[i] = self._publish(tmp, final)
-                    _remove_quietly(tmp)
+                    _remove_quietly(tmp)  # already gone if the no-link fallback renamed it
+                    published += 1
                     if created[i] and final.parent not in dirs:
-                        dirs[final.parent] = os.open(final.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+                        dirs[final.parent] = os.open(final.parent, _SYNC_DIR_FLAGS)
                 sync_together(list(dirs.values()))  # the new names (and the temp removals) durable
             except OSError as exc:
                 raise self._error(exc, "writing", doing) from exc
@@ -243,12 +251,13 @@ class LocalStore:
                     os.close(dfd)
             return created
         finally:
-            for _, tmp, _, fd in staged:
+            for n, (_, tmp, _, fd) in enumerate(staged):
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-                _remove_quietly(tmp)
+                if n >= published:  # not linked: its temp name is all there is of it
+                    _remove_quietly(tmp)
 
     def _publish(self, tmp: Path, final: Path) -> bool:
         try:
