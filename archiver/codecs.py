@@ -186,9 +186,9 @@ def split_planes(data: bytes | bytearray | memoryview, width: int, out: np.ndarr
     Why shifts and casts rather than a strided copy (grid[:, i]): a byte-strided gather
     runs one byte at a time, while a cast or shift of whole elements is vectorised; both
     release the GIL. Why one call per plane over the whole chunk rather than in cache-sized
-    blocks: alone on one thread blocks are a little cheaper, but in the archive's pipeline
-    every block was a few more native calls that drop and retake the GIL beside the reader's
-    hashing and the other workers, and the whole archive took more CPU and more wall time
+    blocks: alone on one thread blocks are a little cheaper, but in the archive's pipeline,
+    where a worker splits a chunk while the reading thread hashes that same chunk, the whole
+    archive took more CPU (most of it in the reader's SHA-256) and more wall time with blocks
     (bench/RESULTS.md, "Archive wall time, seventh pass")."""
     import numpy as np
     plane_len = out.shape[1]

@@ -665,8 +665,8 @@ def test_matches_agrees_with_decode_and_refuses_what_decode_refuses(codec: Codec
 def test_split_planes_of_a_big_chunk_match_the_format_and_feed_it_in_one_call(width: int) -> None:
     """split_planes of a chunk of several MiB (planes of odd length, a tail shorter than one
     element) gives exactly the planes the format defines, and so do the objects made from
-    them; `feed` gets the elements' bytes in one call, not block by block (each native call
-    drops and retakes the GIL beside the archive's other threads)."""
+    them; `feed` gets the elements' bytes in one call, not block by block (the blocked split
+    cost the archive more CPU and wall time: bench/RESULTS.md, seventh pass)."""
     import numpy as np
 
     from archiver.codecs import split_planes
