@@ -172,12 +172,6 @@ _same = same_bytes  # the name the encoder has always used
 _ELEMENT = {2: "<u2", 4: "<u4", 8: "<u8"}  # numpy dtype strings
 
 
-# Elements per block when splitting planes. Why blocks: each plane is one pass
-# over the chunk, and an 8 MiB chunk does not fit in a core's cache, so plane by plane the
-# chunk would come from memory `width` times; block by block (256 KiB of bf16) it comes
-# once and the other passes hit the cache. Smaller blocks pay numpy's per-call overhead.
-# Measurements: bench/RESULTS.md, "CPU per GiB: the big-file hot path".
-PLANE_BLOCK_ELEMENTS = 1 << 17
 # The page size the local store's O_DIRECT writes align to (archiver.directio.ALIGN): the plane
 # buffer is placed at the same offset modulo it as a plane object's first plane.
 PLANE_ALIGN = 4096
@@ -186,26 +180,24 @@ PLANE_ALIGN = 4096
 def split_planes(data: bytes | bytearray | memoryview, width: int, out: np.ndarray,
                  feed: Callable[[memoryview], object] | None = None) -> None:
     """Byte-planes of the first out.shape[1] elements of `data` into `out` (uint8, shape
-    (width, plane_len)), e.g. a reused per-thread buffer. `feed`, if given, is called with
-    each block's source bytes in order (e.g. a hasher's update), just before the block is
-    split, so both passes read it from the cache.
+    (width, plane_len)), e.g. a reused per-thread buffer. `feed`, if given, is called once
+    with those elements' bytes (e.g. a hasher's update) before they are split.
 
     Why shifts and casts rather than a strided copy (grid[:, i]): a byte-strided gather
     runs one byte at a time, while a cast or shift of whole elements is vectorised; both
-    release the GIL. Done in blocks of PLANE_BLOCK_ELEMENTS so the source is read from
-    memory once. Measurements: bench/RESULTS.md, "CPU per GiB (issue 12)"."""
+    release the GIL. Why one call per plane over the whole chunk rather than in cache-sized
+    blocks: alone on one thread blocks are a little cheaper, but in the archive's pipeline,
+    where a worker splits a chunk while the reading thread hashes that same chunk, the whole
+    archive took more CPU (most of it in the reader's SHA-256) and more wall time with blocks
+    (bench/RESULTS.md, "Archive wall time, seventh pass")."""
     import numpy as np
     plane_len = out.shape[1]
     elems = np.frombuffer(data, dtype=_ELEMENT[width], count=plane_len)
-    src = memoryview(data).cast("B") if feed is not None else None
-    for a in range(0, plane_len, PLANE_BLOCK_ELEMENTS):
-        b = a + PLANE_BLOCK_ELEMENTS
-        block = elems[a:b]
-        if src is not None and feed is not None:
-            feed(src[a * width : min(b, plane_len) * width])
-        np.copyto(out[0, a:b], block, casting="unsafe")  # truncation keeps the low byte
-        for i in range(1, width):
-            np.right_shift(block, 8 * i, out=out[i, a:b], casting="unsafe")
+    if feed is not None:
+        feed(memoryview(data).cast("B")[:plane_len * width])
+    np.copyto(out[0], elems, casting="unsafe")  # truncation keeps the low byte
+    for i in range(1, width):
+        np.right_shift(elems, 8 * i, out=out[i], casting="unsafe")
 
 
 def merge_planes(planes: list[np.ndarray], width: int, out: np.ndarray) -> None:
@@ -315,14 +307,14 @@ class Codec:
             got += k
         return got == n and same_bytes(out[:n], payload)
 
-    # -- chunk address and planes in one pass ------------------------------------------
+    # -- chunk address and planes in one step ------------------------------------------
 
     def address(self, raw: bytes | memoryview, width: int = 0) -> str:
         """BLAKE3 (hex) of a chunk: its address. For a chunk that `encode` (or `matches`)
-        would split into byte-planes, the planes are split in the same pass, block by
-        block while each block is in the cache, into this thread's plane buffer; the next
-        `encode`/`matches` of this very chunk on this thread then uses them instead of
-        reading the chunk from memory again (one pass fewer over every new chunk).
+        would split into byte-planes, the planes are split right after it is hashed, into
+        this thread's plane buffer; the next `encode`/`matches` of this very chunk on this
+        thread then uses them instead of splitting it again (one pass fewer over every new
+        chunk).
 
         Only an immutable `bytes` chunk is remembered (by identity, holding a reference,
         so it cannot change or be replaced by another object at the same address); it is

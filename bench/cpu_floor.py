@@ -8,7 +8,7 @@ Input: bench/cpu_per_gib.py's generated bf16 safetensors (or --input; a tensor c
 thread's CPU clock (user + system, so other processes on a shared machine do not count), and
 is printed in CPU-s per GiB of input: reading from the page cache into a reused buffer,
 BLAKE3 (archive does it twice: the chunk's address and the whole-file hash), SHA-256, the
-blocked byte-plane split, zstd of the planes as the encoder does it (both probes, the
+byte-plane split, zstd of the planes as the encoder does it (both probes, the
 exponent plane whole), the round-trip decode-and-compare, the object join, writing the object
 with fsync. Their sum (BLAKE3 twice) plus Python start-up is what no amount of removing copies
 can go below; the gap to bench/cpu_per_gib.py's stage sum is memory traffic and kernel work."""
@@ -88,7 +88,7 @@ def main() -> int:
         ("read (page cache -> reused buffer)", lambda: os.preadv(fd, [buf], at), 1),
         ("BLAKE3 (address + whole file: x2)", lambda: blake3.blake3(chunk).digest(), 2),
         ("SHA-256 (whole file)", lambda: hashlib.sha256(chunk).digest(), 1),
-        ("byte-plane split (blocked)", lambda: split_planes(chunk, 2, planes), 1),
+        ("byte-plane split", lambda: split_planes(chunk, 2, planes), 1),
         ("zstd: both probes + exponent plane", lambda: [comp.compress(_sample(v)) for v in views] + [comp.compress(views[1])], 1),
         ("round trip: decode + compare", lambda: codec._round_trips(frame, views[1]), 1),
         ("object join", lambda: b"".join([bytes(88), views[0], frame]), 1),

@@ -662,21 +662,24 @@ def test_matches_agrees_with_decode_and_refuses_what_decode_refuses(codec: Codec
 
 
 @pytest.mark.parametrize("width", [2, 4, 8])
-def test_split_planes_in_blocks_matches_the_format_across_block_edges(width: int) -> None:
-    """split_planes works block by block (PLANE_BLOCK_ELEMENTS elements at a time); planes
-    longer than a block and not a multiple of it come out exactly as the format defines,
-    and so do the objects made from them (decode gives the chunk back)."""
+def test_split_planes_of_a_big_chunk_match_the_format_and_feed_it_in_one_call(width: int) -> None:
+    """split_planes of a chunk of several MiB (planes of odd length, a tail shorter than one
+    element) gives exactly the planes the format defines, and so do the objects made from
+    them; `feed` gets the elements' bytes in one call, not block by block (the blocked split
+    cost the archive more CPU and wall time: bench/RESULTS.md, seventh pass)."""
     import numpy as np
 
-    from archiver.codecs import PLANE_BLOCK_ELEMENTS, split_planes
+    from archiver.codecs import split_planes
 
-    elements = 2 * PLANE_BLOCK_ELEMENTS + 777
+    elements = (3 << 20) // width + 777
     grid = np.random.default_rng(width).integers(0, 256, (elements, width), dtype=np.uint8)
     grid[:, width - 1] = 0x3C + (grid[:, width - 1] & 1)  # a low-entropy top byte, like exponents
     raw = grid.tobytes() + os.urandom(width - 1)  # and a tail shorter than one element
     body = elements * width
     planes = np.empty((width, elements), dtype=np.uint8)
-    split_planes(memoryview(raw)[:body], width, planes)
+    fed: list[bytes] = []
+    split_planes(raw, width, planes, feed=lambda piece: fed.append(bytes(piece)))
+    assert fed == [raw[:body]]
     for i in range(width):
         assert planes[i].tobytes() == raw[i:body:width]
     codec = Codec()
@@ -700,9 +703,7 @@ def test_address_is_blake3_and_the_planes_it_splits_make_the_same_object(width: 
     pass, gives exactly the object a fresh codec makes."""
     import blake3
 
-    from archiver.codecs import PLANE_BLOCK_ELEMENTS
-
-    raw = _bf16_like(PLANE_BLOCK_ELEMENTS + 12_345, max(width, 2), 7)
+    raw = _bf16_like((1 << 17) + 12_345, max(width, 2), 7)
     codec = Codec()
     assert codec.address(raw, width) == blake3.blake3(raw).hexdigest()
     enc = codec.encode(raw, width)
