@@ -244,6 +244,8 @@ class FilesRun:
     # files whose keys and stats are made only when the rows are (`_keyed`): no row of the
     # cache lies under any PATH archived, so nothing is looked up before the first read
     deferred: list[Source] = field(default_factory=list)
+    _key_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _keying: threading.Thread | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def start(cls, repo: Repository, sources: Iterable[Source], policy: Any, *, reread: bool = False,
@@ -281,10 +283,32 @@ class FilesRun:
             return True
 
     def _keyed(self) -> None:
-        """Make the keys and stats `start` deferred (from the scan's stats, taken before any read)."""
-        files, self.deferred = self.deferred, []
-        if files:
-            self._key(files)
+        """Make the keys and stats `start` deferred (from the scan's stats, taken before any read);
+        waits for `key_ahead`'s thread if it is making them."""
+        with self._key_lock:
+            files, self.deferred = self.deferred, []
+            if files:
+                try:
+                    self._key(files)
+                except BaseException:
+                    self.deferred = files  # made again (and raised) by the commit's own call
+                    raise
+
+    def key_ahead(self) -> None:
+        """Make the deferred keys and stats on a thread of their own now, while worker processes
+        read the files and the driver's core has time to spare, rather than beside the commit,
+        where every step of the driver waits for the one GIL. Once per run; a failure there is
+        left for the commit's `_keyed` to meet again and raise."""
+        if not self.deferred or self._keying is not None:
+            return
+
+        def run() -> None:
+            try:
+                self._keyed()
+            except BaseException:  # noqa: BLE001 - the deferred files are kept: the commit raises it
+                pass
+        self._keying = threading.Thread(target=run, name="files-cache-keys", daemon=True)
+        self._keying.start()
 
     def _key(self, files: Iterable[Source]) -> None:
         """Each file's key (its absolute path) and its stat before any read."""
@@ -446,6 +470,8 @@ class FilesRun:
         return rows, now, moved
 
     def close(self) -> None:
+        if self._keying is not None:
+            self._keying.join()
         if self.cache is not None:
             self.cache.close()
 

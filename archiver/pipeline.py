@@ -206,7 +206,8 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         if s.parent is None and s.path == ATTACH_DIR:
             raise UsageError(f"cannot archive {s.abspath}: its name {ATTACH_DIR!r} is reserved for attachments")
     attached = _attachment_sources(attach)
-    sources = sorted(sources + attached, key=lambda s: s.path)
+    if attached:  # the scan's own list is sorted by path already
+        sources = sorted(sources + attached, key=lambda s: s.path)
     try:
         if attached:  # scan checked the rest already: only attachments can collide with them
             check_paths((s.path, "dir" if s.is_dir else "file") for s in sources)
@@ -235,11 +236,18 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     # the trees of directories whose files are all done are made, proved and written while the
     # other files are archived (archiver.earlytrees): the commit finishes the rest
     ahead = EarlyTrees.start(repo, sources, reused, files_cache.trees, write_policy, processes)
+    on_entries = None
+    if ahead is not None:
+        def on_entries(finished: Iterable[Entry], add: Any = ahead.add) -> None:
+            add(finished)
+            # once the first files are back (the workers hold their jobs by then), the files
+            # cache's keys are made on the driver's spare time, not in the commit's GIL-bound tail
+            files_cache.key_ahead()
     try:
         done = fanout.archive_files(repo, [s for s in sources if s.path not in reused], ex, writer=writer, stats=stats, policy=policy,
                                     write_policy=write_policy, progress=progress, pool_workers=nworkers,
                                     journal=journal, processes=processes, cpu_since=cpu_since, early=early,
-                                    on_entries=ahead.add if ahead is not None else None)
+                                    on_entries=on_entries)
         if ahead is not None:
             ahead.all_added()  # the last trees are made while the chunks are checked and the catalog synced
     except BaseException:

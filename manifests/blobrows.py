@@ -116,3 +116,44 @@ def insert_pack_entries(conn: sqlite3.Connection, pack: str, entries: Sequence[t
 
 
 _PACK_FORMAT = f"{{}}{{:{INT_WIDTH}d}}{{:{INT_WIDTH}d}}{{:{INT_WIDTH}d}}"
+
+
+PACKS_RECORD = 2 * HASH_HEX + 3 * INT_WIDTH  # a chunk's hash, its pack's name, then offset, stored size, length
+PACKS_SQL = (_COUNTER.format(n=2) + 'INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
+             f"SELECT CAST(substr(?1, key * {PACKS_RECORD} + 1, {HASH_HEX}) AS TEXT), "
+             f"CAST(substr(?1, key * {PACKS_RECORD} + {HASH_HEX + 1}, {HASH_HEX}) AS TEXT), "
+             + ", ".join(f"CAST(CAST(substr(?1, key * {PACKS_RECORD} + {2 * HASH_HEX + i * INT_WIDTH + 1}, "
+                         f"{INT_WIDTH}) AS TEXT) AS INTEGER)" for i in range(3)) + " FROM n")
+
+
+def insert_packs_entries(conn: sqlite3.Connection, packs: Sequence[tuple[str, Sequence[tuple[str, int, int, int]]]]
+                         ) -> bool:
+    """`insert_pack_entries` of several packs ((pack, its entries) each) in one statement, in
+    (hash, pack) order: the primary key's order, so the inserts walk the B-tree once instead
+    of once per pack at random places (for a first small-file archive, less than half the
+    CPU of one statement per pack in pack order). A (hash, pack) named twice keeps its first
+    entry, as inserting pack by pack in order does. False (nothing inserted) unless every
+    pack name and hash is 64 lowercase hex digits and every number a 64-bit int."""
+    if any({*map(len, entries)} - {4} for _, entries in packs):  # a ragged entry: binding it row by row refuses it
+        return False
+    rows = [(h, pack, o, st, n) for pack, entries in packs for h, o, st, n in entries]
+    if not rows:
+        return True
+    names = [pack for pack, _ in packs]
+    if set(map(type, names)) != {str} or not _lower_hex("".join(names)) or {*map(len, names)} != {HASH_HEX}:
+        return False
+    hashes, _, offsets, stored, lengths = zip(*rows)
+    if set(map(type, hashes)) != {str} or not _lower_hex("".join(hashes)) or {*map(len, hashes)} != {HASH_HEX}:
+        return False
+    numbers = (*offsets, *stored, *lengths)
+    if set(map(type, numbers)) != {int} or min(numbers) < _INT_LOW or max(numbers) >= _INT_HIGH:
+        return False
+    rows.sort(key=lambda r: (r[0], r[1]))  # stable: the first of a (hash, pack) named twice stays first
+    blob = "".join(map(_PACKS_FORMAT.format, *zip(*rows))).encode("ascii")
+    if len(blob) != PACKS_RECORD * len(rows):
+        return False
+    conn.execute(PACKS_SQL, (blob, len(rows)))
+    return True
+
+
+_PACKS_FORMAT = f"{{}}{{}}{{:{INT_WIDTH}d}}{{:{INT_WIDTH}d}}{{:{INT_WIDTH}d}}"

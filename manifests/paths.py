@@ -81,7 +81,12 @@ def check_paths(items: Iterable[tuple[str, str]]) -> None:
     A path of plain printable ASCII is checked by `_plain_ok` and folded by lower() (what
     `fold` does to ASCII); any other goes through `check_path` and `fold`. Whether a path
     lies inside a file depends only on its parent directory, so that is asked once per
-    directory (the same first offence, in the same order, as asking per path)."""
+    directory (the same first offence, in the same order, as asking per path). A list of
+    plain paths that passes every check is told so by whole-list steps (`_plain_all`);
+    anything else, or any offence, takes the per-path loop, which raises the first one."""
+    items = list(items)
+    if _plain_all(items):
+        return
     seen: dict[str, str] = {}
     files: set[str] = set()
     all_paths: list[tuple[str, str]] = []  # (path, its parent directory) in order
@@ -120,6 +125,36 @@ def _plain_ok(path: object) -> bool:
         return False
     parts = path.split("/")
     return "" not in parts and "." not in parts and ".." not in parts and max(map(len, parts)) <= MAX_NAME_BYTES
+
+
+_PLAIN_JOINED = re.compile(r"[\x20-\x39\x3b-\x5b\x5d-\x7e\n]*")  # _PLAIN_PATH's characters, and the joins
+
+
+def _plain_all(items: list[tuple[str, str]]) -> bool:
+    """True if every path is plain (`_plain_ok`), no two fold alike, and none lies inside a
+    file: what check_paths' loop would accept, asked of the whole list at once (a scan's or
+    a manifest's tens of thousands of paths) with one join, one match and set operations
+    instead of steps per path. False says nothing: the loop then decides, with its errors."""
+    paths = [p for p, _ in items]
+    try:
+        joined = "\n".join(paths)
+    except TypeError:  # a path that is not text: the loop says so
+        return False
+    if not paths or not all(paths) or max(map(len, paths)) > MAX_PATH_BYTES:
+        return False
+    if joined.count("\n") != len(paths) - 1 or not _PLAIN_JOINED.fullmatch(joined):
+        return False  # a path holding a newline, or a character check_path must look at
+    names = joined.replace("\n", "/").split("/")
+    if "" in names or "." in names or ".." in names or max(map(len, names)) > MAX_NAME_BYTES:
+        return False
+    keys = joined.lower().split("\n")  # `fold` of plain ASCII, as the loop takes it
+    if len(set(keys)) != len(keys):
+        return False
+    files = {k for k, (_, typ) in zip(keys, items) if typ != "dir"}
+    if not files:
+        return True
+    parents = {p.rpartition("/")[0] for p in paths}
+    return not any(parent and _file_prefix(parent, files) is not None for parent in parents)
 
 
 def _file_prefix(parent: str, files: set[str]) -> str | None:
