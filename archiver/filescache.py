@@ -36,6 +36,7 @@ out of its size). Next to the catalog, the cache follows the catalog's binding t
 Losing it costs one full read. Any error opening or writing it only turns the cache off."""
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -83,11 +84,44 @@ CREATE TABLE IF NOT EXISTS moved (
     new TEXT NOT NULL           -- a later manifest holding those rows' reused entries at the same paths
 )"""
 
+_ON_CONFLICT = ("ON CONFLICT(path) DO UPDATE SET dev=excluded.dev, ino=excluded.ino, "
+                "size=excluded.size, mtime_ns=excluded.mtime_ns, ctime_ns=excluded.ctime_ns, "
+                "reader=excluded.reader, manifest=excluded.manifest, entry_path=excluded.entry_path, "
+                "used=excluded.used")
 _UPSERT = ("INSERT INTO files(path, dev, ino, size, mtime_ns, ctime_ns, reader, manifest, entry_path, used) "
-           "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET dev=excluded.dev, ino=excluded.ino, "
-           "size=excluded.size, mtime_ns=excluded.mtime_ns, ctime_ns=excluded.ctime_ns, "
-           "reader=excluded.reader, manifest=excluded.manifest, entry_path=excluded.entry_path, "
-           "used=excluded.used")
+           "VALUES (?,?,?,?,?,?,?,?,?,?) " + _ON_CONFLICT)
+# The same rows from one JSON array of [path, dev, ino, size, mtime_ns, ctime_ns, entry_path],
+# the reader, manifest and time shared by all (`_upsert`); "WHERE true" lets SQLite parse the upsert
+_UPSERT_JSON = ("INSERT INTO files(path, dev, ino, size, mtime_ns, ctime_ns, reader, manifest, entry_path, used) "
+                "SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, ?2, ?3, value->>6, ?4 "
+                "FROM json_each(?1) WHERE true " + _ON_CONFLICT)
+_INT64 = (-(1 << 63), 1 << 63)
+
+
+def _upsert(conn: sqlite3.Connection, values: list[tuple[Any, ...]]) -> None:
+    """Upsert rows laid out as `_UPSERT` takes them. Rows that share their reader, manifest
+    and time (a commit's) and whose numbers are 64-bit ints go in as one statement over a
+    JSON array: SQLite then runs without the GIL for the whole insert, instead of taking it
+    back at every row's step, which beside the catalog's own row inserts on the committing
+    thread (Repository.commit_manifest's on_stored) made both threads hand the GIL over at
+    every row. The rows, their values and types, and their order are executemany's."""
+    if not values:
+        return
+    if {*map(len, values)} != {10}:  # executemany says what is wrong
+        conn.executemany(_UPSERT, values)
+        return
+    reader, mid, used = values[0][6], values[0][7], values[0][9]
+    shared = {(r[6], r[7], r[9]) for r in values} == {(reader, mid, used)}
+    if shared and type(used) is float and type(reader) is str and type(mid) is str:
+        paths, devs, inos, sizes, mtimes, ctimes, _, _, entry_paths, _ = zip(*values)
+        numbers = (*devs, *inos, *sizes, *mtimes, *ctimes)
+        if set(map(type, numbers)) == {int} and min(numbers) >= _INT64[0] and max(numbers) < _INT64[1] and \
+                set(map(type, paths)) == {str} and set(map(type, entry_paths)) == {str}:
+            # ensure_ascii=False: a path that is not UTF-8 text fails to bind, as it does row by row
+            rows = json.dumps(list(zip(paths, devs, inos, sizes, mtimes, ctimes, entry_paths)), ensure_ascii=False)
+            conn.execute(_UPSERT_JSON, (rows, reader, mid, used))
+            return
+    conn.executemany(_UPSERT, values)
 
 
 def cache_path(catalog_path: Path) -> Path:
@@ -190,7 +224,7 @@ class FilesCache:
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             if isinstance(moved, Mapping):
-                self._conn.executemany(_UPSERT, values)  # rewritten rows no longer name what moved
+                _upsert(self._conn, values)  # rewritten rows no longer name what moved
                 values, moving = [], set()
                 for old, kept in moved.items():
                     n = self._conn.execute("SELECT count(*) FROM files WHERE manifest=? OR manifest IN "
@@ -204,7 +238,7 @@ class FilesCache:
                 self._conn.execute("UPDATE moved SET new=? WHERE new=?", (to, old))
                 self._conn.execute("INSERT INTO moved(old, new) VALUES (?, ?) ON CONFLICT(old) DO UPDATE SET "
                                    "new=excluded.new", (old, to))
-            self._conn.executemany(_UPSERT, values)
+            _upsert(self._conn, values)
             self._conn.execute("DELETE FROM files WHERE used < ?", (now - EXPIRE_S,))
             if self._conn.execute("SELECT count(*) FROM moved").fetchone()[0] > MOVED_KEEP:
                 self._conn.execute("DELETE FROM moved WHERE old NOT IN (SELECT DISTINCT manifest FROM files)")
