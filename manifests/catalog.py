@@ -1540,39 +1540,22 @@ class Catalog:
 
     def _record_pack(self, conn: sqlite3.Connection, pack: str, size: int, index_id: str,
                      entries: Iterable[tuple[str, int, int, int]]) -> bool:
-        return self._record_packs(conn, [(pack, size, index_id, entries)]) == 1
+        for statement in self._PACK_TABLES:
+            conn.execute(statement)
+        if conn.execute('SELECT 1 FROM packs WHERE pack=?', (pack,)).fetchone() is not None:
+            return False
+        conn.execute('INSERT INTO packs(pack, size, index_id) VALUES (?,?,?)', (pack, size, index_id))
+        entries = list(entries)
+        if not blobrows.insert_pack_entries(conn, pack, entries):  # one statement, without the GIL
+            conn.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
+                             'VALUES (?,?,?,?,?)', ((h, pack, o, s, n) for h, o, s, n in entries))
+        return True
 
     def record_packs(self, packs: Iterable[tuple[str, int, str, Iterable[tuple[str, int, int, int]]]]) -> int:
         """`record_pack` of each (pack, size, index_id, entries), all in one transaction (one
         commit, one WAL fsync, for the packs a commit flushes); returns how many were new."""
-        with self.write() as conn:
-            new = self._record_packs(conn, packs)
-        self._pack_tables_seen = True  # committed: any connection sees the tables now
-        return new
-
-    def _record_packs(self, conn: sqlite3.Connection,
-                      packs: Iterable[tuple[str, int, str, Iterable[tuple[str, int, int, int]]]]) -> int:
-        """`_record_pack` of each pack in order (a pack already recorded, or named again, is
-        skipped), their chunks' rows inserted together (`blobrows.insert_packs_entries`:
-        the rows and the packs' rowids are those of recording them one by one)."""
-        for statement in self._PACK_TABLES:
-            conn.execute(statement)
-        packs = list(packs)
-        known = {r[0] for r in conn.execute("SELECT pack FROM packs WHERE pack IN (SELECT value FROM json_each(?))",
-                                            (json.dumps([p[0] for p in packs]),))}
-        new: list[tuple[str, list[tuple[str, int, int, int]]]] = []
-        for pack, size, index_id, entries in packs:
-            if pack in known:
-                continue
-            known.add(pack)
-            conn.execute('INSERT INTO packs(pack, size, index_id) VALUES (?,?,?)', (pack, size, index_id))
-            new.append((pack, list(entries)))
-        if not blobrows.insert_packs_entries(conn, new):  # one statement, without the GIL
-            for pack, entries in new:
-                if not blobrows.insert_pack_entries(conn, pack, entries):
-                    conn.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
-                                     'VALUES (?,?,?,?,?)', ((h, pack, o, st, n) for h, o, st, n in entries))
-        return len(new)
+        with self.write():
+            return sum(self.record_pack(*p) for p in packs)
 
     def record_packs_apart(self, packs: Iterable[tuple[str, int, str, Iterable[tuple[str, int, int, int]]]]) -> int:
         """`record_packs` through a connection of its own, opened for this one transaction, for
@@ -1588,7 +1571,7 @@ class Catalog:
             raise CatalogError(f"catalog {self.path}: {e}") from None
         try:
             with self._txn(conn):
-                new = self._record_packs(conn, packs)
+                new = sum(self._record_pack(conn, *p) for p in packs)
         finally:
             conn.close()
         self._pack_tables_seen = True  # only once committed: readers of other connections ask for them at once

@@ -73,42 +73,6 @@ def test_pack_rows_are_those_of_executemany():
     assert blobrows.insert_pack_entries(fast, "r", []) and fast.total_changes == 6
 
 
-def test_several_packs_rows_are_those_of_one_pack_at_a_time():
-    """Several packs in one statement: the rows, values and types of inserting each pack's
-    rows in pack order (the first entry of a (hash, pack) named twice kept), inserted in
-    (hash, pack) order, the primary key's."""
-    p1, p2, p3 = "1" * 64, "2" * 64, "0" * 64
-    packs = [(p1, [(HEX_B, 0, 10, 12), (HEX_A, 10, 2 ** 63 - 1, 0), (HEX_B, 99, 1, 1)]),
-             (p2, [(HEX_C, -2 ** 63, 0, 5), (HEX_A, 3, 4, 5)]), (p3, []), (p1 + "", [(HEX_C, 7, 7, 7)])]
-    fast, slow = _twins()
-    assert blobrows.insert_packs_entries(fast, packs)
-    for pack, entries in packs:
-        slow.executemany('INSERT OR IGNORE INTO pack_chunks(hash, pack, "offset", stored_size, length) '
-                         'VALUES (?,?,?,?,?)', [(h, pack, o, s, n) for h, o, s, n in entries])
-    assert sorted(_rows(fast, "pack_chunks")) == sorted(_rows(slow, "pack_chunks"))
-    assert len(_rows(fast, "pack_chunks")) == 5
-    assert [r[0::2][:2] for r in _rows(fast, "pack_chunks")] == sorted(r[0::2][:2] for r in _rows(fast, "pack_chunks"))
-    assert fast.execute('SELECT "offset" FROM pack_chunks WHERE hash=? AND pack=?', (HEX_B, p1)).fetchone() == (0,)
-    assert blobrows.insert_packs_entries(fast, []) and blobrows.insert_packs_entries(fast, [(p3, [])])
-    assert fast.total_changes == 5
-
-
-@pytest.mark.parametrize("packs", [
-    [("1" * 64, [(HEX_A, 0, 1, 1)]), ("p" * 64, [(HEX_B, 0, 1, 1)])],  # a pack name not hex
-    [("1" * 64, [(HEX_A, 0, 1, 1)]), ("2" * 63, [(HEX_B, 0, 1, 1)])],  # a short pack name
-    [("1" * 64, [(HEX_A, 0, 1, 1)]), (None, [(HEX_B, 0, 1, 1)])],
-    [("1" * 64, [(HEX_A, 0, 1, 1), ("AB" * 32, 1, 1, 1)])],  # upper case hash
-    [("1" * 64, [(HEX_A[:-1], 0, 1, 1), (HEX_B + "0", 1, 1, 1)])],  # shifted
-    [("1" * 64, [(HEX_A, 0, 1, 1)]), ("2" * 64, [(HEX_B, 2 ** 63, 1, 1)])],  # past int64
-    [("1" * 64, [(HEX_A, 0, 1.0, 1)])],  # not an int
-    [("1" * 64, [(HEX_A, 0, 1, 1)]), ("2" * 64, [(HEX_B, 1, 1, 1, 99)])],  # ragged
-])
-def test_several_packs_rows_that_do_not_fit_are_refused_and_nothing_inserted(packs):
-    conn, _ = _twins()
-    assert blobrows.insert_packs_entries(conn, packs) is False
-    assert not _rows(conn, "pack_chunks")
-
-
 @pytest.mark.parametrize("call", [
     lambda c: blobrows.insert_pack_entries(c, "p", [(HEX_A, 0, 1, 1), ("AB" * 32, 1, 1, 1)]),  # upper case
     lambda c: blobrows.insert_pack_entries(c, "p", [(HEX_A, 0, 1, 1), (HEX_B[:-1], 1, 1, 1)]),  # short
@@ -169,7 +133,7 @@ def _dump(path: Path) -> dict[str, list[tuple]]:
 def _spied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
     """(builder, whether it inserted) of every call: the blob side must take the one-statement path."""
     calls: list[tuple[str, bool]] = []
-    for name in ("insert_chunks", "insert_hash_set", "insert_pack_entries", "insert_packs_entries"):
+    for name in ("insert_chunks", "insert_hash_set", "insert_pack_entries"):
         def spy(*a, _f=getattr(blobrows, name), _n=name, **k):
             got = _f(*a, **k)
             calls.append((_n, got))
@@ -180,7 +144,7 @@ def _spied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
 
 def _row_by_row(monkeypatch: pytest.MonkeyPatch) -> None:
     """The catalog as before blobrows: every builder refuses, so executemany binds each row."""
-    for name in ("insert_chunks", "insert_hash_set", "insert_pack_entries", "insert_packs_entries"):
+    for name in ("insert_chunks", "insert_hash_set", "insert_pack_entries"):
         monkeypatch.setattr(blobrows, name, lambda *a, **k: False)
 
 
@@ -230,7 +194,7 @@ def test_a_packed_archive_records_the_same_pack_rows_as_row_by_row(tmp_path, hom
                         processes=0)
         dumps.append(_dump(tmp_path / f"{side}.db"))
         if side == "blob":
-            assert all(ok for _, ok in calls) and ("insert_packs_entries", True) in calls
+            assert all(ok for _, ok in calls) and ("insert_pack_entries", True) in calls
     assert dumps[0]["pack_chunks"] and dumps[0]["packs"]
     # which pack a chunk lands in is the threads' race: the rows are compared but for the pack's name and place
     for d in dumps:

@@ -1523,31 +1523,6 @@ def test_record_packs_records_each_pack_once_in_one_transaction(cat):
     assert cat.pack_entries("p2") == [(h2, 3, 4, 4), (h1, 9, 5, 5)]
 
 
-def test_record_packs_inserts_every_packs_rows_at_once_as_pack_by_pack(cat, tmp_path):
-    """Packs whose names and hashes fit the one-statement insert (a pack already recorded,
-    or named twice, skipped as before) leave the rows, and the packs' order, of recording
-    them one pack at a time."""
-    from manifests.catalog import Catalog
-    h1, h2, h3 = "1" * 64, "2" * 64, "3" * 64
-    p1, p2, p3 = "a" * 64, "b" * 64, "c" * 64
-    first = [(p2, 20, "i2", [(h2, 3, 4, 4), (h1, 9, 5, 5), (h2, 30, 4, 4)])]
-    then = [(p1, 10, "i1", [(h3, 0, 5, 5), (h1, 5, 5, 5)]), (p2, 20, "i2", [(h3, 0, 1, 1)]),
-            (p3, 30, "i3", [(h1, 0, 5, 5)]), (p1, 10, "i1", [(h2, 0, 1, 1)])]
-    other = Catalog(tmp_path / "other.db", cat.store_url)
-    try:
-        assert cat.record_packs(first) == 1 and cat.record_packs(then) == 2
-        for p in first + then:
-            other.record_pack(*p)
-        for c in (cat, other):
-            assert c.pack_locations([h1]) == {h1: [(p2, 9, 5, 5, 20, "i2"), (p1, 5, 5, 5, 10, "i1"),
-                                                   (p3, 0, 5, 5, 30, "i3")]}
-        for p in (p1, p2, p3):
-            assert cat.pack_entries(p) == other.pack_entries(p)
-        assert cat.pack_entries(p2) == [(h2, 3, 4, 4), (h1, 9, 5, 5)]  # the first of h2 in p2 kept
-    finally:
-        other.close()
-
-
 def _random_maps(seed: int, maps: int, chunks: int,
                  big: bool = False) -> list[tuple[Entry, list[tuple[str, int, str]]]]:
     """File maps of random chunk hashes, two codecs; `big`: one map's chunks stored in 4 GiB or more."""

@@ -451,7 +451,7 @@ def test_flush_packs_behind_is_durable_at_once_and_recorded_before_the_manifest(
     from manifests.catalog import Catalog
     settings = Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db")
     release, started = threading.Event(), threading.Event()
-    real_pack, real_manifest = Catalog._record_packs, Catalog.record_manifest
+    real_pack, real_manifest = Catalog._record_pack, Catalog.record_manifest
     packs_when_recorded: list[set[str]] = []
 
     def held(self, conn, *a):  # the rows and the new tables are in, not committed
@@ -463,7 +463,7 @@ def test_flush_packs_behind_is_durable_at_once_and_recorded_before_the_manifest(
     def record_manifest(self, *a, **k):
         packs_when_recorded.append(self.known_packs())
         return real_manifest(self, *a, **k)
-    monkeypatch.setattr(Catalog, "_record_packs", held)
+    monkeypatch.setattr(Catalog, "_record_pack", held)
     monkeypatch.setattr(Catalog, "record_manifest", record_manifest)
     with Repository.open(settings, create=True) as r:  # a fresh catalog: no pack tables yet
         datas = [os.urandom(500 + i) for i in range(20)]
@@ -493,7 +493,7 @@ def test_flush_packs_behind_ctrl_c_during_the_commits_wait_leaves_the_rows_for_c
     from manifests.catalog import Catalog
     settings = Settings.resolve(str(tmp_path / "store"), tmp_path / "cat.db")
     release, started = threading.Event(), threading.Event()
-    real_pack, real_exception = Catalog._record_packs, Future.exception
+    real_pack, real_exception = Catalog._record_pack, Future.exception
     interrupted: list[bool] = []
 
     def held(self, conn, *a):
@@ -506,7 +506,7 @@ def test_flush_packs_behind_ctrl_c_during_the_commits_wait_leaves_the_rows_for_c
             interrupted.append(True)
             raise KeyboardInterrupt
         return real_exception(self, timeout)
-    monkeypatch.setattr(Catalog, "_record_packs", held)
+    monkeypatch.setattr(Catalog, "_record_pack", held)
     monkeypatch.setattr(Future, "exception", exception)
     with Repository.open(settings, create=True) as r:
         data = os.urandom(600)
