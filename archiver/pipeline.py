@@ -224,7 +224,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
                                  write_policy=write_policy, workers=nworkers)
     files_cache.seed(writer.done)
     reused: dict[str, Entry] = {}
-    for src in sources:
+    for src in sources if files_cache.hits else ():  # no proved entry (a first archive): none to look up
         e = None if src.is_dir or src.is_link else files_cache.entry(src)
         if e is not None:
             _check_blob(src, e)

@@ -941,3 +941,124 @@ def test_a_brand_new_cache_opened_by_two_processes_at_once_is_still_a_cache(tmp_
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
+
+
+def _deferred_run(repo, src: Path):
+    """A FilesRun of a first archive of `src` (no row under it): its keys deferred."""
+    from archiver.chunking import ChunkPolicy
+    from archiver.filescache import FilesRun
+    from archiver.scan import scan
+    sources = scan([src])
+    run = FilesRun.start(repo, sources, ChunkPolicy())
+    assert run.deferred and not run.keys
+    return run, sources
+
+
+def test_keys_made_ahead_on_their_thread_are_the_commits_rows(repo, tmp_path, monkeypatch):
+    """`key_ahead` makes the deferred keys and stats on a thread of its own (once); the
+    commit's rows are then those of keys made by the commit itself, and it makes none again."""
+    from archiver.filescache import FilesRun
+    src = _many_files(tmp_path / "src" / "t", 12)
+    made_on: list[str] = []
+    real_key = FilesRun._key
+    monkeypatch.setattr(FilesRun, "_key",
+                        lambda self, files: made_on.append(threading.current_thread().name) or real_key(self, files))
+    ahead, sources = _deferred_run(repo, src)
+    ahead.key_ahead()
+    ahead.key_ahead()  # once per run
+    ahead._keying.join(60)
+    assert made_on == ["files-cache-keys"] and not ahead.deferred and len(ahead.keys) == 12
+    entries = [pipeline.Entry(path=s.path, type="file", size=s.size, mode=s.mode, mtime_ns=s.seen[3],
+                              blake3="", sha256="") for s in sources if not s.is_dir]
+    rows_ahead, _, _ = ahead._commit_rows("m" * 64, entries)
+    assert made_on == ["files-cache-keys"]  # not made again
+    plain, _ = _deferred_run(repo, src)
+    rows_plain, _, _ = plain._commit_rows("m" * 64, entries)
+    assert [r[:9] for r in rows_ahead] == [r[:9] for r in rows_plain] and len(rows_ahead) == 12
+    ahead.close()
+    plain.close()
+
+
+def test_keys_that_fail_ahead_are_made_and_raised_by_the_commit(repo, tmp_path, monkeypatch):
+    """A failure making the keys on their thread is not lost, nor printed as a thread's
+    traceback: the files stay deferred, and the commit's own call makes them (or raises)."""
+    from archiver.filescache import FilesRun
+    src = _many_files(tmp_path / "src" / "t", 6)
+    real_key = FilesRun._key
+    calls: list[str] = []
+
+    def key(self, files):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            raise MemoryError("no room")
+        return real_key(self, files)
+    monkeypatch.setattr(FilesRun, "_key", key)
+    run, _ = _deferred_run(repo, src)
+    run.key_ahead()
+    run._keying.join(60)
+    assert calls == ["files-cache-keys"] and run.deferred and not run.keys
+    run._keyed()
+    assert calls == ["files-cache-keys", threading.current_thread().name] and len(run.keys) == 6
+    run.close()
+
+
+def test_an_archive_on_worker_processes_makes_its_keys_ahead_and_reuses_every_file(tmp_path, monkeypatch):
+    """With worker processes (and trees made ahead), the first results back start the keys'
+    thread; the archive's cache rows then let its re-archive reuse every file."""
+    from archiver import api
+    from archiver.filescache import FilesRun
+    src = tmp_path / "src" / "tree"
+    for d in range(12):
+        (src / f"d{d:02}").mkdir(parents=True)
+        for i in range(90):
+            (src / f"d{d:02}" / f"f{i:02}").write_bytes(os.urandom(1 + 13 * i + d))
+    started: list[bool] = []
+    real = FilesRun.key_ahead
+    monkeypatch.setattr(FilesRun, "key_ahead", lambda self: started.append(bool(self.deferred)) or real(self))
+    kw = dict(store=str(tmp_path / "store"), catalog=tmp_path / "cat.db", processes=2)
+    first = api.archive([src], name="t", **kw)
+    assert started and started[0] and first.files_reused == 0 and first.files_by_processes == 1080
+    again = api.archive([src], name="t", **kw)
+    assert again.files_reused == 1080 and again.parent == first.id
+
+
+def _cache_rows(conn: sqlite3.Connection) -> list[tuple]:
+    return conn.execute("SELECT *, typeof(dev), typeof(ino), typeof(size), typeof(mtime_ns), typeof(ctime_ns), "
+                        "typeof(used), rowid FROM files ORDER BY rowid").fetchall()
+
+
+def test_a_commits_rows_upserted_at_once_are_those_of_one_row_at_a_time(tmp_path):
+    """A commit's rows (one reader, manifest and time) go in as one statement over a JSON
+    array: the same rows, values, types and order as binding each row, an existing row
+    updated in place, a path named twice taking its last row; rows that do not share those
+    (or a number past 64 bits) are bound one by one, as before."""
+    from archiver import filescache
+    mid, now = "a" * 64, 1700000000.25
+    rows = [("/t/é \"q\\", 1, 2, 3, 4, 5, "r", mid, "t/é \"q\\", now),
+            ("/t/b", 2 ** 63 - 1, 0, 0, -1, 7, "r", mid, "t/b", now), ("/t/c", 1, 2, 3, 4, 5, "r", mid, "t/c", now),
+            ("/t/b", 9, 9, 9, 9, 9, "r", mid, "t/b2", now)]
+    out = []
+    for side in ("once", "each"):
+        cache = filescache.FilesCache(tmp_path / f"{side}.files")
+        cache._conn.executemany(filescache._UPSERT, [("/t/c", 0, 0, 0, 0, 0, "old", "b" * 64, "t/c", 1.0)])
+        statements: list[str] = []
+        cache._conn.set_trace_callback(statements.append)
+        if side == "once":
+            filescache._upsert(cache._conn, rows)
+            assert len(statements) == 1 and "json_each" in statements[0]
+        else:
+            cache._conn.executemany(filescache._UPSERT, rows)
+        cache._conn.set_trace_callback(None)
+        out.append(_cache_rows(cache._conn))
+        cache.close()
+    assert out[0] == out[1] and len(out[0]) == 3
+    for mixed in ([rows[0], rows[1][:7] + ("c" * 64,) + rows[1][8:]], [rows[0][:1] + (2 ** 63,) + rows[0][2:]]):
+        conn = filescache.FilesCache(tmp_path / "mixed.files")._conn
+        statements = []
+        conn.set_trace_callback(statements.append)
+        try:
+            filescache._upsert(conn, mixed)
+        except OverflowError:  # what binding a number past 64 bits raises, as before
+            pass
+        assert not any("json_each" in s for s in statements)
+        conn.close()

@@ -260,3 +260,45 @@ def test_check_paths_plain_ascii_shortcut_answers_as_every_path_checked_alone():
     for n in range(1, len(tree) + 1):
         assert _verdict(check_paths, tree[:n]) == _verdict(_check_paths_by_path, tree[:n])
     assert _verdict(check_paths, tree) == "unsafe path in manifest: 'd/f/g' (is inside file 'd/f')"
+
+
+def _outcome(items: list) -> tuple[str, str] | None:
+    try:
+        check_paths(items)
+    except UnsafePathError as e:
+        return e.path, e.reason
+    return None
+
+
+_TREE = [("m", "dir"), ("m/a b", "dir"), ("m/a b/x.bin", "file"), ("m/c", "dir"), ("m/c/d", "dir"),
+         ("m/c/d/e.json", "file"), ("m/f", "file"), ("m/g", "symlink")]
+
+
+@pytest.mark.parametrize("change", [
+    [],  # a plain tree: accepted by the whole-list check
+    [("m/F", "file")],  # folds like m/f
+    [("m/f", "file")],  # listed twice
+    [("m/f/x", "file")],  # inside a file
+    [("m/g/x/y", "file")],  # inside a symlink, two levels down
+    [("m/c/d/e.json/z", "dir")],
+    [("m//x", "file")], [("/m/x", "file")], [("m/x/", "file")], [("", "file")],
+    [("m/./x", "file")], [("m/../x", "file")], [("m/..", "file")], [(".", "dir")],
+    [("m/" + "n" * (MAX_NAME_BYTES + 1), "file")], [("m/" + "n" * MAX_NAME_BYTES, "file")],
+    [("m/" + "/".join(["d" * 200] * 21), "file")],  # over MAX_PATH_BYTES in all
+    [("m/a\nb", "file")], [("m/a\\b", "file")], [("m/c:x", "file")], [("m/\x7f", "file")],
+    [("m/é", "file")], [("m/E\u0301", "file"), ("m/\u00c9", "file")],  # not plain: the loop decides
+    [(None, "file")], [(b"m/x", "file")],
+])
+def test_check_paths_of_a_whole_list_is_the_loops_answer(change, monkeypatch):
+    """A list of plain paths is first asked as a whole (`_plain_all`): what check_paths says
+    (accepted, or the first offence with its path and reason) is what the per-path loop
+    alone says, for every kind of offence."""
+    from manifests import paths
+    items = _TREE + change
+    whole = _outcome(items)
+    with monkeypatch.context() as m:
+        m.setattr(paths, "_plain_all", lambda items: False)
+        assert _outcome(items) == whole
+    assert paths._plain_all(list(_TREE)) is True  # the plain tree takes the whole-list path
+    if whole is not None:
+        assert paths._plain_all(items) is False
