@@ -91,10 +91,12 @@ _ON_CONFLICT = ("ON CONFLICT(path) DO UPDATE SET dev=excluded.dev, ino=excluded.
 _UPSERT = ("INSERT INTO files(path, dev, ino, size, mtime_ns, ctime_ns, reader, manifest, entry_path, used) "
            "VALUES (?,?,?,?,?,?,?,?,?,?) " + _ON_CONFLICT)
 # The same rows from one JSON array of [path, dev, ino, size, mtime_ns, ctime_ns, entry_path],
-# the reader, manifest and time shared by all (`_upsert`); "WHERE true" lets SQLite parse the upsert
+# the reader, manifest and time shared by all (`_upsert`); "WHERE true" lets SQLite parse the upsert.
+# json_extract, not the `->>` operator: that came only with SQLite 3.38, and on an older one
+# the statement would fail at every commit (and the cache with it)
 _UPSERT_JSON = ("INSERT INTO files(path, dev, ino, size, mtime_ns, ctime_ns, reader, manifest, entry_path, used) "
-                "SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, ?2, ?3, value->>6, ?4 "
-                "FROM json_each(?1) WHERE true " + _ON_CONFLICT)
+                "SELECT " + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(6)) +
+                ", ?2, ?3, json_extract(value, '$[6]'), ?4 FROM json_each(?1) WHERE true " + _ON_CONFLICT)
 _INT64 = (-(1 << 63), 1 << 63)
 
 

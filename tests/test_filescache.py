@@ -1062,3 +1062,29 @@ def test_a_commits_rows_upserted_at_once_are_those_of_one_row_at_a_time(tmp_path
             pass
         assert not any("json_each" in s for s in statements)
         conn.close()
+
+
+def test_a_commits_one_statement_upsert_needs_no_sqlite_newer_than_json_each(tmp_path):
+    """SQLite added the `->`/`->>` JSON operators only in 3.38 (Ubuntu 22.04's is 3.37.2);
+    the catalog's statements need no more than JSON1's json_each. The one-statement upsert
+    must run there too: were it to fail, every commit's rows would be lost (a cache error
+    only turns the cache off) and every next archive would read every file again. Here the
+    operator is made to fail as it does on such an SQLite, and the rows still go in."""
+    from archiver import filescache
+
+    def no_operator(*args):
+        raise sqlite3.OperationalError("no ->> operator before SQLite 3.38")
+    mid, now = "a" * 64, 1700000000.25
+    rows = [(f"/t/f{i}", 1, i, 3, 4, 5, "r", mid, f"t/f{i}", now) for i in range(20)]
+    cache = filescache.FilesCache(tmp_path / "old.files")
+    try:
+        cache._conn.create_function("->>", 2, no_operator)  # SQLite resolves `a ->> b` to this name
+        statements: list[str] = []
+        cache._conn.set_trace_callback(statements.append)
+        cache.put_values(rows, now, {}, mid)
+        cache._conn.set_trace_callback(None)
+        assert any("json_each" in s for s in statements)  # still the one statement
+        assert cache._conn.execute("SELECT path, dev, ino, size, mtime_ns, ctime_ns, reader, manifest, entry_path, "
+                                   "used FROM files ORDER BY rowid").fetchall() == rows
+    finally:
+        cache.close()
