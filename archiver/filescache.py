@@ -121,8 +121,10 @@ def _upsert(conn: sqlite3.Connection, values: list[tuple[Any, ...]]) -> None:
                 set(map(type, paths)) == {str} and set(map(type, entry_paths)) == {str}:
             # ensure_ascii=False: a path that is not UTF-8 text fails to bind, as it does row by row
             rows = json.dumps(list(zip(paths, devs, inos, sizes, mtimes, ctimes, entry_paths)), ensure_ascii=False)
-            conn.execute(_UPSERT_JSON, (rows, reader, mid, used))
-            return
+            # json_extract ends a text at a NUL ("\u0000"): such a path is bound whole, row by row
+            if "\\u0000" not in rows:
+                conn.execute(_UPSERT_JSON, (rows, reader, mid, used))
+                return
     conn.executemany(_UPSERT, values)
 
 

@@ -1088,3 +1088,26 @@ def test_a_commits_one_statement_upsert_needs_no_sqlite_newer_than_json_each(tmp
                                    "used FROM files ORDER BY rowid").fetchall() == rows
     finally:
         cache.close()
+
+
+@pytest.mark.parametrize("rows", [
+    [("/t/a\x00b", 1, 2, 3, 4, 5, "r", "a" * 64, "t/a\x00b", 1.5)],  # json_extract would stop at the NUL
+    [("/t/a", -(2 ** 63), 2 ** 63 - 1, 0, -1, 7, "r", "a" * 64, "t/a", 1.5),
+     ("[1, \"x\"]", 1, 2, 3, 4, 5, "r", "a" * 64, "null", 1.5),  # text that looks like JSON stays text
+     ("/t/\\u0000", 1, 2, 3, 4, 5, "r", "a" * 64, "t/\u2028\x7f\U0001F600", 1.5)],
+])
+def test_the_one_statement_upsert_writes_any_path_as_binding_it_does(tmp_path, rows):
+    """Whatever the paths hold (a NUL, JSON-looking text, escapes, the int64 bounds), the
+    rows `_upsert` writes are those executemany writes, to the byte and type."""
+    from archiver import filescache
+    out = []
+    for side in ("once", "each"):
+        cache = filescache.FilesCache(tmp_path / f"{side}.files")
+        if side == "once":
+            filescache._upsert(cache._conn, rows)
+        else:
+            cache._conn.executemany(filescache._UPSERT, rows)
+        out.append(cache._conn.execute("SELECT hex(path), hex(entry_path), typeof(dev), typeof(ino), dev, ino, size, "
+                                       "mtime_ns, ctime_ns, reader, manifest, used FROM files ORDER BY rowid").fetchall())
+        cache.close()
+    assert out[0] == out[1] and len(out[0]) == len(rows)
