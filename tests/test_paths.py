@@ -302,3 +302,36 @@ def test_check_paths_of_a_whole_list_is_the_loops_answer(change, monkeypatch):
     assert paths._plain_all(list(_TREE)) is True  # the plain tree takes the whole-list path
     if whole is not None:
         assert paths._plain_all(items) is False
+
+
+def test_check_paths_whole_list_accepts_only_what_every_path_checked_alone_accepts():
+    """Generated lists, most of them plain trees one step from an offence (a name folding
+    like another, a path listed twice, a path below a file or symlink, a hostile name or
+    form somewhere): the whole-list answer (`_plain_all`) is True only where checking and
+    folding each path and each prefix accepts, and check_paths' verdict is that one's."""
+    import random
+    from manifests import paths
+    rng = random.Random(15)
+    hostile = ["", ".", "..", "a:", "C:", "c:x", "a\\b", "a\x00", "\x7f", "\n", "\t", "\x1b[2J", "\u00e9", "e\u0301",
+               "\u212a", "\ufb01", "\u202e", "\u00a0", "\udcff", "x" * (MAX_NAME_BYTES + 1), "/", "//"]
+    fast = accepted = 0
+    for _ in range(4000):
+        items: list[tuple[str, str]] = []
+        for _ in range(rng.randint(1, 10)):
+            if items and rng.random() < 0.4:
+                base = rng.choice(items)[0]
+                path = base if rng.random() < 0.1 else f"{base}/{rng.choice('abAB')}"
+            else:
+                path = "/".join(rng.choice(["a", "b", "A", "c d", "x.y", "~"]) for _ in range(rng.randint(1, 3)))
+            if rng.random() < 0.04:
+                path = rng.choice([f"/{path}", f"{path}/", path.replace("/", "//"), path.upper(),
+                                   f"{path}/{rng.choice(hostile)}", f"{rng.choice(hostile)}/{path}",
+                                   "/".join(["n" * 250] * 17), "n" * MAX_PATH_BYTES, "n" * (MAX_PATH_BYTES + 1)])
+            items.append((path, rng.choice(["dir", "dir", "file", "symlink"])))
+        reference = _verdict(_check_paths_by_path, items)
+        if paths._plain_all(list(items)):
+            fast += 1
+            assert reference is None, items
+        accepted += reference is None
+        assert _verdict(check_paths, items) == reference, items
+    assert fast > 500 and accepted - fast < accepted // 2  # the whole-list answer was asked, and mostly given
