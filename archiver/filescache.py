@@ -98,15 +98,18 @@ _UPSERT_JSON = ("INSERT INTO files(path, dev, ino, size, mtime_ns, ctime_ns, rea
                 "SELECT " + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(6)) +
                 ", ?2, ?3, json_extract(value, '$[6]'), ?4 FROM json_each(?1) WHERE true " + _ON_CONFLICT)
 _INT64 = (-(1 << 63), 1 << 63)
+# Rows per JSON statement: the text stays far below SQLite's length limit (SQLITE_MAX_LENGTH,
+# 1e9 bytes by default), which one text for every row of a tree of millions of files passes
+_UPSERT_SLICE = 65536
 
 
 def _upsert(conn: sqlite3.Connection, values: list[tuple[Any, ...]]) -> None:
     """Upsert rows laid out as `_UPSERT` takes them. Rows that share their reader, manifest
     and time (a commit's) and whose numbers are 64-bit ints go in as one statement over a
-    JSON array: SQLite then runs without the GIL for the whole insert, instead of taking it
-    back at every row's step, which beside the catalog's own row inserts on the committing
-    thread (Repository.commit_manifest's on_stored) made both threads hand the GIL over at
-    every row. The rows, their values and types, and their order are executemany's."""
+    JSON array per `_UPSERT_SLICE` rows: SQLite then runs without the GIL for the whole insert,
+    instead of taking it back at every row's step, which beside the catalog's own row inserts
+    on the committing thread (Repository.commit_manifest's on_stored) made both threads hand
+    the GIL over at every row. The rows, their values and types, and their order are executemany's."""
     if not values:
         return
     if {*map(len, values)} != {10}:  # executemany says what is wrong
@@ -119,12 +122,19 @@ def _upsert(conn: sqlite3.Connection, values: list[tuple[Any, ...]]) -> None:
         numbers = (*devs, *inos, *sizes, *mtimes, *ctimes)
         if set(map(type, numbers)) == {int} and min(numbers) >= _INT64[0] and max(numbers) < _INT64[1] and \
                 set(map(type, paths)) == {str} and set(map(type, entry_paths)) == {str}:
-            # ensure_ascii=False: a path that is not UTF-8 text fails to bind, as it does row by row
-            rows = json.dumps(list(zip(paths, devs, inos, sizes, mtimes, ctimes, entry_paths)), ensure_ascii=False)
-            # json_extract ends a text at a NUL ("\u0000"): such a path is bound whole, row by row
-            if "\\u0000" not in rows:
-                conn.execute(_UPSERT_JSON, (rows, reader, mid, used))
-                return
+            limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+            columns = (paths, devs, inos, sizes, mtimes, ctimes, entry_paths)
+            for i in range(0, len(values), _UPSERT_SLICE):
+                part = values[i:i + _UPSERT_SLICE]
+                # ensure_ascii=False: a path that is not UTF-8 text fails to bind, as it does row by row
+                rows = json.dumps(list(zip(*(c[i:i + _UPSERT_SLICE] for c in columns))), ensure_ascii=False)
+                # json_extract ends a text at a NUL ("\u0000"), and a text over SQLite's length
+                # limit (at most 4 UTF-8 bytes a character) is refused: those rows are bound one by one
+                if "\\u0000" in rows or 4 * len(rows) >= limit:
+                    conn.executemany(_UPSERT, part)
+                else:
+                    conn.execute(_UPSERT_JSON, (rows, reader, mid, used))
+            return
     conn.executemany(_UPSERT, values)
 
 

@@ -1111,3 +1111,34 @@ def test_the_one_statement_upsert_writes_any_path_as_binding_it_does(tmp_path, r
                                        "mtime_ns, ctime_ns, reader, manifest, used FROM files ORDER BY rowid").fetchall())
         cache.close()
     assert out[0] == out[1] and len(out[0]) == len(rows)
+
+
+def test_the_one_statement_upsert_stays_within_sqlites_length_limit(tmp_path, monkeypatch):
+    """One JSON text for every row of a tree of millions of files would pass SQLite's
+    length limit (1e9 bytes by default) and fail the commit's cache write (every row lost,
+    the cache silently off for that tree) where binding row by row did not. The rows go in
+    as a statement per slice, and a slice whose text would pass the limit row by row; the
+    rows are executemany's, a path listed twice across slices taking its last row."""
+    from archiver import filescache
+    monkeypatch.setattr(filescache, "_UPSERT_SLICE", 64, raising=False)
+    mid, now = "a" * 64, 1700000000.25
+    rows = [(f"/t/f{i % 150:04}", 1, i, 3, 4, 5, "r", mid, f"t/f{i}", now) for i in range(200)]
+    out = []
+    for side, limit in (("rows", 2000), ("slices", 20000), ("each", 2000)):
+        cache = filescache.FilesCache(tmp_path / f"{side}.files")
+        try:
+            cache._conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limit)  # a slice's text fits 20,000 bytes, not 2,000
+            statements: list[str] = []
+            cache._conn.set_trace_callback(statements.append)
+            if side == "each":
+                with cache._conn:
+                    cache._conn.executemany(filescache._UPSERT, rows)
+            else:
+                cache.put_values(rows, now, {}, mid)
+            cache._conn.set_trace_callback(None)
+            # slices of 64, 64, 64 and 8 rows: under 2,000 bytes, only the last one's text fits
+            assert sum("json_each" in s for s in statements) == {"slices": 4, "rows": 1, "each": 0}[side]
+            out.append(_cache_rows(cache._conn))
+        finally:
+            cache.close()
+    assert out[0] == out[1] == out[2] and len(out[0]) == 150
