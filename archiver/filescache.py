@@ -294,6 +294,7 @@ class FilesRun:
     deferred: list[Source] = field(default_factory=list)
     _key_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _keying: threading.Thread | None = field(default=None, repr=False, compare=False)
+    _ahead_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def start(cls, repo: Repository, sources: Iterable[Source], policy: Any, *, reread: bool = False,
@@ -347,16 +348,17 @@ class FilesRun:
         read the files and the driver's core has time to spare, rather than beside the commit,
         where every step of the driver waits for the one GIL. Once per run; a failure there is
         left for the commit's `_keyed` to meet again and raise."""
-        if not self.deferred or self._keying is not None:
-            return
-
         def run() -> None:
             try:
                 self._keyed()
             except BaseException:  # noqa: BLE001 - the deferred files are kept: the commit raises it
                 pass
-        self._keying = threading.Thread(target=run, name="files-cache-keys", daemon=True)
-        self._keying.start()
+        with self._ahead_lock:  # called from any thread: one keys thread, the one `close` waits for
+            if not self.deferred or self._keying is not None:
+                return
+            thread = threading.Thread(target=run, name="files-cache-keys", daemon=True)
+            thread.start()
+            self._keying = thread  # only once started: `close` cannot join a thread that never started
 
     def _key(self, files: Iterable[Source]) -> None:
         """Each file's key (its absolute path) and its stat before any read."""

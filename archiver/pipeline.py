@@ -253,6 +253,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     except BaseException:
         if ahead is not None:
             ahead.close()
+        files_cache.close()  # its keys' thread (`key_ahead`) is not left running
         raise
     finally:
         if executor is None:
@@ -299,6 +300,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     except BaseException:
         if ahead is not None:
             ahead.close()
+        files_cache.close()
         raise
     # the files cache lays out its rows while the manifest commits, and writes them once it
     # is (FilesRun.commit_when): most of its work is not a serial step after the commit
@@ -314,6 +316,7 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
         for p in pending:
             if p is not None:
                 p.finish(False)
+        files_cache.close()
         raise
     started = [p for p in pending if p is not None]
     for p in started:

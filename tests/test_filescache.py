@@ -1142,3 +1142,71 @@ def test_the_one_statement_upsert_stays_within_sqlites_length_limit(tmp_path, mo
         finally:
             cache.close()
     assert out[0] == out[1] == out[2] and len(out[0]) == 150
+
+
+def test_an_archive_that_fails_leaves_no_keys_thread_running(tmp_path, monkeypatch):
+    """The files cache's keys thread (`key_ahead`) is waited for when the archive fails
+    after it started, as the early trees' builder is: nothing of the failed run is left
+    running (for a tree of a million files, that thread runs for seconds). Here the keys
+    thread is held until the run's files cache is closed, and a worker task's packs fail
+    to be adopted once it has started."""
+    from archiver import api
+    from archiver.errors import ArchiverError
+    from archiver.filescache import FilesRun
+    from archiver.repository import Repository
+    src = tmp_path / "src" / "tree"
+    for d in range(12):
+        (src / f"d{d:02}").mkdir(parents=True)
+        for i in range(90):
+            (src / f"d{d:02}" / f"f{i:02}").write_bytes(os.urandom(1 + 13 * i + d))
+    keying, closed = threading.Event(), threading.Event()
+    real_key, real_close, real_adopt = FilesRun._key, FilesRun.close, Repository.adopt_packs
+
+    def key(self, files):
+        if threading.current_thread().name == "files-cache-keys":
+            keying.set()
+            closed.wait(60)  # still making keys when the run fails
+        return real_key(self, files)
+
+    def close(self):
+        closed.set()
+        real_close(self)
+    adopted: list[int] = []
+
+    def adopt(self, packs):
+        adopted.append(1)
+        if len(adopted) > 1 and keying.wait(60):
+            raise OSError(5, "Input/output error")
+        return real_adopt(self, packs)
+    monkeypatch.setattr(FilesRun, "_key", key)
+    monkeypatch.setattr(FilesRun, "close", close)
+    monkeypatch.setattr(Repository, "adopt_packs", adopt)
+    try:
+        with pytest.raises(ArchiverError, match="Input/output error"):
+            api.archive([src], name="t", store=str(tmp_path / "store"), catalog=tmp_path / "cat.db", processes=2)
+        assert keying.is_set()
+        assert not [t for t in threading.enumerate() if t.name == "files-cache-keys" and t.is_alive()]
+    finally:
+        closed.set()
+
+
+def test_an_archive_whose_keys_thread_cannot_start_fails_with_its_error(tmp_path, monkeypatch):
+    """A keys thread that cannot be started (no threads left) fails the worker task that
+    asked for it, as any thread the run cannot start: the archive then ends with that one
+    error, and its files cache is closed without waiting for a thread that never ran."""
+    from archiver import api
+    from archiver.errors import ArchiverError
+    src = tmp_path / "src" / "tree"
+    for d in range(12):
+        (src / f"d{d:02}").mkdir(parents=True)
+        for i in range(90):
+            (src / f"d{d:02}" / f"f{i:02}").write_bytes(os.urandom(1 + 13 * i + d))
+    real_start = threading.Thread.start
+
+    def start(self):
+        if self.name == "files-cache-keys":
+            raise RuntimeError("can't start new thread")
+        return real_start(self)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(ArchiverError, match="can't start new thread"):
+        api.archive([src], name="t", store=str(tmp_path / "store"), catalog=tmp_path / "cat.db", processes=2)
