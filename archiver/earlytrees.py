@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from archiver.scan import Source
-from manifests.model import (EMPTY_TREE, FILEMAP_THRESHOLD, TREE_THRESHOLD, Entry, PreviousTree, check_tree,
-                             manifest_id, parent_of, same_as_previous, tree_bytes, tree_children)
+from manifests.model import (EMPTY_TREE, TREE_THRESHOLD, Entry, PreviousTree, check_tree, manifest_id,
+                             needs_filemap, parent_of, same_as_previous, tree_bytes, tree_children)
 
 WRITERS = 8  # batches written at once: each waits on its sync (or PUTs), not on the CPU
 BATCH = 32  # trees per write: a local store syncs a batch at once (one syncfs from fileio.SYNCFS_FROM files)
@@ -49,12 +49,6 @@ def scan_entry(src: Source) -> Entry:
     if src.is_dir:
         return Entry(path=src.path, type="dir", mode=src.mode, mtime_ns=src.mtime_ns)
     return Entry(path=src.path, type="symlink", mode=src.mode, target=src.link or "")
-
-
-def _filemap_bound(e: Entry) -> bool:
-    """True if the commit records `e` through a file map (`with_filemap` replaces the entry):
-    a tree made from `e` itself would not be the commit's."""
-    return e.is_file and not e.filemap and len(e.chunks) > FILEMAP_THRESHOLD
 
 
 class EarlyTrees:
@@ -203,7 +197,7 @@ class EarlyTrees:
                 entries.append(scan_entry(s))
             else:
                 e = self.files[s.path]
-                if _filemap_bound(e):
+                if needs_filemap(e):  # the commit records it through a file map: its tree is not made here
                     self.blocked.add(d)
                 entries.append(e)
         if d in self.blocked:  # the commit makes it (and its parents): their bytes are not known here

@@ -571,11 +571,17 @@ def filemap_bytes_for(e: Entry) -> bytes | None:
     return None
 
 
+def needs_filemap(e: Entry) -> bool:
+    """True for a file over the threshold whose map is not made yet: `with_filemap` replaces
+    exactly these entries (so a tree made from one of them is not the commit's)."""
+    return e.is_file and not e.filemap and len(e.chunks) > FILEMAP_THRESHOLD
+
+
 def with_filemap(e: Entry) -> tuple[Entry, bytes | None]:
     """(the entry as a v2 manifest records it, its file map bytes or None). A file over the
     threshold gets `filemap`/`chunk_count` and keeps its chunks in memory; any other entry
     (or one that already has its map) is returned as is."""
-    if not e.is_file or e.filemap or len(e.chunks) <= FILEMAP_THRESHOLD:
+    if not needs_filemap(e):
         return e, None
     data = filemap_bytes(e.chunks)
     return replace(e, filemap=manifest_id(data), chunk_count=len(e.chunks)), data
@@ -583,8 +589,8 @@ def with_filemap(e: Entry) -> tuple[Entry, bytes | None]:
 
 def with_filemaps(m: Manifest) -> Manifest:
     """`m` with every file over the threshold recorded through a file map (see with_filemap)."""
-    if not any(e.type == "file" and not e.filemap and len(e.chunks) > FILEMAP_THRESHOLD for e in m.entries):
-        return m  # as with_filemap leaves every entry (a tree of small files): no tuple made and compared
+    if not any(map(needs_filemap, m.entries)):
+        return m  # with_filemap leaves every entry (a tree of small files): no tuple made and compared
     entries = tuple(with_filemap(e)[0] for e in m.entries)
     return m if entries == m.entries else replace(m, entries=entries)
 
