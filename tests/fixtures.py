@@ -7,12 +7,19 @@ ggml type names ("Q8_0", ...) or integer ggml type ids.
 """
 from __future__ import annotations
 
+import functools
 import struct
 import zipfile
 from pathlib import Path
 
+from archiver import samples
 from archiver.samples import ITEM_SIZE, Tensors, check_tensor_len, numel
-from archiver.samples import make_safetensors, random_tensor_bytes  # noqa: F401 - re-exported
+from archiver.samples import make_safetensors  # noqa: F401 - re-exported
+
+# The suite builds the same weights hundreds of times (make_checkpoint's defaults, the crash
+# tests' 40 MB checkpoint per test), and the generator draws each element in Python: made
+# once per session instead. Bytes are immutable, so every caller may share them.
+random_tensor_bytes = functools.lru_cache(maxsize=128)(samples.random_tensor_bytes)
 
 
 def transformer_tensors(

@@ -135,6 +135,7 @@ def test_same_re_archive_through_the_files_cache(tmp_path, home, small_tasks):
     assert results["a"][3] == results["b"][3]
 
 
+@pytest.mark.packs  # small chunks packed, as by default: on S3 a PUT per small file is not what this tests
 def test_same_archive_on_each_store(tmp_path, home, store_url):
     """Threads on every store (nothing made ahead there), the same as the commit's trees."""
     src = make_tree(tmp_path / "src")
@@ -144,6 +145,7 @@ def test_same_archive_on_each_store(tmp_path, home, store_url):
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.packs  # small chunks packed, as by default: on S3 a PUT per small file is not what this tests
 def test_same_archive_on_s3_through_workers(tmp_path, home, s3_server_url, small_tasks, monkeypatch):
     """Worker processes writing to S3 (moto's HTTP server): trees made ahead are PUT there,
     the same objects and manifest as the commit's own on a local store, and it verifies."""
