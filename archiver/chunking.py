@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from fastcdc.fastcdc_cy import chunk_generator
 
@@ -144,25 +144,13 @@ def _changed(f: BinaryIO, detail: str) -> SourceChangedError:
 
 
 def _read_exact(f: BinaryIO, n: int, offset: int) -> bytes:
-    return _exact(lambda k, _at: f.read(k), n, offset, f)
-
-
-def read_span(fd: int, span: Span, f: BinaryIO) -> bytes:
-    """The bytes of a fixed `span` of the file open as `f` (descriptor `fd`), by pread: any
-    thread can read a span `iter_planned` left unread, in any order, without moving `f`'s
-    position; SourceChangedError (naming `f`) if the file ends inside it."""
-    return _exact(lambda k, at: os.pread(fd, k, at), span.end - span.start, span.start, f)
-
-
-def _exact(read: Callable[[int, int], bytes], n: int, offset: int, f: BinaryIO) -> bytes:
-    """Exactly `n` bytes from file offset `offset`, `read(count, at)` called until they are in."""
-    data = read(n, offset)
+    data = f.read(n)
     if len(data) == n:
         return data
     parts = [data]
     got = len(data)
     while got < n:
-        more = read(n - got, offset + got)
+        more = f.read(n - got)
         if not more:
             raise _changed(f, f"ended at byte {offset + got}, expected {offset + n}")
         parts.append(more)
@@ -228,19 +216,6 @@ def iter_chunks(f: BinaryIO, size: int, policy: ChunkPolicy = ChunkPolicy(), *,
     `detected` is `detect_regions`' answer when the caller already has it (so the header
     is parsed once). Raises SourceChangedError if the file ends before `size` or has
     bytes beyond it."""
-    for item in iter_planned(f, size, policy, detected=detected):
-        if isinstance(item, Span):
-            item = RawChunk(item.start, _read_exact(f, item.end - item.start, item.start), item.width)
-        yield item
-        del item
-
-
-def iter_planned(f: BinaryIO, size: int, policy: ChunkPolicy = ChunkPolicy(), *,
-                 detected: tuple[str, list[Region]] | None = _DETECT) -> Iterator[RawChunk | Span]:
-    """`iter_chunks`' chunks in order, each fixed span (a tensor's chunk) yielded unread, as
-    its Span, for the caller to read (`read_span`, on whichever thread encodes it); content-
-    defined ranges are read and cut here, through `f`. Checks, once the plan is done, that
-    the file has no bytes beyond `size` (SourceChangedError)."""
     if size < 0:
         raise ValueError("negative size")
     if size == 0:
@@ -254,11 +229,11 @@ def iter_planned(f: BinaryIO, size: int, policy: ChunkPolicy = ChunkPolicy(), *,
     f.seek(0)
     for span in spans:
         if span.cdc:
-            f.seek(span.start)  # a caller reading the fixed spans by pread left `f` where it was
             yield from cdc_stream(f, span.start, span.end, policy)
         else:
-            yield span
-    f.seek(size)
+            data = _read_exact(f, span.end - span.start, span.start)
+            yield RawChunk(span.start, data, span.width)
+            del data
     if f.read(1):
         raise _changed(f, f"longer than the {size} bytes expected")
 

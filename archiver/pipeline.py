@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import blake3
 
 from archiver import events
-from archiver.chunking import ChunkPolicy, RawChunk, Span, iter_planned, read_span
+from archiver.chunking import ChunkPolicy, RawChunk, iter_chunks
 from archiver.errors import ArchiverError, IntegrityError, InvalidOptionError, SourceChangedError, UsageError
 from archiver.hfcache import lfs_sha256, snapshot_of
 from archiver.formats import detect_regions, may_be_weights
@@ -381,44 +381,6 @@ def _snapshot(st: os.stat_result) -> tuple[int, int, int, int, int]:
 START_AHEAD_CHUNKS = 4
 
 
-class _SpanRead:
-    """A tensor chunk's span, read once by whichever thread asks first: the pool's worker
-    that encodes it (`chunk`), so the reading thread, the archive's critical chain, only
-    hashes it (`bytes`); or the reading thread itself if no worker has taken it yet (a
-    chunk pulled ahead of the window, or a pool still busy), so neither waits on a read
-    that has not started. Both get the very same bytes: what is hashed is what is stored."""
-
-    __slots__ = ("span", "_f", "_claim", "_ready", "_data", "_error")
-
-    def __init__(self, span: Span, f: Any) -> None:
-        self.span, self._f = span, f
-        self._claim = threading.Lock()
-        self._ready = threading.Event()
-        self._data: bytes | None = None
-        self._error: BaseException | None = None
-
-    def bytes(self) -> bytes:
-        """The span's bytes, read here unless another thread has claimed the read (then
-        waited for); that thread's error (a short read, an I/O error) is raised here too."""
-        if self._claim.acquire(blocking=False):
-            try:
-                self._data = read_span(self._f.fileno(), self.span, self._f)
-            except BaseException as e:
-                self._error = e
-                raise
-            finally:
-                self._ready.set()
-        else:
-            self._ready.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._data is not None
-        return self._data
-
-    def chunk(self) -> RawChunk:
-        return RawChunk(self.span.start, self.bytes(), self.span.width)
-
-
 def _archive_file(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWriter, policy: ChunkPolicy,
                   window: int, progress: Progress, dirs: Any = None) -> Entry:
     return _archive_file_stat(src, pool, writer, policy, window, progress, dirs)[0]
@@ -447,22 +409,15 @@ def _archive_file_stat(src: Source, pool: ThreadPoolExecutor, writer: _ChunkWrit
         f.seek(0)
         digest: Any = None
 
-        def chunks() -> Iterator[RawChunk | _SpanRead]:
-            for item in iter_planned(f, size, policy, detected=fmt):
-                if isinstance(item, Span):
-                    item = _SpanRead(item, f)
-                yield item  # to the pool first: the whole-file hashes run while workers take it,
-                data = item.bytes() if type(item) is _SpanRead else item.data
-                digest.update(data)  # so the last chunk is not held back by them (serial tail)
-                progress.advance(len(data))
-                del item, data
-
-        def save(item: RawChunk | _SpanRead) -> ChunkRef:
-            return writer(item.chunk() if type(item) is _SpanRead else item)
+        def chunks() -> Iterator[RawChunk]:
+            for rc in iter_chunks(f, size, policy, detected=fmt):
+                yield rc  # to the pool first: the whole-file hashes run while workers take it,
+                digest.update(rc.data)  # so the last chunk is not held back by them (serial tail)
+                progress.advance(len(rc.data))
 
         try:
             digest = FileDigest()
-            refs = [ref for _, ref in ordered_map(pool, save, chunks(), window,
+            refs = [ref for _, ref in ordered_map(pool, writer, chunks(), window,
                                                   start_ahead=min(START_AHEAD_CHUNKS, window))]
         except OSError as e:
             raise ArchiverError(f"cannot read {src.abspath}: {e.strerror}") from None

@@ -112,18 +112,18 @@ def _stamp_archive_and_restore() -> None:
     _wrap(repository.Repository, "read_chunks", "first read_chunks", first_only=True)
     if hasattr(restorer, "_stage_unnamed"):
         _wrap(restorer, "_stage_unnamed", "first file staged", first_only=True)
-    inner = pipeline.iter_planned
+    inner = pipeline.iter_chunks
 
     def chunks(*a, **k):
         n = 0
-        for rc in inner(*a, **k):  # chunks, and tensor spans the workers read
+        for rc in inner(*a, **k):
             if n == 0:
                 stamp("first chunk read")
             n += 1
             yield rc
         stamp(f"last chunk read ({n} chunks)")
 
-    pipeline.iter_planned = chunks
+    pipeline.iter_chunks = chunks
 
 
 def run_cli(args: list[str], bin_ms: float, stamp_phases: Any) -> int:

@@ -22,7 +22,7 @@ def install() -> None:
     if not how:
         return
     from archiver import pipeline
-    real = pipeline.iter_planned
+    real = pipeline.iter_chunks
 
     def hooked(f: Any, size: int, policy: Any, detected: Any = None) -> Iterator[Any]:
         for i, rc in enumerate(real(f, size, policy, detected=detected)):
@@ -30,7 +30,7 @@ def install() -> None:
             if i == 0:
                 _act(how, f.name)
 
-    pipeline.iter_planned = hooked
+    pipeline.iter_chunks = hooked
     real_whole = pipeline.read_whole
 
     def hooked_whole(fd: int, size: int) -> bytes:

@@ -16,8 +16,7 @@ import pytest
 from blake3 import blake3
 from fastcdc.fastcdc_cy import chunk_generator
 
-from archiver.chunking import (SMALL_GAP, ChunkPolicy, RawChunk, Span, cdc_stream, describe_plan, iter_chunks,
-                               iter_planned, plan, read_span)
+from archiver.chunking import SMALL_GAP, ChunkPolicy, RawChunk, Span, cdc_stream, describe_plan, iter_chunks, plan
 from archiver.errors import SourceChangedError
 from archiver.formats import Region, detect_regions
 from tests.fixtures import make_gguf, make_safetensors, make_torch_zip, random_tensor_bytes, transformer_tensors
@@ -469,38 +468,3 @@ def test_short_reads_on_weights_file(tmp_path: Path) -> None:
     got = list(iter_chunks(ShortReads(data, 999), len(data), SMALL))
     assert got == chunks_of(p, SMALL)
     assert any(c.width for c in got)
-
-
-@pytest.mark.parametrize("kind", ["tensors", "cdc"])
-def test_planned_spans_read_out_of_order_give_iter_chunks_chunks(tmp_path: Path, kind: str) -> None:
-    """iter_planned leaves each tensor chunk unread (a Span) for another thread to read by
-    pread, in any order and without moving the file's position: those reads, with the
-    content-defined chunks it reads itself, are exactly iter_chunks' chunks."""
-    if kind == "cdc":
-        p = tmp_path / "blob"
-        p.write_bytes(random.Random(0).randbytes(300_000))
-    else:
-        p = make_safetensors(tmp_path / "m", transformer_tensors(n_layers=2, hidden=64, vocab=512))
-    size = p.stat().st_size
-    with open(p, "rb") as f:
-        want = [(c.offset, c.data, c.width) for c in iter_chunks(f, size, SMALL)]
-    with open(p, "rb") as f:
-        planned = list(iter_planned(f, size, SMALL))
-        spans = [x for x in planned if isinstance(x, Span)]
-        read = {s.start: read_span(f.fileno(), s, f) for s in reversed(spans)}  # last first
-    assert (len(spans) > 4) == (kind == "tensors")
-    got = [(x.start, read[x.start], x.width) if isinstance(x, Span) else (x.offset, x.data, x.width)
-           for x in planned]
-    assert got == want
-
-
-def test_read_span_of_a_file_cut_short_raises_source_changed(tmp_path: Path) -> None:
-    """A span read by pread past the file's new end names the file and the byte it ended at."""
-    p = make_safetensors(tmp_path / "m", transformer_tensors(n_layers=1, hidden=64, vocab=512))
-    size = p.stat().st_size
-    with open(p, "rb") as f:
-        last = [x for x in iter_planned(f, size, SMALL) if isinstance(x, Span)][-1]
-        os.truncate(p, last.end - 10)
-        with pytest.raises(SourceChangedError, match=f"ended at byte {last.end - 10}, expected {last.end}") as err:
-            read_span(f.fileno(), last, f)
-    assert str(p) in str(err.value)

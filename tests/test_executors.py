@@ -137,7 +137,7 @@ def test_an_error_stops_the_other_big_files_early(tmp_path, home, monkeypatch):
     big = src / "big.bin"
     big.write_bytes(os.urandom(24 << 20))  # several chunks
     (src / "small.bin").write_bytes(os.urandom(1000))
-    real = pipeline.iter_planned
+    real = pipeline.iter_chunks
     read = []
     began, stopped = threading.Event(), threading.Event()  # big.bin is being read; the run was told to stop
     real_run = executors.run
@@ -150,7 +150,7 @@ def test_an_error_stops_the_other_big_files_early(tmp_path, home, monkeypatch):
 
     def chunks(f, size, policy, detected=None):
         for rc in real(f, size, policy, detected=detected):
-            read.append(rc)
+            read.append(rc.offset)
             began.set()
             if len(read) == 2:  # big.bin is in flight when small.bin's error stops the run
                 assert stopped.wait(60)
@@ -167,7 +167,7 @@ def test_an_error_stops_the_other_big_files_early(tmp_path, home, monkeypatch):
         return real_small(src_, fd, before)
 
     monkeypatch.setattr(executors, "run", run_telling)
-    monkeypatch.setattr(pipeline, "iter_planned", chunks)
+    monkeypatch.setattr(pipeline, "iter_chunks", chunks)
     monkeypatch.setattr(pipeline, "read_small", small_fails)
     with pytest.raises(SourceChangedError, match="small.bin changed"):
         api.archive([src], name="m", store=str(tmp_path / "s"), max_inflight=2)

@@ -99,7 +99,7 @@ def test_restore_disk_full_real_tmpfs(home, tmp_path):
 def test_source_changed_while_archiving(home, tmp_path, monkeypatch):
     ckpt = make_checkpoint(tmp_path / "ckpt", layers=4, dim=700)
     target = ckpt / "model.safetensors"
-    real = pipeline.iter_planned
+    real = pipeline.iter_chunks
 
     def growing(f, size, policy, **kw):
         for i, rc in enumerate(real(f, size, policy, **kw)):
@@ -107,7 +107,7 @@ def test_source_changed_while_archiving(home, tmp_path, monkeypatch):
                 with open(target, "ab") as g:
                     g.write(b"appended while archiving")
             yield rc
-    monkeypatch.setattr(pipeline, "iter_planned", growing)
+    monkeypatch.setattr(pipeline, "iter_chunks", growing)
     r = run_cli("archive", str(ckpt), "--name", "m")
     assert r.code == 1 and "changed while" in r.err, r.err
     assert run_cli("list", "--json").json() == []
@@ -118,7 +118,7 @@ def test_source_rewritten_same_size(home, tmp_path, monkeypatch):
     """Same size, new mtime: still detected."""
     ckpt = make_checkpoint(tmp_path / "ckpt", layers=4, dim=700)
     target = ckpt / "model.safetensors"
-    real = pipeline.iter_planned
+    real = pipeline.iter_chunks
 
     def rewriting(f, size, policy, **kw):
         for i, rc in enumerate(real(f, size, policy, **kw)):
@@ -129,7 +129,7 @@ def test_source_rewritten_same_size(home, tmp_path, monkeypatch):
                 st = os.stat(target)
                 os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
             yield rc
-    monkeypatch.setattr(pipeline, "iter_planned", rewriting)
+    monkeypatch.setattr(pipeline, "iter_chunks", rewriting)
     r = run_cli("archive", str(ckpt), "--name", "m")
     assert r.code == 1 and "changed while" in r.err
 
@@ -215,7 +215,7 @@ def test_in_place_rewrite_that_restores_mtime_is_detected(home, tmp_path, monkey
     and part new bytes, is never recorded."""
     ckpt = make_checkpoint(tmp_path / "ckpt", layers=4, dim=256)
     target = ckpt / "model.safetensors"
-    real = pipeline.iter_planned
+    real = pipeline.iter_chunks
     done = []
 
     def rewriting(f, size, policy, **kw):
@@ -237,12 +237,12 @@ def test_in_place_rewrite_that_restores_mtime_is_detected(home, tmp_path, monkey
                 assert (after.st_size, after.st_mtime_ns) == (st.st_size, st.st_mtime_ns)  # only ctime tells
                 done.append(True)
             yield rc
-    monkeypatch.setattr(pipeline, "iter_planned", rewriting)
+    monkeypatch.setattr(pipeline, "iter_chunks", rewriting)
     r = run_cli("archive", str(ckpt), "--name", "m")
     assert done and r.code == 1 and "changed while" in r.err and r.err.count("\n") == 1, r.err
     assert run_cli("list", "--json").json() == []
     assert RawStore(str(home / "store")).keys("manifests") == []
-    monkeypatch.setattr(pipeline, "iter_planned", real)
+    monkeypatch.setattr(pipeline, "iter_chunks", real)
     assert run_cli("archive", str(ckpt), "--name", "m").code == 0  # left alone, the same tree archives
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import os
 import random
-import threading
 import time
 
 import blake3
@@ -440,24 +438,25 @@ def test_a_small_file_rewritten_while_archived_is_refused(tmp_path, home, monkey
 def _hand_off_order(repo, model_dir, monkeypatch):
     """Archive the model's safetensors through `_archive_file` with a 4-chunk window,
     recording when each chunk is handed to the pool and when the whole-file digest reads it:
-    (entry, events, offsets of chunks in pool order, offsets in hash order)."""
+    (entry, events, ids of chunks in pool order, ids in hash order)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from archiver.digests import FileDigest
     from archiver.progress import Progress
 
-    events: list[tuple[str, int]] = []  # (what, the chunk's offset in the file)
-    hashed_to = [0]  # the digest is fed in file order: what it has taken is the next chunk's offset
+    events: list[tuple[str, int]] = []
+    keep: list[object] = []  # every chunk stays alive, so no id is reused by a later one
 
     class Recording(FileDigest):
         def update(self, data):
-            events.append(("hash", hashed_to[0]))
-            hashed_to[0] += len(data)
+            keep.append(data)
+            events.append(("hash", id(data)))
             super().update(data)
 
     class Pool(ThreadPoolExecutor):
-        def submit(self, fn, item, *a, **k):  # a chunk read (RawChunk) or a span to read (pipeline._SpanRead)
-            events.append(("pool", item.span.start if isinstance(item, pipeline._SpanRead) else item.offset))
+        def submit(self, fn, item, *a, **k):
+            keep.append(item.data)
+            events.append(("pool", id(item.data)))
             return super().submit(fn, item, *a, **k)
 
     monkeypatch.setattr(pipeline, "FileDigest", Recording)
@@ -658,94 +657,3 @@ def test_a_failure_recording_the_pack_rows_behind_fails_the_archive_in_one_line_
     dest = tmp_path / "dest"
     assert run_cli("--store", store, "restore", "m", str(dest)).code == 0
     assert tree(dest / "many") == tree(src)
-
-
-def _span_read(monkeypatch, read):
-    """A pipeline._SpanRead of a 4-byte span whose pread is `read(span)` (counted)."""
-    from archiver.chunking import Span
-
-    calls: list[int] = []
-
-    def counted(fd, span, f):
-        calls.append(span.start)
-        return read(span)
-
-    monkeypatch.setattr(pipeline, "read_span", counted)
-    class File(io.BytesIO):
-        def fileno(self):
-            return -1  # never read from: `read` stands in for the pread
-
-    return pipeline._SpanRead(Span(8, 12, 2, False), File()), calls
-
-
-def test_a_span_is_read_once_by_the_thread_that_asks_first(monkeypatch):
-    """The encoding worker and the hashing reader get the very same bytes from one read,
-    whichever asks first; the other waits for that read instead of reading again."""
-    started, release = threading.Event(), threading.Event()
-
-    def slow(span):
-        started.set()
-        assert release.wait(10)
-        return b"abcd"
-
-    sr, calls = _span_read(monkeypatch, slow)
-    got: dict[str, object] = {}
-    worker = threading.Thread(target=lambda: got.setdefault("chunk", sr.chunk()))
-    worker.start()
-    assert started.wait(10)  # the worker holds the read
-    reader = threading.Thread(target=lambda: got.setdefault("bytes", sr.bytes()))
-    reader.start()
-    release.set()
-    worker.join(10)
-    reader.join(10)
-    chunk = got["chunk"]
-    assert (chunk.offset, chunk.width) == (8, 2)
-    assert chunk.data is got["bytes"] and got["bytes"] == b"abcd"
-    assert calls == [8]
-    assert sr.bytes() is got["bytes"] and calls == [8]  # asked again: no second read
-
-
-def test_a_span_read_by_the_reader_first_is_not_read_again_by_the_worker(monkeypatch):
-    sr, calls = _span_read(monkeypatch, lambda span: b"wxyz")
-    data = sr.bytes()
-    assert sr.chunk().data is data and calls == [8]
-
-
-def test_a_failed_span_read_is_raised_to_both_threads_and_not_retried(monkeypatch):
-    """A short read (the file cut while archived) fails the worker's save and the reader's
-    hashing alike, with the one error; neither reads the span again."""
-    def short(span):
-        raise SourceChangedError("m changed while being read: ended at byte 10, expected 12")
-
-    sr, calls = _span_read(monkeypatch, short)
-    with pytest.raises(SourceChangedError, match="ended at byte 10"):
-        sr.chunk()
-    with pytest.raises(SourceChangedError, match="ended at byte 10"):
-        sr.bytes()
-    assert calls == [8]
-
-
-def test_a_file_cut_short_while_workers_read_it_is_refused(repo, tmp_path, monkeypatch):
-    """The tensor chunks read by the pool's workers: a file truncated once the first of them
-    is read is refused (SourceChangedError: a later span ends early), no entry made."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from archiver.progress import Progress
-
-    path = make_safetensors(tmp_path / "model.safetensors", transformer_tensors(n_layers=2, hidden=64, vocab=512))
-    [src] = [s for s in scan([path])]
-    real = pipeline.read_span
-    cut = []
-
-    def cut_after_first(fd, span, f):
-        data = real(fd, span, f)
-        if not cut:
-            cut.append(span.end)
-            os.truncate(path, span.end + 1)
-        return data
-
-    monkeypatch.setattr(pipeline, "read_span", cut_after_first)
-    writer = pipeline._ChunkWriter(repo, pipeline._Stats())
-    with ThreadPoolExecutor(4) as pool, pytest.raises(SourceChangedError, match="changed while being read: ended"):
-        pipeline._archive_file(src, pool, writer, SMALL, 4, Progress())
-    assert cut
