@@ -222,112 +222,113 @@ def archive(repo: Repository, paths: list[str | os.PathLike], *, name: str, labe
     # the files cache: unchanged files whose chunks prove intact are not read (archiver.filescache)
     files_cache = FilesRun.start(repo, sources, policy, reread=reread, trust_verified_within=trust_verified_within,
                                  write_policy=write_policy, workers=nworkers)
-    files_cache.seed(writer.done)
-    reused: dict[str, Entry] = {}
-    for src in sources if files_cache.hits else ():  # no proved entry (a first archive): none to look up
-        e = None if src.is_dir or src.is_link else files_cache.entry(src)
-        if e is not None:
-            _check_blob(src, e)
-            reused[src.path] = e
-    # the event's agent (its package version lookup: importlib.metadata's imports and reads) is
-    # looked up while the chunk pool is busy, not in the serial tail after the last chunk
-    agent = threading.Thread(target=events.Agent.current, name="archive-agent", daemon=True)
-    agent.start()
-    # the trees of directories whose files are all done are made, proved and written while the
-    # other files are archived (archiver.earlytrees): the commit finishes the rest
-    ahead = EarlyTrees.start(repo, sources, reused, files_cache.trees, write_policy, processes)
-    on_entries = None
-    if ahead is not None:
-        def on_entries(finished: Iterable[Entry], add: Any = ahead.add) -> None:
-            add(finished)
-            # once the first files are back (the workers hold their jobs by then), the files
-            # cache's keys are made on the driver's spare time, not in the commit's GIL-bound tail
-            files_cache.key_ahead()
     try:
-        done = fanout.archive_files(repo, [s for s in sources if s.path not in reused], ex, writer=writer, stats=stats, policy=policy,
-                                    write_policy=write_policy, progress=progress, pool_workers=nworkers,
-                                    journal=journal, processes=processes, cpu_since=cpu_since, early=early,
-                                    on_entries=on_entries)
+        files_cache.seed(writer.done)
+        reused: dict[str, Entry] = {}
+        for src in sources if files_cache.hits else ():  # no proved entry (a first archive): none to look up
+            e = None if src.is_dir or src.is_link else files_cache.entry(src)
+            if e is not None:
+                _check_blob(src, e)
+                reused[src.path] = e
+        # the event's agent (its package version lookup: importlib.metadata's imports and reads) is
+        # looked up while the chunk pool is busy, not in the serial tail after the last chunk
+        agent = threading.Thread(target=events.Agent.current, name="archive-agent", daemon=True)
+        agent.start()
+        # the trees of directories whose files are all done are made, proved and written while the
+        # other files are archived (archiver.earlytrees): the commit finishes the rest
+        ahead = EarlyTrees.start(repo, sources, reused, files_cache.trees, write_policy, processes)
+        on_entries = None
         if ahead is not None:
-            ahead.all_added()  # the last trees are made while the chunks are checked and the catalog synced
-    except BaseException:
-        if ahead is not None:
-            ahead.close()
-        files_cache.close()  # its keys' thread (`key_ahead`) is not left running
-        raise
+            def on_entries(finished: Iterable[Entry], add: Any = ahead.add) -> None:
+                add(finished)
+                # once the first files are back (the workers hold their jobs by then), the files
+                # cache's keys are made on the driver's spare time, not in the commit's GIL-bound tail
+                files_cache.key_ahead()
+        try:
+            done = fanout.archive_files(repo, [s for s in sources if s.path not in reused], ex, writer=writer, stats=stats, policy=policy,
+                                        write_policy=write_policy, progress=progress, pool_workers=nworkers,
+                                        journal=journal, processes=processes, cpu_since=cpu_since, early=early,
+                                        on_entries=on_entries)
+            if ahead is not None:
+                ahead.all_added()  # the last trees are made while the chunks are checked and the catalog synced
+        except BaseException:
+            if ahead is not None:
+                ahead.close()
+            raise
+        finally:
+            if executor is None:
+                ex.close()
+        # an error (or Ctrl-C) before the commit stops the builder and its writers: none is left
+        # writing trees into the store once the archive has failed (and its repository is closed)
+        try:
+            entries: list[Entry] = []
+            for src in sources:
+                if src.is_dir:
+                    entries.append(Entry(path=src.path, type="dir", mode=src.mode, mtime_ns=src.mtime_ns))
+                elif src.is_link:
+                    entries.append(Entry(path=src.path, type="symlink", mode=src.mode, target=src.link or ""))
+                else:
+                    entries.append(reused[src.path] if src.path in reused else done.entries[src.path])
+            progress.finish()
+            read_maps = None  # the file maps the check below read: commit_manifest does not read them again
+            # chunks this process did not save itself (other hosts, worker processes, a journal): LIST proves them stored
+            if ex.distributed or done.resumed or done.by_processes:
+                # and the ones it did save, still in its open pack, are in the store to be listed; the
+                # packs' catalog rows are recorded meanwhile (the commit waits for them)
+                repo.flush_packs_behind()
+                read_maps = fanout.check_chunks_stored(repo, entries)
+            synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
+            parent = repo.latest(name)
+            roles = {s.path: s_role for s_role, s in _roles(attached)}
+            manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries),
+                                profile=profile_d, attachments=tuple((roles[e.path], e.path) for e in entries
+                                                                     if e.is_file and e.path in roles))
+            if parent is not None and parent in synced.added:
+                manifest = _same_as_synced(repo, manifest, parent)
+                parent = manifest.parent
+            uniq = manifest.unique_chunks()
+            details: dict[str, Any] = dict(
+                name=name, label=label, files=len(manifest.files), dirs=sum(e.type == "dir" for e in entries),
+                bytes_in=manifest.total_size, bytes_stored=sum(c.stored_size for c in uniq.values()),
+                new_bytes_stored=stats.new_bytes, chunks=len(uniq), new_chunks=stats.new_chunks,
+                seconds=round(time.monotonic() - started, 3), parent=parent, repaired_chunks=stats.repaired_chunks,
+                resumed_files=done.resumed)
+            if write_policy is not None:
+                details["retention"] = _policy_summary(write_policy)
+            agent.join()
+            made_ahead = ahead.finish() if ahead is not None else None
+        except BaseException:
+            if ahead is not None:
+                ahead.close()
+            raise
+        # the files cache lays out its rows while the manifest commits, and writes them once it
+        # is (FilesRun.commit_when): most of its work is not a serial step after the commit
+        pending: list[Any] = []
+        try:
+            committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,
+                                             read_maps=read_maps, previous_trees=files_cache.trees, made_ahead=made_ahead,
+                                             on_id=lambda mid: pending.append(files_cache.commit_when(mid, entries)),
+                                             # its rows are written while the catalog records the manifest
+                                             on_stored=lambda mid: [p.decide(p.mid == mid) for p in pending
+                                                                    if p is not None])
+        except BaseException:
+            for p in pending:
+                if p is not None:
+                    p.finish(False)
+            raise
+        started = [p for p in pending if p is not None]
+        for p in started:
+            p.finish(p.mid == committed.id)
+        if not any(p.mid == committed.id for p in started):
+            files_cache.commit(committed.id, sources, entries)
+        if journal is not None:
+            journal.remove()  # committed: nothing is left to resume
+        return ArchiveResult(id=committed.id, signed_by=committed.signed_by, files_reused=files_cache.reused,
+                             files_by_processes=done.by_processes, **details)
     finally:
-        if executor is None:
-            ex.close()
-    # an error (or Ctrl-C) before the commit stops the builder and its writers: none is left
-    # writing trees into the store once the archive has failed (and its repository is closed)
-    try:
-        entries: list[Entry] = []
-        for src in sources:
-            if src.is_dir:
-                entries.append(Entry(path=src.path, type="dir", mode=src.mode, mtime_ns=src.mtime_ns))
-            elif src.is_link:
-                entries.append(Entry(path=src.path, type="symlink", mode=src.mode, target=src.link or ""))
-            else:
-                entries.append(reused[src.path] if src.path in reused else done.entries[src.path])
-        progress.finish()
-        read_maps = None  # the file maps the check below read: commit_manifest does not read them again
-        # chunks this process did not save itself (other hosts, worker processes, a journal): LIST proves them stored
-        if ex.distributed or done.resumed or done.by_processes:
-            # and the ones it did save, still in its open pack, are in the store to be listed; the
-            # packs' catalog rows are recorded meanwhile (the commit waits for them)
-            repo.flush_packs_behind()
-            read_maps = fanout.check_chunks_stored(repo, entries)
-        synced = repo.sync_catalog()  # manifests other hosts wrote: the parent is the chain's real head
-        parent = repo.latest(name)
-        roles = {s.path: s_role for s_role, s in _roles(attached)}
-        manifest = Manifest(name=name, label=label, meta=meta_d, parent=parent, entries=tuple(entries),
-                            profile=profile_d, attachments=tuple((roles[e.path], e.path) for e in entries
-                                                                 if e.is_file and e.path in roles))
-        if parent is not None and parent in synced.added:
-            manifest = _same_as_synced(repo, manifest, parent)
-            parent = manifest.parent
-        uniq = manifest.unique_chunks()
-        details: dict[str, Any] = dict(
-            name=name, label=label, files=len(manifest.files), dirs=sum(e.type == "dir" for e in entries),
-            bytes_in=manifest.total_size, bytes_stored=sum(c.stored_size for c in uniq.values()),
-            new_bytes_stored=stats.new_bytes, chunks=len(uniq), new_chunks=stats.new_chunks,
-            seconds=round(time.monotonic() - started, 3), parent=parent, repaired_chunks=stats.repaired_chunks,
-            resumed_files=done.resumed)
-        if write_policy is not None:
-            details["retention"] = _policy_summary(write_policy)
-        agent.join()
-        made_ahead = ahead.finish() if ahead is not None else None
-    except BaseException:
-        if ahead is not None:
-            ahead.close()
+        # on every path (a failure before the files are archived too): its keys' thread
+        # (`key_ahead`) is not left running, nor its connection left to the GC
         files_cache.close()
-        raise
-    # the files cache lays out its rows while the manifest commits, and writes them once it
-    # is (FilesRun.commit_when): most of its work is not a serial step after the commit
-    pending: list[Any] = []
-    try:
-        committed = repo.commit_manifest(manifest, sign_key=sign_key, details=details, policy=write_policy,
-                                         read_maps=read_maps, previous_trees=files_cache.trees, made_ahead=made_ahead,
-                                         on_id=lambda mid: pending.append(files_cache.commit_when(mid, entries)),
-                                         # its rows are written while the catalog records the manifest
-                                         on_stored=lambda mid: [p.decide(p.mid == mid) for p in pending
-                                                                if p is not None])
-    except BaseException:
-        for p in pending:
-            if p is not None:
-                p.finish(False)
-        files_cache.close()
-        raise
-    started = [p for p in pending if p is not None]
-    for p in started:
-        p.finish(p.mid == committed.id)
-    if not any(p.mid == committed.id for p in started):
-        files_cache.commit(committed.id, sources, entries)
-    files_cache.close()
-    if journal is not None:
-        journal.remove()  # committed: nothing is left to resume
-    return ArchiveResult(id=committed.id, signed_by=committed.signed_by, files_reused=files_cache.reused,
-                         files_by_processes=done.by_processes, **details)
 
 
 def _same_as_synced(repo: Repository, manifest: Manifest, head: str) -> Manifest:

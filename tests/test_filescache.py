@@ -1210,3 +1210,46 @@ def test_an_archive_whose_keys_thread_cannot_start_fails_with_its_error(tmp_path
     monkeypatch.setattr(threading.Thread, "start", start)
     with pytest.raises(ArchiverError, match="can't start new thread"):
         api.archive([src], name="t", store=str(tmp_path / "store"), catalog=tmp_path / "cat.db", processes=2)
+
+
+@pytest.mark.parametrize("where", ["early-trees", "agent"])
+def test_an_archive_failing_before_its_files_are_archived_closes_its_files_cache(tmp_path, monkeypatch, where):
+    """The run's files cache is closed on every path out of the archive, a failure between
+    its start and the files' archiving too (the early trees' builder or the event's agent
+    failing to start, a damaged Hugging Face blob at a cache hit): its connection is not
+    left to the GC, nor a write lock's chance with it."""
+    from archiver import api, earlytrees
+    from archiver.filescache import FilesRun
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(5):
+        (src / "d" / f"f{i}").write_bytes(os.urandom(100 + i))
+    opened: list[FilesRun] = []
+    closed: list[FilesRun] = []
+    real_start, real_close = FilesRun.start.__func__, FilesRun.close
+
+    def start(cls, *a, **k):
+        run = real_start(cls, *a, **k)
+        opened.append(run)
+        return run
+
+    def close(self):
+        closed.append(self)
+        real_close(self)
+    monkeypatch.setattr(FilesRun, "start", classmethod(start))
+    monkeypatch.setattr(FilesRun, "close", close)
+    if where == "early-trees":
+        def refuse(cls, *a, **k):
+            raise OSError(24, "Too many open files")
+        monkeypatch.setattr(earlytrees.EarlyTrees, "start", classmethod(refuse))
+    else:
+        real_thread_start = threading.Thread.start
+
+        def thread_start(self):
+            if self.name == "archive-agent":
+                raise RuntimeError("can't start new thread")
+            return real_thread_start(self)
+        monkeypatch.setattr(threading.Thread, "start", thread_start)
+    with pytest.raises((OSError, RuntimeError)):
+        api.archive([src], name="t", store=str(tmp_path / "store"), catalog=tmp_path / "cat.db", processes=0)
+    assert len(opened) == 1 and closed == opened
