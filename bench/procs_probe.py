@@ -111,18 +111,20 @@ def _readinto(fd: int, buf: memoryview, offset: int) -> None:
         got += k
 
 
-def child(path: Path, store: Path, workers: int, depth: int) -> dict[str, Any]:
-    """The `procs` shape: see the module docstring."""
+def child(path: Path, store: Path, workers: int, depth: int, start: str = "spawn") -> dict[str, Any]:
+    """The `procs` shape: see the module docstring. `start`: the pool's start method."""
     from archiver.chunking import ChunkPolicy, cdc_stream, plan
     from archiver.digests import FileDigest
     from archiver.formats import detect_regions
 
     t0 = time.perf_counter()
+    if start == "fork":  # the workers inherit the driver's imports (no other thread runs yet)
+        import archiver.codecs, archiver.layout, archiver.packs, archiver.stores.local  # noqa: F401, E401
     policy = ChunkPolicy()
     slot_size = max(policy.max_chunk, policy.cdc_max)
     ring = [shared_memory.SharedMemory(create=True, size=slot_size) for _ in range(depth)]
     try:
-        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(start),
                                       initializer=_attach, initargs=([s.name for s in ring], str(store)))
         with pool:
             list(pool.map(_ping, range(workers)))
@@ -197,14 +199,16 @@ def main() -> None:
     ap.add_argument("--input", type=Path, required=True)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--shapes", default="threads,procs1x4,procs2x4,procs2x8,borg",
-                    help="comma-separated: threads, procsWxD (W workers, ring depth D), borg")
+                    help="comma-separated: threads, procsWxD (W spawned workers, ring depth D; procsWxDf: "
+                         "forked after the driver's imports, the cheapest start-up), borg")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--depth", type=int, default=6, help=argparse.SUPPRESS)
+    ap.add_argument("--start", default="spawn", choices=("spawn", "fork"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(a.input, a.store, a.workers, a.depth)))
+        print(json.dumps(child(a.input, a.store, a.workers, a.depth, a.start)))
         return
 
     sys.path.insert(0, str(HERE))
@@ -241,9 +245,10 @@ def main() -> None:
                     m = b.archive(src)
                     info = {"stored": b.stored()}
                 else:
-                    w, d = (int(x) for x in s.removeprefix("procs").split("x"))
+                    w, d = (int(x) for x in s.removeprefix("procs").removesuffix("f").split("x"))
                     m = run([sys.executable, str(HERE / "procs_probe.py"), "--child", "--input", inp,
-                             "--store", work / "store", "--workers", str(w), "--depth", str(d)],
+                             "--store", work / "store", "--workers", str(w), "--depth", str(d),
+                             "--start", "fork" if s.endswith("f") else "spawn"],
                             env=env, cwd=work)
                     info = json.loads(m.stdout)
                     keys = info.pop("keys")
