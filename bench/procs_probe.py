@@ -27,6 +27,11 @@ wait4; `other` = CPU the rest of the machine used meanwhile: >= 0.15 CPU-s is "d
   having answered once), its body (first read to last answer) and its getrusage(SELF) +
   getrusage(CHILDREN) after the pool is shut down (both workers reaped), the total stored size
   and its chunk keys, which the parent compares with the CLI's store.
+- `procsWxDf`: the same, the pool forked (not spawned) right after the driver imported the
+  codec and store modules, before any other thread runs: the cheapest start-up a pool can have
+  (a forkserver with those modules preloaded would sit between the two). `procsWxDfn`: forked,
+  and no whole-file hashes: not a valid archive, an upper bound of what the driver's serial
+  SHA-256 + BLAKE3 cost the wall.
 - `borg`: `borg create -C zstd,3` into a fresh repository (as bench/cpu_per_gib.py runs it).
 
 Prints every run, then per shape the medians (all runs and undisturbed ones) of wall, CPU and
@@ -111,8 +116,10 @@ def _readinto(fd: int, buf: memoryview, offset: int) -> None:
         got += k
 
 
-def child(path: Path, store: Path, workers: int, depth: int, start: str = "spawn") -> dict[str, Any]:
-    """The `procs` shape: see the module docstring. `start`: the pool's start method."""
+def child(path: Path, store: Path, workers: int, depth: int, start: str = "spawn",
+          file_hash: bool = True) -> dict[str, Any]:
+    """The `procs` shape: see the module docstring. `start`: the pool's start method;
+    `file_hash=False`: skip the whole-file hashes (an upper bound, not a valid archive)."""
     from archiver.chunking import ChunkPolicy, cdc_stream, plan
     from archiver.digests import FileDigest
     from archiver.formats import detect_regions
@@ -154,7 +161,8 @@ def child(path: Path, store: Path, workers: int, depth: int, start: str = "spawn
                     nonlocal pieces
                     busy.add(pool.submit(_encode, slot, n, width))
                     mv = ring[slot].buf[:n]
-                    digest.update(mv)  # while a worker encodes the same chunk
+                    if file_hash:
+                        digest.update(mv)  # while a worker encodes the same chunk
                     mv.release()
                     pieces += 1
 
@@ -200,15 +208,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--shapes", default="threads,procs1x4,procs2x4,procs2x8,borg",
                     help="comma-separated: threads, procsWxD (W spawned workers, ring depth D; procsWxDf: "
-                         "forked after the driver's imports, the cheapest start-up), borg")
+                         "forked after the driver's imports, the cheapest start-up; a trailing n: no whole-file "
+                         "hashes, an upper bound only), borg")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--depth", type=int, default=6, help=argparse.SUPPRESS)
     ap.add_argument("--start", default="spawn", choices=("spawn", "fork"), help=argparse.SUPPRESS)
+    ap.add_argument("--no-file-hash", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(a.input, a.store, a.workers, a.depth, a.start)))
+        print(json.dumps(child(a.input, a.store, a.workers, a.depth, a.start, not a.no_file_hash)))
         return
 
     sys.path.insert(0, str(HERE))
@@ -245,10 +255,10 @@ def main() -> None:
                     m = b.archive(src)
                     info = {"stored": b.stored()}
                 else:
-                    w, d = (int(x) for x in s.removeprefix("procs").removesuffix("f").split("x"))
+                    w, d = (int(x) for x in s.removeprefix("procs").rstrip("fn").split("x"))
                     m = run([sys.executable, str(HERE / "procs_probe.py"), "--child", "--input", inp,
                              "--store", work / "store", "--workers", str(w), "--depth", str(d),
-                             "--start", "fork" if s.endswith("f") else "spawn"],
+                             "--start", "fork" if "f" in s else "spawn", *(["--no-file-hash"] if s.endswith("n") else [])],
                             env=env, cwd=work)
                     info = json.loads(m.stdout)
                     keys = info.pop("keys")
