@@ -1002,16 +1002,35 @@ def test_keys_that_fail_ahead_are_made_and_raised_by_the_commit(repo, tmp_path, 
     run.close()
 
 
-def test_an_archive_on_worker_processes_makes_its_keys_ahead_and_reuses_every_file(tmp_path, monkeypatch):
-    """With worker processes (and trees made ahead), the first results back start the keys'
-    thread; the archive's cache rows then let its re-archive reuse every file."""
-    from archiver import api
-    from archiver.filescache import FilesRun
+def _worker_tree(tmp_path: Path) -> Path:
+    """12 directories of 90 small files (1,080): over the trees' threshold, archived in several
+    worker tasks."""
     src = tmp_path / "src" / "tree"
     for d in range(12):
         (src / f"d{d:02}").mkdir(parents=True)
         for i in range(90):
             (src / f"d{d:02}" / f"f{i:02}").write_bytes(os.urandom(1 + 13 * i + d))
+    return src
+
+
+def _refuse_thread(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Starting the thread named `name` fails as it does when no thread is to be had; any
+    other thread starts."""
+    real_start = threading.Thread.start
+
+    def start(self):
+        if self.name == name:
+            raise RuntimeError("can't start new thread")
+        return real_start(self)
+    monkeypatch.setattr(threading.Thread, "start", start)
+
+
+def test_an_archive_on_worker_processes_makes_its_keys_ahead_and_reuses_every_file(tmp_path, monkeypatch):
+    """With worker processes (and trees made ahead), the first results back start the keys'
+    thread; the archive's cache rows then let its re-archive reuse every file."""
+    from archiver import api
+    from archiver.filescache import FilesRun
+    src = _worker_tree(tmp_path)
     started: list[bool] = []
     real = FilesRun.key_ahead
     monkeypatch.setattr(FilesRun, "key_ahead", lambda self: started.append(bool(self.deferred)) or real(self))
@@ -1154,11 +1173,7 @@ def test_an_archive_that_fails_leaves_no_keys_thread_running(tmp_path, monkeypat
     from archiver.errors import ArchiverError
     from archiver.filescache import FilesRun
     from archiver.repository import Repository
-    src = tmp_path / "src" / "tree"
-    for d in range(12):
-        (src / f"d{d:02}").mkdir(parents=True)
-        for i in range(90):
-            (src / f"d{d:02}" / f"f{i:02}").write_bytes(os.urandom(1 + 13 * i + d))
+    src = _worker_tree(tmp_path)
     keying, closed = threading.Event(), threading.Event()
     real_key, real_close, real_adopt = FilesRun._key, FilesRun.close, Repository.adopt_packs
 
@@ -1196,18 +1211,8 @@ def test_an_archive_whose_keys_thread_cannot_start_fails_with_its_error(tmp_path
     error, and its files cache is closed without waiting for a thread that never ran."""
     from archiver import api
     from archiver.errors import ArchiverError
-    src = tmp_path / "src" / "tree"
-    for d in range(12):
-        (src / f"d{d:02}").mkdir(parents=True)
-        for i in range(90):
-            (src / f"d{d:02}" / f"f{i:02}").write_bytes(os.urandom(1 + 13 * i + d))
-    real_start = threading.Thread.start
-
-    def start(self):
-        if self.name == "files-cache-keys":
-            raise RuntimeError("can't start new thread")
-        return real_start(self)
-    monkeypatch.setattr(threading.Thread, "start", start)
+    src = _worker_tree(tmp_path)
+    _refuse_thread(monkeypatch, "files-cache-keys")
     with pytest.raises(ArchiverError, match="can't start new thread"):
         api.archive([src], name="t", store=str(tmp_path / "store"), catalog=tmp_path / "cat.db", processes=2)
 
@@ -1243,13 +1248,7 @@ def test_an_archive_failing_before_its_files_are_archived_closes_its_files_cache
             raise OSError(24, "Too many open files")
         monkeypatch.setattr(earlytrees.EarlyTrees, "start", classmethod(refuse))
     else:
-        real_thread_start = threading.Thread.start
-
-        def thread_start(self):
-            if self.name == "archive-agent":
-                raise RuntimeError("can't start new thread")
-            return real_thread_start(self)
-        monkeypatch.setattr(threading.Thread, "start", thread_start)
+        _refuse_thread(monkeypatch, "archive-agent")
     with pytest.raises((OSError, RuntimeError)):
         api.archive([src], name="t", store=str(tmp_path / "store"), catalog=tmp_path / "cat.db", processes=0)
     assert len(opened) == 1 and closed == opened
