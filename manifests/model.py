@@ -590,9 +590,8 @@ def with_filemap(e: Entry) -> tuple[Entry, bytes | None]:
 def with_filemaps(m: Manifest) -> Manifest:
     """`m` with every file over the threshold recorded through a file map (see with_filemap)."""
     if not any(map(needs_filemap, m.entries)):
-        return m  # with_filemap leaves every entry (a tree of small files): no tuple made and compared
-    entries = tuple(with_filemap(e)[0] for e in m.entries)
-    return m if entries == m.entries else replace(m, entries=entries)
+        return m  # with_filemap leaves every entry (a tree of small files): no tuple made
+    return replace(m, entries=tuple(with_filemap(e)[0] for e in m.entries))  # at least one entry is replaced
 
 
 def parse_filemap(data: bytes, e: Entry) -> tuple[ChunkRef, ...]:
