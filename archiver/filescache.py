@@ -112,30 +112,39 @@ def _upsert(conn: sqlite3.Connection, values: list[tuple[Any, ...]]) -> None:
     the GIL over at every row. The rows, their values and types, and their order are executemany's."""
     if not values:
         return
-    if {*map(len, values)} != {10}:  # executemany says what is wrong
+    shared = _json_columns(values)
+    if shared is None:  # bound row by row (and executemany says what is wrong, if anything is)
         conn.executemany(_UPSERT, values)
         return
+    (reader, mid, used), columns = shared
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+    for i in range(0, len(values), _UPSERT_SLICE):
+        # ensure_ascii=False: a path that is not UTF-8 text fails to bind, as it does row by row
+        rows = json.dumps(list(zip(*(c[i:i + _UPSERT_SLICE] for c in columns))), ensure_ascii=False)
+        # json_extract ends a text at a NUL ("\u0000"), and a text over SQLite's length
+        # limit (at most 4 UTF-8 bytes a character) is refused: those rows are bound one by one
+        if "\\u0000" in rows or 4 * len(rows) >= limit:
+            conn.executemany(_UPSERT, values[i:i + _UPSERT_SLICE])
+        else:
+            conn.execute(_UPSERT_JSON, (rows, reader, mid, used))
+
+
+def _json_columns(values: list[tuple[Any, ...]]) -> tuple[tuple[str, str, float], tuple[tuple[Any, ...], ...]] | None:
+    """((reader, manifest, time), the columns `_UPSERT_JSON` takes from its JSON array) if
+    every row of `values` can go in through it: ten values, the last three shared and of
+    their types, text paths, 64-bit int numbers. None: the rows are bound one by one."""
+    if {*map(len, values)} != {10}:
+        return None
     reader, mid, used = values[0][6], values[0][7], values[0][9]
-    shared = {(r[6], r[7], r[9]) for r in values} == {(reader, mid, used)}
-    if shared and type(used) is float and type(reader) is str and type(mid) is str:
-        paths, devs, inos, sizes, mtimes, ctimes, _, _, entry_paths, _ = zip(*values)
-        numbers = (*devs, *inos, *sizes, *mtimes, *ctimes)
-        if set(map(type, numbers)) == {int} and min(numbers) >= _INT64[0] and max(numbers) < _INT64[1] and \
-                set(map(type, paths)) == {str} and set(map(type, entry_paths)) == {str}:
-            limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
-            columns = (paths, devs, inos, sizes, mtimes, ctimes, entry_paths)
-            for i in range(0, len(values), _UPSERT_SLICE):
-                part = values[i:i + _UPSERT_SLICE]
-                # ensure_ascii=False: a path that is not UTF-8 text fails to bind, as it does row by row
-                rows = json.dumps(list(zip(*(c[i:i + _UPSERT_SLICE] for c in columns))), ensure_ascii=False)
-                # json_extract ends a text at a NUL ("\u0000"), and a text over SQLite's length
-                # limit (at most 4 UTF-8 bytes a character) is refused: those rows are bound one by one
-                if "\\u0000" in rows or 4 * len(rows) >= limit:
-                    conn.executemany(_UPSERT, part)
-                else:
-                    conn.execute(_UPSERT_JSON, (rows, reader, mid, used))
-            return
-    conn.executemany(_UPSERT, values)
+    if {(r[6], r[7], r[9]) for r in values} != {(reader, mid, used)} or \
+            type(used) is not float or type(reader) is not str or type(mid) is not str:
+        return None
+    paths, devs, inos, sizes, mtimes, ctimes, _, _, entry_paths, _ = zip(*values)
+    numbers = (*devs, *inos, *sizes, *mtimes, *ctimes)
+    if set(map(type, numbers)) != {int} or min(numbers) < _INT64[0] or max(numbers) >= _INT64[1] or \
+            set(map(type, paths)) != {str} or set(map(type, entry_paths)) != {str}:
+        return None
+    return (reader, mid, used), (paths, devs, inos, sizes, mtimes, ctimes, entry_paths)
 
 
 def cache_path(catalog_path: Path) -> Path:
